@@ -1,0 +1,48 @@
+/*
+ * The tape walk: seed the output's gradient and call each recorded node's
+ * backward function, newest first. Nodes whose output received no gradient
+ * are skipped. Gradients accumulate; parameters keep theirs in the flat
+ * buffer of nn.h until the optimizer zeroes it. Like PyTorch without
+ * retain_graph, a backward pass consumes the tape.
+ */
+#include "op_util.h"
+
+#include <string.h>
+
+static int walk(dc_ctx *ctx) {
+    bool was = dc_set_grad_enabled(ctx, false); /* backward records nothing */
+    for (dc_node *n = ctx->tape; n && !ctx->failed; n = n->prev)
+        if (n->out->grad && n->backward(ctx, n))
+            ctx->failed = true;
+    ctx->tape = NULL;
+    dc_set_grad_enabled(ctx, was);
+    return dc_ctx_status(ctx);
+}
+
+int dc_backward_from(dc_ctx *ctx, dc_tensor *out, const dc_tensor *grad_out) {
+    if (ctx->failed || !out)
+        return -1;
+    if (!grad_out || grad_out->dtype != DC_F32 || !dc_same_shape(out, grad_out))
+        return dc_fail("backward: the seed gradient must be f32 and of the output's shape");
+    if (!out->requires_grad)
+        return dc_fail("backward: the output does not depend on anything that requires grad");
+    float *g = grad_of(ctx, out);
+    if (!g)
+        return -1;
+    memcpy(g, grad_out->data, dc_tensor_bytes(grad_out));
+    return walk(ctx);
+}
+
+int dc_backward(dc_ctx *ctx, dc_tensor *loss) {
+    if (ctx->failed || !loss)
+        return -1;
+    if (loss->numel != 1 || loss->dtype != DC_F32)
+        return dc_fail("backward: the loss must be one f32 element");
+    if (!loss->requires_grad)
+        return dc_fail("backward: the loss does not depend on anything that requires grad");
+    float *g = grad_of(ctx, loss);
+    if (!g)
+        return -1;
+    g[0] = 1.0f;
+    return walk(ctx);
+}

@@ -1,0 +1,42 @@
+/*
+ * Internal helpers shared by the op files (ops_*.c): argument checks, output
+ * allocation, tape recording and lazy gradient buffers. Not part of the
+ * public API.
+ */
+#ifndef DC_OP_UTIL_H
+#define DC_OP_UTIL_H
+
+#include "error.h"
+#include "ops.h"
+
+/* Fail the context with a message prefixed by the op's name; returns NULL. */
+void *op_fail(dc_ctx *ctx, dc_op op, const char *fmt, ...) DC_PRINTF(3, 4);
+
+/* True when the context is healthy and every listed tensor is non-NULL, f32
+ * (unless listed via op_ok_any), and on the context's device. */
+bool op_ok(dc_ctx *ctx, dc_op op, int n, ...);
+/* The same, without the f32 requirement. */
+bool op_ok_any(dc_ctx *ctx, dc_op op, int n, ...);
+
+/* An output tensor on the context's device. */
+dc_tensor *op_out(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape);
+/* An output tensor of x's shape and dtype. */
+dc_tensor *op_out_like(dc_ctx *ctx, const dc_tensor *x);
+
+/* Scratch memory from the activation arena (freed with the step). */
+void *op_scratch(dc_ctx *ctx, size_t bytes);
+
+/* Append a node for `out` when recording and any input requires grad; marks
+ * out->requires_grad. Returns the node (fill iarg/farg/saved) or NULL when
+ * nothing is recorded; sets ctx->failed only on allocation failure. */
+dc_node *op_record(dc_ctx *ctx, dc_op op, dc_backward_fn backward, dc_tensor *out,
+                   dc_tensor *in0, dc_tensor *in1, dc_tensor *in2);
+
+/* The gradient buffer of t (f32, zeroed on first use) when t requires grad,
+ * NULL otherwise or on failure (check ctx->failed). Backward kernels add into it. */
+float *grad_of(dc_ctx *ctx, dc_tensor *t);
+
+#define F32(t) ((float *)(t)->data)
+#define F32C(t) ((const float *)(t)->data)
+
+#endif

@@ -1,0 +1,173 @@
+/*
+ * The context and the machinery every op shares: argument checks, output
+ * allocation, recording on the tape. The ops themselves live in ops_*.c,
+ * grouped by kind; the tape walk is in backward.c.
+ */
+#include "op_util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *op_names[] = {
+    "reshape", "add",       "sub",     "mul",       "affine",     "linear",
+    "matmul",  "conv2d",    "group_norm", "layer_norm", "silu",   "gelu",
+    "softmax", "attention", "upsample2x", "concat",  "slice",     "dropout",
+    "embedding", "timestep_embedding", "sum", "mean", "mse_loss",
+};
+_Static_assert(sizeof op_names / sizeof op_names[0] == DC_OP_COUNT, "one name per op");
+_Static_assert(DC_OP_COUNT == 23, "a new op needs a name, kernels and a gradient test");
+
+const char *dc_op_name(dc_op op) { return (unsigned)op < DC_OP_COUNT ? op_names[op] : "?"; }
+
+int dc_ctx_init(dc_ctx *ctx, int device, size_t act_bytes) {
+    memset(ctx, 0, sizeof *ctx);
+    ctx->device = device;
+    ctx->grad_enabled = true;
+    ctx->training = true;
+    if (dc_arena_init(&ctx->act, "activations", device, act_bytes) ||
+        dc_arena_init(&ctx->meta, "tensor metadata", DC_CPU, 64u << 20)) {
+        dc_ctx_free(ctx);
+        return -1;
+    }
+    return 0;
+}
+
+void dc_ctx_free(dc_ctx *ctx) {
+    if (!ctx)
+        return;
+    dc_arena_free(&ctx->act);
+    dc_arena_free(&ctx->meta);
+}
+
+void dc_ctx_reset(dc_ctx *ctx) {
+    dc_arena_reset(&ctx->act);
+    dc_arena_reset(&ctx->meta);
+    ctx->tape = NULL;
+    ctx->rng_calls = 0;
+    ctx->failed = false;
+}
+
+int dc_ctx_status(const dc_ctx *ctx) { return ctx->failed ? -1 : 0; }
+
+bool dc_set_grad_enabled(dc_ctx *ctx, bool on) {
+    bool was = ctx->grad_enabled;
+    ctx->grad_enabled = on;
+    return was;
+}
+
+void *op_fail(dc_ctx *ctx, dc_op op, const char *fmt, ...) {
+    if (!ctx->failed) { /* keep the first message: it names the cause */
+        char msg[768];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        dc_fail("%s: %s", dc_op_name(op), msg);
+    }
+    ctx->failed = true;
+    return NULL;
+}
+
+static bool check_args(dc_ctx *ctx, dc_op op, bool need_f32, int n, va_list ap) {
+    if (ctx->failed)
+        return false;
+    for (int i = 0; i < n; i++) {
+        const dc_tensor *t = va_arg(ap, const dc_tensor *);
+        if (!t) {
+            ctx->failed = true; /* the op that produced NULL has already said why */
+            return false;
+        }
+        if (need_f32 && t->dtype != DC_F32)
+            return op_fail(ctx, op, "argument %d is %s, expected f32", i + 1, dc_dtype_name(t->dtype));
+        if (t->device != ctx->device)
+            return op_fail(ctx, op, "argument %d is on device %d, the context on %d", i + 1,
+                           t->device, ctx->device);
+        if (t->device != DC_CPU)
+            return op_fail(ctx, op, "no CUDA kernels in this build yet");
+    }
+    return true;
+}
+
+bool op_ok(dc_ctx *ctx, dc_op op, int n, ...) {
+    va_list ap;
+    va_start(ap, n);
+    bool ok = check_args(ctx, op, true, n, ap);
+    va_end(ap);
+    return ok;
+}
+
+bool op_ok_any(dc_ctx *ctx, dc_op op, int n, ...) {
+    va_list ap;
+    va_start(ap, n);
+    bool ok = check_args(ctx, op, false, n, ap);
+    va_end(ap);
+    return ok;
+}
+
+dc_tensor *op_out(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape) {
+    dc_tensor *t = dc_tensor_new2(&ctx->meta, &ctx->act, dtype, ndim, shape);
+    if (!t)
+        ctx->failed = true;
+    else if (ctx->poison)
+        memset(t->data, 0xff, dc_tensor_bytes(t)); /* NaN in f32 */
+    return t;
+}
+
+dc_tensor *op_out_like(dc_ctx *ctx, const dc_tensor *x) {
+    return op_out(ctx, x->dtype, x->ndim, x->shape);
+}
+
+void *op_scratch(dc_ctx *ctx, size_t bytes) {
+    void *p = dc_arena_alloc(&ctx->act, bytes);
+    if (!p)
+        ctx->failed = true;
+    return p;
+}
+
+dc_tensor *dc_new(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape) {
+    return ctx->failed ? NULL : op_out(ctx, dtype, ndim, shape);
+}
+
+dc_tensor *dc_from_host(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape,
+                        const void *host) {
+    dc_tensor *t = dc_new(ctx, dtype, ndim, shape);
+    if (t)
+        memcpy(t->data, host, dc_tensor_bytes(t));
+    return t;
+}
+
+dc_node *op_record(dc_ctx *ctx, dc_op op, dc_backward_fn backward, dc_tensor *out,
+                   dc_tensor *in0, dc_tensor *in1, dc_tensor *in2) {
+    if (!ctx->grad_enabled || !out)
+        return NULL;
+    if (!((in0 && in0->requires_grad) || (in1 && in1->requires_grad) || (in2 && in2->requires_grad)))
+        return NULL;
+    dc_node *n = dc_arena_alloc(&ctx->meta, sizeof *n);
+    if (!n) {
+        ctx->failed = true;
+        return NULL;
+    }
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->backward = backward;
+    n->out = out;
+    n->in[0] = in0;
+    n->in[1] = in1;
+    n->in[2] = in2;
+    n->prev = ctx->tape;
+    ctx->tape = n;
+    out->requires_grad = true;
+    return n;
+}
+
+float *grad_of(dc_ctx *ctx, dc_tensor *t) {
+    if (!t || !t->requires_grad)
+        return NULL;
+    if (!t->grad) {
+        t->grad = op_out(ctx, DC_F32, t->ndim, t->shape);
+        if (!t->grad)
+            return NULL;
+        memset(t->grad->data, 0, dc_tensor_bytes(t->grad));
+    }
+    return F32(t->grad);
+}

@@ -1,0 +1,206 @@
+/* Tensors, dtypes and arenas (see tensor.h). */
+#include "tensor.h"
+
+#include "error.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define ALIGN 64
+
+size_t dc_dtype_size(dc_dtype t) {
+    static const size_t sizes[DC_DTYPE_COUNT] = {4, 2, 2, 4, 1};
+    return (unsigned)t < DC_DTYPE_COUNT ? sizes[t] : 0;
+}
+
+const char *dc_dtype_name(dc_dtype t) {
+    static const char *names[DC_DTYPE_COUNT] = {"f32", "bf16", "f16", "i32", "u8"};
+    return (unsigned)t < DC_DTYPE_COUNT ? names[t] : "?";
+}
+
+int dc_arena_init(dc_arena *a, const char *name, int device, size_t cap) {
+    memset(a, 0, sizeof *a);
+    a->name = name;
+    a->device = device;
+    if (device != DC_CPU)
+        return dc_fail("%s arena: CUDA device %d: this build has no CUDA arenas yet", name, device);
+    cap = (cap + ALIGN - 1) / ALIGN * ALIGN;
+    void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return dc_fail("%s arena: cannot reserve %zu bytes", name, cap);
+    a->base = p;
+    a->cap = cap;
+    return 0;
+}
+
+void dc_arena_free(dc_arena *a) {
+    if (a && a->base)
+        munmap(a->base, a->cap);
+    if (a)
+        a->base = NULL, a->cap = a->used = 0;
+}
+
+void *dc_arena_alloc(dc_arena *a, size_t bytes) {
+    size_t need = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+    if (!a->base || need > a->cap - a->used) {
+        dc_fail("%s arena: out of memory: need %zu more bytes, %zu of %zu in use", a->name, need,
+                a->used, a->cap);
+        return NULL;
+    }
+    void *p = a->base + a->used;
+    a->used += need;
+    if (a->used > a->peak)
+        a->peak = a->used;
+    return p;
+}
+
+void dc_arena_reset(dc_arena *a) { a->used = 0; }
+
+int64_t dc_shape_numel(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
+    return n;
+}
+
+bool dc_same_shape(const dc_tensor *a, const dc_tensor *b) {
+    if (a->ndim != b->ndim)
+        return false;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i])
+            return false;
+    return true;
+}
+
+char *dc_shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
+    size_t len = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, i ? ", %" PRId64 : "%" PRId64, shape[i]);
+    if (len < n)
+        snprintf(buf + len, n - len, "]");
+    return buf;
+}
+
+size_t dc_tensor_bytes(const dc_tensor *t) { return (size_t)t->numel * dc_dtype_size(t->dtype); }
+
+dc_tensor *dc_tensor_new2(dc_arena *meta, dc_arena *data, dc_dtype dtype, int ndim,
+                          const int64_t *shape) {
+    if (ndim < 0 || ndim > DC_MAX_DIMS) {
+        dc_fail("tensor: %d dimensions (at most %d)", ndim, DC_MAX_DIMS);
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0) {
+            dc_fail("tensor: negative dimension %" PRId64, shape[i]);
+            return NULL;
+        }
+    dc_tensor *t = dc_arena_alloc(meta, sizeof *t);
+    if (!t)
+        return NULL;
+    memset(t, 0, sizeof *t);
+    t->dtype = dtype;
+    t->device = data->device;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    t->numel = dc_shape_numel(ndim, shape);
+    t->data = dc_arena_alloc(data, dc_tensor_bytes(t));
+    return t->data ? t : NULL;
+}
+
+dc_tensor *dc_tensor_new(dc_arena *a, dc_dtype dtype, int ndim, const int64_t *shape) {
+    return dc_tensor_new2(a, a, dtype, ndim, shape);
+}
+
+float dc_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t dc_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it quiet and a NaN */
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+float dc_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    int exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ffu;
+    float f;
+    if (exp == 0)
+        f = ldexpf((float)man, -24); /* zero and subnormals */
+    else if (exp == 31) {
+        uint32_t u = 0x7f800000u | (man << 13);
+        memcpy(&f, &u, 4);
+    } else
+        f = ldexpf((float)(man | 0x400u), exp - 25);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u |= sign;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t dc_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    float a = fabsf(f);
+    if (isnan(f))
+        return sign | 0x7e00u;
+    if (a >= 65520.0f) /* rounds past the largest finite half */
+        return sign | 0x7c00u;
+    if (a < 6.103515625e-05f) /* subnormal range: multiples of 2^-24, nearest even */
+        return sign | (uint16_t)nearbyintf(a * 16777216.0f);
+    memcpy(&u, &a, 4);
+    uint32_t exp = (u >> 23) - 127 + 15;
+    uint32_t man = u & 0x7fffffu;
+    uint32_t h = (exp << 10) | (man >> 13);
+    uint32_t rest = man & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+        h++;
+    return sign | (uint16_t)h;
+}
+
+static double load(const void *p, dc_dtype t, size_t i) {
+    switch (t) {
+    case DC_F32: return ((const float *)p)[i];
+    case DC_BF16: return dc_bf16_to_f32(((const uint16_t *)p)[i]);
+    case DC_F16: return dc_f16_to_f32(((const uint16_t *)p)[i]);
+    case DC_I32: return ((const int32_t *)p)[i];
+    case DC_U8: return ((const uint8_t *)p)[i];
+    default: return 0;
+    }
+}
+
+static void store(void *p, dc_dtype t, size_t i, double v) {
+    switch (t) {
+    case DC_F32: ((float *)p)[i] = (float)v; break;
+    case DC_BF16: ((uint16_t *)p)[i] = dc_f32_to_bf16((float)v); break;
+    case DC_F16: ((uint16_t *)p)[i] = dc_f32_to_f16((float)v); break;
+    case DC_I32: ((int32_t *)p)[i] = (int32_t)v; break;
+    case DC_U8: ((uint8_t *)p)[i] = (uint8_t)v; break;
+    default: break;
+    }
+}
+
+int dc_convert(void *dst, dc_dtype dt, const void *src, dc_dtype st, size_t n) {
+    if ((unsigned)dt >= DC_DTYPE_COUNT || (unsigned)st >= DC_DTYPE_COUNT)
+        return dc_fail("convert: unknown dtype");
+    if (dt == st) {
+        memcpy(dst, src, n * dc_dtype_size(dt));
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        store(dst, dt, i, load(src, st, i));
+    return 0;
+}

@@ -1,0 +1,39 @@
+/* diffc: train diffusion models on your own images and put them to work.
+ * main() only picks the subcommand; each one lives with its module. */
+#include "infer/commands.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage;
+} command;
+
+static const command commands[] = {
+    {"info", dc_cmd_info, "info FILE|DIR               what a weight file or checkpoint holds"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: diffc COMMAND [options]     (diffc COMMAND --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %s\n", commands[i].usage);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "diffc: error: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

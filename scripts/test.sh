@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build diffc and run every test: the normal build, then the same unit tests
+# under AddressSanitizer + UBSan (clang), then each libFuzzer target briefly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+scripts/setup.sh
+
+echo "== build (release) =="
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs"
+(cd build && ctest --output-on-failure -j"$jobs")
+
+echo "== build (ASan + UBSan) =="
+CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDC_SANITIZE=ON -DDC_FUZZ=ON -DDC_CUDA=OFF >/dev/null
+cmake --build build-asan -j"$jobs"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+(cd build-asan && ctest --output-on-failure -j"$jobs")
+
+echo "== fuzz (${DC_FUZZ_SECONDS:=20} s per target) =="
+for fuzzer in build-asan/fuzz_*; do
+    [[ -x "$fuzzer" ]] || continue
+    name=$(basename "$fuzzer")
+    corpus=$(mktemp -d)
+    [[ -d "tests/corpus/$name" ]] && cp -r "tests/corpus/$name/." "$corpus"
+    "$fuzzer" -max_total_time="$DC_FUZZ_SECONDS" -print_final_stats=0 "$corpus" 2>"$corpus.log" ||
+        { tail -40 "$corpus.log"; echo "$name: failed" >&2; exit 1; }
+    echo "$name: $(grep -c . <<<"$(ls "$corpus")") corpus files, no crash"
+    rm -rf "$corpus" "$corpus.log"
+done

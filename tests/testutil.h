@@ -1,0 +1,49 @@
+/*
+ * Helpers for the Check suites: a poisoned CPU context, random tensors from a
+ * seed that changes every run (printed on failure; set DC_TEST_SEED to
+ * replay), forward comparisons, and the finite-difference gradient check.
+ */
+#ifndef DC_TESTUTIL_H
+#define DC_TESTUTIL_H
+
+#include "autograd/ops.h"
+
+#include <check.h>
+#include <stdint.h>
+
+/* The run's seed (DC_TEST_SEED or the clock), fixed at the first call. */
+uint64_t tu_seed(void);
+/* Next random number of the test stream. */
+uint64_t tu_next(void);
+double tu_uniform(double lo, double hi);
+double tu_normal(void);
+
+/* A fresh CPU context (1 GiB lazy activation arena) that poisons outputs. */
+dc_ctx *tu_ctx(void);
+void tu_ctx_free(dc_ctx *ctx);
+
+/* Random normal f32 tensors in the context; tu_leaf marks it as requiring grad. */
+dc_tensor *tu_randn(dc_ctx *ctx, int ndim, const int64_t *shape);
+dc_tensor *tu_leaf(dc_ctx *ctx, int ndim, const int64_t *shape);
+
+/* Assert |got - want| <= atol + rtol * |want| elementwise; names the first bad index. */
+void tu_assert_close(const float *got, const double *want, int64_t n, double atol, double rtol,
+                     const char *what);
+
+/* The function under a gradient check: builds an output from the inputs. */
+typedef dc_tensor *(*tu_fn)(dc_ctx *ctx, dc_tensor **in, void *arg);
+
+/* Finite-difference check of every input that requires grad: the analytic
+ * gradient of L = sum(f(in) * R) for a random R, against central differences
+ * (step eps) of L summed in double precision. At most `max_elems` elements of
+ * each input are probed (all when 0). Fails the test with the input, index and
+ * both values when |num - ana| > atol + rtol * max(|num|, |ana|). */
+void tu_gradcheck(dc_ctx *ctx, tu_fn f, void *arg, dc_tensor **in, int n_in, double eps,
+                  double atol, double rtol, int max_elems);
+
+/* A test case added to s with a timeout in seconds. */
+TCase *tu_tcase(Suite *s, const char *name, double timeout);
+/* Run the suite; the process exit status (prints the seed when a test failed). */
+int tu_run(Suite *s);
+
+#endif
