@@ -53,7 +53,7 @@ static void check_binary(dc_op op) {
         }
         tu_assert_close(out->data, want, n, 1e-6, 1e-6, dc_op_name(op));
         free(want);
-        tu_gradcheck(ctx, run_binary, &arg, in, 2, 1e-2, 1e-3, 1e-2, 0);
+        tu_gradcheck(ctx, run_binary, &arg, in, 2, 1e-2, 1e-4, 1e-3, 0);
         tu_ctx_free(ctx);
     }
 }
@@ -91,7 +91,7 @@ START_TEST(test_affine) {
     for (int i = 0; i < 21; i++)
         want[i] = -1.5 * ((const float *)(in[0])->data)[i] + 0.25;
     tu_assert_close(out->data, want, 21, 1e-6, 1e-6, "affine");
-    tu_gradcheck(ctx, run_affine, NULL, in, 1, 1e-2, 1e-3, 1e-2, 0);
+    tu_gradcheck(ctx, run_affine, NULL, in, 1, 1e-2, 1e-4, 1e-3, 0);
     tu_ctx_free(ctx);
 }
 END_TEST
@@ -112,7 +112,7 @@ START_TEST(test_reshape) {
     dc_ctx_reset(ctx);
     in[0] = tu_leaf(ctx, DC_SHAPE(2, 5));
     in[1] = tu_leaf(ctx, DC_SHAPE(2, 3, 3, 5));
-    tu_gradcheck(ctx, run_reshape_mul, NULL, in, 2, 1e-2, 1e-3, 1e-2, 0);
+    tu_gradcheck(ctx, run_reshape_mul, NULL, in, 2, 1e-2, 1e-4, 1e-3, 0);
     tu_ctx_free(ctx);
 }
 END_TEST
@@ -131,7 +131,7 @@ START_TEST(test_sum_mean) {
         double want = mean ? s / 105 : s;
         dc_tensor *out = run_sum(ctx, in, &mean);
         tu_assert_close(out->data, &want, 1, 1e-5, 1e-6, mean ? "mean" : "sum");
-        tu_gradcheck(ctx, run_sum, &mean, in, 1, 1e-2, 1e-3, 1e-2, 0);
+        tu_gradcheck(ctx, run_sum, &mean, in, 1, 1e-2, 1e-4, 1e-3, 0);
         tu_ctx_free(ctx);
     }
 }
