@@ -176,7 +176,8 @@ dc_tensor *dc_timestep_embedding(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_s
 dc_tensor *dc_sum(dc_ctx *ctx, dc_tensor *x);
 dc_tensor *dc_mean(dc_ctx *ctx, dc_tensor *x);
 /* mean over samples n of w[n] * mean over the rest of (pred - target)^2.
- * pred and target [N, ...]; w [N] or NULL (all ones). target gets no gradient. */
+ * pred and target [N, ...]; w [N] or NULL (all ones). Gradients reach pred, and
+ * target (the opposite of pred's) and w when they require grad. */
 dc_tensor *dc_mse_loss(dc_ctx *ctx, dc_tensor *pred, dc_tensor *target, dc_tensor *w);
 
 #endif

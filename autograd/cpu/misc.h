@@ -1,0 +1,39 @@
+/* CPU kernels: dropout, embedding lookup, sinusoidal timestep embedding, MSE loss.
+ * Backward kernels add into the gradient buffers they are given (NULL = not needed). */
+#ifndef DC_CPU_MISC_H
+#define DC_CPU_MISC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* out = x * keep / (1 - p) over n elements, element i kept unless
+ * dc_rand_uniform(seed, stream, i) < p. The backward recomputes that mask:
+ * dx += dout * keep / (1 - p). */
+void cpu_dropout_forward(float *out, const float *x, int64_t n, float p, uint64_t seed,
+                         uint64_t stream);
+void cpu_dropout_backward(const float *dout, float *dx, int64_t n, float p, uint64_t seed,
+                          uint64_t stream);
+
+/* The first position of idx [n] whose value is outside [0, v), or -1. */
+int64_t cpu_embedding_check(const int32_t *idx, int64_t n, int64_t v);
+/* out [n, c] = rows idx [n] of table [v, c]; dtable [v, c] += dout scattered back. */
+void cpu_embedding_forward(float *out, const float *table, const int32_t *idx, int64_t n,
+                           int64_t c);
+void cpu_embedding_backward(const float *dout, float *dtable, const int32_t *idx, int64_t n,
+                            int64_t c);
+
+/* out [n, dim] = diffusers' get_timestep_embedding of t [n], given as f32 (tf)
+ * or i32 (ti; the other NULL). Requires dim / 2 - shift != 0 when dim >= 2. */
+void cpu_timestep_embedding_forward(float *out, const float *tf, const int32_t *ti, int64_t n,
+                                    int64_t dim, bool flip_sin_to_cos, float shift,
+                                    float max_period);
+
+/* pred, target [n, d], w [n] or NULL (ones):
+ * (1/n) sum_i w[i] (1/d) sum_j (pred - target)^2, accumulated in double. */
+double cpu_mse_loss_forward(const float *pred, const float *target, const float *w, int64_t n,
+                            int64_t d);
+/* The gradients of g * loss: into dpred, dtarget (minus dpred's) and dw, each may be NULL. */
+void cpu_mse_loss_backward(float g, const float *pred, const float *target, const float *w,
+                           float *dpred, float *dtarget, float *dw, int64_t n, int64_t d);
+
+#endif
