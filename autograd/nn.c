@@ -1,0 +1,462 @@
+/*
+ * The parameter registry (declare, allocate flat, initialise, save and load by
+ * name with layout conversion) and the layers built on it. See nn.h.
+ */
+#include "nn.h"
+
+#include "error.h"
+#include "safetensors.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ALIGN_FLOATS 16 /* 64 bytes: a cache line, and whole vectors for any kernel */
+
+/* ---- stand-in for rng.h (Philox) until it is merged: same signatures, a
+ * splitmix64 hash instead of Philox. Replace this block by #include "rng.h". */
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static inline float dc_rand_uniform(uint64_t seed, uint64_t stream, uint64_t i) {
+    uint64_t h = mix64(mix64(seed ^ 0x9e3779b97f4a7c15ull) ^ stream) + i * 0x9e3779b97f4a7c15ull;
+    return (float)(mix64(h) >> 40) * 0x1.0p-24f;
+}
+static inline float dc_rand_normal(uint64_t seed, uint64_t stream, uint64_t i) {
+    float u1 = 1.0f - dc_rand_uniform(seed, stream, 2 * i), u2 = dc_rand_uniform(seed, stream, 2 * i + 1);
+    return sqrtf(-2.0f * logf(u1)) * cosf(2.0f * (float)M_PI * u2);
+}
+/* ---- end of stand-in ---- */
+
+void dc_params_init(dc_params *ps) { memset(ps, 0, sizeof *ps); }
+
+void dc_params_free(dc_params *ps) {
+    if (!ps)
+        return;
+    for (int i = 0; i < ps->n; i++) {
+        free(ps->p[i]->name);
+        free(ps->p[i]);
+    }
+    free(ps->p);
+    dc_arena_free(&ps->values);
+    dc_arena_free(&ps->grads);
+    memset(ps, 0, sizeof *ps);
+}
+
+static int find_index(const dc_params *ps, const char *name) {
+    for (int i = 0; i < ps->n; i++)
+        if (!strcmp(ps->p[i]->name, name))
+            return i;
+    return -1;
+}
+
+dc_param *dc_params_find(const dc_params *ps, const char *name) {
+    int i = find_index(ps, name);
+    return i < 0 ? NULL : ps->p[i];
+}
+
+/* "prefix.name", malloc'ed. */
+static char *join_name(const char *prefix, const char *name) {
+    bool has_prefix = prefix && *prefix;
+    size_t n = (has_prefix ? strlen(prefix) + 1 : 0) + strlen(name) + 1;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s%s%s", has_prefix ? prefix : "", has_prefix ? "." : "", name);
+    return s;
+}
+
+/* Sticky failure: keep the first message, as failed ops do. */
+static dc_tensor *declare_fail(dc_params *ps, const char *fmt, ...) DC_PRINTF(2, 3);
+static dc_tensor *declare_fail(dc_params *ps, const char *fmt, ...) {
+    if (!ps->failed) {
+        va_list ap;
+        va_start(ap, fmt);
+        dc_vfail(fmt, ap);
+        va_end(ap);
+    }
+    ps->failed = true;
+    return NULL;
+}
+
+static const char *check_declaration(const dc_params *ps, const char *name, int ndim,
+                                     const int64_t *shape, dc_layout layout) {
+    if (ps->data)
+        return "declared after dc_params_alloc";
+    if (ndim < 1 || ndim > DC_MAX_DIMS)
+        return "needs 1 to 4 dimensions";
+    for (int d = 0; d < ndim; d++)
+        if (shape[d] < 1)
+            return "has a dimension below 1";
+    if (layout == DC_LAYOUT_CONV && ndim != 4)
+        return "has a conv layout but is not 4-D";
+    if (find_index(ps, name) >= 0)
+        return "is declared twice";
+    return NULL;
+}
+
+static dc_param *new_param(char *name, int ndim, const int64_t *shape, dc_layout layout,
+                           dc_init init, float scale) {
+    dc_param *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->name = name;
+    p->layout = layout;
+    p->init = init;
+    p->scale = scale;
+    p->value.dtype = DC_F32;
+    p->value.device = DC_CPU;
+    p->value.ndim = ndim;
+    memcpy(p->value.shape, shape, (size_t)ndim * sizeof *shape);
+    p->value.numel = dc_shape_numel(ndim, shape);
+    p->value.requires_grad = true;
+    p->grad = p->value;
+    p->grad.requires_grad = false;
+    return p;
+}
+
+dc_tensor *dc_params_add(dc_params *ps, const char *prefix, const char *name, int ndim,
+                         const int64_t *shape, dc_layout layout, dc_init init, float scale) {
+    if (ps->failed)
+        return NULL;
+    char *full = join_name(prefix, name);
+    if (!full)
+        return declare_fail(ps, "parameters: out of memory");
+    const char *why = check_declaration(ps, full, ndim, shape, layout);
+    if (why) {
+        declare_fail(ps, "parameter %s %s", full, why);
+        free(full);
+        return NULL;
+    }
+    if (ps->n == ps->cap) {
+        int cap = ps->cap ? 2 * ps->cap : 64;
+        dc_param **p = realloc(ps->p, (size_t)cap * sizeof *p);
+        if (!p) {
+            free(full);
+            return declare_fail(ps, "parameters: out of memory");
+        }
+        ps->p = p;
+        ps->cap = cap;
+    }
+    dc_param *p = new_param(full, ndim, shape, layout, init, scale);
+    if (!p) {
+        free(full);
+        return declare_fail(ps, "parameters: out of memory");
+    }
+    ps->p[ps->n++] = p;
+    return &p->value;
+}
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+static void init_values(const dc_param *p, uint64_t seed) {
+    float *x = p->value.data;
+    float s = p->scale;
+    int64_t n = p->value.numel;
+    uint64_t stream = fnv1a(p->name);
+    switch (p->init) {
+    case DC_INIT_ZEROS: break; /* the arena's pages are zero already */
+    case DC_INIT_ONES:
+#pragma omp parallel for
+        for (int64_t i = 0; i < n; i++)
+            x[i] = 1.0f;
+        break;
+    case DC_INIT_UNIFORM:
+#pragma omp parallel for
+        for (int64_t i = 0; i < n; i++)
+            x[i] = -s + 2.0f * s * dc_rand_uniform(seed, stream, (uint64_t)i);
+        break;
+    case DC_INIT_NORMAL:
+#pragma omp parallel for
+        for (int64_t i = 0; i < n; i++)
+            x[i] = s * dc_rand_normal(seed, stream, (uint64_t)i);
+        break;
+    }
+}
+
+int dc_params_alloc(dc_params *ps, uint64_t seed) {
+    if (ps->failed)
+        return -1; /* dc_error() still names the declaration that failed */
+    if (ps->data)
+        return dc_fail("parameters: already allocated");
+    size_t total = 0;
+    for (int i = 0; i < ps->n; i++) {
+        ps->p[i]->offset = total;
+        total += ((size_t)ps->p[i]->value.numel + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+    }
+    size_t bytes = total ? total * sizeof(float) : ALIGN_FLOATS * sizeof(float);
+    /* Fresh anonymous pages: both buffers, padding included, start at zero. */
+    float *data = NULL, *grad = NULL;
+    if (dc_arena_init(&ps->values, "parameters", DC_CPU, bytes) ||
+        dc_arena_init(&ps->grads, "gradients", DC_CPU, bytes) ||
+        !(data = dc_arena_alloc(&ps->values, bytes)) || !(grad = dc_arena_alloc(&ps->grads, bytes))) {
+        dc_arena_free(&ps->values);
+        dc_arena_free(&ps->grads);
+        return -1;
+    }
+    ps->data = data;
+    ps->grad = grad;
+    ps->total = total;
+    for (int i = 0; i < ps->n; i++) {
+        dc_param *p = ps->p[i];
+        p->value.data = ps->data + p->offset;
+        p->grad.data = ps->grad + p->offset;
+        p->value.grad = &p->grad;
+        init_values(p, seed);
+    }
+    return 0;
+}
+
+void dc_params_zero_grad(dc_params *ps) {
+    if (ps->grad)
+        memset(ps->grad, 0, ps->total * sizeof(float));
+}
+
+void dc_param_file_shape(const dc_param *p, int64_t shape[DC_MAX_DIMS]) {
+    const int64_t *s = p->value.shape;
+    memcpy(shape, s, DC_MAX_DIMS * sizeof *shape);
+    if (p->layout == DC_LAYOUT_CONV) { /* [O, kh, kw, I] -> [O, I, kh, kw] */
+        shape[1] = s[3];
+        shape[2] = s[1];
+        shape[3] = s[2];
+    }
+}
+
+/* Between memory [O, kh, kw, I] and file [O, I, kh, kw] (shape: the memory one). */
+static void conv_permute(float *dst, const float *src, const int64_t *shape, bool to_file) {
+    int64_t O = shape[0], kh = shape[1], kw = shape[2], I = shape[3];
+#pragma omp parallel for
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t y = 0; y < kh; y++)
+            for (int64_t x = 0; x < kw; x++)
+                for (int64_t i = 0; i < I; i++) {
+                    int64_t m = ((o * kh + y) * kw + x) * I + i, f = ((o * I + i) * kh + y) * kw + x;
+                    if (to_file)
+                        dst[f] = src[m];
+                    else
+                        dst[m] = src[f];
+                }
+}
+
+/* ---- save ---- */
+
+int dc_params_save(const dc_params *ps, const float *data, const char *path,
+                   const char *const *meta_keys, const char *const *meta_values, int n_meta) {
+    if (!ps->data)
+        return dc_fail("%s: parameters are not allocated", path);
+    data = data ? data : ps->data;
+    size_t conv_floats = 0;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i]->layout == DC_LAYOUT_CONV)
+            conv_floats += (size_t)ps->p[i]->value.numel;
+    dc_st_tensor *ts = calloc((size_t)ps->n + 1, sizeof *ts);
+    float *scratch = malloc((conv_floats + 1) * sizeof *scratch);
+    if (!ts || !scratch) {
+        free(ts);
+        free(scratch);
+        return dc_fail("%s: out of memory", path);
+    }
+    float *next = scratch;
+    for (int i = 0; i < ps->n; i++) {
+        const dc_param *p = ps->p[i];
+        dc_st_tensor *t = &ts[i];
+        const float *src = data + p->offset;
+        t->name = p->name;
+        snprintf(t->dtype_name, sizeof t->dtype_name, "F32");
+        t->dtype = DC_F32;
+        t->elem_size = sizeof(float);
+        t->ndim = p->value.ndim;
+        dc_param_file_shape(p, t->shape);
+        t->nbytes = (size_t)p->value.numel * sizeof(float);
+        if (p->layout == DC_LAYOUT_CONV) {
+            conv_permute(next, src, p->value.shape, true);
+            src = next;
+            next += p->value.numel;
+        }
+        t->data = src;
+    }
+    int rc = dc_st_write(path, ts, ps->n, meta_keys, meta_values, n_meta);
+    free(ts);
+    free(scratch);
+    return rc;
+}
+
+/* ---- load ---- */
+
+static bool is_float(int dtype) { return dtype == DC_F32 || dtype == DC_BF16 || dtype == DC_F16; }
+
+/* Check one file tensor against the parameter it names; fill src[]. */
+static int match_tensor(const dc_params *ps, const dc_st_tensor *t, const char *name,
+                        const char *path, const dc_st_tensor **src) {
+    int k = find_index(ps, name);
+    if (k < 0 && name == t->name)
+        return dc_fail("%s: %s: the model has no such parameter", path, name);
+    if (k < 0)
+        return dc_fail("%s: %s (renamed %s): the model has no such parameter", path, t->name, name);
+    if (src[k])
+        return dc_fail("%s: %s: given twice (%s and %s)", path, name, src[k]->name, t->name);
+    if (!is_float(t->dtype))
+        return dc_fail("%s: %s: dtype %s cannot be loaded into an f32 parameter", path, name,
+                       t->dtype_name);
+    const dc_param *p = ps->p[k];
+    int64_t want[DC_MAX_DIMS];
+    dc_param_file_shape(p, want);
+    bool same = t->ndim == p->value.ndim;
+    for (int d = 0; same && d < t->ndim; d++)
+        same = t->shape[d] == want[d];
+    if (!same) {
+        char a[128], b[128];
+        return dc_fail("%s: %s: file has %s, model expects %s", path, name,
+                       dc_shape_str(a, sizeof a, t->ndim, t->shape),
+                       dc_shape_str(b, sizeof b, p->value.ndim, want));
+    }
+    src[k] = t;
+    return 0;
+}
+
+/* Pair every parameter with its file tensor, or fail without touching anything. */
+static int match_all(const dc_params *ps, const dc_st_file *f, const char *path,
+                     dc_rename_fn rename, const dc_st_tensor **src) {
+    char buf[512];
+    for (int i = 0; i < f->n; i++) {
+        const dc_st_tensor *t = &f->tensors[i];
+        const char *name = rename ? rename(t->name, buf, sizeof buf) : t->name;
+        if (name && match_tensor(ps, t, name, path, src))
+            return -1;
+    }
+    int missing = 0, first = -1;
+    for (int k = 0; k < ps->n; k++)
+        if (!src[k] && missing++ == 0)
+            first = k;
+    if (missing)
+        return dc_fail("%s: %d parameter%s missing, the first %s", path, missing,
+                       missing == 1 ? "" : "s", ps->p[first]->name);
+    return 0;
+}
+
+static int copy_in(const dc_param *p, const dc_st_tensor *t, float *dst) {
+    size_t n = (size_t)p->value.numel;
+    if (p->layout == DC_LAYOUT_PLAIN)
+        return dc_convert(dst, DC_F32, t->data, (dc_dtype)t->dtype, n);
+    float *tmp = malloc(n * sizeof *tmp);
+    if (!tmp)
+        return dc_fail("%s: out of memory", p->name);
+    int rc = dc_convert(tmp, DC_F32, t->data, (dc_dtype)t->dtype, n);
+    if (!rc)
+        conv_permute(dst, tmp, p->value.shape, false);
+    free(tmp);
+    return rc;
+}
+
+int dc_params_load(dc_params *ps, float *data, const char *path, dc_rename_fn rename) {
+    if (!ps->data)
+        return dc_fail("%s: parameters are not allocated", path);
+    data = data ? data : ps->data;
+    dc_st_file f;
+    if (dc_st_open(&f, path))
+        return -1;
+    const dc_st_tensor **src = calloc((size_t)ps->n + 1, sizeof *src);
+    int rc = src ? match_all(ps, &f, path, rename, src) : dc_fail("%s: out of memory", path);
+    for (int k = 0; !rc && k < ps->n; k++)
+        rc = copy_in(ps->p[k], src[k], data + ps->p[k]->offset);
+    free(src);
+    dc_st_close(&f);
+    return rc;
+}
+
+/* ---- layers ---- */
+
+/* PyTorch's default for conv and linear: kaiming_uniform(a = sqrt(5)) on the
+ * weight is uniform(+-1/sqrt(fan_in)), and so is the bias. */
+static float fan_in_bound(int64_t fan_in) { return (float)(1.0 / sqrt((double)fan_in)); }
+
+int dc_nn_linear_init(dc_nn_linear *l, dc_params *ps, const char *prefix, int64_t in, int64_t out,
+                      bool bias) {
+    float b = in > 0 ? fan_in_bound(in) : 0.0f;
+    l->weight = dc_params_add(ps, prefix, "weight", DC_SHAPE(out, in), DC_LAYOUT_PLAIN,
+                              DC_INIT_UNIFORM, b);
+    l->bias = bias ? dc_params_add(ps, prefix, "bias", DC_SHAPE(out), DC_LAYOUT_PLAIN,
+                                   DC_INIT_UNIFORM, b)
+                   : NULL;
+    return ps->failed ? -1 : 0;
+}
+
+dc_tensor *dc_nn_linear_forward(dc_ctx *ctx, const dc_nn_linear *l, dc_tensor *x) {
+    return dc_linear(ctx, x, l->weight, l->bias);
+}
+
+int dc_nn_conv2d_init(dc_nn_conv2d *l, dc_params *ps, const char *prefix, int64_t cin,
+                      int64_t cout, int kernel, int stride, int pad, bool bias) {
+    if (stride < 1 || pad < 0) {
+        declare_fail(ps, "conv2d %s: stride %d and padding %d (need stride >= 1, padding >= 0)",
+                     prefix, stride, pad);
+        return -1;
+    }
+    int64_t fan_in = cin * kernel * kernel;
+    float b = fan_in > 0 ? fan_in_bound(fan_in) : 0.0f;
+    l->weight = dc_params_add(ps, prefix, "weight", DC_SHAPE(cout, kernel, kernel, cin),
+                              DC_LAYOUT_CONV, DC_INIT_UNIFORM, b);
+    l->bias = bias ? dc_params_add(ps, prefix, "bias", DC_SHAPE(cout), DC_LAYOUT_PLAIN,
+                                   DC_INIT_UNIFORM, b)
+                   : NULL;
+    l->stride = stride;
+    l->pad = pad;
+    return ps->failed ? -1 : 0;
+}
+
+dc_tensor *dc_nn_conv2d_forward(dc_ctx *ctx, const dc_nn_conv2d *l, dc_tensor *x) {
+    return dc_conv2d(ctx, x, l->weight, l->bias, l->stride, l->pad);
+}
+
+/* weight 1, bias 0, as PyTorch's affine norms. */
+static void norm_params(dc_tensor **w, dc_tensor **b, dc_params *ps, const char *prefix,
+                        int64_t channels) {
+    *w = dc_params_add(ps, prefix, "weight", DC_SHAPE(channels), DC_LAYOUT_PLAIN, DC_INIT_ONES, 0);
+    *b = dc_params_add(ps, prefix, "bias", DC_SHAPE(channels), DC_LAYOUT_PLAIN, DC_INIT_ZEROS, 0);
+}
+
+int dc_nn_group_norm_init(dc_nn_group_norm *l, dc_params *ps, const char *prefix, int groups,
+                          int64_t channels, float eps) {
+    if (groups < 1 || channels % groups) {
+        declare_fail(ps, "group_norm %s: %lld channels do not split into %d groups", prefix,
+                     (long long)channels, groups);
+        return -1;
+    }
+    norm_params(&l->weight, &l->bias, ps, prefix, channels);
+    l->groups = groups;
+    l->eps = eps;
+    return ps->failed ? -1 : 0;
+}
+
+dc_tensor *dc_nn_group_norm_forward(dc_ctx *ctx, const dc_nn_group_norm *l, dc_tensor *x) {
+    return dc_group_norm(ctx, x, l->groups, l->weight, l->bias, l->eps);
+}
+
+int dc_nn_layer_norm_init(dc_nn_layer_norm *l, dc_params *ps, const char *prefix, int64_t channels,
+                          float eps) {
+    norm_params(&l->weight, &l->bias, ps, prefix, channels);
+    l->eps = eps;
+    return ps->failed ? -1 : 0;
+}
+
+dc_tensor *dc_nn_layer_norm_forward(dc_ctx *ctx, const dc_nn_layer_norm *l, dc_tensor *x) {
+    return dc_layer_norm(ctx, x, l->weight, l->bias, l->eps);
+}
+
+int dc_nn_embedding_init(dc_nn_embedding *l, dc_params *ps, const char *prefix, int64_t num,
+                         int64_t dim) {
+    l->weight = dc_params_add(ps, prefix, "weight", DC_SHAPE(num, dim), DC_LAYOUT_PLAIN,
+                              DC_INIT_NORMAL, 1.0f);
+    return ps->failed ? -1 : 0;
+}
+
+dc_tensor *dc_nn_embedding_forward(dc_ctx *ctx, const dc_nn_embedding *l, dc_tensor *idx) {
+    return dc_embedding(ctx, l->weight, idx);
+}

@@ -1,0 +1,158 @@
+/*
+ * Parameters and the layers that own them.
+ *
+ * A model declares every parameter first, under its state_dict name
+ * ("down_blocks.0.resnets.0.conv1.weight"), with its shape in OUR memory
+ * layout, its file layout and its init rule. dc_params_alloc() then places
+ * all values in one flat f32 buffer and all gradients in a second one with
+ * the same offsets, so one all-reduce and one fused optimizer kernel cover
+ * the whole model. Each tensor starts on a 16-float (64-byte) boundary; the
+ * padding between tensors is zero in both buffers and stays zero under AdamW
+ * and EMA.
+ *
+ * Weight files hold the PyTorch layout (conv [Cout, Cin, kh, kw]); memory holds
+ * the layout our kernels want (conv [Cout, kh, kw, Cin]). Save and load convert,
+ * so a diffusers user can read our files and we can read theirs.
+ *
+ * Layers (dc_nn_linear, dc_nn_conv2d, ...) register their parameters under a
+ * prefix in _init and call the ops of ops.h in _forward. A layer's tensor
+ * pointers are valid from _init on; their data only after dc_params_alloc().
+ */
+#ifndef DC_NN_H
+#define DC_NN_H
+
+#include "ops.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* How a parameter is laid out in a weight file. */
+typedef enum {
+    DC_LAYOUT_PLAIN, /* as in memory (linear [out, in], norms and biases [C], tables [V, C]) */
+    DC_LAYOUT_CONV,  /* memory [Cout, kh, kw, Cin], file [Cout, Cin, kh, kw] */
+} dc_layout;
+
+/* Initial values. Random ones come from Philox keyed by (seed, stream = FNV-1a
+ * hash of the name), element i at counter i: a parameter's start depends only
+ * on the seed and its own name, not on what else the model declares. */
+typedef enum {
+    DC_INIT_ZEROS,
+    DC_INIT_ONES,
+    DC_INIT_UNIFORM, /* uniform(-scale, scale) */
+    DC_INIT_NORMAL,  /* normal(0, scale^2) */
+} dc_init;
+
+typedef struct dc_param {
+    char *name;      /* "conv_in.weight" */
+    dc_layout layout;
+    dc_init init;
+    float scale;     /* the bound of DC_INIT_UNIFORM, the std of DC_INIT_NORMAL */
+    size_t offset;   /* floats from the start of the flat buffers */
+    dc_tensor value; /* f32, memory layout; data = data + offset, grad = &grad once allocated */
+    dc_tensor grad;  /* f32, same shape; data = grad + offset */
+} dc_param;
+
+typedef struct dc_params {
+    int n, cap;
+    dc_param **p;      /* [n] in declaration order (iterate p[0..n)) */
+    float *data;       /* [total] every value; NULL until dc_params_alloc */
+    float *grad;       /* [total] every gradient, at the same offsets */
+    size_t total;      /* floats in each buffer, padding included */
+    bool failed;       /* a declaration failed: later ones and alloc fail too */
+    dc_arena values;   /* "parameters" */
+    dc_arena grads;    /* "gradients" */
+} dc_params;
+
+void dc_params_init(dc_params *ps);
+void dc_params_free(dc_params *ps);
+
+/* Declare "prefix.name" (just "name" when prefix is NULL or ""), shape in
+ * memory layout. Returns the parameter's tensor, whose pointer stays valid
+ * until dc_params_free; its data arrives with dc_params_alloc. NULL on a
+ * duplicate name, a bad shape, a conv layout that is not 4-D, or a
+ * declaration after alloc; errors are sticky like the ops' (the first message
+ * is kept, every later declaration and alloc fail). */
+dc_tensor *dc_params_add(dc_params *ps, const char *prefix, const char *name, int ndim,
+                         const int64_t *shape, dc_layout layout, dc_init init, float scale);
+
+/* Allocate both buffers (CPU) and give every parameter its initial values from
+ * `seed`; gradients start at zero. */
+int dc_params_alloc(dc_params *ps, uint64_t seed);
+void dc_params_zero_grad(dc_params *ps);
+/* NULL when no parameter has that name. */
+dc_param *dc_params_find(const dc_params *ps, const char *name);
+/* The parameter's shape in its file layout (conv: [Cout, Cin, kh, kw]). */
+void dc_param_file_shape(const dc_param *p, int64_t shape[DC_MAX_DIMS]);
+
+/* Map a tensor name found in a file to a parameter name: return `file_name`
+ * itself, or a new name written into buf (size bytes), or NULL to skip the
+ * tensor. Lets the loader accept older names (diffusers' query/key/value/
+ * proj_attn for to_q/to_k/to_v/to_out.0). */
+typedef const char *(*dc_rename_fn)(const char *file_name, char *buf, size_t size);
+
+/* Write every parameter by name as f32 in file layout, with metadata pairs.
+ * `data` is a buffer laid out like ps->data (an EMA shadow, say); NULL means
+ * ps->data. */
+int dc_params_save(const dc_params *ps, const float *data, const char *path,
+                   const char *const *meta_keys, const char *const *meta_values, int n_meta);
+
+/* Read every parameter by name from `path` into `data` (NULL: ps->data),
+ * converting f32/bf16/f16 to f32 and file layout to memory layout. `rename`
+ * may be NULL. A parameter missing from the file, a tensor the model does not
+ * have, a shape mismatch ("NAME: file has [64, 32, 3, 3], model expects
+ * [64, 64, 3, 3]", both in file layout) or a dtype that is not a float is an
+ * error, found before any value changes. */
+int dc_params_load(dc_params *ps, float *data, const char *path, dc_rename_fn rename);
+
+/* ---- layers ---- */
+
+/* x [..., in] -> [..., out]; PyTorch's nn.Linear init. */
+typedef struct dc_nn_linear {
+    dc_tensor *weight; /* [out, in] */
+    dc_tensor *bias;   /* [out], NULL without bias */
+} dc_nn_linear;
+int dc_nn_linear_init(dc_nn_linear *l, dc_params *ps, const char *prefix, int64_t in, int64_t out,
+                      bool bias);
+dc_tensor *dc_nn_linear_forward(dc_ctx *ctx, const dc_nn_linear *l, dc_tensor *x);
+
+/* x [N, H, W, Cin] -> [N, H', W', Cout], square kernel, zero padding; nn.Conv2d's init. */
+typedef struct dc_nn_conv2d {
+    dc_tensor *weight; /* [Cout, k, k, Cin] (file: [Cout, Cin, k, k]) */
+    dc_tensor *bias;   /* [Cout], NULL without bias */
+    int stride, pad;
+} dc_nn_conv2d;
+int dc_nn_conv2d_init(dc_nn_conv2d *l, dc_params *ps, const char *prefix, int64_t cin,
+                      int64_t cout, int kernel, int stride, int pad, bool bias);
+dc_tensor *dc_nn_conv2d_forward(dc_ctx *ctx, const dc_nn_conv2d *l, dc_tensor *x);
+
+/* x [N, ..., C] normalised per sample over groups of C/groups channels; weight 1, bias 0. */
+typedef struct dc_nn_group_norm {
+    dc_tensor *weight; /* [C] */
+    dc_tensor *bias;   /* [C] */
+    int groups;
+    float eps;
+} dc_nn_group_norm;
+int dc_nn_group_norm_init(dc_nn_group_norm *l, dc_params *ps, const char *prefix, int groups,
+                          int64_t channels, float eps);
+dc_tensor *dc_nn_group_norm_forward(dc_ctx *ctx, const dc_nn_group_norm *l, dc_tensor *x);
+
+/* x [..., C] normalised over C; weight 1, bias 0. */
+typedef struct dc_nn_layer_norm {
+    dc_tensor *weight; /* [C] */
+    dc_tensor *bias;   /* [C] */
+    float eps;
+} dc_nn_layer_norm;
+int dc_nn_layer_norm_init(dc_nn_layer_norm *l, dc_params *ps, const char *prefix, int64_t channels,
+                          float eps);
+dc_tensor *dc_nn_layer_norm_forward(dc_ctx *ctx, const dc_nn_layer_norm *l, dc_tensor *x);
+
+/* idx (i32, any shape S) -> [S..., C]; rows drawn from N(0, 1) as nn.Embedding. */
+typedef struct dc_nn_embedding {
+    dc_tensor *weight; /* [V, C] */
+} dc_nn_embedding;
+int dc_nn_embedding_init(dc_nn_embedding *l, dc_params *ps, const char *prefix, int64_t num,
+                         int64_t dim);
+dc_tensor *dc_nn_embedding_forward(dc_ctx *ctx, const dc_nn_embedding *l, dc_tensor *idx);
+
+#endif

@@ -1,0 +1,169 @@
+/* AdamW, gradient clipping, EMA and learning-rate schedules (see optim.h). */
+#include "optim.h"
+
+#include "cpu/optim.h"
+#include "error.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- AdamW ---- */
+
+int dc_adamw_init(dc_adamw *o, size_t n, double beta1, double beta2, double eps,
+                  double weight_decay) {
+    memset(o, 0, sizeof *o);
+    if (!(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1))
+        return dc_fail("adamw: betas (%g, %g) must lie in [0, 1)", beta1, beta2);
+    if (!(eps >= 0 && weight_decay >= 0))
+        return dc_fail("adamw: eps %g and weight decay %g must not be negative", eps, weight_decay);
+    if (n == 0)
+        return dc_fail("adamw: no parameters");
+    if (dc_arena_init(&o->state, "optimizer state", DC_CPU, 2 * n * sizeof(float) + 128))
+        return -1;
+    o->m = dc_arena_alloc(&o->state, n * sizeof(float)); /* fresh pages: zero */
+    o->v = dc_arena_alloc(&o->state, n * sizeof(float));
+    if (!o->m || !o->v) {
+        dc_adamw_free(o);
+        return -1;
+    }
+    o->n = n;
+    o->beta1 = beta1;
+    o->beta2 = beta2;
+    o->eps = eps;
+    o->weight_decay = weight_decay;
+    return 0;
+}
+
+void dc_adamw_free(dc_adamw *o) {
+    if (!o)
+        return;
+    dc_arena_free(&o->state);
+    memset(o, 0, sizeof *o);
+}
+
+void dc_adamw_step(dc_adamw *o, float *param, const float *grad, double lr) {
+    o->step++;
+    double t = (double)o->step;
+    cpu_adamw_args a = {
+        .decay_mul = (float)(1 - lr * o->weight_decay),
+        .beta1 = (float)o->beta1,
+        .one_minus_beta1 = (float)(1 - o->beta1),
+        .beta2 = (float)o->beta2,
+        .one_minus_beta2 = (float)(1 - o->beta2),
+        .bc2_sqrt = (float)sqrt(1 - pow(o->beta2, t)),
+        .eps = (float)o->eps,
+        .step_size = (float)(lr / (1 - pow(o->beta1, t))),
+    };
+    cpu_adamw_step(param, grad, o->m, o->v, (int64_t)o->n, &a);
+}
+
+/* ---- gradient clipping ---- */
+
+double dc_grad_clip_norm(float *grad, size_t n, double max_norm) {
+    double norm = sqrt(cpu_sum_squares(grad, (int64_t)n));
+    if (!isfinite(norm) || max_norm <= 0)
+        return norm;
+    double coef = max_norm / (norm + 1e-6);
+    if (coef < 1)
+        cpu_scale(grad, (int64_t)n, (float)coef);
+    return norm;
+}
+
+/* ---- EMA ---- */
+
+dc_ema_config dc_ema_default_config(void) {
+    return (dc_ema_config){.decay = 0.9999,
+                           .min_decay = 0.0,
+                           .update_after_step = 0,
+                           .use_ema_warmup = false,
+                           .inv_gamma = 1.0,
+                           .power = 2.0 / 3.0};
+}
+
+double dc_ema_decay(const dc_ema_config *c, int64_t optimization_step) {
+    int64_t step = optimization_step - c->update_after_step - 1;
+    if (step <= 0)
+        return 0.0;
+    double s = (double)step;
+    double d = c->use_ema_warmup ? 1 - pow(1 + s / c->inv_gamma, -c->power) : (1 + s) / (10 + s);
+    d = fmin(d, c->decay);
+    return fmax(d, c->min_decay);
+}
+
+int dc_ema_init(dc_ema *e, const float *param, size_t n, const dc_ema_config *c) {
+    memset(e, 0, sizeof *e);
+    if (!(c->decay >= 0 && c->decay <= 1 && c->min_decay >= 0 && c->min_decay <= c->decay))
+        return dc_fail("ema: need 0 <= min_decay (%g) <= decay (%g) <= 1", c->min_decay, c->decay);
+    if (c->use_ema_warmup && !(c->inv_gamma > 0))
+        return dc_fail("ema: inv_gamma %g must be positive", c->inv_gamma);
+    if (n == 0)
+        return dc_fail("ema: no parameters");
+    if (dc_arena_init(&e->mem, "ema", DC_CPU, n * sizeof(float)))
+        return -1;
+    e->shadow = dc_arena_alloc(&e->mem, n * sizeof(float));
+    if (!e->shadow) {
+        dc_ema_free(e);
+        return -1;
+    }
+    memcpy(e->shadow, param, n * sizeof(float));
+    e->n = n;
+    e->config = *c;
+    return 0;
+}
+
+void dc_ema_free(dc_ema *e) {
+    if (!e)
+        return;
+    dc_arena_free(&e->mem);
+    memset(e, 0, sizeof *e);
+}
+
+void dc_ema_step(dc_ema *e, const float *param) {
+    e->optimization_step++;
+    e->cur_decay = dc_ema_decay(&e->config, e->optimization_step);
+    cpu_ema_update(e->shadow, param, (int64_t)e->n, (float)(1 - e->cur_decay));
+}
+
+/* ---- learning-rate schedules ---- */
+
+static const char *const schedule_names[DC_LR_COUNT] = {"constant", "constant_with_warmup",
+                                                        "linear", "cosine"};
+
+int dc_lr_schedule_parse(const char *name, dc_lr_schedule *out) {
+    for (int s = 0; s < DC_LR_COUNT; s++)
+        if (!strcmp(name, schedule_names[s])) {
+            *out = (dc_lr_schedule)s;
+            return 0;
+        }
+    return dc_fail("unknown learning-rate schedule '%s' (expected constant, "
+                   "constant_with_warmup, linear or cosine)", name);
+}
+
+const char *dc_lr_schedule_name(dc_lr_schedule s) {
+    return (unsigned)s < DC_LR_COUNT ? schedule_names[s] : "?";
+}
+
+/* LambdaLR's factor: the lambdas of diffusers.optimization, including their
+ * max(1, ...) guards and the cosine's max(0, ...) (past `total` the cosine
+ * rises again; diffusers lets it, and so do we). */
+static double lr_lambda(dc_lr_schedule s, int64_t step, int64_t warmup, int64_t total) {
+    double t = (double)step;
+    if (s == DC_LR_CONSTANT)
+        return 1.0;
+    if (step < warmup)
+        return t / fmax(1.0, (double)warmup);
+    double decay_steps = fmax(1.0, (double)(total - warmup));
+    switch (s) {
+    case DC_LR_LINEAR: return fmax(0.0, (double)(total - step) / decay_steps);
+    case DC_LR_COSINE: {
+        double progress = (t - (double)warmup) / decay_steps;
+        return fmax(0.0, 0.5 * (1.0 + cos(M_PI * 0.5 * 2.0 * progress))); /* num_cycles 0.5 */
+    }
+    case DC_LR_CONSTANT_WITH_WARMUP:
+    default: return 1.0;
+    }
+}
+
+double dc_lr_at(dc_lr_schedule s, double base_lr, int64_t step, int64_t warmup, int64_t total) {
+    return base_lr * lr_lambda(s, step, warmup, total);
+}
