@@ -5,6 +5,7 @@
 #include "nn.h"
 
 #include "error.h"
+#include "rng.h"
 #include "safetensors.h"
 
 #include <math.h>
@@ -13,23 +14,6 @@
 #include <string.h>
 
 #define ALIGN_FLOATS 16 /* 64 bytes: a cache line, and whole vectors for any kernel */
-
-/* ---- stand-in for rng.h (Philox) until it is merged: same signatures, a
- * splitmix64 hash instead of Philox. Replace this block by #include "rng.h". */
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static inline float dc_rand_uniform(uint64_t seed, uint64_t stream, uint64_t i) {
-    uint64_t h = mix64(mix64(seed ^ 0x9e3779b97f4a7c15ull) ^ stream) + i * 0x9e3779b97f4a7c15ull;
-    return (float)(mix64(h) >> 40) * 0x1.0p-24f;
-}
-static inline float dc_rand_normal(uint64_t seed, uint64_t stream, uint64_t i) {
-    float u1 = 1.0f - dc_rand_uniform(seed, stream, 2 * i), u2 = dc_rand_uniform(seed, stream, 2 * i + 1);
-    return sqrtf(-2.0f * logf(u1)) * cosf(2.0f * (float)M_PI * u2);
-}
-/* ---- end of stand-in ---- */
 
 void dc_params_init(dc_params *ps) { memset(ps, 0, sizeof *ps); }
 
