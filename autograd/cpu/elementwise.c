@@ -1,6 +1,8 @@
 /* CPU kernels for broadcast binary ops, affine maps and sums (OpenMP). */
 #include "elementwise.h"
 
+#include "parallel.h"
+
 #include <stdbool.h>
 
 static inline float apply(cpu_binary_kind k, float a, float b) {
@@ -26,17 +28,17 @@ void cpu_binary_forward(cpu_binary_kind k, float *out, const float *a, const flo
                         const int64_t as[4], const int64_t bs[4]) {
     int64_t n = numel4(as), nb = numel4(bs);
     if (nb == n) {
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             out[i] = apply(k, a[i], b[i]);
     } else if (as[3] == bs[3] && nb == bs[3]) { /* b is [C]: the common bias case */
         int64_t c = bs[3];
-#pragma omp parallel for
+#pragma omp parallel for if (n >= CPU_PAR_MIN)
         for (int64_t r = 0; r < n / c; r++)
             for (int64_t j = 0; j < c; j++)
                 out[r * c + j] = apply(k, a[r * c + j], b[j]);
     } else {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= CPU_PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             out[i] = apply(k, a[i], b[b_index(i, as, bs)]);
     }
@@ -46,7 +48,7 @@ void cpu_binary_backward(cpu_binary_kind k, const float *dout, const float *a, c
                          float *da, float *db, const int64_t as[4], const int64_t bs[4]) {
     int64_t n = numel4(as), nb = numel4(bs);
     if (da) {
-#pragma omp parallel for
+#pragma omp parallel for if (n >= CPU_PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             da[i] += k == CPU_MUL ? dout[i] * b[b_index(i, as, bs)] : dout[i];
     }
@@ -59,7 +61,7 @@ void cpu_binary_backward(cpu_binary_kind k, const float *dout, const float *a, c
         nred *= red[d];
     }
     float sign = k == CPU_SUB ? -1.0f : 1.0f;
-#pragma omp parallel for
+#pragma omp parallel for if (n >= CPU_PAR_MIN)
     for (int64_t j = 0; j < nb; j++) {
         int64_t cj[4], r = j;
         for (int d = 3; d >= 0; d--) {
@@ -85,27 +87,27 @@ void cpu_binary_backward(cpu_binary_kind k, const float *dout, const float *a, c
 }
 
 void cpu_affine_forward(float *out, const float *x, int64_t n, float alpha, float beta) {
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         out[i] = alpha * x[i] + beta;
 }
 
 void cpu_affine_backward(const float *dout, float *dx, int64_t n, float alpha) {
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         dx[i] += alpha * dout[i];
 }
 
 double cpu_sum_forward(const float *x, int64_t n) {
     double s = 0;
-#pragma omp parallel for reduction(+ : s)
+#pragma omp parallel for reduction(+ : s) if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         s += x[i];
     return s;
 }
 
 void cpu_fill_add(float *dx, int64_t n, float g) {
-#pragma omp parallel for simd
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         dx[i] += g;
 }
