@@ -25,6 +25,7 @@ static const int64_t cases[][2][4] = {
     {{2, 3, 5, 4}, {1, 1, 1, 4}}, /* [C] as 4 dims */
     {{2, 3, 5, 7}, {2, 1, 1, 7}}, /* [N,1,1,C] */
     {{3, 1, 5, 2}, {3, 1, 1, 1}}, /* per sample */
+    {{4, 32, 32, 9}, {4, 1, 1, 9}}, /* large enough for the parallel paths */
 };
 
 static void check_binary(dc_op op) {
@@ -53,7 +54,7 @@ static void check_binary(dc_op op) {
         }
         tu_assert_close(out->data, want, n, 1e-6, 1e-6, dc_op_name(op));
         free(want);
-        tu_gradcheck(ctx, run_binary, &arg, in, 2, 1e-2, 1e-4, 1e-3, 0);
+        tu_gradcheck(ctx, run_binary, &arg, in, 2, 1e-2, 1e-4, 1e-3, 300);
         tu_ctx_free(ctx);
     }
 }
