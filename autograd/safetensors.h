@@ -50,9 +50,11 @@ const dc_st_tensor *dc_st_find(const dc_st_file *f, const char *name);
 const char *dc_st_meta(const dc_st_file *f, const char *key); /* NULL when absent */
 
 /* Write tensors (name, dtype_name or dtype, ndim, shape, data, nbytes used)
- * and metadata pairs to `path`: header padded to 8 bytes, data 8-byte aligned
- * in the given order. Written to "<path>.tmp", synced, then renamed, so an
- * existing file is never left half-written. */
+ * and metadata pairs to `path`: header padded with spaces to 8 bytes, data
+ * contiguous with no gaps (the reference reader refuses gaps), tensors of
+ * wider elements first and in the given order within one element size, so
+ * each starts at a multiple of its element size. Written to "<path>.tmp",
+ * synced, then renamed, so an existing file is never left half-written. */
 int dc_st_write(const char *path, const dc_st_tensor *tensors, int n, const char *const *meta_keys,
                 const char *const *meta_values, int n_meta);
 

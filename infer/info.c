@@ -1,13 +1,270 @@
-/* `diffc info FILE|DIR`: what a weight file or checkpoint holds. */
+/*
+ * `diffc info FILE|DIR`: what a weight file or a checkpoint folder holds.
+ *
+ * A file is read as safetensors and listed: each tensor's name, dtype, shape
+ * and size, the totals, then the metadata. A folder is offered to each kind of
+ * folder `info` knows (folder_kinds below), in order; the first that
+ * recognises it describes it. Today that is diffusers model, pipeline and
+ * checkpoint folders; dataset folders go into the same table.
+ */
 #include "commands.h"
 
+#include "autograd/error.h"
+#include "autograd/safetensors.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char usage_text[] =
+    "usage: diffc info FILE|DIR\n"
+    "\n"
+    "Describe a safetensors weight file: each tensor's name, dtype, shape and size,\n"
+    "the totals, and the metadata. Given a diffusers model or pipeline folder, or a\n"
+    "training checkpoint, describe the weight files inside it.\n"
+    "\n"
+    "options:\n"
+    "  -h, --help    show this help\n";
+
+/* ---- formatting ---- */
+
+/* `s` with control bytes escaped, so a name or value from a file stays on
+ * its line (malloc'd; NULL when out of memory). */
+static char *escaped(const char *s) {
+    char *out = malloc(4 * strlen(s) + 1), *o = out;
+    for (; out && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\n' || c == '\t')
+            o += sprintf(o, "\\%c", c == '\n' ? 'n' : 't');
+        else if (c < 0x20 || c == 0x7f)
+            o += sprintf(o, "\\x%02x", c);
+        else
+            *o++ = (char)c;
+    }
+    if (out)
+        *o = '\0';
+    return out;
+}
+
+/* 1234567 -> "1,234,567" */
+static const char *grouped(char *buf, size_t n, uint64_t v) {
+    char digits[32];
+    int len = snprintf(digits, sizeof digits, "%" PRIu64, v);
+    size_t o = 0;
+    for (int i = 0; i < len && o + 2 < n; i++) {
+        if (i && (len - i) % 3 == 0)
+            buf[o++] = ',';
+        buf[o++] = digits[i];
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+/* 1258291 -> "1.2 MiB" */
+static const char *human_bytes(char *buf, size_t n, uint64_t b) {
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)b;
+    int u = 0;
+    while (v >= 1024 && u < 5)
+        v /= 1024, u++;
+    if (u == 0)
+        snprintf(buf, n, "%" PRIu64 " B", b);
+    else
+        snprintf(buf, n, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+static int max_int(int a, int b) { return a > b ? a : b; }
+
+/* ---- one weight file ---- */
+
+/* The tensor table; names are escaped before the column widths are taken. */
+static int print_tensors(const dc_st_file *f) {
+    char **names = calloc((size_t)f->n + 1, sizeof *names), shape[160], bytes[32];
+    int rc = names ? 0 : dc_fail("out of memory");
+    int wn = 4, wd = 5, ws = 5, wb = 5;
+    for (int i = 0; !rc && i < f->n; i++) {
+        const dc_st_tensor *t = &f->tensors[i];
+        rc = (names[i] = escaped(t->name)) ? 0 : dc_fail("out of memory");
+        wn = max_int(wn, names[i] ? (int)strlen(names[i]) : 0);
+        wd = max_int(wd, (int)strlen(t->dtype_name));
+        ws = max_int(ws, (int)strlen(dc_shape_str(shape, sizeof shape, t->ndim, t->shape)));
+        wb = max_int(wb, (int)strlen(grouped(bytes, sizeof bytes, t->nbytes)));
+    }
+    if (!rc && f->n)
+        printf("  %-*s  %-*s  %-*s  %*s\n", wn, "name", wd, "dtype", ws, "shape", wb, "bytes");
+    for (int i = 0; !rc && i < f->n; i++) {
+        const dc_st_tensor *t = &f->tensors[i];
+        printf("  %-*s  %-*s  %-*s  %*s\n", wn, names[i], wd, t->dtype_name, ws,
+               dc_shape_str(shape, sizeof shape, t->ndim, t->shape), wb,
+               grouped(bytes, sizeof bytes, t->nbytes));
+    }
+    for (int i = 0; names && i < f->n; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+static void print_totals(const dc_st_file *f) {
+    uint64_t params = 0, bytes = 0;
+    for (int i = 0; i < f->n; i++) {
+        params += (uint64_t)dc_shape_numel(f->tensors[i].ndim, f->tensors[i].shape);
+        bytes += f->tensors[i].nbytes;
+    }
+    char p[32], b[32], h[32];
+    printf("  total: %d tensor%s, %s parameters, %s (%s bytes)\n", f->n, f->n == 1 ? "" : "s",
+           grouped(p, sizeof p, params), human_bytes(h, sizeof h, bytes), grouped(b, sizeof b, bytes));
+}
+
+static int print_meta(const dc_st_file *f) {
+    printf("  metadata:%s\n", f->n_meta ? "" : " none");
+    int rc = 0;
+    for (int i = 0; !rc && i < f->n_meta; i++) {
+        char *k = escaped(f->meta_keys[i]), *v = escaped(f->meta_values[i]);
+        rc = k && v ? 0 : dc_fail("out of memory");
+        if (!rc)
+            printf("    %s = %s\n", k, v);
+        free(k);
+        free(v);
+    }
+    return rc;
+}
+
+static int describe_file(const char *path) {
+    dc_st_file f;
+    if (dc_st_open(&f, path))
+        return -1;
+    printf("%s: safetensors weight file\n", path);
+    int rc = print_tensors(&f);
+    if (!rc)
+        print_totals(&f);
+    rc = rc ? rc : print_meta(&f);
+    dc_st_close(&f);
+    return rc;
+}
+
+/* ---- folders ---- */
+
+static int join(char *buf, size_t n, const char *dir, const char *name) {
+    if ((size_t)snprintf(buf, n, "%s/%s", dir, name) >= n)
+        return dc_fail("%s/%s: path too long", dir, name);
+    return 0;
+}
+
+static int is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Weight file names of diffusers models and of our checkpoints. */
+static const char *const weight_names[] = {"diffusion_pytorch_model.safetensors", "model.safetensors",
+                                           "train_state.safetensors"};
+
+/* Describe the weight files directly in `dir`, counting them in *found
+ * (files after the first get a blank line before them). */
+static int describe_weights_in(const char *dir, int *found) {
+    char path[PATH_MAX];
+    for (size_t i = 0; i < sizeof weight_names / sizeof weight_names[0]; i++) {
+        if (join(path, sizeof path, dir, weight_names[i]))
+            return -1;
+        if (!is_file(path))
+            continue;
+        if ((*found)++)
+            putchar('\n');
+        if (describe_file(path))
+            return -1;
+    }
+    return 0;
+}
+
+static int skip_hidden(const struct dirent *e) { return e->d_name[0] != '.'; }
+
+/* A diffusers model folder (weights at the top), pipeline folder or
+ * checkpoint (weights in component subfolders: unet/, unet_ema/, vae/, ...).
+ * 1 when described, 0 when the folder holds no weight file, -1 on error. */
+static int describe_weights_folder(const char *dir) {
+    int found = 0;
+    if (describe_weights_in(dir, &found))
+        return -1;
+    struct dirent **sub;
+    int n = scandir(dir, &sub, skip_hidden, alphasort);
+    if (n < 0)
+        return dc_fail("%s: cannot list the folder: %s", dir, strerror(errno));
+    char path[PATH_MAX];
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        rc = join(path, sizeof path, dir, sub[i]->d_name);
+        if (!rc && is_dir(path))
+            rc = describe_weights_in(path, &found);
+    }
+    for (int i = 0; i < n; i++)
+        free(sub[i]);
+    free(sub);
+    return rc ? -1 : found > 0;
+}
+
+/* The kinds of folder `info` describes, tried in order (dataset folders go
+ * here next). Each returns 1 when it described the folder, 0 when the folder
+ * is not its kind, -1 on error. */
+static int (*const folder_kinds[])(const char *dir) = {describe_weights_folder};
+
+static int describe_folder(const char *dir) {
+    for (size_t i = 0; i < sizeof folder_kinds / sizeof folder_kinds[0]; i++) {
+        int rc = folder_kinds[i](dir);
+        if (rc)
+            return rc < 0 ? -1 : 0;
+    }
+    return dc_fail("%s: no safetensors weight file found", dir);
+}
+
+/* ---- the command ---- */
+
+static int usage_error(const char *what) {
+    fprintf(stderr, "diffc: error: %s\nusage: diffc info FILE|DIR   (diffc info --help for more)\n", what);
+    return 2;
+}
 
 int dc_cmd_info(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: diffc info FILE|DIR\n");
-        return 2;
+    const char *path = NULL;
+    int options = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (options && (!strcmp(a, "--help") || !strcmp(a, "-h"))) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (options && !strcmp(a, "--")) {
+            options = 0;
+            continue;
+        }
+        char msg[256];
+        if (options && a[0] == '-' && a[1]) {
+            snprintf(msg, sizeof msg, "unknown option '%s'", a);
+            return usage_error(msg);
+        }
+        if (path) {
+            snprintf(msg, sizeof msg, "info takes one FILE or DIR, not also '%s'", a);
+            return usage_error(msg);
+        }
+        path = a;
     }
-    fprintf(stderr, "diffc: error: %s: cannot read weight files yet\n", argv[1]);
-    return 1;
+    if (!path)
+        return usage_error("info needs a FILE or DIR");
+    int rc = is_dir(path) ? describe_folder(path) : describe_file(path);
+    fflush(stdout);
+    if (rc) {
+        fprintf(stderr, "diffc: error: %s\n", dc_error());
+        return 1;
+    }
+    return 0;
 }
