@@ -171,24 +171,33 @@ uint16_t dc_f32_to_f16(float f) {
     return sign | (uint16_t)h;
 }
 
+/* Element i of p as a double. memcpy because file data need not be aligned. */
 static double load(const void *p, dc_dtype t, size_t i) {
+    const char *b = (const char *)p + i * dc_dtype_size(t);
+    float f;
+    uint16_t h;
+    int32_t v;
     switch (t) {
-    case DC_F32: return ((const float *)p)[i];
-    case DC_BF16: return dc_bf16_to_f32(((const uint16_t *)p)[i]);
-    case DC_F16: return dc_f16_to_f32(((const uint16_t *)p)[i]);
-    case DC_I32: return ((const int32_t *)p)[i];
-    case DC_U8: return ((const uint8_t *)p)[i];
+    case DC_F32: memcpy(&f, b, 4); return f;
+    case DC_BF16: memcpy(&h, b, 2); return dc_bf16_to_f32(h);
+    case DC_F16: memcpy(&h, b, 2); return dc_f16_to_f32(h);
+    case DC_I32: memcpy(&v, b, 4); return v;
+    case DC_U8: return *(const uint8_t *)b;
     default: return 0;
     }
 }
 
 static void store(void *p, dc_dtype t, size_t i, double v) {
+    char *b = (char *)p + i * dc_dtype_size(t);
+    float f = (float)v;
+    uint16_t h;
+    int32_t n;
     switch (t) {
-    case DC_F32: ((float *)p)[i] = (float)v; break;
-    case DC_BF16: ((uint16_t *)p)[i] = dc_f32_to_bf16((float)v); break;
-    case DC_F16: ((uint16_t *)p)[i] = dc_f32_to_f16((float)v); break;
-    case DC_I32: ((int32_t *)p)[i] = (int32_t)v; break;
-    case DC_U8: ((uint8_t *)p)[i] = (uint8_t)v; break;
+    case DC_F32: memcpy(b, &f, 4); break;
+    case DC_BF16: h = dc_f32_to_bf16(f); memcpy(b, &h, 2); break;
+    case DC_F16: h = dc_f32_to_f16(f); memcpy(b, &h, 2); break;
+    case DC_I32: n = (int32_t)v; memcpy(b, &n, 4); break;
+    case DC_U8: *(uint8_t *)b = (uint8_t)v; break;
     default: break;
     }
 }
