@@ -1,0 +1,155 @@
+/* CPU kernels for multi-head attention: per (n, head) pair, sgemm calls on the
+ * head slices in place (leading dimension C) around a row-wise softmax.
+ *
+ * Threading: when there are at least as many pairs as OpenMP threads, the
+ * pairs run in parallel, one thread each, with OpenBLAS held to one thread so
+ * the two thread pools do not oversubscribe the cores (the OpenBLAS build is
+ * pthreads, which does not notice that it is called from an OpenMP team).
+ * Otherwise (few pairs: small batch, one head) the pairs run one after
+ * another, each product threaded by OpenBLAS and the softmax rows by OpenMP. */
+#include "attention.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+
+/* The work done for one pair bh = n * heads + h; slot is the pair's [Lq, Lk]
+ * scratch (NULL when the call needs none). */
+typedef void (*pair_fn)(const void *job, int64_t bh, float *slot, bool rows_parallel);
+
+typedef struct {
+    const cpu_attention_dims *a;
+    float *out, *p;
+    const float *q, *k, *v;
+    bool keep_p;
+} forward_job;
+
+typedef struct {
+    const cpu_attention_dims *a;
+    const float *dout, *p, *q, *k, *v;
+    float *dq, *dk, *dv;
+} backward_job;
+
+/* Pairs that run at once: every thread when the pairs can fill them, else one. */
+static int pair_threads(const cpu_attention_dims *a) {
+    int t = omp_get_max_threads();
+    return a->n * a->heads >= t ? t : 1;
+}
+
+int64_t cpu_attention_scratch(const cpu_attention_dims *a) {
+    return (int64_t)pair_threads(a) * a->lq * a->lk;
+}
+
+static void run_pairs(const cpu_attention_dims *a, pair_fn fn, const void *job, float *scratch) {
+    int64_t pairs = a->n * a->heads, lqk = (int64_t)a->lq * a->lk;
+    int threads = pair_threads(a);
+    if (threads == 1) {
+        for (int64_t bh = 0; bh < pairs; bh++)
+            fn(job, bh, scratch, true);
+        return;
+    }
+    int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t bh = 0; bh < pairs; bh++)
+        fn(job, bh, scratch ? scratch + omp_get_thread_num() * lqk : NULL, false);
+    openblas_set_num_threads(blas_threads);
+}
+
+/* Where pair bh starts: its first element in q, out and dout; and in k and v. */
+static void pair_offsets(const cpu_attention_dims *a, int64_t bh, int64_t *qo, int64_t *kvo) {
+    int64_t c = (int64_t)a->heads * a->d, n = bh / a->heads, h = bh % a->heads;
+    *qo = n * a->lq * c + h * a->d;
+    *kvo = n * a->lk * c + h * a->d;
+}
+
+/* Scores to probabilities, row by row of p [Lq, Lk]. The row max is
+ * subtracted so exp never overflows; masked keys get exactly 0, and a causal
+ * row always keeps key i, so no row is empty. */
+static void softmax_rows(float *p, const cpu_attention_dims *a, bool parallel) {
+#pragma omp parallel for if (parallel)
+    for (int i = 0; i < a->lq; i++) {
+        float *row = p + (int64_t)i * a->lk;
+        int keep = a->causal ? i + 1 : a->lk;
+        float max = row[0], sum = 0.0f;
+        for (int j = 1; j < keep; j++)
+            max = fmaxf(max, row[j]);
+        for (int j = 0; j < keep; j++) {
+            row[j] = expf(row[j] - max);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < keep; j++)
+            row[j] *= inv;
+        for (int j = keep; j < a->lk; j++)
+            row[j] = 0.0f;
+    }
+}
+
+/* dP to dS in place: dS = P * (dP - rowsum(dP * P)), the softmax's gradient. */
+static void softmax_backward_rows(float *dp, const float *p, const cpu_attention_dims *a,
+                                  bool parallel) {
+#pragma omp parallel for if (parallel)
+    for (int i = 0; i < a->lq; i++) {
+        float *g = dp + (int64_t)i * a->lk;
+        const float *pr = p + (int64_t)i * a->lk;
+        float dot = 0.0f;
+        for (int j = 0; j < a->lk; j++)
+            dot += g[j] * pr[j];
+        for (int j = 0; j < a->lk; j++)
+            g[j] = pr[j] * (g[j] - dot);
+    }
+}
+
+static void forward_pair(const void *job, int64_t bh, float *slot, bool rows_parallel) {
+    const forward_job *f = job;
+    const cpu_attention_dims *a = f->a;
+    int c = a->heads * a->d;
+    int64_t qo, kvo;
+    pair_offsets(a, bh, &qo, &kvo);
+    float *p = f->keep_p ? f->p + bh * a->lq * a->lk : slot;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->lq, a->lk, a->d, a->scale, f->q + qo,
+                c, f->k + kvo, c, 0.0f, p, a->lk);
+    softmax_rows(p, a, rows_parallel);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->lq, a->d, a->lk, 1.0f, p, a->lk,
+                f->v + kvo, c, 0.0f, f->out + qo, c);
+}
+
+void cpu_attention_forward(const cpu_attention_dims *a, float *out, float *p, const float *q,
+                           const float *k, const float *v, bool keep_p) {
+    forward_job f = {a, out, p, q, k, v, keep_p};
+    run_pairs(a, forward_pair, &f, keep_p ? NULL : p);
+}
+
+/* dV += P^T dO; dS = softmax'(dO V^T); dQ += dS K * scale; dK += dS^T Q * scale.
+ * Each product adds into its own pair's slice, so aliased gradient buffers
+ * (q, k, v one tensor) are only ever touched by one thread at a time. */
+static void backward_pair(const void *job, int64_t bh, float *slot, bool rows_parallel) {
+    const backward_job *b = job;
+    const cpu_attention_dims *a = b->a;
+    int c = a->heads * a->d;
+    int64_t qo, kvo;
+    pair_offsets(a, bh, &qo, &kvo);
+    const float *p = b->p + bh * a->lq * a->lk;
+    if (b->dv)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, a->lk, a->d, a->lq, 1.0f, p, a->lk,
+                    b->dout + qo, c, 1.0f, b->dv + kvo, c);
+    if (!b->dq && !b->dk)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->lq, a->lk, a->d, 1.0f, b->dout + qo,
+                c, b->v + kvo, c, 0.0f, slot, a->lk);
+    softmax_backward_rows(slot, p, a, rows_parallel);
+    if (b->dq)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->lq, a->d, a->lk, a->scale, slot,
+                    a->lk, b->k + kvo, c, 1.0f, b->dq + qo, c);
+    if (b->dk)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, a->lk, a->d, a->lq, a->scale, slot,
+                    a->lk, b->q + qo, c, 1.0f, b->dk + kvo, c);
+}
+
+void cpu_attention_backward(const cpu_attention_dims *a, const float *dout, const float *p,
+                            const float *q, const float *k, const float *v, float *dq,
+                            float *dk, float *dv, float *work) {
+    backward_job b = {a, dout, p, q, k, v, dq, dk, dv};
+    run_pairs(a, backward_pair, &b, dq || dk ? work : NULL);
+}

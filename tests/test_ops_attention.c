@@ -1,0 +1,236 @@
+/* Attention: forward against a plain double-precision loop, backward against
+ * finite differences, under both thread schedules of the kernels (pairs one
+ * after another, pairs in parallel); q, k, v as one tensor; inputs that do or
+ * do not require grad; and the shape errors. */
+#include "testutil.h"
+
+#include "autograd/error.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int64_t n, lq, lk;
+    int heads, d;
+    bool causal;
+    float scale; /* 0: 1/sqrt(d) */
+} att_case;
+
+static const att_case cases[] = {
+    {"self, 1 head", 2, 7, 7, 1, 5, false, 0.0f},
+    {"self, 3 heads", 2, 7, 7, 3, 5, false, 0.0f},
+    {"cross", 2, 6, 9, 2, 3, false, 0.0f},
+    {"causal", 2, 7, 7, 3, 5, true, 0.0f},
+    {"explicit scale", 1, 5, 8, 2, 4, false, 0.3f},
+    {"one pair, causal", 1, 7, 7, 1, 5, true, 0.0f},
+};
+
+/* The kernels run pairs in parallel only when there are at least as many
+ * pairs as threads: 1 thread always takes the one-after-another path, 2
+ * threads the parallel one for every case with two pairs or more. */
+static const int thread_counts[] = {1, 2};
+
+/* Elements probed per input by a gradient check: all of them on one thread;
+ * a sample on two, where every forward starts an OpenMP team, which is slow
+ * on a loaded machine. */
+static int probes(int threads) { return threads == 1 ? 0 : 16; }
+
+/* The gradient check's step and tolerances: attention is smooth, so central
+ * differences at this step are accurate well inside a 1% error. */
+#define GC_EPS 1e-2
+#define GC_ATOL 1e-4
+#define GC_RTOL 1e-3
+
+/* out [N, Lq, heads*d] = softmax(q k^T * scale + mask) v per (n, head), in double. */
+static void reference(const att_case *c, const float *q, const float *k, const float *v,
+                      double *out) {
+    int64_t ch = (int64_t)c->heads * c->d;
+    double scale = c->scale != 0.0f ? c->scale : 1.0 / sqrt(c->d);
+    double *w = malloc((size_t)c->lk * sizeof *w);
+    for (int64_t n = 0; n < c->n; n++)
+        for (int h = 0; h < c->heads; h++)
+            for (int64_t i = 0; i < c->lq; i++) {
+                const float *qi = q + (n * c->lq + i) * ch + h * c->d;
+                double max = -INFINITY, sum = 0;
+                for (int64_t j = 0; j < c->lk; j++) {
+                    const float *kj = k + (n * c->lk + j) * ch + h * c->d;
+                    double s = 0;
+                    for (int e = 0; e < c->d; e++)
+                        s += (double)qi[e] * kj[e];
+                    w[j] = c->causal && j > i ? -INFINITY : s * scale;
+                    max = fmax(max, w[j]);
+                }
+                for (int64_t j = 0; j < c->lk; j++)
+                    sum += w[j] = exp(w[j] - max);
+                for (int e = 0; e < c->d; e++) {
+                    double acc = 0;
+                    for (int64_t j = 0; j < c->lk; j++)
+                        acc += w[j] / sum * v[(n * c->lk + j) * ch + h * c->d + e];
+                    out[(n * c->lq + i) * ch + h * c->d + e] = acc;
+                }
+            }
+    free(w);
+}
+
+static dc_tensor *run_attention(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    const att_case *c = arg;
+    return dc_attention(ctx, in[0], in[1], in[2], c->heads, c->causal, c->scale);
+}
+
+/* q, k and v one tensor, plus a residual: x + attention(x, x, x). The
+ * residual's gradient reaches x first, so all three of the attention's
+ * gradients must add to it, not overwrite it. */
+static dc_tensor *run_self(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    const att_case *c = arg;
+    dc_tensor *x = in[0];
+    return dc_add(ctx, x, dc_attention(ctx, x, x, x, c->heads, c->causal, c->scale));
+}
+
+static void check_forward(dc_ctx *ctx, const att_case *c, dc_tensor **in, const double *want) {
+    dc_tensor *out = run_attention(ctx, in, (void *)c);
+    ck_assert_msg(out != NULL, "%s: %s", c->name, dc_error());
+    ck_assert_int_eq(out->ndim, 3);
+    ck_assert(out->shape[0] == c->n && out->shape[1] == c->lq &&
+              out->shape[2] == (int64_t)c->heads * c->d);
+    ck_assert(ctx->tape && ctx->tape->saved[0]); /* recorded, P kept */
+    tu_assert_close(out->data, want, out->numel, 1e-5, 1e-4, c->name);
+    /* without a tape P lives in per-thread scratch instead: the same result */
+    bool was = dc_set_grad_enabled(ctx, false);
+    out = run_attention(ctx, in, (void *)c);
+    ck_assert_msg(out != NULL, "%s: %s", c->name, dc_error());
+    tu_assert_close(out->data, want, out->numel, 1e-5, 1e-4, c->name);
+    dc_set_grad_enabled(ctx, was);
+}
+
+static void make_inputs(dc_ctx *ctx, const att_case *c, dc_tensor **in) {
+    int64_t ch = (int64_t)c->heads * c->d;
+    in[0] = tu_leaf(ctx, DC_SHAPE(c->n, c->lq, ch));
+    in[1] = tu_leaf(ctx, DC_SHAPE(c->n, c->lk, ch));
+    in[2] = tu_leaf(ctx, DC_SHAPE(c->n, c->lk, ch));
+}
+
+static void check_case(const att_case *c, int threads) {
+    omp_set_num_threads(threads);
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *in[3];
+    make_inputs(ctx, c, in);
+    double *want = malloc((size_t)in[0]->numel * sizeof *want);
+    reference(c, in[0]->data, in[1]->data, in[2]->data, want);
+    check_forward(ctx, c, in, want);
+    free(want);
+    dc_ctx_reset(ctx); /* drop the tape of the forward check */
+    make_inputs(ctx, c, in);
+    tu_gradcheck(ctx, run_attention, (void *)c, in, 3, GC_EPS, GC_ATOL, GC_RTOL, probes(threads));
+    tu_ctx_free(ctx);
+}
+
+START_TEST(test_cases) {
+    for (size_t t = 0; t < sizeof thread_counts / sizeof thread_counts[0]; t++)
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            check_case(&cases[i], thread_counts[t]);
+}
+END_TEST
+
+START_TEST(test_one_tensor) {
+    for (size_t t = 0; t < sizeof thread_counts / sizeof thread_counts[0]; t++) {
+        omp_set_num_threads(thread_counts[t]);
+        for (int causal = 0; causal < 2; causal++) {
+            att_case c = {"x + attention(x, x, x)", 2, 6, 6, 3, 3, causal, 0.0f};
+            dc_ctx *ctx = tu_ctx();
+            dc_tensor *in[1] = {tu_leaf(ctx, DC_SHAPE(2, 6, 9))};
+            double want[108];
+            reference(&c, in[0]->data, in[0]->data, in[0]->data, want);
+            for (int i = 0; i < 108; i++)
+                want[i] += ((const float *)in[0]->data)[i];
+            dc_tensor *out = run_self(ctx, in, &c);
+            ck_assert_msg(out != NULL, "%s", dc_error());
+            tu_assert_close(out->data, want, out->numel, 1e-5, 1e-4, c.name);
+            dc_ctx_reset(ctx);
+            in[0] = tu_leaf(ctx, DC_SHAPE(2, 6, 9));
+            tu_gradcheck(ctx, run_self, &c, in, 1, GC_EPS, GC_ATOL, GC_RTOL,
+                         probes(thread_counts[t]));
+            tu_ctx_free(ctx);
+        }
+    }
+}
+END_TEST
+
+/* Every subset of q, k, v requiring grad: the others get no gradient, and
+ * with none nothing is recorded. */
+START_TEST(test_grad_subsets) {
+    const att_case c = {"subset", 2, 5, 6, 2, 3, false, 0.0f};
+    omp_set_num_threads(1);
+    for (int mask = 0; mask < 8; mask++) {
+        dc_ctx *ctx = tu_ctx();
+        dc_tensor *in[3] = {tu_randn(ctx, DC_SHAPE(2, 5, 6)), tu_randn(ctx, DC_SHAPE(2, 6, 6)),
+                            tu_randn(ctx, DC_SHAPE(2, 6, 6))};
+        for (int i = 0; i < 3; i++)
+            in[i]->requires_grad = mask >> i & 1;
+        if (mask == 0) {
+            dc_tensor *out = run_attention(ctx, in, (void *)&c);
+            ck_assert_msg(out != NULL, "%s", dc_error());
+            ck_assert(!out->requires_grad);
+            ck_assert_ptr_null(ctx->tape);
+        } else {
+            tu_gradcheck(ctx, run_attention, (void *)&c, in, 3, GC_EPS, GC_ATOL, GC_RTOL, 0);
+            for (int i = 0; i < 3; i++)
+                ck_assert_msg((in[i]->grad != NULL) == (mask >> i & 1), "mask %d input %d", mask,
+                              i);
+        }
+        tu_ctx_free(ctx);
+    }
+}
+END_TEST
+
+/* dc_attention with these shapes must fail with a message containing `msg`. */
+static void expect_error(const int64_t qs[3], const int64_t ks[3], const int64_t vs[3], int heads,
+                         bool causal, const char *msg) {
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *q = tu_randn(ctx, 3, qs), *k = tu_randn(ctx, 3, ks), *v = tu_randn(ctx, 3, vs);
+    ck_assert_ptr_null(dc_attention(ctx, q, k, v, heads, causal, 0.0f));
+    ck_assert(ctx->failed);
+    ck_assert_msg(strstr(dc_error(), msg), "want \"%s\", got \"%s\"", msg, dc_error());
+    tu_ctx_free(ctx);
+}
+
+START_TEST(test_errors) {
+    const int64_t q[3] = {2, 7, 12}, k[3] = {2, 9, 12};
+    expect_error(q, k, k, 5, false,
+                 "attention: the channel count does not split into equal heads "
+                 "(q [2, 7, 12], k [2, 9, 12], v [2, 9, 12], 5 heads)");
+    expect_error(q, k, k, 0, false, "attention: heads must be at least 1");
+    expect_error(q, (int64_t[]){3, 9, 12}, (int64_t[]){3, 9, 12}, 2, false,
+                 "attention: batch sizes differ");
+    expect_error(q, k, (int64_t[]){1, 9, 12}, 2, false, "attention: batch sizes differ");
+    expect_error(q, (int64_t[]){2, 9, 8}, (int64_t[]){2, 9, 8}, 2, false,
+                 "attention: channel counts differ");
+    expect_error(q, k, (int64_t[]){2, 9, 6}, 2, false, "attention: channel counts differ");
+    expect_error(q, k, (int64_t[]){2, 8, 12}, 2, false,
+                 "attention: k and v lengths differ (q [2, 7, 12], k [2, 9, 12], v [2, 8, 12]");
+    expect_error(q, k, k, 2, true,
+                 "attention: causal attention needs as many keys as queries (q [2, 7, 12], "
+                 "k [2, 9, 12], v [2, 9, 12], 2 heads, causal)");
+
+    dc_ctx *ctx = tu_ctx(); /* not [N, L, C] */
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(2, 7, 3, 4)), *y = tu_randn(ctx, DC_SHAPE(2, 7, 12));
+    ck_assert_ptr_null(dc_attention(ctx, x, y, y, 2, false, 0.0f));
+    ck_assert_msg(strstr(dc_error(), "attention: q, k and v must be [N, L, C]"), "%s", dc_error());
+    /* sticky: a later call fails too, keeping the first message */
+    ck_assert_ptr_null(dc_attention(ctx, y, y, y, 2, false, 0.0f));
+    ck_assert_msg(strstr(dc_error(), "must be [N, L, C]"), "%s", dc_error());
+    tu_ctx_free(ctx);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("ops_attention");
+    TCase *tc = tu_tcase(s, "ops", 120);
+    tcase_add_test(tc, test_cases);
+    tcase_add_test(tc, test_one_tensor);
+    tcase_add_test(tc, test_grad_subsets);
+    tcase_add_test(tc, test_errors);
+    return tu_run(s);
+}
