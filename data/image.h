@@ -34,6 +34,8 @@ dc_image_format dc_image_sniff(const void *buf, size_t n);
  * Images larger than DC_IMAGE_MAX_PIXELS are refused before decoding. */
 #define DC_IMAGE_MAX_PIXELS ((int64_t)1 << 28)
 int dc_image_decode(dc_image *img, const void *buf, size_t n, const char *what);
+/* The same with a lower limit (the fuzzer keeps claimed sizes within its memory). */
+int dc_image_decode_limit(dc_image *img, const void *buf, size_t n, const char *what, int64_t max_pixels);
 /* Read and decode a file. */
 int dc_image_load(dc_image *img, const char *path);
 /* Write an 8-bit gray or RGB PNG (to "<path>.tmp", then renamed). */
