@@ -109,7 +109,7 @@ static int png_decode_into(png_reader *r) {
     png_set_read_fn(r->png, r, png_read_mem);
     png_read_info(r->png, r->info);
     png_uint_32 w = png_get_image_width(r->png, r->info), h = png_get_image_height(r->png, r->info);
-    if ((int64_t)w * h > r->max_pixels)
+    if ((int64_t)w * h > r->max_pixels) /* an unknown chunk before the IHDR got past the early check */
         return dc_fail("%s: PNG of %ux%u pixels, more than the %lld allowed", r->what, (unsigned)w, (unsigned)h,
                        (long long)r->max_pixels);
     png_set_expand(r->png); /* palette to RGB, gray below 8 bits to 8, tRNS to alpha */
@@ -135,7 +135,15 @@ static int png_decode_into(png_reader *r) {
     return 0;
 }
 
+static uint32_t rd32be(const uint8_t *p) { return (uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3]; }
+
 static int decode_png(dc_image *img, const uint8_t *buf, size_t n, const char *what, int64_t max_pixels) {
+    /* libpng reads on to the first IDAT before it tells us the size, so a
+     * huge claim in an IHDR where it belongs (first) is refused here, before
+     * libpng starts, whatever follows it */
+    if (n >= 24 && !memcmp(buf + 12, "IHDR", 4) && (int64_t)rd32be(buf + 16) * rd32be(buf + 20) > max_pixels)
+        return dc_fail("%s: PNG of %ux%u pixels, more than the %lld allowed", what, (unsigned)rd32be(buf + 16),
+                       (unsigned)rd32be(buf + 20), (long long)max_pixels);
     png_reader r = {.what = what, .buf = buf, .n = n, .max_pixels = max_pixels, .img = img};
     r.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r, png_on_error, png_on_warning);
     r.info = r.png ? png_create_info_struct(r.png) : NULL;
