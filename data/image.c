@@ -74,6 +74,7 @@ int dc_image_convert(dc_image *dst, const dc_image *src, int channels) {
  * change is not filtered (its weights would be the identity anyway). */
 
 #define PRECISION_BITS 22 /* 32 - 8 bits of pixel - 2 bits of headroom for negative lobes */
+#define HALF (1 << (PRECISION_BITS - 1))
 
 static double bicubic(double x) {
     const double a = -0.5;
@@ -150,33 +151,35 @@ static void resample_rows(uint8_t *dst, const dc_image *src, int y0, int y1, con
     for (int y = y0; y < y1; y++) {
         const uint8_t *row = src->px + (size_t)y * src->w * c;
         uint8_t *out = dst + (size_t)(y - y0) * w * c;
-        for (int x = 0; x < w; x++) {
-            const int32_t *k = a->k + (size_t)(x0 + x) * a->ksize;
-            const uint8_t *in = row + (size_t)a->first[x0 + x] * c;
-            for (int ch = 0; ch < c; ch++) {
-                int32_t s = 1 << (PRECISION_BITS - 1);
-                for (int j = 0; j < a->count[x0 + x]; j++)
+        for (int x = x0; x < x0 + w; x++) {
+            const int32_t *k = a->k + (size_t)x * a->ksize;
+            const uint8_t *in = row + (size_t)a->first[x] * c;
+            for (int ch = 0; ch < c; ch++, out++) {
+                int32_t s = HALF;
+                for (int j = 0; j < a->count[x]; j++)
                     s += in[j * c + ch] * k[j];
-                out[x * c + ch] = clip8(s);
+                *out = clip8(s);
             }
         }
     }
 }
 
 /* Rows [y0, y0 + h) of the vertical resize, `n` bytes wide, into dst. The
- * input rows are `stride` bytes apart and the first is source row `base`. */
+ * input rows are `stride` bytes apart and the first is source row `base`.
+ * Sums a whole row at a time in acc[n], so the inner loop runs along memory. */
 static void resample_cols(uint8_t *dst, const uint8_t *src, size_t stride, int base, size_t n,
-                          const axis_weights *a, int y0, int h) {
-    for (int y = 0; y < h; y++) {
-        const int32_t *k = a->k + (size_t)(y0 + y) * a->ksize;
-        const uint8_t *in = src + (size_t)(a->first[y0 + y] - base) * stride;
-        uint8_t *out = dst + (size_t)y * n;
-        for (size_t i = 0; i < n; i++) {
-            int32_t s = 1 << (PRECISION_BITS - 1);
-            for (int j = 0; j < a->count[y0 + y]; j++)
-                s += in[j * stride + i] * k[j];
-            out[i] = clip8(s);
-        }
+                          const axis_weights *a, int y0, int h, int32_t *acc) {
+    for (int y = y0; y < y0 + h; y++) {
+        const int32_t *k = a->k + (size_t)y * a->ksize;
+        const uint8_t *in = src + (size_t)(a->first[y] - base) * stride;
+        for (size_t i = 0; i < n; i++)
+            acc[i] = HALF;
+        for (int j = 0; j < a->count[y]; j++)
+            for (size_t i = 0; i < n; i++)
+                acc[i] += in[j * stride + i] * k[j];
+        uint8_t *out = dst + (size_t)(y - y0) * n;
+        for (size_t i = 0; i < n; i++)
+            out[i] = clip8(acc[i]);
     }
 }
 
@@ -186,34 +189,37 @@ static void resample_cols(uint8_t *dst, const uint8_t *src, size_t stride, int b
 static int resample(dc_image *dst, const dc_image *src, int out_w, int out_h, int x0, int y0, int cw, int ch) {
     axis_weights ax = {0}, ay = {0};
     uint8_t *tmp = NULL;
+    int32_t *acc = NULL;
     int c = src->c, horiz = out_w != src->w, vert = out_h != src->h;
+    size_t n = (size_t)cw * c; /* bytes per output row */
     if (dc_image_alloc(dst, cw, ch, c) || (horiz && axis_init(&ax, src->w, out_w)) ||
         (vert && axis_init(&ay, src->h, out_h)))
         goto fail;
     /* the source rows the vertical pass reads (all of the window's rows when it is skipped) */
     int r0 = vert ? ay.first[y0] : y0;
     int r1 = vert ? ay.first[y0 + ch - 1] + ay.count[y0 + ch - 1] : y0 + ch;
+    if ((horiz && vert && !(tmp = malloc((size_t)(r1 - r0) * n))) || (vert && !(acc = malloc(n * sizeof *acc)))) {
+        dc_fail("resize %dx%d -> %dx%d: out of memory", src->w, src->h, out_w, out_h);
+        goto fail;
+    }
     if (horiz && !vert) {
         resample_rows(dst->px, src, r0, r1, &ax, x0, cw);
     } else if (horiz) {
-        tmp = malloc((size_t)(r1 - r0) * cw * c);
-        if (!tmp) {
-            dc_fail("resize %dx%d -> %dx%d: out of memory", src->w, src->h, out_w, out_h);
-            goto fail;
-        }
         resample_rows(tmp, src, r0, r1, &ax, x0, cw);
-        resample_cols(dst->px, tmp, (size_t)cw * c, r0, (size_t)cw * c, &ay, y0, ch);
+        resample_cols(dst->px, tmp, n, r0, n, &ay, y0, ch, acc);
     } else if (vert) {
-        resample_cols(dst->px, src->px + (size_t)x0 * c, (size_t)src->w * c, 0, (size_t)cw * c, &ay, y0, ch);
+        resample_cols(dst->px, src->px + (size_t)x0 * c, (size_t)src->w * c, 0, n, &ay, y0, ch, acc);
     } else {
         for (int y = 0; y < ch; y++)
-            memcpy(dst->px + (size_t)y * cw * c, src->px + ((size_t)(y0 + y) * src->w + x0) * c, (size_t)cw * c);
+            memcpy(dst->px + (size_t)y * n, src->px + ((size_t)(y0 + y) * src->w + x0) * c, n);
     }
+    free(acc);
     free(tmp);
     axis_free(&ax);
     axis_free(&ay);
     return 0;
 fail:
+    free(acc);
     free(tmp);
     axis_free(&ax);
     axis_free(&ay);

@@ -141,7 +141,8 @@ static int decode_png(dc_image *img, const uint8_t *buf, size_t n, const char *w
     /* libpng reads on to the first IDAT before it tells us the size, so a
      * huge claim in an IHDR where it belongs (first) is refused here, before
      * libpng starts, whatever follows it */
-    if (n >= 24 && !memcmp(buf + 12, "IHDR", 4) && (int64_t)rd32be(buf + 16) * rd32be(buf + 20) > max_pixels)
+    if (n >= 24 && !memcmp(buf + 12, "IHDR", 4) &&
+        (uint64_t)rd32be(buf + 16) * rd32be(buf + 20) > (uint64_t)max_pixels)
         return dc_fail("%s: PNG of %ux%u pixels, more than the %lld allowed", what, (unsigned)rd32be(buf + 16),
                        (unsigned)rd32be(buf + 20), (long long)max_pixels);
     png_reader r = {.what = what, .buf = buf, .n = n, .max_pixels = max_pixels, .img = img};
