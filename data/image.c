@@ -3,10 +3,6 @@
  * conversion, PIL-exact bicubic resizing, torchvision's resize + centre crop,
  * crop, flip, uint8 <-> float, and the image grid. Decoding and encoding live
  * in image_codec.c.
- *
- * Functions that make an image write it to `dst`, which they treat as empty
- * on entry (whatever it held is not freed) and leave empty on failure; dst
- * and src must be different images.
  */
 #include "image.h"
 

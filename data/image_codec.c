@@ -11,15 +11,11 @@
  * between markers) are dropped, except that a JPEG running out of data is an
  * error, where libjpeg would quietly pad it with gray.
  *
- * PNG: 16-bit samples are rounded to 8 bits (v * 255 / 65535, to nearest),
- * then a pixel with alpha a is composited on white in 8 bits:
- * out = round((v * a + 255 * (255 - a)) / 255). Gray and gray+alpha give one
- * channel; palette, RGB and RGBA give three.
- *
- * JPEG: gray gives one channel, YCbCr and RGB three, CMYK and YCCK are
- * converted to RGB as PIL does; files with an Adobe marker (Photoshop, and
- * libjpeg itself when writing CMYK) store inverted CMYK. The EXIF orientation
- * tag is applied as PIL's ImageOps.exif_transpose does.
+ * The pixel rules (bit depths, alpha on white, CMYK, EXIF) are in image.h.
+ * One departure from PIL: PIL treats every CMYK JPEG as inverted, we only
+ * those with an Adobe marker, the usual rule (Photoshop, PIL and libjpeg all
+ * write that marker with inverted CMYK); the two agree on every file PIL
+ * makes.
  */
 #include "image.h"
 
