@@ -925,6 +925,33 @@ START_TEST(test_truncated_jpeg) {
 }
 END_TEST
 
+/* A progressive file whose last scan repeats 600 times: refused at scan 501,
+ * not decoded for ever (each scan is a pass over the whole image). */
+START_TEST(test_jpeg_too_many_scans) {
+    size_t n;
+    unsigned char *src = slurp(FIXTURES "image_progressive.jpg", &n);
+    size_t sos = 0;
+    for (size_t i = 2; i + 1 < n; i++)
+        if (src[i] == 0xff && src[i + 1] == 0xda)
+            sos = i;
+    ck_assert(sos > 0 && src[n - 2] == 0xff && src[n - 1] == 0xd9);
+    size_t scan = n - 2 - sos, big_n = sos + 600 * scan + 2;
+    unsigned char *big = malloc(big_n);
+    memcpy(big, src, sos);
+    for (int k = 0; k < 600; k++)
+        memcpy(big + sos + k * scan, src + sos, scan);
+    memcpy(big + big_n - 2, "\xff\xd9", 2);
+    assert_refused(big, big_n, "scans.jpg", "more than 500 scans");
+    /* the same scan twice is merely odd: decoded */
+    dc_image img;
+    memcpy(big + sos + 2 * scan, "\xff\xd9", 2);
+    ck_assert_msg(dc_image_decode(&img, big, sos + 2 * scan + 2, "twice.jpg") == 0, "%s", dc_error());
+    dc_image_free(&img);
+    free(big);
+    free(src);
+}
+END_TEST
+
 /* A damaged CRC on image data is an error, not a guess. */
 START_TEST(test_png_bad_crc) {
     png_source s = random_png(10, 10, PNG_COLOR_TYPE_RGB, 8, 0, 0);
@@ -1026,6 +1053,7 @@ int main(void) {
     tcase_add_test(tc, test_refuses_huge);
     tcase_add_test(tc, test_truncated_png);
     tcase_add_test(tc, test_truncated_jpeg);
+    tcase_add_test(tc, test_jpeg_too_many_scans);
     tcase_add_test(tc, test_png_bad_crc);
     tcase_add_test(tc, test_damaged_files);
     tcase_add_test(tc, test_load_errors);
