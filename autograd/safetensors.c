@@ -16,6 +16,7 @@
 #include "safetensors.h"
 
 #include "error.h"
+#include "fileio.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -574,19 +575,6 @@ static int build_header(const char *path, const out_tensor *o, int n, const char
     return b->failed ? dc_fail("%s: out of memory for the header", path) : 0;
 }
 
-/* fsync the folder that holds `path`, so the rename itself is durable. Best
- * effort: the file is complete either way. */
-static void sync_parent(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
 static int write_file(const char *path, const strbuf *hdr, const out_tensor *o, int n) {
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
@@ -619,7 +607,7 @@ static int write_file(const char *path, const strbuf *hdr, const out_tensor *o, 
     }
     free(tmp);
     if (ok)
-        sync_parent(path);
+        dc_sync_parent(path);
     return ok ? 0 : -1;
 }
 

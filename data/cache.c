@@ -27,6 +27,7 @@
 #include "source.h"
 
 #include "autograd/error.h"
+#include "autograd/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -295,19 +296,6 @@ static void fill_header(uint8_t *h, const dc_cache_meta *m, const uint64_t sizes
     put32(h + H_CRC, (uint32_t)crc32(0, h, H_CRC));
 }
 
-/* fsync the folder holding `path`, so the rename is durable. Best effort:
- * the file is complete either way. */
-static void sync_parent(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
 /* Zeros from *pos up to `off`, where the next section starts. */
 static int pad_to(const dc_cache_writer *w, uint64_t *pos, uint64_t off) {
     static const uint8_t zeros[8];
@@ -361,7 +349,7 @@ int dc_cache_writer_finish(dc_cache_writer *w, const dc_cache_meta *m) {
         dc_cache_writer_abort(w);
         return -1;
     }
-    sync_parent(w->path);
+    dc_sync_parent(w->path);
     release(w);
     return 0;
 }
