@@ -13,9 +13,10 @@ static const char *op_names[] = {
     "matmul",  "conv2d",    "group_norm", "layer_norm", "silu",   "gelu",
     "softmax", "attention", "upsample2x", "concat",  "slice",     "dropout",
     "embedding", "timestep_embedding", "sum", "mean", "mse_loss",
+    "q_sample", "diffusion_loss",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == DC_OP_COUNT, "one name per op");
-_Static_assert(DC_OP_COUNT == 23, "a new op needs a name, kernels and a gradient test");
+_Static_assert(DC_OP_COUNT == 25, "a new op needs a name, kernels and a gradient test");
 
 const char *dc_op_name(dc_op op) { return (unsigned)op < DC_OP_COUNT ? op_names[op] : "?"; }
 

@@ -49,6 +49,8 @@ typedef enum dc_op {
     DC_OP_SUM,
     DC_OP_MEAN,
     DC_OP_MSE_LOSS,
+    DC_OP_Q_SAMPLE,       /* diffusion.h */
+    DC_OP_DIFFUSION_LOSS, /* diffusion.h */
     DC_OP_COUNT
 } dc_op;
 

@@ -1,0 +1,117 @@
+/* CPU kernels of the diffusion process (OpenMP): q_sample, the training loss, timestep draws.
+ * Per-sample constants are recomputed per element: a few flops beside the
+ * memory traffic, and every element stays independent (as on the GPU). */
+#include "diffusion.h"
+
+#include "../rng.h"
+#include "parallel.h"
+
+#include <math.h>
+
+/* One sample of the loss: its target is cx x0 + cn noise, its weight w. */
+typedef struct {
+    float cx, cn;
+    double w;
+} loss_coefs;
+
+/* min-SNR-gamma weights of dc_diffusion_loss; snr is finite (acp < 1). */
+static double loss_weight(double snr, dc_prediction_type p, double gamma) {
+    if (gamma <= 0)
+        return p == DC_PRED_SAMPLE ? snr : 1.0;
+    double m = snr < gamma ? snr : gamma;
+    switch (p) {
+    case DC_PRED_EPSILON:
+        return snr < gamma ? 1.0 : gamma / snr; /* min(snr, gamma) / snr without 0 / 0 */
+    case DC_PRED_V_PREDICTION:
+        return m / (snr + 1.0);
+    default:
+        return m;
+    }
+}
+
+static inline loss_coefs coefs_of(float acp, dc_prediction_type p, float snr_gamma) {
+    float a = sqrtf(acp), s = sqrtf(1.0f - acp);
+    loss_coefs c = {0.0f, 1.0f, loss_weight((double)acp / (1.0 - acp), p, snr_gamma)};
+    if (p == DC_PRED_V_PREDICTION) { /* -s x0 + a noise rounds as get_velocity's a noise - s x0 */
+        c.cx = -s;
+        c.cn = a;
+    } else if (p == DC_PRED_SAMPLE) {
+        c.cx = 1.0f;
+        c.cn = 0.0f;
+    }
+    return c;
+}
+
+/* Products rounded to f32 before the sum, as PyTorch's separate ops do. */
+static inline float mix(float cx, float x0, float cn, float noise) {
+    float u = cx * x0, v = cn * noise;
+    return u + v;
+}
+
+void cpu_q_sample_forward(float *out, const float *x0, const float *noise, const float *acp,
+                          int64_t n, int64_t d) {
+#pragma omp parallel for collapse(2) if (n * d >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < d; j++) {
+            int64_t k = i * d + j;
+            out[k] = mix(sqrtf(acp[i]), x0[k], sqrtf(1.0f - acp[i]), noise[k]);
+        }
+}
+
+void cpu_q_sample_backward(const float *dout, float *dx0, float *dnoise, const float *acp,
+                           int64_t n, int64_t d) {
+#pragma omp parallel for collapse(2) if (n * d >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < d; j++) {
+            int64_t k = i * d + j;
+            if (dx0)
+                dx0[k] += sqrtf(acp[i]) * dout[k];
+            if (dnoise)
+                dnoise[k] += sqrtf(1.0f - acp[i]) * dout[k];
+        }
+}
+
+double cpu_diffusion_loss_forward(const float *pred, const float *x0, const float *noise,
+                                  const float *acp, int64_t n, int64_t d, dc_prediction_type p,
+                                  float snr_gamma) {
+    double s = 0;
+#pragma omp parallel for collapse(2) reduction(+ : s) if (n * d >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < d; j++) {
+            loss_coefs c = coefs_of(acp[i], p, snr_gamma);
+            int64_t k = i * d + j;
+            double e = (double)pred[k] - mix(c.cx, x0[k], c.cn, noise[k]);
+            s += c.w * e * e;
+        }
+    return s / ((double)n * (double)d);
+}
+
+void cpu_diffusion_loss_backward(float g, const float *pred, const float *x0, const float *noise,
+                                 const float *acp, int64_t n, int64_t d, dc_prediction_type p,
+                                 float snr_gamma, float *dpred, float *dx0, float *dnoise) {
+    double nd = (double)n * (double)d;
+#pragma omp parallel for collapse(2) if (n * d >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < d; j++) {
+            loss_coefs c = coefs_of(acp[i], p, snr_gamma);
+            int64_t k = i * d + j;
+            double e = (double)pred[k] - mix(c.cx, x0[k], c.cn, noise[k]);
+            float de = (float)(2.0 * g * c.w * e / nd); /* d loss / d pred; the target's is -de */
+            if (dpred)
+                dpred[k] += de;
+            if (dx0)
+                dx0[k] -= c.cx * de;
+            if (dnoise)
+                dnoise[k] -= c.cn * de;
+        }
+}
+
+void cpu_sample_timesteps(int32_t *t, int64_t n, int64_t T, uint64_t seed, uint64_t stream,
+                          uint64_t offset) {
+#pragma omp parallel for if (n >= CPU_PAR_MIN)
+    for (int64_t k = 0; k < n; k++) {
+        uint64_t i = offset + (uint64_t)k;
+        uint32_t w = dc_rand_block(seed, stream, i / 4).w[i % 4];
+        t[k] = (int32_t)(((uint64_t)w * (uint64_t)T) >> 32); /* < T: w < 2^32 */
+    }
+}

@@ -1,0 +1,318 @@
+/* Noise schedules, their scheduler_config.json, and the random draws of a
+ * training step (see diffusion.h). The fused ops are in ops_diffusion.c. */
+#include "diffusion.h"
+
+#include "cpu/diffusion.h"
+#include "error.h"
+#include "rng.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_TIMESTEPS ((int64_t)1 << 24) /* t is i32 and T x 8 bytes stays small */
+#define MAX_CONFIG_BYTES (1 << 20)       /* a scheduler config is well under 1 KB */
+
+/* ---- names ---- */
+
+static const char *const beta_names[DC_BETA_COUNT] = {"linear", "scaled_linear",
+                                                      "squaredcos_cap_v2"};
+static const char *const pred_names[DC_PRED_COUNT] = {"epsilon", "v_prediction", "sample"};
+
+int dc_beta_schedule_parse(const char *name, dc_beta_schedule *out) {
+    for (int s = 0; s < DC_BETA_COUNT; s++)
+        if (!strcmp(name, beta_names[s])) {
+            *out = (dc_beta_schedule)s;
+            return 0;
+        }
+    return dc_fail("unknown beta_schedule '%s' (expected linear, scaled_linear or "
+                   "squaredcos_cap_v2)",
+                   name);
+}
+
+const char *dc_beta_schedule_name(dc_beta_schedule s) {
+    return (unsigned)s < DC_BETA_COUNT ? beta_names[s] : "?";
+}
+
+int dc_prediction_type_parse(const char *name, dc_prediction_type *out) {
+    for (int p = 0; p < DC_PRED_COUNT; p++)
+        if (!strcmp(name, pred_names[p])) {
+            *out = (dc_prediction_type)p;
+            return 0;
+        }
+    return dc_fail("unknown prediction_type '%s' (expected epsilon, v_prediction or sample)", name);
+}
+
+const char *dc_prediction_type_name(dc_prediction_type p) {
+    return (unsigned)p < DC_PRED_COUNT ? pred_names[p] : "?";
+}
+
+/* ---- scheduler_config.json ---- */
+
+dc_noise_schedule_config dc_noise_schedule_default_config(void) {
+    return (dc_noise_schedule_config){.num_train_timesteps = 1000,
+                                      .beta_start = 0.0001,
+                                      .beta_end = 0.02,
+                                      .beta_schedule = DC_BETA_LINEAR,
+                                      .prediction_type = DC_PRED_EPSILON};
+}
+
+/* Prefix the message just recorded with `where` (it is copied: dc_fail reuses its buffer). */
+static int fail_at(const char *where) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", dc_error());
+    return dc_fail("%s: %s", where, msg);
+}
+
+/* The number under `key`, left as it is when absent; an error when it is not a number. */
+static int get_number(const cJSON *root, const char *key, const char *where, double *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v)
+        return 0;
+    if (!cJSON_IsNumber(v))
+        return dc_fail("%s: %s must be a number", where, key);
+    *out = v->valuedouble;
+    return 0;
+}
+
+/* The string under `key`, or NULL when absent; an error when it is not a string. */
+static int get_string(const cJSON *root, const char *key, const char *where, const char **out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    *out = NULL;
+    if (!v)
+        return 0;
+    if (!cJSON_IsString(v))
+        return dc_fail("%s: %s must be a string", where, key);
+    *out = v->valuestring;
+    return 0;
+}
+
+/* Keys that change the betas in ways we do not build: refused, never ignored. */
+static int check_unsupported(const cJSON *root, const char *where) {
+    const cJSON *tb = cJSON_GetObjectItemCaseSensitive(root, "trained_betas");
+    if (tb && !cJSON_IsNull(tb))
+        return dc_fail("%s: trained_betas is not supported (give beta_schedule, beta_start "
+                       "and beta_end)",
+                       where);
+    const cJSON *rz = cJSON_GetObjectItemCaseSensitive(root, "rescale_betas_zero_snr");
+    if (rz && !cJSON_IsFalse(rz) && !cJSON_IsNull(rz) &&
+        !(cJSON_IsNumber(rz) && rz->valuedouble == 0))
+        return dc_fail("%s: rescale_betas_zero_snr is not supported", where);
+    return 0;
+}
+
+static int parse_root(dc_noise_schedule_config *c, const cJSON *root, const char *where) {
+    if (!cJSON_IsObject(root))
+        return dc_fail("%s: not a JSON object", where);
+    double T = (double)c->num_train_timesteps;
+    const char *beta, *pred;
+    if (get_number(root, "num_train_timesteps", where, &T) ||
+        get_number(root, "beta_start", where, &c->beta_start) ||
+        get_number(root, "beta_end", where, &c->beta_end) ||
+        get_string(root, "beta_schedule", where, &beta) ||
+        get_string(root, "prediction_type", where, &pred) || check_unsupported(root, where))
+        return -1;
+    if ((beta && dc_beta_schedule_parse(beta, &c->beta_schedule)) ||
+        (pred && dc_prediction_type_parse(pred, &c->prediction_type)))
+        return fail_at(where);
+    if (!(T >= 1 && T <= (double)MAX_TIMESTEPS && T == floor(T)))
+        return dc_fail("%s: num_train_timesteps %g must be a whole number in [1, %lld]", where, T,
+                       (long long)MAX_TIMESTEPS);
+    c->num_train_timesteps = (int64_t)T;
+    return 0;
+}
+
+int dc_noise_schedule_config_parse(dc_noise_schedule_config *c, const char *json,
+                                   const char *where) {
+    *c = dc_noise_schedule_default_config();
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, strlen(json), &end, 0);
+    if (!root)
+        return dc_fail("%s: malformed JSON at byte %td", where, end ? end - json : (ptrdiff_t)0);
+    int rc = parse_root(c, root, where);
+    cJSON_Delete(root);
+    if (rc)
+        *c = dc_noise_schedule_default_config();
+    return rc;
+}
+
+/* The whole of a small text file, NUL-terminated, malloc'ed; NULL with a message. */
+static char *read_text(const char *path) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        dc_fail("%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(MAX_CONFIG_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, fp) : 0;
+    int bad = !buf                   ? dc_fail("%s: out of memory", path)
+              : ferror(fp)           ? dc_fail("%s: cannot read", path)
+              : n > MAX_CONFIG_BYTES ? dc_fail("%s: larger than %d bytes: not a scheduler config",
+                                               path, MAX_CONFIG_BYTES)
+              : memchr(buf, '\0', n) ? dc_fail("%s: not a text file", path)
+                                     : 0;
+    fclose(fp);
+    if (bad) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+int dc_noise_schedule_config_load(dc_noise_schedule_config *c, const char *path) {
+    *c = dc_noise_schedule_default_config();
+    char *text = read_text(path);
+    if (!text)
+        return -1;
+    int rc = dc_noise_schedule_config_parse(c, text, path);
+    free(text);
+    return rc;
+}
+
+int dc_noise_schedule_config_save(const dc_noise_schedule_config *c, const char *path) {
+    cJSON *root = cJSON_CreateObject();
+    /* the version whose DDPMScheduler these fields follow */
+    int ok =
+        root && cJSON_AddStringToObject(root, "_class_name", "DDPMScheduler") &&
+        cJSON_AddStringToObject(root, "_diffusers_version", "0.27.2") &&
+        cJSON_AddNumberToObject(root, "beta_end", c->beta_end) &&
+        cJSON_AddStringToObject(root, "beta_schedule", dc_beta_schedule_name(c->beta_schedule)) &&
+        cJSON_AddNumberToObject(root, "beta_start", c->beta_start) &&
+        cJSON_AddNumberToObject(root, "num_train_timesteps", (double)c->num_train_timesteps) &&
+        cJSON_AddStringToObject(root, "prediction_type",
+                                dc_prediction_type_name(c->prediction_type));
+    char *text = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text)
+        return dc_fail("%s: out of memory", path);
+    FILE *fp = fopen(path, "wb");
+    ok = fp && fputs(text, fp) >= 0 && fputc('\n', fp) != EOF;
+    int err = errno;
+    if (fp && fclose(fp) != 0 && ok)
+        ok = 0, err = errno;
+    cJSON_free(text);
+    return ok ? 0 : dc_fail("%s: cannot write: %s", path, strerror(err ? err : EIO));
+}
+
+/* ---- the schedule ---- */
+
+/* torch.linspace(start, end, n, dtype=float32) by its scalar formula: each
+ * half counted from its own end, in f32. */
+static void linspace_f32(float *out, int64_t n, float start, float end) {
+    if (n == 1) {
+        out[0] = start;
+        return;
+    }
+    float step = (end - start) / (float)(n - 1);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = i < n / 2 ? start + step * (float)i : end - step * (float)(n - 1 - i);
+}
+
+/* The cosine alpha_bar of betas_for_alpha_bar, evaluated as Python does (pow for **). */
+static double alpha_bar(double t) { return pow(cos((t + 0.008) / 1.008 * M_PI / 2), 2.0); }
+
+static void squaredcos_cap_v2(float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double b = 1 - alpha_bar((double)(i + 1) / (double)n) / alpha_bar((double)i / (double)n);
+        out[i] = (float)(0.999 < b ? 0.999 : b); /* min(b, 0.999) */
+    }
+}
+
+static void make_betas(float *betas, const dc_noise_schedule_config *c) {
+    int64_t T = c->num_train_timesteps;
+    switch (c->beta_schedule) {
+    case DC_BETA_LINEAR:
+        linspace_f32(betas, T, (float)c->beta_start, (float)c->beta_end);
+        break;
+    case DC_BETA_SCALED_LINEAR:
+        linspace_f32(betas, T, (float)sqrt(c->beta_start), (float)sqrt(c->beta_end));
+        for (int64_t i = 0; i < T; i++)
+            betas[i] *= betas[i];
+        break;
+    default:
+        squaredcos_cap_v2(betas, T);
+        break;
+    }
+}
+
+static int check_config(const dc_noise_schedule_config *c) {
+    if (c->num_train_timesteps < 1 || c->num_train_timesteps > MAX_TIMESTEPS)
+        return dc_fail("noise schedule: num_train_timesteps %lld is outside [1, %lld]",
+                       (long long)c->num_train_timesteps, (long long)MAX_TIMESTEPS);
+    if ((unsigned)c->beta_schedule >= DC_BETA_COUNT ||
+        (unsigned)c->prediction_type >= DC_PRED_COUNT)
+        return dc_fail("noise schedule: bad beta_schedule %d or prediction_type %d",
+                       (int)c->beta_schedule, (int)c->prediction_type);
+    if (c->beta_schedule != DC_BETA_SQUAREDCOS_CAP_V2 &&
+        !(c->beta_start > 0 && c->beta_start < 1 && c->beta_end > 0 && c->beta_end < 1))
+        return dc_fail("noise schedule: beta_start %g and beta_end %g must lie in (0, 1)",
+                       c->beta_start, c->beta_end);
+    return 0;
+}
+
+int dc_noise_schedule_init(dc_noise_schedule *s, const dc_noise_schedule_config *c) {
+    memset(s, 0, sizeof *s);
+    if (check_config(c))
+        return -1;
+    int64_t T = c->num_train_timesteps;
+    s->betas = malloc(2 * (size_t)T * sizeof(float));
+    if (!s->betas)
+        return dc_fail("noise schedule: out of memory for %lld timesteps", (long long)T);
+    s->alphas_cumprod = s->betas + T;
+    make_betas(s->betas, c);
+    double acp = 1.0; /* torch.cumprod on the CPU keeps a double running product */
+    for (int64_t i = 0; i < T; i++) {
+        float alpha = 1.0f - s->betas[i];
+        if (!(s->betas[i] > 0 && alpha > 0 && alpha < 1)) {
+            dc_fail("noise schedule: betas[%lld] = %g; every beta must lie in (0, 1), large "
+                    "enough that 1 - beta < 1 in float32",
+                    (long long)i, (double)s->betas[i]);
+            dc_noise_schedule_free(s);
+            return -1;
+        }
+        acp *= alpha;
+        s->alphas_cumprod[i] = (float)acp;
+    }
+    s->config = *c;
+    s->T = T;
+    return 0;
+}
+
+void dc_noise_schedule_free(dc_noise_schedule *s) {
+    if (!s)
+        return;
+    free(s->betas); /* alphas_cumprod shares the block */
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- random draws ---- */
+
+static int check_fill(const char *what, const dc_tensor *x, dc_dtype want) {
+    if (!x)
+        return dc_fail("%s: no tensor", what);
+    if (x->dtype != want || x->device != DC_CPU)
+        return dc_fail("%s: need an %s tensor on the CPU, got %s on device %d", what,
+                       dc_dtype_name(want), dc_dtype_name(x->dtype), x->device);
+    return 0;
+}
+
+int dc_sample_timesteps(const dc_noise_schedule *s, dc_tensor *t, uint64_t seed, uint64_t stream,
+                        uint64_t offset) {
+    if (check_fill("sample_timesteps", t, DC_I32))
+        return -1;
+    if (!s || s->T < 1)
+        return dc_fail("sample_timesteps: the noise schedule is not initialised");
+    cpu_sample_timesteps(t->data, t->numel, s->T, seed, stream, offset);
+    return 0;
+}
+
+int dc_sample_noise(dc_tensor *x, uint64_t seed, uint64_t stream, uint64_t offset) {
+    if (check_fill("sample_noise", x, DC_F32))
+        return -1;
+    dc_fill_normal(x->data, x->numel, seed, stream, offset);
+    return 0;
+}
