@@ -2,26 +2,37 @@
  * Datasets: where training images come from, decoded once into a cache.
  *
  * Sources (DESIGN.md §5):
- *  - an image folder, searched recursively; PNG/JPEG recognised by content;
- *    class = first-level subfolder (sorted names), unlabelled when there are
- *    no subfolders; an optional metadata.jsonl ({"file_name", "text"}) gives
- *    captions;
+ *  - an image folder, searched recursively (hidden names skipped, symlinks
+ *    followed without loops); PNG/JPEG recognised by content; images in
+ *    sorted path order; class = first-level subfolder (sorted names),
+ *    unlabelled when there are no subfolders; with subfolders, images lying
+ *    directly in the root are skipped (they have no class); an optional
+ *    metadata.jsonl ({"file_name", "text"}, file_name relative to the root)
+ *    gives captions;
  *  - MNIST/Fashion-MNIST IDX files, plain or .gz: a folder holding
  *    train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] (and the
  *    t10k- pair, used by split "test"), or an images file given directly;
- *  - CIFAR-10 binary batches (data_batch_*.bin / test_batch.bin, or one file).
+ *    classes "0".."N-1", or Fashion-MNIST's names when the folder's path
+ *    contains "fashion";
+ *  - CIFAR-10 binary batches (data_batch_*.bin / test_batch.bin, or one
+ *    file); class names from batches.meta.txt beside them, else CIFAR-10's.
  *
  * Every source is decoded, brought to the requested channels, resized
  * (shorter side to the resolution, then centre crop: torchvision's Resize +
  * CenterCrop) and written once to a cache file, which later runs map
  * directly. The cache header holds a magic, a version, count, H, W, C, the
  * class names and a fingerprint of the source and options; a changed source,
- * resolution or option rebuilds it. The file is written to a temporary name
- * and renamed, so a killed build leaves no half cache.
+ * resolution or option rebuilds it (under a new name: the fingerprint is in
+ * the file name). The file is written to a temporary name and renamed, so a
+ * killed build leaves no half cache. Opening validates the header, layout,
+ * labels and string tables (and their checksums); the pixels' checksum is
+ * verified by dc_dataset_summarize (`diffc info`), not on every open.
  *
  * Bad files in an image folder are skipped with one warning line each and
  * counted (opts.strict makes the first one an error); a source with nothing
  * usable, a malformed IDX or CIFAR file, a corrupt cache: one clear error.
+ * A file whose content is not PNG/JPEG is ignored silently unless its name
+ * looks like an image (.png, .jpg, .gif, ...), in which case it is a bad file.
  */
 #ifndef DC_DATA_DATASET_H
 #define DC_DATA_DATASET_H
@@ -67,10 +78,15 @@ int dc_dataset_open_cache(dc_dataset *ds, const char *cache_path);
 void dc_dataset_close(dc_dataset *ds);
 
 /* What `source` holds without building a cache: image count, size range,
- * channels, classes with counts, skipped files with reasons. For `diffc info`. */
+ * channels, classes with counts, skipped files with reasons. For `diffc info`.
+ * Every image is decoded (that is how bad files are found); a cache file's
+ * pixel checksum is verified. Nothing is printed. */
 typedef struct dc_dataset_summary {
     const char *kind;       /* "image folder", "IDX", "CIFAR-10", "cache" */
-    int64_t count;
+    char *built_from;       /* a cache: "<kind> <path>" of its source; else NULL */
+    int64_t count;          /* usable images (of split "train" for IDX and CIFAR-10 folders) */
+    int64_t test_count;     /* IDX and CIFAR-10 folders: images of split "test", -1 when absent */
+    int64_t captioned;      /* images with a non-empty caption */
     int min_w, max_w, min_h, max_h;
     int min_c, max_c;
     int num_classes;

@@ -1,16 +1,20 @@
 /*
- * `diffc info FILE|DIR`: what a weight file or a checkpoint folder holds.
+ * `diffc info FILE|DIR`: what a weight file, a checkpoint folder or a
+ * dataset holds.
  *
- * A file is read as safetensors and listed: each tensor's name, dtype, shape
- * and size, the totals, then the metadata. A folder is offered to each kind of
- * folder `info` knows (folder_kinds below), in order; the first that
- * recognises it describes it. Today that is diffusers model, pipeline and
- * checkpoint folders; dataset folders go into the same table.
+ * A file that is a dataset (IDX images, a CIFAR-10 batch, a dataset cache)
+ * is summarised; any other file is read as safetensors and listed: each
+ * tensor's name, dtype, shape and size, the totals, then the metadata. A
+ * folder is offered to each kind of folder `info` knows (folder_kinds
+ * below), in order; the first that recognises it describes it: diffusers
+ * model, pipeline and checkpoint folders, then dataset folders (images, IDX,
+ * CIFAR-10).
  */
 #include "commands.h"
 
 #include "autograd/error.h"
 #include "autograd/safetensors.h"
+#include "data/dataset.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -27,6 +31,11 @@ static const char usage_text[] =
     "Describe a safetensors weight file: each tensor's name, dtype, shape and size,\n"
     "the totals, and the metadata. Given a diffusers model or pipeline folder, or a\n"
     "training checkpoint, describe the weight files inside it.\n"
+    "\n"
+    "Given a dataset (an image folder, MNIST/Fashion-MNIST IDX files or their\n"
+    "folder, CIFAR-10 batches or their folder, or a dataset cache file), decode it\n"
+    "and show the number of images, their sizes and channels, the classes with\n"
+    "their counts, and every file that would be skipped, with the reason.\n"
     "\n"
     "options:\n"
     "  -h, --help    show this help\n";
@@ -148,6 +157,89 @@ static int describe_file(const char *path) {
     return rc;
 }
 
+/* ---- datasets ---- */
+
+static void print_sizes(const dc_dataset_summary *s) {
+    if (s->count == 0)
+        return;
+    if (s->min_w == s->max_w && s->min_h == s->max_h)
+        printf("  size: %dx%d\n", s->min_w, s->min_h);
+    else
+        printf("  size: width %d to %d, height %d to %d\n", s->min_w, s->max_w, s->min_h, s->max_h);
+    if (s->min_c == s->max_c)
+        printf("  channels: %d (%s)\n", s->min_c, s->min_c == 1 ? "gray" : "RGB");
+    else
+        printf("  channels: 1 and 3 (gray and RGB)\n");
+}
+
+static int print_classes(const dc_dataset_summary *s) {
+    if (s->num_classes == 0) {
+        printf("  classes: none (unlabelled)\n");
+        return 0;
+    }
+    printf("  classes: %d\n", s->num_classes);
+    char **names = calloc((size_t)s->num_classes, sizeof *names), count[32];
+    int rc = names ? 0 : dc_fail("out of memory"), width = 0;
+    for (int i = 0; !rc && i < s->num_classes; i++) {
+        rc = (names[i] = escaped(s->class_names[i])) ? 0 : dc_fail("out of memory");
+        width = names[i] ? max_int(width, (int)strlen(names[i])) : width;
+    }
+    for (int i = 0; !rc && i < s->num_classes; i++)
+        printf("    %-*s  %s\n", width, names[i], grouped(count, sizeof count, (uint64_t)s->class_counts[i]));
+    for (int i = 0; names && i < s->num_classes; i++)
+        free(names[i]);
+    free(names);
+    return rc;
+}
+
+static int print_skipped(const dc_dataset_summary *s) {
+    if (s->n_skipped)
+        printf("  skipped: %d\n", s->n_skipped);
+    int rc = 0;
+    for (int k = 0; !rc && k < s->n_skipped; k++) {
+        char *p = escaped(s->skipped[k].path), *r = escaped(s->skipped[k].reason);
+        rc = p && r ? 0 : dc_fail("out of memory");
+        if (!rc)
+            printf("    %s: %s\n", p, r);
+        free(p);
+        free(r);
+    }
+    return rc;
+}
+
+static int describe_dataset(const char *path) {
+    dc_dataset_summary s;
+    if (dc_dataset_summarize(&s, path))
+        return -1;
+    char n[32], t[32];
+    char *from = s.built_from ? escaped(s.built_from) : NULL;
+    if (from)
+        printf("%s: diffc dataset cache, built from %s\n", path, from);
+    else
+        printf("%s: %s dataset\n", path, s.kind);
+    free(from);
+    printf("  images: %s", grouped(n, sizeof n, (uint64_t)s.count));
+    if (s.test_count >= 0)
+        printf(" (split train), %s (split test)", grouped(t, sizeof t, (uint64_t)s.test_count));
+    printf("\n");
+    print_sizes(&s);
+    if (s.captioned)
+        printf("  captions: %s of %s images\n", grouped(t, sizeof t, (uint64_t)s.captioned), n);
+    if (s.built_from)
+        printf("  checksum: verified\n");
+    int rc = print_classes(&s);
+    rc = rc ? rc : print_skipped(&s);
+    dc_dataset_summary_free(&s);
+    return rc;
+}
+
+/* A dataset folder: 1 when described, 0 when the folder is not one. */
+static int describe_dataset_folder(const char *dir) {
+    if (!dc_dataset_recognise(dir))
+        return 0;
+    return describe_dataset(dir) ? -1 : 1;
+}
+
 /* ---- folders ---- */
 
 static int join(char *buf, size_t n, const char *dir, const char *name) {
@@ -213,10 +305,9 @@ static int describe_weights_folder(const char *dir) {
     return rc ? -1 : found > 0;
 }
 
-/* The kinds of folder `info` describes, tried in order (dataset folders go
- * here next). Each returns 1 when it described the folder, 0 when the folder
- * is not its kind, -1 on error. */
-static int (*const folder_kinds[])(const char *dir) = {describe_weights_folder};
+/* The kinds of folder `info` describes, tried in order. Each returns 1 when
+ * it described the folder, 0 when the folder is not its kind, -1 on error. */
+static int (*const folder_kinds[])(const char *dir) = {describe_weights_folder, describe_dataset_folder};
 
 static int describe_folder(const char *dir) {
     for (size_t i = 0; i < sizeof folder_kinds / sizeof folder_kinds[0]; i++) {
@@ -260,7 +351,9 @@ int dc_cmd_info(int argc, char **argv) {
     }
     if (!path)
         return usage_error("info needs a FILE or DIR");
-    int rc = is_dir(path) ? describe_folder(path) : describe_file(path);
+    int rc = is_dir(path)                 ? describe_folder(path)
+             : dc_dataset_recognise(path) ? describe_dataset(path)
+                                          : describe_file(path);
     fflush(stdout);
     if (rc) {
         fprintf(stderr, "diffc: error: %s\n", dc_error());

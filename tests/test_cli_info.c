@@ -1,12 +1,14 @@
 /* `diffc info`: runs the built diffc binary (found beside this test binary)
- * on files and folders made here, and checks its output, its exit status
- * (0 done, 1 user error, 2 usage) and that every error is exactly one line
- * "diffc: error: ..." on stderr. */
+ * on files and folders made here (weight files, checkpoints, datasets), and
+ * checks its output, its exit status (0 done, 1 user error, 2 usage) and
+ * that every error is exactly one line "diffc: error: ..." on stderr. */
 #define _GNU_SOURCE /* nftw */
 #include "testutil.h"
 
 #include "autograd/error.h"
 #include "autograd/safetensors.h"
+#include "data/dataset.h"
+#include "data/image.h"
 
 #include <ftw.h>
 #include <libgen.h>
@@ -245,6 +247,127 @@ START_TEST(test_bad_files) {
 }
 END_TEST
 
+/* ---- datasets ---- */
+
+static void write_png(const char *path, int w, int h, int c) {
+    dc_image img;
+    ck_assert_int_eq(dc_image_alloc(&img, w, h, c), 0);
+    memset(img.px, 0x80, (size_t)w * h * c);
+    ck_assert_msg(dc_image_save_png(&img, path) == 0, "%s", dc_error());
+    dc_image_free(&img);
+}
+
+static void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+/* info's stdout is exactly `want`, with nothing on stderr. */
+static void assert_output(const run_result *r, const char *want) {
+    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_str_eq(r->out, want);
+}
+
+START_TEST(test_image_folder) {
+    make_tmpdir();
+    ck_assert_int_eq(mkdir(tmp_path("set"), 0755), 0);
+    ck_assert_int_eq(mkdir(tmp_path("set/cat"), 0755), 0);
+    ck_assert_int_eq(mkdir(tmp_path("set/dog"), 0755), 0);
+    write_png(tmp_path("set/cat/1.png"), 8, 6, 3);
+    write_png(tmp_path("set/cat/2.png"), 12, 4, 1);
+    write_png(tmp_path("set/dog/3.png"), 8, 6, 3);
+    write_bytes(tmp_path("set/dog/bad\n.png"), "oops", 4);
+    const char *meta = "{\"file_name\": \"dog/3.png\", \"text\": \"a dog\"}\n";
+    write_bytes(tmp_path("set/metadata.jsonl"), meta, strlen(meta));
+    char want[1024];
+    snprintf(want, sizeof want,
+             "%s: image folder dataset\n"
+             "  images: 3\n"
+             "  size: width 8 to 12, height 4 to 6\n"
+             "  channels: 1 and 3 (gray and RGB)\n"
+             "  captions: 1 of 3 images\n"
+             "  classes: 2\n"
+             "    cat  2\n"
+             "    dog  1\n"
+             "  skipped: 1\n"
+             "    dog/bad\\n.png: not a PNG or JPEG file\n",
+             tmp_path("set"));
+    assert_output(run_info(tmp_path("set"), NULL), want);
+
+    /* its cache, built at 4x4 */
+    setenv("DIFFC_CACHE_DIR", tmp_path("cache"), 1);
+    dc_dataset ds;
+    dc_dataset_options o = {.resolution = 4, .quiet = true};
+    ck_assert_msg(dc_dataset_open(&ds, tmp_path("set"), &o) == 0, "%s", dc_error());
+    char cache[512];
+    snprintf(cache, sizeof cache, "%s", ds.cache_path);
+    dc_dataset_close(&ds);
+    char *real = realpath(tmp_path("set"), NULL);
+    snprintf(want, sizeof want,
+             "%s: diffc dataset cache, built from image folder %s\n"
+             "  images: 3\n"
+             "  size: 4x4\n"
+             "  channels: 3 (RGB)\n"
+             "  captions: 1 of 3 images\n"
+             "  checksum: verified\n"
+             "  classes: 2\n"
+             "    cat  2\n"
+             "    dog  1\n"
+             "  skipped: 1\n"
+             "    dog/bad\\n.png: not a PNG or JPEG file\n",
+             cache, real);
+    free(real);
+    assert_output(run_info(cache, NULL), want);
+
+    /* a damaged cache: one line */
+    FILE *f = fopen(cache, "r+b");
+    fseek(f, 4096 + 5, SEEK_SET);
+    fputc(0x11, f);
+    fclose(f);
+    assert_user_error(run_info(cache, NULL), "pixel checksum mismatch");
+    remove_tmpdir();
+}
+END_TEST
+
+START_TEST(test_idx_cifar) {
+    make_tmpdir();
+    static const uint8_t images[16 + 3 * 4] = {0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 2};
+    static const uint8_t labels[8 + 3] = {0, 0, 8, 1, 0, 0, 0, 3, 4, 0, 4};
+    write_bytes(tmp_path("train-images-idx3-ubyte"), images, sizeof images);
+    write_bytes(tmp_path("train-labels-idx1-ubyte"), labels, sizeof labels);
+    char want[1024];
+    snprintf(want, sizeof want,
+             "%s: IDX dataset\n"
+             "  images: 3\n"
+             "  size: 2x2\n"
+             "  channels: 1 (gray)\n"
+             "  classes: 5\n"
+             "    0  1\n    1  0\n    2  0\n    3  0\n    4  2\n",
+             tmp_path("train-images-idx3-ubyte"));
+    assert_output(run_info(tmp_path("train-images-idx3-ubyte"), NULL), want);
+    write_bytes(tmp_path("train-images-idx3-ubyte"), images, sizeof images - 1);
+    assert_user_error(run_info(tmp_path("train-images-idx3-ubyte"), NULL), "needs 12 (truncated)");
+
+    static uint8_t batch[2 * 3073];
+    batch[0] = 3, batch[3073] = 3;
+    ck_assert_int_eq(mkdir(tmp_path("cifar"), 0755), 0);
+    write_bytes(tmp_path("cifar/data_batch_1.bin"), batch, sizeof batch);
+    write_bytes(tmp_path("cifar/test_batch.bin"), batch, 3073);
+    run_result *r = run_info(tmp_path("cifar"), NULL);
+    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(strstr(r->out,
+                         ": CIFAR-10 dataset\n  images: 2 (split train), 1 (split test)\n  size: 32x32\n"
+                         "  channels: 3 (RGB)\n  classes: 10\n    airplane    0\n"),
+                  "%s", r->out);
+    ck_assert_msg(strstr(r->out, "\n    cat         2\n"), "%s", r->out);
+    write_bytes(tmp_path("cifar/data_batch_1.bin"), batch, 3000);
+    assert_user_error(run_info(tmp_path("cifar"), NULL), "not a whole number of CIFAR-10 records");
+    remove_tmpdir();
+}
+END_TEST
+
 START_TEST(test_usage) {
     run_result *r = run_info("--help", NULL);
     ck_assert_int_eq(r->status, 0);
@@ -263,5 +386,7 @@ int main(void) {
     tcase_add_test(tc, test_folders);
     tcase_add_test(tc, test_bad_files);
     tcase_add_test(tc, test_usage);
+    tcase_add_test(tc, test_image_folder);
+    tcase_add_test(tc, test_idx_cifar);
     return tu_run(s);
 }

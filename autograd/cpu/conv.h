@@ -1,0 +1,36 @@
+/* CPU kernels for 2-D convolution over NHWC images with [Cout, kh, kw, Cin]
+ * weights: a 1x1 stride-1 unpadded convolution is one GEMM over all pixels;
+ * anything else goes through im2col + GEMM, a chunk of output rows at a time
+ * so the column buffer stays bounded. Backward kernels add into the gradient
+ * buffers they are given (NULL = not needed). */
+#ifndef DC_CPU_CONV_H
+#define DC_CPU_CONV_H
+
+#include <stdint.h>
+
+/* x [n, h, w, cin] * w [cout, kh, kw, cin] -> y [n, ho, wo, cout]. */
+typedef struct cpu_conv_geom {
+    int64_t n, h, w, cin;
+    int64_t cout, kh, kw;
+    int64_t stride, pad;
+    int64_t ho, wo;
+} cpu_conv_geom;
+
+/* The column-buffer bound the ops use. */
+#define CPU_CONV_SCRATCH_BYTES ((int64_t)64 << 20)
+
+/* Floats of scratch for the kernels below when the column buffer may take at
+ * most max_bytes: 0 for a 1x1 stride-1 unpadded convolution, otherwise whole
+ * output rows (wo * kh * kw * cin floats each), at least one even when that
+ * exceeds max_bytes, at most all of them. */
+int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes);
+
+/* y = conv(x, w) + b (b [cout] may be NULL), using scratch [scratch_floats]
+ * as cpu_conv2d_scratch_floats sized it. */
+void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
+                        const float *b, float *scratch, int64_t scratch_floats);
+/* dx [n, h, w, cin], dw [cout, kh, kw, cin], db [cout] += the gradients from dy [n, ho, wo, cout]. */
+void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x, const float *w,
+                         float *dx, float *dw, float *db, float *scratch, int64_t scratch_floats);
+
+#endif

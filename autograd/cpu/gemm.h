@@ -1,0 +1,42 @@
+/* CPU kernels for matrix products: linear layers, (batched) matmul, and the
+ * bias helpers that conv2d shares. GEMMs go to OpenBLAS (which threads them);
+ * the rest is OpenMP. Backward kernels add into the gradient buffers they are
+ * given (NULL = not needed). Every dimension must fit in an int (BLAS). */
+#ifndef DC_CPU_GEMM_H
+#define DC_CPU_GEMM_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* True when GEMM dimensions fit BLAS's int. */
+static inline bool cpu_gemm_fits(int64_t m, int64_t n, int64_t k) {
+    return m <= INT_MAX && n <= INT_MAX && k <= INT_MAX;
+}
+
+/* Row-major C [M, N] = A @ B + beta * C, with A [M, K] (stored [K, M] when
+ * ta), B [K, N] (stored [N, K] when tb), all dense. */
+void cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
+              float beta, float *C);
+
+/* y [M, N] = x [M, K] @ w [N, K]^T + b [N] (b may be NULL). */
+void cpu_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t M,
+                        int64_t K, int64_t N);
+/* dx [M, K] += dy @ w; dw [N, K] += dy^T @ x; db [N] += column sums of dy [M, N]. */
+void cpu_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw,
+                         float *db, int64_t M, int64_t K, int64_t N);
+
+/* c [B, M, N] = a [B, M, K] @ b [B, K, N], one GEMM per batch entry. */
+void cpu_matmul_forward(float *c, const float *a, const float *b, int64_t B, int64_t M, int64_t K,
+                        int64_t N);
+/* da [B, M, K] += dc @ b^T; db [B, K, N] += a^T @ dc. */
+void cpu_matmul_backward(const float *dc, const float *a, const float *b, float *da, float *db,
+                         int64_t B, int64_t M, int64_t K, int64_t N);
+
+/* Every row of y [rows, cols] set to b [cols], or to zero when b is NULL: the
+ * starting value for a GEMM that then accumulates (beta = 1). */
+void cpu_bias_fill(float *y, const float *b, int64_t rows, int64_t cols);
+/* db [cols] += column sums of dy [rows, cols]. */
+void cpu_bias_backward(const float *dy, float *db, int64_t rows, int64_t cols);
+
+#endif

@@ -1,0 +1,266 @@
+/* conv2d: forward and backward against plain double-precision loops (also
+ * through the kernels directly with a small column buffer, so chunk
+ * boundaries are crossed), gradients against finite differences, and the
+ * shape errors. */
+#include "testutil.h"
+
+#include "autograd/cpu/conv.h"
+#include "autograd/error.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t n, h, w, cin, cout, kh, kw;
+    int stride, pad;
+    bool bias;
+} conv_case;
+
+static const conv_case cases[] = {
+    {2, 5, 6, 4, 3, 1, 1, 1, 0, true},   /* 1x1: the plain GEMM path */
+    {2, 6, 5, 3, 4, 3, 3, 1, 1, true},   /* 3x3 pad 1 */
+    {2, 7, 6, 3, 5, 3, 3, 2, 1, true},   /* 3x3 pad 1 stride 2 */
+    {1, 7, 5, 3, 5, 3, 3, 1, 1, false},  /* odd sizes, no bias */
+    {2, 8, 8, 3, 4, 4, 4, 4, 0, true},   /* 4x4 stride 4: patch embedding */
+    {2, 5, 5, 3, 2, 1, 1, 2, 0, true},   /* 1x1 stride 2: im2col path */
+    {1, 5, 6, 2, 20, 3, 3, 1, 0, true},  /* no padding; cout beyond one bias block */
+    {2, 5, 4, 2, 3, 3, 2, 1, 1, true},   /* kh != kw */
+    {1, 3, 4, 2, 2, 5, 5, 1, 2, false},  /* kernel larger than the unpadded input */
+    {1, 9, 7, 2, 3, 3, 3, 3, 2, true},   /* stride 3, pad 2 */
+};
+
+static int64_t out_size(int64_t in, int64_t k, int stride, int pad) {
+    return (in + 2 * pad - k) / stride + 1;
+}
+
+/* The input pixel under output (oy, ox) and kernel tap (ky, kx), or -1 in the padding. */
+static int64_t tap(const conv_case *c, int64_t img, int64_t oy, int64_t ox, int64_t ky, int64_t kx) {
+    int64_t iy = oy * c->stride - c->pad + ky, ix = ox * c->stride - c->pad + kx;
+    if (iy < 0 || iy >= c->h || ix < 0 || ix >= c->w)
+        return -1;
+    return (img * c->h + iy) * c->w + ix;
+}
+
+/* y [n, ho, wo, cout] in double. */
+static double *ref_forward(const conv_case *c, const float *x, const float *w, const float *b) {
+    int64_t ho = out_size(c->h, c->kh, c->stride, c->pad), wo = out_size(c->w, c->kw, c->stride, c->pad);
+    double *y = malloc((size_t)(c->n * ho * wo * c->cout) * sizeof *y);
+    for (int64_t img = 0; img < c->n; img++)
+        for (int64_t oy = 0; oy < ho; oy++)
+            for (int64_t ox = 0; ox < wo; ox++)
+                for (int64_t co = 0; co < c->cout; co++) {
+                    double acc = b ? b[co] : 0;
+                    for (int64_t ky = 0; ky < c->kh; ky++)
+                        for (int64_t kx = 0; kx < c->kw; kx++)
+                            for (int64_t ci = 0; ci < c->cin; ci++) {
+                                int64_t p = tap(c, img, oy, ox, ky, kx);
+                                if (p >= 0)
+                                    acc += (double)x[p * c->cin + ci] *
+                                           w[((co * c->kh + ky) * c->kw + kx) * c->cin + ci];
+                            }
+                    y[((img * ho + oy) * wo + ox) * c->cout + co] = acc;
+                }
+    return y;
+}
+
+/* dx, dw, db (each zeroed here) from dy, in double. */
+static void ref_backward(const conv_case *c, const float *x, const float *w, const float *dy,
+                         double *dx, double *dw, double *db) {
+    int64_t ho = out_size(c->h, c->kh, c->stride, c->pad), wo = out_size(c->w, c->kw, c->stride, c->pad);
+    memset(dx, 0, (size_t)(c->n * c->h * c->w * c->cin) * sizeof *dx);
+    memset(dw, 0, (size_t)(c->cout * c->kh * c->kw * c->cin) * sizeof *dw);
+    memset(db, 0, (size_t)c->cout * sizeof *db);
+    for (int64_t img = 0; img < c->n; img++)
+        for (int64_t oy = 0; oy < ho; oy++)
+            for (int64_t ox = 0; ox < wo; ox++)
+                for (int64_t co = 0; co < c->cout; co++) {
+                    double g = dy[((img * ho + oy) * wo + ox) * c->cout + co];
+                    db[co] += g;
+                    for (int64_t ky = 0; ky < c->kh; ky++)
+                        for (int64_t kx = 0; kx < c->kw; kx++)
+                            for (int64_t ci = 0; ci < c->cin; ci++) {
+                                int64_t p = tap(c, img, oy, ox, ky, kx);
+                                int64_t wi = ((co * c->kh + ky) * c->kw + kx) * c->cin + ci;
+                                if (p >= 0) {
+                                    dx[p * c->cin + ci] += g * w[wi];
+                                    dw[wi] += g * x[p * c->cin + ci];
+                                }
+                            }
+                }
+}
+
+static dc_tensor *run_conv(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    const conv_case *c = arg;
+    return dc_conv2d(ctx, in[0], in[1], c->bias ? in[2] : NULL, c->stride, c->pad);
+}
+
+/* Fresh leaves x, w, b for case c. */
+static void make_inputs(dc_ctx *ctx, const conv_case *c, dc_tensor *in[3]) {
+    in[0] = tu_leaf(ctx, DC_SHAPE(c->n, c->h, c->w, c->cin));
+    in[1] = tu_leaf(ctx, DC_SHAPE(c->cout, c->kh, c->kw, c->cin));
+    in[2] = tu_leaf(ctx, DC_SHAPE(c->cout));
+}
+
+START_TEST(test_forward) {
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const conv_case *c = &cases[k];
+        dc_ctx *ctx = tu_ctx();
+        dc_tensor *in[3];
+        make_inputs(ctx, c, in);
+        dc_tensor *y = run_conv(ctx, in, (void *)c);
+        ck_assert_msg(y != NULL, "case %zu: %s", k, dc_error());
+        int64_t ho = out_size(c->h, c->kh, c->stride, c->pad), wo = out_size(c->w, c->kw, c->stride, c->pad);
+        ck_assert_int_eq(y->ndim, 4);
+        ck_assert(y->shape[0] == c->n && y->shape[1] == ho && y->shape[2] == wo && y->shape[3] == c->cout);
+        double *want = ref_forward(c, in[0]->data, in[1]->data, c->bias ? in[2]->data : NULL);
+        char what[32];
+        snprintf(what, sizeof what, "conv2d case %zu", k);
+        tu_assert_close(y->data, want, y->numel, 1e-4, 1e-4, what);
+        free(want);
+        tu_ctx_free(ctx);
+    }
+}
+END_TEST
+
+START_TEST(test_gradcheck) {
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const conv_case *c = &cases[k];
+        dc_ctx *ctx = tu_ctx();
+        dc_tensor *in[3];
+        make_inputs(ctx, c, in);
+        tu_gradcheck(ctx, run_conv, (void *)c, in, c->bias ? 3 : 2, 1e-2, 2e-3, 1e-2, 60);
+        tu_ctx_free(ctx);
+    }
+}
+END_TEST
+
+/* Only one of x and w requires grad: the other gradient is skipped, the wanted one still right. */
+START_TEST(test_partial_grad) {
+    const conv_case *c = &cases[2];
+    for (int which = 0; which < 2; which++) {
+        dc_ctx *ctx = tu_ctx();
+        dc_tensor *in[3];
+        make_inputs(ctx, c, in);
+        in[1 - which]->requires_grad = false;
+        in[2]->requires_grad = false;
+        tu_gradcheck(ctx, run_conv, (void *)c, in, 3, 1e-2, 2e-3, 1e-2, 40);
+        ck_assert_ptr_null(in[1 - which]->grad);
+        tu_ctx_free(ctx);
+    }
+}
+END_TEST
+
+/* The kernels with column buffers of 1 and 3 output rows: chunks that split
+ * images, a short last chunk, against the double reference. */
+START_TEST(test_chunked_kernels) {
+    const conv_case *pick[] = {&cases[1], &cases[2], &cases[4], &cases[9]};
+    for (size_t k = 0; k < sizeof pick / sizeof pick[0]; k++) {
+        const conv_case *c = pick[k];
+        cpu_conv_geom g = {c->n, c->h, c->w, c->cin, c->cout, c->kh, c->kw, c->stride, c->pad,
+                           out_size(c->h, c->kh, c->stride, c->pad), out_size(c->w, c->kw, c->stride, c->pad)};
+        int64_t nx = g.n * g.h * g.w * g.cin, nw = g.cout * g.kh * g.kw * g.cin, ny = g.n * g.ho * g.wo * g.cout;
+        int64_t unit = g.wo * g.kh * g.kw * g.cin;
+        for (int rows = 1; rows <= 3; rows += 2) {
+            dc_ctx *ctx = tu_ctx();
+            dc_tensor *x = tu_randn(ctx, DC_SHAPE(nx)), *w = tu_randn(ctx, DC_SHAPE(nw));
+            dc_tensor *b = tu_randn(ctx, DC_SHAPE(g.cout)), *dy = tu_randn(ctx, DC_SHAPE(ny));
+            int64_t floats = cpu_conv2d_scratch_floats(&g, rows * unit * (int64_t)sizeof(float));
+            ck_assert_int_eq(floats, rows * unit);
+            float *scratch = malloc((size_t)floats * sizeof *scratch);
+            float *y = malloc((size_t)ny * sizeof *y);
+            float *grads = calloc((size_t)(nx + nw + g.cout), sizeof *grads);
+            cpu_conv2d_forward(&g, y, x->data, w->data, b->data, scratch, floats);
+            double *want = ref_forward(c, x->data, w->data, b->data);
+            tu_assert_close(y, want, ny, 1e-4, 1e-4, "chunked forward");
+            free(want);
+            cpu_conv2d_backward(&g, dy->data, x->data, w->data, grads, grads + nx, grads + nx + nw,
+                                scratch, floats);
+            double *ref = malloc((size_t)(nx + nw + g.cout) * sizeof *ref);
+            ref_backward(c, x->data, w->data, dy->data, ref, ref + nx, ref + nx + nw);
+            tu_assert_close(grads, ref, nx, 1e-4, 1e-4, "chunked dx");
+            tu_assert_close(grads + nx, ref + nx, nw, 1e-4, 1e-4, "chunked dw");
+            tu_assert_close(grads + nx + nw, ref + nx + nw, g.cout, 1e-4, 1e-4, "chunked db");
+            free(ref);
+            free(grads);
+            free(y);
+            free(scratch);
+            tu_ctx_free(ctx);
+        }
+    }
+}
+END_TEST
+
+/* Backward through the op adds to gradients already there. */
+START_TEST(test_backward_accumulates) {
+    const conv_case *c = &cases[1];
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *in[3];
+    make_inputs(ctx, c, in);
+    dc_tensor *dy = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        dc_tensor *y = run_conv(ctx, in, (void *)c);
+        ck_assert_msg(y != NULL, "%s", dc_error());
+        if (!dy)
+            dy = tu_randn(ctx, y->ndim, y->shape);
+        ck_assert_int_eq(dc_backward_from(ctx, y, dy), 0);
+    }
+    int64_t nx = in[0]->numel, nw = in[1]->numel;
+    double *ref = malloc((size_t)(nx + nw + c->cout) * sizeof *ref);
+    ref_backward(c, in[0]->data, in[1]->data, dy->data, ref, ref + nx, ref + nx + nw);
+    for (int64_t i = 0; i < nx + nw + c->cout; i++)
+        ref[i] *= 2;
+    tu_assert_close(in[0]->grad->data, ref, nx, 1e-4, 1e-4, "dx twice");
+    tu_assert_close(in[1]->grad->data, ref + nx, nw, 1e-4, 1e-4, "dw twice");
+    tu_assert_close(in[2]->grad->data, ref + nx + nw, c->cout, 1e-4, 1e-4, "db twice");
+    free(ref);
+    tu_ctx_free(ctx);
+}
+END_TEST
+
+/* dc_conv2d(x, w, b, stride, pad) fails with a message containing `msg`. */
+static void expect_error(dc_tensor *x, dc_tensor *w, dc_tensor *b, int stride, int pad,
+                         dc_ctx *ctx, const char *msg) {
+    ck_assert_ptr_null(dc_conv2d(ctx, x, w, b, stride, pad));
+    ck_assert(ctx->failed);
+    ck_assert_msg(strstr(dc_error(), msg), "got \"%s\", want \"%s\"", dc_error(), msg);
+    dc_ctx_reset(ctx);
+}
+
+START_TEST(test_errors) {
+    dc_ctx *ctx = tu_ctx();
+#define T(sh) tu_randn(ctx, DC_SHAPE sh)
+    expect_error(T((2, 8, 8, 3)), T((4, 3, 3, 5)), NULL, 1, 1, ctx,
+                 "conv2d: input [2, 8, 8, 3] has 3 channels, weight [4, 3, 3, 5] expects 5");
+    expect_error(T((1, 4, 4, 2)), T((3, 5, 5, 2)), NULL, 1, 0, ctx,
+                 "conv2d: kernel 5x5 is larger than the padded input 4x4 (input [1, 4, 4, 2], padding 0)");
+    expect_error(T((1, 4, 4, 2)), T((3, 3, 3, 2)), NULL, 0, 1, ctx,
+                 "conv2d: stride 0, padding 1: need stride >= 1, padding >= 0");
+    expect_error(T((1, 4, 4, 2)), T((3, 3, 3, 2)), NULL, 1, -1, ctx, "need stride >= 1");
+    expect_error(T((1, 4, 4, 2)), T((3, 3, 3, 2)), T((4)), 1, 1, ctx,
+                 "conv2d: bias [4] does not match weight [3, 3, 3, 2]: expected [3]");
+    expect_error(T((4, 4, 2)), T((3, 3, 3, 2)), NULL, 1, 1, ctx,
+                 "conv2d: input [4, 4, 2] is not 4-D [N, H, W, Cin]");
+    expect_error(T((1, 4, 4, 2)), T((3, 9, 2)), NULL, 1, 1, ctx, "weight [3, 9, 2] is not");
+    /* a failed input makes the next op fail too, keeping the first message */
+    dc_tensor *x = T((1, 4, 4, 2)), *bad = T((3, 3, 3, 5)), *good = T((3, 3, 3, 2));
+    dc_tensor *y = dc_conv2d(ctx, x, bad, NULL, 1, 1);
+    ck_assert_ptr_null(dc_conv2d(ctx, y, good, NULL, 1, 1));
+    ck_assert_ptr_null(dc_conv2d(ctx, x, good, NULL, 1, 1));
+    ck_assert_msg(strstr(dc_error(), "has 2 channels"), "%s", dc_error());
+#undef T
+    tu_ctx_free(ctx);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("ops_conv");
+    TCase *tc = tu_tcase(s, "conv2d", 120);
+    tcase_add_test(tc, test_forward);
+    tcase_add_test(tc, test_gradcheck);
+    tcase_add_test(tc, test_partial_grad);
+    tcase_add_test(tc, test_chunked_kernels);
+    tcase_add_test(tc, test_backward_accumulates);
+    tcase_add_test(tc, test_errors);
+    return tu_run(s);
+}

@@ -1,0 +1,169 @@
+/* linear and matmul: forward against plain double-precision loops, backward
+ * against finite differences, and the shape errors. */
+#include "testutil.h"
+
+#include "autograd/error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- linear ---- */
+
+typedef struct {
+    int ndim;
+    int64_t shape[4]; /* of x; the last dimension is `in` */
+    int64_t out;
+    bool bias;
+} linear_case;
+
+static const linear_case linear_cases[] = {
+    {2, {5, 7}, 4, true},        /* 2-D */
+    {3, {2, 3, 7}, 5, true},     /* 3-D: leading dims fold into rows */
+    {4, {2, 1, 3, 6}, 3, false}, /* 4-D, no bias */
+    {1, {9}, 2, true},           /* one vector */
+    {2, {33, 19}, 37, true},     /* columns beyond one bias block */
+};
+
+static dc_tensor *run_linear(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    const linear_case *c = arg;
+    return dc_linear(ctx, in[0], in[1], c->bias ? in[2] : NULL);
+}
+
+START_TEST(test_linear) {
+    for (size_t k = 0; k < sizeof linear_cases / sizeof linear_cases[0]; k++) {
+        const linear_case *c = &linear_cases[k];
+        dc_ctx *ctx = tu_ctx();
+        int64_t K = c->shape[c->ndim - 1], N = c->out;
+        dc_tensor *in[3] = {tu_leaf(ctx, c->ndim, c->shape), tu_leaf(ctx, DC_SHAPE(N, K)),
+                            tu_leaf(ctx, DC_SHAPE(N))};
+        dc_tensor *y = run_linear(ctx, in, (void *)c);
+        ck_assert_msg(y != NULL, "case %zu: %s", k, dc_error());
+        ck_assert_int_eq(y->ndim, c->ndim);
+        for (int d = 0; d < c->ndim - 1; d++)
+            ck_assert_int_eq(y->shape[d], c->shape[d]);
+        ck_assert_int_eq(y->shape[c->ndim - 1], N);
+        int64_t M = in[0]->numel / K;
+        const float *x = in[0]->data, *w = in[1]->data, *b = in[2]->data;
+        double *want = malloc((size_t)(M * N) * sizeof *want);
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                double acc = c->bias ? b[j] : 0;
+                for (int64_t q = 0; q < K; q++)
+                    acc += (double)x[i * K + q] * w[j * K + q];
+                want[i * N + j] = acc;
+            }
+        tu_assert_close(y->data, want, M * N, 1e-4, 1e-4, "linear");
+        free(want);
+        tu_gradcheck(ctx, run_linear, (void *)c, in, c->bias ? 3 : 2, 1e-2, 2e-3, 1e-2, 50);
+        tu_ctx_free(ctx);
+    }
+}
+END_TEST
+
+/* ---- matmul ---- */
+
+static dc_tensor *run_matmul(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    (void)arg;
+    return dc_matmul(ctx, in[0], in[1]);
+}
+
+/* a [B, M, K] @ b [B, K, N]; B == 0 means plain 2-D operands. */
+static void check_matmul(int64_t B, int64_t M, int64_t K, int64_t N) {
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *in[2];
+    if (B) {
+        in[0] = tu_leaf(ctx, DC_SHAPE(B, M, K));
+        in[1] = tu_leaf(ctx, DC_SHAPE(B, K, N));
+    } else {
+        in[0] = tu_leaf(ctx, DC_SHAPE(M, K));
+        in[1] = tu_leaf(ctx, DC_SHAPE(K, N));
+    }
+    dc_tensor *y = run_matmul(ctx, in, NULL);
+    ck_assert_msg(y != NULL, "%s", dc_error());
+    ck_assert_int_eq(y->ndim, B ? 3 : 2);
+    ck_assert_int_eq(y->shape[y->ndim - 2], M);
+    ck_assert_int_eq(y->shape[y->ndim - 1], N);
+    int64_t nb = B ? B : 1;
+    const float *a = in[0]->data, *b = in[1]->data;
+    double *want = malloc((size_t)(nb * M * N) * sizeof *want);
+    for (int64_t i = 0; i < nb; i++)
+        for (int64_t r = 0; r < M; r++)
+            for (int64_t c = 0; c < N; c++) {
+                double acc = 0;
+                for (int64_t q = 0; q < K; q++)
+                    acc += (double)a[(i * M + r) * K + q] * b[(i * K + q) * N + c];
+                want[(i * M + r) * N + c] = acc;
+            }
+    tu_assert_close(y->data, want, nb * M * N, 1e-4, 1e-4, "matmul");
+    free(want);
+    tu_gradcheck(ctx, run_matmul, NULL, in, 2, 1e-2, 2e-3, 1e-2, 50);
+    tu_ctx_free(ctx);
+}
+
+START_TEST(test_matmul) {
+    check_matmul(0, 5, 7, 3);
+    check_matmul(0, 1, 9, 1);
+    check_matmul(3, 4, 5, 2);
+    check_matmul(2, 7, 1, 6);
+}
+END_TEST
+
+/* Only b requires grad: a's gradient is skipped. */
+START_TEST(test_matmul_partial_grad) {
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *in[2] = {tu_randn(ctx, DC_SHAPE(2, 3, 4)), tu_leaf(ctx, DC_SHAPE(2, 4, 5))};
+    tu_gradcheck(ctx, run_matmul, NULL, in, 2, 1e-2, 2e-3, 1e-2, 0);
+    ck_assert_ptr_null(in[0]->grad);
+    tu_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- errors ---- */
+
+static void expect_error(dc_ctx *ctx, dc_tensor *y, const char *msg) {
+    ck_assert_ptr_null(y);
+    ck_assert(ctx->failed);
+    ck_assert_msg(strstr(dc_error(), msg), "got \"%s\", want \"%s\"", dc_error(), msg);
+    dc_ctx_reset(ctx);
+}
+
+START_TEST(test_errors) {
+    dc_ctx *ctx = tu_ctx();
+#define T(sh) tu_randn(ctx, DC_SHAPE sh)
+    dc_tensor *a, *b, *c;
+    a = T((2, 3)), b = T((4, 5));
+    expect_error(ctx, dc_linear(ctx, a, b, NULL),
+                 "linear: input [2, 3] has 3 features, weight [4, 5] expects 5");
+    a = T((2, 5)), b = T((4, 5)), c = T((5));
+    expect_error(ctx, dc_linear(ctx, a, b, c),
+                 "linear: bias [5] does not match weight [4, 5]: expected [4]");
+    a = T((2, 5)), b = T((4, 5, 1));
+    expect_error(ctx, dc_linear(ctx, a, b, NULL), "linear: weight [4, 5, 1] is not 2-D [out, in]");
+    a = T((2, 3)), b = T((4, 5));
+    expect_error(ctx, dc_matmul(ctx, a, b),
+                 "matmul: [2, 3] @ [4, 5]: inner dimensions 3 and 4 differ");
+    a = T((2, 3, 4)), b = T((3, 4, 5));
+    expect_error(ctx, dc_matmul(ctx, a, b),
+                 "matmul: [2, 3, 4] @ [3, 4, 5]: batch sizes 2 and 3 differ");
+    a = T((3, 4)), b = T((1, 4, 5));
+    expect_error(ctx, dc_matmul(ctx, a, b),
+                 "matmul: [3, 4] @ [1, 4, 5]: expected two 2-D or two 3-D tensors");
+    a = T((4)), b = T((4));
+    expect_error(ctx, dc_matmul(ctx, a, b), "expected two 2-D or two 3-D tensors");
+    /* i32 operands are refused by the common checks */
+    a = dc_new(ctx, DC_I32, DC_SHAPE(2, 3)), b = T((3, 3));
+    expect_error(ctx, dc_matmul(ctx, a, b), "matmul: argument 1 is i32, expected f32");
+#undef T
+    tu_ctx_free(ctx);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("ops_matmul");
+    TCase *tc = tu_tcase(s, "matmul", 120);
+    tcase_add_test(tc, test_linear);
+    tcase_add_test(tc, test_matmul);
+    tcase_add_test(tc, test_matmul_partial_grad);
+    tcase_add_test(tc, test_errors);
+    return tu_run(s);
+}
