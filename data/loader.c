@@ -28,11 +28,14 @@
  * the claiming worker looks up the batch's dataset indices there too; since
  * claims go in order, the epochs they touch never go back, so a single
  * cached permutation (the latest epoch reached) serves every batch, those
- * spanning two epochs or, on a dataset smaller than a batch, several.
+ * spanning two epochs or, on a dataset smaller than a batch, several (a
+ * shuffle holds the lock, O(count) once per epoch).
  * Copying, flipping and converting run outside the lock, so what a batch
  * holds depends only on k, never on the number of threads or on timing.
  */
 #include "loader.h"
+
+#include "image.h"
 
 #include "autograd/error.h"
 #include "autograd/rng.h"
@@ -117,12 +120,6 @@ static void lookup_ids(dc_loader *l, int64_t k, int64_t *ids) {
 
 /* ---- assembling a batch ---- */
 
-/* v / 127.5 - 1: [0, 255] onto [-1, 1]. */
-static void u8_to_float(float *dst, const uint8_t *src, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = (float)src[i] / 127.5f - 1.0f;
-}
-
 /* dst = the w pixels of src (c channels each) in reverse order. */
 static void mirror_row(uint8_t *dst, const uint8_t *src, int w, int c) {
     for (int x = 0; x < w; x++)
@@ -148,9 +145,9 @@ static void assemble_image(const dc_loader *l, const dc_batch *b, int i, uint8_t
             mirror_row(row, in, ow, c);
             in = row;
         }
-        u8_to_float(dst + (size_t)y * ow * c, in, (size_t)ow * c);
+        dc_u8_to_float(dst + (size_t)y * ow * c, in, (size_t)ow * c);
     }
-    b->labels[i] = ds->labels ? ds->labels[b->ids[i]] : -1;
+    b->labels[i] = ds->labels[b->ids[i]];
 }
 
 /* ---- the workers and the trainer's side ---- */
@@ -224,8 +221,9 @@ static int check_config(const dc_loader_config *cfg, int64_t cursor) {
         return dc_fail("loader: no dataset");
     if (ds->count < 1)
         return dc_fail("loader: the dataset is empty");
-    if (ds->h < 1 || ds->w < 1 || ds->c < 1 || !ds->pixels)
-        return dc_fail("loader: the dataset has no pixels (%d x %d x %d)", ds->h, ds->w, ds->c);
+    if (ds->h < 1 || ds->w < 1 || ds->c < 1 || !ds->pixels || !ds->labels)
+        return dc_fail("loader: the dataset has no pixels or labels (%d x %d x %d images)", ds->h,
+                       ds->w, ds->c);
     if (cfg->batch_size < 1)
         return dc_fail("loader: batch size %d: must be at least 1", cfg->batch_size);
     if (cfg->world < 1)

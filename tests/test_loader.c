@@ -15,22 +15,17 @@
 
 /* ---- datasets and runs ---- */
 
-/* count images of random pixels; labels random in [0, 10), or none. */
+/* count images of random pixels; labels random in [0, 10), or all -1. */
 static dc_dataset make_dataset(int64_t count, int h, int w, int c, bool labelled) {
-    dc_dataset ds = {.count = count, .h = h, .w = w, .c = c};
     size_t n = (size_t)count * h * w * c;
     uint8_t *px = malloc(n);
-    ck_assert_ptr_nonnull(px);
+    int32_t *labels = malloc((size_t)count * sizeof *labels);
+    ck_assert(px && labels);
     for (size_t i = 0; i < n; i++)
         px[i] = (uint8_t)tu_next();
-    ds.pixels = px;
-    if (labelled) {
-        int32_t *lab = malloc((size_t)count * sizeof *lab);
-        for (int64_t i = 0; i < count; i++)
-            lab[i] = (int32_t)(tu_next() % 10);
-        ds.labels = lab;
-    }
-    return ds;
+    for (int64_t i = 0; i < count; i++)
+        labels[i] = labelled ? (int32_t)(tu_next() % 10) : -1;
+    return (dc_dataset){.count = count, .h = h, .w = w, .c = c, .pixels = px, .labels = labels};
 }
 
 static void free_dataset(dc_dataset *ds) {
@@ -139,7 +134,7 @@ static bool shows(const dc_dataset *ds, int64_t id, const float *img, int oh, in
 static window find_window(const dc_dataset *ds, const record *r, size_t j, int oh, int ow) {
     int64_t id = r->ids[j];
     ck_assert_msg(id >= 0 && id < ds->count, "id %lld", (long long)id);
-    ck_assert_int_eq(r->labels[j], ds->labels ? ds->labels[id] : -1);
+    ck_assert_int_eq(r->labels[j], ds->labels[id]);
     window found = {0};
     int matches = 0;
     for (int f = 0; f < 2; f++)
@@ -422,7 +417,7 @@ START_TEST(test_bad_config) {
         {"batch 0", "batch size 0"},   {"world 0", "world size 0"}, {"rank -1", "rank -1"},
         {"rank = world", "rank 2"},    {"threads 0", "0 threads"},  {"prefetch 0", "prefetch 0"},
         {"crop 7", "crop 7"},          {"crop -1", "crop -1"},      {"cursor -1", "cursor -1"},
-        {"threads 5000", "5000 threads"},
+        {"threads 5000", "5000 threads"}, {"no labels", "no pixels or labels"},
     };
     for (size_t t = 0; t < sizeof bad / sizeof bad[0]; t++) {
         dc_dataset d = ds;
@@ -442,6 +437,7 @@ START_TEST(test_bad_config) {
         case 10: cfg.crop = -1; break;
         case 11: cursor = -1; break;
         case 12: cfg.threads = 5000; break;
+        case 13: d.labels = NULL; break;
         }
         dc_loader *l = (dc_loader *)&ds; /* must come back NULL */
         dc_clear_error();
