@@ -9,8 +9,9 @@
  * takes positions [k G + r B, k G + (r + 1) B). So every batch is full, every
  * image is seen exactly once per epoch across all ranks, and batch k is the
  * same whatever the number of threads. Augmentation of the image at stream
- * position p (flip, crop offset) is drawn from Philox keyed by (seed, p), so it
- * too is independent of threads and of where a run was resumed.
+ * position p (flip, crop offset) is drawn from Philox keyed by (seed, stream
+ * 2^63 + p), apart from the epochs' streams, so it too is independent of
+ * threads and of where a run was resumed. loader.c spells out both draws.
  *
  * The cursor is the index of the next global batch: saving it and passing it
  * back to dc_loader_open resumes exactly where the run stopped.
@@ -29,7 +30,7 @@ typedef struct dc_loader_config {
     int rank, world;  /* 0, 1 for a single process */
     uint64_t seed;
     int threads;      /* worker threads (>= 1) */
-    int prefetch;     /* batches assembled ahead (>= 1) */
+    int prefetch;     /* batches assembled ahead of the one being used (>= 1) */
     bool flip;        /* random horizontal flip, p = 0.5 */
     int crop;         /* random crop side (<= the cached size); 0 = no crop */
 } dc_loader_config;
@@ -51,7 +52,8 @@ int dc_loader_open(dc_loader **l, const dc_loader_config *cfg, int64_t cursor);
 const dc_batch *dc_loader_next(dc_loader *l);
 /* The index of the batch the next dc_loader_next returns. */
 int64_t dc_loader_cursor(const dc_loader *l);
-/* Epoch of a global batch index: (k G) / count. */
+/* Epoch of a global batch index: (k G) / count; -1 for a k < 0 or so large
+ * that its positions overflow int64 (no batch has it). */
 int64_t dc_loader_epoch(const dc_loader *l, int64_t batch_index);
 void dc_loader_close(dc_loader *l); /* joins the workers; NULL-safe */
 

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# diffc beside PyTorch on the same machine, as tables with the ratio of
+# diffc's speed to PyTorch's (> 1: diffc is faster). Sections:
+#   ops    the matrix-product ops on the CPU (conv2d, linear: forward + backward),
+#          both sides with the same thread count
+#   data   serving augmented batches (data/loader) beside torchvision's
+#          DataLoader, and building a dataset cache from a folder of JPEGs
+#          and PNGs beside PIL, for 1 and N threads / workers
+#   scripts/bench.sh [ops] [data] [--threads N] [--reps N]
+#   (every section when none is named; threads default: nproc)
+# PyTorch comes from Debian's python3-torch (/usr/bin/python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+threads=$(nproc) reps=5 sections=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    ops | data) sections+=("$1"); shift ;;
+    --threads) threads=$2; shift 2 ;;
+    --reps) reps=$2; shift 2 ;;
+    *) echo "usage: $0 [ops] [data] [--threads N] [--reps N]" >&2; exit 2 ;;
+    esac
+done
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data)
+
+machine=$(lscpu | sed -n 's/^Model name: *//p')
+
+# The awk function both sections join their lines with: field(line, "key")
+# is the value of key=value in a line of `bench ...` output.
+awk_field='
+    function field(line, key,    i, kv, n) {
+        n = split(line, kv, " ")
+        for (i = 1; i <= n; i++)
+            if (index(kv[i], key "=") == 1)
+                return substr(kv[i], length(key) + 2)
+        return ""
+    }'
+
+# ---- ops: conv2d and linear on the CPU ----
+
+bench_ops() {
+    cmake --build build -j"$(nproc)" --target bench_cpu_ops >/dev/null
+
+    local ours theirs
+    ours=$(OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_cpu_ops --reps "$reps")
+    theirs=$(OMP_NUM_THREADS=$threads /usr/bin/python3 scripts/bench_torch_cpu.py --threads "$threads" --reps "$reps")
+
+    echo "== ops: $machine, $threads threads; best of $reps runs, times in ms"
+    # Lines are `bench OP name=N fwd_ms=.. bwd_ms=.. total_ms=.. gflops=..`.
+    awk "$awk_field"'
+        FNR == NR { torch[field($0, "name")] = $0; next }
+        FNR == 1 {
+            printf "%-24s %27s %27s %8s\n", "", "diffc", "pytorch", ""
+            printf "%-24s %9s %9s %9s %9s %9s %9s %8s %8s\n", "case", "fwd", "bwd", "total",
+                   "fwd", "bwd", "total", "GFLOP/s", "speed"
+        }
+        {
+            name = field($0, "name"); t = torch[name]
+            if (t == "") { printf "%-24s (no PyTorch result)\n", name; next }
+            printf "%-24s %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %8.1f %7.2fx\n", name,
+                   field($0, "fwd_ms"), field($0, "bwd_ms"), field($0, "total_ms"),
+                   field(t, "fwd_ms"), field(t, "bwd_ms"), field(t, "total_ms"),
+                   field($0, "gflops"), field(t, "total_ms") / field($0, "total_ms")
+        }
+    ' <(echo "$theirs") <(echo "$ours")
+}
+
+# ---- data: the loader and the dataset cache ----
+
+# Thread counts compared: 1 and $threads (diffc worker threads or OpenMP
+# threads; PyTorch DataLoader workers, plus 0, its main-process mode).
+bench_data() {
+    local list=1 folder=build/bench-data/folder images=1000
+    [[ $threads -gt 1 ]] && list="1,$threads"
+    cmake --build build -j"$(nproc)" --target bench_loader bench_cache >/dev/null
+    if [[ ! -e $folder/.done ]]; then
+        rm -rf "$folder"
+        /usr/bin/python3 scripts/bench_torch_data.py make-folder "$folder" --count "$images"
+        touch "$folder/.done"
+    fi
+
+    local ours theirs
+    ours=$(build/bench_loader --seconds 1 --reps "$reps" --threads "$list")
+    theirs=$(/usr/bin/python3 scripts/bench_torch_data.py serve --seconds 1 --reps "$reps" --workers "0,$list")
+    echo "== data, serving batches: $machine; best of $reps runs of 1 s, images/s"
+    echo "   diffc: loader worker threads; torch: DataLoader num_workers (0: in the main process),"
+    echo "   pil = a PIL image per item (torchvision's datasets), array = transforms on the array;"
+    echo "   the ratio is to the faster torch way (for 1 thread: with 0 or 1 workers)"
+    # Lines are `bench loader name=N threads=T ...` (ours), `... workers=W mode=M ...` (torch).
+    awk "$awk_field"'
+        FNR == NR {
+            name = field($0, "name"); w = field($0, "workers") + 0
+            torch[name, w, field($0, "mode")] = field($0, "images_per_s")
+            if (!(name in seen)) { seen[name] = 1; order[++n] = name }
+            if (w > top) top = w
+            next
+        }
+        { ours[field($0, "name"), field($0, "threads") + 0] = field($0, "images_per_s") }
+        END {
+            printf "%-26s %7s %11s %11s %11s %11s\n", "case", "threads", "diffc", "torch pil",
+                   "torch array", "diffc/torch"
+            for (i = 1; i <= n; i++)
+                for (t = 0; t <= top; t++) {
+                    p = torch[order[i], t, "pil"]; a = torch[order[i], t, "array"]; d = ours[order[i], t]
+                    if (p == "" && a == "" && d == "") continue
+                    best = 0 # the faster torch way; for 1 thread, with 0 or 1 workers
+                    for (w = t == 1 ? 0 : t; w <= t; w++)
+                        for (m = 0; m < 2; m++)
+                            if (torch[order[i], w, m ? "pil" : "array"] + 0 > best)
+                                best = torch[order[i], w, m ? "pil" : "array"] + 0
+                    printf "%-26s %7d %11s %11s %11s %11s\n", order[i], t, d == "" ? "-" : d, p, a,
+                           d == "" || best == 0 ? "-" : sprintf("%.1fx", d / best)
+                }
+        }
+    ' <(echo "$theirs") <(echo "$ours")
+
+    local t
+    ours=$(for t in ${list//,/ }; do
+        OMP_NUM_THREADS=$t build/bench_cache "$folder" --reps "$reps" | sed "s/\$/ threads=$t/"
+    done)
+    theirs=$(/usr/bin/python3 scripts/bench_torch_data.py cache "$folder" --reps "$reps" --workers "0,$list")
+    echo "== data, building a cache: $images images 256x256 (half JPEG, half PNG) to 64x64 RGB;"
+    echo "   $machine; best of $reps runs, images/s"
+    echo "   diffc: dc_dataset_open, OpenMP threads; torch: ImageFolder + PIL resize(BICUBIC) through a"
+    echo "   DataLoader, num_workers (0: in the main process; 1 thread is compared with the better of 0 and 1)"
+    awk "$awk_field"'
+        FNR == NR { w = field($0, "workers") + 0; torch[w] = field($0, "images_per_s"); if (w > top) top = w; next }
+        field($0, "name") == "reopen" { reopen[field($0, "threads")] = field($0, "images_per_s"); next }
+        { ours[field($0, "threads") + 0] = field($0, "images_per_s") }
+        END {
+            printf "%-26s %7s %11s %11s %11s\n", "case", "threads", "diffc", "torch", "diffc/torch"
+            for (t = 0; t <= top; t++) {
+                theirs = t == 1 && torch[0] + 0 > torch[1] + 0 ? torch[0] : torch[t]
+                d = ours[t]
+                printf "%-26s %7d %11s %11s %11s\n", "folder_256_to_64", t, d == "" ? "-" : d, torch[t],
+                       d == "" || theirs == 0 ? "-" : sprintf("%.2fx", d / theirs)
+            }
+            for (t = 0; t <= top; t++)
+                if (t in reopen)
+                    printf "%-26s %7d %11s %11s %11s\n", "reopen the cache", t, reopen[t], "-", "-"
+        }
+    ' <(echo "$theirs") <(echo "$ours")
+}
+
+cmake -S . -B build -DDC_CUDA=OFF >/dev/null
+for section in "${sections[@]}"; do
+    "bench_$section"
+done
