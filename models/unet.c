@@ -1,0 +1,777 @@
+/*
+ * diffusers' UNet2DModel (unets/unet_2d.py and the blocks it uses from
+ * unet_2d_blocks.py, resnet.py, attention_processor.py, embeddings.py,
+ * downsampling.py, upsampling.py of diffusers 0.27): the config parser, the
+ * parameter declarations under state_dict names, and the forward pass as ops,
+ * whose tape gives the backward pass. See unet.h.
+ */
+#include "unet.h"
+
+#include "autograd/error.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_PERIOD 10000.0f        /* get_timestep_embedding's default */
+#define MAX_CONFIG_BYTES (1 << 20) /* a config.json is a few hundred bytes */
+
+/* ==== config ==== */
+
+static const char *json_type(const cJSON *v) {
+    return cJSON_IsObject(v)   ? "an object"
+           : cJSON_IsArray(v)  ? "an array"
+           : cJSON_IsString(v) ? "a string"
+           : cJSON_IsNumber(v) ? "a number"
+           : cJSON_IsBool(v)   ? "a boolean"
+                               : "null";
+}
+
+static bool absent(const cJSON *v) { return !v || cJSON_IsNull(v); }
+
+/* An integer-valued JSON number into *out; -1 with a message otherwise. */
+static int as_int(const cJSON *v, const char *what, const char *key, int *out) {
+    if (!cJSON_IsNumber(v))
+        return dc_fail("%s: %s must be an integer, got %s", what, key, json_type(v));
+    double d = v->valuedouble;
+    if (d != floor(d) || d < INT_MIN || d > INT_MAX)
+        return dc_fail("%s: %s must be an integer, got %.17g", what, key, d);
+    *out = (int)d;
+    return 0;
+}
+
+/* Scalar keys: absent means the default; null is allowed where diffusers
+ * allows it and reads as 0. */
+typedef enum { KEY_INT, KEY_INT_OR_NULL, KEY_FLOAT, KEY_BOOL } key_kind;
+
+static const struct {
+    const char *key;
+    key_kind kind;
+    size_t offset;
+    double def;
+} scalar_keys[] = {
+    {"in_channels", KEY_INT, offsetof(dc_unet_config, in_channels), 3},
+    {"out_channels", KEY_INT, offsetof(dc_unet_config, out_channels), 3},
+    {"center_input_sample", KEY_BOOL, offsetof(dc_unet_config, center_input_sample), 0},
+    {"flip_sin_to_cos", KEY_BOOL, offsetof(dc_unet_config, flip_sin_to_cos), 1},
+    {"freq_shift", KEY_FLOAT, offsetof(dc_unet_config, freq_shift), 0},
+    {"layers_per_block", KEY_INT, offsetof(dc_unet_config, layers_per_block), 2},
+    {"mid_block_scale_factor", KEY_FLOAT, offsetof(dc_unet_config, mid_block_scale_factor), 1},
+    {"downsample_padding", KEY_INT, offsetof(dc_unet_config, downsample_padding), 1},
+    {"dropout", KEY_FLOAT, offsetof(dc_unet_config, dropout), 0},
+    {"attention_head_dim", KEY_INT_OR_NULL, offsetof(dc_unet_config, attention_head_dim), 8},
+    {"norm_num_groups", KEY_INT, offsetof(dc_unet_config, norm_num_groups), 32},
+    {"attn_norm_num_groups", KEY_INT_OR_NULL, offsetof(dc_unet_config, attn_norm_num_groups), 0},
+    {"norm_eps", KEY_FLOAT, offsetof(dc_unet_config, norm_eps), 1e-5},
+    {"add_attention", KEY_BOOL, offsetof(dc_unet_config, add_attention), 1},
+    {"num_class_embeds", KEY_INT_OR_NULL, offsetof(dc_unet_config, num_class_embeds), 0},
+};
+
+static int read_scalar(dc_unet_config *c, const cJSON *root, const char *what, int k) {
+    const char *key = scalar_keys[k].key;
+    key_kind kind = scalar_keys[k].kind;
+    void *field = (char *)c + scalar_keys[k].offset;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v || (cJSON_IsNull(v) && kind == KEY_INT_OR_NULL)) {
+        double def = v ? 0 : scalar_keys[k].def;
+        if (kind == KEY_BOOL)
+            *(bool *)field = def != 0;
+        else if (kind == KEY_FLOAT)
+            *(float *)field = (float)def;
+        else
+            *(int *)field = (int)def;
+        return 0;
+    }
+    switch (kind) {
+    case KEY_BOOL:
+        if (!cJSON_IsBool(v))
+            return dc_fail("%s: %s must be true or false, got %s", what, key, json_type(v));
+        *(bool *)field = cJSON_IsTrue(v);
+        return 0;
+    case KEY_FLOAT:
+        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+            return dc_fail("%s: %s must be a finite number, got %s", what, key, json_type(v));
+        *(float *)field = (float)v->valuedouble;
+        return 0;
+    case KEY_INT: return as_int(v, what, key, field);
+    case KEY_INT_OR_NULL:
+        if (as_int(v, what, key, field))
+            return -1;
+        if (*(int *)field < 1)
+            return dc_fail("%s: %s %d must be positive or null", what, key, *(int *)field);
+        return 0;
+    }
+    return 0;
+}
+
+/* A string key whose value must be one of `allowed` (NULL in the list: null
+ * or absent is allowed too). Returns the index into `allowed`, or -1. */
+static int read_choice(const cJSON *root, const char *what, const char *key, const char *def,
+                       const char *const *allowed, int n_allowed) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    const char *s = !v ? def : cJSON_IsString(v) ? v->valuestring : NULL;
+    if (v && !cJSON_IsString(v) && !cJSON_IsNull(v))
+        return dc_fail("%s: %s must be a string, got %s", what, key, json_type(v));
+    char supported[160] = "";
+    for (int i = 0; i < n_allowed; i++) {
+        if (allowed[i] ? s && !strcmp(s, allowed[i]) : !s)
+            return i;
+        size_t len = strlen(supported);
+        snprintf(supported + len, sizeof supported - len, "%s%s%s%s", i ? ", " : "",
+                 allowed[i] ? "\"" : "", allowed[i] ? allowed[i] : "null", allowed[i] ? "\"" : "");
+    }
+    if (!s)
+        return dc_fail("%s: %s null is not supported (supported: %s)", what, key, supported);
+    return dc_fail("%s: %s \"%.64s\" is not supported (supported: %s)", what, key, s, supported);
+}
+
+#define CHOICE(root, what, key, def, ...)                                                          \
+    read_choice(root, what, key, def, (const char *const[]){__VA_ARGS__},                          \
+                (int)(sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *)))
+
+/* Keys that would change the network in ways diffc does not build. */
+static int refuse_unsupported(const cJSON *root, const char *what) {
+    if (CHOICE(root, what, "_class_name", "UNet2DModel", "UNet2DModel") < 0 ||
+        CHOICE(root, what, "time_embedding_type", "positional", "positional") < 0 ||
+        CHOICE(root, what, "act_fn", "silu", "silu", "swish") < 0 ||
+        CHOICE(root, what, "class_embed_type", NULL, NULL) < 0 ||
+        CHOICE(root, what, "downsample_type", "conv", "conv", NULL) < 0 ||
+        CHOICE(root, what, "upsample_type", "conv", "conv", NULL) < 0 ||
+        CHOICE(root, what, "mid_block_type", "UNetMidBlock2D", "UNetMidBlock2D") < 0)
+        return -1;
+    const cJSON *legacy = cJSON_GetObjectItemCaseSensitive(root, "attention_legacy_order");
+    if (legacy && !cJSON_IsFalse(legacy) && !cJSON_IsNull(legacy))
+        return dc_fail("%s: attention_legacy_order %s is not supported (supported: false)", what,
+                       cJSON_IsTrue(legacy) ? "true" : json_type(legacy));
+    return 0;
+}
+
+/* sample_size: null, an integer, or [height, width]. */
+static int read_sample_size(dc_unet_config *c, const cJSON *root, const char *what) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "sample_size");
+    if (absent(v))
+        return 0;
+    if (cJSON_IsNumber(v)) {
+        if (as_int(v, what, "sample_size", &c->sample_size[0]))
+            return -1;
+        c->sample_size[1] = c->sample_size[0];
+        return 0;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
+        return dc_fail("%s: sample_size must be an integer or [height, width], got %s", what,
+                       cJSON_IsArray(v) ? "an array of another length" : json_type(v));
+    if (as_int(v->child, what, "sample_size[0]", &c->sample_size[0]) ||
+        as_int(v->child->next, what, "sample_size[1]", &c->sample_size[1]))
+        return -1;
+    return 0;
+}
+
+static int read_channels(dc_unet_config *c, const cJSON *root, const char *what) {
+    static const int def[] = {224, 448, 672, 896};
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "block_out_channels");
+    if (!v) {
+        c->levels = 4;
+        memcpy(c->block_out_channels, def, sizeof def);
+        return 0;
+    }
+    if (!cJSON_IsArray(v))
+        return dc_fail("%s: block_out_channels must be a list of integers, got %s", what,
+                       json_type(v));
+    int n = cJSON_GetArraySize(v);
+    if (n < 1 || n > DC_UNET_MAX_LEVELS)
+        return dc_fail("%s: block_out_channels has %d entries (diffc builds 1 to %d levels)", what,
+                       n, DC_UNET_MAX_LEVELS);
+    c->levels = n;
+    int i = 0;
+    for (const cJSON *e = v->child; e; e = e->next, i++)
+        if (as_int(e, what, "block_out_channels", &c->block_out_channels[i]))
+            return -1;
+    return 0;
+}
+
+/* down_block_types or up_block_types: one plain and one attention block type. */
+static int read_block_types(bool *attn, const cJSON *root, const char *what, const char *key,
+                            int levels, const char *plain, const char *with_attn) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v) { /* diffusers' default: attention everywhere but the full-resolution level */
+        if (levels != 4)
+            return dc_fail("%s: %s is missing: its default has 4 entries, block_out_channels %d",
+                           what, key, levels);
+        for (int i = 0; i < 4; i++)
+            attn[i] = !strcmp(key, "down_block_types") ? i > 0 : i < 3;
+        return 0;
+    }
+    if (!cJSON_IsArray(v))
+        return dc_fail("%s: %s must be a list of block names, got %s", what, key, json_type(v));
+    if (cJSON_GetArraySize(v) != levels)
+        return dc_fail("%s: %s has %d entries but block_out_channels has %d", what, key,
+                       cJSON_GetArraySize(v), levels);
+    int i = 0;
+    for (const cJSON *e = v->child; e; e = e->next, i++) {
+        if (!cJSON_IsString(e))
+            return dc_fail("%s: %s[%d] must be a string, got %s", what, key, i, json_type(e));
+        if (strcmp(e->valuestring, plain) && strcmp(e->valuestring, with_attn))
+            return dc_fail("%s: %s[%d] \"%.64s\" is not supported (supported: \"%s\", \"%s\")",
+                           what, key, i, e->valuestring, plain, with_attn);
+        attn[i] = !strcmp(e->valuestring, with_attn);
+    }
+    return 0;
+}
+
+static int check_attention(const dc_unet_config *c, const char *what, const char *block, int i,
+                           int channels) {
+    if (c->attention_head_dim > channels)
+        return dc_fail("%s: attention_head_dim %d is larger than the %d channels of %s.%d", what,
+                       c->attention_head_dim, channels, block, i);
+    return 0;
+}
+
+/* The rules that hold for any config, parsed or built in code. */
+static int check_config(const dc_unet_config *c, const char *what) {
+    if (c->levels < 1 || c->levels > DC_UNET_MAX_LEVELS)
+        return dc_fail("%s: %d levels (diffc builds 1 to %d)", what, c->levels, DC_UNET_MAX_LEVELS);
+    if (c->in_channels < 1 || c->out_channels < 1)
+        return dc_fail("%s: in_channels %d and out_channels %d must be positive", what,
+                       c->in_channels, c->out_channels);
+    if (c->layers_per_block < 1)
+        return dc_fail("%s: layers_per_block %d must be positive", what, c->layers_per_block);
+    if (c->sample_size[0] < 0 || c->sample_size[1] < 0)
+        return dc_fail("%s: sample_size [%d, %d] must not be negative", what, c->sample_size[0],
+                       c->sample_size[1]);
+    if (c->norm_num_groups < 1)
+        return dc_fail("%s: norm_num_groups %d must be positive", what, c->norm_num_groups);
+    for (int i = 0; i < c->levels; i++)
+        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups)
+            return dc_fail("%s: block_out_channels[%d] = %d is not a positive multiple of "
+                           "norm_num_groups %d",
+                           what, i, c->block_out_channels[i], c->norm_num_groups);
+    int deepest = c->block_out_channels[c->levels - 1];
+    if (c->attn_norm_num_groups < 0 ||
+        (c->attn_norm_num_groups && deepest % c->attn_norm_num_groups))
+        return dc_fail("%s: attn_norm_num_groups %d does not divide the mid block's %d channels",
+                       what, c->attn_norm_num_groups, deepest);
+    if (c->attention_head_dim < 0)
+        return dc_fail("%s: attention_head_dim %d must be positive or null", what,
+                       c->attention_head_dim);
+    for (int i = 0; i < c->levels; i++)
+        if ((c->down_attn[i] &&
+             check_attention(c, what, "down_blocks", i, c->block_out_channels[i])) ||
+            (c->up_attn[i] &&
+             check_attention(c, what, "up_blocks", i, c->block_out_channels[c->levels - 1 - i])))
+            return -1;
+    if (c->add_attention && check_attention(c, what, "mid_block", 0, deepest))
+        return -1;
+    if (c->downsample_padding != 0 && c->downsample_padding != 1)
+        return dc_fail("%s: downsample_padding %d is not supported (supported: 0, 1)", what,
+                       c->downsample_padding);
+    if (!(c->norm_eps > 0.0f))
+        return dc_fail("%s: norm_eps %g must be positive", what, (double)c->norm_eps);
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
+        return dc_fail("%s: dropout %g must be in [0, 1)", what, (double)c->dropout);
+    if (!(c->mid_block_scale_factor != 0.0f) || !isfinite(c->mid_block_scale_factor))
+        return dc_fail("%s: mid_block_scale_factor %g must be finite and nonzero", what,
+                       (double)c->mid_block_scale_factor);
+    if (c->block_out_channels[0] / 2 - (double)c->freq_shift == 0.0)
+        return dc_fail(
+            "%s: freq_shift %g equals half of block_out_channels[0] (a division by zero)", what,
+            (double)c->freq_shift);
+    if (c->num_class_embeds < 0)
+        return dc_fail("%s: num_class_embeds %d must be positive or null", what,
+                       c->num_class_embeds);
+    return 0;
+}
+
+static int parse_object(dc_unet_config *c, const cJSON *root, const char *what) {
+    if (!cJSON_IsObject(root))
+        return dc_fail("%s: a UNet config must be a JSON object, got %s", what, json_type(root));
+    if (refuse_unsupported(root, what))
+        return -1;
+    for (int k = 0; k < (int)(sizeof scalar_keys / sizeof *scalar_keys); k++)
+        if (read_scalar(c, root, what, k))
+            return -1;
+    int shift = CHOICE(root, what, "resnet_time_scale_shift", "default", "default", "scale_shift");
+    if (shift < 0 || read_sample_size(c, root, what) || read_channels(c, root, what) ||
+        read_block_types(c->down_attn, root, what, "down_block_types", c->levels, "DownBlock2D",
+                         "AttnDownBlock2D") ||
+        read_block_types(c->up_attn, root, what, "up_block_types", c->levels, "UpBlock2D",
+                         "AttnUpBlock2D"))
+        return -1;
+    c->scale_shift = shift == 1;
+    return check_config(c, what);
+}
+
+int dc_unet_config_parse(dc_unet_config *c, const char *json, const char *what) {
+    memset(c, 0, sizeof *c);
+    cJSON *root = cJSON_Parse(json);
+    if (!root)
+        return dc_fail("%s: not valid JSON (near \"%.24s\")", what,
+                       cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
+    int rc = parse_object(c, root, what);
+    cJSON_Delete(root);
+    if (!rc && !(c->json = strdup(json)))
+        rc = dc_fail("%s: out of memory", what);
+    if (rc)
+        memset(c, 0, sizeof *c);
+    return rc;
+}
+
+int dc_unet_config_load(dc_unet_config *c, const char *path) {
+    memset(c, 0, sizeof *c);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return dc_fail("%s: cannot open: %s", path, strerror(errno));
+    char *text = malloc(MAX_CONFIG_BYTES + 1);
+    size_t n = text ? fread(text, 1, MAX_CONFIG_BYTES + 1, fp) : 0;
+    int rc = !text        ? dc_fail("%s: out of memory", path)
+             : ferror(fp) ? dc_fail("%s: cannot read: %s", path, strerror(errno))
+             : n > MAX_CONFIG_BYTES
+                 ? dc_fail("%s: larger than %d bytes, not a config", path, MAX_CONFIG_BYTES)
+                 : 0;
+    fclose(fp);
+    if (!rc) {
+        text[n] = '\0';
+        rc = strlen(text) != n ? dc_fail("%s: contains a NUL byte, not a JSON text", path)
+                               : dc_unet_config_parse(c, text, path);
+    }
+    free(text);
+    return rc;
+}
+
+int dc_unet_config_save(const dc_unet_config *c, const char *path) {
+    if (!c->json)
+        return dc_fail("%s: the config has no text to save", path);
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return dc_fail("%s: path too long", path);
+    FILE *fp = fopen(tmp, "wb");
+    if (!fp)
+        return dc_fail("%s: cannot create %s: %s", path, tmp, strerror(errno));
+    size_t n = strlen(c->json);
+    bool ok = fwrite(c->json, 1, n, fp) == n && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
+    int err = ok ? 0 : errno;
+    if (fclose(fp) != 0 && ok)
+        ok = false, err = errno;
+    if (ok && rename(tmp, path) != 0)
+        ok = false, err = errno;
+    if (!ok) {
+        unlink(tmp);
+        return dc_fail("%s: cannot write: %s", path, strerror(err ? err : EIO));
+    }
+    return 0;
+}
+
+void dc_unet_config_free(dc_unet_config *c) {
+    if (!c)
+        return;
+    free(c->json);
+    memset(c, 0, sizeof *c);
+}
+
+int dc_unet_null_class(const dc_unet_config *c) {
+    return c->num_class_embeds > 0 ? c->num_class_embeds - 1 : -1;
+}
+
+/* ==== parameters ==== */
+
+/* "prefix.name" into buf (names are short: the longest is ~50 characters). */
+static const char *sub(char *buf, size_t n, const char *prefix, const char *name) {
+    snprintf(buf, n, "%s.%s", prefix, name);
+    return buf;
+}
+
+static void resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix, int64_t cin,
+                        int64_t cout, const dc_unet_config *c, float output_scale) {
+    char b[192];
+    int64_t temb = 4 * (int64_t)c->block_out_channels[0];
+    dc_nn_group_norm_init(&r->norm1, ps, sub(b, sizeof b, prefix, "norm1"), c->norm_num_groups, cin,
+                          c->norm_eps);
+    dc_nn_conv2d_init(&r->conv1, ps, sub(b, sizeof b, prefix, "conv1"), cin, cout, 3, 1, 1, true);
+    dc_nn_linear_init(&r->time_emb_proj, ps, sub(b, sizeof b, prefix, "time_emb_proj"), temb,
+                      c->scale_shift ? 2 * cout : cout, true);
+    dc_nn_group_norm_init(&r->norm2, ps, sub(b, sizeof b, prefix, "norm2"), c->norm_num_groups,
+                          cout, c->norm_eps);
+    dc_nn_conv2d_init(&r->conv2, ps, sub(b, sizeof b, prefix, "conv2"), cout, cout, 3, 1, 1, true);
+    if (cin != cout)
+        dc_nn_conv2d_init(&r->conv_shortcut, ps, sub(b, sizeof b, prefix, "conv_shortcut"), cin,
+                          cout, 1, 1, 0, true);
+    r->out_channels = cout;
+    r->scale_shift = c->scale_shift;
+    r->dropout = c->dropout;
+    r->output_scale_factor = output_scale;
+}
+
+/* groups 0: no group_norm (the mid block under scale_shift). */
+static void attention_init(dc_unet_attention *a, dc_params *ps, const char *prefix, int64_t ch,
+                           const dc_unet_config *c, int groups, float rescale) {
+    char b[192];
+    int64_t head_dim = c->attention_head_dim ? c->attention_head_dim : ch;
+    a->heads = (int)(ch / head_dim);
+    int64_t inner = a->heads * head_dim;
+    if (groups)
+        dc_nn_group_norm_init(&a->group_norm, ps, sub(b, sizeof b, prefix, "group_norm"), groups,
+                              ch, c->norm_eps);
+    dc_nn_linear_init(&a->to_q, ps, sub(b, sizeof b, prefix, "to_q"), ch, inner, true);
+    dc_nn_linear_init(&a->to_k, ps, sub(b, sizeof b, prefix, "to_k"), ch, inner, true);
+    dc_nn_linear_init(&a->to_v, ps, sub(b, sizeof b, prefix, "to_v"), ch, inner, true);
+    dc_nn_linear_init(&a->to_out, ps, sub(b, sizeof b, prefix, "to_out.0"), inner, ch, true);
+    a->rescale_output_factor = rescale;
+}
+
+static int block_alloc(dc_unet_block *b, int n_layers, int n_attn) {
+    b->n_layers = n_layers;
+    b->resnets = calloc((size_t)n_layers, sizeof *b->resnets);
+    b->attentions = n_attn ? calloc((size_t)n_attn, sizeof *b->attentions) : NULL;
+    if (!b->resnets || (n_attn && !b->attentions))
+        return dc_fail("unet: out of memory");
+    return 0;
+}
+
+/* DownBlock2D / AttnDownBlock2D `i`, declared as diffusers registers them:
+ * attentions, resnets, downsamplers. */
+static int down_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int i) {
+    char q[128];
+    int n = c->layers_per_block, cout = c->block_out_channels[i];
+    int cin = c->block_out_channels[i > 0 ? i - 1 : 0];
+    if (block_alloc(b, n, c->down_attn[i] ? n : 0))
+        return -1;
+    for (int j = 0; b->attentions && j < n; j++) {
+        snprintf(q, sizeof q, "down_blocks.%d.attentions.%d", i, j);
+        attention_init(&b->attentions[j], ps, q, cout, c, c->norm_num_groups, 1.0f);
+    }
+    for (int j = 0; j < n; j++) {
+        snprintf(q, sizeof q, "down_blocks.%d.resnets.%d", i, j);
+        resnet_init(&b->resnets[j], ps, q, j ? cout : cin, cout, c, 1.0f);
+    }
+    if (i < c->levels - 1) {
+        snprintf(q, sizeof q, "down_blocks.%d.downsamplers.0.conv", i);
+        dc_nn_conv2d_init(&b->sampler, ps, q, cout, cout, 3, 2, c->downsample_padding, true);
+        b->pad_bottom_right = c->downsample_padding == 0;
+    }
+    return 0;
+}
+
+/* UpBlock2D / AttnUpBlock2D `i` (0 = deepest). Resnet j takes the running
+ * features (the deeper level's channels for j = 0, this level's after)
+ * concatenated with a skip: this level's down-path outputs, newest first, and
+ * last the output of the level above (its downsampler, or conv_in). */
+static int up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int i) {
+    char q[128];
+    const int *ch = c->block_out_channels;
+    int L = c->levels, n = c->layers_per_block + 1;
+    int cout = ch[L - 1 - i], prev = ch[L - 1 - (i > 0 ? i - 1 : 0)];
+    int skip_last = ch[L - 1 - (i + 1 < L ? i + 1 : L - 1)];
+    if (block_alloc(b, n, c->up_attn[i] ? n : 0))
+        return -1;
+    for (int j = 0; b->attentions && j < n; j++) {
+        snprintf(q, sizeof q, "up_blocks.%d.attentions.%d", i, j);
+        attention_init(&b->attentions[j], ps, q, cout, c, c->norm_num_groups, 1.0f);
+    }
+    for (int j = 0; j < n; j++) {
+        snprintf(q, sizeof q, "up_blocks.%d.resnets.%d", i, j);
+        int cin = (j ? cout : prev) + (j == n - 1 ? skip_last : cout);
+        resnet_init(&b->resnets[j], ps, q, cin, cout, c, 1.0f);
+    }
+    if (i < L - 1) {
+        snprintf(q, sizeof q, "up_blocks.%d.upsamplers.0.conv", i);
+        dc_nn_conv2d_init(&b->sampler, ps, q, cout, cout, 3, 1, 1, true);
+    }
+    return 0;
+}
+
+/* UNetMidBlock2D: resnet, [attention], resnet, all scaled by mid_block_scale_factor. */
+static int mid_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c) {
+    int ch = c->block_out_channels[c->levels - 1];
+    int groups = c->attn_norm_num_groups ? c->attn_norm_num_groups
+                 : c->scale_shift        ? 0
+                                         : c->norm_num_groups;
+    float s = c->mid_block_scale_factor;
+    if (block_alloc(b, 2, c->add_attention ? 1 : 0))
+        return -1;
+    if (b->attentions)
+        attention_init(&b->attentions[0], ps, "mid_block.attentions.0", ch, c, groups, s);
+    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", ch, ch, c, s);
+    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", ch, ch, c, s);
+    return 0;
+}
+
+static void block_free(dc_unet_block *b) {
+    free(b->resnets);
+    free(b->attentions);
+    memset(b, 0, sizeof *b);
+}
+
+void dc_unet_free(dc_unet *m) {
+    if (!m)
+        return;
+    for (int i = 0; i < DC_UNET_MAX_LEVELS; i++) {
+        block_free(&m->down[i]);
+        block_free(&m->up[i]);
+    }
+    block_free(&m->mid);
+    memset(m, 0, sizeof *m);
+}
+
+/* Declared in the order of UNet2DModel's state_dict: conv_in, time_embedding,
+ * class_embedding, down_blocks, up_blocks, mid_block (assigned last in its
+ * __init__), conv_norm_out, conv_out. */
+int dc_unet_init(dc_unet *m, const dc_unet_config *c, dc_params *ps) {
+    memset(m, 0, sizeof *m);
+    if (check_config(c, "unet config"))
+        return -1;
+    m->cfg = *c;
+    m->cfg.json = NULL;
+    int64_t c0 = c->block_out_channels[0], temb = 4 * c0;
+    dc_nn_conv2d_init(&m->conv_in, ps, "conv_in", c->in_channels, c0, 3, 1, 1, true);
+    dc_nn_linear_init(&m->time_linear_1, ps, "time_embedding.linear_1", c0, temb, true);
+    dc_nn_linear_init(&m->time_linear_2, ps, "time_embedding.linear_2", temb, temb, true);
+    if (c->num_class_embeds)
+        dc_nn_embedding_init(&m->class_embedding, ps, "class_embedding", c->num_class_embeds, temb);
+    int rc = 0;
+    for (int i = 0; !rc && i < c->levels; i++)
+        rc = down_init(&m->down[i], ps, c, i);
+    for (int i = 0; !rc && i < c->levels; i++)
+        rc = up_init(&m->up[i], ps, c, i);
+    rc = rc ? rc : mid_init(&m->mid, ps, c);
+    dc_nn_group_norm_init(&m->conv_norm_out, ps, "conv_norm_out", c->norm_num_groups, c0,
+                          c->norm_eps);
+    dc_nn_conv2d_init(&m->conv_out, ps, "conv_out", c0, c->out_channels, 3, 1, 1, true);
+    if (rc || ps->failed) {
+        dc_unet_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+/* ==== forward ==== */
+
+static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) DC_PRINTF(2, 3);
+static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dc_fail("unet: %s", msg);
+    ctx->failed = true;
+    return NULL;
+}
+
+/* The reason x, t and class_labels cannot go through m, or NULL. */
+static const char *input_problem(const dc_unet *m, const dc_tensor *x, const dc_tensor *t,
+                                 const dc_tensor *y, char *buf, size_t n) {
+    const dc_unet_config *c = &m->cfg;
+    char s[64];
+    if (x->dtype != DC_F32 || x->ndim != 4 || x->shape[3] != c->in_channels || x->numel == 0)
+        snprintf(buf, n, "x must be f32 [N, H, W, %d], got %s %s", c->in_channels,
+                 dc_dtype_name(x->dtype), dc_shape_str(s, sizeof s, x->ndim, x->shape));
+    else if (x->shape[1] % (1 << (c->levels - 1)) || x->shape[2] % (1 << (c->levels - 1)))
+        snprintf(buf, n, "x is %lldx%lld; with %d levels height and width must be multiples of %d",
+                 (long long)x->shape[1], (long long)x->shape[2], c->levels, 1 << (c->levels - 1));
+    else if ((t->dtype != DC_F32 && t->dtype != DC_I32) || t->ndim != 1 ||
+             (t->shape[0] != x->shape[0] && t->shape[0] != 1))
+        snprintf(buf, n, "timesteps must be f32 or i32 [%lld] (or [1]), got %s %s",
+                 (long long)x->shape[0], dc_dtype_name(t->dtype),
+                 dc_shape_str(s, sizeof s, t->ndim, t->shape));
+    else if (c->num_class_embeds && !y)
+        snprintf(buf, n,
+                 "the model is class-conditional (num_class_embeds %d): class labels are "
+                 "required",
+                 c->num_class_embeds);
+    else if (!c->num_class_embeds && y)
+        snprintf(buf, n, "class labels given to a model without class embeddings");
+    else if (y && (y->dtype != DC_I32 || y->ndim != 1 || y->shape[0] != x->shape[0]))
+        snprintf(buf, n, "class labels must be i32 [%lld], got %s %s", (long long)x->shape[0],
+                 dc_dtype_name(y->dtype), dc_shape_str(s, sizeof s, y->ndim, y->shape));
+    else
+        return NULL;
+    return buf;
+}
+
+/* Timesteps (and class labels) -> emb [N, T]: sinusoids, linear, silu, linear,
+ * plus the class embedding. */
+static dc_tensor *time_embedding(dc_ctx *ctx, const dc_unet *m, dc_tensor *t, dc_tensor *y) {
+    const dc_unet_config *c = &m->cfg;
+    dc_tensor *e = dc_timestep_embedding(ctx, t, c->block_out_channels[0], c->flip_sin_to_cos,
+                                         c->freq_shift, MAX_PERIOD);
+    e = dc_nn_linear_forward(ctx, &m->time_linear_1, e);
+    e = dc_nn_linear_forward(ctx, &m->time_linear_2, dc_silu(ctx, e));
+    if (!y)
+        return e;
+    /* labels first: with one shared timestep e is [1, T] and broadcasts */
+    return dc_add(ctx, dc_nn_embedding_forward(ctx, &m->class_embedding, y), e);
+}
+
+/* x [N, H, W, C], temb = silu(emb) [N or 1, T] -> [N, H, W, Cout]. */
+static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
+                                 dc_tensor *temb) {
+    dc_tensor *h = dc_silu(ctx, dc_nn_group_norm_forward(ctx, &r->norm1, x));
+    h = dc_nn_conv2d_forward(ctx, &r->conv1, h);
+    dc_tensor *p = dc_nn_linear_forward(ctx, &r->time_emb_proj, temb);
+    if (!h || !p)
+        return NULL;
+    int64_t n = p->shape[0], co = r->out_channels;
+    if (r->scale_shift) {
+        dc_tensor *scale = dc_affine(ctx, dc_slice(ctx, p, 0, co), 1.0f, 1.0f);
+        dc_tensor *shift = dc_slice(ctx, p, co, co);
+        h = dc_nn_group_norm_forward(ctx, &r->norm2, h);
+        h = dc_mul(ctx, h, dc_reshape(ctx, scale, DC_SHAPE(n, 1, 1, co)));
+        h = dc_add(ctx, h, dc_reshape(ctx, shift, DC_SHAPE(n, 1, 1, co)));
+    } else {
+        h = dc_add(ctx, h, dc_reshape(ctx, p, DC_SHAPE(n, 1, 1, co)));
+        h = dc_nn_group_norm_forward(ctx, &r->norm2, h);
+    }
+    h = dc_dropout(ctx, dc_silu(ctx, h), r->dropout);
+    h = dc_nn_conv2d_forward(ctx, &r->conv2, h);
+    dc_tensor *skip = r->conv_shortcut.weight ? dc_nn_conv2d_forward(ctx, &r->conv_shortcut, x) : x;
+    h = dc_add(ctx, skip, h);
+    return r->output_scale_factor == 1.0f ? h : dc_scale(ctx, h, 1.0f / r->output_scale_factor);
+}
+
+/* Self-attention over the H*W positions of x [N, H, W, C]: an NHWC map is
+ * already the token sequence [N, H*W, C]. */
+static dc_tensor *attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x) {
+    if (!x)
+        return NULL;
+    int64_t n = x->shape[0], len = x->shape[1] * x->shape[2], ch = x->shape[3];
+    dc_tensor *s = dc_reshape(ctx, x, DC_SHAPE(n, len, ch));
+    if (a->group_norm.weight)
+        s = dc_nn_group_norm_forward(ctx, &a->group_norm, s);
+    dc_tensor *q = dc_nn_linear_forward(ctx, &a->to_q, s);
+    dc_tensor *k = dc_nn_linear_forward(ctx, &a->to_k, s);
+    dc_tensor *v = dc_nn_linear_forward(ctx, &a->to_v, s);
+    dc_tensor *o = dc_attention(ctx, q, k, v, a->heads, false, 0.0f); /* 1/sqrt(head_dim) */
+    o = dc_nn_linear_forward(ctx, &a->to_out, o);
+    o = dc_add(ctx, dc_reshape(ctx, o, x->ndim, x->shape), x);
+    return a->rescale_output_factor == 1.0f ? o : dc_scale(ctx, o, 1.0f / a->rescale_output_factor);
+}
+
+/* A zero f32 tensor of `rows` x `cols` (no gradient). */
+static dc_tensor *zeros(dc_ctx *ctx, int64_t rows, int64_t cols) {
+    dc_tensor *z = dc_new(ctx, DC_F32, DC_SHAPE(rows, cols));
+    if (z)
+        memset(z->data, 0, dc_tensor_bytes(z));
+    return z;
+}
+
+/* F.pad(x, (0, 1, 0, 1)) in NHWC: [N, H, W, C] -> [N, H+1, W+1, C] with a zero
+ * column on the right and a zero row at the bottom, from concatenations along
+ * the last dimension of reshaped views. */
+static dc_tensor *pad_bottom_right(dc_ctx *ctx, dc_tensor *x) {
+    if (!x)
+        return NULL;
+    int64_t n = x->shape[0], h = x->shape[1], w = x->shape[2], c = x->shape[3];
+    dc_tensor *rows = dc_reshape(ctx, x, DC_SHAPE(n * h, w * c));
+    rows = dc_concat(ctx, rows, zeros(ctx, n * h, c));
+    dc_tensor *img = dc_reshape(ctx, rows, DC_SHAPE(n, h * (w + 1) * c));
+    img = dc_concat(ctx, img, zeros(ctx, n, (w + 1) * c));
+    return dc_reshape(ctx, img, DC_SHAPE(n, h + 1, w + 1, c));
+}
+
+/* Downsample2D (conv, stride 2) or Upsample2D (nearest 2x, conv). */
+static dc_tensor *resample(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h, bool up) {
+    if (up)
+        return dc_nn_conv2d_forward(ctx, &b->sampler, dc_upsample2x(ctx, h));
+    if (b->pad_bottom_right)
+        h = pad_bottom_right(ctx, h);
+    return dc_nn_conv2d_forward(ctx, &b->sampler, h);
+}
+
+/* How many skip tensors the down path leaves for the up path. */
+static int skip_count(const dc_unet *m) {
+    int n = 1; /* conv_in's output */
+    for (int i = 0; i < m->cfg.levels; i++)
+        n += m->down[i].n_layers + (m->down[i].sampler.weight ? 1 : 0);
+    return n;
+}
+
+dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tensor *t,
+                           dc_tensor *class_labels) {
+    if (ctx->failed || !x || !t) {
+        ctx->failed = true; /* a NULL input: whatever made it has said why */
+        return NULL;
+    }
+    char why[256];
+    if (input_problem(m, x, t, class_labels, why, sizeof why))
+        return forward_fail(ctx, "%s", why);
+    const dc_unet_config *c = &m->cfg;
+    dc_tensor **skips = dc_arena_alloc(&ctx->meta, (size_t)skip_count(m) * sizeof *skips);
+    if (!skips)
+        return forward_fail(ctx, "%s", dc_error());
+    dc_tensor *temb = dc_silu(ctx, time_embedding(ctx, m, t, class_labels));
+    dc_tensor *h = c->center_input_sample ? dc_affine(ctx, x, 2.0f, -1.0f) : x;
+    h = dc_nn_conv2d_forward(ctx, &m->conv_in, h);
+    int top = 0;
+    skips[top++] = h;
+    for (int i = 0; i < c->levels; i++) {
+        const dc_unet_block *b = &m->down[i];
+        for (int j = 0; j < b->n_layers; j++) {
+            h = resnet_forward(ctx, &b->resnets[j], h, temb);
+            if (b->attentions)
+                h = attention_forward(ctx, &b->attentions[j], h);
+            skips[top++] = h;
+        }
+        if (b->sampler.weight)
+            skips[top++] = h = resample(ctx, b, h, false);
+    }
+    h = resnet_forward(ctx, &m->mid.resnets[0], h, temb);
+    if (m->mid.attentions)
+        h = attention_forward(ctx, &m->mid.attentions[0], h);
+    h = resnet_forward(ctx, &m->mid.resnets[1], h, temb);
+    for (int i = 0; i < c->levels; i++) {
+        const dc_unet_block *b = &m->up[i];
+        for (int j = 0; j < b->n_layers; j++) {
+            h = resnet_forward(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--top]), temb);
+            if (b->attentions)
+                h = attention_forward(ctx, &b->attentions[j], h);
+        }
+        if (b->sampler.weight)
+            h = resample(ctx, b, h, true);
+    }
+    h = dc_silu(ctx, dc_nn_group_norm_forward(ctx, &m->conv_norm_out, h));
+    return dc_nn_conv2d_forward(ctx, &m->conv_out, h);
+}
+
+/* ==== old attention names ==== */
+
+/* Whether name[0, seg) ends with "attentions.<digits>." (at the start or after a dot). */
+static bool in_attention(const char *name, const char *seg) {
+    const char *p = seg - 1; /* the dot before the segment */
+    if (p <= name || *p != '.')
+        return false;
+    const char *d = p;
+    while (d > name && d[-1] >= '0' && d[-1] <= '9')
+        d--;
+    static const char word[] = "attentions.";
+    size_t wl = sizeof word - 1;
+    if (d == p || (size_t)(d - name) < wl || strncmp(d - wl, word, wl))
+        return false;
+    return d - wl == name || d[-(ptrdiff_t)wl - 1] == '.';
+}
+
+const char *dc_unet_rename(const char *file_name, char *buf, size_t size) {
+    static const char *const old_names[] = {"query", "key", "value", "proj_attn"};
+    static const char *const new_names[] = {"to_q", "to_k", "to_v", "to_out.0"};
+    const char *leaf = strrchr(file_name, '.');
+    if (!leaf || (strcmp(leaf, ".weight") && strcmp(leaf, ".bias")))
+        return file_name;
+    const char *seg = leaf;
+    while (seg > file_name && seg[-1] != '.')
+        seg--;
+    for (int k = 0; k < 4; k++) {
+        size_t len = strlen(old_names[k]);
+        if ((size_t)(leaf - seg) != len || strncmp(seg, old_names[k], len) ||
+            !in_attention(file_name, seg))
+            continue;
+        int n =
+            snprintf(buf, size, "%.*s%s%s", (int)(seg - file_name), file_name, new_names[k], leaf);
+        return n >= 0 && (size_t)n < size ? buf : file_name;
+    }
+    return file_name;
+}

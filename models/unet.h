@@ -1,0 +1,139 @@
+/*
+ * diffusers' UNet2DModel, built from the engine's layers.
+ *
+ * The configuration is a diffusers config.json: the same keys, the same
+ * defaults as UNet2DModel.__init__ (diffusers 0.27), and the original text kept
+ * so a checkpoint saves it back unchanged. Parameters carry the names of
+ * UNet2DModel's state_dict ("down_blocks.0.resnets.0.conv1.weight", ...), so
+ * dc_params_load / dc_params_save read and write files that diffusers reads
+ * and writes; dc_unet_rename also accepts the older attention names
+ * (query/key/value/proj_attn) that published checkpoints such as
+ * google/ddpm-cifar10-32 still use.
+ *
+ * Supported: DownBlock2D, AttnDownBlock2D, UpBlock2D, AttnUpBlock2D and
+ * UNetMidBlock2D with or without attention; resnet_time_scale_shift "default"
+ * and "scale_shift"; the positional (sinusoidal) time embedding; class
+ * conditioning through num_class_embeds; dropout; conv down- and upsampling
+ * (downsample_padding 0 or 1). Anything else in a config that would change the
+ * network (a fourier time embedding, class_embed_type, resnet resampling,
+ * another activation, another block) is refused with the key and its value.
+ * Keys UNet2DModel does not know are ignored, as diffusers ignores them.
+ *
+ * Class conditioning and classifier-free guidance: by this project's
+ * convention the last class label, num_class_embeds - 1, means "no class"
+ * (a model for K classes has num_class_embeds = K + 1), see dc_unet_null_class.
+ *
+ * Tensors are NHWC: x [N, H, W, in_channels] -> [N, H, W, out_channels], H
+ * and W multiples of 2^(levels - 1) as in diffusers.
+ */
+#ifndef DC_MODELS_UNET_H
+#define DC_MODELS_UNET_H
+
+#include "autograd/nn.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define DC_UNET_MAX_LEVELS 8 /* len(block_out_channels); diffusers' examples use up to 6 */
+
+/* A parsed config.json. Zero where diffusers has null. */
+typedef struct dc_unet_config {
+    int sample_size[2]; /* [height, width] the model was trained at; 0 when null */
+    int in_channels, out_channels;
+    bool center_input_sample; /* x -> 2x - 1 before conv_in */
+    bool flip_sin_to_cos;     /* time embedding [cos, sin] instead of [sin, cos] */
+    float freq_shift;         /* downscale_freq_shift of the time embedding */
+    int levels;               /* len(block_out_channels) */
+    int block_out_channels[DC_UNET_MAX_LEVELS]; /* [levels] */
+    bool down_attn[DC_UNET_MAX_LEVELS];         /* [levels] AttnDownBlock2D, else DownBlock2D */
+    bool up_attn[DC_UNET_MAX_LEVELS]; /* [levels] AttnUpBlock2D, else UpBlock2D (deepest first) */
+    int layers_per_block;             /* resnets per down block; up blocks have one more */
+    float mid_block_scale_factor;
+    int downsample_padding; /* 1, or 0: pad bottom and right by one, then an unpadded conv */
+    float dropout;
+    int attention_head_dim; /* 0 (null): one head over all channels */
+    int norm_num_groups;
+    int attn_norm_num_groups; /* the mid attention's norm; 0 (null): norm_num_groups with
+                                 "default", no norm with "scale_shift" (as diffusers) */
+    float norm_eps;
+    bool scale_shift;     /* resnet_time_scale_shift "scale_shift", else "default" */
+    bool add_attention;   /* attention in the mid block */
+    int num_class_embeds; /* 0: unconditional */
+    char *json;           /* the original text (malloc'ed), for saving back */
+} dc_unet_config;
+
+/* Parse config.json text; `what` names it in errors ("ckpt/unet/config.json").
+ * On failure *c is left empty (safe to free). */
+int dc_unet_config_parse(dc_unet_config *c, const char *json, const char *what);
+int dc_unet_config_load(dc_unet_config *c, const char *path);
+/* Write the original text back (to "<path>.tmp", synced, then renamed). */
+int dc_unet_config_save(const dc_unet_config *c, const char *path);
+void dc_unet_config_free(dc_unet_config *c);
+/* The "no class" label for classifier-free guidance, or -1 when unconditional. */
+int dc_unet_null_class(const dc_unet_config *c);
+
+/* ResnetBlock2D: norm1, silu, conv1, + time projection (or scale and shift
+ * after norm2), norm2, silu, dropout, conv2, + the input (1x1 conv_shortcut
+ * when channels change), / output_scale_factor. */
+typedef struct dc_unet_resnet {
+    dc_nn_group_norm norm1, norm2;
+    dc_nn_conv2d conv1, conv2;
+    dc_nn_conv2d conv_shortcut; /* weight NULL when in and out channels agree */
+    dc_nn_linear time_emb_proj; /* [T] -> [Cout], or [2 Cout] (scale, shift) with scale_shift */
+    int64_t out_channels;
+    bool scale_shift;
+    float dropout;
+    float output_scale_factor;
+} dc_unet_resnet;
+
+/* diffusers' Attention as the UNet uses it: self-attention over the H*W
+ * positions, residual added, / rescale_output_factor. */
+typedef struct dc_unet_attention {
+    dc_nn_group_norm group_norm;   /* weight NULL without a norm */
+    dc_nn_linear to_q, to_k, to_v; /* [C] -> [heads * head_dim] */
+    dc_nn_linear to_out;           /* "to_out.0": [heads * head_dim] -> [C] */
+    int heads;
+    float rescale_output_factor;
+} dc_unet_attention;
+
+/* One level of the down or up path, or the mid block. */
+typedef struct dc_unet_block {
+    int n_layers;
+    dc_unet_resnet *resnets;       /* [n_layers] */
+    dc_unet_attention *attentions; /* [n_layers] (mid: [n_layers - 1]); NULL without attention */
+    dc_nn_conv2d
+        sampler; /* downsamplers.0.conv / upsamplers.0.conv; weight NULL on the last level */
+    bool pad_bottom_right; /* downsample_padding 0 */
+} dc_unet_block;
+
+typedef struct dc_unet {
+    dc_unet_config cfg;              /* a copy, without the text */
+    dc_nn_conv2d conv_in;            /* in_channels -> block_out_channels[0] */
+    dc_nn_linear time_linear_1;      /* time_embedding.linear_1: [C0] -> [T = 4 C0] */
+    dc_nn_linear time_linear_2;      /* time_embedding.linear_2: [T] -> [T] */
+    dc_nn_embedding class_embedding; /* [num_class_embeds, T]; weight NULL when unconditional */
+    dc_unet_block down[DC_UNET_MAX_LEVELS]; /* [levels], full resolution first */
+    dc_unet_block mid;
+    dc_unet_block up[DC_UNET_MAX_LEVELS]; /* [levels], lowest resolution first */
+    dc_nn_group_norm conv_norm_out;
+    dc_nn_conv2d conv_out; /* block_out_channels[0] -> out_channels */
+} dc_unet;
+
+/* Declare every parameter in `ps` under its state_dict name, in diffusers'
+ * order, with PyTorch's initial values (dc_params_alloc draws them). */
+int dc_unet_init(dc_unet *m, const dc_unet_config *c, dc_params *ps);
+void dc_unet_free(dc_unet *m);
+
+/* The predicted noise (or whatever the model was trained on):
+ * x [N, H, W, in_channels] f32, t [N] (or [1], shared) f32 or i32 timesteps,
+ * class_labels [N] i32 (NULL for an unconditional model; required otherwise)
+ * -> [N, H, W, out_channels]. Dropout follows ctx->training. NULL on failure,
+ * with the context failed and the reason in dc_error(). */
+dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tensor *t,
+                           dc_tensor *class_labels);
+
+/* A dc_rename_fn for dc_params_load: "*.attentions.K.query.weight" ->
+ * "*.attentions.K.to_q.weight", and key, value, proj_attn (-> to_out.0) alike. */
+const char *dc_unet_rename(const char *file_name, char *buf, size_t size);
+
+#endif

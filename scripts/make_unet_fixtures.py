@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Reference UNets for tests/test_unet.c, from diffusers' UNet2DModel.
+
+Writes three tiny random-weight models, each a diffusers model folder that
+UNet2DModel.from_pretrained() reads, plus the reference values:
+  tests/fixtures/unet_NAME/config.json                          the model's config
+  tests/fixtures/unet_NAME/diffusion_pytorch_model.safetensors  its weights (F32)
+  tests/fixtures/unet_NAME/reference.safetensors                inputs, output, gradients
+Models:
+  attn_class   AttnDownBlock2D/AttnUpBlock2D, 5 class embeddings (4 classes and
+               the "no class" label), attention_head_dim 8 (2 heads at 16 channels),
+               a mid-block attention norm with its own group count, dropout (the
+               references are in eval mode), float timesteps, batch 3.
+  scale_shift  resnet_time_scale_shift scale_shift (so the mid attention has no
+               norm), attention_head_dim null (one head), 3 levels, 2 layers per
+               block, downsample_padding 0, flip_sin_to_cos false, freq_shift 1,
+               mid_block_scale_factor sqrt(2), 1 -> 2 channels, 8x12 inputs.
+  legacy       the weights saved under the older attention names (query, key,
+               value, proj_attn), which diffusers still loads; add_attention false,
+               center_input_sample, integer timesteps.
+tests/fixtures/unet_configs.json: configs from the wild with the parameter
+count (tensors and elements) UNet2DModel gives each: the defaults ({}),
+google/ddpm-cifar10-32's config.json (as published, diffusers 0.0.4: no
+attention_head_dim, so 8 applies) and the model of diffusers'
+train_unconditional.py example.
+reference.safetensors holds the inputs in our NHWC layout: input.x [N, H, W, C],
+input.t [N] (F32, or I32 for integer timesteps), input.y [N] I32 (class labels,
+attn_class only), input.r [N, H, W, out] (the loss weights); output [N, H, W, out];
+grad.x (NHWC) and grad.NAME for the parameters listed by grad_names() (PyTorch
+layout, as the weights; every to_k.bias left out, its gradient is zero), all gradients of L = sum(output * r). The references
+come from the model run in float64 on the float32 weights and inputs, so they
+measure only our float32 error (diffusers computes the timestep embedding and
+the attention softmax in float32 even then). __metadata__: dropout_layers is the
+number of resnets that apply dropout in training, timesteps "F32" or "I32".
+
+Needs torch and diffusers. With Debian's python3-torch (1.13):
+  /usr/bin/python3 -m venv --system-site-packages /tmp/dvenv
+  /tmp/dvenv/bin/pip install "diffusers==0.27.2" "huggingface_hub<0.26"
+  /tmp/dvenv/bin/python scripts/make_unet_fixtures.py
+"""
+import json
+import math
+import os
+import shutil
+
+import torch
+from diffusers import UNet2DModel
+from diffusers.models.resnet import ResnetBlock2D
+from safetensors.torch import save_file
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+
+MODELS = {
+    "attn_class": dict(
+        config=dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[8, 16],
+                    layers_per_block=1, down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+                    up_block_types=["AttnUpBlock2D", "UpBlock2D"], norm_num_groups=4,
+                    attn_norm_num_groups=2, attention_head_dim=8, num_class_embeds=5, dropout=0.1),
+        n=3, h=8, w=8, t=[17.5, 999.0, 0.25], y=[0, 4, 2]),
+    "scale_shift": dict(
+        config=dict(sample_size=[8, 12], in_channels=1, out_channels=2, block_out_channels=[8, 8, 16],
+                    layers_per_block=2, down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+                    up_block_types=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], norm_num_groups=4,
+                    attention_head_dim=None, resnet_time_scale_shift="scale_shift", downsample_padding=0,
+                    flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6,
+                    mid_block_scale_factor=math.sqrt(2.0)),
+        n=2, h=8, w=12, t=[500.0, 3.0]),
+    "legacy": dict(
+        config=dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[8, 16],
+                    layers_per_block=1, down_block_types=["AttnDownBlock2D", "DownBlock2D"],
+                    up_block_types=["UpBlock2D", "AttnUpBlock2D"], norm_num_groups=2, attention_head_dim=4,
+                    add_attention=False, center_input_sample=True),
+        n=2, h=8, w=8, t=[999, 1]),
+}
+
+LEGACY_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+
+def perturb_norms(model):
+    """Norm weights away from 1 and biases away from 0, so that using them matters."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith(".weight"):
+                p.add_(0.3 * torch.randn_like(p))
+            elif "norm" in name and name.endswith(".bias"):
+                p.copy_(0.3 * torch.randn_like(p))
+
+
+def grad_names(model):
+    """Every parameter of up to 256 elements (norms, biases, small projections)
+    and the big ones that each stand for a kind: conv_in/conv_out, the time MLP,
+    the class table, the first attention's projections, the first shortcut,
+    down- and upsampler convs and an up-block resnet's convs."""
+    names = [n for n, p in model.named_parameters() if p.numel() <= 256]
+    firsts = ["conv_in.weight", "conv_out.weight", "time_embedding.linear_1.weight",
+              "time_embedding.linear_2.weight", "class_embedding.weight"]
+    for pattern in ["attentions.0.to_q.weight", "attentions.0.to_k.weight", "attentions.0.to_v.weight",
+                    "attentions.0.to_out.0.weight", "conv_shortcut.weight", "downsamplers.0.conv.weight",
+                    "upsamplers.0.conv.weight", "up_blocks.0.resnets.0.conv1.weight",
+                    "up_blocks.0.resnets.0.conv2.weight", "mid_block.resnets.1.conv2.weight",
+                    "time_emb_proj.weight"]:
+        match = [n for n, _ in model.named_parameters() if n.endswith(pattern)]
+        firsts += match[:1]
+    have = dict(model.named_parameters())
+    # to_k.bias has no gradient in exact arithmetic (softmax ignores a shift
+    # shared by all keys): its float64 reference is rounding noise
+    return sorted((set(names) | {n for n in firsts if n in have}) - {n for n in have if n.endswith("to_k.bias")})
+
+
+def dropout_layers(model):
+    return sum(1 for m in model.modules() if isinstance(m, ResnetBlock2D) and m.dropout.p > 0)
+
+
+def reference(model, spec, int_t):
+    """Inputs, output and gradients in float64; tensors keyed for reference.safetensors."""
+    cfg = spec["config"]
+    n, h, w = spec["n"], spec["h"], spec["w"]
+    x = torch.randn(n, cfg["in_channels"], h, w)
+    r = torch.randn(n, cfg["out_channels"], h, w)
+    t = torch.tensor(spec["t"], dtype=torch.int64 if int_t else torch.float32)
+    y = torch.tensor(spec["y"], dtype=torch.int64) if "y" in spec else None
+    m64 = model.double().eval()
+    x64 = x.double().requires_grad_(True)
+    out = m64(x64, t if int_t else t.double(), class_labels=y).sample
+    (out * r.double()).sum().backward()
+    nhwc = lambda a: a.detach().permute(0, 2, 3, 1).contiguous().float()
+    ref = {"input.x": nhwc(x), "input.r": nhwc(r), "output": nhwc(out), "grad.x": nhwc(x64.grad),
+           "input.t": t.to(torch.int32) if int_t else t}
+    if y is not None:
+        ref["input.y"] = y.to(torch.int32)
+    params = dict(m64.named_parameters())
+    for name in grad_names(m64):
+        ref[f"grad.{name}"] = params[name].grad.float().contiguous()
+    model.float()
+    return ref
+
+
+def legacy_state_dict(model):
+    out = {}
+    for name, p in model.state_dict().items():
+        for new, old in LEGACY_NAMES.items():
+            tail = f".{new}.weight" if name.endswith(".weight") else f".{new}.bias"
+            if ".attentions." in name and name.endswith(tail):
+                name = name[: -len(tail)] + tail.replace(new, old)
+                break
+        out[name] = p.contiguous()
+    return out
+
+
+def check_reload(folder, model, spec, int_t):
+    """diffusers reads the folder back (old names included) to the same model."""
+    again = UNet2DModel.from_pretrained(folder).eval()
+    x = torch.randn(spec["n"], spec["config"]["in_channels"], spec["h"], spec["w"])
+    t = torch.tensor(spec["t"], dtype=torch.int64 if int_t else torch.float32)
+    y = torch.tensor(spec["y"]) if "y" in spec else None
+    with torch.no_grad():
+        a = model.eval()(x, t, class_labels=y).sample
+        b = again(x, t, class_labels=y).sample
+    assert torch.equal(a, b), f"{folder}: reloaded model differs"
+
+
+def make(name, spec):
+    folder = os.path.join(FIXTURES, f"unet_{name}")
+    shutil.rmtree(folder, ignore_errors=True)
+    model = UNet2DModel(**spec["config"])
+    perturb_norms(model)
+    model.save_pretrained(folder, safe_serialization=True)
+    if name == "legacy":
+        save_file(legacy_state_dict(model), os.path.join(folder, "diffusion_pytorch_model.safetensors"),
+                  metadata={"format": "pt"})
+    int_t = all(isinstance(v, int) for v in spec["t"])
+    check_reload(folder, model, spec, int_t)
+    ref = reference(model, spec, int_t)
+    meta = {"dropout_layers": str(dropout_layers(model)), "timesteps": "I32" if int_t else "F32"}
+    save_file(ref, os.path.join(folder, "reference.safetensors"), metadata=meta)
+    with open(os.path.join(folder, "config.json")) as f:
+        n_keys = len(json.load(f))
+    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    print(f"wrote {os.path.normpath(folder)}: {sum(p.numel() for p in model.parameters())} weights, "
+          f"{len(ref)} reference tensors, {n_keys} config keys, {size} bytes")
+
+
+# google/ddpm-cifar10-32/config.json as published
+CIFAR10 = {
+    "_class_name": "UNet2DModel", "_diffusers_version": "0.0.4", "act_fn": "silu",
+    "block_out_channels": [128, 256, 256, 256], "center_input_sample": False,
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3,
+    "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32,
+    "out_channels": 3, "sample_size": 32, "time_embedding_type": "positional",
+    "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+}
+# examples/unconditional_image_generation/train_unconditional.py, resolution 64
+TRAIN_UNCONDITIONAL = dict(
+    sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
+    block_out_channels=[128, 128, 256, 256, 512, 512],
+    down_block_types=["DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"],
+)
+
+
+def wild_configs():
+    out = {}
+    for name, config in [("default", {}), ("ddpm_cifar10_32", CIFAR10),
+                         ("train_unconditional", TRAIN_UNCONDITIONAL)]:
+        kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+        state = UNet2DModel(**kwargs).state_dict()
+        out[name] = {"config": config, "tensors": len(state), "numel": sum(t.numel() for t in state.values())}
+    path = os.path.join(FIXTURES, "unet_configs.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+    print(f"wrote {os.path.normpath(path)}: " + ", ".join(f"{k} {v['numel']}" for k, v in out.items()))
+
+
+def main():
+    torch.manual_seed(20240612)
+    for name, spec in MODELS.items():
+        make(name, spec)
+    wild_configs()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,682 @@
+/* models/unet: diffusers' UNet2DModel. Three tiny random-weight models made by
+ * scripts/make_unet_fixtures.py (tests/fixtures/unet_*) are loaded from their
+ * config.json and weight files and must give diffusers' output and gradients
+ * (the references are float64, so the tolerances below measure our float32
+ * error); configs from the wild must declare as many parameters as diffusers
+ * makes; bad configs, inputs and weight files are refused with the key, value
+ * or parameter named. Fresh random inputs check what needs no reference:
+ * finite differences through the whole network, samples independent of the
+ * batch they share, and dropout only in training. */
+#include "testutil.h"
+
+#include "autograd/error.h"
+#include "autograd/safetensors.h"
+#include "models/unet.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define FIXTURES "tests/fixtures/"
+
+/* Forward: |ours - diffusers| <= FWD_TOL * max|diffusers output|, every element.
+ * Backward (the input's and every saved parameter's gradient): the same with
+ * BWD_TOL against the largest element of that gradient. Measured: up to 7e-7
+ * forward and 3e-6 backward (float32 sums in another order than float64). */
+#define FWD_TOL 1e-5
+#define BWD_TOL 5e-5
+
+static const char *const models[] = {"attn_class", "scale_shift", "legacy"};
+#define N_MODELS 3
+
+typedef struct {
+    dc_unet_config cfg;
+    dc_unet m;
+    dc_params ps;
+    dc_st_file ref; /* reference.safetensors */
+} fixture;
+
+static void fixture_path(char *buf, size_t n, const char *model, const char *file) {
+    snprintf(buf, n, FIXTURES "unet_%s/%s", model, file);
+}
+
+/* The model of fixture `name` with its weights, and its reference file. */
+static void fixture_open(fixture *f, const char *name) {
+    char path[256];
+    fixture_path(path, sizeof path, name, "config.json");
+    ck_assert_msg(dc_unet_config_load(&f->cfg, path) == 0, "%s", dc_error());
+    dc_params_init(&f->ps);
+    ck_assert_msg(dc_unet_init(&f->m, &f->cfg, &f->ps) == 0, "%s", dc_error());
+    ck_assert_msg(dc_params_alloc(&f->ps, tu_next()) == 0, "%s", dc_error());
+    fixture_path(path, sizeof path, name, "diffusion_pytorch_model.safetensors");
+    ck_assert_msg(dc_params_load(&f->ps, NULL, path, dc_unet_rename) == 0, "%s", dc_error());
+    fixture_path(path, sizeof path, name, "reference.safetensors");
+    ck_assert_msg(dc_st_open(&f->ref, path) == 0, "%s", dc_error());
+}
+
+static void fixture_close(fixture *f) {
+    dc_st_close(&f->ref);
+    dc_unet_free(&f->m);
+    dc_params_free(&f->ps);
+    dc_unet_config_free(&f->cfg);
+}
+
+static const dc_st_tensor *ref_find(const fixture *f, const char *name) {
+    const dc_st_tensor *t = dc_st_find(&f->ref, name);
+    ck_assert_msg(t != NULL, "reference has no %s", name);
+    return t;
+}
+
+/* A reference tensor as an activation of the context. */
+static dc_tensor *ref_tensor(dc_ctx *ctx, const fixture *f, const char *name) {
+    const dc_st_tensor *t = ref_find(f, name);
+    ck_assert_msg(t->dtype == DC_F32 || t->dtype == DC_I32, "%s: dtype %s", name, t->dtype_name);
+    dc_tensor *x = dc_from_host(ctx, (dc_dtype)t->dtype, t->ndim, t->shape, t->data);
+    ck_assert_msg(x != NULL, "%s", dc_error());
+    return x;
+}
+
+static double max_abs(const float *x, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(x[i]));
+    return m;
+}
+
+/* Every element within tol * max|want|; the error is reported relative to that. */
+static void check_close(const float *got, const float *want, int64_t n, double tol,
+                        const char *what) {
+    double scale = max_abs(want, n);
+    ck_assert_msg(scale > 0, "%s: the reference is all zeros", what);
+    for (int64_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - want[i]) / scale;
+        ck_assert_msg(err <= tol,
+                      "%s: element %lld: got %.8g, diffusers %.8g (error %.2g of max %.3g)", what,
+                      (long long)i, (double)got[i], (double)want[i], err, scale);
+    }
+}
+
+/* The reference gradient of parameter p, in our memory layout (malloc'ed). */
+static float *ref_grad(const dc_st_tensor *t, const dc_param *p) {
+    int64_t n = p->value.numel, file_shape[DC_MAX_DIMS];
+    dc_param_file_shape(p, file_shape);
+    ck_assert_msg(t->dtype == DC_F32 && t->ndim == p->value.ndim, "%s: dtype/rank", t->name);
+    for (int d = 0; d < t->ndim; d++)
+        ck_assert_msg(t->shape[d] == file_shape[d], "%s: dimension %d", t->name, d);
+    const float *src = t->data;
+    float *out = malloc((size_t)n * sizeof *out);
+    if (p->layout == DC_LAYOUT_PLAIN) {
+        memcpy(out, src, (size_t)n * sizeof *out);
+        return out;
+    }
+    const int64_t *s = p->value.shape; /* [O, kh, kw, I] from the file's [O, I, kh, kw] */
+    for (int64_t o = 0; o < s[0]; o++)
+        for (int64_t y = 0; y < s[1]; y++)
+            for (int64_t x = 0; x < s[2]; x++)
+                for (int64_t i = 0; i < s[3]; i++)
+                    out[((o * s[1] + y) * s[2] + x) * s[3] + i] =
+                        src[((o * s[3] + i) * s[1] + y) * s[2] + x];
+    return out;
+}
+
+/* A shift shared by all keys leaves the softmax unchanged, so to_k.bias has no
+ * gradient in exact arithmetic (the fixtures leave it out): ours must be
+ * rounding noise next to the same attention's to_q.bias gradient. */
+static void check_zero_key_bias(const dc_params *ps, const dc_param *p) {
+    size_t len = strlen(p->name), tail = strlen("to_k.bias");
+    if (len < tail || strcmp(p->name + len - tail, "to_k.bias"))
+        return;
+    char q[256];
+    snprintf(q, sizeof q, "%.*sto_q.bias", (int)(len - tail), p->name);
+    const dc_param *qb = dc_params_find(ps, q);
+    ck_assert_ptr_nonnull(qb);
+    double k = max_abs(p->grad.data, p->value.numel), ref = max_abs(qb->grad.data, qb->value.numel);
+    ck_assert_msg(ref > 0 && k <= 1e-4 * ref, "%s: gradient %g, to_q.bias's %g", p->name, k, ref);
+}
+
+static dc_tensor *fixture_forward(dc_ctx *ctx, const fixture *f, dc_tensor *x) {
+    dc_tensor *t = ref_tensor(ctx, f, "input.t");
+    dc_tensor *y = dc_st_find(&f->ref, "input.y") ? ref_tensor(ctx, f, "input.y") : NULL;
+    dc_tensor *out = dc_unet_forward(ctx, &f->m, x, t, y);
+    ck_assert_msg(out != NULL, "%s", dc_error());
+    return out;
+}
+
+/* ---- parity with diffusers ---- */
+
+START_TEST(test_parity) {
+    const char *name = models[_i];
+    fixture f;
+    fixture_open(&f, name);
+    dc_ctx *ctx = tu_ctx();
+    ctx->training = false; /* the references are in eval mode */
+    dc_tensor *x = ref_tensor(ctx, &f, "input.x");
+    x->requires_grad = true;
+    dc_tensor *out = fixture_forward(ctx, &f, x);
+    const dc_st_tensor *want = ref_find(&f, "output");
+    ck_assert_msg(want->ndim == 4 && out->ndim == 4 && want->nbytes == dc_tensor_bytes(out),
+                  "%s: output shape", name);
+    for (int d = 0; d < 4; d++)
+        ck_assert_int_eq(out->shape[d], want->shape[d]);
+    char what[256];
+    snprintf(what, sizeof what, "%s output", name);
+    check_close(out->data, want->data, out->numel, FWD_TOL, what);
+
+    ck_assert_msg(dc_backward_from(ctx, out, ref_tensor(ctx, &f, "input.r")) == 0, "%s",
+                  dc_error());
+    ck_assert_ptr_nonnull(x->grad);
+    snprintf(what, sizeof what, "%s grad.x", name);
+    check_close(x->grad->data, ref_find(&f, "grad.x")->data, x->numel, BWD_TOL, what);
+    int checked = 0;
+    for (int i = 0; i < f.ref.n; i++) {
+        const dc_st_tensor *t = &f.ref.tensors[i];
+        if (strncmp(t->name, "grad.", 5) || !strcmp(t->name, "grad.x"))
+            continue;
+        const dc_param *p = dc_params_find(&f.ps, t->name + 5);
+        ck_assert_msg(p != NULL, "%s: the model has no parameter %s", name, t->name + 5);
+        float *g = ref_grad(t, p);
+        snprintf(what, sizeof what, "%s %s", name, t->name);
+        check_close(p->grad.data, g, p->value.numel, BWD_TOL, what);
+        free(g);
+        checked++;
+    }
+    ck_assert_int_ge(checked, 60); /* every norm and bias, and a weight of each kind */
+    for (int i = 0; i < f.ps.n; i++)
+        check_zero_key_bias(&f.ps, f.ps.p[i]);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
+/* Names and shapes: dc_params_load refuses a missing, extra or misshapen
+ * tensor, so loading proves them; here also the count, and that the legacy
+ * file really holds the old names. */
+START_TEST(test_state_dict_names) {
+    for (int k = 0; k < N_MODELS; k++) {
+        fixture f;
+        fixture_open(&f, models[k]);
+        char path[256];
+        fixture_path(path, sizeof path, models[k], "diffusion_pytorch_model.safetensors");
+        dc_st_file w;
+        ck_assert_msg(dc_st_open(&w, path) == 0, "%s", dc_error());
+        ck_assert_int_eq(w.n, f.ps.n);
+        bool legacy = !strcmp(models[k], "legacy");
+        int old = 0;
+        for (int i = 0; i < w.n; i++)
+            old += strstr(w.tensors[i].name, ".query.") || strstr(w.tensors[i].name, ".proj_attn.");
+        ck_assert_int_eq(old > 0, legacy);
+        dc_st_close(&w);
+        if (legacy) { /* without the hook the old names are unknown */
+            ck_assert_int_ne(dc_params_load(&f.ps, NULL, path, NULL), 0);
+            ck_assert_msg(strstr(dc_error(), "attentions.0.") &&
+                              strstr(dc_error(), "no such parameter"),
+                          "%s", dc_error());
+        }
+        /* the mid attention: none without add_attention, no norm under scale_shift */
+        bool mid_attn = dc_params_find(&f.ps, "mid_block.attentions.0.to_q.weight") != NULL;
+        bool mid_norm = dc_params_find(&f.ps, "mid_block.attentions.0.group_norm.weight") != NULL;
+        ck_assert_int_eq(mid_attn, f.cfg.add_attention);
+        ck_assert_int_eq(mid_norm, f.cfg.add_attention && !f.cfg.scale_shift);
+        fixture_close(&f);
+    }
+}
+END_TEST
+
+START_TEST(test_rename) {
+    static const char *const cases[][2] = {
+        {"mid_block.attentions.0.query.weight", "mid_block.attentions.0.to_q.weight"},
+        {"down_blocks.3.attentions.1.key.bias", "down_blocks.3.attentions.1.to_k.bias"},
+        {"up_blocks.2.attentions.12.value.weight", "up_blocks.2.attentions.12.to_v.weight"},
+        {"up_blocks.0.attentions.2.proj_attn.bias", "up_blocks.0.attentions.2.to_out.0.bias"},
+        {"attentions.0.query.weight", "attentions.0.to_q.weight"},
+        {"mid_block.attentions.0.group_norm.weight", NULL},
+        {"mid_block.attentions.0.to_q.weight", NULL},
+        {"down_blocks.0.resnets.0.query.weight", NULL},
+        {"mid_block.xattentions.0.query.weight", NULL},
+        {"mid_block.attentions.query.weight", NULL},
+        {"mid_block.attentions.0.query.scale", NULL},
+        {"mid_block.attentions.0.query", NULL},
+        {"query.weight", NULL},
+        {"conv_in.weight", NULL},
+    };
+    char buf[128];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *got = dc_unet_rename(cases[i][0], buf, sizeof buf);
+        if (!cases[i][1])
+            ck_assert_msg(got == cases[i][0], "%s renamed to %s", cases[i][0], got);
+        else
+            ck_assert_str_eq(got, cases[i][1]);
+    }
+    /* a name that does not fit stays as it was (and will be reported unknown) */
+    const char *name = "mid_block.attentions.0.proj_attn.weight";
+    ck_assert_ptr_eq(dc_unet_rename(name, buf, 20), name);
+}
+END_TEST
+
+/* ---- configs ---- */
+
+static void parse_ok(dc_unet_config *c, const char *json) {
+    ck_assert_msg(dc_unet_config_parse(c, json, "test.json") == 0, "%s: %s", json, dc_error());
+}
+
+START_TEST(test_config_defaults) {
+    dc_unet_config c;
+    parse_ok(&c, "{}");
+    ck_assert_int_eq(c.levels, 4);
+    static const int ch[] = {224, 448, 672, 896};
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(c.block_out_channels[i], ch[i]);
+        ck_assert_int_eq(c.down_attn[i], i > 0); /* DownBlock2D, then AttnDownBlock2D x3 */
+        ck_assert_int_eq(c.up_attn[i], i < 3);   /* AttnUpBlock2D x3, then UpBlock2D */
+    }
+    ck_assert(c.in_channels == 3 && c.out_channels == 3 && c.layers_per_block == 2);
+    ck_assert(c.attention_head_dim == 8 && c.norm_num_groups == 32 && c.attn_norm_num_groups == 0);
+    ck_assert(c.norm_eps == 1e-5f && c.dropout == 0.0f && c.mid_block_scale_factor == 1.0f);
+    ck_assert(c.flip_sin_to_cos && c.freq_shift == 0.0f && !c.center_input_sample);
+    ck_assert(c.add_attention && !c.scale_shift && c.downsample_padding == 1);
+    ck_assert(c.num_class_embeds == 0 && dc_unet_null_class(&c) == -1);
+    ck_assert(c.sample_size[0] == 0 && c.sample_size[1] == 0);
+    ck_assert_str_eq(c.json, "{}");
+    dc_unet_config_free(&c);
+    dc_unet_config_free(&c); /* idempotent */
+
+    parse_ok(
+        &c, "{\"sample_size\": [24, 40], \"num_class_embeds\": 11, \"attention_head_dim\": null,"
+            " \"resnet_time_scale_shift\": \"scale_shift\", \"act_fn\": \"swish\","
+            " \"upsample_type\": null, \"an_unknown_key\": [1, 2], \"_diffusers_version\": \"9\"}");
+    ck_assert(c.sample_size[0] == 24 && c.sample_size[1] == 40);
+    ck_assert(c.num_class_embeds == 11 && dc_unet_null_class(&c) == 10);
+    ck_assert(c.attention_head_dim == 0 && c.scale_shift);
+    dc_unet_config_free(&c);
+}
+END_TEST
+
+/* UNet2DModel's configs in the wild declare what diffusers declares. */
+START_TEST(test_wild_configs) {
+    FILE *fp = fopen(FIXTURES "unet_configs.json", "rb");
+    ck_assert_ptr_nonnull(fp);
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text - 1, fp);
+    fclose(fp);
+    text[n] = '\0';
+    cJSON *root = cJSON_Parse(text);
+    ck_assert_ptr_nonnull(root);
+    int count = 0;
+    for (const cJSON *e = root->child; e; e = e->next, count++) {
+        char *json = cJSON_Print(cJSON_GetObjectItem(e, "config"));
+        dc_unet_config c;
+        parse_ok(&c, json);
+        dc_params ps;
+        dc_params_init(&ps);
+        dc_unet m;
+        ck_assert_msg(dc_unet_init(&m, &c, &ps) == 0, "%s: %s", e->string, dc_error());
+        int64_t numel = 0;
+        for (int i = 0; i < ps.n; i++)
+            numel += ps.p[i]->value.numel;
+        ck_assert_msg(ps.n == cJSON_GetObjectItem(e, "tensors")->valueint, "%s: %d tensors",
+                      e->string, ps.n);
+        ck_assert_msg(numel == (int64_t)cJSON_GetObjectItem(e, "numel")->valuedouble,
+                      "%s: %lld elements", e->string, (long long)numel);
+        dc_unet_free(&m);
+        dc_params_free(&ps);
+        dc_unet_config_free(&c);
+        free(json);
+    }
+    ck_assert_int_eq(count, 3);
+    cJSON_Delete(root);
+}
+END_TEST
+
+START_TEST(test_config_save) {
+    char in[256], out[256];
+    fixture_path(in, sizeof in, "scale_shift", "config.json");
+    snprintf(out, sizeof out, "/tmp/dc_test_unet_%d_%llu.json", (int)getpid(),
+             (unsigned long long)(tu_next() % 1000000007u));
+    dc_unet_config c;
+    ck_assert_msg(dc_unet_config_load(&c, in) == 0, "%s", dc_error());
+    ck_assert_int_eq(c.levels, 3);
+    ck_assert(c.scale_shift && c.downsample_padding == 0 && !c.flip_sin_to_cos);
+    ck_assert(c.sample_size[0] == 8 && c.sample_size[1] == 12);
+    ck_assert_msg(dc_unet_config_save(&c, out) == 0, "%s", dc_error());
+    dc_unet_config again;
+    ck_assert_msg(dc_unet_config_load(&again, out) == 0, "%s", dc_error());
+    ck_assert_str_eq(again.json, c.json); /* byte for byte */
+    unlink(out);
+    dc_unet_config_free(&again);
+    dc_unet_config_free(&c);
+    ck_assert_int_ne(dc_unet_config_load(&c, "/nonexistent/config.json"), 0);
+    ck_assert_msg(strstr(dc_error(), "/nonexistent/config.json: cannot open"), "%s", dc_error());
+    ck_assert_ptr_null(c.json);
+}
+END_TEST
+
+START_TEST(test_bad_configs) {
+    static const char *const cases[][2] = {
+        {"{\"time_embedding_type\": \"fourier\"}",
+         "test.json: time_embedding_type \"fourier\" is not supported (supported: \"positional\")"},
+        {"{\"time_embedding_type\": null}", "time_embedding_type null is not supported"},
+        {"{\"class_embed_type\": \"timestep\", \"num_class_embeds\": 4}",
+         "class_embed_type \"timestep\" is not supported (supported: null)"},
+        {"{\"upsample_type\": \"resnet\"}", "upsample_type \"resnet\" is not supported"},
+        {"{\"downsample_type\": \"resnet\"}", "downsample_type \"resnet\" is not supported"},
+        {"{\"act_fn\": \"gelu\"}",
+         "act_fn \"gelu\" is not supported (supported: \"silu\", \"swish\")"},
+        {"{\"resnet_time_scale_shift\": \"spatial\"}",
+         "resnet_time_scale_shift \"spatial\" is not supported"},
+        {"{\"_class_name\": \"UNet2DConditionModel\"}",
+         "_class_name \"UNet2DConditionModel\" is not supported"},
+        {"{\"mid_block_type\": \"UNetMidBlock2DCrossAttn\"}",
+         "mid_block_type \"UNetMidBlock2DCrossAttn\""},
+        {"{\"attention_legacy_order\": true}", "attention_legacy_order true is not supported"},
+        {"{\"block_out_channels\": [32, 64], \"down_block_types\": [\"DownBlock2D\", "
+         "\"CrossAttnDownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"]}",
+         "down_block_types[1] \"CrossAttnDownBlock2D\" is not supported"},
+        {"{\"block_out_channels\": [32, 64], \"down_block_types\": [\"DownBlock2D\", "
+         "\"DownBlock2D\"], "
+         "\"up_block_types\": [\"UpBlock2D\", \"SkipUpBlock2D\"]}",
+         "up_block_types[1] \"SkipUpBlock2D\" is not supported"},
+        {"{\"block_out_channels\": [32, 64], \"down_block_types\": [\"DownBlock2D\", "
+         "\"DownBlock2D\", "
+         "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"]}",
+         "down_block_types has 3 entries but block_out_channels has 2"},
+        {"{\"block_out_channels\": [32, 64]}", "down_block_types is missing"},
+        {"{\"block_out_channels\": [32, 48, 64, 96], \"norm_num_groups\": 32}",
+         "block_out_channels[1] = 48 is not a positive multiple of norm_num_groups 32"},
+        {"{\"block_out_channels\": [32, 32, 32, 32, 32, 32, 32, 32, 32]}",
+         "block_out_channels has 9 entries"},
+        {"{\"block_out_channels\": []}", "block_out_channels has 0 entries"},
+        {"{\"block_out_channels\": 64}",
+         "block_out_channels must be a list of integers, got a number"},
+        {"{\"in_channels\": \"3\"}", "in_channels must be an integer, got a string"},
+        {"{\"in_channels\": 2.5}", "in_channels must be an integer, got 2.5"},
+        {"{\"out_channels\": 0}", "in_channels 3 and out_channels 0 must be positive"},
+        {"{\"layers_per_block\": 0}", "layers_per_block 0 must be positive"},
+        {"{\"flip_sin_to_cos\": 1}", "flip_sin_to_cos must be true or false, got a number"},
+        {"{\"dropout\": 1.0}", "dropout 1 must be in [0, 1)"},
+        {"{\"norm_eps\": 0}", "norm_eps 0 must be positive"},
+        {"{\"downsample_padding\": 2}", "downsample_padding 2 is not supported (supported: 0, 1)"},
+        {"{\"attention_head_dim\": 512}",
+         "attention_head_dim 512 is larger than the 448 channels of down_blocks.1"},
+        {"{\"attention_head_dim\": 0}", "attention_head_dim 0 must be positive or null"},
+        {"{\"attn_norm_num_groups\": 5}",
+         "attn_norm_num_groups 5 does not divide the mid block's 896 channels"},
+        {"{\"num_class_embeds\": 0}", "num_class_embeds 0 must be positive or null"},
+        {"{\"freq_shift\": 112}", "freq_shift 112 equals half of block_out_channels[0]"},
+        {"{\"mid_block_scale_factor\": 0}", "mid_block_scale_factor 0 must be finite and nonzero"},
+        {"{\"sample_size\": [32]}", "sample_size must be an integer or [height, width]"},
+        {"{\"sample_size\": -1}", "sample_size [-1, -1] must not be negative"},
+        {"{\"norm_num_groups\": null}", "norm_num_groups must be an integer, got null"},
+        {"[1, 2]", "test.json: a UNet config must be a JSON object, got an array"},
+        {"{\"in_channels\": 3", "test.json: not valid JSON"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dc_unet_config c;
+        ck_assert_msg(dc_unet_config_parse(&c, cases[i][0], "test.json") != 0, "accepted %s",
+                      cases[i][0]);
+        ck_assert_msg(strstr(dc_error(), cases[i][1]), "%s: message \"%s\", want \"%s\"",
+                      cases[i][0], dc_error(), cases[i][1]);
+        ck_assert_ptr_null(c.json);
+        dc_unet_config_free(&c);
+    }
+    /* a config built in code goes through the same checks */
+    dc_unet_config c;
+    parse_ok(&c, "{}");
+    c.norm_num_groups = 5;
+    dc_params ps;
+    dc_params_init(&ps);
+    dc_unet m;
+    ck_assert_int_ne(dc_unet_init(&m, &c, &ps), 0);
+    ck_assert_msg(strstr(dc_error(), "unet config: block_out_channels[0] = 224 is not a positive "
+                                     "multiple of norm_num_groups 5"),
+                  "%s", dc_error());
+    ck_assert_int_eq(ps.n, 0);
+    dc_params_free(&ps);
+    dc_unet_config_free(&c);
+}
+END_TEST
+
+/* ---- weights and inputs that do not fit ---- */
+
+START_TEST(test_weights_that_do_not_fit) {
+    char cfg_path[256], weights[256];
+    fixture_path(cfg_path, sizeof cfg_path, "attn_class", "config.json");
+    fixture_path(weights, sizeof weights, "attn_class", "diffusion_pytorch_model.safetensors");
+    dc_unet_config c;
+    ck_assert_msg(dc_unet_config_load(&c, cfg_path) == 0, "%s", dc_error());
+    for (int k = 0; k < 3; k++) {
+        dc_unet_config d = c;
+        const char *want = NULL;
+        if (k == 0) {
+            d.in_channels = 4;
+            want = "conv_in.weight: file has [8, 3, 3, 3], model expects [8, 4, 3, 3]";
+        } else if (k == 1) {
+            d.attention_head_dim = 0; /* one head: same shapes, loads fine */
+        } else {
+            d.num_class_embeds = 0;
+            want = "class_embedding.weight: the model has no such parameter";
+        }
+        dc_params ps;
+        dc_params_init(&ps);
+        dc_unet m;
+        ck_assert_msg(dc_unet_init(&m, &d, &ps) == 0, "%s", dc_error());
+        ck_assert_msg(dc_params_alloc(&ps, 1) == 0, "%s", dc_error());
+        int rc = dc_params_load(&ps, NULL, weights, dc_unet_rename);
+        if (!want)
+            ck_assert_msg(rc == 0, "%s", dc_error());
+        else
+            ck_assert_msg(rc != 0 && strstr(dc_error(), want), "%s", dc_error());
+        dc_unet_free(&m);
+        dc_params_free(&ps);
+    }
+    dc_unet_config_free(&c);
+}
+END_TEST
+
+START_TEST(test_bad_inputs) {
+    fixture f;
+    fixture_open(&f, "attn_class");
+    dc_ctx *ctx = tu_ctx();
+    int32_t labels[3] = {0, 1, 5}; /* 5 is past the table */
+    float steps[3] = {1, 2, 3};
+    struct {
+        int64_t x[4];
+        int64_t nt;
+        int64_t ny;
+        const char *want;
+    } cases[] = {
+        {{3, 8, 8, 4}, 3, 3, "unet: x must be f32 [N, H, W, 3], got f32 [3, 8, 8, 4]"},
+        {{3, 7, 8, 3}, 3, 3, "x is 7x8; with 2 levels height and width must be multiples of 2"},
+        {{3, 8, 8, 3}, 2, 3, "timesteps must be f32 or i32 [3] (or [1]), got f32 [2]"},
+        {{3, 8, 8, 3}, 3, 0, "class labels are required"},
+        {{3, 8, 8, 3}, 3, 2, "class labels must be i32 [3], got i32 [2]"},
+        {{3, 8, 8, 3}, 3, 3, "embedding: index 5 at position 2 is outside [0, 5)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dc_ctx_reset(ctx);
+        dc_tensor *x = tu_randn(ctx, 4, cases[i].x);
+        dc_tensor *t = dc_from_host(ctx, DC_F32, DC_SHAPE(cases[i].nt), steps);
+        dc_tensor *y =
+            cases[i].ny ? dc_from_host(ctx, DC_I32, DC_SHAPE(cases[i].ny), labels) : NULL;
+        ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, x, t, y));
+        ck_assert_msg(strstr(dc_error(), cases[i].want), "case %zu: \"%s\", want \"%s\"", i,
+                      dc_error(), cases[i].want);
+        ck_assert_int_ne(dc_ctx_status(ctx), 0);
+    }
+    /* a NULL input (a failed op upstream) gives NULL */
+    dc_ctx_reset(ctx);
+    ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, NULL, NULL, NULL));
+    ck_assert_int_ne(dc_ctx_status(ctx), 0);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+
+    fixture_open(&f, "legacy");
+    ctx = tu_ctx();
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(1, 8, 8, 3));
+    dc_tensor *t = dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps);
+    dc_tensor *y = dc_from_host(ctx, DC_I32, DC_SHAPE(1), labels);
+    ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, x, t, y));
+    ck_assert_msg(strstr(dc_error(), "class labels given to a model without class embeddings"),
+                  "%s", dc_error());
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
+/* ---- fresh random inputs ---- */
+
+typedef struct {
+    const dc_unet *m;
+    dc_tensor *t, *y;
+} net_arg;
+
+static dc_tensor *net(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    const net_arg *a = arg;
+    return dc_unet_forward(ctx, a->m, in[0], a->t, a->y);
+}
+
+static dc_tensor *random_labels(dc_ctx *ctx, int64_t n, int classes) {
+    dc_tensor *y = dc_new(ctx, DC_I32, DC_SHAPE(n));
+    for (int64_t i = 0; i < n; i++)
+        ((int32_t *)y->data)[i] = (int32_t)(tu_next() % (uint64_t)classes);
+    return y;
+}
+
+static dc_tensor *random_steps(dc_ctx *ctx, int64_t n) {
+    dc_tensor *t = dc_new(ctx, DC_F32, DC_SHAPE(n));
+    for (int64_t i = 0; i < n; i++)
+        ((float *)t->data)[i] = (float)tu_uniform(0, 1000);
+    return t;
+}
+
+/* Finite differences through the whole network, on random weights (norms
+ * perturbed so their parameters matter) and inputs, for the input and one
+ * parameter of each kind. Both fixture kinds: attention and class labels, and
+ * scale_shift with the padded downsampling. */
+START_TEST(test_gradcheck_random) {
+    static const char *const probe[] = {
+        "conv_in.weight",
+        "time_embedding.linear_1.weight",
+        "class_embedding.weight",
+        "mid_block.attentions.0.to_k.weight",
+        "down_blocks.1.attentions.0.group_norm.bias",
+        "mid_block.resnets.0.time_emb_proj.weight",
+        "down_blocks.0.downsamplers.0.conv.weight",
+        "up_blocks.0.resnets.1.conv_shortcut.weight",
+        "conv_norm_out.weight",
+        "conv_out.bias",
+    };
+    const char *name = models[_i];
+    fixture f;
+    fixture_open(&f, name);
+    for (int i = 0; i < f.ps.n; i++) { /* fresh weights; norms away from 1 and 0 */
+        dc_param *p = f.ps.p[i];
+        for (int64_t j = 0; j < p->value.numel; j++)
+            ((float *)p->value.data)[j] =
+                strstr(p->name, "norm")
+                    ? (float)(0.3 * tu_normal() + (p->init == DC_INIT_ONES))
+                    : (float)(0.5 * tu_normal() /
+                              sqrt((double)(p->value.numel / p->value.shape[0])));
+    }
+    dc_ctx *ctx = tu_ctx();
+    ctx->training = false;
+    int64_t h = 8, w = f.cfg.sample_size[1];
+    dc_tensor *in[1 + sizeof probe / sizeof *probe] = {
+        tu_leaf(ctx, DC_SHAPE(2, h, w, f.cfg.in_channels))};
+    int n_in = 1;
+    for (size_t k = 0; k < sizeof probe / sizeof *probe; k++) {
+        dc_param *p = dc_params_find(&f.ps, probe[k]);
+        if (p)
+            in[n_in++] = &p->value;
+    }
+    ck_assert_int_ge(n_in, 8);
+    net_arg a = {&f.m, random_steps(ctx, 2),
+                 f.cfg.num_class_embeds ? random_labels(ctx, 2, f.cfg.num_class_embeds) : NULL};
+    tu_gradcheck(ctx, net, &a, in, n_in, 1e-2, 1e-3, 1e-2, 8);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
+/* One sample alone gives what it gives in a batch; one shared timestep [1]
+ * gives what the same timestep repeated gives. */
+START_TEST(test_batch_independence) {
+    fixture f;
+    fixture_open(&f, "attn_class");
+    dc_ctx *ctx = tu_ctx();
+    dc_set_grad_enabled(ctx, false);
+    ctx->training = false;
+    const int64_t n = 3, hw = 8, c = 3, per = hw * hw * c;
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(n, hw, hw, c));
+    dc_tensor *t = random_steps(ctx, n), *y = random_labels(ctx, n, 5);
+    dc_tensor *all = dc_unet_forward(ctx, &f.m, x, t, y);
+    ck_assert_msg(all != NULL, "%s", dc_error());
+    for (int64_t i = 0; i < n; i++) {
+        dc_tensor *xi =
+            dc_from_host(ctx, DC_F32, DC_SHAPE(1, hw, hw, c), (float *)x->data + i * per);
+        dc_tensor *ti = dc_from_host(ctx, DC_F32, DC_SHAPE(1), (float *)t->data + i);
+        dc_tensor *yi = dc_from_host(ctx, DC_I32, DC_SHAPE(1), (int32_t *)y->data + i);
+        dc_tensor *one = dc_unet_forward(ctx, &f.m, xi, ti, yi);
+        ck_assert_msg(one != NULL, "%s", dc_error());
+        check_close(one->data, (float *)all->data + i * per, per, 1e-5, "sample alone");
+    }
+    float s = (float)tu_uniform(0, 1000), same[3] = {s, s, s};
+    dc_tensor *shared =
+        dc_unet_forward(ctx, &f.m, x, dc_from_host(ctx, DC_F32, DC_SHAPE(1), &s), y);
+    dc_tensor *repeated =
+        dc_unet_forward(ctx, &f.m, x, dc_from_host(ctx, DC_F32, DC_SHAPE(3), same), y);
+    ck_assert_msg(shared && repeated, "%s", dc_error());
+    check_close(shared->data, repeated->data, shared->numel, 1e-6, "shared timestep");
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
+/* Dropout acts only in training, in exactly the resnets diffusers gives it to. */
+START_TEST(test_dropout) {
+    fixture f;
+    fixture_open(&f, "attn_class");
+    ck_assert(f.cfg.dropout > 0);
+    dc_ctx *ctx = tu_ctx();
+    dc_set_grad_enabled(ctx, false);
+    dc_tensor *x = ref_tensor(ctx, &f, "input.x");
+    ctx->training = false;
+    dc_tensor *eval = fixture_forward(ctx, &f, x);
+    ck_assert_int_eq(ctx->rng_calls, 0);
+    ctx->training = true;
+    ctx->seed = tu_next();
+    dc_tensor *train = fixture_forward(ctx, &f, x);
+    const char *layers = dc_st_meta(&f.ref, "dropout_layers");
+    ck_assert_ptr_nonnull(layers);
+    ck_assert_int_eq(ctx->rng_calls, strtoull(layers, NULL, 10));
+    int64_t differ = 0;
+    for (int64_t i = 0; i < eval->numel; i++)
+        differ += ((float *)eval->data)[i] != ((float *)train->data)[i];
+    ck_assert_int_gt(differ, eval->numel / 2);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("unet");
+    TCase *tc = tu_tcase(s, "parity", 60);
+    tcase_add_loop_test(tc, test_parity, 0, N_MODELS);
+    tcase_add_test(tc, test_state_dict_names);
+    tcase_add_test(tc, test_rename);
+    tc = tu_tcase(s, "config", 30);
+    tcase_add_test(tc, test_config_defaults);
+    tcase_add_test(tc, test_wild_configs);
+    tcase_add_test(tc, test_config_save);
+    tcase_add_test(tc, test_bad_configs);
+    tc = tu_tcase(s, "errors", 30);
+    tcase_add_test(tc, test_weights_that_do_not_fit);
+    tcase_add_test(tc, test_bad_inputs);
+    tc = tu_tcase(s, "random", 60);
+    tcase_add_loop_test(tc, test_gradcheck_random, 0, 2);
+    tcase_add_test(tc, test_batch_independence);
+    tcase_add_test(tc, test_dropout);
+    return tu_run(s);
+}
