@@ -49,6 +49,8 @@ int dc_image_decode_limit(dc_image *img, const void *buf, size_t n, const char *
 int dc_image_load(dc_image *img, const char *path);
 /* Write an 8-bit gray or RGB PNG (to "<path>.tmp", then renamed). */
 int dc_image_save_png(const dc_image *img, const char *path);
+/* The same PNG in memory: *out (malloc'ed, *n bytes), for TensorBoard. */
+int dc_image_encode_png(const dc_image *img, uint8_t **out, size_t *n);
 
 /* Gray <-> RGB (gray = ITU-R 601 luma, rounded, as PIL's convert("L")). */
 int dc_image_convert(dc_image *dst, const dc_image *src, int channels);

@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -386,23 +387,42 @@ int dc_image_load(dc_image *img, const char *path) {
 
 /* ---- PNG encoding ---- */
 
+/* libpng writes through png_write_mem into a buffer that doubles as it grows. */
 typedef struct {
-    const char *path;
-    FILE *fp;
+    const char *what;
     png_structp png;
     png_infop info;
+    uint8_t *buf;
+    size_t n, cap;
 } png_writer;
 
 static void png_on_write_error(png_structp png, png_const_charp msg) {
     png_writer *wr = png_get_error_ptr(png);
-    dc_fail("%s: cannot write PNG: %s", wr->path, msg);
+    dc_fail("%s: cannot encode PNG: %s", wr->what, msg);
     png_longjmp(png, 1);
 }
+
+static void png_write_mem(png_structp png, png_bytep data, size_t len) {
+    png_writer *wr = png_get_io_ptr(png);
+    if (len > wr->cap - wr->n) {
+        size_t cap = wr->cap ? wr->cap : 4096;
+        while (cap - wr->n < len)
+            cap *= 2;
+        uint8_t *p = realloc(wr->buf, cap);
+        if (!p)
+            png_error(png, "out of memory");
+        wr->buf = p, wr->cap = cap;
+    }
+    memcpy(wr->buf + wr->n, data, len);
+    wr->n += len;
+}
+
+static void png_flush_mem(png_structp png) {}
 
 static int png_encode_into(png_writer *wr, const dc_image *img) {
     if (setjmp(png_jmpbuf(wr->png)))
         return -1;
-    png_init_io(wr->png, wr->fp);
+    png_set_write_fn(wr->png, wr, png_write_mem, png_flush_mem);
     png_set_IHDR(wr->png, wr->info, (png_uint_32)img->w, (png_uint_32)img->h, 8,
                  img->c == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
@@ -413,34 +433,58 @@ static int png_encode_into(png_writer *wr, const dc_image *img) {
     return 0;
 }
 
+/* The PNG bytes of img; `what` names it in errors. */
+static int encode_png(const dc_image *img, const char *what, uint8_t **out, size_t *n) {
+    *out = NULL, *n = 0;
+    if (!img->px || img->w < 1 || img->h < 1 || (img->c != 1 && img->c != 3))
+        return dc_fail("%s: cannot encode an empty or malformed image (%dx%dx%d)", what, img->w, img->h,
+                       img->c);
+    png_writer wr = {.what = what};
+    wr.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr, png_on_write_error, png_on_warning);
+    wr.info = wr.png ? png_create_info_struct(wr.png) : NULL;
+    int rc = wr.info ? png_encode_into(&wr, img) : dc_fail("%s: out of memory for the PNG encoder", what);
+    png_destroy_write_struct(&wr.png, &wr.info);
+    if (rc) {
+        free(wr.buf);
+        return rc;
+    }
+    *out = wr.buf, *n = wr.n;
+    return 0;
+}
+
+int dc_image_encode_png(const dc_image *img, uint8_t **out, size_t *n) {
+    return encode_png(img, "PNG image", out, n);
+}
+
 /* Written to "<path>.tmp" and renamed, so `path` never holds half an image.
  * Not fsynced: an image is cheap to make again, and samples come by the
  * thousand. */
 int dc_image_save_png(const dc_image *img, const char *path) {
-    if (!img->px || img->w < 1 || img->h < 1 || (img->c != 1 && img->c != 3))
-        return dc_fail("%s: cannot write an empty or malformed image (%dx%dx%d)", path, img->w, img->h, img->c);
+    uint8_t *png;
+    size_t n;
+    if (encode_png(img, path, &png, &n))
+        return -1;
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
+    FILE *fp = NULL;
+    int rc = 0;
     if (!tmp)
-        return dc_fail("%s: out of memory", path);
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-    png_writer wr = {.path = path, .fp = fopen(tmp, "wb")};
-    if (!wr.fp) {
-        dc_fail("%s: cannot create %s: %s", path, tmp, strerror(errno));
-        free(tmp);
-        return -1;
+        rc = dc_fail("%s: out of memory", path);
+    else if (memcpy(tmp, path, plen), memcpy(tmp + plen, ".tmp", 5), !(fp = fopen(tmp, "wb")))
+        rc = dc_fail("%s: cannot create %s: %s", path, tmp, strerror(errno));
+    if (fp) {
+        bool ok = fwrite(png, 1, n, fp) == n;
+        int err = ok ? 0 : errno;
+        if (fclose(fp) != 0 && ok)
+            ok = false, err = errno;
+        if (!ok)
+            rc = dc_fail("%s: cannot write %s: %s", path, tmp, strerror(err ? err : EIO));
+        if (!rc && rename(tmp, path) != 0)
+            rc = dc_fail("%s: cannot rename %s: %s", path, tmp, strerror(errno));
+        if (rc)
+            unlink(tmp);
     }
-    wr.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr, png_on_write_error, png_on_warning);
-    wr.info = wr.png ? png_create_info_struct(wr.png) : NULL;
-    int rc = wr.info ? png_encode_into(&wr, img) : dc_fail("%s: out of memory for the PNG encoder", path);
-    png_destroy_write_struct(&wr.png, &wr.info);
-    if (fclose(wr.fp) != 0 && !rc)
-        rc = dc_fail("%s: cannot write %s: %s", path, tmp, strerror(errno));
-    if (!rc && rename(tmp, path) != 0)
-        rc = dc_fail("%s: cannot rename %s: %s", path, tmp, strerror(errno));
-    if (rc)
-        unlink(tmp);
     free(tmp);
+    free(png);
     return rc;
 }

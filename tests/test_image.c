@@ -797,6 +797,20 @@ START_TEST(test_png_round_trip) {
         ck_assert_msg(dc_image_load(&got, path) == 0, "%s", dc_error());
         assert_equal(&got, &src, "PNG round trip");
         dc_image_free(&got);
+        /* in memory: the same bytes as the file (one encoder), decoded back */
+        uint8_t *png;
+        size_t n, file_n;
+        ck_assert_msg(dc_image_encode_png(&src, &png, &n) == 0, "%s", dc_error());
+        FILE *fp = fopen(path, "rb");
+        uint8_t *file = malloc(n + 1);
+        file_n = fread(file, 1, n + 1, fp);
+        fclose(fp);
+        ck_assert(file_n == n && memcmp(file, png, n) == 0);
+        ck_assert_msg(dc_image_decode(&got, png, n, "memory") == 0, "%s", dc_error());
+        assert_equal(&got, &src, "PNG in memory");
+        dc_image_free(&got);
+        free(file);
+        free(png);
         dc_image_free(&src);
     }
     remove(path);
@@ -1019,6 +1033,10 @@ START_TEST(test_save_errors) {
     ck_assert_ptr_nonnull(strstr(dc_error(), "/nonexistent/out.png"));
     ck_assert_int_eq(dc_image_save_png(&empty, "/tmp/never.png"), -1);
     ck_assert_int_eq(access("/tmp/never.png.tmp", F_OK), -1);
+    uint8_t *png = (uint8_t *)&img;
+    size_t n = 1;
+    ck_assert_int_eq(dc_image_encode_png(&empty, &png, &n), -1);
+    ck_assert(png == NULL && n == 0);
     dc_image_free(&img);
 }
 END_TEST
