@@ -607,7 +607,7 @@ static int write_file(const char *path, const strbuf *hdr, const out_tensor *o, 
     }
     free(tmp);
     if (ok)
-        dc_sync_parent(path);
+        (void)dc_sync_parent(path); /* best effort: the file is complete either way */
     return ok ? 0 : -1;
 }
 

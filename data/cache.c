@@ -349,7 +349,7 @@ int dc_cache_writer_finish(dc_cache_writer *w, const dc_cache_meta *m) {
         dc_cache_writer_abort(w);
         return -1;
     }
-    dc_sync_parent(w->path);
+    (void)dc_sync_parent(w->path); /* best effort: the file is complete either way */
     release(w);
     return 0;
 }

@@ -2,7 +2,7 @@
  * refused with a message, or they give options whose resolved config, read
  * back, gives the same resolved config again (what train_config.json and a
  * resumed run rely on). */
-#include "train/files.h"
+#include "autograd/fileio.h"
 #include "train/options.h"
 
 #include <stddef.h>

@@ -12,7 +12,7 @@
 #include "autograd/safetensors.h"
 #include "data/image.h"
 #include "train/checkpoint.h"
-#include "train/files.h"
+#include "autograd/fileio.h"
 #include "train/metrics.h"
 #include "train/options.h"
 #include "train/signals.h"

@@ -8,7 +8,7 @@
 #include "checkpoint.h"
 
 #include "autograd/error.h"
-#include "files.h"
+#include "autograd/fileio.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -3,7 +3,7 @@
  */
 #include "metrics.h"
 
-#include "files.h"
+#include "autograd/fileio.h"
 
 #include <errno.h>
 #include <math.h>

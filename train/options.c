@@ -9,7 +9,7 @@
 #include "options.h"
 
 #include "autograd/error.h"
-#include "files.h"
+#include "autograd/fileio.h"
 
 #include <errno.h>
 #include <math.h>

@@ -14,7 +14,7 @@
 #include "tensorboard.h"
 
 #include "autograd/error.h"
-#include "files.h"
+#include "autograd/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
