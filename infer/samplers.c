@@ -1,0 +1,639 @@
+/* Samplers: diffusers' DDPM, DDIM and DPM-Solver++(2M) steps (see samplers.h).
+ * Scalars and elements are float32 with one rounding per torch operation,
+ * in diffusers' order: keep each expression's grouping when editing. */
+#include "samplers.h"
+
+#include "autograd/error.h"
+#include "autograd/rng.h"
+
+#include <cjson/cJSON.h>
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- names ---- */
+
+static const char *const kind_names[DC_SAMPLER_COUNT] = {"ddpm", "ddim", "dpm++2m"};
+static const char *const spacing_names[DC_SPACING_COUNT] = {"leading", "trailing", "linspace"};
+static const char *const variance_names[DC_VARIANCE_COUNT] = {"fixed_small", "fixed_large"};
+static const char *const final_sigmas_names[DC_FINAL_SIGMAS_COUNT] = {"zero", "sigma_min"};
+
+/* The index of `name` in names[count]; else an error listing them all. */
+static int parse_name(const char *what, const char *name, const char *const *names, int count,
+                      int *out) {
+    char list[160] = "";
+    size_t len = 0;
+    for (int k = 0; k < count; k++) {
+        if (name && !strcmp(name, names[k])) {
+            *out = k;
+            return 0;
+        }
+        const char *sep = k == 0 ? "" : k == count - 1 ? " or " : ", ";
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s'%s'", sep, names[k]);
+    }
+    return dc_fail("%s '%s' is not supported (expected %s)", what, name ? name : "(null)", list);
+}
+
+static const char *name_of(const char *const *names, int count, int v) {
+    return v >= 0 && v < count ? names[v] : "?";
+}
+
+int dc_sampler_kind_parse(const char *name, dc_sampler_kind *out) {
+    int v;
+    if (parse_name("sampler", name, kind_names, DC_SAMPLER_COUNT, &v))
+        return -1;
+    *out = (dc_sampler_kind)v;
+    return 0;
+}
+
+const char *dc_sampler_kind_name(dc_sampler_kind k) {
+    return name_of(kind_names, DC_SAMPLER_COUNT, (int)k);
+}
+
+int dc_timestep_spacing_parse(const char *name, dc_timestep_spacing *out) {
+    int v;
+    if (parse_name("timestep_spacing", name, spacing_names, DC_SPACING_COUNT, &v))
+        return -1;
+    *out = (dc_timestep_spacing)v;
+    return 0;
+}
+
+const char *dc_timestep_spacing_name(dc_timestep_spacing s) {
+    return name_of(spacing_names, DC_SPACING_COUNT, (int)s);
+}
+
+int dc_variance_type_parse(const char *name, dc_variance_type *out) {
+    int v;
+    if (parse_name("variance_type", name, variance_names, DC_VARIANCE_COUNT, &v))
+        return -1;
+    *out = (dc_variance_type)v;
+    return 0;
+}
+
+const char *dc_variance_type_name(dc_variance_type v) {
+    return name_of(variance_names, DC_VARIANCE_COUNT, (int)v);
+}
+
+int dc_final_sigmas_type_parse(const char *name, dc_final_sigmas_type *out) {
+    int v;
+    if (parse_name("final_sigmas_type", name, final_sigmas_names, DC_FINAL_SIGMAS_COUNT, &v))
+        return -1;
+    *out = (dc_final_sigmas_type)v;
+    return 0;
+}
+
+const char *dc_final_sigmas_type_name(dc_final_sigmas_type f) {
+    return name_of(final_sigmas_names, DC_FINAL_SIGMAS_COUNT, (int)f);
+}
+
+/* ---- options ---- */
+
+dc_sampler_options dc_sampler_default_options(dc_sampler_kind kind) {
+    return (dc_sampler_options){
+        .num_inference_steps = kind == DC_SAMPLER_DDPM ? 1000 : 50,
+        .timestep_spacing = kind == DC_SAMPLER_DPMPP_2M ? DC_SPACING_LINSPACE : DC_SPACING_LEADING,
+        .steps_offset = 0,
+        .clip_sample = kind != DC_SAMPLER_DPMPP_2M,
+        .clip_sample_range = 1.0,
+        .variance_type = DC_VARIANCE_FIXED_SMALL,
+        .eta = 0.0,
+        .set_alpha_to_one = 1,
+        .lower_order_final = 1,
+        .final_sigmas_type = DC_FINAL_SIGMAS_ZERO,
+    };
+}
+
+/* ---- scheduler_config.json ---- */
+
+/* The value under key, NULL when absent or null (diffusers' "not set"). */
+static const cJSON *item(const cJSON *root, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+static int get_bool(const cJSON *root, const char *key, const char *where, int *out) {
+    const cJSON *v = item(root, key);
+    if (!v)
+        return 0;
+    if (!cJSON_IsBool(v))
+        return dc_fail("%s: %s must be true or false", where, key);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static int get_number(const cJSON *root, const char *key, const char *where, double *out) {
+    const cJSON *v = item(root, key);
+    if (!v)
+        return 0;
+    if (!cJSON_IsNumber(v))
+        return dc_fail("%s: %s must be a number", where, key);
+    *out = v->valuedouble;
+    return 0;
+}
+
+/* The string under key (NULL when not set); an error when it is something else. */
+static int get_string(const cJSON *root, const char *key, const char *where, const char **out) {
+    const cJSON *v = item(root, key);
+    *out = NULL;
+    if (v && !cJSON_IsString(v))
+        return dc_fail("%s: %s must be a string", where, key);
+    if (v)
+        *out = v->valuestring;
+    return 0;
+}
+
+/* Prefix the message just recorded with `where` (copied: dc_fail reuses its buffer). */
+static int fail_at(const char *where) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", dc_error());
+    return dc_fail("%s: %s", where, msg);
+}
+
+/* A string key that must hold one of `allowed` (diffusers' aliases included) when set. */
+static int check_string(const cJSON *root, const char *key, const char *where,
+                        const char *const *allowed, int count) {
+    const char *v;
+    int unused;
+    if (get_string(root, key, where, &v))
+        return -1;
+    return v && parse_name(key, v, allowed, count, &unused) ? fail_at(where) : 0;
+}
+
+/* A boolean key that changes the sampler in a way we do not build: false or unset only. */
+static int check_false(const cJSON *root, const char *key, const char *where) {
+    int on = 0;
+    if (get_bool(root, key, where, &on))
+        return -1;
+    return on ? dc_fail("%s: %s is not supported", where, key) : 0;
+}
+
+/* What DPMSolverMultistepScheduler reads beyond what we implement: refused unless it
+ * says order 2, dpmsolver++ (or "deis", which diffusers maps to it), midpoint (or its
+ * aliases), plain sigmas, no learned variance. */
+static int check_dpm_config(const cJSON *root, const char *where) {
+    static const char *const algorithms[] = {"dpmsolver++", "deis"};
+    static const char *const solvers[] = {"midpoint", "logrho", "bh1", "bh2"};
+    static const char *const variances[] = {"fixed_small", "fixed_small_log", "fixed_large",
+                                            "fixed_large_log"};
+    double order = 2;
+    if (get_number(root, "solver_order", where, &order))
+        return -1;
+    if (order != 2)
+        return dc_fail("%s: solver_order %g is not supported (dpm++2m is order 2)", where, order);
+    if (item(root, "lambda_min_clipped"))
+        return dc_fail("%s: lambda_min_clipped is not supported", where);
+    return check_string(root, "algorithm_type", where, algorithms, 2) ||
+                   check_string(root, "solver_type", where, solvers, 4) ||
+                   check_string(root, "variance_type", where, variances, 4) ||
+                   check_false(root, "use_karras_sigmas", where) ||
+                   check_false(root, "use_lu_lambdas", where) ||
+                   check_false(root, "euler_at_final", where)
+               ? -1
+               : 0;
+}
+
+static int parse_enum_key(const cJSON *root, const char *key, const char *where,
+                          const char *const *names, int count, int *out) {
+    const char *v;
+    if (get_string(root, key, where, &v))
+        return -1;
+    return v && parse_name(key, v, names, count, out) ? fail_at(where) : 0;
+}
+
+static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const cJSON *root,
+                             const char *where) {
+    if (!cJSON_IsObject(root))
+        return dc_fail("%s: not a JSON object", where);
+    int spacing = (int)o->timestep_spacing, variance = (int)o->variance_type;
+    int final_sigmas = (int)o->final_sigmas_type;
+    double offset = (double)o->steps_offset;
+    if (check_false(root, "thresholding", where) ||
+        parse_enum_key(root, "timestep_spacing", where, spacing_names, DC_SPACING_COUNT,
+                       &spacing) ||
+        get_number(root, "steps_offset", where, &offset))
+        return -1;
+    if (!(offset >= 0 && offset <= 1e9 && offset == floor(offset)))
+        return dc_fail("%s: steps_offset %g must be a whole number in [0, 1e9]", where, offset);
+    if (kind == DC_SAMPLER_DPMPP_2M) {
+        if (check_dpm_config(root, where) ||
+            get_bool(root, "lower_order_final", where, &o->lower_order_final) ||
+            parse_enum_key(root, "final_sigmas_type", where, final_sigmas_names,
+                           DC_FINAL_SIGMAS_COUNT, &final_sigmas))
+            return -1;
+    } else if (get_bool(root, "clip_sample", where, &o->clip_sample) ||
+               get_number(root, "clip_sample_range", where, &o->clip_sample_range) ||
+               (kind == DC_SAMPLER_DDIM &&
+                get_bool(root, "set_alpha_to_one", where, &o->set_alpha_to_one)) ||
+               (kind == DC_SAMPLER_DDPM &&
+                parse_enum_key(root, "variance_type", where, variance_names, DC_VARIANCE_COUNT,
+                               &variance)))
+        return -1;
+    o->timestep_spacing = (dc_timestep_spacing)spacing;
+    o->variance_type = (dc_variance_type)variance;
+    o->final_sigmas_type = (dc_final_sigmas_type)final_sigmas;
+    o->steps_offset = (int64_t)offset;
+    return 0;
+}
+
+int dc_sampler_options_parse_config(dc_sampler_options *o, dc_sampler_kind kind, const char *json,
+                                    const char *where) {
+    if ((unsigned)kind >= DC_SAMPLER_COUNT)
+        return dc_fail("%s: unknown sampler kind %d", where, (int)kind);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, strlen(json), &end, 0);
+    if (!root)
+        return dc_fail("%s: malformed JSON at byte %td", where, end ? end - json : (ptrdiff_t)0);
+    dc_sampler_options parsed = *o; /* o changes only when every key is good */
+    int rc = parse_config_root(&parsed, kind, root, where);
+    cJSON_Delete(root);
+    if (!rc)
+        *o = parsed;
+    return rc;
+}
+
+/* ---- timesteps, as numpy computes them in each class's set_timesteps ---- */
+
+/* Element k of np.linspace(0, stop, num): k * (stop / (num - 1)), the last exactly stop. */
+static double np_linspace(double stop, int64_t num, int64_t k) {
+    if (num == 1)
+        return 0.0;
+    return k == num - 1 ? stop : (double)k * (stop / (double)(num - 1));
+}
+
+/* Element k of np.arange(start, 0, -step): numpy stores start and start - step, then
+ * fills start + k * delta with delta the difference of those two. */
+static double np_arange_down(double start, double step, int64_t k) {
+    double next = start + -step;
+    return k == 0 ? start : k == 1 ? next : start + (double)k * (next - start);
+}
+
+/* timesteps[n], descending. DPM-Solver spaces n + 1 points and drops the last
+ * (leading, linspace); rint rounds half to even as numpy's round does. */
+static void make_timesteps(int64_t *ts, dc_sampler_kind kind, const dc_sampler_options *o,
+                           int64_t T) {
+    int n = o->num_inference_steps;
+    int64_t num = n + (kind == DC_SAMPLER_DPMPP_2M);
+    for (int k = 0; k < n; k++) {
+        switch (o->timestep_spacing) {
+        case DC_SPACING_LEADING:
+            ts[k] = (num - 1 - k) * (T / num) + o->steps_offset;
+            break;
+        case DC_SPACING_TRAILING:
+            ts[k] = (int64_t)rint(np_arange_down((double)T, (double)T / n, k)) - 1;
+            break;
+        default:
+            ts[k] = (int64_t)rint(np_linspace((double)(T - 1), num, num - 1 - k));
+            break;
+        }
+    }
+}
+
+static int check_timesteps(const dc_sampler *s) {
+    const char *spacing = dc_timestep_spacing_name(s->opt.timestep_spacing);
+    for (int k = 0; k < s->n; k++) {
+        if (s->timesteps[k] < 0 || s->timesteps[k] >= s->T)
+            return dc_fail("%s: %d %s steps with steps_offset %lld put timestep %lld outside "
+                           "[0, %lld)",
+                           dc_sampler_kind_name(s->kind), s->n, spacing,
+                           (long long)s->opt.steps_offset, (long long)s->timesteps[k],
+                           (long long)s->T);
+        if (k > 0 && s->timesteps[k] >= s->timesteps[k - 1])
+            return dc_fail("%s: %d %s steps of %lld repeat timestep %lld; use fewer steps",
+                           dc_sampler_kind_name(s->kind), s->n, spacing, (long long)s->T,
+                           (long long)s->timesteps[k]);
+    }
+    return 0;
+}
+
+/* ---- per-step scalars ---- */
+
+/* diffusers' DDPM and DDIM step back by T // n, whatever the spacing. */
+static int64_t prev_timestep(const dc_sampler *s, int i) {
+    return s->timesteps[i] - s->T / s->opt.num_inference_steps;
+}
+
+/* DDIMScheduler.step's scalars for step i. */
+typedef struct {
+    float sa, sb;      /* sqrt(acp_t), sqrt(1 - acp_t) */
+    float c_x0, c_dir; /* sqrt(acp_prev); sqrt(1 - acp_prev - std^2) (NaN when negative) */
+    float std;         /* eta * sqrt(variance) */
+    float dir_var;     /* 1 - acp_prev - std^2 */
+} ddim_scalars;
+
+static ddim_scalars ddim_at(const dc_sampler *s, int i) {
+    const float *acp = s->alphas_cumprod;
+    int64_t prev = prev_timestep(s, i);
+    float a_t = acp[s->timesteps[i]];
+    float a_prev = prev >= 0 ? acp[prev] : s->opt.set_alpha_to_one ? 1.0f : acp[0];
+    float b_t = 1.0f - a_t;
+    float variance = (1.0f - a_prev) / b_t * (1.0f - a_t / a_prev);
+    ddim_scalars c = {.sa = sqrtf(a_t), .sb = sqrtf(b_t), .c_x0 = sqrtf(a_prev)};
+    c.std = (float)s->opt.eta * sqrtf(variance);
+    c.dir_var = 1.0f - a_prev - c.std * c.std;
+    c.c_dir = sqrtf(c.dir_var);
+    return c;
+}
+
+/* DPMSolverMultistepScheduler._sigma_to_alpha_sigma_t. */
+static void alpha_sigma(float sigma, float *alpha, float *sigma_t) {
+    float a = 1.0f / sqrtf(sigma * sigma + 1.0f);
+    *alpha = a;
+    *sigma_t = sigma * a;
+}
+
+static float lambda_of(float sigma) {
+    float a, s;
+    alpha_sigma(sigma, &a, &s);
+    return logf(a) - logf(s);
+}
+
+/* ---- init ---- */
+
+static int check_options(dc_sampler_kind kind, const dc_noise_schedule *sched,
+                         const dc_sampler_options *o) {
+    if ((unsigned)kind >= DC_SAMPLER_COUNT)
+        return dc_fail("sampler: unknown kind %d", (int)kind);
+    const char *name = dc_sampler_kind_name(kind);
+    if (!sched || sched->T < 1 || !sched->alphas_cumprod)
+        return dc_fail("%s: the noise schedule is not initialised", name);
+    if ((unsigned)sched->config.prediction_type >= DC_PRED_COUNT)
+        return dc_fail("%s: unknown prediction type %d", name, (int)sched->config.prediction_type);
+    if (o->num_inference_steps < 1 || o->num_inference_steps > sched->T)
+        return dc_fail("%s: num_inference_steps %d must lie in [1, %lld] (num_train_timesteps)",
+                       name, o->num_inference_steps, (long long)sched->T);
+    if ((unsigned)o->timestep_spacing >= DC_SPACING_COUNT ||
+        (unsigned)o->variance_type >= DC_VARIANCE_COUNT ||
+        (unsigned)o->final_sigmas_type >= DC_FINAL_SIGMAS_COUNT)
+        return dc_fail("%s: unknown timestep_spacing %d, variance_type %d or final_sigmas_type %d",
+                       name, (int)o->timestep_spacing, (int)o->variance_type,
+                       (int)o->final_sigmas_type);
+    if (o->steps_offset < 0 || o->steps_offset >= sched->T)
+        return dc_fail("%s: steps_offset %lld must lie in [0, %lld)", name,
+                       (long long)o->steps_offset, (long long)sched->T);
+    if (!(o->eta >= 0 && isfinite(o->eta)))
+        return dc_fail("%s: eta %g must be finite and >= 0", name, o->eta);
+    if (o->eta != 0 && kind != DC_SAMPLER_DDIM)
+        return dc_fail("%s: eta %g applies to ddim only", name, o->eta);
+    if (o->clip_sample && kind == DC_SAMPLER_DPMPP_2M)
+        return dc_fail("%s: clip_sample applies to ddpm and ddim only", name);
+    if (o->clip_sample && !(o->clip_sample_range > 0 && o->clip_sample_range <= FLT_MAX))
+        return dc_fail("%s: clip_sample_range %g must be positive and finite", name,
+                       o->clip_sample_range);
+    return 0;
+}
+
+/* Where diffusers' DDIM would take the square root of a negative number (eta too large). */
+static int check_ddim_eta(const dc_sampler *s) {
+    for (int i = 0; i < s->n; i++)
+        if (!(ddim_at(s, i).dir_var >= 0))
+            return dc_fail("ddim: eta %g is too large: at step %d (timestep %lld) the noise would "
+                           "exceed the step's variance (use eta <= 1)",
+                           s->opt.eta, i, (long long)s->timesteps[i]);
+    return 0;
+}
+
+/* DPM-Solver's sigmas: sqrt((1 - acp) / acp) at each timestep (float32, as torch
+ * computes them before numpy's interp reads them back exactly), then the final. */
+static void make_sigmas(dc_sampler *s) {
+    const float *acp = s->alphas_cumprod;
+    for (int i = 0; i < s->n; i++) {
+        float a = acp[s->timesteps[i]];
+        s->sigmas[i] = sqrtf((1.0f - a) / a);
+    }
+    s->sigmas[s->n] =
+        s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO ? 0.0f : sqrtf((1.0f - acp[0]) / acp[0]);
+}
+
+int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule *sched,
+                    const dc_sampler_options *o) {
+    memset(s, 0, sizeof *s);
+    s->next = -1;
+    if (check_options(kind, sched, o))
+        return -1;
+    s->kind = kind;
+    s->opt = *o;
+    s->prediction_type = sched->config.prediction_type;
+    s->T = sched->T;
+    s->n = o->num_inference_steps;
+    s->alphas_cumprod = malloc((size_t)s->T * sizeof(float));
+    s->timesteps = malloc((size_t)s->n * sizeof(int64_t));
+    s->sigmas = malloc(((size_t)s->n + 1) * sizeof(float));
+    if (!s->alphas_cumprod || !s->timesteps || !s->sigmas) {
+        dc_sampler_free(s);
+        return dc_fail("%s: out of memory for %d steps", dc_sampler_kind_name(kind),
+                       o->num_inference_steps);
+    }
+    memcpy(s->alphas_cumprod, sched->alphas_cumprod, (size_t)s->T * sizeof(float));
+    make_timesteps(s->timesteps, kind, o, s->T);
+    if (check_timesteps(s) || (kind == DC_SAMPLER_DDIM && check_ddim_eta(s))) {
+        dc_sampler_free(s);
+        return -1;
+    }
+    if (kind == DC_SAMPLER_DPMPP_2M)
+        make_sigmas(s);
+    return 0;
+}
+
+void dc_sampler_free(dc_sampler *s) {
+    if (!s)
+        return;
+    free(s->alphas_cumprod);
+    free(s->timesteps);
+    free(s->sigmas);
+    free(s->prev_x0);
+    memset(s, 0, sizeof *s);
+    s->next = -1;
+}
+
+void dc_sampler_reset(dc_sampler *s) {
+    s->next = -1;
+    s->numel = 0;
+}
+
+/* ---- steps ---- */
+
+int dc_sampler_step_needs_noise(const dc_sampler *s, int i) {
+    if (i < 0 || i >= s->n)
+        return 0;
+    return (s->kind == DC_SAMPLER_DDPM && s->timesteps[i] > 0) ||
+           (s->kind == DC_SAMPLER_DDIM && s->opt.eta > 0);
+}
+
+/* Predicted x0 from the model output for DDPM and DDIM (sa, sb: sqrt(acp_t), sqrt(1 - acp_t)). */
+static float pred_x0(dc_prediction_type p, float sa, float sb, float mo, float x) {
+    return p == DC_PRED_EPSILON        ? (x - sb * mo) / sa
+           : p == DC_PRED_V_PREDICTION ? sa * x - sb * mo
+                                       : mo;
+}
+
+/* torch.clamp: NaN stays NaN. */
+static float clip_x0(const dc_sampler *s, float x0) {
+    if (!s->opt.clip_sample)
+        return x0;
+    float r = (float)s->opt.clip_sample_range;
+    return x0 < -r ? -r : x0 > r ? r : x0;
+}
+
+/* DDPMScheduler.step; the variance (DDPMScheduler._get_variance) only while t > 0. */
+static void ddpm_step(const dc_sampler *s, int i, const float *mo, float *x, const float *noise,
+                      int64_t numel) {
+    int64_t t = s->timesteps[i], prev = prev_timestep(s, i);
+    float a_t = s->alphas_cumprod[t], a_prev = prev >= 0 ? s->alphas_cumprod[prev] : 1.0f;
+    float b_t = 1.0f - a_t, b_prev = 1.0f - a_prev;
+    float alpha = a_t / a_prev, beta = 1.0f - alpha; /* current_alpha_t, current_beta_t */
+    float c_x0 = sqrtf(a_prev) * beta / b_t, c_x = sqrtf(alpha) * b_prev / b_t;
+    float small = fmaxf(b_prev / b_t * beta, 1e-20f);
+    float sd = sqrtf(s->opt.variance_type == DC_VARIANCE_FIXED_SMALL ? small : beta);
+    float sa = sqrtf(a_t), sb = sqrtf(b_t);
+    for (int64_t e = 0; e < numel; e++) {
+        float x0 = clip_x0(s, pred_x0(s->prediction_type, sa, sb, mo[e], x[e]));
+        float y = c_x0 * x0 + c_x * x[e];
+        x[e] = t > 0 ? y + sd * noise[e] : y;
+    }
+}
+
+/* DDIMScheduler.step (use_clipped_model_output off, as its pipeline calls it). */
+static void ddim_step(const dc_sampler *s, int i, const float *mo, float *x, const float *noise,
+                      int64_t numel) {
+    ddim_scalars c = ddim_at(s, i);
+    for (int64_t e = 0; e < numel; e++) {
+        float x0 = pred_x0(s->prediction_type, c.sa, c.sb, mo[e], x[e]);
+        float eps = s->prediction_type == DC_PRED_EPSILON  ? mo[e]
+                    : s->prediction_type == DC_PRED_SAMPLE ? (x[e] - c.sa * x0) / c.sb
+                                                           : c.sa * mo[e] + c.sb * x[e];
+        float y = c.c_x0 * clip_x0(s, x0) + c.c_dir * eps;
+        x[e] = s->opt.eta > 0 ? y + c.std * noise[e] : y;
+    }
+}
+
+/* DPMSolverMultistepScheduler.step: convert_model_output to x0, then the first order
+ * update on the first step and at the end (lower_order_final; always with a zero final
+ * sigma), the second order midpoint update otherwise. */
+static void dpm_step(dc_sampler *s, int i, const float *mo, float *x, int64_t numel) {
+    int last = i == s->n - 1;
+    int first_order = s->next < 0 || (last && ((s->opt.lower_order_final && s->n < 15) ||
+                                               s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO));
+    float a_t, s_t, a_0, s_0;
+    alpha_sigma(s->sigmas[i + 1], &a_t, &s_t);
+    alpha_sigma(s->sigmas[i], &a_0, &s_0);
+    float h = lambda_of(s->sigmas[i + 1]) - lambda_of(s->sigmas[i]);
+    float c_x = s_t / s_0, c_d0 = a_t * (expf(-h) - 1.0f);
+    float inv_r0 = 0.0f, c_d1 = 0.5f * c_d0;
+    if (!first_order) {
+        float r0 = (lambda_of(s->sigmas[i]) - lambda_of(s->sigmas[i - 1])) / h;
+        inv_r0 = 1.0f / r0;
+    }
+    dc_prediction_type p = s->prediction_type;
+    for (int64_t e = 0; e < numel; e++) {
+        float m0 = p == DC_PRED_EPSILON        ? (x[e] - s_0 * mo[e]) / a_0
+                   : p == DC_PRED_V_PREDICTION ? a_0 * x[e] - s_0 * mo[e]
+                                               : mo[e];
+        float y = c_x * x[e] - c_d0 * m0;
+        if (!first_order)
+            y = y - c_d1 * (inv_r0 * (m0 - s->prev_x0[e]));
+        s->prev_x0[e] = m0;
+        x[e] = y;
+    }
+}
+
+static int check_step(const dc_sampler *s, int i, const float *model_output, float *sample,
+                      const float *noise, int64_t numel) {
+    const char *name = dc_sampler_kind_name(s->kind);
+    if (s->n < 1 || !s->timesteps)
+        return dc_fail("sampler: not initialised");
+    if (i < 0 || i >= s->n)
+        return dc_fail("%s: step %d is outside [0, %d)", name, i, s->n);
+    if (s->next >= 0 && i != s->next)
+        return dc_fail("%s: step %d after step %d; steps run in order (dc_sampler_reset starts "
+                       "over)",
+                       name, i, s->next - 1);
+    if (!model_output || !sample || numel < 1)
+        return dc_fail("%s: step %d needs a model output and a sample of at least one element",
+                       name, i);
+    if (s->next >= 0 && numel != s->numel)
+        return dc_fail("%s: step %d has %lld elements, the steps before it %lld", name, i,
+                       (long long)numel, (long long)s->numel);
+    if (!noise && dc_sampler_step_needs_noise(s, i))
+        return dc_fail("%s: step %d (timestep %lld) adds noise: pass it", name, i,
+                       (long long)s->timesteps[i]);
+    return 0;
+}
+
+/* Room for DPM-Solver's previous x0: grown on a run's first step, never inside a run. */
+static int reserve_state(dc_sampler *s, int64_t numel) {
+    if (s->kind != DC_SAMPLER_DPMPP_2M || numel <= s->prev_cap)
+        return 0;
+    float *p = realloc(s->prev_x0, (size_t)numel * sizeof(float));
+    if (!p)
+        return dc_fail("dpm++2m: out of memory for %lld elements of state", (long long)numel);
+    s->prev_x0 = p;
+    s->prev_cap = numel;
+    return 0;
+}
+
+int dc_sampler_step(dc_sampler *s, int i, const float *model_output, float *sample,
+                    const float *noise, int64_t numel) {
+    if (check_step(s, i, model_output, sample, noise, numel) || reserve_state(s, numel))
+        return -1;
+    if (s->kind == DC_SAMPLER_DDPM)
+        ddpm_step(s, i, model_output, sample, noise, numel);
+    else if (s->kind == DC_SAMPLER_DDIM)
+        ddim_step(s, i, model_output, sample, noise, numel);
+    else
+        dpm_step(s, i, model_output, sample, numel);
+    s->numel = numel;
+    s->next = i + 1;
+    if (s->next == s->n) /* a finished run: ready for the next batch */
+        dc_sampler_reset(s);
+    return 0;
+}
+
+/* ---- noise ---- */
+
+void dc_sampler_noise(float *out, int64_t n_images, int64_t per_image, uint64_t seed,
+                      uint64_t first_image, uint64_t draw) {
+    for (int64_t k = 0; k < n_images; k++)
+        dc_fill_normal(out + k * per_image, per_image, seed, first_image + (uint64_t)k,
+                       draw * (uint64_t)per_image);
+}
+
+/* ---- img2img and guidance ---- */
+
+int dc_sampler_img2img_start(const dc_sampler *s, double strength, int *first) {
+    if (s->n < 1)
+        return dc_fail("sampler: not initialised");
+    if (!(strength > 0 && strength <= 1))
+        return dc_fail("img2img: strength %g must lie in (0, 1]", strength);
+    int init = (int)((double)s->n * strength); /* Python's int(n * strength) */
+    if (init == 0)
+        return dc_fail("img2img: strength %g of %d steps leaves no step to run", strength, s->n);
+    *first = s->n - (init < s->n ? init : s->n);
+    return 0;
+}
+
+int dc_sampler_add_noise(const dc_sampler *s, int i, const float *x0, const float *noise,
+                         float *out, int64_t numel) {
+    if (s->n < 1)
+        return dc_fail("sampler: not initialised");
+    if (i < 0 || i >= s->n)
+        return dc_fail("add_noise: step %d is outside [0, %d)", i, s->n);
+    float a, b;
+    if (s->kind == DC_SAMPLER_DPMPP_2M) {
+        alpha_sigma(s->sigmas[i], &a, &b);
+    } else {
+        float acp = s->alphas_cumprod[s->timesteps[i]];
+        a = sqrtf(acp);
+        b = sqrtf(1.0f - acp);
+    }
+    for (int64_t e = 0; e < numel; e++)
+        out[e] = a * x0[e] + b * noise[e];
+    return 0;
+}
+
+void dc_guidance_combine(float *out, const float *uncond, const float *cond, float scale,
+                         int64_t numel) {
+    for (int64_t e = 0; e < numel; e++)
+        out[e] = uncond[e] + scale * (cond[e] - uncond[e]);
+}

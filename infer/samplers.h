@@ -1,0 +1,194 @@
+/*
+ * Samplers: the reverse diffusion steps of diffusers' DDPMScheduler,
+ * DDIMScheduler and DPMSolverMultistepScheduler (solver_order 2,
+ * algorithm_type dpmsolver++, solver_type midpoint: "DPM++ 2M"), step for
+ * step, on host float arrays. They know nothing of the model: the caller runs
+ * the model at timesteps[i] and hands its output to dc_sampler_step.
+ *
+ *   dc_sampler s;
+ *   dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_DDIM);
+ *   o.num_inference_steps = 50;
+ *   dc_sampler_init(&s, DC_SAMPLER_DDIM, &schedule, &o);
+ *   dc_sampler_noise(x, n_images, per_image, seed, first_image, DC_SAMPLER_DRAW_INIT);
+ *   for (int i = 0; i < s.n; i++) {
+ *       run the model on x at timestep s.timesteps[i] -> eps
+ *       if (dc_sampler_step_needs_noise(&s, i))
+ *           dc_sampler_noise(z, n_images, per_image, seed, first_image, DC_SAMPLER_DRAW_STEP(i));
+ *       dc_sampler_step(&s, i, eps, x, z, n_images * per_image);
+ *   }
+ *
+ * Timesteps are those of each class's set_timesteps for the spacing
+ * (leading, trailing, linspace: Table 2 of Lin et al., "Common Diffusion
+ * Noise Schedules and Sample Steps are Flawed"), numpy's float rounding
+ * included. One deliberate difference: for some n (61 of T = 1000, ...)
+ * numpy's arange gives diffusers n + 1 trailing timesteps, the last -1,
+ * which diffusers then uses as an index from the end; we keep the first n.
+ *
+ * Precision: every scalar and every element is computed in float32, one
+ * rounding per operation in the order diffusers' torch code does them, so
+ * results agree with diffusers to a few float32 ulps per step (torch's expf
+ * and logf differ from libm's in the last place; compilers that contract
+ * a * b + c into an FMA round once where torch rounds twice).
+ *
+ * The prediction type (epsilon, v_prediction, sample) is the schedule's
+ * (scheduler_config.json), as the model was trained for it. Thresholding
+ * (dynamic, Imagen) is not supported and refused where a config asks for it.
+ */
+#ifndef DC_INFER_SAMPLERS_H
+#define DC_INFER_SAMPLERS_H
+
+#include "autograd/diffusion.h"
+
+#include <stdint.h>
+
+typedef enum {
+    DC_SAMPLER_DDPM,     /* "ddpm": ancestral sampling (Ho et al.), one noise draw per step */
+    DC_SAMPLER_DDIM,     /* "ddim": Song et al.; deterministic at eta 0 */
+    DC_SAMPLER_DPMPP_2M, /* "dpm++2m": DPM-Solver++(2M) (Lu et al.), deterministic */
+    DC_SAMPLER_COUNT
+} dc_sampler_kind;
+
+typedef enum {
+    DC_SPACING_LEADING,  /* "leading": multiples of T / n from 0, plus steps_offset */
+    DC_SPACING_TRAILING, /* "trailing": from T - 1 down in steps of T / n */
+    DC_SPACING_LINSPACE, /* "linspace": rounded linspace(0, T - 1) */
+    DC_SPACING_COUNT
+} dc_timestep_spacing;
+
+/* DDPMScheduler's variance_type (the learned ones need a model that predicts it). */
+typedef enum {
+    DC_VARIANCE_FIXED_SMALL, /* "fixed_small": the posterior variance beta~_t, clamped at 1e-20 */
+    DC_VARIANCE_FIXED_LARGE, /* "fixed_large": beta_t */
+    DC_VARIANCE_COUNT
+} dc_variance_type;
+
+/* DPMSolverMultistepScheduler's final_sigmas_type: the sigma after the last step. */
+typedef enum {
+    DC_FINAL_SIGMAS_ZERO,      /* "zero": the last step lands on x0 (diffusers' default) */
+    DC_FINAL_SIGMAS_SIGMA_MIN, /* "sigma_min": on the noise level of timestep 0 */
+    DC_FINAL_SIGMAS_COUNT
+} dc_final_sigmas_type;
+
+/* Names as diffusers (and the --scheduler option) spell them; an unknown name
+ * is an error that lists the known ones. */
+int dc_sampler_kind_parse(const char *name, dc_sampler_kind *out);
+const char *dc_sampler_kind_name(dc_sampler_kind k);
+int dc_timestep_spacing_parse(const char *name, dc_timestep_spacing *out);
+const char *dc_timestep_spacing_name(dc_timestep_spacing s);
+int dc_variance_type_parse(const char *name, dc_variance_type *out);
+const char *dc_variance_type_name(dc_variance_type v);
+int dc_final_sigmas_type_parse(const char *name, dc_final_sigmas_type *out);
+const char *dc_final_sigmas_type_name(dc_final_sigmas_type f);
+
+/* Sampler settings, by diffusers' config names. Fields a kind does not use
+ * are ignored, except eta (DDIM only) and clip_sample (DDPM and DDIM only),
+ * which are refused elsewhere because they would silently do nothing. */
+typedef struct dc_sampler_options {
+    int num_inference_steps; /* n, in [1, T] */
+    dc_timestep_spacing timestep_spacing;
+    int64_t steps_offset;           /* added to leading timesteps */
+    int clip_sample;                /* ddpm, ddim: clamp predicted x0 to */
+    double clip_sample_range;       /*   [-clip_sample_range, clip_sample_range] */
+    dc_variance_type variance_type; /* ddpm */
+    double eta;                     /* ddim: 0 deterministic, 1 DDPM-like */
+    int set_alpha_to_one;           /* ddim: alphas_cumprod "before" t = 0 is 1 (else acp[0]) */
+    int lower_order_final;          /* dpm++2m: first order at the end when n < 15 */
+    dc_final_sigmas_type final_sigmas_type; /* dpm++2m */
+} dc_sampler_options;
+
+/* The defaults of the diffusers class and its pipeline: 1000 steps for DDPM
+ * (DDPMPipeline), 50 for DDIM and DPM-Solver++; leading spacing and clipping
+ * at 1 for DDPM and DDIM, linspace for DPM-Solver++; eta 0, fixed_small,
+ * set_alpha_to_one, lower_order_final, final sigma zero. */
+dc_sampler_options dc_sampler_default_options(dc_sampler_kind kind);
+
+/* Apply the keys of a diffusers scheduler_config.json (of any scheduler
+ * class) that the kind's diffusers class reads, as its from_config would:
+ * timestep_spacing, steps_offset; clip_sample, clip_sample_range (ddpm,
+ * ddim); variance_type (ddpm); set_alpha_to_one (ddim); lower_order_final,
+ * final_sigmas_type (dpm++2m). Absent or null keys leave o as it is. Settings
+ * we do not implement are refused, never ignored: thresholding, learned
+ * variances, and for dpm++2m solver_order other than 2, other algorithm or
+ * solver types, Karras or Lu sigmas, euler_at_final. `where` names the source. */
+int dc_sampler_options_parse_config(dc_sampler_options *o, dc_sampler_kind kind, const char *json,
+                                    const char *where);
+
+typedef struct dc_sampler {
+    dc_sampler_kind kind;
+    dc_sampler_options opt;
+    dc_prediction_type prediction_type; /* the schedule's */
+    int64_t T;
+    float *alphas_cumprod; /* [T] a copy of the schedule's */
+    int n;                 /* steps: opt.num_inference_steps */
+    int64_t *timesteps;    /* [n] descending, in [0, T): the model's timestep at step i */
+    float *sigmas;         /* [n + 1] dpm++2m: sqrt((1 - acp) / acp) per step, then the final */
+    int next;              /* the step that must come next; -1 before the first */
+    /* dpm++2m's multistep state: the previous step's x0 prediction */
+    float *prev_x0;          /* [numel] */
+    int64_t prev_cap, numel; /* prev_x0's capacity; numel of this run (0 before its first step) */
+} dc_sampler;
+
+/* Build the timesteps of `kind` for o on sched (copied: sched may be freed
+ * after). Refused: n outside [1, T], unknown enum values, negative
+ * steps_offset, settings whose timesteps leave [0, T) or repeat (leading with
+ * a large steps_offset; dpm++2m with n close to T), eta < 0 or so large that a
+ * step's noise would exceed its variance (diffusers' NaN), eta or clipping
+ * where the kind has none, clip_sample_range <= 0. *s is left empty on
+ * failure (safe to free). */
+int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule *sched,
+                    const dc_sampler_options *o);
+void dc_sampler_free(dc_sampler *s);
+/* Forget the multistep state: the next step may be any index again. */
+void dc_sampler_reset(dc_sampler *s);
+
+/* Whether step i adds noise (DDPM while timesteps[i] > 0, DDIM with eta > 0). */
+int dc_sampler_step_needs_noise(const dc_sampler *s, int i);
+
+/* One step: sample (x at timesteps[i], numel floats) becomes x at the next
+ * timestep, in place, given the model's output at (x, timesteps[i]) and,
+ * when dc_sampler_step_needs_noise, standard normal noise (else NULL is
+ * fine; it is not read). Steps run in order: the first after init or reset
+ * may be any i (img2img starts late), each later one must be the next, with
+ * the same numel. model_output has the sample's shape (a model that also
+ * predicts its variance, with twice the channels, is not supported);
+ * model_output and noise may not alias sample. */
+int dc_sampler_step(dc_sampler *s, int i, const float *model_output, float *sample,
+                    const float *noise, int64_t numel);
+
+/* ---- noise: a contract ----
+ * Image k of a run (counted from 0 across the whole run, whatever the batch
+ * size) with seed `seed` draws from the Philox stream (seed, k) (rng.h).
+ * Draw d of an image is elements d * per_image .. (d + 1) * per_image - 1 of
+ * its stream, in the image's memory order (NHWC):
+ *   d = 0       the initial noise x_T, or img2img's noise for add_noise,
+ *   d = i + 1   the variance noise of step i.
+ * So image k of seed s is the same whether it is sampled alone or in any
+ * batch, and on any device. */
+#define DC_SAMPLER_DRAW_INIT 0
+#define DC_SAMPLER_DRAW_STEP(i) ((uint64_t)(i) + 1)
+
+/* out [n_images, per_image]: draw `draw` of images first_image ..
+ * first_image + n_images - 1. */
+void dc_sampler_noise(float *out, int64_t n_images, int64_t per_image, uint64_t seed,
+                      uint64_t first_image, uint64_t draw);
+
+/* ---- img2img ----
+ * diffusers' img2img pipelines start at step n - int(n * strength) and noise
+ * the clean image to that step's timestep. */
+
+/* The first step for strength in (0, 1]: n - min(int(n * strength), n).
+ * Refused when that leaves no step (int(n * strength) == 0). */
+int dc_sampler_img2img_start(const dc_sampler *s, double strength, int *first);
+/* out = scheduler.add_noise(x0, noise, timesteps[i]): sqrt(acp) x0 +
+ * sqrt(1 - acp) noise for DDPM and DDIM; DPM-Solver computes the same from
+ * its sigma of step i (its own rounding). out may alias x0 or noise. */
+int dc_sampler_add_noise(const dc_sampler *s, int i, const float *x0, const float *noise,
+                         float *out, int64_t numel);
+
+/* Classifier-free guidance as diffusers' pipelines combine the two model
+ * outputs: out = uncond + scale * (cond - uncond), in float32. out may alias
+ * either input. */
+void dc_guidance_combine(float *out, const float *uncond, const float *cond, float scale,
+                         int64_t numel);
+
+#endif
