@@ -115,9 +115,11 @@ dc_tensor *dc_q_sample(dc_ctx *ctx, dc_tensor *x0, dc_tensor *noise, dc_tensor *
  * min(snr, gamma) / (snr + 1) for v_prediction, and the paper's x0 weight
  * min(snr, gamma) for sample. Weights at acp = 0 take their limits (epsilon 1).
  *
- * Differentiable in model_output, x0 and noise. */
+ * Differentiable in model_output, x0 and noise. When `mse` is not NULL it
+ * receives each sample's unweighted mean squared error ([N], host memory):
+ * what the trainer logs per timestep range. */
 dc_tensor *dc_diffusion_loss(dc_ctx *ctx, dc_tensor *model_output, dc_tensor *x0, dc_tensor *noise,
                              dc_tensor *t, const dc_noise_schedule *s,
-                             dc_prediction_type prediction_type, float snr_gamma);
+                             dc_prediction_type prediction_type, float snr_gamma, double *mse);
 
 #endif

@@ -91,7 +91,7 @@ static int diffusion_loss_backward(dc_ctx *ctx, dc_node *n) {
 
 dc_tensor *dc_diffusion_loss(dc_ctx *ctx, dc_tensor *model_output, dc_tensor *x0, dc_tensor *noise,
                              dc_tensor *t, const dc_noise_schedule *s,
-                             dc_prediction_type prediction_type, float snr_gamma) {
+                             dc_prediction_type prediction_type, float snr_gamma, double *mse) {
     const dc_op op = DC_OP_DIFFUSION_LOSS;
     if (!op_ok(ctx, op, 3, model_output, x0, noise) || !op_ok_any(ctx, op, 1, t) ||
         !same_shape(ctx, op, "model_output", model_output, x0) ||
@@ -104,12 +104,14 @@ dc_tensor *dc_diffusion_loss(dc_ctx *ctx, dc_tensor *model_output, dc_tensor *x0
                        (double)snr_gamma);
     dc_tensor *acp = per_sample_acp(ctx, op, x0, t, s);
     dc_tensor *out = acp ? op_out(ctx, DC_F32, DC_SHAPE(1)) : NULL;
-    if (!out)
-        return NULL;
     int64_t rows = x0->shape[0];
+    if (out && !mse)
+        mse = op_scratch(ctx, (size_t)rows * sizeof *mse);
+    if (!out || !mse)
+        return NULL;
     F32(out)
     [0] = (float)cpu_diffusion_loss_forward(F32C(model_output), F32C(x0), F32C(noise), F32C(acp),
-                                            rows, x0->numel / rows, prediction_type, snr_gamma);
+                                            rows, x0->numel / rows, prediction_type, snr_gamma, mse);
     dc_node *n = op_record(ctx, op, diffusion_loss_backward, out, model_output, x0, noise);
     if (n) {
         n->saved[0] = acp;

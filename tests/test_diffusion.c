@@ -108,7 +108,7 @@ static double ref_target(dc_prediction_type p, double acp, double x0, double noi
 
 static double ref_loss(const dc_tensor *pred, const dc_tensor *x0, const dc_tensor *noise,
                        const dc_tensor *t, const dc_noise_schedule *s, dc_prediction_type p,
-                       double gamma) {
+                       double gamma, double *mse) {
     int64_t n = x0->shape[0], d = x0->numel / n;
     const float *mo = pred->data, *x = x0->data, *e = noise->data;
     const int32_t *ts = t->data;
@@ -120,6 +120,8 @@ static double ref_loss(const dc_tensor *pred, const dc_tensor *x0, const dc_tens
             se += diff * diff;
         }
         sum += ref_weight(acp, p, gamma) * se / (double)d;
+        if (mse)
+            mse[i] = se / (double)d;
     }
     return sum / (double)n;
 }
@@ -211,7 +213,7 @@ START_TEST(test_velocity_vs_get_velocity) {
         memset(zero->data, 0, (size_t)nd * sizeof(float));
         zero->requires_grad = true;
         dc_tensor *loss =
-            dc_diffusion_loss(ctx, zero, in.x0, in.noise, in.t, &s, DC_PRED_V_PREDICTION, 0.0f);
+            dc_diffusion_loss(ctx, zero, in.x0, in.noise, in.t, &s, DC_PRED_V_PREDICTION, 0.0f, NULL);
         ck_assert_msg(loss && dc_backward(ctx, loss) == 0, "%s", dc_error());
         float *v = malloc((size_t)nd * sizeof *v);
         for (int64_t i = 0; i < nd; i++)
@@ -219,7 +221,7 @@ START_TEST(test_velocity_vs_get_velocity) {
         tu_assert_close(v, want, nd, 1e-6, 1e-6, name);
         /* and predicting diffusers' velocity exactly costs (almost) nothing */
         dc_tensor *vel = fx_tensor(ctx, &f, name, DC_F32, in.x0->ndim, in.x0->shape);
-        loss = dc_diffusion_loss(ctx, vel, in.x0, in.noise, in.t, &s, DC_PRED_V_PREDICTION, 0.0f);
+        loss = dc_diffusion_loss(ctx, vel, in.x0, in.noise, in.t, &s, DC_PRED_V_PREDICTION, 0.0f, NULL);
         ck_assert_msg(loss && ((float *)loss->data)[0] < 1e-12f, "%s: loss %g", name,
                       loss ? (double)((float *)loss->data)[0] : -1.0);
         free(v);
@@ -248,7 +250,7 @@ START_TEST(test_loss_vs_diffusers) {
                          dc_prediction_type_name(preds[p]), g ? ".gamma5" : "");
                 double *want = fx_doubles(&f, name, 1);
                 dc_tensor *loss = dc_diffusion_loss(ctx, in.model_output, in.x0, in.noise, in.t, &s,
-                                                    preds[p], g ? gamma : 0.0f);
+                                                    preds[p], g ? gamma : 0.0f, NULL);
                 ck_assert_msg(loss != NULL, "%s", dc_error());
                 tu_assert_close(loss->data, want, 1, 0, 1e-5, name);
                 free(want);
@@ -309,10 +311,16 @@ START_TEST(test_loss_reference) {
             ((int32_t *)t->data)[0] = (int32_t)(c % 2 ? 0 : s.T - 1);
             for (int p = 0; p < 3; p++)
                 for (size_t g = 0; g < sizeof gammas / sizeof gammas[0]; g++) {
+                    double mse[64], want_mse[64];
+                    ck_assert_int_le(shapes[c][0], 64);
                     dc_tensor *loss =
-                        dc_diffusion_loss(ctx, pred, x0, noise, t, &s, preds[p], gammas[g]);
+                        dc_diffusion_loss(ctx, pred, x0, noise, t, &s, preds[p], gammas[g], mse);
                     ck_assert_msg(loss != NULL, "%s", dc_error());
-                    double want = ref_loss(pred, x0, noise, t, &s, preds[p], gammas[g]);
+                    double want = ref_loss(pred, x0, noise, t, &s, preds[p], gammas[g], want_mse);
+                    for (int64_t i = 0; i < shapes[c][0]; i++)
+                        ck_assert_msg(fabs(mse[i] - want_mse[i]) <= 1e-6 * want_mse[i],
+                                      "sample %lld: mse %.9g, want %.9g", (long long)i, mse[i],
+                                      want_mse[i]);
                     char what[96];
                     snprintf(what, sizeof what, "%s %s gamma %g",
                              dc_beta_schedule_name(s.config.beta_schedule),
@@ -342,7 +350,7 @@ static dc_tensor *run_q_sample(dc_ctx *ctx, dc_tensor **in, void *arg) {
 
 static dc_tensor *run_loss(dc_ctx *ctx, dc_tensor **in, void *arg) {
     loss_arg *a = arg;
-    return dc_diffusion_loss(ctx, in[0], in[1], in[2], a->t, a->s, a->p, a->gamma);
+    return dc_diffusion_loss(ctx, in[0], in[1], in[2], a->t, a->s, a->p, a->gamma, NULL);
 }
 
 START_TEST(test_q_sample_gradient) {
@@ -690,7 +698,7 @@ START_TEST(test_op_errors) {
                 "q_sample: t[2] = 1000 is outside [0, 1000)");
     a = fresh(ctx);
     ((int32_t *)a.t->data)[1] = -1;
-    expect_fail(ctx, dc_diffusion_loss(ctx, a.x, a.x, a.e, a.t, &s, DC_PRED_EPSILON, 0),
+    expect_fail(ctx, dc_diffusion_loss(ctx, a.x, a.x, a.e, a.t, &s, DC_PRED_EPSILON, 0, NULL),
                 "diffusion_loss: t[1] = -1 is outside [0, 1000)");
     a = fresh(ctx);
     expect_fail(ctx, dc_q_sample(ctx, a.x, a.e, a.t, &none),
@@ -698,16 +706,16 @@ START_TEST(test_op_errors) {
     a = fresh(ctx);
     expect_fail(ctx,
                 dc_diffusion_loss(ctx, tu_randn(ctx, DC_SHAPE(3, 32)), a.x, a.e, a.t, &s,
-                                  DC_PRED_EPSILON, 0),
+                                  DC_PRED_EPSILON, 0, NULL),
                 "diffusion_loss: model_output [3, 32] and x0 [3, 4, 4, 2] differ");
     a = fresh(ctx);
-    expect_fail(ctx, dc_diffusion_loss(ctx, a.x, a.x, a.e, a.t, &s, DC_PRED_COUNT, 0),
+    expect_fail(ctx, dc_diffusion_loss(ctx, a.x, a.x, a.e, a.t, &s, DC_PRED_COUNT, 0, NULL),
                 "diffusion_loss: unknown prediction type 3");
     const float bad_gamma[] = {-1.0f, NAN, INFINITY};
     for (int g = 0; g < 3; g++) {
         a = fresh(ctx);
         expect_fail(ctx,
-                    dc_diffusion_loss(ctx, a.x, a.x, a.e, a.t, &s, DC_PRED_SAMPLE, bad_gamma[g]),
+                    dc_diffusion_loss(ctx, a.x, a.x, a.e, a.t, &s, DC_PRED_SAMPLE, bad_gamma[g], NULL),
                     "must be 0 (off) or positive and finite");
     }
     a = fresh(ctx);
@@ -719,7 +727,7 @@ START_TEST(test_op_errors) {
                 "q_sample: x0 [0] is empty");
     /* sticky: after a failure valid inputs fail too, keeping the first message */
     a = fresh(ctx);
-    ck_assert_ptr_null(dc_diffusion_loss(ctx, a.x, a.x, a.e, a.t, NULL, DC_PRED_EPSILON, 0));
+    ck_assert_ptr_null(dc_diffusion_loss(ctx, a.x, a.x, a.e, a.t, NULL, DC_PRED_EPSILON, 0, NULL));
     ck_assert_ptr_null(dc_q_sample(ctx, a.x, a.e, a.t, &s));
     ck_assert_msg(strstr(dc_error(), "diffusion_loss: the noise schedule is not initialised"), "%s",
                   dc_error());

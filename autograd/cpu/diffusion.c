@@ -73,17 +73,21 @@ void cpu_q_sample_backward(const float *dout, float *dx0, float *dnoise, const f
 
 double cpu_diffusion_loss_forward(const float *pred, const float *x0, const float *noise,
                                   const float *acp, int64_t n, int64_t d, dc_prediction_type p,
-                                  float snr_gamma) {
+                                  float snr_gamma, double *mse) {
     double s = 0;
-#pragma omp parallel for collapse(2) reduction(+ : s) if (n * d >= CPU_PAR_MIN)
-    for (int64_t i = 0; i < n; i++)
+#pragma omp parallel for reduction(+ : s) if (n * d >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        loss_coefs c = coefs_of(acp[i], p, snr_gamma);
+        double row = 0;
         for (int64_t j = 0; j < d; j++) {
-            loss_coefs c = coefs_of(acp[i], p, snr_gamma);
             int64_t k = i * d + j;
             double e = (double)pred[k] - mix(c.cx, x0[k], c.cn, noise[k]);
-            s += c.w * e * e;
+            row += e * e;
         }
-    return s / ((double)n * (double)d);
+        mse[i] = row / (double)d;
+        s += c.w * mse[i];
+    }
+    return s / (double)n;
 }
 
 void cpu_diffusion_loss_backward(float g, const float *pred, const float *x0, const float *noise,
