@@ -2,6 +2,8 @@
  * training step (see diffusion.h). The fused ops are in ops_diffusion.c. */
 #include "diffusion.h"
 
+#include "fileio.h"
+
 #include "cpu/diffusion.h"
 #include "error.h"
 #include "rng.h"
@@ -173,7 +175,7 @@ int dc_noise_schedule_config_load(dc_noise_schedule_config *c, const char *path)
     return rc;
 }
 
-int dc_noise_schedule_config_save(const dc_noise_schedule_config *c, const char *path) {
+cJSON *dc_noise_schedule_config_to_json(const dc_noise_schedule_config *c) {
     cJSON *root = cJSON_CreateObject();
     /* the version whose DDPMScheduler these fields follow */
     int ok =
@@ -185,17 +187,19 @@ int dc_noise_schedule_config_save(const dc_noise_schedule_config *c, const char 
         cJSON_AddNumberToObject(root, "num_train_timesteps", (double)c->num_train_timesteps) &&
         cJSON_AddStringToObject(root, "prediction_type",
                                 dc_prediction_type_name(c->prediction_type));
-    char *text = ok ? cJSON_Print(root) : NULL;
+    if (!ok) {
+        cJSON_Delete(root);
+        dc_fail("scheduler config: out of memory");
+        return NULL;
+    }
+    return root;
+}
+
+int dc_noise_schedule_config_save(const dc_noise_schedule_config *c, const char *path) {
+    cJSON *root = dc_noise_schedule_config_to_json(c);
+    int rc = root ? dc_json_save(path, root) : -1;
     cJSON_Delete(root);
-    if (!text)
-        return dc_fail("%s: out of memory", path);
-    FILE *fp = fopen(path, "wb");
-    ok = fp && fputs(text, fp) >= 0 && fputc('\n', fp) != EOF;
-    int err = errno;
-    if (fp && fclose(fp) != 0 && ok)
-        ok = 0, err = errno;
-    cJSON_free(text);
-    return ok ? 0 : dc_fail("%s: cannot write: %s", path, strerror(err ? err : EIO));
+    return rc;
 }
 
 /* ---- the schedule ---- */

@@ -21,6 +21,8 @@
 
 #include "ops.h"
 
+#include <cjson/cJSON.h>
+
 #include <stdint.h>
 
 /* diffusers' beta_schedule names. */
@@ -66,6 +68,8 @@ int dc_noise_schedule_config_load(dc_noise_schedule_config *c, const char *path)
 /* Write a DDPMScheduler scheduler_config.json with these keys; diffusers fills
  * in its defaults for the rest. */
 int dc_noise_schedule_config_save(const dc_noise_schedule_config *c, const char *path);
+/* The same config as a cJSON object (NULL after dc_fail when out of memory). */
+cJSON *dc_noise_schedule_config_to_json(const dc_noise_schedule_config *c);
 
 typedef struct dc_noise_schedule {
     dc_noise_schedule_config config;
