@@ -1,6 +1,7 @@
 /* diffc: train diffusion models on your own images and put them to work.
  * main() only picks the subcommand; each one lives with its module. */
 #include "infer/commands.h"
+#include "train/train.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -12,7 +13,8 @@ typedef struct {
 } command;
 
 static const command commands[] = {
-    {"info", dc_cmd_info, "info FILE|DIR               what a weight file or checkpoint holds"},
+    {"train", dc_cmd_train, "train --config FILE [options]  train or fine-tune a UNet"},
+    {"info", dc_cmd_info, "info FILE|DIR                  what a weight file, checkpoint or dataset holds"},
 };
 
 static void usage(FILE *f) {

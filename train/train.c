@@ -1,0 +1,540 @@
+/*
+ * `diffc train`: the training loop of a diffusers UNet2DModel.
+ *
+ * One optimizer step: gradient_accumulation_steps micro-batches, each drawn
+ * from the loader (global batch index k), noised at random timesteps
+ * (q_sample), denoised by the UNet and scored by the diffusion loss; then the
+ * summed gradients are averaged, clipped, and AdamW steps at the scheduled
+ * learning rate; the EMA follows. Everything random is Philox keyed by the
+ * seed with a stream per micro-batch (see the STREAM_ constants), so a run
+ * resumed from a checkpoint draws exactly what the uninterrupted run would
+ * have drawn, and on the CPU ends with the same weights, bit for bit.
+ *
+ * Around it: sample grids every --sample-every steps (EMA weights when on),
+ * checkpoints every --checkpointing-steps (and on SIGINT/SIGTERM), the final
+ * pipeline folder in --output-dir, metrics.jsonl, TensorBoard events and the
+ * progress line.
+ */
+#include "train.h"
+
+#include "checkpoint.h"
+#include "metrics.h"
+#include "options.h"
+#include "signals.h"
+#include "tensorboard.h"
+
+#include "autograd/diffusion.h"
+#include "autograd/error.h"
+#include "autograd/fileio.h"
+#include "autograd/nn.h"
+#include "autograd/optim.h"
+#include "autograd/rng.h"
+#include "data/dataset.h"
+#include "data/image.h"
+#include "data/loader.h"
+#include "infer/generate.h"
+#include "models/unet.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Philox streams of micro-batch k under the run's seed. The loader uses
+ * streams below 2^62 (epoch shuffles) and from 2^63 (augmentation). */
+#define STREAM_BASE ((uint64_t)1 << 62)
+#define STREAM_TIMESTEPS(k) (STREAM_BASE + 4 * (uint64_t)(k))
+#define STREAM_NOISE(k) (STREAM_BASE + 4 * (uint64_t)(k) + 1)
+#define STREAM_LABEL_DROP(k) (STREAM_BASE + 4 * (uint64_t)(k) + 2)
+#define STREAM_DROPOUT(k) (STREAM_BASE + 4 * (uint64_t)(k) + 3) /* ctx->seed of the UNet's dropout */
+#define SAMPLE_SEED_OFFSET 1000003 /* the grids' seed: fixed for the run, unlike its noise */
+
+#define MAX_BAD_STEPS 5            /* non-finite steps in a row that stop the run */
+#define STATE_VERSION "1"          /* of train_state.safetensors */
+#define ACTIVATION_BYTES ((size_t)64 << 30) /* reserved lazily: only what a step touches is used */
+
+typedef struct trainer {
+    dc_train_options o;
+    cJSON *unet_json, *sched_json;
+    dc_unet_config ucfg;
+    dc_unet unet;
+    dc_params ps;
+    dc_noise_schedule sched;
+    dc_dataset ds;
+    dc_loader *loader;
+    dc_adamw opt;
+    dc_ema ema;
+    dc_lr_schedule lr_schedule;
+    dc_ctx ctx;
+    double *mse;             /* [train_batch_size] per-sample loss of the last micro-batch */
+    int null_class;          /* -1: unconditional */
+    int64_t step, total;     /* optimizer steps done, and in all */
+    int bad_steps;           /* non-finite steps in a row */
+    dc_metrics *metrics;
+    dc_tb_writer *tb;
+    dc_progress progress;
+} trainer;
+
+/* What one optimizer step measured. */
+typedef struct step_stats {
+    double loss, grad_norm, lr, images_per_s;
+    double q_sum[4];         /* loss per timestep quartile, summed */
+    int q_n[4];
+} step_stats;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ---- setting up ---- */
+
+static int resolve_device(const char *name) {
+    if (!strcmp(name, "auto") || !strcmp(name, "cpu"))
+        return 0;
+    return dc_fail("--device %s: this build trains on the CPU only (the CUDA kernels are not "
+                   "written yet); use --device cpu", name);
+}
+
+/* The UNet config: from --pretrained-model's folder, or --model. */
+static int load_model_config(trainer *tr, char **weights) {
+    char *config_path = NULL;
+    *weights = NULL;
+    if (tr->o.pretrained_model) {
+        if (dc_pretrained_find(tr->o.pretrained_model, &config_path, weights))
+            return -1;
+        tr->unet_json = dc_json_load(config_path);
+    } else
+        tr->unet_json = dc_train_options_model_config(&tr->o);
+    int rc = -1;
+    char *text = tr->unet_json ? dc_json_print(tr->unet_json, true) : NULL;
+    if (text)
+        rc = dc_unet_config_parse(&tr->ucfg, text, config_path ? config_path : "the model config");
+    free(text);
+    free(config_path);
+    if (!rc && !isnan(tr->o.dropout))
+        tr->ucfg.dropout = (float)tr->o.dropout;
+    return rc;
+}
+
+static int load_schedule(trainer *tr) {
+    dc_noise_schedule_config c = dc_noise_schedule_default_config();
+    c.num_train_timesteps = tr->o.ddpm_num_steps;
+    if (dc_beta_schedule_parse(tr->o.ddpm_beta_schedule, &c.beta_schedule) ||
+        dc_prediction_type_parse(tr->o.prediction_type, &c.prediction_type) ||
+        dc_noise_schedule_init(&tr->sched, &c))
+        return -1;
+    tr->sched_json = dc_noise_schedule_config_to_json(&c);
+    return tr->sched_json ? 0 : -1;
+}
+
+/* The data must fit the model: channels, classes, a size the UNet can halve. */
+static int check_data_fits(const trainer *tr) {
+    const dc_unet_config *u = &tr->ucfg;
+    int halvings = 1 << (u->levels - 1);
+    if (tr->o.resolution % halvings)
+        return dc_fail("--resolution %" PRId64 " is not divisible by %d, which the model's %d levels "
+                       "of down-sampling need", tr->o.resolution, halvings, u->levels);
+    if (tr->ds.c != u->in_channels)
+        return dc_fail("%s: the images have %d channels, the model's in_channels is %d",
+                       tr->o.train_data_dir, tr->ds.c, u->in_channels);
+    if (tr->null_class >= 0 && tr->ds.num_classes == 0)
+        return dc_fail("%s: the model is class-conditional (num_class_embeds %d) but the data has "
+                       "no labels", tr->o.train_data_dir, u->num_class_embeds);
+    if (tr->null_class >= 0 && tr->ds.num_classes > tr->null_class)
+        return dc_fail("%s: %d classes, but num_class_embeds %d leaves room for %d (the last label "
+                       "is the 'no class' label of classifier-free guidance)",
+                       tr->o.train_data_dir, tr->ds.num_classes, u->num_class_embeds, tr->null_class);
+    return 0;
+}
+
+static int open_data(trainer *tr) {
+    dc_dataset_options d = {.resolution = (int)tr->o.resolution,
+                            .channels = tr->ucfg.in_channels,
+                            .cache_dir = tr->o.cache_dir,
+                            .strict = tr->o.strict};
+    if (dc_dataset_open(&tr->ds, tr->o.train_data_dir, &d) || check_data_fits(tr))
+        return -1;
+    int64_t workers = tr->o.dataloader_num_workers;
+    if (workers == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        workers = cores < 1 ? 1 : cores > 8 ? 8 : cores;
+    }
+    int64_t per_step = tr->o.train_batch_size * tr->o.gradient_accumulation_steps;
+    tr->total = tr->o.max_train_steps ? tr->o.max_train_steps
+                                      : tr->o.num_epochs * ((tr->ds.count + per_step - 1) / per_step);
+    dc_loader_config lc = {.ds = &tr->ds,
+                           .batch_size = (int)tr->o.train_batch_size,
+                           .rank = 0,
+                           .world = 1,
+                           .seed = (uint64_t)tr->o.seed,
+                           .threads = (int)workers,
+                           .prefetch = 2,
+                           .flip = tr->o.random_flip};
+    return dc_loader_open(&tr->loader, &lc, tr->step * tr->o.gradient_accumulation_steps);
+}
+
+static int setup_model(trainer *tr, const char *pretrained_weights) {
+    dc_params_init(&tr->ps);
+    tr->null_class = dc_unet_null_class(&tr->ucfg);
+    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) || dc_params_alloc(&tr->ps, (uint64_t)tr->o.seed))
+        return -1;
+    if (pretrained_weights && dc_params_load(&tr->ps, NULL, pretrained_weights, dc_unet_rename))
+        return -1;
+    if (dc_adamw_init(&tr->opt, tr->ps.total, tr->o.adam_beta1, tr->o.adam_beta2, tr->o.adam_epsilon,
+                      tr->o.adam_weight_decay) ||
+        dc_lr_schedule_parse(tr->o.lr_scheduler, &tr->lr_schedule))
+        return -1;
+    if (tr->o.use_ema) {
+        dc_ema_config e = dc_ema_default_config();
+        e.decay = tr->o.ema_max_decay;
+        e.use_ema_warmup = true; /* as diffusers' train_unconditional */
+        e.inv_gamma = tr->o.ema_inv_gamma;
+        e.power = tr->o.ema_power;
+        if (dc_ema_init(&tr->ema, tr->ps.data, tr->ps.total, &e))
+            return -1;
+    }
+    tr->mse = malloc((size_t)tr->o.train_batch_size * sizeof *tr->mse);
+    if (!tr->mse)
+        return dc_fail("out of memory");
+    return dc_ctx_init(&tr->ctx, DC_CPU, ACTIVATION_BYTES);
+}
+
+/* ---- checkpoints ---- */
+
+static dc_pipeline pipeline_of(const trainer *tr) {
+    return (dc_pipeline){.unet_config = tr->unet_json,
+                         .scheduler_config = tr->sched_json,
+                         .params = &tr->ps,
+                         .ema = tr->o.use_ema ? tr->ema.shadow : NULL};
+}
+
+static int save_checkpoint(trainer *tr) {
+    char step[24], adam_step[24], ema_step[24], cursor[24];
+    snprintf(step, sizeof step, "%" PRId64, tr->step);
+    snprintf(adam_step, sizeof adam_step, "%" PRId64, tr->opt.step);
+    snprintf(ema_step, sizeof ema_step, "%" PRId64, tr->o.use_ema ? tr->ema.optimization_step : 0);
+    snprintf(cursor, sizeof cursor, "%" PRId64, dc_loader_cursor(tr->loader));
+    cJSON *cfg = dc_train_options_to_json(&tr->o);
+    char *cfg_text = cfg ? dc_json_print(cfg, false) : NULL;
+    cJSON_Delete(cfg);
+    if (!cfg_text)
+        return -1;
+    int64_t shape[1] = {(int64_t)tr->ps.total};
+    size_t bytes = tr->ps.total * sizeof(float);
+    dc_st_tensor tensors[2] = {
+        {.name = "adamw.exp_avg", .dtype = DC_F32, .ndim = 1, .data = tr->opt.m, .nbytes = bytes},
+        {.name = "adamw.exp_avg_sq", .dtype = DC_F32, .ndim = 1, .data = tr->opt.v, .nbytes = bytes},
+    };
+    tensors[0].shape[0] = tensors[1].shape[0] = shape[0];
+    const char *keys[] = {"format_version", "step", "adamw_step", "ema_step", "loader_cursor",
+                          "bad_steps", "train_config"};
+    char bad[16];
+    snprintf(bad, sizeof bad, "%d", tr->bad_steps);
+    const char *values[] = {STATE_VERSION, step, adam_step, ema_step, cursor, bad, cfg_text};
+    dc_train_state state = {.tensors = tensors, .n = 2, .meta_keys = keys, .meta_values = values,
+                            .n_meta = 7};
+    dc_pipeline p = pipeline_of(tr);
+    int rc = dc_checkpoint_save(tr->o.output_dir, tr->step, &p, &state, NULL, NULL);
+    free(cfg_text);
+    if (!rc)
+        rc = dc_checkpoint_prune(tr->o.output_dir, tr->o.checkpoints_total_limit);
+    if (!rc)
+        dc_progress_note(&tr->progress, "saved %s/checkpoint-%" PRId64, tr->o.output_dir, tr->step);
+    return rc;
+}
+
+static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
+    const char *v = dc_st_meta(f, key);
+    char *end;
+    if (!v || (*out = strtoll(v, &end, 10), *end) || *out < 0)
+        return dc_fail("train_state.safetensors: metadata '%s' is missing or not a count", key);
+    return 0;
+}
+
+/* Copy a moment buffer of the optimizer back from the train state. */
+static int restore_moment(const dc_st_file *f, const char *name, float *dst, size_t n) {
+    const dc_st_tensor *t = dc_st_find(f, name);
+    if (!t || t->dtype != DC_F32 || t->nbytes != n * sizeof(float))
+        return dc_fail("train_state.safetensors: '%s' is missing or not %zu f32 values", name, n);
+    memcpy(dst, t->data, t->nbytes);
+    return 0;
+}
+
+static int resume(trainer *tr) {
+    char *dir = NULL;
+    if (!tr->o.resume_from_checkpoint)
+        return 0;
+    if (dc_checkpoint_resolve(tr->o.output_dir, tr->o.resume_from_checkpoint, &dir))
+        return -1;
+    if (!dir) /* "latest" before the first checkpoint: a new run, as in diffusers */
+        return 0;
+    dc_st_file state = {0};
+    int64_t adam_step = 0, ema_step = 0, bad = 0;
+    int rc = dc_checkpoint_load(dir, &tr->ps, NULL, tr->o.use_ema ? tr->ema.shadow : NULL, &state);
+    if (!rc && (!dc_st_meta(&state, "format_version") ||
+                strcmp(dc_st_meta(&state, "format_version"), STATE_VERSION)))
+        rc = dc_fail("%s: train_state.safetensors has another format version", dir);
+    rc = rc || meta_int(&state, "step", &tr->step) || meta_int(&state, "adamw_step", &adam_step) ||
+         meta_int(&state, "ema_step", &ema_step) || meta_int(&state, "bad_steps", &bad) ||
+         restore_moment(&state, "adamw.exp_avg", tr->opt.m, tr->ps.total) ||
+         restore_moment(&state, "adamw.exp_avg_sq", tr->opt.v, tr->ps.total);
+    if (!rc) {
+        tr->opt.step = adam_step;
+        tr->ema.optimization_step = ema_step;
+        tr->bad_steps = (int)bad;
+        fprintf(stderr, "diffc: resuming from %s at step %" PRId64 "\n", dir, tr->step);
+    }
+    dc_st_close(&state);
+    free(dir);
+    return rc ? -1 : 0;
+}
+
+/* ---- one step ---- */
+
+/* Labels of the batch, with --cond-drop-prob of them replaced by the null class. */
+static dc_tensor *batch_labels(trainer *tr, const dc_batch *b, int64_t k) {
+    if (tr->null_class < 0)
+        return NULL;
+    dc_tensor *y = dc_from_host(&tr->ctx, DC_I32, DC_SHAPE(b->n), b->labels);
+    for (int i = 0; y && i < b->n; i++)
+        if (dc_rand_uniform((uint64_t)tr->o.seed, STREAM_LABEL_DROP(k), (uint64_t)i) <
+            tr->o.cond_drop_prob)
+            ((int32_t *)y->data)[i] = tr->null_class;
+    return y;
+}
+
+/* Forward and backward of micro-batch k; gradients add up in the flat buffer. */
+static int micro_step(trainer *tr, int64_t k, step_stats *st) {
+    const dc_batch *b = dc_loader_next(tr->loader);
+    if (!b)
+        return -1;
+    dc_ctx *ctx = &tr->ctx;
+    uint64_t seed = (uint64_t)tr->o.seed;
+    dc_ctx_reset(ctx);
+    ctx->seed = dc_rand_block(seed, STREAM_DROPOUT(k), 0).w[0] | (uint64_t)k << 32;
+    dc_tensor *x0 = dc_from_host(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c), b->images);
+    dc_tensor *noise = dc_new(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c));
+    dc_tensor *t = dc_new(ctx, DC_I32, DC_SHAPE(b->n));
+    if (!x0 || !noise || !t || dc_sample_noise(noise, seed, STREAM_NOISE(k), 0) ||
+        dc_sample_timesteps(&tr->sched, t, seed, STREAM_TIMESTEPS(k), 0))
+        return -1;
+    dc_tensor *xt = dc_q_sample(ctx, x0, noise, t, &tr->sched);
+    dc_tensor *pred = dc_unet_forward(ctx, &tr->unet, xt, t, batch_labels(tr, b, k));
+    dc_tensor *loss = dc_diffusion_loss(ctx, pred, x0, noise, t, &tr->sched,
+                                        tr->sched.config.prediction_type, (float)tr->o.snr_gamma, tr->mse);
+    if (!loss || dc_backward(ctx, loss))
+        return -1;
+    st->loss += ((float *)loss->data)[0];
+    for (int i = 0; i < b->n; i++) {
+        int q = (int)(((int32_t *)t->data)[i] * 4 / tr->sched.T);
+        st->q_sum[q] += tr->mse[i];
+        st->q_n[q]++;
+    }
+    return 0;
+}
+
+/* One optimizer step; a non-finite loss or gradient skips it (counted). */
+static int optimizer_step(trainer *tr, step_stats *st) {
+    int64_t accum = tr->o.gradient_accumulation_steps;
+    double t0 = now();
+    dc_params_zero_grad(&tr->ps);
+    for (int64_t a = 0; a < accum; a++)
+        if (micro_step(tr, tr->step * accum + a, st))
+            return -1;
+    st->loss /= (double)accum;
+    if (accum > 1)
+        for (size_t i = 0; i < tr->ps.total; i++)
+            tr->ps.grad[i] /= (float)accum;
+    st->grad_norm = dc_grad_clip_norm(tr->ps.grad, tr->ps.total, tr->o.max_grad_norm);
+    st->lr = dc_lr_at(tr->lr_schedule, tr->o.learning_rate, tr->step, tr->o.lr_warmup_steps, tr->total);
+    tr->step++;
+    if (!isfinite(st->loss) || !isfinite(st->grad_norm)) {
+        dc_progress_note(&tr->progress, "step %" PRId64 ": non-finite loss or gradient, skipped",
+                         tr->step);
+        if (++tr->bad_steps >= MAX_BAD_STEPS)
+            return dc_fail("%d steps in a row had a non-finite loss or gradient: stopping (lower "
+                           "--learning-rate?); the last checkpoint is kept", tr->bad_steps);
+    } else {
+        tr->bad_steps = 0;
+        dc_adamw_step(&tr->opt, tr->ps.data, tr->ps.grad, st->lr);
+        if (tr->o.use_ema)
+            dc_ema_step(&tr->ema, tr->ps.data);
+    }
+    st->images_per_s = (double)(accum * tr->o.train_batch_size) / (now() - t0);
+    return 0;
+}
+
+/* ---- reporting ---- */
+
+static int log_step(trainer *tr, const step_stats *st) {
+    dc_metrics_row r = {.step = tr->step, .loss = st->loss, .lr = st->lr,
+                        .grad_norm = st->grad_norm, .images_per_s = st->images_per_s};
+    for (int q = 0; q < 4; q++)
+        r.loss_t_quartiles[q] = st->q_n[q] ? st->q_sum[q] / st->q_n[q] : NAN;
+    dc_progress_step(&tr->progress, tr->step, st->loss, st->lr, st->images_per_s);
+    if (tr->step % tr->o.logging_steps && tr->step != tr->total)
+        return 0;
+    return dc_metrics_write(tr->metrics, &r, NULL) || dc_tb_scalar(tr->tb, "train/loss", tr->step, st->loss) ||
+           dc_tb_scalar(tr->tb, "train/lr", tr->step, st->lr) ||
+           dc_tb_scalar(tr->tb, "train/grad_norm", tr->step, st->grad_norm) ||
+           dc_tb_scalar(tr->tb, "train/images_per_s", tr->step, st->images_per_s);
+}
+
+/* The images of a grid laid out as one picture. */
+static int grid_of(const float *px, int64_t n, int h, int w, int c, dc_image *grid) {
+    dc_image *imgs = calloc((size_t)n, sizeof *imgs);
+    int rc = imgs ? 0 : dc_fail("out of memory");
+    for (int64_t i = 0; !rc && i < n; i++)
+        if (!(rc = dc_image_alloc(&imgs[i], w, h, c)))
+            dc_float_to_u8(imgs[i].px, px + i * h * w * c, (size_t)h * w * c);
+    int cols = (int)ceil(sqrt((double)n));
+    if (!rc)
+        rc = dc_image_grid(grid, imgs, (int)n, cols, 2);
+    for (int64_t i = 0; imgs && i < n; i++)
+        dc_image_free(&imgs[i]);
+    free(imgs);
+    return rc;
+}
+
+/* A fixed-seed grid (DDIM, EMA weights when on) into samples/step-N.png and TensorBoard. */
+static int sample_grid(trainer *tr) {
+    int64_t n = tr->o.eval_batch_size, h = tr->ds.h, w = tr->ds.w, c = tr->ds.c;
+    float *px = malloc((size_t)(n * h * w * c) * sizeof *px), *keep = NULL;
+    int32_t *labels = tr->null_class >= 0 ? malloc((size_t)n * sizeof *labels) : NULL;
+    dc_sampler s = {0};
+    dc_sampler_options so = dc_sampler_default_options(DC_SAMPLER_DDIM);
+    so.num_inference_steps = (int)tr->o.ddpm_num_inference_steps;
+    int rc = px && (tr->null_class < 0 || labels) ? 0 : dc_fail("out of memory for the sample grid");
+    for (int64_t i = 0; labels && i < n; i++)
+        labels[i] = (int32_t)(i % tr->ds.num_classes);
+    if (!rc && tr->o.use_ema) { /* sample with the averaged weights */
+        keep = malloc(tr->ps.total * sizeof *keep);
+        rc = keep ? 0 : dc_fail("out of memory for the sample grid");
+        if (keep) {
+            memcpy(keep, tr->ps.data, tr->ps.total * sizeof *keep);
+            memcpy(tr->ps.data, tr->ema.shadow, tr->ps.total * sizeof *keep);
+        }
+    }
+    dc_generate_request r = {.unet = &tr->unet, .sampler = &s, .n = n, .batch = n, .h = (int)h,
+                             .w = (int)w, .labels = labels, .guidance_scale = 1.0f,
+                             .seed = (uint64_t)tr->o.seed + SAMPLE_SEED_OFFSET};
+    if (!rc)
+        rc = dc_sampler_init(&s, DC_SAMPLER_DDIM, &tr->sched, &so) || dc_generate(&tr->ctx, &r, px);
+    if (keep)
+        memcpy(tr->ps.data, keep, tr->ps.total * sizeof *keep);
+    dc_image grid = {0};
+    char name[64], *dir = NULL, *path = NULL;
+    snprintf(name, sizeof name, "step-%06" PRId64 ".png", tr->step);
+    if (!rc && !(rc = grid_of(px, n, (int)h, (int)w, (int)c, &grid)) &&
+        (dir = dc_path_join(tr->o.output_dir, "samples")) && !(rc = dc_mkdirs(dir)) &&
+        (path = dc_path_join(dir, name)))
+        rc = dc_image_save_png(&grid, path) || dc_tb_image(tr->tb, "samples", tr->step, &grid);
+    if (!rc && path)
+        dc_progress_note(&tr->progress, "sample grid: %s", path);
+    dc_image_free(&grid);
+    dc_sampler_free(&s);
+    free(path);
+    free(dir);
+    free(keep);
+    free(labels);
+    free(px);
+    return rc;
+}
+
+/* ---- the run ---- */
+
+static int open_outputs(trainer *tr) {
+    char *metrics = dc_path_join(tr->o.output_dir, "metrics.jsonl");
+    char *logs = dc_path_join(tr->o.output_dir, tr->o.logging_dir);
+    int rc = metrics && logs ? 0 : -1;
+    if (!rc)
+        rc = dc_metrics_open(&tr->metrics, metrics, tr->step) || dc_tb_open(&tr->tb, logs, tr->step);
+    free(metrics);
+    free(logs);
+    dc_progress_init(&tr->progress, stderr, tr->step, tr->total, tr->o.logging_steps);
+    return rc;
+}
+
+static int run(trainer *tr) {
+    step_stats st = {0};
+    while (tr->step < tr->total && !dc_signals_caught()) {
+        memset(&st, 0, sizeof st);
+        if (optimizer_step(tr, &st) || log_step(tr, &st))
+            return -1;
+        if (tr->o.sample_every && tr->step % tr->o.sample_every == 0 && sample_grid(tr))
+            return -1;
+        if (tr->o.checkpointing_steps && tr->step % tr->o.checkpointing_steps == 0 &&
+            tr->step < tr->total && save_checkpoint(tr))
+            return -1;
+    }
+    if (save_checkpoint(tr))
+        return -1;
+    if (dc_signals_caught())
+        return 0;
+    /* the final model: the output folder itself is a pipeline, EMA weights as the UNet when on */
+    dc_pipeline p = pipeline_of(tr);
+    if (tr->o.use_ema)
+        p.weights = tr->ema.shadow;
+    if (dc_pipeline_save(tr->o.output_dir, &p))
+        return -1;
+    dc_progress_done(&tr->progress, tr->step, st.loss, st.images_per_s);
+    return 0;
+}
+
+static void trainer_free(trainer *tr) {
+    dc_loader_close(tr->loader);
+    dc_dataset_close(&tr->ds);
+    dc_metrics_close(tr->metrics);
+    dc_tb_close(tr->tb);
+    dc_ctx_free(&tr->ctx);
+    if (tr->o.use_ema)
+        dc_ema_free(&tr->ema);
+    dc_adamw_free(&tr->opt);
+    dc_unet_free(&tr->unet);
+    dc_params_free(&tr->ps);
+    dc_unet_config_free(&tr->ucfg);
+    dc_noise_schedule_free(&tr->sched);
+    cJSON_Delete(tr->unet_json);
+    cJSON_Delete(tr->sched_json);
+    free(tr->mse);
+    dc_train_options_free(&tr->o);
+}
+
+static int setup(trainer *tr) {
+    char *pretrained = NULL;
+    int rc = resolve_device(tr->o.device) || dc_dir_check_writable(tr->o.output_dir) ||
+             load_model_config(tr, &pretrained) || load_schedule(tr) || setup_model(tr, pretrained) ||
+             resume(tr) || open_data(tr) || dc_train_options_save(&tr->o, tr->o.output_dir) ||
+             open_outputs(tr);
+    free(pretrained);
+    if (!rc && strcmp(tr->o.mixed_precision, "no"))
+        fprintf(stderr, "diffc: note: --mixed-precision %s applies on the GPU; the CPU computes in f32\n",
+                tr->o.mixed_precision);
+    return rc ? -1 : 0;
+}
+
+int dc_cmd_train(int argc, char **argv) {
+    trainer tr = {0};
+    int rc = dc_train_options_parse(&tr.o, argc, argv);
+    if (rc == DC_TRAIN_OPTIONS_HELP) {
+        dc_train_options_help(stdout);
+        dc_train_options_free(&tr.o);
+        return 0;
+    }
+    if (rc == 0) {
+        dc_train_options_print(&tr.o, stderr);
+        rc = setup(&tr) || dc_signals_install() || run(&tr) ? -1 : 0;
+    }
+    int status = rc == DC_TRAIN_OPTIONS_USAGE ? 2 : rc ? 1 : 0;
+    if (rc && rc != DC_TRAIN_OPTIONS_USAGE)
+        fprintf(stderr, "%sdiffc: error: %s\n", tr.progress.tty ? "\n" : "", dc_error());
+    int sig = dc_signals_caught();
+    dc_signals_restore();
+    trainer_free(&tr);
+    return !rc && sig ? dc_signals_exit_status(sig) : status;
+}
