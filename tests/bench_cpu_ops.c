@@ -8,7 +8,7 @@
  * scripts/bench.sh sets the thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS)
  * and compares the two.
  *
- * usage: bench_cpu_ops [--reps N] [--warmup N]
+ * usage: bench_cpu_ops [--reps N] [--warmup N] [--case SUBSTRING]
  */
 #include "autograd/error.h"
 #include "autograd/ops.h"
@@ -49,7 +49,7 @@ typedef struct {
 
 static double now(void) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(getenv("BENCH_CPUTIME") ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -136,13 +136,16 @@ static int bench_linear(dc_ctx *ctx, const linear_case *c, int reps, int warmup)
 
 int main(int argc, char **argv) {
     int reps = 5, warmup = 2;
+    const char *only = ""; /* run the cases whose names contain this */
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && !strcmp(argv[i], "--reps"))
             reps = atoi(argv[++i]);
         else if (i + 1 < argc && !strcmp(argv[i], "--warmup"))
             warmup = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--case"))
+            only = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--warmup N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--reps N] [--warmup N] [--case SUBSTRING]\n", argv[0]);
             return 2;
         }
     }
@@ -157,9 +160,11 @@ int main(int argc, char **argv) {
     }
     int rc = 0;
     for (size_t i = 0; i < sizeof convs / sizeof convs[0] && !rc; i++)
-        rc = bench_conv(&ctx, &convs[i], reps, warmup);
+        if (strstr(convs[i].name, only))
+            rc = bench_conv(&ctx, &convs[i], reps, warmup);
     for (size_t i = 0; i < sizeof linears / sizeof linears[0] && !rc; i++)
-        rc = bench_linear(&ctx, &linears[i], reps, warmup);
+        if (strstr(linears[i].name, only))
+            rc = bench_linear(&ctx, &linears[i], reps, warmup);
     if (rc)
         fprintf(stderr, "bench_cpu_ops: %s\n", dc_error());
     dc_ctx_free(&ctx);

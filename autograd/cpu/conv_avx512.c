@@ -1,0 +1,248 @@
+/* AVX-512 direct convolution (see conv_avx512.h).
+ *
+ * Forward: a tile is FP consecutive output pixels times up to 64 output
+ * channels (VJ vectors): FP * VJ accumulators in registers. For every kernel
+ * row the input under a pixel is kw * c contiguous floats, and the packed
+ * weights are contiguous in the same order, so the inner loop broadcasts one
+ * input float per pixel and multiplies it into VJ weight vectors.
+ *
+ * Filter gradient: a tile is FR output channels times up to 64 input
+ * channels of one kernel tap, summed over output pixels: per pixel, FR
+ * broadcasts of dy and VJ vectors of x. Output rows are taken a group at a
+ * time, small enough to stay in cache while every tile walks them.
+ *
+ * The tile functions are always inlined with constant sizes, so the compiler
+ * keeps the accumulator arrays in registers. */
+#include "conv_avx512.h"
+
+#include <immintrin.h>
+
+#define TARGET __attribute__((target("avx512f,fma")))
+#define INLINE static inline __attribute__((always_inline)) TARGET
+
+enum {
+    FP = 6,  /* output pixels per forward tile */
+    FR = 6,  /* output channels per filter-gradient tile */
+    VJ = 4,  /* 16-float vectors of channels per tile */
+    LANES = 16,
+};
+_Static_assert(VJ * LANES == CPU_DIRECT_BLOCK, "a forward tile spans one block of packed weights");
+
+/* Forward: tiles per work item, and the bytes of weights one pass over a
+ * strip may use (whole kernel rows; the output takes the partial sums). */
+#define STRIP 32
+#define PANEL_BYTES (256 * 1024)
+/* Bytes of dy and x per group of output rows in the filter gradient. */
+#define GROUP_BYTES (512 * 1024)
+
+bool cpu_avx512_available(void) {
+    static int known = -1; /* every thread computes the same answer, so a race is harmless */
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    }
+    return known;
+}
+
+/* Lanes [0, n) of a vector, n clamped to [0, 16]. */
+INLINE __mmask16 lanes(int64_t n) {
+    return n >= LANES ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* ---- forward ---- */
+
+/* Adds kernel rows [ky0, ky1) into the tile of pixels pix0 .. pix0 + np
+ * (np <= FP) and channels j0 .. j0 + 16 nj. The first rows start the output
+ * (with the bias) unless d->accumulate; later rows add to it. */
+INLINE void forward_tile(const cpu_direct_conv *d, const int nj, int64_t pix0, int np, int64_t j0,
+                         int64_t ky0, int64_t ky1) {
+    const float *src[FP];
+    float *dst[FP];
+    int64_t img = pix0 / (d->ho * d->wo), oy = pix0 / d->wo % d->ho, ox = pix0 % d->wo;
+    for (int p = 0; p < FP; p++) { /* missing pixels repeat the last; their sums are dropped */
+        src[p] = d->src + ((img * d->hp + oy * d->stride) * d->wp + ox * d->stride) * d->c;
+        dst[p] = d->out + ((img * d->out_h + oy * d->out_step) * d->out_w + ox * d->out_step) * d->co;
+        if (p + 1 < np && ++ox == d->wo) {
+            ox = 0;
+            if (++oy == d->ho)
+                oy = 0, img++;
+        }
+    }
+    __m512 acc[FP][VJ];
+#pragma GCC unroll 16
+    for (int p = 0; p < FP; p++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            acc[p][j] = _mm512_setzero_ps();
+    const int64_t row = d->kw * d->c;
+    const float *wb = d->w + j0 * d->kh * row; /* this block: [kh, kw, c, 64] */
+    for (int64_t ky = ky0; ky < ky1; ky++) {
+        const float *wk = wb + ky * row * CPU_DIRECT_BLOCK;
+        const int64_t so = ky * d->wp * d->c;
+#pragma GCC unroll 2
+        for (int64_t q = 0; q < row; q++) {
+            __m512 wv[VJ];
+#pragma GCC unroll 4
+            for (int j = 0; j < nj; j++)
+                wv[j] = _mm512_loadu_ps(wk + q * CPU_DIRECT_BLOCK + j * LANES);
+#pragma GCC unroll 16
+            for (int p = 0; p < FP; p++) {
+                __m512 a = _mm512_set1_ps(src[p][so + q]);
+#pragma GCC unroll 4
+                for (int j = 0; j < nj; j++)
+                    acc[p][j] = _mm512_fmadd_ps(a, wv[j], acc[p][j]);
+            }
+        }
+    }
+    const bool add_out = d->accumulate || ky0 > 0, add_bias = d->bias && ky0 == 0;
+#pragma GCC unroll 16
+    for (int p = 0; p < FP; p++) {
+        if (p >= np)
+            break;
+        float *o = dst[p] + j0;
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++) {
+            __mmask16 m = lanes(d->co - j0 - j * LANES);
+            __m512 v = acc[p][j];
+            if (add_bias)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d->bias + j0 + j * LANES));
+            if (add_out)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o + j * LANES));
+            _mm512_mask_storeu_ps(o + j * LANES, m, v);
+        }
+    }
+}
+
+/* A strip of tiles [t0, t1) of the channel block at j0, kernel rows [ky0, ky1). */
+static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t1, int64_t j0,
+                                 int64_t ky0, int64_t ky1) {
+    const int64_t pix = d->n * d->ho * d->wo, left = (d->co - j0 + LANES - 1) / LANES;
+    const int nj = left < VJ ? (int)left : VJ;
+    for (int64_t t = t0; t < t1; t++) {
+        int np = (int)(pix - t * FP < FP ? pix - t * FP : FP);
+        switch (nj) {
+        case 1: forward_tile(d, 1, t * FP, np, j0, ky0, ky1); break;
+        case 2: forward_tile(d, 2, t * FP, np, j0, ky0, ky1); break;
+        case 3: forward_tile(d, 3, t * FP, np, j0, ky0, ky1); break;
+        default: forward_tile(d, VJ, t * FP, np, j0, ky0, ky1); break;
+        }
+    }
+}
+
+void cpu_avx512_conv_forward(const cpu_direct_conv *d) {
+    const int64_t pix = d->n * d->ho * d->wo, tiles = (pix + FP - 1) / FP;
+    const int64_t strips = (tiles + STRIP - 1) / STRIP;
+    const int64_t blocks = (d->co + CPU_DIRECT_BLOCK - 1) / CPU_DIRECT_BLOCK;
+    /* kernel rows per pass: the weights they need of one channel block stay in cache */
+    const int64_t row_bytes = d->kw * d->c * CPU_DIRECT_BLOCK * (int64_t)sizeof(float);
+    const int64_t rows = PANEL_BYTES / row_bytes > 1 ? PANEL_BYTES / row_bytes : 1;
+#pragma omp parallel for schedule(static) if (pix * d->co * d->kh * d->kw * d->c >= 1 << 20)
+    for (int64_t t = 0; t < blocks * strips; t++) {
+        int64_t j0 = t / strips * CPU_DIRECT_BLOCK, t0 = t % strips * STRIP;
+        int64_t t1 = t0 + STRIP < tiles ? t0 + STRIP : tiles;
+        for (int64_t ky0 = 0; ky0 < d->kh; ky0 += rows)
+            forward_strip(d, t0, t1, j0, ky0, ky0 + rows < d->kh ? ky0 + rows : d->kh);
+    }
+}
+
+/* ---- filter gradient ---- */
+
+/* Output columns ox whose input column ox * stride - pad + kx lies in [0, w): [*lo, *hi). */
+static void valid_columns(const cpu_conv_geom *g, int64_t kx, int64_t *lo, int64_t *hi) {
+    int64_t a = g->pad - kx, b = g->w - 1 + g->pad - kx; /* need a <= ox * stride <= b */
+    *lo = a <= 0 ? 0 : (a + g->stride - 1) / g->stride;
+    *hi = b < 0 ? 0 : b / g->stride + 1;
+    if (*hi > g->wo)
+        *hi = g->wo;
+}
+
+/* The tile of output channels co0 .. co0 + nr, input channels ci0 .. ci0 + 16 nj
+ * (the last vector masked to cin) at tap (ky, kx), summed over output rows [u0, u1). */
+INLINE void filter_tile(const cpu_conv_geom *g, const int nr, const int nj, const float *dy,
+                        const float *x, float *dw, int64_t ky, int64_t kx, int64_t co0,
+                        int64_t ci0, int64_t u0, int64_t u1) {
+    const int64_t C = g->cin, step = g->stride * C;
+    const __mmask16 last = lanes(C - ci0 - (nj - 1) * LANES);
+    int64_t lo, hi;
+    valid_columns(g, kx, &lo, &hi);
+    __m512 acc[FR][VJ];
+#pragma GCC unroll 16
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t img = u / g->ho, oy = u % g->ho, iy = oy * g->stride - g->pad + ky;
+        if (iy < 0 || iy >= g->h)
+            continue;
+        const float *xs = x + ((img * g->h + iy) * g->w + lo * g->stride - g->pad + kx) * C + ci0;
+        const float *d = dy + (u * g->wo + lo) * g->cout + co0;
+        for (int64_t ox = lo; ox < hi; ox++, xs += step, d += g->cout) {
+            __m512 xv[VJ];
+#pragma GCC unroll 4
+            for (int j = 0; j < nj; j++)
+                xv[j] = j < nj - 1 ? _mm512_loadu_ps(xs + j * LANES)
+                                   : _mm512_maskz_loadu_ps(last, xs + j * LANES);
+#pragma GCC unroll 16
+            for (int r = 0; r < nr; r++) {
+                __m512 a = _mm512_set1_ps(d[r]);
+#pragma GCC unroll 4
+                for (int j = 0; j < nj; j++)
+                    acc[r][j] = _mm512_fmadd_ps(a, xv[j], acc[r][j]);
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < nr; r++) {
+        float *o = dw + (((co0 + r) * g->kh + ky) * g->kw + kx) * C + ci0;
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++) {
+            __mmask16 m = j < nj - 1 ? (__mmask16)0xffff : last;
+            _mm512_mask_storeu_ps(o + j * LANES, m,
+                                  _mm512_add_ps(acc[r][j], _mm512_maskz_loadu_ps(m, o + j * LANES)));
+        }
+    }
+}
+
+/* filter_tile with nr and nj made constants. */
+#define FILTER_NJ(nr)                                                                              \
+    switch (nj) {                                                                                  \
+    case 1: filter_tile(g, nr, 1, dy, x, dw, ky, kx, co0, ci0, u0, u1); break;                    \
+    case 2: filter_tile(g, nr, 2, dy, x, dw, ky, kx, co0, ci0, u0, u1); break;                    \
+    case 3: filter_tile(g, nr, 3, dy, x, dw, ky, kx, co0, ci0, u0, u1); break;                    \
+    default: filter_tile(g, nr, 4, dy, x, dw, ky, kx, co0, ci0, u0, u1); break;                   \
+    }
+
+static TARGET void filter_tile_any(const cpu_conv_geom *g, int nr, int nj, const float *dy,
+                                   const float *x, float *dw, int64_t ky, int64_t kx, int64_t co0,
+                                   int64_t ci0, int64_t u0, int64_t u1) {
+    switch (nr) {
+    case 1: FILTER_NJ(1); break;
+    case 2: FILTER_NJ(2); break;
+    case 3: FILTER_NJ(3); break;
+    case 4: FILTER_NJ(4); break;
+    case 5: FILTER_NJ(5); break;
+    default: FILTER_NJ(6); break;
+    }
+}
+
+void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float *x, float *dw) {
+    const int64_t rows = g->n * g->ho, taps = g->kh * g->kw;
+    const int64_t row_bytes = (g->wo * g->cout + g->stride * g->w * g->cin) * (int64_t)sizeof(float);
+    const int64_t group = GROUP_BYTES / row_bytes > 1 ? GROUP_BYTES / row_bytes : 1;
+    const int64_t rblocks = (g->cout + FR - 1) / FR, cblocks = (g->cin + VJ * LANES - 1) / (VJ * LANES);
+    const int64_t tasks = taps * rblocks * cblocks;
+#pragma omp parallel if (rows * g->wo * g->cout * taps * g->cin >= 1 << 20)
+    for (int64_t u0 = 0; u0 < rows; u0 += group) {
+        int64_t u1 = u0 + group < rows ? u0 + group : rows;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t tap = t / (rblocks * cblocks), rb = t / cblocks % rblocks, cb = t % cblocks;
+            int64_t co0 = rb * FR, ci0 = cb * VJ * LANES;
+            int64_t nr = g->cout - co0 < FR ? g->cout - co0 : FR;
+            int64_t nj = (g->cin - ci0 + LANES - 1) / LANES;
+            filter_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, x, dw, tap / g->kw, tap % g->kw,
+                            co0, ci0, u0, u1);
+        }
+    }
+}
