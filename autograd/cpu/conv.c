@@ -17,6 +17,7 @@
 #include "conv_avx512.h"
 #include "gemm.h"
 
+#include <omp.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -41,6 +42,11 @@ static bool use_direct(const cpu_conv_geom *g) {
     return g->algo == CPU_CONV_AUTO && cpu_avx512_available();
 }
 
+/* Fewer input channels than a vector holds (images): the direct filter
+ * gradient then runs its vectors over output channels, and the input
+ * gradient (rarely wanted for images) goes the GEMM way. */
+static bool is_narrow(const cpu_conv_geom *g) { return g->cin < 16; }
+
 static int64_t col_width(const cpu_conv_geom *g) { return g->kh * g->kw * g->cin; }
 
 /* Floats of the column buffer per output row (image, oy): the GEMM way's chunk unit. */
@@ -54,7 +60,7 @@ static int64_t fit_units(int64_t floats, int64_t unit, int64_t all) {
     return k < 1 ? 1 : min64(k, all);
 }
 
-/* Floats per image of the padded input; 0 when unpadded. */
+/* Floats per image of the padded input (narrow filter gradient); 0 when unpadded. */
 static int64_t padded_image_floats(const cpu_conv_geom *g) {
     return g->pad ? (g->h + 2 * g->pad) * (g->w + 2 * g->pad) * g->cin : 0;
 }
@@ -62,8 +68,8 @@ static int64_t padded_image_floats(const cpu_conv_geom *g) {
 /* The input gradient is the transposed convolution, split by the stride into
  * phases: input rows iy with (iy + pad) % stride == a take kernel rows
  * ky = a + stride * t from dy rows b - t, where b = (iy + pad) / stride
- * (likewise for columns). Each phase is a stride-1 convolution of dy,
- * padded by `lo` rows above and `hi` below, with taps(a) kernel rows. */
+ * (likewise for columns). Each phase is a stride-1 convolution of dy with
+ * taps(a) kernel rows. */
 static int64_t phase_taps(int64_t k, int64_t stride, int64_t a) {
     return a < k ? (k - a + stride - 1) / stride : 0;
 }
@@ -75,25 +81,9 @@ static void phase_rows(int64_t in, int64_t pad, int64_t stride, int64_t a, int64
     *last = (in - 1 + pad - a) / stride;
 }
 
-/* Padding of dy for all phases along one axis (in, k, out: input, kernel, output sizes). */
-static void phase_padding(int64_t in, int64_t k, int64_t out, int64_t pad, int64_t stride,
-                          int64_t *lo, int64_t *hi) {
-    *lo = phase_taps(k, stride, 0) - 1;
-    *hi = 0;
-    for (int64_t a = 0; a < stride; a++) {
-        int64_t first, last;
-        phase_rows(in, pad, stride, a, &first, &last);
-        if (last - (out - 1) > *hi)
-            *hi = last - (out - 1);
-    }
-}
-
-/* Floats per image of padded dy; 0 when no padding is needed. */
-static int64_t padded_dy_floats(const cpu_conv_geom *g) {
-    int64_t t, b, l, r;
-    phase_padding(g->h, g->kh, g->ho, g->pad, g->stride, &t, &b);
-    phase_padding(g->w, g->kw, g->wo, g->pad, g->stride, &l, &r);
-    return t || b || l || r ? (g->ho + t + b) * (g->wo + l + r) * g->cout : 0;
+/* Packed weights plus the threads' patches of a direct convolution over c channels. */
+static int64_t direct_floats(const cpu_conv_geom *g, int64_t blocked, int64_t c) {
+    return packed_floats(g, blocked) + omp_get_max_threads() * cpu_avx512_patch_floats(g->kh, g->kw, c);
 }
 
 int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
@@ -101,10 +91,11 @@ int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
     const int64_t cols = fit_units(cap, unit_floats(g), rows) * unit_floats(g);
     if (!use_direct(g))
         return is_pointwise(g) ? 0 : cols;
-    int64_t wf = packed_floats(g, g->cout), pf = padded_image_floats(g);
-    int64_t fwd = wf + fit_units(cap - wf, pf, g->n) * pf;
-    int64_t wb = packed_floats(g, g->cin), pb = padded_dy_floats(g);
-    int64_t bwd = wb + fit_units(cap - wb, pb, g->n) * pb;
+    int64_t fwd = direct_floats(g, g->cout, g->cin), bwd = direct_floats(g, g->cin, g->cout);
+    if (is_narrow(g)) { /* padded input for the filter gradient, then columns for the input gradient */
+        int64_t pf = padded_image_floats(g);
+        bwd = fit_units(cap, pf, g->n) * pf > cols ? fit_units(cap, pf, g->n) * pf : cols;
+    }
     return fwd > bwd ? fwd : bwd;
 }
 
@@ -159,51 +150,29 @@ static void pad_images(const float *src, int64_t n, int64_t h, int64_t w, int64_
     }
 }
 
-/* Runs d (its src and out covering all images) over src [n, h, w, c] padded
- * by (top, bottom, left, right), a chunk of images at a time in buf
- * [buf_floats]; d.src and d.out may point past the images' starts (phases). */
-static void direct_chunks(cpu_direct_conv d, const float *src, int64_t h, int64_t w,
-                          const int64_t pad[4], float *buf, int64_t buf_floats) {
-    const bool padded = pad[0] || pad[1] || pad[2] || pad[3];
-    const int64_t per = padded ? d.hp * d.wp * d.c : 0, step = fit_units(buf_floats, per, d.n);
-    const int64_t n = d.n, in_img = padded ? d.hp * d.wp * d.c : h * w * d.c;
-    const int64_t out_img = d.out_h * d.out_w * d.co;
-    const float *origin = d.src; /* where image 0's first read is, relative to its buffer */
-    float *out = d.out;
-    for (int64_t i0 = 0; i0 < n; i0 += step) {
-        d.n = min64(step, n - i0);
-        if (padded) {
-            pad_images(src + i0 * h * w * d.c, d.n, h, w, d.c, pad, buf);
-            d.src = buf + (origin - src);
-        } else {
-            d.src = origin + i0 * in_img;
-        }
-        d.out = out + i0 * out_img;
-        cpu_avx512_conv_forward(&d);
-    }
+/* Packed weights at the start of the scratch, the threads' patches after them. */
+static void direct_run(cpu_direct_conv *d, const cpu_conv_geom *g, int64_t blocked, float *scratch) {
+    d->weights = scratch;
+    d->patches = scratch + packed_floats(g, blocked);
+    d->threads = omp_get_max_threads();
+    cpu_avx512_conv_forward(d);
 }
 
 static void direct_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
-                           const float *b, float *scratch, int64_t scratch_floats) {
-    const int64_t wf = packed_floats(g, g->cout), p = g->pad, pad[4] = {p, p, p, p};
+                           const float *b, float *scratch) {
     pack_forward(g, w, scratch);
     cpu_direct_conv d = {
-        .src = x, .w = scratch, .bias = b, .out = y, .n = g->n,
-        .hp = g->h + 2 * p, .wp = g->w + 2 * p, .c = g->cin,
-        .co = g->cout, .kh = g->kh, .kw = g->kw, .stride = g->stride,
+        .src = x, .bias = b, .out = y, .n = g->n, .h = g->h, .w = g->w, .c = g->cin,
+        .co = g->cout, .kh = g->kh, .kw = g->kw, .stride = g->stride, .top = g->pad, .left = g->pad,
         .ho = g->ho, .wo = g->wo, .out_h = g->ho, .out_w = g->wo, .out_step = 1,
     };
-    direct_chunks(d, x, g->h, g->w, pad, scratch + wf, scratch_floats - wf);
+    direct_run(&d, g, g->cout, scratch);
 }
 
 /* dx += the transposed convolution of dy, one stride phase (a, c) at a time. */
 static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const float *w, float *dx,
-                              float *scratch, int64_t scratch_floats) {
-    const int64_t s = g->stride, wf = packed_floats(g, g->cin);
-    int64_t pad[4]; /* of dy: top, bottom, left, right */
-    phase_padding(g->h, g->kh, g->ho, g->pad, s, &pad[0], &pad[1]);
-    phase_padding(g->w, g->kw, g->wo, g->pad, s, &pad[2], &pad[3]);
-    const int64_t hp = g->ho + pad[0] + pad[1], wp = g->wo + pad[2] + pad[3];
+                              float *scratch) {
+    const int64_t s = g->stride;
     for (int64_t a = 0; a < s; a++)
         for (int64_t c = 0; c < s; c++) {
             int64_t ty = phase_taps(g->kh, s, a), tx = phase_taps(g->kw, s, c), y0, y1, x0, x1;
@@ -212,17 +181,32 @@ static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const flo
             if (!ty || !tx || y1 < y0 || x1 < x0)
                 continue; /* these input pixels feed no output */
             pack_phase(g, w, a, c, ty, tx, scratch);
-            /* output row b' = b - y0 reads padded rows b' + y0 - (ty - 1) + pad[0] onwards */
+            /* output row b' = b - y0 reads dy rows b' + y0 - (ty - 1) + t for taps t */
             cpu_direct_conv d = {
-                .src = dy + ((y0 - ty + 1 + pad[0]) * wp + x0 - tx + 1 + pad[2]) * g->cout,
-                .w = scratch, .out = dx + ((s * y0 + a - g->pad) * g->w + s * x0 + c - g->pad) * g->cin,
-                .n = g->n, .hp = hp, .wp = wp, .c = g->cout,
-                .co = g->cin, .kh = ty, .kw = tx, .stride = 1,
+                .src = dy, .out = dx + ((s * y0 + a - g->pad) * g->w + s * x0 + c - g->pad) * g->cin,
+                .n = g->n, .h = g->ho, .w = g->wo, .c = g->cout,
+                .co = g->cin, .kh = ty, .kw = tx, .stride = 1, .top = ty - 1 - y0, .left = tx - 1 - x0,
                 .ho = y1 - y0 + 1, .wo = x1 - x0 + 1,
                 .out_h = g->h, .out_w = g->w, .out_step = s, .accumulate = true,
             };
-            direct_chunks(d, dy, g->ho, g->wo, pad, scratch + wf, scratch_floats - wf);
+            direct_run(&d, g, g->cin, scratch);
         }
+}
+
+/* dw += the filter gradient for narrow inputs, a chunk of padded images at a time. */
+static void direct_filter_narrow(const cpu_conv_geom *g, const float *dy, const float *x,
+                                 float *dw, float *scratch, int64_t scratch_floats) {
+    const int64_t p = g->pad, pad[4] = {p, p, p, p}, per = padded_image_floats(g);
+    const int64_t step = fit_units(scratch_floats, per, g->n);
+    for (int64_t i0 = 0; i0 < g->n; i0 += step) {
+        int64_t n = min64(step, g->n - i0);
+        const float *xp = x + i0 * g->h * g->w * g->cin;
+        if (per) {
+            pad_images(xp, n, g->h, g->w, g->cin, pad, scratch);
+            xp = scratch;
+        }
+        cpu_avx512_conv_filter_narrow(g, n, xp, dy + i0 * g->ho * g->wo * g->cout, dw);
+    }
 }
 
 /* ---- the GEMM way ---- */
@@ -335,7 +319,7 @@ static void gemm_backward(const cpu_conv_geom *g, const float *dy, const float *
 void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
                         const float *b, float *scratch, int64_t scratch_floats) {
     if (use_direct(g))
-        direct_forward(g, y, x, w, b, scratch, scratch_floats);
+        direct_forward(g, y, x, w, b, scratch);
     else
         gemm_forward(g, y, x, w, b, scratch, scratch_floats);
 }
@@ -353,8 +337,12 @@ void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x
         gemm_backward(g, dy, x, w, dx, dw, scratch, scratch_floats);
         return;
     }
-    if (dw)
+    if (dw && is_narrow(g))
+        direct_filter_narrow(g, dy, x, dw, scratch, scratch_floats);
+    else if (dw)
         cpu_avx512_conv_filter(g, dy, x, dw);
-    if (dx)
-        direct_input_grad(g, dy, w, dx, scratch, scratch_floats);
+    if (dx && is_narrow(g))
+        gemm_backward(g, dy, x, w, dx, NULL, scratch, scratch_floats);
+    else if (dx)
+        direct_input_grad(g, dy, w, dx, scratch);
 }

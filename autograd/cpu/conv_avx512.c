@@ -4,7 +4,9 @@
  * channels (VJ vectors): FP * VJ accumulators in registers. For every kernel
  * row the input under a pixel is kw * c contiguous floats, and the packed
  * weights are contiguous in the same order, so the inner loop broadcasts one
- * input float per pixel and multiplies it into VJ weight vectors.
+ * input float per pixel and multiplies it into VJ weight vectors. A pixel
+ * whose window crosses the image border reads a patch instead: a copy of its
+ * window with zeros outside, in memory of the thread.
  *
  * Filter gradient: a tile is FR output channels times up to 64 input
  * channels of one kernel tap, summed over output pixels: per pixel, FR
@@ -16,6 +18,8 @@
 #include "conv_avx512.h"
 
 #include <immintrin.h>
+#include <omp.h>
+#include <string.h>
 
 #define TARGET __attribute__((target("avx512f,fma")))
 #define INLINE static inline __attribute__((always_inline)) TARGET
@@ -51,18 +55,59 @@ INLINE __mmask16 lanes(int64_t n) {
 
 /* ---- forward ---- */
 
+int64_t cpu_avx512_patch_floats(int64_t kh, int64_t kw, int64_t c) { return FP * kh * kw * c; }
+
+/* Kernel rows [ky0, ky1) of the window of output (img, oy, ox) into patch
+ * [kh, kw * c] (other rows untouched), zeros outside the image. */
+static void fill_patch(const cpu_direct_conv *d, int64_t img, int64_t iy0, int64_t ix0, int64_t ky0,
+                       int64_t ky1, float *patch) {
+    const int64_t row = d->kw * d->c;
+    for (int64_t ky = ky0; ky < ky1; ky++) {
+        float *dst = patch + ky * row;
+        int64_t iy = iy0 + ky;
+        if (iy < 0 || iy >= d->h) {
+            memset(dst, 0, (size_t)row * sizeof *dst);
+            continue;
+        }
+        const float *src = d->src + (img * d->h + iy) * d->w * d->c;
+        for (int64_t kx = 0; kx < d->kw; kx++) {
+            int64_t ix = ix0 + kx;
+            if (ix < 0 || ix >= d->w)
+                memset(dst + kx * d->c, 0, (size_t)d->c * sizeof *dst);
+            else
+                memcpy(dst + kx * d->c, src + ix * d->c, (size_t)d->c * sizeof *dst);
+        }
+    }
+}
+
 /* Adds kernel rows [ky0, ky1) into the tile of pixels pix0 .. pix0 + np
  * (np <= FP) and channels j0 .. j0 + 16 nj. The first rows start the output
- * (with the bias) unless d->accumulate; later rows add to it. */
+ * (with the bias) unless d->accumulate; later rows add to it. `patch` holds
+ * FP windows for pixels at the border. */
 INLINE void forward_tile(const cpu_direct_conv *d, const int nj, int64_t pix0, int np, int64_t j0,
-                         int64_t ky0, int64_t ky1) {
-    const float *src[FP];
+                         int64_t ky0, int64_t ky1, float *patch) {
+    const int64_t row = d->kw * d->c;
+    const float *src[FP]; /* each pixel's window: kernel row ky at src[p] + ky * rs[p] */
+    int64_t rs[FP];
     float *dst[FP];
     int64_t img = pix0 / (d->ho * d->wo), oy = pix0 / d->wo % d->ho, ox = pix0 % d->wo;
-    for (int p = 0; p < FP; p++) { /* missing pixels repeat the last; their sums are dropped */
-        src[p] = d->src + ((img * d->hp + oy * d->stride) * d->wp + ox * d->stride) * d->c;
+    for (int p = 0; p < FP; p++) {
+        if (p >= np) { /* missing pixels repeat the last; their sums are dropped */
+            src[p] = src[p - 1], rs[p] = rs[p - 1], dst[p] = dst[p - 1];
+            continue;
+        }
+        int64_t iy0 = oy * d->stride - d->top, ix0 = ox * d->stride - d->left;
+        if (iy0 >= 0 && iy0 + d->kh <= d->h && ix0 >= 0 && ix0 + d->kw <= d->w) {
+            src[p] = d->src + ((img * d->h + iy0) * d->w + ix0) * d->c;
+            rs[p] = d->w * d->c;
+        } else {
+            float *pt = patch + p * d->kh * row;
+            fill_patch(d, img, iy0, ix0, ky0, ky1, pt);
+            src[p] = pt;
+            rs[p] = row;
+        }
         dst[p] = d->out + ((img * d->out_h + oy * d->out_step) * d->out_w + ox * d->out_step) * d->co;
-        if (p + 1 < np && ++ox == d->wo) {
+        if (++ox == d->wo) {
             ox = 0;
             if (++oy == d->ho)
                 oy = 0, img++;
@@ -74,11 +119,12 @@ INLINE void forward_tile(const cpu_direct_conv *d, const int nj, int64_t pix0, i
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
             acc[p][j] = _mm512_setzero_ps();
-    const int64_t row = d->kw * d->c;
-    const float *wb = d->w + j0 * d->kh * row; /* this block: [kh, kw, c, 64] */
+    const float *wb = d->weights + j0 * d->kh * row; /* this block: [kh, kw, c, 64] */
     for (int64_t ky = ky0; ky < ky1; ky++) {
-        const float *wk = wb + ky * row * CPU_DIRECT_BLOCK;
-        const int64_t so = ky * d->wp * d->c;
+        const float *wk = wb + ky * row * CPU_DIRECT_BLOCK, *in[FP];
+#pragma GCC unroll 16
+        for (int p = 0; p < FP; p++)
+            in[p] = src[p] + ky * rs[p];
 #pragma GCC unroll 2
         for (int64_t q = 0; q < row; q++) {
             __m512 wv[VJ];
@@ -87,7 +133,7 @@ INLINE void forward_tile(const cpu_direct_conv *d, const int nj, int64_t pix0, i
                 wv[j] = _mm512_loadu_ps(wk + q * CPU_DIRECT_BLOCK + j * LANES);
 #pragma GCC unroll 16
             for (int p = 0; p < FP; p++) {
-                __m512 a = _mm512_set1_ps(src[p][so + q]);
+                __m512 a = _mm512_set1_ps(in[p][q]);
 #pragma GCC unroll 4
                 for (int j = 0; j < nj; j++)
                     acc[p][j] = _mm512_fmadd_ps(a, wv[j], acc[p][j]);
@@ -115,16 +161,16 @@ INLINE void forward_tile(const cpu_direct_conv *d, const int nj, int64_t pix0, i
 
 /* A strip of tiles [t0, t1) of the channel block at j0, kernel rows [ky0, ky1). */
 static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t1, int64_t j0,
-                                 int64_t ky0, int64_t ky1) {
+                                 int64_t ky0, int64_t ky1, float *patch) {
     const int64_t pix = d->n * d->ho * d->wo, left = (d->co - j0 + LANES - 1) / LANES;
     const int nj = left < VJ ? (int)left : VJ;
     for (int64_t t = t0; t < t1; t++) {
         int np = (int)(pix - t * FP < FP ? pix - t * FP : FP);
         switch (nj) {
-        case 1: forward_tile(d, 1, t * FP, np, j0, ky0, ky1); break;
-        case 2: forward_tile(d, 2, t * FP, np, j0, ky0, ky1); break;
-        case 3: forward_tile(d, 3, t * FP, np, j0, ky0, ky1); break;
-        default: forward_tile(d, VJ, t * FP, np, j0, ky0, ky1); break;
+        case 1: forward_tile(d, 1, t * FP, np, j0, ky0, ky1, patch); break;
+        case 2: forward_tile(d, 2, t * FP, np, j0, ky0, ky1, patch); break;
+        case 3: forward_tile(d, 3, t * FP, np, j0, ky0, ky1, patch); break;
+        default: forward_tile(d, VJ, t * FP, np, j0, ky0, ky1, patch); break;
         }
     }
 }
@@ -136,12 +182,15 @@ void cpu_avx512_conv_forward(const cpu_direct_conv *d) {
     /* kernel rows per pass: the weights they need of one channel block stay in cache */
     const int64_t row_bytes = d->kw * d->c * CPU_DIRECT_BLOCK * (int64_t)sizeof(float);
     const int64_t rows = PANEL_BYTES / row_bytes > 1 ? PANEL_BYTES / row_bytes : 1;
-#pragma omp parallel for schedule(static) if (pix * d->co * d->kh * d->kw * d->c >= 1 << 20)
+    const int64_t patch = cpu_avx512_patch_floats(d->kh, d->kw, d->c);
+#pragma omp parallel for schedule(static) num_threads(d->threads) \
+    if (pix * d->co * d->kh * d->kw * d->c >= 1 << 20)
     for (int64_t t = 0; t < blocks * strips; t++) {
         int64_t j0 = t / strips * CPU_DIRECT_BLOCK, t0 = t % strips * STRIP;
         int64_t t1 = t0 + STRIP < tiles ? t0 + STRIP : tiles;
+        float *mine = d->patches + omp_get_thread_num() * patch;
         for (int64_t ky0 = 0; ky0 < d->kh; ky0 += rows)
-            forward_strip(d, t0, t1, j0, ky0, ky0 + rows < d->kh ? ky0 + rows : d->kh);
+            forward_strip(d, t0, t1, j0, ky0, ky0 + rows < d->kh ? ky0 + rows : d->kh, mine);
     }
 }
 
@@ -243,6 +292,93 @@ void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float
             int64_t nj = (g->cin - ci0 + LANES - 1) / LANES;
             filter_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, x, dw, tap / g->kw, tap % g->kw,
                             co0, ci0, u0, u1);
+        }
+    }
+}
+
+/* ---- filter gradient, few input channels ---- */
+
+/* The tile of kernel-row entries q0 .. q0 + nr (q = kx * cin + ci) of row ky
+ * times output channels co0 .. co0 + 16 nj (the last vector masked to cout),
+ * summed over output rows [u0, u1) of the padded images xp [., hp, wp, cin]. */
+INLINE void narrow_tile(const cpu_conv_geom *g, const int nr, const int nj, const float *dy,
+                        const float *xp, float *dw, int64_t ky, int64_t q0, int64_t co0,
+                        int64_t u0, int64_t u1) {
+    const int64_t C = g->cin, hp = g->h + 2 * g->pad, wp = g->w + 2 * g->pad;
+    const __mmask16 last = lanes(g->cout - co0 - (nj - 1) * LANES);
+    __m512 acc[FR][VJ];
+#pragma GCC unroll 16
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    for (int64_t u = u0; u < u1; u++) {
+        int64_t img = u / g->ho, oy = u % g->ho;
+        const float *xs = xp + ((img * hp + oy * g->stride + ky) * wp) * C + q0;
+        const float *d = dy + u * g->wo * g->cout + co0;
+        for (int64_t ox = 0; ox < g->wo; ox++, xs += g->stride * C, d += g->cout) {
+            __m512 dv[VJ];
+#pragma GCC unroll 4
+            for (int j = 0; j < nj; j++)
+                dv[j] = j < nj - 1 ? _mm512_loadu_ps(d + j * LANES)
+                                   : _mm512_maskz_loadu_ps(last, d + j * LANES);
+#pragma GCC unroll 16
+            for (int r = 0; r < nr; r++) {
+                __m512 a = _mm512_set1_ps(xs[r]);
+#pragma GCC unroll 4
+                for (int j = 0; j < nj; j++)
+                    acc[r][j] = _mm512_fmadd_ps(a, dv[j], acc[r][j]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++) { /* lanes are output channels: scatter to their rows of dw */
+        int64_t kx = (q0 + r) / C, ci = (q0 + r) % C;
+        for (int j = 0; j < nj; j++) {
+            float v[LANES];
+            _mm512_storeu_ps(v, acc[r][j]);
+            for (int l = 0; l < LANES && co0 + j * LANES + l < g->cout; l++)
+                dw[(((co0 + j * LANES + l) * g->kh + ky) * g->kw + kx) * C + ci] += v[l];
+        }
+    }
+}
+
+#define NARROW_NJ(nr)                                                                              \
+    switch (nj) {                                                                                  \
+    case 1: narrow_tile(g, nr, 1, dy, xp, dw, ky, q0, co0, u0, u1); break;                        \
+    case 2: narrow_tile(g, nr, 2, dy, xp, dw, ky, q0, co0, u0, u1); break;                        \
+    case 3: narrow_tile(g, nr, 3, dy, xp, dw, ky, q0, co0, u0, u1); break;                        \
+    default: narrow_tile(g, nr, 4, dy, xp, dw, ky, q0, co0, u0, u1); break;                       \
+    }
+
+static TARGET void narrow_tile_any(const cpu_conv_geom *g, int nr, int nj, const float *dy,
+                                   const float *xp, float *dw, int64_t ky, int64_t q0, int64_t co0,
+                                   int64_t u0, int64_t u1) {
+    switch (nr) {
+    case 1: NARROW_NJ(1); break;
+    case 2: NARROW_NJ(2); break;
+    case 3: NARROW_NJ(3); break;
+    case 4: NARROW_NJ(4); break;
+    case 5: NARROW_NJ(5); break;
+    default: NARROW_NJ(6); break;
+    }
+}
+
+void cpu_avx512_conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const float *xp,
+                                   const float *dy, float *dw) {
+    const int64_t rows = n * g->ho, span = g->kw * g->cin, wp = g->w + 2 * g->pad;
+    const int64_t row_bytes = (g->wo * g->cout + g->stride * wp * g->cin) * (int64_t)sizeof(float);
+    const int64_t group = GROUP_BYTES / row_bytes > 1 ? GROUP_BYTES / row_bytes : 1;
+    const int64_t qblocks = (span + FR - 1) / FR, cblocks = (g->cout + VJ * LANES - 1) / (VJ * LANES);
+    const int64_t tasks = g->kh * qblocks * cblocks;
+#pragma omp parallel if (rows * g->wo * g->cout * g->kh * span >= 1 << 20)
+    for (int64_t u0 = 0; u0 < rows; u0 += group) {
+        int64_t u1 = u0 + group < rows ? u0 + group : rows;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t ky = t / (qblocks * cblocks), q0 = t / cblocks % qblocks * FR;
+            int64_t co0 = t % cblocks * VJ * LANES;
+            int64_t nr = span - q0 < FR ? span - q0 : FR, nj = (g->cout - co0 + LANES - 1) / LANES;
+            narrow_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, xp, dw, ky, q0, co0, u0, u1);
         }
     }
 }

@@ -14,30 +14,43 @@ bool cpu_avx512_available(void);
 /* Output channels per block of packed weights. */
 #define CPU_DIRECT_BLOCK 64
 
-/* One direct convolution with the padding already applied: output pixels
- * (img, oy, ox) < (n, ho, wo) from src [n, hp, wp, c] (pixel (img, oy * stride
- * + ky, ox * stride + kx) under tap (ky, kx)) and weights packed by blocks of
- * output channels, w [ceil(co / 64), kh, kw, c, 64] (zero past co), so that a
- * block's weights are one contiguous stream. Output pixel (img, oy, ox) has
- * its co channels at out + ((img * out_h + oy * out_step) * out_w + ox *
- * out_step) * co: out_h = ho, out_w = wo, out_step = 1 for a plain
- * convolution, a strided lattice for one phase of a transposed one. */
+/* One direct convolution: output pixels (img, oy, ox) < (n, ho, wo) from
+ * src [n, h, w, c], where tap (ky, kx) of output (oy, ox) reads input pixel
+ * (oy * stride + ky - top, ox * stride + kx - left) and zero outside the
+ * image (top and left may be negative: an offset into it). Weights are
+ * packed by blocks of output channels, weights [ceil(co / 64), kh, kw, c, 64]
+ * (zero past co), so that a block's weights are one contiguous stream.
+ * Output pixel (img, oy, ox) has its co channels at out + ((img * out_h +
+ * oy * out_step) * out_w + ox * out_step) * co: out_h = ho, out_w = wo,
+ * out_step = 1 for a plain convolution, a strided lattice for one phase of a
+ * transposed one. */
 typedef struct cpu_direct_conv {
     const float *src;
-    const float *w;
+    const float *weights;
     const float *bias; /* [co] or NULL */
     float *out;
-    int64_t n, hp, wp, c;
-    int64_t co, kh, kw, stride;
+    float *patches;    /* [threads, cpu_avx512_patch_floats()]: inputs of pixels at the border */
+    int threads;       /* at most this many threads run */
+    int64_t n, h, w, c;
+    int64_t co, kh, kw, stride, top, left;
     int64_t ho, wo;
     int64_t out_h, out_w, out_step;
     bool accumulate; /* out += the result instead of out = */
 } cpu_direct_conv;
+
+/* Floats of patch memory per thread for a kh x kw kernel over c channels. */
+int64_t cpu_avx512_patch_floats(int64_t kh, int64_t kw, int64_t c);
 
 void cpu_avx512_conv_forward(const cpu_direct_conv *d);
 
 /* dw [cout, kh, kw, cin] += the filter gradient from x and dy (geometry g,
  * padding handled in place). */
 void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float *x, float *dw);
+
+/* The same for inputs with few channels (vectors run over output channels
+ * instead), from n images of zero-padded input xp [n, h + 2 pad, w + 2 pad, cin]
+ * and their dy [n, ho, wo, cout]. */
+void cpu_avx512_conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const float *xp,
+                                   const float *dy, float *dw);
 
 #endif
