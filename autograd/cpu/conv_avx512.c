@@ -36,6 +36,7 @@ _Static_assert(VJ * LANES == CPU_DIRECT_BLOCK, "a forward tile spans one block o
  * strip may use (whole kernel rows; the output takes the partial sums). */
 #define STRIP 32
 #define PANEL_BYTES (256 * 1024)
+#define ALL_BLOCKS_BYTES (1024 * 1024)
 /* Bytes of dy and x per group of output rows in the filter gradient. */
 #define GROUP_BYTES (512 * 1024)
 
@@ -80,37 +81,62 @@ static void fill_patch(const cpu_direct_conv *d, int64_t img, int64_t iy0, int64
     }
 }
 
-/* Adds kernel rows [ky0, ky1) into the tile of pixels pix0 .. pix0 + np
- * (np <= FP) and channels j0 .. j0 + 16 nj. The first rows start the output
- * (with the bias) unless d->accumulate; later rows add to it. `patch` holds
- * FP windows for pixels at the border. */
-INLINE void forward_tile(const cpu_direct_conv *d, const int nj, int64_t pix0, int np, int64_t j0,
+/* An output pixel (img, oy, ox). */
+typedef struct {
+    int64_t img, oy, ox;
+} pixel;
+
+static inline void next_pixel(const cpu_direct_conv *d, pixel *at) {
+    if (++at->ox == d->wo) {
+        at->ox = 0;
+        if (++at->oy == d->ho)
+            at->oy = 0, at->img++;
+    }
+}
+
+/* Adds kernel rows [ky0, ky1) into the tile of np <= FP pixels from `at`
+ * (advanced past them) and channels j0 .. j0 + 16 nj. The first rows start
+ * the output (with the bias) unless d->accumulate; later rows add to it.
+ * `patch` holds FP windows for pixels at the border. */
+INLINE void forward_tile(const cpu_direct_conv *d, const int nj, pixel *at, int np, int64_t j0,
                          int64_t ky0, int64_t ky1, float *patch) {
     const int64_t row = d->kw * d->c;
     const float *src[FP]; /* each pixel's window: kernel row ky at src[p] + ky * rs[p] */
     int64_t rs[FP];
     float *dst[FP];
-    int64_t img = pix0 / (d->ho * d->wo), oy = pix0 / d->wo % d->ho, ox = pix0 % d->wo;
-    for (int p = 0; p < FP; p++) {
-        if (p >= np) { /* missing pixels repeat the last; their sums are dropped */
-            src[p] = src[p - 1], rs[p] = rs[p - 1], dst[p] = dst[p - 1];
-            continue;
-        }
-        int64_t iy0 = oy * d->stride - d->top, ix0 = ox * d->stride - d->left;
-        if (iy0 >= 0 && iy0 + d->kh <= d->h && ix0 >= 0 && ix0 + d->kw <= d->w) {
-            src[p] = d->src + ((img * d->h + iy0) * d->w + ix0) * d->c;
+    int64_t iy0 = at->oy * d->stride - d->top, ix0 = at->ox * d->stride - d->left;
+    if (np == FP && at->ox + FP <= d->wo && iy0 >= 0 && iy0 + d->kh <= d->h && ix0 >= 0 &&
+        ix0 + (FP - 1) * d->stride + d->kw <= d->w) { /* one row, all inside: the common case */
+        const float *s0 = d->src + ((at->img * d->h + iy0) * d->w + ix0) * d->c;
+        float *d0 = d->out + ((at->img * d->out_h + at->oy * d->out_step) * d->out_w +
+                              at->ox * d->out_step) * d->co;
+        for (int p = 0; p < FP; p++) {
+            src[p] = s0 + p * d->stride * d->c;
             rs[p] = d->w * d->c;
-        } else {
-            float *pt = patch + p * d->kh * row;
-            fill_patch(d, img, iy0, ix0, ky0, ky1, pt);
-            src[p] = pt;
-            rs[p] = row;
+            dst[p] = d0 + p * d->out_step * d->co;
         }
-        dst[p] = d->out + ((img * d->out_h + oy * d->out_step) * d->out_w + ox * d->out_step) * d->co;
-        if (++ox == d->wo) {
-            ox = 0;
-            if (++oy == d->ho)
-                oy = 0, img++;
+        at->ox += FP;
+        if (at->ox == d->wo)
+            at->ox = 0, at->oy + 1 == d->ho ? (at->oy = 0, at->img++) : at->oy++;
+    } else {
+        for (int p = 0; p < FP; p++) {
+            if (p >= np) { /* missing pixels repeat the last; their sums are dropped */
+                src[p] = src[p - 1], rs[p] = rs[p - 1], dst[p] = dst[p - 1];
+                continue;
+            }
+            iy0 = at->oy * d->stride - d->top, ix0 = at->ox * d->stride - d->left;
+            if (iy0 >= 0 && iy0 + d->kh <= d->h && ix0 >= 0 && ix0 + d->kw <= d->w) {
+                src[p] = d->src + ((at->img * d->h + iy0) * d->w + ix0) * d->c;
+                rs[p] = d->w * d->c;
+            } else {
+                float *pt = patch + p * d->kh * row;
+                fill_patch(d, at->img, iy0, ix0, ky0, ky1, pt);
+                src[p] = pt;
+                rs[p] = row;
+            }
+            dst[p] = d->out + ((at->img * d->out_h + at->oy * d->out_step) * d->out_w +
+                               at->ox * d->out_step) * d->co;
+            next_pixel(d, at);
         }
     }
     __m512 acc[FP][VJ];
@@ -164,13 +190,14 @@ static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t
                                  int64_t ky0, int64_t ky1, float *patch) {
     const int64_t pix = d->n * d->ho * d->wo, left = (d->co - j0 + LANES - 1) / LANES;
     const int nj = left < VJ ? (int)left : VJ;
+    pixel at = {t0 * FP / (d->ho * d->wo), t0 * FP / d->wo % d->ho, t0 * FP % d->wo};
     for (int64_t t = t0; t < t1; t++) {
         int np = (int)(pix - t * FP < FP ? pix - t * FP : FP);
         switch (nj) {
-        case 1: forward_tile(d, 1, t * FP, np, j0, ky0, ky1, patch); break;
-        case 2: forward_tile(d, 2, t * FP, np, j0, ky0, ky1, patch); break;
-        case 3: forward_tile(d, 3, t * FP, np, j0, ky0, ky1, patch); break;
-        default: forward_tile(d, VJ, t * FP, np, j0, ky0, ky1, patch); break;
+        case 1: forward_tile(d, 1, &at, np, j0, ky0, ky1, patch); break;
+        case 2: forward_tile(d, 2, &at, np, j0, ky0, ky1, patch); break;
+        case 3: forward_tile(d, 3, &at, np, j0, ky0, ky1, patch); break;
+        default: forward_tile(d, VJ, &at, np, j0, ky0, ky1, patch); break;
         }
     }
 }
@@ -182,15 +209,20 @@ void cpu_avx512_conv_forward(const cpu_direct_conv *d) {
     /* kernel rows per pass: the weights they need of one channel block stay in cache */
     const int64_t row_bytes = d->kw * d->c * CPU_DIRECT_BLOCK * (int64_t)sizeof(float);
     const int64_t rows = PANEL_BYTES / row_bytes > 1 ? PANEL_BYTES / row_bytes : 1;
+    /* small weights: a work item runs all blocks over its strip while the strip is in cache */
+    const int64_t per = blocks * d->kh * row_bytes <= ALL_BLOCKS_BYTES ? blocks : 1;
+    const int64_t groups = (blocks + per - 1) / per;
     const int64_t patch = cpu_avx512_patch_floats(d->kh, d->kw, d->c);
 #pragma omp parallel for schedule(static) num_threads(d->threads) \
     if (pix * d->co * d->kh * d->kw * d->c >= 1 << 20)
-    for (int64_t t = 0; t < blocks * strips; t++) {
-        int64_t j0 = t / strips * CPU_DIRECT_BLOCK, t0 = t % strips * STRIP;
-        int64_t t1 = t0 + STRIP < tiles ? t0 + STRIP : tiles;
+    for (int64_t t = 0; t < groups * strips; t++) {
+        int64_t b0 = t / strips * per, b1 = b0 + per < blocks ? b0 + per : blocks;
+        int64_t t0 = t % strips * STRIP, t1 = t0 + STRIP < tiles ? t0 + STRIP : tiles;
         float *mine = d->patches + omp_get_thread_num() * patch;
-        for (int64_t ky0 = 0; ky0 < d->kh; ky0 += rows)
-            forward_strip(d, t0, t1, j0, ky0, ky0 + rows < d->kh ? ky0 + rows : d->kh, mine);
+        for (int64_t b = b0; b < b1; b++)
+            for (int64_t ky0 = 0; ky0 < d->kh; ky0 += rows)
+                forward_strip(d, t0, t1, b * CPU_DIRECT_BLOCK, ky0,
+                              ky0 + rows < d->kh ? ky0 + rows : d->kh, mine);
     }
 }
 
@@ -220,12 +252,13 @@ INLINE void filter_tile(const cpu_conv_geom *g, const int nr, const int nj, cons
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
             acc[r][j] = _mm512_setzero_ps();
-    for (int64_t u = u0; u < u1; u++) {
-        int64_t img = u / g->ho, oy = u % g->ho, iy = oy * g->stride - g->pad + ky;
+    for (int64_t u = u0, img = u0 / g->ho, oy = u0 % g->ho; u < u1; u++, oy = oy + 1 < g->ho ? oy + 1 : (img++, 0)) {
+        int64_t iy = oy * g->stride - g->pad + ky;
         if (iy < 0 || iy >= g->h)
             continue;
         const float *xs = x + ((img * g->h + iy) * g->w + lo * g->stride - g->pad + kx) * C + ci0;
         const float *d = dy + (u * g->wo + lo) * g->cout + co0;
+#pragma GCC unroll 2
         for (int64_t ox = lo; ox < hi; ox++, xs += step, d += g->cout) {
             __m512 xv[VJ];
 #pragma GCC unroll 4
@@ -282,16 +315,19 @@ void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float
     const int64_t rblocks = (g->cout + FR - 1) / FR, cblocks = (g->cin + VJ * LANES - 1) / (VJ * LANES);
     const int64_t tasks = taps * rblocks * cblocks;
 #pragma omp parallel if (rows * g->wo * g->cout * taps * g->cin >= 1 << 20)
-    for (int64_t u0 = 0; u0 < rows; u0 += group) {
-        int64_t u1 = u0 + group < rows ? u0 + group : rows;
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; t++) {
-            int64_t tap = t / (rblocks * cblocks), rb = t / cblocks % rblocks, cb = t % cblocks;
-            int64_t co0 = rb * FR, ci0 = cb * VJ * LANES;
-            int64_t nr = g->cout - co0 < FR ? g->cout - co0 : FR;
-            int64_t nj = (g->cin - ci0 + LANES - 1) / LANES;
-            filter_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, x, dw, tap / g->kw, tap % g->kw,
-                            co0, ci0, u0, u1);
+    { /* each thread owns a fixed range of tiles of dw, so no two threads add to the same one */
+        int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
+        int64_t t0 = tasks * me / nth, t1 = tasks * (me + 1) / nth;
+        for (int64_t u0 = 0; u0 < rows; u0 += group) {
+            int64_t u1 = u0 + group < rows ? u0 + group : rows;
+            for (int64_t t = t0; t < t1; t++) {
+                int64_t tap = t / (rblocks * cblocks), rb = t / cblocks % rblocks, cb = t % cblocks;
+                int64_t co0 = rb * FR, ci0 = cb * VJ * LANES;
+                int64_t nr = g->cout - co0 < FR ? g->cout - co0 : FR;
+                int64_t nj = (g->cin - ci0 + LANES - 1) / LANES;
+                filter_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, x, dw, tap / g->kw,
+                                tap % g->kw, co0, ci0, u0, u1);
+            }
         }
     }
 }
@@ -312,8 +348,7 @@ INLINE void narrow_tile(const cpu_conv_geom *g, const int nr, const int nj, cons
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
             acc[r][j] = _mm512_setzero_ps();
-    for (int64_t u = u0; u < u1; u++) {
-        int64_t img = u / g->ho, oy = u % g->ho;
+    for (int64_t u = u0, img = u0 / g->ho, oy = u0 % g->ho; u < u1; u++, oy = oy + 1 < g->ho ? oy + 1 : (img++, 0)) {
         const float *xs = xp + ((img * hp + oy * g->stride + ky) * wp) * C + q0;
         const float *d = dy + u * g->wo * g->cout + co0;
         for (int64_t ox = 0; ox < g->wo; ox++, xs += g->stride * C, d += g->cout) {
@@ -371,14 +406,18 @@ void cpu_avx512_conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const floa
     const int64_t qblocks = (span + FR - 1) / FR, cblocks = (g->cout + VJ * LANES - 1) / (VJ * LANES);
     const int64_t tasks = g->kh * qblocks * cblocks;
 #pragma omp parallel if (rows * g->wo * g->cout * g->kh * span >= 1 << 20)
-    for (int64_t u0 = 0; u0 < rows; u0 += group) {
-        int64_t u1 = u0 + group < rows ? u0 + group : rows;
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; t++) {
-            int64_t ky = t / (qblocks * cblocks), q0 = t / cblocks % qblocks * FR;
-            int64_t co0 = t % cblocks * VJ * LANES;
-            int64_t nr = span - q0 < FR ? span - q0 : FR, nj = (g->cout - co0 + LANES - 1) / LANES;
-            narrow_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, xp, dw, ky, q0, co0, u0, u1);
+    { /* as in cpu_avx512_conv_filter: a fixed range of tiles per thread */
+        int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
+        int64_t t0 = tasks * me / nth, t1 = tasks * (me + 1) / nth;
+        for (int64_t u0 = 0; u0 < rows; u0 += group) {
+            int64_t u1 = u0 + group < rows ? u0 + group : rows;
+            for (int64_t t = t0; t < t1; t++) {
+                int64_t ky = t / (qblocks * cblocks), q0 = t / cblocks % qblocks * FR;
+                int64_t co0 = t % cblocks * VJ * LANES;
+                int64_t nr = span - q0 < FR ? span - q0 : FR;
+                int64_t nj = (g->cout - co0 + LANES - 1) / LANES;
+                narrow_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, xp, dw, ky, q0, co0, u0, u1);
+            }
         }
     }
 }
