@@ -137,17 +137,20 @@ START_TEST(test_gradcheck) {
 }
 END_TEST
 
-/* Only one of x and w requires grad: the other gradient is skipped, the wanted one still right. */
+/* Only one of x, w and b requires grad: the other gradients are skipped, the
+ * wanted one still right (db alone cannot ride along with dw). */
 START_TEST(test_partial_grad) {
     const conv_case *c = &cases[2];
-    for (int which = 0; which < 2; which++) {
+    for (int which = 0; which < 3; which++) {
         dc_ctx *ctx = tu_ctx();
         dc_tensor *in[3];
         make_inputs(ctx, c, in);
-        in[1 - which]->requires_grad = false;
-        in[2]->requires_grad = false;
+        for (int k = 0; k < 3; k++)
+            in[k]->requires_grad = k == which;
         tu_gradcheck(ctx, run_conv, (void *)c, in, 3, 1e-2, 2e-3, 1e-2, 40);
-        ck_assert_ptr_null(in[1 - which]->grad);
+        for (int k = 0; k < 3; k++)
+            if (k != which)
+                ck_assert_ptr_null(in[k]->grad);
         tu_ctx_free(ctx);
     }
 }

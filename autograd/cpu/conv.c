@@ -193,9 +193,10 @@ static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const flo
         }
 }
 
-/* dw += the filter gradient for narrow inputs, a chunk of padded images at a time. */
+/* dw and db (may be NULL) += the filter and bias gradients for narrow inputs,
+ * a chunk of padded images at a time. */
 static void direct_filter_narrow(const cpu_conv_geom *g, const float *dy, const float *x,
-                                 float *dw, float *scratch, int64_t scratch_floats) {
+                                 float *dw, float *db, float *scratch, int64_t scratch_floats) {
     const int64_t p = g->pad, pad[4] = {p, p, p, p}, per = padded_image_floats(g);
     const int64_t step = fit_units(scratch_floats, per, g->n);
     for (int64_t i0 = 0; i0 < g->n; i0 += step) {
@@ -205,7 +206,7 @@ static void direct_filter_narrow(const cpu_conv_geom *g, const float *dy, const 
             pad_images(xp, n, g->h, g->w, g->cin, pad, scratch);
             xp = scratch;
         }
-        cpu_avx512_conv_filter_narrow(g, n, xp, dy + i0 * g->ho * g->wo * g->cout, dw);
+        cpu_avx512_conv_filter_narrow(g, n, xp, dy + i0 * g->ho * g->wo * g->cout, dw, db);
     }
 }
 
@@ -327,20 +328,24 @@ void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const 
 void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x, const float *w,
                          float *dx, float *dw, float *db, float *scratch, int64_t scratch_floats) {
     const int64_t pix = g->n * g->ho * g->wo;
-    if (db)
-        cpu_bias_backward(dy, db, pix, g->cout);
-    if (!use_direct(g) && is_pointwise(g)) {
-        cpu_linear_backward(dy, x, w, dx, dw, NULL, pix, g->cin, g->cout);
-        return;
-    }
     if (!use_direct(g)) {
-        gemm_backward(g, dy, x, w, dx, dw, scratch, scratch_floats);
+        if (db)
+            cpu_bias_backward(dy, db, pix, g->cout);
+        if (is_pointwise(g))
+            cpu_linear_backward(dy, x, w, dx, dw, NULL, pix, g->cin, g->cout);
+        else
+            gemm_backward(g, dy, x, w, dx, dw, scratch, scratch_floats);
         return;
     }
+    /* the filter gradient also sums dy for db where it sees every pixel */
+    const int64_t full = cpu_avx512_full_tap(g);
+    const bool fused = dw && (is_narrow(g) || full >= 0);
+    if (db && !fused)
+        cpu_bias_backward(dy, db, pix, g->cout);
     if (dw && is_narrow(g))
-        direct_filter_narrow(g, dy, x, dw, scratch, scratch_floats);
+        direct_filter_narrow(g, dy, x, dw, db, scratch, scratch_floats);
     else if (dw)
-        cpu_avx512_conv_filter(g, dy, x, dw);
+        cpu_avx512_conv_filter(g, dy, x, dw, db, full);
     if (dx && is_narrow(g))
         gemm_backward(g, dy, x, w, dx, NULL, scratch, scratch_floats);
     else if (dx)

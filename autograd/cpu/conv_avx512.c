@@ -237,27 +237,43 @@ static void valid_columns(const cpu_conv_geom *g, int64_t kx, int64_t *lo, int64
         *hi = g->wo;
 }
 
-/* The tile of output channels co0 .. co0 + nr, input channels ci0 .. ci0 + 16 nj
- * (the last vector masked to cin) at tap (ky, kx), summed over output rows [u0, u1). */
+/* One tile of a filter gradient: its channels, its tap or kernel row, the
+ * output rows [u0, u1) it sums over, and db + its first output channel when
+ * it also sums dy for the bias gradient (NULL otherwise). */
+typedef struct {
+    int64_t ky, kx, co0, ci0, u0, u1;
+    float *db;
+} filter_job;
+
+/* db[r] += lane r of v, for r < n. */
+static TARGET void add_lanes(float *db, __m512 v, int n) {
+    float lane[LANES];
+    _mm512_storeu_ps(lane, v);
+    for (int r = 0; r < n; r++)
+        db[r] += lane[r];
+}
+
+/* The tile of output channels co0 .. co0 + nr and input channels ci0 .. ci0
+ * + 16 nj (the last vector masked to cin) at tap (ky, kx). */
 INLINE void filter_tile(const cpu_conv_geom *g, const int nr, const int nj, const float *dy,
-                        const float *x, float *dw, int64_t ky, int64_t kx, int64_t co0,
-                        int64_t ci0, int64_t u0, int64_t u1) {
-    const int64_t C = g->cin, step = g->stride * C;
-    const __mmask16 last = lanes(C - ci0 - (nj - 1) * LANES);
+                        const float *x, float *dw, const filter_job *job) {
+    const int64_t C = g->cin, step = g->stride * C, ky = job->ky, kx = job->kx;
+    const __mmask16 last = lanes(C - job->ci0 - (nj - 1) * LANES);
     int64_t lo, hi;
     valid_columns(g, kx, &lo, &hi);
-    __m512 acc[FR][VJ];
+    __m512 acc[FR][VJ], bias = _mm512_setzero_ps();
 #pragma GCC unroll 16
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
             acc[r][j] = _mm512_setzero_ps();
-    for (int64_t u = u0, img = u0 / g->ho, oy = u0 % g->ho; u < u1; u++, oy = oy + 1 < g->ho ? oy + 1 : (img++, 0)) {
+    int64_t img = job->u0 / g->ho, oy = job->u0 % g->ho;
+    for (int64_t u = job->u0; u < job->u1; u++, oy = oy + 1 < g->ho ? oy + 1 : (img++, 0)) {
         int64_t iy = oy * g->stride - g->pad + ky;
         if (iy < 0 || iy >= g->h)
             continue;
-        const float *xs = x + ((img * g->h + iy) * g->w + lo * g->stride - g->pad + kx) * C + ci0;
-        const float *d = dy + (u * g->wo + lo) * g->cout + co0;
+        const float *xs = x + ((img * g->h + iy) * g->w + lo * g->stride - g->pad + kx) * C + job->ci0;
+        const float *d = dy + (u * g->wo + lo) * g->cout + job->co0;
 #pragma GCC unroll 2
         for (int64_t ox = lo; ox < hi; ox++, xs += step, d += g->cout) {
             __m512 xv[VJ];
@@ -272,11 +288,13 @@ INLINE void filter_tile(const cpu_conv_geom *g, const int nr, const int nj, cons
                 for (int j = 0; j < nj; j++)
                     acc[r][j] = _mm512_fmadd_ps(a, xv[j], acc[r][j]);
             }
+            if (job->db)
+                bias = _mm512_add_ps(bias, _mm512_maskz_loadu_ps(lanes(nr), d));
         }
     }
 #pragma GCC unroll 16
     for (int r = 0; r < nr; r++) {
-        float *o = dw + (((co0 + r) * g->kh + ky) * g->kw + kx) * C + ci0;
+        float *o = dw + (((job->co0 + r) * g->kh + ky) * g->kw + kx) * C + job->ci0;
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++) {
             __mmask16 m = j < nj - 1 ? (__mmask16)0xffff : last;
@@ -284,20 +302,21 @@ INLINE void filter_tile(const cpu_conv_geom *g, const int nr, const int nj, cons
                                   _mm512_add_ps(acc[r][j], _mm512_maskz_loadu_ps(m, o + j * LANES)));
         }
     }
+    if (job->db)
+        add_lanes(job->db, bias, nr);
 }
 
 /* filter_tile with nr and nj made constants. */
 #define FILTER_NJ(nr)                                                                              \
     switch (nj) {                                                                                  \
-    case 1: filter_tile(g, nr, 1, dy, x, dw, ky, kx, co0, ci0, u0, u1); break;                    \
-    case 2: filter_tile(g, nr, 2, dy, x, dw, ky, kx, co0, ci0, u0, u1); break;                    \
-    case 3: filter_tile(g, nr, 3, dy, x, dw, ky, kx, co0, ci0, u0, u1); break;                    \
-    default: filter_tile(g, nr, 4, dy, x, dw, ky, kx, co0, ci0, u0, u1); break;                   \
+    case 1: filter_tile(g, nr, 1, dy, x, dw, job); break;                                         \
+    case 2: filter_tile(g, nr, 2, dy, x, dw, job); break;                                         \
+    case 3: filter_tile(g, nr, 3, dy, x, dw, job); break;                                         \
+    default: filter_tile(g, nr, 4, dy, x, dw, job); break;                                        \
     }
 
 static TARGET void filter_tile_any(const cpu_conv_geom *g, int nr, int nj, const float *dy,
-                                   const float *x, float *dw, int64_t ky, int64_t kx, int64_t co0,
-                                   int64_t ci0, int64_t u0, int64_t u1) {
+                                   const float *x, float *dw, const filter_job *job) {
     switch (nr) {
     case 1: FILTER_NJ(1); break;
     case 2: FILTER_NJ(2); break;
@@ -308,7 +327,18 @@ static TARGET void filter_tile_any(const cpu_conv_geom *g, int nr, int nj, const
     }
 }
 
-void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float *x, float *dw) {
+int64_t cpu_avx512_full_tap(const cpu_conv_geom *g) {
+    /* tap (ky, kx) reads rows oy * stride - pad + ky for oy < ho: all inside when ky >= pad
+     * and (ho - 1) * stride - pad + ky < h; likewise columns */
+    int64_t ky = g->pad, kx = g->pad;
+    if (ky >= g->kh || kx >= g->kw || (g->ho - 1) * g->stride - g->pad + ky >= g->h ||
+        (g->wo - 1) * g->stride - g->pad + kx >= g->w)
+        return -1;
+    return ky * g->kw + kx;
+}
+
+void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float *x, float *dw,
+                            float *db, int64_t bias_tap) {
     const int64_t rows = g->n * g->ho, taps = g->kh * g->kw;
     const int64_t row_bytes = (g->wo * g->cout + g->stride * g->w * g->cin) * (int64_t)sizeof(float);
     const int64_t group = GROUP_BYTES / row_bytes > 1 ? GROUP_BYTES / row_bytes : 1;
@@ -319,14 +349,15 @@ void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float
         int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
         int64_t t0 = tasks * me / nth, t1 = tasks * (me + 1) / nth;
         for (int64_t u0 = 0; u0 < rows; u0 += group) {
-            int64_t u1 = u0 + group < rows ? u0 + group : rows;
             for (int64_t t = t0; t < t1; t++) {
                 int64_t tap = t / (rblocks * cblocks), rb = t / cblocks % rblocks, cb = t % cblocks;
-                int64_t co0 = rb * FR, ci0 = cb * VJ * LANES;
-                int64_t nr = g->cout - co0 < FR ? g->cout - co0 : FR;
-                int64_t nj = (g->cin - ci0 + LANES - 1) / LANES;
-                filter_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, x, dw, tap / g->kw,
-                                tap % g->kw, co0, ci0, u0, u1);
+                filter_job job = {tap / g->kw, tap % g->kw, rb * FR, cb * VJ * LANES, u0,
+                                  u0 + group < rows ? u0 + group : rows, NULL};
+                if (db && tap == bias_tap && cb == 0)
+                    job.db = db + job.co0;
+                int64_t nr = g->cout - job.co0 < FR ? g->cout - job.co0 : FR;
+                int64_t nj = (g->cin - job.ci0 + LANES - 1) / LANES;
+                filter_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, x, dw, &job);
             }
         }
     }
@@ -334,21 +365,22 @@ void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float
 
 /* ---- filter gradient, few input channels ---- */
 
-/* The tile of kernel-row entries q0 .. q0 + nr (q = kx * cin + ci) of row ky
- * times output channels co0 .. co0 + 16 nj (the last vector masked to cout),
- * summed over output rows [u0, u1) of the padded images xp [., hp, wp, cin]. */
+/* The tile of kernel-row entries q0 .. q0 + nr (q = kx * cin + ci, carried in
+ * job->ci0) of row ky times output channels co0 .. co0 + 16 nj (the last
+ * vector masked to cout), from the padded images xp [., hp, wp, cin]. */
 INLINE void narrow_tile(const cpu_conv_geom *g, const int nr, const int nj, const float *dy,
-                        const float *xp, float *dw, int64_t ky, int64_t q0, int64_t co0,
-                        int64_t u0, int64_t u1) {
+                        const float *xp, float *dw, const filter_job *job) {
     const int64_t C = g->cin, hp = g->h + 2 * g->pad, wp = g->w + 2 * g->pad;
+    const int64_t ky = job->ky, q0 = job->ci0, co0 = job->co0;
     const __mmask16 last = lanes(g->cout - co0 - (nj - 1) * LANES);
-    __m512 acc[FR][VJ];
+    __m512 acc[FR][VJ], bias[VJ];
 #pragma GCC unroll 16
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
-            acc[r][j] = _mm512_setzero_ps();
-    for (int64_t u = u0, img = u0 / g->ho, oy = u0 % g->ho; u < u1; u++, oy = oy + 1 < g->ho ? oy + 1 : (img++, 0)) {
+            acc[r][j] = bias[j] = _mm512_setzero_ps();
+    int64_t img = job->u0 / g->ho, oy = job->u0 % g->ho;
+    for (int64_t u = job->u0; u < job->u1; u++, oy = oy + 1 < g->ho ? oy + 1 : (img++, 0)) {
         const float *xs = xp + ((img * hp + oy * g->stride + ky) * wp) * C + q0;
         const float *d = dy + u * g->wo * g->cout + co0;
         for (int64_t ox = 0; ox < g->wo; ox++, xs += g->stride * C, d += g->cout) {
@@ -364,6 +396,10 @@ INLINE void narrow_tile(const cpu_conv_geom *g, const int nr, const int nj, cons
                 for (int j = 0; j < nj; j++)
                     acc[r][j] = _mm512_fmadd_ps(a, dv[j], acc[r][j]);
             }
+            if (job->db)
+#pragma GCC unroll 4
+                for (int j = 0; j < nj; j++)
+                    bias[j] = _mm512_add_ps(bias[j], dv[j]);
         }
     }
     for (int r = 0; r < nr; r++) { /* lanes are output channels: scatter to their rows of dw */
@@ -375,19 +411,21 @@ INLINE void narrow_tile(const cpu_conv_geom *g, const int nr, const int nj, cons
                 dw[(((co0 + j * LANES + l) * g->kh + ky) * g->kw + kx) * C + ci] += v[l];
         }
     }
+    if (job->db)
+        for (int j = 0; j < nj; j++)
+            add_lanes(job->db + j * LANES, bias[j], (int)(g->cout - co0 - j * LANES < LANES ? g->cout - co0 - j * LANES : LANES));
 }
 
 #define NARROW_NJ(nr)                                                                              \
     switch (nj) {                                                                                  \
-    case 1: narrow_tile(g, nr, 1, dy, xp, dw, ky, q0, co0, u0, u1); break;                        \
-    case 2: narrow_tile(g, nr, 2, dy, xp, dw, ky, q0, co0, u0, u1); break;                        \
-    case 3: narrow_tile(g, nr, 3, dy, xp, dw, ky, q0, co0, u0, u1); break;                        \
-    default: narrow_tile(g, nr, 4, dy, xp, dw, ky, q0, co0, u0, u1); break;                       \
+    case 1: narrow_tile(g, nr, 1, dy, xp, dw, job); break;                                        \
+    case 2: narrow_tile(g, nr, 2, dy, xp, dw, job); break;                                        \
+    case 3: narrow_tile(g, nr, 3, dy, xp, dw, job); break;                                        \
+    default: narrow_tile(g, nr, 4, dy, xp, dw, job); break;                                       \
     }
 
 static TARGET void narrow_tile_any(const cpu_conv_geom *g, int nr, int nj, const float *dy,
-                                   const float *xp, float *dw, int64_t ky, int64_t q0, int64_t co0,
-                                   int64_t u0, int64_t u1) {
+                                   const float *xp, float *dw, const filter_job *job) {
     switch (nr) {
     case 1: NARROW_NJ(1); break;
     case 2: NARROW_NJ(2); break;
@@ -399,7 +437,7 @@ static TARGET void narrow_tile_any(const cpu_conv_geom *g, int nr, int nj, const
 }
 
 void cpu_avx512_conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const float *xp,
-                                   const float *dy, float *dw) {
+                                   const float *dy, float *dw, float *db) {
     const int64_t rows = n * g->ho, span = g->kw * g->cin, wp = g->w + 2 * g->pad;
     const int64_t row_bytes = (g->wo * g->cout + g->stride * wp * g->cin) * (int64_t)sizeof(float);
     const int64_t group = GROUP_BYTES / row_bytes > 1 ? GROUP_BYTES / row_bytes : 1;
@@ -410,13 +448,15 @@ void cpu_avx512_conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const floa
         int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
         int64_t t0 = tasks * me / nth, t1 = tasks * (me + 1) / nth;
         for (int64_t u0 = 0; u0 < rows; u0 += group) {
-            int64_t u1 = u0 + group < rows ? u0 + group : rows;
             for (int64_t t = t0; t < t1; t++) {
-                int64_t ky = t / (qblocks * cblocks), q0 = t / cblocks % qblocks * FR;
-                int64_t co0 = t % cblocks * VJ * LANES;
-                int64_t nr = span - q0 < FR ? span - q0 : FR;
-                int64_t nj = (g->cout - co0 + LANES - 1) / LANES;
-                narrow_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, xp, dw, ky, q0, co0, u0, u1);
+                int64_t q = t / cblocks % qblocks * FR;
+                filter_job job = {t / (qblocks * cblocks), 0, t % cblocks * VJ * LANES, q, u0,
+                                  u0 + group < rows ? u0 + group : rows, NULL};
+                if (db && job.ky == 0 && q == 0) /* every row-0 tile sees every pixel */
+                    job.db = db + job.co0;
+                int64_t nr = span - q < FR ? span - q : FR;
+                int64_t nj = (g->cout - job.co0 + LANES - 1) / LANES;
+                narrow_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, xp, dw, &job);
             }
         }
     }

@@ -43,14 +43,20 @@ int64_t cpu_avx512_patch_floats(int64_t kh, int64_t kw, int64_t c);
 
 void cpu_avx512_conv_forward(const cpu_direct_conv *d);
 
+/* A tap whose window lies inside the image for every output pixel (ky * kw
+ * + kx), or -1 when there is none. */
+int64_t cpu_avx512_full_tap(const cpu_conv_geom *g);
+
 /* dw [cout, kh, kw, cin] += the filter gradient from x and dy (geometry g,
- * padding handled in place). */
-void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float *x, float *dw);
+ * padding handled in place), and db [cout] (when not NULL) += the column sums
+ * of dy, taken alongside bias_tap, which must be cpu_avx512_full_tap(g). */
+void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float *x, float *dw,
+                            float *db, int64_t bias_tap);
 
 /* The same for inputs with few channels (vectors run over output channels
  * instead), from n images of zero-padded input xp [n, h + 2 pad, w + 2 pad, cin]
- * and their dy [n, ho, wo, cout]. */
+ * and their dy [n, ho, wo, cout]; db may be NULL. */
 void cpu_avx512_conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const float *xp,
-                                   const float *dy, float *dw);
+                                   const float *dy, float *dw, float *db);
 
 #endif
