@@ -1,11 +1,13 @@
 /* CPU kernels for conv2d (see conv.h).
  *
- * Direct way (AVX-512, conv_avx512.c): the forward pass runs on a zero-padded
- * copy of a chunk of images with the weights repacked in blocks of output
- * channels, output channels last;
- * the input gradient of a stride-1 convolution is the forward pass of the
- * transposed convolution over the padded output gradient; the filter
- * gradient reads x and dy in place. A strided input gradient goes the GEMM way.
+ * Direct way (AVX-512, conv_avx512.c): the forward pass with the weights
+ * repacked in blocks of output channels, output channels last; the input
+ * gradient as the transposed convolution, one stride phase at a time (each a
+ * stride-1 convolution of dy with part of the kernel, turned half a circle);
+ * the filter gradient (with the bias gradient alongside) reading x and dy in
+ * place. Inputs with fewer channels than a vector take the filter gradient
+ * from a padded copy with vectors over output channels, and the input
+ * gradient the GEMM way.
  *
  * GEMM way: the column buffer has one row per output pixel and one column
  * per (ky, kx, cin), the order of the weight's [Cout, kh, kw, Cin] layout, so

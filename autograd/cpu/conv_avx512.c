@@ -10,8 +10,11 @@
  *
  * Filter gradient: a tile is FR output channels times up to 64 input
  * channels of one kernel tap, summed over output pixels: per pixel, FR
- * broadcasts of dy and VJ vectors of x. Output rows are taken a group at a
- * time, small enough to stay in cache while every tile walks them.
+ * broadcasts of dy and VJ vectors of x. Each thread owns a fixed set of tiles
+ * (no two add to the same weights) and walks the output rows a group at a
+ * time, so a group stays in cache while the thread's tiles go over it. For
+ * inputs with few channels the tile is FR entries of a kernel row (kx, ci)
+ * times up to 64 output channels instead, on a padded copy of the input.
  *
  * The tile functions are always inlined with constant sizes, so the compiler
  * keeps the accumulator arrays in registers. */
@@ -32,8 +35,9 @@ enum {
 };
 _Static_assert(VJ * LANES == CPU_DIRECT_BLOCK, "a forward tile spans one block of packed weights");
 
-/* Forward: tiles per work item, and the bytes of weights one pass over a
- * strip may use (whole kernel rows; the output takes the partial sums). */
+/* Forward: tiles per work item; the bytes of weights one pass over a strip
+ * may use (whole kernel rows; the output takes the partial sums); the weights
+ * below which a work item runs every channel block over its strip. */
 #define STRIP 32
 #define PANEL_BYTES (256 * 1024)
 #define ALL_BLOCKS_BYTES (1024 * 1024)
@@ -94,51 +98,44 @@ static inline void next_pixel(const cpu_direct_conv *d, pixel *at) {
     }
 }
 
+/* Where the np <= FP pixels from `at` (advanced past them) read and write:
+ * kernel row ky of pixel p at src[p] + ky * rs[p], its output at dst[p].
+ * Pixels at the border get their rows [ky0, ky1) copied into `patch` (FP
+ * windows); missing pixels repeat the last (their sums are dropped). */
+static void tile_windows(const cpu_direct_conv *d, pixel *at, int np, int64_t ky0, int64_t ky1,
+                         float *patch, const float *src[FP], int64_t rs[FP], float *dst[FP]) {
+    const int64_t row = d->kw * d->c;
+    for (int p = 0; p < FP; p++) {
+        if (p >= np) {
+            src[p] = src[p - 1], rs[p] = rs[p - 1], dst[p] = dst[p - 1];
+            continue;
+        }
+        int64_t iy0 = at->oy * d->stride - d->top, ix0 = at->ox * d->stride - d->left;
+        if (iy0 >= 0 && iy0 + d->kh <= d->h && ix0 >= 0 && ix0 + d->kw <= d->w) {
+            src[p] = d->src + ((at->img * d->h + iy0) * d->w + ix0) * d->c;
+            rs[p] = d->w * d->c;
+        } else {
+            float *pt = patch + p * d->kh * row;
+            fill_patch(d, at->img, iy0, ix0, ky0, ky1, pt);
+            src[p] = pt;
+            rs[p] = row;
+        }
+        dst[p] = d->out + ((at->img * d->out_h + at->oy * d->out_step) * d->out_w +
+                           at->ox * d->out_step) * d->co;
+        next_pixel(d, at);
+    }
+}
+
 /* Adds kernel rows [ky0, ky1) into the tile of np <= FP pixels from `at`
  * (advanced past them) and channels j0 .. j0 + 16 nj. The first rows start
- * the output (with the bias) unless d->accumulate; later rows add to it.
- * `patch` holds FP windows for pixels at the border. */
+ * the output (with the bias) unless d->accumulate; later rows add to it. */
 INLINE void forward_tile(const cpu_direct_conv *d, const int nj, pixel *at, int np, int64_t j0,
                          int64_t ky0, int64_t ky1, float *patch) {
     const int64_t row = d->kw * d->c;
-    const float *src[FP]; /* each pixel's window: kernel row ky at src[p] + ky * rs[p] */
+    const float *src[FP];
     int64_t rs[FP];
     float *dst[FP];
-    int64_t iy0 = at->oy * d->stride - d->top, ix0 = at->ox * d->stride - d->left;
-    if (np == FP && at->ox + FP <= d->wo && iy0 >= 0 && iy0 + d->kh <= d->h && ix0 >= 0 &&
-        ix0 + (FP - 1) * d->stride + d->kw <= d->w) { /* one row, all inside: the common case */
-        const float *s0 = d->src + ((at->img * d->h + iy0) * d->w + ix0) * d->c;
-        float *d0 = d->out + ((at->img * d->out_h + at->oy * d->out_step) * d->out_w +
-                              at->ox * d->out_step) * d->co;
-        for (int p = 0; p < FP; p++) {
-            src[p] = s0 + p * d->stride * d->c;
-            rs[p] = d->w * d->c;
-            dst[p] = d0 + p * d->out_step * d->co;
-        }
-        at->ox += FP;
-        if (at->ox == d->wo)
-            at->ox = 0, at->oy + 1 == d->ho ? (at->oy = 0, at->img++) : at->oy++;
-    } else {
-        for (int p = 0; p < FP; p++) {
-            if (p >= np) { /* missing pixels repeat the last; their sums are dropped */
-                src[p] = src[p - 1], rs[p] = rs[p - 1], dst[p] = dst[p - 1];
-                continue;
-            }
-            iy0 = at->oy * d->stride - d->top, ix0 = at->ox * d->stride - d->left;
-            if (iy0 >= 0 && iy0 + d->kh <= d->h && ix0 >= 0 && ix0 + d->kw <= d->w) {
-                src[p] = d->src + ((at->img * d->h + iy0) * d->w + ix0) * d->c;
-                rs[p] = d->w * d->c;
-            } else {
-                float *pt = patch + p * d->kh * row;
-                fill_patch(d, at->img, iy0, ix0, ky0, ky1, pt);
-                src[p] = pt;
-                rs[p] = row;
-            }
-            dst[p] = d->out + ((at->img * d->out_h + at->oy * d->out_step) * d->out_w +
-                               at->ox * d->out_step) * d->co;
-            next_pixel(d, at);
-        }
-    }
+    tile_windows(d, at, np, ky0, ky1, patch, src, rs, dst);
     __m512 acc[FP][VJ];
 #pragma GCC unroll 16
     for (int p = 0; p < FP; p++)

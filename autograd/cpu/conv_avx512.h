@@ -41,6 +41,7 @@ typedef struct cpu_direct_conv {
 /* Floats of patch memory per thread for a kh x kw kernel over c channels. */
 int64_t cpu_avx512_patch_floats(int64_t kh, int64_t kw, int64_t c);
 
+/* Runs d, threads splitting the output pixels. */
 void cpu_avx512_conv_forward(const cpu_direct_conv *d);
 
 /* A tap whose window lies inside the image for every output pixel (ky * kw
