@@ -23,12 +23,14 @@ typedef struct cpu_conv_geom {
     cpu_conv_algo algo;
 } cpu_conv_geom;
 
-/* The scratch bound the ops use. */
+/* The bound the ops put on the chunked part of the scratch. */
 #define CPU_CONV_SCRATCH_BYTES ((int64_t)64 << 20)
 
-/* Floats of scratch the kernels below need when it may take at most
- * max_bytes: whole chunks (output rows of the column buffer, or images of
- * padded input), at least one even when that exceeds max_bytes, at most all. */
+/* Floats of scratch the kernels below need: the direct way's repacked
+ * weights and per-thread windows, plus the chunked buffers (output rows of
+ * the column buffer, or images of padded input) within max_bytes, but at
+ * least one chunk and at most all. The thread count is read here: run the
+ * kernels with the same OpenMP setting. */
 int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes);
 
 /* y = conv(x, w) + b (b [cout] may be NULL), using scratch [scratch_floats]

@@ -35,9 +35,9 @@ enum {
 };
 _Static_assert(VJ * LANES == CPU_DIRECT_BLOCK, "a forward tile spans one block of packed weights");
 
-/* Forward: tiles per work item; the bytes of weights one pass over a strip
- * may use (whole kernel rows; the output takes the partial sums); the weights
- * below which a work item runs every channel block over its strip. */
+/* Forward: tiles per work item; the weights below which a tile runs every
+ * channel block; otherwise the bytes of weights one pass over a strip may use
+ * (whole kernel rows; the output takes the partial sums). */
 #define STRIP 32
 #define PANEL_BYTES (256 * 1024)
 #define ALL_BLOCKS_BYTES (1024 * 1024)
@@ -126,16 +126,13 @@ static void tile_windows(const cpu_direct_conv *d, pixel *at, int np, int64_t ky
     }
 }
 
-/* Adds kernel rows [ky0, ky1) into the tile of np <= FP pixels from `at`
- * (advanced past them) and channels j0 .. j0 + 16 nj. The first rows start
+/* Adds kernel rows [ky0, ky1) into the tile of np <= FP pixels whose
+ * windows tile_windows gave, channels j0 .. j0 + 16 nj. The first rows start
  * the output (with the bias) unless d->accumulate; later rows add to it. */
-INLINE void forward_tile(const cpu_direct_conv *d, const int nj, pixel *at, int np, int64_t j0,
-                         int64_t ky0, int64_t ky1, float *patch) {
+INLINE void forward_tile(const cpu_direct_conv *d, const int nj, const float *const src[FP],
+                         const int64_t rs[FP], float *const dst[FP], int np, int64_t j0,
+                         int64_t ky0, int64_t ky1) {
     const int64_t row = d->kw * d->c;
-    const float *src[FP];
-    int64_t rs[FP];
-    float *dst[FP];
-    tile_windows(d, at, np, ky0, ky1, patch, src, rs, dst);
     __m512 acc[FP][VJ];
 #pragma GCC unroll 16
     for (int p = 0; p < FP; p++)
@@ -182,19 +179,26 @@ INLINE void forward_tile(const cpu_direct_conv *d, const int nj, pixel *at, int 
     }
 }
 
-/* A strip of tiles [t0, t1) of the channel block at j0, kernel rows [ky0, ky1). */
-static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t1, int64_t j0,
-                                 int64_t ky0, int64_t ky1, float *patch) {
-    const int64_t pix = d->n * d->ho * d->wo, left = (d->co - j0 + LANES - 1) / LANES;
-    const int nj = left < VJ ? (int)left : VJ;
+/* A strip of tiles [t0, t1), channel blocks [b0, b1), kernel rows [ky0, ky1):
+ * each tile's windows are found (and border patches filled) once. */
+static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t1, int64_t b0,
+                                 int64_t b1, int64_t ky0, int64_t ky1, float *patch) {
+    const int64_t pix = d->n * d->ho * d->wo;
     pixel at = {t0 * FP / (d->ho * d->wo), t0 * FP / d->wo % d->ho, t0 * FP % d->wo};
     for (int64_t t = t0; t < t1; t++) {
         int np = (int)(pix - t * FP < FP ? pix - t * FP : FP);
-        switch (nj) {
-        case 1: forward_tile(d, 1, &at, np, j0, ky0, ky1, patch); break;
-        case 2: forward_tile(d, 2, &at, np, j0, ky0, ky1, patch); break;
-        case 3: forward_tile(d, 3, &at, np, j0, ky0, ky1, patch); break;
-        default: forward_tile(d, VJ, &at, np, j0, ky0, ky1, patch); break;
+        const float *src[FP];
+        int64_t rs[FP];
+        float *dst[FP];
+        tile_windows(d, &at, np, ky0, ky1, patch, src, rs, dst);
+        for (int64_t b = b0; b < b1; b++) {
+            int64_t j0 = b * CPU_DIRECT_BLOCK, left = (d->co - j0 + LANES - 1) / LANES;
+            switch (left < VJ ? left : VJ) {
+            case 1: forward_tile(d, 1, src, rs, dst, np, j0, ky0, ky1); break;
+            case 2: forward_tile(d, 2, src, rs, dst, np, j0, ky0, ky1); break;
+            case 3: forward_tile(d, 3, src, rs, dst, np, j0, ky0, ky1); break;
+            default: forward_tile(d, VJ, src, rs, dst, np, j0, ky0, ky1); break;
+            }
         }
     }
 }
@@ -203,12 +207,13 @@ void cpu_avx512_conv_forward(const cpu_direct_conv *d) {
     const int64_t pix = d->n * d->ho * d->wo, tiles = (pix + FP - 1) / FP;
     const int64_t strips = (tiles + STRIP - 1) / STRIP;
     const int64_t blocks = (d->co + CPU_DIRECT_BLOCK - 1) / CPU_DIRECT_BLOCK;
-    /* kernel rows per pass: the weights they need of one channel block stay in cache */
     const int64_t row_bytes = d->kw * d->c * CPU_DIRECT_BLOCK * (int64_t)sizeof(float);
-    const int64_t rows = PANEL_BYTES / row_bytes > 1 ? PANEL_BYTES / row_bytes : 1;
-    /* small weights: a work item runs all blocks over its strip while the strip is in cache */
-    const int64_t per = blocks * d->kh * row_bytes <= ALL_BLOCKS_BYTES ? blocks : 1;
-    const int64_t groups = (blocks + per - 1) / per;
+    /* Weights that stay in cache: a tile runs every block and kernel row. Else
+     * a work item takes one block, as many kernel rows at a time as stay in
+     * cache, over its strip. */
+    const bool all = blocks * d->kh * row_bytes <= ALL_BLOCKS_BYTES;
+    const int64_t rows = all ? d->kh : PANEL_BYTES / row_bytes > 1 ? PANEL_BYTES / row_bytes : 1;
+    const int64_t per = all ? blocks : 1, groups = (blocks + per - 1) / per;
     const int64_t patch = cpu_avx512_patch_floats(d->kh, d->kw, d->c);
 #pragma omp parallel for schedule(static) num_threads(d->threads) \
     if (pix * d->co * d->kh * d->kw * d->c >= 1 << 20)
@@ -216,10 +221,8 @@ void cpu_avx512_conv_forward(const cpu_direct_conv *d) {
         int64_t b0 = t / strips * per, b1 = b0 + per < blocks ? b0 + per : blocks;
         int64_t t0 = t % strips * STRIP, t1 = t0 + STRIP < tiles ? t0 + STRIP : tiles;
         float *mine = d->patches + omp_get_thread_num() * patch;
-        for (int64_t b = b0; b < b1; b++)
-            for (int64_t ky0 = 0; ky0 < d->kh; ky0 += rows)
-                forward_strip(d, t0, t1, b * CPU_DIRECT_BLOCK, ky0,
-                              ky0 + rows < d->kh ? ky0 + rows : d->kh, mine);
+        for (int64_t ky0 = 0; ky0 < d->kh; ky0 += rows)
+            forward_strip(d, t0, t1, b0, b1, ky0, ky0 + rows < d->kh ? ky0 + rows : d->kh, mine);
     }
 }
 

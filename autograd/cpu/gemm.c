@@ -13,7 +13,7 @@
 #define PAR_MIN_FLOATS 65536
 
 void cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
-                 float beta, float *C) {
+              float beta, float *C) {
     if (M == 0 || N == 0)
         return;
     if (K == 0) { /* an empty sum; BLAS would also reject the zero leading dimension */
