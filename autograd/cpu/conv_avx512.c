@@ -20,6 +20,8 @@
  * keeps the accumulator arrays in registers. */
 #include "conv_avx512.h"
 
+#if defined(__x86_64__)
+
 #include <immintrin.h>
 #include <omp.h>
 #include <string.h>
@@ -461,3 +463,16 @@ void cpu_avx512_conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const floa
         }
     }
 }
+
+#else /* not x86: no AVX-512, and conv.c always takes the GEMM way */
+
+bool cpu_avx512_available(void) { return false; }
+int64_t cpu_avx512_patch_floats(int64_t kh, int64_t kw, int64_t c) { return 0; }
+void cpu_avx512_conv_forward(const cpu_direct_conv *d) {}
+int64_t cpu_avx512_full_tap(const cpu_conv_geom *g) { return -1; }
+void cpu_avx512_conv_filter(const cpu_conv_geom *g, const float *dy, const float *x, float *dw,
+                            float *db, int64_t bias_tap) {}
+void cpu_avx512_conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const float *xp,
+                                   const float *dy, float *dw, float *db) {}
+
+#endif
