@@ -37,7 +37,7 @@ enum {
 };
 _Static_assert(VJ * LANES == CPU_DIRECT_BLOCK, "a forward tile spans one block of packed weights");
 
-/* Forward: tiles per work item; the weights below which a tile runs every
+/* Forward: most tiles per work item; the weights below which a tile runs every
  * channel block; otherwise the bytes of weights one pass over a strip may use
  * (whole kernel rows; the output takes the partial sums). */
 #define STRIP 32
@@ -207,7 +207,10 @@ static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t
 
 void cpu_avx512_conv_forward(const cpu_direct_conv *d) {
     const int64_t pix = d->n * d->ho * d->wo, tiles = (pix + FP - 1) / FP;
-    const int64_t strips = (tiles + STRIP - 1) / STRIP;
+    /* strips of up to STRIP tiles, at least 8 per thread so that the threads finish together */
+    int64_t strip = tiles / (8 * d->threads);
+    strip = strip < 4 ? 4 : strip > STRIP ? STRIP : strip;
+    const int64_t strips = (tiles + strip - 1) / strip;
     const int64_t blocks = (d->co + CPU_DIRECT_BLOCK - 1) / CPU_DIRECT_BLOCK;
     const int64_t row_bytes = d->kw * d->c * CPU_DIRECT_BLOCK * (int64_t)sizeof(float);
     /* Weights that stay in cache: a tile runs every block and kernel row. Else
@@ -221,7 +224,7 @@ void cpu_avx512_conv_forward(const cpu_direct_conv *d) {
     if (pix * d->co * d->kh * d->kw * d->c >= 1 << 20)
     for (int64_t t = 0; t < groups * strips; t++) {
         int64_t b0 = t / strips * per, b1 = b0 + per < blocks ? b0 + per : blocks;
-        int64_t t0 = t % strips * STRIP, t1 = t0 + STRIP < tiles ? t0 + STRIP : tiles;
+        int64_t t0 = t % strips * strip, t1 = t0 + strip < tiles ? t0 + strip : tiles;
         float *mine = d->patches + omp_get_thread_num() * patch;
         for (int64_t ky0 = 0; ky0 < d->kh; ky0 += rows)
             forward_strip(d, t0, t1, b0, b1, ky0, ky0 + rows < d->kh ? ky0 + rows : d->kh, mine);
