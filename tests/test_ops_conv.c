@@ -1,7 +1,9 @@
 /* conv2d: forward and backward against plain double-precision loops (also
- * through the kernels directly with a small column buffer, so chunk
- * boundaries are crossed), gradients against finite differences, and the
- * shape errors. */
+ * through the kernels directly, both the direct way (where the CPU has it)
+ * and the GEMM way, with small scratch so that chunk boundaries are
+ * crossed), gradients against finite differences, and the shape errors.
+ * Inputs with fewer than 16 channels take other direct kernels than wider
+ * ones, so the cases have both. */
 #include "testutil.h"
 
 #include "autograd/cpu/conv.h"
@@ -18,18 +20,20 @@ typedef struct {
 } conv_case;
 
 static const conv_case cases[] = {
-    {2, 5, 6, 4, 3, 1, 1, 1, 0, true},   /* 1x1: the plain GEMM path */
+    {2, 5, 6, 4, 3, 1, 1, 1, 0, true},   /* 1x1: one GEMM the GEMM way */
     {2, 6, 5, 3, 4, 3, 3, 1, 1, true},   /* 3x3 pad 1 */
     {2, 7, 6, 3, 5, 3, 3, 2, 1, true},   /* 3x3 pad 1 stride 2 */
     {1, 7, 5, 3, 5, 3, 3, 1, 1, false},  /* odd sizes, no bias */
     {2, 8, 8, 3, 4, 4, 4, 4, 0, true},   /* 4x4 stride 4: patch embedding */
-    {2, 5, 5, 3, 2, 1, 1, 2, 0, true},   /* 1x1 stride 2: im2col path */
-    {1, 5, 6, 2, 20, 3, 3, 1, 0, true},  /* no padding; cout beyond one bias block */
+    {2, 5, 5, 3, 2, 1, 1, 2, 0, true},   /* 1x1 stride 2: input pixels no output reads */
+    {1, 5, 6, 2, 20, 3, 3, 1, 0, true},  /* no padding; cout beyond one vector */
     {2, 5, 4, 2, 3, 3, 2, 1, 1, true},   /* kh != kw */
     {1, 3, 4, 2, 2, 5, 5, 1, 2, false},  /* kernel larger than the unpadded input */
     {1, 9, 7, 2, 3, 3, 3, 3, 2, true},   /* stride 3, pad 2 */
     {1, 5, 4, 70, 67, 3, 3, 1, 1, true}, /* channels beyond one 64-wide block, with tails */
     {2, 6, 5, 33, 80, 3, 3, 2, 1, true}, /* the same, strided */
+    {2, 6, 7, 16, 32, 3, 3, 1, 1, true}, /* whole vectors, no tails */
+    {2, 4, 5, 20, 17, 1, 1, 1, 0, true}, /* 1x1, wide input */
 };
 
 static int64_t out_size(int64_t in, int64_t k, int stride, int pad) {
@@ -160,7 +164,7 @@ END_TEST
  * or one image) and with room for three output rows (chunks that split
  * images, a short last chunk), against the double reference. */
 START_TEST(test_chunked_kernels) {
-    const conv_case *pick[] = {&cases[0], &cases[1], &cases[2], &cases[4], &cases[9], &cases[10], &cases[11]};
+    const conv_case *pick[] = {&cases[0], &cases[1], &cases[2], &cases[4], &cases[9], &cases[10], &cases[11], &cases[12]};
     for (size_t k = 0; k < sizeof pick / sizeof pick[0]; k++)
         for (int algo = CPU_CONV_AUTO; algo <= CPU_CONV_GEMM; algo++)
             for (int rows = 1; rows <= 3; rows += 2) {
