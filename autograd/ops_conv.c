@@ -15,9 +15,10 @@ static cpu_conv_geom conv_geom(const dc_tensor *x, const dc_tensor *w, int64_t s
     return g;
 }
 
-/* The column buffer lives only during one kernel call: `mark` is the arena
- * position before it, restored afterwards so the next op reuses the memory
- * instead of every convolution of a step keeping its own. */
+/* The scratch (repacked weights, column buffers) lives only during one
+ * kernel call: `mark` is the arena position before it, restored afterwards
+ * so the next op reuses the memory instead of every convolution of a step
+ * keeping its own. */
 static float *scratch_take(dc_ctx *ctx, int64_t floats, size_t *mark) {
     *mark = ctx->act.used;
     return op_scratch(ctx, (size_t)floats * sizeof(float));

@@ -6,19 +6,22 @@
 #   data   serving augmented batches (data/loader) beside torchvision's
 #          DataLoader, and building a dataset cache from a folder of JPEGs
 #          and PNGs beside PIL, for 1 and N threads / workers
-#   scripts/bench.sh [ops] [data] [--threads N] [--reps N]
-#   (every section when none is named; threads default: nproc)
+#   scripts/bench.sh [ops] [data] [--threads N] [--reps N] [--runs N]
+#   (every section when none is named; threads default: nproc). Each program
+#   times a case --reps times and keeps the best; for ops, --runs N alternates
+#   the two programs N times and keeps each side's best run (a busy machine).
 # PyTorch comes from Debian's python3-torch (/usr/bin/python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-threads=$(nproc) reps=5 sections=()
+threads=$(nproc) reps=5 runs=1 sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
     ops | data) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [--threads N] [--reps N]" >&2; exit 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    *) echo "usage: $0 [ops] [data] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
     esac
 done
 [[ ${#sections[@]} -gt 0 ]] || sections=(ops data)
@@ -40,29 +43,38 @@ awk_field='
 
 bench_ops() {
     cmake --build build -j"$(nproc)" --target bench_cpu_ops >/dev/null
+    local results
+    # Lines `diffc|pytorch bench OP name=N fwd_ms=.. bwd_ms=.. total_ms=.. gflops=..`.
+    results=$(for ((i = 0; i < runs; i++)); do
+        OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_cpu_ops --reps "$reps" |
+            sed 's/^/diffc /'
+        OMP_NUM_THREADS=$threads /usr/bin/python3 scripts/bench_torch_cpu.py --threads "$threads" \
+            --reps "$reps" | sed 's/^/pytorch /'
+    done)
 
-    local ours theirs
-    ours=$(OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_cpu_ops --reps "$reps")
-    theirs=$(OMP_NUM_THREADS=$threads /usr/bin/python3 scripts/bench_torch_cpu.py --threads "$threads" --reps "$reps")
-
-    echo "== ops: $machine, $threads threads; best of $reps runs, times in ms"
-    # Lines are `bench OP name=N fwd_ms=.. bwd_ms=.. total_ms=.. gflops=..`.
+    echo "== ops: $machine, $threads threads; best of $reps repetitions x $runs runs; times in ms"
     awk "$awk_field"'
-        FNR == NR { torch[field($0, "name")] = $0; next }
-        FNR == 1 {
-            printf "%-24s %27s %27s %8s\n", "", "diffc", "pytorch", ""
+        {   # keep each side'"'"'s fastest run of each case, cases in first-seen order
+            key = $1 " " field($0, "name")
+            if (!(key in best) || field($0, "total_ms") + 0 < field(best[key], "total_ms") + 0)
+                best[key] = $0
+            if ($1 == "diffc" && !seen[field($0, "name")]++)
+                order[++n] = field($0, "name")
+        }
+        END {
+            printf "%-24s %27s %27s\n", "", "diffc", "pytorch"
             printf "%-24s %9s %9s %9s %9s %9s %9s %8s %8s\n", "case", "fwd", "bwd", "total",
                    "fwd", "bwd", "total", "GFLOP/s", "speed"
+            for (i = 1; i <= n; i++) {
+                d = best["diffc " order[i]]; t = best["pytorch " order[i]]
+                if (t == "") { printf "%-24s (no PyTorch result)\n", order[i]; continue }
+                printf "%-24s %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %8.1f %7.2fx\n", order[i],
+                       field(d, "fwd_ms"), field(d, "bwd_ms"), field(d, "total_ms"),
+                       field(t, "fwd_ms"), field(t, "bwd_ms"), field(t, "total_ms"),
+                       field(d, "gflops"), field(t, "total_ms") / field(d, "total_ms")
+            }
         }
-        {
-            name = field($0, "name"); t = torch[name]
-            if (t == "") { printf "%-24s (no PyTorch result)\n", name; next }
-            printf "%-24s %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %8.1f %7.2fx\n", name,
-                   field($0, "fwd_ms"), field($0, "bwd_ms"), field($0, "total_ms"),
-                   field(t, "fwd_ms"), field(t, "bwd_ms"), field(t, "total_ms"),
-                   field($0, "gflops"), field(t, "total_ms") / field($0, "total_ms")
-        }
-    ' <(echo "$theirs") <(echo "$ours")
+    ' <<<"$results"
 }
 
 # ---- data: the loader and the dataset cache ----

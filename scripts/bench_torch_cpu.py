@@ -13,20 +13,21 @@ import time
 import torch
 import torch.nn.functional as F
 
-# name, N, H, W, Cin, Cout, k, stride, pad: keep in step with tests/bench_cpu_ops.c
+# name, N, H, W, Cin, Cout, k, stride, pad, input requires grad (a network's
+# first convolution gets none: its input is data): keep in step with tests/bench_cpu_ops.c
 CONVS = [
-    ("conv3x3_c64_32x32", 32, 32, 32, 64, 64, 3, 1, 1),
-    ("conv3x3_c128_16x16", 32, 16, 16, 128, 128, 3, 1, 1),
-    ("conv1x1_c64to128_32x32", 32, 32, 32, 64, 128, 1, 1, 0),
-    ("conv3x3s2_c128_32x32", 32, 32, 32, 128, 128, 3, 2, 1),
-    ("conv3x3_c3to64_32x32", 32, 32, 32, 3, 64, 3, 1, 1),
+    ("conv3x3_c64_32x32", 32, 32, 32, 64, 64, 3, 1, 1, True),
+    ("conv3x3_c128_16x16", 32, 16, 16, 128, 128, 3, 1, 1, True),
+    ("conv1x1_c64to128_32x32", 32, 32, 32, 64, 128, 1, 1, 0, True),
+    ("conv3x3s2_c128_32x32", 32, 32, 32, 128, 128, 3, 2, 1, True),
+    ("conv_in_c3to64_32x32", 32, 32, 32, 3, 64, 3, 1, 1, False),
 ]
 # name, M, K (in), N (out)
 LINEARS = [("linear_4096x512x512", 4096, 512, 512)]
 
 
 def best_times(step, reps, warmup):
-    """Best forward and backward time (ms) of `step`, which returns (fwd_s, bwd_s)."""
+    """Best forward, backward and total time (ms) of `step`, which returns (fwd_s, bwd_s)."""
     for _ in range(warmup):
         step()
     times = [step() for _ in range(reps)]
@@ -60,12 +61,12 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    for name, n, h, w, cin, cout, k, s, p in CONVS:
-        x = torch.randn(n, cin, h, w).to(memory_format=torch.channels_last).requires_grad_()
+    for name, n, h, w, cin, cout, k, s, p, dx in CONVS:
+        x = torch.randn(n, cin, h, w).to(memory_format=torch.channels_last).requires_grad_(dx)
         wt = torch.randn(cout, cin, k, k).to(memory_format=torch.channels_last).requires_grad_()
         b = torch.randn(cout, requires_grad=True)
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        flops = 3 * 2 * n * ho * wo * cout * k * k * cin  # forward, dx, dw
+        flops = (3 if dx else 2) * 2 * n * ho * wo * cout * k * k * cin  # forward, dx, dw
         run_case("conv2d", name, lambda: F.conv2d(x, wt, b, s, p), [x, wt, b], flops,
                  args.reps, args.warmup)
 

@@ -1,7 +1,9 @@
 /* conv2d: forward and backward against plain double-precision loops (also
- * through the kernels directly with a small column buffer, so chunk
- * boundaries are crossed), gradients against finite differences, and the
- * shape errors. */
+ * through the kernels directly, both the direct way (where the CPU has it)
+ * and the GEMM way, with small scratch so that chunk boundaries are
+ * crossed), gradients against finite differences, and the shape errors.
+ * Inputs with fewer than 16 channels take other direct kernels than wider
+ * ones, so the cases have both. */
 #include "testutil.h"
 
 #include "autograd/cpu/conv.h"
@@ -18,16 +20,20 @@ typedef struct {
 } conv_case;
 
 static const conv_case cases[] = {
-    {2, 5, 6, 4, 3, 1, 1, 1, 0, true},   /* 1x1: the plain GEMM path */
+    {2, 5, 6, 4, 3, 1, 1, 1, 0, true},   /* 1x1: one GEMM the GEMM way */
     {2, 6, 5, 3, 4, 3, 3, 1, 1, true},   /* 3x3 pad 1 */
     {2, 7, 6, 3, 5, 3, 3, 2, 1, true},   /* 3x3 pad 1 stride 2 */
     {1, 7, 5, 3, 5, 3, 3, 1, 1, false},  /* odd sizes, no bias */
     {2, 8, 8, 3, 4, 4, 4, 4, 0, true},   /* 4x4 stride 4: patch embedding */
-    {2, 5, 5, 3, 2, 1, 1, 2, 0, true},   /* 1x1 stride 2: im2col path */
-    {1, 5, 6, 2, 20, 3, 3, 1, 0, true},  /* no padding; cout beyond one bias block */
+    {2, 5, 5, 3, 2, 1, 1, 2, 0, true},   /* 1x1 stride 2: input pixels no output reads */
+    {1, 5, 6, 2, 20, 3, 3, 1, 0, true},  /* no padding; cout beyond one vector */
     {2, 5, 4, 2, 3, 3, 2, 1, 1, true},   /* kh != kw */
     {1, 3, 4, 2, 2, 5, 5, 1, 2, false},  /* kernel larger than the unpadded input */
     {1, 9, 7, 2, 3, 3, 3, 3, 2, true},   /* stride 3, pad 2 */
+    {1, 5, 4, 70, 67, 3, 3, 1, 1, true}, /* channels beyond one 64-wide block, with tails */
+    {2, 6, 5, 33, 80, 3, 3, 2, 1, true}, /* the same, strided */
+    {2, 6, 7, 16, 32, 3, 3, 1, 1, true}, /* whole vectors, no tails */
+    {2, 4, 5, 20, 17, 1, 1, 1, 0, true}, /* 1x1, wide input */
 };
 
 static int64_t out_size(int64_t in, int64_t k, int stride, int pad) {
@@ -135,59 +141,65 @@ START_TEST(test_gradcheck) {
 }
 END_TEST
 
-/* Only one of x and w requires grad: the other gradient is skipped, the wanted one still right. */
+/* Only one of x, w and b requires grad: the other gradients are skipped, the
+ * wanted one still right (db alone cannot ride along with dw). */
 START_TEST(test_partial_grad) {
     const conv_case *c = &cases[2];
-    for (int which = 0; which < 2; which++) {
+    for (int which = 0; which < 3; which++) {
         dc_ctx *ctx = tu_ctx();
         dc_tensor *in[3];
         make_inputs(ctx, c, in);
-        in[1 - which]->requires_grad = false;
-        in[2]->requires_grad = false;
+        for (int k = 0; k < 3; k++)
+            in[k]->requires_grad = k == which;
         tu_gradcheck(ctx, run_conv, (void *)c, in, 3, 1e-2, 2e-3, 1e-2, 40);
-        ck_assert_ptr_null(in[1 - which]->grad);
+        for (int k = 0; k < 3; k++)
+            if (k != which)
+                ck_assert_ptr_null(in[k]->grad);
         tu_ctx_free(ctx);
     }
 }
 END_TEST
 
-/* The kernels with column buffers of 1 and 3 output rows: chunks that split
- * images, a short last chunk, against the double reference. */
+/* The kernels both ways with the smallest scratch (chunks of one output row
+ * or one image) and with room for three output rows (chunks that split
+ * images, a short last chunk), against the double reference. */
 START_TEST(test_chunked_kernels) {
-    const conv_case *pick[] = {&cases[1], &cases[2], &cases[4], &cases[9]};
-    for (size_t k = 0; k < sizeof pick / sizeof pick[0]; k++) {
-        const conv_case *c = pick[k];
-        cpu_conv_geom g = {c->n, c->h, c->w, c->cin, c->cout, c->kh, c->kw, c->stride, c->pad,
-                           out_size(c->h, c->kh, c->stride, c->pad), out_size(c->w, c->kw, c->stride, c->pad)};
-        int64_t nx = g.n * g.h * g.w * g.cin, nw = g.cout * g.kh * g.kw * g.cin, ny = g.n * g.ho * g.wo * g.cout;
-        int64_t unit = g.wo * g.kh * g.kw * g.cin;
-        for (int rows = 1; rows <= 3; rows += 2) {
-            dc_ctx *ctx = tu_ctx();
-            dc_tensor *x = tu_randn(ctx, DC_SHAPE(nx)), *w = tu_randn(ctx, DC_SHAPE(nw));
-            dc_tensor *b = tu_randn(ctx, DC_SHAPE(g.cout)), *dy = tu_randn(ctx, DC_SHAPE(ny));
-            int64_t floats = cpu_conv2d_scratch_floats(&g, rows * unit * (int64_t)sizeof(float));
-            ck_assert_int_eq(floats, rows * unit);
-            float *scratch = malloc((size_t)floats * sizeof *scratch);
-            float *y = malloc((size_t)ny * sizeof *y);
-            float *grads = calloc((size_t)(nx + nw + g.cout), sizeof *grads);
-            cpu_conv2d_forward(&g, y, x->data, w->data, b->data, scratch, floats);
-            double *want = ref_forward(c, x->data, w->data, b->data);
-            tu_assert_close(y, want, ny, 1e-4, 1e-4, "chunked forward");
-            free(want);
-            cpu_conv2d_backward(&g, dy->data, x->data, w->data, grads, grads + nx, grads + nx + nw,
-                                scratch, floats);
-            double *ref = malloc((size_t)(nx + nw + g.cout) * sizeof *ref);
-            ref_backward(c, x->data, w->data, dy->data, ref, ref + nx, ref + nx + nw);
-            tu_assert_close(grads, ref, nx, 1e-4, 1e-4, "chunked dx");
-            tu_assert_close(grads + nx, ref + nx, nw, 1e-4, 1e-4, "chunked dw");
-            tu_assert_close(grads + nx + nw, ref + nx + nw, g.cout, 1e-4, 1e-4, "chunked db");
-            free(ref);
-            free(grads);
-            free(y);
-            free(scratch);
-            tu_ctx_free(ctx);
-        }
-    }
+    const conv_case *pick[] = {&cases[0], &cases[1], &cases[2], &cases[4], &cases[9], &cases[10], &cases[11], &cases[12]};
+    for (size_t k = 0; k < sizeof pick / sizeof pick[0]; k++)
+        for (int algo = CPU_CONV_AUTO; algo <= CPU_CONV_GEMM; algo++)
+            for (int rows = 1; rows <= 3; rows += 2) {
+                const conv_case *c = pick[k];
+                cpu_conv_geom g = {c->n, c->h, c->w, c->cin, c->cout, c->kh, c->kw, c->stride, c->pad,
+                                   out_size(c->h, c->kh, c->stride, c->pad),
+                                   out_size(c->w, c->kw, c->stride, c->pad), algo};
+                int64_t nx = g.n * g.h * g.w * g.cin, nw = g.cout * g.kh * g.kw * g.cin;
+                int64_t ny = g.n * g.ho * g.wo * g.cout, unit = g.wo * g.kh * g.kw * g.cin;
+                int64_t floats = cpu_conv2d_scratch_floats(&g, rows == 1 ? 1 : rows * unit * 4);
+                if (algo == CPU_CONV_GEMM && k > 0)
+                    ck_assert_int_eq(floats, rows * unit);
+                dc_ctx *ctx = tu_ctx();
+                dc_tensor *x = tu_randn(ctx, DC_SHAPE(nx)), *w = tu_randn(ctx, DC_SHAPE(nw));
+                dc_tensor *b = tu_randn(ctx, DC_SHAPE(g.cout)), *dy = tu_randn(ctx, DC_SHAPE(ny));
+                float *scratch = malloc((size_t)(floats + 1) * sizeof *scratch);
+                float *y = malloc((size_t)ny * sizeof *y);
+                float *grads = calloc((size_t)(nx + nw + g.cout), sizeof *grads);
+                cpu_conv2d_forward(&g, y, x->data, w->data, b->data, scratch, floats);
+                double *want = ref_forward(c, x->data, w->data, b->data);
+                tu_assert_close(y, want, ny, 1e-4, 1e-4, algo ? "gemm forward" : "auto forward");
+                free(want);
+                cpu_conv2d_backward(&g, dy->data, x->data, w->data, grads, grads + nx,
+                                    grads + nx + nw, scratch, floats);
+                double *ref = malloc((size_t)(nx + nw + g.cout) * sizeof *ref);
+                ref_backward(c, x->data, w->data, dy->data, ref, ref + nx, ref + nx + nw);
+                tu_assert_close(grads, ref, nx, 1e-4, 1e-4, algo ? "gemm dx" : "auto dx");
+                tu_assert_close(grads + nx, ref + nx, nw, 1e-4, 1e-4, algo ? "gemm dw" : "auto dw");
+                tu_assert_close(grads + nx + nw, ref + nx + nw, g.cout, 1e-4, 1e-4, "db");
+                free(ref);
+                free(grads);
+                free(y);
+                free(scratch);
+                tu_ctx_free(ctx);
+            }
 }
 END_TEST
 

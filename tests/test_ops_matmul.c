@@ -118,6 +118,47 @@ START_TEST(test_matmul_partial_grad) {
 }
 END_TEST
 
+/* Two backward passes add up: gradients that already hold something get the
+ * new one added (the GEMMs must accumulate, not overwrite). */
+START_TEST(test_backward_accumulates) {
+    dc_ctx *ctx = tu_ctx();
+    const int64_t M = 6, K = 5, N = 4;
+    dc_tensor *x = tu_leaf(ctx, DC_SHAPE(M, K)), *w = tu_leaf(ctx, DC_SHAPE(N, K));
+    dc_tensor *b = tu_leaf(ctx, DC_SHAPE(N)), *a2 = tu_leaf(ctx, DC_SHAPE(2, M, K));
+    dc_tensor *b2 = tu_leaf(ctx, DC_SHAPE(2, K, N)), *dy = tu_randn(ctx, DC_SHAPE(M, N));
+    dc_tensor *dc = tu_randn(ctx, DC_SHAPE(2, M, N));
+    for (int pass = 0; pass < 2; pass++) {
+        ck_assert_int_eq(dc_backward_from(ctx, dc_linear(ctx, x, w, b), dy), 0);
+        ck_assert_int_eq(dc_backward_from(ctx, dc_matmul(ctx, a2, b2), dc), 0);
+    }
+    const float *xf = x->data, *wf = w->data, *g = dy->data, *af = a2->data, *bf = b2->data;
+    const float *gc = dc->data;
+    double dx[6 * 5] = {0}, dw[4 * 5] = {0}, db[4] = {0}, da[2 * 6 * 5] = {0}, dbm[2 * 5 * 4] = {0};
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            db[j] += 2.0 * g[i * N + j];
+            for (int64_t q = 0; q < K; q++) {
+                dx[i * K + q] += 2.0 * g[i * N + j] * wf[j * K + q];
+                dw[j * K + q] += 2.0 * g[i * N + j] * xf[i * K + q];
+            }
+        }
+    for (int64_t t = 0; t < 2; t++)
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++)
+                for (int64_t q = 0; q < K; q++) {
+                    double gv = 2.0 * gc[(t * M + i) * N + j];
+                    da[(t * M + i) * K + q] += gv * bf[(t * K + q) * N + j];
+                    dbm[(t * K + q) * N + j] += gv * af[(t * M + i) * K + q];
+                }
+    tu_assert_close(x->grad->data, dx, M * K, 1e-4, 1e-4, "linear dx twice");
+    tu_assert_close(w->grad->data, dw, N * K, 1e-4, 1e-4, "linear dw twice");
+    tu_assert_close(b->grad->data, db, N, 1e-4, 1e-4, "linear db twice");
+    tu_assert_close(a2->grad->data, da, 2 * M * K, 1e-4, 1e-4, "matmul da twice");
+    tu_assert_close(b2->grad->data, dbm, 2 * K * N, 1e-4, 1e-4, "matmul db twice");
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 /* ---- errors ---- */
 
 static void expect_error(dc_ctx *ctx, dc_tensor *y, const char *msg) {
@@ -164,6 +205,7 @@ int main(void) {
     tcase_add_test(tc, test_linear);
     tcase_add_test(tc, test_matmul);
     tcase_add_test(tc, test_matmul_partial_grad);
+    tcase_add_test(tc, test_backward_accumulates);
     tcase_add_test(tc, test_errors);
     return tu_run(s);
 }

@@ -1,15 +1,25 @@
-/* CPU kernels for conv2d: a plain GEMM for 1x1 stride-1 unpadded kernels,
- * otherwise NHWC im2col + GEMM (OpenBLAS threads the GEMMs, OpenMP the
- * gathers and scatters).
+/* CPU kernels for conv2d (see conv.h).
  *
- * The column buffer has one row per output pixel and one column per
- * (ky, kx, cin), the order of the weight's [Cout, kh, kw, Cin] layout, so the
- * forward pass is col @ w^T and w needs no repacking. It is filled for a
- * chunk of output rows (units of (image, oy)) at a time. */
+ * Direct way (AVX-512, conv_avx512.c): the forward pass with the weights
+ * repacked in blocks of output channels, output channels last; the input
+ * gradient as the transposed convolution, one stride phase at a time (each a
+ * stride-1 convolution of dy with part of the kernel, turned half a circle);
+ * the filter gradient (with the bias gradient alongside) reading x and dy in
+ * place. Inputs with fewer channels than a vector take the filter gradient
+ * from a padded copy with vectors over output channels, and the input
+ * gradient the GEMM way.
+ *
+ * GEMM way: the column buffer has one row per output pixel and one column
+ * per (ky, kx, cin), the order of the weight's [Cout, kh, kw, Cin] layout, so
+ * the forward pass is col @ w^T and w needs no repacking. It is filled for a
+ * chunk of output rows (units of (image, oy)) at a time; the input gradient
+ * is dy @ w scattered back (col2im), the filter gradient dy^T @ col. */
 #include "conv.h"
 
+#include "conv_avx512.h"
 #include "gemm.h"
 
+#include <omp.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -17,21 +27,192 @@
  * the team would cost more than it saves. */
 #define PAR_MIN_FLOATS 65536
 
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Floats of the weights packed by blocks of `blocked` channels (cout for the
+ * forward pass, cin for the transposed one; see conv_avx512.h). */
+static int64_t packed_floats(const cpu_conv_geom *g, int64_t blocked) {
+    const int64_t B = CPU_DIRECT_BLOCK, other = g->cin * g->cout / blocked;
+    return (blocked + B - 1) / B * B * g->kh * g->kw * other;
+}
+
 static bool is_pointwise(const cpu_conv_geom *g) {
     return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad == 0;
 }
 
+static bool use_direct(const cpu_conv_geom *g) {
+    return g->algo == CPU_CONV_AUTO && cpu_avx512_available();
+}
+
+/* Fewer input channels than a vector holds (images): the direct filter
+ * gradient then runs its vectors over output channels, and the input
+ * gradient (rarely wanted for images) goes the GEMM way. */
+static bool is_narrow(const cpu_conv_geom *g) { return g->cin < 16; }
+
 static int64_t col_width(const cpu_conv_geom *g) { return g->kh * g->kw * g->cin; }
 
-/* Floats of the column buffer per output row (image, oy): the chunking unit. */
+/* Floats of the column buffer per output row (image, oy): the GEMM way's chunk unit. */
 static int64_t unit_floats(const cpu_conv_geom *g) { return g->wo * col_width(g); }
 
-int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
-    if (is_pointwise(g))
-        return 0;
-    int64_t fit = max_bytes / (int64_t)sizeof(float) / unit_floats(g), all = g->n * g->ho;
-    return (fit < 1 ? 1 : fit < all ? fit : all) * unit_floats(g);
+/* Chunk units that fit in `floats` (at least 1, at most `all`). */
+static int64_t fit_units(int64_t floats, int64_t unit, int64_t all) {
+    if (unit == 0)
+        return all;
+    int64_t k = floats / unit;
+    return k < 1 ? 1 : min64(k, all);
 }
+
+/* Floats per image of the padded input (narrow filter gradient); 0 when unpadded. */
+static int64_t padded_image_floats(const cpu_conv_geom *g) {
+    return g->pad ? (g->h + 2 * g->pad) * (g->w + 2 * g->pad) * g->cin : 0;
+}
+
+/* The input gradient is the transposed convolution, split by the stride into
+ * phases: input rows iy with (iy + pad) % stride == a take kernel rows
+ * ky = a + stride * t from dy rows b - t, where b = (iy + pad) / stride
+ * (likewise for columns). Each phase is a stride-1 convolution of dy with
+ * taps(a) kernel rows. */
+static int64_t phase_taps(int64_t k, int64_t stride, int64_t a) {
+    return a < k ? (k - a + stride - 1) / stride : 0;
+}
+
+/* The b of the first and last input row of phase a (first > last when none). */
+static void phase_rows(int64_t in, int64_t pad, int64_t stride, int64_t a, int64_t *first,
+                       int64_t *last) {
+    *first = pad > a ? (pad - a + stride - 1) / stride : 0;
+    *last = (in - 1 + pad - a) / stride;
+}
+
+/* Packed weights plus the threads' patches of a direct convolution over c channels. */
+static int64_t direct_floats(const cpu_conv_geom *g, int64_t blocked, int64_t c) {
+    return packed_floats(g, blocked) + omp_get_max_threads() * cpu_avx512_patch_floats(g->kh, g->kw, c);
+}
+
+int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
+    const int64_t cap = max_bytes / (int64_t)sizeof(float), rows = g->n * g->ho;
+    const int64_t cols = fit_units(cap, unit_floats(g), rows) * unit_floats(g);
+    if (!use_direct(g))
+        return is_pointwise(g) ? 0 : cols;
+    int64_t fwd = direct_floats(g, g->cout, g->cin), bwd = direct_floats(g, g->cin, g->cout);
+    if (is_narrow(g)) { /* padded input for the filter gradient, then columns for the input gradient */
+        int64_t pf = padded_image_floats(g);
+        bwd = fit_units(cap, pf, g->n) * pf > cols ? fit_units(cap, pf, g->n) * pf : cols;
+    }
+    return fwd > bwd ? fwd : bwd;
+}
+
+/* ---- the direct way ---- */
+
+/* wp [ceil(cout / 64), kh, kw, cin, 64] from w [cout, kh, kw, cin]: blocks
+ * of output channels, channels last, zero past cout. */
+static void pack_forward(const cpu_conv_geom *g, const float *w, float *wp) {
+    const int64_t B = CPU_DIRECT_BLOCK, K = g->kh * g->kw * g->cin;
+    const int64_t blocks = (g->cout + B - 1) / B;
+#pragma omp parallel for if (blocks * K * B >= PAR_MIN_FLOATS)
+    for (int64_t r = 0; r < blocks * K; r++) { /* r = (block, k) */
+        int64_t co0 = r / K * B, k = r % K;
+        for (int64_t j = 0; j < B; j++)
+            wp[r * B + j] = co0 + j < g->cout ? w[(co0 + j) * K + k] : 0.0f;
+    }
+}
+
+/* wp [ceil(cin / 64), ty, tx, cout, 64]: the weights of phase (a, c) of the
+ * transposed convolution (ty x tx taps), the kernel turned half a circle and
+ * the channel roles swapped. */
+static void pack_phase(const cpu_conv_geom *g, const float *w, int64_t a, int64_t c, int64_t ty,
+                       int64_t tx, float *wp) {
+    const int64_t B = CPU_DIRECT_BLOCK, s = g->stride, blocks = (g->cin + B - 1) / B;
+    const int64_t per_block = ty * tx * g->cout;
+#pragma omp parallel for if (blocks * per_block * B >= PAR_MIN_FLOATS)
+    for (int64_t r = 0; r < blocks * per_block; r++) { /* r = (block, t, u, co) */
+        int64_t ci0 = r / per_block * B, t = r / (tx * g->cout) % ty, u = r / g->cout % tx;
+        int64_t co = r % g->cout, ky = a + s * (ty - 1 - t), kx = c + s * (tx - 1 - u);
+        const float *src = w + ((co * g->kh + ky) * g->kw + kx) * g->cin;
+        for (int64_t j = 0; j < B; j++)
+            wp[r * B + j] = ci0 + j < g->cin ? src[ci0 + j] : 0.0f;
+    }
+}
+
+/* dst [n, h + top + bottom, w + left + right, c]: src [n, h, w, c] inside a
+ * zero border (pad = {top, bottom, left, right}). */
+static void pad_images(const float *src, int64_t n, int64_t h, int64_t w, int64_t c,
+                       const int64_t pad[4], float *dst) {
+    const int64_t hp = h + pad[0] + pad[1], wp = w + pad[2] + pad[3];
+#pragma omp parallel for if (n * hp * wp * c >= PAR_MIN_FLOATS)
+    for (int64_t r = 0; r < n * hp; r++) {
+        int64_t img = r / hp, y = r % hp - pad[0];
+        float *d = dst + r * wp * c;
+        if (y < 0 || y >= h) {
+            memset(d, 0, (size_t)(wp * c) * sizeof *d);
+            continue;
+        }
+        memset(d, 0, (size_t)(pad[2] * c) * sizeof *d);
+        memcpy(d + pad[2] * c, src + (img * h + y) * w * c, (size_t)(w * c) * sizeof *d);
+        memset(d + (pad[2] + w) * c, 0, (size_t)(pad[3] * c) * sizeof *d);
+    }
+}
+
+/* Packed weights at the start of the scratch, the threads' patches after them. */
+static void direct_run(cpu_direct_conv *d, const cpu_conv_geom *g, int64_t blocked, float *scratch) {
+    d->weights = scratch;
+    d->patches = scratch + packed_floats(g, blocked);
+    d->threads = omp_get_max_threads();
+    cpu_avx512_conv_forward(d);
+}
+
+static void direct_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
+                           const float *b, float *scratch) {
+    pack_forward(g, w, scratch);
+    cpu_direct_conv d = {
+        .src = x, .bias = b, .out = y, .n = g->n, .h = g->h, .w = g->w, .c = g->cin,
+        .co = g->cout, .kh = g->kh, .kw = g->kw, .stride = g->stride, .top = g->pad, .left = g->pad,
+        .ho = g->ho, .wo = g->wo, .out_h = g->ho, .out_w = g->wo, .out_step = 1,
+    };
+    direct_run(&d, g, g->cout, scratch);
+}
+
+/* dx += the transposed convolution of dy, one stride phase (a, c) at a time. */
+static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const float *w, float *dx,
+                              float *scratch) {
+    const int64_t s = g->stride;
+    for (int64_t a = 0; a < s; a++)
+        for (int64_t c = 0; c < s; c++) {
+            int64_t ty = phase_taps(g->kh, s, a), tx = phase_taps(g->kw, s, c), y0, y1, x0, x1;
+            phase_rows(g->h, g->pad, s, a, &y0, &y1);
+            phase_rows(g->w, g->pad, s, c, &x0, &x1);
+            if (!ty || !tx || y1 < y0 || x1 < x0)
+                continue; /* these input pixels feed no output */
+            pack_phase(g, w, a, c, ty, tx, scratch);
+            /* output row b' = b - y0 reads dy rows b' + y0 - (ty - 1) + t for taps t */
+            cpu_direct_conv d = {
+                .src = dy, .out = dx + ((s * y0 + a - g->pad) * g->w + s * x0 + c - g->pad) * g->cin,
+                .n = g->n, .h = g->ho, .w = g->wo, .c = g->cout,
+                .co = g->cin, .kh = ty, .kw = tx, .stride = 1, .top = ty - 1 - y0, .left = tx - 1 - x0,
+                .ho = y1 - y0 + 1, .wo = x1 - x0 + 1,
+                .out_h = g->h, .out_w = g->w, .out_step = s, .accumulate = true,
+            };
+            direct_run(&d, g, g->cin, scratch);
+        }
+}
+
+/* dw and db (may be NULL) += the filter and bias gradients for narrow inputs,
+ * a chunk of padded images at a time. */
+static void direct_filter_narrow(const cpu_conv_geom *g, const float *dy, const float *x,
+                                 float *dw, float *db, float *scratch, int64_t scratch_floats) {
+    const int64_t p = g->pad, pad[4] = {p, p, p, p}, per = padded_image_floats(g);
+    const int64_t step = fit_units(scratch_floats, per, g->n);
+    for (int64_t i0 = 0; i0 < g->n; i0 += step) {
+        int64_t n = min64(step, g->n - i0);
+        const float *xp = x + i0 * g->h * g->w * g->cin;
+        if (per) {
+            pad_images(xp, n, g->h, g->w, g->cin, pad, scratch);
+            xp = scratch;
+        }
+        cpu_avx512_conv_filter_narrow(g, n, xp, dy + i0 * g->ho * g->wo * g->cout, dw, db);
+    }
+}
+
+/* ---- the GEMM way ---- */
 
 /* col [units * wo, kh * kw * cin] = the input patches of output rows u0 .. u0 + units. */
 static void im2col(const cpu_conv_geom *g, const float *x, float *col, int64_t u0, int64_t units) {
@@ -103,33 +284,27 @@ static void col2im(const cpu_conv_geom *g, const float *dcol, float *dx, int64_t
     }
 }
 
-void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
-                        const float *b, float *scratch, int64_t scratch_floats) {
-    const int64_t K = col_width(g), pix = g->n * g->ho * g->wo;
+static void gemm_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
+                         const float *b, float *scratch, int64_t scratch_floats) {
+    const int64_t K = col_width(g);
     if (is_pointwise(g)) {
-        cpu_linear_forward(y, x, w, b, pix, K, g->cout);
+        cpu_linear_forward(y, x, w, b, g->n * g->ho * g->wo, K, g->cout);
         return;
     }
     const int64_t all = g->n * g->ho, step = scratch_floats / unit_floats(g);
     for (int64_t u0 = 0; u0 < all; u0 += step) {
-        int64_t units = all - u0 < step ? all - u0 : step, rows = units * g->wo;
+        int64_t units = min64(step, all - u0);
         im2col(g, x, scratch, u0, units);
-        cpu_linear_forward(y + u0 * g->wo * g->cout, scratch, w, b, rows, K, g->cout);
+        cpu_linear_forward(y + u0 * g->wo * g->cout, scratch, w, b, units * g->wo, K, g->cout);
     }
 }
 
-void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x, const float *w,
-                         float *dx, float *dw, float *db, float *scratch, int64_t scratch_floats) {
-    const int64_t K = col_width(g), pix = g->n * g->ho * g->wo;
-    if (is_pointwise(g)) {
-        cpu_linear_backward(dy, x, w, dx, dw, db, pix, K, g->cout);
-        return;
-    }
-    if (db)
-        cpu_bias_backward(dy, db, pix, g->cout);
-    const int64_t all = g->n * g->ho, step = scratch_floats / unit_floats(g);
+/* dx and/or dw through column buffers of scratch_floats. */
+static void gemm_backward(const cpu_conv_geom *g, const float *dy, const float *x, const float *w,
+                          float *dx, float *dw, float *scratch, int64_t scratch_floats) {
+    const int64_t K = col_width(g), all = g->n * g->ho, step = scratch_floats / unit_floats(g);
     for (int64_t u0 = 0; u0 < all; u0 += step) {
-        int64_t units = all - u0 < step ? all - u0 : step, rows = units * g->wo;
+        int64_t units = min64(step, all - u0), rows = units * g->wo;
         const float *dyc = dy + u0 * g->wo * g->cout; /* [rows, cout] */
         if (dw) { /* dw [cout, K] += dy^T @ col */
             im2col(g, x, scratch, u0, units);
@@ -140,4 +315,41 @@ void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x
             col2im(g, scratch, dx, u0, units);
         }
     }
+}
+
+/* ---- entry points ---- */
+
+void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
+                        const float *b, float *scratch, int64_t scratch_floats) {
+    if (use_direct(g))
+        direct_forward(g, y, x, w, b, scratch);
+    else
+        gemm_forward(g, y, x, w, b, scratch, scratch_floats);
+}
+
+void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x, const float *w,
+                         float *dx, float *dw, float *db, float *scratch, int64_t scratch_floats) {
+    const int64_t pix = g->n * g->ho * g->wo;
+    if (!use_direct(g)) {
+        if (db)
+            cpu_bias_backward(dy, db, pix, g->cout);
+        if (is_pointwise(g))
+            cpu_linear_backward(dy, x, w, dx, dw, NULL, pix, g->cin, g->cout);
+        else
+            gemm_backward(g, dy, x, w, dx, dw, scratch, scratch_floats);
+        return;
+    }
+    /* the filter gradient also sums dy for db where it sees every pixel */
+    const int64_t full = cpu_avx512_full_tap(g);
+    const bool fused = dw && (is_narrow(g) || full >= 0);
+    if (db && !fused)
+        cpu_bias_backward(dy, db, pix, g->cout);
+    if (dw && is_narrow(g))
+        direct_filter_narrow(g, dy, x, dw, db, scratch, scratch_floats);
+    else if (dw)
+        cpu_avx512_conv_filter(g, dy, x, dw, db, full);
+    if (dx && is_narrow(g))
+        gemm_backward(g, dy, x, w, dx, NULL, scratch, scratch_floats);
+    else if (dx)
+        direct_input_grad(g, dy, w, dx, scratch);
 }

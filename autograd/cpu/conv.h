@@ -1,12 +1,18 @@
 /* CPU kernels for 2-D convolution over NHWC images with [Cout, kh, kw, Cin]
- * weights: a 1x1 stride-1 unpadded convolution is one GEMM over all pixels;
- * anything else goes through im2col + GEMM, a chunk of output rows at a time
- * so the column buffer stays bounded. Backward kernels add into the gradient
+ * weights. Two ways: direct AVX-512 kernels where the CPU has them, and
+ * otherwise GEMMs (a 1x1 stride-1 unpadded convolution is one GEMM over all
+ * pixels, anything else im2col + GEMM a chunk of output rows at a time so the
+ * column buffer stays bounded). Backward kernels add into the gradient
  * buffers they are given (NULL = not needed). */
 #ifndef DC_CPU_CONV_H
 #define DC_CPU_CONV_H
 
 #include <stdint.h>
+
+typedef enum {
+    CPU_CONV_AUTO,   /* direct where the CPU has AVX-512, GEMM otherwise */
+    CPU_CONV_GEMM,   /* always the GEMM way (tests compare the two) */
+} cpu_conv_algo;
 
 /* x [n, h, w, cin] * w [cout, kh, kw, cin] -> y [n, ho, wo, cout]. */
 typedef struct cpu_conv_geom {
@@ -14,15 +20,17 @@ typedef struct cpu_conv_geom {
     int64_t cout, kh, kw;
     int64_t stride, pad;
     int64_t ho, wo;
+    cpu_conv_algo algo;
 } cpu_conv_geom;
 
-/* The column-buffer bound the ops use. */
+/* The bound the ops put on the chunked part of the scratch. */
 #define CPU_CONV_SCRATCH_BYTES ((int64_t)64 << 20)
 
-/* Floats of scratch for the kernels below when the column buffer may take at
- * most max_bytes: 0 for a 1x1 stride-1 unpadded convolution, otherwise whole
- * output rows (wo * kh * kw * cin floats each), at least one even when that
- * exceeds max_bytes, at most all of them. */
+/* Floats of scratch the kernels below need: the direct way's repacked
+ * weights and per-thread windows, plus the chunked buffers (output rows of
+ * the column buffer, or images of padded input) within max_bytes, but at
+ * least one chunk and at most all. The thread count is read here: run the
+ * kernels with the same OpenMP setting. */
 int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes);
 
 /* y = conv(x, w) + b (b [cout] may be NULL), using scratch [scratch_floats]

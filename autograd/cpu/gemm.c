@@ -5,13 +5,15 @@
 #include <cblas.h>
 #include <string.h>
 
-/* Columns per task of the column sums: one cache line of each row. */
-#define BIAS_COLS 16
+/* The column sums: columns per task, and rows summed in float before the
+ * double total takes them. */
+#define BIAS_COLS 64
+#define BIAS_ROWS 64
 /* Floats below which a loop runs on one thread: waking the team would cost more. */
 #define PAR_MIN_FLOATS 65536
 
 void cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
-                 float beta, float *C) {
+              float beta, float *C) {
     if (M == 0 || N == 0)
         return;
     if (K == 0) { /* an empty sum; BLAS would also reject the zero leading dimension */
@@ -39,12 +41,20 @@ void cpu_bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) {
 #pragma omp parallel for if (rows * cols >= PAR_MIN_FLOATS)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t j0 = t * BIAS_COLS, nj = cols - j0 < BIAS_COLS ? cols - j0 : BIAS_COLS;
-        double acc[BIAS_COLS] = {0};
-        for (int64_t r = 0; r < rows; r++)
+        double total[BIAS_COLS] = {0};
+        for (int64_t r0 = 0; r0 < rows; r0 += BIAS_ROWS) { /* float sums of short runs, vectorised */
+            float part[BIAS_COLS] = {0};
+            for (int64_t r = r0; r < rows && r < r0 + BIAS_ROWS; r++) {
+                const float *row = dy + r * cols + j0;
+#pragma omp simd
+                for (int64_t j = 0; j < nj; j++)
+                    part[j] += row[j];
+            }
             for (int64_t j = 0; j < nj; j++)
-                acc[j] += dy[r * cols + j0 + j];
+                total[j] += part[j];
+        }
         for (int64_t j = 0; j < nj; j++)
-            db[j0 + j] += (float)acc[j];
+            db[j0 + j] += (float)total[j];
     }
 }
 
