@@ -26,6 +26,9 @@ static const int64_t cases[][2][4] = {
     {{2, 3, 5, 7}, {2, 1, 1, 7}}, /* [N,1,1,C] */
     {{3, 1, 5, 2}, {3, 1, 1, 1}}, /* per sample */
     {{4, 32, 32, 9}, {4, 1, 1, 9}}, /* large enough for the parallel paths */
+    {{2, 3, 2, 70}, {2, 1, 1, 70}}, /* channels across two reduction strips */
+    {{2, 3, 5, 4}, {1, 3, 1, 4}},   /* broadcast over two separate dims: the general path */
+    {{1, 64, 33, 17}, {1, 64, 1, 17}}, /* the general path, parallel */
 };
 
 static void check_binary(dc_op op) {

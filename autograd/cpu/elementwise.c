@@ -9,7 +9,7 @@ static inline float apply(cpu_binary_kind k, float a, float b) {
     return k == CPU_ADD ? a + b : k == CPU_SUB ? a - b : a * b;
 }
 
-/* Index into b of the element at a's flat index i. */
+/* Index into b of the element at a's flat index i (the general case). */
 static inline int64_t b_index(int64_t i, const int64_t as[4], const int64_t bs[4]) {
     int64_t j = 0, stride = 1;
     for (int d = 3; d >= 0; d--) {
@@ -22,21 +22,43 @@ static inline int64_t b_index(int64_t i, const int64_t as[4], const int64_t bs[4
     return j;
 }
 
+/* When b is broadcast over one contiguous block of a's dimensions, a reads
+ * as [A, R, C] and b as [A, 1, C]. Every broadcast the models make is of
+ * this form: a bias [C] (A = 1), a time embedding [N, 1, 1, C], a
+ * per-sample scale [N, 1, 1, 1]. False otherwise. */
+static bool split3(const int64_t as[4], const int64_t bs[4], int64_t *A, int64_t *R, int64_t *C) {
+    int first = 4, last = -1;
+    for (int d = 0; d < 4; d++)
+        if (bs[d] != as[d]) {
+            first = first < d ? first : d;
+            last = d;
+        }
+    for (int d = first; d <= last; d++)
+        if (bs[d] != 1 && as[d] != 1)
+            return false;
+    *A = *R = *C = 1;
+    for (int d = 0; d < 4; d++)
+        *(d < first ? A : d <= last ? R : C) *= as[d];
+    return true;
+}
+
 static int64_t numel4(const int64_t s[4]) { return s[0] * s[1] * s[2] * s[3]; }
 
 void cpu_binary_forward(cpu_binary_kind k, float *out, const float *a, const float *b,
                         const int64_t as[4], const int64_t bs[4]) {
-    int64_t n = numel4(as), nb = numel4(bs);
-    if (nb == n) {
+    int64_t n = numel4(as), A, R, C;
+    if (numel4(bs) == n) {
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             out[i] = apply(k, a[i], b[i]);
-    } else if (as[3] == bs[3] && nb == bs[3]) { /* b is [C]: the common bias case */
-        int64_t c = bs[3];
+    } else if (split3(as, bs, &A, &R, &C)) {
 #pragma omp parallel for if (n >= CPU_PAR_MIN)
-        for (int64_t r = 0; r < n / c; r++)
-            for (int64_t j = 0; j < c; j++)
-                out[r * c + j] = apply(k, a[r * c + j], b[j]);
+        for (int64_t row = 0; row < A * R; row++) {
+            const float *br = b + row / R * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++)
+                out[row * C + c] = apply(k, a[row * C + c], br[c]);
+        }
     } else {
 #pragma omp parallel for if (n >= CPU_PAR_MIN)
         for (int64_t i = 0; i < n; i++)
@@ -44,18 +66,64 @@ void cpu_binary_forward(cpu_binary_kind k, float *out, const float *a, const flo
     }
 }
 
+/* db[A, 1, C] += the sums over R of dout (times a for mul), in double;
+ * tasks own (row of A, strip of C), so no two threads write one element. */
+#define STRIP 64
+static void reduce_db(cpu_binary_kind k, const float *dout, const float *a, float *db, int64_t A,
+                      int64_t R, int64_t C) {
+    float sign = k == CPU_SUB ? -1.0f : 1.0f;
+    int64_t strips = (C + STRIP - 1) / STRIP;
+#pragma omp parallel for collapse(2) if (A * R * C >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < A; i++)
+        for (int64_t sj = 0; sj < strips; sj++) {
+            int64_t c0 = sj * STRIP, w = C - c0 < STRIP ? C - c0 : STRIP;
+            double acc[STRIP] = {0};
+            for (int64_t r = 0; r < R; r++) {
+                int64_t base = (i * R + r) * C + c0;
+                for (int64_t c = 0; c < w; c++)
+                    acc[c] += k == CPU_MUL ? (double)dout[base + c] * a[base + c] : dout[base + c];
+            }
+            for (int64_t c = 0; c < w; c++)
+                db[i * C + c0 + c] += sign * (float)acc[c];
+        }
+}
+
 void cpu_binary_backward(cpu_binary_kind k, const float *dout, const float *a, const float *b,
                          float *da, float *db, const int64_t as[4], const int64_t bs[4]) {
-    int64_t n = numel4(as), nb = numel4(bs);
-    if (da) {
+    int64_t n = numel4(as), A, R, C;
+    if (numel4(bs) == n) {
+        float sign = k == CPU_SUB ? -1.0f : 1.0f;
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            if (da)
+                da[i] += k == CPU_MUL ? dout[i] * b[i] : dout[i];
+            if (db)
+                db[i] += k == CPU_MUL ? dout[i] * a[i] : sign * dout[i];
+        }
+        return;
+    }
+    bool split = split3(as, bs, &A, &R, &C);
+    if (da && split) {
+#pragma omp parallel for if (n >= CPU_PAR_MIN)
+        for (int64_t row = 0; row < A * R; row++) {
+            const float *br = b + row / R * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++)
+                da[row * C + c] += k == CPU_MUL ? dout[row * C + c] * br[c] : dout[row * C + c];
+        }
+    } else if (da) {
 #pragma omp parallel for if (n >= CPU_PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             da[i] += k == CPU_MUL ? dout[i] * b[b_index(i, as, bs)] : dout[i];
     }
     if (!db)
         return;
-    /* db[j] sums over every a position that reads b[j]: walk those positions per j. */
-    int64_t red[4], nred = 1; /* sizes of the broadcast dimensions (1 where not broadcast) */
+    if (split) {
+        reduce_db(k, dout, a, db, A, R, C);
+        return;
+    }
+    /* General case: db[j] sums over every a position that reads b[j]. */
+    int64_t nb = numel4(bs), red[4], nred = 1; /* broadcast dimension sizes (1 elsewhere) */
     for (int d = 0; d < 4; d++) {
         red[d] = bs[d] == 1 ? as[d] : 1;
         nred *= red[d];
