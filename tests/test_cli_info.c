@@ -11,92 +11,27 @@
 #include "data/image.h"
 
 #include <ftw.h>
-#include <libgen.h>
-#include <limits.h>
-#include <poll.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-extern char **environ;
 
 /* ---- running diffc ---- */
 
-typedef struct {
-    int status; /* exit status */
-    char out[1 << 16], err[1 << 16];
-    size_t n_out, n_err;
-} run_result;
+typedef tu_run_result run_result;
 
-static void diffc_path(char *buf, size_t n) {
-    char exe[PATH_MAX];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    ck_assert_int_gt(len, 0);
-    exe[len] = '\0';
-    snprintf(buf, n, "%s/diffc", dirname(exe));
-    ck_assert_msg(access(buf, X_OK) == 0, "%s: not found (build the diffc target)", buf);
-}
-
-/* Append what is readable on fd; 0 at end of file. */
-static int drain(int fd, char *buf, size_t cap, size_t *n) {
-    char tmp[4096];
-    ssize_t k = read(fd, tmp, sizeof tmp);
-    ck_assert_int_ge(k, 0);
-    size_t take = *n + (size_t)k < cap - 1 ? (size_t)k : cap - 1 - *n;
-    memcpy(buf + *n, tmp, take);
-    *n += take;
-    buf[*n] = '\0';
-    return k > 0;
-}
-
-/* diffc info ARGS... with stdout and stderr captured through pipes. */
+/* diffc info ARGS... (NULL ends them early). */
 static run_result *run_info(const char *a1, const char *a2) {
-    static run_result r;
-    memset(&r, 0, sizeof r);
-    char exe[PATH_MAX];
-    diffc_path(exe, sizeof exe);
-    char *argv[] = {exe, "info", (char *)a1, (char *)a2, NULL};
-    int out[2], err[2];
-    ck_assert(pipe(out) == 0 && pipe(err) == 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    posix_spawn_file_actions_addclose(&fa, out[0]);
-    posix_spawn_file_actions_addclose(&fa, err[0]);
-    pid_t pid;
-    ck_assert_int_eq(posix_spawn(&pid, exe, &fa, NULL, argv, environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    close(out[1]);
-    close(err[1]);
-    struct pollfd p[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-    while (p[0].fd >= 0 || p[1].fd >= 0) {
-        ck_assert_int_gt(poll(p, 2, -1), 0);
-        if (p[0].revents && !drain(out[0], r.out, sizeof r.out, &r.n_out))
-            p[0].fd = -1;
-        if (p[1].revents && !drain(err[0], r.err, sizeof r.err, &r.n_err))
-            p[1].fd = -1;
-    }
-    close(out[0]);
-    close(err[0]);
-    int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    ck_assert_msg(WIFEXITED(st), "diffc died: status %d; stderr: %s", st, r.err);
-    r.status = WEXITSTATUS(st);
-    return &r;
+    const char *args[] = {"info", a1, a2, NULL};
+    return tu_run_diffc(args);
 }
 
 /* Exit 1, nothing on stdout, one line "diffc: error: ...<want>..." on stderr. */
 static void assert_user_error(const run_result *r, const char *want) {
-    ck_assert_msg(r->status == 1, "exit %d, stderr: %s", r->status, r->err);
     ck_assert_msg(r->n_out == 0, "stdout: %s", r->out);
-    ck_assert_msg(strncmp(r->err, "diffc: error: ", 14) == 0, "stderr: %s", r->err);
-    ck_assert_msg(strchr(r->err, '\n') == r->err + r->n_err - 1, "not one line: %s", r->err);
-    ck_assert_msg(strstr(r->err, want), "'%s' lacks '%s'", r->err, want);
+    tu_assert_user_error(r, want);
 }
 
 static void assert_usage_error(const run_result *r, const char *want) {

@@ -41,6 +41,20 @@ typedef dc_tensor *(*tu_fn)(dc_ctx *ctx, dc_tensor **in, void *arg);
 void tu_gradcheck(dc_ctx *ctx, tu_fn f, void *arg, dc_tensor **in, int n_in, double eps,
                   double atol, double rtol, int max_elems);
 
+/* What a run of the diffc binary printed and how it ended. */
+typedef struct tu_run_result {
+    int status; /* exit status */
+    char out[1 << 16], err[1 << 16];
+    size_t n_out, n_err;
+} tu_run_result;
+
+/* Run the built diffc (found beside the test binary) with `args` (the
+ * subcommand and its arguments, NULL-terminated), stdout and stderr captured.
+ * The result is overwritten by the next run. */
+tu_run_result *tu_run_diffc(const char *const *args);
+/* Exit 1 and stderr exactly one line "diffc: error: ...<want>...". */
+void tu_assert_user_error(const tu_run_result *r, const char *want);
+
 /* A test case added to s with a timeout in seconds. */
 TCase *tu_tcase(Suite *s, const char *name, double timeout);
 /* Run the suite; the process exit status (prints the seed when a test failed). */

@@ -140,8 +140,8 @@ static int check_data_fits(const trainer *tr) {
         return dc_fail("--resolution %" PRId64 " is not divisible by %d, which the model's %d levels "
                        "of down-sampling need", tr->o.resolution, halvings, u->levels);
     if (tr->ds.c != u->in_channels)
-        return dc_fail("%s: the images have %d channels, the model's in_channels is %d",
-                       tr->o.train_data_dir, tr->ds.c, u->in_channels);
+        return dc_fail("%s: the images have %d channel%s, the model's in_channels is %d",
+                       tr->o.train_data_dir, tr->ds.c, tr->ds.c == 1 ? "" : "s", u->in_channels);
     if (tr->null_class >= 0 && tr->ds.num_classes == 0)
         return dc_fail("%s: the model is class-conditional (num_class_embeds %d) but the data has "
                        "no labels", tr->o.train_data_dir, u->num_class_embeds);
@@ -154,7 +154,6 @@ static int check_data_fits(const trainer *tr) {
 
 static int open_data(trainer *tr) {
     dc_dataset_options d = {.resolution = (int)tr->o.resolution,
-                            .channels = tr->ucfg.in_channels,
                             .cache_dir = tr->o.cache_dir,
                             .strict = tr->o.strict};
     if (dc_dataset_open(&tr->ds, tr->o.train_data_dir, &d) || check_data_fits(tr))
@@ -527,7 +526,7 @@ int dc_cmd_train(int argc, char **argv) {
         return 0;
     }
     if (rc == 0) {
-        dc_train_options_print(&tr.o, stderr);
+        dc_train_options_print(&tr.o, stdout);
         rc = setup(&tr) || dc_signals_install() || run(&tr) ? -1 : 0;
     }
     int status = rc == DC_TRAIN_OPTIONS_USAGE ? 2 : rc ? 1 : 0;
