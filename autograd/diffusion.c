@@ -2,10 +2,9 @@
  * training step (see diffusion.h). The fused ops are in ops_diffusion.c. */
 #include "diffusion.h"
 
-#include "fileio.h"
-
 #include "cpu/diffusion.h"
 #include "error.h"
+#include "fileio.h"
 #include "rng.h"
 
 #include <cjson/cJSON.h>
@@ -62,36 +61,6 @@ dc_noise_schedule_config dc_noise_schedule_default_config(void) {
                                       .prediction_type = DC_PRED_EPSILON};
 }
 
-/* Prefix the message just recorded with `where` (it is copied: dc_fail reuses its buffer). */
-static int fail_at(const char *where) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", dc_error());
-    return dc_fail("%s: %s", where, msg);
-}
-
-/* The number under `key`, left as it is when absent; an error when it is not a number. */
-static int get_number(const cJSON *root, const char *key, const char *where, double *out) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!v)
-        return 0;
-    if (!cJSON_IsNumber(v))
-        return dc_fail("%s: %s must be a number", where, key);
-    *out = v->valuedouble;
-    return 0;
-}
-
-/* The string under `key`, or NULL when absent; an error when it is not a string. */
-static int get_string(const cJSON *root, const char *key, const char *where, const char **out) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    *out = NULL;
-    if (!v)
-        return 0;
-    if (!cJSON_IsString(v))
-        return dc_fail("%s: %s must be a string", where, key);
-    *out = v->valuestring;
-    return 0;
-}
-
 /* Keys that change the betas in ways we do not build: refused, never ignored. */
 static int check_unsupported(const cJSON *root, const char *where) {
     const cJSON *tb = cJSON_GetObjectItemCaseSensitive(root, "trained_betas");
@@ -110,16 +79,16 @@ static int parse_root(dc_noise_schedule_config *c, const cJSON *root, const char
     if (!cJSON_IsObject(root))
         return dc_fail("%s: not a JSON object", where);
     double T = (double)c->num_train_timesteps;
-    const char *beta, *pred;
-    if (get_number(root, "num_train_timesteps", where, &T) ||
-        get_number(root, "beta_start", where, &c->beta_start) ||
-        get_number(root, "beta_end", where, &c->beta_end) ||
-        get_string(root, "beta_schedule", where, &beta) ||
-        get_string(root, "prediction_type", where, &pred) || check_unsupported(root, where))
+    const char *beta = NULL, *pred = NULL;
+    if (dc_json_get_number(root, "num_train_timesteps", where, &T) ||
+        dc_json_get_number(root, "beta_start", where, &c->beta_start) ||
+        dc_json_get_number(root, "beta_end", where, &c->beta_end) ||
+        dc_json_get_string(root, "beta_schedule", where, &beta) ||
+        dc_json_get_string(root, "prediction_type", where, &pred) || check_unsupported(root, where))
         return -1;
     if ((beta && dc_beta_schedule_parse(beta, &c->beta_schedule)) ||
         (pred && dc_prediction_type_parse(pred, &c->prediction_type)))
-        return fail_at(where);
+        return dc_fail_prefix(where);
     if (!(T >= 1 && T <= (double)MAX_TIMESTEPS && T == floor(T)))
         return dc_fail("%s: num_train_timesteps %g must be a whole number in [1, %lld]", where, T,
                        (long long)MAX_TIMESTEPS);
@@ -130,10 +99,9 @@ static int parse_root(dc_noise_schedule_config *c, const cJSON *root, const char
 int dc_noise_schedule_config_parse(dc_noise_schedule_config *c, const char *json,
                                    const char *where) {
     *c = dc_noise_schedule_default_config();
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, strlen(json), &end, 0);
+    cJSON *root = dc_json_parse(json, strlen(json), where);
     if (!root)
-        return dc_fail("%s: malformed JSON at byte %td", where, end ? end - json : (ptrdiff_t)0);
+        return -1;
     int rc = parse_root(c, root, where);
     cJSON_Delete(root);
     if (rc)
@@ -141,33 +109,9 @@ int dc_noise_schedule_config_parse(dc_noise_schedule_config *c, const char *json
     return rc;
 }
 
-/* The whole of a small text file, NUL-terminated, malloc'ed; NULL with a message. */
-static char *read_text(const char *path) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        dc_fail("%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = malloc(MAX_CONFIG_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, fp) : 0;
-    int bad = !buf                   ? dc_fail("%s: out of memory", path)
-              : ferror(fp)           ? dc_fail("%s: cannot read", path)
-              : n > MAX_CONFIG_BYTES ? dc_fail("%s: larger than %d bytes: not a scheduler config",
-                                               path, MAX_CONFIG_BYTES)
-              : memchr(buf, '\0', n) ? dc_fail("%s: not a text file", path)
-                                     : 0;
-    fclose(fp);
-    if (bad) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    return buf;
-}
-
 int dc_noise_schedule_config_load(dc_noise_schedule_config *c, const char *path) {
     *c = dc_noise_schedule_default_config();
-    char *text = read_text(path);
+    char *text = dc_read_file(path, MAX_CONFIG_BYTES, NULL);
     if (!text)
         return -1;
     int rc = dc_noise_schedule_config_parse(c, text, path);

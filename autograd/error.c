@@ -18,6 +18,12 @@ int dc_fail(const char *fmt, ...) {
     return -1;
 }
 
+int dc_fail_prefix(const char *prefix) {
+    char msg[sizeof message];
+    snprintf(msg, sizeof msg, "%s", message);
+    return dc_fail("%s: %s", prefix, msg);
+}
+
 const char *dc_error(void) { return message; }
 
 void dc_clear_error(void) { message[0] = '\0'; }

@@ -18,6 +18,8 @@
 /* Record a formatted message; always returns -1 so callers can `return dc_fail(...)`. */
 int dc_fail(const char *fmt, ...) DC_PRINTF(1, 2);
 int dc_vfail(const char *fmt, va_list ap);
+/* Put `prefix: ` in front of the message last recorded; returns -1. */
+int dc_fail_prefix(const char *prefix);
 /* The last message recorded on this thread ("" when none). */
 const char *dc_error(void);
 /* Forget the last message. */

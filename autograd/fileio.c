@@ -207,6 +207,48 @@ char *dc_read_file(const char *path, size_t max_bytes, size_t *n) {
 
 /* ---- JSON ---- */
 
+const char *dc_json_type(const cJSON *v) {
+    return cJSON_IsObject(v)   ? "an object"
+           : cJSON_IsArray(v)  ? "an array"
+           : cJSON_IsString(v) ? "a string"
+           : cJSON_IsNumber(v) ? "a number"
+           : cJSON_IsBool(v)   ? "a boolean"
+                               : "null";
+}
+
+/* The member under key, NULL when absent or null. */
+static const cJSON *member(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+int dc_json_get_number(const cJSON *obj, const char *key, const char *where, double *out) {
+    const cJSON *v = member(obj, key);
+    if (v && !cJSON_IsNumber(v))
+        return dc_fail("%s: %s must be a number, got %s", where, key, dc_json_type(v));
+    if (v)
+        *out = v->valuedouble;
+    return 0;
+}
+
+int dc_json_get_string(const cJSON *obj, const char *key, const char *where, const char **out) {
+    const cJSON *v = member(obj, key);
+    if (v && !cJSON_IsString(v))
+        return dc_fail("%s: %s must be a string, got %s", where, key, dc_json_type(v));
+    if (v)
+        *out = v->valuestring;
+    return 0;
+}
+
+int dc_json_get_bool(const cJSON *obj, const char *key, const char *where, bool *out) {
+    const cJSON *v = member(obj, key);
+    if (v && !cJSON_IsBool(v))
+        return dc_fail("%s: %s must be true or false, got %s", where, key, dc_json_type(v));
+    if (v)
+        *out = cJSON_IsTrue(v);
+    return 0;
+}
+
 static int cmp_key(const void *a, const void *b) {
     return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
 }

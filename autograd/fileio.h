@@ -52,6 +52,15 @@ char *dc_json_print(const cJSON *json, bool formatted);
 /* Indented JSON with a final newline, written atomically. */
 int dc_json_save(const char *path, const cJSON *json);
 
+/* The kind of a JSON value in words ("a string", "null"), for messages. */
+const char *dc_json_type(const cJSON *v);
+/* Typed members of a config object. An absent key, or null (diffusers'
+ * "left at its default"), returns 0 and leaves *out as it is; a value of
+ * another type is an error naming `where`, the key and what it holds. */
+int dc_json_get_number(const cJSON *obj, const char *key, const char *where, double *out);
+int dc_json_get_string(const cJSON *obj, const char *key, const char *where, const char **out);
+int dc_json_get_bool(const cJSON *obj, const char *key, const char *where, bool *out);
+
 /* "dir/name" into a new string (NULL, after dc_fail, when out of memory). */
 char *dc_path_join(const char *dir, const char *name);
 

@@ -4,6 +4,7 @@
 #include "samplers.h"
 
 #include "autograd/error.h"
+#include "autograd/fileio.h"
 #include "autograd/rng.h"
 
 #include <cjson/cJSON.h>
@@ -107,64 +108,20 @@ dc_sampler_options dc_sampler_default_options(dc_sampler_kind kind) {
 
 /* ---- scheduler_config.json ---- */
 
-/* The value under key, NULL when absent or null (diffusers' "not set"). */
-static const cJSON *item(const cJSON *root, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    return v && !cJSON_IsNull(v) ? v : NULL;
-}
-
-static int get_bool(const cJSON *root, const char *key, const char *where, int *out) {
-    const cJSON *v = item(root, key);
-    if (!v)
-        return 0;
-    if (!cJSON_IsBool(v))
-        return dc_fail("%s: %s must be true or false", where, key);
-    *out = cJSON_IsTrue(v);
-    return 0;
-}
-
-static int get_number(const cJSON *root, const char *key, const char *where, double *out) {
-    const cJSON *v = item(root, key);
-    if (!v)
-        return 0;
-    if (!cJSON_IsNumber(v))
-        return dc_fail("%s: %s must be a number", where, key);
-    *out = v->valuedouble;
-    return 0;
-}
-
-/* The string under key (NULL when not set); an error when it is something else. */
-static int get_string(const cJSON *root, const char *key, const char *where, const char **out) {
-    const cJSON *v = item(root, key);
-    *out = NULL;
-    if (v && !cJSON_IsString(v))
-        return dc_fail("%s: %s must be a string", where, key);
-    if (v)
-        *out = v->valuestring;
-    return 0;
-}
-
-/* Prefix the message just recorded with `where` (copied: dc_fail reuses its buffer). */
-static int fail_at(const char *where) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", dc_error());
-    return dc_fail("%s: %s", where, msg);
-}
-
 /* A string key that must hold one of `allowed` (diffusers' aliases included) when set. */
 static int check_string(const cJSON *root, const char *key, const char *where,
                         const char *const *allowed, int count) {
-    const char *v;
+    const char *v = NULL;
     int unused;
-    if (get_string(root, key, where, &v))
+    if (dc_json_get_string(root, key, where, &v))
         return -1;
-    return v && parse_name(key, v, allowed, count, &unused) ? fail_at(where) : 0;
+    return v && parse_name(key, v, allowed, count, &unused) ? dc_fail_prefix(where) : 0;
 }
 
 /* A boolean key that changes the sampler in a way we do not build: false or unset only. */
 static int check_false(const cJSON *root, const char *key, const char *where) {
-    int on = 0;
-    if (get_bool(root, key, where, &on))
+    bool on = false;
+    if (dc_json_get_bool(root, key, where, &on))
         return -1;
     return on ? dc_fail("%s: %s is not supported", where, key) : 0;
 }
@@ -178,11 +135,12 @@ static int check_dpm_config(const cJSON *root, const char *where) {
     static const char *const variances[] = {"fixed_small", "fixed_small_log", "fixed_large",
                                             "fixed_large_log"};
     double order = 2;
-    if (get_number(root, "solver_order", where, &order))
+    if (dc_json_get_number(root, "solver_order", where, &order))
         return -1;
     if (order != 2)
         return dc_fail("%s: solver_order %g is not supported (dpm++2m is order 2)", where, order);
-    if (item(root, "lambda_min_clipped"))
+    const cJSON *lmc = cJSON_GetObjectItemCaseSensitive(root, "lambda_min_clipped");
+    if (lmc && !cJSON_IsNull(lmc))
         return dc_fail("%s: lambda_min_clipped is not supported", where);
     return check_string(root, "algorithm_type", where, algorithms, 2) ||
                    check_string(root, "solver_type", where, solvers, 4) ||
@@ -196,10 +154,10 @@ static int check_dpm_config(const cJSON *root, const char *where) {
 
 static int parse_enum_key(const cJSON *root, const char *key, const char *where,
                           const char *const *names, int count, int *out) {
-    const char *v;
-    if (get_string(root, key, where, &v))
+    const char *v = NULL;
+    if (dc_json_get_string(root, key, where, &v))
         return -1;
-    return v && parse_name(key, v, names, count, out) ? fail_at(where) : 0;
+    return v && parse_name(key, v, names, count, out) ? dc_fail_prefix(where) : 0;
 }
 
 static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const cJSON *root,
@@ -212,20 +170,20 @@ static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const 
     if (check_false(root, "thresholding", where) ||
         parse_enum_key(root, "timestep_spacing", where, spacing_names, DC_SPACING_COUNT,
                        &spacing) ||
-        get_number(root, "steps_offset", where, &offset))
+        dc_json_get_number(root, "steps_offset", where, &offset))
         return -1;
     if (!(offset >= 0 && offset <= 1e9 && offset == floor(offset)))
         return dc_fail("%s: steps_offset %g must be a whole number in [0, 1e9]", where, offset);
     if (kind == DC_SAMPLER_DPMPP_2M) {
         if (check_dpm_config(root, where) ||
-            get_bool(root, "lower_order_final", where, &o->lower_order_final) ||
+            dc_json_get_bool(root, "lower_order_final", where, &o->lower_order_final) ||
             parse_enum_key(root, "final_sigmas_type", where, final_sigmas_names,
                            DC_FINAL_SIGMAS_COUNT, &final_sigmas))
             return -1;
-    } else if (get_bool(root, "clip_sample", where, &o->clip_sample) ||
-               get_number(root, "clip_sample_range", where, &o->clip_sample_range) ||
+    } else if (dc_json_get_bool(root, "clip_sample", where, &o->clip_sample) ||
+               dc_json_get_number(root, "clip_sample_range", where, &o->clip_sample_range) ||
                (kind == DC_SAMPLER_DDIM &&
-                get_bool(root, "set_alpha_to_one", where, &o->set_alpha_to_one)) ||
+                dc_json_get_bool(root, "set_alpha_to_one", where, &o->set_alpha_to_one)) ||
                (kind == DC_SAMPLER_DDPM &&
                 parse_enum_key(root, "variance_type", where, variance_names, DC_VARIANCE_COUNT,
                                &variance)))
@@ -241,10 +199,9 @@ int dc_sampler_options_parse_config(dc_sampler_options *o, dc_sampler_kind kind,
                                     const char *where) {
     if ((unsigned)kind >= DC_SAMPLER_COUNT)
         return dc_fail("%s: unknown sampler kind %d", where, (int)kind);
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, strlen(json), &end, 0);
+    cJSON *root = dc_json_parse(json, strlen(json), where);
     if (!root)
-        return dc_fail("%s: malformed JSON at byte %td", where, end ? end - json : (ptrdiff_t)0);
+        return -1;
     dc_sampler_options parsed = *o; /* o changes only when every key is good */
     int rc = parse_config_root(&parsed, kind, root, where);
     cJSON_Delete(root);

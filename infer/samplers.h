@@ -87,12 +87,12 @@ typedef struct dc_sampler_options {
     int num_inference_steps; /* n, in [1, T] */
     dc_timestep_spacing timestep_spacing;
     int64_t steps_offset;           /* added to leading timesteps */
-    int clip_sample;                /* ddpm, ddim: clamp predicted x0 to */
+    bool clip_sample;               /* ddpm, ddim: clamp predicted x0 to */
     double clip_sample_range;       /*   [-clip_sample_range, clip_sample_range] */
     dc_variance_type variance_type; /* ddpm */
     double eta;                     /* ddim: 0 deterministic, 1 DDPM-like */
-    int set_alpha_to_one;           /* ddim: alphas_cumprod "before" t = 0 is 1 (else acp[0]) */
-    int lower_order_final;          /* dpm++2m: first order at the end when n < 15 */
+    bool set_alpha_to_one;          /* ddim: alphas_cumprod "before" t = 0 is 1 (else acp[0]) */
+    bool lower_order_final;         /* dpm++2m: first order at the end when n < 15 */
     dc_final_sigmas_type final_sigmas_type; /* dpm++2m */
 } dc_sampler_options;
 

@@ -8,6 +8,7 @@
 #include "unet.h"
 
 #include "autograd/error.h"
+#include "autograd/fileio.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -25,21 +26,12 @@
 
 /* ==== config ==== */
 
-static const char *json_type(const cJSON *v) {
-    return cJSON_IsObject(v)   ? "an object"
-           : cJSON_IsArray(v)  ? "an array"
-           : cJSON_IsString(v) ? "a string"
-           : cJSON_IsNumber(v) ? "a number"
-           : cJSON_IsBool(v)   ? "a boolean"
-                               : "null";
-}
-
 static bool absent(const cJSON *v) { return !v || cJSON_IsNull(v); }
 
 /* An integer-valued JSON number into *out; -1 with a message otherwise. */
 static int as_int(const cJSON *v, const char *what, const char *key, int *out) {
     if (!cJSON_IsNumber(v))
-        return dc_fail("%s: %s must be an integer, got %s", what, key, json_type(v));
+        return dc_fail("%s: %s must be an integer, got %s", what, key, dc_json_type(v));
     double d = v->valuedouble;
     if (d != floor(d) || d < INT_MIN || d > INT_MAX)
         return dc_fail("%s: %s must be an integer, got %.17g", what, key, d);
@@ -92,12 +84,12 @@ static int read_scalar(dc_unet_config *c, const cJSON *root, const char *what, i
     switch (kind) {
     case KEY_BOOL:
         if (!cJSON_IsBool(v))
-            return dc_fail("%s: %s must be true or false, got %s", what, key, json_type(v));
+            return dc_fail("%s: %s must be true or false, got %s", what, key, dc_json_type(v));
         *(bool *)field = cJSON_IsTrue(v);
         return 0;
     case KEY_FLOAT:
         if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
-            return dc_fail("%s: %s must be a finite number, got %s", what, key, json_type(v));
+            return dc_fail("%s: %s must be a finite number, got %s", what, key, dc_json_type(v));
         *(float *)field = (float)v->valuedouble;
         return 0;
     case KEY_INT: return as_int(v, what, key, field);
@@ -118,7 +110,7 @@ static int read_choice(const cJSON *root, const char *what, const char *key, con
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     const char *s = !v ? def : cJSON_IsString(v) ? v->valuestring : NULL;
     if (v && !cJSON_IsString(v) && !cJSON_IsNull(v))
-        return dc_fail("%s: %s must be a string, got %s", what, key, json_type(v));
+        return dc_fail("%s: %s must be a string, got %s", what, key, dc_json_type(v));
     char supported[160] = "";
     for (int i = 0; i < n_allowed; i++) {
         if (allowed[i] ? s && !strcmp(s, allowed[i]) : !s)
@@ -149,7 +141,7 @@ static int refuse_unsupported(const cJSON *root, const char *what) {
     const cJSON *legacy = cJSON_GetObjectItemCaseSensitive(root, "attention_legacy_order");
     if (legacy && !cJSON_IsFalse(legacy) && !cJSON_IsNull(legacy))
         return dc_fail("%s: attention_legacy_order %s is not supported (supported: false)", what,
-                       cJSON_IsTrue(legacy) ? "true" : json_type(legacy));
+                       cJSON_IsTrue(legacy) ? "true" : dc_json_type(legacy));
     return 0;
 }
 
@@ -166,7 +158,7 @@ static int read_sample_size(dc_unet_config *c, const cJSON *root, const char *wh
     }
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
         return dc_fail("%s: sample_size must be an integer or [height, width], got %s", what,
-                       cJSON_IsArray(v) ? "an array of another length" : json_type(v));
+                       cJSON_IsArray(v) ? "an array of another length" : dc_json_type(v));
     if (as_int(v->child, what, "sample_size[0]", &c->sample_size[0]) ||
         as_int(v->child->next, what, "sample_size[1]", &c->sample_size[1]))
         return -1;
@@ -183,7 +175,7 @@ static int read_channels(dc_unet_config *c, const cJSON *root, const char *what)
     }
     if (!cJSON_IsArray(v))
         return dc_fail("%s: block_out_channels must be a list of integers, got %s", what,
-                       json_type(v));
+                       dc_json_type(v));
     int n = cJSON_GetArraySize(v);
     if (n < 1 || n > DC_UNET_MAX_LEVELS)
         return dc_fail("%s: block_out_channels has %d entries (diffc builds 1 to %d levels)", what,
@@ -209,14 +201,14 @@ static int read_block_types(bool *attn, const cJSON *root, const char *what, con
         return 0;
     }
     if (!cJSON_IsArray(v))
-        return dc_fail("%s: %s must be a list of block names, got %s", what, key, json_type(v));
+        return dc_fail("%s: %s must be a list of block names, got %s", what, key, dc_json_type(v));
     if (cJSON_GetArraySize(v) != levels)
         return dc_fail("%s: %s has %d entries but block_out_channels has %d", what, key,
                        cJSON_GetArraySize(v), levels);
     int i = 0;
     for (const cJSON *e = v->child; e; e = e->next, i++) {
         if (!cJSON_IsString(e))
-            return dc_fail("%s: %s[%d] must be a string, got %s", what, key, i, json_type(e));
+            return dc_fail("%s: %s[%d] must be a string, got %s", what, key, i, dc_json_type(e));
         if (strcmp(e->valuestring, plain) && strcmp(e->valuestring, with_attn))
             return dc_fail("%s: %s[%d] \"%.64s\" is not supported (supported: \"%s\", \"%s\")",
                            what, key, i, e->valuestring, plain, with_attn);
@@ -290,7 +282,7 @@ static int check_config(const dc_unet_config *c, const char *what) {
 
 static int parse_object(dc_unet_config *c, const cJSON *root, const char *what) {
     if (!cJSON_IsObject(root))
-        return dc_fail("%s: a UNet config must be a JSON object, got %s", what, json_type(root));
+        return dc_fail("%s: a UNet config must be a JSON object, got %s", what, dc_json_type(root));
     if (refuse_unsupported(root, what))
         return -1;
     for (int k = 0; k < (int)(sizeof scalar_keys / sizeof *scalar_keys); k++)

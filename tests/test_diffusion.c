@@ -603,11 +603,11 @@ START_TEST(test_config_refused) {
         {"{\"num_train_timesteps\": 0}",
          "num_train_timesteps 0 must be a whole number in [1, 16777216]"},
         {"{\"num_train_timesteps\": \"1000\"}", "cfg: num_train_timesteps must be a number"},
-        {"{\"beta_start\": null}", "cfg: beta_start must be a number"},
+        {"{\"beta_start\": \"0.1\"}", "cfg: beta_start must be a number, got a string"},
         {"{\"beta_schedule\": 3}", "cfg: beta_schedule must be a string"},
         {"{\"trained_betas\": [0.1, 0.2]}", "cfg: trained_betas is not supported"},
         {"{\"rescale_betas_zero_snr\": true}", "cfg: rescale_betas_zero_snr is not supported"},
-        {"{\"beta_start\": 0.0001,", "cfg: malformed JSON"},
+        {"{\"beta_start\": 0.0001,", "cfg:1:22: not valid JSON here"},
         {"[1000]", "cfg: not a JSON object"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

@@ -544,7 +544,7 @@ START_TEST(test_config) {
         {DC_SAMPLER_DPMPP_2M, "{\"final_sigmas_type\": \"max\"}",
          "cfg: final_sigmas_type 'max' is not supported"},
         {DC_SAMPLER_DPMPP_2M, "[1]", "cfg: not a JSON object"},
-        {DC_SAMPLER_DDPM, "{\"clip_sample\": tru", "cfg: malformed JSON at byte"},
+        {DC_SAMPLER_DDPM, "{\"clip_sample\": tru", "cfg:1:17: not valid JSON here"},
         {DC_SAMPLER_COUNT, "{}", "cfg: unknown sampler kind 3"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {

@@ -356,48 +356,39 @@ void dc_train_options_free(dc_train_options *o) {
 
 /* ---- from JSON (config files) ---- */
 
-static const char *json_type(const cJSON *v) {
-    return cJSON_IsObject(v)   ? "an object"
-           : cJSON_IsArray(v)  ? "an array"
-           : cJSON_IsString(v) ? "a string"
-           : cJSON_IsNumber(v) ? "a number"
-           : cJSON_IsBool(v)   ? "a boolean"
-                               : "null";
-}
-
 static int set_json(dc_train_options *o, const dc_train_option *r, const cJSON *v, const char *where) {
     switch (r->type) {
     case DC_OPT_INT: {
         double d = cJSON_IsNumber(v) ? v->valuedouble : NAN;
         if (!(fabs(d) <= BIG) || d != floor(d))
             return dc_fail("%s: expected an integer, got %s", where,
-                           cJSON_IsNumber(v) ? "a fraction or a huge number" : json_type(v));
+                           cJSON_IsNumber(v) ? "a fraction or a huge number" : dc_json_type(v));
         return store_int(o, r, (int64_t)d, where);
     }
     case DC_OPT_FLOAT:
         if (cJSON_IsNull(v) && r->flags & DC_OPT_NULLABLE)
             return store_float(o, r, NAN, where);
         if (!cJSON_IsNumber(v))
-            return dc_fail("%s: expected a number, got %s", where, json_type(v));
+            return dc_fail("%s: expected a number, got %s", where, dc_json_type(v));
         return store_float(o, r, v->valuedouble, where);
     case DC_OPT_BOOL:
         if (!cJSON_IsBool(v))
-            return dc_fail("%s: expected true or false, got %s", where, json_type(v));
+            return dc_fail("%s: expected true or false, got %s", where, dc_json_type(v));
         return *FIELD(o, r, bool) = cJSON_IsTrue(v), 0;
     case DC_OPT_ENUM:
         if (!cJSON_IsString(v))
-            return dc_fail("%s: expected a string, got %s", where, json_type(v));
+            return dc_fail("%s: expected a string, got %s", where, dc_json_type(v));
         return store_enum(o, r, v->valuestring, where);
     case DC_OPT_STRING:
         if (!cJSON_IsString(v) && !cJSON_IsNull(v))
-            return dc_fail("%s: expected a string, got %s", where, json_type(v));
+            return dc_fail("%s: expected a string, got %s", where, dc_json_type(v));
         return store_string(o, r, cJSON_IsString(v) ? v->valuestring : NULL, where);
     case DC_OPT_MODEL:
         if (cJSON_IsObject(v))
             return store_model_json(o, r, v, where);
         if (!cJSON_IsString(v) && !cJSON_IsNull(v))
             return dc_fail("%s: expected the model config (an object) or its path (a string), got %s", where,
-                           json_type(v));
+                           dc_json_type(v));
         return store_string(o, r, cJSON_IsString(v) ? v->valuestring : NULL, where);
     }
     return dc_fail("%s: unknown option type %d", where, (int)r->type);
@@ -412,7 +403,7 @@ static int unknown_key(const char *what, const char *key) {
 
 int dc_train_options_apply_json(dc_train_options *o, const cJSON *json, const char *what) {
     if (!cJSON_IsObject(json))
-        return dc_fail("%s: the training config is %s, not a JSON object", what, json_type(json));
+        return dc_fail("%s: the training config is %s, not a JSON object", what, dc_json_type(json));
     for (const cJSON *v = json->child; v; v = v->next) {
         const dc_train_option *r = NULL;
         for (size_t i = 0; !r && i < sizeof table / sizeof table[0]; i++)
@@ -614,7 +605,7 @@ cJSON *dc_train_options_model_config(const dc_train_options *o) {
     char *path = dir ? dc_path_join(o->model, "config.json") : strdup(o->model);
     cJSON *j = path ? dc_json_load(path) : NULL;
     if (j && !cJSON_IsObject(j)) {
-        dc_fail("%s: the model config is %s, not a JSON object", path, json_type(j));
+        dc_fail("%s: the model config is %s, not a JSON object", path, dc_json_type(j));
         cJSON_Delete(j);
         j = NULL;
     }
