@@ -1,16 +1,26 @@
-/* `diffc train` end to end on a tiny class-conditional dataset made here:
- * the loss falls; a run resumed from its checkpoint ends with the same
- * weights, bit for bit, as the uninterrupted run; bad configurations are
- * one clear error. Runs the built diffc binary. */
-#define _GNU_SOURCE /* nftw */
+/* `diffc train` end to end on tiny datasets made here: the loss falls; a run
+ * resumed from its checkpoint ends with the same weights, bit for bit, as the
+ * uninterrupted run; SIGTERM and SIGINT stop a run with 128 + the signal and a
+ * checkpoint to resume from; a fine-tune starts from the pretrained weights
+ * and keeps their config; accumulating batches equals one big batch;
+ * non-finite steps are skipped, then stop the run; --help and bad
+ * configurations and options. Runs the built diffc binary. */
+#define _GNU_SOURCE /* nftw, realpath */
 #include "testutil.h"
 
 #include "autograd/error.h"
+#include "autograd/fileio.h"
 #include "autograd/safetensors.h"
 #include "data/image.h"
+#include "models/unet.h"
+#include "train/checkpoint.h"
+#include "train/options.h"
 
+#include <ctype.h>
 #include <ftw.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,29 +41,35 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return remove(path);
 }
 
-/* Two classes of 8x8 gray images: bright squares on the left or on the right. */
-static void make_dataset(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/dc_train_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+/* Two classes of 8x8 images with c channels in `dir`: bright squares on the
+ * left or on the right. */
+static void make_images(const char *dir, int c) {
     const char *classes[] = {"left", "right"};
-    ck_assert_int_eq(mkdir(path_in("data"), 0755), 0);
-    for (int c = 0; c < 2; c++) {
-        char dir[64];
-        snprintf(dir, sizeof dir, "data/%s", classes[c]);
-        ck_assert_int_eq(mkdir(path_in(dir), 0755), 0);
+    ck_assert_int_eq(mkdir(path_in(dir), 0755), 0);
+    for (int k = 0; k < 2; k++) {
+        char sub[128];
+        snprintf(sub, sizeof sub, "%s/%s", dir, classes[k]);
+        ck_assert_int_eq(mkdir(path_in(sub), 0755), 0);
         for (int i = 0; i < 12; i++) {
             dc_image img;
-            ck_assert_int_eq(dc_image_alloc(&img, 8, 8, 1), 0);
-            for (int p = 0; p < 64; p++) {
-                bool lit = (p % 8 < 4) == (c == 0);
+            ck_assert_int_eq(dc_image_alloc(&img, 8, 8, c), 0);
+            for (int p = 0; p < 64 * c; p++) {
+                bool lit = (p / c % 8 < 4) == (k == 0);
                 img.px[p] = (uint8_t)(lit ? 200 + (int)(tu_next() % 56) : (int)(tu_next() % 40));
             }
-            char name[96];
-            snprintf(name, sizeof name, "%s/%02d.png", dir, i);
+            char name[160];
+            snprintf(name, sizeof name, "%s/%02d.png", sub, i);
             ck_assert_msg(dc_image_save_png(&img, path_in(name)) == 0, "%s", dc_error());
             dc_image_free(&img);
         }
     }
+}
+
+/* Gray images in data/ and a small class-conditional UNet for them in model.json. */
+static void make_dataset(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/dc_train_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    make_images("data", 1);
     FILE *f = fopen(path_in("model.json"), "w");
     ck_assert_ptr_nonnull(f);
     fputs("{\"_class_name\": \"UNet2DModel\", \"sample_size\": 8, \"in_channels\": 1, \"out_channels\": 1,"
@@ -67,21 +83,36 @@ static void make_dataset(void) {
 
 static void remove_dataset(void) { nftw(tmpdir, remove_entry, 8, FTW_DEPTH | FTW_PHYS); }
 
-/* diffc train on the tiny data into `out`, with extra options (NULL-terminated). */
-static tu_run_result *train(const char *out, const char *steps, const char *const *extra) {
-    const char *args[48] = {"train", "--model", path_in("model.json"), "--train-data-dir",
-                            path_in("data"), "--cache-dir", path_in("cache"), "--resolution", "8",
-                            "--output-dir", path_in(out), "--train-batch-size", "4",
-                            "--max-train-steps", steps, "--learning-rate", "3e-3",
-                            "--lr-warmup-steps", "2", "--use-ema", "--cond-drop-prob", "0.25",
-                            "--logging-steps", "1", "--sample-every", "0", "--seed", "7",
-                            "--dataloader-num-workers", "2"};
+/* The arguments of diffc train with the tests' settings: `model_opt model`
+ * (--model FILE, --pretrained-model DIR; none when model_opt is NULL), the
+ * images in `data`, into `out`, then `extra` (NULL-terminated, may be NULL),
+ * which overrides what comes before. Valid until the next call. */
+static const char *const *train_args(const char *model_opt, const char *model, const char *data,
+                                     const char *out, const char *steps, const char *const *extra) {
+    static const char *args[64];
+    const char *base[] = {"train", "--train-data-dir", path_in(data), "--cache-dir", path_in("cache"),
+                          "--resolution", "8", "--output-dir", path_in(out), "--train-batch-size", "4",
+                          "--max-train-steps", steps, "--learning-rate", "3e-3", "--lr-warmup-steps", "2",
+                          "--use-ema", "--cond-drop-prob", "0.25", "--logging-steps", "1",
+                          "--sample-every", "0", "--seed", "7", "--dataloader-num-workers", "2", NULL};
     int n = 0;
-    while (args[n])
-        n++;
-    for (int i = 0; extra && extra[i]; i++)
+    for (int i = 0; base[i]; i++)
+        args[n++] = base[i];
+    if (model_opt) {
+        args[n++] = model_opt;
+        args[n++] = model;
+    }
+    for (int i = 0; extra && extra[i]; i++) {
+        ck_assert_int_lt(n, 63);
         args[n++] = extra[i];
-    return tu_run_diffc(args);
+    }
+    args[n] = NULL;
+    return args;
+}
+
+/* diffc train of model.json on the gray images into `out`, with extra options. */
+static tu_run_result *train(const char *out, const char *steps, const char *const *extra) {
+    return tu_run_diffc(train_args("--model", path_in("model.json"), "data", out, steps, extra));
 }
 
 /* The loss column of metrics.jsonl, [steps]. */
@@ -121,20 +152,28 @@ START_TEST(test_loss_falls) {
 }
 END_TEST
 
-/* Every tensor of two weight files holds the same bytes. */
-static void assert_same_weights(const char *a, const char *b) {
+/* Every tensor of weight file a is in b, under the name dc_unet_rename gives
+ * it (the same but for legacy attention names), with the same bytes. */
+static void assert_same_weights_at(const char *a, const char *b) {
     dc_st_file fa, fb;
-    ck_assert_msg(dc_st_open(&fa, path_in(a)) == 0, "%s", dc_error());
-    ck_assert_msg(dc_st_open(&fb, path_in(b)) == 0, "%s", dc_error());
+    ck_assert_msg(dc_st_open(&fa, a) == 0, "%s", dc_error());
+    ck_assert_msg(dc_st_open(&fb, b) == 0, "%s", dc_error());
     ck_assert_int_eq(fa.n, fb.n);
     for (int i = 0; i < fa.n; i++) {
-        const dc_st_tensor *t = dc_st_find(&fb, fa.tensors[i].name);
-        ck_assert_msg(t && t->nbytes == fa.tensors[i].nbytes, "%s", fa.tensors[i].name);
-        ck_assert_msg(memcmp(t->data, fa.tensors[i].data, t->nbytes) == 0,
-                      "%s differs between %s and %s", t->name, a, b);
+        char buf[256];
+        const char *name = dc_unet_rename(fa.tensors[i].name, buf, sizeof buf);
+        const dc_st_tensor *t = dc_st_find(&fb, name);
+        ck_assert_msg(t && t->nbytes == fa.tensors[i].nbytes && t->dtype == fa.tensors[i].dtype, "%s", name);
+        ck_assert_msg(memcmp(t->data, fa.tensors[i].data, t->nbytes) == 0, "%s differs between %s and %s",
+                      name, a, b);
     }
     dc_st_close(&fa);
     dc_st_close(&fb);
+}
+
+/* The same for two files of the test's folder. */
+static void assert_same_weights(const char *a, const char *b) {
+    assert_same_weights_at(path_in(a), path_in(b));
 }
 
 START_TEST(test_resume_is_exact) {
@@ -194,11 +233,290 @@ START_TEST(test_bad_configs) {
 }
 END_TEST
 
+/* The step of the checkpoint a run last reported saving ("saved DIR/checkpoint-N"). */
+static long saved_step(const tu_run_result *r) {
+    const char *p = NULL;
+    for (const char *q = r->err; (q = strstr(q, "/checkpoint-")); q++)
+        p = q;
+    ck_assert_msg(p != NULL, "no checkpoint saved: %s", r->err);
+    return strtol(p + strlen("/checkpoint-"), NULL, 10);
+}
+
+/* Start a run of many steps, signal it once it has taken a step past
+ * `after`, and check that it stopped with the documented status and a
+ * complete checkpoint of the step it reached, which metrics.jsonl and
+ * train_state.safetensors agree on. */
+static long stop_with(int sig, const char *const *args, long after) {
+    pid_t pid = tu_spawn_diffc(args);
+    char want[32];
+    snprintf(want, sizeof want, "step %ld/", after + 1);
+    ck_assert_msg(tu_read_diffc_until(want), "no '%s' on stderr: %s", want, tu_wait_diffc()->err);
+    ck_assert_int_eq(kill(pid, sig), 0);
+    tu_run_result *r = tu_wait_diffc();
+    ck_assert_msg(r->status == 128 + sig, "exit %d after signal %d: %s", r->status, sig, r->err);
+    ck_assert_msg(strstr(r->err, sig == SIGINT ? "interrupted: writing a checkpoint"
+                                               : "terminated: writing a checkpoint"),
+                  "%s", r->err);
+    ck_assert_msg(!strstr(r->err, "error"), "%s", r->err);
+    long step = saved_step(r);
+    ck_assert_msg(step > after, "stopped at step %ld", step);
+    char ckpt[64];
+    snprintf(ckpt, sizeof ckpt, "sig/checkpoint-%ld/DONE", step);
+    ck_assert_int_eq(access(path_in(ckpt), R_OK), 0);
+    snprintf(ckpt, sizeof ckpt, "sig/checkpoint-%ld/train_state.safetensors", step);
+    dc_st_file st;
+    ck_assert_msg(dc_st_open(&st, path_in(ckpt)) == 0, "%s", dc_error());
+    ck_assert_int_eq(strtol(dc_st_meta(&st, "step"), NULL, 10), step);
+    dc_st_close(&st);
+    double loss[1000];
+    ck_assert_int_eq(read_losses("sig", loss, 1000), step);
+    /* stopped early: no final model in the output folder */
+    ck_assert_int_ne(access(path_in("sig/model_index.json"), F_OK), 0);
+    return step;
+}
+
+START_TEST(test_signals_stop_with_a_checkpoint) {
+    make_dataset();
+    char model[600], steps[24];
+    snprintf(model, sizeof model, "%s", path_in("model.json"));
+    const char *many = "1000000";
+    long s1 = stop_with(SIGTERM, train_args("--model", model, "data", "sig", many, NULL), 0);
+    /* resumed, then interrupted again (Ctrl-C) */
+    const char *resume[] = {"--resume-from-checkpoint", "latest", NULL};
+    long s2 = stop_with(SIGINT, train_args("--model", model, "data", "sig", many, resume), s1);
+    /* resumed to an end a few steps on, the model config taken from the checkpoint */
+    snprintf(steps, sizeof steps, "%ld", s2 + 3);
+    tu_run_result *r = tu_run_diffc(train_args(NULL, NULL, "data", "sig", steps, resume));
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    char at[32], done[64];
+    snprintf(at, sizeof at, "at step %ld", s2);
+    ck_assert_msg(strstr(r->err, "resuming from") && strstr(r->err, at), "%s", r->err);
+    snprintf(done, sizeof done, "sig/checkpoint-%ld/DONE", s2 + 3);
+    ck_assert_int_eq(access(path_in(done), R_OK), 0);
+    ck_assert_int_eq(access(path_in("sig/model_index.json"), R_OK), 0);
+    double loss[1000];
+    ck_assert_int_eq(read_losses("sig", loss, 1000), s2 + 3);
+    /* a run without a model has nothing to start from when there is no checkpoint */
+    tu_assert_user_error(tu_run_diffc(train_args(NULL, NULL, "data", "empty", "2", resume)),
+                         "holds no complete checkpoint");
+    remove_dataset();
+}
+END_TEST
+
+/* The fine-tune of `fixture` (a diffusers UNet folder, or a pipeline folder)
+ * on the RGB images for one step at learning rate 0 starts from, and so ends
+ * with, its weights; the saved config is its config, but for the dropout
+ * --dropout sets when `dropout` is not NULL. */
+static void check_finetune(const char *fixture, const char *out, const char *dropout) {
+    char dir[PATH_MAX], unet[PATH_MAX + 8], cfg[PATH_MAX + 32], weights[PATH_MAX + 64];
+    ck_assert_ptr_nonnull(realpath(fixture, dir));
+    snprintf(unet, sizeof unet, "%s/unet", dir);
+    const char *base = access(unet, F_OK) == 0 ? unet : dir;
+    snprintf(cfg, sizeof cfg, "%s/config.json", base);
+    snprintf(weights, sizeof weights, "%s/diffusion_pytorch_model.safetensors", base);
+    const char *extra[] = {"--learning-rate", "0", "--no-use-ema", "--dropout", dropout, NULL};
+    if (!dropout)
+        extra[3] = NULL;
+    tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", dir, "rgb", out, "1", extra));
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    char got[600];
+    snprintf(got, sizeof got, "%s/unet/diffusion_pytorch_model.safetensors", path_in(out));
+    assert_same_weights_at(weights, got);
+    snprintf(got, sizeof got, "%s/checkpoint-1/unet/diffusion_pytorch_model.safetensors", path_in(out));
+    assert_same_weights_at(weights, got);
+
+    cJSON *want = dc_json_load(cfg);
+    ck_assert_msg(want != NULL, "%s", dc_error());
+    if (dropout)
+        cJSON_ReplaceItemInObjectCaseSensitive(want, "dropout", cJSON_CreateNumber(strtod(dropout, NULL)));
+    snprintf(got, sizeof got, "%s/unet/config.json", path_in(out));
+    cJSON *saved = dc_json_load(got);
+    ck_assert_msg(saved != NULL, "%s", dc_error());
+    char *a = cJSON_Print(want), *b = cJSON_Print(saved);
+    ck_assert_msg(cJSON_Compare(want, saved, true), "%s:\n%s\nsaved:\n%s", cfg, a, b);
+    free(a);
+    free(b);
+    cJSON_Delete(want);
+    cJSON_Delete(saved);
+}
+
+START_TEST(test_finetune_starts_from_the_pretrained_weights) {
+    make_dataset();
+    make_images("rgb", 3);
+    check_finetune("tests/fixtures/unet_attn_class", "attn", NULL);
+    check_finetune(path_in("attn"), "again", NULL); /* our own output folder: a pipeline */
+    check_finetune("tests/fixtures/unet_legacy", "legacy", "0.25");
+
+    /* a folder whose weights do not fit its config */
+    ck_assert_int_eq(mkdir(path_in("wide"), 0755), 0);
+    cJSON *cfg = dc_json_load("tests/fixtures/unet_attn_class/config.json");
+    ck_assert_ptr_nonnull(cfg);
+    static const int wider[] = {8, 24};
+    cJSON_ReplaceItemInObjectCaseSensitive(cfg, "block_out_channels", cJSON_CreateIntArray(wider, 2));
+    ck_assert_msg(dc_json_save(path_in("wide/config.json"), cfg) == 0, "%s", dc_error());
+    cJSON_Delete(cfg);
+    char weights[PATH_MAX];
+    ck_assert_ptr_nonnull(
+        realpath("tests/fixtures/unet_attn_class/diffusion_pytorch_model.safetensors", weights));
+    ck_assert_int_eq(symlink(weights, path_in("wide/diffusion_pytorch_model.safetensors")), 0);
+    tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", path_in("wide"), "rgb", "w", "1", NULL));
+    tu_assert_user_error(r, "down_blocks.1.");
+    ck_assert_msg(strstr(r->err, "model expects [24"), "%s", r->err);
+    remove_dataset();
+}
+END_TEST
+
+/* Largest |a - b| over the largest |a|, per tensor, of two weight files. */
+static double worst_relative_difference(const char *a, const char *b, const char *skip) {
+    dc_st_file fa, fb;
+    ck_assert_msg(dc_st_open(&fa, path_in(a)) == 0, "%s", dc_error());
+    ck_assert_msg(dc_st_open(&fb, path_in(b)) == 0, "%s", dc_error());
+    double worst = 0;
+    for (int i = 0; i < fa.n; i++) {
+        const dc_st_tensor *ta = &fa.tensors[i], *tb = dc_st_find(&fb, ta->name);
+        ck_assert_msg(tb && tb->nbytes == ta->nbytes && ta->dtype == DC_F32, "%s", ta->name);
+        if (strstr(ta->name, skip))
+            continue;
+        const float *x = ta->data, *y = tb->data;
+        double diff = 0, scale = 0;
+        for (size_t k = 0; k < ta->nbytes / sizeof(float); k++) {
+            diff = fmax(diff, fabs((double)x[k] - y[k]));
+            scale = fmax(scale, fabs((double)x[k]));
+        }
+        worst = fmax(worst, scale > 0 ? diff / scale : diff);
+    }
+    dc_st_close(&fa);
+    dc_st_close(&fb);
+    return worst;
+}
+
+/* Accumulating 2 batches of 2 sees the images, timesteps, noise and dropped
+ * labels of one batch of 4, so it computes the same losses and weights. */
+START_TEST(test_accumulation_matches_a_big_batch) {
+    make_dataset();
+    const char *big[] = {"--dropout", "0", NULL};
+    tu_run_result *r = train("b4", "5", big);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    const char *accum[] = {"--dropout", "0", "--train-batch-size", "2", "--gradient-accumulation-steps", "2",
+                           NULL};
+    r = train("a2", "5", accum);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    double a[6], b[6];
+    ck_assert_int_eq(read_losses("b4", a, 6), 5);
+    ck_assert_int_eq(read_losses("a2", b, 6), 5);
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(fabs(a[i] - b[i]) <= 1e-6 * fabs(a[i]), "step %d: loss %.9g vs %.9g", i + 1, a[i],
+                      b[i]);
+    /* Attention's key bias has a gradient of exactly 0 (softmax ignores a
+     * shift shared by all keys): what is computed is rounding noise, which
+     * AdamW scales up to steps of the learning rate's size. It is left out. */
+    const char *skip = "to_k.bias";
+    double raw = worst_relative_difference("b4/checkpoint-5/unet/diffusion_pytorch_model.safetensors",
+                                           "a2/checkpoint-5/unet/diffusion_pytorch_model.safetensors", skip);
+    double ema = worst_relative_difference("b4/unet/diffusion_pytorch_model.safetensors",
+                                           "a2/unet/diffusion_pytorch_model.safetensors", skip);
+    ck_assert_msg(raw <= 1e-5 && ema <= 1e-5, "weights differ by %g (EMA %g) relative", raw, ema);
+    remove_dataset();
+}
+END_TEST
+
+/* A learning rate so large that the weights blow up after the first step that
+ * uses it: the following steps are skipped, and the fifth in a row stops the
+ * run with one error line, the checkpoints written before it complete. */
+START_TEST(test_non_finite_steps_stop_the_run) {
+    make_dataset();
+    const char *huge[] = {"--learning-rate", "1e15", "--lr-scheduler", "constant_with_warmup",
+                          "--lr-warmup-steps", "1", "--checkpointing-steps", "1", NULL};
+    tu_run_result *r = train("nan", "20", huge);
+    ck_assert_msg(r->status == 1, "exit %d: %s", r->status, r->err);
+    const char *err = strstr(r->err, "diffc: error: ");
+    ck_assert_msg(err && (err == r->err || err[-1] == '\n'), "%s", r->err);
+    ck_assert_msg(strstr(err, "5 steps in a row had a non-finite loss"), "%s", r->err);
+    ck_assert_msg(strchr(err, '\n') == r->err + r->n_err - 1, "not the last line: %s", r->err);
+    int skipped = 0;
+    for (const char *p = r->err; (p = strstr(p, "non-finite loss or gradient, skipped")); p++)
+        skipped++;
+    ck_assert_int_eq(skipped, 5);
+    /* the step that stopped it wrote nothing; the newest checkpoint is complete and readable */
+    char *latest = NULL;
+    int64_t step = 0;
+    ck_assert_int_eq(dc_checkpoint_latest(path_in("nan"), &latest, &step), 1);
+    ck_assert_msg(step >= 2 && step < 20, "latest checkpoint %lld", (long long)step);
+    char next[64];
+    snprintf(next, sizeof next, "nan/checkpoint-%lld", (long long)step + 1);
+    ck_assert_int_ne(access(path_in(next), F_OK), 0);
+    char path[600];
+    snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", latest);
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, path) == 0, "%s", dc_error());
+    dc_st_close(&f);
+    free(latest);
+    remove_dataset();
+}
+END_TEST
+
+START_TEST(test_help_and_usage) {
+    const char *help[] = {"train", "--help", NULL};
+    tu_run_result *r = tu_run_diffc(help);
+    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(strncmp(r->out, "usage: diffc train", 18) == 0, "%s", r->out);
+    /* the help with each option on a line of its own: "--name META text (default: D)" */
+    char text[sizeof r->out];
+    size_t len = 0;
+    for (size_t i = 0; i < r->n_out; i++) {
+        char c = r->out[i];
+        if (c == '\n' && !strncmp(r->out + i + 1, "  --", 4))
+            text[len++] = c, i += 2;
+        else if (!isspace((unsigned char)c))
+            text[len++] = c;
+        else if (len && !isspace((unsigned char)text[len - 1]))
+            text[len++] = ' ';
+    }
+    text[len] = '\0';
+    int n;
+    const dc_train_option *t = dc_train_option_table(&n);
+    for (int i = 0; i < n; i++) {
+        char key[80], name[100], def[120];
+        snprintf(key, sizeof key, "%s", t[i].key);
+        for (char *c = key; *c; c++)
+            *c = *c == '_' ? '-' : *c;
+        snprintf(name, sizeof name, t[i].type == DC_OPT_BOOL ? "\n--[no-]%s " : "\n--%s ", key);
+        const char *at = strstr(text, name);
+        ck_assert_msg(at != NULL, "--%s is not in --help", key);
+        if (!t[i].def)
+            continue;
+        const char *end = strchr(at + 1, '\n'), *d;
+        bool on = !strcmp(t[i].def, "true");
+        snprintf(def, sizeof def, "(default: %s)", t[i].type != DC_OPT_BOOL ? t[i].def : on ? "on" : "off");
+        ck_assert_msg((d = strstr(at, def)) && (!end || d < end), "--%s: no '%s'", key, def);
+    }
+
+    const char *unknown[] = {"train", "--lerning-rate", "1", NULL};
+    const char *missing[] = {"train", "--seed", NULL};
+    const char *positional[] = {"train", "data", NULL};
+    const char *const *bad[] = {unknown, missing, positional};
+    const char *says[] = {"unknown option '--lerning-rate' (did you mean --learning-rate?)",
+                          "--seed needs a value", "no positional arguments ('data')"};
+    for (int i = 0; i < 3; i++) {
+        r = tu_run_diffc(bad[i]);
+        ck_assert_msg(r->status == 2 && r->n_out == 0, "%s: exit %d", bad[i][1], r->status);
+        ck_assert_msg(strncmp(r->err, "diffc: error: ", 14) == 0 && strstr(r->err, says[i]) &&
+                          strstr(r->err, "diffc train --help"),
+                      "%s", r->err);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tu_tcase(s, "train", 300);
     tcase_add_test(tc, test_loss_falls);
     tcase_add_test(tc, test_resume_is_exact);
     tcase_add_test(tc, test_bad_configs);
+    tcase_add_test(tc, test_signals_stop_with_a_checkpoint);
+    tcase_add_test(tc, test_finetune_starts_from_the_pretrained_weights);
+    tcase_add_test(tc, test_accumulation_matches_a_big_batch);
+    tcase_add_test(tc, test_non_finite_steps_stop_the_run);
+    tcase_add_test(tc, test_help_and_usage);
     return tu_run(s);
 }

@@ -173,9 +173,16 @@ static int drain(int fd, char *buf, size_t cap, size_t *n) {
     return k > 0;
 }
 
-tu_run_result *tu_run_diffc(const char *const *args) {
-    static tu_run_result r;
-    memset(&r, 0, sizeof r);
+/* The diffc process started last: its pid, the read ends of its pipes (-1
+ * once at end of file) and what it printed so far. */
+static struct {
+    pid_t pid;
+    struct pollfd fds[2];
+    tu_run_result r;
+} child;
+
+pid_t tu_spawn_diffc(const char *const *args) {
+    memset(&child.r, 0, sizeof child.r);
     char exe[PATH_MAX];
     diffc_path(exe, sizeof exe);
     const char *argv[64] = {exe};
@@ -191,26 +198,44 @@ tu_run_result *tu_run_diffc(const char *const *args) {
     posix_spawn_file_actions_adddup2(&fa, err[1], 2);
     posix_spawn_file_actions_addclose(&fa, out[0]);
     posix_spawn_file_actions_addclose(&fa, err[0]);
-    pid_t pid;
-    ck_assert_int_eq(posix_spawn(&pid, exe, &fa, NULL, (char *const *)argv, environ), 0);
+    ck_assert_int_eq(posix_spawn(&child.pid, exe, &fa, NULL, (char *const *)argv, environ), 0);
     posix_spawn_file_actions_destroy(&fa);
     close(out[1]);
     close(err[1]);
-    struct pollfd p[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-    while (p[0].fd >= 0 || p[1].fd >= 0) {
+    child.fds[0] = (struct pollfd){out[0], POLLIN, 0};
+    child.fds[1] = (struct pollfd){err[0], POLLIN, 0};
+    return child.pid;
+}
+
+bool tu_read_diffc_until(const char *want) {
+    struct pollfd *p = child.fds;
+    tu_run_result *r = &child.r;
+    while (!(want && strstr(r->err, want)) && (p[0].fd >= 0 || p[1].fd >= 0)) {
         ck_assert_int_gt(poll(p, 2, -1), 0);
-        if (p[0].revents && !drain(out[0], r.out, sizeof r.out, &r.n_out))
+        if (p[0].revents && !drain(p[0].fd, r->out, sizeof r->out, &r->n_out)) {
+            close(p[0].fd);
             p[0].fd = -1;
-        if (p[1].revents && !drain(err[0], r.err, sizeof r.err, &r.n_err))
+        }
+        if (p[1].revents && !drain(p[1].fd, r->err, sizeof r->err, &r->n_err)) {
+            close(p[1].fd);
             p[1].fd = -1;
+        }
     }
-    close(out[0]);
-    close(err[0]);
+    return want && strstr(r->err, want);
+}
+
+tu_run_result *tu_wait_diffc(void) {
+    tu_read_diffc_until(NULL);
     int st;
-    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-    ck_assert_msg(WIFEXITED(st), "diffc died: status %d; stderr: %s", st, r.err);
-    r.status = WEXITSTATUS(st);
-    return &r;
+    ck_assert_int_eq(waitpid(child.pid, &st, 0), child.pid);
+    ck_assert_msg(WIFEXITED(st), "diffc died: status %d; stderr: %s", st, child.r.err);
+    child.r.status = WEXITSTATUS(st);
+    return &child.r;
+}
+
+tu_run_result *tu_run_diffc(const char *const *args) {
+    tu_spawn_diffc(args);
+    return tu_wait_diffc();
 }
 
 void tu_assert_user_error(const tu_run_result *r, const char *want) {

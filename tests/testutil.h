@@ -9,7 +9,9 @@
 #include "autograd/ops.h"
 
 #include <check.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* The run's seed (DC_TEST_SEED or the clock), fixed at the first call. */
 uint64_t tu_seed(void);
@@ -52,6 +54,13 @@ typedef struct tu_run_result {
  * subcommand and its arguments, NULL-terminated), stdout and stderr captured.
  * The result is overwritten by the next run. */
 tu_run_result *tu_run_diffc(const char *const *args);
+/* The same in steps, to act on diffc while it runs (send it a signal): start
+ * it and return its pid; read what it prints until stderr holds `want` (true)
+ * or it closes both outputs (false; NULL reads to the end); read the rest,
+ * wait for it to exit and return the result. One process at a time. */
+pid_t tu_spawn_diffc(const char *const *args);
+bool tu_read_diffc_until(const char *want);
+tu_run_result *tu_wait_diffc(void);
 /* Exit 1 and stderr exactly one line "diffc: error: ...<want>...". */
 void tu_assert_user_error(const tu_run_result *r, const char *want);
 

@@ -84,9 +84,11 @@ static const dc_train_option table[] = {
           "class-conditional models: the fraction of labels replaced by the null class while training, so "
           "that sampling can use classifier-free guidance"),
 
-    INT("optimisation", train_batch_size, "16", 1, 1 << 20, "images per step on each device"),
+    INT("optimisation", train_batch_size, "16", 1, 1 << 20,
+        "images per batch on each device; a step takes --gradient-accumulation-steps batches"),
     INT("optimisation", gradient_accumulation_steps, "1", 1, 1 << 20,
-        "batches whose gradients are summed before each optimizer step"),
+        "batches whose gradients are averaged into each optimizer step: as one batch that many times "
+        "larger"),
     INT("optimisation", num_epochs, "100", 1, BIG, "passes over the training data"),
     INT("optimisation", max_train_steps, "0", 0, BIG,
         "optimizer steps in all; overrides --num-epochs (0: --num-epochs passes)"),

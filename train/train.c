@@ -5,15 +5,26 @@
  * from the loader (global batch index k), noised at random timesteps
  * (q_sample), denoised by the UNet and scored by the diffusion loss; then the
  * summed gradients are averaged, clipped, and AdamW steps at the scheduled
- * learning rate; the EMA follows. Everything random is Philox keyed by the
- * seed with a stream per micro-batch (see the STREAM_ constants), so a run
+ * learning rate; the EMA follows. A step whose loss or gradient is not finite
+ * is skipped (and logged); MAX_BAD_STEPS of them in a row stop the run with an
+ * error, the last checkpoint untouched.
+ *
+ * Everything random is Philox keyed by the seed (see the STREAM_ constants).
+ * The timestep, the noise and the label drop of an image are drawn for its
+ * position p in the loader's stream of images, not for the micro-batch that
+ * carries it: so --gradient-accumulation-steps A with batch B sees exactly the
+ * images, timesteps and noise of one batch of A*B (and N processes with batch
+ * B those of one with N*B), and computes the same gradients up to float
+ * rounding. Dropout masks are drawn per micro-batch, so that needs --dropout
+ * 0. A run
  * resumed from a checkpoint draws exactly what the uninterrupted run would
  * have drawn, and on the CPU ends with the same weights, bit for bit.
  *
  * Around it: sample grids every --sample-every steps (EMA weights when on),
- * checkpoints every --checkpointing-steps (and on SIGINT/SIGTERM), the final
- * pipeline folder in --output-dir, metrics.jsonl, TensorBoard events and the
- * progress line.
+ * checkpoints every --checkpointing-steps (and on SIGINT/SIGTERM, see
+ * signals.h), the final pipeline folder in --output-dir, metrics.jsonl,
+ * TensorBoard events and the progress line. Resuming without --model or
+ * --pretrained-model takes the UNet config from the checkpoint.
  */
 #include "train.h"
 
@@ -43,13 +54,16 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Philox streams of micro-batch k under the run's seed. The loader uses
- * streams below 2^62 (epoch shuffles) and from 2^63 (augmentation). */
+/* Philox streams under the run's seed. The loader uses streams below 2^62
+ * (epoch shuffles) and from 2^63 (augmentation). The image at stream
+ * position p takes element p of STREAM_TIMESTEPS and of STREAM_LABEL_DROP,
+ * and elements [p D, (p + 1) D) of STREAM_NOISE (D = h w c); micro-batch k
+ * seeds its dropout masks (ctx->seed) from block k of STREAM_DROPOUT. */
 #define STREAM_BASE ((uint64_t)1 << 62)
-#define STREAM_TIMESTEPS(k) (STREAM_BASE + 4 * (uint64_t)(k))
-#define STREAM_NOISE(k) (STREAM_BASE + 4 * (uint64_t)(k) + 1)
-#define STREAM_LABEL_DROP(k) (STREAM_BASE + 4 * (uint64_t)(k) + 2)
-#define STREAM_DROPOUT(k) (STREAM_BASE + 4 * (uint64_t)(k) + 3) /* ctx->seed of the UNet's dropout */
+#define STREAM_TIMESTEPS (STREAM_BASE + 0)
+#define STREAM_NOISE (STREAM_BASE + 1)
+#define STREAM_LABEL_DROP (STREAM_BASE + 2)
+#define STREAM_DROPOUT (STREAM_BASE + 3)
 #define SAMPLE_SEED_OFFSET 1000003 /* the grids' seed: fixed for the run, unlike its noise */
 
 #define MAX_BAD_STEPS 5            /* non-finite steps in a row that stop the run */
@@ -100,24 +114,41 @@ static int resolve_device(const char *name) {
                    "written yet); use --device cpu", name);
 }
 
-/* The UNet config: from --pretrained-model's folder, or --model. */
+/* The config.json of the checkpoint being resumed, for a run without --model. */
+static int checkpoint_config(const trainer *tr, char **config_path) {
+    char *dir = NULL, *weights = NULL;
+    if (dc_checkpoint_resolve(tr->o.output_dir, tr->o.resume_from_checkpoint, &dir))
+        return -1;
+    int rc = dir ? dc_pretrained_find(dir, config_path, &weights)
+                 : dc_fail("--resume-from-checkpoint %s: %s holds no complete checkpoint, and without "
+                           "--model or --pretrained-model there is no model to start from",
+                           tr->o.resume_from_checkpoint, tr->o.output_dir);
+    free(weights);
+    free(dir);
+    return rc;
+}
+
+/* --dropout replaces the config's, so the saved config says what was trained. */
+static int override_dropout(trainer *tr) {
+    if (isnan(tr->o.dropout) || !cJSON_IsObject(tr->unet_json))
+        return 0;
+    cJSON_DeleteItemFromObjectCaseSensitive(tr->unet_json, "dropout");
+    return cJSON_AddNumberToObject(tr->unet_json, "dropout", tr->o.dropout) ? 0 : dc_fail("out of memory");
+}
+
+/* The UNet config: from --pretrained-model's folder, --model, or the checkpoint resumed. */
 static int load_model_config(trainer *tr, char **weights) {
     char *config_path = NULL;
     *weights = NULL;
-    if (tr->o.pretrained_model) {
-        if (dc_pretrained_find(tr->o.pretrained_model, &config_path, weights))
-            return -1;
-        tr->unet_json = dc_json_load(config_path);
-    } else
-        tr->unet_json = dc_train_options_model_config(&tr->o);
-    int rc = -1;
-    char *text = tr->unet_json ? dc_json_print(tr->unet_json, true) : NULL;
-    if (text)
-        rc = dc_unet_config_parse(&tr->ucfg, text, config_path ? config_path : "the model config");
+    int rc = tr->o.pretrained_model ? dc_pretrained_find(tr->o.pretrained_model, &config_path, weights)
+             : tr->o.model          ? 0
+                                    : checkpoint_config(tr, &config_path);
+    if (!rc)
+        tr->unet_json = config_path ? dc_json_load(config_path) : dc_train_options_model_config(&tr->o);
+    char *text = tr->unet_json && !override_dropout(tr) ? dc_json_print(tr->unet_json, true) : NULL;
+    rc = text ? dc_unet_config_parse(&tr->ucfg, text, config_path ? config_path : "the model config") : -1;
     free(text);
     free(config_path);
-    if (!rc && !isnan(tr->o.dropout))
-        tr->ucfg.dropout = (float)tr->o.dropout;
     return rc;
 }
 
@@ -295,35 +326,38 @@ static int resume(trainer *tr) {
 
 /* ---- one step ---- */
 
-/* Labels of the batch, with --cond-drop-prob of them replaced by the null class. */
-static dc_tensor *batch_labels(trainer *tr, const dc_batch *b, int64_t k) {
+/* Labels of the batch, with --cond-drop-prob of them replaced by the null
+ * class; p0 is the stream position of the batch's first image. */
+static dc_tensor *batch_labels(trainer *tr, const dc_batch *b, uint64_t p0) {
     if (tr->null_class < 0)
         return NULL;
     dc_tensor *y = dc_from_host(&tr->ctx, DC_I32, DC_SHAPE(b->n), b->labels);
     for (int i = 0; y && i < b->n; i++)
-        if (dc_rand_uniform((uint64_t)tr->o.seed, STREAM_LABEL_DROP(k), (uint64_t)i) <
+        if (dc_rand_uniform((uint64_t)tr->o.seed, STREAM_LABEL_DROP, p0 + (uint64_t)i) <
             tr->o.cond_drop_prob)
             ((int32_t *)y->data)[i] = tr->null_class;
     return y;
 }
 
-/* Forward and backward of micro-batch k; gradients add up in the flat buffer. */
-static int micro_step(trainer *tr, int64_t k, step_stats *st) {
+/* Forward and backward of the next micro-batch; gradients add up in the flat buffer. */
+static int micro_step(trainer *tr, step_stats *st) {
     const dc_batch *b = dc_loader_next(tr->loader);
     if (!b)
         return -1;
     dc_ctx *ctx = &tr->ctx;
-    uint64_t seed = (uint64_t)tr->o.seed;
+    uint64_t seed = (uint64_t)tr->o.seed, k = (uint64_t)b->index;
+    uint64_t p0 = k * (uint64_t)b->n; /* one process: rank 0 of a world of 1 */
+    uint64_t per_image = (uint64_t)b->h * (uint64_t)b->w * (uint64_t)b->c;
     dc_ctx_reset(ctx);
-    ctx->seed = dc_rand_block(seed, STREAM_DROPOUT(k), 0).w[0] | (uint64_t)k << 32;
+    ctx->seed = dc_rand_block(seed, STREAM_DROPOUT, k).w[0] | k << 32;
     dc_tensor *x0 = dc_from_host(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c), b->images);
     dc_tensor *noise = dc_new(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c));
     dc_tensor *t = dc_new(ctx, DC_I32, DC_SHAPE(b->n));
-    if (!x0 || !noise || !t || dc_sample_noise(noise, seed, STREAM_NOISE(k), 0) ||
-        dc_sample_timesteps(&tr->sched, t, seed, STREAM_TIMESTEPS(k), 0))
+    if (!x0 || !noise || !t || dc_sample_noise(noise, seed, STREAM_NOISE, p0 * per_image) ||
+        dc_sample_timesteps(&tr->sched, t, seed, STREAM_TIMESTEPS, p0))
         return -1;
     dc_tensor *xt = dc_q_sample(ctx, x0, noise, t, &tr->sched);
-    dc_tensor *pred = dc_unet_forward(ctx, &tr->unet, xt, t, batch_labels(tr, b, k));
+    dc_tensor *pred = dc_unet_forward(ctx, &tr->unet, xt, t, batch_labels(tr, b, p0));
     dc_tensor *loss = dc_diffusion_loss(ctx, pred, x0, noise, t, &tr->sched,
                                         tr->sched.config.prediction_type, (float)tr->o.snr_gamma, tr->mse);
     if (!loss || dc_backward(ctx, loss))
@@ -343,7 +377,7 @@ static int optimizer_step(trainer *tr, step_stats *st) {
     double t0 = now();
     dc_params_zero_grad(&tr->ps);
     for (int64_t a = 0; a < accum; a++)
-        if (micro_step(tr, tr->step * accum + a, st))
+        if (micro_step(tr, st))
             return -1;
     st->loss /= (double)accum;
     if (accum > 1)
@@ -530,8 +564,10 @@ int dc_cmd_train(int argc, char **argv) {
         rc = setup(&tr) || dc_signals_install() || run(&tr) ? -1 : 0;
     }
     int status = rc == DC_TRAIN_OPTIONS_USAGE ? 2 : rc ? 1 : 0;
-    if (rc && rc != DC_TRAIN_OPTIONS_USAGE)
+    if (rc)
         fprintf(stderr, "%sdiffc: error: %s\n", tr.progress.tty ? "\n" : "", dc_error());
+    if (rc == DC_TRAIN_OPTIONS_USAGE)
+        fputs("usage: diffc train --config FILE [options]  (diffc train --help lists the options)\n", stderr);
     int sig = dc_signals_caught();
     dc_signals_restore();
     trainer_free(&tr);
