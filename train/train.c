@@ -418,14 +418,13 @@ static int log_step(trainer *tr, const step_stats *st) {
            dc_tb_scalar(tr->tb, "train/images_per_s", tr->step, st->images_per_s);
 }
 
-/* The images of a grid laid out as one picture. */
-static int grid_of(const float *px, int64_t n, int h, int w, int c, dc_image *grid) {
+/* The images of a grid laid out as one picture, `cols` to a row. */
+static int grid_of(const float *px, int64_t n, int h, int w, int c, int cols, dc_image *grid) {
     dc_image *imgs = calloc((size_t)n, sizeof *imgs);
     int rc = imgs ? 0 : dc_fail("out of memory");
     for (int64_t i = 0; !rc && i < n; i++)
         if (!(rc = dc_image_alloc(&imgs[i], w, h, c)))
             dc_float_to_u8(imgs[i].px, px + i * h * w * c, (size_t)h * w * c);
-    int cols = (int)ceil(sqrt((double)n));
     if (!rc)
         rc = dc_image_grid(grid, imgs, (int)n, cols, 2);
     for (int64_t i = 0; imgs && i < n; i++)
@@ -443,6 +442,8 @@ static int sample_grid(trainer *tr) {
     dc_sampler_options so = dc_sampler_default_options(DC_SAMPLER_DDIM);
     so.num_inference_steps = (int)tr->o.ddpm_num_inference_steps;
     int rc = px && (tr->null_class < 0 || labels) ? 0 : dc_fail("out of memory for the sample grid");
+    /* class-conditional: one column per class */
+    int cols = labels ? tr->ds.num_classes : (int)ceil(sqrt((double)n));
     for (int64_t i = 0; labels && i < n; i++)
         labels[i] = (int32_t)(i % tr->ds.num_classes);
     if (!rc && tr->o.use_ema) { /* sample with the averaged weights */
@@ -463,7 +464,7 @@ static int sample_grid(trainer *tr) {
     dc_image grid = {0};
     char name[64], *dir = NULL, *path = NULL;
     snprintf(name, sizeof name, "step-%06" PRId64 ".png", tr->step);
-    if (!rc && !(rc = grid_of(px, n, (int)h, (int)w, (int)c, &grid)) &&
+    if (!rc && !(rc = grid_of(px, n, (int)h, (int)w, (int)c, cols, &grid)) &&
         (dir = dc_path_join(tr->o.output_dir, "samples")) && !(rc = dc_mkdirs(dir)) &&
         (path = dc_path_join(dir, name)))
         rc = dc_image_save_png(&grid, path) || dc_tb_image(tr->tb, "samples", tr->step, &grid);
