@@ -105,7 +105,7 @@ static int load_model_config(trainer *tr, char **weights) {
     char *config_path = NULL;
     *weights = NULL;
     if (tr->o.pretrained_model) {
-        if (dc_pretrained_find(tr->o.pretrained_model, &config_path, weights))
+        if (dc_unet_find(tr->o.pretrained_model, "unet", &config_path, weights))
             return -1;
         tr->unet_json = dc_json_load(config_path);
     } else
