@@ -14,6 +14,7 @@ typedef struct {
 
 static const command commands[] = {
     {"train", dc_cmd_train, "train --config FILE [options]  train or fine-tune a UNet"},
+    {"sample", dc_cmd_sample, "sample --model DIR [options]   generate images with a trained model"},
     {"info", dc_cmd_info, "info FILE|DIR                  what a weight file, checkpoint or dataset holds"},
 };
 

@@ -4,5 +4,6 @@
 #define DC_INFER_COMMANDS_H
 
 int dc_cmd_info(int argc, char **argv);
+int dc_cmd_sample(int argc, char **argv);
 
 #endif

@@ -41,22 +41,28 @@ static int predict(dc_ctx *ctx, const dc_generate_request *r, int i, const float
     return 0;
 }
 
-/* One denoising run over images [first, first + b) of the request. */
-static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int64_t first, int64_t b,
+/* One denoising run over images [first, first + b) of the request, from
+ * step `start` (0 unless img2img). */
+static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64_t first, int64_t b,
                      float *x, float *pred, float *noise) {
     dc_sampler *s = r->sampler;
     int64_t per = (int64_t)r->h * r->w * r->unet->cfg.in_channels;
     const int32_t *labels = r->labels ? r->labels + first : NULL;
+    uint64_t stream = r->first_image + (uint64_t)first;
     dc_sampler_reset(s);
-    dc_sampler_noise(x, b, per, r->seed, r->first_image + (uint64_t)first, 0);
-    for (int i = 0; i < s->n; i++) {
+    dc_sampler_noise(x, b, per, r->seed, stream, DC_SAMPLER_DRAW_INIT);
+    if (r->init && dc_sampler_add_noise(s, start, r->init + first * per, x, x, b * per))
+        return -1;
+    for (int i = start; i < s->n; i++) {
         if (predict(ctx, r, i, x, labels, b, pred))
             return -1;
         bool needs = dc_sampler_step_needs_noise(s, i);
         if (needs)
-            dc_sampler_noise(noise, b, per, r->seed, r->first_image + (uint64_t)first, (uint64_t)i + 1);
+            dc_sampler_noise(noise, b, per, r->seed, stream, DC_SAMPLER_DRAW_STEP(i));
         if (dc_sampler_step(s, i, pred, x, needs ? noise : NULL, b * per))
             return -1;
+        if (r->on_step)
+            r->on_step(r->on_step_arg, first, b, i - start + 1, s->n - start);
     }
     for (int64_t k = 0; k < b * per; k++)
         x[k] = x[k] < -1.0f ? -1.0f : x[k] > 1.0f ? 1.0f : x[k];
@@ -70,6 +76,9 @@ int dc_generate(dc_ctx *ctx, const dc_generate_request *r, float *out) {
     if ((r->labels != NULL) != (dc_unet_null_class(&r->unet->cfg) >= 0))
         return dc_fail(r->labels ? "generate: class labels given to an unconditional model"
                                  : "generate: the model is class-conditional: give class labels");
+    int start = 0;
+    if (r->init && dc_sampler_img2img_start(r->sampler, r->strength, &start))
+        return -1;
     int64_t per = (int64_t)r->h * r->w * r->unet->cfg.in_channels;
     int64_t b = r->batch < r->n ? r->batch : r->n;
     float *pred = malloc((size_t)(b * per) * sizeof(float));
@@ -79,7 +88,7 @@ int dc_generate(dc_ctx *ctx, const dc_generate_request *r, float *out) {
     ctx->training = false;
     for (int64_t first = 0; !rc && first < r->n; first += b) {
         int64_t nb = r->n - first < b ? r->n - first : b;
-        rc = run_batch(ctx, r, first, nb, out + first * per, pred, noise);
+        rc = run_batch(ctx, r, start, first, nb, out + first * per, pred, noise);
     }
     ctx->training = training;
     dc_set_grad_enabled(ctx, grad);

@@ -5,7 +5,8 @@
  *
  * Image k of a request draws from the Philox stream (seed, first_image + k)
  * (the sampler's noise contract), so an image is the same whatever the batch
- * size it was generated in.
+ * size it was generated in. With init images (img2img), the denoising
+ * starts part-way, from the init images noised to that step's timestep.
  */
 #ifndef DC_INFER_GENERATE_H
 #define DC_INFER_GENERATE_H
@@ -23,11 +24,21 @@ typedef struct dc_generate_request {
     float guidance_scale;  /* > 1: classifier-free guidance against the "no class" label */
     uint64_t seed;
     uint64_t first_image;  /* the stream of image 0 */
+    const float *init;     /* [n, h, w, c] img2img (SDEdit): images in [-1, 1] to start from,
+                              noised to the timestep of the first step run; NULL: pure noise */
+    double strength;       /* img2img: in (0, 1]; the last int(steps * strength) steps run */
+    /* When set, called after every step of every denoising run: `done` of
+     * `steps` steps of the run over images [first, first + b) of the request. */
+    void (*on_step)(void *arg, int64_t first, int64_t b, int done, int steps);
+    void *on_step_arg;
 } dc_generate_request;
 
 /* Fill out [n, h, w, c] with the generated images in [-1, 1] (clamped).
  * Uses ctx for activations (it is reset at every step) with gradients and
- * dropout off. */
+ * dropout off. img2img follows diffusers' img2img pipelines: start at step
+ * dc_sampler_img2img_start(strength) with the init image noised by
+ * dc_sampler_add_noise with the image's initial draw (the noise contract),
+ * so an img2img image too is the same whatever the batch size. */
 int dc_generate(dc_ctx *ctx, const dc_generate_request *r, float *out);
 
 #endif

@@ -132,6 +132,17 @@ void dc_unet_free(dc_unet *m);
 dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tensor *t,
                            dc_tensor *class_labels);
 
+/* The files of a diffusers model folder. */
+#define DC_UNET_CONFIG_FILE "config.json"
+#define DC_UNET_WEIGHTS_FILE "diffusion_pytorch_model.safetensors"
+
+/* Where a UNet's files lie: in `dir`/`component` (a pipeline folder's "unet"
+ * or "unet_ema") when that folder exists, else in `dir` itself (a bare UNet
+ * folder). Sets *config_path and *weights_path (malloc'ed) when both files
+ * are there. Only safetensors weights can be read: a folder with only
+ * PyTorch .bin weights is an error that says how to convert them. */
+int dc_unet_find(const char *dir, const char *component, char **config_path, char **weights_path);
+
 /* A dc_rename_fn for dc_params_load: "*.attentions.K.query.weight" ->
  * "*.attentions.K.to_q.weight", and key, value, proj_attn (-> to_out.0) alike. */
 const char *dc_unet_rename(const char *file_name, char *buf, size_t size);

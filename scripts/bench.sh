@@ -6,25 +6,33 @@
 #   data   serving augmented batches (data/loader) beside torchvision's
 #          DataLoader, and building a dataset cache from a folder of JPEGs
 #          and PNGs beside PIL, for 1 and N threads / workers
-#   scripts/bench.sh [ops] [data] [--threads N] [--reps N] [--runs N]
+#   sample images/s of 50-step DDIM sampling (dc_generate, what `diffc sample`
+#          runs) beside diffusers' DDIMPipeline, random weights, same threads:
+#          configs/fashion-mnist.json's model at batch 64, and the DDPM paper's
+#          CIFAR-10 model (configs/cifar10-ddpm.json) shortened to batch 4 and
+#          10 steps (about 6 GFLOP per image and step)
+#   scripts/bench.sh [ops] [data] [sample] [--threads N] [--reps N] [--runs N]
 #   (every section when none is named; threads default: nproc). Each program
-#   times a case --reps times and keeps the best; for ops, --runs N alternates
-#   the two programs N times and keeps each side's best run (a busy machine).
-# PyTorch comes from Debian's python3-torch (/usr/bin/python3).
+#   times a case --reps times and keeps the best (sample: once, the runs are
+#   long); for ops and sample, --runs N alternates the two programs N times
+#   and keeps each side's best run (a busy machine).
+# PyTorch comes from Debian's python3-torch (/usr/bin/python3); diffusers
+# from the venv the fixture scripts use ($DIFFUSERS_PYTHON, default
+# /tmp/dvenv/bin/python; see scripts/make_unet_fixtures.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 threads=$(nproc) reps=5 runs=1 sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    ops | data) sections+=("$1"); shift ;;
+    ops | data | sample) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [ops] [data] [sample] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
     esac
 done
-[[ ${#sections[@]} -gt 0 ]] || sections=(ops data)
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample)
 
 machine=$(lscpu | sed -n 's/^Model name: *//p')
 
@@ -152,6 +160,48 @@ bench_data() {
                     printf "%-26s %7d %11s %11s %11s\n", "reopen the cache", t, reopen[t], "-", "-"
         }
     ' <(echo "$theirs") <(echo "$ours")
+}
+
+# ---- sample: DDIM sampling beside diffusers ----
+
+bench_sample() {
+    local python=${DIFFUSERS_PYTHON:-/tmp/dvenv/bin/python}
+    cmake --build build -j"$(nproc)" --target bench_sample >/dev/null
+    # config batch steps, one case per line
+    local cases="configs/fashion-mnist.json 64 50
+configs/cifar10-ddpm.json 4 10"
+    local results config batch steps
+    # Lines `diffc|diffusers bench sample config=C batch=N steps=S ... seconds=T images_per_s=I`.
+    results=$(for ((i = 0; i < runs; i++)); do
+        while read -r config batch steps; do
+            OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_sample --config "$config" \
+                --batch "$batch" --steps "$steps" --reps 1 | sed 's/^/diffc /'
+            OMP_NUM_THREADS=$threads "$python" scripts/bench_sample_torch.py --config "$config" \
+                --batch "$batch" --steps "$steps" --reps 1 --threads "$threads" | sed 's/^/diffusers /'
+        done <<<"$cases"
+    done)
+
+    echo "== sample: $machine, $threads threads; DDIM, random weights; best of $runs runs; images/s"
+    awk "$awk_field"'
+        {   # keep each side'"'"'s fastest run of each case, cases in first-seen order
+            key = $1 " " field($0, "config")
+            if (!(key in best) || field($0, "seconds") + 0 < field(best[key], "seconds") + 0)
+                best[key] = $0
+            if ($1 == "diffc" && !seen[field($0, "config")]++)
+                order[++n] = field($0, "config")
+        }
+        END {
+            printf "%-30s %6s %6s %11s %11s %11s %11s\n", "model", "batch", "steps", "params", "diffc",
+                   "diffusers", "diffc/diff."
+            for (i = 1; i <= n; i++) {
+                d = best["diffc " order[i]]; t = best["diffusers " order[i]]
+                if (t == "") { printf "%-30s (no diffusers result)\n", order[i]; continue }
+                printf "%-30s %6s %6s %11s %11.2f %11.2f %10.2fx\n", order[i], field(d, "batch"),
+                       field(d, "steps"), field(d, "params"), field(d, "images_per_s"),
+                       field(t, "images_per_s"), field(t, "seconds") / field(d, "seconds")
+            }
+        }
+    ' <<<"$results"
 }
 
 cmake -S . -B build -DDC_CUDA=OFF >/dev/null

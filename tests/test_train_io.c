@@ -11,6 +11,7 @@
 #include "autograd/nn.h"
 #include "autograd/safetensors.h"
 #include "data/image.h"
+#include "models/unet.h"
 #include "train/checkpoint.h"
 #include "autograd/fileio.h"
 #include "train/metrics.h"
@@ -642,7 +643,7 @@ START_TEST(test_checkpoint_round_trip) {
     ck_assert(exists(tmp_path("final/unet/diffusion_pytorch_model.safetensors")));
     ck_assert(!exists(tmp_path("final/unet_ema")) && !exists(tmp_path("final/DONE")));
     char *cfg, *weights;
-    ck_assert_msg(dc_pretrained_find(tmp_path("final"), &cfg, &weights) == 0, "%s", dc_error());
+    ck_assert_msg(dc_unet_find(tmp_path("final"), "unet", &cfg, &weights) == 0, "%s", dc_error());
     ck_assert_str_eq(weights, tmp_path("final/unet/diffusion_pytorch_model.safetensors"));
     ck_assert_str_eq(cfg, tmp_path("final/unet/config.json"));
     free(cfg);
@@ -656,27 +657,6 @@ START_TEST(test_checkpoint_round_trip) {
     cJSON_Delete(ema);
     cJSON_Delete(sched);
     fixture_free(&f);
-    remove_tmpdir();
-}
-END_TEST
-
-START_TEST(test_pretrained_find) {
-    make_tmpdir();
-    ck_assert_int_eq(dc_mkdirs(tmp_path("u")), 0);
-    char *cfg, *weights;
-    ck_assert_int_eq(dc_pretrained_find(tmp_path("u"), &cfg, &weights), -1);
-    assert_error("no config.json");
-    spill(tmp_path("u/config.json"), "{}");
-    spill(tmp_path("u/diffusion_pytorch_model.bin"), "pickle");
-    ck_assert_int_eq(dc_pretrained_find(tmp_path("u"), &cfg, &weights), -1);
-    assert_error("only PyTorch .bin weights");
-    spill(tmp_path("u/diffusion_pytorch_model.safetensors"), "x");
-    ck_assert_int_eq(dc_pretrained_find(tmp_path("u"), &cfg, &weights), 0);
-    ck_assert_str_eq(cfg, tmp_path("u/config.json"));
-    free(cfg);
-    free(weights);
-    ck_assert_int_eq(dc_pretrained_find(tmp_path("nothing"), &cfg, &weights), -1);
-    assert_error("not a folder");
     remove_tmpdir();
 }
 END_TEST
@@ -1474,7 +1454,6 @@ int main(void) {
     tcase_add_test(tc, test_resolved_config_round_trip);
     tc = tu_tcase(s, "checkpoints", 30);
     tcase_add_test(tc, test_checkpoint_round_trip);
-    tcase_add_test(tc, test_pretrained_find);
     tcase_add_test(tc, test_latest_resolve_prune);
     tcase_add_test(tc, test_checkpoint_full_disk);
     tcase_add_test(tc, test_unwritable_output);

@@ -6,7 +6,8 @@
  * makes; bad configs, inputs and weight files are refused with the key, value
  * or parameter named. Fresh random inputs check what needs no reference:
  * finite differences through the whole network, samples independent of the
- * batch they share, and dropout only in training. */
+ * batch they share, and dropout only in training. dc_unet_find locates a
+ * UNet's files in bare and pipeline folders. */
 #include "testutil.h"
 
 #include "autograd/error.h"
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define FIXTURES "tests/fixtures/"
@@ -660,6 +662,57 @@ START_TEST(test_dropout) {
 }
 END_TEST
 
+/* dc_unet_find: a bare UNet folder, a pipeline's component, and what is missing. */
+static void spill(const char *dir, const char *name, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_ge(fputs(text, f), 0);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+START_TEST(test_find_files) {
+    char dir[64], sub[96], want[160], *cfg, *weights;
+    snprintf(dir, sizeof dir, "/tmp/dc_test_unet_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_msg(strstr(dc_error(), "no config.json"), "%s", dc_error());
+    spill(dir, "config.json", "{}");
+    spill(dir, "diffusion_pytorch_model.bin", "pickle");
+    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_msg(strstr(dc_error(), "only PyTorch .bin weights"), "%s", dc_error());
+    spill(dir, "diffusion_pytorch_model.safetensors", "x");
+    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), 0); /* a bare UNet folder */
+    snprintf(want, sizeof want, "%s/config.json", dir);
+    ck_assert_str_eq(cfg, want);
+    free(cfg);
+    free(weights);
+    snprintf(sub, sizeof sub, "%s/unet_ema", dir); /* a component without weights */
+    ck_assert_int_eq(mkdir(sub, 0755), 0);
+    spill(sub, "config.json", "{}");
+    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", &cfg, &weights), -1);
+    ck_assert_msg(strstr(dc_error(), "unet_ema: no diffusion_pytorch_model.safetensors"), "%s", dc_error());
+    spill(sub, "diffusion_pytorch_model.safetensors", "x");
+    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", &cfg, &weights), 0);
+    snprintf(want, sizeof want, "%s/diffusion_pytorch_model.safetensors", sub);
+    ck_assert_str_eq(weights, want);
+    free(cfg);
+    free(weights);
+    const char *files[] = {"unet_ema/config.json", "unet_ema/diffusion_pytorch_model.safetensors", "unet_ema",
+                           "config.json", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.safetensors"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(want, sizeof want, "%s/%s", dir, files[i]);
+        ck_assert_int_eq(remove(want), 0);
+    }
+    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(rmdir(dir), 0);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_msg(strstr(dc_error(), "not a folder"), "%s", dc_error());
+    ck_assert_ptr_null(cfg);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("unet");
     TCase *tc = tu_tcase(s, "parity", 60);
@@ -671,6 +724,7 @@ int main(void) {
     tcase_add_test(tc, test_wild_configs);
     tcase_add_test(tc, test_config_save);
     tcase_add_test(tc, test_bad_configs);
+    tcase_add_test(tc, test_find_files);
     tc = tu_tcase(s, "errors", 30);
     tcase_add_test(tc, test_weights_that_do_not_fit);
     tcase_add_test(tc, test_bad_inputs);

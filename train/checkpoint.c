@@ -9,6 +9,7 @@
 
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "models/unet.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -20,7 +21,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define WEIGHTS_FILE "diffusion_pytorch_model.safetensors"
 #define STATE_FILE "train_state.safetensors"
 #define DONE_FILE "DONE"
 
@@ -83,8 +83,8 @@ static int save_model(const char *dir, const char *name, const cJSON *config, co
                       const dc_params *ps, const float *data, const hook *h) {
     static const char *const keys[] = {"format"}, *const values[] = {"pt"}; /* as diffusers writes */
     char *sub = dc_path_join(dir, name);
-    char *cfg = sub ? dc_path_join(sub, "config.json") : NULL;
-    char *weights = cfg ? dc_path_join(sub, WEIGHTS_FILE) : NULL;
+    char *cfg = sub ? dc_path_join(sub, DC_UNET_CONFIG_FILE) : NULL;
+    char *weights = cfg ? dc_path_join(sub, DC_UNET_WEIGHTS_FILE) : NULL;
     int rc = weights ? make_dir(sub) : -1;
     if (!rc && !(rc = save_config(cfg, config, "UNet2DModel", extra)))
         notify(h, cfg);
@@ -380,7 +380,7 @@ int dc_checkpoint_resolve(const char *output_dir, const char *which, char **path
 
 static int load_model(const char *dir, const char *name, dc_params *ps, float *data) {
     char *sub = dc_path_join(dir, name);
-    char *path = sub ? dc_path_join(sub, WEIGHTS_FILE) : NULL;
+    char *path = sub ? dc_path_join(sub, DC_UNET_WEIGHTS_FILE) : NULL;
     int rc = path ? 0 : -1;
     if (!rc && !strcmp(name, "unet_ema") && !is_file(path))
         rc = dc_fail("%s: the checkpoint has no EMA weights (it was trained without --use-ema)", dir);
@@ -399,35 +399,5 @@ int dc_checkpoint_load(const char *dir, dc_params *ps, float *weights, float *em
     char *path = dc_path_join(dir, STATE_FILE);
     int rc = path ? dc_st_open(state, path) : -1;
     free(path);
-    return rc;
-}
-
-int dc_pretrained_find(const char *dir, char **config_path, char **weights_path) {
-    *config_path = *weights_path = NULL;
-    char *unet = dc_path_join(dir, "unet");
-    char *base = unet && is_dir(unet) ? unet : strdup(dir);
-    if (base != unet)
-        free(unet);
-    char *cfg = base ? dc_path_join(base, "config.json") : NULL;
-    char *weights = cfg ? dc_path_join(base, WEIGHTS_FILE) : NULL;
-    char *bin = weights ? dc_path_join(base, "diffusion_pytorch_model.bin") : NULL;
-    int rc = !bin ? -1
-             : !is_dir(dir)
-                 ? dc_fail("%s: not a folder (--pretrained-model takes a diffusers UNet or pipeline "
-                           "folder)",
-                           dir)
-             : !is_file(cfg) ? dc_fail("%s: no config.json (not a diffusers UNet or pipeline folder)", base)
-             : is_file(weights) ? 0
-             : is_file(bin) ? dc_fail("%s: only PyTorch .bin weights; diffc reads safetensors (in Python: "
-                                      "UNet2DModel.from_pretrained(DIR).save_pretrained(DIR, "
-                                      "safe_serialization=True))",
-                                      base)
-                            : dc_fail("%s: no %s", base, WEIGHTS_FILE);
-    if (!rc)
-        *config_path = cfg, *weights_path = weights;
-    else
-        free(cfg), free(weights);
-    free(bin);
-    free(base);
     return rc;
 }

@@ -95,10 +95,4 @@ int dc_checkpoint_resolve(const char *output_dir, const char *which, char **path
  * by dc_params_load before any value changes. */
 int dc_checkpoint_load(const char *dir, dc_params *ps, float *weights, float *ema, dc_st_file *state);
 
-/* For --pretrained-model: the config.json and weight file of a diffusers
- * UNet folder, or of the unet/ folder of a pipeline folder (both paths
- * malloc'ed). Only safetensors weights can be read: a folder with only
- * PyTorch .bin weights is an error that says so. */
-int dc_pretrained_find(const char *dir, char **config_path, char **weights_path);
-
 #endif

@@ -119,7 +119,7 @@ static int checkpoint_config(const trainer *tr, char **config_path) {
     char *dir = NULL, *weights = NULL;
     if (dc_checkpoint_resolve(tr->o.output_dir, tr->o.resume_from_checkpoint, &dir))
         return -1;
-    int rc = dir ? dc_pretrained_find(dir, config_path, &weights)
+    int rc = dir ? dc_unet_find(dir, "unet", config_path, &weights)
                  : dc_fail("--resume-from-checkpoint %s: %s holds no complete checkpoint, and without "
                            "--model or --pretrained-model there is no model to start from",
                            tr->o.resume_from_checkpoint, tr->o.output_dir);
@@ -140,7 +140,7 @@ static int override_dropout(trainer *tr) {
 static int load_model_config(trainer *tr, char **weights) {
     char *config_path = NULL;
     *weights = NULL;
-    int rc = tr->o.pretrained_model ? dc_pretrained_find(tr->o.pretrained_model, &config_path, weights)
+    int rc = tr->o.pretrained_model ? dc_unet_find(tr->o.pretrained_model, "unet", &config_path, weights)
              : tr->o.model          ? 0
                                     : checkpoint_config(tr, &config_path);
     if (!rc)

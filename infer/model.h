@@ -1,0 +1,51 @@
+/*
+ * A diffusers model folder opened for inference: the UNet with its weights
+ * and the noise schedule it was trained with, for `diffc sample` and the
+ * commands that follow it (augment, anomaly).
+ *
+ * Two kinds of folder (DESIGN.md §5):
+ *   a pipeline folder   unet/ (and unet_ema/ when trained with EMA) and
+ *                       scheduler/scheduler_config.json, as
+ *                       DDPMPipeline.save_pretrained and `diffc train` write;
+ *   a bare UNet folder  config.json and diffusion_pytorch_model.safetensors,
+ *                       as UNet2DModel.save_pretrained writes; the schedule
+ *                       is then DDPMScheduler's default (1000 linear steps,
+ *                       epsilon).
+ * The EMA weights (unet_ema/) are used when asked for and present: they are
+ * what diffusers' training examples save as the final model. A pipeline
+ * whose model_index.json names other components (a VAE, a text encoder) is
+ * refused: its UNet does not make images.
+ */
+#ifndef DC_INFER_MODEL_H
+#define DC_INFER_MODEL_H
+
+#include "autograd/diffusion.h"
+#include "infer/samplers.h"
+#include "models/unet.h"
+
+#include <stdbool.h>
+
+typedef struct dc_model {
+    dc_unet_config cfg;
+    dc_unet unet;
+    dc_params ps;
+    dc_noise_schedule sched;
+    char *weights_path;   /* the weight file loaded */
+    char *scheduler_path; /* scheduler/scheduler_config.json; NULL for a bare UNet folder */
+    char *scheduler_json; /* its text */
+    bool ema;             /* the weights are unet_ema/'s */
+} dc_model;
+
+/* Open `dir`, with the EMA weights when use_ema and the folder has them.
+ * Errors name the file: a missing folder, config or weight file, a config
+ * the weights do not fit (the parameter and both shapes), a bad scheduler
+ * config. On failure *m is left empty (safe to free). */
+int dc_model_load(dc_model *m, const char *dir, bool use_ema);
+void dc_model_free(dc_model *m);
+
+/* The sampler options of `kind` for this model: the kind's defaults, then
+ * the keys of the folder's scheduler config that apply to it (as diffusers'
+ * from_config), for the caller to override. */
+int dc_model_sampler_options(const dc_model *m, dc_sampler_kind kind, dc_sampler_options *o);
+
+#endif

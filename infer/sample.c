@@ -1,0 +1,568 @@
+/*
+ * `diffc sample`: images from a trained model, as PNG files and a grid.
+ *
+ * The model is any diffusers UNet2DModel folder (infer/model.h), with the
+ * EMA weights when it has them; the sampler is DDPM, DDIM or DPM-Solver++(2M)
+ * with the folder's scheduler settings, then the command line's. Images are
+ * made in batches by dc_generate and written as each batch ends, so memory
+ * does not grow with --num-images. Image i of seed s draws Philox stream
+ * (s, i), so it is the same whatever --batch-size (the samplers' noise
+ * contract).
+ *
+ * Class-conditional models get their labels from --class-label, cycled over
+ * the images (default: every class in turn); --guidance-scale > 1 runs
+ * classifier-free guidance against the "no class" label. With --init-image
+ * (a file, or a folder whose images are used in turn) the images start from
+ * those images noised part-way (SDEdit, diffusers' img2img).
+ */
+#define _GNU_SOURCE /* strdup */
+#include "commands.h"
+
+#include "autograd/error.h"
+#include "autograd/fileio.h"
+#include "data/image.h"
+#include "infer/generate.h"
+#include "infer/model.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_IMAGES 16
+#define GRID_MAX 100                        /* grid.png shows the first GRID_MAX images */
+#define ACTIVATION_BYTES ((size_t)64 << 30) /* reserved lazily: only what a step touches is used */
+
+/* ---- options ---- */
+
+typedef struct sample_options {
+    const char *model, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device;
+    int64_t num_inference_steps;          /* 0: the scheduler's default */
+    int64_t num_images;                   /* 0: DEFAULT_IMAGES, or one per init image */
+    int64_t batch_size, seed, resolution; /* resolution 0: the model's sample_size */
+    double eta, guidance_scale, strength;
+    bool no_ema;
+} sample_options;
+
+typedef enum { OPT_STRING, OPT_INT, OPT_FLOAT, OPT_FLAG } opt_type;
+
+typedef struct option {
+    const char *name; /* the long option without its dashes */
+    opt_type type;
+    size_t offset;       /* of its field in sample_options */
+    const char *metavar; /* NULL for a flag */
+    const char *def;     /* the default as the command line would give it; NULL: unset */
+    const char *unset;   /* for --help when def is NULL: "required", "default: ..." */
+    double lo, hi;       /* OPT_INT and OPT_FLOAT: the range; lo itself excluded when lo_open */
+    bool lo_open;
+    const char *help;
+} option;
+
+#define FIELD(f) offsetof(sample_options, f)
+
+static const option options[] = {
+    {"model", OPT_STRING, FIELD(model), "DIR", NULL, "required", 0, 0, false,
+     "a diffusers pipeline or UNet folder"},
+    {"output-dir", OPT_STRING, FIELD(output_dir), "DIR", NULL, "required", 0, 0, false,
+     "where the images go"},
+    {"scheduler", OPT_STRING, FIELD(scheduler), "NAME", "ddim", NULL, 0, 0, false, "ddpm, ddim or dpm++2m"},
+    {"num-inference-steps", OPT_INT, FIELD(num_inference_steps), "N", NULL, "default: 50; ddpm 1000", 1, 1e6,
+     false, "denoising steps"},
+    {"eta", OPT_FLOAT, FIELD(eta), "X", "0", NULL, 0, 1e6, false,
+     "ddim's noise: 0 deterministic, 1 ddpm-like"},
+    {"timestep-spacing", OPT_STRING, FIELD(timestep_spacing), "NAME", NULL, "default: the model's", 0, 0,
+     false, "leading, trailing or linspace"},
+    {"num-images", OPT_INT, FIELD(num_images), "N", NULL, "default: 16, or one per init image", 1, 1e8, false,
+     "images to make"},
+    {"batch-size", OPT_INT, FIELD(batch_size), "N", "16", NULL, 1, 65536, false, "images denoised together"},
+    {"class-label", OPT_STRING, FIELD(class_label), "K|LIST|all", NULL, "default: all", 0, 0, false,
+     "class labels, cycled over the images"},
+    {"guidance-scale", OPT_FLOAT, FIELD(guidance_scale), "X", "1", NULL, 1, 1e6, false,
+     "classifier-free guidance (1: none)"},
+    {"seed", OPT_INT, FIELD(seed), "N", "0", NULL, 0, 9007199254740992.0, false, "the noise's seed"},
+    {"resolution", OPT_INT, FIELD(resolution), "N", NULL, "default: the model's sample_size", 1, 65536, false,
+     "image side in pixels"},
+    {"init-image", OPT_STRING, FIELD(init_image), "FILE|DIR", NULL, "default: none", 0, 0, false,
+     "img2img: start from these images"},
+    {"strength", OPT_FLOAT, FIELD(strength), "X", "0.8", NULL, 0, 1, true,
+     "img2img: how much noise, in (0, 1]"},
+    {"no-ema", OPT_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false,
+     "use unet/ even when unet_ema/ exists"},
+    {"device", OPT_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false, "auto or cpu (cuda: not yet)"},
+};
+#define N_OPTIONS (sizeof options / sizeof options[0])
+
+static const char usage_line[] = "usage: diffc sample --model DIR --output-dir DIR [options]";
+
+static const char help_intro[] =
+    "\n"
+    "Generate images with a trained diffusion model: OUTPUT-DIR/00000.png, 00001.png, ...\n"
+    "and grid.png (the first 100). The model is a diffusers pipeline folder (unet/,\n"
+    "scheduler/scheduler_config.json; the EMA weights of unet_ema/ when it has them) or a\n"
+    "UNet folder (config.json, diffusion_pytorch_model.safetensors; DDPM's default schedule).\n"
+    "The sampler takes the folder's scheduler settings, then --timestep-spacing and the rest.\n"
+    "Image i of seed s is the same whatever the batch size.\n"
+    "\n"
+    "Class-conditional models: --class-label is a label K, a list \"0,3,5\" or all (every\n"
+    "class), cycled over the images. The model's last label (num_class_embeds - 1) means\n"
+    "'no class': --guidance-scale X > 1 guides away from it (classifier-free guidance).\n"
+    "\n"
+    "img2img (SDEdit): --init-image FILE, or DIR to use its images in turn, converted and\n"
+    "resized to the model's channels and size when they differ; each is noised to the\n"
+    "step --strength selects and denoised from there (1: from almost pure noise).\n"
+    "\n"
+    "options:\n";
+
+static void help(FILE *f) {
+    fprintf(f, "%s\n%s", usage_line, help_intro);
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const option *o = &options[i];
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", o->name, o->metavar ? " " : "", o->metavar ? o->metavar : "");
+        fprintf(f, "  %-28s %s", left, o->help);
+        if (o->def)
+            fprintf(f, " (default: %s)", o->def);
+        else if (o->unset)
+            fprintf(f, " (%s)", o->unset);
+        fputc('\n', f);
+    }
+    fprintf(f, "  %-28s %s\n", "-h, --help", "show this help");
+}
+
+/* Parse `text` into the option's field; -1 after dc_fail for a bad value. */
+static int store(sample_options *so, const option *o, const char *text) {
+    void *field = (char *)so + o->offset;
+    if (o->type == OPT_STRING) {
+        *(const char **)field = text;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double v = o->type == OPT_INT ? (double)strtoll(text, &end, 10) : strtod(text, &end);
+    if (end == text || *end || errno || !isfinite(v))
+        return dc_fail("--%s: '%s' is not %s", o->name, text, o->type == OPT_INT ? "an integer" : "a number");
+    if (v < o->lo || (o->lo_open && v == o->lo) || v > o->hi)
+        return dc_fail("--%s: %s is outside %c%g, %g]", o->name, text, o->lo_open ? '(' : '[', o->lo, o->hi);
+    if (o->type == OPT_INT)
+        *(int64_t *)field = strtoll(text, NULL, 10);
+    else
+        *(double *)field = v;
+    return 0;
+}
+
+/* The row of "--name" (underscores may stand for dashes, as diffusers spells them). */
+static const option *find_option(const char *name, size_t len) {
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const char *n = options[i].name;
+        size_t k = 0;
+        while (k < len && n[k] && (name[k] == n[k] || (name[k] == '_' && n[k] == '-')))
+            k++;
+        if (k == len && !n[k])
+            return &options[i];
+    }
+    return NULL;
+}
+
+enum { PARSED = 0, HELP = 1, USAGE = 2 };
+
+static int usage_error(const char *fmt, const char *arg) {
+    fprintf(stderr, "diffc: error: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n%s   (diffc sample --help for more)\n", usage_line);
+    return USAGE;
+}
+
+/* PARSED, HELP, USAGE, or -1 after dc_fail for a bad value. */
+static int parse_args(sample_options *so, int argc, char **argv) {
+    memset(so, 0, sizeof *so);
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if (options[i].def && store(so, &options[i], options[i].def))
+            return -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help"))
+            return HELP;
+        if (strncmp(a, "--", 2))
+            return usage_error("sample takes no positional argument ('%s')", a);
+        const char *eq = strchr(a + 2, '=');
+        const option *o = find_option(a + 2, eq ? (size_t)(eq - a - 2) : strlen(a + 2));
+        if (!o)
+            return usage_error("unknown option '%s'", a);
+        if (o->type == OPT_FLAG) {
+            if (eq)
+                return usage_error("%s takes no value", a);
+            *(bool *)((char *)so + o->offset) = true;
+            continue;
+        }
+        if (!eq && i + 1 >= argc)
+            return usage_error("%s needs a value", a);
+        if (store(so, o, eq ? eq + 1 : argv[++i]))
+            return -1;
+    }
+    if (!so->model)
+        return usage_error("%s", "sample needs --model DIR");
+    if (!so->output_dir)
+        return usage_error("%s", "sample needs --output-dir DIR");
+    return PARSED;
+}
+
+/* ---- what the options mean for this model ---- */
+
+static int check_device(const char *name) {
+    if (!strcmp(name, "auto") || !strcmp(name, "cpu"))
+        return 0;
+    if (!strncmp(name, "cuda", 4))
+        return dc_fail("--device %s: no CUDA kernels yet; use --device cpu", name);
+    return dc_fail("--device: '%s' is not a device: auto, cpu or cuda", name);
+}
+
+/* The labels cycled over the images: --class-label's, or every class. */
+static int class_labels(const sample_options *so, const dc_unet_config *c, int32_t **labels, int *n) {
+    *labels = NULL;
+    *n = 0;
+    int null_class = dc_unet_null_class(c);
+    if (null_class < 0) {
+        if (so->class_label)
+            return dc_fail(
+                "--class-label %s: the model is unconditional (its config has no num_class_embeds)",
+                so->class_label);
+        return so->guidance_scale > 1 ? dc_fail("--guidance-scale %g: the model is unconditional, there is "
+                                                "nothing to guide towards",
+                                                so->guidance_scale)
+                                      : 0;
+    }
+    const char *spec = so->class_label ? so->class_label : "all";
+    if (!strcmp(spec, "all")) { /* every class; a model of the 'no class' label alone has that */
+        *n = null_class > 0 ? null_class : 1;
+        if (!(*labels = malloc((size_t)*n * sizeof **labels)))
+            return dc_fail("out of memory");
+        for (int k = 0; k < *n; k++)
+            (*labels)[k] = k;
+        return 0;
+    }
+    int cap = 1;
+    for (const char *p = spec; *p; p++)
+        cap += *p == ',';
+    if (!(*labels = malloc((size_t)cap * sizeof **labels)))
+        return dc_fail("out of memory");
+    for (const char *p = spec;; p++) { /* p: the start of a label */
+        char *end;
+        errno = 0;
+        long k = strtol(p, &end, 10);
+        if (end == p || (*end && *end != ',') || errno)
+            return dc_fail("--class-label '%s': expected a label, a list such as 0,3,5, or all", spec);
+        if (k < 0 || k >= c->num_class_embeds)
+            return dc_fail("--class-label %ld: the model's labels are 0..%d (num_class_embeds %d; %d is its "
+                           "'no class' label)",
+                           k, c->num_class_embeds - 1, c->num_class_embeds, null_class);
+        (*labels)[(*n)++] = (int32_t)k;
+        if (!*end)
+            return 0;
+        p = end;
+    }
+}
+
+/* Image size: --resolution, else the config's sample_size; one the UNet can halve. */
+static int image_size(const sample_options *so, const dc_unet_config *c, int *h, int *w) {
+    *h = so->resolution ? (int)so->resolution : c->sample_size[0];
+    *w = so->resolution ? (int)so->resolution : c->sample_size[1];
+    if (*h < 1 || *w < 1)
+        return dc_fail("the model's config has no sample_size: give --resolution");
+    int halvings = 1 << (c->levels - 1);
+    if (*h % halvings || *w % halvings)
+        return dc_fail(
+            "%s %dx%d: the sides must be multiples of %d for the model's %d levels of down-sampling",
+            so->resolution ? "--resolution" : "the model's sample_size", *w, *h, halvings, c->levels);
+    return 0;
+}
+
+/* The message just recorded, prefixed with the option it is about (copied:
+ * dc_fail reuses its buffer). */
+static int about_option(const char *option) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", dc_error());
+    return dc_fail("%s: %s", option, msg);
+}
+
+static int make_sampler(const sample_options *so, const dc_model *m, dc_sampler *s) {
+    dc_sampler_kind kind;
+    dc_sampler_options o;
+    if (dc_sampler_kind_parse(so->scheduler, &kind))
+        return about_option("--scheduler");
+    if (dc_model_sampler_options(m, kind, &o))
+        return -1;
+    if (so->timestep_spacing && dc_timestep_spacing_parse(so->timestep_spacing, &o.timestep_spacing))
+        return about_option("--timestep-spacing");
+    if (so->num_inference_steps)
+        o.num_inference_steps = (int)so->num_inference_steps;
+    o.eta = so->eta;
+    return dc_sampler_init(s, kind, &m->sched, &o);
+}
+
+/* ---- init images (img2img) ---- */
+
+typedef struct init_images {
+    float *px; /* [n, h, w, c] in [-1, 1] */
+    int64_t n, cap;
+    int h, w, c;
+} init_images;
+
+static const char *channel_name(int c) { return c == 1 ? "gray" : "RGB"; }
+
+/* Decode `path` and bring it to the model's channels and size, with a note when it had to. */
+static int add_init_image(init_images *in, const char *path) {
+    dc_image img = {0}, conv = {0}, sized = {0};
+    int rc = dc_image_load(&img, path);
+    const dc_image *cur = &img;
+    if (!rc && cur->c != in->c) {
+        fprintf(stderr, "diffc: note: %s: %s converted to %s for the model\n", path, channel_name(cur->c),
+                channel_name(in->c));
+        rc = dc_image_convert(&conv, cur, in->c);
+        cur = &conv;
+    }
+    if (!rc && (cur->w != in->w || cur->h != in->h)) {
+        bool crop = in->w == in->h && cur->w != cur->h; /* as training does: shorter side, centre square */
+        fprintf(stderr, "diffc: note: %s: %dx%d resized%s to %dx%d\n", path, cur->w, cur->h,
+                crop ? " and centre-cropped" : "", in->w, in->h);
+        rc = crop ? dc_image_resize_center_crop(&sized, cur, in->w)
+                  : dc_image_resize(&sized, cur, in->w, in->h);
+        cur = &sized;
+    }
+    int64_t per = (int64_t)in->h * in->w * in->c;
+    if (!rc && in->n == in->cap) {
+        int64_t cap = in->cap ? 2 * in->cap : 8;
+        float *px = realloc(in->px, (size_t)(cap * per) * sizeof *px);
+        rc = px ? 0 : dc_fail("%s: out of memory for %" PRId64 " init images", path, cap);
+        if (px)
+            in->px = px, in->cap = cap;
+    }
+    if (!rc)
+        dc_u8_to_float(in->px + in->n++ * per, cur->px, (size_t)per);
+    dc_image_free(&img);
+    dc_image_free(&conv);
+    dc_image_free(&sized);
+    return rc;
+}
+
+static int skip_hidden(const struct dirent *e) { return e->d_name[0] != '.'; }
+
+/* Every file directly in `dir`, in name order; unreadable ones are skipped with a warning. */
+static int add_init_folder(init_images *in, const char *dir) {
+    struct dirent **names;
+    int n = scandir(dir, &names, skip_hidden, alphasort);
+    if (n < 0)
+        return dc_fail("%s: cannot list the folder: %s", dir, strerror(errno));
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        char *path = dc_path_join(dir, names[i]->d_name);
+        struct stat st;
+        rc = path ? 0 : -1;
+        if (!rc && stat(path, &st) == 0 && S_ISREG(st.st_mode) && add_init_image(in, path))
+            fprintf(stderr, "diffc: warning: skipped: %s\n", dc_error());
+        free(path);
+    }
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    if (!rc && in->n == 0)
+        rc = dc_fail("%s: no image to start from in the folder (--init-image)", dir);
+    return rc;
+}
+
+static int load_init_images(init_images *in, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return dc_fail("--init-image %s: cannot open: %s", path, strerror(errno));
+    return S_ISDIR(st.st_mode) ? add_init_folder(in, path) : add_init_image(in, path);
+}
+
+/* ---- the run ---- */
+
+typedef struct run {
+    sample_options o;
+    dc_model model;
+    dc_sampler sampler;
+    dc_ctx ctx;
+    bool ctx_ready;
+    int h, w, c;
+    int start; /* the first step run: 0, or later with img2img */
+    int64_t n, per;
+    int32_t *cycle; /* [n_cycle] class labels cycled over the images; NULL: unconditional */
+    int n_cycle;
+    init_images init;
+    int32_t *labels;   /* [batch] this batch's */
+    float *batch_init; /* [batch, per] this batch's init images */
+    float *px;         /* [batch, per] this batch's images */
+    dc_image *grid;    /* [min(n, GRID_MAX)] */
+    bool tty;
+    int64_t n_batches, batch_first; /* batches; the first image of the one running */
+} run;
+
+/* dc_generate runs one batch at a time here, so its `first` is always 0. */
+static void on_step(void *arg, int64_t first, int64_t b, int done, int steps) {
+    const run *r = arg;
+    if (r->tty)
+        fprintf(stderr, "\rbatch %" PRId64 "/%" PRId64 " (images %" PRId64 "-%" PRId64 "): step %d/%d   ",
+                r->batch_first / r->o.batch_size + 1, r->n_batches, r->batch_first, r->batch_first + b - 1,
+                done, steps);
+}
+
+static int setup(run *r) {
+    const sample_options *o = &r->o;
+    if (check_device(o->device) || dc_model_load(&r->model, o->model, !o->no_ema))
+        return -1;
+    const dc_unet_config *c = &r->model.cfg;
+    if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||
+        make_sampler(o, &r->model, &r->sampler))
+        return -1;
+    r->c = c->in_channels;
+    if (r->c != 1 && r->c != 3)
+        return dc_fail("%s: the model makes images of %d channels; PNG files take 1 (gray) or 3 (RGB)",
+                       o->model, r->c);
+    r->per = (int64_t)r->h * r->w * r->c;
+    if (o->init_image) {
+        r->init = (init_images){.h = r->h, .w = r->w, .c = r->c};
+        if (dc_sampler_img2img_start(&r->sampler, o->strength, &r->start) ||
+            load_init_images(&r->init, o->init_image))
+            return -1;
+    }
+    r->n = o->num_images ? o->num_images : o->init_image ? r->init.n : DEFAULT_IMAGES;
+    int64_t b = o->batch_size < r->n ? o->batch_size : r->n;
+    r->n_batches = (r->n + o->batch_size - 1) / o->batch_size;
+    r->labels = malloc((size_t)b * sizeof *r->labels);
+    r->batch_init = o->init_image ? malloc((size_t)(b * r->per) * sizeof(float)) : NULL;
+    r->px = malloc((size_t)(b * r->per) * sizeof(float));
+    r->grid = calloc((size_t)(r->n < GRID_MAX ? r->n : GRID_MAX), sizeof *r->grid);
+    if (!r->labels || (o->init_image && !r->batch_init) || !r->px || !r->grid)
+        return dc_fail("out of memory for batches of %" PRId64 " images of %dx%d", b, r->w, r->h);
+    if (dc_dir_check_writable(o->output_dir) || dc_ctx_init(&r->ctx, DC_CPU, ACTIVATION_BYTES))
+        return -1;
+    r->ctx_ready = true;
+    r->tty = isatty(fileno(stderr));
+    return 0;
+}
+
+/* Write image i (its pixels at px) as NNNNN.png, and keep it for the grid. */
+static int save_image(run *r, int64_t i, const float *px) {
+    dc_image img = {0};
+    if (dc_image_alloc(&img, r->w, r->h, r->c))
+        return -1;
+    dc_float_to_u8(img.px, px, (size_t)r->per);
+    char name[32], *path = NULL;
+    snprintf(name, sizeof name, "%05" PRId64 ".png", i);
+    int rc = (path = dc_path_join(r->o.output_dir, name)) ? dc_image_save_png(&img, path) : -1;
+    free(path);
+    if (!rc && i < GRID_MAX)
+        r->grid[i] = img;
+    else
+        dc_image_free(&img);
+    return rc;
+}
+
+static int sample_batch(run *r, int64_t first, int64_t b) {
+    for (int64_t k = 0; k < b; k++) {
+        if (r->cycle)
+            r->labels[k] = r->cycle[(first + k) % r->n_cycle];
+        if (r->batch_init)
+            memcpy(r->batch_init + k * r->per, r->init.px + (first + k) % r->init.n * r->per,
+                   (size_t)r->per * sizeof(float));
+    }
+    dc_generate_request q = {.unet = &r->model.unet,
+                             .sampler = &r->sampler,
+                             .n = b,
+                             .batch = b,
+                             .h = r->h,
+                             .w = r->w,
+                             .labels = r->cycle ? r->labels : NULL,
+                             .guidance_scale = (float)r->o.guidance_scale,
+                             .seed = (uint64_t)r->o.seed,
+                             .first_image = (uint64_t)first,
+                             .init = r->batch_init,
+                             .strength = r->o.strength,
+                             .on_step = on_step,
+                             .on_step_arg = r};
+    r->batch_first = first;
+    if (dc_generate(&r->ctx, &q, r->px))
+        return -1;
+    for (int64_t k = 0; k < b; k++)
+        if (save_image(r, first + k, r->px + k * r->per))
+            return -1;
+    return 0;
+}
+
+static int save_grid(const run *r) {
+    int n = (int)(r->n < GRID_MAX ? r->n : GRID_MAX), cols = (int)ceil(sqrt((double)n));
+    dc_image grid = {0};
+    char *path = dc_path_join(r->o.output_dir, "grid.png");
+    int rc = path ? dc_image_grid(&grid, r->grid, n, cols, 2) : -1;
+    if (!rc)
+        rc = dc_image_save_png(&grid, path);
+    dc_image_free(&grid);
+    free(path);
+    return rc;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int sample_all(run *r) {
+    double t0 = now();
+    for (int64_t first = 0; first < r->n; first += r->o.batch_size)
+        if (sample_batch(r, first, r->n - first < r->o.batch_size ? r->n - first : r->o.batch_size))
+            return -1;
+    if (save_grid(r))
+        return -1;
+    double s = now() - t0;
+    if (r->tty)
+        fputc('\n', stderr);
+    printf("%" PRId64 " image%s of %dx%d (%s, %d steps%s%s) in %s: 00000.png .. %05" PRId64
+           ".png, grid.png; %.1f s, %.2f images/s\n",
+           r->n, r->n == 1 ? "" : "s", r->w, r->h, dc_sampler_kind_name(r->sampler.kind),
+           r->sampler.n - r->start, r->o.init_image ? " of img2img" : "", r->model.ema ? ", EMA weights" : "",
+           r->o.output_dir, r->n - 1, s, (double)r->n / s);
+    return 0;
+}
+
+static void run_free(run *r) {
+    if (r->ctx_ready)
+        dc_ctx_free(&r->ctx);
+    for (int64_t i = 0; r->grid && i < r->n && i < GRID_MAX; i++)
+        dc_image_free(&r->grid[i]);
+    free(r->grid);
+    free(r->px);
+    free(r->batch_init);
+    free(r->labels);
+    free(r->init.px);
+    free(r->cycle);
+    dc_sampler_free(&r->sampler);
+    dc_model_free(&r->model);
+}
+
+int dc_cmd_sample(int argc, char **argv) {
+    run r = {0};
+    int rc = parse_args(&r.o, argc, argv);
+    if (rc == HELP) {
+        help(stdout);
+        return 0;
+    }
+    if (rc == USAGE)
+        return 2;
+    if (!rc)
+        rc = setup(&r) || sample_all(&r) ? -1 : 0;
+    if (rc) {
+        fprintf(stderr, "%sdiffc: error: %s\n", r.tty ? "\n" : "", dc_error());
+        rc = 1;
+    }
+    run_free(&r);
+    return rc;
+}
