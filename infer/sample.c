@@ -497,8 +497,11 @@ static int sample_batch(run *r, int64_t first, int64_t b) {
     return 0;
 }
 
+/* Square-ish; with several cycled class labels, one column per label. */
 static int save_grid(const run *r) {
     int n = (int)(r->n < GRID_MAX ? r->n : GRID_MAX), cols = (int)ceil(sqrt((double)n));
+    if (r->n_cycle > 1 && r->n_cycle <= 32 && n > r->n_cycle)
+        cols = r->n_cycle;
     dc_image grid = {0};
     char *path = dc_path_join(r->o.output_dir, "grid.png");
     int rc = path ? dc_image_grid(&grid, r->grid, n, cols, 2) : -1;

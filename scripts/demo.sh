@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job, end to end, on whatever this machine has (the CPU for now):
 # train the class-conditional configs/fashion-mnist.json model on the
-# Fashion-MNIST data of Debian's dataset-fashion-mnist package, writing
-# checkpoints, metrics and sample grids, then show the final grid.
-# About 5 minutes on 2 CPU cores. Everything goes to out/demo (started afresh).
+# Fashion-MNIST data of Debian's dataset-fashion-mnist package (checkpoints,
+# metrics, TensorBoard logs, sample grids), then sample 40 new images, four of
+# each class. About 6 minutes on 2 CPU cores.
+# Everything goes to out/demo (started afresh).
 #   scripts/demo.sh [extra diffc train options, e.g. --max-train-steps 100]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,12 @@ echo "== training (progress on stderr; metrics in $out/metrics.jsonl) =="
 build/diffc train --config configs/fashion-mnist.json --output-dir "$out" \
     --cache-dir "$out/cache" "$@" >"$out/train_config.txt"
 
-grid=$(ls "$out"/samples/*.png | tail -1)
+echo "== sampling =="
+build/diffc sample --model "$out" --output-dir "$out/generated" --num-images 40 \
+    --class-label all --seed 1
+
 echo "== done =="
 echo "model (a diffusers pipeline folder): $out"
-echo "sample grid, one class per column (T-shirt, Trouser, ... Ankle boot): $grid"
-build/diffc info "$out/unet" | tail -1
+build/diffc info "$out/unet" | grep 'total:'
+echo "sample grid during training: $(ls "$out"/samples/*.png | tail -1)"
+echo "new images, one class per column (T-shirt, Trouser, ... Ankle boot): $out/generated/grid.png"
