@@ -168,7 +168,7 @@ START_TEST(test_writes_images) {
     ck_assert(!exists(path_in("out/00005.png")));
     dc_image grid;
     ck_assert_int_eq(dc_image_load(&grid, path_in("out/grid.png")), 0);
-    ck_assert_int_eq(grid.w, 3 * SIDE + 4 * 2); /* 3 columns, 2-pixel gaps */
+    ck_assert_int_eq(grid.w, 4 * SIDE + 5 * 2); /* one column per class (4), 2-pixel gaps */
     ck_assert_int_eq(grid.h, 2 * SIDE + 3 * 2);
     dc_image_free(&grid);
 
