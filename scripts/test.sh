@@ -4,19 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
+fuzzers=0
 
 scripts/setup.sh
 
 echo "== build (release) =="
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
-(cd build && ctest --output-on-failure -j"$jobs")
+(cd build && ctest --output-on-failure -j"$jobs") | tee build/ctest.log
 
 echo "== build (ASan + UBSan) =="
 CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDC_SANITIZE=ON -DDC_FUZZ=ON -DDC_CUDA=OFF >/dev/null
 cmake --build build-asan -j"$jobs"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
-(cd build-asan && ctest --output-on-failure -j"$jobs")
+(cd build-asan && ctest --output-on-failure -j"$jobs") | tee build-asan/ctest.log
 
 echo "== fuzz (${DC_FUZZ_SECONDS:=20} s per target) =="
 for fuzzer in build-asan/fuzz_*; do
@@ -28,4 +29,9 @@ for fuzzer in build-asan/fuzz_*; do
         { tail -40 "$corpus.log"; echo "$name: failed" >&2; exit 1; }
     echo "$name: $(grep -c . <<<"$(ls "$corpus")") corpus files, no crash"
     rm -rf "$corpus" "$corpus.log"
+    fuzzers=$((fuzzers + 1))
 done
+
+# One closing line: both builds' test counts and the fuzzers (any failure exited above).
+count() { sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$1"; }
+echo "test.sh: $(($(count build/ctest.log) + $(count build-asan/ctest.log) + fuzzers)) passed, 0 failed"
