@@ -11,11 +11,15 @@
 #          configs/fashion-mnist.json's model at batch 64, and the DDPM paper's
 #          CIFAR-10 model (configs/cifar10-ddpm.json) shortened to batch 4 and
 #          10 steps (about 6 GFLOP per image and step)
-#   scripts/bench.sh [ops] [data] [sample] [--threads N] [--reps N] [--runs N]
+#   train  whole training steps of `diffc train` (configs/fashion-mnist.json at
+#          its batch, configs/cifar10-ddpm.json at a small one) beside diffusers'
+#          train_unconditional step: images/s, peak memory, and the FLOP/s each
+#          reaches as a share of the machine's OpenBLAS sgemm
+#   scripts/bench.sh [ops] [data] [sample] [train] [--threads N] [--reps N] [--runs N]
 #   (every section when none is named; threads default: nproc). Each program
 #   times a case --reps times and keeps the best (sample: once, the runs are
-#   long); for ops and sample, --runs N alternates the two programs N times
-#   and keeps each side's best run (a busy machine).
+#   long); for ops, sample and train, --runs N alternates the two programs N
+#   times and keeps each side's best run (a busy machine).
 # PyTorch comes from Debian's python3-torch (/usr/bin/python3); diffusers
 # from the venv the fixture scripts use ($DIFFUSERS_PYTHON, default
 # /tmp/dvenv/bin/python; see scripts/make_unet_fixtures.py).
@@ -25,14 +29,14 @@ cd "$(dirname "$0")/.."
 threads=$(nproc) reps=5 runs=1 sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    ops | data | sample) sections+=("$1"); shift ;;
+    ops | data | sample | train) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [sample] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [ops] [data] [sample] [train] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
     esac
 done
-[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample)
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train)
 
 machine=$(lscpu | sed -n 's/^Model name: *//p')
 
@@ -203,6 +207,103 @@ configs/cifar10-ddpm.json 4 10"
         }
     ' <<<"$results"
 }
+
+# ---- train: whole training steps ----
+
+# One `diffc train` run of $4 steps: prints `bench train config=.. batch=..
+# images_per_s=.. peak_rss_mb=..`, the best step after $warmup (metrics.jsonl
+# holds each step's images/s: loading, noising, forward, backward, clipping,
+# AdamW and EMA) and the process's peak resident memory (which includes
+# writing the final checkpoint; the steps' timing does not).
+bench_train_diffc() {
+    local config=$1 batch=$2 data=$3 steps=$4 dir=build/bench-train
+    rm -rf "$dir/out"
+    if ! OMP_NUM_THREADS=$threads /usr/bin/time -f %M -o "$dir/peak_kb" build/diffc train --config "$config" \
+        --train-data-dir "$data" --cache-dir "$dir/cache" --output-dir "$dir/out" --train-batch-size "$batch" \
+        --max-train-steps "$steps" --logging-steps 1 --sample-every 0 --checkpointing-steps 0 \
+        >/dev/null 2>"$dir/log"; then
+        cat "$dir/log" >&2
+        return 1
+    fi
+    awk -v config="$config" -v batch="$batch" -v warmup="$warmup" -v peak_kb="$(tail -n 1 "$dir/peak_kb")" '
+        match($0, /"images_per_s":[^,}]*/) && ++step > warmup {
+            v = substr($0, RSTART + 15, RLENGTH - 15) + 0
+            if (v > best) best = v
+        }
+        END { printf "bench train config=%s batch=%d images_per_s=%.3f peak_rss_mb=%.0f\n",
+                     config, batch, best, peak_kb / 1024 }
+    ' "$dir/out/metrics.jsonl"
+}
+
+# Cases: config, batch, training data. cifar10-ddpm (35.7M parameters) runs at
+# a small batch, on a CIFAR-10 batch file of random pixels. FLOPs per image
+# come from the PyTorch side (hooks on the same model; see
+# scripts/bench_train_torch.py): 3x the forward's conv, linear and attention
+# products. The yardstick is OpenBLAS's sgemm on the same threads.
+bench_train() {
+    local python=${DIFFUSERS_PYTHON:-/tmp/dvenv/bin/python} dir=build/bench-train warmup=2
+    local cases=("fashion-mnist 64 /usr/share/datasets/fashion-mnist" "cifar10-ddpm 8 $dir/cifar")
+    if ! "$python" -c 'import diffusers' 2>/dev/null; then
+        echo "train: $python cannot import diffusers; make the venv: /usr/bin/python3 -m venv" \
+            "--system-site-packages /tmp/dvenv && /tmp/dvenv/bin/pip install \"diffusers==0.27.2\"" \
+            "\"huggingface_hub<0.26\"" >&2
+        return 1
+    fi
+    [[ -x /usr/bin/time ]] || { echo "train: /usr/bin/time is missing: install the Debian package 'time'" >&2; return 1; }
+    cmake --build build -j"$(nproc)" --target diffc bench_sgemm >/dev/null
+    mkdir -p "$dir"
+    [[ -e $dir/cifar/data_batch_1.bin ]] ||
+        /usr/bin/python3 scripts/bench_train_torch.py make-cifar "$dir/cifar/data_batch_1.bin" --count 1000
+    local c name batch data results
+    for c in "${cases[@]}"; do # build the dataset caches outside the measured runs
+        read -r name batch data <<<"$c"
+        bench_train_diffc "configs/$name.json" 1 "$data" 1 >/dev/null
+    done
+    # Lines `diffc|pytorch bench train config=.. images_per_s=..`, `sgemm bench sgemm .. gflops=..`.
+    results=$(for ((i = 0; i < runs; i++)); do
+        OMP_NUM_THREADS=$threads build/bench_sgemm --reps "$reps" | sed 's/^/sgemm /'
+        for c in "${cases[@]}"; do
+            read -r name batch data <<<"$c"
+            bench_train_diffc "configs/$name.json" "$batch" "$data" $((warmup + reps)) | sed 's/^/diffc /'
+            OMP_NUM_THREADS=$threads "$python" scripts/bench_train_torch.py train --config "configs/$name.json" \
+                --batch "$batch" --steps "$reps" --warmup "$warmup" --threads "$threads" | sed 's/^/pytorch /'
+        done
+    done)
+    rm -rf "$dir/out"
+
+    echo "== train: $machine, $threads threads; best of $reps steps (after $warmup) x $runs runs"
+    echo "   a whole step each: diffc train beside diffusers' train_unconditional step (channels-last,"
+    echo "   AdamW, EMA); GFLOP/s from 3x the forward's conv/linear/attention FLOPs, as a share of"
+    echo "   OpenBLAS cblas_sgemm 2048x2048 on the same threads (its best run)"
+    awk "$awk_field"'
+        $1 == "sgemm" { if (field($0, "gflops") + 0 > sgemm) sgemm = field($0, "gflops") + 0; next }
+        {   # keep each side'"'"'s fastest run of each config, configs in first-seen order
+            key = $1 " " field($0, "config")
+            if (!(key in best) || field($0, "images_per_s") + 0 > field(best[key], "images_per_s") + 0)
+                best[key] = $0
+            if ($1 == "diffc" && !seen[field($0, "config")]++)
+                order[++n] = field($0, "config")
+        }
+        END {
+            printf "sgemm: %.1f GFLOP/s\n", sgemm
+            printf "%-16s %5s %21s %19s %19s %17s\n", "", "", "images/s", "GFLOP/s", "% of sgemm", "peak MB"
+            printf "%-16s %5s %7s %7s %5s %9s %9s %9s %9s %8s %8s\n", "config", "batch", "diffc", "torch",
+                   "speed", "diffc", "torch", "diffc", "torch", "diffc", "torch"
+            for (i = 1; i <= n; i++) {
+                d = best["diffc " order[i]]; t = best["pytorch " order[i]]
+                name = order[i]; sub(/^configs\//, "", name); sub(/\.json$/, "", name)
+                if (t == "") { printf "%-16s (no PyTorch result)\n", name; continue }
+                gflop = 3 * field(t, "fwd_gflop_per_image") # per training image
+                di = field(d, "images_per_s"); ti = field(t, "images_per_s")
+                printf "%-16s %5d %7.2f %7.2f %4.2fx %9.1f %9.1f %8.0f%% %8.0f%% %8d %8d\n", name,
+                       field(d, "batch"), di, ti, di / ti, di * gflop, ti * gflop,
+                       100 * di * gflop / sgemm, 100 * ti * gflop / sgemm,
+                       field(d, "peak_rss_mb"), field(t, "peak_rss_mb")
+            }
+        }
+    ' <<<"$results"
+}
+
 
 cmake -S . -B build -DDC_CUDA=OFF >/dev/null
 for section in "${sections[@]}"; do

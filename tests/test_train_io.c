@@ -247,6 +247,56 @@ START_TEST(test_model_config_sources) {
 }
 END_TEST
 
+/* Every config shipped in configs/ loads, and its model is a UNet config we build. */
+START_TEST(test_shipped_configs) {
+    DIR *d = opendir("configs");
+    ck_assert_ptr_nonnull(d);
+    int count = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        if (len < 6 || strcmp(e->d_name + len - 5, ".json"))
+            continue;
+        char path[512];
+        snprintf(path, sizeof path, "configs/%s", e->d_name);
+        ck_assert_msg(parse("--config", path, NULL) == 0, "%s", dc_error());
+        cJSON *model = dc_train_options_model_config(&opts);
+        char *text = model ? cJSON_Print(model) : NULL;
+        dc_unet_config c;
+        ck_assert_msg(text && dc_unet_config_parse(&c, text, path) == 0, "%s: %s", path, dc_error());
+        dc_unet_config_free(&c);
+        free(text);
+        cJSON_Delete(model);
+        count++;
+    }
+    closedir(d);
+    ck_assert_int_ge(count, 2);
+    dc_train_options_free(&opts);
+}
+END_TEST
+
+/* configs/cifar10-ddpm.json: google/ddpm-cifar10-32's model exactly as published (the
+ * config the UNet tests build), with the DDPM paper's training settings. */
+START_TEST(test_cifar10_ddpm_config) {
+    ck_assert_msg(parse("--config", "configs/cifar10-ddpm.json", NULL) == 0, "%s", dc_error());
+    cJSON *model = dc_train_options_model_config(&opts), *wild = dc_json_load("tests/fixtures/unet_configs.json");
+    ck_assert_msg(model && wild, "%s", dc_error());
+    cJSON *published = cJSON_GetObjectItem(cJSON_GetObjectItem(wild, "ddpm_cifar10_32"), "config");
+    ck_assert(cJSON_Compare(model, published, 1));
+    ck_assert(opts.dropout == 0.1 && opts.learning_rate == 2e-4 && opts.max_grad_norm == 1.0);
+    ck_assert(opts.train_batch_size == 128 && opts.gradient_accumulation_steps == 1);
+    ck_assert(opts.lr_warmup_steps == 5000 && opts.max_train_steps == 800000);
+    ck_assert_str_eq(opts.lr_scheduler, "constant_with_warmup");
+    ck_assert(opts.adam_beta1 == 0.9 && opts.adam_beta2 == 0.999 && opts.adam_weight_decay == 0);
+    ck_assert(opts.use_ema && opts.ema_max_decay == 0.9999 && opts.random_flip);
+    ck_assert(opts.resolution == 32 && opts.ddpm_num_steps == 1000);
+    ck_assert_str_eq(opts.ddpm_beta_schedule, "linear");
+    ck_assert_str_eq(opts.prediction_type, "epsilon");
+    cJSON_Delete(model);
+    cJSON_Delete(wild);
+    dc_train_options_free(&opts);
+}
+END_TEST
+
 /* A config file holding `json` is refused with a message holding `needle`. */
 static void config_refused(const char *json, const char *needle) {
     spill(tmp_path("bad.json"), json);
@@ -1452,6 +1502,8 @@ int main(void) {
     tcase_add_test(tc, test_combinations);
     tcase_add_test(tc, test_help_lists_every_option);
     tcase_add_test(tc, test_resolved_config_round_trip);
+    tcase_add_test(tc, test_shipped_configs);
+    tcase_add_test(tc, test_cifar10_ddpm_config);
     tc = tu_tcase(s, "checkpoints", 30);
     tcase_add_test(tc, test_checkpoint_round_trip);
     tcase_add_test(tc, test_latest_resolve_prune);
