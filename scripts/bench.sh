@@ -304,7 +304,6 @@ bench_train() {
     ' <<<"$results"
 }
 
-
 cmake -S . -B build -DDC_CUDA=OFF >/dev/null
 for section in "${sections[@]}"; do
     "bench_$section"
