@@ -23,9 +23,7 @@ python3-torch (1.13):
   /tmp/dvenv/bin/pip install "diffusers==0.27.2" "huggingface_hub<0.26"
   /tmp/dvenv/bin/python scripts/make_diffusion_fixtures.py
 """
-import json
 import os
-import struct
 import tempfile
 
 import numpy as np
@@ -33,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
+
+from fixture_io import write_safetensors
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
 
@@ -98,28 +98,6 @@ def noising(tensors):
         for pred in ["epsilon", "v_prediction", "sample"]:
             tensors[f"{tag}.loss.{pred}"] = loss(s, pred, model_output, x0, noise, t, None).reshape(1)
             tensors[f"{tag}.loss.{pred}.gamma5"] = loss(s, pred, model_output, x0, noise, t, GAMMA).reshape(1)
-
-
-def write_safetensors(path, tensors, meta):
-    """8-byte LE header length, JSON header, then the raw little-endian data
-    (all 4-byte elements, so every tensor is aligned)."""
-    kinds = {torch.float32: ("F32", "<f4"), torch.int32: ("I32", "<i4")}
-    header, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        dtype, np_dtype = kinds[t.dtype]
-        blob = t.numpy().astype(np_dtype).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    header["__metadata__"] = {k: repr(v) if isinstance(v, float) else str(v) for k, v in meta.items()}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
 
 
 def scheduler_config(path):

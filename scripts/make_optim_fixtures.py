@@ -20,14 +20,14 @@ Needs torch and diffusers. With Debian's python3-torch (1.13):
   /tmp/venv/bin/python scripts/make_optim_fixtures.py
 (get_decay and the schedule lambdas are unchanged through diffusers 0.42.)
 """
-import json
 import os
-import struct
 
 import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+
+from fixture_io import write_safetensors
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "optim_adamw.safetensors")
 
@@ -102,28 +102,6 @@ def ema(tensors, meta, tag, steps, **config):
     tensors[f"{tag}.decay"] = torch.tensor(decays, dtype=torch.float64)
     meta.update({f"{tag}.{k}": v for k, v in config.items()})
     meta[f"{tag}.steps"] = steps
-
-
-def write_safetensors(path, tensors, meta):
-    """8-byte LE header length, JSON header, then the raw little-endian data.
-    f64 tensors first and f32 after, so every tensor is aligned to its element."""
-    names = sorted(tensors, key=lambda k: (tensors[k].dtype != torch.float64, k))
-    header, blobs, offset = {}, [], 0
-    for name in names:
-        t = tensors[name]
-        dtype, np_dtype = ("F64", "<f8") if t.dtype == torch.float64 else ("F32", "<f4")
-        blob = t.numpy().astype(np_dtype).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    header["__metadata__"] = {k: repr(v) if isinstance(v, float) else str(v) for k, v in meta.items()}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
 
 
 def main():

@@ -23,14 +23,14 @@ Needs torch and diffusers 0.27.2. With Debian's python3-torch (1.13):
   /tmp/dvenv/bin/pip install "diffusers==0.27.2" "huggingface_hub<0.26"
   /tmp/dvenv/bin/python scripts/make_sampler_fixtures.py
 """
-import json
 import os
-import struct
 
 import numpy as np
 import torch
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from fixture_io import write_safetensors
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "samplers.safetensors")
 SHAPE = (2, 4, 4, 3)
@@ -130,27 +130,6 @@ def add_noise_cases(tensors, meta, noise):
         tensors[f"add_noise.{kind}"] = s.add_noise(x0, noise[0].reshape(SHAPE),
                                                  s.timesteps[start:start + 1]).reshape(-1)
         meta[f"add_noise.{kind}.index"] = start
-
-
-def write_safetensors(path, tensors, meta):
-    """8-byte LE header length, JSON header, then the raw little-endian data."""
-    kinds = {torch.float32: ("F32", "<f4"), torch.int32: ("I32", "<i4")}
-    header, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name]
-        dtype, np_dtype = kinds[t.dtype]
-        blob = t.numpy().astype(np_dtype).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    header["__metadata__"] = {k: repr(v) if isinstance(v, float) else str(v) for k, v in meta.items()}
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
 
 
 def main():
