@@ -35,9 +35,9 @@ static void assert_user_error(const run_result *r, const char *want) {
 }
 
 static void assert_usage_error(const run_result *r, const char *want) {
-    ck_assert_msg(r->status == 2, "exit %d, stderr: %s", r->status, r->err);
-    ck_assert_msg(strncmp(r->err, "diffc: error: ", 14) == 0 && strstr(r->err, want), "stderr: %s", r->err);
-    ck_assert_msg(strstr(r->err, "usage: diffc info"), "stderr: %s", r->err);
+    ck_assert_msg(r->status == 2, "exit %d, stderr: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strncmp(r->err, "diffc: error: ", 14) == 0 && strstr(r->err, want), "stderr: %s", tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "usage: diffc info"), "stderr: %s", tu_tail(r->err));
 }
 
 /* ---- files ---- */
@@ -102,8 +102,8 @@ START_TEST(test_file) {
     const char *path = tmp_path("model.safetensors");
     write_model(path);
     run_result *r = run_info(path, NULL);
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
-    ck_assert_msg(r->n_err == 0, "stderr: %s", r->err);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(r->n_err == 0, "stderr: %s", tu_tail(r->err));
     char want[300], head[256], w[256], b[256], line[256];
     snprintf(want, sizeof want, "%s: safetensors weight file\n", path);
     ck_assert_msg(strncmp(r->out, want, strlen(want)) == 0, "%s", r->out);
@@ -136,7 +136,7 @@ START_TEST(test_folders) {
     ck_assert_int_eq(mkdir(tmp_path("pipe/scheduler"), 0755), 0);
     write_model(tmp_path("pipe/unet/diffusion_pytorch_model.safetensors"));
     run_result *r = run_info(tmp_path("pipe"), NULL);
-    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, tu_tail(r->err));
     ck_assert_msg(strstr(r->out, "pipe/unet/diffusion_pytorch_model.safetensors: safetensors weight file\n"),
                   "%s", r->out);
     ck_assert_msg(strstr(r->out, "  total: 2 tensors, 1,736 parameters"), "%s", r->out);
@@ -144,7 +144,7 @@ START_TEST(test_folders) {
     /* a model folder: the weights at the top */
     r = run_info(tmp_path("pipe/unet"), NULL);
     ck_assert_msg(r->status == 0 && strstr(r->out, "unet/diffusion_pytorch_model.safetensors: "), "%s%s",
-                  r->out, r->err);
+                  r->out, tu_tail(r->err));
 
     ck_assert_int_eq(mkdir(tmp_path("empty"), 0755), 0);
     char want[300];
@@ -201,7 +201,7 @@ static void write_bytes(const char *path, const void *data, size_t n) {
 
 /* info's stdout is exactly `want`, with nothing on stderr. */
 static void assert_output(const run_result *r, const char *want) {
-    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, tu_tail(r->err));
     ck_assert_str_eq(r->out, want);
 }
 
@@ -291,7 +291,7 @@ START_TEST(test_idx_cifar) {
     write_bytes(tmp_path("cifar/data_batch_1.bin"), batch, sizeof batch);
     write_bytes(tmp_path("cifar/test_batch.bin"), batch, 3073);
     run_result *r = run_info(tmp_path("cifar"), NULL);
-    ck_assert_msg(r->status == 0, "%s", r->err);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
     ck_assert_msg(strstr(r->out,
                          ": CIFAR-10 dataset\n  images: 2 (split train), 1 (split test)\n  size: 32x32\n"
                          "  channels: 3 (RGB)\n  classes: 10\n    airplane    0\n"),

@@ -135,7 +135,7 @@ static int read_losses(const char *out, double *loss, int max) {
 START_TEST(test_loss_falls) {
     make_dataset();
     tu_run_result *r = train("fall", "80", NULL);
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     double loss[80];
     int n = read_losses("fall", loss, 80);
     ck_assert_int_eq(n, 80);
@@ -180,7 +180,7 @@ START_TEST(test_resume_is_exact) {
     make_dataset();
     const char *ckpt[] = {"--checkpointing-steps", "3", NULL};
     tu_run_result *r = train("whole", "7", ckpt);
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     /* a second run stopped at step 3: its folder holds only checkpoint-3 */
     ck_assert_int_eq(mkdir(path_in("resumed"), 0755), 0);
     char cmd[1024];
@@ -188,8 +188,8 @@ START_TEST(test_resume_is_exact) {
     ck_assert_int_eq(system(cmd), 0);
     const char *resume[] = {"--checkpointing-steps", "3", "--resume-from-checkpoint", "latest", NULL};
     r = train("resumed", "7", resume);
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
-    ck_assert_msg(strstr(r->err, "resuming from") && strstr(r->err, "at step 3"), "%s", r->err);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "resuming from") && strstr(r->err, "at step 3"), "%s", tu_tail(r->err));
     assert_same_weights("whole/unet/diffusion_pytorch_model.safetensors",
                         "resumed/unet/diffusion_pytorch_model.safetensors");
     assert_same_weights("whole/checkpoint-7/unet/diffusion_pytorch_model.safetensors",
@@ -238,7 +238,7 @@ static long saved_step(const tu_run_result *r) {
     const char *p = NULL;
     for (const char *q = r->err; (q = strstr(q, "/checkpoint-")); q++)
         p = q;
-    ck_assert_msg(p != NULL, "no checkpoint saved: %s", r->err);
+    ck_assert_msg(p != NULL, "no checkpoint saved: %s", tu_tail(r->err));
     return strtol(p + strlen("/checkpoint-"), NULL, 10);
 }
 
@@ -253,11 +253,11 @@ static long stop_with(int sig, const char *const *args, long after) {
     ck_assert_msg(tu_read_diffc_until(want), "no '%s' on stderr: %s", want, tu_wait_diffc()->err);
     ck_assert_int_eq(kill(pid, sig), 0);
     tu_run_result *r = tu_wait_diffc();
-    ck_assert_msg(r->status == 128 + sig, "exit %d after signal %d: %s", r->status, sig, r->err);
+    ck_assert_msg(r->status == 128 + sig, "exit %d after signal %d: %s", r->status, sig, tu_tail(r->err));
     ck_assert_msg(strstr(r->err, sig == SIGINT ? "interrupted: writing a checkpoint"
                                                : "terminated: writing a checkpoint"),
-                  "%s", r->err);
-    ck_assert_msg(!strstr(r->err, "error"), "%s", r->err);
+                  "%s", tu_tail(r->err));
+    ck_assert_msg(!strstr(r->err, "error"), "%s", tu_tail(r->err));
     long step = saved_step(r);
     ck_assert_msg(step > after, "stopped at step %ld", step);
     char ckpt[64];
@@ -287,10 +287,10 @@ START_TEST(test_signals_stop_with_a_checkpoint) {
     /* resumed to an end a few steps on, the model config taken from the checkpoint */
     snprintf(steps, sizeof steps, "%ld", s2 + 3);
     tu_run_result *r = tu_run_diffc(train_args(NULL, NULL, "data", "sig", steps, resume));
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     char at[32], done[64];
     snprintf(at, sizeof at, "at step %ld", s2);
-    ck_assert_msg(strstr(r->err, "resuming from") && strstr(r->err, at), "%s", r->err);
+    ck_assert_msg(strstr(r->err, "resuming from") && strstr(r->err, at), "%s", tu_tail(r->err));
     snprintf(done, sizeof done, "sig/checkpoint-%ld/DONE", s2 + 3);
     ck_assert_int_eq(access(path_in(done), R_OK), 0);
     ck_assert_int_eq(access(path_in("sig/model_index.json"), R_OK), 0);
@@ -318,7 +318,7 @@ static void check_finetune(const char *fixture, const char *out, const char *dro
     if (!dropout)
         extra[3] = NULL;
     tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", dir, "rgb", out, "1", extra));
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     char got[600];
     snprintf(got, sizeof got, "%s/unet/diffusion_pytorch_model.safetensors", path_in(out));
     assert_same_weights_at(weights, got);
@@ -361,7 +361,7 @@ START_TEST(test_finetune_starts_from_the_pretrained_weights) {
     ck_assert_int_eq(symlink(weights, path_in("wide/diffusion_pytorch_model.safetensors")), 0);
     tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", path_in("wide"), "rgb", "w", "1", NULL));
     tu_assert_user_error(r, "down_blocks.1.");
-    ck_assert_msg(strstr(r->err, "model expects [24"), "%s", r->err);
+    ck_assert_msg(strstr(r->err, "model expects [24"), "%s", tu_tail(r->err));
     remove_dataset();
 }
 END_TEST
@@ -396,11 +396,11 @@ START_TEST(test_accumulation_matches_a_big_batch) {
     make_dataset();
     const char *big[] = {"--dropout", "0", NULL};
     tu_run_result *r = train("b4", "5", big);
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     const char *accum[] = {"--dropout", "0", "--train-batch-size", "2", "--gradient-accumulation-steps", "2",
                            NULL};
     r = train("a2", "5", accum);
-    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     double a[6], b[6];
     ck_assert_int_eq(read_losses("b4", a, 6), 5);
     ck_assert_int_eq(read_losses("a2", b, 6), 5);
@@ -428,11 +428,11 @@ START_TEST(test_non_finite_steps_stop_the_run) {
     const char *huge[] = {"--learning-rate", "1e15", "--lr-scheduler", "constant_with_warmup",
                           "--lr-warmup-steps", "1", "--checkpointing-steps", "1", NULL};
     tu_run_result *r = train("nan", "20", huge);
-    ck_assert_msg(r->status == 1, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 1, "exit %d: %s", r->status, tu_tail(r->err));
     const char *err = strstr(r->err, "diffc: error: ");
-    ck_assert_msg(err && (err == r->err || err[-1] == '\n'), "%s", r->err);
-    ck_assert_msg(strstr(err, "5 steps in a row had a non-finite loss"), "%s", r->err);
-    ck_assert_msg(strchr(err, '\n') == r->err + r->n_err - 1, "not the last line: %s", r->err);
+    ck_assert_msg(err && (err == r->err || err[-1] == '\n'), "%s", tu_tail(r->err));
+    ck_assert_msg(strstr(err, "5 steps in a row had a non-finite loss"), "%s", tu_tail(r->err));
+    ck_assert_msg(strchr(err, '\n') == r->err + r->n_err - 1, "not the last line: %s", tu_tail(r->err));
     int skipped = 0;
     for (const char *p = r->err; (p = strstr(p, "non-finite loss or gradient, skipped")); p++)
         skipped++;
@@ -458,7 +458,7 @@ END_TEST
 START_TEST(test_help_and_usage) {
     const char *help[] = {"train", "--help", NULL};
     tu_run_result *r = tu_run_diffc(help);
-    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, r->err);
+    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, tu_tail(r->err));
     ck_assert_msg(strncmp(r->out, "usage: diffc train", 18) == 0, "%s", r->out);
     /* the help with each option on a line of its own: "--name META text (default: D)" */
     char text[sizeof r->out];
@@ -502,7 +502,7 @@ START_TEST(test_help_and_usage) {
         ck_assert_msg(r->status == 2 && r->n_out == 0, "%s: exit %d", bad[i][1], r->status);
         ck_assert_msg(strncmp(r->err, "diffc: error: ", 14) == 0 && strstr(r->err, says[i]) &&
                           strstr(r->err, "diffc train --help"),
-                      "%s", r->err);
+                      "%s", tu_tail(r->err));
     }
 }
 END_TEST

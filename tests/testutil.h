@@ -61,6 +61,8 @@ tu_run_result *tu_run_diffc(const char *const *args);
 pid_t tu_spawn_diffc(const char *const *args);
 bool tu_read_diffc_until(const char *want);
 tu_run_result *tu_wait_diffc(void);
+/* The last 1500 characters of s: what fits in a Check failure message. */
+const char *tu_tail(const char *s);
 /* Exit 1 and stderr exactly one line "diffc: error: ...<want>...". */
 void tu_assert_user_error(const tu_run_result *r, const char *want);
 
