@@ -7,7 +7,7 @@
  * the sampler and the EMA weights each change the images; img2img stays
  * closer to its init image at a low strength; bad input is one error line or
  * a skipped file with a warning. */
-#define _GNU_SOURCE /* nftw, strdup */
+#define _GNU_SOURCE /* strdup */
 #include "testutil.h"
 
 #include "autograd/error.h"
@@ -15,7 +15,6 @@
 #include "data/image.h"
 #include "models/unet.h"
 
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,26 +26,6 @@
 #define BARE_MODEL "tests/fixtures/unet_legacy"
 #define SIDE 8 /* both fixtures' sample_size */
 
-static char tmpdir[64];
-
-static const char *path_in(const char *name) {
-    static char buf[8][512];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    return remove(path);
-}
-
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/dc_sample_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void remove_tmpdir(void) { nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 static void spill(const char *path, const char *text, size_t n) {
     ck_assert_msg(dc_write_file(path, text, n, false) == 0, "%s", dc_error());
@@ -87,7 +66,7 @@ static const char scheduler_config[] = "{\"_class_name\": \"DDPMScheduler\", \"n
 static const char model_index[] = "{\"_class_name\": \"DDPMPipeline\", \"scheduler\": [\"diffusers\", "
                                   "\"DDPMScheduler\"], \"unet\": [\"diffusers\", \"UNet2DModel\"]}\n";
 
-/* tmpdir/name: a pipeline folder around the class-conditional fixture, with
+/* tu_path(name): a pipeline folder around the class-conditional fixture, with
  * unet_ema/ (the weights scaled by 0.9) when `ema`. Returns its path (good
  * for the test's first 4 pipelines). */
 static const char *make_pipeline(const char *name, bool ema) {
@@ -97,24 +76,24 @@ static const char *make_pipeline(const char *name, bool ema) {
     const char *dirs[] = {"", "/unet", "/scheduler", "/unet_ema"};
     for (int i = 0; i < (ema ? 4 : 3); i++) {
         snprintf(sub, sizeof sub, "%s%s", name, dirs[i]);
-        ck_assert_int_eq(mkdir(path_in(sub), 0755), 0);
+        ck_assert_int_eq(mkdir(tu_path(sub), 0755), 0);
     }
     snprintf(sub, sizeof sub, "%s/model_index.json", name);
-    spill(path_in(sub), model_index, sizeof model_index - 1);
+    spill(tu_path(sub), model_index, sizeof model_index - 1);
     snprintf(sub, sizeof sub, "%s/scheduler/scheduler_config.json", name);
-    spill(path_in(sub), scheduler_config, sizeof scheduler_config - 1);
+    spill(tu_path(sub), scheduler_config, sizeof scheduler_config - 1);
     for (int i = 0; i < (ema ? 2 : 1); i++) {
         const char *unet = i ? "unet_ema" : "unet";
         snprintf(sub, sizeof sub, "%s/%s/config.json", name, unet);
-        copy_file(CLASS_MODEL "/config.json", path_in(sub));
+        copy_file(CLASS_MODEL "/config.json", tu_path(sub));
         snprintf(sub, sizeof sub, "%s/%s/diffusion_pytorch_model.safetensors", name, unet);
         if (i)
-            write_scaled_weights(CLASS_MODEL, path_in(sub), 0.9f);
+            write_scaled_weights(CLASS_MODEL, tu_path(sub), 0.9f);
         else
-            copy_file(CLASS_MODEL "/diffusion_pytorch_model.safetensors", path_in(sub));
+            copy_file(CLASS_MODEL "/diffusion_pytorch_model.safetensors", tu_path(sub));
     }
     char *path = made[n_made++ % 4];
-    snprintf(path, sizeof made[0], "%s", path_in(name));
+    snprintf(path, sizeof made[0], "%s", tu_path(name));
     return path;
 }
 
@@ -129,7 +108,7 @@ static void assert_ok(const tu_run_result *r) {
 static void load(dc_image *img, const char *dir, int i) {
     char name[64];
     snprintf(name, sizeof name, "%s/%05d.png", dir, i);
-    ck_assert_msg(dc_image_load(img, path_in(name)) == 0, "%s", dc_error());
+    ck_assert_msg(dc_image_load(img, tu_path(name)) == 0, "%s", dc_error());
 }
 
 /* Mean |a - b| over the pixels of image i of two output folders. */
@@ -152,9 +131,9 @@ static bool exists(const char *path) { return access(path, F_OK) == 0; }
 /* ---- outputs ---- */
 
 START_TEST(test_writes_images) {
-    make_tmpdir();
+    tu_mkdtemp("sample");
     const char *model = make_pipeline("pipe", false);
-    tu_run_result *r = SAMPLE("--model", model, "--output-dir", path_in("out"), "--num-images", "5",
+    tu_run_result *r = SAMPLE("--model", model, "--output-dir", tu_path("out"), "--num-images", "5",
                               "--batch-size", "2", "--num-inference-steps", "10");
     assert_ok(r);
     ck_assert_msg(strstr(r->out, "5 images of 8x8 (ddim, 10 steps)"), "%s", r->out);
@@ -165,31 +144,31 @@ START_TEST(test_writes_images) {
         ck_assert(img.w == SIDE && img.h == SIDE && img.c == 3);
         dc_image_free(&img);
     }
-    ck_assert(!exists(path_in("out/00005.png")));
+    ck_assert(!exists(tu_path("out/00005.png")));
     dc_image grid;
-    ck_assert_int_eq(dc_image_load(&grid, path_in("out/grid.png")), 0);
+    ck_assert_int_eq(dc_image_load(&grid, tu_path("out/grid.png")), 0);
     ck_assert_int_eq(grid.w, 4 * SIDE + 5 * 2); /* one column per class (4), 2-pixel gaps */
     ck_assert_int_eq(grid.h, 2 * SIDE + 3 * 2);
     dc_image_free(&grid);
 
     /* a bare UNet folder (old attention names, unconditional), at another size */
-    r = SAMPLE("--model", BARE_MODEL, "--output-dir", path_in("bare"), "--num-images", "2", "--resolution",
+    r = SAMPLE("--model", BARE_MODEL, "--output-dir", tu_path("bare"), "--num-images", "2", "--resolution",
                "16", "--num-inference-steps", "5");
     assert_ok(r);
     dc_image img;
     load(&img, "bare", 1);
     ck_assert(img.w == 16 && img.h == 16 && img.c == 3);
     dc_image_free(&img);
-    remove_tmpdir();
+    tu_rmtemp();
 }
 END_TEST
 
 /* The noise contract: image i of seed s whatever the batch size; seeds differ. */
 START_TEST(test_seed_and_batch) {
-    make_tmpdir();
+    tu_mkdtemp("sample");
     const char *model = make_pipeline("pipe", false);
 #define RUN(dir, batch, seed)                                                                                \
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in(dir), "--num-images", "4",                    \
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path(dir), "--num-images", "4",                    \
                      "--num-inference-steps", "8", "--batch-size", batch, "--seed", seed))
     RUN("b1", "1", "7");
     RUN("b3", "3", "7");
@@ -201,21 +180,21 @@ START_TEST(test_seed_and_batch) {
         ck_assert_msg(image_diff("b3", "again", i) == 0, "image %d differs between runs", i);
         ck_assert_msg(image_diff("b3", "seed8", i) > 1, "image %d does not depend on the seed", i);
     }
-    remove_tmpdir();
+    tu_rmtemp();
 }
 END_TEST
 
 /* Labels cycle over the images; a label and the guidance scale change them. */
 START_TEST(test_labels_and_guidance) {
-    make_tmpdir();
+    tu_mkdtemp("sample");
     const char *model = make_pipeline("pipe", false);
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in("all"), "--num-images", "6",
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("all"), "--num-images", "6",
                      "--num-inference-steps", "8"));
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in("one"), "--num-images", "6", "--class-label",
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("one"), "--num-images", "6", "--class-label",
                      "1", "--num-inference-steps", "8"));
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in("list"), "--num-images", "6", "--class-label",
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("list"), "--num-images", "6", "--class-label",
                      "1,3", "--num-inference-steps", "8"));
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in("guided"), "--num-images", "6",
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("guided"), "--num-images", "6",
                      "--class-label", "1", "--guidance-scale", "3", "--num-inference-steps", "8"));
     /* "all" gives image i label i % 4 (4 classes and the 'no class' label 4) */
     ck_assert(image_diff("all", "one", 1) == 0 && image_diff("all", "one", 5) == 0);
@@ -225,49 +204,49 @@ START_TEST(test_labels_and_guidance) {
     ck_assert(image_diff("list", "one", 1) > 0);
     for (int i = 0; i < 6; i++)
         ck_assert_msg(image_diff("one", "guided", i) > 0.5, "guidance left image %d alone", i);
-    remove_tmpdir();
+    tu_rmtemp();
 }
 END_TEST
 
 START_TEST(test_schedulers) {
-    make_tmpdir();
+    tu_mkdtemp("sample");
     const char *model = make_pipeline("pipe", false);
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in("ddim"), "--num-images", "2",
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("ddim"), "--num-images", "2",
                      "--num-inference-steps", "10"));
-    tu_run_result *r = SAMPLE("--model", model, "--output-dir", path_in("ddpm"), "--num-images", "2",
+    tu_run_result *r = SAMPLE("--model", model, "--output-dir", tu_path("ddpm"), "--num-images", "2",
                               "--scheduler", "ddpm", "--num-inference-steps", "10");
     assert_ok(r);
     ck_assert_msg(strstr(r->out, "(ddpm, 10 steps)"), "%s", r->out);
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in("dpm"), "--num-images", "2", "--scheduler",
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("dpm"), "--num-images", "2", "--scheduler",
                      "dpm++2m", "--num-inference-steps", "10", "--timestep-spacing", "trailing"));
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in("eta"), "--num-images", "2", "--eta", "1",
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("eta"), "--num-images", "2", "--eta", "1",
                      "--num-inference-steps", "10"));
-    assert_ok(SAMPLE("--model", model, "--output-dir", path_in("trailing"), "--num-images", "2",
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("trailing"), "--num-images", "2",
                      "--num-inference-steps", "10", "--timestep-spacing", "trailing"));
     const char *others[] = {"ddpm", "dpm", "eta", "trailing"};
     for (int k = 0; k < 4; k++)
         ck_assert_msg(image_diff("ddim", others[k], 0) > 0.5, "%s gave ddim's image", others[k]);
-    remove_tmpdir();
+    tu_rmtemp();
 }
 END_TEST
 
 /* unet_ema/ is used when present; --no-ema takes unet/. */
 START_TEST(test_ema_by_default) {
-    make_tmpdir();
+    tu_mkdtemp("sample");
     const char *plain = make_pipeline("plain", false), *ema = make_pipeline("ema", true);
-    assert_ok(SAMPLE("--model", plain, "--output-dir", path_in("p"), "--num-images", "2",
+    assert_ok(SAMPLE("--model", plain, "--output-dir", tu_path("p"), "--num-images", "2",
                      "--num-inference-steps", "8"));
-    tu_run_result *r = SAMPLE("--model", ema, "--output-dir", path_in("e"), "--num-images", "2",
+    tu_run_result *r = SAMPLE("--model", ema, "--output-dir", tu_path("e"), "--num-images", "2",
                               "--num-inference-steps", "8");
     assert_ok(r);
     ck_assert_msg(strstr(r->out, "EMA weights"), "%s", r->out);
-    assert_ok(SAMPLE("--model", ema, "--output-dir", path_in("n"), "--num-images", "2", "--no-ema",
+    assert_ok(SAMPLE("--model", ema, "--output-dir", tu_path("n"), "--num-images", "2", "--no-ema",
                      "--num-inference-steps", "8"));
     for (int i = 0; i < 2; i++) {
         ck_assert_msg(image_diff("p", "e", i) > 0.5, "the EMA weights were not used");
         ck_assert_msg(image_diff("p", "n", i) == 0, "--no-ema did not take unet/");
     }
-    remove_tmpdir();
+    tu_rmtemp();
 }
 END_TEST
 
@@ -283,7 +262,7 @@ static void write_init(const char *name, int w, int h, int c) {
                 img.px[(y * w + x) * c + k] = (uint8_t)(k == 0   ? 255 * x / (w - 1)
                                                         : k == 1 ? 255 * y / (h - 1)
                                                                  : 60);
-    ck_assert_msg(dc_image_save_png(&img, path_in(name)) == 0, "%s", dc_error());
+    ck_assert_msg(dc_image_save_png(&img, tu_path(name)) == 0, "%s", dc_error());
     dc_image_free(&img);
 }
 
@@ -291,7 +270,7 @@ static void write_init(const char *name, int w, int h, int c) {
 static double off_init(const char *dir, int i) {
     dc_image a, b;
     load(&a, dir, i);
-    ck_assert_int_eq(dc_image_load(&b, path_in("init/a.png")), 0);
+    ck_assert_int_eq(dc_image_load(&b, tu_path("init/a.png")), 0);
     double sum = 0;
     for (int k = 0; k < SIDE * SIDE * 3; k++)
         sum += fabs((double)a.px[k] - b.px[k]);
@@ -301,14 +280,14 @@ static double off_init(const char *dir, int i) {
 }
 
 START_TEST(test_img2img) {
-    make_tmpdir();
+    tu_mkdtemp("sample");
     const char *model = make_pipeline("pipe", false);
-    ck_assert_int_eq(mkdir(path_in("init"), 0755), 0);
+    ck_assert_int_eq(mkdir(tu_path("init"), 0755), 0);
     write_init("init/a.png", SIDE, SIDE, 3);
     const char *strengths[] = {"1", "0.3"}, *dirs[] = {"s10", "s03"};
     for (int k = 0; k < 2; k++) {
         tu_run_result *r =
-            SAMPLE("--model", model, "--output-dir", path_in(dirs[k]), "--init-image", path_in("init/a.png"),
+            SAMPLE("--model", model, "--output-dir", tu_path(dirs[k]), "--init-image", tu_path("init/a.png"),
                    "--strength", strengths[k], "--num-images", "4", "--num-inference-steps", "10");
         assert_ok(r);
         ck_assert_msg(strstr(r->out, k ? "3 steps of img2img" : "10 steps of img2img"), "%s", r->out);
@@ -322,11 +301,11 @@ START_TEST(test_img2img) {
     /* a folder: its images in turn, a gray one of another size converted with a
      * note, a file that is no image skipped with a warning; batch size free */
     write_init("init/b.png", 12, 10, 1);
-    spill(path_in("init/c.png"), "not a png", 9);
+    spill(tu_path("init/c.png"), "not a png", 9);
     const char *batch[] = {"1", "3"}, *out[] = {"f1", "f3"};
     for (int k = 0; k < 2; k++) {
-        tu_run_result *r = SAMPLE("--model", model, "--output-dir", path_in(out[k]), "--init-image",
-                                  path_in("init"), "--strength", "0.5", "--batch-size", batch[k],
+        tu_run_result *r = SAMPLE("--model", model, "--output-dir", tu_path(out[k]), "--init-image",
+                                  tu_path("init"), "--strength", "0.5", "--batch-size", batch[k],
                                   "--num-inference-steps", "10", "--num-images", "5");
         assert_ok(r);
         ck_assert_msg(strstr(r->err, "b.png: gray converted to RGB") && strstr(r->err, "12x10 resized"), "%s",
@@ -339,26 +318,26 @@ START_TEST(test_img2img) {
               off_init("f1", 2) < off_init("f1", 1)); /* a, b, a, ... */
 
     /* without --num-images: one image per init image */
-    tu_run_result *r = SAMPLE("--model", model, "--output-dir", path_in("each"), "--init-image",
-                              path_in("init"), "--num-inference-steps", "5");
+    tu_run_result *r = SAMPLE("--model", model, "--output-dir", tu_path("each"), "--init-image",
+                              tu_path("init"), "--num-inference-steps", "5");
     assert_ok(r);
-    ck_assert(exists(path_in("each/00001.png")) && !exists(path_in("each/00002.png")));
-    remove_tmpdir();
+    ck_assert(exists(tu_path("each/00001.png")) && !exists(tu_path("each/00002.png")));
+    tu_rmtemp();
 }
 END_TEST
 
 /* ---- errors ---- */
 
 START_TEST(test_model_errors) {
-    make_tmpdir();
-    tu_assert_user_error(SAMPLE("--model", path_in("missing"), "--output-dir", path_in("o")),
+    tu_mkdtemp("sample");
+    tu_assert_user_error(SAMPLE("--model", tu_path("missing"), "--output-dir", tu_path("o")),
                          "missing: not a folder");
 
     const char *model = make_pipeline("pipe", false);
-    ck_assert_int_eq(rename(path_in("pipe/unet/diffusion_pytorch_model.safetensors"), path_in("w")), 0);
-    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", path_in("o")),
+    ck_assert_int_eq(rename(tu_path("pipe/unet/diffusion_pytorch_model.safetensors"), tu_path("w")), 0);
+    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")),
                          "pipe/unet: no diffusion_pytorch_model.safetensors");
-    ck_assert_int_eq(rename(path_in("w"), path_in("pipe/unet/diffusion_pytorch_model.safetensors")), 0);
+    ck_assert_int_eq(rename(tu_path("w"), tu_path("pipe/unet/diffusion_pytorch_model.safetensors")), 0);
 
     /* a config the weights do not fit: the parameter and both shapes */
     size_t n;
@@ -366,32 +345,32 @@ START_TEST(test_model_errors) {
          *at = strstr(cfg, "\"in_channels\": 3");
     ck_assert_ptr_nonnull(at);
     at[strlen("\"in_channels\": ")] = '1';
-    spill(path_in("pipe/unet/config.json"), cfg, n);
+    spill(tu_path("pipe/unet/config.json"), cfg, n);
     free(cfg);
-    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", path_in("o")),
+    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")),
                          "conv_in.weight: file has [8, 3, 3, 3], model expects [8, 1, 3, 3]");
-    copy_file(CLASS_MODEL "/config.json", path_in("pipe/unet/config.json"));
+    copy_file(CLASS_MODEL "/config.json", tu_path("pipe/unet/config.json"));
 
     /* a latent pipeline: its UNet does not make images */
     static const char latent[] =
         "{\"_class_name\": \"LDMPipeline\", \"unet\": [\"diffusers\", \"UNet2DModel\"],"
         " \"vqvae\": [\"diffusers\", \"VQModel\"]}";
-    spill(path_in("pipe/model_index.json"), latent, sizeof latent - 1);
-    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", path_in("o")), "has a 'vqvae' component");
-    spill(path_in("pipe/model_index.json"), model_index, sizeof model_index - 1);
+    spill(tu_path("pipe/model_index.json"), latent, sizeof latent - 1);
+    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")), "has a 'vqvae' component");
+    spill(tu_path("pipe/model_index.json"), model_index, sizeof model_index - 1);
 
-    ck_assert_int_eq(remove(path_in("pipe/scheduler/scheduler_config.json")), 0);
-    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", path_in("o")),
+    ck_assert_int_eq(remove(tu_path("pipe/scheduler/scheduler_config.json")), 0);
+    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")),
                          "scheduler_config.json: cannot open");
-    spill(path_in("pipe/scheduler/scheduler_config.json"), "{\"thresholding\": true}", 22);
-    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", path_in("o")), "thresholding");
-    remove_tmpdir();
+    spill(tu_path("pipe/scheduler/scheduler_config.json"), "{\"thresholding\": true}", 22);
+    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")), "thresholding");
+    tu_rmtemp();
 }
 END_TEST
 
 START_TEST(test_option_errors) {
-    make_tmpdir();
-    const char *m = make_pipeline("pipe", false), *o = path_in("o");
+    tu_mkdtemp("sample");
+    const char *m = make_pipeline("pipe", false), *o = tu_path("o");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--class-label", "5"), "--class-label 5");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--class-label", "-1"), "--class-label -1");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--class-label", "2,x"),
@@ -414,16 +393,16 @@ START_TEST(test_option_errors) {
                          "ddim only");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--resolution", "9"), "multiples of 2");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--device", "cuda"), "no CUDA kernels yet");
-    spill(path_in("file"), "x", 1);
-    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", path_in("file")), "not a folder");
+    spill(tu_path("file"), "x", 1);
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", tu_path("file")), "not a folder");
 
     /* init images: an empty folder, a single unreadable file, a missing one */
-    ck_assert_int_eq(mkdir(path_in("empty"), 0755), 0);
-    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--init-image", path_in("empty")),
+    ck_assert_int_eq(mkdir(tu_path("empty"), 0755), 0);
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--init-image", tu_path("empty")),
                          "no image to start from");
-    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--init-image", path_in("file")),
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--init-image", tu_path("file")),
                          "file: not a PNG or JPEG");
-    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--init-image", path_in("nothing")),
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--init-image", tu_path("nothing")),
                          "cannot open");
 
     /* usage errors: exit 2 */
@@ -441,7 +420,7 @@ START_TEST(test_option_errors) {
                       r->status, tu_tail(r->err));
     }
     ck_assert(!exists(o));
-    remove_tmpdir();
+    tu_rmtemp();
 }
 END_TEST
 

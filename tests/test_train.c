@@ -5,7 +5,7 @@
  * and keeps their config; accumulating batches equals one big batch;
  * non-finite steps are skipped, then stop the run; --help and bad
  * configurations and options. Runs the built diffc binary. */
-#define _GNU_SOURCE /* nftw, realpath */
+#define _GNU_SOURCE /* realpath */
 #include "testutil.h"
 
 #include "autograd/error.h"
@@ -17,7 +17,6 @@
 #include "train/options.h"
 
 #include <ctype.h>
-#include <ftw.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -27,29 +26,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmpdir[64];
-
-static const char *path_in(const char *name) {
-    static char buf[8][512];
-    static int next;
-    char *p = buf[next++ % 8];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    return remove(path);
-}
 
 /* Two classes of 8x8 images with c channels in `dir`: bright squares on the
  * left or on the right. */
 static void make_images(const char *dir, int c) {
     const char *classes[] = {"left", "right"};
-    ck_assert_int_eq(mkdir(path_in(dir), 0755), 0);
+    ck_assert_int_eq(mkdir(tu_path(dir), 0755), 0);
     for (int k = 0; k < 2; k++) {
         char sub[128];
         snprintf(sub, sizeof sub, "%s/%s", dir, classes[k]);
-        ck_assert_int_eq(mkdir(path_in(sub), 0755), 0);
+        ck_assert_int_eq(mkdir(tu_path(sub), 0755), 0);
         for (int i = 0; i < 12; i++) {
             dc_image img;
             ck_assert_int_eq(dc_image_alloc(&img, 8, 8, c), 0);
@@ -59,7 +45,7 @@ static void make_images(const char *dir, int c) {
             }
             char name[160];
             snprintf(name, sizeof name, "%s/%02d.png", sub, i);
-            ck_assert_msg(dc_image_save_png(&img, path_in(name)) == 0, "%s", dc_error());
+            ck_assert_msg(dc_image_save_png(&img, tu_path(name)) == 0, "%s", dc_error());
             dc_image_free(&img);
         }
     }
@@ -67,10 +53,9 @@ static void make_images(const char *dir, int c) {
 
 /* Gray images in data/ and a small class-conditional UNet for them in model.json. */
 static void make_dataset(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/dc_train_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    tu_mkdtemp("train");
     make_images("data", 1);
-    FILE *f = fopen(path_in("model.json"), "w");
+    FILE *f = fopen(tu_path("model.json"), "w");
     ck_assert_ptr_nonnull(f);
     fputs("{\"_class_name\": \"UNet2DModel\", \"sample_size\": 8, \"in_channels\": 1, \"out_channels\": 1,"
           " \"layers_per_block\": 1, \"block_out_channels\": [8, 16],"
@@ -81,7 +66,6 @@ static void make_dataset(void) {
     ck_assert_int_eq(fclose(f), 0);
 }
 
-static void remove_dataset(void) { nftw(tmpdir, remove_entry, 8, FTW_DEPTH | FTW_PHYS); }
 
 /* The arguments of diffc train with the tests' settings: `model_opt model`
  * (--model FILE, --pretrained-model DIR; none when model_opt is NULL), the
@@ -90,8 +74,8 @@ static void remove_dataset(void) { nftw(tmpdir, remove_entry, 8, FTW_DEPTH | FTW
 static const char *const *train_args(const char *model_opt, const char *model, const char *data,
                                      const char *out, const char *steps, const char *const *extra) {
     static const char *args[64];
-    const char *base[] = {"train", "--train-data-dir", path_in(data), "--cache-dir", path_in("cache"),
-                          "--resolution", "8", "--output-dir", path_in(out), "--train-batch-size", "4",
+    const char *base[] = {"train", "--train-data-dir", tu_path(data), "--cache-dir", tu_path("cache"),
+                          "--resolution", "8", "--output-dir", tu_path(out), "--train-batch-size", "4",
                           "--max-train-steps", steps, "--learning-rate", "3e-3", "--lr-warmup-steps", "2",
                           "--use-ema", "--cond-drop-prob", "0.25", "--logging-steps", "1",
                           "--sample-every", "0", "--seed", "7", "--dataloader-num-workers", "2", NULL};
@@ -112,13 +96,13 @@ static const char *const *train_args(const char *model_opt, const char *model, c
 
 /* diffc train of model.json on the gray images into `out`, with extra options. */
 static tu_run_result *train(const char *out, const char *steps, const char *const *extra) {
-    return tu_run_diffc(train_args("--model", path_in("model.json"), "data", out, steps, extra));
+    return tu_run_diffc(train_args("--model", tu_path("model.json"), "data", out, steps, extra));
 }
 
 /* The loss column of metrics.jsonl, [steps]. */
 static int read_losses(const char *out, double *loss, int max) {
     char path[600];
-    snprintf(path, sizeof path, "%s/metrics.jsonl", path_in(out));
+    snprintf(path, sizeof path, "%s/metrics.jsonl", tu_path(out));
     FILE *f = fopen(path, "r");
     ck_assert_msg(f != NULL, "%s missing", path);
     char line[4096];
@@ -146,9 +130,9 @@ START_TEST(test_loss_falls) {
     }
     ck_assert_msg(last < first / 3, "loss %g -> %g did not fall threefold", first, last);
     /* the final model is a pipeline folder; so is each checkpoint */
-    ck_assert_int_eq(access(path_in("fall/unet/diffusion_pytorch_model.safetensors"), R_OK), 0);
-    ck_assert_int_eq(access(path_in("fall/checkpoint-80/DONE"), R_OK), 0);
-    remove_dataset();
+    ck_assert_int_eq(access(tu_path("fall/unet/diffusion_pytorch_model.safetensors"), R_OK), 0);
+    ck_assert_int_eq(access(tu_path("fall/checkpoint-80/DONE"), R_OK), 0);
+    tu_rmtemp();
 }
 END_TEST
 
@@ -173,7 +157,7 @@ static void assert_same_weights_at(const char *a, const char *b) {
 
 /* The same for two files of the test's folder. */
 static void assert_same_weights(const char *a, const char *b) {
-    assert_same_weights_at(path_in(a), path_in(b));
+    assert_same_weights_at(tu_path(a), tu_path(b));
 }
 
 START_TEST(test_resume_is_exact) {
@@ -182,9 +166,9 @@ START_TEST(test_resume_is_exact) {
     tu_run_result *r = train("whole", "7", ckpt);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     /* a second run stopped at step 3: its folder holds only checkpoint-3 */
-    ck_assert_int_eq(mkdir(path_in("resumed"), 0755), 0);
+    ck_assert_int_eq(mkdir(tu_path("resumed"), 0755), 0);
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "cp -r %s %s", path_in("whole/checkpoint-3"), path_in("resumed/"));
+    snprintf(cmd, sizeof cmd, "cp -r %s %s", tu_path("whole/checkpoint-3"), tu_path("resumed/"));
     ck_assert_int_eq(system(cmd), 0);
     const char *resume[] = {"--checkpointing-steps", "3", "--resume-from-checkpoint", "latest", NULL};
     r = train("resumed", "7", resume);
@@ -202,14 +186,14 @@ START_TEST(test_resume_is_exact) {
     ck_assert_int_eq(read_losses("resumed", b, 8), 4);
     for (int i = 0; i < 4; i++)
         ck_assert_msg(a[3 + i] == b[i], "step %d: loss %.17g vs %.17g", 4 + i, a[3 + i], b[i]);
-    remove_dataset();
+    tu_rmtemp();
 }
 END_TEST
 
 START_TEST(test_bad_configs) {
     make_dataset();
-    const char *unknown[] = {"train", "--config", path_in("bad.json"), NULL};
-    FILE *f = fopen(path_in("bad.json"), "w");
+    const char *unknown[] = {"train", "--config", tu_path("bad.json"), NULL};
+    FILE *f = fopen(tu_path("bad.json"), "w");
     fputs("{\"lerning_rate\": 1e-4}\n", f);
     fclose(f);
     tu_assert_user_error(tu_run_diffc(unknown), "lerning_rate");
@@ -229,7 +213,7 @@ START_TEST(test_bad_configs) {
 
     const char *nodir[] = {"--output-dir", "/proc/diffc-cannot-be-here", NULL};
     tu_assert_user_error(train("x", "2", nodir), "/proc/diffc-cannot-be-here");
-    remove_dataset();
+    tu_rmtemp();
 }
 END_TEST
 
@@ -262,23 +246,23 @@ static long stop_with(int sig, const char *const *args, long after) {
     ck_assert_msg(step > after, "stopped at step %ld", step);
     char ckpt[64];
     snprintf(ckpt, sizeof ckpt, "sig/checkpoint-%ld/DONE", step);
-    ck_assert_int_eq(access(path_in(ckpt), R_OK), 0);
+    ck_assert_int_eq(access(tu_path(ckpt), R_OK), 0);
     snprintf(ckpt, sizeof ckpt, "sig/checkpoint-%ld/train_state.safetensors", step);
     dc_st_file st;
-    ck_assert_msg(dc_st_open(&st, path_in(ckpt)) == 0, "%s", dc_error());
+    ck_assert_msg(dc_st_open(&st, tu_path(ckpt)) == 0, "%s", dc_error());
     ck_assert_int_eq(strtol(dc_st_meta(&st, "step"), NULL, 10), step);
     dc_st_close(&st);
     double loss[1000];
     ck_assert_int_eq(read_losses("sig", loss, 1000), step);
     /* stopped early: no final model in the output folder */
-    ck_assert_int_ne(access(path_in("sig/model_index.json"), F_OK), 0);
+    ck_assert_int_ne(access(tu_path("sig/model_index.json"), F_OK), 0);
     return step;
 }
 
 START_TEST(test_signals_stop_with_a_checkpoint) {
     make_dataset();
     char model[600], steps[24];
-    snprintf(model, sizeof model, "%s", path_in("model.json"));
+    snprintf(model, sizeof model, "%s", tu_path("model.json"));
     const char *many = "1000000";
     long s1 = stop_with(SIGTERM, train_args("--model", model, "data", "sig", many, NULL), 0);
     /* resumed, then interrupted again (Ctrl-C) */
@@ -292,14 +276,14 @@ START_TEST(test_signals_stop_with_a_checkpoint) {
     snprintf(at, sizeof at, "at step %ld", s2);
     ck_assert_msg(strstr(r->err, "resuming from") && strstr(r->err, at), "%s", tu_tail(r->err));
     snprintf(done, sizeof done, "sig/checkpoint-%ld/DONE", s2 + 3);
-    ck_assert_int_eq(access(path_in(done), R_OK), 0);
-    ck_assert_int_eq(access(path_in("sig/model_index.json"), R_OK), 0);
+    ck_assert_int_eq(access(tu_path(done), R_OK), 0);
+    ck_assert_int_eq(access(tu_path("sig/model_index.json"), R_OK), 0);
     double loss[1000];
     ck_assert_int_eq(read_losses("sig", loss, 1000), s2 + 3);
     /* a run without a model has nothing to start from when there is no checkpoint */
     tu_assert_user_error(tu_run_diffc(train_args(NULL, NULL, "data", "empty", "2", resume)),
                          "holds no complete checkpoint");
-    remove_dataset();
+    tu_rmtemp();
 }
 END_TEST
 
@@ -320,16 +304,16 @@ static void check_finetune(const char *fixture, const char *out, const char *dro
     tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", dir, "rgb", out, "1", extra));
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     char got[600];
-    snprintf(got, sizeof got, "%s/unet/diffusion_pytorch_model.safetensors", path_in(out));
+    snprintf(got, sizeof got, "%s/unet/diffusion_pytorch_model.safetensors", tu_path(out));
     assert_same_weights_at(weights, got);
-    snprintf(got, sizeof got, "%s/checkpoint-1/unet/diffusion_pytorch_model.safetensors", path_in(out));
+    snprintf(got, sizeof got, "%s/checkpoint-1/unet/diffusion_pytorch_model.safetensors", tu_path(out));
     assert_same_weights_at(weights, got);
 
     cJSON *want = dc_json_load(cfg);
     ck_assert_msg(want != NULL, "%s", dc_error());
     if (dropout)
         cJSON_ReplaceItemInObjectCaseSensitive(want, "dropout", cJSON_CreateNumber(strtod(dropout, NULL)));
-    snprintf(got, sizeof got, "%s/unet/config.json", path_in(out));
+    snprintf(got, sizeof got, "%s/unet/config.json", tu_path(out));
     cJSON *saved = dc_json_load(got);
     ck_assert_msg(saved != NULL, "%s", dc_error());
     char *a = cJSON_Print(want), *b = cJSON_Print(saved);
@@ -344,33 +328,33 @@ START_TEST(test_finetune_starts_from_the_pretrained_weights) {
     make_dataset();
     make_images("rgb", 3);
     check_finetune("tests/fixtures/unet_attn_class", "attn", NULL);
-    check_finetune(path_in("attn"), "again", NULL); /* our own output folder: a pipeline */
+    check_finetune(tu_path("attn"), "again", NULL); /* our own output folder: a pipeline */
     check_finetune("tests/fixtures/unet_legacy", "legacy", "0.25");
 
     /* a folder whose weights do not fit its config */
-    ck_assert_int_eq(mkdir(path_in("wide"), 0755), 0);
+    ck_assert_int_eq(mkdir(tu_path("wide"), 0755), 0);
     cJSON *cfg = dc_json_load("tests/fixtures/unet_attn_class/config.json");
     ck_assert_ptr_nonnull(cfg);
     static const int wider[] = {8, 24};
     cJSON_ReplaceItemInObjectCaseSensitive(cfg, "block_out_channels", cJSON_CreateIntArray(wider, 2));
-    ck_assert_msg(dc_json_save(path_in("wide/config.json"), cfg) == 0, "%s", dc_error());
+    ck_assert_msg(dc_json_save(tu_path("wide/config.json"), cfg) == 0, "%s", dc_error());
     cJSON_Delete(cfg);
     char weights[PATH_MAX];
     ck_assert_ptr_nonnull(
         realpath("tests/fixtures/unet_attn_class/diffusion_pytorch_model.safetensors", weights));
-    ck_assert_int_eq(symlink(weights, path_in("wide/diffusion_pytorch_model.safetensors")), 0);
-    tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", path_in("wide"), "rgb", "w", "1", NULL));
+    ck_assert_int_eq(symlink(weights, tu_path("wide/diffusion_pytorch_model.safetensors")), 0);
+    tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", tu_path("wide"), "rgb", "w", "1", NULL));
     tu_assert_user_error(r, "down_blocks.1.");
     ck_assert_msg(strstr(r->err, "model expects [24"), "%s", tu_tail(r->err));
-    remove_dataset();
+    tu_rmtemp();
 }
 END_TEST
 
 /* Largest |a - b| over the largest |a|, per tensor, of two weight files. */
 static double worst_relative_difference(const char *a, const char *b, const char *skip) {
     dc_st_file fa, fb;
-    ck_assert_msg(dc_st_open(&fa, path_in(a)) == 0, "%s", dc_error());
-    ck_assert_msg(dc_st_open(&fb, path_in(b)) == 0, "%s", dc_error());
+    ck_assert_msg(dc_st_open(&fa, tu_path(a)) == 0, "%s", dc_error());
+    ck_assert_msg(dc_st_open(&fb, tu_path(b)) == 0, "%s", dc_error());
     double worst = 0;
     for (int i = 0; i < fa.n; i++) {
         const dc_st_tensor *ta = &fa.tensors[i], *tb = dc_st_find(&fb, ta->name);
@@ -418,7 +402,7 @@ START_TEST(test_accumulation_matches_a_big_batch) {
     /* Two half batches sum their gradients in another order than one batch:
      * AdamW turns that rounding into weight differences of up to ~2e-5. */
     ck_assert_msg(raw <= 1e-4 && ema <= 1e-4, "weights differ by %g (EMA %g) relative", raw, ema);
-    remove_dataset();
+    tu_rmtemp();
 }
 END_TEST
 
@@ -442,18 +426,18 @@ START_TEST(test_non_finite_steps_stop_the_run) {
     /* the step that stopped it wrote nothing; the newest checkpoint is complete and readable */
     char *latest = NULL;
     int64_t step = 0;
-    ck_assert_int_eq(dc_checkpoint_latest(path_in("nan"), &latest, &step), 1);
+    ck_assert_int_eq(dc_checkpoint_latest(tu_path("nan"), &latest, &step), 1);
     ck_assert_msg(step >= 2 && step < 20, "latest checkpoint %lld", (long long)step);
     char next[64];
     snprintf(next, sizeof next, "nan/checkpoint-%lld", (long long)step + 1);
-    ck_assert_int_ne(access(path_in(next), F_OK), 0);
+    ck_assert_int_ne(access(tu_path(next), F_OK), 0);
     char path[600];
     snprintf(path, sizeof path, "%s/unet/diffusion_pytorch_model.safetensors", latest);
     dc_st_file f;
     ck_assert_msg(dc_st_open(&f, path) == 0, "%s", dc_error());
     dc_st_close(&f);
     free(latest);
-    remove_dataset();
+    tu_rmtemp();
 }
 END_TEST
 

@@ -2,6 +2,7 @@
 #include "testutil.h"
 
 #include "autograd/error.h"
+#include "autograd/fileio.h"
 
 #include <libgen.h>
 #include <limits.h>
@@ -264,3 +265,22 @@ void tu_assert_user_error(const tu_run_result *r, const char *want) {
     ck_assert_msg(strchr(r->err, '\n') == r->err + r->n_err - 1, "not one line: %s", tu_tail(r->err));
     ck_assert_msg(strstr(r->err, want), "'%s' lacks '%s'", tu_tail(r->err), want);
 }
+
+/* ---- a temporary folder per test ---- */
+
+static char tempdir[64];
+
+void tu_mkdtemp(const char *prefix) {
+    snprintf(tempdir, sizeof tempdir, "/tmp/dc_%s_XXXXXX", prefix);
+    ck_assert_ptr_nonnull(mkdtemp(tempdir));
+}
+
+const char *tu_path(const char *name) {
+    static char buf[8][512];
+    static int next;
+    char *p = buf[next++ % 8];
+    snprintf(p, sizeof buf[0], "%s/%s", tempdir, name);
+    return p;
+}
+
+void tu_rmtemp(void) { ck_assert_msg(dc_remove_tree(tempdir) == 0, "%s", dc_error()); }

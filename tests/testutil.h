@@ -66,6 +66,12 @@ const char *tu_tail(const char *s);
 /* Exit 1 and stderr exactly one line "diffc: error: ...<want>...". */
 void tu_assert_user_error(const tu_run_result *r, const char *want);
 
+/* A fresh folder /tmp/dc_<prefix>_XXXXXX for the running test; tu_path(name)
+ * is a path inside it (valid until 8 more calls), tu_rmtemp removes it all. */
+void tu_mkdtemp(const char *prefix);
+const char *tu_path(const char *name);
+void tu_rmtemp(void);
+
 /* A test case added to s with a timeout in seconds. */
 TCase *tu_tcase(Suite *s, const char *name, double timeout);
 /* Run the suite; the process exit status (prints the seed when a test failed). */
