@@ -80,17 +80,9 @@ static uint8_t *read_bytes(const char *path, size_t *n) {
     return b;
 }
 
-static dc_image random_image(int w, int h, int c) {
-    dc_image img;
-    ck_assert_int_eq(dc_image_alloc(&img, w, h, c), 0);
-    for (size_t i = 0; i < (size_t)w * h * c; i++)
-        img.px[i] = (uint8_t)tu_next();
-    return img;
-}
-
 /* A random PNG at tmp_path(rel); returns its pixels. */
 static dc_image write_png(const char *rel, int w, int h, int c) {
-    dc_image img = random_image(w, h, c);
+    dc_image img = tu_random_image(w, h, c);
     make_parents(rel);
     ck_assert_msg(dc_image_save_png(&img, tmp_path(rel)) == 0, "%s", dc_error());
     return img;

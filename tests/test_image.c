@@ -44,14 +44,6 @@ static dc_image pattern(int w, int h, int c) {
     return img;
 }
 
-static dc_image random_image(int w, int h, int c) {
-    dc_image img;
-    ck_assert_int_eq(dc_image_alloc(&img, w, h, c), 0);
-    for (size_t i = 0; i < (size_t)w * h * c; i++)
-        img.px[i] = (uint8_t)tu_next();
-    return img;
-}
-
 /* The reference tensor `name` ([H, W, C] uint8) as an image (a copy). */
 static dc_image reference(const char *name) {
     dc_st_file f;
@@ -236,7 +228,7 @@ START_TEST(test_resize_properties) {
             ck_assert_msg(got.px[i] == v, "%dx%d -> %dx%d of flat %d gave %d", w, h, ow, oh, v, got.px[i]);
         dc_image_free(&got);
         dc_image_free(&flat);
-        dc_image src = random_image(w, h, c);
+        dc_image src = tu_random_image(w, h, c);
         ck_assert_int_eq(dc_image_resize(&got, &src, w, h), 0);
         assert_equal(&got, &src, "resize to the same size");
         dc_image_free(&got);
@@ -258,7 +250,7 @@ START_TEST(test_center_crop_is_resize_then_crop) {
         int shorter = w < h ? w : h, longer = w < h ? h : w;
         int new_long = (int)((double)size * longer / shorter);
         int rw = w <= h ? size : new_long, rh = w <= h ? new_long : size;
-        dc_image src = random_image(w, h, c), full, want, got;
+        dc_image src = tu_random_image(w, h, c), full, want, got;
         ck_assert_int_eq(dc_image_resize(&full, &src, rw, rh), 0);
         ck_assert_int_eq(dc_image_crop(&want, &full, (int)rint((rw - size) / 2.0), (int)rint((rh - size) / 2.0),
                                        size, size),
@@ -672,7 +664,7 @@ static dc_image upright(const dc_image *a, int o) {
 }
 
 START_TEST(test_exif_orientation) {
-    dc_image src = random_image(24, 16, 3), plain;
+    dc_image src = tu_random_image(24, 16, 3), plain;
     membuf base = write_jpeg(src.px, 24, 16, 3, NULL, 0, 0);
     ck_assert_int_eq(dc_image_decode(&plain, base.p, base.n, "plain.jpg"), 0);
     for (int big = 0; big < 2; big++)
@@ -697,7 +689,7 @@ END_TEST
 
 /* Damaged EXIF data is ignored (orientation 1), never read out of bounds. */
 START_TEST(test_exif_malformed) {
-    dc_image src = random_image(20, 12, 3), plain;
+    dc_image src = tu_random_image(20, 12, 3), plain;
     membuf base = write_jpeg(src.px, 20, 12, 3, NULL, 0, 0);
     ck_assert_int_eq(dc_image_decode(&plain, base.p, base.n, "plain.jpg"), 0);
     for (int big = 0; big < 2; big++) {
@@ -792,7 +784,7 @@ START_TEST(test_png_round_trip) {
     char path[64];
     snprintf(path, sizeof path, "/tmp/dc_img_%d.png", (int)getpid());
     for (int c = 1; c <= 3; c += 2) {
-        dc_image src = random_image(1 + (int)(tu_next() % 70), 1 + (int)(tu_next() % 50), c), got;
+        dc_image src = tu_random_image(1 + (int)(tu_next() % 70), 1 + (int)(tu_next() % 50), c), got;
         ck_assert_msg(dc_image_save_png(&src, path) == 0, "%s", dc_error());
         ck_assert_msg(dc_image_load(&got, path) == 0, "%s", dc_error());
         assert_equal(&got, &src, "PNG round trip");
@@ -1028,7 +1020,7 @@ START_TEST(test_load_errors) {
 END_TEST
 
 START_TEST(test_save_errors) {
-    dc_image img = random_image(5, 4, 3), empty = {0};
+    dc_image img = tu_random_image(5, 4, 3), empty = {0};
     ck_assert_int_eq(dc_image_save_png(&img, "/nonexistent/out.png"), -1);
     ck_assert_ptr_nonnull(strstr(dc_error(), "/nonexistent/out.png"));
     ck_assert_int_eq(dc_image_save_png(&empty, "/tmp/never.png"), -1);

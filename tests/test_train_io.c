@@ -1124,14 +1124,6 @@ static char *only_file(const char *dir) {
     return name;
 }
 
-static dc_image random_image(int w, int h, int c) {
-    dc_image img;
-    ck_assert_int_eq(dc_image_alloc(&img, w, h, c), 0);
-    for (size_t i = 0; i < (size_t)w * h * c; i++)
-        img.px[i] = (uint8_t)tu_next();
-    return img;
-}
-
 START_TEST(test_tensorboard_records) {
     make_tmpdir();
     double t0 = (double)time(NULL);
@@ -1147,8 +1139,8 @@ START_TEST(test_tensorboard_records) {
         snprintf(tags[i], sizeof tags[i], "%s/%d", i % 2 ? "loss" : "lr", i);
         ck_assert_msg(dc_tb_scalar(w, tags[i], steps[i], values[i]) == 0, "%s", dc_error());
     }
-    dc_image rgb = random_image(1 + (int)(tu_next() % 40), 1 + (int)(tu_next() % 30), 3);
-    dc_image gray = random_image(7, 5, 1);
+    dc_image rgb = tu_random_image(1 + (int)(tu_next() % 40), 1 + (int)(tu_next() % 30), 3);
+    dc_image gray = tu_random_image(7, 5, 1);
     ck_assert_int_eq(dc_tb_image(w, "samples", 700, &rgb), 0);
     ck_assert_int_eq(dc_tb_image(w, "samples/gray", 701, &gray), 0);
     char *path = strdup(dc_tb_path(w));

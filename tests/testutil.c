@@ -76,6 +76,14 @@ void tu_ctx_free(dc_ctx *ctx) {
     free(ctx);
 }
 
+dc_image tu_random_image(int w, int h, int c) {
+    dc_image img;
+    ck_assert_int_eq(dc_image_alloc(&img, w, h, c), 0);
+    for (size_t i = 0; i < (size_t)w * h * c; i++)
+        img.px[i] = (uint8_t)tu_next();
+    return img;
+}
+
 dc_tensor *tu_randn(dc_ctx *ctx, int ndim, const int64_t *shape) {
     dc_tensor *t = dc_new(ctx, DC_F32, ndim, shape);
     ck_assert_msg(t != NULL, "%s", dc_error());

@@ -7,6 +7,7 @@
 #define DC_TESTUTIL_H
 
 #include "autograd/ops.h"
+#include "data/image.h"
 
 #include <check.h>
 #include <stdbool.h>
@@ -19,6 +20,9 @@ uint64_t tu_seed(void);
 uint64_t tu_next(void);
 double tu_uniform(double lo, double hi);
 double tu_normal(void);
+
+/* A w x h x c image of random bytes (freed by the caller). */
+dc_image tu_random_image(int w, int h, int c);
 
 /* A fresh CPU context (1 GiB lazy activation arena) that poisons outputs. */
 dc_ctx *tu_ctx(void);
