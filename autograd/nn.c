@@ -423,6 +423,10 @@ dc_tensor *dc_nn_group_norm_forward(dc_ctx *ctx, const dc_nn_group_norm *l, dc_t
     return dc_group_norm(ctx, x, l->groups, l->weight, l->bias, l->eps);
 }
 
+dc_tensor *dc_nn_group_norm_silu_forward(dc_ctx *ctx, const dc_nn_group_norm *l, dc_tensor *x) {
+    return dc_group_norm_silu(ctx, x, l->groups, l->weight, l->bias, l->eps);
+}
+
 int dc_nn_layer_norm_init(dc_nn_layer_norm *l, dc_params *ps, const char *prefix, int64_t channels,
                           float eps) {
     norm_params(&l->weight, &l->bias, ps, prefix, channels);

@@ -136,6 +136,8 @@ typedef struct dc_nn_group_norm {
 int dc_nn_group_norm_init(dc_nn_group_norm *l, dc_params *ps, const char *prefix, int groups,
                           int64_t channels, float eps);
 dc_tensor *dc_nn_group_norm_forward(dc_ctx *ctx, const dc_nn_group_norm *l, dc_tensor *x);
+/* silu(the group norm of x), fused. */
+dc_tensor *dc_nn_group_norm_silu_forward(dc_ctx *ctx, const dc_nn_group_norm *l, dc_tensor *x);
 
 /* x [..., C] normalised over C; weight 1, bias 0. */
 typedef struct dc_nn_layer_norm {

@@ -36,6 +36,7 @@ typedef enum dc_op {
     DC_OP_CONV2D,
     DC_OP_GROUP_NORM,
     DC_OP_LAYER_NORM,
+    DC_OP_GROUP_NORM_SILU,
     DC_OP_SILU,
     DC_OP_GELU,
     DC_OP_SOFTMAX,
@@ -134,6 +135,10 @@ dc_tensor *dc_conv2d(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, int 
  * * w [C] + b [C] (either may be NULL). */
 dc_tensor *dc_group_norm(dc_ctx *ctx, dc_tensor *x, int groups, dc_tensor *w, dc_tensor *b,
                          float eps);
+/* silu(dc_group_norm(...)) in one op: one pass less, and one activation
+ * less kept for the backward pass. */
+dc_tensor *dc_group_norm_silu(dc_ctx *ctx, dc_tensor *x, int groups, dc_tensor *w, dc_tensor *b,
+                              float eps);
 /* x [..., C] normalised over the last dimension, then * w [C] + b [C] (NULL allowed). */
 dc_tensor *dc_layer_norm(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, float eps);
 dc_tensor *dc_silu(dc_ctx *ctx, dc_tensor *x);

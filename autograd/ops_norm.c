@@ -1,6 +1,7 @@
-/* Ops: group normalisation and layer normalisation, each with an optional
- * per-channel affine w [C], b [C]. Both run the group-norm kernels: a layer
- * norm treats every row of C channels as one sample with one group. The
+/* Ops: group normalisation (alone or followed by a SiLU) and layer
+ * normalisation, each with an optional per-channel affine w [C], b [C]. All
+ * run the group-norm kernels: a layer norm treats every row of C channels as
+ * one sample with one group. The
  * forward saves mean and rstd per (sample, group) in node->saved[0]: [N, G, 2]
  * for a group norm, x's shape with C replaced by 2 for a layer norm. */
 #include "cpu/norm.h"
@@ -21,13 +22,15 @@ static norm_dims dims_of(dc_op op, const dc_tensor *x, int64_t groups) {
 }
 
 static int norm_backward(dc_ctx *ctx, dc_node *n) {
-    dc_tensor *x = n->in[0], *w = n->in[1];
-    float *dx = grad_of(ctx, x), *dw = grad_of(ctx, w), *db = grad_of(ctx, n->in[2]);
+    dc_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
+    float *dx = grad_of(ctx, x), *dw = grad_of(ctx, w), *db = grad_of(ctx, b);
+    norm_dims d = dims_of(n->op, x, n->iarg[0]);
+    double *work = op_scratch(ctx, (size_t)(2 * d.N * d.C) * sizeof(double));
     if (ctx->failed)
         return -1;
-    norm_dims d = dims_of(n->op, x, n->iarg[0]);
-    cpu_group_norm_backward(F32C(n->out->grad), F32C(x), w ? F32C(w) : NULL, F32C(n->saved[0]),
-                            dx, dw, db, d.N, d.S, d.C, d.G);
+    cpu_group_norm_backward(F32C(n->out->grad), F32C(x), w ? F32C(w) : NULL, b ? F32C(b) : NULL,
+                            F32C(n->saved[0]), dx, dw, db, work, d.N, d.S, d.C, d.G,
+                            n->op == DC_OP_GROUP_NORM_SILU);
     return 0;
 }
 
@@ -69,7 +72,8 @@ static dc_tensor *normalise(dc_ctx *ctx, dc_op op, dc_tensor *x, dc_tensor *w, d
     if (!out || !stats)
         return NULL;
     cpu_group_norm_forward(F32(out), F32(stats), F32C(x), w ? F32C(w) : NULL,
-                           b ? F32C(b) : NULL, d.N, d.S, d.C, d.G, eps);
+                           b ? F32C(b) : NULL, d.N, d.S, d.C, d.G, eps,
+                           op == DC_OP_GROUP_NORM_SILU);
     dc_node *n = op_record(ctx, op, norm_backward, out, x, w, b);
     if (n) {
         n->saved[0] = stats;
@@ -78,9 +82,8 @@ static dc_tensor *normalise(dc_ctx *ctx, dc_op op, dc_tensor *x, dc_tensor *w, d
     return out;
 }
 
-dc_tensor *dc_group_norm(dc_ctx *ctx, dc_tensor *x, int groups, dc_tensor *w, dc_tensor *b,
-                         float eps) {
-    const dc_op op = DC_OP_GROUP_NORM;
+static dc_tensor *group_norm(dc_ctx *ctx, dc_op op, dc_tensor *x, int groups, dc_tensor *w,
+                             dc_tensor *b, float eps) {
     if (!args_ok(ctx, op, x, w, b))
         return NULL;
     if (x->ndim < 2) {
@@ -93,6 +96,16 @@ dc_tensor *dc_group_norm(dc_ctx *ctx, dc_tensor *x, int groups, dc_tensor *w, dc
         return op_fail(ctx, op, "%d groups do not divide %" PRId64 " channels", groups, C);
     norm_dims d = dims_of(op, x, groups);
     return normalise(ctx, op, x, w, b, eps, d, DC_SHAPE(d.N, d.G, 2));
+}
+
+dc_tensor *dc_group_norm(dc_ctx *ctx, dc_tensor *x, int groups, dc_tensor *w, dc_tensor *b,
+                         float eps) {
+    return group_norm(ctx, DC_OP_GROUP_NORM, x, groups, w, b, eps);
+}
+
+dc_tensor *dc_group_norm_silu(dc_ctx *ctx, dc_tensor *x, int groups, dc_tensor *w, dc_tensor *b,
+                              float eps) {
+    return group_norm(ctx, DC_OP_GROUP_NORM_SILU, x, groups, w, b, eps);
 }
 
 dc_tensor *dc_layer_norm(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, float eps) {

@@ -325,7 +325,7 @@ int dc_cache_writer_finish(dc_cache_writer *w, const dc_cache_meta *m) {
                          m->captions ? table_size(caption_at, m, (uint64_t)m->count) : 0,
                          table_size(skip_at, m, 2 * (uint64_t)m->n_skipped)};
     uint64_t hwc = (uint64_t)m->h * (uint64_t)m->w * (uint64_t)m->c;
-    layout l;
+    layout l = {0};
     uint32_t pixels_crc, tables_crc;
     uint8_t *header = malloc(DC_CACHE_HEADER);
     int rc = header ? 0 : dc_fail("%s: out of memory", w->tmp);
@@ -504,7 +504,7 @@ int dc_cache_parse(dc_dataset *ds, dc_cache_info *info, const void *buf, size_t 
     memset(ds, 0, sizeof *ds);
     memset(info, 0, sizeof *info);
     reader r = {what, buf, n};
-    layout l;
+    layout l = {0};
     if ((uintptr_t)buf % 8)
         return dc_fail("%s: internal error: cache image not 8-byte aligned", what);
     if (check_header(&r, info) || check_layout(&r, &l))

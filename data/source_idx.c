@@ -75,8 +75,8 @@ static int parse_header(dc_idx *idx, const uint8_t *p, size_t n, size_t *hdr, ui
 }
 
 static int parse_plain(dc_idx *idx, const uint8_t *p, size_t n, const char *what) {
-    size_t hdr;
-    uint64_t total;
+    size_t hdr = 0;
+    uint64_t total = 0;
     int rc = parse_header(idx, p, n, &hdr, &total, what);
     if (rc > 0)
         return dc_fail("%s: file is %zu bytes, too short for an IDX header", what, n);

@@ -603,7 +603,7 @@ static dc_tensor *time_embedding(dc_ctx *ctx, const dc_unet *m, dc_tensor *t, dc
 /* x [N, H, W, C], temb = silu(emb) [N or 1, T] -> [N, H, W, Cout]. */
 static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
                                  dc_tensor *temb) {
-    dc_tensor *h = dc_silu(ctx, dc_nn_group_norm_forward(ctx, &r->norm1, x));
+    dc_tensor *h = dc_nn_group_norm_silu_forward(ctx, &r->norm1, x);
     h = dc_nn_conv2d_forward(ctx, &r->conv1, h);
     dc_tensor *p = dc_nn_linear_forward(ctx, &r->time_emb_proj, temb);
     if (!h || !p)
@@ -614,12 +614,12 @@ static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor
         dc_tensor *shift = dc_slice(ctx, p, co, co);
         h = dc_nn_group_norm_forward(ctx, &r->norm2, h);
         h = dc_mul(ctx, h, dc_reshape(ctx, scale, DC_SHAPE(n, 1, 1, co)));
-        h = dc_add(ctx, h, dc_reshape(ctx, shift, DC_SHAPE(n, 1, 1, co)));
+        h = dc_silu(ctx, dc_add(ctx, h, dc_reshape(ctx, shift, DC_SHAPE(n, 1, 1, co))));
     } else {
         h = dc_add(ctx, h, dc_reshape(ctx, p, DC_SHAPE(n, 1, 1, co)));
-        h = dc_nn_group_norm_forward(ctx, &r->norm2, h);
+        h = dc_nn_group_norm_silu_forward(ctx, &r->norm2, h);
     }
-    h = dc_dropout(ctx, dc_silu(ctx, h), r->dropout);
+    h = dc_dropout(ctx, h, r->dropout);
     h = dc_nn_conv2d_forward(ctx, &r->conv2, h);
     dc_tensor *skip = r->conv_shortcut.weight ? dc_nn_conv2d_forward(ctx, &r->conv_shortcut, x) : x;
     h = dc_add(ctx, skip, h);
@@ -726,7 +726,7 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
         if (b->sampler.weight)
             h = resample(ctx, b, h, true);
     }
-    h = dc_silu(ctx, dc_nn_group_norm_forward(ctx, &m->conv_norm_out, h));
+    h = dc_nn_group_norm_silu_forward(ctx, &m->conv_norm_out, h);
     return dc_nn_conv2d_forward(ctx, &m->conv_out, h);
 }
 

@@ -1,4 +1,4 @@
-/* Group and layer normalisation: forward and saved statistics against a plain
+/* Group and layer normalisation, and the fused group norm + SiLU: forward and saved statistics against a plain
  * double-precision reference, gradients of x, w and b by finite differences,
  * and the argument errors. */
 #include "testutil.h"
@@ -24,8 +24,11 @@ static dc_tensor *run_norm(dc_ctx *ctx, dc_tensor **in, void *arg) {
     int k = 1;
     dc_tensor *w = a->has_w ? in[k++] : NULL;
     dc_tensor *b = a->has_b ? in[k++] : NULL;
-    return a->op == DC_OP_GROUP_NORM ? dc_group_norm(ctx, in[0], a->groups, w, b, EPS)
-                                     : dc_layer_norm(ctx, in[0], w, b, EPS);
+    switch (a->op) {
+    case DC_OP_GROUP_NORM: return dc_group_norm(ctx, in[0], a->groups, w, b, EPS);
+    case DC_OP_GROUP_NORM_SILU: return dc_group_norm_silu(ctx, in[0], a->groups, w, b, EPS);
+    default: return dc_layer_norm(ctx, in[0], w, b, EPS);
+    }
 }
 
 /* y and per-(n, g) mean and rstd of x [N, S, C] in G groups, in double. */
@@ -74,13 +77,16 @@ static void check_forward(dc_ctx *ctx, norm_arg a, dc_tensor **in, double atol) 
     dc_tensor *out = run_norm(ctx, in, &a);
     ck_assert_msg(out != NULL, "%s", dc_error());
     int64_t C = x->shape[x->ndim - 1];
-    bool group = a.op == DC_OP_GROUP_NORM;
+    bool group = a.op != DC_OP_LAYER_NORM;
     int64_t G = group ? a.groups : 1, N = group ? x->shape[0] : x->numel / C;
     int64_t S = x->numel / (N * C);
     double *want = malloc((size_t)x->numel * sizeof *want);
     double *mean = malloc((size_t)(N * G) * sizeof *mean);
     double *rstd = malloc((size_t)(N * G) * sizeof *rstd);
     ref_norm(x->data, w ? w->data : NULL, b ? b->data : NULL, N, S, C, G, want, mean, rstd);
+    if (a.op == DC_OP_GROUP_NORM_SILU)
+        for (int64_t i = 0; i < x->numel; i++)
+            want[i] /= 1 + exp(-want[i]);
     tu_assert_close(out->data, want, x->numel, atol, 1e-5, dc_op_name(a.op));
 
     ck_assert_ptr_nonnull(ctx->tape);
@@ -173,6 +179,20 @@ START_TEST(test_group_norm_grad_w_only) {
 }
 END_TEST
 
+START_TEST(test_group_norm_silu) {
+    norm_arg a = {DC_OP_GROUP_NORM_SILU, 3, true, true};
+    check_norm(a, DC_SHAPE(2, 5, 3, 6), 0);
+    check_norm(a, DC_SHAPE(3, 7, 6), 0);
+    a = (norm_arg){DC_OP_GROUP_NORM_SILU, 8, true, true};
+    check_norm(a, DC_SHAPE(2, 16, 16, 64), 24); /* multithreaded */
+    a = (norm_arg){DC_OP_GROUP_NORM_SILU, 2, false, true};
+    check_norm(a, DC_SHAPE(2, 3, 3, 4), 0);
+    a = (norm_arg){DC_OP_GROUP_NORM_SILU, 2, true, false};
+    check_norm(a, DC_SHAPE(2, 3, 3, 4), 0);
+    check_norm_scaled(a, DC_SHAPE(2, 5, 3, 6), 1, 1000, 5e-4);
+}
+END_TEST
+
 START_TEST(test_layer_norm) {
     norm_arg a = {DC_OP_LAYER_NORM, 0, true, true};
     check_norm(a, DC_SHAPE(3, 7), 0);
@@ -244,6 +264,7 @@ int main(void) {
     tcase_add_test(tc, test_group_norm_affine_optional);
     tcase_add_test(tc, test_group_norm_scales);
     tcase_add_test(tc, test_group_norm_grad_w_only);
+    tcase_add_test(tc, test_group_norm_silu);
     tcase_add_test(tc, test_layer_norm);
     tcase_add_test(tc, test_norm_errors);
     return tu_run(s);

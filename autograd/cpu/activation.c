@@ -2,7 +2,7 @@
 #include "activation.h"
 #include "parallel.h"
 
-#include <math.h>
+#include "vmath.h"
 
 /* For a very negative x, expf(-x) is inf and the sigmoid a clean 0. */
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -45,9 +45,11 @@ void cpu_softmax_forward(float *y, const float *x, int64_t rows, int64_t C) {
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * C;
         float *yr = y + r * C, max = xr[0];
+#pragma omp simd reduction(max : max)
         for (int64_t j = 1; j < C; j++)
-            max = fmaxf(max, xr[j]);
+            max = xr[j] > max ? xr[j] : max;
         double sum = 0;
+#pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < C; j++) {
             yr[j] = expf(xr[j] - max);
             sum += yr[j];

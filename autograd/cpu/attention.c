@@ -10,7 +10,7 @@
 #include "attention.h"
 
 #include <cblas.h>
-#include <math.h>
+#include "vmath.h"
 #include <omp.h>
 
 /* The work done for one pair bh = n * heads + h; slot is the pair's [Lq, Lk]
@@ -72,8 +72,10 @@ static void softmax_rows(float *p, const cpu_attention_dims *a, bool parallel) {
         float *row = p + (int64_t)i * a->lk;
         int keep = a->causal ? i + 1 : a->lk;
         float max = row[0], sum = 0.0f;
+#pragma omp simd reduction(max : max)
         for (int j = 1; j < keep; j++)
-            max = fmaxf(max, row[j]);
+            max = row[j] > max ? row[j] : max;
+#pragma omp simd reduction(+ : sum)
         for (int j = 0; j < keep; j++) {
             row[j] = expf(row[j] - max);
             sum += row[j];
@@ -94,8 +96,10 @@ static void softmax_backward_rows(float *dp, const float *p, const cpu_attention
         float *g = dp + (int64_t)i * a->lk;
         const float *pr = p + (int64_t)i * a->lk;
         float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
         for (int j = 0; j < a->lk; j++)
             dot += g[j] * pr[j];
+#pragma omp simd
         for (int j = 0; j < a->lk; j++)
             g[j] = pr[j] * (g[j] - dot);
     }

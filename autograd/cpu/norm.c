@@ -1,122 +1,214 @@
-/* CPU kernels for group (and layer) normalisation: OpenMP over (sample, group)
- * for the statistics and dx, over strips of channels for dw and db. */
+/* CPU kernels for group (and layer) normalisation, optionally followed by a
+ * SiLU, OpenMP over samples.
+ *
+ * In NHWC the channels of one position are contiguous, and a group's
+ * channels are a short run of them (often 2 to 16), too short to vectorise.
+ * So every pass walks whole rows of C channels, which vectorise, and keeps
+ * per-channel sums; the groups are formed from those sums afterwards, and
+ * the normalisation folds into one multiply-add per element with a scale and
+ * a shift per channel. */
 #include "norm.h"
 #include "parallel.h"
+#include "vmath.h"
 
-#include <math.h>
 #include <stddef.h>
 
-/* Channels per dw/db task: one cache line of floats. */
-#define STRIP 16
+static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* Mean and 1/sqrt(var + eps) of one group: x points at its first channel of
- * position 0; elements x[s * C + j], s < S, j < Cg. Two passes in double, so
- * a mean far larger than the spread costs no precision. */
-static void group_stats(const float *x, int64_t S, int64_t C, int64_t Cg, float eps,
-                        float *mean, float *rstd) {
-    double sum = 0, sq = 0, m = (double)(S * Cg);
-    for (int64_t s = 0; s < S; s++)
-        for (int64_t j = 0; j < Cg; j++)
-            sum += x[s * C + j];
-    double mu = sum / m;
-    for (int64_t s = 0; s < S; s++)
-        for (int64_t j = 0; j < Cg; j++) {
-            double d = x[s * C + j] - mu;
-            sq += d * d;
+/* sum[c] += the channel-c elements of S rows of C, in double. */
+static void channel_sums(const float *x, int64_t S, int64_t C, double *sum) {
+    for (int64_t c = 0; c < C; c++)
+        sum[c] = 0;
+    for (int64_t s = 0; s < S; s++) {
+        const float *xs = x + s * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++)
+            sum[c] += xs[c];
+    }
+}
+
+/* sq[c] = sum over rows of (x - mu[c])^2, in double. */
+static void channel_squares(const float *x, const double *mu, int64_t S, int64_t C, double *sq) {
+    for (int64_t c = 0; c < C; c++)
+        sq[c] = 0;
+    for (int64_t s = 0; s < S; s++) {
+        const float *xs = x + s * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+            double d = xs[c] - mu[c];
+            sq[c] += d * d;
         }
-    *mean = (float)mu;
-    *rstd = (float)(1.0 / sqrt(sq / m + eps)); /* biased variance, as PyTorch */
+    }
+}
+
+/* Adds up the per-channel values v[C] of each group into out[G]. */
+static void group_totals(const double *v, int64_t C, int64_t G, double *out) {
+    int64_t Cg = C / G;
+    for (int64_t g = 0; g < G; g++) {
+        double t = 0;
+        for (int64_t j = 0; j < Cg; j++)
+            t += v[g * Cg + j];
+        out[g] = t;
+    }
+}
+
+/* Mean and 1/sqrt(var + eps) of each group of one sample, written to stats
+ * [G, 2]; mu[C] gets each channel's group mean. Two passes, the second
+ * centred, so a mean far larger than the spread costs no precision. */
+static void sample_stats(const float *x, int64_t S, int64_t C, int64_t G, float eps,
+                         float *stats, double *mu, double *acc, double *tot) {
+    int64_t Cg = C / G;
+    double m = (double)(S * Cg);
+    channel_sums(x, S, C, acc);
+    group_totals(acc, C, G, tot);
+    for (int64_t c = 0; c < C; c++)
+        mu[c] = tot[c / Cg] / m;
+    channel_squares(x, mu, S, C, acc);
+    group_totals(acc, C, G, tot);
+    for (int64_t g = 0; g < G; g++) {
+        stats[2 * g] = (float)mu[g * Cg];
+        stats[2 * g + 1] = (float)(1.0 / sqrt(tot[g] / m + eps)); /* biased variance, as PyTorch */
+    }
+}
+
+/* The affine map of one sample's normalisation, channel by channel:
+ * w * (x - mean) * rstd + b = (x - mu[c]) * scale[c] + shift[c]. Centring
+ * first keeps the precision when the mean is far larger than the spread. */
+typedef struct {
+    float *mu, *scale, *shift; /* [C] each */
+} channel_affine;
+
+static void sample_affine(const float *stats, const float *w, const float *b, int64_t C,
+                          int64_t G, channel_affine f) {
+    int64_t Cg = C / G;
+    for (int64_t c = 0; c < C; c++) {
+        f.mu[c] = stats[2 * (c / Cg)];
+        f.scale[c] = stats[2 * (c / Cg) + 1] * (w ? w[c] : 1.0f);
+        f.shift[c] = b ? b[c] : 0.0f;
+    }
 }
 
 void cpu_group_norm_forward(float *y, float *stats, const float *x, const float *w,
-                            const float *b, int64_t N, int64_t S, int64_t C, int64_t G, float eps) {
-    int64_t Cg = C / G;
+                            const float *b, int64_t N, int64_t S, int64_t C, int64_t G, float eps,
+                            bool silu) {
 #pragma omp parallel for schedule(static) if (N * S * C >= CPU_PAR_MIN)
-    for (int64_t ng = 0; ng < N * G; ng++) {
-        int64_t c0 = ng % G * Cg, base = ng / G * S * C + c0;
-        float mean, rstd;
-        group_stats(x + base, S, C, Cg, eps, &mean, &rstd);
-        stats[2 * ng] = mean;
-        stats[2 * ng + 1] = rstd;
+    for (int64_t n = 0; n < N; n++) {
+        double mu[C], acc[C], tot[G];
+        float fm[C], fs[C], fb[C];
+        channel_affine f = {fm, fs, fb};
+        const float *xn = x + n * S * C;
+        float *yn = y + n * S * C;
+        sample_stats(xn, S, C, G, eps, stats + 2 * n * G, mu, acc, tot);
+        sample_affine(stats + 2 * n * G, w, b, C, G, f);
         for (int64_t s = 0; s < S; s++) {
-            const float *xs = x + base + s * C;
-            float *ys = y + base + s * C;
-            for (int64_t j = 0; j < Cg; j++) {
-                float v = (xs[j] - mean) * rstd;
-                ys[j] = v * (w ? w[c0 + j] : 1.0f) + (b ? b[c0 + j] : 0.0f);
-            }
-        }
-    }
-}
-
-/* dx of one group (pointers at its first channel of position 0; w at its
- * first channel or NULL). With g = dy * w and M elements in the group:
- * dx = rstd * (g - mean(g) - xhat * mean(g * xhat)). */
-static void group_dx(const float *dy, const float *x, const float *w, float mean, float rstd,
-                     float *dx, int64_t S, int64_t C, int64_t Cg) {
-    double sg = 0, sgx = 0;
-    for (int64_t s = 0; s < S; s++)
-        for (int64_t j = 0; j < Cg; j++) {
-            double g = (double)dy[s * C + j] * (w ? w[j] : 1.0f);
-            sg += g;
-            sgx += g * ((x[s * C + j] - mean) * rstd);
-        }
-    double m = (double)(S * Cg);
-    float mg = (float)(sg / m), mgx = (float)(sgx / m);
-    for (int64_t s = 0; s < S; s++)
-        for (int64_t j = 0; j < Cg; j++) {
-            int64_t i = s * C + j;
-            float g = dy[i] * (w ? w[j] : 1.0f), xhat = (x[i] - mean) * rstd;
-            dx[i] += rstd * (g - mg - xhat * mgx);
-        }
-}
-
-/* dw += sum of dy * xhat, db += sum of dy over samples and positions. Each
- * task owns a strip of channels, so the sums need no atomics and come out the
- * same for any thread count. */
-static void affine_grads(const float *dy, const float *x, const float *stats, float *dw,
-                         float *db, int64_t N, int64_t S, int64_t C, int64_t G) {
-    int64_t Cg = C / G, strips = (C + STRIP - 1) / STRIP;
-#pragma omp parallel for schedule(static) if (N * S * C >= CPU_PAR_MIN)
-    for (int64_t t = 0; t < strips; t++) {
-        int64_t c0 = t * STRIP, nc = C - c0 < STRIP ? C - c0 : STRIP;
-        double aw[STRIP] = {0}, ab[STRIP] = {0};
-        for (int64_t n = 0; n < N; n++) {
-            float mean[STRIP], rstd[STRIP]; /* of each strip channel's group in sample n */
-            for (int64_t j = 0; j < nc; j++) {
-                const float *st = stats + 2 * (n * G + (c0 + j) / Cg);
-                mean[j] = st[0];
-                rstd[j] = st[1];
-            }
-            for (int64_t s = 0; s < S; s++) {
-                const float *dys = dy + (n * S + s) * C + c0, *xs = x + (n * S + s) * C + c0;
-                for (int64_t j = 0; j < nc; j++) {
-                    ab[j] += dys[j];
-                    aw[j] += dys[j] * ((xs[j] - mean[j]) * rstd[j]);
+            const float *xs = xn + s * C;
+            float *ys = yn + s * C;
+            if (silu) {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    float h = (xs[c] - fm[c]) * fs[c] + fb[c];
+                    ys[c] = h * sigmoid(h);
                 }
+            } else {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++)
+                    ys[c] = (xs[c] - fm[c]) * fs[c] + fb[c];
             }
-        }
-        for (int64_t j = 0; j < nc; j++) {
-            if (dw)
-                dw[c0 + j] += (float)aw[j];
-            if (db)
-                db[c0 + j] += (float)ab[j];
         }
     }
 }
 
-void cpu_group_norm_backward(const float *dy, const float *x, const float *w, const float *stats,
-                             float *dx, float *dw, float *db, int64_t N, int64_t S, int64_t C,
-                             int64_t G) {
+/* The gradient reaching the normalised value h of row s: dy itself, or
+ * through the SiLU, dy * silu'(h), recomputing h. */
+static void row_grad(const float *dys, const float *xs, channel_affine f, int64_t C, bool silu,
+                     float *g) {
+    if (!silu) {
+        for (int64_t c = 0; c < C; c++)
+            g[c] = dys[c];
+        return;
+    }
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) {
+        float h = (xs[c] - f.mu[c]) * f.scale[c] + f.shift[c], sg = sigmoid(h);
+        g[c] = dys[c] * sg * (1.0f + h * (1.0f - sg));
+    }
+}
+
+/* One sample's backward. With g the gradient at h, per channel
+ * sg[c] = sum g and sgx[c] = sum g * (x - mean) over positions. Then per
+ * group, with M elements and gw = g * w: mean(gw) and mean(gw * xhat) give
+ * dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), an affine map of
+ * (g, x - mean) per channel; and dw[c] = rstd * sgx, db[c] = sg, kept in
+ * sums [2, C] for the caller to add up over samples. */
+static void sample_backward(const float *dy, const float *x, const float *w, const float *stats,
+                            channel_affine f, float *dx, double *sums, int64_t S, int64_t C,
+                            int64_t G, bool silu) {
     int64_t Cg = C / G;
-    if (dx) {
-#pragma omp parallel for schedule(static) if (N * S * C >= CPU_PAR_MIN)
-        for (int64_t ng = 0; ng < N * G; ng++) {
-            int64_t c0 = ng % G * Cg, base = ng / G * S * C + c0;
-            group_dx(dy + base, x + base, w ? w + c0 : NULL, stats[2 * ng], stats[2 * ng + 1],
-                     dx + base, S, C, Cg);
+    double *sg = sums, *sgx = sums + C, t1[G], t2[G], m = (double)(S * Cg);
+    float g[C];
+    for (int64_t c = 0; c < C; c++)
+        sg[c] = sgx[c] = 0;
+    for (int64_t s = 0; s < S; s++) {
+        const float *xs = x + s * C;
+        row_grad(dy + s * C, xs, f, C, silu, g);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+            sg[c] += g[c];
+            sgx[c] += (double)g[c] * (xs[c] - f.mu[c]);
         }
     }
-    if (dw || db)
-        affine_grads(dy, x, stats, dw, db, N, S, C, G);
+    double gw[C], gwx[C];
+    for (int64_t c = 0; c < C; c++) { /* sums of gw and gw * xhat, per channel */
+        double rstd = stats[2 * (c / Cg) + 1], wc = w ? w[c] : 1.0;
+        gw[c] = wc * sg[c];
+        gwx[c] = wc * rstd * sgx[c];
+    }
+    group_totals(gw, C, G, t1);
+    group_totals(gwx, C, G, t2);
+    if (!dx)
+        return;
+    float ga[C], xa[C], k[C]; /* dx = ga * g + xa * (x - mean) + k */
+    for (int64_t c = 0; c < C; c++) {
+        double rstd = stats[2 * (c / Cg) + 1], wc = w ? w[c] : 1.0;
+        ga[c] = (float)(rstd * wc);
+        xa[c] = (float)(-rstd * rstd * t2[c / Cg] / m);
+        k[c] = (float)(-rstd * t1[c / Cg] / m);
+    }
+    for (int64_t s = 0; s < S; s++) {
+        const float *xs = x + s * C;
+        float *dxs = dx + s * C;
+        row_grad(dy + s * C, xs, f, C, silu, g);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++)
+            dxs[c] += ga[c] * g[c] + xa[c] * (xs[c] - f.mu[c]) + k[c];
+    }
+}
+
+void cpu_group_norm_backward(const float *dy, const float *x, const float *w, const float *b,
+                             const float *stats, float *dx, float *dw, float *db, double *work,
+                             int64_t N, int64_t S, int64_t C, int64_t G, bool silu) {
+    int64_t Cg = C / G;
+#pragma omp parallel for schedule(static) if (N * S * C >= CPU_PAR_MIN)
+    for (int64_t n = 0; n < N; n++) {
+        float fm[C], fs[C], fb[C];
+        channel_affine f = {fm, fs, fb};
+        const float *st = stats + 2 * n * G;
+        sample_affine(st, w, b, C, G, f);
+        sample_backward(dy + n * S * C, x + n * S * C, w, st, f, dx ? dx + n * S * C : NULL,
+                        work + 2 * n * C, S, C, G, silu);
+    }
+    /* dw and db summed over samples in order: the same for any thread count. */
+    for (int64_t c = 0; c < C; c++) {
+        double aw = 0, ab = 0;
+        for (int64_t n = 0; n < N; n++) {
+            const double *sums = work + 2 * n * C;
+            const float *st = stats + 2 * (n * G + c / Cg);
+            aw += st[1] * sums[C + c];
+            ab += sums[c];
+        }
+        if (dw)
+            dw[c] += (float)aw;
+        if (db)
+            db[c] += (float)ab;
+    }
 }
