@@ -25,6 +25,12 @@ dc_tensor *op_out_like(dc_ctx *ctx, const dc_tensor *x);
 
 /* Scratch memory from the activation arena (freed with the step). */
 void *op_scratch(dc_ctx *ctx, size_t bytes);
+/* Scratch for one kernel call only: `mark` is the arena position before it,
+ * restored by op_scratch_release after the call, so the next op reuses the
+ * memory instead of every op of a step keeping its own. Nothing else may be
+ * allocated in between. */
+void *op_scratch_take(dc_ctx *ctx, size_t bytes, size_t *mark);
+void op_scratch_release(dc_ctx *ctx, size_t mark);
 
 /* Append a node for `out` when recording and any input requires grad; marks
  * out->requires_grad. Returns the node (fill iarg/farg/saved) or NULL when

@@ -125,6 +125,13 @@ void *op_scratch(dc_ctx *ctx, size_t bytes) {
     return p;
 }
 
+void *op_scratch_take(dc_ctx *ctx, size_t bytes, size_t *mark) {
+    *mark = ctx->act.used;
+    return op_scratch(ctx, bytes);
+}
+
+void op_scratch_release(dc_ctx *ctx, size_t mark) { ctx->act.used = mark; }
+
 dc_tensor *dc_new(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape) {
     return ctx->failed ? NULL : op_out(ctx, dtype, ndim, shape);
 }

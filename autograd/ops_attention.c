@@ -53,12 +53,14 @@ static int attention_backward(dc_ctx *ctx, dc_node *n) {
      * kernel adds all three gradients into it. */
     float *dq = grad_of(ctx, q), *dk = grad_of(ctx, k), *dv = grad_of(ctx, v);
     float *work = NULL;
+    size_t mark = ctx->act.used;
     if (dq || dk)
-        work = op_scratch(ctx, (size_t)cpu_attention_scratch(&a) * sizeof(float));
+        work = op_scratch_take(ctx, (size_t)cpu_attention_scratch(&a) * sizeof(float), &mark);
     if (ctx->failed)
         return -1;
     cpu_attention_backward(&a, F32C(n->out->grad), F32C(n->saved[0]), F32C(q), F32C(k), F32C(v),
                            dq, dk, dv, work);
+    op_scratch_release(ctx, mark);
     return 0;
 }
 

@@ -15,17 +15,6 @@ static cpu_conv_geom conv_geom(const dc_tensor *x, const dc_tensor *w, int64_t s
     return g;
 }
 
-/* The scratch (repacked weights, column buffers) lives only during one
- * kernel call: `mark` is the arena position before it, restored afterwards
- * so the next op reuses the memory instead of every convolution of a step
- * keeping its own. */
-static float *scratch_take(dc_ctx *ctx, int64_t floats, size_t *mark) {
-    *mark = ctx->act.used;
-    return op_scratch(ctx, (size_t)floats * sizeof(float));
-}
-
-static void scratch_release(dc_ctx *ctx, size_t mark) { ctx->act.used = mark; }
-
 /* in: x, w, b (or NULL); iarg: stride, pad. */
 static int conv2d_backward(dc_ctx *ctx, dc_node *n) {
     dc_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
@@ -35,11 +24,11 @@ static int conv2d_backward(dc_ctx *ctx, dc_node *n) {
     cpu_conv_geom g = conv_geom(x, w, n->iarg[0], n->iarg[1]);
     int64_t floats = cpu_conv2d_scratch_floats(&g, CPU_CONV_SCRATCH_BYTES);
     size_t mark;
-    float *scratch = scratch_take(ctx, floats, &mark);
+    float *scratch = op_scratch_take(ctx, (size_t)floats * sizeof(float), &mark);
     if (!scratch)
         return -1;
     cpu_conv2d_backward(&g, F32C(n->out->grad), F32C(x), F32C(w), dx, dw, db, scratch, floats);
-    scratch_release(ctx, mark);
+    op_scratch_release(ctx, mark);
     return 0;
 }
 
@@ -85,11 +74,11 @@ dc_tensor *dc_conv2d(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, int 
         return NULL;
     int64_t floats = cpu_conv2d_scratch_floats(&g, CPU_CONV_SCRATCH_BYTES);
     size_t mark;
-    float *scratch = scratch_take(ctx, floats, &mark);
+    float *scratch = op_scratch_take(ctx, (size_t)floats * sizeof(float), &mark);
     if (!scratch)
         return NULL;
     cpu_conv2d_forward(&g, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, scratch, floats);
-    scratch_release(ctx, mark);
+    op_scratch_release(ctx, mark);
     dc_node *n = op_record(ctx, DC_OP_CONV2D, conv2d_backward, out, x, w, b);
     if (n) {
         n->iarg[0] = stride;

@@ -25,12 +25,14 @@ static int norm_backward(dc_ctx *ctx, dc_node *n) {
     dc_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
     float *dx = grad_of(ctx, x), *dw = grad_of(ctx, w), *db = grad_of(ctx, b);
     norm_dims d = dims_of(n->op, x, n->iarg[0]);
-    double *work = op_scratch(ctx, (size_t)(2 * d.N * d.C) * sizeof(double));
+    bool silu = n->op == DC_OP_GROUP_NORM_SILU;
+    size_t mark;
+    void *work = op_scratch_take(ctx, cpu_group_norm_work_bytes(d.N, d.S, d.C, silu), &mark);
     if (ctx->failed)
         return -1;
     cpu_group_norm_backward(F32C(n->out->grad), F32C(x), w ? F32C(w) : NULL, b ? F32C(b) : NULL,
-                            F32C(n->saved[0]), dx, dw, db, work, d.N, d.S, d.C, d.G,
-                            n->op == DC_OP_GROUP_NORM_SILU);
+                            F32C(n->saved[0]), dx, dw, db, work, d.N, d.S, d.C, d.G, silu);
+    op_scratch_release(ctx, mark);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include "parallel.h"
 #include "vmath.h"
 
+#include <omp.h>
 #include <stddef.h>
 
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -118,43 +119,43 @@ void cpu_group_norm_forward(float *y, float *stats, const float *x, const float 
     }
 }
 
-/* The gradient reaching the normalised value h of row s: dy itself, or
- * through the SiLU, dy * silu'(h), recomputing h. */
-static void row_grad(const float *dys, const float *xs, channel_affine f, int64_t C, bool silu,
-                     float *g) {
-    if (!silu) {
-        for (int64_t c = 0; c < C; c++)
-            g[c] = dys[c];
-        return;
-    }
+/* The gradient reaching the normalised values h of one sample: dy itself,
+ * or through the SiLU, dy * silu'(h), recomputing h into g [S, C]. */
+static const float *sample_grad(const float *dy, const float *x, channel_affine f, int64_t S,
+                                int64_t C, bool silu, float *g) {
+    if (!silu)
+        return dy;
+    for (int64_t s = 0; s < S; s++) {
+        const float *xs = x + s * C, *dys = dy + s * C;
+        float *gs = g + s * C;
 #pragma omp simd
-    for (int64_t c = 0; c < C; c++) {
-        float h = (xs[c] - f.mu[c]) * f.scale[c] + f.shift[c], sg = sigmoid(h);
-        g[c] = dys[c] * sg * (1.0f + h * (1.0f - sg));
+        for (int64_t c = 0; c < C; c++) {
+            float h = (xs[c] - f.mu[c]) * f.scale[c] + f.shift[c], sg = sigmoid(h);
+            gs[c] = dys[c] * sg * (1.0f + h * (1.0f - sg));
+        }
     }
+    return g;
 }
 
-/* One sample's backward. With g the gradient at h, per channel
+/* One sample's backward from g, the gradient at h. Per channel
  * sg[c] = sum g and sgx[c] = sum g * (x - mean) over positions. Then per
  * group, with M elements and gw = g * w: mean(gw) and mean(gw * xhat) give
  * dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), an affine map of
  * (g, x - mean) per channel; and dw[c] = rstd * sgx, db[c] = sg, kept in
  * sums [2, C] for the caller to add up over samples. */
-static void sample_backward(const float *dy, const float *x, const float *w, const float *stats,
+static void sample_backward(const float *g, const float *x, const float *w, const float *stats,
                             channel_affine f, float *dx, double *sums, int64_t S, int64_t C,
-                            int64_t G, bool silu) {
+                            int64_t G) {
     int64_t Cg = C / G;
     double *sg = sums, *sgx = sums + C, t1[G], t2[G], m = (double)(S * Cg);
-    float g[C];
     for (int64_t c = 0; c < C; c++)
         sg[c] = sgx[c] = 0;
     for (int64_t s = 0; s < S; s++) {
-        const float *xs = x + s * C;
-        row_grad(dy + s * C, xs, f, C, silu, g);
+        const float *xs = x + s * C, *gs = g + s * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; c++) {
-            sg[c] += g[c];
-            sgx[c] += (double)g[c] * (xs[c] - f.mu[c]);
+            sg[c] += gs[c];
+            sgx[c] += (double)gs[c] * (xs[c] - f.mu[c]);
         }
     }
     double gw[C], gwx[C];
@@ -175,36 +176,42 @@ static void sample_backward(const float *dy, const float *x, const float *w, con
         k[c] = (float)(-rstd * t1[c / Cg] / m);
     }
     for (int64_t s = 0; s < S; s++) {
-        const float *xs = x + s * C;
+        const float *xs = x + s * C, *gs = g + s * C;
         float *dxs = dx + s * C;
-        row_grad(dy + s * C, xs, f, C, silu, g);
 #pragma omp simd
         for (int64_t c = 0; c < C; c++)
-            dxs[c] += ga[c] * g[c] + xa[c] * (xs[c] - f.mu[c]) + k[c];
+            dxs[c] += ga[c] * gs[c] + xa[c] * (xs[c] - f.mu[c]) + k[c];
     }
 }
 
+size_t cpu_group_norm_work_bytes(int64_t N, int64_t S, int64_t C, bool silu) {
+    size_t sums = (size_t)(2 * N * C) * sizeof(double);
+    return sums + (silu ? (size_t)omp_get_max_threads() * (size_t)(S * C) * sizeof(float) : 0);
+}
+
 void cpu_group_norm_backward(const float *dy, const float *x, const float *w, const float *b,
-                             const float *stats, float *dx, float *dw, float *db, double *work,
+                             const float *stats, float *dx, float *dw, float *db, void *work,
                              int64_t N, int64_t S, int64_t C, int64_t G, bool silu) {
     int64_t Cg = C / G;
+    double *sums = work;              /* [N, 2, C] */
+    float *gbuf = (float *)(sums + 2 * N * C); /* [threads, S, C] with silu */
 #pragma omp parallel for schedule(static) if (N * S * C >= CPU_PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         float fm[C], fs[C], fb[C];
         channel_affine f = {fm, fs, fb};
-        const float *st = stats + 2 * n * G;
+        const float *st = stats + 2 * n * G, *xn = x + n * S * C;
         sample_affine(st, w, b, C, G, f);
-        sample_backward(dy + n * S * C, x + n * S * C, w, st, f, dx ? dx + n * S * C : NULL,
-                        work + 2 * n * C, S, C, G, silu);
+        const float *g = sample_grad(dy + n * S * C, xn, f, S, C, silu,
+                                     gbuf + (int64_t)omp_get_thread_num() * S * C);
+        sample_backward(g, xn, w, st, f, dx ? dx + n * S * C : NULL, sums + 2 * n * C, S, C, G);
     }
     /* dw and db summed over samples in order: the same for any thread count. */
     for (int64_t c = 0; c < C; c++) {
         double aw = 0, ab = 0;
         for (int64_t n = 0; n < N; n++) {
-            const double *sums = work + 2 * n * C;
-            const float *st = stats + 2 * (n * G + c / Cg);
-            aw += st[1] * sums[C + c];
-            ab += sums[c];
+            const double *sn = sums + 2 * n * C;
+            aw += stats[2 * (n * G + c / Cg) + 1] * sn[C + c];
+            ab += sn[c];
         }
         if (dw)
             dw[c] += (float)aw;

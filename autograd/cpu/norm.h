@@ -7,6 +7,7 @@
 #define DC_CPU_NORM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* x, y [N, S, C]: N samples, S spatial positions, C channels in G groups of
@@ -17,9 +18,10 @@ void cpu_group_norm_forward(float *y, float *stats, const float *x, const float 
                             bool silu);
 /* dy, x [N, S, C]; w, b [C] or NULL; stats as written by the forward.
  * dx [N, S, C], dw [C], db [C]: each NULL when not needed. work: scratch of
- * 2 * N * C doubles. */
+ * cpu_group_norm_work_bytes(), 8-byte aligned. */
 void cpu_group_norm_backward(const float *dy, const float *x, const float *w, const float *b,
-                             const float *stats, float *dx, float *dw, float *db, double *work,
+                             const float *stats, float *dx, float *dw, float *db, void *work,
                              int64_t N, int64_t S, int64_t C, int64_t G, bool silu);
+size_t cpu_group_norm_work_bytes(int64_t N, int64_t S, int64_t C, bool silu);
 
 #endif
