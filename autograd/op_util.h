@@ -42,6 +42,13 @@ dc_node *op_record(dc_ctx *ctx, dc_op op, dc_backward_fn backward, dc_tensor *ou
  * NULL otherwise or on failure (check ctx->failed). Backward kernels add into it. */
 float *grad_of(dc_ctx *ctx, dc_tensor *t);
 
+/* When t requires grad and has no gradient yet, t takes `out`'s gradient
+ * buffer as its own (a view in t's shape) and this returns true: the
+ * backward of an op whose gradient for t is exactly out's (add, sub's first
+ * argument, reshape) then needs no zeroing and no copy. Safe because the tape
+ * runs newest first: once out's node is done, nothing reads out->grad again. */
+bool grad_adopt(dc_ctx *ctx, dc_tensor *t, const dc_tensor *out);
+
 #define F32(t) ((float *)(t)->data)
 #define F32C(t) ((const float *)(t)->data)
 

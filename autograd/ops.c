@@ -179,3 +179,18 @@ float *grad_of(dc_ctx *ctx, dc_tensor *t) {
     }
     return F32(t->grad);
 }
+
+bool grad_adopt(dc_ctx *ctx, dc_tensor *t, const dc_tensor *out) {
+    if (!t || !t->requires_grad || t->grad || t->numel != out->numel)
+        return false;
+    dc_tensor *g = dc_arena_alloc(&ctx->meta, sizeof *g);
+    if (!g) {
+        ctx->failed = true;
+        return false;
+    }
+    *g = *out->grad;
+    g->ndim = t->ndim;
+    memcpy(g->shape, t->shape, sizeof g->shape);
+    t->grad = g;
+    return true;
+}

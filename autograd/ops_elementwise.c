@@ -7,6 +7,8 @@
 /* ---- reshape ---- */
 
 static int reshape_backward(dc_ctx *ctx, dc_node *n) {
+    if (grad_adopt(ctx, n->in[0], n->out))
+        return 0;
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
         cpu_affine_backward(F32C(n->out->grad), dx, n->out->numel, 1.0f);
@@ -57,7 +59,10 @@ static cpu_binary_kind binary_kind(dc_op op) {
 static int binary_backward(dc_ctx *ctx, dc_node *n) {
     int64_t as[4], bs[4];
     broadcast_shapes(n->in[0], n->in[1], as, bs);
-    float *da = grad_of(ctx, n->in[0]), *db = grad_of(ctx, n->in[1]);
+    /* a has out's shape: for add and sub its gradient is out's own. When b
+     * is a too, db then adds into that same buffer, element by element. */
+    bool adopted = n->op != DC_OP_MUL && grad_adopt(ctx, n->in[0], n->out);
+    float *da = adopted ? NULL : grad_of(ctx, n->in[0]), *db = grad_of(ctx, n->in[1]);
     if (ctx->failed)
         return -1;
     cpu_binary_backward(binary_kind(n->op), F32C(n->out->grad), F32C(n->in[0]), F32C(n->in[1]),

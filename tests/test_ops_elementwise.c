@@ -141,6 +141,26 @@ START_TEST(test_sum_mean) {
 }
 END_TEST
 
+/* Graphs where add, sub and reshape hand their output's gradient buffer to
+ * an input (grad_adopt) that is used again: x + x, (x + w) - x, a reshape of
+ * x next to x itself, and x * w after all of them. */
+static dc_tensor *run_handoff(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    dc_tensor *x = in[0], *w = in[1];
+    dc_tensor *twice = dc_add(ctx, x, x);
+    dc_tensor *back = dc_sub(ctx, dc_add(ctx, x, w), x);
+    dc_tensor *flat = dc_reshape(ctx, dc_add(ctx, twice, back), DC_SHAPE(12));
+    dc_tensor *y = dc_add(ctx, flat, dc_reshape(ctx, x, DC_SHAPE(12)));
+    return dc_mul(ctx, dc_reshape(ctx, y, DC_SHAPE(3, 4)), dc_mul(ctx, x, w));
+}
+
+START_TEST(test_gradient_handoff) {
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *in[2] = {tu_leaf(ctx, DC_SHAPE(3, 4)), tu_leaf(ctx, DC_SHAPE(3, 4))};
+    tu_gradcheck(ctx, run_handoff, NULL, in, 2, 1e-2, 1e-3, 1e-2, 0);
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_accumulate_and_no_grad) {
     dc_ctx *ctx = tu_ctx();
     dc_tensor *x = tu_leaf(ctx, DC_SHAPE(4));
@@ -172,6 +192,7 @@ int main(void) {
     tcase_add_test(tc, test_sub);
     tcase_add_test(tc, test_mul);
     tcase_add_test(tc, test_broadcast_refused);
+    tcase_add_test(tc, test_gradient_handoff);
     tcase_add_test(tc, test_affine);
     tcase_add_test(tc, test_reshape);
     tcase_add_test(tc, test_sum_mean);
