@@ -41,6 +41,9 @@ dc_node *op_record(dc_ctx *ctx, dc_op op, dc_backward_fn backward, dc_tensor *ou
 /* The gradient buffer of t (f32, zeroed on first use) when t requires grad,
  * NULL otherwise or on failure (check ctx->failed). Backward kernels add into it. */
 float *grad_of(dc_ctx *ctx, dc_tensor *t);
+/* The same, except that a buffer made by this call is left unset and *fresh
+ * is true: the kernel must then write every element instead of adding. */
+float *grad_of_fresh(dc_ctx *ctx, dc_tensor *t, bool *fresh);
 
 /* When t requires grad and has no gradient yet, t takes `out`'s gradient
  * buffer as its own (a view in t's shape) and this returns true: the

@@ -168,16 +168,25 @@ dc_node *op_record(dc_ctx *ctx, dc_op op, dc_backward_fn backward, dc_tensor *ou
     return n;
 }
 
-float *grad_of(dc_ctx *ctx, dc_tensor *t) {
+float *grad_of_fresh(dc_ctx *ctx, dc_tensor *t, bool *fresh) {
+    *fresh = false;
     if (!t || !t->requires_grad)
         return NULL;
     if (!t->grad) {
         t->grad = op_out(ctx, DC_F32, t->ndim, t->shape);
         if (!t->grad)
             return NULL;
-        memset(t->grad->data, 0, dc_tensor_bytes(t->grad));
+        *fresh = true;
     }
     return F32(t->grad);
+}
+
+float *grad_of(dc_ctx *ctx, dc_tensor *t) {
+    bool fresh;
+    float *g = grad_of_fresh(ctx, t, &fresh);
+    if (fresh)
+        memset(g, 0, dc_tensor_bytes(t->grad));
+    return g;
 }
 
 bool grad_adopt(dc_ctx *ctx, dc_tensor *t, const dc_tensor *out) {

@@ -18,7 +18,8 @@ static cpu_conv_geom conv_geom(const dc_tensor *x, const dc_tensor *w, int64_t s
 /* in: x, w, b (or NULL); iarg: stride, pad. */
 static int conv2d_backward(dc_ctx *ctx, dc_node *n) {
     dc_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
-    float *dx = grad_of(ctx, x), *dw = grad_of(ctx, w), *db = grad_of(ctx, b);
+    bool dx_fresh;
+    float *dx = grad_of_fresh(ctx, x, &dx_fresh), *dw = grad_of(ctx, w), *db = grad_of(ctx, b);
     if (ctx->failed)
         return -1;
     cpu_conv_geom g = conv_geom(x, w, n->iarg[0], n->iarg[1]);
@@ -27,7 +28,8 @@ static int conv2d_backward(dc_ctx *ctx, dc_node *n) {
     float *scratch = op_scratch_take(ctx, (size_t)floats * sizeof(float), &mark);
     if (!scratch)
         return -1;
-    cpu_conv2d_backward(&g, F32C(n->out->grad), F32C(x), F32C(w), dx, dw, db, scratch, floats);
+    cpu_conv2d_backward(&g, F32C(n->out->grad), F32C(x), F32C(w), dx, dx_fresh, dw, db, scratch,
+                        floats);
     op_scratch_release(ctx, mark);
     return 0;
 }

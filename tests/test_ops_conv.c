@@ -187,13 +187,21 @@ START_TEST(test_chunked_kernels) {
                 double *want = ref_forward(c, x->data, w->data, b->data);
                 tu_assert_close(y, want, ny, 1e-4, 1e-4, algo ? "gemm forward" : "auto forward");
                 free(want);
-                cpu_conv2d_backward(&g, dy->data, x->data, w->data, grads, grads + nx,
-                                    grads + nx + nw, scratch, floats);
+                /* first with dx fresh (poisoned: every element must be written), then
+                 * adding a second time into all three */
+                for (int64_t i = 0; i < nx; i++)
+                    grads[i] = NAN;
                 double *ref = malloc((size_t)(nx + nw + g.cout) * sizeof *ref);
                 ref_backward(c, x->data, w->data, dy->data, ref, ref + nx, ref + nx + nw);
-                tu_assert_close(grads, ref, nx, 1e-4, 1e-4, algo ? "gemm dx" : "auto dx");
-                tu_assert_close(grads + nx, ref + nx, nw, 1e-4, 1e-4, algo ? "gemm dw" : "auto dw");
-                tu_assert_close(grads + nx + nw, ref + nx + nw, g.cout, 1e-4, 1e-4, "db");
+                for (int pass = 1; pass <= 2; pass++) {
+                    cpu_conv2d_backward(&g, dy->data, x->data, w->data, grads, pass == 1,
+                                        grads + nx, grads + nx + nw, scratch, floats);
+                    tu_assert_close(grads, ref, nx, 1e-4, 1e-4, algo ? "gemm dx" : "auto dx");
+                    tu_assert_close(grads + nx, ref + nx, nw, 1e-4, 1e-4, algo ? "gemm dw" : "auto dw");
+                    tu_assert_close(grads + nx + nw, ref + nx + nw, g.cout, 1e-4, 1e-4, "db");
+                    for (int64_t i = 0; i < nx + nw + g.cout; i++)
+                        ref[i] *= 2;
+                }
                 free(ref);
                 free(grads);
                 free(y);

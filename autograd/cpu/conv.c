@@ -171,9 +171,10 @@ static void direct_forward(const cpu_conv_geom *g, float *y, const float *x, con
     direct_run(&d, g, g->cout, scratch);
 }
 
-/* dx += the transposed convolution of dy, one stride phase (a, c) at a time. */
+/* dx += the transposed convolution of dy, one stride phase (a, c) at a time;
+ * dx = it with `write`, where one phase covers every pixel (stride 1). */
 static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const float *w, float *dx,
-                              float *scratch) {
+                              bool write, float *scratch) {
     const int64_t s = g->stride;
     for (int64_t a = 0; a < s; a++)
         for (int64_t c = 0; c < s; c++) {
@@ -189,7 +190,7 @@ static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const flo
                 .n = g->n, .h = g->ho, .w = g->wo, .c = g->cout,
                 .co = g->cin, .kh = ty, .kw = tx, .stride = 1, .top = ty - 1 - y0, .left = tx - 1 - x0,
                 .ho = y1 - y0 + 1, .wo = x1 - x0 + 1,
-                .out_h = g->h, .out_w = g->w, .out_step = s, .accumulate = true,
+                .out_h = g->h, .out_w = g->w, .out_step = s, .accumulate = !write,
             };
             direct_run(&d, g, g->cin, scratch);
         }
@@ -328,8 +329,12 @@ void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const 
 }
 
 void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x, const float *w,
-                         float *dx, float *dw, float *db, float *scratch, int64_t scratch_floats) {
+                         float *dx, bool dx_fresh, float *dw, float *db, float *scratch,
+                         int64_t scratch_floats) {
     const int64_t pix = g->n * g->ho * g->wo;
+    const bool dx_write = dx_fresh && use_direct(g) && !is_narrow(g) && g->stride == 1;
+    if (dx_fresh && !dx_write)
+        memset(dx, 0, (size_t)(g->n * g->h * g->w * g->cin) * sizeof(float));
     if (!use_direct(g)) {
         if (db)
             cpu_bias_backward(dy, db, pix, g->cout);
@@ -351,5 +356,5 @@ void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x
     if (dx && is_narrow(g))
         gemm_backward(g, dy, x, w, dx, NULL, scratch, scratch_floats);
     else if (dx)
-        direct_input_grad(g, dy, w, dx, scratch);
+        direct_input_grad(g, dy, w, dx, dx_write, scratch);
 }

@@ -7,6 +7,7 @@
 #ifndef DC_CPU_CONV_H
 #define DC_CPU_CONV_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef enum {
@@ -37,8 +38,10 @@ int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes);
  * as cpu_conv2d_scratch_floats sized it. */
 void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
                         const float *b, float *scratch, int64_t scratch_floats);
-/* dx [n, h, w, cin], dw [cout, kh, kw, cin], db [cout] += the gradients from dy [n, ho, wo, cout]. */
+/* dx [n, h, w, cin], dw [cout, kh, kw, cin], db [cout] += the gradients from
+ * dy [n, ho, wo, cout]; with dx_fresh, dx holds no values yet and gets =. */
 void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x, const float *w,
-                         float *dx, float *dw, float *db, float *scratch, int64_t scratch_floats);
+                         float *dx, bool dx_fresh, float *dw, float *db, float *scratch,
+                         int64_t scratch_floats);
 
 #endif
