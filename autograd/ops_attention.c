@@ -3,6 +3,7 @@
  * backward needs no recomputation; without a tape P lives only in per-thread
  * scratch. Causal attention needs Lq == Lk (query i sees keys 0..i). */
 #include "cpu/attention.h"
+#include "cuda/attention.h"
 #include "op_util.h"
 
 #include <limits.h>
@@ -54,10 +55,10 @@ static int attention_backward(dc_ctx *ctx, dc_node *n) {
     float *dq = grad_of(ctx, q), *dk = grad_of(ctx, k), *dv = grad_of(ctx, v);
     float *work = NULL;
     if (dq || dk)
-        work = op_scratch(ctx, (size_t)cpu_attention_scratch(&a) * sizeof(float));
+        work = op_scratch(ctx, (size_t)DC_KERNEL(ctx, attention_scratch, &a) * sizeof(float));
     if (ctx->failed)
         return -1;
-    cpu_attention_backward(&a, F32C(n->out->grad), F32C(n->saved[0]), F32C(q), F32C(k), F32C(v),
+    DC_KERNEL(ctx, attention_backward, &a, F32C(n->out->grad), F32C(n->saved[0]), F32C(q), F32C(k), F32C(v),
                            dq, dk, dv, work);
     return 0;
 }
@@ -88,10 +89,10 @@ dc_tensor *dc_attention(dc_ctx *ctx, dc_tensor *q, dc_tensor *k, dc_tensor *v, i
         n->farg[0] = a.scale;
         p = n->saved[0] ? F32(n->saved[0]) : NULL;
     } else {
-        p = op_scratch(ctx, (size_t)cpu_attention_scratch(&a) * sizeof(float));
+        p = op_scratch(ctx, (size_t)DC_KERNEL(ctx, attention_scratch, &a) * sizeof(float));
     }
     if (!p)
         return NULL;
-    cpu_attention_forward(&a, F32(out), p, F32C(q), F32C(k), F32C(v), n != NULL);
+    DC_KERNEL(ctx, attention_forward, &a, F32(out), p, F32C(q), F32C(k), F32C(v), n != NULL);
     return out;
 }
