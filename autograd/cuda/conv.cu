@@ -74,11 +74,16 @@ static int64_t scratch_of(const plan *p) {
 }
 
 /* Whether a heuristic result may be used: it runs, fits, and under
- * DC_MATH_F32 computes in plain f32. */
+ * DC_MATH_F32 needs no tensor cores (it then runs with CUDNN_FMA_MATH). */
 static bool acceptable(cudnnStatus_t s, size_t memory, cudnnMathType_t mt, dc_math m,
                        size_t budget) {
     return s == CUDNN_STATUS_SUCCESS && memory <= budget &&
-           (m != DC_MATH_F32 || mt == CUDNN_FMA_MATH);
+           (m != DC_MATH_F32 || (mt != CUDNN_TENSOR_OP_MATH && mt != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION));
+}
+
+/* The math type an algorithm runs with: its own, but never TF32 under DC_MATH_F32. */
+static cudnnMathType_t run_math(const plan *p, cudnnMathType_t mt) {
+    return p->math == DC_MATH_F32 ? CUDNN_FMA_MATH : mt;
 }
 
 static bool choose_algorithms(plan *p, size_t budget) {
@@ -238,7 +243,7 @@ extern "C" void cuda_conv2d_forward(const cpu_conv_geom *g, float *y, const floa
         ws = staged(w, nw, &region);
         ys = staged(NULL, ny, &region);
     }
-    if (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, p->fwd_math)) ||
+    if (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, run_math(p, p->fwd_math))) ||
         !CUDNN_CHECK(cudnnConvolutionForward(h, &one, p->x, xs, p->f, ws, p->conv, p->fwd, scratch,
                                              p->workspace, &zero, p->y, ys)))
         return;
@@ -269,12 +274,12 @@ extern "C" void cuda_conv2d_backward(const cpu_conv_geom *g, const float *dy, co
         dxs = staged(NULL, nx, &region);
         dws = staged(NULL, nw, &region);
     }
-    if (dx && (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, p->data_math)) ||
+    if (dx && (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, run_math(p, p->data_math))) ||
                !CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, p->f, ws, p->y, dys, p->conv,
                                                          p->bwd_data, scratch, p->workspace, &beta,
                                                          p->x, dxs))))
         return;
-    if (dw && (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, p->filter_math)) ||
+    if (dw && (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, run_math(p, p->filter_math))) ||
                !CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &one, p->x, xs, p->y, dys, p->conv,
                                                            p->bwd_filter, scratch, p->workspace,
                                                            &beta, p->f, dws))))
