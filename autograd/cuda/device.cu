@@ -109,6 +109,25 @@ extern "C" int cuda_synchronize(int device) {
     return CUDA_CHECK(cudaStreamSynchronize(cuda_st()->stream)) ? 0 : -1;
 }
 
+extern "C" float cuda_time_ms(int device, void (*fn)(void *), void *arg) {
+    cuda_select(device);
+    cudaEvent_t start = NULL, stop = NULL;
+    float ms = -1.0f;
+    cudaStream_t s = cuda_st()->stream;
+    if (CUDA_CHECK(cudaEventCreate(&start)) && CUDA_CHECK(cudaEventCreate(&stop)) &&
+        CUDA_CHECK(cudaEventRecord(start, s))) {
+        fn(arg);
+        if (!(CUDA_CHECK(cudaEventRecord(stop, s)) && CUDA_CHECK(cudaEventSynchronize(stop)) &&
+              CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop))))
+            ms = -1.0f;
+    }
+    if (start)
+        CUDA_CHECK(cudaEventDestroy(start));
+    if (stop)
+        CUDA_CHECK(cudaEventDestroy(stop));
+    return cuda_failed(device) ? -1.0f : ms;
+}
+
 extern "C" bool cuda_failed(int device) {
     return device >= 0 && device < MAX_DEVICES && states[device].failed;
 }

@@ -20,6 +20,9 @@ void cuda_select(int device);
 int cuda_set_math(int device, int math);
 /* Wait for the device's stream; reports asynchronous errors. */
 int cuda_synchronize(int device);
+/* Milliseconds the device's stream spends on what fn(arg) queues, measured
+ * with CUDA events around it (benchmarks); negative after an error. */
+float cuda_time_ms(int device, void (*fn)(void *), void *arg);
 /* The device's sticky error (see device.h). */
 bool cuda_failed(int device);
 void cuda_clear_error(int device);
