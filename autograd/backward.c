@@ -7,7 +7,6 @@
  */
 #include "op_util.h"
 
-
 static int walk(dc_ctx *ctx) {
     bool was = dc_set_grad_enabled(ctx, false); /* backward records nothing */
     for (dc_node *n = ctx->tape; n && !ctx->failed; n = n->prev)

@@ -15,7 +15,8 @@
 #define NO_CUDA(what) 0
 #else
 /* Every CUDA entry point of a build without CUDA ends here. */
-#define NO_CUDA(what) dc_fail("%s: this build of diffc has no CUDA (rebuild with nvcc on the PATH)", what)
+#define NO_CUDA(what)                                                                              \
+    dc_fail("%s: this build of diffc has no CUDA (rebuild with nvcc on the PATH)", what)
 #endif
 
 int dc_device_count(void) {
@@ -36,7 +37,9 @@ static int check_ordinal(const char *name, int ordinal) {
         return dc_fail("device '%s': no CUDA GPU found (no device, or no driver)", name);
     if (ordinal >= n)
         return dc_fail("device '%s': only %d CUDA GPU%s (cuda:0%s)", name, n, n == 1 ? "" : "s",
-                       n == 1 ? "" : n == 2 ? ", cuda:1" : " .. cuda:N-1");
+                       n == 1   ? ""
+                       : n == 2 ? ", cuda:1"
+                                : " .. cuda:N-1");
     return 0;
 #endif
 }

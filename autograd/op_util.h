@@ -18,7 +18,7 @@
 #ifdef DC_HAVE_CUDA
 #include "cuda/device.h"
 #define DC_KERNEL(ctx, name, ...)                                                                  \
-    ((ctx)->device == DC_CPU ? cpu_##name(__VA_ARGS__)                                            \
+    ((ctx)->device == DC_CPU ? cpu_##name(__VA_ARGS__)                                             \
                              : (cuda_select((ctx)->device), cuda_##name(__VA_ARGS__)))
 #else
 #define DC_KERNEL(ctx, name, ...) cpu_##name(__VA_ARGS__)

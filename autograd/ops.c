@@ -114,7 +114,8 @@ dc_tensor *op_out(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape) {
     dc_tensor *t = dc_tensor_new2(&ctx->meta, &ctx->act, dtype, ndim, shape);
     if (!t)
         ctx->failed = true;
-    else if (ctx->poison && dc_memset(t->data, ctx->device, 0xff, dc_tensor_bytes(t))) /* NaN in f32 */
+    else if (ctx->poison &&
+             dc_memset(t->data, ctx->device, 0xff, dc_tensor_bytes(t))) /* NaN in f32 */
         ctx->failed = true;
     return t;
 }

@@ -37,7 +37,8 @@ static int softmax_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
     int64_t C = n->out->shape[n->out->ndim - 1];
     if (dx)
-        DC_KERNEL(ctx, softmax_backward, F32C(n->out->grad), F32C(n->out), dx, n->out->numel / C, C);
+        DC_KERNEL(ctx, softmax_backward, F32C(n->out->grad), F32C(n->out), dx, n->out->numel / C,
+                  C);
     return dc_ctx_status(ctx);
 }
 

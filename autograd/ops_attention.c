@@ -58,8 +58,8 @@ static int attention_backward(dc_ctx *ctx, dc_node *n) {
         work = op_scratch(ctx, (size_t)DC_KERNEL(ctx, attention_scratch, &a) * sizeof(float));
     if (ctx->failed)
         return -1;
-    DC_KERNEL(ctx, attention_backward, &a, F32C(n->out->grad), F32C(n->saved[0]), F32C(q), F32C(k), F32C(v),
-                           dq, dk, dv, work);
+    DC_KERNEL(ctx, attention_backward, &a, F32C(n->out->grad), F32C(n->saved[0]), F32C(q), F32C(k),
+              F32C(v), dq, dk, dv, work);
     return 0;
 }
 

@@ -39,7 +39,8 @@ static int conv2d_backward(dc_ctx *ctx, dc_node *n) {
     float *scratch = scratch_take(ctx, floats, &mark);
     if (!scratch)
         return -1;
-    DC_KERNEL(ctx, conv2d_backward, &g, F32C(n->out->grad), F32C(x), F32C(w), dx, dw, db, scratch, floats);
+    DC_KERNEL(ctx, conv2d_backward, &g, F32C(n->out->grad), F32C(x), F32C(w), dx, dw, db, scratch,
+              floats);
     scratch_release(ctx, mark);
     return 0;
 }
@@ -89,7 +90,8 @@ dc_tensor *dc_conv2d(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, int 
     float *scratch = scratch_take(ctx, floats, &mark);
     if (!scratch)
         return NULL;
-    DC_KERNEL(ctx, conv2d_forward, &g, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, scratch, floats);
+    DC_KERNEL(ctx, conv2d_forward, &g, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, scratch,
+              floats);
     scratch_release(ctx, mark);
     dc_node *n = op_record(ctx, DC_OP_CONV2D, conv2d_backward, out, x, w, b);
     if (n) {

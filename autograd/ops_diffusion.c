@@ -54,7 +54,7 @@ static int q_sample_backward(dc_ctx *ctx, dc_node *n) {
         return -1;
     int64_t rows = x0->shape[0];
     DC_KERNEL(ctx, q_sample_backward, F32C(n->out->grad), dx0, dnoise, F32C(n->saved[0]), rows,
-                          x0->numel / rows);
+              x0->numel / rows);
     return 0;
 }
 
@@ -69,7 +69,8 @@ dc_tensor *dc_q_sample(dc_ctx *ctx, dc_tensor *x0, dc_tensor *noise, dc_tensor *
     if (!out)
         return NULL;
     int64_t rows = x0->shape[0];
-    DC_KERNEL(ctx, q_sample_forward, F32(out), F32C(x0), F32C(noise), F32C(acp), rows, x0->numel / rows);
+    DC_KERNEL(ctx, q_sample_forward, F32(out), F32C(x0), F32C(noise), F32C(acp), rows,
+              x0->numel / rows);
     dc_node *n = op_record(ctx, op, q_sample_backward, out, x0, noise, NULL);
     if (n)
         n->saved[0] = acp;
@@ -87,8 +88,8 @@ static int diffusion_loss_backward(dc_ctx *ctx, dc_node *n) {
         return -1;
     int64_t rows = pred->shape[0];
     DC_KERNEL(ctx, diffusion_loss_backward, F32C(n->out->grad), F32C(pred), F32C(x0), F32C(noise),
-                                F32C(n->saved[0]), rows, pred->numel / rows,
-                                (dc_prediction_type)n->iarg[0], n->farg[0], dpred, dx0, dnoise);
+              F32C(n->saved[0]), rows, pred->numel / rows, (dc_prediction_type)n->iarg[0],
+              n->farg[0], dpred, dx0, dnoise);
     return 0;
 }
 

@@ -61,8 +61,8 @@ static int binary_backward(dc_ctx *ctx, dc_node *n) {
     float *da = grad_of(ctx, n->in[0]), *db = grad_of(ctx, n->in[1]);
     if (ctx->failed)
         return -1;
-    DC_KERNEL(ctx, binary_backward, binary_kind(n->op), F32C(n->out->grad), F32C(n->in[0]), F32C(n->in[1]),
-                        da, db, as, bs);
+    DC_KERNEL(ctx, binary_backward, binary_kind(n->op), F32C(n->out->grad), F32C(n->in[0]),
+              F32C(n->in[1]), da, db, as, bs);
     return 0;
 }
 

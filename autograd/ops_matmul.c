@@ -14,7 +14,7 @@ static int linear_backward(dc_ctx *ctx, dc_node *n) {
     if (ctx->failed)
         return -1;
     DC_KERNEL(ctx, linear_backward, F32C(n->out->grad), F32C(x), F32C(w), dx, dw, db, n->iarg[0],
-                        w->shape[1], w->shape[0]);
+              w->shape[1], w->shape[0]);
     return 0;
 }
 
@@ -77,7 +77,8 @@ static int matmul_backward(dc_ctx *ctx, dc_node *n) {
         return -1;
     int64_t d[4];
     matmul_dims(a, b, d);
-    DC_KERNEL(ctx, matmul_backward, F32C(n->out->grad), F32C(a), F32C(b), da, db, d[0], d[1], d[2], d[3]);
+    DC_KERNEL(ctx, matmul_backward, F32C(n->out->grad), F32C(a), F32C(b), da, db, d[0], d[1], d[2],
+              d[3]);
     return 0;
 }
 

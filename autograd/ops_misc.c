@@ -13,7 +13,7 @@ static int dropout_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
         DC_KERNEL(ctx, dropout_backward, F32C(n->out->grad), dx, n->out->numel, n->farg[0],
-                             (uint64_t)n->iarg[0], (uint64_t)n->iarg[1]);
+                  (uint64_t)n->iarg[0], (uint64_t)n->iarg[1]);
     return dc_ctx_status(ctx);
 }
 
@@ -43,8 +43,8 @@ dc_tensor *dc_dropout(dc_ctx *ctx, dc_tensor *x, float p) {
 static int embedding_backward(dc_ctx *ctx, dc_node *n) {
     float *dtable = grad_of(ctx, n->in[0]);
     if (dtable)
-        DC_KERNEL(ctx, embedding_backward, F32C(n->out->grad), dtable, n->in[1]->data, n->in[1]->numel,
-                               n->in[0]->shape[1]);
+        DC_KERNEL(ctx, embedding_backward, F32C(n->out->grad), dtable, n->in[1]->data,
+                  n->in[1]->numel, n->in[0]->shape[1]);
     return dc_ctx_status(ctx);
 }
 
@@ -113,8 +113,8 @@ dc_tensor *dc_timestep_embedding(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_s
     if (!out)
         return NULL;
     DC_KERNEL(ctx, timestep_embedding_forward, F32(out), t->dtype == DC_F32 ? F32C(t) : NULL,
-                                   t->dtype == DC_I32 ? t->data : NULL, t->shape[0], dim,
-                                   flip_sin_to_cos, shift, max_period);
+              t->dtype == DC_I32 ? t->data : NULL, t->shape[0], dim, flip_sin_to_cos, shift,
+              max_period);
     return out; /* timesteps are data: nothing to record */
 }
 
@@ -126,8 +126,8 @@ static int mse_loss_backward(dc_ctx *ctx, dc_node *n) {
     if (ctx->failed)
         return -1;
     int64_t rows = pred->shape[0];
-    DC_KERNEL(ctx, mse_loss_backward, F32C(n->out->grad), F32C(pred), F32C(target), w ? F32C(w) : NULL,
-                          dpred, dtarget, dw, rows, pred->numel / rows);
+    DC_KERNEL(ctx, mse_loss_backward, F32C(n->out->grad), F32C(pred), F32C(target),
+              w ? F32C(w) : NULL, dpred, dtarget, dw, rows, pred->numel / rows);
     return 0;
 }
 
@@ -149,8 +149,8 @@ dc_tensor *dc_mse_loss(dc_ctx *ctx, dc_tensor *pred, dc_tensor *target, dc_tenso
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(1));
     if (!out)
         return NULL;
-    DC_KERNEL(ctx, mse_loss_forward, F32(out), F32C(pred), F32C(target), w ? F32C(w) : NULL,
-              rows, pred->numel / rows);
+    DC_KERNEL(ctx, mse_loss_forward, F32(out), F32C(pred), F32C(target), w ? F32C(w) : NULL, rows,
+              pred->numel / rows);
     op_record(ctx, DC_OP_MSE_LOSS, mse_loss_backward, out, pred, target, w);
     return out;
 }

@@ -27,8 +27,8 @@ static int norm_backward(dc_ctx *ctx, dc_node *n) {
     if (ctx->failed)
         return -1;
     norm_dims d = dims_of(n->op, x, n->iarg[0]);
-    DC_KERNEL(ctx, group_norm_backward, F32C(n->out->grad), F32C(x), w ? F32C(w) : NULL, F32C(n->saved[0]),
-                            dx, dw, db, d.N, d.S, d.C, d.G);
+    DC_KERNEL(ctx, group_norm_backward, F32C(n->out->grad), F32C(x), w ? F32C(w) : NULL,
+              F32C(n->saved[0]), dx, dw, db, d.N, d.S, d.C, d.G);
     return 0;
 }
 
@@ -70,7 +70,7 @@ static dc_tensor *normalise(dc_ctx *ctx, dc_op op, dc_tensor *x, dc_tensor *w, d
     if (!out || !stats)
         return NULL;
     DC_KERNEL(ctx, group_norm_forward, F32(out), F32(stats), F32C(x), w ? F32C(w) : NULL,
-                           b ? F32C(b) : NULL, d.N, d.S, d.C, d.G, eps);
+              b ? F32C(b) : NULL, d.N, d.S, d.C, d.G, eps);
     dc_node *n = op_record(ctx, op, norm_backward, out, x, w, b);
     if (n) {
         n->saved[0] = stats;

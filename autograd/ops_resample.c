@@ -14,8 +14,8 @@ static int upsample2x_backward(dc_ctx *ctx, dc_node *n) {
     const dc_tensor *x = n->in[0];
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
-        DC_KERNEL(ctx, upsample2x_backward, F32C(n->out->grad), dx, x->shape[0], x->shape[1], x->shape[2],
-                                x->shape[3]);
+        DC_KERNEL(ctx, upsample2x_backward, F32C(n->out->grad), dx, x->shape[0], x->shape[1],
+                  x->shape[2], x->shape[3]);
     return dc_ctx_status(ctx);
 }
 
@@ -42,8 +42,8 @@ static int concat_backward(dc_ctx *ctx, dc_node *n) {
     float *da = grad_of(ctx, n->in[0]), *db = grad_of(ctx, n->in[1]);
     if (ctx->failed)
         return -1;
-    DC_KERNEL(ctx, concat_backward, F32C(n->out->grad), da, db, rows_of(n->in[0]), channels_of(n->in[0]),
-                        channels_of(n->in[1]));
+    DC_KERNEL(ctx, concat_backward, F32C(n->out->grad), da, db, rows_of(n->in[0]),
+              channels_of(n->in[0]), channels_of(n->in[1]));
     return 0;
 }
 
@@ -73,7 +73,8 @@ dc_tensor *dc_concat(dc_ctx *ctx, dc_tensor *a, dc_tensor *b) {
     dc_tensor *out = op_out(ctx, DC_F32, a->ndim, shape);
     if (!out)
         return NULL;
-    DC_KERNEL(ctx, concat_forward, F32(out), F32C(a), F32C(b), rows_of(a), channels_of(a), channels_of(b));
+    DC_KERNEL(ctx, concat_forward, F32(out), F32C(a), F32C(b), rows_of(a), channels_of(a),
+              channels_of(b));
     op_record(ctx, DC_OP_CONCAT, concat_backward, out, a, b, NULL);
     return out;
 }
@@ -83,8 +84,8 @@ dc_tensor *dc_concat(dc_ctx *ctx, dc_tensor *a, dc_tensor *b) {
 static int slice_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
-        DC_KERNEL(ctx, slice_backward, F32C(n->out->grad), dx, rows_of(n->in[0]), channels_of(n->in[0]),
-                           n->iarg[0], channels_of(n->out));
+        DC_KERNEL(ctx, slice_backward, F32C(n->out->grad), dx, rows_of(n->in[0]),
+                  channels_of(n->in[0]), n->iarg[0], channels_of(n->out));
     return dc_ctx_status(ctx);
 }
 

@@ -32,9 +32,9 @@ void cpu_q_sample_backward(const float *dout, float *dx0, float *dnoise, const f
         }
 }
 
-void cpu_diffusion_loss_forward(float *out, double *mse, const float *pred, const float *x0, const float *noise,
-                                  const float *acp, int64_t n, int64_t d, dc_prediction_type p,
-                                  float snr_gamma) {
+void cpu_diffusion_loss_forward(float *out, double *mse, const float *pred, const float *x0,
+                                const float *noise, const float *acp, int64_t n, int64_t d,
+                                dc_prediction_type p, float snr_gamma) {
     double s = 0;
 #pragma omp parallel for reduction(+ : s) if (n * d >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
@@ -51,9 +51,10 @@ void cpu_diffusion_loss_forward(float *out, double *mse, const float *pred, cons
     out[0] = (float)(s / (double)n);
 }
 
-void cpu_diffusion_loss_backward(const float *gp, const float *pred, const float *x0, const float *noise,
-                                 const float *acp, int64_t n, int64_t d, dc_prediction_type p,
-                                 float snr_gamma, float *dpred, float *dx0, float *dnoise) {
+void cpu_diffusion_loss_backward(const float *gp, const float *pred, const float *x0,
+                                 const float *noise, const float *acp, int64_t n, int64_t d,
+                                 dc_prediction_type p, float snr_gamma, float *dpred, float *dx0,
+                                 float *dnoise) {
     double nd = (double)n * (double)d, g = gp[0];
 #pragma omp parallel for collapse(2) if (n * d >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)

@@ -1,4 +1,5 @@
-/* CUDA attention: per head, batched GEMMs (cuBLASLt) around a softmax kernel, P materialised; the contracts of cpu/attention.h, device pointers. */
+/* CUDA attention: per head, batched GEMMs (cuBLASLt) around a softmax kernel, P materialised;
+ * the contracts of cpu/attention.h, device pointers. */
 #ifndef DC_CUDA_ATTENTION_H
 #define DC_CUDA_ATTENTION_H
 

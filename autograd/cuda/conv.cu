@@ -78,7 +78,8 @@ static int64_t scratch_of(const plan *p) {
 static bool acceptable(cudnnStatus_t s, size_t memory, cudnnMathType_t mt, dc_math m,
                        size_t budget) {
     return s == CUDNN_STATUS_SUCCESS && memory <= budget &&
-           (m != DC_MATH_F32 || (mt != CUDNN_TENSOR_OP_MATH && mt != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION));
+           (m != DC_MATH_F32 ||
+            (mt != CUDNN_TENSOR_OP_MATH && mt != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION));
 }
 
 /* The math type an algorithm runs with: its own, but never TF32 under DC_MATH_F32. */
@@ -157,7 +158,8 @@ static bool describe(plan *p, const cpu_conv_geom *g) {
                                                      CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)) &&
          CUDNN_CHECK(cudnnSetConvolutionMathType(
              p->conv, p->math == DC_MATH_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH)) &&
-         CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->f, &on, &oc, &oh, &ow));
+         CUDNN_CHECK(
+             cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->f, &on, &oc, &oh, &ow));
     if (ok && (on != g->n || oc != g->cout || oh != g->ho || ow != g->wo))
         ok = CUDA_FAIL("cuDNN's convolution output shape differs from ours");
     return ok;

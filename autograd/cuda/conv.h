@@ -1,4 +1,5 @@
-/* CUDA convolution through cuDNN (NHWC, KRSC filters = our [Cout, kh, kw, Cin]); the contracts of cpu/conv.h, device pointers. */
+/* CUDA convolution through cuDNN (NHWC, KRSC filters = our [Cout, kh, kw, Cin]); the contracts
+ * of cpu/conv.h, device pointers. */
 #ifndef DC_CUDA_CONV_H
 #define DC_CUDA_CONV_H
 

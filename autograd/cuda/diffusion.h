@@ -1,4 +1,5 @@
-/* CUDA kernels of the diffusion process: q_sample, the training loss, timestep draws; the contracts of cpu/diffusion.h, device pointers. */
+/* CUDA kernels of the diffusion process: q_sample, the training loss, timestep draws; the
+ * contracts of cpu/diffusion.h, device pointers. */
 #ifndef DC_CUDA_DIFFUSION_H
 #define DC_CUDA_DIFFUSION_H
 

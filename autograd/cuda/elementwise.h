@@ -1,4 +1,5 @@
-/* CUDA kernels: broadcast binary ops, affine, sums; the contracts of cpu/elementwise.h, device pointers. */
+/* CUDA kernels: broadcast binary ops, affine, sums; the contracts of cpu/elementwise.h, device
+ * pointers. */
 #ifndef DC_CUDA_ELEMENTWISE_H
 #define DC_CUDA_ELEMENTWISE_H
 

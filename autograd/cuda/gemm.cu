@@ -25,7 +25,8 @@ static uint32_t alignment(const void *p, int64_t ld, int64_t stride) {
 /* A column-major layout of rows x cols, leading dimension ld, batched. */
 static bool layout(cublasLtMatrixLayout_t *l, int64_t rows, int64_t cols, int64_t ld,
                    int64_t stride, int64_t batch) {
-    if (!CUBLAS_CHECK(cublasLtMatrixLayoutCreate(l, CUDA_R_32F, (uint64_t)rows, (uint64_t)cols, ld)))
+    if (!CUBLAS_CHECK(
+            cublasLtMatrixLayoutCreate(l, CUDA_R_32F, (uint64_t)rows, (uint64_t)cols, ld)))
         return false;
     int32_t count = (int32_t)batch;
     return batch == 1 ||
@@ -39,7 +40,8 @@ static bool layout(cublasLtMatrixLayout_t *l, int64_t rows, int64_t cols, int64_
 static bool describe(cublasLtMatmulDesc_t *op, bool ta, bool tb, const float *bias) {
     if (!CUBLAS_CHECK(cublasLtMatmulDescCreate(op, compute_type(cuda_st()->math), CUDA_R_32F)))
         return false;
-    cublasOperation_t first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     bool ok = CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(*op, CUBLASLT_MATMUL_DESC_TRANSA, &first,
                                                           sizeof first)) &&
               CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(*op, CUBLASLT_MATMUL_DESC_TRANSB,
@@ -98,8 +100,9 @@ bool gemm_ex(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, gem
                                                           &found, &count));
     if (ok && count == 0) {
         char why[160];
-        snprintf(why, sizeof why, "cuBLASLt has no algorithm for a %lldx%lldx%lld GEMM (batch %lld)",
-                 (long long)M, (long long)N, (long long)K, (long long)batch);
+        snprintf(why, sizeof why,
+                 "cuBLASLt has no algorithm for a %lldx%lldx%lld GEMM (batch %lld)", (long long)M,
+                 (long long)N, (long long)K, (long long)batch);
         ok = CUDA_FAIL(why);
     }
     ok = ok && CUBLAS_CHECK(cublasLtMatmul(st->lt, op, &alpha, B.p, la, A.p, lb, &beta, C, lc, C,

@@ -1,4 +1,5 @@
-/* CUDA matrix products through cuBLASLt (f32, TF32 or bf16 with f32 accumulation, see dc_math); the contracts of cpu/gemm.h, device pointers. */
+/* CUDA matrix products through cuBLASLt (f32, TF32 or bf16 with f32 accumulation, see dc_math);
+ * the contracts of cpu/gemm.h, device pointers. */
 #ifndef DC_CUDA_GEMM_H
 #define DC_CUDA_GEMM_H
 

@@ -1,4 +1,5 @@
-/* CUDA kernels: dropout, embeddings, timestep embedding, MSE loss; the contracts of cpu/misc.h, device pointers. */
+/* CUDA kernels: dropout, embeddings, timestep embedding, MSE loss; the contracts of cpu/misc.h,
+ * device pointers. */
 #ifndef DC_CUDA_MISC_H
 #define DC_CUDA_MISC_H
 

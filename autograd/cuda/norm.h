@@ -1,4 +1,5 @@
-/* CUDA group normalisation (and layer normalisation, one group per row), NHWC; the contracts of cpu/norm.h, device pointers. */
+/* CUDA group normalisation (and layer normalisation, one group per row), NHWC; the contracts of
+ * cpu/norm.h, device pointers. */
 #ifndef DC_CUDA_NORM_H
 #define DC_CUDA_NORM_H
 

@@ -1,4 +1,5 @@
-/* CUDA kernels of the optimizer: fused AdamW over the flat buffers, sum of squares (gradient norm), scaling, EMA; the contracts of cpu/optim.h, device pointers. */
+/* CUDA kernels of the optimizer: fused AdamW over the flat buffers, sum of squares (gradient
+ * norm), scaling, EMA; the contracts of cpu/optim.h, device pointers. */
 #ifndef DC_CUDA_OPTIM_H
 #define DC_CUDA_OPTIM_H
 

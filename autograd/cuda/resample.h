@@ -1,4 +1,5 @@
-/* CUDA kernels: nearest 2x upsampling, channel concatenation and slices; the contracts of cpu/resample.h, device pointers. */
+/* CUDA kernels: nearest 2x upsampling, channel concatenation and slices; the contracts of
+ * cpu/resample.h, device pointers. */
 #ifndef DC_CUDA_RESAMPLE_H
 #define DC_CUDA_RESAMPLE_H
 
