@@ -7,12 +7,10 @@
  */
 #include "op_util.h"
 
-#include <string.h>
-
 static int walk(dc_ctx *ctx) {
     bool was = dc_set_grad_enabled(ctx, false); /* backward records nothing */
     for (dc_node *n = ctx->tape; n && !ctx->failed; n = n->prev)
-        if (n->out->grad && n->backward(ctx, n))
+        if (n->out->grad && (n->backward(ctx, n) || dc_ctx_status(ctx)))
             ctx->failed = true;
     ctx->tape = NULL;
     dc_set_grad_enabled(ctx, was);
@@ -29,7 +27,8 @@ int dc_backward_from(dc_ctx *ctx, dc_tensor *out, const dc_tensor *grad_out) {
     float *g = grad_of(ctx, out);
     if (!g)
         return -1;
-    memcpy(g, grad_out->data, dc_tensor_bytes(grad_out));
+    if (dc_memcpy(g, ctx->device, grad_out->data, grad_out->device, dc_tensor_bytes(grad_out)))
+        return -1;
     return walk(ctx);
 }
 
@@ -43,6 +42,8 @@ int dc_backward(dc_ctx *ctx, dc_tensor *loss) {
     float *g = grad_of(ctx, loss);
     if (!g)
         return -1;
-    g[0] = 1.0f;
+    const float one = 1.0f;
+    if (dc_memcpy(g, ctx->device, &one, DC_CPU, sizeof one))
+        return -1;
     return walk(ctx);
 }

@@ -6,8 +6,23 @@
 #ifndef DC_OP_UTIL_H
 #define DC_OP_UTIL_H
 
+#include "device.h"
 #include "error.h"
 #include "ops.h"
+
+/* Run kernel `name` on the context's device: cpu_<name>(...) or
+ * cuda_<name>(...), with the same arguments (device pointers for CUDA; the
+ * stream and library handles are the device's, see cuda/device.h). Both
+ * return the same type. In a build without CUDA it is the CPU call alone.
+ * The one place where an op picks a device's kernel. */
+#ifdef DC_HAVE_CUDA
+#include "cuda/device.h"
+#define DC_KERNEL(ctx, name, ...)                                                                  \
+    ((ctx)->device == DC_CPU ? cpu_##name(__VA_ARGS__)                                             \
+                             : (cuda_select((ctx)->device), cuda_##name(__VA_ARGS__)))
+#else
+#define DC_KERNEL(ctx, name, ...) cpu_##name(__VA_ARGS__)
+#endif
 
 /* Fail the context with a message prefixed by the op's name; returns NULL. */
 void *op_fail(dc_ctx *ctx, dc_op op, const char *fmt, ...) DC_PRINTF(3, 4);
@@ -31,6 +46,11 @@ void *op_scratch(dc_ctx *ctx, size_t bytes);
  * allocated in between. */
 void *op_scratch_take(dc_ctx *ctx, size_t bytes, size_t *mark);
 void op_scratch_release(dc_ctx *ctx, size_t mark);
+/* `n` host floats made readable by the context's device: `host` itself on the
+ * CPU, a copy in scratch on a GPU. NULL on failure (ctx failed). */
+const float *op_upload(dc_ctx *ctx, const float *host, int64_t n);
+/* Element i of the i32 tensor t, read from any device (for error messages). */
+int32_t op_i32_at(dc_ctx *ctx, const dc_tensor *t, int64_t i);
 
 /* Append a node for `out` when recording and any input requires grad; marks
  * out->requires_grad. Returns the node (fill iarg/farg/saved) or NULL when

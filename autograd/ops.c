@@ -41,6 +41,7 @@ void dc_ctx_free(dc_ctx *ctx) {
 }
 
 void dc_ctx_reset(dc_ctx *ctx) {
+    dc_device_clear_error(ctx->device);
     dc_arena_reset(&ctx->act);
     dc_arena_reset(&ctx->meta);
     ctx->tape = NULL;
@@ -48,7 +49,11 @@ void dc_ctx_reset(dc_ctx *ctx) {
     ctx->failed = false;
 }
 
-int dc_ctx_status(const dc_ctx *ctx) { return ctx->failed ? -1 : 0; }
+/* A failed CUDA call on the context's device fails the context (the message
+ * is already recorded). */
+int dc_ctx_status(const dc_ctx *ctx) {
+    return ctx->failed || dc_device_failed(ctx->device) ? -1 : 0;
+}
 
 bool dc_set_grad_enabled(dc_ctx *ctx, bool on) {
     bool was = ctx->grad_enabled;
@@ -70,8 +75,10 @@ void *op_fail(dc_ctx *ctx, dc_op op, const char *fmt, ...) {
 }
 
 static bool check_args(dc_ctx *ctx, dc_op op, bool need_f32, int n, va_list ap) {
-    if (ctx->failed)
+    if (dc_ctx_status(ctx)) {
+        ctx->failed = true;
         return false;
+    }
     for (int i = 0; i < n; i++) {
         const dc_tensor *t = va_arg(ap, const dc_tensor *);
         if (!t) {
@@ -83,8 +90,6 @@ static bool check_args(dc_ctx *ctx, dc_op op, bool need_f32, int n, va_list ap) 
         if (t->device != ctx->device)
             return op_fail(ctx, op, "argument %d is on device %d, the context on %d", i + 1,
                            t->device, ctx->device);
-        if (t->device != DC_CPU)
-            return op_fail(ctx, op, "no CUDA kernels in this build yet");
     }
     return true;
 }
@@ -109,8 +114,9 @@ dc_tensor *op_out(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape) {
     dc_tensor *t = dc_tensor_new2(&ctx->meta, &ctx->act, dtype, ndim, shape);
     if (!t)
         ctx->failed = true;
-    else if (ctx->poison)
-        memset(t->data, 0xff, dc_tensor_bytes(t)); /* NaN in f32 */
+    else if (ctx->poison &&
+             dc_memset(t->data, ctx->device, 0xff, dc_tensor_bytes(t))) /* NaN in f32 */
+        ctx->failed = true;
     return t;
 }
 
@@ -132,6 +138,21 @@ void *op_scratch_take(dc_ctx *ctx, size_t bytes, size_t *mark) {
 
 void op_scratch_release(dc_ctx *ctx, size_t mark) { ctx->act.used = mark; }
 
+const float *op_upload(dc_ctx *ctx, const float *host, int64_t n) {
+    if (ctx->device == DC_CPU)
+        return host;
+    float *p = op_scratch(ctx, (size_t)n * sizeof *p);
+    if (p && dc_memcpy(p, ctx->device, host, DC_CPU, (size_t)n * sizeof *p))
+        ctx->failed = true;
+    return ctx->failed ? NULL : p;
+}
+
+int32_t op_i32_at(dc_ctx *ctx, const dc_tensor *t, int64_t i) {
+    int32_t v = 0;
+    dc_memcpy(&v, DC_CPU, (const int32_t *)t->data + i, t->device, sizeof v);
+    return v;
+}
+
 dc_tensor *dc_new(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape) {
     return ctx->failed ? NULL : op_out(ctx, dtype, ndim, shape);
 }
@@ -139,8 +160,21 @@ dc_tensor *dc_new(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape) {
 dc_tensor *dc_from_host(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape,
                         const void *host) {
     dc_tensor *t = dc_new(ctx, dtype, ndim, shape);
-    if (t)
-        memcpy(t->data, host, dc_tensor_bytes(t));
+    if (t && dc_memcpy(t->data, ctx->device, host, DC_CPU, dc_tensor_bytes(t))) {
+        ctx->failed = true;
+        return NULL;
+    }
+    return t;
+}
+
+dc_tensor *dc_clone(dc_ctx *ctx, const dc_tensor *x) {
+    if (!x || ctx->failed)
+        return NULL;
+    dc_tensor *t = dc_new(ctx, x->dtype, x->ndim, x->shape);
+    if (t && dc_tensor_copy(t, x)) {
+        ctx->failed = true;
+        return NULL;
+    }
     return t;
 }
 

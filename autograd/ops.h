@@ -86,7 +86,8 @@ struct dc_ctx {
     bool poison;           /* fill new outputs with NaN first (tests: catches unwritten elements) */
 };
 
-/* A context on `device` with an activation arena of `act_bytes`. */
+/* A context on `device` (DC_CPU or a CUDA ordinal, see device.h) with an
+ * activation arena of `act_bytes` (on that device). */
 int dc_ctx_init(dc_ctx *ctx, int device, size_t act_bytes);
 void dc_ctx_free(dc_ctx *ctx);
 /* Start a step: empty the tape and the activation arena, clear the error. */
@@ -100,6 +101,8 @@ bool dc_set_grad_enabled(dc_ctx *ctx, bool on);
 dc_tensor *dc_new(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape);
 dc_tensor *dc_from_host(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *shape,
                         const void *host);
+/* A copy of x (from any device) in the context, on its device; not recorded. */
+dc_tensor *dc_clone(dc_ctx *ctx, const dc_tensor *x);
 
 /* Backpropagate from a one-element `loss` (its gradient seeded with 1). */
 int dc_backward(dc_ctx *ctx, dc_tensor *loss);

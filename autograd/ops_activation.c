@@ -1,14 +1,16 @@
 /* Ops: SiLU, exact GELU and softmax over the last dimension. */
 #include "cpu/activation.h"
+#include "cuda/activation.h"
 #include "op_util.h"
 
 /* ---- silu, gelu: pointwise, backward from the input ---- */
 
 static int pointwise_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
-    if (dx)
-        (n->op == DC_OP_SILU ? cpu_silu_backward : cpu_gelu_backward)(
-            F32C(n->out->grad), F32C(n->in[0]), dx, n->out->numel);
+    if (dx && n->op == DC_OP_SILU)
+        DC_KERNEL(ctx, silu_backward, F32C(n->out->grad), F32C(n->in[0]), dx, n->out->numel);
+    else if (dx)
+        DC_KERNEL(ctx, gelu_backward, F32C(n->out->grad), F32C(n->in[0]), dx, n->out->numel);
     return dc_ctx_status(ctx);
 }
 
@@ -18,7 +20,10 @@ static dc_tensor *pointwise(dc_ctx *ctx, dc_op op, dc_tensor *x) {
     dc_tensor *out = op_out_like(ctx, x);
     if (!out)
         return NULL;
-    (op == DC_OP_SILU ? cpu_silu_forward : cpu_gelu_forward)(F32(out), F32C(x), x->numel);
+    if (op == DC_OP_SILU)
+        DC_KERNEL(ctx, silu_forward, F32(out), F32C(x), x->numel);
+    else
+        DC_KERNEL(ctx, gelu_forward, F32(out), F32C(x), x->numel);
     op_record(ctx, op, pointwise_backward, out, x, NULL, NULL);
     return out;
 }
@@ -32,7 +37,8 @@ static int softmax_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
     int64_t C = n->out->shape[n->out->ndim - 1];
     if (dx)
-        cpu_softmax_backward(F32C(n->out->grad), F32C(n->out), dx, n->out->numel / C, C);
+        DC_KERNEL(ctx, softmax_backward, F32C(n->out->grad), F32C(n->out), dx, n->out->numel / C,
+                  C);
     return dc_ctx_status(ctx);
 }
 
@@ -48,7 +54,7 @@ dc_tensor *dc_softmax(dc_ctx *ctx, dc_tensor *x) {
     if (!out)
         return NULL;
     int64_t C = x->shape[x->ndim - 1];
-    cpu_softmax_forward(F32(out), F32C(x), x->numel / C, C);
+    DC_KERNEL(ctx, softmax_forward, F32(out), F32C(x), x->numel / C, C);
     op_record(ctx, DC_OP_SOFTMAX, softmax_backward, out, x, NULL, NULL);
     return out;
 }

@@ -3,6 +3,7 @@
  * backward needs no recomputation; without a tape P lives only in per-thread
  * scratch. Causal attention needs Lq == Lk (query i sees keys 0..i). */
 #include "cpu/attention.h"
+#include "cuda/attention.h"
 #include "op_util.h"
 
 #include <limits.h>
@@ -55,11 +56,12 @@ static int attention_backward(dc_ctx *ctx, dc_node *n) {
     float *work = NULL;
     size_t mark = ctx->act.used;
     if (dq || dk)
-        work = op_scratch_take(ctx, (size_t)cpu_attention_scratch(&a) * sizeof(float), &mark);
+        work = op_scratch_take(ctx, (size_t)DC_KERNEL(ctx, attention_scratch, &a) * sizeof(float),
+                               &mark);
     if (ctx->failed)
         return -1;
-    cpu_attention_backward(&a, F32C(n->out->grad), F32C(n->saved[0]), F32C(q), F32C(k), F32C(v),
-                           dq, dk, dv, work);
+    DC_KERNEL(ctx, attention_backward, &a, F32C(n->out->grad), F32C(n->saved[0]), F32C(q), F32C(k),
+              F32C(v), dq, dk, dv, work);
     op_scratch_release(ctx, mark);
     return 0;
 }
@@ -90,10 +92,10 @@ dc_tensor *dc_attention(dc_ctx *ctx, dc_tensor *q, dc_tensor *k, dc_tensor *v, i
         n->farg[0] = a.scale;
         p = n->saved[0] ? F32(n->saved[0]) : NULL;
     } else {
-        p = op_scratch(ctx, (size_t)cpu_attention_scratch(&a) * sizeof(float));
+        p = op_scratch(ctx, (size_t)DC_KERNEL(ctx, attention_scratch, &a) * sizeof(float));
     }
     if (!p)
         return NULL;
-    cpu_attention_forward(&a, F32(out), p, F32C(q), F32C(k), F32C(v), n != NULL);
+    DC_KERNEL(ctx, attention_forward, &a, F32(out), p, F32C(q), F32C(k), F32C(v), n != NULL);
     return out;
 }

@@ -1,6 +1,7 @@
 /* Op: conv2d over NHWC images with [Cout, kh, kw, Cin] weights. */
 #include "cpu/conv.h"
 #include "cpu/gemm.h"
+#include "cuda/conv.h"
 #include "op_util.h"
 
 /* x [N, H, W, Cin], w [Cout, kh, kw, Cin]; the shapes are already checked. */
@@ -23,13 +24,13 @@ static int conv2d_backward(dc_ctx *ctx, dc_node *n) {
     if (ctx->failed)
         return -1;
     cpu_conv_geom g = conv_geom(x, w, n->iarg[0], n->iarg[1]);
-    int64_t floats = cpu_conv2d_scratch_floats(&g, CPU_CONV_SCRATCH_BYTES);
+    int64_t floats = DC_KERNEL(ctx, conv2d_scratch_floats, &g, CPU_CONV_SCRATCH_BYTES);
     size_t mark;
     float *scratch = op_scratch_take(ctx, (size_t)floats * sizeof(float), &mark);
     if (!scratch)
         return -1;
-    cpu_conv2d_backward(&g, F32C(n->out->grad), F32C(x), F32C(w), dx, dx_fresh, dw, db, scratch,
-                        floats);
+    DC_KERNEL(ctx, conv2d_backward, &g, F32C(n->out->grad), F32C(x), F32C(w), dx, dx_fresh, dw, db,
+              scratch, floats);
     op_scratch_release(ctx, mark);
     return 0;
 }
@@ -74,12 +75,13 @@ dc_tensor *dc_conv2d(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, int 
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(g.n, g.ho, g.wo, g.cout));
     if (!out)
         return NULL;
-    int64_t floats = cpu_conv2d_scratch_floats(&g, CPU_CONV_SCRATCH_BYTES);
+    int64_t floats = DC_KERNEL(ctx, conv2d_scratch_floats, &g, CPU_CONV_SCRATCH_BYTES);
     size_t mark;
     float *scratch = op_scratch_take(ctx, (size_t)floats * sizeof(float), &mark);
     if (!scratch)
         return NULL;
-    cpu_conv2d_forward(&g, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, scratch, floats);
+    DC_KERNEL(ctx, conv2d_forward, &g, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, scratch,
+              floats);
     op_scratch_release(ctx, mark);
     dc_node *n = op_record(ctx, DC_OP_CONV2D, conv2d_backward, out, x, w, b);
     if (n) {

@@ -1,6 +1,8 @@
 /* Ops of the diffusion process, fused: q_sample and the training loss (declared in diffusion.h). */
 #include "cpu/diffusion.h"
 #include "cpu/misc.h"
+#include "cuda/diffusion.h"
+#include "cuda/misc.h"
 #include "diffusion.h"
 #include "op_util.h"
 
@@ -32,13 +34,14 @@ static dc_tensor *per_sample_acp(dc_ctx *ctx, dc_op op, const dc_tensor *x0, con
                        (long long)x0->shape[0], dc_shape_str(sx, sizeof sx, x0->ndim, x0->shape),
                        dc_dtype_name(t->dtype), dc_shape_str(st, sizeof st, t->ndim, t->shape));
     const int32_t *ts = t->data;
-    int64_t bad = cpu_embedding_check(ts, t->numel, s->T);
+    int64_t bad = DC_KERNEL(ctx, embedding_check, ts, t->numel, s->T);
     if (bad >= 0)
         return op_fail(ctx, op, "t[%lld] = %d is outside [0, %lld), the schedule's timesteps",
-                       (long long)bad, ts[bad], (long long)s->T);
-    dc_tensor *acp = op_out(ctx, DC_F32, DC_SHAPE(t->shape[0]));
+                       (long long)bad, op_i32_at(ctx, t, bad), (long long)s->T);
+    const float *table = op_upload(ctx, s->alphas_cumprod, s->T);
+    dc_tensor *acp = table ? op_out(ctx, DC_F32, DC_SHAPE(t->shape[0])) : NULL;
     if (acp) /* a gather of rows of width 1 */
-        cpu_embedding_forward(F32(acp), s->alphas_cumprod, ts, t->numel, 1);
+        DC_KERNEL(ctx, embedding_forward, F32(acp), table, ts, t->numel, 1);
     return acp;
 }
 
@@ -50,8 +53,8 @@ static int q_sample_backward(dc_ctx *ctx, dc_node *n) {
     if (ctx->failed)
         return -1;
     int64_t rows = x0->shape[0];
-    cpu_q_sample_backward(F32C(n->out->grad), dx0, dnoise, F32C(n->saved[0]), rows,
-                          x0->numel / rows);
+    DC_KERNEL(ctx, q_sample_backward, F32C(n->out->grad), dx0, dnoise, F32C(n->saved[0]), rows,
+              x0->numel / rows);
     return 0;
 }
 
@@ -66,7 +69,8 @@ dc_tensor *dc_q_sample(dc_ctx *ctx, dc_tensor *x0, dc_tensor *noise, dc_tensor *
     if (!out)
         return NULL;
     int64_t rows = x0->shape[0];
-    cpu_q_sample_forward(F32(out), F32C(x0), F32C(noise), F32C(acp), rows, x0->numel / rows);
+    DC_KERNEL(ctx, q_sample_forward, F32(out), F32C(x0), F32C(noise), F32C(acp), rows,
+              x0->numel / rows);
     dc_node *n = op_record(ctx, op, q_sample_backward, out, x0, noise, NULL);
     if (n)
         n->saved[0] = acp;
@@ -83,9 +87,9 @@ static int diffusion_loss_backward(dc_ctx *ctx, dc_node *n) {
     if (ctx->failed)
         return -1;
     int64_t rows = pred->shape[0];
-    cpu_diffusion_loss_backward(F32C(n->out->grad)[0], F32C(pred), F32C(x0), F32C(noise),
-                                F32C(n->saved[0]), rows, pred->numel / rows,
-                                (dc_prediction_type)n->iarg[0], n->farg[0], dpred, dx0, dnoise);
+    DC_KERNEL(ctx, diffusion_loss_backward, F32C(n->out->grad), F32C(pred), F32C(x0), F32C(noise),
+              F32C(n->saved[0]), rows, pred->numel / rows, (dc_prediction_type)n->iarg[0],
+              n->farg[0], dpred, dx0, dnoise);
     return 0;
 }
 
@@ -105,13 +109,15 @@ dc_tensor *dc_diffusion_loss(dc_ctx *ctx, dc_tensor *model_output, dc_tensor *x0
     dc_tensor *acp = per_sample_acp(ctx, op, x0, t, s);
     dc_tensor *out = acp ? op_out(ctx, DC_F32, DC_SHAPE(1)) : NULL;
     int64_t rows = x0->shape[0];
-    if (out && !mse)
-        mse = op_scratch(ctx, (size_t)rows * sizeof *mse);
-    if (!out || !mse)
+    double *sample_mse = out ? op_scratch(ctx, (size_t)rows * sizeof *sample_mse) : NULL;
+    if (!sample_mse)
         return NULL;
-    F32(out)
-    [0] = (float)cpu_diffusion_loss_forward(F32C(model_output), F32C(x0), F32C(noise), F32C(acp),
-                                            rows, x0->numel / rows, prediction_type, snr_gamma, mse);
+    DC_KERNEL(ctx, diffusion_loss_forward, F32(out), sample_mse, F32C(model_output), F32C(x0),
+              F32C(noise), F32C(acp), rows, x0->numel / rows, prediction_type, snr_gamma);
+    if (mse && dc_memcpy(mse, DC_CPU, sample_mse, ctx->device, (size_t)rows * sizeof *mse)) {
+        ctx->failed = true;
+        return NULL;
+    }
     dc_node *n = op_record(ctx, op, diffusion_loss_backward, out, model_output, x0, noise);
     if (n) {
         n->saved[0] = acp;

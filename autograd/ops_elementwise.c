@@ -1,5 +1,6 @@
 /* Ops: reshape, broadcast add/sub/mul, affine, sum, mean. */
 #include "cpu/elementwise.h"
+#include "cuda/elementwise.h"
 #include "op_util.h"
 
 #include <string.h>
@@ -11,7 +12,7 @@ static int reshape_backward(dc_ctx *ctx, dc_node *n) {
         return 0;
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
-        cpu_affine_backward(F32C(n->out->grad), dx, n->out->numel, 1.0f);
+        DC_KERNEL(ctx, affine_backward, F32C(n->out->grad), dx, n->out->numel, 1.0f);
     return dc_ctx_status(ctx);
 }
 
@@ -65,8 +66,8 @@ static int binary_backward(dc_ctx *ctx, dc_node *n) {
     float *da = adopted ? NULL : grad_of(ctx, n->in[0]), *db = grad_of(ctx, n->in[1]);
     if (ctx->failed)
         return -1;
-    cpu_binary_backward(binary_kind(n->op), F32C(n->out->grad), F32C(n->in[0]), F32C(n->in[1]),
-                        da, db, as, bs);
+    DC_KERNEL(ctx, binary_backward, binary_kind(n->op), F32C(n->out->grad), F32C(n->in[0]),
+              F32C(n->in[1]), da, db, as, bs);
     return 0;
 }
 
@@ -83,7 +84,7 @@ static dc_tensor *binary(dc_ctx *ctx, dc_op op, dc_tensor *a, dc_tensor *b) {
     dc_tensor *out = op_out_like(ctx, a);
     if (!out)
         return NULL;
-    cpu_binary_forward(binary_kind(op), F32(out), F32C(a), F32C(b), as, bs);
+    DC_KERNEL(ctx, binary_forward, binary_kind(op), F32(out), F32C(a), F32C(b), as, bs);
     op_record(ctx, op, binary_backward, out, a, b, NULL);
     return out;
 }
@@ -97,7 +98,7 @@ dc_tensor *dc_mul(dc_ctx *ctx, dc_tensor *a, dc_tensor *b) { return binary(ctx, 
 static int affine_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
-        cpu_affine_backward(F32C(n->out->grad), dx, n->out->numel, n->farg[0]);
+        DC_KERNEL(ctx, affine_backward, F32C(n->out->grad), dx, n->out->numel, n->farg[0]);
     return dc_ctx_status(ctx);
 }
 
@@ -107,7 +108,7 @@ dc_tensor *dc_affine(dc_ctx *ctx, dc_tensor *x, float alpha, float beta) {
     dc_tensor *out = op_out_like(ctx, x);
     if (!out)
         return NULL;
-    cpu_affine_forward(F32(out), F32C(x), x->numel, alpha, beta);
+    DC_KERNEL(ctx, affine_forward, F32(out), F32C(x), x->numel, alpha, beta);
     dc_node *n = op_record(ctx, DC_OP_AFFINE, affine_backward, out, x, NULL, NULL);
     if (n)
         n->farg[0] = alpha;
@@ -118,9 +119,9 @@ dc_tensor *dc_affine(dc_ctx *ctx, dc_tensor *x, float alpha, float beta) {
 
 static int reduce_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
-    float g = F32C(n->out->grad)[0];
     if (dx)
-        cpu_fill_add(dx, n->in[0]->numel, n->op == DC_OP_MEAN ? g / (float)n->in[0]->numel : g);
+        DC_KERNEL(ctx, fill_add, dx, n->in[0]->numel, F32C(n->out->grad),
+                  n->op == DC_OP_MEAN ? (float)n->in[0]->numel : 1.0f);
     return dc_ctx_status(ctx);
 }
 
@@ -132,8 +133,8 @@ static dc_tensor *reduce(dc_ctx *ctx, dc_op op, dc_tensor *x) {
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(1));
     if (!out)
         return NULL;
-    double s = cpu_sum_forward(F32C(x), x->numel);
-    F32(out)[0] = (float)(op == DC_OP_MEAN ? s / (double)x->numel : s);
+    DC_KERNEL(ctx, sum_forward, F32(out), F32C(x), x->numel,
+              op == DC_OP_MEAN ? (double)x->numel : 1.0);
     op_record(ctx, op, reduce_backward, out, x, NULL, NULL);
     return out;
 }

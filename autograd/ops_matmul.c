@@ -1,5 +1,6 @@
 /* Ops: linear (x @ w^T + b) and matmul (plain and batched). */
 #include "cpu/gemm.h"
+#include "cuda/gemm.h"
 #include "op_util.h"
 
 #include <string.h>
@@ -12,8 +13,8 @@ static int linear_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, x), *dw = grad_of(ctx, w), *db = grad_of(ctx, b);
     if (ctx->failed)
         return -1;
-    cpu_linear_backward(F32C(n->out->grad), F32C(x), F32C(w), dx, dw, db, n->iarg[0],
-                        w->shape[1], w->shape[0]);
+    DC_KERNEL(ctx, linear_backward, F32C(n->out->grad), F32C(x), F32C(w), dx, dw, db, n->iarg[0],
+              w->shape[1], w->shape[0]);
     return 0;
 }
 
@@ -51,7 +52,7 @@ dc_tensor *dc_linear(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b) {
     dc_tensor *out = op_out(ctx, DC_F32, x->ndim, shape);
     if (!out)
         return NULL;
-    cpu_linear_forward(F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, M, K, N);
+    DC_KERNEL(ctx, linear_forward, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, M, K, N);
     dc_node *n = op_record(ctx, DC_OP_LINEAR, linear_backward, out, x, w, b);
     if (n)
         n->iarg[0] = M;
@@ -76,7 +77,8 @@ static int matmul_backward(dc_ctx *ctx, dc_node *n) {
         return -1;
     int64_t d[4];
     matmul_dims(a, b, d);
-    cpu_matmul_backward(F32C(n->out->grad), F32C(a), F32C(b), da, db, d[0], d[1], d[2], d[3]);
+    DC_KERNEL(ctx, matmul_backward, F32C(n->out->grad), F32C(a), F32C(b), da, db, d[0], d[1], d[2],
+              d[3]);
     return 0;
 }
 
@@ -103,7 +105,7 @@ dc_tensor *dc_matmul(dc_ctx *ctx, dc_tensor *a, dc_tensor *b) {
     dc_tensor *out = op_out(ctx, DC_F32, a->ndim, shape + 1 - o);
     if (!out)
         return NULL;
-    cpu_matmul_forward(F32(out), F32C(a), F32C(b), d[0], d[1], d[2], d[3]);
+    DC_KERNEL(ctx, matmul_forward, F32(out), F32C(a), F32C(b), d[0], d[1], d[2], d[3]);
     op_record(ctx, DC_OP_MATMUL, matmul_backward, out, a, b, NULL);
     return out;
 }

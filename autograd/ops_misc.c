@@ -1,5 +1,6 @@
 /* Ops: dropout, embedding lookup, sinusoidal timestep embedding, MSE loss. */
 #include "cpu/misc.h"
+#include "cuda/misc.h"
 #include "op_util.h"
 
 #include <math.h>
@@ -11,8 +12,8 @@
 static int dropout_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
-        cpu_dropout_backward(F32C(n->out->grad), dx, n->out->numel, n->farg[0],
-                             (uint64_t)n->iarg[0], (uint64_t)n->iarg[1]);
+        DC_KERNEL(ctx, dropout_backward, F32C(n->out->grad), dx, n->out->numel, n->farg[0],
+                  (uint64_t)n->iarg[0], (uint64_t)n->iarg[1]);
     return dc_ctx_status(ctx);
 }
 
@@ -27,7 +28,7 @@ dc_tensor *dc_dropout(dc_ctx *ctx, dc_tensor *x, float p) {
     dc_tensor *out = op_out_like(ctx, x);
     if (!out)
         return NULL;
-    cpu_dropout_forward(F32(out), F32C(x), x->numel, p, ctx->seed, stream);
+    DC_KERNEL(ctx, dropout_forward, F32(out), F32C(x), x->numel, p, ctx->seed, stream);
     dc_node *n = op_record(ctx, DC_OP_DROPOUT, dropout_backward, out, x, NULL, NULL);
     if (n) {
         n->iarg[0] = (int64_t)ctx->seed;
@@ -42,8 +43,8 @@ dc_tensor *dc_dropout(dc_ctx *ctx, dc_tensor *x, float p) {
 static int embedding_backward(dc_ctx *ctx, dc_node *n) {
     float *dtable = grad_of(ctx, n->in[0]);
     if (dtable)
-        cpu_embedding_backward(F32C(n->out->grad), dtable, n->in[1]->data, n->in[1]->numel,
-                               n->in[0]->shape[1]);
+        DC_KERNEL(ctx, embedding_backward, F32C(n->out->grad), dtable, n->in[1]->data,
+                  n->in[1]->numel, n->in[0]->shape[1]);
     return dc_ctx_status(ctx);
 }
 
@@ -72,10 +73,10 @@ dc_tensor *dc_embedding(dc_ctx *ctx, dc_tensor *table, dc_tensor *idx) {
             dc_dtype_name(idx->dtype), dc_shape_str(si, sizeof si, idx->ndim, idx->shape));
     }
     const int32_t *ix = idx->data;
-    int64_t bad = cpu_embedding_check(ix, idx->numel, table->shape[0]);
+    int64_t bad = DC_KERNEL(ctx, embedding_check, ix, idx->numel, table->shape[0]);
     if (bad >= 0)
         return op_fail(ctx, DC_OP_EMBEDDING, "index %d at position %lld is outside [0, %lld)",
-                       ix[bad], (long long)bad, (long long)table->shape[0]);
+                       op_i32_at(ctx, idx, bad), (long long)bad, (long long)table->shape[0]);
     int64_t shape[DC_MAX_DIMS];
     for (int d = 0; d < idx->ndim; d++)
         shape[d] = idx->shape[d];
@@ -83,7 +84,7 @@ dc_tensor *dc_embedding(dc_ctx *ctx, dc_tensor *table, dc_tensor *idx) {
     dc_tensor *out = op_out(ctx, DC_F32, idx->ndim + 1, shape);
     if (!out)
         return NULL;
-    cpu_embedding_forward(F32(out), F32C(table), ix, idx->numel, table->shape[1]);
+    DC_KERNEL(ctx, embedding_forward, F32(out), F32C(table), ix, idx->numel, table->shape[1]);
     op_record(ctx, DC_OP_EMBEDDING, embedding_backward, out, table, idx, NULL);
     return out;
 }
@@ -111,9 +112,9 @@ dc_tensor *dc_timestep_embedding(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_s
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(t->shape[0], dim));
     if (!out)
         return NULL;
-    cpu_timestep_embedding_forward(F32(out), t->dtype == DC_F32 ? F32C(t) : NULL,
-                                   t->dtype == DC_I32 ? t->data : NULL, t->shape[0], dim,
-                                   flip_sin_to_cos, shift, max_period);
+    DC_KERNEL(ctx, timestep_embedding_forward, F32(out), t->dtype == DC_F32 ? F32C(t) : NULL,
+              t->dtype == DC_I32 ? t->data : NULL, t->shape[0], dim, flip_sin_to_cos, shift,
+              max_period);
     return out; /* timesteps are data: nothing to record */
 }
 
@@ -125,8 +126,8 @@ static int mse_loss_backward(dc_ctx *ctx, dc_node *n) {
     if (ctx->failed)
         return -1;
     int64_t rows = pred->shape[0];
-    cpu_mse_loss_backward(F32C(n->out->grad)[0], F32C(pred), F32C(target), w ? F32C(w) : NULL,
-                          dpred, dtarget, dw, rows, pred->numel / rows);
+    DC_KERNEL(ctx, mse_loss_backward, F32C(n->out->grad), F32C(pred), F32C(target),
+              w ? F32C(w) : NULL, dpred, dtarget, dw, rows, pred->numel / rows);
     return 0;
 }
 
@@ -148,9 +149,8 @@ dc_tensor *dc_mse_loss(dc_ctx *ctx, dc_tensor *pred, dc_tensor *target, dc_tenso
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(1));
     if (!out)
         return NULL;
-    F32(out)
-    [0] = (float)cpu_mse_loss_forward(F32C(pred), F32C(target), w ? F32C(w) : NULL, rows,
-                                      pred->numel / rows);
+    DC_KERNEL(ctx, mse_loss_forward, F32(out), F32C(pred), F32C(target), w ? F32C(w) : NULL, rows,
+              pred->numel / rows);
     op_record(ctx, DC_OP_MSE_LOSS, mse_loss_backward, out, pred, target, w);
     return out;
 }

@@ -5,6 +5,7 @@
  * forward saves mean and rstd per (sample, group) in node->saved[0]: [N, G, 2]
  * for a group norm, x's shape with C replaced by 2 for a layer norm. */
 #include "cpu/norm.h"
+#include "cuda/norm.h"
 #include "op_util.h"
 
 #include <inttypes.h>
@@ -27,11 +28,12 @@ static int norm_backward(dc_ctx *ctx, dc_node *n) {
     norm_dims d = dims_of(n->op, x, n->iarg[0]);
     bool silu = n->op == DC_OP_GROUP_NORM_SILU;
     size_t mark;
-    void *work = op_scratch_take(ctx, cpu_group_norm_work_bytes(d.N, d.S, d.C, silu), &mark);
+    void *work = op_scratch_take(ctx, DC_KERNEL(ctx, group_norm_work_bytes, d.N, d.S, d.C, silu),
+                                 &mark);
     if (ctx->failed)
         return -1;
-    cpu_group_norm_backward(F32C(n->out->grad), F32C(x), w ? F32C(w) : NULL, b ? F32C(b) : NULL,
-                            F32C(n->saved[0]), dx, dw, db, work, d.N, d.S, d.C, d.G, silu);
+    DC_KERNEL(ctx, group_norm_backward, F32C(n->out->grad), F32C(x), w ? F32C(w) : NULL,
+              b ? F32C(b) : NULL, F32C(n->saved[0]), dx, dw, db, work, d.N, d.S, d.C, d.G, silu);
     op_scratch_release(ctx, mark);
     return 0;
 }
@@ -73,9 +75,8 @@ static dc_tensor *normalise(dc_ctx *ctx, dc_op op, dc_tensor *x, dc_tensor *w, d
     dc_tensor *stats = op_out(ctx, DC_F32, stats_ndim, stats_shape);
     if (!out || !stats)
         return NULL;
-    cpu_group_norm_forward(F32(out), F32(stats), F32C(x), w ? F32C(w) : NULL,
-                           b ? F32C(b) : NULL, d.N, d.S, d.C, d.G, eps,
-                           op == DC_OP_GROUP_NORM_SILU);
+    DC_KERNEL(ctx, group_norm_forward, F32(out), F32(stats), F32C(x), w ? F32C(w) : NULL,
+              b ? F32C(b) : NULL, d.N, d.S, d.C, d.G, eps, op == DC_OP_GROUP_NORM_SILU);
     dc_node *n = op_record(ctx, op, norm_backward, out, x, w, b);
     if (n) {
         n->saved[0] = stats;

@@ -1,5 +1,6 @@
 /* Ops: nearest 2x upsampling, and concatenation and slices of channels. */
 #include "cpu/resample.h"
+#include "cuda/resample.h"
 #include "op_util.h"
 
 /* Elements of x before its last dimension: the rows of a [rows, C] view. */
@@ -13,8 +14,8 @@ static int upsample2x_backward(dc_ctx *ctx, dc_node *n) {
     const dc_tensor *x = n->in[0];
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
-        cpu_upsample2x_backward(F32C(n->out->grad), dx, x->shape[0], x->shape[1], x->shape[2],
-                                x->shape[3]);
+        DC_KERNEL(ctx, upsample2x_backward, F32C(n->out->grad), dx, x->shape[0], x->shape[1],
+                  x->shape[2], x->shape[3]);
     return dc_ctx_status(ctx);
 }
 
@@ -30,7 +31,7 @@ dc_tensor *dc_upsample2x(dc_ctx *ctx, dc_tensor *x) {
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(xs[0], 2 * xs[1], 2 * xs[2], xs[3]));
     if (!out)
         return NULL;
-    cpu_upsample2x_forward(F32(out), F32C(x), xs[0], xs[1], xs[2], xs[3]);
+    DC_KERNEL(ctx, upsample2x_forward, F32(out), F32C(x), xs[0], xs[1], xs[2], xs[3]);
     op_record(ctx, DC_OP_UPSAMPLE2X, upsample2x_backward, out, x, NULL, NULL);
     return out;
 }
@@ -41,8 +42,8 @@ static int concat_backward(dc_ctx *ctx, dc_node *n) {
     float *da = grad_of(ctx, n->in[0]), *db = grad_of(ctx, n->in[1]);
     if (ctx->failed)
         return -1;
-    cpu_concat_backward(F32C(n->out->grad), da, db, rows_of(n->in[0]), channels_of(n->in[0]),
-                        channels_of(n->in[1]));
+    DC_KERNEL(ctx, concat_backward, F32C(n->out->grad), da, db, rows_of(n->in[0]),
+              channels_of(n->in[0]), channels_of(n->in[1]));
     return 0;
 }
 
@@ -72,7 +73,8 @@ dc_tensor *dc_concat(dc_ctx *ctx, dc_tensor *a, dc_tensor *b) {
     dc_tensor *out = op_out(ctx, DC_F32, a->ndim, shape);
     if (!out)
         return NULL;
-    cpu_concat_forward(F32(out), F32C(a), F32C(b), rows_of(a), channels_of(a), channels_of(b));
+    DC_KERNEL(ctx, concat_forward, F32(out), F32C(a), F32C(b), rows_of(a), channels_of(a),
+              channels_of(b));
     op_record(ctx, DC_OP_CONCAT, concat_backward, out, a, b, NULL);
     return out;
 }
@@ -82,8 +84,8 @@ dc_tensor *dc_concat(dc_ctx *ctx, dc_tensor *a, dc_tensor *b) {
 static int slice_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
     if (dx)
-        cpu_slice_backward(F32C(n->out->grad), dx, rows_of(n->in[0]), channels_of(n->in[0]),
-                           n->iarg[0], channels_of(n->out));
+        DC_KERNEL(ctx, slice_backward, F32C(n->out->grad), dx, rows_of(n->in[0]),
+                  channels_of(n->in[0]), n->iarg[0], channels_of(n->out));
     return dc_ctx_status(ctx);
 }
 
@@ -104,7 +106,7 @@ dc_tensor *dc_slice(dc_ctx *ctx, dc_tensor *x, int64_t start, int64_t count) {
     dc_tensor *out = op_out(ctx, DC_F32, x->ndim, shape);
     if (!out)
         return NULL;
-    cpu_slice_forward(F32(out), F32C(x), rows_of(x), c, start, count);
+    DC_KERNEL(ctx, slice_forward, F32(out), F32C(x), rows_of(x), c, start, count);
     dc_node *n = op_record(ctx, DC_OP_SLICE, slice_backward, out, x, NULL, NULL);
     if (n)
         n->iarg[0] = start;

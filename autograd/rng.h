@@ -35,14 +35,10 @@
 #ifndef DC_RNG_H
 #define DC_RNG_H
 
+#include "hostdev.h"
+
 #include <math.h>
 #include <stdint.h>
-
-#ifdef __CUDACC__
-#define DC_HOSTDEV __host__ __device__
-#else
-#define DC_HOSTDEV
-#endif
 
 /* Four 32-bit words: one Philox counter or output block. */
 typedef struct {

@@ -1,6 +1,7 @@
 /* Tensors, dtypes and arenas (see tensor.h). */
 #include "tensor.h"
 
+#include "device.h"
 #include "error.h"
 
 #include <inttypes.h>
@@ -26,9 +27,16 @@ int dc_arena_init(dc_arena *a, const char *name, int device, size_t cap) {
     memset(a, 0, sizeof *a);
     a->name = name;
     a->device = device;
-    if (device != DC_CPU)
-        return dc_fail("%s arena: CUDA device %d: this build has no CUDA arenas yet", name, device);
     cap = (cap + ALIGN - 1) / ALIGN * ALIGN;
+    if (device != DC_CPU) { /* device memory is committed at once: ask for what is needed */
+        char what[96];
+        snprintf(what, sizeof what, "%s arena", name);
+        a->base = dc_device_alloc(device, cap, what);
+        if (!a->base)
+            return -1;
+        a->cap = cap;
+        return 0;
+    }
     void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return dc_fail("%s arena: cannot reserve %zu bytes", name, cap);
@@ -38,7 +46,9 @@ int dc_arena_init(dc_arena *a, const char *name, int device, size_t cap) {
 }
 
 void dc_arena_free(dc_arena *a) {
-    if (a && a->base)
+    if (a && a->base && a->device != DC_CPU)
+        dc_device_free(a->device, a->base);
+    else if (a && a->base)
         munmap(a->base, a->cap);
     if (a)
         a->base = NULL, a->cap = a->used = 0;
@@ -113,6 +123,16 @@ dc_tensor *dc_tensor_new2(dc_arena *meta, dc_arena *data, dc_dtype dtype, int nd
 
 dc_tensor *dc_tensor_new(dc_arena *a, dc_dtype dtype, int ndim, const int64_t *shape) {
     return dc_tensor_new2(a, a, dtype, ndim, shape);
+}
+
+int dc_tensor_copy(dc_tensor *dst, const dc_tensor *src) {
+    if (dst->dtype != src->dtype || dst->numel != src->numel) {
+        char a[64], b[64];
+        return dc_fail("copy: %s %s into %s %s: dtypes or sizes differ", dc_dtype_name(src->dtype),
+                       dc_shape_str(a, sizeof a, src->ndim, src->shape), dc_dtype_name(dst->dtype),
+                       dc_shape_str(b, sizeof b, dst->ndim, dst->shape));
+    }
+    return dc_memcpy(dst->data, dst->device, src->data, src->device, dc_tensor_bytes(src));
 }
 
 float dc_bf16_to_f32(uint16_t h) {

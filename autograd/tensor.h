@@ -46,7 +46,7 @@ typedef struct dc_arena {
 } dc_arena;
 
 /* Reserve `cap` bytes. On the CPU the block is mapped lazily, so a generous
- * capacity costs only what is touched. */
+ * capacity costs only what is touched; on a GPU it is one cudaMalloc. */
 int dc_arena_init(dc_arena *a, const char *name, int device, size_t cap);
 void dc_arena_free(dc_arena *a);
 /* 64-byte aligned; NULL with a message naming the arena and the size needed. */
@@ -65,6 +65,10 @@ dc_tensor *dc_tensor_new(dc_arena *a, dc_dtype dtype, int ndim, const int64_t *s
 /* A tensor with the struct from `meta` (host) and data from `data`. */
 dc_tensor *dc_tensor_new2(dc_arena *meta, dc_arena *data, dc_dtype dtype, int ndim,
                           const int64_t *shape);
+
+/* Copy src's data into dst (same dtype and element count; any two devices,
+ * see device.h's dc_memcpy). */
+int dc_tensor_copy(dc_tensor *dst, const dc_tensor *src);
 
 /* bf16/f16 <-> f32 on the host (round to nearest even). */
 float dc_bf16_to_f32(uint16_t h);

@@ -15,7 +15,10 @@
 #          its batch, configs/cifar10-ddpm.json at a small one) beside diffusers'
 #          train_unconditional step: images/s, peak memory, and the FLOP/s each
 #          reaches as a share of the machine's OpenBLAS sgemm
-#   scripts/bench.sh [ops] [data] [sample] [train] [--threads N] [--reps N] [--runs N]
+#   cuda-ops  conv2d, linear, group_norm and attention at UNet shapes on the GPU,
+#          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
+#          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
+#   scripts/bench.sh [ops] [data] [sample] [train] [cuda-ops] [--threads N] [--reps N] [--runs N]
 #   (every section when none is named; threads default: nproc). Each program
 #   times a case --reps times and keeps the best (sample: once, the runs are
 #   long); for ops, sample and train, --runs N alternates the two programs N
@@ -29,14 +32,14 @@ cd "$(dirname "$0")/.."
 threads=$(nproc) reps=5 runs=1 sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    ops | data | sample | train) sections+=("$1"); shift ;;
+    ops | data | sample | train | cuda-ops) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [sample] [train] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [ops] [data] [sample] [train] [cuda-ops] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
     esac
 done
-[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train)
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train cuda-ops)
 
 machine=$(lscpu | sed -n 's/^Model name: *//p')
 
@@ -299,6 +302,48 @@ bench_train() {
                        field(d, "batch"), di, ti, di / ti, di * gflop, ti * gflop,
                        100 * di * gflop / sgemm, 100 * ti * gflop / sgemm,
                        field(d, "peak_rss_mb"), field(t, "peak_rss_mb")
+            }
+        }
+    ' <<<"$results"
+}
+
+# ---- cuda-ops: the GPU kernels beside PyTorch's ----
+
+bench_cuda-ops() {
+    if ! command -v nvcc >/dev/null && [[ ! -x /usr/local/cuda/bin/nvcc ]]; then
+        echo "== cuda-ops: skipped (no nvcc)"
+        return
+    fi
+    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build build-cuda -j"$(nproc)" --target bench_cuda_ops >/dev/null
+    local results rc=0
+    results=$(build-cuda/bench_cuda_ops --reps "$reps" | sed 's/^/diffc /') || rc=$?
+    if [[ $rc -eq 77 ]]; then
+        echo "== cuda-ops: skipped (no GPU)"
+        return
+    fi
+    [[ $rc -eq 0 ]] || return $rc
+    results+=$'\n'$(/usr/bin/python3 scripts/bench_torch_cuda_ops.py --reps "$reps" | sed 's/^/pytorch /')
+    echo "== cuda-ops: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); best of $reps; times in ms"
+    awk "$awk_field"'
+        {
+            key = field($0, "name") " " field($0, "math")
+            row[$1 " " key] = $0
+            if ($1 == "diffc")
+                order[++n] = key
+        }
+        END {
+            printf "%-32s %-5s %27s %27s\n", "", "", "diffc", "pytorch"
+            printf "%-32s %-5s %9s %9s %9s %9s %9s %9s %8s\n", "case", "math", "fwd", "bwd",
+                   "total", "fwd", "bwd", "total", "speed"
+            for (i = 1; i <= n; i++) {
+                d = row["diffc " order[i]]; t = row["pytorch " order[i]]
+                split(order[i], k, " ")
+                if (t == "") { printf "%-32s %-5s (no PyTorch result)\n", k[1], k[2]; continue }
+                printf "%-32s %-5s %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %7.2fx\n", k[1], k[2],
+                       field(d, "fwd_ms"), field(d, "bwd_ms"), field(d, "total_ms"),
+                       field(t, "fwd_ms"), field(t, "bwd_ms"), field(t, "total_ms"),
+                       field(t, "total_ms") / field(d, "total_ms")
             }
         }
     ' <<<"$results"

@@ -76,6 +76,11 @@ void tu_mkdtemp(const char *prefix);
 const char *tu_path(const char *name);
 void tu_rmtemp(void);
 
+/* CUDA devices present, asked in a child process: CUDA must not be
+ * initialised in the process that Check forks the tests from. GPU suites
+ * exit 77 (skipped) when it is 0. */
+int tu_cuda_device_count(void);
+
 /* A test case added to s with a timeout in seconds. */
 TCase *tu_tcase(Suite *s, const char *name, double timeout);
 /* Run the suite; the process exit status (prints the seed when a test failed). */

@@ -4,49 +4,10 @@
 #include "diffusion.h"
 
 #include "../rng.h"
+#include "diffusion_coefs.h"
 #include "parallel.h"
 
 #include <math.h>
-
-/* One sample of the loss: its target is cx x0 + cn noise, its weight w. */
-typedef struct {
-    float cx, cn;
-    double w;
-} loss_coefs;
-
-/* min-SNR-gamma weights of dc_diffusion_loss; snr is finite (acp < 1). */
-static double loss_weight(double snr, dc_prediction_type p, double gamma) {
-    if (gamma <= 0)
-        return p == DC_PRED_SAMPLE ? snr : 1.0;
-    double m = snr < gamma ? snr : gamma;
-    switch (p) {
-    case DC_PRED_EPSILON:
-        return snr < gamma ? 1.0 : gamma / snr; /* min(snr, gamma) / snr without 0 / 0 */
-    case DC_PRED_V_PREDICTION:
-        return m / (snr + 1.0);
-    default:
-        return m;
-    }
-}
-
-static inline loss_coefs coefs_of(float acp, dc_prediction_type p, float snr_gamma) {
-    float a = sqrtf(acp), s = sqrtf(1.0f - acp);
-    loss_coefs c = {0.0f, 1.0f, loss_weight((double)acp / (1.0 - acp), p, snr_gamma)};
-    if (p == DC_PRED_V_PREDICTION) { /* -s x0 + a noise rounds as get_velocity's a noise - s x0 */
-        c.cx = -s;
-        c.cn = a;
-    } else if (p == DC_PRED_SAMPLE) {
-        c.cx = 1.0f;
-        c.cn = 0.0f;
-    }
-    return c;
-}
-
-/* Products rounded to f32 before the sum, as PyTorch's separate ops do. */
-static inline float mix(float cx, float x0, float cn, float noise) {
-    float u = cx * x0, v = cn * noise;
-    return u + v;
-}
 
 void cpu_q_sample_forward(float *out, const float *x0, const float *noise, const float *acp,
                           int64_t n, int64_t d) {
@@ -71,9 +32,9 @@ void cpu_q_sample_backward(const float *dout, float *dx0, float *dnoise, const f
         }
 }
 
-double cpu_diffusion_loss_forward(const float *pred, const float *x0, const float *noise,
-                                  const float *acp, int64_t n, int64_t d, dc_prediction_type p,
-                                  float snr_gamma, double *mse) {
+void cpu_diffusion_loss_forward(float *out, double *mse, const float *pred, const float *x0,
+                                const float *noise, const float *acp, int64_t n, int64_t d,
+                                dc_prediction_type p, float snr_gamma) {
     double s = 0;
 #pragma omp parallel for reduction(+ : s) if (n * d >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
@@ -87,13 +48,14 @@ double cpu_diffusion_loss_forward(const float *pred, const float *x0, const floa
         mse[i] = row / (double)d;
         s += c.w * mse[i];
     }
-    return s / (double)n;
+    out[0] = (float)(s / (double)n);
 }
 
-void cpu_diffusion_loss_backward(float g, const float *pred, const float *x0, const float *noise,
-                                 const float *acp, int64_t n, int64_t d, dc_prediction_type p,
-                                 float snr_gamma, float *dpred, float *dx0, float *dnoise) {
-    double nd = (double)n * (double)d;
+void cpu_diffusion_loss_backward(const float *gp, const float *pred, const float *x0,
+                                 const float *noise, const float *acp, int64_t n, int64_t d,
+                                 dc_prediction_type p, float snr_gamma, float *dpred, float *dx0,
+                                 float *dnoise) {
+    double nd = (double)n * (double)d, g = gp[0];
 #pragma omp parallel for collapse(2) if (n * d >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < d; j++) {

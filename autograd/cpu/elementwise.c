@@ -22,26 +22,6 @@ static inline int64_t b_index(int64_t i, const int64_t as[4], const int64_t bs[4
     return j;
 }
 
-/* When b is broadcast over one contiguous block of a's dimensions, a reads
- * as [A, R, C] and b as [A, 1, C]. Every broadcast the models make is of
- * this form: a bias [C] (A = 1), a time embedding [N, 1, 1, C], a
- * per-sample scale [N, 1, 1, 1]. False otherwise. */
-static bool split3(const int64_t as[4], const int64_t bs[4], int64_t *A, int64_t *R, int64_t *C) {
-    int first = 4, last = -1;
-    for (int d = 0; d < 4; d++)
-        if (bs[d] != as[d]) {
-            first = first < d ? first : d;
-            last = d;
-        }
-    for (int d = first; d <= last; d++)
-        if (bs[d] != 1 && as[d] != 1)
-            return false;
-    *A = *R = *C = 1;
-    for (int d = 0; d < 4; d++)
-        *(d < first ? A : d <= last ? R : C) *= as[d];
-    return true;
-}
-
 static int64_t numel4(const int64_t s[4]) { return s[0] * s[1] * s[2] * s[3]; }
 
 void cpu_binary_forward(cpu_binary_kind k, float *out, const float *a, const float *b,
@@ -51,7 +31,7 @@ void cpu_binary_forward(cpu_binary_kind k, float *out, const float *a, const flo
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             out[i] = apply(k, a[i], b[i]);
-    } else if (split3(as, bs, &A, &R, &C)) {
+    } else if (cpu_broadcast_split3(as, bs, &A, &R, &C)) {
 #pragma omp parallel for if (n >= CPU_PAR_MIN)
         for (int64_t row = 0; row < A * R; row++) {
             const float *br = b + row / R * C;
@@ -102,7 +82,7 @@ void cpu_binary_backward(cpu_binary_kind k, const float *dout, const float *a, c
         }
         return;
     }
-    bool split = split3(as, bs, &A, &R, &C);
+    bool split = cpu_broadcast_split3(as, bs, &A, &R, &C);
     if (da && split) {
 #pragma omp parallel for if (n >= CPU_PAR_MIN)
         for (int64_t row = 0; row < A * R; row++) {
@@ -166,15 +146,16 @@ void cpu_affine_backward(const float *dout, float *dx, int64_t n, float alpha) {
         dx[i] += alpha * dout[i];
 }
 
-double cpu_sum_forward(const float *x, int64_t n) {
+void cpu_sum_forward(float *out, const float *x, int64_t n, double div) {
     double s = 0;
 #pragma omp parallel for reduction(+ : s) if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         s += x[i];
-    return s;
+    out[0] = (float)(s / div);
 }
 
-void cpu_fill_add(float *dx, int64_t n, float g) {
+void cpu_fill_add(float *dx, int64_t n, const float *gp, float div) {
+    float g = gp[0] / div;
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         dx[i] += g;

@@ -94,8 +94,8 @@ void cpu_timestep_embedding_forward(float *out, const float *tf, const int32_t *
 }
 
 /* Both loops run over all n * d elements, so a batch of one still uses every thread. */
-double cpu_mse_loss_forward(const float *pred, const float *target, const float *w, int64_t n,
-                            int64_t d) {
+void cpu_mse_loss_forward(float *out, const float *pred, const float *target, const float *w,
+                          int64_t n, int64_t d) {
     double s = 0;
 #pragma omp parallel for collapse(2) reduction(+ : s)
     for (int64_t i = 0; i < n; i++)
@@ -103,12 +103,12 @@ double cpu_mse_loss_forward(const float *pred, const float *target, const float 
             double e = (double)pred[i * d + j] - target[i * d + j];
             s += (w ? w[i] : 1.0) * e * e;
         }
-    return s / ((double)n * (double)d);
+    out[0] = (float)(s / ((double)n * (double)d));
 }
 
-void cpu_mse_loss_backward(float g, const float *pred, const float *target, const float *w,
+void cpu_mse_loss_backward(const float *gp, const float *pred, const float *target, const float *w,
                            float *dpred, float *dtarget, float *dw, int64_t n, int64_t d) {
-    double nd = (double)n * (double)d;
+    double nd = (double)n * (double)d, g = gp[0];
     if (dpred || dtarget) {
 #pragma omp parallel for collapse(2)
         for (int64_t i = 0; i < n; i++)

@@ -28,12 +28,13 @@ void cpu_timestep_embedding_forward(float *out, const float *tf, const int32_t *
                                     int64_t dim, bool flip_sin_to_cos, float shift,
                                     float max_period);
 
-/* pred, target [n, d], w [n] or NULL (ones):
+/* pred, target [n, d], w [n] or NULL (ones): out[0] =
  * (1/n) sum_i w[i] (1/d) sum_j (pred - target)^2, accumulated in double. */
-double cpu_mse_loss_forward(const float *pred, const float *target, const float *w, int64_t n,
-                            int64_t d);
-/* The gradients of g * loss: into dpred, dtarget (minus dpred's) and dw, each may be NULL. */
-void cpu_mse_loss_backward(float g, const float *pred, const float *target, const float *w,
+void cpu_mse_loss_forward(float *out, const float *pred, const float *target, const float *w,
+                          int64_t n, int64_t d);
+/* The gradients of g[0] * loss (g: the loss's one-element gradient): into
+ * dpred, dtarget (minus dpred's) and dw, each may be NULL. */
+void cpu_mse_loss_backward(const float *g, const float *pred, const float *target, const float *w,
                            float *dpred, float *dtarget, float *dw, int64_t n, int64_t d);
 
 #endif

@@ -7,15 +7,8 @@
 void cpu_adamw_step(float *p, const float *g, float *m, float *v, int64_t n,
                     const cpu_adamw_args *a) {
 #pragma omp parallel for simd
-    for (int64_t i = 0; i < n; i++) {
-        float pi = p[i] * a->decay_mul;
-        float mi = m[i] * a->beta1 + a->one_minus_beta1 * g[i];
-        float vi = v[i] * a->beta2 + a->one_minus_beta2 * g[i] * g[i];
-        float denom = sqrtf(vi) / a->bc2_sqrt + a->eps;
-        p[i] = pi + -a->step_size * mi / denom; /* addcdiv: self + value * t1 / t2 */
-        m[i] = mi;
-        v[i] = vi;
-    }
+    for (int64_t i = 0; i < n; i++)
+        cpu_adamw_element(&p[i], g[i], &m[i], &v[i], a);
 }
 
 double cpu_sum_squares(const float *x, int64_t n) {

@@ -4,6 +4,9 @@
 #ifndef DC_CPU_OPTIM_H
 #define DC_CPU_OPTIM_H
 
+#include "../hostdev.h"
+
+#include <math.h>
 #include <stdint.h>
 
 typedef struct cpu_adamw_args {
@@ -13,6 +16,19 @@ typedef struct cpu_adamw_args {
     float eps;
     float step_size;  /* lr / (1 - beta1^t) */
 } cpu_adamw_args;
+
+/* One element of AdamW, in the order of PyTorch's single-tensor AdamW; the
+ * CPU and CUDA kernels both run this, so they round alike. */
+DC_HOSTDEV static inline void cpu_adamw_element(float *p, float g, float *m, float *v,
+                                                const cpu_adamw_args *a) {
+    float pi = *p * a->decay_mul;
+    float mi = *m * a->beta1 + a->one_minus_beta1 * g;
+    float vi = *v * a->beta2 + a->one_minus_beta2 * g * g;
+    float denom = sqrtf(vi) / a->bc2_sqrt + a->eps;
+    *p = pi + -a->step_size * mi / denom; /* addcdiv: self + value * t1 / t2 */
+    *m = mi;
+    *v = vi;
+}
 
 void cpu_adamw_step(float *p, const float *g, float *m, float *v, int64_t n,
                     const cpu_adamw_args *a);

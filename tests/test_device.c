@@ -1,0 +1,77 @@
+/* Device names (--device auto|cpu|cuda[:N]), the mixed-precision setting and
+ * host copies: what every build answers, with or without CUDA or a GPU. */
+#include "testutil.h"
+
+#include "autograd/device.h"
+#include "autograd/error.h"
+
+#include <string.h>
+
+static void expect_error(int rc, const char *msg) {
+    ck_assert_int_eq(rc, -1);
+    ck_assert_msg(strstr(dc_error(), msg), "expected \"%s\", got \"%s\"", msg, dc_error());
+}
+
+START_TEST(test_resolve) {
+    int d = 5;
+    ck_assert_int_eq(dc_device_resolve("cpu", &d), 0);
+    ck_assert_int_eq(d, DC_CPU);
+    ck_assert_int_eq(dc_device_resolve("auto", &d), 0);
+    ck_assert_int_eq(d, dc_device_count() > 0 ? 0 : DC_CPU);
+    expect_error(dc_device_resolve("gpu", &d), "device 'gpu': expected auto, cpu, cuda or cuda:N");
+    expect_error(dc_device_resolve("cudax", &d), "expected auto, cpu, cuda or cuda:N");
+    expect_error(dc_device_resolve("cuda:", &d), "expected cuda:N with N a GPU ordinal");
+    expect_error(dc_device_resolve("cuda:1x", &d), "expected cuda:N");
+    expect_error(dc_device_resolve("cuda:-1", &d), "expected cuda:N");
+    if (dc_device_count() == 0) {
+#ifdef DC_HAVE_CUDA
+        expect_error(dc_device_resolve("cuda", &d), "device 'cuda': no CUDA GPU found");
+#else
+        expect_error(dc_device_resolve("cuda:0", &d), "cuda:0: this build of diffc has no CUDA");
+#endif
+    }
+    char buf[16];
+    ck_assert_str_eq(dc_device_name(buf, sizeof buf, DC_CPU), "cpu");
+    ck_assert_str_eq(dc_device_name(buf, sizeof buf, 3), "cuda:3");
+}
+END_TEST
+
+START_TEST(test_math) {
+    dc_math m;
+    ck_assert_int_eq(dc_math_parse("no", &m), 0);
+    ck_assert_int_eq(m, DC_MATH_TF32);
+    ck_assert_int_eq(dc_math_parse("bf16", &m), 0);
+    ck_assert_int_eq(m, DC_MATH_BF16);
+    expect_error(dc_math_parse("fp16", &m), "mixed precision 'fp16': expected no or bf16");
+    ck_assert_int_eq(dc_device_set_math(DC_CPU, DC_MATH_BF16), 0);
+}
+END_TEST
+
+START_TEST(test_host_copies) {
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *a = tu_randn(ctx, DC_SHAPE(3, 4)), *b = dc_new(ctx, DC_F32, DC_SHAPE(4, 3));
+    ck_assert_int_eq(dc_tensor_copy(b, a), 0);
+    ck_assert(memcmp(a->data, b->data, dc_tensor_bytes(a)) == 0);
+    dc_tensor *c = dc_clone(ctx, a);
+    ck_assert(c && c != a && memcmp(a->data, c->data, dc_tensor_bytes(a)) == 0);
+    expect_error(dc_tensor_copy(dc_new(ctx, DC_F32, DC_SHAPE(5)), a),
+                 "copy: f32 [3, 4] into f32 [5]: dtypes or sizes differ");
+    ck_assert_int_eq(dc_memset(b->data, DC_CPU, 0, dc_tensor_bytes(b)), 0);
+    ck_assert(((float *)b->data)[11] == 0.0f);
+    tu_ctx_free(ctx);
+#ifndef DC_HAVE_CUDA
+    dc_arena arena;
+    expect_error(dc_arena_init(&arena, "activations", 0, 1024),
+                 "activations arena: this build of diffc has no CUDA");
+#endif
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("device");
+    TCase *tc = tu_tcase(s, "device", 30);
+    tcase_add_test(tc, test_resolve);
+    tcase_add_test(tc, test_math);
+    tcase_add_test(tc, test_host_copies);
+    return tu_run(s);
+}
