@@ -248,7 +248,9 @@ int dc_params_alloc_on(dc_params *ps, int device, uint64_t seed) {
         total += ((size_t)ps->p[i]->value.numel + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
     }
     size_t bytes = total ? total * sizeof(float) : ALIGN_FLOATS * sizeof(float);
-    /* On the CPU, fresh anonymous pages: both buffers start at zero. */
+    /* On the CPU the buffers are fresh anonymous pages, zero already (the
+     * DC_INIT_ZEROS parameters and the padding rely on it); on a GPU the
+     * staged values and zero_grad write every byte. */
     float *data = NULL, *grad = NULL;
     ps->device = device;
     ps->total = total;
