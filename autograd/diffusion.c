@@ -5,7 +5,12 @@
 #include "cpu/diffusion.h"
 #include "error.h"
 #include "fileio.h"
+#include "op_util.h"
 #include "rng.h"
+#ifdef DC_HAVE_CUDA
+#include "cuda/diffusion.h"
+#include "cuda/rng.h"
+#endif
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -242,9 +247,9 @@ void dc_noise_schedule_free(dc_noise_schedule *s) {
 static int check_fill(const char *what, const dc_tensor *x, dc_dtype want) {
     if (!x)
         return dc_fail("%s: no tensor", what);
-    if (x->dtype != want || x->device != DC_CPU)
-        return dc_fail("%s: need an %s tensor on the CPU, got %s on device %d", what,
-                       dc_dtype_name(want), dc_dtype_name(x->dtype), x->device);
+    if (x->dtype != want)
+        return dc_fail("%s: need an %s tensor, got %s", what, dc_dtype_name(want),
+                       dc_dtype_name(x->dtype));
     return 0;
 }
 
@@ -254,13 +259,13 @@ int dc_sample_timesteps(const dc_noise_schedule *s, dc_tensor *t, uint64_t seed,
         return -1;
     if (!s || s->T < 1)
         return dc_fail("sample_timesteps: the noise schedule is not initialised");
-    cpu_sample_timesteps(t->data, t->numel, s->T, seed, stream, offset);
-    return 0;
+    DC_KERNEL_ON(t->device, sample_timesteps, t->data, t->numel, s->T, seed, stream, offset);
+    return dc_device_failed(t->device) ? -1 : 0;
 }
 
 int dc_sample_noise(dc_tensor *x, uint64_t seed, uint64_t stream, uint64_t offset) {
     if (check_fill("sample_noise", x, DC_F32))
         return -1;
-    dc_fill_normal(x->data, x->numel, seed, stream, offset);
-    return 0;
+    DC_KERNEL_ON(x->device, fill_normal, x->data, x->numel, seed, stream, offset);
+    return dc_device_failed(x->device) ? -1 : 0;
 }

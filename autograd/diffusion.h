@@ -85,9 +85,11 @@ int dc_noise_schedule_init(dc_noise_schedule *s, const dc_noise_schedule_config 
 void dc_noise_schedule_free(dc_noise_schedule *s);
 
 /* ---- the random draws of a training step ----
- * Both fill a host tensor with elements offset .. offset + numel - 1 of the
- * Philox stream (seed, stream) (see rng.h), so a batch split across ranks
- * draws what one rank would draw for the whole batch. */
+ * Both fill a tensor on any device with elements offset .. offset + numel - 1
+ * of the Philox stream (seed, stream) (see rng.h), so a batch split across
+ * ranks draws what one rank would draw for the whole batch. Timesteps are the
+ * same integers on every device; normals agree to the last place of the
+ * devices' logf/sinf/cosf. */
 
 /* t (i32, any shape): timesteps uniform in [0, T). Element i is (w * T) >> 32
  * for the 32-bit Philox word w of element i (word i % 4 of block i / 4, as

@@ -4,6 +4,7 @@
  */
 #include "nn.h"
 
+#include "device.h"
 #include "error.h"
 #include "rng.h"
 #include "safetensors.h"
@@ -15,7 +16,10 @@
 
 #define ALIGN_FLOATS 16 /* 64 bytes: a cache line, and whole vectors for any kernel */
 
-void dc_params_init(dc_params *ps) { memset(ps, 0, sizeof *ps); }
+void dc_params_init(dc_params *ps) {
+    memset(ps, 0, sizeof *ps);
+    ps->device = DC_CPU;
+}
 
 void dc_params_free(dc_params *ps) {
     if (!ps)
@@ -140,13 +144,13 @@ static uint64_t fnv1a(const char *s) {
     return h;
 }
 
-static void init_values(const dc_param *p, uint64_t seed) {
-    float *x = p->value.data;
+/* p's initial values into x (host memory, zero on entry). */
+static void init_values(const dc_param *p, float *x, uint64_t seed) {
     float s = p->scale;
     int64_t n = p->value.numel;
     uint64_t stream = fnv1a(p->name);
     switch (p->init) {
-    case DC_INIT_ZEROS: break; /* the arena's pages are zero already */
+    case DC_INIT_ZEROS: break; /* zero already */
     case DC_INIT_ONES:
 #pragma omp parallel for
         for (int64_t i = 0; i < n; i++)
@@ -165,7 +169,75 @@ static void init_values(const dc_param *p, uint64_t seed) {
     }
 }
 
-int dc_params_alloc(dc_params *ps, uint64_t seed) {
+/* ---- host staging: one path for every device ----
+ *
+ * Values are made, converted and permuted in host memory. On the CPU that
+ * memory is the buffer itself; on a GPU it is a host copy of the whole flat
+ * buffer, copied over in one transfer. */
+
+static size_t buffer_bytes(const dc_params *ps) { return ps->total * sizeof(float); }
+
+/* Host memory laid out like `dst` (a flat buffer on ps's device) to write
+ * values into: dst itself on the CPU, else a zeroed staging buffer (so the
+ * padding between tensors is zero). NULL with a message on failure. */
+static float *stage_for_write(const dc_params *ps, float *dst) {
+    if (ps->device == DC_CPU)
+        return dst;
+    float *host = calloc(ps->total + 1, sizeof *host);
+    if (!host)
+        dc_fail("parameters: out of host memory for a staging copy of %zu bytes",
+                buffer_bytes(ps));
+    return host;
+}
+
+/* Finish stage_for_write: when `rc` (the status of the writing) is 0, copy
+ * the staged values into dst; free the staging buffer. Returns the status. */
+static int commit_staged(const dc_params *ps, float *dst, float *host, int rc) {
+    if (!host)
+        return -1; /* stage_for_write has said why */
+    if (host == dst)
+        return rc;
+    if (!rc)
+        rc = dc_memcpy(dst, ps->device, host, DC_CPU, buffer_bytes(ps));
+    free(host);
+    return rc;
+}
+
+/* Host memory holding what `src` (a flat buffer on ps's device) holds: src
+ * itself on the CPU, else a copy. Give it back with release_view. NULL with a
+ * message on failure. */
+static const float *stage_for_read(const dc_params *ps, const float *src) {
+    if (ps->device == DC_CPU)
+        return src;
+    float *host = malloc((ps->total + 1) * sizeof *host);
+    if (!host) {
+        dc_fail("parameters: out of host memory for a staging copy of %zu bytes",
+                buffer_bytes(ps));
+        return NULL;
+    }
+    if (dc_memcpy(host, DC_CPU, src, ps->device, buffer_bytes(ps))) {
+        free(host);
+        return NULL;
+    }
+    return host;
+}
+
+static void release_view(const float *view, const float *src) {
+    if (view != src)
+        free((void *)view);
+}
+
+/* ---- allocation ---- */
+
+/* Every parameter's initial values into ps->data. */
+static int init_all(dc_params *ps, uint64_t seed) {
+    float *host = stage_for_write(ps, ps->data);
+    for (int i = 0; host && i < ps->n; i++)
+        init_values(ps->p[i], host + ps->p[i]->offset, seed);
+    return commit_staged(ps, ps->data, host, 0);
+}
+
+int dc_params_alloc_on(dc_params *ps, int device, uint64_t seed) {
     if (ps->failed)
         return -1; /* dc_error() still names the declaration that failed */
     if (ps->data)
@@ -176,31 +248,41 @@ int dc_params_alloc(dc_params *ps, uint64_t seed) {
         total += ((size_t)ps->p[i]->value.numel + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
     }
     size_t bytes = total ? total * sizeof(float) : ALIGN_FLOATS * sizeof(float);
-    /* Fresh anonymous pages: both buffers, padding included, start at zero. */
+    /* On the CPU the buffers are fresh anonymous pages, zero already (the
+     * DC_INIT_ZEROS parameters and the padding rely on it); on a GPU the
+     * staged values and zero_grad write every byte. */
     float *data = NULL, *grad = NULL;
-    if (dc_arena_init(&ps->values, "parameters", DC_CPU, bytes) ||
-        dc_arena_init(&ps->grads, "gradients", DC_CPU, bytes) ||
-        !(data = dc_arena_alloc(&ps->values, bytes)) || !(grad = dc_arena_alloc(&ps->grads, bytes))) {
-        dc_arena_free(&ps->values);
-        dc_arena_free(&ps->grads);
-        return -1;
-    }
+    ps->device = device;
+    ps->total = total;
+    if (dc_arena_init(&ps->values, "parameters", device, bytes) ||
+        dc_arena_init(&ps->grads, "gradients", device, bytes) ||
+        !(data = dc_arena_alloc(&ps->values, bytes)) || !(grad = dc_arena_alloc(&ps->grads, bytes)))
+        goto fail;
     ps->data = data;
     ps->grad = grad;
-    ps->total = total;
+    if (init_all(ps, seed) || dc_params_zero_grad(ps))
+        goto fail;
     for (int i = 0; i < ps->n; i++) {
         dc_param *p = ps->p[i];
+        p->value.device = p->grad.device = device;
         p->value.data = ps->data + p->offset;
         p->grad.data = ps->grad + p->offset;
         p->value.grad = &p->grad;
-        init_values(p, seed);
     }
     return 0;
+fail:
+    dc_arena_free(&ps->values);
+    dc_arena_free(&ps->grads);
+    ps->data = ps->grad = NULL;
+    ps->total = 0;
+    ps->device = DC_CPU;
+    return -1;
 }
 
-void dc_params_zero_grad(dc_params *ps) {
-    if (ps->grad)
-        memset(ps->grad, 0, ps->total * sizeof(float));
+int dc_params_alloc(dc_params *ps, uint64_t seed) { return dc_params_alloc_on(ps, DC_CPU, seed); }
+
+int dc_params_zero_grad(dc_params *ps) {
+    return ps->grad ? dc_memset(ps->grad, ps->device, 0, buffer_bytes(ps)) : 0;
 }
 
 void dc_param_file_shape(const dc_param *p, int64_t shape[DC_MAX_DIMS]) {
@@ -235,7 +317,10 @@ int dc_params_save(const dc_params *ps, const float *data, const char *path,
                    const char *const *meta_keys, const char *const *meta_values, int n_meta) {
     if (!ps->data)
         return dc_fail("%s: parameters are not allocated", path);
-    data = data ? data : ps->data;
+    const float *src = data ? data : ps->data;
+    const float *host = stage_for_read(ps, src);
+    if (!host)
+        return -1;
     size_t conv_floats = 0;
     for (int i = 0; i < ps->n; i++)
         if (ps->p[i]->layout == DC_LAYOUT_CONV)
@@ -245,13 +330,14 @@ int dc_params_save(const dc_params *ps, const float *data, const char *path,
     if (!ts || !scratch) {
         free(ts);
         free(scratch);
+        release_view(host, src);
         return dc_fail("%s: out of memory", path);
     }
     float *next = scratch;
     for (int i = 0; i < ps->n; i++) {
         const dc_param *p = ps->p[i];
         dc_st_tensor *t = &ts[i];
-        const float *src = data + p->offset;
+        const float *v = host + p->offset;
         t->name = p->name;
         snprintf(t->dtype_name, sizeof t->dtype_name, "F32");
         t->dtype = DC_F32;
@@ -260,15 +346,16 @@ int dc_params_save(const dc_params *ps, const float *data, const char *path,
         dc_param_file_shape(p, t->shape);
         t->nbytes = (size_t)p->value.numel * sizeof(float);
         if (p->layout == DC_LAYOUT_CONV) {
-            conv_permute(next, src, p->value.shape, true);
-            src = next;
+            conv_permute(next, v, p->value.shape, true);
+            v = next;
             next += p->value.numel;
         }
-        t->data = src;
+        t->data = v;
     }
     int rc = dc_st_write(path, ts, ps->n, meta_keys, meta_values, n_meta);
     free(ts);
     free(scratch);
+    release_view(host, src);
     return rc;
 }
 
@@ -348,8 +435,10 @@ int dc_params_load(dc_params *ps, float *data, const char *path, dc_rename_fn re
         return -1;
     const dc_st_tensor **src = calloc((size_t)ps->n + 1, sizeof *src);
     int rc = src ? match_all(ps, &f, path, rename, src) : dc_fail("%s: out of memory", path);
-    for (int k = 0; !rc && k < ps->n; k++)
-        rc = copy_in(ps->p[k], src[k], data + ps->p[k]->offset);
+    float *host = rc ? NULL : stage_for_write(ps, data);
+    for (int k = 0; host && !rc && k < ps->n; k++)
+        rc = copy_in(ps->p[k], src[k], host + ps->p[k]->offset);
+    rc = rc && !host ? rc : commit_staged(ps, data, host, rc);
     free(src);
     dc_st_close(&f);
     return rc;

@@ -10,6 +10,13 @@
  * padding between tensors is zero in both buffers and stays zero under AdamW
  * and EMA.
  *
+ * The buffers live on one device, chosen at alloc: the host or a GPU (then
+ * every parameter tensor is a device tensor, for contexts on that GPU).
+ * Initial values, loading and saving go through host memory either way: on a
+ * GPU a host staging copy of the whole buffer is filled (or read) by the same
+ * code as on the CPU, then copied over, so both devices start from the same
+ * bits.
+ *
  * Weight files hold the PyTorch layout (conv [Cout, Cin, kh, kw]); memory holds
  * the layout our kernels want (conv [Cout, kh, kw, Cin]). Save and load convert,
  * so a diffusers user can read our files and we can read theirs.
@@ -56,9 +63,10 @@ typedef struct dc_param {
 typedef struct dc_params {
     int n, cap;
     dc_param **p;      /* [n] in declaration order (iterate p[0..n)) */
-    float *data;       /* [total] every value; NULL until dc_params_alloc */
-    float *grad;       /* [total] every gradient, at the same offsets */
+    float *data;       /* [total] every value, on `device`; NULL until dc_params_alloc */
+    float *grad;       /* [total] every gradient, at the same offsets, on `device` */
     size_t total;      /* floats in each buffer, padding included */
+    int device;        /* where both buffers live: DC_CPU or a CUDA ordinal (set by alloc) */
     bool failed;       /* a declaration failed: later ones and alloc fail too */
     dc_arena values;   /* "parameters" */
     dc_arena grads;    /* "gradients" */
@@ -76,10 +84,15 @@ void dc_params_free(dc_params *ps);
 dc_tensor *dc_params_add(dc_params *ps, const char *prefix, const char *name, int ndim,
                          const int64_t *shape, dc_layout layout, dc_init init, float scale);
 
-/* Allocate both buffers (CPU) and give every parameter its initial values from
- * `seed`; gradients start at zero. */
+/* Allocate both buffers on `device` (DC_CPU or a CUDA ordinal) and give every
+ * parameter its initial values from `seed`, the same bits on every device;
+ * gradients start at zero. A GPU needs a host staging buffer of the model's
+ * size for the duration of the call. */
+int dc_params_alloc_on(dc_params *ps, int device, uint64_t seed);
+/* dc_params_alloc_on(ps, DC_CPU, seed). */
 int dc_params_alloc(dc_params *ps, uint64_t seed);
-void dc_params_zero_grad(dc_params *ps);
+/* Zero the gradient buffer (padding included); fails only on a failed GPU. */
+int dc_params_zero_grad(dc_params *ps);
 /* NULL when no parameter has that name. */
 dc_param *dc_params_find(const dc_params *ps, const char *name);
 /* The parameter's shape in its file layout (conv: [Cout, Cin, kh, kw]). */
@@ -92,13 +105,13 @@ void dc_param_file_shape(const dc_param *p, int64_t shape[DC_MAX_DIMS]);
 typedef const char *(*dc_rename_fn)(const char *file_name, char *buf, size_t size);
 
 /* Write every parameter by name as f32 in file layout, with metadata pairs.
- * `data` is a buffer laid out like ps->data (an EMA shadow, say); NULL means
- * ps->data. */
+ * `data` is a buffer laid out like ps->data and on the same device (an EMA
+ * shadow, say); NULL means ps->data. */
 int dc_params_save(const dc_params *ps, const float *data, const char *path,
                    const char *const *meta_keys, const char *const *meta_values, int n_meta);
 
-/* Read every parameter by name from `path` into `data` (NULL: ps->data),
- * converting f32/bf16/f16 to f32 and file layout to memory layout. `rename`
+/* Read every parameter by name from `path` into `data` (laid out like
+ * ps->data, on its device; NULL: ps->data), converting f32/bf16/f16 to f32 and file layout to memory layout. `rename`
  * may be NULL. A parameter missing from the file, a tensor the model does not
  * have, a shape mismatch ("NAME: file has [64, 32, 3, 3], model expects
  * [64, 64, 3, 3]", both in file layout) or a dtype that is not a float is an

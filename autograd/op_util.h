@@ -10,19 +10,21 @@
 #include "error.h"
 #include "ops.h"
 
-/* Run kernel `name` on the context's device: cpu_<name>(...) or
- * cuda_<name>(...), with the same arguments (device pointers for CUDA; the
- * stream and library handles are the device's, see cuda/device.h). Both
- * return the same type. In a build without CUDA it is the CPU call alone.
- * The one place where an op picks a device's kernel. */
+/* Run kernel `name` on `device`: cpu_<name>(...) or cuda_<name>(...), with
+ * the same arguments (device pointers for CUDA; the stream and library
+ * handles are the device's, see cuda/device.h). Both return the same type.
+ * In a build without CUDA it is the CPU call alone. The one place where the
+ * engine picks a device's kernel: the ops through DC_KERNEL (their context's
+ * device), the optimizer and the random fills through DC_KERNEL_ON (the
+ * device of their buffers). */
 #ifdef DC_HAVE_CUDA
 #include "cuda/device.h"
-#define DC_KERNEL(ctx, name, ...)                                                                  \
-    ((ctx)->device == DC_CPU ? cpu_##name(__VA_ARGS__)                                             \
-                             : (cuda_select((ctx)->device), cuda_##name(__VA_ARGS__)))
+#define DC_KERNEL_ON(device, name, ...)                                                            \
+    ((device) == DC_CPU ? cpu_##name(__VA_ARGS__) : (cuda_select(device), cuda_##name(__VA_ARGS__)))
 #else
-#define DC_KERNEL(ctx, name, ...) cpu_##name(__VA_ARGS__)
+#define DC_KERNEL_ON(device, name, ...) ((void)(device), cpu_##name(__VA_ARGS__))
 #endif
+#define DC_KERNEL(ctx, name, ...) DC_KERNEL_ON((ctx)->device, name, __VA_ARGS__)
 
 /* Fail the context with a message prefixed by the op's name; returns NULL. */
 void *op_fail(dc_ctx *ctx, dc_op op, const char *fmt, ...) DC_PRINTF(3, 4);

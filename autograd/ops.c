@@ -218,8 +218,10 @@ float *grad_of_fresh(dc_ctx *ctx, dc_tensor *t, bool *fresh) {
 float *grad_of(dc_ctx *ctx, dc_tensor *t) {
     bool fresh;
     float *g = grad_of_fresh(ctx, t, &fresh);
-    if (fresh)
-        memset(g, 0, dc_tensor_bytes(t->grad));
+    if (fresh && dc_memset(g, ctx->device, 0, dc_tensor_bytes(t->grad))) {
+        ctx->failed = true;
+        return NULL;
+    }
     return g;
 }
 

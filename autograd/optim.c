@@ -1,16 +1,27 @@
-/* AdamW, gradient clipping, EMA and learning-rate schedules (see optim.h). */
+/* AdamW, gradient clipping, EMA and learning-rate schedules (see optim.h).
+ * The passes over the buffers run on their device through op_util.h's
+ * DC_KERNEL_ON; everything else (constants, decays, schedules) is host
+ * arithmetic in double. */
 #include "optim.h"
 
 #include "cpu/optim.h"
+#include "device.h"
 #include "error.h"
+#include "op_util.h"
+#ifdef DC_HAVE_CUDA
+#include "cuda/optim.h"
+#endif
 
 #include <math.h>
 #include <string.h>
 
 /* ---- AdamW ---- */
 
-int dc_adamw_init(dc_adamw *o, size_t n, double beta1, double beta2, double eps,
-                  double weight_decay) {
+/* 0, or -1 when the GPU that ran the last pass has failed. */
+static int device_status(int device) { return dc_device_failed(device) ? -1 : 0; }
+
+int dc_adamw_init_on(dc_adamw *o, int device, size_t n, double beta1, double beta2, double eps,
+                     double weight_decay) {
     memset(o, 0, sizeof *o);
     if (!(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1))
         return dc_fail("adamw: betas (%g, %g) must lie in [0, 1)", beta1, beta2);
@@ -18,20 +29,27 @@ int dc_adamw_init(dc_adamw *o, size_t n, double beta1, double beta2, double eps,
         return dc_fail("adamw: eps %g and weight decay %g must not be negative", eps, weight_decay);
     if (n == 0)
         return dc_fail("adamw: no parameters");
-    if (dc_arena_init(&o->state, "optimizer state", DC_CPU, 2 * n * sizeof(float) + 128))
+    if (dc_arena_init(&o->state, "optimizer state", device, 2 * n * sizeof(float) + 128))
         return -1;
-    o->m = dc_arena_alloc(&o->state, n * sizeof(float)); /* fresh pages: zero */
+    o->m = dc_arena_alloc(&o->state, n * sizeof(float));
     o->v = dc_arena_alloc(&o->state, n * sizeof(float));
-    if (!o->m || !o->v) {
+    if (!o->m || !o->v || dc_memset(o->m, device, 0, n * sizeof(float)) ||
+        dc_memset(o->v, device, 0, n * sizeof(float))) {
         dc_adamw_free(o);
         return -1;
     }
     o->n = n;
+    o->device = device;
     o->beta1 = beta1;
     o->beta2 = beta2;
     o->eps = eps;
     o->weight_decay = weight_decay;
     return 0;
+}
+
+int dc_adamw_init(dc_adamw *o, size_t n, double beta1, double beta2, double eps,
+                  double weight_decay) {
+    return dc_adamw_init_on(o, DC_CPU, n, beta1, beta2, eps, weight_decay);
 }
 
 void dc_adamw_free(dc_adamw *o) {
@@ -41,7 +59,7 @@ void dc_adamw_free(dc_adamw *o) {
     memset(o, 0, sizeof *o);
 }
 
-void dc_adamw_step(dc_adamw *o, float *param, const float *grad, double lr) {
+int dc_adamw_step(dc_adamw *o, float *param, const float *grad, double lr) {
     o->step++;
     double t = (double)o->step;
     cpu_adamw_args a = {
@@ -54,19 +72,29 @@ void dc_adamw_step(dc_adamw *o, float *param, const float *grad, double lr) {
         .eps = (float)o->eps,
         .step_size = (float)(lr / (1 - pow(o->beta1, t))),
     };
-    cpu_adamw_step(param, grad, o->m, o->v, (int64_t)o->n, &a);
+    DC_KERNEL_ON(o->device, adamw_step, param, grad, o->m, o->v, (int64_t)o->n, &a);
+    return device_status(o->device);
 }
 
 /* ---- gradient clipping ---- */
 
-double dc_grad_clip_norm(float *grad, size_t n, double max_norm) {
-    double norm = sqrt(cpu_sum_squares(grad, (int64_t)n));
+int dc_grad_scale_on(int device, float *grad, size_t n, float s) {
+    DC_KERNEL_ON(device, scale, grad, (int64_t)n, s);
+    return device_status(device);
+}
+
+double dc_grad_clip_norm_on(int device, float *grad, size_t n, double max_norm) {
+    double norm = sqrt(DC_KERNEL_ON(device, sum_squares, grad, (int64_t)n));
     if (!isfinite(norm) || max_norm <= 0)
         return norm;
     double coef = max_norm / (norm + 1e-6);
-    if (coef < 1)
-        cpu_scale(grad, (int64_t)n, (float)coef);
+    if (coef < 1 && dc_grad_scale_on(device, grad, n, (float)coef))
+        return NAN;
     return norm;
+}
+
+double dc_grad_clip_norm(float *grad, size_t n, double max_norm) {
+    return dc_grad_clip_norm_on(DC_CPU, grad, n, max_norm);
 }
 
 /* ---- EMA ---- */
@@ -90,7 +118,8 @@ double dc_ema_decay(const dc_ema_config *c, int64_t optimization_step) {
     return fmax(d, c->min_decay);
 }
 
-int dc_ema_init(dc_ema *e, const float *param, size_t n, const dc_ema_config *c) {
+int dc_ema_init_on(dc_ema *e, int device, const float *param, size_t n,
+                   const dc_ema_config *c) {
     memset(e, 0, sizeof *e);
     if (!(c->decay >= 0 && c->decay <= 1 && c->min_decay >= 0 && c->min_decay <= c->decay))
         return dc_fail("ema: need 0 <= min_decay (%g) <= decay (%g) <= 1", c->min_decay, c->decay);
@@ -98,17 +127,21 @@ int dc_ema_init(dc_ema *e, const float *param, size_t n, const dc_ema_config *c)
         return dc_fail("ema: inv_gamma %g must be positive", c->inv_gamma);
     if (n == 0)
         return dc_fail("ema: no parameters");
-    if (dc_arena_init(&e->mem, "ema", DC_CPU, n * sizeof(float)))
+    if (dc_arena_init(&e->mem, "ema", device, n * sizeof(float)))
         return -1;
     e->shadow = dc_arena_alloc(&e->mem, n * sizeof(float));
-    if (!e->shadow) {
+    if (!e->shadow || dc_memcpy(e->shadow, device, param, device, n * sizeof(float))) {
         dc_ema_free(e);
         return -1;
     }
-    memcpy(e->shadow, param, n * sizeof(float));
     e->n = n;
+    e->device = device;
     e->config = *c;
     return 0;
+}
+
+int dc_ema_init(dc_ema *e, const float *param, size_t n, const dc_ema_config *c) {
+    return dc_ema_init_on(e, DC_CPU, param, n, c);
 }
 
 void dc_ema_free(dc_ema *e) {
@@ -118,10 +151,12 @@ void dc_ema_free(dc_ema *e) {
     memset(e, 0, sizeof *e);
 }
 
-void dc_ema_step(dc_ema *e, const float *param) {
+int dc_ema_step(dc_ema *e, const float *param) {
     e->optimization_step++;
     e->cur_decay = dc_ema_decay(&e->config, e->optimization_step);
-    cpu_ema_update(e->shadow, param, (int64_t)e->n, (float)(1 - e->cur_decay));
+    DC_KERNEL_ON(e->device, ema_update, e->shadow, param, (int64_t)e->n,
+                 (float)(1 - e->cur_decay));
+    return device_status(e->device);
 }
 
 /* ---- learning-rate schedules ---- */

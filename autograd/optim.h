@@ -6,6 +6,14 @@
  * torch.optim.AdamW, torch.nn.utils.clip_grad_norm_, diffusers' EMAModel and
  * diffusers.optimization.get_scheduler. Constants are computed in double as
  * Python does; the element loops run in f32 as PyTorch's do.
+ *
+ * The buffers live on one device, the parameters' (nn.h): the _on functions
+ * take it (DC_CPU or a CUDA ordinal), the others mean the CPU. AdamW's
+ * moments and the EMA shadow are allocated there; every pass runs there, the
+ * CPU's and the GPU's kernels sharing their element arithmetic
+ * (cpu/optim.h), so the devices agree to float rounding of the norm's sum.
+ * Functions returning a status fail only when a GPU has failed (the message
+ * in dc_error(), dc_device_failed() true).
  */
 #ifndef DC_OPTIM_H
 #define DC_OPTIM_H
@@ -22,29 +30,41 @@ typedef struct dc_adamw {
     double beta1, beta2, eps, weight_decay;
     int64_t step; /* steps taken: the t of the bias corrections */
     size_t n;
-    float *m;     /* [n] first moment */
-    float *v;     /* [n] second moment */
+    int device;   /* where m and v live (the parameters' device) */
+    float *m;     /* [n] first moment, on `device` */
+    float *v;     /* [n] second moment, on `device` */
     dc_arena state; /* "optimizer state" */
 } dc_adamw;
 
 /* State for n parameters, moments zero. PyTorch's defaults are 0.9, 0.999,
  * 1e-8, 0.01; diffusers' training examples use 0.95, 0.999, 1e-8, 1e-6. */
+int dc_adamw_init_on(dc_adamw *o, int device, size_t n, double beta1, double beta2, double eps,
+                     double weight_decay);
+/* dc_adamw_init_on(o, DC_CPU, ...). */
 int dc_adamw_init(dc_adamw *o, size_t n, double beta1, double beta2, double eps,
                   double weight_decay);
 void dc_adamw_free(dc_adamw *o);
-/* One step of torch.optim.AdamW on param[n] with grad[n]:
+/* One step of torch.optim.AdamW on param[n] with grad[n] (both on o->device):
  *   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
  *   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
-void dc_adamw_step(dc_adamw *o, float *param, const float *grad, double lr);
+int dc_adamw_step(dc_adamw *o, float *param, const float *grad, double lr);
 
 /* ---- gradient clipping ---- */
 
-/* torch.nn.utils.clip_grad_norm_ over one flat buffer: the L2 norm of grad[n]
- * (summed in double) is returned; when max_norm > 0 and the norm exceeds it,
- * grad is scaled by max_norm / (norm + 1e-6). A non-finite norm (NaN or inf
- * in the gradients) is returned with grad left as it is, so the caller can
- * skip the step. max_norm <= 0 only measures. */
+/* torch.nn.utils.clip_grad_norm_ over one flat buffer on `device`: the L2
+ * norm of grad[n] (summed in double) is returned, on the host; when
+ * max_norm > 0 and the norm exceeds it, grad is scaled by
+ * max_norm / (norm + 1e-6). A non-finite norm (NaN or inf in the gradients)
+ * is returned with grad left as it is, so the caller can skip the step: the
+ * trainer's non-finite check, whatever the device. max_norm <= 0 only
+ * measures. After a GPU failure the norm is NaN and dc_device_failed(device)
+ * tells it from a non-finite gradient. */
+double dc_grad_clip_norm_on(int device, float *grad, size_t n, double max_norm);
+/* dc_grad_clip_norm_on(DC_CPU, ...). */
 double dc_grad_clip_norm(float *grad, size_t n, double max_norm);
+/* grad[n] *= s on `device` (averaging accumulated micro-batches, s = 1 / A:
+ * the same bits as dividing by A only when A is a power of two). */
+int dc_grad_scale_on(int device, float *grad, size_t n, float s);
 
 /* ---- EMA of the weights (diffusers' EMAModel) ---- */
 
@@ -69,16 +89,19 @@ typedef struct dc_ema {
     int64_t optimization_step; /* updates so far */
     double cur_decay;          /* the decay of the last update */
     size_t n;
+    int device;                /* where shadow lives (the parameters' device) */
     float *shadow;             /* [n] the averaged weights, laid out like the parameters */
     dc_arena mem;              /* "ema" */
 } dc_ema;
 
-/* A shadow copy of param[n]. */
+/* A shadow copy of param[n], both on `device`. */
+int dc_ema_init_on(dc_ema *e, int device, const float *param, size_t n, const dc_ema_config *c);
+/* dc_ema_init_on(e, DC_CPU, ...). */
 int dc_ema_init(dc_ema *e, const float *param, size_t n, const dc_ema_config *c);
 void dc_ema_free(dc_ema *e);
 /* EMAModel.step: count the step, take its decay d and move the shadow
- * s -= (1 - d) (s - p). */
-void dc_ema_step(dc_ema *e, const float *param);
+ * s -= (1 - d) (s - p) (param on e->device). */
+int dc_ema_step(dc_ema *e, const float *param);
 
 /* ---- learning-rate schedules (diffusers.optimization.get_scheduler) ---- */
 

@@ -7,6 +7,7 @@
  */
 #include "unet.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
@@ -647,8 +648,10 @@ static dc_tensor *attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_
 /* A zero f32 tensor of `rows` x `cols` (no gradient). */
 static dc_tensor *zeros(dc_ctx *ctx, int64_t rows, int64_t cols) {
     dc_tensor *z = dc_new(ctx, DC_F32, DC_SHAPE(rows, cols));
-    if (z)
-        memset(z->data, 0, dc_tensor_bytes(z));
+    if (z && dc_memset(z->data, z->device, 0, dc_tensor_bytes(z))) {
+        ctx->failed = true;
+        return NULL;
+    }
     return z;
 }
 

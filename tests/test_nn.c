@@ -4,6 +4,7 @@
  * tests' business. */
 #include "testutil.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/nn.h"
 #include "autograd/safetensors.h"
@@ -82,6 +83,7 @@ START_TEST(test_declare_and_alloc) {
     ck_assert_ptr_null(dc_params_find(&ps, "proj.bias"));
 
     ck_assert_int_eq(dc_params_alloc(&ps, tu_next()), 0);
+    ck_assert_int_eq(ps.device, DC_CPU);
     size_t end = 0;
     for (int i = 0; i < ps.n; i++) {
         dc_param *p = ps.p[i];
@@ -109,11 +111,40 @@ START_TEST(test_declare_and_alloc) {
     /* zero_grad clears what backward accumulated */
     for (size_t j = 0; j < ps.total; j++)
         ps.grad[j] = 1.5f;
-    dc_params_zero_grad(&ps);
+    ck_assert_int_eq(dc_params_zero_grad(&ps), 0);
     for (size_t j = 0; j < ps.total; j++)
         ck_assert(ps.grad[j] == 0.0f);
     dc_params_free(&ps);
     dc_params_free(&ps); /* idempotent */
+}
+END_TEST
+
+/* dc_params_alloc_on: the CPU gives dc_params_alloc's bits; a GPU that is
+ * not there (this build or this machine has none) is an error that leaves
+ * the parameters unallocated and ready for another try. The GPU itself is
+ * test_cuda_train's. */
+START_TEST(test_alloc_on_device) {
+    uint64_t seed = tu_next();
+    toy a, b;
+    dc_params pa, pb;
+    toy_alloc(&a, &pa, seed);
+    toy_declare(&b, &pb);
+    if (dc_device_count() == 0) {
+        ck_assert_int_ne(dc_params_alloc_on(&pb, 0, seed), 0);
+        ck_assert_msg(*dc_error(), "no message");
+        ck_assert_ptr_null(pb.data);
+        ck_assert_ptr_null(pb.grad);
+        ck_assert_uint_eq(pb.total, 0);
+        ck_assert_int_ne(dc_params_save(&pb, NULL, "/nonexistent", NULL, NULL, 0), 0);
+    }
+    ck_assert_msg(dc_params_alloc_on(&pb, DC_CPU, seed) == 0, "%s", dc_error());
+    ck_assert_int_eq(pb.device, DC_CPU);
+    ck_assert_uint_eq(pb.total, pa.total);
+    ck_assert(!memcmp(pa.data, pb.data, pa.total * sizeof(float)));
+    for (int i = 0; i < pb.n; i++)
+        ck_assert(pb.p[i]->value.device == DC_CPU && pb.p[i]->grad.device == DC_CPU);
+    dc_params_free(&pa);
+    dc_params_free(&pb);
 }
 END_TEST
 
@@ -544,6 +575,7 @@ int main(void) {
     tcase_add_test(tc, test_declare_and_alloc);
     tcase_add_test(tc, test_init_statistics);
     tcase_add_test(tc, test_init_reproducible);
+    tcase_add_test(tc, test_alloc_on_device);
     tcase_add_test(tc, test_declaration_errors);
     TCase *io = tu_tcase(s, "save_load", 60);
     tcase_add_test(io, test_save_writes_pytorch_layout);

@@ -4,6 +4,7 @@
  * random data, and against values worked out by hand from the formulas. */
 #include "testutil.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/optim.h"
 #include "autograd/safetensors.h"
@@ -132,6 +133,58 @@ START_TEST(test_adamw_vs_double_loop) {
     free(rm);
     free(rv);
     dc_adamw_free(&o);
+}
+END_TEST
+
+/* The _on functions on the CPU: the same bits as the plain ones, which
+ * the trainer's bit-exact resume relies on; a GPU that is not there is an
+ * error, not a crash. The GPU itself is test_cuda_train's. */
+START_TEST(test_on_cpu) {
+    const int64_t n = 777;
+    float *p = malloc(n * sizeof *p), *q = malloc(n * sizeof *q);
+    float *g = malloc(n * sizeof *g), *h = malloc(n * sizeof *h);
+    for (int64_t i = 0; i < n; i++)
+        p[i] = q[i] = (float)tu_normal();
+    dc_adamw a, b;
+    ck_assert_int_eq(dc_adamw_init(&a, n, 0.9, 0.999, 1e-8, 1e-2), 0);
+    ck_assert_int_eq(dc_adamw_init_on(&b, DC_CPU, n, 0.9, 0.999, 1e-8, 1e-2), 0);
+    ck_assert(a.device == DC_CPU && b.device == DC_CPU);
+    dc_ema_config c = dc_ema_default_config();
+    dc_ema ea, eb;
+    ck_assert_int_eq(dc_ema_init(&ea, p, n, &c), 0);
+    ck_assert_int_eq(dc_ema_init_on(&eb, DC_CPU, q, n, &c), 0);
+    ck_assert_int_eq(eb.device, DC_CPU);
+    for (int t = 0; t < 4; t++) {
+        for (int64_t i = 0; i < n; i++)
+            g[i] = h[i] = (float)tu_normal();
+        ck_assert_int_eq(dc_grad_scale_on(DC_CPU, h, n, 0.5f), 0);
+        for (int64_t i = 0; i < n; i++)
+            ck_assert(h[i] == g[i] * 0.5f);
+        memcpy(h, g, n * sizeof *h);
+        double na = dc_grad_clip_norm(g, n, 10.0), nb = dc_grad_clip_norm_on(DC_CPU, h, n, 10.0);
+        ck_assert(na == nb);
+        ck_assert_int_eq(dc_adamw_step(&a, p, g, 1e-2), 0);
+        ck_assert_int_eq(dc_adamw_step(&b, q, h, 1e-2), 0);
+        ck_assert_int_eq(dc_ema_step(&ea, p), 0);
+        ck_assert_int_eq(dc_ema_step(&eb, q), 0);
+    }
+    ck_assert(!memcmp(p, q, n * sizeof *p) && !memcmp(a.m, b.m, n * sizeof *p) &&
+              !memcmp(a.v, b.v, n * sizeof *p) && !memcmp(ea.shadow, eb.shadow, n * sizeof *p));
+    if (dc_device_count() == 0) {
+        dc_adamw o;
+        dc_ema e;
+        ck_assert_int_ne(dc_adamw_init_on(&o, 0, n, 0.9, 0.999, 1e-8, 1e-2), 0);
+        ck_assert_ptr_null(o.m);
+        dc_adamw_free(&o);
+        ck_assert_int_ne(dc_ema_init_on(&e, 0, p, n, &c), 0);
+        ck_assert_ptr_null(e.shadow);
+        dc_ema_free(&e);
+    }
+    dc_ema_free(&ea);
+    dc_ema_free(&eb);
+    dc_adamw_free(&a);
+    dc_adamw_free(&b);
+    free(p), free(q), free(g), free(h);
 }
 END_TEST
 
@@ -385,6 +438,7 @@ int main(void) {
     tcase_add_test(tc, test_adamw_vs_pytorch);
     tcase_add_test(tc, test_adamw_vs_double_loop);
     tcase_add_test(tc, test_adamw_errors);
+    tcase_add_test(tc, test_on_cpu);
     tcase_add_test(tc, test_clip_vs_pytorch);
     tcase_add_test(tc, test_clip_cases);
     tcase_add_test(tc, test_ema_decay_by_hand);

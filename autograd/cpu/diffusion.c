@@ -81,3 +81,7 @@ void cpu_sample_timesteps(int32_t *t, int64_t n, int64_t T, uint64_t seed, uint6
         t[k] = (int32_t)(((uint64_t)w * (uint64_t)T) >> 32); /* < T: w < 2^32 */
     }
 }
+
+void cpu_fill_normal(float *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset) {
+    dc_fill_normal(out, n, seed, stream, offset);
+}

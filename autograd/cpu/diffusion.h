@@ -32,5 +32,9 @@ void cpu_diffusion_loss_backward(const float *g, const float *pred, const float 
 /* t[k] = (w * T) >> 32 for the Philox word w of element offset + k of (seed, stream). */
 void cpu_sample_timesteps(int32_t *t, int64_t n, int64_t T, uint64_t seed, uint64_t stream,
                           uint64_t offset);
+/* out[k] = standard normal element offset + k of (seed, stream): rng.h's
+ * dc_fill_normal, under the name that pairs it with cuda/rng.h's
+ * cuda_fill_normal for dispatch. */
+void cpu_fill_normal(float *out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset);
 
 #endif
