@@ -493,7 +493,82 @@ START_TEST(test_help_and_usage) {
 }
 END_TEST
 
-int main(void) {
+/* ---- several ranks (train/dist.c): `test_train dist`, its own CTest entry ---- */
+
+/* mpirun with two ranks on however many cores there are, one thread each,
+ * as root too (containers, CI). */
+static const char *const mpirun2[] = {"mpirun", "-np", "2", "--oversubscribe", "--allow-run-as-root",
+                                      "--bind-to", "none", "-x", "OMP_NUM_THREADS=1", NULL};
+
+static tu_run_result *train_2_ranks(const char *out, const char *steps, const char *const *extra) {
+    tu_spawn_diffc_under(mpirun2, train_args("--model", tu_path("model.json"), "data", out, steps, extra));
+    return tu_wait_diffc();
+}
+
+/* How many times `what` occurs in s. */
+static int count_of(const char *s, const char *what) {
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, what)); p++)
+        n++;
+    return n;
+}
+
+/* Two ranks with batch 2 see the images, timesteps, noise and dropped labels
+ * of one process with batch 4: the same losses and weights, to float
+ * tolerance (as accumulating batches); rank 0 alone logs, and the ranks prove
+ * at each checkpoint that they hold the same weights, bit for bit. */
+START_TEST(test_two_ranks_match_one_big_batch) {
+    make_dataset();
+    const char *big[] = {"--dropout", "0", NULL};
+    tu_run_result *r = train("one", "5", big);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    const char *half[] = {"--dropout", "0", "--train-batch-size", "2", "--checkpointing-steps", "2", NULL};
+    r = train_2_ranks("two", "5", half);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "global batch 4 = 2 ranks x --train-batch-size 2"), "%s", tu_tail(r->err));
+    ck_assert_msg(count_of(r->err, "step 1/5") == 1, "%s", tu_tail(r->err));
+    ck_assert_msg(count_of(r->out, "train_batch_size") == 1, "options printed by each rank: %s", r->out);
+    for (int step = 2; step <= 5; step += step == 4 ? 1 : 2) {
+        char want[64];
+        snprintf(want, sizeof want, "checkpoint-%d (weights ", step);
+        ck_assert_msg(count_of(r->err, want) == 1 && strstr(r->err, "the same on all 2 ranks"), "%s",
+                      tu_tail(r->err));
+    }
+    double a[6], b[6];
+    ck_assert_int_eq(read_losses("one", a, 6), 5);
+    ck_assert_int_eq(read_losses("two", b, 6), 5);
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(fabs(a[i] - b[i]) <= 1e-6 * fabs(a[i]), "step %d: loss %.9g vs %.9g", i + 1, a[i], b[i]);
+    const char *skip = "to_k.bias"; /* see test_accumulation_matches_a_big_batch */
+    double raw = worst_relative_difference("one/checkpoint-5/unet/diffusion_pytorch_model.safetensors",
+                                           "two/checkpoint-5/unet/diffusion_pytorch_model.safetensors", skip);
+    double ema = worst_relative_difference("one/unet/diffusion_pytorch_model.safetensors",
+                                           "two/unet/diffusion_pytorch_model.safetensors", skip);
+    ck_assert_msg(raw <= 1e-4 && ema <= 1e-4, "weights differ by %g (EMA %g) relative", raw, ema);
+    tu_rmtemp();
+}
+END_TEST
+
+/* Skipped (77) without MPI in this build or mpirun on the PATH. */
+static int dist_main(void) {
+#ifndef DC_HAVE_MPI
+    fputs("test_train dist: skipped: built without MPI\n", stderr);
+    return 77;
+#else
+    if (system("mpirun --version >/dev/null 2>&1") != 0) {
+        fputs("test_train dist: skipped: no mpirun on the PATH\n", stderr);
+        return 77;
+    }
+    Suite *s = suite_create("train_dist");
+    TCase *tc = tu_tcase(s, "dist", 120);
+    tcase_add_test(tc, test_two_ranks_match_one_big_batch);
+    return tu_run(s);
+#endif
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "dist"))
+        return dist_main();
     Suite *s = suite_create("train");
     TCase *tc = tu_tcase(s, "train", 300);
     tcase_add_test(tc, test_loss_falls);
