@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 
@@ -549,6 +550,134 @@ START_TEST(test_two_ranks_match_one_big_batch) {
 }
 END_TEST
 
+/* Resuming on two ranks continues exactly as the uninterrupted two-rank run. */
+START_TEST(test_two_ranks_resume_exactly) {
+    make_dataset();
+    const char *ckpt[] = {"--checkpointing-steps", "3", NULL};
+    tu_run_result *r = train_2_ranks("whole", "6", ckpt);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_int_eq(mkdir(tu_path("resumed"), 0755), 0);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp -r %s %s", tu_path("whole/checkpoint-3"), tu_path("resumed/"));
+    ck_assert_int_eq(system(cmd), 0);
+    const char *resume[] = {"--checkpointing-steps", "3", "--resume-from-checkpoint", "latest", NULL};
+    r = train_2_ranks("resumed", "6", resume);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(count_of(r->err, "resuming from") == 1 && strstr(r->err, "at step 3"), "%s", tu_tail(r->err));
+    assert_same_weights("whole/unet/diffusion_pytorch_model.safetensors",
+                        "resumed/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("whole/checkpoint-6/train_state.safetensors",
+                        "resumed/checkpoint-6/train_state.safetensors");
+    tu_rmtemp();
+}
+END_TEST
+
+/* The pids of the processes whose parent is `parent`. */
+static int children_of(pid_t parent, pid_t *pids, int max) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)parent, (int)parent);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "%s: cannot read", path);
+    int n = 0;
+    while (n < max && fscanf(f, "%d", &pids[n]) == 1)
+        n++;
+    fclose(f);
+    return n;
+}
+
+/* The pid of rank `rank` of the job that mpirun `launcher` started, found by
+ * the OMPI_COMM_WORLD_RANK in its environment. */
+static pid_t rank_pid(pid_t launcher, int rank) {
+    pid_t pids[16];
+    int n = children_of(launcher, pids, 16);
+    char want[48];
+    snprintf(want, sizeof want, "OMPI_COMM_WORLD_RANK=%d", rank);
+    for (int i = 0; i < n; i++) {
+        char path[64], env[1 << 15];
+        snprintf(path, sizeof path, "/proc/%d/environ", (int)pids[i]);
+        FILE *f = fopen(path, "r");
+        size_t len = f ? fread(env, 1, sizeof env - 1, f) : 0;
+        if (f)
+            fclose(f);
+        for (size_t at = 0; at < len; at += strlen(env + at) + 1)
+            if (!strcmp(env + at, want))
+                return pids[i];
+    }
+    ck_abort_msg("no child of mpirun (pid %d) is rank %d", (int)launcher, rank);
+    return -1;
+}
+
+/* Start a long two-rank run into `out` and wait until it has taken a step. */
+static pid_t start_long_run(const char *out, const char *const *extra) {
+    pid_t pid = tu_spawn_diffc_under(mpirun2, train_args("--model", tu_path("model.json"), "data", out,
+                                                         "1000000", extra));
+    ck_assert_msg(tu_read_diffc_until("step 2/"), "no step: %s", tu_tail(tu_wait_diffc()->err));
+    return pid;
+}
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* A rank killed outright: the job ends, non-zero and with a word, well
+ * within a minute; the checkpoint written before is complete. */
+START_TEST(test_killed_rank_stops_the_job) {
+    make_dataset();
+    const char *ckpt[] = {"--checkpointing-steps", "2", NULL};
+    pid_t pid = start_long_run("killed", ckpt);
+    ck_assert_msg(tu_read_diffc_until("checkpoint-2 (weights"), "%s", tu_tail(tu_wait_diffc()->err));
+    double t0 = seconds();
+    ck_assert_int_eq(kill(rank_pid(pid, 1), SIGKILL), 0);
+    tu_run_result *r = tu_wait_diffc();
+    double took = seconds() - t0;
+    ck_assert_msg(r->status != 0 && took < 60, "exit %d after %.1f s", r->status, took);
+    ck_assert_msg(strstr(r->err, "rank 1"), "no word of rank 1: %s", tu_tail(r->err));
+    ck_assert_int_eq(access(tu_path("killed/checkpoint-2/DONE"), R_OK), 0);
+    tu_rmtemp();
+}
+END_TEST
+
+/* An error on one rank (rank 0 cannot write its sample grid: samples/ is a
+ * file) ends every rank through MPI_Abort, with the error on stderr. */
+START_TEST(test_error_on_one_rank_aborts_the_job) {
+    make_dataset();
+    ck_assert_int_eq(mkdir(tu_path("err"), 0755), 0);
+    FILE *f = fopen(tu_path("err/samples"), "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    const char *sample[] = {"--sample-every", "2", "--eval-batch-size", "2", "--ddpm-num-inference-steps", "2",
+                            NULL};
+    double t0 = seconds();
+    tu_run_result *r = train_2_ranks("err", "1000000", sample);
+    double took = seconds() - t0;
+    ck_assert_msg(r->status != 0 && took < 60, "exit %d after %.1f s", r->status, took);
+    ck_assert_msg(strstr(r->err, "diffc: error: rank 0 of 2: ") && strstr(r->err, "MPI_ABORT was invoked on rank 0"),
+                  "%s", tu_tail(r->err));
+    tu_rmtemp();
+}
+END_TEST
+
+/* SIGTERM to one rank stops them all after the same step: rank 0 writes the
+ * checkpoint, and the job ends with 128 + SIGTERM. */
+START_TEST(test_signal_to_one_rank_stops_all) {
+    make_dataset();
+    pid_t pid = start_long_run("sig", NULL);
+    ck_assert_int_eq(kill(rank_pid(pid, 1), SIGTERM), 0);
+    tu_run_result *r = tu_wait_diffc();
+    ck_assert_msg(r->status == 128 + SIGTERM, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(!strstr(r->err, "error"), "%s", tu_tail(r->err));
+    long step = saved_step(r);
+    char done[64];
+    snprintf(done, sizeof done, "sig/checkpoint-%ld/DONE", step);
+    ck_assert_int_eq(access(tu_path(done), R_OK), 0);
+    double loss[1000];
+    ck_assert_int_eq(read_losses("sig", loss, 1000), step);
+    tu_rmtemp();
+}
+END_TEST
+
 /* Skipped (77) without MPI in this build or mpirun on the PATH. */
 static int dist_main(void) {
 #ifndef DC_HAVE_MPI
@@ -562,6 +691,10 @@ static int dist_main(void) {
     Suite *s = suite_create("train_dist");
     TCase *tc = tu_tcase(s, "dist", 120);
     tcase_add_test(tc, test_two_ranks_match_one_big_batch);
+    tcase_add_test(tc, test_two_ranks_resume_exactly);
+    tcase_add_test(tc, test_killed_rank_stops_the_job);
+    tcase_add_test(tc, test_error_on_one_rank_aborts_the_job);
+    tcase_add_test(tc, test_signal_to_one_rank_stops_all);
     return tu_run(s);
 #endif
 }
