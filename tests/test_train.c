@@ -442,6 +442,26 @@ START_TEST(test_non_finite_steps_stop_the_run) {
 }
 END_TEST
 
+/* A launcher's environment asking for two ranks, without the launcher:
+ * built without MPI, the error says how to rebuild; with MPI, MPI sees one
+ * process and the error says that it and the launcher disagree. */
+START_TEST(test_ranks_need_a_matching_mpi) {
+    make_dataset();
+    ck_assert_int_eq(setenv("PMI_SIZE", "2", 1), 0);
+    tu_run_result *r = train("pmi", "1", NULL);
+    unsetenv("PMI_SIZE");
+#ifdef DC_HAVE_MPI
+    const char *want = "the launcher started 2 processes but MPI sees 1";
+#else
+    const char *want = "the launcher started 2 processes, but this diffc was built without MPI";
+#endif
+    ck_assert_msg(r->status == 1 && !strncmp(r->err, "diffc: error: ", 14) && strstr(r->err, want), "exit %d: %s",
+                  r->status, tu_tail(r->err));
+    ck_assert_int_ne(access(tu_path("pmi/metrics.jsonl"), F_OK), 0);
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_help_and_usage) {
     const char *help[] = {"train", "--help", NULL};
     tu_run_result *r = tu_run_diffc(help);
@@ -711,6 +731,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_finetune_starts_from_the_pretrained_weights);
     tcase_add_test(tc, test_accumulation_matches_a_big_batch);
     tcase_add_test(tc, test_non_finite_steps_stop_the_run);
+    tcase_add_test(tc, test_ranks_need_a_matching_mpi);
     tcase_add_test(tc, test_help_and_usage);
     return tu_run(s);
 }
