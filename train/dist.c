@@ -163,9 +163,19 @@ static int gather_fingerprints(dc_dist *d, uint64_t mine, uint64_t *all) {
 
 #endif
 
+/* DC_DIST_BUCKET_BYTES, or $DC_BUCKET_MB MiB (at least one float). */
+static size_t bucket_floats(void) {
+    const char *v = getenv("DC_BUCKET_MB");
+    char *end;
+    double mb = v ? strtod(v, &end) : 0;
+    size_t bytes = v && *v && !*end && mb > 0 && mb < 1e6 ? (size_t)(mb * (1 << 20)) : DC_DIST_BUCKET_BYTES;
+    return bytes < sizeof(float) ? 1 : bytes / sizeof(float);
+}
+
 int dc_dist_init(dc_dist *d) {
     memset(d, 0, sizeof *d);
     d->world = d->local_world = 1;
+    d->bucket_floats = bucket_floats();
     int launched = dc_dist_launched_world();
     return launched > 1 ? init_mpi(d, launched) : 0;
 }
@@ -181,7 +191,7 @@ int dc_dist_average_wait(dc_dist *d) {
 int dc_dist_average(dc_dist *d, float *buf, size_t n) {
     if (d->world == 1)
         return 0;
-    size_t bucket = DC_DIST_BUCKET_BYTES / sizeof(float);
+    size_t bucket = d->bucket_floats;
     if (n > bucket * DC_DIST_MAX_BUCKETS)
         bucket = (n + DC_DIST_MAX_BUCKETS - 1) / DC_DIST_MAX_BUCKETS;
     for (size_t end = n; end > 0;) {

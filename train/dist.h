@@ -36,8 +36,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Buckets of the gradient all-reduce: PyTorch DDP's default size (25 MiB),
- * and at most this many in flight per step (larger buckets beyond that). */
+/* Buckets of the gradient all-reduce: PyTorch DDP's default size (25 MiB;
+ * the environment's DC_BUCKET_MB, in MiB, overrides it), and at most this
+ * many in flight per step (larger buckets beyond that). */
 #define DC_DIST_BUCKET_BYTES ((size_t)25 << 20)
 #define DC_DIST_MAX_BUCKETS 64
 
@@ -45,6 +46,7 @@ typedef struct dc_dist {
     int rank, world;             /* 0, 1 for a single process */
     int local_rank, local_world; /* among the ranks of this node: picks the GPU */
     bool mpi;                    /* MPI was initialised (world > 1) */
+    size_t bucket_floats;        /* gradient floats per bucket */
     int pending;                 /* averages started and not yet waited for */
     float *pending_buf[DC_DIST_MAX_BUCKETS];
     size_t pending_n[DC_DIST_MAX_BUCKETS];
@@ -85,8 +87,8 @@ int dc_dist_max(dc_dist *d, int *v);
  * between waits. With world 1 both do nothing. */
 int dc_dist_average_start(dc_dist *d, float *buf, size_t n);
 int dc_dist_average_wait(dc_dist *d);
-/* The whole of buf[n] in buckets of DC_DIST_BUCKET_BYTES (more when that
- * would take over DC_DIST_MAX_BUCKETS), last bucket first (the order in
+/* The whole of buf[n] in buckets of d->bucket_floats (more when that would
+ * take over DC_DIST_MAX_BUCKETS), last bucket first (the order in
  * which the backward pass completes them), and wait. */
 int dc_dist_average(dc_dist *d, float *buf, size_t n);
 
