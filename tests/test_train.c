@@ -662,7 +662,8 @@ START_TEST(test_killed_rank_stops_the_job) {
 END_TEST
 
 /* An error on one rank (rank 0 cannot write its sample grid: samples/ is a
- * file) ends every rank through MPI_Abort, with the error on stderr. */
+ * file) ends every rank at once (MPI_Abort), with the error on stderr. (Open
+ * MPI's own banner about MPI_Abort is not checked: it is lost now and then.) */
 START_TEST(test_error_on_one_rank_aborts_the_job) {
     make_dataset();
     ck_assert_int_eq(mkdir(tu_path("err"), 0755), 0);
@@ -675,8 +676,8 @@ START_TEST(test_error_on_one_rank_aborts_the_job) {
     tu_run_result *r = train_2_ranks("err", "1000000", sample);
     double took = seconds() - t0;
     ck_assert_msg(r->status != 0 && took < 60, "exit %d after %.1f s", r->status, took);
-    ck_assert_msg(strstr(r->err, "diffc: error: rank 0 of 2: ") && strstr(r->err, "MPI_ABORT was invoked on rank 0"),
-                  "%s", tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "diffc: error: rank 0 of 2: ") && strstr(r->err, "samples"), "%s",
+                  tu_tail(r->err));
     tu_rmtemp();
 }
 END_TEST
