@@ -169,6 +169,7 @@ static void *worker_main(void *arg) {
         slot *s = &l->slots[k % l->nslots];
         s->ready = false;
         s->b.index = k;
+        s->b.position = position(l, k, 0);
         lookup_ids(l, k, s->b.ids);
         pthread_mutex_unlock(&l->mu);
 

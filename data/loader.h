@@ -37,6 +37,7 @@ typedef struct dc_loader_config {
 
 typedef struct dc_batch {
     int64_t index;    /* global batch index k */
+    int64_t position; /* stream position of images[0]: k G + rank B */
     int n;            /* images in this batch (= batch_size) */
     int h, w, c;
     float *images;    /* [n, h, w, c] in [-1, 1] */

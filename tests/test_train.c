@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 
@@ -441,6 +442,26 @@ START_TEST(test_non_finite_steps_stop_the_run) {
 }
 END_TEST
 
+/* A launcher's environment asking for two ranks, without the launcher:
+ * built without MPI, the error says how to rebuild; with MPI, MPI sees one
+ * process and the error says that it and the launcher disagree. */
+START_TEST(test_ranks_need_a_matching_mpi) {
+    make_dataset();
+    ck_assert_int_eq(setenv("PMI_SIZE", "2", 1), 0);
+    tu_run_result *r = train("pmi", "1", NULL);
+    unsetenv("PMI_SIZE");
+#ifdef DC_HAVE_MPI
+    const char *want = "the launcher started 2 processes but MPI sees 1";
+#else
+    const char *want = "the launcher started 2 processes, but this diffc was built without MPI";
+#endif
+    ck_assert_msg(r->status == 1 && !strncmp(r->err, "diffc: error: ", 14) && strstr(r->err, want), "exit %d: %s",
+                  r->status, tu_tail(r->err));
+    ck_assert_int_ne(access(tu_path("pmi/metrics.jsonl"), F_OK), 0);
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_help_and_usage) {
     const char *help[] = {"train", "--help", NULL};
     tu_run_result *r = tu_run_diffc(help);
@@ -493,7 +514,216 @@ START_TEST(test_help_and_usage) {
 }
 END_TEST
 
-int main(void) {
+/* ---- several ranks (train/dist.c): `test_train dist`, its own CTest entry ---- */
+
+/* mpirun with two ranks on however many cores there are, one thread each,
+ * as root too (containers, CI). */
+static const char *const mpirun2[] = {"mpirun", "-np", "2", "--oversubscribe", "--allow-run-as-root",
+                                      "--bind-to", "none", "-x", "OMP_NUM_THREADS=1", NULL};
+
+static tu_run_result *train_2_ranks(const char *out, const char *steps, const char *const *extra) {
+    tu_spawn_diffc_under(mpirun2, train_args("--model", tu_path("model.json"), "data", out, steps, extra));
+    return tu_wait_diffc();
+}
+
+/* How many times `what` occurs in s. */
+static int count_of(const char *s, const char *what) {
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, what)); p++)
+        n++;
+    return n;
+}
+
+/* Two ranks with batch 2 see the images, timesteps, noise and dropped labels
+ * of one process with batch 4: the same losses and weights, to float
+ * tolerance (as accumulating batches); rank 0 alone logs, and the ranks prove
+ * at each checkpoint that they hold the same weights, bit for bit. The
+ * gradient travels in some 40 buckets of 10 KiB, the last one partial. */
+START_TEST(test_two_ranks_match_one_big_batch) {
+    make_dataset();
+    ck_assert_int_eq(setenv("DC_BUCKET_MB", "0.01", 1), 0);
+    const char *big[] = {"--dropout", "0", NULL};
+    tu_run_result *r = train("one", "5", big);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    const char *half[] = {"--dropout", "0", "--train-batch-size", "2", "--checkpointing-steps", "2", NULL};
+    r = train_2_ranks("two", "5", half);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "global batch 4 = 2 ranks x --train-batch-size 2"), "%s", tu_tail(r->err));
+    ck_assert_msg(count_of(r->err, "step 1/5") == 1, "%s", tu_tail(r->err));
+    ck_assert_msg(count_of(r->out, "train_batch_size") == 1, "options printed by each rank: %s", r->out);
+    for (int step = 2; step <= 5; step += step == 4 ? 1 : 2) {
+        char want[64];
+        snprintf(want, sizeof want, "checkpoint-%d (weights ", step);
+        ck_assert_msg(count_of(r->err, want) == 1 && strstr(r->err, "the same on all 2 ranks"), "%s",
+                      tu_tail(r->err));
+    }
+    double a[6], b[6];
+    ck_assert_int_eq(read_losses("one", a, 6), 5);
+    ck_assert_int_eq(read_losses("two", b, 6), 5);
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(fabs(a[i] - b[i]) <= 1e-6 * fabs(a[i]), "step %d: loss %.9g vs %.9g", i + 1, a[i], b[i]);
+    const char *skip = "to_k.bias"; /* see test_accumulation_matches_a_big_batch */
+    double raw = worst_relative_difference("one/checkpoint-5/unet/diffusion_pytorch_model.safetensors",
+                                           "two/checkpoint-5/unet/diffusion_pytorch_model.safetensors", skip);
+    double ema = worst_relative_difference("one/unet/diffusion_pytorch_model.safetensors",
+                                           "two/unet/diffusion_pytorch_model.safetensors", skip);
+    ck_assert_msg(raw <= 1e-4 && ema <= 1e-4, "weights differ by %g (EMA %g) relative", raw, ema);
+    tu_rmtemp();
+}
+END_TEST
+
+/* Resuming on two ranks continues exactly as the uninterrupted two-rank run. */
+START_TEST(test_two_ranks_resume_exactly) {
+    make_dataset();
+    const char *ckpt[] = {"--checkpointing-steps", "3", NULL};
+    tu_run_result *r = train_2_ranks("whole", "6", ckpt);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_int_eq(mkdir(tu_path("resumed"), 0755), 0);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp -r %s %s", tu_path("whole/checkpoint-3"), tu_path("resumed/"));
+    ck_assert_int_eq(system(cmd), 0);
+    const char *resume[] = {"--checkpointing-steps", "3", "--resume-from-checkpoint", "latest", NULL};
+    r = train_2_ranks("resumed", "6", resume);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(count_of(r->err, "resuming from") == 1 && strstr(r->err, "at step 3"), "%s", tu_tail(r->err));
+    assert_same_weights("whole/unet/diffusion_pytorch_model.safetensors",
+                        "resumed/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("whole/checkpoint-6/train_state.safetensors",
+                        "resumed/checkpoint-6/train_state.safetensors");
+    tu_rmtemp();
+}
+END_TEST
+
+/* The pids of the processes whose parent is `parent`. */
+static int children_of(pid_t parent, pid_t *pids, int max) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)parent, (int)parent);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "%s: cannot read", path);
+    int n = 0;
+    while (n < max && fscanf(f, "%d", &pids[n]) == 1)
+        n++;
+    fclose(f);
+    return n;
+}
+
+/* The pid of rank `rank` of the job that mpirun `launcher` started, found by
+ * the OMPI_COMM_WORLD_RANK in its environment. */
+static pid_t rank_pid(pid_t launcher, int rank) {
+    pid_t pids[16];
+    int n = children_of(launcher, pids, 16);
+    char want[48];
+    snprintf(want, sizeof want, "OMPI_COMM_WORLD_RANK=%d", rank);
+    for (int i = 0; i < n; i++) {
+        char path[64], env[1 << 15];
+        snprintf(path, sizeof path, "/proc/%d/environ", (int)pids[i]);
+        FILE *f = fopen(path, "r");
+        size_t len = f ? fread(env, 1, sizeof env - 1, f) : 0;
+        if (f)
+            fclose(f);
+        for (size_t at = 0; at < len; at += strlen(env + at) + 1)
+            if (!strcmp(env + at, want))
+                return pids[i];
+    }
+    ck_abort_msg("no child of mpirun (pid %d) is rank %d", (int)launcher, rank);
+    return -1;
+}
+
+/* Start a long two-rank run into `out` and wait until it has taken a step. */
+static pid_t start_long_run(const char *out, const char *const *extra) {
+    pid_t pid = tu_spawn_diffc_under(mpirun2, train_args("--model", tu_path("model.json"), "data", out,
+                                                         "1000000", extra));
+    ck_assert_msg(tu_read_diffc_until("step 2/"), "no step: %s", tu_tail(tu_wait_diffc()->err));
+    return pid;
+}
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* A rank killed outright: the job ends, non-zero and with a word, well
+ * within a minute; the checkpoint written before is complete. */
+START_TEST(test_killed_rank_stops_the_job) {
+    make_dataset();
+    const char *ckpt[] = {"--checkpointing-steps", "2", NULL};
+    pid_t pid = start_long_run("killed", ckpt);
+    ck_assert_msg(tu_read_diffc_until("checkpoint-2 (weights"), "%s", tu_tail(tu_wait_diffc()->err));
+    double t0 = seconds();
+    ck_assert_int_eq(kill(rank_pid(pid, 1), SIGKILL), 0);
+    tu_run_result *r = tu_wait_diffc();
+    double took = seconds() - t0;
+    ck_assert_msg(r->status != 0 && took < 60, "exit %d after %.1f s", r->status, took);
+    ck_assert_msg(strstr(r->err, "rank 1"), "no word of rank 1: %s", tu_tail(r->err));
+    ck_assert_int_eq(access(tu_path("killed/checkpoint-2/DONE"), R_OK), 0);
+    tu_rmtemp();
+}
+END_TEST
+
+/* An error on one rank (rank 0 cannot write its sample grid: samples/ is a
+ * file) ends every rank at once (MPI_Abort), with the error on stderr. (Open
+ * MPI's own banner about MPI_Abort is not checked: it is lost now and then.) */
+START_TEST(test_error_on_one_rank_aborts_the_job) {
+    make_dataset();
+    ck_assert_int_eq(mkdir(tu_path("err"), 0755), 0);
+    FILE *f = fopen(tu_path("err/samples"), "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    const char *sample[] = {"--sample-every", "2", "--eval-batch-size", "2", "--ddpm-num-inference-steps", "2",
+                            NULL};
+    double t0 = seconds();
+    tu_run_result *r = train_2_ranks("err", "1000000", sample);
+    double took = seconds() - t0;
+    ck_assert_msg(r->status != 0 && took < 60, "exit %d after %.1f s", r->status, took);
+    ck_assert_msg(strstr(r->err, "diffc: error: rank 0 of 2: ") && strstr(r->err, "samples"), "%s",
+                  tu_tail(r->err));
+    tu_rmtemp();
+}
+END_TEST
+
+/* SIGTERM to one rank stops them all after the same step: rank 0 writes the
+ * checkpoint, and the job ends with 128 + SIGTERM. */
+START_TEST(test_signal_to_one_rank_stops_all) {
+    make_dataset();
+    pid_t pid = start_long_run("sig", NULL);
+    ck_assert_int_eq(kill(rank_pid(pid, 1), SIGTERM), 0);
+    tu_run_result *r = tu_wait_diffc();
+    ck_assert_msg(r->status == 128 + SIGTERM, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(!strstr(r->err, "error"), "%s", tu_tail(r->err));
+    long step = saved_step(r);
+    char done[64];
+    snprintf(done, sizeof done, "sig/checkpoint-%ld/DONE", step);
+    ck_assert_int_eq(access(tu_path(done), R_OK), 0);
+    double loss[1000];
+    ck_assert_int_eq(read_losses("sig", loss, 1000), step);
+    tu_rmtemp();
+}
+END_TEST
+
+/* Skipped (77) without MPI in this build or mpirun on the PATH. */
+static int dist_main(void) {
+#ifndef DC_HAVE_MPI
+    fputs("test_train dist: skipped: built without MPI\n", stderr);
+    return 77;
+#endif
+    if (system("mpirun --version >/dev/null 2>&1") != 0) {
+        fputs("test_train dist: skipped: no mpirun on the PATH\n", stderr);
+        return 77;
+    }
+    Suite *s = suite_create("train_dist");
+    TCase *tc = tu_tcase(s, "dist", 120);
+    tcase_add_test(tc, test_two_ranks_match_one_big_batch);
+    tcase_add_test(tc, test_two_ranks_resume_exactly);
+    tcase_add_test(tc, test_killed_rank_stops_the_job);
+    tcase_add_test(tc, test_error_on_one_rank_aborts_the_job);
+    tcase_add_test(tc, test_signal_to_one_rank_stops_all);
+    return tu_run(s);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "dist"))
+        return dist_main();
     Suite *s = suite_create("train");
     TCase *tc = tu_tcase(s, "train", 300);
     tcase_add_test(tc, test_loss_falls);
@@ -503,6 +733,7 @@ int main(void) {
     tcase_add_test(tc, test_finetune_starts_from_the_pretrained_weights);
     tcase_add_test(tc, test_accumulation_matches_a_big_batch);
     tcase_add_test(tc, test_non_finite_steps_stop_the_run);
+    tcase_add_test(tc, test_ranks_need_a_matching_mpi);
     tcase_add_test(tc, test_help_and_usage);
     return tu_run(s);
 }

@@ -222,15 +222,22 @@ static struct {
     tu_run_result r;
 } child;
 
-pid_t tu_spawn_diffc(const char *const *args) {
+pid_t tu_spawn_diffc_under(const char *const *launcher, const char *const *args) {
     memset(&child.r, 0, sizeof child.r);
     char exe[PATH_MAX];
     diffc_path(exe, sizeof exe);
-    const char *argv[64] = {exe};
-    for (int i = 0; args[i]; i++) {
-        ck_assert_int_lt(i + 2, 64);
-        argv[i + 1] = args[i];
+    const char *argv[96];
+    int n = 0;
+    for (int i = 0; launcher && launcher[i]; i++) {
+        ck_assert_int_lt(n, 32);
+        argv[n++] = launcher[i];
     }
+    argv[n++] = exe;
+    for (int i = 0; args[i]; i++) {
+        ck_assert_int_lt(n + 1, 96);
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
     int out[2], err[2];
     ck_assert(pipe(out) == 0 && pipe(err) == 0);
     posix_spawn_file_actions_t fa;
@@ -239,7 +246,7 @@ pid_t tu_spawn_diffc(const char *const *args) {
     posix_spawn_file_actions_adddup2(&fa, err[1], 2);
     posix_spawn_file_actions_addclose(&fa, out[0]);
     posix_spawn_file_actions_addclose(&fa, err[0]);
-    ck_assert_int_eq(posix_spawn(&child.pid, exe, &fa, NULL, (char *const *)argv, environ), 0);
+    ck_assert_int_eq(posix_spawnp(&child.pid, argv[0], &fa, NULL, (char *const *)argv, environ), 0);
     posix_spawn_file_actions_destroy(&fa);
     close(out[1]);
     close(err[1]);
@@ -247,6 +254,8 @@ pid_t tu_spawn_diffc(const char *const *args) {
     child.fds[1] = (struct pollfd){err[0], POLLIN, 0};
     return child.pid;
 }
+
+pid_t tu_spawn_diffc(const char *const *args) { return tu_spawn_diffc_under(NULL, args); }
 
 bool tu_read_diffc_until(const char *want) {
     struct pollfd *p = child.fds;

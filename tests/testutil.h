@@ -63,6 +63,10 @@ tu_run_result *tu_run_diffc(const char *const *args);
  * or it closes both outputs (false; NULL reads to the end); read the rest,
  * wait for it to exit and return the result. One process at a time. */
 pid_t tu_spawn_diffc(const char *const *args);
+/* tu_spawn_diffc under a launcher: `launcher` (a program found on the PATH
+ * and its arguments, NULL-terminated) is run with diffc's path and `args`
+ * after its own ("mpirun", "-np", "2" ... diffc train ...). */
+pid_t tu_spawn_diffc_under(const char *const *launcher, const char *const *args);
 bool tu_read_diffc_until(const char *want);
 tu_run_result *tu_wait_diffc(void);
 /* The last 1500 characters of s: what fits in a Check failure message. */

@@ -166,7 +166,7 @@ static int term_width(FILE *f) {
 void dc_progress_init(dc_progress *p, FILE *out, int64_t first_step, int64_t total, int64_t log_every) {
     memset(p, 0, sizeof *p);
     p->out = out;
-    p->tty = isatty(fileno(out));
+    p->tty = out && isatty(fileno(out));
     p->first_step = first_step;
     p->total = total;
     p->log_every = log_every > 0 ? log_every : 1;
@@ -181,6 +181,8 @@ static void draw(dc_progress *p) {
 }
 
 void dc_progress_step(dc_progress *p, int64_t step, double loss, double lr, double images_per_s) {
+    if (!p->out)
+        return;
     double t = now();
     bool last = step >= p->total;
     if (p->tty ? !last && t - p->t_drawn < 0.1 : !last && step % p->log_every)
@@ -201,6 +203,8 @@ void dc_progress_step(dc_progress *p, int64_t step, double loss, double lr, doub
 }
 
 void dc_progress_note(dc_progress *p, const char *fmt, ...) {
+    if (!p->out)
+        return;
     va_list ap;
     va_start(ap, fmt);
     if (p->tty && p->line[0])
@@ -214,6 +218,8 @@ void dc_progress_note(dc_progress *p, const char *fmt, ...) {
 }
 
 void dc_progress_done(dc_progress *p, int64_t step, double loss, double images_per_s) {
+    if (!p->out)
+        return;
     char took[32], rate[32];
     if (p->tty && p->line[0])
         fputc('\n', p->out);

@@ -53,7 +53,8 @@ typedef struct dc_progress {
     char line[256];     /* the text last drawn, redrawn after a note */
 } dc_progress;
 
-/* Report on `out` (stderr, usually) for steps first_step+1 .. total. */
+/* Report on `out` (stderr, usually) for steps first_step+1 .. total; with
+ * `out` NULL the calls below print nothing (the ranks other than 0). */
 void dc_progress_init(dc_progress *p, FILE *out, int64_t first_step, int64_t total, int64_t log_every);
 /* After optimizer step `step`:
  *   step 120/5000  loss 0.0412  lr 1.0e-04  312 img/s  ETA 4m12s

@@ -25,10 +25,20 @@
  * signals.h), the final pipeline folder in --output-dir, metrics.jsonl,
  * TensorBoard events and the progress line. Resuming without --model or
  * --pretrained-model takes the UNet config from the checkpoint.
+ *
+ * Several ranks (dist.h): each reads its shard of global batch k (the
+ * loader's positions k G + r B ..), so the draws above are those of one
+ * process with batch G; the gradients are averaged before clipping, and the
+ * loss and its quartiles summed for the log, so every rank takes the same
+ * decisions (clip, skip, stop) on the same numbers. Rank 0 alone writes:
+ * logs, metrics, samples, checkpoints (after checking that every rank holds
+ * the same weights) and the final model. Every rank reads the checkpoint it
+ * resumes from, and then takes rank 0's state, so all start alike.
  */
 #include "train.h"
 
 #include "checkpoint.h"
+#include "dist.h"
 #include "metrics.h"
 #include "options.h"
 #include "signals.h"
@@ -57,8 +67,9 @@
 /* Philox streams under the run's seed. The loader uses streams below 2^62
  * (epoch shuffles) and from 2^63 (augmentation). The image at stream
  * position p takes element p of STREAM_TIMESTEPS and of STREAM_LABEL_DROP,
- * and elements [p D, (p + 1) D) of STREAM_NOISE (D = h w c); micro-batch k
- * seeds its dropout masks (ctx->seed) from block k of STREAM_DROPOUT. */
+ * and elements [p D, (p + 1) D) of STREAM_NOISE (D = h w c); rank r's share
+ * of micro-batch k seeds its dropout masks (ctx->seed) from block k W + r of
+ * STREAM_DROPOUT (W ranks). */
 #define STREAM_BASE ((uint64_t)1 << 62)
 #define STREAM_TIMESTEPS (STREAM_BASE + 0)
 #define STREAM_NOISE (STREAM_BASE + 1)
@@ -72,6 +83,7 @@
 
 typedef struct trainer {
     dc_train_options o;
+    dc_dist dist;
     cJSON *unet_json, *sched_json;
     dc_unet_config ucfg;
     dc_unet unet;
@@ -87,6 +99,7 @@ typedef struct trainer {
     int null_class;          /* -1: unconditional */
     int64_t step, total;     /* optimizer steps done, and in all */
     int bad_steps;           /* non-finite steps in a row */
+    int signal;              /* the signal some rank caught, as all ranks agreed; 0: none */
     dc_metrics *metrics;
     dc_tb_writer *tb;
     dc_progress progress;
@@ -96,7 +109,7 @@ typedef struct trainer {
 typedef struct step_stats {
     double loss, grad_norm, lr, images_per_s;
     double q_sum[4];         /* loss per timestep quartile, summed */
-    int q_n[4];
+    double q_n[4];
 } step_stats;
 
 static double now(void) {
@@ -183,24 +196,38 @@ static int check_data_fits(const trainer *tr) {
     return 0;
 }
 
-static int open_data(trainer *tr) {
+/* Rank 0 opens the dataset first, building its cache when there is none;
+ * the other ranks then read that cache instead of all building it at once. */
+static int open_dataset(trainer *tr) {
     dc_dataset_options d = {.resolution = (int)tr->o.resolution,
                             .cache_dir = tr->o.cache_dir,
                             .strict = tr->o.strict};
-    if (dc_dataset_open(&tr->ds, tr->o.train_data_dir, &d) || check_data_fits(tr))
+    bool root = dc_dist_is_root(&tr->dist);
+    if (root && dc_dataset_open(&tr->ds, tr->o.train_data_dir, &d))
+        return -1;
+    return dc_dist_barrier(&tr->dist) || (!root && dc_dataset_open(&tr->ds, tr->o.train_data_dir, &d));
+}
+
+/* Images in one optimizer step, over all ranks. */
+static int64_t global_batch(const trainer *tr) {
+    return tr->dist.world * tr->o.train_batch_size * tr->o.gradient_accumulation_steps;
+}
+
+static int open_data(trainer *tr) {
+    if (open_dataset(tr) || check_data_fits(tr))
         return -1;
     int64_t workers = tr->o.dataloader_num_workers;
     if (workers == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         workers = cores < 1 ? 1 : cores > 8 ? 8 : cores;
     }
-    int64_t per_step = tr->o.train_batch_size * tr->o.gradient_accumulation_steps;
+    int64_t per_step = global_batch(tr);
     tr->total = tr->o.max_train_steps ? tr->o.max_train_steps
                                       : tr->o.num_epochs * ((tr->ds.count + per_step - 1) / per_step);
     dc_loader_config lc = {.ds = &tr->ds,
                            .batch_size = (int)tr->o.train_batch_size,
-                           .rank = 0,
-                           .world = 1,
+                           .rank = tr->dist.rank,
+                           .world = tr->dist.world,
                            .seed = (uint64_t)tr->o.seed,
                            .threads = (int)workers,
                            .prefetch = 2,
@@ -243,7 +270,7 @@ static dc_pipeline pipeline_of(const trainer *tr) {
                          .ema = tr->o.use_ema ? tr->ema.shadow : NULL};
 }
 
-static int save_checkpoint(trainer *tr) {
+static int write_checkpoint(trainer *tr, uint64_t fingerprint) {
     char step[24], adam_step[24], ema_step[24], cursor[24];
     snprintf(step, sizeof step, "%" PRId64, tr->step);
     snprintf(adam_step, sizeof adam_step, "%" PRId64, tr->opt.step);
@@ -273,9 +300,23 @@ static int save_checkpoint(trainer *tr) {
     free(cfg_text);
     if (!rc)
         rc = dc_checkpoint_prune(tr->o.output_dir, tr->o.checkpoints_total_limit);
-    if (!rc)
+    if (!rc && tr->dist.world > 1)
+        dc_progress_note(&tr->progress, "saved %s/checkpoint-%" PRId64 " (weights %016" PRIx64
+                         ", the same on all %d ranks)", tr->o.output_dir, tr->step, fingerprint, tr->dist.world);
+    else if (!rc)
         dc_progress_note(&tr->progress, "saved %s/checkpoint-%" PRId64, tr->o.output_dir, tr->step);
     return rc;
+}
+
+/* Every rank: prove that all hold the same weights (and EMA weights); then
+ * rank 0 writes the checkpoint. */
+static int save_checkpoint(trainer *tr) {
+    size_t bytes = tr->ps.total * sizeof(float);
+    uint64_t weights, ema;
+    if (dc_dist_check_identical(&tr->dist, tr->ps.data, bytes, "weights", &weights) ||
+        (tr->o.use_ema && dc_dist_check_identical(&tr->dist, tr->ema.shadow, bytes, "EMA weights", &ema)))
+        return -1;
+    return dc_dist_is_root(&tr->dist) ? write_checkpoint(tr, weights) : 0;
 }
 
 static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
@@ -317,11 +358,31 @@ static int resume(trainer *tr) {
         tr->opt.step = adam_step;
         tr->ema.optimization_step = ema_step;
         tr->bad_steps = (int)bad;
-        fprintf(stderr, "diffc: resuming from %s at step %" PRId64 "\n", dir, tr->step);
+        if (dc_dist_is_root(&tr->dist))
+            fprintf(stderr, "diffc: resuming from %s at step %" PRId64 "\n", dir, tr->step);
     }
     dc_st_close(&state);
     free(dir);
     return rc ? -1 : 0;
+}
+
+/* Every rank takes rank 0's weights, optimizer and EMA state and counters:
+ * they start alike even if their copies of a checkpoint were not. */
+static int share_state(trainer *tr) {
+    dc_dist *d = &tr->dist;
+    size_t bytes = tr->ps.total * sizeof(float);
+    int64_t counts[4] = {tr->step, tr->opt.step, tr->ema.optimization_step, tr->bad_steps};
+    if (d->world == 1)
+        return 0;
+    if (dc_dist_broadcast(d, tr->ps.data, bytes) || dc_dist_broadcast(d, tr->opt.m, bytes) ||
+        dc_dist_broadcast(d, tr->opt.v, bytes) || dc_dist_broadcast(d, counts, sizeof counts) ||
+        (tr->o.use_ema && dc_dist_broadcast(d, tr->ema.shadow, bytes)))
+        return -1;
+    tr->step = counts[0];
+    tr->opt.step = counts[1];
+    tr->ema.optimization_step = counts[2];
+    tr->bad_steps = (int)counts[3];
+    return 0;
 }
 
 /* ---- one step ---- */
@@ -345,11 +406,11 @@ static int micro_step(trainer *tr, step_stats *st) {
     if (!b)
         return -1;
     dc_ctx *ctx = &tr->ctx;
-    uint64_t seed = (uint64_t)tr->o.seed, k = (uint64_t)b->index;
-    uint64_t p0 = k * (uint64_t)b->n; /* one process: rank 0 of a world of 1 */
+    uint64_t seed = (uint64_t)tr->o.seed, k = (uint64_t)b->index, p0 = (uint64_t)b->position;
     uint64_t per_image = (uint64_t)b->h * (uint64_t)b->w * (uint64_t)b->c;
+    uint64_t shard = k * (uint64_t)tr->dist.world + (uint64_t)tr->dist.rank; /* k with one rank */
     dc_ctx_reset(ctx);
-    ctx->seed = dc_rand_block(seed, STREAM_DROPOUT, k).w[0] | k << 32;
+    ctx->seed = dc_rand_block(seed, STREAM_DROPOUT, shard).w[0] | shard << 32;
     dc_tensor *x0 = dc_from_host(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c), b->images);
     dc_tensor *noise = dc_new(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c));
     dc_tensor *t = dc_new(ctx, DC_I32, DC_SHAPE(b->n));
@@ -371,7 +432,22 @@ static int micro_step(trainer *tr, step_stats *st) {
     return 0;
 }
 
-/* One optimizer step; a non-finite loss or gradient skips it (counted). */
+/* The loss averaged and the quartiles summed over the ranks' images. */
+static int sum_stats(trainer *tr, step_stats *st) {
+    double v[9] = {st->loss};
+    memcpy(v + 1, st->q_sum, sizeof st->q_sum);
+    memcpy(v + 5, st->q_n, sizeof st->q_n);
+    if (dc_dist_sum(&tr->dist, v, 9))
+        return -1;
+    st->loss = v[0] / tr->dist.world;
+    memcpy(st->q_sum, v + 1, sizeof st->q_sum);
+    memcpy(st->q_n, v + 5, sizeof st->q_n);
+    return 0;
+}
+
+/* One optimizer step; a non-finite loss or gradient skips it (counted). The
+ * gradient is averaged over the ranks before it is measured, so the norm,
+ * the clipping and the decision to skip are the same on every rank. */
 static int optimizer_step(trainer *tr, step_stats *st) {
     int64_t accum = tr->o.gradient_accumulation_steps;
     double t0 = now();
@@ -383,6 +459,8 @@ static int optimizer_step(trainer *tr, step_stats *st) {
     if (accum > 1)
         for (size_t i = 0; i < tr->ps.total; i++)
             tr->ps.grad[i] /= (float)accum;
+    if (dc_dist_average(&tr->dist, tr->ps.grad, tr->ps.total) || sum_stats(tr, st))
+        return -1;
     st->grad_norm = dc_grad_clip_norm(tr->ps.grad, tr->ps.total, tr->o.max_grad_norm);
     st->lr = dc_lr_at(tr->lr_schedule, tr->o.learning_rate, tr->step, tr->o.lr_warmup_steps, tr->total);
     tr->step++;
@@ -398,7 +476,7 @@ static int optimizer_step(trainer *tr, step_stats *st) {
         if (tr->o.use_ema)
             dc_ema_step(&tr->ema, tr->ps.data);
     }
-    st->images_per_s = (double)(accum * tr->o.train_batch_size) / (now() - t0);
+    st->images_per_s = (double)global_batch(tr) / (now() - t0);
     return 0;
 }
 
@@ -410,8 +488,8 @@ static int log_step(trainer *tr, const step_stats *st) {
     for (int q = 0; q < 4; q++)
         r.loss_t_quartiles[q] = st->q_n[q] ? st->q_sum[q] / st->q_n[q] : NAN;
     dc_progress_step(&tr->progress, tr->step, st->loss, st->lr, st->images_per_s);
-    if (tr->step % tr->o.logging_steps && tr->step != tr->total)
-        return 0;
+    if (!tr->metrics || (tr->step % tr->o.logging_steps && tr->step != tr->total))
+        return 0; /* a rank other than 0, or not a step to log */
     return dc_metrics_write(tr->metrics, &r, NULL) || dc_tb_scalar(tr->tb, "train/loss", tr->step, st->loss) ||
            dc_tb_scalar(tr->tb, "train/lr", tr->step, st->lr) ||
            dc_tb_scalar(tr->tb, "train/grad_norm", tr->step, st->grad_norm) ||
@@ -482,7 +560,13 @@ static int sample_grid(trainer *tr) {
 
 /* ---- the run ---- */
 
+/* Rank 0's metrics.jsonl, TensorBoard events and progress line; the other
+ * ranks report nothing. */
 static int open_outputs(trainer *tr) {
+    if (!dc_dist_is_root(&tr->dist)) {
+        dc_progress_init(&tr->progress, NULL, tr->step, tr->total, tr->o.logging_steps);
+        return 0;
+    }
     char *metrics = dc_path_join(tr->o.output_dir, "metrics.jsonl");
     char *logs = dc_path_join(tr->o.output_dir, tr->o.logging_dir);
     int rc = metrics && logs ? 0 : -1;
@@ -494,30 +578,47 @@ static int open_outputs(trainer *tr) {
     return rc;
 }
 
+/* tr->signal = the first signal any rank caught, the same on every rank, so
+ * that all stop after the same step. */
+static int agree_on_signal(trainer *tr) {
+    tr->signal = dc_signals_caught();
+    return dc_dist_max(&tr->dist, &tr->signal);
+}
+
+/* The final model (rank 0): the output folder itself is a pipeline, EMA
+ * weights as the UNet when on. */
+static int save_final(trainer *tr) {
+    dc_pipeline p = pipeline_of(tr);
+    if (tr->o.use_ema)
+        p.weights = tr->ema.shadow;
+    return dc_dist_is_root(&tr->dist) ? dc_pipeline_save(tr->o.output_dir, &p) : 0;
+}
+
 static int run(trainer *tr) {
     step_stats st = {0};
-    while (tr->step < tr->total && !dc_signals_caught()) {
+    bool root = dc_dist_is_root(&tr->dist);
+    while (tr->step < tr->total) {
+        if (agree_on_signal(tr))
+            return -1;
+        if (tr->signal)
+            break;
         memset(&st, 0, sizeof st);
         if (optimizer_step(tr, &st) || log_step(tr, &st))
             return -1;
-        if (tr->o.sample_every && tr->step % tr->o.sample_every == 0 && sample_grid(tr))
+        if (root && tr->o.sample_every && tr->step % tr->o.sample_every == 0 && sample_grid(tr))
             return -1;
         if (tr->o.checkpointing_steps && tr->step % tr->o.checkpointing_steps == 0 &&
             tr->step < tr->total && save_checkpoint(tr))
             return -1;
     }
-    if (save_checkpoint(tr))
+    /* a signal during the last step still stops the run short of the final model */
+    if (save_checkpoint(tr) || agree_on_signal(tr) || (!tr->signal && save_final(tr)))
         return -1;
-    if (dc_signals_caught())
-        return 0;
-    /* the final model: the output folder itself is a pipeline, EMA weights as the UNet when on */
-    dc_pipeline p = pipeline_of(tr);
-    if (tr->o.use_ema)
-        p.weights = tr->ema.shadow;
-    if (dc_pipeline_save(tr->o.output_dir, &p))
-        return -1;
-    dc_progress_done(&tr->progress, tr->step, st.loss, st.images_per_s);
-    return 0;
+    if (!tr->signal)
+        dc_progress_done(&tr->progress, tr->step, st.loss, st.images_per_s);
+    /* no rank leaves (and a launcher takes a non-zero exit for a failure
+     * and kills the job) before rank 0 has written everything */
+    return dc_dist_barrier(&tr->dist);
 }
 
 static void trainer_free(trainer *tr) {
@@ -537,19 +638,39 @@ static void trainer_free(trainer *tr) {
     cJSON_Delete(tr->sched_json);
     free(tr->mse);
     dc_train_options_free(&tr->o);
+    dc_dist_free(&tr->dist);
 }
 
 static int setup(trainer *tr) {
     char *pretrained = NULL;
-    int rc = resolve_device(tr->o.device) || dc_dir_check_writable(tr->o.output_dir) ||
+    bool root = dc_dist_is_root(&tr->dist);
+    int rc = resolve_device(tr->o.device) || (root && dc_dir_check_writable(tr->o.output_dir)) ||
              load_model_config(tr, &pretrained) || load_schedule(tr) || setup_model(tr, pretrained) ||
-             resume(tr) || open_data(tr) || dc_train_options_save(&tr->o, tr->o.output_dir) ||
-             open_outputs(tr);
+             resume(tr) || share_state(tr) || open_data(tr) ||
+             (root && dc_train_options_save(&tr->o, tr->o.output_dir)) || open_outputs(tr);
     free(pretrained);
-    if (!rc && strcmp(tr->o.mixed_precision, "no"))
+    if (!rc && root && strcmp(tr->o.mixed_precision, "no"))
         fprintf(stderr, "diffc: note: --mixed-precision %s applies on the GPU; the CPU computes in f32\n",
                 tr->o.mixed_precision);
     return rc ? -1 : 0;
+}
+
+/* Rank 0 says what it runs: the resolved options and, with several ranks,
+ * how the global batch is made. */
+static void print_plan(const trainer *tr) {
+    if (!dc_dist_is_root(&tr->dist))
+        return;
+    dc_train_options_print(&tr->o, stdout);
+    if (tr->dist.world > 1)
+        fprintf(stderr, "diffc: %d ranks (%d on this node), global batch %" PRId64 " = %d ranks x "
+                "--train-batch-size %" PRId64 " x --gradient-accumulation-steps %" PRId64 "\n",
+                tr->dist.world, tr->dist.local_world, global_batch(tr), tr->dist.world,
+                tr->o.train_batch_size, tr->o.gradient_accumulation_steps);
+}
+
+static int train(trainer *tr) {
+    print_plan(tr);
+    return setup(tr) || dc_signals_install() || run(tr) ? -1 : 0;
 }
 
 int dc_cmd_train(int argc, char **argv) {
@@ -560,16 +681,20 @@ int dc_cmd_train(int argc, char **argv) {
         dc_train_options_free(&tr.o);
         return 0;
     }
-    if (rc == 0) {
-        dc_train_options_print(&tr.o, stdout);
-        rc = setup(&tr) || dc_signals_install() || run(&tr) ? -1 : 0;
-    }
+    if (rc == 0)
+        rc = dc_dist_init(&tr.dist) || train(&tr) ? -1 : 0;
     int status = rc == DC_TRAIN_OPTIONS_USAGE ? 2 : rc ? 1 : 0;
-    if (rc)
-        fprintf(stderr, "%sdiffc: error: %s\n", tr.progress.tty ? "\n" : "", dc_error());
+    if (rc) {
+        char rank[32] = "";
+        if (tr.dist.world > 1)
+            snprintf(rank, sizeof rank, "rank %d of %d: ", tr.dist.rank, tr.dist.world);
+        fprintf(stderr, "%sdiffc: error: %s%s\n", tr.progress.tty ? "\n" : "", rank, dc_error());
+    }
     if (rc == DC_TRAIN_OPTIONS_USAGE)
         fputs("usage: diffc train --config FILE [options]  (diffc train --help lists the options)\n", stderr);
-    int sig = dc_signals_caught();
+    if (rc) /* the one place a failing rank ends the job: the others must not wait for it */
+        dc_dist_abort(&tr.dist, status);
+    int sig = tr.signal ? tr.signal : dc_signals_caught();
     dc_signals_restore();
     trainer_free(&tr);
     return !rc && sig ? dc_signals_exit_status(sig) : status;

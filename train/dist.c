@@ -1,0 +1,222 @@
+/*
+ * Ranks (see dist.h): MPI when built with it and launched with several
+ * processes, a world of one otherwise. Every function treats a world of one
+ * (MPI not initialised) as the trivial case, so the trainer calls them
+ * unconditionally and the single-process path has no branches of its own.
+ */
+#include "dist.h"
+
+#include "autograd/error.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef DC_HAVE_MPI
+#include <mpi.h>
+#endif
+
+/* Launchers' variables for the number of processes, in the order trusted:
+ * OpenMPI's mpirun, MPICH/Intel MPI (and srun --mpi=pmi2), then Slurm's own
+ * (the step's first: inside an allocation without srun SLURM_NTASKS is the
+ * allocation's, not the number of processes started). */
+static const char *const world_vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS",
+                                         "SLURM_NTASKS"};
+
+int dc_dist_launched_world(void) {
+    for (size_t i = 0; i < sizeof world_vars / sizeof world_vars[0]; i++) {
+        const char *v = getenv(world_vars[i]);
+        char *end;
+        long n = v ? strtol(v, &end, 10) : 0;
+        if (v && *v && !*end && n >= 1 && n <= INT_MAX)
+            return (int)n;
+    }
+    return 1;
+}
+
+static uint64_t fingerprint(const void *buf, size_t bytes) {
+    const unsigned char *p = buf;
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < bytes; i += 8) {
+        uint64_t word = 0;
+        memcpy(&word, p + i, bytes - i < 8 ? bytes - i : 8);
+        h = (h ^ word) * 1099511628211ull;
+    }
+    return h;
+}
+
+#ifdef DC_HAVE_MPI
+
+/* 0, or the MPI error's text after `what` as the recorded error. */
+static int check(int rc, const char *what) {
+    if (rc == MPI_SUCCESS)
+        return 0;
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    return dc_fail("%s: %.*s", what, len, text);
+}
+
+static int init_mpi(dc_dist *d, int launched) {
+    int provided;
+    if (check(MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread"))
+        return -1;
+    d->mpi = true;
+    /* errors come back as codes, to be reported with the rank that saw them */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &d->world);
+    if (d->world != launched)
+        return dc_fail("the launcher started %d processes but MPI sees %d: diffc was built with "
+                       "another MPI than the launcher's (with srun, try --mpi=pmix)", launched, d->world);
+    MPI_Comm node;
+    if (check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node),
+              "MPI_Comm_split_type"))
+        return -1;
+    MPI_Comm_rank(node, &d->local_rank);
+    MPI_Comm_size(node, &d->local_world);
+    MPI_Comm_free(&node);
+    return 0;
+}
+
+void dc_dist_free(dc_dist *d) {
+    if (d->mpi)
+        MPI_Finalize();
+    d->mpi = false;
+}
+
+void dc_dist_abort(dc_dist *d, int status) {
+    if (d->mpi) {
+        fflush(stdout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, status);
+    }
+}
+
+int dc_dist_barrier(dc_dist *d) { return d->mpi ? check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier") : 0; }
+
+int dc_dist_broadcast(dc_dist *d, void *buf, size_t bytes) {
+    for (size_t off = 0; d->mpi && off < bytes; off += INT_MAX) { /* MPI counts are ints */
+        size_t n = bytes - off < INT_MAX ? bytes - off : INT_MAX;
+        if (check(MPI_Bcast((char *)buf + off, (int)n, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast"))
+            return -1;
+    }
+    return 0;
+}
+
+int dc_dist_sum(dc_dist *d, double *v, int n) {
+    if (!d->mpi)
+        return 0;
+    return check(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+}
+
+int dc_dist_max(dc_dist *d, int *v) {
+    if (!d->mpi)
+        return 0;
+    return check(MPI_Allreduce(MPI_IN_PLACE, v, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+}
+
+/* On the CPU a bucket is summed in place when started: MPI's non-blocking
+ * collectives make progress only inside MPI calls, so starting them early
+ * would buy nothing without a progress thread. The division by the world
+ * waits for dc_dist_average_wait, as it will on the GPU. */
+int dc_dist_average_start(dc_dist *d, float *buf, size_t n) {
+    if (!d->mpi)
+        return 0;
+    if (d->pending == DC_DIST_MAX_BUCKETS)
+        return dc_fail("gradient all-reduce: more than %d buckets started at once", DC_DIST_MAX_BUCKETS);
+    for (size_t off = 0; off < n; off += INT_MAX) {
+        size_t k = n - off < INT_MAX ? n - off : INT_MAX;
+        if (check(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+                  "gradient all-reduce"))
+            return -1;
+    }
+    d->pending_buf[d->pending] = buf;
+    d->pending_n[d->pending++] = n;
+    return 0;
+}
+
+static int gather_fingerprints(dc_dist *d, uint64_t mine, uint64_t *all) {
+    return check(MPI_Allgather(&mine, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD), "MPI_Allgather");
+}
+
+#else /* built without MPI: a world of one, and a clear word when asked for more */
+
+static int init_mpi(dc_dist *d, int launched) {
+    return dc_fail("the launcher started %d processes, but this diffc was built without MPI: install "
+                   "libopenmpi-dev (scripts/setup.sh does), then rebuild (cmake -S . -B build && cmake "
+                   "--build build); CMake's log says 'diffc: MPI ON' when it is found", launched);
+}
+
+void dc_dist_free(dc_dist *d) {}
+void dc_dist_abort(dc_dist *d, int status) {}
+int dc_dist_barrier(dc_dist *d) { return 0; }
+int dc_dist_broadcast(dc_dist *d, void *buf, size_t bytes) { return 0; }
+int dc_dist_sum(dc_dist *d, double *v, int n) { return 0; }
+int dc_dist_max(dc_dist *d, int *v) { return 0; }
+int dc_dist_average_start(dc_dist *d, float *buf, size_t n) { return 0; }
+static int gather_fingerprints(dc_dist *d, uint64_t mine, uint64_t *all) {
+    all[0] = mine;
+    return 0;
+}
+
+#endif
+
+/* DC_DIST_BUCKET_BYTES, or $DC_BUCKET_MB MiB (at least one float). */
+static size_t bucket_floats(void) {
+    const char *v = getenv("DC_BUCKET_MB");
+    char *end;
+    double mb = v ? strtod(v, &end) : 0;
+    size_t bytes = v && *v && !*end && mb > 0 && mb < 1e6 ? (size_t)(mb * (1 << 20)) : DC_DIST_BUCKET_BYTES;
+    return bytes < sizeof(float) ? 1 : bytes / sizeof(float);
+}
+
+int dc_dist_init(dc_dist *d) {
+    memset(d, 0, sizeof *d);
+    d->world = d->local_world = 1;
+    d->bucket_floats = bucket_floats();
+    int launched = dc_dist_launched_world();
+    return launched > 1 ? init_mpi(d, launched) : 0;
+}
+
+int dc_dist_average_wait(dc_dist *d) {
+    for (int b = 0; b < d->pending; b++)
+        for (size_t i = 0; i < d->pending_n[b]; i++)
+            d->pending_buf[b][i] /= (float)d->world;
+    d->pending = 0;
+    return 0;
+}
+
+int dc_dist_average(dc_dist *d, float *buf, size_t n) {
+    if (d->world == 1)
+        return 0;
+    size_t bucket = d->bucket_floats;
+    if (n > bucket * DC_DIST_MAX_BUCKETS)
+        bucket = (n + DC_DIST_MAX_BUCKETS - 1) / DC_DIST_MAX_BUCKETS;
+    for (size_t end = n; end > 0;) {
+        size_t start = end > bucket ? end - bucket : 0;
+        if (dc_dist_average_start(d, buf + start, end - start))
+            return -1;
+        end = start;
+    }
+    return dc_dist_average_wait(d);
+}
+
+int dc_dist_check_identical(dc_dist *d, const void *buf, size_t bytes, const char *what, uint64_t *hash) {
+    uint64_t mine = fingerprint(buf, bytes), stack[64], *all = stack;
+    *hash = mine;
+    if (d->world == 1)
+        return 0;
+    if (d->world > 64 && !(all = malloc((size_t)d->world * sizeof *all)))
+        return dc_fail("out of memory");
+    int rc = gather_fingerprints(d, mine, all), differs = 0;
+    while (!rc && differs < d->world && all[differs] == all[0])
+        differs++;
+    if (!rc && differs < d->world)
+        rc = dc_fail("the ranks hold different %s: rank %d's fingerprint %016llx, rank 0's %016llx",
+                     what, differs, (unsigned long long)all[differs], (unsigned long long)all[0]);
+    if (all != stack)
+        free(all);
+    return rc;
+}

@@ -1,0 +1,101 @@
+/*
+ * Data-parallel training: the one place that knows about ranks (DESIGN.md §7).
+ *
+ * An existing launcher starts one process per GPU (`mpirun -np 8 diffc
+ * train ...`, Slurm's `srun`); dc_dist_init finds out from its environment
+ * how many there are, and joins them with MPI. Every rank holds the whole
+ * model and reads its own shard of each global batch; after the backward
+ * pass the flat gradient buffer is averaged across ranks in buckets, so every
+ * rank applies the same gradient with the same AdamW and the weights stay
+ * identical, bit for bit, without being sent again.
+ *
+ * MPI is initialised only when the launcher started more than one process.
+ * A plain `diffc train` (or `mpirun -np 1`) never touches MPI: it runs
+ * exactly as a build without MPI does, with no start-up cost, no
+ * network-interface probing and nothing for a sanitizer to report.
+ *
+ * Backends behind the same calls. Built without CUDA (or training on the
+ * CPU) the buckets are MPI_Allreduce'd in host memory, which is what CI
+ * tests with `mpirun -np 2`. The CUDA backend will create an NCCL
+ * communicator from an ncclUniqueId that rank 0 broadcasts with
+ * dc_dist_broadcast, and run dc_dist_average_start as ncclAllReduce on a
+ * communication stream, so that buckets finished early in the backward pass
+ * travel while later ones are computed; dc_dist_average_wait then makes the
+ * compute stream wait for that stream.
+ *
+ * Failure: every collective is either answered by all ranks or the job is
+ * torn down. A rank that hits an error prints it and calls dc_dist_abort
+ * (MPI_Abort), which ends every rank at once; a rank that dies outright is
+ * noticed by the launcher (mpirun, srun), which kills the others. Nobody
+ * waits forever in a collective.
+ */
+#ifndef DC_TRAIN_DIST_H
+#define DC_TRAIN_DIST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Buckets of the gradient all-reduce: PyTorch DDP's default size (25 MiB;
+ * the environment's DC_BUCKET_MB, in MiB, overrides it), and at most this
+ * many in flight per step (larger buckets beyond that). */
+#define DC_DIST_BUCKET_BYTES ((size_t)25 << 20)
+#define DC_DIST_MAX_BUCKETS 64
+
+typedef struct dc_dist {
+    int rank, world;             /* 0, 1 for a single process */
+    int local_rank, local_world; /* among the ranks of this node: picks the GPU */
+    bool mpi;                    /* MPI was initialised (world > 1) */
+    size_t bucket_floats;        /* gradient floats per bucket */
+    int pending;                 /* averages started and not yet waited for */
+    float *pending_buf[DC_DIST_MAX_BUCKETS];
+    size_t pending_n[DC_DIST_MAX_BUCKETS];
+} dc_dist;
+
+/* The number of processes the launcher started, from its environment
+ * (OMPI_COMM_WORLD_SIZE, PMI_SIZE, SLURM_STEP_NUM_TASKS, SLURM_NTASKS;
+ * the first one set); 1 when none is. */
+int dc_dist_launched_world(void);
+
+/* Join the other ranks. One process (world 1 per the environment): rank 0 of
+ * 1, nothing initialised. More: MPI_Init_thread (only the calling thread
+ * makes MPI calls), rank and world from MPI_COMM_WORLD, the node-local rank
+ * from a shared-memory split. An error when the environment asks for
+ * several ranks and this build has no MPI (it says how to rebuild), or when
+ * MPI's world disagrees with the launcher's (an MPI of another make). */
+int dc_dist_init(dc_dist *d);
+/* Leave: MPI_Finalize when initialised. Safe on a zeroed or failed dc_dist. */
+void dc_dist_free(dc_dist *d);
+/* End every rank of the job with `status`, now (MPI_Abort); returns only
+ * when there is no job to end (world 1). For the subcommand's error path. */
+void dc_dist_abort(dc_dist *d, int status);
+
+static inline bool dc_dist_is_root(const dc_dist *d) { return d->rank == 0; }
+
+/* Wait until every rank has arrived. */
+int dc_dist_barrier(dc_dist *d);
+/* Rank 0's `bytes` at buf, copied into buf on every other rank. */
+int dc_dist_broadcast(dc_dist *d, void *buf, size_t bytes);
+/* v[n] summed over the ranks, in place (losses and counts for the log). */
+int dc_dist_sum(dc_dist *d, double *v, int n);
+/* The largest *v over the ranks, in place (a signal one rank caught). */
+int dc_dist_max(dc_dist *d, int *v);
+
+/* Averaging the gradient: start buf[n] (a bucket of the flat gradient
+ * buffer) becoming the mean of every rank's buf[n]; the result is defined
+ * once dc_dist_average_wait returns. At most DC_DIST_MAX_BUCKETS started
+ * between waits. With world 1 both do nothing. */
+int dc_dist_average_start(dc_dist *d, float *buf, size_t n);
+int dc_dist_average_wait(dc_dist *d);
+/* The whole of buf[n] in buckets of d->bucket_floats (more when that would
+ * take over DC_DIST_MAX_BUCKETS), last bucket first (the order in
+ * which the backward pass completes them), and wait. */
+int dc_dist_average(dc_dist *d, float *buf, size_t n);
+
+/* A 64-bit fingerprint of `bytes` at buf (FNV-1a over 8-byte words) in
+ * *hash, and an error unless every rank's is the same: proof that the ranks
+ * hold identical weights, checked at every checkpoint. `what` names the
+ * buffer in the message. */
+int dc_dist_check_identical(dc_dist *d, const void *buf, size_t bytes, const char *what, uint64_t *hash);
+
+#endif
