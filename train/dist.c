@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #ifdef DC_HAVE_MPI
 #include <mpi.h>
@@ -35,16 +36,7 @@ int dc_dist_launched_world(void) {
     return 1;
 }
 
-static uint64_t fingerprint(const void *buf, size_t bytes) {
-    const unsigned char *p = buf;
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < bytes; i += 8) {
-        uint64_t word = 0;
-        memcpy(&word, p + i, bytes - i < 8 ? bytes - i : 8);
-        h = (h ^ word) * 1099511628211ull;
-    }
-    return h;
-}
+static uint64_t fingerprint(const void *buf, size_t bytes) { return crc32_z(0, buf, bytes); }
 
 #ifdef DC_HAVE_MPI
 

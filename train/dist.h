@@ -92,7 +92,7 @@ int dc_dist_average_wait(dc_dist *d);
  * which the backward pass completes them), and wait. */
 int dc_dist_average(dc_dist *d, float *buf, size_t n);
 
-/* A 64-bit fingerprint of `bytes` at buf (FNV-1a over 8-byte words) in
+/* A fingerprint of `bytes` at buf (zlib's CRC-32) in
  * *hash, and an error unless every rank's is the same: proof that the ranks
  * hold identical weights, checked at every checkpoint. `what` names the
  * buffer in the message. */
