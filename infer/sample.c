@@ -124,14 +124,6 @@ static int parse_args(sample_options *so, int argc, char **argv) {
 
 /* ---- what the options mean for this model ---- */
 
-static int check_device(const char *name) {
-    if (!strcmp(name, "auto") || !strcmp(name, "cpu"))
-        return 0;
-    if (!strncmp(name, "cuda", 4))
-        return dc_fail("--device %s: no CUDA kernels yet; use --device cpu", name);
-    return dc_fail("--device: '%s' is not a device: auto, cpu or cuda", name);
-}
-
 /* The labels cycled over the images: --class-label's, or every class. */
 static int class_labels(const sample_options *so, const dc_unet_config *c, int32_t **labels, int *n) {
     *labels = NULL;
@@ -317,7 +309,7 @@ static void on_step(void *arg, int64_t first, int64_t b, int done, int steps) {
 
 static int setup(run *r) {
     const sample_options *o = &r->o;
-    if (check_device(o->device) || dc_model_load(&r->model, o->model, !o->no_ema))
+    if (dc_cli_check_device(o->device) || dc_model_load(&r->model, o->model, !o->no_ema))
         return -1;
     const dc_unet_config *c = &r->model.cfg;
     if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||
