@@ -337,7 +337,7 @@ static int read_manifest(run *r, char **text) {
     if (!rc && !(r->entries = calloc((size_t)lines + 1, sizeof *r->entries)))
         rc = dc_fail("out of memory");
     int64_t line_no = 0;
-    for (char *p = *text, *end = *text + n; !rc && p < end; line_no++) {
+    for (char *p = *text, *end = p ? p + n : NULL; !rc && p && p < end; line_no++) {
         char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
         p[len] = '\0';

@@ -6,7 +6,6 @@
  * manifest line) writes the same bytes as an uninterrupted one; other
  * settings in the same folder are refused; the --eval report; bad input is
  * one error line or a skipped file with a warning. */
-#define _GNU_SOURCE /* strdup */
 #include "testutil.h"
 
 #include "autograd/error.h"
@@ -40,6 +39,15 @@ static void write_image(const char *path, int w, int h, int c) {
     dc_image_free(&img);
 }
 
+/* A copy of tu_path(name) that outlives 8 more calls (good for 8 at a time). */
+static const char *keep(const char *name) {
+    static char kept[8][512];
+    static int n;
+    char *p = kept[n++ % 8];
+    snprintf(p, sizeof kept[0], "%s", tu_path(name));
+    return p;
+}
+
 /* tu_path(dir): PER_CLASS_REAL random images in each of the first n_classes class folders. */
 static const char *make_dataset(const char *dir, int n_classes) {
     char sub[256];
@@ -52,7 +60,7 @@ static const char *make_dataset(const char *dir, int n_classes) {
             write_image(tu_path(sub), SIDE, SIDE, 3);
         }
     }
-    return strdup(tu_path(dir));
+    return keep(dir);
 }
 
 /* `diffc augment --model MODEL --cache-dir ... ARGS...` */
@@ -154,7 +162,7 @@ START_TEST(test_writes_and_skips) {
     write_image(tu_path("data/cat/wide_gray.png"), 12, 10, 1); /* converted as training does */
     ck_assert_int_eq(rename(tu_path("data/dog/2.png"), tu_path("data/dog/broken.png")), 0);
     spill(tu_path("data/dog/broken.png"), "not a png"); /* skipped with a warning */
-    const char *out = strdup(tu_path("out"));
+    const char *out = keep("out");
     tu_run_result *r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", out, "--per-class", "3",
                                "--variations", "2", "--strength", "0.6", "--guidance-scale", "2", "--batch-size", "5");
     assert_ok(r);
@@ -220,7 +228,7 @@ static bool same_bytes(const char *a, const char *b) {
 START_TEST(test_kill_and_resume) {
     tu_mkdtemp("augment");
     const char *data = make_dataset("data", N_CLASSES);
-    const char *whole = strdup(tu_path("whole")), *cut = strdup(tu_path("cut")), *cache = strdup(tu_path("cache"));
+    const char *whole = keep("whole"), *cut = keep("cut"), *cache = keep("cache");
 #define ARGS(out, batch)                                                                                     \
     "augment", "--cache-dir", cache, "--num-inference-steps", "20", "--model", MODEL, "--train-data-dir", data, \
         "--output-dir", out, "--per-class", "3", "--variations", "1", "--guidance-scale", "2", "--batch-size", batch
@@ -320,7 +328,7 @@ static void copy_file(const char *from, const char *to) {
 
 START_TEST(test_bad_input) {
     tu_mkdtemp("augment");
-    const char *data = make_dataset("data", N_CLASSES), *o = strdup(tu_path("o"));
+    const char *data = make_dataset("data", N_CLASSES), *o = keep("o");
     /* a model folder without weights, and one whose config the weights do not fit */
     ck_assert_int_eq(mkdir(tu_path("m"), 0755), 0);
     copy_file(MODEL "/config.json", tu_path("m/config.json"));
