@@ -678,10 +678,13 @@ static int augment(run *r) {
     if (!rc)
         rc = mark_done(r, &n_done);
     if (!rc) {
+        char strength[48] = "";
+        if (r->o.variations)
+            snprintf(strength, sizeof strength, " at strength %g", r->o.strength);
         printf("%" PRId64 " images to make (%" PRId64 " per class, %" PRId64 " variations of each of %" PRId64
-               " real images%s%.2g), %" PRId64 " already in %s/%s\n",
-               r->n_jobs, r->o.per_class, r->o.variations, r->ds.count, r->o.variations ? " at strength " : "",
-               r->o.variations ? r->o.strength : 0.0, n_done, r->o.output_dir, MANIFEST);
+               " real images%s), %" PRId64 " already in %s/%s\n",
+               r->n_jobs, r->o.per_class, r->o.variations, r->ds.count, strength, n_done, r->o.output_dir,
+               MANIFEST);
         fflush(stdout);
     }
     double t0 = now();
