@@ -16,7 +16,7 @@ static const char *op_names[] = {
     "q_sample", "diffusion_loss",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == DC_OP_COUNT, "one name per op");
-_Static_assert(DC_OP_COUNT == 26, "a new op needs a name, kernels and a gradient test");
+_Static_assert(DC_OP_COUNT == 27, "a new op needs a name, kernels and a gradient test");
 
 const char *dc_op_name(dc_op op) { return (unsigned)op < DC_OP_COUNT ? op_names[op] : "?"; }
 

@@ -31,7 +31,7 @@ int dc_classifier_init(dc_classifier *m, dc_params *ps, int h, int w, int c, int
 dc_tensor *dc_classifier_forward(dc_ctx *ctx, const dc_classifier *m, dc_tensor *x) {
     dc_tensor *h = x;
     for (int i = 0; i < DC_CLASSIFIER_CONVS; i++)
-        h = dc_silu(ctx, dc_nn_group_norm_forward(ctx, &m->norm[i], dc_nn_conv2d_forward(ctx, &m->conv[i], h)));
+        h = dc_nn_group_norm_silu_forward(ctx, &m->norm[i], dc_nn_conv2d_forward(ctx, &m->conv[i], h));
     if (!h)
         return NULL;
     h = dc_reshape(ctx, h, DC_SHAPE(h->shape[0], h->numel / h->shape[0]));
