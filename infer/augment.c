@@ -184,7 +184,10 @@ typedef struct run {
 
 /* The class's name made into one folder name: '/' and control characters become '_'. */
 static char *folder_name(const char *name, int k) {
-    char *s = strdup(name);
+    char fallback[32];
+    snprintf(fallback, sizeof fallback, "class_%d", k);
+    bool unusable = !*name || !strcmp(name, ".") || !strcmp(name, "..");
+    char *s = strdup(unusable ? fallback : name);
     if (!s) {
         dc_fail("out of memory");
         return NULL;
@@ -192,12 +195,6 @@ static char *folder_name(const char *name, int k) {
     for (char *p = s; *p; p++)
         if (*p == '/' || (unsigned char)*p < 32)
             *p = '_';
-    if (!*s || !strcmp(s, ".") || !strcmp(s, "..")) {
-        free(s);
-        char buf[32];
-        snprintf(buf, sizeof buf, "class_%d", k);
-        s = strdup(buf);
-    }
     return s;
 }
 
