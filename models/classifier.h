@@ -8,9 +8,9 @@
  *
  *   x [N, H, W, C] -> conv 16 -> conv 32 /2 -> conv 64 /2 -> [N, H/4 * W/4 * 64] -> [N, K]
  *
- * (sides rounded up at each halving). About 0.1 M weights at 32x32: small
- * enough to train in a minute on two CPU cores, big enough to reach ~90% on
- * Fashion-MNIST. Parameter names are PyTorch-style ("conv1.weight", ...).
+ * (sides rounded up at each halving). About 65,000 weights at 32x32 gray:
+ * 500 steps of batch 64 take a minute or two on two CPU cores and reach 88%
+ * on Fashion-MNIST. Parameter names are PyTorch-style ("conv1.weight", ...).
  */
 #ifndef DC_MODELS_CLASSIFIER_H
 #define DC_MODELS_CLASSIFIER_H
