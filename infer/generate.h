@@ -6,8 +6,9 @@
  * Image k of a request draws from the Philox stream (seed, first_image + k)
  * (the sampler's noise contract), so an image is the same whatever the batch
  * size it was generated in (or from streams[k] when given: `diffc augment`
- * names each image's stream after what it is). With init images (img2img), the denoising
- * starts part-way, from the init images noised to that step's timestep.
+ * names each image's stream after what it is). With init images (img2img),
+ * the denoising starts part-way, from the init images noised to that step's
+ * timestep.
  */
 #ifndef DC_INFER_GENERATE_H
 #define DC_INFER_GENERATE_H
