@@ -35,7 +35,8 @@ int main(void) {
 #include <unistd.h>
 
 #define TOL_UPDATES 5e-2 /* relative L2 error of 3 steps' weight updates, TF32 against f32 */
-#define TOL_SAME 1e-5    /* the same GPU computation by another route (NCCL, world 1) */
+#define TOL_SAME 1e-3    /* the same GPU computation by another route (NCCL, world 1); cuDNN
+                            may sum in another order from run to run */
 #define TOL_PIXEL 12     /* of 255: the worst pixel of an image after 10 DDIM steps in TF32 */
 #define TOL_MEAN 1.0     /* of 255: the mean pixel difference */
 #define WEIGHTS "/unet/diffusion_pytorch_model.safetensors"
