@@ -26,6 +26,12 @@
  * TensorBoard events and the progress line. Resuming without --model or
  * --pretrained-model takes the UNet config from the checkpoint.
  *
+ * Devices: the weights, gradients, AdamW moments, EMA and activations live
+ * on --device (resolved once, in resolve_device); the loader, the Philox
+ * draws of labels and the log stay on the host, and what the host needs
+ * from a GPU (the loss, the timesteps, checkpoint buffers) is copied back.
+ * The CPU path reads its buffers in place, so it runs as it always did.
+ *
  * Several ranks (dist.h): each reads its shard of global batch k (the
  * loader's positions k G + r B ..), so the draws above are those of one
  * process with batch G; the gradients are averaged before clipping, and the
@@ -252,7 +258,8 @@ static int open_data(trainer *tr) {
 static int setup_model(trainer *tr, const char *pretrained_weights) {
     dc_params_init(&tr->ps);
     tr->null_class = dc_unet_null_class(&tr->ucfg);
-    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) || dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed))
+    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) ||
+        dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed))
         return -1;
     if (pretrained_weights && dc_params_load(&tr->ps, NULL, pretrained_weights, dc_unet_rename))
         return -1;
