@@ -18,6 +18,7 @@
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
@@ -43,7 +44,8 @@
 /* ---- options ---- */
 
 typedef struct sample_options {
-    const char *model, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device;
+    const char *model, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device,
+        *mixed_precision;
     int64_t num_inference_steps;          /* 0: the scheduler's default */
     int64_t num_images;                   /* 0: DEFAULT_IMAGES, or one per init image */
     int64_t batch_size, seed, resolution; /* resolution 0: the model's sample_size */
@@ -95,7 +97,10 @@ static const option options[] = {
      "img2img: how much noise, in (0, 1]"},
     {"no-ema", OPT_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false,
      "use unet/ even when unet_ema/ exists"},
-    {"device", OPT_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false, "auto or cpu (cuda: not yet)"},
+    {"device", OPT_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false,
+     "auto (a GPU when there is one), cpu, cuda or cuda:N"},
+    {"mixed-precision", OPT_STRING, FIELD(mixed_precision), "no|bf16", "no", NULL, 0, 0, false,
+     "on a GPU: bf16 matrix products (no: f32 with TF32 tensor cores)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
@@ -215,12 +220,14 @@ static int parse_args(sample_options *so, int argc, char **argv) {
 
 /* ---- what the options mean for this model ---- */
 
-static int check_device(const char *name) {
-    if (!strcmp(name, "auto") || !strcmp(name, "cpu"))
-        return 0;
-    if (!strncmp(name, "cuda", 4))
-        return dc_fail("--device %s: no CUDA kernels yet; use --device cpu", name);
-    return dc_fail("--device: '%s' is not a device: auto, cpu or cuda", name);
+/* --device and --mixed-precision: the device, its arithmetic set. */
+static int resolve_device(const sample_options *so, int *device) {
+    dc_math math;
+    if (dc_device_resolve(so->device, device))
+        return -1;
+    if (dc_math_parse(so->mixed_precision, &math))
+        return dc_fail_prefix("--mixed-precision");
+    return dc_device_set_math(*device, math);
 }
 
 /* The labels cycled over the images: --class-label's, or every class. */
@@ -416,7 +423,8 @@ static void on_step(void *arg, int64_t first, int64_t b, int done, int steps) {
 
 static int setup(run *r) {
     const sample_options *o = &r->o;
-    if (check_device(o->device) || dc_model_load(&r->model, o->model, !o->no_ema))
+    int device;
+    if (resolve_device(o, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, device))
         return -1;
     const dc_unet_config *c = &r->model.cfg;
     if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||
@@ -442,7 +450,7 @@ static int setup(run *r) {
     r->grid = calloc((size_t)(r->n < GRID_MAX ? r->n : GRID_MAX), sizeof *r->grid);
     if (!r->labels || (o->init_image && !r->batch_init) || !r->px || !r->grid)
         return dc_fail("out of memory for batches of %" PRId64 " images of %dx%d", b, r->w, r->h);
-    if (dc_dir_check_writable(o->output_dir) || dc_ctx_init(&r->ctx, DC_CPU, ACTIVATION_BYTES))
+    if (dc_dir_check_writable(o->output_dir) || dc_model_ctx_init(&r->model, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
     r->tty = isatty(fileno(stderr));
