@@ -30,7 +30,7 @@ int dc_device_count(void) {
 /* A CUDA ordinal that exists, or an error naming what there is. */
 static int check_ordinal(const char *name, int ordinal) {
 #ifndef DC_HAVE_CUDA
-    return NO_CUDA(name);
+    return dc_fail("device '%s': this build of diffc has no CUDA (rebuild with nvcc on the PATH)", name);
 #else
     int n = cuda_device_count();
     if (n == 0)
@@ -113,6 +113,21 @@ void dc_device_free(int device, void *p) {
     cuda_free(device, p);
 #else
     (void)device, (void)p;
+#endif
+}
+
+int dc_device_arena_bytes(int device, size_t cpu_bytes, size_t *bytes) {
+    *bytes = cpu_bytes;
+    if (device == DC_CPU)
+        return 0;
+#ifdef DC_HAVE_CUDA
+    size_t free_bytes = 0, total = 0;
+    if (cuda_mem_info(device, &free_bytes, &total))
+        return -1;
+    *bytes = (size_t)((double)free_bytes * DC_DEVICE_ARENA_SHARE) & ~(size_t)63;
+    return 0;
+#else
+    return NO_CUDA("arena size");
 #endif
 }
 

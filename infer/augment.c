@@ -25,6 +25,7 @@
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/dataset.h"
@@ -90,7 +91,8 @@ static const dc_cli_option options[] = {
      0, 0, false, "where decoded dataset caches are kept"},
     {"no-ema", DC_CLI_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false,
      "use unet/ even when unet_ema/ exists"},
-    {"device", DC_CLI_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false, "auto or cpu (cuda: not yet)"},
+    {"device", DC_CLI_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false,
+     "auto (a GPU when there is one), cpu, cuda or cuda:N (generation; the --eval classifier runs on the CPU)"},
     {"eval", DC_CLI_FLAG, FIELD(eval), NULL, NULL, NULL, 0, 0, false,
      "then train a classifier on real and on real+synthetic images and compare test accuracy"},
     {"eval-data-dir", DC_CLI_STRING, FIELD(eval_data_dir), "DIR", NULL, "required with --eval", 0, 0, false,
@@ -443,7 +445,7 @@ static int make_sampler(run *r) {
     dc_sampler_kind kind;
     dc_sampler_options so;
     if (dc_sampler_kind_parse(r->o.scheduler, &kind))
-        return dc_cli_about_option("--scheduler");
+        return dc_fail_prefix("--scheduler");
     if (dc_model_sampler_options(&r->model, kind, &so))
         return -1;
     if (r->o.num_inference_steps)
@@ -496,12 +498,12 @@ static int open_dataset(run *r) {
 
 static int setup(run *r, char **manifest_text) {
     const augment_options *o = &r->o;
+    int device;
     r->manifest_fd = -1;
-    if (dc_cli_check_device(o->device) || dc_model_load(&r->model, o->model, !o->no_ema) || check_model(r) ||
-        make_sampler(r) || open_dataset(r) || check_classes(r) || dc_dir_check_writable(o->output_dir) ||
-        make_class_dirs(r) || plan_jobs(r) || read_manifest(r, manifest_text))
-        return -1;
-    if (dc_ctx_init(&r->ctx, DC_CPU, ACTIVATION_BYTES))
+    if (dc_device_resolve(o->device, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, device) ||
+        check_model(r) || make_sampler(r) || open_dataset(r) || check_classes(r) ||
+        dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
+        read_manifest(r, manifest_text) || dc_model_ctx_init(&r->model, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
     r->tty = isatty(fileno(stderr));

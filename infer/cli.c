@@ -96,17 +96,3 @@ int dc_cli_parse(const dc_cli *cli, void *opts, int argc, char **argv) {
     }
     return DC_CLI_PARSED;
 }
-
-int dc_cli_about_option(const char *option) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", dc_error()); /* copied: dc_fail reuses its buffer */
-    return dc_fail("%s: %s", option, msg);
-}
-
-int dc_cli_check_device(const char *name) {
-    if (!strcmp(name, "auto") || !strcmp(name, "cpu"))
-        return 0;
-    if (!strncmp(name, "cuda", 4))
-        return dc_fail("--device %s: no CUDA kernels yet; use --device cpu", name);
-    return dc_fail("--device: '%s' is not a device: auto, cpu or cuda", name);
-}

@@ -47,9 +47,4 @@ int dc_cli_parse(const dc_cli *cli, void *opts, int argc, char **argv);
 /* Print "diffc: error: <fmt with arg>" and the usage line; DC_CLI_USAGE. */
 int dc_cli_usage_error(const dc_cli *cli, const char *fmt, const char *arg);
 void dc_cli_help(const dc_cli *cli, FILE *f);
-/* --device: auto or cpu; cuda is refused until the CUDA kernels exist. */
-int dc_cli_check_device(const char *name);
-/* The message just recorded, prefixed with "OPTION: ". Returns -1. */
-int dc_cli_about_option(const char *option);
-
 #endif

@@ -1,43 +1,52 @@
-/* The denoising loop (see generate.h). */
+/* The denoising loop (see generate.h). The sampler's arithmetic and its
+ * noise stay on the host, whatever the context's device: only the UNet's
+ * forward pass runs there, so an image's draws are the same bits on every
+ * device and only the model's rounding differs. */
 #include "generate.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-/* The model's prediction for the batch `x` [b, h, w, c] at step i, into out;
- * with guidance, the unconditional and the conditional halves of one forward
- * pass of 2b images are combined. */
+/* Host buffers of one denoising run of b images. */
+typedef struct buffers {
+    float *pred;    /* [2b, per] the model's output (the first b: the prediction) */
+    float *noise;   /* [b, per] a step's draws */
+    int32_t *label; /* [2b] the labels of a forward pass */
+} buffers;
+
+/* The model's prediction for the batch `x` [b, h, w, c] at step i, into
+ * buf->pred [b]; with guidance, the unconditional and the conditional
+ * halves of one forward pass of 2b images are combined. */
 static int predict(dc_ctx *ctx, const dc_generate_request *r, int i, const float *x,
-                   const int32_t *labels, int64_t b, float *out) {
+                   const int32_t *labels, int64_t b, buffers *buf) {
     const dc_unet *m = r->unet;
     int c = (int)m->cfg.in_channels;
     bool cfg = labels && r->guidance_scale > 1.0f;
     int64_t rows = cfg ? 2 * b : b, per = (int64_t)r->h * r->w * c;
+    size_t bytes = (size_t)(b * per) * sizeof(float);
+    int32_t step = (int32_t)r->sampler->timesteps[i];
+    for (int64_t k = 0; labels && k < rows; k++)
+        buf->label[k] = k < b && cfg ? dc_unet_null_class(&m->cfg) : labels[k % b];
     dc_ctx_reset(ctx);
     dc_tensor *xt = dc_new(ctx, DC_F32, DC_SHAPE(rows, r->h, r->w, c));
-    dc_tensor *t = dc_new(ctx, DC_I32, DC_SHAPE(1));
-    dc_tensor *y = labels ? dc_new(ctx, DC_I32, DC_SHAPE(rows)) : NULL;
-    if (!xt || !t || (labels && !y))
+    dc_tensor *t = dc_from_host(ctx, DC_I32, DC_SHAPE(1), &step);
+    dc_tensor *y = labels ? dc_from_host(ctx, DC_I32, DC_SHAPE(rows), buf->label) : NULL;
+    if (!xt || !t || (labels && !y) || dc_memcpy(xt->data, ctx->device, x, DC_CPU, bytes) ||
+        (cfg && dc_memcpy((float *)xt->data + b * per, ctx->device, x, DC_CPU, bytes)))
         return -1;
-    ((int32_t *)t->data)[0] = (int32_t)r->sampler->timesteps[i];
-    memcpy(xt->data, x, (size_t)(b * per) * sizeof(float));
-    if (cfg)
-        memcpy((float *)xt->data + b * per, x, (size_t)(b * per) * sizeof(float));
-    for (int64_t k = 0; labels && k < rows; k++)
-        ((int32_t *)y->data)[k] = k < b && cfg ? dc_unet_null_class(&m->cfg) : labels[k % b];
     dc_tensor *pred = dc_unet_forward(ctx, m, xt, t, y);
     if (!pred)
         return -1;
     if ((int64_t)pred->numel != rows * per)
         return dc_fail("the model predicts %lld values per image, the sample has %lld (out_channels "
                        "must equal in_channels)", (long long)(pred->numel / rows), (long long)per);
-    const float *p = pred->data;
-    if (cfg)
-        dc_guidance_combine(out, p, p + b * per, r->guidance_scale, b * per);
-    else
-        memcpy(out, p, (size_t)(b * per) * sizeof(float));
+    if (dc_memcpy(buf->pred, DC_CPU, pred->data, ctx->device, (size_t)rows * (size_t)per * sizeof(float)))
+        return -1;
+    if (cfg) /* elementwise: the result may overwrite the unconditional half */
+        dc_guidance_combine(buf->pred, buf->pred, buf->pred + b * per, r->guidance_scale, b * per);
     return 0;
 }
 
@@ -56,7 +65,7 @@ static void draw_noise(const dc_generate_request *r, int64_t first, int64_t b, i
 /* One denoising run over images [first, first + b) of the request, from
  * step `start` (0 unless img2img). */
 static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64_t first, int64_t b,
-                     float *x, float *pred, float *noise) {
+                     float *x, buffers *buf) {
     dc_sampler *s = r->sampler;
     int64_t per = (int64_t)r->h * r->w * r->unet->cfg.in_channels;
     const int32_t *labels = r->labels ? r->labels + first : NULL;
@@ -65,12 +74,12 @@ static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64
     if (r->init && dc_sampler_add_noise(s, start, r->init + first * per, x, x, b * per))
         return -1;
     for (int i = start; i < s->n; i++) {
-        if (predict(ctx, r, i, x, labels, b, pred))
+        if (predict(ctx, r, i, x, labels, b, buf))
             return -1;
         bool needs = dc_sampler_step_needs_noise(s, i);
         if (needs)
-            draw_noise(r, first, b, per, noise, DC_SAMPLER_DRAW_STEP(i));
-        if (dc_sampler_step(s, i, pred, x, needs ? noise : NULL, b * per))
+            draw_noise(r, first, b, per, buf->noise, DC_SAMPLER_DRAW_STEP(i));
+        if (dc_sampler_step(s, i, buf->pred, x, needs ? buf->noise : NULL, b * per))
             return -1;
         if (r->on_step)
             r->on_step(r->on_step_arg, first, b, i - start + 1, s->n - start);
@@ -92,18 +101,21 @@ int dc_generate(dc_ctx *ctx, const dc_generate_request *r, float *out) {
         return -1;
     int64_t per = (int64_t)r->h * r->w * r->unet->cfg.in_channels;
     int64_t b = r->batch < r->n ? r->batch : r->n;
-    float *pred = malloc((size_t)(b * per) * sizeof(float));
-    float *noise = malloc((size_t)(b * per) * sizeof(float));
-    int rc = pred && noise ? 0 : dc_fail("generate: out of memory for %lld images", (long long)b);
+    buffers buf = {.pred = malloc((size_t)(2 * b * per) * sizeof(float)),
+                   .noise = malloc((size_t)(b * per) * sizeof(float)),
+                   .label = malloc((size_t)(2 * b) * sizeof(int32_t))};
+    int rc = buf.pred && buf.noise && buf.label ? 0
+                                                : dc_fail("generate: out of memory for %lld images", (long long)b);
     bool grad = dc_set_grad_enabled(ctx, false), training = ctx->training;
     ctx->training = false;
     for (int64_t first = 0; !rc && first < r->n; first += b) {
         int64_t nb = r->n - first < b ? r->n - first : b;
-        rc = run_batch(ctx, r, start, first, nb, out + first * per, pred, noise);
+        rc = run_batch(ctx, r, start, first, nb, out + first * per, &buf);
     }
     ctx->training = training;
     dc_set_grad_enabled(ctx, grad);
-    free(pred);
-    free(noise);
+    free(buf.pred);
+    free(buf.noise);
+    free(buf.label);
     return rc;
 }

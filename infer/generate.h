@@ -37,7 +37,10 @@ typedef struct dc_generate_request {
 } dc_generate_request;
 
 /* Fill out [n, h, w, c] with the generated images in [-1, 1] (clamped).
- * Uses ctx for activations (it is reset at every step) with gradients and
+ * Uses ctx for activations, on its device, which must be the UNet's
+ * parameters' (dc_model_ctx_init makes one); the sampler and its noise run
+ * on the host, so image k is the same draw on every device. ctx is reset at
+ * every step, with gradients and
  * dropout off. img2img follows diffusers' img2img pipelines: start at step
  * dc_sampler_img2img_start(strength) with the init image noised by
  * dc_sampler_add_noise with the image's initial draw (the noise contract),

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE /* strdup */
 #include "model.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
@@ -24,7 +25,7 @@ static const char *unet_component(const char *dir, bool use_ema) {
     return found ? "unet_ema" : "unet";
 }
 
-static int load_unet(dc_model *m, const char *dir, bool use_ema) {
+static int load_unet(dc_model *m, const char *dir, bool use_ema, int device) {
     const char *component = unet_component(dir, use_ema);
     char *config_path = NULL;
     int rc = dc_unet_find(dir, component, &config_path, &m->weights_path);
@@ -33,7 +34,7 @@ static int load_unet(dc_model *m, const char *dir, bool use_ema) {
     free(config_path);
     dc_params_init(&m->ps);
     if (!rc)
-        rc = dc_unet_init(&m->unet, &m->cfg, &m->ps) || dc_params_alloc(&m->ps, 0) ||
+        rc = dc_unet_init(&m->unet, &m->cfg, &m->ps) || dc_params_alloc_on(&m->ps, device, 0) ||
                      dc_params_load(&m->ps, NULL, m->weights_path, dc_unet_rename)
                  ? -1
                  : 0;
@@ -80,13 +81,23 @@ static int check_components(const char *dir) {
     return rc;
 }
 
-int dc_model_load(dc_model *m, const char *dir, bool use_ema) {
+int dc_model_load_on(dc_model *m, const char *dir, bool use_ema, int device) {
     memset(m, 0, sizeof *m);
-    if (check_components(dir) || load_unet(m, dir, use_ema) || load_schedule(m, dir)) {
+    m->device = device;
+    if (check_components(dir) || load_unet(m, dir, use_ema, device) || load_schedule(m, dir)) {
         dc_model_free(m);
         return -1;
     }
     return 0;
+}
+
+int dc_model_load(dc_model *m, const char *dir, bool use_ema) {
+    return dc_model_load_on(m, dir, use_ema, DC_CPU);
+}
+
+int dc_model_ctx_init(const dc_model *m, dc_ctx *ctx, size_t cpu_bytes) {
+    size_t bytes;
+    return dc_device_arena_bytes(m->device, cpu_bytes, &bytes) || dc_ctx_init(ctx, m->device, bytes);
 }
 
 void dc_model_free(dc_model *m) {
@@ -98,6 +109,7 @@ void dc_model_free(dc_model *m) {
     free(m->scheduler_path);
     free(m->scheduler_json);
     memset(m, 0, sizeof *m);
+    m->device = DC_CPU;
 }
 
 int dc_model_sampler_options(const dc_model *m, dc_sampler_kind kind, dc_sampler_options *o) {

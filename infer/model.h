@@ -34,6 +34,7 @@ typedef struct dc_model {
     char *scheduler_path; /* scheduler/scheduler_config.json; NULL for a bare UNet folder */
     char *scheduler_json; /* its text */
     bool ema;             /* the weights are unet_ema/'s */
+    int device;           /* where the weights live: DC_CPU or a CUDA ordinal */
 } dc_model;
 
 /* Open `dir`, with the EMA weights when use_ema and the folder has them.
@@ -41,7 +42,15 @@ typedef struct dc_model {
  * the weights do not fit (the parameter and both shapes), a bad scheduler
  * config. On failure *m is left empty (safe to free). */
 int dc_model_load(dc_model *m, const char *dir, bool use_ema);
+/* The same with the weights on `device` (DC_CPU or a CUDA ordinal, as
+ * dc_device_resolve gives it). */
+int dc_model_load_on(dc_model *m, const char *dir, bool use_ema, int device);
 void dc_model_free(dc_model *m);
+
+/* A context for the model's forward passes, on its device: on the CPU an
+ * activation arena of `cpu_bytes` (reserved, used as touched); on a GPU
+ * most of the memory free after the weights (autograd/device.h). */
+int dc_model_ctx_init(const dc_model *m, dc_ctx *ctx, size_t cpu_bytes);
 
 /* The sampler options of `kind` for this model: the kind's defaults, then
  * the keys of the folder's scheduler config that apply to it (as diffusers'

@@ -18,6 +18,7 @@
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
@@ -44,7 +45,8 @@
 /* ---- options ---- */
 
 typedef struct sample_options {
-    const char *model, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device;
+    const char *model, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device,
+        *mixed_precision;
     int64_t num_inference_steps;          /* 0: the scheduler's default */
     int64_t num_images;                   /* 0: DEFAULT_IMAGES, or one per init image */
     int64_t batch_size, seed, resolution; /* resolution 0: the model's sample_size */
@@ -82,7 +84,10 @@ static const dc_cli_option options[] = {
      "img2img: how much noise, in (0, 1]"},
     {"no-ema", DC_CLI_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false,
      "use unet/ even when unet_ema/ exists"},
-    {"device", DC_CLI_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false, "auto or cpu (cuda: not yet)"},
+    {"device", DC_CLI_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false,
+     "auto (a GPU when there is one), cpu, cuda or cuda:N"},
+    {"mixed-precision", DC_CLI_STRING, FIELD(mixed_precision), "no|bf16", "no", NULL, 0, 0, false,
+     "on a GPU: bf16 matrix products (no: f32 with TF32 tensor cores)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
@@ -123,6 +128,16 @@ static int parse_args(sample_options *so, int argc, char **argv) {
 }
 
 /* ---- what the options mean for this model ---- */
+
+/* --device and --mixed-precision: the device, its arithmetic set. */
+static int resolve_device(const sample_options *so, int *device) {
+    dc_math math;
+    if (dc_device_resolve(so->device, device))
+        return -1;
+    if (dc_math_parse(so->mixed_precision, &math))
+        return dc_fail_prefix("--mixed-precision");
+    return dc_device_set_math(*device, math);
+}
 
 /* The labels cycled over the images: --class-label's, or every class. */
 static int class_labels(const sample_options *so, const dc_unet_config *c, int32_t **labels, int *n) {
@@ -188,11 +203,11 @@ static int make_sampler(const sample_options *so, const dc_model *m, dc_sampler 
     dc_sampler_kind kind;
     dc_sampler_options o;
     if (dc_sampler_kind_parse(so->scheduler, &kind))
-        return dc_cli_about_option("--scheduler");
+        return dc_fail_prefix("--scheduler");
     if (dc_model_sampler_options(m, kind, &o))
         return -1;
     if (so->timestep_spacing && dc_timestep_spacing_parse(so->timestep_spacing, &o.timestep_spacing))
-        return dc_cli_about_option("--timestep-spacing");
+        return dc_fail_prefix("--timestep-spacing");
     if (so->num_inference_steps)
         o.num_inference_steps = (int)so->num_inference_steps;
     o.eta = so->eta;
@@ -309,7 +324,8 @@ static void on_step(void *arg, int64_t first, int64_t b, int done, int steps) {
 
 static int setup(run *r) {
     const sample_options *o = &r->o;
-    if (dc_cli_check_device(o->device) || dc_model_load(&r->model, o->model, !o->no_ema))
+    int device;
+    if (resolve_device(o, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, device))
         return -1;
     const dc_unet_config *c = &r->model.cfg;
     if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||
@@ -335,7 +351,7 @@ static int setup(run *r) {
     r->grid = calloc((size_t)(r->n < GRID_MAX ? r->n : GRID_MAX), sizeof *r->grid);
     if (!r->labels || (o->init_image && !r->batch_init) || !r->px || !r->grid)
         return dc_fail("out of memory for batches of %" PRId64 " images of %dx%d", b, r->w, r->h);
-    if (dc_dir_check_writable(o->output_dir) || dc_ctx_init(&r->ctx, DC_CPU, ACTIVATION_BYTES))
+    if (dc_dir_check_writable(o->output_dir) || dc_model_ctx_init(&r->model, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
     r->tty = isatty(fileno(stderr));

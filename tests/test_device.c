@@ -27,7 +27,7 @@ START_TEST(test_resolve) {
 #ifdef DC_HAVE_CUDA
         expect_error(dc_device_resolve("cuda", &d), "device 'cuda': no CUDA GPU found");
 #else
-        expect_error(dc_device_resolve("cuda:0", &d), "cuda:0: this build of diffc has no CUDA");
+        expect_error(dc_device_resolve("cuda:0", &d), "device 'cuda:0': this build of diffc has no CUDA");
 #endif
     }
     char buf[16];

@@ -392,7 +392,11 @@ START_TEST(test_option_errors) {
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--scheduler", "ddpm", "--eta", "0.5"),
                          "ddim only");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--resolution", "9"), "multiples of 2");
-    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--device", "cuda"), "no CUDA kernels yet");
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--device", tu_cuda_device_count() ? "cuda:63" : "cuda"),
+                         "device 'cuda");
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--device", "gpu"), "device 'gpu'");
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--mixed-precision", "fp16"),
+                         "--mixed-precision: mixed precision 'fp16': expected no or bf16");
     spill(tu_path("file"), "x", 1);
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", tu_path("file")), "not a folder");
 

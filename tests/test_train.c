@@ -209,8 +209,13 @@ START_TEST(test_bad_configs) {
     const char *odd[] = {"--resolution", "7", NULL};
     tu_assert_user_error(train("odd", "2", odd), "--resolution 7 is not divisible by 2");
 
-    const char *gpu[] = {"--device", "cuda", NULL};
-    tu_assert_user_error(train("gpu", "2", gpu), "--device cuda");
+    /* a GPU that is not there: none on this machine (or in this build), or past the last */
+    const char *gpu[] = {"--device", tu_cuda_device_count() ? "cuda:63" : "cuda", NULL};
+    tu_assert_user_error(train("gpu", "2", gpu), "device 'cuda");
+    const char *typo[] = {"--device", "gpu", NULL};
+    tu_assert_user_error(train("typo", "2", typo), "--device: 'gpu' is not a device: auto, cpu, cuda or cuda:N");
+    const char *fp16[] = {"--mixed-precision", "fp16", NULL};
+    tu_assert_user_error(train("fp16", "2", fp16), "--mixed-precision");
 
     const char *nodir[] = {"--output-dir", "/proc/diffc-cannot-be-here", NULL};
     tu_assert_user_error(train("x", "2", nodir), "/proc/diffc-cannot-be-here");
@@ -403,6 +408,27 @@ START_TEST(test_accumulation_matches_a_big_batch) {
     /* Two half batches sum their gradients in another order than one batch:
      * AdamW turns that rounding into weight differences of up to ~2e-5. */
     ck_assert_msg(raw <= 1e-4 && ema <= 1e-4, "weights differ by %g (EMA %g) relative", raw, ema);
+    tu_rmtemp();
+}
+END_TEST
+
+/* On a machine without a GPU, --device auto (the default) is the CPU: the
+ * same weights, bit for bit, as --device cpu, with bf16 asked (it applies
+ * to GPUs only); the resolved device is printed with the config. */
+START_TEST(test_device_cpu_is_the_default_here) {
+    if (tu_cuda_device_count() > 0)
+        return; /* auto picks the GPU there: test_cuda_cli compares the two */
+    make_dataset();
+    tu_run_result *r = train("auto", "3", NULL);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->out, "(resolved) device cpu"), "%s", tu_tail(r->out));
+    const char *cpu[] = {"--device", "cpu", "--mixed-precision", "bf16", NULL};
+    r = train("cpu", "3", cpu);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->out, "(resolved) device cpu, matrix arithmetic f32"), "%s", tu_tail(r->out));
+    assert_same_weights("auto/unet/diffusion_pytorch_model.safetensors",
+                        "cpu/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("auto/checkpoint-3/train_state.safetensors", "cpu/checkpoint-3/train_state.safetensors");
     tu_rmtemp();
 }
 END_TEST
@@ -735,5 +761,6 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_non_finite_steps_stop_the_run);
     tcase_add_test(tc, test_ranks_need_a_matching_mpi);
     tcase_add_test(tc, test_help_and_usage);
+    tcase_add_test(tc, test_device_cpu_is_the_default_here);
     return tu_run(s);
 }

@@ -3,10 +3,14 @@
  * processes, a world of one otherwise. Every function treats a world of one
  * (MPI not initialised) as the trivial case, so the trainer calls them
  * unconditionally and the single-process path has no branches of its own.
+ * The gradient of GPU training goes through NCCL when the build has it
+ * (DC_HAVE_NCCL: CUDA, MPI and NCCL found).
  */
+#define _POSIX_C_SOURCE 200809L /* nanosleep, clock_gettime */
 #include "dist.h"
 
 #include "autograd/error.h"
+#include "autograd/tensor.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -16,6 +20,12 @@
 
 #ifdef DC_HAVE_MPI
 #include <mpi.h>
+#endif
+#ifdef DC_HAVE_NCCL
+#include "autograd/cuda/device.h"
+#include <cuda_runtime.h>
+#include <nccl.h>
+#include <time.h>
 #endif
 
 /* Launchers' variables for the number of processes, in the order trusted:
@@ -37,6 +47,128 @@ int dc_dist_launched_world(void) {
 }
 
 static uint64_t fingerprint(const void *buf, size_t bytes) { return crc32_z(0, buf, bytes); }
+
+/* $DC_NCCL=1: the NCCL path with one process too. */
+static bool nccl_forced(void) {
+    const char *v = getenv("DC_NCCL");
+    return v && !strcmp(v, "1");
+}
+
+#ifdef DC_HAVE_NCCL
+
+#define CUDA_OK(call) cuda_ok((call), #call, __FILE__, __LINE__)
+#define NCCL_OK(call) nccl_ok((call), #call, __FILE__, __LINE__)
+
+/* 0, or -1 with "file:line: the call: the error" as the recorded error. */
+static int cuda_ok(cudaError_t e, const char *call, const char *file, int line) {
+    return e == cudaSuccess ? 0 : dc_fail("%s:%d: %s: %s", file, line, call, cudaGetErrorString(e));
+}
+
+static int nccl_ok(ncclResult_t r, const char *call, const char *file, int line) {
+    return r == ncclSuccess ? 0 : dc_fail("%s:%d: %s: %s", file, line, call, ncclGetErrorString(r));
+}
+
+/* The engine's stream on d->device (selecting that device), NULL after a failure of it. */
+static cudaStream_t compute_stream(const dc_dist *d) { return cuda_stream(d->device); }
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* $DC_NCCL_TIMEOUT seconds, or DC_DIST_NCCL_TIMEOUT_S. */
+static double nccl_timeout(void) {
+    const char *v = getenv("DC_NCCL_TIMEOUT");
+    char *end;
+    double t = v ? strtod(v, &end) : 0;
+    return v && *v && !*end && t > 0 ? t : DC_DIST_NCCL_TIMEOUT_S;
+}
+
+/* Rank 0's ncclUniqueId, broadcast over MPI, makes the communicator on
+ * every rank's GPU; then the stream and events of the all-reduces. */
+static int nccl_init(dc_dist *d) {
+    ncclUniqueId id;
+    ncclComm_t comm;
+    cudaStream_t s;
+    cudaEvent_t queued, arrived;
+    memset(&id, 0, sizeof id);
+    if (!compute_stream(d) || (dc_dist_is_root(d) && NCCL_OK(ncclGetUniqueId(&id))) ||
+        dc_dist_broadcast(d, &id, sizeof id) || NCCL_OK(ncclCommInitRank(&comm, d->world, id, d->rank)))
+        return -1;
+    d->nccl = comm;
+    if (CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)))
+        return -1;
+    d->stream = s;
+    if (CUDA_OK(cudaEventCreateWithFlags(&queued, cudaEventDisableTiming)))
+        return -1;
+    d->queued = queued;
+    if (CUDA_OK(cudaEventCreateWithFlags(&arrived, cudaEventDisableTiming)))
+        return -1;
+    d->arrived = arrived;
+    return 0;
+}
+
+/* After a failed collective the communicator cannot be trusted: abort it. */
+static int nccl_abort(dc_dist *d) {
+    ncclCommAbort(d->nccl);
+    d->nccl = NULL;
+    return -1;
+}
+
+static void nccl_free(dc_dist *d) {
+    if (d->nccl)
+        ncclCommDestroy(d->nccl);
+    if (d->stream)
+        cudaStreamDestroy(d->stream);
+    if (d->queued)
+        cudaEventDestroy(d->queued);
+    if (d->arrived)
+        cudaEventDestroy(d->arrived);
+    d->nccl = d->stream = d->queued = d->arrived = NULL;
+}
+
+/* The bucket is averaged on the NCCL stream once the kernels queued so far
+ * on the compute stream (those writing it) are done. */
+static int nccl_start(dc_dist *d, float *buf, size_t n) {
+    cudaStream_t compute = compute_stream(d);
+    if (!compute || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
+        CUDA_OK(cudaStreamWaitEvent(d->stream, d->queued, 0)))
+        return -1;
+    return NCCL_OK(ncclAllReduce(buf, buf, n, ncclFloat, ncclAvg, d->nccl, d->stream)) ? nccl_abort(d) : 0;
+}
+
+/* The compute stream waits for the buckets; meanwhile the host watches the
+ * communicator for errors and for ranks that stopped answering. */
+static int nccl_wait(dc_dist *d) {
+    cudaStream_t compute = compute_stream(d);
+    if (!compute || CUDA_OK(cudaEventRecord(d->arrived, d->stream)) ||
+        CUDA_OK(cudaStreamWaitEvent(compute, d->arrived, 0)))
+        return -1;
+    double limit = nccl_timeout(), start = seconds();
+    for (;;) {
+        cudaError_t e = cudaEventQuery(d->arrived);
+        if (e == cudaSuccess)
+            return 0;
+        if (e != cudaErrorNotReady)
+            return CUDA_OK(e) ? nccl_abort(d) : 0;
+        ncclResult_t async = ncclSuccess;
+        if (NCCL_OK(ncclCommGetAsyncError(d->nccl, &async)))
+            return nccl_abort(d);
+        if (async != ncclSuccess && async != ncclInProgress) {
+            dc_fail("gradient all-reduce (NCCL): %s", ncclGetErrorString(async));
+            return nccl_abort(d);
+        }
+        if (seconds() - start > limit) {
+            dc_fail("gradient all-reduce (NCCL): not done after %g s: a rank stopped answering? "
+                    "($DC_NCCL_TIMEOUT sets the limit)", limit);
+            return nccl_abort(d);
+        }
+        nanosleep(&(struct timespec){.tv_nsec = 100000}, NULL);
+    }
+}
+
+#endif
 
 #ifdef DC_HAVE_MPI
 
@@ -73,6 +205,9 @@ static int init_mpi(dc_dist *d, int launched) {
 }
 
 void dc_dist_free(dc_dist *d) {
+#ifdef DC_HAVE_NCCL
+    nccl_free(d);
+#endif
     if (d->mpi)
         MPI_Finalize();
     d->mpi = false;
@@ -114,10 +249,16 @@ int dc_dist_max(dc_dist *d, int *v) {
  * would buy nothing without a progress thread. The division by the world
  * waits for dc_dist_average_wait, as it will on the GPU. */
 int dc_dist_average_start(dc_dist *d, float *buf, size_t n) {
-    if (!d->mpi)
+    if (!d->mpi && !d->nccl)
         return 0;
     if (d->pending == DC_DIST_MAX_BUCKETS)
         return dc_fail("gradient all-reduce: more than %d buckets started at once", DC_DIST_MAX_BUCKETS);
+#ifdef DC_HAVE_NCCL
+    if (d->nccl) {
+        d->pending++;
+        return nccl_start(d, buf, n);
+    }
+#endif
     for (size_t off = 0; off < n; off += INT_MAX) {
         size_t k = n - off < INT_MAX ? n - off : INT_MAX;
         if (check(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
@@ -167,12 +308,33 @@ static size_t bucket_floats(void) {
 int dc_dist_init(dc_dist *d) {
     memset(d, 0, sizeof *d);
     d->world = d->local_world = 1;
+    d->device = DC_CPU;
     d->bucket_floats = bucket_floats();
     int launched = dc_dist_launched_world();
     return launched > 1 ? init_mpi(d, launched) : 0;
 }
 
+int dc_dist_use_device(dc_dist *d, int device) {
+    d->device = device;
+    if (device == DC_CPU || (d->world == 1 && !nccl_forced()))
+        return 0;
+#ifdef DC_HAVE_NCCL
+    return nccl_init(d);
+#else
+    return dc_fail("%s: this diffc was built without NCCL, which training on GPUs needs for the gradient "
+                   "all-reduce (CMake's log says 'diffc: NCCL ON' when it finds nccl.h and libnccl in the "
+                   "CUDA toolkit, with MPI); or train with --device cpu",
+                   d->world > 1 ? "several ranks on GPUs" : "DC_NCCL=1");
+#endif
+}
+
 int dc_dist_average_wait(dc_dist *d) {
+#ifdef DC_HAVE_NCCL
+    if (d->nccl) {
+        d->pending = 0;
+        return nccl_wait(d);
+    }
+#endif
     for (int b = 0; b < d->pending; b++)
         for (size_t i = 0; i < d->pending_n[b]; i++)
             d->pending_buf[b][i] /= (float)d->world;
@@ -181,7 +343,7 @@ int dc_dist_average_wait(dc_dist *d) {
 }
 
 int dc_dist_average(dc_dist *d, float *buf, size_t n) {
-    if (d->world == 1)
+    if (d->world == 1 && !d->nccl)
         return 0;
     size_t bucket = d->bucket_floats;
     if (n > bucket * DC_DIST_MAX_BUCKETS)

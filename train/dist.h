@@ -14,20 +14,29 @@
  * exactly as a build without MPI does, with no start-up cost, no
  * network-interface probing and nothing for a sanitizer to report.
  *
- * Backends behind the same calls. Built without CUDA (or training on the
- * CPU) the buckets are MPI_Allreduce'd in host memory, which is what CI
- * tests with `mpirun -np 2`. The CUDA backend will create an NCCL
- * communicator from an ncclUniqueId that rank 0 broadcasts with
- * dc_dist_broadcast, and run dc_dist_average_start as ncclAllReduce on a
- * communication stream, so that buckets finished early in the backward pass
- * travel while later ones are computed; dc_dist_average_wait then makes the
- * compute stream wait for that stream.
+ * Backends behind the same calls. Training on the CPU (or built without
+ * CUDA) the buckets are MPI_Allreduce'd in host memory, which is what CI
+ * tests with `mpirun -np 2`. Training on GPUs (dc_dist_use_device; a build
+ * with CUDA, MPI and NCCL) each rank joins an NCCL communicator on its GPU,
+ * made from an ncclUniqueId that rank 0 broadcasts with dc_dist_broadcast;
+ * dc_dist_average_start queues ncclAllReduce(ncclAvg) of the bucket on a
+ * stream of its own, after the kernels queued so far (an event), and
+ * dc_dist_average_wait makes the compute stream wait for that stream (an
+ * event) and watches the communicator until the buckets have arrived.
+ * $DC_NCCL=1 takes that path with a single process too (world 1: the
+ * average is the gradient itself), to test it on one GPU.
+ *
+ * The buckets are started after the whole backward pass, last bucket
+ * first: the tape does not yet say when a parameter's gradient is final,
+ * so the all-reduce does not overlap the backward pass.
  *
  * Failure: every collective is either answered by all ranks or the job is
  * torn down. A rank that hits an error prints it and calls dc_dist_abort
  * (MPI_Abort), which ends every rank at once; a rank that dies outright is
  * noticed by the launcher (mpirun, srun), which kills the others. Nobody
- * waits forever in a collective.
+ * waits forever in a collective: an NCCL all-reduce that reports an error
+ * or has not finished after $DC_NCCL_TIMEOUT seconds (DC_DIST_NCCL_TIMEOUT_S
+ * by default) aborts its communicator and fails.
  */
 #ifndef DC_TRAIN_DIST_H
 #define DC_TRAIN_DIST_H
@@ -41,6 +50,7 @@
  * many in flight per step (larger buckets beyond that). */
 #define DC_DIST_BUCKET_BYTES ((size_t)25 << 20)
 #define DC_DIST_MAX_BUCKETS 64
+#define DC_DIST_NCCL_TIMEOUT_S 600.0
 
 typedef struct dc_dist {
     int rank, world;             /* 0, 1 for a single process */
@@ -50,6 +60,10 @@ typedef struct dc_dist {
     int pending;                 /* averages started and not yet waited for */
     float *pending_buf[DC_DIST_MAX_BUCKETS];
     size_t pending_n[DC_DIST_MAX_BUCKETS];
+    int device;                  /* where the gradient lives (dc_dist_use_device); DC_CPU at first */
+    void *nccl;                  /* ncclComm_t on `device`; NULL: MPI on the host (or world 1) */
+    void *stream;                /* cudaStream_t of the all-reduces */
+    void *queued, *arrived;      /* cudaEvent_t: the gradient written; the buckets averaged */
 } dc_dist;
 
 /* The number of processes the launcher started, from its environment
@@ -72,6 +86,15 @@ void dc_dist_abort(dc_dist *d, int status);
 
 static inline bool dc_dist_is_root(const dc_dist *d) { return d->rank == 0; }
 
+/* The gradients handed to the averaging calls live on `device` (DC_CPU or a
+ * CUDA ordinal, the same kind on every rank). A GPU joins the ranks' NCCL
+ * communicator there when world > 1 or $DC_NCCL is 1; several ranks on GPUs
+ * in a build without NCCL are an error that says so. Call once, on every
+ * rank, before the first average. */
+int dc_dist_use_device(dc_dist *d, int device);
+/* true when the gradient averages run through NCCL. */
+static inline bool dc_dist_nccl(const dc_dist *d) { return d->nccl != NULL; }
+
 /* Wait until every rank has arrived. */
 int dc_dist_barrier(dc_dist *d);
 /* Rank 0's `bytes` at buf, copied into buf on every other rank. */
@@ -83,8 +106,9 @@ int dc_dist_max(dc_dist *d, int *v);
 
 /* Averaging the gradient: start buf[n] (a bucket of the flat gradient
  * buffer) becoming the mean of every rank's buf[n]; the result is defined
- * once dc_dist_average_wait returns. At most DC_DIST_MAX_BUCKETS started
- * between waits. With world 1 both do nothing. */
+ * once dc_dist_average_wait returns (on a GPU: for the kernels queued after
+ * it). At most DC_DIST_MAX_BUCKETS started between waits. With world 1 and
+ * no NCCL both do nothing. */
 int dc_dist_average_start(dc_dist *d, float *buf, size_t n);
 int dc_dist_average_wait(dc_dist *d);
 /* The whole of buf[n] in buckets of d->bucket_floats (more when that would

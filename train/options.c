@@ -108,7 +108,7 @@ static const dc_train_option table[] = {
           "EMA warmup: decay = 1 - (1 + step / inv_gamma)^-power"),
     FLOAT("optimisation", ema_power, "0.75", 0, BIG, 0, "EMA warmup power"),
     FLOAT("optimisation", ema_max_decay, "0.9999", 0, 1, 0, "the EMA decay's ceiling"),
-    ENUM("optimisation", mixed_precision, "no", precisions, "compute in bf16 on the GPU (weights stay f32)"),
+    ENUM("optimisation", mixed_precision, "no", precisions, "on a GPU: bf16 matrix products (no: TF32); weights stay f32, the CPU computes in f32"),
     INT("optimisation", seed, "0", 0, BIG, "seeds the weights, the noise and the data order"),
     {ROW("optimisation", device, DC_OPT_STRING), .def = "auto", .metavar = "auto|cpu|cuda[:N]",
      .check = check_device, .help = "where to train (auto: a GPU when there is one)"},

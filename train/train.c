@@ -26,6 +26,12 @@
  * TensorBoard events and the progress line. Resuming without --model or
  * --pretrained-model takes the UNet config from the checkpoint.
  *
+ * Devices: the weights, gradients, AdamW moments, EMA and activations live
+ * on --device (resolved once, in resolve_device); the loader, the Philox
+ * draws of labels and the log stay on the host, and what the host needs
+ * from a GPU (the loss, the timesteps, checkpoint buffers) is copied back.
+ * The CPU path reads its buffers in place, so it runs as it always did.
+ *
  * Several ranks (dist.h): each reads its shard of global batch k (the
  * loader's positions k G + r B ..), so the draws above are those of one
  * process with batch G; the gradients are averaged before clipping, and the
@@ -44,6 +50,7 @@
 #include "signals.h"
 #include "tensorboard.h"
 
+#include "autograd/device.h"
 #include "autograd/diffusion.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
@@ -84,6 +91,8 @@
 typedef struct trainer {
     dc_train_options o;
     dc_dist dist;
+    int device;              /* parameters, optimizer, EMA and activations: DC_CPU or a GPU */
+    dc_math math;            /* a GPU's matrix arithmetic (--mixed-precision) */
     cJSON *unet_json, *sched_json;
     dc_unet_config ucfg;
     dc_unet unet;
@@ -96,6 +105,8 @@ typedef struct trainer {
     dc_lr_schedule lr_schedule;
     dc_ctx ctx;
     double *mse;             /* [train_batch_size] per-sample loss of the last micro-batch */
+    int32_t *labels;         /* [train_batch_size] the micro-batch's labels, some dropped */
+    int32_t *t;              /* [train_batch_size] its timesteps, read back for the quartiles */
     int null_class;          /* -1: unconditional */
     int64_t step, total;     /* optimizer steps done, and in all */
     int bad_steps;           /* non-finite steps in a row */
@@ -120,11 +131,20 @@ static double now(void) {
 
 /* ---- setting up ---- */
 
-static int resolve_device(const char *name) {
-    if (!strcmp(name, "auto") || !strcmp(name, "cpu"))
-        return 0;
-    return dc_fail("--device %s: this build trains on the CPU only (the CUDA kernels are not "
-                   "written yet); use --device cpu", name);
+/* --device and --mixed-precision into tr->device and tr->math. With several
+ * ranks, auto (on a machine with GPUs) and cuda mean the node-local rank's
+ * GPU, cuda:<local rank>. */
+static int resolve_device(trainer *tr) {
+    const char *name = tr->o.device;
+    char local[32];
+    bool gpus = !strcmp(name, "cuda") || (!strcmp(name, "auto") && dc_device_count() > 0);
+    if (tr->dist.world > 1 && gpus) {
+        snprintf(local, sizeof local, "cuda:%d", tr->dist.local_rank);
+        name = local;
+    }
+    if (dc_device_resolve(name, &tr->device))
+        return name == local ? dc_fail_prefix("--device: one GPU per rank of the node") : -1;
+    return dc_math_parse(tr->o.mixed_precision, &tr->math) || dc_device_set_math(tr->device, tr->math);
 }
 
 /* The config.json of the checkpoint being resumed, for a run without --model. */
@@ -238,12 +258,13 @@ static int open_data(trainer *tr) {
 static int setup_model(trainer *tr, const char *pretrained_weights) {
     dc_params_init(&tr->ps);
     tr->null_class = dc_unet_null_class(&tr->ucfg);
-    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) || dc_params_alloc(&tr->ps, (uint64_t)tr->o.seed))
+    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) ||
+        dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed))
         return -1;
     if (pretrained_weights && dc_params_load(&tr->ps, NULL, pretrained_weights, dc_unet_rename))
         return -1;
-    if (dc_adamw_init(&tr->opt, tr->ps.total, tr->o.adam_beta1, tr->o.adam_beta2, tr->o.adam_epsilon,
-                      tr->o.adam_weight_decay) ||
+    if (dc_adamw_init_on(&tr->opt, tr->device, tr->ps.total, tr->o.adam_beta1, tr->o.adam_beta2,
+                         tr->o.adam_epsilon, tr->o.adam_weight_decay) ||
         dc_lr_schedule_parse(tr->o.lr_scheduler, &tr->lr_schedule))
         return -1;
     if (tr->o.use_ema) {
@@ -252,13 +273,39 @@ static int setup_model(trainer *tr, const char *pretrained_weights) {
         e.use_ema_warmup = true; /* as diffusers' train_unconditional */
         e.inv_gamma = tr->o.ema_inv_gamma;
         e.power = tr->o.ema_power;
-        if (dc_ema_init(&tr->ema, tr->ps.data, tr->ps.total, &e))
+        if (dc_ema_init_on(&tr->ema, tr->device, tr->ps.data, tr->ps.total, &e))
             return -1;
     }
-    tr->mse = malloc((size_t)tr->o.train_batch_size * sizeof *tr->mse);
-    if (!tr->mse)
-        return dc_fail("out of memory");
-    return dc_ctx_init(&tr->ctx, DC_CPU, ACTIVATION_BYTES);
+    size_t batch = (size_t)tr->o.train_batch_size;
+    tr->mse = malloc(batch * sizeof *tr->mse);
+    tr->labels = malloc(batch * sizeof *tr->labels);
+    tr->t = malloc(batch * sizeof *tr->t);
+    return tr->mse && tr->labels && tr->t ? 0 : dc_fail("out of memory");
+}
+
+/* The activation arena, last: on a GPU it takes most of the memory left. */
+static int setup_activations(trainer *tr) {
+    size_t bytes;
+    return dc_device_arena_bytes(tr->device, ACTIVATION_BYTES, &bytes) ||
+           dc_ctx_init(&tr->ctx, tr->device, bytes);
+}
+
+/* buf[ps.total] of the training device, readable on the host: buf itself on
+ * the CPU, else a copy in *copy (malloc'ed, for the caller to free). */
+static const float *on_host(const trainer *tr, const float *buf, float **copy) {
+    size_t bytes = tr->ps.total * sizeof(float);
+    *copy = NULL;
+    if (tr->device == DC_CPU)
+        return buf;
+    if (!(*copy = malloc(bytes))) {
+        dc_fail("out of memory for a host copy of %zu bytes", bytes);
+        return NULL;
+    }
+    if (dc_memcpy(*copy, DC_CPU, buf, tr->device, bytes)) {
+        free(*copy);
+        return *copy = NULL;
+    }
+    return *copy;
 }
 
 /* ---- checkpoints ---- */
@@ -283,9 +330,16 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint) {
         return -1;
     int64_t shape[1] = {(int64_t)tr->ps.total};
     size_t bytes = tr->ps.total * sizeof(float);
+    float *m_copy, *v_copy = NULL;
+    const float *m = on_host(tr, tr->opt.m, &m_copy), *v = m ? on_host(tr, tr->opt.v, &v_copy) : NULL;
+    if (!m || !v) {
+        free(m_copy);
+        free(cfg_text);
+        return -1;
+    }
     dc_st_tensor tensors[2] = {
-        {.name = "adamw.exp_avg", .dtype = DC_F32, .ndim = 1, .data = tr->opt.m, .nbytes = bytes},
-        {.name = "adamw.exp_avg_sq", .dtype = DC_F32, .ndim = 1, .data = tr->opt.v, .nbytes = bytes},
+        {.name = "adamw.exp_avg", .dtype = DC_F32, .ndim = 1, .data = m, .nbytes = bytes},
+        {.name = "adamw.exp_avg_sq", .dtype = DC_F32, .ndim = 1, .data = v, .nbytes = bytes},
     };
     tensors[0].shape[0] = tensors[1].shape[0] = shape[0];
     const char *keys[] = {"format_version", "step", "adamw_step", "ema_step", "loader_cursor",
@@ -297,6 +351,8 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint) {
                             .n_meta = 7};
     dc_pipeline p = pipeline_of(tr);
     int rc = dc_checkpoint_save(tr->o.output_dir, tr->step, &p, &state, NULL, NULL);
+    free(m_copy);
+    free(v_copy);
     free(cfg_text);
     if (!rc)
         rc = dc_checkpoint_prune(tr->o.output_dir, tr->o.checkpoints_total_limit);
@@ -308,15 +364,24 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint) {
     return rc;
 }
 
+/* dc_dist_check_identical of buf[ps.total] on the training device. */
+static int check_identical(trainer *tr, const float *buf, const char *what, uint64_t *hash) {
+    float *copy;
+    const float *host = on_host(tr, buf, &copy);
+    int rc = host ? dc_dist_check_identical(&tr->dist, host, tr->ps.total * sizeof(float), what, hash) : -1;
+    free(copy);
+    return rc;
+}
+
 /* Every rank: prove that all hold the same weights (and EMA weights); then
  * rank 0 writes the checkpoint. */
 static int save_checkpoint(trainer *tr) {
-    size_t bytes = tr->ps.total * sizeof(float);
     uint64_t weights, ema;
-    if (dc_dist_check_identical(&tr->dist, tr->ps.data, bytes, "weights", &weights) ||
-        (tr->o.use_ema && dc_dist_check_identical(&tr->dist, tr->ema.shadow, bytes, "EMA weights", &ema)))
-        return -1;
-    return dc_dist_is_root(&tr->dist) ? write_checkpoint(tr, weights) : 0;
+    return check_identical(tr, tr->ps.data, "weights", &weights) ||
+                   (tr->o.use_ema && check_identical(tr, tr->ema.shadow, "EMA weights", &ema))
+               ? -1
+           : dc_dist_is_root(&tr->dist) ? write_checkpoint(tr, weights)
+                                        : 0;
 }
 
 static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
@@ -328,12 +393,11 @@ static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
 }
 
 /* Copy a moment buffer of the optimizer back from the train state. */
-static int restore_moment(const dc_st_file *f, const char *name, float *dst, size_t n) {
+static int restore_moment(const trainer *tr, const dc_st_file *f, const char *name, float *dst, size_t n) {
     const dc_st_tensor *t = dc_st_find(f, name);
     if (!t || t->dtype != DC_F32 || t->nbytes != n * sizeof(float))
         return dc_fail("train_state.safetensors: '%s' is missing or not %zu f32 values", name, n);
-    memcpy(dst, t->data, t->nbytes);
-    return 0;
+    return dc_memcpy(dst, tr->device, t->data, DC_CPU, t->nbytes);
 }
 
 static int resume(trainer *tr) {
@@ -352,8 +416,8 @@ static int resume(trainer *tr) {
         rc = dc_fail("%s: train_state.safetensors has another format version", dir);
     rc = rc || meta_int(&state, "step", &tr->step) || meta_int(&state, "adamw_step", &adam_step) ||
          meta_int(&state, "ema_step", &ema_step) || meta_int(&state, "bad_steps", &bad) ||
-         restore_moment(&state, "adamw.exp_avg", tr->opt.m, tr->ps.total) ||
-         restore_moment(&state, "adamw.exp_avg_sq", tr->opt.v, tr->ps.total);
+         restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m, tr->ps.total) ||
+         restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v, tr->ps.total);
     if (!rc) {
         tr->opt.step = adam_step;
         tr->ema.optimization_step = ema_step;
@@ -366,17 +430,26 @@ static int resume(trainer *tr) {
     return rc ? -1 : 0;
 }
 
+/* Rank 0's buf[ps.total] (on the training device) into every rank's. */
+static int broadcast_buffer(trainer *tr, float *buf) {
+    size_t bytes = tr->ps.total * sizeof(float);
+    float *copy;
+    float *host = (float *)on_host(tr, buf, &copy);
+    int rc = !host || dc_dist_broadcast(&tr->dist, host, bytes) ||
+             (copy && dc_memcpy(buf, tr->device, copy, DC_CPU, bytes));
+    free(copy);
+    return rc ? -1 : 0;
+}
+
 /* Every rank takes rank 0's weights, optimizer and EMA state and counters:
  * they start alike even if their copies of a checkpoint were not. */
 static int share_state(trainer *tr) {
-    dc_dist *d = &tr->dist;
-    size_t bytes = tr->ps.total * sizeof(float);
     int64_t counts[4] = {tr->step, tr->opt.step, tr->ema.optimization_step, tr->bad_steps};
-    if (d->world == 1)
+    if (tr->dist.world == 1)
         return 0;
-    if (dc_dist_broadcast(d, tr->ps.data, bytes) || dc_dist_broadcast(d, tr->opt.m, bytes) ||
-        dc_dist_broadcast(d, tr->opt.v, bytes) || dc_dist_broadcast(d, counts, sizeof counts) ||
-        (tr->o.use_ema && dc_dist_broadcast(d, tr->ema.shadow, bytes)))
+    if (broadcast_buffer(tr, tr->ps.data) || broadcast_buffer(tr, tr->opt.m) ||
+        broadcast_buffer(tr, tr->opt.v) || dc_dist_broadcast(&tr->dist, counts, sizeof counts) ||
+        (tr->o.use_ema && broadcast_buffer(tr, tr->ema.shadow)))
         return -1;
     tr->step = counts[0];
     tr->opt.step = counts[1];
@@ -392,12 +465,12 @@ static int share_state(trainer *tr) {
 static dc_tensor *batch_labels(trainer *tr, const dc_batch *b, uint64_t p0) {
     if (tr->null_class < 0)
         return NULL;
-    dc_tensor *y = dc_from_host(&tr->ctx, DC_I32, DC_SHAPE(b->n), b->labels);
-    for (int i = 0; y && i < b->n; i++)
-        if (dc_rand_uniform((uint64_t)tr->o.seed, STREAM_LABEL_DROP, p0 + (uint64_t)i) <
-            tr->o.cond_drop_prob)
-            ((int32_t *)y->data)[i] = tr->null_class;
-    return y;
+    for (int i = 0; i < b->n; i++)
+        tr->labels[i] = dc_rand_uniform((uint64_t)tr->o.seed, STREAM_LABEL_DROP, p0 + (uint64_t)i) <
+                                tr->o.cond_drop_prob
+                            ? tr->null_class
+                            : b->labels[i];
+    return dc_from_host(&tr->ctx, DC_I32, DC_SHAPE(b->n), tr->labels);
 }
 
 /* Forward and backward of the next micro-batch; gradients add up in the flat buffer. */
@@ -421,11 +494,13 @@ static int micro_step(trainer *tr, step_stats *st) {
     dc_tensor *pred = dc_unet_forward(ctx, &tr->unet, xt, t, batch_labels(tr, b, p0));
     dc_tensor *loss = dc_diffusion_loss(ctx, pred, x0, noise, t, &tr->sched,
                                         tr->sched.config.prediction_type, (float)tr->o.snr_gamma, tr->mse);
-    if (!loss || dc_backward(ctx, loss))
+    float value;
+    if (!loss || dc_backward(ctx, loss) || dc_memcpy(&value, DC_CPU, loss->data, ctx->device, sizeof value) ||
+        dc_memcpy(tr->t, DC_CPU, t->data, ctx->device, (size_t)b->n * sizeof *tr->t))
         return -1;
-    st->loss += ((float *)loss->data)[0];
+    st->loss += value;
     for (int i = 0; i < b->n; i++) {
-        int q = (int)(((int32_t *)t->data)[i] * 4 / tr->sched.T);
+        int q = (int)(tr->t[i] * 4 / tr->sched.T);
         st->q_sum[q] += tr->mse[i];
         st->q_n[q]++;
     }
@@ -445,23 +520,39 @@ static int sum_stats(trainer *tr, step_stats *st) {
     return 0;
 }
 
+/* The summed gradient of the micro-batches divided by their number: on the
+ * CPU by a division, which a resumed run repeats bit for bit whatever the
+ * number; on a GPU by multiplying by its inverse (the same bits only for
+ * powers of two), which needs no host round trip. */
+static int average_micro_batches(trainer *tr) {
+    int64_t accum = tr->o.gradient_accumulation_steps;
+    if (accum == 1)
+        return 0;
+    if (tr->device != DC_CPU)
+        return dc_grad_scale_on(tr->device, tr->ps.grad, tr->ps.total, 1.0f / (float)accum);
+    for (size_t i = 0; i < tr->ps.total; i++)
+        tr->ps.grad[i] /= (float)accum;
+    return 0;
+}
+
 /* One optimizer step; a non-finite loss or gradient skips it (counted). The
  * gradient is averaged over the ranks before it is measured, so the norm,
  * the clipping and the decision to skip are the same on every rank. */
 static int optimizer_step(trainer *tr, step_stats *st) {
     int64_t accum = tr->o.gradient_accumulation_steps;
     double t0 = now();
-    dc_params_zero_grad(&tr->ps);
+    if (dc_params_zero_grad(&tr->ps))
+        return -1;
     for (int64_t a = 0; a < accum; a++)
         if (micro_step(tr, st))
             return -1;
     st->loss /= (double)accum;
-    if (accum > 1)
-        for (size_t i = 0; i < tr->ps.total; i++)
-            tr->ps.grad[i] /= (float)accum;
-    if (dc_dist_average(&tr->dist, tr->ps.grad, tr->ps.total) || sum_stats(tr, st))
+    if (average_micro_batches(tr) || dc_dist_average(&tr->dist, tr->ps.grad, tr->ps.total) ||
+        sum_stats(tr, st))
         return -1;
-    st->grad_norm = dc_grad_clip_norm(tr->ps.grad, tr->ps.total, tr->o.max_grad_norm);
+    st->grad_norm = dc_grad_clip_norm_on(tr->device, tr->ps.grad, tr->ps.total, tr->o.max_grad_norm);
+    if (dc_device_failed(tr->device))
+        return -1;
     st->lr = dc_lr_at(tr->lr_schedule, tr->o.learning_rate, tr->step, tr->o.lr_warmup_steps, tr->total);
     tr->step++;
     if (!isfinite(st->loss) || !isfinite(st->grad_norm)) {
@@ -472,9 +563,9 @@ static int optimizer_step(trainer *tr, step_stats *st) {
                            "--learning-rate?); the last checkpoint is kept", tr->bad_steps);
     } else {
         tr->bad_steps = 0;
-        dc_adamw_step(&tr->opt, tr->ps.data, tr->ps.grad, st->lr);
-        if (tr->o.use_ema)
-            dc_ema_step(&tr->ema, tr->ps.data);
+        if (dc_adamw_step(&tr->opt, tr->ps.data, tr->ps.grad, st->lr) ||
+            (tr->o.use_ema && dc_ema_step(&tr->ema, tr->ps.data)))
+            return -1;
     }
     st->images_per_s = (double)global_batch(tr) / (now() - t0);
     return 0;
@@ -524,21 +615,20 @@ static int sample_grid(trainer *tr) {
     int cols = labels ? tr->ds.num_classes : (int)ceil(sqrt((double)n));
     for (int64_t i = 0; labels && i < n; i++)
         labels[i] = (int32_t)(i % tr->ds.num_classes);
-    if (!rc && tr->o.use_ema) { /* sample with the averaged weights */
-        keep = malloc(tr->ps.total * sizeof *keep);
-        rc = keep ? 0 : dc_fail("out of memory for the sample grid");
-        if (keep) {
-            memcpy(keep, tr->ps.data, tr->ps.total * sizeof *keep);
-            memcpy(tr->ps.data, tr->ema.shadow, tr->ps.total * sizeof *keep);
-        }
+    size_t bytes = tr->ps.total * sizeof *keep;
+    if (!rc && tr->o.use_ema) { /* sample with the averaged weights; keep the others on the host */
+        keep = malloc(bytes);
+        rc = !keep ? dc_fail("out of memory for the sample grid")
+                   : dc_memcpy(keep, DC_CPU, tr->ps.data, tr->device, bytes) ||
+                         dc_memcpy(tr->ps.data, tr->device, tr->ema.shadow, tr->device, bytes);
     }
     dc_generate_request r = {.unet = &tr->unet, .sampler = &s, .n = n, .batch = n, .h = (int)h,
                              .w = (int)w, .labels = labels, .guidance_scale = 1.0f,
                              .seed = (uint64_t)tr->o.seed + SAMPLE_SEED_OFFSET};
     if (!rc)
         rc = dc_sampler_init(&s, DC_SAMPLER_DDIM, &tr->sched, &so) || dc_generate(&tr->ctx, &r, px);
-    if (keep)
-        memcpy(tr->ps.data, keep, tr->ps.total * sizeof *keep);
+    if (keep && dc_memcpy(tr->ps.data, tr->device, keep, DC_CPU, bytes))
+        rc = -1;
     dc_image grid = {0};
     char name[64], *dir = NULL, *path = NULL;
     snprintf(name, sizeof name, "step-%06" PRId64 ".png", tr->step);
@@ -637,6 +727,8 @@ static void trainer_free(trainer *tr) {
     cJSON_Delete(tr->unet_json);
     cJSON_Delete(tr->sched_json);
     free(tr->mse);
+    free(tr->labels);
+    free(tr->t);
     dc_train_options_free(&tr->o);
     dc_dist_free(&tr->dist);
 }
@@ -644,23 +736,28 @@ static void trainer_free(trainer *tr) {
 static int setup(trainer *tr) {
     char *pretrained = NULL;
     bool root = dc_dist_is_root(&tr->dist);
-    int rc = resolve_device(tr->o.device) || (root && dc_dir_check_writable(tr->o.output_dir)) ||
-             load_model_config(tr, &pretrained) || load_schedule(tr) || setup_model(tr, pretrained) ||
-             resume(tr) || share_state(tr) || open_data(tr) ||
+    int rc = (root && dc_dir_check_writable(tr->o.output_dir)) || load_model_config(tr, &pretrained) ||
+             load_schedule(tr) || setup_model(tr, pretrained) || resume(tr) || share_state(tr) ||
+             dc_dist_use_device(&tr->dist, tr->device) || setup_activations(tr) || open_data(tr) ||
              (root && dc_train_options_save(&tr->o, tr->o.output_dir)) || open_outputs(tr);
     free(pretrained);
-    if (!rc && root && strcmp(tr->o.mixed_precision, "no"))
-        fprintf(stderr, "diffc: note: --mixed-precision %s applies on the GPU; the CPU computes in f32\n",
-                tr->o.mixed_precision);
+    if (!rc && root && dc_dist_nccl(&tr->dist))
+        fprintf(stderr, "diffc: gradients averaged with NCCL over %d rank%s\n", tr->dist.world,
+                tr->dist.world == 1 ? "" : "s");
     return rc ? -1 : 0;
 }
 
 /* Rank 0 says what it runs: the resolved options and, with several ranks,
  * how the global batch is made. */
 static void print_plan(const trainer *tr) {
+    static const char *const math[] = {"f32", "f32 with TF32 tensor cores", "bf16 with f32 accumulation"};
+    char name[32];
     if (!dc_dist_is_root(&tr->dist))
         return;
     dc_train_options_print(&tr->o, stdout);
+    printf("  (resolved) device %s%s, matrix arithmetic %s\n", dc_device_name(name, sizeof name, tr->device),
+           tr->dist.world > 1 && tr->device != DC_CPU ? " on rank 0 (each rank its node-local GPU)" : "",
+           tr->device == DC_CPU ? "f32" : math[tr->math]);
     if (tr->dist.world > 1)
         fprintf(stderr, "diffc: %d ranks (%d on this node), global batch %" PRId64 " = %d ranks x "
                 "--train-batch-size %" PRId64 " x --gradient-accumulation-steps %" PRId64 "\n",
@@ -669,6 +766,8 @@ static void print_plan(const trainer *tr) {
 }
 
 static int train(trainer *tr) {
+    if (resolve_device(tr))
+        return -1;
     print_plan(tr);
     return setup(tr) || dc_signals_install() || run(tr) ? -1 : 0;
 }

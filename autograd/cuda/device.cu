@@ -92,6 +92,11 @@ extern "C" void cuda_select(int device) {
         st->ready = setup(st);
 }
 
+extern "C" void *cuda_stream(int device) {
+    cuda_select(device);
+    return cuda_failed(device) ? NULL : (void *)cuda_st()->stream;
+}
+
 extern "C" int cuda_set_math(int device, int math) {
     if (math < DC_MATH_F32 || math > DC_MATH_BF16)
         return dc_fail("CUDA: unknown math setting %d", math);

@@ -16,6 +16,10 @@ int cuda_device_count(void);
 /* Make `device` this thread's current one, setting up its state on first
  * use; a failure is the device's sticky error. */
 void cuda_select(int device);
+/* The device's one stream (a cudaStream_t), set up on first use; NULL after
+ * a failure. For the code that orders its own work against the kernels'
+ * (train/dist.c's NCCL stream). */
+void *cuda_stream(int device);
 /* The arithmetic of convolutions, GEMMs and attention: a dc_math (device.h). */
 int cuda_set_math(int device, int math);
 /* Wait for the device's stream; reports asynchronous errors. */

@@ -30,6 +30,13 @@ extern "C" void cuda_free(int device, void *p) {
     CUDA_CHECK(cudaFree(p));
 }
 
+extern "C" int cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes) {
+    cuda_select(device);
+    if (cuda_failed(device))
+        return -1;
+    return CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes)) ? 0 : -1;
+}
+
 extern "C" int cuda_memcpy(void *dst, int dst_device, const void *src, int src_device,
                            size_t bytes) {
     int device = dst_device >= 0 ? dst_device : src_device;

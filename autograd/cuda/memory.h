@@ -16,6 +16,8 @@ void cuda_free(int device, void *p);
  * the host wait for the data. */
 int cuda_memcpy(void *dst, int dst_device, const void *src, int src_device, size_t bytes);
 int cuda_memset(void *p, int device, int byte, size_t bytes);
+/* cudaMemGetInfo of `device`. */
+int cuda_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 
 #ifdef __cplusplus
 }
