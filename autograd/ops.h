@@ -50,6 +50,7 @@ typedef enum dc_op {
     DC_OP_SUM,
     DC_OP_MEAN,
     DC_OP_MSE_LOSS,
+    DC_OP_CROSS_ENTROPY,
     DC_OP_Q_SAMPLE,       /* diffusion.h */
     DC_OP_DIFFUSION_LOSS, /* diffusion.h */
     DC_OP_COUNT
@@ -189,5 +190,8 @@ dc_tensor *dc_mean(dc_ctx *ctx, dc_tensor *x);
  * pred and target [N, ...]; w [N] or NULL (all ones). Gradients reach pred, and
  * target (the opposite of pred's) and w when they require grad. */
 dc_tensor *dc_mse_loss(dc_ctx *ctx, dc_tensor *pred, dc_tensor *target, dc_tensor *w);
+/* Softmax cross-entropy: mean over n of logsumexp(logits[n]) - logits[n, labels[n]].
+ * logits [N, K] f32, labels [N] i32 in [0, K) (data: no gradient). */
+dc_tensor *dc_cross_entropy(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels);
 
 #endif

@@ -1,4 +1,4 @@
-/* Ops: dropout, embedding lookup, sinusoidal timestep embedding, MSE loss. */
+/* Ops: dropout, embedding lookup, sinusoidal timestep embedding, MSE and cross-entropy losses. */
 #include "cpu/misc.h"
 #include "cuda/misc.h"
 #include "op_util.h"
@@ -152,5 +152,40 @@ dc_tensor *dc_mse_loss(dc_ctx *ctx, dc_tensor *pred, dc_tensor *target, dc_tenso
     DC_KERNEL(ctx, mse_loss_forward, F32(out), F32C(pred), F32C(target), w ? F32C(w) : NULL, rows,
               pred->numel / rows);
     op_record(ctx, DC_OP_MSE_LOSS, mse_loss_backward, out, pred, target, w);
+    return out;
+}
+
+/* ---- cross-entropy ---- */
+
+static int cross_entropy_backward(dc_ctx *ctx, dc_node *n) {
+    dc_tensor *logits = n->in[0], *labels = n->in[1];
+    float *dlogits = grad_of(ctx, logits);
+    if (dlogits)
+        cpu_cross_entropy_backward(F32C(n->out->grad)[0], F32C(logits), labels->data, dlogits,
+                                   logits->shape[0], logits->shape[1]);
+    return dc_ctx_status(ctx);
+}
+
+dc_tensor *dc_cross_entropy(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels) {
+    if (!op_ok(ctx, DC_OP_CROSS_ENTROPY, 1, logits) || !op_ok_any(ctx, DC_OP_CROSS_ENTROPY, 1, labels))
+        return NULL;
+    char sl[64], sy[64];
+    dc_shape_str(sl, sizeof sl, logits->ndim, logits->shape);
+    dc_shape_str(sy, sizeof sy, labels->ndim, labels->shape);
+    if (logits->ndim != 2 || logits->numel == 0)
+        return op_fail(ctx, DC_OP_CROSS_ENTROPY, "logits %s must be [N, K], not empty", sl);
+    if (labels->dtype != DC_I32 || labels->ndim != 1 || labels->shape[0] != logits->shape[0])
+        return op_fail(ctx, DC_OP_CROSS_ENTROPY, "labels %s %s must be i32 [%lld], one per row of logits %s",
+                       dc_dtype_name(labels->dtype), sy, (long long)logits->shape[0], sl);
+    const int32_t *y = labels->data;
+    int64_t bad = cpu_embedding_check(y, labels->numel, logits->shape[1]);
+    if (bad >= 0)
+        return op_fail(ctx, DC_OP_CROSS_ENTROPY, "label %d at position %lld is outside [0, %lld)", y[bad],
+                       (long long)bad, (long long)logits->shape[1]);
+    dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(1));
+    if (!out)
+        return NULL;
+    F32(out)[0] = (float)cpu_cross_entropy_forward(F32C(logits), y, logits->shape[0], logits->shape[1]);
+    op_record(ctx, DC_OP_CROSS_ENTROPY, cross_entropy_backward, out, logits, labels, NULL);
     return out;
 }

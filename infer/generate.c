@@ -50,6 +50,18 @@ static int predict(dc_ctx *ctx, const dc_generate_request *r, int i, const float
     return 0;
 }
 
+/* Draw `draw` of images [first, first + b) of the request into out [b, per]:
+ * consecutive streams from first_image, or each image's own from streams. */
+static void draw_noise(const dc_generate_request *r, int64_t first, int64_t b, int64_t per, float *out,
+                       uint64_t draw) {
+    if (!r->streams) {
+        dc_sampler_noise(out, b, per, r->seed, r->first_image + (uint64_t)first, draw);
+        return;
+    }
+    for (int64_t k = 0; k < b; k++)
+        dc_sampler_noise(out + k * per, 1, per, r->seed, r->streams[first + k], draw);
+}
+
 /* One denoising run over images [first, first + b) of the request, from
  * step `start` (0 unless img2img). */
 static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64_t first, int64_t b,
@@ -57,9 +69,8 @@ static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64
     dc_sampler *s = r->sampler;
     int64_t per = (int64_t)r->h * r->w * r->unet->cfg.in_channels;
     const int32_t *labels = r->labels ? r->labels + first : NULL;
-    uint64_t stream = r->first_image + (uint64_t)first;
     dc_sampler_reset(s);
-    dc_sampler_noise(x, b, per, r->seed, stream, DC_SAMPLER_DRAW_INIT);
+    draw_noise(r, first, b, per, x, DC_SAMPLER_DRAW_INIT);
     if (r->init && dc_sampler_add_noise(s, start, r->init + first * per, x, x, b * per))
         return -1;
     for (int i = start; i < s->n; i++) {
@@ -67,7 +78,7 @@ static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64
             return -1;
         bool needs = dc_sampler_step_needs_noise(s, i);
         if (needs)
-            dc_sampler_noise(buf->noise, b, per, r->seed, stream, DC_SAMPLER_DRAW_STEP(i));
+            draw_noise(r, first, b, per, buf->noise, DC_SAMPLER_DRAW_STEP(i));
         if (dc_sampler_step(s, i, buf->pred, x, needs ? buf->noise : NULL, b * per))
             return -1;
         if (r->on_step)

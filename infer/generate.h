@@ -5,8 +5,10 @@
  *
  * Image k of a request draws from the Philox stream (seed, first_image + k)
  * (the sampler's noise contract), so an image is the same whatever the batch
- * size it was generated in. With init images (img2img), the denoising
- * starts part-way, from the init images noised to that step's timestep.
+ * size it was generated in (or from streams[k] when given: `diffc augment`
+ * names each image's stream after what it is). With init images (img2img),
+ * the denoising starts part-way, from the init images noised to that step's
+ * timestep.
  */
 #ifndef DC_INFER_GENERATE_H
 #define DC_INFER_GENERATE_H
@@ -24,6 +26,7 @@ typedef struct dc_generate_request {
     float guidance_scale;  /* > 1: classifier-free guidance against the "no class" label */
     uint64_t seed;
     uint64_t first_image;  /* the stream of image 0 */
+    const uint64_t *streams; /* [n] each image's own stream instead (first_image unused); NULL: consecutive */
     const float *init;     /* [n, h, w, c] img2img (SDEdit): images in [-1, 1] to start from,
                               noised to the timestep of the first step run; NULL: pure noise */
     double strength;       /* img2img: in (0, 1]; the last int(steps * strength) steps run */

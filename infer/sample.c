@@ -22,6 +22,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
+#include "infer/cli.h"
 #include "infer/generate.h"
 #include "infer/model.h"
 
@@ -53,53 +54,39 @@ typedef struct sample_options {
     bool no_ema;
 } sample_options;
 
-typedef enum { OPT_STRING, OPT_INT, OPT_FLOAT, OPT_FLAG } opt_type;
-
-typedef struct option {
-    const char *name; /* the long option without its dashes */
-    opt_type type;
-    size_t offset;       /* of its field in sample_options */
-    const char *metavar; /* NULL for a flag */
-    const char *def;     /* the default as the command line would give it; NULL: unset */
-    const char *unset;   /* for --help when def is NULL: "required", "default: ..." */
-    double lo, hi;       /* OPT_INT and OPT_FLOAT: the range; lo itself excluded when lo_open */
-    bool lo_open;
-    const char *help;
-} option;
-
 #define FIELD(f) offsetof(sample_options, f)
 
-static const option options[] = {
-    {"model", OPT_STRING, FIELD(model), "DIR", NULL, "required", 0, 0, false,
+static const dc_cli_option options[] = {
+    {"model", DC_CLI_STRING, FIELD(model), "DIR", NULL, "required", 0, 0, false,
      "a diffusers pipeline or UNet folder"},
-    {"output-dir", OPT_STRING, FIELD(output_dir), "DIR", NULL, "required", 0, 0, false,
+    {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", NULL, "required", 0, 0, false,
      "where the images go"},
-    {"scheduler", OPT_STRING, FIELD(scheduler), "NAME", "ddim", NULL, 0, 0, false, "ddpm, ddim or dpm++2m"},
-    {"num-inference-steps", OPT_INT, FIELD(num_inference_steps), "N", NULL, "default: 50; ddpm 1000", 1, 1e6,
+    {"scheduler", DC_CLI_STRING, FIELD(scheduler), "NAME", "ddim", NULL, 0, 0, false, "ddpm, ddim or dpm++2m"},
+    {"num-inference-steps", DC_CLI_INT, FIELD(num_inference_steps), "N", NULL, "default: 50; ddpm 1000", 1, 1e6,
      false, "denoising steps"},
-    {"eta", OPT_FLOAT, FIELD(eta), "X", "0", NULL, 0, 1e6, false,
+    {"eta", DC_CLI_FLOAT, FIELD(eta), "X", "0", NULL, 0, 1e6, false,
      "ddim's noise: 0 deterministic, 1 ddpm-like"},
-    {"timestep-spacing", OPT_STRING, FIELD(timestep_spacing), "NAME", NULL, "default: the model's", 0, 0,
+    {"timestep-spacing", DC_CLI_STRING, FIELD(timestep_spacing), "NAME", NULL, "default: the model's", 0, 0,
      false, "leading, trailing or linspace"},
-    {"num-images", OPT_INT, FIELD(num_images), "N", NULL, "default: 16, or one per init image", 1, 1e8, false,
+    {"num-images", DC_CLI_INT, FIELD(num_images), "N", NULL, "default: 16, or one per init image", 1, 1e8, false,
      "images to make"},
-    {"batch-size", OPT_INT, FIELD(batch_size), "N", "16", NULL, 1, 65536, false, "images denoised together"},
-    {"class-label", OPT_STRING, FIELD(class_label), "K|LIST|all", NULL, "default: all", 0, 0, false,
+    {"batch-size", DC_CLI_INT, FIELD(batch_size), "N", "16", NULL, 1, 65536, false, "images denoised together"},
+    {"class-label", DC_CLI_STRING, FIELD(class_label), "K|LIST|all", NULL, "default: all", 0, 0, false,
      "class labels, cycled over the images"},
-    {"guidance-scale", OPT_FLOAT, FIELD(guidance_scale), "X", "1", NULL, 1, 1e6, false,
+    {"guidance-scale", DC_CLI_FLOAT, FIELD(guidance_scale), "X", "1", NULL, 1, 1e6, false,
      "classifier-free guidance (1: none)"},
-    {"seed", OPT_INT, FIELD(seed), "N", "0", NULL, 0, 9007199254740992.0, false, "the noise's seed"},
-    {"resolution", OPT_INT, FIELD(resolution), "N", NULL, "default: the model's sample_size", 1, 65536, false,
+    {"seed", DC_CLI_INT, FIELD(seed), "N", "0", NULL, 0, 9007199254740992.0, false, "the noise's seed"},
+    {"resolution", DC_CLI_INT, FIELD(resolution), "N", NULL, "default: the model's sample_size", 1, 65536, false,
      "image side in pixels"},
-    {"init-image", OPT_STRING, FIELD(init_image), "FILE|DIR", NULL, "default: none", 0, 0, false,
+    {"init-image", DC_CLI_STRING, FIELD(init_image), "FILE|DIR", NULL, "default: none", 0, 0, false,
      "img2img: start from these images"},
-    {"strength", OPT_FLOAT, FIELD(strength), "X", "0.8", NULL, 0, 1, true,
+    {"strength", DC_CLI_FLOAT, FIELD(strength), "X", "0.8", NULL, 0, 1, true,
      "img2img: how much noise, in (0, 1]"},
-    {"no-ema", OPT_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false,
+    {"no-ema", DC_CLI_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false,
      "use unet/ even when unet_ema/ exists"},
-    {"device", OPT_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false,
+    {"device", DC_CLI_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false,
      "auto (a GPU when there is one), cpu, cuda or cuda:N"},
-    {"mixed-precision", OPT_STRING, FIELD(mixed_precision), "no|bf16", "no", NULL, 0, 0, false,
+    {"mixed-precision", DC_CLI_STRING, FIELD(mixed_precision), "no|bf16", "no", NULL, 0, 0, false,
      "on a GPU: bf16 matrix products (no: f32 with TF32 tensor cores)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
@@ -125,97 +112,19 @@ static const char help_intro[] =
     "\n"
     "options:\n";
 
-static void help(FILE *f) {
-    fprintf(f, "%s\n%s", usage_line, help_intro);
-    for (size_t i = 0; i < N_OPTIONS; i++) {
-        const option *o = &options[i];
-        char left[64];
-        snprintf(left, sizeof left, "--%s%s%s", o->name, o->metavar ? " " : "", o->metavar ? o->metavar : "");
-        fprintf(f, "  %-28s %s", left, o->help);
-        if (o->def)
-            fprintf(f, " (default: %s)", o->def);
-        else if (o->unset)
-            fprintf(f, " (%s)", o->unset);
-        fputc('\n', f);
-    }
-    fprintf(f, "  %-28s %s\n", "-h, --help", "show this help");
-}
+static const dc_cli cli = {"sample", usage_line, help_intro, options, N_OPTIONS};
 
-/* Parse `text` into the option's field; -1 after dc_fail for a bad value. */
-static int store(sample_options *so, const option *o, const char *text) {
-    void *field = (char *)so + o->offset;
-    if (o->type == OPT_STRING) {
-        *(const char **)field = text;
-        return 0;
-    }
-    char *end;
-    errno = 0;
-    double v = o->type == OPT_INT ? (double)strtoll(text, &end, 10) : strtod(text, &end);
-    if (end == text || *end || errno || !isfinite(v))
-        return dc_fail("--%s: '%s' is not %s", o->name, text, o->type == OPT_INT ? "an integer" : "a number");
-    if (v < o->lo || (o->lo_open && v == o->lo) || v > o->hi)
-        return dc_fail("--%s: %s is outside %c%g, %g]", o->name, text, o->lo_open ? '(' : '[', o->lo, o->hi);
-    if (o->type == OPT_INT)
-        *(int64_t *)field = strtoll(text, NULL, 10);
-    else
-        *(double *)field = v;
-    return 0;
-}
-
-/* The row of "--name" (underscores may stand for dashes, as diffusers spells them). */
-static const option *find_option(const char *name, size_t len) {
-    for (size_t i = 0; i < N_OPTIONS; i++) {
-        const char *n = options[i].name;
-        size_t k = 0;
-        while (k < len && n[k] && (name[k] == n[k] || (name[k] == '_' && n[k] == '-')))
-            k++;
-        if (k == len && !n[k])
-            return &options[i];
-    }
-    return NULL;
-}
-
-enum { PARSED = 0, HELP = 1, USAGE = 2 };
-
-static int usage_error(const char *fmt, const char *arg) {
-    fprintf(stderr, "diffc: error: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n%s   (diffc sample --help for more)\n", usage_line);
-    return USAGE;
-}
-
-/* PARSED, HELP, USAGE, or -1 after dc_fail for a bad value. */
+/* DC_CLI_PARSED, DC_CLI_HELP, DC_CLI_USAGE, or -1 after dc_fail for a bad value. */
 static int parse_args(sample_options *so, int argc, char **argv) {
     memset(so, 0, sizeof *so);
-    for (size_t i = 0; i < N_OPTIONS; i++)
-        if (options[i].def && store(so, &options[i], options[i].def))
-            return -1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help"))
-            return HELP;
-        if (strncmp(a, "--", 2))
-            return usage_error("sample takes no positional argument ('%s')", a);
-        const char *eq = strchr(a + 2, '=');
-        const option *o = find_option(a + 2, eq ? (size_t)(eq - a - 2) : strlen(a + 2));
-        if (!o)
-            return usage_error("unknown option '%s'", a);
-        if (o->type == OPT_FLAG) {
-            if (eq)
-                return usage_error("%s takes no value", a);
-            *(bool *)((char *)so + o->offset) = true;
-            continue;
-        }
-        if (!eq && i + 1 >= argc)
-            return usage_error("%s needs a value", a);
-        if (store(so, o, eq ? eq + 1 : argv[++i]))
-            return -1;
-    }
+    int rc = dc_cli_parse(&cli, so, argc, argv);
+    if (rc)
+        return rc;
     if (!so->model)
-        return usage_error("%s", "sample needs --model DIR");
+        return dc_cli_usage_error(&cli, "%s", "sample needs --model DIR");
     if (!so->output_dir)
-        return usage_error("%s", "sample needs --output-dir DIR");
-    return PARSED;
+        return dc_cli_usage_error(&cli, "%s", "sample needs --output-dir DIR");
+    return DC_CLI_PARSED;
 }
 
 /* ---- what the options mean for this model ---- */
@@ -290,23 +199,15 @@ static int image_size(const sample_options *so, const dc_unet_config *c, int *h,
     return 0;
 }
 
-/* The message just recorded, prefixed with the option it is about (copied:
- * dc_fail reuses its buffer). */
-static int about_option(const char *option) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", dc_error());
-    return dc_fail("%s: %s", option, msg);
-}
-
 static int make_sampler(const sample_options *so, const dc_model *m, dc_sampler *s) {
     dc_sampler_kind kind;
     dc_sampler_options o;
     if (dc_sampler_kind_parse(so->scheduler, &kind))
-        return about_option("--scheduler");
+        return dc_fail_prefix("--scheduler");
     if (dc_model_sampler_options(m, kind, &o))
         return -1;
     if (so->timestep_spacing && dc_timestep_spacing_parse(so->timestep_spacing, &o.timestep_spacing))
-        return about_option("--timestep-spacing");
+        return dc_fail_prefix("--timestep-spacing");
     if (so->num_inference_steps)
         o.num_inference_steps = (int)so->num_inference_steps;
     o.eta = so->eta;
@@ -562,11 +463,11 @@ static void run_free(run *r) {
 int dc_cmd_sample(int argc, char **argv) {
     run r = {0};
     int rc = parse_args(&r.o, argc, argv);
-    if (rc == HELP) {
-        help(stdout);
+    if (rc == DC_CLI_HELP) {
+        dc_cli_help(&cli, stdout);
         return 0;
     }
-    if (rc == USAGE)
+    if (rc == DC_CLI_USAGE)
         return 2;
     if (!rc)
         rc = setup(&r) || sample_all(&r) ? -1 : 0;

@@ -1,4 +1,4 @@
-/* Dropout, embedding, timestep embedding and the MSE loss: forward against
+/* Dropout, embedding, timestep embedding, the MSE and cross-entropy losses: forward against
  * plain loops (and hand-computed values), backward against finite
  * differences, errors named. */
 #include "testutil.h"
@@ -331,6 +331,78 @@ START_TEST(test_mse_loss_refused) {
 }
 END_TEST
 
+/* ---- cross-entropy ---- */
+
+static dc_tensor *run_cross_entropy(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    return dc_cross_entropy(ctx, in[0], arg);
+}
+
+/* Random labels in [0, k) as an i32 tensor [n]. */
+static dc_tensor *random_labels(dc_ctx *ctx, int64_t n, int64_t k) {
+    dc_tensor *y = dc_new(ctx, DC_I32, DC_SHAPE(n));
+    for (int64_t i = 0; i < n; i++)
+        ((int32_t *)y->data)[i] = (int32_t)(tu_next() % (uint64_t)k);
+    return y;
+}
+
+/* The loss straight from its definition, in long double: no max subtracted,
+ * so rows far from zero test the kernel's stable log-sum-exp against plain sums. */
+static double cross_entropy_reference(const float *x, const int32_t *y, int64_t n, int64_t k) {
+    long double total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        long double s = 0;
+        for (int64_t j = 0; j < k; j++)
+            s += expl((long double)x[i * k + j]);
+        total += logl(s) - x[i * k + y[i]];
+    }
+    return (double)(total / n);
+}
+
+START_TEST(test_cross_entropy) {
+    static const int64_t sizes[][2] = {{5, 7}, {1, 2}, {9, 10}};
+    for (int s = 0; s < 3; s++) {
+        dc_ctx *ctx = tu_ctx();
+        int64_t n = sizes[s][0], k = sizes[s][1];
+        dc_tensor *in[1] = {tu_leaf(ctx, DC_SHAPE(n, k))};
+        float *x = in[0]->data;
+        float shift = s == 2 ? (float)tu_uniform(200, 800) : 0.0f; /* exp(shift) overflows a float */
+        for (int64_t i = 0; i < n * k; i++)
+            x[i] = x[i] * 3 + (i / k % 2 ? shift : -shift);
+        dc_tensor *y = random_labels(ctx, n, k);
+        dc_tensor *out = dc_cross_entropy(ctx, in[0], y);
+        ck_assert_msg(out != NULL, "%s", dc_error());
+        ck_assert(out->ndim == 1 && out->shape[0] == 1);
+        double want = cross_entropy_reference(x, y->data, n, k);
+        tu_assert_close(out->data, &want, 1, 1e-6, 1e-6, "cross_entropy");
+        tu_gradcheck(ctx, run_cross_entropy, y, in, 1, 1e-2, 1e-3, 1e-2, 0);
+        tu_ctx_free(ctx);
+    }
+}
+END_TEST
+
+START_TEST(test_cross_entropy_refused) {
+    dc_ctx *ctx = tu_ctx();
+    ck_assert_ptr_null(dc_cross_entropy(ctx, tu_randn(ctx, DC_SHAPE(2, 3, 1)), random_labels(ctx, 2, 3)));
+    ck_assert_msg(strstr(dc_error(), "cross_entropy: logits [2, 3, 1] must be [N, K]"), "%s", dc_error());
+    dc_ctx_reset(ctx);
+    ck_assert_ptr_null(dc_cross_entropy(ctx, tu_randn(ctx, DC_SHAPE(2, 3)), random_labels(ctx, 3, 3)));
+    ck_assert_msg(strstr(dc_error(), "cross_entropy: labels i32 [3] must be i32 [2]"), "%s", dc_error());
+    dc_ctx_reset(ctx);
+    ck_assert_ptr_null(dc_cross_entropy(ctx, tu_randn(ctx, DC_SHAPE(2, 3)), tu_randn(ctx, DC_SHAPE(2))));
+    ck_assert_msg(strstr(dc_error(), "labels f32 [2] must be i32"), "%s", dc_error());
+    dc_ctx_reset(ctx);
+    dc_tensor *y = random_labels(ctx, 4, 3);
+    ((int32_t *)y->data)[2] = 3;
+    ck_assert_ptr_null(dc_cross_entropy(ctx, tu_randn(ctx, DC_SHAPE(4, 3)), y));
+    ck_assert_msg(strstr(dc_error(), "cross_entropy: label 3 at position 2 is outside [0, 3)"), "%s",
+                  dc_error());
+    dc_ctx_reset(ctx);
+    ck_assert_ptr_null(dc_cross_entropy(ctx, tu_randn(ctx, DC_SHAPE(0, 3)), random_labels(ctx, 0, 3)));
+    ck_assert_msg(strstr(dc_error(), "logits [0, 3] must be [N, K], not empty"), "%s", dc_error());
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("ops_misc");
     TCase *tc = tu_tcase(s, "ops", 60);
@@ -344,5 +416,7 @@ int main(void) {
     tcase_add_test(tc, test_timestep_embedding_refused);
     tcase_add_test(tc, test_mse_loss);
     tcase_add_test(tc, test_mse_loss_refused);
+    tcase_add_test(tc, test_cross_entropy);
+    tcase_add_test(tc, test_cross_entropy_refused);
     return tu_run(s);
 }

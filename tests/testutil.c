@@ -283,6 +283,14 @@ tu_run_result *tu_wait_diffc(void) {
     return &child.r;
 }
 
+int tu_kill_diffc(int sig) {
+    ck_assert_int_eq(kill(child.pid, sig), 0);
+    tu_read_diffc_until(NULL);
+    int st;
+    ck_assert_int_eq(waitpid(child.pid, &st, 0), child.pid);
+    return st;
+}
+
 tu_run_result *tu_run_diffc(const char *const *args) {
     tu_spawn_diffc(args);
     return tu_wait_diffc();

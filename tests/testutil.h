@@ -69,6 +69,9 @@ pid_t tu_spawn_diffc(const char *const *args);
 pid_t tu_spawn_diffc_under(const char *const *launcher, const char *const *args);
 bool tu_read_diffc_until(const char *want);
 tu_run_result *tu_wait_diffc(void);
+/* Send the running diffc `sig`, read what it printed to the end and reap it:
+ * its wait status (a SIGKILL'ed run is no error here, unlike tu_wait_diffc). */
+int tu_kill_diffc(int sig);
 /* The last 1500 characters of s: what fits in a Check failure message. */
 const char *tu_tail(const char *s);
 /* Exit 1 and stderr exactly one line "diffc: error: ...<want>...". */

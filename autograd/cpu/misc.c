@@ -1,4 +1,4 @@
-/* CPU kernels for dropout, embeddings and the MSE loss (OpenMP). */
+/* CPU kernels for dropout, embeddings and the MSE and cross-entropy losses (OpenMP). */
 #include "misc.h"
 
 #include "../rng.h"
@@ -130,6 +130,45 @@ void cpu_mse_loss_backward(const float *gp, const float *pred, const float *targ
                 si += e * e;
             }
             dw[i] += (float)(g * si / nd);
+        }
+    }
+}
+
+/* max and log(sum(exp(row - max))) of one row, in double: the stable log-sum-exp. */
+static void row_logsumexp(const float *row, int64_t k, double *max, double *lse) {
+    double m = row[0];
+    for (int64_t j = 1; j < k; j++)
+        m = row[j] > m ? row[j] : m;
+    double s = 0;
+    for (int64_t j = 0; j < k; j++)
+        s += exp((double)row[j] - m);
+    *max = m;
+    *lse = log(s);
+}
+
+double cpu_cross_entropy_forward(const float *logits, const int32_t *labels, int64_t n, int64_t k) {
+    double total = 0;
+#pragma omp parallel for reduction(+ : total)
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = logits + i * k;
+        double m, lse;
+        row_logsumexp(row, k, &m, &lse);
+        total += m + lse - row[labels[i]];
+    }
+    return total / (double)n;
+}
+
+void cpu_cross_entropy_backward(float g, const float *logits, const int32_t *labels, float *dlogits,
+                                int64_t n, int64_t k) {
+    double scale = (double)g / (double)n;
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; i++) {
+        const float *row = logits + i * k;
+        double m, lse;
+        row_logsumexp(row, k, &m, &lse);
+        for (int64_t j = 0; j < k; j++) {
+            double p = exp((double)row[j] - m - lse) - (j == labels[i]);
+            dlogits[i * k + j] += (float)(scale * p);
         }
     }
 }

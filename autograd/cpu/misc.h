@@ -1,4 +1,5 @@
-/* CPU kernels: dropout, embedding lookup, sinusoidal timestep embedding, MSE loss.
+/* CPU kernels: dropout, embedding lookup, sinusoidal timestep embedding, MSE and
+ * cross-entropy losses.
  * Backward kernels add into the gradient buffers they are given (NULL = not needed). */
 #ifndef DC_CPU_MISC_H
 #define DC_CPU_MISC_H
@@ -36,5 +37,12 @@ void cpu_mse_loss_forward(float *out, const float *pred, const float *target, co
  * dpred, dtarget (minus dpred's) and dw, each may be NULL. */
 void cpu_mse_loss_backward(const float *g, const float *pred, const float *target, const float *w,
                            float *dpred, float *dtarget, float *dw, int64_t n, int64_t d);
+
+/* logits [n, k], labels [n] in [0, k): (1/n) sum_i logsumexp(logits[i]) - logits[i, labels[i]],
+ * with the row maximum subtracted before exp, accumulated in double. */
+double cpu_cross_entropy_forward(const float *logits, const int32_t *labels, int64_t n, int64_t k);
+/* dlogits += g / n * (softmax(logits[i]) - onehot(labels[i])). */
+void cpu_cross_entropy_backward(float g, const float *logits, const int32_t *labels, float *dlogits,
+                                int64_t n, int64_t k);
 
 #endif

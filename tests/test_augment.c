@@ -1,0 +1,420 @@
+/* `diffc augment` end to end, through the built binary, with the committed
+ * tiny class-conditional model (tests/fixtures/unet_attn_class: 8x8 RGB, 5
+ * class embeddings = 4 classes and "no class") on a fresh random image folder
+ * of 4 classes: the class folders, the manifest's fields and the image counts;
+ * a rerun rewrites nothing; a run killed midway and resumed (with a partial
+ * manifest line) writes the same bytes as an uninterrupted one; other
+ * settings in the same folder are refused; the --eval report; bad input is
+ * one error line or a skipped file with a warning. */
+#include "testutil.h"
+
+#include "autograd/error.h"
+#include "autograd/fileio.h"
+#include "data/image.h"
+
+#include <cJSON.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MODEL "tests/fixtures/unet_attn_class"
+#define UNCONDITIONAL_MODEL "tests/fixtures/unet_legacy"
+#define SIDE 8
+#define PER_CLASS_REAL 3 /* real images per class */
+
+static const char *const classes[] = {"bird", "cat", "dog", "fish"};
+#define N_CLASSES 4
+
+static void spill(const char *path, const char *text) {
+    ck_assert_msg(dc_write_file(path, text, strlen(text), false) == 0, "%s", dc_error());
+}
+
+static void write_image(const char *path, int w, int h, int c) {
+    dc_image img = tu_random_image(w, h, c);
+    ck_assert_msg(dc_image_save_png(&img, path) == 0, "%s", dc_error());
+    dc_image_free(&img);
+}
+
+/* A copy of tu_path(name) that outlives 8 more calls (good for 8 at a time). */
+static const char *keep(const char *name) {
+    static char kept[8][512];
+    static int n;
+    char *p = kept[n++ % 8];
+    snprintf(p, sizeof kept[0], "%s", tu_path(name));
+    return p;
+}
+
+/* tu_path(dir): PER_CLASS_REAL random images in each of the first n_classes class folders. */
+static const char *make_dataset(const char *dir, int n_classes) {
+    char sub[256];
+    ck_assert_int_eq(mkdir(tu_path(dir), 0755), 0);
+    for (int k = 0; k < n_classes; k++) {
+        snprintf(sub, sizeof sub, "%s/%s", dir, classes[k]);
+        ck_assert_int_eq(mkdir(tu_path(sub), 0755), 0);
+        for (int i = 0; i < PER_CLASS_REAL; i++) {
+            snprintf(sub, sizeof sub, "%s/%s/%d.png", dir, classes[k], i);
+            write_image(tu_path(sub), SIDE, SIDE, 3);
+        }
+    }
+    return keep(dir);
+}
+
+/* `diffc augment --model MODEL --cache-dir ... ARGS...` */
+#define AUGMENT(...)                                                                                         \
+    tu_run_diffc((const char *const[]){"augment", "--cache-dir", tu_path("cache"), "--num-inference-steps", "4", \
+                                       __VA_ARGS__, NULL})
+
+static void assert_ok(const tu_run_result *r) {
+    ck_assert_msg(r->status == 0, "exit %d, stderr: %s", r->status, tu_tail(r->err));
+}
+
+/* The manifest's lines as JSON objects; *n of them. */
+static cJSON **read_manifest(const char *out, int *n) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/manifest.jsonl", out);
+    size_t len;
+    char *text = dc_read_file(path, 1 << 24, &len);
+    ck_assert_msg(text, "%s", dc_error());
+    cJSON **lines = calloc(len + 1, sizeof *lines);
+    *n = 0;
+    for (char *p = text, *nl; *p; p = nl + 1) {
+        nl = strchr(p, '\n');
+        ck_assert_msg(nl, "a partial last line: %s", p);
+        *nl = '\0';
+        ck_assert_msg((lines[*n] = cJSON_Parse(p)) != NULL, "not JSON: %s", p);
+        ++*n;
+    }
+    free(text);
+    return lines;
+}
+
+static void free_manifest(cJSON **lines, int n) {
+    for (int i = 0; i < n; i++)
+        cJSON_Delete(lines[i]);
+    free(lines);
+}
+
+static const cJSON *field(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    ck_assert_msg(v, "no %s in %s", key, cJSON_PrintUnformatted(o));
+    return v;
+}
+
+/* Every line's file exists in its class's folder, at 8x8 RGB; a variation's
+ * source is an image of its class (the real images are in class order,
+ * counts[k] of class k). Counts the gen_ and var_ files. */
+static void check_manifest(const char *out, const int *counts, int *gen, int *var, double strength) {
+    int n;
+    cJSON **lines = read_manifest(out, &n);
+    *gen = *var = 0;
+    for (int i = 0; i < n; i++) {
+        const char *file = field(lines[i], "file")->valuestring, *cls = field(lines[i], "class")->valuestring;
+        int label = field(lines[i], "label")->valueint;
+        ck_assert(label >= 0 && label < N_CLASSES);
+        ck_assert_str_eq(cls, classes[label]);
+        ck_assert_msg(!strncmp(file, cls, strlen(cls)) && file[strlen(cls)] == '/', "%s not in %s/", file, cls);
+        const cJSON *source = field(lines[i], "source"), *s = field(lines[i], "strength");
+        bool is_var = strstr(file, "/var_") != NULL;
+        ck_assert_msg(is_var || strstr(file, "/gen_"), "%s", file);
+        if (is_var) {
+            int first = 0;
+            for (int k = 0; k < label; k++)
+                first += counts[k];
+            ck_assert_msg(cJSON_IsNumber(source) && source->valueint >= first &&
+                              source->valueint < first + counts[label],
+                          "%s: source %d", file, source->valueint);
+            ck_assert(cJSON_IsNumber(s) && s->valuedouble == strength);
+        } else
+            ck_assert(cJSON_IsNull(source) && cJSON_IsNull(s));
+        ck_assert(cJSON_IsNumber(field(lines[i], "seed")) && cJSON_IsNumber(field(lines[i], "stream")));
+        ck_assert(field(lines[i], "guidance")->valuedouble == 2);
+        *gen += !is_var;
+        *var += is_var;
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", out, file);
+        dc_image img;
+        ck_assert_msg(dc_image_load(&img, path) == 0, "%s", dc_error());
+        ck_assert(img.w == SIDE && img.h == SIDE && img.c == 3);
+        dc_image_free(&img);
+    }
+    free_manifest(lines, n);
+}
+
+static int count_pngs(const char *dir) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "find '%s' -name '*.png' | wc -l", dir);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    ck_assert(p && fscanf(p, "%d", &n) == 1);
+    pclose(p);
+    return n;
+}
+
+/* ---- outputs ---- */
+
+START_TEST(test_writes_and_skips) {
+    tu_mkdtemp("augment");
+    const char *data = make_dataset("data", N_CLASSES);
+    write_image(tu_path("data/cat/wide_gray.png"), 12, 10, 1); /* converted as training does */
+    ck_assert_int_eq(rename(tu_path("data/dog/2.png"), tu_path("data/dog/broken.png")), 0);
+    spill(tu_path("data/dog/broken.png"), "not a png"); /* skipped with a warning */
+    const char *out = keep("out");
+    tu_run_result *r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", out, "--per-class", "3",
+                               "--variations", "2", "--strength", "0.6", "--guidance-scale", "2", "--batch-size", "5");
+    assert_ok(r);
+    ck_assert_msg(strstr(r->err, "diffc: warning: ") && strstr(r->err, "broken.png"), "%s", tu_tail(r->err));
+    int real = N_CLASSES * PER_CLASS_REAL, want = 3 * N_CLASSES + 2 * real;
+    char line[128];
+    snprintf(line, sizeof line, "%d images to make", want);
+    ck_assert_msg(strstr(r->out, line) && strstr(r->out, "0 already"), "%s", r->out);
+    for (int k = 0; k < N_CLASSES; k++) {
+        char dir[64];
+        snprintf(dir, sizeof dir, "out/%s", classes[k]);
+        struct stat st;
+        ck_assert_msg(stat(tu_path(dir), &st) == 0 && S_ISDIR(st.st_mode), "no %s", dir);
+    }
+    int gen, var;
+    const int counts[N_CLASSES] = {3, 4, 2, 3}; /* cat: + wide_gray.png; dog: - broken.png */
+    check_manifest(out, counts, &gen, &var, 0.6);
+    ck_assert_int_eq(gen, 3 * N_CLASSES);
+    ck_assert_int_eq(var, 2 * real);
+    ck_assert_int_eq(count_pngs(out), want);
+
+    /* a rerun makes nothing and rewrites nothing */
+    struct stat before, after;
+    ck_assert_int_eq(stat(tu_path("out/fish/var_000011_01.png"), &before), 0);
+    r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", out, "--per-class", "3", "--variations",
+                "2", "--strength", "0.6", "--guidance-scale", "2", "--batch-size", "5");
+    assert_ok(r);
+    snprintf(line, sizeof line, "%d already", want);
+    ck_assert_msg(strstr(r->out, line) && !strstr(r->out, "wrote"), "%s", r->out);
+    ck_assert_int_eq(stat(tu_path("out/fish/var_000011_01.png"), &after), 0);
+    ck_assert(before.st_ino == after.st_ino && before.st_mtim.tv_sec == after.st_mtim.tv_sec &&
+              before.st_mtim.tv_nsec == after.st_mtim.tv_nsec);
+    int n = 0;
+    free_manifest(read_manifest(out, &n), n);
+    ck_assert_int_eq(n, want);
+
+    /* other settings in the same folder: refused, nothing changed */
+    ck_assert_int_eq(remove(tu_path("data/dog/broken.png")), 0); /* its warning would make two lines */
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", out, "--per-class",
+                                 "3", "--guidance-scale", "3"),
+                         "was made with other settings");
+    /* more per class later: only the new ones are made */
+    r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", out, "--per-class", "4",
+                "--guidance-scale", "2");
+    assert_ok(r);
+    ck_assert_msg(strstr(r->out, "wrote 4 image(s)"), "%s", r->out);
+    ck_assert_int_eq(count_pngs(out), want + N_CLASSES);
+    tu_rmtemp();
+}
+END_TEST
+
+static bool same_bytes(const char *a, const char *b) {
+    size_t na, nb;
+    char *ta = dc_read_file(a, 1 << 20, &na), *tb = dc_read_file(b, 1 << 20, &nb);
+    bool same = ta && tb && na == nb && !memcmp(ta, tb, na);
+    free(ta);
+    free(tb);
+    return same;
+}
+
+/* Kill a run midway (SIGKILL), leave a partial manifest line, resume with
+ * another batch size: the same files, byte for byte, as one whole run. */
+START_TEST(test_kill_and_resume) {
+    tu_mkdtemp("augment");
+    const char *data = make_dataset("data", N_CLASSES);
+    const char *whole = keep("whole"), *cut = keep("cut"), *cache = keep("cache");
+#define ARGS(out, batch)                                                                                     \
+    "augment", "--cache-dir", cache, "--num-inference-steps", "20", "--model", MODEL, "--train-data-dir", data, \
+        "--output-dir", out, "--per-class", "3", "--variations", "1", "--guidance-scale", "2", "--batch-size", batch
+    assert_ok(tu_run_diffc((const char *const[]){ARGS(whole, "7"), NULL}));
+    tu_spawn_diffc((const char *const[]){ARGS(cut, "1"), NULL});
+    ck_assert_msg(tu_read_diffc_until("augment: 2/"), "no progress: %s", tu_wait_diffc()->err);
+    int st = tu_kill_diffc(SIGKILL);
+    ck_assert_msg(WIFSIGNALED(st), "finished before the kill: status %d", st);
+    char path[512];
+    snprintf(path, sizeof path, "%s/manifest.jsonl", cut);
+    FILE *f = fopen(path, "a");
+    ck_assert(f && fputs("{\"file\": \"cat/gen_000", f) >= 0 && fclose(f) == 0);
+    tu_run_result *r = tu_run_diffc((const char *const[]){ARGS(cut, "3"), NULL});
+    assert_ok(r);
+    ck_assert_msg(strstr(r->err, "dropped a partial last line"), "%s", tu_tail(r->err));
+    ck_assert_msg(!strstr(r->out, " 0 already") && strstr(r->out, "wrote"), "%s", r->out);
+    int n_whole, n_cut;
+    cJSON **lw = read_manifest(whole, &n_whole), **lc = read_manifest(cut, &n_cut);
+    ck_assert_int_eq(n_whole, 3 * N_CLASSES + N_CLASSES * PER_CLASS_REAL);
+    ck_assert_int_eq(n_cut, n_whole);
+    for (int i = 0; i < n_whole; i++) {
+        const char *file = field(lw[i], "file")->valuestring;
+        char a[512], b[512];
+        snprintf(a, sizeof a, "%s/%s", whole, file);
+        snprintf(b, sizeof b, "%s/%s", cut, file);
+        ck_assert_msg(same_bytes(a, b), "%s differs after the resume", file);
+    }
+    ck_assert_int_eq(count_pngs(cut), n_whole);
+    free_manifest(lw, n_whole);
+    free_manifest(lc, n_cut);
+    tu_rmtemp();
+#undef ARGS
+}
+END_TEST
+
+START_TEST(test_eval) {
+    tu_mkdtemp("augment");
+    const char *data = make_dataset("data", N_CLASSES), *test = make_dataset("test", N_CLASSES);
+    tu_run_result *r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("out"),
+                               "--per-class", "2", "--variations", "1", "--eval", "--eval-data-dir", test,
+                               "--real-fraction", "0.5,1", "--eval-steps", "3", "--eval-batch-size", "4");
+    assert_ok(r);
+    ck_assert_msg(strstr(r->out, "real-only") && strstr(r->out, "real+synthetic") &&
+                      strstr(r->out, "3 steps of batch 4") && strstr(r->out, "test: 12 images"),
+                  "%s", r->out);
+    /* fraction 0.5: round(1.5) = 2 of each class's 3, with their 2 variations
+     * and the 8 class-conditional images; 1: all 12 real and 12 + 8 synthetic */
+    double f, a, b;
+    int real, syn;
+    const char *row = strstr(r->out, "\n           0.5 ");
+    ck_assert_msg(row && sscanf(row, "%lf %d %d %lf%% %lf%%", &f, &real, &syn, &a, &b) == 5, "%s", r->out);
+    ck_assert(real == 8 && syn == 16 && a >= 0 && a <= 100 && b >= 0 && b <= 100);
+    row = strstr(r->out, "\n             1 ");
+    ck_assert_msg(row && sscanf(row, "%lf %d %d %lf%% %lf%%", &f, &real, &syn, &a, &b) == 5, "%s", r->out);
+    ck_assert(real == 12 && syn == 20);
+
+    /* --eval alone: the manifest's images, nothing made */
+    r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("out"), "--eval",
+                "--eval-data-dir", test, "--real-fraction", "1", "--eval-steps", "2", "--eval-batch-size", "4");
+    assert_ok(r);
+    row = strstr(r->out, "\n             1 ");
+    ck_assert_msg(row && sscanf(row, "%lf %d %d", &f, &real, &syn) == 3 && syn == 20, "%s", r->out);
+
+    const char *other = make_dataset("other", 3);
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("out"),
+                                 "--eval", "--eval-data-dir", other, "--eval-steps", "1"),
+                         "are not the 4 classes");
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("out"),
+                                 "--per-class", "1", "--eval", "--eval-data-dir", test, "--real-fraction", "0,1"),
+                         "--real-fraction '0,1'");
+    tu_rmtemp();
+}
+END_TEST
+
+/* ---- errors ---- */
+
+/* Exit 1, the last stderr line "diffc: error: ...<want>...", any before it warnings. */
+static void assert_error_after_warnings(const tu_run_result *r, const char *want) {
+    ck_assert_msg(r->status == 1, "exit %d, stderr: %s", r->status, tu_tail(r->err));
+    const char *last = r->err;
+    for (const char *p = r->err; *p; p = strchr(p, '\n') + 1) {
+        ck_assert_msg(strchr(p, '\n'), "no final newline: %s", tu_tail(r->err));
+        last = p;
+        if (strchr(p, '\n')[1])
+            ck_assert_msg(!strncmp(p, "diffc: warning: ", 16), "not a warning: %s", tu_tail(r->err));
+    }
+    ck_assert_msg(!strncmp(last, "diffc: error: ", 14) && strstr(last, want), "'%s' lacks '%s'", tu_tail(r->err),
+                  want);
+}
+
+static void copy_file(const char *from, const char *to) {
+    size_t n;
+    char *text = dc_read_file(from, 1 << 24, &n);
+    ck_assert_msg(text && dc_write_file(to, text, n, false) == 0, "%s", dc_error());
+    free(text);
+}
+
+START_TEST(test_bad_input) {
+    tu_mkdtemp("augment");
+    const char *data = make_dataset("data", N_CLASSES), *o = keep("o");
+    /* a model folder without weights, and one whose config the weights do not fit */
+    ck_assert_int_eq(mkdir(tu_path("m"), 0755), 0);
+    copy_file(MODEL "/config.json", tu_path("m/config.json"));
+    tu_assert_user_error(AUGMENT("--model", tu_path("m"), "--train-data-dir", data, "--output-dir", o,
+                                 "--per-class", "1"),
+                         "no diffusion_pytorch_model.safetensors");
+    copy_file(MODEL "/diffusion_pytorch_model.safetensors", tu_path("m/diffusion_pytorch_model.safetensors"));
+    size_t n;
+    char *cfg = dc_read_file(MODEL "/config.json", 1 << 20, &n), *at = strstr(cfg, "\"in_channels\": 3");
+    ck_assert_ptr_nonnull(at);
+    at[strlen("\"in_channels\": ")] = '1';
+    spill(tu_path("m/config.json"), cfg);
+    free(cfg);
+    tu_assert_user_error(AUGMENT("--model", tu_path("m"), "--train-data-dir", data, "--output-dir", o,
+                                 "--per-class", "1"),
+                         "conv_in.weight: file has [8, 3, 3, 3], model expects [8, 1, 3, 3]");
+
+    /* --strength outside (0, 1] */
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--variations",
+                                 "1", "--strength", "0"),
+                         "--strength: 0 is outside (0, 1]");
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--variations",
+                                 "1", "--strength", "1.5"),
+                         "--strength: 1.5 is outside");
+    /* datasets: empty, every file unreadable, the wrong number of classes */
+    ck_assert_int_eq(mkdir(tu_path("empty"), 0755), 0);
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", tu_path("empty"), "--output-dir", o,
+                                 "--per-class", "1"),
+                         "empty");
+    ck_assert_int_eq(mkdir(tu_path("bad"), 0755), 0);
+    spill(tu_path("bad/a.png"), "garbage");
+    assert_error_after_warnings(AUGMENT("--model", MODEL, "--train-data-dir", tu_path("bad"), "--output-dir", o,
+                                 "--per-class", "1"),
+                         "no usable image");
+    const char *three = make_dataset("three", 3);
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", three, "--output-dir", o, "--per-class",
+                                 "1"),
+                         "has 3 classes but the model");
+    tu_assert_user_error(AUGMENT("--model", UNCONDITIONAL_MODEL, "--train-data-dir", data, "--output-dir", o,
+                                 "--per-class", "1"),
+                         "unconditional");
+    /* a manifest with a bad line before the last */
+    ck_assert_int_eq(mkdir(o, 0755), 0);
+    spill(tu_path("o/manifest.jsonl"), "not json\n{\"file\": \"x.png\", \"scheduler\": \"ddim\"}\n");
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--per-class",
+                                 "1"),
+                         "manifest.jsonl: line 1 is not a manifest entry");
+
+    /* usage errors: exit 2 */
+    const char *const usage[][8] = {
+        {"--model", MODEL, "--output-dir", o, NULL},
+        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, NULL},
+        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--eval", NULL},
+        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--bogus", NULL}};
+    for (size_t k = 0; k < sizeof usage / sizeof usage[0]; k++) {
+        const char *args[10] = {"augment"};
+        memcpy(args + 1, usage[k], sizeof usage[k]);
+        tu_run_result *r = tu_run_diffc(args);
+        ck_assert_msg(r->status == 2 && !strncmp(r->err, "diffc: error: ", 14), "case %zu: exit %d: %s", k,
+                      r->status, tu_tail(r->err));
+    }
+    tu_rmtemp();
+}
+END_TEST
+
+START_TEST(test_help) {
+    tu_run_result *r = tu_run_diffc((const char *const[]){"augment", "--help", NULL});
+    ck_assert_int_eq(r->status, 0);
+    const char *every[] = {"--model DIR",   "--train-data-dir DIR", "--output-dir DIR", "--per-class N",
+                           "--variations K", "--strength X",        "--guidance-scale X", "--eval",
+                           "--eval-data-dir DIR", "--real-fraction LIST", "--eval-steps N", "--eval-epochs N"};
+    for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)
+        ck_assert_msg(strstr(r->out, every[i]), "--help lacks %s", every[i]);
+    r = tu_run_diffc((const char *const[]){"--help", NULL});
+    ck_assert_msg(r->status == 0 && strstr(r->out, "augment --model DIR"), "%s", r->out);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("augment");
+    TCase *tc = tu_tcase(s, "outputs", 120);
+    tcase_add_test(tc, test_writes_and_skips);
+    tcase_add_test(tc, test_kill_and_resume);
+    tcase_add_test(tc, test_eval);
+    tc = tu_tcase(s, "errors", 60);
+    tcase_add_test(tc, test_bad_input);
+    tcase_add_test(tc, test_help);
+    return tu_run(s);
+}
