@@ -161,8 +161,8 @@ static int cross_entropy_backward(dc_ctx *ctx, dc_node *n) {
     dc_tensor *logits = n->in[0], *labels = n->in[1];
     float *dlogits = grad_of(ctx, logits);
     if (dlogits)
-        cpu_cross_entropy_backward(F32C(n->out->grad)[0], F32C(logits), labels->data, dlogits,
-                                   logits->shape[0], logits->shape[1]);
+        DC_KERNEL(ctx, cross_entropy_backward, F32C(n->out->grad), F32C(logits), labels->data,
+                  dlogits, logits->shape[0], logits->shape[1]);
     return dc_ctx_status(ctx);
 }
 
@@ -178,14 +178,15 @@ dc_tensor *dc_cross_entropy(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels) {
         return op_fail(ctx, DC_OP_CROSS_ENTROPY, "labels %s %s must be i32 [%lld], one per row of logits %s",
                        dc_dtype_name(labels->dtype), sy, (long long)logits->shape[0], sl);
     const int32_t *y = labels->data;
-    int64_t bad = cpu_embedding_check(y, labels->numel, logits->shape[1]);
+    int64_t bad = DC_KERNEL(ctx, embedding_check, y, labels->numel, logits->shape[1]);
     if (bad >= 0)
-        return op_fail(ctx, DC_OP_CROSS_ENTROPY, "label %d at position %lld is outside [0, %lld)", y[bad],
-                       (long long)bad, (long long)logits->shape[1]);
+        return op_fail(ctx, DC_OP_CROSS_ENTROPY, "label %d at position %lld is outside [0, %lld)",
+                       op_i32_at(ctx, labels, bad), (long long)bad, (long long)logits->shape[1]);
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(1));
     if (!out)
         return NULL;
-    F32(out)[0] = (float)cpu_cross_entropy_forward(F32C(logits), y, logits->shape[0], logits->shape[1]);
+    DC_KERNEL(ctx, cross_entropy_forward, F32(out), F32C(logits), y, logits->shape[0],
+              logits->shape[1]);
     op_record(ctx, DC_OP_CROSS_ENTROPY, cross_entropy_backward, out, logits, labels, NULL);
     return out;
 }

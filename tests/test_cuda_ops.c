@@ -123,6 +123,7 @@ static dc_tensor *run(dc_ctx *c, dc_tensor **in, void *argp) {
     case DC_OP_TIMESTEP_EMBEDDING:
         return dc_timestep_embedding(c, in[0], a->i0, a->b0, a->f0, 10000.0f);
     case DC_OP_MSE_LOSS: return dc_mse_loss(c, in[0], in[1], in[2]);
+    case DC_OP_CROSS_ENTROPY: return dc_cross_entropy(c, in[0], in[1]);
     case DC_OP_Q_SAMPLE: return dc_q_sample(c, in[0], in[1], in[2], a->sched);
     case DC_OP_DIFFUSION_LOSS:
         return dc_diffusion_loss(c, in[0], in[1], in[2], in[3], a->sched, a->pred, a->f0, NULL);
@@ -334,6 +335,9 @@ START_TEST(test_misc) {
     a = (op_arg){.op = DC_OP_MSE_LOSS};
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 4, 3, 5, 2), LEAF(cpu, 4, 3, 5, 2), NULL);
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 3, 1000), DATA(cpu, 3, 1000), LEAF(cpu, 3));
+    a = (op_arg){.op = DC_OP_CROSS_ENTROPY};
+    CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 7, 10), indices(cpu, DC_SHAPE(7), 10));
+    CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 300, 3), indices(cpu, DC_SHAPE(300), 3));
     tu_ctx_free(cpu);
 }
 END_TEST

@@ -2,6 +2,7 @@
 #include "misc.h"
 
 #include "../rng.h"
+#include "parallel.h"
 
 #include <math.h>
 
@@ -146,22 +147,22 @@ static void row_logsumexp(const float *row, int64_t k, double *max, double *lse)
     *lse = log(s);
 }
 
-double cpu_cross_entropy_forward(const float *logits, const int32_t *labels, int64_t n, int64_t k) {
+void cpu_cross_entropy_forward(float *out, const float *logits, const int32_t *labels, int64_t n,
+                               int64_t k) {
     double total = 0;
-#pragma omp parallel for reduction(+ : total)
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n; i++) { /* in order: the same sum for any thread count */
         const float *row = logits + i * k;
         double m, lse;
         row_logsumexp(row, k, &m, &lse);
         total += m + lse - row[labels[i]];
     }
-    return total / (double)n;
+    out[0] = (float)(total / (double)n);
 }
 
-void cpu_cross_entropy_backward(float g, const float *logits, const int32_t *labels, float *dlogits,
-                                int64_t n, int64_t k) {
-    double scale = (double)g / (double)n;
-#pragma omp parallel for
+void cpu_cross_entropy_backward(const float *g, const float *logits, const int32_t *labels,
+                                float *dlogits, int64_t n, int64_t k) {
+    double scale = (double)g[0] / (double)n;
+#pragma omp parallel for if (n * k >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         const float *row = logits + i * k;
         double m, lse;

@@ -40,9 +40,10 @@ void cpu_mse_loss_backward(const float *g, const float *pred, const float *targe
 
 /* logits [n, k], labels [n] in [0, k): (1/n) sum_i logsumexp(logits[i]) - logits[i, labels[i]],
  * with the row maximum subtracted before exp, accumulated in double. */
-double cpu_cross_entropy_forward(const float *logits, const int32_t *labels, int64_t n, int64_t k);
-/* dlogits += g / n * (softmax(logits[i]) - onehot(labels[i])). */
-void cpu_cross_entropy_backward(float g, const float *logits, const int32_t *labels, float *dlogits,
-                                int64_t n, int64_t k);
+void cpu_cross_entropy_forward(float *out, const float *logits, const int32_t *labels, int64_t n,
+                               int64_t k);
+/* dlogits += g[0] / n * (softmax(logits[i]) - onehot(labels[i])). */
+void cpu_cross_entropy_backward(const float *g, const float *logits, const int32_t *labels,
+                                float *dlogits, int64_t n, int64_t k);
 
 #endif

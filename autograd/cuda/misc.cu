@@ -157,3 +157,46 @@ extern "C" void cuda_mse_loss_backward(const float *g, const float *pred, const 
     if (dw)
         LAUNCH(mse_bwd_w, grid_rows(n), BLOCK, 0, g, pred, target, dw, n, d);
 }
+
+/* log(sum(exp(row))) of one row of k, the row maximum taken out first, in double. */
+__device__ static double row_logsumexp(const float *row, int64_t k) {
+    double m = row[0], s = 0;
+    for (int64_t j = 1; j < k; j++)
+        m = row[j] > m ? row[j] : m;
+    for (int64_t j = 0; j < k; j++)
+        s += exp((double)row[j] - m);
+    return m + log(s);
+}
+
+struct ce_term {
+    const float *logits;
+    const int32_t *labels;
+    int64_t k;
+    __device__ double operator()(int64_t i) const {
+        const float *row = logits + i * k;
+        return row_logsumexp(row, k) - row[labels[i]];
+    }
+};
+
+extern "C" void cuda_cross_entropy_forward(float *out, const float *logits, const int32_t *labels,
+                                           int64_t n, int64_t k) {
+    reduce_to_device(ce_term{logits, labels, k}, n, (double)n, out);
+}
+
+/* One thread per row: the classes of a classifier are few. */
+__global__ static void ce_bwd(const float *gp, const float *logits, const int32_t *labels,
+                              float *dlogits, int64_t n, int64_t k) {
+    double scale = (double)gp[0] / (double)n;
+    FOR_N(i, n) {
+        const float *row = logits + i * k;
+        double lse = row_logsumexp(row, k);
+        for (int64_t j = 0; j < k; j++)
+            dlogits[i * k + j] += (float)(scale * (exp((double)row[j] - lse) - (j == labels[i])));
+    }
+}
+
+extern "C" void cuda_cross_entropy_backward(const float *g, const float *logits,
+                                            const int32_t *labels, float *dlogits, int64_t n,
+                                            int64_t k) {
+    LAUNCH(ce_bwd, grid_for(n), BLOCK, 0, g, logits, labels, dlogits, n, k);
+}
