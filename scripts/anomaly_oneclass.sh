@@ -7,18 +7,21 @@
 #
 #   scripts/anomaly_oneclass.sh [K ...]            (default: 0 .. 9)
 #
-# Environment: STEPS (training steps per class, default 500), MAX_IMAGES
+# Environment: STEPS (training steps per class, default 300), MAX_IMAGES
 # (test images scored: evenly spaced through the test set, which is shuffled,
 # so about a tenth of them normal; 0 for all 10,000; default 1000), OUT (out/oneclass),
 # ANOMALY_OPTS (extra `diffc anomaly` options, e.g. "--strength 0.3,0.5
 # --ensemble 2"). A class whose model is already in OUT is not trained again,
 # so scoring variants can be compared on the same models.
 set -euo pipefail
+# One thread: on a busy machine, OpenMP threads that wait for each other at every
+# barrier cost more than they bring (OMP_NUM_THREADS in the environment wins).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 cd "$(dirname "$0")/.."
 
 data=/usr/share/datasets/fashion-mnist
 out=${OUT:-out/oneclass}
-steps=${STEPS:-500}
+steps=${STEPS:-300}
 max_images=${MAX_IMAGES:-1000}
 classes=("$@")
 [ ${#classes[@]} -gt 0 ] || classes=(0 1 2 3 4 5 6 7 8 9)
