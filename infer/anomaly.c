@@ -8,7 +8,7 @@
  * unlike the training data. The anomaly map is the per-pixel squared error
  * (mean over channels), averaged over --ensemble noise draws and over every
  * strength of a list, then Gaussian-smoothed (--sigma); the image score is
- * its maximum or the mean of its --top-k largest pixels (--reduce).
+ * its maximum, the mean of its --top-k largest pixels, or its mean (--reduce).
  *
  * --images is any dataset diffc reads (an image folder, IDX or CIFAR-10
  * files: split --split, the test split by default) or one image file; images
@@ -73,8 +73,8 @@ typedef struct anomaly_options {
 static const dc_cli_option options[] = {
     {"model", DC_CLI_STRING, FIELD(model), "DIR", NULL, "required", 0, 0, false,
      "a diffusers pipeline or UNet folder trained on normal images"},
-    {"images", DC_CLI_STRING, FIELD(images), "DIR|FILE", NULL, "required unless --labels: then LABELS/test", 0,
-     0, false, "the images to score: an image folder, IDX or CIFAR-10 files, or one image"},
+    {"images", DC_CLI_STRING, FIELD(images), "DIR|FILE", NULL, "required unless --labels: then LABELS/test",
+     0, 0, false, "the images to score: an image folder, IDX or CIFAR-10 files, or one image"},
     {"split", DC_CLI_STRING, FIELD(split), "NAME", "test", NULL, 0, 0, false,
      "IDX and CIFAR-10 folders: train or test"},
     {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", "anomaly", NULL, 0, 0, false,
@@ -86,7 +86,7 @@ static const dc_cli_option options[] = {
     {"num-inference-steps", DC_CLI_INT, FIELD(num_inference_steps), "N", "20", NULL, 1, 1e6, false,
      "DDIM steps for the whole schedule (strength X runs int(N X) of them)"},
     {"reduce", DC_CLI_STRING, FIELD(reduce), "NAME", "topk-mean", NULL, 0, 0, false,
-     "image score: max, or topk-mean (the mean of the --top-k largest pixels)"},
+     "image score: max, topk-mean (the mean of the --top-k largest pixels) or mean (of all)"},
     {"top-k", DC_CLI_INT, FIELD(top_k), "K", "10", NULL, 1, 1e9, false, "pixels averaged by topk-mean"},
     {"sigma", DC_CLI_FLOAT, FIELD(sigma), "X", "1", NULL, 0, 1000, false,
      "Gaussian smoothing of the map, in pixels of the model's size (0: none)"},
@@ -101,7 +101,8 @@ static const dc_cli_option options[] = {
      "score N images evenly spaced through the dataset (a deterministic subset; 0: all)"},
     {"max-heatmaps", DC_CLI_INT, FIELD(max_heatmaps), "N", "100", NULL, 0, 1e12, false,
      "heatmap PNGs for the first N images scored"},
-    {"no-ema", DC_CLI_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false, "use unet/ even when unet_ema/ exists"},
+    {"no-ema", DC_CLI_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false,
+     "use unet/ even when unet_ema/ exists"},
     {"device", DC_CLI_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false, "auto or cpu (cuda: not yet)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
@@ -176,8 +177,8 @@ static int parse_strengths(run *r) {
 
 static int check_options(run *r) {
     const anomaly_options *o = &r->o;
-    if (strcmp(o->reduce, "max") && strcmp(o->reduce, "topk-mean"))
-        return dc_fail("--reduce: '%s' is not max or topk-mean", o->reduce);
+    if (strcmp(o->reduce, "max") && strcmp(o->reduce, "topk-mean") && strcmp(o->reduce, "mean"))
+        return dc_fail("--reduce: '%s' is not max, topk-mean or mean", o->reduce);
     if (o->labels && o->normal_class)
         return dc_fail("--labels and --normal-class: give one (an MVTec tree, or a labelled dataset)");
     if (dc_cli_check_device(o->device) || parse_strengths(r))
@@ -320,8 +321,8 @@ static int label_image(run *r, int64_t j, const char *name) {
     if (rc == 1) { /* a defect without its mask: no pixel measures */
         free(r->masks);
         r->masks = NULL;
-        fprintf(stderr, "diffc: note: %s: no mask in %s/ground_truth; the pixel measures are left out\n", name,
-                r->o.labels);
+        fprintf(stderr, "diffc: note: %s: no mask in %s/ground_truth; the pixel measures are left out\n",
+                name, r->o.labels);
     }
     return rc < 0 ? -1 : 0;
 }
@@ -440,9 +441,14 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* The pixels the image score averages. */
+static int64_t top_k(const run *r) {
+    return !strcmp(r->o.reduce, "max") ? 1 : !strcmp(r->o.reduce, "mean") ? r->hw : r->o.top_k;
+}
+
 static int score_all(run *r) {
     double t0 = now();
-    int64_t bs = r->o.batch_size, k = strcmp(r->o.reduce, "max") ? r->o.top_k : 1;
+    int64_t bs = r->o.batch_size, k = top_k(r);
     for (int64_t first = 0; first < r->n; first += bs) {
         int64_t b = r->n - first < bs ? r->n - first : bs;
         if (score_batch(r, first, b))
@@ -451,6 +457,8 @@ static int score_all(run *r) {
             if (dc_gaussian_blur(r->maps + j * r->hw, r->h, r->w, r->o.sigma))
                 return -1;
             r->scores[j] = dc_topk_mean(r->maps + j * r->hw, r->hw, k);
+            if (isnan(r->scores[j]))
+                return dc_fail("out of memory for the top-%" PRId64 " pixels", k);
         }
         double s = now() - t0;
         fprintf(stderr, r->tty ? "\rscored %" PRId64 "/%" PRId64 " images, %.1f images/s   "
@@ -578,56 +586,77 @@ static int write_all_heatmaps(const run *r) {
 
 /* ---- evaluation ---- */
 
-static int add_measure(cJSON *json, const char *key, double v) {
-    return cJSON_AddItemToObject(json, key, isnan(v) ? cJSON_CreateNull() : cJSON_CreateNumber(v)) ? 0 : -1;
-}
+typedef struct measures {
+    double image_auroc, pixel_auroc, pro; /* NaN when not measured */
+    int64_t anomalous;
+} measures;
 
-static int evaluate(const run *r) {
-    int64_t pos = 0;
-    for (int64_t j = 0; j < r->n; j++)
-        pos += r->label[j];
+static int measure(const run *r, measures *m) {
+    *m = (measures){NAN, NAN, NAN, 0};
     float *scores = malloc((size_t)r->n * sizeof *scores);
     if (!scores)
         return dc_fail("out of memory");
-    for (int64_t j = 0; j < r->n; j++)
+    for (int64_t j = 0; j < r->n; j++) {
         scores[j] = (float)r->scores[j];
-    double image_auroc = dc_auroc(scores, r->label, r->n), pixel_auroc = NAN, pro = NAN;
-    free(scores);
-    if (r->masks && pos) {
-        pixel_auroc = dc_auroc(r->maps, r->masks, r->n * r->hw);
-        pro = dc_pro_auc(r->maps, r->masks, r->n, r->h, r->w, PRO_MAX_FPR);
+        m->anomalous += r->label[j];
     }
-    if (image_auroc < 0 || pixel_auroc < 0 || pro < 0)
-        return -1;
+    m->image_auroc = dc_auroc(scores, r->label, r->n);
+    free(scores);
+    if (r->masks && m->anomalous) {
+        m->pixel_auroc = dc_auroc(r->maps, r->masks, r->n * r->hw);
+        m->pro = dc_pro_auc(r->maps, r->masks, r->n, r->h, r->w, PRO_MAX_FPR);
+    }
+    return m->image_auroc < 0 || m->pixel_auroc < 0 || m->pro < 0 ? -1 : 0;
+}
+
+static void print_measures(const run *r, const measures *m) {
+    int64_t pos = m->anomalous, neg = r->n - pos;
     if (r->normal_class >= 0)
-        printf("one-class AUROC (normal class %d, %s): %.4f over %" PRId64 " images (%" PRId64
-               " normal, %" PRId64 " anomalous)\n",
-               r->normal_class, r->items.class_names[r->normal_class], image_auroc, r->n, r->n - pos, pos);
+        printf("one-class AUROC (normal class %d, %s): %.4f over %" PRId64 " images (%" PRId64 " normal, %" PRId64
+               " anomalous)\n",
+               r->normal_class, r->items.class_names[r->normal_class], m->image_auroc, r->n, neg, pos);
     else
         printf("image AUROC: %.4f over %" PRId64 " images (%" PRId64 " good, %" PRId64 " defective)\n",
-               image_auroc, r->n, r->n - pos, pos);
-    if (isnan(image_auroc))
+               m->image_auroc, r->n, neg, pos);
+    if (isnan(m->image_auroc))
         printf("  (AUROC needs both normal and anomalous images)\n");
-    if (r->masks && pos)
-        printf("pixel AUROC: %.4f\nPRO (FPR <= %.1f): %.4f\n", pixel_auroc, PRO_MAX_FPR, pro);
+    if (!isnan(m->pixel_auroc))
+        printf("pixel AUROC: %.4f\nPRO (FPR <= %.1f): %.4f\n", m->pixel_auroc, PRO_MAX_FPR, m->pro);
+}
+
+static bool add_measure(cJSON *json, const char *key, double v) {
+    return cJSON_AddItemToObject(json, key, isnan(v) ? cJSON_CreateNull() : cJSON_CreateNumber(v));
+}
+
+/* evaluation.json: the measures (null when not measured) and the counts. */
+static int save_measures(const run *r, const measures *m) {
     cJSON *json = cJSON_CreateObject();
-    int rc = json && !add_measure(json, "image_auroc", image_auroc) && !add_measure(json, "pixel_auroc", pixel_auroc) &&
-                     !add_measure(json, "pro", pro) && cJSON_AddNumberToObject(json, "images", (double)r->n) &&
-                     cJSON_AddNumberToObject(json, "anomalous", (double)pos)
-                 ? 0
-                 : dc_fail("out of memory");
-    char *path = rc ? NULL : dc_path_join(r->o.output_dir, "evaluation.json");
-    rc = rc ? rc : path ? dc_json_save(path, json) : -1;
+    bool ok = json && add_measure(json, "image_auroc", m->image_auroc) &&
+              add_measure(json, "pixel_auroc", m->pixel_auroc) && add_measure(json, "pro", m->pro) &&
+              add_measure(json, "images", (double)r->n) && add_measure(json, "anomalous", (double)m->anomalous);
+    char *path = ok ? dc_path_join(r->o.output_dir, "evaluation.json") : NULL;
+    int rc = !ok ? dc_fail("out of memory") : path ? dc_json_save(path, json) : -1;
     free(path);
     cJSON_Delete(json);
     return rc;
+}
+
+static int evaluate(const run *r) {
+    measures m;
+    if (measure(r, &m))
+        return -1;
+    print_measures(r, &m);
+    return save_measures(r, &m);
 }
 
 static int finish(const run *r) {
     if (write_csv(r) || write_all_heatmaps(r) || (r->label && evaluate(r)))
         return -1;
     char reduce[64];
-    snprintf(reduce, sizeof reduce, strcmp(r->o.reduce, "max") ? "top-%" PRId64 " mean" : "max", r->o.top_k);
+    if (strcmp(r->o.reduce, "topk-mean"))
+        snprintf(reduce, sizeof reduce, "%s", r->o.reduce);
+    else
+        snprintf(reduce, sizeof reduce, "top-%" PRId64 " mean", r->o.top_k);
     printf("%" PRId64 " image%s scored (%s, strength %s, ensemble %" PRId64 ", %s, sigma %g; %" PRId64
            " skipped): %s/scores.csv",
            r->n, r->n == 1 ? "" : "s", r->model.ema ? "EMA weights" : "weights", r->o.strength, r->o.ensemble,

@@ -20,7 +20,7 @@
 int dc_gaussian_blur(float *map, int h, int w, double sigma);
 
 /* The image score of an anomaly map of n pixels: the mean of its k largest
- * values (k = 1: the maximum; k is capped at n). */
+ * values (k = 1: the maximum; k is capped at n). NaN when out of memory. */
 double dc_topk_mean(const float *map, int64_t n, int64_t k);
 
 /* The area under the ROC curve: the probability that a random anomalous
