@@ -7,11 +7,11 @@
 #
 #   scripts/anomaly_oneclass.sh [K ...]            (default: 0 .. 9)
 #
-# Environment: STEPS (training steps per class, default 300), MAX_IMAGES
+# Environment: STEPS (training steps per class, default 1000), MAX_IMAGES
 # (test images scored: evenly spaced through the test set, which is shuffled,
 # so about a tenth of them normal; 0 for all 10,000; default 1000), OUT (out/oneclass),
 # ANOMALY_OPTS (extra `diffc anomaly` options, e.g. "--strength 0.3,0.5
-# --ensemble 2"). A class whose model is already in OUT is not trained again,
+# --ensemble 2"), JOBS (classes trained and scored at once, default 2). A class whose model is already in OUT is not trained again,
 # so scoring variants can be compared on the same models.
 set -euo pipefail
 # One thread: on a busy machine, OpenMP threads that wait for each other at every
@@ -21,8 +21,9 @@ cd "$(dirname "$0")/.."
 
 data=/usr/share/datasets/fashion-mnist
 out=${OUT:-out/oneclass}
-steps=${STEPS:-300}
+steps=${STEPS:-1000}
 max_images=${MAX_IMAGES:-1000}
+jobs=${JOBS:-2}
 classes=("$@")
 [ ${#classes[@]} -gt 0 ] || classes=(0 1 2 3 4 5 6 7 8 9)
 
@@ -31,8 +32,9 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j2 --target diffc >/dev/null
 mkdir -p "$out"
 
-for k in "${classes[@]}"; do
-    model=$out/class-$k
+# Train (unless done) and score class $1.
+one_class() {
+    local k=$1 model=$out/class-$1
     if [ ! -f "$model/model_index.json" ]; then
         echo "== class $k: training ($steps steps) =="
         build/diffc train --config configs/fashion-mnist-oneclass.json --classes "$k" \
@@ -42,8 +44,18 @@ for k in "${classes[@]}"; do
     # shellcheck disable=SC2086 # ANOMALY_OPTS is a list of options
     build/diffc anomaly --model "$model" --images "$data" --normal-class "$k" \
         --max-images "$max_images" --max-heatmaps 20 --output-dir "$out/scores-$k" ${ANOMALY_OPTS:-} \
-        2>"$out/anomaly-$k.log" | tee "$out/result-$k.txt"
+        2>"$out/anomaly-$k.log" >"$out/result-$k.txt"
+    cat "$out/result-$k.txt"
+}
+
+# JOBS classes at a time (one thread each).
+for k in "${classes[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+        wait -n || true
+    done
+    one_class "$k" &
 done
+wait
 
 echo
 echo "one-class AUROC, Fashion-MNIST ($steps training steps per class, $max_images test images${ANOMALY_OPTS:+, $ANOMALY_OPTS})"
