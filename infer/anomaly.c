@@ -259,17 +259,18 @@ static int setup(run *r) {
 
 /* ---- the images ---- */
 
-/* The folder an item lies in (the last one of its name), into buf; "" at the root. */
-static const char *parent_folder(const char *name, char *buf, size_t n) {
-    const char *slash = strrchr(name, '/');
-    if (!slash) {
-        buf[0] = '\0';
-        return buf;
-    }
-    const char *start = slash;
-    while (start > name && start[-1] != '/')
+/* The name of the folder image j lies in (good, or the defect's), into buf; "" when none. */
+static const char *defect_of(const run *r, int64_t j, char *buf, size_t n) {
+    char name_buf[64], path[4096];
+    const char *name = dc_dataset_item_name(&r->items, r->item[j], name_buf, sizeof name_buf);
+    if (!strcmp(r->items.kind, "image file"))
+        snprintf(path, sizeof path, "%s", r->items.root);
+    else
+        snprintf(path, sizeof path, "%s/%s", r->items.root, name);
+    const char *slash = strrchr(path, '/'), *start = slash;
+    while (start && start > path && start[-1] != '/')
         start--;
-    snprintf(buf, n, "%.*s", (int)(slash - start), start);
+    snprintf(buf, n, "%.*s", slash ? (int)(slash - start) : 0, slash ? start : "");
     return buf;
 }
 
@@ -310,8 +311,7 @@ static int label_image(run *r, int64_t j, const char *name) {
         return k < 0 ? dc_fail("%s: the image has no class label", name) : 0;
     }
     char defect[256];
-    parent_folder(name, defect, sizeof defect);
-    if (!defect[0])
+    if (!defect_of(r, j, defect, sizeof defect)[0])
         return dc_fail("%s: --labels needs every image in a folder: good, or the defect's name", name);
     r->label[j] = strcmp(defect, "good") != 0;
     if (!r->masks)
@@ -486,10 +486,8 @@ static void flat_name(char *dst, size_t n, const char *name) {
 static const char *label_text(const run *r, int64_t j, char *buf, size_t n) {
     if (r->normal_class >= 0 || (!r->o.labels && r->items.num_classes))
         return r->items.labels[r->item[j]] >= 0 ? r->items.class_names[r->items.labels[r->item[j]]] : "";
-    if (r->o.labels) {
-        char name_buf[64];
-        return parent_folder(dc_dataset_item_name(&r->items, r->item[j], name_buf, sizeof name_buf), buf, n);
-    }
+    if (r->o.labels)
+        return defect_of(r, j, buf, n);
     return "";
 }
 

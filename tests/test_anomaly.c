@@ -432,6 +432,17 @@ START_TEST(test_mvtec_end_to_end) {
     for (int i = 0; i < rows.n; i++)
         differs |= rows.score[i] != again.score[i];
     ck_assert_msg(differs, "--seed changes nothing");
+
+    /* --images a defect's folder or a single image: labels from the folder they lie in */
+    r = ANOMALY("--model", model, "--labels", tu_path("mv"), "--images", tu_path("mv/test/spot"), "--output-dir",
+                tu_path("out3"));
+    ck_assert_msg(r->status == 0 && strstr(r->out, "image AUROC: nan over 3 images (0 good, 3 defective)") &&
+                      strstr(r->out, "AUROC needs both") && strstr(r->out, "pixel AUROC: "),
+                  "%s%s", r->out, tu_tail(r->err));
+    r = ANOMALY("--model", model, "--labels", tu_path("mv"), "--images", tu_path("mv/test/good/001.png"),
+                "--output-dir", tu_path("out4"));
+    ck_assert_msg(r->status == 0 && strstr(r->out, "over 1 images (1 good, 0 defective)"), "%s%s", r->out,
+                  tu_tail(r->err));
     free(out_copy);
     free(model);
     tu_rmtemp();
