@@ -81,7 +81,7 @@ static const dc_cli_option options[] = {
      "where scores.csv, heatmaps/ and evaluation.json go"},
     {"strength", DC_CLI_STRING, FIELD(strength), "X[,X...]", "0.8", NULL, 0, 0, false,
      "noise level(s) in (0, 1]: the fraction of the denoising steps run; a list averages the maps"},
-    {"ensemble", DC_CLI_INT, FIELD(ensemble), "N", "1", NULL, 1, 1024, false,
+    {"ensemble", DC_CLI_INT, FIELD(ensemble), "N", "4", NULL, 1, 1024, false,
      "noise draws per image and strength, maps averaged"},
     {"num-inference-steps", DC_CLI_INT, FIELD(num_inference_steps), "N", "10", NULL, 1, 1e6, false,
      "DDIM steps for the whole schedule (strength X runs int(N X) of them)"},
