@@ -537,8 +537,11 @@ START_TEST(test_bad_input) {
                                  "1", "--labels", img),
                          "give one");
     tu_assert_user_error(ANOMALY("--model", m, "--labels", img, "--output-dir", out), "cls/test: cannot open");
-    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--device", "cuda"),
-                         "no CUDA kernels yet");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--device",
+                                 tu_cuda_device_count() ? "cuda:63" : "cuda"),
+                         "device 'cuda");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--mixed-precision", "fp8"),
+                         "--mixed-precision");
     ck_assert_int_eq(mkdir(tu_path("empty"), 0755), 0);
     tu_assert_user_error(ANOMALY("--model", m, "--images", tu_path("empty"), "--output-dir", out), "no PNG or JPEG image");
     ck_assert_int_eq(dc_write_file(tu_path("junk.png"), "junk", 4, false), 0);
@@ -569,7 +572,8 @@ START_TEST(test_help) {
     ck_assert_int_eq(r->status, 0);
     const char *every[] = {"--model DIR", "--images DIR|FILE", "--strength X[,X...]", "--ensemble N", "--reduce NAME",
                            "--top-k K", "--sigma X", "--labels DIR", "--normal-class K", "--max-images N",
-                           "--num-inference-steps N", "--batch-size N", "--seed N", "--device NAME"};
+                           "--num-inference-steps N", "--batch-size N", "--seed N", "--device NAME",
+                           "--mixed-precision no|bf16"};
     for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)
         ck_assert_msg(strstr(r->out, every[i]), "--help lacks %s", every[i]);
 }
