@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 typedef struct {
-    dc_source src; /* an empty source (count 1) for a single file */
+    dc_source src; /* the source; left zeroed for a single file */
     char *file;    /* the single file, or NULL */
     const char *base;
 } items_impl;
