@@ -254,24 +254,25 @@ void dc_dataset_close(dc_dataset *ds) {
 
 /* ---- a subset of the classes ---- */
 
-/* The class that `name` (an index or a class name, len bytes) means; -1 after dc_fail. */
-static int class_index(const dc_dataset *ds, const char *name, size_t len) {
-    for (int k = 0; k < ds->num_classes; k++)
-        if (strlen(ds->class_names[k]) == len && !strncmp(ds->class_names[k], name, len))
+int dc_class_index(char *const *class_names, int num_classes, const char *name, size_t len) {
+    for (int k = 0; k < num_classes; k++)
+        if (strlen(class_names[k]) == len && !strncmp(class_names[k], name, len))
             return k;
     char *end;
     long k = strtol(name, &end, 10);
-    if (len && end == name + len && k >= 0 && k < ds->num_classes)
+    if (len && end == name + len && k >= 0 && k < num_classes)
         return (int)k;
-    return dc_fail("class '%.*s': the dataset's classes are 0..%d (%s .. %s)", (int)len, name,
-                   ds->num_classes - 1, ds->class_names[0], ds->class_names[ds->num_classes - 1]);
+    if (num_classes < 1)
+        return dc_fail("class '%.*s': the dataset has no class labels", (int)len, name);
+    return dc_fail("class '%.*s': the dataset's classes are 0..%d (%s .. %s)", (int)len, name, num_classes - 1,
+                   class_names[0], class_names[num_classes - 1]);
 }
 
 /* want[k] = 1 for every class of spec. */
 static int parse_classes(const dc_dataset *ds, const char *spec, uint8_t *want) {
     for (const char *p = spec;;) {
         size_t len = strcspn(p, ",");
-        int k = class_index(ds, p, len);
+        int k = dc_class_index(ds->class_names, ds->num_classes, p, len);
         if (k < 0)
             return -1;
         want[k] = 1;

@@ -85,6 +85,9 @@ void dc_dataset_close(dc_dataset *ds);
  * commas ("3", "0,2", "Trouser"). Errors: an unlabelled dataset, a class it
  * does not have, a class with no image. *idx is malloc'ed. */
 int dc_dataset_select_classes(const dc_dataset *ds, const char *spec, int64_t **idx, int64_t *n);
+/* The class that name[0..len) means: a class name, else an index; -1 after
+ * dc_fail (the message lists the classes). */
+int dc_class_index(char *const *class_names, int num_classes, const char *name, size_t len);
 
 /* The items of a source read one at a time, as decoded, without a cache,
  * with the name each came from: for commands that score given images

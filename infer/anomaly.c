@@ -227,20 +227,9 @@ static int resolve_classes(run *r) {
     const dc_dataset_items *it = &r->items;
     int null_class = dc_unet_null_class(&r->model.cfg);
     r->normal_class = -1;
-    if (r->o.normal_class) {
-        if (it->num_classes < 1)
-            return dc_fail("--normal-class %s: %s has no class labels", r->o.normal_class, r->images_path);
-        for (int k = 0; k < it->num_classes && r->normal_class < 0; k++)
-            if (!strcmp(it->class_names[k], r->o.normal_class))
-                r->normal_class = k;
-        char *end;
-        long k = strtol(r->o.normal_class, &end, 10);
-        if (r->normal_class < 0 && end != r->o.normal_class && !*end && k >= 0 && k < it->num_classes)
-            r->normal_class = (int)k;
-        if (r->normal_class < 0)
-            return dc_fail("--normal-class %s: the dataset's classes are 0..%d (%s .. %s)", r->o.normal_class,
-                           it->num_classes - 1, it->class_names[0], it->class_names[it->num_classes - 1]);
-    }
+    const char *k = r->o.normal_class;
+    if (k && (r->normal_class = dc_class_index(it->class_names, it->num_classes, k, strlen(k))) < 0)
+        return dc_fail_prefix("--normal-class");
     if (null_class >= 0 && r->normal_class >= null_class)
         return dc_fail("--normal-class %d: the model's labels are 0..%d", r->normal_class, null_class - 1);
     r->cond_label = null_class < 0 ? -1 : r->normal_class >= 0 ? r->normal_class : null_class;

@@ -529,10 +529,10 @@ START_TEST(test_bad_input) {
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--reduce", "median"),
                          "--reduce: 'median' is not max, topk-mean or mean");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--normal-class", "c"),
-                         "--normal-class c: the dataset's classes are 0..1");
+                         "--normal-class: class 'c': the dataset's classes are 0..1 (a .. b)");
     tu_assert_user_error(ANOMALY("--model", m, "--images", tu_path("cls/a"), "--output-dir", out,
                                  "--normal-class", "0"),
-                         "has no class labels");
+                         "--normal-class: class '0': the dataset has no class labels");
     tu_assert_user_error(ANOMALY("--model", CLASS_MODEL, "--images", img, "--output-dir", out, "--normal-class",
                                  "1", "--labels", img),
                          "give one");
