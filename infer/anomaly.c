@@ -680,7 +680,7 @@ static void run_free(run *r) {
 
 int dc_cmd_anomaly(int argc, char **argv) {
     run r = {0};
-    int rc = dc_cli_parse(&cli, &r.o, sizeof r.o, argc, argv);
+    int rc = dc_cli_parse(&cli, &r.o, argc, argv);
     if (rc == DC_CLI_HELP) {
         dc_cli_help(&cli, stdout);
         return 0;

@@ -18,7 +18,6 @@
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
 
-#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
@@ -128,16 +127,6 @@ static int parse_args(sample_options *so, int argc, char **argv) {
 }
 
 /* ---- what the options mean for this model ---- */
-
-/* --device and --mixed-precision: the device, its arithmetic set. */
-static int resolve_device(const sample_options *so, int *device) {
-    dc_math math;
-    if (dc_device_resolve(so->device, device))
-        return -1;
-    if (dc_math_parse(so->mixed_precision, &math))
-        return dc_fail_prefix("--mixed-precision");
-    return dc_device_set_math(*device, math);
-}
 
 /* The labels cycled over the images: --class-label's, or every class. */
 static int class_labels(const sample_options *so, const dc_unet_config *c, int32_t **labels, int *n) {
@@ -310,7 +299,8 @@ static void on_step(void *arg, int64_t first, int64_t b, int done, int steps) {
 static int setup(run *r) {
     const sample_options *o = &r->o;
     int device;
-    if (resolve_device(o, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, device))
+    if (dc_cli_resolve_device(o->device, o->mixed_precision, &device) ||
+        dc_model_load_on(&r->model, o->model, !o->no_ema, device))
         return -1;
     const dc_unet_config *c = &r->model.cfg;
     if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||
