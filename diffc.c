@@ -16,6 +16,7 @@ static const command commands[] = {
     {"train", dc_cmd_train, "train --config FILE [options]  train or fine-tune a UNet"},
     {"sample", dc_cmd_sample, "sample --model DIR [options]   generate images with a trained model"},
     {"augment", dc_cmd_augment, "augment --model DIR [options]  synthetic training data from a model and a dataset"},
+    {"anomaly", dc_cmd_anomaly, "anomaly --model DIR [options]  score images for anomalies by reconstruction"},
     {"info", dc_cmd_info, "info FILE|DIR                  what a weight file, checkpoint or dataset holds"},
 };
 

@@ -251,3 +251,56 @@ void dc_dataset_close(dc_dataset *ds) {
     dc_unmap_file(ds->map, ds->map_size);
     memset(ds, 0, sizeof *ds);
 }
+
+/* ---- a subset of the classes ---- */
+
+int dc_class_index(char *const *class_names, int num_classes, const char *name, size_t len) {
+    for (int k = 0; k < num_classes; k++)
+        if (strlen(class_names[k]) == len && !strncmp(class_names[k], name, len))
+            return k;
+    char *end;
+    long k = strtol(name, &end, 10);
+    if (len && end == name + len && k >= 0 && k < num_classes)
+        return (int)k;
+    if (num_classes < 1)
+        return dc_fail("class '%.*s': the dataset has no class labels", (int)len, name);
+    return dc_fail("class '%.*s': the dataset's classes are 0..%d (%s .. %s)", (int)len, name, num_classes - 1,
+                   class_names[0], class_names[num_classes - 1]);
+}
+
+/* want[k] = 1 for every class of spec. */
+static int parse_classes(const dc_dataset *ds, const char *spec, uint8_t *want) {
+    for (const char *p = spec;;) {
+        size_t len = strcspn(p, ",");
+        int k = dc_class_index(ds->class_names, ds->num_classes, p, len);
+        if (k < 0)
+            return -1;
+        want[k] = 1;
+        if (!p[len])
+            return 0;
+        p += len + 1;
+    }
+}
+
+int dc_dataset_select_classes(const dc_dataset *ds, const char *spec, int64_t **idx, int64_t *n) {
+    *idx = NULL;
+    *n = 0;
+    if (ds->num_classes < 1)
+        return dc_fail("classes %s: the dataset has no class labels", spec);
+    uint8_t *want = calloc((size_t)ds->num_classes, 1);
+    int64_t *count = calloc((size_t)ds->num_classes, sizeof *count);
+    int rc = want && count ? parse_classes(ds, spec, want) : dc_fail("out of memory");
+    for (int64_t i = 0; !rc && i < ds->count; i++)
+        count[ds->labels[i]] += ds->labels[i] >= 0;
+    for (int k = 0; !rc && k < ds->num_classes; k++)
+        if (want[k] && !count[k])
+            rc = dc_fail("class %d (%s): the dataset has no image of it", k, ds->class_names[k]);
+    if (!rc && !(*idx = malloc((size_t)ds->count * sizeof **idx)))
+        rc = dc_fail("out of memory");
+    for (int64_t i = 0; !rc && i < ds->count; i++)
+        if (ds->labels[i] >= 0 && want[ds->labels[i]])
+            (*idx)[(*n)++] = i;
+    free(want);
+    free(count);
+    return rc;
+}

@@ -37,6 +37,8 @@
 #ifndef DC_DATA_DATASET_H
 #define DC_DATA_DATASET_H
 
+#include "image.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -76,6 +78,39 @@ int dc_dataset_open(dc_dataset *ds, const char *source, const dc_dataset_options
 /* Open a cache file directly (as `diffc info` does). */
 int dc_dataset_open_cache(dc_dataset *ds, const char *cache_path);
 void dc_dataset_close(dc_dataset *ds);
+
+/* The indices of the images of some classes, in dataset order, for training
+ * on part of a dataset (`diffc train --classes`, the one-class protocol of
+ * anomaly detection). `spec` lists classes by index or by name, separated by
+ * commas ("3", "0,2", "Trouser"). Errors: an unlabelled dataset, a class it
+ * does not have, a class with no image. *idx is malloc'ed. */
+int dc_dataset_select_classes(const dc_dataset *ds, const char *spec, int64_t **idx, int64_t *n);
+/* The class that name[0..len) means: a class name, else an index; -1 after
+ * dc_fail (the message lists the classes). */
+int dc_class_index(char *const *class_names, int num_classes, const char *name, size_t len);
+
+/* The items of a source read one at a time, as decoded, without a cache,
+ * with the name each came from: for commands that score given images
+ * (`diffc anomaly`) and must say which file a score is for. `source` is any
+ * dataset (an image folder, IDX, CIFAR-10) or a single PNG/JPEG file. */
+typedef struct dc_dataset_items {
+    const char *kind;         /* "image folder", "IDX", "CIFAR-10", "image file" */
+    const char *root;         /* the absolute path opened */
+    int64_t count;            /* items, some of which may turn out unreadable */
+    int num_classes;          /* 0 when unlabelled */
+    char *const *class_names; /* [num_classes] */
+    const int32_t *labels;    /* [count], -1 unlabelled */
+    void *impl;
+} dc_dataset_items;
+
+int dc_dataset_items_open(dc_dataset_items *it, const char *source, const char *split);
+/* Item i's name: its path relative to the root (a folder), the file's name,
+ * or "image <i>" (IDX, CIFAR-10; written into buf). */
+const char *dc_dataset_item_name(const dc_dataset_items *it, int64_t i, char *buf, size_t n);
+/* Decode item i: 0; 1 when it must be skipped (the reason in dc_error(),
+ * without the name); -1 on a fatal error. */
+int dc_dataset_item_image(const dc_dataset_items *it, int64_t i, dc_image *img);
+void dc_dataset_items_close(dc_dataset_items *it); /* safe on a zeroed or closed one */
 
 /* What `source` holds without building a cache: image count, size range,
  * channels, classes with counts, skipped files with reasons. For `diffc info`.

@@ -9,6 +9,8 @@
 #include "autograd/error.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -329,4 +331,29 @@ int dc_image_grid(dc_image *dst, const dc_image *imgs, int n, int cols, int gap)
             memcpy(dst->px + ((y + r) * dst->w + x) * c, imgs[i].px + (size_t)r * w * c, (size_t)w * c);
     }
     return 0;
+}
+
+static const char *channel_name(int c) { return c == 1 ? "gray" : "RGB"; }
+
+int dc_image_fit(dc_image *dst, const dc_image *src, int c, int w, int h, char *note, size_t n) {
+    dc_image conv = {0};
+    const dc_image *cur = src;
+    int rc = 0;
+    size_t k = 0;
+    note[0] = '\0';
+    if (src->c != c) {
+        k += (size_t)snprintf(note, n, "%s converted to %s", channel_name(src->c), channel_name(c));
+        rc = dc_image_convert(&conv, src, c);
+        cur = &conv;
+    }
+    if (!rc && (cur->w != w || cur->h != h)) {
+        bool crop = w == h && cur->w != cur->h;
+        snprintf(note + (k < n ? k : n), k < n ? n - k : 0, "%s%dx%d resized%s to %dx%d", k ? "; " : "",
+                 cur->w, cur->h, crop ? " and centre-cropped" : "", w, h);
+        rc = crop ? dc_image_resize_center_crop(dst, cur, w) : dc_image_resize(dst, cur, w, h);
+    } else if (!rc) {
+        rc = dc_image_crop(dst, cur, 0, 0, cur->w, cur->h);
+    }
+    dc_image_free(&conv);
+    return rc;
 }

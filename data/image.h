@@ -63,6 +63,12 @@ int dc_image_resize(dc_image *dst, const dc_image *src, int w, int h);
  * torchvision's Resize(size, interpolation=BICUBIC) + CenterCrop(size) on a
  * PIL image, pixel for pixel. Only the kept square is computed. */
 int dc_image_resize_center_crop(dc_image *dst, const dc_image *src, int size);
+/* Bring an image to c channels and w x h as a model wants it: convert the
+ * channels, then resize (a square target from a non-square source: shorter
+ * side and centre crop, as training does). `note` (n bytes) says what was
+ * done ("gray converted to RGB; 28x28 resized to 32x32"), "" when nothing
+ * was: dst is then a copy. */
+int dc_image_fit(dc_image *dst, const dc_image *src, int c, int w, int h, char *note, size_t n);
 /* The w x h window at (x, y); must lie inside src. */
 int dc_image_crop(dc_image *dst, const dc_image *src, int x, int y, int w, int h);
 /* Mirror left-right in place. */

@@ -4,7 +4,8 @@
  *
  * The order, exactly (a contract: checkpoints store only the cursor):
  *
- *  - Epoch e is a Fisher-Yates shuffle of the identity [0, n), n = count,
+ *  - Epoch e is a Fisher-Yates shuffle of the identity [0, n), n = count
+ *    (or n = n_subset, the permutation then indexing the subset's list),
  *    driven by Philox keyed (seed, stream e): step t = 0 .. n - 2 swaps
  *    perm[i] and perm[j], where i = n - 1 - t, j = floor(r (i + 1) / 2^64)
  *    and r is the 64-bit number whose low and high words are words 2h and
@@ -81,6 +82,9 @@ struct dc_loader {
 
 /* ---- the order ---- */
 
+/* The images drawn from: the subset's, else the whole dataset's. */
+static int64_t pool_size(const dc_loader_config *cfg) { return cfg->subset ? cfg->n_subset : cfg->ds->count; }
+
 /* perm = epoch e's permutation of [0, n) (see the top of the file). */
 static void shuffle(int64_t *perm, int64_t n, uint64_t seed, int64_t e) {
     for (int64_t i = 0; i < n; i++)
@@ -107,14 +111,15 @@ static int64_t position(const dc_loader *l, int64_t k, int i) {
 /* ids = the dataset indices of this rank's share of batch k. Called under
  * the lock, with k larger than any batch looked up before. */
 static void lookup_ids(dc_loader *l, int64_t k, int64_t *ids) {
-    int64_t n = l->cfg.ds->count;
+    int64_t n = pool_size(&l->cfg);
     for (int i = 0; i < l->cfg.batch_size; i++) {
         int64_t p = position(l, k, i), e = p / n;
         if (e != l->perm_epoch) {
             shuffle(l->perm, n, l->cfg.seed, e);
             l->perm_epoch = e;
         }
-        ids[i] = l->perm[p - e * n];
+        int64_t q = l->perm[p - e * n];
+        ids[i] = l->cfg.subset ? l->cfg.subset[q] : q;
     }
 }
 
@@ -206,7 +211,7 @@ int64_t dc_loader_cursor(const dc_loader *l) { return l->cursor; }
 int64_t dc_loader_epoch(const dc_loader *l, int64_t batch_index) {
     if (batch_index < 0 || batch_index > l->last)
         return -1;
-    return batch_index * l->group / l->cfg.ds->count;
+    return batch_index * l->group / pool_size(&l->cfg);
 }
 
 /* ---- open and close ---- */
@@ -225,6 +230,12 @@ static int check_config(const dc_loader_config *cfg, int64_t cursor) {
     if (ds->h < 1 || ds->w < 1 || ds->c < 1 || !ds->pixels || !ds->labels)
         return dc_fail("loader: the dataset has no pixels or labels (%d x %d x %d images)", ds->h,
                        ds->w, ds->c);
+    if (cfg->subset && cfg->n_subset < 1)
+        return dc_fail("loader: the subset of the dataset is empty");
+    for (int64_t i = 0; cfg->subset && i < cfg->n_subset; i++)
+        if (cfg->subset[i] < 0 || cfg->subset[i] >= ds->count)
+            return dc_fail("loader: subset index %lld is outside the dataset's %lld images",
+                           (long long)cfg->subset[i], (long long)ds->count);
     if (cfg->batch_size < 1)
         return dc_fail("loader: batch size %d: must be at least 1", cfg->batch_size);
     if (cfg->world < 1)
@@ -260,7 +271,7 @@ static int alloc_buffers(dc_loader *l) {
     const dc_loader_config *cfg = &l->cfg;
     int c = cfg->ds->c, bs = cfg->batch_size;
     size_t image_bytes = bytes_of(sizeof(float), bs, (int64_t)l->oh * l->ow, c);
-    size_t perm_bytes = bytes_of(sizeof(int64_t), cfg->ds->count, 1, 1);
+    size_t perm_bytes = bytes_of(sizeof(int64_t), pool_size(cfg), 1, 1);
     if (!image_bytes || !perm_bytes)
         return dc_fail("loader: a batch of %d x %d x %d x %d floats is too large", bs, l->oh, l->ow, c);
     l->perm = malloc(perm_bytes);

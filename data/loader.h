@@ -26,6 +26,9 @@
 
 typedef struct dc_loader_config {
     const dc_dataset *ds;
+    const int64_t *subset; /* [n_subset] the dataset indices to draw from, ascending (NULL: all); the
+                              order below is over positions in this list */
+    int64_t n_subset;
     int batch_size;   /* per rank */
     int rank, world;  /* 0, 1 for a single process */
     uint64_t seed;

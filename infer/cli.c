@@ -1,6 +1,7 @@
 /* Table-driven command lines for the infer/ subcommands (see cli.h). */
 #include "cli.h"
 
+#include "autograd/device.h"
 #include "autograd/error.h"
 
 #include <errno.h>
@@ -95,4 +96,13 @@ int dc_cli_parse(const dc_cli *cli, void *opts, int argc, char **argv) {
             return -1;
     }
     return DC_CLI_PARSED;
+}
+
+int dc_cli_resolve_device(const char *device_name, const char *mixed_precision, int *device) {
+    dc_math math;
+    if (dc_device_resolve(device_name, device))
+        return -1;
+    if (dc_math_parse(mixed_precision, &math))
+        return dc_fail_prefix("--mixed-precision");
+    return dc_device_set_math(*device, math);
 }

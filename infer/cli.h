@@ -47,4 +47,9 @@ int dc_cli_parse(const dc_cli *cli, void *opts, int argc, char **argv);
 /* Print "diffc: error: <fmt with arg>" and the usage line; DC_CLI_USAGE. */
 int dc_cli_usage_error(const dc_cli *cli, const char *fmt, const char *arg);
 void dc_cli_help(const dc_cli *cli, FILE *f);
+
+/* --device and --mixed-precision (autograd/device.h): the device, with its
+ * arithmetic set. */
+int dc_cli_resolve_device(const char *device_name, const char *mixed_precision, int *device);
+
 #endif

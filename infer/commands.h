@@ -3,6 +3,7 @@
 #ifndef DC_INFER_COMMANDS_H
 #define DC_INFER_COMMANDS_H
 
+int dc_cmd_anomaly(int argc, char **argv);
 int dc_cmd_info(int argc, char **argv);
 int dc_cmd_sample(int argc, char **argv);
 int dc_cmd_augment(int argc, char **argv);

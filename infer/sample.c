@@ -18,7 +18,6 @@
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
 
-#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
@@ -129,16 +128,6 @@ static int parse_args(sample_options *so, int argc, char **argv) {
 
 /* ---- what the options mean for this model ---- */
 
-/* --device and --mixed-precision: the device, its arithmetic set. */
-static int resolve_device(const sample_options *so, int *device) {
-    dc_math math;
-    if (dc_device_resolve(so->device, device))
-        return -1;
-    if (dc_math_parse(so->mixed_precision, &math))
-        return dc_fail_prefix("--mixed-precision");
-    return dc_device_set_math(*device, math);
-}
-
 /* The labels cycled over the images: --class-label's, or every class. */
 static int class_labels(const sample_options *so, const dc_unet_config *c, int32_t **labels, int *n) {
     *labels = NULL;
@@ -222,27 +211,13 @@ typedef struct init_images {
     int h, w, c;
 } init_images;
 
-static const char *channel_name(int c) { return c == 1 ? "gray" : "RGB"; }
-
 /* Decode `path` and bring it to the model's channels and size, with a note when it had to. */
 static int add_init_image(init_images *in, const char *path) {
-    dc_image img = {0}, conv = {0}, sized = {0};
-    int rc = dc_image_load(&img, path);
-    const dc_image *cur = &img;
-    if (!rc && cur->c != in->c) {
-        fprintf(stderr, "diffc: note: %s: %s converted to %s for the model\n", path, channel_name(cur->c),
-                channel_name(in->c));
-        rc = dc_image_convert(&conv, cur, in->c);
-        cur = &conv;
-    }
-    if (!rc && (cur->w != in->w || cur->h != in->h)) {
-        bool crop = in->w == in->h && cur->w != cur->h; /* as training does: shorter side, centre square */
-        fprintf(stderr, "diffc: note: %s: %dx%d resized%s to %dx%d\n", path, cur->w, cur->h,
-                crop ? " and centre-cropped" : "", in->w, in->h);
-        rc = crop ? dc_image_resize_center_crop(&sized, cur, in->w)
-                  : dc_image_resize(&sized, cur, in->w, in->h);
-        cur = &sized;
-    }
+    dc_image img = {0}, sized = {0};
+    char note[128];
+    int rc = dc_image_load(&img, path) || dc_image_fit(&sized, &img, in->c, in->w, in->h, note, sizeof note);
+    if (!rc && note[0])
+        fprintf(stderr, "diffc: note: %s: %s\n", path, note);
     int64_t per = (int64_t)in->h * in->w * in->c;
     if (!rc && in->n == in->cap) {
         int64_t cap = in->cap ? 2 * in->cap : 8;
@@ -252,9 +227,8 @@ static int add_init_image(init_images *in, const char *path) {
             in->px = px, in->cap = cap;
     }
     if (!rc)
-        dc_u8_to_float(in->px + in->n++ * per, cur->px, (size_t)per);
+        dc_u8_to_float(in->px + in->n++ * per, sized.px, (size_t)per);
     dc_image_free(&img);
-    dc_image_free(&conv);
     dc_image_free(&sized);
     return rc;
 }
@@ -325,7 +299,8 @@ static void on_step(void *arg, int64_t first, int64_t b, int done, int steps) {
 static int setup(run *r) {
     const sample_options *o = &r->o;
     int device;
-    if (resolve_device(o, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, device))
+    if (dc_cli_resolve_device(o->device, o->mixed_precision, &device) ||
+        dc_model_load_on(&r->model, o->model, !o->no_ema, device))
         return -1;
     const dc_unet_config *c = &r->model.cfg;
     if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||

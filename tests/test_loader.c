@@ -406,6 +406,56 @@ START_TEST(test_close_while_busy) {
 }
 END_TEST
 
+/* ---- class subsets (dc_dataset_select_classes) ---- */
+
+/* Every epoch over a subset of classes holds each image of those classes
+ * exactly once and nothing else; unknown or absent classes are refused. */
+START_TEST(test_class_subset) {
+    dc_dataset ds = make_dataset(97, 4, 4, 1, true);
+    char *names[10] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"};
+    ds.num_classes = 10;
+    ds.class_names = names;
+    int32_t *labels = (int32_t *)ds.labels;
+    labels[5] = 9; /* at least one image of class 9 and of class 2 */
+    labels[6] = 2;
+    int64_t *idx, n, want = 0;
+    ck_assert_msg(dc_dataset_select_classes(&ds, "2,nine", &idx, &n) == 0, "%s", dc_error());
+    for (int64_t i = 0; i < ds.count; i++)
+        want += labels[i] == 2 || labels[i] == 9;
+    ck_assert_int_eq(n, want);
+    dc_loader_config cfg = config(&ds, 3, 2);
+    cfg.subset = idx;
+    cfg.n_subset = n;
+    int nb = (int)(2 * n / 3); /* two epochs, give or take a batch */
+    record r = run(&cfg, 0, nb);
+    int *seen = calloc((size_t)ds.count, sizeof *seen);
+    for (int64_t j = 0; j < (int64_t)nb * 3; j++) {
+        int64_t id = r.ids[j];
+        ck_assert_msg(labels[id] == 2 || labels[id] == 9, "image %lld of class %d", (long long)id, labels[id]);
+        ck_assert_int_eq(r.labels[j], labels[id]);
+        if (j < n) /* the first epoch: each once */
+            ck_assert_msg(seen[id]++ == 0, "image %lld twice in an epoch", (long long)id);
+    }
+    free(seen);
+    free_record(&r);
+    free(idx);
+    int32_t saved = labels[6];
+    for (int64_t i = 0; i < ds.count; i++)
+        labels[i] = labels[i] == 2 ? 3 : labels[i];
+    ck_assert_int_eq(dc_dataset_select_classes(&ds, "2", &idx, &n), -1);
+    ck_assert_msg(strstr(dc_error(), "class 2 (two): the dataset has no image of it"), "%s", dc_error());
+    labels[6] = saved;
+    ck_assert_int_eq(dc_dataset_select_classes(&ds, "10", &idx, &n), -1);
+    ck_assert_msg(strstr(dc_error(), "class '10'"), "%s", dc_error());
+    ck_assert_int_eq(dc_dataset_select_classes(&ds, "1,", &idx, &n), -1);
+    ds.num_classes = 0;
+    ck_assert_int_eq(dc_dataset_select_classes(&ds, "1", &idx, &n), -1);
+    ck_assert_ptr_null(idx);
+    ds.class_names = NULL;
+    free_dataset(&ds);
+}
+END_TEST
+
 /* ---- refused configurations ---- */
 
 START_TEST(test_bad_config) {
@@ -460,6 +510,7 @@ int main(void) {
     tcase_add_test(tc, test_epoch_and_end);
     tcase_add_test(tc, test_flip_and_crop);
     tcase_add_test(tc, test_close_while_busy);
+    tcase_add_test(tc, test_class_subset);
     tcase_add_test(tc, test_bad_config);
     return tu_run(s);
 }

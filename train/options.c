@@ -65,6 +65,8 @@ static const dc_train_option table[] = {
     STRING("data", train_data_dir, NULL, "DIR", 0,
            "the training images: a folder of PNG/JPEG (classes = subfolders), MNIST/Fashion-MNIST IDX files "
            "or CIFAR-10 batches"),
+    STRING("data", classes, NULL, "K[,K...]", 0,
+           "train on the images of these classes only: indices or names, comma-separated (unset: all)"),
     STRING("data", cache_dir, NULL, "DIR", 0,
            "where the decoded dataset cache is kept (unset: $DIFFC_CACHE_DIR, else ~/.cache/diffc)"),
     INT("data", resolution, "64", 1, 65536,

@@ -45,6 +45,7 @@ typedef struct dc_train_options {
     double dropout;         /* NaN: the model config's */
     /* data */
     char *train_data_dir;
+    char *classes; /* "3", "0,2", "Trouser": train on these classes only; NULL: all */
     char *cache_dir;
     int64_t resolution;
     bool random_flip;

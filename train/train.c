@@ -99,6 +99,7 @@ typedef struct trainer {
     dc_params ps;
     dc_noise_schedule sched;
     dc_dataset ds;
+    int64_t *subset, n_subset; /* --classes: the images trained on (NULL: all) */
     dc_loader *loader;
     dc_adamw opt;
     dc_ema ema;
@@ -236,6 +237,9 @@ static int64_t global_batch(const trainer *tr) {
 static int open_data(trainer *tr) {
     if (open_dataset(tr) || check_data_fits(tr))
         return -1;
+    if (tr->o.classes && dc_dataset_select_classes(&tr->ds, tr->o.classes, &tr->subset, &tr->n_subset))
+        return dc_fail_prefix(tr->o.train_data_dir);
+    int64_t count = tr->subset ? tr->n_subset : tr->ds.count;
     int64_t workers = tr->o.dataloader_num_workers;
     if (workers == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -243,8 +247,10 @@ static int open_data(trainer *tr) {
     }
     int64_t per_step = global_batch(tr);
     tr->total = tr->o.max_train_steps ? tr->o.max_train_steps
-                                      : tr->o.num_epochs * ((tr->ds.count + per_step - 1) / per_step);
+                                      : tr->o.num_epochs * ((count + per_step - 1) / per_step);
     dc_loader_config lc = {.ds = &tr->ds,
+                           .subset = tr->subset,
+                           .n_subset = tr->n_subset,
                            .batch_size = (int)tr->o.train_batch_size,
                            .rank = tr->dist.rank,
                            .world = tr->dist.world,
@@ -714,6 +720,7 @@ static int run(trainer *tr) {
 static void trainer_free(trainer *tr) {
     dc_loader_close(tr->loader);
     dc_dataset_close(&tr->ds);
+    free(tr->subset);
     dc_metrics_close(tr->metrics);
     dc_tb_close(tr->tb);
     dc_ctx_free(&tr->ctx);

@@ -1,0 +1,597 @@
+/* `diffc anomaly` and its evaluation: AUROC and PRO against brute-force
+ * computations written here (pairwise comparisons; flood fills by union-find
+ * and the curve point by point) on fresh random data full of ties; the
+ * Gaussian smoothing against a direct 2D convolution; the top-k score; an
+ * end-to-end run on an MVTec-style tree made here (good images and images
+ * with a painted defect, with masks) scored by a model trained here for a
+ * few steps on the good images (`diffc train --classes good`): CSV,
+ * heatmaps, printed and saved measures that agree with the CSV, scores
+ * independent of the batch size; the one-class protocol on a class folder;
+ * bad input. */
+#define _GNU_SOURCE /* strdup */
+#include "testutil.h"
+
+#include "autograd/error.h"
+#include "autograd/fileio.h"
+#include "data/image.h"
+#include "infer/anomaly_eval.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CLASS_MODEL "tests/fixtures/unet_attn_class" /* 5 class embeddings, RGB 8x8 */
+#define BARE_MODEL "tests/fixtures/unet_legacy"      /* unconditional, RGB 8x8 */
+
+/* ---- AUROC ---- */
+
+/* Pairs (anomalous, normal) ordered correctly, ties one half. */
+static double brute_auroc(const float *s, const uint8_t *y, int64_t n) {
+    double wins = 0, pairs = 0;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++)
+            if (y[i] && !y[j]) {
+                pairs++;
+                wins += s[i] > s[j] ? 1 : s[i] == s[j] ? 0.5 : 0;
+            }
+    return pairs ? wins / pairs : NAN;
+}
+
+START_TEST(test_auroc_brute_force) {
+    for (int trial = 0; trial < 40; trial++) {
+        int64_t n = 1 + (int64_t)(tu_next() % 300);
+        int levels = 1 + (int)(tu_next() % 12); /* few levels: many ties */
+        float *s = malloc((size_t)n * sizeof *s);
+        uint8_t *y = malloc((size_t)n);
+        for (int64_t i = 0; i < n; i++) {
+            y[i] = tu_next() % 3 == 0;
+            s[i] = (float)(tu_next() % (uint64_t)levels) / 4.0f + (y[i] ? 0.25f : 0.0f) * (float)(tu_next() % 2);
+        }
+        double got = dc_auroc(s, y, n), want = brute_auroc(s, y, n);
+        if (isnan(want))
+            ck_assert_msg(isnan(got), "trial %d: got %g, one class is empty", trial, got);
+        else
+            ck_assert_msg(fabs(got - want) < 1e-12, "trial %d (n %lld): got %.15g, want %.15g", trial,
+                          (long long)n, got, want);
+        free(s);
+        free(y);
+    }
+}
+END_TEST
+
+START_TEST(test_auroc_extremes) {
+    float s[6] = {0.1f, 0.2f, 0.3f, 0.7f, 0.8f, 0.9f};
+    uint8_t y[6] = {0, 0, 0, 1, 1, 1}, flipped[6] = {1, 1, 1, 0, 0, 0};
+    ck_assert(dc_auroc(s, y, 6) == 1.0);
+    ck_assert(dc_auroc(s, flipped, 6) == 0.0);
+    float same[4] = {2, 2, 2, 2};
+    uint8_t y4[4] = {0, 1, 0, 1};
+    ck_assert(dc_auroc(same, y4, 4) == 0.5);
+}
+END_TEST
+
+/* ---- PRO ---- */
+
+static int64_t find(int64_t *parent, int64_t a) {
+    while (parent[a] != a)
+        a = parent[a] = parent[parent[a]];
+    return a;
+}
+
+/* Region of every mask pixel (a root index) by union-find over 8-neighbours; -1 elsewhere. */
+static void regions_union_find(const uint8_t *mask, int64_t n_img, int h, int w, int64_t *root) {
+    int64_t hw = (int64_t)h * w;
+    for (int64_t p = 0; p < n_img * hw; p++)
+        root[p] = p;
+    for (int64_t k = 0; k < n_img; k++)
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                for (int dy = 0; dy <= 1; dy++)
+                    for (int dx = -1; dx <= 1; dx++) {
+                        int yy = y + dy, xx = x + dx;
+                        int64_t p = k * hw + (int64_t)y * w + x, q = k * hw + (int64_t)yy * w + xx;
+                        if ((dy || dx > 0) && yy < h && xx >= 0 && xx < w && mask[p] && mask[q])
+                            root[find(root, p)] = find(root, q);
+                    }
+    for (int64_t p = 0; p < n_img * hw; p++)
+        root[p] = mask[p] ? find(root, p) : -1;
+}
+
+/* The PRO curve at every distinct threshold, point by point, and its
+ * normalised area up to max_fpr. */
+static double brute_pro(const float *map, const uint8_t *mask, int64_t n_img, int h, int w, double max_fpr) {
+    int64_t n = n_img * h * w;
+    int64_t *root = malloc((size_t)n * sizeof *root);
+    regions_union_find(mask, n_img, h, w, root);
+    float *t = malloc((size_t)n * sizeof *t);
+    memcpy(t, map, (size_t)n * sizeof *t);
+    /* thresholds, descending, distinct (selection sort: n is small) */
+    int64_t nt = 0;
+    for (;;) {
+        float best = -INFINITY;
+        bool any = false;
+        for (int64_t i = 0; i < n; i++)
+            if ((nt == 0 || map[i] < t[nt - 1]) && (!any || map[i] > best))
+                best = map[i], any = true;
+        if (!any)
+            break;
+        t[nt++] = best;
+    }
+    double area = 0, pf = 0, pp = 0;
+    for (int64_t k = 0; k < nt; k++) {
+        double neg = 0, fp = 0, overlap = 0, regions = 0;
+        for (int64_t p = 0; p < n; p++) {
+            neg += !mask[p];
+            fp += !mask[p] && map[p] >= t[k];
+            if (mask[p] && root[p] == p) { /* one region: its root */
+                double size = 0, hit = 0;
+                for (int64_t q = 0; q < n; q++)
+                    if (root[q] == p)
+                        size++, hit += map[q] >= t[k];
+                overlap += hit / size;
+                regions++;
+            }
+        }
+        double f = fp / neg, pr = overlap / regions;
+        if (f >= max_fpr) {
+            double at = f > pf ? pp + (pr - pp) * (max_fpr - pf) / (f - pf) : pr;
+            area += 0.5 * (pp + at) * (max_fpr - pf);
+            break;
+        }
+        area += 0.5 * (pp + pr) * (f - pf);
+        pf = f, pp = pr;
+    }
+    free(root);
+    free(t);
+    return area / max_fpr;
+}
+
+START_TEST(test_pro_brute_force) {
+    for (int trial = 0; trial < 25; trial++) {
+        int64_t n_img = 1 + (int64_t)(tu_next() % 3);
+        int h = 3 + (int)(tu_next() % 6), w = 3 + (int)(tu_next() % 6);
+        int64_t n = n_img * h * w;
+        float *map = malloc((size_t)n * sizeof *map);
+        uint8_t *mask = malloc((size_t)n);
+        int levels = 2 + (int)(tu_next() % 10);
+        for (int64_t p = 0; p < n; p++) {
+            mask[p] = tu_next() % 4 == 0;
+            map[p] = (float)(tu_next() % (uint64_t)levels) + (mask[p] ? (float)(tu_next() % 3) : 0.0f);
+        }
+        mask[tu_next() % (uint64_t)n] = 1; /* at least one region */
+        mask[tu_next() % (uint64_t)n] = 0; /* and, almost always, a normal pixel */
+        double max_fpr = trial % 2 ? 0.3 : tu_uniform(0.05, 1.0);
+        double got = dc_pro_auc(map, mask, n_img, h, w, max_fpr), want = brute_pro(map, mask, n_img, h, w, max_fpr);
+        ck_assert_msg(fabs(got - want) < 1e-9, "trial %d (%lldx%dx%d, max_fpr %g): got %.15g, want %.15g", trial,
+                      (long long)n_img, h, w, max_fpr, got, want);
+        free(map);
+        free(mask);
+    }
+}
+END_TEST
+
+START_TEST(test_pro_extremes) {
+    /* a map equal to the mask finds every region before any false positive */
+    uint8_t mask[2 * 25] = {0};
+    float map[2 * 25];
+    mask[6] = mask[7] = mask[12] = mask[25 + 18] = 1;
+    for (int p = 0; p < 50; p++)
+        map[p] = mask[p] ? 1.0f : 0.0f;
+    ck_assert_msg(fabs(dc_pro_auc(map, mask, 2, 5, 5, 0.3) - 1.0) < 1e-12, "perfect map");
+    uint8_t none[4] = {0};
+    float flat[4] = {0};
+    ck_assert(isnan(dc_pro_auc(flat, none, 1, 2, 2, 0.3)));
+}
+END_TEST
+
+/* ---- smoothing and the image score ---- */
+
+static int reflect_index(int i, int n) {
+    while (i < 0 || i >= n)
+        i = i < 0 ? -i - 1 : 2 * n - i - 1;
+    return i;
+}
+
+START_TEST(test_gaussian_blur) {
+    for (int trial = 0; trial < 10; trial++) {
+        int h = 1 + (int)(tu_next() % 12), w = 1 + (int)(tu_next() % 12);
+        double sigma = tu_uniform(0.3, 3.0);
+        float *map = malloc((size_t)h * w * sizeof *map);
+        double *want = calloc((size_t)h * w, sizeof *want);
+        for (int p = 0; p < h * w; p++)
+            map[p] = (float)tu_normal();
+        int r = (int)ceil(4 * sigma);
+        double norm = 0;
+        for (int dy = -r; dy <= r; dy++)
+            for (int dx = -r; dx <= r; dx++)
+                norm += exp(-(dx * dx + dy * dy) / (2 * sigma * sigma));
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                for (int dy = -r; dy <= r; dy++)
+                    for (int dx = -r; dx <= r; dx++)
+                        want[y * w + x] += exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)) / norm *
+                                           map[reflect_index(y + dy, h) * w + reflect_index(x + dx, w)];
+        ck_assert_int_eq(dc_gaussian_blur(map, h, w, sigma), 0);
+        tu_assert_close(map, want, (int64_t)h * w, 1e-5, 1e-5, "blur");
+        free(map);
+        free(want);
+    }
+    float flat[20];
+    for (int p = 0; p < 20; p++)
+        flat[p] = 0.75f;
+    ck_assert_int_eq(dc_gaussian_blur(flat, 4, 5, 2.0), 0);
+    for (int p = 0; p < 20; p++)
+        ck_assert_msg(fabs(flat[p] - 0.75f) < 1e-6, "a constant map stays constant");
+    ck_assert_int_eq(dc_gaussian_blur(flat, 4, 5, -1), -1);
+}
+END_TEST
+
+static int cmp_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+START_TEST(test_topk_mean) {
+    float v[50], sorted[50];
+    for (int i = 0; i < 50; i++)
+        v[i] = sorted[i] = (float)(tu_next() % 20);
+    qsort(sorted, 50, sizeof *sorted, cmp_desc);
+    for (int k = 1; k <= 60; k += 7) {
+        double want = 0;
+        int kk = k < 50 ? k : 50;
+        for (int i = 0; i < kk; i++)
+            want += sorted[i];
+        ck_assert_msg(fabs(dc_topk_mean(v, 50, k) - want / kk) < 1e-9, "k %d", k);
+    }
+}
+END_TEST
+
+/* ---- end to end ---- */
+
+#define ANOMALY(...) tu_run_diffc((const char *const[]){"anomaly", __VA_ARGS__, NULL})
+#define SIDE 8
+
+static void save(const dc_image *img, const char *name) {
+    ck_assert_msg(dc_image_save_png(img, tu_path(name)) == 0, "%s", dc_error());
+}
+
+/* A smooth gray gradient with noise; with a defect, a bright 3x3 square at (x, y), also drawn into mask. */
+static void make_image(dc_image *img, dc_image *mask, int side, int c, int x, int y) {
+    ck_assert_int_eq(dc_image_alloc(img, side, side, c), 0);
+    for (int p = 0; p < side * side; p++)
+        for (int k = 0; k < c; k++)
+            img->px[p * c + k] = (uint8_t)(40 + 10 * (p % side) + (int)(tu_next() % 8));
+    if (mask) {
+        ck_assert_int_eq(dc_image_alloc(mask, side, side, 1), 0);
+        memset(mask->px, 0, (size_t)side * side);
+        for (int dy = 0; dy < 3; dy++)
+            for (int dx = 0; dx < 3; dx++) {
+                int p = (y + dy) * side + x + dx;
+                mask->px[p] = 255;
+                for (int k = 0; k < c; k++)
+                    img->px[p * c + k] = 250;
+            }
+    }
+}
+
+/* mv/: train/good (for training), test/good (4, one of them gray and larger:
+ * converted and resized with a note; plus a file that is no image: skipped),
+ * test/spot (3, with masks in ground_truth/spot). */
+static void make_tree(void) {
+    const char *dirs[] = {"mv", "mv/train", "mv/train/good", "mv/test", "mv/test/good", "mv/test/spot",
+                          "mv/ground_truth", "mv/ground_truth/spot"};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
+        ck_assert_int_eq(mkdir(tu_path(dirs[i]), 0755), 0);
+    char name[128];
+    for (int i = 0; i < 16; i++) {
+        dc_image img;
+        make_image(&img, NULL, SIDE, 3, 0, 0);
+        snprintf(name, sizeof name, "mv/train/good/%03d.png", i);
+        save(&img, name);
+        dc_image_free(&img);
+    }
+    for (int i = 0; i < 4; i++) {
+        dc_image img;
+        make_image(&img, NULL, i == 3 ? 12 : SIDE, i == 3 ? 1 : 3, 0, 0);
+        snprintf(name, sizeof name, "mv/test/good/%03d.png", i);
+        save(&img, name);
+        dc_image_free(&img);
+    }
+    ck_assert_int_eq(dc_write_file(tu_path("mv/test/good/broken.png"), "not a png", 9, false), 0);
+    for (int i = 0; i < 3; i++) {
+        dc_image img, mask;
+        make_image(&img, &mask, SIDE, 3, 1 + 2 * i, 4 - i);
+        snprintf(name, sizeof name, "mv/test/spot/%03d.png", i);
+        save(&img, name);
+        snprintf(name, sizeof name, "mv/ground_truth/spot/%03d_mask.png", i);
+        save(&mask, name);
+        dc_image_free(&img);
+        dc_image_free(&mask);
+    }
+}
+
+static const char model_json[] =
+    "{\"_class_name\": \"UNet2DModel\", \"sample_size\": 8, \"in_channels\": 3, \"out_channels\": 3,"
+    " \"layers_per_block\": 1, \"block_out_channels\": [8, 16],"
+    " \"down_block_types\": [\"DownBlock2D\", \"DownBlock2D\"],"
+    " \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"], \"norm_num_groups\": 4}";
+
+/* A model trained for a few steps on mv/train's good images only. */
+static const char *train_model(void) {
+    tu_run_result *r = tu_run_diffc((const char *const[]){
+        "train", "--model", model_json, "--train-data-dir", tu_path("mv/train"), "--classes", "good",
+        "--cache-dir", tu_path("cache"), "--resolution", "8", "--output-dir", tu_path("model"),
+        "--train-batch-size", "8", "--max-train-steps", "20", "--learning-rate", "3e-3", "--lr-warmup-steps",
+        "2", "--checkpointing-steps", "0", "--sample-every", "0", "--device", "cpu", NULL});
+    ck_assert_msg(r->status == 0, "train: exit %d: %s", r->status, tu_tail(r->err));
+    cJSON *cfg = dc_json_load(tu_path("model/train_config.json"));
+    ck_assert_msg(cfg, "%s", dc_error());
+    ck_assert_str_eq(cJSON_GetObjectItem(cfg, "classes")->valuestring, "good");
+    cJSON_Delete(cfg);
+    return tu_path("model");
+}
+
+/* scores.csv of `dir`: names, anomalous flags, scores; the row count. */
+typedef struct {
+    char name[16][64];
+    int anomalous[16];
+    float score[16];
+    int n;
+} csv_rows;
+
+static void read_csv(const char *dir, csv_rows *rows) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/scores.csv", dir);
+    char *text = dc_read_file(path, 1 << 20, NULL);
+    ck_assert_msg(text, "%s", dc_error());
+    ck_assert_msg(!strncmp(text, "index,name,label,anomalous,score\n", 33), "header: %s", text);
+    memset(rows, 0, sizeof *rows);
+    for (char *line = strchr(text, '\n') + 1; *line && rows->n < 16; line = strchr(line, '\n') + 1) {
+        int index;
+        char label[64];
+        int got = sscanf(line, "%d,%63[^,],%63[^,],%d,%f", &index, rows->name[rows->n], label,
+                         &rows->anomalous[rows->n], &rows->score[rows->n]);
+        ck_assert_msg(got == 5, "row: %.80s", line);
+        ck_assert_msg(isfinite(rows->score[rows->n]) && rows->score[rows->n] >= 0, "score of %s",
+                      rows->name[rows->n]);
+        ck_assert_int_eq(rows->anomalous[rows->n], strcmp(label, "good") != 0);
+        rows->n++;
+    }
+    free(text);
+}
+
+static void assert_png(const char *dir, const char *name, int c) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/heatmaps/%s", dir, name);
+    dc_image img;
+    ck_assert_msg(dc_image_load(&img, path) == 0, "%s", dc_error());
+    ck_assert_msg(img.w == SIDE && img.h == SIDE && img.c == c, "%s: %dx%dx%d", name, img.w, img.h, img.c);
+    dc_image_free(&img);
+}
+
+START_TEST(test_mvtec_end_to_end) {
+    tu_mkdtemp("anomaly");
+    make_tree();
+    char *model = strdup(train_model());
+    const char *out = tu_path("out");
+    char *out_copy = strdup(out);
+    tu_run_result *r = ANOMALY("--model", model, "--labels", tu_path("mv"), "--output-dir", out_copy,
+                               "--strength", "0.3,0.6", "--ensemble", "2", "--num-inference-steps", "10",
+                               "--batch-size", "3");
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "diffc: warning: skipped: good/broken.png"), "%s", tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "diffc: note: good/003.png: gray converted to RGB; 12x12 resized to 8x8"), "%s",
+                  tu_tail(r->err));
+    double image_auroc, pixel_auroc, pro;
+    const char *at = strstr(r->out, "image AUROC: ");
+    ck_assert_msg(at && sscanf(at, "image AUROC: %lf over 7 images (4 good, 3 defective)", &image_auroc) == 1,
+                  "%s", r->out);
+    ck_assert_msg((at = strstr(r->out, "pixel AUROC: ")) && sscanf(at, "pixel AUROC: %lf", &pixel_auroc) == 1,
+                  "%s", r->out);
+    ck_assert_msg((at = strstr(r->out, "PRO (FPR <= 0.3): ")) && sscanf(at, "PRO (FPR <= 0.3): %lf", &pro) == 1,
+                  "%s", r->out);
+    ck_assert(pixel_auroc >= 0 && pixel_auroc <= 1 && pro >= 0 && pro <= 1);
+
+    /* the CSV holds every readable image with its label; its scores give the printed AUROC */
+    csv_rows rows;
+    read_csv(out_copy, &rows);
+    ck_assert_int_eq(rows.n, 7);
+    uint8_t y[16];
+    for (int i = 0; i < rows.n; i++)
+        y[i] = (uint8_t)rows.anomalous[i];
+    ck_assert_msg(fabs(dc_auroc(rows.score, y, rows.n) - image_auroc) < 1e-4, "AUROC from the CSV");
+    char path[512];
+    snprintf(path, sizeof path, "%s/evaluation.json", out_copy);
+    cJSON *eval = dc_json_load(path);
+    ck_assert_msg(eval, "%s", dc_error());
+    ck_assert(fabs(cJSON_GetObjectItem(eval, "pro")->valuedouble - pro) < 1e-4);
+    ck_assert(fabs(cJSON_GetObjectItem(eval, "pixel_auroc")->valuedouble - pixel_auroc) < 1e-4);
+    cJSON_Delete(eval);
+    assert_png(out_copy, "good_000_raw.png", 1);
+    assert_png(out_copy, "spot_002_overlay.png", 3);
+
+    /* the same scores whatever the batch size (each image's own noise streams) */
+    r = ANOMALY("--model", model, "--labels", tu_path("mv"), "--output-dir", tu_path("out1"), "--strength",
+                "0.3,0.6", "--ensemble", "2", "--num-inference-steps", "10", "--batch-size", "1");
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    csv_rows again;
+    read_csv(tu_path("out1"), &again);
+    for (int i = 0; i < rows.n; i++)
+        ck_assert_msg(!strcmp(rows.name[i], again.name[i]) && rows.score[i] == again.score[i],
+                      "%s: %g then %g", rows.name[i], rows.score[i], again.score[i]);
+
+    /* a different seed draws other noise: other scores */
+    r = ANOMALY("--model", model, "--labels", tu_path("mv"), "--output-dir", tu_path("out2"), "--strength",
+                "0.3,0.6", "--ensemble", "2", "--num-inference-steps", "10", "--seed", "7");
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    read_csv(tu_path("out2"), &again);
+    bool differs = false;
+    for (int i = 0; i < rows.n; i++)
+        differs |= rows.score[i] != again.score[i];
+    ck_assert_msg(differs, "--seed changes nothing");
+
+    /* --images a defect's folder or a single image: labels from the folder they lie in */
+    r = ANOMALY("--model", model, "--labels", tu_path("mv"), "--images", tu_path("mv/test/spot"), "--output-dir",
+                tu_path("out3"));
+    ck_assert_msg(r->status == 0 && strstr(r->out, "image AUROC: nan over 3 images (0 good, 3 defective)") &&
+                      strstr(r->out, "AUROC needs both") && strstr(r->out, "pixel AUROC: "),
+                  "%s%s", r->out, tu_tail(r->err));
+    r = ANOMALY("--model", model, "--labels", tu_path("mv"), "--images", tu_path("mv/test/good/001.png"),
+                "--output-dir", tu_path("out4"));
+    ck_assert_msg(r->status == 0 && strstr(r->out, "over 1 images (1 good, 0 defective)"), "%s%s", r->out,
+                  tu_tail(r->err));
+    free(out_copy);
+    free(model);
+    tu_rmtemp();
+}
+END_TEST
+
+/* Two class folders a/ and b/ of RGB 8x8 images (a: dark, b: bright). */
+static void make_classes(void) {
+    ck_assert_int_eq(mkdir(tu_path("cls"), 0755), 0);
+    ck_assert_int_eq(mkdir(tu_path("cls/a"), 0755), 0);
+    ck_assert_int_eq(mkdir(tu_path("cls/b"), 0755), 0);
+    char name[64];
+    for (int i = 0; i < 6; i++) {
+        dc_image img;
+        make_image(&img, NULL, SIDE, 3, 0, 0);
+        for (int p = 0; i % 2 && p < SIDE * SIDE * 3; p++)
+            img.px[p] = (uint8_t)(255 - img.px[p]);
+        snprintf(name, sizeof name, "cls/%c/%d.png", i % 2 ? 'b' : 'a', i);
+        save(&img, name);
+        dc_image_free(&img);
+    }
+}
+
+START_TEST(test_one_class) {
+    tu_mkdtemp("anomaly");
+    make_classes();
+    /* unconditional and class-conditional models; the class by index or name */
+    const char *models[] = {BARE_MODEL, CLASS_MODEL};
+    const char *classes[] = {"1", "a"};
+    for (int m = 0; m < 2; m++) {
+        tu_run_result *r = ANOMALY("--model", models[m], "--images", tu_path("cls"), "--normal-class",
+                                   classes[m], "--output-dir", tu_path(m ? "o1" : "o0"), "--num-inference-steps",
+                                   "4", "--reduce", m ? "max" : "mean", "--max-heatmaps", "0");
+        ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+        const char *want = m ? "one-class AUROC (normal class 0, a): " : "one-class AUROC (normal class 1, b): ";
+        ck_assert_msg(strstr(r->out, want) && strstr(r->out, "over 6 images (3 normal, 3 anomalous)"), "%s",
+                      r->out);
+        char path[256];
+        snprintf(path, sizeof path, "%s/heatmaps", tu_path(m ? "o1" : "o0"));
+        ck_assert_msg(access(path, F_OK) != 0, "--max-heatmaps 0 writes none");
+    }
+    /* --max-images: an evenly spaced subset */
+    tu_run_result *r = ANOMALY("--model", BARE_MODEL, "--images", tu_path("cls"), "--output-dir", tu_path("o2"),
+                               "--num-inference-steps", "4", "--max-images", "3");
+    ck_assert_msg(r->status == 0 && strstr(r->out, "3 images scored"), "%s%s", r->out, tu_tail(r->err));
+    ck_assert_msg(!strstr(r->out, "AUROC"), "no labels, no evaluation: %s", r->out);
+    /* one image file */
+    r = ANOMALY("--model", BARE_MODEL, "--images", tu_path("cls/a/0.png"), "--output-dir", tu_path("o3"),
+                "--num-inference-steps", "4");
+    ck_assert_msg(r->status == 0 && strstr(r->out, "1 image scored"), "%s%s", r->out, tu_tail(r->err));
+    tu_rmtemp();
+}
+END_TEST
+
+/* ---- bad input ---- */
+
+START_TEST(test_bad_input) {
+    tu_mkdtemp("anomaly");
+    make_classes();
+    char *img = strdup(tu_path("cls")), *out = strdup(tu_path("o"));
+    ck_assert_int_eq(mkdir(tu_path("nomodel"), 0755), 0);
+    tu_assert_user_error(ANOMALY("--model", tu_path("nomodel"), "--images", img, "--output-dir", out),
+                         "config.json");
+    /* a config the weights do not fit */
+    ck_assert_int_eq(mkdir(tu_path("bad"), 0755), 0);
+    size_t n;
+    char *cfg = dc_read_file(BARE_MODEL "/config.json", 1 << 20, &n), *at = strstr(cfg, "\"in_channels\": 3");
+    at[strlen("\"in_channels\": ")] = '1';
+    ck_assert_int_eq(dc_write_file(tu_path("bad/config.json"), cfg, n, false), 0);
+    free(cfg);
+    char *weights = dc_read_file(BARE_MODEL "/diffusion_pytorch_model.safetensors", 1 << 24, &n);
+    ck_assert_int_eq(dc_write_file(tu_path("bad/diffusion_pytorch_model.safetensors"), weights, n, false), 0);
+    free(weights);
+    tu_assert_user_error(ANOMALY("--model", tu_path("bad"), "--images", img, "--output-dir", out),
+                         "conv_in.weight: file has");
+
+    const char *m = BARE_MODEL;
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--strength", "0"),
+                         "--strength '0': expected numbers in (0, 1]");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--strength", "0.5,1.5"),
+                         "--strength '0.5,1.5'");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--strength", "0.01"),
+                         "--strength");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--reduce", "median"),
+                         "--reduce: 'median' is not max, topk-mean or mean");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--normal-class", "c"),
+                         "--normal-class: class 'c': the dataset's classes are 0..1 (a .. b)");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", tu_path("cls/a"), "--output-dir", out,
+                                 "--normal-class", "0"),
+                         "--normal-class: class '0': the dataset has no class labels");
+    tu_assert_user_error(ANOMALY("--model", CLASS_MODEL, "--images", img, "--output-dir", out, "--normal-class",
+                                 "1", "--labels", img),
+                         "give one");
+    tu_assert_user_error(ANOMALY("--model", m, "--labels", img, "--output-dir", out), "cls/test: cannot open");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--device",
+                                 tu_cuda_device_count() ? "cuda:63" : "cuda"),
+                         "device 'cuda");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--mixed-precision", "fp8"),
+                         "--mixed-precision");
+    ck_assert_int_eq(mkdir(tu_path("empty"), 0755), 0);
+    tu_assert_user_error(ANOMALY("--model", m, "--images", tu_path("empty"), "--output-dir", out), "no PNG or JPEG image");
+    ck_assert_int_eq(dc_write_file(tu_path("junk.png"), "junk", 4, false), 0);
+    tu_assert_user_error(ANOMALY("--model", m, "--images", tu_path("junk.png"), "--output-dir", out), "junk");
+
+    /* usage: exit 2 */
+    tu_run_result *r = ANOMALY("--images", img);
+    ck_assert_msg(r->status == 2 && strstr(r->err, "needs --model"), "%d %s", r->status, tu_tail(r->err));
+    r = ANOMALY("--model", m, "--output-dir", out);
+    ck_assert_msg(r->status == 2 && strstr(r->err, "needs --images"), "%d %s", r->status, tu_tail(r->err));
+    r = ANOMALY("--model", m, "--images", img, "--bogus");
+    ck_assert_int_eq(r->status, 2);
+    ck_assert_msg(access(out, F_OK) != 0, "nothing written on errors");
+
+    /* train --classes: a class the data lacks */
+    r = tu_run_diffc((const char *const[]){"train", "--model", model_json, "--train-data-dir", img, "--classes",
+                                           "a,z", "--cache-dir", tu_path("cache"), "--resolution", "8",
+                                           "--output-dir", tu_path("t"), "--max-train-steps", "1", NULL});
+    tu_assert_user_error(r, "class 'z': the dataset's classes are 0..1 (a .. b)");
+    free(img);
+    free(out);
+    tu_rmtemp();
+}
+END_TEST
+
+START_TEST(test_help) {
+    tu_run_result *r = ANOMALY("--help");
+    ck_assert_int_eq(r->status, 0);
+    const char *every[] = {"--model DIR", "--images DIR|FILE", "--strength X[,X...]", "--ensemble N", "--reduce NAME",
+                           "--top-k K", "--sigma X", "--labels DIR", "--normal-class K", "--max-images N",
+                           "--num-inference-steps N", "--batch-size N", "--seed N", "--device NAME",
+                           "--mixed-precision no|bf16"};
+    for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)
+        ck_assert_msg(strstr(r->out, every[i]), "--help lacks %s", every[i]);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("anomaly");
+    TCase *eval = tu_tcase(s, "eval", 30);
+    tcase_add_test(eval, test_auroc_brute_force);
+    tcase_add_test(eval, test_auroc_extremes);
+    tcase_add_test(eval, test_pro_brute_force);
+    tcase_add_test(eval, test_pro_extremes);
+    tcase_add_test(eval, test_gaussian_blur);
+    tcase_add_test(eval, test_topk_mean);
+    TCase *cli = tu_tcase(s, "cli", 120);
+    tcase_add_test(cli, test_mvtec_end_to_end);
+    tcase_add_test(cli, test_one_class);
+    tcase_add_test(cli, test_bad_input);
+    tcase_add_test(cli, test_help);
+    return tu_run(s);
+}
