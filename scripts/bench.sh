@@ -173,13 +173,14 @@ bench_data() {
 
 bench_sample() {
     local python=${DIFFUSERS_PYTHON:-/tmp/dvenv/bin/python}
-    cmake --build build -j"$(nproc)" --target bench_sample >/dev/null
+    cmake --build build -j"$(nproc)" --target bench_sample bench_sgemm >/dev/null
     # config batch steps, one case per line
     local cases="configs/fashion-mnist.json 64 50
 configs/cifar10-ddpm.json 4 10"
     local results config batch steps
     # Lines `diffc|diffusers bench sample config=C batch=N steps=S ... seconds=T images_per_s=I`.
     results=$(for ((i = 0; i < runs; i++)); do
+        OMP_NUM_THREADS=$threads build/bench_sgemm --reps "$reps" | sed 's/^/sgemm /'
         while read -r config batch steps; do
             OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_sample --config "$config" \
                 --batch "$batch" --steps "$steps" --reps 1 | sed 's/^/diffc /'
@@ -188,8 +189,11 @@ configs/cifar10-ddpm.json 4 10"
         done <<<"$cases"
     done)
 
-    echo "== sample: $machine, $threads threads; DDIM, random weights; best of $runs runs; images/s"
+    echo "== sample: $machine, $threads threads; DDIM, random weights; best of $runs runs; images/s;"
+    echo "   GFLOP/s from the forward's conv/linear/attention FLOPs (diffusers side, hooks) per step,"
+    echo "   as a share of OpenBLAS cblas_sgemm 2048x2048 on the same threads (its best run)"
     awk "$awk_field"'
+        $1 == "sgemm" { if (field($0, "gflops") + 0 > sgemm) sgemm = field($0, "gflops") + 0; next }
         {   # keep each side'"'"'s fastest run of each case, cases in first-seen order
             key = $1 " " field($0, "config")
             if (!(key in best) || field($0, "seconds") + 0 < field(best[key], "seconds") + 0)
@@ -198,14 +202,18 @@ configs/cifar10-ddpm.json 4 10"
                 order[++n] = field($0, "config")
         }
         END {
-            printf "%-30s %6s %6s %11s %11s %11s %11s\n", "model", "batch", "steps", "params", "diffc",
-                   "diffusers", "diffc/diff."
+            printf "sgemm: %.1f GFLOP/s\n", sgemm
+            printf "%-26s %5s %5s %9s %8s %9s %7s %14s %14s\n", "model", "batch", "steps", "params",
+                   "diffc", "diffusers", "speed", "diffc % sgemm", "diff. % sgemm"
             for (i = 1; i <= n; i++) {
                 d = best["diffc " order[i]]; t = best["diffusers " order[i]]
                 if (t == "") { printf "%-30s (no diffusers result)\n", order[i]; continue }
-                printf "%-30s %6s %6s %11s %11.2f %11.2f %10.2fx\n", order[i], field(d, "batch"),
-                       field(d, "steps"), field(d, "params"), field(d, "images_per_s"),
-                       field(t, "images_per_s"), field(t, "seconds") / field(d, "seconds")
+                flop = field(d, "steps") * field(t, "fwd_gflop_per_image") # per image
+                printf "%-26s %5s %5s %9s %8.2f %9.2f %6.2fx %13.0f%% %13.0f%%\n", order[i],
+                       field(d, "batch"), field(d, "steps"), field(d, "params"), field(d, "images_per_s"),
+                       field(t, "images_per_s"), field(t, "seconds") / field(d, "seconds"),
+                       100 * field(d, "images_per_s") * flop / sgemm,
+                       100 * field(t, "images_per_s") * flop / sgemm
             }
         }
     ' <<<"$results"

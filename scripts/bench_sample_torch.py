@@ -21,6 +21,8 @@ import time
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
+from bench_train_torch import count_forward_flops  # this folder is on sys.path
+
 
 def sample_with_labels(unet, scheduler, n, steps, size, labels, generator):
     """DDIMPipeline.__call__'s loop, with class labels."""
@@ -53,6 +55,8 @@ def main():
     params = sum(p.numel() for p in unet.parameters())
     classes = config.get("num_class_embeds")
     labels = torch.arange(args.batch) % max(classes - 1, 1) if classes else None
+    x = torch.randn(1, unet.config.in_channels, size, size)
+    flops = count_forward_flops(unet, x, torch.tensor([10]), labels[:1] if classes else None)
     pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     best = float("inf")
@@ -67,7 +71,8 @@ def main():
                 sample_with_labels(unet, scheduler, args.batch, args.steps, size, labels, generator)
             best = min(best, time.perf_counter() - t0)
     print(f"bench sample config={args.config} batch={args.batch} steps={args.steps} size={size}x{size} "
-          f"params={params} seconds={best:.3f} images_per_s={args.batch / best:.2f}")
+          f"params={params} seconds={best:.3f} images_per_s={args.batch / best:.2f} "
+          f"fwd_gflop_per_image={flops / 1e9:.4f}")
 
 
 if __name__ == "__main__":
