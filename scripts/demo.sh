@@ -3,7 +3,7 @@
 # train the class-conditional configs/fashion-mnist.json model on the
 # Fashion-MNIST data of Debian's dataset-fashion-mnist package (checkpoints,
 # metrics, TensorBoard logs, sample grids), then sample 40 new images, four of
-# each class. About 6 minutes on 2 CPU cores.
+# each class. About 3 minutes on 2 CPU cores.
 # Everything goes to out/demo (started afresh).
 #   scripts/demo.sh [extra diffc train options, e.g. --max-train-steps 100]
 set -euo pipefail
