@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end, on whatever this machine has (the CPU for now):
+# The main job, end to end, on the CPU (DIFFC_DEVICE=auto uses a GPU where
+# there is one; the default stays the CPU until the CUDA backend has run on one):
 # train the class-conditional configs/fashion-mnist.json model on the
 # Fashion-MNIST data of Debian's dataset-fashion-mnist package (checkpoints,
 # metrics, TensorBoard logs, sample grids), then sample 40 new images, four of
@@ -15,6 +16,7 @@ cmake --build build -j"$(nproc)" --target diffc
 
 out=out/demo
 data=/usr/share/datasets/fashion-mnist
+device=${DIFFC_DEVICE:-cpu}
 rm -rf "$out"
 mkdir -p "$out"
 
@@ -23,14 +25,14 @@ build/diffc info "$data"
 
 echo "== training (progress on stderr; metrics in $out/metrics.jsonl) =="
 build/diffc train --config configs/fashion-mnist.json --output-dir "$out" \
-    --cache-dir "$out/cache" "$@" >"$out/train_config.txt"
+    --cache-dir "$out/cache" --device "$device" "$@" >"$out/train_config.txt"
 
 echo "== sampling =="
 build/diffc sample --model "$out" --output-dir "$out/generated" --num-images 40 \
-    --class-label all --seed 1
+    --class-label all --seed 1 --device "$device"
 
 echo "== done =="
 echo "model (a diffusers pipeline folder): $out"
 build/diffc info "$out/unet" | grep 'total:'
-echo "sample grid during training: $(ls "$out"/samples/*.png | tail -1)"
+echo "sample grid during training: $(ls "$out"/samples/*.png 2>/dev/null | tail -1)"
 echo "new images, one class per column (T-shirt, Trouser, ... Ankle boot): $out/generated/grid.png"
