@@ -58,18 +58,9 @@ void cpu_diffusion_loss_backward(const float *gp, const float *pred, const float
     double nd = (double)n * (double)d, g = gp[0];
 #pragma omp parallel for collapse(2) if (n * d >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < d; j++) {
-            loss_coefs c = coefs_of(acp[i], p, snr_gamma);
-            int64_t k = i * d + j;
-            double e = (double)pred[k] - mix(c.cx, x0[k], c.cn, noise[k]);
-            float de = (float)(2.0 * g * c.w * e / nd); /* d loss / d pred; the target's is -de */
-            if (dpred)
-                dpred[k] += de;
-            if (dx0)
-                dx0[k] -= c.cx * de;
-            if (dnoise)
-                dnoise[k] -= c.cn * de;
-        }
+        for (int64_t j = 0; j < d; j++)
+            loss_grad_element(coefs_of(acp[i], p, snr_gamma), g, nd, pred, x0, noise, i * d + j,
+                              dpred, dx0, dnoise);
 }
 
 void cpu_sample_timesteps(int32_t *t, int64_t n, int64_t T, uint64_t seed, uint64_t stream,

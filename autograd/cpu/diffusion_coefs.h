@@ -8,6 +8,7 @@
 #include "../hostdev.h"
 
 #include <math.h>
+#include <stdint.h>
 
 /* One sample of the loss: its target is cx x0 + cn noise, its weight w. */
 typedef struct {
@@ -47,6 +48,24 @@ DC_HOSTDEV static inline loss_coefs coefs_of(float acp, dc_prediction_type p, fl
 DC_HOSTDEV static inline float mix(float cx, float x0, float cn, float noise) {
     float u = cx * x0, v = cn * noise;
     return u + v;
+}
+
+/* Element k of the loss's backward, c its sample's coefficients, g the
+ * incoming gradient and nd the element count: d loss / d pred added to
+ * dpred, and the target's share (its opposite) through cx and cn to dx0 and
+ * dnoise (each NULL when not needed). */
+DC_HOSTDEV static inline void loss_grad_element(loss_coefs c, double g, double nd,
+                                                const float *pred, const float *x0,
+                                                const float *noise, int64_t k, float *dpred,
+                                                float *dx0, float *dnoise) {
+    double e = (double)pred[k] - mix(c.cx, x0[k], c.cn, noise[k]);
+    float de = (float)(2.0 * g * c.w * e / nd);
+    if (dpred)
+        dpred[k] += de;
+    if (dx0)
+        dx0[k] -= c.cx * de;
+    if (dnoise)
+        dnoise[k] -= c.cn * de;
 }
 
 #endif

@@ -78,17 +78,9 @@ __global__ static void loss_bwd(const float *gp, const float *pred, const float 
                                 dc_prediction_type p, float snr_gamma, float *dpred, float *dx0,
                                 float *dnoise) {
     double nd = (double)n * (double)d, g = gp[0];
-    FOR_N(k, n * d) {
-        loss_coefs c = coefs_of(acp[k / d], p, snr_gamma);
-        double e = (double)pred[k] - mix(c.cx, x0[k], c.cn, noise[k]);
-        float de = (float)(2.0 * g * c.w * e / nd);
-        if (dpred)
-            dpred[k] += de;
-        if (dx0)
-            dx0[k] -= c.cx * de;
-        if (dnoise)
-            dnoise[k] -= c.cn * de;
-    }
+    FOR_N(k, n * d)
+    loss_grad_element(coefs_of(acp[k / d], p, snr_gamma), g, nd, pred, x0, noise, k, dpred, dx0,
+                      dnoise);
 }
 
 extern "C" void cuda_diffusion_loss_backward(const float *g, const float *pred, const float *x0,
