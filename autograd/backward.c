@@ -3,14 +3,42 @@
  * backward function, newest first. Nodes whose output received no gradient
  * are skipped. Gradients accumulate; parameters keep theirs in the flat
  * buffer of nn.h until the optimizer zeroes it. Like PyTorch without
- * retain_graph, a backward pass consumes the tape.
+ * retain_graph, a backward pass consumes the tape. A context's grad_ready
+ * hook hears of each parameter gradient as soon as it is final, so its
+ * all-reduce can start while the walk goes on (PyTorch DDP's hooks).
  */
 #include "op_util.h"
 
+/* With a grad_ready hook: count, for every input whose gradient was set
+ * before the pass, the nodes that will add to it. */
+static void count_uses(dc_ctx *ctx) {
+    for (dc_node *n = ctx->tape; n; n = n->prev)
+        for (int k = 0; k < 3; k++)
+            if (n->in[k] && n->in[k]->grad)
+                n->in[k]->pending_uses = 0;
+    for (dc_node *n = ctx->tape; n; n = n->prev)
+        for (int k = 0; k < 3; k++)
+            if (n->in[k] && n->in[k]->grad)
+                n->in[k]->pending_uses++;
+}
+
+/* n has been walked (run or skipped): tell the hook of the inputs it was the last to add to. */
+static int uses_done(dc_ctx *ctx, dc_node *n) {
+    for (int k = 0; k < 3; k++) {
+        dc_tensor *t = n->in[k];
+        if (t && t->pending_uses > 0 && --t->pending_uses == 0 && ctx->grad_ready(ctx->grad_ready_user, t))
+            return -1;
+    }
+    return 0;
+}
+
 static int walk(dc_ctx *ctx) {
     bool was = dc_set_grad_enabled(ctx, false); /* backward records nothing */
+    if (ctx->grad_ready)
+        count_uses(ctx);
     for (dc_node *n = ctx->tape; n && !ctx->failed; n = n->prev)
-        if (n->out->grad && (n->backward(ctx, n) || dc_ctx_status(ctx)))
+        if ((n->out->grad && (n->backward(ctx, n) || dc_ctx_status(ctx))) ||
+            (ctx->grad_ready && uses_done(ctx, n)))
             ctx->failed = true;
     ctx->tape = NULL;
     dc_set_grad_enabled(ctx, was);

@@ -285,6 +285,35 @@ int dc_params_zero_grad(dc_params *ps) {
     return ps->grad ? dc_memset(ps->grad, ps->device, 0, buffer_bytes(ps)) : 0;
 }
 
+/* The float offset of `at` in base[total], if it lies there. */
+static bool offset_in(const float *base, size_t total, const void *at, size_t *off) {
+    uintptr_t b = (uintptr_t)base, a = (uintptr_t)at;
+    if (!base || a < b || a >= b + total * sizeof(float))
+        return false;
+    *off = (a - b) / sizeof(float);
+    return true;
+}
+
+bool dc_params_span(const dc_params *ps, const dc_tensor *t, size_t *offset, size_t *len) {
+    size_t off;
+    if (!t || ps->n == 0 ||
+        !(offset_in(ps->data, ps->total, t->data, &off) || offset_in(ps->grad, ps->total, t->data, &off)))
+        return false;
+    int lo = 0, hi = ps->n - 1; /* offsets grow in declaration order */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (ps->p[mid]->offset <= off)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    if (ps->p[lo]->offset != off)
+        return false;
+    *offset = off;
+    *len = (lo + 1 < ps->n ? ps->p[lo + 1]->offset : ps->total) - off;
+    return true;
+}
+
 void dc_param_file_shape(const dc_param *p, int64_t shape[DC_MAX_DIMS]) {
     const int64_t *s = p->value.shape;
     memcpy(shape, s, DC_MAX_DIMS * sizeof *shape);

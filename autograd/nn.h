@@ -93,6 +93,10 @@ int dc_params_alloc_on(dc_params *ps, int device, uint64_t seed);
 int dc_params_alloc(dc_params *ps, uint64_t seed);
 /* Zero the gradient buffer (padding included); fails only on a failed GPU. */
 int dc_params_zero_grad(dc_params *ps);
+/* When t is a parameter's value or gradient tensor: its range of the flat
+ * buffers, the padding after it included (so the ranges of all parameters
+ * tile [0, total)), and true; false for any other tensor. */
+bool dc_params_span(const dc_params *ps, const dc_tensor *t, size_t *offset, size_t *len);
 /* NULL when no parameter has that name. */
 dc_param *dc_params_find(const dc_params *ps, const char *name);
 /* The parameter's shape in its file layout (conv: [Cout, Cin, kh, kw]). */

@@ -61,6 +61,11 @@ const char *dc_op_name(dc_op op);
 typedef struct dc_ctx dc_ctx;
 typedef struct dc_node dc_node;
 typedef int (*dc_backward_fn)(dc_ctx *ctx, dc_node *n);
+/* Told during a backward pass that t's gradient is final: t is an input
+ * whose gradient buffer was set before the pass (a parameter, nn.h) and the
+ * walk has passed the last node that adds to it (its kernels are queued).
+ * Non-zero fails the pass. Inputs the tape does not use are not told. */
+typedef int (*dc_grad_ready_fn)(void *user, dc_tensor *t);
 
 /* One recorded op. Backward functions read what they need from here. */
 struct dc_node {
@@ -85,6 +90,8 @@ struct dc_ctx {
     uint64_t rng_calls;    /* dropout calls so far this step: the Philox stream */
     bool failed;           /* sticky error, see above */
     bool poison;           /* fill new outputs with NaN first (tests: catches unwritten elements) */
+    dc_grad_ready_fn grad_ready; /* NULL, or told of each final parameter gradient (overlap) */
+    void *grad_ready_user;
 };
 
 /* A context on `device` (DC_CPU or a CUDA ordinal, see device.h) with an

@@ -35,6 +35,7 @@ struct dc_tensor {
     void *data;
     dc_tensor *grad; /* f32, same shape; NULL until backward reaches it */
     bool requires_grad;
+    int pending_uses; /* backward: nodes yet to add to a preset grad (ops.h, dc_grad_ready_fn) */
 };
 
 /* A bump allocator over one block of memory on one device. */

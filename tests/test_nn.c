@@ -119,6 +119,92 @@ START_TEST(test_declare_and_alloc) {
 }
 END_TEST
 
+/* ---- the backward pass's grad_ready hook (ops.h) with parameter spans ---- */
+
+typedef struct {
+    dc_params *ps;
+    int told[TOY_N];         /* times each parameter was reported */
+    int order[TOY_N], reports; /* when each was last reported */
+    float *at_report;        /* [total] each reported gradient as it was when reported */
+    bool fail;               /* answer the next report with an error */
+} hook_log;
+
+static int record_ready(void *user, dc_tensor *t) {
+    hook_log *h = user;
+    size_t off, len;
+    ck_assert_msg(dc_params_span(h->ps, t, &off, &len), "a tensor that is not a parameter was reported");
+    int i = 0;
+    while (h->ps->p[i]->offset != off)
+        i++;
+    h->told[i]++;
+    h->order[i] = h->reports++;
+    memcpy(h->at_report + off, h->ps->grad + off, len * sizeof(float));
+    return h->fail ? dc_fail("the hook says no") : 0;
+}
+
+/* proj is used twice, far apart; ln after them; conv_in, norm and the
+ * embedding not at all. Each used parameter is reported once, when its
+ * gradient already has its final value; unused ones never. */
+START_TEST(test_grad_ready_hook) {
+    toy m;
+    dc_params ps;
+    toy_declare(&m, &ps);
+    ck_assert_int_eq(dc_params_alloc(&ps, tu_next()), 0);
+    /* the spans tile the buffers, values and gradients alike; others are no parameter */
+    size_t off, len, end = 0;
+    for (int i = 0; i < ps.n; i++) {
+        ck_assert(dc_params_span(&ps, &ps.p[i]->value, &off, &len));
+        ck_assert_uint_eq(off, end);
+        ck_assert_uint_ge(len, (size_t)ps.p[i]->value.numel);
+        end = off + len;
+        ck_assert(dc_params_span(&ps, &ps.p[i]->grad, &off, &len) && off == ps.p[i]->offset);
+    }
+    ck_assert_uint_eq(end, ps.total);
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(3, 7));
+    ck_assert(!dc_params_span(&ps, x, &off, &len));
+    dc_tensor inside = ps.p[0]->value;
+    inside.data = ps.data + 1; /* inside a parameter, not at its start */
+    ck_assert(!dc_params_span(&ps, &inside, &off, &len));
+
+    hook_log h = {.ps = &ps, .at_report = malloc(ps.total * sizeof(float))};
+    ck_assert_ptr_nonnull(h.at_report);
+    for (int pass = 0; pass < 2; pass++) { /* the second pass adds to the first's gradients */
+        memset(h.told, 0, sizeof h.told);
+        for (size_t j = 0; j < ps.total; j++)
+            h.at_report[j] = NAN;
+        ctx->grad_ready = record_ready;
+        ctx->grad_ready_user = &h;
+        dc_tensor *x = tu_randn(ctx, DC_SHAPE(3, 7)), *y = dc_nn_linear_forward(ctx, &m.lin, x);
+        y = dc_nn_linear_forward(ctx, &m.proj, dc_gelu(ctx, y));
+        y = dc_nn_layer_norm_forward(ctx, &m.ln, dc_nn_linear_forward(ctx, &m.proj, dc_silu(ctx, y)));
+        ck_assert_int_eq(dc_backward(ctx, dc_sum(ctx, dc_mul(ctx, y, y))), 0);
+        /* told as the walk goes, newest use first */
+        int ln = 7, proj = 4, lin = 2; /* toy_names */
+        ck_assert(h.order[ln] < h.order[proj] && h.order[proj] < h.order[lin]);
+        for (int i = 0; i < ps.n; i++) {
+            dc_param *p = ps.p[i];
+            bool used = strncmp(p->name, "conv_in", 7) && strncmp(p->name, "norm", 4) &&
+                        strncmp(p->name, "class_embedding", 15);
+            ck_assert_msg(h.told[i] == (used ? 1 : 0), "%s reported %d times", p->name, h.told[i]);
+            for (int64_t j = 0; used && j < p->value.numel; j++)
+                ck_assert_msg(h.at_report[p->offset + j] == ps.grad[p->offset + j],
+                              "%s[%lld] was %g when reported, %g at the end", p->name, (long long)j,
+                              h.at_report[p->offset + j], ps.grad[p->offset + j]);
+        }
+        dc_ctx_reset(ctx);
+    }
+    /* an error of the hook fails the pass */
+    h.fail = true;
+    dc_tensor *y = dc_nn_linear_forward(ctx, &m.lin, tu_randn(ctx, DC_SHAPE(3, 7)));
+    ck_assert_int_eq(dc_backward(ctx, dc_sum(ctx, y)), -1);
+    ck_assert_msg(strstr(dc_error(), "the hook says no"), "%s", dc_error());
+    free(h.at_report);
+    tu_ctx_free(ctx);
+    dc_params_free(&ps);
+}
+END_TEST
+
 /* dc_params_alloc_on: the CPU gives dc_params_alloc's bits; a GPU that is
  * not there (this build or this machine has none) is an error that leaves
  * the parameters unallocated and ready for another try. The GPU itself is
@@ -577,6 +663,7 @@ int main(void) {
     tcase_add_test(tc, test_init_reproducible);
     tcase_add_test(tc, test_alloc_on_device);
     tcase_add_test(tc, test_declaration_errors);
+    tcase_add_test(tc, test_grad_ready_hook);
     TCase *io = tu_tcase(s, "save_load", 60);
     tcase_add_test(io, test_save_writes_pytorch_layout);
     tcase_add_test(io, test_save_load_roundtrip);

@@ -101,21 +101,25 @@ static tu_run_result *train(const char *out, const char *steps, const char *cons
 }
 
 /* The loss column of metrics.jsonl, [steps]. */
-static int read_losses(const char *out, double *loss, int max) {
-    char path[600];
+/* The values of `key` ("loss", "grad_norm") in out/metrics.jsonl, a line per step. */
+static int read_metric(const char *out, const char *key, double *v, int max) {
+    char path[600], want[64];
     snprintf(path, sizeof path, "%s/metrics.jsonl", tu_path(out));
+    snprintf(want, sizeof want, "\"%s\":", key);
     FILE *f = fopen(path, "r");
     ck_assert_msg(f != NULL, "%s missing", path);
     char line[4096];
     int n = 0;
     while (n < max && fgets(line, sizeof line, f)) {
-        const char *p = strstr(line, "\"loss\":");
-        ck_assert_msg(p != NULL, "no loss in: %s", line);
-        loss[n++] = strtod(p + 7, NULL);
+        const char *p = strstr(line, want);
+        ck_assert_msg(p != NULL, "no %s in: %s", key, line);
+        v[n++] = strtod(p + strlen(want), NULL);
     }
     fclose(f);
     return n;
 }
+
+static int read_losses(const char *out, double *loss, int max) { return read_metric(out, "loss", loss, max); }
 
 START_TEST(test_loss_falls) {
     make_dataset();
@@ -564,7 +568,8 @@ static int count_of(const char *s, const char *what) {
  * of one process with batch 4: the same losses and weights, to float
  * tolerance (as accumulating batches); rank 0 alone logs, and the ranks prove
  * at each checkpoint that they hold the same weights, bit for bit. The
- * gradient travels in some 40 buckets of 10 KiB, the last one partial. */
+ * gradient travels in 18 buckets of 10 KiB, the last one partial, most of
+ * them started while the backward pass goes on. */
 START_TEST(test_two_ranks_match_one_big_batch) {
     make_dataset();
     ck_assert_int_eq(setenv("DC_BUCKET_MB", "0.01", 1), 0);
@@ -576,6 +581,12 @@ START_TEST(test_two_ranks_match_one_big_batch) {
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     ck_assert_msg(strstr(r->err, "global batch 4 = 2 ranks x --train-batch-size 2"), "%s", tu_tail(r->err));
     ck_assert_msg(count_of(r->err, "step 1/5") == 1, "%s", tu_tail(r->err));
+    int buckets, early;
+    const char *note = strstr(r->err, "gradient all-reduce: ");
+    ck_assert_msg(note && sscanf(note, "gradient all-reduce: %d buckets of up to %*s MiB, %d started", &buckets,
+                                 &early) == 2, "%s", tu_tail(r->err));
+    ck_assert_msg(buckets > 10 && early > buckets / 2, "%d of %d buckets overlapped the backward pass", early,
+                  buckets);
     ck_assert_msg(count_of(r->out, "train_batch_size") == 1, "options printed by each rank: %s", r->out);
     for (int step = 2; step <= 5; step += step == 4 ? 1 : 2) {
         char want[64];
@@ -594,6 +605,18 @@ START_TEST(test_two_ranks_match_one_big_batch) {
     double ema = worst_relative_difference("one/unet/diffusion_pytorch_model.safetensors",
                                            "two/unet/diffusion_pytorch_model.safetensors", skip);
     ck_assert_msg(raw <= 1e-4 && ema <= 1e-4, "weights differ by %g (EMA %g) relative", raw, ema);
+    /* and two ranks accumulating two micro-batches of 1: the mean over four */
+    const char *quarter[] = {"--dropout", "0", "--train-batch-size", "1", "--gradient-accumulation-steps", "2", NULL};
+    r = train_2_ranks("acc", "5", quarter);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    raw = worst_relative_difference("one/unet/diffusion_pytorch_model.safetensors",
+                                    "acc/unet/diffusion_pytorch_model.safetensors", skip);
+    ck_assert_msg(raw <= 1e-4, "accumulating on 2 ranks: weights differ by %g relative", raw);
+    ck_assert_int_eq(read_metric("one", "grad_norm", a, 6), 5);
+    ck_assert_int_eq(read_metric("acc", "grad_norm", b, 6), 5);
+    for (int i = 0; i < 5; i++) /* AdamW hides a wrong scale from the weights, not from the norm */
+        ck_assert_msg(fabs(a[i] - b[i]) <= 1e-5 * fabs(a[i]), "step %d: gradient norm %.9g vs %.9g", i + 1,
+                      a[i], b[i]);
     tu_rmtemp();
 }
 END_TEST

@@ -10,6 +10,7 @@
 #include "dist.h"
 
 #include "autograd/error.h"
+#include "autograd/optim.h"
 #include "autograd/tensor.h"
 
 #include <limits.h>
@@ -117,6 +118,8 @@ static int nccl_abort(dc_dist *d) {
 }
 
 static void nccl_free(dc_dist *d) {
+    if (d->nccl && d->nccl_op_divisor)
+        ncclRedOpDestroy((ncclRedOp_t)d->nccl_op, d->nccl);
     if (d->nccl)
         ncclCommDestroy(d->nccl);
     if (d->stream)
@@ -128,19 +131,42 @@ static void nccl_free(dc_dist *d) {
     d->nccl = d->stream = d->queued = d->arrived = NULL;
 }
 
+/* The reduction of the buckets: ncclAvg when the divisor is the world,
+ * else each rank's floats times 1 / divisor, summed (made once per divisor). */
+static int nccl_reduction(dc_dist *d, ncclRedOp_t *op) {
+    if (d->divisor == d->world) {
+        *op = ncclAvg;
+        return 0;
+    }
+    if (d->nccl_op_divisor != d->divisor) {
+        if (d->nccl_op_divisor)
+            ncclRedOpDestroy((ncclRedOp_t)d->nccl_op, d->nccl);
+        d->nccl_op_divisor = 0;
+        float scale = 1.0f / (float)d->divisor;
+        ncclRedOp_t made;
+        if (NCCL_OK(ncclRedOpCreatePreMulSum(&made, &scale, ncclFloat, ncclScalarHostImmediate, d->nccl)))
+            return -1;
+        d->nccl_op = (int)made;
+        d->nccl_op_divisor = d->divisor;
+    }
+    *op = (ncclRedOp_t)d->nccl_op;
+    return 0;
+}
+
 /* The bucket is averaged on the NCCL stream once the kernels queued so far
  * on the compute stream (those writing it) are done. */
 static int nccl_start(dc_dist *d, float *buf, size_t n) {
     cudaStream_t compute = compute_stream(d);
-    if (!compute || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
+    ncclRedOp_t op;
+    if (!compute || nccl_reduction(d, &op) || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
         CUDA_OK(cudaStreamWaitEvent(d->stream, d->queued, 0)))
         return -1;
-    return NCCL_OK(ncclAllReduce(buf, buf, n, ncclFloat, ncclAvg, d->nccl, d->stream)) ? nccl_abort(d) : 0;
+    return NCCL_OK(ncclAllReduce(buf, buf, n, ncclFloat, op, d->nccl, d->stream)) ? nccl_abort(d) : 0;
 }
 
 /* The compute stream waits for the buckets; meanwhile the host watches the
  * communicator for errors and for ranks that stopped answering. */
-static int nccl_wait(dc_dist *d) {
+static int nccl_finish(dc_dist *d) {
     cudaStream_t compute = compute_stream(d);
     if (!compute || CUDA_OK(cudaEventRecord(d->arrived, d->stream)) ||
         CUDA_OK(cudaStreamWaitEvent(compute, d->arrived, 0)))
@@ -201,6 +227,11 @@ static int init_mpi(dc_dist *d, int launched) {
     MPI_Comm_rank(node, &d->local_rank);
     MPI_Comm_size(node, &d->local_world);
     MPI_Comm_free(&node);
+    MPI_Request *r = malloc(DC_DIST_MAX_BUCKETS * sizeof *r);
+    if (!(d->requests = r))
+        return dc_fail("out of memory");
+    for (int b = 0; b < DC_DIST_MAX_BUCKETS; b++)
+        r[b] = MPI_REQUEST_NULL;
     return 0;
 }
 
@@ -211,6 +242,8 @@ void dc_dist_free(dc_dist *d) {
     if (d->mpi)
         MPI_Finalize();
     d->mpi = false;
+    free(d->requests);
+    d->requests = NULL;
 }
 
 void dc_dist_abort(dc_dist *d, int status) {
@@ -244,29 +277,28 @@ int dc_dist_max(dc_dist *d, int *v) {
     return check(MPI_Allreduce(MPI_IN_PLACE, v, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
 }
 
-/* On the CPU a bucket is summed in place when started: MPI's non-blocking
- * collectives make progress only inside MPI calls, so starting them early
- * would buy nothing without a progress thread. The division by the world
- * waits for dc_dist_average_wait, as it will on the GPU. */
-int dc_dist_average_start(dc_dist *d, float *buf, size_t n) {
-    if (!d->mpi && !d->nccl)
-        return 0;
-    if (d->pending == DC_DIST_MAX_BUCKETS)
-        return dc_fail("gradient all-reduce: more than %d buckets started at once", DC_DIST_MAX_BUCKETS);
-#ifdef DC_HAVE_NCCL
-    if (d->nccl) {
-        d->pending++;
-        return nccl_start(d, buf, n);
-    }
-#endif
-    for (size_t off = 0; off < n; off += INT_MAX) {
-        size_t k = n - off < INT_MAX ? n - off : INT_MAX;
-        if (check(MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)k, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
-                  "gradient all-reduce"))
-            return -1;
-    }
-    d->pending_buf[d->pending] = buf;
-    d->pending_n[d->pending++] = n;
+/* On the CPU a bucket is summed in place by a non-blocking all-reduce.
+ * MPI's non-blocking collectives progress only inside MPI calls, so every
+ * dc_dist_average_ready tests them; the division waits for the end. */
+static int mpi_start(dc_dist *d, float *buf, size_t n, int b) {
+    if (n > INT_MAX) /* MPI counts are ints */
+        return dc_fail("gradient all-reduce: a bucket of %zu floats (at most %d)", n, INT_MAX);
+    MPI_Request *r = d->requests;
+    return check(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r[b]),
+                 "gradient all-reduce");
+}
+
+static int mpi_progress(dc_dist *d) {
+    int done;
+    return check(MPI_Testall(DC_DIST_MAX_BUCKETS, d->requests, &done, MPI_STATUSES_IGNORE),
+                 "gradient all-reduce");
+}
+
+static int mpi_finish(dc_dist *d) {
+    if (check(MPI_Waitall(DC_DIST_MAX_BUCKETS, d->requests, MPI_STATUSES_IGNORE), "gradient all-reduce"))
+        return -1;
+    for (size_t i = 0; i < d->n; i++)
+        d->buf[i] /= (float)d->divisor;
     return 0;
 }
 
@@ -288,7 +320,9 @@ int dc_dist_barrier(dc_dist *d) { return 0; }
 int dc_dist_broadcast(dc_dist *d, void *buf, size_t bytes) { return 0; }
 int dc_dist_sum(dc_dist *d, double *v, int n) { return 0; }
 int dc_dist_max(dc_dist *d, int *v) { return 0; }
-int dc_dist_average_start(dc_dist *d, float *buf, size_t n) { return 0; }
+static int mpi_start(dc_dist *d, float *buf, size_t n, int b) { return 0; }
+static int mpi_progress(dc_dist *d) { return 0; }
+static int mpi_finish(dc_dist *d) { return 0; }
 static int gather_fingerprints(dc_dist *d, uint64_t mine, uint64_t *all) {
     all[0] = mine;
     return 0;
@@ -328,33 +362,83 @@ int dc_dist_use_device(dc_dist *d, int device) {
 #endif
 }
 
-int dc_dist_average_wait(dc_dist *d) {
-#ifdef DC_HAVE_NCCL
-    if (d->nccl) {
-        d->pending = 0;
-        return nccl_wait(d);
-    }
-#endif
-    for (int b = 0; b < d->pending; b++)
-        for (size_t i = 0; i < d->pending_n[b]; i++)
-            d->pending_buf[b][i] /= (float)d->world;
-    d->pending = 0;
+/* ---- the gradient average (dist.h) ---- */
+
+static bool communicates(const dc_dist *d) { return d->mpi || d->nccl; }
+
+int dc_dist_average_begin(dc_dist *d, float *buf, size_t n, int64_t micro_batches) {
+    if (d->buf)
+        return dc_fail("gradient average: begun twice");
+    d->buf = buf;
+    d->n = n;
+    d->divisor = (int64_t)d->world * micro_batches;
+    d->bucket = d->bucket_floats;
+    if (n > d->bucket * DC_DIST_MAX_BUCKETS)
+        d->bucket = (n + DC_DIST_MAX_BUCKETS - 1) / DC_DIST_MAX_BUCKETS;
+    d->buckets = (int)((n + d->bucket - 1) / d->bucket);
+    d->next = d->buckets - 1;
+    d->overlapped = 0;
+    for (int b = 0; b < d->buckets; b++)
+        d->left[b] = b < d->buckets - 1 ? d->bucket : n - (size_t)b * d->bucket;
     return 0;
 }
 
-int dc_dist_average(dc_dist *d, float *buf, size_t n) {
-    if (d->world == 1 && !d->nccl)
-        return 0;
-    size_t bucket = d->bucket_floats;
-    if (n > bucket * DC_DIST_MAX_BUCKETS)
-        bucket = (n + DC_DIST_MAX_BUCKETS - 1) / DC_DIST_MAX_BUCKETS;
-    for (size_t end = n; end > 0;) {
-        size_t start = end > bucket ? end - bucket : 0;
-        if (dc_dist_average_start(d, buf + start, end - start))
+static int start(dc_dist *d, int b) {
+    float *buf = d->buf + (size_t)b * d->bucket;
+    size_t n = b < d->buckets - 1 ? d->bucket : d->n - (size_t)b * d->bucket;
+#ifdef DC_HAVE_NCCL
+    if (d->nccl)
+        return nccl_start(d, buf, n);
+#endif
+    return mpi_start(d, buf, n, b);
+}
+
+/* Start the buckets in order, last first, while they are complete (all: whatever they hold). */
+static int start_complete(dc_dist *d, bool all) {
+    for (; d->next >= 0 && (all || d->left[d->next] == 0); d->overlapped += !all)
+        if (start(d, d->next--))
             return -1;
-        end = start;
+    return 0;
+}
+
+int dc_dist_average_ready(dc_dist *d, size_t offset, size_t len) {
+    if (!d->buf || !communicates(d) || offset >= d->n)
+        return 0;
+    size_t end = len < d->n - offset ? offset + len : d->n;
+    for (size_t b = offset / d->bucket; b * d->bucket < end; b++) {
+        size_t lo = b * d->bucket > offset ? b * d->bucket : offset;
+        size_t hi = (b + 1) * d->bucket < end ? (b + 1) * d->bucket : end;
+        d->left[b] -= hi - lo < d->left[b] ? hi - lo : d->left[b];
     }
-    return dc_dist_average_wait(d);
+    return start_complete(d, false) || (!d->nccl && mpi_progress(d)) ? -1 : 0;
+}
+
+/* World 1 without NCCL: the mean over the micro-batches (a division on the
+ * CPU; on a GPU a multiplication by the inverse, needing no host round trip). */
+static int divide_local(dc_dist *d) {
+    if (d->divisor == 1)
+        return 0;
+    if (d->device != DC_CPU)
+        return dc_grad_scale_on(d->device, d->buf, d->n, 1.0f / (float)d->divisor);
+    for (size_t i = 0; i < d->n; i++)
+        d->buf[i] /= (float)d->divisor;
+    return 0;
+}
+
+int dc_dist_average_end(dc_dist *d) {
+    if (!d->buf)
+        return dc_fail("gradient average: ended before it began");
+    int rc;
+    if (!communicates(d))
+        rc = divide_local(d);
+#ifdef DC_HAVE_NCCL
+    else if (d->nccl)
+        rc = start_complete(d, true) || nccl_finish(d) ? -1 : 0;
+#endif
+    else
+        rc = start_complete(d, true) || mpi_finish(d) ? -1 : 0;
+    d->buf = NULL;
+    return rc;
 }
 
 int dc_dist_check_identical(dc_dist *d, const void *buf, size_t bytes, const char *what, uint64_t *hash) {

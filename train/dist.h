@@ -15,20 +15,23 @@
  * network-interface probing and nothing for a sanitizer to report.
  *
  * Backends behind the same calls. Training on the CPU (or built without
- * CUDA) the buckets are MPI_Allreduce'd in host memory, which is what CI
+ * CUDA) the buckets are MPI_Iallreduce'd in host memory, which is what CI
  * tests with `mpirun -np 2`. Training on GPUs (dc_dist_use_device; a build
  * with CUDA, MPI and NCCL) each rank joins an NCCL communicator on its GPU,
  * made from an ncclUniqueId that rank 0 broadcasts with dc_dist_broadcast;
- * dc_dist_average_start queues ncclAllReduce(ncclAvg) of the bucket on a
- * stream of its own, after the kernels queued so far (an event), and
- * dc_dist_average_wait makes the compute stream wait for that stream (an
- * event) and watches the communicator until the buckets have arrived.
- * $DC_NCCL=1 takes that path with a single process too (world 1: the
- * average is the gradient itself), to test it on one GPU.
+ * a bucket's ncclAllReduce runs on a stream of its own, after the kernels
+ * queued so far (an event), and the end of the average makes the compute
+ * stream wait for that stream (an event) while the host watches the
+ * communicator until the buckets have arrived. $DC_NCCL=1 takes that path
+ * with a single process too (world 1: the average is the gradient itself),
+ * to test it on one GPU.
  *
- * The buckets are started after the whole backward pass, last bucket
- * first: the tape does not yet say when a parameter's gradient is final,
- * so the all-reduce does not overlap the backward pass.
+ * Overlap: the backward pass tells (dc_dist_average_ready) which ranges of
+ * the flat gradient are final; a bucket whose every float is final starts
+ * at once, while the pass computes the rest. Buckets start in one order on
+ * every rank, last first (the order the backward pass completes them), a
+ * bucket waiting for the one after it, so the ranks' collectives always
+ * match even if their graphs differed.
  *
  * Failure: every collective is either answered by all ranks or the job is
  * torn down. A rank that hits an error prints it and calls dc_dist_abort
@@ -47,7 +50,7 @@
 
 /* Buckets of the gradient all-reduce: PyTorch DDP's default size (25 MiB;
  * the environment's DC_BUCKET_MB, in MiB, overrides it), and at most this
- * many in flight per step (larger buckets beyond that). */
+ * many per buffer (larger buckets beyond that). */
 #define DC_DIST_BUCKET_BYTES ((size_t)25 << 20)
 #define DC_DIST_MAX_BUCKETS 64
 #define DC_DIST_NCCL_TIMEOUT_S 600.0
@@ -56,14 +59,21 @@ typedef struct dc_dist {
     int rank, world;             /* 0, 1 for a single process */
     int local_rank, local_world; /* among the ranks of this node: picks the GPU */
     bool mpi;                    /* MPI was initialised (world > 1) */
-    size_t bucket_floats;        /* gradient floats per bucket */
-    int pending;                 /* averages started and not yet waited for */
-    float *pending_buf[DC_DIST_MAX_BUCKETS];
-    size_t pending_n[DC_DIST_MAX_BUCKETS];
+    size_t bucket_floats;        /* gradient floats per bucket (the environment's) */
+    /* the average in progress, between dc_dist_average_begin and _end */
+    float *buf;
+    size_t n, bucket;            /* floats of buf, and per bucket (the last has the rest) */
+    int64_t divisor;             /* the mean's denominator: world x micro-batches */
+    int buckets, next;           /* how many; the next to start (counting down), -1 when all have */
+    int overlapped;              /* of them, started before the end (during the backward pass) */
+    size_t left[DC_DIST_MAX_BUCKETS]; /* floats of each bucket not yet final */
+    void *requests;              /* MPI_Request[DC_DIST_MAX_BUCKETS] of the CPU path */
     int device;                  /* where the gradient lives (dc_dist_use_device); DC_CPU at first */
     void *nccl;                  /* ncclComm_t on `device`; NULL: MPI on the host (or world 1) */
     void *stream;                /* cudaStream_t of the all-reduces */
     void *queued, *arrived;      /* cudaEvent_t: the gradient written; the buckets averaged */
+    int nccl_op;                 /* ncclRedOp_t multiplying by 1 / nccl_op_divisor, then summing */
+    int64_t nccl_op_divisor;     /* 0 when nccl_op has not been made */
 } dc_dist;
 
 /* The number of processes the launcher started, from its environment
@@ -104,17 +114,19 @@ int dc_dist_sum(dc_dist *d, double *v, int n);
 /* The largest *v over the ranks, in place (a signal one rank caught). */
 int dc_dist_max(dc_dist *d, int *v);
 
-/* Averaging the gradient: start buf[n] (a bucket of the flat gradient
- * buffer) becoming the mean of every rank's buf[n]; the result is defined
- * once dc_dist_average_wait returns (on a GPU: for the kernels queued after
- * it). At most DC_DIST_MAX_BUCKETS started between waits. With world 1 and
- * no NCCL both do nothing. */
-int dc_dist_average_start(dc_dist *d, float *buf, size_t n);
-int dc_dist_average_wait(dc_dist *d);
-/* The whole of buf[n] in buckets of d->bucket_floats (more when that would
- * take over DC_DIST_MAX_BUCKETS), last bucket first (the order in
- * which the backward pass completes them), and wait. */
-int dc_dist_average(dc_dist *d, float *buf, size_t n);
+/* Averaging the gradient, buf[n] on d->device, holding the sum of
+ * `micro_batches` micro-batches' gradients: once dc_dist_average_end
+ * returns, each of its floats is the mean over the micro-batches and the
+ * ranks (on a GPU: for the kernels queued after it). In between, during
+ * the backward pass of the last micro-batch, dc_dist_average_ready says
+ * that floats [offset, offset + len) of buf are final, which starts the
+ * buckets that are complete (overlap); _end starts the rest and waits.
+ * With world 1 and no NCCL only the division by micro_batches is done. */
+int dc_dist_average_begin(dc_dist *d, float *buf, size_t n, int64_t micro_batches);
+int dc_dist_average_ready(dc_dist *d, size_t offset, size_t len);
+int dc_dist_average_end(dc_dist *d);
+/* true between begin and end. */
+static inline bool dc_dist_averaging(const dc_dist *d) { return d->buf != NULL; }
 
 /* A fingerprint of `bytes` at buf (zlib's CRC-32) in
  * *hash, and an error unless every rank's is the same: proof that the ranks

@@ -292,8 +292,10 @@ static int setup_model(trainer *tr, const char *pretrained_weights) {
 /* The activation arena, last: on a GPU it takes most of the memory left. */
 static int setup_activations(trainer *tr) {
     size_t bytes;
-    return dc_device_arena_bytes(tr->device, ACTIVATION_BYTES, &bytes) ||
-           dc_ctx_init(&tr->ctx, tr->device, bytes);
+    if (dc_device_arena_bytes(tr->device, ACTIVATION_BYTES, &bytes) || dc_ctx_init(&tr->ctx, tr->device, bytes))
+        return -1;
+    tr->ctx.grad_ready_user = tr;
+    return 0;
 }
 
 /* buf[ps.total] of the training device, readable on the host: buf itself on
@@ -526,19 +528,13 @@ static int sum_stats(trainer *tr, step_stats *st) {
     return 0;
 }
 
-/* The summed gradient of the micro-batches divided by their number: on the
- * CPU by a division, which a resumed run repeats bit for bit whatever the
- * number; on a GPU by multiplying by its inverse (the same bits only for
- * powers of two), which needs no host round trip. */
-static int average_micro_batches(trainer *tr) {
-    int64_t accum = tr->o.gradient_accumulation_steps;
-    if (accum == 1)
-        return 0;
-    if (tr->device != DC_CPU)
-        return dc_grad_scale_on(tr->device, tr->ps.grad, tr->ps.total, 1.0f / (float)accum);
-    for (size_t i = 0; i < tr->ps.total; i++)
-        tr->ps.grad[i] /= (float)accum;
-    return 0;
+/* The backward pass's word that a parameter's gradient is final: its span
+ * of the flat buffer joins the average (dist.h), which starts the buckets
+ * it completes while the pass goes on. */
+static int grad_ready(void *user, dc_tensor *t) {
+    trainer *tr = user;
+    size_t offset, len;
+    return dc_params_span(&tr->ps, t, &offset, &len) ? dc_dist_average_ready(&tr->dist, offset, len) : 0;
 }
 
 /* One optimizer step; a non-finite loss or gradient skips it (counted). The
@@ -549,12 +545,17 @@ static int optimizer_step(trainer *tr, step_stats *st) {
     double t0 = now();
     if (dc_params_zero_grad(&tr->ps))
         return -1;
-    for (int64_t a = 0; a < accum; a++)
+    for (int64_t a = 0; a < accum; a++) {
+        bool last = a == accum - 1; /* its backward pass overlaps the average */
+        if ((last && dc_dist_average_begin(&tr->dist, tr->ps.grad, tr->ps.total, accum)))
+            return -1;
+        tr->ctx.grad_ready = last ? grad_ready : NULL;
         if (micro_step(tr, st))
             return -1;
+    }
+    tr->ctx.grad_ready = NULL;
     st->loss /= (double)accum;
-    if (average_micro_batches(tr) || dc_dist_average(&tr->dist, tr->ps.grad, tr->ps.total) ||
-        sum_stats(tr, st))
+    if (dc_dist_average_end(&tr->dist) || sum_stats(tr, st))
         return -1;
     st->grad_norm = dc_grad_clip_norm_on(tr->device, tr->ps.grad, tr->ps.total, tr->o.max_grad_norm);
     if (dc_device_failed(tr->device))
@@ -690,9 +691,19 @@ static int save_final(trainer *tr) {
     return dc_dist_is_root(&tr->dist) ? dc_pipeline_save(tr->o.output_dir, &p) : 0;
 }
 
+/* How the first step's gradient average went (the same on every rank). */
+static void note_overlap(trainer *tr) {
+    const dc_dist *d = &tr->dist;
+    if (dc_dist_is_root(d) && (d->world > 1 || dc_dist_nccl(d)))
+        dc_progress_note(&tr->progress, "gradient all-reduce: %d bucket%s of up to %.3g MiB, %d started during "
+                         "the backward pass", d->buckets, d->buckets == 1 ? "" : "s",
+                         (double)d->bucket * sizeof(float) / (1 << 20), d->overlapped);
+}
+
 static int run(trainer *tr) {
     step_stats st = {0};
     bool root = dc_dist_is_root(&tr->dist);
+    int64_t first = tr->step;
     while (tr->step < tr->total) {
         if (agree_on_signal(tr))
             return -1;
@@ -701,6 +712,8 @@ static int run(trainer *tr) {
         memset(&st, 0, sizeof st);
         if (optimizer_step(tr, &st) || log_step(tr, &st))
             return -1;
+        if (tr->step == first + 1)
+            note_overlap(tr);
         if (root && tr->o.sample_every && tr->step % tr->o.sample_every == 0 && sample_grid(tr))
             return -1;
         if (tr->o.checkpointing_steps && tr->step % tr->o.checkpointing_steps == 0 &&
