@@ -247,6 +247,9 @@ int dc_params_alloc_on(dc_params *ps, int device, uint64_t seed) {
         ps->p[i]->offset = total;
         total += ((size_t)ps->p[i]->value.numel + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
     }
+    ps->extent = total;
+    if (ps->multiple > 1)
+        total = (total + ps->multiple - 1) / ps->multiple * ps->multiple;
     size_t bytes = total ? total * sizeof(float) : ALIGN_FLOATS * sizeof(float);
     /* On the CPU the buffers are fresh anonymous pages, zero already (the
      * DC_INIT_ZEROS parameters and the padding rely on it); on a GPU the
@@ -274,7 +277,7 @@ fail:
     dc_arena_free(&ps->values);
     dc_arena_free(&ps->grads);
     ps->data = ps->grad = NULL;
-    ps->total = 0;
+    ps->total = ps->extent = 0;
     ps->device = DC_CPU;
     return -1;
 }

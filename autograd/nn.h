@@ -66,6 +66,8 @@ typedef struct dc_params {
     float *data;       /* [total] every value, on `device`; NULL until dc_params_alloc */
     float *grad;       /* [total] every gradient, at the same offsets, on `device` */
     size_t total;      /* floats in each buffer, padding included */
+    size_t extent;     /* floats up to the end of the last parameter (aligned): total before rounding */
+    size_t multiple;   /* set before alloc, or 0: total is rounded up to a multiple of it (shards) */
     int device;        /* where both buffers live: DC_CPU or a CUDA ordinal (set by alloc) */
     bool failed;       /* a declaration failed: later ones and alloc fail too */
     dc_arena values;   /* "parameters" */

@@ -83,14 +83,18 @@ int dc_grad_scale_on(int device, float *grad, size_t n, float s) {
     return device_status(device);
 }
 
-double dc_grad_clip_norm_on(int device, float *grad, size_t n, double max_norm) {
-    double norm = sqrt(DC_KERNEL_ON(device, sum_squares, grad, (int64_t)n));
-    if (!isfinite(norm) || max_norm <= 0)
-        return norm;
+double dc_grad_sum_squares_on(int device, const float *grad, size_t n) {
+    return DC_KERNEL_ON(device, sum_squares, grad, (int64_t)n);
+}
+
+double dc_grad_clip_coef(double norm, double max_norm) {
     double coef = max_norm / (norm + 1e-6);
-    if (coef < 1 && dc_grad_scale_on(device, grad, n, (float)coef))
-        return NAN;
-    return norm;
+    return max_norm > 0 && isfinite(norm) && coef < 1 ? coef : 1.0;
+}
+
+double dc_grad_clip_norm_on(int device, float *grad, size_t n, double max_norm) {
+    double norm = sqrt(dc_grad_sum_squares_on(device, grad, n)), coef = dc_grad_clip_coef(norm, max_norm);
+    return coef < 1 && dc_grad_scale_on(device, grad, n, (float)coef) ? NAN : norm;
 }
 
 double dc_grad_clip_norm(float *grad, size_t n, double max_norm) {

@@ -60,6 +60,12 @@ int dc_adamw_step(dc_adamw *o, float *param, const float *grad, double lr);
  * measures. After a GPU failure the norm is NaN and dc_device_failed(device)
  * tells it from a non-finite gradient. */
 double dc_grad_clip_norm_on(int device, float *grad, size_t n, double max_norm);
+/* Its two halves, for a gradient sharded over ranks (whose norm needs the
+ * ranks' sums): the sum of the squares of grad[n] on `device`, in double
+ * (NaN after a GPU failure); and the factor the gradient of L2 norm `norm`
+ * is scaled by, 1 when no clipping is due or max_norm <= 0. */
+double dc_grad_sum_squares_on(int device, const float *grad, size_t n);
+double dc_grad_clip_coef(double norm, double max_norm);
 /* dc_grad_clip_norm_on(DC_CPU, ...). */
 double dc_grad_clip_norm(float *grad, size_t n, double max_norm);
 /* grad[n] *= s on `device` (averaging accumulated micro-batches, s = 1 / A:

@@ -621,17 +621,54 @@ START_TEST(test_two_ranks_match_one_big_batch) {
 }
 END_TEST
 
+/* --zero-stage 1 (each rank keeps half of AdamW's state, reduce-scatters
+ * the gradient and all-gathers the weights) trains as stage 0 does: the
+ * same losses, gradient norms, weights and, gathered into the checkpoint,
+ * the same optimizer state, of the model's size whatever the rounding. */
+START_TEST(test_zero_stage_1_matches_stage_0) {
+    make_dataset();
+    const char *plain[] = {"--checkpointing-steps", "4", NULL};
+    const char *zero[] = {"--checkpointing-steps", "4", "--zero-stage", "1", NULL};
+    tu_run_result *r = train_2_ranks("plain", "5", plain);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    r = train_2_ranks("zero", "5", zero);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "the same on all 2 ranks") && strstr(r->err, "ZeRO-1: "), "%s", tu_tail(r->err));
+    const char *keys[] = {"loss", "grad_norm"};
+    for (int k = 0; k < 2; k++) {
+        double a[6], b[6];
+        ck_assert_int_eq(read_metric("plain", keys[k], a, 6), 5);
+        ck_assert_int_eq(read_metric("zero", keys[k], b, 6), 5);
+        for (int i = 0; i < 5; i++)
+            ck_assert_msg(fabs(a[i] - b[i]) <= 1e-6 * fabs(a[i]), "step %d: %s %.9g vs %.9g", i + 1, keys[k],
+                          a[i], b[i]);
+    }
+    const char *files[] = {"checkpoint-4/unet/diffusion_pytorch_model.safetensors",
+                           "checkpoint-4/train_state.safetensors", "unet/diffusion_pytorch_model.safetensors"};
+    for (int f = 0; f < 3; f++) {
+        char a[256], b[256];
+        snprintf(a, sizeof a, "plain/%s", files[f]);
+        snprintf(b, sizeof b, "zero/%s", files[f]);
+        double worst = worst_relative_difference(a, b, "(nothing skipped)");
+        ck_assert_msg(worst <= 1e-6, "%s: differs by %g relative", files[f], worst);
+    }
+    tu_rmtemp();
+}
+END_TEST
+
 /* Resuming on two ranks continues exactly as the uninterrupted two-rank run. */
 START_TEST(test_two_ranks_resume_exactly) {
     make_dataset();
-    const char *ckpt[] = {"--checkpointing-steps", "3", NULL};
+    const char *stage = _i ? "1" : "0"; /* also with AdamW's state in shards */
+    const char *ckpt[] = {"--checkpointing-steps", "3", "--zero-stage", stage, NULL};
     tu_run_result *r = train_2_ranks("whole", "6", ckpt);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     ck_assert_int_eq(mkdir(tu_path("resumed"), 0755), 0);
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "cp -r %s %s", tu_path("whole/checkpoint-3"), tu_path("resumed/"));
     ck_assert_int_eq(system(cmd), 0);
-    const char *resume[] = {"--checkpointing-steps", "3", "--resume-from-checkpoint", "latest", NULL};
+    const char *resume[] = {"--checkpointing-steps", "3", "--zero-stage", stage, "--resume-from-checkpoint",
+                            "latest", NULL};
     r = train_2_ranks("resumed", "6", resume);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     ck_assert_msg(count_of(r->err, "resuming from") == 1 && strstr(r->err, "at step 3"), "%s", tu_tail(r->err));
@@ -763,7 +800,8 @@ static int dist_main(void) {
     Suite *s = suite_create("train_dist");
     TCase *tc = tu_tcase(s, "dist", 120);
     tcase_add_test(tc, test_two_ranks_match_one_big_batch);
-    tcase_add_test(tc, test_two_ranks_resume_exactly);
+    tcase_add_test(tc, test_zero_stage_1_matches_stage_0);
+    tcase_add_loop_test(tc, test_two_ranks_resume_exactly, 0, 2);
     tcase_add_test(tc, test_killed_rank_stops_the_job);
     tcase_add_test(tc, test_error_on_one_rank_aborts_the_job);
     tcase_add_test(tc, test_signal_to_one_rank_stops_all);

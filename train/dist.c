@@ -194,6 +194,29 @@ static int nccl_finish(dc_dist *d) {
     }
 }
 
+
+/* In place, as NCCL defines it: the rank's shard lies at buf + rank x shard. */
+static int nccl_reduce_scatter(dc_dist *d, float *buf, size_t shard) {
+    cudaStream_t compute = compute_stream(d);
+    ncclRedOp_t op;
+    if (!compute || nccl_reduction(d, &op) || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
+        CUDA_OK(cudaStreamWaitEvent(d->stream, d->queued, 0)))
+        return -1;
+    if (NCCL_OK(ncclReduceScatter(buf, buf + (size_t)d->rank * shard, shard, ncclFloat, op, d->nccl, d->stream)))
+        return nccl_abort(d);
+    return nccl_finish(d);
+}
+
+static int nccl_all_gather(dc_dist *d, float *buf, size_t shard) {
+    cudaStream_t compute = compute_stream(d);
+    if (!compute || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
+        CUDA_OK(cudaStreamWaitEvent(d->stream, d->queued, 0)))
+        return -1;
+    if (NCCL_OK(ncclAllGather(buf + (size_t)d->rank * shard, buf, shard, ncclFloat, d->nccl, d->stream)))
+        return nccl_abort(d);
+    return nccl_finish(d);
+}
+
 #endif
 
 #ifdef DC_HAVE_MPI
@@ -302,6 +325,47 @@ static int mpi_finish(dc_dist *d) {
     return 0;
 }
 
+/* In place: MPI leaves the rank's mean at the start of buf, moved to its shard. */
+static int mpi_reduce_scatter(dc_dist *d, float *buf, size_t shard) {
+    if (shard > INT_MAX)
+        return dc_fail("gradient reduce-scatter: a shard of %zu floats (at most %d)", shard, INT_MAX);
+    if (check(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)shard, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+              "gradient reduce-scatter"))
+        return -1;
+    float *mine = buf + (size_t)d->rank * shard;
+    memmove(mine, buf, shard * sizeof *buf);
+    for (size_t i = 0; i < shard; i++)
+        mine[i] /= (float)d->divisor;
+    return 0;
+}
+
+static int mpi_all_gather(dc_dist *d, float *buf, size_t shard) {
+    if (shard > INT_MAX)
+        return dc_fail("weight all-gather: a shard of %zu floats (at most %d)", shard, INT_MAX);
+    return check(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)shard, MPI_FLOAT, MPI_COMM_WORLD),
+                 "weight all-gather");
+}
+
+int dc_dist_gather(dc_dist *d, const float *mine, size_t n, float *all) {
+    if (!d->mpi) {
+        memcpy(all, mine, n * sizeof *all);
+        return 0;
+    }
+    if (n > INT_MAX)
+        return dc_fail("gather: %zu floats (at most %d)", n, INT_MAX);
+    return check(MPI_Gather(mine, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD), "MPI_Gather");
+}
+
+int dc_dist_scatter(dc_dist *d, const float *all, size_t n, float *mine) {
+    if (!d->mpi) {
+        memcpy(mine, all, n * sizeof *all);
+        return 0;
+    }
+    if (n > INT_MAX)
+        return dc_fail("scatter: %zu floats (at most %d)", n, INT_MAX);
+    return check(MPI_Scatter(all, (int)n, MPI_FLOAT, mine, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD), "MPI_Scatter");
+}
+
 static int gather_fingerprints(dc_dist *d, uint64_t mine, uint64_t *all) {
     return check(MPI_Allgather(&mine, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD), "MPI_Allgather");
 }
@@ -323,6 +387,16 @@ int dc_dist_max(dc_dist *d, int *v) { return 0; }
 static int mpi_start(dc_dist *d, float *buf, size_t n, int b) { return 0; }
 static int mpi_progress(dc_dist *d) { return 0; }
 static int mpi_finish(dc_dist *d) { return 0; }
+static int mpi_reduce_scatter(dc_dist *d, float *buf, size_t shard) { return 0; }
+static int mpi_all_gather(dc_dist *d, float *buf, size_t shard) { return 0; }
+int dc_dist_gather(dc_dist *d, const float *mine, size_t n, float *all) {
+    memcpy(all, mine, n * sizeof *all);
+    return 0;
+}
+int dc_dist_scatter(dc_dist *d, const float *all, size_t n, float *mine) {
+    memcpy(mine, all, n * sizeof *all);
+    return 0;
+}
 static int gather_fingerprints(dc_dist *d, uint64_t mine, uint64_t *all) {
     all[0] = mine;
     return 0;
@@ -413,15 +487,16 @@ int dc_dist_average_ready(dc_dist *d, size_t offset, size_t len) {
     return start_complete(d, false) || (!d->nccl && mpi_progress(d)) ? -1 : 0;
 }
 
-/* World 1 without NCCL: the mean over the micro-batches (a division on the
- * CPU; on a GPU a multiplication by the inverse, needing no host round trip). */
-static int divide_local(dc_dist *d) {
+/* World 1 without NCCL: the mean over the micro-batches of buf[n] (a
+ * division on the CPU; on a GPU a multiplication by the inverse, needing no
+ * host round trip). */
+static int divide_local(dc_dist *d, float *buf, size_t n) {
     if (d->divisor == 1)
         return 0;
     if (d->device != DC_CPU)
-        return dc_grad_scale_on(d->device, d->buf, d->n, 1.0f / (float)d->divisor);
-    for (size_t i = 0; i < d->n; i++)
-        d->buf[i] /= (float)d->divisor;
+        return dc_grad_scale_on(d->device, buf, n, 1.0f / (float)d->divisor);
+    for (size_t i = 0; i < n; i++)
+        buf[i] /= (float)d->divisor;
     return 0;
 }
 
@@ -430,7 +505,7 @@ int dc_dist_average_end(dc_dist *d) {
         return dc_fail("gradient average: ended before it began");
     int rc;
     if (!communicates(d))
-        rc = divide_local(d);
+        rc = divide_local(d, d->buf, d->n);
 #ifdef DC_HAVE_NCCL
     else if (d->nccl)
         rc = start_complete(d, true) || nccl_finish(d) ? -1 : 0;
@@ -439,6 +514,32 @@ int dc_dist_average_end(dc_dist *d) {
         rc = start_complete(d, true) || mpi_finish(d) ? -1 : 0;
     d->buf = NULL;
     return rc;
+}
+
+/* ---- ZeRO-1 (dist.h) ---- */
+
+size_t dc_dist_shard(const dc_dist *d, size_t n) {
+    size_t per = (n + (size_t)d->world - 1) / (size_t)d->world;
+    return (per + 15) / 16 * 16;
+}
+
+int dc_dist_reduce_scatter(dc_dist *d, float *buf, size_t shard, int64_t micro_batches) {
+    d->divisor = (int64_t)d->world * micro_batches;
+    if (!communicates(d))
+        return divide_local(d, buf, shard);
+#ifdef DC_HAVE_NCCL
+    if (d->nccl)
+        return nccl_reduce_scatter(d, buf, shard);
+#endif
+    return mpi_reduce_scatter(d, buf, shard);
+}
+
+int dc_dist_all_gather(dc_dist *d, float *buf, size_t shard) {
+#ifdef DC_HAVE_NCCL
+    if (d->nccl)
+        return nccl_all_gather(d, buf, shard);
+#endif
+    return d->mpi ? mpi_all_gather(d, buf, shard) : 0;
 }
 
 int dc_dist_check_identical(dc_dist *d, const void *buf, size_t bytes, const char *what, uint64_t *hash) {

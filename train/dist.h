@@ -128,6 +128,26 @@ int dc_dist_average_end(dc_dist *d);
 /* true between begin and end. */
 static inline bool dc_dist_averaging(const dc_dist *d) { return d->buf != NULL; }
 
+/* ---- ZeRO-1: AdamW's state sharded over the ranks ----
+ * Rank r keeps the moments of floats [r x shard, (r + 1) x shard) of the
+ * flat buffers, reduce-scatters the gradient so that it holds the mean of
+ * that shard, updates those weights, and all-gathers the weights. Buffers
+ * handed to these calls hold world x shard floats (nn.h's `multiple`). */
+
+/* The floats of each rank's shard of a buffer of n: n / world, rounded up
+ * to 16 (64 bytes). */
+size_t dc_dist_shard(const dc_dist *d, size_t n);
+/* buf[world x shard] on d->device holding the sum of `micro_batches`
+ * micro-batches' gradients: afterwards the rank's shard of buf holds the
+ * mean over the micro-batches and the ranks; the rest of buf is undefined. */
+int dc_dist_reduce_scatter(dc_dist *d, float *buf, size_t shard, int64_t micro_batches);
+/* Every rank's shard of buf[world x shard] (on d->device) into every rank's buf. */
+int dc_dist_all_gather(dc_dist *d, float *buf, size_t shard);
+/* Host memory: every rank's mine[n] into rank 0's all[world x n] (`all` is
+ * not used elsewhere); and back, rank 0's all[r x n, +n) into rank r's mine. */
+int dc_dist_gather(dc_dist *d, const float *mine, size_t n, float *all);
+int dc_dist_scatter(dc_dist *d, const float *all, size_t n, float *mine);
+
 /* A fingerprint of `bytes` at buf (zlib's CRC-32) in
  * *hash, and an error unless every rank's is the same: proof that the ranks
  * hold identical weights, checked at every checkpoint. `what` names the

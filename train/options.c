@@ -104,6 +104,9 @@ static const dc_train_option table[] = {
     FLOAT("optimisation", adam_epsilon, "1e-8", 0, BIG, 0, "AdamW's epsilon"),
     FLOAT("optimisation", max_grad_norm, "1.0", 0, BIG, 0,
           "clip the gradients' global L2 norm to this (0: no clipping)"),
+    INT("optimisation", zero_stage, "0", 0, 1,
+        "with several ranks, 1 shards AdamW's state over them (ZeRO-1): each keeps 1/N of it and updates "
+        "1/N of the weights, which the ranks then exchange; 0: every rank keeps all of it"),
     BOOL("optimisation", use_ema, "false",
          "keep an exponential moving average of the weights (saved as unet_ema/, and as the final model)"),
     FLOAT("optimisation", ema_inv_gamma, "1.0", 0, BIG, DC_OPT_LO_OPEN,

@@ -67,6 +67,7 @@ typedef struct dc_train_options {
     int64_t lr_warmup_steps;
     double adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon;
     double max_grad_norm; /* 0: no clipping */
+    int64_t zero_stage;   /* 1: AdamW's state sharded over the ranks */
     bool use_ema;
     double ema_inv_gamma, ema_power, ema_max_decay;
     const char *mixed_precision;

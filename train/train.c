@@ -102,6 +102,7 @@ typedef struct trainer {
     int64_t *subset, n_subset; /* --classes: the images trained on (NULL: all) */
     dc_loader *loader;
     dc_adamw opt;
+    size_t opt_lo, opt_n;    /* AdamW's part of the flat buffers: all, or this rank's shard (--zero-stage 1) */
     dc_ema ema;
     dc_lr_schedule lr_schedule;
     dc_ctx ctx;
@@ -264,12 +265,16 @@ static int open_data(trainer *tr) {
 static int setup_model(trainer *tr, const char *pretrained_weights) {
     dc_params_init(&tr->ps);
     tr->null_class = dc_unet_null_class(&tr->ucfg);
+    bool zero = tr->o.zero_stage == 1;
+    tr->ps.multiple = zero ? (size_t)tr->dist.world * 16 : 0; /* equal shards */
     if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) ||
         dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed))
         return -1;
+    tr->opt_n = zero ? dc_dist_shard(&tr->dist, tr->ps.total) : tr->ps.total;
+    tr->opt_lo = zero ? (size_t)tr->dist.rank * tr->opt_n : 0;
     if (pretrained_weights && dc_params_load(&tr->ps, NULL, pretrained_weights, dc_unet_rename))
         return -1;
-    if (dc_adamw_init_on(&tr->opt, tr->device, tr->ps.total, tr->o.adam_beta1, tr->o.adam_beta2,
+    if (dc_adamw_init_on(&tr->opt, tr->device, tr->opt_n, tr->o.adam_beta1, tr->o.adam_beta2,
                          tr->o.adam_epsilon, tr->o.adam_weight_decay) ||
         dc_lr_schedule_parse(tr->o.lr_scheduler, &tr->lr_schedule))
         return -1;
@@ -298,10 +303,10 @@ static int setup_activations(trainer *tr) {
     return 0;
 }
 
-/* buf[ps.total] of the training device, readable on the host: buf itself on
- * the CPU, else a copy in *copy (malloc'ed, for the caller to free). */
-static const float *on_host(const trainer *tr, const float *buf, float **copy) {
-    size_t bytes = tr->ps.total * sizeof(float);
+/* buf[n] of the training device, readable on the host: buf itself on the
+ * CPU, else a copy in *copy (malloc'ed, for the caller to free). */
+static const float *on_host(const trainer *tr, const float *buf, size_t n, float **copy) {
+    size_t bytes = n * sizeof(float);
     *copy = NULL;
     if (tr->device == DC_CPU)
         return buf;
@@ -325,7 +330,7 @@ static dc_pipeline pipeline_of(const trainer *tr) {
                          .ema = tr->o.use_ema ? tr->ema.shadow : NULL};
 }
 
-static int write_checkpoint(trainer *tr, uint64_t fingerprint) {
+static int write_checkpoint(trainer *tr, uint64_t fingerprint, const float *m, const float *v) {
     char step[24], adam_step[24], ema_step[24], cursor[24];
     snprintf(step, sizeof step, "%" PRId64, tr->step);
     snprintf(adam_step, sizeof adam_step, "%" PRId64, tr->opt.step);
@@ -336,15 +341,8 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint) {
     cJSON_Delete(cfg);
     if (!cfg_text)
         return -1;
-    int64_t shape[1] = {(int64_t)tr->ps.total};
-    size_t bytes = tr->ps.total * sizeof(float);
-    float *m_copy, *v_copy = NULL;
-    const float *m = on_host(tr, tr->opt.m, &m_copy), *v = m ? on_host(tr, tr->opt.v, &v_copy) : NULL;
-    if (!m || !v) {
-        free(m_copy);
-        free(cfg_text);
-        return -1;
-    }
+    int64_t shape[1] = {(int64_t)tr->ps.extent}; /* without the shards' rounding: any world resumes it */
+    size_t bytes = tr->ps.extent * sizeof(float);
     dc_st_tensor tensors[2] = {
         {.name = "adamw.exp_avg", .dtype = DC_F32, .ndim = 1, .data = m, .nbytes = bytes},
         {.name = "adamw.exp_avg_sq", .dtype = DC_F32, .ndim = 1, .data = v, .nbytes = bytes},
@@ -359,8 +357,6 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint) {
                             .n_meta = 7};
     dc_pipeline p = pipeline_of(tr);
     int rc = dc_checkpoint_save(tr->o.output_dir, tr->step, &p, &state, NULL, NULL);
-    free(m_copy);
-    free(v_copy);
     free(cfg_text);
     if (!rc)
         rc = dc_checkpoint_prune(tr->o.output_dir, tr->o.checkpoints_total_limit);
@@ -375,21 +371,43 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint) {
 /* dc_dist_check_identical of buf[ps.total] on the training device. */
 static int check_identical(trainer *tr, const float *buf, const char *what, uint64_t *hash) {
     float *copy;
-    const float *host = on_host(tr, buf, &copy);
+    const float *host = on_host(tr, buf, tr->ps.total, &copy);
     int rc = host ? dc_dist_check_identical(&tr->dist, host, tr->ps.total * sizeof(float), what, hash) : -1;
     free(copy);
     return rc;
 }
 
-/* Every rank: prove that all hold the same weights (and EMA weights); then
- * rank 0 writes the checkpoint. */
+/* One of AdamW's moments of the whole flat buffer, in rank 0's host memory
+ * (*out; NULL on the other ranks; *copy to be freed). Every rank calls it:
+ * the shards of --zero-stage 1 are gathered. */
+static int moment_on_root(trainer *tr, const float *buf, const float **out, float **copy) {
+    bool root = dc_dist_is_root(&tr->dist);
+    *out = *copy = NULL;
+    if (tr->opt_n == tr->ps.total)
+        return !root || (*out = on_host(tr, buf, tr->opt_n, copy)) ? 0 : -1;
+    float *mine_copy;
+    const float *mine = on_host(tr, buf, tr->opt_n, &mine_copy);
+    if (mine && root && !(*copy = malloc(tr->ps.total * sizeof(float))))
+        dc_fail("out of memory for the optimizer state (%zu bytes)", tr->ps.total * sizeof(float));
+    int rc = !mine || (root && !*copy) || dc_dist_gather(&tr->dist, mine, tr->opt_n, *copy);
+    free(mine_copy);
+    *out = *copy;
+    return rc ? -1 : 0;
+}
+
+/* Every rank: prove that all hold the same weights (and EMA weights), hand
+ * rank 0 the optimizer's moments; then rank 0 writes the checkpoint. */
 static int save_checkpoint(trainer *tr) {
     uint64_t weights, ema;
-    return check_identical(tr, tr->ps.data, "weights", &weights) ||
-                   (tr->o.use_ema && check_identical(tr, tr->ema.shadow, "EMA weights", &ema))
-               ? -1
-           : dc_dist_is_root(&tr->dist) ? write_checkpoint(tr, weights)
-                                        : 0;
+    float *m_copy = NULL, *v_copy = NULL;
+    const float *m, *v;
+    int rc = check_identical(tr, tr->ps.data, "weights", &weights) ||
+             (tr->o.use_ema && check_identical(tr, tr->ema.shadow, "EMA weights", &ema)) ||
+             moment_on_root(tr, tr->opt.m, &m, &m_copy) || moment_on_root(tr, tr->opt.v, &v, &v_copy) ||
+             (dc_dist_is_root(&tr->dist) && write_checkpoint(tr, weights, m, v));
+    free(m_copy);
+    free(v_copy);
+    return rc ? -1 : 0;
 }
 
 static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
@@ -400,12 +418,15 @@ static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
     return 0;
 }
 
-/* Copy a moment buffer of the optimizer back from the train state. */
-static int restore_moment(const trainer *tr, const dc_st_file *f, const char *name, float *dst, size_t n) {
+/* Copy a moment buffer of the optimizer back from the train state: AdamW's
+ * part of it (at --zero-stage 1 each rank reads its own shard). */
+static int restore_moment(const trainer *tr, const dc_st_file *f, const char *name, float *dst) {
     const dc_st_tensor *t = dc_st_find(f, name);
+    size_t n = tr->ps.extent, lo = tr->opt_lo < n ? tr->opt_lo : n;
+    size_t len = tr->opt_n < n - lo ? tr->opt_n : n - lo; /* the rest: rounding, zero */
     if (!t || t->dtype != DC_F32 || t->nbytes != n * sizeof(float))
         return dc_fail("train_state.safetensors: '%s' is missing or not %zu f32 values", name, n);
-    return dc_memcpy(dst, tr->device, t->data, DC_CPU, t->nbytes);
+    return dc_memcpy(dst, tr->device, (const float *)t->data + lo, DC_CPU, len * sizeof(float));
 }
 
 static int resume(trainer *tr) {
@@ -424,8 +445,8 @@ static int resume(trainer *tr) {
         rc = dc_fail("%s: train_state.safetensors has another format version", dir);
     rc = rc || meta_int(&state, "step", &tr->step) || meta_int(&state, "adamw_step", &adam_step) ||
          meta_int(&state, "ema_step", &ema_step) || meta_int(&state, "bad_steps", &bad) ||
-         restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m, tr->ps.total) ||
-         restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v, tr->ps.total);
+         restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m) ||
+         restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v);
     if (!rc) {
         tr->opt.step = adam_step;
         tr->ema.optimization_step = ema_step;
@@ -442,7 +463,7 @@ static int resume(trainer *tr) {
 static int broadcast_buffer(trainer *tr, float *buf) {
     size_t bytes = tr->ps.total * sizeof(float);
     float *copy;
-    float *host = (float *)on_host(tr, buf, &copy);
+    float *host = (float *)on_host(tr, buf, tr->ps.total, &copy);
     int rc = !host || dc_dist_broadcast(&tr->dist, host, bytes) ||
              (copy && dc_memcpy(buf, tr->device, copy, DC_CPU, bytes));
     free(copy);
@@ -450,13 +471,15 @@ static int broadcast_buffer(trainer *tr, float *buf) {
 }
 
 /* Every rank takes rank 0's weights, optimizer and EMA state and counters:
- * they start alike even if their copies of a checkpoint were not. */
+ * they start alike even if their copies of a checkpoint were not (but for
+ * the moments of --zero-stage 1, each rank's shard its own). */
 static int share_state(trainer *tr) {
     int64_t counts[4] = {tr->step, tr->opt.step, tr->ema.optimization_step, tr->bad_steps};
     if (tr->dist.world == 1)
         return 0;
-    if (broadcast_buffer(tr, tr->ps.data) || broadcast_buffer(tr, tr->opt.m) ||
-        broadcast_buffer(tr, tr->opt.v) || dc_dist_broadcast(&tr->dist, counts, sizeof counts) ||
+    bool whole = tr->opt_n == tr->ps.total;
+    if (broadcast_buffer(tr, tr->ps.data) || (whole && broadcast_buffer(tr, tr->opt.m)) ||
+        (whole && broadcast_buffer(tr, tr->opt.v)) || dc_dist_broadcast(&tr->dist, counts, sizeof counts) ||
         (tr->o.use_ema && broadcast_buffer(tr, tr->ema.shadow)))
         return -1;
     tr->step = counts[0];
@@ -537,6 +560,19 @@ static int grad_ready(void *user, dc_tensor *t) {
     return dc_params_span(&tr->ps, t, &offset, &len) ? dc_dist_average_ready(&tr->dist, offset, len) : 0;
 }
 
+/* The L2 norm of the averaged gradient in *norm, the gradient clipped to
+ * --max-grad-norm: over AdamW's part of it, the ranks' sums of squares
+ * added when that is a shard (--zero-stage 1). */
+static int clip_gradient(trainer *tr, double *norm) {
+    float *g = tr->ps.grad + tr->opt_lo;
+    double sq = dc_grad_sum_squares_on(tr->device, g, tr->opt_n);
+    if (dc_device_failed(tr->device) || (tr->opt_n < tr->ps.total && dc_dist_sum(&tr->dist, &sq, 1)))
+        return -1;
+    *norm = sqrt(sq);
+    double coef = dc_grad_clip_coef(*norm, tr->o.max_grad_norm);
+    return coef < 1 ? dc_grad_scale_on(tr->device, g, tr->opt_n, (float)coef) : 0;
+}
+
 /* One optimizer step; a non-finite loss or gradient skips it (counted). The
  * gradient is averaged over the ranks before it is measured, so the norm,
  * the clipping and the decision to skip are the same on every rank. */
@@ -545,8 +581,9 @@ static int optimizer_step(trainer *tr, step_stats *st) {
     double t0 = now();
     if (dc_params_zero_grad(&tr->ps))
         return -1;
+    bool zero = tr->opt_n < tr->ps.total;
     for (int64_t a = 0; a < accum; a++) {
-        bool last = a == accum - 1; /* its backward pass overlaps the average */
+        bool last = a == accum - 1 && !zero; /* its backward pass overlaps the average */
         if ((last && dc_dist_average_begin(&tr->dist, tr->ps.grad, tr->ps.total, accum)))
             return -1;
         tr->ctx.grad_ready = last ? grad_ready : NULL;
@@ -555,10 +592,8 @@ static int optimizer_step(trainer *tr, step_stats *st) {
     }
     tr->ctx.grad_ready = NULL;
     st->loss /= (double)accum;
-    if (dc_dist_average_end(&tr->dist) || sum_stats(tr, st))
-        return -1;
-    st->grad_norm = dc_grad_clip_norm_on(tr->device, tr->ps.grad, tr->ps.total, tr->o.max_grad_norm);
-    if (dc_device_failed(tr->device))
+    if ((zero ? dc_dist_reduce_scatter(&tr->dist, tr->ps.grad, tr->opt_n, accum) : dc_dist_average_end(&tr->dist)) ||
+        sum_stats(tr, st) || clip_gradient(tr, &st->grad_norm))
         return -1;
     st->lr = dc_lr_at(tr->lr_schedule, tr->o.learning_rate, tr->step, tr->o.lr_warmup_steps, tr->total);
     tr->step++;
@@ -570,7 +605,8 @@ static int optimizer_step(trainer *tr, step_stats *st) {
                            "--learning-rate?); the last checkpoint is kept", tr->bad_steps);
     } else {
         tr->bad_steps = 0;
-        if (dc_adamw_step(&tr->opt, tr->ps.data, tr->ps.grad, st->lr) ||
+        if (dc_adamw_step(&tr->opt, tr->ps.data + tr->opt_lo, tr->ps.grad + tr->opt_lo, st->lr) ||
+            (zero && dc_dist_all_gather(&tr->dist, tr->ps.data, tr->opt_n)) ||
             (tr->o.use_ema && dc_ema_step(&tr->ema, tr->ps.data)))
             return -1;
     }
@@ -691,10 +727,17 @@ static int save_final(trainer *tr) {
     return dc_dist_is_root(&tr->dist) ? dc_pipeline_save(tr->o.output_dir, &p) : 0;
 }
 
-/* How the first step's gradient average went (the same on every rank). */
-static void note_overlap(trainer *tr) {
+/* How the first step's gradients travelled (the same on every rank). */
+static void note_dist(trainer *tr) {
     const dc_dist *d = &tr->dist;
-    if (dc_dist_is_root(d) && (d->world > 1 || dc_dist_nccl(d)))
+    double mib = (double)(1 << 20) / (2 * sizeof(float)); /* floats of both moments per MiB */
+    if (!dc_dist_is_root(d) || (d->world == 1 && !dc_dist_nccl(d)))
+        return;
+    if (tr->opt_n < tr->ps.total)
+        dc_progress_note(&tr->progress, "ZeRO-1: gradient reduce-scatter and weight all-gather; AdamW's state "
+                         "takes %.3g MiB on each rank instead of %.3g MiB", (double)tr->opt_n / mib,
+                         (double)tr->ps.total / mib);
+    else
         dc_progress_note(&tr->progress, "gradient all-reduce: %d bucket%s of up to %.3g MiB, %d started during "
                          "the backward pass", d->buckets, d->buckets == 1 ? "" : "s",
                          (double)d->bucket * sizeof(float) / (1 << 20), d->overlapped);
@@ -713,7 +756,7 @@ static int run(trainer *tr) {
         if (optimizer_step(tr, &st) || log_step(tr, &st))
             return -1;
         if (tr->step == first + 1)
-            note_overlap(tr);
+            note_dist(tr);
         if (root && tr->o.sample_every && tr->step % tr->o.sample_every == 0 && sample_grid(tr))
             return -1;
         if (tr->o.checkpointing_steps && tr->step % tr->o.checkpointing_steps == 0 &&
