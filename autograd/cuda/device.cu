@@ -47,8 +47,8 @@ bool cuda_check_dnn(cudnnStatus_t s, const char *call, const char *file, int lin
 bool cuda_check_blas(cublasStatus_t s, const char *call, const char *file, int line) {
     if (s == CUBLAS_STATUS_SUCCESS)
         return true;
-    char why[128];
-    snprintf(why, sizeof why, "cuBLAS status %d", (int)s);
+    char why[256];
+    snprintf(why, sizeof why, "%s (%s)", cublasLtGetStatusString(s), cublasLtGetStatusName(s));
     return record(file, line, call, why);
 }
 
