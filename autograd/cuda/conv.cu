@@ -11,9 +11,10 @@
  * workspace is the op's scratch from the activation arena, as large as the
  * largest candidate needs. Under DC_MATH_BF16 the operands are rounded to
  * bf16 in that scratch, cuDNN accumulates in f32, and the results are widened
- * back (gradients added). The bias is our own row kernel (forward) and column
- * sum (backward): cuDNN fuses a bias only into one algorithm with an
- * activation we do not have. */
+ * back (gradients added); a geometry cuDNN has no bf16 algorithm for runs in
+ * TF32. The bias is our own row kernel (forward) and column sum (backward):
+ * cuDNN fuses a bias only into one algorithm with an activation we do not
+ * have. */
 #include "common.cuh"
 #include "conv.h"
 
@@ -42,7 +43,8 @@ typedef struct {
 typedef struct {
     bool used;
     int device;
-    dc_math math;
+    dc_math math;  /* the device's setting the plan is for */
+    dc_math arith; /* the arithmetic it runs: math, or TF32 where cuDNN has no bf16 algorithm */
     int64_t n, h, w, cin, cout, kh, kw, stride, pad;
     cudnnTensorDescriptor_t x, y;
     cudnnFilterDescriptor_t f;
@@ -82,7 +84,7 @@ static int64_t workspace_floats(const plan *p) {
 /* The scratch: the workspace, then under bf16 the copies x, w, y (dy), dx, dw. */
 static int64_t scratch_of(const plan *p) {
     int64_t ws = workspace_floats(p);
-    if (p->math != DC_MATH_BF16)
+    if (p->arith != DC_MATH_BF16)
         return ws < 1 ? 1 : ws;
     int64_t nx = p->n * p->h * p->w * p->cin, nw = p->cout * p->kh * p->kw * p->cin;
     int64_t ho = (p->h + 2 * p->pad - p->kh) / p->stride + 1;
@@ -99,7 +101,7 @@ static bool usable_math(cudnnMathType_t mt, dc_math m) {
 
 /* The math type an algorithm runs with: its own, but never TF32 under DC_MATH_F32. */
 static cudnnMathType_t run_math(const plan *p, cudnnMathType_t mt) {
-    return p->math == DC_MATH_F32 ? CUDNN_FMA_MATH : mt;
+    return p->arith == DC_MATH_F32 ? CUDNN_FMA_MATH : mt;
 }
 
 /* The workspace cuDNN says `algo` of direction dir needs on this geometry
@@ -126,7 +128,7 @@ template <class Perf>
 static bool collect(plan *p, int dir, const Perf *perf, int count, size_t budget) {
     choice *ch = &p->dir[dir];
     for (int i = 0; i < count && ch->count < MAX_CANDIDATES; i++) {
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || !usable_math(perf[i].mathType, p->math))
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || !usable_math(perf[i].mathType, p->arith))
             continue;
         cudnnMathType_t mt = run_math(p, perf[i].mathType);
         size_t need = 0;
@@ -143,40 +145,61 @@ static bool collect(plan *p, int dir, const Perf *perf, int count, size_t budget
     return true;
 }
 
-static bool choose_algorithms(plan *p, size_t budget) {
+/* The status of a heuristic query checked, except that "not supported" (for
+ * the data type or layout) means no results, not a failure. */
+static bool heuristic(cudnnStatus_t s, int *count, const char *call) {
+    if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED) {
+        *count = 0;
+        return true;
+    }
+    return cuda_check_dnn(s, call, __FILE__, __LINE__);
+}
+
+/* Collects the candidates of every direction: the first direction left
+ * without one (DIRECTIONS when none is), or -1 after a failure (recorded). */
+static int choose_algorithms(plan *p, size_t budget) {
     cudnnHandle_t h = cuda_st()->dnn;
     int nf = 0, nd = 0, nw = 0;
     cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     cudnnConvolutionBwdDataAlgoPerf_t data[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     cudnnConvolutionBwdFilterAlgoPerf_t filt[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     p->workspace = 0;
-    if (!CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
-            h, p->x, p->f, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &nf, fwd)) ||
-        !CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-            h, p->f, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &nd, data)) ||
-        !CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-            h, p->x, p->y, p->conv, p->f, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &nw, filt)))
-        return false;
-    if (!collect(p, FWD, fwd, nf, budget) || !collect(p, DATA, data, nd, budget) ||
+    if (!heuristic(cudnnGetConvolutionForwardAlgorithm_v7(
+                       h, p->x, p->f, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &nf, fwd),
+                   &nf, "cudnnGetConvolutionForwardAlgorithm_v7") ||
+        !heuristic(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                       h, p->f, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &nd,
+                       data),
+                   &nd, "cudnnGetConvolutionBackwardDataAlgorithm_v7") ||
+        !heuristic(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                       h, p->x, p->y, p->conv, p->f, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &nw,
+                       filt),
+                   &nw, "cudnnGetConvolutionBackwardFilterAlgorithm_v7") ||
+        !collect(p, FWD, fwd, nf, budget) || !collect(p, DATA, data, nd, budget) ||
         !collect(p, FILTER, filt, nw, budget))
-        return false;
-    int missing = !p->dir[FWD].count ? FWD : !p->dir[DATA].count ? DATA
-                  : !p->dir[FILTER].count ? FILTER : DIRECTIONS;
-    if (missing == DIRECTIONS)
-        return true;
+        return -1;
+    for (int d = 0; d < DIRECTIONS; d++)
+        if (!p->dir[d].count)
+            return d;
+    return DIRECTIONS;
+}
+
+/* Records that direction dir of p has no algorithm; false. */
+static bool no_algorithm(const plan *p, int dir, size_t budget) {
     const char *names[DIRECTIONS] = {"forward", "backward-data", "backward-filter"};
-    char why[200];
+    char why[240];
     snprintf(why, sizeof why,
              "cuDNN offers no %s convolution algorithm within %zu bytes of workspace "
-             "(x [%lld, %lld, %lld, %lld], %lldx%lld kernel, %lld outputs)",
-             names[missing], budget, (long long)p->n, (long long)p->h, (long long)p->w,
-             (long long)p->cin, (long long)p->kh, (long long)p->kw, (long long)p->cout);
+             "(x [%lld, %lld, %lld, %lld], %lldx%lld kernel, %lld outputs, math %d)",
+             names[dir], budget, (long long)p->n, (long long)p->h, (long long)p->w,
+             (long long)p->cin, (long long)p->kh, (long long)p->kw, (long long)p->cout,
+             (int)p->arith);
     return CUDA_FAIL(why);
 }
 
 /* Descriptors of the geometry in the math's data type, checked against ours. */
 static bool describe(plan *p, const cpu_conv_geom *g) {
-    cudnnDataType_t dt = p->math == DC_MATH_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    cudnnDataType_t dt = p->arith == DC_MATH_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
     int64_t biggest = g->n * g->h * g->w * g->cin > g->n * g->ho * g->wo * g->cout
                           ? g->n * g->h * g->w * g->cin
                           : g->n * g->ho * g->wo * g->cout;
@@ -200,7 +223,7 @@ static bool describe(plan *p, const cpu_conv_geom *g) {
                                                      (int)g->stride, (int)g->stride, 1, 1,
                                                      CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)) &&
          CUDNN_CHECK(cudnnSetConvolutionMathType(
-             p->conv, p->math == DC_MATH_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH)) &&
+             p->conv, p->arith == DC_MATH_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH)) &&
          CUDNN_CHECK(
              cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->f, &on, &oc, &oh, &ow));
     if (ok && (on != g->n || oc != g->cout || oh != g->ho || ow != g->wo))
@@ -208,7 +231,20 @@ static bool describe(plan *p, const cpu_conv_geom *g) {
     return ok;
 }
 
-/* The plan of g on the current device, made on first sight; NULL on failure. */
+/* p made afresh for g in arithmetic `arith`: what choose_algorithms says. */
+static int make(plan *p, const cpu_conv_geom *g, dc_math arith, size_t budget) {
+    cuda_state *st = cuda_st();
+    drop(p);
+    *p = plan{};
+    p->device = st->device, p->math = st->math, p->arith = arith;
+    p->n = g->n, p->h = g->h, p->w = g->w, p->cin = g->cin, p->cout = g->cout;
+    p->kh = g->kh, p->kw = g->kw, p->stride = g->stride, p->pad = g->pad;
+    return describe(p, g) ? choose_algorithms(p, budget) : -1;
+}
+
+/* The plan of g on the current device, made on first sight; NULL on failure.
+ * cuDNN's bf16 kernels may not take every geometry (the 3 channels of an
+ * image): such a convolution runs in TF32 instead of failing the step. */
 static plan *plan_for(const cpu_conv_geom *g, size_t budget) {
     cuda_state *st = cuda_st();
     for (int i = 0; i < MAX_PLANS; i++)
@@ -216,13 +252,13 @@ static plan *plan_for(const cpu_conv_geom *g, size_t budget) {
             return &plans[i];
     plan *p = &plans[next_victim];
     next_victim = (next_victim + 1) % MAX_PLANS;
-    drop(p);
-    *p = plan{};
-    p->device = st->device, p->math = st->math;
-    p->n = g->n, p->h = g->h, p->w = g->w, p->cin = g->cin, p->cout = g->cout;
-    p->kh = g->kh, p->kw = g->kw, p->stride = g->stride, p->pad = g->pad;
-    if (describe(p, g) && choose_algorithms(p, budget))
+    int missing = make(p, g, st->math, budget);
+    if (missing >= 0 && missing < DIRECTIONS && st->math == DC_MATH_BF16)
+        missing = make(p, g, DC_MATH_TF32, budget);
+    if (missing == DIRECTIONS)
         return p;
+    if (missing >= 0)
+        no_algorithm(p, missing, budget);
     drop(p);
     return NULL;
 }
@@ -308,7 +344,7 @@ extern "C" void cuda_conv2d_forward(const cpu_conv_geom *g, float *y, const floa
     int64_t ny = g->n * g->ho * g->wo * g->cout;
     const void *xs = x, *ws = w;
     void *ys = y;
-    if (p->math == DC_MATH_BF16) {
+    if (p->arith == DC_MATH_BF16) {
         xs = staged(x, nx, &region);
         ws = staged(w, nw, &region);
         ys = staged(NULL, ny, &region);
@@ -319,7 +355,7 @@ extern "C" void cuda_conv2d_forward(const cpu_conv_geom *g, float *y, const floa
                                            p->y, ys);
         }))
         return;
-    if (p->math == DC_MATH_BF16)
+    if (p->arith == DC_MATH_BF16)
         LAUNCH(from_bf16, grid_for(ny), BLOCK, 0, y, (const __nv_bfloat16 *)ys, ny, false);
     if (b)
         LAUNCH(add_bias, grid_for(ny), BLOCK, 0, y, b, ny / g->cout, g->cout);
@@ -334,7 +370,7 @@ extern "C" void cuda_conv2d_backward(const cpu_conv_geom *g, const float *dy, co
     cudnnHandle_t h = cuda_st()->dnn;
     int64_t nx = g->n * g->h * g->w * g->cin, nw = g->cout * g->kh * g->kw * g->cin;
     int64_t ny = g->n * g->ho * g->wo * g->cout;
-    bool bf16 = p->math == DC_MATH_BF16;
+    bool bf16 = p->arith == DC_MATH_BF16;
     /* f32: accumulate straight into dx, dw (beta 1; dx beta 0 when it holds
      * nothing yet); bf16: into staging, added (or copied) after. */
     float one = 1.0f, beta = bf16 ? 0.0f : 1.0f, *region = scratch + workspace_floats(p);
