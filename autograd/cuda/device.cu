@@ -78,7 +78,8 @@ static bool setup(cuda_state *st) {
            CUBLAS_CHECK(cublasLtCreate(&st->lt)) && CUDNN_CHECK(cudnnCreate(&st->dnn)) &&
            CUDNN_CHECK(cudnnSetStream(st->dnn, st->stream)) &&
            CUDA_CHECK(cudaMalloc(&st->lt_workspace, LT_WORKSPACE)) &&
-           CUDA_CHECK(cudaMalloc((void **)&st->reduce, REDUCE_SLOTS * sizeof(double)));
+           CUDA_CHECK(cudaMalloc((void **)&st->reduce, REDUCE_SLOTS * sizeof(double))) &&
+           CUDA_CHECK(cudaMalloc((void **)&st->colsum, COL_PARTIALS * sizeof(double)));
 }
 
 extern "C" void cuda_select(int device) {
