@@ -89,7 +89,7 @@ typedef struct {
     dc_op op;
     int i0, i1;       /* groups, stride and pad, heads, slice start and count, dim */
     float f0;         /* dropout p, attention scale, timestep shift, snr gamma */
-    bool b0;          /* causal, flip_sin_to_cos */
+    bool b0;          /* causal, flip_sin_to_cos, conv2d twice (accumulating gradients) */
     dc_prediction_type pred;
     const dc_noise_schedule *sched;
 } op_arg;
@@ -107,7 +107,11 @@ static dc_tensor *run(dc_ctx *c, dc_tensor **in, void *argp) {
     case DC_OP_MEAN: return dc_mean(c, in[0]);
     case DC_OP_LINEAR: return dc_linear(c, in[0], in[1], in[2]);
     case DC_OP_MATMUL: return dc_matmul(c, in[0], in[1]);
-    case DC_OP_CONV2D: return dc_conv2d(c, in[0], in[1], in[2], a->i0, a->i1);
+    case DC_OP_CONV2D:
+        if (a->b0) /* conv(conv(x) + x): x and w get a second gradient added to their first */
+            return dc_conv2d(c, dc_add(c, dc_conv2d(c, in[0], in[1], in[2], 1, 1), in[0]), in[1],
+                             in[2], 1, 1);
+        return dc_conv2d(c, in[0], in[1], in[2], a->i0, a->i1);
     case DC_OP_GROUP_NORM: return dc_group_norm(c, in[0], a->i0, in[1], in[2], 1e-5f);
     case DC_OP_GROUP_NORM_SILU: return dc_group_norm_silu(c, in[0], a->i0, in[1], in[2], 1e-5f);
     case DC_OP_LAYER_NORM: return dc_layer_norm(c, in[0], in[1], in[2], 1e-5f);
@@ -244,6 +248,8 @@ static void check_products(dc_math m, double tol) {
     CHECK(m, tol, a, DATA(cpu, 1, 7, 9, 3), LEAF(cpu, 4, 3, 5, 3), LEAF(cpu, 4));
     a.i0 = 2, a.i1 = 2;
     CHECK(m, tol, a, LEAF(cpu, 2, 11, 10, 3), LEAF(cpu, 4, 5, 5, 3), LEAF(cpu, 4));
+    a = (op_arg){.op = DC_OP_CONV2D, .b0 = true}; /* dx and dw added to, not set */
+    CHECK(m, tol, a, LEAF(cpu, 2, 9, 7, 6), LEAF(cpu, 6, 3, 3, 6), LEAF(cpu, 6));
     a = (op_arg){.op = DC_OP_ATTENTION, .i0 = 3};
     CHECK(m, tol, a, LEAF(cpu, 2, 7, 12), LEAF(cpu, 2, 5, 12), LEAF(cpu, 2, 5, 12)); /* cross */
     CHECK(m, tol, a, LEAF(cpu, 2, 9, 15), LEAF(cpu, 2, 9, 15), LEAF(cpu, 2, 9, 15)); /* d = 5 */

@@ -32,6 +32,14 @@ extern "C" { /* the engine's C headers */
 #define REDUCE_BLOCKS 1024
 #define REDUCE_SLOTS (REDUCE_BLOCKS + 8)
 
+/* Column sums (bias and norm-affine gradients) split their rows into chunks
+ * of COL_ROWS, one (32, 8) block per chunk of 32 columns, and keep each
+ * chunk's sum in the persistent buffer of COL_PARTIALS doubles: one block per
+ * 32 columns alone left all but a few multiprocessors idle over the 10^5
+ * rows of a batch of feature maps. */
+#define COL_ROWS 256
+#define COL_PARTIALS ((int64_t)1 << 20)
+
 typedef struct cuda_state {
     bool ready, failed;
     int device;
@@ -42,6 +50,7 @@ typedef struct cuda_state {
     cudnnHandle_t dnn;
     void *lt_workspace;          /* cuBLASLt's workspace [LT_WORKSPACE bytes] */
     double *reduce;              /* [REDUCE_SLOTS] partial sums of reductions */
+    double *colsum;              /* [COL_PARTIALS] chunk sums of column sums */
 } cuda_state;
 
 #define LT_WORKSPACE ((size_t)32 << 20)
@@ -125,6 +134,24 @@ __device__ inline float block_max(float v) {
  * when a is not NULL), in double: column sums, read coalesced. elementwise.cu. */
 void launch_colsum(const float *dout, const float *a, float *db, int64_t A, int64_t R, int64_t C,
                    float sign);
+
+/* How many chunks of rows column sums over R rows of `groups` x C columns
+ * take, with `arrays` partial sums per column: enough for COL_ROWS rows each
+ * where the partials fit in COL_PARTIALS and the grid's y in 65535, at least
+ * 1 (then the sums go straight to their destination). Depends on the shape
+ * alone, so the sums are the same on every GPU. */
+static inline int64_t col_chunks(int64_t groups, int64_t R, int64_t C, int64_t arrays) {
+    int64_t chunks = (R + COL_ROWS - 1) / COL_ROWS;
+    int64_t room = COL_PARTIALS / (arrays * groups * (C > 0 ? C : 1)), grid = 65535 / groups;
+    chunks = chunks < room ? chunks : room;
+    chunks = chunks < grid ? chunks : grid;
+    return chunks < 1 ? 1 : chunks;
+}
+
+/* out[g, c] += sign * the sum over k of partial [groups, chunks, C] at
+ * (g, k, c), in chunk order. elementwise.cu. */
+void launch_colsum_finish(const double *partial, float *out, int64_t groups, int64_t chunks,
+                          int64_t C, float sign);
 
 /* One operand of gemm_ex: row-major, leading dimension ld (floats between
  * rows), stride floats between the matrices of a batch. */

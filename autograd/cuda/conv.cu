@@ -2,36 +2,55 @@
  * (= our [Cout, kh, kw, Cin]), cross-correlation with symmetric zero padding.
  *
  * Each geometry gets a plan the first time it is seen: descriptors and, for
- * forward, backward-data and backward-filter, the first algorithm of cuDNN's
- * heuristic list that fits the workspace budget (and, under DC_MATH_F32,
- * uses no tensor cores). Plans are cached per device and math setting for
- * the life of the process. The workspace is the op's scratch from the
- * activation arena. Under DC_MATH_BF16 the operands are rounded to bf16 in
- * that scratch, cuDNN accumulates in f32, and the results are widened back
- * (gradients added). The bias is our own row kernel (forward) and column sum
- * (backward): cuDNN fuses a bias only into one algorithm with an activation
- * we do not have. */
+ * forward, backward-data and backward-filter, the algorithms of cuDNN's
+ * heuristic list, best first, that cuDNN sizes for this geometry within the
+ * workspace budget (and, under DC_MATH_F32, use no tensor cores). The first
+ * one runs; one that cuDNN then refuses as unsupported is dropped for the
+ * next, as PyTorch does, since the heuristic's list is a guess. Plans are
+ * cached per device and math setting for the life of the process. The
+ * workspace is the op's scratch from the activation arena, as large as the
+ * largest candidate needs. Under DC_MATH_BF16 the operands are rounded to
+ * bf16 in that scratch, cuDNN accumulates in f32, and the results are widened
+ * back (gradients added); a geometry cuDNN has no bf16 algorithm for runs in
+ * TF32. The bias is our own row kernel (forward) and column sum (backward):
+ * cuDNN fuses a bias only into one algorithm with an activation we do not
+ * have. */
 #include "common.cuh"
 #include "conv.h"
 
 #include <stdio.h>
 
 #define MAX_PLANS 256
-#define ALIGN_FLOATS 64 /* 256 bytes between scratch regions */
+#define ALIGN_FLOATS 64  /* 256 bytes between scratch regions */
+#define MAX_CANDIDATES 8 /* CUDNN_CONVOLUTION_FWD_ALGO_COUNT, the largest of the three */
+
+enum { FWD, DATA, FILTER, DIRECTIONS }; /* forward, backward-data, backward-filter */
+
+/* An algorithm of one direction (a cudnnConvolution*Algo_t), the math type
+ * it runs with and the workspace bytes cuDNN says it needs. */
+typedef struct {
+    int algo;
+    cudnnMathType_t math;
+    size_t workspace;
+} candidate;
+
+/* The usable algorithms of one direction, best first; c[at] is the one in use. */
+typedef struct {
+    candidate c[MAX_CANDIDATES];
+    int count, at;
+} choice;
 
 typedef struct {
     bool used;
     int device;
-    dc_math math;
+    dc_math math;  /* the device's setting the plan is for */
+    dc_math arith; /* the arithmetic it runs: math, or TF32 where cuDNN has no bf16 algorithm */
     int64_t n, h, w, cin, cout, kh, kw, stride, pad;
     cudnnTensorDescriptor_t x, y;
     cudnnFilterDescriptor_t f;
     cudnnConvolutionDescriptor_t conv;
-    cudnnConvolutionFwdAlgo_t fwd;
-    cudnnConvolutionBwdDataAlgo_t bwd_data;
-    cudnnConvolutionBwdFilterAlgo_t bwd_filter;
-    cudnnMathType_t fwd_math, data_math, filter_math;
-    size_t workspace; /* bytes: the largest of the three algorithms' */
+    choice dir[DIRECTIONS];
+    size_t workspace; /* bytes: the largest any candidate needs */
 } plan;
 
 static plan plans[MAX_PLANS];
@@ -65,7 +84,7 @@ static int64_t workspace_floats(const plan *p) {
 /* The scratch: the workspace, then under bf16 the copies x, w, y (dy), dx, dw. */
 static int64_t scratch_of(const plan *p) {
     int64_t ws = workspace_floats(p);
-    if (p->math != DC_MATH_BF16)
+    if (p->arith != DC_MATH_BF16)
         return ws < 1 ? 1 : ws;
     int64_t nx = p->n * p->h * p->w * p->cin, nw = p->cout * p->kh * p->kw * p->cin;
     int64_t ho = (p->h + 2 * p->pad - p->kh) / p->stride + 1;
@@ -73,67 +92,114 @@ static int64_t scratch_of(const plan *p) {
     return ws + 2 * bf16_floats(nx) + 2 * bf16_floats(nw) + bf16_floats(p->n * ho * wo * p->cout);
 }
 
-/* Whether a heuristic result may be used: it runs, fits, and under
- * DC_MATH_F32 needs no tensor cores (it then runs with CUDNN_FMA_MATH). */
-static bool acceptable(cudnnStatus_t s, size_t memory, cudnnMathType_t mt, dc_math m,
-                       size_t budget) {
-    return s == CUDNN_STATUS_SUCCESS && memory <= budget &&
-           (m != DC_MATH_F32 ||
-            (mt != CUDNN_TENSOR_OP_MATH && mt != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION));
+/* Whether a heuristic result's math type may be used: under DC_MATH_F32 no
+ * tensor cores (it then runs with CUDNN_FMA_MATH). */
+static bool usable_math(cudnnMathType_t mt, dc_math m) {
+    return m != DC_MATH_F32 ||
+           (mt != CUDNN_TENSOR_OP_MATH && mt != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION);
 }
 
 /* The math type an algorithm runs with: its own, but never TF32 under DC_MATH_F32. */
 static cudnnMathType_t run_math(const plan *p, cudnnMathType_t mt) {
-    return p->math == DC_MATH_F32 ? CUDNN_FMA_MATH : mt;
+    return p->arith == DC_MATH_F32 ? CUDNN_FMA_MATH : mt;
 }
 
-static bool choose_algorithms(plan *p, size_t budget) {
+/* The workspace cuDNN says `algo` of direction dir needs on this geometry
+ * with the descriptor's current math type; not SUCCESS when it cannot run it. */
+static cudnnStatus_t workspace_of(const plan *p, int dir, int algo, size_t *bytes) {
     cudnnHandle_t h = cuda_st()->dnn;
-    int count = 0;
+    switch (dir) {
+    case FWD:
+        return cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->f, p->conv, p->y,
+                                                       (cudnnConvolutionFwdAlgo_t)algo, bytes);
+    case DATA:
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(
+            h, p->f, p->y, p->conv, p->x, (cudnnConvolutionBwdDataAlgo_t)algo, bytes);
+    default:
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(
+            h, p->x, p->y, p->conv, p->f, (cudnnConvolutionBwdFilterAlgo_t)algo, bytes);
+    }
+}
+
+/* The heuristic's results for direction dir kept as candidates when they
+ * succeed, suit the math setting, and are sized by cuDNN within budget (the
+ * heuristic's own memory figure is an estimate: the larger of the two counts). */
+template <class Perf>
+static bool collect(plan *p, int dir, const Perf *perf, int count, size_t budget) {
+    choice *ch = &p->dir[dir];
+    for (int i = 0; i < count && ch->count < MAX_CANDIDATES; i++) {
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || !usable_math(perf[i].mathType, p->arith))
+            continue;
+        cudnnMathType_t mt = run_math(p, perf[i].mathType);
+        size_t need = 0;
+        if (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, mt)))
+            return false;
+        if (workspace_of(p, dir, (int)perf[i].algo, &need) != CUDNN_STATUS_SUCCESS)
+            continue; /* not for this geometry after all */
+        need = need > perf[i].memory ? need : perf[i].memory;
+        if (need > budget)
+            continue;
+        ch->c[ch->count++] = candidate{(int)perf[i].algo, mt, need};
+        p->workspace = need > p->workspace ? need : p->workspace;
+    }
+    return true;
+}
+
+/* The status of a heuristic query checked, except that "not supported" (for
+ * the data type or layout) means no results, not a failure. */
+static bool heuristic(cudnnStatus_t s, int *count, const char *call) {
+    if (CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED) {
+        *count = 0;
+        return true;
+    }
+    return cuda_check_dnn(s, call, __FILE__, __LINE__);
+}
+
+/* Collects the candidates of every direction: the first direction left
+ * without one (DIRECTIONS when none is), or -1 after a failure (recorded). */
+static int choose_algorithms(plan *p, size_t budget) {
+    cudnnHandle_t h = cuda_st()->dnn;
+    int nf = 0, nd = 0, nw = 0;
     cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     cudnnConvolutionBwdDataAlgoPerf_t data[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     cudnnConvolutionBwdFilterAlgoPerf_t filt[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    bool got_fwd = false, got_data = false, got_filt = false;
     p->workspace = 0;
-    if (!CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
-            h, p->x, p->f, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, fwd)))
-        return false;
-    for (int i = 0; i < count && !got_fwd; i++)
-        if (acceptable(fwd[i].status, fwd[i].memory, fwd[i].mathType, p->math, budget)) {
-            p->fwd = fwd[i].algo, p->fwd_math = fwd[i].mathType, got_fwd = true;
-            p->workspace = fwd[i].memory > p->workspace ? fwd[i].memory : p->workspace;
-        }
-    if (!CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-            h, p->f, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, data)))
-        return false;
-    for (int i = 0; i < count && !got_data; i++)
-        if (acceptable(data[i].status, data[i].memory, data[i].mathType, p->math, budget)) {
-            p->bwd_data = data[i].algo, p->data_math = data[i].mathType, got_data = true;
-            p->workspace = data[i].memory > p->workspace ? data[i].memory : p->workspace;
-        }
-    if (!CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-            h, p->x, p->y, p->conv, p->f, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, filt)))
-        return false;
-    for (int i = 0; i < count && !got_filt; i++)
-        if (acceptable(filt[i].status, filt[i].memory, filt[i].mathType, p->math, budget)) {
-            p->bwd_filter = filt[i].algo, p->filter_math = filt[i].mathType, got_filt = true;
-            p->workspace = filt[i].memory > p->workspace ? filt[i].memory : p->workspace;
-        }
-    if (got_fwd && got_data && got_filt)
-        return true;
-    char why[200];
+    if (!heuristic(cudnnGetConvolutionForwardAlgorithm_v7(
+                       h, p->x, p->f, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &nf, fwd),
+                   &nf, "cudnnGetConvolutionForwardAlgorithm_v7") ||
+        !heuristic(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                       h, p->f, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &nd,
+                       data),
+                   &nd, "cudnnGetConvolutionBackwardDataAlgorithm_v7") ||
+        !heuristic(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                       h, p->x, p->y, p->conv, p->f, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &nw,
+                       filt),
+                   &nw, "cudnnGetConvolutionBackwardFilterAlgorithm_v7") ||
+        !collect(p, FWD, fwd, nf, budget) || !collect(p, DATA, data, nd, budget) ||
+        !collect(p, FILTER, filt, nw, budget))
+        return -1;
+    for (int d = 0; d < DIRECTIONS; d++)
+        if (!p->dir[d].count)
+            return d;
+    return DIRECTIONS;
+}
+
+/* Records that direction dir of p has no algorithm; false. */
+static bool no_algorithm(const plan *p, int dir, size_t budget) {
+    const char *names[DIRECTIONS] = {"forward", "backward-data", "backward-filter"};
+    char why[240];
     snprintf(why, sizeof why,
              "cuDNN offers no %s convolution algorithm within %zu bytes of workspace "
-             "(x [%lld, %lld, %lld, %lld], %lldx%lld kernel, %lld outputs)",
-             !got_fwd ? "forward" : !got_data ? "backward-data" : "backward-filter", budget,
-             (long long)p->n, (long long)p->h, (long long)p->w, (long long)p->cin,
-             (long long)p->kh, (long long)p->kw, (long long)p->cout);
+             "(x [%lld, %lld, %lld, %lld], %lldx%lld kernel, %lld outputs, math %d)",
+             names[dir], budget, (long long)p->n, (long long)p->h, (long long)p->w,
+             (long long)p->cin, (long long)p->kh, (long long)p->kw, (long long)p->cout,
+             (int)p->arith);
     return CUDA_FAIL(why);
 }
 
 /* Descriptors of the geometry in the math's data type, checked against ours. */
 static bool describe(plan *p, const cpu_conv_geom *g) {
-    cudnnDataType_t dt = p->math == DC_MATH_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+    cudnnDataType_t dt = p->arith == DC_MATH_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
     int64_t biggest = g->n * g->h * g->w * g->cin > g->n * g->ho * g->wo * g->cout
                           ? g->n * g->h * g->w * g->cin
                           : g->n * g->ho * g->wo * g->cout;
@@ -157,7 +223,7 @@ static bool describe(plan *p, const cpu_conv_geom *g) {
                                                      (int)g->stride, (int)g->stride, 1, 1,
                                                      CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)) &&
          CUDNN_CHECK(cudnnSetConvolutionMathType(
-             p->conv, p->math == DC_MATH_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH)) &&
+             p->conv, p->arith == DC_MATH_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH)) &&
          CUDNN_CHECK(
              cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->f, &on, &oc, &oh, &ow));
     if (ok && (on != g->n || oc != g->cout || oh != g->ho || ow != g->wo))
@@ -165,7 +231,20 @@ static bool describe(plan *p, const cpu_conv_geom *g) {
     return ok;
 }
 
-/* The plan of g on the current device, made on first sight; NULL on failure. */
+/* p made afresh for g in arithmetic `arith`: what choose_algorithms says. */
+static int make(plan *p, const cpu_conv_geom *g, dc_math arith, size_t budget) {
+    cuda_state *st = cuda_st();
+    drop(p);
+    *p = plan{};
+    p->device = st->device, p->math = st->math, p->arith = arith;
+    p->n = g->n, p->h = g->h, p->w = g->w, p->cin = g->cin, p->cout = g->cout;
+    p->kh = g->kh, p->kw = g->kw, p->stride = g->stride, p->pad = g->pad;
+    return describe(p, g) ? choose_algorithms(p, budget) : -1;
+}
+
+/* The plan of g on the current device, made on first sight; NULL on failure.
+ * cuDNN's bf16 kernels may not take every geometry (the 3 channels of an
+ * image): such a convolution runs in TF32 instead of failing the step. */
 static plan *plan_for(const cpu_conv_geom *g, size_t budget) {
     cuda_state *st = cuda_st();
     for (int i = 0; i < MAX_PLANS; i++)
@@ -173,13 +252,13 @@ static plan *plan_for(const cpu_conv_geom *g, size_t budget) {
             return &plans[i];
     plan *p = &plans[next_victim];
     next_victim = (next_victim + 1) % MAX_PLANS;
-    drop(p);
-    *p = plan{};
-    p->device = st->device, p->math = st->math;
-    p->n = g->n, p->h = g->h, p->w = g->w, p->cin = g->cin, p->cout = g->cout;
-    p->kh = g->kh, p->kw = g->kw, p->stride = g->stride, p->pad = g->pad;
-    if (describe(p, g) && choose_algorithms(p, budget))
+    int missing = make(p, g, st->math, budget);
+    if (missing >= 0 && missing < DIRECTIONS && st->math == DC_MATH_BF16)
+        missing = make(p, g, DC_MATH_TF32, budget);
+    if (missing == DIRECTIONS)
         return p;
+    if (missing >= 0)
+        no_algorithm(p, missing, budget);
     drop(p);
     return NULL;
 }
@@ -228,6 +307,31 @@ static plan *ready(const cpu_conv_geom *g, int64_t scratch_floats) {
     return p;
 }
 
+/* Runs direction dir of p through call(algorithm, workspace bytes) with its
+ * algorithm in use. When cuDNN refuses that one as unsupported (before
+ * running anything), the next candidate takes its place for good; the last
+ * one's refusal is the error. False after a failure, recorded with the
+ * algorithm named. */
+template <class Call> static bool run_direction(plan *p, int dir, const char *what, Call call) {
+    choice *ch = &p->dir[dir];
+    for (; ch->at < ch->count; ch->at++) {
+        const candidate *c = &ch->c[ch->at];
+        cudnnStatus_t s = cudnnSetConvolutionMathType(p->conv, c->math);
+        if (s == CUDNN_STATUS_SUCCESS)
+            s = call(c->algo, c->workspace);
+        bool refused = CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED ||
+                       s == CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER;
+        if (!refused || ch->at + 1 == ch->count) {
+            char call_text[160];
+            snprintf(call_text, sizeof call_text,
+                     "%s (algorithm %d, math type %d, %zu bytes of workspace, candidate %d of %d)",
+                     what, c->algo, (int)c->math, c->workspace, ch->at + 1, ch->count);
+            return cuda_check_dnn(s, call_text, __FILE__, __LINE__);
+        }
+    }
+    return CUDA_FAIL("convolution plan without algorithms");
+}
+
 extern "C" void cuda_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x,
                                     const float *w, const float *b, float *scratch,
                                     int64_t scratch_floats) {
@@ -240,16 +344,18 @@ extern "C" void cuda_conv2d_forward(const cpu_conv_geom *g, float *y, const floa
     int64_t ny = g->n * g->ho * g->wo * g->cout;
     const void *xs = x, *ws = w;
     void *ys = y;
-    if (p->math == DC_MATH_BF16) {
+    if (p->arith == DC_MATH_BF16) {
         xs = staged(x, nx, &region);
         ws = staged(w, nw, &region);
         ys = staged(NULL, ny, &region);
     }
-    if (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, run_math(p, p->fwd_math))) ||
-        !CUDNN_CHECK(cudnnConvolutionForward(h, &one, p->x, xs, p->f, ws, p->conv, p->fwd, scratch,
-                                             p->workspace, &zero, p->y, ys)))
+    if (!run_direction(p, FWD, "cudnnConvolutionForward", [&](int algo, size_t bytes) {
+            return cudnnConvolutionForward(h, &one, p->x, xs, p->f, ws, p->conv,
+                                           (cudnnConvolutionFwdAlgo_t)algo, scratch, bytes, &zero,
+                                           p->y, ys);
+        }))
         return;
-    if (p->math == DC_MATH_BF16)
+    if (p->arith == DC_MATH_BF16)
         LAUNCH(from_bf16, grid_for(ny), BLOCK, 0, y, (const __nv_bfloat16 *)ys, ny, false);
     if (b)
         LAUNCH(add_bias, grid_for(ny), BLOCK, 0, y, b, ny / g->cout, g->cout);
@@ -264,7 +370,7 @@ extern "C" void cuda_conv2d_backward(const cpu_conv_geom *g, const float *dy, co
     cudnnHandle_t h = cuda_st()->dnn;
     int64_t nx = g->n * g->h * g->w * g->cin, nw = g->cout * g->kh * g->kw * g->cin;
     int64_t ny = g->n * g->ho * g->wo * g->cout;
-    bool bf16 = p->math == DC_MATH_BF16;
+    bool bf16 = p->arith == DC_MATH_BF16;
     /* f32: accumulate straight into dx, dw (beta 1; dx beta 0 when it holds
      * nothing yet); bf16: into staging, added (or copied) after. */
     float one = 1.0f, beta = bf16 ? 0.0f : 1.0f, *region = scratch + workspace_floats(p);
@@ -278,15 +384,18 @@ extern "C" void cuda_conv2d_backward(const cpu_conv_geom *g, const float *dy, co
         dxs = staged(NULL, nx, &region);
         dws = staged(NULL, nw, &region);
     }
-    if (dx && (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, run_math(p, p->data_math))) ||
-               !CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, p->f, ws, p->y, dys, p->conv,
-                                                         p->bwd_data, scratch, p->workspace,
-                                                         &dx_beta, p->x, dxs))))
+    if (dx && !run_direction(p, DATA, "cudnnConvolutionBackwardData", [&](int algo, size_t bytes) {
+            return cudnnConvolutionBackwardData(h, &one, p->f, ws, p->y, dys, p->conv,
+                                                (cudnnConvolutionBwdDataAlgo_t)algo, scratch,
+                                                bytes, &dx_beta, p->x, dxs);
+        }))
         return;
-    if (dw && (!CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, run_math(p, p->filter_math))) ||
-               !CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &one, p->x, xs, p->y, dys, p->conv,
-                                                           p->bwd_filter, scratch, p->workspace,
-                                                           &beta, p->f, dws))))
+    if (dw &&
+        !run_direction(p, FILTER, "cudnnConvolutionBackwardFilter", [&](int algo, size_t bytes) {
+            return cudnnConvolutionBackwardFilter(h, &one, p->x, xs, p->y, dys, p->conv,
+                                                  (cudnnConvolutionBwdFilterAlgo_t)algo, scratch,
+                                                  bytes, &beta, p->f, dws);
+        }))
         return;
     if (bf16 && dx)
         LAUNCH(from_bf16, grid_for(nx), BLOCK, 0, dx, (const __nv_bfloat16 *)dxs, nx, !dx_fresh);

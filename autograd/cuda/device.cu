@@ -24,6 +24,11 @@ static bool record(const char *file, int line, const char *call, const char *why
 bool cuda_check_rt(cudaError_t e, const char *call, const char *file, int line) {
     if (e == cudaSuccess)
         return true;
+    /* The runtime keeps a failed call's error as its "last error" too; left
+     * there, the next LAUNCH's cudaGetLastError() would blame a good kernel
+     * for it (after cuda_clear_error, the first kernel of a healthy device).
+     * A sticky error (a kernel fault) cannot be cleared and comes back anyway. */
+    cudaGetLastError();
     char why[256];
     snprintf(why, sizeof why, "%s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
     return record(file, line, call, why);
@@ -42,8 +47,8 @@ bool cuda_check_dnn(cudnnStatus_t s, const char *call, const char *file, int lin
 bool cuda_check_blas(cublasStatus_t s, const char *call, const char *file, int line) {
     if (s == CUBLAS_STATUS_SUCCESS)
         return true;
-    char why[128];
-    snprintf(why, sizeof why, "cuBLAS status %d", (int)s);
+    char why[256];
+    snprintf(why, sizeof why, "%s (%s)", cublasLtGetStatusString(s), cublasLtGetStatusName(s));
     return record(file, line, call, why);
 }
 
@@ -73,7 +78,8 @@ static bool setup(cuda_state *st) {
            CUBLAS_CHECK(cublasLtCreate(&st->lt)) && CUDNN_CHECK(cudnnCreate(&st->dnn)) &&
            CUDNN_CHECK(cudnnSetStream(st->dnn, st->stream)) &&
            CUDA_CHECK(cudaMalloc(&st->lt_workspace, LT_WORKSPACE)) &&
-           CUDA_CHECK(cudaMalloc((void **)&st->reduce, REDUCE_SLOTS * sizeof(double)));
+           CUDA_CHECK(cudaMalloc((void **)&st->reduce, REDUCE_SLOTS * sizeof(double))) &&
+           CUDA_CHECK(cudaMalloc((void **)&st->colsum, COL_PARTIALS * sizeof(double)));
 }
 
 extern "C" void cuda_select(int device) {
@@ -143,6 +149,7 @@ extern "C" bool cuda_failed(int device) {
 extern "C" void cuda_clear_error(int device) {
     if (device >= 0 && device < MAX_DEVICES)
         states[device].failed = false;
+    cudaGetLastError(); /* nothing left over for the next launch check to find */
 }
 
 __global__ void reduce_pass2(const double *partial, int blocks, double div, float *out,

@@ -106,15 +106,17 @@ extern "C" void cuda_binary_backward(cpu_binary_kind k, const float *dout, const
         LAUNCH(binary_bwd_db_general, grid_for(nb), BLOCK, 0, k, dout, a, db, s, nb);
 }
 
-/* Block (32, 8) per (32 columns, row of A): threads run down R in 8 lanes,
- * then the lanes' sums meet in shared memory. */
-__global__ static void colsum(const float *dout, const float *a, float *db, int64_t R, int64_t C,
-                              float sign) {
+/* Block (32, 8) per (32 columns, chunk of rows of group i): the 8 lanes run
+ * down the chunk, then meet in shared memory; the chunk's sum goes to
+ * partial [A, chunks, C], or straight into db when there is one chunk. */
+__global__ static void colsum(const float *dout, const float *a, float *db, double *partial,
+                              int64_t R, int64_t C, int64_t chunks, int64_t rows, float sign) {
     __shared__ double part[8][33];
-    int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x, i = blockIdx.y;
+    int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x, i = blockIdx.y / chunks;
+    int64_t r0 = blockIdx.y % chunks * rows, r1 = r0 + rows < R ? r0 + rows : R;
     double acc = 0;
     if (c < C)
-        for (int64_t r = threadIdx.y; r < R; r += 8) {
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
             int64_t at = (i * R + r) * C + c;
             acc += a ? (double)dout[at] * a[at] : (double)dout[at];
         }
@@ -123,7 +125,10 @@ __global__ static void colsum(const float *dout, const float *a, float *db, int6
     if (threadIdx.y == 0 && c < C) {
         for (int y = 1; y < 8; y++)
             acc += part[y][threadIdx.x];
-        db[i * C + c] += sign * (float)acc;
+        if (partial)
+            partial[blockIdx.y * C + c] = acc;
+        else
+            db[i * C + c] += sign * (float)acc;
     }
 }
 
@@ -135,8 +140,28 @@ void launch_colsum(const float *dout, const float *a, float *db, int64_t A, int6
         CUDA_FAIL("column sums over more than 65535 groups");
         return;
     }
-    dim3 grid((unsigned)((C + 31) / 32), (unsigned)A), block(32, 8);
-    LAUNCH(colsum, grid, block, 0, dout, a, db, R, C, sign);
+    int64_t chunks = col_chunks(A, R, C, 1), rows = (R + chunks - 1) / chunks;
+    double *partial = chunks > 1 ? cuda_st()->colsum : NULL;
+    dim3 grid((unsigned)((C + 31) / 32), (unsigned)(A * chunks)), block(32, 8);
+    LAUNCH(colsum, grid, block, 0, dout, a, db, partial, R, C, chunks, rows, sign);
+    if (partial)
+        launch_colsum_finish(partial, db, A, chunks, C, sign);
+}
+
+__global__ static void colsum_finish(const double *partial, float *out, int64_t groups,
+                                     int64_t chunks, int64_t C, float sign) {
+    FOR_N(k, groups * C) {
+        int64_t i = k / C, c = k % C;
+        double acc = 0;
+        for (int64_t q = 0; q < chunks; q++)
+            acc += partial[(i * chunks + q) * C + c];
+        out[k] += sign * (float)acc;
+    }
+}
+
+void launch_colsum_finish(const double *partial, float *out, int64_t groups, int64_t chunks,
+                          int64_t C, float sign) {
+    LAUNCH(colsum_finish, grid_for(groups * C), BLOCK, 0, partial, out, groups, chunks, C, sign);
 }
 
 __global__ static void affine_fwd(float *out, const float *x, int64_t n, float alpha, float beta) {

@@ -95,19 +95,29 @@ bool gemm_ex(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, gem
               layout(&lb, ta ? M : K, ta ? K : M, A.ld, A.stride, batch) &&
               layout(&lc, N, M, ldc, sc, batch) &&
               prefer(&pref, alignment(B.p, B.ld, B.stride), alignment(A.p, A.ld, A.stride),
-                     alignment(C, ldc, sc)) &&
-              CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(st->lt, op, la, lb, lc, lc, pref, 1,
-                                                          &found, &count));
-    if (ok && count == 0) {
-        char why[160];
-        snprintf(why, sizeof why,
-                 "cuBLASLt has no algorithm for a %lldx%lldx%lld GEMM (batch %lld)", (long long)M,
-                 (long long)N, (long long)K, (long long)batch);
-        ok = CUDA_FAIL(why);
+                     alignment(C, ldc, sc));
+    /* The GEMM in words, for the messages: no algorithm, or a failed run. */
+    char what[224], call[256];
+    snprintf(what, sizeof what,
+             "a %lldx%lldx%lld GEMM (ta %d, tb %d, ld %lld/%lld/%lld, batch %lld, math %d%s)",
+             (long long)M, (long long)N, (long long)K, ta, tb, (long long)A.ld, (long long)B.ld,
+             (long long)ldc, (long long)batch, (int)st->math, bias ? ", bias" : "");
+    snprintf(call, sizeof call, "cublasLtMatmul of %s", what);
+    if (ok) { /* "not supported" is how the heuristic may say it has nothing */
+        cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(st->lt, op, la, lb, lc, lc, pref, 1,
+                                                          &found, &count);
+        if (s != CUBLAS_STATUS_SUCCESS && s != CUBLAS_STATUS_NOT_SUPPORTED)
+            ok = cuda_check_blas(s, "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
+        else if (s != CUBLAS_STATUS_SUCCESS || count == 0) {
+            char why[320];
+            snprintf(why, sizeof why, "cuBLASLt has no algorithm for %s", what);
+            ok = CUDA_FAIL(why);
+        }
     }
-    ok = ok && CUBLAS_CHECK(cublasLtMatmul(st->lt, op, &alpha, B.p, la, A.p, lb, &beta, C, lc, C,
-                                           lc, &found.algo, st->lt_workspace, LT_WORKSPACE,
-                                           st->stream));
+    ok = ok && cuda_check_blas(cublasLtMatmul(st->lt, op, &alpha, B.p, la, A.p, lb, &beta, C, lc,
+                                              C, lc, &found.algo, st->lt_workspace, LT_WORKSPACE,
+                                              st->stream),
+                               call, __FILE__, __LINE__);
     if (pref)
         CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     if (lc)

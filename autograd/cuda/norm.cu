@@ -1,8 +1,9 @@
 /* CUDA group normalisation over NHWC (see norm.h), optionally followed by a
  * SiLU, the CPU kernels' arithmetic: one block per (sample, group) for the
  * statistics and dx, two passes in double; column sums over every (sample,
- * position) for dw, db. With the SiLU the backward recomputes the normalised
- * value h wherever it needs the gradient at h. */
+ * position) for dw, db, in chunks of rows (common.cuh). With the SiLU the
+ * backward recomputes the normalised value h wherever it needs the gradient
+ * at h. */
 #include "common.cuh"
 #include "norm.h"
 
@@ -82,16 +83,20 @@ __global__ static void gn_bwd_dx(const float *dy, const float *x, const float *w
 }
 
 /* dw[c] += sum of g * xhat, db[c] += sum of g over all N * S rows, g the
- * gradient at h: block (32, 8) per 32 channels, the 8 lanes walking rows,
- * meeting in shared memory. */
+ * gradient at h: block (32, 8) per (32 channels, chunk of rows), the 8 lanes
+ * walking the chunk, meeting in shared memory. The chunk's two sums go to
+ * partial [2, chunks, C] (dw's, then db's), or straight into dw and db when
+ * there is one chunk. */
 __global__ static void gn_bwd_affine(const float *dy, const float *x, const float *w,
                                      const float *b, const float *stats, float *dw, float *db,
-                                     int64_t N, int64_t S, int64_t C, int64_t G, bool silu) {
+                                     double *partial, int64_t N, int64_t S, int64_t C, int64_t G,
+                                     int64_t chunks, int64_t rows, bool silu) {
     __shared__ double pw[8][33], pb[8][33];
     int64_t c = (int64_t)blockIdx.x * 32 + threadIdx.x, Cg = C / G;
+    int64_t r0 = (int64_t)blockIdx.y * rows, r1 = r0 + rows < N * S ? r0 + rows : N * S;
     double aw = 0, ab = 0;
     if (c < C)
-        for (int64_t r = threadIdx.y; r < N * S; r += 8) {
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) {
             const float *st = stats + 2 * (r / S * G + c / Cg);
             float g = grad_at_h(dy[r * C + c], x[r * C + c], st[0], st[1], w ? w[c] : 1.0f,
                                 b ? b[c] : 0.0f, silu);
@@ -106,10 +111,15 @@ __global__ static void gn_bwd_affine(const float *dy, const float *x, const floa
             aw += pw[k][threadIdx.x];
             ab += pb[k][threadIdx.x];
         }
-        if (dw)
-            dw[c] += (float)aw;
-        if (db)
-            db[c] += (float)ab;
+        if (partial) {
+            partial[blockIdx.y * C + c] = aw;
+            partial[(chunks + blockIdx.y) * C + c] = ab;
+        } else {
+            if (dw)
+                dw[c] += (float)aw;
+            if (db)
+                db[c] += (float)ab;
+        }
     }
 }
 
@@ -123,7 +133,15 @@ extern "C" void cuda_group_norm_backward(const float *dy, const float *x, const 
                                          int64_t G, bool silu) {
     if (dx)
         LAUNCH(gn_bwd_dx, grid_rows(N * G), BLOCK, 0, dy, x, w, b, stats, dx, N * G, S, C, G, silu);
-    if (dw || db)
-        LAUNCH(gn_bwd_affine, (unsigned)((C + 31) / 32), dim3(32, 8), 0, dy, x, w, b, stats, dw, db,
-               N, S, C, G, silu);
+    if (!dw && !db)
+        return;
+    int64_t chunks = col_chunks(1, N * S, C, 2), rows = (N * S + chunks - 1) / chunks;
+    double *partial = chunks > 1 ? cuda_st()->colsum : NULL;
+    dim3 grid((unsigned)((C + 31) / 32), (unsigned)chunks);
+    LAUNCH(gn_bwd_affine, grid, dim3(32, 8), 0, dy, x, w, b, stats, dw, db, partial, N, S, C, G,
+           chunks, rows, silu);
+    if (partial && dw)
+        launch_colsum_finish(partial, dw, 1, chunks, C, 1.0f);
+    if (partial && db)
+        launch_colsum_finish(partial + chunks * C, db, 1, chunks, C, 1.0f);
 }
