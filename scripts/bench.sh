@@ -15,10 +15,13 @@
 #          its batch, configs/cifar10-ddpm.json at a small one) beside diffusers'
 #          train_unconditional step: images/s, peak memory, and the FLOP/s each
 #          reaches as a share of the machine's OpenBLAS sgemm
+#   dist   the gradient all-reduce: on a GPU its cost per step through NCCL at
+#          world 1 and the share the overlap with the backward pass hides; on
+#          the CPU two MPI ranks, one bucket against overlapped buckets
 #   cuda-ops  conv2d, linear, group_norm and attention at UNet shapes on the GPU,
 #          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
 #          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
-#   scripts/bench.sh [ops] [data] [sample] [train] [cuda-ops] [--threads N] [--reps N] [--runs N]
+#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [cuda-ops] [--threads N] [--reps N] [--runs N]
 #   (every section when none is named; threads default: nproc). Each program
 #   times a case --reps times and keeps the best (sample: once, the runs are
 #   long); for ops, sample and train, --runs N alternates the two programs N
@@ -32,14 +35,14 @@ cd "$(dirname "$0")/.."
 threads=$(nproc) reps=5 runs=1 sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    ops | data | sample | train | cuda-ops) sections+=("$1"); shift ;;
+    ops | data | sample | train | dist | cuda-ops) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [sample] [train] [cuda-ops] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
+    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [cuda-ops] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
     esac
 done
-[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train cuda-ops)
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist cuda-ops)
 
 machine=$(lscpu | sed -n 's/^Model name: *//p')
 
@@ -226,13 +229,16 @@ configs/cifar10-ddpm.json 4 10"
 # holds each step's images/s: loading, noising, forward, backward, clipping,
 # AdamW and EMA) and the process's peak resident memory (which includes
 # writing the final checkpoint; the steps' timing does not).
+# $launch (a launcher and its arguments, e.g. mpirun) and $diffc (default
+# build/diffc) run it; further arguments go to diffc train.
 bench_train_diffc() {
     local config=$1 batch=$2 data=$3 steps=$4 dir=build/bench-train
+    shift 4
     rm -rf "$dir/out"
-    if ! OMP_NUM_THREADS=$threads /usr/bin/time -f %M -o "$dir/peak_kb" build/diffc train --config "$config" \
-        --train-data-dir "$data" --cache-dir "$dir/cache" --output-dir "$dir/out" --train-batch-size "$batch" \
-        --max-train-steps "$steps" --logging-steps 1 --sample-every 0 --checkpointing-steps 0 \
-        >/dev/null 2>"$dir/log"; then
+    if ! OMP_NUM_THREADS=$threads /usr/bin/time -f %M -o "$dir/peak_kb" ${launch:-} "${diffc:-build/diffc}" train \
+        --config "$config" --train-data-dir "$data" --cache-dir "$dir/cache" --output-dir "$dir/out" \
+        --train-batch-size "$batch" --max-train-steps "$steps" --logging-steps 1 --sample-every 0 \
+        --checkpointing-steps 0 "$@" >/dev/null 2>"$dir/log"; then
         cat "$dir/log" >&2
         return 1
     fi
@@ -311,6 +317,65 @@ bench_train() {
                        100 * di * gflop / sgemm, 100 * ti * gflop / sgemm,
                        field(d, "peak_rss_mb"), field(t, "peak_rss_mb")
             }
+        }
+    ' <<<"$results"
+}
+
+# ---- dist: what the gradient all-reduce costs, and how much the overlap hides ----
+
+# On a GPU: configs/cifar10-ddpm.json (143 MB of gradient) at batch 32 in one
+# process, three ways: without NCCL; through NCCL at world 1 (DC_NCCL=1) in
+# one bucket, which can start only when the backward pass has ended; and in
+# the default 25 MiB buckets, overlapped. World 1 measures the calls' cost
+# (NCCL copies nothing between GPUs); cost = one bucket - plain, exposed =
+# buckets - plain, hidden = 1 - exposed / cost. Without a GPU: two ranks
+# (mpirun, half the threads each) on the CPU, configs/fashion-mnist.json at
+# batch 16 per rank, one bucket against the default buckets.
+bench_dist() {
+    local dir=build/bench-train warmup=2 gpu=0 results
+    mkdir -p "$dir"
+    if nvidia-smi -L >/dev/null 2>&1 && command -v nvcc >/dev/null; then
+        gpu=1
+        cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release >/dev/null
+        cmake --build build-cuda -j"$(nproc)" --target diffc >/dev/null
+        [[ -e $dir/cifar/data_batch_1.bin ]] ||
+            /usr/bin/python3 scripts/bench_train_torch.py make-cifar "$dir/cifar/data_batch_1.bin" --count 1000
+        local run=(configs/cifar10-ddpm.json 32 "$dir/cifar" $((warmup + reps)) --device cuda)
+        diffc=build-cuda/diffc bench_train_diffc "${run[0]}" 1 "${run[2]}" 1 --device cuda >/dev/null
+        results=$(for ((i = 0; i < runs; i++)); do
+            diffc=build-cuda/diffc bench_train_diffc "${run[@]}" | sed 's/^/plain /'
+            DC_NCCL=1 DC_BUCKET_MB=100000 diffc=build-cuda/diffc bench_train_diffc "${run[@]}" | sed 's/^/one /'
+            DC_NCCL=1 diffc=build-cuda/diffc bench_train_diffc "${run[@]}" | sed 's/^/buckets /'
+        done)
+        echo "== dist: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), world 1 through NCCL;" \
+            "cifar10-ddpm batch 32, best of $reps steps x $runs runs"
+    else
+        command -v mpirun >/dev/null || { echo "== dist: skipped (no GPU, no mpirun)"; return; }
+        local run=(configs/fashion-mnist.json 16 /usr/share/datasets/fashion-mnist $((warmup + reps)))
+        bench_train_diffc "${run[0]}" 1 "${run[2]}" 1 >/dev/null
+        local half=$(((threads + 1) / 2))
+        local mpi="mpirun -np 2 --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=$half"
+        results=$(for ((i = 0; i < runs; i++)); do
+            launch="$mpi -x DC_BUCKET_MB=100000" bench_train_diffc "${run[@]}" | sed 's/^/one /'
+            launch="$mpi -x DC_BUCKET_MB=0.5" bench_train_diffc "${run[@]}" | sed 's/^/buckets /'
+        done)
+        echo "== dist: $machine, 2 ranks x $half threads over MPI; fashion-mnist batch 16 per rank," \
+            "0.5 MiB buckets; best of $reps steps x $runs runs"
+    fi
+    awk -v gpu="$gpu" "$awk_field"'
+        {   ips = field($0, "images_per_s") + 0
+            if (ips > best[$1]) { best[$1] = ips; batch[$1] = field($0, "batch") } }
+        END {
+            for (k in best) ms[k] = 1000 * batch[k] / best[k] * (gpu ? 1 : 2)
+            if (gpu) {
+                cost = ms["one"] - ms["plain"]; exposed = ms["buckets"] - ms["plain"]
+                printf "step: %.2f ms without NCCL, %.2f ms in one bucket, %.2f ms in buckets\n",
+                       ms["plain"], ms["one"], ms["buckets"]
+                printf "all-reduce: %.2f ms a step, %.2f ms of it exposed: the overlap hides %.0f%%\n",
+                       cost, exposed, cost > 0 ? 100 * (1 - exposed / cost) : 0
+            } else
+                printf "global step: %.1f ms in one bucket, %.1f ms in buckets (%.2fx)\n",
+                       ms["one"], ms["buckets"], ms["one"] / ms["buckets"]
         }
     ' <<<"$results"
 }
