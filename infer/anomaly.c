@@ -194,12 +194,8 @@ static int check_options(run *r) {
 
 /* The DDIM sampler of the model's schedule, checked against every strength. */
 static int make_sampler(run *r) {
-    dc_sampler_options so;
-    if (dc_model_sampler_options(&r->model, DC_SAMPLER_DDIM, &so))
+    if (dc_model_sampler(&r->model, "ddim", r->o.num_inference_steps, NULL, -1, &r->sampler))
         return -1;
-    so.num_inference_steps = (int)r->o.num_inference_steps;
-    if (dc_sampler_init(&r->sampler, DC_SAMPLER_DDIM, &r->model.sched, &so))
-        return dc_fail_prefix("--num-inference-steps");
     for (int i = 0; i < r->n_strengths; i++) {
         int start;
         if (dc_sampler_img2img_start(&r->sampler, r->strengths[i], &start))

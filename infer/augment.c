@@ -441,18 +441,6 @@ static int append_entry(const run *r, const job *j) {
 
 /* ---- setup ---- */
 
-static int make_sampler(run *r) {
-    dc_sampler_kind kind;
-    dc_sampler_options so;
-    if (dc_sampler_kind_parse(r->o.scheduler, &kind))
-        return dc_fail_prefix("--scheduler");
-    if (dc_model_sampler_options(&r->model, kind, &so))
-        return -1;
-    if (r->o.num_inference_steps)
-        so.num_inference_steps = (int)r->o.num_inference_steps;
-    return dc_sampler_init(&r->sampler, kind, &r->model.sched, &so);
-}
-
 static int check_model(run *r) {
     const dc_unet_config *c = &r->model.cfg;
     r->side = c->sample_size[0];
@@ -501,8 +489,8 @@ static int setup(run *r, char **manifest_text) {
     int device;
     r->manifest_fd = -1;
     if (dc_device_resolve(o->device, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, device) ||
-        check_model(r) || make_sampler(r) || open_dataset(r) || check_classes(r) ||
-        dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
+        check_model(r) || dc_model_sampler(&r->model, o->scheduler, o->num_inference_steps, NULL, -1, &r->sampler) ||
+        open_dataset(r) || check_classes(r) || dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
         read_manifest(r, manifest_text) || dc_model_ctx_init(&r->model, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;

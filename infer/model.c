@@ -112,8 +112,19 @@ void dc_model_free(dc_model *m) {
     m->device = DC_CPU;
 }
 
-int dc_model_sampler_options(const dc_model *m, dc_sampler_kind kind, dc_sampler_options *o) {
-    *o = dc_sampler_default_options(kind);
-    return m->scheduler_json ? dc_sampler_options_parse_config(o, kind, m->scheduler_json, m->scheduler_path)
-                             : 0;
+int dc_model_sampler(const dc_model *m, const char *scheduler, int64_t steps, const char *spacing, double eta,
+                     dc_sampler *s) {
+    dc_sampler_kind kind;
+    if (dc_sampler_kind_parse(scheduler, &kind))
+        return dc_fail_prefix("--scheduler");
+    dc_sampler_options o = dc_sampler_default_options(kind);
+    if (m->scheduler_json && dc_sampler_options_parse_config(&o, kind, m->scheduler_json, m->scheduler_path))
+        return -1;
+    if (spacing && dc_timestep_spacing_parse(spacing, &o.timestep_spacing))
+        return dc_fail_prefix("--timestep-spacing");
+    if (steps)
+        o.num_inference_steps = (int)steps;
+    if (eta >= 0)
+        o.eta = eta;
+    return dc_sampler_init(s, kind, &m->sched, &o);
 }

@@ -52,9 +52,12 @@ void dc_model_free(dc_model *m);
  * most of the memory free after the weights (autograd/device.h). */
 int dc_model_ctx_init(const dc_model *m, dc_ctx *ctx, size_t cpu_bytes);
 
-/* The sampler options of `kind` for this model: the kind's defaults, then
+/* The sampler a command asks for over the model's schedule: `scheduler` by
+ * name (its errors prefixed "--scheduler"), with the kind's defaults, then
  * the keys of the folder's scheduler config that apply to it (as diffusers'
- * from_config), for the caller to override. */
-int dc_model_sampler_options(const dc_model *m, dc_sampler_kind kind, dc_sampler_options *o);
+ * from_config), then the command's own: `steps` (0: keep), `spacing` (a
+ * timestep spacing name, NULL: keep), `eta` (DDIM; negative: keep). */
+int dc_model_sampler(const dc_model *m, const char *scheduler, int64_t steps, const char *spacing, double eta,
+                     dc_sampler *s);
 
 #endif

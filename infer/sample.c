@@ -188,21 +188,6 @@ static int image_size(const sample_options *so, const dc_unet_config *c, int *h,
     return 0;
 }
 
-static int make_sampler(const sample_options *so, const dc_model *m, dc_sampler *s) {
-    dc_sampler_kind kind;
-    dc_sampler_options o;
-    if (dc_sampler_kind_parse(so->scheduler, &kind))
-        return dc_fail_prefix("--scheduler");
-    if (dc_model_sampler_options(m, kind, &o))
-        return -1;
-    if (so->timestep_spacing && dc_timestep_spacing_parse(so->timestep_spacing, &o.timestep_spacing))
-        return dc_fail_prefix("--timestep-spacing");
-    if (so->num_inference_steps)
-        o.num_inference_steps = (int)so->num_inference_steps;
-    o.eta = so->eta;
-    return dc_sampler_init(s, kind, &m->sched, &o);
-}
-
 /* ---- init images (img2img) ---- */
 
 typedef struct init_images {
@@ -304,7 +289,8 @@ static int setup(run *r) {
         return -1;
     const dc_unet_config *c = &r->model.cfg;
     if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||
-        make_sampler(o, &r->model, &r->sampler))
+        dc_model_sampler(&r->model, o->scheduler, o->num_inference_steps, o->timestep_spacing, o->eta,
+                         &r->sampler))
         return -1;
     r->c = c->in_channels;
     if (r->c != 1 && r->c != 3)
