@@ -102,12 +102,9 @@ static const dc_cli_option options[] = {
      "score N images evenly spaced through the set (deterministic; 0: all)"},
     {"max-heatmaps", DC_CLI_INT, FIELD(max_heatmaps), "N", "100", NULL, 0, 1e12, false,
      "heatmap PNGs for the first N images scored"},
-    {"no-ema", DC_CLI_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false,
-     "use unet/ even when unet_ema/ exists"},
-    {"device", DC_CLI_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false,
-     "auto (a GPU when there is one), cpu, cuda or cuda:N"},
-    {"mixed-precision", DC_CLI_STRING, FIELD(mixed_precision), "no|bf16", "no", NULL, 0, 0, false,
-     "on a GPU: bf16 matrix products (no: f32 with TF32 tensor cores)"},
+    DC_CLI_NO_EMA_ROW,
+    DC_CLI_DEVICE_ROW(""),
+    DC_CLI_MIXED_PRECISION_ROW,
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 

@@ -37,6 +37,18 @@ typedef struct dc_cli {
     size_t n_options;
 } dc_cli;
 
+/* Rows shared by the commands that run a model; FIELD(f) is the including
+ * file's offsetof into its options struct. DC_CLI_DEVICE_ROW's argument is
+ * appended to its help ("" for none). */
+#define DC_CLI_NO_EMA_ROW \
+    {"no-ema", DC_CLI_FLAG, FIELD(no_ema), NULL, NULL, NULL, 0, 0, false, "use unet/ even when unet_ema/ exists"}
+#define DC_CLI_DEVICE_ROW(more)                                                    \
+    {"device", DC_CLI_STRING, FIELD(device), "NAME", "auto", NULL, 0, 0, false,    \
+     "auto (a GPU when there is one), cpu, cuda or cuda:N" more}
+#define DC_CLI_MIXED_PRECISION_ROW                                                                 \
+    {"mixed-precision", DC_CLI_STRING, FIELD(mixed_precision), "no|bf16", "no", NULL, 0, 0, false, \
+     "on a GPU: bf16 matrix products (no: f32 with TF32 tensor cores)"}
+
 enum { DC_CLI_PARSED = 0, DC_CLI_HELP = 1, DC_CLI_USAGE = 2 };
 
 /* Fill `opts` (zeroed, then the defaults) from argv[1..argc): DC_CLI_PARSED,
