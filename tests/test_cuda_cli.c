@@ -3,7 +3,8 @@
  * writes checkpoints that the CPU reads; three GPU steps move the weights as
  * three CPU steps do; the GPU's images are the CPU's for the same seed,
  * whatever the batch size; gradients averaged through NCCL with one process
- * ($DC_NCCL=1) give the weights of the run without it.
+ * ($DC_NCCL=1), also reduce-scattered for ZeRO-1, give the weights of the
+ * run without it.
  *
  * Tolerances: the GPU multiplies with TF32 tensor cores by default (10-bit
  * mantissas), so the weight updates of three AdamW steps are compared as
@@ -186,6 +187,16 @@ START_TEST(test_nccl_world_of_one_matches_the_plain_run) {
     ck_assert_msg(strstr(r->err, "gradients averaged with NCCL over 1 rank"), "%s", tu_tail(r->err));
     double e = update_error("nccl/checkpoint-3" WEIGHTS, "plain/checkpoint-3" WEIGHTS, "w0" WEIGHTS, NULL);
     ck_assert_msg(e <= TOL_SAME, "NCCL and plain GPU runs differ by %g (relative L2)", e);
+    /* ZeRO-1 through NCCL: ncclReduceScatter and ncclAllGather in place, with accumulation (PreMulSum) */
+    const char *zero[] = {"--zero-stage", "1", "--gradient-accumulation-steps", "2", NULL};
+    const char *accum[] = {"--gradient-accumulation-steps", "2", NULL};
+    train("cuda", "plain2", "3", "3e-3", accum);
+    setenv("DC_NCCL", "1", 1);
+    r = train("cuda", "zero", "3", "3e-3", zero);
+    unsetenv("DC_NCCL");
+    ck_assert_msg(strstr(r->err, "ZeRO-1: "), "%s", tu_tail(r->err));
+    e = update_error("zero/checkpoint-3" WEIGHTS, "plain2/checkpoint-3" WEIGHTS, "w0" WEIGHTS, NULL);
+    ck_assert_msg(e <= TOL_SAME, "ZeRO-1 through NCCL and plain GPU runs differ by %g (relative L2)", e);
     tu_rmtemp();
 }
 END_TEST

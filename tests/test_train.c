@@ -165,6 +165,23 @@ static void assert_same_weights(const char *a, const char *b) {
     assert_same_weights_at(tu_path(a), tu_path(b));
 }
 
+/* --zero-stage 1 in one process: the "shard" is the whole buffer, and the
+ * reduce-scatter path (divide, clip, update, gather) gives stage 0's bits. */
+START_TEST(test_zero_stage_1_alone_is_stage_0) {
+    make_dataset();
+    const char *plain[] = {"--gradient-accumulation-steps", "2", "--checkpointing-steps", "2", NULL};
+    const char *zero[] = {"--gradient-accumulation-steps", "2", "--checkpointing-steps", "2", "--zero-stage", "1",
+                          NULL};
+    tu_run_result *r = train("plain", "3", plain);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    r = train("zero", "3", zero);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    assert_same_weights("plain/unet/diffusion_pytorch_model.safetensors", "zero/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("plain/checkpoint-2/train_state.safetensors", "zero/checkpoint-2/train_state.safetensors");
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_resume_is_exact) {
     make_dataset();
     const char *ckpt[] = {"--checkpointing-steps", "3", NULL};
@@ -815,6 +832,7 @@ int main(int argc, char **argv) {
     TCase *tc = tu_tcase(s, "train", 300);
     tcase_add_test(tc, test_loss_falls);
     tcase_add_test(tc, test_resume_is_exact);
+    tcase_add_test(tc, test_zero_stage_1_alone_is_stage_0);
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_signals_stop_with_a_checkpoint);
     tcase_add_test(tc, test_finetune_starts_from_the_pretrained_weights);

@@ -102,7 +102,8 @@ typedef struct trainer {
     int64_t *subset, n_subset; /* --classes: the images trained on (NULL: all) */
     dc_loader *loader;
     dc_adamw opt;
-    size_t opt_lo, opt_n;    /* AdamW's part of the flat buffers: all, or this rank's shard (--zero-stage 1) */
+    bool zero;               /* --zero-stage 1 (any world: with one rank the shard is everything) */
+    size_t opt_lo, opt_n;    /* AdamW's part of the flat buffers: all, or this rank's shard */
     dc_ema ema;
     dc_lr_schedule lr_schedule;
     dc_ctx ctx;
@@ -265,7 +266,7 @@ static int open_data(trainer *tr) {
 static int setup_model(trainer *tr, const char *pretrained_weights) {
     dc_params_init(&tr->ps);
     tr->null_class = dc_unet_null_class(&tr->ucfg);
-    bool zero = tr->o.zero_stage == 1;
+    bool zero = tr->zero = tr->o.zero_stage == 1;
     tr->ps.multiple = zero ? (size_t)tr->dist.world * 16 : 0; /* equal shards */
     if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) ||
         dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed))
@@ -383,7 +384,7 @@ static int check_identical(trainer *tr, const float *buf, const char *what, uint
 static int moment_on_root(trainer *tr, const float *buf, const float **out, float **copy) {
     bool root = dc_dist_is_root(&tr->dist);
     *out = *copy = NULL;
-    if (tr->opt_n == tr->ps.total)
+    if (!tr->zero)
         return !root || (*out = on_host(tr, buf, tr->opt_n, copy)) ? 0 : -1;
     float *mine_copy;
     const float *mine = on_host(tr, buf, tr->opt_n, &mine_copy);
@@ -477,9 +478,8 @@ static int share_state(trainer *tr) {
     int64_t counts[4] = {tr->step, tr->opt.step, tr->ema.optimization_step, tr->bad_steps};
     if (tr->dist.world == 1)
         return 0;
-    bool whole = tr->opt_n == tr->ps.total;
-    if (broadcast_buffer(tr, tr->ps.data) || (whole && broadcast_buffer(tr, tr->opt.m)) ||
-        (whole && broadcast_buffer(tr, tr->opt.v)) || dc_dist_broadcast(&tr->dist, counts, sizeof counts) ||
+    if (broadcast_buffer(tr, tr->ps.data) || (!tr->zero && broadcast_buffer(tr, tr->opt.m)) ||
+        (!tr->zero && broadcast_buffer(tr, tr->opt.v)) || dc_dist_broadcast(&tr->dist, counts, sizeof counts) ||
         (tr->o.use_ema && broadcast_buffer(tr, tr->ema.shadow)))
         return -1;
     tr->step = counts[0];
@@ -566,7 +566,7 @@ static int grad_ready(void *user, dc_tensor *t) {
 static int clip_gradient(trainer *tr, double *norm) {
     float *g = tr->ps.grad + tr->opt_lo;
     double sq = dc_grad_sum_squares_on(tr->device, g, tr->opt_n);
-    if (dc_device_failed(tr->device) || (tr->opt_n < tr->ps.total && dc_dist_sum(&tr->dist, &sq, 1)))
+    if (dc_device_failed(tr->device) || (tr->zero && dc_dist_sum(&tr->dist, &sq, 1)))
         return -1;
     *norm = sqrt(sq);
     double coef = dc_grad_clip_coef(*norm, tr->o.max_grad_norm);
@@ -581,7 +581,7 @@ static int optimizer_step(trainer *tr, step_stats *st) {
     double t0 = now();
     if (dc_params_zero_grad(&tr->ps))
         return -1;
-    bool zero = tr->opt_n < tr->ps.total;
+    bool zero = tr->zero;
     for (int64_t a = 0; a < accum; a++) {
         bool last = a == accum - 1 && !zero; /* its backward pass overlaps the average */
         if ((last && dc_dist_average_begin(&tr->dist, tr->ps.grad, tr->ps.total, accum)))
@@ -733,7 +733,7 @@ static void note_dist(trainer *tr) {
     double mib = (double)(1 << 20) / (2 * sizeof(float)); /* floats of both moments per MiB */
     if (!dc_dist_is_root(d) || (d->world == 1 && !dc_dist_nccl(d)))
         return;
-    if (tr->opt_n < tr->ps.total)
+    if (tr->zero)
         dc_progress_note(&tr->progress, "ZeRO-1: gradient reduce-scatter and weight all-gather; AdamW's state "
                          "takes %.3g MiB on each rank instead of %.3g MiB", (double)tr->opt_n / mib,
                          (double)tr->ps.total / mib);
