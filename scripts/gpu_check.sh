@@ -378,6 +378,8 @@ stage_tests() {
     cat "$tmp" >>"$log"
     gpu=$(ctest_counts "$tmp")
     grep -E 'Test +#|tests passed|\(Skipped\)|\(Failed\)|\(Timeout\)' "$tmp" | sed 's/^/   /'
+    # Check's lines for failed assertions and errors: file:line:F|E:case:test:...
+    grep -E '^[^ ]+:[0-9]+:[EF]:' "$tmp" | head -n 30 | sed 's/^/   | /' || true
     [[ $rc -eq 124 || $rc -eq 137 ]] && say "   (stopped at the time limit)"
     local left=$((limit - (SECONDS - t0)))
     if [[ $left -gt 30 ]]; then
@@ -387,6 +389,7 @@ stage_tests() {
         cat "$tmp" >>"$log"
         cpu=$(ctest_counts "$tmp")
         grep -E 'tests passed|\(Skipped\)|\(Failed\)|\(Timeout\)|\*\*\*' "$tmp" | sed 's/^/   /'
+        grep -E '^[^ ]+:[0-9]+:[EF]:' "$tmp" | head -n 20 | sed 's/^/   | /' || true
     else
         cpu="not run (no time left)"
         rc2=1
