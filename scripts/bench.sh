@@ -26,7 +26,8 @@
 #   times a case --reps times and keeps the best (sample: once, the runs are
 #   long); for ops, sample and train, --runs N alternates the two programs N
 #   times and keeps each side's best run (a busy machine).
-# PyTorch comes from Debian's python3-torch (/usr/bin/python3); diffusers
+# PyTorch comes from Debian's python3-torch (/usr/bin/python3, or
+# $TORCH_PYTHON: the GPU machine's is in a venv of its own); diffusers
 # from the venv the fixture scripts use ($DIFFUSERS_PYTHON, default
 # /tmp/dvenv/bin/python; see scripts/make_unet_fixtures.py).
 set -euo pipefail
@@ -396,7 +397,7 @@ bench_cuda-ops() {
         return
     fi
     [[ $rc -eq 0 ]] || return $rc
-    results+=$'\n'$(/usr/bin/python3 scripts/bench_torch_cuda_ops.py --reps "$reps" | sed 's/^/pytorch /')
+    results+=$'\n'$("${TORCH_PYTHON:-/usr/bin/python3}" scripts/bench_torch_cuda_ops.py --reps "$reps" | sed 's/^/pytorch /')
     echo "== cuda-ops: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); best of $reps; times in ms"
     awk "$awk_field"'
         {
