@@ -1,4 +1,11 @@
-/* Ops of the diffusion process, fused: q_sample and the training loss (declared in diffusion.h). */
+/* Ops of the diffusion process, fused: q_sample and the training loss (declared in diffusion.h).
+ *
+ * The timesteps t may be on the context's device or on the CPU, for a caller
+ * that draws them there (Philox draws the same values on both). Their range
+ * check runs where they are: on a GPU it must bring its answer to the host,
+ * which waits for everything queued before it (twice per training step:
+ * q_sample and the loss); host timesteps are checked at once and copied to
+ * the GPU behind the queued work, a small copy like the schedule's table. */
 #include "cpu/diffusion.h"
 #include "cpu/misc.h"
 #include "cuda/diffusion.h"
@@ -20,6 +27,19 @@ static bool same_shape(dc_ctx *ctx, dc_op op, const char *name, const dc_tensor 
     return false;
 }
 
+/* The context is healthy and t is on its device or on the CPU. */
+static bool timesteps_ok(dc_ctx *ctx, dc_op op, dc_tensor *t) {
+    return t && t->device == DC_CPU ? op_ok_any(ctx, op, 0) : op_ok_any(ctx, op, 1, t);
+}
+
+/* The n timesteps ts of the CPU in scratch on the context's device; NULL on failure. */
+static const int32_t *upload_timesteps(dc_ctx *ctx, const int32_t *ts, int64_t n) {
+    int32_t *d = op_scratch(ctx, (size_t)n * sizeof *d);
+    if (d && dc_memcpy(d, ctx->device, ts, DC_CPU, (size_t)n * sizeof *d))
+        ctx->failed = true;
+    return ctx->failed ? NULL : d;
+}
+
 /* alphas_cumprod[t[n]] per sample: f32 [N], after checking that x0 [N, ...]
  * is not empty and t is i32 [N] within the schedule. NULL on failure. */
 static dc_tensor *per_sample_acp(dc_ctx *ctx, dc_op op, const dc_tensor *x0, const dc_tensor *t,
@@ -34,10 +54,12 @@ static dc_tensor *per_sample_acp(dc_ctx *ctx, dc_op op, const dc_tensor *x0, con
                        (long long)x0->shape[0], dc_shape_str(sx, sizeof sx, x0->ndim, x0->shape),
                        dc_dtype_name(t->dtype), dc_shape_str(st, sizeof st, t->ndim, t->shape));
     const int32_t *ts = t->data;
-    int64_t bad = DC_KERNEL(ctx, embedding_check, ts, t->numel, s->T);
+    int64_t bad = DC_KERNEL_ON(t->device, embedding_check, ts, t->numel, s->T);
     if (bad >= 0)
         return op_fail(ctx, op, "t[%lld] = %d is outside [0, %lld), the schedule's timesteps",
                        (long long)bad, op_i32_at(ctx, t, bad), (long long)s->T);
+    if (t->device != ctx->device && !(ts = upload_timesteps(ctx, ts, t->numel)))
+        return NULL;
     const float *table = op_upload(ctx, s->alphas_cumprod, s->T);
     dc_tensor *acp = table ? op_out(ctx, DC_F32, DC_SHAPE(t->shape[0])) : NULL;
     if (acp) /* a gather of rows of width 1 */
@@ -61,7 +83,7 @@ static int q_sample_backward(dc_ctx *ctx, dc_node *n) {
 dc_tensor *dc_q_sample(dc_ctx *ctx, dc_tensor *x0, dc_tensor *noise, dc_tensor *t,
                        const dc_noise_schedule *s) {
     const dc_op op = DC_OP_Q_SAMPLE;
-    if (!op_ok(ctx, op, 2, x0, noise) || !op_ok_any(ctx, op, 1, t) ||
+    if (!op_ok(ctx, op, 2, x0, noise) || !timesteps_ok(ctx, op, t) ||
         !same_shape(ctx, op, "noise", noise, x0))
         return NULL;
     dc_tensor *acp = per_sample_acp(ctx, op, x0, t, s);
@@ -97,7 +119,7 @@ dc_tensor *dc_diffusion_loss(dc_ctx *ctx, dc_tensor *model_output, dc_tensor *x0
                              dc_tensor *t, const dc_noise_schedule *s,
                              dc_prediction_type prediction_type, float snr_gamma, double *mse) {
     const dc_op op = DC_OP_DIFFUSION_LOSS;
-    if (!op_ok(ctx, op, 3, model_output, x0, noise) || !op_ok_any(ctx, op, 1, t) ||
+    if (!op_ok(ctx, op, 3, model_output, x0, noise) || !timesteps_ok(ctx, op, t) ||
         !same_shape(ctx, op, "model_output", model_output, x0) ||
         !same_shape(ctx, op, "noise", noise, x0))
         return NULL;

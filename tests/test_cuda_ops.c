@@ -257,6 +257,17 @@ static void check_products(dc_math m, double tol) {
     CHECK(m, tol, a, LEAF(cpu, 2, 6, 8), LEAF(cpu, 2, 6, 8), LEAF(cpu, 2, 6, 8));
     a = (op_arg){.op = DC_OP_ATTENTION, .i0 = 4}; /* a 16x16 map of 128 channels */
     CHECK(m, tol, a, LEAF(cpu, 2, 256, 128), LEAF(cpu, 2, 256, 128), LEAF(cpu, 2, 256, 128));
+    /* more samples than heads: one batched GEMM per head (above: one per sample) */
+    a = (op_arg){.op = DC_OP_ATTENTION, .i0 = 2};
+    CHECK(m, tol, a, LEAF(cpu, 5, 7, 6), LEAF(cpu, 5, 3, 6), LEAF(cpu, 5, 3, 6)); /* d = 3 */
+    a = (op_arg){.op = DC_OP_ATTENTION, .i0 = 3, .b0 = true};
+    CHECK(m, tol, a, LEAF(cpu, 4, 9, 21), LEAF(cpu, 4, 9, 21), LEAF(cpu, 4, 9, 21)); /* d = 7 */
+    a = (op_arg){.op = DC_OP_ATTENTION, .i0 = 3}; /* as many samples as heads */
+    CHECK(m, tol, a, LEAF(cpu, 3, 11, 15), LEAF(cpu, 3, 13, 15), LEAF(cpu, 3, 13, 15));
+    a.i0 = 5; /* one sample: a single GEMM over its 5 heads */
+    CHECK(m, tol, a, LEAF(cpu, 1, 17, 40), LEAF(cpu, 1, 17, 40), LEAF(cpu, 1, 17, 40));
+    a.i0 = 1; /* one head: a single GEMM over the samples */
+    CHECK(m, tol, a, LEAF(cpu, 3, 10, 9), LEAF(cpu, 3, 6, 9), LEAF(cpu, 3, 6, 9));
     tu_ctx_free(cpu);
 }
 
@@ -267,6 +278,26 @@ START_TEST(test_products_tf32) { check_products(DC_MATH_TF32, TOL_TF32); }
 END_TEST
 
 START_TEST(test_products_bf16) { check_products(DC_MATH_BF16, TOL_BF16); }
+END_TEST
+
+/* cuBLASLt plans are made once per GEMM and reused: the same shapes again
+ * with other data, more shapes than the cache holds (plans replaced and made
+ * again), and one shape under two math settings, which must not share a plan
+ * (f32 after TF32 is held to f32's tolerance). */
+START_TEST(test_gemm_plans) {
+    dc_ctx *cpu = tu_ctx();
+    op_arg a = {.op = DC_OP_LINEAR};
+    for (int rep = 0; rep < 3; rep++)
+        CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 13, 33), LEAF(cpu, 17, 33), LEAF(cpu, 17));
+    a.op = DC_OP_MATMUL; /* 3 GEMMs each (forward and two gradients): 300 shapes, twice */
+    for (int pass = 0; pass < 2; pass++)
+        for (int rows = 1; rows <= 100; rows++)
+            CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, rows, 3), LEAF(cpu, 3, 5));
+    a.op = DC_OP_LINEAR;
+    CHECK(DC_MATH_TF32, TOL_TF32, a, LEAF(cpu, 64, 256), LEAF(cpu, 32, 256), LEAF(cpu, 32));
+    CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 64, 256), LEAF(cpu, 32, 256), LEAF(cpu, 32));
+    tu_ctx_free(cpu);
+}
 END_TEST
 
 START_TEST(test_norms) {
@@ -374,6 +405,58 @@ START_TEST(test_diffusion_ops) {
                                             DC_PRED_EPSILON, 0, got));
     for (int i = 0; i < 2; i++)
         ck_assert_double_eq_tol(got[i], want[i], 1e-6 * fabs(want[i]));
+    gpu_ctx_free(gpu);
+    tu_ctx_free(cpu);
+    dc_noise_schedule_free(&s);
+}
+END_TEST
+
+/* Whether dc_q_sample of (x0, noise, t) fails on ctx with "q_sample: <want>". */
+static void assert_timestep_error(dc_ctx *ctx, dc_tensor *x0, dc_tensor *noise, dc_tensor *t,
+                                  const dc_noise_schedule *s, const char *want) {
+    ck_assert_ptr_null(dc_q_sample(ctx, x0, noise, t, s));
+    ck_assert_msg(strstr(dc_error(), want), "want \"%s\", got \"%s\"", want, dc_error());
+}
+
+/* Timesteps on the host for a GPU context (checked there, then copied): the
+ * same results as on the CPU; a timestep outside the schedule is the op's
+ * error wherever t lives, and the device is left healthy. */
+START_TEST(test_host_timesteps) {
+    dc_noise_schedule s;
+    dc_noise_schedule_config c = dc_noise_schedule_default_config();
+    ck_assert_msg(dc_noise_schedule_init(&s, &c) == 0, "%s", dc_error());
+    dc_ctx *cpu = tu_ctx(), *gpu = gpu_ctx(DC_MATH_F32);
+    dc_tensor *x0 = DATA(cpu, 3, 4, 5, 2), *noise = DATA(cpu, 3, 4, 5, 2);
+    dc_tensor *pred = DATA(cpu, 3, 4, 5, 2), *t = indices(cpu, DC_SHAPE(3), s.T);
+    dc_tensor *gx0 = dc_clone(gpu, x0), *gnoise = dc_clone(gpu, noise);
+    dc_tensor *want = dc_q_sample(cpu, x0, noise, t, &s);
+    dc_tensor *got = dc_q_sample(gpu, gx0, gnoise, t, &s);
+    ck_assert_msg(want && got, "%s", dc_error());
+    float *h = host_copy(got);
+    assert_near(h, want->data, want->numel, TOL_F32, "q_sample, host t", "forward");
+    free(h);
+    double want_mse[3], got_mse[3];
+    want = dc_diffusion_loss(cpu, pred, x0, noise, t, &s, DC_PRED_V_PREDICTION, 5.0f, want_mse);
+    got = dc_diffusion_loss(gpu, dc_clone(gpu, pred), gx0, gnoise, t, &s, DC_PRED_V_PREDICTION,
+                            5.0f, got_mse);
+    ck_assert_msg(want && got, "%s", dc_error());
+    h = host_copy(got);
+    assert_near(h, want->data, 1, TOL_F32, "diffusion_loss, host t", "loss");
+    free(h);
+    for (int i = 0; i < 3; i++)
+        ck_assert_double_eq_tol(got_mse[i], want_mse[i], 1e-6 * fabs(want_mse[i]));
+    const int32_t bad[2] = {(int32_t)s.T, -1};
+    for (int k = 0; k < 2; k++)
+        for (int on_gpu = 0; on_gpu < 2; on_gpu++) {
+            ((int32_t *)t->data)[1] = bad[k];
+            dc_ctx_reset(gpu);
+            dc_tensor *tt = on_gpu ? dc_clone(gpu, t) : t;
+            char msg[128];
+            snprintf(msg, sizeof msg, "q_sample: t[1] = %d is outside [0, %lld)", bad[k],
+                     (long long)s.T);
+            assert_timestep_error(gpu, dc_clone(gpu, x0), dc_clone(gpu, noise), tt, &s, msg);
+            ck_assert(!dc_device_failed(0));
+        }
     gpu_ctx_free(gpu);
     tu_ctx_free(cpu);
     dc_noise_schedule_free(&s);
@@ -558,11 +641,13 @@ int main(void) {
     tcase_add_test(tc, test_products_f32);
     tcase_add_test(tc, test_products_tf32);
     tcase_add_test(tc, test_products_bf16);
+    tcase_add_test(tc, test_gemm_plans);
     tcase_add_test(tc, test_norms);
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_resample);
     tcase_add_test(tc, test_misc);
     tcase_add_test(tc, test_diffusion_ops);
+    tcase_add_test(tc, test_host_timesteps);
     tcase_add_test(tc, test_unet_shapes);
     tcase_add_test(tc, test_philox);
     tcase_add_test(tc, test_optimizer);

@@ -1,7 +1,8 @@
-/* CUDA multi-head attention (see attention.h): for each head, batched over
- * the samples, S = scale q_h k_h^T (cuBLASLt) into P [N, heads, Lq, Lk], a
- * row softmax in place (the causal mask applied there), out_h = P v_h. Head
- * slices are read in place: leading dimension C, as the CPU kernels do.
+/* CUDA multi-head attention (see attention.h): for every (sample, head)
+ * pair, S = scale q_h k_h^T (cuBLASLt strided batched GEMMs, see grouping)
+ * into P [N, heads, Lq, Lk], a row softmax in place (the causal mask applied
+ * there), out_h = P v_h. Head slices are read and written in place: leading
+ * dimension C, as the CPU kernels do.
  * Backward: dv_h += P^T dout_h; dP = dout_h v_h^T; dS = P (dP - rowsum(dP P))
  * scale, in place; dq_h += dS k_h; dk_h += dS^T q_h.
  * TODO(perf): cuDNN's fused flash attention (backend graph API) would avoid
@@ -50,70 +51,87 @@ __global__ static void attn_softmax_bwd(float *dp, const float *p, int64_t rows,
     }
 }
 
-/* Head h's slice of a [N, L, C] tensor: [L, d] with leading dimension C. */
-static gemm_operand head(const float *x, const cpu_attention_dims *a, int h, int L) {
-    int64_t C = (int64_t)a->heads * a->d;
-    return gemm_operand{x + (int64_t)h * a->d, C, (int64_t)L * C};
+/* How the products of the N * heads (sample, head) pairs are grouped into
+ * strided batched GEMMs. No one stride steps through all pairs of a
+ * [N, L, heads * d] tensor (heads are d apart, samples L * C), so one
+ * dimension is batched and the other looped over: the heads of one sample
+ * (stride d) per call, or the samples of one head (stride L * C), whichever
+ * makes fewer calls. */
+typedef struct {
+    bool by_sample; /* one call per sample, its heads batched (else one per head) */
+    int64_t calls, batch;
+} grouping;
+
+static grouping group(const cpu_attention_dims *a) {
+    return a->n <= a->heads ? grouping{true, a->n, a->heads} : grouping{false, a->heads, a->n};
 }
 
-/* Head h's [Lq, Lk] block of P [N, heads, Lq, Lk]. */
-static gemm_operand pblock(const float *p, const cpu_attention_dims *a, int h) {
+/* Call i's head slices [L, d] of a [N, L, C] tensor, read in place: leading
+ * dimension C. */
+static gemm_operand heads_of(const float *x, const cpu_attention_dims *a, grouping g, int64_t i,
+                             int L) {
+    int64_t C = (int64_t)a->heads * a->d, sample = (int64_t)L * C;
+    return g.by_sample ? gemm_operand{x + i * sample, C, a->d}
+                       : gemm_operand{x + i * a->d, C, sample};
+}
+
+/* Call i's [Lq, Lk] blocks of P [N, heads, Lq, Lk]. */
+static gemm_operand blocks_of(const float *p, const cpu_attention_dims *a, grouping g,
+                              int64_t i) {
     int64_t block = (int64_t)a->lq * a->lk;
-    return gemm_operand{p + h * block, a->lk, a->heads * block};
+    return g.by_sample ? gemm_operand{p + i * a->heads * block, a->lk, block}
+                       : gemm_operand{p + i * block, a->lk, a->heads * block};
+}
+
+/* C = alpha op(A) op(B) + beta C over call i's pairs; A, B, C from the same call. */
+static bool pairs_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha,
+                       gemm_operand A, gemm_operand B, float beta, gemm_operand C, grouping g) {
+    return gemm_ex(ta, tb, M, N, K, alpha, A, B, beta, (float *)C.p, C.ld, C.stride, g.batch,
+                   NULL);
 }
 
 extern "C" void cuda_attention_forward(const cpu_attention_dims *a, float *out, float *p,
                                        const float *q, const float *k, const float *v,
                                        bool keep_p) {
     (void)keep_p; /* P is whole on the GPU either way */
-    int64_t C = (int64_t)a->heads * a->d, rows = a->n * a->heads * (int64_t)a->lq;
-    for (int h = 0; h < a->heads; h++) {
-        gemm_operand P = pblock(p, a, h);
-        if (!gemm_ex(false, true, a->lq, a->lk, a->d, a->scale, head(q, a, h, a->lq),
-                     head(k, a, h, a->lk), 0.0f, (float *)P.p, P.ld, P.stride, a->n, NULL))
+    int64_t rows = a->n * a->heads * (int64_t)a->lq;
+    grouping g = group(a);
+    for (int64_t i = 0; i < g.calls; i++) /* S = scale q_h k_h^T */
+        if (!pairs_gemm(false, true, a->lq, a->lk, a->d, a->scale, heads_of(q, a, g, i, a->lq),
+                        heads_of(k, a, g, i, a->lk), 0.0f, blocks_of(p, a, g, i), g))
             return;
-    }
     LAUNCH(attn_softmax, grid_rows(rows), BLOCK, 0, p, rows, a->lq, a->lk, a->causal);
-    for (int h = 0; h < a->heads; h++) {
-        gemm_operand O = head(out, a, h, a->lq);
-        if (!gemm_ex(false, false, a->lq, a->d, a->lk, 1.0f, pblock(p, a, h), head(v, a, h, a->lk),
-                     0.0f, (float *)O.p, C, O.stride, a->n, NULL))
+    for (int64_t i = 0; i < g.calls; i++) /* out_h = P v_h */
+        if (!pairs_gemm(false, false, a->lq, a->d, a->lk, 1.0f, blocks_of(p, a, g, i),
+                        heads_of(v, a, g, i, a->lk), 0.0f, heads_of(out, a, g, i, a->lq), g))
             return;
-    }
 }
 
 extern "C" void cuda_attention_backward(const cpu_attention_dims *a, const float *dout,
                                         const float *p, const float *q, const float *k,
                                         const float *v, float *dq, float *dk, float *dv,
                                         float *work) {
-    int64_t C = (int64_t)a->heads * a->d, rows = a->n * a->heads * (int64_t)a->lq;
-    for (int h = 0; h < a->heads && dv; h++) { /* dv_h += P^T dout_h */
-        gemm_operand D = head(dv, a, h, a->lk);
-        if (!gemm_ex(true, false, a->lk, a->d, a->lq, 1.0f, pblock(p, a, h),
-                     head(dout, a, h, a->lq), 1.0f, (float *)D.p, C, D.stride, a->n, NULL))
+    int64_t rows = a->n * a->heads * (int64_t)a->lq;
+    grouping g = group(a);
+    for (int64_t i = 0; i < g.calls && dv; i++) /* dv_h += P^T dout_h */
+        if (!pairs_gemm(true, false, a->lk, a->d, a->lq, 1.0f, blocks_of(p, a, g, i),
+                        heads_of(dout, a, g, i, a->lq), 1.0f, heads_of(dv, a, g, i, a->lk), g))
             return;
-    }
     if (!dq && !dk)
         return;
-    for (int h = 0; h < a->heads; h++) { /* dP_h = dout_h v_h^T */
-        gemm_operand W = pblock(work, a, h);
-        if (!gemm_ex(false, true, a->lq, a->lk, a->d, 1.0f, head(dout, a, h, a->lq),
-                     head(v, a, h, a->lk), 0.0f, (float *)W.p, W.ld, W.stride, a->n, NULL))
+    for (int64_t i = 0; i < g.calls; i++) /* dP_h = dout_h v_h^T */
+        if (!pairs_gemm(false, true, a->lq, a->lk, a->d, 1.0f, heads_of(dout, a, g, i, a->lq),
+                        heads_of(v, a, g, i, a->lk), 0.0f, blocks_of(work, a, g, i), g))
             return;
-    }
     LAUNCH(attn_softmax_bwd, grid_rows(rows), BLOCK, 0, work, p, rows, a->lk, a->scale);
-    for (int h = 0; h < a->heads; h++) {
-        if (dq) { /* dq_h += dS k_h */
-            gemm_operand D = head(dq, a, h, a->lq);
-            if (!gemm_ex(false, false, a->lq, a->d, a->lk, 1.0f, pblock(work, a, h),
-                         head(k, a, h, a->lk), 1.0f, (float *)D.p, C, D.stride, a->n, NULL))
-                return;
-        }
-        if (dk) { /* dk_h += dS^T q_h */
-            gemm_operand D = head(dk, a, h, a->lk);
-            if (!gemm_ex(true, false, a->lk, a->d, a->lq, 1.0f, pblock(work, a, h),
-                         head(q, a, h, a->lq), 1.0f, (float *)D.p, C, D.stride, a->n, NULL))
-                return;
-        }
+    for (int64_t i = 0; i < g.calls; i++) {
+        if (dq && /* dq_h += dS k_h */
+            !pairs_gemm(false, false, a->lq, a->d, a->lk, 1.0f, blocks_of(work, a, g, i),
+                        heads_of(k, a, g, i, a->lk), 1.0f, heads_of(dq, a, g, i, a->lq), g))
+            return;
+        if (dk && /* dk_h += dS^T q_h */
+            !pairs_gemm(true, false, a->lk, a->d, a->lq, 1.0f, blocks_of(work, a, g, i),
+                        heads_of(q, a, g, i, a->lq), 1.0f, heads_of(dk, a, g, i, a->lk), g))
+            return;
     }
 }

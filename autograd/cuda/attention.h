@@ -1,5 +1,5 @@
-/* CUDA attention: per head, batched GEMMs (cuBLASLt) around a softmax kernel, P materialised;
- * the contracts of cpu/attention.h, device pointers. */
+/* CUDA attention: strided batched GEMMs (cuBLASLt) over the heads or the samples around a
+ * softmax kernel, P materialised; the contracts of cpu/attention.h, device pointers. */
 #ifndef DC_CUDA_ATTENTION_H
 #define DC_CUDA_ATTENTION_H
 
