@@ -101,7 +101,8 @@ int dc_sample_noise(dc_tensor *x, uint64_t seed, uint64_t stream, uint64_t offse
 
 /* ---- fused ops ----
  * x0, noise, model_output are f32 [N, ...] of one shape; t is i32 [N] with
- * values in [0, T); acp = alphas_cumprod[t[n]] per sample n. */
+ * values in [0, T), on the context's device or on the CPU (checked there
+ * without waiting for a GPU); acp = alphas_cumprod[t[n]] per sample n. */
 
 /* diffusers' add_noise: x_t = sqrt(acp) x0 + sqrt(1 - acp) noise (f32, as
  * PyTorch rounds it). Differentiable in x0 and noise. */

@@ -109,7 +109,7 @@ typedef struct trainer {
     dc_ctx ctx;
     double *mse;             /* [train_batch_size] per-sample loss of the last micro-batch */
     int32_t *labels;         /* [train_batch_size] the micro-batch's labels, some dropped */
-    int32_t *t;              /* [train_batch_size] its timesteps, read back for the quartiles */
+    int32_t *t;              /* [train_batch_size] its timesteps, drawn on the host */
     int null_class;          /* -1: unconditional */
     int64_t step, total;     /* optimizer steps done, and in all */
     int bad_steps;           /* non-finite steps in a row */
@@ -515,19 +515,22 @@ static int micro_step(trainer *tr, step_stats *st) {
     uint64_t shard = k * (uint64_t)tr->dist.world + (uint64_t)tr->dist.rank; /* k with one rank */
     dc_ctx_reset(ctx);
     ctx->seed = dc_rand_block(seed, STREAM_DROPOUT, shard).w[0] | shard << 32;
+    /* the timesteps drawn on the host (the same values as on a GPU), where the
+     * diffusion ops check them without a round trip; a copy for the UNet */
+    dc_tensor t_host = {.dtype = DC_I32, .device = DC_CPU, .ndim = 1, .shape = {b->n}, .numel = b->n,
+                        .data = tr->t};
     dc_tensor *x0 = dc_from_host(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c), b->images);
     dc_tensor *noise = dc_new(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c));
-    dc_tensor *t = dc_new(ctx, DC_I32, DC_SHAPE(b->n));
-    if (!x0 || !noise || !t || dc_sample_noise(noise, seed, STREAM_NOISE, p0 * per_image) ||
-        dc_sample_timesteps(&tr->sched, t, seed, STREAM_TIMESTEPS, p0))
+    if (!x0 || !noise || dc_sample_noise(noise, seed, STREAM_NOISE, p0 * per_image) ||
+        dc_sample_timesteps(&tr->sched, &t_host, seed, STREAM_TIMESTEPS, p0))
         return -1;
-    dc_tensor *xt = dc_q_sample(ctx, x0, noise, t, &tr->sched);
+    dc_tensor *t = dc_from_host(ctx, DC_I32, DC_SHAPE(b->n), tr->t);
+    dc_tensor *xt = dc_q_sample(ctx, x0, noise, &t_host, &tr->sched);
     dc_tensor *pred = dc_unet_forward(ctx, &tr->unet, xt, t, batch_labels(tr, b, p0));
-    dc_tensor *loss = dc_diffusion_loss(ctx, pred, x0, noise, t, &tr->sched,
+    dc_tensor *loss = dc_diffusion_loss(ctx, pred, x0, noise, &t_host, &tr->sched,
                                         tr->sched.config.prediction_type, (float)tr->o.snr_gamma, tr->mse);
     float value;
-    if (!loss || dc_backward(ctx, loss) || dc_memcpy(&value, DC_CPU, loss->data, ctx->device, sizeof value) ||
-        dc_memcpy(tr->t, DC_CPU, t->data, ctx->device, (size_t)b->n * sizeof *tr->t))
+    if (!loss || dc_backward(ctx, loss) || dc_memcpy(&value, DC_CPU, loss->data, ctx->device, sizeof value))
         return -1;
     st->loss += value;
     for (int i = 0; i < b->n; i++) {
