@@ -356,16 +356,6 @@ int dc_dist_gather(dc_dist *d, const float *mine, size_t n, float *all) {
     return check(MPI_Gather(mine, (int)n, MPI_FLOAT, all, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD), "MPI_Gather");
 }
 
-int dc_dist_scatter(dc_dist *d, const float *all, size_t n, float *mine) {
-    if (!d->mpi) {
-        memcpy(mine, all, n * sizeof *all);
-        return 0;
-    }
-    if (n > INT_MAX)
-        return dc_fail("scatter: %zu floats (at most %d)", n, INT_MAX);
-    return check(MPI_Scatter(all, (int)n, MPI_FLOAT, mine, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD), "MPI_Scatter");
-}
-
 static int gather_fingerprints(dc_dist *d, uint64_t mine, uint64_t *all) {
     return check(MPI_Allgather(&mine, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD), "MPI_Allgather");
 }
@@ -391,10 +381,6 @@ static int mpi_reduce_scatter(dc_dist *d, float *buf, size_t shard) { return 0; 
 static int mpi_all_gather(dc_dist *d, float *buf, size_t shard) { return 0; }
 int dc_dist_gather(dc_dist *d, const float *mine, size_t n, float *all) {
     memcpy(all, mine, n * sizeof *all);
-    return 0;
-}
-int dc_dist_scatter(dc_dist *d, const float *all, size_t n, float *mine) {
-    memcpy(mine, all, n * sizeof *all);
     return 0;
 }
 static int gather_fingerprints(dc_dist *d, uint64_t mine, uint64_t *all) {

@@ -144,9 +144,8 @@ int dc_dist_reduce_scatter(dc_dist *d, float *buf, size_t shard, int64_t micro_b
 /* Every rank's shard of buf[world x shard] (on d->device) into every rank's buf. */
 int dc_dist_all_gather(dc_dist *d, float *buf, size_t shard);
 /* Host memory: every rank's mine[n] into rank 0's all[world x n] (`all` is
- * not used elsewhere); and back, rank 0's all[r x n, +n) into rank r's mine. */
+ * not used elsewhere). */
 int dc_dist_gather(dc_dist *d, const float *mine, size_t n, float *all);
-int dc_dist_scatter(dc_dist *d, const float *all, size_t n, float *mine);
 
 /* A fingerprint of `bytes` at buf (zlib's CRC-32) in
  * *hash, and an error unless every rank's is the same: proof that the ranks
