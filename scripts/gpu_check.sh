@@ -74,6 +74,17 @@
 #           output_tail, and $OUT's logs under files_at.
 # About 22 of the 30 minutes when all goes to plan.
 set -euo pipefail
+
+# field(line, "key"): the value of key=value in a line of `bench ...` output
+# (the awk programs below join such lines, as scripts/bench.sh does).
+awk_field='
+    function field(line, key,    i, kv, n) {
+        n = split(line, kv, " ")
+        for (i = 1; i <= n; i++)
+            if (index(kv[i], key "=") == 1)
+                return substr(kv[i], length(key) + 2)
+        return ""
+    }'
 cd "$(dirname "$0")/.."
 root=$PWD
 out=${OUT:-$root/gpu-out}
@@ -474,14 +485,7 @@ stage_bench() {
     say "== cuda-ops: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); best of $reps; times in ms;"
     say "   speed = PyTorch's total / diffc's (> 1: diffc faster)"
     # the join of scripts/bench.sh cuda-ops: lines `bench OP name=.. math=.. fwd_ms=.. bwd_ms=.. total_ms=..`
-    awk '
-        function field(line, key,    i, kv, n) {
-            n = split(line, kv, " ")
-            for (i = 1; i <= n; i++)
-                if (index(kv[i], key "=") == 1)
-                    return substr(kv[i], length(key) + 2)
-            return ""
-        }
+    awk "$awk_field"'
         { key = field($0, "name") " " field($0, "math"); row[$1 " " key] = $0; if ($1 == "diffc") order[++n] = key }
         END {
             printf "%-28s %-5s %26s %26s\n", "", "", "diffc", "pytorch"
@@ -657,14 +661,7 @@ stage_train() {
     say "   images/s: best and median of $steps steps after $warmup; TFLOP/s of the best, from 3x the"
     say "   forward's conv/linear/attention FLOPs (PyTorch's count); peak GPU memory in MiB (diffc: in use"
     say "   on the GPU as nvidia-smi saw it; PyTorch: its allocator's peak); speed = diffc / PyTorch"
-    awk '
-        function field(line, key,    i, kv, n) {
-            n = split(line, kv, " ")
-            for (i = 1; i <= n; i++)
-                if (index(kv[i], key "=") == 1)
-                    return substr(kv[i], length(key) + 2)
-            return ""
-        }
+    awk "$awk_field"'
         NF { r[field($0, "impl") " " field($0, "math")] = $0; g = field($0, "fwd_gflop_per_image") + 0; if (g) gflop = g }
         function cols(line,    ips) {
             if (line == "") return sprintf("%8s %8s %8s %8s", "-", "-", "-", "-")
