@@ -34,6 +34,7 @@
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
 
+#include "autograd/clock.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/dataset.h"
@@ -423,19 +424,13 @@ static int score_batch(run *r, int64_t first, int64_t b) {
     return 0;
 }
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* The pixels the image score averages. */
 static int64_t top_k(const run *r) {
     return !strcmp(r->o.reduce, "max") ? 1 : !strcmp(r->o.reduce, "mean") ? r->hw : r->o.top_k;
 }
 
 static int score_all(run *r) {
-    double t0 = now();
+    double t0 = dc_seconds();
     int64_t bs = r->o.batch_size, k = top_k(r);
     for (int64_t first = 0; first < r->n; first += bs) {
         int64_t b = r->n - first < bs ? r->n - first : bs;
@@ -448,7 +443,7 @@ static int score_all(run *r) {
             if (isnan(r->scores[j]))
                 return dc_fail("out of memory for the top-%" PRId64 " pixels", k);
         }
-        double s = now() - t0;
+        double s = dc_seconds() - t0;
         fprintf(stderr, r->tty ? "\rscored %" PRId64 "/%" PRId64 " images, %.1f images/s   "
                                : "scored %" PRId64 "/%" PRId64 " images, %.1f images/s\n",
                 first + b, r->n, (double)(first + b) / s);

@@ -25,6 +25,7 @@
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
 
+#include "autograd/clock.h"
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
@@ -506,12 +507,6 @@ typedef struct batch {
     float *init, *px;
 } batch;
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static int save(run *r, const job *j, const float *px) {
     dc_image img = {0};
     if (dc_image_alloc(&img, r->side, r->side, r->c))
@@ -569,7 +564,7 @@ static int generate_all(run *r, int64_t todo) {
         if (!b->idx || !b->labels || !b->streams || !b->init || !b->px)
             rc = dc_fail("out of memory for batches of %" PRId64 " images", cap);
     }
-    double t0 = now();
+    double t0 = dc_seconds();
     int64_t made = 0;
     for (int64_t i = 0; !rc && i < r->n_jobs; i++) {
         if (r->done[i])
@@ -587,7 +582,7 @@ static int generate_all(run *r, int64_t todo) {
             b->n = 0;
             fprintf(stderr, r->tty ? "\raugment: %" PRId64 "/%" PRId64 " images, %.2f images/s   "
                                    : "augment: %" PRId64 "/%" PRId64 " images, %.2f images/s\n",
-                    made, todo, (double)made / (now() - t0));
+                    made, todo, (double)made / (dc_seconds() - t0));
         }
     }
     if (!rc && b->n) {
@@ -672,13 +667,13 @@ static int augment(run *r) {
                MANIFEST);
         fflush(stdout);
     }
-    double t0 = now();
+    double t0 = dc_seconds();
     if (!rc)
         rc = generate_all(r, r->n_jobs - n_done);
     if (!rc && r->n_jobs > n_done)
         printf("wrote %" PRId64 " image(s) to %s (%s, %d steps%s); %.1f s, %.2f images/s\n", r->n_jobs - n_done,
                r->o.output_dir, dc_sampler_kind_name(r->sampler.kind), r->sampler.n,
-               r->model.ema ? ", EMA weights" : "", now() - t0, (double)(r->n_jobs - n_done) / (now() - t0));
+               r->model.ema ? ", EMA weights" : "", dc_seconds() - t0, (double)(r->n_jobs - n_done) / (dc_seconds() - t0));
     if (!rc && r->o.eval)
         rc = evaluate(r);
     for (int64_t i = 0; i < r->n_entries; i++)

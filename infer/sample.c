@@ -18,6 +18,7 @@
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
 
+#include "autograd/clock.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
@@ -379,20 +380,14 @@ static int save_grid(const run *r) {
     return rc;
 }
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static int sample_all(run *r) {
-    double t0 = now();
+    double t0 = dc_seconds();
     for (int64_t first = 0; first < r->n; first += r->o.batch_size)
         if (sample_batch(r, first, r->n - first < r->o.batch_size ? r->n - first : r->o.batch_size))
             return -1;
     if (save_grid(r))
         return -1;
-    double s = now() - t0;
+    double s = dc_seconds() - t0;
     if (r->tty)
         fputc('\n', stderr);
     printf("%" PRId64 " image%s of %dx%d (%s, %d steps%s%s) in %s: 00000.png .. %05" PRId64

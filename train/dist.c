@@ -9,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L /* nanosleep, clock_gettime */
 #include "dist.h"
 
+#include "autograd/clock.h"
 #include "autograd/error.h"
 #include "autograd/optim.h"
 #include "autograd/tensor.h"
@@ -71,12 +72,6 @@ static int nccl_ok(ncclResult_t r, const char *call, const char *file, int line)
 
 /* The engine's stream on d->device (selecting that device), NULL after a failure of it. */
 static cudaStream_t compute_stream(const dc_dist *d) { return cuda_stream(d->device); }
-
-static double seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* $DC_NCCL_TIMEOUT seconds, or DC_DIST_NCCL_TIMEOUT_S. */
 static double nccl_timeout(void) {
@@ -171,7 +166,7 @@ static int nccl_finish(dc_dist *d) {
     if (!compute || CUDA_OK(cudaEventRecord(d->arrived, d->stream)) ||
         CUDA_OK(cudaStreamWaitEvent(compute, d->arrived, 0)))
         return -1;
-    double limit = nccl_timeout(), start = seconds();
+    double limit = nccl_timeout(), start = dc_seconds();
     for (;;) {
         cudaError_t e = cudaEventQuery(d->arrived);
         if (e == cudaSuccess)
@@ -185,7 +180,7 @@ static int nccl_finish(dc_dist *d) {
             dc_fail("gradient all-reduce (NCCL): %s", ncclGetErrorString(async));
             return nccl_abort(d);
         }
-        if (seconds() - start > limit) {
+        if (dc_seconds() - start > limit) {
             dc_fail("gradient all-reduce (NCCL): not done after %g s: a rank stopped answering? "
                     "($DC_NCCL_TIMEOUT sets the limit)", limit);
             return nccl_abort(d);

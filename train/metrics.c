@@ -3,6 +3,7 @@
  */
 #include "metrics.h"
 
+#include "autograd/clock.h"
 #include "autograd/fileio.h"
 
 #include <errno.h>
@@ -127,12 +128,6 @@ int dc_metrics_close(dc_metrics *m) {
 
 /* ---- the progress line ---- */
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 const char *dc_format_duration(char *buf, size_t n, double s) {
     if (!(s >= 0) || s > 1e12) {
         snprintf(buf, n, "?");
@@ -170,7 +165,7 @@ void dc_progress_init(dc_progress *p, FILE *out, int64_t first_step, int64_t tot
     p->first_step = first_step;
     p->total = total;
     p->log_every = log_every > 0 ? log_every : 1;
-    p->t_start = p->t_drawn = now();
+    p->t_start = p->t_drawn = dc_seconds();
 }
 
 /* \r, the line cut to the width (a wrapped line could not be redrawn), then
@@ -183,7 +178,7 @@ static void draw(dc_progress *p) {
 void dc_progress_step(dc_progress *p, int64_t step, double loss, double lr, double images_per_s) {
     if (!p->out)
         return;
-    double t = now();
+    double t = dc_seconds();
     bool last = step >= p->total;
     if (p->tty ? !last && t - p->t_drawn < 0.1 : !last && step % p->log_every)
         return;
@@ -224,7 +219,7 @@ void dc_progress_done(dc_progress *p, int64_t step, double loss, double images_p
     if (p->tty && p->line[0])
         fputc('\n', p->out);
     fprintf(p->out, "done: %lld steps in %s, %s img/s, final loss %.4g\n", (long long)(step - p->first_step),
-            dc_format_duration(took, sizeof took, now() - p->t_start),
+            dc_format_duration(took, sizeof took, dc_seconds() - p->t_start),
             format_rate(rate, sizeof rate, images_per_s), loss);
     p->line[0] = '\0';
     fflush(p->out);

@@ -50,6 +50,7 @@
 #include "signals.h"
 #include "tensorboard.h"
 
+#include "autograd/clock.h"
 #include "autograd/device.h"
 #include "autograd/diffusion.h"
 #include "autograd/error.h"
@@ -125,12 +126,6 @@ typedef struct step_stats {
     double q_sum[4];         /* loss per timestep quartile, summed */
     double q_n[4];
 } step_stats;
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* ---- setting up ---- */
 
@@ -581,7 +576,7 @@ static int clip_gradient(trainer *tr, double *norm) {
  * the clipping and the decision to skip are the same on every rank. */
 static int optimizer_step(trainer *tr, step_stats *st) {
     int64_t accum = tr->o.gradient_accumulation_steps;
-    double t0 = now();
+    double t0 = dc_seconds();
     if (dc_params_zero_grad(&tr->ps))
         return -1;
     bool zero = tr->zero;
@@ -613,7 +608,7 @@ static int optimizer_step(trainer *tr, step_stats *st) {
             (tr->o.use_ema && dc_ema_step(&tr->ema, tr->ps.data)))
             return -1;
     }
-    st->images_per_s = (double)global_batch(tr) / (now() - t0);
+    st->images_per_s = (double)global_batch(tr) / (dc_seconds() - t0);
     return 0;
 }
 
