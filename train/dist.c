@@ -148,13 +148,20 @@ static int nccl_reduction(dc_dist *d, ncclRedOp_t *op) {
     return 0;
 }
 
-/* The bucket is averaged on the NCCL stream once the kernels queued so far
- * on the compute stream (those writing it) are done. */
-static int nccl_start(dc_dist *d, float *buf, size_t n) {
+/* The NCCL stream waits for the kernels queued so far on the compute
+ * stream (those writing what the next collective reads). */
+static int nccl_follow_compute(dc_dist *d) {
     cudaStream_t compute = compute_stream(d);
+    return !compute || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
+                   CUDA_OK(cudaStreamWaitEvent(d->stream, d->queued, 0))
+               ? -1
+               : 0;
+}
+
+/* The bucket is averaged on the NCCL stream once it is written. */
+static int nccl_start(dc_dist *d, float *buf, size_t n) {
     ncclRedOp_t op;
-    if (!compute || nccl_reduction(d, &op) || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
-        CUDA_OK(cudaStreamWaitEvent(d->stream, d->queued, 0)))
+    if (nccl_reduction(d, &op) || nccl_follow_compute(d))
         return -1;
     return NCCL_OK(ncclAllReduce(buf, buf, n, ncclFloat, op, d->nccl, d->stream)) ? nccl_abort(d) : 0;
 }
@@ -192,10 +199,8 @@ static int nccl_finish(dc_dist *d) {
 
 /* In place, as NCCL defines it: the rank's shard lies at buf + rank x shard. */
 static int nccl_reduce_scatter(dc_dist *d, float *buf, size_t shard) {
-    cudaStream_t compute = compute_stream(d);
     ncclRedOp_t op;
-    if (!compute || nccl_reduction(d, &op) || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
-        CUDA_OK(cudaStreamWaitEvent(d->stream, d->queued, 0)))
+    if (nccl_reduction(d, &op) || nccl_follow_compute(d))
         return -1;
     if (NCCL_OK(ncclReduceScatter(buf, buf + (size_t)d->rank * shard, shard, ncclFloat, op, d->nccl, d->stream)))
         return nccl_abort(d);
@@ -203,9 +208,7 @@ static int nccl_reduce_scatter(dc_dist *d, float *buf, size_t shard) {
 }
 
 static int nccl_all_gather(dc_dist *d, float *buf, size_t shard) {
-    cudaStream_t compute = compute_stream(d);
-    if (!compute || CUDA_OK(cudaEventRecord(d->queued, compute)) ||
-        CUDA_OK(cudaStreamWaitEvent(d->stream, d->queued, 0)))
+    if (nccl_follow_compute(d))
         return -1;
     if (NCCL_OK(ncclAllGather(buf + (size_t)d->rank * shard, buf, shard, ncclFloat, d->nccl, d->stream)))
         return nccl_abort(d);

@@ -103,7 +103,6 @@ typedef struct trainer {
     int64_t *subset, n_subset; /* --classes: the images trained on (NULL: all) */
     dc_loader *loader;
     dc_adamw opt;
-    bool zero;               /* --zero-stage 1 (any world: with one rank the shard is everything) */
     size_t opt_lo, opt_n;    /* AdamW's part of the flat buffers: all, or this rank's shard */
     dc_ema ema;
     dc_lr_schedule lr_schedule;
@@ -261,7 +260,7 @@ static int open_data(trainer *tr) {
 static int setup_model(trainer *tr, const char *pretrained_weights) {
     dc_params_init(&tr->ps);
     tr->null_class = dc_unet_null_class(&tr->ucfg);
-    bool zero = tr->zero = tr->o.zero_stage == 1;
+    bool zero = tr->o.zero_stage == 1; /* any world: with one rank the shard is everything */
     tr->ps.multiple = zero ? (size_t)tr->dist.world * 16 : 0; /* equal shards */
     if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) ||
         dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed))
@@ -379,7 +378,7 @@ static int check_identical(trainer *tr, const float *buf, const char *what, uint
 static int moment_on_root(trainer *tr, const float *buf, const float **out, float **copy) {
     bool root = dc_dist_is_root(&tr->dist);
     *out = *copy = NULL;
-    if (!tr->zero)
+    if (!tr->o.zero_stage)
         return !root || (*out = on_host(tr, buf, tr->opt_n, copy)) ? 0 : -1;
     float *mine_copy;
     const float *mine = on_host(tr, buf, tr->opt_n, &mine_copy);
@@ -473,8 +472,9 @@ static int share_state(trainer *tr) {
     int64_t counts[4] = {tr->step, tr->opt.step, tr->ema.optimization_step, tr->bad_steps};
     if (tr->dist.world == 1)
         return 0;
-    if (broadcast_buffer(tr, tr->ps.data) || (!tr->zero && broadcast_buffer(tr, tr->opt.m)) ||
-        (!tr->zero && broadcast_buffer(tr, tr->opt.v)) || dc_dist_broadcast(&tr->dist, counts, sizeof counts) ||
+    bool moments = !tr->o.zero_stage; /* stage 1: each rank's shard is its own */
+    if (broadcast_buffer(tr, tr->ps.data) || (moments && broadcast_buffer(tr, tr->opt.m)) ||
+        (moments && broadcast_buffer(tr, tr->opt.v)) || dc_dist_broadcast(&tr->dist, counts, sizeof counts) ||
         (tr->o.use_ema && broadcast_buffer(tr, tr->ema.shadow)))
         return -1;
     tr->step = counts[0];
@@ -564,7 +564,7 @@ static int grad_ready(void *user, dc_tensor *t) {
 static int clip_gradient(trainer *tr, double *norm) {
     float *g = tr->ps.grad + tr->opt_lo;
     double sq = dc_grad_sum_squares_on(tr->device, g, tr->opt_n);
-    if (dc_device_failed(tr->device) || (tr->zero && dc_dist_sum(&tr->dist, &sq, 1)))
+    if (dc_device_failed(tr->device) || (tr->o.zero_stage && dc_dist_sum(&tr->dist, &sq, 1)))
         return -1;
     *norm = sqrt(sq);
     double coef = dc_grad_clip_coef(*norm, tr->o.max_grad_norm);
@@ -579,7 +579,7 @@ static int optimizer_step(trainer *tr, step_stats *st) {
     double t0 = dc_seconds();
     if (dc_params_zero_grad(&tr->ps))
         return -1;
-    bool zero = tr->zero;
+    bool zero = tr->o.zero_stage == 1;
     for (int64_t a = 0; a < accum; a++) {
         bool last = a == accum - 1 && !zero; /* its backward pass overlaps the average */
         if ((last && dc_dist_average_begin(&tr->dist, tr->ps.grad, tr->ps.total, accum)))
@@ -731,7 +731,7 @@ static void note_dist(trainer *tr) {
     double mib = (double)(1 << 20) / (2 * sizeof(float)); /* floats of both moments per MiB */
     if (!dc_dist_is_root(d) || (d->world == 1 && !dc_dist_nccl(d)))
         return;
-    if (tr->zero)
+    if (tr->o.zero_stage)
         dc_progress_note(&tr->progress, "ZeRO-1: gradient reduce-scatter and weight all-gather; AdamW's state "
                          "takes %.3g MiB on each rank instead of %.3g MiB", (double)tr->opt_n / mib,
                          (double)tr->ps.total / mib);
