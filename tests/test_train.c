@@ -165,6 +165,14 @@ static void assert_same_weights(const char *a, const char *b) {
     assert_same_weights_at(tu_path(a), tu_path(b));
 }
 
+/* A run folder "resumed" that holds only whole/checkpoint-3: a run stopped there. */
+static void start_from_checkpoint_3(void) {
+    ck_assert_int_eq(mkdir(tu_path("resumed"), 0755), 0);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp -r %s %s", tu_path("whole/checkpoint-3"), tu_path("resumed/"));
+    ck_assert_int_eq(system(cmd), 0);
+}
+
 /* --zero-stage 1 in one process: the "shard" is the whole buffer, and the
  * reduce-scatter path (divide, clip, update, gather) gives stage 0's bits. */
 START_TEST(test_zero_stage_1_alone_is_stage_0) {
@@ -188,10 +196,7 @@ START_TEST(test_resume_is_exact) {
     tu_run_result *r = train("whole", "7", ckpt);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     /* a second run stopped at step 3: its folder holds only checkpoint-3 */
-    ck_assert_int_eq(mkdir(tu_path("resumed"), 0755), 0);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "cp -r %s %s", tu_path("whole/checkpoint-3"), tu_path("resumed/"));
-    ck_assert_int_eq(system(cmd), 0);
+    start_from_checkpoint_3();
     const char *resume[] = {"--checkpointing-steps", "3", "--resume-from-checkpoint", "latest", NULL};
     r = train("resumed", "7", resume);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
@@ -680,10 +685,7 @@ START_TEST(test_two_ranks_resume_exactly) {
     const char *ckpt[] = {"--checkpointing-steps", "3", "--zero-stage", stage, NULL};
     tu_run_result *r = train_2_ranks("whole", "6", ckpt);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
-    ck_assert_int_eq(mkdir(tu_path("resumed"), 0755), 0);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "cp -r %s %s", tu_path("whole/checkpoint-3"), tu_path("resumed/"));
-    ck_assert_int_eq(system(cmd), 0);
+    start_from_checkpoint_3();
     const char *resume[] = {"--checkpointing-steps", "3", "--zero-stage", stage, "--resume-from-checkpoint",
                             "latest", NULL};
     r = train_2_ranks("resumed", "6", resume);
