@@ -422,8 +422,6 @@ int dc_dist_use_device(dc_dist *d, int device) {
 
 /* ---- the gradient average (dist.h) ---- */
 
-static bool communicates(const dc_dist *d) { return d->mpi || d->nccl; }
-
 int dc_dist_average_begin(dc_dist *d, float *buf, size_t n, int64_t micro_batches) {
     if (d->buf)
         return dc_fail("gradient average: begun twice");
@@ -460,7 +458,7 @@ static int start_complete(dc_dist *d, bool all) {
 }
 
 int dc_dist_average_ready(dc_dist *d, size_t offset, size_t len) {
-    if (!d->buf || !communicates(d) || offset >= d->n)
+    if (!d->buf || !dc_dist_communicates(d) || offset >= d->n)
         return 0;
     size_t end = len < d->n - offset ? offset + len : d->n;
     for (size_t b = offset / d->bucket; b * d->bucket < end; b++) {
@@ -488,7 +486,7 @@ int dc_dist_average_end(dc_dist *d) {
     if (!d->buf)
         return dc_fail("gradient average: ended before it began");
     int rc;
-    if (!communicates(d))
+    if (!dc_dist_communicates(d))
         rc = divide_local(d, d->buf, d->n);
 #ifdef DC_HAVE_NCCL
     else if (d->nccl)
@@ -509,7 +507,7 @@ size_t dc_dist_shard(const dc_dist *d, size_t n) {
 
 int dc_dist_reduce_scatter(dc_dist *d, float *buf, size_t shard, int64_t micro_batches) {
     d->divisor = (int64_t)d->world * micro_batches;
-    if (!communicates(d))
+    if (!dc_dist_communicates(d))
         return divide_local(d, buf, shard);
 #ifdef DC_HAVE_NCCL
     if (d->nccl)

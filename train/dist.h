@@ -104,6 +104,8 @@ static inline bool dc_dist_is_root(const dc_dist *d) { return d->rank == 0; }
 int dc_dist_use_device(dc_dist *d, int device);
 /* true when the gradient averages run through NCCL. */
 static inline bool dc_dist_nccl(const dc_dist *d) { return d->nccl != NULL; }
+/* true when the averages talk to other ranks (or to NCCL): else they only divide. */
+static inline bool dc_dist_communicates(const dc_dist *d) { return d->mpi || d->nccl; }
 
 /* Wait until every rank has arrived. */
 int dc_dist_barrier(dc_dist *d);

@@ -584,7 +584,7 @@ static int optimizer_step(trainer *tr, step_stats *st) {
         bool last = a == accum - 1 && !zero; /* its backward pass overlaps the average */
         if ((last && dc_dist_average_begin(&tr->dist, tr->ps.grad, tr->ps.total, accum)))
             return -1;
-        tr->ctx.grad_ready = last ? grad_ready : NULL;
+        tr->ctx.grad_ready = last && dc_dist_communicates(&tr->dist) ? grad_ready : NULL;
         if (micro_step(tr, st))
             return -1;
     }
@@ -729,7 +729,7 @@ static int save_final(trainer *tr) {
 static void note_dist(trainer *tr) {
     const dc_dist *d = &tr->dist;
     double mib = (double)(1 << 20) / (2 * sizeof(float)); /* floats of both moments per MiB */
-    if (!dc_dist_is_root(d) || (d->world == 1 && !dc_dist_nccl(d)))
+    if (!dc_dist_is_root(d) || !dc_dist_communicates(d))
         return;
     if (tr->o.zero_stage)
         dc_progress_note(&tr->progress, "ZeRO-1: gradient reduce-scatter and weight all-gather; AdamW's state "
