@@ -47,21 +47,27 @@ done
 
 machine=$(lscpu | sed -n 's/^Model name: *//p')
 
-# The awk function both sections join their lines with: field(line, "key")
-# is the value of key=value in a line of `bench ...` output.
-awk_field='
-    function field(line, key,    i, kv, n) {
-        n = split(line, kv, " ")
-        for (i = 1; i <= n; i++)
-            if (index(kv[i], key "=") == 1)
-                return substr(kv[i], length(key) + 2)
-        return ""
-    }'
+# awk_field and cuda_ops_table
+source scripts/bench_lib.sh
+
+# Build targets: build_cpu in build/ (CUDA off), build_cuda in build-cuda/
+# (CUDA on, for sm_80 and sm_90), unless $BENCH_CUDA_BUILD names a CUDA build
+# made already (scripts/gpu_check.sh's). $cuda_build is the folder used.
+build_cpu() {
+    cmake -S . -B build -DDC_CUDA=OFF >/dev/null
+    cmake --build build -j"$(nproc)" --target "$@" >/dev/null
+}
+cuda_build=${BENCH_CUDA_BUILD:-build-cuda}
+build_cuda() {
+    [[ -n ${BENCH_CUDA_BUILD:-} ]] && return
+    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake --build build-cuda -j"$(nproc)" --target "$@" >/dev/null
+}
 
 # ---- ops: conv2d and linear on the CPU ----
 
 bench_ops() {
-    cmake --build build -j"$(nproc)" --target bench_cpu_ops >/dev/null
+    build_cpu bench_cpu_ops
     local results
     # Lines `diffc|pytorch bench OP name=N fwd_ms=.. bwd_ms=.. total_ms=.. gflops=..`.
     results=$(for ((i = 0; i < runs; i++)); do
@@ -103,7 +109,7 @@ bench_ops() {
 bench_data() {
     local list=1 folder=build/bench-data/folder images=1000
     [[ $threads -gt 1 ]] && list="1,$threads"
-    cmake --build build -j"$(nproc)" --target bench_loader bench_cache >/dev/null
+    build_cpu bench_loader bench_cache
     if [[ ! -e $folder/.done ]]; then
         rm -rf "$folder"
         /usr/bin/python3 scripts/bench_torch_data.py make-folder "$folder" --count "$images"
@@ -177,7 +183,7 @@ bench_data() {
 
 bench_sample() {
     local python=${DIFFUSERS_PYTHON:-/tmp/dvenv/bin/python}
-    cmake --build build -j"$(nproc)" --target bench_sample bench_sgemm >/dev/null
+    build_cpu bench_sample bench_sgemm
     # config batch steps, one case per line
     local cases="configs/fashion-mnist.json 64 50
 configs/cifar10-ddpm.json 4 10"
@@ -229,21 +235,23 @@ configs/cifar10-ddpm.json 4 10"
 # images_per_s=.. peak_rss_mb=..`, the best step after $warmup (metrics.jsonl
 # holds each step's images/s: loading, noising, forward, backward, clipping,
 # AdamW and EMA) and the process's peak resident memory (which includes
-# writing the final checkpoint; the steps' timing does not).
+# writing the final checkpoint; the steps' timing does not; 0 without
+# /usr/bin/time).
 # $launch (a launcher and its arguments, e.g. mpirun) and $diffc (default
 # build/diffc) run it; further arguments go to diffc train.
 bench_train_diffc() {
-    local config=$1 batch=$2 data=$3 steps=$4 dir=build/bench-train
+    local config=$1 batch=$2 data=$3 steps=$4 dir=build/bench-train timer=()
     shift 4
-    rm -rf "$dir/out"
-    if ! OMP_NUM_THREADS=$threads /usr/bin/time -f %M -o "$dir/peak_kb" ${launch:-} "${diffc:-build/diffc}" train \
+    rm -rf "$dir/out" "$dir/peak_kb"
+    [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f %M -o "$dir/peak_kb")
+    if ! OMP_NUM_THREADS=$threads "${timer[@]}" ${launch:-} "${diffc:-build/diffc}" train \
         --config "$config" --train-data-dir "$data" --cache-dir "$dir/cache" --output-dir "$dir/out" \
         --train-batch-size "$batch" --max-train-steps "$steps" --logging-steps 1 --sample-every 0 \
         --checkpointing-steps 0 "$@" >/dev/null 2>"$dir/log"; then
         cat "$dir/log" >&2
         return 1
     fi
-    awk -v config="$config" -v batch="$batch" -v warmup="$warmup" -v peak_kb="$(tail -n 1 "$dir/peak_kb")" '
+    awk -v config="$config" -v batch="$batch" -v warmup="$warmup" -v peak_kb="$(tail -n 1 "$dir/peak_kb" 2>/dev/null || echo 0)" '
         match($0, /"images_per_s":[^,}]*/) && ++step > warmup {
             v = substr($0, RSTART + 15, RLENGTH - 15) + 0
             if (v > best) best = v
@@ -268,10 +276,10 @@ bench_train() {
         return 1
     fi
     [[ -x /usr/bin/time ]] || { echo "train: /usr/bin/time is missing: install the Debian package 'time'" >&2; return 1; }
-    cmake --build build -j"$(nproc)" --target diffc bench_sgemm >/dev/null
+    build_cpu diffc bench_sgemm
     mkdir -p "$dir"
     [[ -e $dir/cifar/data_batch_1.bin ]] ||
-        /usr/bin/python3 scripts/bench_train_torch.py make-cifar "$dir/cifar/data_batch_1.bin" --count 1000
+        python3 scripts/bench_train_torch.py make-cifar "$dir/cifar/data_batch_1.bin" --count 1000
     local c name batch data results
     for c in "${cases[@]}"; do # build the dataset caches outside the measured runs
         read -r name batch data <<<"$c"
@@ -335,23 +343,23 @@ bench_train() {
 bench_dist() {
     local dir=build/bench-train warmup=2 gpu=0 results
     mkdir -p "$dir"
-    if nvidia-smi -L >/dev/null 2>&1 && command -v nvcc >/dev/null; then
+    if nvidia-smi -L >/dev/null 2>&1 && { [[ -n ${BENCH_CUDA_BUILD:-} ]] || command -v nvcc >/dev/null; }; then
         gpu=1
-        cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release >/dev/null
-        cmake --build build-cuda -j"$(nproc)" --target diffc >/dev/null
+        build_cuda diffc
         [[ -e $dir/cifar/data_batch_1.bin ]] ||
-            /usr/bin/python3 scripts/bench_train_torch.py make-cifar "$dir/cifar/data_batch_1.bin" --count 1000
+            python3 scripts/bench_train_torch.py make-cifar "$dir/cifar/data_batch_1.bin" --count 1000
         local run=(configs/cifar10-ddpm.json 32 "$dir/cifar" $((warmup + reps)) --device cuda)
-        diffc=build-cuda/diffc bench_train_diffc "${run[0]}" 1 "${run[2]}" 1 --device cuda >/dev/null
+        diffc=$cuda_build/diffc bench_train_diffc "${run[0]}" 1 "${run[2]}" 1 --device cuda >/dev/null
         results=$(for ((i = 0; i < runs; i++)); do
-            diffc=build-cuda/diffc bench_train_diffc "${run[@]}" | sed 's/^/plain /'
-            DC_NCCL=1 DC_BUCKET_MB=100000 diffc=build-cuda/diffc bench_train_diffc "${run[@]}" | sed 's/^/one /'
-            DC_NCCL=1 diffc=build-cuda/diffc bench_train_diffc "${run[@]}" | sed 's/^/buckets /'
+            diffc=$cuda_build/diffc bench_train_diffc "${run[@]}" | sed 's/^/plain /'
+            DC_NCCL=1 DC_BUCKET_MB=100000 diffc=$cuda_build/diffc bench_train_diffc "${run[@]}" | sed 's/^/one /'
+            DC_NCCL=1 diffc=$cuda_build/diffc bench_train_diffc "${run[@]}" | sed 's/^/buckets /'
         done)
         echo "== dist: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), world 1 through NCCL;" \
             "cifar10-ddpm batch 32, best of $reps steps x $runs runs"
     else
         command -v mpirun >/dev/null || { echo "== dist: skipped (no GPU, no mpirun)"; return; }
+        build_cpu diffc
         local run=(configs/fashion-mnist.json 16 /usr/share/datasets/fashion-mnist $((warmup + reps)))
         bench_train_diffc "${run[0]}" 1 "${run[2]}" 1 >/dev/null
         local half=$(((threads + 1) / 2))
@@ -388,10 +396,9 @@ bench_cuda-ops() {
         echo "== cuda-ops: skipped (no nvcc)"
         return
     fi
-    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release >/dev/null
-    cmake --build build-cuda -j"$(nproc)" --target bench_cuda_ops >/dev/null
+    build_cuda bench_cuda_ops
     local results rc=0
-    results=$(build-cuda/bench_cuda_ops --reps "$reps" | sed 's/^/diffc /') || rc=$?
+    results=$("$cuda_build/bench_cuda_ops" --reps "$reps" | sed 's/^/diffc /') || rc=$?
     if [[ $rc -eq 77 ]]; then
         echo "== cuda-ops: skipped (no GPU)"
         return
@@ -399,31 +406,9 @@ bench_cuda-ops() {
     [[ $rc -eq 0 ]] || return $rc
     results+=$'\n'$("${TORCH_PYTHON:-/usr/bin/python3}" scripts/bench_torch_cuda_ops.py --reps "$reps" | sed 's/^/pytorch /')
     echo "== cuda-ops: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); best of $reps; times in ms"
-    awk "$awk_field"'
-        {
-            key = field($0, "name") " " field($0, "math")
-            row[$1 " " key] = $0
-            if ($1 == "diffc")
-                order[++n] = key
-        }
-        END {
-            printf "%-32s %-5s %27s %27s\n", "", "", "diffc", "pytorch"
-            printf "%-32s %-5s %9s %9s %9s %9s %9s %9s %8s\n", "case", "math", "fwd", "bwd",
-                   "total", "fwd", "bwd", "total", "speed"
-            for (i = 1; i <= n; i++) {
-                d = row["diffc " order[i]]; t = row["pytorch " order[i]]
-                split(order[i], k, " ")
-                if (t == "") { printf "%-32s %-5s (no PyTorch result)\n", k[1], k[2]; continue }
-                printf "%-32s %-5s %9.3f %9.3f %9.3f %9.3f %9.3f %9.3f %7.2fx\n", k[1], k[2],
-                       field(d, "fwd_ms"), field(d, "bwd_ms"), field(d, "total_ms"),
-                       field(t, "fwd_ms"), field(t, "bwd_ms"), field(t, "total_ms"),
-                       field(t, "total_ms") / field(d, "total_ms")
-            }
-        }
-    ' <<<"$results"
+    cuda_ops_table <<<"$results"
 }
 
-cmake -S . -B build -DDC_CUDA=OFF >/dev/null
 for section in "${sections[@]}"; do
     "bench_$section"
 done

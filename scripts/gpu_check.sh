@@ -15,9 +15,11 @@
 #             parameters, 32x32) at batch 128, TF32 and bf16, beside diffusers'
 #             training step in PyTorch on the same GPU (channels_last, TF32 and bf16
 #             autocast, fused AdamW, EMA): images/s, TFLOP/s, peak GPU memory
+#   dist      scripts/bench.sh dist on build-gpu: the gradient all-reduce's cost
+#             per step through NCCL at world 1, and the share the overlap hides
 #   fetch     here, not there: download what the GPU machine lacks into .gpu-carry/
 #
-#   scripts/gpu_check.sh [fetch] [build] [tests] [sanitize] [bench] [train]
+#   scripts/gpu_check.sh [fetch] [build] [tests] [sanitize] [bench] [train] [dist]
 #   (default: build tests sanitize bench train)
 #
 # Logs: $OUT/<stage>.log and $OUT/summary.txt ($OUT is the folder the device
@@ -30,8 +32,9 @@
 # initcheck:90", tool:seconds), GPU_CHECK_SANITIZE_TESTS (test_cuda_ops; also
 # test_cuda_train), GPU_CHECK_SANITIZE_ARGS (more compute-sanitizer options, e.g.
 # a kernel filter), GPU_CHECK_BENCH_REPS (20), GPU_CHECK_TRAIN_STEPS (25 timed,
-# after 5), GPU_CHECK_TRAIN_BATCH (128), GPU_CHECK_TRAIN_SECONDS (330: the train
-# stage's limit, shared among its four runs), GPU_CHECK_PYTHON (python3: the one with
+# after 5; dist's too), GPU_CHECK_TRAIN_BATCH (128), GPU_CHECK_TRAIN_SECONDS (330: the
+# train stage's limit, shared among its four runs), GPU_CHECK_DIST_SECONDS (240),
+# GPU_CHECK_PYTHON (python3: the one with
 # torch), GPU_CHECK_BUILD_DIR (build-gpu), GPU_CHECK_CARRIED_DEPS=1 (build with
 # the carried .debs alone, even where the machine has the libraries: their test).
 #
@@ -70,23 +73,16 @@
 #           bash scripts/gpu_check.sh build sanitize".
 #   call 3: run(command="bash scripts/gpu_check.sh build bench train", carry=[".gpu-carry"], timeout_s=600)
 #           bench ~1-2 min, train at most 5.5 min (GPU_CHECK_TRAIN_SECONDS).
+#   call 4: run(command="bash scripts/gpu_check.sh build dist", carry=[".gpu-carry"], timeout_s=300)
+#           three short cifar10-ddpm runs at batch 32, at most 4 min.
 #   then:   give_back. Each reply has the stage lines and tables at the end of its
 #           output_tail, and $OUT's logs under files_at.
-# About 22 of the 30 minutes when all goes to plan.
+# About 25 of the 30 minutes when all goes to plan.
 set -euo pipefail
 
-# field(line, "key"): the value of key=value in a line of `bench ...` output
-# (the awk programs below join such lines, as scripts/bench.sh does).
-awk_field='
-    function field(line, key,    i, kv, n) {
-        n = split(line, kv, " ")
-        for (i = 1; i <= n; i++)
-            if (index(kv[i], key "=") == 1)
-                return substr(kv[i], length(key) + 2)
-        return ""
-    }'
 cd "$(dirname "$0")/.."
 root=$PWD
+source scripts/bench_lib.sh # awk_field, cuda_ops_table
 out=${OUT:-$root/gpu-out}
 carry=$root/.gpu-carry
 build=$root/${GPU_CHECK_BUILD_DIR:-build-gpu}
@@ -107,12 +103,12 @@ debs=(pkgconf-bin libpkgconf3
 wheels=(diffusers==0.42.1) # needs huggingface-hub>=1.32 and safetensors>=0.8: the machine has 1.33, 0.8
 modules=(openblas libcjson libpng libjpeg zlib check)
 
-usage() { echo "usage: $0 [fetch] [build] [tests] [sanitize] [bench] [train]" >&2; }
+usage() { echo "usage: $0 [fetch] [build] [tests] [sanitize] [bench] [train] [dist]" >&2; }
 
 stages=()
 for arg in "$@"; do
     case "$arg" in
-    fetch | build | tests | sanitize | bench | train) stages+=("$arg") ;;
+    fetch | build | tests | sanitize | bench | train | dist) stages+=("$arg") ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) usage; exit 2 ;;
     esac
@@ -484,22 +480,8 @@ stage_bench() {
     [[ $rc -eq 0 ]] || say "PyTorch side failed (exit $rc): diffc's times alone"
     say "== cuda-ops: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); best of $reps; times in ms;"
     say "   speed = PyTorch's total / diffc's (> 1: diffc faster)"
-    # the join of scripts/bench.sh cuda-ops: lines `bench OP name=.. math=.. fwd_ms=.. bwd_ms=.. total_ms=..`
-    awk "$awk_field"'
-        { key = field($0, "name") " " field($0, "math"); row[$1 " " key] = $0; if ($1 == "diffc") order[++n] = key }
-        END {
-            printf "%-28s %-5s %26s %26s\n", "", "", "diffc", "pytorch"
-            printf "%-28s %-5s %8s %8s %8s %8s %8s %8s %7s\n", "case", "math", "fwd", "bwd", "total", "fwd", "bwd", "total", "speed"
-            for (i = 1; i <= n; i++) {
-                d = row["diffc " order[i]]; t = row["pytorch " order[i]]; split(order[i], k, " ")
-                if (t == "") { printf "%-28s %-5s %8.3f %8.3f %8.3f (no PyTorch result)\n", k[1], k[2],
-                               field(d, "fwd_ms"), field(d, "bwd_ms"), field(d, "total_ms"); continue }
-                printf "%-28s %-5s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %6.2fx\n", k[1], k[2],
-                       field(d, "fwd_ms"), field(d, "bwd_ms"), field(d, "total_ms"),
-                       field(t, "fwd_ms"), field(t, "bwd_ms"), field(t, "total_ms"),
-                       field(t, "total_ms") / field(d, "total_ms")
-            }
-        }' <(sed 's/^/diffc /' <<<"$ours_out"; [[ -n $torch_out ]] && sed 's/^/pytorch /' <<<"$torch_out") | tee -a "$log"
+    { sed 's/^/diffc /' <<<"$ours_out"; if [[ -n $torch_out ]]; then sed 's/^/pytorch /' <<<"$torch_out"; fi; } |
+        cuda_ops_table | tee -a "$log"
     note="$(grep -c . <<<"$ours_out") cases$([[ $rc -eq 0 ]] || echo ", no PyTorch side")"
 }
 
@@ -532,73 +514,6 @@ train_diffc() {
         }' "$dir/out/metrics.jsonl"
 }
 
-# diffusers' train_unconditional step on the GPU, written to $1 (the CPU one
-# is scripts/bench_train_torch.py, whose config reading and FLOP count this
-# uses): prints `bench train impl=torch math=.. images_per_s=.. ...`.
-write_train_torch() {
-    cat >"$1" <<'PY'
-import argparse, statistics, time
-import torch
-import torch.nn.functional as F
-import diffusers
-from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
-from bench_train_torch import count_forward_flops, load_train_config
-
-ap = argparse.ArgumentParser()
-ap.add_argument("--config"); ap.add_argument("--math"); ap.add_argument("--batch", type=int)
-ap.add_argument("--steps", type=int); ap.add_argument("--warmup", type=int)
-args = ap.parse_args()
-dev = torch.device("cuda")
-torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-torch.backends.cudnn.benchmark = True
-torch.manual_seed(0)
-cfg, mcfg = load_train_config(args.config)
-n, size, c = args.batch, cfg["resolution"], mcfg.get("in_channels", 3)
-classes = mcfg.get("num_class_embeds")
-model = UNet2DModel(**mcfg).to(dev, memory_format=torch.channels_last).train()
-sched = DDPMScheduler(num_train_timesteps=cfg["ddpm_num_steps"], beta_schedule=cfg["ddpm_beta_schedule"])
-opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
-                        weight_decay=cfg["adam_weight_decay"], eps=cfg["adam_epsilon"], fused=True)
-ema = EMAModel(model.parameters(), decay=cfg["ema_max_decay"], use_ema_warmup=True,
-               inv_gamma=cfg["ema_inv_gamma"], power=cfg["ema_power"])
-bf16 = args.math == "bf16"
-
-
-def step():
-    clean = (torch.rand(n, c, size, size, device=dev) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes - 1, (n,), device=dev) if classes else None
-    noise = torch.randn_like(clean)
-    t = torch.randint(0, sched.config.num_train_timesteps, (n,), device=dev)
-    noisy = sched.add_noise(clean, noise, t)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-        pred = model(noisy, t, class_labels=y).sample
-    loss = F.mse_loss(pred.float(), noise)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"])
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    ema.step(model.parameters())
-
-
-times = []
-for r in range(args.warmup + args.steps):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step()
-    torch.cuda.synchronize()
-    if r >= args.warmup:
-        times.append(time.perf_counter() - t0)
-peak = torch.cuda.max_memory_allocated() / 2**20
-x1 = torch.zeros(1, c, size, size, device=dev).contiguous(memory_format=torch.channels_last)
-flops = count_forward_flops(model, x1, torch.tensor([10], device=dev),
-                            torch.tensor([0], device=dev) if classes else None)
-print(f"bench train impl=torch math={args.math} batch={n} images_per_s={n / min(times):.2f} "
-      f"median_images_per_s={n / statistics.median(times):.2f} peak_gpu_mb={peak:.0f} "
-      f"fwd_gflop_per_image={flops / 1e9:.4f} torch={torch.__version__} diffusers={diffusers.__version__}", flush=True)
-PY
-}
-
 stage_train() {
     have_gpu || { note="no GPU: skipped"; return 77; }
     [[ -x $build/diffc ]] || { note="no $build/diffc: run the build stage first"; return 1; }
@@ -619,7 +534,6 @@ stage_train() {
             say "PyTorch side: $python cannot import diffusers (carry .gpu-carry/wheels): diffc's numbers alone"
         fi
     fi
-    write_train_torch "$dir/train_torch.py"
     say "-- configs/cifar10-ddpm.json, batch $batch, $warmup + $steps steps: diffc train --device cuda, then"
     say "   diffusers' UNet2DModel on PyTorch"
     # the dataset cache is built outside the measured runs
@@ -643,9 +557,9 @@ stage_train() {
         if [[ $impl == diffc ]]; then
             line=$(train_diffc "$math" "$batch" "$steps" "$warmup" "$lim" 2>>"$log") || line=""
         else
-            line=$(PYTHONPATH=$root/scripts${PYTHONPATH:+:$PYTHONPATH} timeout -k 10 "$lim" "$python" -u \
-                "$dir/train_torch.py" --config configs/cifar10-ddpm.json --math "$math" --batch "$batch" \
-                --steps "$steps" --warmup "$warmup" 2>>"$log") || line=""
+            line=$(timeout -k 10 "$lim" "$python" -u scripts/bench_train_torch.py train --device cuda \
+                --config configs/cifar10-ddpm.json --math "$math" --batch "$batch" --steps "$steps" \
+                --warmup "$warmup" 2>>"$log") || line=""
         fi
         if [[ -n $line ]]; then
             say "$line"
@@ -683,6 +597,19 @@ stage_train() {
     note="$(awk '/impl=diffc/ { for (i = 1; i <= NF; i++) if ($i ~ /^(math|images_per_s)=/) printf "%s ", $i }' <<<"$results")"
     [[ $torch_ok -eq 1 ]] || note+="(no PyTorch side) "
     [[ ${#failed[@]} -eq 0 ]] || { note+="failed: ${failed[*]}"; return 1; }
+}
+
+# ---- dist ----
+
+stage_dist() {
+    have_gpu || { note="no GPU: skipped"; return 77; }
+    [[ -x $build/diffc ]] || { note="no $build/diffc: run the build stage first"; return 1; }
+    local rc=0 table
+    table=$(ours env BENCH_CUDA_BUILD="$build" timeout -k 10 "${GPU_CHECK_DIST_SECONDS:-240}" \
+        bash scripts/bench.sh dist --reps "${GPU_CHECK_TRAIN_STEPS:-25}" 2>>"$log") || rc=$?
+    say "$table"
+    [[ $rc -eq 0 ]] || { note="bench.sh dist failed or ran out of time (exit $rc)"; show_tail; return 1; }
+    note=$(grep '^all-reduce' <<<"$table" || true)
 }
 
 # ---- the stages ----
