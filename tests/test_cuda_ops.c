@@ -217,6 +217,8 @@ START_TEST(test_elementwise) {
         CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 2, 5, 3, 7), LEAF(cpu, 2, 5, 1, 1));
         CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 2, 5, 3, 7), LEAF(cpu, 1, 5, 1, 7)); /* general */
         CHECK(DC_MATH_F32, TOL_F32, a, DATA(cpu, 3, 33), LEAF(cpu, 33)); /* grad of b only */
+        /* a per-pixel b: 257 * 256 groups of columns, past the grid's 65535 in y */
+        CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 1, 257, 256, 2), LEAF(cpu, 1, 257, 256, 1));
     }
     op_arg a = {.op = DC_OP_AFFINE};
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 3, 7, 5));

@@ -100,7 +100,7 @@ extern "C" void cuda_binary_backward(cpu_binary_kind k, const float *dout, const
         return;
     if (nb == n)
         LAUNCH(binary_bwd_db_same, grid_for(n), BLOCK, 0, k, dout, a, db, n);
-    else if (cpu_broadcast_split3(as, bs, &A, &R, &C))
+    else if (cpu_broadcast_split3(as, bs, &A, &R, &C) && A <= 65535) /* the grid's y limit */
         launch_colsum(dout, k == CPU_MUL ? a : NULL, db, A, R, C, k == CPU_SUB ? -1.0f : 1.0f);
     else
         LAUNCH(binary_bwd_db_general, grid_for(nb), BLOCK, 0, k, dout, a, db, s, nb);
@@ -136,7 +136,7 @@ void launch_colsum(const float *dout, const float *a, float *db, int64_t A, int6
                    float sign) {
     if (A == 0 || C == 0)
         return;
-    if (A > 65535) { /* gridDim.y's limit: never reached by the shapes the ops make */
+    if (A > 65535) { /* gridDim.y's limit: binary ops take the general kernel past it */
         CUDA_FAIL("column sums over more than 65535 groups");
         return;
     }
