@@ -497,6 +497,20 @@ START_TEST(test_resolved_config_round_trip) {
     ck_assert_int_eq(dc_train_options_apply_json(&b, ja, "mem"), 0);
     ck_assert(b.cache_dir == NULL && isnan(b.dropout));
 
+    /* a JSON string starting with '{' is the config inline, as on the command
+     * line: valid, it reads back as an object; not, it is refused (it once
+     * passed as a path that printed back as nothing: found by fuzz_train_config) */
+    cJSON *inline_text = cJSON_Parse("{\"model\": \" {\\\"sample_size\\\": 8}\"}");
+    ck_assert_int_eq(dc_train_options_apply_json(&b, inline_text, "mem"), 0);
+    cJSON *jm = dc_train_options_to_json(&b);
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(jm, "model"), "sample_size")->valueint, 8);
+    cJSON *broken = cJSON_Parse("{\"model\": \"{saMple ?lr_schcine\"}");
+    ck_assert_int_eq(dc_train_options_apply_json(&b, broken, "mem"), -1);
+    ck_assert_ptr_nonnull(strstr(dc_error(), "model"));
+    cJSON_Delete(broken);
+    cJSON_Delete(jm);
+    cJSON_Delete(inline_text);
+
     /* printed: one line per key */
     char *text = NULL;
     size_t size = 0;

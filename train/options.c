@@ -393,10 +393,12 @@ static int set_json(dc_train_options *o, const dc_train_option *r, const cJSON *
     case DC_OPT_MODEL:
         if (cJSON_IsObject(v))
             return store_model_json(o, r, v, where);
-        if (!cJSON_IsString(v) && !cJSON_IsNull(v))
+        if (cJSON_IsString(v)) /* as on the command line: text starting with '{' is the config */
+            return set_text(o, r, v->valuestring, where);
+        if (!cJSON_IsNull(v))
             return dc_fail("%s: expected the model config (an object) or its path (a string), got %s", where,
                            dc_json_type(v));
-        return store_string(o, r, cJSON_IsString(v) ? v->valuestring : NULL, where);
+        return store_string(o, r, NULL, where);
     }
     return dc_fail("%s: unknown option type %d", where, (int)r->type);
 }
