@@ -79,13 +79,7 @@ bench_ops() {
 
     echo "== ops: $machine, $threads threads; best of $reps repetitions x $runs runs; times in ms"
     awk "$awk_field"'
-        {   # keep each side'"'"'s fastest run of each case, cases in first-seen order
-            key = $1 " " field($0, "name")
-            if (!(key in best) || field($0, "total_ms") + 0 < field(best[key], "total_ms") + 0)
-                best[key] = $0
-            if ($1 == "diffc" && !seen[field($0, "name")]++)
-                order[++n] = field($0, "name")
-        }
+        { keep_best(field($0, "name"), "total_ms", -1) } # the fastest run
         END {
             printf "%-24s %27s %27s\n", "", "diffc", "pytorch"
             printf "%-24s %9s %9s %9s %9s %9s %9s %8s %8s\n", "case", "fwd", "bwd", "total",
@@ -204,13 +198,7 @@ configs/cifar10-ddpm.json 4 10"
     echo "   as a share of OpenBLAS cblas_sgemm 2048x2048 on the same threads (its best run)"
     awk "$awk_field"'
         $1 == "sgemm" { if (field($0, "gflops") + 0 > sgemm) sgemm = field($0, "gflops") + 0; next }
-        {   # keep each side'"'"'s fastest run of each case, cases in first-seen order
-            key = $1 " " field($0, "config")
-            if (!(key in best) || field($0, "seconds") + 0 < field(best[key], "seconds") + 0)
-                best[key] = $0
-            if ($1 == "diffc" && !seen[field($0, "config")]++)
-                order[++n] = field($0, "config")
-        }
+        { keep_best(field($0, "config"), "seconds", -1) } # the fastest run
         END {
             printf "sgemm: %.1f GFLOP/s\n", sgemm
             printf "%-26s %5s %5s %9s %8s %9s %7s %14s %14s\n", "model", "batch", "steps", "params",
@@ -303,13 +291,7 @@ bench_train() {
     echo "   OpenBLAS cblas_sgemm 2048x2048 on the same threads (its best run)"
     awk "$awk_field"'
         $1 == "sgemm" { if (field($0, "gflops") + 0 > sgemm) sgemm = field($0, "gflops") + 0; next }
-        {   # keep each side'"'"'s fastest run of each config, configs in first-seen order
-            key = $1 " " field($0, "config")
-            if (!(key in best) || field($0, "images_per_s") + 0 > field(best[key], "images_per_s") + 0)
-                best[key] = $0
-            if ($1 == "diffc" && !seen[field($0, "config")]++)
-                order[++n] = field($0, "config")
-        }
+        { keep_best(field($0, "config"), "images_per_s", 1) } # the fastest run
         END {
             printf "sgemm: %.1f GFLOP/s\n", sgemm
             printf "%-16s %5s %21s %19s %19s %17s\n", "", "", "images/s", "GFLOP/s", "% of sgemm", "peak MB"

@@ -1,8 +1,9 @@
 # Sourced by scripts/bench.sh and scripts/gpu_check.sh: what both use to join
 # the `bench ...` lines of our programs and PyTorch's into tables.
 
-# The awk function the tables are written with: field(line, "key") is the
-# value of key=value in a line of `bench ...` output ("" when absent).
+# The awk functions the tables are written with: field(line, "key") is the
+# value of key=value in a line of `bench ...` output ("" when absent), and
+# keep_best, each side's best run of a case.
 awk_field='
     function field(line, key,    i, kv, n) {
         n = split(line, kv, " ")
@@ -10,6 +11,17 @@ awk_field='
             if (index(kv[i], key "=") == 1)
                 return substr(kv[i], length(key) + 2)
         return ""
+    }
+    # keep_best(name, metric, dir): of the current line ($1 its side, diffc or
+    # the reference) and the best kept so far for that side and case name,
+    # keeps in best[$1 " " name] the one with the smaller (dir -1) or larger
+    # (dir 1) metric; cases are listed in order[1..n] as diffc first shows them.
+    function keep_best(name, metric, dir,    key) {
+        key = $1 " " name
+        if (!(key in best) || dir * (field($0, metric) - field(best[key], metric)) > 0)
+            best[key] = $0
+        if ($1 == "diffc" && !seen[name]++)
+            order[++n] = name
     }'
 
 # The cuda-ops table, from lines `diffc|pytorch bench OP name=.. math=..
