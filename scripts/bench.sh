@@ -22,30 +22,48 @@
 #          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
 #          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
 #   scripts/bench.sh [ops] [data] [sample] [train] [dist] [cuda-ops] [--threads N] [--reps N] [--runs N]
-#   (every section when none is named; threads default: nproc). Each program
+#                    [--isa native|avx512|avx2|baseline]
+#   (every section when none is named; threads default: nproc). --isa makes
+#   both sides use at most that vector ISA: diffc's kernels (DC_CPU_ISA),
+#   OpenBLAS's (OPENBLAS_CORETYPE: Haswell is what AMD Zen runs), PyTorch's
+#   (ATEN_CPU_CAPABILITY) and oneDNN's (ONEDNN_MAX_CPU_ISA); native: each
+#   picks the best the CPU has. Each program
 #   times a case --reps times and keeps the best (sample: once, the runs are
 #   long); for ops, sample and train, --runs N alternates the two programs N
 #   times and keeps each side's best run (a busy machine).
-# PyTorch comes from Debian's python3-torch (/usr/bin/python3, or
-# $TORCH_PYTHON: the GPU machine's is in a venv of its own); diffusers
-# from the venv the fixture scripts use ($DIFFUSERS_PYTHON, default
-# /tmp/dvenv/bin/python; see scripts/make_unet_fixtures.py).
+# PyTorch and diffusers for ops, sample and train come from $DIFFUSERS_PYTHON
+# (default /tmp/dvenv/bin/python): a venv with torch and diffusers from PyPI
+# (python3 -m venv /tmp/dvenv && /tmp/dvenv/bin/pip install torch diffusers);
+# the data section uses Debian's python3-torch and torchvision (/usr/bin/python3),
+# cuda-ops $TORCH_PYTHON (the GPU machine's venv). The tables name the versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-threads=$(nproc) reps=5 runs=1 sections=()
+threads=$(nproc) reps=5 runs=1 isa=native sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
     ops | data | sample | train | dist | cuda-ops) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [cuda-ops] [--threads N] [--reps N] [--runs N]" >&2; exit 2 ;;
+    --isa) isa=$2; shift 2 ;;
+    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
+            "[--isa native|avx512|avx2|baseline]" >&2; exit 2 ;;
     esac
 done
 [[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist cuda-ops)
 
-machine=$(lscpu | sed -n 's/^Model name: *//p')
+case "$isa" in
+native) ;;
+avx512) export DC_CPU_ISA=avx512 OPENBLAS_CORETYPE=SkylakeX ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE ;;
+avx2) export DC_CPU_ISA=avx2 OPENBLAS_CORETYPE=Haswell ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
+baseline) export DC_CPU_ISA=baseline OPENBLAS_CORETYPE=Prescott ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 ;;
+*) echo "$0: --isa must be native, avx512, avx2 or baseline, got '$isa'" >&2; exit 2 ;;
+esac
+python=${DIFFUSERS_PYTHON:-/tmp/dvenv/bin/python}
+versions=$("$python" -c 'import torch, diffusers; print(f"torch {torch.__version__}, diffusers {diffusers.__version__}")' \
+    2>/dev/null || echo "no torch/diffusers in $python")
+machine="$(lscpu | sed -n 's/^Model name: *//p'), ISA $isa; $versions"
 
 # awk_field and cuda_ops_table
 source scripts/bench_lib.sh
@@ -73,7 +91,7 @@ bench_ops() {
     results=$(for ((i = 0; i < runs; i++)); do
         OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_cpu_ops --reps "$reps" |
             sed 's/^/diffc /'
-        OMP_NUM_THREADS=$threads /usr/bin/python3 scripts/bench_torch_cpu.py --threads "$threads" \
+        OMP_NUM_THREADS=$threads "$python" scripts/bench_torch_cpu.py --threads "$threads" \
             --reps "$reps" | sed 's/^/pytorch /'
     done)
 
@@ -176,7 +194,6 @@ bench_data() {
 # ---- sample: DDIM sampling beside diffusers ----
 
 bench_sample() {
-    local python=${DIFFUSERS_PYTHON:-/tmp/dvenv/bin/python}
     build_cpu bench_sample bench_sgemm
     # config batch steps, one case per line
     local cases="configs/fashion-mnist.json 64 50
@@ -255,12 +272,11 @@ bench_train_diffc() {
 # scripts/bench_train_torch.py): 3x the forward's conv, linear and attention
 # products. The yardstick is OpenBLAS's sgemm on the same threads.
 bench_train() {
-    local python=${DIFFUSERS_PYTHON:-/tmp/dvenv/bin/python} dir=build/bench-train warmup=2
+    local dir=build/bench-train warmup=2
     local cases=("fashion-mnist 64 /usr/share/datasets/fashion-mnist" "cifar10-ddpm 8 $dir/cifar")
     if ! "$python" -c 'import diffusers' 2>/dev/null; then
-        echo "train: $python cannot import diffusers; make the venv: /usr/bin/python3 -m venv" \
-            "--system-site-packages /tmp/dvenv && /tmp/dvenv/bin/pip install \"diffusers==0.27.2\"" \
-            "\"huggingface_hub<0.26\"" >&2
+        echo "train: $python cannot import diffusers; make the venv: python3 -m venv /tmp/dvenv &&" \
+            "/tmp/dvenv/bin/pip install torch diffusers (or set DIFFUSERS_PYTHON)" >&2
         return 1
     fi
     [[ -x /usr/bin/time ]] || { echo "train: /usr/bin/time is missing: install the Debian package 'time'" >&2; return 1; }
