@@ -64,8 +64,11 @@ void dc_progress_init(dc_progress *p, FILE *out, int64_t first_step, int64_t tot
 void dc_progress_step(dc_progress *p, int64_t step, double loss, double lr, double images_per_s);
 /* A line of its own ("saved checkpoint-500"), kept clear of the progress line. */
 void dc_progress_note(dc_progress *p, const char *fmt, ...) DC_PRINTF(2, 3);
-/* The summary: "done: 5000 steps in 1h02m, 312 img/s, final loss 0.0412". */
-void dc_progress_done(dc_progress *p, int64_t step, double loss, double images_per_s);
+/* The summary: "done: 5000 steps in 1h02m, 312 img/s, final loss 0.0412",
+ * the rate being the whole run's, `images` trained in `seconds` (the
+ * training loop's wall time: sample grids and checkpoints included, the
+ * setup not), where the step lines show each interval's. */
+void dc_progress_done(dc_progress *p, int64_t step, double loss, double images, double seconds);
 
 /* "4m12s", "1h03m", "2d04h"; "?" for a negative or non-finite time. */
 const char *dc_format_duration(char *buf, size_t n, double seconds);

@@ -24,7 +24,9 @@
  * checkpoints every --checkpointing-steps (and on SIGINT/SIGTERM, see
  * signals.h), the final pipeline folder in --output-dir, metrics.jsonl,
  * TensorBoard events and the progress line. Resuming without --model or
- * --pretrained-model takes the UNet config from the checkpoint.
+ * --pretrained-model takes the UNet config from the checkpoint. The run
+ * holds --output-dir locked from its first look at it (run_dir.h), and a
+ * setup that fails (bad data, a bad model) leaves the folder as it found it.
  *
  * Devices: the weights, gradients, AdamW moments, EMA and activations live
  * on --device (resolved once, in resolve_device); the loader, the Philox
@@ -47,6 +49,7 @@
 #include "dist.h"
 #include "metrics.h"
 #include "options.h"
+#include "run_dir.h"
 #include "signals.h"
 #include "tensorboard.h"
 
@@ -92,6 +95,7 @@
 typedef struct trainer {
     dc_train_options o;
     dc_dist dist;
+    dc_run_dir out;          /* rank 0's lock on --output-dir */
     int device;              /* parameters, optimizer, EMA and activations: DC_CPU or a GPU */
     dc_math math;            /* a GPU's matrix arithmetic (--mixed-precision) */
     cJSON *unet_json, *sched_json;
@@ -745,6 +749,7 @@ static int run(trainer *tr) {
     step_stats st = {0};
     bool root = dc_dist_is_root(&tr->dist);
     int64_t first = tr->step;
+    double t0 = dc_seconds();
     while (tr->step < tr->total) {
         if (agree_on_signal(tr))
             return -1;
@@ -761,11 +766,12 @@ static int run(trainer *tr) {
             tr->step < tr->total && save_checkpoint(tr))
             return -1;
     }
+    double images = (double)((tr->step - first) * global_batch(tr)), seconds = dc_seconds() - t0;
     /* a signal during the last step still stops the run short of the final model */
     if (save_checkpoint(tr) || agree_on_signal(tr) || (!tr->signal && save_final(tr)))
         return -1;
     if (!tr->signal)
-        dc_progress_done(&tr->progress, tr->step, st.loss, st.images_per_s);
+        dc_progress_done(&tr->progress, tr->step, st.loss, images, seconds);
     /* no rank leaves (and a launcher takes a non-zero exit for a failure
      * and kills the job) before rank 0 has written everything */
     return dc_dist_barrier(&tr->dist);
@@ -792,12 +798,13 @@ static void trainer_free(trainer *tr) {
     free(tr->t);
     dc_train_options_free(&tr->o);
     dc_dist_free(&tr->dist);
+    dc_run_dir_release(&tr->out, false);
 }
 
 static int setup(trainer *tr) {
     char *pretrained = NULL;
     bool root = dc_dist_is_root(&tr->dist);
-    int rc = (root && dc_dir_check_writable(tr->o.output_dir)) || load_model_config(tr, &pretrained) ||
+    int rc = (root && dc_run_dir_take(&tr->out, tr->o.output_dir)) || load_model_config(tr, &pretrained) ||
              load_schedule(tr) || setup_model(tr, pretrained) || resume(tr) || share_state(tr) ||
              dc_dist_use_device(&tr->dist, tr->device) || setup_activations(tr) || open_data(tr) ||
              (root && dc_train_options_save(&tr->o, tr->o.output_dir)) || open_outputs(tr);
@@ -830,7 +837,11 @@ static int train(trainer *tr) {
     if (resolve_device(tr))
         return -1;
     print_plan(tr);
-    return setup(tr) || dc_signals_install() || run(tr) ? -1 : 0;
+    if (setup(tr)) { /* nothing of worth made yet: leave the output folder as it was */
+        dc_run_dir_release(&tr->out, true);
+        return -1;
+    }
+    return dc_signals_install() || run(tr) ? -1 : 0;
 }
 
 int dc_cmd_train(int argc, char **argv) {
