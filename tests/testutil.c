@@ -5,6 +5,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
+#include <errno.h>
 #include <libgen.h>
 #include <limits.h>
 #include <poll.h>
@@ -178,7 +179,17 @@ TCase *tu_tcase(Suite *s, const char *name, double timeout) {
     return tc;
 }
 
+char *tu_read_file(const char *path, size_t max_bytes, size_t *n) {
+    char *text = dc_read_file(path, max_bytes, n);
+    ck_assert_msg(text != NULL, "%s", dc_error());
+    return text;
+}
+
 int tu_run(Suite *s) {
+    if (chdir(DC_SOURCE_DIR) != 0) {
+        fprintf(stderr, "%s: %s: the tests read their fixtures there\n", DC_SOURCE_DIR, strerror(errno));
+        return EXIT_FAILURE;
+    }
     tu_seed();
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
