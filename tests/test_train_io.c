@@ -3,7 +3,7 @@
  * latest, pruning, a full disk, an unwritable folder, kill -9 at every step
  * of a write and at random times), TensorBoard event files (CRC-32C, the
  * records and protobuf fields decoded back), metrics.jsonl and the progress
- * line, and the signal handlers. */
+ * line, the signal handlers, and the GPU each rank of a node takes. */
 #define _GNU_SOURCE /* nftw, open_memstream, openpty */
 #include "testutil.h"
 
@@ -13,6 +13,7 @@
 #include "data/image.h"
 #include "models/unet.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 #include "autograd/fileio.h"
 #include "train/metrics.h"
 #include "train/options.h"
@@ -1497,6 +1498,45 @@ START_TEST(test_second_signal_stops_at_once) {
 }
 END_TEST
 
+/* ---- the GPU of a rank ---- */
+
+/* Every (GPUs visible, local rank, ranks on the node) against the rule
+ * stated independently: one GPU visible (srun --gpus-per-task=1) or none:
+ * GPU 0 for every rank; several but fewer than the ranks: an error naming
+ * both counts; else each rank of the node its own GPU among those visible. */
+START_TEST(test_local_gpu) {
+    for (int count = 0; count <= 9; count++)
+        for (int world = 1; world <= 9; world++) {
+            bool used[9] = {false};
+            for (int rank = 0; rank < world; rank++) {
+                int gpu = -1;
+                int rc = dc_dist_local_gpu(count, rank, world, &gpu);
+                if (count > 1 && count < world) {
+                    char want[64];
+                    snprintf(want, sizeof want, "%d ranks on this node but %d GPUs", world, count);
+                    ck_assert_msg(rc == -1 && strstr(dc_error(), want), "%d GPUs, %d ranks: %s", count, world,
+                                  dc_error());
+                    continue;
+                }
+                ck_assert_msg(rc == 0, "%d GPUs, rank %d of %d: %s", count, rank, world, dc_error());
+                if (count <= 1) {
+                    ck_assert_int_eq(gpu, 0);
+                    continue;
+                }
+                ck_assert_msg(gpu >= 0 && gpu < count && !used[gpu], "%d GPUs, rank %d of %d: GPU %d", count, rank,
+                              world, gpu);
+                used[gpu] = true;
+            }
+        }
+    /* a node of many ranks, each shown its own GPU: not GPU <local rank> */
+    int rank = 1 + (int)(tu_next() % 255), gpu = -1;
+    ck_assert_int_eq(dc_dist_local_gpu(1, rank, 256, &gpu), 0);
+    ck_assert_int_eq(gpu, 0);
+    ck_assert_int_eq(dc_dist_local_gpu(256, rank, 256, &gpu), 0);
+    ck_assert_int_eq(gpu, rank);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train_io");
     TCase *tc = tu_tcase(s, "files", 10);
@@ -1533,5 +1573,7 @@ int main(void) {
     tc = tu_tcase(s, "signals", 10);
     tcase_add_test(tc, test_signal_sets_flag);
     tcase_add_test(tc, test_second_signal_stops_at_once);
+    tc = tu_tcase(s, "dist", 10);
+    tcase_add_test(tc, test_local_gpu);
     return tu_run(s);
 }

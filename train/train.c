@@ -134,13 +134,16 @@ typedef struct step_stats {
 
 /* --device and --mixed-precision into tr->device and tr->math. With several
  * ranks, auto (on a machine with GPUs) and cuda mean the node-local rank's
- * GPU, cuda:<local rank>. */
+ * GPU (dc_dist_local_gpu). */
 static int resolve_device(trainer *tr) {
     const char *name = tr->o.device;
     char local[32];
-    bool gpus = !strcmp(name, "cuda") || (!strcmp(name, "auto") && dc_device_count() > 0);
+    int count = dc_device_count(), gpu;
+    bool gpus = !strcmp(name, "cuda") || (!strcmp(name, "auto") && count > 0);
     if (tr->dist.world > 1 && gpus) {
-        snprintf(local, sizeof local, "cuda:%d", tr->dist.local_rank);
+        if (dc_dist_local_gpu(count, tr->dist.local_rank, tr->dist.local_world, &gpu))
+            return dc_fail_prefix("--device");
+        snprintf(local, sizeof local, "cuda:%d", gpu);
         name = local;
     }
     if (dc_device_resolve(name, &tr->device))
