@@ -141,6 +141,19 @@ START_TEST(test_loss_falls) {
         last += loss[n - 10 + i] / 10;
     }
     ck_assert_msg(last < first / 3, "loss %g -> %g did not fall threefold", first, last);
+    /* the arenas' high-water mark: never falling, and at least the weights,
+     * their gradients, AdamW's two moments and the EMA */
+    double peak[80];
+    ck_assert_int_eq(read_metric("fall", "peak_arena_bytes", peak, 80), 80);
+    dc_st_file w;
+    ck_assert_msg(dc_st_open(&w, tu_path("fall/unet/diffusion_pytorch_model.safetensors")) == 0, "%s", dc_error());
+    double weights = 0;
+    for (int i = 0; i < w.n; i++)
+        weights += (double)w.tensors[i].nbytes;
+    dc_st_close(&w);
+    for (int i = 0; i < 80; i++)
+        ck_assert_msg(peak[i] >= 5 * weights && (i == 0 || peak[i] >= peak[i - 1]), "step %d: peak %.0f, weights %.0f",
+                      i + 1, peak[i], weights);
     /* the final model is a pipeline folder; so is each checkpoint */
     ck_assert_int_eq(access(tu_path("fall/unet/diffusion_pytorch_model.safetensors"), R_OK), 0);
     ck_assert_int_eq(access(tu_path("fall/checkpoint-80/DONE"), R_OK), 0);

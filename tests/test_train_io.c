@@ -1264,7 +1264,8 @@ static dc_metrics_row random_row(int64_t step) {
                         .loss = tu_uniform(0, 1),
                         .lr = tu_uniform(0, 1e-3),
                         .grad_norm = tu_uniform(0, 5),
-                        .images_per_s = tu_uniform(1, 1000)};
+                        .images_per_s = tu_uniform(1, 1000),
+                        .peak_arena_bytes = (double)(tu_next() >> 20)};
     for (int q = 0; q < 4; q++)
         r.loss_t_quartiles[q] = tu_next() % 3 ? tu_uniform(0, 1) : NAN;
     return r;
@@ -1302,6 +1303,7 @@ START_TEST(test_metrics_lines) {
         ck_assert(cJSON_GetObjectItem(j, "lr")->valuedouble == rows[i].lr);
         ck_assert(cJSON_GetObjectItem(j, "grad_norm")->valuedouble == rows[i].grad_norm);
         ck_assert(cJSON_GetObjectItem(j, "images_per_s")->valuedouble == rows[i].images_per_s);
+        ck_assert(cJSON_GetObjectItem(j, "peak_arena_bytes")->valuedouble == rows[i].peak_arena_bytes);
         ck_assert_int_eq(cJSON_GetObjectItem(j, "epoch") != NULL, i == 2);
         cJSON_Delete(j);
     }

@@ -120,8 +120,8 @@ static double probe(dc_ctx *ctx, tu_fn f, void *arg, dc_tensor **in, const float
     for (int64_t i = 0; i < out->numel; i++)
         s += (double)((float *)out->data)[i] * r[i];
     dc_set_grad_enabled(ctx, was);
-    ctx->act.used = act;
-    ctx->meta.used = meta;
+    dc_arena_rewind(&ctx->act, act);
+    dc_arena_rewind(&ctx->meta, meta);
     return s;
 }
 

@@ -92,7 +92,7 @@ static cJSON *row_json(const dc_metrics_row *r, const cJSON *extra) {
     if (!ok)
         cJSON_Delete(q);
     ok = ok && add_number(j, "lr", r->lr) && add_number(j, "grad_norm", r->grad_norm) &&
-         add_number(j, "images_per_s", r->images_per_s);
+         add_number(j, "images_per_s", r->images_per_s) && add_number(j, "peak_arena_bytes", r->peak_arena_bytes);
     for (const cJSON *v = extra ? extra->child : NULL; ok && v; v = v->next)
         ok = cJSON_AddItemToObject(j, v->string, cJSON_Duplicate(v, 1));
     if (!ok) {

@@ -26,6 +26,9 @@ typedef struct dc_metrics_row {
      * [0, num_train_timesteps); NaN for a quarter without samples. */
     double loss_t_quartiles[4];
     double lr, grad_norm, images_per_s;
+    /* The high-water mark of the arenas of the training device so far
+     * (dc_arena_peak_bytes): what the run needs of it. */
+    double peak_arena_bytes;
 } dc_metrics_row;
 
 /* Open `path` for appending. Lines with a step after `keep_until` are
@@ -34,7 +37,8 @@ typedef struct dc_metrics_row {
  * run passes 0 and starts the file afresh. */
 int dc_metrics_open(dc_metrics **m, const char *path, int64_t keep_until);
 /* Append {"step", "loss", "loss_t_quartiles": [4], "lr", "grad_norm",
- * "images_per_s", then extra's members} as one line, flushed. Non-finite
+ * "images_per_s", "peak_arena_bytes", then extra's members} as one line,
+ * flushed. Non-finite
  * numbers are written as null (JSON has no NaN). `extra` may be NULL. */
 int dc_metrics_write(dc_metrics *m, const dc_metrics_row *r, const cJSON *extra);
 /* -1 when the last line cannot be written. NULL-safe. */

@@ -61,6 +61,7 @@
 #include "autograd/nn.h"
 #include "autograd/optim.h"
 #include "autograd/rng.h"
+#include "autograd/tensor.h"
 #include "data/dataset.h"
 #include "data/image.h"
 #include "data/loader.h"
@@ -623,7 +624,8 @@ static int optimizer_step(trainer *tr, step_stats *st) {
 
 static int log_step(trainer *tr, const step_stats *st) {
     dc_metrics_row r = {.step = tr->step, .loss = st->loss, .lr = st->lr,
-                        .grad_norm = st->grad_norm, .images_per_s = st->images_per_s};
+                        .grad_norm = st->grad_norm, .images_per_s = st->images_per_s,
+                        .peak_arena_bytes = (double)dc_arena_peak_bytes(tr->device)};
     for (int q = 0; q < 4; q++)
         r.loss_t_quartiles[q] = st->q_n[q] ? st->q_sum[q] / st->q_n[q] : NAN;
     dc_progress_step(&tr->progress, tr->step, st->loss, st->lr, st->images_per_s);
