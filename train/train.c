@@ -139,8 +139,9 @@ typedef struct step_stats {
 static int resolve_device(trainer *tr) {
     const char *name = tr->o.device;
     char local[32];
-    int count = dc_device_count(), gpu;
-    bool gpus = !strcmp(name, "cuda") || (!strcmp(name, "auto") && count > 0);
+    bool cuda = !strcmp(name, "cuda"), any = !strcmp(name, "auto");
+    int count = cuda || any ? dc_device_count() : 0, gpu; /* CUDA left alone for --device cpu */
+    bool gpus = cuda || (any && count > 0);
     if (tr->dist.world > 1 && gpus) {
         if (dc_dist_local_gpu(count, tr->dist.local_rank, tr->dist.local_world, &gpu))
             return dc_fail_prefix("--device");
@@ -148,7 +149,7 @@ static int resolve_device(trainer *tr) {
         name = local;
     }
     if (dc_device_resolve(name, &tr->device))
-        return name == local ? dc_fail_prefix("--device: one GPU per rank of the node") : -1;
+        return name == local ? dc_fail_prefix("--device: this rank's GPU on its node") : -1;
     return dc_math_parse(tr->o.mixed_precision, &tr->math) || dc_device_set_math(tr->device, tr->math);
 }
 
