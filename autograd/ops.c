@@ -136,7 +136,7 @@ void *op_scratch_take(dc_ctx *ctx, size_t bytes, size_t *mark) {
     return op_scratch(ctx, bytes);
 }
 
-void op_scratch_release(dc_ctx *ctx, size_t mark) { ctx->act.used = mark; }
+void op_scratch_release(dc_ctx *ctx, size_t mark) { dc_arena_rewind(&ctx->act, mark); }
 
 const float *op_upload(dc_ctx *ctx, const float *host, int64_t n) {
     if (ctx->device == DC_CPU)

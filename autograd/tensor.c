@@ -6,12 +6,51 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #define ALIGN 64
+
+/* ---- the bytes in use per device, over all its arenas ---- */
+
+#define TRACKED 64 /* DC_CPU and GPU ordinals 0..62: slot device + 1 */
+
+/* Atomic: arenas of one device may be used from several threads. */
+static _Atomic size_t device_used[TRACKED], device_peak[TRACKED];
+
+static _Atomic size_t *slot(_Atomic size_t *counts, int device) {
+    return device >= DC_CPU && device < TRACKED - 1 ? &counts[device + 1] : NULL;
+}
+
+static void count_alloc(int device, size_t bytes) {
+    _Atomic size_t *used = slot(device_used, device), *peak = slot(device_peak, device);
+    if (!used)
+        return;
+    size_t now = atomic_fetch_add(used, bytes) + bytes, was = atomic_load(peak);
+    while (now > was && !atomic_compare_exchange_weak(peak, &was, now))
+        ;
+}
+
+static void count_free(int device, size_t bytes) {
+    _Atomic size_t *used = slot(device_used, device);
+    if (used)
+        atomic_fetch_sub(used, bytes);
+}
+
+size_t dc_arena_used_bytes(int device) {
+    _Atomic size_t *used = slot(device_used, device);
+    return used ? atomic_load(used) : 0;
+}
+
+size_t dc_arena_peak_bytes(int device) {
+    _Atomic size_t *peak = slot(device_peak, device);
+    return peak ? atomic_load(peak) : 0;
+}
+
+/* ---- arenas ---- */
 
 size_t dc_dtype_size(dc_dtype t) {
     static const size_t sizes[DC_DTYPE_COUNT] = {4, 2, 2, 4, 1};
@@ -46,6 +85,8 @@ int dc_arena_init(dc_arena *a, const char *name, int device, size_t cap) {
 }
 
 void dc_arena_free(dc_arena *a) {
+    if (a)
+        count_free(a->device, a->used);
     if (a && a->base && a->device != DC_CPU)
         dc_device_free(a->device, a->base);
     else if (a && a->base)
@@ -65,10 +106,18 @@ void *dc_arena_alloc(dc_arena *a, size_t bytes) {
     a->used += need;
     if (a->used > a->peak)
         a->peak = a->used;
+    count_alloc(a->device, need);
     return p;
 }
 
-void dc_arena_reset(dc_arena *a) { a->used = 0; }
+void dc_arena_reset(dc_arena *a) { dc_arena_rewind(a, 0); }
+
+void dc_arena_rewind(dc_arena *a, size_t mark) {
+    if (mark < a->used) {
+        count_free(a->device, a->used - mark);
+        a->used = mark;
+    }
+}
 
 int64_t dc_shape_numel(int ndim, const int64_t *shape) {
     int64_t n = 1;

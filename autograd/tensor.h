@@ -53,6 +53,15 @@ void dc_arena_free(dc_arena *a);
 /* 64-byte aligned; NULL with a message naming the arena and the size needed. */
 void *dc_arena_alloc(dc_arena *a, size_t bytes);
 void dc_arena_reset(dc_arena *a);
+/* Give back what was allocated since `mark` (an earlier a->used): scratch. */
+void dc_arena_rewind(dc_arena *a, size_t mark);
+/* The bytes in use in all arenas of `device` (DC_CPU or a GPU ordinal)
+ * together: now, and their high-water mark since the process started. That
+ * mark is what a run needed of the device, where a GPU's activation arena
+ * reserves most of its memory up front (what nvidia-smi shows in use).
+ * Counted as allocated, not as reserved; 0 for ordinals past 62. */
+size_t dc_arena_used_bytes(int device);
+size_t dc_arena_peak_bytes(int device);
 
 /* Shape helpers. */
 int64_t dc_shape_numel(int ndim, const int64_t *shape);

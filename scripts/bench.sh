@@ -237,11 +237,14 @@ configs/cifar10-ddpm.json 4 10"
 # ---- train: whole training steps ----
 
 # One `diffc train` run of $4 steps: prints `bench train config=.. batch=..
-# images_per_s=.. peak_rss_mb=..`, the best step after $warmup (metrics.jsonl
-# holds each step's images/s: loading, noising, forward, backward, clipping,
-# AdamW and EMA) and the process's peak resident memory (which includes
-# writing the final checkpoint; the steps' timing does not; 0 without
-# /usr/bin/time).
+# images_per_s=.. peak_rss_mb=.. peak_arena_mb=..`, the best step after $warmup
+# (metrics.jsonl holds each step's images/s: loading, noising, forward,
+# backward, clipping, AdamW and EMA), the process's peak resident memory
+# (which includes writing the final checkpoint; the steps' timing does not; 0
+# without /usr/bin/time), and the high-water mark of the training device's
+# arenas (metrics.jsonl's peak_arena_bytes: weights, gradients, AdamW, EMA and
+# activations; on a GPU the figure to compare, where the process's memory is
+# not and nvidia-smi shows the whole activation arena reserved).
 # $launch (a launcher and its arguments, e.g. mpirun) and $diffc (default
 # build/diffc) run it; further arguments go to diffc train.
 bench_train_diffc() {
@@ -261,8 +264,9 @@ bench_train_diffc() {
             v = substr($0, RSTART + 15, RLENGTH - 15) + 0
             if (v > best) best = v
         }
-        END { printf "bench train config=%s batch=%d images_per_s=%.3f peak_rss_mb=%.0f\n",
-                     config, batch, best, peak_kb / 1024 }
+        match($0, /"peak_arena_bytes":[^,}]*/) { p = substr($0, RSTART + 19, RLENGTH - 19) + 0; if (p > arena) arena = p }
+        END { printf "bench train config=%s batch=%d images_per_s=%.3f peak_rss_mb=%.0f peak_arena_mb=%.0f\n",
+                     config, batch, best, peak_kb / 1024, arena / 1048576 }
     ' "$dir/out/metrics.jsonl"
 }
 

@@ -489,28 +489,24 @@ stage_bench() {
 
 # One `diffc train` run on the GPU: prints `bench train impl=diffc math=.. images_per_s=<best>
 # median_images_per_s=.. peak_gpu_mb=..` (steps after the warm-up, from metrics.jsonl; the
-# GPU's memory in use, sampled by nvidia-smi, less what was in use before).
+# peak is the arenas' own high-water mark, metrics.jsonl's peak_arena_bytes: nvidia-smi would
+# show the activation arena, which reserves most of the GPU up front).
 train_diffc() {
-    local math=$1 batch=$2 steps=$3 warmup=$4 secs=$5 dir=$build/bench-train rc=0 smi base peak
+    local math=$1 batch=$2 steps=$3 warmup=$4 secs=$5 dir=$build/bench-train rc=0
     rm -rf "$dir/out"
-    base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 >"$dir/smi" 2>/dev/null &
-    smi=$!
     ours timeout -k 10 "$secs" "$build/diffc" train --config configs/cifar10-ddpm.json --train-data-dir "$dir/cifar" \
         --cache-dir "$dir/cache" --output-dir "$dir/out" --train-batch-size "$batch" \
         --max-train-steps $((warmup + steps)) --logging-steps 1 --sample-every 0 --checkpointing-steps 0 \
         --device cuda --mixed-precision "$math" >>"$log" 2>&1 || rc=$?
-    kill "$smi" 2>/dev/null || true
-    wait "$smi" 2>/dev/null || true
     [[ $rc -eq 0 ]] || { echo "diffc train --mixed-precision $math failed (exit $rc)" >&2; return 1; }
-    peak=$(sort -n "$dir/smi" | tail -1)
-    awk -v math="$math" -v batch="$batch" -v warmup="$warmup" -v peak=$((${peak:-0} - ${base:-0})) '
+    awk -v math="$math" -v batch="$batch" -v warmup="$warmup" '
         match($0, /"images_per_s":[^,}]*/) && ++step > warmup { v[++n] = substr($0, RSTART + 15, RLENGTH - 15) + 0 }
+        match($0, /"peak_arena_bytes":[^,}]*/) { p = substr($0, RSTART + 19, RLENGTH - 19) + 0; if (p > peak) peak = p }
         END {
             if (!n) exit 1
             for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
             printf "bench train impl=diffc math=%s batch=%d images_per_s=%.2f median_images_per_s=%.2f peak_gpu_mb=%d\n",
-                   math == "no" ? "tf32" : math, batch, v[n], v[int((n + 1) / 2)], peak
+                   math == "no" ? "tf32" : math, batch, v[n], v[int((n + 1) / 2)], peak / 1048576
         }' "$dir/out/metrics.jsonl"
 }
 
@@ -573,8 +569,8 @@ stage_train() {
     rm -rf "$dir/out"
     say "== train: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); configs/cifar10-ddpm.json, batch $batch;"
     say "   images/s: best and median of $steps steps after $warmup; TFLOP/s of the best, from 3x the"
-    say "   forward's conv/linear/attention FLOPs (PyTorch's count); peak GPU memory in MiB (diffc: in use"
-    say "   on the GPU as nvidia-smi saw it; PyTorch: its allocator's peak); speed = diffc / PyTorch"
+    say "   forward's conv/linear/attention FLOPs (PyTorch's count); peak GPU memory in MiB (diffc: its"
+    say "   arenas' high-water mark; PyTorch: its allocator's peak); speed = diffc / PyTorch"
     awk "$awk_field"'
         NF { r[field($0, "impl") " " field($0, "math")] = $0; g = field($0, "fwd_gflop_per_image") + 0; if (g) gflop = g }
         function cols(line,    ips) {

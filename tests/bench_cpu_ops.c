@@ -96,8 +96,8 @@ static int step(bench *b, double *fwd_s, double *bwd_s) {
     double t2 = now();
     *fwd_s = t1 - t0;
     *bwd_s = t2 - t1;
-    b->ctx->act.used = act;
-    b->ctx->meta.used = meta;
+    dc_arena_rewind(&b->ctx->act, act);
+    dc_arena_rewind(&b->ctx->meta, meta);
     return rc;
 }
 

@@ -509,11 +509,12 @@ START_TEST(test_bad_input) {
     /* a config the weights do not fit */
     ck_assert_int_eq(mkdir(tu_path("bad"), 0755), 0);
     size_t n;
-    char *cfg = dc_read_file(BARE_MODEL "/config.json", 1 << 20, &n), *at = strstr(cfg, "\"in_channels\": 3");
+    char *cfg = tu_read_file(BARE_MODEL "/config.json", 1 << 20, &n), *at = strstr(cfg, "\"in_channels\": 3");
+    ck_assert_ptr_nonnull(at);
     at[strlen("\"in_channels\": ")] = '1';
     ck_assert_int_eq(dc_write_file(tu_path("bad/config.json"), cfg, n, false), 0);
     free(cfg);
-    char *weights = dc_read_file(BARE_MODEL "/diffusion_pytorch_model.safetensors", 1 << 24, &n);
+    char *weights = tu_read_file(BARE_MODEL "/diffusion_pytorch_model.safetensors", 1 << 24, &n);
     ck_assert_int_eq(dc_write_file(tu_path("bad/diffusion_pytorch_model.safetensors"), weights, n, false), 0);
     free(weights);
     tu_assert_user_error(ANOMALY("--model", tu_path("bad"), "--images", img, "--output-dir", out),

@@ -337,7 +337,7 @@ START_TEST(test_bad_input) {
                          "no diffusion_pytorch_model.safetensors");
     copy_file(MODEL "/diffusion_pytorch_model.safetensors", tu_path("m/diffusion_pytorch_model.safetensors"));
     size_t n;
-    char *cfg = dc_read_file(MODEL "/config.json", 1 << 20, &n), *at = strstr(cfg, "\"in_channels\": 3");
+    char *cfg = tu_read_file(MODEL "/config.json", 1 << 20, &n), *at = strstr(cfg, "\"in_channels\": 3");
     ck_assert_ptr_nonnull(at);
     at[strlen("\"in_channels\": ")] = '1';
     spill(tu_path("m/config.json"), cfg);

@@ -1,9 +1,11 @@
-/* Device names (--device auto|cpu|cuda[:N]), the mixed-precision setting and
- * host copies: what every build answers, with or without CUDA or a GPU. */
+/* Device names (--device auto|cpu|cuda[:N]), the mixed-precision setting,
+ * host copies and the arenas' use per device: what every build answers, with
+ * or without CUDA or a GPU. */
 #include "testutil.h"
 
 #include "autograd/device.h"
 #include "autograd/error.h"
+#include "autograd/tensor.h"
 
 #include <string.h>
 
@@ -67,11 +69,53 @@ START_TEST(test_host_copies) {
 }
 END_TEST
 
+/* The bytes in use over all arenas of the CPU, and their high-water mark:
+ * each allocation adds its size rounded up to the 64-byte alignment; a
+ * rewind, a reset and a free give it back, and the mark keeps the most that
+ * was in use at once. A GPU's counts are its own. */
+START_TEST(test_arena_peak) {
+    size_t base = dc_arena_used_bytes(DC_CPU), peak = dc_arena_peak_bytes(DC_CPU), gpu = dc_arena_used_bytes(0);
+    dc_arena a, b;
+    ck_assert_int_eq(dc_arena_init(&a, "a", DC_CPU, 1 << 24), 0);
+    ck_assert_int_eq(dc_arena_init(&b, "b", DC_CPU, 1 << 24), 0);
+    ck_assert_uint_eq(dc_arena_used_bytes(DC_CPU), base); /* reserving is not using */
+    size_t in_a = 0, in_b = 0;
+    for (int i = 0; i < 20; i++) {
+        size_t n = 1 + tu_next() % 100000;
+        ck_assert_ptr_nonnull(dc_arena_alloc(&a, n));
+        in_a += (n + 63) / 64 * 64;
+    }
+    size_t mark = b.used;
+    for (int i = 0; i < 5; i++) {
+        size_t n = 1 + tu_next() % 100000;
+        ck_assert_ptr_nonnull(dc_arena_alloc(&b, n));
+        in_b += (n + 63) / 64 * 64;
+    }
+    ck_assert_uint_eq(dc_arena_used_bytes(DC_CPU), base + in_a + in_b);
+    size_t most = base + in_a + in_b > peak ? base + in_a + in_b : peak;
+    ck_assert_uint_eq(dc_arena_peak_bytes(DC_CPU), most);
+    dc_arena_rewind(&b, mark); /* scratch given back */
+    ck_assert_uint_eq(dc_arena_used_bytes(DC_CPU), base + in_a);
+    dc_arena_reset(&a);
+    ck_assert_uint_eq(dc_arena_used_bytes(DC_CPU), base);
+    ck_assert_ptr_nonnull(dc_arena_alloc(&b, in_a)); /* less than the mark: it stays */
+    ck_assert_uint_eq(dc_arena_used_bytes(DC_CPU), base + in_a);
+    ck_assert_uint_eq(dc_arena_peak_bytes(DC_CPU), most);
+    dc_arena_free(&a);
+    dc_arena_free(&b);
+    ck_assert_uint_eq(dc_arena_used_bytes(DC_CPU), base);
+    ck_assert_uint_eq(dc_arena_peak_bytes(DC_CPU), most);
+    ck_assert_uint_eq(dc_arena_used_bytes(0), gpu);
+    ck_assert_uint_eq(dc_arena_peak_bytes(1000), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("device");
     TCase *tc = tu_tcase(s, "device", 30);
     tcase_add_test(tc, test_resolve);
     tcase_add_test(tc, test_math);
     tcase_add_test(tc, test_host_copies);
+    tcase_add_test(tc, test_arena_peak);
     return tu_run(s);
 }

@@ -341,7 +341,7 @@ START_TEST(test_model_errors) {
 
     /* a config the weights do not fit: the parameter and both shapes */
     size_t n;
-    char *cfg = dc_read_file(CLASS_MODEL "/config.json", 1 << 20, &n),
+    char *cfg = tu_read_file(CLASS_MODEL "/config.json", 1 << 20, &n),
          *at = strstr(cfg, "\"in_channels\": 3");
     ck_assert_ptr_nonnull(at);
     at[strlen("\"in_channels\": ")] = '1';

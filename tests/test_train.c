@@ -4,10 +4,13 @@
  * checkpoint to resume from; a fine-tune starts from the pretrained weights
  * and keeps their config; accumulating batches equals one big batch;
  * non-finite steps are skipped, then stop the run; --help and bad
- * configurations and options. Runs the built diffc binary. */
+ * configurations and options; one run at a time in an output folder, which
+ * a run failing on its data leaves as it was; the summary's rate is the
+ * whole run's. Runs the built diffc binary. */
 #define _GNU_SOURCE /* realpath */
 #include "testutil.h"
 
+#include "autograd/clock.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "autograd/safetensors.h"
@@ -15,8 +18,11 @@
 #include "models/unet.h"
 #include "train/checkpoint.h"
 #include "train/options.h"
+#include "train/run_dir.h"
 
 #include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -24,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -134,6 +141,19 @@ START_TEST(test_loss_falls) {
         last += loss[n - 10 + i] / 10;
     }
     ck_assert_msg(last < first / 3, "loss %g -> %g did not fall threefold", first, last);
+    /* the arenas' high-water mark: never falling, and at least the weights,
+     * their gradients, AdamW's two moments and the EMA */
+    double peak[80];
+    ck_assert_int_eq(read_metric("fall", "peak_arena_bytes", peak, 80), 80);
+    dc_st_file w;
+    ck_assert_msg(dc_st_open(&w, tu_path("fall/unet/diffusion_pytorch_model.safetensors")) == 0, "%s", dc_error());
+    double weights = 0;
+    for (int i = 0; i < w.n; i++)
+        weights += (double)w.tensors[i].nbytes;
+    dc_st_close(&w);
+    for (int i = 0; i < 80; i++)
+        ck_assert_msg(peak[i] >= 5 * weights && (i == 0 || peak[i] >= peak[i - 1]), "step %d: peak %.0f, weights %.0f",
+                      i + 1, peak[i], weights);
     /* the final model is a pipeline folder; so is each checkpoint */
     ck_assert_int_eq(access(tu_path("fall/unet/diffusion_pytorch_model.safetensors"), R_OK), 0);
     ck_assert_int_eq(access(tu_path("fall/checkpoint-80/DONE"), R_OK), 0);
@@ -494,6 +514,154 @@ START_TEST(test_non_finite_steps_stop_the_run) {
 }
 END_TEST
 
+/* ---- the output folder, and the summary ---- */
+
+/* The names in `dir`, sorted and comma-joined, into buf. */
+static void list_dir(const char *dir, char *buf, size_t n) {
+    struct dirent **names;
+    int k = scandir(dir, &names, NULL, alphasort);
+    ck_assert_msg(k >= 0, "%s: %s", dir, strerror(errno));
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < k; i++) {
+        len += (size_t)snprintf(buf + len, len < n ? n - len : 0, "%s,", names[i]->d_name);
+        free(names[i]);
+    }
+    free(names);
+    ck_assert_uint_lt(len, n);
+}
+
+/* Exit 1, and the last line of stderr, the only error among any warnings
+ * before it, is "diffc: error: ...want...". */
+static void assert_error_line(const tu_run_result *r, const char *want) {
+    const char *err = strstr(r->err, "diffc: error: ");
+    ck_assert_msg(r->status == 1 && err && (err == r->err || err[-1] == '\n'), "exit %d: %s", r->status,
+                  tu_tail(r->err));
+    ck_assert_msg(strchr(err, '\n') == r->err + r->n_err - 1, "not the last line: %s", tu_tail(r->err));
+    ck_assert_msg(strstr(err, want), "'%s' lacks '%s'", err, want);
+}
+
+/* Training data that is missing, empty or all bad: one error, and the
+ * output folder is left as it was: not there when it was not (nor the
+ * parents the run made for it), or holding what it held. */
+START_TEST(test_data_errors_leave_the_output_folder_alone) {
+    make_dataset();
+    char model[600], before[4096], after[4096];
+    snprintf(model, sizeof model, "%s", tu_path("model.json"));
+    ck_assert_int_eq(mkdir(tu_path("empty"), 0755), 0);
+    ck_assert_int_eq(mkdir(tu_path("bad"), 0755), 0);
+    const char *bad[] = {"bad/a.png", "bad/b.jpg", "bad/c.png"};
+    for (int i = 0; i < 3; i++) {
+        uint8_t junk[64];
+        for (size_t k = 0; k < sizeof junk; k++)
+            junk[k] = (uint8_t)tu_next();
+        ck_assert_int_eq(dc_write_file(tu_path(bad[i]), junk, sizeof junk, false), 0);
+    }
+    const char *data[] = {"missing", "empty", "bad"};
+    const char *want[] = {"missing: cannot open", "no PNG or JPEG image", "no usable image"};
+    for (int i = 0; i < 3; i++) {
+        assert_error_line(tu_run_diffc(train_args("--model", model, data[i], "new/run", "2", NULL)), want[i]);
+        ck_assert_msg(access(tu_path("new"), F_OK) != 0, "%s: the output folder was left behind", data[i]);
+    }
+    /* a folder that was there keeps its files, and gets none */
+    ck_assert_int_eq(mkdir(tu_path("old"), 0755), 0);
+    ck_assert_int_eq(mkdir(tu_path("old/sub"), 0755), 0);
+    ck_assert_int_eq(dc_write_file(tu_path("old/notes.txt"), "mine\n", 5, false), 0);
+    list_dir(tu_path("old"), before, sizeof before);
+    for (int i = 0; i < 3; i++) {
+        assert_error_line(tu_run_diffc(train_args("--model", model, data[i], "old", "2", NULL)), want[i]);
+        list_dir(tu_path("old"), after, sizeof after);
+        ck_assert_str_eq(after, before);
+    }
+    ck_assert_int_eq(access(tu_path("old/sub"), F_OK), 0);
+    tu_rmtemp();
+}
+END_TEST
+
+static int count_lines(const char *path) {
+    size_t n;
+    char *text = dc_read_file(path, 1 << 24, &n);
+    ck_assert_msg(text != NULL, "%s", dc_error());
+    int lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += text[i] == '\n';
+    free(text);
+    return lines;
+}
+
+/* One run at a time in an output folder: a second is refused naming the
+ * first's pid, and touches nothing; a run killed outright leaves no lock
+ * behind, and its resume goes on; a finished run removes its lock file. */
+START_TEST(test_output_folder_is_locked) {
+    make_dataset();
+    char model[600], want[64], steps[24];
+    snprintf(model, sizeof model, "%s", tu_path("model.json"));
+    const char *ckpt[] = {"--checkpointing-steps", "2", NULL};
+    pid_t pid = tu_spawn_diffc(train_args("--model", model, "data", "busy", "1000000", ckpt));
+    ck_assert_msg(tu_read_diffc_until("/checkpoint-2"), "%s", tu_tail(tu_wait_diffc()->err));
+    dc_run_dir second; /* what a second diffc train on the folder does first */
+    ck_assert_int_eq(dc_run_dir_take(&second, tu_path("busy")), -1);
+    snprintf(want, sizeof want, "in use by another training run (pid %ld)", (long)pid);
+    ck_assert_msg(strstr(dc_error(), want), "%s", dc_error());
+    dc_run_dir_release(&second, true);
+    ck_assert_int_eq(access(tu_path("busy/" RUN_DIR_LOCK), F_OK), 0);
+    ck_assert_int_eq(access(tu_path("busy/checkpoint-2/DONE"), F_OK), 0);
+
+    int st = tu_kill_diffc(SIGKILL);
+    ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %d", st);
+    char *latest = NULL;
+    int64_t step = 0;
+    ck_assert_int_eq(dc_checkpoint_latest(tu_path("busy"), &latest, &step), 1);
+    free(latest);
+    snprintf(steps, sizeof steps, "%lld", (long long)step + 2);
+    const char *resume[] = {"--resume-from-checkpoint", "latest", NULL};
+    tu_run_result *r = tu_run_diffc(train_args("--model", model, "data", "busy", steps, resume));
+    ck_assert_msg(r->status == 0 && strstr(r->err, "resuming from"), "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_int_ne(access(tu_path("busy/" RUN_DIR_LOCK), F_OK), 0);
+
+    /* held by this process: diffc train says so, one line, and writes nothing */
+    dc_run_dir mine;
+    ck_assert_msg(dc_run_dir_take(&mine, tu_path("busy")) == 0, "%s", dc_error());
+    int lines = count_lines(tu_path("busy/metrics.jsonl"));
+    snprintf(want, sizeof want, "in use by another training run (pid %ld)", (long)getpid());
+    tu_assert_user_error(tu_run_diffc(train_args("--model", model, "data", "busy", "1000000", NULL)), want);
+    ck_assert_int_eq(count_lines(tu_path("busy/metrics.jsonl")), lines);
+    dc_run_dir_release(&mine, false);
+    ck_assert_int_ne(access(tu_path("busy/" RUN_DIR_LOCK), F_OK), 0);
+    ck_assert_int_eq(access(tu_path("busy/model_index.json"), F_OK), 0);
+    tu_rmtemp();
+}
+END_TEST
+
+/* The summary's img/s is the whole run's: its images over the training
+ * loop's time, which the sample grids lengthen, and not the rate of the
+ * last step (far higher here). The loop took at least the time between the
+ * first and the last step line, and at most the process's lifetime. */
+START_TEST(test_summary_rate_is_the_whole_runs) {
+    make_dataset();
+    char model[600];
+    snprintf(model, sizeof model, "%s", tu_path("model.json"));
+    const char *grids[] = {"--sample-every", "3", "--eval-batch-size", "8", "--ddpm-num-inference-steps", "100",
+                           NULL};
+    double t0 = dc_seconds();
+    tu_spawn_diffc(train_args("--model", model, "data", "rate", "6", grids));
+    ck_assert_msg(tu_read_diffc_until("step 1/6"), "%s", tu_tail(tu_wait_diffc()->err));
+    double t1 = dc_seconds();
+    ck_assert_msg(tu_read_diffc_until("step 6/6"), "%s", tu_tail(tu_wait_diffc()->err));
+    double t6 = dc_seconds();
+    tu_run_result *r = tu_wait_diffc();
+    double t_end = dc_seconds();
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    const char *done = strstr(r->err, "done: 6 steps in ");
+    ck_assert_msg(done != NULL, "%s", tu_tail(r->err));
+    double rate = strtod(strchr(done, ',') + 1, NULL), images = 6 * 4;
+    ck_assert_msg(rate >= images / (t_end - t0) && rate <= 1.25 * images / (t6 - t1),
+                  "%s: %g images, step 1 to 6 in %.3f s, the process %.3f s", done, images, t6 - t1,
+                  t_end - t0);
+    tu_rmtemp();
+}
+END_TEST
+
 /* A launcher's environment asking for two ranks, without the launcher:
  * built without MPI, the error says how to rebuild; with MPI, MPI sees one
  * process and the error says that it and the launcher disagree. */
@@ -843,5 +1011,8 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_ranks_need_a_matching_mpi);
     tcase_add_test(tc, test_help_and_usage);
     tcase_add_test(tc, test_device_cpu_is_the_default_here);
+    tcase_add_test(tc, test_data_errors_leave_the_output_folder_alone);
+    tcase_add_test(tc, test_output_folder_is_locked);
+    tcase_add_test(tc, test_summary_rate_is_the_whole_runs);
     return tu_run(s);
 }

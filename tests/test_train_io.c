@@ -3,7 +3,7 @@
  * latest, pruning, a full disk, an unwritable folder, kill -9 at every step
  * of a write and at random times), TensorBoard event files (CRC-32C, the
  * records and protobuf fields decoded back), metrics.jsonl and the progress
- * line, and the signal handlers. */
+ * line, the signal handlers, and the GPU each rank of a node takes. */
 #define _GNU_SOURCE /* nftw, open_memstream, openpty */
 #include "testutil.h"
 
@@ -13,6 +13,7 @@
 #include "data/image.h"
 #include "models/unet.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 #include "autograd/fileio.h"
 #include "train/metrics.h"
 #include "train/options.h"
@@ -1263,7 +1264,8 @@ static dc_metrics_row random_row(int64_t step) {
                         .loss = tu_uniform(0, 1),
                         .lr = tu_uniform(0, 1e-3),
                         .grad_norm = tu_uniform(0, 5),
-                        .images_per_s = tu_uniform(1, 1000)};
+                        .images_per_s = tu_uniform(1, 1000),
+                        .peak_arena_bytes = (double)(tu_next() >> 20)};
     for (int q = 0; q < 4; q++)
         r.loss_t_quartiles[q] = tu_next() % 3 ? tu_uniform(0, 1) : NAN;
     return r;
@@ -1301,6 +1303,7 @@ START_TEST(test_metrics_lines) {
         ck_assert(cJSON_GetObjectItem(j, "lr")->valuedouble == rows[i].lr);
         ck_assert(cJSON_GetObjectItem(j, "grad_norm")->valuedouble == rows[i].grad_norm);
         ck_assert(cJSON_GetObjectItem(j, "images_per_s")->valuedouble == rows[i].images_per_s);
+        ck_assert(cJSON_GetObjectItem(j, "peak_arena_bytes")->valuedouble == rows[i].peak_arena_bytes);
         ck_assert_int_eq(cJSON_GetObjectItem(j, "epoch") != NULL, i == 2);
         cJSON_Delete(j);
     }
@@ -1376,7 +1379,7 @@ START_TEST(test_progress_log_lines) {
         if (s == 104)
             dc_progress_note(&p, "saved checkpoint-%d", 104);
     }
-    dc_progress_done(&p, 110, 0.0412, 312.4);
+    dc_progress_done(&p, 110, 0.0412, 32000, 3960); /* the whole run's rate, not the last step's */
     fclose(f);
     int n = 0;
     char *lines[16];
@@ -1388,9 +1391,7 @@ START_TEST(test_progress_log_lines) {
     ck_assert_str_eq(lines[1], "saved checkpoint-104");
     ck_assert(!strncmp(lines[2], "step 105/110", 12) && !strncmp(lines[3], "step 108/110", 12));
     ck_assert_msg(!strncmp(lines[4], "step 110/110", 12) && strstr(lines[4], "ETA 0s"), "%s", lines[4]);
-    ck_assert_msg(!strncmp(lines[5], "done: 10 steps in ", 18) &&
-                      strstr(lines[5], "312 img/s, final loss 0.0412"),
-                  "%s", lines[5]);
+    ck_assert_msg(!strcmp(lines[5], "done: 10 steps in 1h06m, 8.1 img/s, final loss 0.0412"), "%s", lines[5]);
     ck_assert(!strchr(text, '\r') && !strchr(text, '\033'));
     free(text);
 }
@@ -1417,7 +1418,7 @@ START_TEST(test_progress_terminal) {
     dc_progress_step(&p, 120, 0.0412, 1e-4, 312);  /* too soon, not drawn */
     dc_progress_step(&p, 5000, 0.0412, 1e-4, 312); /* the last step always is */
     dc_progress_note(&p, "saved");
-    dc_progress_done(&p, 5000, 0.04, 312);
+    dc_progress_done(&p, 5000, 0.04, 312 * 60, 60);
     fclose(f);
     char out[4096];
     size_t n = 0;
@@ -1499,6 +1500,45 @@ START_TEST(test_second_signal_stops_at_once) {
 }
 END_TEST
 
+/* ---- the GPU of a rank ---- */
+
+/* Every (GPUs visible, local rank, ranks on the node) against the rule
+ * stated independently: one GPU visible (srun --gpus-per-task=1) or none:
+ * GPU 0 for every rank; several but fewer than the ranks: an error naming
+ * both counts; else each rank of the node its own GPU among those visible. */
+START_TEST(test_local_gpu) {
+    for (int count = 0; count <= 9; count++)
+        for (int world = 1; world <= 9; world++) {
+            bool used[9] = {false};
+            for (int rank = 0; rank < world; rank++) {
+                int gpu = -1;
+                int rc = dc_dist_local_gpu(count, rank, world, &gpu);
+                if (count > 1 && count < world) {
+                    char want[64];
+                    snprintf(want, sizeof want, "%d ranks on this node but %d GPUs", world, count);
+                    ck_assert_msg(rc == -1 && strstr(dc_error(), want), "%d GPUs, %d ranks: %s", count, world,
+                                  dc_error());
+                    continue;
+                }
+                ck_assert_msg(rc == 0, "%d GPUs, rank %d of %d: %s", count, rank, world, dc_error());
+                if (count <= 1) {
+                    ck_assert_int_eq(gpu, 0);
+                    continue;
+                }
+                ck_assert_msg(gpu >= 0 && gpu < count && !used[gpu], "%d GPUs, rank %d of %d: GPU %d", count, rank,
+                              world, gpu);
+                used[gpu] = true;
+            }
+        }
+    /* a node of many ranks, each shown its own GPU: not GPU <local rank> */
+    int rank = 1 + (int)(tu_next() % 255), gpu = -1;
+    ck_assert_int_eq(dc_dist_local_gpu(1, rank, 256, &gpu), 0);
+    ck_assert_int_eq(gpu, 0);
+    ck_assert_int_eq(dc_dist_local_gpu(256, rank, 256, &gpu), 0);
+    ck_assert_int_eq(gpu, rank);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train_io");
     TCase *tc = tu_tcase(s, "files", 10);
@@ -1535,5 +1575,7 @@ int main(void) {
     tc = tu_tcase(s, "signals", 10);
     tcase_add_test(tc, test_signal_sets_flag);
     tcase_add_test(tc, test_second_signal_stops_at_once);
+    tc = tu_tcase(s, "dist", 10);
+    tcase_add_test(tc, test_local_gpu);
     return tu_run(s);
 }

@@ -5,6 +5,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
+#include <errno.h>
 #include <libgen.h>
 #include <limits.h>
 #include <poll.h>
@@ -119,8 +120,8 @@ static double probe(dc_ctx *ctx, tu_fn f, void *arg, dc_tensor **in, const float
     for (int64_t i = 0; i < out->numel; i++)
         s += (double)((float *)out->data)[i] * r[i];
     dc_set_grad_enabled(ctx, was);
-    ctx->act.used = act;
-    ctx->meta.used = meta;
+    dc_arena_rewind(&ctx->act, act);
+    dc_arena_rewind(&ctx->meta, meta);
     return s;
 }
 
@@ -178,7 +179,17 @@ TCase *tu_tcase(Suite *s, const char *name, double timeout) {
     return tc;
 }
 
+char *tu_read_file(const char *path, size_t max_bytes, size_t *n) {
+    char *text = dc_read_file(path, max_bytes, n);
+    ck_assert_msg(text != NULL, "%s", dc_error());
+    return text;
+}
+
 int tu_run(Suite *s) {
+    if (chdir(DC_SOURCE_DIR) != 0) {
+        fprintf(stderr, "%s: %s: the tests read their fixtures there\n", DC_SOURCE_DIR, strerror(errno));
+        return EXIT_FAILURE;
+    }
     tu_seed();
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -88,9 +88,16 @@ void tu_rmtemp(void);
  * exit 77 (skipped) when it is 0. */
 int tu_cuda_device_count(void);
 
+/* The whole file, NUL-terminated (length in *n when n is not NULL); fails
+ * the test with the reason when it cannot be read (a missing fixture). */
+char *tu_read_file(const char *path, size_t max_bytes, size_t *n);
+
 /* A test case added to s with a timeout in seconds. */
 TCase *tu_tcase(Suite *s, const char *name, double timeout);
-/* Run the suite; the process exit status (prints the seed when a test failed). */
+/* Run the suite from the source tree's root (DC_SOURCE_DIR, from CMake),
+ * where the tests find tests/fixtures/ and configs/ whatever the working
+ * directory they were started from; the process exit status (prints the
+ * seed when a test failed). */
 int tu_run(Suite *s);
 
 #endif

@@ -48,6 +48,18 @@ int dc_dist_launched_world(void) {
     return 1;
 }
 
+int dc_dist_local_gpu(int count, int local_rank, int local_world, int *gpu) {
+    *gpu = 0;
+    if (count <= 1)
+        return 0;
+    if (count < local_world)
+        return dc_fail("%d ranks on this node but %d GPUs visible to each: give each rank one GPU "
+                       "(srun --gpus-per-task=1) or all ranks at least as many GPUs as there are ranks",
+                       local_world, count);
+    *gpu = local_rank % count;
+    return 0;
+}
+
 static uint64_t fingerprint(const void *buf, size_t bytes) { return crc32_z(0, buf, bytes); }
 
 /* $DC_NCCL=1: the NCCL path with one process too. */

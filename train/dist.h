@@ -81,6 +81,14 @@ typedef struct dc_dist {
  * the first one set); 1 when none is. */
 int dc_dist_launched_world(void);
 
+/* The GPU (*gpu, an ordinal) of node-local rank local_rank of local_world
+ * when `count` GPUs are visible to it: GPU 0 when there is one or none
+ * (srun --gpus-per-task=1 shows each rank its own GPU as GPU 0; with none,
+ * opening it reports the error), else local_rank % count. An error when
+ * several are visible but fewer than the ranks of the node: some GPU would
+ * carry two ranks, which the node's GPUs were evidently not meant to. */
+int dc_dist_local_gpu(int count, int local_rank, int local_world, int *gpu);
+
 /* Join the other ranks. One process (world 1 per the environment): rank 0 of
  * 1, nothing initialised. More: MPI_Init_thread (only the calling thread
  * makes MPI calls), rank and world from MPI_COMM_WORLD, the node-local rank

@@ -92,7 +92,7 @@ static cJSON *row_json(const dc_metrics_row *r, const cJSON *extra) {
     if (!ok)
         cJSON_Delete(q);
     ok = ok && add_number(j, "lr", r->lr) && add_number(j, "grad_norm", r->grad_norm) &&
-         add_number(j, "images_per_s", r->images_per_s);
+         add_number(j, "images_per_s", r->images_per_s) && add_number(j, "peak_arena_bytes", r->peak_arena_bytes);
     for (const cJSON *v = extra ? extra->child : NULL; ok && v; v = v->next)
         ok = cJSON_AddItemToObject(j, v->string, cJSON_Duplicate(v, 1));
     if (!ok) {
@@ -212,15 +212,14 @@ void dc_progress_note(dc_progress *p, const char *fmt, ...) {
     fflush(p->out);
 }
 
-void dc_progress_done(dc_progress *p, int64_t step, double loss, double images_per_s) {
+void dc_progress_done(dc_progress *p, int64_t step, double loss, double images, double seconds) {
     if (!p->out)
         return;
     char took[32], rate[32];
     if (p->tty && p->line[0])
         fputc('\n', p->out);
     fprintf(p->out, "done: %lld steps in %s, %s img/s, final loss %.4g\n", (long long)(step - p->first_step),
-            dc_format_duration(took, sizeof took, dc_seconds() - p->t_start),
-            format_rate(rate, sizeof rate, images_per_s), loss);
+            dc_format_duration(took, sizeof took, seconds), format_rate(rate, sizeof rate, images / seconds), loss);
     p->line[0] = '\0';
     fflush(p->out);
 }

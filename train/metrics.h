@@ -26,6 +26,9 @@ typedef struct dc_metrics_row {
      * [0, num_train_timesteps); NaN for a quarter without samples. */
     double loss_t_quartiles[4];
     double lr, grad_norm, images_per_s;
+    /* The high-water mark of the arenas of the training device so far
+     * (dc_arena_peak_bytes): what the run needs of it. */
+    double peak_arena_bytes;
 } dc_metrics_row;
 
 /* Open `path` for appending. Lines with a step after `keep_until` are
@@ -34,7 +37,8 @@ typedef struct dc_metrics_row {
  * run passes 0 and starts the file afresh. */
 int dc_metrics_open(dc_metrics **m, const char *path, int64_t keep_until);
 /* Append {"step", "loss", "loss_t_quartiles": [4], "lr", "grad_norm",
- * "images_per_s", then extra's members} as one line, flushed. Non-finite
+ * "images_per_s", "peak_arena_bytes", then extra's members} as one line,
+ * flushed. Non-finite
  * numbers are written as null (JSON has no NaN). `extra` may be NULL. */
 int dc_metrics_write(dc_metrics *m, const dc_metrics_row *r, const cJSON *extra);
 /* -1 when the last line cannot be written. NULL-safe. */
@@ -64,8 +68,11 @@ void dc_progress_init(dc_progress *p, FILE *out, int64_t first_step, int64_t tot
 void dc_progress_step(dc_progress *p, int64_t step, double loss, double lr, double images_per_s);
 /* A line of its own ("saved checkpoint-500"), kept clear of the progress line. */
 void dc_progress_note(dc_progress *p, const char *fmt, ...) DC_PRINTF(2, 3);
-/* The summary: "done: 5000 steps in 1h02m, 312 img/s, final loss 0.0412". */
-void dc_progress_done(dc_progress *p, int64_t step, double loss, double images_per_s);
+/* The summary: "done: 5000 steps in 1h02m, 312 img/s, final loss 0.0412",
+ * the rate being the whole run's, `images` trained in `seconds` (the
+ * training loop's wall time: sample grids and checkpoints included, the
+ * setup not), where the step lines show each interval's. */
+void dc_progress_done(dc_progress *p, int64_t step, double loss, double images, double seconds);
 
 /* "4m12s", "1h03m", "2d04h"; "?" for a negative or non-finite time. */
 const char *dc_format_duration(char *buf, size_t n, double seconds);

@@ -24,7 +24,9 @@
  * checkpoints every --checkpointing-steps (and on SIGINT/SIGTERM, see
  * signals.h), the final pipeline folder in --output-dir, metrics.jsonl,
  * TensorBoard events and the progress line. Resuming without --model or
- * --pretrained-model takes the UNet config from the checkpoint.
+ * --pretrained-model takes the UNet config from the checkpoint. The run
+ * holds --output-dir locked from its first look at it (run_dir.h), and a
+ * setup that fails (bad data, a bad model) leaves the folder as it found it.
  *
  * Devices: the weights, gradients, AdamW moments, EMA and activations live
  * on --device (resolved once, in resolve_device); the loader, the Philox
@@ -47,6 +49,7 @@
 #include "dist.h"
 #include "metrics.h"
 #include "options.h"
+#include "run_dir.h"
 #include "signals.h"
 #include "tensorboard.h"
 
@@ -58,6 +61,7 @@
 #include "autograd/nn.h"
 #include "autograd/optim.h"
 #include "autograd/rng.h"
+#include "autograd/tensor.h"
 #include "data/dataset.h"
 #include "data/image.h"
 #include "data/loader.h"
@@ -92,6 +96,7 @@
 typedef struct trainer {
     dc_train_options o;
     dc_dist dist;
+    dc_run_dir out;          /* rank 0's lock on --output-dir */
     int device;              /* parameters, optimizer, EMA and activations: DC_CPU or a GPU */
     dc_math math;            /* a GPU's matrix arithmetic (--mixed-precision) */
     cJSON *unet_json, *sched_json;
@@ -130,17 +135,21 @@ typedef struct step_stats {
 
 /* --device and --mixed-precision into tr->device and tr->math. With several
  * ranks, auto (on a machine with GPUs) and cuda mean the node-local rank's
- * GPU, cuda:<local rank>. */
+ * GPU (dc_dist_local_gpu). */
 static int resolve_device(trainer *tr) {
     const char *name = tr->o.device;
     char local[32];
-    bool gpus = !strcmp(name, "cuda") || (!strcmp(name, "auto") && dc_device_count() > 0);
+    bool cuda = !strcmp(name, "cuda"), any = !strcmp(name, "auto");
+    int count = cuda || any ? dc_device_count() : 0, gpu; /* CUDA left alone for --device cpu */
+    bool gpus = cuda || (any && count > 0);
     if (tr->dist.world > 1 && gpus) {
-        snprintf(local, sizeof local, "cuda:%d", tr->dist.local_rank);
+        if (dc_dist_local_gpu(count, tr->dist.local_rank, tr->dist.local_world, &gpu))
+            return dc_fail_prefix("--device");
+        snprintf(local, sizeof local, "cuda:%d", gpu);
         name = local;
     }
     if (dc_device_resolve(name, &tr->device))
-        return name == local ? dc_fail_prefix("--device: one GPU per rank of the node") : -1;
+        return name == local ? dc_fail_prefix("--device: this rank's GPU on its node") : -1;
     return dc_math_parse(tr->o.mixed_precision, &tr->math) || dc_device_set_math(tr->device, tr->math);
 }
 
@@ -616,7 +625,8 @@ static int optimizer_step(trainer *tr, step_stats *st) {
 
 static int log_step(trainer *tr, const step_stats *st) {
     dc_metrics_row r = {.step = tr->step, .loss = st->loss, .lr = st->lr,
-                        .grad_norm = st->grad_norm, .images_per_s = st->images_per_s};
+                        .grad_norm = st->grad_norm, .images_per_s = st->images_per_s,
+                        .peak_arena_bytes = (double)dc_arena_peak_bytes(tr->device)};
     for (int q = 0; q < 4; q++)
         r.loss_t_quartiles[q] = st->q_n[q] ? st->q_sum[q] / st->q_n[q] : NAN;
     dc_progress_step(&tr->progress, tr->step, st->loss, st->lr, st->images_per_s);
@@ -745,6 +755,7 @@ static int run(trainer *tr) {
     step_stats st = {0};
     bool root = dc_dist_is_root(&tr->dist);
     int64_t first = tr->step;
+    double t0 = dc_seconds();
     while (tr->step < tr->total) {
         if (agree_on_signal(tr))
             return -1;
@@ -761,11 +772,12 @@ static int run(trainer *tr) {
             tr->step < tr->total && save_checkpoint(tr))
             return -1;
     }
+    double images = (double)((tr->step - first) * global_batch(tr)), seconds = dc_seconds() - t0;
     /* a signal during the last step still stops the run short of the final model */
     if (save_checkpoint(tr) || agree_on_signal(tr) || (!tr->signal && save_final(tr)))
         return -1;
     if (!tr->signal)
-        dc_progress_done(&tr->progress, tr->step, st.loss, st.images_per_s);
+        dc_progress_done(&tr->progress, tr->step, st.loss, images, seconds);
     /* no rank leaves (and a launcher takes a non-zero exit for a failure
      * and kills the job) before rank 0 has written everything */
     return dc_dist_barrier(&tr->dist);
@@ -792,12 +804,13 @@ static void trainer_free(trainer *tr) {
     free(tr->t);
     dc_train_options_free(&tr->o);
     dc_dist_free(&tr->dist);
+    dc_run_dir_release(&tr->out, false);
 }
 
 static int setup(trainer *tr) {
     char *pretrained = NULL;
     bool root = dc_dist_is_root(&tr->dist);
-    int rc = (root && dc_dir_check_writable(tr->o.output_dir)) || load_model_config(tr, &pretrained) ||
+    int rc = (root && dc_run_dir_take(&tr->out, tr->o.output_dir)) || load_model_config(tr, &pretrained) ||
              load_schedule(tr) || setup_model(tr, pretrained) || resume(tr) || share_state(tr) ||
              dc_dist_use_device(&tr->dist, tr->device) || setup_activations(tr) || open_data(tr) ||
              (root && dc_train_options_save(&tr->o, tr->o.output_dir)) || open_outputs(tr);
@@ -830,7 +843,11 @@ static int train(trainer *tr) {
     if (resolve_device(tr))
         return -1;
     print_plan(tr);
-    return setup(tr) || dc_signals_install() || run(tr) ? -1 : 0;
+    if (setup(tr)) { /* nothing of worth made yet: leave the output folder as it was */
+        dc_run_dir_release(&tr->out, true);
+        return -1;
+    }
+    return dc_signals_install() || run(tr) ? -1 : 0;
 }
 
 int dc_cmd_train(int argc, char **argv) {
