@@ -362,8 +362,10 @@ START_TEST(test_model_errors) {
     ck_assert_int_eq(remove(tu_path("pipe/scheduler/scheduler_config.json")), 0);
     tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")),
                          "scheduler_config.json: cannot open");
-    spill(tu_path("pipe/scheduler/scheduler_config.json"), "{\"thresholding\": true}", 22);
-    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")), "thresholding");
+    static const char betas[] = "{\"trained_betas\": [0.1, 0.2]}";
+    spill(tu_path("pipe/scheduler/scheduler_config.json"), betas, sizeof betas - 1);
+    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")),
+                         "trained_betas is not supported");
     tu_rmtemp();
 }
 END_TEST
