@@ -14,7 +14,7 @@
  *       run the model on x at timestep s.timesteps[i] -> eps
  *       if (dc_sampler_step_needs_noise(&s, i))
  *           dc_sampler_noise(z, n_images, per_image, seed, first_image, DC_SAMPLER_DRAW_STEP(i));
- *       dc_sampler_step(&s, i, eps, x, z, n_images * per_image);
+ *       dc_sampler_step(&s, i, eps, NULL, x, z, n_images, per_image);
  *   }
  *
  * Timesteps are those of each class's set_timesteps for the spacing
@@ -23,6 +23,10 @@
  * included. One deliberate difference: for some n (61 of T = 1000, ...)
  * numpy's arange gives diffusers n + 1 trailing timesteps, the last -1,
  * which diffusers then uses as an index from the end; we keep the first n.
+ * A second: Karras sigmas of squaredcos_cap_v2 repeat the first timestep,
+ * where diffusers' step starts at index 1 and runs off the end of its
+ * sigmas; we step by index. DDPM steps from a timestep to the next of its
+ * list (previous_timestep), DDIM to t - T // n, as current diffusers does.
  *
  * Precision: every scalar and every element is computed in float32, one
  * rounding per operation in the order diffusers' torch code does them, so
