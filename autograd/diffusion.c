@@ -66,17 +66,13 @@ dc_noise_schedule_config dc_noise_schedule_default_config(void) {
                                       .prediction_type = DC_PRED_EPSILON};
 }
 
-/* Keys that change the betas in ways we do not build: refused, never ignored. */
+/* trained_betas replaces the betas: refused, never ignored. */
 static int check_unsupported(const cJSON *root, const char *where) {
     const cJSON *tb = cJSON_GetObjectItemCaseSensitive(root, "trained_betas");
     if (tb && !cJSON_IsNull(tb))
         return dc_fail("%s: trained_betas is not supported (give beta_schedule, beta_start "
                        "and beta_end)",
                        where);
-    const cJSON *rz = cJSON_GetObjectItemCaseSensitive(root, "rescale_betas_zero_snr");
-    if (rz && !cJSON_IsFalse(rz) && !cJSON_IsNull(rz) &&
-        !(cJSON_IsNumber(rz) && rz->valuedouble == 0))
-        return dc_fail("%s: rescale_betas_zero_snr is not supported", where);
     return 0;
 }
 
@@ -89,7 +85,9 @@ static int parse_root(dc_noise_schedule_config *c, const cJSON *root, const char
         dc_json_get_number(root, "beta_start", where, &c->beta_start) ||
         dc_json_get_number(root, "beta_end", where, &c->beta_end) ||
         dc_json_get_string(root, "beta_schedule", where, &beta) ||
-        dc_json_get_string(root, "prediction_type", where, &pred) || check_unsupported(root, where))
+        dc_json_get_string(root, "prediction_type", where, &pred) ||
+        dc_json_get_bool(root, "rescale_betas_zero_snr", where, &c->rescale_betas_zero_snr) ||
+        check_unsupported(root, where))
         return -1;
     if ((beta && dc_beta_schedule_parse(beta, &c->beta_schedule)) ||
         (pred && dc_prediction_type_parse(pred, &c->prediction_type)))
@@ -135,7 +133,8 @@ cJSON *dc_noise_schedule_config_to_json(const dc_noise_schedule_config *c) {
         cJSON_AddNumberToObject(root, "beta_start", c->beta_start) &&
         cJSON_AddNumberToObject(root, "num_train_timesteps", (double)c->num_train_timesteps) &&
         cJSON_AddStringToObject(root, "prediction_type",
-                                dc_prediction_type_name(c->prediction_type));
+                                dc_prediction_type_name(c->prediction_type)) &&
+        cJSON_AddBoolToObject(root, "rescale_betas_zero_snr", c->rescale_betas_zero_snr);
     if (!ok) {
         cJSON_Delete(root);
         dc_fail("scheduler config: out of memory");
@@ -192,6 +191,26 @@ static void make_betas(float *betas, const dc_noise_schedule_config *c) {
     }
 }
 
+/* diffusers' rescale_zero_terminal_snr, in float32 as torch computes it: the
+ * square roots of alphas_cumprod shifted so the last is 0 and scaled so the
+ * first is kept, then turned back into betas. acp is scratch [T]. */
+static void rescale_zero_snr(float *betas, float *acp, int64_t T) {
+    double prod = 1.0; /* torch.cumprod, as in dc_noise_schedule_init */
+    for (int64_t i = 0; i < T; i++) {
+        prod *= 1.0f - betas[i];
+        acp[i] = sqrtf((float)prod);
+    }
+    float first = acp[0], last = acp[T - 1];
+    float scale = first / (first - last);
+    for (int64_t i = 0; i < T; i++) {
+        float a = (acp[i] - last) * scale;
+        acp[i] = a * a;
+    }
+    for (int64_t i = T - 1; i > 0; i--)
+        betas[i] = 1.0f - acp[i] / acp[i - 1];
+    betas[0] = 1.0f - acp[0];
+}
+
 static int check_config(const dc_noise_schedule_config *c) {
     if (c->num_train_timesteps < 1 || c->num_train_timesteps > MAX_TIMESTEPS)
         return dc_fail("noise schedule: num_train_timesteps %lld is outside [1, %lld]",
@@ -204,6 +223,8 @@ static int check_config(const dc_noise_schedule_config *c) {
         !(c->beta_start > 0 && c->beta_start < 1 && c->beta_end > 0 && c->beta_end < 1))
         return dc_fail("noise schedule: beta_start %g and beta_end %g must lie in (0, 1)",
                        c->beta_start, c->beta_end);
+    if (c->rescale_betas_zero_snr && c->num_train_timesteps < 2)
+        return dc_fail("noise schedule: rescale_betas_zero_snr needs num_train_timesteps >= 2");
     return 0;
 }
 
@@ -217,10 +238,13 @@ int dc_noise_schedule_init(dc_noise_schedule *s, const dc_noise_schedule_config 
         return dc_fail("noise schedule: out of memory for %lld timesteps", (long long)T);
     s->alphas_cumprod = s->betas + T;
     make_betas(s->betas, c);
+    if (c->rescale_betas_zero_snr)
+        rescale_zero_snr(s->betas, s->alphas_cumprod, T);
     double acp = 1.0; /* torch.cumprod on the CPU keeps a double running product */
     for (int64_t i = 0; i < T; i++) {
         float alpha = 1.0f - s->betas[i];
-        if (!(s->betas[i] > 0 && alpha > 0 && alpha < 1)) {
+        bool zero_snr = c->rescale_betas_zero_snr && i == T - 1 && alpha == 0;
+        if (!(s->betas[i] > 0 && (alpha > 0 || zero_snr) && alpha < 1)) {
             dc_fail("noise schedule: betas[%lld] = %g; every beta must lie in (0, 1), large "
                     "enough that 1 - beta < 1 in float32",
                     (long long)i, (double)s->betas[i]);

@@ -13,6 +13,14 @@
  * scalar formula, which is what we compute; that is up to 3 ulps of a
  * scaled_linear beta and at most ~6e-8 in alphas_cumprod.
  *
+ * With rescale_betas_zero_snr (Lin et al., "Common Diffusion Noise
+ * Schedules and Sample Steps are Flawed", Algorithm 1) the betas are rescaled
+ * as diffusers' rescale_zero_terminal_snr does, in float32: the last beta is
+ * 1 and alphas_cumprod[T - 1] is 0, pure noise (a zero SNR). torch's
+ * vectorised sqrt is an ulp off the correctly rounded one for a few values,
+ * so a few rescaled betas differ by a few ulps of 1 and alphas_cumprod by
+ * up to ~4e-7 of itself.
+ *
  * Sampler settings (clip_sample, variance_type, timestep_spacing, ...) are
  * not kept here: the samplers read their own.
  */
@@ -53,15 +61,16 @@ typedef struct dc_noise_schedule_config {
     double beta_start, beta_end; /* unused by squaredcos_cap_v2, as in diffusers */
     dc_beta_schedule beta_schedule;
     dc_prediction_type prediction_type;
+    bool rescale_betas_zero_snr; /* rescaled to a zero terminal SNR (see above) */
 } dc_noise_schedule_config;
 
-/* DDPMScheduler's defaults: T 1000, linear 0.0001 to 0.02, epsilon. */
+/* DDPMScheduler's defaults: T 1000, linear 0.0001 to 0.02, epsilon, no rescaling. */
 dc_noise_schedule_config dc_noise_schedule_default_config(void);
 /* Read the keys above from the JSON text of a scheduler config (any diffusers
  * scheduler class: DDPM, DDIM, PNDM, DPMSolverMultistep share them); absent
- * keys take the defaults, other keys are ignored. Keys that would change the
- * betas in ways not supported (trained_betas, rescale_betas_zero_snr true) are
- * refused rather than ignored. `where` names the source in messages. */
+ * keys take the defaults, other keys are ignored. trained_betas, which would
+ * replace the betas, is refused rather than ignored. `where` names the source
+ * in messages. */
 int dc_noise_schedule_config_parse(dc_noise_schedule_config *c, const char *json,
                                    const char *where);
 int dc_noise_schedule_config_load(dc_noise_schedule_config *c, const char *path);
@@ -80,7 +89,8 @@ typedef struct dc_noise_schedule {
 
 /* Build the schedule of c. T must lie in [1, 2^24], and every beta in (0, 1)
  * and large enough that 1 - beta < 1 in f32: so 0 < acp < 1 and the SNR is
- * finite (a beta of 1 would destroy the signal at once). */
+ * finite (a beta of 1 would destroy the signal at once). The one exception is
+ * the last beta of a zero-SNR rescaled schedule, 1 by design (T >= 2). */
 int dc_noise_schedule_init(dc_noise_schedule *s, const dc_noise_schedule_config *c);
 void dc_noise_schedule_free(dc_noise_schedule *s);
 

@@ -288,10 +288,83 @@ static void line_col(const char *text, size_t at, int *line, int *col) {
             (*line)++, *col = 0;
 }
 
+/* Python's json module writes NaN, Infinity and -Infinity for floats that
+ * JSON cannot hold (diffusers saves DPMSolverMultistepScheduler's
+ * lambda_min_clipped as -Infinity), and cJSON reads none of them. So cJSON
+ * reads a copy that spells each as a number of the same length, leaving every
+ * error position that of the original text: (-)Infinity as (-)1e999 (which
+ * strtod reads as an infinity) and NaN as 0, padded with spaces. No number
+ * reads as NaN, so the NaNs are remembered by their index among the text's
+ * numbers and set after the parse. */
+typedef struct {
+    char *text;      /* the copy, NUL-terminated */
+    size_t *nan;     /* ascending indices of the numbers that were NaN */
+    size_t nans, numbers;
+} nonfinite_text;
+
+static bool number_char(char c) { return (c >= '0' && c <= '9') || (c && strchr("+-.eE", c)); }
+
+/* A keyword at text[i] that is a whole token start, replaced by `with` (same length). */
+static bool respell(char *text, size_t n, size_t i, const char *word, const char *with) {
+    size_t len = strlen(word);
+    if (i + len > n || memcmp(text + i, word, len) || (i > 0 && number_char(text[i - 1])))
+        return false;
+    memcpy(text + i, with, len);
+    return true;
+}
+
+static int respell_nonfinite(nonfinite_text *t, const char *text, size_t n) {
+    memset(t, 0, sizeof *t);
+    if (!(t->text = malloc(n + 1)) || !(t->nan = malloc((n / 3 + 1) * sizeof *t->nan))) {
+        free(t->text);
+        return -1;
+    }
+    memcpy(t->text, text, n);
+    t->text[n] = '\0';
+    bool in_string = false;
+    for (size_t i = 0; i < n; i++) {
+        char *c = t->text + i;
+        if (in_string) {
+            i += *c == '\\';
+            in_string = *c != '"';
+        } else if (*c == '"') {
+            in_string = true;
+        } else if (respell(t->text, n, i, "NaN", "0  ")) {
+            t->nan[t->nans++] = t->numbers++;
+        } else if (respell(t->text, n, i, "-Infinity", "-1e999   ") ||
+                   respell(t->text, n, i, "Infinity", "1e999   ") ||
+                   ((*c == '-' || (*c >= '0' && *c <= '9')) && (i == 0 || !number_char(c[-1])))) {
+            t->numbers++;
+        }
+    }
+    return 0;
+}
+
+/* Set the remembered NaNs, visiting the numbers in document order. */
+static void set_nans(cJSON *j, const nonfinite_text *t, size_t *number, size_t *next_nan) {
+    if (cJSON_IsNumber(j) && *next_nan < t->nans && t->nan[*next_nan] == (*number)++) {
+        j->valuedouble = NAN;
+        j->valueint = 0;
+        ++*next_nan;
+    }
+    for (cJSON *c = j->child; c; c = c->next)
+        set_nans(c, t, number, next_nan);
+}
+
 cJSON *dc_json_parse(const char *text, size_t n, const char *what) {
+    nonfinite_text t;
+    if (respell_nonfinite(&t, text, n)) {
+        dc_fail("%s: out of memory for %zu bytes of JSON", what, n);
+        return NULL;
+    }
     const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(text, n, &end, 0);
-    size_t at = end ? (size_t)(end - text) : 0;
+    cJSON *j = cJSON_ParseWithLengthOpts(t.text, n, &end, 0);
+    size_t number = 0, next_nan = 0;
+    if (j)
+        set_nans(j, &t, &number, &next_nan);
+    size_t at = end ? (size_t)(end - t.text) : 0;
+    free(t.text);
+    free(t.nan);
     while (j && at < n && (text[at] == ' ' || text[at] == '\t' || text[at] == '\r' || text[at] == '\n'))
         at++;
     if (!j || at < n) {

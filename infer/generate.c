@@ -13,9 +13,23 @@
 /* Host buffers of one denoising run of b images. */
 typedef struct buffers {
     float *pred;    /* [2b, per] the model's output (the first b: the prediction) */
+    float *raw;     /* [2b, 2 per] a model that predicts its variance: its output, split into */
+    float *var;     /*   pred and var [2b, per]; NULL for other models */
     float *noise;   /* [b, per] a step's draws */
     int32_t *label; /* [2b] the labels of a forward pass */
 } buffers;
+
+/* Whether the model predicts its variance too: out_channels twice in_channels. */
+static bool predicts_variance(const dc_unet *m) { return m->cfg.out_channels == 2 * m->cfg.in_channels; }
+
+/* torch.split(model_output, c, dim=1) in NHWC: each pixel's first c values are
+ * the prediction, the next c the variance. */
+static void split_variance(const float *raw, int64_t pixels, int c, float *mean, float *var) {
+    for (int64_t p = 0; p < pixels; p++) {
+        memcpy(mean + p * c, raw + 2 * p * c, (size_t)c * sizeof(float));
+        memcpy(var + p * c, raw + (2 * p + 1) * c, (size_t)c * sizeof(float));
+    }
+}
 
 /* The model's prediction for the batch `x` [b, h, w, c] at step i, into
  * buf->pred [b]; with guidance, the unconditional and the conditional
@@ -40,11 +54,11 @@ static int predict(dc_ctx *ctx, const dc_generate_request *r, int i, const float
     dc_tensor *pred = dc_unet_forward(ctx, m, xt, t, y);
     if (!pred)
         return -1;
-    if ((int64_t)pred->numel != rows * per)
-        return dc_fail("the model predicts %lld values per image, the sample has %lld (out_channels "
-                       "must equal in_channels)", (long long)(pred->numel / rows), (long long)per);
-    if (dc_memcpy(buf->pred, DC_CPU, pred->data, ctx->device, (size_t)rows * (size_t)per * sizeof(float)))
+    float *host = buf->raw ? buf->raw : buf->pred;
+    if (dc_memcpy(host, DC_CPU, pred->data, ctx->device, (size_t)pred->numel * sizeof(float)))
         return -1;
+    if (buf->raw) /* guidance steers the prediction; the variance is the conditional pass's */
+        split_variance(buf->raw, rows * r->h * r->w, c, buf->pred, buf->var);
     if (cfg) /* elementwise: the result may overwrite the unconditional half */
         dc_guidance_combine(buf->pred, buf->pred, buf->pred + b * per, r->guidance_scale, b * per);
     return 0;
@@ -79,7 +93,8 @@ static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64
         bool needs = dc_sampler_step_needs_noise(s, i);
         if (needs)
             draw_noise(r, first, b, per, buf->noise, DC_SAMPLER_DRAW_STEP(i));
-        if (dc_sampler_step(s, i, buf->pred, x, needs ? buf->noise : NULL, b * per))
+        const float *var = buf->var ? buf->var + (labels && r->guidance_scale > 1.0f ? b * per : 0) : NULL;
+        if (dc_sampler_step(s, i, buf->pred, var, x, needs ? buf->noise : NULL, b, per))
             return -1;
         if (r->on_step)
             r->on_step(r->on_step_arg, first, b, i - start + 1, s->n - start);
@@ -96,16 +111,29 @@ int dc_generate(dc_ctx *ctx, const dc_generate_request *r, float *out) {
     if ((r->labels != NULL) != (dc_unet_null_class(&r->unet->cfg) >= 0))
         return dc_fail(r->labels ? "generate: class labels given to an unconditional model"
                                  : "generate: the model is class-conditional: give class labels");
+    const dc_unet_config *u = &r->unet->cfg;
+    if (u->out_channels != u->in_channels && !predicts_variance(r->unet))
+        return dc_fail("generate: the model predicts %d channels of a %d-channel sample (out_channels must "
+                       "be in_channels, or twice that for a model that predicts its variance)",
+                       u->out_channels, u->in_channels);
+    if (dc_sampler_needs_variance(r->sampler) && !predicts_variance(r->unet))
+        return dc_fail("generate: variance_type %s needs a model that predicts its variance (out_channels "
+                       "twice in_channels); this one has %d of %d",
+                       dc_variance_type_name(r->sampler->opt.variance_type), u->out_channels, u->in_channels);
     int start = 0;
     if (r->init && dc_sampler_img2img_start(r->sampler, r->strength, &start))
         return -1;
     int64_t per = (int64_t)r->h * r->w * r->unet->cfg.in_channels;
     int64_t b = r->batch < r->n ? r->batch : r->n;
+    bool variance = predicts_variance(r->unet);
     buffers buf = {.pred = malloc((size_t)(2 * b * per) * sizeof(float)),
+                   .raw = variance ? malloc((size_t)(4 * b * per) * sizeof(float)) : NULL,
+                   .var = variance ? malloc((size_t)(2 * b * per) * sizeof(float)) : NULL,
                    .noise = malloc((size_t)(b * per) * sizeof(float)),
                    .label = malloc((size_t)(2 * b) * sizeof(int32_t))};
-    int rc = buf.pred && buf.noise && buf.label ? 0
-                                                : dc_fail("generate: out of memory for %lld images", (long long)b);
+    int rc = buf.pred && buf.noise && buf.label && (!variance || (buf.raw && buf.var))
+                 ? 0
+                 : dc_fail("generate: out of memory for %lld images", (long long)b);
     bool grad = dc_set_grad_enabled(ctx, false), training = ctx->training;
     ctx->training = false;
     for (int64_t first = 0; !rc && first < r->n; first += b) {
@@ -115,6 +143,8 @@ int dc_generate(dc_ctx *ctx, const dc_generate_request *r, float *out) {
     ctx->training = training;
     dc_set_grad_enabled(ctx, grad);
     free(buf.pred);
+    free(buf.raw);
+    free(buf.var);
     free(buf.noise);
     free(buf.label);
     return rc;

@@ -18,7 +18,9 @@
 
 static const char *const kind_names[DC_SAMPLER_COUNT] = {"ddpm", "ddim", "dpm++2m"};
 static const char *const spacing_names[DC_SPACING_COUNT] = {"leading", "trailing", "linspace"};
-static const char *const variance_names[DC_VARIANCE_COUNT] = {"fixed_small", "fixed_large"};
+static const char *const variance_names[DC_VARIANCE_COUNT] = {"fixed_small", "fixed_small_log",
+                                                               "fixed_large", "learned",
+                                                               "learned_range"};
 static const char *const final_sigmas_names[DC_FINAL_SIGMAS_COUNT] = {"zero", "sigma_min"};
 
 /* The index of `name` in names[count]; else an error listing them all. */
@@ -67,6 +69,9 @@ const char *dc_timestep_spacing_name(dc_timestep_spacing s) {
 
 int dc_variance_type_parse(const char *name, dc_variance_type *out) {
     int v;
+    if (name && !strcmp(name, "fixed_large_log"))
+        return dc_fail("variance_type 'fixed_large_log' is not supported: diffusers' DDPMScheduler "
+                       "takes the square root of its log variance (NaN)");
     if (parse_name("variance_type", name, variance_names, DC_VARIANCE_COUNT, &v))
         return -1;
     *out = (dc_variance_type)v;
@@ -101,8 +106,13 @@ dc_sampler_options dc_sampler_default_options(dc_sampler_kind kind) {
         .variance_type = DC_VARIANCE_FIXED_SMALL,
         .eta = 0.0,
         .set_alpha_to_one = 1,
+        .thresholding = 0,
+        .dynamic_thresholding_ratio = 0.995,
+        .sample_max_value = 1.0,
         .lower_order_final = 1,
         .final_sigmas_type = DC_FINAL_SIGMAS_ZERO,
+        .use_karras_sigmas = 0,
+        .lambda_min_clipped = -INFINITY,
     };
 }
 
@@ -128,24 +138,24 @@ static int check_false(const cJSON *root, const char *key, const char *where) {
 
 /* What DPMSolverMultistepScheduler reads beyond what we implement: refused unless it
  * says order 2, dpmsolver++ (or "deis", which diffusers maps to it), midpoint (or its
- * aliases), plain sigmas, no learned variance. */
+ * aliases), and plain or Karras sigmas. Any of DDPM's variance types is fine: a
+ * learned one only means the model's first half is the prediction. */
 static int check_dpm_config(const cJSON *root, const char *where) {
     static const char *const algorithms[] = {"dpmsolver++", "deis"};
     static const char *const solvers[] = {"midpoint", "logrho", "bh1", "bh2"};
     static const char *const variances[] = {"fixed_small", "fixed_small_log", "fixed_large",
-                                            "fixed_large_log"};
+                                            "fixed_large_log", "learned", "learned_range"};
     double order = 2;
     if (dc_json_get_number(root, "solver_order", where, &order))
         return -1;
     if (order != 2)
         return dc_fail("%s: solver_order %g is not supported (dpm++2m is order 2)", where, order);
-    const cJSON *lmc = cJSON_GetObjectItemCaseSensitive(root, "lambda_min_clipped");
-    if (lmc && !cJSON_IsNull(lmc))
-        return dc_fail("%s: lambda_min_clipped is not supported", where);
     return check_string(root, "algorithm_type", where, algorithms, 2) ||
                    check_string(root, "solver_type", where, solvers, 4) ||
-                   check_string(root, "variance_type", where, variances, 4) ||
-                   check_false(root, "use_karras_sigmas", where) ||
+                   check_string(root, "variance_type", where, variances, 6) ||
+                   check_false(root, "use_exponential_sigmas", where) ||
+                   check_false(root, "use_beta_sigmas", where) ||
+                   check_false(root, "use_flow_sigmas", where) ||
                    check_false(root, "use_lu_lambdas", where) ||
                    check_false(root, "euler_at_final", where)
                ? -1
@@ -160,6 +170,19 @@ static int parse_enum_key(const cJSON *root, const char *key, const char *where,
     return v && parse_name(key, v, names, count, out) ? dc_fail_prefix(where) : 0;
 }
 
+/* DDPM's variance_type, with dc_variance_type_parse's reason for fixed_large_log. */
+static int parse_variance_type(const cJSON *root, const char *where, int *out) {
+    const char *v = NULL;
+    dc_variance_type t;
+    if (dc_json_get_string(root, "variance_type", where, &v))
+        return -1;
+    if (v && dc_variance_type_parse(v, &t))
+        return dc_fail_prefix(where);
+    if (v)
+        *out = (int)t;
+    return 0;
+}
+
 static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const cJSON *root,
                              const char *where) {
     if (!cJSON_IsObject(root))
@@ -167,7 +190,10 @@ static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const 
     int spacing = (int)o->timestep_spacing, variance = (int)o->variance_type;
     int final_sigmas = (int)o->final_sigmas_type;
     double offset = (double)o->steps_offset;
-    if (check_false(root, "thresholding", where) ||
+    if (dc_json_get_bool(root, "thresholding", where, &o->thresholding) ||
+        dc_json_get_number(root, "dynamic_thresholding_ratio", where,
+                           &o->dynamic_thresholding_ratio) ||
+        dc_json_get_number(root, "sample_max_value", where, &o->sample_max_value) ||
         parse_enum_key(root, "timestep_spacing", where, spacing_names, DC_SPACING_COUNT,
                        &spacing) ||
         dc_json_get_number(root, "steps_offset", where, &offset))
@@ -177,6 +203,8 @@ static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const 
     if (kind == DC_SAMPLER_DPMPP_2M) {
         if (check_dpm_config(root, where) ||
             dc_json_get_bool(root, "lower_order_final", where, &o->lower_order_final) ||
+            dc_json_get_bool(root, "use_karras_sigmas", where, &o->use_karras_sigmas) ||
+            dc_json_get_number(root, "lambda_min_clipped", where, &o->lambda_min_clipped) ||
             parse_enum_key(root, "final_sigmas_type", where, final_sigmas_names,
                            DC_FINAL_SIGMAS_COUNT, &final_sigmas))
             return -1;
@@ -184,9 +212,7 @@ static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const 
                dc_json_get_number(root, "clip_sample_range", where, &o->clip_sample_range) ||
                (kind == DC_SAMPLER_DDIM &&
                 dc_json_get_bool(root, "set_alpha_to_one", where, &o->set_alpha_to_one)) ||
-               (kind == DC_SAMPLER_DDPM &&
-                parse_enum_key(root, "variance_type", where, variance_names, DC_VARIANCE_COUNT,
-                               &variance)))
+               (kind == DC_SAMPLER_DDPM && parse_variance_type(root, where, &variance)))
         return -1;
     o->timestep_spacing = (dc_timestep_spacing)spacing;
     o->variance_type = (dc_variance_type)variance;
@@ -226,29 +252,53 @@ static double np_arange_down(double start, double step, int64_t k) {
     return k == 0 ? start : k == 1 ? next : start + (double)k * (next - start);
 }
 
-/* timesteps[n], descending. DPM-Solver spaces n + 1 points and drops the last
- * (leading, linspace); rint rounds half to even as numpy's round does. */
-static void make_timesteps(int64_t *ts, dc_sampler_kind kind, const dc_sampler_options *o,
-                           int64_t T) {
+/* DPMSolverMultistepScheduler's last_timestep: T less the timesteps whose lambda
+ * (log sqrt(acp) - log sqrt(1 - acp), float32) lies below lambda_min_clipped. */
+static int64_t dpm_last_timestep(const dc_sampler *s) {
+    int64_t last = s->T;
+    while (last > 0) {
+        float a = s->alphas_cumprod[last - 1];
+        if (!((double)(logf(sqrtf(a)) - logf(sqrtf(1.0f - a))) < s->opt.lambda_min_clipped))
+            break;
+        last--;
+    }
+    return last;
+}
+
+/* s->timesteps, descending, for the spacing; returns how many there are: n, or
+ * fewer for dpm++2m's trailing steps below lambda_min_clipped. DPM-Solver spaces
+ * n + 1 points and drops the last (leading, linspace); rint rounds half to even
+ * as numpy's round does. */
+static int make_timesteps(dc_sampler *s) {
+    const dc_sampler_options *o = &s->opt;
     int n = o->num_inference_steps;
-    int64_t num = n + (kind == DC_SAMPLER_DPMPP_2M);
+    bool dpm = s->kind == DC_SAMPLER_DPMPP_2M;
+    int64_t num = n + dpm, T = s->T, last = dpm ? dpm_last_timestep(s) : T;
+    if (o->timestep_spacing == DC_SPACING_TRAILING) { /* np.arange's length, at most n */
+        double len = ceil((double)last / ((double)T / n));
+        n = len < n ? (int)len : n;
+    }
     for (int k = 0; k < n; k++) {
         switch (o->timestep_spacing) {
         case DC_SPACING_LEADING:
-            ts[k] = (num - 1 - k) * (T / num) + o->steps_offset;
+            s->timesteps[k] = (num - 1 - k) * (last / num) + o->steps_offset;
             break;
         case DC_SPACING_TRAILING:
-            ts[k] = (int64_t)rint(np_arange_down((double)T, (double)T / n, k)) - 1;
+            s->timesteps[k] = (int64_t)rint(np_arange_down((double)last, (double)T / n, k)) - 1;
             break;
         default:
-            ts[k] = (int64_t)rint(np_linspace((double)(T - 1), num, num - 1 - k));
+            s->timesteps[k] = (int64_t)rint(np_linspace((double)(last - 1), num, num - 1 - k));
             break;
         }
     }
+    return n;
 }
 
 static int check_timesteps(const dc_sampler *s) {
     const char *spacing = dc_timestep_spacing_name(s->opt.timestep_spacing);
+    if (s->n < 1)
+        return dc_fail("%s: lambda_min_clipped %g leaves no %s timestep",
+                       dc_sampler_kind_name(s->kind), s->opt.lambda_min_clipped, spacing);
     for (int k = 0; k < s->n; k++) {
         if (s->timesteps[k] < 0 || s->timesteps[k] >= s->T)
             return dc_fail("%s: %d %s steps with steps_offset %lld put timestep %lld outside "
@@ -256,7 +306,8 @@ static int check_timesteps(const dc_sampler *s) {
                            dc_sampler_kind_name(s->kind), s->n, spacing,
                            (long long)s->opt.steps_offset, (long long)s->timesteps[k],
                            (long long)s->T);
-        if (k > 0 && s->timesteps[k] >= s->timesteps[k - 1])
+        if (k > 0 && s->timesteps[k] >= s->timesteps[k - 1] &&
+            !(s->timesteps[k] == s->timesteps[k - 1] && s->opt.use_karras_sigmas))
             return dc_fail("%s: %d %s steps of %lld repeat timestep %lld; use fewer steps",
                            dc_sampler_kind_name(s->kind), s->n, spacing, (long long)s->T,
                            (long long)s->timesteps[k]);
@@ -264,10 +315,72 @@ static int check_timesteps(const dc_sampler *s) {
     return 0;
 }
 
+/* ---- DPM-Solver's sigmas ---- */
+
+/* DPMSolverMultistepScheduler._sigma_to_alpha_sigma_t. */
+static void alpha_sigma(float sigma, float *alpha, float *sigma_t) {
+    float a = 1.0f / sqrtf(sigma * sigma + 1.0f);
+    *alpha = a;
+    *sigma_t = sigma * a;
+}
+
+static float lambda_of(float sigma) {
+    float a, s;
+    alpha_sigma(sigma, &a, &s);
+    return logf(a) - logf(s);
+}
+
+/* sqrt((1 - acp) / acp) at t, float32 as torch computes it. */
+static float sigma_at(const dc_sampler *s, int64_t t) {
+    float a = s->alphas_cumprod[t];
+    return sqrtf((1.0f - a) / a);
+}
+
+/* _sigma_to_t: the timestep of `sigma` interpolated linearly in log sigma between
+ * the two training timesteps around it (numpy: log_sigmas float32, the rest double,
+ * low - high float32). */
+static double sigma_to_t(const dc_sampler *s, double sigma) {
+    double log_sigma = log(fmax(sigma, 1e-10));
+    int64_t low = 0;
+    for (int64_t t = 0; t < s->T; t++) /* the last t with log_sigmas[t] <= log_sigma */
+        if (log_sigma - (double)logf(sigma_at(s, t)) >= 0)
+            low = t;
+    low = low < s->T - 2 ? low : s->T - 2;
+    float lo = logf(sigma_at(s, low)), hi = logf(sigma_at(s, low + 1));
+    double w = ((double)lo - log_sigma) / (double)(lo - hi);
+    w = w < 0 ? 0 : w > 1 ? 1 : w;
+    return (1 - w) * (double)low + w * (double)(low + 1);
+}
+
+/* _convert_to_karras (rho 7, between the sigmas of timesteps T - 1 and 0, in
+ * double), the timesteps from sigma_to_t: rounded, except that diffusers leaves
+ * squaredcos_cap_v2's unrounded and int64 truncates them. */
+static void make_karras(dc_sampler *s, dc_beta_schedule beta) {
+    double lo = pow((double)sigma_at(s, 0), 1.0 / 7.0);
+    double hi = pow((double)sigma_at(s, s->T - 1), 1.0 / 7.0);
+    for (int i = 0; i < s->n; i++) {
+        double sigma = pow(hi + np_linspace(1.0, s->n, i) * (lo - hi), 7.0);
+        double t = sigma_to_t(s, sigma);
+        s->sigmas[i] = (float)sigma;
+        s->timesteps[i] = (int64_t)(beta == DC_BETA_SQUAREDCOS_CAP_V2 ? t : rint(t));
+    }
+}
+
+/* The sigmas of the steps (Karras' own, else those of the timesteps, which
+ * numpy's interp reads back exactly), then the final one. */
+static void make_sigmas(dc_sampler *s) {
+    for (int i = 0; i < s->n && !s->opt.use_karras_sigmas; i++)
+        s->sigmas[i] = sigma_at(s, s->timesteps[i]);
+    s->sigmas[s->n] = s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO ? 0.0f : sigma_at(s, 0);
+}
+
 /* ---- per-step scalars ---- */
 
-/* diffusers' DDPM and DDIM step back by T // n, whatever the spacing. */
+/* diffusers' DDIM steps back by T // n, whatever the spacing; its DDPM
+ * (previous_timestep) to the next timestep of the list, -1 after the last. */
 static int64_t prev_timestep(const dc_sampler *s, int i) {
+    if (s->kind == DC_SAMPLER_DDPM)
+        return i + 1 < s->n ? s->timesteps[i + 1] : -1;
     return s->timesteps[i] - s->T / s->opt.num_inference_steps;
 }
 
@@ -293,20 +406,19 @@ static ddim_scalars ddim_at(const dc_sampler *s, int i) {
     return c;
 }
 
-/* DPMSolverMultistepScheduler._sigma_to_alpha_sigma_t. */
-static void alpha_sigma(float sigma, float *alpha, float *sigma_t) {
-    float a = 1.0f / sqrtf(sigma * sigma + 1.0f);
-    *alpha = a;
-    *sigma_t = sigma * a;
-}
-
-static float lambda_of(float sigma) {
-    float a, s;
-    alpha_sigma(sigma, &a, &s);
-    return logf(a) - logf(s);
-}
-
 /* ---- init ---- */
+
+static int check_thresholding(const char *name, const dc_sampler_options *o) {
+    if (!o->thresholding)
+        return 0;
+    if (!(o->dynamic_thresholding_ratio >= 0 && o->dynamic_thresholding_ratio <= 1))
+        return dc_fail("%s: dynamic_thresholding_ratio %g must lie in [0, 1]", name,
+                       o->dynamic_thresholding_ratio);
+    if (!(o->sample_max_value > 0 && o->sample_max_value <= FLT_MAX))
+        return dc_fail("%s: sample_max_value %g must be positive and finite", name,
+                       o->sample_max_value);
+    return 0;
+}
 
 static int check_options(dc_sampler_kind kind, const dc_noise_schedule *sched,
                          const dc_sampler_options *o) {
@@ -338,7 +450,9 @@ static int check_options(dc_sampler_kind kind, const dc_noise_schedule *sched,
     if (o->clip_sample && !(o->clip_sample_range > 0 && o->clip_sample_range <= FLT_MAX))
         return dc_fail("%s: clip_sample_range %g must be positive and finite", name,
                        o->clip_sample_range);
-    return 0;
+    if (isnan(o->lambda_min_clipped))
+        return dc_fail("%s: lambda_min_clipped is NaN", name);
+    return check_thresholding(name, o);
 }
 
 /* Where diffusers' DDIM would take the square root of a negative number (eta too large). */
@@ -351,16 +465,28 @@ static int check_ddim_eta(const dc_sampler *s) {
     return 0;
 }
 
-/* DPM-Solver's sigmas: sqrt((1 - acp) / acp) at each timestep (float32, as torch
- * computes them before numpy's interp reads them back exactly), then the final. */
-static void make_sigmas(dc_sampler *s) {
-    const float *acp = s->alphas_cumprod;
-    for (int i = 0; i < s->n; i++) {
-        float a = acp[s->timesteps[i]];
-        s->sigmas[i] = sqrtf((1.0f - a) / a);
-    }
-    s->sigmas[s->n] =
-        s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO ? 0.0f : sqrtf((1.0f - acp[0]) / acp[0]);
+/* DDPM and DDIM recover x0 from an epsilon prediction as (x - sqrt(1 - acp) eps) /
+ * sqrt(acp): nothing to recover at a zero-SNR timestep. */
+static int check_zero_snr(const dc_sampler *s) {
+    if (s->kind == DC_SAMPLER_DPMPP_2M || s->prediction_type != DC_PRED_EPSILON)
+        return 0;
+    for (int i = 0; i < s->n; i++)
+        if (s->alphas_cumprod[s->timesteps[i]] == 0)
+            return dc_fail("%s: timestep %lld has zero SNR (rescale_betas_zero_snr) and the model "
+                           "predicts epsilon, which says nothing of the image there (diffusers "
+                           "divides by zero): use a v_prediction model, or a spacing that starts "
+                           "below it",
+                           dc_sampler_kind_name(s->kind), (long long)s->timesteps[i]);
+    return 0;
+}
+
+static int alloc_sampler(dc_sampler *s, int64_t T, int n) {
+    s->alphas_cumprod = malloc((size_t)T * sizeof(float));
+    s->timesteps = malloc((size_t)n * sizeof(int64_t));
+    s->sigmas = malloc(((size_t)n + 1) * sizeof(float));
+    if (!s->alphas_cumprod || !s->timesteps || !s->sigmas)
+        return dc_fail("%s: out of memory for %d steps", dc_sampler_kind_name(s->kind), n);
+    return 0;
 }
 
 int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule *sched,
@@ -373,22 +499,23 @@ int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule
     s->opt = *o;
     s->prediction_type = sched->config.prediction_type;
     s->T = sched->T;
-    s->n = o->num_inference_steps;
-    s->alphas_cumprod = malloc((size_t)s->T * sizeof(float));
-    s->timesteps = malloc((size_t)s->n * sizeof(int64_t));
-    s->sigmas = malloc(((size_t)s->n + 1) * sizeof(float));
-    if (!s->alphas_cumprod || !s->timesteps || !s->sigmas) {
-        dc_sampler_free(s);
-        return dc_fail("%s: out of memory for %d steps", dc_sampler_kind_name(kind),
-                       o->num_inference_steps);
-    }
-    memcpy(s->alphas_cumprod, sched->alphas_cumprod, (size_t)s->T * sizeof(float));
-    make_timesteps(s->timesteps, kind, o, s->T);
-    if (check_timesteps(s) || (kind == DC_SAMPLER_DDIM && check_ddim_eta(s))) {
+    if (alloc_sampler(s, s->T, o->num_inference_steps)) {
         dc_sampler_free(s);
         return -1;
     }
-    if (kind == DC_SAMPLER_DPMPP_2M)
+    memcpy(s->alphas_cumprod, sched->alphas_cumprod, (size_t)s->T * sizeof(float));
+    bool dpm = kind == DC_SAMPLER_DPMPP_2M;
+    if (dpm && s->alphas_cumprod[s->T - 1] == 0) /* "so the first sigma is not inf" */
+        s->alphas_cumprod[s->T - 1] = 0x1p-24f;
+    s->n = make_timesteps(s);
+    if (dpm && o->use_karras_sigmas)
+        make_karras(s, sched->config.beta_schedule);
+    if (check_timesteps(s) || (kind == DC_SAMPLER_DDIM && check_ddim_eta(s)) ||
+        check_zero_snr(s)) {
+        dc_sampler_free(s);
+        return -1;
+    }
+    if (dpm)
         make_sigmas(s);
     return 0;
 }
@@ -399,7 +526,9 @@ void dc_sampler_free(dc_sampler *s) {
     free(s->alphas_cumprod);
     free(s->timesteps);
     free(s->sigmas);
+    free(s->x0);
     free(s->prev_x0);
+    free(s->sorted);
     memset(s, 0, sizeof *s);
     s->next = -1;
 }
@@ -418,6 +547,11 @@ int dc_sampler_step_needs_noise(const dc_sampler *s, int i) {
            (s->kind == DC_SAMPLER_DDIM && s->opt.eta > 0);
 }
 
+bool dc_sampler_needs_variance(const dc_sampler *s) {
+    return s->kind == DC_SAMPLER_DDPM && (s->opt.variance_type == DC_VARIANCE_LEARNED ||
+                                          s->opt.variance_type == DC_VARIANCE_LEARNED_RANGE);
+}
+
 /* Predicted x0 from the model output for DDPM and DDIM (sa, sb: sqrt(acp_t), sqrt(1 - acp_t)). */
 static float pred_x0(dc_prediction_type p, float sa, float sb, float mo, float x) {
     return p == DC_PRED_EPSILON        ? (x - sb * mo) / sa
@@ -425,50 +559,114 @@ static float pred_x0(dc_prediction_type p, float sa, float sb, float mo, float x
                                        : mo;
 }
 
-/* torch.clamp: NaN stays NaN. */
-static float clip_x0(const dc_sampler *s, float x0) {
-    if (!s->opt.clip_sample)
-        return x0;
-    float r = (float)s->opt.clip_sample_range;
-    return x0 < -r ? -r : x0 > r ? r : x0;
+/* torch.clamp(x, -r, r): NaN stays NaN. */
+static float clamp_sym(float x, float r) { return x < -r ? -r : x > r ? r : x; }
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* torch.quantile(|x|, ratio) over n values, linear interpolation in float32
+ * (NaN when any is NaN); sorted is scratch [n]. */
+static float abs_quantile(const float *x, int64_t n, float ratio, float *sorted) {
+    for (int64_t e = 0; e < n; e++) {
+        if (isnan(x[e]))
+            return NAN;
+        sorted[e] = fabsf(x[e]);
+    }
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_float);
+    float rank = ratio * (float)(n - 1);
+    int64_t below = (int64_t)rank, above = (int64_t)ceilf(rank);
+    float w = rank - (float)below, lo = sorted[below], hi = sorted[above];
+    return w < 0.5f ? lo + w * (hi - lo) : hi - (hi - lo) * (1.0f - w); /* torch.lerp */
+}
+
+/* _threshold_sample per image, or clip_sample, or nothing, on x0 [images, per]. */
+static void limit_x0(dc_sampler *s, float *x0, int64_t images, int64_t per) {
+    if (s->opt.thresholding) {
+        for (int64_t k = 0; k < images; k++) {
+            float *img = x0 + k * per;
+            float q = abs_quantile(img, per, (float)s->opt.dynamic_thresholding_ratio, s->sorted);
+            float r = q < 1.0f ? 1.0f : q; /* torch.clamp(q, 1, sample_max_value) */
+            r = r > (float)s->opt.sample_max_value ? (float)s->opt.sample_max_value : r;
+            r = isnan(q) ? q : r;
+            for (int64_t e = 0; e < per; e++)
+                img[e] = clamp_sym(img[e], r) / r;
+        }
+    } else if (s->opt.clip_sample) {
+        float r = (float)s->opt.clip_sample_range;
+        for (int64_t e = 0; e < images * per; e++)
+            x0[e] = clamp_sym(x0[e], r);
+    }
+}
+
+/* DDPM's noise deviation per element: fixed, or from the predicted variance v. */
+typedef struct {
+    dc_variance_type type;
+    float fixed;            /* fixed_small, fixed_small_log, fixed_large */
+    float min_log, max_log; /* learned_range: log beta~_t, log beta_t */
+} ddpm_deviation;
+
+static float ddpm_sd(const ddpm_deviation *d, const float *v, int64_t e) {
+    if (d->type == DC_VARIANCE_LEARNED)
+        return sqrtf(v[e]);
+    if (d->type != DC_VARIANCE_LEARNED_RANGE)
+        return d->fixed;
+    float frac = (v[e] + 1.0f) / 2.0f;
+    return expf(0.5f * (frac * d->max_log + (1.0f - frac) * d->min_log));
 }
 
 /* DDPMScheduler.step; the variance (DDPMScheduler._get_variance) only while t > 0. */
-static void ddpm_step(const dc_sampler *s, int i, const float *mo, float *x, const float *noise,
-                      int64_t numel) {
-    int64_t t = s->timesteps[i], prev = prev_timestep(s, i);
+static void ddpm_step(dc_sampler *s, int i, const float *mo, const float *var, float *x,
+                      const float *noise, int64_t images, int64_t per) {
+    int64_t t = s->timesteps[i], prev = prev_timestep(s, i), numel = images * per;
     float a_t = s->alphas_cumprod[t], a_prev = prev >= 0 ? s->alphas_cumprod[prev] : 1.0f;
     float b_t = 1.0f - a_t, b_prev = 1.0f - a_prev;
     float alpha = a_t / a_prev, beta = 1.0f - alpha; /* current_alpha_t, current_beta_t */
     float c_x0 = sqrtf(a_prev) * beta / b_t, c_x = sqrtf(alpha) * b_prev / b_t;
     float small = fmaxf(b_prev / b_t * beta, 1e-20f);
-    float sd = sqrtf(s->opt.variance_type == DC_VARIANCE_FIXED_SMALL ? small : beta);
+    dc_variance_type type = s->opt.variance_type;
+    ddpm_deviation d = {.type = type,
+                        .fixed = type == DC_VARIANCE_FIXED_SMALL       ? sqrtf(small)
+                                 : type == DC_VARIANCE_FIXED_SMALL_LOG ? expf(0.5f * logf(small))
+                                                                       : sqrtf(beta),
+                        .min_log = logf(small),
+                        .max_log = logf(beta)};
     float sa = sqrtf(a_t), sb = sqrtf(b_t);
+    for (int64_t e = 0; e < numel; e++)
+        s->x0[e] = pred_x0(s->prediction_type, sa, sb, mo[e], x[e]);
+    limit_x0(s, s->x0, images, per);
     for (int64_t e = 0; e < numel; e++) {
-        float x0 = clip_x0(s, pred_x0(s->prediction_type, sa, sb, mo[e], x[e]));
-        float y = c_x0 * x0 + c_x * x[e];
-        x[e] = t > 0 ? y + sd * noise[e] : y;
+        float y = c_x0 * s->x0[e] + c_x * x[e];
+        x[e] = t > 0 ? y + ddpm_sd(&d, var, e) * noise[e] : y;
     }
 }
 
-/* DDIMScheduler.step (use_clipped_model_output off, as its pipeline calls it). */
-static void ddim_step(const dc_sampler *s, int i, const float *mo, float *x, const float *noise,
-                      int64_t numel) {
+/* DDIMScheduler.step (use_clipped_model_output off, as its pipeline calls it): the
+ * noise direction comes from the x0 before clipping or thresholding. */
+static void ddim_step(dc_sampler *s, int i, const float *mo, float *x, const float *noise,
+                      int64_t images, int64_t per) {
     ddim_scalars c = ddim_at(s, i);
-    for (int64_t e = 0; e < numel; e++) {
-        float x0 = pred_x0(s->prediction_type, c.sa, c.sb, mo[e], x[e]);
-        float eps = s->prediction_type == DC_PRED_EPSILON  ? mo[e]
-                    : s->prediction_type == DC_PRED_SAMPLE ? (x[e] - c.sa * x0) / c.sb
-                                                           : c.sa * mo[e] + c.sb * x[e];
-        float y = c.c_x0 * clip_x0(s, x0) + c.c_dir * eps;
+    dc_prediction_type p = s->prediction_type;
+    for (int64_t e = 0; e < images * per; e++)
+        s->x0[e] = pred_x0(p, c.sa, c.sb, mo[e], x[e]);
+    limit_x0(s, s->x0, images, per);
+    for (int64_t e = 0; e < images * per; e++) {
+        float eps = p == DC_PRED_EPSILON  ? mo[e]
+                    : p == DC_PRED_SAMPLE ? (x[e] - c.sa * mo[e]) / c.sb
+                                          : c.sa * mo[e] + c.sb * x[e];
+        float y = c.c_x0 * s->x0[e] + c.c_dir * eps;
         x[e] = s->opt.eta > 0 ? y + c.std * noise[e] : y;
     }
 }
 
-/* DPMSolverMultistepScheduler.step: convert_model_output to x0, then the first order
- * update on the first step and at the end (lower_order_final; always with a zero final
- * sigma), the second order midpoint update otherwise. */
-static void dpm_step(dc_sampler *s, int i, const float *mo, float *x, int64_t numel) {
+/* DPMSolverMultistepScheduler.step: convert_model_output to x0 (thresholded when
+ * asked), then the first order update on the first step and at the end
+ * (lower_order_final; always with a zero final sigma), the second order midpoint
+ * update otherwise. */
+static void dpm_step(dc_sampler *s, int i, const float *mo, float *x, int64_t images,
+                     int64_t per) {
     int last = i == s->n - 1;
     int first_order = s->next < 0 || (last && ((s->opt.lower_order_final && s->n < 15) ||
                                                s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO));
@@ -483,20 +681,25 @@ static void dpm_step(dc_sampler *s, int i, const float *mo, float *x, int64_t nu
         inv_r0 = 1.0f / r0;
     }
     dc_prediction_type p = s->prediction_type;
-    for (int64_t e = 0; e < numel; e++) {
-        float m0 = p == DC_PRED_EPSILON        ? (x[e] - s_0 * mo[e]) / a_0
+    int64_t numel = images * per;
+    for (int64_t e = 0; e < numel; e++)
+        s->x0[e] = p == DC_PRED_EPSILON        ? (x[e] - s_0 * mo[e]) / a_0
                    : p == DC_PRED_V_PREDICTION ? a_0 * x[e] - s_0 * mo[e]
                                                : mo[e];
-        float y = c_x * x[e] - c_d0 * m0;
+    limit_x0(s, s->x0, images, per);
+    for (int64_t e = 0; e < numel; e++) {
+        float y = c_x * x[e] - c_d0 * s->x0[e];
         if (!first_order)
-            y = y - c_d1 * (inv_r0 * (m0 - s->prev_x0[e]));
-        s->prev_x0[e] = m0;
+            y = y - c_d1 * (inv_r0 * (s->x0[e] - s->prev_x0[e]));
         x[e] = y;
     }
+    float *swap = s->prev_x0; /* this step's x0 is the next one's previous */
+    s->prev_x0 = s->x0;
+    s->x0 = swap;
 }
 
-static int check_step(const dc_sampler *s, int i, const float *model_output, float *sample,
-                      const float *noise, int64_t numel) {
+static int check_step(const dc_sampler *s, int i, const float *model_output, const float *variance,
+                      float *sample, const float *noise, int64_t images, int64_t per) {
     const char *name = dc_sampler_kind_name(s->kind);
     if (s->n < 1 || !s->timesteps)
         return dc_fail("sampler: not initialised");
@@ -506,41 +709,59 @@ static int check_step(const dc_sampler *s, int i, const float *model_output, flo
         return dc_fail("%s: step %d after step %d; steps run in order (dc_sampler_reset starts "
                        "over)",
                        name, i, s->next - 1);
-    if (!model_output || !sample || numel < 1)
+    if (!model_output || !sample || images < 1 || per < 1 || images > INT64_MAX / per)
         return dc_fail("%s: step %d needs a model output and a sample of at least one element",
                        name, i);
-    if (s->next >= 0 && numel != s->numel)
+    if (s->next >= 0 && images * per != s->numel)
         return dc_fail("%s: step %d has %lld elements, the steps before it %lld", name, i,
-                       (long long)numel, (long long)s->numel);
+                       (long long)(images * per), (long long)s->numel);
     if (!noise && dc_sampler_step_needs_noise(s, i))
         return dc_fail("%s: step %d (timestep %lld) adds noise: pass it", name, i,
                        (long long)s->timesteps[i]);
+    if (!variance && dc_sampler_needs_variance(s))
+        return dc_fail("%s: variance_type %s needs the model's predicted variance (a model with "
+                       "out_channels twice in_channels)",
+                       name, dc_variance_type_name(s->opt.variance_type));
     return 0;
 }
 
-/* Room for DPM-Solver's previous x0: grown on a run's first step, never inside a run. */
-static int reserve_state(dc_sampler *s, int64_t numel) {
-    if (s->kind != DC_SAMPLER_DPMPP_2M || numel <= s->prev_cap)
-        return 0;
-    float *p = realloc(s->prev_x0, (size_t)numel * sizeof(float));
-    if (!p)
-        return dc_fail("dpm++2m: out of memory for %lld elements of state", (long long)numel);
-    s->prev_x0 = p;
-    s->prev_cap = numel;
+/* Room for the x0 buffers and thresholding's scratch: grown on a run's first
+ * step, never inside a run. */
+static int reserve_state(dc_sampler *s, int64_t images, int64_t per) {
+    int64_t numel = images * per, sorted = s->opt.thresholding ? per : 0;
+    if (numel > s->cap) {
+        float *a = realloc(s->x0, (size_t)numel * sizeof(float));
+        s->x0 = a ? a : s->x0;
+        float *b = a ? realloc(s->prev_x0, (size_t)numel * sizeof(float)) : NULL;
+        s->prev_x0 = b ? b : s->prev_x0;
+        if (!a || !b)
+            return dc_fail("%s: out of memory for %lld elements of state",
+                           dc_sampler_kind_name(s->kind), (long long)numel);
+        s->cap = numel;
+    }
+    if (sorted > s->sorted_cap) {
+        float *c = realloc(s->sorted, (size_t)sorted * sizeof(float));
+        if (!c)
+            return dc_fail("%s: out of memory for thresholding %lld values",
+                           dc_sampler_kind_name(s->kind), (long long)sorted);
+        s->sorted = c;
+        s->sorted_cap = sorted;
+    }
     return 0;
 }
 
-int dc_sampler_step(dc_sampler *s, int i, const float *model_output, float *sample,
-                    const float *noise, int64_t numel) {
-    if (check_step(s, i, model_output, sample, noise, numel) || reserve_state(s, numel))
+int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float *variance,
+                    float *sample, const float *noise, int64_t images, int64_t per_image) {
+    if (check_step(s, i, model_output, variance, sample, noise, images, per_image) ||
+        (s->next < 0 && reserve_state(s, images, per_image)))
         return -1;
     if (s->kind == DC_SAMPLER_DDPM)
-        ddpm_step(s, i, model_output, sample, noise, numel);
+        ddpm_step(s, i, model_output, variance, sample, noise, images, per_image);
     else if (s->kind == DC_SAMPLER_DDIM)
-        ddim_step(s, i, model_output, sample, noise, numel);
+        ddim_step(s, i, model_output, sample, noise, images, per_image);
     else
-        dpm_step(s, i, model_output, sample, numel);
-    s->numel = numel;
+        dpm_step(s, i, model_output, sample, images, per_image);
+    s->numel = images * per_image;
     s->next = i + 1;
     if (s->next == s->n) /* a finished run: ready for the next batch */
         dc_sampler_reset(s);

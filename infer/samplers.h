@@ -14,7 +14,7 @@
  *       run the model on x at timestep s.timesteps[i] -> eps
  *       if (dc_sampler_step_needs_noise(&s, i))
  *           dc_sampler_noise(z, n_images, per_image, seed, first_image, DC_SAMPLER_DRAW_STEP(i));
- *       dc_sampler_step(&s, i, eps, x, z, n_images * per_image);
+ *       dc_sampler_step(&s, i, eps, NULL, x, z, n_images, per_image);
  *   }
  *
  * Timesteps are those of each class's set_timesteps for the spacing
@@ -23,6 +23,10 @@
  * included. One deliberate difference: for some n (61 of T = 1000, ...)
  * numpy's arange gives diffusers n + 1 trailing timesteps, the last -1,
  * which diffusers then uses as an index from the end; we keep the first n.
+ * A second: Karras sigmas of squaredcos_cap_v2 repeat the first timestep,
+ * where diffusers' step starts at index 1 and runs off the end of its
+ * sigmas; we step by index. DDPM steps from a timestep to the next of its
+ * list (previous_timestep), DDIM to t - T // n, as current diffusers does.
  *
  * Precision: every scalar and every element is computed in float32, one
  * rounding per operation in the order diffusers' torch code does them, so
@@ -31,8 +35,14 @@
  * a * b + c into an FMA round once where torch rounds twice).
  *
  * The prediction type (epsilon, v_prediction, sample) is the schedule's
- * (scheduler_config.json), as the model was trained for it. Thresholding
- * (dynamic, Imagen) is not supported and refused where a config asks for it.
+ * (scheduler_config.json), as the model was trained for it. So is
+ * rescale_betas_zero_snr, which DPM-Solver++ follows as diffusers does: its
+ * copy of alphas_cumprod ends at 2^-24 instead of 0.
+ *
+ * A model that also predicts its variance (guided-diffusion's learned_range:
+ * out_channels twice in_channels, the second half the variance) hands the
+ * two halves separately: DDPM with a learned variance_type uses the second,
+ * every other sampler only the first, as diffusers' DPM-Solver does.
  */
 #ifndef DC_INFER_SAMPLERS_H
 #define DC_INFER_SAMPLERS_H
@@ -55,10 +65,16 @@ typedef enum {
     DC_SPACING_COUNT
 } dc_timestep_spacing;
 
-/* DDPMScheduler's variance_type (the learned ones need a model that predicts it). */
+/* DDPMScheduler's variance_type (the learned ones need a model that predicts
+ * it). Its "fixed_large_log" is refused: diffusers' step takes the square
+ * root of that log variance, a NaN. */
 typedef enum {
-    DC_VARIANCE_FIXED_SMALL, /* "fixed_small": the posterior variance beta~_t, clamped at 1e-20 */
-    DC_VARIANCE_FIXED_LARGE, /* "fixed_large": beta_t */
+    DC_VARIANCE_FIXED_SMALL,     /* "fixed_small": the posterior variance beta~_t, clamped at 1e-20 */
+    DC_VARIANCE_FIXED_SMALL_LOG, /* "fixed_small_log": the same, its deviation as exp(log(v) / 2) */
+    DC_VARIANCE_FIXED_LARGE,     /* "fixed_large": beta_t */
+    DC_VARIANCE_LEARNED,         /* "learned": the model predicts the variance itself */
+    DC_VARIANCE_LEARNED_RANGE,   /* "learned_range": v in [-1, 1] interpolates the log variance
+                                    from beta~_t (-1) to beta_t (1) (Nichol & Dhariwal) */
     DC_VARIANCE_COUNT
 } dc_variance_type;
 
@@ -82,7 +98,10 @@ const char *dc_final_sigmas_type_name(dc_final_sigmas_type f);
 
 /* Sampler settings, by diffusers' config names. Fields a kind does not use
  * are ignored, except eta (DDIM only) and clip_sample (DDPM and DDIM only),
- * which are refused elsewhere because they would silently do nothing. */
+ * which are refused elsewhere because they would silently do nothing.
+ * Dynamic thresholding (Saharia et al., Imagen) replaces clip_sample: per
+ * image, s = the dynamic_thresholding_ratio quantile of |x0| (torch.quantile,
+ * linear), clamped to [1, sample_max_value]; x0 becomes clamp(x0, -s, s) / s. */
 typedef struct dc_sampler_options {
     int num_inference_steps; /* n, in [1, T] */
     dc_timestep_spacing timestep_spacing;
@@ -92,24 +111,35 @@ typedef struct dc_sampler_options {
     dc_variance_type variance_type; /* ddpm */
     double eta;                     /* ddim: 0 deterministic, 1 DDPM-like */
     bool set_alpha_to_one;          /* ddim: alphas_cumprod "before" t = 0 is 1 (else acp[0]) */
+    bool thresholding;              /* all: dynamic thresholding of the predicted x0 */
+    double dynamic_thresholding_ratio; /*   the quantile, in [0, 1] */
+    double sample_max_value;        /*   the largest s, positive */
     bool lower_order_final;         /* dpm++2m: first order at the end when n < 15 */
     dc_final_sigmas_type final_sigmas_type; /* dpm++2m */
+    bool use_karras_sigmas;         /* dpm++2m: Karras et al.'s sigmas (rho 7), their timesteps
+                                       interpolated in log sigma */
+    double lambda_min_clipped;      /* dpm++2m: timesteps whose lambda (log(alpha / sigma))
+                                       lies below this are left out; -inf: none */
 } dc_sampler_options;
 
 /* The defaults of the diffusers class and its pipeline: 1000 steps for DDPM
  * (DDPMPipeline), 50 for DDIM and DPM-Solver++; leading spacing and clipping
  * at 1 for DDPM and DDIM, linspace for DPM-Solver++; eta 0, fixed_small,
- * set_alpha_to_one, lower_order_final, final sigma zero. */
+ * set_alpha_to_one, no thresholding (ratio 0.995, sample_max_value 1),
+ * lower_order_final, final sigma zero, no Karras sigmas, lambda_min_clipped
+ * -inf. */
 dc_sampler_options dc_sampler_default_options(dc_sampler_kind kind);
 
 /* Apply the keys of a diffusers scheduler_config.json (of any scheduler
  * class) that the kind's diffusers class reads, as its from_config would:
- * timestep_spacing, steps_offset; clip_sample, clip_sample_range (ddpm,
- * ddim); variance_type (ddpm); set_alpha_to_one (ddim); lower_order_final,
- * final_sigmas_type (dpm++2m). Absent or null keys leave o as it is. Settings
- * we do not implement are refused, never ignored: thresholding, learned
- * variances, and for dpm++2m solver_order other than 2, other algorithm or
- * solver types, Karras or Lu sigmas, euler_at_final. `where` names the source. */
+ * timestep_spacing, steps_offset, thresholding, dynamic_thresholding_ratio,
+ * sample_max_value; clip_sample, clip_sample_range (ddpm, ddim);
+ * variance_type (ddpm); set_alpha_to_one (ddim); lower_order_final,
+ * final_sigmas_type, use_karras_sigmas, lambda_min_clipped (dpm++2m). Absent
+ * or null keys leave o as it is. Settings we do not implement are refused,
+ * never ignored: variance_type fixed_large_log, and for dpm++2m solver_order
+ * other than 2, other algorithm or solver types, exponential, beta, flow or
+ * Lu sigmas, euler_at_final. `where` names the source. */
 int dc_sampler_options_parse_config(dc_sampler_options *o, dc_sampler_kind kind, const char *json,
                                     const char *where);
 
@@ -118,23 +148,30 @@ typedef struct dc_sampler {
     dc_sampler_options opt;
     dc_prediction_type prediction_type; /* the schedule's */
     int64_t T;
-    float *alphas_cumprod; /* [T] a copy of the schedule's */
-    int n;                 /* steps: opt.num_inference_steps */
+    float *alphas_cumprod; /* [T] a copy of the schedule's (dpm++2m: the last 2^-24 when 0) */
+    int n;                 /* steps: opt.num_inference_steps, fewer where dpm++2m's
+                              lambda_min_clipped cuts trailing timesteps */
     int64_t *timesteps;    /* [n] descending, in [0, T): the model's timestep at step i */
     float *sigmas;         /* [n + 1] dpm++2m: sqrt((1 - acp) / acp) per step, then the final */
     int next;              /* the step that must come next; -1 before the first */
-    /* dpm++2m's multistep state: the previous step's x0 prediction */
-    float *prev_x0;          /* [numel] */
-    int64_t prev_cap, numel; /* prev_x0's capacity; numel of this run (0 before its first step) */
+    /* a step's x0 prediction, and dpm++2m's multistep state: the previous one's */
+    float *x0, *prev_x0; /* [numel] each */
+    float *sorted;       /* [per_image] thresholding's scratch */
+    int64_t cap, sorted_cap; /* their capacities */
+    int64_t numel;       /* of this run (0 before its first step) */
 } dc_sampler;
 
 /* Build the timesteps of `kind` for o on sched (copied: sched may be freed
  * after). Refused: n outside [1, T], unknown enum values, negative
  * steps_offset, settings whose timesteps leave [0, T) or repeat (leading with
- * a large steps_offset; dpm++2m with n close to T), eta < 0 or so large that a
- * step's noise would exceed its variance (diffusers' NaN), eta or clipping
- * where the kind has none, clip_sample_range <= 0. *s is left empty on
- * failure (safe to free). */
+ * a large steps_offset; dpm++2m with n close to T; Karras sigmas may repeat a
+ * timestep, as in diffusers), eta < 0 or so large that a step's noise would
+ * exceed its variance (diffusers' NaN), eta or clipping where the kind has
+ * none, clip_sample_range <= 0, a thresholding ratio outside [0, 1] or a
+ * sample_max_value that is not positive, a lambda_min_clipped that leaves no
+ * timestep, and DDPM or DDIM steps of an epsilon model at a timestep of zero
+ * SNR (diffusers divides by zero there). *s is left empty on failure (safe
+ * to free). */
 int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule *sched,
                     const dc_sampler_options *o);
 void dc_sampler_free(dc_sampler *s);
@@ -143,17 +180,20 @@ void dc_sampler_reset(dc_sampler *s);
 
 /* Whether step i adds noise (DDPM while timesteps[i] > 0, DDIM with eta > 0). */
 int dc_sampler_step_needs_noise(const dc_sampler *s, int i);
+/* Whether the steps read the model's predicted variance (DDPM with a learned variance_type). */
+bool dc_sampler_needs_variance(const dc_sampler *s);
 
-/* One step: sample (x at timesteps[i], numel floats) becomes x at the next
- * timestep, in place, given the model's output at (x, timesteps[i]) and,
- * when dc_sampler_step_needs_noise, standard normal noise (else NULL is
- * fine; it is not read). Steps run in order: the first after init or reset
- * may be any i (img2img starts late), each later one must be the next, with
- * the same numel. model_output has the sample's shape (a model that also
- * predicts its variance, with twice the channels, is not supported);
- * model_output and noise may not alias sample. */
-int dc_sampler_step(dc_sampler *s, int i, const float *model_output, float *sample,
-                    const float *noise, int64_t numel);
+/* One step: sample ([images, per_image] floats, x at timesteps[i]) becomes x
+ * at the next timestep, in place, given the model's output at (x,
+ * timesteps[i]) and, when dc_sampler_step_needs_noise, standard normal noise
+ * (else NULL is fine; it is not read). model_output has the sample's shape;
+ * a model that predicts its variance too gives that half as `variance` (same
+ * shape), which dc_sampler_needs_variance samplers need and the others
+ * ignore (NULL is fine there). Steps run in order: the first after init or
+ * reset may be any i (img2img starts late), each later one must be the next,
+ * with the same shape. The inputs may not alias sample. */
+int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float *variance,
+                    float *sample, const float *noise, int64_t images, int64_t per_image);
 
 /* ---- noise: a contract ----
  * Image k of a run (counted from 0 across the whole run, whatever the batch

@@ -8,6 +8,7 @@
 
 #include "autograd/diffusion.h"
 #include "autograd/error.h"
+#include "autograd/fileio.h"
 #include "autograd/rng.h"
 #include "autograd/safetensors.h"
 
@@ -576,19 +577,64 @@ START_TEST(test_config_round_trip) {
                                   .beta_start = 0.000123456789,
                                   .beta_end = 0.0271828,
                                   .beta_schedule = DC_BETA_SQUAREDCOS_CAP_V2,
-                                  .prediction_type = DC_PRED_V_PREDICTION},
+                                  .prediction_type = DC_PRED_V_PREDICTION,
+                                  .rescale_betas_zero_snr = true},
                              r;
     const char *path = tmp_file("scheduler_config.json", NULL);
     ck_assert_msg(dc_noise_schedule_config_save(&c, path) == 0, "%s", dc_error());
     ck_assert_msg(dc_noise_schedule_config_load(&r, path) == 0, "%s", dc_error());
     ck_assert(r.num_train_timesteps == c.num_train_timesteps && r.beta_start == c.beta_start &&
               r.beta_end == c.beta_end && r.beta_schedule == c.beta_schedule &&
-              r.prediction_type == c.prediction_type);
+              r.prediction_type == c.prediction_type && r.rescale_betas_zero_snr);
     unlink(path);
     ck_assert_int_eq(dc_noise_schedule_config_save(&c, "/nonexistent/dir/scheduler_config.json"),
                      -1);
     ck_assert_msg(strstr(dc_error(), "/nonexistent/dir/scheduler_config.json: cannot create"), "%s", dc_error());
     rmdir(tmpdir);
+}
+END_TEST
+
+/* Python's json writes NaN, Infinity and -Infinity (diffusers' DPM-Solver config holds
+ * -Infinity); they read as such, strings keep them as text, and error positions are
+ * those of the original text. */
+START_TEST(test_json_nonfinite) {
+    const char *text = "{\"a\": [NaN, 1.5, -Infinity, \"NaN -Infinity\\\" Infinity\", Infinity],\n"
+                       " \"b\": {\"c\": NaN, \"d\": -2e3}, \"e\": -0}";
+    cJSON *j = dc_json_parse(text, strlen(text), "t");
+    ck_assert_msg(j != NULL, "%s", dc_error());
+    const cJSON *a = cJSON_GetObjectItem(j, "a"), *b = cJSON_GetObjectItem(j, "b");
+    ck_assert_int_eq(cJSON_GetArraySize(a), 5);
+    ck_assert(isnan(cJSON_GetArrayItem(a, 0)->valuedouble));
+    ck_assert(cJSON_GetArrayItem(a, 1)->valuedouble == 1.5);
+    ck_assert(cJSON_GetArrayItem(a, 2)->valuedouble == -INFINITY);
+    ck_assert_str_eq(cJSON_GetArrayItem(a, 3)->valuestring, "NaN -Infinity\" Infinity");
+    ck_assert(cJSON_GetArrayItem(a, 4)->valuedouble == INFINITY);
+    ck_assert(isnan(cJSON_GetObjectItem(b, "c")->valuedouble));
+    ck_assert(cJSON_GetObjectItem(b, "d")->valuedouble == -2000);
+    cJSON_Delete(j);
+    static const struct {
+        const char *json, *message;
+    } bad[] = {
+        {"{\"x\": -Infinit}", "t:1:7: not valid JSON here"},
+        {"{\"x\":\n  Infinityy}", "t:2:11: not valid JSON here"},
+        {"{\"x\": NaNa, \"y\": 1}", "t:1:10: not valid JSON here"},
+        {"{\"x\": -NaN}", "t:1:7: not valid JSON here"},
+        {"{\"x\": 1NaN}", "t:1:8: not valid JSON here"},
+        {"[Infinity] NaN", "t:1:12: text after the JSON value"},
+        {"{\"x\": inf}", "t:1:7: not valid JSON here"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_ptr_null(dc_json_parse(bad[i].json, strlen(bad[i].json), "t"));
+        ck_assert_msg(strstr(dc_error(), bad[i].message), "%s: %s", bad[i].json, dc_error());
+    }
+    /* a number key of a scheduler config may be one of them; the checks still apply */
+    dc_noise_schedule_config c;
+    ck_assert_int_eq(dc_noise_schedule_config_parse(&c, "{\"beta_end\": NaN}", "cfg"), 0);
+    dc_noise_schedule s;
+    ck_assert_int_ne(dc_noise_schedule_init(&s, &c), 0);
+    ck_assert_msg(strstr(dc_error(), "beta_end nan must lie in (0, 1)"), "%s", dc_error());
+    ck_assert_int_ne(dc_noise_schedule_config_parse(&c, "{\"num_train_timesteps\": Infinity}", "cfg"), 0);
+    ck_assert_msg(strstr(dc_error(), "num_train_timesteps inf must be a whole number"), "%s", dc_error());
 }
 END_TEST
 
@@ -606,7 +652,7 @@ START_TEST(test_config_refused) {
         {"{\"beta_start\": \"0.1\"}", "cfg: beta_start must be a number, got a string"},
         {"{\"beta_schedule\": 3}", "cfg: beta_schedule must be a string"},
         {"{\"trained_betas\": [0.1, 0.2]}", "cfg: trained_betas is not supported"},
-        {"{\"rescale_betas_zero_snr\": true}", "cfg: rescale_betas_zero_snr is not supported"},
+        {"{\"rescale_betas_zero_snr\": 1}", "cfg: rescale_betas_zero_snr must be true or false"},
         {"{\"beta_start\": 0.0001,", "cfg:1:22: not valid JSON here"},
         {"[1000]", "cfg: not a JSON object"},
     };
@@ -642,7 +688,7 @@ START_TEST(test_schedule_refused) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         dc_noise_schedule_config c = {bad[i].T, bad[i].start, bad[i].end, bad[i].b,
-                                      DC_PRED_EPSILON};
+                                      DC_PRED_EPSILON, false};
         dc_noise_schedule s;
         ck_assert_int_eq(dc_noise_schedule_init(&s, &c), -1);
         ck_assert_msg(strstr(dc_error(), bad[i].message), "%s", dc_error());
@@ -759,6 +805,7 @@ int main(void) {
     tcase_add_test(tc, test_config_from_diffusers);
     tcase_add_test(tc, test_config_round_trip);
     tcase_add_test(tc, test_config_refused);
+    tcase_add_test(tc, test_json_nonfinite);
     tcase_add_test(tc, test_schedule_refused);
     return tu_run(s);
 }

@@ -13,6 +13,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
+#include "infer/generate.h"
 #include "models/unet.h"
 
 #include <math.h>
@@ -226,7 +227,121 @@ START_TEST(test_schedulers) {
     const char *others[] = {"ddpm", "dpm", "eta", "trailing"};
     for (int k = 0; k < 4; k++)
         ck_assert_msg(image_diff("ddim", others[k], 0) > 0.5, "%s gave ddim's image", others[k]);
+    /* the config diffusers writes for DPMSolverMultistepScheduler (lambda_min_clipped -Infinity) */
+    char sched[600];
+    snprintf(sched, sizeof sched, "%s/scheduler/scheduler_config.json", model);
+    copy_file("tests/fixtures/dpm_scheduler_config.json", sched);
+    assert_ok(SAMPLE("--model", model, "--output-dir", tu_path("dpm_cfg"), "--num-images", "2", "--scheduler",
+                     "dpm++2m", "--num-inference-steps", "10"));
     tu_rmtemp();
+}
+END_TEST
+
+/* A model of the class fixture's shape that predicts its variance too (out_channels 6 of 3,
+ * as guided-diffusion's do), with random weights. */
+static void variance_model(dc_unet_config *c, dc_unet *m, dc_params *ps, int out_channels) {
+    char *text = dc_read_file(CLASS_MODEL "/config.json", 1 << 20, NULL), *at = strstr(text, "\"out_channels\": 3");
+    ck_assert_ptr_nonnull(at);
+    at[strlen("\"out_channels\": ")] = (char)('0' + out_channels);
+    dc_params_init(ps);
+    ck_assert_msg(dc_unet_config_parse(c, text, "cfg") == 0 && dc_unet_init(m, c, ps) == 0 &&
+                      dc_params_alloc(ps, tu_next()) == 0,
+                  "%s", dc_error());
+    free(text);
+}
+
+/* The denoising loop written out: the model's output split per pixel (NHWC: the first
+ * c channels the prediction, the next c the variance), guidance on the prediction, the
+ * variance of the conditional pass. */
+static void reference_loop(dc_ctx *ctx, const dc_unet *m, dc_sampler *s, const int32_t *labels, int n,
+                           float scale, uint64_t seed, float *x) {
+    enum { PER = SIDE * SIDE * 3 };
+    float out[2 * 2 * 2 * PER], mean[2 * 2 * PER], var[2 * 2 * PER], z[2 * PER];
+    int32_t y[4];
+    for (int k = 0; k < 2 * n; k++)
+        y[k] = k < n ? dc_unet_null_class(&m->cfg) : labels[k - n];
+    dc_sampler_noise(x, n, PER, seed, 0, DC_SAMPLER_DRAW_INIT);
+    for (int i = 0; i < s->n; i++) {
+        dc_ctx_reset(ctx);
+        int32_t step = (int32_t)s->timesteps[i];
+        dc_tensor *xt = dc_new(ctx, DC_F32, DC_SHAPE(2 * n, SIDE, SIDE, 3));
+        memcpy(xt->data, x, sizeof(float) * n * PER);
+        memcpy((float *)xt->data + n * PER, x, sizeof(float) * n * PER);
+        dc_tensor *pred = dc_unet_forward(ctx, m, xt, dc_from_host(ctx, DC_I32, DC_SHAPE(1), &step),
+                                          dc_from_host(ctx, DC_I32, DC_SHAPE(2 * n), y));
+        ck_assert_msg(pred && pred->numel == 2 * 2 * n * PER, "%s", dc_error());
+        memcpy(out, pred->data, sizeof(float) * pred->numel);
+        for (int p = 0; p < 2 * n * SIDE * SIDE; p++)
+            for (int ch = 0; ch < 3; ch++) {
+                mean[p * 3 + ch] = out[p * 6 + ch];
+                var[p * 3 + ch] = out[p * 6 + 3 + ch];
+            }
+        dc_guidance_combine(mean, mean, mean + n * PER, scale, n * PER);
+        if (dc_sampler_step_needs_noise(s, i))
+            dc_sampler_noise(z, n, PER, seed, 0, DC_SAMPLER_DRAW_STEP(i));
+        ck_assert_msg(dc_sampler_step(s, i, mean, var + n * PER, x, z, n, PER) == 0, "%s", dc_error());
+    }
+    for (int e = 0; e < n * PER; e++)
+        x[e] = x[e] < -1 ? -1 : x[e] > 1 ? 1 : x[e];
+}
+
+/* DDPM with variance_type learned_range reads the model's second half; other samplers and
+ * variance types its first half only; a model without it is refused. */
+START_TEST(test_learned_variance) {
+    enum { N = 2, PER = SIDE * SIDE * 3 };
+    dc_unet_config c;
+    dc_unet m;
+    dc_params ps;
+    variance_model(&c, &m, &ps, 6);
+    dc_noise_schedule sched;
+    dc_noise_schedule_config sc = dc_noise_schedule_default_config();
+    ck_assert_int_eq(dc_noise_schedule_init(&sched, &sc), 0);
+    dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_DDPM);
+    o.num_inference_steps = 4;
+    o.variance_type = DC_VARIANCE_LEARNED_RANGE;
+    dc_sampler s;
+    ck_assert_int_eq(dc_sampler_init(&s, DC_SAMPLER_DDPM, &sched, &o), 0);
+    dc_ctx *ctx = tu_ctx();
+    ctx->training = false;
+    dc_set_grad_enabled(ctx, false);
+    const int32_t labels[N] = {1, 3};
+    uint64_t seed = tu_next();
+    float got[N * PER], want[N * PER], fixed[N * PER];
+    dc_generate_request r = {.unet = &m, .sampler = &s, .n = N, .batch = N, .h = SIDE, .w = SIDE,
+                             .labels = labels, .guidance_scale = 2.5f, .seed = seed};
+    ck_assert_msg(dc_generate(ctx, &r, got) == 0, "%s", dc_error());
+    reference_loop(ctx, &m, &s, labels, N, 2.5f, seed, want);
+    ck_assert(!memcmp(got, want, sizeof got));
+    /* fixed_small: the same model's first half alone, and other images */
+    dc_sampler_free(&s);
+    o.variance_type = DC_VARIANCE_FIXED_SMALL;
+    ck_assert_int_eq(dc_sampler_init(&s, DC_SAMPLER_DDPM, &sched, &o), 0);
+    ck_assert_msg(dc_generate(ctx, &r, fixed) == 0, "%s", dc_error());
+    reference_loop(ctx, &m, &s, labels, N, 2.5f, seed, want);
+    ck_assert(!memcmp(fixed, want, sizeof fixed) && memcmp(fixed, got, sizeof got));
+    dc_sampler_free(&s);
+    dc_unet_free(&m);
+    dc_params_free(&ps);
+    dc_unet_config_free(&c);
+    /* learned_range with a model that does not predict its variance; an odd channel count */
+    o.variance_type = DC_VARIANCE_LEARNED_RANGE;
+    ck_assert_int_eq(dc_sampler_init(&s, DC_SAMPLER_DDPM, &sched, &o), 0);
+    for (int out = 3; out <= 4; out++) {
+        variance_model(&c, &m, &ps, out);
+        ck_assert_int_ne(dc_generate(ctx, &r, got), 0);
+        ck_assert_msg(strstr(dc_error(), out == 3 ? "generate: variance_type learned_range needs a model that "
+                                                    "predicts its variance (out_channels twice in_channels); "
+                                                    "this one has 3 of 3"
+                                                  : "generate: the model predicts 4 channels of a 3-channel "
+                                                    "sample"),
+                      "%s", dc_error());
+        dc_unet_free(&m);
+        dc_params_free(&ps);
+        dc_unet_config_free(&c);
+    }
+    dc_sampler_free(&s);
+    dc_noise_schedule_free(&sched);
+    tu_ctx_free(ctx);
 }
 END_TEST
 
@@ -362,8 +477,10 @@ START_TEST(test_model_errors) {
     ck_assert_int_eq(remove(tu_path("pipe/scheduler/scheduler_config.json")), 0);
     tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")),
                          "scheduler_config.json: cannot open");
-    spill(tu_path("pipe/scheduler/scheduler_config.json"), "{\"thresholding\": true}", 22);
-    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")), "thresholding");
+    static const char betas[] = "{\"trained_betas\": [0.1, 0.2]}";
+    spill(tu_path("pipe/scheduler/scheduler_config.json"), betas, sizeof betas - 1);
+    tu_assert_user_error(SAMPLE("--model", model, "--output-dir", tu_path("o")),
+                         "trained_betas is not supported");
     tu_rmtemp();
 }
 END_TEST
@@ -463,6 +580,7 @@ int main(void) {
     tcase_add_test(tc, test_seed_and_batch);
     tcase_add_test(tc, test_labels_and_guidance);
     tcase_add_test(tc, test_schedulers);
+    tcase_add_test(tc, test_learned_variance);
     tcase_add_test(tc, test_ema_by_default);
     tcase_add_test(tc, test_img2img);
     tc = tu_tcase(s, "errors", 60);

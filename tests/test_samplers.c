@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include "autograd/error.h"
+#include "autograd/fileio.h"
 #include "autograd/rng.h"
 #include "autograd/safetensors.h"
 #include "infer/samplers.h"
@@ -81,6 +82,8 @@ static void fx_schedule(const dc_st_file *f, const char *tag, dc_noise_schedule 
     const char *pred = fx_opt(f, tag, "prediction_type");
     if (pred)
         ck_assert_int_eq(dc_prediction_type_parse(pred, &c.prediction_type), 0);
+    const char *zsnr = fx_opt(f, tag, "rescale_betas_zero_snr");
+    c.rescale_betas_zero_snr = zsnr && !strcmp(zsnr, "True");
     ck_assert_msg(dc_noise_schedule_init(s, &c) == 0, "%s: %s", tag, dc_error());
     char name[64];
     snprintf(name, sizeof name, "acp.%s%s", fx_meta(f, tag, "schedule"),
@@ -113,9 +116,17 @@ static dc_sampler_kind fx_options(const dc_st_file *f, const char *tag, dc_sampl
         ck_assert_int_eq(dc_variance_type_parse(v, &o->variance_type), 0);
     if ((v = fx_opt(f, tag, "final_sigmas_type")))
         ck_assert_int_eq(dc_final_sigmas_type_parse(v, &o->final_sigmas_type), 0);
+    if ((v = fx_opt(f, tag, "dynamic_thresholding_ratio")))
+        o->dynamic_thresholding_ratio = strtod(v, NULL);
+    if ((v = fx_opt(f, tag, "sample_max_value")))
+        o->sample_max_value = strtod(v, NULL);
+    if ((v = fx_opt(f, tag, "lambda_min_clipped")))
+        o->lambda_min_clipped = strtod(v, NULL);
     o->clip_sample = fx_bool(f, tag, "clip_sample", o->clip_sample);
     o->set_alpha_to_one = fx_bool(f, tag, "set_alpha_to_one", o->set_alpha_to_one);
     o->lower_order_final = fx_bool(f, tag, "lower_order_final", o->lower_order_final);
+    o->thresholding = fx_bool(f, tag, "thresholding", o->thresholding);
+    o->use_karras_sigmas = fx_bool(f, tag, "use_karras_sigmas", o->use_karras_sigmas);
     return kind;
 }
 
@@ -123,6 +134,16 @@ static dc_sampler_kind fx_options(const dc_st_file *f, const char *tag, dc_sampl
 static void model(float *out, const float *x, const float *w_i) {
     for (int e = 0; e < NUMEL; e++)
         out[e] = 0.5f * x[e] + w_i[e];
+}
+
+/* The case's predicted variances [25, NUMEL]: v, or for "learned" (a variance
+ * itself, so positive) |v| * 0.01 as the script makes them. */
+static float *fx_variances(const dc_st_file *f, const char *tag) {
+    float *v = fx_floats(f, "v", 25 * NUMEL);
+    const char *type = fx_opt(f, tag, "variance_type");
+    for (int e = 0; type && !strcmp(type, "learned") && e < 25 * NUMEL; e++)
+        v[e] = fabsf(v[e]) * 0.01f;
+    return v;
 }
 
 /* max |got - want| / max(1, max |want|): float32 steps amplify the rounding of
@@ -138,6 +159,15 @@ static double worst_error(const float *got, const float *want, int n) {
         worst = fmax(worst, isnan(d) ? INFINITY : d / scale);
     }
     return worst;
+}
+
+static void expect_init_fail(dc_sampler_kind kind, const dc_noise_schedule *sched,
+                             const dc_sampler_options *o, const char *message) {
+    dc_sampler s;
+    ck_assert_msg(dc_sampler_init(&s, kind, sched, o) != 0, "accepted: %s", message);
+    ck_assert_msg(strstr(dc_error(), message), "expected '%s', got '%s'", message, dc_error());
+    ck_assert_ptr_null(s.timesteps);
+    dc_sampler_free(&s);
 }
 
 /* ---- against diffusers ---- */
@@ -156,6 +186,7 @@ START_TEST(test_trajectories_vs_diffusers) {
         dc_sampler_kind kind = fx_options(&f, tag, &o);
         dc_sampler s;
         ck_assert_msg(dc_sampler_init(&s, kind, &sched, &o) == 0, "%s: %s", tag, dc_error());
+        float *var = fx_variances(&f, tag);
         char name[96];
         int len;
         snprintf(name, sizeof name, "%s.timesteps", tag);
@@ -171,8 +202,9 @@ START_TEST(test_trajectories_vs_diffusers) {
         for (int i = 0; i < s.n; i++) {
             memcpy(x, traj + i * NUMEL, sizeof x);
             model(mo, x, w + i * NUMEL);
-            ck_assert_msg(dc_sampler_step(&s, i, mo, x, noise + i * NUMEL, NUMEL) == 0, "%s: %s",
-                          tag, dc_error());
+            ck_assert_msg(dc_sampler_step(&s, i, mo, var + i * NUMEL, x, noise + i * NUMEL, 2,
+                                          NUMEL / 2) == 0,
+                          "%s: %s", tag, dc_error());
             double err = worst_error(x, traj + (i + 1) * NUMEL, NUMEL);
             ck_assert_msg(err <= 1e-6, "%s: step %d (timestep %lld) off by %g of the scale", tag, i,
                           (long long)s.timesteps[i], err);
@@ -181,17 +213,19 @@ START_TEST(test_trajectories_vs_diffusers) {
         memcpy(run, traj, sizeof run);
         for (int i = 0; i < s.n; i++) {
             model(mo, run, w + i * NUMEL);
-            ck_assert_int_eq(dc_sampler_step(&s, i, mo, run, noise + i * NUMEL, NUMEL), 0);
+            ck_assert_int_eq(
+                dc_sampler_step(&s, i, mo, var + i * NUMEL, run, noise + i * NUMEL, 2, NUMEL / 2), 0);
         }
         double err = worst_error(run, traj + s.n * NUMEL, NUMEL);
         ck_assert_msg(err <= 4e-6, "%s: the run ends off by %g of the scale", tag, err);
         free(ts);
         free(traj);
+        free(var);
         dc_sampler_free(&s);
         dc_noise_schedule_free(&sched);
         n_cases++;
     }
-    ck_assert_int_ge(n_cases, 27);
+    ck_assert_int_eq(n_cases, 47);
     free(w);
     free(noise);
     dc_st_close(&f);
@@ -389,7 +423,7 @@ START_TEST(test_run_independent_of_batch) {
                 mo[e] = 0.9f * out[e];
             if (dc_sampler_step_needs_noise(&s, i))
                 dc_sampler_noise(z, count, PER, seed, first, DC_SAMPLER_DRAW_STEP(i));
-            ck_assert_int_eq(dc_sampler_step(&s, i, mo, out, z, numel), 0);
+            ck_assert_int_eq(dc_sampler_step(&s, i, mo, NULL, out, z, count, PER), 0);
         }
         if (pass > 0)
             ck_assert_msg(!memcmp(alone, x + (pass - 1) * PER, sizeof alone),
@@ -420,7 +454,7 @@ START_TEST(test_dpm_state) {
         for (int i = 0; i < s.n; i++) {
             for (int e = 0; e < PER; e++)
                 mo[e] = 0.3f * x[run][e] + 0.01f * (float)e;
-            ck_assert_int_eq(dc_sampler_step(&s, i, mo, x[run], NULL, PER), 0);
+            ck_assert_int_eq(dc_sampler_step(&s, i, mo, NULL, x[run], NULL, 1, PER), 0);
             if (run == 1 && i == 2 && !abandoned++) { /* abandon a run halfway, start over */
                 dc_sampler_reset(&s);
                 memcpy(x[run], start, sizeof start);
@@ -476,9 +510,15 @@ START_TEST(test_names) {
     dc_variance_type v;
     ck_assert_int_eq(dc_variance_type_parse("fixed_large", &v), 0);
     ck_assert_int_eq(v, DC_VARIANCE_FIXED_LARGE);
-    ck_assert_int_ne(dc_variance_type_parse("learned_range", &v), 0);
-    ck_assert_str_eq(dc_error(), "variance_type 'learned_range' is not supported (expected "
-                                 "'fixed_small' or 'fixed_large')");
+    ck_assert_int_eq(dc_variance_type_parse("learned_range", &v), 0);
+    ck_assert_str_eq(dc_variance_type_name(v), "learned_range");
+    ck_assert_int_ne(dc_variance_type_parse("fixed_large_log", &v), 0);
+    ck_assert_str_eq(dc_error(), "variance_type 'fixed_large_log' is not supported: diffusers' "
+                                 "DDPMScheduler takes the square root of its log variance (NaN)");
+    ck_assert_int_ne(dc_variance_type_parse("learned_log", &v), 0);
+    ck_assert_str_eq(dc_error(), "variance_type 'learned_log' is not supported (expected "
+                                 "'fixed_small', 'fixed_small_log', 'fixed_large', 'learned' or "
+                                 "'learned_range')");
     dc_final_sigmas_type fs;
     ck_assert_int_eq(dc_final_sigmas_type_parse("sigma_min", &fs), 0);
     ck_assert_str_eq(dc_final_sigmas_type_name(fs), "sigma_min");
@@ -518,10 +558,12 @@ START_TEST(test_config) {
         dc_sampler_kind kind;
         const char *json, *message;
     } bad[] = {
-        {DC_SAMPLER_DDPM, "{\"thresholding\": true}", "cfg: thresholding is not supported"},
-        {DC_SAMPLER_DDPM, "{\"variance_type\": \"learned_range\"}",
-         "cfg: variance_type 'learned_range' is not supported (expected 'fixed_small' or "
-         "'fixed_large')"},
+        {DC_SAMPLER_DDPM, "{\"thresholding\": 1}", "cfg: thresholding must be true or false"},
+        {DC_SAMPLER_DDIM, "{\"sample_max_value\": \"2\"}", "cfg: sample_max_value must be a number"},
+        {DC_SAMPLER_DDPM, "{\"variance_type\": \"fixed_large_log\"}",
+         "cfg: variance_type 'fixed_large_log' is not supported: diffusers' DDPMScheduler takes"},
+        {DC_SAMPLER_DDPM, "{\"variance_type\": \"learned_log\"}",
+         "cfg: variance_type 'learned_log' is not supported (expected 'fixed_small', "},
         {DC_SAMPLER_DDIM, "{\"timestep_spacing\": \"karras\"}",
          "cfg: timestep_spacing 'karras' is not supported"},
         {DC_SAMPLER_DDIM, "{\"steps_offset\": 1.5}", "cfg: steps_offset 1.5 must be a whole"},
@@ -529,18 +571,24 @@ START_TEST(test_config) {
         {DC_SAMPLER_DDIM, "{\"clip_sample\": \"yes\"}", "cfg: clip_sample must be true or false"},
         {DC_SAMPLER_DDIM, "{\"clip_sample_range\": \"1\"}",
          "cfg: clip_sample_range must be a number"},
-        {DC_SAMPLER_DPMPP_2M, "{\"use_karras_sigmas\": true}",
-         "cfg: use_karras_sigmas is not supported"},
+        {DC_SAMPLER_DPMPP_2M, "{\"use_karras_sigmas\": \"yes\"}",
+         "cfg: use_karras_sigmas must be true or false"},
+        {DC_SAMPLER_DPMPP_2M, "{\"use_exponential_sigmas\": true}",
+         "cfg: use_exponential_sigmas is not supported"},
+        {DC_SAMPLER_DPMPP_2M, "{\"use_beta_sigmas\": true}", "cfg: use_beta_sigmas is not supported"},
+        {DC_SAMPLER_DPMPP_2M, "{\"use_flow_sigmas\": true}", "cfg: use_flow_sigmas is not supported"},
+        {DC_SAMPLER_DPMPP_2M, "{\"use_lu_lambdas\": true}", "cfg: use_lu_lambdas is not supported"},
         {DC_SAMPLER_DPMPP_2M, "{\"euler_at_final\": true}", "cfg: euler_at_final is not supported"},
         {DC_SAMPLER_DPMPP_2M, "{\"solver_order\": 3}", "cfg: solver_order 3 is not supported"},
         {DC_SAMPLER_DPMPP_2M, "{\"algorithm_type\": \"sde-dpmsolver++\"}",
          "cfg: algorithm_type 'sde-dpmsolver++' is not supported"},
         {DC_SAMPLER_DPMPP_2M, "{\"solver_type\": \"heun\"}",
          "cfg: solver_type 'heun' is not supported"},
-        {DC_SAMPLER_DPMPP_2M, "{\"variance_type\": \"learned_range\"}",
-         "cfg: variance_type 'learned_range' is not supported"},
-        {DC_SAMPLER_DPMPP_2M, "{\"lambda_min_clipped\": -5.1}",
-         "cfg: lambda_min_clipped is not supported"},
+        {DC_SAMPLER_DPMPP_2M, "{\"variance_type\": \"learned_log\"}",
+         "cfg: variance_type 'learned_log' is not supported"},
+        {DC_SAMPLER_DPMPP_2M, "{\"lambda_min_clipped\": \"-inf\"}",
+         "cfg: lambda_min_clipped must be a number"},
+        {DC_SAMPLER_DPMPP_2M, "{\"lambda_min_clipped\": -Infinite}", "cfg:1:24: not valid JSON here"},
         {DC_SAMPLER_DPMPP_2M, "{\"final_sigmas_type\": \"max\"}",
          "cfg: final_sigmas_type 'max' is not supported"},
         {DC_SAMPLER_DPMPP_2M, "[1]", "cfg: not a JSON object"},
@@ -558,16 +606,121 @@ START_TEST(test_config) {
 }
 END_TEST
 
-/* ---- errors ---- */
-
-static void expect_init_fail(dc_sampler_kind kind, const dc_noise_schedule *sched,
-                             const dc_sampler_options *o, const char *message) {
-    dc_sampler s;
-    ck_assert_msg(dc_sampler_init(&s, kind, sched, o) != 0, "accepted: %s", message);
-    ck_assert_msg(strstr(dc_error(), message), "expected '%s', got '%s'", message, dc_error());
-    ck_assert_ptr_null(s.timesteps);
-    dc_sampler_free(&s);
+/* diffusers' own DPMSolverMultistepScheduler config: lambda_min_clipped is -Infinity. */
+START_TEST(test_config_from_diffusers) {
+    char *text = dc_read_file("tests/fixtures/dpm_scheduler_config.json", 1 << 16, NULL);
+    ck_assert_msg(text != NULL, "%s", dc_error());
+    ck_assert_msg(strstr(text, "\"lambda_min_clipped\": -Infinity"), "%s", text);
+    for (int kind = 0; kind < DC_SAMPLER_COUNT; kind++) {
+        dc_sampler_options o = dc_sampler_default_options(kind);
+        o.lambda_min_clipped = 0;
+        ck_assert_msg(dc_sampler_options_parse_config(&o, kind, text, "dpm.json") == 0, "%s",
+                      dc_error());
+        ck_assert(o.lambda_min_clipped == (kind == DC_SAMPLER_DPMPP_2M ? -INFINITY : 0));
+        ck_assert(!o.thresholding && !o.use_karras_sigmas && o.sample_max_value == 1.0);
+    }
+    dc_noise_schedule_config c;
+    ck_assert_msg(dc_noise_schedule_config_parse(&c, text, "dpm.json") == 0, "%s", dc_error());
+    free(text);
+    const char *ddpm = "{\"thresholding\": true, \"dynamic_thresholding_ratio\": 0.9, "
+                       "\"sample_max_value\": 2.5, \"variance_type\": \"learned_range\"}";
+    dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_DDPM);
+    ck_assert_int_eq(dc_sampler_options_parse_config(&o, DC_SAMPLER_DDPM, ddpm, "cfg"), 0);
+    ck_assert(o.thresholding && o.dynamic_thresholding_ratio == 0.9 && o.sample_max_value == 2.5 &&
+              o.variance_type == DC_VARIANCE_LEARNED_RANGE);
+    const char *dpm = "{\"use_karras_sigmas\": true, \"lambda_min_clipped\": -5.1, "
+                      "\"variance_type\": \"learned_range\", \"use_exponential_sigmas\": false}";
+    o = dc_sampler_default_options(DC_SAMPLER_DPMPP_2M);
+    ck_assert_int_eq(dc_sampler_options_parse_config(&o, DC_SAMPLER_DPMPP_2M, dpm, "cfg"), 0);
+    ck_assert(o.use_karras_sigmas && o.lambda_min_clipped == -5.1);
 }
+END_TEST
+
+/* rescale_betas_zero_snr: diffusers' betas and alphas_cumprod, the last exactly 1 and 0. */
+START_TEST(test_zero_snr_schedule_vs_diffusers) {
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, FIXTURE) == 0, "%s", dc_error());
+    dc_noise_schedule_config c = dc_noise_schedule_default_config();
+    c.rescale_betas_zero_snr = 1;
+    dc_noise_schedule s;
+    ck_assert_msg(dc_noise_schedule_init(&s, &c) == 0, "%s", dc_error());
+    float *betas = fx_floats(&f, "betas.linear_zsnr", 1000), *acp = fx_floats(&f, "acp.linear_zsnr", 1000);
+    for (int t = 0; t < 1000; t++) {
+        /* torch's vectorised sqrt is an ulp off for a few values; 1 - a ratio of neighbours
+         * turns that into a few ulps of 1 */
+        ck_assert_msg(fabsf(s.betas[t] - betas[t]) <= 4e-7f, "beta %d: %.9g, diffusers %.9g", t,
+                      s.betas[t], betas[t]);
+        ck_assert_msg(fabsf(s.alphas_cumprod[t] - acp[t]) <= 1e-6f * acp[t] + 1e-9f,
+                      "acp %d: %.9g, diffusers %.9g", t, s.alphas_cumprod[t], acp[t]);
+    }
+    ck_assert(s.betas[999] == 1.0f && s.alphas_cumprod[999] == 0.0f && acp[999] == 0.0f);
+    /* an epsilon model has nothing to say at zero SNR: DDPM and DDIM refuse to start there */
+    dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_DDPM);
+    o.num_inference_steps = 10;
+    o.timestep_spacing = DC_SPACING_TRAILING;
+    expect_init_fail(DC_SAMPLER_DDPM, &s, &o, "ddpm: timestep 999 has zero SNR");
+    o.eta = 0.5;
+    expect_init_fail(DC_SAMPLER_DDIM, &s, &o, "ddim: timestep 999 has zero SNR");
+    o = dc_sampler_default_options(DC_SAMPLER_DPMPP_2M); /* DPM-Solver's last acp is 2^-24 */
+    o.timestep_spacing = DC_SPACING_TRAILING;
+    dc_sampler d;
+    ck_assert_msg(dc_sampler_init(&d, DC_SAMPLER_DPMPP_2M, &s, &o) == 0, "%s", dc_error());
+    ck_assert(d.alphas_cumprod[999] == 0x1p-24f && s.alphas_cumprod[999] == 0.0f);
+    ck_assert_float_eq(d.sigmas[0], sqrtf((1.0f - 0x1p-24f) / 0x1p-24f));
+    dc_sampler_free(&d);
+    dc_noise_schedule one;
+    c.num_train_timesteps = 1;
+    ck_assert_int_ne(dc_noise_schedule_init(&one, &c), 0);
+    ck_assert_msg(strstr(dc_error(), "rescale_betas_zero_snr needs num_train_timesteps >= 2"), "%s",
+                  dc_error());
+    free(betas);
+    free(acp);
+    dc_noise_schedule_free(&s);
+    dc_st_close(&f);
+}
+END_TEST
+
+/* Karras sigmas of the cosine schedule: timesteps truncated, not rounded, and repeated. */
+START_TEST(test_karras_cosine_vs_diffusers) {
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, FIXTURE) == 0, "%s", dc_error());
+    dc_noise_schedule_config c = dc_noise_schedule_default_config();
+    c.beta_schedule = DC_BETA_SQUAREDCOS_CAP_V2;
+    dc_noise_schedule sched;
+    ck_assert_msg(dc_noise_schedule_init(&sched, &c) == 0, "%s", dc_error());
+    float *acp = fx_floats(&f, "acp.squaredcos_cap_v2", 1000);
+    memcpy(sched.alphas_cumprod, acp, 1000 * sizeof(float));
+    for (int n = 10; n <= 20; n += 10) {
+        dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_DPMPP_2M);
+        o.num_inference_steps = n;
+        o.use_karras_sigmas = 1;
+        dc_sampler s;
+        ck_assert_msg(dc_sampler_init(&s, DC_SAMPLER_DPMPP_2M, &sched, &o) == 0, "%s", dc_error());
+        char name[64];
+        int len;
+        snprintf(name, sizeof name, "karras_ts.squaredcos_cap_v2.%d", n);
+        int64_t *ts = fx_ints(&f, name, &len);
+        snprintf(name, sizeof name, "karras_sigmas.squaredcos_cap_v2.%d", n);
+        float *sigmas = fx_floats(&f, name, n + 1);
+        ck_assert_int_eq(len, n);
+        ck_assert(ts[0] == ts[1]); /* the case this covers */
+        for (int i = 0; i < n; i++)
+            ck_assert_msg(s.timesteps[i] == ts[i], "n %d: timestep %d is %lld, diffusers %lld", n, i,
+                          (long long)s.timesteps[i], (long long)ts[i]);
+        for (int i = 0; i <= n; i++)
+            ck_assert_msg(fabsf(s.sigmas[i] - sigmas[i]) <= 1e-6f * sigmas[i], "n %d: sigma %d is %.9g, diffusers %.9g",
+                          n, i, s.sigmas[i], sigmas[i]);
+        free(ts);
+        free(sigmas);
+        dc_sampler_free(&s);
+    }
+    free(acp);
+    dc_noise_schedule_free(&sched);
+    dc_st_close(&f);
+}
+END_TEST
+
+/* ---- errors ---- */
 
 START_TEST(test_bad_options) {
     dc_noise_schedule sched;
@@ -608,6 +761,20 @@ START_TEST(test_bad_options) {
     expect_init_fail(DC_SAMPLER_DDIM, NULL, &o, "ddim: the noise schedule is not initialised");
     dc_noise_schedule empty = {0};
     expect_init_fail(DC_SAMPLER_DDIM, &empty, &o, "ddim: the noise schedule is not initialised");
+    o = dc_sampler_default_options(DC_SAMPLER_DDPM);
+    o.thresholding = 1;
+    o.dynamic_thresholding_ratio = 1.5;
+    expect_init_fail(DC_SAMPLER_DDPM, &sched, &o, "ddpm: dynamic_thresholding_ratio 1.5 must lie in [0, 1]");
+    o.dynamic_thresholding_ratio = 0.9;
+    o.sample_max_value = 0;
+    expect_init_fail(DC_SAMPLER_DDPM, &sched, &o, "ddpm: sample_max_value 0 must be positive and finite");
+    WITH(DC_SAMPLER_DPMPP_2M, lambda_min_clipped, NAN, "dpm++2m: lambda_min_clipped is NaN");
+    o = dc_sampler_default_options(DC_SAMPLER_DPMPP_2M);
+    o.lambda_min_clipped = INFINITY;
+    o.timestep_spacing = DC_SPACING_TRAILING;
+    expect_init_fail(DC_SAMPLER_DPMPP_2M, &sched, &o, "dpm++2m: lambda_min_clipped inf leaves no trailing timestep");
+    o.timestep_spacing = DC_SPACING_LINSPACE;
+    expect_init_fail(DC_SAMPLER_DPMPP_2M, &sched, &o, "outside [0, 1000)");
     /* eta 1 is fine everywhere; and a sampler left empty by a failure frees cleanly */
     o = dc_sampler_default_options(DC_SAMPLER_DDIM);
     o.eta = 1.0;
@@ -629,28 +796,28 @@ START_TEST(test_bad_steps) {
     dc_sampler s;
     ck_assert_int_eq(dc_sampler_init(&s, DC_SAMPLER_DDPM, &sched, &o), 0);
     float x[8] = {0}, mo[8] = {0}, z[8] = {0};
-    ck_assert_int_ne(dc_sampler_step(&s, 10, mo, x, z, 8), 0);
+    ck_assert_int_ne(dc_sampler_step(&s, 10, mo, NULL, x, z, 1, 8), 0);
     ck_assert_str_eq(dc_error(), "ddpm: step 10 is outside [0, 10)");
-    ck_assert_int_ne(dc_sampler_step(&s, 0, mo, x, NULL, 8), 0);
+    ck_assert_int_ne(dc_sampler_step(&s, 0, mo, NULL, x, NULL, 1, 8), 0);
     ck_assert_str_eq(dc_error(), "ddpm: step 0 (timestep 900) adds noise: pass it");
-    ck_assert_int_ne(dc_sampler_step(&s, 0, NULL, x, z, 8), 0);
+    ck_assert_int_ne(dc_sampler_step(&s, 0, NULL, NULL, x, z, 1, 8), 0);
     ck_assert_msg(strstr(dc_error(), "needs a model output and a sample"), "%s", dc_error());
-    ck_assert_int_ne(dc_sampler_step(&s, 0, mo, x, z, 0), 0);
-    ck_assert_int_eq(dc_sampler_step(&s, 0, mo, x, z, 8), 0);
-    ck_assert_int_ne(dc_sampler_step(&s, 2, mo, x, z, 8), 0);
+    ck_assert_int_ne(dc_sampler_step(&s, 0, mo, NULL, x, z, 1, 0), 0);
+    ck_assert_int_eq(dc_sampler_step(&s, 0, mo, NULL, x, z, 1, 8), 0);
+    ck_assert_int_ne(dc_sampler_step(&s, 2, mo, NULL, x, z, 1, 8), 0);
     ck_assert_str_eq(
         dc_error(), "ddpm: step 2 after step 0; steps run in order (dc_sampler_reset starts over)");
-    ck_assert_int_ne(dc_sampler_step(&s, 1, mo, x, z, 7), 0);
+    ck_assert_int_ne(dc_sampler_step(&s, 1, mo, NULL, x, z, 1, 7), 0);
     ck_assert_str_eq(dc_error(), "ddpm: step 1 has 7 elements, the steps before it 8");
-    ck_assert_int_eq(dc_sampler_step(&s, 1, mo, x, z, 8), 0);
+    ck_assert_int_eq(dc_sampler_step(&s, 1, mo, NULL, x, z, 1, 8), 0);
     /* the last step (timestep 0) takes no noise; img2img may start anywhere after a reset */
     ck_assert(!dc_sampler_step_needs_noise(&s, 9) && dc_sampler_step_needs_noise(&s, 8));
     ck_assert(!dc_sampler_step_needs_noise(&s, -1) && !dc_sampler_step_needs_noise(&s, 10));
     dc_sampler_reset(&s);
-    ck_assert_int_eq(dc_sampler_step(&s, 9, mo, x, NULL, 5), 0);
-    ck_assert_int_eq(dc_sampler_step(&s, 0, mo, x, z, 8), 0); /* the run ended: a new one */
+    ck_assert_int_eq(dc_sampler_step(&s, 9, mo, NULL, x, NULL, 1, 5), 0);
+    ck_assert_int_eq(dc_sampler_step(&s, 0, mo, NULL, x, z, 1, 8), 0); /* the run ended: a new one */
     dc_sampler_free(&s);
-    ck_assert_int_ne(dc_sampler_step(&s, 0, mo, x, z, 8), 0);
+    ck_assert_int_ne(dc_sampler_step(&s, 0, mo, NULL, x, z, 1, 8), 0);
     ck_assert_str_eq(dc_error(), "sampler: not initialised");
     dc_noise_schedule_free(&sched);
 }
@@ -662,6 +829,8 @@ int main(void) {
     tcase_add_test(tc, test_trajectories_vs_diffusers);
     tcase_add_test(tc, test_timesteps_vs_diffusers);
     tcase_add_test(tc, test_add_noise_vs_diffusers);
+    tcase_add_test(tc, test_zero_snr_schedule_vs_diffusers);
+    tcase_add_test(tc, test_karras_cosine_vs_diffusers);
     tcase_add_test(tc, test_img2img_start);
     tc = tu_tcase(s, "noise", 60);
     tcase_add_test(tc, test_noise_per_image);
@@ -672,6 +841,7 @@ int main(void) {
     tc = tu_tcase(s, "config", 60);
     tcase_add_test(tc, test_names);
     tcase_add_test(tc, test_config);
+    tcase_add_test(tc, test_config_from_diffusers);
     tcase_add_test(tc, test_bad_options);
     tcase_add_test(tc, test_bad_steps);
     return tu_run(s);

@@ -11,6 +11,7 @@
 #include "testutil.h"
 
 #include "autograd/clock.h"
+#include "autograd/diffusion.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "autograd/safetensors.h"
@@ -398,6 +399,47 @@ START_TEST(test_finetune_starts_from_the_pretrained_weights) {
     tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", tu_path("wide"), "rgb", "w", "1", NULL));
     tu_assert_user_error(r, "down_blocks.1.");
     ck_assert_msg(strstr(r->err, "model expects [24"), "%s", tu_tail(r->err));
+    tu_rmtemp();
+}
+END_TEST
+
+/* A pipeline whose scheduler is squaredcos_cap_v2 + v_prediction fine-tunes with them,
+ * and says so; the command line still wins. */
+START_TEST(test_finetune_takes_the_pipeline_schedule) {
+    make_dataset();
+    make_images("rgb", 3);
+    ck_assert_int_eq(dc_mkdirs(tu_path("vpipe/unet")), 0);
+    ck_assert_int_eq(dc_mkdirs(tu_path("vpipe/scheduler")), 0);
+    const char *files[] = {"config.json", "diffusion_pytorch_model.safetensors"};
+    for (int k = 0; k < 2; k++) {
+        char from[PATH_MAX], to[PATH_MAX + 32], name[PATH_MAX];
+        snprintf(name, sizeof name, "tests/fixtures/unet_attn_class/%s", files[k]);
+        ck_assert_ptr_nonnull(realpath(name, from));
+        snprintf(to, sizeof to, "vpipe/unet/%s", files[k]);
+        ck_assert_int_eq(symlink(from, tu_path(to)), 0);
+    }
+    static const char sched[] = "{\"_class_name\": \"DDPMScheduler\", \"beta_schedule\": \"squaredcos_cap_v2\", "
+                                "\"prediction_type\": \"v_prediction\", \"num_train_timesteps\": 500}";
+    ck_assert_int_eq(dc_write_file(tu_path("vpipe/scheduler/scheduler_config.json"), sched, sizeof sched - 1, false),
+                     0);
+    const char *extra[] = {"--no-use-ema", NULL};
+    tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", tu_path("vpipe"), "rgb", "v", "1", extra));
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->out, "\"v_prediction\"  (from the pipeline)") &&
+                      strstr(r->out, "\"squaredcos_cap_v2\"  (from the pipeline)"),
+                  "%s", r->out);
+    dc_noise_schedule_config c;
+    char path[600];
+    snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", tu_path("v"));
+    ck_assert_msg(dc_noise_schedule_config_load(&c, path) == 0, "%s", dc_error());
+    ck_assert(c.beta_schedule == DC_BETA_SQUAREDCOS_CAP_V2 && c.prediction_type == DC_PRED_V_PREDICTION &&
+              c.num_train_timesteps == 500);
+    const char *mine[] = {"--no-use-ema", "--prediction-type", "sample", NULL};
+    r = tu_run_diffc(train_args("--pretrained-model", tu_path("vpipe"), "rgb", "s", "1", mine));
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", tu_path("s"));
+    ck_assert_msg(dc_noise_schedule_config_load(&c, path) == 0, "%s", dc_error());
+    ck_assert(c.beta_schedule == DC_BETA_SQUAREDCOS_CAP_V2 && c.prediction_type == DC_PRED_SAMPLE);
     tu_rmtemp();
 }
 END_TEST
@@ -1006,6 +1048,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_signals_stop_with_a_checkpoint);
     tcase_add_test(tc, test_finetune_starts_from_the_pretrained_weights);
+    tcase_add_test(tc, test_finetune_takes_the_pipeline_schedule);
     tcase_add_test(tc, test_accumulation_matches_a_big_batch);
     tcase_add_test(tc, test_non_finite_steps_stop_the_run);
     tcase_add_test(tc, test_ranks_need_a_matching_mpi);

@@ -407,6 +407,66 @@ START_TEST(test_combinations) {
 }
 END_TEST
 
+/* --pretrained-model's scheduler config sets the schedule options nobody gave. */
+START_TEST(test_pipeline_schedule) {
+    make_tmpdir();
+    ck_assert_int_eq(dc_mkdirs(tmp_path("pipe/scheduler")), 0);
+    spill(tmp_path("pipe/scheduler/scheduler_config.json"),
+          "{\"_class_name\": \"DDPMScheduler\", \"beta_schedule\": \"squaredcos_cap_v2\", "
+          "\"prediction_type\": \"v_prediction\", \"num_train_timesteps\": 500, \"beta_end\": 0.03, "
+          "\"beta_start\": null, \"rescale_betas_zero_snr\": true, \"lambda_min_clipped\": -Infinity}");
+    char pipe[256];
+    snprintf(pipe, sizeof pipe, "%s", tmp_path("pipe"));
+    ck_assert_msg(parse("--pretrained-model", pipe, "--train-data-dir", "d", NULL) == 0, "%s", dc_error());
+    ck_assert_str_eq(opts.prediction_type, "v_prediction");
+    ck_assert_str_eq(opts.ddpm_beta_schedule, "squaredcos_cap_v2");
+    ck_assert(opts.ddpm_num_steps == 500 && opts.ddpm_beta_end == 0.03 && opts.rescale_betas_zero_snr);
+    ck_assert(opts.ddpm_beta_start == 0.0001); /* null: the default */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    ck_assert_int_eq(dc_train_options_print(&opts, f), 0);
+    fclose(f);
+    ck_assert_msg(strstr(text, "\"v_prediction\"  (from the pipeline)\n") &&
+                      strstr(text, "\"squaredcos_cap_v2\"  (from the pipeline)\n") &&
+                      strstr(text, "500  (from the pipeline)\n") && strstr(text, "0.03  (from the pipeline)\n") &&
+                      strstr(text, "true  (from the pipeline)\n") && !strstr(text, "0.0001  (from"),
+                  "%s", text);
+    free(text);
+    /* the command line and the config file win, and say nothing of the pipeline */
+    spill(tmp_path("train.json"), "{\"ddpm_num_steps\": 300}");
+    ck_assert_msg(parse("--config", tmp_path("train.json"), "--pretrained-model", pipe, "--train-data-dir", "d",
+                        "--ddpm-beta-schedule", "linear", "--no-rescale-betas-zero-snr", NULL) == 0,
+                  "%s", dc_error());
+    ck_assert_str_eq(opts.ddpm_beta_schedule, "linear");
+    ck_assert(opts.ddpm_num_steps == 300 && !opts.rescale_betas_zero_snr);
+    ck_assert_str_eq(opts.prediction_type, "v_prediction");
+    const dc_train_option *steps = dc_train_option_find("ddpm_num_steps");
+    int n;
+    ck_assert(!(opts.from_pipeline >> (steps - dc_train_option_table(&n)) & 1));
+    /* zero SNR asks for a model that does not predict the noise */
+    ck_assert_int_eq(parse("--pretrained-model", pipe, "--train-data-dir", "d", "--prediction-type", "epsilon",
+                           NULL),
+                     -1);
+    assert_error("rescale_betas_zero_snr with prediction_type epsilon");
+    /* what the schedule cannot be is refused, naming the file */
+    spill(tmp_path("pipe/scheduler/scheduler_config.json"), "{\"num_train_timesteps\": 200000}");
+    ck_assert_int_eq(parse("--pretrained-model", pipe, "--train-data-dir", "d", NULL), -1);
+    assert_error("pipe/scheduler/scheduler_config.json: \"num_train_timesteps\": 200000 is out of range");
+    spill(tmp_path("pipe/scheduler/scheduler_config.json"), "{\"trained_betas\": [0.1]}");
+    ck_assert_int_eq(parse("--pretrained-model", pipe, "--train-data-dir", "d", NULL), -1);
+    assert_error("scheduler_config.json: trained_betas is not supported");
+    spill(tmp_path("pipe/scheduler/scheduler_config.json"), "{\"beta_schedule\": \"linear\",");
+    ck_assert_int_eq(parse("--pretrained-model", pipe, "--train-data-dir", "d", NULL), -1);
+    assert_error("scheduler_config.json:1:27: not valid JSON here");
+    /* a bare UNet folder has no scheduler: the defaults */
+    ck_assert_int_eq(parse("--pretrained-model", tmp_path("pipe/scheduler"), "--train-data-dir", "d", NULL), 0);
+    ck_assert(!strcmp(opts.prediction_type, "epsilon") && opts.ddpm_num_steps == 1000 && !opts.from_pipeline);
+    dc_train_options_free(&opts);
+    remove_tmpdir();
+}
+END_TEST
+
 START_TEST(test_help_lists_every_option) {
     char *text = NULL;
     size_t size = 0;
@@ -1551,6 +1611,7 @@ int main(void) {
     tcase_add_test(tc, test_unknown_keys);
     tcase_add_test(tc, test_bad_values);
     tcase_add_test(tc, test_combinations);
+    tcase_add_test(tc, test_pipeline_schedule);
     tcase_add_test(tc, test_help_lists_every_option);
     tcase_add_test(tc, test_resolved_config_round_trip);
     tcase_add_test(tc, test_shipped_configs);

@@ -8,6 +8,7 @@
  */
 #include "options.h"
 
+#include "autograd/diffusion.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
@@ -80,6 +81,12 @@ static const dc_train_option table[] = {
     INT("diffusion", ddpm_num_steps, "1000", 1, 100000,
         "diffusion timesteps (the scheduler's num_train_timesteps)"),
     ENUM("diffusion", ddpm_beta_schedule, "linear", beta_schedules, "the noise schedule"),
+    FLOAT("diffusion", ddpm_beta_start, "0.0001", 0, 1, DC_OPT_LO_OPEN | DC_OPT_HI_OPEN,
+          "the first beta of the linear and scaled_linear schedules"),
+    FLOAT("diffusion", ddpm_beta_end, "0.02", 0, 1, DC_OPT_LO_OPEN | DC_OPT_HI_OPEN,
+          "the last beta of the linear and scaled_linear schedules"),
+    BOOL("diffusion", rescale_betas_zero_snr, "false",
+         "rescale the betas to a zero terminal SNR (Lin et al.; train a v_prediction model)"),
     FLOAT("diffusion", snr_gamma, "0", 0, BIG, 0,
           "min-SNR-gamma loss weighting (0: off; 5 is the paper's choice)"),
     FLOAT("diffusion", cond_drop_prob, "0", 0, 1, 0,
@@ -130,6 +137,10 @@ static const dc_train_option table[] = {
     INT("output", eval_batch_size, "16", 1, 1024, "images in each sample grid"),
     INT("output", ddpm_num_inference_steps, "1000", 1, 100000, "denoising steps for the sample grids"),
 };
+
+_Static_assert(sizeof table / sizeof table[0] <= 64, "given and from_pipeline hold a bit per row");
+
+#define ROW_BIT(r) ((uint64_t)1 << ((r) - table))
 
 const dc_train_option *dc_train_option_table(int *n) {
     *n = (int)(sizeof table / sizeof table[0]);
@@ -336,6 +347,7 @@ int dc_train_options_set(dc_train_options *o, const char *name, const char *valu
     if (!r)
         return dc_fail("unknown option '--%s'", name);
     dashed(where + 2, r->key);
+    o->given |= ROW_BIT(r);
     return set_text(o, r, value, where);
 }
 
@@ -426,6 +438,7 @@ int dc_train_options_apply_json(dc_train_options *o, const cJSON *json, const ch
         snprintf(where, sizeof where, "%s: \"%s\"", what, r->key);
         if (set_json(o, r, v, where))
             return -1;
+        o->given |= ROW_BIT(r);
     }
     return 0;
 }
@@ -515,9 +528,67 @@ int dc_train_options_parse(dc_train_options *o, int argc, char **argv) {
     for (int k = 0; !rc && k < n; k++) {
         dashed(where + 2, items[k].r->key);
         rc = set_text(o, items[k].r, items[k].value, where);
+        o->given |= ROW_BIT(items[k].r);
     }
     free(items);
-    return rc ? rc : dc_train_options_check(o);
+    return rc ? rc : dc_train_options_pipeline_schedule(o) || dc_train_options_check(o) ? -1 : 0;
+}
+
+/* ---- the pretrained pipeline's schedule ---- */
+
+/* A scheduler config key and the option it sets. */
+static const struct {
+    const char *key, *option;
+} pipeline_keys[] = {
+    {"prediction_type", "prediction_type"},         {"num_train_timesteps", "ddpm_num_steps"},
+    {"beta_schedule", "ddpm_beta_schedule"},        {"beta_start", "ddpm_beta_start"},
+    {"beta_end", "ddpm_beta_end"},                  {"rescale_betas_zero_snr", "rescale_betas_zero_snr"},
+};
+
+/* Option row r from the parsed scheduler config c. */
+static int take_value(dc_train_options *o, const dc_train_option *r, const dc_noise_schedule_config *c,
+                      const char *where) {
+    switch (r->offset) {
+    case offsetof(dc_train_options, prediction_type):
+        return store_enum(o, r, dc_prediction_type_name(c->prediction_type), where);
+    case offsetof(dc_train_options, ddpm_num_steps): return store_int(o, r, c->num_train_timesteps, where);
+    case offsetof(dc_train_options, ddpm_beta_schedule):
+        return store_enum(o, r, dc_beta_schedule_name(c->beta_schedule), where);
+    case offsetof(dc_train_options, ddpm_beta_start): return store_float(o, r, c->beta_start, where);
+    case offsetof(dc_train_options, ddpm_beta_end): return store_float(o, r, c->beta_end, where);
+    default: return *FIELD(o, r, bool) = c->rescale_betas_zero_snr, 0;
+    }
+}
+
+/* The keys that path sets, for the options not given. */
+static int take_schedule(dc_train_options *o, const char *path) {
+    char *text = dc_read_file(path, 1 << 20, NULL);
+    cJSON *j = text ? dc_json_parse(text, strlen(text), path) : NULL;
+    dc_noise_schedule_config c;
+    int rc = j && !dc_noise_schedule_config_parse(&c, text, path) ? 0 : -1;
+    for (size_t k = 0; !rc && k < sizeof pipeline_keys / sizeof pipeline_keys[0]; k++) {
+        const dc_train_option *r = dc_train_option_find(pipeline_keys[k].option);
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, pipeline_keys[k].key);
+        if (!v || cJSON_IsNull(v) || (o->given & ROW_BIT(r)))
+            continue;
+        char where[512];
+        snprintf(where, sizeof where, "%s: \"%s\"", path, pipeline_keys[k].key);
+        rc = take_value(o, r, &c, where);
+        o->from_pipeline |= ROW_BIT(r);
+    }
+    cJSON_Delete(j);
+    free(text);
+    return rc;
+}
+
+int dc_train_options_pipeline_schedule(dc_train_options *o) {
+    if (!o->pretrained_model)
+        return 0;
+    char *path = dc_path_join(o->pretrained_model, "scheduler/scheduler_config.json");
+    struct stat st;
+    int rc = !path ? -1 : stat(path, &st) == 0 ? take_schedule(o, path) : 0;
+    free(path);
+    return rc;
 }
 
 int dc_train_options_check(const dc_train_options *o) {
@@ -531,6 +602,10 @@ int dc_train_options_check(const dc_train_options *o) {
         return dc_fail("no training data: give --train-data-dir");
     if (!o->output_dir)
         return dc_fail("no output folder: give --output-dir");
+    if (o->rescale_betas_zero_snr && !strcmp(o->prediction_type, "epsilon"))
+        return dc_fail("rescale_betas_zero_snr with prediction_type epsilon: at the last timestep the "
+                       "image is pure noise, so predicting the noise teaches nothing and sampling from it "
+                       "divides by zero; use --prediction-type v_prediction");
     return 0;
 }
 
@@ -582,8 +657,10 @@ int dc_train_options_print(const dc_train_options *o, FILE *f) {
             width = (int)strlen(v->string);
     for (const cJSON *v = j->child; v && !rc; v = v->next) {
         char *text = dc_json_print(v, false);
+        const dc_train_option *r = dc_train_option_find(v->string);
+        const char *from = r && (o->from_pipeline & ROW_BIT(r)) ? "  (from the pipeline)" : "";
         if (text)
-            fprintf(f, "  %-*s  %s\n", width, v->string, text);
+            fprintf(f, "  %-*s  %s%s\n", width, v->string, text, from);
         else
             rc = dc_fail("out of memory");
         free(text);

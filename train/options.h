@@ -17,6 +17,13 @@
  * `--use-ema=false`. Paths are used as given: relative ones are relative to
  * the current folder, in a config file too.
  *
+ * Fine-tuning (--pretrained-model DIR) trains with the noise schedule and
+ * prediction type of the pipeline's scheduler/scheduler_config.json:
+ * prediction_type, ddpm_num_steps, ddpm_beta_schedule, ddpm_beta_start,
+ * ddpm_beta_end and rescale_betas_zero_snr take the values that file sets,
+ * unless the config file or the command line gives them; the printed config
+ * marks them "(from the pipeline)".
+ *
  * `model` is the UNet's diffusers config.json: in a config file, either an
  * object (the config inline) or a string (the path of a config.json, or of a
  * folder holding one); on the command line a path, or JSON text starting
@@ -55,6 +62,8 @@ typedef struct dc_train_options {
     const char *prediction_type;
     int64_t ddpm_num_steps;
     const char *ddpm_beta_schedule;
+    double ddpm_beta_start, ddpm_beta_end; /* linear and scaled_linear's ends */
+    bool rescale_betas_zero_snr;
     double snr_gamma; /* 0: plain MSE */
     double cond_drop_prob;
     /* optimisation */
@@ -83,6 +92,9 @@ typedef struct dc_train_options {
     int64_t sample_every;            /* 0: no sample grids */
     int64_t eval_batch_size;         /* images in each sample grid */
     int64_t ddpm_num_inference_steps;
+    /* where values came from, bit i for row i of the table */
+    uint64_t given;         /* the config file or the command line */
+    uint64_t from_pipeline; /* --pretrained-model's scheduler_config.json */
 } dc_train_options;
 
 typedef enum {
@@ -128,7 +140,8 @@ void dc_train_options_free(dc_train_options *o);
 enum { DC_TRAIN_OPTIONS_HELP = 1, DC_TRAIN_OPTIONS_USAGE = -2 };
 
 /* The whole resolution for `diffc train` (argv[0] is the subcommand's name):
- * defaults, --config, the command line, then dc_train_options_check.
+ * defaults, --config, the command line, the pretrained pipeline's schedule
+ * (dc_train_options_pipeline_schedule), then dc_train_options_check.
  * Returns 0, DC_TRAIN_OPTIONS_HELP when --help/-h was given (nothing else
  * was looked at), -1 for a bad value, config file or combination (exit 1),
  * DC_TRAIN_OPTIONS_USAGE for an unknown option, a missing value or a
@@ -143,9 +156,14 @@ int dc_train_options_load(dc_train_options *o, const char *path);
  * long option, without the dashes). */
 int dc_train_options_set(dc_train_options *o, const char *name, const char *value);
 
+/* The schedule options that neither the config file nor the command line
+ * gave, from pretrained_model's scheduler/scheduler_config.json where it has
+ * one (a bare UNet folder has none: nothing changes). */
+int dc_train_options_pipeline_schedule(dc_train_options *o);
+
 /* The combinations that cannot run: a model from --model and from
  * --pretrained-model, none of them (without a checkpoint to resume), no
- * training data, no output folder. */
+ * training data, no output folder, a zero-SNR schedule for an epsilon model. */
 int dc_train_options_check(const dc_train_options *o);
 
 /* Every config-file key with its value (unset ones as null): the resolved
@@ -153,7 +171,8 @@ int dc_train_options_check(const dc_train_options *o);
  * dc_train_options_apply_json reads back to the same options. NULL when out
  * of memory. */
 cJSON *dc_train_options_to_json(const dc_train_options *o);
-/* One line per option, "  key  value" with the value as JSON. */
+/* One line per option, "  key  value" with the value as JSON, and
+ * "(from the pipeline)" after the values taken from it. */
 int dc_train_options_print(const dc_train_options *o, FILE *f);
 /* Write `dir`/train_config.json (atomically). */
 #define DC_TRAIN_CONFIG_FILE "train_config.json"

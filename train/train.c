@@ -194,6 +194,9 @@ static int load_model_config(trainer *tr, char **weights) {
 static int load_schedule(trainer *tr) {
     dc_noise_schedule_config c = dc_noise_schedule_default_config();
     c.num_train_timesteps = tr->o.ddpm_num_steps;
+    c.beta_start = tr->o.ddpm_beta_start;
+    c.beta_end = tr->o.ddpm_beta_end;
+    c.rescale_betas_zero_snr = tr->o.rescale_betas_zero_snr;
     if (dc_beta_schedule_parse(tr->o.ddpm_beta_schedule, &c.beta_schedule) ||
         dc_prediction_type_parse(tr->o.prediction_type, &c.prediction_type) ||
         dc_noise_schedule_init(&tr->sched, &c))
