@@ -39,6 +39,7 @@ typedef enum dc_op {
     DC_OP_GROUP_NORM_SILU,
     DC_OP_SILU,
     DC_OP_GELU,
+    DC_OP_MISH,
     DC_OP_SOFTMAX,
     DC_OP_ATTENTION,
     DC_OP_UPSAMPLE2X,
@@ -155,6 +156,8 @@ dc_tensor *dc_layer_norm(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, 
 dc_tensor *dc_silu(dc_ctx *ctx, dc_tensor *x);
 /* Exact (erf) GELU, as PyTorch's default. */
 dc_tensor *dc_gelu(dc_ctx *ctx, dc_tensor *x);
+/* x * tanh(softplus(x)), softplus(x) = x past 20 as in PyTorch. */
+dc_tensor *dc_mish(dc_ctx *ctx, dc_tensor *x);
 /* Softmax over the last dimension. */
 dc_tensor *dc_softmax(dc_ctx *ctx, dc_tensor *x);
 
