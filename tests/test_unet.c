@@ -1,4 +1,4 @@
-/* models/unet: diffusers' UNet2DModel. Three tiny random-weight models made by
+/* models/unet: diffusers' UNet2DModel. Tiny random-weight models made by
  * scripts/make_unet_fixtures.py (tests/fixtures/unet_*) are loaded from their
  * config.json and weight files and must give diffusers' output and gradients
  * (the references are float64, so the tolerances below measure our float32
@@ -31,8 +31,9 @@
 #define FWD_TOL 1e-5
 #define BWD_TOL 5e-5
 
-static const char *const models[] = {"attn_class", "scale_shift", "legacy"};
-#define N_MODELS 3
+static const char *const models[] = {"attn_class", "scale_shift", "legacy", "mish_resnet",
+                                     "gelu_identity"};
+#define N_MODELS 5
 
 typedef struct {
     dc_unet_config cfg;
@@ -285,6 +286,32 @@ START_TEST(test_config_defaults) {
     dc_unet_config_free(&c);
     dc_unet_config_free(&c); /* idempotent */
 
+    ck_assert(c.act_fn == DC_UNET_SILU && c.class_embed_type == DC_UNET_CLASS_TABLE);
+    ck_assert(c.time_embedding_dim == 0);
+    for (int i = 0; i < 4; i++)
+        ck_assert(c.down_resample[i] == DC_UNET_RESAMPLE_CONV &&
+                  c.up_resample[i] == DC_UNET_RESAMPLE_CONV);
+    dc_unet_config_free(&c);
+
+    /* "resnet" resampling: the attention blocks follow it, the plain ones ignore it */
+    parse_ok(&c, "{\"downsample_type\": \"resnet\", \"upsample_type\": \"resnet\", "
+                 "\"act_fn\": \"mish\", \"class_embed_type\": \"timestep\"}");
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(c.down_resample[i], i > 0 ? DC_UNET_RESAMPLE_RESNET : DC_UNET_RESAMPLE_CONV);
+        ck_assert_int_eq(c.up_resample[i], i < 3 ? DC_UNET_RESAMPLE_RESNET : DC_UNET_RESAMPLE_CONV);
+    }
+    ck_assert(c.act_fn == DC_UNET_MISH && c.class_embed_type == DC_UNET_CLASS_TIMESTEP);
+    ck_assert_int_eq(dc_unet_null_class(&c), -1); /* labels, but no range: none means "no class" */
+    dc_unet_config_free(&c);
+    parse_ok(&c, "{\"block_out_channels\": [32, 64], \"down_block_types\": [\"UNetResDownBlock2D\", "
+                 "\"ResnetDownsampleBlock2D\"], \"up_block_types\": [\"ResnetUpsampleBlock2D\", "
+                 "\"UpBlock2D\"], \"act_fn\": \"gelu\", \"class_embed_type\": \"identity\", "
+                 "\"num_class_embeds\": 3}");
+    ck_assert(c.down_resample[0] == DC_UNET_RESAMPLE_CONV && !c.down_attn[0]);
+    ck_assert(c.up_resample[0] == DC_UNET_RESAMPLE_RESNET && c.act_fn == DC_UNET_GELU);
+    ck_assert_int_eq(dc_unet_null_class(&c), -1); /* identity: embeddings, not labels */
+    dc_unet_config_free(&c);
+
     parse_ok(
         &c, "{\"sample_size\": [24, 40], \"num_class_embeds\": 11, \"attention_head_dim\": null,"
             " \"resnet_time_scale_shift\": \"scale_shift\", \"act_fn\": \"swish\","
@@ -360,12 +387,14 @@ START_TEST(test_bad_configs) {
         {"{\"time_embedding_type\": \"fourier\"}",
          "test.json: time_embedding_type \"fourier\" is not supported (supported: \"positional\")"},
         {"{\"time_embedding_type\": null}", "time_embedding_type null is not supported"},
-        {"{\"class_embed_type\": \"timestep\", \"num_class_embeds\": 4}",
-         "class_embed_type \"timestep\" is not supported (supported: null)"},
-        {"{\"upsample_type\": \"resnet\"}", "upsample_type \"resnet\" is not supported"},
-        {"{\"downsample_type\": \"resnet\"}", "downsample_type \"resnet\" is not supported"},
-        {"{\"act_fn\": \"gelu\"}",
-         "act_fn \"gelu\" is not supported (supported: \"silu\", \"swish\")"},
+        {"{\"class_embed_type\": \"projection\", \"num_class_embeds\": 4}",
+         "class_embed_type \"projection\" is not supported (supported: null, \"timestep\", "
+         "\"identity\")"},
+        {"{\"upsample_type\": \"fir\"}", "upsample_type \"fir\" is not supported"},
+        {"{\"downsample_type\": 2}", "downsample_type must be a string, got a number"},
+        {"{\"act_fn\": \"relu\"}",
+         "act_fn \"relu\" is not supported (supported: \"silu\", \"swish\", \"mish\", \"gelu\")"},
+        {"{\"time_embedding_dim\": 0}", "time_embedding_dim 0 must be positive or null"},
         {"{\"resnet_time_scale_shift\": \"spatial\"}",
          "resnet_time_scale_shift \"spatial\" is not supported"},
         {"{\"_class_name\": \"UNet2DConditionModel\"}",
@@ -546,6 +575,13 @@ static dc_tensor *random_labels(dc_ctx *ctx, int64_t n, int classes) {
     return y;
 }
 
+/* What the model of f takes as class labels: labels, embeddings or NULL. */
+static dc_tensor *random_classes(dc_ctx *ctx, const fixture *f, int64_t n) {
+    if (f->cfg.class_embed_type == DC_UNET_CLASS_IDENTITY)
+        return tu_randn(ctx, DC_SHAPE(n, f->m.time_linear_2.weight->shape[0]));
+    return dc_unet_null_class(&f->cfg) >= 0 ? random_labels(ctx, n, f->cfg.num_class_embeds) : NULL;
+}
+
 static dc_tensor *random_steps(dc_ctx *ctx, int64_t n) {
     dc_tensor *t = dc_new(ctx, DC_F32, DC_SHAPE(n));
     for (int64_t i = 0; i < n; i++)
@@ -555,13 +591,17 @@ static dc_tensor *random_steps(dc_ctx *ctx, int64_t n) {
 
 /* Finite differences through the whole network, on random weights (norms
  * perturbed so their parameters matter) and inputs, for the input and one
- * parameter of each kind. Both fixture kinds: attention and class labels, and
- * scale_shift with the padded downsampling. */
+ * parameter of each kind. attn_class: attention and class labels;
+ * scale_shift with the padded downsampling; mish_resnet: resnet resampling,
+ * timestep class embeddings; gelu_identity: identity class embeddings. */
 START_TEST(test_gradcheck_random) {
     static const char *const probe[] = {
         "conv_in.weight",
         "time_embedding.linear_1.weight",
         "class_embedding.weight",
+        "class_embedding.linear_1.weight",
+        "down_blocks.0.downsamplers.0.conv1.weight",
+        "up_blocks.1.upsamplers.0.norm1.bias",
         "mid_block.attentions.0.to_k.weight",
         "down_blocks.1.attentions.0.group_norm.bias",
         "mid_block.resnets.0.time_emb_proj.weight",
@@ -570,7 +610,9 @@ START_TEST(test_gradcheck_random) {
         "conv_norm_out.weight",
         "conv_out.bias",
     };
-    const char *name = models[_i];
+    static const char *const names[] = {"attn_class", "scale_shift", "mish_resnet",
+                                        "gelu_identity"};
+    const char *name = names[_i];
     fixture f;
     fixture_open(&f, name);
     for (int i = 0; i < f.ps.n; i++) { /* fresh weights; norms away from 1 and 0 */
@@ -584,7 +626,7 @@ START_TEST(test_gradcheck_random) {
     }
     dc_ctx *ctx = tu_ctx();
     ctx->training = false;
-    int64_t h = 8, w = f.cfg.sample_size[1];
+    int64_t h = f.cfg.sample_size[0], w = f.cfg.sample_size[1];
     dc_tensor *in[1 + sizeof probe / sizeof *probe] = {
         tu_leaf(ctx, DC_SHAPE(2, h, w, f.cfg.in_channels))};
     int n_in = 1;
@@ -594,8 +636,7 @@ START_TEST(test_gradcheck_random) {
             in[n_in++] = &p->value;
     }
     ck_assert_int_ge(n_in, 8);
-    net_arg a = {&f.m, random_steps(ctx, 2),
-                 f.cfg.num_class_embeds ? random_labels(ctx, 2, f.cfg.num_class_embeds) : NULL};
+    net_arg a = {&f.m, random_steps(ctx, 2), random_classes(ctx, &f, 2)};
     tu_gradcheck(ctx, net, &a, in, n_in, 1e-2, 1e-3, 1e-2, 8);
     tu_ctx_free(ctx);
     fixture_close(&f);
@@ -729,7 +770,7 @@ int main(void) {
     tcase_add_test(tc, test_weights_that_do_not_fit);
     tcase_add_test(tc, test_bad_inputs);
     tc = tu_tcase(s, "random", 60);
-    tcase_add_loop_test(tc, test_gradcheck_random, 0, 2);
+    tcase_add_loop_test(tc, test_gradcheck_random, 0, 4);
     tcase_add_test(tc, test_batch_independence);
     tcase_add_test(tc, test_dropout);
     return tu_run(s);
