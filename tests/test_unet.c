@@ -553,6 +553,36 @@ START_TEST(test_bad_inputs) {
                   "%s", dc_error());
     tu_ctx_free(ctx);
     fixture_close(&f);
+
+    /* identity: embeddings [N, T], not labels; timestep: labels of either type */
+    fixture_open(&f, "gelu_identity");
+    ctx = tu_ctx();
+    x = tu_randn(ctx, DC_SHAPE(1, 8, 8, 3));
+    t = dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps);
+    y = dc_from_host(ctx, DC_I32, DC_SHAPE(1), labels);
+    ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, x, t, y));
+    ck_assert_msg(strstr(dc_error(), "class embeddings (class_embed_type \"identity\") must be f32 "
+                                     "[1, 24], got i32 [1]"),
+                  "%s", dc_error());
+    dc_ctx_reset(ctx);
+    x = tu_randn(ctx, DC_SHAPE(1, 8, 8, 3));
+    t = dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps);
+    ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, x, t, NULL));
+    ck_assert_msg(strstr(dc_error(), "class-conditional (class_embed_type \"identity\")"), "%s",
+                  dc_error());
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+    fixture_open(&f, "mish_resnet");
+    ctx = tu_ctx();
+    x = tu_randn(ctx, DC_SHAPE(1, 12, 8, 2));
+    t = dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps);
+    ck_assert_msg(dc_unet_forward(ctx, &f.m, x, t, dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps)),
+                  "%s", dc_error());
+    ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, x, t, tu_randn(ctx, DC_SHAPE(1, 64))));
+    ck_assert_msg(strstr(dc_error(), "class labels must be i32 or f32 [1], got f32 [1, 64]"), "%s",
+                  dc_error());
+    tu_ctx_free(ctx);
+    fixture_close(&f);
 }
 END_TEST
 
