@@ -167,10 +167,23 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
 
 /* Where a UNet's files lie: in `dir`/`component` (a pipeline folder's "unet"
  * or "unet_ema") when that folder exists, else in `dir` itself (a bare UNet
- * folder). Sets *config_path and *weights_path (malloc'ed) when both files
- * are there. Only safetensors weights can be read: a folder with only
- * PyTorch .bin weights is an error that says how to convert them. */
-int dc_unet_find(const char *dir, const char *component, char **config_path, char **weights_path);
+ * folder). Sets *config_path and *weights_path (malloc'ed) when both are
+ * there. The weights, by diffusers' names: with `variant` ("fp16"; NULL for
+ * none) diffusion_pytorch_model.<variant>.safetensors or the sharded index
+ * diffusion_pytorch_model.safetensors.index.<variant>.json; without one
+ * diffusion_pytorch_model.safetensors or ....safetensors.index.json, and
+ * when neither is there but the folder holds exactly one variant, that one,
+ * named in *guessed (malloc'ed; NULL otherwise; `guessed` may be NULL) so the
+ * caller can say so. dc_params_load reads either kind of path. Only
+ * safetensors weights can be read: a folder with only PyTorch .bin weights
+ * is an error that says how to convert them. */
+int dc_unet_find(const char *dir, const char *component, const char *variant, char **config_path,
+                 char **weights_path, char **guessed);
+
+/* Whether the file name `name` is a UNet's weights by diffusers' names (see
+ * dc_unet_find): a single file or a sharded index, not a shard; its variant
+ * ("" for the plain weights) into variant[n]. */
+bool dc_unet_weights_name(const char *name, char *variant, size_t n);
 
 /* A dc_rename_fn for dc_params_load: "*.attentions.K.query.weight" ->
  * "*.attentions.K.to_q.weight", and key, value, proj_attn (-> to_out.0) alike. */

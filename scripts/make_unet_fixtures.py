@@ -4,7 +4,7 @@
 Writes tiny random-weight models, each a diffusers model folder that
 UNet2DModel.from_pretrained() reads, plus the reference values:
   tests/fixtures/unet_NAME/config.json                          the model's config
-  tests/fixtures/unet_NAME/diffusion_pytorch_model.safetensors  its weights (F32)
+  tests/fixtures/unet_NAME/diffusion_pytorch_model.safetensors  its weights (F32; sharded_fp16: see below)
   tests/fixtures/unet_NAME/reference.safetensors                inputs, output, gradients
 Models:
   attn_class   AttnDownBlock2D/AttnUpBlock2D, 5 class embeddings (4 classes and
@@ -28,6 +28,10 @@ Models:
                class_embed_type "identity" (input.y holds the embeddings, F32
                [N, T]); time_embedding_dim 24 (not 4 x 8); upsample_type "resnet"
                on an UpBlock2D, which ignores it.
+  sharded_fp16 the weights saved as diffusers saves a large model's fp16 variant:
+               diffusion_pytorch_model.fp16-0000K-of-0000N.safetensors shards (F16)
+               and diffusion_pytorch_model.safetensors.index.fp16.json, and no
+               plain weights; the references come from the fp16 values.
 tests/fixtures/unet_configs.json: configs from the wild with the parameter
 count (tensors and elements) UNet2DModel gives each: the defaults ({}),
 google/ddpm-cifar10-32's config.json (as published, diffusers 0.0.4: no
@@ -100,6 +104,12 @@ MODELS = {
                     resnet_time_scale_shift="scale_shift", class_embed_type="identity",
                     time_embedding_dim=24),
         n=2, h=8, w=8, t=[40.0, 900.0], y_embed=24),
+    "sharded_fp16": dict(
+        config=dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16],
+                    layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
+                    down_block_types=["AttnDownBlock2D", "DownBlock2D"],
+                    up_block_types=["UpBlock2D", "AttnUpBlock2D"], num_class_embeds=3),
+        n=2, h=8, w=8, t=[600.0, 20.0], y=[2, 0], variant="fp16", max_shard_size="20KB"),
 }
 
 LEGACY_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -191,8 +201,8 @@ def legacy_state_dict(model):
 
 
 def check_reload(folder, model, spec, int_t):
-    """diffusers reads the folder back (old names included) to the same model."""
-    again = UNet2DModel.from_pretrained(folder).eval()
+    """diffusers reads the folder back (old names, shards, variant included) to the same model."""
+    again = UNet2DModel.from_pretrained(folder, variant=spec.get("variant")).float().eval()
     x = torch.randn(spec["n"], spec["config"]["in_channels"], spec["h"], spec["w"])
     t = torch.tensor(spec["t"], dtype=torch.int64 if int_t else torch.float32)
     y = class_input(spec)
@@ -207,7 +217,12 @@ def make(name, spec):
     shutil.rmtree(folder, ignore_errors=True)
     model = UNet2DModel(**spec["config"])
     perturb_norms(model)
-    model.save_pretrained(folder, safe_serialization=True)
+    if "variant" in spec:  # the float64 references then start from the stored fp16 values
+        model.half().save_pretrained(folder, safe_serialization=True, variant=spec["variant"],
+                                     max_shard_size=spec["max_shard_size"])
+        model.float()
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
     if name == "legacy":
         save_file(legacy_state_dict(model), os.path.join(folder, "diffusion_pytorch_model.safetensors"),
                   metadata={"format": "pt"})

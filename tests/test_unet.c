@@ -31,9 +31,9 @@
 #define FWD_TOL 1e-5
 #define BWD_TOL 5e-5
 
-static const char *const models[] = {"attn_class", "scale_shift", "legacy", "mish_resnet",
-                                     "gelu_identity"};
-#define N_MODELS 5
+static const char *const models[] = {"attn_class",  "scale_shift",   "legacy",
+                                     "mish_resnet", "gelu_identity", "sharded_fp16"};
+#define N_MODELS 6
 
 typedef struct {
     dc_unet_config cfg;
@@ -46,6 +46,15 @@ static void fixture_path(char *buf, size_t n, const char *model, const char *fil
     snprintf(buf, n, FIXTURES "unet_%s/%s", model, file);
 }
 
+/* The weights of fixture `name` as dc_unet_find finds them (malloc'ed). */
+static char *fixture_weights(const char *name) {
+    char dir[256], *cfg, *weights;
+    snprintf(dir, sizeof dir, FIXTURES "unet_%s", name);
+    ck_assert_msg(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL) == 0, "%s", dc_error());
+    free(cfg);
+    return weights;
+}
+
 /* The model of fixture `name` with its weights, and its reference file. */
 static void fixture_open(fixture *f, const char *name) {
     char path[256];
@@ -54,8 +63,9 @@ static void fixture_open(fixture *f, const char *name) {
     dc_params_init(&f->ps);
     ck_assert_msg(dc_unet_init(&f->m, &f->cfg, &f->ps) == 0, "%s", dc_error());
     ck_assert_msg(dc_params_alloc(&f->ps, tu_next()) == 0, "%s", dc_error());
-    fixture_path(path, sizeof path, name, "diffusion_pytorch_model.safetensors");
-    ck_assert_msg(dc_params_load(&f->ps, NULL, path, dc_unet_rename) == 0, "%s", dc_error());
+    char *weights = fixture_weights(name);
+    ck_assert_msg(dc_params_load(&f->ps, NULL, weights, dc_unet_rename) == 0, "%s", dc_error());
+    free(weights);
     fixture_path(path, sizeof path, name, "reference.safetensors");
     ck_assert_msg(dc_st_open(&f->ref, path) == 0, "%s", dc_error());
 }
@@ -201,17 +211,21 @@ START_TEST(test_state_dict_names) {
     for (int k = 0; k < N_MODELS; k++) {
         fixture f;
         fixture_open(&f, models[k]);
-        char path[256];
-        fixture_path(path, sizeof path, models[k], "diffusion_pytorch_model.safetensors");
-        dc_st_file w;
-        ck_assert_msg(dc_st_open(&w, path) == 0, "%s", dc_error());
-        ck_assert_int_eq(w.n, f.ps.n);
-        bool legacy = !strcmp(models[k], "legacy");
-        int old = 0;
-        for (int i = 0; i < w.n; i++)
-            old += strstr(w.tensors[i].name, ".query.") || strstr(w.tensors[i].name, ".proj_attn.");
+        char *path = fixture_weights(models[k]);
+        dc_st_set w;
+        ck_assert_msg(dc_st_set_open(&w, path) == 0, "%s", dc_error());
+        bool legacy = !strcmp(models[k], "legacy"), sharded = !strcmp(models[k], "sharded_fp16");
+        int old = 0, n = 0;
+        for (int s = 0; s < w.n; s++)
+            for (int i = 0; i < w.files[s].n; i++, n++) {
+                const dc_st_tensor *t = &w.files[s].tensors[i];
+                old += strstr(t->name, ".query.") || strstr(t->name, ".proj_attn.");
+                ck_assert_int_eq(t->dtype, sharded ? DC_F16 : DC_F32);
+            }
+        ck_assert_int_eq(n, f.ps.n);
         ck_assert_int_eq(old > 0, legacy);
-        dc_st_close(&w);
+        ck_assert_int_eq(w.n > 1, sharded);
+        dc_st_set_close(&w);
         if (legacy) { /* without the hook the old names are unknown */
             ck_assert_int_ne(dc_params_load(&f.ps, NULL, path, NULL), 0);
             ck_assert_msg(strstr(dc_error(), "attentions.0.") &&
@@ -223,6 +237,7 @@ START_TEST(test_state_dict_names) {
         bool mid_norm = dc_params_find(&f.ps, "mid_block.attentions.0.group_norm.weight") != NULL;
         ck_assert_int_eq(mid_attn, f.cfg.add_attention);
         ck_assert_int_eq(mid_norm, f.cfg.add_attention && !f.cfg.scale_shift);
+        free(path);
         fixture_close(&f);
     }
 }
@@ -747,14 +762,14 @@ START_TEST(test_find_files) {
     char dir[64], sub[96], want[160], *cfg, *weights;
     snprintf(dir, sizeof dir, "/tmp/dc_test_unet_XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), -1);
     ck_assert_msg(strstr(dc_error(), "no config.json"), "%s", dc_error());
     spill(dir, "config.json", "{}");
     spill(dir, "diffusion_pytorch_model.bin", "pickle");
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), -1);
     ck_assert_msg(strstr(dc_error(), "only PyTorch .bin weights"), "%s", dc_error());
     spill(dir, "diffusion_pytorch_model.safetensors", "x");
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), 0); /* a bare UNet folder */
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), 0); /* a bare UNet folder */
     snprintf(want, sizeof want, "%s/config.json", dir);
     ck_assert_str_eq(cfg, want);
     free(cfg);
@@ -762,10 +777,10 @@ START_TEST(test_find_files) {
     snprintf(sub, sizeof sub, "%s/unet_ema", dir); /* a component without weights */
     ck_assert_int_eq(mkdir(sub, 0755), 0);
     spill(sub, "config.json", "{}");
-    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", NULL, &cfg, &weights, NULL), -1);
     ck_assert_msg(strstr(dc_error(), "unet_ema: no diffusion_pytorch_model.safetensors"), "%s", dc_error());
     spill(sub, "diffusion_pytorch_model.safetensors", "x");
-    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", &cfg, &weights), 0);
+    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", NULL, &cfg, &weights, NULL), 0);
     snprintf(want, sizeof want, "%s/diffusion_pytorch_model.safetensors", sub);
     ck_assert_str_eq(weights, want);
     free(cfg);
@@ -776,11 +791,81 @@ START_TEST(test_find_files) {
         snprintf(want, sizeof want, "%s/%s", dir, files[i]);
         ck_assert_int_eq(remove(want), 0);
     }
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), -1);
     ck_assert_int_eq(rmdir(dir), 0);
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), -1);
     ck_assert_msg(strstr(dc_error(), "not a folder"), "%s", dc_error());
     ck_assert_ptr_null(cfg);
+}
+END_TEST
+
+/* Weights by diffusers' names: variants, sharded indexes, and the folder's
+ * only variant when the plain weights are absent. */
+static void find_ok(const char *dir, const char *variant, const char *want_file, const char *want_guess) {
+    char *cfg, *weights, *guessed, want[256];
+    ck_assert_msg(dc_unet_find(dir, "unet", variant, &cfg, &weights, &guessed) == 0, "%s", dc_error());
+    snprintf(want, sizeof want, "%s/%s", dir, want_file);
+    ck_assert_str_eq(weights, want);
+    if (want_guess)
+        ck_assert_str_eq(guessed, want_guess);
+    else
+        ck_assert_ptr_null(guessed);
+    free(cfg), free(weights), free(guessed);
+}
+
+static void find_fails(const char *dir, const char *variant, const char *want) {
+    char *cfg, *weights, *guessed;
+    ck_assert_int_eq(dc_unet_find(dir, "unet", variant, &cfg, &weights, &guessed), -1);
+    ck_assert_msg(strstr(dc_error(), want), "\"%s\", want \"%s\"", dc_error(), want);
+    ck_assert(!cfg && !weights && !guessed);
+}
+
+START_TEST(test_find_variants) {
+    char dir[64], path[160];
+    snprintf(dir, sizeof dir, "/tmp/dc_test_unet_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    spill(dir, "config.json", "{}");
+    spill(dir, "diffusion_pytorch_model.fp16-00001-of-00002.safetensors", "x"); /* shards are no variant */
+    spill(dir, "diffusion_pytorch_model.fp16.bin", "pickle");
+    find_fails(dir, NULL, "no diffusion_pytorch_model.safetensors (a diffusers model folder");
+    spill(dir, "diffusion_pytorch_model.fp16.safetensors", "x");
+    find_ok(dir, NULL, "diffusion_pytorch_model.fp16.safetensors", "fp16");
+    find_ok(dir, "fp16", "diffusion_pytorch_model.fp16.safetensors", NULL);
+    spill(dir, "diffusion_pytorch_model.safetensors.index.ema.json", "{}");
+    find_fails(dir, NULL, "no diffusion_pytorch_model.safetensors, but variants '");
+    find_fails(dir, NULL, "'ema'");
+    find_fails(dir, NULL, "'fp16'");
+    find_ok(dir, "ema", "diffusion_pytorch_model.safetensors.index.ema.json", NULL);
+    find_fails(dir, "bf16", "no variant 'bf16' (diffusion_pytorch_model.bf16.safetensors); variants here: ");
+    find_fails(dir, "../x", "variant '../x': not a variant name");
+    find_fails(dir, "", "variant '': not a variant name");
+    spill(dir, "diffusion_pytorch_model.safetensors.index.json", "{}"); /* plain sharded weights first */
+    find_ok(dir, NULL, "diffusion_pytorch_model.safetensors.index.json", NULL);
+    spill(dir, "diffusion_pytorch_model.safetensors", "x"); /* then a single plain file first of all */
+    find_ok(dir, NULL, "diffusion_pytorch_model.safetensors", NULL);
+    const char *files[] = {"config.json", "diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+                           "diffusion_pytorch_model.fp16.bin", "diffusion_pytorch_model.fp16.safetensors",
+                           "diffusion_pytorch_model.safetensors.index.ema.json",
+                           "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        ck_assert_int_eq(remove(path), 0);
+    }
+    ck_assert_int_eq(rmdir(dir), 0);
+
+    /* diffusers' own sharded fp16 variant, found without asking */
+    find_ok(FIXTURES "unet_sharded_fp16", NULL, "diffusion_pytorch_model.safetensors.index.fp16.json", "fp16");
+
+    char name_variant[16];
+    ck_assert(dc_unet_weights_name("diffusion_pytorch_model.safetensors", name_variant, sizeof name_variant) &&
+              !name_variant[0]);
+    ck_assert(dc_unet_weights_name("diffusion_pytorch_model.safetensors.index.non_ema.json", name_variant,
+                                   sizeof name_variant));
+    ck_assert_str_eq(name_variant, "non_ema");
+    ck_assert(!dc_unet_weights_name("diffusion_pytorch_model-00001-of-00002.safetensors", name_variant,
+                                    sizeof name_variant));
+    ck_assert(!dc_unet_weights_name("diffusion_pytorch_model..safetensors", name_variant, sizeof name_variant));
+    ck_assert(!dc_unet_weights_name("model.safetensors", name_variant, sizeof name_variant));
 }
 END_TEST
 
@@ -796,6 +881,7 @@ int main(void) {
     tcase_add_test(tc, test_config_save);
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_find_files);
+    tcase_add_test(tc, test_find_variants);
     tc = tu_tcase(s, "errors", 30);
     tcase_add_test(tc, test_weights_that_do_not_fit);
     tcase_add_test(tc, test_bad_inputs);
