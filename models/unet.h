@@ -2,7 +2,7 @@
  * diffusers' UNet2DModel, built from the engine's layers.
  *
  * The configuration is a diffusers config.json: the same keys, the same
- * defaults as UNet2DModel.__init__ (diffusers 0.27), and the original text kept
+ * defaults as UNet2DModel.__init__ (diffusers 0.27 to 0.42), and the original text kept
  * so a checkpoint saves it back unchanged. Parameters carry the names of
  * UNet2DModel's state_dict ("down_blocks.0.resnets.0.conv1.weight", ...), so
  * dc_params_load / dc_params_save read and write files that diffusers reads
@@ -10,14 +10,19 @@
  * (query/key/value/proj_attn) that published checkpoints such as
  * google/ddpm-cifar10-32 still use.
  *
- * Supported: DownBlock2D, AttnDownBlock2D, UpBlock2D, AttnUpBlock2D and
- * UNetMidBlock2D with or without attention; resnet_time_scale_shift "default"
- * and "scale_shift"; the positional (sinusoidal) time embedding; class
- * conditioning through num_class_embeds; dropout; conv down- and upsampling
- * (downsample_padding 0 or 1). Anything else in a config that would change the
- * network (a fourier time embedding, class_embed_type, resnet resampling,
- * another activation, another block) is refused with the key and its value.
- * Keys UNet2DModel does not know are ignored, as diffusers ignores them.
+ * Supported: DownBlock2D, AttnDownBlock2D, ResnetDownsampleBlock2D,
+ * UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D and UNetMidBlock2D with or
+ * without attention; downsample_type / upsample_type "conv" or "resnet"
+ * (followed by the attention blocks, ignored by the plain ones, as in
+ * diffusers); conv down- and upsampling (downsample_padding 0 or 1);
+ * resnet_time_scale_shift "default" and "scale_shift"; act_fn silu (swish),
+ * mish and gelu; the positional (sinusoidal) time embedding and
+ * time_embedding_dim; class conditioning through num_class_embeds or
+ * class_embed_type "timestep" / "identity"; dropout. Anything else in a config
+ * that would change the network (a fourier time embedding, another block, another
+ * activation) is refused with the key and its value. Keys UNet2DModel does not
+ * know are ignored, as diffusers ignores them. Weights may be sharded or a
+ * variant (dc_unet_find).
  *
  * Class conditioning and classifier-free guidance: by this project's
  * convention the last class label, num_class_embeds - 1, means "no class"
