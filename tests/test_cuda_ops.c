@@ -127,6 +127,7 @@ static dc_tensor *run(dc_ctx *c, dc_tensor **in, void *argp) {
     case DC_OP_EMBEDDING: return dc_embedding(c, in[0], in[1]);
     case DC_OP_TIMESTEP_EMBEDDING:
         return dc_timestep_embedding(c, in[0], a->i0, a->b0, a->f0, 10000.0f);
+    case DC_OP_FOURIER_EMBEDDING: return dc_fourier_embedding(c, in[0], in[1], a->b0);
     case DC_OP_MSE_LOSS: return dc_mse_loss(c, in[0], in[1], in[2]);
     case DC_OP_CROSS_ENTROPY: return dc_cross_entropy(c, in[0], in[1]);
     case DC_OP_Q_SAMPLE: return dc_q_sample(c, in[0], in[1], in[2], a->sched);
@@ -372,6 +373,19 @@ START_TEST(test_misc) {
             CHECK(DC_MATH_F32, 2e-4, a, t);
             CHECK(DC_MATH_F32, 2e-4, a, indices(cpu, DC_SHAPE(7), 1000));
         }
+    for (int flip = 0; flip < 2; flip++) { /* noise levels in (0, 80], weights ~ 16 N(0, 1) */
+        dc_tensor *t = dc_new(cpu, DC_F32, DC_SHAPE(5)), *w = dc_new(cpu, DC_F32, DC_SHAPE(12));
+        dc_tensor *steps = dc_new(cpu, DC_I32, DC_SHAPE(7)); /* log needs them positive */
+        for (int i = 0; i < 7; i++)
+            ((int32_t *)steps->data)[i] = (int32_t)(1 + tu_next() % 1000);
+        for (int i = 0; i < 5; i++)
+            ((float *)t->data)[i] = (float)tu_uniform(0.002, 80);
+        for (int k = 0; k < 12; k++)
+            ((float *)w->data)[k] = (float)(16 * tu_normal());
+        a = (op_arg){.op = DC_OP_FOURIER_EMBEDDING, .b0 = flip};
+        CHECK(DC_MATH_F32, 1e-5, a, t, w);
+        CHECK(DC_MATH_F32, 1e-5, a, steps, w);
+    }
     a = (op_arg){.op = DC_OP_MSE_LOSS};
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 4, 3, 5, 2), LEAF(cpu, 4, 3, 5, 2), NULL);
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 3, 1000), DATA(cpu, 3, 1000), LEAF(cpu, 3));
