@@ -424,16 +424,18 @@ static int match_tensor(const dc_params *ps, const dc_st_tensor *t, const char *
     return 0;
 }
 
-/* Pair every parameter with its file tensor, or fail without touching anything. */
-static int match_all(const dc_params *ps, const dc_st_file *f, const char *path,
+/* Pair every parameter with its tensor in one of the files, or fail without
+ * touching anything. */
+static int match_all(const dc_params *ps, const dc_st_set *s, const char *path,
                      dc_rename_fn rename, const dc_st_tensor **src) {
     char buf[512];
-    for (int i = 0; i < f->n; i++) {
-        const dc_st_tensor *t = &f->tensors[i];
-        const char *name = rename ? rename(t->name, buf, sizeof buf) : t->name;
-        if (name && match_tensor(ps, t, name, path, src))
-            return -1;
-    }
+    for (int f = 0; f < s->n; f++)
+        for (int i = 0; i < s->files[f].n; i++) {
+            const dc_st_tensor *t = &s->files[f].tensors[i];
+            const char *name = rename ? rename(t->name, buf, sizeof buf) : t->name;
+            if (name && match_tensor(ps, t, name, s->paths[f], src))
+                return -1;
+        }
     int missing = 0, first = -1;
     for (int k = 0; k < ps->n; k++)
         if (!src[k] && missing++ == 0)
@@ -462,8 +464,8 @@ int dc_params_load(dc_params *ps, float *data, const char *path, dc_rename_fn re
     if (!ps->data)
         return dc_fail("%s: parameters are not allocated", path);
     data = data ? data : ps->data;
-    dc_st_file f;
-    if (dc_st_open(&f, path))
+    dc_st_set f;
+    if (dc_st_set_open(&f, path))
         return -1;
     const dc_st_tensor **src = calloc((size_t)ps->n + 1, sizeof *src);
     int rc = src ? match_all(ps, &f, path, rename, src) : dc_fail("%s: out of memory", path);
@@ -472,7 +474,7 @@ int dc_params_load(dc_params *ps, float *data, const char *path, dc_rename_fn re
         rc = copy_in(ps->p[k], src[k], host + ps->p[k]->offset);
     rc = rc && !host ? rc : commit_staged(ps, data, host, rc);
     free(src);
-    dc_st_close(&f);
+    dc_st_set_close(&f);
     return rc;
 }
 

@@ -117,7 +117,8 @@ int dc_params_save(const dc_params *ps, const float *data, const char *path,
                    const char *const *meta_keys, const char *const *meta_values, int n_meta);
 
 /* Read every parameter by name from `path` into `data` (laid out like
- * ps->data, on its device; NULL: ps->data), converting f32/bf16/f16 to f32 and file layout to memory layout. `rename`
+ * ps->data, on its device; NULL: ps->data), converting f32/bf16/f16 to f32 and file layout to memory layout.
+ * `path` is a safetensors file or a sharded set's index (*.json, see dc_st_set_open). `rename`
  * may be NULL. A parameter missing from the file, a tensor the model does not
  * have, a shape mismatch ("NAME: file has [64, 32, 3, 3], model expects
  * [64, 64, 3, 3]", both in file layout) or a dtype that is not a float is an

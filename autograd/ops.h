@@ -39,6 +39,7 @@ typedef enum dc_op {
     DC_OP_GROUP_NORM_SILU,
     DC_OP_SILU,
     DC_OP_GELU,
+    DC_OP_MISH,
     DC_OP_SOFTMAX,
     DC_OP_ATTENTION,
     DC_OP_UPSAMPLE2X,
@@ -47,6 +48,7 @@ typedef enum dc_op {
     DC_OP_DROPOUT,
     DC_OP_EMBEDDING,
     DC_OP_TIMESTEP_EMBEDDING,
+    DC_OP_FOURIER_EMBEDDING,
     DC_OP_SUM,
     DC_OP_MEAN,
     DC_OP_MSE_LOSS,
@@ -155,6 +157,8 @@ dc_tensor *dc_layer_norm(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, 
 dc_tensor *dc_silu(dc_ctx *ctx, dc_tensor *x);
 /* Exact (erf) GELU, as PyTorch's default. */
 dc_tensor *dc_gelu(dc_ctx *ctx, dc_tensor *x);
+/* x * tanh(softplus(x)), softplus(x) = x past 20 as in PyTorch. */
+dc_tensor *dc_mish(dc_ctx *ctx, dc_tensor *x);
 /* Softmax over the last dimension. */
 dc_tensor *dc_softmax(dc_ctx *ctx, dc_tensor *x);
 
@@ -188,6 +192,11 @@ dc_tensor *dc_embedding(dc_ctx *ctx, dc_tensor *table, dc_tensor *idx);
  * Not differentiable (timesteps are data). */
 dc_tensor *dc_timestep_embedding(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_sin_to_cos,
                                  float shift, float max_period);
+/* diffusers' GaussianFourierProjection (log=True): t [N] (f32 or i32; noise
+ * levels, > 0) and w [D] f32 -> [N, 2D]: angle_k = 2 pi log(t) w_k, [sin, cos]
+ * (or [cos, sin] when flip_sin_to_cos), computed in double. Not
+ * differentiable: t is data and diffusers freezes w (requires_grad False). */
+dc_tensor *dc_fourier_embedding(dc_ctx *ctx, dc_tensor *t, dc_tensor *w, bool flip_sin_to_cos);
 
 /* ---- reductions and losses ---- */
 /* Sum / mean of all elements: a one-element tensor of shape [1]. */

@@ -118,6 +118,27 @@ dc_tensor *dc_timestep_embedding(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_s
     return out; /* timesteps are data: nothing to record */
 }
 
+/* ---- Gaussian Fourier embedding ---- */
+
+dc_tensor *dc_fourier_embedding(dc_ctx *ctx, dc_tensor *t, dc_tensor *w, bool flip_sin_to_cos) {
+    if (!op_ok_any(ctx, DC_OP_FOURIER_EMBEDDING, 2, t, w))
+        return NULL;
+    char s[64];
+    if ((t->dtype != DC_F32 && t->dtype != DC_I32) || t->ndim != 1)
+        return op_fail(ctx, DC_OP_FOURIER_EMBEDDING, "t must be f32 or i32 [N], got %s %s",
+                       dc_dtype_name(t->dtype), dc_shape_str(s, sizeof s, t->ndim, t->shape));
+    if (w->dtype != DC_F32 || w->ndim != 1 || w->numel == 0)
+        return op_fail(ctx, DC_OP_FOURIER_EMBEDDING, "w must be f32 [D], got %s %s",
+                       dc_dtype_name(w->dtype), dc_shape_str(s, sizeof s, w->ndim, w->shape));
+    dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(t->shape[0], 2 * w->shape[0]));
+    if (!out)
+        return NULL;
+    DC_KERNEL(ctx, fourier_embedding_forward, F32(out), t->dtype == DC_F32 ? F32C(t) : NULL,
+              t->dtype == DC_I32 ? t->data : NULL, F32C(w), t->shape[0], w->shape[0],
+              flip_sin_to_cos);
+    return out; /* noise levels are data and w is frozen: nothing to record */
+}
+
 /* ---- MSE loss ---- */
 
 static int mse_loss_backward(dc_ctx *ctx, dc_node *n) {

@@ -638,3 +638,218 @@ int dc_st_write(const char *path, const dc_st_tensor *tensors, int n, const char
     free(o);
     return rc;
 }
+
+/* ---- sharded weights: the index and the set of files ---- */
+
+static bool ends_with(const char *s, const char *tail) {
+    size_t n = strlen(s), k = strlen(tail);
+    return n >= k && !strcmp(s + n - k, tail);
+}
+
+static bool has_control(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return true;
+    return false;
+}
+
+/* Why `file` cannot be a shard beside the index, or NULL. */
+static const char *bad_shard_name(const char *file) {
+    return strchr(file, '/') || strchr(file, '\\') ? "a path, not a file name beside the index"
+           : has_control(file)                     ? "a control character in the name"
+           : strlen(file) > 255                    ? "a name longer than 255 bytes"
+           : !ends_with(file, ".safetensors")      ? "not a .safetensors file"
+                                                   : NULL;
+}
+
+typedef struct {
+    const char *name, *file;
+} index_entry;
+
+static int cmp_entry(const void *a, const void *b) {
+    return strcmp(((const index_entry *)a)->name, ((const index_entry *)b)->name);
+}
+
+/* Each entry of weight_map checked, into e[0..n) and files[0..n). */
+static int read_entries(const cJSON *map, const char *what, index_entry *e, const char **files) {
+    char nb[96], fb[96];
+    int i = 0;
+    for (const cJSON *m = map->child; m; m = m->next, i++) {
+        const char *why = !cJSON_IsString(m) ? "not a string" : bad_shard_name(m->valuestring);
+        if (why)
+            return dc_fail("%s: weight_map: '%s' -> %s%s%s: %s", what, shown(nb, sizeof nb, m->string),
+                           cJSON_IsString(m) ? "'" : "",
+                           cJSON_IsString(m) ? shown(fb, sizeof fb, m->valuestring) : json_type(m),
+                           cJSON_IsString(m) ? "'" : "", why);
+        e[i] = (index_entry){m->string, m->valuestring};
+        files[i] = m->valuestring;
+    }
+    return 0;
+}
+
+/* The sorted entries and their distinct files into ix. */
+static int fill_index(dc_st_index *ix, const index_entry *e, const char **files, int n,
+                      const char *what) {
+    int nf = 0;
+    for (int i = 0; i < n; i++)
+        if (!nf || strcmp(files[nf - 1], files[i]))
+            files[nf++] = files[i];
+    if (nf > DC_ST_MAX_SHARDS)
+        return dc_fail("%s: %d shard files, at most %d are allowed", what, nf, DC_ST_MAX_SHARDS);
+    ix->names = calloc((size_t)n, sizeof *ix->names);
+    ix->shard = calloc((size_t)n, sizeof *ix->shard);
+    ix->files = calloc((size_t)nf, sizeof *ix->files);
+    if (!ix->names || !ix->shard || !ix->files)
+        return dc_fail("%s: out of memory", what);
+    ix->n = n, ix->n_files = nf;
+    for (int j = 0; j < nf; j++)
+        if (!(ix->files[j] = strdup(files[j])))
+            return dc_fail("%s: out of memory", what);
+    for (int i = 0; i < n; i++) {
+        const char **hit = bsearch(&e[i].file, files, (size_t)nf, sizeof *files, cmp_str_ptr);
+        ix->shard[i] = (int)(hit - files);
+        if (!(ix->names[i] = strdup(e[i].name)))
+            return dc_fail("%s: out of memory", what);
+    }
+    return 0;
+}
+
+static int parse_index(dc_st_index *ix, const cJSON *root, const char *what) {
+    const cJSON *map = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+    if (!cJSON_IsObject(root))
+        return dc_fail("%s: a safetensors index must be a JSON object, got %s", what, json_type(root));
+    if (!cJSON_IsObject(map) || !map->child)
+        return dc_fail("%s: weight_map must be an object naming each tensor's shard, got %s", what,
+                       !map ? "nothing" : cJSON_IsObject(map) ? "an empty object" : json_type(map));
+    int n = cJSON_GetArraySize(map);
+    index_entry *e = malloc((size_t)n * sizeof *e);
+    const char **files = malloc((size_t)n * sizeof *files);
+    int rc = !e || !files ? dc_fail("%s: out of memory", what) : read_entries(map, what, e, files);
+    if (!rc) {
+        qsort(e, (size_t)n, sizeof *e, cmp_entry);
+        qsort(files, (size_t)n, sizeof *files, cmp_str_ptr);
+        rc = fill_index(ix, e, files, n, what);
+    }
+    free(e);
+    free(files);
+    return rc;
+}
+
+int dc_st_index_parse(dc_st_index *ix, const char *text, size_t len, const char *what) {
+    memset(ix, 0, sizeof *ix);
+    if (len > DC_ST_MAX_INDEX)
+        return dc_fail("%s: %zu bytes, over the %u-byte limit of an index", what, len, DC_ST_MAX_INDEX);
+    cJSON *root = dc_json_parse(text, len, what); /* refuses a tensor listed twice */
+    int rc = root ? parse_index(ix, root, what) : -1;
+    cJSON_Delete(root);
+    if (rc)
+        dc_st_index_free(ix);
+    return rc;
+}
+
+int dc_st_index_load(dc_st_index *ix, const char *path) {
+    memset(ix, 0, sizeof *ix);
+    size_t n;
+    char *text = dc_read_file(path, DC_ST_MAX_INDEX, &n);
+    int rc = text ? dc_st_index_parse(ix, text, n, path) : -1;
+    free(text);
+    return rc;
+}
+
+void dc_st_index_free(dc_st_index *ix) {
+    if (!ix)
+        return;
+    for (int i = 0; ix->names && i < ix->n; i++)
+        free(ix->names[i]);
+    for (int j = 0; ix->files && j < ix->n_files; j++)
+        free(ix->files[j]);
+    free(ix->names);
+    free(ix->shard);
+    free(ix->files);
+    memset(ix, 0, sizeof *ix);
+}
+
+/* Every tensor of every shard where the index puts it, and every entry found. */
+static int check_shards(const dc_st_set *s, const dc_st_index *ix, const char *index) {
+    bool *seen = calloc((size_t)ix->n, sizeof *seen);
+    if (!seen)
+        return dc_fail("%s: out of memory", index);
+    char nb[96];
+    int rc = 0;
+    for (int f = 0; !rc && f < s->n; f++)
+        for (int i = 0; !rc && i < s->files[f].n; i++) {
+            const char *name = s->files[f].tensors[i].name;
+            char **hit = bsearch(&name, ix->names, (size_t)ix->n, sizeof *ix->names, cmp_str_ptr);
+            int k = hit ? (int)(hit - ix->names) : -1;
+            if (k < 0)
+                rc = dc_fail("%s: %s holds '%s', which the index does not list", index, s->paths[f],
+                             shown(nb, sizeof nb, name));
+            else if (ix->shard[k] != f)
+                rc = dc_fail("%s: '%s' is in %s, but the index puts it in %s", index,
+                             shown(nb, sizeof nb, name), s->paths[f], ix->files[ix->shard[k]]);
+            else
+                seen[k] = true;
+        }
+    for (int k = 0; !rc && k < ix->n; k++)
+        if (!seen[k])
+            rc = dc_fail("%s: the index puts '%s' in %s, which does not hold it", index,
+                         shown(nb, sizeof nb, ix->names[k]), s->paths[ix->shard[k]]);
+    free(seen);
+    return rc;
+}
+
+/* The folder part of `path` ("." when it has none), malloc'ed. */
+static char *folder_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
+}
+
+/* Room for n files; the paths to be set by the caller. */
+static int set_alloc(dc_st_set *s, int n, const char *what) {
+    s->files = calloc((size_t)n, sizeof *s->files);
+    s->paths = calloc((size_t)n, sizeof *s->paths);
+    return s->files && s->paths ? 0 : dc_fail("%s: out of memory", what);
+}
+
+static int open_shards(dc_st_set *s, const dc_st_index *ix, const char *index) {
+    char *dir = folder_of(index);
+    int rc = !dir ? dc_fail("%s: out of memory", index) : set_alloc(s, ix->n_files, index);
+    for (int f = 0; !rc && f < ix->n_files; f++) {
+        s->paths[f] = dc_path_join(dir, ix->files[f]);
+        rc = !s->paths[f] ? -1 : dc_st_open(&s->files[f], s->paths[f]) ? dc_fail_prefix(index) : 0;
+        s->n = f + 1;
+    }
+    free(dir);
+    return rc ? rc : check_shards(s, ix, index);
+}
+
+int dc_st_set_open(dc_st_set *s, const char *path) {
+    memset(s, 0, sizeof *s);
+    int rc;
+    if (!ends_with(path, ".json")) {
+        rc = set_alloc(s, 1, path);
+        if (!rc && !(s->paths[0] = strdup(path)))
+            rc = dc_fail("%s: out of memory", path);
+        s->n = 1;
+        rc = rc ? rc : dc_st_open(&s->files[0], path);
+    } else {
+        dc_st_index ix;
+        rc = dc_st_index_load(&ix, path) || open_shards(s, &ix, path) ? -1 : 0;
+        dc_st_index_free(&ix);
+    }
+    if (rc)
+        dc_st_set_close(s);
+    return rc;
+}
+
+void dc_st_set_close(dc_st_set *s) {
+    if (!s)
+        return;
+    for (int f = 0; f < s->n; f++) {
+        dc_st_close(&s->files[f]);
+        free(s->paths[f]);
+    }
+    free(s->files);
+    free(s->paths);
+    memset(s, 0, sizeof *s);
+}

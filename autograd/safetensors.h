@@ -58,4 +58,42 @@ const char *dc_st_meta(const dc_st_file *f, const char *key); /* NULL when absen
 int dc_st_write(const char *path, const dc_st_tensor *tensors, int n, const char *const *meta_keys,
                 const char *const *meta_values, int n_meta);
 
+/* ---- sharded weights ----
+ * A large model is saved as shard files plus an index, as diffusers and
+ * transformers write them: "diffusion_pytorch_model.safetensors.index.json",
+ * {"metadata": {...}, "weight_map": {"tensor name": "shard file name", ...}}.
+ * The index is untrusted like a weight file: it must be a JSON object of at
+ * most DC_ST_MAX_INDEX bytes whose weight_map maps each name once to a plain
+ * file name in the index's own folder (no '/' or '\\', not "." or "..",
+ * ending in ".safetensors"), over at most DC_ST_MAX_SHARDS files. */
+#define DC_ST_MAX_INDEX (64u << 20)
+#define DC_ST_MAX_SHARDS 1024
+
+typedef struct dc_st_index {
+    int n;           /* weight_map entries */
+    char **names;    /* [n] tensor names, sorted */
+    int *shard;      /* [n] the shard of names[i], an index into files */
+    int n_files;
+    char **files;    /* [n_files] shard file names, sorted */
+} dc_st_index;
+
+/* Parse index text of `len` bytes; `what` names it in messages. On failure
+ * *ix is left empty (safe to free). */
+int dc_st_index_parse(dc_st_index *ix, const char *text, size_t len, const char *what);
+int dc_st_index_load(dc_st_index *ix, const char *path);
+void dc_st_index_free(dc_st_index *ix);
+
+/* A model's weights: one safetensors file, or, for a path ending in ".json",
+ * the shards its index lists. Every shard must exist, hold exactly the
+ * tensors the index puts in it (a tensor in two shards, in another shard than
+ * the index says, or in none is an error naming both files), and every
+ * tensor name is unique across the set. On failure *s is left empty. */
+typedef struct dc_st_set {
+    int n;              /* files */
+    dc_st_file *files;  /* [n] */
+    char **paths;       /* [n], for messages */
+} dc_st_set;
+int dc_st_set_open(dc_st_set *s, const char *path);
+void dc_st_set_close(dc_st_set *s);
+
 #endif

@@ -63,7 +63,7 @@
 /* ---- options ---- */
 
 typedef struct anomaly_options {
-    const char *model, *images, *output_dir, *strength, *reduce, *labels, *normal_class, *split, *device,
+    const char *model, *variant, *images, *output_dir, *strength, *reduce, *labels, *normal_class, *split, *device,
         *mixed_precision;
     int64_t ensemble, num_inference_steps, top_k, batch_size, seed, max_images, max_heatmaps;
     double sigma;
@@ -75,6 +75,8 @@ typedef struct anomaly_options {
 static const dc_cli_option options[] = {
     {"model", DC_CLI_STRING, FIELD(model), "DIR", NULL, "required", 0, 0, false,
      "a diffusers pipeline or UNet folder trained on normal images"},
+    {"variant", DC_CLI_STRING, FIELD(variant), "NAME", NULL, "default: the plain weights", 0, 0, false,
+     "weights of this variant (diffusion_pytorch_model.NAME.safetensors, e.g. fp16)"},
     {"images", DC_CLI_STRING, FIELD(images), "DIR|FILE", NULL, "required, or LABELS/test",
      0, 0, false, "the images: an image folder, IDX or CIFAR-10 files, or one image"},
     {"split", DC_CLI_STRING, FIELD(split), "NAME", "test", NULL, 0, 0, false,
@@ -233,7 +235,7 @@ static int resolve_classes(run *r) {
 static int setup(run *r) {
     int device;
     if (check_options(r) || dc_cli_resolve_device(r->o.device, r->o.mixed_precision, &device) ||
-        dc_model_load_on(&r->model, r->o.model, !r->o.no_ema, device) || model_shape(r) || make_sampler(r))
+        dc_model_load_on(&r->model, r->o.model, !r->o.no_ema, r->o.variant, device) || model_shape(r) || make_sampler(r))
         return -1;
     if (dc_dataset_items_open(&r->items, r->images_path, r->o.split))
         return dc_fail_prefix("--images");

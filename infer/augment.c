@@ -58,7 +58,7 @@
 /* ---- options ---- */
 
 typedef struct augment_options {
-    const char *model, *train_data_dir, *output_dir, *scheduler, *cache_dir, *device;
+    const char *model, *variant, *train_data_dir, *output_dir, *scheduler, *cache_dir, *device;
     const char *eval_data_dir, *real_fraction;
     int64_t per_class, variations, num_inference_steps, batch_size, seed;
     int64_t eval_steps, eval_epochs, eval_batch_size;
@@ -71,6 +71,8 @@ typedef struct augment_options {
 static const dc_cli_option options[] = {
     {"model", DC_CLI_STRING, FIELD(model), "DIR", NULL, "required", 0, 0, false,
      "a diffusers pipeline or UNet folder"},
+    {"variant", DC_CLI_STRING, FIELD(variant), "NAME", NULL, "default: the plain weights", 0, 0, false,
+     "weights of this variant (diffusion_pytorch_model.NAME.safetensors, e.g. fp16)"},
     {"train-data-dir", DC_CLI_STRING, FIELD(train_data_dir), "DIR", NULL, "required", 0, 0, false,
      "the real images: an image folder, IDX or CIFAR-10 files (split train)"},
     {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", NULL, "required", 0, 0, false,
@@ -487,7 +489,7 @@ static int setup(run *r, char **manifest_text) {
     const augment_options *o = &r->o;
     int device;
     r->manifest_fd = -1;
-    if (dc_device_resolve(o->device, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, device) ||
+    if (dc_device_resolve(o->device, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, o->variant, device) ||
         check_model(r) || dc_model_sampler(&r->model, o->scheduler, o->num_inference_steps, NULL, -1, &r->sampler) ||
         open_dataset(r) || check_classes(r) || dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
         read_manifest(r, manifest_text) || dc_model_ctx_init(&r->model, &r->ctx, ACTIVATION_BYTES))

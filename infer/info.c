@@ -3,8 +3,9 @@
  * dataset holds.
  *
  * A file that is a dataset (IDX images, a CIFAR-10 batch, a dataset cache)
- * is summarised; any other file is read as safetensors and listed: each
- * tensor's name, dtype, shape and size, the totals, then the metadata. A
+ * is summarised; a sharded index (*.json) is checked against its shards,
+ * which are then listed; any other file is read as safetensors and listed:
+ * each tensor's name, dtype, shape and size, the totals, then the metadata. A
  * folder is offered to each kind of folder `info` knows (folder_kinds
  * below), in order; the first that recognises it describes it: diffusers
  * model, pipeline and checkpoint folders, then dataset folders (images, IDX,
@@ -15,6 +16,7 @@
 #include "autograd/error.h"
 #include "autograd/safetensors.h"
 #include "data/dataset.h"
+#include "models/unet.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -26,11 +28,14 @@
 #include <sys/stat.h>
 
 static const char usage_text[] =
-    "usage: diffc info FILE|DIR\n"
+    "usage: diffc info [--variant NAME] FILE|DIR\n"
     "\n"
     "Describe a safetensors weight file: each tensor's name, dtype, shape and size,\n"
-    "the totals, and the metadata. Given a diffusers model or pipeline folder, or a\n"
-    "training checkpoint, describe the weight files inside it.\n"
+    "the totals, and the metadata; or a sharded one's index (*.safetensors.index.json)\n"
+    "and its shards. Given a diffusers model or pipeline folder, or a training\n"
+    "checkpoint, describe the weight files inside it: the UNet's plain weights and\n"
+    "every variant (diffusion_pytorch_model.fp16.safetensors, ...), or with\n"
+    "--variant NAME only that variant's.\n"
     "\n"
     "Given a dataset (an image folder, MNIST/Fashion-MNIST IDX files or their\n"
     "folder, CIFAR-10 batches or their folder, or a dataset cache file), decode it\n"
@@ -38,7 +43,8 @@ static const char usage_text[] =
     "their counts, and every file that would be skipped, with the reason.\n"
     "\n"
     "options:\n"
-    "  -h, --help    show this help\n";
+    "  --variant NAME  in a folder, only the UNet weights of this variant\n"
+    "  -h, --help      show this help\n";
 
 /* ---- formatting ---- */
 
@@ -144,16 +150,33 @@ static int print_meta(const dc_st_file *f) {
     return rc;
 }
 
-static int describe_file(const char *path) {
-    dc_st_file f;
-    if (dc_st_open(&f, path))
-        return -1;
+static int describe_one(const dc_st_file *f, const char *path) {
     printf("%s: safetensors weight file\n", path);
-    int rc = print_tensors(&f);
+    int rc = print_tensors(f);
     if (!rc)
-        print_totals(&f);
-    rc = rc ? rc : print_meta(&f);
-    dc_st_close(&f);
+        print_totals(f);
+    return rc ? rc : print_meta(f);
+}
+
+/* One file, or a sharded set: the index, then each shard. */
+static int describe_file(const char *path) {
+    dc_st_set s;
+    if (dc_st_set_open(&s, path))
+        return -1;
+    size_t len = strlen(path);
+    bool sharded = len > 5 && !strcmp(path + len - 5, ".json");
+    int tensors = 0, rc = 0;
+    for (int f = 0; f < s.n; f++)
+        tensors += s.files[f].n;
+    if (sharded)
+        printf("%s: sharded safetensors weights, %d tensors in %d shard%s\n\n", path, tensors, s.n,
+               s.n == 1 ? "" : "s");
+    for (int f = 0; f < s.n && !rc; f++) {
+        if (f)
+            putchar('\n');
+        rc = describe_one(&s.files[f], s.paths[f]);
+    }
+    dc_st_set_close(&s);
     return rc;
 }
 
@@ -258,35 +281,58 @@ static int is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-/* Weight file names of diffusers models and of our checkpoints. */
-static const char *const weight_names[] = {"diffusion_pytorch_model.safetensors", "model.safetensors",
-                                           "train_state.safetensors"};
+/* Weight file names of other models and of our checkpoints (the UNet's are
+ * dc_unet_weights_name's). */
+static const char *const weight_names[] = {"model.safetensors", "train_state.safetensors"};
+
+static int skip_hidden(const struct dirent *e) { return e->d_name[0] != '.'; }
+
+static int describe_counted(const char *path, int *found) {
+    if ((*found)++)
+        putchar('\n');
+    return describe_file(path);
+}
+
+/* The UNet weights in `dir` (all of them, or those of `variant`), sorted. */
+static int describe_unet_weights(const char *dir, const char *variant, int *found) {
+    struct dirent **e;
+    int n = scandir(dir, &e, skip_hidden, alphasort);
+    if (n < 0)
+        return dc_fail("%s: cannot list the folder: %s", dir, strerror(errno));
+    char path[PATH_MAX], v[80];
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++)
+        if (dc_unet_weights_name(e[i]->d_name, v, sizeof v) && (!variant || !strcmp(v, variant)))
+            rc = join(path, sizeof path, dir, e[i]->d_name) || describe_counted(path, found);
+    for (int i = 0; i < n; i++)
+        free(e[i]);
+    free(e);
+    return rc ? -1 : 0;
+}
 
 /* Describe the weight files directly in `dir`, counting them in *found
  * (files after the first get a blank line before them). */
-static int describe_weights_in(const char *dir, int *found) {
+static int describe_weights_in(const char *dir, const char *variant, int *found) {
     char path[PATH_MAX];
-    for (size_t i = 0; i < sizeof weight_names / sizeof weight_names[0]; i++) {
+    if (describe_unet_weights(dir, variant, found))
+        return -1;
+    for (size_t i = 0; !variant && i < sizeof weight_names / sizeof weight_names[0]; i++) {
         if (join(path, sizeof path, dir, weight_names[i]))
             return -1;
-        if (!is_file(path))
-            continue;
-        if ((*found)++)
-            putchar('\n');
-        if (describe_file(path))
+        if (is_file(path) && describe_counted(path, found))
             return -1;
     }
     return 0;
 }
 
-static int skip_hidden(const struct dirent *e) { return e->d_name[0] != '.'; }
-
 /* A diffusers model folder (weights at the top), pipeline folder or
  * checkpoint (weights in component subfolders: unet/, unet_ema/, vae/, ...).
  * 1 when described, 0 when the folder holds no weight file, -1 on error. */
+static const char *info_variant; /* --variant: the folder kinds take only the folder */
+
 static int describe_weights_folder(const char *dir) {
     int found = 0;
-    if (describe_weights_in(dir, &found))
+    if (describe_weights_in(dir, info_variant, &found))
         return -1;
     struct dirent **sub;
     int n = scandir(dir, &sub, skip_hidden, alphasort);
@@ -297,7 +343,7 @@ static int describe_weights_folder(const char *dir) {
     for (int i = 0; i < n && !rc; i++) {
         rc = join(path, sizeof path, dir, sub[i]->d_name);
         if (!rc && is_dir(path))
-            rc = describe_weights_in(path, &found);
+            rc = describe_weights_in(path, info_variant, &found);
     }
     for (int i = 0; i < n; i++)
         free(sub[i]);
@@ -315,6 +361,8 @@ static int describe_folder(const char *dir) {
         if (rc)
             return rc < 0 ? -1 : 0;
     }
+    if (info_variant)
+        return dc_fail("%s: no weights of variant '%s' found", dir, info_variant);
     return dc_fail("%s: no safetensors weight file found", dir);
 }
 
@@ -328,6 +376,7 @@ static int usage_error(const char *what) {
 int dc_cmd_info(int argc, char **argv) {
     const char *path = NULL;
     int options = 1;
+    info_variant = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (options && (!strcmp(a, "--help") || !strcmp(a, "-h"))) {
@@ -339,6 +388,12 @@ int dc_cmd_info(int argc, char **argv) {
             continue;
         }
         char msg[256];
+        if (options && !strcmp(a, "--variant")) {
+            if (++i == argc)
+                return usage_error("--variant needs a NAME");
+            info_variant = argv[i];
+            continue;
+        }
         if (options && a[0] == '-' && a[1]) {
             snprintf(msg, sizeof msg, "unknown option '%s'", a);
             return usage_error(msg);

@@ -6,6 +6,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -25,10 +26,13 @@ static const char *unet_component(const char *dir, bool use_ema) {
     return found ? "unet_ema" : "unet";
 }
 
-static int load_unet(dc_model *m, const char *dir, bool use_ema, int device) {
+static int load_unet(dc_model *m, const char *dir, bool use_ema, const char *variant, int device) {
     const char *component = unet_component(dir, use_ema);
-    char *config_path = NULL;
-    int rc = dc_unet_find(dir, component, &config_path, &m->weights_path);
+    char *config_path = NULL, *guessed = NULL;
+    int rc = dc_unet_find(dir, component, variant, &config_path, &m->weights_path, &guessed);
+    if (guessed)
+        fprintf(stderr, "diffc: note: %s has no plain weights; using its only variant, %s\n", dir, guessed);
+    free(guessed);
     if (!rc)
         rc = dc_unet_config_load(&m->cfg, config_path);
     free(config_path);
@@ -81,10 +85,10 @@ static int check_components(const char *dir) {
     return rc;
 }
 
-int dc_model_load_on(dc_model *m, const char *dir, bool use_ema, int device) {
+int dc_model_load_on(dc_model *m, const char *dir, bool use_ema, const char *variant, int device) {
     memset(m, 0, sizeof *m);
     m->device = device;
-    if (check_components(dir) || load_unet(m, dir, use_ema, device) || load_schedule(m, dir)) {
+    if (check_components(dir) || load_unet(m, dir, use_ema, variant, device) || load_schedule(m, dir)) {
         dc_model_free(m);
         return -1;
     }
@@ -92,7 +96,7 @@ int dc_model_load_on(dc_model *m, const char *dir, bool use_ema, int device) {
 }
 
 int dc_model_load(dc_model *m, const char *dir, bool use_ema) {
-    return dc_model_load_on(m, dir, use_ema, DC_CPU);
+    return dc_model_load_on(m, dir, use_ema, NULL, DC_CPU);
 }
 
 int dc_model_ctx_init(const dc_model *m, dc_ctx *ctx, size_t cpu_bytes) {

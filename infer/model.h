@@ -7,7 +7,8 @@
  *   a pipeline folder   unet/ (and unet_ema/ when trained with EMA) and
  *                       scheduler/scheduler_config.json, as
  *                       DDPMPipeline.save_pretrained and `diffc train` write;
- *   a bare UNet folder  config.json and diffusion_pytorch_model.safetensors,
+ *   a bare UNet folder  config.json and diffusion_pytorch_model.safetensors
+ *                       (or its shards, or a variant such as fp16),
  *                       as UNet2DModel.save_pretrained writes; the schedule
  *                       is then DDPMScheduler's default (1000 linear steps,
  *                       epsilon).
@@ -30,7 +31,7 @@ typedef struct dc_model {
     dc_unet unet;
     dc_params ps;
     dc_noise_schedule sched;
-    char *weights_path;   /* the weight file loaded */
+    char *weights_path;   /* the weight file (or sharded index) loaded */
     char *scheduler_path; /* scheduler/scheduler_config.json; NULL for a bare UNet folder */
     char *scheduler_json; /* its text */
     bool ema;             /* the weights are unet_ema/'s */
@@ -42,9 +43,10 @@ typedef struct dc_model {
  * the weights do not fit (the parameter and both shapes), a bad scheduler
  * config. On failure *m is left empty (safe to free). */
 int dc_model_load(dc_model *m, const char *dir, bool use_ema);
-/* The same with the weights on `device` (DC_CPU or a CUDA ordinal, as
- * dc_device_resolve gives it). */
-int dc_model_load_on(dc_model *m, const char *dir, bool use_ema, int device);
+/* The same with the weights of `variant` ("fp16"; NULL: the plain ones, or
+ * the folder's only variant, with a note on stderr; see dc_unet_find) on
+ * `device` (DC_CPU or a CUDA ordinal, as dc_device_resolve gives it). */
+int dc_model_load_on(dc_model *m, const char *dir, bool use_ema, const char *variant, int device);
 void dc_model_free(dc_model *m);
 
 /* A context for the model's forward passes, on its device: on the CPU an

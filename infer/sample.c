@@ -45,7 +45,7 @@
 /* ---- options ---- */
 
 typedef struct sample_options {
-    const char *model, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device,
+    const char *model, *variant, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device,
         *mixed_precision;
     int64_t num_inference_steps;          /* 0: the scheduler's default */
     int64_t num_images;                   /* 0: DEFAULT_IMAGES, or one per init image */
@@ -59,6 +59,8 @@ typedef struct sample_options {
 static const dc_cli_option options[] = {
     {"model", DC_CLI_STRING, FIELD(model), "DIR", NULL, "required", 0, 0, false,
      "a diffusers pipeline or UNet folder"},
+    {"variant", DC_CLI_STRING, FIELD(variant), "NAME", NULL, "default: the plain weights", 0, 0, false,
+     "weights of this variant (diffusion_pytorch_model.NAME.safetensors, e.g. fp16)"},
     {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", NULL, "required", 0, 0, false,
      "where the images go"},
     {"scheduler", DC_CLI_STRING, FIELD(scheduler), "NAME", "ddim", NULL, 0, 0, false, "ddpm, ddim or dpm++2m"},
@@ -283,7 +285,7 @@ static int setup(run *r) {
     const sample_options *o = &r->o;
     int device;
     if (dc_cli_resolve_device(o->device, o->mixed_precision, &device) ||
-        dc_model_load_on(&r->model, o->model, !o->no_ema, device))
+        dc_model_load_on(&r->model, o->model, !o->no_ema, o->variant, device))
         return -1;
     const dc_unet_config *c = &r->model.cfg;
     if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||

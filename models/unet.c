@@ -65,6 +65,7 @@ static const struct {
     {"norm_eps", KEY_FLOAT, offsetof(dc_unet_config, norm_eps), 1e-5},
     {"add_attention", KEY_BOOL, offsetof(dc_unet_config, add_attention), 1},
     {"num_class_embeds", KEY_INT_OR_NULL, offsetof(dc_unet_config, num_class_embeds), 0},
+    {"time_embedding_dim", KEY_INT_OR_NULL, offsetof(dc_unet_config, time_embedding_dim), 0},
 };
 
 static int read_scalar(dc_unet_config *c, const cJSON *root, const char *what, int k) {
@@ -133,10 +134,6 @@ static int read_choice(const cJSON *root, const char *what, const char *key, con
 static int refuse_unsupported(const cJSON *root, const char *what) {
     if (CHOICE(root, what, "_class_name", "UNet2DModel", "UNet2DModel") < 0 ||
         CHOICE(root, what, "time_embedding_type", "positional", "positional") < 0 ||
-        CHOICE(root, what, "act_fn", "silu", "silu", "swish") < 0 ||
-        CHOICE(root, what, "class_embed_type", NULL, NULL) < 0 ||
-        CHOICE(root, what, "downsample_type", "conv", "conv", NULL) < 0 ||
-        CHOICE(root, what, "upsample_type", "conv", "conv", NULL) < 0 ||
         CHOICE(root, what, "mid_block_type", "UNetMidBlock2D", "UNetMidBlock2D") < 0)
         return -1;
     const cJSON *legacy = cJSON_GetObjectItemCaseSensitive(root, "attention_legacy_order");
@@ -189,31 +186,66 @@ static int read_channels(dc_unet_config *c, const cJSON *root, const char *what)
     return 0;
 }
 
-/* down_block_types or up_block_types: one plain and one attention block type. */
-static int read_block_types(bool *attn, const cJSON *root, const char *what, const char *key,
-                            int levels, const char *plain, const char *with_attn) {
+/* The block types of either path: attention or not, and the resampler
+ * (FROM_KEY: as downsample_type / upsample_type says). */
+#define FROM_KEY -1
+typedef struct {
+    const char *name;
+    bool attn;
+    int resample;
+} block_kind;
+
+static const block_kind down_kinds[] = {
+    {"DownBlock2D", false, DC_UNET_RESAMPLE_CONV}, /* ignores downsample_type, as in diffusers */
+    {"AttnDownBlock2D", true, FROM_KEY},
+    {"ResnetDownsampleBlock2D", false, DC_UNET_RESAMPLE_RESNET},
+};
+static const block_kind up_kinds[] = {
+    {"UpBlock2D", false, DC_UNET_RESAMPLE_CONV},
+    {"AttnUpBlock2D", true, FROM_KEY},
+    {"ResnetUpsampleBlock2D", false, DC_UNET_RESAMPLE_RESNET},
+};
+#define N_KINDS 3
+
+/* The kind named `name` ("UNetRes" prefix dropped, as get_down_block does), or NULL. */
+static const block_kind *find_kind(const block_kind *kinds, const char *name) {
+    if (!strncmp(name, "UNetRes", 7))
+        name += 7;
+    for (int k = 0; k < N_KINDS; k++)
+        if (!strcmp(name, kinds[k].name))
+            return &kinds[k];
+    return NULL;
+}
+
+/* down_block_types or up_block_types into attn[] and resample[]; `from_key`
+ * is downsample_type / upsample_type. */
+static int read_block_types(bool *attn, dc_unet_resample *resample, const cJSON *root,
+                            const char *what, const char *key, int levels, const block_kind *kinds,
+                            dc_unet_resample from_key) {
+    static const char *const defaults[2][4] = {
+        {"DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"},
+        {"AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"}};
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!v) { /* diffusers' default: attention everywhere but the full-resolution level */
-        if (levels != 4)
-            return dc_fail("%s: %s is missing: its default has 4 entries, block_out_channels %d",
-                           what, key, levels);
-        for (int i = 0; i < 4; i++)
-            attn[i] = !strcmp(key, "down_block_types") ? i > 0 : i < 3;
-        return 0;
-    }
-    if (!cJSON_IsArray(v))
+    if (!v && levels != 4)
+        return dc_fail("%s: %s is missing: its default has 4 entries, block_out_channels %d", what,
+                       key, levels);
+    if (v && !cJSON_IsArray(v))
         return dc_fail("%s: %s must be a list of block names, got %s", what, key, dc_json_type(v));
-    if (cJSON_GetArraySize(v) != levels)
+    if (v && cJSON_GetArraySize(v) != levels)
         return dc_fail("%s: %s has %d entries but block_out_channels has %d", what, key,
                        cJSON_GetArraySize(v), levels);
-    int i = 0;
-    for (const cJSON *e = v->child; e; e = e->next, i++) {
-        if (!cJSON_IsString(e))
+    const cJSON *e = v ? v->child : NULL;
+    for (int i = 0; i < levels; i++, e = e ? e->next : NULL) {
+        if (e && !cJSON_IsString(e))
             return dc_fail("%s: %s[%d] must be a string, got %s", what, key, i, dc_json_type(e));
-        if (strcmp(e->valuestring, plain) && strcmp(e->valuestring, with_attn))
-            return dc_fail("%s: %s[%d] \"%.64s\" is not supported (supported: \"%s\", \"%s\")",
-                           what, key, i, e->valuestring, plain, with_attn);
-        attn[i] = !strcmp(e->valuestring, with_attn);
+        const char *name = e ? e->valuestring : defaults[kinds == up_kinds][i];
+        const block_kind *k = find_kind(kinds, name);
+        if (!k)
+            return dc_fail("%s: %s[%d] \"%.64s\" is not supported (supported: \"%s\", \"%s\", "
+                           "\"%s\")",
+                           what, key, i, name, kinds[0].name, kinds[1].name, kinds[2].name);
+        attn[i] = k->attn;
+        resample[i] = k->resample == FROM_KEY ? from_key : (dc_unet_resample)k->resample;
     }
     return 0;
 }
@@ -226,10 +258,27 @@ static int check_attention(const dc_unet_config *c, const char *what, const char
     return 0;
 }
 
+/* The enumerations and widths a config built in code could get wrong. */
+static int check_features(const dc_unet_config *c, const char *what) {
+    if ((unsigned)c->act_fn > DC_UNET_GELU || (unsigned)c->class_embed_type > DC_UNET_CLASS_IDENTITY)
+        return dc_fail("%s: act_fn %d or class_embed_type %d is out of range", what, (int)c->act_fn,
+                       (int)c->class_embed_type);
+    for (int i = 0; i < c->levels; i++)
+        if ((unsigned)c->down_resample[i] > DC_UNET_RESAMPLE_RESNET ||
+            (unsigned)c->up_resample[i] > DC_UNET_RESAMPLE_RESNET)
+            return dc_fail("%s: the resampling of level %d is out of range", what, i);
+    if (c->time_embedding_dim < 0)
+        return dc_fail("%s: time_embedding_dim %d must be positive or null", what,
+                       c->time_embedding_dim);
+    return 0;
+}
+
 /* The rules that hold for any config, parsed or built in code. */
 static int check_config(const dc_unet_config *c, const char *what) {
     if (c->levels < 1 || c->levels > DC_UNET_MAX_LEVELS)
         return dc_fail("%s: %d levels (diffc builds 1 to %d)", what, c->levels, DC_UNET_MAX_LEVELS);
+    if (check_features(c, what))
+        return -1;
     if (c->in_channels < 1 || c->out_channels < 1)
         return dc_fail("%s: in_channels %d and out_channels %d must be positive", what,
                        c->in_channels, c->out_channels);
@@ -290,13 +339,22 @@ static int parse_object(dc_unet_config *c, const cJSON *root, const char *what) 
         if (read_scalar(c, root, what, k))
             return -1;
     int shift = CHOICE(root, what, "resnet_time_scale_shift", "default", "default", "scale_shift");
-    if (shift < 0 || read_sample_size(c, root, what) || read_channels(c, root, what) ||
-        read_block_types(c->down_attn, root, what, "down_block_types", c->levels, "DownBlock2D",
-                         "AttnDownBlock2D") ||
-        read_block_types(c->up_attn, root, what, "up_block_types", c->levels, "UpBlock2D",
-                         "AttnUpBlock2D"))
+    int act = CHOICE(root, what, "act_fn", "silu", "silu", "swish", "mish", "gelu");
+    int cls = CHOICE(root, what, "class_embed_type", NULL, NULL, "timestep", "identity");
+    /* null means "conv" (get_down_block's default) */
+    int down = CHOICE(root, what, "downsample_type", "conv", "conv", NULL, "resnet");
+    int up = CHOICE(root, what, "upsample_type", "conv", "conv", NULL, "resnet");
+    if (shift < 0 || act < 0 || cls < 0 || down < 0 || up < 0)
         return -1;
     c->scale_shift = shift == 1;
+    c->act_fn = act < 2 ? DC_UNET_SILU : act == 2 ? DC_UNET_MISH : DC_UNET_GELU;
+    c->class_embed_type = (dc_unet_class_embed)cls;
+    if (read_sample_size(c, root, what) || read_channels(c, root, what) ||
+        read_block_types(c->down_attn, c->down_resample, root, what, "down_block_types", c->levels,
+                         down_kinds, down == 2 ? DC_UNET_RESAMPLE_RESNET : DC_UNET_RESAMPLE_CONV) ||
+        read_block_types(c->up_attn, c->up_resample, root, what, "up_block_types", c->levels,
+                         up_kinds, up == 2 ? DC_UNET_RESAMPLE_RESNET : DC_UNET_RESAMPLE_CONV))
+        return -1;
     return check_config(c, what);
 }
 
@@ -367,8 +425,11 @@ void dc_unet_config_free(dc_unet_config *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* Identity class embeddings are vectors, not labels: no label means "no class". */
 int dc_unet_null_class(const dc_unet_config *c) {
-    return c->num_class_embeds > 0 ? c->num_class_embeds - 1 : -1;
+    return c->num_class_embeds > 0 && c->class_embed_type != DC_UNET_CLASS_IDENTITY
+               ? c->num_class_embeds - 1
+               : -1;
 }
 
 /* ==== parameters ==== */
@@ -379,10 +440,16 @@ static const char *sub(char *buf, size_t n, const char *prefix, const char *name
     return buf;
 }
 
+/* T, the width of the time embedding. */
+static int64_t temb_dim(const dc_unet_config *c) {
+    return c->time_embedding_dim ? c->time_embedding_dim : 4 * (int64_t)c->block_out_channels[0];
+}
+
+/* resample: 0, or -1 / 1 for a resnet down- / upsampler. */
 static void resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix, int64_t cin,
-                        int64_t cout, const dc_unet_config *c, float output_scale) {
+                        int64_t cout, const dc_unet_config *c, float output_scale, int resample) {
     char b[192];
-    int64_t temb = 4 * (int64_t)c->block_out_channels[0];
+    int64_t temb = temb_dim(c);
     dc_nn_group_norm_init(&r->norm1, ps, sub(b, sizeof b, prefix, "norm1"), c->norm_num_groups, cin,
                           c->norm_eps);
     dc_nn_conv2d_init(&r->conv1, ps, sub(b, sizeof b, prefix, "conv1"), cin, cout, 3, 1, 1, true);
@@ -396,6 +463,8 @@ static void resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix, in
                           cout, 1, 1, 0, true);
     r->out_channels = cout;
     r->scale_shift = c->scale_shift;
+    r->act = c->act_fn;
+    r->resample = resample;
     r->dropout = c->dropout;
     r->output_scale_factor = output_scale;
 }
@@ -440,9 +509,12 @@ static int down_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, i
     }
     for (int j = 0; j < n; j++) {
         snprintf(q, sizeof q, "down_blocks.%d.resnets.%d", i, j);
-        resnet_init(&b->resnets[j], ps, q, j ? cout : cin, cout, c, 1.0f);
+        resnet_init(&b->resnets[j], ps, q, j ? cout : cin, cout, c, 1.0f, 0);
     }
-    if (i < c->levels - 1) {
+    if (i < c->levels - 1 && c->down_resample[i] == DC_UNET_RESAMPLE_RESNET) {
+        snprintf(q, sizeof q, "down_blocks.%d.downsamplers.0", i);
+        resnet_init(&b->resnet_sampler, ps, q, cout, cout, c, 1.0f, -1);
+    } else if (i < c->levels - 1) {
         snprintf(q, sizeof q, "down_blocks.%d.downsamplers.0.conv", i);
         dc_nn_conv2d_init(&b->sampler, ps, q, cout, cout, 3, 2, c->downsample_padding, true);
         b->pad_bottom_right = c->downsample_padding == 0;
@@ -469,9 +541,12 @@ static int up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int
     for (int j = 0; j < n; j++) {
         snprintf(q, sizeof q, "up_blocks.%d.resnets.%d", i, j);
         int cin = (j ? cout : prev) + (j == n - 1 ? skip_last : cout);
-        resnet_init(&b->resnets[j], ps, q, cin, cout, c, 1.0f);
+        resnet_init(&b->resnets[j], ps, q, cin, cout, c, 1.0f, 0);
     }
-    if (i < L - 1) {
+    if (i < L - 1 && c->up_resample[i] == DC_UNET_RESAMPLE_RESNET) {
+        snprintf(q, sizeof q, "up_blocks.%d.upsamplers.0", i);
+        resnet_init(&b->resnet_sampler, ps, q, cout, cout, c, 1.0f, 1);
+    } else if (i < L - 1) {
         snprintf(q, sizeof q, "up_blocks.%d.upsamplers.0.conv", i);
         dc_nn_conv2d_init(&b->sampler, ps, q, cout, cout, 3, 1, 1, true);
     }
@@ -489,8 +564,8 @@ static int mid_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c) {
         return -1;
     if (b->attentions)
         attention_init(&b->attentions[0], ps, "mid_block.attentions.0", ch, c, groups, s);
-    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", ch, ch, c, s);
-    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", ch, ch, c, s);
+    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", ch, ch, c, s, 0);
+    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", ch, ch, c, s, 0);
     return 0;
 }
 
@@ -520,12 +595,16 @@ int dc_unet_init(dc_unet *m, const dc_unet_config *c, dc_params *ps) {
         return -1;
     m->cfg = *c;
     m->cfg.json = NULL;
-    int64_t c0 = c->block_out_channels[0], temb = 4 * c0;
+    int64_t c0 = c->block_out_channels[0], temb = temb_dim(c);
     dc_nn_conv2d_init(&m->conv_in, ps, "conv_in", c->in_channels, c0, 3, 1, 1, true);
     dc_nn_linear_init(&m->time_linear_1, ps, "time_embedding.linear_1", c0, temb, true);
     dc_nn_linear_init(&m->time_linear_2, ps, "time_embedding.linear_2", temb, temb, true);
-    if (c->num_class_embeds)
+    if (c->class_embed_type == DC_UNET_CLASS_TABLE && c->num_class_embeds)
         dc_nn_embedding_init(&m->class_embedding, ps, "class_embedding", c->num_class_embeds, temb);
+    if (c->class_embed_type == DC_UNET_CLASS_TIMESTEP) {
+        dc_nn_linear_init(&m->class_linear_1, ps, "class_embedding.linear_1", c0, temb, true);
+        dc_nn_linear_init(&m->class_linear_2, ps, "class_embedding.linear_2", temb, temb, true);
+    }
     int rc = 0;
     for (int i = 0; !rc && i < c->levels; i++)
         rc = down_init(&m->down[i], ps, c, i);
@@ -556,6 +635,43 @@ static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) {
     return NULL;
 }
 
+static bool conditional(const dc_unet_config *c) {
+    return c->class_embed_type != DC_UNET_CLASS_TABLE || c->num_class_embeds;
+}
+
+/* What makes the model class-conditional, for messages. */
+static const char *class_kind(const dc_unet_config *c, char *buf, size_t n) {
+    static const char *const types[] = {"", "timestep", "identity"};
+    if (c->class_embed_type == DC_UNET_CLASS_TABLE)
+        snprintf(buf, n, "num_class_embeds %d", c->num_class_embeds);
+    else
+        snprintf(buf, n, "class_embed_type \"%s\"", types[c->class_embed_type]);
+    return buf;
+}
+
+/* Whether labels y do not fit the model's class embedding (why in buf). */
+static bool labels_problem(const dc_unet *m, const dc_tensor *y, int64_t batch, char *buf,
+                           size_t n) {
+    const dc_unet_config *c = &m->cfg;
+    char s[64];
+    dc_shape_str(s, sizeof s, y->ndim, y->shape);
+    if (c->class_embed_type == DC_UNET_CLASS_IDENTITY) {
+        int64_t t = m->time_linear_2.weight->shape[0];
+        if (y->dtype == DC_F32 && y->ndim == 2 && y->shape[0] == batch && y->shape[1] == t)
+            return false;
+        snprintf(buf, n, "class embeddings (class_embed_type \"identity\") must be f32 [%lld, %lld], "
+                 "got %s %s", (long long)batch, (long long)t, dc_dtype_name(y->dtype), s);
+        return true;
+    }
+    bool timestep = c->class_embed_type == DC_UNET_CLASS_TIMESTEP;
+    if ((y->dtype == DC_I32 || (timestep && y->dtype == DC_F32)) && y->ndim == 1 &&
+        y->shape[0] == batch)
+        return false;
+    snprintf(buf, n, "class labels must be %s [%lld], got %s %s", timestep ? "i32 or f32" : "i32",
+             (long long)batch, dc_dtype_name(y->dtype), s);
+    return true;
+}
+
 /* The reason x, t and class_labels cannot go through m, or NULL. */
 static const char *input_problem(const dc_unet *m, const dc_tensor *x, const dc_tensor *t,
                                  const dc_tensor *y, char *buf, size_t n) {
@@ -572,39 +688,81 @@ static const char *input_problem(const dc_unet *m, const dc_tensor *x, const dc_
         snprintf(buf, n, "timesteps must be f32 or i32 [%lld] (or [1]), got %s %s",
                  (long long)x->shape[0], dc_dtype_name(t->dtype),
                  dc_shape_str(s, sizeof s, t->ndim, t->shape));
-    else if (c->num_class_embeds && !y)
-        snprintf(buf, n,
-                 "the model is class-conditional (num_class_embeds %d): class labels are "
-                 "required",
-                 c->num_class_embeds);
-    else if (!c->num_class_embeds && y)
+    else if (conditional(c) && !y)
+        snprintf(buf, n, "the model is class-conditional (%s): class labels are required",
+                 class_kind(c, s, sizeof s));
+    else if (!conditional(c) && y)
         snprintf(buf, n, "class labels given to a model without class embeddings");
-    else if (y && (y->dtype != DC_I32 || y->ndim != 1 || y->shape[0] != x->shape[0]))
-        snprintf(buf, n, "class labels must be i32 [%lld], got %s %s", (long long)x->shape[0],
-                 dc_dtype_name(y->dtype), dc_shape_str(s, sizeof s, y->ndim, y->shape));
+    else if (y && labels_problem(m, y, x->shape[0], buf, n))
+        return buf;
     else
         return NULL;
     return buf;
 }
 
-/* Timesteps (and class labels) -> emb [N, T]: sinusoids, linear, silu, linear,
- * plus the class embedding. */
-static dc_tensor *time_embedding(dc_ctx *ctx, const dc_unet *m, dc_tensor *t, dc_tensor *y) {
-    const dc_unet_config *c = &m->cfg;
-    dc_tensor *e = dc_timestep_embedding(ctx, t, c->block_out_channels[0], c->flip_sin_to_cos,
-                                         c->freq_shift, MAX_PERIOD);
-    e = dc_nn_linear_forward(ctx, &m->time_linear_1, e);
-    e = dc_nn_linear_forward(ctx, &m->time_linear_2, dc_silu(ctx, e));
-    if (!y)
-        return e;
-    /* labels first: with one shared timestep e is [1, T] and broadcasts */
-    return dc_add(ctx, dc_nn_embedding_forward(ctx, &m->class_embedding, y), e);
+static dc_tensor *activation(dc_ctx *ctx, dc_unet_act act, dc_tensor *x) {
+    return act == DC_UNET_SILU ? dc_silu(ctx, x) : act == DC_UNET_MISH ? dc_mish(ctx, x) : dc_gelu(ctx, x);
 }
 
-/* x [N, H, W, C], temb = silu(emb) [N or 1, T] -> [N, H, W, Cout]. */
+/* The norm, then the activation (fused for silu). */
+static dc_tensor *norm_act(dc_ctx *ctx, const dc_nn_group_norm *norm, dc_unet_act act,
+                           dc_tensor *x) {
+    if (act == DC_UNET_SILU)
+        return dc_nn_group_norm_silu_forward(ctx, norm, x);
+    return activation(ctx, act, dc_nn_group_norm_forward(ctx, norm, x));
+}
+
+/* diffusers' TimestepEmbedding: linear, silu, linear (silu whatever act_fn is). */
+static dc_tensor *mlp(dc_ctx *ctx, const dc_nn_linear *l1, const dc_nn_linear *l2, dc_tensor *x) {
+    return dc_nn_linear_forward(ctx, l2, dc_silu(ctx, dc_nn_linear_forward(ctx, l1, x)));
+}
+
+/* time_proj: timesteps [N] -> sinusoids [N, C0]. */
+static dc_tensor *time_proj(dc_ctx *ctx, const dc_unet_config *c, dc_tensor *t) {
+    return dc_timestep_embedding(ctx, t, c->block_out_channels[0], c->flip_sin_to_cos,
+                                 c->freq_shift, MAX_PERIOD);
+}
+
+/* Timesteps (and class labels) -> emb [N, T]: the time MLP of the
+ * projected timesteps, plus the class embedding. */
+static dc_tensor *time_embedding(dc_ctx *ctx, const dc_unet *m, dc_tensor *t, dc_tensor *y) {
+    const dc_unet_config *c = &m->cfg;
+    dc_tensor *e = mlp(ctx, &m->time_linear_1, &m->time_linear_2, time_proj(ctx, c, t));
+    if (!y)
+        return e;
+    dc_tensor *ce = c->class_embed_type == DC_UNET_CLASS_TABLE
+                        ? dc_nn_embedding_forward(ctx, &m->class_embedding, y)
+                    : c->class_embed_type == DC_UNET_CLASS_TIMESTEP
+                        ? mlp(ctx, &m->class_linear_1, &m->class_linear_2, time_proj(ctx, c, y))
+                        : y;
+    /* labels first: with one shared timestep e is [1, T] and broadcasts */
+    return dc_add(ctx, ce, e);
+}
+
+/* F.avg_pool2d(x, 2): [N, H, W, C] -> [N, H/2, W/2, C], the mean of row
+ * pairs, then of column pairs, from slices of reshaped views. */
+static dc_tensor *avg_pool2x(dc_ctx *ctx, dc_tensor *x) {
+    if (!x)
+        return NULL;
+    int64_t n = x->shape[0], h = x->shape[1] / 2, w = x->shape[2] / 2, c = x->shape[3];
+    dc_tensor *rows = dc_reshape(ctx, x, DC_SHAPE(n * h, 2 * 2 * w * c));
+    rows = dc_add(ctx, dc_slice(ctx, rows, 0, 2 * w * c), dc_slice(ctx, rows, 2 * w * c, 2 * w * c));
+    dc_tensor *cols = dc_reshape(ctx, rows, DC_SHAPE(n * h * w, 2 * c));
+    cols = dc_add(ctx, dc_slice(ctx, cols, 0, c), dc_slice(ctx, cols, c, c));
+    return dc_reshape(ctx, dc_scale(ctx, cols, 0.25f), DC_SHAPE(n, h, w, c));
+}
+
+/* A resnet's down=True / up=True resampling, or x itself. */
+static dc_tensor *resnet_resample(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x) {
+    return r->resample < 0 ? avg_pool2x(ctx, x) : r->resample > 0 ? dc_upsample2x(ctx, x) : x;
+}
+
+/* x [N, H, W, C], temb = act(emb) [N or 1, T] -> [N, H', W', Cout] (H' = H
+ * but for a resampling resnet). */
 static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
                                  dc_tensor *temb) {
-    dc_tensor *h = dc_nn_group_norm_silu_forward(ctx, &r->norm1, x);
+    dc_tensor *h = resnet_resample(ctx, r, norm_act(ctx, &r->norm1, r->act, x));
+    x = resnet_resample(ctx, r, x);
     h = dc_nn_conv2d_forward(ctx, &r->conv1, h);
     dc_tensor *p = dc_nn_linear_forward(ctx, &r->time_emb_proj, temb);
     if (!h || !p)
@@ -615,10 +773,10 @@ static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor
         dc_tensor *shift = dc_slice(ctx, p, co, co);
         h = dc_nn_group_norm_forward(ctx, &r->norm2, h);
         h = dc_mul(ctx, h, dc_reshape(ctx, scale, DC_SHAPE(n, 1, 1, co)));
-        h = dc_silu(ctx, dc_add(ctx, h, dc_reshape(ctx, shift, DC_SHAPE(n, 1, 1, co))));
+        h = activation(ctx, r->act, dc_add(ctx, h, dc_reshape(ctx, shift, DC_SHAPE(n, 1, 1, co))));
     } else {
         h = dc_add(ctx, h, dc_reshape(ctx, p, DC_SHAPE(n, 1, 1, co)));
-        h = dc_nn_group_norm_silu_forward(ctx, &r->norm2, h);
+        h = norm_act(ctx, &r->norm2, r->act, h);
     }
     h = dc_dropout(ctx, h, r->dropout);
     h = dc_nn_conv2d_forward(ctx, &r->conv2, h);
@@ -669,8 +827,16 @@ static dc_tensor *pad_bottom_right(dc_ctx *ctx, dc_tensor *x) {
     return dc_reshape(ctx, img, DC_SHAPE(n, h + 1, w + 1, c));
 }
 
-/* Downsample2D (conv, stride 2) or Upsample2D (nearest 2x, conv). */
-static dc_tensor *resample(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h, bool up) {
+static bool has_sampler(const dc_unet_block *b) {
+    return b->sampler.weight || b->resnet_sampler.resample;
+}
+
+/* Downsample2D (conv, stride 2), Upsample2D (nearest 2x, conv), or a
+ * resampling resnet. */
+static dc_tensor *resample(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h, dc_tensor *temb,
+                           bool up) {
+    if (b->resnet_sampler.resample)
+        return resnet_forward(ctx, &b->resnet_sampler, h, temb);
     if (up)
         return dc_nn_conv2d_forward(ctx, &b->sampler, dc_upsample2x(ctx, h));
     if (b->pad_bottom_right)
@@ -682,7 +848,7 @@ static dc_tensor *resample(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h, bo
 static int skip_count(const dc_unet *m) {
     int n = 1; /* conv_in's output */
     for (int i = 0; i < m->cfg.levels; i++)
-        n += m->down[i].n_layers + (m->down[i].sampler.weight ? 1 : 0);
+        n += m->down[i].n_layers + has_sampler(&m->down[i]);
     return n;
 }
 
@@ -699,7 +865,7 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
     dc_tensor **skips = dc_arena_alloc(&ctx->meta, (size_t)skip_count(m) * sizeof *skips);
     if (!skips)
         return forward_fail(ctx, "%s", dc_error());
-    dc_tensor *temb = dc_silu(ctx, time_embedding(ctx, m, t, class_labels));
+    dc_tensor *temb = activation(ctx, c->act_fn, time_embedding(ctx, m, t, class_labels));
     dc_tensor *h = c->center_input_sample ? dc_affine(ctx, x, 2.0f, -1.0f) : x;
     h = dc_nn_conv2d_forward(ctx, &m->conv_in, h);
     int top = 0;
@@ -712,8 +878,8 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
                 h = attention_forward(ctx, &b->attentions[j], h);
             skips[top++] = h;
         }
-        if (b->sampler.weight)
-            skips[top++] = h = resample(ctx, b, h, false);
+        if (has_sampler(b))
+            skips[top++] = h = resample(ctx, b, h, temb, false);
     }
     h = resnet_forward(ctx, &m->mid.resnets[0], h, temb);
     if (m->mid.attentions)
@@ -726,8 +892,8 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
             if (b->attentions)
                 h = attention_forward(ctx, &b->attentions[j], h);
         }
-        if (b->sampler.weight)
-            h = resample(ctx, b, h, true);
+        if (has_sampler(b))
+            h = resample(ctx, b, h, temb, true);
     }
     h = dc_nn_group_norm_silu_forward(ctx, &m->conv_norm_out, h);
     return dc_nn_conv2d_forward(ctx, &m->conv_out, h);

@@ -2,7 +2,7 @@
  * diffusers' UNet2DModel, built from the engine's layers.
  *
  * The configuration is a diffusers config.json: the same keys, the same
- * defaults as UNet2DModel.__init__ (diffusers 0.27), and the original text kept
+ * defaults as UNet2DModel.__init__ (diffusers 0.27 to 0.42), and the original text kept
  * so a checkpoint saves it back unchanged. Parameters carry the names of
  * UNet2DModel's state_dict ("down_blocks.0.resnets.0.conv1.weight", ...), so
  * dc_params_load / dc_params_save read and write files that diffusers reads
@@ -10,14 +10,19 @@
  * (query/key/value/proj_attn) that published checkpoints such as
  * google/ddpm-cifar10-32 still use.
  *
- * Supported: DownBlock2D, AttnDownBlock2D, UpBlock2D, AttnUpBlock2D and
- * UNetMidBlock2D with or without attention; resnet_time_scale_shift "default"
- * and "scale_shift"; the positional (sinusoidal) time embedding; class
- * conditioning through num_class_embeds; dropout; conv down- and upsampling
- * (downsample_padding 0 or 1). Anything else in a config that would change the
- * network (a fourier time embedding, class_embed_type, resnet resampling,
- * another activation, another block) is refused with the key and its value.
- * Keys UNet2DModel does not know are ignored, as diffusers ignores them.
+ * Supported: DownBlock2D, AttnDownBlock2D, ResnetDownsampleBlock2D,
+ * UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D and UNetMidBlock2D with or
+ * without attention; downsample_type / upsample_type "conv" or "resnet"
+ * (followed by the attention blocks, ignored by the plain ones, as in
+ * diffusers); conv down- and upsampling (downsample_padding 0 or 1);
+ * resnet_time_scale_shift "default" and "scale_shift"; act_fn silu (swish),
+ * mish and gelu; the positional (sinusoidal) time embedding and
+ * time_embedding_dim; class conditioning through num_class_embeds or
+ * class_embed_type "timestep" / "identity"; dropout. Anything else in a config
+ * that would change the network (a fourier time embedding, another block, another
+ * activation) is refused with the key and its value. Keys UNet2DModel does not
+ * know are ignored, as diffusers ignores them. Weights may be sharded or a
+ * variant (dc_unet_find).
  *
  * Class conditioning and classifier-free guidance: by this project's
  * convention the last class label, num_class_embeds - 1, means "no class"
@@ -36,6 +41,25 @@
 
 #define DC_UNET_MAX_LEVELS 8 /* len(block_out_channels); diffusers' examples use up to 6 */
 
+/* act_fn: the resnets' activation (the time MLP and conv_out's always use silu). */
+typedef enum { DC_UNET_SILU, DC_UNET_MISH, DC_UNET_GELU } dc_unet_act;
+
+/* class_embed_type: how class labels join the time embedding. */
+typedef enum {
+    DC_UNET_CLASS_TABLE,    /* null: a table of num_class_embeds rows, labels i32 [N]; none
+                               (unconditional) when num_class_embeds is null too */
+    DC_UNET_CLASS_TIMESTEP, /* "timestep": labels (i32 or f32 [N]) through the time projection
+                               and their own MLP, class_embedding.linear_1/2 */
+    DC_UNET_CLASS_IDENTITY, /* "identity": labels are the embeddings, f32 [N, T] */
+} dc_unet_class_embed;
+
+/* A level's down- or upsampler. */
+typedef enum {
+    DC_UNET_RESAMPLE_CONV,   /* Downsample2D (conv, stride 2) / Upsample2D (nearest 2x, conv) */
+    DC_UNET_RESAMPLE_RESNET, /* a ResnetBlock2D with down=True (2x2 average pool) / up=True
+                                (nearest 2x) applied to its input and after norm1 */
+} dc_unet_resample;
+
 /* A parsed config.json. Zero where diffusers has null. */
 typedef struct dc_unet_config {
     int sample_size[2]; /* [height, width] the model was trained at; 0 when null */
@@ -47,6 +71,8 @@ typedef struct dc_unet_config {
     int block_out_channels[DC_UNET_MAX_LEVELS]; /* [levels] */
     bool down_attn[DC_UNET_MAX_LEVELS];         /* [levels] AttnDownBlock2D, else DownBlock2D */
     bool up_attn[DC_UNET_MAX_LEVELS]; /* [levels] AttnUpBlock2D, else UpBlock2D (deepest first) */
+    dc_unet_resample down_resample[DC_UNET_MAX_LEVELS]; /* [levels] (the last has none) */
+    dc_unet_resample up_resample[DC_UNET_MAX_LEVELS];   /* [levels] (the last has none) */
     int layers_per_block;             /* resnets per down block; up blocks have one more */
     float mid_block_scale_factor;
     int downsample_padding; /* 1, or 0: pad bottom and right by one, then an unpadded conv */
@@ -58,7 +84,10 @@ typedef struct dc_unet_config {
     float norm_eps;
     bool scale_shift;     /* resnet_time_scale_shift "scale_shift", else "default" */
     bool add_attention;   /* attention in the mid block */
-    int num_class_embeds; /* 0: unconditional */
+    int num_class_embeds; /* 0: null */
+    dc_unet_class_embed class_embed_type;
+    dc_unet_act act_fn;
+    int time_embedding_dim; /* T, the time embedding's width: 0 (null) means 4 block_out_channels[0] */
     char *json;           /* the original text (malloc'ed), for saving back */
 } dc_unet_config;
 
@@ -72,9 +101,9 @@ void dc_unet_config_free(dc_unet_config *c);
 /* The "no class" label for classifier-free guidance, or -1 when unconditional. */
 int dc_unet_null_class(const dc_unet_config *c);
 
-/* ResnetBlock2D: norm1, silu, conv1, + time projection (or scale and shift
- * after norm2), norm2, silu, dropout, conv2, + the input (1x1 conv_shortcut
- * when channels change), / output_scale_factor. */
+/* ResnetBlock2D: norm1, act, [resample], conv1, + time projection (or scale
+ * and shift after norm2), norm2, act, dropout, conv2, + the input ([resampled],
+ * 1x1 conv_shortcut when channels change), / output_scale_factor. */
 typedef struct dc_unet_resnet {
     dc_nn_group_norm norm1, norm2;
     dc_nn_conv2d conv1, conv2;
@@ -82,6 +111,8 @@ typedef struct dc_unet_resnet {
     dc_nn_linear time_emb_proj; /* [T] -> [Cout], or [2 Cout] (scale, shift) with scale_shift */
     int64_t out_channels;
     bool scale_shift;
+    dc_unet_act act;
+    int resample; /* 0; -1: down=True (2x2 average pool); 1: up=True (nearest 2x) */
     float dropout;
     float output_scale_factor;
 } dc_unet_resnet;
@@ -103,7 +134,8 @@ typedef struct dc_unet_block {
     dc_unet_attention *attentions; /* [n_layers] (mid: [n_layers - 1]); NULL without attention */
     dc_nn_conv2d
         sampler; /* downsamplers.0.conv / upsamplers.0.conv; weight NULL on the last level */
-    bool pad_bottom_right; /* downsample_padding 0 */
+    dc_unet_resnet resnet_sampler; /* downsamplers.0 / upsamplers.0 with resnet resampling */
+    bool pad_bottom_right;         /* downsample_padding 0 */
 } dc_unet_block;
 
 typedef struct dc_unet {
@@ -111,7 +143,9 @@ typedef struct dc_unet {
     dc_nn_conv2d conv_in;            /* in_channels -> block_out_channels[0] */
     dc_nn_linear time_linear_1;      /* time_embedding.linear_1: [C0] -> [T = 4 C0] */
     dc_nn_linear time_linear_2;      /* time_embedding.linear_2: [T] -> [T] */
-    dc_nn_embedding class_embedding; /* [num_class_embeds, T]; weight NULL when unconditional */
+    dc_nn_embedding class_embedding; /* [num_class_embeds, T]; weight NULL but for CLASS_TABLE */
+    dc_nn_linear class_linear_1;     /* class_embedding.linear_1: [C0] -> [T] (CLASS_TIMESTEP) */
+    dc_nn_linear class_linear_2;     /* class_embedding.linear_2: [T] -> [T] (CLASS_TIMESTEP) */
     dc_unet_block down[DC_UNET_MAX_LEVELS]; /* [levels], full resolution first */
     dc_unet_block mid;
     dc_unet_block up[DC_UNET_MAX_LEVELS]; /* [levels], lowest resolution first */
@@ -126,8 +160,8 @@ void dc_unet_free(dc_unet *m);
 
 /* The predicted noise (or whatever the model was trained on):
  * x [N, H, W, in_channels] f32, t [N] (or [1], shared) f32 or i32 timesteps,
- * class_labels [N] i32 (NULL for an unconditional model; required otherwise)
- * -> [N, H, W, out_channels]. Dropout follows ctx->training. NULL on failure,
+ * class_labels as cfg.class_embed says (NULL for an unconditional model;
+ * required otherwise) -> [N, H, W, out_channels]. Dropout follows ctx->training. NULL on failure,
  * with the context failed and the reason in dc_error(). */
 dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tensor *t,
                            dc_tensor *class_labels);
@@ -138,10 +172,23 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
 
 /* Where a UNet's files lie: in `dir`/`component` (a pipeline folder's "unet"
  * or "unet_ema") when that folder exists, else in `dir` itself (a bare UNet
- * folder). Sets *config_path and *weights_path (malloc'ed) when both files
- * are there. Only safetensors weights can be read: a folder with only
- * PyTorch .bin weights is an error that says how to convert them. */
-int dc_unet_find(const char *dir, const char *component, char **config_path, char **weights_path);
+ * folder). Sets *config_path and *weights_path (malloc'ed) when both are
+ * there. The weights, by diffusers' names: with `variant` ("fp16"; NULL for
+ * none) diffusion_pytorch_model.<variant>.safetensors or the sharded index
+ * diffusion_pytorch_model.safetensors.index.<variant>.json; without one
+ * diffusion_pytorch_model.safetensors or ....safetensors.index.json, and
+ * when neither is there but the folder holds exactly one variant, that one,
+ * named in *guessed (malloc'ed; NULL otherwise; `guessed` may be NULL) so the
+ * caller can say so. dc_params_load reads either kind of path. Only
+ * safetensors weights can be read: a folder with only PyTorch .bin weights
+ * is an error that says how to convert them. */
+int dc_unet_find(const char *dir, const char *component, const char *variant, char **config_path,
+                 char **weights_path, char **guessed);
+
+/* Whether the file name `name` is a UNet's weights by diffusers' names (see
+ * dc_unet_find): a single file or a sharded index, not a shard; its variant
+ * ("" for the plain weights) into variant[n]. */
+bool dc_unet_weights_name(const char *name, char *variant, size_t n);
 
 /* A dc_rename_fn for dc_params_load: "*.attentions.K.query.weight" ->
  * "*.attentions.K.to_q.weight", and key, value, proj_attn (-> to_out.0) alike. */

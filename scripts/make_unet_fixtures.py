@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Reference UNets for tests/test_unet.c, from diffusers' UNet2DModel.
 
-Writes three tiny random-weight models, each a diffusers model folder that
+Writes tiny random-weight models, each a diffusers model folder that
 UNet2DModel.from_pretrained() reads, plus the reference values:
   tests/fixtures/unet_NAME/config.json                          the model's config
-  tests/fixtures/unet_NAME/diffusion_pytorch_model.safetensors  its weights (F32)
+  tests/fixtures/unet_NAME/diffusion_pytorch_model.safetensors  its weights (F32; sharded_fp16: see below)
   tests/fixtures/unet_NAME/reference.safetensors                inputs, output, gradients
 Models:
   attn_class   AttnDownBlock2D/AttnUpBlock2D, 5 class embeddings (4 classes and
@@ -18,6 +18,20 @@ Models:
   legacy       the weights saved under the older attention names (query, key,
                value, proj_attn), which diffusers still loads; add_attention false,
                center_input_sample, integer timesteps.
+  mish_resnet  act_fn mish; ResnetDownsampleBlock2D and ResnetUpsampleBlock2D
+               (resnets with down=True / up=True as resamplers), and
+               downsample_type / upsample_type "resnet", which AttnDownBlock2D and
+               AttnUpBlock2D follow and DownBlock2D / UpBlock2D ignore;
+               class_embed_type "timestep" (labels through the sinusoids and their
+               own MLP), 3 levels, 12x8 inputs.
+  gelu_identity  act_fn gelu with resnet_time_scale_shift scale_shift;
+               class_embed_type "identity" (input.y holds the embeddings, F32
+               [N, T]); time_embedding_dim 24 (not 4 x 8); upsample_type "resnet"
+               on an UpBlock2D, which ignores it.
+  sharded_fp16 the weights saved as diffusers saves a large model's fp16 variant:
+               diffusion_pytorch_model.fp16-0000K-of-0000N.safetensors shards (F16)
+               and diffusion_pytorch_model.safetensors.index.fp16.json, and no
+               plain weights; the references come from the fp16 values.
 tests/fixtures/unet_configs.json: configs from the wild with the parameter
 count (tensors and elements) UNet2DModel gives each: the defaults ({}),
 google/ddpm-cifar10-32's config.json (as published, diffusers 0.0.4: no
@@ -33,15 +47,18 @@ measure only our float32 error (diffusers computes the timestep embedding and
 the attention softmax in float32 even then). __metadata__: dropout_layers is the
 number of resnets that apply dropout in training, timesteps "F32" or "I32".
 
-Needs torch and diffusers. With Debian's python3-torch (1.13):
-  /usr/bin/python3 -m venv --system-site-packages /tmp/dvenv
-  /tmp/dvenv/bin/pip install "diffusers==0.27.2" "huggingface_hub<0.26"
-  /tmp/dvenv/bin/python scripts/make_unet_fixtures.py
+Arguments name the models to write (default: all, and unet_configs.json);
+each model draws from its own seed, so one can be remade alone. attn_class,
+scale_shift, legacy and unet_configs.json were made with diffusers 0.27.2
+(torch 1.13); mish_resnet and gelu_identity with diffusers 0.42.1 (torch 2.15):
+  /work/venv-torch/bin/python scripts/make_unet_fixtures.py mish_resnet gelu_identity
 """
 import json
 import math
 import os
 import shutil
+import sys
+import zlib
 
 import torch
 from diffusers import UNet2DModel
@@ -71,6 +88,28 @@ MODELS = {
                     up_block_types=["UpBlock2D", "AttnUpBlock2D"], norm_num_groups=2, attention_head_dim=4,
                     add_attention=False, center_input_sample=True),
         n=2, h=8, w=8, t=[999, 1]),
+    "mish_resnet": dict(
+        config=dict(sample_size=[12, 8], in_channels=2, out_channels=3, block_out_channels=[8, 16, 16],
+                    layers_per_block=1, act_fn="mish", norm_num_groups=4, attention_head_dim=8,
+                    down_block_types=["ResnetDownsampleBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+                    up_block_types=["UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"],
+                    downsample_type="resnet", upsample_type="resnet", class_embed_type="timestep",
+                    num_class_embeds=4),
+        n=2, h=12, w=8, t=[250.5, 7.0], y=[3, 1]),
+    "gelu_identity": dict(
+        config=dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[8, 16],
+                    layers_per_block=1, act_fn="gelu", norm_num_groups=4, attention_head_dim=None,
+                    down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+                    up_block_types=["UpBlock2D", "AttnUpBlock2D"], upsample_type="resnet",
+                    resnet_time_scale_shift="scale_shift", class_embed_type="identity",
+                    time_embedding_dim=24),
+        n=2, h=8, w=8, t=[40.0, 900.0], y_embed=24),
+    "sharded_fp16": dict(
+        config=dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16],
+                    layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
+                    down_block_types=["AttnDownBlock2D", "DownBlock2D"],
+                    up_block_types=["UpBlock2D", "AttnUpBlock2D"], num_class_embeds=3),
+        n=2, h=8, w=8, t=[600.0, 20.0], y=[2, 0], variant="fp16", max_shard_size="20KB"),
 }
 
 LEGACY_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -93,12 +132,13 @@ def grad_names(model):
     down- and upsampler convs and an up-block resnet's convs."""
     names = [n for n, p in model.named_parameters() if p.numel() <= 256]
     firsts = ["conv_in.weight", "conv_out.weight", "time_embedding.linear_1.weight",
-              "time_embedding.linear_2.weight", "class_embedding.weight"]
+              "time_embedding.linear_2.weight", "class_embedding.weight", "class_embedding.linear_1.weight",
+              "class_embedding.linear_2.weight"]
     for pattern in ["attentions.0.to_q.weight", "attentions.0.to_k.weight", "attentions.0.to_v.weight",
                     "attentions.0.to_out.0.weight", "conv_shortcut.weight", "downsamplers.0.conv.weight",
                     "upsamplers.0.conv.weight", "up_blocks.0.resnets.0.conv1.weight",
                     "up_blocks.0.resnets.0.conv2.weight", "mid_block.resnets.1.conv2.weight",
-                    "time_emb_proj.weight"]:
+                    "time_emb_proj.weight", "downsamplers.0.conv1.weight", "upsamplers.0.conv2.weight"]:
         match = [n for n, _ in model.named_parameters() if n.endswith(pattern)]
         firsts += match[:1]
     have = dict(model.named_parameters())
@@ -111,6 +151,13 @@ def dropout_layers(model):
     return sum(1 for m in model.modules() if isinstance(m, ResnetBlock2D) and m.dropout.p > 0)
 
 
+def class_input(spec):
+    """Labels (int64 [N]), embeddings for class_embed_type identity (float [N, T]), or None."""
+    if "y_embed" in spec:
+        return torch.randn(spec["n"], spec["y_embed"])
+    return torch.tensor(spec["y"], dtype=torch.int64) if "y" in spec else None
+
+
 def reference(model, spec, int_t):
     """Inputs, output and gradients in float64; tensors keyed for reference.safetensors."""
     cfg = spec["config"]
@@ -118,19 +165,25 @@ def reference(model, spec, int_t):
     x = torch.randn(n, cfg["in_channels"], h, w)
     r = torch.randn(n, cfg["out_channels"], h, w)
     t = torch.tensor(spec["t"], dtype=torch.int64 if int_t else torch.float32)
-    y = torch.tensor(spec["y"], dtype=torch.int64) if "y" in spec else None
+    y = class_input(spec)
     m64 = model.double().eval()
+    # time_proj gives float32 whatever the model's dtype; forward casts it for the
+    # time MLP but not for class_embed_type "timestep", whose MLP then refuses it
+    proj = m64.time_proj.forward
+    m64.time_proj.forward = lambda ts: proj(ts).double()
     x64 = x.double().requires_grad_(True)
-    out = m64(x64, t if int_t else t.double(), class_labels=y).sample
+    y64 = y.double() if y is not None and y.is_floating_point() else y
+    out = m64(x64, t if int_t else t.double(), class_labels=y64).sample
     (out * r.double()).sum().backward()
     nhwc = lambda a: a.detach().permute(0, 2, 3, 1).contiguous().float()
     ref = {"input.x": nhwc(x), "input.r": nhwc(r), "output": nhwc(out), "grad.x": nhwc(x64.grad),
            "input.t": t.to(torch.int32) if int_t else t}
     if y is not None:
-        ref["input.y"] = y.to(torch.int32)
+        ref["input.y"] = y if y.is_floating_point() else y.to(torch.int32)
     params = dict(m64.named_parameters())
     for name in grad_names(m64):
         ref[f"grad.{name}"] = params[name].grad.float().contiguous()
+    del m64.time_proj.forward
     model.float()
     return ref
 
@@ -148,11 +201,11 @@ def legacy_state_dict(model):
 
 
 def check_reload(folder, model, spec, int_t):
-    """diffusers reads the folder back (old names included) to the same model."""
-    again = UNet2DModel.from_pretrained(folder).eval()
+    """diffusers reads the folder back (old names, shards, variant included) to the same model."""
+    again = UNet2DModel.from_pretrained(folder, variant=spec.get("variant")).float().eval()
     x = torch.randn(spec["n"], spec["config"]["in_channels"], spec["h"], spec["w"])
     t = torch.tensor(spec["t"], dtype=torch.int64 if int_t else torch.float32)
-    y = torch.tensor(spec["y"]) if "y" in spec else None
+    y = class_input(spec)
     with torch.no_grad():
         a = model.eval()(x, t, class_labels=y).sample
         b = again(x, t, class_labels=y).sample
@@ -164,7 +217,12 @@ def make(name, spec):
     shutil.rmtree(folder, ignore_errors=True)
     model = UNet2DModel(**spec["config"])
     perturb_norms(model)
-    model.save_pretrained(folder, safe_serialization=True)
+    if "variant" in spec:  # the float64 references then start from the stored fp16 values
+        model.half().save_pretrained(folder, safe_serialization=True, variant=spec["variant"],
+                                     max_shard_size=spec["max_shard_size"])
+        model.float()
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
     if name == "legacy":
         save_file(legacy_state_dict(model), os.path.join(folder, "diffusion_pytorch_model.safetensors"),
                   metadata={"format": "pt"})
@@ -214,10 +272,12 @@ def wild_configs():
 
 
 def main():
-    torch.manual_seed(20240612)
-    for name, spec in MODELS.items():
-        make(name, spec)
-    wild_configs()
+    names = sys.argv[1:] or list(MODELS)
+    for name in names:
+        torch.manual_seed(20240612 + zlib.crc32(name.encode()))
+        make(name, MODELS[name])
+    if not sys.argv[1:]:
+        wild_configs()
 
 
 if __name__ == "__main__":

@@ -303,14 +303,69 @@ START_TEST(test_idx_cifar) {
 }
 END_TEST
 
+/* diffc info --variant NAME PATH */
+static run_result *run_info_variant(const char *variant, const char *path) {
+    const char *args[] = {"info", "--variant", variant, path, NULL};
+    return tu_run_diffc(args);
+}
+
+static int count(const char *text, const char *what) {
+    int n = 0;
+    for (const char *p = strstr(text, what); p; p = strstr(p + 1, what))
+        n++;
+    return n;
+}
+
+/* Variants and sharded sets in a model folder, and an index given alone. */
+START_TEST(test_variants_and_shards) {
+    make_tmpdir();
+    ck_assert_int_eq(mkdir(tmp_path("m"), 0755), 0);
+    write_model(tmp_path("m/diffusion_pytorch_model.safetensors"));
+    write_model(tmp_path("m/diffusion_pytorch_model.fp16.safetensors"));
+    write_model(tmp_path("m/diffusion_pytorch_model.ema-00001-of-00002.safetensors"));
+    float v = 1;
+    dc_st_tensor t = {.name = "conv_out.bias", .dtype = DC_F32, .ndim = 1, .shape = {1}, .data = &v,
+                      .nbytes = sizeof v};
+    ck_assert_int_eq(dc_st_write(tmp_path("m/diffusion_pytorch_model.ema-00002-of-00002.safetensors"), &t, 1,
+                                 NULL, NULL, 0), 0);
+    const char *index =
+        "{\"weight_map\": {\"conv_in.weight\": \"diffusion_pytorch_model.ema-00001-of-00002.safetensors\", "
+        "\"time_embedding.linear_1.bias\": \"diffusion_pytorch_model.ema-00001-of-00002.safetensors\", "
+        "\"conv_out.bias\": \"diffusion_pytorch_model.ema-00002-of-00002.safetensors\"}}";
+    write_bytes(tmp_path("m/diffusion_pytorch_model.safetensors.index.ema.json"), index, strlen(index));
+
+    run_result *r = run_info(tmp_path("m"), NULL); /* all: plain, fp16, and the ema set */
+    ck_assert_msg(r->status == 0 && r->n_err == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_int_eq(count(r->out, "safetensors weight file\n"), 4);
+    ck_assert_msg(strstr(r->out, "index.ema.json: sharded safetensors weights, 3 tensors in 2 shards\n"), "%s",
+                  r->out);
+    r = run_info_variant("ema", tmp_path("m"));
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_int_eq(count(r->out, "safetensors weight file\n"), 2);
+    ck_assert_int_eq(count(r->out, "fp16"), 0);
+    r = run_info_variant("fp16", tmp_path("m"));
+    ck_assert_msg(r->status == 0 && count(r->out, "safetensors weight file\n") == 1, "%s", r->out);
+    assert_user_error(run_info_variant("bf16", tmp_path("m")), "no weights of variant 'bf16' found");
+    r = run_info(tmp_path("m/diffusion_pytorch_model.safetensors.index.ema.json"), NULL);
+    ck_assert_msg(r->status == 0 && count(r->out, "safetensors weight file\n") == 2, "%s", r->out);
+
+    index = "{\"weight_map\": {\"conv_out.bias\": \"../x.safetensors\"}}";
+    write_bytes(tmp_path("m/diffusion_pytorch_model.safetensors.index.ema.json"), index, strlen(index));
+    assert_user_error(run_info(tmp_path("m/diffusion_pytorch_model.safetensors.index.ema.json"), NULL),
+                      "a path, not a file name beside the index");
+    remove_tmpdir();
+}
+END_TEST
+
 START_TEST(test_usage) {
     run_result *r = run_info("--help", NULL);
     ck_assert_int_eq(r->status, 0);
-    ck_assert_msg(strncmp(r->out, "usage: diffc info FILE|DIR\n", 27) == 0, "%s", r->out);
+    ck_assert_msg(strncmp(r->out, "usage: diffc info [--variant NAME] FILE|DIR\n", 44) == 0, "%s", r->out);
     ck_assert_uint_eq(r->n_err, 0);
     assert_usage_error(run_info(NULL, NULL), "needs a FILE or DIR");
     assert_usage_error(run_info("--bogus", NULL), "unknown option '--bogus'");
     assert_usage_error(run_info("a", "b"), "not also 'b'");
+    assert_usage_error(run_info("--variant", NULL), "--variant needs a NAME");
 }
 END_TEST
 
@@ -321,6 +376,7 @@ int main(void) {
     tcase_add_test(tc, test_folders);
     tcase_add_test(tc, test_bad_files);
     tcase_add_test(tc, test_usage);
+    tcase_add_test(tc, test_variants_and_shards);
     tcase_add_test(tc, test_image_folder);
     tcase_add_test(tc, test_idx_cifar);
     return tu_run(s);

@@ -117,6 +117,7 @@ static dc_tensor *run(dc_ctx *c, dc_tensor **in, void *argp) {
     case DC_OP_LAYER_NORM: return dc_layer_norm(c, in[0], in[1], in[2], 1e-5f);
     case DC_OP_SILU: return dc_silu(c, in[0]);
     case DC_OP_GELU: return dc_gelu(c, in[0]);
+    case DC_OP_MISH: return dc_mish(c, in[0]);
     case DC_OP_SOFTMAX: return dc_softmax(c, in[0]);
     case DC_OP_ATTENTION: return dc_attention(c, in[0], in[1], in[2], a->i0, a->b0, a->f0);
     case DC_OP_UPSAMPLE2X: return dc_upsample2x(c, in[0]);
@@ -126,6 +127,7 @@ static dc_tensor *run(dc_ctx *c, dc_tensor **in, void *argp) {
     case DC_OP_EMBEDDING: return dc_embedding(c, in[0], in[1]);
     case DC_OP_TIMESTEP_EMBEDDING:
         return dc_timestep_embedding(c, in[0], a->i0, a->b0, a->f0, 10000.0f);
+    case DC_OP_FOURIER_EMBEDDING: return dc_fourier_embedding(c, in[0], in[1], a->b0);
     case DC_OP_MSE_LOSS: return dc_mse_loss(c, in[0], in[1], in[2]);
     case DC_OP_CROSS_ENTROPY: return dc_cross_entropy(c, in[0], in[1]);
     case DC_OP_Q_SAMPLE: return dc_q_sample(c, in[0], in[1], in[2], a->sched);
@@ -326,8 +328,8 @@ END_TEST
 
 START_TEST(test_activations) {
     dc_ctx *cpu = tu_ctx();
-    const dc_op ops[3] = {DC_OP_SILU, DC_OP_GELU, DC_OP_SOFTMAX};
-    for (int k = 0; k < 3; k++) {
+    const dc_op ops[4] = {DC_OP_SILU, DC_OP_GELU, DC_OP_MISH, DC_OP_SOFTMAX};
+    for (int k = 0; k < 4; k++) {
         op_arg a = {.op = ops[k]};
         CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 3, 7, 5));
         CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 2, 3, 257)); /* rows longer than a block */
@@ -371,6 +373,19 @@ START_TEST(test_misc) {
             CHECK(DC_MATH_F32, 2e-4, a, t);
             CHECK(DC_MATH_F32, 2e-4, a, indices(cpu, DC_SHAPE(7), 1000));
         }
+    for (int flip = 0; flip < 2; flip++) { /* noise levels in (0, 80], weights ~ 16 N(0, 1) */
+        dc_tensor *t = dc_new(cpu, DC_F32, DC_SHAPE(5)), *w = dc_new(cpu, DC_F32, DC_SHAPE(12));
+        dc_tensor *steps = dc_new(cpu, DC_I32, DC_SHAPE(7)); /* log needs them positive */
+        for (int i = 0; i < 7; i++)
+            ((int32_t *)steps->data)[i] = (int32_t)(1 + tu_next() % 1000);
+        for (int i = 0; i < 5; i++)
+            ((float *)t->data)[i] = (float)tu_uniform(0.002, 80);
+        for (int k = 0; k < 12; k++)
+            ((float *)w->data)[k] = (float)(16 * tu_normal());
+        a = (op_arg){.op = DC_OP_FOURIER_EMBEDDING, .b0 = flip};
+        CHECK(DC_MATH_F32, 1e-5, a, t, w);
+        CHECK(DC_MATH_F32, 1e-5, a, steps, w);
+    }
     a = (op_arg){.op = DC_OP_MSE_LOSS};
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 4, 3, 5, 2), LEAF(cpu, 4, 3, 5, 2), NULL);
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 3, 1000), DATA(cpu, 3, 1000), LEAF(cpu, 3));

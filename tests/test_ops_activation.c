@@ -1,4 +1,4 @@
-/* SiLU, GELU and softmax: forward against plain double-precision loops,
+/* SiLU, GELU, Mish and softmax: forward against plain double-precision loops,
  * backward against finite differences, at unit scale and with large inputs
  * (where exp overflows unless the kernels avoid it). */
 #include "testutil.h"
@@ -13,6 +13,7 @@ static dc_tensor *run_op(dc_ctx *ctx, dc_tensor **in, void *arg) {
     dc_op op = *(dc_op *)arg;
     return op == DC_OP_SILU ? dc_silu(ctx, in[0])
          : op == DC_OP_GELU ? dc_gelu(ctx, in[0])
+         : op == DC_OP_MISH ? dc_mish(ctx, in[0])
                             : dc_softmax(ctx, in[0]);
 }
 
@@ -27,6 +28,7 @@ static void reference(dc_op op, const float *x, int64_t rows, int64_t C, double 
             double v = x[r * C + j];
             y[r * C + j] = op == DC_OP_SILU ? v / (1 + exp(-v))
                          : op == DC_OP_GELU ? 0.5 * v * (1 + erf(v / sqrt(2.0)))
+                         : op == DC_OP_MISH ? v * tanh(log1p(exp(v)))
                                             : exp(v) / sum;
         }
     }
@@ -68,6 +70,15 @@ START_TEST(test_gelu) {
     check_op(DC_OP_GELU, DC_SHAPE(2, 4, 4, 3), 3, 0, 0);
     check_op(DC_OP_GELU, DC_SHAPE(4, 25), 40, 0, 0);
     check_op(DC_OP_GELU, DC_SHAPE(64, 512), 3, 0, 24); /* multithreaded */
+}
+END_TEST
+
+START_TEST(test_mish) {
+    check_op(DC_OP_MISH, DC_SHAPE(3, 5, 7), 1, 0, 0);
+    check_op(DC_OP_MISH, DC_SHAPE(2, 4, 4, 3), 3, 0, 0);
+    check_op(DC_OP_MISH, DC_SHAPE(4, 25), 40, 0, 0); /* past the softplus threshold, and exp overflow */
+    check_op(DC_OP_MISH, DC_SHAPE(5, 9), 1, 20, 0);  /* around the threshold */
+    check_op(DC_OP_MISH, DC_SHAPE(64, 512), 3, 0, 24); /* multithreaded */
 }
 END_TEST
 
@@ -117,6 +128,7 @@ START_TEST(test_activation_errors) {
     ck_assert_ptr_null(dc_gelu(ctx, x));
     ck_assert_msg(strstr(dc_error(), "gelu: argument 1 is i32"), "%s", dc_error());
     ck_assert_ptr_null(dc_gelu(ctx, NULL)); /* sticky */
+    ck_assert_ptr_null(dc_mish(ctx, NULL));
     tu_ctx_free(ctx);
 }
 END_TEST
@@ -126,6 +138,7 @@ int main(void) {
     TCase *tc = tu_tcase(s, "ops", 60);
     tcase_add_test(tc, test_silu);
     tcase_add_test(tc, test_gelu);
+    tcase_add_test(tc, test_mish);
     tcase_add_test(tc, test_softmax);
     tcase_add_test(tc, test_softmax_rows);
     tcase_add_test(tc, test_activation_errors);

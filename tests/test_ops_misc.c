@@ -239,6 +239,46 @@ START_TEST(test_timestep_embedding_i32) {
 }
 END_TEST
 
+/* GaussianFourierProjection: random noise levels (f32, and i32 steps) and
+ * weights of the size diffusers draws (scale 16), against double loops. */
+START_TEST(test_fourier_embedding) {
+    dc_ctx *ctx = tu_ctx();
+    enum { N = 6, D = 9 };
+    dc_tensor *t = dc_new(ctx, DC_F32, DC_SHAPE(N)), *w = tu_randn(ctx, DC_SHAPE(D));
+    int32_t steps[N];
+    for (int i = 0; i < N; i++) {
+        ((float *)t->data)[i] = (float)tu_uniform(0.002, 80);
+        steps[i] = (int32_t)(1 + tu_next() % 1000);
+    }
+    for (int k = 0; k < D; k++)
+        ((float *)w->data)[k] *= 16;
+    w->requires_grad = true; /* a parameter, frozen: still nothing recorded */
+    dc_tensor *ti = dc_from_host(ctx, DC_I32, DC_SHAPE(N), steps);
+    for (int flip = 0; flip < 2; flip++)
+        for (int as_int = 0; as_int < 2; as_int++) {
+            dc_tensor *out = dc_fourier_embedding(ctx, as_int ? ti : t, w, flip);
+            ck_assert_msg(out != NULL, "%s", dc_error());
+            ck_assert(out->shape[0] == N && out->shape[1] == 2 * D && !ctx->tape);
+            double want[N * 2 * D];
+            for (int i = 0; i < N; i++)
+                for (int k = 0; k < D; k++) {
+                    double tv = as_int ? steps[i] : ((float *)t->data)[i];
+                    double a = 2 * M_PI * log(tv) * ((float *)w->data)[k];
+                    want[i * 2 * D + (flip ? D : 0) + k] = sin(a);
+                    want[i * 2 * D + (flip ? 0 : D) + k] = cos(a);
+                }
+            tu_assert_close(out->data, want, N * 2 * D, 1e-6, 0, flip ? "flipped" : "sin first");
+        }
+    ck_assert_ptr_null(dc_fourier_embedding(ctx, t, tu_randn(ctx, DC_SHAPE(2, 3)), false));
+    ck_assert_msg(strstr(dc_error(), "fourier_embedding: w must be f32 [D], got f32 [2, 3]"), "%s",
+                  dc_error());
+    dc_ctx_reset(ctx);
+    ck_assert_ptr_null(dc_fourier_embedding(ctx, tu_randn(ctx, DC_SHAPE(2, 2)), w, false));
+    ck_assert_msg(strstr(dc_error(), "t must be f32 or i32 [N], got f32 [2, 2]"), "%s", dc_error());
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_timestep_embedding_refused) {
     dc_ctx *ctx = tu_ctx();
     dc_tensor *t = tu_leaf(ctx, DC_SHAPE(3));
@@ -414,6 +454,7 @@ int main(void) {
     tcase_add_test(tc, test_timestep_embedding_hand);
     tcase_add_test(tc, test_timestep_embedding_i32);
     tcase_add_test(tc, test_timestep_embedding_refused);
+    tcase_add_test(tc, test_fourier_embedding);
     tcase_add_test(tc, test_mse_loss);
     tcase_add_test(tc, test_mse_loss_refused);
     tcase_add_test(tc, test_cross_entropy);

@@ -1,7 +1,8 @@
 /* safetensors: round trips through the writer and the reader, the layout the
  * reference implementation requires, a corpus of malformed files refused with
- * the right message, and the writer's failure paths (a missing folder, a full
- * disk) leaving existing files alone. */
+ * the right message, the writer's failure paths (a missing folder, a full
+ * disk) leaving existing files alone, and sharded sets: the index parser on
+ * hostile text and shards that disagree with their index. */
 #define _GNU_SOURCE /* nftw */
 #include "testutil.h"
 
@@ -571,6 +572,131 @@ START_TEST(test_write_refuses_bad_tensors) {
 }
 END_TEST
 
+/* ---- sharded sets ---- */
+
+static void index_refused(const char *json, const char *want) {
+    dc_st_index ix;
+    ck_assert_msg(dc_st_index_parse(&ix, json, strlen(json), "idx.json") == -1, "accepted %s", json);
+    ck_assert_msg(strstr(dc_error(), want), "%s: \"%s\", want \"%s\"", json, dc_error(), want);
+    ck_assert(ix.n == 0 && ix.names == NULL && ix.files == NULL);
+}
+
+START_TEST(test_index_parse) {
+    dc_st_index ix;
+    const char *ok = "{\"metadata\": {\"total_size\": 12}, \"weight_map\": {\"b\": \"s2.safetensors\", "
+                     "\"a\": \"s1.safetensors\", \"c\": \"s2.safetensors\"}}";
+    ck_assert_msg(dc_st_index_parse(&ix, ok, strlen(ok), "idx.json") == 0, "%s", dc_error());
+    ck_assert(ix.n == 3 && ix.n_files == 2);
+    ck_assert_str_eq(ix.names[0], "a"); /* sorted */
+    ck_assert_str_eq(ix.files[ix.shard[0]], "s1.safetensors");
+    ck_assert_str_eq(ix.files[ix.shard[1]], "s2.safetensors");
+    ck_assert_int_eq(ix.shard[1], ix.shard[2]);
+    dc_st_index_free(&ix);
+    dc_st_index_free(&ix); /* idempotent */
+
+    index_refused("[1]", "idx.json: a safetensors index must be a JSON object, got an array");
+    index_refused("{\"metadata\": {}}", "weight_map must be an object naming each tensor's shard, got nothing");
+    index_refused("{\"weight_map\": {}}", "got an empty object");
+    index_refused("{\"weight_map\": [\"a.safetensors\"]}", "got an array");
+    index_refused("{\"weight_map\": {\"w\": 3}}", "weight_map: 'w' -> a number: not a string");
+    index_refused("{\"weight_map\": {\"w\": \"../up.safetensors\"}}",
+                  "'w' -> '../up.safetensors': a path, not a file name beside the index");
+    index_refused("{\"weight_map\": {\"w\": \"/etc/x.safetensors\"}}", "a path, not a file name");
+    index_refused("{\"weight_map\": {\"w\": \"..\\\\x.safetensors\"}}", "a path, not a file name");
+    index_refused("{\"weight_map\": {\"w\": \"..\"}}", "'w' -> '..': not a .safetensors file");
+    index_refused("{\"weight_map\": {\"w\": \"model.bin\"}}", "not a .safetensors file");
+    index_refused("{\"weight_map\": {\"w\": \"a\\nb.safetensors\"}}", "a control character in the name");
+    index_refused("{\"weight_map\": {\"w\": \"a.safetensors\", \"w\": \"b.safetensors\"}}",
+                  "key \"w\" appears twice");
+    index_refused("{\"weight_map\": {\"w\": \"a.safetensors\"}", "idx.json:1:");
+
+    /* more shard files than the limit, each named once */
+    size_t cap = (DC_ST_MAX_SHARDS + 1) * 48 + 64, len = 0;
+    char *many = malloc(cap);
+    len += (size_t)snprintf(many, cap, "{\"weight_map\": {");
+    for (int i = 0; i <= DC_ST_MAX_SHARDS; i++)
+        len += (size_t)snprintf(many + len, cap - len, "%s\"t%d\": \"s%d.safetensors\"", i ? ", " : "", i, i);
+    snprintf(many + len, cap - len, "}}");
+    index_refused(many, "1025 shard files, at most 1024 are allowed");
+    free(many);
+
+    /* a huge index is refused by its size, before a byte of it is read */
+    ck_assert_int_eq(dc_st_index_parse(&ix, "{", (size_t)DC_ST_MAX_INDEX + 1, "idx.json"), -1);
+    ck_assert_msg(strstr(dc_error(), "over the 67108864-byte limit of an index"), "%s", dc_error());
+    make_tmpdir();
+    FILE *fp = fopen(tmp_path("huge.index.json"), "wb");
+    ck_assert_ptr_nonnull(fp);
+    ck_assert_int_eq(ftruncate(fileno(fp), (off_t)DC_ST_MAX_INDEX + 1), 0); /* sparse */
+    fclose(fp);
+    ck_assert_int_eq(dc_st_index_load(&ix, tmp_path("huge.index.json")), -1);
+    ck_assert_msg(strstr(dc_error(), "huge.index.json"), "%s", dc_error());
+    remove_tmpdir();
+}
+END_TEST
+
+/* A shard holding tensors `names` (one f32 each). */
+static void write_shard(const char *file, const char *const *names, int n) {
+    float v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    dc_st_tensor t[8];
+    for (int i = 0; i < n; i++)
+        t[i] = (dc_st_tensor){.name = (char *)names[i], .dtype = DC_F32, .ndim = 1, .shape = {1},
+                              .data = &v[i], .nbytes = sizeof(float)};
+    ck_assert_msg(dc_st_write(tmp_path(file), t, n, NULL, NULL, 0) == 0, "%s", dc_error());
+}
+
+static void write_index(const char *map) {
+    char text[512];
+    snprintf(text, sizeof text, "{\"metadata\": {}, \"weight_map\": {%s}}", map);
+    spill(tmp_path("m.safetensors.index.json"), text, strlen(text));
+}
+
+static void set_refused(const char *want) {
+    dc_st_set s;
+    ck_assert_int_eq(dc_st_set_open(&s, tmp_path("m.safetensors.index.json")), -1);
+    ck_assert_msg(strstr(dc_error(), want), "\"%s\", want \"%s\"", dc_error(), want);
+    ck_assert(s.n == 0 && s.files == NULL);
+}
+
+START_TEST(test_shard_set) {
+    make_tmpdir();
+    write_shard("a.safetensors", (const char *const[]){"x", "y"}, 2);
+    write_shard("b.safetensors", (const char *const[]){"z"}, 1);
+    write_index("\"x\": \"a.safetensors\", \"y\": \"a.safetensors\", \"z\": \"b.safetensors\"");
+    dc_st_set s;
+    ck_assert_msg(dc_st_set_open(&s, tmp_path("m.safetensors.index.json")) == 0, "%s", dc_error());
+    ck_assert_int_eq(s.n, 2);
+    ck_assert_str_eq(s.paths[1], tmp_path("b.safetensors"));
+    ck_assert_float_eq(*(const float *)dc_st_find(&s.files[1], "z")->data, 1.0f);
+    dc_st_set_close(&s);
+    dc_st_set_close(&s); /* idempotent */
+    ck_assert_msg(dc_st_set_open(&s, tmp_path("a.safetensors")) == 0, "%s", dc_error()); /* one file */
+    ck_assert(s.n == 1 && s.files[0].n == 2);
+    dc_st_set_close(&s);
+
+    write_index("\"x\": \"a.safetensors\", \"y\": \"a.safetensors\", \"z\": \"c.safetensors\"");
+    set_refused("m.safetensors.index.json: ");
+    set_refused("c.safetensors: cannot open: No such file or directory");
+    write_index("\"x\": \"a.safetensors\", \"y\": \"b.safetensors\", \"z\": \"b.safetensors\"");
+    set_refused("'y' is in ");
+    set_refused("a.safetensors, but the index puts it in b.safetensors");
+    write_shard("b.safetensors", (const char *const[]){"z", "x"}, 2); /* x in two shards */
+    write_index("\"x\": \"a.safetensors\", \"y\": \"a.safetensors\", \"z\": \"b.safetensors\"");
+    set_refused("'x' is in ");
+    write_shard("b.safetensors", (const char *const[]){"z"}, 1);
+    write_index("\"x\": \"a.safetensors\", \"z\": \"b.safetensors\"");
+    set_refused("a.safetensors holds 'y', which the index does not list");
+    write_index("\"x\": \"a.safetensors\", \"y\": \"a.safetensors\", \"z\": \"b.safetensors\", "
+                "\"w\": \"b.safetensors\"");
+    set_refused("the index puts 'w' in ");
+    write_index("\"x\": \"../a.safetensors\"");
+    set_refused("a path, not a file name beside the index");
+    spill(tmp_path("b.safetensors"), "junk", 4); /* a malformed shard names the index and the shard */
+    write_index("\"x\": \"a.safetensors\", \"y\": \"a.safetensors\", \"z\": \"b.safetensors\"");
+    set_refused("b.safetensors: file is 4 bytes, too short");
+    remove_tmpdir();
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("safetensors");
     TCase *tc = tu_tcase(s, "round trip", 10);
@@ -589,5 +715,8 @@ int main(void) {
     tcase_add_test(tc, test_write_replaces);
     tcase_add_test(tc, test_full_disk_keeps_old_file);
     tcase_add_test(tc, test_write_refuses_bad_tensors);
+    tc = tu_tcase(s, "shards", 10);
+    tcase_add_test(tc, test_index_parse);
+    tcase_add_test(tc, test_shard_set);
     return tu_run(s);
 }

@@ -485,6 +485,32 @@ START_TEST(test_model_errors) {
 }
 END_TEST
 
+/* --variant, and a folder whose only weights are a sharded fp16 variant
+ * (tests/fixtures/unet_sharded_fp16, as diffusers saves one). */
+START_TEST(test_variants) {
+    tu_mkdtemp("sample");
+    const char *model = "tests/fixtures/unet_sharded_fp16";
+    tu_run_result *r = SAMPLE("--model", model, "--output-dir", tu_path("guessed"), "--num-images", "2",
+                              "--num-inference-steps", "3");
+    assert_ok(r);
+    ck_assert_msg(strstr(r->err, "diffc: note: tests/fixtures/unet_sharded_fp16 has no plain weights; using its "
+                                 "only variant, fp16\n"),
+                  "%s", tu_tail(r->err));
+    r = SAMPLE("--model", model, "--variant", "fp16", "--output-dir", tu_path("asked"), "--num-images", "2",
+               "--num-inference-steps", "3");
+    assert_ok(r);
+    ck_assert_msg(r->n_err == 0, "%s", tu_tail(r->err));
+    for (int i = 0; i < 2; i++)
+        ck_assert(image_diff("guessed", "asked", i) == 0.0);
+    tu_assert_user_error(SAMPLE("--model", model, "--variant", "bf16", "--output-dir", tu_path("o")),
+                         "no variant 'bf16' (diffusion_pytorch_model.bf16.safetensors); variants here: 'fp16'");
+    tu_assert_user_error(SAMPLE("--model", CLASS_MODEL, "--variant", "../unet_legacy/x", "--output-dir",
+                                tu_path("o")),
+                         "not a variant name");
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_option_errors) {
     tu_mkdtemp("sample");
     const char *m = make_pipeline("pipe", false), *o = tu_path("o");
@@ -585,6 +611,7 @@ int main(void) {
     tcase_add_test(tc, test_img2img);
     tc = tu_tcase(s, "errors", 60);
     tcase_add_test(tc, test_model_errors);
+    tcase_add_test(tc, test_variants);
     tcase_add_test(tc, test_option_errors);
     tcase_add_test(tc, test_help);
     return tu_run(s);

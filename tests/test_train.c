@@ -444,6 +444,53 @@ START_TEST(test_finetune_takes_the_pipeline_schedule) {
 }
 END_TEST
 
+/* A fine-tune from diffusers' sharded fp16 variant (found alone, or asked
+ * for with --variant) starts from its values, converted to f32. */
+START_TEST(test_finetune_from_a_sharded_variant) {
+    make_dataset();
+    const char *fixture = "tests/fixtures/unet_sharded_fp16";
+    const char *extra[] = {"--learning-rate", "0", "--no-use-ema", "--variant", "fp16", NULL};
+    tu_run_result *r = tu_run_diffc(train_args("--pretrained-model", fixture, "data", "asked", "1", extra));
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(!strstr(r->err, "note:"), "%s", tu_tail(r->err));
+    dc_st_set want;
+    dc_st_file got;
+    ck_assert_msg(dc_st_set_open(&want, "tests/fixtures/unet_sharded_fp16/"
+                                        "diffusion_pytorch_model.safetensors.index.fp16.json") == 0,
+                  "%s", dc_error());
+    ck_assert_msg(dc_st_open(&got, tu_path("asked/unet/diffusion_pytorch_model.safetensors")) == 0, "%s",
+                  dc_error());
+    int n = 0;
+    for (int s = 0; s < want.n; s++)
+        for (int i = 0; i < want.files[s].n; i++, n++) {
+            const dc_st_tensor *w = &want.files[s].tensors[i], *g = dc_st_find(&got, w->name);
+            ck_assert_msg(g && g->dtype == DC_F32 && w->dtype == DC_F16 && g->nbytes == 2 * w->nbytes, "%s",
+                          w->name);
+            size_t k = w->nbytes / 2;
+            float *v = malloc(k * sizeof *v);
+            ck_assert_int_eq(dc_convert(v, DC_F32, w->data, DC_F16, k), 0);
+            ck_assert_msg(memcmp(v, g->data, g->nbytes) == 0, "%s", w->name);
+            free(v);
+        }
+    ck_assert_int_eq(n, got.n);
+    dc_st_close(&got);
+    dc_st_set_close(&want);
+
+    extra[3] = NULL; /* the folder's only variant, said on stderr */
+    r = tu_run_diffc(train_args("--pretrained-model", fixture, "data", "guessed", "1", extra));
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "has no plain weights; using its only variant, fp16"), "%s", tu_tail(r->err));
+    assert_same_weights("asked/unet/diffusion_pytorch_model.safetensors",
+                        "guessed/unet/diffusion_pytorch_model.safetensors");
+
+    const char *bad[] = {"--variant", "bf16", NULL};
+    tu_assert_user_error(tu_run_diffc(train_args("--pretrained-model", fixture, "data", "b", "1", bad)),
+                         "no variant 'bf16'");
+    tu_assert_user_error(train("c", "1", bad), "--variant bf16: only --pretrained-model has weight variants");
+    tu_rmtemp();
+}
+END_TEST
+
 /* Largest |a - b| over the largest |a|, per tensor, of two weight files. */
 static double worst_relative_difference(const char *a, const char *b, const char *skip) {
     dc_st_file fa, fb;
@@ -1049,6 +1096,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_signals_stop_with_a_checkpoint);
     tcase_add_test(tc, test_finetune_starts_from_the_pretrained_weights);
     tcase_add_test(tc, test_finetune_takes_the_pipeline_schedule);
+    tcase_add_test(tc, test_finetune_from_a_sharded_variant);
     tcase_add_test(tc, test_accumulation_matches_a_big_batch);
     tcase_add_test(tc, test_non_finite_steps_stop_the_run);
     tcase_add_test(tc, test_ranks_need_a_matching_mpi);

@@ -768,7 +768,7 @@ START_TEST(test_checkpoint_round_trip) {
     ck_assert(exists(tmp_path("final/unet/diffusion_pytorch_model.safetensors")));
     ck_assert(!exists(tmp_path("final/unet_ema")) && !exists(tmp_path("final/DONE")));
     char *cfg, *weights;
-    ck_assert_msg(dc_unet_find(tmp_path("final"), "unet", &cfg, &weights) == 0, "%s", dc_error());
+    ck_assert_msg(dc_unet_find(tmp_path("final"), "unet", NULL, &cfg, &weights, NULL) == 0, "%s", dc_error());
     ck_assert_str_eq(weights, tmp_path("final/unet/diffusion_pytorch_model.safetensors"));
     ck_assert_str_eq(cfg, tmp_path("final/unet/config.json"));
     free(cfg);

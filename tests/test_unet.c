@@ -1,4 +1,4 @@
-/* models/unet: diffusers' UNet2DModel. Three tiny random-weight models made by
+/* models/unet: diffusers' UNet2DModel. Tiny random-weight models made by
  * scripts/make_unet_fixtures.py (tests/fixtures/unet_*) are loaded from their
  * config.json and weight files and must give diffusers' output and gradients
  * (the references are float64, so the tolerances below measure our float32
@@ -31,8 +31,9 @@
 #define FWD_TOL 1e-5
 #define BWD_TOL 5e-5
 
-static const char *const models[] = {"attn_class", "scale_shift", "legacy"};
-#define N_MODELS 3
+static const char *const models[] = {"attn_class",  "scale_shift",   "legacy",
+                                     "mish_resnet", "gelu_identity", "sharded_fp16"};
+#define N_MODELS 6
 
 typedef struct {
     dc_unet_config cfg;
@@ -45,6 +46,15 @@ static void fixture_path(char *buf, size_t n, const char *model, const char *fil
     snprintf(buf, n, FIXTURES "unet_%s/%s", model, file);
 }
 
+/* The weights of fixture `name` as dc_unet_find finds them (malloc'ed). */
+static char *fixture_weights(const char *name) {
+    char dir[256], *cfg, *weights;
+    snprintf(dir, sizeof dir, FIXTURES "unet_%s", name);
+    ck_assert_msg(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL) == 0, "%s", dc_error());
+    free(cfg);
+    return weights;
+}
+
 /* The model of fixture `name` with its weights, and its reference file. */
 static void fixture_open(fixture *f, const char *name) {
     char path[256];
@@ -53,8 +63,9 @@ static void fixture_open(fixture *f, const char *name) {
     dc_params_init(&f->ps);
     ck_assert_msg(dc_unet_init(&f->m, &f->cfg, &f->ps) == 0, "%s", dc_error());
     ck_assert_msg(dc_params_alloc(&f->ps, tu_next()) == 0, "%s", dc_error());
-    fixture_path(path, sizeof path, name, "diffusion_pytorch_model.safetensors");
-    ck_assert_msg(dc_params_load(&f->ps, NULL, path, dc_unet_rename) == 0, "%s", dc_error());
+    char *weights = fixture_weights(name);
+    ck_assert_msg(dc_params_load(&f->ps, NULL, weights, dc_unet_rename) == 0, "%s", dc_error());
+    free(weights);
     fixture_path(path, sizeof path, name, "reference.safetensors");
     ck_assert_msg(dc_st_open(&f->ref, path) == 0, "%s", dc_error());
 }
@@ -200,17 +211,21 @@ START_TEST(test_state_dict_names) {
     for (int k = 0; k < N_MODELS; k++) {
         fixture f;
         fixture_open(&f, models[k]);
-        char path[256];
-        fixture_path(path, sizeof path, models[k], "diffusion_pytorch_model.safetensors");
-        dc_st_file w;
-        ck_assert_msg(dc_st_open(&w, path) == 0, "%s", dc_error());
-        ck_assert_int_eq(w.n, f.ps.n);
-        bool legacy = !strcmp(models[k], "legacy");
-        int old = 0;
-        for (int i = 0; i < w.n; i++)
-            old += strstr(w.tensors[i].name, ".query.") || strstr(w.tensors[i].name, ".proj_attn.");
+        char *path = fixture_weights(models[k]);
+        dc_st_set w;
+        ck_assert_msg(dc_st_set_open(&w, path) == 0, "%s", dc_error());
+        bool legacy = !strcmp(models[k], "legacy"), sharded = !strcmp(models[k], "sharded_fp16");
+        int old = 0, n = 0;
+        for (int s = 0; s < w.n; s++)
+            for (int i = 0; i < w.files[s].n; i++, n++) {
+                const dc_st_tensor *t = &w.files[s].tensors[i];
+                old += strstr(t->name, ".query.") || strstr(t->name, ".proj_attn.");
+                ck_assert_int_eq(t->dtype, sharded ? DC_F16 : DC_F32);
+            }
+        ck_assert_int_eq(n, f.ps.n);
         ck_assert_int_eq(old > 0, legacy);
-        dc_st_close(&w);
+        ck_assert_int_eq(w.n > 1, sharded);
+        dc_st_set_close(&w);
         if (legacy) { /* without the hook the old names are unknown */
             ck_assert_int_ne(dc_params_load(&f.ps, NULL, path, NULL), 0);
             ck_assert_msg(strstr(dc_error(), "attentions.0.") &&
@@ -222,6 +237,7 @@ START_TEST(test_state_dict_names) {
         bool mid_norm = dc_params_find(&f.ps, "mid_block.attentions.0.group_norm.weight") != NULL;
         ck_assert_int_eq(mid_attn, f.cfg.add_attention);
         ck_assert_int_eq(mid_norm, f.cfg.add_attention && !f.cfg.scale_shift);
+        free(path);
         fixture_close(&f);
     }
 }
@@ -284,6 +300,32 @@ START_TEST(test_config_defaults) {
     ck_assert_str_eq(c.json, "{}");
     dc_unet_config_free(&c);
     dc_unet_config_free(&c); /* idempotent */
+
+    ck_assert(c.act_fn == DC_UNET_SILU && c.class_embed_type == DC_UNET_CLASS_TABLE);
+    ck_assert(c.time_embedding_dim == 0);
+    for (int i = 0; i < 4; i++)
+        ck_assert(c.down_resample[i] == DC_UNET_RESAMPLE_CONV &&
+                  c.up_resample[i] == DC_UNET_RESAMPLE_CONV);
+    dc_unet_config_free(&c);
+
+    /* "resnet" resampling: the attention blocks follow it, the plain ones ignore it */
+    parse_ok(&c, "{\"downsample_type\": \"resnet\", \"upsample_type\": \"resnet\", "
+                 "\"act_fn\": \"mish\", \"class_embed_type\": \"timestep\"}");
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(c.down_resample[i], i > 0 ? DC_UNET_RESAMPLE_RESNET : DC_UNET_RESAMPLE_CONV);
+        ck_assert_int_eq(c.up_resample[i], i < 3 ? DC_UNET_RESAMPLE_RESNET : DC_UNET_RESAMPLE_CONV);
+    }
+    ck_assert(c.act_fn == DC_UNET_MISH && c.class_embed_type == DC_UNET_CLASS_TIMESTEP);
+    ck_assert_int_eq(dc_unet_null_class(&c), -1); /* labels, but no range: none means "no class" */
+    dc_unet_config_free(&c);
+    parse_ok(&c, "{\"block_out_channels\": [32, 64], \"down_block_types\": [\"UNetResDownBlock2D\", "
+                 "\"ResnetDownsampleBlock2D\"], \"up_block_types\": [\"ResnetUpsampleBlock2D\", "
+                 "\"UpBlock2D\"], \"act_fn\": \"gelu\", \"class_embed_type\": \"identity\", "
+                 "\"num_class_embeds\": 3}");
+    ck_assert(c.down_resample[0] == DC_UNET_RESAMPLE_CONV && !c.down_attn[0]);
+    ck_assert(c.up_resample[0] == DC_UNET_RESAMPLE_RESNET && c.act_fn == DC_UNET_GELU);
+    ck_assert_int_eq(dc_unet_null_class(&c), -1); /* identity: embeddings, not labels */
+    dc_unet_config_free(&c);
 
     parse_ok(
         &c, "{\"sample_size\": [24, 40], \"num_class_embeds\": 11, \"attention_head_dim\": null,"
@@ -360,12 +402,14 @@ START_TEST(test_bad_configs) {
         {"{\"time_embedding_type\": \"fourier\"}",
          "test.json: time_embedding_type \"fourier\" is not supported (supported: \"positional\")"},
         {"{\"time_embedding_type\": null}", "time_embedding_type null is not supported"},
-        {"{\"class_embed_type\": \"timestep\", \"num_class_embeds\": 4}",
-         "class_embed_type \"timestep\" is not supported (supported: null)"},
-        {"{\"upsample_type\": \"resnet\"}", "upsample_type \"resnet\" is not supported"},
-        {"{\"downsample_type\": \"resnet\"}", "downsample_type \"resnet\" is not supported"},
-        {"{\"act_fn\": \"gelu\"}",
-         "act_fn \"gelu\" is not supported (supported: \"silu\", \"swish\")"},
+        {"{\"class_embed_type\": \"projection\", \"num_class_embeds\": 4}",
+         "class_embed_type \"projection\" is not supported (supported: null, \"timestep\", "
+         "\"identity\")"},
+        {"{\"upsample_type\": \"fir\"}", "upsample_type \"fir\" is not supported"},
+        {"{\"downsample_type\": 2}", "downsample_type must be a string, got a number"},
+        {"{\"act_fn\": \"relu\"}",
+         "act_fn \"relu\" is not supported (supported: \"silu\", \"swish\", \"mish\", \"gelu\")"},
+        {"{\"time_embedding_dim\": 0}", "time_embedding_dim 0 must be positive or null"},
         {"{\"resnet_time_scale_shift\": \"spatial\"}",
          "resnet_time_scale_shift \"spatial\" is not supported"},
         {"{\"_class_name\": \"UNet2DConditionModel\"}",
@@ -524,6 +568,36 @@ START_TEST(test_bad_inputs) {
                   "%s", dc_error());
     tu_ctx_free(ctx);
     fixture_close(&f);
+
+    /* identity: embeddings [N, T], not labels; timestep: labels of either type */
+    fixture_open(&f, "gelu_identity");
+    ctx = tu_ctx();
+    x = tu_randn(ctx, DC_SHAPE(1, 8, 8, 3));
+    t = dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps);
+    y = dc_from_host(ctx, DC_I32, DC_SHAPE(1), labels);
+    ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, x, t, y));
+    ck_assert_msg(strstr(dc_error(), "class embeddings (class_embed_type \"identity\") must be f32 "
+                                     "[1, 24], got i32 [1]"),
+                  "%s", dc_error());
+    dc_ctx_reset(ctx);
+    x = tu_randn(ctx, DC_SHAPE(1, 8, 8, 3));
+    t = dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps);
+    ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, x, t, NULL));
+    ck_assert_msg(strstr(dc_error(), "class-conditional (class_embed_type \"identity\")"), "%s",
+                  dc_error());
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+    fixture_open(&f, "mish_resnet");
+    ctx = tu_ctx();
+    x = tu_randn(ctx, DC_SHAPE(1, 12, 8, 2));
+    t = dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps);
+    ck_assert_msg(dc_unet_forward(ctx, &f.m, x, t, dc_from_host(ctx, DC_F32, DC_SHAPE(1), steps)),
+                  "%s", dc_error());
+    ck_assert_ptr_null(dc_unet_forward(ctx, &f.m, x, t, tu_randn(ctx, DC_SHAPE(1, 64))));
+    ck_assert_msg(strstr(dc_error(), "class labels must be i32 or f32 [1], got f32 [1, 64]"), "%s",
+                  dc_error());
+    tu_ctx_free(ctx);
+    fixture_close(&f);
 }
 END_TEST
 
@@ -546,6 +620,13 @@ static dc_tensor *random_labels(dc_ctx *ctx, int64_t n, int classes) {
     return y;
 }
 
+/* What the model of f takes as class labels: labels, embeddings or NULL. */
+static dc_tensor *random_classes(dc_ctx *ctx, const fixture *f, int64_t n) {
+    if (f->cfg.class_embed_type == DC_UNET_CLASS_IDENTITY)
+        return tu_randn(ctx, DC_SHAPE(n, f->m.time_linear_2.weight->shape[0]));
+    return dc_unet_null_class(&f->cfg) >= 0 ? random_labels(ctx, n, f->cfg.num_class_embeds) : NULL;
+}
+
 static dc_tensor *random_steps(dc_ctx *ctx, int64_t n) {
     dc_tensor *t = dc_new(ctx, DC_F32, DC_SHAPE(n));
     for (int64_t i = 0; i < n; i++)
@@ -555,13 +636,17 @@ static dc_tensor *random_steps(dc_ctx *ctx, int64_t n) {
 
 /* Finite differences through the whole network, on random weights (norms
  * perturbed so their parameters matter) and inputs, for the input and one
- * parameter of each kind. Both fixture kinds: attention and class labels, and
- * scale_shift with the padded downsampling. */
+ * parameter of each kind. attn_class: attention and class labels;
+ * scale_shift with the padded downsampling; mish_resnet: resnet resampling,
+ * timestep class embeddings; gelu_identity: identity class embeddings. */
 START_TEST(test_gradcheck_random) {
     static const char *const probe[] = {
         "conv_in.weight",
         "time_embedding.linear_1.weight",
         "class_embedding.weight",
+        "class_embedding.linear_1.weight",
+        "down_blocks.0.downsamplers.0.conv1.weight",
+        "up_blocks.1.upsamplers.0.norm1.bias",
         "mid_block.attentions.0.to_k.weight",
         "down_blocks.1.attentions.0.group_norm.bias",
         "mid_block.resnets.0.time_emb_proj.weight",
@@ -570,7 +655,9 @@ START_TEST(test_gradcheck_random) {
         "conv_norm_out.weight",
         "conv_out.bias",
     };
-    const char *name = models[_i];
+    static const char *const names[] = {"attn_class", "scale_shift", "mish_resnet",
+                                        "gelu_identity"};
+    const char *name = names[_i];
     fixture f;
     fixture_open(&f, name);
     for (int i = 0; i < f.ps.n; i++) { /* fresh weights; norms away from 1 and 0 */
@@ -584,7 +671,7 @@ START_TEST(test_gradcheck_random) {
     }
     dc_ctx *ctx = tu_ctx();
     ctx->training = false;
-    int64_t h = 8, w = f.cfg.sample_size[1];
+    int64_t h = f.cfg.sample_size[0], w = f.cfg.sample_size[1];
     dc_tensor *in[1 + sizeof probe / sizeof *probe] = {
         tu_leaf(ctx, DC_SHAPE(2, h, w, f.cfg.in_channels))};
     int n_in = 1;
@@ -594,8 +681,7 @@ START_TEST(test_gradcheck_random) {
             in[n_in++] = &p->value;
     }
     ck_assert_int_ge(n_in, 8);
-    net_arg a = {&f.m, random_steps(ctx, 2),
-                 f.cfg.num_class_embeds ? random_labels(ctx, 2, f.cfg.num_class_embeds) : NULL};
+    net_arg a = {&f.m, random_steps(ctx, 2), random_classes(ctx, &f, 2)};
     tu_gradcheck(ctx, net, &a, in, n_in, 1e-2, 1e-3, 1e-2, 8);
     tu_ctx_free(ctx);
     fixture_close(&f);
@@ -676,14 +762,14 @@ START_TEST(test_find_files) {
     char dir[64], sub[96], want[160], *cfg, *weights;
     snprintf(dir, sizeof dir, "/tmp/dc_test_unet_XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), -1);
     ck_assert_msg(strstr(dc_error(), "no config.json"), "%s", dc_error());
     spill(dir, "config.json", "{}");
     spill(dir, "diffusion_pytorch_model.bin", "pickle");
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), -1);
     ck_assert_msg(strstr(dc_error(), "only PyTorch .bin weights"), "%s", dc_error());
     spill(dir, "diffusion_pytorch_model.safetensors", "x");
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), 0); /* a bare UNet folder */
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), 0); /* a bare UNet folder */
     snprintf(want, sizeof want, "%s/config.json", dir);
     ck_assert_str_eq(cfg, want);
     free(cfg);
@@ -691,10 +777,10 @@ START_TEST(test_find_files) {
     snprintf(sub, sizeof sub, "%s/unet_ema", dir); /* a component without weights */
     ck_assert_int_eq(mkdir(sub, 0755), 0);
     spill(sub, "config.json", "{}");
-    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", NULL, &cfg, &weights, NULL), -1);
     ck_assert_msg(strstr(dc_error(), "unet_ema: no diffusion_pytorch_model.safetensors"), "%s", dc_error());
     spill(sub, "diffusion_pytorch_model.safetensors", "x");
-    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", &cfg, &weights), 0);
+    ck_assert_int_eq(dc_unet_find(dir, "unet_ema", NULL, &cfg, &weights, NULL), 0);
     snprintf(want, sizeof want, "%s/diffusion_pytorch_model.safetensors", sub);
     ck_assert_str_eq(weights, want);
     free(cfg);
@@ -705,11 +791,81 @@ START_TEST(test_find_files) {
         snprintf(want, sizeof want, "%s/%s", dir, files[i]);
         ck_assert_int_eq(remove(want), 0);
     }
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), -1);
     ck_assert_int_eq(rmdir(dir), 0);
-    ck_assert_int_eq(dc_unet_find(dir, "unet", &cfg, &weights), -1);
+    ck_assert_int_eq(dc_unet_find(dir, "unet", NULL, &cfg, &weights, NULL), -1);
     ck_assert_msg(strstr(dc_error(), "not a folder"), "%s", dc_error());
     ck_assert_ptr_null(cfg);
+}
+END_TEST
+
+/* Weights by diffusers' names: variants, sharded indexes, and the folder's
+ * only variant when the plain weights are absent. */
+static void find_ok(const char *dir, const char *variant, const char *want_file, const char *want_guess) {
+    char *cfg, *weights, *guessed, want[256];
+    ck_assert_msg(dc_unet_find(dir, "unet", variant, &cfg, &weights, &guessed) == 0, "%s", dc_error());
+    snprintf(want, sizeof want, "%s/%s", dir, want_file);
+    ck_assert_str_eq(weights, want);
+    if (want_guess)
+        ck_assert_str_eq(guessed, want_guess);
+    else
+        ck_assert_ptr_null(guessed);
+    free(cfg), free(weights), free(guessed);
+}
+
+static void find_fails(const char *dir, const char *variant, const char *want) {
+    char *cfg, *weights, *guessed;
+    ck_assert_int_eq(dc_unet_find(dir, "unet", variant, &cfg, &weights, &guessed), -1);
+    ck_assert_msg(strstr(dc_error(), want), "\"%s\", want \"%s\"", dc_error(), want);
+    ck_assert(!cfg && !weights && !guessed);
+}
+
+START_TEST(test_find_variants) {
+    char dir[64], path[160];
+    snprintf(dir, sizeof dir, "/tmp/dc_test_unet_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    spill(dir, "config.json", "{}");
+    spill(dir, "diffusion_pytorch_model.fp16-00001-of-00002.safetensors", "x"); /* shards are no variant */
+    spill(dir, "diffusion_pytorch_model.fp16.bin", "pickle");
+    find_fails(dir, NULL, "no diffusion_pytorch_model.safetensors (a diffusers model folder");
+    spill(dir, "diffusion_pytorch_model.fp16.safetensors", "x");
+    find_ok(dir, NULL, "diffusion_pytorch_model.fp16.safetensors", "fp16");
+    find_ok(dir, "fp16", "diffusion_pytorch_model.fp16.safetensors", NULL);
+    spill(dir, "diffusion_pytorch_model.safetensors.index.ema.json", "{}");
+    find_fails(dir, NULL, "no diffusion_pytorch_model.safetensors, but variants '");
+    find_fails(dir, NULL, "'ema'");
+    find_fails(dir, NULL, "'fp16'");
+    find_ok(dir, "ema", "diffusion_pytorch_model.safetensors.index.ema.json", NULL);
+    find_fails(dir, "bf16", "no variant 'bf16' (diffusion_pytorch_model.bf16.safetensors); variants here: ");
+    find_fails(dir, "../x", "variant '../x': not a variant name");
+    find_fails(dir, "", "variant '': not a variant name");
+    spill(dir, "diffusion_pytorch_model.safetensors.index.json", "{}"); /* plain sharded weights first */
+    find_ok(dir, NULL, "diffusion_pytorch_model.safetensors.index.json", NULL);
+    spill(dir, "diffusion_pytorch_model.safetensors", "x"); /* then a single plain file first of all */
+    find_ok(dir, NULL, "diffusion_pytorch_model.safetensors", NULL);
+    const char *files[] = {"config.json", "diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+                           "diffusion_pytorch_model.fp16.bin", "diffusion_pytorch_model.fp16.safetensors",
+                           "diffusion_pytorch_model.safetensors.index.ema.json",
+                           "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        ck_assert_int_eq(remove(path), 0);
+    }
+    ck_assert_int_eq(rmdir(dir), 0);
+
+    /* diffusers' own sharded fp16 variant, found without asking */
+    find_ok(FIXTURES "unet_sharded_fp16", NULL, "diffusion_pytorch_model.safetensors.index.fp16.json", "fp16");
+
+    char name_variant[16];
+    ck_assert(dc_unet_weights_name("diffusion_pytorch_model.safetensors", name_variant, sizeof name_variant) &&
+              !name_variant[0]);
+    ck_assert(dc_unet_weights_name("diffusion_pytorch_model.safetensors.index.non_ema.json", name_variant,
+                                   sizeof name_variant));
+    ck_assert_str_eq(name_variant, "non_ema");
+    ck_assert(!dc_unet_weights_name("diffusion_pytorch_model-00001-of-00002.safetensors", name_variant,
+                                    sizeof name_variant));
+    ck_assert(!dc_unet_weights_name("diffusion_pytorch_model..safetensors", name_variant, sizeof name_variant));
+    ck_assert(!dc_unet_weights_name("model.safetensors", name_variant, sizeof name_variant));
 }
 END_TEST
 
@@ -725,11 +881,12 @@ int main(void) {
     tcase_add_test(tc, test_config_save);
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_find_files);
+    tcase_add_test(tc, test_find_variants);
     tc = tu_tcase(s, "errors", 30);
     tcase_add_test(tc, test_weights_that_do_not_fit);
     tcase_add_test(tc, test_bad_inputs);
     tc = tu_tcase(s, "random", 60);
-    tcase_add_loop_test(tc, test_gradcheck_random, 0, 2);
+    tcase_add_loop_test(tc, test_gradcheck_random, 0, 4);
     tcase_add_test(tc, test_batch_independence);
     tcase_add_test(tc, test_dropout);
     return tu_run(s);

@@ -60,6 +60,9 @@ static const dc_train_option table[] = {
     STRING("model", pretrained_model, NULL, "DIR", 0,
            "fine-tune: start from the weights of a diffusers UNet folder (or a pipeline folder with unet/), "
            "keeping its config"),
+    STRING("model", variant, NULL, "NAME", 0,
+           "the --pretrained-model weights of this variant (diffusion_pytorch_model.NAME.safetensors, e.g. "
+           "fp16; unset: the plain weights, or the folder's only variant)"),
     FLOAT("model", dropout, NULL, 0, 1, DC_OPT_NULLABLE | DC_OPT_HI_OPEN,
           "dropout probability in the UNet's resnets (unset: the model config's)"),
 
@@ -595,6 +598,8 @@ int dc_train_options_check(const dc_train_options *o) {
     if (o->model && o->pretrained_model)
         return dc_fail("--model and --pretrained-model are both given: a fine-tuned model keeps the "
                        "pretrained model's config, so give only one");
+    if (o->variant && !o->pretrained_model)
+        return dc_fail("--variant %s: only --pretrained-model has weight variants", o->variant);
     if (!o->model && !o->pretrained_model && !o->resume_from_checkpoint)
         return dc_fail("no model: give --model (a UNet config.json, or the config inline in the --config "
                        "file) or --pretrained-model DIR");

@@ -49,6 +49,7 @@ typedef struct dc_train_options {
     char *config;           /* the config file read (command line only) */
     char *model;            /* inline JSON object text, or a path; see above */
     char *pretrained_model; /* a diffusers UNet folder (or pipeline with unet/) to start from */
+    char *variant;          /* its weight variant ("fp16"); NULL: the plain weights */
     double dropout;         /* NaN: the model config's */
     /* data */
     char *train_data_dir;

@@ -158,7 +158,7 @@ static int checkpoint_config(const trainer *tr, char **config_path) {
     char *dir = NULL, *weights = NULL;
     if (dc_checkpoint_resolve(tr->o.output_dir, tr->o.resume_from_checkpoint, &dir))
         return -1;
-    int rc = dir ? dc_unet_find(dir, "unet", config_path, &weights)
+    int rc = dir ? dc_unet_find(dir, "unet", NULL, config_path, &weights, NULL)
                  : dc_fail("--resume-from-checkpoint %s: %s holds no complete checkpoint, and without "
                            "--model or --pretrained-model there is no model to start from",
                            tr->o.resume_from_checkpoint, tr->o.output_dir);
@@ -177,11 +177,16 @@ static int override_dropout(trainer *tr) {
 
 /* The UNet config: from --pretrained-model's folder, --model, or the checkpoint resumed. */
 static int load_model_config(trainer *tr, char **weights) {
-    char *config_path = NULL;
+    char *config_path = NULL, *guessed = NULL;
     *weights = NULL;
-    int rc = tr->o.pretrained_model ? dc_unet_find(tr->o.pretrained_model, "unet", &config_path, weights)
+    int rc = tr->o.pretrained_model ? dc_unet_find(tr->o.pretrained_model, "unet", tr->o.variant, &config_path,
+                                                   weights, &guessed)
              : tr->o.model          ? 0
                                     : checkpoint_config(tr, &config_path);
+    if (guessed && dc_dist_is_root(&tr->dist))
+        fprintf(stderr, "diffc: note: %s has no plain weights; using its only variant, %s\n", tr->o.pretrained_model,
+                guessed);
+    free(guessed);
     if (!rc)
         tr->unet_json = config_path ? dc_json_load(config_path) : dc_train_options_model_config(&tr->o);
     char *text = tr->unet_json && !override_dropout(tr) ? dc_json_print(tr->unet_json, true) : NULL;

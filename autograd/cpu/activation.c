@@ -1,4 +1,4 @@
-/* CPU kernels for SiLU, exact GELU and softmax (OpenMP). */
+/* CPU kernels for SiLU, exact GELU, Mish and softmax (OpenMP). */
 #include "activation.h"
 #include "parallel.h"
 
@@ -35,6 +35,24 @@ void cpu_gelu_backward(const float *dy, const float *x, float *dx, int64_t n) {
         float cdf = 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
         float pdf = inv_sqrt_2pi * expf(-0.5f * x[i] * x[i]);
         dx[i] += dy[i] * (cdf + x[i] * pdf);
+    }
+}
+
+/* log(1 + e^x) without overflow: past 20 it equals x in float. */
+static inline float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+void cpu_mish_forward(float *y, const float *x, int64_t n) {
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] * tanhf(softplus(x[i]));
+}
+
+/* d/dx of x tanh(sp(x)) is tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x), as sp' = sigmoid. */
+void cpu_mish_backward(const float *dy, const float *x, float *dx, int64_t n) {
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float t = tanhf(softplus(x[i]));
+        dx[i] += dy[i] * (t + x[i] * (1.0f - t * t) * sigmoid(x[i]));
     }
 }
 

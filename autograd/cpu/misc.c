@@ -94,6 +94,21 @@ void cpu_timestep_embedding_forward(float *out, const float *tf, const int32_t *
     }
 }
 
+void cpu_fourier_embedding_forward(float *out, const float *tf, const int32_t *ti, const float *w,
+                                   int64_t n, int64_t d, bool flip_sin_to_cos) {
+    int64_t sin_at = flip_sin_to_cos ? d : 0, cos_at = flip_sin_to_cos ? 0 : d;
+#pragma omp parallel for if (n * d >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        double lt = log(ti ? (double)ti[i] : (double)tf[i]);
+        float *row = out + i * 2 * d;
+        for (int64_t k = 0; k < d; k++) {
+            double angle = 2.0 * M_PI * lt * (double)w[k];
+            row[sin_at + k] = (float)sin(angle);
+            row[cos_at + k] = (float)cos(angle);
+        }
+    }
+}
+
 /* Both loops run over all n * d elements, so a batch of one still uses every thread. */
 void cpu_mse_loss_forward(float *out, const float *pred, const float *target, const float *w,
                           int64_t n, int64_t d) {

@@ -29,6 +29,11 @@ void cpu_timestep_embedding_forward(float *out, const float *tf, const int32_t *
                                     int64_t dim, bool flip_sin_to_cos, float shift,
                                     float max_period);
 
+/* out [n, 2d] = [sin, cos] (flipped: [cos, sin]) of 2 pi log(t) w, t [n]
+ * given as f32 (tf) or i32 (ti; the other NULL), w [d]; in double. */
+void cpu_fourier_embedding_forward(float *out, const float *tf, const int32_t *ti, const float *w,
+                                   int64_t n, int64_t d, bool flip_sin_to_cos);
+
 /* pred, target [n, d], w [n] or NULL (ones): out[0] =
  * (1/n) sum_i w[i] (1/d) sum_j (pred - target)^2, accumulated in double. */
 void cpu_mse_loss_forward(float *out, const float *pred, const float *target, const float *w,

@@ -1,4 +1,4 @@
-/* CUDA kernels for SiLU, exact GELU and softmax over the last dimension
+/* CUDA kernels for SiLU, exact GELU, Mish and softmax over the last dimension
  * (see activation.h). The formulas are the CPU's, term for term. */
 #include "activation.h"
 #include "common.cuh"
@@ -33,6 +33,20 @@ __global__ static void gelu_bwd(const float *dy, const float *x, float *dx, int6
     }
 }
 
+__device__ static inline float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+__global__ static void mish_fwd(float *y, const float *x, int64_t n) {
+    FOR_N(i, n)
+    y[i] = x[i] * tanhf(softplus(x[i]));
+}
+
+__global__ static void mish_bwd(const float *dy, const float *x, float *dx, int64_t n) {
+    FOR_N(i, n) {
+        float t = tanhf(softplus(x[i]));
+        dx[i] += dy[i] * (t + x[i] * (1.0f - t * t) * sigmoid(x[i]));
+    }
+}
+
 extern "C" void cuda_silu_forward(float *y, const float *x, int64_t n) {
     LAUNCH(silu_fwd, grid_for(n), BLOCK, 0, y, x, n);
 }
@@ -47,6 +61,14 @@ extern "C" void cuda_gelu_forward(float *y, const float *x, int64_t n) {
 
 extern "C" void cuda_gelu_backward(const float *dy, const float *x, float *dx, int64_t n) {
     LAUNCH(gelu_bwd, grid_for(n), BLOCK, 0, dy, x, dx, n);
+}
+
+extern "C" void cuda_mish_forward(float *y, const float *x, int64_t n) {
+    LAUNCH(mish_fwd, grid_for(n), BLOCK, 0, y, x, n);
+}
+
+extern "C" void cuda_mish_backward(const float *dy, const float *x, float *dx, int64_t n) {
+    LAUNCH(mish_bwd, grid_for(n), BLOCK, 0, dy, x, dx, n);
 }
 
 /* One block per row: the max, then the sum of exponentials in double. */

@@ -105,6 +105,23 @@ extern "C" void cuda_timestep_embedding_forward(float *out, const float *tf, con
            neg_log);
 }
 
+/* The CPU's formula, in double, one element per thread. */
+__global__ static void fourier_fwd(float *out, const float *tf, const int32_t *ti, const float *w,
+                                   int64_t n, int64_t d, bool flip) {
+    FOR_N(e, n * 2 * d) {
+        int64_t i = e / (2 * d), k = e % (2 * d), f = k < d ? k : k - d;
+        bool is_sin = (k < d) != flip;
+        double angle = 2.0 * 3.14159265358979323846 * log(ti ? (double)ti[i] : (double)tf[i]) * (double)w[f];
+        out[e] = is_sin ? (float)sin(angle) : (float)cos(angle);
+    }
+}
+
+extern "C" void cuda_fourier_embedding_forward(float *out, const float *tf, const int32_t *ti,
+                                               const float *w, int64_t n, int64_t d,
+                                               bool flip_sin_to_cos) {
+    LAUNCH(fourier_fwd, grid_for(n * 2 * d), BLOCK, 0, out, tf, ti, w, n, d, flip_sin_to_cos);
+}
+
 struct weighted_sq_err {
     const float *pred, *target, *w;
     int64_t d;

@@ -20,6 +20,8 @@ void cuda_embedding_forward(float *out, const float *table, const int32_t *idx, 
                             int64_t c);
 void cuda_embedding_backward(const float *dout, float *dtable, const int32_t *idx, int64_t n,
                              int64_t c);
+void cuda_fourier_embedding_forward(float *out, const float *tf, const int32_t *ti, const float *w,
+                                    int64_t n, int64_t d, bool flip_sin_to_cos);
 void cuda_timestep_embedding_forward(float *out, const float *tf, const int32_t *ti, int64_t n,
                                      int64_t dim, bool flip_sin_to_cos, float shift,
                                      float max_period);
