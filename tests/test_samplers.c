@@ -225,7 +225,7 @@ START_TEST(test_trajectories_vs_diffusers) {
         dc_noise_schedule_free(&sched);
         n_cases++;
     }
-    ck_assert_int_eq(n_cases, 47);
+    ck_assert_int_eq(n_cases, 48);
     free(w);
     free(noise);
     dc_st_close(&f);
