@@ -727,8 +727,9 @@ static int check_step(const dc_sampler *s, int i, const float *model_output, con
     return 0;
 }
 
-/* Room for the x0 buffers and thresholding's scratch: grown on a run's first
- * step, never inside a run. */
+/* Room for the x0 buffers (grown on a run's first step: its numel stays) and
+ * thresholding's scratch (an image may grow inside a run, the same numel split
+ * into fewer images). realloc keeps prev_x0's values. */
 static int reserve_state(dc_sampler *s, int64_t images, int64_t per) {
     int64_t numel = images * per, sorted = s->opt.thresholding ? per : 0;
     if (numel > s->cap) {
@@ -755,7 +756,7 @@ static int reserve_state(dc_sampler *s, int64_t images, int64_t per) {
 int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float *variance,
                     float *sample, const float *noise, int64_t images, int64_t per_image) {
     if (check_step(s, i, model_output, variance, sample, noise, images, per_image) ||
-        (s->next < 0 && reserve_state(s, images, per_image)))
+        reserve_state(s, images, per_image))
         return -1;
     if (s->kind == DC_SAMPLER_DDPM)
         ddpm_step(s, i, model_output, variance, sample, noise, images, per_image);
