@@ -19,6 +19,11 @@ typedef struct buffers {
     int32_t *label; /* [2b] the labels of a forward pass */
 } buffers;
 
+/* Whether a forward pass holds the unconditional and the conditional halves. */
+static bool guided(const dc_generate_request *r, const int32_t *labels) {
+    return labels && r->guidance_scale > 1.0f;
+}
+
 /* Whether the model predicts its variance too: out_channels twice in_channels. */
 static bool predicts_variance(const dc_unet *m) { return m->cfg.out_channels == 2 * m->cfg.in_channels; }
 
@@ -38,7 +43,7 @@ static int predict(dc_ctx *ctx, const dc_generate_request *r, int i, const float
                    const int32_t *labels, int64_t b, buffers *buf) {
     const dc_unet *m = r->unet;
     int c = (int)m->cfg.in_channels;
-    bool cfg = labels && r->guidance_scale > 1.0f;
+    bool cfg = guided(r, labels);
     int64_t rows = cfg ? 2 * b : b, per = (int64_t)r->h * r->w * c;
     size_t bytes = (size_t)(b * per) * sizeof(float);
     int32_t step = (int32_t)r->sampler->timesteps[i];
@@ -55,6 +60,9 @@ static int predict(dc_ctx *ctx, const dc_generate_request *r, int i, const float
     if (!pred)
         return -1;
     float *host = buf->raw ? buf->raw : buf->pred;
+    if ((int64_t)pred->numel != rows * per * (buf->raw ? 2 : 1))
+        return dc_fail("the model predicts %lld values per image, expected %lld", (long long)(pred->numel / rows),
+                       (long long)(per * (buf->raw ? 2 : 1)));
     if (dc_memcpy(host, DC_CPU, pred->data, ctx->device, (size_t)pred->numel * sizeof(float)))
         return -1;
     if (buf->raw) /* guidance steers the prediction; the variance is the conditional pass's */
@@ -93,7 +101,7 @@ static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64
         bool needs = dc_sampler_step_needs_noise(s, i);
         if (needs)
             draw_noise(r, first, b, per, buf->noise, DC_SAMPLER_DRAW_STEP(i));
-        const float *var = buf->var ? buf->var + (labels && r->guidance_scale > 1.0f ? b * per : 0) : NULL;
+        const float *var = buf->var ? buf->var + (guided(r, labels) ? b * per : 0) : NULL;
         if (dc_sampler_step(s, i, buf->pred, var, x, needs ? buf->noise : NULL, b, per))
             return -1;
         if (r->on_step)

@@ -8,7 +8,10 @@
  * size it was generated in (or from streams[k] when given: `diffc augment`
  * names each image's stream after what it is). With init images (img2img),
  * the denoising starts part-way, from the init images noised to that step's
- * timestep.
+ * timestep. A model that predicts its variance too (out_channels twice
+ * in_channels, guided-diffusion's learned_range) has its output split per
+ * pixel: the first half is the prediction (guided), the second the variance
+ * (of the conditional pass), which the sampler reads when it needs it.
  */
 #ifndef DC_INFER_GENERATE_H
 #define DC_INFER_GENERATE_H

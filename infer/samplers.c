@@ -348,14 +348,16 @@ static double sigma_to_t(const dc_sampler *s, double sigma) {
     low = low < s->T - 2 ? low : s->T - 2;
     float lo = logf(sigma_at(s, low)), hi = logf(sigma_at(s, low + 1));
     double w = ((double)lo - log_sigma) / (double)(lo - hi);
-    w = w < 0 ? 0 : w > 1 ? 1 : w;
+    w = w > 0 ? (w < 1 ? w : 1) : 0; /* np.clip; NaN (lo == hi) as 0, not an undefined cast */
     return (1 - w) * (double)low + w * (double)(low + 1);
 }
 
 /* _convert_to_karras (rho 7, between the sigmas of timesteps T - 1 and 0, in
  * double), the timesteps from sigma_to_t: rounded, except that diffusers leaves
- * squaredcos_cap_v2's unrounded and int64 truncates them. */
-static void make_karras(dc_sampler *s, dc_beta_schedule beta) {
+ * squaredcos_cap_v2's unrounded and int64 truncates them. They replace the
+ * spacing's timesteps (and lambda_min_clipped's cut): n of them. */
+static int make_karras(dc_sampler *s, dc_beta_schedule beta) {
+    s->n = s->opt.num_inference_steps;
     double lo = pow((double)sigma_at(s, 0), 1.0 / 7.0);
     double hi = pow((double)sigma_at(s, s->T - 1), 1.0 / 7.0);
     for (int i = 0; i < s->n; i++) {
@@ -364,6 +366,7 @@ static void make_karras(dc_sampler *s, dc_beta_schedule beta) {
         s->sigmas[i] = (float)sigma;
         s->timesteps[i] = (int64_t)(beta == DC_BETA_SQUAREDCOS_CAP_V2 ? t : rint(t));
     }
+    return s->n;
 }
 
 /* The sigmas of the steps (Karras' own, else those of the timesteps, which
@@ -507,9 +510,8 @@ int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule
     bool dpm = kind == DC_SAMPLER_DPMPP_2M;
     if (dpm && s->alphas_cumprod[s->T - 1] == 0) /* "so the first sigma is not inf" */
         s->alphas_cumprod[s->T - 1] = 0x1p-24f;
-    s->n = make_timesteps(s);
-    if (dpm && o->use_karras_sigmas)
-        make_karras(s, sched->config.beta_schedule);
+    s->n = dpm && o->use_karras_sigmas ? make_karras(s, sched->config.beta_schedule)
+                                       : make_timesteps(s);
     if (check_timesteps(s) || (kind == DC_SAMPLER_DDIM && check_ddim_eta(s)) ||
         check_zero_snr(s)) {
         dc_sampler_free(s);
@@ -725,8 +727,9 @@ static int check_step(const dc_sampler *s, int i, const float *model_output, con
     return 0;
 }
 
-/* Room for the x0 buffers and thresholding's scratch: grown on a run's first
- * step, never inside a run. */
+/* Room for the x0 buffers (grown on a run's first step: its numel stays) and
+ * thresholding's scratch (an image may grow inside a run, the same numel split
+ * into fewer images). realloc keeps prev_x0's values. */
 static int reserve_state(dc_sampler *s, int64_t images, int64_t per) {
     int64_t numel = images * per, sorted = s->opt.thresholding ? per : 0;
     if (numel > s->cap) {
@@ -753,7 +756,7 @@ static int reserve_state(dc_sampler *s, int64_t images, int64_t per) {
 int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float *variance,
                     float *sample, const float *noise, int64_t images, int64_t per_image) {
     if (check_step(s, i, model_output, variance, sample, noise, images, per_image) ||
-        (s->next < 0 && reserve_state(s, images, per_image)))
+        reserve_state(s, images, per_image))
         return -1;
     if (s->kind == DC_SAMPLER_DDPM)
         ddpm_step(s, i, model_output, variance, sample, noise, images, per_image);

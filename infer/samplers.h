@@ -117,7 +117,8 @@ typedef struct dc_sampler_options {
     bool lower_order_final;         /* dpm++2m: first order at the end when n < 15 */
     dc_final_sigmas_type final_sigmas_type; /* dpm++2m */
     bool use_karras_sigmas;         /* dpm++2m: Karras et al.'s sigmas (rho 7), their timesteps
-                                       interpolated in log sigma */
+                                       interpolated in log sigma (spacing, steps_offset and
+                                       lambda_min_clipped then do nothing, as in diffusers) */
     double lambda_min_clipped;      /* dpm++2m: timesteps whose lambda (log(alpha / sigma))
                                        lies below this are left out; -inf: none */
 } dc_sampler_options;

@@ -141,6 +141,7 @@ def trajectory_cases(tensors, meta, w, noise, v, x):
     case("dpm_karras_25_v", "dpm++2m", 25, "leading", use_karras_sigmas=True, prediction_type="v_prediction")
     case("dpm_karras_scaled", "dpm++2m", 12, "trailing", schedule="scaled_linear", use_karras_sigmas=True,
          final_sigmas_type="sigma_min")
+    case("dpm_karras_lmc", "dpm++2m", 10, "trailing", use_karras_sigmas=True, lambda_min_clipped=-3.0)
     # lambda_min_clipped (diffusers' advice for the cosine schedule: -5.1); trailing loses steps
     case("dpm_lmc_cos", "dpm++2m", 10, "linspace", schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1)
     case("dpm_lmc_leading", "dpm++2m", 10, "leading", schedule="squaredcos_cap_v2", lambda_min_clipped=-3.0)

@@ -225,7 +225,7 @@ START_TEST(test_trajectories_vs_diffusers) {
         dc_noise_schedule_free(&sched);
         n_cases++;
     }
-    ck_assert_int_eq(n_cases, 47);
+    ck_assert_int_eq(n_cases, 48);
     free(w);
     free(noise);
     dc_st_close(&f);
@@ -483,6 +483,37 @@ START_TEST(test_guidance_combine) {
     memcpy(alias, c, sizeof alias);
     dc_guidance_combine(alias, u, alias, scale, N);
     ck_assert(!memcmp(alias, out, sizeof out));
+}
+END_TEST
+
+/* Thresholding works per image: the same numbers as two images or as one differ; a run
+ * may split them differently from step to step (the scratch grows). */
+START_TEST(test_threshold_per_image) {
+    enum { PER = 40 };
+    dc_noise_schedule sched;
+    linear_schedule(&sched, 1000);
+    dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_DDIM);
+    o.num_inference_steps = 4;
+    o.thresholding = 1;
+    o.sample_max_value = 1000.0;
+    o.dynamic_thresholding_ratio = 0.6;
+    dc_sampler s;
+    ck_assert_int_eq(dc_sampler_init(&s, DC_SAMPLER_DDIM, &sched, &o), 0);
+    float start[2 * PER], mo[2 * PER], two[2 * PER], one[2 * PER];
+    for (int e = 0; e < 2 * PER; e++) {
+        start[e] = (float)tu_normal() * (e < PER ? 1.0f : 3.0f);
+        mo[e] = (float)tu_normal();
+    }
+    memcpy(two, start, sizeof two);
+    memcpy(one, start, sizeof one);
+    ck_assert_int_eq(dc_sampler_step(&s, 0, mo, NULL, one, NULL, 1, 2 * PER), 0);
+    dc_sampler_free(&s); /* a fresh sampler: its scratch starts at one small image */
+    ck_assert_int_eq(dc_sampler_init(&s, DC_SAMPLER_DDIM, &sched, &o), 0);
+    ck_assert_int_eq(dc_sampler_step(&s, 0, mo, NULL, two, NULL, 2, PER), 0);
+    ck_assert(memcmp(one, two, sizeof one));
+    ck_assert_int_eq(dc_sampler_step(&s, 1, mo, NULL, two, NULL, 1, 2 * PER), 0);
+    dc_sampler_free(&s);
+    dc_noise_schedule_free(&sched);
 }
 END_TEST
 
@@ -838,6 +869,7 @@ int main(void) {
     tc = tu_tcase(s, "state", 60);
     tcase_add_test(tc, test_dpm_state);
     tcase_add_test(tc, test_guidance_combine);
+    tcase_add_test(tc, test_threshold_per_image);
     tc = tu_tcase(s, "config", 60);
     tcase_add_test(tc, test_names);
     tcase_add_test(tc, test_config);

@@ -403,8 +403,8 @@ START_TEST(test_finetune_starts_from_the_pretrained_weights) {
 }
 END_TEST
 
-/* A pipeline whose scheduler is squaredcos_cap_v2 + v_prediction fine-tunes with them,
- * and says so; the command line still wins. */
+/* A pipeline whose scheduler is squaredcos_cap_v2 + v_prediction (zero SNR) fine-tunes
+ * with them, and says so; the command line still wins. */
 START_TEST(test_finetune_takes_the_pipeline_schedule) {
     make_dataset();
     make_images("rgb", 3);
@@ -419,7 +419,8 @@ START_TEST(test_finetune_takes_the_pipeline_schedule) {
         ck_assert_int_eq(symlink(from, tu_path(to)), 0);
     }
     static const char sched[] = "{\"_class_name\": \"DDPMScheduler\", \"beta_schedule\": \"squaredcos_cap_v2\", "
-                                "\"prediction_type\": \"v_prediction\", \"num_train_timesteps\": 500}";
+                                "\"prediction_type\": \"v_prediction\", \"num_train_timesteps\": 500, "
+                                "\"rescale_betas_zero_snr\": true}";
     ck_assert_int_eq(dc_write_file(tu_path("vpipe/scheduler/scheduler_config.json"), sched, sizeof sched - 1, false),
                      0);
     const char *extra[] = {"--no-use-ema", NULL};
@@ -433,7 +434,7 @@ START_TEST(test_finetune_takes_the_pipeline_schedule) {
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", tu_path("v"));
     ck_assert_msg(dc_noise_schedule_config_load(&c, path) == 0, "%s", dc_error());
     ck_assert(c.beta_schedule == DC_BETA_SQUAREDCOS_CAP_V2 && c.prediction_type == DC_PRED_V_PREDICTION &&
-              c.num_train_timesteps == 500);
+              c.num_train_timesteps == 500 && c.rescale_betas_zero_snr);
     const char *mine[] = {"--no-use-ema", "--prediction-type", "sample", NULL};
     r = tu_run_diffc(train_args("--pretrained-model", tu_path("vpipe"), "rgb", "s", "1", mine));
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
