@@ -5,7 +5,7 @@
 #   scripts/setup.sh --data     also the Fashion-MNIST dataset used by the demo
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev libcjson-dev libpng-dev libjpeg-dev
+packages=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev libopenblas-pthread-dev libcjson-dev libpng-dev libjpeg-dev
           zlib1g-dev check clang libomp-dev libclang-rt-dev openmpi-bin libopenmpi-dev)
 [[ "${1:-}" == "--data" ]] && packages+=(dataset-fashion-mnist)
 
