@@ -71,6 +71,7 @@ static int write_pid(dc_run_dir *r) {
 
 static int lock(dc_run_dir *r, const char *dir) {
     for (int tries = 0; tries < LOCK_TRIES; tries++) {
+        r->made = access(r->lock, F_OK) != 0;
         int fd = open(r->lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (fd < 0)
             return dc_fail("%s: cannot create: %s", r->lock, strerror(errno));
@@ -109,8 +110,8 @@ void dc_run_dir_release(dc_run_dir *r, bool discard) {
     char *message = strdup(dc_error()); /* what the removals below must not overwrite */
     if (r->held && discard && r->created)
         dc_remove_tree(r->created);
-    else if (r->held && r->fd >= 0)
-        unlink(r->lock); /* before the unlock: a run waiting on this file then sees it gone */
+    else if (r->held && r->fd >= 0 && (r->made || !discard))
+        unlink(r->lock); /* before the unlock: a run that opened this file then sees it gone */
     if (r->held && r->fd >= 0)
         close(r->fd);
     if (message && message[0])

@@ -25,6 +25,7 @@ typedef struct dc_run_dir {
     bool held;     /* the lock is ours (or locking is unsupported here and we went on) */
     int fd;        /* the lock file, when held; -1 where the file system cannot lock */
     char *lock;    /* <dir>/RUN_DIR_LOCK */
+    bool made;     /* this run created the lock file (a killed run's may be there) */
     char *created; /* the topmost folder of dir's path this run created; NULL: none */
 } dc_run_dir;
 
@@ -32,9 +33,10 @@ typedef struct dc_run_dir {
  * written in it and lock it. Fails, naming the holder's pid, while another
  * process holds it. A zeroed dc_run_dir is valid to release. */
 int dc_run_dir_take(dc_run_dir *r, const char *dir);
-/* Unlock (and remove the lock file). With `discard`, also remove the
- * folders take created, with all inside: for a run that failed in its setup.
- * The message dc_error() holds is kept. Safe on a zeroed or failed one. */
+/* Unlock and remove the lock file. With `discard`, for a run that failed in
+ * its setup: remove the folders take created, with all inside, and else
+ * the lock file only if take created it. The message dc_error() holds is
+ * kept. Safe on a zeroed or failed one. */
 void dc_run_dir_release(dc_run_dir *r, bool discard);
 
 #endif
