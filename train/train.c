@@ -257,18 +257,29 @@ static int open_data(trainer *tr) {
     return dc_loader_open(&tr->loader, &lc, tr->step * tr->o.gradient_accumulation_steps);
 }
 
+/* The weights of the checkpoint to resume from (if any) against the
+ * model's declarations, before anything is allocated. */
+static int check_resume_weights(const trainer *tr) {
+    char *dir = NULL;
+    if (!tr->o.resume_from_checkpoint)
+        return 0;
+    int rc = dc_checkpoint_resolve(tr->o.output_dir, tr->o.resume_from_checkpoint, &dir) ||
+             (dir && dc_checkpoint_check(dir, &tr->ps));
+    free(dir);
+    return rc ? -1 : 0;
+}
+
 static int setup_model(trainer *tr, const char *pretrained_weights) {
     dc_params_init(&tr->ps);
     tr->null_class = dc_unet_null_class(&tr->ucfg);
     bool zero = tr->o.zero_stage == 1; /* any world: with one rank the shard is everything */
     tr->ps.multiple = zero ? (size_t)tr->dist.world * 16 : 0; /* equal shards */
-    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) ||
-        dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed))
+    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) || check_resume_weights(tr) ||
+        (pretrained_weights ? dc_params_alloc_load(&tr->ps, tr->device, pretrained_weights, dc_unet_rename)
+                            : dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed)))
         return -1;
     tr->opt_n = zero ? dc_dist_shard(&tr->dist, tr->ps.total) : tr->ps.total;
     tr->opt_lo = zero ? (size_t)tr->dist.rank * tr->opt_n : 0;
-    if (pretrained_weights && dc_params_load(&tr->ps, NULL, pretrained_weights, dc_unet_rename))
-        return -1;
     if (dc_adamw_init_on(&tr->opt, tr->device, tr->opt_n, tr->o.adam_beta1, tr->o.adam_beta2,
                          tr->o.adam_epsilon, tr->o.adam_weight_decay) ||
         dc_lr_schedule_parse(tr->o.lr_scheduler, &tr->lr_schedule))
