@@ -368,6 +368,28 @@ START_TEST(test_model_errors) {
 }
 END_TEST
 
+/* Configs that do not fit the weights beside them (tests/testutil.c's list,
+ * issue #14) are refused before the model they describe is allocated: one
+ * error line, and the run never grows past a small resident set. */
+START_TEST(test_hostile_configs) {
+    tu_mkdtemp("sample");
+    for (int i = 0; i < tu_n_hostile_configs; i++) {
+        const tu_hostile_config *h = &tu_hostile_configs[i];
+        char dir[32];
+        snprintf(dir, sizeof dir, "model%d", i);
+        tu_write_hostile_unet(dir, BARE_MODEL, h);
+        long peak_mb;
+        tu_run_result *r = tu_run_diffc_bounded(
+            (const char *const[]){"sample", "--model", tu_path(dir), "--output-dir", tu_path("o"), NULL},
+            &peak_mb);
+        tu_assert_user_error(r, h->error);
+        ck_assert_msg(peak_mb < 256, "%s %s: the run reached %ld MB", h->key ? h->key : "{}",
+                      h->value ? h->value : "", peak_mb);
+    }
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_option_errors) {
     tu_mkdtemp("sample");
     const char *m = make_pipeline("pipe", false), *o = tu_path("o");
@@ -468,6 +490,7 @@ int main(void) {
     tc = tu_tcase(s, "errors", 60);
     tcase_add_test(tc, test_model_errors);
     tcase_add_test(tc, test_option_errors);
+    tcase_add_test(tc, test_hostile_configs);
     tcase_add_test(tc, test_help);
     return tu_run(s);
 }
