@@ -64,6 +64,7 @@
 #include "infer/generate.h"
 #include "models/unet.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -112,6 +113,7 @@ typedef struct trainer {
     int32_t *t;              /* [train_batch_size] its timesteps, drawn on the host */
     int null_class;          /* -1: unconditional */
     int64_t step, total;     /* optimizer steps done, and in all */
+    char *resumed_from;      /* the checkpoint folder resumed from; NULL: a new run */
     int bad_steps;           /* non-finite steps in a row */
     int signal;              /* the signal some rank caught, as all ranks agreed; 0: none */
     dc_metrics *metrics;
@@ -419,8 +421,63 @@ static int save_checkpoint(trainer *tr) {
 static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
     const char *v = dc_st_meta(f, key);
     char *end;
-    if (!v || (*out = strtoll(v, &end, 10), *end) || *out < 0)
-        return dc_fail("train_state.safetensors: metadata '%s' is missing or not a count", key);
+    errno = 0;
+    if (!v || (*out = strtoll(v, &end, 10), end == v || *end || errno) || *out < 0)
+        return dc_fail("train_state.safetensors: metadata '%s' is missing or not a count (\"%.32s\")", key,
+                       v ? v : "");
+    return 0;
+}
+
+/* The --gradient-accumulation-steps of the run that wrote the state (its
+ * train_config), which relates its step to its loader cursor. */
+static int state_accumulation(const dc_st_file *f, int64_t *accum) {
+    const char *text = dc_st_meta(f, "train_config");
+    cJSON *cfg = text ? cJSON_Parse(text) : NULL;
+    double v = 1; /* the option's default, when the config leaves it out */
+    int rc = cJSON_IsObject(cfg) ? dc_json_get_number(cfg, "gradient_accumulation_steps",
+                                                      "train_state.safetensors: train_config", &v)
+                                 : dc_fail("train_state.safetensors: metadata 'train_config' is missing or "
+                                           "not a JSON object");
+    cJSON_Delete(cfg);
+    if (!rc && !(v >= 1 && v <= (1 << 20) && v == floor(v)))
+        rc = dc_fail("train_state.safetensors: train_config's gradient_accumulation_steps %g is not a "
+                     "count in [1, 2^20]", v);
+    *accum = (int64_t)v;
+    return rc;
+}
+
+/* The counters of train_state.safetensors, each checked against the others:
+ * a hand-edited or corrupted state is refused, not trained from. */
+static int read_counters(const trainer *tr, const dc_st_file *f, int64_t c[5]) {
+    enum { STEP, ADAM, EMA, BAD, CURSOR };
+    static const char *const keys[5] = {"step", "adamw_step", "ema_step", "bad_steps", "loader_cursor"};
+    int64_t accum;
+    for (int k = 0; k < 5; k++)
+        if (meta_int(f, keys[k], &c[k]))
+            return -1;
+    if (state_accumulation(f, &accum))
+        return -1;
+    if (c[STEP] > INT64_MAX / global_batch(tr))
+        return dc_fail("train_state.safetensors: step %" PRId64 " is past any run's end", c[STEP]);
+    for (int k = ADAM; k <= BAD; k++)
+        if (c[k] > c[STEP])
+            return dc_fail("train_state.safetensors: %s %" PRId64 " is past step %" PRId64, keys[k], c[k], c[STEP]);
+    if (c[BAD] >= MAX_BAD_STEPS)
+        return dc_fail("train_state.safetensors: bad_steps %" PRId64 " (a run stops at %d)", c[BAD], MAX_BAD_STEPS);
+    if (c[STEP] > INT64_MAX / accum || c[CURSOR] != c[STEP] * accum)
+        return dc_fail("train_state.safetensors: loader_cursor %" PRId64 " is not step %" PRId64 " x the %" PRId64
+                       " micro-batches of a step", c[CURSOR], c[STEP], accum);
+    return 0;
+}
+
+/* A moment buffer must hold finite numbers (exp_avg_sq: not negative). */
+static int check_moment(const char *name, const void *data, size_t n, bool square) {
+    for (size_t i = 0; i < n; i++) {
+        float x;
+        memcpy(&x, (const char *)data + i * sizeof x, sizeof x); /* file data need not be aligned */
+        if (!isfinite(x) || (square && x < 0))
+            return dc_fail("train_state.safetensors: '%s' holds %g at %zu", name, (double)x, i);
+    }
     return 0;
 }
 
@@ -432,6 +489,8 @@ static int restore_moment(const trainer *tr, const dc_st_file *f, const char *na
     size_t len = tr->opt_n < n - lo ? tr->opt_n : n - lo; /* the rest: rounding, zero */
     if (!t || t->dtype != DC_F32 || t->nbytes != n * sizeof(float))
         return dc_fail("train_state.safetensors: '%s' is missing or not %zu f32 values", name, n);
+    if (check_moment(name, t->data, n, !strcmp(name, "adamw.exp_avg_sq")))
+        return -1;
     return dc_memcpy(dst, tr->device, (const float *)t->data + lo, DC_CPU, len * sizeof(float));
 }
 
@@ -444,24 +503,24 @@ static int resume(trainer *tr) {
     if (!dir) /* "latest" before the first checkpoint: a new run, as in diffusers */
         return 0;
     dc_st_file state = {0};
-    int64_t adam_step = 0, ema_step = 0, bad = 0;
+    int64_t c[5]; /* step, adamw_step, ema_step, bad_steps, loader_cursor */
     int rc = dc_checkpoint_load(dir, &tr->ps, NULL, tr->o.use_ema ? tr->ema.shadow : NULL, &state);
     if (!rc && (!dc_st_meta(&state, "format_version") ||
                 strcmp(dc_st_meta(&state, "format_version"), STATE_VERSION)))
         rc = dc_fail("%s: train_state.safetensors has another format version", dir);
-    rc = rc || meta_int(&state, "step", &tr->step) || meta_int(&state, "adamw_step", &adam_step) ||
-         meta_int(&state, "ema_step", &ema_step) || meta_int(&state, "bad_steps", &bad) ||
-         restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m) ||
-         restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v);
+    if (!rc && (read_counters(tr, &state, c) || restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m) ||
+                restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v)))
+        rc = dc_fail_prefix(dir);
     if (!rc) {
-        tr->opt.step = adam_step;
-        tr->ema.optimization_step = ema_step;
-        tr->bad_steps = (int)bad;
-        if (dc_dist_is_root(&tr->dist))
-            fprintf(stderr, "diffc: resuming from %s at step %" PRId64 "\n", dir, tr->step);
+        tr->step = c[0];
+        tr->opt.step = c[1];
+        tr->ema.optimization_step = c[2];
+        tr->bad_steps = (int)c[3];
+        tr->resumed_from = dir;
     }
     dc_st_close(&state);
-    free(dir);
+    if (rc)
+        free(dir);
     return rc ? -1 : 0;
 }
 
@@ -801,8 +860,28 @@ static void trainer_free(trainer *tr) {
     free(tr->mse);
     free(tr->labels);
     free(tr->t);
+    free(tr->resumed_from);
     dc_train_options_free(&tr->o);
     dc_dist_free(&tr->dist);
+}
+
+/* A resumed run says where it starts, once the run's length is known; it
+ * must have steps left: one whose checkpoint is at or past the last step
+ * would end at once, having trained nothing. */
+static int announce_resume(const trainer *tr) {
+    if (!tr->resumed_from)
+        return 0;
+    if (tr->step >= tr->total && tr->o.max_train_steps)
+        return dc_fail("%s: the checkpoint is at step %" PRId64 " and --max-train-steps is %" PRId64
+                       ": nothing left to train (raise --max-train-steps to train on)",
+                       tr->resumed_from, tr->step, tr->o.max_train_steps);
+    if (tr->step >= tr->total)
+        return dc_fail("%s: the checkpoint is at step %" PRId64 " and --num-epochs %" PRId64 " ends at step %"
+                       PRId64 ": nothing left to train (raise --num-epochs or --max-train-steps)",
+                       tr->resumed_from, tr->step, tr->o.num_epochs, tr->total);
+    if (dc_dist_is_root(&tr->dist))
+        fprintf(stderr, "diffc: resuming from %s at step %" PRId64 "\n", tr->resumed_from, tr->step);
+    return 0;
 }
 
 static int setup(trainer *tr) {
@@ -811,6 +890,7 @@ static int setup(trainer *tr) {
     int rc = (root && dc_dir_check_writable(tr->o.output_dir)) || load_model_config(tr, &pretrained) ||
              load_schedule(tr) || setup_model(tr, pretrained) || resume(tr) || share_state(tr) ||
              dc_dist_use_device(&tr->dist, tr->device) || setup_activations(tr) || open_data(tr) ||
+             announce_resume(tr) ||
              (root && dc_train_options_save(&tr->o, tr->o.output_dir)) || open_outputs(tr);
     free(pretrained);
     if (!rc && root && dc_dist_nccl(&tr->dist))
