@@ -416,6 +416,25 @@ START_TEST(test_hostile_configs) {
 }
 END_TEST
 
+/* A batch far past the machine's memory is refused before the loader's
+ * buffers or the step's activations exist: one error naming the bytes
+ * needed and available and a batch that fits; the run stays small. */
+START_TEST(test_batch_too_large_for_memory) {
+    make_dataset();
+    const char *big[] = {"--train-batch-size", "1048576", "--resolution", "64", NULL};
+    tu_run_result *r = tu_run_diffc(train_args("--model", tu_path("model.json"), "data", "big", "2", big));
+    long peak_mb = tu_children_peak_mb();
+    tu_assert_user_error(r, "--train-batch-size 1048576 at 64x64 needs about ");
+    ck_assert_msg(strstr(r->err, "is available") && strstr(r->err, "--gradient-accumulation-steps"), "%s", r->err);
+    const char *fit = strstr(r->err, "use --train-batch-size ");
+    ck_assert_msg(fit, "no batch size suggested: %s", r->err);
+    long most = strtol(fit + strlen("use --train-batch-size "), NULL, 10);
+    ck_assert_msg(most > 0 && most < 1048576, "%s", r->err);
+    ck_assert_msg(peak_mb < 256, "the run reached %ld MB", peak_mb);
+    tu_rmtemp();
+}
+END_TEST
+
 /* out/checkpoint-N/train_state.safetensors with metadata `key` set to `value`. */
 static void edit_state(const char *ckpt, const char *key, const char *value) {
     char path[128];
@@ -959,6 +978,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_resume_is_exact);
     tcase_add_test(tc, test_hostile_configs);
     tcase_add_test(tc, test_train_state_checked);
+    tcase_add_test(tc, test_batch_too_large_for_memory);
     tcase_add_test(tc, test_zero_stage_1_alone_is_stage_0);
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_signals_stop_with_a_checkpoint);

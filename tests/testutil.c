@@ -380,8 +380,12 @@ tu_run_result *tu_run_diffc_bounded(const char *const *args, long *peak_mb) {
     ck_assert_int_eq(setrlimit(RLIMIT_AS, &lim), 0);
     tu_run_result *r = tu_run_diffc(args);
     ck_assert_int_eq(setrlimit(RLIMIT_AS, &old), 0);
+    *peak_mb = tu_children_peak_mb();
+    return r;
+}
+
+long tu_children_peak_mb(void) {
     struct rusage ru;
     ck_assert_int_eq(getrusage(RUSAGE_CHILDREN, &ru), 0);
-    *peak_mb = ru.ru_maxrss / 1024;
-    return r;
+    return ru.ru_maxrss / 1024;
 }

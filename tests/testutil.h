@@ -91,8 +91,10 @@ extern const int tu_n_hostile_configs;
 void tu_write_hostile_unet(const char *dir, const char *fixture, const tu_hostile_config *h);
 /* tu_run_diffc with the address space limited to a few GiB (a run that
  * would take much more fails instead of swamping the machine); *peak_mb:
- * the largest resident set of any child this test has waited for. */
+ * tu_children_peak_mb() after it. */
 tu_run_result *tu_run_diffc_bounded(const char *const *args, long *peak_mb);
+/* The largest resident set, in MiB, of any child this test has waited for. */
+long tu_children_peak_mb(void);
 
 /* A fresh folder /tmp/dc_<prefix>_XXXXXX for the running test; tu_path(name)
  * is a path inside it (valid until 8 more calls), tu_rmtemp removes it all. */

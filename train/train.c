@@ -45,6 +45,7 @@
 
 #include "checkpoint.h"
 #include "dist.h"
+#include "memory.h"
 #include "metrics.h"
 #include "options.h"
 #include "signals.h"
@@ -89,6 +90,7 @@
 #define MAX_BAD_STEPS 5            /* non-finite steps in a row that stop the run */
 #define STATE_VERSION "1"          /* of train_state.safetensors */
 #define ACTIVATION_BYTES ((size_t)64 << 30) /* reserved lazily: only what a step touches is used */
+#define LOADER_PREFETCH 2          /* batches the loader assembles ahead */
 
 typedef struct trainer {
     dc_train_options o;
@@ -232,8 +234,10 @@ static int64_t global_batch(const trainer *tr) {
     return tr->dist.world * tr->o.train_batch_size * tr->o.gradient_accumulation_steps;
 }
 
+static int check_memory(trainer *tr); /* below, beside the step it measures */
+
 static int open_data(trainer *tr) {
-    if (open_dataset(tr) || check_data_fits(tr))
+    if (open_dataset(tr) || check_data_fits(tr) || check_memory(tr))
         return -1;
     if (tr->o.classes && dc_dataset_select_classes(&tr->ds, tr->o.classes, &tr->subset, &tr->n_subset))
         return dc_fail_prefix(tr->o.train_data_dir);
@@ -254,7 +258,7 @@ static int open_data(trainer *tr) {
                            .world = tr->dist.world,
                            .seed = (uint64_t)tr->o.seed,
                            .threads = (int)workers,
-                           .prefetch = 2,
+                           .prefetch = LOADER_PREFETCH,
                            .flip = tr->o.random_flip};
     return dc_loader_open(&tr->loader, &lc, tr->step * tr->o.gradient_accumulation_steps);
 }
@@ -569,11 +573,8 @@ static dc_tensor *batch_labels(trainer *tr, const dc_batch *b, uint64_t p0) {
     return dc_from_host(&tr->ctx, DC_I32, DC_SHAPE(b->n), tr->labels);
 }
 
-/* Forward and backward of the next micro-batch; gradients add up in the flat buffer. */
-static int micro_step(trainer *tr, step_stats *st) {
-    const dc_batch *b = dc_loader_next(tr->loader);
-    if (!b)
-        return -1;
+/* Forward and backward of micro-batch b; gradients add up in the flat buffer. */
+static int batch_step(trainer *tr, const dc_batch *b, step_stats *st) {
     dc_ctx *ctx = &tr->ctx;
     uint64_t seed = (uint64_t)tr->o.seed, k = (uint64_t)b->index, p0 = (uint64_t)b->position;
     uint64_t per_image = (uint64_t)b->h * (uint64_t)b->w * (uint64_t)b->c;
@@ -604,6 +605,50 @@ static int micro_step(trainer *tr, step_stats *st) {
         st->q_n[q]++;
     }
     return 0;
+}
+
+/* The next micro-batch from the loader, forward and backward. */
+static int micro_step(trainer *tr, step_stats *st) {
+    const dc_batch *b = dc_loader_next(tr->loader);
+    return b ? batch_step(tr, b, st) : -1;
+}
+
+/* The activation arena of a step of one image (zeros, label 0), run on the
+ * fresh context: what the step keeps (*kept: per image, the tensors the
+ * backward pass reads) and its peak above that (*scratch). The gradients it
+ * adds are cleared by the first optimizer step. */
+static int measure_one_image(trainer *tr, size_t *kept, size_t *scratch) {
+    int32_t label = 0;
+    int64_t id = 0;
+    dc_batch b = {.n = 1, .h = tr->ds.h, .w = tr->ds.w, .c = tr->ds.c, .labels = &label, .ids = &id,
+                  .images = calloc((size_t)tr->ds.h * tr->ds.w * tr->ds.c, sizeof(float))};
+    step_stats st = {0};
+    int rc = b.images ? batch_step(tr, &b, &st) : dc_fail("out of memory");
+    *kept = tr->ctx.act.used;
+    *scratch = tr->ctx.act.peak - tr->ctx.act.used;
+    dc_ctx_reset(&tr->ctx);
+    free(b.images);
+    if (rc)
+        return dc_fail_prefix("a training step of one image");
+    return 0;
+}
+
+/* A micro-batch must fit in memory before the loader allocates its buffers
+ * and the first step touches its activations (memory.h); called once the
+ * data is known to fit the model, on the fresh activation context. */
+static int check_memory(trainer *tr) {
+    char dev[32];
+    bool cpu = tr->device == DC_CPU;
+    dc_step_memory m = {.batch = tr->o.train_batch_size, .resolution = tr->o.resolution,
+                        .device = dc_device_name(dev, sizeof dev, tr->device),
+                        .act_capacity = tr->ctx.act.cap, .act_on_host = cpu,
+                        .loader_image = dc_loader_buffer_bytes(1, tr->ds.h, tr->ds.w, tr->ds.c, LOADER_PREFETCH),
+                        .host_other = cpu ? 2 * tr->opt_n * sizeof(float) : 0, /* AdamW's untouched moments */
+                        .ranks_on_host = tr->dist.local_world};
+    return dc_device_mem_available(DC_CPU, &m.host_available) ||
+                   measure_one_image(tr, &m.act_image, &m.act_scratch) || dc_step_memory_check(&m)
+               ? -1
+               : 0;
 }
 
 /* The loss averaged and the quartiles summed over the ranks' images. */
