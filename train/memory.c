@@ -38,30 +38,33 @@ int dc_step_memory_check(const dc_step_memory *m) {
     size_t act = mul_add(m->act_image, batch, m->act_scratch);
     /* the host holds every local rank's loader, and on the CPU its activations */
     size_t host_image = mul_add(mul_add(m->act_on_host ? m->act_image : 0, 1, m->loader_image), ranks, 0);
-    size_t host_fixed = mul_add(mul_add(m->act_on_host ? m->act_scratch : 0, 1, m->host_other), ranks, 0);
+    size_t host_fixed = mul_add(m->act_on_host ? m->act_scratch : 0, ranks, 0);
     size_t host = mul_add(host_image, batch, host_fixed);
     if (act <= m->act_capacity && host <= m->host_available)
         return 0;
     int64_t fit = images_that_fit(m->act_image, m->act_scratch, m->act_capacity);
     int64_t fit_host = images_that_fit(host_image, host_fixed, m->host_available);
     fit = fit < fit_host ? fit : fit_host;
-    char advice[192], need[32], have[32], a[32], l[32], o[32];
+    char advice[192], need[32], have[32], held[32], a[32], l[32];
     if (fit > 0)
         snprintf(advice, sizeof advice, "use --train-batch-size %" PRId64 " or less, with "
                  "--gradient-accumulation-steps to keep the batch size the optimizer sees", fit);
     else
         snprintf(advice, sizeof advice, "not even one image fits: lower --resolution or use a smaller model");
+    human(held, sizeof held, m->held);
     if (act > m->act_capacity)
         return dc_fail("--train-batch-size %" PRId64 " at %" PRId64 "x%" PRId64 " needs about %s of activations "
-                       "on %s, but %s is available for them; %s", m->batch, m->resolution, m->resolution,
-                       human(need, sizeof need, act), m->device, human(have, sizeof have, m->act_capacity), advice);
+                       "on %s, but %s is available for them (the weights, gradients and optimizer state "
+                       "hold %s); %s", m->batch, m->resolution, m->resolution, human(need, sizeof need, act),
+                       m->device, human(have, sizeof have, m->act_capacity), held, advice);
     char ranks_note[48] = "";
     if (ranks > 1)
         snprintf(ranks_note, sizeof ranks_note, " for the %d ranks on this host", m->ranks_on_host);
-    return dc_fail("--train-batch-size %" PRId64 " at %" PRId64 "x%" PRId64 " needs about %s of host memory%s "
-                   "(per rank: activations %s, data loader %s, optimizer state %s), but %s is available; %s",
+    return dc_fail("--train-batch-size %" PRId64 " at %" PRId64 "x%" PRId64 " needs about %s more of host "
+                   "memory%s (per rank: activations %s, data loader %s; the weights, gradients and optimizer "
+                   "state hold %s already), but %s is available; %s",
                    m->batch, m->resolution, m->resolution, human(need, sizeof need, host), ranks_note,
                    human(a, sizeof a, m->act_on_host ? act : 0),
-                   human(l, sizeof l, mul_add(m->loader_image, batch, 0)), human(o, sizeof o, m->host_other),
+                   human(l, sizeof l, mul_add(m->loader_image, batch, 0)), held,
                    human(have, sizeof have, m->host_available), advice);
 }

@@ -9,7 +9,9 @@
  * The trainer measures the activations of a one-image step (a step's arena
  * holds, per image, what the forward pass keeps for the backward pass, plus
  * scratch that does not grow with the batch) and fills in the rest from
- * what it has allocated; the arithmetic is here.
+ * what it has allocated; the arithmetic is here. The weights, gradients and
+ * optimizer state are allocated (and touched) by then, so the memory
+ * available already leaves them out.
  */
 #ifndef DC_TRAIN_MEMORY_H
 #define DC_TRAIN_MEMORY_H
@@ -27,7 +29,8 @@ typedef struct dc_step_memory {
     size_t act_capacity;   /* the activation arena's size */
     bool act_on_host;      /* the arena is host memory (training on the CPU) */
     size_t loader_image;   /* host bytes of the data loader's buffers per image */
-    size_t host_other;     /* other host bytes the first step will touch (AdamW's moments on the CPU) */
+    size_t held;           /* bytes the run holds already on its device (weights, gradients, AdamW's
+                              moments, EMA): not in what is available, named in the message */
     size_t host_available; /* the host's MemAvailable */
     int ranks_on_host;     /* processes of this run sharing the host's memory (>= 1) */
 } dc_step_memory;
