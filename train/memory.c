@@ -37,7 +37,8 @@ int dc_step_memory_check(const dc_step_memory *m) {
     uint64_t batch = (uint64_t)m->batch, ranks = (uint64_t)m->ranks_on_host;
     size_t act = mul_add(m->act_image, batch, m->act_scratch);
     /* the host holds every local rank's loader, and on the CPU its activations */
-    size_t host_image = mul_add(mul_add(m->act_on_host ? m->act_image : 0, 1, m->loader_image), ranks, 0);
+    size_t act_host = m->act_on_host ? m->act_image : 0;
+    size_t host_image = mul_add(mul_add(act_host, 1, m->loader_image), ranks, 0);
     size_t host_fixed = mul_add(m->act_on_host ? m->act_scratch : 0, ranks, 0);
     size_t host = mul_add(host_image, batch, host_fixed);
     if (act <= m->act_capacity && host <= m->host_available)

@@ -465,12 +465,14 @@ static int read_counters(const trainer *tr, const dc_st_file *f, int64_t c[5]) {
         return dc_fail("train_state.safetensors: step %" PRId64 " is past any run's end", c[STEP]);
     for (int k = ADAM; k <= BAD; k++)
         if (c[k] > c[STEP])
-            return dc_fail("train_state.safetensors: %s %" PRId64 " is past step %" PRId64, keys[k], c[k], c[STEP]);
+            return dc_fail("train_state.safetensors: %s %" PRId64 " is past step %" PRId64, keys[k], c[k],
+                           c[STEP]);
     if (c[BAD] >= MAX_BAD_STEPS)
-        return dc_fail("train_state.safetensors: bad_steps %" PRId64 " (a run stops at %d)", c[BAD], MAX_BAD_STEPS);
+        return dc_fail("train_state.safetensors: bad_steps %" PRId64 " (a run stops at %d)", c[BAD],
+                       MAX_BAD_STEPS);
     if (c[STEP] > INT64_MAX / accum || c[CURSOR] != c[STEP] * accum)
-        return dc_fail("train_state.safetensors: loader_cursor %" PRId64 " is not step %" PRId64 " x the %" PRId64
-                       " micro-batches of a step", c[CURSOR], c[STEP], accum);
+        return dc_fail("train_state.safetensors: loader_cursor %" PRId64 " is not step %" PRId64 " x the %"
+                       PRId64 " micro-batches of a step", c[CURSOR], c[STEP], accum);
     return 0;
 }
 
@@ -642,8 +644,11 @@ static int check_memory(trainer *tr) {
     dc_step_memory m = {.batch = tr->o.train_batch_size, .resolution = tr->o.resolution,
                         .device = dc_device_name(dev, sizeof dev, tr->device),
                         .act_capacity = tr->ctx.act.cap, .act_on_host = cpu,
-                        .loader_image = dc_loader_buffer_bytes(1, tr->ds.h, tr->ds.w, tr->ds.c, LOADER_PREFETCH),
-                        .held = (2 * tr->ps.total + (tr->o.use_ema ? tr->ps.total : 0) + 2 * tr->opt_n) * sizeof(float),
+                        .loader_image = dc_loader_buffer_bytes(1, tr->ds.h, tr->ds.w, tr->ds.c,
+                                                               LOADER_PREFETCH),
+                        /* weights, gradients, EMA and AdamW's moments */
+                        .held = (2 * tr->ps.total + (tr->o.use_ema ? tr->ps.total : 0) + 2 * tr->opt_n) *
+                                sizeof(float),
                         .ranks_on_host = tr->dist.local_world};
     return dc_device_mem_available(DC_CPU, &m.host_available) ||
                    measure_one_image(tr, &m.act_image, &m.act_scratch) || dc_step_memory_check(&m)
