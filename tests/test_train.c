@@ -388,16 +388,18 @@ END_TEST
  * allocated: one error line, a small resident set. */
 START_TEST(test_hostile_configs) {
     tu_mkdtemp("train");
+    long base_mb = tu_diffc_base_rss_mb();
+    const char *cpu[] = {"--device", "cpu", NULL}; /* no CUDA context under the test's memory limit */
+    const char *resume[] = {"--device", "cpu", "--resume-from-checkpoint", "latest", NULL};
     for (int i = 0; i < tu_n_hostile_configs; i++) {
         const tu_hostile_config *h = &tu_hostile_configs[i];
         char dir[64], out[32], done[96];
         snprintf(dir, sizeof dir, "model%d", i);
         tu_write_hostile_unet(dir, "tests/fixtures/unet_legacy", h);
-        long peak_mb;
-        tu_run_result *r = tu_run_diffc_bounded(train_args("--pretrained-model", tu_path(dir), "data", "o", "2", NULL),
-                                                &peak_mb);
+        tu_run_result *r = tu_run_diffc_bounded(train_args("--pretrained-model", tu_path(dir), "data", "o", "2", cpu));
         tu_assert_user_error(r, h->error);
-        ck_assert_msg(peak_mb < 256, "--pretrained-model, config %d: the run reached %ld MB", i, peak_mb);
+        ck_assert_msg(r->peak_rss_mb < base_mb + 64, "--pretrained-model, config %d: the run reached %ld MiB", i,
+                      r->peak_rss_mb);
 
         snprintf(out, sizeof out, "out%d", i);
         ck_assert_int_eq(mkdir(tu_path(out), 0755), 0);
@@ -407,10 +409,9 @@ START_TEST(test_hostile_configs) {
         tu_write_hostile_unet(dir, "tests/fixtures/unet_legacy", h);
         snprintf(done, sizeof done, "%s/checkpoint-1/DONE", out);
         ck_assert_int_eq(dc_write_file(tu_path(done), "", 0, false), 0);
-        const char *resume[] = {"--resume-from-checkpoint", "latest", NULL};
-        r = tu_run_diffc_bounded(train_args(NULL, NULL, "data", out, "2", resume), &peak_mb);
+        r = tu_run_diffc_bounded(train_args(NULL, NULL, "data", out, "2", resume));
         tu_assert_user_error(r, h->error);
-        ck_assert_msg(peak_mb < 256, "resume, config %d: the run reached %ld MB", i, peak_mb);
+        ck_assert_msg(r->peak_rss_mb < base_mb + 64, "resume, config %d: the run reached %ld MiB", i, r->peak_rss_mb);
     }
     tu_rmtemp();
 }
@@ -421,16 +422,17 @@ END_TEST
  * needed and available and a batch that fits; the run stays small. */
 START_TEST(test_batch_too_large_for_memory) {
     make_dataset();
-    const char *big[] = {"--train-batch-size", "1048576", "--resolution", "64", NULL};
+    long base_mb = tu_diffc_base_rss_mb();
+    const char *big[] = {"--train-batch-size", "1048576", "--resolution", "64", "--device", "cpu", NULL};
     tu_run_result *r = tu_run_diffc(train_args("--model", tu_path("model.json"), "data", "big", "2", big));
-    long peak_mb = tu_children_peak_mb();
     tu_assert_user_error(r, "--train-batch-size 1048576 at 64x64 needs about ");
     ck_assert_msg(strstr(r->err, "is available") && strstr(r->err, "--gradient-accumulation-steps"), "%s", r->err);
     const char *fit = strstr(r->err, "use --train-batch-size ");
     ck_assert_msg(fit, "no batch size suggested: %s", r->err);
     long most = strtol(fit + strlen("use --train-batch-size "), NULL, 10);
     ck_assert_msg(most > 0 && most < 1048576, "%s", r->err);
-    ck_assert_msg(peak_mb < 256, "the run reached %ld MB", peak_mb);
+    ck_assert_msg(r->peak_rss_mb < base_mb + 128, "the run reached %ld MiB (diffc --help: %ld)", r->peak_rss_mb,
+                  base_mb);
     tu_rmtemp();
 }
 END_TEST

@@ -281,9 +281,11 @@ bool tu_read_diffc_until(const char *want) {
 tu_run_result *tu_wait_diffc(void) {
     tu_read_diffc_until(NULL);
     int st;
-    ck_assert_int_eq(waitpid(child.pid, &st, 0), child.pid);
+    struct rusage ru;
+    ck_assert_int_eq(wait4(child.pid, &st, 0, &ru), child.pid);
     ck_assert_msg(WIFEXITED(st), "diffc died: status %d; stderr: %s", st, tu_tail(child.r.err));
     child.r.status = WEXITSTATUS(st);
+    child.r.peak_rss_mb = ru.ru_maxrss / 1024;
     return &child.r;
 }
 
@@ -371,7 +373,7 @@ void tu_write_hostile_unet(const char *dir, const char *fixture, const tu_hostil
 #define TU_AS_LIMIT ((rlim_t)4 << 30)
 #endif
 
-tu_run_result *tu_run_diffc_bounded(const char *const *args, long *peak_mb) {
+tu_run_result *tu_run_diffc_bounded(const char *const *args) {
     struct rlimit old, lim;
     ck_assert_int_eq(getrlimit(RLIMIT_AS, &old), 0);
     lim = old;
@@ -380,12 +382,11 @@ tu_run_result *tu_run_diffc_bounded(const char *const *args, long *peak_mb) {
     ck_assert_int_eq(setrlimit(RLIMIT_AS, &lim), 0);
     tu_run_result *r = tu_run_diffc(args);
     ck_assert_int_eq(setrlimit(RLIMIT_AS, &old), 0);
-    *peak_mb = tu_children_peak_mb();
     return r;
 }
 
-long tu_children_peak_mb(void) {
-    struct rusage ru;
-    ck_assert_int_eq(getrusage(RUSAGE_CHILDREN, &ru), 0);
-    return ru.ru_maxrss / 1024;
+long tu_diffc_base_rss_mb(void) {
+    tu_run_result *r = tu_run_diffc((const char *const[]){"--help", NULL});
+    ck_assert_int_eq(r->status, 0);
+    return r->peak_rss_mb;
 }
