@@ -369,8 +369,9 @@ START_TEST(test_model_errors) {
 END_TEST
 
 /* Configs that do not fit the weights beside them (tests/testutil.c's list,
- * issue #14) are refused before the model they describe is allocated: one
- * error line, and the run never grows past a small resident set. */
+ * issue #14) are refused before the model they describe is allocated, by
+ * every command that opens a model folder: one error line, and the run
+ * never grows past a small resident set. */
 START_TEST(test_hostile_configs) {
     tu_mkdtemp("sample");
     long base_mb = tu_diffc_base_rss_mb();
@@ -379,11 +380,20 @@ START_TEST(test_hostile_configs) {
         char dir[32];
         snprintf(dir, sizeof dir, "model%d", i);
         tu_write_hostile_unet(dir, BARE_MODEL, h);
-        tu_run_result *r = tu_run_diffc_bounded((const char *const[]){
-            "sample", "--model", tu_path(dir), "--output-dir", tu_path("o"), "--device", "cpu", NULL});
-        tu_assert_user_error(r, h->error);
-        ck_assert_msg(r->peak_rss_mb < base_mb + 64, "%s %s: the run reached %ld MiB (diffc --help: %ld)",
-                      h->key ? h->key : "{}", h->value ? h->value : "", r->peak_rss_mb, base_mb);
+        const char *model = tu_path(dir), *out = tu_path("o");
+        const char *const *commands[] = {
+            (const char *const[]){"sample", "--model", model, "--output-dir", out, "--device", "cpu", NULL},
+            (const char *const[]){"augment", "--model", model, "--train-data-dir", out, "--output-dir", out,
+                                  "--per-class", "1", "--device", "cpu", NULL},
+            (const char *const[]){"anomaly", "--model", model, "--images", out, "--device", "cpu", NULL},
+        };
+        for (int k = 0; k < 3; k++) {
+            tu_run_result *r = tu_run_diffc_bounded(commands[k]);
+            tu_assert_user_error(r, h->error);
+            ck_assert_msg(r->peak_rss_mb < base_mb + 64, "%s, %s %s: the run reached %ld MiB (diffc --help: %ld)",
+                          commands[k][0], h->key ? h->key : "{}", h->value ? h->value : "", r->peak_rss_mb,
+                          base_mb);
+        }
     }
     tu_rmtemp();
 }
