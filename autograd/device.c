@@ -5,9 +5,11 @@
 #include "error.h"
 #include "tensor.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef DC_HAVE_CUDA
 #include "cuda/device.h"
@@ -116,19 +118,46 @@ void dc_device_free(int device, void *p) {
 #endif
 }
 
-int dc_device_arena_bytes(int device, size_t cpu_bytes, size_t *bytes) {
-    *bytes = cpu_bytes;
-    if (device == DC_CPU)
+/* The host's MemAvailable in bytes, or the free pages where the kernel has
+ * no such line (before Linux 3.14) or no /proc. */
+static size_t host_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[128];
+    unsigned long long kb = 0;
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
+    if (f)
+        fclose(f);
+    if (found)
+        return kb > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kb * 1024;
+    long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : SIZE_MAX;
+}
+
+int dc_device_mem_available(int device, size_t *bytes) {
+    if (device == DC_CPU) {
+        *bytes = host_available();
         return 0;
+    }
 #ifdef DC_HAVE_CUDA
-    size_t free_bytes = 0, total = 0;
-    if (cuda_mem_info(device, &free_bytes, &total))
-        return -1;
-    *bytes = (size_t)((double)free_bytes * DC_DEVICE_ARENA_SHARE) & ~(size_t)63;
-    return 0;
+    size_t total = 0;
+    return cuda_mem_info(device, bytes, &total) ? -1 : 0;
 #else
-    return NO_CUDA("arena size");
+    *bytes = 0;
+    return NO_CUDA("memory size");
 #endif
+}
+
+int dc_device_arena_bytes(int device, size_t cpu_bytes, size_t *bytes) {
+    size_t available;
+    if (dc_device_mem_available(device, &available))
+        return -1;
+    if (device == DC_CPU)
+        *bytes = cpu_bytes < available ? cpu_bytes : available;
+    else
+        *bytes = (size_t)((double)available * DC_DEVICE_ARENA_SHARE) & ~(size_t)63;
+    return 0;
 }
 
 int dc_memcpy(void *dst, int dst_device, const void *src, int src_device, size_t bytes) {

@@ -49,11 +49,18 @@ void *dc_device_alloc(int device, size_t bytes, const char *what);
 void dc_device_free(int device, void *p);
 
 /* The size of an activation arena (dc_ctx_init) for `device`: `cpu_bytes` on
- * the CPU, where the arena is reserved and only what is touched is used; on
- * a GPU, whose memory is committed at once, DC_DEVICE_ARENA_SHARE of what is
- * free now (call it after the other buffers are allocated). */
+ * the CPU, where the arena is reserved and only what is touched is used, but
+ * at most the memory available now (so a step too large for the machine
+ * fails with the arena's message instead of swapping or meeting the OOM
+ * killer); on a GPU, whose memory is committed at once, DC_DEVICE_ARENA_SHARE
+ * of what is free now (call it after the other buffers are allocated). */
 #define DC_DEVICE_ARENA_SHARE 0.85
 int dc_device_arena_bytes(int device, size_t cpu_bytes, size_t *bytes);
+
+/* Memory that `device` can still give: on the CPU the kernel's MemAvailable
+ * (/proc/meminfo; free pages where there is none), on a GPU cudaMemGetInfo's
+ * free bytes. */
+int dc_device_mem_available(int device, size_t *bytes);
 
 /* Copy between any two devices; copies that land on the host wait for the
  * data. Ordered after every kernel queued on the device. */

@@ -78,6 +78,9 @@ static const char *check_declaration(const dc_params *ps, const char *name, int 
     for (int d = 0; d < ndim; d++)
         if (shape[d] < 1)
             return "has a dimension below 1";
+    size_t bytes;
+    if (!dc_shape_bytes(ndim, shape, DC_F32, &bytes))
+        return "has more elements than memory can address";
     if (layout == DC_LAYOUT_CONV && ndim != 4)
         return "has a conv layout but is not 4-D";
     if (find_index(ps, name) >= 0)
@@ -237,19 +240,44 @@ static int init_all(dc_params *ps, uint64_t seed) {
     return commit_staged(ps, ps->data, host, 0);
 }
 
-int dc_params_alloc_on(dc_params *ps, int device, uint64_t seed) {
+/* x rounded up to a multiple of m (> 0) into *out; false on overflow. */
+static bool round_up(size_t x, size_t m, size_t *out) {
+    if (x > SIZE_MAX - (m - 1))
+        return false;
+    *out = (x + m - 1) / m * m;
+    return true;
+}
+
+/* Give every parameter its offset; *total: the floats of each buffer, which
+ * must be addressable in bytes. A model declared from a hostile config must
+ * fail here, not wrap around to a small buffer. */
+static int place_all(dc_params *ps, size_t *total) {
+    size_t at = 0, len;
+    for (int i = 0; i < ps->n; i++) {
+        ps->p[i]->offset = at;
+        if (!round_up((size_t)ps->p[i]->value.numel, ALIGN_FLOATS, &len) ||
+            __builtin_add_overflow(at, len, &at))
+            return dc_fail("parameters: the model is too large: the sizes overflow at %s",
+                           ps->p[i]->name);
+    }
+    size_t extent = at;
+    if ((ps->multiple > 1 && !round_up(extent, ps->multiple, &at)) || at > SIZE_MAX / sizeof(float))
+        return dc_fail("parameters: the model is too large: %zu floats overflow a size in bytes", extent);
+    ps->extent = extent;
+    *total = at;
+    return 0;
+}
+
+/* Both buffers on `device`, with initial values from *seed, or none (NULL:
+ * the caller writes every value; the padding is zero either way). */
+static int alloc_buffers(dc_params *ps, int device, const uint64_t *seed) {
     if (ps->failed)
         return -1; /* dc_error() still names the declaration that failed */
     if (ps->data)
         return dc_fail("parameters: already allocated");
     size_t total = 0;
-    for (int i = 0; i < ps->n; i++) {
-        ps->p[i]->offset = total;
-        total += ((size_t)ps->p[i]->value.numel + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
-    }
-    ps->extent = total;
-    if (ps->multiple > 1)
-        total = (total + ps->multiple - 1) / ps->multiple * ps->multiple;
+    if (place_all(ps, &total))
+        return -1;
     size_t bytes = total ? total * sizeof(float) : ALIGN_FLOATS * sizeof(float);
     /* On the CPU the buffers are fresh anonymous pages, zero already (the
      * DC_INIT_ZEROS parameters and the padding rely on it); on a GPU the
@@ -263,7 +291,7 @@ int dc_params_alloc_on(dc_params *ps, int device, uint64_t seed) {
         goto fail;
     ps->data = data;
     ps->grad = grad;
-    if (init_all(ps, seed) || dc_params_zero_grad(ps))
+    if ((seed && init_all(ps, *seed)) || dc_params_zero_grad(ps))
         goto fail;
     for (int i = 0; i < ps->n; i++) {
         dc_param *p = ps->p[i];
@@ -280,6 +308,10 @@ fail:
     ps->total = ps->extent = 0;
     ps->device = DC_CPU;
     return -1;
+}
+
+int dc_params_alloc_on(dc_params *ps, int device, uint64_t seed) {
+    return alloc_buffers(ps, device, &seed);
 }
 
 int dc_params_alloc(dc_params *ps, uint64_t seed) { return dc_params_alloc_on(ps, DC_CPU, seed); }
@@ -460,21 +492,70 @@ static int copy_in(const dc_param *p, const dc_st_tensor *t, float *dst) {
     return rc;
 }
 
+/* A weight file whose header has been checked against the declarations:
+ * src[k] is the tensor of ps->p[k]. Opening it reads the header alone. */
+typedef struct matched_file {
+    dc_st_set f;
+    const dc_st_tensor **src;
+} matched_file;
+
+static void close_matched(matched_file *m) {
+    free(m->src);
+    dc_st_set_close(&m->f);
+    m->src = NULL;
+}
+
+static int open_matched(const dc_params *ps, const char *path, dc_rename_fn rename, matched_file *m) {
+    m->src = NULL;
+    if (dc_st_set_open(&m->f, path))
+        return -1;
+    m->src = calloc((size_t)ps->n + 1, sizeof *m->src);
+    int rc = m->src ? match_all(ps, &m->f, path, rename, m->src) : dc_fail("%s: out of memory", path);
+    if (rc)
+        close_matched(m);
+    return rc;
+}
+
+/* Every matched tensor into `data` (laid out like ps->data, on its device). */
+static int copy_matched(const dc_params *ps, float *data, const matched_file *m) {
+    float *host = stage_for_write(ps, data);
+    int rc = 0;
+    for (int k = 0; host && !rc && k < ps->n; k++)
+        rc = copy_in(ps->p[k], m->src[k], host + ps->p[k]->offset);
+    return commit_staged(ps, data, host, rc);
+}
+
+int dc_params_check_file(const dc_params *ps, const char *path, dc_rename_fn rename) {
+    matched_file m;
+    if (ps->failed)
+        return -1;
+    if (open_matched(ps, path, rename, &m))
+        return -1;
+    close_matched(&m);
+    return 0;
+}
+
 int dc_params_load(dc_params *ps, float *data, const char *path, dc_rename_fn rename) {
+    matched_file m;
     if (!ps->data)
         return dc_fail("%s: parameters are not allocated", path);
-    data = data ? data : ps->data;
-    dc_st_set f;
-    if (dc_st_set_open(&f, path))
+    if (open_matched(ps, path, rename, &m))
         return -1;
-    const dc_st_tensor **src = calloc((size_t)ps->n + 1, sizeof *src);
-    int rc = src ? match_all(ps, &f, path, rename, src) : dc_fail("%s: out of memory", path);
-    float *host = rc ? NULL : stage_for_write(ps, data);
-    for (int k = 0; host && !rc && k < ps->n; k++)
-        rc = copy_in(ps->p[k], src[k], host + ps->p[k]->offset);
-    rc = rc && !host ? rc : commit_staged(ps, data, host, rc);
-    free(src);
-    dc_st_set_close(&f);
+    int rc = copy_matched(ps, data ? data : ps->data, &m);
+    close_matched(&m);
+    return rc;
+}
+
+int dc_params_alloc_load(dc_params *ps, int device, const char *path, dc_rename_fn rename) {
+    matched_file m;
+    if (ps->failed)
+        return -1;
+    if (ps->data)
+        return dc_fail("parameters: already allocated");
+    if (open_matched(ps, path, rename, &m))
+        return -1;
+    int rc = alloc_buffers(ps, device, NULL) || copy_matched(ps, ps->data, &m) ? -1 : 0;
+    close_matched(&m);
     return rc;
 }
 

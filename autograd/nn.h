@@ -125,6 +125,19 @@ int dc_params_save(const dc_params *ps, const float *data, const char *path,
  * error, found before any value changes. */
 int dc_params_load(dc_params *ps, float *data, const char *path, dc_rename_fn rename);
 
+/* The checks of dc_params_load, made from the declarations and the file's
+ * header alone, before anything is allocated: a config that does not fit
+ * its weights (say 65536 channels next to a small model's file) is refused
+ * with the first tensor that differs, instead of first allocating and
+ * initialising the model it describes. Callable before or after alloc. */
+int dc_params_check_file(const dc_params *ps, const char *path, dc_rename_fn rename);
+
+/* Allocate on `device` and load `path`: dc_params_check_file first, then
+ * dc_params_alloc_on without drawing initial values (the file has them all),
+ * then dc_params_load. How every command that starts from a weight file
+ * should allocate its parameters. */
+int dc_params_alloc_load(dc_params *ps, int device, const char *path, dc_rename_fn rename);
+
 /* ---- layers ---- */
 
 /* x [..., in] -> [..., out]; PyTorch's nn.Linear init. */

@@ -13,6 +13,7 @@
 #endif
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 /* ---- AdamW ---- */
@@ -29,6 +30,8 @@ int dc_adamw_init_on(dc_adamw *o, int device, size_t n, double beta1, double bet
         return dc_fail("adamw: eps %g and weight decay %g must not be negative", eps, weight_decay);
     if (n == 0)
         return dc_fail("adamw: no parameters");
+    if (n > (SIZE_MAX - 128) / (2 * sizeof(float)))
+        return dc_fail("adamw: %zu parameters: the size of its state overflows", n);
     if (dc_arena_init(&o->state, "optimizer state", device, 2 * n * sizeof(float) + 128))
         return -1;
     o->m = dc_arena_alloc(&o->state, n * sizeof(float));

@@ -557,17 +557,19 @@ static int build_header(const char *path, const out_tensor *o, int n, const char
         if (dup)
             return dc_fail("%s: metadata key '%s' appears twice", path, shown(kb, sizeof kb, dup));
     }
-    uint64_t offset = 0;
+    uint64_t offset = 0, end;
     for (int i = 0; i < n; i++) {
         const dc_st_tensor *t = o[i].t;
+        if (__builtin_add_overflow(offset, (uint64_t)t->nbytes, &end))
+            return dc_fail("%s: the tensors add up to more than 2^64 bytes", path);
         if (n_meta > 0 || i)
             sb_put(b, ",", 1);
         sb_json_string(b, t->name);
         sb_printf(b, ":{\"dtype\":\"%s\",\"shape\":[", o[i].dtype->name);
         for (int d = 0; d < t->ndim; d++)
             sb_printf(b, d ? ",%" PRId64 : "%" PRId64, t->shape[d]);
-        sb_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", offset, offset + t->nbytes);
-        offset += t->nbytes;
+        sb_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", offset, end);
+        offset = end;
     }
     sb_put(b, "}", 1);
     while (!b->failed && b->len % 8)

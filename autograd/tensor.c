@@ -62,11 +62,20 @@ const char *dc_dtype_name(dc_dtype t) {
     return (unsigned)t < DC_DTYPE_COUNT ? names[t] : "?";
 }
 
+/* n rounded up to a multiple of ALIGN; false when that overflows. */
+static bool align_up(size_t n, size_t *out) {
+    if (n > SIZE_MAX - (ALIGN - 1))
+        return false;
+    *out = (n + ALIGN - 1) / ALIGN * ALIGN;
+    return true;
+}
+
 int dc_arena_init(dc_arena *a, const char *name, int device, size_t cap) {
     memset(a, 0, sizeof *a);
     a->name = name;
     a->device = device;
-    cap = (cap + ALIGN - 1) / ALIGN * ALIGN;
+    if (!align_up(cap, &cap))
+        return dc_fail("%s arena: %zu bytes is more than any machine has", name, cap);
     if (device != DC_CPU) { /* device memory is committed at once: ask for what is needed */
         char what[96];
         snprintf(what, sizeof what, "%s arena", name);
@@ -96,9 +105,9 @@ void dc_arena_free(dc_arena *a) {
 }
 
 void *dc_arena_alloc(dc_arena *a, size_t bytes) {
-    size_t need = (bytes + ALIGN - 1) / ALIGN * ALIGN;
-    if (!a->base || need > a->cap - a->used) {
-        dc_fail("%s arena: out of memory: need %zu more bytes, %zu of %zu in use", a->name, need,
+    size_t need;
+    if (!a->base || !align_up(bytes, &need) || need > a->cap - a->used) {
+        dc_fail("%s arena: out of memory: need %zu more bytes, %zu of %zu in use", a->name, bytes,
                 a->used, a->cap);
         return NULL;
     }
@@ -121,9 +130,21 @@ void dc_arena_rewind(dc_arena *a, size_t mark) {
 
 int64_t dc_shape_numel(int ndim, const int64_t *shape) {
     int64_t n = 1;
-    for (int i = 0; i < ndim; i++)
-        n *= shape[i];
-    return n;
+    bool overflow = false;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return -1;
+        overflow |= __builtin_mul_overflow(n, shape[i], &n);
+    }
+    for (int i = 0; overflow && i < ndim; i++)
+        if (shape[i] == 0) /* empty, however large the other dimensions */
+            return 0;
+    return overflow ? -1 : n;
+}
+
+bool dc_shape_bytes(int ndim, const int64_t *shape, dc_dtype dtype, size_t *bytes) {
+    int64_t n = dc_shape_numel(ndim, shape);
+    return n >= 0 && (uint64_t)n <= SIZE_MAX && !__builtin_mul_overflow((size_t)n, dc_dtype_size(dtype), bytes);
 }
 
 bool dc_same_shape(const dc_tensor *a, const dc_tensor *b) {
@@ -157,6 +178,13 @@ dc_tensor *dc_tensor_new2(dc_arena *meta, dc_arena *data, dc_dtype dtype, int nd
             dc_fail("tensor: negative dimension %" PRId64, shape[i]);
             return NULL;
         }
+    size_t bytes;
+    if (!dc_shape_bytes(ndim, shape, dtype, &bytes)) {
+        char s[160];
+        dc_fail("tensor: %s %s is more bytes than a size_t holds", dc_dtype_name(dtype),
+                dc_shape_str(s, sizeof s, ndim, shape));
+        return NULL;
+    }
     dc_tensor *t = dc_arena_alloc(meta, sizeof *t);
     if (!t)
         return NULL;
@@ -166,7 +194,7 @@ dc_tensor *dc_tensor_new2(dc_arena *meta, dc_arena *data, dc_dtype dtype, int nd
     t->ndim = ndim;
     memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
     t->numel = dc_shape_numel(ndim, shape);
-    t->data = dc_arena_alloc(data, dc_tensor_bytes(t));
+    t->data = dc_arena_alloc(data, bytes);
     return t->data ? t : NULL;
 }
 

@@ -63,8 +63,13 @@ void dc_arena_rewind(dc_arena *a, size_t mark);
 size_t dc_arena_used_bytes(int device);
 size_t dc_arena_peak_bytes(int device);
 
-/* Shape helpers. */
+/* Shape helpers. The element count; 0 when a dimension is 0; -1 when a
+ * dimension is negative or the product overflows int64 (a hostile shape
+ * must not wrap around to a small size). */
 int64_t dc_shape_numel(int ndim, const int64_t *shape);
+/* numel x the dtype's size into *bytes; false when a dimension is negative
+ * or that does not fit a size_t. */
+bool dc_shape_bytes(int ndim, const int64_t *shape, dc_dtype dtype, size_t *bytes);
 bool dc_same_shape(const dc_tensor *a, const dc_tensor *b);
 /* "[2, 3, 4]" into buf; returns buf. */
 char *dc_shape_str(char *buf, size_t n, int ndim, const int64_t *shape);

@@ -267,6 +267,15 @@ static size_t bytes_of(size_t size, int64_t a, int64_t b, int64_t c) {
     return n;
 }
 
+size_t dc_loader_buffer_bytes(int64_t batch_size, int h, int w, int c, int prefetch) {
+    /* alloc_buffers: per slot, the images, labels and dataset ids */
+    size_t images = bytes_of(sizeof(float), batch_size, (int64_t)h * w, c);
+    size_t extra = bytes_of(sizeof(int32_t) + sizeof(int64_t), batch_size, 1, 1);
+    size_t slot = images && extra && images <= SIZE_MAX - extra ? images + extra : 0;
+    size_t all = slot ? bytes_of(slot, prefetch + 1, 1, 1) : 0;
+    return all ? all : SIZE_MAX;
+}
+
 static int alloc_buffers(dc_loader *l) {
     const dc_loader_config *cfg = &l->cfg;
     int c = cfg->ds->c, bs = cfg->batch_size;

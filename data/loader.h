@@ -22,6 +22,7 @@
 #include "dataset.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct dc_loader_config {
@@ -49,6 +50,11 @@ typedef struct dc_batch {
 } dc_batch;
 
 typedef struct dc_loader dc_loader;
+
+/* Host bytes of the batch buffers a loader holds for batches of `batch_size`
+ * images of w x h x c with `prefetch` (SIZE_MAX when that overflows), so a
+ * trainer can check that they fit before opening one. */
+size_t dc_loader_buffer_bytes(int64_t batch_size, int h, int w, int c, int prefetch);
 
 /* Start the workers; the first batch is `cursor` (0 for a new run). */
 int dc_loader_open(dc_loader **l, const dc_loader_config *cfg, int64_t cursor);

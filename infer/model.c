@@ -38,8 +38,8 @@ static int load_unet(dc_model *m, const char *dir, bool use_ema, const char *var
     free(config_path);
     dc_params_init(&m->ps);
     if (!rc)
-        rc = dc_unet_init(&m->unet, &m->cfg, &m->ps) || dc_params_alloc_on(&m->ps, device, 0) ||
-                     dc_params_load(&m->ps, NULL, m->weights_path, dc_unet_rename)
+        rc = dc_unet_init(&m->unet, &m->cfg, &m->ps) ||
+                     dc_params_alloc_load(&m->ps, device, m->weights_path, dc_unet_rename)
                  ? -1
                  : 0;
     m->ema = !rc && !strcmp(component, "unet_ema");

@@ -273,11 +273,30 @@ static int check_features(const dc_unet_config *c, const char *what) {
     return 0;
 }
 
+/* `key` = value must not pass `max` (unet.h's plausible sizes). */
+static int check_limit(const char *what, const char *key, int value, int max) {
+    if (value > max)
+        return dc_fail("%s: %s %d is implausibly large (diffc builds at most %d)", what, key, value, max);
+    return 0;
+}
+
+static int check_limits(const dc_unet_config *c, const char *what) {
+    int rc = check_limit(what, "in_channels", c->in_channels, DC_UNET_MAX_CHANNELS) ||
+             check_limit(what, "out_channels", c->out_channels, DC_UNET_MAX_CHANNELS) ||
+             check_limit(what, "layers_per_block", c->layers_per_block, DC_UNET_MAX_LAYERS_PER_BLOCK) ||
+             check_limit(what, "num_class_embeds", c->num_class_embeds, DC_UNET_MAX_CLASS_EMBEDS) ||
+             check_limit(what, "sample_size", c->sample_size[0], DC_UNET_MAX_SAMPLE_SIZE) ||
+             check_limit(what, "sample_size", c->sample_size[1], DC_UNET_MAX_SAMPLE_SIZE);
+    for (int i = 0; !rc && i < c->levels && i < DC_UNET_MAX_LEVELS; i++)
+        rc = check_limit(what, "block_out_channels", c->block_out_channels[i], DC_UNET_MAX_CHANNELS);
+    return rc ? -1 : 0;
+}
+
 /* The rules that hold for any config, parsed or built in code. */
 static int check_config(const dc_unet_config *c, const char *what) {
     if (c->levels < 1 || c->levels > DC_UNET_MAX_LEVELS)
         return dc_fail("%s: %d levels (diffc builds 1 to %d)", what, c->levels, DC_UNET_MAX_LEVELS);
-    if (check_features(c, what))
+    if (check_features(c, what) || check_limits(c, what))
         return -1;
     if (c->in_channels < 1 || c->out_channels < 1)
         return dc_fail("%s: in_channels %d and out_channels %d must be positive", what,

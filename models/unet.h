@@ -60,6 +60,17 @@ typedef enum {
                                 (nearest 2x) applied to its input and after norm1 */
 } dc_unet_resample;
 
+/* Plausible sizes, generous for real models (published UNet2DModels have at
+ * most 1280 channels, 1 to 4 layers per block, 1000 classes): a config
+ * beyond them is refused before anything is declared, so a hostile or
+ * mistyped config.json cannot make diffc declare billions of parameters or
+ * spend minutes on 10^8 layers. Weights are checked against the declared
+ * shapes before anything is allocated (dc_params_alloc_load). */
+#define DC_UNET_MAX_CHANNELS 16384          /* in_channels, out_channels, block_out_channels[i] */
+#define DC_UNET_MAX_LAYERS_PER_BLOCK 32
+#define DC_UNET_MAX_CLASS_EMBEDS (1 << 20)  /* num_class_embeds */
+#define DC_UNET_MAX_SAMPLE_SIZE 65536       /* sample_size, as train's --resolution */
+
 /* A parsed config.json. Zero where diffusers has null. */
 typedef struct dc_unet_config {
     int sample_size[2]; /* [height, width] the model was trained at; 0 when null */

@@ -7,7 +7,9 @@
 #include "autograd/error.h"
 #include "autograd/tensor.h"
 
+#include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 static void expect_error(int rc, const char *msg) {
     ck_assert_int_eq(rc, -1);
@@ -110,6 +112,20 @@ START_TEST(test_arena_peak) {
 }
 END_TEST
 
+/* The host's available memory: some, no more than the machine has; a CPU
+ * activation arena is never reserved past it. */
+START_TEST(test_memory_available) {
+    size_t avail, bytes, small = 1 + tu_next() % (1 << 20);
+    ck_assert_int_eq(dc_device_mem_available(DC_CPU, &avail), 0);
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    ck_assert(avail > 0 && avail <= (size_t)pages * (size_t)page);
+    ck_assert_int_eq(dc_device_arena_bytes(DC_CPU, SIZE_MAX / 2, &bytes), 0);
+    ck_assert(bytes <= avail + ((size_t)64 << 20)); /* MemAvailable moves a little between the reads */
+    ck_assert_int_eq(dc_device_arena_bytes(DC_CPU, small, &bytes), 0);
+    ck_assert_uint_eq(bytes, small);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("device");
     TCase *tc = tu_tcase(s, "device", 30);
@@ -117,5 +133,6 @@ int main(void) {
     tcase_add_test(tc, test_math);
     tcase_add_test(tc, test_host_copies);
     tcase_add_test(tc, test_arena_peak);
+    tcase_add_test(tc, test_memory_available);
     return tu_run(s);
 }

@@ -372,6 +372,60 @@ START_TEST(test_declaration_errors) {
 }
 END_TEST
 
+/* Sizes from hostile shapes are computed with overflow checks: a product or
+ * sum that wraps mod 2^64 must be an error, never a small size. */
+START_TEST(test_sizes_overflow) {
+    int64_t big = (int64_t)1 << 31;
+    ck_assert_int_eq(dc_shape_numel(DC_SHAPE(1000000000, 1000000000)), 1000000000000000000);
+    ck_assert_int_eq(dc_shape_numel(DC_SHAPE(10000000000, 10000000000)), -1);
+    ck_assert_int_eq(dc_shape_numel(DC_SHAPE(big, big, big)), -1); /* 2^93: 0 mod 2^64 */
+    ck_assert_int_eq(dc_shape_numel(DC_SHAPE(big, big, big, 0)), 0);
+    ck_assert_int_eq(dc_shape_numel(DC_SHAPE(-2, -3)), -1);
+    size_t bytes;
+    ck_assert(!dc_shape_bytes(DC_SHAPE(big * big), DC_F32, &bytes)); /* 2^62 floats: 2^64 bytes */
+    ck_assert(dc_shape_bytes(DC_SHAPE(big, big / 2), DC_F32, &bytes) && bytes == (size_t)1 << 63);
+
+    /* tensors and arenas: wrapped sizes would hand out a few bytes */
+    dc_arena a;
+    ck_assert_int_eq(dc_arena_init(&a, "test", DC_CPU, 1 << 20), 0);
+    ck_assert_ptr_null(dc_tensor_new(&a, DC_F32, DC_SHAPE(big, big, big)));
+    ck_assert_ptr_null(dc_tensor_new(&a, DC_F32, DC_SHAPE(big * big)));
+    ck_assert_msg(strstr(dc_error(), "more bytes than a size_t holds"), "%s", dc_error());
+    ck_assert_ptr_null(dc_arena_alloc(&a, SIZE_MAX));
+    ck_assert_ptr_null(dc_arena_alloc(&a, SIZE_MAX - 10));
+    ck_assert_msg(strstr(dc_error(), "test arena: out of memory"), "%s", dc_error());
+    ck_assert_int_eq(a.used, 0);
+    ck_assert_int_ne(dc_arena_init(&a, "huge", DC_CPU, SIZE_MAX - 1), 0);
+    dc_arena_free(&a);
+    ck_assert_int_eq(dc_arena_init(&a, "test", DC_CPU, 1 << 20), 0);
+    dc_arena_free(&a);
+
+    /* a declaration past what memory can address */
+    dc_params ps;
+    dc_params_init(&ps);
+    ck_assert_ptr_null(dc_params_add(&ps, "x", "w", DC_SHAPE(10000000000, 10000000000),
+                                     DC_LAYOUT_PLAIN, DC_INIT_ZEROS, 0));
+    ck_assert_msg(strstr(dc_error(), "parameter x.w has more elements than memory can address"), "%s",
+                  dc_error());
+    dc_params_free(&ps);
+    /* 8 parameters of 2^61 floats each: 2^64 floats, 0 mod 2^64; 4 of them
+     * are 2^63 floats, whose bytes wrap */
+    for (int n = 4; n <= 8; n += 4) {
+        dc_params_init(&ps);
+        for (int i = 0; i < n; i++) {
+            char name[16];
+            snprintf(name, sizeof name, "w%d", i);
+            ck_assert_ptr_nonnull(dc_params_add(&ps, "", name, DC_SHAPE(big, big / 2), DC_LAYOUT_PLAIN,
+                                                DC_INIT_ZEROS, 0));
+        }
+        ck_assert_int_ne(dc_params_alloc(&ps, 1), 0);
+        ck_assert_msg(strstr(dc_error(), "parameters: the model is too large"), "%s", dc_error());
+        ck_assert_ptr_null(ps.data);
+        dc_params_free(&ps);
+    }
+}
+END_TEST
+
 /* ---- save and load (need autograd/safetensors.c) ---- */
 
 START_TEST(test_save_writes_pytorch_layout) {
@@ -598,6 +652,40 @@ START_TEST(test_load_errors) {
 }
 END_TEST
 
+/* The file's header against the declarations, before anything is
+ * allocated; dc_params_alloc_load then gives what dc_params_load gives. */
+START_TEST(test_check_before_alloc) {
+    toy m, big;
+    dc_params ps, pb;
+    toy_alloc(&m, &ps, tu_next());
+    char path[128];
+    temp_path(path, sizeof path);
+    ck_assert_msg(dc_params_save(&ps, NULL, path, NULL, NULL, 0) == 0, "%s", dc_error());
+    toy_declare(&big, &pb);
+    ck_assert_msg(dc_params_check_file(&pb, path, NULL) == 0, "%s", dc_error());
+    ck_assert_msg(dc_params_alloc_load(&pb, DC_CPU, path, NULL) == 0, "%s", dc_error());
+    ck_assert_uint_eq(pb.total, ps.total);
+    ck_assert(!memcmp(pb.data, ps.data, ps.total * sizeof(float)));
+    ck_assert_int_ne(dc_params_alloc_load(&pb, DC_CPU, path, NULL), 0);
+    ck_assert_msg(strstr(dc_error(), "already allocated"), "%s", dc_error());
+    dc_params_free(&pb);
+    /* a model declared larger than its file: refused, nothing allocated */
+    dc_params_init(&pb);
+    ck_assert_int_eq(dc_nn_conv2d_init(&big.conv_in, &pb, "conv_in", 5, 1 << 20, 3, 1, 1, true), 0);
+    ck_assert_int_ne(dc_params_check_file(&pb, path, NULL), 0);
+    ck_assert_msg(strstr(dc_error(), "conv_in.weight: file has [8, 5, 3, 3], model expects [1048576, 5, 3, 3]") ||
+                      strstr(dc_error(), "conv_in.bias: file has [8], model expects [1048576]"),
+                  "%s", dc_error());
+    ck_assert_int_ne(dc_params_alloc_load(&pb, DC_CPU, path, NULL), 0);
+    ck_assert_msg(strstr(dc_error(), path), "%s", dc_error());
+    ck_assert_ptr_null(pb.data);
+    ck_assert_ptr_null(pb.values.base);
+    dc_params_free(&pb);
+    unlink(path);
+    dc_params_free(&ps);
+}
+END_TEST
+
 /* diffusers' older attention names, and a buffer that is no parameter. */
 static const char *legacy_names(const char *name, char *buf, size_t size) {
     static const char *const from[] = {".query.", ".key.", ".value.", ".proj_attn."};
@@ -663,6 +751,7 @@ int main(void) {
     tcase_add_test(tc, test_init_reproducible);
     tcase_add_test(tc, test_alloc_on_device);
     tcase_add_test(tc, test_declaration_errors);
+    tcase_add_test(tc, test_sizes_overflow);
     tcase_add_test(tc, test_grad_ready_hook);
     TCase *io = tu_tcase(s, "save_load", 60);
     tcase_add_test(io, test_save_writes_pytorch_layout);
@@ -670,5 +759,6 @@ int main(void) {
     tcase_add_test(io, test_load_converts_layout_and_dtype);
     tcase_add_test(io, test_load_errors);
     tcase_add_test(io, test_load_rename);
+    tcase_add_test(io, test_check_before_alloc);
     return tu_run(s);
 }

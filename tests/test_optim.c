@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #define FIXTURE "tests/fixtures/optim_adamw.safetensors"
@@ -196,6 +197,9 @@ START_TEST(test_adamw_errors) {
     ck_assert_msg(strstr(dc_error(), "must not be negative"), "%s", dc_error());
     ck_assert_int_ne(dc_adamw_init(&o, 0, 0.9, 0.999, 1e-8, 0.01), 0);
     ck_assert_msg(strstr(dc_error(), "adamw: no parameters"), "%s", dc_error());
+    /* 2 x n floats past 2^64 bytes must not wrap to a small state */
+    ck_assert_int_ne(dc_adamw_init(&o, SIZE_MAX / 8 + 1 + tu_next() % 1000, 0.9, 0.999, 1e-8, 0.01), 0);
+    ck_assert_msg(strstr(dc_error(), "the size of its state overflows"), "%s", dc_error());
     dc_adamw_free(&o); /* safe on a failed init */
     dc_adamw_free(NULL);
 }

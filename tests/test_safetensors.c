@@ -560,6 +560,20 @@ START_TEST(test_write_refuses_bad_tensors) {
     ck_assert_int_eq(dc_st_write(path, t, 1, NULL, NULL, 0), -1);
     ck_assert_msg(strstr(dc_error(), "dimension 0 is -6"), "%s", dc_error());
 
+    /* sizes that each fit but add up past 2^64 bytes: refused before any byte is written */
+    static const char *const names[5] = {"h0", "h1", "h2", "h3", "h4"};
+    dc_st_tensor huge[5];
+    for (int i = 0; i < 5; i++) {
+        huge[i] = one_tensor("x", v, 6);
+        snprintf(huge[i].dtype_name, sizeof huge[i].dtype_name, "U8");
+        huge[i].name = (char *)names[i];
+        huge[i].ndim = 2;
+        huge[i].shape[0] = huge[i].shape[1] = (int64_t)1 << 31;
+        huge[i].nbytes = (size_t)1 << 62;
+    }
+    ck_assert_int_eq(dc_st_write(path, huge, 5, NULL, NULL, 0), -1);
+    ck_assert_msg(strstr(dc_error(), "the tensors add up to more than 2^64 bytes"), "%s", dc_error());
+
     t[0] = one_tensor("x", v, 6);
     const char *k[1] = {"bad \xff"}, *val[1] = {"v"};
     ck_assert_int_eq(dc_st_write(path, t, 1, k, val, 1), -1);

@@ -511,6 +511,37 @@ START_TEST(test_variants) {
 }
 END_TEST
 
+/* Configs that do not fit the weights beside them (tests/testutil.c's list,
+ * issue #14) are refused before the model they describe is allocated, by
+ * every command that opens a model folder: one error line, and the run
+ * never grows past a small resident set. */
+START_TEST(test_hostile_configs) {
+    tu_mkdtemp("sample");
+    long base_mb = tu_diffc_base_rss_mb();
+    for (int i = 0; i < tu_n_hostile_configs; i++) {
+        const tu_hostile_config *h = &tu_hostile_configs[i];
+        char dir[32];
+        snprintf(dir, sizeof dir, "model%d", i);
+        tu_write_hostile_unet(dir, BARE_MODEL, h);
+        const char *model = tu_path(dir), *out = tu_path("o");
+        const char *const *commands[] = {
+            (const char *const[]){"sample", "--model", model, "--output-dir", out, "--device", "cpu", NULL},
+            (const char *const[]){"augment", "--model", model, "--train-data-dir", out, "--output-dir", out,
+                                  "--per-class", "1", "--device", "cpu", NULL},
+            (const char *const[]){"anomaly", "--model", model, "--images", out, "--device", "cpu", NULL},
+        };
+        for (int k = 0; k < 3; k++) {
+            tu_run_result *r = tu_run_diffc_bounded(commands[k]);
+            tu_assert_user_error(r, h->error);
+            ck_assert_msg(r->peak_rss_mb < base_mb + 64, "%s, %s %s: the run reached %ld MiB (diffc --help: %ld)",
+                          commands[k][0], h->key ? h->key : "{}", h->value ? h->value : "", r->peak_rss_mb,
+                          base_mb);
+        }
+    }
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_option_errors) {
     tu_mkdtemp("sample");
     const char *m = make_pipeline("pipe", false), *o = tu_path("o");
@@ -613,6 +644,7 @@ int main(void) {
     tcase_add_test(tc, test_model_errors);
     tcase_add_test(tc, test_variants);
     tcase_add_test(tc, test_option_errors);
+    tcase_add_test(tc, test_hostile_configs);
     tcase_add_test(tc, test_help);
     return tu_run(s);
 }

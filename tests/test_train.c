@@ -445,6 +445,41 @@ START_TEST(test_finetune_takes_the_pipeline_schedule) {
 }
 END_TEST
 
+/* Hostile configs beside real weights (tests/testutil.c's list), through
+ * every way train reads weights: --pretrained-model, and a resume whose
+ * checkpoint holds the config. Refused before the model they describe is
+ * allocated: one error line, a small resident set. */
+START_TEST(test_hostile_configs) {
+    tu_mkdtemp("train");
+    long base_mb = tu_diffc_base_rss_mb();
+    const char *cpu[] = {"--device", "cpu", NULL}; /* no CUDA context under the test's memory limit */
+    const char *resume[] = {"--device", "cpu", "--resume-from-checkpoint", "latest", NULL};
+    for (int i = 0; i < tu_n_hostile_configs; i++) {
+        const tu_hostile_config *h = &tu_hostile_configs[i];
+        char dir[64], out[32], done[96];
+        snprintf(dir, sizeof dir, "model%d", i);
+        tu_write_hostile_unet(dir, "tests/fixtures/unet_legacy", h);
+        tu_run_result *r = tu_run_diffc_bounded(train_args("--pretrained-model", tu_path(dir), "data", "o", "2", cpu));
+        tu_assert_user_error(r, h->error);
+        ck_assert_msg(r->peak_rss_mb < base_mb + 64, "--pretrained-model, config %d: the run reached %ld MiB", i,
+                      r->peak_rss_mb);
+
+        snprintf(out, sizeof out, "out%d", i);
+        ck_assert_int_eq(mkdir(tu_path(out), 0755), 0);
+        snprintf(dir, sizeof dir, "%s/checkpoint-1", out);
+        ck_assert_int_eq(mkdir(tu_path(dir), 0755), 0);
+        snprintf(dir, sizeof dir, "%s/checkpoint-1/unet", out);
+        tu_write_hostile_unet(dir, "tests/fixtures/unet_legacy", h);
+        snprintf(done, sizeof done, "%s/checkpoint-1/DONE", out);
+        ck_assert_int_eq(dc_write_file(tu_path(done), "", 0, false), 0);
+        r = tu_run_diffc_bounded(train_args(NULL, NULL, "data", out, "2", resume));
+        tu_assert_user_error(r, h->error);
+        ck_assert_msg(r->peak_rss_mb < base_mb + 64, "resume, config %d: the run reached %ld MiB", i, r->peak_rss_mb);
+    }
+    tu_rmtemp();
+}
+END_TEST
+
 /* A fine-tune from diffusers' sharded fp16 variant (found alone, or asked
  * for with --variant) starts from its values, converted to f32. */
 START_TEST(test_finetune_from_a_sharded_variant) {
@@ -488,6 +523,115 @@ START_TEST(test_finetune_from_a_sharded_variant) {
     tu_assert_user_error(tu_run_diffc(train_args("--pretrained-model", fixture, "data", "b", "1", bad)),
                          "no variant 'bf16'");
     tu_assert_user_error(train("c", "1", bad), "--variant bf16: only --pretrained-model has weight variants");
+    tu_rmtemp();
+}
+END_TEST
+
+/* A batch far past the machine's memory is refused before the loader's
+ * buffers or the step's activations exist: one error naming the bytes
+ * needed and available and a batch that fits; the run stays small. */
+START_TEST(test_batch_too_large_for_memory) {
+    make_dataset();
+    long base_mb = tu_diffc_base_rss_mb();
+    const char *big[] = {"--train-batch-size", "1048576", "--resolution", "64", "--device", "cpu", NULL};
+    tu_run_result *r = tu_run_diffc(train_args("--model", tu_path("model.json"), "data", "big", "2", big));
+    tu_assert_user_error(r, "--train-batch-size 1048576 at 64x64 needs about ");
+    ck_assert_msg(strstr(r->err, "is available") && strstr(r->err, "--gradient-accumulation-steps"), "%s", r->err);
+    const char *fit = strstr(r->err, "use --train-batch-size ");
+    ck_assert_msg(fit, "no batch size suggested: %s", r->err);
+    long most = strtol(fit + strlen("use --train-batch-size "), NULL, 10);
+    ck_assert_msg(most > 0 && most < 1048576, "%s", r->err);
+    ck_assert_msg(r->peak_rss_mb < base_mb + 128, "the run reached %ld MiB (diffc --help: %ld)", r->peak_rss_mb,
+                  base_mb);
+    tu_rmtemp();
+}
+END_TEST
+
+/* out/checkpoint-N/train_state.safetensors with metadata `key` set to `value`. */
+static void edit_state(const char *ckpt, const char *key, const char *value) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/train_state.safetensors", ckpt);
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, tu_path(path)) == 0, "%s", dc_error());
+    const char *values[16];
+    ck_assert_int_le(f.n_meta, 16);
+    for (int i = 0; i < f.n_meta; i++)
+        values[i] = strcmp(f.meta_keys[i], key) ? f.meta_values[i] : value;
+    ck_assert_msg(dc_st_write(tu_path(path), f.tensors, f.n, (const char *const *)f.meta_keys, values, f.n_meta) == 0,
+                  "%s", dc_error());
+    dc_st_close(&f);
+}
+
+/* A resume must have steps left, and every counter of the train state must
+ * hold together; each violation is one error naming the numbers. */
+START_TEST(test_train_state_checked) {
+    make_dataset();
+    const char *ckpt[] = {"--checkpointing-steps", "2", "--gradient-accumulation-steps", "2", NULL};
+    tu_run_result *r = train("run", "3", ckpt);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    const char *resume[] = {"--resume-from-checkpoint", "latest", "--gradient-accumulation-steps", "2", NULL};
+    /* the run is done: checkpoint-3 is its last step */
+    tu_assert_user_error(train("run", "3", resume), "checkpoint-3: the checkpoint is at step 3 and --max-train-steps is 3");
+    tu_assert_user_error(train("run", "2", resume), "the checkpoint is at step 3 and --max-train-steps is 2");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp -r %s %s", tu_path("run/checkpoint-2"), tu_path("keep"));
+    ck_assert_int_eq(system(cmd), 0);
+    static const struct {
+        const char *key, *value, *error;
+    } bad[] = {
+        {"loader_cursor", "-4", "'loader_cursor' is missing or not a count (\"-4\")"},
+        {"loader_cursor", "9223372036854775807", "loader_cursor 9223372036854775807 is not step 2 x the 2"},
+        {"loader_cursor", "99999999999999999999", "'loader_cursor' is missing or not a count"},
+        {"loader_cursor", "3", "loader_cursor 3 is not step 2 x the 2 micro-batches"},
+        {"loader_cursor", "", "'loader_cursor' is missing or not a count"},
+        {"step", "-1", "'step' is missing or not a count"},
+        {"step", "4611686018427387904", "step 4611686018427387904 is past any run's end"},
+        {"step", "1", "adamw_step 2 is past step 1"},
+        {"adamw_step", "3", "adamw_step 3 is past step 2"},
+        {"ema_step", "7", "ema_step 7 is past step 2"},
+        {"bad_steps", "3", "bad_steps 3 is past step 2"},
+        {"bad_steps", "x", "'bad_steps' is missing or not a count"},
+        {"train_config", "[", "'train_config' is missing or not a JSON object"},
+        {"train_config", "{\"gradient_accumulation_steps\": 0}", "gradient_accumulation_steps 0 is not a count"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", tu_path("run/checkpoint-2"), tu_path("keep"),
+                 tu_path("run/checkpoint-2"));
+        ck_assert_int_eq(system(cmd), 0);
+        edit_state("run/checkpoint-2", bad[i].key, bad[i].value);
+        const char *from2[] = {"--resume-from-checkpoint", "checkpoint-2", "--gradient-accumulation-steps", "2", NULL};
+        r = train("run", "9", from2);
+        tu_assert_user_error(r, bad[i].error);
+        ck_assert_msg(strstr(r->err, "checkpoint-2"), "%s", r->err);
+    }
+    /* the moments must be finite, the second not negative */
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", tu_path("run/checkpoint-2"), tu_path("keep"),
+             tu_path("run/checkpoint-2"));
+    ck_assert_int_eq(system(cmd), 0);
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, tu_path("run/checkpoint-2/train_state.safetensors")) == 0, "%s", dc_error());
+    dc_st_tensor ts[2];
+    ck_assert_int_eq(f.n, 2);
+    memcpy(ts, f.tensors, sizeof ts);
+    size_t n = ts[1].nbytes / sizeof(float), at = tu_next() % n;
+    float *sq = malloc(ts[1].nbytes);
+    memcpy(sq, ts[1].data, ts[1].nbytes);
+    sq[at] = -1.0f;
+    ts[1].data = sq;
+    ck_assert_str_eq(ts[1].name, "adamw.exp_avg_sq");
+    ck_assert_msg(dc_st_write(tu_path("run/checkpoint-2/train_state.safetensors"), ts, 2,
+                              (const char *const *)f.meta_keys, (const char *const *)f.meta_values, f.n_meta) == 0,
+                  "%s", dc_error());
+    dc_st_close(&f);
+    free(sq);
+    const char *from2[] = {"--resume-from-checkpoint", "checkpoint-2", "--gradient-accumulation-steps", "2", NULL};
+    tu_assert_user_error(train("run", "9", from2), "'adamw.exp_avg_sq' holds -1");
+    /* the untouched state resumes */
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s %s", tu_path("run/checkpoint-2"), tu_path("keep"),
+             tu_path("run/checkpoint-2"));
+    ck_assert_int_eq(system(cmd), 0);
+    r = train("run", "4", from2);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     tu_rmtemp();
 }
 END_TEST
@@ -1096,6 +1240,9 @@ int main(int argc, char **argv) {
     TCase *tc = tu_tcase(s, "train", 300);
     tcase_add_test(tc, test_loss_falls);
     tcase_add_test(tc, test_resume_is_exact);
+    tcase_add_test(tc, test_hostile_configs);
+    tcase_add_test(tc, test_train_state_checked);
+    tcase_add_test(tc, test_batch_too_large_for_memory);
     tcase_add_test(tc, test_zero_stage_1_alone_is_stage_0);
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_signals_stop_with_a_checkpoint);

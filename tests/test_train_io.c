@@ -15,6 +15,7 @@
 #include "train/checkpoint.h"
 #include "train/dist.h"
 #include "autograd/fileio.h"
+#include "train/memory.h"
 #include "train/metrics.h"
 #include "train/options.h"
 #include "train/signals.h"
@@ -1599,6 +1600,58 @@ START_TEST(test_local_gpu) {
 }
 END_TEST
 
+/* ---- memory ---- */
+
+/* The arithmetic of dc_step_memory_check on random sizes: a batch fits when
+ * both the activation arena and the host hold it, the largest that fits is
+ * named, several ranks share the host, and sizes past 2^64 do not wrap. */
+START_TEST(test_step_memory) {
+    size_t image = 1000 + tu_next() % 100000, scratch = tu_next() % 100000, loader = 1 + tu_next() % 5000;
+    size_t held = tu_next() % 1000000;
+    int64_t fit = 10 + (int64_t)(tu_next() % 1000);
+    dc_step_memory m = {.batch = fit, .resolution = 32, .device = "cpu", .act_image = image,
+                        .act_scratch = scratch, .act_on_host = true, .loader_image = loader,
+                        .held = held, .ranks_on_host = 1};
+    m.act_capacity = image * (size_t)fit + scratch + image / 2; /* fit images and a half */
+    m.host_available = (size_t)1 << 60;
+    ck_assert_msg(dc_step_memory_check(&m) == 0, "%s", dc_error());
+    m.batch = fit + 1;
+    ck_assert_int_ne(dc_step_memory_check(&m), 0);
+    char want[96];
+    snprintf(want, sizeof want, "use --train-batch-size %lld or less", (long long)fit);
+    ck_assert_msg(strstr(dc_error(), want) && strstr(dc_error(), "of activations on cpu"), "%s", dc_error());
+    snprintf(want, sizeof want, "--train-batch-size %lld at 32x32 needs about", (long long)fit + 1);
+    ck_assert_msg(strstr(dc_error(), want), "%s", dc_error());
+    /* the host: activations, loader and optimizer state of every local rank */
+    m.act_capacity = SIZE_MAX;
+    m.ranks_on_host = 2;
+    m.batch = fit;
+    m.host_available = 2 * ((image + loader) * (size_t)fit + scratch);
+    ck_assert_msg(dc_step_memory_check(&m) == 0, "%s", dc_error());
+    m.host_available--;
+    ck_assert_int_ne(dc_step_memory_check(&m), 0);
+    snprintf(want, sizeof want, "use --train-batch-size %lld or less", (long long)fit - 1);
+    ck_assert_msg(strstr(dc_error(), want) && strstr(dc_error(), "more of host memory for the 2 ranks on this host"),
+                  "%s", dc_error());
+    /* a GPU's activations are not host memory */
+    m.act_on_host = false;
+    m.host_available = 2 * loader * (size_t)fit;
+    ck_assert_msg(dc_step_memory_check(&m) == 0, "%s", dc_error());
+    /* not one image; sizes that would wrap around */
+    m.host_available = loader;
+    ck_assert_int_ne(dc_step_memory_check(&m), 0);
+    ck_assert_msg(strstr(dc_error(), "not even one image fits"), "%s", dc_error());
+    m.host_available = (size_t)1 << 62;
+    m.batch = (int64_t)1 << 62;
+    ck_assert_int_ne(dc_step_memory_check(&m), 0);
+    m.act_capacity = (size_t)1 << 62;
+    m.act_image = ((size_t)1 << 63) + ((size_t)1 << 62); /* x 3 is 2^62 mod 2^64 */
+    m.act_scratch = 0;
+    m.batch = 3;
+    ck_assert_int_ne(dc_step_memory_check(&m), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train_io");
     TCase *tc = tu_tcase(s, "files", 10);
@@ -1633,6 +1686,8 @@ int main(void) {
     tcase_add_test(tc, test_durations);
     tcase_add_test(tc, test_progress_log_lines);
     tcase_add_test(tc, test_progress_terminal);
+    tc = tu_tcase(s, "memory", 10);
+    tcase_add_test(tc, test_step_memory);
     tc = tu_tcase(s, "signals", 10);
     tcase_add_test(tc, test_signal_sets_flag);
     tcase_add_test(tc, test_second_signal_stops_at_once);

@@ -455,6 +455,14 @@ START_TEST(test_bad_configs) {
         {"{\"sample_size\": [32]}", "sample_size must be an integer or [height, width]"},
         {"{\"sample_size\": -1}", "sample_size [-1, -1] must not be negative"},
         {"{\"norm_num_groups\": null}", "norm_num_groups must be an integer, got null"},
+        /* plausible sizes (unet.h): just past each limit */
+        {"{\"in_channels\": 16385}", "in_channels 16385 is implausibly large (diffc builds at most 16384)"},
+        {"{\"out_channels\": 2000000000}", "out_channels 2000000000 is implausibly large"},
+        {"{\"layers_per_block\": 33}", "layers_per_block 33 is implausibly large (diffc builds at most 32)"},
+        {"{\"num_class_embeds\": 1048577}", "num_class_embeds 1048577 is implausibly large"},
+        {"{\"sample_size\": [64, 65537]}", "sample_size 65537 is implausibly large"},
+        {"{\"block_out_channels\": [32, 32, 32, 16416], \"norm_num_groups\": 32}",
+         "block_out_channels 16416 is implausibly large"},
         {"[1, 2]", "test.json: a UNet config must be a JSON object, got an array"},
         {"{\"in_channels\": 3", "test.json: not valid JSON"},
     };
@@ -467,8 +475,13 @@ START_TEST(test_bad_configs) {
         ck_assert_ptr_null(c.json);
         dc_unet_config_free(&c);
     }
-    /* a config built in code goes through the same checks */
+    /* at the limits: accepted */
     dc_unet_config c;
+    parse_ok(&c, "{\"in_channels\": 16384, \"out_channels\": 16384, \"layers_per_block\": 32, "
+                 "\"num_class_embeds\": 1048576, \"sample_size\": 65536, "
+                 "\"block_out_channels\": [32, 32, 32, 16384], \"norm_num_groups\": 32}");
+    dc_unet_config_free(&c);
+    /* a config built in code goes through the same checks */
     parse_ok(&c, "{}");
     c.norm_num_groups = 5;
     dc_params ps;

@@ -5,11 +5,15 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
 #include <poll.h>
 #include <spawn.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -288,9 +292,11 @@ bool tu_read_diffc_until(const char *want) {
 tu_run_result *tu_wait_diffc(void) {
     tu_read_diffc_until(NULL);
     int st;
-    ck_assert_int_eq(waitpid(child.pid, &st, 0), child.pid);
+    struct rusage ru;
+    ck_assert_int_eq(wait4(child.pid, &st, 0, &ru), child.pid);
     ck_assert_msg(WIFEXITED(st), "diffc died: status %d; stderr: %s", st, tu_tail(child.r.err));
     child.r.status = WEXITSTATUS(st);
+    child.r.peak_rss_mb = ru.ru_maxrss / 1024;
     return &child.r;
 }
 
@@ -337,3 +343,61 @@ const char *tu_path(const char *name) {
 }
 
 void tu_rmtemp(void) { ck_assert_msg(dc_remove_tree(tempdir) == 0, "%s", dc_error()); }
+
+/* ---- hostile model configs ---- */
+
+const tu_hostile_config tu_hostile_configs[] = {
+    {"block_out_channels", "[65536, 65536]", "block_out_channels 65536 is implausibly large"},
+    {"in_channels", "2000000000", "in_channels 2000000000 is implausibly large"},
+    {"num_class_embeds", "2000000000", "num_class_embeds 2000000000 is implausibly large"},
+    {"layers_per_block", "100000000", "layers_per_block 100000000 is implausibly large"},
+    {NULL, NULL, "file has [8], model expects [224]"}, /* {}: diffusers' defaults, ~1 GB of weights */
+    {"block_out_channels", "[4096, 4096]", "file has [8], model expects [4096]"}, /* plausible, ~8 GB */
+};
+const int tu_n_hostile_configs = (int)(sizeof tu_hostile_configs / sizeof tu_hostile_configs[0]);
+
+void tu_write_hostile_unet(const char *dir, const char *fixture, const tu_hostile_config *h) {
+    char from[512], to[512];
+    ck_assert_int_eq(mkdir(tu_path(dir), 0755), 0);
+    snprintf(from, sizeof from, "%s/diffusion_pytorch_model.safetensors", fixture);
+    snprintf(to, sizeof to, "%s/%s/diffusion_pytorch_model.safetensors", tempdir, dir);
+    size_t n;
+    char *weights = dc_read_file(from, 1 << 24, &n);
+    ck_assert_msg(weights && dc_write_file(to, weights, n, false) == 0, "%s", dc_error());
+    free(weights);
+    snprintf(from, sizeof from, "%s/config.json", fixture);
+    cJSON *cfg = h->key ? dc_json_load(from) : cJSON_CreateObject();
+    ck_assert_msg(cfg, "%s", dc_error());
+    if (h->key)
+        ck_assert(cJSON_ReplaceItemInObjectCaseSensitive(cfg, h->key, cJSON_Parse(h->value)));
+    char *text = cJSON_Print(cfg);
+    snprintf(to, sizeof to, "%s/%s/config.json", tempdir, dir);
+    ck_assert_msg(dc_write_file(to, text, strlen(text), false) == 0, "%s", dc_error());
+    free(text);
+    cJSON_Delete(cfg);
+}
+
+/* Sanitizers reserve terabytes of shadow address space: no limit there. */
+#if defined(__SANITIZE_ADDRESS__) || defined(TU_ASAN)
+#define TU_AS_LIMIT 0
+#else
+#define TU_AS_LIMIT ((rlim_t)4 << 30)
+#endif
+
+tu_run_result *tu_run_diffc_bounded(const char *const *args) {
+    struct rlimit old, lim;
+    ck_assert_int_eq(getrlimit(RLIMIT_AS, &old), 0);
+    lim = old;
+    if (TU_AS_LIMIT && (old.rlim_max == RLIM_INFINITY || old.rlim_max > TU_AS_LIMIT))
+        lim.rlim_cur = TU_AS_LIMIT;
+    ck_assert_int_eq(setrlimit(RLIMIT_AS, &lim), 0);
+    tu_run_result *r = tu_run_diffc(args);
+    ck_assert_int_eq(setrlimit(RLIMIT_AS, &old), 0);
+    return r;
+}
+
+long tu_diffc_base_rss_mb(void) {
+    tu_run_result *r = tu_run_diffc((const char *const[]){"--help", NULL});
+    ck_assert_int_eq(r->status, 0);
+    return r->peak_rss_mb;
+}

@@ -50,6 +50,7 @@ void tu_gradcheck(dc_ctx *ctx, tu_fn f, void *arg, dc_tensor **in, int n_in, dou
 /* What a run of the diffc binary printed and how it ended. */
 typedef struct tu_run_result {
     int status; /* exit status */
+    long peak_rss_mb; /* its largest resident set, in MiB */
     char out[1 << 16], err[1 << 16];
     size_t n_out, n_err;
 } tu_run_result;
@@ -76,6 +77,26 @@ int tu_kill_diffc(int sig);
 const char *tu_tail(const char *s);
 /* Exit 1 and stderr exactly one line "diffc: error: ...<want>...". */
 void tu_assert_user_error(const tu_run_result *r, const char *want);
+
+/* Model configs that do not fit the weights beside them (issue #14): the
+ * fixture's config.json with `key` set to the JSON `value` (key NULL: the
+ * empty config "{}"). diffc must refuse each with a one-line error holding
+ * `error`, before the model it describes takes any memory. */
+typedef struct tu_hostile_config {
+    const char *key, *value, *error;
+} tu_hostile_config;
+extern const tu_hostile_config tu_hostile_configs[];
+extern const int tu_n_hostile_configs;
+/* tu_path(dir) made, holding fixture/diffusion_pytorch_model.safetensors and
+ * fixture/config.json changed as `h` says. */
+void tu_write_hostile_unet(const char *dir, const char *fixture, const tu_hostile_config *h);
+/* tu_run_diffc with the address space limited to a few GiB: a run that
+ * would take much more fails instead of swamping the machine. */
+tu_run_result *tu_run_diffc_bounded(const char *const *args);
+/* The resident set of a diffc that starts and does nothing (`diffc --help`:
+ * the libraries it loads, a few MiB on the CPU, ~200 MiB with CUDA's), from
+ * which a run's own memory is counted. */
+long tu_diffc_base_rss_mb(void);
 
 /* A fresh folder /tmp/dc_<prefix>_XXXXXX for the running test; tu_path(name)
  * is a path inside it (valid until 8 more calls), tu_rmtemp removes it all. */

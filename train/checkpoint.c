@@ -378,16 +378,29 @@ int dc_checkpoint_resolve(const char *output_dir, const char *which, char **path
 
 /* ---- reading ---- */
 
-static int load_model(const char *dir, const char *name, dc_params *ps, float *data) {
+/* `dir`/`name`/diffusion_pytorch_model.safetensors (malloc'ed), or NULL. */
+static char *weights_path(const char *dir, const char *name) {
     char *sub = dc_path_join(dir, name);
     char *path = sub ? dc_path_join(sub, DC_UNET_WEIGHTS_FILE) : NULL;
+    free(sub);
+    return path;
+}
+
+static int load_model(const char *dir, const char *name, dc_params *ps, float *data) {
+    char *path = weights_path(dir, name);
     int rc = path ? 0 : -1;
     if (!rc && !strcmp(name, "unet_ema") && !is_file(path))
         rc = dc_fail("%s: the checkpoint has no EMA weights (it was trained without --use-ema)", dir);
     if (!rc)
         rc = dc_params_load(ps, data, path, NULL);
     free(path);
-    free(sub);
+    return rc;
+}
+
+int dc_checkpoint_check(const char *dir, const dc_params *ps) {
+    char *path = weights_path(dir, "unet");
+    int rc = path ? dc_params_check_file(ps, path, NULL) : -1;
+    free(path);
     return rc;
 }
 

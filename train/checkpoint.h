@@ -95,4 +95,10 @@ int dc_checkpoint_resolve(const char *output_dir, const char *which, char **path
  * by dc_params_load before any value changes. */
 int dc_checkpoint_load(const char *dir, dc_params *ps, float *weights, float *ema, dc_st_file *state);
 
+/* Whether the checkpoint's UNet weights fit ps's declarations, from the
+ * file's header alone: called before the parameters are allocated, so a
+ * checkpoint whose config.json does not match its weights is refused before
+ * the model it describes takes any memory. */
+int dc_checkpoint_check(const char *dir, const dc_params *ps);
+
 #endif

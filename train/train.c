@@ -47,6 +47,7 @@
 
 #include "checkpoint.h"
 #include "dist.h"
+#include "memory.h"
 #include "metrics.h"
 #include "options.h"
 #include "run_dir.h"
@@ -68,6 +69,7 @@
 #include "infer/generate.h"
 #include "models/unet.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -92,6 +94,7 @@
 #define MAX_BAD_STEPS 5            /* non-finite steps in a row that stop the run */
 #define STATE_VERSION "1"          /* of train_state.safetensors */
 #define ACTIVATION_BYTES ((size_t)64 << 30) /* reserved lazily: only what a step touches is used */
+#define LOADER_PREFETCH 2          /* batches the loader assembles ahead */
 
 typedef struct trainer {
     dc_train_options o;
@@ -117,6 +120,7 @@ typedef struct trainer {
     int32_t *t;              /* [train_batch_size] its timesteps, drawn on the host */
     int null_class;          /* -1: unconditional */
     int64_t step, total;     /* optimizer steps done, and in all */
+    char *resumed_from;      /* the checkpoint folder resumed from; NULL: a new run */
     int bad_steps;           /* non-finite steps in a row */
     int signal;              /* the signal some rank caught, as all ranks agreed; 0: none */
     dc_metrics *metrics;
@@ -247,8 +251,10 @@ static int64_t global_batch(const trainer *tr) {
     return tr->dist.world * tr->o.train_batch_size * tr->o.gradient_accumulation_steps;
 }
 
+static int check_memory(trainer *tr); /* below, beside the step it measures */
+
 static int open_data(trainer *tr) {
-    if (open_dataset(tr) || check_data_fits(tr))
+    if (open_dataset(tr) || check_data_fits(tr) || check_memory(tr))
         return -1;
     if (tr->o.classes && dc_dataset_select_classes(&tr->ds, tr->o.classes, &tr->subset, &tr->n_subset))
         return dc_fail_prefix(tr->o.train_data_dir);
@@ -269,9 +275,21 @@ static int open_data(trainer *tr) {
                            .world = tr->dist.world,
                            .seed = (uint64_t)tr->o.seed,
                            .threads = (int)workers,
-                           .prefetch = 2,
+                           .prefetch = LOADER_PREFETCH,
                            .flip = tr->o.random_flip};
     return dc_loader_open(&tr->loader, &lc, tr->step * tr->o.gradient_accumulation_steps);
+}
+
+/* The weights of the checkpoint to resume from (if any) against the
+ * model's declarations, before anything is allocated. */
+static int check_resume_weights(const trainer *tr) {
+    char *dir = NULL;
+    if (!tr->o.resume_from_checkpoint)
+        return 0;
+    int rc = dc_checkpoint_resolve(tr->o.output_dir, tr->o.resume_from_checkpoint, &dir) ||
+             (dir && dc_checkpoint_check(dir, &tr->ps));
+    free(dir);
+    return rc ? -1 : 0;
 }
 
 static int setup_model(trainer *tr, const char *pretrained_weights) {
@@ -279,13 +297,12 @@ static int setup_model(trainer *tr, const char *pretrained_weights) {
     tr->null_class = dc_unet_null_class(&tr->ucfg);
     bool zero = tr->o.zero_stage == 1; /* any world: with one rank the shard is everything */
     tr->ps.multiple = zero ? (size_t)tr->dist.world * 16 : 0; /* equal shards */
-    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) ||
-        dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed))
+    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) || check_resume_weights(tr) ||
+        (pretrained_weights ? dc_params_alloc_load(&tr->ps, tr->device, pretrained_weights, dc_unet_rename)
+                            : dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed)))
         return -1;
     tr->opt_n = zero ? dc_dist_shard(&tr->dist, tr->ps.total) : tr->ps.total;
     tr->opt_lo = zero ? (size_t)tr->dist.rank * tr->opt_n : 0;
-    if (pretrained_weights && dc_params_load(&tr->ps, NULL, pretrained_weights, dc_unet_rename))
-        return -1;
     if (dc_adamw_init_on(&tr->opt, tr->device, tr->opt_n, tr->o.adam_beta1, tr->o.adam_beta2,
                          tr->o.adam_epsilon, tr->o.adam_weight_decay) ||
         dc_lr_schedule_parse(tr->o.lr_scheduler, &tr->lr_schedule))
@@ -425,8 +442,65 @@ static int save_checkpoint(trainer *tr) {
 static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
     const char *v = dc_st_meta(f, key);
     char *end;
-    if (!v || (*out = strtoll(v, &end, 10), *end) || *out < 0)
-        return dc_fail("train_state.safetensors: metadata '%s' is missing or not a count", key);
+    errno = 0;
+    if (!v || (*out = strtoll(v, &end, 10), end == v || *end || errno) || *out < 0)
+        return dc_fail("train_state.safetensors: metadata '%s' is missing or not a count (\"%.32s\")", key,
+                       v ? v : "");
+    return 0;
+}
+
+/* The --gradient-accumulation-steps of the run that wrote the state (its
+ * train_config), which relates its step to its loader cursor. */
+static int state_accumulation(const dc_st_file *f, int64_t *accum) {
+    const char *text = dc_st_meta(f, "train_config");
+    cJSON *cfg = text ? cJSON_Parse(text) : NULL;
+    double v = 1; /* the option's default, when the config leaves it out */
+    int rc = cJSON_IsObject(cfg) ? dc_json_get_number(cfg, "gradient_accumulation_steps",
+                                                      "train_state.safetensors: train_config", &v)
+                                 : dc_fail("train_state.safetensors: metadata 'train_config' is missing or "
+                                           "not a JSON object");
+    cJSON_Delete(cfg);
+    if (!rc && !(v >= 1 && v <= (1 << 20) && v == floor(v)))
+        rc = dc_fail("train_state.safetensors: train_config's gradient_accumulation_steps %g is not a "
+                     "count in [1, 2^20]", v);
+    *accum = (int64_t)v;
+    return rc;
+}
+
+/* The counters of train_state.safetensors, each checked against the others:
+ * a hand-edited or corrupted state is refused, not trained from. */
+static int read_counters(const trainer *tr, const dc_st_file *f, int64_t c[5]) {
+    enum { STEP, ADAM, EMA, BAD, CURSOR };
+    static const char *const keys[5] = {"step", "adamw_step", "ema_step", "bad_steps", "loader_cursor"};
+    int64_t accum;
+    for (int k = 0; k < 5; k++)
+        if (meta_int(f, keys[k], &c[k]))
+            return -1;
+    if (state_accumulation(f, &accum))
+        return -1;
+    if (c[STEP] > INT64_MAX / global_batch(tr))
+        return dc_fail("train_state.safetensors: step %" PRId64 " is past any run's end", c[STEP]);
+    for (int k = ADAM; k <= BAD; k++)
+        if (c[k] > c[STEP])
+            return dc_fail("train_state.safetensors: %s %" PRId64 " is past step %" PRId64, keys[k], c[k],
+                           c[STEP]);
+    if (c[BAD] >= MAX_BAD_STEPS)
+        return dc_fail("train_state.safetensors: bad_steps %" PRId64 " (a run stops at %d)", c[BAD],
+                       MAX_BAD_STEPS);
+    if (c[STEP] > INT64_MAX / accum || c[CURSOR] != c[STEP] * accum)
+        return dc_fail("train_state.safetensors: loader_cursor %" PRId64 " is not step %" PRId64 " x the %"
+                       PRId64 " micro-batches of a step", c[CURSOR], c[STEP], accum);
+    return 0;
+}
+
+/* A moment buffer must hold finite numbers (exp_avg_sq: not negative). */
+static int check_moment(const char *name, const void *data, size_t n, bool square) {
+    for (size_t i = 0; i < n; i++) {
+        float x;
+        memcpy(&x, (const char *)data + i * sizeof x, sizeof x); /* file data need not be aligned */
+        if (!isfinite(x) || (square && x < 0))
+            return dc_fail("train_state.safetensors: '%s' holds %g at %zu", name, (double)x, i);
+    }
     return 0;
 }
 
@@ -438,6 +512,8 @@ static int restore_moment(const trainer *tr, const dc_st_file *f, const char *na
     size_t len = tr->opt_n < n - lo ? tr->opt_n : n - lo; /* the rest: rounding, zero */
     if (!t || t->dtype != DC_F32 || t->nbytes != n * sizeof(float))
         return dc_fail("train_state.safetensors: '%s' is missing or not %zu f32 values", name, n);
+    if (check_moment(name, t->data, n, !strcmp(name, "adamw.exp_avg_sq")))
+        return -1;
     return dc_memcpy(dst, tr->device, (const float *)t->data + lo, DC_CPU, len * sizeof(float));
 }
 
@@ -450,24 +526,24 @@ static int resume(trainer *tr) {
     if (!dir) /* "latest" before the first checkpoint: a new run, as in diffusers */
         return 0;
     dc_st_file state = {0};
-    int64_t adam_step = 0, ema_step = 0, bad = 0;
+    int64_t c[5]; /* step, adamw_step, ema_step, bad_steps, loader_cursor */
     int rc = dc_checkpoint_load(dir, &tr->ps, NULL, tr->o.use_ema ? tr->ema.shadow : NULL, &state);
     if (!rc && (!dc_st_meta(&state, "format_version") ||
                 strcmp(dc_st_meta(&state, "format_version"), STATE_VERSION)))
         rc = dc_fail("%s: train_state.safetensors has another format version", dir);
-    rc = rc || meta_int(&state, "step", &tr->step) || meta_int(&state, "adamw_step", &adam_step) ||
-         meta_int(&state, "ema_step", &ema_step) || meta_int(&state, "bad_steps", &bad) ||
-         restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m) ||
-         restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v);
+    if (!rc && (read_counters(tr, &state, c) || restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m) ||
+                restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v)))
+        rc = dc_fail_prefix(dir);
     if (!rc) {
-        tr->opt.step = adam_step;
-        tr->ema.optimization_step = ema_step;
-        tr->bad_steps = (int)bad;
-        if (dc_dist_is_root(&tr->dist))
-            fprintf(stderr, "diffc: resuming from %s at step %" PRId64 "\n", dir, tr->step);
+        tr->step = c[0];
+        tr->opt.step = c[1];
+        tr->ema.optimization_step = c[2];
+        tr->bad_steps = (int)c[3];
+        tr->resumed_from = dir;
     }
     dc_st_close(&state);
-    free(dir);
+    if (rc)
+        free(dir);
     return rc ? -1 : 0;
 }
 
@@ -516,11 +592,8 @@ static dc_tensor *batch_labels(trainer *tr, const dc_batch *b, uint64_t p0) {
     return dc_from_host(&tr->ctx, DC_I32, DC_SHAPE(b->n), tr->labels);
 }
 
-/* Forward and backward of the next micro-batch; gradients add up in the flat buffer. */
-static int micro_step(trainer *tr, step_stats *st) {
-    const dc_batch *b = dc_loader_next(tr->loader);
-    if (!b)
-        return -1;
+/* Forward and backward of micro-batch b; gradients add up in the flat buffer. */
+static int batch_step(trainer *tr, const dc_batch *b, step_stats *st) {
     dc_ctx *ctx = &tr->ctx;
     uint64_t seed = (uint64_t)tr->o.seed, k = (uint64_t)b->index, p0 = (uint64_t)b->position;
     uint64_t per_image = (uint64_t)b->h * (uint64_t)b->w * (uint64_t)b->c;
@@ -551,6 +624,53 @@ static int micro_step(trainer *tr, step_stats *st) {
         st->q_n[q]++;
     }
     return 0;
+}
+
+/* The next micro-batch from the loader, forward and backward. */
+static int micro_step(trainer *tr, step_stats *st) {
+    const dc_batch *b = dc_loader_next(tr->loader);
+    return b ? batch_step(tr, b, st) : -1;
+}
+
+/* The activation arena of a step of one image (zeros, label 0), run on the
+ * fresh context: what the step keeps (*kept: per image, the tensors the
+ * backward pass reads) and its peak above that (*scratch). The gradients it
+ * adds are cleared by the first optimizer step. */
+static int measure_one_image(trainer *tr, size_t *kept, size_t *scratch) {
+    int32_t label = 0;
+    int64_t id = 0;
+    dc_batch b = {.n = 1, .h = tr->ds.h, .w = tr->ds.w, .c = tr->ds.c, .labels = &label, .ids = &id,
+                  .images = calloc((size_t)tr->ds.h * tr->ds.w * tr->ds.c, sizeof(float))};
+    step_stats st = {0};
+    int rc = b.images ? batch_step(tr, &b, &st) : dc_fail("out of memory");
+    *kept = tr->ctx.act.used;
+    *scratch = tr->ctx.act.peak - tr->ctx.act.used;
+    dc_ctx_reset(&tr->ctx);
+    free(b.images);
+    if (rc)
+        return dc_fail_prefix("a training step of one image");
+    return 0;
+}
+
+/* A micro-batch must fit in memory before the loader allocates its buffers
+ * and the first step touches its activations (memory.h); called once the
+ * data is known to fit the model, on the fresh activation context. */
+static int check_memory(trainer *tr) {
+    char dev[32];
+    bool cpu = tr->device == DC_CPU;
+    dc_step_memory m = {.batch = tr->o.train_batch_size, .resolution = tr->o.resolution,
+                        .device = dc_device_name(dev, sizeof dev, tr->device),
+                        .act_capacity = tr->ctx.act.cap, .act_on_host = cpu,
+                        .loader_image = dc_loader_buffer_bytes(1, tr->ds.h, tr->ds.w, tr->ds.c,
+                                                               LOADER_PREFETCH),
+                        /* weights, gradients, EMA and AdamW's moments */
+                        .held = (2 * tr->ps.total + (tr->o.use_ema ? tr->ps.total : 0) + 2 * tr->opt_n) *
+                                sizeof(float),
+                        .ranks_on_host = tr->dist.local_world};
+    return dc_device_mem_available(DC_CPU, &m.host_available) ||
+                   measure_one_image(tr, &m.act_image, &m.act_scratch) || dc_step_memory_check(&m)
+               ? -1
+               : 0;
 }
 
 /* The loss averaged and the quartiles summed over the ranks' images. */
@@ -810,9 +930,29 @@ static void trainer_free(trainer *tr) {
     free(tr->mse);
     free(tr->labels);
     free(tr->t);
+    free(tr->resumed_from);
     dc_train_options_free(&tr->o);
     dc_dist_free(&tr->dist);
     dc_run_dir_release(&tr->out, false);
+}
+
+/* A resumed run says where it starts, once the run's length is known; it
+ * must have steps left: one whose checkpoint is at or past the last step
+ * would end at once, having trained nothing. */
+static int announce_resume(const trainer *tr) {
+    if (!tr->resumed_from)
+        return 0;
+    if (tr->step >= tr->total && tr->o.max_train_steps)
+        return dc_fail("%s: the checkpoint is at step %" PRId64 " and --max-train-steps is %" PRId64
+                       ": nothing left to train (raise --max-train-steps to train on)",
+                       tr->resumed_from, tr->step, tr->o.max_train_steps);
+    if (tr->step >= tr->total)
+        return dc_fail("%s: the checkpoint is at step %" PRId64 " and --num-epochs %" PRId64 " ends at step %"
+                       PRId64 ": nothing left to train (raise --num-epochs or --max-train-steps)",
+                       tr->resumed_from, tr->step, tr->o.num_epochs, tr->total);
+    if (dc_dist_is_root(&tr->dist))
+        fprintf(stderr, "diffc: resuming from %s at step %" PRId64 "\n", tr->resumed_from, tr->step);
+    return 0;
 }
 
 static int setup(trainer *tr) {
@@ -821,6 +961,7 @@ static int setup(trainer *tr) {
     int rc = (root && dc_run_dir_take(&tr->out, tr->o.output_dir)) || load_model_config(tr, &pretrained) ||
              load_schedule(tr) || setup_model(tr, pretrained) || resume(tr) || share_state(tr) ||
              dc_dist_use_device(&tr->dist, tr->device) || setup_activations(tr) || open_data(tr) ||
+             announce_resume(tr) ||
              (root && dc_train_options_save(&tr->o, tr->o.output_dir)) || open_outputs(tr);
     free(pretrained);
     if (!rc && root && dc_dist_nccl(&tr->dist))
