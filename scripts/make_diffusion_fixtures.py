@@ -17,10 +17,10 @@ Writes into tests/fixtures/:
   diffusion_scheduler_config.json   DDPMScheduler.save_config of a scaled_linear,
                                     v_prediction scheduler, as diffusers writes it
 
-Written by hand (json + struct); no safetensors package needed. With Debian's
-python3-torch (1.13):
-  python3 -m venv --system-site-packages /tmp/dvenv
-  /tmp/dvenv/bin/pip install "diffusers==0.27.2" "huggingface_hub<0.26"
+Written by hand (json + struct); no safetensors package needed. Made with
+torch 2.15.0 and diffusers 0.42.1 from PyPI:
+  python3 -m venv /tmp/dvenv
+  /tmp/dvenv/bin/pip install torch==2.15.0 diffusers==0.42.1
   /tmp/dvenv/bin/python scripts/make_diffusion_fixtures.py
 """
 import os
