@@ -12,6 +12,7 @@
  * small batch, one head) the pairs run one after another, each product
  * threaded by OpenBLAS and the softmax rows by OpenMP. */
 #include "attention.h"
+#include "isa.h"
 #include "gemm.h"
 
 #include <cblas.h>
@@ -49,7 +50,7 @@ static int query_chunk(const cpu_attention_dims *a) {
     return a->lq > 0 && a->lq < QUERY_CHUNK ? a->lq : QUERY_CHUNK;
 }
 
-int64_t cpu_attention_scratch(const cpu_attention_dims *a) {
+int64_t CPU_ISA_FN(cpu_attention_scratch)(const cpu_attention_dims *a) {
     int64_t forward = (int64_t)omp_get_max_threads() * query_chunk(a) * a->lk;
     int64_t backward = (int64_t)pair_threads(a) * a->lq * a->lk;
     return forward > backward ? forward : backward;
@@ -136,7 +137,7 @@ static void forward_chunk(void *job, int64_t i, int thread) {
                 f->v + kvo, c, 0.0f, f->out + qo, c);
 }
 
-void cpu_attention_forward(const cpu_attention_dims *a, float *out, float *p, const float *q,
+void CPU_ISA_FN(cpu_attention_forward)(const cpu_attention_dims *a, float *out, float *p, const float *q,
                            const float *k, const float *v, bool keep_p) {
     int chunk = query_chunk(a);
     forward_job f = {a, out, p, q, k, v, keep_p, (a->lq + chunk - 1) / chunk};
@@ -169,7 +170,7 @@ static void backward_pair(const void *job, int64_t bh, float *slot, bool rows_pa
                     a->lk, b->q + qo, c, 1.0f, b->dk + kvo, c);
 }
 
-void cpu_attention_backward(const cpu_attention_dims *a, const float *dout, const float *p,
+void CPU_ISA_FN(cpu_attention_backward)(const cpu_attention_dims *a, const float *dout, const float *p,
                             const float *q, const float *k, const float *v, float *dq,
                             float *dk, float *dv, float *work) {
     backward_job b = {a, dout, p, q, k, v, dq, dk, dv};

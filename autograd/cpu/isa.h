@@ -22,6 +22,17 @@ cpu_isa cpu_isa_active(void);
 /* "baseline", "avx2", "avx512": as DC_CPU_ISA spells them. */
 const char *cpu_isa_name(cpu_isa isa);
 
+/* Entry points of the files compiled once per ISA (CMakeLists.txt's
+ * DC_ISA_KERNELS: kernels of plain C loops under `#pragma omp simd`, which
+ * the compiler widens to the pass's vectors): each pass defines them with
+ * its suffix, name_baseline, name_avx2, name_avx512, and isa_dispatch.c
+ * defines the plain names, which call the variant of cpu_isa_active(). */
+#ifdef CPU_ISA_SUFFIX
+#define CPU_ISA_PASTE(name, suffix) name##suffix
+#define CPU_ISA_EXPAND(name, suffix) CPU_ISA_PASTE(name, suffix)
+#define CPU_ISA_FN(name) CPU_ISA_EXPAND(name, CPU_ISA_SUFFIX)
+#endif
+
 /* One line for logs: the kernels chosen and OpenBLAS's own choice, e.g.
  * "avx2 (OpenBLAS Haswell)". */
 const char *cpu_isa_describe(void);
