@@ -1,12 +1,11 @@
 /* CPU kernels for conv2d (see conv.h).
  *
  * Direct way (AVX-512 or AVX2, whichever isa.h chose; conv_direct.h): the
- * forward pass with the weights
- * repacked in blocks of output channels, output channels last; the input
- * gradient as the transposed convolution, one stride phase at a time (each a
- * stride-1 convolution of dy with part of the kernel, turned half a circle);
- * the filter gradient (with the bias gradient alongside) reading x and dy in
- * place. Inputs with fewer channels than a vector take the filter gradient
+ * forward pass with the weights repacked in blocks of output channels,
+ * output channels last; the input gradient as the transposed convolution,
+ * one stride phase at a time (each a stride-1 convolution of dy with part of
+ * the kernel, turned half a circle); the filter gradient (with the bias
+ * gradient alongside) reading x and dy in place. Inputs with fewer channels than a vector take the filter gradient
  * from a padded copy with vectors over output channels, and the input
  * gradient the GEMM way.
  *

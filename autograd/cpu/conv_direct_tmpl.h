@@ -6,9 +6,9 @@
  * What the including file defines: TARGET (the target attribute of every
  * function that touches vectors), INLINE (static, always inlined, TARGET),
  * LANES (floats per vector), VJ (vectors of channels per tile: 2 or 4), FP
- * and FR (pixels and output channels per
- * tile; FP * VJ + VJ + 1 vector registers must fit), KERNELS (the name of the
- * exported cpu_direct_kernels), and these, always inlined: vec, vmask,
+ * and FR (pixels and output channels per tile; FP * VJ + VJ + 1 vector
+ * registers must fit), KERNELS (the name of the exported
+ * cpu_direct_kernels), and these, always inlined: vec, vmask,
  * v_zero(), v_set1(x), v_load(p), v_load_mask(m, p) (zero outside m),
  * v_store(p, v), v_store_mask(p, m, v), v_fma(a, b, c) = a * b + c,
  * v_add(a, b), v_lanes(n) (lanes [0, n), n clamped to [0, LANES]).
