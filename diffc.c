@@ -1,5 +1,6 @@
 /* diffc: train diffusion models on your own images and put them to work.
  * main() only picks the subcommand; each one lives with its module. */
+#include "autograd/device.h"
 #include "infer/commands.h"
 #include "train/train.h"
 
@@ -26,6 +27,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: diffc COMMAND [options]     (diffc COMMAND --help for its options)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %s\n", commands[i].usage);
+    fprintf(f, "\nCPU kernels: %s (DC_CPU_ISA=avx2|baseline runs slower ones)\n", dc_device_cpu_kernels());
 }
 
 /* OpenMP threads that spin at a barrier while the machine is busy keep the

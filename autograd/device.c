@@ -2,6 +2,8 @@
  * C, the CUDA side forwarded to autograd/cuda/ when the build has it. */
 #include "device.h"
 
+#include "cpu/isa.h"
+
 #include "error.h"
 #include "tensor.h"
 
@@ -78,6 +80,8 @@ char *dc_device_name(char *buf, size_t n, int device) {
         snprintf(buf, n, "cuda:%d", device);
     return buf;
 }
+
+const char *dc_device_cpu_kernels(void) { return cpu_isa_describe(); }
 
 int dc_math_parse(const char *mixed_precision, dc_math *out) {
     if (!strcmp(mixed_precision, "no"))

@@ -30,6 +30,11 @@ int dc_device_resolve(const char *name, int *device);
 /* "cpu", "cuda:0", ... into buf; returns buf. */
 char *dc_device_name(char *buf, size_t n, int device);
 
+/* The CPU kernels this process runs, for logs and benchmarks: the vector ISA
+ * chosen at run time (DC_CPU_ISA may lower it) and OpenBLAS's own choice,
+ * e.g. "avx2 (OpenBLAS Haswell)". */
+const char *dc_device_cpu_kernels(void);
+
 /* How convolutions, GEMMs and attention multiply on a GPU. Storage is f32
  * whatever the setting, and so is the arithmetic of every other kernel. */
 typedef enum {

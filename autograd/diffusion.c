@@ -152,8 +152,10 @@ int dc_noise_schedule_config_save(const dc_noise_schedule_config *c, const char 
 
 /* ---- the schedule ---- */
 
-/* torch.linspace(start, end, n, dtype=float32) by its scalar formula: each
- * half counted from its own end, in f32. */
+/* torch.linspace(start, end, n, dtype=float32): each half counted from its
+ * own end, in f32, with one rounding per term as torch's vectorised kernel
+ * (fused multiply-add). fmaf, not a * b + c, so that every CPU and every
+ * compiler flag gives the same betas, with or without FMA hardware. */
 static void linspace_f32(float *out, int64_t n, float start, float end) {
     if (n == 1) {
         out[0] = start;
@@ -161,7 +163,7 @@ static void linspace_f32(float *out, int64_t n, float start, float end) {
     }
     float step = (end - start) / (float)(n - 1);
     for (int64_t i = 0; i < n; i++)
-        out[i] = i < n / 2 ? start + step * (float)i : end - step * (float)(n - 1 - i);
+        out[i] = i < n / 2 ? fmaf(step, (float)i, start) : fmaf(-step, (float)(n - 1 - i), end);
 }
 
 /* The cosine alpha_bar of betas_for_alpha_bar, evaluated as Python does (pow for **). */

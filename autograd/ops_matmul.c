@@ -52,7 +52,10 @@ dc_tensor *dc_linear(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b) {
     dc_tensor *out = op_out(ctx, DC_F32, x->ndim, shape);
     if (!out)
         return NULL;
-    DC_KERNEL(ctx, linear_forward, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, M, K, N);
+    /* the first dimension counts the samples, which must not affect each other */
+    int64_t samples = x->ndim > 1 ? x->shape[0] : 1;
+    DC_KERNEL(ctx, linear_forward, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, M, K, N,
+              samples);
     dc_node *n = op_record(ctx, DC_OP_LINEAR, linear_backward, out, x, w, b);
     if (n)
         n->iarg[0] = M;

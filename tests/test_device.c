@@ -1,6 +1,6 @@
 /* Device names (--device auto|cpu|cuda[:N]), the mixed-precision setting,
- * host copies and the arenas' use per device: what every build answers, with
- * or without CUDA or a GPU. */
+ * host copies, the arenas' use per device and the choice of CPU kernels:
+ * what every build answers, with or without CUDA or a GPU. */
 #include "testutil.h"
 
 #include "autograd/device.h"
@@ -8,6 +8,7 @@
 #include "autograd/tensor.h"
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -126,6 +127,41 @@ START_TEST(test_memory_available) {
 }
 END_TEST
 
+/* The CPU kernels `diffc --help` names with DC_CPU_ISA set to `isa`. */
+static const char *kernels_with(const char *isa) {
+    setenv("DC_CPU_ISA", isa, 1);
+    const char *args[] = {"--help", NULL};
+    tu_run_result *r = tu_run_diffc(args);
+    unsetenv("DC_CPU_ISA");
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    const char *line = strstr(r->out, "CPU kernels: ");
+    ck_assert_msg(line, "%s", tu_tail(r->out));
+    return line + strlen("CPU kernels: ");
+}
+
+/* DC_CPU_ISA lowers the kernels' ISA and never raises it past what the CPU
+ * runs; a value it does not name is reported and ignored. */
+START_TEST(test_cpu_isa) {
+    const char *mine = dc_device_cpu_kernels(); /* this process, DC_CPU_ISA as CTest set it */
+    ck_assert_msg(!strncmp(mine, "avx512 (", 8) || !strncmp(mine, "avx2 (", 6) ||
+                      !strncmp(mine, "baseline (", 10), "%s", mine);
+    const char *got = kernels_with("baseline");
+    ck_assert_msg(!strncmp(got, "baseline (OpenBLAS ", 19), "%s", got);
+    got = kernels_with("avx2");
+    ck_assert_msg(!strncmp(got, "avx2 (", 6) || !strncmp(got, "baseline (", 10), "%s", got);
+    bool has_avx2 = !strncmp(got, "avx2 (", 6);
+    got = kernels_with("avx512");
+    ck_assert_msg(!strncmp(got, "avx512 (", 8) || !strncmp(got, has_avx2 ? "avx2 (" : "baseline (", 6),
+                  "%s", got);
+    setenv("DC_CPU_ISA", "avx3", 1);
+    const char *args[] = {"--help", NULL};
+    tu_run_result *r = tu_run_diffc(args);
+    unsetenv("DC_CPU_ISA");
+    ck_assert_msg(r->status == 0 && strstr(r->err, "DC_CPU_ISA=avx3 is not avx512, avx2 or baseline"),
+                  "exit %d: %s", r->status, tu_tail(r->err));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("device");
     TCase *tc = tu_tcase(s, "device", 30);
@@ -134,5 +170,6 @@ int main(void) {
     tcase_add_test(tc, test_host_copies);
     tcase_add_test(tc, test_arena_peak);
     tcase_add_test(tc, test_memory_available);
+    tcase_add_test(tc, test_cpu_isa);
     return tu_run(s);
 }

@@ -702,6 +702,7 @@ START_TEST(test_device_cpu_is_the_default_here) {
     tu_run_result *r = train("auto", "3", NULL);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     ck_assert_msg(strstr(r->out, "(resolved) device cpu"), "%s", tu_tail(r->out));
+    ck_assert_msg(strstr(r->out, "(resolved) cpu kernels "), "%s", tu_tail(r->out));
     const char *cpu[] = {"--device", "cpu", "--mixed-precision", "bf16", NULL};
     r = train("cpu", "3", cpu);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));

@@ -981,6 +981,8 @@ static void print_plan(const trainer *tr) {
     printf("  (resolved) device %s%s, matrix arithmetic %s\n", dc_device_name(name, sizeof name, tr->device),
            tr->dist.world > 1 && tr->device != DC_CPU ? " on rank 0 (each rank its node-local GPU)" : "",
            tr->device == DC_CPU ? "f32" : math[tr->math]);
+    if (tr->device == DC_CPU)
+        printf("  (resolved) cpu kernels %s\n", dc_device_cpu_kernels());
     if (tr->dist.world > 1)
         fprintf(stderr, "diffc: %d ranks (%d on this node), global batch %" PRId64 " = %d ranks x "
                 "--train-batch-size %" PRId64 " x --gradient-accumulation-steps %" PRId64 "\n",

@@ -1,5 +1,6 @@
 /* CPU kernels for SiLU, exact GELU, Mish and softmax (OpenMP). */
 #include "activation.h"
+#include "isa.h"
 #include "parallel.h"
 
 #include "vmath.h"
@@ -7,13 +8,13 @@
 /* For a very negative x, expf(-x) is inf and the sigmoid a clean 0. */
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-void cpu_silu_forward(float *y, const float *x, int64_t n) {
+void CPU_ISA_FN(cpu_silu_forward)(float *y, const float *x, int64_t n) {
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = x[i] * sigmoid(x[i]);
 }
 
-void cpu_silu_backward(const float *dy, const float *x, float *dx, int64_t n) {
+void CPU_ISA_FN(cpu_silu_backward)(const float *dy, const float *x, float *dx, int64_t n) {
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float s = sigmoid(x[i]);
@@ -21,14 +22,14 @@ void cpu_silu_backward(const float *dy, const float *x, float *dx, int64_t n) {
     }
 }
 
-void cpu_gelu_forward(float *y, const float *x, int64_t n) {
+void CPU_ISA_FN(cpu_gelu_forward)(float *y, const float *x, int64_t n) {
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
 }
 
 /* d/dx of x * Phi(x) is Phi(x) + x * phi(x), phi the standard normal density. */
-void cpu_gelu_backward(const float *dy, const float *x, float *dx, int64_t n) {
+void CPU_ISA_FN(cpu_gelu_backward)(const float *dy, const float *x, float *dx, int64_t n) {
     const float inv_sqrt_2pi = 0.3989422804014327f;
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
@@ -41,14 +42,14 @@ void cpu_gelu_backward(const float *dy, const float *x, float *dx, int64_t n) {
 /* log(1 + e^x) without overflow: past 20 it equals x in float. */
 static inline float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-void cpu_mish_forward(float *y, const float *x, int64_t n) {
+void CPU_ISA_FN(cpu_mish_forward)(float *y, const float *x, int64_t n) {
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = x[i] * tanhf(softplus(x[i]));
 }
 
 /* d/dx of x tanh(sp(x)) is tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x), as sp' = sigmoid. */
-void cpu_mish_backward(const float *dy, const float *x, float *dx, int64_t n) {
+void CPU_ISA_FN(cpu_mish_backward)(const float *dy, const float *x, float *dx, int64_t n) {
 #pragma omp parallel for simd if (n >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float t = tanhf(softplus(x[i]));
@@ -58,7 +59,7 @@ void cpu_mish_backward(const float *dy, const float *x, float *dx, int64_t n) {
 
 /* Subtracting the row max keeps every exponent <= 0: no overflow for large
  * logits, and the largest term is exactly 1, so the sum is never 0. */
-void cpu_softmax_forward(float *y, const float *x, int64_t rows, int64_t C) {
+void CPU_ISA_FN(cpu_softmax_forward)(float *y, const float *x, int64_t rows, int64_t C) {
 #pragma omp parallel for schedule(static) if (rows * C >= CPU_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * C;
@@ -78,7 +79,7 @@ void cpu_softmax_forward(float *y, const float *x, int64_t rows, int64_t C) {
     }
 }
 
-void cpu_softmax_backward(const float *dy, const float *y, float *dx, int64_t rows, int64_t C) {
+void CPU_ISA_FN(cpu_softmax_backward)(const float *dy, const float *y, float *dx, int64_t rows, int64_t C) {
 #pragma omp parallel for schedule(static) if (rows * C >= CPU_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *dyr = dy + r * C, *yr = y + r * C;

@@ -1,27 +1,37 @@
 /* CPU kernels for multi-head attention: per (n, head) pair, sgemm calls on the
  * head slices in place (leading dimension C) around a row-wise softmax.
  *
- * Threading: when there are at least as many pairs as OpenMP threads, the
+ * Forward: the work items are chunks of a fixed number of queries of one
+ * pair, each on one thread with one-threaded GEMMs (cpu_blas_each), so that
+ * a sample meets the same GEMM calls in any batch (OpenBLAS's bits depend on
+ * a call's shape and threads), and even one pair keeps every thread busy.
+ *
+ * Backward: when there are at least as many pairs as OpenMP threads, the
  * pairs run in parallel, one thread each, with OpenBLAS held to one thread so
- * the two thread pools do not oversubscribe the cores (the OpenBLAS build is
- * pthreads, which does not notice that it is called from an OpenMP team).
- * Otherwise (few pairs: small batch, one head) the pairs run one after
- * another, each product threaded by OpenBLAS and the softmax rows by OpenMP. */
+ * the two thread pools do not oversubscribe the cores. Otherwise (few pairs:
+ * small batch, one head) the pairs run one after another, each product
+ * threaded by OpenBLAS and the softmax rows by OpenMP. */
 #include "attention.h"
+#include "isa.h"
+#include "gemm.h"
 
 #include <cblas.h>
 #include "vmath.h"
 #include <omp.h>
 
-/* The work done for one pair bh = n * heads + h; slot is the pair's [Lq, Lk]
+/* Queries per forward work item. */
+#define QUERY_CHUNK 64
+
+/* The backward work of one pair bh = n * heads + h; slot is the pair's [Lq, Lk]
  * scratch (NULL when the call needs none). */
 typedef void (*pair_fn)(const void *job, int64_t bh, float *slot, bool rows_parallel);
 
 typedef struct {
     const cpu_attention_dims *a;
-    float *out, *p;
+    float *out, *p; /* p: all of P when kept, else [threads, QUERY_CHUNK, Lk] of scratch */
     const float *q, *k, *v;
     bool keep_p;
+    int chunks; /* query chunks per pair */
 } forward_job;
 
 typedef struct {
@@ -36,8 +46,14 @@ static int pair_threads(const cpu_attention_dims *a) {
     return a->n * a->heads >= t ? t : 1;
 }
 
-int64_t cpu_attention_scratch(const cpu_attention_dims *a) {
-    return (int64_t)pair_threads(a) * a->lq * a->lk;
+static int query_chunk(const cpu_attention_dims *a) {
+    return a->lq > 0 && a->lq < QUERY_CHUNK ? a->lq : QUERY_CHUNK;
+}
+
+int64_t CPU_ISA_FN(cpu_attention_scratch)(const cpu_attention_dims *a) {
+    int64_t forward = (int64_t)omp_get_max_threads() * query_chunk(a) * a->lk;
+    int64_t backward = (int64_t)pair_threads(a) * a->lq * a->lk;
+    return forward > backward ? forward : backward;
 }
 
 static void run_pairs(const cpu_attention_dims *a, pair_fn fn, const void *job, float *scratch) {
@@ -63,14 +79,13 @@ static void pair_offsets(const cpu_attention_dims *a, int64_t bh, int64_t *qo, i
     *kvo = n * a->lk * c + h * a->d;
 }
 
-/* Scores to probabilities, row by row of p [Lq, Lk]. The row max is
- * subtracted so exp never overflows; masked keys get exactly 0, and a causal
- * row always keeps key i, so no row is empty. */
-static void softmax_rows(float *p, const cpu_attention_dims *a, bool parallel) {
-#pragma omp parallel for if (parallel)
-    for (int i = 0; i < a->lq; i++) {
-        float *row = p + (int64_t)i * a->lk;
-        int keep = a->causal ? i + 1 : a->lk;
+/* Scores to probabilities, row by row of p [rows, Lk] (queries i0 ..). The
+ * row max is subtracted so exp never overflows; masked keys get exactly 0,
+ * and a causal row always keeps key i, so no row is empty. */
+static void softmax_rows(float *p, int i0, int rows, const cpu_attention_dims *a) {
+    for (int r = 0; r < rows; r++) {
+        float *row = p + (int64_t)r * a->lk;
+        int keep = a->causal ? i0 + r + 1 : a->lk;
         float max = row[0], sum = 0.0f;
 #pragma omp simd reduction(max : max)
         for (int j = 1; j < keep; j++)
@@ -105,24 +120,28 @@ static void softmax_backward_rows(float *dp, const float *p, const cpu_attention
     }
 }
 
-static void forward_pair(const void *job, int64_t bh, float *slot, bool rows_parallel) {
+/* Work item i: query chunk i % chunks of pair i / chunks. */
+static void forward_chunk(void *job, int64_t i, int thread) {
     const forward_job *f = job;
     const cpu_attention_dims *a = f->a;
-    int c = a->heads * a->d;
-    int64_t qo, kvo;
+    int c = a->heads * a->d, chunk = query_chunk(a), i0 = (int)(i % f->chunks) * chunk;
+    int rows = a->lq - i0 < chunk ? a->lq - i0 : chunk;
+    int64_t bh = i / f->chunks, qo, kvo;
     pair_offsets(a, bh, &qo, &kvo);
-    float *p = f->keep_p ? f->p + bh * a->lq * a->lk : slot;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->lq, a->lk, a->d, a->scale, f->q + qo,
+    qo += (int64_t)i0 * c;
+    float *p = f->keep_p ? f->p + (bh * a->lq + i0) * a->lk : f->p + (int64_t)thread * chunk * a->lk;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, a->lk, a->d, a->scale, f->q + qo,
                 c, f->k + kvo, c, 0.0f, p, a->lk);
-    softmax_rows(p, a, rows_parallel);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->lq, a->d, a->lk, 1.0f, p, a->lk,
+    softmax_rows(p, i0, rows, a);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, a->d, a->lk, 1.0f, p, a->lk,
                 f->v + kvo, c, 0.0f, f->out + qo, c);
 }
 
-void cpu_attention_forward(const cpu_attention_dims *a, float *out, float *p, const float *q,
+void CPU_ISA_FN(cpu_attention_forward)(const cpu_attention_dims *a, float *out, float *p, const float *q,
                            const float *k, const float *v, bool keep_p) {
-    forward_job f = {a, out, p, q, k, v, keep_p};
-    run_pairs(a, forward_pair, &f, keep_p ? NULL : p);
+    int chunk = query_chunk(a);
+    forward_job f = {a, out, p, q, k, v, keep_p, (a->lq + chunk - 1) / chunk};
+    cpu_blas_each(a->n * a->heads * f.chunks, omp_get_max_threads(), forward_chunk, &f);
 }
 
 /* dV += P^T dO; dS = softmax'(dO V^T); dQ += dS K * scale; dK += dS^T Q * scale.
@@ -151,7 +170,7 @@ static void backward_pair(const void *job, int64_t bh, float *slot, bool rows_pa
                     a->lk, b->q + qo, c, 1.0f, b->dk + kvo, c);
 }
 
-void cpu_attention_backward(const cpu_attention_dims *a, const float *dout, const float *p,
+void CPU_ISA_FN(cpu_attention_backward)(const cpu_attention_dims *a, const float *dout, const float *p,
                             const float *q, const float *k, const float *v, float *dq,
                             float *dk, float *dv, float *work) {
     backward_job b = {a, dout, p, q, k, v, dq, dk, dv};

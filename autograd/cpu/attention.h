@@ -20,11 +20,13 @@ typedef struct {
 } cpu_attention_dims;
 
 /* Floats of scratch the kernels need when P is not kept (forward without a
- * tape) or for dP in backward: one [Lq, Lk] matrix per head run at once. Ask
- * right before the kernel call: it depends on the OpenMP thread count. */
+ * tape: rows of P per thread) or for dP in backward (one [Lq, Lk] matrix per
+ * head run at once). Ask right before the kernel call: it depends on the
+ * OpenMP thread count. */
 int64_t cpu_attention_scratch(const cpu_attention_dims *a);
 
-/* out [N, Lq, C] = P v per (n, head). When keep_p, p is [N, heads, Lq, Lk] and
+/* out [N, Lq, C] = P v per (n, head); a sample's result does not depend on
+ * the others in the batch. When keep_p, p is [N, heads, Lq, Lk] and
  * holds P afterwards (backward reads it); otherwise p is
  * cpu_attention_scratch() floats of scratch. */
 void cpu_attention_forward(const cpu_attention_dims *a, float *out, float *p, const float *q,

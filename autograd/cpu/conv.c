@@ -1,23 +1,29 @@
 /* CPU kernels for conv2d (see conv.h).
  *
- * Direct way (AVX-512, conv_avx512.c): the forward pass with the weights
- * repacked in blocks of output channels, output channels last; the input
- * gradient as the transposed convolution, one stride phase at a time (each a
- * stride-1 convolution of dy with part of the kernel, turned half a circle);
- * the filter gradient (with the bias gradient alongside) reading x and dy in
- * place. Inputs with fewer channels than a vector take the filter gradient
+ * Direct way (AVX-512 or AVX2, whichever isa.h chose; conv_direct.h): the
+ * forward pass with the weights repacked in blocks of output channels,
+ * output channels last; the input gradient as the transposed convolution,
+ * one stride phase at a time (each a stride-1 convolution of dy with part of
+ * the kernel, turned half a circle); the filter gradient (with the bias
+ * gradient alongside) reading x and dy in place. Inputs with fewer channels than a vector take the filter gradient
  * from a padded copy with vectors over output channels, and the input
  * gradient the GEMM way.
  *
- * GEMM way: the column buffer has one row per output pixel and one column
- * per (ky, kx, cin), the order of the weight's [Cout, kh, kw, Cin] layout, so
- * the forward pass is col @ w^T and w needs no repacking. It is filled for a
- * chunk of output rows (units of (image, oy)) at a time; the input gradient
- * is dy @ w scattered back (col2im), the filter gradient dy^T @ col. */
+ * GEMM way (the baseline ISA, and tests): the column buffer has one row per
+ * output pixel and one column per (ky, kx, cin), the order of the weight's
+ * [Cout, kh, kw, Cin] layout, so the forward pass is col @ w^T and w needs no
+ * repacking. The forward pass runs chunks of a fixed number of output rows
+ * of one image, each thread filling its own columns and calling a
+ * one-threaded GEMM (cpu_blas_each), so that an image meets the same GEMM
+ * calls in any batch (batch invariance). The backward pass fills columns for
+ * a chunk of output rows (units of (image, oy)) at a time, across images;
+ * the input gradient is dy @ w scattered back (col2im), the filter gradient
+ * dy^T @ col. */
 #include "conv.h"
 
-#include "conv_avx512.h"
+#include "conv_direct.h"
 #include "gemm.h"
+#include "isa.h"
 
 #include <omp.h>
 #include <stdbool.h>
@@ -26,13 +32,31 @@
 /* Floats moved below which a gather or scatter runs on one thread: waking
  * the team would cost more than it saves. */
 #define PAR_MIN_FLOATS 65536
+/* Output pixels per GEMM of the GEMM way's forward pass (whole output rows,
+ * at least one): the weights packed per call then cost little. */
+#define CHUNK_PIXELS 256
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* The direct kernels for g, or NULL for the GEMM way. */
+static const cpu_direct_kernels *direct_kernels(const cpu_conv_geom *g) {
+    if (g->algo != CPU_CONV_AUTO)
+        return NULL;
+#if defined(__x86_64__)
+    switch (cpu_isa_active()) {
+    case CPU_ISA_AVX512: return &cpu_direct_avx512;
+    case CPU_ISA_AVX2: return &cpu_direct_avx2;
+    case CPU_ISA_BASELINE: break;
+    }
+#endif
+    return NULL;
+}
+
 /* Floats of the weights packed by blocks of `blocked` channels (cout for the
- * forward pass, cin for the transposed one; see conv_avx512.h). */
-static int64_t packed_floats(const cpu_conv_geom *g, int64_t blocked) {
-    const int64_t B = CPU_DIRECT_BLOCK, other = g->cin * g->cout / blocked;
+ * forward pass, cin for the transposed one; see conv_direct.h). */
+static int64_t packed_floats(const cpu_direct_kernels *k, const cpu_conv_geom *g,
+                             int64_t blocked) {
+    const int64_t B = k->block, other = g->cin * g->cout / blocked;
     return (blocked + B - 1) / B * B * g->kh * g->kw * other;
 }
 
@@ -40,14 +64,12 @@ static bool is_pointwise(const cpu_conv_geom *g) {
     return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad == 0;
 }
 
-static bool use_direct(const cpu_conv_geom *g) {
-    return g->algo == CPU_CONV_AUTO && cpu_avx512_available();
-}
-
 /* Fewer input channels than a vector holds (images): the direct filter
  * gradient then runs its vectors over output channels, and the input
  * gradient (rarely wanted for images) goes the GEMM way. */
-static bool is_narrow(const cpu_conv_geom *g) { return g->cin < 16; }
+static bool is_narrow(const cpu_direct_kernels *k, const cpu_conv_geom *g) {
+    return g->cin < k->lanes;
+}
 
 static int64_t col_width(const cpu_conv_geom *g) { return g->kh * g->kw * g->cin; }
 
@@ -84,17 +106,35 @@ static void phase_rows(int64_t in, int64_t pad, int64_t stride, int64_t a, int64
 }
 
 /* Packed weights plus the threads' patches of a direct convolution over c channels. */
-static int64_t direct_floats(const cpu_conv_geom *g, int64_t blocked, int64_t c) {
-    return packed_floats(g, blocked) + omp_get_max_threads() * cpu_avx512_patch_floats(g->kh, g->kw, c);
+static int64_t direct_floats(const cpu_direct_kernels *k, const cpu_conv_geom *g, int64_t blocked,
+                             int64_t c) {
+    return packed_floats(k, g, blocked) + omp_get_max_threads() * k->patch_floats(g->kh, g->kw, c);
+}
+
+/* Output rows per chunk of the GEMM way's forward pass, with columns of at
+ * most `floats` (but one row at least): from the image's geometry alone. */
+static int64_t forward_chunk_rows(const cpu_conv_geom *g, int64_t floats) {
+    int64_t rows = min64((CHUNK_PIXELS + g->wo - 1) / g->wo, g->ho);
+    return min64(rows, fit_units(floats, unit_floats(g), rows));
+}
+
+/* Threads that fill columns at once in the GEMM way's forward pass, each its
+ * own chunk of `rows` output rows within `floats`. */
+static int forward_team(const cpu_conv_geom *g, int64_t rows, int64_t floats) {
+    return (int)fit_units(floats, rows * unit_floats(g), omp_get_max_threads());
 }
 
 int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
+    const cpu_direct_kernels *k = direct_kernels(g);
     const int64_t cap = max_bytes / (int64_t)sizeof(float), rows = g->n * g->ho;
     const int64_t cols = fit_units(cap, unit_floats(g), rows) * unit_floats(g);
-    if (!use_direct(g))
-        return is_pointwise(g) ? 0 : cols;
-    int64_t fwd = direct_floats(g, g->cout, g->cin), bwd = direct_floats(g, g->cin, g->cout);
-    if (is_narrow(g)) { /* padded input for the filter gradient, then columns for the input gradient */
+    if (!k) {
+        const int64_t chunk = forward_chunk_rows(g, cap);
+        const int64_t fwd = forward_team(g, chunk, cap) * chunk * unit_floats(g);
+        return is_pointwise(g) ? 0 : fwd > cols ? fwd : cols;
+    }
+    int64_t fwd = direct_floats(k, g, g->cout, g->cin), bwd = direct_floats(k, g, g->cin, g->cout);
+    if (is_narrow(k, g)) { /* padded input for the filter gradient, then columns for the input gradient */
         int64_t pf = padded_image_floats(g);
         bwd = fit_units(cap, pf, g->n) * pf > cols ? fit_units(cap, pf, g->n) * pf : cols;
     }
@@ -103,10 +143,11 @@ int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
 
 /* ---- the direct way ---- */
 
-/* wp [ceil(cout / 64), kh, kw, cin, 64] from w [cout, kh, kw, cin]: blocks
+/* wp [ceil(cout / B), kh, kw, cin, B] from w [cout, kh, kw, cin]: blocks
  * of output channels, channels last, zero past cout. */
-static void pack_forward(const cpu_conv_geom *g, const float *w, float *wp) {
-    const int64_t B = CPU_DIRECT_BLOCK, K = g->kh * g->kw * g->cin;
+static void pack_forward(const cpu_direct_kernels *k, const cpu_conv_geom *g, const float *w,
+                         float *wp) {
+    const int64_t B = k->block, K = g->kh * g->kw * g->cin;
     const int64_t blocks = (g->cout + B - 1) / B;
 #pragma omp parallel for if (blocks * K * B >= PAR_MIN_FLOATS)
     for (int64_t r = 0; r < blocks * K; r++) { /* r = (block, k) */
@@ -116,12 +157,12 @@ static void pack_forward(const cpu_conv_geom *g, const float *w, float *wp) {
     }
 }
 
-/* wp [ceil(cin / 64), ty, tx, cout, 64]: the weights of phase (a, c) of the
+/* wp [ceil(cin / B), ty, tx, cout, B]: the weights of phase (a, c) of the
  * transposed convolution (ty x tx taps), the kernel turned half a circle and
  * the channel roles swapped. */
-static void pack_phase(const cpu_conv_geom *g, const float *w, int64_t a, int64_t c, int64_t ty,
-                       int64_t tx, float *wp) {
-    const int64_t B = CPU_DIRECT_BLOCK, s = g->stride, blocks = (g->cin + B - 1) / B;
+static void pack_phase(const cpu_direct_kernels *k, const cpu_conv_geom *g, const float *w,
+                       int64_t a, int64_t c, int64_t ty, int64_t tx, float *wp) {
+    const int64_t B = k->block, s = g->stride, blocks = (g->cin + B - 1) / B;
     const int64_t per_block = ty * tx * g->cout;
 #pragma omp parallel for if (blocks * per_block * B >= PAR_MIN_FLOATS)
     for (int64_t r = 0; r < blocks * per_block; r++) { /* r = (block, t, u, co) */
@@ -153,28 +194,29 @@ static void pad_images(const float *src, int64_t n, int64_t h, int64_t w, int64_
 }
 
 /* Packed weights at the start of the scratch, the threads' patches after them. */
-static void direct_run(cpu_direct_conv *d, const cpu_conv_geom *g, int64_t blocked, float *scratch) {
+static void direct_run(const cpu_direct_kernels *k, cpu_direct_conv *d, const cpu_conv_geom *g,
+                       int64_t blocked, float *scratch) {
     d->weights = scratch;
-    d->patches = scratch + packed_floats(g, blocked);
+    d->patches = scratch + packed_floats(k, g, blocked);
     d->threads = omp_get_max_threads();
-    cpu_avx512_conv_forward(d);
+    k->forward(d);
 }
 
-static void direct_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
-                           const float *b, float *scratch) {
-    pack_forward(g, w, scratch);
+static void direct_forward(const cpu_direct_kernels *k, const cpu_conv_geom *g, float *y,
+                           const float *x, const float *w, const float *b, float *scratch) {
+    pack_forward(k, g, w, scratch);
     cpu_direct_conv d = {
         .src = x, .bias = b, .out = y, .n = g->n, .h = g->h, .w = g->w, .c = g->cin,
         .co = g->cout, .kh = g->kh, .kw = g->kw, .stride = g->stride, .top = g->pad, .left = g->pad,
         .ho = g->ho, .wo = g->wo, .out_h = g->ho, .out_w = g->wo, .out_step = 1,
     };
-    direct_run(&d, g, g->cout, scratch);
+    direct_run(k, &d, g, g->cout, scratch);
 }
 
 /* dx += the transposed convolution of dy, one stride phase (a, c) at a time;
  * dx = it with `write`, where one phase covers every pixel (stride 1). */
-static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const float *w, float *dx,
-                              bool write, float *scratch) {
+static void direct_input_grad(const cpu_direct_kernels *k, const cpu_conv_geom *g, const float *dy,
+                              const float *w, float *dx, bool write, float *scratch) {
     const int64_t s = g->stride;
     for (int64_t a = 0; a < s; a++)
         for (int64_t c = 0; c < s; c++) {
@@ -183,7 +225,7 @@ static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const flo
             phase_rows(g->w, g->pad, s, c, &x0, &x1);
             if (!ty || !tx || y1 < y0 || x1 < x0)
                 continue; /* these input pixels feed no output */
-            pack_phase(g, w, a, c, ty, tx, scratch);
+            pack_phase(k, g, w, a, c, ty, tx, scratch);
             /* output row b' = b - y0 reads dy rows b' + y0 - (ty - 1) + t for taps t */
             cpu_direct_conv d = {
                 .src = dy, .out = dx + ((s * y0 + a - g->pad) * g->w + s * x0 + c - g->pad) * g->cin,
@@ -192,14 +234,15 @@ static void direct_input_grad(const cpu_conv_geom *g, const float *dy, const flo
                 .ho = y1 - y0 + 1, .wo = x1 - x0 + 1,
                 .out_h = g->h, .out_w = g->w, .out_step = s, .accumulate = !write,
             };
-            direct_run(&d, g, g->cin, scratch);
+            direct_run(k, &d, g, g->cin, scratch);
         }
 }
 
 /* dw and db (may be NULL) += the filter and bias gradients for narrow inputs,
  * a chunk of padded images at a time. */
-static void direct_filter_narrow(const cpu_conv_geom *g, const float *dy, const float *x,
-                                 float *dw, float *db, float *scratch, int64_t scratch_floats) {
+static void direct_filter_narrow(const cpu_direct_kernels *k, const cpu_conv_geom *g,
+                                 const float *dy, const float *x, float *dw, float *db,
+                                 float *scratch, int64_t scratch_floats) {
     const int64_t p = g->pad, pad[4] = {p, p, p, p}, per = padded_image_floats(g);
     const int64_t step = fit_units(scratch_floats, per, g->n);
     for (int64_t i0 = 0; i0 < g->n; i0 += step) {
@@ -209,7 +252,7 @@ static void direct_filter_narrow(const cpu_conv_geom *g, const float *dy, const 
             pad_images(xp, n, g->h, g->w, g->cin, pad, scratch);
             xp = scratch;
         }
-        cpu_avx512_conv_filter_narrow(g, n, xp, dy + i0 * g->ho * g->wo * g->cout, dw, db);
+        k->filter_narrow(g, n, xp, dy + i0 * g->ho * g->wo * g->cout, dw, db);
     }
 }
 
@@ -285,19 +328,34 @@ static void col2im(const cpu_conv_geom *g, const float *dcol, float *dx, int64_t
     }
 }
 
+typedef struct {
+    const cpu_conv_geom *g;
+    float *y, *scratch;
+    const float *x, *w, *b;
+    int64_t rows, chunks; /* output rows per chunk, chunks per image */
+} forward_job;
+
+/* Chunk i (image i / chunks) into the columns of `thread`, then its GEMM. */
+static void forward_chunk(void *arg, int64_t i, int thread) {
+    const forward_job *f = arg;
+    const cpu_conv_geom *g = f->g;
+    int64_t u0 = i / f->chunks * g->ho + i % f->chunks * f->rows;
+    int64_t units = min64(f->rows, g->ho - i % f->chunks * f->rows);
+    float *col = f->scratch + thread * f->rows * unit_floats(g);
+    im2col(g, f->x, col, u0, units);
+    cpu_linear_call(f->y + u0 * g->wo * g->cout, col, f->w, f->b, units * g->wo, col_width(g),
+                    g->cout);
+}
+
 static void gemm_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
                          const float *b, float *scratch, int64_t scratch_floats) {
-    const int64_t K = col_width(g);
     if (is_pointwise(g)) {
-        cpu_linear_forward(y, x, w, b, g->n * g->ho * g->wo, K, g->cout);
+        cpu_linear_forward(y, x, w, b, g->n * g->ho * g->wo, col_width(g), g->cout, g->n);
         return;
     }
-    const int64_t all = g->n * g->ho, step = scratch_floats / unit_floats(g);
-    for (int64_t u0 = 0; u0 < all; u0 += step) {
-        int64_t units = min64(step, all - u0);
-        im2col(g, x, scratch, u0, units);
-        cpu_linear_forward(y + u0 * g->wo * g->cout, scratch, w, b, units * g->wo, K, g->cout);
-    }
+    const int64_t rows = forward_chunk_rows(g, scratch_floats);
+    forward_job f = {g, y, scratch, x, w, b, rows, (g->ho + rows - 1) / rows};
+    cpu_blas_each(g->n * f.chunks, forward_team(g, rows, scratch_floats), forward_chunk, &f);
 }
 
 /* dx and/or dw through column buffers of scratch_floats. */
@@ -322,8 +380,9 @@ static void gemm_backward(const cpu_conv_geom *g, const float *dy, const float *
 
 void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
                         const float *b, float *scratch, int64_t scratch_floats) {
-    if (use_direct(g))
-        direct_forward(g, y, x, w, b, scratch);
+    const cpu_direct_kernels *k = direct_kernels(g);
+    if (k)
+        direct_forward(k, g, y, x, w, b, scratch);
     else
         gemm_forward(g, y, x, w, b, scratch, scratch_floats);
 }
@@ -331,11 +390,12 @@ void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const 
 void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x, const float *w,
                          float *dx, bool dx_fresh, float *dw, float *db, float *scratch,
                          int64_t scratch_floats) {
+    const cpu_direct_kernels *k = direct_kernels(g);
     const int64_t pix = g->n * g->ho * g->wo;
-    const bool dx_write = dx_fresh && use_direct(g) && !is_narrow(g) && g->stride == 1;
+    const bool dx_write = dx_fresh && k && !is_narrow(k, g) && g->stride == 1;
     if (dx_fresh && !dx_write)
         memset(dx, 0, (size_t)(g->n * g->h * g->w * g->cin) * sizeof(float));
-    if (!use_direct(g)) {
+    if (!k) {
         if (db)
             cpu_bias_backward(dy, db, pix, g->cout);
         if (is_pointwise(g))
@@ -345,16 +405,16 @@ void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x
         return;
     }
     /* the filter gradient also sums dy for db where it sees every pixel */
-    const int64_t full = cpu_avx512_full_tap(g);
-    const bool fused = dw && (is_narrow(g) || full >= 0);
+    const int64_t full = k->full_tap(g);
+    const bool fused = dw && (is_narrow(k, g) || full >= 0);
     if (db && !fused)
         cpu_bias_backward(dy, db, pix, g->cout);
-    if (dw && is_narrow(g))
-        direct_filter_narrow(g, dy, x, dw, db, scratch, scratch_floats);
+    if (dw && is_narrow(k, g))
+        direct_filter_narrow(k, g, dy, x, dw, db, scratch, scratch_floats);
     else if (dw)
-        cpu_avx512_conv_filter(g, dy, x, dw, db, full);
-    if (dx && is_narrow(g))
+        k->filter(g, dy, x, dw, db, full);
+    if (dx && is_narrow(k, g))
         gemm_backward(g, dy, x, w, dx, NULL, scratch, scratch_floats);
     else if (dx)
-        direct_input_grad(g, dy, w, dx, dx_write, scratch);
+        direct_input_grad(k, g, dy, w, dx, dx_write, scratch);
 }

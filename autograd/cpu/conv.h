@@ -1,9 +1,10 @@
 /* CPU kernels for 2-D convolution over NHWC images with [Cout, kh, kw, Cin]
- * weights. Two ways: direct AVX-512 kernels where the CPU has them, and
- * otherwise GEMMs (a 1x1 stride-1 unpadded convolution is one GEMM over all
- * pixels, anything else im2col + GEMM a chunk of output rows at a time so the
- * column buffer stays bounded). Backward kernels add into the gradient
- * buffers they are given (NULL = not needed). */
+ * weights. Two ways: direct AVX-512 or AVX2 kernels where the CPU has them
+ * (isa.h), and otherwise GEMMs (a 1x1 stride-1 unpadded convolution is a
+ * GEMM over the pixels, anything else im2col + GEMM a chunk of output rows
+ * at a time so the column buffer stays bounded). Either way a sample's
+ * forward result does not depend on its batch. Backward kernels add into the
+ * gradient buffers they are given (NULL = not needed). */
 #ifndef DC_CPU_CONV_H
 #define DC_CPU_CONV_H
 
@@ -11,7 +12,7 @@
 #include <stdint.h>
 
 typedef enum {
-    CPU_CONV_AUTO,   /* direct where the CPU has AVX-512, GEMM otherwise */
+    CPU_CONV_AUTO,   /* direct where the CPU has AVX2 or AVX-512, GEMM otherwise */
     CPU_CONV_GEMM,   /* always the GEMM way (tests compare the two) */
 } cpu_conv_algo;
 

@@ -19,9 +19,23 @@ static inline bool cpu_gemm_fits(int64_t m, int64_t n, int64_t k) {
 void cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
               float beta, float *C);
 
-/* y [M, N] = x [M, K] @ w [N, K]^T + b [N] (b may be NULL). */
+/* Runs job(arg, i, thread) for i < count on up to `threads` OpenMP threads
+ * (thread < threads), with every BLAS call inside on one thread. OpenBLAS's
+ * bits depend on a call's shape and on how many threads share it, so work
+ * cut into calls whose shapes do not depend on the batch gives every sample
+ * the same result in any batch. */
+void cpu_blas_each(int64_t count, int threads, void (*job)(void *arg, int64_t i, int thread),
+                   void *arg);
+
+/* y [M, N] = x [M, K] @ w [N, K]^T + b [N] (b may be NULL), where the M rows
+ * are `samples` equal groups (images, sequences, or single rows): each
+ * group's rows are computed by the same calls whatever the other groups are,
+ * so a sample's result does not depend on its batch. */
 void cpu_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t M,
-                        int64_t K, int64_t N);
+                        int64_t K, int64_t N, int64_t samples);
+/* The same as one GEMM call on this thread: for jobs of cpu_blas_each. */
+void cpu_linear_call(float *y, const float *x, const float *w, const float *b, int64_t M,
+                     int64_t K, int64_t N);
 /* dx [M, K] += dy @ w; dw [N, K] += dy^T @ x; db [N] += column sums of dy [M, N]. */
 void cpu_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw,
                          float *db, int64_t M, int64_t K, int64_t N);
@@ -33,9 +47,6 @@ void cpu_matmul_forward(float *c, const float *a, const float *b, int64_t B, int
 void cpu_matmul_backward(const float *dc, const float *a, const float *b, float *da, float *db,
                          int64_t B, int64_t M, int64_t K, int64_t N);
 
-/* Every row of y [rows, cols] set to b [cols], or to zero when b is NULL: the
- * starting value for a GEMM that then accumulates (beta = 1). */
-void cpu_bias_fill(float *y, const float *b, int64_t rows, int64_t cols);
 /* db [cols] += column sums of dy [rows, cols]. */
 void cpu_bias_backward(const float *dy, float *db, int64_t rows, int64_t cols);
 

@@ -8,6 +8,7 @@
  * the normalisation folds into one multiply-add per element with a scale and
  * a shift per channel. */
 #include "norm.h"
+#include "isa.h"
 #include "parallel.h"
 #include "vmath.h"
 
@@ -89,7 +90,7 @@ static void sample_affine(const float *stats, const float *w, const float *b, in
     }
 }
 
-void cpu_group_norm_forward(float *y, float *stats, const float *x, const float *w,
+void CPU_ISA_FN(cpu_group_norm_forward)(float *y, float *stats, const float *x, const float *w,
                             const float *b, int64_t N, int64_t S, int64_t C, int64_t G, float eps,
                             bool silu) {
 #pragma omp parallel for schedule(static) if (N * S * C >= CPU_PAR_MIN)
@@ -184,12 +185,12 @@ static void sample_backward(const float *g, const float *x, const float *w, cons
     }
 }
 
-size_t cpu_group_norm_work_bytes(int64_t N, int64_t S, int64_t C, bool silu) {
+size_t CPU_ISA_FN(cpu_group_norm_work_bytes)(int64_t N, int64_t S, int64_t C, bool silu) {
     size_t sums = (size_t)(2 * N * C) * sizeof(double);
     return sums + (silu ? (size_t)omp_get_max_threads() * (size_t)(S * C) * sizeof(float) : 0);
 }
 
-void cpu_group_norm_backward(const float *dy, const float *x, const float *w, const float *b,
+void CPU_ISA_FN(cpu_group_norm_backward)(const float *dy, const float *x, const float *w, const float *b,
                              const float *stats, float *dx, float *dw, float *db, void *work,
                              int64_t N, int64_t S, int64_t C, int64_t G, bool silu) {
     int64_t Cg = C / G;

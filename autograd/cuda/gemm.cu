@@ -238,7 +238,7 @@ extern "C" void cuda_bias_backward(const float *dy, float *db, int64_t rows, int
 }
 
 extern "C" void cuda_linear_forward(float *y, const float *x, const float *w, const float *b,
-                                    int64_t M, int64_t K, int64_t N) {
+                                    int64_t M, int64_t K, int64_t N, int64_t samples) {
     gemm_ex(false, true, M, N, K, 1.0f, dense(x, M, K), dense(w, N, K), 0.0f, y, N, M * N, 1, b);
 }
 

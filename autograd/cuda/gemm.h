@@ -12,8 +12,9 @@ extern "C" {
 
 void cuda_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
                float beta, float *C);
+/* samples: as cpu_linear_forward's; one cuBLAS call takes every row here */
 void cuda_linear_forward(float *y, const float *x, const float *w, const float *b, int64_t M,
-                         int64_t K, int64_t N);
+                         int64_t K, int64_t N, int64_t samples);
 void cuda_linear_backward(const float *dy, const float *x, const float *w, float *dx, float *dw,
                           float *db, int64_t M, int64_t K, int64_t N);
 void cuda_matmul_forward(float *c, const float *a, const float *b, int64_t B, int64_t M, int64_t K,
