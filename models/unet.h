@@ -58,6 +58,10 @@ typedef enum {
     DC_UNET_RESAMPLE_CONV,   /* Downsample2D (conv, stride 2) / Upsample2D (nearest 2x, conv) */
     DC_UNET_RESAMPLE_RESNET, /* a ResnetBlock2D with down=True (2x2 average pool) / up=True
                                 (nearest 2x) applied to its input and after norm1 */
+    DC_UNET_RESAMPLE_FIR,    /* a Skip block (SkipDownBlock2D, AttnSkipDownBlock2D, SkipUpBlock2D,
+                                AttnSkipUpBlock2D), at every level of its path: resnets that
+                                resample with the FIR kernel (1, 3, 3, 1), and the image-sized
+                                skip path of NCSN++ */
 } dc_unet_resample;
 
 /* A parsed config.json. Zero where diffusers has null. */
@@ -66,6 +70,8 @@ typedef struct dc_unet_config {
     int in_channels, out_channels;
     bool center_input_sample; /* x -> 2x - 1 before conv_in */
     bool flip_sin_to_cos;     /* time embedding [cos, sin] instead of [sin, cos] */
+    bool fourier;             /* time_embedding_type "fourier": GaussianFourierProjection of
+                                 the noise level, the output divided by it; else "positional" */
     float freq_shift;         /* downscale_freq_shift of the time embedding */
     int levels;               /* len(block_out_channels) */
     int block_out_channels[DC_UNET_MAX_LEVELS]; /* [levels] */
@@ -134,14 +140,20 @@ typedef struct dc_unet_block {
     dc_unet_attention *attentions; /* [n_layers] (mid: [n_layers - 1]); NULL without attention */
     dc_nn_conv2d
         sampler; /* downsamplers.0.conv / upsamplers.0.conv; weight NULL on the last level */
-    dc_unet_resnet resnet_sampler; /* downsamplers.0 / upsamplers.0 with resnet resampling */
+    dc_unet_resnet resnet_sampler; /* downsamplers.0 / upsamplers.0 with resnet resampling;
+                                      resnet_down / resnet_up in a Skip block */
     bool pad_bottom_right;         /* downsample_padding 0 */
+    bool skip;                     /* a Skip block: it carries the image-sized skip path */
+    bool attn_after;               /* AttnSkipUpBlock2D: one attention after all resnets */
+    dc_nn_conv2d skip_conv;        /* Skip blocks with a resampler: down 1x1 3 -> C, up 3x3 C -> 3 */
+    dc_nn_group_norm skip_norm;    /* up Skip blocks with a resampler: before skip_conv */
 } dc_unet_block;
 
 typedef struct dc_unet {
     dc_unet_config cfg;              /* a copy, without the text */
     dc_nn_conv2d conv_in;            /* in_channels -> block_out_channels[0] */
-    dc_nn_linear time_linear_1;      /* time_embedding.linear_1: [C0] -> [T = 4 C0] */
+    dc_tensor *time_proj;            /* time_proj.weight [C0]: the fourier frequencies, or NULL */
+    dc_nn_linear time_linear_1;      /* time_embedding.linear_1: [C0 (fourier: 2 C0)] -> [T = 4 C0] */
     dc_nn_linear time_linear_2;      /* time_embedding.linear_2: [T] -> [T] */
     dc_nn_embedding class_embedding; /* [num_class_embeds, T]; weight NULL but for CLASS_TABLE */
     dc_nn_linear class_linear_1;     /* class_embedding.linear_1: [C0] -> [T] (CLASS_TIMESTEP) */

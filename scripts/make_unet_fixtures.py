@@ -28,6 +28,12 @@ Models:
                class_embed_type "identity" (input.y holds the embeddings, F32
                [N, T]); time_embedding_dim 24 (not 4 x 8); upsample_type "resnet"
                on an UpBlock2D, which ignores it.
+  fourier_skip an NCSN++ model: time_embedding_type fourier (GaussianFourierProjection
+               of the noise level, the output divided by it), SkipDownBlock2D,
+               AttnSkipDownBlock2D, AttnSkipUpBlock2D, SkipUpBlock2D (FIR resampling
+               resnets, the image-sized skip path), mid_block_scale_factor sqrt(2);
+               2 levels of 32 channels (the Skip attentions' norms have 32 groups),
+               noise levels 0.5 and 12.
   sharded_fp16 the weights saved as diffusers saves a large model's fp16 variant:
                diffusion_pytorch_model.fp16-0000K-of-0000N.safetensors shards (F16)
                and diffusion_pytorch_model.safetensors.index.fp16.json, and no
@@ -104,6 +110,13 @@ MODELS = {
                     resnet_time_scale_shift="scale_shift", class_embed_type="identity",
                     time_embedding_dim=24),
         n=2, h=8, w=8, t=[40.0, 900.0], y_embed=24),
+    "fourier_skip": dict(
+        config=dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[32, 32],
+                    layers_per_block=1, norm_num_groups=4, attention_head_dim=16,
+                    time_embedding_type="fourier", mid_block_scale_factor=math.sqrt(2.0),
+                    down_block_types=["SkipDownBlock2D", "AttnSkipDownBlock2D"],
+                    up_block_types=["AttnSkipUpBlock2D", "SkipUpBlock2D"]),
+        n=2, h=8, w=8, t=[0.5, 12.0]),
     "sharded_fp16": dict(
         config=dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16],
                     layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
@@ -130,7 +143,7 @@ def grad_names(model):
     and the big ones that each stand for a kind: conv_in/conv_out, the time MLP,
     the class table, the first attention's projections, the first shortcut,
     down- and upsampler convs and an up-block resnet's convs."""
-    names = [n for n, p in model.named_parameters() if p.numel() <= 256]
+    names = [n for n, p in model.named_parameters() if p.numel() <= 256 and p.requires_grad]
     firsts = ["conv_in.weight", "conv_out.weight", "time_embedding.linear_1.weight",
               "time_embedding.linear_2.weight", "class_embedding.weight", "class_embedding.linear_1.weight",
               "class_embedding.linear_2.weight"]
@@ -138,10 +151,11 @@ def grad_names(model):
                     "attentions.0.to_out.0.weight", "conv_shortcut.weight", "downsamplers.0.conv.weight",
                     "upsamplers.0.conv.weight", "up_blocks.0.resnets.0.conv1.weight",
                     "up_blocks.0.resnets.0.conv2.weight", "mid_block.resnets.1.conv2.weight",
-                    "time_emb_proj.weight", "downsamplers.0.conv1.weight", "upsamplers.0.conv2.weight"]:
+                    "time_emb_proj.weight", "downsamplers.0.conv1.weight", "upsamplers.0.conv2.weight",
+                    "resnet_down.conv_shortcut.weight", "resnet_up.conv1.weight", "skip_conv.weight"]:
         match = [n for n, _ in model.named_parameters() if n.endswith(pattern)]
         firsts += match[:1]
-    have = dict(model.named_parameters())
+    have = {n: p for n, p in model.named_parameters() if p.requires_grad}  # not time_proj.weight (frozen)
     # to_k.bias has no gradient in exact arithmetic (softmax ignores a shift
     # shared by all keys): its float64 reference is rounding noise
     return sorted((set(names) | {n for n in firsts if n in have}) - {n for n in have if n.endswith("to_k.bias")})
