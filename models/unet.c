@@ -60,7 +60,7 @@ static const struct {
     {"downsample_padding", KEY_INT, offsetof(dc_unet_config, downsample_padding), 1},
     {"dropout", KEY_FLOAT, offsetof(dc_unet_config, dropout), 0},
     {"attention_head_dim", KEY_INT_OR_NULL, offsetof(dc_unet_config, attention_head_dim), 8},
-    {"norm_num_groups", KEY_INT, offsetof(dc_unet_config, norm_num_groups), 32},
+    {"norm_num_groups", KEY_INT_OR_NULL, offsetof(dc_unet_config, norm_num_groups), 32},
     {"attn_norm_num_groups", KEY_INT_OR_NULL, offsetof(dc_unet_config, attn_norm_num_groups), 0},
     {"norm_eps", KEY_FLOAT, offsetof(dc_unet_config, norm_eps), 1e-5},
     {"add_attention", KEY_BOOL, offsetof(dc_unet_config, add_attention), 1},
@@ -285,6 +285,11 @@ static int check_features(const dc_unet_config *c, const char *what) {
     if (check_skip_path(c->down_resample, c->levels, what, "down_block_types") ||
         check_skip_path(c->up_resample, c->levels, what, "up_block_types"))
         return -1;
+    if (!c->norm_num_groups && (c->down_resample[0] != DC_UNET_RESAMPLE_FIR ||
+                                c->up_resample[0] != DC_UNET_RESAMPLE_FIR))
+        return dc_fail("%s: norm_num_groups null needs Skip blocks on both paths (the others "
+                       "have no groups of their own)",
+                       what);
     if ((c->down_resample[0] == DC_UNET_RESAMPLE_FIR && c->in_channels != 3) ||
         (c->up_resample[0] == DC_UNET_RESAMPLE_FIR && c->out_channels != 3))
         return dc_fail("%s: Skip blocks carry a 3-channel image (diffusers' skip_conv), but "
@@ -310,10 +315,11 @@ static int check_config(const dc_unet_config *c, const char *what) {
     if (c->sample_size[0] < 0 || c->sample_size[1] < 0)
         return dc_fail("%s: sample_size [%d, %d] must not be negative", what, c->sample_size[0],
                        c->sample_size[1]);
-    if (c->norm_num_groups < 1)
-        return dc_fail("%s: norm_num_groups %d must be positive", what, c->norm_num_groups);
+    if (c->norm_num_groups < 0)
+        return dc_fail("%s: norm_num_groups %d must be positive or null", what, c->norm_num_groups);
     for (int i = 0; i < c->levels; i++)
-        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups)
+        if (c->block_out_channels[i] < 1 ||
+            (c->norm_num_groups && c->block_out_channels[i] % c->norm_num_groups))
             return dc_fail("%s: block_out_channels[%d] = %d is not a positive multiple of "
                            "norm_num_groups %d",
                            what, i, c->block_out_channels[i], c->norm_num_groups);
@@ -668,19 +674,26 @@ static int skip_up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c
     return 0;
 }
 
+/* The groups of the norms outside the blocks (mid block, conv_norm_out) over
+ * `channels`: norm_num_groups, or when null min(channels / 4, 32), as UNet2DModel. */
+static int outer_groups(const dc_unet_config *c, int64_t channels) {
+    return c->norm_num_groups ? c->norm_num_groups : skip_groups(channels);
+}
+
 /* UNetMidBlock2D: resnet, [attention], resnet, all scaled by mid_block_scale_factor. */
 static int mid_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c) {
-    int ch = c->block_out_channels[c->levels - 1];
+    int ch = c->block_out_channels[c->levels - 1], rg = outer_groups(c, ch);
     int groups = c->attn_norm_num_groups ? c->attn_norm_num_groups
                  : c->scale_shift        ? 0
-                                         : c->norm_num_groups;
+                                         : rg;
     float s = c->mid_block_scale_factor;
     if (block_alloc(b, 2, c->add_attention ? 1 : 0))
         return -1;
     if (b->attentions)
         attention_init(&b->attentions[0], ps, "mid_block.attentions.0", ch, c, groups, s);
-    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", plain(ch, ch, c, s, 0), c);
-    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", plain(ch, ch, c, s, 0), c);
+    resnet_shape shape = {ch, ch, rg, rg, s, 0, false};
+    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", shape, c);
+    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", shape, c);
     return 0;
 }
 
@@ -731,7 +744,7 @@ int dc_unet_init(dc_unet *m, const dc_unet_config *c, dc_params *ps) {
         rc = c->up_resample[i] == DC_UNET_RESAMPLE_FIR ? skip_up_init(&m->up[i], ps, c, i)
                                                        : up_init(&m->up[i], ps, c, i);
     rc = rc ? rc : mid_init(&m->mid, ps, c);
-    dc_nn_group_norm_init(&m->conv_norm_out, ps, "conv_norm_out", c->norm_num_groups, c0,
+    dc_nn_group_norm_init(&m->conv_norm_out, ps, "conv_norm_out", outer_groups(c, c0), c0,
                           c->norm_eps);
     dc_nn_conv2d_init(&m->conv_out, ps, "conv_out", c0, c->out_channels, 3, 1, 1, true);
     if (rc || ps->failed) {

@@ -14,15 +14,23 @@
  * UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D and UNetMidBlock2D with or
  * without attention; downsample_type / upsample_type "conv" or "resnet"
  * (followed by the attention blocks, ignored by the plain ones, as in
- * diffusers); conv down- and upsampling (downsample_padding 0 or 1);
- * resnet_time_scale_shift "default" and "scale_shift"; act_fn silu (swish),
- * mish and gelu; the positional (sinusoidal) time embedding and
- * time_embedding_dim; class conditioning through num_class_embeds or
- * class_embed_type "timestep" / "identity"; dropout. Anything else in a config
- * that would change the network (a fourier time embedding, another block, another
- * activation) is refused with the key and its value. Keys UNet2DModel does not
- * know are ignored, as diffusers ignores them. Weights may be sharded or a
- * variant (dc_unet_find).
+ * diffusers); conv down- and upsampling (downsample_padding 0 or 1); the
+ * Skip blocks of NCSN++ (SkipDownBlock2D, AttnSkipDownBlock2D, SkipUpBlock2D,
+ * AttnSkipUpBlock2D: FIR resampling and the image-sized skip path, at every
+ * level of a path), with norm_num_groups null; resnet_time_scale_shift
+ * "default" and "scale_shift"; act_fn silu (swish), mish and gelu; the
+ * positional (sinusoidal) and fourier (Gaussian Fourier projection of the
+ * noise level, output divided by it) time embeddings, time_embedding_dim;
+ * class conditioning through num_class_embeds or class_embed_type
+ * "timestep" / "identity"; dropout. Anything else in a config that would
+ * change the network (time_embedding_type "learned", another block, another
+ * activation) is refused with the key and its value. Keys UNet2DModel does
+ * not know are ignored, as diffusers ignores them. Weights may be sharded or
+ * a variant (dc_unet_find).
+ *
+ * time_proj.weight, the fourier frequencies, is frozen in diffusers
+ * (requires_grad False): it gets no gradient here either, but diffc's AdamW
+ * still applies weight decay to it.
  *
  * Class conditioning and classifier-free guidance: by this project's
  * convention the last class label, num_class_embeds - 1, means "no class"
@@ -84,7 +92,7 @@ typedef struct dc_unet_config {
     int downsample_padding; /* 1, or 0: pad bottom and right by one, then an unpadded conv */
     float dropout;
     int attention_head_dim; /* 0 (null): one head over all channels */
-    int norm_num_groups;
+    int norm_num_groups;      /* 0 (null): min(C / 4, 32) per norm (only with Skip blocks) */
     int attn_norm_num_groups; /* the mid attention's norm; 0 (null): norm_num_groups with
                                  "default", no norm with "scale_shift" (as diffusers) */
     float norm_eps;

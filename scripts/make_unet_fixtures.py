@@ -33,7 +33,8 @@ Models:
                AttnSkipDownBlock2D, AttnSkipUpBlock2D, SkipUpBlock2D (FIR resampling
                resnets, the image-sized skip path), mid_block_scale_factor sqrt(2);
                2 levels of 32 channels (the Skip attentions' norms have 32 groups),
-               noise levels 0.5 and 12.
+               norm_num_groups null (the mid block and conv_norm_out take
+               min(C / 4, 32) groups), noise levels 0.5 and 12.
   sharded_fp16 the weights saved as diffusers saves a large model's fp16 variant:
                diffusion_pytorch_model.fp16-0000K-of-0000N.safetensors shards (F16)
                and diffusion_pytorch_model.safetensors.index.fp16.json, and no
@@ -41,8 +42,9 @@ Models:
 tests/fixtures/unet_configs.json: configs from the wild with the parameter
 count (tensors and elements) UNet2DModel gives each: the defaults ({}),
 google/ddpm-cifar10-32's config.json (as published, diffusers 0.0.4: no
-attention_head_dim, so 8 applies) and the model of diffusers'
-train_unconditional.py example.
+attention_head_dim, so 8 applies), the model of diffusers'
+train_unconditional.py example, and an NCSN++ model (Skip blocks, fourier
+time embedding, norm_num_groups null) in the shape of google/ncsnpp-*'s.
 reference.safetensors holds the inputs in our NHWC layout: input.x [N, H, W, C],
 input.t [N] (F32, or I32 for integer timesteps), input.y [N] I32 (class labels,
 attn_class only), input.r [N, H, W, out] (the loss weights); output [N, H, W, out];
@@ -53,7 +55,7 @@ measure only our float32 error (diffusers computes the timestep embedding and
 the attention softmax in float32 even then). __metadata__: dropout_layers is the
 number of resnets that apply dropout in training, timesteps "F32" or "I32".
 
-Arguments name the models to write (default: all, and unet_configs.json);
+Arguments name the models to write ("configs": unet_configs.json; default: all);
 each model draws from its own seed, so one can be remade alone. attn_class,
 scale_shift, legacy and unet_configs.json were made with diffusers 0.27.2
 (torch 1.13); mish_resnet and gelu_identity with diffusers 0.42.1 (torch 2.15):
@@ -112,7 +114,7 @@ MODELS = {
         n=2, h=8, w=8, t=[40.0, 900.0], y_embed=24),
     "fourier_skip": dict(
         config=dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[32, 32],
-                    layers_per_block=1, norm_num_groups=4, attention_head_dim=16,
+                    layers_per_block=1, norm_num_groups=None, attention_head_dim=16,
                     time_embedding_type="fourier", mid_block_scale_factor=math.sqrt(2.0),
                     down_block_types=["SkipDownBlock2D", "AttnSkipDownBlock2D"],
                     up_block_types=["AttnSkipUpBlock2D", "SkipUpBlock2D"]),
@@ -262,6 +264,20 @@ CIFAR10 = {
     "out_channels": 3, "sample_size": 32, "time_embedding_type": "positional",
     "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
 }
+# an NCSN++ model as diffusers' score_sde_ve pipelines hold one (google/ncsnpp-*): fourier
+# time embedding, Skip blocks at every level, norm_num_groups null; written here at 64x64
+# (5 levels), not downloaded
+NCSNPP = {
+    "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None,
+    "block_out_channels": [64, 128, 128, 128, 128], "center_input_sample": False,
+    "down_block_types": ["SkipDownBlock2D", "SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D",
+                         "SkipDownBlock2D"],
+    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 3,
+    "layers_per_block": 2, "mid_block_scale_factor": 1.41421356237, "norm_eps": 1e-06,
+    "norm_num_groups": None, "out_channels": 3, "sample_size": 64, "time_embedding_type": "fourier",
+    "up_block_types": ["SkipUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D",
+                       "SkipUpBlock2D"],
+}
 # examples/unconditional_image_generation/train_unconditional.py, resolution 64
 TRAIN_UNCONDITIONAL = dict(
     sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
@@ -274,7 +290,7 @@ TRAIN_UNCONDITIONAL = dict(
 def wild_configs():
     out = {}
     for name, config in [("default", {}), ("ddpm_cifar10_32", CIFAR10),
-                         ("train_unconditional", TRAIN_UNCONDITIONAL)]:
+                         ("train_unconditional", TRAIN_UNCONDITIONAL), ("ncsnpp_64", NCSNPP)]:
         kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
         state = UNet2DModel(**kwargs).state_dict()
         out[name] = {"config": config, "tensors": len(state), "numel": sum(t.numel() for t in state.values())}
@@ -286,12 +302,13 @@ def wild_configs():
 
 
 def main():
-    names = sys.argv[1:] or list(MODELS)
+    names = sys.argv[1:] or list(MODELS) + ["configs"]
     for name in names:
         torch.manual_seed(20240612 + zlib.crc32(name.encode()))
-        make(name, MODELS[name])
-    if not sys.argv[1:]:
-        wild_configs()
+        if name == "configs":
+            wild_configs()
+        else:
+            make(name, MODELS[name])
 
 
 if __name__ == "__main__":

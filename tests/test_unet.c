@@ -369,7 +369,7 @@ START_TEST(test_wild_configs) {
         dc_unet_config_free(&c);
         free(json);
     }
-    ck_assert_int_eq(count, 3);
+    ck_assert_int_eq(count, 4);
     cJSON_Delete(root);
 }
 END_TEST
@@ -464,7 +464,11 @@ START_TEST(test_bad_configs) {
         {"{\"mid_block_scale_factor\": 0}", "mid_block_scale_factor 0 must be finite and nonzero"},
         {"{\"sample_size\": [32]}", "sample_size must be an integer or [height, width]"},
         {"{\"sample_size\": -1}", "sample_size [-1, -1] must not be negative"},
-        {"{\"norm_num_groups\": null}", "norm_num_groups must be an integer, got null"},
+        {"{\"norm_num_groups\": null}",
+         "norm_num_groups null needs Skip blocks on both paths (the others have no groups of their "
+         "own)"},
+        {"{\"norm_num_groups\": 0}", "norm_num_groups 0 must be positive or null"},
+        {"{\"norm_num_groups\": \"4\"}", "norm_num_groups must be an integer, got a string"},
         {"[1, 2]", "test.json: a UNet config must be a JSON object, got an array"},
         {"{\"in_channels\": 3", "test.json: not valid JSON"},
     };
