@@ -456,6 +456,14 @@ void dc_unet_config_free(dc_unet_config *c) {
     memset(c, 0, sizeof *c);
 }
 
+int dc_unet_check_ddpm(const dc_unet_config *c, const char *what) {
+    if (c->fourier)
+        return dc_fail("%s: time_embedding_type \"fourier\" (an NCSN++ model) takes noise levels, "
+                       "not the DDPM timesteps of diffc's schedules and samplers",
+                       what);
+    return 0;
+}
+
 /* Identity class embeddings are vectors, not labels: no label means "no class". */
 int dc_unet_null_class(const dc_unet_config *c) {
     return c->num_class_embeds > 0 && c->class_embed_type != DC_UNET_CLASS_IDENTITY

@@ -112,6 +112,11 @@ int dc_unet_config_load(dc_unet_config *c, const char *path);
 /* Write the original text back (to "<path>.tmp", synced, then renamed). */
 int dc_unet_config_save(const dc_unet_config *c, const char *path);
 void dc_unet_config_free(dc_unet_config *c);
+/* 0 when the model takes the integer DDPM timesteps that diffc's noise
+ * schedules and samplers give it; an error naming `what` for a fourier time
+ * embedding (NCSN++), which takes noise levels: its log of timestep 0 is
+ * -inf, and it needs a score-SDE sampler diffc does not have. */
+int dc_unet_check_ddpm(const dc_unet_config *c, const char *what);
 /* The "no class" label for classifier-free guidance, or -1 when unconditional. */
 int dc_unet_null_class(const dc_unet_config *c);
 
