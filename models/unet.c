@@ -664,7 +664,8 @@ static int skip_up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c
     }
     for (int j = 0; j < n; j++) {
         int in = j ? cout : prev, res = j == n - 1 ? skip_last : cout;
-        /* AttnSkipUpBlock2D computes min(in + res // 4, 32): kept, for its weights */
+        /* AttnSkipUpBlock2D's groups are min(in + res // 4, 32), a precedence slip in
+         * diffusers kept here: the same groups give the same output */
         int groups = b->attentions ? (in + res / 4 < 32 ? in + res / 4 : 32) : skip_groups(in + res);
         snprintf(q, sizeof q, "up_blocks.%d.resnets.%d", i, j);
         resnet_init(&b->resnets[j], ps, q,
