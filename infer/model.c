@@ -34,7 +34,7 @@ static int load_unet(dc_model *m, const char *dir, bool use_ema, const char *var
         fprintf(stderr, "diffc: note: %s has no plain weights; using its only variant, %s\n", dir, guessed);
     free(guessed);
     if (!rc)
-        rc = dc_unet_config_load(&m->cfg, config_path);
+        rc = dc_unet_config_load(&m->cfg, config_path) || dc_unet_check_ddpm(&m->cfg, config_path);
     free(config_path);
     dc_params_init(&m->ps);
     if (!rc)

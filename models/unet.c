@@ -60,7 +60,7 @@ static const struct {
     {"downsample_padding", KEY_INT, offsetof(dc_unet_config, downsample_padding), 1},
     {"dropout", KEY_FLOAT, offsetof(dc_unet_config, dropout), 0},
     {"attention_head_dim", KEY_INT_OR_NULL, offsetof(dc_unet_config, attention_head_dim), 8},
-    {"norm_num_groups", KEY_INT, offsetof(dc_unet_config, norm_num_groups), 32},
+    {"norm_num_groups", KEY_INT_OR_NULL, offsetof(dc_unet_config, norm_num_groups), 32},
     {"attn_norm_num_groups", KEY_INT_OR_NULL, offsetof(dc_unet_config, attn_norm_num_groups), 0},
     {"norm_eps", KEY_FLOAT, offsetof(dc_unet_config, norm_eps), 1e-5},
     {"add_attention", KEY_BOOL, offsetof(dc_unet_config, add_attention), 1},
@@ -133,7 +133,6 @@ static int read_choice(const cJSON *root, const char *what, const char *key, con
 /* Keys that would change the network in ways diffc does not build. */
 static int refuse_unsupported(const cJSON *root, const char *what) {
     if (CHOICE(root, what, "_class_name", "UNet2DModel", "UNet2DModel") < 0 ||
-        CHOICE(root, what, "time_embedding_type", "positional", "positional") < 0 ||
         CHOICE(root, what, "mid_block_type", "UNetMidBlock2D", "UNetMidBlock2D") < 0)
         return -1;
     const cJSON *legacy = cJSON_GetObjectItemCaseSensitive(root, "attention_legacy_order");
@@ -199,13 +198,17 @@ static const block_kind down_kinds[] = {
     {"DownBlock2D", false, DC_UNET_RESAMPLE_CONV}, /* ignores downsample_type, as in diffusers */
     {"AttnDownBlock2D", true, FROM_KEY},
     {"ResnetDownsampleBlock2D", false, DC_UNET_RESAMPLE_RESNET},
+    {"SkipDownBlock2D", false, DC_UNET_RESAMPLE_FIR},
+    {"AttnSkipDownBlock2D", true, DC_UNET_RESAMPLE_FIR},
 };
 static const block_kind up_kinds[] = {
     {"UpBlock2D", false, DC_UNET_RESAMPLE_CONV},
     {"AttnUpBlock2D", true, FROM_KEY},
     {"ResnetUpsampleBlock2D", false, DC_UNET_RESAMPLE_RESNET},
+    {"SkipUpBlock2D", false, DC_UNET_RESAMPLE_FIR},
+    {"AttnSkipUpBlock2D", true, DC_UNET_RESAMPLE_FIR},
 };
-#define N_KINDS 3
+#define N_KINDS 5
 
 /* The kind named `name` ("UNetRes" prefix dropped, as get_down_block does), or NULL. */
 static const block_kind *find_kind(const block_kind *kinds, const char *name) {
@@ -241,9 +244,9 @@ static int read_block_types(bool *attn, dc_unet_resample *resample, const cJSON 
         const char *name = e ? e->valuestring : defaults[kinds == up_kinds][i];
         const block_kind *k = find_kind(kinds, name);
         if (!k)
-            return dc_fail("%s: %s[%d] \"%.64s\" is not supported (supported: \"%s\", \"%s\", "
-                           "\"%s\")",
-                           what, key, i, name, kinds[0].name, kinds[1].name, kinds[2].name);
+            return dc_fail("%s: %s[%d] \"%.64s\" is not supported (supported: %s, %s, %s, %s, %s)",
+                           what, key, i, name, kinds[0].name, kinds[1].name, kinds[2].name,
+                           kinds[3].name, kinds[4].name);
         attn[i] = k->attn;
         resample[i] = k->resample == FROM_KEY ? from_key : (dc_unet_resample)k->resample;
     }
@@ -258,15 +261,40 @@ static int check_attention(const dc_unet_config *c, const char *what, const char
     return 0;
 }
 
+/* The image-sized skip path goes through every level or none: a level
+ * without it would leave the image at the wrong resolution. */
+static int check_skip_path(const dc_unet_resample *r, int levels, const char *what,
+                           const char *key) {
+    for (int i = 1; i < levels; i++)
+        if ((r[i] == DC_UNET_RESAMPLE_FIR) != (r[0] == DC_UNET_RESAMPLE_FIR))
+            return dc_fail("%s: %s mixes Skip blocks with others (levels 0 and %d): the skip path "
+                           "needs a Skip block at every level or at none",
+                           what, key, i);
+    return 0;
+}
+
 /* The enumerations and widths a config built in code could get wrong. */
 static int check_features(const dc_unet_config *c, const char *what) {
     if ((unsigned)c->act_fn > DC_UNET_GELU || (unsigned)c->class_embed_type > DC_UNET_CLASS_IDENTITY)
         return dc_fail("%s: act_fn %d or class_embed_type %d is out of range", what, (int)c->act_fn,
                        (int)c->class_embed_type);
     for (int i = 0; i < c->levels; i++)
-        if ((unsigned)c->down_resample[i] > DC_UNET_RESAMPLE_RESNET ||
-            (unsigned)c->up_resample[i] > DC_UNET_RESAMPLE_RESNET)
+        if ((unsigned)c->down_resample[i] > DC_UNET_RESAMPLE_FIR ||
+            (unsigned)c->up_resample[i] > DC_UNET_RESAMPLE_FIR)
             return dc_fail("%s: the resampling of level %d is out of range", what, i);
+    if (check_skip_path(c->down_resample, c->levels, what, "down_block_types") ||
+        check_skip_path(c->up_resample, c->levels, what, "up_block_types"))
+        return -1;
+    if (!c->norm_num_groups && (c->down_resample[0] != DC_UNET_RESAMPLE_FIR ||
+                                c->up_resample[0] != DC_UNET_RESAMPLE_FIR))
+        return dc_fail("%s: norm_num_groups null needs Skip blocks on both paths (the others "
+                       "have no groups of their own)",
+                       what);
+    if ((c->down_resample[0] == DC_UNET_RESAMPLE_FIR && c->in_channels != 3) ||
+        (c->up_resample[0] == DC_UNET_RESAMPLE_FIR && c->out_channels != 3))
+        return dc_fail("%s: Skip blocks carry a 3-channel image (diffusers' skip_conv), but "
+                       "in_channels is %d and out_channels %d",
+                       what, c->in_channels, c->out_channels);
     if (c->time_embedding_dim < 0)
         return dc_fail("%s: time_embedding_dim %d must be positive or null", what,
                        c->time_embedding_dim);
@@ -306,10 +334,11 @@ static int check_config(const dc_unet_config *c, const char *what) {
     if (c->sample_size[0] < 0 || c->sample_size[1] < 0)
         return dc_fail("%s: sample_size [%d, %d] must not be negative", what, c->sample_size[0],
                        c->sample_size[1]);
-    if (c->norm_num_groups < 1)
-        return dc_fail("%s: norm_num_groups %d must be positive", what, c->norm_num_groups);
+    if (c->norm_num_groups < 0)
+        return dc_fail("%s: norm_num_groups %d must be positive or null", what, c->norm_num_groups);
     for (int i = 0; i < c->levels; i++)
-        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] % c->norm_num_groups)
+        if (c->block_out_channels[i] < 1 ||
+            (c->norm_num_groups && c->block_out_channels[i] % c->norm_num_groups))
             return dc_fail("%s: block_out_channels[%d] = %d is not a positive multiple of "
                            "norm_num_groups %d",
                            what, i, c->block_out_channels[i], c->norm_num_groups);
@@ -358,14 +387,16 @@ static int parse_object(dc_unet_config *c, const cJSON *root, const char *what) 
         if (read_scalar(c, root, what, k))
             return -1;
     int shift = CHOICE(root, what, "resnet_time_scale_shift", "default", "default", "scale_shift");
+    int time = CHOICE(root, what, "time_embedding_type", "positional", "positional", "fourier");
     int act = CHOICE(root, what, "act_fn", "silu", "silu", "swish", "mish", "gelu");
     int cls = CHOICE(root, what, "class_embed_type", NULL, NULL, "timestep", "identity");
     /* null means "conv" (get_down_block's default) */
     int down = CHOICE(root, what, "downsample_type", "conv", "conv", NULL, "resnet");
     int up = CHOICE(root, what, "upsample_type", "conv", "conv", NULL, "resnet");
-    if (shift < 0 || act < 0 || cls < 0 || down < 0 || up < 0)
+    if (shift < 0 || time < 0 || act < 0 || cls < 0 || down < 0 || up < 0)
         return -1;
     c->scale_shift = shift == 1;
+    c->fourier = time == 1;
     c->act_fn = act < 2 ? DC_UNET_SILU : act == 2 ? DC_UNET_MISH : DC_UNET_GELU;
     c->class_embed_type = (dc_unet_class_embed)cls;
     if (read_sample_size(c, root, what) || read_channels(c, root, what) ||
@@ -444,6 +475,14 @@ void dc_unet_config_free(dc_unet_config *c) {
     memset(c, 0, sizeof *c);
 }
 
+int dc_unet_check_ddpm(const dc_unet_config *c, const char *what) {
+    if (c->fourier)
+        return dc_fail("%s: time_embedding_type \"fourier\" (an NCSN++ model) takes noise levels, "
+                       "not the DDPM timesteps of diffc's schedules and samplers",
+                       what);
+    return 0;
+}
+
 /* Identity class embeddings are vectors, not labels: no label means "no class". */
 int dc_unet_null_class(const dc_unet_config *c) {
     return c->num_class_embeds > 0 && c->class_embed_type != DC_UNET_CLASS_IDENTITY
@@ -464,28 +503,44 @@ static int64_t temb_dim(const dc_unet_config *c) {
     return c->time_embedding_dim ? c->time_embedding_dim : 4 * (int64_t)c->block_out_channels[0];
 }
 
-/* resample: 0, or -1 / 1 for a resnet down- / upsampler. */
-static void resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix, int64_t cin,
-                        int64_t cout, const dc_unet_config *c, float output_scale, int resample) {
+/* What distinguishes one ResnetBlock2D from another. resample: 0, -1 / 1
+ * average pool / nearest (resnet resampling), -2 / 2 the FIR kernel (Skip
+ * blocks); shortcut: a 1x1 conv_shortcut even when cin == cout. */
+typedef struct {
+    int64_t cin, cout;
+    int groups, groups_out;
+    float scale;
+    int resample;
+    bool shortcut;
+} resnet_shape;
+
+/* The common case: the config's groups, no resampling. */
+static resnet_shape plain(int64_t cin, int64_t cout, const dc_unet_config *c, float scale,
+                          int resample) {
+    return (resnet_shape){cin, cout, c->norm_num_groups, c->norm_num_groups, scale, resample, false};
+}
+
+static void resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix, resnet_shape s,
+                        const dc_unet_config *c) {
     char b[192];
-    int64_t temb = temb_dim(c);
-    dc_nn_group_norm_init(&r->norm1, ps, sub(b, sizeof b, prefix, "norm1"), c->norm_num_groups, cin,
+    int64_t temb = temb_dim(c), cin = s.cin, cout = s.cout;
+    dc_nn_group_norm_init(&r->norm1, ps, sub(b, sizeof b, prefix, "norm1"), s.groups, cin,
                           c->norm_eps);
     dc_nn_conv2d_init(&r->conv1, ps, sub(b, sizeof b, prefix, "conv1"), cin, cout, 3, 1, 1, true);
     dc_nn_linear_init(&r->time_emb_proj, ps, sub(b, sizeof b, prefix, "time_emb_proj"), temb,
                       c->scale_shift ? 2 * cout : cout, true);
-    dc_nn_group_norm_init(&r->norm2, ps, sub(b, sizeof b, prefix, "norm2"), c->norm_num_groups,
-                          cout, c->norm_eps);
+    dc_nn_group_norm_init(&r->norm2, ps, sub(b, sizeof b, prefix, "norm2"), s.groups_out, cout,
+                          c->norm_eps);
     dc_nn_conv2d_init(&r->conv2, ps, sub(b, sizeof b, prefix, "conv2"), cout, cout, 3, 1, 1, true);
-    if (cin != cout)
+    if (cin != cout || s.shortcut)
         dc_nn_conv2d_init(&r->conv_shortcut, ps, sub(b, sizeof b, prefix, "conv_shortcut"), cin,
                           cout, 1, 1, 0, true);
     r->out_channels = cout;
     r->scale_shift = c->scale_shift;
     r->act = c->act_fn;
-    r->resample = resample;
+    r->resample = s.resample;
     r->dropout = c->dropout;
-    r->output_scale_factor = output_scale;
+    r->output_scale_factor = s.scale;
 }
 
 /* groups 0: no group_norm (the mid block under scale_shift). */
@@ -528,11 +583,11 @@ static int down_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, i
     }
     for (int j = 0; j < n; j++) {
         snprintf(q, sizeof q, "down_blocks.%d.resnets.%d", i, j);
-        resnet_init(&b->resnets[j], ps, q, j ? cout : cin, cout, c, 1.0f, 0);
+        resnet_init(&b->resnets[j], ps, q, plain(j ? cout : cin, cout, c, 1.0f, 0), c);
     }
     if (i < c->levels - 1 && c->down_resample[i] == DC_UNET_RESAMPLE_RESNET) {
         snprintf(q, sizeof q, "down_blocks.%d.downsamplers.0", i);
-        resnet_init(&b->resnet_sampler, ps, q, cout, cout, c, 1.0f, -1);
+        resnet_init(&b->resnet_sampler, ps, q, plain(cout, cout, c, 1.0f, -1), c);
     } else if (i < c->levels - 1) {
         snprintf(q, sizeof q, "down_blocks.%d.downsamplers.0.conv", i);
         dc_nn_conv2d_init(&b->sampler, ps, q, cout, cout, 3, 2, c->downsample_padding, true);
@@ -560,11 +615,11 @@ static int up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int
     for (int j = 0; j < n; j++) {
         snprintf(q, sizeof q, "up_blocks.%d.resnets.%d", i, j);
         int cin = (j ? cout : prev) + (j == n - 1 ? skip_last : cout);
-        resnet_init(&b->resnets[j], ps, q, cin, cout, c, 1.0f, 0);
+        resnet_init(&b->resnets[j], ps, q, plain(cin, cout, c, 1.0f, 0), c);
     }
     if (i < L - 1 && c->up_resample[i] == DC_UNET_RESAMPLE_RESNET) {
         snprintf(q, sizeof q, "up_blocks.%d.upsamplers.0", i);
-        resnet_init(&b->resnet_sampler, ps, q, cout, cout, c, 1.0f, 1);
+        resnet_init(&b->resnet_sampler, ps, q, plain(cout, cout, c, 1.0f, 1), c);
     } else if (i < L - 1) {
         snprintf(q, sizeof q, "up_blocks.%d.upsamplers.0.conv", i);
         dc_nn_conv2d_init(&b->sampler, ps, q, cout, cout, 3, 1, 1, true);
@@ -572,19 +627,101 @@ static int up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int
     return 0;
 }
 
+/* The Skip blocks' norms: min(channels / 4, 32) groups, whatever norm_num_groups says. */
+static int skip_groups(int64_t channels) { return (int)(channels / 4 < 32 ? channels / 4 : 32); }
+
+#define SKIP_SCALE 1.41421356237309504880f /* the Skip blocks' output_scale_factor, sqrt(2) */
+#define SKIP_ATTN_GROUPS 32                /* their attention norms' groups, fixed */
+
+/* SkipDownBlock2D / AttnSkipDownBlock2D `i`: resnets (and attentions) as
+ * DownBlock2D's with the Skip blocks' groups and scale; then, but on the last
+ * level, resnet_down (FIR, its own 1x1 shortcut) and skip_conv (the image,
+ * FIR-downsampled, 3 -> C). */
+static int skip_down_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int i) {
+    char q[128];
+    int n = c->layers_per_block, cout = c->block_out_channels[i];
+    int cin = c->block_out_channels[i > 0 ? i - 1 : 0];
+    if (block_alloc(b, n, c->down_attn[i] ? n : 0))
+        return -1;
+    b->skip = true;
+    for (int j = 0; b->attentions && j < n; j++) {
+        snprintf(q, sizeof q, "down_blocks.%d.attentions.%d", i, j);
+        attention_init(&b->attentions[j], ps, q, cout, c, SKIP_ATTN_GROUPS, SKIP_SCALE);
+    }
+    for (int j = 0; j < n; j++) {
+        int in = j ? cout : cin;
+        snprintf(q, sizeof q, "down_blocks.%d.resnets.%d", i, j);
+        resnet_init(&b->resnets[j], ps, q,
+                    (resnet_shape){in, cout, skip_groups(in), skip_groups(cout), SKIP_SCALE, 0, false}, c);
+    }
+    if (i < c->levels - 1) {
+        int g = skip_groups(cout);
+        snprintf(q, sizeof q, "down_blocks.%d.resnet_down", i);
+        resnet_init(&b->resnet_sampler, ps, q, (resnet_shape){cout, cout, g, g, SKIP_SCALE, -2, true}, c);
+        snprintf(q, sizeof q, "down_blocks.%d.skip_conv", i);
+        dc_nn_conv2d_init(&b->skip_conv, ps, q, 3, cout, 1, 1, 0, true);
+    }
+    return 0;
+}
+
+/* SkipUpBlock2D / AttnSkipUpBlock2D `i` (0 = deepest): resnets wired as
+ * UpBlock2D's, one attention after them all; then, but on the last level,
+ * resnet_up (FIR) and skip_conv after skip_norm and silu (C -> 3). */
+static int skip_up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int i) {
+    char q[128];
+    const int *ch = c->block_out_channels;
+    int L = c->levels, n = c->layers_per_block + 1;
+    int cout = ch[L - 1 - i], prev = ch[L - 1 - (i > 0 ? i - 1 : 0)];
+    int skip_last = ch[L - 1 - (i + 1 < L ? i + 1 : L - 1)];
+    if (block_alloc(b, n, c->up_attn[i] ? 1 : 0))
+        return -1;
+    b->skip = true;
+    b->attn_after = b->attentions != NULL;
+    if (b->attentions) {
+        snprintf(q, sizeof q, "up_blocks.%d.attentions.0", i);
+        attention_init(&b->attentions[0], ps, q, cout, c, SKIP_ATTN_GROUPS, SKIP_SCALE);
+    }
+    for (int j = 0; j < n; j++) {
+        int in = j ? cout : prev, res = j == n - 1 ? skip_last : cout;
+        /* AttnSkipUpBlock2D's groups are min(in + res // 4, 32), a precedence slip in
+         * diffusers kept here: the same groups give the same output */
+        int groups = b->attentions ? (in + res / 4 < 32 ? in + res / 4 : 32) : skip_groups(in + res);
+        snprintf(q, sizeof q, "up_blocks.%d.resnets.%d", i, j);
+        resnet_init(&b->resnets[j], ps, q,
+                    (resnet_shape){in + res, cout, groups, skip_groups(cout), SKIP_SCALE, 0, false}, c);
+    }
+    if (i < L - 1) {
+        int g = skip_groups(cout);
+        snprintf(q, sizeof q, "up_blocks.%d.resnet_up", i);
+        resnet_init(&b->resnet_sampler, ps, q, (resnet_shape){cout, cout, g, g, SKIP_SCALE, 2, true}, c);
+        snprintf(q, sizeof q, "up_blocks.%d.skip_conv", i);
+        dc_nn_conv2d_init(&b->skip_conv, ps, q, cout, 3, 3, 1, 1, true);
+        snprintf(q, sizeof q, "up_blocks.%d.skip_norm", i);
+        dc_nn_group_norm_init(&b->skip_norm, ps, q, g, cout, c->norm_eps);
+    }
+    return 0;
+}
+
+/* The groups of the norms outside the blocks (mid block, conv_norm_out) over
+ * `channels`: norm_num_groups, or when null min(channels / 4, 32), as UNet2DModel. */
+static int outer_groups(const dc_unet_config *c, int64_t channels) {
+    return c->norm_num_groups ? c->norm_num_groups : skip_groups(channels);
+}
+
 /* UNetMidBlock2D: resnet, [attention], resnet, all scaled by mid_block_scale_factor. */
 static int mid_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c) {
-    int ch = c->block_out_channels[c->levels - 1];
+    int ch = c->block_out_channels[c->levels - 1], rg = outer_groups(c, ch);
     int groups = c->attn_norm_num_groups ? c->attn_norm_num_groups
                  : c->scale_shift        ? 0
-                                         : c->norm_num_groups;
+                                         : rg;
     float s = c->mid_block_scale_factor;
     if (block_alloc(b, 2, c->add_attention ? 1 : 0))
         return -1;
     if (b->attentions)
         attention_init(&b->attentions[0], ps, "mid_block.attentions.0", ch, c, groups, s);
-    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", ch, ch, c, s, 0);
-    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", ch, ch, c, s, 0);
+    resnet_shape shape = {ch, ch, rg, rg, s, 0, false};
+    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", shape, c);
+    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", shape, c);
     return 0;
 }
 
@@ -614,23 +751,28 @@ int dc_unet_init(dc_unet *m, const dc_unet_config *c, dc_params *ps) {
         return -1;
     m->cfg = *c;
     m->cfg.json = NULL;
-    int64_t c0 = c->block_out_channels[0], temb = temb_dim(c);
+    int64_t c0 = c->block_out_channels[0], temb = temb_dim(c), proj = c->fourier ? 2 * c0 : c0;
     dc_nn_conv2d_init(&m->conv_in, ps, "conv_in", c->in_channels, c0, 3, 1, 1, true);
-    dc_nn_linear_init(&m->time_linear_1, ps, "time_embedding.linear_1", c0, temb, true);
+    if (c->fourier) /* GaussianFourierProjection(C0, scale=16): randn * 16 */
+        m->time_proj = dc_params_add(ps, "time_proj", "weight", DC_SHAPE(c0), DC_LAYOUT_PLAIN,
+                                     DC_INIT_NORMAL, 16.0f);
+    dc_nn_linear_init(&m->time_linear_1, ps, "time_embedding.linear_1", proj, temb, true);
     dc_nn_linear_init(&m->time_linear_2, ps, "time_embedding.linear_2", temb, temb, true);
     if (c->class_embed_type == DC_UNET_CLASS_TABLE && c->num_class_embeds)
         dc_nn_embedding_init(&m->class_embedding, ps, "class_embedding", c->num_class_embeds, temb);
     if (c->class_embed_type == DC_UNET_CLASS_TIMESTEP) {
-        dc_nn_linear_init(&m->class_linear_1, ps, "class_embedding.linear_1", c0, temb, true);
+        dc_nn_linear_init(&m->class_linear_1, ps, "class_embedding.linear_1", proj, temb, true);
         dc_nn_linear_init(&m->class_linear_2, ps, "class_embedding.linear_2", temb, temb, true);
     }
     int rc = 0;
     for (int i = 0; !rc && i < c->levels; i++)
-        rc = down_init(&m->down[i], ps, c, i);
+        rc = c->down_resample[i] == DC_UNET_RESAMPLE_FIR ? skip_down_init(&m->down[i], ps, c, i)
+                                                         : down_init(&m->down[i], ps, c, i);
     for (int i = 0; !rc && i < c->levels; i++)
-        rc = up_init(&m->up[i], ps, c, i);
+        rc = c->up_resample[i] == DC_UNET_RESAMPLE_FIR ? skip_up_init(&m->up[i], ps, c, i)
+                                                       : up_init(&m->up[i], ps, c, i);
     rc = rc ? rc : mid_init(&m->mid, ps, c);
-    dc_nn_group_norm_init(&m->conv_norm_out, ps, "conv_norm_out", c->norm_num_groups, c0,
+    dc_nn_group_norm_init(&m->conv_norm_out, ps, "conv_norm_out", outer_groups(c, c0), c0,
                           c->norm_eps);
     dc_nn_conv2d_init(&m->conv_out, ps, "conv_out", c0, c->out_channels, 3, 1, 1, true);
     if (rc || ps->failed) {
@@ -736,8 +878,13 @@ static dc_tensor *mlp(dc_ctx *ctx, const dc_nn_linear *l1, const dc_nn_linear *l
     return dc_nn_linear_forward(ctx, l2, dc_silu(ctx, dc_nn_linear_forward(ctx, l1, x)));
 }
 
-/* time_proj: timesteps [N] -> sinusoids [N, C0]. */
-static dc_tensor *time_proj(dc_ctx *ctx, const dc_unet_config *c, dc_tensor *t) {
+/* time_proj: timesteps [N] -> sinusoids [N, C0], or noise levels -> Gaussian
+ * Fourier features [N, 2 C0] (sin first: UNet2DModel does not pass
+ * flip_sin_to_cos to GaussianFourierProjection). */
+static dc_tensor *time_proj(dc_ctx *ctx, const dc_unet *m, dc_tensor *t) {
+    const dc_unet_config *c = &m->cfg;
+    if (c->fourier)
+        return dc_fourier_embedding(ctx, t, m->time_proj, false);
     return dc_timestep_embedding(ctx, t, c->block_out_channels[0], c->flip_sin_to_cos,
                                  c->freq_shift, MAX_PERIOD);
 }
@@ -746,16 +893,26 @@ static dc_tensor *time_proj(dc_ctx *ctx, const dc_unet_config *c, dc_tensor *t) 
  * projected timesteps, plus the class embedding. */
 static dc_tensor *time_embedding(dc_ctx *ctx, const dc_unet *m, dc_tensor *t, dc_tensor *y) {
     const dc_unet_config *c = &m->cfg;
-    dc_tensor *e = mlp(ctx, &m->time_linear_1, &m->time_linear_2, time_proj(ctx, c, t));
+    dc_tensor *e = mlp(ctx, &m->time_linear_1, &m->time_linear_2, time_proj(ctx, m, t));
     if (!y)
         return e;
     dc_tensor *ce = c->class_embed_type == DC_UNET_CLASS_TABLE
                         ? dc_nn_embedding_forward(ctx, &m->class_embedding, y)
                     : c->class_embed_type == DC_UNET_CLASS_TIMESTEP
-                        ? mlp(ctx, &m->class_linear_1, &m->class_linear_2, time_proj(ctx, c, y))
+                        ? mlp(ctx, &m->class_linear_1, &m->class_linear_2, time_proj(ctx, m, y))
                         : y;
     /* labels first: with one shared timestep e is [1, T] and broadcasts */
     return dc_add(ctx, ce, e);
+}
+
+/* A zero f32 tensor of `rows` x `cols` (no gradient). */
+static dc_tensor *zeros(dc_ctx *ctx, int64_t rows, int64_t cols) {
+    dc_tensor *z = dc_new(ctx, DC_F32, DC_SHAPE(rows, cols));
+    if (z && dc_memset(z->data, z->device, 0, dc_tensor_bytes(z))) {
+        ctx->failed = true;
+        return NULL;
+    }
+    return z;
 }
 
 /* F.avg_pool2d(x, 2): [N, H, W, C] -> [N, H/2, W/2, C], the mean of row
@@ -771,9 +928,67 @@ static dc_tensor *avg_pool2x(dc_ctx *ctx, dc_tensor *x) {
     return dc_reshape(ctx, dc_scale(ctx, cols, 0.25f), DC_SHAPE(n, h, w, c));
 }
 
+/* The FIR resampling of diffusers' upsample_2d / downsample_2d with the
+ * kernel (1, 3, 3, 1): separable, so one axis at a time. x is viewed as
+ * [rows, len * ch]: `len` positions of `ch` values along the axis. */
+
+/* Each position's neighbour one before (prev) or after (next), zero past the ends. */
+static dc_tensor *neighbour(dc_ctx *ctx, dc_tensor *x, int64_t rows, int64_t len, int64_t ch,
+                            bool prev) {
+    dc_tensor *z = zeros(ctx, rows, ch);
+    return prev ? dc_slice(ctx, dc_concat(ctx, z, x), 0, len * ch)
+                : dc_slice(ctx, dc_concat(ctx, x, z), ch, len * ch);
+}
+
+/* a * s + b * t. */
+static dc_tensor *mix(dc_ctx *ctx, dc_tensor *a, float s, dc_tensor *b, float t) {
+    return dc_add(ctx, dc_scale(ctx, a, s), dc_scale(ctx, b, t));
+}
+
+/* Up by 2: out[2i] = (x[i-1] + 3 x[i]) / 4, out[2i+1] = (3 x[i] + x[i+1]) / 4;
+ * [rows, len * ch] -> [rows, 2 len * ch], the two interleaved by a concat. */
+static dc_tensor *fir_up_axis(dc_ctx *ctx, dc_tensor *x, int64_t rows, int64_t len, int64_t ch) {
+    x = dc_reshape(ctx, x, DC_SHAPE(rows, len * ch));
+    dc_tensor *even = mix(ctx, neighbour(ctx, x, rows, len, ch, true), 0.25f, x, 0.75f);
+    dc_tensor *odd = mix(ctx, x, 0.75f, neighbour(ctx, x, rows, len, ch, false), 0.25f);
+    dc_tensor *both = dc_concat(ctx, dc_reshape(ctx, even, DC_SHAPE(rows * len, ch)),
+                                dc_reshape(ctx, odd, DC_SHAPE(rows * len, ch)));
+    return dc_reshape(ctx, both, DC_SHAPE(rows, 2 * len * ch));
+}
+
+/* Down by 2: out[j] = (x[2j-1] + 3 x[2j] + 3 x[2j+1] + x[2j+2]) / 8;
+ * [rows, len * ch] -> [rows, len / 2 * ch], from the even (a) and odd (b) positions. */
+static dc_tensor *fir_down_axis(dc_ctx *ctx, dc_tensor *x, int64_t rows, int64_t len, int64_t ch) {
+    int64_t half = len / 2;
+    dc_tensor *pairs = dc_reshape(ctx, x, DC_SHAPE(rows * half, 2 * ch));
+    dc_tensor *a = dc_reshape(ctx, dc_slice(ctx, pairs, 0, ch), DC_SHAPE(rows, half * ch));
+    dc_tensor *b = dc_reshape(ctx, dc_slice(ctx, pairs, ch, ch), DC_SHAPE(rows, half * ch));
+    dc_tensor *outer = dc_add(ctx, neighbour(ctx, b, rows, half, ch, true),
+                              neighbour(ctx, a, rows, half, ch, false));
+    return mix(ctx, outer, 0.125f, dc_add(ctx, a, b), 0.375f);
+}
+
+/* upsample_2d / downsample_2d of x [N, H, W, C]: along W, then along H (rows
+ * of W * C values). */
+static dc_tensor *fir_resample(dc_ctx *ctx, dc_tensor *x, bool up) {
+    if (!x)
+        return NULL;
+    int64_t n = x->shape[0], h = x->shape[1], w = x->shape[2], c = x->shape[3];
+    int64_t w2 = up ? 2 * w : w / 2, h2 = up ? 2 * h : h / 2;
+    dc_tensor *y = up ? fir_up_axis(ctx, x, n * h, w, c) : fir_down_axis(ctx, x, n * h, w, c);
+    y = up ? fir_up_axis(ctx, y, n, h, w2 * c) : fir_down_axis(ctx, y, n, h, w2 * c);
+    return dc_reshape(ctx, y, DC_SHAPE(n, h2, w2, c));
+}
+
 /* A resnet's down=True / up=True resampling, or x itself. */
 static dc_tensor *resnet_resample(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x) {
-    return r->resample < 0 ? avg_pool2x(ctx, x) : r->resample > 0 ? dc_upsample2x(ctx, x) : x;
+    switch (r->resample) {
+    case -2: return fir_resample(ctx, x, false);
+    case -1: return avg_pool2x(ctx, x);
+    case 1: return dc_upsample2x(ctx, x);
+    case 2: return fir_resample(ctx, x, true);
+    default: return x;
+    }
 }
 
 /* x [N, H, W, C], temb = act(emb) [N or 1, T] -> [N, H', W', Cout] (H' = H
@@ -822,16 +1037,6 @@ static dc_tensor *attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_
     return a->rescale_output_factor == 1.0f ? o : dc_scale(ctx, o, 1.0f / a->rescale_output_factor);
 }
 
-/* A zero f32 tensor of `rows` x `cols` (no gradient). */
-static dc_tensor *zeros(dc_ctx *ctx, int64_t rows, int64_t cols) {
-    dc_tensor *z = dc_new(ctx, DC_F32, DC_SHAPE(rows, cols));
-    if (z && dc_memset(z->data, z->device, 0, dc_tensor_bytes(z))) {
-        ctx->failed = true;
-        return NULL;
-    }
-    return z;
-}
-
 /* F.pad(x, (0, 1, 0, 1)) in NHWC: [N, H, W, C] -> [N, H+1, W+1, C] with a zero
  * column on the right and a zero row at the bottom, from concatenations along
  * the last dimension of reshaped views. */
@@ -863,6 +1068,43 @@ static dc_tensor *resample(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h, dc
     return dc_nn_conv2d_forward(ctx, &b->sampler, h);
 }
 
+/* One up block: its resnets on the skip tensors popped from skips[..*top],
+ * its attentions, its resampler; a Skip block also carries *image up and
+ * adds its own image to it. */
+static dc_tensor *up_block_forward(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h,
+                                   dc_tensor *temb, dc_tensor **skips, int *top,
+                                   dc_tensor **image) {
+    for (int j = 0; j < b->n_layers; j++) {
+        h = resnet_forward(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--*top]), temb);
+        if (b->attentions && !b->attn_after)
+            h = attention_forward(ctx, &b->attentions[j], h);
+    }
+    if (b->attn_after)
+        h = attention_forward(ctx, &b->attentions[0], h);
+    if (b->skip && *image)
+        *image = fir_resample(ctx, *image, true);
+    if (b->skip && has_sampler(b)) {
+        dc_tensor *s = dc_nn_group_norm_silu_forward(ctx, &b->skip_norm, h);
+        s = dc_nn_conv2d_forward(ctx, &b->skip_conv, s);
+        *image = *image ? dc_add(ctx, *image, s) : s;
+    }
+    return has_sampler(b) ? resample(ctx, b, h, temb, true) : h;
+}
+
+/* out / t per sample, as UNet2DModel does with a fourier time embedding: t
+ * [N] or [1] (f32 or i32, data) is read to the host for its reciprocals. */
+static dc_tensor *divide_by_noise_level(dc_ctx *ctx, dc_tensor *out, dc_tensor *t) {
+    if (!out)
+        return NULL;
+    int64_t n = t->shape[0];
+    float *host = dc_arena_alloc(&ctx->meta, (size_t)n * sizeof *host);
+    if (!host || dc_memcpy(host, DC_CPU, t->data, t->device, (size_t)n * sizeof *host))
+        return forward_fail(ctx, "%s", dc_error());
+    for (int64_t i = 0; i < n; i++)
+        host[i] = 1.0f / (t->dtype == DC_I32 ? (float)((int32_t *)host)[i] : host[i]);
+    return dc_mul(ctx, out, dc_from_host(ctx, DC_F32, DC_SHAPE(n, 1, 1, 1), host));
+}
+
 /* How many skip tensors the down path leaves for the up path. */
 static int skip_count(const dc_unet *m) {
     int n = 1; /* conv_in's output */
@@ -886,6 +1128,7 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
         return forward_fail(ctx, "%s", dc_error());
     dc_tensor *temb = activation(ctx, c->act_fn, time_embedding(ctx, m, t, class_labels));
     dc_tensor *h = c->center_input_sample ? dc_affine(ctx, x, 2.0f, -1.0f) : x;
+    dc_tensor *image = h; /* the Skip blocks' skip_sample, down the levels */
     h = dc_nn_conv2d_forward(ctx, &m->conv_in, h);
     int top = 0;
     skips[top++] = h;
@@ -898,24 +1141,26 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
             skips[top++] = h;
         }
         if (has_sampler(b))
-            skips[top++] = h = resample(ctx, b, h, temb, false);
+            h = resample(ctx, b, h, temb, false);
+        if (has_sampler(b) && b->skip) {
+            image = fir_resample(ctx, image, false);
+            h = dc_add(ctx, dc_nn_conv2d_forward(ctx, &b->skip_conv, image), h);
+        }
+        if (has_sampler(b))
+            skips[top++] = h;
     }
     h = resnet_forward(ctx, &m->mid.resnets[0], h, temb);
     if (m->mid.attentions)
         h = attention_forward(ctx, &m->mid.attentions[0], h);
     h = resnet_forward(ctx, &m->mid.resnets[1], h, temb);
-    for (int i = 0; i < c->levels; i++) {
-        const dc_unet_block *b = &m->up[i];
-        for (int j = 0; j < b->n_layers; j++) {
-            h = resnet_forward(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--top]), temb);
-            if (b->attentions)
-                h = attention_forward(ctx, &b->attentions[j], h);
-        }
-        if (has_sampler(b))
-            h = resample(ctx, b, h, temb, true);
-    }
+    dc_tensor *out_skip = NULL; /* the up Skip blocks' skip_sample (NULL: diffusers' 0) */
+    for (int i = 0; i < c->levels; i++)
+        h = up_block_forward(ctx, &m->up[i], h, temb, skips, &top, &out_skip);
     h = dc_nn_group_norm_silu_forward(ctx, &m->conv_norm_out, h);
-    return dc_nn_conv2d_forward(ctx, &m->conv_out, h);
+    h = dc_nn_conv2d_forward(ctx, &m->conv_out, h);
+    if (out_skip)
+        h = dc_add(ctx, h, out_skip);
+    return c->fourier ? divide_by_noise_level(ctx, h, t) : h;
 }
 
 /* ==== old attention names ==== */

@@ -14,15 +14,23 @@
  * UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D and UNetMidBlock2D with or
  * without attention; downsample_type / upsample_type "conv" or "resnet"
  * (followed by the attention blocks, ignored by the plain ones, as in
- * diffusers); conv down- and upsampling (downsample_padding 0 or 1);
- * resnet_time_scale_shift "default" and "scale_shift"; act_fn silu (swish),
- * mish and gelu; the positional (sinusoidal) time embedding and
- * time_embedding_dim; class conditioning through num_class_embeds or
- * class_embed_type "timestep" / "identity"; dropout. Anything else in a config
- * that would change the network (a fourier time embedding, another block, another
- * activation) is refused with the key and its value. Keys UNet2DModel does not
- * know are ignored, as diffusers ignores them. Weights may be sharded or a
- * variant (dc_unet_find).
+ * diffusers); conv down- and upsampling (downsample_padding 0 or 1); the
+ * Skip blocks of NCSN++ (SkipDownBlock2D, AttnSkipDownBlock2D, SkipUpBlock2D,
+ * AttnSkipUpBlock2D: FIR resampling and the image-sized skip path, at every
+ * level of a path), with norm_num_groups null; resnet_time_scale_shift
+ * "default" and "scale_shift"; act_fn silu (swish), mish and gelu; the
+ * positional (sinusoidal) and fourier (Gaussian Fourier projection of the
+ * noise level, output divided by it) time embeddings, time_embedding_dim;
+ * class conditioning through num_class_embeds or class_embed_type
+ * "timestep" / "identity"; dropout. Anything else in a config that would
+ * change the network (time_embedding_type "learned", another block, another
+ * activation) is refused with the key and its value. Keys UNet2DModel does
+ * not know are ignored, as diffusers ignores them. Weights may be sharded or
+ * a variant (dc_unet_find).
+ *
+ * time_proj.weight, the fourier frequencies, is frozen in diffusers
+ * (requires_grad False): it gets no gradient here either, but diffc's AdamW
+ * still applies weight decay to it.
  *
  * Class conditioning and classifier-free guidance: by this project's
  * convention the last class label, num_class_embeds - 1, means "no class"
@@ -58,6 +66,10 @@ typedef enum {
     DC_UNET_RESAMPLE_CONV,   /* Downsample2D (conv, stride 2) / Upsample2D (nearest 2x, conv) */
     DC_UNET_RESAMPLE_RESNET, /* a ResnetBlock2D with down=True (2x2 average pool) / up=True
                                 (nearest 2x) applied to its input and after norm1 */
+    DC_UNET_RESAMPLE_FIR,    /* a Skip block (SkipDownBlock2D, AttnSkipDownBlock2D, SkipUpBlock2D,
+                                AttnSkipUpBlock2D), at every level of its path: resnets that
+                                resample with the FIR kernel (1, 3, 3, 1), and the image-sized
+                                skip path of NCSN++ */
 } dc_unet_resample;
 
 /* Plausible sizes, generous for real models (published UNet2DModels have at
@@ -77,6 +89,8 @@ typedef struct dc_unet_config {
     int in_channels, out_channels;
     bool center_input_sample; /* x -> 2x - 1 before conv_in */
     bool flip_sin_to_cos;     /* time embedding [cos, sin] instead of [sin, cos] */
+    bool fourier;             /* time_embedding_type "fourier": GaussianFourierProjection of
+                                 the noise level, the output divided by it; else "positional" */
     float freq_shift;         /* downscale_freq_shift of the time embedding */
     int levels;               /* len(block_out_channels) */
     int block_out_channels[DC_UNET_MAX_LEVELS]; /* [levels] */
@@ -89,7 +103,7 @@ typedef struct dc_unet_config {
     int downsample_padding; /* 1, or 0: pad bottom and right by one, then an unpadded conv */
     float dropout;
     int attention_head_dim; /* 0 (null): one head over all channels */
-    int norm_num_groups;
+    int norm_num_groups;      /* 0 (null): min(C / 4, 32) per norm (only with Skip blocks) */
     int attn_norm_num_groups; /* the mid attention's norm; 0 (null): norm_num_groups with
                                  "default", no norm with "scale_shift" (as diffusers) */
     float norm_eps;
@@ -109,6 +123,11 @@ int dc_unet_config_load(dc_unet_config *c, const char *path);
 /* Write the original text back (to "<path>.tmp", synced, then renamed). */
 int dc_unet_config_save(const dc_unet_config *c, const char *path);
 void dc_unet_config_free(dc_unet_config *c);
+/* 0 when the model takes the integer DDPM timesteps that diffc's noise
+ * schedules and samplers give it; an error naming `what` for a fourier time
+ * embedding (NCSN++), which takes noise levels: its log of timestep 0 is
+ * -inf, and it needs a score-SDE sampler diffc does not have. */
+int dc_unet_check_ddpm(const dc_unet_config *c, const char *what);
 /* The "no class" label for classifier-free guidance, or -1 when unconditional. */
 int dc_unet_null_class(const dc_unet_config *c);
 
@@ -145,14 +164,20 @@ typedef struct dc_unet_block {
     dc_unet_attention *attentions; /* [n_layers] (mid: [n_layers - 1]); NULL without attention */
     dc_nn_conv2d
         sampler; /* downsamplers.0.conv / upsamplers.0.conv; weight NULL on the last level */
-    dc_unet_resnet resnet_sampler; /* downsamplers.0 / upsamplers.0 with resnet resampling */
+    dc_unet_resnet resnet_sampler; /* downsamplers.0 / upsamplers.0 with resnet resampling;
+                                      resnet_down / resnet_up in a Skip block */
     bool pad_bottom_right;         /* downsample_padding 0 */
+    bool skip;                     /* a Skip block: it carries the image-sized skip path */
+    bool attn_after;               /* AttnSkipUpBlock2D: one attention after all resnets */
+    dc_nn_conv2d skip_conv;        /* Skip blocks with a resampler: down 1x1 3 -> C, up 3x3 C -> 3 */
+    dc_nn_group_norm skip_norm;    /* up Skip blocks with a resampler: before skip_conv */
 } dc_unet_block;
 
 typedef struct dc_unet {
     dc_unet_config cfg;              /* a copy, without the text */
     dc_nn_conv2d conv_in;            /* in_channels -> block_out_channels[0] */
-    dc_nn_linear time_linear_1;      /* time_embedding.linear_1: [C0] -> [T = 4 C0] */
+    dc_tensor *time_proj;            /* time_proj.weight [C0]: the fourier frequencies, or NULL */
+    dc_nn_linear time_linear_1;      /* time_embedding.linear_1: [C0 (fourier: 2 C0)] -> [T = 4 C0] */
     dc_nn_linear time_linear_2;      /* time_embedding.linear_2: [T] -> [T] */
     dc_nn_embedding class_embedding; /* [num_class_embeds, T]; weight NULL but for CLASS_TABLE */
     dc_nn_linear class_linear_1;     /* class_embedding.linear_1: [C0] -> [T] (CLASS_TIMESTEP) */

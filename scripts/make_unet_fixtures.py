@@ -28,6 +28,13 @@ Models:
                class_embed_type "identity" (input.y holds the embeddings, F32
                [N, T]); time_embedding_dim 24 (not 4 x 8); upsample_type "resnet"
                on an UpBlock2D, which ignores it.
+  fourier_skip an NCSN++ model: time_embedding_type fourier (GaussianFourierProjection
+               of the noise level, the output divided by it), SkipDownBlock2D,
+               AttnSkipDownBlock2D, AttnSkipUpBlock2D, SkipUpBlock2D (FIR resampling
+               resnets, the image-sized skip path), mid_block_scale_factor sqrt(2);
+               2 levels of 32 channels (the Skip attentions' norms have 32 groups),
+               norm_num_groups null (the mid block and conv_norm_out take
+               min(C / 4, 32) groups), noise levels 0.5 and 12.
   sharded_fp16 the weights saved as diffusers saves a large model's fp16 variant:
                diffusion_pytorch_model.fp16-0000K-of-0000N.safetensors shards (F16)
                and diffusion_pytorch_model.safetensors.index.fp16.json, and no
@@ -35,8 +42,9 @@ Models:
 tests/fixtures/unet_configs.json: configs from the wild with the parameter
 count (tensors and elements) UNet2DModel gives each: the defaults ({}),
 google/ddpm-cifar10-32's config.json (as published, diffusers 0.0.4: no
-attention_head_dim, so 8 applies) and the model of diffusers'
-train_unconditional.py example.
+attention_head_dim, so 8 applies), the model of diffusers'
+train_unconditional.py example, and an NCSN++ model (Skip blocks, fourier
+time embedding, norm_num_groups null) in the shape of google/ncsnpp-*'s.
 reference.safetensors holds the inputs in our NHWC layout: input.x [N, H, W, C],
 input.t [N] (F32, or I32 for integer timesteps), input.y [N] I32 (class labels,
 attn_class only), input.r [N, H, W, out] (the loss weights); output [N, H, W, out];
@@ -47,7 +55,7 @@ measure only our float32 error (diffusers computes the timestep embedding and
 the attention softmax in float32 even then). __metadata__: dropout_layers is the
 number of resnets that apply dropout in training, timesteps "F32" or "I32".
 
-Arguments name the models to write (default: all, and unet_configs.json);
+Arguments name the models to write ("configs": unet_configs.json; default: all);
 each model draws from its own seed, so one can be remade alone. attn_class,
 scale_shift, legacy and unet_configs.json were made with diffusers 0.27.2
 (torch 1.13); mish_resnet and gelu_identity with diffusers 0.42.1 (torch 2.15):
@@ -104,6 +112,13 @@ MODELS = {
                     resnet_time_scale_shift="scale_shift", class_embed_type="identity",
                     time_embedding_dim=24),
         n=2, h=8, w=8, t=[40.0, 900.0], y_embed=24),
+    "fourier_skip": dict(
+        config=dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=[32, 32],
+                    layers_per_block=1, norm_num_groups=None, attention_head_dim=16,
+                    time_embedding_type="fourier", mid_block_scale_factor=math.sqrt(2.0),
+                    down_block_types=["SkipDownBlock2D", "AttnSkipDownBlock2D"],
+                    up_block_types=["AttnSkipUpBlock2D", "SkipUpBlock2D"]),
+        n=2, h=8, w=8, t=[0.5, 12.0]),
     "sharded_fp16": dict(
         config=dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16],
                     layers_per_block=1, norm_num_groups=4, attention_head_dim=4,
@@ -130,7 +145,7 @@ def grad_names(model):
     and the big ones that each stand for a kind: conv_in/conv_out, the time MLP,
     the class table, the first attention's projections, the first shortcut,
     down- and upsampler convs and an up-block resnet's convs."""
-    names = [n for n, p in model.named_parameters() if p.numel() <= 256]
+    names = [n for n, p in model.named_parameters() if p.numel() <= 256 and p.requires_grad]
     firsts = ["conv_in.weight", "conv_out.weight", "time_embedding.linear_1.weight",
               "time_embedding.linear_2.weight", "class_embedding.weight", "class_embedding.linear_1.weight",
               "class_embedding.linear_2.weight"]
@@ -138,10 +153,11 @@ def grad_names(model):
                     "attentions.0.to_out.0.weight", "conv_shortcut.weight", "downsamplers.0.conv.weight",
                     "upsamplers.0.conv.weight", "up_blocks.0.resnets.0.conv1.weight",
                     "up_blocks.0.resnets.0.conv2.weight", "mid_block.resnets.1.conv2.weight",
-                    "time_emb_proj.weight", "downsamplers.0.conv1.weight", "upsamplers.0.conv2.weight"]:
+                    "time_emb_proj.weight", "downsamplers.0.conv1.weight", "upsamplers.0.conv2.weight",
+                    "resnet_down.conv_shortcut.weight", "resnet_up.conv1.weight", "skip_conv.weight"]:
         match = [n for n, _ in model.named_parameters() if n.endswith(pattern)]
         firsts += match[:1]
-    have = dict(model.named_parameters())
+    have = {n: p for n, p in model.named_parameters() if p.requires_grad}  # not time_proj.weight (frozen)
     # to_k.bias has no gradient in exact arithmetic (softmax ignores a shift
     # shared by all keys): its float64 reference is rounding noise
     return sorted((set(names) | {n for n in firsts if n in have}) - {n for n in have if n.endswith("to_k.bias")})
@@ -248,6 +264,20 @@ CIFAR10 = {
     "out_channels": 3, "sample_size": 32, "time_embedding_type": "positional",
     "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
 }
+# an NCSN++ model as diffusers' score_sde_ve pipelines hold one (google/ncsnpp-*): fourier
+# time embedding, Skip blocks at every level, norm_num_groups null; written here at 64x64
+# (5 levels), not downloaded
+NCSNPP = {
+    "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None,
+    "block_out_channels": [64, 128, 128, 128, 128], "center_input_sample": False,
+    "down_block_types": ["SkipDownBlock2D", "SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D",
+                         "SkipDownBlock2D"],
+    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 3,
+    "layers_per_block": 2, "mid_block_scale_factor": 1.41421356237, "norm_eps": 1e-06,
+    "norm_num_groups": None, "out_channels": 3, "sample_size": 64, "time_embedding_type": "fourier",
+    "up_block_types": ["SkipUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D",
+                       "SkipUpBlock2D"],
+}
 # examples/unconditional_image_generation/train_unconditional.py, resolution 64
 TRAIN_UNCONDITIONAL = dict(
     sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
@@ -260,7 +290,7 @@ TRAIN_UNCONDITIONAL = dict(
 def wild_configs():
     out = {}
     for name, config in [("default", {}), ("ddpm_cifar10_32", CIFAR10),
-                         ("train_unconditional", TRAIN_UNCONDITIONAL)]:
+                         ("train_unconditional", TRAIN_UNCONDITIONAL), ("ncsnpp_64", NCSNPP)]:
         kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
         state = UNet2DModel(**kwargs).state_dict()
         out[name] = {"config": config, "tensors": len(state), "numel": sum(t.numel() for t in state.values())}
@@ -272,12 +302,13 @@ def wild_configs():
 
 
 def main():
-    names = sys.argv[1:] or list(MODELS)
+    names = sys.argv[1:] or list(MODELS) + ["configs"]
     for name in names:
         torch.manual_seed(20240612 + zlib.crc32(name.encode()))
-        make(name, MODELS[name])
-    if not sys.argv[1:]:
-        wild_configs()
+        if name == "configs":
+            wild_configs()
+        else:
+            make(name, MODELS[name])
 
 
 if __name__ == "__main__":

@@ -507,6 +507,10 @@ START_TEST(test_variants) {
     tu_assert_user_error(SAMPLE("--model", CLASS_MODEL, "--variant", "../unet_legacy/x", "--output-dir",
                                 tu_path("o")),
                          "not a variant name");
+    /* an NCSN++ model loads, but takes noise levels, not DDPM timesteps */
+    tu_assert_user_error(SAMPLE("--model", "tests/fixtures/unet_fourier_skip", "--output-dir", tu_path("o")),
+                         "unet_fourier_skip/config.json: time_embedding_type \"fourier\" (an NCSN++ model) "
+                         "takes noise levels");
     tu_rmtemp();
 }
 END_TEST

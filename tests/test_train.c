@@ -523,6 +523,10 @@ START_TEST(test_finetune_from_a_sharded_variant) {
     tu_assert_user_error(tu_run_diffc(train_args("--pretrained-model", fixture, "data", "b", "1", bad)),
                          "no variant 'bf16'");
     tu_assert_user_error(train("c", "1", bad), "--variant bf16: only --pretrained-model has weight variants");
+    /* an NCSN++ model takes noise levels, not the DDPM timesteps training draws */
+    tu_assert_user_error(
+        tu_run_diffc(train_args("--pretrained-model", "tests/fixtures/unet_fourier_skip", "data", "d", "1", NULL)),
+        "time_embedding_type \"fourier\" (an NCSN++ model) takes noise levels");
     tu_rmtemp();
 }
 END_TEST

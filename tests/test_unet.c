@@ -31,9 +31,9 @@
 #define FWD_TOL 1e-5
 #define BWD_TOL 5e-5
 
-static const char *const models[] = {"attn_class",  "scale_shift",   "legacy",
-                                     "mish_resnet", "gelu_identity", "sharded_fp16"};
-#define N_MODELS 6
+static const char *const models[] = {"attn_class",    "scale_shift",  "legacy",      "mish_resnet",
+                                     "gelu_identity", "sharded_fp16", "fourier_skip"};
+#define N_MODELS 7
 
 typedef struct {
     dc_unet_config cfg;
@@ -369,7 +369,7 @@ START_TEST(test_wild_configs) {
         dc_unet_config_free(&c);
         free(json);
     }
-    ck_assert_int_eq(count, 3);
+    ck_assert_int_eq(count, 4);
     cJSON_Delete(root);
 }
 END_TEST
@@ -399,8 +399,9 @@ END_TEST
 
 START_TEST(test_bad_configs) {
     static const char *const cases[][2] = {
-        {"{\"time_embedding_type\": \"fourier\"}",
-         "test.json: time_embedding_type \"fourier\" is not supported (supported: \"positional\")"},
+        {"{\"time_embedding_type\": \"learned\"}",
+         "test.json: time_embedding_type \"learned\" is not supported (supported: \"positional\", "
+         "\"fourier\")"},
         {"{\"time_embedding_type\": null}", "time_embedding_type null is not supported"},
         {"{\"class_embed_type\": \"projection\", \"num_class_embeds\": 4}",
          "class_embed_type \"projection\" is not supported (supported: null, \"timestep\", "
@@ -423,7 +424,16 @@ START_TEST(test_bad_configs) {
         {"{\"block_out_channels\": [32, 64], \"down_block_types\": [\"DownBlock2D\", "
          "\"DownBlock2D\"], "
          "\"up_block_types\": [\"UpBlock2D\", \"SkipUpBlock2D\"]}",
-         "up_block_types[1] \"SkipUpBlock2D\" is not supported"},
+         "up_block_types mixes Skip blocks with others (levels 0 and 1): the skip path needs a "
+         "Skip block at every level or at none"},
+        {"{\"block_out_channels\": [32, 64], \"down_block_types\": [\"DownBlock2D\", "
+         "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\"]}",
+         "up_block_types[1] \"CrossAttnUpBlock2D\" is not supported (supported: UpBlock2D, "
+         "AttnUpBlock2D, ResnetUpsampleBlock2D, SkipUpBlock2D, AttnSkipUpBlock2D)"},
+        {"{\"block_out_channels\": [32, 64], \"down_block_types\": [\"SkipDownBlock2D\", "
+         "\"AttnSkipDownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"], "
+         "\"in_channels\": 1}",
+         "Skip blocks carry a 3-channel image (diffusers' skip_conv), but in_channels is 1"},
         {"{\"block_out_channels\": [32, 64], \"down_block_types\": [\"DownBlock2D\", "
          "\"DownBlock2D\", "
          "\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"]}",
@@ -454,7 +464,11 @@ START_TEST(test_bad_configs) {
         {"{\"mid_block_scale_factor\": 0}", "mid_block_scale_factor 0 must be finite and nonzero"},
         {"{\"sample_size\": [32]}", "sample_size must be an integer or [height, width]"},
         {"{\"sample_size\": -1}", "sample_size [-1, -1] must not be negative"},
-        {"{\"norm_num_groups\": null}", "norm_num_groups must be an integer, got null"},
+        {"{\"norm_num_groups\": null}",
+         "norm_num_groups null needs Skip blocks on both paths (the others have no groups of their "
+         "own)"},
+        {"{\"norm_num_groups\": 0}", "norm_num_groups 0 must be positive or null"},
+        {"{\"norm_num_groups\": \"4\"}", "norm_num_groups must be an integer, got a string"},
         /* plausible sizes (unet.h): just past each limit */
         {"{\"in_channels\": 16385}", "in_channels 16385 is implausibly large (diffc builds at most 16384)"},
         {"{\"out_channels\": 2000000000}", "out_channels 2000000000 is implausibly large"},
@@ -651,7 +665,8 @@ static dc_tensor *random_steps(dc_ctx *ctx, int64_t n) {
  * perturbed so their parameters matter) and inputs, for the input and one
  * parameter of each kind. attn_class: attention and class labels;
  * scale_shift with the padded downsampling; mish_resnet: resnet resampling,
- * timestep class embeddings; gelu_identity: identity class embeddings. */
+ * timestep class embeddings; gelu_identity: identity class embeddings;
+ * fourier_skip: the Skip blocks' FIR resampling and image path. */
 START_TEST(test_gradcheck_random) {
     static const char *const probe[] = {
         "conv_in.weight",
@@ -660,6 +675,9 @@ START_TEST(test_gradcheck_random) {
         "class_embedding.linear_1.weight",
         "down_blocks.0.downsamplers.0.conv1.weight",
         "up_blocks.1.upsamplers.0.norm1.bias",
+        "down_blocks.0.resnet_down.conv_shortcut.weight",
+        "up_blocks.0.skip_conv.weight",
+        "up_blocks.0.skip_norm.bias",
         "mid_block.attentions.0.to_k.weight",
         "down_blocks.1.attentions.0.group_norm.bias",
         "mid_block.resnets.0.time_emb_proj.weight",
@@ -669,7 +687,7 @@ START_TEST(test_gradcheck_random) {
         "conv_out.bias",
     };
     static const char *const names[] = {"attn_class", "scale_shift", "mish_resnet",
-                                        "gelu_identity"};
+                                        "gelu_identity", "fourier_skip"};
     const char *name = names[_i];
     fixture f;
     fixture_open(&f, name);
@@ -924,7 +942,7 @@ int main(void) {
     tcase_add_test(tc, test_weights_that_do_not_fit);
     tcase_add_test(tc, test_bad_inputs);
     tc = tu_tcase(s, "random", 60);
-    tcase_add_loop_test(tc, test_gradcheck_random, 0, 4);
+    tcase_add_loop_test(tc, test_gradcheck_random, 0, 5);
     tcase_add_test(tc, test_batch_invariance);
     tcase_add_test(tc, test_dropout);
     return tu_run(s);

@@ -194,7 +194,8 @@ static int load_model_config(trainer *tr, char **weights) {
     if (!rc)
         tr->unet_json = config_path ? dc_json_load(config_path) : dc_train_options_model_config(&tr->o);
     char *text = tr->unet_json && !override_dropout(tr) ? dc_json_print(tr->unet_json, true) : NULL;
-    rc = text ? dc_unet_config_parse(&tr->ucfg, text, config_path ? config_path : "the model config") : -1;
+    const char *what = config_path ? config_path : "the model config";
+    rc = text ? dc_unet_config_parse(&tr->ucfg, text, what) || dc_unet_check_ddpm(&tr->ucfg, what) : -1;
     free(text);
     free(config_path);
     return rc;
