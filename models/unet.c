@@ -410,10 +410,9 @@ static int parse_object(dc_unet_config *c, const cJSON *root, const char *what) 
 
 int dc_unet_config_parse(dc_unet_config *c, const char *json, const char *what) {
     memset(c, 0, sizeof *c);
-    cJSON *root = cJSON_Parse(json);
+    cJSON *root = dc_json_parse(json, strlen(json), what);
     if (!root)
-        return dc_fail("%s: not valid JSON (near \"%.24s\")", what,
-                       cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
+        return -1;
     int rc = parse_object(c, root, what);
     cJSON_Delete(root);
     if (!rc && !(c->json = strdup(json)))

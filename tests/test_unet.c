@@ -478,7 +478,7 @@ START_TEST(test_bad_configs) {
         {"{\"block_out_channels\": [32, 32, 32, 16416], \"norm_num_groups\": 32}",
          "block_out_channels 16416 is implausibly large"},
         {"[1, 2]", "test.json: a UNet config must be a JSON object, got an array"},
-        {"{\"in_channels\": 3", "test.json: not valid JSON"},
+        {"{\"in_channels\": 3", "test.json:1:17: not valid JSON here"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         dc_unet_config c;
