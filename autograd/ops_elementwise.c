@@ -57,17 +57,45 @@ static cpu_binary_kind binary_kind(dc_op op) {
     return op == DC_OP_ADD ? CPU_ADD : op == DC_OP_SUB ? CPU_SUB : CPU_MUL;
 }
 
+/* The gradient of a (of b when `of_b`) written whole into a buffer of its
+ * shape that holds nothing yet: dout, -dout for sub's b, or dout times the
+ * other operand for mul (b broadcast as in the forward; for b's gradient a
+ * has b's shape). */
+static void binary_grad_write(dc_ctx *ctx, dc_node *n, bool of_b, float *d, const int64_t as[4],
+                              const int64_t bs[4]) {
+    const float *dout = F32C(n->out->grad);
+    if (n->op == DC_OP_MUL)
+        DC_KERNEL(ctx, binary_forward, CPU_MUL, d, dout, F32C(n->in[of_b ? 0 : 1]), as,
+                  of_b ? as : bs);
+    else
+        DC_KERNEL(ctx, affine_forward, d, dout, n->out->numel,
+                  of_b && n->op == DC_OP_SUB ? -1.0f : 1.0f, 0.0f);
+}
+
+/* A gradient buffer made here is written whole (binary_grad_write) instead of
+ * zeroed and added to, except b's when b is broadcast (a sum over a's shape). */
 static int binary_backward(dc_ctx *ctx, dc_node *n) {
     int64_t as[4], bs[4];
     broadcast_shapes(n->in[0], n->in[1], as, bs);
     /* a has out's shape: for add and sub its gradient is out's own. When b
      * is a too, db then adds into that same buffer, element by element. */
     bool adopted = n->op != DC_OP_MUL && grad_adopt(ctx, n->in[0], n->out);
-    float *da = adopted ? NULL : grad_of(ctx, n->in[0]), *db = grad_of(ctx, n->in[1]);
+    bool fresh_a = false, fresh_b = false, b_whole = n->in[1]->numel == n->out->numel;
+    float *da = adopted ? NULL : grad_of_fresh(ctx, n->in[0], &fresh_a);
+    float *db = b_whole ? grad_of_fresh(ctx, n->in[1], &fresh_b) : grad_of(ctx, n->in[1]);
     if (ctx->failed)
         return -1;
-    DC_KERNEL(ctx, binary_backward, binary_kind(n->op), F32C(n->out->grad), F32C(n->in[0]),
-              F32C(n->in[1]), da, db, as, bs);
+    if (fresh_a) {
+        binary_grad_write(ctx, n, false, da, as, bs);
+        da = NULL;
+    }
+    if (fresh_b) {
+        binary_grad_write(ctx, n, true, db, as, bs);
+        db = NULL;
+    }
+    if (da || db)
+        DC_KERNEL(ctx, binary_backward, binary_kind(n->op), F32C(n->out->grad), F32C(n->in[0]),
+                  F32C(n->in[1]), da, db, as, bs);
     return 0;
 }
 

@@ -161,6 +161,25 @@ START_TEST(test_gradient_handoff) {
 }
 END_TEST
 
+/* Gradients that each binary op's backward makes (written whole) and that
+ * exist already (added to), for every op and operand, with a == b and a
+ * broadcast b: x * x, y - x, their product, times s [4], minus y. */
+static dc_tensor *run_fresh_or_not(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    (void)arg;
+    dc_tensor *x = in[0], *y = in[1], *s = in[2];
+    dc_tensor *t = dc_mul(ctx, dc_mul(ctx, x, x), dc_sub(ctx, y, x));
+    return dc_sub(ctx, dc_mul(ctx, t, s), y);
+}
+
+START_TEST(test_gradient_fresh_or_not) {
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *in[3] = {tu_leaf(ctx, DC_SHAPE(3, 4)), tu_leaf(ctx, DC_SHAPE(3, 4)),
+                        tu_leaf(ctx, DC_SHAPE(4))};
+    tu_gradcheck(ctx, run_fresh_or_not, NULL, in, 3, 1e-2, 1e-3, 1e-2, 0);
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_accumulate_and_no_grad) {
     dc_ctx *ctx = tu_ctx();
     dc_tensor *x = tu_leaf(ctx, DC_SHAPE(4));
@@ -193,6 +212,7 @@ int main(void) {
     tcase_add_test(tc, test_mul);
     tcase_add_test(tc, test_broadcast_refused);
     tcase_add_test(tc, test_gradient_handoff);
+    tcase_add_test(tc, test_gradient_fresh_or_not);
     tcase_add_test(tc, test_affine);
     tcase_add_test(tc, test_reshape);
     tcase_add_test(tc, test_sum_mean);

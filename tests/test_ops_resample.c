@@ -161,6 +161,25 @@ START_TEST(test_split_join) {
 }
 END_TEST
 
+/* Concat gradients that the backward makes (written whole from a slice) and
+ * that exist already (added to), and x joined to itself: the outer concat
+ * meets two new ones, concat(x, x) a new one and then the same, concat(x, w)
+ * an existing one and a new one. */
+static dc_tensor *run_concat_fresh_or_not(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    (void)arg;
+    dc_tensor *x = in[0], *w = in[1];
+    dc_tensor *xw = dc_concat(ctx, x, w), *xx = dc_concat(ctx, x, x);
+    return dc_upsample2x(ctx, dc_concat(ctx, xw, xx));
+}
+
+START_TEST(test_concat_fresh_or_not) {
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *in[2] = {tu_leaf(ctx, DC_SHAPE(1, 3, 2, 2)), tu_leaf(ctx, DC_SHAPE(1, 3, 2, 3))};
+    tu_gradcheck(ctx, run_concat_fresh_or_not, NULL, in, 2, 1e-2, 1e-3, 1e-2, 0);
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("ops_resample");
     TCase *tc = tu_tcase(s, "ops", 60);
@@ -171,5 +190,6 @@ int main(void) {
     tcase_add_test(tc, test_slice);
     tcase_add_test(tc, test_slice_refused);
     tcase_add_test(tc, test_split_join);
+    tcase_add_test(tc, test_concat_fresh_or_not);
     return tu_run(s);
 }
