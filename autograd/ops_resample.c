@@ -42,22 +42,12 @@ dc_tensor *dc_upsample2x(dc_ctx *ctx, dc_tensor *x) {
  * out's gradient (no zeroing, no adding); one that exists is added to. The
  * up path of a UNet meets both kinds. */
 static int concat_backward(dc_ctx *ctx, dc_node *n) {
-    int64_t rows = rows_of(n->in[0]), ca = channels_of(n->in[0]), cb = channels_of(n->in[1]);
     bool fresh_a, fresh_b;
     float *da = grad_of_fresh(ctx, n->in[0], &fresh_a), *db = grad_of_fresh(ctx, n->in[1], &fresh_b);
     if (ctx->failed)
         return -1;
-    const float *dout = F32C(n->out->grad);
-    if (fresh_a) {
-        DC_KERNEL(ctx, slice_forward, da, dout, rows, ca + cb, 0, ca);
-        da = NULL;
-    }
-    if (fresh_b) {
-        DC_KERNEL(ctx, slice_forward, db, dout, rows, ca + cb, ca, cb);
-        db = NULL;
-    }
-    if (da || db)
-        DC_KERNEL(ctx, concat_backward, dout, da, db, rows, ca, cb);
+    DC_KERNEL(ctx, concat_backward, F32C(n->out->grad), da, db, rows_of(n->in[0]),
+              channels_of(n->in[0]), channels_of(n->in[1]), fresh_a, fresh_b);
     return 0;
 }
 

@@ -3,6 +3,8 @@
  * thread and each gradient element gathered by one thread: no races. */
 #include "resample.h"
 
+#include <string.h>
+
 void cpu_upsample2x_forward(float *out, const float *x, int64_t n, int64_t h, int64_t w,
                             int64_t c) {
 #pragma omp parallel for collapse(2)
@@ -42,17 +44,28 @@ void cpu_concat_forward(float *out, const float *a, const float *b, int64_t rows
     }
 }
 
+/* d [cols] = or += s [cols]. */
+static inline void put_row(float *d, const float *s, int64_t cols, bool set) {
+    if (set) {
+        memcpy(d, s, (size_t)cols * sizeof *d);
+        return;
+    }
+#pragma omp simd
+    for (int64_t k = 0; k < cols; k++)
+        d[k] += s[k];
+}
+
+/* Row by row, a's slice before b's: when da and db are one buffer (a and b
+ * one tensor), a row is set before it is added to. */
 void cpu_concat_backward(const float *dout, float *da, float *db, int64_t rows, int64_t ca,
-                         int64_t cb) {
+                         int64_t cb, bool set_a, bool set_b) {
     int64_t co = ca + cb;
 #pragma omp parallel for
     for (int64_t r = 0; r < rows; r++) {
         if (da)
-            for (int64_t k = 0; k < ca; k++)
-                da[r * ca + k] += dout[r * co + k];
+            put_row(da + r * ca, dout + r * co, ca, set_a);
         if (db)
-            for (int64_t k = 0; k < cb; k++)
-                db[r * cb + k] += dout[r * co + ca + k];
+            put_row(db + r * cb, dout + r * co + ca, cb, set_b);
     }
 }
 

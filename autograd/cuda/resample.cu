@@ -63,11 +63,11 @@ extern "C" void cuda_concat_forward(float *out, const float *a, const float *b, 
 }
 
 extern "C" void cuda_concat_backward(const float *dout, float *da, float *db, int64_t rows,
-                                     int64_t ca, int64_t cb) {
+                                     int64_t ca, int64_t cb, bool set_a, bool set_b) {
     if (da)
-        LAUNCH(gather, grid_for(rows * ca), BLOCK, 0, da, dout, rows, ca + cb, 0, ca, true);
+        LAUNCH(gather, grid_for(rows * ca), BLOCK, 0, da, dout, rows, ca + cb, 0, ca, !set_a);
     if (db)
-        LAUNCH(gather, grid_for(rows * cb), BLOCK, 0, db, dout, rows, ca + cb, ca, cb, true);
+        LAUNCH(gather, grid_for(rows * cb), BLOCK, 0, db, dout, rows, ca + cb, ca, cb, !set_b);
 }
 
 extern "C" void cuda_slice_forward(float *out, const float *x, int64_t rows, int64_t c,
