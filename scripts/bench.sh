@@ -75,6 +75,12 @@ build_cpu() {
     cmake -S . -B build -DDC_CUDA=OFF >/dev/null
     cmake --build build -j"$(nproc)" --target "$@" >/dev/null
 }
+# The CPU kernels diffc runs here (its run-time ISA choice, DC_CPU_ISA
+# honoured, and OpenBLAS's core), named in the CPU tables' headings.
+cpu_kernels() {
+    build_cpu diffc
+    build/diffc --help | sed -n 's/^CPU kernels: \(.*\) (DC_CPU_ISA.*/\1/p'
+}
 cuda_build=${BENCH_CUDA_BUILD:-build-cuda}
 build_cuda() {
     [[ -n ${BENCH_CUDA_BUILD:-} ]] && return
@@ -95,7 +101,7 @@ bench_ops() {
             --reps "$reps" | sed 's/^/pytorch /'
     done)
 
-    echo "== ops: $machine, $threads threads; best of $reps repetitions x $runs runs; times in ms"
+    echo "== ops: $machine, diffc kernels $(cpu_kernels), $threads threads; best of $reps repetitions x $runs runs; times in ms"
     awk "$awk_field"'
         { keep_best(field($0, "name"), "total_ms", -1) } # the fastest run
         END {
@@ -210,7 +216,7 @@ configs/cifar10-ddpm.json 4 10"
         done <<<"$cases"
     done)
 
-    echo "== sample: $machine, $threads threads; DDIM, random weights; best of $runs runs; images/s;"
+    echo "== sample: $machine, diffc kernels $(cpu_kernels), $threads threads; DDIM, random weights; best of $runs runs; images/s;"
     echo "   GFLOP/s from the forward's conv/linear/attention FLOPs (diffusers side, hooks) per step,"
     echo "   as a share of OpenBLAS cblas_sgemm 2048x2048 on the same threads (its best run)"
     awk "$awk_field"'
@@ -305,7 +311,7 @@ bench_train() {
     done)
     rm -rf "$dir/out"
 
-    echo "== train: $machine, $threads threads; best of $reps steps (after $warmup) x $runs runs"
+    echo "== train: $machine, diffc kernels $(cpu_kernels), $threads threads; best of $reps steps (after $warmup) x $runs runs"
     echo "   a whole step each: diffc train beside diffusers' train_unconditional step (channels-last,"
     echo "   AdamW, EMA); GFLOP/s from 3x the forward's conv/linear/attention FLOPs, as a share of"
     echo "   OpenBLAS cblas_sgemm 2048x2048 on the same threads (its best run)"

@@ -4,6 +4,8 @@
 
 #include "autograd/error.h"
 
+#include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +24,7 @@ static const linear_case linear_cases[] = {
     {4, {2, 1, 3, 6}, 3, false}, /* 4-D, no bias */
     {1, {9}, 2, true},           /* one vector */
     {2, {33, 19}, 37, true},     /* columns beyond one bias block */
+    {3, {2, 300, 5}, 6, true},   /* samples of more rows than one GEMM takes */
 };
 
 static dc_tensor *run_linear(dc_ctx *ctx, dc_tensor **in, void *arg) {
@@ -57,6 +60,21 @@ START_TEST(test_linear) {
         tu_gradcheck(ctx, run_linear, (void *)c, in, c->bias ? 3 : 2, 1e-2, 2e-3, 1e-2, 50);
         tu_ctx_free(ctx);
     }
+}
+END_TEST
+
+/* The linear forward pass holds OpenBLAS to one thread while it runs
+ * (batch invariance) and gives both counts back after, OpenMP's too, which
+ * OpenBLAS's OpenMP build sets along with its own. */
+START_TEST(test_linear_keeps_thread_counts) {
+    openblas_set_num_threads(1);
+    omp_set_num_threads(2);
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(4, 70, 16)), *w = tu_randn(ctx, DC_SHAPE(32, 16));
+    ck_assert_msg(dc_linear(ctx, x, w, NULL) != NULL, "%s", dc_error());
+    ck_assert_int_eq(omp_get_max_threads(), 2);
+    ck_assert_int_eq(openblas_get_num_threads(), 1);
+    tu_ctx_free(ctx);
 }
 END_TEST
 
@@ -203,6 +221,7 @@ int main(void) {
     Suite *s = suite_create("ops_matmul");
     TCase *tc = tu_tcase(s, "matmul", 120);
     tcase_add_test(tc, test_linear);
+    tcase_add_test(tc, test_linear_keeps_thread_counts);
     tcase_add_test(tc, test_matmul);
     tcase_add_test(tc, test_matmul_partial_grad);
     tcase_add_test(tc, test_backward_accumulates);

@@ -79,7 +79,8 @@ void CPU_ISA_FN(cpu_softmax_forward)(float *y, const float *x, int64_t rows, int
     }
 }
 
-void CPU_ISA_FN(cpu_softmax_backward)(const float *dy, const float *y, float *dx, int64_t rows, int64_t C) {
+void CPU_ISA_FN(cpu_softmax_backward)(const float *dy, const float *y, float *dx, int64_t rows,
+                                       int64_t C) {
 #pragma omp parallel for schedule(static) if (rows * C >= CPU_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *dyr = dy + r * C, *yr = y + r * C;

@@ -12,8 +12,8 @@
  * small batch, one head) the pairs run one after another, each product
  * threaded by OpenBLAS and the softmax rows by OpenMP. */
 #include "attention.h"
-#include "isa.h"
 #include "gemm.h"
+#include "isa.h"
 
 #include <cblas.h>
 #include "vmath.h"
@@ -129,7 +129,8 @@ static void forward_chunk(void *job, int64_t i, int thread) {
     int64_t bh = i / f->chunks, qo, kvo;
     pair_offsets(a, bh, &qo, &kvo);
     qo += (int64_t)i0 * c;
-    float *p = f->keep_p ? f->p + (bh * a->lq + i0) * a->lk : f->p + (int64_t)thread * chunk * a->lk;
+    float *p = f->keep_p ? f->p + (bh * a->lq + i0) * a->lk
+                         : f->p + (int64_t)thread * chunk * a->lk;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, a->lk, a->d, a->scale, f->q + qo,
                 c, f->k + kvo, c, 0.0f, p, a->lk);
     softmax_rows(p, i0, rows, a);
@@ -137,8 +138,9 @@ static void forward_chunk(void *job, int64_t i, int thread) {
                 f->v + kvo, c, 0.0f, f->out + qo, c);
 }
 
-void CPU_ISA_FN(cpu_attention_forward)(const cpu_attention_dims *a, float *out, float *p, const float *q,
-                           const float *k, const float *v, bool keep_p) {
+void CPU_ISA_FN(cpu_attention_forward)(const cpu_attention_dims *a, float *out, float *p,
+                                       const float *q, const float *k, const float *v,
+                                       bool keep_p) {
     int chunk = query_chunk(a);
     forward_job f = {a, out, p, q, k, v, keep_p, (a->lq + chunk - 1) / chunk};
     cpu_blas_each(a->n * a->heads * f.chunks, omp_get_max_threads(), forward_chunk, &f);
@@ -170,9 +172,10 @@ static void backward_pair(const void *job, int64_t bh, float *slot, bool rows_pa
                     a->lk, b->q + qo, c, 1.0f, b->dk + kvo, c);
 }
 
-void CPU_ISA_FN(cpu_attention_backward)(const cpu_attention_dims *a, const float *dout, const float *p,
-                            const float *q, const float *k, const float *v, float *dq,
-                            float *dk, float *dv, float *work) {
+void CPU_ISA_FN(cpu_attention_backward)(const cpu_attention_dims *a, const float *dout,
+                                        const float *p, const float *q, const float *k,
+                                        const float *v, float *dq, float *dk, float *dv,
+                                        float *work) {
     backward_job b = {a, dout, p, q, k, v, dq, dk, dv};
     run_pairs(a, backward_pair, &b, dq || dk ? work : NULL);
 }

@@ -5,9 +5,9 @@
  * output channels last; the input gradient as the transposed convolution,
  * one stride phase at a time (each a stride-1 convolution of dy with part of
  * the kernel, turned half a circle); the filter gradient (with the bias
- * gradient alongside) reading x and dy in place. Inputs with fewer channels than a vector take the filter gradient
- * from a padded copy with vectors over output channels, and the input
- * gradient the GEMM way.
+ * gradient alongside) reading x and dy in place. Inputs with fewer channels
+ * than a vector take the filter gradient from a padded copy with vectors
+ * over output channels, and the input gradient the GEMM way.
  *
  * GEMM way (the baseline ISA, and tests): the column buffer has one row per
  * output pixel and one column per (ky, kx, cin), the order of the weight's

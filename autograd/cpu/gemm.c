@@ -62,13 +62,15 @@ void cpu_blas_each(int64_t count, int threads, void (*job)(void *arg, int64_t i,
                    void *arg) {
     /* OpenBLAS's OpenMP build runs one-threaded inside a team by itself, its
      * pthreads build needs telling; and a team of one is not a team. Setting
-     * the count also sets OpenMP's (OpenMP build), hence num_threads. */
-    int blas_threads = openblas_get_num_threads(), team = count < threads ? (int)count : threads;
+     * OpenBLAS's count also sets OpenMP's (OpenMP build): both come back. */
+    int blas_threads = openblas_get_num_threads(), omp_threads = omp_get_max_threads();
+    int team = count < threads ? (int)count : threads;
     openblas_set_num_threads(1);
 #pragma omp parallel for num_threads(team) schedule(dynamic) if (team > 1)
     for (int64_t i = 0; i < count; i++)
         job(arg, i, omp_get_thread_num());
     openblas_set_num_threads(blas_threads);
+    omp_set_num_threads(omp_threads);
 }
 
 typedef struct {

@@ -43,7 +43,8 @@ DISPATCH(cpu_mish_backward, (const float *dy, const float *x, float *dx, int64_t
 DISPATCH(cpu_softmax_forward, (float *y, const float *x, int64_t rows, int64_t C),
          (y, x, rows, C))
 DISPATCH(cpu_softmax_backward,
-         (const float *dy, const float *y, float *dx, int64_t rows, int64_t C), (dy, y, dx, rows, C))
+         (const float *dy, const float *y, float *dx, int64_t rows, int64_t C),
+         (dy, y, dx, rows, C))
 
 /* norm.c */
 DISPATCH(cpu_group_norm_forward,

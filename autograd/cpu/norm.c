@@ -91,8 +91,8 @@ static void sample_affine(const float *stats, const float *w, const float *b, in
 }
 
 void CPU_ISA_FN(cpu_group_norm_forward)(float *y, float *stats, const float *x, const float *w,
-                            const float *b, int64_t N, int64_t S, int64_t C, int64_t G, float eps,
-                            bool silu) {
+                                        const float *b, int64_t N, int64_t S, int64_t C, int64_t G,
+                                        float eps, bool silu) {
 #pragma omp parallel for schedule(static) if (N * S * C >= CPU_PAR_MIN)
     for (int64_t n = 0; n < N; n++) {
         double mu[C], acc[C], tot[G];
@@ -190,9 +190,10 @@ size_t CPU_ISA_FN(cpu_group_norm_work_bytes)(int64_t N, int64_t S, int64_t C, bo
     return sums + (silu ? (size_t)omp_get_max_threads() * (size_t)(S * C) * sizeof(float) : 0);
 }
 
-void CPU_ISA_FN(cpu_group_norm_backward)(const float *dy, const float *x, const float *w, const float *b,
-                             const float *stats, float *dx, float *dw, float *db, void *work,
-                             int64_t N, int64_t S, int64_t C, int64_t G, bool silu) {
+void CPU_ISA_FN(cpu_group_norm_backward)(const float *dy, const float *x, const float *w,
+                                         const float *b, const float *stats, float *dx, float *dw,
+                                         float *db, void *work, int64_t N, int64_t S, int64_t C,
+                                         int64_t G, bool silu) {
     int64_t Cg = C / G;
     double *sums = work;              /* [N, 2, C] */
     float *gbuf = (float *)(sums + 2 * N * C); /* [threads, S, C] with silu */
