@@ -28,6 +28,8 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %s\n", commands[i].usage);
     fprintf(f, "\nCPU kernels: %s (DC_CPU_ISA=avx2|baseline runs slower ones)\n", dc_device_cpu_kernels());
+    const char *waits = getenv("OMP_WAIT_POLICY");
+    fprintf(f, "OpenMP waits: %s (OMP_WAIT_POLICY)\n", waits ? waits : "libgomp's default");
 }
 
 /* OpenMP threads that spin at a barrier while the machine is busy keep the

@@ -8,6 +8,7 @@
 #include "autograd/tensor.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -162,6 +163,37 @@ START_TEST(test_cpu_isa) {
 }
 END_TEST
 
+/* The OpenMP wait policy `diffc --help` reports, OMP_WAIT_POLICY set to
+ * `policy` (NULL: unset) in its environment. */
+static void assert_waits(const char *policy, const char *want) {
+    const char *was = getenv("OMP_WAIT_POLICY");
+    char *keep = was ? strdup(was) : NULL;
+    if (policy)
+        setenv("OMP_WAIT_POLICY", policy, 1);
+    else
+        unsetenv("OMP_WAIT_POLICY");
+    const char *args[] = {"--help", NULL};
+    tu_run_result *r = tu_run_diffc(args);
+    if (keep)
+        setenv("OMP_WAIT_POLICY", keep, 1);
+    else
+        unsetenv("OMP_WAIT_POLICY");
+    free(keep);
+    char line[64];
+    snprintf(line, sizeof line, "OpenMP waits: %s (OMP_WAIT_POLICY)", want);
+    ck_assert_msg(r->status == 0 && strstr(r->out, line), "exit %d, want \"%s\": %s", r->status, line,
+                  tu_tail(r->out));
+}
+
+/* diffc waits passively unless the user chose a policy (it starts itself
+ * again with OMP_WAIT_POLICY=passive: libgomp reads it only when it loads). */
+START_TEST(test_wait_policy) {
+    assert_waits(NULL, "passive");
+    assert_waits("active", "active");
+    assert_waits("PASSIVE", "PASSIVE");
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("device");
     TCase *tc = tu_tcase(s, "device", 30);
@@ -171,5 +203,6 @@ int main(void) {
     tcase_add_test(tc, test_arena_peak);
     tcase_add_test(tc, test_memory_available);
     tcase_add_test(tc, test_cpu_isa);
+    tcase_add_test(tc, test_wait_policy);
     return tu_run(s);
 }
