@@ -595,16 +595,23 @@ static int down_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, i
     return 0;
 }
 
-/* UpBlock2D / AttnUpBlock2D `i` (0 = deepest). Resnet j takes the running
- * features (the deeper level's channels for j = 0, this level's after)
- * concatenated with a skip: this level's down-path outputs, newest first, and
- * last the output of the level above (its downsampler, or conv_in). */
+/* The inputs of resnet j of up block `i` (0 = deepest), plain or Skip: the
+ * running features (*in channels: the deeper level's for j = 0, this
+ * level's after) concatenated with a skip (*res channels): this level's
+ * down-path outputs, newest first, and last the output of the level above
+ * (its downsampler, or conv_in). */
+static void up_resnet_inputs(const dc_unet_config *c, int i, int j, int *in, int *res) {
+    const int *ch = c->block_out_channels;
+    int L = c->levels, cout = ch[L - 1 - i];
+    *in = j ? cout : ch[L - 1 - (i > 0 ? i - 1 : 0)];
+    *res = j == c->layers_per_block ? ch[L - 1 - (i + 1 < L ? i + 1 : L - 1)] : cout;
+}
+
+/* UpBlock2D / AttnUpBlock2D `i` (0 = deepest): resnets as up_resnet_inputs
+ * wires them. */
 static int up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int i) {
     char q[128];
-    const int *ch = c->block_out_channels;
-    int L = c->levels, n = c->layers_per_block + 1;
-    int cout = ch[L - 1 - i], prev = ch[L - 1 - (i > 0 ? i - 1 : 0)];
-    int skip_last = ch[L - 1 - (i + 1 < L ? i + 1 : L - 1)];
+    int L = c->levels, n = c->layers_per_block + 1, cout = c->block_out_channels[L - 1 - i];
     if (block_alloc(b, n, c->up_attn[i] ? n : 0))
         return -1;
     for (int j = 0; b->attentions && j < n; j++) {
@@ -612,9 +619,10 @@ static int up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int
         attention_init(&b->attentions[j], ps, q, cout, c, c->norm_num_groups, 1.0f);
     }
     for (int j = 0; j < n; j++) {
+        int in, res;
+        up_resnet_inputs(c, i, j, &in, &res);
         snprintf(q, sizeof q, "up_blocks.%d.resnets.%d", i, j);
-        int cin = (j ? cout : prev) + (j == n - 1 ? skip_last : cout);
-        resnet_init(&b->resnets[j], ps, q, plain(cin, cout, c, 1.0f, 0), c);
+        resnet_init(&b->resnets[j], ps, q, plain(in + res, cout, c, 1.0f, 0), c);
     }
     if (i < L - 1 && c->up_resample[i] == DC_UNET_RESAMPLE_RESNET) {
         snprintf(q, sizeof q, "up_blocks.%d.upsamplers.0", i);
@@ -668,10 +676,7 @@ static int skip_down_init(dc_unet_block *b, dc_params *ps, const dc_unet_config 
  * resnet_up (FIR) and skip_conv after skip_norm and silu (C -> 3). */
 static int skip_up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int i) {
     char q[128];
-    const int *ch = c->block_out_channels;
-    int L = c->levels, n = c->layers_per_block + 1;
-    int cout = ch[L - 1 - i], prev = ch[L - 1 - (i > 0 ? i - 1 : 0)];
-    int skip_last = ch[L - 1 - (i + 1 < L ? i + 1 : L - 1)];
+    int L = c->levels, n = c->layers_per_block + 1, cout = c->block_out_channels[L - 1 - i];
     if (block_alloc(b, n, c->up_attn[i] ? 1 : 0))
         return -1;
     b->skip = true;
@@ -681,7 +686,8 @@ static int skip_up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c
         attention_init(&b->attentions[0], ps, q, cout, c, SKIP_ATTN_GROUPS, SKIP_SCALE);
     }
     for (int j = 0; j < n; j++) {
-        int in = j ? cout : prev, res = j == n - 1 ? skip_last : cout;
+        int in, res;
+        up_resnet_inputs(c, i, j, &in, &res);
         /* AttnSkipUpBlock2D's groups are min(in + res // 4, 32), a precedence slip in
          * diffusers kept here: the same groups give the same output */
         int groups = b->attentions ? (in + res / 4 < 32 ? in + res / 4 : 32) : skip_groups(in + res);
