@@ -163,34 +163,41 @@ START_TEST(test_cpu_isa) {
 }
 END_TEST
 
-/* The OpenMP wait policy `diffc --help` reports, OMP_WAIT_POLICY set to
- * `policy` (NULL: unset) in its environment. */
-static void assert_waits(const char *policy, const char *want) {
-    const char *was = getenv("OMP_WAIT_POLICY");
+/* Sets or (value NULL) unsets an environment variable; returns its old value (malloc'd, or NULL). */
+static char *swap_env(const char *name, const char *value) {
+    const char *was = getenv(name);
     char *keep = was ? strdup(was) : NULL;
-    if (policy)
-        setenv("OMP_WAIT_POLICY", policy, 1);
+    if (value)
+        setenv(name, value, 1);
     else
-        unsetenv("OMP_WAIT_POLICY");
+        unsetenv(name);
+    return keep;
+}
+
+/* The OpenMP waits `diffc --help` reports, OMP_WAIT_POLICY and
+ * GOMP_SPINCOUNT set to `policy` and `spins` (NULL: unset) in its environment. */
+static void assert_waits(const char *policy, const char *spins, const char *want) {
+    char *keep_policy = swap_env("OMP_WAIT_POLICY", policy), *keep_spins = swap_env("GOMP_SPINCOUNT", spins);
     const char *args[] = {"--help", NULL};
     tu_run_result *r = tu_run_diffc(args);
-    if (keep)
-        setenv("OMP_WAIT_POLICY", keep, 1);
-    else
-        unsetenv("OMP_WAIT_POLICY");
-    free(keep);
-    char line[64];
-    snprintf(line, sizeof line, "OpenMP waits: %s (OMP_WAIT_POLICY)", want);
+    free(swap_env("OMP_WAIT_POLICY", keep_policy));
+    free(swap_env("GOMP_SPINCOUNT", keep_spins));
+    free(keep_policy);
+    free(keep_spins);
+    char line[128];
+    snprintf(line, sizeof line, "OpenMP waits: %s (OMP_WAIT_POLICY, GOMP_SPINCOUNT)", want);
     ck_assert_msg(r->status == 0 && strstr(r->out, line), "exit %d, want \"%s\": %s", r->status, line,
                   tu_tail(r->out));
 }
 
-/* diffc waits passively unless the user chose a policy (it starts itself
- * again with OMP_WAIT_POLICY=passive: libgomp reads it only when it loads). */
+/* diffc waits passively after a short spin unless the user chose how (it
+ * starts itself again with the variables set: libgomp reads them only when
+ * it loads). */
 START_TEST(test_wait_policy) {
-    assert_waits(NULL, "passive");
-    assert_waits("active", "active");
-    assert_waits("PASSIVE", "PASSIVE");
+    assert_waits(NULL, NULL, "passive, spin count 10000");
+    assert_waits("active", NULL, "active, spin count libgomp's default");
+    assert_waits("PASSIVE", NULL, "PASSIVE, spin count libgomp's default");
+    assert_waits(NULL, "300", "libgomp's default, spin count 300");
 }
 END_TEST
 
