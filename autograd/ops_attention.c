@@ -1,7 +1,7 @@
 /* Op: multi-head scaled-dot-product attention as one op. Forward keeps the
  * probabilities P [N, heads, Lq, Lk] on the node when it records one, so
- * backward needs no recomputation; without a tape P lives only in per-thread
- * scratch. Causal attention needs Lq == Lk (query i sees keys 0..i). */
+ * backward needs no recomputation; without a tape P lives only in the
+ * kernel's scratch. Causal attention needs Lq == Lk (query i sees keys 0..i). */
 #include "cpu/attention.h"
 #include "cuda/attention.h"
 #include "op_util.h"
@@ -53,11 +53,9 @@ static int attention_backward(dc_ctx *ctx, dc_node *n) {
     /* q, k and v may be one tensor: grad_of then hands out one buffer, and the
      * kernel adds all three gradients into it. */
     float *dq = grad_of(ctx, q), *dk = grad_of(ctx, k), *dv = grad_of(ctx, v);
-    float *work = NULL;
-    size_t mark = ctx->act.used;
-    if (dq || dk)
-        work = op_scratch_take(ctx, (size_t)DC_KERNEL(ctx, attention_scratch, &a) * sizeof(float),
-                               &mark);
+    size_t mark;
+    float *work = op_scratch_take(ctx, (size_t)DC_KERNEL(ctx, attention_scratch, &a) * sizeof(float),
+                                  &mark);
     if (ctx->failed)
         return -1;
     DC_KERNEL(ctx, attention_backward, &a, F32C(n->out->grad), F32C(n->saved[0]), F32C(q), F32C(k),
@@ -84,18 +82,22 @@ dc_tensor *dc_attention(dc_ctx *ctx, dc_tensor *q, dc_tensor *k, dc_tensor *v, i
     dc_node *n = op_record(ctx, DC_OP_ATTENTION, attention_backward, out, q, k, v);
     if (ctx->failed)
         return NULL;
-    float *p;
+    float *p = NULL;
     if (n) {
         n->saved[0] = op_out(ctx, DC_F32, DC_SHAPE(a.n, a.heads, a.lq, a.lk));
         n->iarg[0] = heads;
         n->iarg[1] = causal;
         n->farg[0] = a.scale;
-        p = n->saved[0] ? F32(n->saved[0]) : NULL;
-    } else {
-        p = op_scratch(ctx, (size_t)DC_KERNEL(ctx, attention_scratch, &a) * sizeof(float));
+        if (!n->saved[0])
+            return NULL;
+        p = F32(n->saved[0]);
     }
-    if (!p)
+    size_t mark;
+    float *work = op_scratch_take(
+        ctx, (size_t)DC_KERNEL(ctx, attention_forward_scratch, &a, n != NULL) * sizeof(float), &mark);
+    if (!work)
         return NULL;
-    DC_KERNEL(ctx, attention_forward, &a, F32(out), p, F32C(q), F32C(k), F32C(v), n != NULL);
+    DC_KERNEL(ctx, attention_forward, &a, F32(out), p, F32C(q), F32C(k), F32C(v), work);
+    op_scratch_release(ctx, mark);
     return out;
 }

@@ -1,75 +1,86 @@
-/* CPU kernels for multi-head attention: per (n, head) pair, sgemm calls on the
- * head slices in place (leading dimension C) around a row-wise softmax.
+/* CPU kernels for multi-head attention, one (sample, head) pair at a time and
+ * no BLAS: with a head dimension of 8 to 64 the products are too thin for
+ * sgemm, whose packing, zeroing (beta = 0) and per-call costs took most of
+ * the time at UNet shapes (d = 16, L = 256: 12 GFLOP/s on one AVX-512 core).
  *
- * Forward: the work items are chunks of a fixed number of queries of one
- * pair, each on one thread with one-threaded GEMMs (cpu_blas_each), so that
- * a sample meets the same GEMM calls in any batch (OpenBLAS's bits depend on
- * a call's shape and threads), and even one pair keeps every thread busy.
+ * A work item first packs what its pair multiplies into contiguous blocks,
+ * zero-padded to whole vectors of VB floats (the width of the ISA this file
+ * is built for); every product is then one of two register-blocked loops
+ * over GCC vector types, RB = 4 rows at a time, eight sums in registers so
+ * that two FMA units of four cycles' latency stay busy: rows times a
+ * transposed block (scores, dP) and rows times a block (P v, dS k, and,
+ * with columns of P and dS as the rows, P^T dout and dS^T q). The rows of a
+ * pair are computed by the same code in the same order whatever the batch,
+ * the thread count or the work split: a sample's result does not depend on
+ * its batch.
  *
- * Backward: when there are at least as many pairs as OpenMP threads, the
- * pairs run in parallel, one thread each, with OpenBLAS held to one thread so
- * the two thread pools do not oversubscribe the cores. Otherwise (few pairs:
- * small batch, one head) the pairs run one after another, each product
- * threaded by OpenBLAS and the softmax rows by OpenMP. */
+ * Threading: forward items are (pair, chunk of QUERY_CHUNK queries), so even
+ * one pair keeps every thread busy; backward items are whole pairs, each on
+ * one thread, with the pair's dS [Lq, Lk] in its scratch. */
 #include "attention.h"
-#include "gemm.h"
+#include "parallel.h"
+#include "vmath.h"
+
+#include <omp.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define VB 16 /* floats per SIMD register */
+#elif defined(__AVX2__)
+#define VB 8
+#else
+#define VB 4
+#endif
+#define RB 4           /* query rows per block (the products spell out 4) */
+#define QUERY_CHUNK 64 /* queries per forward work item */
+
+/* Built once per ISA: the entry points carry the pass's suffix (isa.h). */
 #include "isa.h"
 
-#include <cblas.h>
-#include "vmath.h"
-#include <omp.h>
+typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(float))));
 
-/* Queries per forward work item. */
-#define QUERY_CHUNK 64
+static inline vf load(const float *p) { return *(const vf *)p; }
+static inline void store(float *p, vf v) { *(vf *)p = v; }
 
-/* The backward work of one pair bh = n * heads + h; slot is the pair's [Lq, Lk]
- * scratch (NULL when the call needs none). */
-typedef void (*pair_fn)(const void *job, int64_t bh, float *slot, bool rows_parallel);
-
+/* A thread's scratch: packed operands [rows, width] and row blocks. */
 typedef struct {
-    const cpu_attention_dims *a;
-    float *out, *p; /* p: all of P when kept, else [threads, QUERY_CHUNK, Lk] of scratch */
-    const float *q, *k, *v;
-    bool keep_p;
-    int chunks; /* query chunks per pair */
-} forward_job;
+    int64_t lkp, dp, lqr; /* lk, d rounded up for the vectors, lq to whole blocks */
+    float *kt;            /* [d, lkp]: k (forward) or v (backward) transposed */
+    float *kv;            /* [lk, dp]: v (forward) or k (backward) */
+    float *g, *q;         /* [lqr, dp]: the pair's dout and q (backward) */
+    float *s;             /* [RB, lkp] scores (forward); [lqr, lkp] dS (backward) */
+    float *a, *o;         /* [RB, dp]: query rows (forward), output rows */
+} slot;
 
-typedef struct {
-    const cpu_attention_dims *a;
-    const float *dout, *p, *q, *k, *v;
-    float *dq, *dk, *dv;
-} backward_job;
+static int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-/* Pairs that run at once: every thread when the pairs can fill them, else one. */
-static int pair_threads(const cpu_attention_dims *a) {
-    int t = omp_get_max_threads();
-    return a->n * a->heads >= t ? t : 1;
-}
-
-static int query_chunk(const cpu_attention_dims *a) {
-    return a->lq > 0 && a->lq < QUERY_CHUNK ? a->lq : QUERY_CHUNK;
-}
-
-int64_t CPU_ISA_FN(cpu_attention_scratch)(const cpu_attention_dims *a) {
-    int64_t forward = (int64_t)omp_get_max_threads() * query_chunk(a) * a->lk;
-    int64_t backward = (int64_t)pair_threads(a) * a->lq * a->lk;
-    return forward > backward ? forward : backward;
-}
-
-static void run_pairs(const cpu_attention_dims *a, pair_fn fn, const void *job, float *scratch) {
-    int64_t pairs = a->n * a->heads, lqk = (int64_t)a->lq * a->lk;
-    int threads = pair_threads(a);
-    if (threads == 1) {
-        for (int64_t bh = 0; bh < pairs; bh++)
-            fn(job, bh, scratch, true);
-        return;
+/* Thread `thread`'s slot; *floats (when not NULL) gets the floats a slot takes. */
+static slot slot_at(const cpu_attention_dims *a, float *work, int thread, bool backward,
+                    int64_t *floats) {
+    slot s = {.lkp = round_to(a->lk, 2 * VB), .dp = round_to(a->d, VB), .lqr = round_to(a->lq, RB)};
+    int64_t rows = backward ? s.lqr : RB;
+    int64_t n = a->d * s.lkp + a->lk * s.dp + (backward ? 2 * s.lqr * s.dp : 0) + rows * s.lkp +
+                2 * RB * s.dp;
+    if (floats)
+        *floats = n;
+    if (!work)
+        return s;
+    float *w = work + thread * n;
+    s.kt = w, w += a->d * s.lkp;
+    s.kv = w, w += a->lk * s.dp;
+    if (backward) {
+        s.g = w, w += s.lqr * s.dp;
+        s.q = w, w += s.lqr * s.dp;
     }
-    int blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t bh = 0; bh < pairs; bh++)
-        fn(job, bh, scratch ? scratch + omp_get_thread_num() * lqk : NULL, false);
-    openblas_set_num_threads(blas_threads);
+    s.s = w, w += rows * s.lkp;
+    s.a = w, w += RB * s.dp;
+    s.o = w;
+    return s;
+}
+
+static int threads_for(const cpu_attention_dims *a) {
+    return (int64_t)a->n * a->heads * a->lq * a->lk * a->d >= CPU_PAR_MIN ? omp_get_max_threads()
+                                                                          : 1;
 }
 
 /* Where pair bh starts: its first element in q, out and dout; and in k and v. */
@@ -79,103 +90,263 @@ static void pair_offsets(const cpu_attention_dims *a, int64_t bh, int64_t *qo, i
     *kvo = n * a->lk * c + h * a->d;
 }
 
-/* Scores to probabilities, row by row of p [rows, Lk] (queries i0 ..). The
- * row max is subtracted so exp never overflows; masked keys get exactly 0,
- * and a causal row always keeps key i, so no row is empty. */
-static void softmax_rows(float *p, int i0, int rows, const cpu_attention_dims *a) {
-    for (int r = 0; r < rows; r++) {
-        float *row = p + (int64_t)r * a->lk;
-        int keep = a->causal ? i0 + r + 1 : a->lk;
-        float max = row[0], sum = 0.0f;
-#pragma omp simd reduction(max : max)
-        for (int j = 1; j < keep; j++)
-            max = row[j] > max ? row[j] : max;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < keep; j++) {
-            row[j] = expf(row[j] - max);
-            sum += row[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < keep; j++)
-            row[j] *= inv;
-        for (int j = keep; j < a->lk; j++)
+/* dst [d, lkp] = src [rows, d] (leading dimension ld) transposed, zero-padded. */
+static void pack_transposed(float *dst, const float *src, int64_t ld, int rows, int d,
+                            int64_t lkp) {
+    for (int t = 0; t < d; t++) {
+        float *row = dst + t * lkp;
+        for (int j = 0; j < rows; j++)
+            row[j] = src[(int64_t)j * ld + t];
+        for (int64_t j = rows; j < lkp; j++)
             row[j] = 0.0f;
     }
 }
 
-/* dP to dS in place: dS = P * (dP - rowsum(dP * P)), the softmax's gradient. */
-static void softmax_backward_rows(float *dp, const float *p, const cpu_attention_dims *a,
-                                  bool parallel) {
-#pragma omp parallel for if (parallel)
-    for (int i = 0; i < a->lq; i++) {
-        float *g = dp + (int64_t)i * a->lk;
-        const float *pr = p + (int64_t)i * a->lk;
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int j = 0; j < a->lk; j++)
-            dot += g[j] * pr[j];
-#pragma omp simd
-        for (int j = 0; j < a->lk; j++)
-            g[j] = pr[j] * (g[j] - dot);
+/* dst [rows, dp] = alpha * src [rows, d] (leading dimension ld), zero-padded;
+ * rows past `have` are zero. */
+static void pack_rows(float *dst, const float *src, int64_t ld, int have, int64_t rows, int d,
+                      int64_t dp, float alpha) {
+    for (int64_t j = 0; j < rows; j++) {
+        float *row = dst + j * dp;
+        int t = 0;
+        if (j < have)
+            for (; t < d; t++)
+                row[t] = alpha * src[j * ld + t];
+        for (; t < dp; t++)
+            row[t] = 0.0f;
     }
 }
 
+/* dx [rows, d] (leading dimension ld) += alpha * src [rows, dp]. */
+static void add_rows(float *dx, int64_t ld, const float *src, int rows, int d, int64_t dp,
+                     float alpha) {
+    for (int j = 0; j < rows; j++)
+        for (int t = 0; t < d; t++)
+            dx[(int64_t)j * ld + t] += alpha * src[j * dp + t];
+}
+
+/* RB pointers from `first`, `step` apart, for `have` rows; the missing rows
+ * repeat the last one (their results are dropped). */
+static void block_rows(const float *p[RB], const float *first, int64_t step, int have) {
+    for (int u = 0; u < RB; u++)
+        p[u] = first + (u < have ? u : have - 1) * step;
+}
+
+typedef struct {
+    const cpu_attention_dims *a;
+    float *out, *p, *work;
+    const float *q, *k, *v;
+    int chunks; /* query chunks per pair */
+} forward_job;
+
+typedef struct {
+    const cpu_attention_dims *a;
+    const float *dout, *p, *q, *k, *v;
+    float *dq, *dk, *dv, *work;
+} backward_job;
+
+/* s [RB, lkp] = a [RB, dp] times bt [d, lkp]: s[u][j] = sum_t a[u][t] bt[t][j],
+ * two vectors of j at a time. */
+static void rows_times_packed_t(float *s, const float *a, int64_t dp,
+                                             const float *bt, int d, int64_t lkp) {
+    for (int64_t j = 0; j < lkp; j += 2 * VB) {
+        vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, t0 = {0}, t1 = {0}, t2 = {0}, t3 = {0};
+        for (int t = 0; t < d; t++) {
+            vf b = load(bt + t * lkp + j), c = load(bt + t * lkp + j + VB);
+            float a0 = a[t], a1 = a[dp + t], a2 = a[2 * dp + t], a3 = a[3 * dp + t];
+            s0 += a0 * b, s1 += a1 * b, s2 += a2 * b, s3 += a3 * b;
+            t0 += a0 * c, t1 += a1 * c, t2 += a2 * c, t3 += a3 * c;
+        }
+        store(s + j, s0), store(s + j + VB, t0);
+        store(s + lkp + j, s1), store(s + lkp + j + VB, t1);
+        store(s + 2 * lkp + j, s2), store(s + 2 * lkp + j + VB, t2);
+        store(s + 3 * lkp + j, s3), store(s + 3 * lkp + j + VB, t3);
+    }
+}
+
+/* o [RB, dp] = p [RB rows, n] times b [n, dp], the rows' elements es apart:
+ * two vectors of channels at a time while they last (each p broadcast feeds
+ * two FMAs), then the last vector with even and odd j added up apart. */
+static void rows_times_packed(float *o, const float *const p[RB], int64_t es, int n,
+                                           const float *b, int64_t dp) {
+    const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
+    int64_t t = 0;
+    for (; t + 2 * VB <= dp; t += 2 * VB) {
+        vf e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0}, o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
+        for (int j = 0; j < n; j++) {
+            vf be = load(b + (int64_t)j * dp + t), bo = load(b + (int64_t)j * dp + t + VB);
+            float q0 = p0[j * es], q1 = p1[j * es], q2 = p2[j * es], q3 = p3[j * es];
+            e0 += q0 * be, e1 += q1 * be, e2 += q2 * be, e3 += q3 * be;
+            o0 += q0 * bo, o1 += q1 * bo, o2 += q2 * bo, o3 += q3 * bo;
+        }
+        store(o + t, e0), store(o + t + VB, o0);
+        store(o + dp + t, e1), store(o + dp + t + VB, o1);
+        store(o + 2 * dp + t, e2), store(o + 2 * dp + t + VB, o2);
+        store(o + 3 * dp + t, e3), store(o + 3 * dp + t + VB, o3);
+    }
+    if (t == dp)
+        return;
+    vf e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0}, o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
+    int j = 0;
+    for (; j + 1 < n; j += 2) {
+        vf be = load(b + (int64_t)j * dp + t), bo = load(b + (int64_t)(j + 1) * dp + t);
+        int64_t je = j * es, jo = je + es;
+        e0 += p0[je] * be, e1 += p1[je] * be, e2 += p2[je] * be, e3 += p3[je] * be;
+        o0 += p0[jo] * bo, o1 += p1[jo] * bo, o2 += p2[jo] * bo, o3 += p3[jo] * bo;
+    }
+    if (j < n) {
+        vf be = load(b + (int64_t)j * dp + t);
+        int64_t je = j * es;
+        e0 += p0[je] * be, e1 += p1[je] * be, e2 += p2[je] * be, e3 += p3[je] * be;
+    }
+    store(o + t, e0 + o0);
+    store(o + dp + t, e1 + o1);
+    store(o + 2 * dp + t, e2 + o2);
+    store(o + 3 * dp + t, e3 + o3);
+}
+
+/* Scores to probabilities, p = softmax(s) over one row; p may be s. The row
+ * max is subtracted so exp never overflows; masked keys (j >= keep) get
+ * exactly 0, and a causal row always keeps key i, so no row is empty. */
+static void softmax_row(float *p, const float *s, int keep, int lk) {
+    float max = s[0], sum = 0.0f;
+#pragma omp simd reduction(max : max)
+    for (int j = 1; j < keep; j++)
+        max = s[j] > max ? s[j] : max;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < keep; j++) {
+        p[j] = expf(s[j] - max);
+        sum += p[j];
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int j = 0; j < keep; j++)
+        p[j] *= inv;
+    for (int j = keep; j < lk; j++)
+        p[j] = 0.0f;
+}
+
+/* dS = P (dP - rowsum(dP P)) in place over one row; the scale waits for
+ * the products that use dS. */
+static void softmax_backward_row(float *g, const float *p, int lk) {
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < lk; j++)
+        dot += g[j] * p[j];
+#pragma omp simd
+    for (int j = 0; j < lk; j++)
+        g[j] = p[j] * (g[j] - dot);
+}
+
 /* Work item i: query chunk i % chunks of pair i / chunks. */
-static void forward_chunk(void *job, int64_t i, int thread) {
-    const forward_job *f = job;
+static void forward_item(const forward_job *f, int64_t i, int thread) {
     const cpu_attention_dims *a = f->a;
-    int c = a->heads * a->d, chunk = query_chunk(a), i0 = (int)(i % f->chunks) * chunk;
-    int rows = a->lq - i0 < chunk ? a->lq - i0 : chunk;
-    int64_t bh = i / f->chunks, qo, kvo;
+    slot w = slot_at(a, f->work, thread, false, NULL);
+    int64_t c = (int64_t)a->heads * a->d, bh = i / f->chunks, qo, kvo;
+    int first = (int)(i % f->chunks) * QUERY_CHUNK;
+    int last = first + QUERY_CHUNK < a->lq ? first + QUERY_CHUNK : a->lq;
     pair_offsets(a, bh, &qo, &kvo);
-    qo += (int64_t)i0 * c;
-    float *p = f->keep_p ? f->p + (bh * a->lq + i0) * a->lk
-                         : f->p + (int64_t)thread * chunk * a->lk;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, a->lk, a->d, a->scale, f->q + qo,
-                c, f->k + kvo, c, 0.0f, p, a->lk);
-    softmax_rows(p, i0, rows, a);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, a->d, a->lk, 1.0f, p, a->lk,
-                f->v + kvo, c, 0.0f, f->out + qo, c);
+    pack_transposed(w.kt, f->k + kvo, c, a->lk, a->d, w.lkp);
+    pack_rows(w.kv, f->v + kvo, c, a->lk, a->lk, a->d, w.dp, 1.0f);
+    for (int i0 = first; i0 < last; i0 += RB) {
+        int rows = last - i0 < RB ? last - i0 : RB;
+        pack_rows(w.a, f->q + qo + i0 * c, c, rows, RB, a->d, w.dp, a->scale);
+        rows_times_packed_t(w.s, w.a, w.dp, w.kt, a->d, w.lkp);
+        /* P's rows: kept, or in place in the row block without a tape */
+        float *p = f->p ? f->p + (bh * a->lq + i0) * a->lk : w.s;
+        int64_t ldp = f->p ? a->lk : w.lkp;
+        for (int u = 0; u < rows; u++)
+            softmax_row(p + u * ldp, w.s + u * w.lkp, a->causal ? i0 + u + 1 : a->lk, a->lk);
+        const float *pr[RB];
+        block_rows(pr, p, ldp, rows);
+        rows_times_packed(w.o, pr, 1, a->lk, w.kv, w.dp);
+        for (int u = 0; u < rows; u++)
+            memcpy(f->out + qo + (i0 + u) * c, w.o + u * w.dp, (size_t)a->d * sizeof(float));
+    }
+}
+
+/* sum [cols, d] (leading dimension ld) += alpha * m^T b, RB columns of
+ * m [n, cols] (rows es apart) at a time, times b [n, dp]: P^T dout, dS^T q.
+ * o: [RB, dp] of scratch. */
+static void add_t_times(float *sum, int64_t ld, const float *m, int64_t es, int n,
+                                     int cols, const float *b, int d, int64_t dp, float *o,
+                                     float alpha) {
+    for (int j0 = 0; j0 < cols; j0 += RB) {
+        int have = cols - j0 < RB ? cols - j0 : RB;
+        const float *col[RB];
+        block_rows(col, m + j0, 1, have);
+        rows_times_packed(o, col, es, n, b, dp);
+        add_rows(sum + (int64_t)j0 * ld, ld, o, have, d, dp, alpha);
+    }
+}
+
+/* dV += P^T dO; dP = dO V^T; dS = softmax'(dP); dQ += dS K * scale;
+ * dK += dS^T Q * scale. Every write is to this pair's slices, so aliased
+ * gradient buffers (q, k, v one tensor) are only touched by this thread. */
+static void backward_item(const backward_job *b, int64_t bh, int thread) {
+    const cpu_attention_dims *a = b->a;
+    slot w = slot_at(a, b->work, thread, true, NULL);
+    int64_t c = (int64_t)a->heads * a->d, lkp = w.lkp, dp = w.dp, qo, kvo;
+    pair_offsets(a, bh, &qo, &kvo);
+    const float *pair_p = b->p + bh * a->lq * a->lk;
+    pack_rows(w.g, b->dout + qo, c, a->lq, w.lqr, a->d, dp, 1.0f);
+    if (b->dv)
+        add_t_times(b->dv + kvo, c, pair_p, a->lk, a->lq, a->lk, w.g, a->d, dp, w.o, 1.0f);
+    if (!b->dq && !b->dk)
+        return;
+    pack_transposed(w.kt, b->v + kvo, c, a->lk, a->d, lkp);
+    pack_rows(w.kv, b->k + kvo, c, a->lk, a->lk, a->d, dp, 1.0f);
+    for (int i0 = 0; i0 < a->lq; i0 += RB) {
+        int rows = a->lq - i0 < RB ? a->lq - i0 : RB;
+        float *ds = w.s + i0 * lkp;
+        rows_times_packed_t(ds, w.g + i0 * dp, dp, w.kt, a->d, lkp);
+        for (int u = 0; u < rows; u++)
+            softmax_backward_row(ds + u * lkp, pair_p + (int64_t)(i0 + u) * a->lk, a->lk);
+        if (b->dq) {
+            const float *dr[RB];
+            block_rows(dr, ds, lkp, rows);
+            rows_times_packed(w.o, dr, 1, a->lk, w.kv, dp);
+            add_rows(b->dq + qo + i0 * c, c, w.o, rows, a->d, dp, a->scale);
+        }
+    }
+    if (b->dk) {
+        pack_rows(w.q, b->q + qo, c, a->lq, w.lqr, a->d, dp, 1.0f);
+        add_t_times(b->dk + kvo, c, w.s, lkp, a->lq, a->lk, w.q, a->d, dp, w.o, a->scale);
+    }
+}
+
+int64_t CPU_ISA_FN(cpu_attention_forward_scratch)(const cpu_attention_dims *a, bool keep_p) {
+    (void)keep_p; /* P's rows live in the row block when it is not kept */
+    int64_t n;
+    slot_at(a, NULL, 0, false, &n);
+    return threads_for(a) * n;
+}
+
+int64_t CPU_ISA_FN(cpu_attention_scratch)(const cpu_attention_dims *a) {
+    int64_t n;
+    slot_at(a, NULL, 0, true, &n);
+    return threads_for(a) * n;
 }
 
 void CPU_ISA_FN(cpu_attention_forward)(const cpu_attention_dims *a, float *out, float *p,
                                        const float *q, const float *k, const float *v,
-                                       bool keep_p) {
-    int chunk = query_chunk(a);
-    forward_job f = {a, out, p, q, k, v, keep_p, (a->lq + chunk - 1) / chunk};
-    cpu_blas_each(a->n * a->heads * f.chunks, omp_get_max_threads(), forward_chunk, &f);
-}
-
-/* dV += P^T dO; dS = softmax'(dO V^T); dQ += dS K * scale; dK += dS^T Q * scale.
- * Each product adds into its own pair's slice, so aliased gradient buffers
- * (q, k, v one tensor) are only ever touched by one thread at a time. */
-static void backward_pair(const void *job, int64_t bh, float *slot, bool rows_parallel) {
-    const backward_job *b = job;
-    const cpu_attention_dims *a = b->a;
-    int c = a->heads * a->d;
-    int64_t qo, kvo;
-    pair_offsets(a, bh, &qo, &kvo);
-    const float *p = b->p + bh * a->lq * a->lk;
-    if (b->dv)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, a->lk, a->d, a->lq, 1.0f, p, a->lk,
-                    b->dout + qo, c, 1.0f, b->dv + kvo, c);
-    if (!b->dq && !b->dk)
-        return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->lq, a->lk, a->d, 1.0f, b->dout + qo,
-                c, b->v + kvo, c, 0.0f, slot, a->lk);
-    softmax_backward_rows(slot, p, a, rows_parallel);
-    if (b->dq)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->lq, a->d, a->lk, a->scale, slot,
-                    a->lk, b->k + kvo, c, 1.0f, b->dq + qo, c);
-    if (b->dk)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, a->lk, a->d, a->lq, a->scale, slot,
-                    a->lk, b->q + qo, c, 1.0f, b->dk + kvo, c);
+                                       float *work) {
+    forward_job f = {a, out, p, work, q, k, v, (a->lq + QUERY_CHUNK - 1) / QUERY_CHUNK};
+    int64_t items = a->n * a->heads * f.chunks;
+    int threads = threads_for(a);
+#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
+    for (int64_t i = 0; i < items; i++)
+        forward_item(&f, i, omp_get_thread_num());
 }
 
 void CPU_ISA_FN(cpu_attention_backward)(const cpu_attention_dims *a, const float *dout,
                                         const float *p, const float *q, const float *k,
                                         const float *v, float *dq, float *dk, float *dv,
                                         float *work) {
-    backward_job b = {a, dout, p, q, k, v, dq, dk, dv};
-    run_pairs(a, backward_pair, &b, dq || dk ? work : NULL);
+    backward_job b = {a, dout, p, q, k, v, dq, dk, dv, work};
+    int64_t pairs = a->n * a->heads;
+    int threads = threads_for(a);
+#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
+    for (int64_t bh = 0; bh < pairs; bh++)
+        backward_item(&b, bh, omp_get_thread_num());
 }

@@ -60,11 +60,13 @@ DISPATCH_VALUE(size_t, cpu_group_norm_work_bytes, (int64_t N, int64_t S, int64_t
          (N, S, C, silu))
 
 /* attention.c */
+DISPATCH_VALUE(int64_t, cpu_attention_forward_scratch, (const cpu_attention_dims *a, bool keep_p),
+               (a, keep_p))
 DISPATCH_VALUE(int64_t, cpu_attention_scratch, (const cpu_attention_dims *a), (a))
 DISPATCH(cpu_attention_forward,
          (const cpu_attention_dims *a, float *out, float *p, const float *q, const float *k,
-          const float *v, bool keep_p),
-         (a, out, p, q, k, v, keep_p))
+          const float *v, float *work),
+         (a, out, p, q, k, v, work))
 DISPATCH(cpu_attention_backward,
          (const cpu_attention_dims *a, const float *dout, const float *p, const float *q,
           const float *k, const float *v, float *dq, float *dk, float *dv, float *work),

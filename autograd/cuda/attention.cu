@@ -14,6 +14,10 @@ extern "C" int64_t cuda_attention_scratch(const cpu_attention_dims *a) {
     return a->n * a->heads * (int64_t)a->lq * a->lk;
 }
 
+extern "C" int64_t cuda_attention_forward_scratch(const cpu_attention_dims *a, bool keep_p) {
+    return keep_p ? 0 : cuda_attention_scratch(a);
+}
+
 /* Row r of P [N * heads * Lq, Lk] is query r % Lq: softmax of its logits,
  * keys past the query masked to 0 when causal. */
 __global__ static void attn_softmax(float *p, int64_t rows, int lq, int lk, bool causal) {
@@ -92,8 +96,9 @@ static bool pairs_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float 
 
 extern "C" void cuda_attention_forward(const cpu_attention_dims *a, float *out, float *p,
                                        const float *q, const float *k, const float *v,
-                                       bool keep_p) {
-    (void)keep_p; /* P is whole on the GPU either way */
+                                       float *work) {
+    if (!p) /* P is whole on the GPU either way */
+        p = work;
     int64_t rows = a->n * a->heads * (int64_t)a->lq;
     grouping g = group(a);
     for (int64_t i = 0; i < g.calls; i++) /* S = scale q_h k_h^T */

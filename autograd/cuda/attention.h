@@ -9,12 +9,13 @@
 extern "C" {
 #endif
 
-/* Floats of scratch: the whole P (forward without a tape) or dP (backward),
- * [N, heads, Lq, Lk]. */
+/* Floats of scratch: for the forward, the whole P when it is not kept; for
+ * the backward, dP [N, heads, Lq, Lk]. */
+int64_t cuda_attention_forward_scratch(const cpu_attention_dims *a, bool keep_p);
 int64_t cuda_attention_scratch(const cpu_attention_dims *a);
-/* p: [N, heads, Lq, Lk] in both cases (keep_p only says whether backward reads it). */
+/* P goes to p, or to work when p is NULL (not kept). */
 void cuda_attention_forward(const cpu_attention_dims *a, float *out, float *p, const float *q,
-                            const float *k, const float *v, bool keep_p);
+                            const float *k, const float *v, float *work);
 void cuda_attention_backward(const cpu_attention_dims *a, const float *dout, const float *p,
                              const float *q, const float *k, const float *v, float *dq,
                              float *dk, float *dv, float *work);
