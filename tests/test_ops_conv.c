@@ -33,6 +33,8 @@ static const conv_case cases[] = {
     {1, 5, 4, 70, 67, 3, 3, 1, 1, true}, /* channels beyond one 64-wide block, with tails */
     {2, 6, 5, 33, 80, 3, 3, 2, 1, true}, /* the same, strided */
     {2, 6, 7, 16, 32, 3, 3, 1, 1, true}, /* whole vectors, no tails */
+    {2, 6, 5, 16, 21, 3, 3, 1, 1, true}, /* one vector in: filter tiles of > 16 rows (AVX-512) */
+    {1, 5, 6, 8, 11, 3, 3, 1, 1, true},  /* the same for AVX2's 8 lanes */
     {2, 4, 5, 20, 17, 1, 1, 1, 0, true}, /* 1x1, wide input */
 };
 

@@ -13,9 +13,9 @@
  * v_store(p, v), v_store_mask(p, m, v), v_fma(a, b, c) = a * b + c,
  * v_add(a, b), v_lanes(n) (lanes [0, n), n clamped to [0, LANES]).
  *
- * Forward: a tile is FP consecutive output pixels times up to VJ vectors of
+ * Forward: a tile is FP consecutive output pixels times VJ vectors of
  * output channels (one block of packed weights): FP * VJ accumulators in
- * registers. For every kernel row the input under a pixel is kw * c
+ * registers; a block of fewer vectors takes more pixels (forward_block). For every kernel row the input under a pixel is kw * c
  * contiguous floats, and the packed weights are contiguous in the same
  * order, so the inner loop broadcasts one input float per pixel and
  * multiplies it into VJ weight vectors. A pixel whose window crosses the
@@ -24,9 +24,10 @@
  * multiply-adds in (ky, kx, c) order, whatever tile, thread or batch it is
  * computed in: a sample's result does not depend on its batch.
  *
- * Filter gradient: a tile is FR output channels times up to VJ vectors of
- * input channels of one kernel tap, summed over output pixels: per pixel, FR
- * broadcasts of dy and VJ vectors of x. Each thread owns a fixed set of tiles
+ * Filter gradient: a tile is FR output channels times VJ vectors of input
+ * channels of one kernel tap (more channels for fewer vectors, filter_rows),
+ * summed over output pixels: per pixel, a broadcast of dy per output channel
+ * and the vectors of x. Each thread owns a fixed set of tiles
  * (no two add to the same weights) and walks the output rows a group at a
  * time, so a group stays in cache while the thread's tiles go over it. For
  * inputs with few channels the tile is FR entries of a kernel row (kx, ci)
@@ -38,8 +39,13 @@
 #include <omp.h>
 #include <string.h>
 
-/* Output channels per block of packed weights: one forward tile's width. */
+/* Output channels per block of packed weights: one forward tile's widest. */
 #define BLOCK (VJ * LANES)
+/* Pixels per forward tile: FP at full width, more when a block has fewer
+ * vectors of channels (see forward_block), so that a narrow block still
+ * keeps enough sums in flight (at 16 output channels, AVX-512 with 6 pixels
+ * had 6 chains of FMAs where 8 hide their latency). */
+#define TP (FP * VJ)
 
 /* call(n, ...) with n = nj (1 .. VJ) made a constant, so a tile function
  * gets inlined with its vector count known. */
@@ -72,7 +78,7 @@
 
 /* ---- forward ---- */
 
-static int64_t patch_floats(int64_t kh, int64_t kw, int64_t c) { return FP * kh * kw * c; }
+static int64_t patch_floats(int64_t kh, int64_t kw, int64_t c) { return TP * kh * kw * c; }
 
 /* Kernel rows [ky0, ky1) of the window of output (img, oy, ox) into patch
  * [kh, kw * c] (other rows untouched), zeros outside the image. */
@@ -110,14 +116,14 @@ static inline void next_pixel(const cpu_direct_conv *d, pixel *at) {
     }
 }
 
-/* Where the np <= FP pixels from `at` (advanced past them) read and write:
+/* Where the np <= TP pixels from `at` (advanced past them) read and write:
  * kernel row ky of pixel p at src[p] + ky * rs[p], its output at dst[p].
- * Pixels at the border get their rows [ky0, ky1) copied into `patch` (FP
+ * Pixels at the border get their rows [ky0, ky1) copied into `patch` (TP
  * windows); missing pixels repeat the last (their sums are dropped). */
 static void tile_windows(const cpu_direct_conv *d, pixel *at, int np, int64_t ky0, int64_t ky1,
-                         float *patch, const float *src[FP], int64_t rs[FP], float *dst[FP]) {
+                         float *patch, const float *src[TP], int64_t rs[TP], float *dst[TP]) {
     const int64_t row = d->kw * d->c;
-    for (int p = 0; p < FP; p++) {
+    for (int p = 0; p < TP; p++) {
         if (p >= np) {
             src[p] = src[p - 1], rs[p] = rs[p - 1], dst[p] = dst[p - 1];
             continue;
@@ -138,24 +144,24 @@ static void tile_windows(const cpu_direct_conv *d, pixel *at, int np, int64_t ky
     }
 }
 
-/* Adds kernel rows [ky0, ky1) into the tile of np <= FP pixels whose
- * windows tile_windows gave, channels j0 .. j0 + 16 nj. The first rows start
- * the output (with the bias) unless d->accumulate; later rows add to it. */
-INLINE void forward_tile(const int nj, const cpu_direct_conv *d, const float *const src[FP],
-                         const int64_t rs[FP], float *const dst[FP], int np, int64_t j0,
-                         int64_t ky0, int64_t ky1) {
+/* Adds kernel rows [ky0, ky1) into the tile of np <= fp pixels whose
+ * windows tile_windows gave, channels j0 .. j0 + LANES nj. The first rows
+ * start the output (with the bias) unless d->accumulate; later rows add to it. */
+INLINE void forward_tile(const int nj, const int fp, const cpu_direct_conv *d,
+                         const float *const *src, const int64_t *rs, float *const *dst, int np,
+                         int64_t j0, int64_t ky0, int64_t ky1) {
     const int64_t row = d->kw * d->c;
-    vec acc[FP][VJ];
-#pragma GCC unroll 16
-    for (int p = 0; p < FP; p++)
+    vec acc[TP][VJ];
+#pragma GCC unroll 24
+    for (int p = 0; p < fp; p++)
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
             acc[p][j] = v_zero();
     const float *wb = d->weights + j0 * d->kh * row; /* this block: [kh, kw, c, 64] */
     for (int64_t ky = ky0; ky < ky1; ky++) {
-        const float *wk = wb + ky * row * BLOCK, *in[FP];
-#pragma GCC unroll 16
-        for (int p = 0; p < FP; p++)
+        const float *wk = wb + ky * row * BLOCK, *in[TP];
+#pragma GCC unroll 24
+        for (int p = 0; p < fp; p++)
             in[p] = src[p] + ky * rs[p];
 #pragma GCC unroll 2
         for (int64_t q = 0; q < row; q++) {
@@ -163,8 +169,8 @@ INLINE void forward_tile(const int nj, const cpu_direct_conv *d, const float *co
 #pragma GCC unroll 4
             for (int j = 0; j < nj; j++)
                 wv[j] = v_load(wk + q * BLOCK + j * LANES);
-#pragma GCC unroll 16
-            for (int p = 0; p < FP; p++) {
+#pragma GCC unroll 24
+            for (int p = 0; p < fp; p++) {
                 vec a = v_set1(in[p][q]);
 #pragma GCC unroll 4
                 for (int j = 0; j < nj; j++)
@@ -173,8 +179,8 @@ INLINE void forward_tile(const int nj, const cpu_direct_conv *d, const float *co
         }
     }
     const bool add_out = d->accumulate || ky0 > 0, add_bias = d->bias && ky0 == 0;
-#pragma GCC unroll 16
-    for (int p = 0; p < FP; p++) {
+#pragma GCC unroll 24
+    for (int p = 0; p < fp; p++) {
         if (p >= np)
             break;
         float *o = dst[p] + j0;
@@ -191,27 +197,39 @@ INLINE void forward_tile(const int nj, const cpu_direct_conv *d, const float *co
     }
 }
 
+/* The np <= TP pixels of a tile, channels j0 .. j0 + LANES nj, as tiles of
+ * TP / nj pixels, but at most 2 FP: each pixel of a tile holds a pointer in a
+ * general register while its kernel row is read (24 pixels spilled them). */
+INLINE void forward_block(const int nj, const cpu_direct_conv *d, const float *const src[TP],
+                          const int64_t rs[TP], float *const dst[TP], int np, int64_t j0,
+                          int64_t ky0, int64_t ky1) {
+    const int fp = TP / nj < 2 * FP ? TP / nj : 2 * FP;
+    for (int p0 = 0; p0 < np; p0 += fp)
+        forward_tile(nj, fp, d, src + p0, rs + p0, dst + p0, np - p0 < fp ? np - p0 : fp, j0, ky0,
+                     ky1);
+}
+
 /* A strip of tiles [t0, t1), channel blocks [b0, b1), kernel rows [ky0, ky1):
  * each tile's windows are found (and border patches filled) once. */
 static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t1, int64_t b0,
                                  int64_t b1, int64_t ky0, int64_t ky1, float *patch) {
     const int64_t pix = d->n * d->ho * d->wo;
-    pixel at = {t0 * FP / (d->ho * d->wo), t0 * FP / d->wo % d->ho, t0 * FP % d->wo};
+    pixel at = {t0 * TP / (d->ho * d->wo), t0 * TP / d->wo % d->ho, t0 * TP % d->wo};
     for (int64_t t = t0; t < t1; t++) {
-        int np = (int)(pix - t * FP < FP ? pix - t * FP : FP);
-        const float *src[FP];
-        int64_t rs[FP];
-        float *dst[FP];
+        int np = (int)(pix - t * TP < TP ? pix - t * TP : TP);
+        const float *src[TP];
+        int64_t rs[TP];
+        float *dst[TP];
         tile_windows(d, &at, np, ky0, ky1, patch, src, rs, dst);
         for (int64_t b = b0; b < b1; b++) {
             int64_t j0 = b * BLOCK, left = (d->co - j0 + LANES - 1) / LANES;
-            SWITCH_NJ(left < VJ ? left : VJ, forward_tile, d, src, rs, dst, np, j0, ky0, ky1);
+            SWITCH_NJ(left < VJ ? left : VJ, forward_block, d, src, rs, dst, np, j0, ky0, ky1);
         }
     }
 }
 
 static void conv_forward(const cpu_direct_conv *d) {
-    const int64_t pix = d->n * d->ho * d->wo, tiles = (pix + FP - 1) / FP;
+    const int64_t pix = d->n * d->ho * d->wo, tiles = (pix + TP - 1) / TP;
     /* strips of up to STRIP tiles, at least 8 per thread so that the threads finish together */
     int64_t strip = tiles / (8 * d->threads);
     strip = strip < 4 ? 4 : strip > STRIP ? STRIP : strip;
@@ -263,16 +281,22 @@ static TARGET void add_lanes(float *db, vec v, int n) {
         db[r] += lane[r];
 }
 
+/* Output channels per filter tile: FR at full width, FR * VJ / nj for nj
+ * vectors of input channels, so that few input channels still keep FR * VJ
+ * sums in flight (the rows are one dy pointer: no register limit but the
+ * vectors'). At most 2 LANES, the bias sums' two vectors. */
+static int filter_rows(int64_t nj) { return (int)(FR * VJ / nj); }
+
 /* The tile of output channels co0 .. co0 + nr and input channels ci0 .. ci0
- * + 16 nj (the last vector masked to cin) at tap (ky, kx). */
+ * + LANES nj (the last vector masked to cin) at tap (ky, kx). */
 INLINE void filter_tile(const int nj, const cpu_conv_geom *g, const int nr, const float *dy,
                         const float *x, float *dw, const filter_job *job) {
     const int64_t C = g->cin, step = g->stride * C, ky = job->ky, kx = job->kx;
     const vmask last = v_lanes(C - job->ci0 - (nj - 1) * LANES);
     int64_t lo, hi;
     valid_columns(g, kx, &lo, &hi);
-    vec acc[FR][VJ], bias = v_zero();
-#pragma GCC unroll 16
+    vec acc[FR * VJ][VJ], bias[2] = {v_zero(), v_zero()};
+#pragma GCC unroll 24
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
@@ -291,18 +315,21 @@ INLINE void filter_tile(const int nj, const cpu_conv_geom *g, const int nr, cons
             for (int j = 0; j < nj; j++)
                 xv[j] = j < nj - 1 ? v_load(xs + j * LANES)
                                    : v_load_mask(last, xs + j * LANES);
-#pragma GCC unroll 16
+#pragma GCC unroll 24
             for (int r = 0; r < nr; r++) {
                 vec a = v_set1(d[r]);
 #pragma GCC unroll 4
                 for (int j = 0; j < nj; j++)
                     acc[r][j] = v_fma(a, xv[j], acc[r][j]);
             }
-            if (job->db)
-                bias = v_add(bias, v_load_mask(v_lanes(nr), d));
+            if (job->db) {
+                bias[0] = v_add(bias[0], v_load_mask(v_lanes(nr), d));
+                if (nr > LANES)
+                    bias[1] = v_add(bias[1], v_load_mask(v_lanes(nr - LANES), d + LANES));
+            }
         }
     }
-#pragma GCC unroll 16
+#pragma GCC unroll 24
     for (int r = 0; r < nr; r++) {
         float *o = dw + (((job->co0 + r) * g->kh + ky) * g->kw + kx) * C + job->ci0;
 #pragma GCC unroll 4
@@ -312,22 +339,34 @@ INLINE void filter_tile(const int nj, const cpu_conv_geom *g, const int nr, cons
                                   v_add(acc[r][j], v_load_mask(m, o + j * LANES)));
         }
     }
-    if (job->db)
-        add_lanes(job->db, bias, nr);
+    if (job->db) {
+        add_lanes(job->db, bias[0], nr < LANES ? nr : LANES);
+        if (nr > LANES)
+            add_lanes(job->db + LANES, bias[1], nr - LANES);
+    }
 }
 
-/* filter_tile with nr and nj made constants. */
-#define FILTER_NJ(nr) SWITCH_NJ(nj, filter_tile, g, nr, dy, x, dw, job)
+/* filter_tile with nj and nr (1 .. filter_rows(nj)) made constants; the
+ * cases cover every pair conv_filter makes. */
+#define FT(nj, nr)                                                                                 \
+    case (nj) * 64 + (nr): filter_tile(nj, g, nr, dy, x, dw, job); break;
+#define FT6(nj) FT(nj, 1) FT(nj, 2) FT(nj, 3) FT(nj, 4) FT(nj, 5) FT(nj, 6)
+#define FT8(nj) FT6(nj) FT(nj, 7) FT(nj, 8)
+#define FT12(nj) FT8(nj) FT(nj, 9) FT(nj, 10) FT(nj, 11) FT(nj, 12)
+#define FT24(nj)                                                                                   \
+    FT12(nj) FT(nj, 13) FT(nj, 14) FT(nj, 15) FT(nj, 16) FT(nj, 17) FT(nj, 18) FT(nj, 19)        \
+    FT(nj, 20) FT(nj, 21) FT(nj, 22) FT(nj, 23) FT(nj, 24)
 
 static TARGET void filter_tile_any(const cpu_conv_geom *g, int nr, int nj, const float *dy,
                                    const float *x, float *dw, const filter_job *job) {
-    switch (nr) {
-    case 1: FILTER_NJ(1); break;
-    case 2: FILTER_NJ(2); break;
-    case 3: FILTER_NJ(3); break;
-    case 4: FILTER_NJ(4); break;
-    case 5: FILTER_NJ(5); break;
-    default: FILTER_NJ(6); break;
+    switch (nj * 64 + nr) {
+#if VJ == 4 && FR == 6
+        FT24(1) FT12(2) FT8(3) FT6(4)
+#elif VJ == 2 && FR == 6
+        FT12(1) FT6(2)
+#else
+#error "filter_tile_any spells out VJ = 4 or 2 with FR = 6"
+#endif
     }
 }
 
@@ -346,7 +385,9 @@ static void conv_filter(const cpu_conv_geom *g, const float *dy, const float *x,
     const int64_t rows = g->n * g->ho, taps = g->kh * g->kw;
     const int64_t row_bytes = (g->wo * g->cout + g->stride * g->w * g->cin) * (int64_t)sizeof(float);
     const int64_t group = GROUP_BYTES / row_bytes > 1 ? GROUP_BYTES / row_bytes : 1;
-    const int64_t rblocks = (g->cout + FR - 1) / FR, cblocks = (g->cin + BLOCK - 1) / BLOCK;
+    const int64_t cblocks = (g->cin + BLOCK - 1) / BLOCK;
+    const int64_t most = filter_rows(cblocks > 1 ? VJ : (g->cin + LANES - 1) / LANES);
+    const int64_t rblocks = (g->cout + most - 1) / most, fr = (g->cout + rblocks - 1) / rblocks;
     const int64_t tasks = taps * rblocks * cblocks;
 #pragma omp parallel if (rows * g->wo * g->cout * taps * g->cin >= 1 << 20)
     { /* each thread owns a fixed range of tiles of dw, so no two threads add to the same one */
@@ -355,11 +396,11 @@ static void conv_filter(const cpu_conv_geom *g, const float *dy, const float *x,
         for (int64_t u0 = 0; u0 < rows; u0 += group) {
             for (int64_t t = t0; t < t1; t++) {
                 int64_t tap = t / (rblocks * cblocks), rb = t / cblocks % rblocks, cb = t % cblocks;
-                filter_job job = {tap / g->kw, tap % g->kw, rb * FR, cb * BLOCK, u0,
+                filter_job job = {tap / g->kw, tap % g->kw, rb * fr, cb * BLOCK, u0,
                                   u0 + group < rows ? u0 + group : rows, NULL};
                 if (db && tap == bias_tap && cb == 0)
                     job.db = db + job.co0;
-                int64_t nr = g->cout - job.co0 < FR ? g->cout - job.co0 : FR;
+                int64_t nr = g->cout - job.co0 < fr ? g->cout - job.co0 : fr;
                 int64_t nj = (g->cin - job.ci0 + LANES - 1) / LANES;
                 filter_tile_any(g, (int)nr, nj < VJ ? (int)nj : VJ, dy, x, dw, &job);
             }
