@@ -88,6 +88,13 @@ int dc_arena_init(dc_arena *a, const char *name, int device, size_t cap) {
     void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return dc_fail("%s arena: cannot reserve %zu bytes", name, cap);
+#ifdef MADV_HUGEPAGE
+    /* Transparent huge pages where the system gives them on request: one page
+     * fault per 2 MiB instead of per 4 KiB when a step first touches its
+     * memory (in a VM, faults were 16% of a 20-step sampling run). Advice only:
+     * failure changes nothing. */
+    madvise(p, cap, MADV_HUGEPAGE);
+#endif
     a->base = p;
     a->cap = cap;
     return 0;

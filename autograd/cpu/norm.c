@@ -17,29 +17,48 @@
 
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* sum[c] += the channel-c elements of S rows of C, in double. */
+/* Rows summed in float before a sum goes into its double total: the float
+ * sums vectorise at full width and stay exact to a few ulps over so few rows,
+ * the double totals keep long sums exact. */
+#define ROW_BLOCK 16
+
+/* sum[c] = the sum of the channel-c elements of S rows of C. */
 static void channel_sums(const float *x, int64_t S, int64_t C, double *sum) {
+    float part[C];
     for (int64_t c = 0; c < C; c++)
         sum[c] = 0;
-    for (int64_t s = 0; s < S; s++) {
-        const float *xs = x + s * C;
-#pragma omp simd
+    for (int64_t s0 = 0; s0 < S; s0 += ROW_BLOCK) {
         for (int64_t c = 0; c < C; c++)
-            sum[c] += xs[c];
+            part[c] = 0;
+        for (int64_t s = s0; s < S && s < s0 + ROW_BLOCK; s++) {
+            const float *xs = x + s * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++)
+                part[c] += xs[c];
+        }
+        for (int64_t c = 0; c < C; c++)
+            sum[c] += part[c];
     }
 }
 
-/* sq[c] = sum over rows of (x - mu[c])^2, in double. */
+/* sq[c] = sum over rows of (x - mu[c])^2. */
 static void channel_squares(const float *x, const double *mu, int64_t S, int64_t C, double *sq) {
+    float part[C], m[C];
     for (int64_t c = 0; c < C; c++)
-        sq[c] = 0;
-    for (int64_t s = 0; s < S; s++) {
-        const float *xs = x + s * C;
+        sq[c] = 0, m[c] = (float)mu[c];
+    for (int64_t s0 = 0; s0 < S; s0 += ROW_BLOCK) {
+        for (int64_t c = 0; c < C; c++)
+            part[c] = 0;
+        for (int64_t s = s0; s < S && s < s0 + ROW_BLOCK; s++) {
+            const float *xs = x + s * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; c++) {
-            double d = xs[c] - mu[c];
-            sq[c] += d * d;
+            for (int64_t c = 0; c < C; c++) {
+                float d = xs[c] - m[c];
+                part[c] += d * d;
+            }
         }
+        for (int64_t c = 0; c < C; c++)
+            sq[c] += part[c];
     }
 }
 
@@ -149,15 +168,22 @@ static void sample_backward(const float *g, const float *x, const float *w, cons
                             int64_t G) {
     int64_t Cg = C / G;
     double *sg = sums, *sgx = sums + C, t1[G], t2[G], m = (double)(S * Cg);
+    float pg[C], pgx[C];
     for (int64_t c = 0; c < C; c++)
         sg[c] = sgx[c] = 0;
-    for (int64_t s = 0; s < S; s++) {
-        const float *xs = x + s * C, *gs = g + s * C;
+    for (int64_t s0 = 0; s0 < S; s0 += ROW_BLOCK) {
+        for (int64_t c = 0; c < C; c++)
+            pg[c] = pgx[c] = 0;
+        for (int64_t s = s0; s < S && s < s0 + ROW_BLOCK; s++) {
+            const float *xs = x + s * C, *gs = g + s * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; c++) {
-            sg[c] += gs[c];
-            sgx[c] += (double)gs[c] * (xs[c] - f.mu[c]);
+            for (int64_t c = 0; c < C; c++) {
+                pg[c] += gs[c];
+                pgx[c] += gs[c] * (xs[c] - f.mu[c]);
+            }
         }
+        for (int64_t c = 0; c < C; c++)
+            sg[c] += pg[c], sgx[c] += pgx[c];
     }
     double gw[C], gwx[C];
     for (int64_t c = 0; c < C; c++) { /* sums of gw and gw * xhat, per channel */
