@@ -178,6 +178,21 @@ dc_tensor *dc_clone(dc_ctx *ctx, const dc_tensor *x) {
     return t;
 }
 
+size_t dc_mark(const dc_ctx *ctx) { return ctx->act.used; }
+
+dc_tensor *dc_keep(dc_ctx *ctx, size_t mark, dc_tensor *t) {
+    if (!t || ctx->failed || ctx->grad_enabled || ctx->device != DC_CPU || mark > ctx->act.used)
+        return t;
+    char *data = t->data, *from = ctx->act.base + mark, *end = ctx->act.base + ctx->act.used;
+    size_t bytes = dc_tensor_bytes(t);
+    dc_arena_rewind(&ctx->act, mark);
+    if (data < from || data >= end) /* made before the mark, or not an activation */
+        return t;
+    t->data = dc_arena_alloc(&ctx->act, bytes); /* at the mark: it held more a moment ago */
+    memmove(t->data, data, bytes);
+    return t;
+}
+
 dc_node *op_record(dc_ctx *ctx, dc_op op, dc_backward_fn backward, dc_tensor *out,
                    dc_tensor *in0, dc_tensor *in1, dc_tensor *in2) {
     if (!ctx->grad_enabled || !out)

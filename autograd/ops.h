@@ -113,6 +113,15 @@ dc_tensor *dc_from_host(dc_ctx *ctx, dc_dtype dtype, int ndim, const int64_t *sh
                         const void *host);
 /* A copy of x (from any device) in the context, on its device; not recorded. */
 dc_tensor *dc_clone(dc_ctx *ctx, const dc_tensor *x);
+/* Where the activation arena stands now: a mark for dc_keep. */
+size_t dc_mark(const dc_ctx *ctx);
+/* Without a tape (grad disabled), on the CPU: gives back the activation
+ * memory allocated since `mark` except t's data, which moves down to the
+ * mark (nothing else made since then may be used again); returns t. A
+ * no-grad forward pass that keeps each block's output only touches the
+ * memory of one block at a time. Elsewhere (recording, or a GPU, whose
+ * memory is committed at once) it returns t and frees nothing. */
+dc_tensor *dc_keep(dc_ctx *ctx, size_t mark, dc_tensor *t);
 
 /* Backpropagate from a one-element `loss` (its gradient seeded with 1). */
 int dc_backward(dc_ctx *ctx, dc_tensor *loss);

@@ -998,8 +998,8 @@ static dc_tensor *resnet_resample(dc_ctx *ctx, const dc_unet_resnet *r, dc_tenso
 
 /* x [N, H, W, C], temb = act(emb) [N or 1, T] -> [N, H', W', Cout] (H' = H
  * but for a resampling resnet). */
-static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
-                                 dc_tensor *temb) {
+static dc_tensor *resnet_body(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
+                              dc_tensor *temb) {
     dc_tensor *h = resnet_resample(ctx, r, norm_act(ctx, &r->norm1, r->act, x));
     x = resnet_resample(ctx, r, x);
     h = dc_nn_conv2d_forward(ctx, &r->conv1, h);
@@ -1024,9 +1024,17 @@ static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor
     return r->output_scale_factor == 1.0f ? h : dc_scale(ctx, h, 1.0f / r->output_scale_factor);
 }
 
+/* A resnet block; without a tape its temporaries are given back at once
+ * (dc_keep), so sampling touches the memory of one block, not of them all. */
+static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
+                                 dc_tensor *temb) {
+    size_t mark = dc_mark(ctx);
+    return dc_keep(ctx, mark, resnet_body(ctx, r, x, temb));
+}
+
 /* Self-attention over the H*W positions of x [N, H, W, C]: an NHWC map is
  * already the token sequence [N, H*W, C]. */
-static dc_tensor *attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x) {
+static dc_tensor *attention_body(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x) {
     if (!x)
         return NULL;
     int64_t n = x->shape[0], len = x->shape[1] * x->shape[2], ch = x->shape[3];
@@ -1040,6 +1048,12 @@ static dc_tensor *attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_
     o = dc_nn_linear_forward(ctx, &a->to_out, o);
     o = dc_add(ctx, dc_reshape(ctx, o, x->ndim, x->shape), x);
     return a->rescale_output_factor == 1.0f ? o : dc_scale(ctx, o, 1.0f / a->rescale_output_factor);
+}
+
+/* An attention block, its temporaries given back as resnet_forward's. */
+static dc_tensor *attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x) {
+    size_t mark = dc_mark(ctx);
+    return dc_keep(ctx, mark, attention_body(ctx, a, x));
 }
 
 /* F.pad(x, (0, 1, 0, 1)) in NHWC: [N, H, W, C] -> [N, H+1, W+1, C] with a zero

@@ -778,6 +778,34 @@ START_TEST(test_batch_invariance) {
 }
 END_TEST
 
+/* Without a tape the forward gives each block's temporaries back as it
+ * goes (dc_keep): the same bits as the recorded forward, in a fraction of
+ * its memory. */
+START_TEST(test_no_grad_memory) {
+    fixture f;
+    fixture_open(&f, "attn_class");
+    dc_ctx *ctx = tu_ctx();
+    ctx->training = false;
+    const int64_t n = 3, hw = 32, c = 3;
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(n, hw, hw, c));
+    dc_tensor *t = random_steps(ctx, n), *y = random_labels(ctx, n, 5);
+    size_t mark = dc_mark(ctx);
+    dc_tensor *taped = dc_unet_forward(ctx, &f.m, x, t, y);
+    ck_assert_msg(taped && ctx->tape, "%s", dc_error());
+    size_t taped_bytes = dc_mark(ctx) - mark;
+    dc_set_grad_enabled(ctx, false);
+    mark = dc_mark(ctx);
+    dc_tensor *plain = dc_unet_forward(ctx, &f.m, x, t, y);
+    ck_assert_msg(plain != NULL, "%s", dc_error());
+    size_t plain_bytes = dc_mark(ctx) - mark;
+    assert_same(plain->data, taped->data, plain->numel, "without a tape", 0);
+    ck_assert_msg(plain_bytes * 3 < taped_bytes, "kept %zu bytes without a tape, %zu with one",
+                  plain_bytes, taped_bytes);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
 /* Dropout acts only in training, in exactly the resnets diffusers gives it to. */
 START_TEST(test_dropout) {
     fixture f;
@@ -944,6 +972,7 @@ int main(void) {
     tc = tu_tcase(s, "random", 60);
     tcase_add_loop_test(tc, test_gradcheck_random, 0, 5);
     tcase_add_test(tc, test_batch_invariance);
+    tcase_add_test(tc, test_no_grad_memory);
     tcase_add_test(tc, test_dropout);
     return tu_run(s);
 }
