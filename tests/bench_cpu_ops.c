@@ -39,6 +39,8 @@ static const conv_case convs[] = {
     {"fm_c48to32_16x16", 64, 16, 16, 48, 32, 3, 1, 1, true},
     {"fm_c32to16_32x32", 64, 32, 32, 32, 16, 3, 1, 1, true},
     {"fm_c1to16_32x32", 64, 32, 32, 1, 16, 3, 1, 1, false},
+    {"fm_1x1_c32_16x16", 64, 16, 16, 32, 32, 1, 1, 0, true},
+    {"fm_1x1_c64_8x8", 64, 8, 8, 64, 64, 1, 1, 0, true},
 };
 
 typedef struct {
@@ -46,7 +48,9 @@ typedef struct {
     int64_t m, k, n; /* x [m, k] @ w [n, k]^T */
 } linear_case;
 
-static const linear_case linears[] = {{"linear_4096x512x512", 4096, 512, 512}};
+static const linear_case linears[] = {{"linear_4096x512x512", 4096, 512, 512},
+                                      {"fm_linear_16384x32x32", 16384, 32, 32},
+                                      {"fm_linear_4096x64x64", 4096, 64, 64}};
 
 typedef struct {
     dc_ctx *ctx;
