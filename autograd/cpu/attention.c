@@ -207,7 +207,8 @@ static void rows_times_packed(float *o, const float *const p[RB], int64_t es, in
 
 /* Scores to probabilities, p = softmax(s) over one row; p may be s. The row
  * max is subtracted so exp never overflows; masked keys (j >= keep) get
- * exactly 0, and a causal row always keeps key i, so no row is empty. */
+ * exactly 0, and a causal row always keeps key i + Lk - Lq (its own position
+ * when the queries are the last Lq of the keys' sequence), so no row is empty. */
 static void softmax_row(float *p, const float *s, int keep, int lk) {
     float max = s[0], sum = 0.0f;
 #pragma omp simd reduction(max : max)
@@ -256,7 +257,8 @@ static void forward_item(const forward_job *f, int64_t i, int thread) {
         float *p = f->p ? f->p + (bh * a->lq + i0) * a->lk : w.s;
         int64_t ldp = f->p ? a->lk : w.lkp;
         for (int u = 0; u < rows; u++)
-            softmax_row(p + u * ldp, w.s + u * w.lkp, a->causal ? i0 + u + 1 : a->lk, a->lk);
+            softmax_row(p + u * ldp, w.s + u * w.lkp, a->causal ? i0 + u + 1 + a->lk - a->lq : a->lk,
+                        a->lk);
         const float *pr[RB];
         block_rows(pr, p, ldp, rows);
         rows_times_packed(w.o, pr, 1, a->lk, w.kv, w.dp);
