@@ -91,9 +91,10 @@ int dc_blip_init(dc_blip **out, const dc_blip_config *cfg);
 /* Read a model folder onto `device` (DC_CPU or a CUDA ordinal). */
 int dc_blip_load(dc_blip **out, const char *dir, int device);
 void dc_blip_free(dc_blip *m);
-/* The rename function for dc_params_load of a BLIP file: the tied copies and
- * the position_ids buffers some files carry are skipped. */
-const char *dc_blip_rename(const char *file_name, char *buf, size_t size);
+/* The rename function for dc_params_load / dc_params_check_file of m's weight
+ * files: the tied copies (when tied) and the position_ids buffers some files
+ * carry are skipped. */
+dc_rename_fn dc_blip_renamer(const dc_blip *m);
 
 /* pixels [N, S, S, 3] (S = image_size) -> image embeddings [N, 1 + (S/P)^2, Dv]. */
 dc_tensor *dc_blip_vision_forward(dc_ctx *ctx, const dc_blip *m, dc_tensor *pixels);
