@@ -254,6 +254,40 @@ START_TEST(test_reorder) {
 }
 END_TEST
 
+/* pixels -> vision -> logits of fixed ids -> the captioning loss (next-token
+ * cross-entropy): the whole model on the tape. A loss of a few units, not the
+ * logits themselves, keeps float32's rounding in the finite differences near
+ * 1e-4, below the absolute tolerance. */
+static dc_tensor *caption_loss(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    const dc_blip *m = arg;
+    int32_t ids[2 * 4] = {118, 5, 77, 3, 118, 90, 12, 64}, next[2 * 4] = {5, 77, 3, 102, 90, 12, 64, 102};
+    dc_tensor *logits = dc_blip_text_logits(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(2, 4), ids),
+                                            dc_blip_vision_forward(ctx, m, in[0]));
+    return dc_cross_entropy(ctx, dc_reshape(ctx, logits, DC_SHAPE(8, m->cfg.text.vocab_size)),
+                            dc_from_host(ctx, DC_I32, DC_SHAPE(8), next));
+}
+
+/* Differentiable (fine-tuning builds on it): the pixels' gradient through both
+ * halves against finite differences, and every parameter gets a gradient. */
+START_TEST(test_gradients) {
+    dc_blip *m = load("tiny");
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *in[1] = {tu_leaf(ctx, DC_SHAPE(2, 20, 20, 3))};
+    tu_gradcheck(ctx, caption_loss, m, in, 1, 1e-2, 3e-4, 1e-2, 24);
+    dc_ctx_reset(ctx);
+    in[0] = tu_leaf(ctx, DC_SHAPE(2, 20, 20, 3));
+    ck_assert_int_eq(dc_params_zero_grad(&m->params), 0);
+    dc_tensor *loss = caption_loss(ctx, in, m);
+    ck_assert_msg(loss != NULL && dc_backward(ctx, loss) == 0, "%s", dc_error());
+    for (int i = 0; i < m->params.n; i++) {
+        const dc_param *p = m->params.p[i];
+        ck_assert_msg(max_abs(p->grad.data, p->grad.numel) > 0, "%s: no gradient", p->name);
+    }
+    tu_ctx_free(ctx);
+    dc_blip_free(m);
+}
+END_TEST
+
 /* ==== refusals ==== */
 
 /* A folder in the test's temp dir named `dir` holding tiny's weights and its
@@ -405,6 +439,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_fixtures, 0, N_MODELS);
     tcase_add_test(tc, test_steps);
     tcase_add_test(tc, test_reorder);
+    tcase_add_test(tc, test_gradients);
     tcase_add_test(tc, test_hostile_configs);
     tcase_add_test(tc, test_bad_folders);
     tcase_add_test(tc, test_bad_arguments);
