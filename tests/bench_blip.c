@@ -69,7 +69,8 @@ static int decode(const dc_blip *m, const dc_tensor *img, int max_length) {
     return rc;
 }
 
-static int step(dc_ctx *ctx, const dc_blip *m, const options *o, double *vision_s, double *decode_s) {
+static int step(dc_ctx *ctx, const dc_blip *m, const options *o, double *vision_s,
+                double *decode_s) {
     dc_ctx_reset(ctx);
     int64_t s = m->cfg.vision.image_size;
     dc_tensor *px = dc_new(ctx, DC_F32, DC_SHAPE(o->batch, s, s, 3));
@@ -130,7 +131,8 @@ static int run(const options *o, const dc_blip *m, dc_ctx *ctx) {
 int main(int argc, char **argv) {
     options o;
     if (parse(argc, argv, &o)) {
-        fprintf(stderr, "usage: %s --config PATH [--batch N] [--max-length L] [--reps N] [--warmup N]\n",
+        fprintf(stderr,
+                "usage: %s --config PATH [--batch N] [--max-length L] [--reps N] [--warmup N]\n",
                 argv[0]);
         return 2;
     }
