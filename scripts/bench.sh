@@ -18,7 +18,7 @@
 #   dist   the gradient all-reduce: on a GPU its cost per step through NCCL at
 #          world 1 and the share the overlap with the backward pass hides; on
 #          the CPU two MPI ranks, one bucket against overlapped buckets
-#   blip   captioning with BLIP base (configs/blip-base.json, random weights):
+#   blip   captioning with BLIP base (configs/blip-base/config.json, random weights):
 #          images/s of the vision model plus greedy decoding of 20 tokens per
 #          image (no early stop) beside transformers' generate(), same threads,
 #          and both sides' peak memory
@@ -409,9 +409,9 @@ bench_blip() {
     local tpython=${TRANSFORMERS_PYTHON:-$python} batch=2 length=20 results
     # Lines `diffc|transformers bench blip config=C batch=N max_length=L ... images_per_s=I peak_mb=M`.
     results=$(for ((i = 0; i < runs; i++)); do
-        OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_blip --config configs/blip-base.json \
+        OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_blip --config configs/blip-base/config.json \
             --batch $batch --max-length $length --reps 2 | sed 's/^/diffc /'
-        OMP_NUM_THREADS=$threads "$tpython" scripts/bench_blip_torch.py --config configs/blip-base.json \
+        OMP_NUM_THREADS=$threads "$tpython" scripts/bench_blip_torch.py --config configs/blip-base/config.json \
             --batch $batch --max-length $length --reps 2 --threads "$threads" 2>/dev/null | sed 's/^/transformers /'
     done)
     echo "== blip: $machine; $("$tpython" -c 'import transformers; print("transformers", transformers.__version__)' 2>/dev/null)"
