@@ -30,6 +30,8 @@ static const att_case cases[] = {
     {"one pair, causal", 1, 7, 7, 1, 5, true, 0.0f},
     {"long, threaded", 1, 67, 37, 2, 18, false, 0.1f},
     {"long, causal, threaded", 1, 67, 67, 1, 17, true, 0.1f},
+    {"causal after cached keys", 2, 3, 8, 2, 4, true, 0.0f},
+    {"causal, one new query", 3, 1, 6, 3, 2, true, 0.0f},
 };
 
 /* The kernels go parallel for cases of CPU_PAR_MIN multiply-adds and more
@@ -67,7 +69,7 @@ static void reference(const att_case *c, const float *q, const float *k, const f
                     double s = 0;
                     for (int e = 0; e < c->d; e++)
                         s += (double)qi[e] * kj[e];
-                    w[j] = c->causal && j > i ? -INFINITY : s * scale;
+                    w[j] = c->causal && j > i + c->lk - c->lq ? -INFINITY : s * scale;
                     max = fmax(max, w[j]);
                 }
                 for (int64_t j = 0; j < c->lk; j++)
@@ -246,9 +248,10 @@ START_TEST(test_errors) {
     expect_error(q, k, (int64_t[]){2, 9, 6}, 2, false, "attention: channel counts differ");
     expect_error(q, k, (int64_t[]){2, 8, 12}, 2, false,
                  "attention: k and v lengths differ (q [2, 7, 12], k [2, 9, 12], v [2, 8, 12]");
-    expect_error(q, k, k, 2, true,
-                 "attention: causal attention needs as many keys as queries (q [2, 7, 12], "
-                 "k [2, 9, 12], v [2, 9, 12], 2 heads, causal)");
+    expect_error(
+        k, q, q, 2, true,
+        "attention: causal attention needs at least as many keys as queries (q [2, 9, 12], "
+        "k [2, 7, 12], v [2, 7, 12], 2 heads, causal)");
 
     dc_ctx *ctx = tu_ctx(); /* not [N, L, C] */
     dc_tensor *x = tu_randn(ctx, DC_SHAPE(2, 7, 3, 4)), *y = tu_randn(ctx, DC_SHAPE(2, 7, 12));
