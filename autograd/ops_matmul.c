@@ -6,7 +6,7 @@
  * of attention blocks (K and N of 32 to 64 over thousands of rows, where
  * packing the operands of each call cost more than the product), and
  * batch-invariant by construction; elsewhere the conv's GEMM way runs it.
- * GPUs take it to cuBLAS. */
+ * A few rows per sample (POINTWISE_ROWS) and GPUs go to the GEMM kernels. */
 #include "cpu/conv.h"
 #include "cpu/gemm.h"
 #include "cuda/gemm.h"
@@ -29,17 +29,24 @@ static float *pointwise_scratch(dc_ctx *ctx, const cpu_conv_geom *g, int64_t *fl
     return op_scratch_take(ctx, (size_t)*floats * sizeof(float), mark);
 }
 
-/* Whether the CPU's pointwise convolution takes an M x K x N product (empty
- * ones go to the GEMM kernels, which know what an empty sum is). */
-static bool as_pointwise(const dc_ctx *ctx, int64_t M, int64_t K, int64_t N) {
-    return ctx->device == DC_CPU && M > 0 && K > 0 && N > 0;
+/* Rows per sample from which the CPU runs a linear layer as a convolution:
+ * its weights are packed per call, which a few rows do not repay (a
+ * decoder's one new token per sequence). Per sample, not per call, so that
+ * a sample takes the same kernels in any batch. */
+#define POINTWISE_ROWS 8
+
+/* Whether the CPU's pointwise convolution takes an M x K x N product of
+ * `samples` equal groups of rows (empty ones go to the GEMM kernels, which
+ * know what an empty sum is). */
+static bool as_pointwise(const dc_ctx *ctx, int64_t samples, int64_t M, int64_t K, int64_t N) {
+    return ctx->device == DC_CPU && M / samples >= POINTWISE_ROWS && K > 0 && N > 0;
 }
 
 /* x [M, K] (leading dims folded into M = iarg[0]; iarg[1] samples), w [N, K], b [N] or NULL. */
 static int linear_backward(dc_ctx *ctx, dc_node *n) {
     dc_tensor *x = n->in[0], *w = n->in[1], *b = n->in[2];
     int64_t M = n->iarg[0], K = w->shape[1], N = w->shape[0];
-    bool dx_fresh = false, pw = as_pointwise(ctx, M, K, N);
+    bool dx_fresh = false, pw = as_pointwise(ctx, n->iarg[1], M, K, N);
     float *dx = pw ? grad_of_fresh(ctx, x, &dx_fresh) : grad_of(ctx, x);
     float *dw = grad_of(ctx, w), *db = grad_of(ctx, b);
     if (ctx->failed)
@@ -96,7 +103,7 @@ dc_tensor *dc_linear(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b) {
         return NULL;
     /* the first dimension counts the samples, which must not affect each other */
     int64_t samples = x->ndim > 1 && x->shape[0] > 0 ? x->shape[0] : 1;
-    if (!as_pointwise(ctx, M, K, N)) {
+    if (!as_pointwise(ctx, samples, M, K, N)) {
         DC_KERNEL(ctx, linear_forward, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, M, K, N,
                   samples);
     } else {
