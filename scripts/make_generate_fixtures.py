@@ -86,6 +86,15 @@ CASES = {
     "beam4_ret": dict(num_beams=4, max_length=12, num_return_sequences=3, pad_token_id=3),
     "beam3_prompt": dict(num_beams=3, max_length=18, length_penalty=1.5, early_stopping=True),
 }
+# Cases found by trying variants of transformers against itself: each comes out
+# differently if a rule is changed (the named one), with these prefixes.
+FOUND = {
+    "greedy_min15": ([[1, 12], [1, 8], [1, 4]], dict(max_length=20, min_length=15)),  # min_length - 1
+    "beam3_min12": ([[1, 12], [1, 8], [1, 4]], dict(num_beams=3, max_length=20, min_length=12)),  # min_length - 1
+    "greedy_rep_once": ([[1, 7, 4], [1, 8, 5], [1, 6, 11]], dict(max_length=14, repetition_penalty=2.5)),  # per occurrence
+    "beam3_rep_once": ([[1, 12], [1, 8], [1, 4]], dict(num_beams=3, max_length=20, repetition_penalty=1.8)),  # per occurrence
+    "beam2_heuristic": ([[1, 5, 4], [1, 8, 7], [1, 8, 8]], dict(num_beams=2, max_length=20)),  # no early stop
+}
 
 
 def prefix_for(name, g):
@@ -117,9 +126,10 @@ def main():
     model = ToyLM(ToyConfig(vocab_size=V), w, p, h).eval()
     g = torch.Generator().manual_seed(7)
     tensors = {"toy.w": w, "toy.p": p, "toy.h": h}
-    meta = {"cases": ",".join(CASES), "transformers": transformers.__version__}
-    for name, kw in CASES.items():
-        prefix = prefix_for(name, g)
+    cases = {name: (prefix_for(name, g), kw) for name, kw in CASES.items()}
+    cases.update({name: (torch.tensor(prefix), kw) for name, (prefix, kw) in FOUND.items()})
+    meta = {"cases": ",".join(cases), "transformers": transformers.__version__}
+    for name, (prefix, kw) in cases.items():
         with torch.no_grad():
             kw, ids, lengths, scores = run(model, name, kw, prefix)
         tensors[f"{name}.prefix"] = prefix.to(torch.int32)
