@@ -166,7 +166,9 @@ dc_tensor *dc_softmax(dc_ctx *ctx, dc_tensor *x);
 /* Multi-head scaled-dot-product attention. q [N, Lq, heads*d], k and v
  * [N, Lk, heads*d] (Lk may differ from Lq: cross-attention). Head h uses
  * channels [h*d, (h+1)*d). softmax(q k^T * scale [+ causal mask]) v, with
- * scale = 1/sqrt(d) when `scale` is 0. `causal` masks key j > query i.
+ * scale = 1/sqrt(d) when `scale` is 0. `causal` masks key j > i + Lk - Lq for
+ * query i (Lk >= Lq): the queries are the last Lq positions of the keys' sequence,
+ * as a decoder's new tokens after Lk - Lq cached ones.
  * Result [N, Lq, heads*d]. */
 dc_tensor *dc_attention(dc_ctx *ctx, dc_tensor *q, dc_tensor *k, dc_tensor *v, int heads,
                         bool causal, float scale);

@@ -1,7 +1,9 @@
 /* Op: multi-head scaled-dot-product attention as one op. Forward keeps the
  * probabilities P [N, heads, Lq, Lk] on the node when it records one, so
  * backward needs no recomputation; without a tape P lives only in per-thread
- * scratch. Causal attention needs Lq == Lk (query i sees keys 0..i). */
+ * scratch. Causal attention needs Lk >= Lq: query i sees keys 0..i + Lk - Lq,
+ * the last Lq keys being the queries' own positions (a decoder's new tokens
+ * after Lk - Lq cached ones; Lk == Lq is the plain causal mask). */
 #include "cpu/attention.h"
 #include "cuda/attention.h"
 #include "op_util.h"
@@ -40,8 +42,8 @@ static const char *shape_problem(const dc_tensor *q, const dc_tensor *k, const d
         return "heads must be at least 1";
     if (q->shape[2] % heads != 0)
         return "the channel count does not split into equal heads";
-    if (causal && k->shape[1] != q->shape[1])
-        return "causal attention needs as many keys as queries";
+    if (causal && k->shape[1] < q->shape[1])
+        return "causal attention needs at least as many keys as queries";
     if (q->shape[1] > INT_MAX || k->shape[1] > INT_MAX || q->shape[2] > INT_MAX)
         return "a length or channel count beyond what BLAS takes";
     return NULL;

@@ -266,6 +266,7 @@ static void check_products(dc_math m, double tol) {
     CHECK(m, tol, a, LEAF(cpu, 5, 7, 6), LEAF(cpu, 5, 3, 6), LEAF(cpu, 5, 3, 6)); /* d = 3 */
     a = (op_arg){.op = DC_OP_ATTENTION, .i0 = 3, .b0 = true};
     CHECK(m, tol, a, LEAF(cpu, 4, 9, 21), LEAF(cpu, 4, 9, 21), LEAF(cpu, 4, 9, 21)); /* d = 7 */
+    CHECK(m, tol, a, LEAF(cpu, 2, 3, 12), LEAF(cpu, 2, 8, 12), LEAF(cpu, 2, 8, 12)); /* cached keys */
     a = (op_arg){.op = DC_OP_ATTENTION, .i0 = 3}; /* as many samples as heads */
     CHECK(m, tol, a, LEAF(cpu, 3, 11, 15), LEAF(cpu, 3, 13, 15), LEAF(cpu, 3, 13, 15));
     a.i0 = 5; /* one sample: a single GEMM over its 5 heads */

@@ -26,6 +26,8 @@ static const att_case cases[] = {
     {"causal", 2, 7, 7, 3, 5, true, 0.0f},
     {"explicit scale", 1, 5, 8, 2, 4, false, 0.3f},
     {"one pair, causal", 1, 7, 7, 1, 5, true, 0.0f},
+    {"causal after cached keys", 2, 3, 8, 2, 4, true, 0.0f},
+    {"causal, one new query", 3, 1, 6, 3, 2, true, 0.0f},
 };
 
 /* The kernels run pairs in parallel only when there are at least as many
@@ -60,7 +62,7 @@ static void reference(const att_case *c, const float *q, const float *k, const f
                     double s = 0;
                     for (int e = 0; e < c->d; e++)
                         s += (double)qi[e] * kj[e];
-                    w[j] = c->causal && j > i ? -INFINITY : s * scale;
+                    w[j] = c->causal && j > i + c->lk - c->lq ? -INFINITY : s * scale;
                     max = fmax(max, w[j]);
                 }
                 for (int64_t j = 0; j < c->lk; j++)
@@ -210,9 +212,9 @@ START_TEST(test_errors) {
     expect_error(q, k, (int64_t[]){2, 9, 6}, 2, false, "attention: channel counts differ");
     expect_error(q, k, (int64_t[]){2, 8, 12}, 2, false,
                  "attention: k and v lengths differ (q [2, 7, 12], k [2, 9, 12], v [2, 8, 12]");
-    expect_error(q, k, k, 2, true,
-                 "attention: causal attention needs as many keys as queries (q [2, 7, 12], "
-                 "k [2, 9, 12], v [2, 9, 12], 2 heads, causal)");
+    expect_error(k, q, q, 2, true,
+                 "attention: causal attention needs at least as many keys as queries (q [2, 9, 12], "
+                 "k [2, 7, 12], v [2, 7, 12], 2 heads, causal)");
 
     dc_ctx *ctx = tu_ctx(); /* not [N, L, C] */
     dc_tensor *x = tu_randn(ctx, DC_SHAPE(2, 7, 3, 4)), *y = tu_randn(ctx, DC_SHAPE(2, 7, 12));

@@ -81,11 +81,11 @@ static void pair_offsets(const cpu_attention_dims *a, int64_t bh, int64_t *qo, i
 
 /* Scores to probabilities, row by row of p [rows, Lk] (queries i0 ..). The
  * row max is subtracted so exp never overflows; masked keys get exactly 0,
- * and a causal row always keeps key i, so no row is empty. */
+ * and a causal row always keeps key i + Lk - Lq, so no row is empty. */
 static void softmax_rows(float *p, int i0, int rows, const cpu_attention_dims *a) {
     for (int r = 0; r < rows; r++) {
         float *row = p + (int64_t)r * a->lk;
-        int keep = a->causal ? i0 + r + 1 : a->lk;
+        int keep = a->causal ? i0 + r + 1 + a->lk - a->lq : a->lk;
         float max = row[0], sum = 0.0f;
 #pragma omp simd reduction(max : max)
         for (int j = 1; j < keep; j++)

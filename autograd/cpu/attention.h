@@ -15,7 +15,7 @@
 typedef struct {
     int64_t n;                   /* batch */
     int lq, lk, heads, d;        /* int, as BLAS takes them; heads * d fits too */
-    bool causal;                 /* key j > query i masked; needs lq == lk */
+    bool causal;                 /* key j > query i + lk - lq masked; needs lk >= lq */
     float scale;                 /* applied to q k^T; already resolved (never 0) */
 } cpu_attention_dims;
 

@@ -15,11 +15,11 @@ extern "C" int64_t cuda_attention_scratch(const cpu_attention_dims *a) {
 }
 
 /* Row r of P [N * heads * Lq, Lk] is query r % Lq: softmax of its logits,
- * keys past the query masked to 0 when causal. */
+ * keys past the query's position (r % Lq + Lk - Lq) masked to 0 when causal. */
 __global__ static void attn_softmax(float *p, int64_t rows, int lq, int lk, bool causal) {
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
         float *pr = p + r * lk;
-        int last = causal ? (int)(r % lq) : lk - 1; /* keys 0..last are seen */
+        int last = causal ? (int)(r % lq) + lk - lq : lk - 1; /* keys 0..last are seen */
         float max = -INFINITY;
         for (int j = threadIdx.x; j <= last; j += blockDim.x)
             max = fmaxf(max, pr[j]);
