@@ -23,7 +23,8 @@
  * [SEP] (sep_token_id) and pads with pad_token_id; the caption is the decode
  * of the whole sequence without special tokens, so it starts with the prompt
  * as transformers' does. Options as GenerationConfig names them, with its
- * defaults (max length 20 tokens, bos and prompt included). Sampling
+ * defaults (without --max-length: 20 tokens after bos and the prompt, as
+ * generate() does when max_length is not set, within the model's positions). Sampling
  * (--do-sample, or --top-p < 1, or --temperature != 1) draws from the
  * seed's Philox streams, one per image of a batch: reproducible for a seed
  * and batch size.
@@ -77,8 +78,8 @@ static const dc_cli_option options[] = {
      "write every caption to this metadata.jsonl (appended; images in it are skipped)"},
     {"prompt", DC_CLI_STRING, FIELD(prompt), "TEXT", NULL, "default: none", 0, 0, false,
      "text the captions start with (\"a picture of\"); kept in the output"},
-    {"max-length", DC_CLI_INT, FIELD(max_length), "N", "20", NULL, 1, 1e6, false,
-     "tokens at most, [DEC] and the prompt included"},
+    {"max-length", DC_CLI_INT, FIELD(max_length), "N", NULL, "default: 20 more than [DEC] and the prompt", 1, 1e6,
+     false, "tokens at most, [DEC] and the prompt included"},
     {"min-length", DC_CLI_INT, FIELD(min_length), "N", "0", NULL, 0, 1e6, false,
      "tokens at least before [SEP] may end the caption, [DEC] and the prompt included"},
     {"num-beams", DC_CLI_INT, FIELD(num_beams), "N", "1", NULL, 1, 256, false, "beam search with N beams (1: greedy)"},
@@ -314,21 +315,51 @@ static int make_prefix(run *r) {
         if (r->prefix[i] < 0 || r->prefix[i] >= t->vocab_size)
             return dc_fail("--prompt: token %d is outside the model's %d (the tokenizer does not fit the model)",
                            r->prefix[i], t->vocab_size);
+    if (!r->o.max_length) /* generate()'s default: 20 new tokens, within the positions */
+        r->o.max_length = r->prefix_len + 20 < t->max_position_embeddings ? r->prefix_len + 20
+                                                                          : t->max_position_embeddings;
     if (r->prefix_len >= r->o.max_length)
         return dc_fail("--prompt: %" PRId64 " tokens with [DEC]; --max-length %" PRId64 " leaves none to generate",
                        r->prefix_len, r->o.max_length);
+    if (r->o.max_length > t->max_position_embeddings)
+        return dc_fail("--max-length %" PRId64 " is over the model's %d positions", r->o.max_length,
+                       t->max_position_embeddings);
     return 0;
+}
+
+/* preprocessor_config.json, or processor_config.json's "image_processor"
+ * (where transformers 5 saves it). */
+static int load_processor(run *r) {
+    char *pre = dc_path_join(r->o.model, "preprocessor_config.json");
+    char *proc = dc_path_join(r->o.model, "processor_config.json");
+    struct stat st;
+    int rc = -1;
+    if (!pre || !proc)
+        goto done;
+    if (stat(pre, &st) == 0 || stat(proc, &st) != 0) {
+        rc = dc_image_processor_load(&r->proc, pre);
+        goto done;
+    }
+    cJSON *j = dc_json_load(proc);
+    const cJSON *ip = cJSON_GetObjectItemCaseSensitive(j, "image_processor");
+    char *text = cJSON_IsObject(ip) ? cJSON_PrintUnformatted(ip) : NULL;
+    if (j && !cJSON_IsObject(ip))
+        dc_fail("%s: no \"image_processor\" object", proc);
+    else if (j && !text)
+        dc_fail("out of memory");
+    rc = text ? dc_image_processor_parse(&r->proc, text, proc) : -1;
+    free(text);
+    cJSON_Delete(j);
+done:
+    free(pre);
+    free(proc);
+    return rc;
 }
 
 static int load_model(run *r) {
     int device;
-    char *pp = dc_path_join(r->o.model, "preprocessor_config.json");
-    int rc = !pp || dc_cli_resolve_device(r->o.device, "no", &device) || dc_blip_load(&r->model, r->o.model, device) ||
-                     dc_wordpiece_load(&r->tok, r->o.model) || dc_image_processor_load(&r->proc, pp)
-                 ? -1
-                 : 0;
-    free(pp);
-    if (rc)
+    if (dc_cli_resolve_device(r->o.device, "no", &device) || dc_blip_load(&r->model, r->o.model, device) ||
+        dc_wordpiece_load(&r->tok, r->o.model) || load_processor(r))
         return -1;
     const dc_blip_config *c = &r->model->cfg;
     if (r->proc.height != c->vision.image_size || r->proc.width != c->vision.image_size)
@@ -336,9 +367,6 @@ static int load_model(run *r) {
                        r->proc.width, r->proc.height, c->vision.image_size, c->vision.image_size);
     if (c->text.bos_token_id < 0 || c->text.sep_token_id < 0)
         return dc_fail("%s: config.json's text_config needs bos_token_id and sep_token_id", r->o.model);
-    if (r->o.max_length > c->text.max_position_embeddings)
-        return dc_fail("--max-length %" PRId64 " is over the model's %d positions", r->o.max_length,
-                       c->text.max_position_embeddings);
     size_t bytes;
     if (dc_device_arena_bytes(device, ACTIVATION_BYTES, &bytes) || dc_ctx_init(&r->ctx, device, bytes))
         return -1;

@@ -44,7 +44,9 @@ def make_images(rng):
     os.makedirs(os.path.join(IMAGES, "a"))
     os.makedirs(os.path.join(IMAGES, "b"))
     Image.fromarray(rng.integers(0, 256, (28, 32, 3), dtype=np.uint8)).save(os.path.join(IMAGES, "a", "noise.png"))
-    y, x = np.mgrid[0:30, 0:20]
+    # both sides shrink: where one grows and the other shrinks, Pillow 13 resizes
+    # vertically first and data/image horizontally first, as Pillow 9.4 does
+    y, x = np.mgrid[0:30, 0:36]
     gray = ((x * 7 + y * 5) % 256).astype(np.uint8)
     Image.fromarray(gray, "L").save(os.path.join(IMAGES, "b", "gray.png"))
     rgba = rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)
@@ -88,7 +90,7 @@ def main():
 
     processor = AutoProcessor.from_pretrained(MODEL)
     model = BlipForConditionalGeneration.from_pretrained(MODEL).eval()
-    images = [Image.open(os.path.join(IMAGES, n)).convert("RGB") for n in names]
+    images = [Image.open(os.path.join(IMAGES, n)) for n in names]  # as users pass them: RGBA, L
     runs = {}
     with torch.no_grad():
         for run, options in RUNS.items():
