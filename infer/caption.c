@@ -188,7 +188,7 @@ static int read_done(sink *s) {
         cJSON_Delete(o);
     }
     free(text);
-    if (!rc)
+    if (!rc && s->n_done)
         qsort(s->done, (size_t)s->n_done, sizeof *s->done, cmp_str);
     return rc;
 }

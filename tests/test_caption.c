@@ -4,7 +4,8 @@
  * gray, in subfolders, and a damaged file) for greedy search, 3 beams, a
  * prompt, and min_length with a repetition penalty, at a batch size drawn
  * per run; image files printed as FILE<TAB>caption; resuming a
- * metadata.jsonl cut short in the middle of a line; user errors. */
+ * metadata.jsonl cut short in the middle of a line; sampling reproducible
+ * for a seed; user errors. */
 #include "testutil.h"
 
 #include "autograd/error.h"
@@ -171,6 +172,27 @@ START_TEST(test_resume_after_cut_line) {
 }
 END_TEST
 
+/* Sampling: one seed gives one text, another seed another. */
+START_TEST(test_sampling_reproducible) {
+    char seed[2][24];
+    uint64_t base = tu_next() % 1000000;
+    snprintf(seed[0], sizeof seed[0], "%llu", (unsigned long long)base);
+    snprintf(seed[1], sizeof seed[1], "%llu", (unsigned long long)base + 1);
+    char *out[3];
+    for (int i = 0; i < 3; i++) {
+        const char *args[] = {"caption", "--model", MODEL, "--images", IMAGES "/a/noise.png", IMAGES "/b/gray.png",
+                              "--top-p", "0.9", "--seed", seed[i == 2], NULL};
+        tu_run_result *r = tu_run_diffc(args);
+        ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+        out[i] = strdup(r->out);
+    }
+    ck_assert_str_eq(out[0], out[1]);
+    ck_assert_str_ne(out[0], out[2]);
+    for (int i = 0; i < 3; i++)
+        free(out[i]);
+}
+END_TEST
+
 START_TEST(test_user_errors) {
     const char *no_model[] = {"caption", "--images", IMAGES, NULL};
     ck_assert_int_eq(tu_run_diffc(no_model)->status, 2);
@@ -200,6 +222,7 @@ int main(void) {
     tcase_add_test(tc, test_files_print_tsv);
     tc = tu_tcase(s, "cli", 120);
     tcase_add_test(tc, test_resume_after_cut_line);
+    tcase_add_test(tc, test_sampling_reproducible);
     tcase_add_test(tc, test_user_errors);
     return tu_run(s);
 }
