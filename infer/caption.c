@@ -161,30 +161,29 @@ static int drop_partial_line(const char *path, int fd) {
     return 0;
 }
 
-static int add_done(sink *s, const char *name) {
-    char **grown = realloc(s->done, (size_t)(s->n_done + 1) * sizeof *grown);
-    if (!grown)
-        return dc_fail("out of memory");
-    s->done = grown;
-    if (!(s->done[s->n_done] = strdup(name)))
-        return dc_fail("out of memory");
-    s->n_done++;
-    return 0;
-}
-
-/* The file_names a metadata.jsonl already has. Lines that are not such
- * objects are left alone: the image folder's reader names them. */
+/* The file_names a metadata.jsonl already has ("./" dropped, as the image
+ * folder's reader drops it). Lines that are not such objects are left
+ * alone: that reader names them. */
 static int read_done(sink *s) {
     size_t n;
     char *text = dc_read_file(s->path, (size_t)1 << 32, &n);
-    int rc = text ? 0 : -1;
+    if (!text)
+        return -1;
+    size_t lines = 1;
+    for (size_t i = 0; i < n; i++)
+        lines += text[i] == '\n';
+    s->done = calloc(lines, sizeof *s->done);
+    int rc = s->done ? 0 : dc_fail("out of memory");
     for (char *line = text, *nl; !rc && line < text + n; line = nl + 1) {
         nl = memchr(line, '\n', (size_t)(text + n - line));
         if (!nl)
             nl = text + n;
         cJSON *o = cJSON_ParseWithLength(line, (size_t)(nl - line));
         const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, "file_name"));
-        rc = name ? add_done(s, name) : 0;
+        while (name && !strncmp(name, "./", 2))
+            name += 2;
+        if (name && !(s->done[s->n_done++] = strdup(name)))
+            rc = dc_fail("out of memory");
         cJSON_Delete(o);
     }
     free(text);
@@ -247,15 +246,12 @@ static int emit(const sink *s, const char *name, const char *caption) {
 
 /* ---- the images ---- */
 
+/* Image `item` of input `source`, unless its sink has it (room for it made). */
 static int add_job(run *r, int source, int64_t item, const char *name, int sink_index) {
     if (is_done(&r->sinks[sink_index], name)) {
         r->already++;
         return 0;
     }
-    job *grown = realloc(r->jobs, (size_t)(r->n_jobs + 1) * sizeof *grown);
-    if (!grown)
-        return dc_fail("out of memory");
-    r->jobs = grown;
     job *j = &r->jobs[r->n_jobs];
     *j = (job){source, item, strdup(name), sink_index};
     if (!j->name)
@@ -283,6 +279,10 @@ static int add_input(run *r, int k) {
     const char *kind = r->sources[k].kind;
     if (strcmp(kind, "image folder") && strcmp(kind, "image file"))
         return dc_fail("--images %s: %s data; caption reads image folders and PNG/JPEG files", path, kind);
+    job *grown = realloc(r->jobs, (size_t)(r->n_jobs + r->sources[k].count) * sizeof *grown);
+    if (!grown)
+        return dc_fail("out of memory");
+    r->jobs = grown;
     for (int64_t i = 0; i < r->sources[k].count; i++) {
         char buf[64];
         const char *name = folder ? dc_dataset_item_name(&r->sources[k], i, buf, sizeof buf) : path;

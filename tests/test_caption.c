@@ -173,6 +173,30 @@ START_TEST(test_resume_after_cut_line) {
 END_TEST
 
 /* Sampling: one seed gives one text, another seed another. */
+/* A caption the user wrote, named "./a/noise.png", counts as done: it is
+ * kept, not captioned again (the folder's reader refuses an image listed twice). */
+START_TEST(test_resume_keeps_dot_slash_names) {
+    const char *dir = copy_images();
+    const char *mine = "{\"file_name\": \"./a/noise.png\", \"text\": \"my own words\"}\n";
+    ck_assert_int_eq(dc_write_file(tu_path("metadata.jsonl"), mine, strlen(mine), false), 0);
+    const char *args[] = {"caption", "--model", MODEL, "--images", dir, NULL};
+    for (int run = 0; run < 2; run++) {
+        tu_run_result *r = tu_run_diffc(args);
+        ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+        ck_assert_msg(strstr(r->err, run ? "3 images already captioned" : "1 image already captioned"), "%s",
+                      r->err);
+    }
+    char *text = tu_read_file(tu_path("metadata.jsonl"), 1 << 20, NULL);
+    ck_assert_int_eq(strncmp(text, mine, strlen(mine)), 0);
+    char *noise = caption_in(text, "a/noise.png"), *gray = caption_in(text, "b/gray.png");
+    ck_assert_ptr_null(noise);
+    ck_assert_ptr_nonnull(gray);
+    free(gray);
+    free(text);
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_sampling_reproducible) {
     char seed[2][24];
     uint64_t base = tu_next() % 1000000;
@@ -222,6 +246,7 @@ int main(void) {
     tcase_add_test(tc, test_files_print_tsv);
     tc = tu_tcase(s, "cli", 120);
     tcase_add_test(tc, test_resume_after_cut_line);
+    tcase_add_test(tc, test_resume_keeps_dot_slash_names);
     tcase_add_test(tc, test_sampling_reproducible);
     tcase_add_test(tc, test_user_errors);
     return tu_run(s);
