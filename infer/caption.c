@@ -86,7 +86,7 @@ static const dc_cli_option options[] = {
     {"length-penalty", DC_CLI_FLOAT, FIELD(length_penalty), "X", "1", NULL, -1e6, 1e6, false,
      "beam search: scores divided by length^X"},
     {"repetition-penalty", DC_CLI_FLOAT, FIELD(repetition_penalty), "X", "1", NULL, 0, 1e6, true,
-     "tokens already in the text have their scores divided (or multiplied, below 0) by X"},
+     "tokens already in the text: positive scores divided by X, negative ones multiplied"},
     {"do-sample", DC_CLI_FLAG, FIELD(do_sample), NULL, NULL, NULL, 0, 0, false,
      "sample the tokens (also on with --top-p below 1 or --temperature other than 1)"},
     {"top-p", DC_CLI_FLOAT, FIELD(top_p), "X", "1", NULL, 0, 1, true, "sampling: nucleus of probability X"},
