@@ -14,10 +14,10 @@
 #include <string.h>
 
 #define NEG_BIG -1.0e9f /* transformers' "very large negative value" for beams out of the running */
+#define DEFAULT_NEW_TOKENS 20 /* GenerationConfig's max_length default, counted after the prefix */
 
 dc_text_gen_options dc_text_gen_default_options(void) {
-    dc_text_gen_options o = {.max_length = 20,
-                             .num_beams = 1,
+    dc_text_gen_options o = {.num_beams = 1,
                              .num_return_sequences = 1,
                              .length_penalty = 1.0,
                              .early_stopping = DC_EARLY_STOP_FALSE,
@@ -61,6 +61,17 @@ static int check_sampling(const dc_text_gen_options *o) {
     return 0;
 }
 
+/* transformers' _prepare_generated_length: max_new_tokens wins; an unset
+ * max_length generates DEFAULT_NEW_TOKENS, within the model's positions. */
+static int64_t default_max_length(const dc_text_gen_options *o, int64_t prefix_len) {
+    if (o->max_new_tokens > 0)
+        return prefix_len + o->max_new_tokens;
+    if (o->max_length > 0)
+        return o->max_length;
+    int64_t n = prefix_len + DEFAULT_NEW_TOKENS;
+    return o->max_positions > 0 && o->max_positions < n ? o->max_positions : n;
+}
+
 /* The options against the model and the prefix; the total length in *max_length. */
 static int check_options(const dc_lm *lm, const dc_text_gen_options *o, int64_t batch,
                          const int32_t *prefix, int64_t prefix_len, int64_t *max_length) {
@@ -84,9 +95,9 @@ static int check_options(const dc_lm *lm, const dc_text_gen_options *o, int64_t 
         if (prefix[i] < 0 || prefix[i] >= lm->vocab)
             return dc_fail("generate: prefix token %d is outside the vocabulary (0..%lld)", prefix[i],
                            (long long)lm->vocab - 1);
-    if (o->max_new_tokens < 0 || o->min_length < 0)
-        return dc_fail("generate: max_new_tokens and min_length must not be negative");
-    *max_length = o->max_new_tokens > 0 ? prefix_len + o->max_new_tokens : o->max_length;
+    if (o->max_length < 0 || o->max_new_tokens < 0 || o->max_positions < 0 || o->min_length < 0)
+        return dc_fail("generate: max_length, max_new_tokens, max_positions and min_length must not be negative");
+    *max_length = default_max_length(o, prefix_len);
     if (*max_length <= prefix_len)
         return dc_fail("generate: max_length %lld leaves no room after the prefix of %lld tokens",
                        (long long)*max_length, (long long)prefix_len);
