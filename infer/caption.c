@@ -140,6 +140,7 @@ typedef struct run {
     dc_image_processor proc;
     int32_t *prefix;
     int64_t prefix_len;
+    dc_text_gen_options gen;
     dc_ctx ctx;
     bool ctx_ready, tty;
 } run;
@@ -294,7 +295,26 @@ static int add_input(run *r, int k) {
 
 /* ---- the model ---- */
 
-/* The prefix of every caption: bos, then the prompt's tokens. */
+static dc_text_gen_options gen_options(const run *r) {
+    dc_text_gen_options g = dc_text_gen_default_options();
+    const caption_options *o = &r->o;
+    g.max_length = o->max_length; /* 0: generate()'s default */
+    g.max_positions = r->model->cfg.text.max_position_embeddings;
+    g.min_length = o->min_length;
+    g.num_beams = o->num_beams;
+    g.length_penalty = o->length_penalty;
+    g.repetition_penalty = o->repetition_penalty;
+    g.do_sample = o->do_sample || o->top_p < 1 || o->temperature != 1;
+    g.top_k = o->top_k;
+    g.top_p = o->top_p;
+    g.temperature = o->temperature;
+    g.seed = (uint64_t)o->seed;
+    g.eos_token_id = r->model->cfg.text.sep_token_id;
+    g.pad_token_id = r->model->cfg.text.pad_token_id;
+    return g;
+}
+
+/* The prefix of every caption: bos, then the prompt's tokens; the generation options. */
 static int make_prefix(run *r) {
     const dc_blip_text_config *t = &r->model->cfg.text;
     int32_t *ids = NULL;
@@ -315,14 +335,13 @@ static int make_prefix(run *r) {
         if (r->prefix[i] < 0 || r->prefix[i] >= t->vocab_size)
             return dc_fail("--prompt: token %d is outside the model's %d (the tokenizer does not fit the model)",
                            r->prefix[i], t->vocab_size);
-    if (!r->o.max_length) /* generate()'s default: 20 new tokens, within the positions */
-        r->o.max_length = r->prefix_len + 20 < t->max_position_embeddings ? r->prefix_len + 20
-                                                                          : t->max_position_embeddings;
-    if (r->prefix_len >= r->o.max_length)
-        return dc_fail("--prompt: %" PRId64 " tokens with [DEC]; --max-length %" PRId64 " leaves none to generate",
-                       r->prefix_len, r->o.max_length);
-    if (r->o.max_length > t->max_position_embeddings)
-        return dc_fail("--max-length %" PRId64 " is over the model's %d positions", r->o.max_length,
+    r->gen = gen_options(r);
+    int64_t max_length = dc_text_gen_max_length(&r->gen, r->prefix_len);
+    if (r->prefix_len >= max_length)
+        return dc_fail("--prompt: %" PRId64 " tokens with [DEC]; a length of %" PRId64 " leaves none to generate",
+                       r->prefix_len, max_length);
+    if (max_length > t->max_position_embeddings)
+        return dc_fail("--max-length %" PRId64 " is over the model's %d positions", max_length,
                        t->max_position_embeddings);
     return 0;
 }
@@ -390,23 +409,6 @@ static int lm_reorder(void *self, const int64_t *src) {
     return dc_blip_decoder_reorder(((decoder_lm *)self)->d, src);
 }
 
-static dc_text_gen_options gen_options(const run *r) {
-    dc_text_gen_options g = dc_text_gen_default_options();
-    const caption_options *o = &r->o;
-    g.max_length = o->max_length;
-    g.min_length = o->min_length;
-    g.num_beams = o->num_beams;
-    g.length_penalty = o->length_penalty;
-    g.repetition_penalty = o->repetition_penalty;
-    g.do_sample = o->do_sample || o->top_p < 1 || o->temperature != 1;
-    g.top_k = o->top_k;
-    g.top_p = o->top_p;
-    g.temperature = o->temperature;
-    g.seed = (uint64_t)o->seed;
-    g.eos_token_id = r->model->cfg.text.sep_token_id;
-    g.pad_token_id = r->model->cfg.text.pad_token_id;
-    return g;
-}
 
 /* Decode and preprocess job j into px; 1 when the image is skipped. */
 static int load_pixels(run *r, const job *j, float *px) {
@@ -430,7 +432,7 @@ static int caption_pixels(run *r, const float *px, int64_t b, char **caps) {
     dc_tensor *embeds = pixels ? dc_blip_vision_forward(&r->ctx, r->model, pixels) : NULL;
     if (!embeds || dc_ctx_status(&r->ctx))
         return -1;
-    dc_text_gen_options g = gen_options(r);
+    const dc_text_gen_options *g = &r->gen;
     decoder_lm self = {NULL};
     int32_t *prefix = malloc((size_t)(b * r->prefix_len) * sizeof *prefix);
     dc_text_gen_output out = {0};
@@ -438,10 +440,10 @@ static int caption_pixels(run *r, const float *px, int64_t b, char **caps) {
     for (int64_t i = 0; !rc && i < b; i++)
         memcpy(prefix + i * r->prefix_len, r->prefix, (size_t)r->prefix_len * sizeof *prefix);
     if (!rc)
-        rc = dc_blip_decoder_init(&self.d, r->model, embeds, g.num_beams, g.max_length);
+        rc = dc_blip_decoder_init(&self.d, r->model, embeds, g->num_beams, dc_text_gen_max_length(g, r->prefix_len));
     dc_lm lm = {&self, r->model->cfg.text.vocab_size, lm_step, lm_reorder};
     if (!rc)
-        rc = dc_text_generate(&lm, &g, b, prefix, r->prefix_len, &out);
+        rc = dc_text_generate(&lm, g, b, prefix, r->prefix_len, &out);
     for (int64_t i = 0; !rc && i < b; i++)
         rc = dc_wordpiece_decode(r->tok, out.ids + i * out.len, out.lengths[i], true, &caps[i]);
     dc_text_gen_output_free(&out);

@@ -30,7 +30,8 @@ static const int_key vision_ints[] = {
     {"hidden_size", offsetof(dc_blip_vision_config, hidden_size), 768, 1, DC_BLIP_MAX_HIDDEN},
     {"intermediate_size", offsetof(dc_blip_vision_config, intermediate_size), 3072, 1,
      DC_BLIP_MAX_INTERMEDIATE},
-    {"num_hidden_layers", offsetof(dc_blip_vision_config, num_hidden_layers), 12, 0, DC_BLIP_MAX_LAYERS},
+    {"num_hidden_layers", offsetof(dc_blip_vision_config, num_hidden_layers), 12, 0,
+     DC_BLIP_MAX_LAYERS},
     {"num_attention_heads", offsetof(dc_blip_vision_config, num_attention_heads), 12, 1,
      DC_BLIP_MAX_HIDDEN},
     {"image_size", offsetof(dc_blip_vision_config, image_size), 384, 1, DC_BLIP_MAX_IMAGE},
@@ -42,7 +43,8 @@ static const int_key text_ints[] = {
     {"hidden_size", offsetof(dc_blip_text_config, hidden_size), 768, 1, DC_BLIP_MAX_HIDDEN},
     {"intermediate_size", offsetof(dc_blip_text_config, intermediate_size), 3072, 1,
      DC_BLIP_MAX_INTERMEDIATE},
-    {"num_hidden_layers", offsetof(dc_blip_text_config, num_hidden_layers), 12, 0, DC_BLIP_MAX_LAYERS},
+    {"num_hidden_layers", offsetof(dc_blip_text_config, num_hidden_layers), 12, 0,
+     DC_BLIP_MAX_LAYERS},
     {"num_attention_heads", offsetof(dc_blip_text_config, num_attention_heads), 8, 1,
      DC_BLIP_MAX_HIDDEN},
     {"max_position_embeddings", offsetof(dc_blip_text_config, max_position_embeddings), 512, 1,
@@ -57,7 +59,8 @@ static const int_key text_ids[] = {
     {"eos_token_id", offsetof(dc_blip_text_config, eos_token_id), 2, 0, INT32_MAX},
 };
 
-static int read_int(const cJSON *obj, const int_key *k, const char *where, void *base, bool nullable) {
+static int read_int(const cJSON *obj, const int_key *k, const char *where, void *base,
+                    bool nullable) {
     int *field = (int *)((char *)base + k->offset);
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, k->key);
     *field = nullable && v && cJSON_IsNull(v) ? -1 : k->def;
@@ -99,7 +102,8 @@ static int check_act(const cJSON *obj, const char *where) {
     if (dc_json_get_string(obj, "hidden_act", where, &act))
         return -1;
     if (strcmp(act, "gelu"))
-        return dc_fail("%s: hidden_act \"%.64s\" is not supported (supported: \"gelu\")", where, act);
+        return dc_fail("%s: hidden_act \"%.64s\" is not supported (supported: \"gelu\")", where,
+                       act);
     return 0;
 }
 
@@ -145,7 +149,8 @@ static int parse_text(dc_blip_text_config *t, const cJSON *obj, const char *wher
         return -1;
     if (!is_decoder)
         return dc_fail("%s: is_decoder false is not supported (the captioner's decoder is causal "
-                       "and attends to the image)", where);
+                       "and attends to the image)",
+                       where);
     if (t->bos_token_id >= t->vocab_size || t->pad_token_id >= t->vocab_size)
         return dc_fail("%s: bos_token_id %d and pad_token_id %d must be below vocab_size %d", where,
                        t->bos_token_id, t->pad_token_id, t->vocab_size);
@@ -159,12 +164,14 @@ static int parse_root(dc_blip_config *c, const cJSON *root, const char *what) {
     if (dc_json_get_string(root, "model_type", what, &type))
         return -1;
     if (strcmp(type, "blip"))
-        return dc_fail("%s: model_type \"%.64s\" is not BLIP (BlipForConditionalGeneration)", what, type);
+        return dc_fail("%s: model_type \"%.64s\" is not BLIP (BlipForConditionalGeneration)", what,
+                       type);
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *first = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
     if (cJSON_IsString(first) && strcmp(first->valuestring, "BlipForConditionalGeneration"))
         return dc_fail("%s: architectures \"%.64s\" is not supported (supported: "
-                       "\"BlipForConditionalGeneration\")", what, first->valuestring);
+                       "\"BlipForConditionalGeneration\")",
+                       what, first->valuestring);
     char vw[256], tw[256];
     const cJSON *vision, *text;
     double smoothing = 0;
@@ -228,16 +235,21 @@ static const dc_tf_attention_names vision_attn = {.qkv = "qkv", .out = "projecti
 static const dc_tf_attention_names bert_attn = {
     .q = "self.query", .k = "self.key", .v = "self.value", .out = "output.dense"};
 
-static int declare_vision_layer(vision_layer *l, dc_params *ps, const dc_blip_vision_config *v, int i) {
+static int declare_vision_layer(vision_layer *l, dc_params *ps, const dc_blip_vision_config *v,
+                                int i) {
     char p[96], n[128];
     snprintf(p, sizeof p, "vision_model.encoder.layers.%d", i);
 #define NAME(s) (snprintf(n, sizeof n, "%s.%s", p, s), n)
-    return dc_nn_layer_norm_init(&l->ln1, ps, NAME("layer_norm1"), v->hidden_size, v->layer_norm_eps) ||
-           dc_tf_attention_init(&l->attn, ps, NAME("self_attn"), &vision_attn, v->hidden_size,
-                                v->hidden_size, v->num_attention_heads) ||
-           dc_nn_layer_norm_init(&l->ln2, ps, NAME("layer_norm2"), v->hidden_size, v->layer_norm_eps) ||
-           dc_nn_linear_init(&l->fc1, ps, NAME("mlp.fc1"), v->hidden_size, v->intermediate_size, true) ||
-           dc_nn_linear_init(&l->fc2, ps, NAME("mlp.fc2"), v->intermediate_size, v->hidden_size, true)
+    return dc_nn_layer_norm_init(&l->ln1, ps, NAME("layer_norm1"), v->hidden_size,
+                                 v->layer_norm_eps) ||
+                   dc_tf_attention_init(&l->attn, ps, NAME("self_attn"), &vision_attn,
+                                        v->hidden_size, v->hidden_size, v->num_attention_heads) ||
+                   dc_nn_layer_norm_init(&l->ln2, ps, NAME("layer_norm2"), v->hidden_size,
+                                         v->layer_norm_eps) ||
+                   dc_nn_linear_init(&l->fc1, ps, NAME("mlp.fc1"), v->hidden_size,
+                                     v->intermediate_size, true) ||
+                   dc_nn_linear_init(&l->fc2, ps, NAME("mlp.fc2"), v->intermediate_size,
+                                     v->hidden_size, true)
                ? -1
                : 0;
 }
@@ -249,13 +261,17 @@ static int declare_text_layer(text_layer *l, dc_params *ps, const dc_blip_text_c
     float eps = t->layer_norm_eps;
     return dc_tf_attention_init(&l->self, ps, NAME("attention"), &bert_attn, d, d,
                                 t->num_attention_heads) ||
-           dc_nn_layer_norm_init(&l->self_ln, ps, NAME("attention.output.LayerNorm"), d, eps) ||
-           dc_tf_attention_init(&l->cross, ps, NAME("crossattention"), &bert_attn, d,
-                                t->encoder_hidden_size, t->num_attention_heads) ||
-           dc_nn_layer_norm_init(&l->cross_ln, ps, NAME("crossattention.output.LayerNorm"), d, eps) ||
-           dc_nn_linear_init(&l->intermediate, ps, NAME("intermediate.dense"), d, t->intermediate_size, true) ||
-           dc_nn_linear_init(&l->output, ps, NAME("output.dense"), t->intermediate_size, d, true) ||
-           dc_nn_layer_norm_init(&l->out_ln, ps, NAME("output.LayerNorm"), d, eps)
+                   dc_nn_layer_norm_init(&l->self_ln, ps, NAME("attention.output.LayerNorm"), d,
+                                         eps) ||
+                   dc_tf_attention_init(&l->cross, ps, NAME("crossattention"), &bert_attn, d,
+                                        t->encoder_hidden_size, t->num_attention_heads) ||
+                   dc_nn_layer_norm_init(&l->cross_ln, ps, NAME("crossattention.output.LayerNorm"),
+                                         d, eps) ||
+                   dc_nn_linear_init(&l->intermediate, ps, NAME("intermediate.dense"), d,
+                                     t->intermediate_size, true) ||
+                   dc_nn_linear_init(&l->output, ps, NAME("output.dense"), t->intermediate_size, d,
+                                     true) ||
+                   dc_nn_layer_norm_init(&l->out_ln, ps, NAME("output.LayerNorm"), d, eps)
                ? -1
                : 0;
 #undef NAME
@@ -269,12 +285,14 @@ static int declare_vision(dc_blip_net *net, dc_params *ps, const dc_blip_vision_
     if (dc_nn_conv2d_init(&net->patch, ps, "vision_model.embeddings.patch_embedding", 3, d,
                           v->patch_size, v->patch_size, 0, true))
         return -1;
-    net->position_embedding = dc_params_add(ps, e, "position_embedding", DC_SHAPE(1, 1 + grid * grid, d),
-                                            DC_LAYOUT_PLAIN, DC_INIT_NORMAL, 1.0f);
+    net->position_embedding =
+        dc_params_add(ps, e, "position_embedding", DC_SHAPE(1, 1 + grid * grid, d), DC_LAYOUT_PLAIN,
+                      DC_INIT_NORMAL, 1.0f);
     for (int i = 0; i < v->num_hidden_layers; i++)
         if (declare_vision_layer(&net->vl[i], ps, v, i))
             return -1;
-    return dc_nn_layer_norm_init(&net->post_ln, ps, "vision_model.post_layernorm", d, v->layer_norm_eps);
+    return dc_nn_layer_norm_init(&net->post_ln, ps, "vision_model.post_layernorm", d,
+                                 v->layer_norm_eps);
 }
 
 static int declare_text(dc_blip_net *net, dc_params *ps, const dc_blip_config *c) {
@@ -282,7 +300,8 @@ static int declare_text(dc_blip_net *net, dc_params *ps, const dc_blip_config *c
     int64_t d = t->hidden_size;
     if (dc_nn_embedding_init(&net->words, ps, "text_decoder.bert.embeddings.word_embeddings",
                              t->vocab_size, d) ||
-        dc_nn_embedding_init(&net->positions, ps, "text_decoder.bert.embeddings.position_embeddings",
+        dc_nn_embedding_init(&net->positions, ps,
+                             "text_decoder.bert.embeddings.position_embeddings",
                              t->max_position_embeddings, d) ||
         dc_nn_layer_norm_init(&net->emb_ln, ps, "text_decoder.bert.embeddings.LayerNorm", d,
                               t->layer_norm_eps))
@@ -291,9 +310,10 @@ static int declare_text(dc_blip_net *net, dc_params *ps, const dc_blip_config *c
         if (declare_text_layer(&net->tl[i], ps, t, i))
             return -1;
     const char *h = "text_decoder.cls.predictions";
-    if (dc_nn_linear_init(&net->head_dense, ps, "text_decoder.cls.predictions.transform.dense", d, d, true) ||
-        dc_nn_layer_norm_init(&net->head_ln, ps, "text_decoder.cls.predictions.transform.LayerNorm", d,
-                              t->layer_norm_eps) ||
+    if (dc_nn_linear_init(&net->head_dense, ps, "text_decoder.cls.predictions.transform.dense", d,
+                          d, true) ||
+        dc_nn_layer_norm_init(&net->head_ln, ps, "text_decoder.cls.predictions.transform.LayerNorm",
+                              d, t->layer_norm_eps) ||
         !(net->head_bias = dc_params_add(ps, h, "bias", DC_SHAPE(t->vocab_size), DC_LAYOUT_PLAIN,
                                          DC_INIT_ZEROS, 0.0f)))
         return -1;
@@ -301,7 +321,8 @@ static int declare_text(dc_blip_net *net, dc_params *ps, const dc_blip_config *c
         net->out_weight = net->words.weight, net->out_bias = net->head_bias;
         return 0;
     }
-    if (dc_nn_linear_init(&net->decoder, ps, "text_decoder.cls.predictions.decoder", d, t->vocab_size, true))
+    if (dc_nn_linear_init(&net->decoder, ps, "text_decoder.cls.predictions.decoder", d,
+                          t->vocab_size, true))
         return -1;
     net->out_weight = net->decoder.weight, net->out_bias = net->decoder.bias;
     return 0;
@@ -396,7 +417,8 @@ static int find_weights(const char *dir, char **weights) {
              : is_file(bin)
                  ? dc_fail("%s: only PyTorch .bin weights; diffc reads safetensors (in Python: "
                            "BlipForConditionalGeneration.from_pretrained(DIR).save_pretrained(DIR, "
-                           "safe_serialization=True))", dir)
+                           "safe_serialization=True))",
+                           dir)
                  : dc_fail("%s: no %s (a transformers model folder holds its weights there)", dir,
                            DC_BLIP_WEIGHTS_FILE);
     free(bin);
@@ -466,7 +488,8 @@ dc_tensor *dc_blip_vision_forward(dc_ctx *ctx, const dc_blip *m, dc_tensor *pixe
     if (dc_ctx_status(ctx) || !pixels)
         return NULL;
     int s = m->cfg.vision.image_size;
-    if (pixels->ndim != 4 || pixels->shape[1] != s || pixels->shape[2] != s || pixels->shape[3] != 3) {
+    if (pixels->ndim != 4 || pixels->shape[1] != s || pixels->shape[2] != s ||
+        pixels->shape[3] != 3) {
         char sh[64];
         dc_fail("BLIP vision: pixels %s, want [N, %d, %d, 3]",
                 dc_shape_str(sh, sizeof sh, pixels->ndim, pixels->shape), s, s);
@@ -522,7 +545,8 @@ static dc_tensor *text_layer_forward(dc_ctx *ctx, const text_layer *l, dc_tensor
     a = dc_tf_attention_over(ctx, &l->cross, x, cross_k, cross_v, false);
     x = dc_nn_layer_norm_forward(ctx, &l->cross_ln, dc_add(ctx, a, x));
     dc_tensor *h = dc_gelu(ctx, dc_nn_linear_forward(ctx, &l->intermediate, x));
-    return dc_nn_layer_norm_forward(ctx, &l->out_ln, dc_add(ctx, dc_nn_linear_forward(ctx, &l->output, h), x));
+    return dc_nn_layer_norm_forward(ctx, &l->out_ln,
+                                    dc_add(ctx, dc_nn_linear_forward(ctx, &l->output, h), x));
 }
 
 /* cls.predictions: [..., D] -> [..., V]. */
@@ -534,23 +558,30 @@ static dc_tensor *lm_head(dc_ctx *ctx, const dc_blip_net *net, dc_tensor *x) {
 
 static bool fail_ctx(dc_ctx *ctx, const char *fmt, const dc_tensor *a, const dc_tensor *b) {
     char sa[64], sb[64];
-    dc_fail(fmt, dc_shape_str(sa, sizeof sa, a->ndim, a->shape), dc_shape_str(sb, sizeof sb, b->ndim, b->shape));
+    dc_fail(fmt, dc_shape_str(sa, sizeof sa, a->ndim, a->shape),
+            dc_shape_str(sb, sizeof sb, b->ndim, b->shape));
     ctx->failed = true;
     return false;
 }
 
-static bool text_inputs_ok(dc_ctx *ctx, const dc_blip *m, const dc_tensor *ids, const dc_tensor *img) {
+static bool text_inputs_ok(dc_ctx *ctx, const dc_blip *m, const dc_tensor *ids,
+                           const dc_tensor *img) {
     const dc_blip_text_config *t = &m->cfg.text;
-    if (ids->ndim != 2 || ids->dtype != DC_I32 || img->ndim != 3 || img->shape[0] != ids->shape[0] ||
-        img->shape[2] != t->encoder_hidden_size || ids->shape[1] < 1)
-        return fail_ctx(ctx, "BLIP text: ids %s (want i32 [N, T]) with image embeddings %s "
-                             "(want [N, L, vision hidden_size])", ids, img);
+    if (ids->ndim != 2 || ids->dtype != DC_I32 || img->ndim != 3 ||
+        img->shape[0] != ids->shape[0] || img->shape[2] != t->encoder_hidden_size ||
+        ids->shape[1] < 1)
+        return fail_ctx(ctx,
+                        "BLIP text: ids %s (want i32 [N, T]) with image embeddings %s "
+                        "(want [N, L, vision hidden_size])",
+                        ids, img);
     if (ids->shape[1] > t->max_position_embeddings)
-        return fail_ctx(ctx, "BLIP text: ids %s longer than max_position_embeddings (image %s)", ids, img);
+        return fail_ctx(ctx, "BLIP text: ids %s longer than max_position_embeddings (image %s)",
+                        ids, img);
     return true;
 }
 
-dc_tensor *dc_blip_text_logits(dc_ctx *ctx, const dc_blip *m, dc_tensor *ids, dc_tensor *image_embeds) {
+dc_tensor *dc_blip_text_logits(dc_ctx *ctx, const dc_blip *m, dc_tensor *ids,
+                               dc_tensor *image_embeds) {
     if (dc_ctx_status(ctx) || !ids || !image_embeds || !text_inputs_ok(ctx, m, ids, image_embeds))
         return NULL;
     dc_tensor *x = text_embed(ctx, m, ids, 0);
@@ -570,10 +601,10 @@ dc_tensor *dc_blip_text_logits(dc_ctx *ctx, const dc_blip *m, dc_tensor *ids, dc
 
 struct dc_blip_decoder {
     const dc_blip *m;
-    dc_ctx step;                 /* one step's activations, reset per step */
-    dc_ctx kept;                 /* the cross-attention keys and values, for the decoder's life */
+    dc_ctx step; /* one step's activations, reset per step */
+    dc_ctx kept; /* the cross-attention keys and values, for the decoder's life */
     dc_tensor **cross_k, **cross_v; /* [layers] of [images, L, D] */
-    dc_tf_kv_cache *self;        /* [layers] */
+    dc_tf_kv_cache *self;           /* [layers] */
     int64_t images, rows, rows_per_image, max_len, len;
 };
 
@@ -596,10 +627,12 @@ static size_t step_bytes(const dc_blip_decoder *d, int64_t image_tokens) {
     const dc_blip_text_config *t = &d->m->cfg.text;
     double wide = t->intermediate_size > t->hidden_size ? t->intermediate_size : t->hidden_size;
     double keys = d->max_len > image_tokens ? d->max_len : image_tokens;
-    double per_layer = 16.0 * d->rows * d->max_len * wide + 4.0 * d->rows * d->max_len * t->hidden_size +
-                       2.0 * d->rows * t->num_attention_heads * d->max_len * keys + 64.0 * 1024 * 64;
+    double per_layer =
+        16.0 * d->rows * d->max_len * wide + 4.0 * d->rows * d->max_len * t->hidden_size +
+        2.0 * d->rows * t->num_attention_heads * d->max_len * keys + 64.0 * 1024 * 64;
     double total = 4.0 * (t->num_hidden_layers * per_layer + 4.0 * d->rows * t->vocab_size +
-                          8.0 * d->rows * d->max_len * t->hidden_size) + (16 << 20);
+                          8.0 * d->rows * d->max_len * t->hidden_size) +
+                   (16 << 20);
     return total > 1e15 ? (size_t)1e15 : (size_t)total;
 }
 
@@ -614,10 +647,12 @@ static int cross_kv(dc_blip_decoder *d, const dc_tensor *image_embeds) {
     return dc_ctx_status(ctx);
 }
 
-static int decoder_check(const dc_blip *m, const dc_tensor *img, int64_t rows_per_image, int64_t max_len) {
+static int decoder_check(const dc_blip *m, const dc_tensor *img, int64_t rows_per_image,
+                         int64_t max_len) {
     const dc_blip_text_config *t = &m->cfg.text;
     char s[64];
-    if (img->ndim != 3 || img->shape[2] != t->encoder_hidden_size || img->shape[0] < 1 || img->dtype != DC_F32)
+    if (img->ndim != 3 || img->shape[2] != t->encoder_hidden_size || img->shape[0] < 1 ||
+        img->dtype != DC_F32)
         return dc_fail("BLIP decoder: image embeddings %s, want f32 [images, L, %d]",
                        dc_shape_str(s, sizeof s, img->ndim, img->shape), t->encoder_hidden_size);
     if (rows_per_image < 1 || rows_per_image > 4096 || img->shape[0] > INT32_MAX / rows_per_image)
@@ -647,15 +682,16 @@ int dc_blip_decoder_init(dc_blip_decoder **out, const dc_blip *m, const dc_tenso
     d->cross_k = calloc((size_t)layers + 1, sizeof *d->cross_k);
     d->cross_v = calloc((size_t)layers + 1, sizeof *d->cross_v);
     size_t kv = (size_t)d->images * (size_t)image_embeds->shape[1] * (size_t)t->hidden_size;
-    size_t kept = 4 * ((size_t)image_embeds->numel + 2 * (size_t)layers * kv) + 256 * (size_t)layers +
-                  (4 << 20);
+    size_t kept = 4 * ((size_t)image_embeds->numel + 2 * (size_t)layers * kv) +
+                  256 * (size_t)layers + (4 << 20);
     size_t step = 0;
-    int rc = !d->self || !d->cross_k || !d->cross_v ? dc_fail("BLIP decoder: out of memory")
-             : dc_ctx_init(&d->kept, m->device, kept) || cross_kv(d, image_embeds) ||
-                     dc_device_arena_bytes(m->device, step_bytes(d, image_embeds->shape[1]), &step) ||
-                     dc_ctx_init(&d->step, m->device, step)
-                 ? -1
-                 : 0;
+    int rc =
+        !d->self || !d->cross_k || !d->cross_v ? dc_fail("BLIP decoder: out of memory")
+        : dc_ctx_init(&d->kept, m->device, kept) || cross_kv(d, image_embeds) ||
+                dc_device_arena_bytes(m->device, step_bytes(d, image_embeds->shape[1]), &step) ||
+                dc_ctx_init(&d->step, m->device, step)
+            ? -1
+            : 0;
     for (int i = 0; !rc && i < layers; i++)
         rc = dc_tf_kv_cache_init(&d->self[i], m->device, d->rows, max_len, t->hidden_size);
     if (rc) {
@@ -672,8 +708,8 @@ int dc_blip_decoder_step(dc_blip_decoder *d, const int32_t *ids, int64_t n, floa
     const dc_blip *m = d->m;
     const dc_blip_text_config *t = &m->cfg.text;
     if (n < 1 || n > d->max_len - d->len)
-        return dc_fail("BLIP decoder: %lld more tokens after %lld exceed max_len %lld", (long long)n,
-                       (long long)d->len, (long long)d->max_len);
+        return dc_fail("BLIP decoder: %lld more tokens after %lld exceed max_len %lld",
+                       (long long)n, (long long)d->len, (long long)d->max_len);
     dc_ctx *ctx = &d->step;
     dc_ctx_reset(ctx);
     dc_tensor *x = text_embed(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(d->rows, n), ids), d->len);
@@ -689,8 +725,9 @@ int dc_blip_decoder_step(dc_blip_decoder *d, const int32_t *ids, int64_t n, floa
 int dc_blip_decoder_reorder(dc_blip_decoder *d, const int64_t *src) {
     for (int64_t r = 0; r < d->rows; r++)
         if (src[r] < 0 || src[r] >= d->rows || src[r] / d->rows_per_image != r / d->rows_per_image)
-            return dc_fail("BLIP decoder: row %lld cannot continue row %lld (another image's, or none)",
-                           (long long)r, (long long)src[r]);
+            return dc_fail(
+                "BLIP decoder: row %lld cannot continue row %lld (another image's, or none)",
+                (long long)r, (long long)src[r]);
     dc_ctx_reset(&d->step);
     for (int i = 0; i < d->m->cfg.text.num_hidden_layers; i++)
         if (dc_tf_kv_cache_reorder(&d->step, &d->self[i], src))

@@ -14,10 +14,10 @@
 #include <string.h>
 
 #define NEG_BIG -1.0e9f /* transformers' "very large negative value" for beams out of the running */
+#define DEFAULT_NEW_TOKENS 20 /* GenerationConfig's max_length default, counted after the prefix */
 
 dc_text_gen_options dc_text_gen_default_options(void) {
-    dc_text_gen_options o = {.max_length = 20,
-                             .num_beams = 1,
+    dc_text_gen_options o = {.num_beams = 1,
                              .num_return_sequences = 1,
                              .length_penalty = 1.0,
                              .early_stopping = DC_EARLY_STOP_FALSE,
@@ -61,6 +61,17 @@ static int check_sampling(const dc_text_gen_options *o) {
     return 0;
 }
 
+/* transformers' _prepare_generated_length: max_new_tokens wins; an unset
+ * max_length generates DEFAULT_NEW_TOKENS, within the model's positions. */
+int64_t dc_text_gen_max_length(const dc_text_gen_options *o, int64_t prefix_len) {
+    if (o->max_new_tokens > 0)
+        return prefix_len + o->max_new_tokens;
+    if (o->max_length > 0)
+        return o->max_length;
+    int64_t n = prefix_len + DEFAULT_NEW_TOKENS;
+    return o->max_positions > 0 && o->max_positions < n ? o->max_positions : n;
+}
+
 /* The options against the model and the prefix; the total length in *max_length. */
 static int check_options(const dc_lm *lm, const dc_text_gen_options *o, int64_t batch,
                          const int32_t *prefix, int64_t prefix_len, int64_t *max_length) {
@@ -84,9 +95,9 @@ static int check_options(const dc_lm *lm, const dc_text_gen_options *o, int64_t 
         if (prefix[i] < 0 || prefix[i] >= lm->vocab)
             return dc_fail("generate: prefix token %d is outside the vocabulary (0..%lld)", prefix[i],
                            (long long)lm->vocab - 1);
-    if (o->max_new_tokens < 0 || o->min_length < 0)
-        return dc_fail("generate: max_new_tokens and min_length must not be negative");
-    *max_length = o->max_new_tokens > 0 ? prefix_len + o->max_new_tokens : o->max_length;
+    if (o->max_length < 0 || o->max_new_tokens < 0 || o->max_positions < 0 || o->min_length < 0)
+        return dc_fail("generate: max_length, max_new_tokens, max_positions and min_length must not be negative");
+    *max_length = dc_text_gen_max_length(o, prefix_len);
     if (*max_length <= prefix_len)
         return dc_fail("generate: max_length %lld leaves no room after the prefix of %lld tokens",
                        (long long)*max_length, (long long)prefix_len);
@@ -94,6 +105,12 @@ static int check_options(const dc_lm *lm, const dc_text_gen_options *o, int64_t 
 }
 
 /* ---- the search state ---- */
+
+/* A score and the token it belongs to, for sorting. */
+typedef struct scored {
+    float v;
+    int64_t i;
+} scored;
 
 typedef struct gen {
     const dc_lm *lm;
@@ -103,12 +120,18 @@ typedef struct gen {
     int32_t *seq;      /* [rows, max_length]: the running sequences */
     float *scores;     /* [rows, vocab]: logits, then processed scores */
     uint8_t *seen;     /* [vocab]: scratch for the repetition penalty */
+    float *tmp_v;      /* [vocab]: scratch for the sampling warpers */
+    int64_t *tmp_i;    /* [vocab] */
+    scored *tmp_s;     /* [vocab] */
 } gen;
 
 static void gen_free(gen *g) {
     free(g->seq);
     free(g->scores);
     free(g->seen);
+    free(g->tmp_v);
+    free(g->tmp_i);
+    free(g->tmp_s);
 }
 
 /* rows sequences, each the prefix of entry row / per_entry. */
@@ -119,7 +142,10 @@ static int gen_init(gen *g, const dc_lm *lm, const dc_text_gen_options *o, int64
     g->seq = malloc((size_t)(g->rows * max_length) * sizeof *g->seq);
     g->scores = malloc((size_t)(g->rows * g->vocab) * sizeof *g->scores);
     g->seen = calloc((size_t)g->vocab, 1);
-    if (!g->seq || !g->scores || !g->seen) {
+    g->tmp_v = malloc((size_t)g->vocab * sizeof *g->tmp_v);
+    g->tmp_i = malloc((size_t)g->vocab * sizeof *g->tmp_i);
+    g->tmp_s = malloc((size_t)g->vocab * sizeof *g->tmp_s);
+    if (!g->seq || !g->scores || !g->seen || !g->tmp_v || !g->tmp_i || !g->tmp_s) {
         gen_free(g);
         return dc_fail("generate: out of memory for %lld rows of %lld tokens", (long long)g->rows,
                        (long long)g->vocab);
@@ -175,29 +201,36 @@ static void log_softmax(float *x, int64_t n) {
         x[i] = (x[i] - m) - ls;
 }
 
-/* ---- sampling warpers ---- */
+/* ---- top-k selection and the sampling warpers ---- */
 
-static int cmp_desc(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x < y) - (x > y);
+/* Insert (v, i) among the n best kept so far in bv/bi[0..*have), best first;
+ * equal scores stay in the order they came. */
+static void keep_best(float *bv, int64_t *bi, int64_t *have, int64_t n, float v, int64_t i) {
+    if (*have == n && !(v > bv[n - 1]))
+        return;
+    int64_t j = *have < n ? (*have)++ : n - 1;
+    while (j > 0 && v > bv[j - 1]) {
+        bv[j] = bv[j - 1];
+        bi[j] = bi[j - 1];
+        j--;
+    }
+    bv[j] = v;
+    bi[j] = i;
 }
 
-/* Scores below the k-th largest become -inf. tmp: [vocab]. */
-static void top_k(float *s, int64_t n, int64_t k, float *tmp) {
+/* Scores below the k-th largest become -inf (ties with it stay, as
+ * transformers' TopKLogitsWarper keeps them). */
+static void top_k(gen *g, float *s, int64_t k) {
+    int64_t n = g->vocab, have = 0;
     if (k <= 0 || k >= n)
         return;
-    memcpy(tmp, s, (size_t)n * sizeof *tmp);
-    qsort(tmp, (size_t)n, sizeof *tmp, cmp_desc);
-    float kth = tmp[k - 1];
+    for (int64_t i = 0; i < n; i++)
+        keep_best(g->tmp_v, g->tmp_i, &have, k, s[i], i);
+    float kth = g->tmp_v[k - 1];
     for (int64_t i = 0; i < n; i++)
         if (s[i] < kth)
             s[i] = -INFINITY;
 }
-
-typedef struct {
-    float v;
-    int64_t i;
-} scored;
 
 static int cmp_scored_asc(const void *a, const void *b) {
     const scored *x = a, *y = b;
@@ -207,27 +240,28 @@ static int cmp_scored_asc(const void *a, const void *b) {
 }
 
 /* transformers' TopPLogitsWarper: sorted ascending, the tokens whose
- * cumulative probability is at most 1 - top_p go (never the most likely). */
-static int top_p(float *s, int64_t n, double p) {
+ * cumulative probability is at most 1 - top_p go (never the most likely).
+ * Tokens already at -inf have probability 0: only the others are sorted. */
+static void top_p(gen *g, float *s, double p) {
     if (p >= 1.0)
-        return 0;
-    scored *v = malloc((size_t)n * sizeof *v);
-    if (!v)
-        return dc_fail("generate: out of memory");
-    for (int64_t i = 0; i < n; i++)
-        v[i] = (scored){s[i], i};
-    qsort(v, (size_t)n, sizeof *v, cmp_scored_asc);
-    float m = v[n - 1].v;
+        return;
+    scored *v = g->tmp_s;
+    int64_t m = 0;
+    for (int64_t i = 0; i < g->vocab; i++)
+        if (s[i] != -INFINITY)
+            v[m++] = (scored){s[i], i};
+    if (m < 2)
+        return;
+    qsort(v, (size_t)m, sizeof *v, cmp_scored_asc);
+    float top = v[m - 1].v;
     double z = 0, cum = 0;
-    for (int64_t i = 0; i < n; i++)
-        z += expf(v[i].v - m);
-    for (int64_t i = 0; i < n - 1; i++) {
-        cum += expf(v[i].v - m) / z;
+    for (int64_t j = 0; j < m; j++)
+        z += expf(v[j].v - top);
+    for (int64_t j = 0; j < m - 1; j++) {
+        cum += expf(v[j].v - top) / z;
         if ((float)cum <= (float)(1.0 - p))
-            s[v[i].i] = -INFINITY;
+            s[v[j].i] = -INFINITY;
     }
-    free(v);
-    return 0;
 }
 
 /* One token from softmax(s) by inverting its CDF at u in [0, 1). */
@@ -252,23 +286,20 @@ static int32_t draw(const float *s, int64_t n, float u) {
 }
 
 /* The next token of row r from its processed logits s. */
-static int pick_token(gen *g, int64_t r, float *s, float *tmp, int32_t *token) {
+static int32_t pick_token(gen *g, int64_t r, float *s) {
     const dc_text_gen_options *o = g->o;
     if (!o->do_sample) {
         int64_t best = 0;
         for (int64_t i = 1; i < g->vocab; i++)
             best = s[i] > s[best] ? i : best;
-        *token = (int32_t)best;
-        return 0;
+        return (int32_t)best;
     }
     if (o->temperature != 1.0)
         for (int64_t i = 0; i < g->vocab; i++)
             s[i] /= (float)o->temperature;
-    top_k(s, g->vocab, o->top_k, tmp);
-    if (top_p(s, g->vocab, o->top_p))
-        return -1;
-    *token = draw(s, g->vocab, dc_rand_uniform(o->seed, (uint64_t)r, (uint64_t)g->cur_len));
-    return 0;
+    top_k(g, s, o->top_k);
+    top_p(g, s, o->top_p);
+    return draw(s, g->vocab, dc_rand_uniform(o->seed, (uint64_t)r, (uint64_t)g->cur_len));
 }
 
 /* ---- output ---- */
@@ -291,25 +322,16 @@ static int output_alloc(dc_text_gen_output *out, int64_t n, int64_t len) {
 static int greedy_loop(gen *g, int64_t *lengths) {
     const dc_text_gen_options *o = g->o;
     int32_t eos = o->eos_token_id, pad = o->pad_token_id >= 0 ? o->pad_token_id : eos;
-    float *tmp = malloc((size_t)g->vocab * sizeof *tmp);
-    if (!tmp)
-        return dc_fail("generate: out of memory");
     int64_t open = g->rows;
     for (int64_t r = 0; r < g->rows; r++)
         lengths[r] = 0; /* 0: still running */
     while (open > 0) {
-        if (gen_step(g)) {
-            free(tmp);
+        if (gen_step(g))
             return -1;
-        }
         for (int64_t r = 0; r < g->rows; r++) {
             float *s = g->scores + r * g->vocab;
-            int32_t t;
             process_row(g, r, s);
-            if (pick_token(g, r, s, tmp, &t)) {
-                free(tmp);
-                return -1;
-            }
+            int32_t t = pick_token(g, r, s);
             g->seq[r * g->max_length + g->cur_len] = lengths[r] ? pad : t;
             if (!lengths[r] && (t == eos || g->cur_len + 1 >= g->max_length)) {
                 lengths[r] = g->cur_len + 1;
@@ -318,7 +340,6 @@ static int greedy_loop(gen *g, int64_t *lengths) {
         }
         g->cur_len++;
     }
-    free(tmp);
     return 0;
 }
 
@@ -436,21 +457,6 @@ static int beam_init(beam_search *s, const dc_lm *lm, const dc_text_gen_options 
     for (int64_t r = 0; r < s->g.rows; r++)
         s->running[r] = r % K == 0 ? 0.0f : NEG_BIG;
     return 0;
-}
-
-/* Insert (v, i) among the n best kept so far in bv/bi[0..*have), best first;
- * equal scores stay in the order they came. */
-static void keep_best(float *bv, int64_t *bi, int64_t *have, int64_t n, float v, int64_t i) {
-    if (*have == n && !(v > bv[n - 1]))
-        return;
-    int64_t j = *have < n ? (*have)++ : n - 1;
-    while (j > 0 && v > bv[j - 1]) {
-        bv[j] = bv[j - 1];
-        bi[j] = bi[j - 1];
-        j--;
-    }
-    bv[j] = v;
-    bi[j] = i;
 }
 
 /* The 2K best continuations of entry b over its K beams x vocab. */

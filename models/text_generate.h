@@ -26,8 +26,10 @@
  * rounding of log_softmax could differ). The rules kept, from
  * transformers/generation/utils.py (_beam_search and its helpers):
  * - max_length counts the prefix (max_new_tokens > 0 sets it to prefix +
- *   max_new_tokens); min_length counts the prefix too: eos is suppressed while
- *   the sequence is shorter.
+ *   max_new_tokens). Left unset (0), it is transformers' default: the prefix
+ *   and 20 new tokens, at most the model's max_position_embeddings
+ *   (max_positions, when given). min_length counts the prefix too: eos is
+ *   suppressed while the sequence is shorter.
  * - The processors run on the raw logits for greedy and sampling and on the
  *   log-softmax for beam search: repetition penalty (CTRL: a score s of a
  *   token already in the sequence, prefix included, becomes s * p if s < 0,
@@ -82,8 +84,9 @@ typedef enum {
 } dc_early_stopping;
 
 typedef struct dc_text_gen_options {
-    int64_t max_length;           /* 20: prefix included */
+    int64_t max_length;           /* 0: unset (prefix + 20, at most max_positions); else prefix included */
     int64_t max_new_tokens;       /* 0: unset; > 0: max_length = prefix_len + this */
+    int64_t max_positions;        /* 0: none; the model's positions, capping an unset max_length */
     int64_t min_length;           /* 0: prefix included */
     int64_t num_beams;            /* 1: greedy or sampling */
     int64_t num_return_sequences; /* 1: per batch entry, at most num_beams */
@@ -99,8 +102,11 @@ typedef struct dc_text_gen_options {
     int32_t pad_token_id;         /* -1: none (eos pads) */
 } dc_text_gen_options;
 
-/* transformers' GenerationConfig defaults, no eos or pad. */
+/* transformers' GenerationConfig defaults (max_length unset), no eos or pad. */
 dc_text_gen_options dc_text_gen_default_options(void);
+/* The total length generation runs to for a prefix of prefix_len tokens
+ * (max_new_tokens, max_length or the default): what a KV cache must hold. */
+int64_t dc_text_gen_max_length(const dc_text_gen_options *o, int64_t prefix_len);
 
 typedef struct dc_text_gen_output {
     int64_t n;        /* sequences: batch * num_return_sequences, entry by entry */

@@ -12,16 +12,18 @@
 #include <string.h>
 
 int dc_tf_attention_init(dc_tf_attention *a, dc_params *ps, const char *prefix,
-                         const dc_tf_attention_names *names, int64_t dim, int64_t kv_dim, int heads) {
+                         const dc_tf_attention_names *names, int64_t dim, int64_t kv_dim,
+                         int heads) {
     memset(a, 0, sizeof *a);
     if (heads < 1 || dim % heads != 0)
-        return dc_fail("%s: %lld channels do not split into %d heads", prefix, (long long)dim, heads);
+        return dc_fail("%s: %lld channels do not split into %d heads", prefix, (long long)dim,
+                       heads);
     a->heads = heads;
     a->dim = dim;
     a->fused = names->qkv != NULL;
     char name[256];
 #define PROJ(field, in, out)                                                                       \
-    (snprintf(name, sizeof name, "%s%s%s", prefix, *prefix ? "." : "", names->field),            \
+    (snprintf(name, sizeof name, "%s%s%s", prefix, *prefix ? "." : "", names->field),              \
      dc_nn_linear_init(&a->field, ps, name, in, out, true))
     if (a->fused) {
         if (kv_dim != dim)
@@ -53,8 +55,9 @@ dc_tensor *dc_tf_attention_over(dc_ctx *ctx, const dc_tf_attention *a, dc_tensor
     int64_t n = q->shape[0], groups = k->shape[0];
     if (groups != n && !causal && groups > 0 && n % groups == 0) {
         /* rows of one group are consecutive: their queries, side by side, meet one key set */
-        dc_tensor *o = dc_attention(ctx, dc_reshape(ctx, q, DC_SHAPE(groups, n / groups * q->shape[1], a->dim)),
-                                    k, v, a->heads, false, 0.0f);
+        dc_tensor *o = dc_attention(
+            ctx, dc_reshape(ctx, q, DC_SHAPE(groups, n / groups * q->shape[1], a->dim)), k, v,
+            a->heads, false, 0.0f);
         return dc_nn_linear_forward(ctx, &a->out, dc_reshape(ctx, o, q->ndim, q->shape));
     }
     return dc_nn_linear_forward(ctx, &a->out, dc_attention(ctx, q, k, v, a->heads, causal, 0.0f));
@@ -119,9 +122,8 @@ void dc_tf_kv_cache_free(dc_tf_kv_cache *c) {
 }
 
 /* Row by row: n positions of dst (row stride dst_len) from src (row stride src_len). */
-static int copy_rows(float *dst, int64_t dst_len, int64_t dst_at, const float *src,
-                     int64_t src_len, int64_t src_at, int64_t n, const dc_tf_kv_cache *c,
-                     const int64_t *src_row) {
+static int copy_rows(float *dst, int64_t dst_len, int64_t dst_at, const float *src, int64_t src_len,
+                     int64_t src_at, int64_t n, const dc_tf_kv_cache *c, const int64_t *src_row) {
     for (int64_t r = 0; r < c->rows; r++) {
         int64_t from = src_row ? src_row[r] : r;
         if (dc_memcpy(dst + (r * dst_len + dst_at) * c->dim, c->device,
@@ -147,8 +149,7 @@ int dc_tf_kv_cache_append(dc_ctx *ctx, dc_tf_kv_cache *c, const dc_tensor *k, co
     int64_t len = c->len + n;
     *k_all = dc_new(ctx, DC_F32, DC_SHAPE(c->rows, len, c->dim));
     *v_all = dc_new(ctx, DC_F32, DC_SHAPE(c->rows, len, c->dim));
-    if (!*k_all || !*v_all ||
-        copy_rows(c->k, c->max_len, c->len, k->data, n, 0, n, c, NULL) ||
+    if (!*k_all || !*v_all || copy_rows(c->k, c->max_len, c->len, k->data, n, 0, n, c, NULL) ||
         copy_rows(c->v, c->max_len, c->len, v->data, n, 0, n, c, NULL) ||
         copy_rows((*k_all)->data, len, 0, c->k, c->max_len, 0, len, c, NULL) ||
         copy_rows((*v_all)->data, len, 0, c->v, c->max_len, 0, len, c, NULL))

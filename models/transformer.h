@@ -35,7 +35,8 @@ typedef struct dc_tf_attention {
  * from kv_dim channels (a cross-attention's context; dim for self-attention;
  * a fused qkv needs kv_dim == dim). All projections have biases. */
 int dc_tf_attention_init(dc_tf_attention *a, dc_params *ps, const char *prefix,
-                         const dc_tf_attention_names *names, int64_t dim, int64_t kv_dim, int heads);
+                         const dc_tf_attention_names *names, int64_t dim, int64_t kv_dim,
+                         int heads);
 /* Keys and values of `context` [N, Lk, kv_dim]: [N, Lk, C] each (for a cross-attention's
  * context computed once). Separate projections only. */
 int dc_tf_attention_kv(dc_ctx *ctx, const dc_tf_attention *a, dc_tensor *context, dc_tensor **k,

@@ -18,10 +18,14 @@
 #   dist   the gradient all-reduce: on a GPU its cost per step through NCCL at
 #          world 1 and the share the overlap with the backward pass hides; on
 #          the CPU two MPI ranks, one bucket against overlapped buckets
+#   blip   captioning with BLIP base (configs/blip-base/config.json, random weights):
+#          images/s of the vision model plus greedy decoding of 20 tokens per
+#          image (no early stop) beside transformers' generate(), same threads,
+#          and both sides' peak memory
 #   cuda-ops  conv2d, linear, group_norm and attention at UNet shapes on the GPU,
 #          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
 #          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
-#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [cuda-ops] [--threads N] [--reps N] [--runs N]
+#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [blip] [cuda-ops] [--threads N] [--reps N] [--runs N]
 #                    [--isa native|avx512|avx2|baseline]
 #   (every section when none is named; threads default: nproc). --isa makes
 #   both sides use at most that vector ISA: diffc's kernels (DC_CPU_ISA),
@@ -29,29 +33,30 @@
 #   (ATEN_CPU_CAPABILITY) and oneDNN's (ONEDNN_MAX_CPU_ISA); native: each
 #   picks the best the CPU has. Each program
 #   times a case --reps times and keeps the best (sample: once, the runs are
-#   long); for ops, sample and train, --runs N alternates the two programs N
+#   long; blip: --reps 2); for ops, sample, train and blip, --runs N alternates the two programs N
 #   times and keeps each side's best run (a busy machine).
 # PyTorch and diffusers for ops, sample and train come from $DIFFUSERS_PYTHON
 # (default /tmp/dvenv/bin/python): a venv with torch and diffusers from PyPI
 # (python3 -m venv /tmp/dvenv && /tmp/dvenv/bin/pip install torch diffusers);
 # the data section uses Debian's python3-torch and torchvision (/usr/bin/python3),
-# cuda-ops $TORCH_PYTHON (the GPU machine's venv). The tables name the versions.
+# cuda-ops $TORCH_PYTHON (the GPU machine's venv), blip $TRANSFORMERS_PYTHON (default
+# the same as ops: a venv with transformers too). The tables name the versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 threads=$(nproc) reps=5 runs=1 isa=native sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    ops | data | sample | train | dist | cuda-ops) sections+=("$1"); shift ;;
+    ops | data | sample | train | dist | blip | cuda-ops) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --isa) isa=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
+    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [blip] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
             "[--isa native|avx512|avx2|baseline]" >&2; exit 2 ;;
     esac
 done
-[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist cuda-ops)
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist blip cuda-ops)
 
 case "$isa" in
 native) ;;
@@ -393,6 +398,34 @@ bench_dist() {
             } else
                 printf "global step: %.1f ms in one bucket, %.1f ms in buckets (%.2fx)\n",
                        ms["one"], ms["buckets"], ms["one"] / ms["buckets"]
+        }
+    ' <<<"$results"
+}
+
+# ---- blip: captioning beside transformers ----
+
+bench_blip() {
+    build_cpu bench_blip
+    local tpython=${TRANSFORMERS_PYTHON:-$python} batch=2 length=20 results
+    # Lines `diffc|transformers bench blip config=C batch=N max_length=L ... images_per_s=I peak_mb=M`.
+    results=$(for ((i = 0; i < runs; i++)); do
+        OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_blip --config configs/blip-base/config.json \
+            --batch $batch --max-length $length --reps 2 | sed 's/^/diffc /'
+        OMP_NUM_THREADS=$threads "$tpython" scripts/bench_blip_torch.py --config configs/blip-base/config.json \
+            --batch $batch --max-length $length --reps 2 --threads "$threads" 2>/dev/null | sed 's/^/transformers /'
+    done)
+    echo "== blip: $machine; $("$tpython" -c 'import transformers; print("transformers", transformers.__version__)' 2>/dev/null)"
+    echo "   BLIP base, random weights, $threads threads, batch $batch, greedy to $length tokens; best of $runs runs"
+    awk "$awk_field"'
+        { keep_best(field($0, "config"), "total_ms", -1) }
+        END {
+            printf "%-14s %10s %10s %10s %9s %8s\n", "", "vision ms", "decode ms", "images/s", "peak MB", "speed"
+            d = best["diffc " order[1]]; t = best["transformers " order[1]]
+            printf "%-14s %10s %10s %10s %9s %7.2fx\n", "diffc", field(d, "vision_ms"), field(d, "decode_ms"),
+                   field(d, "images_per_s"), field(d, "peak_mb"), t == "" ? 0 : field(t, "total_ms") / field(d, "total_ms")
+            if (t != "")
+                printf "%-14s %10s %10s %10s %9s\n", "transformers", field(t, "vision_ms"), field(t, "decode_ms"),
+                       field(t, "images_per_s"), field(t, "peak_mb")
         }
     ' <<<"$results"
 }

@@ -85,6 +85,9 @@ CASES = {
     "beam3_min_rep": dict(num_beams=3, max_length=16, min_length=9, repetition_penalty=1.3),
     "beam4_ret": dict(num_beams=4, max_length=12, num_return_sequences=3, pad_token_id=3),
     "beam3_prompt": dict(num_beams=3, max_length=18, length_penalty=1.5, early_stopping=True),
+    # max_length unset: 20 new tokens, at most the model's max_position_embeddings
+    "greedy_default": dict(min_length=40),
+    "beam2_default_cap": dict(num_beams=2, max_positions=9),
 }
 # Cases found by trying variants of transformers against itself: each comes out
 # differently if a rule is changed (the named one), with these prefixes.
@@ -107,7 +110,12 @@ def prefix_for(name, g):
 
 def run(model, name, kw, prefix):
     kw = {**dict(eos_token_id=EOS, pad_token_id=0, use_cache=False, do_sample=False), **kw}
-    out = model.generate(prefix, return_dict_in_generate=True, output_scores=True, **kw)
+    if "max_positions" in kw:  # the model's max_position_embeddings, not a generate() argument
+        model.config.max_position_embeddings = kw["max_positions"]
+    args = {k: v for k, v in kw.items() if k != "max_positions"}
+    out = model.generate(prefix, return_dict_in_generate=True, output_scores=True, **args)
+    if "max_positions" in kw:
+        del model.config.max_position_embeddings
     ids = out.sequences
     if kw.get("num_beams", 1) > 1:
         lengths = prefix.shape[1] + (out.beam_indices >= 0).sum(dim=1)

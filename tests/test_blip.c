@@ -58,7 +58,8 @@ static double max_abs(const float *x, int64_t n) {
     return m;
 }
 
-static void check_close(const float *got, const float *want, int64_t n, double tol, const char *what) {
+static void check_close(const float *got, const float *want, int64_t n, double tol,
+                        const char *what) {
     double scale = max_abs(want, n);
     ck_assert_msg(scale > 0, "%s: the reference is all zeros", what);
     for (int64_t i = 0; i < n; i++) {
@@ -79,7 +80,8 @@ static int32_t argmax(const float *x, int64_t n) {
 /* generate(num_beams=1, do_sample=False) through the decoder: bos, then the
  * top token of each row until it gives sep (pad after), max_len tokens or
  * every row done. The ids [rows, max_len] and the length reached. */
-static int64_t greedy(const dc_blip *m, const dc_tensor *image_embeds, int64_t max_len, int32_t *out) {
+static int64_t greedy(const dc_blip *m, const dc_tensor *image_embeds, int64_t max_len,
+                      int32_t *out) {
     const dc_blip_text_config *t = &m->cfg.text;
     int64_t rows = image_embeds->shape[0], v = t->vocab_size, len = 1;
     dc_blip_decoder *d;
@@ -135,7 +137,8 @@ static void check_fixture(const char *name) {
         for (int64_t i = 0; i < len; i++)
             ck_assert_msg(ids[r * max_len + i] == ((const int32_t *)g->data)[r * len + i],
                           "%s: row %lld token %lld: %d, transformers %d", name, (long long)r,
-                          (long long)i, ids[r * max_len + i], ((const int32_t *)g->data)[r * len + i]);
+                          (long long)i, ids[r * max_len + i],
+                          ((const int32_t *)g->data)[r * len + i]);
     free(ids);
     tu_ctx_free(ctx);
     dc_st_close(&ref);
@@ -179,12 +182,13 @@ static void check_steps(const char *name, int64_t images, int64_t per, int64_t t
     dc_tensor *img = random_image_embeds(ctx, m, images);
     int32_t *ids = malloc((size_t)(rows * t) * sizeof *ids);
     random_ids(m, ids, rows * t);
-    dc_tensor *whole = dc_blip_text_logits(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(rows, t), ids),
-                                           repeat_rows(ctx, img, per));
+    dc_tensor *whole = dc_blip_text_logits(
+        ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(rows, t), ids), repeat_rows(ctx, img, per));
     ck_assert_msg(whole != NULL, "%s", dc_error());
     dc_blip_decoder *d;
     ck_assert_msg(dc_blip_decoder_init(&d, m, img, per, t) == 0, "%s", dc_error());
-    float *logits = malloc((size_t)(rows * v) * sizeof *logits), *want = malloc((size_t)(rows * v) * sizeof *want);
+    float *logits = malloc((size_t)(rows * v) * sizeof *logits),
+          *want = malloc((size_t)(rows * v) * sizeof *want);
     int32_t *step = malloc((size_t)(rows * t) * sizeof *step);
     for (int64_t at = 0; at < t;) {
         int64_t n = at == 0 ? prompt : 1;
@@ -194,7 +198,8 @@ static void check_steps(const char *name, int64_t images, int64_t per, int64_t t
         at += n;
         ck_assert_int_eq(dc_blip_decoder_length(d), at);
         for (int64_t r = 0; r < rows; r++)
-            memcpy(want + r * v, (const float *)whole->data + (r * t + at - 1) * v, (size_t)v * sizeof *want);
+            memcpy(want + r * v, (const float *)whole->data + (r * t + at - 1) * v,
+                   (size_t)v * sizeof *want);
         check_close(logits, want, rows * v, TOL, "decoder step");
     }
     /* full: one more token is refused */
@@ -231,7 +236,8 @@ START_TEST(test_reorder) {
     const int64_t src[ROWS] = {2, 2, 0, 4, 5, 3};
     for (int r = 0; r < ROWS; r++)
         memcpy(moved + r * T, hist + src[r] * T, sizeof(int32_t) * T);
-    float *got = malloc((size_t)(ROWS * v) * sizeof *got), *want = malloc((size_t)(ROWS * v) * sizeof *want);
+    float *got = malloc((size_t)(ROWS * v) * sizeof *got),
+          *want = malloc((size_t)(ROWS * v) * sizeof *want);
     dc_blip_decoder *a, *b;
     ck_assert_msg(dc_blip_decoder_init(&a, m, img, PER, T + 1) == 0, "%s", dc_error());
     ck_assert_msg(dc_blip_decoder_init(&b, m, img, PER, T + 1) == 0, "%s", dc_error());
@@ -260,7 +266,8 @@ END_TEST
  * 1e-4, below the absolute tolerance. */
 static dc_tensor *caption_loss(dc_ctx *ctx, dc_tensor **in, void *arg) {
     const dc_blip *m = arg;
-    int32_t ids[2 * 4] = {118, 5, 77, 3, 118, 90, 12, 64}, next[2 * 4] = {5, 77, 3, 102, 90, 12, 64, 102};
+    int32_t ids[2 * 4] = {118, 5, 77, 3, 118, 90, 12, 64},
+                    next[2 * 4] = {5, 77, 3, 102, 90, 12, 64, 102};
     dc_tensor *logits = dc_blip_text_logits(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(2, 4), ids),
                                             dc_blip_vision_forward(ctx, m, in[0]));
     return dc_cross_entropy(ctx, dc_reshape(ctx, logits, DC_SHAPE(8, m->cfg.text.vocab_size)),
@@ -335,8 +342,10 @@ static const struct {
 } hostile[] = {
     {"text_config.hidden_act", "\"relu\"", "hidden_act \"relu\" is not supported"},
     {"vision_config.hidden_act", "\"quick_gelu\"", "vision_config: hidden_act \"quick_gelu\""},
-    {"vision_config.num_attention_heads", "5", "hidden_size 24 does not split into num_attention_heads 5"},
-    {"text_config.num_attention_heads", "0", "num_attention_heads must be an integer in [1, 8192], got 0"},
+    {"vision_config.num_attention_heads", "5",
+     "hidden_size 24 does not split into num_attention_heads 5"},
+    {"text_config.num_attention_heads", "0",
+     "num_attention_heads must be an integer in [1, 8192], got 0"},
     {"vision_config.image_size", "1e9", "image_size must be an integer in [1, 8192]"},
     {"vision_config.image_size", "[20, 20]", "image_size must be a number, got an array"},
     {"vision_config.patch_size", "32", "patch_size 32 is larger than image_size 20"},
@@ -344,14 +353,17 @@ static const struct {
     {"text_config.vocab_size", "2000000000", "vocab_size must be an integer in [1, 1048576]"},
     {"text_config.num_hidden_layers", "100000", "num_hidden_layers must be an integer in [0, 128]"},
     {"text_config.is_decoder", "false", "is_decoder false is not supported"},
-    {"text_config.bos_token_id", "500", "bos_token_id 500 and pad_token_id 0 must be below vocab_size 120"},
+    {"text_config.bos_token_id", "500",
+     "bos_token_id 500 and pad_token_id 0 must be below vocab_size 120"},
     {"text_config.layer_norm_eps", "-1", "layer_norm_eps must be in (0, 1)"},
     {"model_type", "\"clip\"", "model_type \"clip\" is not BLIP"},
-    {"architectures", "[\"BlipForQuestionAnswering\"]", "architectures \"BlipForQuestionAnswering\" is not supported"},
+    {"architectures", "[\"BlipForQuestionAnswering\"]",
+     "architectures \"BlipForQuestionAnswering\" is not supported"},
     {"vision_config", "[]", "vision_config must be an object, got an array"},
     /* sizes the weights beside them do not have: refused before allocating */
     {"text_config.hidden_size", "8192", "model expects"},
-    {"vision_config.num_hidden_layers", "128", "parameters missing, the first vision_model.encoder.layers.2."},
+    {"vision_config.num_hidden_layers", "128",
+     "parameters missing, the first vision_model.encoder.layers.2."},
     {"tie_word_embeddings", "false", "text_decoder.cls.predictions.decoder.weight"},
     {"", NULL, "model expects"}, /* the defaults: BLIP base, not this file */
 };
@@ -361,8 +373,9 @@ START_TEST(test_hostile_configs) {
     for (size_t i = 0; i < sizeof hostile / sizeof *hostile; i++) {
         char dir[32];
         snprintf(dir, sizeof dir, "m%zu", i);
-        const char *folder = hostile[i].key[0] ? hostile_folder(dir, hostile[i].key, hostile[i].value)
-                                               : hostile_folder(dir, "vision_config", NULL);
+        const char *folder = hostile[i].key[0]
+                                 ? hostile_folder(dir, hostile[i].key, hostile[i].value)
+                                 : hostile_folder(dir, "vision_config", NULL);
         if (!hostile[i].key[0]) { /* "{}" */
             char cfg[600];
             snprintf(cfg, sizeof cfg, "%s/config.json", folder);
@@ -405,16 +418,19 @@ START_TEST(test_bad_arguments) {
     dc_ctx *ctx = tu_ctx();
     dc_set_grad_enabled(ctx, false);
     ck_assert_ptr_null(dc_blip_vision_forward(ctx, m, tu_randn(ctx, DC_SHAPE(1, 24, 24, 3))));
-    ck_assert_msg(strstr(dc_error(), "pixels [1, 24, 24, 3], want [N, 20, 20, 3]"), "%s", dc_error());
+    ck_assert_msg(strstr(dc_error(), "pixels [1, 24, 24, 3], want [N, 20, 20, 3]"), "%s",
+                  dc_error());
     dc_ctx_reset(ctx);
     dc_tensor *img = random_image_embeds(ctx, m, 2);
     int32_t ids[2 * 30];
     random_ids(m, ids, 60);
-    ck_assert_ptr_null(dc_blip_text_logits(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(2, 30), ids), img));
+    ck_assert_ptr_null(
+        dc_blip_text_logits(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(2, 30), ids), img));
     ck_assert_msg(strstr(dc_error(), "longer than max_position_embeddings"), "%s", dc_error());
     dc_ctx_reset(ctx);
     img = random_image_embeds(ctx, m, 2);
-    ck_assert_ptr_null(dc_blip_text_logits(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(1, 3), ids), img));
+    ck_assert_ptr_null(
+        dc_blip_text_logits(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(1, 3), ids), img));
     ck_assert_msg(strstr(dc_error(), "ids [1, 3]"), "%s", dc_error());
     dc_ctx_reset(ctx);
     img = random_image_embeds(ctx, m, 2);

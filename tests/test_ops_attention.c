@@ -212,9 +212,10 @@ START_TEST(test_errors) {
     expect_error(q, k, (int64_t[]){2, 9, 6}, 2, false, "attention: channel counts differ");
     expect_error(q, k, (int64_t[]){2, 8, 12}, 2, false,
                  "attention: k and v lengths differ (q [2, 7, 12], k [2, 9, 12], v [2, 8, 12]");
-    expect_error(k, q, q, 2, true,
-                 "attention: causal attention needs at least as many keys as queries (q [2, 9, 12], "
-                 "k [2, 7, 12], v [2, 7, 12], 2 heads, causal)");
+    expect_error(
+        k, q, q, 2, true,
+        "attention: causal attention needs at least as many keys as queries (q [2, 9, 12], "
+        "k [2, 7, 12], v [2, 7, 12], 2 heads, causal)");
 
     dc_ctx *ctx = tu_ctx(); /* not [N, L, C] */
     dc_tensor *x = tu_randn(ctx, DC_SHAPE(2, 7, 3, 4)), *y = tu_randn(ctx, DC_SHAPE(2, 7, 12));

@@ -94,6 +94,8 @@ static dc_text_gen_options fx_options(const dc_st_file *f, const char *tag) {
     const char *v;
     if ((v = fx_opt(f, tag, "max_length")))
         o.max_length = atoll(v);
+    if ((v = fx_opt(f, tag, "max_positions")))
+        o.max_positions = atoll(v);
     if ((v = fx_opt(f, tag, "max_new_tokens")))
         o.max_new_tokens = atoll(v);
     if ((v = fx_opt(f, tag, "min_length")))
@@ -158,7 +160,7 @@ START_TEST(test_vs_transformers) {
     int n = 0;
     for (char *save, *tag = strtok_r(cases, ",", &save); tag; tag = strtok_r(NULL, ",", &save), n++)
         check_case(&f, tag);
-    ck_assert_int_ge(n, 12);
+    ck_assert_int_ge(n, 19);
     free(cases);
     dc_st_close(&f);
 }
@@ -354,6 +356,10 @@ START_TEST(test_errors) {
     assert_refused(&lm, o, prefix, 1, "temperature must be positive");
     o = d, o.max_length = 3;
     assert_refused(&lm, o, prefix, 3, "max_length 3 leaves no room after the prefix of 3 tokens");
+    o = d, o.max_positions = 2;
+    assert_refused(&lm, o, prefix, 2, "max_length 2 leaves no room after the prefix of 2 tokens");
+    o = d, o.max_length = -1;
+    assert_refused(&lm, o, prefix, 1, "must not be negative");
     o = d, o.eos_token_id = 6;
     assert_refused(&lm, o, prefix, 1, "eos_token_id 6 is outside the vocabulary (0..5)");
     int32_t bad[2] = {1, 9};
