@@ -4,16 +4,19 @@
  * gray, in subfolders, and a damaged file) for greedy search, 3 beams, a
  * prompt, and min_length with a repetition penalty, at a batch size drawn
  * per run; image files printed as FILE<TAB>caption; resuming a
- * metadata.jsonl cut short in the middle of a line; sampling reproducible
+ * metadata.jsonl cut short in the middle of a line, and a run killed
+ * halfway; sampling reproducible
  * for a seed; user errors. */
 #include "testutil.h"
 
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #define MODEL "tests/fixtures/caption_tiny"
 #define IMAGES "tests/fixtures/caption_images"
@@ -173,6 +176,46 @@ START_TEST(test_resume_after_cut_line) {
 END_TEST
 
 /* Sampling: one seed gives one text, another seed another. */
+/* SIGKILL in the middle of a folder of copies of one image: the next run
+ * captions what is left, and every image is listed once, with its caption. */
+START_TEST(test_killed_run_loses_nothing) {
+    cJSON *all = dc_json_load(EXPECTED);
+    const char *want = cJSON_GetStringValue(cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(all, "runs"), "greedy"), "captions"), "a/noise.png"));
+    enum { COPIES = 300 };
+    tu_mkdtemp("capk");
+    size_t n;
+    char *png = tu_read_file(IMAGES "/a/noise.png", 1 << 20, &n);
+    for (int i = 0; i < COPIES; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "%03d.png", i);
+        FILE *f = fopen(tu_path(name), "wb");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_uint_eq(fwrite(png, 1, n, f), n);
+        fclose(f);
+    }
+    free(png);
+    const char *args[] = {"caption", "--model", MODEL, "--images", tu_path(""), "--batch-size", "1", NULL};
+    tu_spawn_diffc(args);
+    ck_assert_msg(tu_read_diffc_until("captioned 20/"), "no progress: %s", tu_wait_diffc()->err);
+    int st = tu_kill_diffc(SIGKILL);
+    tu_run_result *r = tu_run_diffc(args);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    char *text = tu_read_file(tu_path("metadata.jsonl"), 1 << 24, NULL);
+    for (int i = 0; i < COPIES; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "%03d.png", i);
+        char *got = caption_in(text, name);
+        ck_assert_msg(got && !strcmp(got, want), "%s: %s (killed: %d)", name, got ? got : "(none)",
+                      WIFSIGNALED(st));
+        free(got);
+    }
+    free(text);
+    tu_rmtemp();
+    cJSON_Delete(all);
+}
+END_TEST
+
 /* A caption the user wrote, named "./a/noise.png", counts as done: it is
  * kept, not captioned again (the folder's reader refuses an image listed twice). */
 START_TEST(test_resume_keeps_dot_slash_names) {
@@ -247,6 +290,7 @@ int main(void) {
     tc = tu_tcase(s, "cli", 120);
     tcase_add_test(tc, test_resume_after_cut_line);
     tcase_add_test(tc, test_resume_keeps_dot_slash_names);
+    tcase_add_test(tc, test_killed_run_loses_nothing);
     tcase_add_test(tc, test_sampling_reproducible);
     tcase_add_test(tc, test_user_errors);
     return tu_run(s);
