@@ -20,6 +20,7 @@ static const command commands[] = {
     {"sample", dc_cmd_sample, "sample --model DIR [options]   generate images with a trained model"},
     {"augment", dc_cmd_augment, "augment --model DIR [options]  synthetic training data from a model and a dataset"},
     {"anomaly", dc_cmd_anomaly, "anomaly --model DIR [options]  score images for anomalies by reconstruction"},
+    {"caption", dc_cmd_caption, "caption --model DIR [options]  BLIP captions for image folders and files"},
     {"info", dc_cmd_info, "info FILE|DIR                  what a weight file, checkpoint or dataset holds"},
 };
 

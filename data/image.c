@@ -69,7 +69,14 @@ int dc_image_convert(dc_image *dst, const dc_image *src, int channels) {
  * double precision, normalised to sum 1, then turned into 22-bit fixed point;
  * a horizontal pass into an 8-bit intermediate, then a vertical pass, each
  * sum starting at one half and clipped to 0..255. An axis whose size does not
- * change is not filtered (its weights would be the identity anyway). */
+ * change is not filtered (its weights would be the identity anyway).
+ *
+ * Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the
+ * height shrinks by more than twice as many pixels as the width does; the
+ * 8-bit intermediate then differs, and so do some output pixels (by up to a
+ * dozen levels on noise). We follow Pillow 13, the one PyPI serves (and
+ * transformers' BLIP processor uses); Pillow 12 and older differ from us on
+ * those sizes only. */
 
 #define PRECISION_BITS 22 /* 32 - 8 bits of pixel - 2 bits of headroom for negative lobes */
 #define HALF (1 << (PRECISION_BITS - 1))
@@ -142,16 +149,17 @@ static uint8_t clip8(int32_t v) {
 }
 
 /* Rows [y0, y1) of src, columns [x0, x0 + w) of the horizontal resize, into
- * dst ([y1 - y0, w, c]). */
+ * dst ([y1 - y0, w, c]). src's first column is column `base` of the image
+ * the weights were made for. */
 static void resample_rows(uint8_t *dst, const dc_image *src, int y0, int y1, const axis_weights *a, int x0,
-                          int w) {
+                          int w, int base) {
     int c = src->c;
     for (int y = y0; y < y1; y++) {
         const uint8_t *row = src->px + (size_t)y * src->w * c;
         uint8_t *out = dst + (size_t)(y - y0) * w * c;
         for (int x = x0; x < x0 + w; x++) {
             const int32_t *k = a->k + (size_t)x * a->ksize;
-            const uint8_t *in = row + (size_t)a->first[x] * c;
+            const uint8_t *in = row + (size_t)(a->first[x] - base) * c;
             for (int ch = 0; ch < c; ch++, out++) {
                 int32_t s = HALF;
                 for (int j = 0; j < a->count[x]; j++)
@@ -181,6 +189,31 @@ static void resample_cols(uint8_t *dst, const uint8_t *src, size_t stride, int b
     }
 }
 
+/* Pillow 13's pass order: vertical first when the height loses more than
+ * twice as many pixels as the width. */
+static bool vertical_first(const dc_image *src, int out_w, int out_h) {
+    return out_h < src->h && src->h - out_h > 2 * (src->w - out_w);
+}
+
+/* Both passes, vertical first: the source columns the window's horizontal
+ * pass reads, resized vertically into mid, then resized horizontally. */
+static int resample_vh(dc_image *dst, const dc_image *src, const axis_weights *ax, const axis_weights *ay,
+                       int x0, int y0, int cw, int ch) {
+    int c = src->c, c0 = ax->first[x0], c1 = ax->first[x0 + cw - 1] + ax->count[x0 + cw - 1];
+    dc_image mid = {0};
+    size_t n = (size_t)(c1 - c0) * c;
+    int32_t *acc = malloc(n * sizeof *acc);
+    if (!acc || dc_image_alloc(&mid, c1 - c0, ch, c)) {
+        free(acc);
+        return dc_fail("resize %dx%d: out of memory", src->w, src->h);
+    }
+    resample_cols(mid.px, src->px + (size_t)c0 * c, (size_t)src->w * c, 0, n, ay, y0, ch, acc);
+    resample_rows(dst->px, &mid, 0, ch, ax, x0, cw, c0);
+    free(acc);
+    dc_image_free(&mid);
+    return 0;
+}
+
 /* The window [x0, x0 + cw) x [y0, y0 + ch) of src resized to out_w x out_h.
  * Each output pixel depends only on its own weights, so computing just the
  * window gives exactly the pixels of the full resize, then cropped. */
@@ -188,22 +221,26 @@ static int resample(dc_image *dst, const dc_image *src, int out_w, int out_h, in
     axis_weights ax = {0}, ay = {0};
     uint8_t *tmp = NULL;
     int32_t *acc = NULL;
-    int c = src->c, horiz = out_w != src->w, vert = out_h != src->h;
+    int c = src->c, horiz = out_w != src->w, vert = out_h != src->h, rc = -1;
     size_t n = (size_t)cw * c; /* bytes per output row */
     if (dc_image_alloc(dst, cw, ch, c) || (horiz && axis_init(&ax, src->w, out_w)) ||
         (vert && axis_init(&ay, src->h, out_h)))
-        goto fail;
+        goto done;
+    if (horiz && vert && vertical_first(src, out_w, out_h)) {
+        rc = resample_vh(dst, src, &ax, &ay, x0, y0, cw, ch);
+        goto done;
+    }
     /* the source rows the vertical pass reads (all of the window's rows when it is skipped) */
     int r0 = vert ? ay.first[y0] : y0;
     int r1 = vert ? ay.first[y0 + ch - 1] + ay.count[y0 + ch - 1] : y0 + ch;
     if ((horiz && vert && !(tmp = malloc((size_t)(r1 - r0) * n))) || (vert && !(acc = malloc(n * sizeof *acc)))) {
         dc_fail("resize %dx%d -> %dx%d: out of memory", src->w, src->h, out_w, out_h);
-        goto fail;
+        goto done;
     }
     if (horiz && !vert) {
-        resample_rows(dst->px, src, r0, r1, &ax, x0, cw);
+        resample_rows(dst->px, src, r0, r1, &ax, x0, cw, 0);
     } else if (horiz) {
-        resample_rows(tmp, src, r0, r1, &ax, x0, cw);
+        resample_rows(tmp, src, r0, r1, &ax, x0, cw, 0);
         resample_cols(dst->px, tmp, n, r0, n, &ay, y0, ch, acc);
     } else if (vert) {
         resample_cols(dst->px, src->px + (size_t)x0 * c, (size_t)src->w * c, 0, n, &ay, y0, ch, acc);
@@ -211,18 +248,15 @@ static int resample(dc_image *dst, const dc_image *src, int out_w, int out_h, in
         for (int y = 0; y < ch; y++)
             memcpy(dst->px + (size_t)y * n, src->px + ((size_t)(y0 + y) * src->w + x0) * c, n);
     }
+    rc = 0;
+done:
     free(acc);
     free(tmp);
     axis_free(&ax);
     axis_free(&ay);
-    return 0;
-fail:
-    free(acc);
-    free(tmp);
-    axis_free(&ax);
-    axis_free(&ay);
-    dc_image_free(dst);
-    return -1;
+    if (rc)
+        dc_image_free(dst);
+    return rc;
 }
 
 int dc_image_resize(dc_image *dst, const dc_image *src, int w, int h) {

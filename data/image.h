@@ -57,7 +57,9 @@ int dc_image_convert(dc_image *dst, const dc_image *src, int channels);
 /* Resize to w x h as PIL's Image.resize(size, BICUBIC), pixel for pixel:
  * separable bicubic (a = -0.5) whose support widens with the scale when
  * shrinking, so downscaling averages (antialiasing) instead of skipping
- * pixels. */
+ * pixels. The pass order is Pillow 13's (vertical first when the height
+ * loses more than twice the pixels the width does); older Pillows always
+ * go horizontal first and differ on those sizes. */
 int dc_image_resize(dc_image *dst, const dc_image *src, int w, int h);
 /* Shorter side to `size` (aspect kept), then the centre size x size square:
  * torchvision's Resize(size, interpolation=BICUBIC) + CenterCrop(size) on a

@@ -303,7 +303,7 @@ static int read_metadata(dc_source *s) {
     int *first_line = calloc((size_t)s->count + 1, sizeof *first_line);
     int rc = s->captions && first_line ? 0 : dc_fail("out of memory");
     meta_ctx c = {path, 0};
-    const char *p = map, *end = p + size;
+    const char *p = map, *end = size ? p + size : p; /* an empty file maps to NULL */
     if (size >= 3 && !memcmp(p, "\xef\xbb\xbf", 3)) /* a UTF-8 byte order mark */
         p += 3;
     while (!rc && p < end) {

@@ -7,5 +7,6 @@ int dc_cmd_anomaly(int argc, char **argv);
 int dc_cmd_info(int argc, char **argv);
 int dc_cmd_sample(int argc, char **argv);
 int dc_cmd_augment(int argc, char **argv);
+int dc_cmd_caption(int argc, char **argv);
 
 #endif

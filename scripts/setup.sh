@@ -6,7 +6,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev libopenblas-pthread-dev libcjson-dev libpng-dev libjpeg-dev
-          zlib1g-dev check clang libomp-dev libclang-rt-dev openmpi-bin libopenmpi-dev)
+          zlib1g-dev libutf8proc-dev check clang libomp-dev libclang-rt-dev openmpi-bin libopenmpi-dev)
 [[ "${1:-}" == "--data" ]] && packages+=(dataset-fashion-mnist)
 
 missing=()

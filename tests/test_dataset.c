@@ -309,6 +309,14 @@ START_TEST(test_metadata) {
     assert_pixels(&ds, 2, &z);
     dc_dataset_close(&ds);
 
+    /* empty, as `diffc caption` leaves it before its first caption (UBSan
+     * caught the pointer arithmetic on the NULL map of an empty file) */
+    write_text("c/metadata.jsonl", "");
+    open_ok(&ds, tmp_path("c"), &o);
+    ck_assert_int_eq(ds.count, 3);
+    ck_assert_str_eq(ds.captions[0], "");
+    dc_dataset_close(&ds);
+
     static const struct {
         const char *text, *want;
     } bad[] = {

@@ -1,0 +1,911 @@
+/*
+ * BERT WordPiece, matched to what transformers 5.25 runs for BertTokenizer:
+ * the Rust `tokenizers` backend (BertNormalizer, BertPreTokenizer,
+ * WordPiece model, WordPiece decoder with cleanup) that BertTokenizer
+ * rebuilds from the folder's files. What that means for the files:
+ *   - the vocab is tokenizer.json's model.vocab, else vocab.txt (lines with
+ *     trailing whitespace trimmed); "##" and 100 characters are fixed (the
+ *     file's continuing_subword_prefix / max_input_chars_per_word and its
+ *     normalizer and decoder are not read by BertTokenizer);
+ *   - the normaliser flags and special tokens come from tokenizer_config.json
+ *     (do_lower_case, strip_accents, tokenize_chinese_chars,
+ *     clean_up_tokenization_spaces), with BertTokenizer's defaults;
+ *   - added tokens: tokenizer_config.json's added_tokens_decoder, or, for
+ *     folders saved without one, tokenizer.json's added_tokens and
+ *     special_tokens_map.json; then the named special tokens not among them.
+ *     Ids are given as the Rust AddedVocabulary gives them: the vocab's id
+ *     for a token already in it, else the next one after the vocab.
+ *
+ * Unicode: the character classes come from libutf8proc (Unicode 15 in
+ * Debian 12's 2.8). tokenizers takes control/format/private-use,
+ * punctuation and nonspacing marks from the unicode_categories crate, whose
+ * tables are Unicode 8.0, and case mappings from Rust's std (Unicode 15/16).
+ * So characters assigned since Unicode 9 in those classes differ: e.g. U+2E43
+ * (Po), U+08E2 (Cf), U+08D4 (Mn) are punctuation / dropped / stripped here
+ * and plain letters to transformers. Everything assigned by Unicode 8.0 (all
+ * of BERT's vocab) matches.
+ */
+#include "wordpiece.h"
+
+#include "autograd/error.h"
+#include "autograd/fileio.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <utf8proc.h>
+
+#define MAX_WORD_CHARS 100
+#define MAX_FILE_BYTES ((size_t)1 << 30)
+
+typedef struct added_token {
+    char *content;
+    char *pattern; /* what is matched: content, or content normalised */
+    int32_t id;
+    bool special, normalized, single_word;
+} added_token;
+
+struct dc_wordpiece {
+    dc_wordpiece_info info;
+    char **vocab; /* [n_vocab] the WordPiece model's tokens, id = index */
+    int64_t n_vocab;
+    int32_t *table; /* open-addressing hash of vocab: ids, -1 empty */
+    uint64_t table_mask;
+    added_token *added; /* in the order they were added */
+    int n_added;
+    const char **tokens; /* [info.size] what an id decodes to (NULL: nothing) */
+    bool *special;       /* [info.size] skipped by skip_special_tokens */
+    bool lowercase, strip_accents, chinese, cleanup_spaces;
+};
+
+/* ---- growable buffers ---- */
+
+typedef struct strbuf {
+    char *p;
+    size_t n, cap;
+} strbuf;
+
+typedef struct idbuf {
+    int32_t *p;
+    int64_t n, cap;
+} idbuf;
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap)
+        return 0;
+    size_t cap2 = *cap ? *cap : 16;
+    while (cap2 < need)
+        cap2 *= 2;
+    void *q = realloc(*p, cap2 * elem);
+    if (!q)
+        return dc_fail("tokenizer: out of memory");
+    *p = q;
+    *cap = cap2;
+    return 0;
+}
+
+static int sb_add(strbuf *b, const char *s, size_t n) {
+    if (grow((void **)&b->p, &b->cap, b->n + n + 1, 1))
+        return -1;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+    return 0;
+}
+
+static int sb_add_char(strbuf *b, int32_t c) {
+    uint8_t u[4];
+    return sb_add(b, (const char *)u, (size_t)utf8proc_encode_char(c, u));
+}
+
+static int ids_add(idbuf *b, int32_t id) {
+    size_t cap = (size_t)b->cap;
+    if (grow((void **)&b->p, &cap, (size_t)b->n + 1, sizeof(int32_t)))
+        return -1;
+    b->cap = (int64_t)cap;
+    b->p[b->n++] = id;
+    return 0;
+}
+
+/* Next character of valid UTF-8 at s (n > 0 bytes); its length in bytes. */
+static size_t next_char(const char *s, size_t n, int32_t *c) {
+    return (size_t)utf8proc_iterate((const uint8_t *)s, (utf8proc_ssize_t)n, c);
+}
+
+/* Start of the character that ends at byte `end` of s. */
+static size_t prev_char(const char *s, size_t end) {
+    do
+        end--;
+    while (end > 0 && ((uint8_t)s[end] & 0xC0) == 0x80);
+    return end;
+}
+
+/* Any bytes as valid UTF-8: each byte that starts no valid character
+ * becomes U+FFFD (as Python's errors="replace" would, one per byte). */
+static int sanitize(const char *s, size_t n, strbuf *out) {
+    for (size_t i = 0; i < n;) {
+        int32_t c;
+        utf8proc_ssize_t k = utf8proc_iterate((const uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
+        if (k < 0) {
+            c = 0xFFFD;
+            k = 1;
+        }
+        if (sb_add_char(out, c))
+            return -1;
+        i += (size_t)k;
+    }
+    return sb_add(out, "", 0);
+}
+
+/* ---- character classes (BertNormalizer / BertPreTokenizer) ---- */
+
+/* Rust's char::is_whitespace: the White_Space property. */
+static bool is_whitespace(int32_t c) {
+    if (c == ' ' || (c >= 0x09 && c <= 0x0D) || c == 0x85)
+        return true;
+    utf8proc_category_t k = utf8proc_category(c);
+    return k == UTF8PROC_CATEGORY_ZS || k == UTF8PROC_CATEGORY_ZL || k == UTF8PROC_CATEGORY_ZP;
+}
+
+/* Dropped by the normaliser: Cc, Cf, Co, except tab and newlines, which are whitespace. */
+static bool is_control(int32_t c) {
+    if (c == '\t' || c == '\n' || c == '\r')
+        return false;
+    utf8proc_category_t k = utf8proc_category(c);
+    return k == UTF8PROC_CATEGORY_CC || k == UTF8PROC_CATEGORY_CF || k == UTF8PROC_CATEGORY_CO;
+}
+
+/* ASCII punctuation (all of !"#$%&'()*+,-./:;<=>?@[\]^_`{|}~) or Unicode P*. */
+static bool is_punct(int32_t c) {
+    if ((c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
+        (c >= 0x7B && c <= 0x7E))
+        return true;
+    utf8proc_category_t k = utf8proc_category(c);
+    return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
+}
+
+/* The CJK ideograph blocks BERT puts spaces around (not kana or hangul). */
+static bool is_cjk(int32_t c) {
+    return (c >= 0x4E00 && c <= 0x9FFF) || (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x20000 && c <= 0x2A6DF) ||
+           (c >= 0x2A700 && c <= 0x2B73F) || (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
+           (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+}
+
+/* Regex \w as the Rust regex crate has it (Alphabetic, marks, Nd, Pc, joiners),
+ * by general category: what an added token's single_word looks at. */
+static bool is_word_char(int32_t c) {
+    utf8proc_category_t k = utf8proc_category(c);
+    return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_ND) || k == UTF8PROC_CATEGORY_NL ||
+           k == UTF8PROC_CATEGORY_PC || c == 0x200C || c == 0x200D;
+}
+
+/* ---- normaliser ---- */
+
+/* Lower case as Rust's char::to_lowercase: the simple mapping, except the one
+ * character whose full mapping is two (U+0130 -> i + combining dot above). */
+static int add_lower(strbuf *out, int32_t c) {
+    if (c == 0x130)
+        return sb_add(out, "i\xCC\x87", 3);
+    return sb_add_char(out, utf8proc_tolower(c));
+}
+
+/* Clean-up and CJK spacing, one character at a time. */
+static int clean_text(const dc_wordpiece *t, const char *s, size_t n, strbuf *out) {
+    for (size_t i = 0; i < n;) {
+        int32_t c;
+        i += next_char(s + i, n - i, &c);
+        if (c == 0 || c == 0xFFFD || is_control(c))
+            continue;
+        if (is_whitespace(c))
+            c = ' ';
+        bool pad = t->chinese && is_cjk(c);
+        if ((pad && sb_add(out, " ", 1)) || sb_add_char(out, c) || (pad && sb_add(out, " ", 1)))
+            return -1;
+    }
+    return sb_add(out, "", 0);
+}
+
+/* BertNormalizer on valid UTF-8: clean, CJK spacing, NFD without nonspacing
+ * marks, lower case (in that order, as tokenizers does them). */
+static int normalize(const dc_wordpiece *t, const char *s, size_t n, strbuf *out) {
+    strbuf a = {0};
+    int32_t *cps = NULL;
+    int rc = -1;
+    if (clean_text(t, s, n, &a))
+        goto done;
+    utf8proc_ssize_t m = 0;
+    if (t->strip_accents) {
+        utf8proc_option_t nfd = UTF8PROC_DECOMPOSE;
+        m = utf8proc_decompose((const uint8_t *)a.p, (utf8proc_ssize_t)a.n, NULL, 0, nfd);
+        cps = m > 0 ? malloc((size_t)m * sizeof *cps) : NULL;
+        if (m > 0 && (!cps || utf8proc_decompose((const uint8_t *)a.p, (utf8proc_ssize_t)a.n, cps, m, nfd) != m)) {
+            dc_fail("tokenizer: out of memory");
+            goto done;
+        }
+    } else {
+        cps = malloc((a.n + 1) * sizeof *cps);
+        if (!cps) {
+            dc_fail("tokenizer: out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < a.n; m++)
+            i += next_char(a.p + i, a.n - i, &cps[m]);
+    }
+    for (utf8proc_ssize_t i = 0; i < m; i++) {
+        if (t->strip_accents && utf8proc_category(cps[i]) == UTF8PROC_CATEGORY_MN)
+            continue;
+        if (t->lowercase ? add_lower(out, cps[i]) : sb_add_char(out, cps[i]))
+            goto done;
+    }
+    rc = sb_add(out, "", 0);
+done:
+    free(cps);
+    free(a.p);
+    return rc;
+}
+
+/* ---- vocab lookup ---- */
+
+static uint64_t hash_bytes(uint64_t h, const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 0x100000001B3ull;
+    return h;
+}
+
+/* The vocab id of prefix + s[0..n), -1 when absent. */
+static int32_t vocab_find(const dc_wordpiece *t, const char *prefix, const char *s, size_t n) {
+    size_t np = strlen(prefix);
+    uint64_t h = hash_bytes(hash_bytes(0xCBF29CE484222325ull, prefix, np), s, n);
+    for (uint64_t i = h & t->table_mask;; i = (i + 1) & t->table_mask) {
+        int32_t id = t->table[i];
+        if (id < 0)
+            return -1;
+        const char *v = t->vocab[id];
+        if (strncmp(v, prefix, np) == 0 && strlen(v + np) == n && memcmp(v + np, s, n) == 0)
+            return id;
+    }
+}
+
+/* Index the vocab; a token that appears twice is an error (an id would be lost). */
+static int vocab_index(dc_wordpiece *t, const char *where) {
+    uint64_t cap = 16;
+    while (cap < 2 * (uint64_t)t->n_vocab)
+        cap *= 2;
+    t->table = malloc(cap * sizeof *t->table);
+    if (!t->table)
+        return dc_fail("%s: out of memory", where);
+    memset(t->table, 0xFF, cap * sizeof *t->table);
+    t->table_mask = cap - 1;
+    for (int64_t id = 0; id < t->n_vocab; id++) {
+        const char *v = t->vocab[id];
+        int32_t other = vocab_find(t, "", v, strlen(v));
+        if (other >= 0)
+            return dc_fail("%s: the vocab has the token \"%s\" twice (ids %d and %lld)", where, v, other, (long long)id);
+        uint64_t i = hash_bytes(0xCBF29CE484222325ull, v, strlen(v)) & t->table_mask;
+        while (t->table[i] >= 0)
+            i = (i + 1) & t->table_mask;
+        t->table[i] = (int32_t)id;
+    }
+    return 0;
+}
+
+static const added_token *added_find(const dc_wordpiece *t, const char *content) {
+    for (int i = 0; i < t->n_added; i++)
+        if (strcmp(t->added[i].content, content) == 0)
+            return &t->added[i];
+    return NULL;
+}
+
+int32_t dc_wordpiece_token_id(const dc_wordpiece *t, const char *token) {
+    const added_token *a = added_find(t, token);
+    return a ? a->id : vocab_find(t, "", token, strlen(token));
+}
+
+const char *dc_wordpiece_token(const dc_wordpiece *t, int32_t id) {
+    return id >= 0 && id < t->info.size ? t->tokens[id] : NULL;
+}
+
+const dc_wordpiece_info *dc_wordpiece_get_info(const dc_wordpiece *t) { return &t->info; }
+
+/* ---- encode ---- */
+
+/* One word: the longest vocab pieces from its start, or [UNK]. */
+static int encode_word(const dc_wordpiece *t, const char *w, size_t n, int64_t chars, idbuf *ids) {
+    if (chars > MAX_WORD_CHARS)
+        return ids_add(ids, t->info.unk);
+    int64_t mark = ids->n;
+    for (size_t start = 0; start < n;) {
+        size_t end = n;
+        int32_t id = -1;
+        while (start < end && (id = vocab_find(t, start ? "##" : "", w + start, end - start)) < 0)
+            end = prev_char(w, end);
+        if (id < 0) {
+            ids->n = mark;
+            return ids_add(ids, t->info.unk);
+        }
+        if (ids_add(ids, id))
+            return -1;
+        start = end;
+    }
+    return 0;
+}
+
+/* BertPreTokenizer then WordPiece: words end at whitespace (dropped) and
+ * around each punctuation character (a word of its own). */
+static int encode_words(const dc_wordpiece *t, const char *s, size_t n, idbuf *ids) {
+    size_t word = 0;
+    int64_t chars = 0;
+    for (size_t i = 0; i < n;) {
+        int32_t c;
+        size_t k = next_char(s + i, n - i, &c);
+        bool space = is_whitespace(c), punct = !space && is_punct(c);
+        if (space || punct) {
+            if ((i > word && encode_word(t, s + word, i - word, chars, ids)) ||
+                (punct && encode_word(t, s + i, k, 1, ids)))
+                return -1;
+            word = i + k;
+            chars = 0;
+        } else {
+            chars++;
+        }
+        i += k;
+    }
+    return n > word ? encode_word(t, s + word, n - word, chars, ids) : 0;
+}
+
+/* The longest added token of the kind (normalized or not) that s starts with. */
+static const added_token *match_added(const dc_wordpiece *t, bool normalized, const char *s, size_t n) {
+    const added_token *best = NULL;
+    size_t best_n = 0;
+    for (int i = 0; i < t->n_added; i++) {
+        const added_token *a = &t->added[i];
+        size_t m = strlen(a->pattern);
+        if (a->normalized == normalized && m > best_n && m <= n && memcmp(s, a->pattern, m) == 0) {
+            best = a;
+            best_n = m;
+        }
+    }
+    return best;
+}
+
+static bool word_before(const char *s, size_t at) {
+    int32_t c;
+    return at > 0 && (next_char(s + prev_char(s, at), at - prev_char(s, at), &c), is_word_char(c));
+}
+
+static bool word_after(const char *s, size_t n) {
+    int32_t c;
+    return n > 0 && (next_char(s, n, &c), is_word_char(c));
+}
+
+typedef int (*piece_fn)(const dc_wordpiece *t, const char *s, size_t n, idbuf *ids);
+
+/* Split s at the added tokens of one kind (leftmost, then longest, as
+ * tokenizers' Aho-Corasick does; single_word as there): their ids out, the
+ * text between them to `rest`. lstrip/rstrip are not read: the whitespace
+ * they would take from the neighbouring text is dropped there anyway, so
+ * they change no id. */
+static int split_added(const dc_wordpiece *t, bool normalized, const char *s, size_t n, piece_fn rest, idbuf *ids) {
+    size_t done = 0;
+    for (size_t pos = 0; pos < n;) {
+        const added_token *a = match_added(t, normalized, s + pos, n - pos);
+        if (!a) {
+            pos++;
+            continue;
+        }
+        size_t start = pos, stop = pos + strlen(a->pattern);
+        pos = stop;
+        if (a->single_word && (word_before(s, start) || word_after(s + stop, n - stop)))
+            continue;
+        if ((start > done && rest(t, s + done, start - done, ids)) || ids_add(ids, a->id))
+            return -1;
+        done = stop;
+    }
+    return n > done ? rest(t, s + done, n - done, ids) : 0;
+}
+
+/* Text between non-normalised added tokens: normalise, then split at the
+ * normalised ones. */
+static int encode_raw_piece(const dc_wordpiece *t, const char *s, size_t n, idbuf *ids) {
+    strbuf norm = {0};
+    int rc = normalize(t, s, n, &norm);
+    if (rc == 0)
+        rc = split_added(t, true, norm.p, norm.n, encode_words, ids);
+    free(norm.p);
+    return rc;
+}
+
+int dc_wordpiece_encode(const dc_wordpiece *t, const char *text, bool add_special, int32_t **ids, int64_t *n) {
+    *ids = NULL;
+    *n = 0;
+    strbuf s = {0};
+    idbuf out = {0};
+    if (sanitize(text, strlen(text), &s) || (add_special && ids_add(&out, t->info.cls)) ||
+        split_added(t, false, s.p, s.n, encode_raw_piece, &out) || (add_special && ids_add(&out, t->info.sep)) ||
+        ids_add(&out, 0)) {
+        free(s.p);
+        free(out.p);
+        return -1;
+    }
+    free(s.p);
+    *ids = out.p;
+    *n = out.n - 1;
+    return 0;
+}
+
+/* ---- decode ---- */
+
+/* Each `from` replaced by `to`, left to right, as str.replace does. */
+static int replace_all(strbuf *b, const char *from, const char *to) {
+    size_t nf = strlen(from), nt = strlen(to);
+    if (!b->p || !strstr(b->p, from))
+        return 0;
+    strbuf out = {0};
+    const char *p = b->p, *hit;
+    while ((hit = strstr(p, from))) {
+        if (sb_add(&out, p, (size_t)(hit - p)) || sb_add(&out, to, nt)) {
+            free(out.p);
+            return -1;
+        }
+        p = hit + nf;
+    }
+    if (sb_add(&out, p, strlen(p))) {
+        free(out.p);
+        return -1;
+    }
+    free(b->p);
+    *b = out;
+    return 0;
+}
+
+/* The WordPiece decoder's cleanup (tokenizers, per token) and transformers'
+ * clean_up_tokenization (on the whole text): the same list but " do not". */
+static const char *const CLEANUP[][2] = {
+    {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"}, {" n't", "n't"},
+    {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
+};
+
+static int cleanup(strbuf *b, bool decoder) {
+    for (size_t i = 0; i < sizeof CLEANUP / sizeof CLEANUP[0]; i++)
+        if ((decoder || strcmp(CLEANUP[i][0], " do not") != 0) && replace_all(b, CLEANUP[i][0], CLEANUP[i][1]))
+            return -1;
+    return 0;
+}
+
+int dc_wordpiece_decode(const dc_wordpiece *t, const int32_t *ids, int64_t n, bool skip_special, char **text) {
+    *text = NULL;
+    strbuf out = {0}, piece = {0};
+    bool first = true;
+    int rc = sb_add(&out, "", 0);
+    for (int64_t i = 0; i < n && rc == 0; i++) {
+        const char *tok = dc_wordpiece_token(t, ids[i]);
+        if (!tok || (skip_special && t->special[ids[i]]))
+            continue;
+        piece.n = 0;
+        if (!first && strncmp(tok, "##", 2) == 0)
+            tok += 2;
+        else if (!first)
+            rc = sb_add(&piece, " ", 1);
+        first = false;
+        if (rc || (rc = sb_add(&piece, tok, strlen(tok))) || (rc = cleanup(&piece, true)))
+            break;
+        rc = sb_add(&out, piece.p, piece.n);
+    }
+    if (rc == 0 && t->cleanup_spaces)
+        rc = cleanup(&out, false);
+    free(piece.p);
+    if (rc) {
+        free(out.p);
+        return -1;
+    }
+    *text = out.p;
+    return 0;
+}
+
+/* ---- loading ---- */
+
+void dc_wordpiece_free(dc_wordpiece *t) {
+    if (!t)
+        return;
+    for (int64_t i = 0; i < t->n_vocab; i++)
+        free(t->vocab[i]);
+    for (int i = 0; i < t->n_added; i++) {
+        free(t->added[i].content);
+        free(t->added[i].pattern);
+    }
+    free(t->vocab);
+    free(t->table);
+    free(t->added);
+    free(t->tokens);
+    free(t->special);
+    free(t);
+}
+
+/* vocab.txt: one token a line, id = line number, trailing whitespace trimmed
+ * (as the Rust reader does). */
+static int vocab_from_txt(dc_wordpiece *t, const char *text, size_t n, const char *where) {
+    int64_t lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += text[i] == '\n';
+    lines += n > 0 && text[n - 1] != '\n';
+    t->vocab = calloc((size_t)lines + 1, sizeof *t->vocab);
+    if (!t->vocab)
+        return dc_fail("%s: out of memory", where);
+    for (size_t i = 0; i < n; t->n_vocab++) {
+        const char *eol = memchr(text + i, '\n', n - i);
+        size_t len = eol ? (size_t)(eol - text - i) : n - i;
+        if (utf8proc_decompose((const uint8_t *)text + i, (utf8proc_ssize_t)len, NULL, 0, 0) < 0 ||
+            memchr(text + i, '\0', len))
+            return dc_fail("%s: line %lld is not UTF-8 text", where, (long long)t->n_vocab + 1);
+        while (len > 0) {
+            int32_t c;
+            size_t p = prev_char(text + i, len);
+            next_char(text + i + p, len - p, &c);
+            if (!is_whitespace(c))
+                break;
+            len = p;
+        }
+        if (!(t->vocab[t->n_vocab] = strndup(text + i, len)))
+            return dc_fail("%s: out of memory", where);
+        i += (eol ? (size_t)(eol - text - i) + 1 : n - i);
+    }
+    return 0;
+}
+
+/* tokenizer.json's model: a WordPiece vocab {token: id} with ids 0..N-1. */
+static int vocab_from_json(dc_wordpiece *t, const cJSON *root, const char *where) {
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const char *type = NULL;
+    if (!cJSON_IsObject(model))
+        return dc_fail("%s: no \"model\" object", where);
+    if (dc_json_get_string(model, "type", where, &type))
+        return -1;
+    if (type && strcmp(type, "WordPiece") != 0)
+        return dc_fail("%s: model type \"%s\" is not WordPiece (BERT/BLIP tokenizers are)", where, type);
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    if (!cJSON_IsObject(vocab))
+        return dc_fail("%s: model.vocab is %s, not a {token: id} object", where, dc_json_type(vocab));
+    int64_t count = cJSON_GetArraySize(vocab);
+    t->vocab = calloc((size_t)count + 1, sizeof *t->vocab);
+    if (!t->vocab)
+        return dc_fail("%s: out of memory", where);
+    t->n_vocab = count;
+    for (const cJSON *e = vocab->child; e; e = e->next) {
+        double id = cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (id < 0 || id >= (double)count || id != (double)(int64_t)id)
+            return dc_fail("%s: model.vocab[\"%s\"] is not an id in 0..%lld", where, e->string, (long long)count - 1);
+        if (t->vocab[(int64_t)id])
+            return dc_fail("%s: model.vocab gives id %lld twice", where, (long long)id);
+        if (!(t->vocab[(int64_t)id] = strdup(e->string)))
+            return dc_fail("%s: out of memory", where);
+    }
+    return 0;
+}
+
+/* A token as the configs write one: "[X]" or {"content": "[X]", flags...}. */
+static int parse_added(const cJSON *v, bool force_special, const char *where, added_token *a) {
+    memset(a, 0, sizeof *a);
+    a->id = -1;
+    const char *content = cJSON_IsString(v) ? v->valuestring : NULL;
+    bool normalized_set = false;
+    if (cJSON_IsObject(v)) {
+        const cJSON *nz = cJSON_GetObjectItemCaseSensitive(v, "normalized");
+        normalized_set = cJSON_IsBool(nz);
+        if (dc_json_get_string(v, "content", where, &content) || dc_json_get_bool(v, "special", where, &a->special) ||
+            dc_json_get_bool(v, "single_word", where, &a->single_word) ||
+            dc_json_get_bool(v, "normalized", where, &a->normalized))
+            return -1;
+    }
+    if (!content)
+        return dc_fail("%s: a token is %s, not a string or {\"content\": ...}", where, dc_json_type(v));
+    a->special |= force_special;
+    if (!normalized_set) /* AddedToken's default */
+        a->normalized = !a->special;
+    if (!(a->content = strdup(content)))
+        return dc_fail("%s: out of memory", where);
+    return 0;
+}
+
+/* Everything the configs say, before ids are given. */
+typedef struct token_config {
+    const cJSON *named[7]; /* bos eos unk sep pad cls mask, NULL: default */
+    const cJSON *extra;    /* a list, or NULL */
+    const cJSON *decoder;  /* added_tokens_decoder, or tokenizer.json's added_tokens */
+    bool decoder_is_list;
+} token_config;
+
+static const char *const NAMED[7] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                     "pad_token", "cls_token", "mask_token"};
+static const char *const NAMED_DEFAULT[7] = {NULL, NULL, "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"};
+
+static void read_named(token_config *c, const cJSON *obj) {
+    for (int i = 0; i < 7; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, NAMED[i]);
+        if (v && !cJSON_IsNull(v))
+            c->named[i] = v;
+    }
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(obj, "extra_special_tokens");
+    if (!cJSON_IsArray(extra))
+        extra = cJSON_GetObjectItemCaseSensitive(obj, "additional_special_tokens");
+    if (cJSON_IsArray(extra))
+        c->extra = extra;
+}
+
+/* Give a token its id as AddedVocabulary::add_tokens does; a token already
+ * added takes the new flags and keeps its id. */
+static int add_token(dc_wordpiece *t, added_token *a, int32_t *next_id, const char *where) {
+    if (!a->content[0]) {
+        free(a->content);
+        return 0;
+    }
+    added_token *old = (added_token *)added_find(t, a->content);
+    if (old) {
+        a->id = old->id;
+        free(old->content);
+        *old = *a;
+        return 0;
+    }
+    a->id = vocab_find(t, "", a->content, strlen(a->content));
+    if (a->id < 0) {
+        if (*next_id == INT32_MAX)
+            return dc_fail("%s: too many tokens", where);
+        a->id = (*next_id)++;
+    }
+    size_t cap = (size_t)t->n_added;
+    added_token *grown = realloc(t->added, (cap + 1) * sizeof *grown);
+    if (!grown)
+        return dc_fail("%s: out of memory", where);
+    t->added = grown;
+    t->added[t->n_added++] = *a;
+    return 0;
+}
+
+/* By declared id, then by position: of two entries with one id, Python's
+ * dict keeps the later. */
+static int cmp_entry_id(const void *a, const void *b) {
+    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+    if (x->valuedouble != y->valuedouble)
+        return x->valuedouble > y->valuedouble ? 1 : -1;
+    return (x->valueint > y->valueint) - (x->valueint < y->valueint);
+}
+
+/* The added tokens in the order transformers adds them: the decoder's by id
+ * (its ids only order them), then named and extra special tokens not among them. */
+static int add_tokens(dc_wordpiece *t, const token_config *c, const char *where) {
+    int32_t next_id = (int32_t)t->n_vocab;
+    int n = c->decoder ? cJSON_GetArraySize(c->decoder) : 0;
+    const cJSON **order = calloc((size_t)n + 1, sizeof *order);
+    cJSON *keys = cJSON_CreateArray(); /* the declared ids, as numbers to sort on */
+    int rc = order && keys ? 0 : dc_fail("%s: out of memory", where);
+    int i = 0;
+    for (const cJSON *e = c->decoder ? c->decoder->child : NULL; e && rc == 0; e = e->next, i++) {
+        char *end = NULL;
+        double id = c->decoder_is_list ? cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "id"))
+                                       : strtod(e->string, &end);
+        if (id != id || id < 0 || id > INT32_MAX || id != (double)(int64_t)id || (end && (*end || end == e->string)))
+            rc = dc_fail("%s: added token %d has no id", where, i);
+        cJSON *k = cJSON_CreateNumber(id);
+        if (!k || !cJSON_AddItemToArray(keys, k))
+            rc = dc_fail("%s: out of memory", where);
+        else
+            k->valueint = i, order[i] = k;
+    }
+    if (rc == 0)
+        qsort(order, (size_t)n, sizeof *order, cmp_entry_id);
+    for (i = 0; i < n && rc == 0; i++) {
+        added_token a;
+        if (i + 1 < n && order[i + 1]->valuedouble == order[i]->valuedouble)
+            continue;
+        const cJSON *e = cJSON_GetArrayItem(c->decoder, order[i]->valueint);
+        if ((rc = parse_added(e, false, where, &a)) == 0 && (rc = add_token(t, &a, &next_id, where)))
+            free(a.content);
+    }
+    free(order);
+    cJSON_Delete(keys);
+    for (i = 0; i < 7 && rc == 0; i++) {
+        added_token a;
+        if (!c->named[i] && !NAMED_DEFAULT[i])
+            continue;
+        cJSON *dflt = c->named[i] ? NULL : cJSON_CreateString(NAMED_DEFAULT[i]);
+        const cJSON *v = c->named[i] ? c->named[i] : dflt;
+        if (!v)
+            rc = dc_fail("%s: out of memory", where);
+        else if ((rc = parse_added(v, true, where, &a)) == 0) {
+            const added_token *old = added_find(t, a.content);
+            if (old) /* named tokens are special whatever the decoder said */
+                ((added_token *)old)->special = true, free(a.content);
+            else if ((rc = add_token(t, &a, &next_id, where)))
+                free(a.content);
+        }
+        cJSON_Delete(dflt);
+    }
+    for (const cJSON *e = c->extra ? c->extra->child : NULL; e && rc == 0; e = e->next) {
+        added_token a;
+        if ((rc = parse_added(e, true, where, &a)) == 0) {
+            if (added_find(t, a.content))
+                free(a.content);
+            else if ((rc = add_token(t, &a, &next_id, where)))
+                free(a.content);
+        }
+    }
+    return rc;
+}
+
+static int read_flags(dc_wordpiece *t, const cJSON *cfg, const char *where) {
+    bool lower = true, chinese = true, cleanup_spaces = false, strip = false;
+    const cJSON *sa = cJSON_GetObjectItemCaseSensitive(cfg, "strip_accents");
+    double max_len = 0;
+    if (dc_json_get_bool(cfg, "do_lower_case", where, &lower) ||
+        dc_json_get_bool(cfg, "tokenize_chinese_chars", where, &chinese) ||
+        dc_json_get_bool(cfg, "clean_up_tokenization_spaces", where, &cleanup_spaces) ||
+        dc_json_get_bool(cfg, "strip_accents", where, &strip) ||
+        dc_json_get_number(cfg, "model_max_length", where, &max_len))
+        return -1;
+    t->lowercase = lower;
+    t->strip_accents = cJSON_IsBool(sa) ? strip : lower; /* null: as lower-casing */
+    t->chinese = chinese;
+    t->cleanup_spaces = cleanup_spaces;
+    /* transformers writes 1e30 for "no limit" */
+    t->info.model_max_length = max_len >= 1 && max_len < 1e15 ? (int64_t)max_len : 0;
+    return 0;
+}
+
+/* Normalised added tokens are matched in normalised text: their own
+ * content normalised. */
+static int finish_added(dc_wordpiece *t, const char *where) {
+    for (int i = 0; i < t->n_added; i++) {
+        added_token *a = &t->added[i];
+        strbuf p = {0};
+        if (a->normalized ? normalize(t, a->content, strlen(a->content), &p) : sb_add(&p, a->content, strlen(a->content)))
+            return dc_fail_prefix(where);
+        a->pattern = p.p;
+    }
+    return 0;
+}
+
+/* What ids decode to, which are special, and the named ids. */
+static int finish_ids(dc_wordpiece *t, const token_config *c, const char *where) {
+    int64_t size = t->n_vocab;
+    for (int i = 0; i < t->n_added; i++)
+        if (t->added[i].id >= size)
+            size = (int64_t)t->added[i].id + 1;
+    t->info.size = size;
+    t->tokens = calloc((size_t)size + 1, sizeof *t->tokens);
+    t->special = calloc((size_t)size + 1, sizeof *t->special);
+    if (!t->tokens || !t->special)
+        return dc_fail("%s: out of memory", where);
+    for (int64_t i = 0; i < t->n_vocab; i++)
+        t->tokens[i] = t->vocab[i];
+    for (int i = 0; i < t->n_added; i++)
+        t->tokens[t->added[i].id] = t->added[i].content;
+    for (int64_t id = 0; id < size; id++) { /* tokenizers asks by content */
+        const added_token *a = t->tokens[id] ? added_find(t, t->tokens[id]) : NULL;
+        t->special[id] = a && a->special;
+    }
+    int32_t *named[7] = {&t->info.bos, &t->info.eos, &t->info.unk, &t->info.sep,
+                         &t->info.pad, &t->info.cls, &t->info.mask};
+    for (int i = 0; i < 7; i++) {
+        const cJSON *v = c->named[i];
+        const char *name = cJSON_IsString(v) ? v->valuestring
+                           : v ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(v, "content"))
+                               : NAMED_DEFAULT[i];
+        *named[i] = name ? dc_wordpiece_token_id(t, name) : -1;
+    }
+    const char *unk = t->info.unk >= 0 ? t->tokens[t->info.unk] : NULL;
+    if (!unk || t->info.unk >= t->n_vocab || vocab_find(t, "", unk, strlen(unk)) != t->info.unk)
+        return dc_fail("%s: the unknown token is not in the vocab", where);
+    return 0;
+}
+
+static cJSON *parse_optional(const char *text, size_t n, const char *what) {
+    return text ? dc_json_parse(text, n, what) : NULL;
+}
+
+int dc_wordpiece_load_files(dc_wordpiece **out, const dc_wordpiece_files *f, const char *where) {
+    *out = NULL;
+    char name[4][512];
+    snprintf(name[0], sizeof name[0], "%s/tokenizer.json", where);
+    snprintf(name[1], sizeof name[1], "%s/vocab.txt", where);
+    snprintf(name[2], sizeof name[2], "%s/tokenizer_config.json", where);
+    snprintf(name[3], sizeof name[3], "%s/special_tokens_map.json", where);
+    dc_wordpiece *t = calloc(1, sizeof *t);
+    cJSON *tok = parse_optional(f->tokenizer_json, f->tokenizer_json_n, name[0]);
+    cJSON *cfg = parse_optional(f->tokenizer_config, f->tokenizer_config_n, name[2]);
+    cJSON *map = NULL;
+    token_config c = {0};
+    int rc = -1;
+    if (!t) {
+        dc_fail("%s: out of memory", where);
+        goto done;
+    }
+    if ((f->tokenizer_json && !tok) || (f->tokenizer_config && !cfg))
+        goto done;
+    if (cfg && !cJSON_IsObject(cfg)) {
+        dc_fail("%s: not a JSON object", name[2]);
+        goto done;
+    }
+    if (tok ? vocab_from_json(t, tok, name[0])
+            : f->vocab_txt ? vocab_from_txt(t, f->vocab_txt, f->vocab_txt_n, name[1])
+                           : dc_fail("%s: neither tokenizer.json nor vocab.txt is there", where))
+        goto done;
+    if (t->n_vocab == 0 || t->n_vocab > INT32_MAX) {
+        dc_fail("%s: the vocab has %lld tokens", tok ? name[0] : name[1], (long long)t->n_vocab);
+        goto done;
+    }
+    if (vocab_index(t, tok ? name[0] : name[1]) || (cfg && read_flags(t, cfg, name[2])))
+        goto done;
+    if (!cfg)
+        t->lowercase = t->strip_accents = t->chinese = true;
+    read_named(&c, cfg);
+    c.decoder = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder");
+    if (c.decoder && !cJSON_IsObject(c.decoder)) {
+        dc_fail("%s: added_tokens_decoder is %s, not an object", name[2], dc_json_type(c.decoder));
+        goto done;
+    }
+    if (!c.decoder) { /* saved without one: the older files say it */
+        if (f->special_tokens_map && !(map = dc_json_parse(f->special_tokens_map, f->special_tokens_map_n, name[3])))
+            goto done;
+        read_named(&c, map);
+        c.decoder = cJSON_GetObjectItemCaseSensitive(tok, "added_tokens");
+        c.decoder_is_list = true;
+        if (c.decoder && !cJSON_IsArray(c.decoder)) {
+            dc_fail("%s: added_tokens is %s, not a list", name[0], dc_json_type(c.decoder));
+            goto done;
+        }
+    }
+    if (add_tokens(t, &c, cfg ? name[2] : name[0]) || finish_added(t, where) || finish_ids(t, &c, where))
+        goto done;
+    rc = 0;
+done:
+    cJSON_Delete(tok);
+    cJSON_Delete(cfg);
+    cJSON_Delete(map);
+    if (rc)
+        dc_wordpiece_free(t);
+    else
+        *out = t;
+    return rc;
+}
+
+/* The file DIR/name when it exists (NULL and *n 0 when not); -1 when it cannot be read. */
+static int read_optional(const char *dir, const char *name, char **text, size_t *n) {
+    *text = NULL;
+    *n = 0;
+    char *path = dc_path_join(dir, name);
+    struct stat st;
+    int rc = 0;
+    if (!path)
+        return -1;
+    if (stat(path, &st) == 0 && !(*text = dc_read_file(path, MAX_FILE_BYTES, n)))
+        rc = -1;
+    free(path);
+    return rc;
+}
+
+int dc_wordpiece_load(dc_wordpiece **out, const char *dir) {
+    *out = NULL;
+    char *text[4] = {0};
+    dc_wordpiece_files f = {0};
+    int rc = -1;
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        dc_fail("%s: not a folder", dir);
+        goto done;
+    }
+    if (read_optional(dir, "vocab.txt", &text[0], &f.vocab_txt_n) ||
+        read_optional(dir, "tokenizer.json", &text[1], &f.tokenizer_json_n) ||
+        read_optional(dir, "tokenizer_config.json", &text[2], &f.tokenizer_config_n) ||
+        read_optional(dir, "special_tokens_map.json", &text[3], &f.special_tokens_map_n))
+        goto done;
+    f.vocab_txt = text[0];
+    f.tokenizer_json = text[1];
+    f.tokenizer_config = text[2];
+    f.special_tokens_map = text[3];
+    rc = dc_wordpiece_load_files(out, &f, dir);
+done:
+    for (int i = 0; i < 4; i++)
+        free(text[i]);
+    return rc;
+}
