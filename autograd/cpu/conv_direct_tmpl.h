@@ -287,20 +287,16 @@ static TARGET void add_lanes(float *db, vec v, int n) {
  * vectors'). At most 2 LANES, the bias sums' two vectors. */
 static int filter_rows(int64_t nj) { return (int)(FR * VJ / nj); }
 
-/* The tile of output channels co0 .. co0 + nr and input channels ci0 .. ci0
- * + LANES nj (the last vector masked to cin) at tap (ky, kx). */
-INLINE void filter_tile(const int nj, const cpu_conv_geom *g, const int nr, const float *dy,
-                        const float *x, float *dw, const filter_job *job) {
+/* The sums of filter_tile over its output rows: with `tail`, the last
+ * vector of x masked to cin and the bias sums taken when job->db asks;
+ * without, neither (the common case, kept free of the masked load and the
+ * test per pixel: on AVX2 the mask had no register left and was reloaded). */
+INLINE void filter_sums(const int nj, const int nr, const bool tail, const cpu_conv_geom *g,
+                        const float *dy, const float *x, const filter_job *job, vmask last,
+                        vec acc[][VJ], vec bias[2]) {
     const int64_t C = g->cin, step = g->stride * C, ky = job->ky, kx = job->kx;
-    const vmask last = v_lanes(C - job->ci0 - (nj - 1) * LANES);
     int64_t lo, hi;
     valid_columns(g, kx, &lo, &hi);
-    vec acc[FR * VJ][VJ], bias[2] = {v_zero(), v_zero()};
-#pragma GCC unroll 24
-    for (int r = 0; r < nr; r++)
-#pragma GCC unroll 4
-        for (int j = 0; j < nj; j++)
-            acc[r][j] = v_zero();
     int64_t img = job->u0 / g->ho, oy = job->u0 % g->ho;
     for (int64_t u = job->u0; u < job->u1; u++, oy = oy + 1 < g->ho ? oy + 1 : (img++, 0)) {
         int64_t iy = oy * g->stride - g->pad + ky;
@@ -313,8 +309,8 @@ INLINE void filter_tile(const int nj, const cpu_conv_geom *g, const int nr, cons
             vec xv[VJ];
 #pragma GCC unroll 4
             for (int j = 0; j < nj; j++)
-                xv[j] = j < nj - 1 ? v_load(xs + j * LANES)
-                                   : v_load_mask(last, xs + j * LANES);
+                xv[j] = tail && j == nj - 1 ? v_load_mask(last, xs + j * LANES)
+                                            : v_load(xs + j * LANES);
 #pragma GCC unroll 24
             for (int r = 0; r < nr; r++) {
                 vec a = v_set1(d[r]);
@@ -322,13 +318,31 @@ INLINE void filter_tile(const int nj, const cpu_conv_geom *g, const int nr, cons
                 for (int j = 0; j < nj; j++)
                     acc[r][j] = v_fma(a, xv[j], acc[r][j]);
             }
-            if (job->db) {
+            if (tail && job->db) {
                 bias[0] = v_add(bias[0], v_load_mask(v_lanes(nr), d));
                 if (nr > LANES)
                     bias[1] = v_add(bias[1], v_load_mask(v_lanes(nr - LANES), d + LANES));
             }
         }
     }
+}
+
+/* The tile of output channels co0 .. co0 + nr and input channels ci0 .. ci0
+ * + LANES nj (the last vector masked to cin) at tap (ky, kx). */
+INLINE void filter_tile(const int nj, const cpu_conv_geom *g, const int nr, const float *dy,
+                        const float *x, float *dw, const filter_job *job) {
+    const int64_t C = g->cin, ky = job->ky, kx = job->kx;
+    const vmask last = v_lanes(C - job->ci0 - (nj - 1) * LANES);
+    vec acc[FR * VJ][VJ], bias[2] = {v_zero(), v_zero()};
+#pragma GCC unroll 24
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            acc[r][j] = v_zero();
+    if (C - job->ci0 >= nj * LANES && !job->db)
+        filter_sums(nj, nr, false, g, dy, x, job, last, acc, bias);
+    else
+        filter_sums(nj, nr, true, g, dy, x, job, last, acc, bias);
 #pragma GCC unroll 24
     for (int r = 0; r < nr; r++) {
         float *o = dw + (((job->co0 + r) * g->kh + ky) * g->kw + kx) * C + job->ci0;
