@@ -323,6 +323,29 @@ START_TEST(test_sample_seeded) {
 }
 END_TEST
 
+/* A model whose scores are all -inf (or one finite): sampling still gives a
+ * token, read from nowhere outside the vocabulary (top-p has nothing to sort;
+ * the AddressSanitizer build checks the reads). */
+START_TEST(test_sample_degenerate_scores) {
+    double logits[6] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    fixed m = {2, 6, logits};
+    dc_lm lm = {&m, 6, fixed_step, NULL};
+    int32_t prefix[2] = {1, 1};
+    dc_text_gen_options o = dc_text_gen_default_options();
+    o.do_sample = true, o.top_p = 0.5, o.top_k = 3, o.max_new_tokens = 2, o.seed = tu_next();
+    dc_text_gen_output out;
+    ck_assert_msg(dc_text_generate(&lm, &o, 2, prefix, 1, &out) == 0, "%s", dc_error());
+    for (int64_t i = 0; i < out.n * out.len; i++)
+        ck_assert(out.ids[i] >= 0 && out.ids[i] < 6);
+    dc_text_gen_output_free(&out);
+    logits[4] = tu_normal();
+    ck_assert(dc_text_generate(&lm, &o, 2, prefix, 1, &out) == 0);
+    ck_assert_int_eq(out.ids[1], 4);
+    ck_assert_int_eq(out.ids[out.len + 2], 4);
+    dc_text_gen_output_free(&out);
+}
+END_TEST
+
 /* ---- errors ---- */
 
 static int failing_step(void *self, const int32_t *ids, int64_t n, float *logits) {
@@ -383,6 +406,7 @@ int main(void) {
     tcase_add_test(tc, test_sample_top_p);
     tcase_add_test(tc, test_sample_temperature_then_top_p);
     tcase_add_test(tc, test_sample_seeded);
+    tcase_add_test(tc, test_sample_degenerate_scores);
     tc = tu_tcase(s, "errors", 60);
     tcase_add_test(tc, test_errors);
     return tu_run(s);
