@@ -60,15 +60,13 @@ START_TEST(test_vs_transformers) {
 }
 END_TEST
 
-/* An 8-bit image from a fixture tensor [H, W, C] of values 0..255. */
+/* An 8-bit image from a fixture tensor [H, W, C] (U8). */
 static dc_image fx_image(const dc_st_file *f, const char *name) {
     const dc_st_tensor *t = dc_st_find(f, name);
-    ck_assert_msg(t && t->ndim == 3 && t->dtype == DC_F32, "fixture has no %s", name);
+    ck_assert_msg(t && t->ndim == 3 && t->dtype == DC_U8, "fixture has no %s", name);
     dc_image img = {0};
     ck_assert(dc_image_alloc(&img, (int)t->shape[1], (int)t->shape[0], (int)t->shape[2]) == 0);
-    const float *v = t->data;
-    for (int64_t i = 0; i < t->shape[0] * t->shape[1] * t->shape[2]; i++)
-        img.px[i] = (uint8_t)v[i];
+    memcpy(img.px, t->data, t->nbytes);
     return img;
 }
 
