@@ -10,10 +10,12 @@
 #include "autograd/rng.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define NEG_BIG -1.0e9f /* transformers' "very large negative value" for beams out of the running */
+#define MAX_SCORES 1e11 /* rows x vocab floats held per step: 400 GB, beyond any real batch */
 #define DEFAULT_NEW_TOKENS 20 /* GenerationConfig's max_length default, counted after the prefix */
 
 dc_text_gen_options dc_text_gen_default_options(void) {
@@ -87,6 +89,10 @@ static int check_options(const dc_lm *lm, const dc_text_gen_options *o, int64_t 
         (o->num_return_sequences > o->num_beams && !(o->do_sample && o->num_beams == 1)))
         return dc_fail("generate: num_return_sequences %lld must be between 1 and num_beams %lld "
                        "(or any, sampling)", (long long)o->num_return_sequences, (long long)o->num_beams);
+    double scores = (double)batch * (double)dc_text_gen_rows_per_entry(o) * (double)lm->vocab;
+    if (lm->vocab > INT32_MAX || scores > MAX_SCORES)
+        return dc_fail("generate: %lld entries x %lld rows x %lld tokens of scores is too many",
+                       (long long)batch, (long long)dc_text_gen_rows_per_entry(o), (long long)lm->vocab);
     if (o->num_beams > 1 && !lm->reorder)
         return dc_fail("generate: beam search needs a model that can reorder its rows");
     if (o->do_sample && check_sampling(o))

@@ -420,6 +420,9 @@ START_TEST(test_errors) {
     assert_refused(&lm, o, prefix, 1, "must not be negative");
     o = d, o.eos_token_id = 6;
     assert_refused(&lm, o, prefix, 1, "eos_token_id 6 is outside the vocabulary (0..5)");
+    o = d, o.num_beams = (int64_t)1 << 40;
+    dc_lm huge = {&m, 6, fixed_step, toy_reorder};
+    assert_refused(&huge, o, prefix, 1, "rows x 6 tokens of scores is too many");
     int32_t bad[2] = {1, 9};
     assert_refused(&lm, d, bad, 2, "prefix token 9 is outside the vocabulary");
     dc_lm failing = {&m, 6, failing_step, NULL};
