@@ -588,11 +588,12 @@ static int beam_step(beam_search *s, bool *done) {
     gen *g = &s->g;
     if (gen_step(g))
         return -1;
-    for (int64_t r = 0; r < g->rows; r++) {
-        float *lp = g->scores + r * g->vocab;
-        log_softmax(lp, g->vocab);
-        process_row(g, r, lp);
-    }
+    /* rows are independent: their log-softmax (an exp per token) in parallel */
+#pragma omp parallel for
+    for (int64_t r = 0; r < g->rows; r++)
+        log_softmax(g->scores + r * g->vocab, g->vocab);
+    for (int64_t r = 0; r < g->rows; r++)
+        process_row(g, r, g->scores + r * g->vocab);
     bool all_hit = true;
     for (int64_t b = 0; b < s->batch; b++) {
         top_candidates(s, b);
