@@ -7,6 +7,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -90,11 +91,17 @@ static int check_values(const dc_image_processor *p, const char *what) {
     if (p->resample != PIL_BICUBIC)
         return dc_fail("%s: resample %d is not supported: only 3 (PIL's bicubic), as BLIP uses", what,
                        p->resample);
-    if (!isfinite(p->rescale_factor))
-        return dc_fail("%s: rescale_factor must be finite", what);
-    for (int c = 0; c < 3; c++)
-        if (!isfinite(p->mean[c]) || !isfinite(p->std[c]) || p->std[c] == 0)
-            return dc_fail("%s: image_mean must be finite and image_std finite and not zero", what);
+    /* the largest |pixel| out, in double: it must be a finite float32 */
+    double hi = p->do_rescale ? 255.0 * fabs(p->rescale_factor) : 255.0;
+    if (!(hi <= FLT_MAX))
+        return dc_fail("%s: rescale_factor %g makes pixels beyond float32", what, p->rescale_factor);
+    for (int c = 0; p->do_normalize && c < 3; c++) { /* used as the float32 they become */
+        float mean = (float)p->mean[c], std = (float)p->std[c];
+        if (!isfinite(mean) || !isfinite(std) || std == 0)
+            return dc_fail("%s: image_mean must be finite and image_std finite and not zero (in float32)", what);
+        if (!((hi + fabs(mean)) / fabs(std) <= FLT_MAX))
+            return dc_fail("%s: image_std %g makes pixels beyond float32", what, p->std[c]);
+    }
     return 0;
 }
 

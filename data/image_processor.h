@@ -18,7 +18,8 @@
  * or one number; 384), resample (3, bicubic; the only one we have),
  * do_rescale (true), rescale_factor (1/255), do_normalize (true),
  * image_mean / image_std (three numbers or one; OpenAI CLIP's),
- * do_convert_rgb (true). A centre crop or padding is refused.
+ * do_convert_rgb (true). A centre crop or padding is refused, and so is a
+ * config whose pixels would not fit a float32 (a tiny image_std).
  */
 #ifndef DC_DATA_IMAGE_PROCESSOR_H
 #define DC_DATA_IMAGE_PROCESSOR_H

@@ -440,7 +440,8 @@ static int caption_pixels(run *r, const float *px, int64_t b, char **caps) {
     for (int64_t i = 0; !rc && i < b; i++)
         memcpy(prefix + i * r->prefix_len, r->prefix, (size_t)r->prefix_len * sizeof *prefix);
     if (!rc)
-        rc = dc_blip_decoder_init(&self.d, r->model, embeds, g->num_beams, dc_text_gen_max_length(g, r->prefix_len));
+        rc = dc_blip_decoder_init(&self.d, r->model, embeds, dc_text_gen_rows_per_entry(g),
+                                  dc_text_gen_max_length(g, r->prefix_len));
     dc_lm lm = {&self, r->model->cfg.text.vocab_size, lm_step, lm_reorder};
     if (!rc)
         rc = dc_text_generate(&lm, g, b, prefix, r->prefix_len, &out);

@@ -10,10 +10,12 @@
 #include "autograd/rng.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define NEG_BIG -1.0e9f /* transformers' "very large negative value" for beams out of the running */
+#define MAX_SCORES 1e11 /* rows x vocab floats held per step: 400 GB, beyond any real batch */
 #define DEFAULT_NEW_TOKENS 20 /* GenerationConfig's max_length default, counted after the prefix */
 
 dc_text_gen_options dc_text_gen_default_options(void) {
@@ -28,6 +30,10 @@ dc_text_gen_options dc_text_gen_default_options(void) {
                              .eos_token_id = -1,
                              .pad_token_id = -1};
     return o;
+}
+
+int64_t dc_text_gen_rows_per_entry(const dc_text_gen_options *o) {
+    return o->num_beams == 1 && o->do_sample ? o->num_return_sequences : o->num_beams;
 }
 
 void dc_text_gen_output_free(dc_text_gen_output *out) {
@@ -79,9 +85,14 @@ static int check_options(const dc_lm *lm, const dc_text_gen_options *o, int64_t 
         return dc_fail("generate: the model has no step function or a vocabulary under 2 tokens");
     if (batch < 1 || prefix_len < 1 || !prefix)
         return dc_fail("generate: needs at least one sequence with a prefix of one token or more");
-    if (o->num_beams < 1 || o->num_return_sequences < 1 || o->num_return_sequences > o->num_beams)
-        return dc_fail("generate: num_return_sequences %lld must be between 1 and num_beams %lld",
-                       (long long)o->num_return_sequences, (long long)o->num_beams);
+    if (o->num_beams < 1 || o->num_return_sequences < 1 ||
+        (o->num_return_sequences > o->num_beams && !(o->do_sample && o->num_beams == 1)))
+        return dc_fail("generate: num_return_sequences %lld must be between 1 and num_beams %lld "
+                       "(or any, sampling)", (long long)o->num_return_sequences, (long long)o->num_beams);
+    double scores = (double)batch * (double)dc_text_gen_rows_per_entry(o) * (double)lm->vocab;
+    if (lm->vocab > INT32_MAX || scores > MAX_SCORES)
+        return dc_fail("generate: %lld entries x %lld rows x %lld tokens of scores is too many",
+                       (long long)batch, (long long)dc_text_gen_rows_per_entry(o), (long long)lm->vocab);
     if (o->num_beams > 1 && !lm->reorder)
         return dc_fail("generate: beam search needs a model that can reorder its rows");
     if (o->do_sample && check_sampling(o))
@@ -343,20 +354,21 @@ static int greedy_loop(gen *g, int64_t *lengths) {
     return 0;
 }
 
+/* Greedy search or sampling; every row is one output sequence. */
 static int greedy(const dc_lm *lm, const dc_text_gen_options *o, int64_t batch,
                   const int32_t *prefix, int64_t prefix_len, int64_t max_length,
                   dc_text_gen_output *out) {
     gen g;
-    if (gen_init(&g, lm, o, batch, 1, prefix, prefix_len, max_length))
+    if (gen_init(&g, lm, o, batch, dc_text_gen_rows_per_entry(o), prefix, prefix_len, max_length))
         return -1;
-    int64_t *lengths = malloc((size_t)batch * sizeof *lengths);
+    int64_t rows = g.rows, *lengths = malloc((size_t)rows * sizeof *lengths);
     int rc = lengths ? greedy_loop(&g, lengths) : dc_fail("generate: out of memory");
     if (!rc)
-        rc = output_alloc(out, batch, g.cur_len);
+        rc = output_alloc(out, rows, g.cur_len);
     if (!rc) {
-        for (int64_t r = 0; r < batch; r++)
+        for (int64_t r = 0; r < rows; r++)
             memcpy(out->ids + r * g.cur_len, g.seq + r * max_length, (size_t)g.cur_len * sizeof *out->ids);
-        memcpy(out->lengths, lengths, (size_t)batch * sizeof *lengths);
+        memcpy(out->lengths, lengths, (size_t)rows * sizeof *lengths);
     }
     free(lengths);
     gen_free(&g);
@@ -576,11 +588,12 @@ static int beam_step(beam_search *s, bool *done) {
     gen *g = &s->g;
     if (gen_step(g))
         return -1;
-    for (int64_t r = 0; r < g->rows; r++) {
-        float *lp = g->scores + r * g->vocab;
-        log_softmax(lp, g->vocab);
-        process_row(g, r, lp);
-    }
+    /* rows are independent: their log-softmax (an exp per token) in parallel */
+#pragma omp parallel for
+    for (int64_t r = 0; r < g->rows; r++)
+        log_softmax(g->scores + r * g->vocab, g->vocab);
+    for (int64_t r = 0; r < g->rows; r++)
+        process_row(g, r, g->scores + r * g->vocab);
     bool all_hit = true;
     for (int64_t b = 0; b < s->batch; b++) {
         top_candidates(s, b);

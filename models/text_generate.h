@@ -17,9 +17,10 @@
  * The model holds its own state (a KV cache): each step call hands it the
  * tokens that follow what it has seen, for every row (the whole prefix first,
  * then one token), and it returns the logits of the next token. Rows are
- * grouped per batch entry: with B entries and K = num_beams, row r belongs
- * to entry r / K. Beam search reorders rows between steps: reorder(src)
- * makes row r what row src[r] was (several rows may copy one).
+ * grouped per batch entry: with K = dc_text_gen_rows_per_entry rows each
+ * (num_beams; for sampling, num_return_sequences), row r belongs to entry
+ * r / K. Beam search reorders rows between steps: reorder(src) makes row r
+ * what row src[r] was (several rows may copy one).
  *
  * Greedy and beam search are token-exact with transformers 5.25 (the same
  * float32 operations in the same order; only near-ties within the last-place
@@ -89,7 +90,7 @@ typedef struct dc_text_gen_options {
     int64_t max_positions;        /* 0: none; the model's positions, capping an unset max_length */
     int64_t min_length;           /* 0: prefix included */
     int64_t num_beams;            /* 1: greedy or sampling */
-    int64_t num_return_sequences; /* 1: per batch entry, at most num_beams */
+    int64_t num_return_sequences; /* 1: per batch entry; at most num_beams, or any with sampling */
     double length_penalty;        /* 1.0: exponent of the generated length in beam scores */
     dc_early_stopping early_stopping; /* false */
     double repetition_penalty;    /* 1.0: off */
@@ -107,6 +108,9 @@ dc_text_gen_options dc_text_gen_default_options(void);
 /* The total length generation runs to for a prefix of prefix_len tokens
  * (max_new_tokens, max_length or the default): what a KV cache must hold. */
 int64_t dc_text_gen_max_length(const dc_text_gen_options *o, int64_t prefix_len);
+/* The model rows each batch entry takes: num_beams, or num_return_sequences
+ * when sampling one beam (each row its own sample). */
+int64_t dc_text_gen_rows_per_entry(const dc_text_gen_options *o);
 
 typedef struct dc_text_gen_output {
     int64_t n;        /* sequences: batch * num_return_sequences, entry by entry */

@@ -9,7 +9,8 @@ import struct
 
 import torch
 
-KINDS = {torch.float64: ("F64", "<f8"), torch.float32: ("F32", "<f4"), torch.int32: ("I32", "<i4")}
+KINDS = {torch.float64: ("F64", "<f8"), torch.float32: ("F32", "<f4"), torch.int32: ("I32", "<i4"),
+         torch.uint8: ("U8", "|u1")}
 
 
 def write_safetensors(path, tensors, meta):

@@ -20,7 +20,7 @@ Writes tests/fixtures/blip_preprocess/:
                                          the pixels the width does)
                        crop.WxHxC.S      shorter side to S (PIL), centre S x S
                                          (torchvision's offsets), of src.WxHxC
-                       (the 8-bit images as f32 values 0..255)
+                       (the 8-bit images as U8)
 With torchvision installed, the script also prints how far BlipImageProcessor
 (the torchvision backend, transformers' default when torchvision is there) is
 from the PIL backend: torch's bicubic is not PIL's, up to several 8-bit levels
@@ -103,7 +103,7 @@ def images(rng):
 
 RESIZES = [((11, 13, 3), (10, 10)), ((12, 14, 3), (10, 10)), ((12, 15, 3), (10, 10)), ((8, 30, 3), (10, 10)),
            ((30, 8, 3), (10, 10)), ((40, 97, 1), (31, 20)), ((41, 97, 1), (31, 20)), ((25, 35, 3), (24, 24))]
-CROPS = [((100, 300, 3), 32), ((61, 140, 1), 24), ((300, 100, 3), 32)]
+CROPS = [((40, 120, 3), 16), ((61, 140, 1), 24), ((120, 40, 3), 16)]
 
 
 def pil_resizes(rng):
@@ -112,17 +112,17 @@ def pil_resizes(rng):
     for (w, h, c), (ow, oh) in RESIZES:
         src = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
         img = Image.fromarray(src[..., 0] if c == 1 else src)
-        t[f"src.{w}x{h}x{c}"] = torch.from_numpy(src.astype(np.float32))
+        t[f"src.{w}x{h}x{c}"] = torch.from_numpy(src)
         out = np.array(img.resize((ow, oh), Image.BICUBIC)).reshape(oh, ow, c)
-        t[f"resize.{w}x{h}x{c}.{ow}x{oh}"] = torch.from_numpy(out.astype(np.float32))
+        t[f"resize.{w}x{h}x{c}.{ow}x{oh}"] = torch.from_numpy(np.ascontiguousarray(out))
     for (w, h, c), size in CROPS:
         src = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
         img = Image.fromarray(src[..., 0] if c == 1 else src)
-        t[f"src.{w}x{h}x{c}"] = torch.from_numpy(src.astype(np.float32))
+        t[f"src.{w}x{h}x{c}"] = torch.from_numpy(src)
         rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
         out = np.array(img.resize((rw, rh), Image.BICUBIC)).reshape(rh, rw, c)
         top, left = int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
-        t[f"crop.{w}x{h}x{c}.{size}"] = torch.from_numpy(out[top:top + size, left:left + size].astype(np.float32))
+        t[f"crop.{w}x{h}x{c}.{size}"] = torch.from_numpy(np.ascontiguousarray(out[top:top + size, left:left + size]))
     return t
 
 

@@ -60,15 +60,13 @@ START_TEST(test_vs_transformers) {
 }
 END_TEST
 
-/* An 8-bit image from a fixture tensor [H, W, C] of values 0..255. */
+/* An 8-bit image from a fixture tensor [H, W, C] (U8). */
 static dc_image fx_image(const dc_st_file *f, const char *name) {
     const dc_st_tensor *t = dc_st_find(f, name);
-    ck_assert_msg(t && t->ndim == 3 && t->dtype == DC_F32, "fixture has no %s", name);
+    ck_assert_msg(t && t->ndim == 3 && t->dtype == DC_U8, "fixture has no %s", name);
     dc_image img = {0};
     ck_assert(dc_image_alloc(&img, (int)t->shape[1], (int)t->shape[0], (int)t->shape[2]) == 0);
-    const float *v = t->data;
-    for (int64_t i = 0; i < t->shape[0] * t->shape[1] * t->shape[2]; i++)
-        img.px[i] = (uint8_t)v[i];
+    memcpy(img.px, t->data, t->nbytes);
     return img;
 }
 
@@ -142,6 +140,13 @@ START_TEST(test_bad_configs) {
     assert_bad_config("{\"size\": {\"height\": 2.5, \"width\": 3}}", "size height must be an integer");
     assert_bad_config("{\"size\": \"big\"}", "size must be {\"height\": H, \"width\": W}");
     assert_bad_config("{\"image_std\": [0.2, 0, 0.3]}", "image_std finite and not zero");
+    assert_bad_config("{\"image_std\": 1e-300}", "image_std finite and not zero (in float32)");
+    assert_bad_config("{\"image_mean\": [0.2, 1e300, 0.3]}", "image_mean must be finite");
+    assert_bad_config("{\"image_std\": 1e-39}", "image_std 1e-39 makes pixels beyond float32");
+    assert_bad_config("{\"rescale_factor\": 1e300}", "rescale_factor 1e+300 makes pixels beyond float32");
+    dc_image_processor ok;
+    ck_assert_msg(dc_image_processor_parse(&ok, "{\"do_normalize\": false, \"image_std\": 0}", "c") == 0,
+                  "mean and std are not used without do_normalize: %s", dc_error());
     assert_bad_config("{\"image_mean\": [0.2, 0.3]}", "image_mean must be three numbers");
     assert_bad_config("{\"image_mean\": [0.2, \"a\", 0.3]}", "image_mean[1] must be a number");
     assert_bad_config("{\"do_center_crop\": true}", "do_center_crop is not supported");

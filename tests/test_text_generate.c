@@ -323,6 +323,64 @@ START_TEST(test_sample_seeded) {
 }
 END_TEST
 
+/* Several samples per entry: rows grouped per entry, each with its
+ * entry's prefix and its own draws. */
+START_TEST(test_sample_several_per_entry) {
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, FIXTURE) == 0, "%s", dc_error());
+    toy t = {.w = dc_st_find(&f, "toy.w")->data, .p = dc_st_find(&f, "toy.p")->data,
+             .h = dc_st_find(&f, "toy.h")->data};
+    dc_lm lm = {&t, V, toy_step, toy_reorder};
+    dc_text_gen_options o = dc_text_gen_default_options();
+    o.do_sample = true, o.num_return_sequences = 4, o.max_length = 14, o.eos_token_id = 2;
+    o.seed = tu_next();
+    ck_assert_int_eq(dc_text_gen_rows_per_entry(&o), 4);
+    t.rows = 2 * 4;
+    int32_t prefix[4] = {1, 5, 1, 9};
+    dc_text_gen_output out;
+    ck_assert_msg(dc_text_generate(&lm, &o, 2, prefix, 2, &out) == 0, "%s", dc_error());
+    ck_assert_int_eq(out.n, 8);
+    for (int64_t e = 0; e < 2; e++) {
+        bool differ = false;
+        for (int64_t k = 0; k < 4; k++) {
+            const int32_t *seq = out.ids + (e * 4 + k) * out.len;
+            ck_assert(seq[0] == prefix[2 * e] && seq[1] == prefix[2 * e + 1]);
+            differ = differ || memcmp(seq, out.ids + e * 4 * out.len, (size_t)out.len * sizeof *seq) != 0;
+        }
+        ck_assert_msg(differ, "entry %lld: four samples, all the same", (long long)e);
+    }
+    dc_text_gen_output_free(&out);
+    o.do_sample = false;
+    ck_assert_int_eq(dc_text_generate(&lm, &o, 2, prefix, 2, &out), -1);
+    ck_assert_msg(strstr(dc_error(), "num_return_sequences 4 must be between 1 and num_beams 1"), "%s",
+                  dc_error());
+    dc_st_close(&f);
+}
+END_TEST
+
+/* A model whose scores are all -inf (or one finite): sampling still gives a
+ * token, read from nowhere outside the vocabulary (top-p has nothing to sort;
+ * the AddressSanitizer build checks the reads). */
+START_TEST(test_sample_degenerate_scores) {
+    double logits[6] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    fixed m = {2, 6, logits};
+    dc_lm lm = {&m, 6, fixed_step, NULL};
+    int32_t prefix[2] = {1, 1};
+    dc_text_gen_options o = dc_text_gen_default_options();
+    o.do_sample = true, o.top_p = 0.5, o.top_k = 3, o.max_new_tokens = 2, o.seed = tu_next();
+    dc_text_gen_output out;
+    ck_assert_msg(dc_text_generate(&lm, &o, 2, prefix, 1, &out) == 0, "%s", dc_error());
+    for (int64_t i = 0; i < out.n * out.len; i++)
+        ck_assert(out.ids[i] >= 0 && out.ids[i] < 6);
+    dc_text_gen_output_free(&out);
+    logits[4] = tu_normal();
+    ck_assert(dc_text_generate(&lm, &o, 2, prefix, 1, &out) == 0);
+    ck_assert_int_eq(out.ids[1], 4);
+    ck_assert_int_eq(out.ids[out.len + 2], 4);
+    dc_text_gen_output_free(&out);
+}
+END_TEST
+
 /* ---- errors ---- */
 
 static int failing_step(void *self, const int32_t *ids, int64_t n, float *logits) {
@@ -362,6 +420,9 @@ START_TEST(test_errors) {
     assert_refused(&lm, o, prefix, 1, "must not be negative");
     o = d, o.eos_token_id = 6;
     assert_refused(&lm, o, prefix, 1, "eos_token_id 6 is outside the vocabulary (0..5)");
+    o = d, o.num_beams = (int64_t)1 << 40;
+    dc_lm huge = {&m, 6, fixed_step, toy_reorder};
+    assert_refused(&huge, o, prefix, 1, "rows x 6 tokens of scores is too many");
     int32_t bad[2] = {1, 9};
     assert_refused(&lm, d, bad, 2, "prefix token 9 is outside the vocabulary");
     dc_lm failing = {&m, 6, failing_step, NULL};
@@ -383,6 +444,8 @@ int main(void) {
     tcase_add_test(tc, test_sample_top_p);
     tcase_add_test(tc, test_sample_temperature_then_top_p);
     tcase_add_test(tc, test_sample_seeded);
+    tcase_add_test(tc, test_sample_degenerate_scores);
+    tcase_add_test(tc, test_sample_several_per_entry);
     tc = tu_tcase(s, "errors", 60);
     tcase_add_test(tc, test_errors);
     return tu_run(s);
