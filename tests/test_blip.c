@@ -51,24 +51,6 @@ static dc_tensor *ref_tensor(dc_ctx *ctx, const dc_st_file *f, const char *name)
     return x;
 }
 
-static double max_abs(const float *x, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++)
-        m = fmax(m, fabs(x[i]));
-    return m;
-}
-
-static void check_close(const float *got, const float *want, int64_t n, double tol,
-                        const char *what) {
-    double scale = max_abs(want, n);
-    ck_assert_msg(scale > 0, "%s: the reference is all zeros", what);
-    for (int64_t i = 0; i < n; i++) {
-        double err = fabs((double)got[i] - want[i]) / scale;
-        ck_assert_msg(err <= tol, "%s: element %lld: got %.8g, want %.8g (error %.2g of max %.3g)",
-                      what, (long long)i, (double)got[i], (double)want[i], err, scale);
-    }
-}
-
 static int32_t argmax(const float *x, int64_t n) {
     int64_t best = 0;
     for (int64_t i = 1; i < n; i++)
@@ -121,13 +103,13 @@ static void check_fixture(const char *name) {
     ck_assert_msg(img != NULL, "%s: %s", name, dc_error());
     const dc_st_tensor *want = ref_find(&ref, "vision");
     ck_assert_int_eq(img->numel * 4, (int64_t)want->nbytes);
-    check_close(img->data, want->data, img->numel, TOL, name);
+    tu_check_close(img->data, want->data, img->numel, TOL, name);
 
     dc_tensor *logits = dc_blip_text_logits(ctx, m, ref_tensor(ctx, &ref, "ids"), img);
     ck_assert_msg(logits != NULL, "%s: %s", name, dc_error());
     want = ref_find(&ref, "logits");
     ck_assert_int_eq(logits->numel * 4, (int64_t)want->nbytes);
-    check_close(logits->data, want->data, logits->numel, TOL, name);
+    tu_check_close(logits->data, want->data, logits->numel, TOL, name);
 
     const dc_st_tensor *g = ref_find(&ref, "greedy");
     int64_t rows = g->shape[0], len = g->shape[1], max_len = atoi(dc_st_meta(&ref, "max_length"));
@@ -200,7 +182,7 @@ static void check_steps(const char *name, int64_t images, int64_t per, int64_t t
         for (int64_t r = 0; r < rows; r++)
             memcpy(want + r * v, (const float *)whole->data + (r * t + at - 1) * v,
                    (size_t)v * sizeof *want);
-        check_close(logits, want, rows * v, TOL, "decoder step");
+        tu_check_close(logits, want, rows * v, TOL, "decoder step");
     }
     /* full: one more token is refused */
     ck_assert_int_ne(dc_blip_decoder_step(d, step, 1, logits), 0);
@@ -246,7 +228,7 @@ START_TEST(test_reorder) {
     ck_assert_msg(dc_blip_decoder_step(a, last, 1, got) == 0, "%s", dc_error());
     ck_assert_msg(dc_blip_decoder_step(b, moved, T, want) == 0, "%s", dc_error());
     ck_assert_msg(dc_blip_decoder_step(b, last, 1, want) == 0, "%s", dc_error());
-    check_close(got, want, ROWS * v, 1e-6, "reordered");
+    tu_check_close(got, want, ROWS * v, 1e-6, "reordered");
     /* a row may not continue another image's */
     const int64_t bad[ROWS] = {0, 1, 3, 3, 4, 5};
     ck_assert_int_ne(dc_blip_decoder_reorder(a, bad), 0);
@@ -288,7 +270,7 @@ START_TEST(test_gradients) {
     ck_assert_msg(loss != NULL && dc_backward(ctx, loss) == 0, "%s", dc_error());
     for (int i = 0; i < m->params.n; i++) {
         const dc_param *p = m->params.p[i];
-        ck_assert_msg(max_abs(p->grad.data, p->grad.numel) > 0, "%s: no gradient", p->name);
+        ck_assert_msg(tu_max_abs(p->grad.data, p->grad.numel) > 0, "%s: no gradient", p->name);
     }
     tu_ctx_free(ctx);
     dc_blip_free(m);

@@ -64,17 +64,10 @@ static float *to_gpu(const float *h, size_t n) {
     return d;
 }
 
-static double max_abs(const float *x, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = fmax(m, fabs(x[i]));
-    return m;
-}
-
 /* |gpu - cpu| <= tol * (|cpu| + max |cpu|) everywhere; NaN fails. */
 static void assert_near(const float *gpu, const float *cpu, size_t n, double tol,
                         const char *what) {
-    double scale = max_abs(cpu, n);
+    double scale = tu_max_abs(cpu, (int64_t)n);
     for (size_t i = 0; i < n; i++)
         if (!(fabs((double)gpu[i] - cpu[i]) <= tol * (fabs(cpu[i]) + scale)))
             ck_abort_msg("%s: element %zu of %zu: GPU %.9g, CPU %.9g (tolerance %g of |CPU| + "
@@ -160,7 +153,7 @@ START_TEST(test_init_same_bits) {
         ck_assert_uint_eq(c.ps.total, g.ps.total);
         assert_same_bits(g.ps.data, c.ps.data, c.ps.total, models[k]);
         float *grad = to_host(g.ps.grad, GPU, g.ps.total);
-        ck_assert_msg(max_abs(grad, g.ps.total) == 0, "%s: gradients not zero", models[k]);
+        ck_assert_msg(tu_max_abs(grad, g.ps.total) == 0, "%s: gradients not zero", models[k]);
         free(grad);
         for (int i = 0; i < g.ps.n; i++) { /* every tensor a view of the device buffers */
             const dc_param *p = g.ps.p[i];
@@ -173,7 +166,7 @@ START_TEST(test_init_same_bits) {
         ck_assert(dc_memset(g.ps.grad, GPU, 0x7f, g.ps.total * sizeof(float)) == 0);
         ck_assert_int_eq(dc_params_zero_grad(&g.ps), 0);
         grad = to_host(g.ps.grad, GPU, g.ps.total);
-        ck_assert(max_abs(grad, g.ps.total) == 0);
+        ck_assert(tu_max_abs(grad, g.ps.total) == 0);
         free(grad);
         model_close(&g);
         model_close(&c);
@@ -334,7 +327,7 @@ static void forward_backward(dc_ctx *ctx, model *m, const dc_st_file *ref, float
 /* Every element within tol of the tensor's largest CPU element. */
 static void assert_close_max(const float *gpu, const float *cpu, size_t n, double tol,
                              const char *what) {
-    double scale = max_abs(cpu, n);
+    double scale = tu_max_abs(cpu, (int64_t)n);
     for (size_t i = 0; i < n; i++)
         if (!(fabs((double)gpu[i] - cpu[i]) <= tol * scale))
             ck_abort_msg("%s: element %zu of %zu: GPU %.9g, CPU %.9g (tolerance %g of %g)", what,

@@ -92,26 +92,6 @@ static dc_tensor *ref_tensor(dc_ctx *ctx, const fixture *f, const char *name) {
     return x;
 }
 
-static double max_abs(const float *x, int64_t n) {
-    double m = 0;
-    for (int64_t i = 0; i < n; i++)
-        m = fmax(m, fabs(x[i]));
-    return m;
-}
-
-/* Every element within tol * max|want|; the error is reported relative to that. */
-static void check_close(const float *got, const float *want, int64_t n, double tol,
-                        const char *what) {
-    double scale = max_abs(want, n);
-    ck_assert_msg(scale > 0, "%s: the reference is all zeros", what);
-    for (int64_t i = 0; i < n; i++) {
-        double err = fabs((double)got[i] - want[i]) / scale;
-        ck_assert_msg(err <= tol,
-                      "%s: element %lld: got %.8g, diffusers %.8g (error %.2g of max %.3g)", what,
-                      (long long)i, (double)got[i], (double)want[i], err, scale);
-    }
-}
-
 /* The reference gradient of parameter p, in our memory layout (malloc'ed). */
 static float *ref_grad(const dc_st_tensor *t, const dc_param *p) {
     int64_t n = p->value.numel, file_shape[DC_MAX_DIMS];
@@ -146,7 +126,7 @@ static void check_zero_key_bias(const dc_params *ps, const dc_param *p) {
     snprintf(q, sizeof q, "%.*sto_q.bias", (int)(len - tail), p->name);
     const dc_param *qb = dc_params_find(ps, q);
     ck_assert_ptr_nonnull(qb);
-    double k = max_abs(p->grad.data, p->value.numel), ref = max_abs(qb->grad.data, qb->value.numel);
+    double k = tu_max_abs(p->grad.data, p->value.numel), ref = tu_max_abs(qb->grad.data, qb->value.numel);
     ck_assert_msg(ref > 0 && k <= 1e-4 * ref, "%s: gradient %g, to_q.bias's %g", p->name, k, ref);
 }
 
@@ -176,13 +156,13 @@ START_TEST(test_parity) {
         ck_assert_int_eq(out->shape[d], want->shape[d]);
     char what[256];
     snprintf(what, sizeof what, "%s output", name);
-    check_close(out->data, want->data, out->numel, FWD_TOL, what);
+    tu_check_close(out->data, want->data, out->numel, FWD_TOL, what);
 
     ck_assert_msg(dc_backward_from(ctx, out, ref_tensor(ctx, &f, "input.r")) == 0, "%s",
                   dc_error());
     ck_assert_ptr_nonnull(x->grad);
     snprintf(what, sizeof what, "%s grad.x", name);
-    check_close(x->grad->data, ref_find(&f, "grad.x")->data, x->numel, BWD_TOL, what);
+    tu_check_close(x->grad->data, ref_find(&f, "grad.x")->data, x->numel, BWD_TOL, what);
     int checked = 0;
     for (int i = 0; i < f.ref.n; i++) {
         const dc_st_tensor *t = &f.ref.tensors[i];
@@ -192,7 +172,7 @@ START_TEST(test_parity) {
         ck_assert_msg(p != NULL, "%s: the model has no parameter %s", name, t->name + 5);
         float *g = ref_grad(t, p);
         snprintf(what, sizeof what, "%s %s", name, t->name);
-        check_close(p->grad.data, g, p->value.numel, BWD_TOL, what);
+        tu_check_close(p->grad.data, g, p->value.numel, BWD_TOL, what);
         free(g);
         checked++;
     }

@@ -413,3 +413,21 @@ long tu_diffc_base_rss_mb(void) {
     ck_assert_int_eq(r->status, 0);
     return r->peak_rss_mb;
 }
+
+double tu_max_abs(const float *x, int64_t n) {
+    double m = 0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(x[i]));
+    return m;
+}
+
+void tu_check_close(const float *got, const float *want, int64_t n, double tol, const char *what) {
+    double scale = tu_max_abs(want, n);
+    ck_assert_msg(scale > 0, "%s: the reference is all zeros", what);
+    for (int64_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - want[i]) / scale;
+        ck_assert_msg(err <= tol,
+                      "%s: element %lld: got %.8g, reference %.8g (error %.2g of max %.3g)", what,
+                      (long long)i, (double)got[i], (double)want[i], err, scale);
+    }
+}

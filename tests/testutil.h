@@ -115,6 +115,13 @@ int tu_cuda_device_count(void);
  * the test with the reason when it cannot be read (a missing fixture). */
 char *tu_read_file(const char *path, size_t max_bytes, size_t *n);
 
+/* max |x[i]|, in double. */
+double tu_max_abs(const float *x, int64_t n);
+/* Every element within tol * max|want| of want (a reference from PyTorch,
+ * diffusers or transformers); fails naming the first element that is not, and
+ * when the reference is all zeros (it could not tell). */
+void tu_check_close(const float *got, const float *want, int64_t n, double tol, const char *what);
+
 /* A test case added to s with a timeout in seconds. */
 TCase *tu_tcase(Suite *s, const char *name, double timeout);
 /* Run the suite from the source tree's root (DC_SOURCE_DIR, from CMake),
