@@ -42,8 +42,7 @@ void cpu_bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) {
     for (int64_t t = 0; t < tasks; t++) {
         int64_t j0 = t * BIAS_COLS, nj = cols - j0 < BIAS_COLS ? cols - j0 : BIAS_COLS;
         double total[BIAS_COLS] = {0};
-        for (int64_t r0 = 0; r0 < rows;
-             r0 += BIAS_ROWS) { /* float sums of short runs, vectorised */
+        for (int64_t r0 = 0; r0 < rows; r0 += BIAS_ROWS) { /* float sums of short runs, vectorised */
             float part[BIAS_COLS] = {0};
             for (int64_t r = r0; r < rows && r < r0 + BIAS_ROWS; r++) {
                 const float *row = dy + r * cols + j0;
@@ -80,13 +79,13 @@ typedef struct {
     int64_t K, N, rows, chunk, chunks; /* rows per sample, rows per call, calls per sample */
 } linear_job;
 
-void cpu_linear_call(float *y, const float *x, const float *w, const float *b, int64_t M, int64_t K,
-                     int64_t N) {
+void cpu_linear_call(float *y, const float *x, const float *w, const float *b, int64_t M,
+                     int64_t K, int64_t N) {
     if (b) /* start from the bias rows and let the GEMM add: one pass over y */
         for (int64_t r = 0; r < M; r++)
             memcpy(y + r * N, b, (size_t)N * sizeof *y);
-    if (M == 1 && K > 0) { /* one row (a decoder's token): sgemv reads w once, GEMM packs it
-                              first, 2.7x slower at 768 x 3072 */
+    if (M == 1 && K > 0) { /* one row (a decoder's token): sgemv reads w once; GEMM packs
+                              it first, 2.7x slower at 768 x 3072 */
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w, (int)K, x, 1,
                     b ? 1.0f : 0.0f, y, 1);
         return;
