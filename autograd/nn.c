@@ -291,7 +291,9 @@ static int alloc_buffers(dc_params *ps, int device, const uint64_t *seed) {
         goto fail;
     ps->data = data;
     ps->grad = grad;
-    if ((seed && init_all(ps, *seed)) || dc_params_zero_grad(ps))
+    /* the CPU's gradients stay untouched pages until a backward pass writes them: inference
+     * (a captioner's hundreds of MB of weights) never pays for them */
+    if ((seed && init_all(ps, *seed)) || (device != DC_CPU && dc_params_zero_grad(ps)))
         goto fail;
     for (int i = 0; i < ps->n; i++) {
         dc_param *p = ps->p[i];

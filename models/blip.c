@@ -523,17 +523,23 @@ static dc_tensor *text_embed(dc_ctx *ctx, const dc_blip *m, dc_tensor *ids, int6
     return dc_nn_layer_norm_forward(ctx, &net->emb_ln, x);
 }
 
-/* One post-LN layer. self_cache NULL: x is the whole sequence; else x holds
- * new positions after the cached ones. cross_k, cross_v [B, L, D]: the image
- * tokens' keys and values, B dividing x's rows. */
+/* One post-LN layer. self_cache NULL: x [N, T, D] is the whole sequence.
+ * Else x [images, rows_per_image * n, D] holds each image's rows of n new
+ * positions after the cached ones, side by side, so that an image's rows
+ * share the linear layers' calls (dc_linear keeps samples apart: an image's
+ * result does not depend on the others). cross_k, cross_v [x's N, L, D]: the
+ * image tokens' keys and values. */
 static dc_tensor *text_layer_forward(dc_ctx *ctx, const text_layer *l, dc_tensor *x,
                                      dc_tf_kv_cache *self_cache, dc_tensor *cross_k,
                                      dc_tensor *cross_v) {
     dc_tensor *a;
     if (self_cache) {
         dc_tensor *k, *v, *k_all, *v_all;
+        int64_t rows = self_cache->rows, n = x->shape[0] * x->shape[1] / rows;
         if (dc_tf_attention_kv(ctx, &l->self, x, &k, &v) ||
-            dc_tf_kv_cache_append(ctx, self_cache, k, v, &k_all, &v_all)) {
+            dc_tf_kv_cache_append(
+                ctx, self_cache, dc_reshape(ctx, k, DC_SHAPE(rows, n, k->shape[2])),
+                dc_reshape(ctx, v, DC_SHAPE(rows, n, v->shape[2])), &k_all, &v_all)) {
             ctx->failed = true;
             return NULL;
         }
@@ -712,10 +718,13 @@ int dc_blip_decoder_step(dc_blip_decoder *d, const int32_t *ids, int64_t n, floa
                        (long long)n, (long long)d->len, (long long)d->max_len);
     dc_ctx *ctx = &d->step;
     dc_ctx_reset(ctx);
+    int64_t per = d->rows_per_image, dim = t->hidden_size;
     dc_tensor *x = text_embed(ctx, m, dc_from_host(ctx, DC_I32, DC_SHAPE(d->rows, n), ids), d->len);
+    x = dc_reshape(ctx, x, DC_SHAPE(d->images, per * n, dim)); /* see text_layer_forward */
     for (int i = 0; i < t->num_hidden_layers && x; i++)
         x = text_layer_forward(ctx, &m->net->tl[i], x, &d->self[i], d->cross_k[i], d->cross_v[i]);
-    dc_tensor *out = lm_head(ctx, m->net, dc_tf_last_position(ctx, x));
+    x = dc_tf_last_position(ctx, dc_reshape(ctx, x, DC_SHAPE(d->rows, n, dim)));
+    dc_tensor *out = lm_head(ctx, m->net, dc_reshape(ctx, x, DC_SHAPE(d->images, per, dim)));
     if (!out)
         return -1;
     d->len += n;

@@ -52,15 +52,15 @@ dc_tensor *dc_tf_attention_over(dc_ctx *ctx, const dc_tf_attention *a, dc_tensor
                             : dc_nn_linear_forward(ctx, &a->q, x);
     if (!q || !k)
         return NULL;
-    int64_t n = q->shape[0], groups = k->shape[0];
-    if (groups != n && !causal && groups > 0 && n % groups == 0) {
-        /* rows of one group are consecutive: their queries, side by side, meet one key set */
-        dc_tensor *o = dc_attention(
-            ctx, dc_reshape(ctx, q, DC_SHAPE(groups, n / groups * q->shape[1], a->dim)), k, v,
-            a->heads, false, 0.0f);
-        return dc_nn_linear_forward(ctx, &a->out, dc_reshape(ctx, o, q->ndim, q->shape));
-    }
-    return dc_nn_linear_forward(ctx, &a->out, dc_attention(ctx, q, k, v, a->heads, causal, 0.0f));
+    /* match the queries' samples to the key sets; the sequences are consecutive either way */
+    int64_t n = q->shape[0], l = q->shape[1], sets = k->shape[0];
+    dc_tensor *qs = q;
+    if (sets != n && sets % n == 0 && l % (sets / n) == 0)
+        qs = dc_reshape(ctx, q, DC_SHAPE(sets, l / (sets / n), a->dim));
+    else if (sets != n && !causal && sets > 0 && n % sets == 0)
+        qs = dc_reshape(ctx, q, DC_SHAPE(sets, n / sets * l, a->dim));
+    dc_tensor *o = dc_attention(ctx, qs, k, v, a->heads, causal, 0.0f);
+    return dc_nn_linear_forward(ctx, &a->out, qs == q ? o : dc_reshape(ctx, o, q->ndim, q->shape));
 }
 
 dc_tensor *dc_tf_attention_forward(dc_ctx *ctx, const dc_tf_attention *a, dc_tensor *x,

@@ -46,9 +46,12 @@ int dc_tf_attention_kv(dc_ctx *ctx, const dc_tf_attention *a, dc_tensor *context
 dc_tensor *dc_tf_attention_forward(dc_ctx *ctx, const dc_tf_attention *a, dc_tensor *x,
                                    dc_tensor *context, bool causal);
 /* The attention of x [N, L, C]'s queries over given keys and values k, v
- * [B, Lk, C], then the out projection. B == N, or B divides N and each group
- * of N / B consecutive rows shares one key set (a caption's beams share their
- * image's cross-attention keys; not causal then). */
+ * [B, Lk, C], then the out projection. B == N; or B divides N and each group
+ * of N / B consecutive samples of x shares one key set (a caption's beams,
+ * their image's cross-attention keys; not causal); or N divides B and each
+ * sample of x holds B / N consecutive sequences of L * N / B queries, each
+ * with its own key set (a decoder's rows grouped by image, so that their
+ * projections share their calls: causal allowed). */
 dc_tensor *dc_tf_attention_over(dc_ctx *ctx, const dc_tf_attention *a, dc_tensor *x, dc_tensor *k,
                                 dc_tensor *v, bool causal);
 

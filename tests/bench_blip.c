@@ -6,7 +6,8 @@
  * max_length) does on the transformers side). Prints the best repetition:
  *   bench blip config=PATH batch=N max_length=L params=P vision_ms=V decode_ms=D total_ms=T
  *   images_per_s=I peak_mb=M
- * scripts/bench_blip_torch.py prints the same line for transformers; run both
+ * peak_mb is the process's peak resident set (getrusage), as the transformers
+ * side reports it. scripts/bench_blip_torch.py prints the same line; run both
  * with the same thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, --threads).
  *
  * usage: bench_blip --config PATH [--batch N] [--max-length L] [--reps N] [--warmup N]
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 typedef struct {
@@ -118,13 +120,15 @@ static int run(const options *o, const dc_blip *m, dc_ctx *ctx) {
         best_d = d < best_d ? d : best_d;
         best_t = v + d < best_t ? v + d : best_t;
     }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
     size_t n = 0;
     for (int i = 0; i < m->params.n; i++)
         n += (size_t)m->params.p[i]->value.numel;
     printf("bench blip config=%s batch=%d max_length=%d params=%zu vision_ms=%.1f decode_ms=%.1f "
            "total_ms=%.1f images_per_s=%.3f peak_mb=%.0f\n",
            o->config, o->batch, o->max_length, n, best_v * 1e3, best_d * 1e3, best_t * 1e3,
-           o->batch / best_t, (double)dc_arena_peak_bytes(DC_CPU) / (1 << 20));
+           o->batch / best_t, (double)ru.ru_maxrss / 1024);
     return 0;
 }
 

@@ -242,6 +242,40 @@ START_TEST(test_reorder) {
 }
 END_TEST
 
+/* An image's logits do not depend on the images decoded beside it, bit for
+ * bit (its rows share the linear layers' calls, other images' rows never). */
+START_TEST(test_batch_invariance) {
+    dc_blip *m = load("sharded");
+    dc_ctx *ctx = tu_ctx();
+    dc_set_grad_enabled(ctx, false);
+    enum { PER = 2, T = 3 };
+    int64_t v = m->cfg.text.vocab_size;
+    dc_tensor *img = random_image_embeds(ctx, m, 3);
+    dc_tensor *first =
+        dc_from_host(ctx, DC_F32, DC_SHAPE(1, img->shape[1], img->shape[2]), img->data);
+    ck_assert_ptr_nonnull(first);
+    int32_t ids[3 * PER * T];
+    random_ids(m, ids, 3 * PER * T);
+    float *all = malloc((size_t)(3 * PER * v) * sizeof *all),
+          *one = malloc((size_t)(PER * v) * sizeof *one);
+    dc_blip_decoder *a, *b;
+    ck_assert_msg(dc_blip_decoder_init(&a, m, img, PER, T + 1) == 0, "%s", dc_error());
+    ck_assert_msg(dc_blip_decoder_init(&b, m, first, PER, T + 1) == 0, "%s", dc_error());
+    for (int step = 0; step < 2; step++) { /* a prompt of T tokens, then one more */
+        int64_t n = step ? 1 : T;
+        ck_assert_msg(dc_blip_decoder_step(a, ids, n, all) == 0, "%s", dc_error());
+        ck_assert_msg(dc_blip_decoder_step(b, ids, n, one) == 0, "%s", dc_error());
+        ck_assert_msg(!memcmp(all, one, (size_t)(PER * v) * sizeof *one), "step %d", step);
+    }
+    free(all);
+    free(one);
+    dc_blip_decoder_free(a);
+    dc_blip_decoder_free(b);
+    tu_ctx_free(ctx);
+    dc_blip_free(m);
+}
+END_TEST
+
 /* pixels -> vision -> logits of fixed ids -> the captioning loss (next-token
  * cross-entropy): the whole model on the tape. A loss of a few units, not the
  * logits themselves, keeps float32's rounding in the finite differences near
@@ -437,6 +471,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_fixtures, 0, N_MODELS);
     tcase_add_test(tc, test_steps);
     tcase_add_test(tc, test_reorder);
+    tcase_add_test(tc, test_batch_invariance);
     tcase_add_test(tc, test_gradients);
     tcase_add_test(tc, test_hostile_configs);
     tcase_add_test(tc, test_bad_folders);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 /* A small model touching every layer kind; odd sizes throughout. */
@@ -256,6 +257,29 @@ static void check_uniform(const dc_tensor *t, double bound, const char *what) {
     ck_assert_msg(fabs(mean) < 5 * sqrt(v / n), "%s: mean %g", what, mean);
     ck_assert_msg(fabs(var - v) < 5 * sqrt(0.8 * v * v / n), "%s: variance %g, want %g", what, var, v);
 }
+
+/* On the CPU the gradient buffer of a freshly allocated model is zero without
+ * being touched: inference never makes its pages resident. */
+START_TEST(test_grad_pages_untouched) {
+    dc_params ps;
+    dc_params_init(&ps);
+    ck_assert_ptr_nonnull(dc_params_add(&ps, NULL, "w", DC_SHAPE(1024, 1024), DC_LAYOUT_PLAIN,
+                                        DC_INIT_NORMAL, 1.0f));
+    ck_assert_int_eq(dc_params_alloc(&ps, tu_next()), 0);
+    long page = sysconf(_SC_PAGESIZE);
+    size_t bytes = ps.total * sizeof(float), pages = (bytes + (size_t)page - 1) / (size_t)page;
+    unsigned char *resident = malloc(pages);
+    ck_assert_int_eq(mincore(ps.grad, bytes, resident), 0);
+    size_t touched = 0;
+    for (size_t i = 0; i < pages; i++)
+        touched += resident[i] & 1;
+    ck_assert_msg(touched == 0, "%zu of %zu gradient pages resident", touched, pages);
+    for (size_t i = 0; i < ps.total; i += 4096) /* and they read as zeros */
+        ck_assert(ps.grad[i] == 0.0f);
+    free(resident);
+    dc_params_free(&ps);
+}
+END_TEST
 
 START_TEST(test_init_statistics) {
     dc_params ps;
@@ -747,6 +771,7 @@ int main(void) {
     Suite *s = suite_create("nn");
     TCase *tc = tu_tcase(s, "registry", 60);
     tcase_add_test(tc, test_declare_and_alloc);
+    tcase_add_test(tc, test_grad_pages_untouched);
     tcase_add_test(tc, test_init_statistics);
     tcase_add_test(tc, test_init_reproducible);
     tcase_add_test(tc, test_alloc_on_device);

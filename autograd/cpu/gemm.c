@@ -84,6 +84,12 @@ void cpu_linear_call(float *y, const float *x, const float *w, const float *b, i
     if (b) /* start from the bias rows and let the GEMM add: one pass over y */
         for (int64_t r = 0; r < M; r++)
             memcpy(y + r * N, b, (size_t)N * sizeof *y);
+    if (M == 1 && K > 0) { /* one row (a decoder's token): sgemv reads w once; GEMM packs
+                              it first, 2.7x slower at 768 x 3072 */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w, (int)K, x, 1,
+                    b ? 1.0f : 0.0f, y, 1);
+        return;
+    }
     cpu_gemm(false, true, M, N, K, x, w, b ? 1.0f : 0.0f, y);
 }
 
