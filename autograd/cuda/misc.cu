@@ -185,35 +185,50 @@ __device__ static double row_logsumexp(const float *row, int64_t k) {
     return m + log(s);
 }
 
+/* A row's term (cpu/misc.h); 0 for an ignored row. */
 struct ce_term {
     const float *logits;
     const int32_t *labels;
-    int64_t k;
+    int64_t k, ignore;
+    double e;
     __device__ double operator()(int64_t i) const {
+        if (labels[i] == ignore)
+            return 0;
         const float *row = logits + i * k;
-        return row_logsumexp(row, k) - row[labels[i]];
+        double sum = 0;
+        if (e != 0)
+            for (int64_t j = 0; j < k; j++)
+                sum += row[j];
+        return row_logsumexp(row, k) - (1 - e) * row[labels[i]] - e * sum / (double)k;
     }
 };
 
 extern "C" void cuda_cross_entropy_forward(float *out, const float *logits, const int32_t *labels,
-                                           int64_t n, int64_t k) {
-    reduce_to_device(ce_term{logits, labels, k}, n, (double)n, out);
+                                           int64_t n, int64_t k, int64_t ignore, float smoothing,
+                                           int64_t kept) {
+    reduce_to_device(ce_term{logits, labels, k, ignore, smoothing}, n, (double)kept, out);
 }
 
-/* One thread per row: the classes of a classifier are few. */
+/* One thread per row: the classes of a classifier are few (a vocabulary's
+ * rows are many, which fills the GPU instead). */
 __global__ static void ce_bwd(const float *gp, const float *logits, const int32_t *labels,
-                              float *dlogits, int64_t n, int64_t k) {
-    double scale = (double)gp[0] / (double)n;
+                              float *dlogits, int64_t n, int64_t k, int64_t ignore, double e,
+                              int64_t kept) {
+    double scale = (double)gp[0] / (double)kept, off = e / (double)k;
     FOR_N(i, n) {
+        if (labels[i] == ignore)
+            continue;
         const float *row = logits + i * k;
         double lse = row_logsumexp(row, k);
         for (int64_t j = 0; j < k; j++)
-            dlogits[i * k + j] += (float)(scale * (exp((double)row[j] - lse) - (j == labels[i])));
+            dlogits[i * k + j] +=
+                (float)(scale * (exp((double)row[j] - lse) - (1 - e) * (j == labels[i]) - off));
     }
 }
 
 extern "C" void cuda_cross_entropy_backward(const float *g, const float *logits,
                                             const int32_t *labels, float *dlogits, int64_t n,
-                                            int64_t k) {
-    LAUNCH(ce_bwd, grid_for(n), BLOCK, 0, g, logits, labels, dlogits, n, k);
+                                            int64_t k, int64_t ignore, float smoothing,
+                                            int64_t kept) {
+    LAUNCH(ce_bwd, grid_for(n), BLOCK, 0, g, logits, labels, dlogits, n, k, ignore, (double)smoothing, kept);
 }
