@@ -142,8 +142,9 @@ static const dc_train_option table[] = {
 
     STRING("captions", prompt, NULL, "TEXT", 0,
            "the text every caption starts with (\"a picture of\"): fed to the decoder, not learnt"),
-    INT("captions", max_length, "40", 3, 65536,
-        "tokens per caption with [DEC], the prompt and [SEP]; longer captions are cut"),
+    INT("captions", max_length, "0", 0, 65536,
+        "tokens per caption with [DEC], the prompt and [SEP]; longer captions are cut (0: 40, or the model's "
+        "max_position_embeddings when fewer)"),
     FLOAT("captions", label_smoothing, NULL, 0, 1, DC_OPT_NULLABLE,
           "label smoothing of the loss (unset: the model config's label_smoothing, as transformers)"),
     BOOL("captions", freeze_vision, "false", "train the text decoder only; the vision encoder stays as loaded"),

@@ -95,7 +95,7 @@ typedef struct dc_train_options {
     int64_t ddpm_num_inference_steps;
     /* captions (diffc train-caption) */
     char *prompt;           /* the text every caption starts with, not learnt; NULL: none */
-    int64_t max_length;     /* tokens per caption with [DEC] and [SEP] */
+    int64_t max_length;     /* tokens per caption with [DEC] and [SEP]; 0: 40 or fewer (caption.c) */
     double label_smoothing; /* NaN: the model config's */
     bool freeze_vision;     /* train the text decoder only */
     bool caption;           /* the options of diffc train-caption (set by the parser from argv[0]) */

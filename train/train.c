@@ -137,24 +137,9 @@ typedef struct step_stats {
 
 /* ---- setting up ---- */
 
-/* --device and --mixed-precision into tr->device and tr->math. With several
- * ranks, auto (on a machine with GPUs) and cuda mean the node-local rank's
- * GPU (dc_dist_local_gpu). */
+/* --device and --mixed-precision into tr->device and tr->math (dist.h). */
 static int resolve_device(trainer *tr) {
-    const char *name = tr->o.device;
-    char local[32];
-    bool cuda = !strcmp(name, "cuda"), any = !strcmp(name, "auto");
-    int count = cuda || any ? dc_device_count() : 0, gpu; /* CUDA left alone for --device cpu */
-    bool gpus = cuda || (any && count > 0);
-    if (tr->dist.world > 1 && gpus) {
-        if (dc_dist_local_gpu(count, tr->dist.local_rank, tr->dist.local_world, &gpu))
-            return dc_fail_prefix("--device");
-        snprintf(local, sizeof local, "cuda:%d", gpu);
-        name = local;
-    }
-    if (dc_device_resolve(name, &tr->device))
-        return name == local ? dc_fail_prefix("--device: this rank's GPU on its node") : -1;
-    return dc_math_parse(tr->o.mixed_precision, &tr->math) || dc_device_set_math(tr->device, tr->math);
+    return dc_dist_resolve_device(&tr->dist, tr->o.device, tr->o.mixed_precision, &tr->device, &tr->math);
 }
 
 /* The config.json of the checkpoint being resumed, for a run without --model. */
