@@ -267,6 +267,20 @@ START_TEST(test_killed_and_resumed_is_bit_exact) {
 }
 END_TEST
 
+/* --help lists the captioner's options and the shared ones, not the UNet's. */
+START_TEST(test_help) {
+    const char *help[] = {"train-caption", "--help", NULL};
+    tu_run_result *r = tu_run_diffc(help);
+    ck_assert_int_eq(r->status, 0);
+    static const char *const listed[] = {"--prompt TEXT", "--max-length N", "--label-smoothing X",
+                                         "--[no-]freeze-vision", "--learning-rate X", "--[no-]use-ema",
+                                         "--resume-from-checkpoint", "--gradient-accumulation-steps N"};
+    for (size_t i = 0; i < sizeof listed / sizeof listed[0]; i++)
+        ck_assert_msg(strstr(r->out, listed[i]), "--help lacks %s", listed[i]);
+    ck_assert_msg(!strstr(r->out, "--resolution") && !strstr(r->out, "--prediction-type"), "%s", r->out);
+}
+END_TEST
+
 START_TEST(test_user_errors) {
     const char *unet_option[] = {"train-caption", "--model", MODEL, "--train-data-dir", "x", "--output-dir", "y",
                                  "--resolution", "32", NULL};
@@ -302,6 +316,7 @@ int main(void) {
     TCase *tc = tu_tcase(s, "transformers", 60);
     tcase_add_test(tc, test_step_matches_transformers);
     tcase_add_test(tc, test_tokens_cut);
+    tcase_add_test(tc, test_help);
     tc = tu_tcase(s, "runs", 240);
     tcase_add_test(tc, test_learns_shapes);
     tcase_add_test(tc, test_killed_and_resumed_is_bit_exact);
