@@ -37,6 +37,7 @@
 #include "options.h"
 #include "run_dir.h"
 #include "signals.h"
+#include "state.h"
 
 #include "autograd/clock.h"
 #include "autograd/device.h"
@@ -55,7 +56,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #define MAX_BAD_STEPS 5                     /* non-finite steps in a row that stop the run */
 #define STATE_VERSION "caption-1"           /* of train_state.safetensors */
@@ -197,14 +197,8 @@ static int setup_optimizer(trainer *tr) {
                          tr->o.adam_weight_decay) ||
         dc_lr_schedule_parse(tr->o.lr_scheduler, &tr->lr_schedule))
         return -1;
-    if (!tr->o.use_ema)
-        return 0;
-    dc_ema_config e = dc_ema_default_config();
-    e.decay = tr->o.ema_max_decay;
-    e.use_ema_warmup = true; /* as `diffc train` */
-    e.inv_gamma = tr->o.ema_inv_gamma;
-    e.power = tr->o.ema_power;
-    return dc_ema_init_on(&tr->ema, tr->device, tr->ps->data, tr->ps->total, &e);
+    dc_ema_config e = dc_train_options_ema(&tr->o);
+    return tr->o.use_ema ? dc_ema_init_on(&tr->ema, tr->device, tr->ps->data, tr->ps->total, &e) : 0;
 }
 
 /* ---- checkpoints and model folders ---- */
@@ -267,88 +261,39 @@ static int write_model(const char *dir, const void *model, dc_checkpoint_hook fn
     return rc ? -1 : 0;
 }
 
-/* buf[n] of the training device on the host: buf, or a copy in *copy. */
-static const float *on_host(const trainer *tr, const float *buf, size_t n, float **copy) {
-    *copy = NULL;
-    if (tr->device == DC_CPU)
-        return buf;
-    if (!(*copy = malloc(n * sizeof(float))) || dc_memcpy(*copy, DC_CPU, buf, tr->device, n * sizeof(float))) {
-        free(*copy);
-        dc_fail("out of memory for a host copy of %zu floats", n);
-        return *copy = NULL;
-    }
-    return *copy;
-}
-
 static int write_checkpoint(trainer *tr) {
-    char step[24], adam_step[24], ema_step[24], cursor[24], bad[16];
-    snprintf(step, sizeof step, "%" PRId64, tr->step);
-    snprintf(adam_step, sizeof adam_step, "%" PRId64, tr->opt.step);
-    snprintf(ema_step, sizeof ema_step, "%" PRId64, tr->o.use_ema ? tr->ema.optimization_step : 0);
-    snprintf(cursor, sizeof cursor, "%" PRId64, dc_loader_cursor(tr->loader));
-    snprintf(bad, sizeof bad, "%d", tr->bad_steps);
-    cJSON *cfg = dc_train_options_to_json(&tr->o);
-    char *cfg_text = cfg ? dc_json_print(cfg, false) : NULL;
-    cJSON_Delete(cfg);
-    float *m_copy, *v_copy;
-    const float *m = on_host(tr, tr->opt.m, tr->opt_n, &m_copy), *v = m ? on_host(tr, tr->opt.v, tr->opt_n, &v_copy) : NULL;
-    int rc = cfg_text && m && v ? 0 : -1;
-    if (!rc) {
-        size_t bytes = tr->opt_n * sizeof(float);
-        dc_st_tensor tensors[2] = {
-            {.name = "adamw.exp_avg", .dtype = DC_F32, .ndim = 1, .shape = {(int64_t)tr->opt_n}, .data = m, .nbytes = bytes},
-            {.name = "adamw.exp_avg_sq", .dtype = DC_F32, .ndim = 1, .shape = {(int64_t)tr->opt_n}, .data = v, .nbytes = bytes},
-        };
-        const char *keys[] = {"format_version", "step", "adamw_step", "ema_step", "loader_cursor", "bad_steps",
-                              "train_config"};
-        const char *values[] = {STATE_VERSION, step, adam_step, ema_step, cursor, bad, cfg_text};
-        dc_train_state state = {.tensors = tensors, .n = 2, .meta_keys = keys, .meta_values = values, .n_meta = 7};
-        folder f = {tr, tr->ps->data, tr->o.use_ema ? tr->ema.shadow : NULL};
-        dc_model_writer w = {write_model, &f};
-        rc = dc_checkpoint_save_model(tr->o.output_dir, tr->step, &w, &state, NULL, NULL) ||
+    dc_train_counters c = {.step = tr->step, .adamw_step = tr->opt.step,
+                           .ema_step = tr->o.use_ema ? tr->ema.optimization_step : 0,
+                           .loader_cursor = dc_loader_cursor(tr->loader), .bad_steps = tr->bad_steps};
+    folder f = {tr, tr->ps->data, tr->o.use_ema ? tr->ema.shadow : NULL};
+    dc_model_writer w = {write_model, &f};
+    float *m_copy = NULL, *v_copy = NULL;
+    const float *m = dc_train_on_host(tr->device, tr->opt.m, tr->opt_n, &m_copy);
+    const float *v = m ? dc_train_on_host(tr->device, tr->opt.v, tr->opt_n, &v_copy) : NULL;
+    int rc = !m || !v || dc_train_state_save(tr->o.output_dir, &w, STATE_VERSION, &c, &tr->o, m, v, tr->opt_n) ||
              dc_checkpoint_prune(tr->o.output_dir, tr->o.checkpoints_total_limit);
-    }
     if (!rc)
         dc_progress_note(&tr->progress, "saved %s/checkpoint-%" PRId64, tr->o.output_dir, tr->step);
     free(m_copy);
     free(v_copy);
-    free(cfg_text);
-    return rc;
+    return rc ? -1 : 0;
 }
 
 /* Every rank proves it holds rank 0's weights; rank 0 writes. */
 static int save_checkpoint(trainer *tr) {
     float *copy;
     uint64_t hash;
-    const float *w = on_host(tr, tr->ps->data, tr->ps->total, &copy);
+    const float *w = dc_train_on_host(tr->device, tr->ps->data, tr->ps->total, &copy);
     int rc = !w || dc_dist_check_identical(&tr->dist, w, tr->ps->total * sizeof(float), "weights", &hash) ||
              (dc_dist_is_root(&tr->dist) && write_checkpoint(tr));
     free(copy);
     return rc ? -1 : 0;
 }
 
-static int meta_count(const dc_st_file *f, const char *key, int64_t max, int64_t *out) {
-    const char *v = dc_st_meta(f, key);
-    char *end;
-    errno = 0;
-    if (!v || (*out = strtoll(v, &end, 10), end == v || *end || errno) || *out < 0 || *out > max)
-        return dc_fail("train_state.safetensors: metadata '%s' is missing or not a count up to %" PRId64
-                       " (\"%.32s\")", key, max, v ? v : "");
-    return 0;
-}
-
-static int restore_moment(trainer *tr, const dc_st_file *f, const char *name, float *dst) {
-    const dc_st_tensor *t = dc_st_find(f, name);
-    if (!t || t->dtype != DC_F32 || t->nbytes != tr->opt_n * sizeof(float))
-        return dc_fail("train_state.safetensors: '%s' is missing or not %zu f32 values (trained with another "
-                       "--freeze-vision?)", name, tr->opt_n);
-    return dc_memcpy(dst, tr->device, t->data, DC_CPU, t->nbytes);
-}
-
 /* The counters, AdamW's moments and the weights of the checkpoint resumed. */
 static int read_state(trainer *tr, const char *dir) {
     dc_st_file state = {0};
-    int64_t step, adam, ema, bad, cursor;
+    dc_train_counters c;
     char *weights = dc_path_join(dir, DC_BLIP_WEIGHTS_FILE), *ema_dir = dc_path_join(dir, EMA_DIR);
     char *ema_weights = ema_dir ? dc_path_join(ema_dir, DC_BLIP_WEIGHTS_FILE) : NULL;
     dc_rename_fn rename = dc_blip_renamer(tr->model);
@@ -358,22 +303,16 @@ static int read_state(trainer *tr, const char *dir) {
              dc_checkpoint_open_state(dir, &state);
     if (!rc && (!(version = dc_st_meta(&state, "format_version")) || strcmp(version, STATE_VERSION)))
         rc = dc_fail("train_state.safetensors is not a train-caption state (format %s)", version ? version : "?");
+    /* the moments of AdamW's part: the text decoder's with --freeze-vision */
     if (!rc)
-        rc = meta_count(&state, "step", INT64_MAX / global_batch(tr), &step) ||
-             meta_count(&state, "adamw_step", step, &adam) || meta_count(&state, "ema_step", step, &ema) ||
-             meta_count(&state, "bad_steps", MAX_BAD_STEPS - 1, &bad) ||
-             meta_count(&state, "loader_cursor", INT64_MAX, &cursor) ||
-             restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m) ||
-             restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v);
-    if (!rc && cursor != step * tr->o.gradient_accumulation_steps)
-        rc = dc_fail("train_state.safetensors: loader_cursor %" PRId64 " is not step %" PRId64 " x --gradient-"
-                     "accumulation-steps %" PRId64 " (resume with the run's own)", cursor, step,
-                     tr->o.gradient_accumulation_steps);
+        rc = dc_train_counters_read(&state, global_batch(tr), MAX_BAD_STEPS, &c) ||
+             dc_train_state_moment(&state, "adamw.exp_avg", tr->opt_n, 0, tr->opt_n, tr->device, tr->opt.m) ||
+             dc_train_state_moment(&state, "adamw.exp_avg_sq", tr->opt_n, 0, tr->opt_n, tr->device, tr->opt.v);
     if (!rc) {
-        tr->step = step;
-        tr->opt.step = adam;
-        tr->ema.optimization_step = ema;
-        tr->bad_steps = (int)bad;
+        tr->step = c.step;
+        tr->opt.step = c.adamw_step;
+        tr->ema.optimization_step = c.ema_step;
+        tr->bad_steps = (int)c.bad_steps;
     }
     dc_st_close(&state);
     free(weights);
@@ -415,14 +354,11 @@ static int open_dataset(trainer *tr) {
 }
 
 static int open_loader(trainer *tr) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int64_t workers = tr->o.dataloader_num_workers ? tr->o.dataloader_num_workers
-                                                   : cores < 1 ? 1 : cores > 8 ? 8 : cores;
     int64_t per_step = global_batch(tr);
     tr->total = tr->o.max_train_steps ? tr->o.max_train_steps
                                       : tr->o.num_epochs * ((tr->ds.count + per_step - 1) / per_step);
     dc_loader_config lc = {.ds = &tr->ds, .batch_size = (int)tr->o.train_batch_size, .rank = tr->dist.rank,
-                           .world = tr->dist.world, .seed = (uint64_t)tr->o.seed, .threads = (int)workers,
+                           .world = tr->dist.world, .seed = (uint64_t)tr->o.seed, .threads = dc_train_options_loader_threads(&tr->o),
                            .prefetch = LOADER_PREFETCH, .flip = tr->o.random_flip};
     return dc_loader_open(&tr->loader, &lc, tr->step * tr->o.gradient_accumulation_steps);
 }

@@ -247,9 +247,11 @@ static int write_pipeline(const char *dir, const void *model, dc_checkpoint_hook
     return save_pipeline(dir, model, &h);
 }
 
+dc_model_writer dc_pipeline_writer(const dc_pipeline *p) { return (dc_model_writer){write_pipeline, p}; }
+
 int dc_checkpoint_save(const char *output_dir, int64_t step, const dc_pipeline *p, const dc_train_state *s,
                        dc_checkpoint_hook fn, void *arg) {
-    dc_model_writer w = {write_pipeline, p};
+    dc_model_writer w = dc_pipeline_writer(p);
     return dc_checkpoint_save_model(output_dir, step, &w, s, fn, arg);
 }
 

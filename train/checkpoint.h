@@ -82,6 +82,9 @@ typedef struct dc_model_writer {
     const void *model;
 } dc_model_writer;
 
+/* The writer of pipeline folders, for dc_checkpoint_save_model. */
+dc_model_writer dc_pipeline_writer(const dc_pipeline *p);
+
 /* dc_checkpoint_save with the model's files from `w`. */
 int dc_checkpoint_save_model(const char *output_dir, int64_t step, const dc_model_writer *w,
                              const dc_train_state *s, dc_checkpoint_hook fn, void *arg);

@@ -11,6 +11,7 @@
 #include "autograd/diffusion.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "autograd/optim.h"
 
 #include <errno.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define BIG 9007199254740992.0 /* 2^53: integers that JSON numbers (doubles) hold exactly */
 #define MAX_NAME 64            /* a key's length, with room for the dashed form */
@@ -840,3 +842,17 @@ static void print_help(FILE *f, bool caption) {
 void dc_train_options_help(FILE *f) { print_help(f, false); }
 
 void dc_train_caption_options_help(FILE *f) { print_help(f, true); }
+
+dc_ema_config dc_train_options_ema(const dc_train_options *o) {
+    dc_ema_config e = dc_ema_default_config();
+    e.decay = o->ema_max_decay;
+    e.use_ema_warmup = true; /* as diffusers' train_unconditional */
+    e.inv_gamma = o->ema_inv_gamma;
+    e.power = o->ema_power;
+    return e;
+}
+
+int dc_train_options_loader_threads(const dc_train_options *o) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return o->dataloader_num_workers ? (int)o->dataloader_num_workers : cores < 1 ? 1 : cores > 8 ? 8 : (int)cores;
+}

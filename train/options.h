@@ -36,6 +36,8 @@
 #ifndef DC_TRAIN_OPTIONS_H
 #define DC_TRAIN_OPTIONS_H
 
+#include "autograd/optim.h"
+
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -194,5 +196,11 @@ void dc_train_caption_options_help(FILE *f);
 /* The UNet config that `model` names: the inline object or the file (a
  * folder means its config.json). NULL (after dc_fail) when unset or bad. */
 cJSON *dc_train_options_model_config(const dc_train_options *o);
+
+/* The EMA of --ema-max-decay, --ema-inv-gamma and --ema-power, with
+ * diffusers' warmup (as its train_unconditional). */
+dc_ema_config dc_train_options_ema(const dc_train_options *o);
+/* The data loader's threads: --dataloader-num-workers, or one per core, at most 8. */
+int dc_train_options_loader_threads(const dc_train_options *o);
 
 #endif
