@@ -22,7 +22,11 @@ and the prompt set to -100 (the decoder shifts them itself).
 Check a trained folder (the C test cannot run Python; a developer runs this):
   /work/venv-torch/bin/python scripts/make_train_caption_fixtures.py --check OUTPUT_DIR IMAGE...
 loads OUTPUT_DIR with BlipForConditionalGeneration.from_pretrained and
-AutoProcessor, and prints each image's greedy caption.
+AutoProcessor, and prints each image's greedy caption. Run by hand on the
+folder of test_learns_shapes (the same 8 images and command line, kept):
+transformers 5.25 loaded the output folder, with no missing or unexpected
+weights, and generated "a red window", "a blue ball", ... for every image,
+the captions `diffc caption` gives.
 
 Run: /work/venv-torch/bin/python scripts/make_train_caption_fixtures.py
 """
