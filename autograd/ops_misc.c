@@ -206,8 +206,8 @@ static int check_labels(dc_ctx *ctx, dc_tensor *labels, int64_t k, int64_t ignor
         if (y[i] == ignore_index)
             continue;
         if (y[i] < 0 || y[i] >= k) {
-            op_fail(ctx, DC_OP_CROSS_ENTROPY, "label %d at position %lld is outside [0, %lld)%s", y[i],
-                    (long long)i, (long long)k, ignore_index == DC_CE_NO_IGNORE ? "" : " and not the ignore index");
+            op_fail(ctx, DC_OP_CROSS_ENTROPY, "label %d at position %lld is outside [0, %lld)%s", y[i], (long long)i,
+                    (long long)k, ignore_index == DC_CE_NO_IGNORE ? "" : " and not the ignore index");
             rc = -1;
         }
         ++*kept;

@@ -492,7 +492,8 @@ START_TEST(test_cross_entropy_ignore_smoothing) {
     ck_assert_ptr_null(dc_cross_entropy(ctx, tu_randn(ctx, DC_SHAPE(3, 4)), y));
     ck_assert_msg(strstr(dc_error(), "label -100 at position 0 is outside [0, 4)"), "%s", dc_error());
     dc_ctx_reset(ctx);
-    ck_assert_ptr_null(dc_cross_entropy_ex(ctx, tu_randn(ctx, DC_SHAPE(3, 4)), random_labels(ctx, 3, 4), -100, 1.5f));
+    ck_assert_ptr_null(
+        dc_cross_entropy_ex(ctx, tu_randn(ctx, DC_SHAPE(3, 4)), random_labels(ctx, 3, 4), -100, 1.5f));
     ck_assert_msg(strstr(dc_error(), "label smoothing 1.5 is outside [0, 1]"), "%s", dc_error());
     tu_ctx_free(ctx);
 }

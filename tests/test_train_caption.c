@@ -46,8 +46,9 @@ static void check_close(const float *got, const float *want, int64_t n, double t
         scale = fmax(scale, fabs(want[i]));
     ck_assert_msg(scale > 0, "%s: the reference is all zeros", what);
     for (int64_t i = 0; i < n; i++)
-        ck_assert_msg(fabs((double)got[i] - want[i]) <= tol * scale, "%s: element %lld: got %.8g, want %.8g (max %.3g)",
-                      what, (long long)i, (double)got[i], (double)want[i], scale);
+        ck_assert_msg(fabs((double)got[i] - want[i]) <= tol * scale,
+                      "%s: element %lld: got %.8g, want %.8g (max %.3g)", what, (long long)i, (double)got[i],
+                      (double)want[i], scale);
 }
 
 /* The batch as the trainer builds it, the loss, and every gradient, against
@@ -290,7 +291,8 @@ START_TEST(test_freeze_vision) {
     snprintf(out, sizeof out, "%s", tu_path("out"));
     const char *args[] = {"train-caption", "--model", MODEL, "--train-data-dir", data, "--output-dir", out,
                           "--max-train-steps", "3", "--train-batch-size", "4", "--learning-rate", "1e-2",
-                          "--lr-warmup-steps", "0", "--freeze-vision", "--device", "cpu", "--cache-dir", out, NULL};
+                          "--lr-warmup-steps", "0", "--freeze-vision", "--device", "cpu", "--cache-dir", out,
+                          NULL};
     tu_run_result *r = tu_run_diffc(args);
     ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
     dc_blip *before, *after;
@@ -396,7 +398,7 @@ START_TEST(test_two_ranks_match_one_big_batch) {
     ck_assert_msg(!dc_blip_load(&ma, one, DC_CPU) && !dc_blip_load(&mb, two, DC_CPU), "%s", dc_error());
     for (int i = 0; i < ma->params.n; i++) {
         const dc_param *p = ma->params.p[i], *q = dc_params_find(&mb->params, p->name);
-        if (strstr(p->name, "key.bias")) /* its gradient is rounding noise (softmax ignores it), which AdamW scales up */
+        if (strstr(p->name, "key.bias")) /* a gradient of rounding noise (softmax ignores it), scaled up by AdamW */
             continue;
         check_close(q->value.data, p->value.data, p->value.numel, 1e-3, p->name);
     }

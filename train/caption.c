@@ -15,7 +15,8 @@
  * AdamW at the scheduled learning rate (over the text decoder only with
  * --freeze-vision: the vision weights lead the flat buffer), then the EMA.
  * A non-finite loss or gradient skips the step; MAX_BAD_STEPS in a row stop
- * the run.
+ * the run. Nothing in a step is random but the loader's draws: the BLIP
+ * model has no dropout (models/blip.c).
  *
  * Output: the output folder and each checkpoint-<step> are transformers
  * model folders (config.json, model.safetensors with the state_dict's names
@@ -358,7 +359,8 @@ static int open_loader(trainer *tr) {
     tr->total = tr->o.max_train_steps ? tr->o.max_train_steps
                                       : tr->o.num_epochs * ((tr->ds.count + per_step - 1) / per_step);
     dc_loader_config lc = {.ds = &tr->ds, .batch_size = (int)tr->o.train_batch_size, .rank = tr->dist.rank,
-                           .world = tr->dist.world, .seed = (uint64_t)tr->o.seed, .threads = dc_train_options_loader_threads(&tr->o),
+                           .world = tr->dist.world, .seed = (uint64_t)tr->o.seed,
+                           .threads = dc_train_options_loader_threads(&tr->o),
                            .prefetch = LOADER_PREFETCH, .flip = tr->o.random_flip};
     return dc_loader_open(&tr->loader, &lc, tr->step * tr->o.gradient_accumulation_steps);
 }
@@ -382,7 +384,6 @@ static int batch_step(trainer *tr, const dc_batch *b, double *loss) {
     dc_ctx *ctx = &tr->ctx;
     int64_t s = tr->model->cfg.vision.image_size, t = tr->o.max_length;
     dc_ctx_reset(ctx);
-    ctx->seed = (uint64_t)tr->o.seed ^ ((uint64_t)b->index * (uint64_t)tr->dist.world + (uint64_t)tr->dist.rank) << 20;
     normalise(tr, b->images, tr->pixels, (size_t)(b->n * s * s));
     for (int i = 0; i < b->n; i++) {
         const char *caption = tr->ds.captions ? tr->ds.captions[b->ids[i]] : "";
@@ -536,7 +537,8 @@ static int setup(trainer *tr) {
         return -1;
     if (tr->resumed_from && tr->step >= tr->total)
         return dc_fail("%s: the checkpoint is at step %" PRId64 " and the run ends at step %" PRId64
-                       ": nothing left to train (raise --max-train-steps)", tr->resumed_from, tr->step, tr->total);
+                       ": nothing left to train (raise --max-train-steps)",
+                       tr->resumed_from, tr->step, tr->total);
     if (tr->resumed_from && root)
         fprintf(stderr, "diffc: resuming from %s at step %" PRId64 "\n", tr->resumed_from, tr->step);
     return open_outputs(tr);

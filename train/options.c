@@ -854,5 +854,7 @@ dc_ema_config dc_train_options_ema(const dc_train_options *o) {
 
 int dc_train_options_loader_threads(const dc_train_options *o) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    return o->dataloader_num_workers ? (int)o->dataloader_num_workers : cores < 1 ? 1 : cores > 8 ? 8 : (int)cores;
+    if (o->dataloader_num_workers)
+        return (int)o->dataloader_num_workers;
+    return cores < 1 ? 1 : cores > 8 ? 8 : (int)cores;
 }

@@ -40,8 +40,10 @@ int dc_train_state_save(const char *output_dir, const dc_model_writer *w, const 
     values[DC_TRAIN_COUNTERS + 1] = cfg_text;
     size_t bytes = n * sizeof(float);
     dc_st_tensor tensors[2] = {
-        {.name = "adamw.exp_avg", .dtype = DC_F32, .ndim = 1, .shape = {(int64_t)n}, .data = m, .nbytes = bytes},
-        {.name = "adamw.exp_avg_sq", .dtype = DC_F32, .ndim = 1, .shape = {(int64_t)n}, .data = v, .nbytes = bytes},
+        {.name = "adamw.exp_avg", .dtype = DC_F32, .ndim = 1, .shape = {(int64_t)n}, .data = m,
+         .nbytes = bytes},
+        {.name = "adamw.exp_avg_sq", .dtype = DC_F32, .ndim = 1, .shape = {(int64_t)n}, .data = v,
+         .nbytes = bytes},
     };
     dc_train_state state = {.tensors = tensors, .n = 2, .meta_keys = keys, .meta_values = values,
                             .n_meta = DC_TRAIN_COUNTERS + 2};
