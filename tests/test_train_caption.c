@@ -316,6 +316,62 @@ START_TEST(test_freeze_vision) {
 }
 END_TEST
 
+/* The first step's loss of a run on `model` (learning rate 0), with `extra`
+ * options (NULL-terminated, at most 2). */
+static double first_loss(const char *model, const char *data, const char *out, const char *a, const char *b) {
+    const char *args[] = {"train-caption", "--model", model, "--train-data-dir", data, "--output-dir", out,
+                          "--max-train-steps", "1", "--train-batch-size", "4", "--learning-rate", "0",
+                          "--device", "cpu", "--cache-dir", out, a, b, NULL};
+    tu_run_result *r = tu_run_diffc(args);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    char path[600];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    char *text = tu_read_file(path, 1 << 20, NULL);
+    cJSON *j = cJSON_Parse(text);
+    double loss = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss"));
+    cJSON_Delete(j);
+    free(text);
+    return loss;
+}
+
+/* Without --label-smoothing the loss smooths by text_config's
+ * label_smoothing (what transformers' text decoder reads), not the top
+ * level's. */
+START_TEST(test_smoothing_from_text_config) {
+    tu_mkdtemp("tcsmooth");
+    char data[512], model[512], path[600];
+    snprintf(data, sizeof data, "%s", tu_path("data"));
+    make_shapes(data);
+    snprintf(model, sizeof model, "%s", tu_path("model"));
+    ck_assert_int_eq(dc_mkdirs(model), 0);
+    static const char *const files[] = {"config.json", "model.safetensors", "processor_config.json",
+                                        "tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; i < 5; i++) {
+        size_t n;
+        snprintf(path, sizeof path, MODEL "/%s", files[i]);
+        char *bytes = tu_read_file(path, 1 << 24, &n);
+        if (!i) { /* text_config.label_smoothing 0.3, the top level's 0 */
+            cJSON *j = cJSON_Parse(bytes);
+            cJSON_ReplaceItemInObject(cJSON_GetObjectItem(j, "text_config"), "label_smoothing",
+                                      cJSON_CreateNumber(0.3));
+            free(bytes);
+            bytes = cJSON_Print(j);
+            n = strlen(bytes);
+            cJSON_Delete(j);
+        }
+        snprintf(path, sizeof path, "%s/%s", model, files[i]);
+        ck_assert_int_eq(dc_write_file(path, bytes, n, false), 0);
+        free(bytes);
+    }
+    double from_config = first_loss(model, data, tu_path("a"), NULL, NULL);
+    double given = first_loss(MODEL, data, tu_path("b"), "--label-smoothing", "0.3");
+    double none = first_loss(MODEL, data, tu_path("c"), NULL, NULL);
+    ck_assert_msg(from_config == given && fabs(none - given) > 1e-3,
+                  "losses %.9g (config 0.3), %.9g (given 0.3), %.9g (0)", from_config, given, none);
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_user_errors) {
     const char *unet_option[] = {"train-caption", "--model", MODEL, "--train-data-dir", "x", "--output-dir", "y",
                                  "--resolution", "32", NULL};
@@ -436,6 +492,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_learns_shapes);
     tcase_add_test(tc, test_killed_and_resumed_is_bit_exact);
     tcase_add_test(tc, test_freeze_vision);
+    tcase_add_test(tc, test_smoothing_from_text_config);
     tcase_add_test(tc, test_user_errors);
     return tu_run(s);
 }

@@ -161,6 +161,22 @@ static int text_offset(const trainer *tr, size_t *lo) {
     return 0;
 }
 
+/* transformers' default smoothing: BlipTextLMHeadModel reads text_config's
+ * label_smoothing (BlipConfig's own is not passed on), 0 when absent. */
+static int config_smoothing(const char *dir, float *out) {
+    char *path = dc_path_join(dir, DC_BLIP_CONFIG_FILE);
+    cJSON *j = path ? dc_json_load(path) : NULL;
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(j, "text_config");
+    double v = 0;
+    int rc = !j || dc_json_get_number(cJSON_IsObject(text) ? text : NULL, "label_smoothing", path, &v) ? -1 : 0;
+    if (!rc && !(v >= 0 && v <= 1))
+        rc = dc_fail("%s: text_config's label_smoothing %g is outside [0, 1]", path, v);
+    *out = (float)v;
+    cJSON_Delete(j);
+    free(path);
+    return rc;
+}
+
 static int load_model(trainer *tr) {
     const char *dir = tr->o.model;
     if (dc_blip_load(&tr->model, dir, tr->device) || dc_wordpiece_load(&tr->tok, dir) ||
@@ -184,8 +200,8 @@ static int load_model(trainer *tr) {
     if (tr->o.max_length < tr->n_prompt + 3)
         return dc_fail("--max-length %" PRId64 " leaves no room for a caption after [DEC] and the prompt's %"
                        PRId64 " tokens", tr->o.max_length, tr->n_prompt);
-    tr->smoothing = isnan(tr->o.label_smoothing) ? c->label_smoothing : (float)tr->o.label_smoothing;
-    return 0;
+    tr->smoothing = (float)tr->o.label_smoothing;
+    return isnan(tr->o.label_smoothing) ? config_smoothing(dir, &tr->smoothing) : 0;
 }
 
 static int setup_optimizer(trainer *tr) {

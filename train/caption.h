@@ -10,8 +10,8 @@
  * padded to --max-length; the labels are those ids with the padding, [DEC]
  * and the prompt set to -100, and position i's logits are scored against
  * label i + 1 by a cross-entropy that leaves -100 out and smooths the
- * labels by --label-smoothing (unset: the config's label_smoothing, as
- * transformers reads it), averaged over the tokens kept.
+ * labels by --label-smoothing (unset: text_config's label_smoothing, which
+ * transformers' BlipTextLMHeadModel uses), averaged over the tokens kept.
  */
 #ifndef DC_TRAIN_CAPTION_H
 #define DC_TRAIN_CAPTION_H

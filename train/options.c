@@ -148,7 +148,8 @@ static const dc_train_option table[] = {
         "tokens per caption with [DEC], the prompt and [SEP]; longer captions are cut (0: 40, or the model's "
         "max_position_embeddings when fewer)"),
     FLOAT("captions", label_smoothing, NULL, 0, 1, DC_OPT_NULLABLE,
-          "label smoothing of the loss (unset: the model config's label_smoothing, as transformers)"),
+          "label smoothing of the loss (unset: the model config's text_config.label_smoothing, as "
+          "transformers)"),
     BOOL("captions", freeze_vision, "false", "train the text decoder only; the vision encoder stays as loaded"),
 };
 
