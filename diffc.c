@@ -2,6 +2,7 @@
  * main() only picks the subcommand; each one lives with its module. */
 #include "autograd/device.h"
 #include "infer/commands.h"
+#include "train/caption.h"
 #include "train/train.h"
 
 #include <stdio.h>
@@ -21,6 +22,7 @@ static const command commands[] = {
     {"augment", dc_cmd_augment, "augment --model DIR [options]  synthetic training data from a model and a dataset"},
     {"anomaly", dc_cmd_anomaly, "anomaly --model DIR [options]  score images for anomalies by reconstruction"},
     {"caption", dc_cmd_caption, "caption --model DIR [options]  BLIP captions for image folders and files"},
+    {"train-caption", dc_cmd_train_caption, "train-caption --model DIR [options]  fine-tune a BLIP captioner on captioned images"},
     {"info", dc_cmd_info, "info FILE|DIR                  what a weight file, checkpoint or dataset holds"},
 };
 

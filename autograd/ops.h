@@ -220,5 +220,14 @@ dc_tensor *dc_mse_loss(dc_ctx *ctx, dc_tensor *pred, dc_tensor *target, dc_tenso
 /* Softmax cross-entropy: mean over n of logsumexp(logits[n]) - logits[n, labels[n]].
  * logits [N, K] f32, labels [N] i32 in [0, K) (data: no gradient). */
 dc_tensor *dc_cross_entropy(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels);
+/* The same as PyTorch's cross_entropy(logits, labels, ignore_index=,
+ * label_smoothing=, reduction="mean"): rows whose label is ignore_index are
+ * left out, and the mean is over the kept rows (NaN when none is kept, as
+ * PyTorch gives); with smoothing e a kept row's term is
+ * (1 - e) (lse - logits[y]) + e (lse - mean_j logits[j]). Other labels
+ * must be in [0, K). DC_CE_NO_IGNORE: no label is ignored. */
+#define DC_CE_NO_IGNORE INT64_MIN
+dc_tensor *dc_cross_entropy_ex(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels, int64_t ignore_index,
+                               float label_smoothing);
 
 #endif

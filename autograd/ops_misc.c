@@ -4,6 +4,7 @@
 #include "op_util.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* ---- dropout ---- */
 
@@ -182,12 +183,41 @@ static int cross_entropy_backward(dc_ctx *ctx, dc_node *n) {
     dc_tensor *logits = n->in[0], *labels = n->in[1];
     float *dlogits = grad_of(ctx, logits);
     if (dlogits)
-        DC_KERNEL(ctx, cross_entropy_backward, F32C(n->out->grad), F32C(logits), labels->data,
-                  dlogits, logits->shape[0], logits->shape[1]);
+        DC_KERNEL(ctx, cross_entropy_backward, F32C(n->out->grad), F32C(logits), labels->data, dlogits,
+                  logits->shape[0], logits->shape[1], n->iarg[0], n->farg[0], n->iarg[1]);
     return dc_ctx_status(ctx);
 }
 
-dc_tensor *dc_cross_entropy(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels) {
+/* The labels are checked (and the kept ones counted) on the host: they are a
+ * few thousand integers, and the count divides the loss. -1 after dc_fail
+ * (the op's message), else the kept rows in *kept. */
+static int check_labels(dc_ctx *ctx, dc_tensor *labels, int64_t k, int64_t ignore_index, int64_t *kept) {
+    size_t bytes = (size_t)labels->numel * sizeof(int32_t);
+    int32_t *copy = ctx->device == DC_CPU ? NULL : malloc(bytes ? bytes : 1);
+    const int32_t *y = ctx->device == DC_CPU ? labels->data : copy;
+    if (!y || (copy && dc_memcpy(copy, DC_CPU, labels->data, ctx->device, bytes))) {
+        free(copy);
+        op_fail(ctx, DC_OP_CROSS_ENTROPY, "cannot read the labels back (%zu bytes)", bytes);
+        return -1;
+    }
+    int rc = 0;
+    *kept = 0;
+    for (int64_t i = 0; !rc && i < labels->numel; i++) {
+        if (y[i] == ignore_index)
+            continue;
+        if (y[i] < 0 || y[i] >= k) {
+            op_fail(ctx, DC_OP_CROSS_ENTROPY, "label %d at position %lld is outside [0, %lld)%s", y[i], (long long)i,
+                    (long long)k, ignore_index == DC_CE_NO_IGNORE ? "" : " and not the ignore index");
+            rc = -1;
+        }
+        ++*kept;
+    }
+    free(copy);
+    return rc;
+}
+
+dc_tensor *dc_cross_entropy_ex(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels, int64_t ignore_index,
+                               float label_smoothing) {
     if (!op_ok(ctx, DC_OP_CROSS_ENTROPY, 1, logits) || !op_ok_any(ctx, DC_OP_CROSS_ENTROPY, 1, labels))
         return NULL;
     char sl[64], sy[64];
@@ -198,16 +228,25 @@ dc_tensor *dc_cross_entropy(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels) {
     if (labels->dtype != DC_I32 || labels->ndim != 1 || labels->shape[0] != logits->shape[0])
         return op_fail(ctx, DC_OP_CROSS_ENTROPY, "labels %s %s must be i32 [%lld], one per row of logits %s",
                        dc_dtype_name(labels->dtype), sy, (long long)logits->shape[0], sl);
-    const int32_t *y = labels->data;
-    int64_t bad = DC_KERNEL(ctx, embedding_check, y, labels->numel, logits->shape[1]);
-    if (bad >= 0)
-        return op_fail(ctx, DC_OP_CROSS_ENTROPY, "label %d at position %lld is outside [0, %lld)",
-                       op_i32_at(ctx, labels, bad), (long long)bad, (long long)logits->shape[1]);
+    if (!(label_smoothing >= 0.0f && label_smoothing <= 1.0f))
+        return op_fail(ctx, DC_OP_CROSS_ENTROPY, "label smoothing %g is outside [0, 1]", (double)label_smoothing);
+    int64_t kept;
+    if (check_labels(ctx, labels, logits->shape[1], ignore_index, &kept))
+        return NULL;
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(1));
     if (!out)
         return NULL;
-    DC_KERNEL(ctx, cross_entropy_forward, F32(out), F32C(logits), y, logits->shape[0],
-              logits->shape[1]);
-    op_record(ctx, DC_OP_CROSS_ENTROPY, cross_entropy_backward, out, logits, labels, NULL);
+    DC_KERNEL(ctx, cross_entropy_forward, F32(out), F32C(logits), labels->data, logits->shape[0],
+              logits->shape[1], ignore_index, label_smoothing, kept);
+    dc_node *n = op_record(ctx, DC_OP_CROSS_ENTROPY, cross_entropy_backward, out, logits, labels, NULL);
+    if (n) {
+        n->iarg[0] = ignore_index;
+        n->iarg[1] = kept;
+        n->farg[0] = label_smoothing;
+    }
     return out;
+}
+
+dc_tensor *dc_cross_entropy(dc_ctx *ctx, dc_tensor *logits, dc_tensor *labels) {
+    return dc_cross_entropy_ex(ctx, logits, labels, DC_CE_NO_IGNORE, 0.0f);
 }

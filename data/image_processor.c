@@ -10,7 +10,9 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MAX_SIDE 8192 /* far above any ViT input; keeps sizes sane before allocating */
 #define PIL_BICUBIC 3
@@ -188,4 +190,33 @@ int dc_image_processor_apply(const dc_image_processor *p, const dc_image *img, f
         }
     dc_image_free(&rgb);
     return 0;
+}
+
+/* preprocessor_config.json, or processor_config.json's "image_processor"
+ * (where transformers 5 saves it). */
+int dc_image_processor_load_dir(dc_image_processor *p, const char *dir) {
+    char *pre = dc_path_join(dir, "preprocessor_config.json");
+    char *proc = dc_path_join(dir, "processor_config.json");
+    struct stat st;
+    int rc = -1;
+    if (!pre || !proc)
+        goto done;
+    if (stat(pre, &st) == 0 || stat(proc, &st) != 0) {
+        rc = dc_image_processor_load(p, pre);
+        goto done;
+    }
+    cJSON *j = dc_json_load(proc);
+    const cJSON *ip = cJSON_GetObjectItemCaseSensitive(j, "image_processor");
+    char *text = cJSON_IsObject(ip) ? cJSON_PrintUnformatted(ip) : NULL;
+    if (j && !cJSON_IsObject(ip))
+        dc_fail("%s: no \"image_processor\" object", proc);
+    else if (j && !text)
+        dc_fail("out of memory");
+    rc = text ? dc_image_processor_parse(p, text, proc) : -1;
+    free(text);
+    cJSON_Delete(j);
+done:
+    free(pre);
+    free(proc);
+    return rc;
 }

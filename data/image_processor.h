@@ -40,6 +40,9 @@ typedef struct dc_image_processor {
 dc_image_processor dc_image_processor_blip_default(void);
 /* Read preprocessor_config.json (a file) over the defaults; errors name the file. */
 int dc_image_processor_load(dc_image_processor *p, const char *path);
+/* A model folder's: preprocessor_config.json, or processor_config.json's
+ * "image_processor" (where transformers 5 saves it). */
+int dc_image_processor_load_dir(dc_image_processor *p, const char *dir);
 /* The same from JSON text; `what` names it in errors. */
 int dc_image_processor_parse(dc_image_processor *p, const char *text, const char *what);
 

@@ -346,39 +346,10 @@ static int make_prefix(run *r) {
     return 0;
 }
 
-/* preprocessor_config.json, or processor_config.json's "image_processor"
- * (where transformers 5 saves it). */
-static int load_processor(run *r) {
-    char *pre = dc_path_join(r->o.model, "preprocessor_config.json");
-    char *proc = dc_path_join(r->o.model, "processor_config.json");
-    struct stat st;
-    int rc = -1;
-    if (!pre || !proc)
-        goto done;
-    if (stat(pre, &st) == 0 || stat(proc, &st) != 0) {
-        rc = dc_image_processor_load(&r->proc, pre);
-        goto done;
-    }
-    cJSON *j = dc_json_load(proc);
-    const cJSON *ip = cJSON_GetObjectItemCaseSensitive(j, "image_processor");
-    char *text = cJSON_IsObject(ip) ? cJSON_PrintUnformatted(ip) : NULL;
-    if (j && !cJSON_IsObject(ip))
-        dc_fail("%s: no \"image_processor\" object", proc);
-    else if (j && !text)
-        dc_fail("out of memory");
-    rc = text ? dc_image_processor_parse(&r->proc, text, proc) : -1;
-    free(text);
-    cJSON_Delete(j);
-done:
-    free(pre);
-    free(proc);
-    return rc;
-}
-
 static int load_model(run *r) {
     int device;
     if (dc_cli_resolve_device(r->o.device, "no", &device) || dc_blip_load(&r->model, r->o.model, device) ||
-        dc_wordpiece_load(&r->tok, r->o.model) || load_processor(r))
+        dc_wordpiece_load(&r->tok, r->o.model) || dc_image_processor_load_dir(&r->proc, r->o.model))
         return -1;
     const dc_blip_config *c = &r->model->cfg;
     if (r->proc.height != c->vision.image_size || r->proc.width != c->vision.image_size)

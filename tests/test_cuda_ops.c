@@ -88,8 +88,8 @@ static void assert_near(const float *got, const float *want, int64_t n, double t
 typedef struct {
     dc_op op;
     int i0, i1;       /* groups, stride and pad, heads, slice start and count, dim */
-    float f0;         /* dropout p, attention scale, timestep shift, snr gamma */
-    bool b0;          /* causal, flip_sin_to_cos, conv2d twice (accumulating gradients) */
+    float f0;         /* dropout p, attention scale, timestep shift, snr gamma, label smoothing */
+    bool b0;          /* causal, flip_sin_to_cos, conv2d twice (accumulating gradients), ignore index -100 */
     dc_prediction_type pred;
     const dc_noise_schedule *sched;
 } op_arg;
@@ -129,7 +129,8 @@ static dc_tensor *run(dc_ctx *c, dc_tensor **in, void *argp) {
         return dc_timestep_embedding(c, in[0], a->i0, a->b0, a->f0, 10000.0f);
     case DC_OP_FOURIER_EMBEDDING: return dc_fourier_embedding(c, in[0], in[1], a->b0);
     case DC_OP_MSE_LOSS: return dc_mse_loss(c, in[0], in[1], in[2]);
-    case DC_OP_CROSS_ENTROPY: return dc_cross_entropy(c, in[0], in[1]);
+    case DC_OP_CROSS_ENTROPY:
+        return a->b0 ? dc_cross_entropy_ex(c, in[0], in[1], -100, a->f0) : dc_cross_entropy(c, in[0], in[1]);
     case DC_OP_Q_SAMPLE: return dc_q_sample(c, in[0], in[1], in[2], a->sched);
     case DC_OP_DIFFUSION_LOSS:
         return dc_diffusion_loss(c, in[0], in[1], in[2], in[3], a->sched, a->pred, a->f0, NULL);
@@ -203,6 +204,13 @@ static dc_tensor *indices(dc_ctx *cpu, int ndim, const int64_t *shape, int64_t v
     ck_assert_ptr_nonnull(t);
     for (int64_t i = 0; i < t->numel; i++)
         ((int32_t *)t->data)[i] = (int32_t)(tu_next() % (uint64_t)v);
+    return t;
+}
+
+/* indices() with every third set to -100 (an ignore index), the first kept. */
+static dc_tensor *some_ignored(dc_tensor *t) {
+    for (int64_t i = 2; i < t->numel; i += 3)
+        ((int32_t *)t->data)[i] = -100;
     return t;
 }
 
@@ -393,6 +401,9 @@ START_TEST(test_misc) {
     a = (op_arg){.op = DC_OP_CROSS_ENTROPY};
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 7, 10), indices(cpu, DC_SHAPE(7), 10));
     CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 300, 3), indices(cpu, DC_SHAPE(300), 3));
+    a = (op_arg){.op = DC_OP_CROSS_ENTROPY, .b0 = true, .f0 = 0.1f}; /* a captioner's: long rows, some ignored */
+    CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 20, 3001), some_ignored(indices(cpu, DC_SHAPE(20), 3001)));
+    CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 300, 7), some_ignored(indices(cpu, DC_SHAPE(300), 7)));
     tu_ctx_free(cpu);
 }
 END_TEST

@@ -420,6 +420,85 @@ START_TEST(test_cross_entropy) {
 }
 END_TEST
 
+/* Ignore index and label smoothing as PyTorch defines them, in long double
+ * from the definition: the smoothed target is (1 - e) onehot + e / k, the
+ * mean over the rows whose label is not `ignore`. */
+static double cross_entropy_ex_reference(const float *x, const int32_t *y, int64_t n, int64_t k, int32_t ignore,
+                                         double e) {
+    long double total = 0;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (y[i] == ignore)
+            continue;
+        long double s = 0;
+        for (int64_t j = 0; j < k; j++)
+            s += expl((long double)x[i * k + j]);
+        for (int64_t j = 0; j < k; j++) {
+            long double target = (1 - e) * (j == y[i]) + e / (double)k;
+            total -= target * ((long double)x[i * k + j] - logl(s));
+        }
+        kept++;
+    }
+    return (double)(total / kept);
+}
+
+typedef struct {
+    dc_tensor *labels;
+    float smoothing;
+} ce_ex_arg;
+
+static dc_tensor *run_cross_entropy_ex(dc_ctx *ctx, dc_tensor **in, void *arg) {
+    ce_ex_arg *a = arg;
+    return dc_cross_entropy_ex(ctx, in[0], a->labels, -100, a->smoothing);
+}
+
+START_TEST(test_cross_entropy_ignore_smoothing) {
+    static const int64_t sizes[][2] = {{7, 5}, {12, 9}};
+    for (int s = 0; s < 2; s++) {
+        dc_ctx *ctx = tu_ctx();
+        int64_t n = sizes[s][0], k = sizes[s][1];
+        dc_tensor *in[1] = {tu_leaf(ctx, DC_SHAPE(n, k))};
+        dc_tensor *y = random_labels(ctx, n, k);
+        int32_t *yv = y->data;
+        yv[0] = yv[n - 2] = -100; /* two rows left out, one at each end */
+        ce_ex_arg arg = {y, (float)tu_uniform(0.05, 0.3)};
+        dc_tensor *out = dc_cross_entropy_ex(ctx, in[0], y, -100, arg.smoothing);
+        ck_assert_msg(out != NULL, "%s", dc_error());
+        double want = cross_entropy_ex_reference(in[0]->data, yv, n, k, -100, arg.smoothing);
+        tu_assert_close(out->data, &want, 1, 1e-6, 1e-6, "cross_entropy_ex");
+        tu_gradcheck(ctx, run_cross_entropy_ex, &arg, in, 1, 1e-2, 1e-3, 1e-2, 0);
+        /* an ignored row takes no gradient */
+        dc_ctx_reset(ctx);
+        in[0] = tu_leaf(ctx, DC_SHAPE(n, k));
+        y = random_labels(ctx, n, k);
+        ((int32_t *)y->data)[1] = -100;
+        out = dc_cross_entropy_ex(ctx, in[0], y, -100, 0.1f);
+        ck_assert_msg(out && !dc_backward(ctx, out), "%s", dc_error());
+        for (int64_t j = 0; j < k; j++)
+            ck_assert_float_eq(((float *)in[0]->grad->data)[k + j], 0.0f);
+        for (int64_t j = 0; j < k; j++) /* and a kept row does */
+            ck_assert_float_ne(((float *)in[0]->grad->data)[j], 0.0f);
+        tu_ctx_free(ctx);
+    }
+    /* every row ignored: NaN, as torch.nn.functional.cross_entropy gives */
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *y = random_labels(ctx, 3, 4);
+    for (int i = 0; i < 3; i++)
+        ((int32_t *)y->data)[i] = -100;
+    dc_tensor *out = dc_cross_entropy_ex(ctx, tu_randn(ctx, DC_SHAPE(3, 4)), y, -100, 0.1f);
+    ck_assert_msg(out != NULL, "%s", dc_error());
+    ck_assert(isnan(((float *)out->data)[0]));
+    /* without an ignore index, -100 is a bad label; a bad smoothing is refused */
+    ck_assert_ptr_null(dc_cross_entropy(ctx, tu_randn(ctx, DC_SHAPE(3, 4)), y));
+    ck_assert_msg(strstr(dc_error(), "label -100 at position 0 is outside [0, 4)"), "%s", dc_error());
+    dc_ctx_reset(ctx);
+    ck_assert_ptr_null(
+        dc_cross_entropy_ex(ctx, tu_randn(ctx, DC_SHAPE(3, 4)), random_labels(ctx, 3, 4), -100, 1.5f));
+    ck_assert_msg(strstr(dc_error(), "label smoothing 1.5 is outside [0, 1]"), "%s", dc_error());
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_cross_entropy_refused) {
     dc_ctx *ctx = tu_ctx();
     ck_assert_ptr_null(dc_cross_entropy(ctx, tu_randn(ctx, DC_SHAPE(2, 3, 1)), random_labels(ctx, 2, 3)));
@@ -459,5 +538,6 @@ int main(void) {
     tcase_add_test(tc, test_mse_loss_refused);
     tcase_add_test(tc, test_cross_entropy);
     tcase_add_test(tc, test_cross_entropy_refused);
+    tcase_add_test(tc, test_cross_entropy_ignore_smoothing);
     return tu_run(s);
 }

@@ -473,6 +473,7 @@ START_TEST(test_help_lists_every_option) {
     size_t size = 0;
     FILE *f = open_memstream(&text, &size);
     dc_train_options_help(f);
+    dc_train_caption_options_help(f); /* the "captions" group is train-caption's */
     fclose(f);
     int n;
     const dc_train_option *t = dc_train_option_table(&n);

@@ -180,8 +180,8 @@ static int fail_and_remove(const char *what, const char *remove_path) {
 }
 
 /* Everything but DONE, in `tmp`. */
-static int write_tmp(const char *tmp, const dc_pipeline *p, const dc_train_state *s, const hook *h) {
-    if (dc_remove_tree(tmp) || make_dir(tmp) || save_pipeline(tmp, p, h))
+static int write_tmp(const char *tmp, const dc_model_writer *w, const dc_train_state *s, const hook *h) {
+    if (dc_remove_tree(tmp) || make_dir(tmp) || w->write(tmp, w->model, h->fn, h->arg))
         return -1;
     if (!s)
         return 0;
@@ -242,8 +242,21 @@ static int move_into_place(const ckpt_paths *c, const char *output_dir) {
     return dc_sync_dir(output_dir);
 }
 
+static int write_pipeline(const char *dir, const void *model, dc_checkpoint_hook fn, void *arg) {
+    hook h = {fn, arg};
+    return save_pipeline(dir, model, &h);
+}
+
+dc_model_writer dc_pipeline_writer(const dc_pipeline *p) { return (dc_model_writer){write_pipeline, p}; }
+
 int dc_checkpoint_save(const char *output_dir, int64_t step, const dc_pipeline *p, const dc_train_state *s,
                        dc_checkpoint_hook fn, void *arg) {
+    dc_model_writer w = dc_pipeline_writer(p);
+    return dc_checkpoint_save_model(output_dir, step, &w, s, fn, arg);
+}
+
+int dc_checkpoint_save_model(const char *output_dir, int64_t step, const dc_model_writer *w,
+                             const dc_train_state *s, dc_checkpoint_hook fn, void *arg) {
     char what[96];
     snprintf(what, sizeof what, "checkpoint-%" PRId64 " not written (earlier checkpoints are intact)", step);
     if (step < 0)
@@ -251,7 +264,7 @@ int dc_checkpoint_save(const char *output_dir, int64_t step, const dc_pipeline *
     hook h = {fn, arg};
     ckpt_paths c;
     int rc = ckpt_paths_init(&c, output_dir, step);
-    if (!rc && write_tmp(c.tmp, p, s, &h))
+    if (!rc && write_tmp(c.tmp, w, s, &h))
         rc = fail_and_remove(what, c.tmp);
     if (!rc && move_into_place(&c, output_dir))
         rc = fail_and_remove(what, c.tmp);
@@ -407,8 +420,10 @@ int dc_checkpoint_check(const char *dir, const dc_params *ps) {
 int dc_checkpoint_load(const char *dir, dc_params *ps, float *weights, float *ema, dc_st_file *state) {
     if (load_model(dir, "unet", ps, weights) || (ema && load_model(dir, "unet_ema", ps, ema)))
         return -1;
-    if (!state)
-        return 0;
+    return state ? dc_checkpoint_open_state(dir, state) : 0;
+}
+
+int dc_checkpoint_open_state(const char *dir, dc_st_file *state) {
     char *path = dc_path_join(dir, STATE_FILE);
     int rc = path ? dc_st_open(state, path) : -1;
     free(path);

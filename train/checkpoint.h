@@ -73,6 +73,22 @@ int dc_pipeline_save(const char *dir, const dc_pipeline *p);
 int dc_checkpoint_save(const char *output_dir, int64_t step, const dc_pipeline *p, const dc_train_state *s,
                        dc_checkpoint_hook hook, void *arg);
 
+/* What a checkpoint holds besides train_state.safetensors, for a trainer
+ * of another model: write(dir, model, fn, arg) writes the model's files into
+ * the fresh folder `dir`, calling fn(path, arg) (when set) after each file,
+ * and syncs them. */
+typedef struct dc_model_writer {
+    int (*write)(const char *dir, const void *model, dc_checkpoint_hook fn, void *arg);
+    const void *model;
+} dc_model_writer;
+
+/* The writer of pipeline folders, for dc_checkpoint_save_model. */
+dc_model_writer dc_pipeline_writer(const dc_pipeline *p);
+
+/* dc_checkpoint_save with the model's files from `w`. */
+int dc_checkpoint_save_model(const char *output_dir, int64_t step, const dc_model_writer *w,
+                             const dc_train_state *s, dc_checkpoint_hook fn, void *arg);
+
 /* Remove what earlier saves left behind (temporary folders, checkpoints
  * without DONE) and, when keep > 0, the oldest complete checkpoints beyond
  * the newest `keep` (--checkpoints-total-limit). Call after a successful save. */
@@ -94,6 +110,9 @@ int dc_checkpoint_resolve(const char *output_dir, const char *which, char **path
  * is not NULL (the caller closes it). Names, shapes and dtypes are checked
  * by dc_params_load before any value changes. */
 int dc_checkpoint_load(const char *dir, dc_params *ps, float *weights, float *ema, dc_st_file *state);
+
+/* Open `dir`/train_state.safetensors into *state (the caller closes it). */
+int dc_checkpoint_open_state(const char *dir, dc_st_file *state);
 
 /* Whether the checkpoint's UNet weights fit ps's declarations, from the
  * file's header alone: called before the parameters are allocated, so a

@@ -10,6 +10,7 @@
 #include "dist.h"
 
 #include "autograd/clock.h"
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/optim.h"
 #include "autograd/tensor.h"
@@ -552,4 +553,21 @@ int dc_dist_check_identical(dc_dist *d, const void *buf, size_t bytes, const cha
     if (all != stack)
         free(all);
     return rc;
+}
+
+int dc_dist_resolve_device(const dc_dist *d, const char *name, const char *mixed_precision, int *device,
+                           dc_math *math) {
+    char local[32];
+    bool cuda = !strcmp(name, "cuda"), any = !strcmp(name, "auto");
+    int count = cuda || any ? dc_device_count() : 0, gpu; /* CUDA left alone for --device cpu */
+    bool gpus = cuda || (any && count > 0);
+    if (d->world > 1 && gpus) {
+        if (dc_dist_local_gpu(count, d->local_rank, d->local_world, &gpu))
+            return dc_fail_prefix("--device");
+        snprintf(local, sizeof local, "cuda:%d", gpu);
+        name = local;
+    }
+    if (dc_device_resolve(name, device))
+        return name == local ? dc_fail_prefix("--device: this rank's GPU on its node") : -1;
+    return dc_math_parse(mixed_precision, math) || dc_device_set_math(*device, *math);
 }

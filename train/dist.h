@@ -44,6 +44,8 @@
 #ifndef DC_TRAIN_DIST_H
 #define DC_TRAIN_DIST_H
 
+#include "autograd/device.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -88,6 +90,12 @@ int dc_dist_launched_world(void);
  * several are visible but fewer than the ranks of the node: some GPU would
  * carry two ranks, which the node's GPUs were evidently not meant to. */
 int dc_dist_local_gpu(int count, int local_rank, int local_world, int *gpu);
+
+/* --device (auto, cpu, cuda, cuda:N) and --mixed-precision resolved for
+ * this rank: with several ranks, auto (on a machine with GPUs) and cuda mean
+ * the node-local rank's GPU (dc_dist_local_gpu). */
+int dc_dist_resolve_device(const dc_dist *d, const char *name, const char *mixed_precision, int *device,
+                           dc_math *math);
 
 /* Join the other ranks. One process (world 1 per the environment): rank 0 of
  * 1, nothing initialised. More: MPI_Init_thread (only the calling thread

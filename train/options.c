@@ -11,6 +11,7 @@
 #include "autograd/diffusion.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "autograd/optim.h"
 
 #include <errno.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define BIG 9007199254740992.0 /* 2^53: integers that JSON numbers (doubles) hold exactly */
 #define MAX_NAME 64            /* a key's length, with room for the dashed form */
@@ -56,7 +58,7 @@ static const dc_train_option table[] = {
            "a JSON training config: keys are these options with underscores; the command line overrides it"),
     {ROW("model", model, DC_OPT_MODEL), .metavar = "JSON|FILE",
      .help = "the UNet's diffusers config (UNet2DModel config.json): an object inline in a config file, or "
-             "the path of a config.json"},
+             "the path of a config.json (train-caption: the BLIP model folder to fine-tune)"},
     STRING("model", pretrained_model, NULL, "DIR", 0,
            "fine-tune: start from the weights of a diffusers UNet folder (or a pipeline folder with unet/), "
            "keeping its config"),
@@ -139,11 +141,36 @@ static const dc_train_option table[] = {
     INT("output", sample_every, "1000", 0, BIG, "steps between sample grids (0: none)"),
     INT("output", eval_batch_size, "16", 1, 1024, "images in each sample grid"),
     INT("output", ddpm_num_inference_steps, "1000", 1, 100000, "denoising steps for the sample grids"),
+
+    STRING("captions", prompt, NULL, "TEXT", 0,
+           "the text every caption starts with (\"a picture of\"): fed to the decoder, not learnt"),
+    INT("captions", max_length, "0", 0, 65536,
+        "tokens per caption with [DEC], the prompt and [SEP]; longer captions are cut (0: 40, or the model's "
+        "max_position_embeddings when fewer)"),
+    FLOAT("captions", label_smoothing, NULL, 0, 1, DC_OPT_NULLABLE,
+          "label smoothing of the loss (unset: the model config's text_config.label_smoothing, as "
+          "transformers)"),
+    BOOL("captions", freeze_vision, "false", "train the text decoder only; the vision encoder stays as loaded"),
 };
 
 _Static_assert(sizeof table / sizeof table[0] <= 64, "given and from_pipeline hold a bit per row");
 
 #define ROW_BIT(r) ((uint64_t)1 << ((r) - table))
+
+/* Whether row r is an option of diffc train-caption (caption) or of diffc
+ * train: the "captions" group is the captioner's; the UNet's, diffusion and
+ * sample grids, are train's; the rest both take. */
+static bool row_applies(const dc_train_option *r, bool caption) {
+    static const char *const unet_only[] = {"pretrained_model", "variant", "dropout", "classes", "resolution",
+                                            "zero_stage", "sample_every", "eval_batch_size",
+                                            "ddpm_num_inference_steps", NULL};
+    bool unet = !strcmp(r->group, "diffusion");
+    for (int i = 0; !unet && unet_only[i]; i++)
+        unet = !strcmp(r->key, unet_only[i]);
+    return caption ? !unet : strcmp(r->group, "captions") != 0;
+}
+
+static const char *command(bool caption) { return caption ? "diffc train-caption" : "diffc train"; }
 
 const dc_train_option *dc_train_option_table(int *n) {
     *n = (int)(sizeof table / sizeof table[0]);
@@ -435,6 +462,9 @@ int dc_train_options_apply_json(dc_train_options *o, const cJSON *json, const ch
                 r = &table[i];
         if (!r)
             return unknown_key(what, v->string);
+        if (!row_applies(r, o->caption))
+            return dc_fail("%s: key \"%s\" is an option of %s, not of %s", what, r->key, command(!o->caption),
+                           command(o->caption));
         if (r->flags & DC_OPT_CLI_ONLY)
             return dc_fail("%s: key \"%s\" is a command-line option only", what, r->key);
         char where[512];
@@ -470,11 +500,11 @@ static int usage(const char *fmt, ...) {
 }
 
 /* "--name" or "--name=value" at argv[*i] (and the value after it). */
-static int read_item(int argc, char **argv, int *i, cli_item *it) {
+static int read_item(const dc_train_options *o, int argc, char **argv, int *i, cli_item *it) {
     char name[MAX_NAME], dn[MAX_NAME];
     const char *a = argv[*i];
     if (strncmp(a, "--", 2) || !a[2])
-        return usage("diffc train takes no positional arguments ('%s'); options start with --", a);
+        return usage("%s takes no positional arguments ('%s'); options start with --", command(o->caption), a);
     const char *eq = strchr(a + 2, '='), *base = a + 2;
     size_t len = eq ? (size_t)(eq - base) : strlen(base);
     if (len >= MAX_NAME)
@@ -495,6 +525,8 @@ static int read_item(int argc, char **argv, int *i, cli_item *it) {
             snprintf(hint, sizeof hint, " (did you mean --%s?)", dashed(dn, s->key));
         return usage("unknown option '--%s'%s", name, hint);
     }
+    if (!row_applies(it->r, o->caption))
+        return usage("--%s is an option of %s, not of %s", name, command(!o->caption), command(o->caption));
     if (it->r->type == DC_OPT_BOOL && !it->value)
         it->value = "true";
     if (it->value)
@@ -508,6 +540,7 @@ static int read_item(int argc, char **argv, int *i, cli_item *it) {
 int dc_train_options_parse(dc_train_options *o, int argc, char **argv) {
     if (dc_train_options_init(o))
         return -1;
+    o->caption = argc > 0 && !strcmp(argv[0], "train-caption");
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
             return DC_TRAIN_OPTIONS_HELP;
@@ -517,7 +550,7 @@ int dc_train_options_parse(dc_train_options *o, int argc, char **argv) {
     int n = 0, rc = 0;
     const char *config = NULL;
     for (int i = 1; !rc && i < argc; i++) {
-        rc = read_item(argc, argv, &i, &items[n]);
+        rc = read_item(o, argc, argv, &i, &items[n]);
         if (!rc && items[n].r->offset == offsetof(dc_train_options, config)) {
             if (config)
                 rc = usage("--config given twice ('%s' and '%s')", config, items[n].value);
@@ -594,7 +627,21 @@ int dc_train_options_pipeline_schedule(dc_train_options *o) {
     return rc;
 }
 
+/* diffc train-caption's combinations. */
+static int check_caption(const dc_train_options *o) {
+    if (!o->model)
+        return dc_fail("no model: give --model DIR, a transformers BLIP captioning folder "
+                       "(BlipForConditionalGeneration)");
+    if (!o->train_data_dir)
+        return dc_fail("no training data: give --train-data-dir, a folder of images with metadata.jsonl");
+    if (!o->output_dir || !(o->given & ROW_BIT(dc_train_option_find("output_dir")))) /* not the UNet's default */
+        return dc_fail("no output folder: give --output-dir");
+    return 0;
+}
+
 int dc_train_options_check(const dc_train_options *o) {
+    if (o->caption)
+        return check_caption(o);
     if (o->model && o->pretrained_model)
         return dc_fail("--model and --pretrained-model are both given: a fine-tuned model keeps the "
                        "pretrained model's config, so give only one");
@@ -640,7 +687,7 @@ static cJSON *value_json(const dc_train_options *o, const dc_train_option *r) {
 cJSON *dc_train_options_to_json(const dc_train_options *o) {
     cJSON *j = cJSON_CreateObject();
     for (size_t i = 0; j && i < sizeof table / sizeof table[0]; i++) {
-        if (table[i].flags & DC_OPT_CLI_ONLY)
+        if (table[i].flags & DC_OPT_CLI_ONLY || !row_applies(&table[i], o->caption))
             continue;
         cJSON *v = value_json(o, &table[i]);
         if (!v || !cJSON_AddItemToObject(j, table[i].key, v)) {
@@ -771,13 +818,44 @@ static void print_option(FILE *f, const dc_train_option *r) {
     print_wrapped(f, text, col);
 }
 
-void dc_train_options_help(FILE *f) {
-    fputs(help_intro, f);
+static const char caption_help_intro[] =
+    "usage: diffc train-caption --model DIR --train-data-dir DIR --output-dir DIR [options]\n"
+    "\n"
+    "Fine-tune a BLIP captioner (a transformers BlipForConditionalGeneration folder) on a\n"
+    "folder of images whose metadata.jsonl gives their captions ({\"file_name\", \"text\"}).\n"
+    "Every option can also be a key of the --config file, spelt with underscores. The\n"
+    "output folder and its checkpoint-<step> folders are transformers model folders;\n"
+    "Ctrl-C or SIGTERM writes a checkpoint and stops.\n";
+
+static void print_help(FILE *f, bool caption) {
+    fputs(caption ? caption_help_intro : help_intro, f);
     const char *group = NULL;
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+        if (!row_applies(&table[i], caption))
+            continue;
         if (!group || strcmp(group, table[i].group))
             fprintf(f, "\n%s:\n", group = table[i].group);
         print_option(f, &table[i]);
     }
     fprintf(f, "%-*s%s\n", HELP_COL, "  -h, --help", "show this help");
+}
+
+void dc_train_options_help(FILE *f) { print_help(f, false); }
+
+void dc_train_caption_options_help(FILE *f) { print_help(f, true); }
+
+dc_ema_config dc_train_options_ema(const dc_train_options *o) {
+    dc_ema_config e = dc_ema_default_config();
+    e.decay = o->ema_max_decay;
+    e.use_ema_warmup = true; /* as diffusers' train_unconditional */
+    e.inv_gamma = o->ema_inv_gamma;
+    e.power = o->ema_power;
+    return e;
+}
+
+int dc_train_options_loader_threads(const dc_train_options *o) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (o->dataloader_num_workers)
+        return (int)o->dataloader_num_workers;
+    return cores < 1 ? 1 : cores > 8 ? 8 : (int)cores;
 }

@@ -36,6 +36,8 @@
 #ifndef DC_TRAIN_OPTIONS_H
 #define DC_TRAIN_OPTIONS_H
 
+#include "autograd/optim.h"
+
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -93,6 +95,12 @@ typedef struct dc_train_options {
     int64_t sample_every;            /* 0: no sample grids */
     int64_t eval_batch_size;         /* images in each sample grid */
     int64_t ddpm_num_inference_steps;
+    /* captions (diffc train-caption) */
+    char *prompt;           /* the text every caption starts with, not learnt; NULL: none */
+    int64_t max_length;     /* tokens per caption with [DEC] and [SEP]; 0: 40 or fewer (caption.c) */
+    double label_smoothing; /* NaN: the model config's */
+    bool freeze_vision;     /* train the text decoder only */
+    bool caption;           /* the options of diffc train-caption (set by the parser from argv[0]) */
     /* where values came from, bit i for row i of the table */
     uint64_t given;         /* the config file or the command line */
     uint64_t from_pipeline; /* --pretrained-model's scheduler_config.json */
@@ -140,7 +148,9 @@ void dc_train_options_free(dc_train_options *o);
 /* What dc_train_options_parse returns besides 0 and -1. */
 enum { DC_TRAIN_OPTIONS_HELP = 1, DC_TRAIN_OPTIONS_USAGE = -2 };
 
-/* The whole resolution for `diffc train` (argv[0] is the subcommand's name):
+/* The whole resolution for `diffc train` and `diffc train-caption` (argv[0]
+ * is the subcommand's name: "train-caption" takes the shared options and
+ * the "captions" group, anything else the shared ones and the UNet's):
  * defaults, --config, the command line, the pretrained pipeline's schedule
  * (dc_train_options_pipeline_schedule), then dc_train_options_check.
  * Returns 0, DC_TRAIN_OPTIONS_HELP when --help/-h was given (nothing else
@@ -180,9 +190,17 @@ int dc_train_options_print(const dc_train_options *o, FILE *f);
 int dc_train_options_save(const dc_train_options *o, const char *dir);
 /* `diffc train --help`: usage, then every option with its default. */
 void dc_train_options_help(FILE *f);
+/* `diffc train-caption --help`. */
+void dc_train_caption_options_help(FILE *f);
 
 /* The UNet config that `model` names: the inline object or the file (a
  * folder means its config.json). NULL (after dc_fail) when unset or bad. */
 cJSON *dc_train_options_model_config(const dc_train_options *o);
+
+/* The EMA of --ema-max-decay, --ema-inv-gamma and --ema-power, with
+ * diffusers' warmup (as its train_unconditional). */
+dc_ema_config dc_train_options_ema(const dc_train_options *o);
+/* The data loader's threads: --dataloader-num-workers, or one per core, at most 8. */
+int dc_train_options_loader_threads(const dc_train_options *o);
 
 #endif

@@ -52,6 +52,7 @@
 #include "options.h"
 #include "run_dir.h"
 #include "signals.h"
+#include "state.h"
 #include "tensorboard.h"
 
 #include "autograd/clock.h"
@@ -69,7 +70,6 @@
 #include "infer/generate.h"
 #include "models/unet.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -137,24 +137,9 @@ typedef struct step_stats {
 
 /* ---- setting up ---- */
 
-/* --device and --mixed-precision into tr->device and tr->math. With several
- * ranks, auto (on a machine with GPUs) and cuda mean the node-local rank's
- * GPU (dc_dist_local_gpu). */
+/* --device and --mixed-precision into tr->device and tr->math (dist.h). */
 static int resolve_device(trainer *tr) {
-    const char *name = tr->o.device;
-    char local[32];
-    bool cuda = !strcmp(name, "cuda"), any = !strcmp(name, "auto");
-    int count = cuda || any ? dc_device_count() : 0, gpu; /* CUDA left alone for --device cpu */
-    bool gpus = cuda || (any && count > 0);
-    if (tr->dist.world > 1 && gpus) {
-        if (dc_dist_local_gpu(count, tr->dist.local_rank, tr->dist.local_world, &gpu))
-            return dc_fail_prefix("--device");
-        snprintf(local, sizeof local, "cuda:%d", gpu);
-        name = local;
-    }
-    if (dc_device_resolve(name, &tr->device))
-        return name == local ? dc_fail_prefix("--device: this rank's GPU on its node") : -1;
-    return dc_math_parse(tr->o.mixed_precision, &tr->math) || dc_device_set_math(tr->device, tr->math);
+    return dc_dist_resolve_device(&tr->dist, tr->o.device, tr->o.mixed_precision, &tr->device, &tr->math);
 }
 
 /* The config.json of the checkpoint being resumed, for a run without --model. */
@@ -260,11 +245,6 @@ static int open_data(trainer *tr) {
     if (tr->o.classes && dc_dataset_select_classes(&tr->ds, tr->o.classes, &tr->subset, &tr->n_subset))
         return dc_fail_prefix(tr->o.train_data_dir);
     int64_t count = tr->subset ? tr->n_subset : tr->ds.count;
-    int64_t workers = tr->o.dataloader_num_workers;
-    if (workers == 0) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        workers = cores < 1 ? 1 : cores > 8 ? 8 : cores;
-    }
     int64_t per_step = global_batch(tr);
     tr->total = tr->o.max_train_steps ? tr->o.max_train_steps
                                       : tr->o.num_epochs * ((count + per_step - 1) / per_step);
@@ -275,7 +255,7 @@ static int open_data(trainer *tr) {
                            .rank = tr->dist.rank,
                            .world = tr->dist.world,
                            .seed = (uint64_t)tr->o.seed,
-                           .threads = (int)workers,
+                           .threads = dc_train_options_loader_threads(&tr->o),
                            .prefetch = LOADER_PREFETCH,
                            .flip = tr->o.random_flip};
     return dc_loader_open(&tr->loader, &lc, tr->step * tr->o.gradient_accumulation_steps);
@@ -309,11 +289,7 @@ static int setup_model(trainer *tr, const char *pretrained_weights) {
         dc_lr_schedule_parse(tr->o.lr_scheduler, &tr->lr_schedule))
         return -1;
     if (tr->o.use_ema) {
-        dc_ema_config e = dc_ema_default_config();
-        e.decay = tr->o.ema_max_decay;
-        e.use_ema_warmup = true; /* as diffusers' train_unconditional */
-        e.inv_gamma = tr->o.ema_inv_gamma;
-        e.power = tr->o.ema_power;
+        dc_ema_config e = dc_train_options_ema(&tr->o);
         if (dc_ema_init_on(&tr->ema, tr->device, tr->ps.data, tr->ps.total, &e))
             return -1;
     }
@@ -333,24 +309,6 @@ static int setup_activations(trainer *tr) {
     return 0;
 }
 
-/* buf[n] of the training device, readable on the host: buf itself on the
- * CPU, else a copy in *copy (malloc'ed, for the caller to free). */
-static const float *on_host(const trainer *tr, const float *buf, size_t n, float **copy) {
-    size_t bytes = n * sizeof(float);
-    *copy = NULL;
-    if (tr->device == DC_CPU)
-        return buf;
-    if (!(*copy = malloc(bytes))) {
-        dc_fail("out of memory for a host copy of %zu bytes", bytes);
-        return NULL;
-    }
-    if (dc_memcpy(*copy, DC_CPU, buf, tr->device, bytes)) {
-        free(*copy);
-        return *copy = NULL;
-    }
-    return *copy;
-}
-
 /* ---- checkpoints ---- */
 
 static dc_pipeline pipeline_of(const trainer *tr) {
@@ -361,33 +319,13 @@ static dc_pipeline pipeline_of(const trainer *tr) {
 }
 
 static int write_checkpoint(trainer *tr, uint64_t fingerprint, const float *m, const float *v) {
-    char step[24], adam_step[24], ema_step[24], cursor[24];
-    snprintf(step, sizeof step, "%" PRId64, tr->step);
-    snprintf(adam_step, sizeof adam_step, "%" PRId64, tr->opt.step);
-    snprintf(ema_step, sizeof ema_step, "%" PRId64, tr->o.use_ema ? tr->ema.optimization_step : 0);
-    snprintf(cursor, sizeof cursor, "%" PRId64, dc_loader_cursor(tr->loader));
-    cJSON *cfg = dc_train_options_to_json(&tr->o);
-    char *cfg_text = cfg ? dc_json_print(cfg, false) : NULL;
-    cJSON_Delete(cfg);
-    if (!cfg_text)
-        return -1;
-    int64_t shape[1] = {(int64_t)tr->ps.extent}; /* without the shards' rounding: any world resumes it */
-    size_t bytes = tr->ps.extent * sizeof(float);
-    dc_st_tensor tensors[2] = {
-        {.name = "adamw.exp_avg", .dtype = DC_F32, .ndim = 1, .data = m, .nbytes = bytes},
-        {.name = "adamw.exp_avg_sq", .dtype = DC_F32, .ndim = 1, .data = v, .nbytes = bytes},
-    };
-    tensors[0].shape[0] = tensors[1].shape[0] = shape[0];
-    const char *keys[] = {"format_version", "step", "adamw_step", "ema_step", "loader_cursor",
-                          "bad_steps", "train_config"};
-    char bad[16];
-    snprintf(bad, sizeof bad, "%d", tr->bad_steps);
-    const char *values[] = {STATE_VERSION, step, adam_step, ema_step, cursor, bad, cfg_text};
-    dc_train_state state = {.tensors = tensors, .n = 2, .meta_keys = keys, .meta_values = values,
-                            .n_meta = 7};
+    dc_train_counters c = {.step = tr->step, .adamw_step = tr->opt.step,
+                           .ema_step = tr->o.use_ema ? tr->ema.optimization_step : 0,
+                           .loader_cursor = dc_loader_cursor(tr->loader), .bad_steps = tr->bad_steps};
     dc_pipeline p = pipeline_of(tr);
-    int rc = dc_checkpoint_save(tr->o.output_dir, tr->step, &p, &state, NULL, NULL);
-    free(cfg_text);
+    dc_model_writer w = dc_pipeline_writer(&p);
+    /* the moments without the shards' rounding: any world resumes them */
+    int rc = dc_train_state_save(tr->o.output_dir, &w, STATE_VERSION, &c, &tr->o, m, v, tr->ps.extent);
     if (!rc)
         rc = dc_checkpoint_prune(tr->o.output_dir, tr->o.checkpoints_total_limit);
     if (!rc && tr->dist.world > 1)
@@ -401,7 +339,7 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint, const float *m, c
 /* dc_dist_check_identical of buf[ps.total] on the training device. */
 static int check_identical(trainer *tr, const float *buf, const char *what, uint64_t *hash) {
     float *copy;
-    const float *host = on_host(tr, buf, tr->ps.total, &copy);
+    const float *host = dc_train_on_host(tr->device, buf, tr->ps.total, &copy);
     int rc = host ? dc_dist_check_identical(&tr->dist, host, tr->ps.total * sizeof(float), what, hash) : -1;
     free(copy);
     return rc;
@@ -414,9 +352,9 @@ static int moment_on_root(trainer *tr, const float *buf, const float **out, floa
     bool root = dc_dist_is_root(&tr->dist);
     *out = *copy = NULL;
     if (!tr->o.zero_stage)
-        return !root || (*out = on_host(tr, buf, tr->opt_n, copy)) ? 0 : -1;
+        return !root || (*out = dc_train_on_host(tr->device, buf, tr->opt_n, copy)) ? 0 : -1;
     float *mine_copy;
-    const float *mine = on_host(tr, buf, tr->opt_n, &mine_copy);
+    const float *mine = dc_train_on_host(tr->device, buf, tr->opt_n, &mine_copy);
     if (mine && root && !(*copy = malloc(tr->ps.total * sizeof(float))))
         dc_fail("out of memory for the optimizer state (%zu bytes)", tr->ps.total * sizeof(float));
     int rc = !mine || (root && !*copy) || dc_dist_gather(&tr->dist, mine, tr->opt_n, *copy);
@@ -440,82 +378,12 @@ static int save_checkpoint(trainer *tr) {
     return rc ? -1 : 0;
 }
 
-static int meta_int(const dc_st_file *f, const char *key, int64_t *out) {
-    const char *v = dc_st_meta(f, key);
-    char *end;
-    errno = 0;
-    if (!v || (*out = strtoll(v, &end, 10), end == v || *end || errno) || *out < 0)
-        return dc_fail("train_state.safetensors: metadata '%s' is missing or not a count (\"%.32s\")", key,
-                       v ? v : "");
-    return 0;
-}
-
-/* The --gradient-accumulation-steps of the run that wrote the state (its
- * train_config), which relates its step to its loader cursor. */
-static int state_accumulation(const dc_st_file *f, int64_t *accum) {
-    const char *text = dc_st_meta(f, "train_config");
-    cJSON *cfg = text ? cJSON_Parse(text) : NULL;
-    double v = 1; /* the option's default, when the config leaves it out */
-    int rc = cJSON_IsObject(cfg) ? dc_json_get_number(cfg, "gradient_accumulation_steps",
-                                                      "train_state.safetensors: train_config", &v)
-                                 : dc_fail("train_state.safetensors: metadata 'train_config' is missing or "
-                                           "not a JSON object");
-    cJSON_Delete(cfg);
-    if (!rc && !(v >= 1 && v <= (1 << 20) && v == floor(v)))
-        rc = dc_fail("train_state.safetensors: train_config's gradient_accumulation_steps %g is not a "
-                     "count in [1, 2^20]", v);
-    *accum = (int64_t)v;
-    return rc;
-}
-
-/* The counters of train_state.safetensors, each checked against the others:
- * a hand-edited or corrupted state is refused, not trained from. */
-static int read_counters(const trainer *tr, const dc_st_file *f, int64_t c[5]) {
-    enum { STEP, ADAM, EMA, BAD, CURSOR };
-    static const char *const keys[5] = {"step", "adamw_step", "ema_step", "bad_steps", "loader_cursor"};
-    int64_t accum;
-    for (int k = 0; k < 5; k++)
-        if (meta_int(f, keys[k], &c[k]))
-            return -1;
-    if (state_accumulation(f, &accum))
-        return -1;
-    if (c[STEP] > INT64_MAX / global_batch(tr))
-        return dc_fail("train_state.safetensors: step %" PRId64 " is past any run's end", c[STEP]);
-    for (int k = ADAM; k <= BAD; k++)
-        if (c[k] > c[STEP])
-            return dc_fail("train_state.safetensors: %s %" PRId64 " is past step %" PRId64, keys[k], c[k],
-                           c[STEP]);
-    if (c[BAD] >= MAX_BAD_STEPS)
-        return dc_fail("train_state.safetensors: bad_steps %" PRId64 " (a run stops at %d)", c[BAD],
-                       MAX_BAD_STEPS);
-    if (c[STEP] > INT64_MAX / accum || c[CURSOR] != c[STEP] * accum)
-        return dc_fail("train_state.safetensors: loader_cursor %" PRId64 " is not step %" PRId64 " x the %"
-                       PRId64 " micro-batches of a step", c[CURSOR], c[STEP], accum);
-    return 0;
-}
-
-/* A moment buffer must hold finite numbers (exp_avg_sq: not negative). */
-static int check_moment(const char *name, const void *data, size_t n, bool square) {
-    for (size_t i = 0; i < n; i++) {
-        float x;
-        memcpy(&x, (const char *)data + i * sizeof x, sizeof x); /* file data need not be aligned */
-        if (!isfinite(x) || (square && x < 0))
-            return dc_fail("train_state.safetensors: '%s' holds %g at %zu", name, (double)x, i);
-    }
-    return 0;
-}
-
 /* Copy a moment buffer of the optimizer back from the train state: AdamW's
  * part of it (at --zero-stage 1 each rank reads its own shard). */
 static int restore_moment(const trainer *tr, const dc_st_file *f, const char *name, float *dst) {
-    const dc_st_tensor *t = dc_st_find(f, name);
     size_t n = tr->ps.extent, lo = tr->opt_lo < n ? tr->opt_lo : n;
     size_t len = tr->opt_n < n - lo ? tr->opt_n : n - lo; /* the rest: rounding, zero */
-    if (!t || t->dtype != DC_F32 || t->nbytes != n * sizeof(float))
-        return dc_fail("train_state.safetensors: '%s' is missing or not %zu f32 values", name, n);
-    if (check_moment(name, t->data, n, !strcmp(name, "adamw.exp_avg_sq")))
-        return -1;
-    return dc_memcpy(dst, tr->device, (const float *)t->data + lo, DC_CPU, len * sizeof(float));
+    return dc_train_state_moment(f, name, n, lo, len, tr->device, dst);
 }
 
 static int resume(trainer *tr) {
@@ -527,19 +395,20 @@ static int resume(trainer *tr) {
     if (!dir) /* "latest" before the first checkpoint: a new run, as in diffusers */
         return 0;
     dc_st_file state = {0};
-    int64_t c[5]; /* step, adamw_step, ema_step, bad_steps, loader_cursor */
+    dc_train_counters c;
     int rc = dc_checkpoint_load(dir, &tr->ps, NULL, tr->o.use_ema ? tr->ema.shadow : NULL, &state);
     if (!rc && (!dc_st_meta(&state, "format_version") ||
                 strcmp(dc_st_meta(&state, "format_version"), STATE_VERSION)))
         rc = dc_fail("%s: train_state.safetensors has another format version", dir);
-    if (!rc && (read_counters(tr, &state, c) || restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m) ||
+    if (!rc && (dc_train_counters_read(&state, global_batch(tr), MAX_BAD_STEPS, &c) ||
+                restore_moment(tr, &state, "adamw.exp_avg", tr->opt.m) ||
                 restore_moment(tr, &state, "adamw.exp_avg_sq", tr->opt.v)))
         rc = dc_fail_prefix(dir);
     if (!rc) {
-        tr->step = c[0];
-        tr->opt.step = c[1];
-        tr->ema.optimization_step = c[2];
-        tr->bad_steps = (int)c[3];
+        tr->step = c.step;
+        tr->opt.step = c.adamw_step;
+        tr->ema.optimization_step = c.ema_step;
+        tr->bad_steps = (int)c.bad_steps;
         tr->resumed_from = dir;
     }
     dc_st_close(&state);
@@ -552,7 +421,7 @@ static int resume(trainer *tr) {
 static int broadcast_buffer(trainer *tr, float *buf) {
     size_t bytes = tr->ps.total * sizeof(float);
     float *copy;
-    float *host = (float *)on_host(tr, buf, tr->ps.total, &copy);
+    float *host = (float *)dc_train_on_host(tr->device, buf, tr->ps.total, &copy);
     int rc = !host || dc_dist_broadcast(&tr->dist, host, bytes) ||
              (copy && dc_memcpy(buf, tr->device, copy, DC_CPU, bytes));
     free(copy);

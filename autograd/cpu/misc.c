@@ -162,28 +162,37 @@ static void row_logsumexp(const float *row, int64_t k, double *max, double *lse)
     *lse = log(s);
 }
 
-void cpu_cross_entropy_forward(float *out, const float *logits, const int32_t *labels, int64_t n,
-                               int64_t k) {
-    double total = 0;
-    for (int64_t i = 0; i < n; i++) { /* in order: the same sum for any thread count */
-        const float *row = logits + i * k;
-        double m, lse;
-        row_logsumexp(row, k, &m, &lse);
-        total += m + lse - row[labels[i]];
-    }
-    out[0] = (float)(total / (double)n);
+/* One kept row's term: lse - (1 - e) row[y] - e mean(row). */
+static double row_term(const float *row, int64_t k, int32_t y, double e) {
+    double m, lse, sum = 0;
+    row_logsumexp(row, k, &m, &lse);
+    if (e != 0)
+        for (int64_t j = 0; j < k; j++)
+            sum += row[j];
+    return m + lse - (1 - e) * row[y] - e * sum / (double)k;
 }
 
-void cpu_cross_entropy_backward(const float *g, const float *logits, const int32_t *labels,
-                                float *dlogits, int64_t n, int64_t k) {
-    double scale = (double)g[0] / (double)n;
+void cpu_cross_entropy_forward(float *out, const float *logits, const int32_t *labels, int64_t n, int64_t k,
+                               int64_t ignore, float smoothing, int64_t kept) {
+    double total = 0;
+    for (int64_t i = 0; i < n; i++) /* in order: the same sum for any thread count */
+        if (labels[i] != ignore)
+            total += row_term(logits + i * k, k, labels[i], smoothing);
+    out[0] = (float)(total / (double)kept); /* no row kept: 0 / 0, NaN as in PyTorch */
+}
+
+void cpu_cross_entropy_backward(const float *g, const float *logits, const int32_t *labels, float *dlogits,
+                                int64_t n, int64_t k, int64_t ignore, float smoothing, int64_t kept) {
+    double scale = (double)g[0] / (double)kept, e = smoothing, off = e / (double)k;
 #pragma omp parallel for if (n * k >= CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
+        if (labels[i] == ignore)
+            continue;
         const float *row = logits + i * k;
         double m, lse;
         row_logsumexp(row, k, &m, &lse);
         for (int64_t j = 0; j < k; j++) {
-            double p = exp((double)row[j] - m - lse) - (j == labels[i]);
+            double p = exp((double)row[j] - m - lse) - (1 - e) * (j == labels[i]) - off;
             dlogits[i * k + j] += (float)(scale * p);
         }
     }

@@ -43,12 +43,14 @@ void cpu_mse_loss_forward(float *out, const float *pred, const float *target, co
 void cpu_mse_loss_backward(const float *g, const float *pred, const float *target, const float *w,
                            float *dpred, float *dtarget, float *dw, int64_t n, int64_t d);
 
-/* logits [n, k], labels [n] in [0, k): (1/n) sum_i logsumexp(logits[i]) - logits[i, labels[i]],
- * with the row maximum subtracted before exp, accumulated in double. */
-void cpu_cross_entropy_forward(float *out, const float *logits, const int32_t *labels, int64_t n,
-                               int64_t k);
-/* dlogits += g[0] / n * (softmax(logits[i]) - onehot(labels[i])). */
-void cpu_cross_entropy_backward(const float *g, const float *logits, const int32_t *labels,
-                                float *dlogits, int64_t n, int64_t k);
+/* logits [n, k], labels [n] in [0, k) or equal to `ignore` (rows left out):
+ * (1/kept) sum over the kept rows of lse(logits[i]) - (1 - e) logits[i, labels[i]]
+ * - e mean_j logits[i, j], e the label smoothing, with the row maximum
+ * subtracted before exp, accumulated in double. */
+void cpu_cross_entropy_forward(float *out, const float *logits, const int32_t *labels, int64_t n, int64_t k,
+                               int64_t ignore, float smoothing, int64_t kept);
+/* dlogits[i] += g[0] / kept * (softmax(logits[i]) - (1 - e) onehot(labels[i]) - e / k), kept rows only. */
+void cpu_cross_entropy_backward(const float *g, const float *logits, const int32_t *labels, float *dlogits,
+                                int64_t n, int64_t k, int64_t ignore, float smoothing, int64_t kept);
 
 #endif

@@ -175,45 +175,75 @@ extern "C" void cuda_mse_loss_backward(const float *g, const float *pred, const 
         LAUNCH(mse_bwd_w, grid_rows(n), BLOCK, 0, g, pred, target, dw, n, d);
 }
 
-/* log(sum(exp(row))) of one row of k, the row maximum taken out first, in double. */
-__device__ static double row_logsumexp(const float *row, int64_t k) {
-    double m = row[0], s = 0;
-    for (int64_t j = 1; j < k; j++)
-        m = row[j] > m ? row[j] : m;
-    for (int64_t j = 0; j < k; j++)
-        s += exp((double)row[j] - m);
-    return m + log(s);
-}
+/* Cross-entropy: one block per row, as a vocabulary's rows are long (BLIP's
+ * 30524 logits): the row's maximum, log-sum-exp and sum found by the block
+ * together, in double but for the maximum. Rows go to blocks i, i + grid,
+ * ...; the block's terms (0 for an ignored row) are summed in order by
+ * thread 0, so the loss is the same on every run. */
+#define CE_BLOCKS 256
 
-struct ce_term {
-    const float *logits;
-    const int32_t *labels;
-    int64_t k;
-    __device__ double operator()(int64_t i) const {
-        const float *row = logits + i * k;
-        return row_logsumexp(row, k) - row[labels[i]];
-    }
+struct ce_row {
+    double lse, sum; /* log-sum-exp and the plain sum of the row */
 };
 
-extern "C" void cuda_cross_entropy_forward(float *out, const float *logits, const int32_t *labels,
-                                           int64_t n, int64_t k) {
-    reduce_to_device(ce_term{logits, labels, k}, n, (double)n, out);
+__device__ static ce_row ce_row_stats(const float *row, int64_t k, bool want_sum) {
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x)
+        m = fmaxf(m, row[j]);
+    m = block_max(m);
+    double e = 0, sum = 0;
+    for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
+        e += exp((double)row[j] - m);
+        sum += want_sum ? row[j] : 0;
+    }
+    e = block_sum(e);
+    sum = want_sum ? block_sum(sum) : 0;
+    return ce_row{m + log(e), sum};
 }
 
-/* One thread per row: the classes of a classifier are few. */
-__global__ static void ce_bwd(const float *gp, const float *logits, const int32_t *labels,
-                              float *dlogits, int64_t n, int64_t k) {
-    double scale = (double)gp[0] / (double)n;
-    FOR_N(i, n) {
+__global__ static void ce_fwd_rows(const float *logits, const int32_t *labels, int64_t n, int64_t k,
+                                   int64_t ignore, double e, double *partial) {
+    double s = 0;
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+        if (labels[i] == ignore) /* the same for the whole block */
+            continue;
         const float *row = logits + i * k;
-        double lse = row_logsumexp(row, k);
-        for (int64_t j = 0; j < k; j++)
-            dlogits[i * k + j] += (float)(scale * (exp((double)row[j] - lse) - (j == labels[i])));
+        ce_row r = ce_row_stats(row, k, e != 0);
+        s += r.lse - (1 - e) * row[labels[i]] - e * r.sum / (double)k;
+    }
+    if (threadIdx.x == 0)
+        partial[blockIdx.x] = s;
+}
+
+extern "C" void cuda_cross_entropy_forward(float *out, const float *logits, const int32_t *labels,
+                                           int64_t n, int64_t k, int64_t ignore, float smoothing,
+                                           int64_t kept) {
+    cuda_state *st = cuda_st();
+    unsigned blocks = n < CE_BLOCKS ? (unsigned)n : CE_BLOCKS;
+    LAUNCH(ce_fwd_rows, blocks, BLOCK, 0, logits, labels, n, k, ignore, (double)smoothing, st->reduce);
+    LAUNCH(reduce_pass2, 1, BLOCK, 0, st->reduce, (int)blocks, (double)kept, out, (double *)NULL);
+}
+
+__global__ static void ce_bwd_rows(const float *gp, const float *logits, const int32_t *labels,
+                                   float *dlogits, int64_t n, int64_t k, int64_t ignore, double e,
+                                   int64_t kept) {
+    double scale = (double)gp[0] / (double)kept, off = e / (double)k;
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+        if (labels[i] == ignore)
+            continue;
+        const float *row = logits + i * k;
+        double lse = ce_row_stats(row, k, false).lse;
+        for (int64_t j = threadIdx.x; j < k; j += blockDim.x)
+            dlogits[i * k + j] +=
+                (float)(scale * (exp((double)row[j] - lse) - (1 - e) * (j == labels[i]) - off));
     }
 }
 
 extern "C" void cuda_cross_entropy_backward(const float *g, const float *logits,
                                             const int32_t *labels, float *dlogits, int64_t n,
-                                            int64_t k) {
-    LAUNCH(ce_bwd, grid_for(n), BLOCK, 0, g, logits, labels, dlogits, n, k);
+                                            int64_t k, int64_t ignore, float smoothing,
+                                            int64_t kept) {
+    unsigned blocks = n < 65535 ? (unsigned)n : 65535;
+    LAUNCH(ce_bwd_rows, blocks, BLOCK, 0, g, logits, labels, dlogits, n, k, ignore,
+           (double)smoothing, kept);
 }

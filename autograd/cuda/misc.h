@@ -30,9 +30,10 @@ void cuda_mse_loss_forward(float *out, const float *pred, const float *target, c
 void cuda_mse_loss_backward(const float *g, const float *pred, const float *target, const float *w,
                             float *dpred, float *dtarget, float *dw, int64_t n, int64_t d);
 void cuda_cross_entropy_forward(float *out, const float *logits, const int32_t *labels, int64_t n,
-                                int64_t k);
+                                int64_t k, int64_t ignore, float smoothing, int64_t kept);
 void cuda_cross_entropy_backward(const float *g, const float *logits, const int32_t *labels,
-                                 float *dlogits, int64_t n, int64_t k);
+                                 float *dlogits, int64_t n, int64_t k, int64_t ignore, float smoothing,
+                                 int64_t kept);
 
 #ifdef __cplusplus
 }
