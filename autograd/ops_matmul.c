@@ -6,7 +6,9 @@
  * of attention blocks (K and N of 32 to 64 over thousands of rows, where
  * packing the operands of each call cost more than the product), and
  * batch-invariant by construction; elsewhere the conv's GEMM way runs it.
- * A few rows per sample (POINTWISE_ROWS) and GPUs go to the GEMM kernels. */
+ * Fewer rows per sample (CPU_LINEAR_FEW_ROWS: a decoder's new tokens, time
+ * embeddings) go to the few-rows kernel, GPUs to cuBLAS. The threshold is per
+ * sample, not per call, so that a sample takes the same kernels in any batch. */
 #include "cpu/conv.h"
 #include "cpu/gemm.h"
 #include "cuda/gemm.h"
@@ -29,17 +31,11 @@ static float *pointwise_scratch(dc_ctx *ctx, const cpu_conv_geom *g, int64_t *fl
     return op_scratch_take(ctx, (size_t)*floats * sizeof(float), mark);
 }
 
-/* Rows per sample from which the CPU runs a linear layer as a convolution:
- * its weights are packed per call, which a few rows do not repay (a
- * decoder's one new token per sequence). Per sample, not per call, so that
- * a sample takes the same kernels in any batch. */
-#define POINTWISE_ROWS 8
-
 /* Whether the CPU's pointwise convolution takes an M x K x N product of
  * `samples` equal groups of rows (empty ones go to the GEMM kernels, which
  * know what an empty sum is). */
 static bool as_pointwise(const dc_ctx *ctx, int64_t samples, int64_t M, int64_t K, int64_t N) {
-    return ctx->device == DC_CPU && M / samples >= POINTWISE_ROWS && K > 0 && N > 0;
+    return ctx->device == DC_CPU && M / samples >= CPU_LINEAR_FEW_ROWS && K > 0 && N > 0;
 }
 
 /* x [M, K] (leading dims folded into M = iarg[0]; iarg[1] samples), w [N, K], b [N] or NULL. */

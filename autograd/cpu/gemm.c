@@ -105,6 +105,10 @@ void cpu_linear_forward(float *y, const float *x, const float *w, const float *b
     if (M == 0)
         return;
     int64_t rows = M / samples, chunk = rows < LINEAR_CHUNK_ROWS ? rows : LINEAR_CHUNK_ROWS;
+    if (rows < CPU_LINEAR_FEW_ROWS && K > 0) {
+        cpu_linear_rows(y, x, w, b, M, K, N);
+        return;
+    }
     linear_job j = {y, x, w, b, K, N, rows, chunk, (rows + chunk - 1) / chunk};
     int threads = M * N * K >= PAR_MIN_FLOATS ? omp_get_max_threads() : 1;
     cpu_blas_each(samples * j.chunks, threads, linear_chunk, &j);

@@ -27,6 +27,16 @@ void cpu_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
 void cpu_blas_each(int64_t count, int threads, void (*job)(void *arg, int64_t i, int thread),
                    void *arg);
 
+/* Rows per sample below which a linear layer is a few dot products per
+ * output row (cpu_linear_rows) rather than a product of matrices: packing
+ * the weights for a GEMM does not pay there. */
+#define CPU_LINEAR_FEW_ROWS 8
+
+/* y [M, N] = x [M, K] @ w [N, K]^T + b (b may be NULL), each output one dot
+ * product in a fixed order: rows independent of each other, the weights read
+ * once for all of them. Built per ISA (isa.h). */
+void cpu_linear_rows(float *y, const float *x, const float *w, const float *b, int64_t M,
+                     int64_t K, int64_t N);
 /* y [M, N] = x [M, K] @ w [N, K]^T + b [N] (b may be NULL), where the M rows
  * are `samples` equal groups (images, sequences, or single rows): each
  * group's rows are computed by the same calls whatever the other groups are,

@@ -3,6 +3,7 @@
  * headers; the variants share them but for the suffix. */
 #include "activation.h"
 #include "attention.h"
+#include "gemm.h"
 #include "isa.h"
 #include "norm.h"
 
@@ -71,3 +72,8 @@ DISPATCH(cpu_attention_backward,
          (const cpu_attention_dims *a, const float *dout, const float *p, const float *q,
           const float *k, const float *v, float *dq, float *dk, float *dv, float *work),
          (a, dout, p, q, k, v, dq, dk, dv, work))
+
+/* linear_rows.c */
+DISPATCH(cpu_linear_rows,
+         (float *y, const float *x, const float *w, const float *b, int64_t M, int64_t K, int64_t N),
+         (y, x, w, b, M, K, N))
