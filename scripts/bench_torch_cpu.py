@@ -21,6 +21,16 @@ CONVS = [
     ("conv1x1_c64to128_32x32", 32, 32, 32, 64, 128, 1, 1, 0, True),
     ("conv3x3s2_c128_32x32", 32, 32, 32, 128, 128, 3, 2, 1, True),
     ("conv_in_c3to64_32x32", 32, 32, 32, 3, 64, 3, 1, 1, False),
+    # configs/fashion-mnist.json's layers at its batch of 64 (fm_1x1: the attention
+    # blocks' projections, which diffc runs as 1x1 convolutions)
+    ("fm_c16_32x32", 64, 32, 32, 16, 16, 3, 1, 1, True),
+    ("fm_c32_16x16", 64, 16, 16, 32, 32, 3, 1, 1, True),
+    ("fm_c64_8x8", 64, 8, 8, 64, 64, 3, 1, 1, True),
+    ("fm_c48to32_16x16", 64, 16, 16, 48, 32, 3, 1, 1, True),
+    ("fm_c32to16_32x32", 64, 32, 32, 32, 16, 3, 1, 1, True),
+    ("fm_c1to16_32x32", 64, 32, 32, 1, 16, 3, 1, 1, False),
+    ("fm_1x1_c32_16x16", 64, 16, 16, 32, 32, 1, 1, 0, True),
+    ("fm_1x1_c64_8x8", 64, 8, 8, 64, 64, 1, 1, 0, True),
 ]
 # name, M, K (in), N (out)
 LINEARS = [("linear_4096x512x512", 4096, 512, 512)]
