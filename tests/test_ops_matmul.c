@@ -118,6 +118,36 @@ static void check_matmul(int64_t B, int64_t M, int64_t K, int64_t N) {
     tu_ctx_free(ctx);
 }
 
+/* A sample's output does not depend on its batch, bit for bit: rows of a
+ * 2-D input (one row a sample: the few-rows kernel, which pairs rows) and
+ * samples of 3-D ones (whole samples as 1x1 convolutions), each alone and
+ * in a batch of 7 at every place; the widths leave vector tails. */
+START_TEST(test_linear_batch_invariance) {
+    dc_ctx *ctx = tu_ctx();
+    dc_set_grad_enabled(ctx, false);
+    const int64_t n = 7, in = 37, out = 11;
+    for (int64_t rows = 1; rows <= 9; rows += 8) {
+        dc_tensor *x = tu_randn(ctx, DC_SHAPE(n, rows, in)), *w = tu_randn(ctx, DC_SHAPE(out, in));
+        dc_tensor *b = tu_randn(ctx, DC_SHAPE(out));
+        dc_tensor *all = dc_linear(ctx, rows == 1 ? dc_reshape(ctx, x, DC_SHAPE(n, in)) : x, w, b);
+        ck_assert_msg(all != NULL, "%s", dc_error());
+        for (int64_t i = 0; i < n; i++) {
+            dc_tensor *xi = dc_from_host(ctx, DC_F32, DC_SHAPE(1, rows, in),
+                                         (const float *)x->data + i * rows * in);
+            dc_tensor *one = dc_linear(ctx, xi, w, b);
+            ck_assert_msg(one != NULL, "%s", dc_error());
+            for (int64_t j = 0; j < rows * out; j++)
+                ck_assert_msg(((float *)one->data)[j] == ((float *)all->data)[i * rows * out + j],
+                              "rows %lld, sample %lld, element %lld: %.9g alone, %.9g in the batch",
+                              (long long)rows, (long long)i, (long long)j,
+                              (double)((float *)one->data)[j],
+                              (double)((float *)all->data)[i * rows * out + j]);
+        }
+    }
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_matmul) {
     check_matmul(0, 5, 7, 3);
     check_matmul(0, 1, 9, 1);
@@ -222,6 +252,7 @@ int main(void) {
     TCase *tc = tu_tcase(s, "matmul", 120);
     tcase_add_test(tc, test_linear);
     tcase_add_test(tc, test_linear_keeps_thread_counts);
+    tcase_add_test(tc, test_linear_batch_invariance);
     tcase_add_test(tc, test_matmul);
     tcase_add_test(tc, test_matmul_partial_grad);
     tcase_add_test(tc, test_backward_accumulates);

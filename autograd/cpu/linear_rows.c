@@ -13,6 +13,7 @@
 #include "isa.h"
 #include "parallel.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #if defined(__AVX512F__)
@@ -22,20 +23,33 @@
 #else
 #define VB 4
 #endif
-/* Weight rows per dot block (x's vectors loaded once for them) and per task
- * (their K floats stay in cache while every row of x goes by). */
+/* Weight rows per dot block (x's vectors loaded once for them); rows of w
+ * and of x per task (both stay in cache while the task runs). */
 #define WB 4
 #define TASK_ROWS 16
+#define X_ROWS 64
 
 typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(float))));
 
 static inline vf load(const float *p) { return *(const vf *)p; }
 
+/* The lanes' sum as a tree of halves: log2(VB) vector adds, not VB - 1
+ * dependent scalar ones (they were most of a long row's time). */
 static inline float lanes_sum(vf v) {
-    float s = 0.0f;
-    for (int i = 0; i < VB; i++)
-        s += v[i];
-    return s;
+#if VB == 16
+    typedef float vh __attribute__((vector_size(8 * sizeof(float))));
+    vh h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif VB == 8
+    vf h = v;
+#endif
+#if VB >= 8
+    typedef float vq __attribute__((vector_size(4 * sizeof(float))));
+    vq q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+#else
+    vf q = v;
+#endif
+    return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
 /* out[j] = x . w[j] (rows of w K apart) for j < WB. */
@@ -59,6 +73,27 @@ static void dots(const float *x, const float *w, int64_t K, float out[WB]) {
     out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
+/* The dots of two rows of x (K apart) with WB rows of w: out0 for x, out1
+ * for x + K, each sum formed exactly as dots forms it. */
+static void dots2(const float *x, const float *w, int64_t K, float out0[WB], float out1[WB]) {
+    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0};
+    int64_t k = 0;
+    for (; k + VB <= K; k += VB) {
+        vf xa = load(x + k), xb = load(x + K + k);
+        vf w0 = load(w + k), w1 = load(w + K + k), w2 = load(w + 2 * K + k), w3 = load(w + 3 * K + k);
+        a0 += xa * w0, a1 += xa * w1, a2 += xa * w2, a3 += xa * w3;
+        b0 += xb * w0, b1 += xb * w1, b2 += xb * w2, b3 += xb * w3;
+    }
+    float s[2][WB] = {{lanes_sum(a0), lanes_sum(a1), lanes_sum(a2), lanes_sum(a3)},
+                      {lanes_sum(b0), lanes_sum(b1), lanes_sum(b2), lanes_sum(b3)}};
+    for (; k < K; k++)
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < WB; j++)
+                s[i][j] += x[i * K + k] * w[j * K + k];
+    for (int j = 0; j < WB; j++)
+        out0[j] = s[0][j], out1[j] = s[1][j];
+}
+
 /* out = x . w, the same arithmetic as one lane of dots. */
 static float dot(const float *x, const float *w, int64_t K) {
     vf a = {0};
@@ -73,22 +108,36 @@ static float dot(const float *x, const float *w, int64_t K) {
 
 void CPU_ISA_FN(cpu_linear_rows)(float *y, const float *x, const float *w, const float *b,
                                  int64_t M, int64_t K, int64_t N) {
-    int64_t tasks = (N + TASK_ROWS - 1) / TASK_ROWS;
+    /* tasks: blocks of X_ROWS rows of x times TASK_ROWS rows of w, the rows'
+     * block outer, so a thread's consecutive tasks keep their rows of x in
+     * cache while the weights go by */
+    int64_t wblocks = (N + TASK_ROWS - 1) / TASK_ROWS, tasks = (M + X_ROWS - 1) / X_ROWS * wblocks;
 #pragma omp parallel for schedule(static) if (M * N * K >= CPU_PAR_MIN)
     for (int64_t t = 0; t < tasks; t++) {
-        int64_t n0 = t * TASK_ROWS, n1 = n0 + TASK_ROWS < N ? n0 + TASK_ROWS : N;
-        for (int64_t m = 0; m < M; m++) {
+        int64_t m0 = t / wblocks * X_ROWS, m1 = m0 + X_ROWS < M ? m0 + X_ROWS : M;
+        int64_t n0 = t % wblocks * TASK_ROWS, n1 = n0 + TASK_ROWS < N ? n0 + TASK_ROWS : N;
+        for (int64_t m = m0; m < m1; m += 2) { /* rows in pairs: a weight vector loaded once for two */
             const float *xm = x + m * K;
             float *ym = y + m * N;
+            bool pair = m + 1 < m1;
             int64_t n = n0;
             for (; n + WB <= n1; n += WB) {
-                float s[WB];
-                dots(xm, w + n * K, K, s);
-                for (int j = 0; j < WB; j++)
+                float s[WB], u[WB];
+                if (pair)
+                    dots2(xm, w + n * K, K, s, u);
+                else
+                    dots(xm, w + n * K, K, s);
+                for (int j = 0; j < WB; j++) {
                     ym[n + j] = s[j] + (b ? b[n + j] : 0.0f);
+                    if (pair)
+                        ym[N + n + j] = u[j] + (b ? b[n + j] : 0.0f);
+                }
             }
-            for (; n < n1; n++)
+            for (; n < n1; n++) {
                 ym[n] = dot(xm, w + n * K, K) + (b ? b[n] : 0.0f);
+                if (pair)
+                    ym[N + n] = dot(xm + K, w + n * K, K) + (b ? b[n] : 0.0f);
+            }
         }
     }
 }
