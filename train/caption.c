@@ -604,12 +604,12 @@ int dc_cmd_train_caption(int argc, char **argv) {
         rc = dc_dist_init(&tr.dist) || train(&tr) ? -1 : 0;
     int status = rc == DC_TRAIN_OPTIONS_USAGE ? 2 : rc ? 1 : 0;
     if (rc)
-        fprintf(stderr, "%sdiffc: error: %s\n", tr.progress.tty ? "\n" : "", dc_error());
-    if (rc == DC_TRAIN_OPTIONS_USAGE)
-        fputs("usage: diffc train-caption --model DIR --train-data-dir DIR --output-dir DIR [options]  (diffc "
-              "train-caption --help lists the options)\n", stderr);
-    if (rc)
-        dc_dist_abort(&tr.dist, status);
+        dc_dist_report_failure(&tr.dist, tr.progress.tty,
+                               rc == DC_TRAIN_OPTIONS_USAGE
+                                   ? "usage: diffc train-caption --model DIR --train-data-dir DIR --output-dir DIR "
+                                     "[options]  (diffc train-caption --help lists the options)\n"
+                                   : NULL,
+                               status);
     int sig = tr.signal ? tr.signal : dc_signals_caught();
     dc_signals_restore();
     trainer_free(&tr);

@@ -49,6 +49,16 @@ int dc_dist_launched_world(void) {
     return 1;
 }
 
+void dc_dist_report_failure(dc_dist *d, bool progress_open, const char *usage, int status) {
+    char rank[32] = "";
+    if (d->world > 1)
+        snprintf(rank, sizeof rank, "rank %d of %d: ", d->rank, d->world);
+    fprintf(stderr, "%sdiffc: error: %s%s\n", progress_open ? "\n" : "", rank, dc_error());
+    if (usage)
+        fputs(usage, stderr);
+    dc_dist_abort(d, status);
+}
+
 int dc_dist_local_gpu(int count, int local_rank, int local_world, int *gpu) {
     *gpu = 0;
     if (count <= 1)

@@ -109,6 +109,11 @@ void dc_dist_free(dc_dist *d);
 /* End every rank of the job with `status`, now (MPI_Abort); returns only
  * when there is no job to end (world 1). For the subcommand's error path. */
 void dc_dist_abort(dc_dist *d, int status);
+/* A training subcommand's failure: the line `diffc: error: ...` (after a
+ * newline when a progress line is open; naming this rank when there are
+ * several), the usage line when not NULL, then dc_dist_abort with `status`:
+ * the one place a failing rank ends the job, so the others do not wait. */
+void dc_dist_report_failure(dc_dist *d, bool progress_open, const char *usage, int status);
 
 static inline bool dc_dist_is_root(const dc_dist *d) { return d->rank == 0; }
 

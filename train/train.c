@@ -882,16 +882,12 @@ int dc_cmd_train(int argc, char **argv) {
     if (rc == 0)
         rc = dc_dist_init(&tr.dist) || train(&tr) ? -1 : 0;
     int status = rc == DC_TRAIN_OPTIONS_USAGE ? 2 : rc ? 1 : 0;
-    if (rc) {
-        char rank[32] = "";
-        if (tr.dist.world > 1)
-            snprintf(rank, sizeof rank, "rank %d of %d: ", tr.dist.rank, tr.dist.world);
-        fprintf(stderr, "%sdiffc: error: %s%s\n", tr.progress.tty ? "\n" : "", rank, dc_error());
-    }
-    if (rc == DC_TRAIN_OPTIONS_USAGE)
-        fputs("usage: diffc train --config FILE [options]  (diffc train --help lists the options)\n", stderr);
-    if (rc) /* the one place a failing rank ends the job: the others must not wait for it */
-        dc_dist_abort(&tr.dist, status);
+    if (rc)
+        dc_dist_report_failure(&tr.dist, tr.progress.tty,
+                               rc == DC_TRAIN_OPTIONS_USAGE ? "usage: diffc train --config FILE [options]  "
+                                                              "(diffc train --help lists the options)\n"
+                                                            : NULL,
+                               status);
     int sig = tr.signal ? tr.signal : dc_signals_caught();
     dc_signals_restore();
     trainer_free(&tr);
