@@ -491,72 +491,38 @@ int dc_unet_null_class(const dc_unet_config *c) {
 
 /* ==== parameters ==== */
 
-/* "prefix.name" into buf (names are short: the longest is ~50 characters). */
-static const char *sub(char *buf, size_t n, const char *prefix, const char *name) {
-    snprintf(buf, n, "%s.%s", prefix, name);
-    return buf;
-}
-
 /* T, the width of the time embedding. */
 static int64_t temb_dim(const dc_unet_config *c) {
     return c->time_embedding_dim ? c->time_embedding_dim : 4 * (int64_t)c->block_out_channels[0];
 }
 
-/* What distinguishes one ResnetBlock2D from another. resample: 0, -1 / 1
- * average pool / nearest (resnet resampling), -2 / 2 the FIR kernel (Skip
- * blocks); shortcut: a 1x1 conv_shortcut even when cin == cout. */
-typedef struct {
-    int64_t cin, cout;
-    int groups, groups_out;
-    float scale;
-    int resample;
-    bool shortcut;
-} resnet_shape;
-
-/* The common case: the config's groups, no resampling. */
-static resnet_shape plain(int64_t cin, int64_t cout, const dc_unet_config *c, float scale,
-                          int resample) {
-    return (resnet_shape){cin, cout, c->norm_num_groups, c->norm_num_groups, scale, resample, false};
+/* A ResnetBlock2D of this config. */
+static dc_unet_resnet_shape resnet_shape(const dc_unet_config *c, int64_t cin, int64_t cout,
+                                         int groups, int groups_out, float scale, int resample,
+                                         bool shortcut) {
+    return (dc_unet_resnet_shape){.cin = cin, .cout = cout, .groups = groups,
+                                  .groups_out = groups_out, .eps = c->norm_eps,
+                                  .temb = temb_dim(c), .scale_shift = c->scale_shift,
+                                  .act = c->act_fn, .dropout = c->dropout, .scale = scale,
+                                  .resample = resample, .shortcut = shortcut};
 }
 
-static void resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix, resnet_shape s,
-                        const dc_unet_config *c) {
-    char b[192];
-    int64_t temb = temb_dim(c), cin = s.cin, cout = s.cout;
-    dc_nn_group_norm_init(&r->norm1, ps, sub(b, sizeof b, prefix, "norm1"), s.groups, cin,
-                          c->norm_eps);
-    dc_nn_conv2d_init(&r->conv1, ps, sub(b, sizeof b, prefix, "conv1"), cin, cout, 3, 1, 1, true);
-    dc_nn_linear_init(&r->time_emb_proj, ps, sub(b, sizeof b, prefix, "time_emb_proj"), temb,
-                      c->scale_shift ? 2 * cout : cout, true);
-    dc_nn_group_norm_init(&r->norm2, ps, sub(b, sizeof b, prefix, "norm2"), s.groups_out, cout,
-                          c->norm_eps);
-    dc_nn_conv2d_init(&r->conv2, ps, sub(b, sizeof b, prefix, "conv2"), cout, cout, 3, 1, 1, true);
-    if (cin != cout || s.shortcut)
-        dc_nn_conv2d_init(&r->conv_shortcut, ps, sub(b, sizeof b, prefix, "conv_shortcut"), cin,
-                          cout, 1, 1, 0, true);
-    r->out_channels = cout;
-    r->scale_shift = c->scale_shift;
-    r->act = c->act_fn;
-    r->resample = s.resample;
-    r->dropout = c->dropout;
-    r->output_scale_factor = s.scale;
+/* The common case: the config's groups. resample as dc_unet_resnet_shape's. */
+static dc_unet_resnet_shape plain(int64_t cin, int64_t cout, const dc_unet_config *c, float scale,
+                                  int resample) {
+    return resnet_shape(c, cin, cout, c->norm_num_groups, c->norm_num_groups, scale, resample,
+                        false);
+}
+
+static void resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix,
+                        dc_unet_resnet_shape s) {
+    dc_unet_resnet_init(r, ps, prefix, &s);
 }
 
 /* groups 0: no group_norm (the mid block under scale_shift). */
 static void attention_init(dc_unet_attention *a, dc_params *ps, const char *prefix, int64_t ch,
                            const dc_unet_config *c, int groups, float rescale) {
-    char b[192];
-    int64_t head_dim = c->attention_head_dim ? c->attention_head_dim : ch;
-    a->heads = (int)(ch / head_dim);
-    int64_t inner = a->heads * head_dim;
-    if (groups)
-        dc_nn_group_norm_init(&a->group_norm, ps, sub(b, sizeof b, prefix, "group_norm"), groups,
-                              ch, c->norm_eps);
-    dc_nn_linear_init(&a->to_q, ps, sub(b, sizeof b, prefix, "to_q"), ch, inner, true);
-    dc_nn_linear_init(&a->to_k, ps, sub(b, sizeof b, prefix, "to_k"), ch, inner, true);
-    dc_nn_linear_init(&a->to_v, ps, sub(b, sizeof b, prefix, "to_v"), ch, inner, true);
-    dc_nn_linear_init(&a->to_out, ps, sub(b, sizeof b, prefix, "to_out.0"), inner, ch, true);
-    a->rescale_output_factor = rescale;
+    dc_unet_attention_init(a, ps, prefix, ch, c->attention_head_dim, groups, c->norm_eps, rescale);
 }
 
 static int block_alloc(dc_unet_block *b, int n_layers, int n_attn) {
@@ -582,11 +548,11 @@ static int down_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, i
     }
     for (int j = 0; j < n; j++) {
         snprintf(q, sizeof q, "down_blocks.%d.resnets.%d", i, j);
-        resnet_init(&b->resnets[j], ps, q, plain(j ? cout : cin, cout, c, 1.0f, 0), c);
+        resnet_init(&b->resnets[j], ps, q, plain(j ? cout : cin, cout, c, 1.0f, 0));
     }
     if (i < c->levels - 1 && c->down_resample[i] == DC_UNET_RESAMPLE_RESNET) {
         snprintf(q, sizeof q, "down_blocks.%d.downsamplers.0", i);
-        resnet_init(&b->resnet_sampler, ps, q, plain(cout, cout, c, 1.0f, -1), c);
+        resnet_init(&b->resnet_sampler, ps, q, plain(cout, cout, c, 1.0f, -1));
     } else if (i < c->levels - 1) {
         snprintf(q, sizeof q, "down_blocks.%d.downsamplers.0.conv", i);
         dc_nn_conv2d_init(&b->sampler, ps, q, cout, cout, 3, 2, c->downsample_padding, true);
@@ -622,11 +588,11 @@ static int up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c, int
         int in, res;
         up_resnet_inputs(c, i, j, &in, &res);
         snprintf(q, sizeof q, "up_blocks.%d.resnets.%d", i, j);
-        resnet_init(&b->resnets[j], ps, q, plain(in + res, cout, c, 1.0f, 0), c);
+        resnet_init(&b->resnets[j], ps, q, plain(in + res, cout, c, 1.0f, 0));
     }
     if (i < L - 1 && c->up_resample[i] == DC_UNET_RESAMPLE_RESNET) {
         snprintf(q, sizeof q, "up_blocks.%d.upsamplers.0", i);
-        resnet_init(&b->resnet_sampler, ps, q, plain(cout, cout, c, 1.0f, 1), c);
+        resnet_init(&b->resnet_sampler, ps, q, plain(cout, cout, c, 1.0f, 1));
     } else if (i < L - 1) {
         snprintf(q, sizeof q, "up_blocks.%d.upsamplers.0.conv", i);
         dc_nn_conv2d_init(&b->sampler, ps, q, cout, cout, 3, 1, 1, true);
@@ -659,12 +625,12 @@ static int skip_down_init(dc_unet_block *b, dc_params *ps, const dc_unet_config 
         int in = j ? cout : cin;
         snprintf(q, sizeof q, "down_blocks.%d.resnets.%d", i, j);
         resnet_init(&b->resnets[j], ps, q,
-                    (resnet_shape){in, cout, skip_groups(in), skip_groups(cout), SKIP_SCALE, 0, false}, c);
+                    resnet_shape(c, in, cout, skip_groups(in), skip_groups(cout), SKIP_SCALE, 0, false));
     }
     if (i < c->levels - 1) {
         int g = skip_groups(cout);
         snprintf(q, sizeof q, "down_blocks.%d.resnet_down", i);
-        resnet_init(&b->resnet_sampler, ps, q, (resnet_shape){cout, cout, g, g, SKIP_SCALE, -2, true}, c);
+        resnet_init(&b->resnet_sampler, ps, q, resnet_shape(c, cout, cout, g, g, SKIP_SCALE, -2, true));
         snprintf(q, sizeof q, "down_blocks.%d.skip_conv", i);
         dc_nn_conv2d_init(&b->skip_conv, ps, q, 3, cout, 1, 1, 0, true);
     }
@@ -693,12 +659,12 @@ static int skip_up_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c
         int groups = b->attentions ? (in + res / 4 < 32 ? in + res / 4 : 32) : skip_groups(in + res);
         snprintf(q, sizeof q, "up_blocks.%d.resnets.%d", i, j);
         resnet_init(&b->resnets[j], ps, q,
-                    (resnet_shape){in + res, cout, groups, skip_groups(cout), SKIP_SCALE, 0, false}, c);
+                    resnet_shape(c, in + res, cout, groups, skip_groups(cout), SKIP_SCALE, 0, false));
     }
     if (i < L - 1) {
         int g = skip_groups(cout);
         snprintf(q, sizeof q, "up_blocks.%d.resnet_up", i);
-        resnet_init(&b->resnet_sampler, ps, q, (resnet_shape){cout, cout, g, g, SKIP_SCALE, 2, true}, c);
+        resnet_init(&b->resnet_sampler, ps, q, resnet_shape(c, cout, cout, g, g, SKIP_SCALE, 2, true));
         snprintf(q, sizeof q, "up_blocks.%d.skip_conv", i);
         dc_nn_conv2d_init(&b->skip_conv, ps, q, cout, 3, 3, 1, 1, true);
         snprintf(q, sizeof q, "up_blocks.%d.skip_norm", i);
@@ -724,9 +690,9 @@ static int mid_init(dc_unet_block *b, dc_params *ps, const dc_unet_config *c) {
         return -1;
     if (b->attentions)
         attention_init(&b->attentions[0], ps, "mid_block.attentions.0", ch, c, groups, s);
-    resnet_shape shape = {ch, ch, rg, rg, s, 0, false};
-    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", shape, c);
-    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", shape, c);
+    dc_unet_resnet_shape shape = resnet_shape(c, ch, ch, rg, rg, s, 0, false);
+    resnet_init(&b->resnets[0], ps, "mid_block.resnets.0", shape);
+    resnet_init(&b->resnets[1], ps, "mid_block.resnets.1", shape);
     return 0;
 }
 
@@ -866,18 +832,6 @@ static const char *input_problem(const dc_unet *m, const dc_tensor *x, const dc_
     return buf;
 }
 
-static dc_tensor *activation(dc_ctx *ctx, dc_unet_act act, dc_tensor *x) {
-    return act == DC_UNET_SILU ? dc_silu(ctx, x) : act == DC_UNET_MISH ? dc_mish(ctx, x) : dc_gelu(ctx, x);
-}
-
-/* The norm, then the activation (fused for silu). */
-static dc_tensor *norm_act(dc_ctx *ctx, const dc_nn_group_norm *norm, dc_unet_act act,
-                           dc_tensor *x) {
-    if (act == DC_UNET_SILU)
-        return dc_nn_group_norm_silu_forward(ctx, norm, x);
-    return activation(ctx, act, dc_nn_group_norm_forward(ctx, norm, x));
-}
-
 /* diffusers' TimestepEmbedding: linear, silu, linear (silu whatever act_fn is). */
 static dc_tensor *mlp(dc_ctx *ctx, const dc_nn_linear *l1, const dc_nn_linear *l2, dc_tensor *x) {
     return dc_nn_linear_forward(ctx, l2, dc_silu(ctx, dc_nn_linear_forward(ctx, l1, x)));
@@ -910,166 +864,6 @@ static dc_tensor *time_embedding(dc_ctx *ctx, const dc_unet *m, dc_tensor *t, dc
     return dc_add(ctx, ce, e);
 }
 
-/* A zero f32 tensor of `rows` x `cols` (no gradient). */
-static dc_tensor *zeros(dc_ctx *ctx, int64_t rows, int64_t cols) {
-    dc_tensor *z = dc_new(ctx, DC_F32, DC_SHAPE(rows, cols));
-    if (z && dc_memset(z->data, z->device, 0, dc_tensor_bytes(z))) {
-        ctx->failed = true;
-        return NULL;
-    }
-    return z;
-}
-
-/* F.avg_pool2d(x, 2): [N, H, W, C] -> [N, H/2, W/2, C], the mean of row
- * pairs, then of column pairs, from slices of reshaped views. */
-static dc_tensor *avg_pool2x(dc_ctx *ctx, dc_tensor *x) {
-    if (!x)
-        return NULL;
-    int64_t n = x->shape[0], h = x->shape[1] / 2, w = x->shape[2] / 2, c = x->shape[3];
-    dc_tensor *rows = dc_reshape(ctx, x, DC_SHAPE(n * h, 2 * 2 * w * c));
-    rows = dc_add(ctx, dc_slice(ctx, rows, 0, 2 * w * c), dc_slice(ctx, rows, 2 * w * c, 2 * w * c));
-    dc_tensor *cols = dc_reshape(ctx, rows, DC_SHAPE(n * h * w, 2 * c));
-    cols = dc_add(ctx, dc_slice(ctx, cols, 0, c), dc_slice(ctx, cols, c, c));
-    return dc_reshape(ctx, dc_scale(ctx, cols, 0.25f), DC_SHAPE(n, h, w, c));
-}
-
-/* The FIR resampling of diffusers' upsample_2d / downsample_2d with the
- * kernel (1, 3, 3, 1): separable, so one axis at a time. x is viewed as
- * [rows, len * ch]: `len` positions of `ch` values along the axis. */
-
-/* Each position's neighbour one before (prev) or after (next), zero past the ends. */
-static dc_tensor *neighbour(dc_ctx *ctx, dc_tensor *x, int64_t rows, int64_t len, int64_t ch,
-                            bool prev) {
-    dc_tensor *z = zeros(ctx, rows, ch);
-    return prev ? dc_slice(ctx, dc_concat(ctx, z, x), 0, len * ch)
-                : dc_slice(ctx, dc_concat(ctx, x, z), ch, len * ch);
-}
-
-/* a * s + b * t. */
-static dc_tensor *mix(dc_ctx *ctx, dc_tensor *a, float s, dc_tensor *b, float t) {
-    return dc_add(ctx, dc_scale(ctx, a, s), dc_scale(ctx, b, t));
-}
-
-/* Up by 2: out[2i] = (x[i-1] + 3 x[i]) / 4, out[2i+1] = (3 x[i] + x[i+1]) / 4;
- * [rows, len * ch] -> [rows, 2 len * ch], the two interleaved by a concat. */
-static dc_tensor *fir_up_axis(dc_ctx *ctx, dc_tensor *x, int64_t rows, int64_t len, int64_t ch) {
-    x = dc_reshape(ctx, x, DC_SHAPE(rows, len * ch));
-    dc_tensor *even = mix(ctx, neighbour(ctx, x, rows, len, ch, true), 0.25f, x, 0.75f);
-    dc_tensor *odd = mix(ctx, x, 0.75f, neighbour(ctx, x, rows, len, ch, false), 0.25f);
-    dc_tensor *both = dc_concat(ctx, dc_reshape(ctx, even, DC_SHAPE(rows * len, ch)),
-                                dc_reshape(ctx, odd, DC_SHAPE(rows * len, ch)));
-    return dc_reshape(ctx, both, DC_SHAPE(rows, 2 * len * ch));
-}
-
-/* Down by 2: out[j] = (x[2j-1] + 3 x[2j] + 3 x[2j+1] + x[2j+2]) / 8;
- * [rows, len * ch] -> [rows, len / 2 * ch], from the even (a) and odd (b) positions. */
-static dc_tensor *fir_down_axis(dc_ctx *ctx, dc_tensor *x, int64_t rows, int64_t len, int64_t ch) {
-    int64_t half = len / 2;
-    dc_tensor *pairs = dc_reshape(ctx, x, DC_SHAPE(rows * half, 2 * ch));
-    dc_tensor *a = dc_reshape(ctx, dc_slice(ctx, pairs, 0, ch), DC_SHAPE(rows, half * ch));
-    dc_tensor *b = dc_reshape(ctx, dc_slice(ctx, pairs, ch, ch), DC_SHAPE(rows, half * ch));
-    dc_tensor *outer = dc_add(ctx, neighbour(ctx, b, rows, half, ch, true),
-                              neighbour(ctx, a, rows, half, ch, false));
-    return mix(ctx, outer, 0.125f, dc_add(ctx, a, b), 0.375f);
-}
-
-/* upsample_2d / downsample_2d of x [N, H, W, C]: along W, then along H (rows
- * of W * C values). */
-static dc_tensor *fir_resample(dc_ctx *ctx, dc_tensor *x, bool up) {
-    if (!x)
-        return NULL;
-    int64_t n = x->shape[0], h = x->shape[1], w = x->shape[2], c = x->shape[3];
-    int64_t w2 = up ? 2 * w : w / 2, h2 = up ? 2 * h : h / 2;
-    dc_tensor *y = up ? fir_up_axis(ctx, x, n * h, w, c) : fir_down_axis(ctx, x, n * h, w, c);
-    y = up ? fir_up_axis(ctx, y, n, h, w2 * c) : fir_down_axis(ctx, y, n, h, w2 * c);
-    return dc_reshape(ctx, y, DC_SHAPE(n, h2, w2, c));
-}
-
-/* A resnet's down=True / up=True resampling, or x itself. */
-static dc_tensor *resnet_resample(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x) {
-    switch (r->resample) {
-    case -2: return fir_resample(ctx, x, false);
-    case -1: return avg_pool2x(ctx, x);
-    case 1: return dc_upsample2x(ctx, x);
-    case 2: return fir_resample(ctx, x, true);
-    default: return x;
-    }
-}
-
-/* x [N, H, W, C], temb = act(emb) [N or 1, T] -> [N, H', W', Cout] (H' = H
- * but for a resampling resnet). */
-static dc_tensor *resnet_body(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
-                              dc_tensor *temb) {
-    dc_tensor *h = resnet_resample(ctx, r, norm_act(ctx, &r->norm1, r->act, x));
-    x = resnet_resample(ctx, r, x);
-    h = dc_nn_conv2d_forward(ctx, &r->conv1, h);
-    dc_tensor *p = dc_nn_linear_forward(ctx, &r->time_emb_proj, temb);
-    if (!h || !p)
-        return NULL;
-    int64_t n = p->shape[0], co = r->out_channels;
-    if (r->scale_shift) {
-        dc_tensor *scale = dc_affine(ctx, dc_slice(ctx, p, 0, co), 1.0f, 1.0f);
-        dc_tensor *shift = dc_slice(ctx, p, co, co);
-        h = dc_nn_group_norm_forward(ctx, &r->norm2, h);
-        h = dc_mul(ctx, h, dc_reshape(ctx, scale, DC_SHAPE(n, 1, 1, co)));
-        h = activation(ctx, r->act, dc_add(ctx, h, dc_reshape(ctx, shift, DC_SHAPE(n, 1, 1, co))));
-    } else {
-        h = dc_add(ctx, h, dc_reshape(ctx, p, DC_SHAPE(n, 1, 1, co)));
-        h = norm_act(ctx, &r->norm2, r->act, h);
-    }
-    h = dc_dropout(ctx, h, r->dropout);
-    h = dc_nn_conv2d_forward(ctx, &r->conv2, h);
-    dc_tensor *skip = r->conv_shortcut.weight ? dc_nn_conv2d_forward(ctx, &r->conv_shortcut, x) : x;
-    h = dc_add(ctx, skip, h);
-    return r->output_scale_factor == 1.0f ? h : dc_scale(ctx, h, 1.0f / r->output_scale_factor);
-}
-
-/* A resnet block; without a tape its temporaries are given back at once
- * (dc_keep), so sampling touches the memory of one block, not of them all. */
-static dc_tensor *resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
-                                 dc_tensor *temb) {
-    size_t mark = dc_mark(ctx);
-    return dc_keep(ctx, mark, resnet_body(ctx, r, x, temb));
-}
-
-/* Self-attention over the H*W positions of x [N, H, W, C]: an NHWC map is
- * already the token sequence [N, H*W, C]. */
-static dc_tensor *attention_body(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x) {
-    if (!x)
-        return NULL;
-    int64_t n = x->shape[0], len = x->shape[1] * x->shape[2], ch = x->shape[3];
-    dc_tensor *s = dc_reshape(ctx, x, DC_SHAPE(n, len, ch));
-    if (a->group_norm.weight)
-        s = dc_nn_group_norm_forward(ctx, &a->group_norm, s);
-    dc_tensor *q = dc_nn_linear_forward(ctx, &a->to_q, s);
-    dc_tensor *k = dc_nn_linear_forward(ctx, &a->to_k, s);
-    dc_tensor *v = dc_nn_linear_forward(ctx, &a->to_v, s);
-    dc_tensor *o = dc_attention(ctx, q, k, v, a->heads, false, 0.0f); /* 1/sqrt(head_dim) */
-    o = dc_nn_linear_forward(ctx, &a->to_out, o);
-    o = dc_add(ctx, dc_reshape(ctx, o, x->ndim, x->shape), x);
-    return a->rescale_output_factor == 1.0f ? o : dc_scale(ctx, o, 1.0f / a->rescale_output_factor);
-}
-
-/* An attention block, its temporaries given back as resnet_forward's. */
-static dc_tensor *attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x) {
-    size_t mark = dc_mark(ctx);
-    return dc_keep(ctx, mark, attention_body(ctx, a, x));
-}
-
-/* F.pad(x, (0, 1, 0, 1)) in NHWC: [N, H, W, C] -> [N, H+1, W+1, C] with a zero
- * column on the right and a zero row at the bottom, from concatenations along
- * the last dimension of reshaped views. */
-static dc_tensor *pad_bottom_right(dc_ctx *ctx, dc_tensor *x) {
-    if (!x)
-        return NULL;
-    int64_t n = x->shape[0], h = x->shape[1], w = x->shape[2], c = x->shape[3];
-    dc_tensor *rows = dc_reshape(ctx, x, DC_SHAPE(n * h, w * c));
-    rows = dc_concat(ctx, rows, zeros(ctx, n * h, c));
-    dc_tensor *img = dc_reshape(ctx, rows, DC_SHAPE(n, h * (w + 1) * c));
-    img = dc_concat(ctx, img, zeros(ctx, n, (w + 1) * c));
-    return dc_reshape(ctx, img, DC_SHAPE(n, h + 1, w + 1, c));
-}
-
 static bool has_sampler(const dc_unet_block *b) {
     return b->sampler.weight || b->resnet_sampler.resample;
 }
@@ -1079,11 +873,11 @@ static bool has_sampler(const dc_unet_block *b) {
 static dc_tensor *resample(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h, dc_tensor *temb,
                            bool up) {
     if (b->resnet_sampler.resample)
-        return resnet_forward(ctx, &b->resnet_sampler, h, temb);
+        return dc_unet_resnet_forward(ctx, &b->resnet_sampler, h, temb);
     if (up)
         return dc_nn_conv2d_forward(ctx, &b->sampler, dc_upsample2x(ctx, h));
     if (b->pad_bottom_right)
-        h = pad_bottom_right(ctx, h);
+        h = dc_unet_pad_bottom_right(ctx, h);
     return dc_nn_conv2d_forward(ctx, &b->sampler, h);
 }
 
@@ -1094,14 +888,14 @@ static dc_tensor *up_block_forward(dc_ctx *ctx, const dc_unet_block *b, dc_tenso
                                    dc_tensor *temb, dc_tensor **skips, int *top,
                                    dc_tensor **image) {
     for (int j = 0; j < b->n_layers; j++) {
-        h = resnet_forward(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--*top]), temb);
+        h = dc_unet_resnet_forward(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--*top]), temb);
         if (b->attentions && !b->attn_after)
-            h = attention_forward(ctx, &b->attentions[j], h);
+            h = dc_unet_attention_forward(ctx, &b->attentions[j], h);
     }
     if (b->attn_after)
-        h = attention_forward(ctx, &b->attentions[0], h);
+        h = dc_unet_attention_forward(ctx, &b->attentions[0], h);
     if (b->skip && *image)
-        *image = fir_resample(ctx, *image, true);
+        *image = dc_unet_fir_resample(ctx, *image, true);
     if (b->skip && has_sampler(b)) {
         dc_tensor *s = dc_nn_group_norm_silu_forward(ctx, &b->skip_norm, h);
         s = dc_nn_conv2d_forward(ctx, &b->skip_conv, s);
@@ -1145,7 +939,7 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
     dc_tensor **skips = dc_arena_alloc(&ctx->meta, (size_t)skip_count(m) * sizeof *skips);
     if (!skips)
         return forward_fail(ctx, "%s", dc_error());
-    dc_tensor *temb = activation(ctx, c->act_fn, time_embedding(ctx, m, t, class_labels));
+    dc_tensor *temb = dc_unet_activation(ctx, c->act_fn, time_embedding(ctx, m, t, class_labels));
     dc_tensor *h = c->center_input_sample ? dc_affine(ctx, x, 2.0f, -1.0f) : x;
     dc_tensor *image = h; /* the Skip blocks' skip_sample, down the levels */
     h = dc_nn_conv2d_forward(ctx, &m->conv_in, h);
@@ -1154,24 +948,24 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
     for (int i = 0; i < c->levels; i++) {
         const dc_unet_block *b = &m->down[i];
         for (int j = 0; j < b->n_layers; j++) {
-            h = resnet_forward(ctx, &b->resnets[j], h, temb);
+            h = dc_unet_resnet_forward(ctx, &b->resnets[j], h, temb);
             if (b->attentions)
-                h = attention_forward(ctx, &b->attentions[j], h);
+                h = dc_unet_attention_forward(ctx, &b->attentions[j], h);
             skips[top++] = h;
         }
         if (has_sampler(b))
             h = resample(ctx, b, h, temb, false);
         if (has_sampler(b) && b->skip) {
-            image = fir_resample(ctx, image, false);
+            image = dc_unet_fir_resample(ctx, image, false);
             h = dc_add(ctx, dc_nn_conv2d_forward(ctx, &b->skip_conv, image), h);
         }
         if (has_sampler(b))
             skips[top++] = h;
     }
-    h = resnet_forward(ctx, &m->mid.resnets[0], h, temb);
+    h = dc_unet_resnet_forward(ctx, &m->mid.resnets[0], h, temb);
     if (m->mid.attentions)
-        h = attention_forward(ctx, &m->mid.attentions[0], h);
-    h = resnet_forward(ctx, &m->mid.resnets[1], h, temb);
+        h = dc_unet_attention_forward(ctx, &m->mid.attentions[0], h);
+    h = dc_unet_resnet_forward(ctx, &m->mid.resnets[1], h, temb);
     dc_tensor *out_skip = NULL; /* the up Skip blocks' skip_sample (NULL: diffusers' 0) */
     for (int i = 0; i < c->levels; i++)
         h = up_block_forward(ctx, &m->up[i], h, temb, skips, &top, &out_skip);

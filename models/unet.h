@@ -42,15 +42,12 @@
 #ifndef DC_MODELS_UNET_H
 #define DC_MODELS_UNET_H
 
-#include "autograd/nn.h"
+#include "models/unet_blocks.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 
 #define DC_UNET_MAX_LEVELS 8 /* len(block_out_channels); diffusers' examples use up to 6 */
-
-/* act_fn: the resnets' activation (the time MLP and conv_out's always use silu). */
-typedef enum { DC_UNET_SILU, DC_UNET_MISH, DC_UNET_GELU } dc_unet_act;
 
 /* class_embed_type: how class labels join the time embedding. */
 typedef enum {
@@ -130,32 +127,6 @@ void dc_unet_config_free(dc_unet_config *c);
 int dc_unet_check_ddpm(const dc_unet_config *c, const char *what);
 /* The "no class" label for classifier-free guidance, or -1 when unconditional. */
 int dc_unet_null_class(const dc_unet_config *c);
-
-/* ResnetBlock2D: norm1, act, [resample], conv1, + time projection (or scale
- * and shift after norm2), norm2, act, dropout, conv2, + the input ([resampled],
- * 1x1 conv_shortcut when channels change), / output_scale_factor. */
-typedef struct dc_unet_resnet {
-    dc_nn_group_norm norm1, norm2;
-    dc_nn_conv2d conv1, conv2;
-    dc_nn_conv2d conv_shortcut; /* weight NULL when in and out channels agree */
-    dc_nn_linear time_emb_proj; /* [T] -> [Cout], or [2 Cout] (scale, shift) with scale_shift */
-    int64_t out_channels;
-    bool scale_shift;
-    dc_unet_act act;
-    int resample; /* 0; -1: down=True (2x2 average pool); 1: up=True (nearest 2x) */
-    float dropout;
-    float output_scale_factor;
-} dc_unet_resnet;
-
-/* diffusers' Attention as the UNet uses it: self-attention over the H*W
- * positions, residual added, / rescale_output_factor. */
-typedef struct dc_unet_attention {
-    dc_nn_group_norm group_norm;   /* weight NULL without a norm */
-    dc_nn_linear to_q, to_k, to_v; /* [C] -> [heads * head_dim] */
-    dc_nn_linear to_out;           /* "to_out.0": [heads * head_dim] -> [C] */
-    int heads;
-    float rescale_output_factor;
-} dc_unet_attention;
 
 /* One level of the down or up path, or the mid block. */
 typedef struct dc_unet_block {

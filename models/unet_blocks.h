@@ -1,0 +1,92 @@
+/*
+ * The blocks diffusers' convolutional networks share: ResnetBlock2D, the
+ * spatial self-attention (Attention over the H*W positions of a feature
+ * map), and the resamplers (Downsample2D, Upsample2D, average pooling and the
+ * FIR kernel of the Skip blocks). UNet2DModel (unet.c) is built from them, and
+ * so are AutoencoderKL and UNet2DConditionModel.
+ *
+ * Tensors are NHWC [N, H, W, C]. Parameters are declared under the names
+ * diffusers gives them below the prefix a block is created with.
+ */
+#ifndef DC_MODELS_UNET_BLOCKS_H
+#define DC_MODELS_UNET_BLOCKS_H
+
+#include "autograd/nn.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* act_fn: the resnets' activation. */
+typedef enum { DC_UNET_SILU, DC_UNET_MISH, DC_UNET_GELU } dc_unet_act;
+
+/* What distinguishes one ResnetBlock2D from another. */
+typedef struct dc_unet_resnet_shape {
+    int64_t cin, cout;
+    int groups, groups_out; /* norm1's and norm2's groups */
+    float eps;              /* both norms' */
+    int64_t temb;           /* the time embedding's width T; 0: no time_emb_proj (a VAE's) */
+    bool scale_shift;       /* resnet_time_scale_shift "scale_shift" */
+    dc_unet_act act;
+    float dropout;
+    float scale;  /* output_scale_factor */
+    int resample; /* 0; -1 / 1: average pool / nearest (down=True / up=True); -2 / 2: FIR */
+    bool shortcut; /* a 1x1 conv_shortcut even when cin == cout */
+} dc_unet_resnet_shape;
+
+/* ResnetBlock2D: norm1, act, [resample], conv1, + time projection (or scale
+ * and shift after norm2), norm2, act, dropout, conv2, + the input ([resampled],
+ * 1x1 conv_shortcut when channels change), / output_scale_factor. */
+typedef struct dc_unet_resnet {
+    dc_nn_group_norm norm1, norm2;
+    dc_nn_conv2d conv1, conv2;
+    dc_nn_conv2d conv_shortcut; /* weight NULL when in and out channels agree */
+    dc_nn_linear time_emb_proj; /* [T] -> [Cout], or [2 Cout] (scale, shift) with scale_shift;
+                                   weight NULL without a time embedding */
+    int64_t out_channels;
+    bool scale_shift;
+    dc_unet_act act;
+    int resample; /* as dc_unet_resnet_shape's */
+    float dropout;
+    float output_scale_factor;
+} dc_unet_resnet;
+
+/* diffusers' Attention as the convolutional networks use it: self-attention
+ * over the H*W positions, residual added, / rescale_output_factor. */
+typedef struct dc_unet_attention {
+    dc_nn_group_norm group_norm;   /* weight NULL without a norm */
+    dc_nn_linear to_q, to_k, to_v; /* [C] -> [heads * head_dim] */
+    dc_nn_linear to_out;           /* "to_out.0": [heads * head_dim] -> [C] */
+    int heads;
+    float rescale_output_factor;
+} dc_unet_attention;
+
+/* Declare a resnet's parameters under `prefix` ("down_blocks.0.resnets.1"). */
+void dc_unet_resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix,
+                         const dc_unet_resnet_shape *s);
+/* x [N, H, W, Cin], temb = act(emb) [N or 1, T] (NULL without time_emb_proj)
+ * -> [N, H', W', Cout] (H' = H but for a resampling resnet). Without a tape
+ * its temporaries are given back at once (dc_keep), so sampling touches the
+ * memory of one block, not of them all. */
+dc_tensor *dc_unet_resnet_forward(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x,
+                                  dc_tensor *temb);
+
+/* Declare an attention over `ch` channels in heads of head_dim (0: one head
+ * over all channels); groups 0: no group_norm. */
+void dc_unet_attention_init(dc_unet_attention *a, dc_params *ps, const char *prefix, int64_t ch,
+                            int64_t head_dim, int groups, float eps, float rescale);
+/* x [N, H, W, C] -> [N, H, W, C], its temporaries given back as the resnet's. */
+dc_tensor *dc_unet_attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x);
+
+dc_tensor *dc_unet_activation(dc_ctx *ctx, dc_unet_act act, dc_tensor *x);
+/* The norm, then the activation (fused for silu). */
+dc_tensor *dc_unet_norm_act(dc_ctx *ctx, const dc_nn_group_norm *norm, dc_unet_act act,
+                            dc_tensor *x);
+
+/* F.pad(x, (0, 1, 0, 1)): [N, H, W, C] -> [N, H+1, W+1, C], a zero column on
+ * the right and a zero row at the bottom (Downsample2D with padding 0). */
+dc_tensor *dc_unet_pad_bottom_right(dc_ctx *ctx, dc_tensor *x);
+/* upsample_2d / downsample_2d with the FIR kernel (1, 3, 3, 1): [N, H, W, C]
+ * -> [N, 2H, 2W, C] (up) or [N, H/2, W/2, C]. */
+dc_tensor *dc_unet_fir_resample(dc_ctx *ctx, dc_tensor *x, bool up);
+
+#endif
