@@ -49,6 +49,13 @@ int dc_image_decode_limit(dc_image *img, const void *buf, size_t n, const char *
 int dc_image_load(dc_image *img, const char *path);
 /* Write an 8-bit gray or RGB PNG (to "<path>.tmp", then renamed). */
 int dc_image_save_png(const dc_image *img, const char *path);
+/* A PNG text chunk: key (1 to 79 Latin-1 characters, PNG's rule) and a UTF-8 value. */
+typedef struct dc_image_text {
+    const char *key, *value;
+} dc_image_text;
+/* The same with n_text text chunks (how an image was made: prompt, seed, settings). */
+int dc_image_save_png_text(const dc_image *img, const char *path, const dc_image_text *text,
+                           int n_text);
 /* The same PNG in memory: *out (malloc'ed, *n bytes), for TensorBoard. */
 int dc_image_encode_png(const dc_image *img, uint8_t **out, size_t *n);
 

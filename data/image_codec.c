@@ -419,13 +419,31 @@ static void png_write_mem(png_structp png, png_bytep data, size_t len) {
 
 static void png_flush_mem(png_structp png) {}
 
-static int png_encode_into(png_writer *wr, const dc_image *img) {
+static bool ascii(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80)
+            return false;
+    return true;
+}
+
+/* The text chunks before the pixels: tEXt when the value is ASCII (what
+ * every viewer shows), else iTXt, PNG's UTF-8 text chunk. */
+static void png_add_text(png_writer *wr, const dc_image_text *text, int n) {
+    for (int i = 0; i < n; i++) {
+        png_text t = {.key = (char *)text[i].key, .text = (char *)text[i].value};
+        t.compression = ascii(t.text) ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
+        png_set_text(wr->png, wr->info, &t, 1);
+    }
+}
+
+static int png_encode_into(png_writer *wr, const dc_image *img, const dc_image_text *text, int n) {
     if (setjmp(png_jmpbuf(wr->png)))
         return -1;
     png_set_write_fn(wr->png, wr, png_write_mem, png_flush_mem);
     png_set_IHDR(wr->png, wr->info, (png_uint_32)img->w, (png_uint_32)img->h, 8,
                  img->c == 1 ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_add_text(wr, text, n);
     png_write_info(wr->png, wr->info);
     for (int y = 0; y < img->h; y++)
         png_write_row(wr->png, img->px + (size_t)y * img->w * img->c);
@@ -433,16 +451,23 @@ static int png_encode_into(png_writer *wr, const dc_image *img) {
     return 0;
 }
 
-/* The PNG bytes of img; `what` names it in errors. */
-static int encode_png(const dc_image *img, const char *what, uint8_t **out, size_t *n) {
+/* The PNG bytes of img with n_text text chunks; `what` names it in errors. */
+static int encode_png(const dc_image *img, const dc_image_text *text, int n_text, const char *what,
+                      uint8_t **out, size_t *n) {
     *out = NULL, *n = 0;
     if (!img->px || img->w < 1 || img->h < 1 || (img->c != 1 && img->c != 3))
         return dc_fail("%s: cannot encode an empty or malformed image (%dx%dx%d)", what, img->w, img->h,
                        img->c);
+    for (int i = 0; i < n_text; i++) {
+        size_t len = strlen(text[i].key);
+        if (len < 1 || len > 79)
+            return dc_fail("%s: a PNG text key has 1 to 79 characters, not %zu ('%.20s')", what, len,
+                           text[i].key);
+    }
     png_writer wr = {.what = what};
     wr.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &wr, png_on_write_error, png_on_warning);
     wr.info = wr.png ? png_create_info_struct(wr.png) : NULL;
-    int rc = wr.info ? png_encode_into(&wr, img) : dc_fail("%s: out of memory for the PNG encoder", what);
+    int rc = wr.info ? png_encode_into(&wr, img, text, n_text) : dc_fail("%s: out of memory for the PNG encoder", what);
     png_destroy_write_struct(&wr.png, &wr.info);
     if (rc) {
         free(wr.buf);
@@ -453,16 +478,17 @@ static int encode_png(const dc_image *img, const char *what, uint8_t **out, size
 }
 
 int dc_image_encode_png(const dc_image *img, uint8_t **out, size_t *n) {
-    return encode_png(img, "PNG image", out, n);
+    return encode_png(img, NULL, 0, "PNG image", out, n);
 }
 
 /* Written to "<path>.tmp" and renamed, so `path` never holds half an image.
  * Not fsynced: an image is cheap to make again, and samples come by the
  * thousand. */
-int dc_image_save_png(const dc_image *img, const char *path) {
+int dc_image_save_png_text(const dc_image *img, const char *path, const dc_image_text *text,
+                           int n_text) {
     uint8_t *png;
     size_t n;
-    if (encode_png(img, path, &png, &n))
+    if (encode_png(img, text, n_text, path, &png, &n))
         return -1;
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
@@ -487,4 +513,8 @@ int dc_image_save_png(const dc_image *img, const char *path) {
     free(tmp);
     free(png);
     return rc;
+}
+
+int dc_image_save_png(const dc_image *img, const char *path) {
+    return dc_image_save_png_text(img, path, NULL, 0);
 }
