@@ -23,6 +23,7 @@
 #include "source.h"
 
 #include "autograd/error.h"
+#include "metadata.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -38,7 +39,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define METADATA "metadata.jsonl"
 #define MAX_FILE_BYTES ((int64_t)1 << 30)
 
 typedef struct {
@@ -193,7 +193,7 @@ static int class_of(const folder_impl *m, const char *rel) {
 static int is_item(const dc_source *s, const char *rel) {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/%s", s->root, rel);
-    return strcmp(rel, METADATA) && (sniff_file(path) != DC_IMAGE_UNKNOWN || has_image_name(rel));
+    return strcmp(rel, DC_METADATA_FILE) && (sniff_file(path) != DC_IMAGE_UNKNOWN || has_image_name(rel));
 }
 
 int dc_folder_has_images(const char *path) {
@@ -292,7 +292,7 @@ static int is_blank(const char *p, const char *e) {
 
 static int read_metadata(dc_source *s) {
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", s->root, METADATA);
+    snprintf(path, sizeof path, "%s/%s", s->root, DC_METADATA_FILE);
     if (access(path, F_OK) != 0)
         return 0;
     const void *map;

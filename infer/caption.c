@@ -38,6 +38,7 @@
 #include "autograd/fileio.h"
 #include "data/dataset.h"
 #include "data/image_processor.h"
+#include "data/metadata.h"
 #include "data/text/wordpiece.h"
 #include "infer/cli.h"
 #include "models/blip.h"
@@ -55,7 +56,6 @@
 #include <unistd.h>
 
 #define ACTIVATION_BYTES ((size_t)64 << 30) /* reserved lazily: only what a batch touches is used */
-#define METADATA "metadata.jsonl"
 
 /* ---- options ---- */
 
@@ -223,25 +223,18 @@ static bool is_done(const sink *s, const char *name) {
     return s->n_done && bsearch(&name, s->done, (size_t)s->n_done, sizeof *s->done, cmp_str);
 }
 
-/* One caption out: a whole JSON line in one write, or FILE<TAB>caption. */
+/* One caption out: a metadata.jsonl line, or FILE<TAB>caption. */
 static int emit(const sink *s, const char *name, const char *caption) {
+    if (s->path)
+        return dc_metadata_append(s->fd, s->path, name, caption);
     char *line = NULL;
-    if (s->path) {
-        cJSON *o = cJSON_CreateObject();
-        if (o && cJSON_AddStringToObject(o, "file_name", name) && cJSON_AddStringToObject(o, "text", caption))
-            line = cJSON_PrintUnformatted(o);
-        cJSON_Delete(o);
-    } else if (asprintf(&line, "%s\t%s", name, caption) < 0) {
-        line = NULL;
-    }
-    if (!line)
+    if (asprintf(&line, "%s\t%s\n", name, caption) < 0)
         return dc_fail("out of memory");
     size_t n = strlen(line);
-    line[n] = '\n'; /* over the NUL: one write of the whole line */
-    ssize_t w = write(s->fd, line, n + 1);
+    ssize_t w = write(s->fd, line, n);
     free(line);
-    if (w != (ssize_t)(n + 1))
-        return dc_fail("%s: cannot write: %s", s->path ? s->path : "stdout", w < 0 ? strerror(errno) : "short write");
+    if (w != (ssize_t)n)
+        return dc_fail("stdout: cannot write: %s", w < 0 ? strerror(errno) : "short write");
     return 0;
 }
 
@@ -269,7 +262,7 @@ static int add_input(run *r, int k) {
     if (stat(path, &st) != 0)
         return dc_fail("--images %s: %s", path, strerror(errno));
     bool folder = S_ISDIR(st.st_mode);
-    char *meta = folder && !r->o.output ? dc_path_join(path, METADATA) : NULL;
+    char *meta = folder && !r->o.output ? dc_path_join(path, DC_METADATA_FILE) : NULL;
     if (folder && !r->o.output && !meta)
         return -1;
     /* the folder's reader checks metadata.jsonl: repair a cut-off line first */

@@ -12,6 +12,7 @@
 #include "autograd/safetensors.h"
 #include "data/dataset.h"
 #include "data/image.h"
+#include "data/metadata.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -335,6 +336,71 @@ START_TEST(test_metadata) {
         open_fails(tmp_path("c"), &o, bad[i].want);
     }
     dc_image_free(&a), dc_image_free(&b), dc_image_free(&z);
+    remove_tmpdir();
+}
+END_TEST
+
+/* Lines written by dc_metadata_append (as `diffc caption` and text-to-image
+ * `sample` write them) are what the folder source reads: quotes, newlines
+ * and UTF-8 in the text survive. */
+START_TEST(test_metadata_append) {
+    make_tmpdir();
+    dc_image a = write_png("m/a.png", 4, 4, 3), b = write_png("m/b.png", 4, 4, 3);
+    int fd = open(tmp_path("m/metadata.jsonl"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ck_assert_int_ge(fd, 0);
+    const char *texts[2] = {"a \"red\" cube,\nthen a line \\ and a tab\t", "\xe9t\xe9 \xe9\xa6\xac"};
+    ck_assert_msg(dc_metadata_append(fd, "m", "b.png", texts[1]) == 0, "%s", dc_error());
+    ck_assert_msg(dc_metadata_append(fd, "m", "a.png", texts[0]) == 0, "%s", dc_error());
+    close(fd);
+    dc_dataset ds;
+    dc_dataset_options o = options();
+    open_ok(&ds, tmp_path("m"), &o);
+    ck_assert_int_eq(ds.count, 2);
+    ck_assert_str_eq(ds.captions[0], texts[0]);
+    ck_assert_str_eq(ds.captions[1], texts[1]);
+    dc_dataset_close(&ds);
+    /* a closed descriptor: an error naming the file, not a crash */
+    ck_assert_int_eq(dc_metadata_append(fd, "m/metadata.jsonl", "a.png", "x"), -1);
+    ck_assert_ptr_nonnull(strstr(dc_error(), "m/metadata.jsonl"));
+    dc_image_free(&a), dc_image_free(&b);
+    remove_tmpdir();
+}
+END_TEST
+
+static void assert_prompts(const char *prompt, const char *path, const char *const *want, int64_t n) {
+    char **got;
+    int64_t got_n;
+    ck_assert_msg(dc_prompts_read(prompt, path, &got, &got_n) == 0, "%s", dc_error());
+    ck_assert_int_eq(got_n, n);
+    for (int64_t i = 0; i < n; i++) {
+        ck_assert_str_eq(got[i], want[i]);
+        free(got[i]);
+    }
+    free(got);
+}
+
+START_TEST(test_prompts) {
+    make_tmpdir();
+    write_text("p.txt", "a red cube\r\n\n  a blue ball  \n\r\n\xe9t\xe9");
+    const char *want[] = {"first", "a red cube", "  a blue ball  ", "\xe9t\xe9"};
+    assert_prompts("first", tmp_path("p.txt"), want, 4);
+    assert_prompts(NULL, tmp_path("p.txt"), want + 1, 3);
+    assert_prompts("", NULL, (const char *const[]){""}, 1); /* an empty prompt, as diffusers takes it */
+    char **got = (char **)&got;
+    int64_t n = 5;
+    write_text("empty.txt", "\n\r\n");
+    write_bytes("nul.txt", "a\0b\n", 4);
+    static const struct {
+        const char *prompt, *file, *want;
+    } bad[] = {{NULL, NULL, "needs --prompt"},
+               {NULL, "empty.txt", "no prompt in the file"},
+               {NULL, "nul.txt", "NUL byte"},
+               {"x", "missing.txt", "missing.txt"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_eq(dc_prompts_read(bad[i].prompt, bad[i].file ? tmp_path(bad[i].file) : NULL, &got, &n), -1);
+        ck_assert_msg(strstr(dc_error(), bad[i].want), "'%s' lacks '%s'", dc_error(), bad[i].want);
+        ck_assert(got == NULL && n == 0);
+    }
     remove_tmpdir();
 }
 END_TEST
@@ -943,6 +1009,8 @@ int main(void) {
     tcase_add_test(tc, test_folder_unlabelled);
     tcase_add_test(tc, test_folder_channels);
     tcase_add_test(tc, test_metadata);
+    tcase_add_test(tc, test_metadata_append);
+    tcase_add_test(tc, test_prompts);
     tcase_add_test(tc, test_bad_files);
     tcase_add_test(tc, test_empty_folders);
     tc = tu_tcase(s, "idx_cifar", 20);
