@@ -561,7 +561,7 @@ START_TEST(test_option_errors) {
                          "--strength: 0 is outside (0, 1]");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--strength", "1.5"),
                          "--strength: 1.5 is outside");
-    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--scheduler", "euler"), "--scheduler: ");
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--scheduler", "heun"), "--scheduler: ");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--timestep-spacing", "x"),
                          "--timestep-spacing");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--num-images", "two"), "not an integer");

@@ -304,7 +304,7 @@ START_TEST(test_add_noise_vs_diffusers) {
     linear_schedule(&sched, 1000);
     float *acp = fx_floats(&f, "acp.linear", 1000);
     memcpy(sched.alphas_cumprod, acp, sizeof(float) * 1000);
-    for (int kind = 0; kind < DC_SAMPLER_COUNT; kind++) {
+    for (int kind = 0; kind <= DC_SAMPLER_DPMPP_2M; kind++) { /* SD's: test_sd_img2img */
         const char *tag = dc_sampler_kind_name(kind);
         dc_sampler_options o = dc_sampler_default_options(kind);
         o.num_inference_steps = 10;
@@ -520,20 +520,22 @@ END_TEST
 /* ---- names, configs ---- */
 
 START_TEST(test_names) {
-    const char *kinds[] = {"ddpm", "ddim", "dpm++2m"},
+    const char *kinds[] = {"ddpm", "ddim", "dpm++2m", "pndm", "euler", "euler_a"},
                *spacings[] = {"leading", "trailing", "linspace"};
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < DC_SAMPLER_COUNT; k++) {
         dc_sampler_kind kind;
-        dc_timestep_spacing spacing;
         ck_assert_int_eq(dc_sampler_kind_parse(kinds[k], &kind), 0);
         ck_assert_str_eq(dc_sampler_kind_name(kind), kinds[k]);
+    }
+    for (int k = 0; k < 3; k++) {
+        dc_timestep_spacing spacing;
         ck_assert_int_eq(dc_timestep_spacing_parse(spacings[k], &spacing), 0);
         ck_assert_str_eq(dc_timestep_spacing_name(spacing), spacings[k]);
     }
     dc_sampler_kind kind;
-    ck_assert_int_ne(dc_sampler_kind_parse("euler", &kind), 0);
-    ck_assert_str_eq(dc_error(), "sampler 'euler' is not supported (expected 'ddpm', 'ddim' or "
-                                 "'dpm++2m')");
+    ck_assert_int_ne(dc_sampler_kind_parse("heun", &kind), 0);
+    ck_assert_str_eq(dc_error(), "sampler 'heun' is not supported (expected 'ddpm', 'ddim', "
+                                 "'dpm++2m', 'pndm', 'euler' or 'euler_a')");
     dc_timestep_spacing spacing;
     ck_assert_int_ne(dc_timestep_spacing_parse("Leading", &spacing), 0);
     ck_assert_msg(strstr(dc_error(), "timestep_spacing 'Leading' is not supported"), "%s",
@@ -624,7 +626,7 @@ START_TEST(test_config) {
          "cfg: final_sigmas_type 'max' is not supported"},
         {DC_SAMPLER_DPMPP_2M, "[1]", "cfg: not a JSON object"},
         {DC_SAMPLER_DDPM, "{\"clip_sample\": tru", "cfg:1:17: not valid JSON here"},
-        {DC_SAMPLER_COUNT, "{}", "cfg: unknown sampler kind 3"},
+        {DC_SAMPLER_COUNT, "{}", "cfg: unknown sampler kind 6"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         o = dc_sampler_default_options(DC_SAMPLER_DDIM);
@@ -788,7 +790,7 @@ START_TEST(test_bad_options) {
     expect_init_fail(DC_SAMPLER_DPMPP_2M, &sched, &o,
                      "dpm++2m: 1000 linspace steps of 1000 repeat timestep");
     o.num_inference_steps = 10;
-    expect_init_fail(DC_SAMPLER_COUNT, &sched, &o, "sampler: unknown kind 3");
+    expect_init_fail(DC_SAMPLER_COUNT, &sched, &o, "sampler: unknown kind 6");
     expect_init_fail(DC_SAMPLER_DDIM, NULL, &o, "ddim: the noise schedule is not initialised");
     dc_noise_schedule empty = {0};
     expect_init_fail(DC_SAMPLER_DDIM, &empty, &o, "ddim: the noise schedule is not initialised");
