@@ -1,6 +1,6 @@
 /* Samplers: names, options, scheduler configs, timesteps and sigmas, and
  * diffusers' DDPM, DDIM and DPM-Solver++(2M) steps (see samplers.h); PNDM's
- * steps are in samplers_pndm.c, Euler's in samplers_euler.c. Scalars and
+ * steps are in samplers_pndm.c, Euler's and LMS' in samplers_sigma.c. Scalars and
  * elements are float32 with one rounding per torch operation, in diffusers'
  * order: keep each expression's grouping when editing. */
 #include "samplers.h"
@@ -19,11 +19,12 @@
 
 /* ---- names ---- */
 
-static const char *const kind_names[DC_SAMPLER_COUNT] = {"ddpm", "ddim", "dpm++2m",
-                                                          "pndm", "euler", "euler_a"};
+static const char *const kind_names[DC_SAMPLER_COUNT] = {"ddpm", "ddim",  "dpm++2m", "pndm",
+                                                          "euler", "euler_a", "lms"};
 static const char *const class_names[DC_SAMPLER_COUNT] = {
     "DDPMScheduler",  "DDIMScheduler",          "DPMSolverMultistepScheduler",
-    "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler"};
+    "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+    "LMSDiscreteScheduler"};
 static const char *const spacing_names[DC_SPACING_COUNT] = {"leading", "trailing", "linspace"};
 static const char *const variance_names[DC_VARIANCE_COUNT] = {"fixed_small", "fixed_small_log",
                                                                "fixed_large", "learned",
@@ -105,7 +106,7 @@ const char *dc_final_sigmas_type_name(dc_final_sigmas_type f) {
 
 /* The kinds that step in sigma (Karras et al.'s formulation). */
 static bool is_euler(dc_sampler_kind kind) {
-    return kind == DC_SAMPLER_EULER || kind == DC_SAMPLER_EULER_A;
+    return kind == DC_SAMPLER_EULER || kind == DC_SAMPLER_EULER_A || kind == DC_SAMPLER_LMS;
 }
 
 /* The kinds with clip_sample, and with dynamic thresholding. */
@@ -243,10 +244,15 @@ static int parse_kind_keys(dc_sampler_options *o, dc_sampler_kind kind, const cJ
     if ((kind == DC_SAMPLER_DDIM || kind == DC_SAMPLER_PNDM) &&
         dc_json_get_bool(root, "set_alpha_to_one", where, &o->set_alpha_to_one))
         return -1;
+    if ((kind == DC_SAMPLER_DPMPP_2M || kind == DC_SAMPLER_EULER || kind == DC_SAMPLER_LMS) &&
+        dc_json_get_bool(root, "use_karras_sigmas", where, &o->use_karras_sigmas))
+        return -1;
     if ((kind == DC_SAMPLER_DPMPP_2M || kind == DC_SAMPLER_EULER) &&
-        (dc_json_get_bool(root, "use_karras_sigmas", where, &o->use_karras_sigmas) ||
-         parse_enum_key(root, "final_sigmas_type", where, final_sigmas_names,
-                        DC_FINAL_SIGMAS_COUNT, final_sigmas)))
+        parse_enum_key(root, "final_sigmas_type", where, final_sigmas_names,
+                       DC_FINAL_SIGMAS_COUNT, final_sigmas))
+        return -1;
+    if ((kind == DC_SAMPLER_PNDM || kind == DC_SAMPLER_LMS) &&
+        check_false(root, "rescale_betas_zero_snr", where))
         return -1;
     switch (kind) {
     case DC_SAMPLER_DDPM:
@@ -261,6 +267,11 @@ static int parse_kind_keys(dc_sampler_options *o, dc_sampler_kind kind, const cJ
         return dc_json_get_bool(root, "skip_prk_steps", where, &o->skip_prk_steps);
     case DC_SAMPLER_EULER:
         return check_euler_config(root, where);
+    case DC_SAMPLER_LMS:
+        return check_false(root, "use_exponential_sigmas", where) ||
+                       check_false(root, "use_beta_sigmas", where)
+                   ? -1
+                   : 0;
     default:
         return 0;
     }
@@ -909,7 +920,7 @@ static int reserve_state(dc_sampler *s, int64_t images, int64_t per) {
     int64_t numel = images * per, sorted = s->opt.thresholding ? per : 0;
     if (numel > s->cap) {
         int rc = grow(&s->x0, numel) || grow(&s->prev_x0, numel);
-        for (int k = 0; k < 4 && s->kind == DC_SAMPLER_PNDM; k++)
+        for (int k = 0; k < 4 && (s->kind == DC_SAMPLER_PNDM || s->kind == DC_SAMPLER_LMS); k++)
             rc = rc || grow(&s->ets[k], numel);
         if (rc || (s->kind == DC_SAMPLER_PNDM &&
                    (grow(&s->cur_sample, numel) || grow(&s->cur_mo, numel))))
@@ -941,6 +952,8 @@ int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float
         dpm_step(s, i, model_output, sample, images, per_image);
     else if (s->kind == DC_SAMPLER_PNDM)
         dc_sampler_pndm_step(s, i, model_output, sample, images * per_image);
+    else if (s->kind == DC_SAMPLER_LMS)
+        dc_sampler_lms_step(s, i, model_output, sample, images * per_image);
     else
         dc_sampler_euler_step(s, i, model_output, sample, noise, images * per_image);
     s->numel = images * per_image;
@@ -948,6 +961,14 @@ int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float
     if (s->next == s->n) /* a finished run: ready for the next batch */
         dc_sampler_reset(s);
     return 0;
+}
+
+float *dc_sampler_push_state(dc_sampler *s) {
+    float *oldest = s->ets[3];
+    memmove(s->ets + 1, s->ets, 3 * sizeof s->ets[0]);
+    s->ets[0] = oldest;
+    s->n_ets = s->n_ets < 4 ? s->n_ets + 1 : 4;
+    return oldest;
 }
 
 /* ---- noise ---- */

@@ -3,8 +3,9 @@
  * DDIMScheduler, DPMSolverMultistepScheduler (solver_order 2, algorithm_type
  * dpmsolver++, solver_type midpoint: "DPM++ 2M", Karras sigmas optional),
  * and the schedulers Stable Diffusion pipelines ship: PNDMScheduler (PLMS,
- * with or without its Runge-Kutta warm-up), EulerDiscreteScheduler and
- * EulerAncestralDiscreteScheduler; step for step, on host float arrays. They
+ * with or without its Runge-Kutta warm-up), EulerDiscreteScheduler,
+ * EulerAncestralDiscreteScheduler and LMSDiscreteScheduler; step for step,
+ * on host float arrays. They
  * know nothing of the model: the caller runs the model at model_t[i] on the
  * scaled input and hands its output to dc_sampler_step.
  *
@@ -65,6 +66,7 @@ typedef enum {
     DC_SAMPLER_PNDM,     /* "pndm": pseudo linear multistep (Liu et al.), SD-1.x's default */
     DC_SAMPLER_EULER,    /* "euler": Euler in sigma (Karras et al., Algorithm 2 without churn) */
     DC_SAMPLER_EULER_A,  /* "euler_a": ancestral Euler, one noise draw per step */
+    DC_SAMPLER_LMS,      /* "lms": linear multistep in sigma (Karras et al.), order 4 */
     DC_SAMPLER_COUNT
 } dc_sampler_kind;
 
@@ -108,7 +110,8 @@ int dc_final_sigmas_type_parse(const char *name, dc_final_sigmas_type *out);
 const char *dc_final_sigmas_type_name(dc_final_sigmas_type f);
 /* The kind a scheduler_config.json's _class_name names (DDPMScheduler,
  * DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler,
- * EulerDiscreteScheduler, EulerAncestralDiscreteScheduler); a missing or
+ * EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+ * LMSDiscreteScheduler); a missing or
  * other class is an error naming it. `where` names the source. */
 int dc_sampler_kind_from_config(const char *json, const char *where, dc_sampler_kind *out);
 
@@ -134,19 +137,19 @@ typedef struct dc_sampler_options {
     double sample_max_value;        /*   the largest s, positive */
     bool lower_order_final;         /* dpm++2m: first order at the end when n < 15 */
     dc_final_sigmas_type final_sigmas_type; /* dpm++2m, euler */
-    bool use_karras_sigmas;         /* dpm++2m, euler: Karras et al.'s sigmas (rho 7), their
+    bool use_karras_sigmas;         /* dpm++2m, euler, lms: Karras et al.'s sigmas (rho 7), their
                                        timesteps interpolated in log sigma. dpm++2m spans all
                                        training sigmas (spacing, steps_offset and
                                        lambda_min_clipped then do nothing, as in diffusers) and
-                                       rounds the timesteps; euler spans its spaced sigmas and
-                                       keeps them fractional */
+                                       rounds the timesteps; euler and lms span their spaced
+                                       sigmas and keep them fractional */
     double lambda_min_clipped;      /* dpm++2m: timesteps whose lambda (log(alpha / sigma))
                                        lies below this are left out; -inf: none */
 } dc_sampler_options;
 
 /* The defaults of the diffusers class and its pipeline: 1000 steps for DDPM
  * (DDPMPipeline), 50 for the others; leading spacing for DDPM, DDIM and
- * PNDM, linspace for DPM-Solver++ and Euler; clipping at 1 for DDPM and
+ * PNDM, linspace for DPM-Solver++, Euler and LMS; clipping at 1 for DDPM and
  * DDIM; eta 0, fixed_small, set_alpha_to_one (false for PNDM), PRK steps
  * (skip_prk_steps false), no thresholding (ratio 0.995, sample_max_value 1),
  * lower_order_final, final sigma zero, no Karras sigmas, lambda_min_clipped
@@ -159,13 +162,16 @@ dc_sampler_options dc_sampler_default_options(dc_sampler_kind kind);
  * sample_max_value (ddpm, ddim, dpm++2m); clip_sample, clip_sample_range
  * (ddpm, ddim); variance_type (ddpm); set_alpha_to_one (ddim, pndm);
  * skip_prk_steps (pndm); lower_order_final, lambda_min_clipped (dpm++2m);
- * final_sigmas_type, use_karras_sigmas (dpm++2m, euler). Absent or null keys
+ * final_sigmas_type (dpm++2m, euler); use_karras_sigmas (dpm++2m, euler,
+ * lms). Absent or null keys
  * leave o as it is. Settings we do not implement are refused, never ignored:
  * variance_type fixed_large_log; for dpm++2m solver_order other than 2, other
  * algorithm or solver types, exponential, beta, flow or Lu sigmas,
  * euler_at_final; for euler interpolation_type log_linear, exponential or
- * beta sigmas, sigma_min / sigma_max, timestep_type continuous. `where`
- * names the source. */
+ * beta sigmas, sigma_min / sigma_max, timestep_type continuous; for lms
+ * exponential or beta sigmas; for pndm and lms rescale_betas_zero_snr,
+ * which their diffusers classes ignore (so the model's zero-SNR schedule
+ * would not be the one they sample with). `where` names the source. */
 int dc_sampler_options_parse_config(dc_sampler_options *o, dc_sampler_kind kind, const char *json,
                                     const char *where);
 
@@ -181,10 +187,10 @@ typedef struct dc_sampler {
                               timestep (euler: model_t rounded) */
     float *model_t;        /* [n] the timestep the model sees at step i, float32 as diffusers
                               hands it to the UNet (euler's may be fractional) */
-    float *sigmas;         /* [n + 1] dpm++2m, euler: sqrt((1 - acp) / acp) per step, then the
-                              final */
-    float init_noise_sigma; /* the initial noise's deviation: 1, euler's largest sigma
-                               (leading spacing: sqrt(sigma^2 + 1)) */
+    float *sigmas;         /* [n + 1] dpm++2m, euler, lms: sqrt((1 - acp) / acp) per step,
+                              then the final */
+    float init_noise_sigma; /* the initial noise's deviation: 1, or for euler and lms the
+                               largest sigma (leading spacing: sqrt(sigma^2 + 1)) */
     int next;              /* the step that must come next; -1 before the first */
     /* a step's x0 prediction, and dpm++2m's multistep state: the previous one's */
     float *x0, *prev_x0; /* [numel] each */
@@ -192,8 +198,8 @@ typedef struct dc_sampler {
     int64_t cap, sorted_cap; /* their capacities */
     int64_t numel;       /* of this run (0 before its first step) */
     /* pndm's state: steps since reset (diffusers' counter), the last model outputs
-       (ets[0] the newest, n_ets of them), the sample of the multistep's start and
-       PRK's running sum of model outputs */
+       (ets[0] the newest, n_ets of them; lms: the last derivatives), the sample of
+       the multistep's start and PRK's running sum of model outputs */
     int counter, n_ets;
     float *ets[4], *cur_sample, *cur_mo; /* [numel] each */
 } dc_sampler;
@@ -227,8 +233,8 @@ int dc_sampler_step_needs_noise(const dc_sampler *s, int i);
 /* Whether the steps read the model's predicted variance (DDPM with a learned variance_type). */
 bool dc_sampler_needs_variance(const dc_sampler *s);
 
-/* scheduler.scale_model_input: the model's input at step i. Euler divides
- * the sample by sqrt(sigma_i^2 + 1); the others copy it. out may alias sample. */
+/* scheduler.scale_model_input: the model's input at step i. Euler and LMS
+ * divide the sample by sqrt(sigma_i^2 + 1); the others copy it. out may alias sample. */
 int dc_sampler_scale_model_input(const dc_sampler *s, int i, const float *sample, float *out,
                                  int64_t numel);
 
@@ -274,7 +280,7 @@ void dc_sampler_noise(float *out, int64_t n_images, int64_t per_image, uint64_t 
 int dc_sampler_img2img_start(const dc_sampler *s, double strength, int *first);
 /* out = scheduler.add_noise(x0, noise, timesteps[i]): sqrt(acp) x0 +
  * sqrt(1 - acp) noise for DDPM, DDIM and PNDM; DPM-Solver computes the same
- * from its sigma of step i (its own rounding); Euler's is x0 + sigma_i noise
+ * from its sigma of step i (its own rounding); Euler's and LMS' are x0 + sigma_i noise
  * (not multiplied by init_noise_sigma after, as the img2img pipeline does
  * not). out may alias x0 or noise. */
 int dc_sampler_add_noise(const dc_sampler *s, int i, const float *x0, const float *noise,

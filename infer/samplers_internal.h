@@ -1,6 +1,6 @@
 /*
  * What the sampler families share inside infer/ (samplers.c builds the
- * timesteps and the training sigmas; samplers_pndm.c and samplers_euler.c
+ * timesteps and the training sigmas; samplers_pndm.c and samplers_sigma.c
  * build their own lists from them and step). Not a public interface: the
  * public one is samplers.h.
  */
@@ -21,6 +21,10 @@ double dc_sampler_sigma_to_t(const dc_sampler *s, double sigma);
 /* _convert_to_karras: sigma i of n from sigma_max down to sigma_min (rho 7, float64). */
 double dc_sampler_karras_sigma(double sigma_min, double sigma_max, int n, int i);
 
+/* The last four model outputs (PNDM) or derivatives (LMS), newest first: the
+ * oldest buffer becomes ets[0], to be filled; n_ets counts up to 4. */
+float *dc_sampler_push_state(dc_sampler *s);
+
 /* PNDM: its timestep list (PRK's then PLMS', from the spaced ones) into
  * s->timesteps; returns how many. */
 int dc_sampler_pndm_timesteps(dc_sampler *s, const int64_t *spaced, int n);
@@ -28,11 +32,13 @@ int dc_sampler_pndm_timesteps(dc_sampler *s, const int64_t *spaced, int n);
  * step_plms. Needs the state buffers of dc_sampler (numel each). */
 void dc_sampler_pndm_step(dc_sampler *s, int i, const float *mo, float *x, int64_t numel);
 
-/* Euler's model_t and sigmas for the spaced s->timesteps (Karras' when asked, which
+/* Euler's and LMS' model_t and sigmas for the spaced s->timesteps (Karras' when asked, which
  * replace the timesteps), and init_noise_sigma. */
 void dc_sampler_euler_sigmas(dc_sampler *s);
 /* EulerDiscreteScheduler.step (no churn) and EulerAncestralDiscreteScheduler.step. */
 void dc_sampler_euler_step(const dc_sampler *s, int i, const float *mo, float *x,
                            const float *noise, int64_t numel);
+/* LMSDiscreteScheduler.step (order 4). */
+void dc_sampler_lms_step(dc_sampler *s, int i, const float *mo, float *x, int64_t numel);
 
 #endif

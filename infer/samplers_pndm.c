@@ -38,13 +38,9 @@ int dc_sampler_pndm_timesteps(dc_sampler *s, const int64_t *spaced, int n) {
     return n + 9;
 }
 
-/* ets = ets[-3:] + [mo]: the oldest buffer becomes the newest. */
+/* ets = ets[-3:] + [mo]. */
 static void push_ets(dc_sampler *s, const float *mo, int64_t numel) {
-    float *oldest = s->ets[3];
-    memmove(s->ets + 1, s->ets, 3 * sizeof s->ets[0]);
-    s->ets[0] = oldest;
-    memcpy(oldest, mo, (size_t)numel * sizeof(float));
-    s->n_ets = s->n_ets < 4 ? s->n_ets + 1 : 4;
+    memcpy(dc_sampler_push_state(s), mo, (size_t)numel * sizeof(float));
 }
 
 /* _get_prev_sample: from `sample` at timestep t to prev (the final alpha below 0),

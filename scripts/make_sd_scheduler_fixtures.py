@@ -29,7 +29,7 @@ Tensors:
                     .start (the first index), .noised, .traj
 Metadata: CASE.config, CASE.steps, "cases", "i2i_cases", diffusers_version.
 
-Made with diffusers 0.42.1 (torch 2.15, numpy 2.4):
+Made with diffusers 0.42.1 (torch 2.15, numpy 2.4, scipy 1.17 for LMS):
   /work/venv-torch/bin/python scripts/make_sd_scheduler_fixtures.py
 """
 import json
@@ -40,7 +40,7 @@ import torch
 import diffusers
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_module
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, PNDMScheduler)
+                       EulerDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler)
 
 from fixture_io import write_safetensors
 
@@ -48,7 +48,7 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "sd_sch
 SHAPE = (2, 4, 4, 3)
 MAX_STEPS = 24
 CLASSES = {c.__name__: c for c in [PNDMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
-                                   DPMSolverMultistepScheduler, DDIMScheduler]}
+                                   LMSDiscreteScheduler, DPMSolverMultistepScheduler, DDIMScheduler]}
 # runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json
 SD15 = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
         "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
@@ -149,6 +149,11 @@ def main():
         ("euler_a_sd15", config(SD15, "EulerAncestralDiscreteScheduler"), 15),
         ("euler_a_sd21_v_leading", config(SD21, "EulerAncestralDiscreteScheduler", timestep_spacing="leading"), 9),
         ("euler_a_trailing", config(SD15, "EulerAncestralDiscreteScheduler", timestep_spacing="trailing"), 13),
+        # LMS (order 4; its coefficients integrated by scipy)
+        ("lms_sd15", config(SD15, "LMSDiscreteScheduler"), 12),
+        ("lms_sd21_v_leading", config(SD21, "LMSDiscreteScheduler", timestep_spacing="leading"), 9),
+        ("lms_karras", config(SD15, "LMSDiscreteScheduler", use_karras_sigmas=True), 10),
+        ("lms_trailing_2", config(SD15, "LMSDiscreteScheduler", timestep_spacing="trailing"), 2),
         # DPM++ 2M Karras (lower_order_final under 15 steps, final sigma zero: diffusers' defaults)
         ("dpm_karras_sd15", config(SD15, "DPMSolverMultistepScheduler", use_karras_sigmas=True), 12),
         ("dpm_karras_sd15_20", config(SD15, "DPMSolverMultistepScheduler", use_karras_sigmas=True), 20),
@@ -164,6 +169,7 @@ def main():
            ("euler", config(SD15, "EulerDiscreteScheduler"), 10, 0.6),
            ("euler_karras", config(SD15, "EulerDiscreteScheduler", use_karras_sigmas=True), 10, 0.5),
            ("euler_a", config(SD15, "EulerAncestralDiscreteScheduler"), 10, 0.6),
+           ("lms", config(SD15, "LMSDiscreteScheduler"), 10, 0.6),
            ("dpm_karras", config(SD15, "DPMSolverMultistepScheduler", use_karras_sigmas=True), 10, 0.6),
            ("ddim_v", SD21, 10, 0.3)]
     for tag, cfg, steps, strength in i2i:
