@@ -238,8 +238,9 @@ static int parse_kind_keys(dc_sampler_options *o, dc_sampler_kind kind, const cJ
                             &o->dynamic_thresholding_ratio) ||
          dc_json_get_number(root, "sample_max_value", where, &o->sample_max_value)))
         return -1;
-    if (clips(kind) && (dc_json_get_bool(root, "clip_sample", where, &o->clip_sample) ||
-                        dc_json_get_number(root, "clip_sample_range", where, &o->clip_sample_range)))
+    if (clips(kind) &&
+        (dc_json_get_bool(root, "clip_sample", where, &o->clip_sample) ||
+         dc_json_get_number(root, "clip_sample_range", where, &o->clip_sample_range)))
         return -1;
     if ((kind == DC_SAMPLER_DDIM || kind == DC_SAMPLER_PNDM) &&
         dc_json_get_bool(root, "set_alpha_to_one", where, &o->set_alpha_to_one))
@@ -472,7 +473,8 @@ static int make_karras(dc_sampler *s, dc_beta_schedule beta) {
 static void make_sigmas(dc_sampler *s) {
     for (int i = 0; i < s->n && !s->opt.use_karras_sigmas; i++)
         s->sigmas[i] = dc_sampler_sigma_at(s, s->timesteps[i]);
-    s->sigmas[s->n] = s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO ? 0.0f : dc_sampler_sigma_at(s, 0);
+    bool zero = s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO;
+    s->sigmas[s->n] = zero ? 0.0f : dc_sampler_sigma_at(s, 0);
 }
 
 /* ---- per-step scalars ---- */
@@ -591,7 +593,8 @@ static int check_zero_snr(const dc_sampler *s) {
                            "which says nothing of the image there (diffusers divides by zero): "
                            "use %s, or a spacing that starts below it",
                            dc_sampler_kind_name(s->kind), (long long)s->timesteps[i],
-                           pndm ? "PNDM divides by its alphas_cumprod" : "the model predicts epsilon",
+                           pndm ? "PNDM divides by its alphas_cumprod"
+                                : "the model predicts epsilon",
                            pndm ? "another scheduler" : "a v_prediction model");
     return 0;
 }
@@ -636,7 +639,8 @@ int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule
     }
     memcpy(s->alphas_cumprod, sched->alphas_cumprod, (size_t)s->T * sizeof(float));
     bool dpm = kind == DC_SAMPLER_DPMPP_2M;
-    if ((dpm || is_euler(kind)) && s->alphas_cumprod[s->T - 1] == 0) /* "so the first sigma is not inf" */
+    /* "so the first sigma is not inf" */
+    if ((dpm || is_euler(kind)) && s->alphas_cumprod[s->T - 1] == 0)
         s->alphas_cumprod[s->T - 1] = 0x1p-24f;
     s->n = dpm && o->use_karras_sigmas ? make_karras(s, sched->config.beta_schedule)
                                        : dc_sampler_spaced_timesteps(s, s->timesteps);

@@ -5,9 +5,9 @@
  * and the schedulers Stable Diffusion pipelines ship: PNDMScheduler (PLMS,
  * with or without its Runge-Kutta warm-up), EulerDiscreteScheduler,
  * EulerAncestralDiscreteScheduler and LMSDiscreteScheduler; step for step,
- * on host float arrays. They
- * know nothing of the model: the caller runs the model at model_t[i] on the
- * scaled input and hands its output to dc_sampler_step.
+ * on host float arrays. They know nothing of the model: the caller runs the
+ * model at model_t[i] on the scaled input and hands its output to
+ * dc_sampler_step, as diffusers' StableDiffusionPipeline does:
  *
  *   dc_sampler s;
  *   dc_sampler_init_from_config(&s, json_of_scheduler_config, path, NULL, 50);
@@ -40,12 +40,17 @@
  * rounding per operation in the order diffusers' torch code does them, so
  * results agree with diffusers to a few float32 ulps per step (torch's expf
  * and logf differ from libm's in the last place; compilers that contract
- * a * b + c into an FMA round once where torch rounds twice).
+ * a * b + c into an FMA round once where torch rounds twice). Euler's and
+ * LMS' Karras timesteps are fractional, so numpy's float32 log (not libm's)
+ * moves them by a few ulps; LMS integrates its coefficients exactly in
+ * double where diffusers' scipy quad evaluates the polynomial in float32
+ * (~1e-7 of a coefficient).
  *
  * The prediction type (epsilon, v_prediction, sample) is the schedule's
  * (scheduler_config.json), as the model was trained for it. So is
- * rescale_betas_zero_snr, which DPM-Solver++ follows as diffusers does: its
- * copy of alphas_cumprod ends at 2^-24 instead of 0.
+ * rescale_betas_zero_snr, which DPM-Solver++, Euler and Euler ancestral
+ * follow as diffusers does: their copy of alphas_cumprod ends at 2^-24
+ * instead of 0.
  *
  * A model that also predicts its variance (guided-diffusion's learned_range:
  * out_channels twice in_channels, the second half the variance) hands the
@@ -129,7 +134,8 @@ typedef struct dc_sampler_options {
     double clip_sample_range;       /*   [-clip_sample_range, clip_sample_range] */
     dc_variance_type variance_type; /* ddpm */
     double eta;                     /* ddim: 0 deterministic, 1 DDPM-like */
-    bool set_alpha_to_one;          /* ddim, pndm: alphas_cumprod "before" t = 0 is 1 (else acp[0]) */
+    bool set_alpha_to_one;          /* ddim, pndm: alphas_cumprod "before" t = 0 is 1
+                                       (else acp[0]) */
     bool skip_prk_steps;            /* pndm: PLMS from the start (else 12 Runge-Kutta evaluations
                                        first; they need n >= 4) */
     bool thresholding;              /* all: dynamic thresholding of the predicted x0 */
