@@ -65,7 +65,7 @@ def config(base, cls, **options):
     return {**base, "_class_name": cls, **options}
 
 
-def run(scheduler, timesteps, start, latents, x_noise, w, noise):
+def run(scheduler, timesteps, start, latents, w, noise):
     """The pipeline's loop from index `start`; returns model inputs and latents."""
     ins, traj = [], [latents.clone()]
     for k, t in enumerate(timesteps):
@@ -84,7 +84,7 @@ def case(tensors, meta, tag, cfg, steps, x, w, noise):
     s.set_timesteps(steps)
     assert len(s.timesteps) <= MAX_STEPS, tag
     latents = x.reshape(SHAPE) * s.init_noise_sigma
-    ins, traj = run(s, s.timesteps, 0, latents, x, w, noise)
+    ins, traj = run(s, s.timesteps, 0, latents, w, noise)
     assert torch.isfinite(traj).all(), tag
     tensors[f"{tag}.timesteps"] = s.timesteps.to(torch.float32)
     if hasattr(s, "sigmas") and torch.is_tensor(s.sigmas):
@@ -106,7 +106,7 @@ def img2img_case(tensors, meta, tag, cfg, steps, strength, x0, w, noise):
     if hasattr(s, "set_begin_index"):
         s.set_begin_index(t_start * s.order)
     noised = s.add_noise(x0.reshape(SHAPE), noise[0].reshape(SHAPE), timesteps[:1])
-    _, traj = run(s, timesteps, t_start, noised, None, w, noise)
+    _, traj = run(s, timesteps, t_start, noised, w, noise)
     assert torch.isfinite(traj).all(), tag
     tensors[f"i2i.{tag}.start"] = torch.tensor([t_start], dtype=torch.int32)
     tensors[f"i2i.{tag}.noised"] = noised.reshape(-1)
