@@ -16,6 +16,7 @@ typedef struct buffers {
     float *raw;     /* [2b, 2 per] a model that predicts its variance: its output, split into */
     float *var;     /*   pred and var [2b, per]; NULL for other models */
     float *noise;   /* [b, per] a step's draws */
+    float *in;      /* [b, per] the model's input: the sample, scaled (scale_model_input) */
     int32_t *label; /* [2b] the labels of a forward pass */
 } buffers;
 
@@ -46,12 +47,12 @@ static int predict(dc_ctx *ctx, const dc_generate_request *r, int i, const float
     bool cfg = guided(r, labels);
     int64_t rows = cfg ? 2 * b : b, per = (int64_t)r->h * r->w * c;
     size_t bytes = (size_t)(b * per) * sizeof(float);
-    int32_t step = (int32_t)r->sampler->timesteps[i];
+    float step = r->sampler->model_t[i]; /* Euler's may be fractional */
     for (int64_t k = 0; labels && k < rows; k++)
         buf->label[k] = k < b && cfg ? dc_unet_null_class(&m->cfg) : labels[k % b];
     dc_ctx_reset(ctx);
     dc_tensor *xt = dc_new(ctx, DC_F32, DC_SHAPE(rows, r->h, r->w, c));
-    dc_tensor *t = dc_from_host(ctx, DC_I32, DC_SHAPE(1), &step);
+    dc_tensor *t = dc_from_host(ctx, DC_F32, DC_SHAPE(1), &step);
     dc_tensor *y = labels ? dc_from_host(ctx, DC_I32, DC_SHAPE(rows), buf->label) : NULL;
     if (!xt || !t || (labels && !y) || dc_memcpy(xt->data, ctx->device, x, DC_CPU, bytes) ||
         (cfg && dc_memcpy((float *)xt->data + b * per, ctx->device, x, DC_CPU, bytes)))
@@ -95,8 +96,11 @@ static int run_batch(dc_ctx *ctx, const dc_generate_request *r, int start, int64
     draw_noise(r, first, b, per, x, DC_SAMPLER_DRAW_INIT);
     if (r->init && dc_sampler_add_noise(s, start, r->init + first * per, x, x, b * per))
         return -1;
+    for (int64_t k = 0; !r->init && k < b * per; k++) /* the pipeline's latents * init_noise_sigma */
+        x[k] = x[k] * s->init_noise_sigma;
     for (int i = start; i < s->n; i++) {
-        if (predict(ctx, r, i, x, labels, b, buf))
+        if (dc_sampler_scale_model_input(s, i, x, buf->in, b * per) ||
+            predict(ctx, r, i, buf->in, labels, b, buf))
             return -1;
         bool needs = dc_sampler_step_needs_noise(s, i);
         if (needs)
@@ -138,8 +142,9 @@ int dc_generate(dc_ctx *ctx, const dc_generate_request *r, float *out) {
                    .raw = variance ? malloc((size_t)(4 * b * per) * sizeof(float)) : NULL,
                    .var = variance ? malloc((size_t)(2 * b * per) * sizeof(float)) : NULL,
                    .noise = malloc((size_t)(b * per) * sizeof(float)),
+                   .in = malloc((size_t)(b * per) * sizeof(float)),
                    .label = malloc((size_t)(2 * b) * sizeof(int32_t))};
-    int rc = buf.pred && buf.noise && buf.label && (!variance || (buf.raw && buf.var))
+    int rc = buf.pred && buf.noise && buf.in && buf.label && (!variance || (buf.raw && buf.var))
                  ? 0
                  : dc_fail("generate: out of memory for %lld images", (long long)b);
     bool grad = dc_set_grad_enabled(ctx, false), training = ctx->training;
@@ -154,6 +159,7 @@ int dc_generate(dc_ctx *ctx, const dc_generate_request *r, float *out) {
     free(buf.raw);
     free(buf.var);
     free(buf.noise);
+    free(buf.in);
     free(buf.label);
     return rc;
 }

@@ -63,7 +63,7 @@ static const dc_cli_option options[] = {
      "weights of this variant (diffusion_pytorch_model.NAME.safetensors, e.g. fp16)"},
     {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", NULL, "required", 0, 0, false,
      "where the images go"},
-    {"scheduler", DC_CLI_STRING, FIELD(scheduler), "NAME", "ddim", NULL, 0, 0, false, "ddpm, ddim or dpm++2m"},
+    {"scheduler", DC_CLI_STRING, FIELD(scheduler), "NAME", "ddim", NULL, 0, 0, false, "ddpm, ddim, dpm++2m, pndm, euler, euler_a or lms"},
     {"num-inference-steps", DC_CLI_INT, FIELD(num_inference_steps), "N", NULL, "default: 50; ddpm 1000", 1, 1e6,
      false, "denoising steps"},
     {"eta", DC_CLI_FLOAT, FIELD(eta), "X", "0", NULL, 0, 1e6, false,

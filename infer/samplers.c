@@ -1,7 +1,10 @@
-/* Samplers: diffusers' DDPM, DDIM and DPM-Solver++(2M) steps (see samplers.h).
- * Scalars and elements are float32 with one rounding per torch operation,
- * in diffusers' order: keep each expression's grouping when editing. */
+/* Samplers: names, options, scheduler configs, timesteps and sigmas, and
+ * diffusers' DDPM, DDIM and DPM-Solver++(2M) steps (see samplers.h); PNDM's
+ * steps are in samplers_pndm.c, Euler's and LMS' in samplers_sigma.c. Scalars and
+ * elements are float32 with one rounding per torch operation, in diffusers'
+ * order: keep each expression's grouping when editing. */
 #include "samplers.h"
+#include "samplers_internal.h"
 
 #include "autograd/error.h"
 #include "autograd/fileio.h"
@@ -16,7 +19,12 @@
 
 /* ---- names ---- */
 
-static const char *const kind_names[DC_SAMPLER_COUNT] = {"ddpm", "ddim", "dpm++2m"};
+static const char *const kind_names[DC_SAMPLER_COUNT] = {"ddpm", "ddim",  "dpm++2m", "pndm",
+                                                          "euler", "euler_a", "lms"};
+static const char *const class_names[DC_SAMPLER_COUNT] = {
+    "DDPMScheduler",  "DDIMScheduler",          "DPMSolverMultistepScheduler",
+    "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+    "LMSDiscreteScheduler"};
 static const char *const spacing_names[DC_SPACING_COUNT] = {"leading", "trailing", "linspace"};
 static const char *const variance_names[DC_VARIANCE_COUNT] = {"fixed_small", "fixed_small_log",
                                                                "fixed_large", "learned",
@@ -26,7 +34,7 @@ static const char *const final_sigmas_names[DC_FINAL_SIGMAS_COUNT] = {"zero", "s
 /* The index of `name` in names[count]; else an error listing them all. */
 static int parse_name(const char *what, const char *name, const char *const *names, int count,
                       int *out) {
-    char list[160] = "";
+    char list[256] = "";
     size_t len = 0;
     for (int k = 0; k < count; k++) {
         if (name && !strcmp(name, names[k])) {
@@ -96,16 +104,32 @@ const char *dc_final_sigmas_type_name(dc_final_sigmas_type f) {
 
 /* ---- options ---- */
 
+/* The kinds that step in sigma (Karras et al.'s formulation). */
+static bool is_euler(dc_sampler_kind kind) {
+    return kind == DC_SAMPLER_EULER || kind == DC_SAMPLER_EULER_A || kind == DC_SAMPLER_LMS;
+}
+
+/* The kinds with clip_sample, and with dynamic thresholding. */
+static bool clips(dc_sampler_kind kind) {
+    return kind == DC_SAMPLER_DDPM || kind == DC_SAMPLER_DDIM;
+}
+
+static bool thresholds(dc_sampler_kind kind) {
+    return clips(kind) || kind == DC_SAMPLER_DPMPP_2M;
+}
+
 dc_sampler_options dc_sampler_default_options(dc_sampler_kind kind) {
+    bool linspace = kind == DC_SAMPLER_DPMPP_2M || is_euler(kind);
     return (dc_sampler_options){
         .num_inference_steps = kind == DC_SAMPLER_DDPM ? 1000 : 50,
-        .timestep_spacing = kind == DC_SAMPLER_DPMPP_2M ? DC_SPACING_LINSPACE : DC_SPACING_LEADING,
+        .timestep_spacing = linspace ? DC_SPACING_LINSPACE : DC_SPACING_LEADING,
         .steps_offset = 0,
-        .clip_sample = kind != DC_SAMPLER_DPMPP_2M,
+        .clip_sample = clips(kind),
         .clip_sample_range = 1.0,
         .variance_type = DC_VARIANCE_FIXED_SMALL,
         .eta = 0.0,
-        .set_alpha_to_one = 1,
+        .set_alpha_to_one = kind != DC_SAMPLER_PNDM,
+        .skip_prk_steps = 0,
         .thresholding = 0,
         .dynamic_thresholding_ratio = 0.995,
         .sample_max_value = 1.0,
@@ -162,6 +186,28 @@ static int check_dpm_config(const cJSON *root, const char *where) {
                : 0;
 }
 
+/* A number key that changes the sampler in a way we do not build: null or unset only. */
+static int check_null(const cJSON *root, const char *key, const char *where) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    return v && !cJSON_IsNull(v) ? dc_fail("%s: %s is not supported (only the schedule's own "
+                                           "sigmas bound Karras sigmas)",
+                                           where, key)
+                                 : 0;
+}
+
+/* What EulerDiscreteScheduler reads beyond what we implement. */
+static int check_euler_config(const cJSON *root, const char *where) {
+    static const char *const interpolations[] = {"linear"};
+    static const char *const timestep_types[] = {"discrete"};
+    return check_string(root, "interpolation_type", where, interpolations, 1) ||
+                   check_string(root, "timestep_type", where, timestep_types, 1) ||
+                   check_false(root, "use_exponential_sigmas", where) ||
+                   check_false(root, "use_beta_sigmas", where) ||
+                   check_null(root, "sigma_min", where) || check_null(root, "sigma_max", where)
+               ? -1
+               : 0;
+}
+
 static int parse_enum_key(const cJSON *root, const char *key, const char *where,
                           const char *const *names, int count, int *out) {
     const char *v = NULL;
@@ -183,6 +229,55 @@ static int parse_variance_type(const cJSON *root, const char *where, int *out) {
     return 0;
 }
 
+/* The keys only some classes read (the others ignore them, as from_config does). */
+static int parse_kind_keys(dc_sampler_options *o, dc_sampler_kind kind, const cJSON *root,
+                           const char *where, int *variance, int *final_sigmas) {
+    if (thresholds(kind) &&
+        (dc_json_get_bool(root, "thresholding", where, &o->thresholding) ||
+         dc_json_get_number(root, "dynamic_thresholding_ratio", where,
+                            &o->dynamic_thresholding_ratio) ||
+         dc_json_get_number(root, "sample_max_value", where, &o->sample_max_value)))
+        return -1;
+    if (clips(kind) &&
+        (dc_json_get_bool(root, "clip_sample", where, &o->clip_sample) ||
+         dc_json_get_number(root, "clip_sample_range", where, &o->clip_sample_range)))
+        return -1;
+    if ((kind == DC_SAMPLER_DDIM || kind == DC_SAMPLER_PNDM) &&
+        dc_json_get_bool(root, "set_alpha_to_one", where, &o->set_alpha_to_one))
+        return -1;
+    if ((kind == DC_SAMPLER_DPMPP_2M || kind == DC_SAMPLER_EULER || kind == DC_SAMPLER_LMS) &&
+        dc_json_get_bool(root, "use_karras_sigmas", where, &o->use_karras_sigmas))
+        return -1;
+    if ((kind == DC_SAMPLER_DPMPP_2M || kind == DC_SAMPLER_EULER) &&
+        parse_enum_key(root, "final_sigmas_type", where, final_sigmas_names,
+                       DC_FINAL_SIGMAS_COUNT, final_sigmas))
+        return -1;
+    if ((kind == DC_SAMPLER_PNDM || kind == DC_SAMPLER_LMS) &&
+        check_false(root, "rescale_betas_zero_snr", where))
+        return -1;
+    switch (kind) {
+    case DC_SAMPLER_DDPM:
+        return parse_variance_type(root, where, variance);
+    case DC_SAMPLER_DPMPP_2M:
+        return check_dpm_config(root, where) ||
+                       dc_json_get_bool(root, "lower_order_final", where, &o->lower_order_final) ||
+                       dc_json_get_number(root, "lambda_min_clipped", where, &o->lambda_min_clipped)
+                   ? -1
+                   : 0;
+    case DC_SAMPLER_PNDM:
+        return dc_json_get_bool(root, "skip_prk_steps", where, &o->skip_prk_steps);
+    case DC_SAMPLER_EULER:
+        return check_euler_config(root, where);
+    case DC_SAMPLER_LMS:
+        return check_false(root, "use_exponential_sigmas", where) ||
+                       check_false(root, "use_beta_sigmas", where)
+                   ? -1
+                   : 0;
+    default:
+        return 0;
+    }
+}
+
 static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const cJSON *root,
                              const char *where) {
     if (!cJSON_IsObject(root))
@@ -190,29 +285,13 @@ static int parse_config_root(dc_sampler_options *o, dc_sampler_kind kind, const 
     int spacing = (int)o->timestep_spacing, variance = (int)o->variance_type;
     int final_sigmas = (int)o->final_sigmas_type;
     double offset = (double)o->steps_offset;
-    if (dc_json_get_bool(root, "thresholding", where, &o->thresholding) ||
-        dc_json_get_number(root, "dynamic_thresholding_ratio", where,
-                           &o->dynamic_thresholding_ratio) ||
-        dc_json_get_number(root, "sample_max_value", where, &o->sample_max_value) ||
-        parse_enum_key(root, "timestep_spacing", where, spacing_names, DC_SPACING_COUNT,
+    if (parse_enum_key(root, "timestep_spacing", where, spacing_names, DC_SPACING_COUNT,
                        &spacing) ||
         dc_json_get_number(root, "steps_offset", where, &offset))
         return -1;
     if (!(offset >= 0 && offset <= 1e9 && offset == floor(offset)))
         return dc_fail("%s: steps_offset %g must be a whole number in [0, 1e9]", where, offset);
-    if (kind == DC_SAMPLER_DPMPP_2M) {
-        if (check_dpm_config(root, where) ||
-            dc_json_get_bool(root, "lower_order_final", where, &o->lower_order_final) ||
-            dc_json_get_bool(root, "use_karras_sigmas", where, &o->use_karras_sigmas) ||
-            dc_json_get_number(root, "lambda_min_clipped", where, &o->lambda_min_clipped) ||
-            parse_enum_key(root, "final_sigmas_type", where, final_sigmas_names,
-                           DC_FINAL_SIGMAS_COUNT, &final_sigmas))
-            return -1;
-    } else if (dc_json_get_bool(root, "clip_sample", where, &o->clip_sample) ||
-               dc_json_get_number(root, "clip_sample_range", where, &o->clip_sample_range) ||
-               (kind == DC_SAMPLER_DDIM &&
-                dc_json_get_bool(root, "set_alpha_to_one", where, &o->set_alpha_to_one)) ||
-               (kind == DC_SAMPLER_DDPM && parse_variance_type(root, where, &variance)))
+    if (parse_kind_keys(o, kind, root, where, &variance, &final_sigmas))
         return -1;
     o->timestep_spacing = (dc_timestep_spacing)spacing;
     o->variance_type = (dc_variance_type)variance;
@@ -236,10 +315,27 @@ int dc_sampler_options_parse_config(dc_sampler_options *o, dc_sampler_kind kind,
     return rc;
 }
 
+int dc_sampler_kind_from_config(const char *json, const char *where, dc_sampler_kind *out) {
+    cJSON *root = dc_json_parse(json, strlen(json), where);
+    if (!root)
+        return -1;
+    const char *name = NULL;
+    int k = -1, rc = cJSON_IsObject(root) ? dc_json_get_string(root, "_class_name", where, &name)
+                                          : dc_fail("%s: not a JSON object", where);
+    if (!rc && !name)
+        rc = dc_fail("%s: no _class_name: which scheduler is it?", where);
+    if (!rc && parse_name("scheduler class", name, class_names, DC_SAMPLER_COUNT, &k))
+        rc = dc_fail_prefix(where);
+    cJSON_Delete(root);
+    if (!rc)
+        *out = (dc_sampler_kind)k;
+    return rc;
+}
+
 /* ---- timesteps, as numpy computes them in each class's set_timesteps ---- */
 
 /* Element k of np.linspace(0, stop, num): k * (stop / (num - 1)), the last exactly stop. */
-static double np_linspace(double stop, int64_t num, int64_t k) {
+double dc_sampler_np_linspace(double stop, int64_t num, int64_t k) {
     if (num == 1)
         return 0.0;
     return k == num - 1 ? stop : (double)k * (stop / (double)(num - 1));
@@ -265,11 +361,11 @@ static int64_t dpm_last_timestep(const dc_sampler *s) {
     return last;
 }
 
-/* s->timesteps, descending, for the spacing; returns how many there are: n, or
+/* The timesteps, descending, for the spacing; returns how many there are: n, or
  * fewer for dpm++2m's trailing steps below lambda_min_clipped. DPM-Solver spaces
  * n + 1 points and drops the last (leading, linspace); rint rounds half to even
  * as numpy's round does. */
-static int make_timesteps(dc_sampler *s) {
+int dc_sampler_spaced_timesteps(const dc_sampler *s, int64_t *out) {
     const dc_sampler_options *o = &s->opt;
     int n = o->num_inference_steps;
     bool dpm = s->kind == DC_SAMPLER_DPMPP_2M;
@@ -281,13 +377,13 @@ static int make_timesteps(dc_sampler *s) {
     for (int k = 0; k < n; k++) {
         switch (o->timestep_spacing) {
         case DC_SPACING_LEADING:
-            s->timesteps[k] = (num - 1 - k) * (last / num) + o->steps_offset;
+            out[k] = (num - 1 - k) * (last / num) + o->steps_offset;
             break;
         case DC_SPACING_TRAILING:
-            s->timesteps[k] = (int64_t)rint(np_arange_down((double)last, (double)T / n, k)) - 1;
+            out[k] = (int64_t)rint(np_arange_down((double)last, (double)T / n, k)) - 1;
             break;
         default:
-            s->timesteps[k] = (int64_t)rint(np_linspace((double)(last - 1), num, num - 1 - k));
+            out[k] = (int64_t)rint(dc_sampler_np_linspace((double)(last - 1), num, num - 1 - k));
             break;
         }
     }
@@ -330,8 +426,7 @@ static float lambda_of(float sigma) {
     return logf(a) - logf(s);
 }
 
-/* sqrt((1 - acp) / acp) at t, float32 as torch computes it. */
-static float sigma_at(const dc_sampler *s, int64_t t) {
+float dc_sampler_sigma_at(const dc_sampler *s, int64_t t) {
     float a = s->alphas_cumprod[t];
     return sqrtf((1.0f - a) / a);
 }
@@ -339,30 +434,34 @@ static float sigma_at(const dc_sampler *s, int64_t t) {
 /* _sigma_to_t: the timestep of `sigma` interpolated linearly in log sigma between
  * the two training timesteps around it (numpy: log_sigmas float32, the rest double,
  * low - high float32). */
-static double sigma_to_t(const dc_sampler *s, double sigma) {
+double dc_sampler_sigma_to_t(const dc_sampler *s, double sigma) {
     double log_sigma = log(fmax(sigma, 1e-10));
     int64_t low = 0;
     for (int64_t t = 0; t < s->T; t++) /* the last t with log_sigmas[t] <= log_sigma */
-        if (log_sigma - (double)logf(sigma_at(s, t)) >= 0)
+        if (log_sigma - (double)logf(dc_sampler_sigma_at(s, t)) >= 0)
             low = t;
     low = low < s->T - 2 ? low : s->T - 2;
-    float lo = logf(sigma_at(s, low)), hi = logf(sigma_at(s, low + 1));
+    float lo = logf(dc_sampler_sigma_at(s, low)), hi = logf(dc_sampler_sigma_at(s, low + 1));
     double w = ((double)lo - log_sigma) / (double)(lo - hi);
     w = w > 0 ? (w < 1 ? w : 1) : 0; /* np.clip; NaN (lo == hi) as 0, not an undefined cast */
     return (1 - w) * (double)low + w * (double)(low + 1);
 }
 
-/* _convert_to_karras (rho 7, between the sigmas of timesteps T - 1 and 0, in
- * double), the timesteps from sigma_to_t: rounded, except that diffusers leaves
+double dc_sampler_karras_sigma(double sigma_min, double sigma_max, int n, int i) {
+    double lo = pow(sigma_min, 1.0 / 7.0), hi = pow(sigma_max, 1.0 / 7.0);
+    return pow(hi + dc_sampler_np_linspace(1.0, n, i) * (lo - hi), 7.0);
+}
+
+/* DPM-Solver's Karras sigmas (between the sigmas of timesteps 0 and T - 1),
+ * the timesteps from sigma_to_t: rounded, except that diffusers leaves
  * squaredcos_cap_v2's unrounded and int64 truncates them. They replace the
  * spacing's timesteps (and lambda_min_clipped's cut): n of them. */
 static int make_karras(dc_sampler *s, dc_beta_schedule beta) {
     s->n = s->opt.num_inference_steps;
-    double lo = pow((double)sigma_at(s, 0), 1.0 / 7.0);
-    double hi = pow((double)sigma_at(s, s->T - 1), 1.0 / 7.0);
+    double lo = (double)dc_sampler_sigma_at(s, 0), hi = (double)dc_sampler_sigma_at(s, s->T - 1);
     for (int i = 0; i < s->n; i++) {
-        double sigma = pow(hi + np_linspace(1.0, s->n, i) * (lo - hi), 7.0);
-        double t = sigma_to_t(s, sigma);
+        double sigma = dc_sampler_karras_sigma(lo, hi, s->n, i);
+        double t = dc_sampler_sigma_to_t(s, sigma);
         s->sigmas[i] = (float)sigma;
         s->timesteps[i] = (int64_t)(beta == DC_BETA_SQUAREDCOS_CAP_V2 ? t : rint(t));
     }
@@ -373,8 +472,9 @@ static int make_karras(dc_sampler *s, dc_beta_schedule beta) {
  * numpy's interp reads back exactly), then the final one. */
 static void make_sigmas(dc_sampler *s) {
     for (int i = 0; i < s->n && !s->opt.use_karras_sigmas; i++)
-        s->sigmas[i] = sigma_at(s, s->timesteps[i]);
-    s->sigmas[s->n] = s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO ? 0.0f : sigma_at(s, 0);
+        s->sigmas[i] = dc_sampler_sigma_at(s, s->timesteps[i]);
+    bool zero = s->opt.final_sigmas_type == DC_FINAL_SIGMAS_ZERO;
+    s->sigmas[s->n] = zero ? 0.0f : dc_sampler_sigma_at(s, 0);
 }
 
 /* ---- per-step scalars ---- */
@@ -448,8 +548,18 @@ static int check_options(dc_sampler_kind kind, const dc_noise_schedule *sched,
         return dc_fail("%s: eta %g must be finite and >= 0", name, o->eta);
     if (o->eta != 0 && kind != DC_SAMPLER_DDIM)
         return dc_fail("%s: eta %g applies to ddim only", name, o->eta);
-    if (o->clip_sample && kind == DC_SAMPLER_DPMPP_2M)
+    if (o->clip_sample && !clips(kind))
         return dc_fail("%s: clip_sample applies to ddpm and ddim only", name);
+    if (o->thresholding && !thresholds(kind))
+        return dc_fail("%s: thresholding applies to ddpm, ddim and dpm++2m only", name);
+    if (sched->config.prediction_type == DC_PRED_SAMPLE &&
+        (kind == DC_SAMPLER_PNDM || kind == DC_SAMPLER_EULER_A))
+        return dc_fail("%s: prediction_type sample is not supported (diffusers' %s refuses it)",
+                       name, class_names[kind]);
+    if (kind == DC_SAMPLER_PNDM && !o->skip_prk_steps && o->num_inference_steps < 4)
+        return dc_fail("%s: %d steps are too few for its Runge-Kutta start (4 or more, or "
+                       "skip_prk_steps)",
+                       name, o->num_inference_steps);
     if (o->clip_sample && !(o->clip_sample_range > 0 && o->clip_sample_range <= FLT_MAX))
         return dc_fail("%s: clip_sample_range %g must be positive and finite", name,
                        o->clip_sample_range);
@@ -469,27 +579,48 @@ static int check_ddim_eta(const dc_sampler *s) {
 }
 
 /* DDPM and DDIM recover x0 from an epsilon prediction as (x - sqrt(1 - acp) eps) /
- * sqrt(acp): nothing to recover at a zero-SNR timestep. */
+ * sqrt(acp): nothing to recover at a zero-SNR timestep. PNDM divides by acp
+ * whatever the model predicts. */
 static int check_zero_snr(const dc_sampler *s) {
-    if (s->kind == DC_SAMPLER_DPMPP_2M || s->prediction_type != DC_PRED_EPSILON)
+    bool pndm = s->kind == DC_SAMPLER_PNDM;
+    if (!clips(s->kind) && !pndm)
+        return 0;
+    if (!pndm && s->prediction_type != DC_PRED_EPSILON)
         return 0;
     for (int i = 0; i < s->n; i++)
         if (s->alphas_cumprod[s->timesteps[i]] == 0)
-            return dc_fail("%s: timestep %lld has zero SNR (rescale_betas_zero_snr) and the model "
-                           "predicts epsilon, which says nothing of the image there (diffusers "
-                           "divides by zero): use a v_prediction model, or a spacing that starts "
-                           "below it",
-                           dc_sampler_kind_name(s->kind), (long long)s->timesteps[i]);
+            return dc_fail("%s: timestep %lld has zero SNR (rescale_betas_zero_snr) and %s, "
+                           "which says nothing of the image there (diffusers divides by zero): "
+                           "use %s, or a spacing that starts below it",
+                           dc_sampler_kind_name(s->kind), (long long)s->timesteps[i],
+                           pndm ? "PNDM divides by its alphas_cumprod"
+                                : "the model predicts epsilon",
+                           pndm ? "another scheduler" : "a v_prediction model");
     return 0;
 }
 
+/* Room for n steps, or PNDM's n + 9 (PRK) model evaluations. */
 static int alloc_sampler(dc_sampler *s, int64_t T, int n) {
+    n += s->kind == DC_SAMPLER_PNDM ? 9 : 0;
     s->alphas_cumprod = malloc((size_t)T * sizeof(float));
     s->timesteps = malloc((size_t)n * sizeof(int64_t));
+    s->model_t = malloc((size_t)n * sizeof(float));
     s->sigmas = malloc(((size_t)n + 1) * sizeof(float));
-    if (!s->alphas_cumprod || !s->timesteps || !s->sigmas)
+    if (!s->alphas_cumprod || !s->timesteps || !s->model_t || !s->sigmas)
         return dc_fail("%s: out of memory for %d steps", dc_sampler_kind_name(s->kind), n);
     return 0;
+}
+
+/* What the model sees, and the initial noise's scale, for the kinds that step in
+ * timesteps; Euler's come with its sigmas. */
+static void make_model_timesteps(dc_sampler *s) {
+    if (is_euler(s->kind)) {
+        dc_sampler_euler_sigmas(s);
+        return;
+    }
+    for (int i = 0; i < s->n; i++)
+        s->model_t[i] = (float)s->timesteps[i];
+    s->init_noise_sigma = 1.0f;
 }
 
 int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule *sched,
@@ -508,18 +639,47 @@ int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule
     }
     memcpy(s->alphas_cumprod, sched->alphas_cumprod, (size_t)s->T * sizeof(float));
     bool dpm = kind == DC_SAMPLER_DPMPP_2M;
-    if (dpm && s->alphas_cumprod[s->T - 1] == 0) /* "so the first sigma is not inf" */
+    /* "so the first sigma is not inf" */
+    if ((dpm || is_euler(kind)) && s->alphas_cumprod[s->T - 1] == 0)
         s->alphas_cumprod[s->T - 1] = 0x1p-24f;
     s->n = dpm && o->use_karras_sigmas ? make_karras(s, sched->config.beta_schedule)
-                                       : make_timesteps(s);
-    if (check_timesteps(s) || (kind == DC_SAMPLER_DDIM && check_ddim_eta(s)) ||
-        check_zero_snr(s)) {
+                                       : dc_sampler_spaced_timesteps(s, s->timesteps);
+    if (check_timesteps(s) || (kind == DC_SAMPLER_DDIM && check_ddim_eta(s))) {
+        dc_sampler_free(s);
+        return -1;
+    }
+    if (kind == DC_SAMPLER_PNDM)
+        s->n = dc_sampler_pndm_timesteps(s, s->timesteps, s->n);
+    if (check_zero_snr(s)) {
         dc_sampler_free(s);
         return -1;
     }
     if (dpm)
         make_sigmas(s);
+    make_model_timesteps(s);
     return 0;
+}
+
+int dc_sampler_init_from_config(dc_sampler *s, const char *json, const char *where,
+                                const char *kind_name, int num_inference_steps) {
+    memset(s, 0, sizeof *s);
+    s->next = -1;
+    dc_sampler_kind kind;
+    dc_noise_schedule_config c;
+    if (kind_name ? dc_sampler_kind_parse(kind_name, &kind)
+                  : dc_sampler_kind_from_config(json, where, &kind))
+        return -1;
+    dc_sampler_options o = dc_sampler_default_options(kind);
+    o.num_inference_steps = num_inference_steps;
+    if (dc_noise_schedule_config_parse(&c, json, where) ||
+        dc_sampler_options_parse_config(&o, kind, json, where))
+        return -1;
+    dc_noise_schedule sched;
+    if (dc_noise_schedule_init(&sched, &c))
+        return dc_fail_prefix(where);
+    int rc = dc_sampler_init(s, kind, &sched, &o);
+    dc_noise_schedule_free(&sched);
+    return rc;
 }
 
 void dc_sampler_free(dc_sampler *s) {
@@ -527,10 +687,15 @@ void dc_sampler_free(dc_sampler *s) {
         return;
     free(s->alphas_cumprod);
     free(s->timesteps);
+    free(s->model_t);
     free(s->sigmas);
     free(s->x0);
     free(s->prev_x0);
     free(s->sorted);
+    for (int k = 0; k < 4; k++)
+        free(s->ets[k]);
+    free(s->cur_sample);
+    free(s->cur_mo);
     memset(s, 0, sizeof *s);
     s->next = -1;
 }
@@ -538,6 +703,8 @@ void dc_sampler_free(dc_sampler *s) {
 void dc_sampler_reset(dc_sampler *s) {
     s->next = -1;
     s->numel = 0;
+    s->counter = 0;
+    s->n_ets = 0;
 }
 
 /* ---- steps ---- */
@@ -546,12 +713,26 @@ int dc_sampler_step_needs_noise(const dc_sampler *s, int i) {
     if (i < 0 || i >= s->n)
         return 0;
     return (s->kind == DC_SAMPLER_DDPM && s->timesteps[i] > 0) ||
-           (s->kind == DC_SAMPLER_DDIM && s->opt.eta > 0);
+           (s->kind == DC_SAMPLER_DDIM && s->opt.eta > 0) || s->kind == DC_SAMPLER_EULER_A;
 }
 
 bool dc_sampler_needs_variance(const dc_sampler *s) {
     return s->kind == DC_SAMPLER_DDPM && (s->opt.variance_type == DC_VARIANCE_LEARNED ||
                                           s->opt.variance_type == DC_VARIANCE_LEARNED_RANGE);
+}
+
+int dc_sampler_scale_model_input(const dc_sampler *s, int i, const float *sample, float *out,
+                                 int64_t numel) {
+    if (s->n < 1)
+        return dc_fail("sampler: not initialised");
+    if (i < 0 || i >= s->n)
+        return dc_fail("scale_model_input: step %d is outside [0, %d)", i, s->n);
+    float scale = 1.0f; /* sample / 1 is the sample */
+    if (is_euler(s->kind))
+        scale = sqrtf(s->sigmas[i] * s->sigmas[i] + 1.0f);
+    for (int64_t e = 0; e < numel; e++)
+        out[e] = sample[e] / scale;
+    return 0;
 }
 
 /* Predicted x0 from the model output for DDPM and DDIM (sa, sb: sqrt(acp_t), sqrt(1 - acp_t)). */
@@ -727,17 +908,26 @@ static int check_step(const dc_sampler *s, int i, const float *model_output, con
     return 0;
 }
 
-/* Room for the x0 buffers (grown on a run's first step: its numel stays) and
- * thresholding's scratch (an image may grow inside a run, the same numel split
- * into fewer images). realloc keeps prev_x0's values. */
+/* *buf grown to numel floats, its values kept; 0 or -1 (out of memory, *buf kept). */
+static int grow(float **buf, int64_t numel) {
+    float *p = realloc(*buf, (size_t)numel * sizeof(float));
+    if (!p)
+        return -1;
+    *buf = p;
+    return 0;
+}
+
+/* Room for the x0 buffers and PNDM's (grown on a run's first step: its numel
+ * stays) and thresholding's scratch (an image may grow inside a run, the same
+ * numel split into fewer images). realloc keeps the state's values. */
 static int reserve_state(dc_sampler *s, int64_t images, int64_t per) {
     int64_t numel = images * per, sorted = s->opt.thresholding ? per : 0;
     if (numel > s->cap) {
-        float *a = realloc(s->x0, (size_t)numel * sizeof(float));
-        s->x0 = a ? a : s->x0;
-        float *b = a ? realloc(s->prev_x0, (size_t)numel * sizeof(float)) : NULL;
-        s->prev_x0 = b ? b : s->prev_x0;
-        if (!a || !b)
+        int rc = grow(&s->x0, numel) || grow(&s->prev_x0, numel);
+        for (int k = 0; k < 4 && (s->kind == DC_SAMPLER_PNDM || s->kind == DC_SAMPLER_LMS); k++)
+            rc = rc || grow(&s->ets[k], numel);
+        if (rc || (s->kind == DC_SAMPLER_PNDM &&
+                   (grow(&s->cur_sample, numel) || grow(&s->cur_mo, numel))))
             return dc_fail("%s: out of memory for %lld elements of state",
                            dc_sampler_kind_name(s->kind), (long long)numel);
         s->cap = numel;
@@ -762,13 +952,27 @@ int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float
         ddpm_step(s, i, model_output, variance, sample, noise, images, per_image);
     else if (s->kind == DC_SAMPLER_DDIM)
         ddim_step(s, i, model_output, sample, noise, images, per_image);
-    else
+    else if (s->kind == DC_SAMPLER_DPMPP_2M)
         dpm_step(s, i, model_output, sample, images, per_image);
+    else if (s->kind == DC_SAMPLER_PNDM)
+        dc_sampler_pndm_step(s, i, model_output, sample, images * per_image);
+    else if (s->kind == DC_SAMPLER_LMS)
+        dc_sampler_lms_step(s, i, model_output, sample, images * per_image);
+    else
+        dc_sampler_euler_step(s, i, model_output, sample, noise, images * per_image);
     s->numel = images * per_image;
     s->next = i + 1;
     if (s->next == s->n) /* a finished run: ready for the next batch */
         dc_sampler_reset(s);
     return 0;
+}
+
+float *dc_sampler_push_state(dc_sampler *s) {
+    float *oldest = s->ets[3];
+    memmove(s->ets + 1, s->ets, 3 * sizeof s->ets[0]);
+    s->ets[0] = oldest;
+    s->n_ets = s->n_ets < 4 ? s->n_ets + 1 : 4;
+    return oldest;
 }
 
 /* ---- noise ---- */
@@ -787,10 +991,11 @@ int dc_sampler_img2img_start(const dc_sampler *s, double strength, int *first) {
         return dc_fail("sampler: not initialised");
     if (!(strength > 0 && strength <= 1))
         return dc_fail("img2img: strength %g must lie in (0, 1]", strength);
-    int init = (int)((double)s->n * strength); /* Python's int(n * strength) */
+    int n = s->kind == DC_SAMPLER_PNDM ? s->opt.num_inference_steps : s->n;
+    int init = (int)((double)n * strength); /* Python's int(n * strength) */
     if (init == 0)
-        return dc_fail("img2img: strength %g of %d steps leaves no step to run", strength, s->n);
-    *first = s->n - (init < s->n ? init : s->n);
+        return dc_fail("img2img: strength %g of %d steps leaves no step to run", strength, n);
+    *first = n - (init < n ? init : n);
     return 0;
 }
 
@@ -801,6 +1006,11 @@ int dc_sampler_add_noise(const dc_sampler *s, int i, const float *x0, const floa
     if (i < 0 || i >= s->n)
         return dc_fail("add_noise: step %d is outside [0, %d)", i, s->n);
     float a, b;
+    if (is_euler(s->kind)) {
+        for (int64_t e = 0; e < numel; e++)
+            out[e] = x0[e] + noise[e] * s->sigmas[i];
+        return 0;
+    }
     if (s->kind == DC_SAMPLER_DPMPP_2M) {
         alpha_sigma(s->sigmas[i], &a, &b);
     } else {

@@ -1,21 +1,29 @@
 /*
  * Samplers: the reverse diffusion steps of diffusers' DDPMScheduler,
- * DDIMScheduler and DPMSolverMultistepScheduler (solver_order 2,
- * algorithm_type dpmsolver++, solver_type midpoint: "DPM++ 2M"), step for
- * step, on host float arrays. They know nothing of the model: the caller runs
- * the model at timesteps[i] and hands its output to dc_sampler_step.
+ * DDIMScheduler, DPMSolverMultistepScheduler (solver_order 2, algorithm_type
+ * dpmsolver++, solver_type midpoint: "DPM++ 2M", Karras sigmas optional),
+ * and the schedulers Stable Diffusion pipelines ship: PNDMScheduler (PLMS,
+ * with or without its Runge-Kutta warm-up), EulerDiscreteScheduler,
+ * EulerAncestralDiscreteScheduler and LMSDiscreteScheduler; step for step,
+ * on host float arrays. They know nothing of the model: the caller runs the
+ * model at model_t[i] on the scaled input and hands its output to
+ * dc_sampler_step, as diffusers' StableDiffusionPipeline does:
  *
  *   dc_sampler s;
- *   dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_DDIM);
- *   o.num_inference_steps = 50;
- *   dc_sampler_init(&s, DC_SAMPLER_DDIM, &schedule, &o);
+ *   dc_sampler_init_from_config(&s, json_of_scheduler_config, path, NULL, 50);
  *   dc_sampler_noise(x, n_images, per_image, seed, first_image, DC_SAMPLER_DRAW_INIT);
+ *   x *= s.init_noise_sigma (every element)
  *   for (int i = 0; i < s.n; i++) {
- *       run the model on x at timestep s.timesteps[i] -> eps
+ *       dc_sampler_scale_model_input(&s, i, x, in, numel);
+ *       run the model on in at timestep s.model_t[i] -> eps
  *       if (dc_sampler_step_needs_noise(&s, i))
  *           dc_sampler_noise(z, n_images, per_image, seed, first_image, DC_SAMPLER_DRAW_STEP(i));
  *       dc_sampler_step(&s, i, eps, NULL, x, z, n_images, per_image);
  *   }
+ *
+ * s.n is the number of model evaluations: num_inference_steps, except PNDM's
+ * n + 1 (PLMS evaluates its second timestep twice) or n + 9 (PRK: 12
+ * Runge-Kutta evaluations for the first 3 steps).
  *
  * Timesteps are those of each class's set_timesteps for the spacing
  * (leading, trailing, linspace: Table 2 of Lin et al., "Common Diffusion
@@ -32,12 +40,17 @@
  * rounding per operation in the order diffusers' torch code does them, so
  * results agree with diffusers to a few float32 ulps per step (torch's expf
  * and logf differ from libm's in the last place; compilers that contract
- * a * b + c into an FMA round once where torch rounds twice).
+ * a * b + c into an FMA round once where torch rounds twice). Euler's and
+ * LMS' Karras timesteps are fractional, so numpy's float32 log (not libm's)
+ * moves them by a few ulps; LMS integrates its coefficients exactly in
+ * double where diffusers' scipy quad evaluates the polynomial in float32
+ * (~1e-7 of a coefficient).
  *
  * The prediction type (epsilon, v_prediction, sample) is the schedule's
  * (scheduler_config.json), as the model was trained for it. So is
- * rescale_betas_zero_snr, which DPM-Solver++ follows as diffusers does: its
- * copy of alphas_cumprod ends at 2^-24 instead of 0.
+ * rescale_betas_zero_snr, which DPM-Solver++, Euler and Euler ancestral
+ * follow as diffusers does: their copy of alphas_cumprod ends at 2^-24
+ * instead of 0.
  *
  * A model that also predicts its variance (guided-diffusion's learned_range:
  * out_channels twice in_channels, the second half the variance) hands the
@@ -55,6 +68,10 @@ typedef enum {
     DC_SAMPLER_DDPM,     /* "ddpm": ancestral sampling (Ho et al.), one noise draw per step */
     DC_SAMPLER_DDIM,     /* "ddim": Song et al.; deterministic at eta 0 */
     DC_SAMPLER_DPMPP_2M, /* "dpm++2m": DPM-Solver++(2M) (Lu et al.), deterministic */
+    DC_SAMPLER_PNDM,     /* "pndm": pseudo linear multistep (Liu et al.), SD-1.x's default */
+    DC_SAMPLER_EULER,    /* "euler": Euler in sigma (Karras et al., Algorithm 2 without churn) */
+    DC_SAMPLER_EULER_A,  /* "euler_a": ancestral Euler, one noise draw per step */
+    DC_SAMPLER_LMS,      /* "lms": linear multistep in sigma (Karras et al.), order 4 */
     DC_SAMPLER_COUNT
 } dc_sampler_kind;
 
@@ -78,7 +95,8 @@ typedef enum {
     DC_VARIANCE_COUNT
 } dc_variance_type;
 
-/* DPMSolverMultistepScheduler's final_sigmas_type: the sigma after the last step. */
+/* DPMSolverMultistepScheduler's and EulerDiscreteScheduler's final_sigmas_type: the
+ * sigma after the last step. */
 typedef enum {
     DC_FINAL_SIGMAS_ZERO,      /* "zero": the last step lands on x0 (diffusers' default) */
     DC_FINAL_SIGMAS_SIGMA_MIN, /* "sigma_min": on the noise level of timestep 0 */
@@ -95,6 +113,12 @@ int dc_variance_type_parse(const char *name, dc_variance_type *out);
 const char *dc_variance_type_name(dc_variance_type v);
 int dc_final_sigmas_type_parse(const char *name, dc_final_sigmas_type *out);
 const char *dc_final_sigmas_type_name(dc_final_sigmas_type f);
+/* The kind a scheduler_config.json's _class_name names (DDPMScheduler,
+ * DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler,
+ * EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
+ * LMSDiscreteScheduler); a missing or
+ * other class is an error naming it. `where` names the source. */
+int dc_sampler_kind_from_config(const char *json, const char *where, dc_sampler_kind *out);
 
 /* Sampler settings, by diffusers' config names. Fields a kind does not use
  * are ignored, except eta (DDIM only) and clip_sample (DDPM and DDIM only),
@@ -110,37 +134,50 @@ typedef struct dc_sampler_options {
     double clip_sample_range;       /*   [-clip_sample_range, clip_sample_range] */
     dc_variance_type variance_type; /* ddpm */
     double eta;                     /* ddim: 0 deterministic, 1 DDPM-like */
-    bool set_alpha_to_one;          /* ddim: alphas_cumprod "before" t = 0 is 1 (else acp[0]) */
+    bool set_alpha_to_one;          /* ddim, pndm: alphas_cumprod "before" t = 0 is 1
+                                       (else acp[0]) */
+    bool skip_prk_steps;            /* pndm: PLMS from the start (else 12 Runge-Kutta evaluations
+                                       first; they need n >= 4) */
     bool thresholding;              /* all: dynamic thresholding of the predicted x0 */
     double dynamic_thresholding_ratio; /*   the quantile, in [0, 1] */
     double sample_max_value;        /*   the largest s, positive */
     bool lower_order_final;         /* dpm++2m: first order at the end when n < 15 */
-    dc_final_sigmas_type final_sigmas_type; /* dpm++2m */
-    bool use_karras_sigmas;         /* dpm++2m: Karras et al.'s sigmas (rho 7), their timesteps
-                                       interpolated in log sigma (spacing, steps_offset and
-                                       lambda_min_clipped then do nothing, as in diffusers) */
+    dc_final_sigmas_type final_sigmas_type; /* dpm++2m, euler */
+    bool use_karras_sigmas;         /* dpm++2m, euler, lms: Karras et al.'s sigmas (rho 7), their
+                                       timesteps interpolated in log sigma. dpm++2m spans all
+                                       training sigmas (spacing, steps_offset and
+                                       lambda_min_clipped then do nothing, as in diffusers) and
+                                       rounds the timesteps; euler and lms span their spaced
+                                       sigmas and keep them fractional */
     double lambda_min_clipped;      /* dpm++2m: timesteps whose lambda (log(alpha / sigma))
                                        lies below this are left out; -inf: none */
 } dc_sampler_options;
 
 /* The defaults of the diffusers class and its pipeline: 1000 steps for DDPM
- * (DDPMPipeline), 50 for DDIM and DPM-Solver++; leading spacing and clipping
- * at 1 for DDPM and DDIM, linspace for DPM-Solver++; eta 0, fixed_small,
- * set_alpha_to_one, no thresholding (ratio 0.995, sample_max_value 1),
+ * (DDPMPipeline), 50 for the others; leading spacing for DDPM, DDIM and
+ * PNDM, linspace for DPM-Solver++, Euler and LMS; clipping at 1 for DDPM and
+ * DDIM; eta 0, fixed_small, set_alpha_to_one (false for PNDM), PRK steps
+ * (skip_prk_steps false), no thresholding (ratio 0.995, sample_max_value 1),
  * lower_order_final, final sigma zero, no Karras sigmas, lambda_min_clipped
  * -inf. */
 dc_sampler_options dc_sampler_default_options(dc_sampler_kind kind);
 
 /* Apply the keys of a diffusers scheduler_config.json (of any scheduler
  * class) that the kind's diffusers class reads, as its from_config would:
- * timestep_spacing, steps_offset, thresholding, dynamic_thresholding_ratio,
- * sample_max_value; clip_sample, clip_sample_range (ddpm, ddim);
- * variance_type (ddpm); set_alpha_to_one (ddim); lower_order_final,
- * final_sigmas_type, use_karras_sigmas, lambda_min_clipped (dpm++2m). Absent
- * or null keys leave o as it is. Settings we do not implement are refused,
- * never ignored: variance_type fixed_large_log, and for dpm++2m solver_order
- * other than 2, other algorithm or solver types, exponential, beta, flow or
- * Lu sigmas, euler_at_final. `where` names the source. */
+ * timestep_spacing, steps_offset; thresholding, dynamic_thresholding_ratio,
+ * sample_max_value (ddpm, ddim, dpm++2m); clip_sample, clip_sample_range
+ * (ddpm, ddim); variance_type (ddpm); set_alpha_to_one (ddim, pndm);
+ * skip_prk_steps (pndm); lower_order_final, lambda_min_clipped (dpm++2m);
+ * final_sigmas_type (dpm++2m, euler); use_karras_sigmas (dpm++2m, euler,
+ * lms). Absent or null keys
+ * leave o as it is. Settings we do not implement are refused, never ignored:
+ * variance_type fixed_large_log; for dpm++2m solver_order other than 2, other
+ * algorithm or solver types, exponential, beta, flow or Lu sigmas,
+ * euler_at_final; for euler interpolation_type log_linear, exponential or
+ * beta sigmas, sigma_min / sigma_max, timestep_type continuous; for lms
+ * exponential or beta sigmas; for pndm and lms rescale_betas_zero_snr,
+ * which their diffusers classes ignore (so the model's zero-SNR schedule
+ * would not be the one they sample with). `where` names the source. */
 int dc_sampler_options_parse_config(dc_sampler_options *o, dc_sampler_kind kind, const char *json,
                                     const char *where);
 
@@ -152,14 +189,25 @@ typedef struct dc_sampler {
     float *alphas_cumprod; /* [T] a copy of the schedule's (dpm++2m: the last 2^-24 when 0) */
     int n;                 /* steps: opt.num_inference_steps, fewer where dpm++2m's
                               lambda_min_clipped cuts trailing timesteps */
-    int64_t *timesteps;    /* [n] descending, in [0, T): the model's timestep at step i */
-    float *sigmas;         /* [n + 1] dpm++2m: sqrt((1 - acp) / acp) per step, then the final */
+    int64_t *timesteps;    /* [n] in [0, T), descending but for PNDM's repeats: step i's
+                              timestep (euler: model_t rounded) */
+    float *model_t;        /* [n] the timestep the model sees at step i, float32 as diffusers
+                              hands it to the UNet (euler's may be fractional) */
+    float *sigmas;         /* [n + 1] dpm++2m, euler, lms: sqrt((1 - acp) / acp) per step,
+                              then the final */
+    float init_noise_sigma; /* the initial noise's deviation: 1, or for euler and lms the
+                               largest sigma (leading spacing: sqrt(sigma^2 + 1)) */
     int next;              /* the step that must come next; -1 before the first */
     /* a step's x0 prediction, and dpm++2m's multistep state: the previous one's */
     float *x0, *prev_x0; /* [numel] each */
     float *sorted;       /* [per_image] thresholding's scratch */
     int64_t cap, sorted_cap; /* their capacities */
     int64_t numel;       /* of this run (0 before its first step) */
+    /* pndm's state: steps since reset (diffusers' counter), the last model outputs
+       (ets[0] the newest, n_ets of them; lms: the last derivatives), the sample of
+       the multistep's start and PRK's running sum of model outputs */
+    int counter, n_ets;
+    float *ets[4], *cur_sample, *cur_mo; /* [numel] each */
 } dc_sampler;
 
 /* Build the timesteps of `kind` for o on sched (copied: sched may be freed
@@ -175,6 +223,13 @@ typedef struct dc_sampler {
  * to free). */
 int dc_sampler_init(dc_sampler *s, dc_sampler_kind kind, const dc_noise_schedule *sched,
                     const dc_sampler_options *o);
+/* The sampler of a scheduler_config.json (its text `json`, from `where`):
+ * the noise schedule and options it says, the kind its _class_name names,
+ * or `kind_name` when that is not NULL (a pipeline run with another
+ * scheduler, as diffusers' from_config swaps them), with
+ * num_inference_steps steps. */
+int dc_sampler_init_from_config(dc_sampler *s, const char *json, const char *where,
+                                const char *kind_name, int num_inference_steps);
 void dc_sampler_free(dc_sampler *s);
 /* Forget the multistep state: the next step may be any index again. */
 void dc_sampler_reset(dc_sampler *s);
@@ -184,6 +239,11 @@ int dc_sampler_step_needs_noise(const dc_sampler *s, int i);
 /* Whether the steps read the model's predicted variance (DDPM with a learned variance_type). */
 bool dc_sampler_needs_variance(const dc_sampler *s);
 
+/* scheduler.scale_model_input: the model's input at step i. Euler and LMS
+ * divide the sample by sqrt(sigma_i^2 + 1); the others copy it. out may alias sample. */
+int dc_sampler_scale_model_input(const dc_sampler *s, int i, const float *sample, float *out,
+                                 int64_t numel);
+
 /* One step: sample ([images, per_image] floats, x at timesteps[i]) becomes x
  * at the next timestep, in place, given the model's output at (x,
  * timesteps[i]) and, when dc_sampler_step_needs_noise, standard normal noise
@@ -192,7 +252,9 @@ bool dc_sampler_needs_variance(const dc_sampler *s);
  * shape), which dc_sampler_needs_variance samplers need and the others
  * ignore (NULL is fine there). Steps run in order: the first after init or
  * reset may be any i (img2img starts late), each later one must be the next,
- * with the same shape. The inputs may not alias sample. */
+ * with the same shape. The inputs may not alias sample. PNDM's state counts
+ * the steps since init or reset, as diffusers' counter does from
+ * set_timesteps: an img2img run's first step is its counter 0 whatever i. */
 int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float *variance,
                     float *sample, const float *noise, int64_t images, int64_t per_image);
 
@@ -214,15 +276,19 @@ void dc_sampler_noise(float *out, int64_t n_images, int64_t per_image, uint64_t 
                       uint64_t first_image, uint64_t draw);
 
 /* ---- img2img ----
- * diffusers' img2img pipelines start at step n - int(n * strength) and noise
- * the clean image to that step's timestep. */
+ * diffusers' img2img pipelines (StableDiffusionImg2ImgPipeline.get_timesteps)
+ * start at step n - int(n * strength) and noise the clean image to that
+ * step's timestep. */
 
-/* The first step for strength in (0, 1]: n - min(int(n * strength), n).
- * Refused when that leaves no step (int(n * strength) == 0). */
+/* The first step for strength in (0, 1]: n - min(int(n * strength), n), n
+ * the steps asked for (PNDM's list is longer: it starts at that index of
+ * it). Refused when that leaves no step (int(n * strength) == 0). */
 int dc_sampler_img2img_start(const dc_sampler *s, double strength, int *first);
 /* out = scheduler.add_noise(x0, noise, timesteps[i]): sqrt(acp) x0 +
- * sqrt(1 - acp) noise for DDPM and DDIM; DPM-Solver computes the same from
- * its sigma of step i (its own rounding). out may alias x0 or noise. */
+ * sqrt(1 - acp) noise for DDPM, DDIM and PNDM; DPM-Solver computes the same
+ * from its sigma of step i (its own rounding); Euler's and LMS' are x0 + sigma_i noise
+ * (not multiplied by init_noise_sigma after, as the img2img pipeline does
+ * not). out may alias x0 or noise. */
 int dc_sampler_add_noise(const dc_sampler *s, int i, const float *x0, const float *noise,
                          float *out, int64_t numel);
 

@@ -250,24 +250,27 @@ static void variance_model(dc_unet_config *c, dc_unet *m, dc_params *ps, int out
     free(text);
 }
 
-/* The denoising loop written out: the model's output split per pixel (NHWC: the first
- * c channels the prediction, the next c the variance), guidance on the prediction, the
- * variance of the conditional pass. */
+/* The denoising loop written out: the initial noise scaled by init_noise_sigma, the
+ * model's input by scale_model_input, its timestep model_t; the model's output split per
+ * pixel (NHWC: the first c channels the prediction, the next c the variance), guidance on
+ * the prediction, the variance of the conditional pass. */
 static void reference_loop(dc_ctx *ctx, const dc_unet *m, dc_sampler *s, const int32_t *labels, int n,
                            float scale, uint64_t seed, float *x) {
     enum { PER = SIDE * SIDE * 3 };
-    float out[2 * 2 * 2 * PER], mean[2 * 2 * PER], var[2 * 2 * PER], z[2 * PER];
+    float out[2 * 2 * 2 * PER], mean[2 * 2 * PER], var[2 * 2 * PER], z[2 * PER], in[2 * PER];
     int32_t y[4];
     for (int k = 0; k < 2 * n; k++)
         y[k] = k < n ? dc_unet_null_class(&m->cfg) : labels[k - n];
     dc_sampler_noise(x, n, PER, seed, 0, DC_SAMPLER_DRAW_INIT);
+    for (int e = 0; e < n * PER; e++)
+        x[e] *= s->init_noise_sigma;
     for (int i = 0; i < s->n; i++) {
         dc_ctx_reset(ctx);
-        int32_t step = (int32_t)s->timesteps[i];
+        ck_assert_int_eq(dc_sampler_scale_model_input(s, i, x, in, n * PER), 0);
         dc_tensor *xt = dc_new(ctx, DC_F32, DC_SHAPE(2 * n, SIDE, SIDE, 3));
-        memcpy(xt->data, x, sizeof(float) * n * PER);
-        memcpy((float *)xt->data + n * PER, x, sizeof(float) * n * PER);
-        dc_tensor *pred = dc_unet_forward(ctx, m, xt, dc_from_host(ctx, DC_I32, DC_SHAPE(1), &step),
+        memcpy(xt->data, in, sizeof(float) * n * PER);
+        memcpy((float *)xt->data + n * PER, in, sizeof(float) * n * PER);
+        dc_tensor *pred = dc_unet_forward(ctx, m, xt, dc_from_host(ctx, DC_F32, DC_SHAPE(1), &s->model_t[i]),
                                           dc_from_host(ctx, DC_I32, DC_SHAPE(2 * n), y));
         ck_assert_msg(pred && pred->numel == 2 * 2 * n * PER, "%s", dc_error());
         memcpy(out, pred->data, sizeof(float) * pred->numel);
@@ -319,6 +322,18 @@ START_TEST(test_learned_variance) {
     ck_assert_msg(dc_generate(ctx, &r, fixed) == 0, "%s", dc_error());
     reference_loop(ctx, &m, &s, labels, N, 2.5f, seed, want);
     ck_assert(!memcmp(fixed, want, sizeof fixed) && memcmp(fixed, got, sizeof got));
+    /* samplers in sigma: the initial noise scaled up, the model's input down, fractional
+     * timesteps (linspace of 5: 249.75 apart), a noise draw per step */
+    for (int kind = DC_SAMPLER_EULER; kind <= DC_SAMPLER_LMS; kind++) {
+        dc_sampler_free(&s);
+        dc_sampler_options e = dc_sampler_default_options(kind);
+        e.num_inference_steps = 5;
+        ck_assert_int_eq(dc_sampler_init(&s, kind, &sched, &e), 0);
+        ck_assert(s.init_noise_sigma > 1 && s.model_t[1] != (float)s.timesteps[1]);
+        ck_assert_msg(dc_generate(ctx, &r, got) == 0, "%s", dc_error());
+        reference_loop(ctx, &m, &s, labels, N, 2.5f, seed, want);
+        ck_assert_msg(!memcmp(got, want, sizeof got), "%s", dc_sampler_kind_name(kind));
+    }
     dc_sampler_free(&s);
     dc_unet_free(&m);
     dc_params_free(&ps);
@@ -561,7 +576,7 @@ START_TEST(test_option_errors) {
                          "--strength: 0 is outside (0, 1]");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--strength", "1.5"),
                          "--strength: 1.5 is outside");
-    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--scheduler", "euler"), "--scheduler: ");
+    tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--scheduler", "heun"), "--scheduler: ");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--timestep-spacing", "x"),
                          "--timestep-spacing");
     tu_assert_user_error(SAMPLE("--model", m, "--output-dir", o, "--num-images", "two"), "not an integer");

@@ -1,8 +1,12 @@
 /* The samplers against diffusers (tests/fixtures/samplers.safetensors, made by
  * scripts/make_sampler_fixtures.py): timesteps for every spacing, each step of
  * DDPM, DDIM and DPM-Solver++(2M) trajectories, add_noise and the img2img
- * start; then the noise contract (an image's noise does not depend on its
- * batch), configs, guidance, and the errors. */
+ * start; Stable Diffusion's schedulers (tests/fixtures/sd_schedulers.safetensors,
+ * scripts/make_sd_scheduler_fixtures.py: PNDM, Euler, Euler ancestral, LMS,
+ * DPM++ 2M Karras from SD-1.5's and SD-2.1's scheduler configs) run as the
+ * text-to-image and img2img pipelines run them; then the noise contract (an
+ * image's noise does not depend on its batch), configs, guidance, the
+ * multistep state, and the errors. */
 #include "testutil.h"
 
 #include "autograd/error.h"
@@ -304,7 +308,7 @@ START_TEST(test_add_noise_vs_diffusers) {
     linear_schedule(&sched, 1000);
     float *acp = fx_floats(&f, "acp.linear", 1000);
     memcpy(sched.alphas_cumprod, acp, sizeof(float) * 1000);
-    for (int kind = 0; kind < DC_SAMPLER_COUNT; kind++) {
+    for (int kind = 0; kind <= DC_SAMPLER_DPMPP_2M; kind++) { /* SD's: test_sd_img2img */
         const char *tag = dc_sampler_kind_name(kind);
         dc_sampler_options o = dc_sampler_default_options(kind);
         o.num_inference_steps = 10;
@@ -331,6 +335,221 @@ START_TEST(test_add_noise_vs_diffusers) {
     free(noise);
     dc_noise_schedule_free(&sched);
     dc_st_close(&f);
+}
+END_TEST
+
+/* ---- Stable Diffusion's schedulers against diffusers ---- */
+
+#define SD_FIXTURE "tests/fixtures/sd_schedulers.safetensors"
+
+/* The fake model of scripts/make_sd_scheduler_fixtures.py: 0.5 * in + w * (t / 1000). */
+static void sd_model(float *out, const float *in, const float *w_i, float t) {
+    float tt = t / 1000.0f;
+    for (int e = 0; e < NUMEL; e++)
+        out[e] = 0.5f * in[e] + w_i[e] * tt;
+}
+
+/* The case's sampler, from its scheduler_config.json as diffc reads a pipeline's. */
+static void sd_sampler(const dc_st_file *f, const char *tag, dc_sampler *s) {
+    const char *json = fx_meta(f, tag, "config");
+    int steps = atoi(fx_meta(f, tag, "steps"));
+    ck_assert_msg(dc_sampler_init_from_config(s, json, tag, NULL, steps) == 0, "%s: %s", tag,
+                  dc_error());
+}
+
+/* Steps first .. s->n - 1 from x as the pipeline runs them, each compared with traj
+ * (traj[0] is x; within 1e-5 of the scale); model_in, when given, checks
+ * scale_model_input's output too. */
+static void sd_run(const char *tag, dc_sampler *s, int first, float *x, const float *traj,
+                   const float *model_in, const float *w, const float *noise) {
+    float in[NUMEL], mo[NUMEL];
+    for (int i = first; i < s->n; i++) {
+        ck_assert_int_eq(dc_sampler_scale_model_input(s, i, x, in, NUMEL), 0);
+        if (model_in) {
+            double err = worst_error(in, model_in + i * NUMEL, NUMEL);
+            ck_assert_msg(err <= 1e-6, "%s: model input %d off by %g", tag, i, err);
+        }
+        sd_model(mo, in, w + i * NUMEL, s->model_t[i]);
+        const float *z = dc_sampler_step_needs_noise(s, i) ? noise + i * NUMEL : NULL;
+        ck_assert_msg(dc_sampler_step(s, i, mo, NULL, x, z, 2, NUMEL / 2) == 0, "%s: %s", tag,
+                      dc_error());
+        double err = worst_error(x, traj + (i - first + 1) * NUMEL, NUMEL);
+        ck_assert_msg(err <= 1e-5, "%s: step %d (t %g) off by %g of the scale", tag, i,
+                      (double)s->model_t[i], err);
+    }
+}
+
+START_TEST(test_sd_schedulers_vs_diffusers) {
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, SD_FIXTURE) == 0, "%s", dc_error());
+    float *x0 = fx_floats(&f, "x", NUMEL), *w = fx_floats(&f, "w", 24 * NUMEL);
+    float *noise = fx_floats(&f, "noise", 24 * NUMEL);
+    char cases[2048], name[96];
+    snprintf(cases, sizeof cases, "%s", dc_st_meta(&f, "cases"));
+    int n_cases = 0;
+    for (char *save, *tag = strtok_r(cases, ",", &save); tag; tag = strtok_r(NULL, ",", &save)) {
+        dc_sampler s;
+        sd_sampler(&f, tag, &s);
+        snprintf(name, sizeof name, "%s.timesteps", tag);
+        float *ts = fx_floats(&f, name, s.n); /* its length checked: the count of steps */
+        /* identical, but Karras' fractional ones: numpy's float32 log is not libm's logf */
+        bool fractional = s.opt.use_karras_sigmas && s.kind != DC_SAMPLER_DPMPP_2M;
+        for (int i = 0; i < s.n; i++)
+            ck_assert_msg(s.model_t[i] == ts[i] ||
+                              (fractional && fabsf(s.model_t[i] - ts[i]) <= 2e-6f * fmaxf(ts[i], 1)),
+                          "%s: timestep %d is %.9g, diffusers %.9g", tag, i, (double)s.model_t[i],
+                          (double)ts[i]);
+        snprintf(name, sizeof name, "%s.sigmas", tag);
+        if (dc_st_find(&f, name)) {
+            float *sigmas = fx_floats(&f, name, s.n + 1);
+            ck_assert_msg(worst_error(s.sigmas, sigmas, s.n + 1) <= 1e-6, "%s: sigmas", tag);
+            free(sigmas);
+        }
+        snprintf(name, sizeof name, "%s.init_noise_sigma", tag);
+        float *sigma = fx_floats(&f, name, 1);
+        ck_assert_msg(fabsf(s.init_noise_sigma - *sigma) <= 1e-6f * *sigma,
+                      "%s: init_noise_sigma %g, diffusers %g", tag, (double)s.init_noise_sigma,
+                      (double)*sigma);
+        snprintf(name, sizeof name, "%s.traj", tag);
+        float *traj = fx_floats(&f, name, (int64_t)(s.n + 1) * NUMEL);
+        snprintf(name, sizeof name, "%s.model_in", tag);
+        float *model_in = fx_floats(&f, name, (int64_t)s.n * NUMEL), x[NUMEL];
+        for (int e = 0; e < NUMEL; e++)
+            x[e] = x0[e] * s.init_noise_sigma;
+        ck_assert_msg(worst_error(x, traj, NUMEL) <= 1e-6, "%s: initial latents", tag);
+        sd_run(tag, &s, 0, x, traj, model_in, w, noise);
+        free(ts);
+        free(sigma);
+        free(traj);
+        free(model_in);
+        dc_sampler_free(&s);
+        n_cases++;
+    }
+    ck_assert_int_eq(n_cases, 27);
+    free(x0);
+    free(w);
+    free(noise);
+    dc_st_close(&f);
+}
+END_TEST
+
+/* StableDiffusionImg2ImgPipeline: get_timesteps' start, add_noise there, the loop from
+ * there (PNDM's counter starts at 0 on that step, as after diffusers' set_timesteps). */
+START_TEST(test_sd_img2img_vs_diffusers) {
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, SD_FIXTURE) == 0, "%s", dc_error());
+    float *x0 = fx_floats(&f, "x0", NUMEL), *w = fx_floats(&f, "w", 24 * NUMEL);
+    float *noise = fx_floats(&f, "noise", 24 * NUMEL);
+    char cases[512], tag[64], name[96];
+    snprintf(cases, sizeof cases, "%s", dc_st_meta(&f, "i2i_cases"));
+    int n_cases = 0;
+    for (char *save, *c = strtok_r(cases, ",", &save); c; c = strtok_r(NULL, ",", &save)) {
+        snprintf(tag, sizeof tag, "i2i.%s", c);
+        dc_sampler s;
+        sd_sampler(&f, tag, &s);
+        int first = -1, len;
+        ck_assert_int_eq(dc_sampler_img2img_start(&s, strtod(fx_meta(&f, tag, "strength"), NULL),
+                                                  &first),
+                         0);
+        snprintf(name, sizeof name, "%s.start", tag);
+        int64_t *start = fx_ints(&f, name, &len);
+        ck_assert_msg(first == start[0], "%s: starts at %d, diffusers %lld", tag, first,
+                      (long long)start[0]);
+        snprintf(name, sizeof name, "%s.noised", tag);
+        float *noised = fx_floats(&f, name, NUMEL), x[NUMEL];
+        ck_assert_int_eq(dc_sampler_add_noise(&s, first, x0, noise, x, NUMEL), 0);
+        ck_assert_msg(worst_error(x, noised, NUMEL) <= 1e-6, "%s: add_noise", tag);
+        snprintf(name, sizeof name, "%s.traj", tag);
+        float *traj = fx_floats(&f, name, (int64_t)(s.n - first + 1) * NUMEL);
+        sd_run(tag, &s, first, x, traj, NULL, w, noise);
+        free(start);
+        free(noised);
+        free(traj);
+        dc_sampler_free(&s);
+        n_cases++;
+    }
+    ck_assert_int_eq(n_cases, 8);
+    free(x0);
+    free(w);
+    free(noise);
+    dc_st_close(&f);
+}
+END_TEST
+
+/* A scheduler_config.json diffc cannot follow is one error that names what. */
+START_TEST(test_sd_config_errors) {
+    static const struct {
+        const char *json, *kind, *message;
+    } bad[] = {
+        {"{\"_class_name\": \"HeunDiscreteScheduler\"}", NULL,
+         "cfg: scheduler class 'HeunDiscreteScheduler' is not supported (expected 'DDPMScheduler'"},
+        {"{\"beta_schedule\": \"scaled_linear\"}", NULL, "cfg: no _class_name"},
+        {"{\"_class_name\": 7}", NULL, "cfg: _class_name"},
+        {"[]", NULL, "cfg: not a JSON object"},
+        {"{\"_class_name\": \"PNDMScheduler\"}", "heun", "sampler 'heun' is not supported"},
+        {"{\"_class_name\": \"EulerDiscreteScheduler\", \"interpolation_type\": \"log_linear\"}",
+         NULL, "interpolation_type 'log_linear' is not supported"},
+        {"{\"_class_name\": \"EulerDiscreteScheduler\", \"use_exponential_sigmas\": true}", NULL,
+         "cfg: use_exponential_sigmas is not supported"},
+        {"{\"_class_name\": \"EulerDiscreteScheduler\", \"use_beta_sigmas\": true}", NULL,
+         "cfg: use_beta_sigmas is not supported"},
+        {"{\"_class_name\": \"EulerDiscreteScheduler\", \"sigma_min\": 0.1}", NULL,
+         "cfg: sigma_min is not supported"},
+        {"{\"_class_name\": \"EulerDiscreteScheduler\", \"timestep_type\": \"continuous\"}", NULL,
+         "timestep_type 'continuous' is not supported"},
+        {"{\"_class_name\": \"EulerDiscreteScheduler\", \"final_sigmas_type\": \"max\"}", NULL,
+         "final_sigmas_type 'max' is not supported"},
+        {"{\"_class_name\": \"PNDMScheduler\", \"prediction_type\": \"sample\"}", NULL,
+         "pndm: prediction_type sample is not supported (diffusers' PNDMScheduler refuses it)"},
+        {"{\"_class_name\": \"EulerAncestralDiscreteScheduler\", \"prediction_type\": \"sample\"}",
+         NULL, "euler_a: prediction_type sample is not supported"},
+        {"{\"_class_name\": \"PNDMScheduler\", \"skip_prk_steps\": \"yes\"}", NULL,
+         "skip_prk_steps"},
+        {"{\"_class_name\": \"PNDMScheduler\", \"timestep_spacing\": \"even\"}", NULL,
+         "timestep_spacing 'even' is not supported"},
+        {"{\"_class_name\": \"PNDMScheduler\", \"trained_betas\": [0.1, 0.2]}", NULL,
+         "trained_betas"},
+        {"{\"_class_name\": \"PNDMScheduler\", \"steps_offset\": 1000}", NULL,
+         "pndm: steps_offset 1000 must lie in [0, 1000)"},
+        {"{\"_class_name\": \"PNDMScheduler\", \"skip_prk_steps\": false}", "pndm",
+         "pndm: 3 steps are too few for its Runge-Kutta start"},
+        {"{\"_class_name\": \"PNDMScheduler\", \"rescale_betas_zero_snr\": true}", NULL,
+         "cfg: rescale_betas_zero_snr is not supported"},
+        {"{\"_class_name\": \"LMSDiscreteScheduler\", \"use_beta_sigmas\": true}", NULL,
+         "cfg: use_beta_sigmas is not supported"},
+    };
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        dc_sampler s;
+        ck_assert_msg(dc_sampler_init_from_config(&s, bad[k].json, "cfg", bad[k].kind, 3) != 0,
+                      "accepted %s", bad[k].json);
+        ck_assert_msg(strstr(dc_error(), bad[k].message), "%s: %s", bad[k].json, dc_error());
+        ck_assert_ptr_null(s.timesteps);
+        dc_sampler_free(&s);
+    }
+    /* options the class does not read are ignored, as diffusers' from_config ignores them */
+    dc_sampler s;
+    const char *sd15 = "{\"_class_name\": \"PNDMScheduler\", \"beta_schedule\": \"scaled_linear\", "
+                       "\"beta_start\": 0.00085, \"beta_end\": 0.012, \"clip_sample\": true, "
+                       "\"thresholding\": true, \"skip_prk_steps\": true, \"steps_offset\": 1}";
+    ck_assert_msg(dc_sampler_init_from_config(&s, sd15, "cfg", "euler", 20) == 0, "%s",
+                  dc_error());
+    ck_assert(s.kind == DC_SAMPLER_EULER && s.n == 20 && !s.opt.clip_sample &&
+              !s.opt.thresholding);
+    dc_sampler_free(&s);
+    ck_assert_msg(dc_sampler_init_from_config(&s, sd15, "cfg", NULL, 20) == 0, "%s", dc_error());
+    ck_assert(s.kind == DC_SAMPLER_PNDM && s.n == 21 && s.timesteps[0] == 951 &&
+              s.timesteps[1] == 901 && s.timesteps[2] == 901 && s.timesteps[20] == 1);
+    dc_sampler_free(&s);
+    /* and settings a kind has no use for are refused where they would do nothing */
+    dc_noise_schedule sched;
+    linear_schedule(&sched, 1000);
+    dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_EULER);
+    o.thresholding = true;
+    expect_init_fail(DC_SAMPLER_EULER, &sched, &o, "euler: thresholding applies to ddpm, ddim");
+    o = dc_sampler_default_options(DC_SAMPLER_PNDM);
+    o.clip_sample = true;
+    expect_init_fail(DC_SAMPLER_PNDM, &sched, &o, "pndm: clip_sample applies to ddpm and ddim");
+    dc_noise_schedule_free(&sched);
 }
 END_TEST
 
@@ -436,15 +655,18 @@ END_TEST
 
 /* ---- state, guidance ---- */
 
-/* DPM-Solver's state starts over after a finished run and after a reset. */
-START_TEST(test_dpm_state) {
+/* The multistep state (DPM-Solver's previous x0; PNDM's counter, model outputs and
+ * start sample, with PRK and without) starts over after a finished run and after a
+ * reset. */
+static void check_state_restarts(dc_sampler_kind kind, bool skip_prk_steps) {
     enum { PER = 23 };
     dc_noise_schedule sched;
     linear_schedule(&sched, 1000);
-    dc_sampler_options o = dc_sampler_default_options(DC_SAMPLER_DPMPP_2M);
+    dc_sampler_options o = dc_sampler_default_options(kind);
     o.num_inference_steps = 6;
+    o.skip_prk_steps = skip_prk_steps;
     dc_sampler s;
-    ck_assert_int_eq(dc_sampler_init(&s, DC_SAMPLER_DPMPP_2M, &sched, &o), 0);
+    ck_assert_int_eq(dc_sampler_init(&s, kind, &sched, &o), 0);
     float start[PER], x[3][PER], mo[PER];
     for (int e = 0; e < PER; e++)
         start[e] = (float)tu_normal();
@@ -462,9 +684,16 @@ START_TEST(test_dpm_state) {
             }
         }
     }
-    ck_assert(!memcmp(x[0], x[1], sizeof x[0]) && !memcmp(x[0], x[2], sizeof x[0]));
+    ck_assert_msg(!memcmp(x[0], x[1], sizeof x[0]) && !memcmp(x[0], x[2], sizeof x[0]), "%s",
+                  dc_sampler_kind_name(kind));
     dc_sampler_free(&s);
     dc_noise_schedule_free(&sched);
+}
+
+START_TEST(test_multistep_state) {
+    check_state_restarts(DC_SAMPLER_DPMPP_2M, false);
+    check_state_restarts(DC_SAMPLER_PNDM, false);
+    check_state_restarts(DC_SAMPLER_PNDM, true);
 }
 END_TEST
 
@@ -520,20 +749,22 @@ END_TEST
 /* ---- names, configs ---- */
 
 START_TEST(test_names) {
-    const char *kinds[] = {"ddpm", "ddim", "dpm++2m"},
+    const char *kinds[] = {"ddpm", "ddim", "dpm++2m", "pndm", "euler", "euler_a", "lms"},
                *spacings[] = {"leading", "trailing", "linspace"};
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < DC_SAMPLER_COUNT; k++) {
         dc_sampler_kind kind;
-        dc_timestep_spacing spacing;
         ck_assert_int_eq(dc_sampler_kind_parse(kinds[k], &kind), 0);
         ck_assert_str_eq(dc_sampler_kind_name(kind), kinds[k]);
+    }
+    for (int k = 0; k < 3; k++) {
+        dc_timestep_spacing spacing;
         ck_assert_int_eq(dc_timestep_spacing_parse(spacings[k], &spacing), 0);
         ck_assert_str_eq(dc_timestep_spacing_name(spacing), spacings[k]);
     }
     dc_sampler_kind kind;
-    ck_assert_int_ne(dc_sampler_kind_parse("euler", &kind), 0);
-    ck_assert_str_eq(dc_error(), "sampler 'euler' is not supported (expected 'ddpm', 'ddim' or "
-                                 "'dpm++2m')");
+    ck_assert_int_ne(dc_sampler_kind_parse("heun", &kind), 0);
+    ck_assert_str_eq(dc_error(), "sampler 'heun' is not supported (expected 'ddpm', 'ddim', "
+                                 "'dpm++2m', 'pndm', 'euler', 'euler_a' or 'lms')");
     dc_timestep_spacing spacing;
     ck_assert_int_ne(dc_timestep_spacing_parse("Leading", &spacing), 0);
     ck_assert_msg(strstr(dc_error(), "timestep_spacing 'Leading' is not supported"), "%s",
@@ -624,7 +855,7 @@ START_TEST(test_config) {
          "cfg: final_sigmas_type 'max' is not supported"},
         {DC_SAMPLER_DPMPP_2M, "[1]", "cfg: not a JSON object"},
         {DC_SAMPLER_DDPM, "{\"clip_sample\": tru", "cfg:1:17: not valid JSON here"},
-        {DC_SAMPLER_COUNT, "{}", "cfg: unknown sampler kind 3"},
+        {DC_SAMPLER_COUNT, "{}", "cfg: unknown sampler kind 7"},
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         o = dc_sampler_default_options(DC_SAMPLER_DDIM);
@@ -692,6 +923,10 @@ START_TEST(test_zero_snr_schedule_vs_diffusers) {
     expect_init_fail(DC_SAMPLER_DDPM, &s, &o, "ddpm: timestep 999 has zero SNR");
     o.eta = 0.5;
     expect_init_fail(DC_SAMPLER_DDIM, &s, &o, "ddim: timestep 999 has zero SNR");
+    o = dc_sampler_default_options(DC_SAMPLER_PNDM); /* PNDM divides by acp whatever it predicts */
+    o.timestep_spacing = DC_SPACING_TRAILING;
+    o.skip_prk_steps = true;
+    expect_init_fail(DC_SAMPLER_PNDM, &s, &o, "pndm: timestep 999 has zero SNR");
     o = dc_sampler_default_options(DC_SAMPLER_DPMPP_2M); /* DPM-Solver's last acp is 2^-24 */
     o.timestep_spacing = DC_SPACING_TRAILING;
     dc_sampler d;
@@ -788,7 +1023,7 @@ START_TEST(test_bad_options) {
     expect_init_fail(DC_SAMPLER_DPMPP_2M, &sched, &o,
                      "dpm++2m: 1000 linspace steps of 1000 repeat timestep");
     o.num_inference_steps = 10;
-    expect_init_fail(DC_SAMPLER_COUNT, &sched, &o, "sampler: unknown kind 3");
+    expect_init_fail(DC_SAMPLER_COUNT, &sched, &o, "sampler: unknown kind 7");
     expect_init_fail(DC_SAMPLER_DDIM, NULL, &o, "ddim: the noise schedule is not initialised");
     dc_noise_schedule empty = {0};
     expect_init_fail(DC_SAMPLER_DDIM, &empty, &o, "ddim: the noise schedule is not initialised");
@@ -862,12 +1097,14 @@ int main(void) {
     tcase_add_test(tc, test_add_noise_vs_diffusers);
     tcase_add_test(tc, test_zero_snr_schedule_vs_diffusers);
     tcase_add_test(tc, test_karras_cosine_vs_diffusers);
+    tcase_add_test(tc, test_sd_schedulers_vs_diffusers);
+    tcase_add_test(tc, test_sd_img2img_vs_diffusers);
     tcase_add_test(tc, test_img2img_start);
     tc = tu_tcase(s, "noise", 60);
     tcase_add_test(tc, test_noise_per_image);
     tcase_add_test(tc, test_run_independent_of_batch);
     tc = tu_tcase(s, "state", 60);
-    tcase_add_test(tc, test_dpm_state);
+    tcase_add_test(tc, test_multistep_state);
     tcase_add_test(tc, test_guidance_combine);
     tcase_add_test(tc, test_threshold_per_image);
     tc = tu_tcase(s, "config", 60);
@@ -876,5 +1113,6 @@ int main(void) {
     tcase_add_test(tc, test_config_from_diffusers);
     tcase_add_test(tc, test_bad_options);
     tcase_add_test(tc, test_bad_steps);
+    tcase_add_test(tc, test_sd_config_errors);
     return tu_run(s);
 }
