@@ -17,6 +17,7 @@ import json
 import os
 
 import torch
+from safetensors.torch import load_file, save_file
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -70,6 +71,16 @@ def components(size):
     return unet, vae, text
 
 
+def hub_text_names(folder):
+    """The text encoder's weights under the names the hub's SD checkpoints
+    use ("text_model.encoder..."): transformers 5 saves them without the
+    "text_model." prefix, which stable-diffusion.cpp does not recognise."""
+    path = os.path.join(folder, "text_encoder", "model.safetensors")
+    weights = load_file(path)
+    save_file({k if k.startswith("text_model.") else "text_model." + k: v for k, v in weights.items()}, path,
+              metadata={"format": "pt"})
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -93,6 +104,7 @@ def main():
     if a.dtype == "f16":
         pipe = pipe.to(torch.float16)
     pipe.save_pretrained(a.out, safe_serialization=True)
+    hub_text_names(a.out)
     print(f"wrote {a.out} ({a.size}, {a.dtype})")
 
 
