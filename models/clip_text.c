@@ -46,7 +46,8 @@ static int check_class(const cJSON *root, const char *what) {
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
     const cJSON *first = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
     if (cJSON_IsString(first) && strcmp(first->valuestring, "CLIPTextModel"))
-        return dc_fail("%s: architectures \"%.64s\" is not supported (supported: \"CLIPTextModel\")",
+        return dc_fail("%s: architectures \"%.64s\" is not supported (supported: "
+                       "\"CLIPTextModel\")",
                        what, first->valuestring);
     return 0;
 }
@@ -221,7 +222,8 @@ int dc_clip_text_load(dc_clip_text **out, const char *dir, const char *variant, 
     dc_clip_text_config cfg;
     char *weights = NULL;
     dc_clip_text *m = NULL;
-    int rc = load_config(&cfg, dir) || dc_weights_find(dir, &clip_weights, variant, &weights, NULL) ||
+    int rc = load_config(&cfg, dir) ||
+             dc_weights_find(dir, &clip_weights, variant, &weights, NULL) ||
              dc_clip_text_init(&m, &cfg) ||
              dc_params_alloc_load(&m->params, device, weights, rename_clip);
     free(weights);
@@ -314,11 +316,11 @@ dc_tensor *dc_clip_text_pooled(dc_ctx *ctx, const dc_clip_text *m, dc_tensor *id
     int64_t *pos = malloc((size_t)n * sizeof *pos);
     int32_t *rows = malloc((size_t)n * sizeof *rows);
     dc_tensor *at = NULL;
-    if (!host || !pos || !rows)
+    if (!host || !pos || !rows) {
         fail_ctx(ctx, "CLIP text model: out of memory");
-    else if (dc_memcpy(host, DC_CPU, ids->data, ids->device, dc_tensor_bytes(ids)))
+    } else if (dc_memcpy(host, DC_CPU, ids->data, ids->device, dc_tensor_bytes(ids))) {
         ctx->failed = true;
-    else {
+    } else {
         dc_clip_text_eos_positions(&m->cfg, host, n, l, pos);
         for (int64_t r = 0; r < n; r++)
             rows[r] = (int32_t)(r * l + pos[r]); /* the row of x seen as [N * L, C] */

@@ -16,6 +16,7 @@
 #include "autograd/fileio.h"
 #include "models/clip_text.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,8 @@ static int32_t *prompt_ids(const dc_clip_text_config *c, int64_t n, int64_t l) {
     for (int64_t i = 0; ids && i < n * l; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         int64_t at = i % l;
-        ids[i] = at == 0 ? bos : at <= 20 && at < l - 1 ? (int32_t)((s >> 33) % (uint64_t)bos) : eos;
+        bool word = at > 0 && at <= 20 && at < l - 1;
+        ids[i] = at == 0 ? bos : word ? (int32_t)((s >> 33) % (uint64_t)bos) : eos;
     }
     return ids;
 }
@@ -106,7 +108,8 @@ static int run(const options *o, const dc_clip_text *m, dc_ctx *ctx) {
 int main(int argc, char **argv) {
     options o;
     if (parse(argc, argv, &o)) {
-        fprintf(stderr, "usage: %s --config PATH [--device D] [--batch N] [--reps N] [--warmup N]\n",
+        fprintf(stderr,
+                "usage: %s --config PATH [--device D] [--batch N] [--reps N] [--warmup N]\n",
                 argv[0]);
         return 2;
     }

@@ -280,8 +280,9 @@ START_TEST(test_hostile_configs) {
         expect_load_error(folder, hostile[i].error);
     }
     ck_assert_int_ne(dc_clip_text_config_parse(&(dc_clip_text_config){0}, "[1]", "text"), 0);
-    ck_assert_msg(strstr(dc_error(), "text: a CLIP text config must be a JSON object, got an array"),
-                  "%s", dc_error());
+    ck_assert_msg(
+        strstr(dc_error(), "text: a CLIP text config must be a JSON object, got an array"), "%s",
+        dc_error());
     tu_rmtemp();
 }
 END_TEST
