@@ -231,6 +231,17 @@ int dc_json_get_number(const cJSON *obj, const char *key, const char *where, dou
     return 0;
 }
 
+int dc_json_get_int(const cJSON *obj, const char *key, const char *where, int min, int max,
+                    int *out) {
+    double d = *out;
+    if (dc_json_get_number(obj, key, where, &d))
+        return -1;
+    if (d != floor(d) || d < min || d > max)
+        return dc_fail("%s: %s must be an integer in [%d, %d], got %.17g", where, key, min, max, d);
+    *out = (int)d;
+    return 0;
+}
+
 int dc_json_get_string(const cJSON *obj, const char *key, const char *where, const char **out) {
     const cJSON *v = member(obj, key);
     if (v && !cJSON_IsString(v))

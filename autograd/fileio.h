@@ -60,6 +60,9 @@ const char *dc_json_type(const cJSON *v);
 int dc_json_get_number(const cJSON *obj, const char *key, const char *where, double *out);
 int dc_json_get_string(const cJSON *obj, const char *key, const char *where, const char **out);
 int dc_json_get_bool(const cJSON *obj, const char *key, const char *where, bool *out);
+/* A number with no fraction in [min, max]; otherwise as dc_json_get_number. */
+int dc_json_get_int(const cJSON *obj, const char *key, const char *where, int min, int max,
+                    int *out);
 
 /* "dir/name" into a new string (NULL, after dc_fail, when out of memory). */
 char *dc_path_join(const char *dir, const char *name);

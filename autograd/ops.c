@@ -11,12 +11,12 @@
 static const char *op_names[] = {
     "reshape", "add",       "sub",     "mul",       "affine",     "linear",
     "matmul",  "conv2d",    "group_norm", "layer_norm", "group_norm_silu", "silu", "gelu",
-    "mish",    "softmax", "attention", "upsample2x", "concat",  "slice",     "dropout",
+    "mish",    "quick_gelu", "softmax", "attention", "upsample2x", "concat",  "slice",     "dropout",
     "embedding", "timestep_embedding", "fourier_embedding", "sum", "mean", "mse_loss", "cross_entropy",
     "q_sample", "diffusion_loss",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == DC_OP_COUNT, "one name per op");
-_Static_assert(DC_OP_COUNT == 29, "a new op needs a name, kernels and a gradient test");
+_Static_assert(DC_OP_COUNT == 30, "a new op needs a name, kernels and a gradient test");
 
 const char *dc_op_name(dc_op op) { return (unsigned)op < DC_OP_COUNT ? op_names[op] : "?"; }
 

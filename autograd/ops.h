@@ -40,6 +40,7 @@ typedef enum dc_op {
     DC_OP_SILU,
     DC_OP_GELU,
     DC_OP_MISH,
+    DC_OP_QUICK_GELU,
     DC_OP_SOFTMAX,
     DC_OP_ATTENTION,
     DC_OP_UPSAMPLE2X,
@@ -168,6 +169,8 @@ dc_tensor *dc_silu(dc_ctx *ctx, dc_tensor *x);
 dc_tensor *dc_gelu(dc_ctx *ctx, dc_tensor *x);
 /* x * tanh(softplus(x)), softplus(x) = x past 20 as in PyTorch. */
 dc_tensor *dc_mish(dc_ctx *ctx, dc_tensor *x);
+/* x * sigmoid(1.702 x): OpenAI CLIP's GELU approximation (transformers' "quick_gelu"). */
+dc_tensor *dc_quick_gelu(dc_ctx *ctx, dc_tensor *x);
 /* Softmax over the last dimension. */
 dc_tensor *dc_softmax(dc_ctx *ctx, dc_tensor *x);
 

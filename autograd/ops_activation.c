@@ -1,9 +1,9 @@
-/* Ops: SiLU, exact GELU, Mish and softmax over the last dimension. */
+/* Ops: SiLU, exact GELU, Mish, quick GELU and softmax over the last dimension. */
 #include "cpu/activation.h"
 #include "cuda/activation.h"
 #include "op_util.h"
 
-/* ---- silu, gelu, mish: pointwise, backward from the input ---- */
+/* ---- silu, gelu, mish, quick_gelu: pointwise, backward from the input ---- */
 
 static int pointwise_backward(dc_ctx *ctx, dc_node *n) {
     float *dx = grad_of(ctx, n->in[0]);
@@ -11,6 +11,9 @@ static int pointwise_backward(dc_ctx *ctx, dc_node *n) {
         DC_KERNEL(ctx, silu_backward, F32C(n->out->grad), F32C(n->in[0]), dx, n->out->numel);
     else if (dx && n->op == DC_OP_GELU)
         DC_KERNEL(ctx, gelu_backward, F32C(n->out->grad), F32C(n->in[0]), dx, n->out->numel);
+    else if (dx && n->op == DC_OP_QUICK_GELU)
+        DC_KERNEL(ctx, quick_gelu_backward, F32C(n->out->grad), F32C(n->in[0]), dx,
+                  n->out->numel);
     else if (dx)
         DC_KERNEL(ctx, mish_backward, F32C(n->out->grad), F32C(n->in[0]), dx, n->out->numel);
     return dc_ctx_status(ctx);
@@ -26,6 +29,8 @@ static dc_tensor *pointwise(dc_ctx *ctx, dc_op op, dc_tensor *x) {
         DC_KERNEL(ctx, silu_forward, F32(out), F32C(x), x->numel);
     else if (op == DC_OP_GELU)
         DC_KERNEL(ctx, gelu_forward, F32(out), F32C(x), x->numel);
+    else if (op == DC_OP_QUICK_GELU)
+        DC_KERNEL(ctx, quick_gelu_forward, F32(out), F32C(x), x->numel);
     else
         DC_KERNEL(ctx, mish_forward, F32(out), F32C(x), x->numel);
     op_record(ctx, op, pointwise_backward, out, x, NULL, NULL);
@@ -35,6 +40,9 @@ static dc_tensor *pointwise(dc_ctx *ctx, dc_op op, dc_tensor *x) {
 dc_tensor *dc_silu(dc_ctx *ctx, dc_tensor *x) { return pointwise(ctx, DC_OP_SILU, x); }
 dc_tensor *dc_gelu(dc_ctx *ctx, dc_tensor *x) { return pointwise(ctx, DC_OP_GELU, x); }
 dc_tensor *dc_mish(dc_ctx *ctx, dc_tensor *x) { return pointwise(ctx, DC_OP_MISH, x); }
+dc_tensor *dc_quick_gelu(dc_ctx *ctx, dc_tensor *x) {
+    return pointwise(ctx, DC_OP_QUICK_GELU, x);
+}
 
 /* ---- softmax: backward from the output ---- */
 

@@ -9,6 +9,7 @@
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "models/weights.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -200,12 +201,6 @@ int dc_blip_config_parse(dc_blip_config *c, const char *json, const char *what) 
 /* ==== declarations ==== */
 
 typedef struct {
-    dc_nn_layer_norm ln1, ln2;
-    dc_tf_attention attn;
-    dc_nn_linear fc1, fc2;
-} vision_layer;
-
-typedef struct {
     dc_tf_attention self, cross;
     dc_nn_layer_norm self_ln, cross_ln, out_ln;
     dc_nn_linear intermediate, output;
@@ -216,7 +211,7 @@ struct dc_blip_net {
     dc_tensor *class_embedding;    /* [1, 1, Dv] */
     dc_nn_conv2d patch;            /* [Dv, P, P, 3] */
     dc_tensor *position_embedding; /* [1, 1 + G^2, Dv] */
-    vision_layer *vl;              /* [vision layers] */
+    dc_tf_encoder_layer *vl;       /* [vision layers] */
     dc_nn_layer_norm post_ln;
     /* text */
     dc_nn_embedding words;     /* [V, D] */
@@ -235,28 +230,10 @@ static const dc_tf_attention_names vision_attn = {.qkv = "qkv", .out = "projecti
 static const dc_tf_attention_names bert_attn = {
     .q = "self.query", .k = "self.key", .v = "self.value", .out = "output.dense"};
 
-static int declare_vision_layer(vision_layer *l, dc_params *ps, const dc_blip_vision_config *v,
-                                int i) {
-    char p[96], n[128];
-    snprintf(p, sizeof p, "vision_model.encoder.layers.%d", i);
-#define NAME(s) (snprintf(n, sizeof n, "%s.%s", p, s), n)
-    return dc_nn_layer_norm_init(&l->ln1, ps, NAME("layer_norm1"), v->hidden_size,
-                                 v->layer_norm_eps) ||
-                   dc_tf_attention_init(&l->attn, ps, NAME("self_attn"), &vision_attn,
-                                        v->hidden_size, v->hidden_size, v->num_attention_heads) ||
-                   dc_nn_layer_norm_init(&l->ln2, ps, NAME("layer_norm2"), v->hidden_size,
-                                         v->layer_norm_eps) ||
-                   dc_nn_linear_init(&l->fc1, ps, NAME("mlp.fc1"), v->hidden_size,
-                                     v->intermediate_size, true) ||
-                   dc_nn_linear_init(&l->fc2, ps, NAME("mlp.fc2"), v->intermediate_size,
-                                     v->hidden_size, true)
-               ? -1
-               : 0;
-}
-
 static int declare_text_layer(text_layer *l, dc_params *ps, const dc_blip_text_config *t, int i) {
     char p[96], n[128];
     snprintf(p, sizeof p, "text_decoder.bert.encoder.layer.%d", i);
+#define NAME(s) (snprintf(n, sizeof n, "%s.%s", p, s), n)
     int64_t d = t->hidden_size;
     float eps = t->layer_norm_eps;
     return dc_tf_attention_init(&l->self, ps, NAME("attention"), &bert_attn, d, d,
@@ -288,9 +265,13 @@ static int declare_vision(dc_blip_net *net, dc_params *ps, const dc_blip_vision_
     net->position_embedding =
         dc_params_add(ps, e, "position_embedding", DC_SHAPE(1, 1 + grid * grid, d), DC_LAYOUT_PLAIN,
                       DC_INIT_NORMAL, 1.0f);
-    for (int i = 0; i < v->num_hidden_layers; i++)
-        if (declare_vision_layer(&net->vl[i], ps, v, i))
+    for (int i = 0; i < v->num_hidden_layers; i++) {
+        char p[96];
+        snprintf(p, sizeof p, "vision_model.encoder.layers.%d", i);
+        if (dc_tf_encoder_layer_init(&net->vl[i], ps, p, &vision_attn, d, v->intermediate_size,
+                                     v->num_attention_heads, v->layer_norm_eps, dc_gelu))
             return -1;
+    }
     return dc_nn_layer_norm_init(&net->post_ln, ps, "vision_model.post_layernorm", d,
                                  v->layer_norm_eps);
 }
@@ -401,29 +382,12 @@ static bool is_file(const char *path) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* model.safetensors, else the sharded index; the reason when neither is there. */
-static int find_weights(const char *dir, char **weights) {
-    static const char *const names[] = {DC_BLIP_WEIGHTS_FILE, DC_BLIP_WEIGHTS_FILE ".index.json"};
-    for (int i = 0; i < 2; i++) {
-        if (!(*weights = dc_path_join(dir, names[i])))
-            return -1;
-        if (is_file(*weights))
-            return 0;
-        free(*weights);
-    }
-    *weights = NULL;
-    char *bin = dc_path_join(dir, "pytorch_model.bin");
-    int rc = !bin ? -1
-             : is_file(bin)
-                 ? dc_fail("%s: only PyTorch .bin weights; diffc reads safetensors (in Python: "
-                           "BlipForConditionalGeneration.from_pretrained(DIR).save_pretrained(DIR, "
-                           "safe_serialization=True))",
-                           dir)
-                 : dc_fail("%s: no %s (a transformers model folder holds its weights there)", dir,
-                           DC_BLIP_WEIGHTS_FILE);
-    free(bin);
-    return rc;
-}
+static const dc_weights_kind blip_weights = {
+    .stem = "model",
+    .bin = "pytorch_model.bin",
+    .library = "transformers",
+    .cls = "BlipForConditionalGeneration",
+};
 
 static int load_config(dc_blip_config *c, const char *dir) {
     char *path = dc_path_join(dir, DC_BLIP_CONFIG_FILE);
@@ -447,7 +411,8 @@ int dc_blip_load(dc_blip **out, const char *dir, int device) {
     dc_blip_config cfg;
     char *weights = NULL;
     dc_blip *m = NULL;
-    int rc = load_config(&cfg, dir) || find_weights(dir, &weights) || dc_blip_init(&m, &cfg) ||
+    int rc = load_config(&cfg, dir) ||
+             dc_weights_find(dir, &blip_weights, NULL, &weights, NULL) || dc_blip_init(&m, &cfg) ||
              dc_params_alloc_load(&m->params, device, weights, dc_blip_renamer(m));
     free(weights);
     if (rc) {
@@ -460,14 +425,6 @@ int dc_blip_load(dc_blip **out, const char *dir, int device) {
 }
 
 /* ==== vision ==== */
-
-static dc_tensor *vision_layer_forward(dc_ctx *ctx, const vision_layer *l, dc_tensor *x) {
-    dc_tensor *h = dc_nn_layer_norm_forward(ctx, &l->ln1, x);
-    x = dc_add(ctx, x, dc_tf_attention_forward(ctx, &l->attn, h, NULL, false));
-    h = dc_nn_layer_norm_forward(ctx, &l->ln2, x);
-    h = dc_nn_linear_forward(ctx, &l->fc2, dc_gelu(ctx, dc_nn_linear_forward(ctx, &l->fc1, h)));
-    return dc_add(ctx, x, h);
-}
 
 /* The class token, then the patches, plus the positions: [N, 1 + G^2, Dv]. */
 static dc_tensor *vision_embed(dc_ctx *ctx, const dc_blip *m, dc_tensor *pixels) {
@@ -498,7 +455,7 @@ dc_tensor *dc_blip_vision_forward(dc_ctx *ctx, const dc_blip *m, dc_tensor *pixe
     }
     dc_tensor *x = vision_embed(ctx, m, pixels);
     for (int i = 0; i < m->cfg.vision.num_hidden_layers; i++)
-        x = vision_layer_forward(ctx, &m->net->vl[i], x);
+        x = dc_tf_encoder_layer_forward(ctx, &m->net->vl[i], x, false);
     return dc_nn_layer_norm_forward(ctx, &m->net->post_ln, x);
 }
 

@@ -1,6 +1,7 @@
 /*
  * Transformer pieces shared by the text and vision models: attention with its
- * projections, the key/value cache of incremental decoding. See transformer.h.
+ * projections, the pre-LN encoder layer, the key/value cache of incremental
+ * decoding. See transformer.h.
  */
 #include "transformer.h"
 
@@ -75,6 +76,33 @@ dc_tensor *dc_tf_attention_forward(dc_ctx *ctx, const dc_tf_attention *a, dc_ten
     dc_tensor *q = dc_slice(ctx, qkv, 0, a->dim), *k = dc_slice(ctx, qkv, a->dim, a->dim),
               *v = dc_slice(ctx, qkv, 2 * a->dim, a->dim);
     return dc_nn_linear_forward(ctx, &a->out, dc_attention(ctx, q, k, v, a->heads, causal, 0.0f));
+}
+
+/* ==== encoder layer ==== */
+
+int dc_tf_encoder_layer_init(dc_tf_encoder_layer *l, dc_params *ps, const char *prefix,
+                             const dc_tf_attention_names *names, int64_t dim,
+                             int64_t intermediate, int heads, float eps, dc_tf_act_fn act) {
+    memset(l, 0, sizeof *l);
+    l->act = act;
+    char n[256];
+#define NAME(s) (snprintf(n, sizeof n, "%s.%s", prefix, s), n)
+    return dc_nn_layer_norm_init(&l->ln1, ps, NAME("layer_norm1"), dim, eps) ||
+                   dc_tf_attention_init(&l->attn, ps, NAME("self_attn"), names, dim, dim, heads) ||
+                   dc_nn_layer_norm_init(&l->ln2, ps, NAME("layer_norm2"), dim, eps) ||
+                   dc_nn_linear_init(&l->fc1, ps, NAME("mlp.fc1"), dim, intermediate, true) ||
+                   dc_nn_linear_init(&l->fc2, ps, NAME("mlp.fc2"), intermediate, dim, true)
+               ? -1
+               : 0;
+#undef NAME
+}
+
+dc_tensor *dc_tf_encoder_layer_forward(dc_ctx *ctx, const dc_tf_encoder_layer *l, dc_tensor *x,
+                                       bool causal) {
+    dc_tensor *h = dc_nn_layer_norm_forward(ctx, &l->ln1, x);
+    x = dc_add(ctx, x, dc_tf_attention_forward(ctx, &l->attn, h, NULL, causal));
+    h = dc_nn_linear_forward(ctx, &l->fc1, dc_nn_layer_norm_forward(ctx, &l->ln2, x));
+    return dc_add(ctx, x, dc_nn_linear_forward(ctx, &l->fc2, l->act(ctx, h)));
 }
 
 /* ==== key/value cache ==== */

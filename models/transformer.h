@@ -1,8 +1,8 @@
 /*
- * Transformer pieces shared by the text and vision models (BLIP now; CLIP and
- * the cross-attention UNet later): multi-head attention with its projections
- * under the names each family gives them, and a key/value cache for
- * incremental decoding.
+ * Transformer pieces shared by the text and vision models (BLIP, CLIP; the
+ * cross-attention UNet later): multi-head attention with its projections
+ * under the names each family gives them, the pre-LN encoder layer, and a
+ * key/value cache for incremental decoding.
  *
  * Sequences are [N, L, C]; head h uses channels [h*d, (h+1)*d) of q, k and
  * v, as dc_attention does and as every PyTorch implementation splits them.
@@ -54,6 +54,28 @@ dc_tensor *dc_tf_attention_forward(dc_ctx *ctx, const dc_tf_attention *a, dc_ten
  * projections share their calls: causal allowed). */
 dc_tensor *dc_tf_attention_over(dc_ctx *ctx, const dc_tf_attention *a, dc_tensor *x, dc_tensor *k,
                                 dc_tensor *v, bool causal);
+
+/* An activation op: dc_gelu, dc_quick_gelu, ... */
+typedef dc_tensor *(*dc_tf_act_fn)(dc_ctx *ctx, dc_tensor *x);
+
+/* The pre-LN encoder layer of CLIP and ViT (BLIP's vision encoder too), under
+ * their names below the prefix: layer_norm1, self_attn (projections named by
+ * `names`), layer_norm2, mlp.fc1, mlp.fc2. x + attn(ln1(x)), then
+ * x + fc2(act(fc1(ln2(x)))). */
+typedef struct dc_tf_encoder_layer {
+    dc_nn_layer_norm ln1, ln2;
+    dc_tf_attention attn;
+    dc_nn_linear fc1; /* [intermediate, C] */
+    dc_nn_linear fc2; /* [C, intermediate] */
+    dc_tf_act_fn act;
+} dc_tf_encoder_layer;
+
+int dc_tf_encoder_layer_init(dc_tf_encoder_layer *l, dc_params *ps, const char *prefix,
+                             const dc_tf_attention_names *names, int64_t dim,
+                             int64_t intermediate, int heads, float eps, dc_tf_act_fn act);
+/* x [N, L, C] -> [N, L, C]; causal: each position attends to itself and earlier ones. */
+dc_tensor *dc_tf_encoder_layer_forward(dc_ctx *ctx, const dc_tf_encoder_layer *l, dc_tensor *x,
+                                       bool causal);
 
 /* Keys and values of a self-attention for `rows` sequences of up to max_len
  * tokens, dim channels, on one device; outside any arena. */

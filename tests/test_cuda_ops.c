@@ -118,6 +118,7 @@ static dc_tensor *run(dc_ctx *c, dc_tensor **in, void *argp) {
     case DC_OP_SILU: return dc_silu(c, in[0]);
     case DC_OP_GELU: return dc_gelu(c, in[0]);
     case DC_OP_MISH: return dc_mish(c, in[0]);
+    case DC_OP_QUICK_GELU: return dc_quick_gelu(c, in[0]);
     case DC_OP_SOFTMAX: return dc_softmax(c, in[0]);
     case DC_OP_ATTENTION: return dc_attention(c, in[0], in[1], in[2], a->i0, a->b0, a->f0);
     case DC_OP_UPSAMPLE2X: return dc_upsample2x(c, in[0]);
@@ -337,8 +338,8 @@ END_TEST
 
 START_TEST(test_activations) {
     dc_ctx *cpu = tu_ctx();
-    const dc_op ops[4] = {DC_OP_SILU, DC_OP_GELU, DC_OP_MISH, DC_OP_SOFTMAX};
-    for (int k = 0; k < 4; k++) {
+    const dc_op ops[] = {DC_OP_SILU, DC_OP_GELU, DC_OP_MISH, DC_OP_QUICK_GELU, DC_OP_SOFTMAX};
+    for (int k = 0; k < (int)(sizeof ops / sizeof *ops); k++) {
         op_arg a = {.op = ops[k]};
         CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 3, 7, 5));
         CHECK(DC_MATH_F32, TOL_F32, a, LEAF(cpu, 2, 3, 257)); /* rows longer than a block */

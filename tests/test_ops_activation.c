@@ -1,4 +1,4 @@
-/* SiLU, GELU, Mish and softmax: forward against plain double-precision loops,
+/* SiLU, GELU, Mish, quick GELU and softmax: forward against plain double-precision loops,
  * backward against finite differences, at unit scale and with large inputs
  * (where exp overflows unless the kernels avoid it). */
 #include "testutil.h"
@@ -14,6 +14,7 @@ static dc_tensor *run_op(dc_ctx *ctx, dc_tensor **in, void *arg) {
     return op == DC_OP_SILU ? dc_silu(ctx, in[0])
          : op == DC_OP_GELU ? dc_gelu(ctx, in[0])
          : op == DC_OP_MISH ? dc_mish(ctx, in[0])
+         : op == DC_OP_QUICK_GELU ? dc_quick_gelu(ctx, in[0])
                             : dc_softmax(ctx, in[0]);
 }
 
@@ -29,6 +30,7 @@ static void reference(dc_op op, const float *x, int64_t rows, int64_t C, double 
             y[r * C + j] = op == DC_OP_SILU ? v / (1 + exp(-v))
                          : op == DC_OP_GELU ? 0.5 * v * (1 + erf(v / sqrt(2.0)))
                          : op == DC_OP_MISH ? v * tanh(log1p(exp(v)))
+                         : op == DC_OP_QUICK_GELU ? v / (1 + exp(-1.702 * v))
                                             : exp(v) / sum;
         }
     }
@@ -62,6 +64,14 @@ START_TEST(test_silu) {
     check_op(DC_OP_SILU, DC_SHAPE(2, 4, 4, 3), 3, 0, 0);
     check_op(DC_OP_SILU, DC_SHAPE(4, 25), 40, 0, 0);
     check_op(DC_OP_SILU, DC_SHAPE(64, 512), 3, 0, 24); /* multithreaded */ /* |x| up to ~100: expf(-x) overflows */
+}
+END_TEST
+
+START_TEST(test_quick_gelu) {
+    check_op(DC_OP_QUICK_GELU, DC_SHAPE(3, 5, 7), 1, 0, 0);
+    check_op(DC_OP_QUICK_GELU, DC_SHAPE(2, 4, 4, 3), 3, 0, 0);
+    check_op(DC_OP_QUICK_GELU, DC_SHAPE(4, 25), 40, 0, 0); /* expf(-1.702 x) overflows */
+    check_op(DC_OP_QUICK_GELU, DC_SHAPE(64, 512), 3, 0, 24); /* multithreaded */
 }
 END_TEST
 
@@ -129,6 +139,10 @@ START_TEST(test_activation_errors) {
     ck_assert_msg(strstr(dc_error(), "gelu: argument 1 is i32"), "%s", dc_error());
     ck_assert_ptr_null(dc_gelu(ctx, NULL)); /* sticky */
     ck_assert_ptr_null(dc_mish(ctx, NULL));
+    dc_ctx_reset(ctx);
+    x = dc_new(ctx, DC_I32, DC_SHAPE(4));
+    ck_assert_ptr_null(dc_quick_gelu(ctx, x));
+    ck_assert_msg(strstr(dc_error(), "quick_gelu: argument 1 is i32"), "%s", dc_error());
     tu_ctx_free(ctx);
 }
 END_TEST
@@ -138,6 +152,7 @@ int main(void) {
     TCase *tc = tu_tcase(s, "ops", 60);
     tcase_add_test(tc, test_silu);
     tcase_add_test(tc, test_gelu);
+    tcase_add_test(tc, test_quick_gelu);
     tcase_add_test(tc, test_mish);
     tcase_add_test(tc, test_softmax);
     tcase_add_test(tc, test_softmax_rows);

@@ -1,4 +1,4 @@
-/* CPU kernels for SiLU, exact GELU, Mish and softmax (OpenMP). */
+/* CPU kernels for SiLU, exact GELU, Mish, quick GELU and softmax (OpenMP). */
 #include "activation.h"
 #include "isa.h"
 #include "parallel.h"
@@ -54,6 +54,23 @@ void CPU_ISA_FN(cpu_mish_backward)(const float *dy, const float *x, float *dx, i
     for (int64_t i = 0; i < n; i++) {
         float t = tanhf(softplus(x[i]));
         dx[i] += dy[i] * (t + x[i] * (1.0f - t * t) * sigmoid(x[i]));
+    }
+}
+
+#define QUICK_GELU_K 1.702f
+
+void CPU_ISA_FN(cpu_quick_gelu_forward)(float *y, const float *x, int64_t n) {
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] * sigmoid(QUICK_GELU_K * x[i]);
+}
+
+/* d/dx of x s(kx) is s(kx) + k x s(kx) (1 - s(kx)). */
+void CPU_ISA_FN(cpu_quick_gelu_backward)(const float *dy, const float *x, float *dx, int64_t n) {
+#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float s = sigmoid(QUICK_GELU_K * x[i]);
+        dx[i] += dy[i] * s * (1.0f + QUICK_GELU_K * x[i] * (1.0f - s));
     }
 }
 

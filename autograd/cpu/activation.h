@@ -1,4 +1,4 @@
-/* CPU kernels for activations: SiLU, exact GELU, Mish, softmax over the last
+/* CPU kernels for activations: SiLU, exact GELU, Mish, quick GELU, softmax over the last
  * dimension. Backward kernels add into dx. */
 #ifndef DC_CPU_ACTIVATION_H
 #define DC_CPU_ACTIVATION_H
@@ -16,6 +16,10 @@ void cpu_gelu_backward(const float *dy, const float *x, float *dx, int64_t n);
 /* y = x tanh(softplus(x)), softplus(x) = log(1 + e^x), or x when x > 20 (PyTorch's threshold). */
 void cpu_mish_forward(float *y, const float *x, int64_t n);
 void cpu_mish_backward(const float *dy, const float *x, float *dx, int64_t n);
+
+/* y = x sigmoid(1.702 x), n elements. */
+void cpu_quick_gelu_forward(float *y, const float *x, int64_t n);
+void cpu_quick_gelu_backward(const float *dy, const float *x, float *dx, int64_t n);
 
 /* x, y [rows, C]: softmax of each row. */
 void cpu_softmax_forward(float *y, const float *x, int64_t rows, int64_t C);

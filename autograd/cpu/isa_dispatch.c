@@ -38,6 +38,9 @@ DISPATCH(cpu_silu_backward, (const float *dy, const float *x, float *dx, int64_t
 DISPATCH(cpu_gelu_forward, (float *y, const float *x, int64_t n), (y, x, n))
 DISPATCH(cpu_gelu_backward, (const float *dy, const float *x, float *dx, int64_t n),
          (dy, x, dx, n))
+DISPATCH(cpu_quick_gelu_forward, (float *y, const float *x, int64_t n), (y, x, n))
+DISPATCH(cpu_quick_gelu_backward, (const float *dy, const float *x, float *dx, int64_t n),
+         (dy, x, dx, n))
 DISPATCH(cpu_mish_forward, (float *y, const float *x, int64_t n), (y, x, n))
 DISPATCH(cpu_mish_backward, (const float *dy, const float *x, float *dx, int64_t n),
          (dy, x, dx, n))

@@ -1,4 +1,4 @@
-/* CUDA kernels for SiLU, exact GELU, Mish and softmax over the last dimension
+/* CUDA kernels for SiLU, exact GELU, Mish, quick GELU and softmax over the last dimension
  * (see activation.h). The formulas are the CPU's, term for term. */
 #include "activation.h"
 #include "common.cuh"
@@ -47,6 +47,20 @@ __global__ static void mish_bwd(const float *dy, const float *x, float *dx, int6
     }
 }
 
+#define QUICK_GELU_K 1.702f
+
+__global__ static void quick_gelu_fwd(float *y, const float *x, int64_t n) {
+    FOR_N(i, n)
+    y[i] = x[i] * sigmoid(QUICK_GELU_K * x[i]);
+}
+
+__global__ static void quick_gelu_bwd(const float *dy, const float *x, float *dx, int64_t n) {
+    FOR_N(i, n) {
+        float s = sigmoid(QUICK_GELU_K * x[i]);
+        dx[i] += dy[i] * s * (1.0f + QUICK_GELU_K * x[i] * (1.0f - s));
+    }
+}
+
 extern "C" void cuda_silu_forward(float *y, const float *x, int64_t n) {
     LAUNCH(silu_fwd, grid_for(n), BLOCK, 0, y, x, n);
 }
@@ -69,6 +83,14 @@ extern "C" void cuda_mish_forward(float *y, const float *x, int64_t n) {
 
 extern "C" void cuda_mish_backward(const float *dy, const float *x, float *dx, int64_t n) {
     LAUNCH(mish_bwd, grid_for(n), BLOCK, 0, dy, x, dx, n);
+}
+
+extern "C" void cuda_quick_gelu_forward(float *y, const float *x, int64_t n) {
+    LAUNCH(quick_gelu_fwd, grid_for(n), BLOCK, 0, y, x, n);
+}
+
+extern "C" void cuda_quick_gelu_backward(const float *dy, const float *x, float *dx, int64_t n) {
+    LAUNCH(quick_gelu_bwd, grid_for(n), BLOCK, 0, dy, x, dx, n);
 }
 
 /* One block per row: the max, then the sum of exponentials in double. */

@@ -14,6 +14,8 @@ void cuda_gelu_forward(float *y, const float *x, int64_t n);
 void cuda_gelu_backward(const float *dy, const float *x, float *dx, int64_t n);
 void cuda_mish_forward(float *y, const float *x, int64_t n);
 void cuda_mish_backward(const float *dy, const float *x, float *dx, int64_t n);
+void cuda_quick_gelu_forward(float *y, const float *x, int64_t n);
+void cuda_quick_gelu_backward(const float *dy, const float *x, float *dx, int64_t n);
 void cuda_softmax_forward(float *y, const float *x, int64_t rows, int64_t C);
 void cuda_softmax_backward(const float *dy, const float *y, float *dx, int64_t rows, int64_t C);
 
