@@ -172,6 +172,169 @@ int dc_added_parse(const cJSON *v, bool force_special, const char *where, dc_add
     return 0;
 }
 
+static const char *const NAMED[DC_N_NAMED] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                              "pad_token", "cls_token", "mask_token"};
+
+void dc_added_read_named(dc_added_config *c, const cJSON *obj) {
+    for (int i = 0; i < DC_N_NAMED; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, NAMED[i]);
+        if (v && !cJSON_IsNull(v))
+            c->named[i] = v;
+    }
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(obj, "extra_special_tokens");
+    if (!cJSON_IsArray(extra))
+        extra = cJSON_GetObjectItemCaseSensitive(obj, "additional_special_tokens");
+    if (cJSON_IsArray(extra))
+        c->extra = extra;
+}
+
+const char *dc_added_named_content(const dc_added_config *c, int i) {
+    const cJSON *v = c->named[i];
+    return cJSON_IsString(v) ? v->valuestring
+           : v               ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(v, "content"))
+                             : c->defaults[i];
+}
+
+const dc_added_token *dc_added_find(const dc_added_token *added, int n, const char *content) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(added[i].content, content) == 0)
+            return &added[i];
+    return NULL;
+}
+
+void dc_added_free(dc_added_token *added, int n) {
+    for (int i = 0; i < n; i++) {
+        free(added[i].content);
+        free(added[i].pattern);
+    }
+    free(added);
+}
+
+/* The list being built, and where new ids start. */
+typedef struct added_list {
+    dc_added_token *v;
+    int n;
+    int32_t next_id;
+    dc_vocab_find_fn find;
+    const void *ctx;
+} added_list;
+
+/* Add a parsed token (taking its content) as AddedVocabulary::add_tokens
+ * does; an empty one is not added. */
+static int add_token(added_list *l, dc_added_token *a, const char *where) {
+    dc_added_token *old = (dc_added_token *)dc_added_find(l->v, l->n, a->content);
+    if (!a->content[0] || old) {
+        if (old) {
+            a->id = old->id;
+            free(old->content);
+            *old = *a;
+        } else {
+            free(a->content);
+        }
+        return 0;
+    }
+    a->id = l->find(l->ctx, a->content);
+    if (a->id < 0) {
+        if (l->next_id == INT32_MAX)
+            return dc_fail("%s: too many tokens", where);
+        a->id = l->next_id++;
+    }
+    dc_added_token *grown = realloc(l->v, ((size_t)l->n + 1) * sizeof *grown);
+    if (!grown)
+        return dc_fail("%s: out of memory", where);
+    l->v = grown;
+    l->v[l->n++] = *a;
+    return 0;
+}
+
+/* Parse then add; the content is freed when adding fails. */
+static int parse_add(added_list *l, const cJSON *v, bool special, const char *where) {
+    dc_added_token a;
+    if (dc_added_parse(v, special, where, &a))
+        return -1;
+    if (add_token(l, &a, where)) {
+        free(a.content);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct keyed {
+    double id;
+    int index;
+    const cJSON *entry;
+} keyed;
+
+static int cmp_keyed(const void *a, const void *b) {
+    const keyed *x = a, *y = b;
+    if (x->id != y->id)
+        return x->id > y->id ? 1 : -1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+/* The decoder's entries by declared id, the later of two with one id. */
+static int add_decoder(added_list *l, const dc_added_config *c, const char *where) {
+    int count = cJSON_GetArraySize(c->decoder), i = 0, rc = 0;
+    keyed *k = calloc((size_t)count + 1, sizeof *k);
+    if (!k)
+        return dc_fail("%s: out of memory", where);
+    for (const cJSON *e = c->decoder ? c->decoder->child : NULL; e && rc == 0; e = e->next, i++) {
+        char *end = NULL;
+        double id = c->decoder_is_list ? cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "id"))
+                                       : strtod(e->string, &end);
+        if (id != id || id < 0 || id > INT32_MAX || id != (double)(int64_t)id || (end && (*end || end == e->string)))
+            rc = dc_fail("%s: added token %d has no id", where, i);
+        k[i] = (keyed){id, i, e};
+    }
+    if (rc == 0)
+        qsort(k, (size_t)count, sizeof *k, cmp_keyed);
+    for (i = 0; i < count && rc == 0; i++)
+        if (i + 1 == count || k[i + 1].id != k[i].id)
+            rc = parse_add(l, k[i].entry, false, where);
+    free(k);
+    return rc;
+}
+
+/* A named token: the decoder's own when the decoder holds its content
+ * (transformers maps it to that one), else as written. */
+static int add_named(added_list *l, const dc_added_config *c, int n_decoder, int i, const char *where) {
+    const char *content = dc_added_named_content(c, i);
+    if (!content && (c->named[i] || c->defaults[i]))
+        return dc_fail("%s: %s is %s, not a string or {\"content\": \"...\"}", where, NAMED[i],
+                       dc_json_type(c->named[i]));
+    if (!content)
+        return 0;
+    dc_added_token *old = (dc_added_token *)dc_added_find(l->v, n_decoder, content);
+    if (old) {
+        old->special = true;
+        return 0;
+    }
+    cJSON *dflt = c->named[i] ? NULL : cJSON_CreateString(content);
+    if (!c->named[i] && !dflt)
+        return dc_fail("%s: out of memory", where);
+    int rc = parse_add(l, c->named[i] ? c->named[i] : dflt, true, where);
+    cJSON_Delete(dflt);
+    return rc;
+}
+
+int dc_added_build(const dc_added_config *c, int64_t n_vocab, dc_vocab_find_fn find, const void *ctx,
+                   const char *where, dc_added_token **added, int *n) {
+    added_list l = {NULL, 0, (int32_t)n_vocab, find, ctx};
+    int rc = add_decoder(&l, c, where);
+    int n_decoder = l.n;
+    for (int i = 0; i < DC_N_NAMED && rc == 0; i++)
+        rc = add_named(&l, c, n_decoder, i, where);
+    for (const cJSON *e = c->extra ? c->extra->child : NULL; e && rc == 0; e = e->next)
+        rc = parse_add(&l, e, true, where);
+    if (rc) {
+        dc_added_free(l.v, l.n);
+        return -1;
+    }
+    *added = l.v;
+    *n = l.n;
+    return 0;
+}
+
 /* The longest added token of the kind (normalized or not) that s starts with. */
 static const dc_added_token *match_added(const dc_added_token *added, int n_added, bool normalized, const char *s,
                                          size_t n) {

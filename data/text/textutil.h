@@ -74,6 +74,39 @@ typedef struct dc_added_token {
  * AddedToken's does). a->content is malloc'ed; pattern is left NULL. */
 int dc_added_parse(const cJSON *v, bool force_special, const char *where, dc_added_token *a);
 
+/* The named special tokens, in the order transformers adds them. */
+enum { DC_BOS, DC_EOS, DC_UNK, DC_SEP, DC_PAD, DC_CLS, DC_MASK, DC_N_NAMED };
+
+/* What the configs say about added tokens, before ids are given. */
+typedef struct dc_added_config {
+    const cJSON *named[DC_N_NAMED];   /* bos_token ... mask_token as written; NULL: unset */
+    const char *defaults[DC_N_NAMED]; /* the tokenizer class's default of each (NULL: none) */
+    const cJSON *extra;               /* extra_special_tokens (or additional_...): a list, or NULL */
+    const cJSON *decoder;             /* added_tokens_decoder, or tokenizer.json's added_tokens */
+    bool decoder_is_list;             /* the latter */
+} dc_added_config;
+
+/* The named and extra special tokens of one config object (NULL: none);
+ * what it names replaces what an earlier one named. */
+void dc_added_read_named(dc_added_config *c, const cJSON *obj);
+/* The content of named token i (written or default), NULL when none. */
+const char *dc_added_named_content(const dc_added_config *c, int i);
+
+/* Is a token (content) in the model's vocab: its id, or -1. */
+typedef int32_t (*dc_vocab_find_fn)(const void *ctx, const char *token);
+
+/* The added tokens as transformers 5 adds them to the Rust AddedVocabulary:
+ * the decoder's entries by declared id (the ids only order them; of two
+ * with one id, the later), then the named special tokens (one the decoder
+ * holds stays as the decoder has it), then the extra ones. Each gets the
+ * vocab's id when the vocab has it, else the next id after the vocab's
+ * n_vocab; one added again keeps its id and takes the newer flags. Named
+ * and extra ones are special. *added (malloc'ed; dc_added_free) gets *n. */
+int dc_added_build(const dc_added_config *c, int64_t n_vocab, dc_vocab_find_fn find, const void *ctx,
+                   const char *where, dc_added_token **added, int *n);
+const dc_added_token *dc_added_find(const dc_added_token *added, int n, const char *content);
+void dc_added_free(dc_added_token *added, int n);
+
 /* What the text between added tokens goes to. */
 typedef int (*dc_added_rest_fn)(const void *ctx, const char *s, size_t n, dc_idbuf *ids);
 

@@ -175,15 +175,8 @@ static int vocab_index(dc_wordpiece *t, const char *where) {
     return 0;
 }
 
-static const dc_added_token *added_find(const dc_wordpiece *t, const char *content) {
-    for (int i = 0; i < t->n_added; i++)
-        if (strcmp(t->added[i].content, content) == 0)
-            return &t->added[i];
-    return NULL;
-}
-
 int32_t dc_wordpiece_token_id(const dc_wordpiece *t, const char *token) {
-    const dc_added_token *a = added_find(t, token);
+    const dc_added_token *a = dc_added_find(t->added, t->n_added, token);
     return a ? a->id : vocab_find(t, "", token, strlen(token));
 }
 
@@ -323,13 +316,9 @@ void dc_wordpiece_free(dc_wordpiece *t) {
         return;
     for (int64_t i = 0; i < t->n_vocab; i++)
         free(t->vocab[i]);
-    for (int i = 0; i < t->n_added; i++) {
-        free(t->added[i].content);
-        free(t->added[i].pattern);
-    }
+    dc_added_free(t->added, t->n_added);
     free(t->vocab);
     free(t->table);
-    free(t->added);
     free(t->tokens);
     free(t->special);
     free(t);
@@ -396,129 +385,10 @@ static int vocab_from_json(dc_wordpiece *t, const cJSON *root, const char *where
     return 0;
 }
 
-/* Everything the configs say, before ids are given. */
-typedef struct token_config {
-    const cJSON *named[7]; /* bos eos unk sep pad cls mask, NULL: default */
-    const cJSON *extra;    /* a list, or NULL */
-    const cJSON *decoder;  /* added_tokens_decoder, or tokenizer.json's added_tokens */
-    bool decoder_is_list;
-} token_config;
+static const char *const NAMED_DEFAULT[DC_N_NAMED] = {NULL, NULL, "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"};
 
-static const char *const NAMED[7] = {"bos_token", "eos_token", "unk_token", "sep_token",
-                                     "pad_token", "cls_token", "mask_token"};
-static const char *const NAMED_DEFAULT[7] = {NULL, NULL, "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"};
-
-static void read_named(token_config *c, const cJSON *obj) {
-    for (int i = 0; i < 7; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, NAMED[i]);
-        if (v && !cJSON_IsNull(v))
-            c->named[i] = v;
-    }
-    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(obj, "extra_special_tokens");
-    if (!cJSON_IsArray(extra))
-        extra = cJSON_GetObjectItemCaseSensitive(obj, "additional_special_tokens");
-    if (cJSON_IsArray(extra))
-        c->extra = extra;
-}
-
-/* Give a token its id as AddedVocabulary::add_tokens does; a token already
- * added takes the new flags and keeps its id. */
-static int add_token(dc_wordpiece *t, dc_added_token *a, int32_t *next_id, const char *where) {
-    if (!a->content[0]) {
-        free(a->content);
-        return 0;
-    }
-    dc_added_token *old = (dc_added_token *)added_find(t, a->content);
-    if (old) {
-        a->id = old->id;
-        free(old->content);
-        *old = *a;
-        return 0;
-    }
-    a->id = vocab_find(t, "", a->content, strlen(a->content));
-    if (a->id < 0) {
-        if (*next_id == INT32_MAX)
-            return dc_fail("%s: too many tokens", where);
-        a->id = (*next_id)++;
-    }
-    size_t cap = (size_t)t->n_added;
-    dc_added_token *grown = realloc(t->added, (cap + 1) * sizeof *grown);
-    if (!grown)
-        return dc_fail("%s: out of memory", where);
-    t->added = grown;
-    t->added[t->n_added++] = *a;
-    return 0;
-}
-
-/* By declared id, then by position: of two entries with one id, Python's
- * dict keeps the later. */
-static int cmp_entry_id(const void *a, const void *b) {
-    const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
-    if (x->valuedouble != y->valuedouble)
-        return x->valuedouble > y->valuedouble ? 1 : -1;
-    return (x->valueint > y->valueint) - (x->valueint < y->valueint);
-}
-
-/* The added tokens in the order transformers adds them: the decoder's by id
- * (its ids only order them), then named and extra special tokens not among them. */
-static int add_tokens(dc_wordpiece *t, const token_config *c, const char *where) {
-    int32_t next_id = (int32_t)t->n_vocab;
-    int n = c->decoder ? cJSON_GetArraySize(c->decoder) : 0;
-    const cJSON **order = calloc((size_t)n + 1, sizeof *order);
-    cJSON *keys = cJSON_CreateArray(); /* the declared ids, as numbers to sort on */
-    int rc = order && keys ? 0 : dc_fail("%s: out of memory", where);
-    int i = 0;
-    for (const cJSON *e = c->decoder ? c->decoder->child : NULL; e && rc == 0; e = e->next, i++) {
-        char *end = NULL;
-        double id = c->decoder_is_list ? cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, "id"))
-                                       : strtod(e->string, &end);
-        if (id != id || id < 0 || id > INT32_MAX || id != (double)(int64_t)id || (end && (*end || end == e->string)))
-            rc = dc_fail("%s: added token %d has no id", where, i);
-        cJSON *k = cJSON_CreateNumber(id);
-        if (!k || !cJSON_AddItemToArray(keys, k))
-            rc = dc_fail("%s: out of memory", where);
-        else
-            k->valueint = i, order[i] = k;
-    }
-    if (rc == 0)
-        qsort(order, (size_t)n, sizeof *order, cmp_entry_id);
-    for (i = 0; i < n && rc == 0; i++) {
-        dc_added_token a;
-        if (i + 1 < n && order[i + 1]->valuedouble == order[i]->valuedouble)
-            continue;
-        const cJSON *e = cJSON_GetArrayItem(c->decoder, order[i]->valueint);
-        if ((rc = dc_added_parse(e, false, where, &a)) == 0 && (rc = add_token(t, &a, &next_id, where)))
-            free(a.content);
-    }
-    free(order);
-    cJSON_Delete(keys);
-    for (i = 0; i < 7 && rc == 0; i++) {
-        dc_added_token a;
-        if (!c->named[i] && !NAMED_DEFAULT[i])
-            continue;
-        cJSON *dflt = c->named[i] ? NULL : cJSON_CreateString(NAMED_DEFAULT[i]);
-        const cJSON *v = c->named[i] ? c->named[i] : dflt;
-        if (!v)
-            rc = dc_fail("%s: out of memory", where);
-        else if ((rc = dc_added_parse(v, true, where, &a)) == 0) {
-            const dc_added_token *old = added_find(t, a.content);
-            if (old) /* named tokens are special whatever the decoder said */
-                ((dc_added_token *)old)->special = true, free(a.content);
-            else if ((rc = add_token(t, &a, &next_id, where)))
-                free(a.content);
-        }
-        cJSON_Delete(dflt);
-    }
-    for (const cJSON *e = c->extra ? c->extra->child : NULL; e && rc == 0; e = e->next) {
-        dc_added_token a;
-        if ((rc = dc_added_parse(e, true, where, &a)) == 0) {
-            if (added_find(t, a.content))
-                free(a.content);
-            else if ((rc = add_token(t, &a, &next_id, where)))
-                free(a.content);
-        }
-    }
-    return rc;
+static int32_t find_in_vocab(const void *ctx, const char *token) {
+    return vocab_find(ctx, "", token, strlen(token));
 }
 
 static int read_flags(dc_wordpiece *t, const cJSON *cfg, const char *where) {
@@ -554,7 +424,7 @@ static int finish_added(dc_wordpiece *t, const char *where) {
 }
 
 /* What ids decode to, which are special, and the named ids. */
-static int finish_ids(dc_wordpiece *t, const token_config *c, const char *where) {
+static int finish_ids(dc_wordpiece *t, const dc_added_config *c, const char *where) {
     int64_t size = t->n_vocab;
     for (int i = 0; i < t->n_added; i++)
         if (t->added[i].id >= size)
@@ -569,16 +439,13 @@ static int finish_ids(dc_wordpiece *t, const token_config *c, const char *where)
     for (int i = 0; i < t->n_added; i++)
         t->tokens[t->added[i].id] = t->added[i].content;
     for (int64_t id = 0; id < size; id++) { /* tokenizers asks by content */
-        const dc_added_token *a = t->tokens[id] ? added_find(t, t->tokens[id]) : NULL;
+        const dc_added_token *a = t->tokens[id] ? dc_added_find(t->added, t->n_added, t->tokens[id]) : NULL;
         t->special[id] = a && a->special;
     }
-    int32_t *named[7] = {&t->info.bos, &t->info.eos, &t->info.unk, &t->info.sep,
-                         &t->info.pad, &t->info.cls, &t->info.mask};
-    for (int i = 0; i < 7; i++) {
-        const cJSON *v = c->named[i];
-        const char *name = cJSON_IsString(v) ? v->valuestring
-                           : v ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(v, "content"))
-                               : NAMED_DEFAULT[i];
+    int32_t *named[DC_N_NAMED] = {&t->info.bos, &t->info.eos, &t->info.unk, &t->info.sep,
+                                  &t->info.pad, &t->info.cls, &t->info.mask};
+    for (int i = 0; i < DC_N_NAMED; i++) {
+        const char *name = dc_added_named_content(c, i);
         *named[i] = name ? dc_wordpiece_token_id(t, name) : -1;
     }
     const char *unk = t->info.unk >= 0 ? t->tokens[t->info.unk] : NULL;
@@ -602,7 +469,8 @@ int dc_wordpiece_load_files(dc_wordpiece **out, const dc_wordpiece_files *f, con
     cJSON *tok = parse_optional(f->tokenizer_json, f->tokenizer_json_n, name[0]);
     cJSON *cfg = parse_optional(f->tokenizer_config, f->tokenizer_config_n, name[2]);
     cJSON *map = NULL;
-    token_config c = {0};
+    dc_added_config c = {0};
+    memcpy(c.defaults, NAMED_DEFAULT, sizeof c.defaults);
     int rc = -1;
     if (!t) {
         dc_fail("%s: out of memory", where);
@@ -626,7 +494,7 @@ int dc_wordpiece_load_files(dc_wordpiece **out, const dc_wordpiece_files *f, con
         goto done;
     if (!cfg)
         t->lowercase = t->strip_accents = t->chinese = true;
-    read_named(&c, cfg);
+    dc_added_read_named(&c, cfg);
     c.decoder = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder");
     if (c.decoder && !cJSON_IsObject(c.decoder)) {
         dc_fail("%s: added_tokens_decoder is %s, not an object", name[2], dc_json_type(c.decoder));
@@ -635,7 +503,7 @@ int dc_wordpiece_load_files(dc_wordpiece **out, const dc_wordpiece_files *f, con
     if (!c.decoder) { /* saved without one: the older files say it */
         if (f->special_tokens_map && !(map = dc_json_parse(f->special_tokens_map, f->special_tokens_map_n, name[3])))
             goto done;
-        read_named(&c, map);
+        dc_added_read_named(&c, map);
         c.decoder = cJSON_GetObjectItemCaseSensitive(tok, "added_tokens");
         c.decoder_is_list = true;
         if (c.decoder && !cJSON_IsArray(c.decoder)) {
@@ -643,7 +511,7 @@ int dc_wordpiece_load_files(dc_wordpiece **out, const dc_wordpiece_files *f, con
             goto done;
         }
     }
-    if (add_tokens(t, &c, cfg ? name[2] : name[0]) || finish_added(t, where) || finish_ids(t, &c, where))
+    if (dc_added_build(&c, t->n_vocab, find_in_vocab, t, cfg ? name[2] : name[0], &t->added, &t->n_added) || finish_added(t, where) || finish_ids(t, &c, where))
         goto done;
     rc = 0;
 done:
