@@ -65,7 +65,7 @@ CORPUS = [
     "don\u2019t it\u2019s", "$100+ <html> a_b c-d {x|y} ~`^ @home #tag", "...!!!???,,,;;;", "'''\"\"\"",
     " . , ! ? ", "((masterpiece)), [best quality], {{ultra detailed}}, (cat:1.2)",
     "a <|startoftext|> b <|endoftext|> c", "<|startoftext|><|endoftext|>", "<|STARTOFTEXT|> x <|EndOfText|>",
-    "x<|startoftext|>!!", "!<|endoftext|>!", "<|startoftext|>", "<|endoftext|>", "<|endoftext", "<| startoftext |>",
+    "x<|startoftext|>!!", "!<|endoftext|>!", "<|ENDOFTEXT|>!! <|EndOfText|>'s", "?<|ENDOFTEXT|>?", "<|startoftext|>", "<|endoftext|>", "<|endoftext", "<| startoftext |>",
     "0123456789 3.14159 1,000,000 ½ ² Ⅻ ٣ ३", "soft\u00adhyphen zero\u200bwidth joiner\u200d bom\ufeff",
     "\u0007bell\u001bescape\u007fdel\u0085nel", "\x1c\x1d\x1e\x1f info separators",
     "line\u2028sep para\u2029sep nbsp\u00a0here ideographic\u3000space ogham\u1680x",
