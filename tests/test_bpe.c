@@ -296,8 +296,8 @@ END_TEST
 START_TEST(test_invalid_utf8) {
     dc_bpe *t;
     ck_assert_int_eq(dc_bpe_load(&t, FIXTURES "clip_tiny"), 0);
-    const char *bad[] = {"ca\xfft \xc3", "\xed\xa0\x80" "dog", "\x80\x80 park"};
-    const char *clean[] = {"ca\xef\xbf\xbdt \xef\xbf\xbd", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "dog",
+    const char *bad[] = {"ca\xfft \xc3", "\xed\xa0\x80\x64og", "\x80\x80 park"};
+    const char *clean[] = {"ca\xef\xbf\xbdt \xef\xbf\xbd", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\x64og",
                            "\xef\xbf\xbd\xef\xbf\xbd park"};
     for (int i = 0; i < 3; i++) {
         int32_t *a, *b;
@@ -356,6 +356,8 @@ START_TEST(test_bad_files) {
     assert_load_fails("not an id in 0..1");
     write_text("vocab.json", "{\"a\": 0, \"b\": 0}");
     assert_load_fails("gives id 0 twice");
+    write_text("vocab.json", "{\"a\": 0, \"b\": NaN}"); /* no float-to-int of a NaN (UBSan) */
+    assert_load_fails("not an id");
     write_text("vocab.json", "{\"a\": 0, \"b\": \"1\"}");
     assert_load_fails("not an id");
     write_text("vocab.json", VOCAB);
@@ -385,6 +387,8 @@ START_TEST(test_bad_files) {
     assert_load_fails("not a string");
     write_text("tokenizer_config.json", "{\"unk_token\": \"<unk>\"}");
     assert_load_fails("unknown token is not in the vocab");
+    write_text("tokenizer_config.json", "{\"pad_token\": \"\"}");
+    assert_load_fails("the pad token is empty");
     write_text("tokenizer_config.json", "{\"model_max_length\": 77");
     assert_load_fails("tokenizer_config.json");
     remove(tu_path("tokenizer_config.json"));

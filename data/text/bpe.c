@@ -491,7 +491,7 @@ static int vocab_from_json(dc_bpe *t, const cJSON *vocab, const char *where) {
     t->n_vocab = count;
     for (const cJSON *e = vocab->child; e; e = e->next) {
         double id = cJSON_IsNumber(e) ? e->valuedouble : -1;
-        if (id < 0 || id >= (double)count || id != (double)(int64_t)id)
+        if (!(id >= 0 && id < (double)count) || id != (double)(int64_t)id)
             return dc_fail("%s: the vocab's \"%s\" is not an id in 0..%lld", where, e->string, (long long)count - 1);
         if (t->vocab[(int64_t)id])
             return dc_fail("%s: the vocab gives id %lld twice", where, (long long)id);
@@ -679,7 +679,7 @@ static int finish_ids(dc_bpe *t, const dc_added_config *c, const char *where) {
     for (int i = 0; i < t->n_added; i++)
         t->tokens[t->added[i].id] = t->added[i].content;
     for (int64_t id = 0; id < size; id++) { /* tokenizers asks by content */
-        const dc_added_token *a = dc_added_find(t->added, t->n_added, t->tokens[id]);
+        const dc_added_token *a = t->tokens[id] ? dc_added_find(t->added, t->n_added, t->tokens[id]) : NULL;
         t->special[id] = a && a->special;
     }
     int32_t *named[] = {&t->info.bos, &t->info.eos, &t->info.unk, &t->info.pad};
@@ -688,8 +688,11 @@ static int finish_ids(dc_bpe *t, const dc_added_config *c, const char *where) {
         const char *name = dc_added_named_content(c, which[i]);
         *named[i] = name ? dc_bpe_token_id(t, name) : -1;
     }
-    const char *unk = t->info.unk >= 0 ? t->tokens[t->info.unk] : NULL;
-    if (!unk || vocab_find(t, unk, strlen(unk)) < 0)
+    for (int i = 0; i < 4; i++)
+        if (*named[i] < 0) /* only an empty string names no token */
+            return dc_fail("%s: the %s token is empty", where, i == 0 ? "bos" : i == 1 ? "eos" : i == 2 ? "unk" : "pad");
+    const char *unk = t->tokens[t->info.unk];
+    if (vocab_find(t, unk, strlen(unk)) < 0)
         return dc_fail("%s: the unknown token is not in the vocab", where);
     return 0;
 }

@@ -375,7 +375,7 @@ static int vocab_from_json(dc_wordpiece *t, const cJSON *root, const char *where
     t->n_vocab = count;
     for (const cJSON *e = vocab->child; e; e = e->next) {
         double id = cJSON_IsNumber(e) ? e->valuedouble : -1;
-        if (id < 0 || id >= (double)count || id != (double)(int64_t)id)
+        if (!(id >= 0 && id < (double)count) || id != (double)(int64_t)id)
             return dc_fail("%s: model.vocab[\"%s\"] is not an id in 0..%lld", where, e->string, (long long)count - 1);
         if (t->vocab[(int64_t)id])
             return dc_fail("%s: model.vocab gives id %lld twice", where, (long long)id);
