@@ -271,7 +271,7 @@ START_TEST(test_padding_and_truncation) {
     int n_words = 1 + (int)(tu_next() % 30);
     for (int i = 0; i < n_words; i++)
         strcat(text, tu_next() % 2 ? "cat " : "riding horse, ");
-    int32_t *ids, padded[64];
+    int32_t *ids, padded[77];
     int64_t n, n_real;
     ck_assert_int_eq(dc_bpe_encode(t, text, true, &ids, &n), 0);
     for (int64_t len = 2; len <= 64; len++) {
@@ -287,6 +287,9 @@ START_TEST(test_padding_and_truncation) {
     dc_clear_error();
     ck_assert_int_eq(dc_bpe_encode_padded(t, text, 1, padded, NULL), -1);
     ck_assert_ptr_nonnull(strstr(dc_error(), "max_length 1"));
+    dc_bpe_free(t);
+    ck_assert_int_eq(dc_bpe_load(&t, FIXTURES "clip_tiny_v5"), 0); /* its config says 77 */
+    ck_assert_int_eq(dc_bpe_encode_padded(t, text, 0, padded, &n_real), 0);
     free(ids);
     dc_bpe_free(t);
 }
@@ -415,6 +418,18 @@ START_TEST(test_bad_files) {
         assert_load_fails("tokenizer.json");
     }
     free(full);
+    /* no model_max_length: padding needs a length */
+    remove(tu_path("tokenizer.json"));
+    write_text("vocab.json", VOCAB);
+    write_text("merges.txt", "#version: 0.2\na b</w>\n");
+    dc_bpe *t;
+    int32_t ids[4];
+    ck_assert_msg(dc_bpe_load(&t, tu_path("")) == 0, "%s", dc_error());
+    ck_assert_int_eq(dc_bpe_encode_padded(t, "ab", 4, ids, NULL), 0);
+    ck_assert_int_eq(ids[1], 4);
+    ck_assert_int_eq(dc_bpe_encode_padded(t, "ab", 0, ids, NULL), -1);
+    ck_assert_ptr_nonnull(strstr(dc_error(), "no model_max_length"));
+    dc_bpe_free(t);
     tu_rmtemp();
 }
 END_TEST

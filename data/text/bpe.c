@@ -21,6 +21,10 @@
  * special_tokens_map.json and tokenizer.json's added_tokens as
  * transformers 5 reads them (see add_tokens).
  *
+ * transformers 4's Python CLIPTokenizer without ftfy cleaned text with
+ * BasicTokenizer instead (control characters dropped, CJK ideographs split
+ * one by one, no NFC): prompts with those tokenize differently there.
+ *
  * Unicode: \p{L}, \p{N}, White_Space, NFC and case mapping come from
  * libutf8proc (Unicode 15 in Debian 12's 2.8); tokenizers has them from
  * Oniguruma and Rust's std, of about the same Unicode version, so letters
@@ -350,6 +354,8 @@ int dc_bpe_encode(const dc_bpe *t, const char *text, bool add_special, int32_t *
 }
 
 int dc_bpe_encode_padded(const dc_bpe *t, const char *text, int64_t max_length, int32_t *ids, int64_t *n_real) {
+    if (max_length == 0 && t->info.model_max_length == 0)
+        return dc_fail("tokenizer: the config gives no model_max_length; a max_length is needed");
     if (max_length == 0)
         max_length = t->info.model_max_length;
     if (max_length < 2)
