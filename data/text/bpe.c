@@ -45,6 +45,7 @@
 
 #define EOW "</w>"
 #define NO_MERGE UINT64_MAX
+#define N_BYTE_CHARS 324 /* bytes_to_unicode's characters are below this */
 
 /* One merge of merges.txt: the pair of ids it joins, its rank, the id of the result. */
 typedef struct merge {
@@ -61,6 +62,7 @@ struct dc_bpe {
     merge *merges; /* open-addressing hash of merges by pair */
     uint64_t merges_mask;
     int32_t byte_id[256], byte_eow_id[256]; /* the first symbols: a byte inside / at the end of a word */
+    int16_t char_byte[N_BYTE_CHARS];        /* the byte each character stands for, -1: none */
     dc_added_token *added;                  /* in the order they were added */
     int n_added;
     const char **tokens; /* [info.size] what an id decodes to (NULL: nothing) */
@@ -71,27 +73,15 @@ struct dc_bpe {
 
 /* The character of byte b: itself for the printable ones, else 256, 257, ...
  * in byte order. */
+static bool printable(int b) { return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE; }
+
 static int32_t byte_char(int b) {
-    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))
+    if (printable(b))
         return b;
     int32_t n = 0;
     for (int x = 0; x < b; x++)
-        n += !((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF));
+        n += !printable(x);
     return 256 + n;
-}
-
-/* The byte of character c, -1 when c stands for none (characters 0..323). */
-static int char_byte(int32_t c) {
-    static int16_t table[324];
-    static bool ready;
-    if (!ready) { /* idempotent, so a race between threads writes the same values */
-        for (int i = 0; i < 324; i++)
-            table[i] = -1;
-        for (int b = 0; b < 256; b++)
-            table[byte_char(b)] = (int16_t)b;
-        ready = true;
-    }
-    return c >= 0 && c < 324 ? table[c] : -1;
 }
 
 /* ---- vocab and merges lookup ---- */
@@ -106,14 +96,17 @@ static int32_t vocab_find(const dc_bpe *t, const char *s, size_t n) {
     }
 }
 
+/* The slot of a pair in the merges table: its own, or the empty one where it would go. */
+static merge *merge_slot(const dc_bpe *t, int32_t a, int32_t b) {
+    uint64_t pair = (uint64_t)a << 32 | (uint32_t)b, i = (pair * 0x9E3779B97F4A7C15ull >> 20) & t->merges_mask;
+    while (t->merges[i].pair != pair && t->merges[i].pair != NO_MERGE)
+        i = (i + 1) & t->merges_mask;
+    return &t->merges[i];
+}
+
 static const merge *merge_find(const dc_bpe *t, int32_t a, int32_t b) {
-    uint64_t pair = (uint64_t)a << 32 | (uint32_t)b;
-    for (uint64_t i = (pair * 0x9E3779B97F4A7C15ull >> 20) & t->merges_mask;; i = (i + 1) & t->merges_mask) {
-        if (t->merges[i].pair == pair)
-            return &t->merges[i];
-        if (t->merges[i].pair == NO_MERGE)
-            return NULL;
-    }
+    const merge *m = merge_slot(t, a, b);
+    return m->pair == NO_MERGE ? NULL : m;
 }
 
 int32_t dc_bpe_token_id(const dc_bpe *t, const char *token) {
@@ -381,12 +374,12 @@ int dc_bpe_encode_padded(const dc_bpe *t, const char *text, int64_t max_length, 
 
 /* A token's characters as the bytes they stand for; a token with a
  * character that stands for no byte (an added token's) as its own UTF-8. */
-static int token_bytes(const char *tok, dc_strbuf *out) {
+static int token_bytes(const dc_bpe *t, const char *tok, dc_strbuf *out) {
     size_t n = strlen(tok), mark = out->n;
     for (size_t i = 0; i < n;) {
         int32_t c;
         i += dc_utf8_next(tok + i, n - i, &c);
-        int b = char_byte(c);
+        int b = c >= 0 && c < N_BYTE_CHARS ? t->char_byte[c] : -1;
         if (b < 0) {
             out->n = mark;
             return dc_strbuf_add(out, tok, n);
@@ -455,7 +448,7 @@ int dc_bpe_decode(const dc_bpe *t, const int32_t *ids, int64_t n, bool skip_spec
     for (int64_t i = 0; i < n && rc == 0; i++) {
         const char *tok = dc_bpe_token(t, ids[i]);
         if (tok && !(skip_special && t->special[ids[i]]))
-            rc = token_bytes(tok, &bytes);
+            rc = token_bytes(t, tok, &bytes);
     }
     if (rc == 0 && (rc = lossy_utf8(bytes.p, bytes.n, &out)) == 0 && (rc = dc_strbuf_replace_all(&out, EOW, " ")) == 0)
         strip(&out);
@@ -557,11 +550,7 @@ static int add_merge(dc_bpe *t, const char *a, size_t na, const char *b, size_t 
     free(ab.p);
     if (id < 0)
         return -1;
-    uint64_t pair = (uint64_t)ia << 32 | (uint32_t)ib;
-    uint64_t i = (pair * 0x9E3779B97F4A7C15ull >> 20) & t->merges_mask;
-    while (t->merges[i].pair != NO_MERGE && t->merges[i].pair != pair)
-        i = (i + 1) & t->merges_mask;
-    t->merges[i] = (merge){pair, rank, id};
+    *merge_slot(t, ia, ib) = (merge){(uint64_t)ia << 32 | (uint32_t)ib, rank, id};
     return 0;
 }
 
@@ -630,9 +619,12 @@ static int model_from_json(dc_bpe *t, const cJSON *root, const char *where) {
     return merges_from_json(t, cJSON_GetObjectItemCaseSensitive(model, "merges"), where);
 }
 
-/* The first symbols: each byte's character, alone and with "</w>". */
+/* The first symbols: each byte's character, alone and with "</w>"; and
+ * the way back. */
 static void byte_ids(dc_bpe *t) {
+    memset(t->char_byte, 0xFF, sizeof t->char_byte);
     for (int b = 0; b < 256; b++) {
+        t->char_byte[byte_char(b)] = (int16_t)b;
         uint8_t u[8];
         size_t n = (size_t)utf8proc_encode_char(byte_char(b), u);
         t->byte_id[b] = vocab_find(t, (const char *)u, n);
@@ -662,7 +654,8 @@ static int finish_added(dc_bpe *t) {
     for (int i = 0; i < t->n_added; i++) {
         dc_added_token *a = &t->added[i];
         dc_strbuf p = {0};
-        if (a->normalized ? normalize(a->content, strlen(a->content), &p) : dc_strbuf_add(&p, a->content, strlen(a->content)))
+        size_t n = strlen(a->content);
+        if (a->normalized ? normalize(a->content, n, &p) : dc_strbuf_add(&p, a->content, n))
             return -1;
         a->pattern = p.p;
     }
@@ -694,9 +687,10 @@ static int finish_ids(dc_bpe *t, const dc_added_config *c, const char *where) {
         const char *name = dc_added_named_content(c, which[i]);
         *named[i] = name ? dc_bpe_token_id(t, name) : -1;
     }
+    const char *what[] = {"bos", "eos", "unk", "pad"};
     for (int i = 0; i < 4; i++)
         if (*named[i] < 0) /* only an empty string names no token */
-            return dc_fail("%s: the %s token is empty", where, i == 0 ? "bos" : i == 1 ? "eos" : i == 2 ? "unk" : "pad");
+            return dc_fail("%s: the %s token is empty", where, what[i]);
     const char *unk = t->tokens[t->info.unk];
     if (vocab_find(t, unk, strlen(unk)) < 0)
         return dc_fail("%s: the unknown token is not in the vocab", where);

@@ -274,7 +274,8 @@ static const char *const CLEANUP[][2] = {
 
 static int cleanup(dc_strbuf *b, bool decoder) {
     for (size_t i = 0; i < sizeof CLEANUP / sizeof CLEANUP[0]; i++)
-        if ((decoder || strcmp(CLEANUP[i][0], " do not") != 0) && dc_strbuf_replace_all(b, CLEANUP[i][0], CLEANUP[i][1]))
+        if ((decoder || strcmp(CLEANUP[i][0], " do not") != 0) &&
+            dc_strbuf_replace_all(b, CLEANUP[i][0], CLEANUP[i][1]))
             return -1;
     return 0;
 }
@@ -416,7 +417,8 @@ static int finish_added(dc_wordpiece *t, const char *where) {
     for (int i = 0; i < t->n_added; i++) {
         dc_added_token *a = &t->added[i];
         dc_strbuf p = {0};
-        if (a->normalized ? normalize(t, a->content, strlen(a->content), &p) : dc_strbuf_add(&p, a->content, strlen(a->content)))
+        size_t n = strlen(a->content);
+        if (a->normalized ? normalize(t, a->content, n, &p) : dc_strbuf_add(&p, a->content, n))
             return dc_fail_prefix(where);
         a->pattern = p.p;
     }
@@ -511,7 +513,8 @@ int dc_wordpiece_load_files(dc_wordpiece **out, const dc_wordpiece_files *f, con
             goto done;
         }
     }
-    if (dc_added_build(&c, t->n_vocab, find_in_vocab, t, cfg ? name[2] : name[0], &t->added, &t->n_added) || finish_added(t, where) || finish_ids(t, &c, where))
+    if (dc_added_build(&c, t->n_vocab, find_in_vocab, t, cfg ? name[2] : name[0], &t->added, &t->n_added) ||
+        finish_added(t, where) || finish_ids(t, &c, where))
         goto done;
     rc = 0;
 done:
