@@ -253,6 +253,8 @@ START_TEST(test_bad_files) {
     assert_load_fails("is not WordPiece");
     write_text("tokenizer.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"[UNK]\": 0, \"a\": 2}}}");
     assert_load_fails("not an id in 0..1");
+    write_text("tokenizer.json", "{\"model\": {\"vocab\": {\"[UNK]\": 0, \"a\": NaN}}}");
+    assert_load_fails("not an id in 0..1");
     write_text("tokenizer.json", "{\"model\": {\"vocab\": {\"[UNK]\": 0, \"a\": 0}}}");
     assert_load_fails("gives id 0 twice");
     write_text("tokenizer.json", "{\"model\": {\"vocab\": [\"[UNK]\"]}}");
