@@ -3,17 +3,15 @@
 StableDiffusionPipeline.save_pretrained of an SD-1.5-sized (or SD-2.x-sized)
 UNet2DConditionModel, AutoencoderKL and CLIPTextModel with the real CLIP BPE
 vocabulary, and SD-1.5's PNDM scheduler config. Nothing here is downloaded
-from a model hub: the vocabulary is the one the open_clip_torch wheel ships
-(open_clip/bpe_simple_vocab_16e6.txt.gz, pass it with --vocab-gz), the
-weights are torch's default initialisation under a fixed seed.
+from a model hub: the vocabulary is the one the open_clip_torch wheel on PyPI
+ships (make_clip_tokenizer_fixtures.real_merges fetches it), the weights are
+torch's default initialisation under a fixed seed.
 
 Made for diffusers 0.42, transformers 5.25, torch 2.15.
 
-usage: make_sd_pipeline.py --out DIR --vocab-gz PATH [--size sd15|sd2] [--dtype f32|f16]
+usage: make_sd_pipeline.py --out DIR [--size sd15|sd2] [--dtype f32|f16]
 """
 import argparse
-import gzip
-import json
 import os
 
 import torch
@@ -21,33 +19,16 @@ from safetensors.torch import load_file, save_file
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-N_MERGES = 49152 - 256 - 2  # CLIP's vocabulary: 256 bytes, their </w> forms, merges, 2 specials
+from make_clip_tokenizer_fixtures import EOS, real_merges, real_vocab, sd_configs, write_vocab_merges
 
 
-def bytes_to_unicode():
-    """CLIP's printable stand-in for each byte value."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def write_tokenizer_files(vocab_gz, out):
-    """vocab.json and merges.txt as CLIPTokenizer reads them, from the gz."""
-    merges = gzip.open(vocab_gz).read().decode("utf-8").split("\n")[1:N_MERGES + 1]
-    units = bytes_to_unicode()
-    vocab = units + [u + "</w>" for u in units] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
-    with open(os.path.join(out, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+def write_tokenizer(folder, sd2):
+    """The real CLIP vocabulary in a pipeline's tokenizer/ folder, as the hub's SD repos have it."""
+    os.makedirs(folder, exist_ok=True)
+    header, merges = real_merges()
+    write_vocab_merges(folder, real_vocab(merges), header, merges)
+    sd_configs(folder, "!" if sd2 else EOS)
+    return CLIPTokenizer.from_pretrained(folder)
 
 
 def components(size):
@@ -67,7 +48,7 @@ def components(size):
                           intermediate_size=4096 if sd2 else 3072, num_hidden_layers=23 if sd2 else 12,
                           num_attention_heads=16 if sd2 else 12, max_position_embeddings=77,
                           hidden_act="gelu" if sd2 else "quick_gelu", projection_dim=512 if sd2 else 768,
-                          bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+                          bos_token_id=0, eos_token_id=2, pad_token_id=1)  # as the hub's configs
     return unet, vae, text
 
 
@@ -84,16 +65,12 @@ def hub_text_names(folder):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--vocab-gz", required=True)
     p.add_argument("--size", choices=["sd15", "sd2"], default="sd15")
     p.add_argument("--dtype", choices=["f32", "f16"], default="f32")
     a = p.parse_args()
     torch.manual_seed(0)
     unet_cfg, vae_cfg, text_cfg = components(a.size)
-    tok_dir = os.path.join(a.out, "tokenizer")
-    write_tokenizer_files(a.vocab_gz, tok_dir)
-    tokenizer = CLIPTokenizer(os.path.join(tok_dir, "vocab.json"), os.path.join(tok_dir, "merges.txt"),
-                              model_max_length=77, pad_token="!" if a.size == "sd2" else "<|endoftext|>")
+    tokenizer = write_tokenizer(os.path.join(a.out, "tokenizer"), a.size == "sd2")
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
                               prediction_type="v_prediction" if a.size == "sd2" else "epsilon")
