@@ -1,0 +1,558 @@
+/*
+ * diffusers' AutoencoderKL (autoencoders/autoencoder_kl.py, the Encoder,
+ * Decoder and DiagonalGaussianDistribution of autoencoders/vae.py, and
+ * DownEncoderBlock2D, UpDecoderBlock2D, UNetMidBlock2D of unet_2d_blocks.py,
+ * diffusers 0.42): the config parser, the parameter declarations under
+ * state_dict names, and encode / decode as ops. See vae.h.
+ */
+#include "vae.h"
+
+#include "autograd/device.h"
+#include "autograd/error.h"
+#include "autograd/fileio.h"
+#include "models/unet.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VAE_EPS 1e-6f       /* every norm of the Encoder and Decoder */
+#define LOGVAR_MIN -30.0f   /* DiagonalGaussianDistribution's clamp */
+#define LOGVAR_MAX 20.0f
+
+/* ==== config ==== */
+
+static int read_bool(const cJSON *root, const char *what, const char *key, bool def, bool *out) {
+    *out = def;
+    return dc_json_get_bool(root, key, what, out);
+}
+
+/* A float key that must be finite; null reads as `null_value`. */
+static int read_float(const cJSON *root, const char *what, const char *key, float def,
+                      float null_value, float *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    double d = v && cJSON_IsNull(v) ? null_value : def;
+    if (dc_json_get_number(root, key, what, &d))
+        return -1;
+    if (!isfinite((float)d))
+        return dc_fail("%s: %s must be a finite number, got %g", what, key, d);
+    *out = (float)d;
+    return 0;
+}
+
+/* A string key that must be `want` when present (the network has no other). */
+static int require_string(const cJSON *root, const char *what, const char *key, const char *want) {
+    const char *s = want;
+    if (dc_json_get_string(root, key, what, &s))
+        return -1;
+    if (strcmp(s, want))
+        return dc_fail("%s: %s \"%.64s\" is not supported (supported: \"%s\")", what, key, s, want);
+    return 0;
+}
+
+static int read_act(dc_vae_config *c, const cJSON *root, const char *what) {
+    static const char *const names[] = {"silu", "swish", "mish", "gelu"};
+    static const dc_unet_act acts[] = {DC_UNET_SILU, DC_UNET_SILU, DC_UNET_MISH, DC_UNET_GELU};
+    const char *s = "silu";
+    if (dc_json_get_string(root, "act_fn", what, &s))
+        return -1;
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i])) {
+            c->act_fn = acts[i];
+            return 0;
+        }
+    return dc_fail("%s: act_fn \"%.64s\" is not supported (supported: \"silu\", \"swish\", "
+                   "\"mish\", \"gelu\")",
+                   what, s);
+}
+
+/* sample_size: an integer or [height, width]. */
+static int read_sample_size(dc_vae_config *c, const cJSON *root, const char *what) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "sample_size");
+    c->sample_size[0] = c->sample_size[1] = 32;
+    if (!v || !cJSON_IsArray(v)) {
+        if (dc_json_get_int(root, "sample_size", what, 1, DC_VAE_MAX_SAMPLE_SIZE, &c->sample_size[0]))
+            return -1;
+        c->sample_size[1] = c->sample_size[0];
+        return 0;
+    }
+    if (cJSON_GetArraySize(v) != 2)
+        return dc_fail("%s: sample_size must be an integer or [height, width], got an array of "
+                       "%d entries",
+                       what, cJSON_GetArraySize(v));
+    cJSON *pair = cJSON_CreateObject();
+    if (!pair)
+        return dc_fail("%s: out of memory", what);
+    /* the entries read as keys of their own, for the same checks and messages */
+    cJSON_AddItemReferenceToObject(pair, "sample_size[0]", v->child);
+    cJSON_AddItemReferenceToObject(pair, "sample_size[1]", v->child->next);
+    int rc = dc_json_get_int(pair, "sample_size[0]", what, 1, DC_VAE_MAX_SAMPLE_SIZE, &c->sample_size[0]) ||
+             dc_json_get_int(pair, "sample_size[1]", what, 1, DC_VAE_MAX_SAMPLE_SIZE, &c->sample_size[1]);
+    cJSON_Delete(pair);
+    return rc ? -1 : 0;
+}
+
+static int read_channels(dc_vae_config *c, const cJSON *root, const char *what) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "block_out_channels");
+    if (!v) {
+        c->levels = 1;
+        c->block_out_channels[0] = 64;
+        return 0;
+    }
+    if (!cJSON_IsArray(v))
+        return dc_fail("%s: block_out_channels must be a list of integers, got %s", what,
+                       dc_json_type(v));
+    int n = cJSON_GetArraySize(v);
+    if (n < 1 || n > DC_VAE_MAX_LEVELS)
+        return dc_fail("%s: block_out_channels has %d entries (diffc builds 1 to %d levels)", what,
+                       n, DC_VAE_MAX_LEVELS);
+    c->levels = n;
+    int i = 0;
+    for (const cJSON *e = v->child; e; e = e->next, i++) {
+        double d = e->valuedouble;
+        if (!cJSON_IsNumber(e))
+            return dc_fail("%s: block_out_channels[%d] must be an integer, got %s", what, i,
+                           dc_json_type(e));
+        if (d != floor(d) || d < 1 || d > DC_VAE_MAX_CHANNELS)
+            return dc_fail("%s: block_out_channels[%d] must be an integer in [1, %d], got %.17g",
+                           what, i, DC_VAE_MAX_CHANNELS, d);
+        c->block_out_channels[i] = (int)d;
+    }
+    return 0;
+}
+
+/* down_block_types / up_block_types: `levels` entries, each `only` (the
+ * default is one entry, for the default single level). */
+static int read_block_types(const cJSON *root, const char *what, const char *key, const char *only,
+                            int levels) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!v && levels != 1)
+        return dc_fail("%s: %s is missing: its default has 1 entry, block_out_channels %d", what,
+                       key, levels);
+    if (!v)
+        return 0;
+    if (!cJSON_IsArray(v))
+        return dc_fail("%s: %s must be a list of block names, got %s", what, key, dc_json_type(v));
+    if (cJSON_GetArraySize(v) != levels)
+        return dc_fail("%s: %s has %d entries but block_out_channels has %d", what, key,
+                       cJSON_GetArraySize(v), levels);
+    int i = 0;
+    for (const cJSON *e = v->child; e; e = e->next, i++)
+        if (!cJSON_IsString(e) || strcmp(e->valuestring, only))
+            return dc_fail("%s: %s[%d] %s%.64s%s is not supported (supported: \"%s\")", what, key,
+                           i, cJSON_IsString(e) ? "\"" : "", cJSON_IsString(e) ? e->valuestring : dc_json_type(e),
+                           cJSON_IsString(e) ? "\"" : "", only);
+    return 0;
+}
+
+/* The rules that hold for any config, parsed or built in code. */
+static int check_config(const dc_vae_config *c, const char *what) {
+    if (c->levels < 1 || c->levels > DC_VAE_MAX_LEVELS)
+        return dc_fail("%s: %d levels (diffc builds 1 to %d)", what, c->levels, DC_VAE_MAX_LEVELS);
+    if (c->in_channels < 1 || c->in_channels > DC_VAE_MAX_CHANNELS || c->out_channels < 1 ||
+        c->out_channels > DC_VAE_MAX_CHANNELS)
+        return dc_fail("%s: in_channels %d and out_channels %d must be in [1, %d]", what,
+                       c->in_channels, c->out_channels, DC_VAE_MAX_CHANNELS);
+    if (c->latent_channels < 1 || c->latent_channels > DC_VAE_MAX_LATENT)
+        return dc_fail("%s: latent_channels %d must be in [1, %d]", what, c->latent_channels,
+                       DC_VAE_MAX_LATENT);
+    if (c->layers_per_block < 1 || c->layers_per_block > DC_VAE_MAX_LAYERS_PER_BLOCK)
+        return dc_fail("%s: layers_per_block %d must be in [1, %d]", what, c->layers_per_block,
+                       DC_VAE_MAX_LAYERS_PER_BLOCK);
+    if ((unsigned)c->act_fn > DC_UNET_GELU)
+        return dc_fail("%s: act_fn %d is out of range", what, (int)c->act_fn);
+    if (c->norm_num_groups < 1)
+        return dc_fail("%s: norm_num_groups %d must be positive", what, c->norm_num_groups);
+    for (int i = 0; i < c->levels; i++)
+        if (c->block_out_channels[i] < 1 || c->block_out_channels[i] > DC_VAE_MAX_CHANNELS ||
+            c->block_out_channels[i] % c->norm_num_groups)
+            return dc_fail("%s: block_out_channels[%d] = %d is not a multiple of norm_num_groups "
+                           "%d in [1, %d]",
+                           what, i, c->block_out_channels[i], c->norm_num_groups,
+                           DC_VAE_MAX_CHANNELS);
+    if (!(c->scaling_factor != 0.0f) || !isfinite(c->scaling_factor) || !isfinite(c->shift_factor))
+        return dc_fail("%s: scaling_factor %g must be finite and nonzero, shift_factor %g finite",
+                       what, (double)c->scaling_factor, (double)c->shift_factor);
+    return 0;
+}
+
+static int parse_object(dc_vae_config *c, const cJSON *root, const char *what) {
+    if (!cJSON_IsObject(root))
+        return dc_fail("%s: an AutoencoderKL config must be a JSON object, got %s", what,
+                       dc_json_type(root));
+    bool upcast;
+    c->in_channels = c->out_channels = 3;
+    c->latent_channels = 4;
+    c->layers_per_block = 1;
+    c->norm_num_groups = 32;
+    if (require_string(root, what, "_class_name", "AutoencoderKL") ||
+        dc_json_get_int(root, "in_channels", what, 1, DC_VAE_MAX_CHANNELS, &c->in_channels) ||
+        dc_json_get_int(root, "out_channels", what, 1, DC_VAE_MAX_CHANNELS, &c->out_channels) ||
+        dc_json_get_int(root, "latent_channels", what, 1, DC_VAE_MAX_LATENT, &c->latent_channels) ||
+        dc_json_get_int(root, "layers_per_block", what, 1, DC_VAE_MAX_LAYERS_PER_BLOCK,
+                        &c->layers_per_block) ||
+        dc_json_get_int(root, "norm_num_groups", what, 1, DC_VAE_MAX_CHANNELS, &c->norm_num_groups) ||
+        read_act(c, root, what) || read_sample_size(c, root, what) ||
+        read_float(root, what, "scaling_factor", 0.18215f, NAN, &c->scaling_factor) ||
+        read_float(root, what, "shift_factor", 0.0f, 0.0f, &c->shift_factor) ||
+        read_bool(root, what, "force_upcast", true, &upcast) ||
+        read_bool(root, what, "use_quant_conv", true, &c->use_quant_conv) ||
+        read_bool(root, what, "use_post_quant_conv", true, &c->use_post_quant_conv) ||
+        read_bool(root, what, "mid_block_add_attention", true, &c->mid_block_add_attention) ||
+        read_channels(c, root, what) ||
+        read_block_types(root, what, "down_block_types", "DownEncoderBlock2D", c->levels) ||
+        read_block_types(root, what, "up_block_types", "UpDecoderBlock2D", c->levels))
+        return -1;
+    return check_config(c, what);
+}
+
+int dc_vae_config_parse(dc_vae_config *c, const char *json, const char *what) {
+    memset(c, 0, sizeof *c);
+    cJSON *root = dc_json_parse(json, strlen(json), what);
+    int rc = root ? parse_object(c, root, what) : -1;
+    cJSON_Delete(root);
+    if (rc)
+        memset(c, 0, sizeof *c);
+    return rc;
+}
+
+int dc_vae_config_load(dc_vae_config *c, const char *path) {
+    memset(c, 0, sizeof *c);
+    cJSON *root = dc_json_load(path);
+    int rc = root ? parse_object(c, root, path) : -1;
+    cJSON_Delete(root);
+    if (rc)
+        memset(c, 0, sizeof *c);
+    return rc;
+}
+
+/* ==== parameters ==== */
+
+static dc_unet_resnet_shape resnet_shape(const dc_vae_config *c, int64_t cin, int64_t cout) {
+    return (dc_unet_resnet_shape){.cin = cin, .cout = cout, .groups = c->norm_num_groups,
+                                  .groups_out = c->norm_num_groups, .eps = VAE_EPS,
+                                  .act = c->act_fn, .scale = 1.0f};
+}
+
+static void resnet_init(dc_unet_resnet *r, dc_params *ps, const dc_vae_config *c, int64_t cin,
+                        int64_t cout, const char *fmt, ...) DC_PRINTF(6, 7);
+static void resnet_init(dc_unet_resnet *r, dc_params *ps, const dc_vae_config *c, int64_t cin,
+                        int64_t cout, const char *fmt, ...) {
+    char name[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    dc_unet_resnet_shape s = resnet_shape(c, cin, cout);
+    dc_unet_resnet_init(r, ps, name, &s);
+}
+
+/* The resnets of one level: `n` of them, the first from `cin` channels. */
+static int level_init(dc_vae_level *l, dc_params *ps, const dc_vae_config *c, const char *block,
+                      int i, int n, int64_t cin, int64_t cout) {
+    l->n_layers = n;
+    if (!(l->resnets = calloc((size_t)n, sizeof *l->resnets)))
+        return dc_fail("vae: out of memory");
+    for (int j = 0; j < n; j++)
+        resnet_init(&l->resnets[j], ps, c, j ? cout : cin, cout, "%s.%d.resnets.%d", block, i, j);
+    return 0;
+}
+
+/* UNetMidBlock2D as the VAE builds it: attentions (one head over all
+ * channels, upcast: f32 here anyway), then resnets. */
+static void mid_init(dc_vae_coder *k, dc_params *ps, const dc_vae_config *c, const char *coder) {
+    int64_t ch = c->block_out_channels[c->levels - 1];
+    char name[64];
+    if (c->mid_block_add_attention) {
+        snprintf(name, sizeof name, "%s.mid_block.attentions.0", coder);
+        dc_unet_attention_init(&k->mid_attention, ps, name, ch, 0, c->norm_num_groups, VAE_EPS, 1.0f);
+    }
+    for (int j = 0; j < 2; j++)
+        resnet_init(&k->mid_resnets[j], ps, c, ch, ch, "%s.mid_block.resnets.%d", coder, j);
+}
+
+/* conv_norm_out over `ch` channels, then conv_out to `out`. */
+static void out_init(dc_vae_coder *k, dc_params *ps, const dc_vae_config *c, const char *coder,
+                     int64_t ch, int64_t out) {
+    char name[64];
+    snprintf(name, sizeof name, "%s.conv_norm_out", coder);
+    dc_nn_group_norm_init(&k->conv_norm_out, ps, name, c->norm_num_groups, ch, VAE_EPS);
+    snprintf(name, sizeof name, "%s.conv_out", coder);
+    dc_nn_conv2d_init(&k->conv_out, ps, name, ch, out, 3, 1, 1, true);
+}
+
+/* Encoder: conv_in, down_blocks, mid_block, conv_norm_out, conv_out. */
+static int encoder_init(dc_vae_coder *k, dc_params *ps, const dc_vae_config *c) {
+    const int *ch = c->block_out_channels;
+    dc_nn_conv2d_init(&k->conv_in, ps, "encoder.conv_in", c->in_channels, ch[0], 3, 1, 1, true);
+    for (int i = 0; i < c->levels; i++) {
+        if (level_init(&k->level[i], ps, c, "encoder.down_blocks", i, c->layers_per_block,
+                       ch[i > 0 ? i - 1 : 0], ch[i]))
+            return -1;
+        char name[64];
+        snprintf(name, sizeof name, "encoder.down_blocks.%d.downsamplers.0.conv", i);
+        if (i < c->levels - 1) /* Downsample2D with padding 0: pad, then a plain conv */
+            dc_nn_conv2d_init(&k->level[i].sampler, ps, name, ch[i], ch[i], 3, 2, 0, true);
+    }
+    mid_init(k, ps, c, "encoder");
+    out_init(k, ps, c, "encoder", ch[c->levels - 1], 2 * (int64_t)c->latent_channels);
+    return 0;
+}
+
+/* Decoder: conv_in, up_blocks (deepest first; declared before the mid block
+ * as Decoder.__init__ registers them), mid_block, conv_norm_out, conv_out. */
+static int decoder_init(dc_vae_coder *k, dc_params *ps, const dc_vae_config *c) {
+    const int *ch = c->block_out_channels, L = c->levels;
+    dc_nn_conv2d_init(&k->conv_in, ps, "decoder.conv_in", c->latent_channels, ch[L - 1], 3, 1, 1, true);
+    for (int i = 0; i < L; i++) {
+        int cout = ch[L - 1 - i], prev = ch[L - (i > 0 ? i : 1)];
+        if (level_init(&k->level[i], ps, c, "decoder.up_blocks", i, c->layers_per_block + 1, prev, cout))
+            return -1;
+        char name[64];
+        snprintf(name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.conv", i);
+        if (i < L - 1)
+            dc_nn_conv2d_init(&k->level[i].sampler, ps, name, cout, cout, 3, 1, 1, true);
+    }
+    mid_init(k, ps, c, "decoder");
+    out_init(k, ps, c, "decoder", ch[0], c->out_channels);
+    return 0;
+}
+
+static void coder_free(dc_vae_coder *k) {
+    for (int i = 0; i < DC_VAE_MAX_LEVELS; i++)
+        free(k->level[i].resnets);
+}
+
+void dc_vae_free(dc_vae *m) {
+    if (!m)
+        return;
+    coder_free(&m->encoder);
+    coder_free(&m->decoder);
+    dc_params_free(&m->params);
+    free(m);
+}
+
+int dc_vae_init(dc_vae **out, const dc_vae_config *cfg) {
+    *out = NULL;
+    if (check_config(cfg, "vae config"))
+        return -1;
+    dc_vae *m = calloc(1, sizeof *m);
+    if (!m)
+        return dc_fail("vae: out of memory");
+    m->cfg = *cfg;
+    m->device = DC_CPU;
+    dc_params *ps = &m->params;
+    dc_params_init(ps);
+    int64_t lat = cfg->latent_channels;
+    int rc = encoder_init(&m->encoder, ps, cfg) || decoder_init(&m->decoder, ps, cfg);
+    if (!rc && cfg->use_quant_conv)
+        dc_nn_conv2d_init(&m->quant_conv, ps, "quant_conv", 2 * lat, 2 * lat, 1, 1, 0, true);
+    if (!rc && cfg->use_post_quant_conv)
+        dc_nn_conv2d_init(&m->post_quant_conv, ps, "post_quant_conv", lat, lat, 1, 1, 0, true);
+    if (rc || ps->failed) {
+        dc_vae_free(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
+int dc_vae_load(dc_vae **out, const char *dir, const char *variant, int device) {
+    *out = NULL;
+    char *config_path = NULL, *weights = NULL;
+    dc_vae_config cfg;
+    dc_vae *m = NULL;
+    int rc = dc_unet_find(dir, "vae", variant, &config_path, &weights, NULL) ||
+             dc_vae_config_load(&cfg, config_path) || dc_vae_init(&m, &cfg) ||
+             dc_params_alloc_load(&m->params, device, weights, dc_unet_rename);
+    free(config_path);
+    free(weights);
+    if (rc) {
+        dc_vae_free(m);
+        return -1;
+    }
+    m->device = device;
+    *out = m;
+    return 0;
+}
+
+/* ==== forward ==== */
+
+static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) DC_PRINTF(2, 3);
+static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dc_fail("vae: %s", msg);
+    ctx->failed = true;
+    return NULL;
+}
+
+/* Whether x is f32 [N, H, W, channels] with H and W multiples of
+ * `multiple`; if not, the context fails with the complaint about `name`. */
+static bool input_ok(dc_ctx *ctx, const dc_tensor *x, const char *name, int64_t channels,
+                     int64_t multiple) {
+    char s[64];
+    if (x->dtype != DC_F32 || x->ndim != 4 || x->shape[3] != channels || x->numel == 0)
+        forward_fail(ctx, "%s must be f32 [N, H, W, %lld], got %s %s", name, (long long)channels,
+                     dc_dtype_name(x->dtype), dc_shape_str(s, sizeof s, x->ndim, x->shape));
+    else if (x->shape[1] % multiple || x->shape[2] % multiple)
+        forward_fail(ctx, "%s is %lldx%lld; height and width must be multiples of %lld", name,
+                     (long long)x->shape[1], (long long)x->shape[2], (long long)multiple);
+    return !ctx->failed;
+}
+
+/* A stage of the network: x through `body`. Without a tape its output
+ * takes the place of everything made since `at`, x and the stage's
+ * temporaries included, so a pass holds one stage's memory at a time. */
+typedef dc_tensor *(*stage_fn)(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *x);
+
+static dc_tensor *stage(dc_ctx *ctx, size_t at, stage_fn body, const dc_vae_coder *k, int i,
+                        dc_tensor *x) {
+    return dc_keep(ctx, at, body(ctx, k, i, x));
+}
+
+/* DownEncoderBlock2D i: resnets, then pad bottom/right and a stride-2 conv. */
+static dc_tensor *down_level(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
+    const dc_vae_level *l = &k->level[i];
+    for (int j = 0; j < l->n_layers; j++)
+        h = dc_unet_resnet_forward(ctx, &l->resnets[j], h, NULL);
+    if (!l->sampler.weight)
+        return h;
+    return dc_nn_conv2d_forward(ctx, &l->sampler, dc_unet_pad_bottom_right(ctx, h));
+}
+
+/* UpDecoderBlock2D i: resnets, then nearest 2x and a conv. */
+static dc_tensor *up_level(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
+    const dc_vae_level *l = &k->level[i];
+    for (int j = 0; j < l->n_layers; j++)
+        h = dc_unet_resnet_forward(ctx, &l->resnets[j], h, NULL);
+    if (!l->sampler.weight)
+        return h;
+    return dc_nn_conv2d_forward(ctx, &l->sampler, dc_upsample2x(ctx, h));
+}
+
+/* UNetMidBlock2D: resnet, [attention], resnet. */
+static dc_tensor *mid_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
+    (void)i;
+    h = dc_unet_resnet_forward(ctx, &k->mid_resnets[0], h, NULL);
+    if (k->mid_attention.to_q.weight)
+        h = dc_unet_attention_forward(ctx, &k->mid_attention, h);
+    return dc_unet_resnet_forward(ctx, &k->mid_resnets[1], h, NULL);
+}
+
+/* conv_norm_out, silu (whatever act_fn is), conv_out. */
+static dc_tensor *out_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
+    (void)i;
+    return dc_nn_conv2d_forward(ctx, &k->conv_out,
+                                dc_nn_group_norm_silu_forward(ctx, &k->conv_norm_out, h));
+}
+
+/* conv_in, then (by `body`) quant_conv or post_quant_conv. */
+static dc_tensor *conv_in_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
+    (void)i;
+    return dc_nn_conv2d_forward(ctx, &k->conv_in, h);
+}
+
+/* x [N, H, W, in] -> moments [N, h, w, 2 latent], made where x's successors
+ * were (`at`, after x). */
+static dc_tensor *encoder_forward(dc_ctx *ctx, const dc_vae *m, dc_tensor *x) {
+    const dc_vae_coder *k = &m->encoder;
+    size_t at = dc_mark(ctx);
+    dc_tensor *h = stage(ctx, at, conv_in_block, k, 0, x);
+    for (int i = 0; i < m->cfg.levels; i++)
+        h = stage(ctx, at, down_level, k, i, h);
+    h = stage(ctx, at, mid_block, k, 0, h);
+    h = stage(ctx, at, out_block, k, 0, h);
+    return m->quant_conv.weight ? dc_keep(ctx, at, dc_nn_conv2d_forward(ctx, &m->quant_conv, h)) : h;
+}
+
+/* The clamped logvar and std of the moments' second half, computed on the
+ * host (data, as the clamp and exp have no ops): latents are small. */
+static int posterior_spread(dc_ctx *ctx, dc_tensor *moments, int64_t lat, dc_vae_latent_dist *d) {
+    bool was = dc_set_grad_enabled(ctx, false);
+    dc_tensor *lv = dc_slice(ctx, moments, lat, lat);
+    dc_set_grad_enabled(ctx, was);
+    if (!lv)
+        return -1;
+    size_t bytes = dc_tensor_bytes(lv);
+    float *host = dc_arena_alloc(&ctx->meta, 2 * bytes);
+    if (!host || dc_memcpy(host, DC_CPU, lv->data, lv->device, bytes)) {
+        forward_fail(ctx, "%s", dc_error());
+        return -1;
+    }
+    float *sd = host + lv->numel;
+    for (int64_t i = 0; i < lv->numel; i++) {
+        float v = host[i]; /* a NaN stays NaN, as torch.clamp leaves it */
+        v = v < LOGVAR_MIN ? LOGVAR_MIN : v > LOGVAR_MAX ? LOGVAR_MAX : v;
+        host[i] = v;
+        sd[i] = expf(0.5f * v);
+    }
+    d->logvar = dc_from_host(ctx, DC_F32, lv->ndim, lv->shape, host);
+    d->std = dc_from_host(ctx, DC_F32, lv->ndim, lv->shape, sd);
+    return d->logvar && d->std ? 0 : -1;
+}
+
+int dc_vae_encode(dc_ctx *ctx, const dc_vae *m, dc_tensor *x, dc_vae_latent_dist *out) {
+    memset(out, 0, sizeof *out);
+    if (ctx->failed || !x) {
+        ctx->failed = true; /* a NULL input: whatever made it has said why */
+        return -1;
+    }
+    if (!input_ok(ctx, x, "x", m->cfg.in_channels, (int64_t)1 << (m->cfg.levels - 1)))
+        return -1;
+    int64_t lat = m->cfg.latent_channels;
+    dc_tensor *moments = encoder_forward(ctx, m, x);
+    out->mean = dc_slice(ctx, moments, 0, lat);
+    if (!out->mean || posterior_spread(ctx, moments, lat, out)) {
+        memset(out, 0, sizeof *out);
+        ctx->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+dc_tensor *dc_vae_sample(dc_ctx *ctx, const dc_vae_latent_dist *d, dc_tensor *noise) {
+    if (ctx->failed || !d->mean || !d->std || !noise) {
+        ctx->failed = true;
+        return NULL;
+    }
+    char s[64], t[64];
+    if (noise->dtype != DC_F32 || noise->ndim != 4 || noise->numel != d->mean->numel ||
+        memcmp(noise->shape, d->mean->shape, 4 * sizeof *noise->shape))
+        return forward_fail(ctx, "noise must be f32 %s as the latents, got %s %s",
+                            dc_shape_str(s, sizeof s, 4, d->mean->shape), dc_dtype_name(noise->dtype),
+                            dc_shape_str(t, sizeof t, noise->ndim, noise->shape));
+    return dc_add(ctx, d->mean, dc_mul(ctx, d->std, noise));
+}
+
+dc_tensor *dc_vae_decode(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {
+    if (ctx->failed || !z) {
+        ctx->failed = true;
+        return NULL;
+    }
+    if (!input_ok(ctx, z, "z", m->cfg.latent_channels, 1))
+        return NULL;
+    const dc_vae_coder *k = &m->decoder;
+    size_t at = dc_mark(ctx);
+    dc_tensor *h = m->post_quant_conv.weight ? dc_nn_conv2d_forward(ctx, &m->post_quant_conv, z) : z;
+    h = stage(ctx, at, conv_in_block, k, 0, h);
+    h = stage(ctx, at, mid_block, k, 0, h);
+    for (int i = 0; i < m->cfg.levels; i++)
+        h = stage(ctx, at, up_level, k, i, h);
+    return stage(ctx, at, out_block, k, 0, h);
+}
+
+dc_tensor *dc_vae_scale_latents(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {
+    float s = m->cfg.scaling_factor;
+    return dc_affine(ctx, z, s, -m->cfg.shift_factor * s);
+}
+
+dc_tensor *dc_vae_unscale_latents(dc_ctx *ctx, const dc_vae *m, dc_tensor *latents) {
+    return dc_affine(ctx, latents, 1.0f / m->cfg.scaling_factor, m->cfg.shift_factor);
+}
