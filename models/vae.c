@@ -408,54 +408,58 @@ static bool input_ok(dc_ctx *ctx, const dc_tensor *x, const char *name, int64_t 
 }
 
 /* A stage of the network: x through `body`. Without a tape its output
- * takes the place of everything made since `at`, x and the stage's
- * temporaries included, so a pass holds one stage's memory at a time. */
-typedef dc_tensor *(*stage_fn)(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *x);
+ * takes the place of everything made since `at` (x and the stage's
+ * temporaries), as does each resnet's output within the stage, so a pass
+ * holds about one block's memory at a time. */
+typedef dc_tensor *(*stage_fn)(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *x, size_t at);
 
 static dc_tensor *stage(dc_ctx *ctx, size_t at, stage_fn body, const dc_vae_coder *k, int i,
                         dc_tensor *x) {
-    return dc_keep(ctx, at, body(ctx, k, i, x));
+    return dc_keep(ctx, at, body(ctx, k, i, x, at));
+}
+
+static dc_tensor *resnets(dc_ctx *ctx, const dc_unet_resnet *r, int n, dc_tensor *h, size_t at) {
+    for (int j = 0; j < n; j++)
+        h = dc_keep(ctx, at, dc_unet_resnet_forward(ctx, &r[j], h, NULL));
+    return h;
 }
 
 /* DownEncoderBlock2D i: resnets, then pad bottom/right and a stride-2 conv. */
-static dc_tensor *down_level(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
+static dc_tensor *down_level(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h, size_t at) {
     const dc_vae_level *l = &k->level[i];
-    for (int j = 0; j < l->n_layers; j++)
-        h = dc_unet_resnet_forward(ctx, &l->resnets[j], h, NULL);
+    h = resnets(ctx, l->resnets, l->n_layers, h, at);
     if (!l->sampler.weight)
         return h;
     return dc_nn_conv2d_forward(ctx, &l->sampler, dc_unet_pad_bottom_right(ctx, h));
 }
 
 /* UpDecoderBlock2D i: resnets, then nearest 2x and a conv. */
-static dc_tensor *up_level(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
+static dc_tensor *up_level(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h, size_t at) {
     const dc_vae_level *l = &k->level[i];
-    for (int j = 0; j < l->n_layers; j++)
-        h = dc_unet_resnet_forward(ctx, &l->resnets[j], h, NULL);
+    h = resnets(ctx, l->resnets, l->n_layers, h, at);
     if (!l->sampler.weight)
         return h;
     return dc_nn_conv2d_forward(ctx, &l->sampler, dc_upsample2x(ctx, h));
 }
 
 /* UNetMidBlock2D: resnet, [attention], resnet. */
-static dc_tensor *mid_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
+static dc_tensor *mid_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h, size_t at) {
     (void)i;
-    h = dc_unet_resnet_forward(ctx, &k->mid_resnets[0], h, NULL);
+    h = dc_keep(ctx, at, dc_unet_resnet_forward(ctx, &k->mid_resnets[0], h, NULL));
     if (k->mid_attention.to_q.weight)
-        h = dc_unet_attention_forward(ctx, &k->mid_attention, h);
+        h = dc_keep(ctx, at, dc_unet_attention_forward(ctx, &k->mid_attention, h));
     return dc_unet_resnet_forward(ctx, &k->mid_resnets[1], h, NULL);
 }
 
 /* conv_norm_out, silu (whatever act_fn is), conv_out. */
-static dc_tensor *out_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
-    (void)i;
+static dc_tensor *out_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h, size_t at) {
+    (void)i, (void)at;
     return dc_nn_conv2d_forward(ctx, &k->conv_out,
                                 dc_nn_group_norm_silu_forward(ctx, &k->conv_norm_out, h));
 }
 
-/* conv_in, then (by `body`) quant_conv or post_quant_conv. */
-static dc_tensor *conv_in_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h) {
-    (void)i;
+static dc_tensor *conv_in_block(dc_ctx *ctx, const dc_vae_coder *k, int i, dc_tensor *h, size_t at) {
+    (void)i, (void)at;
     return dc_nn_conv2d_forward(ctx, &k->conv_in, h);
 }
 
