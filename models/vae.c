@@ -552,6 +552,160 @@ dc_tensor *dc_vae_decode(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {
     return stage(ctx, at, out_block, k, 0, h);
 }
 
+/* ==== tiled decode ==== */
+
+/* A decoded tile on the host: [N, h, w, C]. */
+typedef struct {
+    float *px;
+    int64_t h, w;
+} tile;
+
+/* How diffusers cuts: tiles of `t` latents every `step`, each decoded
+ * alone, blended over `blend` pixels and cropped to `limit`. */
+typedef struct {
+    int64_t t, step, blend, limit, scale; /* scale: pixels per latent */
+    int64_t n, c, cout;                      /* batch, latent and image channels */
+} tiling;
+
+/* blend_v / blend_h: b's first rows (columns) fade in from a's last ones,
+ * in place. rows: y indexes rows of w * C values; else columns within them. */
+static void blend(const tiling *g, const tile *a, tile *b, bool rows) {
+    int64_t extent = rows ? (a->h < b->h ? a->h : b->h) : (a->w < b->w ? a->w : b->w);
+    extent = extent < g->blend ? extent : g->blend;
+    for (int64_t y = 0; y < extent; y++) {
+        double t = (double)y / (double)extent;
+        float wa = (float)(1.0 - t), wb = (float)t;
+        for (int64_t n = 0; n < g->n; n++)
+            for (int64_t r = 0; r < (rows ? 1 : b->h); r++) {
+                int64_t ra = rows ? a->h - extent + y : r, rb = rows ? y : r;
+                const float *pa = a->px + ((n * a->h + ra) * a->w + (rows ? 0 : a->w - extent + y)) * g->cout;
+                float *pb = b->px + ((n * b->h + rb) * b->w + (rows ? 0 : y)) * g->cout;
+                for (int64_t k = 0; k < (rows ? b->w : 1) * g->cout; k++)
+                    pb[k] = pa[k] * wa + pb[k] * wb;
+            }
+    }
+}
+
+/* Tile (i0, j0) of z (host, [N, H, W, c]) decoded onto the host; the arena
+ * is given back once the tile is copied out (the copy waited for it). */
+static int decode_tile(dc_ctx *ctx, const dc_vae *m, const tiling *g, const float *z, int64_t H,
+                       int64_t W, int64_t i0, int64_t j0, tile *out) {
+    int64_t th = H - i0 < g->t ? H - i0 : g->t, tw = W - j0 < g->t ? W - j0 : g->t;
+    float *host = malloc((size_t)(g->n * th * tw * g->c) * sizeof *host);
+    if (!host) {
+        ctx->failed = true;
+        return dc_fail("vae: out of memory for a tile");
+    }
+    for (int64_t n = 0; n < g->n; n++)
+        for (int64_t y = 0; y < th; y++)
+            memcpy(host + (n * th + y) * tw * g->c, z + ((n * H + i0 + y) * W + j0) * g->c,
+                   (size_t)(tw * g->c) * sizeof *host);
+    size_t mark = dc_mark(ctx);
+    dc_tensor *px = dc_vae_decode(ctx, m, dc_from_host(ctx, DC_F32, DC_SHAPE(g->n, th, tw, g->c), host));
+    free(host);
+    out->h = th * g->scale;
+    out->w = tw * g->scale;
+    out->px = px ? malloc(dc_tensor_bytes(px)) : NULL;
+    int rc = !px                       ? -1
+             : !out->px                ? dc_fail("vae: out of memory for a decoded tile")
+             : dc_memcpy(out->px, DC_CPU, px->data, px->device, dc_tensor_bytes(px)) ? -1
+                                                                                    : 0;
+    dc_arena_rewind(&ctx->act, mark);
+    if (rc)
+        ctx->failed = true;
+    return rc;
+}
+
+/* The cropped tile into the image (host, [N, HO, WO, C]) at (y0, x0). */
+static void place(const tiling *g, const tile *t, float *img, int64_t HO, int64_t WO, int64_t y0,
+                  int64_t x0) {
+    int64_t h = t->h < g->limit ? t->h : g->limit, w = t->w < g->limit ? t->w : g->limit;
+    for (int64_t n = 0; n < g->n; n++)
+        for (int64_t y = 0; y < h; y++)
+            memcpy(img + ((n * HO + y0 + y) * WO + x0) * g->cout, t->px + ((n * t->h + y) * t->w) * g->cout,
+                   (size_t)(w * g->cout) * sizeof *img);
+}
+
+/* The cropped extent of `count` positions cut every `step`: diffusers' concatenation. */
+static int64_t tiled_extent(const tiling *g, int64_t count) {
+    int64_t total = 0;
+    for (int64_t i = 0; i < count; i += g->step) {
+        int64_t px = (count - i < g->t ? count - i : g->t) * g->scale;
+        total += px < g->limit ? px : g->limit;
+    }
+    return total;
+}
+
+/* Row after row of tiles, each blended with the tile above (its row's, kept
+ * from the last pass) and the one to its left, then placed. */
+static int tiled_rows(dc_ctx *ctx, const dc_vae *m, const tiling *g, const float *z, int64_t H,
+                      int64_t W, float *img, int64_t HO, int64_t WO) {
+    int64_t cols = (W + g->step - 1) / g->step;
+    tile *above = calloc((size_t)cols, sizeof *above), *row = calloc((size_t)cols, sizeof *row);
+    int rc = above && row ? 0 : dc_fail("vae: out of memory for the tiles");
+    int64_t y0 = 0;
+    for (int64_t i = 0; !rc && i < H; i += g->step) {
+        int64_t x0 = 0;
+        for (int64_t j = 0; !rc && j < cols; j++) {
+            if ((rc = decode_tile(ctx, m, g, z, H, W, i, j * g->step, &row[j])))
+                break;
+            if (i > 0)
+                blend(g, &above[j], &row[j], true);
+            if (j > 0)
+                blend(g, &row[j - 1], &row[j], false);
+            place(g, &row[j], img, HO, WO, y0, x0);
+            x0 += row[j].w < g->limit ? row[j].w : g->limit;
+        }
+        y0 += !rc && row[0].h < g->limit ? row[0].h : g->limit;
+        for (int64_t j = 0; j < cols; j++) {
+            free(above ? above[j].px : NULL);
+            if (above)
+                above[j] = row[j];
+            row[j] = (tile){0};
+        }
+    }
+    for (int64_t j = 0; above && j < cols; j++)
+        free(above[j].px);
+    free(above);
+    free(row);
+    return rc;
+}
+
+dc_tensor *dc_vae_decode_tiled(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {
+    if (ctx->failed || !z) {
+        ctx->failed = true;
+        return NULL;
+    }
+    if (!input_ok(ctx, z, "z", m->cfg.latent_channels, 1))
+        return NULL;
+    const dc_vae_config *c = &m->cfg;
+    int64_t scale = (int64_t)1 << (c->levels - 1), s = c->sample_size[0], t = s / scale;
+    tiling g = {.t = t, .step = (int64_t)((double)t * 0.75), .blend = (int64_t)((double)s * 0.25),
+                .scale = scale, .n = z->shape[0], .c = c->latent_channels, .cout = c->out_channels};
+    g.limit = s - g.blend;
+    int64_t H = z->shape[1], W = z->shape[2];
+    if (H <= t && W <= t) /* one tile: diffusers decodes it whole */
+        return dc_vae_decode(ctx, m, z);
+    if (g.step < 1)
+        return forward_fail(ctx, "sample_size %lld gives tiles of %lld latents, too few to overlap",
+                            (long long)s, (long long)t);
+    int64_t HO = tiled_extent(&g, H), WO = tiled_extent(&g, W);
+    size_t zbytes = dc_tensor_bytes(z), ibytes = (size_t)(g.n * HO * WO * g.cout) * sizeof(float);
+    float *zh = malloc(zbytes), *img = malloc(ibytes);
+    bool was = dc_set_grad_enabled(ctx, false);
+    int rc = !zh || !img ? dc_fail("vae: out of memory for a tiled decode")
+             : dc_memcpy(zh, DC_CPU, z->data, z->device, zbytes)
+                 ? -1
+                 : tiled_rows(ctx, m, &g, zh, H, W, img, HO, WO);
+    dc_set_grad_enabled(ctx, was);
+    dc_tensor *out = rc ? NULL : dc_from_host(ctx, DC_F32, DC_SHAPE(g.n, HO, WO, g.cout), img);
+    free(zh);
+    free(img);
+    if (!out)
+        ctx->failed = true;
+    return out;
+}
+
 dc_tensor *dc_vae_scale_latents(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {
     float s = m->cfg.scaling_factor;
     return dc_affine(ctx, z, s, -m->cfg.shift_factor * s);

@@ -125,6 +125,16 @@ dc_tensor *dc_vae_sample(dc_ctx *ctx, const dc_vae_latent_dist *d, dc_tensor *no
  * 512x512 decode holds a few full-size feature maps, not every block's. */
 dc_tensor *dc_vae_decode(dc_ctx *ctx, const dc_vae *m, dc_tensor *z);
 
+/* diffusers' tiled_decode (AutoencoderKL.enable_tiling()), for images
+ * larger than the VAE was trained at: latents larger than T = sample_size /
+ * 2^(levels-1) a side are cut into T x T tiles every int(0.75 T), each
+ * decoded alone; a tile's first int(sample_size / 4) pixel rows and columns
+ * are blended linearly with the tiles above and to its left, and each is
+ * cropped to sample_size - int(sample_size / 4) pixels. Smaller latents are
+ * decoded whole. Holds one tile's activations at a time (the image and a
+ * row of tiles on the host). Not differentiable. */
+dc_tensor *dc_vae_decode_tiled(dc_ctx *ctx, const dc_vae *m, dc_tensor *z);
+
 /* What the diffusion model sees: (z - shift_factor) * scaling_factor, and
  * back: latents / scaling_factor + shift_factor, what dc_vae_decode takes. */
 dc_tensor *dc_vae_scale_latents(dc_ctx *ctx, const dc_vae *m, dc_tensor *z);

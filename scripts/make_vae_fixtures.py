@@ -14,7 +14,9 @@ Models:
             quant convs and the mid attention; quant_conv.bias pushed so that
             logvar channel 0 is clamped at 20 and channel 1 at -30 (the other
             two are not); also the gradients of L = sum(decode(z) * r) with
-            respect to z and a few decoder parameters. 16x16 images, batch 2.
+            respect to z and a few decoder parameters, and the tiled decode
+            (enable_tiling: 8x8-latent tiles, sample_size 16 / 2) of 12x21
+            latents. 16x16 images, batch 2.
   three     3 levels [8, 16, 16], 2 layers per block (3 resnets per up block),
             saved as the fp16 variant (diffusion_pytorch_model.fp16.safetensors,
             F16; the references come from the fp16 values) under the older
@@ -30,7 +32,8 @@ input.z [N, h, w, latent] (latents for decode), input.noise [N, h, w, latent]
 mean and logvar [N, h, w, latent] (DiagonalGaussianDistribution's, logvar
 clamped), sample (mean + std * input.noise), decoded (decode(input.z)),
 forward (decode(encode(x).mode()), AutoencoderKL(x, sample_posterior=False));
-kl only: grad.z and grad.NAME (PyTorch layout). All computed in float64 on
+kl only: grad.z and grad.NAME (PyTorch layout), input.z_tiles [1, 12, 21, 4]
+and tiled [1, 24, 42, 3]. All computed in float64 on
 the float32 (or float16) weights and inputs, so they measure only our
 float32 error.
 
@@ -56,7 +59,7 @@ MODELS = {
         config=dict(block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4, latent_channels=4,
                     down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                     sample_size=16),
-        n=2, h=16, w=16, clamp=True, grads=True),
+        n=2, h=16, w=16, clamp=True, grads=True, tiles=[12, 21]),
     "three": dict(
         config=dict(block_out_channels=[8, 16, 16], layers_per_block=2, norm_num_groups=4, latent_channels=4,
                     down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
@@ -131,6 +134,13 @@ def reference(model, spec):
         params = dict(m64.named_parameters())
         for name in grad_names(m64):
             ref[f"grad.{name}"] = params[name].grad.float().contiguous()
+    if "tiles" in spec:  # tiled_decode: tiles of sample_size / 2^(levels - 1) latents
+        zt = torch.randn(1, lat, *spec["tiles"])
+        m64.enable_tiling()
+        with torch.no_grad():
+            ref["tiled"] = nhwc(m64.decode(zt.double()).sample)
+        m64.disable_tiling()
+        ref["input.z_tiles"] = nhwc(zt)
     model.float()
     return ref
 

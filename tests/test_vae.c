@@ -187,6 +187,24 @@ START_TEST(test_legacy_names_fp16) {
 }
 END_TEST
 
+/* enable_tiling's decode of 12x21 latents in 8x8 tiles (kl: sample_size
+ * 16, 2 levels): 2 x 4 tiles, the last column 3 latents wide; latents
+ * within one tile are decoded whole. The gradient setting is left as it was. */
+START_TEST(test_tiled_decode) {
+    fixture f;
+    fixture_open(&f, "kl");
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *out = dc_vae_decode_tiled(ctx, f.m, ref_tensor(ctx, &f, "input.z_tiles"));
+    check_output(out, &f.ref, "tiled", "kl");
+    ck_assert(ctx->grad_enabled && !out->requires_grad);
+    dc_tensor *z = tu_randn(ctx, DC_SHAPE(2, 8, 5, 4));
+    dc_tensor *whole = dc_vae_decode(ctx, f.m, z), *tiled = dc_vae_decode_tiled(ctx, f.m, z);
+    ck_assert(whole && tiled && !memcmp(whole->data, tiled->data, dc_tensor_bytes(whole)));
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
 /* ---- configs ---- */
 
 /* Configs from the wild declare what diffusers makes: tensors and elements. */
@@ -452,6 +470,7 @@ int main(void) {
     tcase_add_test(tc, test_logvar_clamp);
     tcase_add_test(tc, test_decoder_gradients);
     tcase_add_test(tc, test_legacy_names_fp16);
+    tcase_add_test(tc, test_tiled_decode);
     tc = tu_tcase(s, "config", 60);
     tcase_add_test(tc, test_wild_configs);
     tcase_add_test(tc, test_config_fields);
