@@ -69,6 +69,17 @@ static int read_act(dc_vae_config *c, const cJSON *root, const char *what) {
                    what, s);
 }
 
+/* key[i] of a list: an integer in [1, max]. */
+static int list_int(const cJSON *e, const char *what, const char *key, int i, int max, int *out) {
+    if (!cJSON_IsNumber(e))
+        return dc_fail("%s: %s[%d] must be an integer, got %s", what, key, i, dc_json_type(e));
+    double d = e->valuedouble;
+    if (d != floor(d) || d < 1 || d > max)
+        return dc_fail("%s: %s[%d] must be an integer in [1, %d], got %.17g", what, key, i, max, d);
+    *out = (int)d;
+    return 0;
+}
+
 /* sample_size: an integer or [height, width]. */
 static int read_sample_size(dc_vae_config *c, const cJSON *root, const char *what) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "sample_size");
@@ -83,16 +94,11 @@ static int read_sample_size(dc_vae_config *c, const cJSON *root, const char *wha
         return dc_fail("%s: sample_size must be an integer or [height, width], got an array of "
                        "%d entries",
                        what, cJSON_GetArraySize(v));
-    cJSON *pair = cJSON_CreateObject();
-    if (!pair)
-        return dc_fail("%s: out of memory", what);
-    /* the entries read as keys of their own, for the same checks and messages */
-    cJSON_AddItemReferenceToObject(pair, "sample_size[0]", v->child);
-    cJSON_AddItemReferenceToObject(pair, "sample_size[1]", v->child->next);
-    int rc = dc_json_get_int(pair, "sample_size[0]", what, 1, DC_VAE_MAX_SAMPLE_SIZE, &c->sample_size[0]) ||
-             dc_json_get_int(pair, "sample_size[1]", what, 1, DC_VAE_MAX_SAMPLE_SIZE, &c->sample_size[1]);
-    cJSON_Delete(pair);
-    return rc ? -1 : 0;
+    return list_int(v->child, what, "sample_size", 0, DC_VAE_MAX_SAMPLE_SIZE, &c->sample_size[0]) ||
+                   list_int(v->child->next, what, "sample_size", 1, DC_VAE_MAX_SAMPLE_SIZE,
+                            &c->sample_size[1])
+               ? -1
+               : 0;
 }
 
 static int read_channels(dc_vae_config *c, const cJSON *root, const char *what) {
@@ -111,16 +117,9 @@ static int read_channels(dc_vae_config *c, const cJSON *root, const char *what) 
                        n, DC_VAE_MAX_LEVELS);
     c->levels = n;
     int i = 0;
-    for (const cJSON *e = v->child; e; e = e->next, i++) {
-        double d = e->valuedouble;
-        if (!cJSON_IsNumber(e))
-            return dc_fail("%s: block_out_channels[%d] must be an integer, got %s", what, i,
-                           dc_json_type(e));
-        if (d != floor(d) || d < 1 || d > DC_VAE_MAX_CHANNELS)
-            return dc_fail("%s: block_out_channels[%d] must be an integer in [1, %d], got %.17g",
-                           what, i, DC_VAE_MAX_CHANNELS, d);
-        c->block_out_channels[i] = (int)d;
-    }
+    for (const cJSON *e = v->child; e; e = e->next, i++)
+        if (list_int(e, what, "block_out_channels", i, DC_VAE_MAX_CHANNELS, &c->block_out_channels[i]))
+            return -1;
     return 0;
 }
 
@@ -140,11 +139,13 @@ static int read_block_types(const cJSON *root, const char *what, const char *key
         return dc_fail("%s: %s has %d entries but block_out_channels has %d", what, key,
                        cJSON_GetArraySize(v), levels);
     int i = 0;
-    for (const cJSON *e = v->child; e; e = e->next, i++)
-        if (!cJSON_IsString(e) || strcmp(e->valuestring, only))
-            return dc_fail("%s: %s[%d] %s%.64s%s is not supported (supported: \"%s\")", what, key,
-                           i, cJSON_IsString(e) ? "\"" : "", cJSON_IsString(e) ? e->valuestring : dc_json_type(e),
-                           cJSON_IsString(e) ? "\"" : "", only);
+    for (const cJSON *e = v->child; e; e = e->next, i++) {
+        if (!cJSON_IsString(e))
+            return dc_fail("%s: %s[%d] must be a string, got %s", what, key, i, dc_json_type(e));
+        if (strcmp(e->valuestring, only))
+            return dc_fail("%s: %s[%d] \"%.64s\" is not supported (supported: \"%s\")", what, key,
+                           i, e->valuestring, only);
+    }
     return 0;
 }
 
@@ -306,10 +307,12 @@ static int encoder_init(dc_vae_coder *k, dc_params *ps, const dc_vae_config *c) 
  * as Decoder.__init__ registers them), mid_block, conv_norm_out, conv_out. */
 static int decoder_init(dc_vae_coder *k, dc_params *ps, const dc_vae_config *c) {
     const int *ch = c->block_out_channels, L = c->levels;
-    dc_nn_conv2d_init(&k->conv_in, ps, "decoder.conv_in", c->latent_channels, ch[L - 1], 3, 1, 1, true);
+    dc_nn_conv2d_init(&k->conv_in, ps, "decoder.conv_in", c->latent_channels, ch[L - 1], 3, 1, 1,
+                      true);
     for (int i = 0; i < L; i++) {
         int cout = ch[L - 1 - i], prev = ch[L - (i > 0 ? i : 1)];
-        if (level_init(&k->level[i], ps, c, "decoder.up_blocks", i, c->layers_per_block + 1, prev, cout))
+        if (level_init(&k->level[i], ps, c, "decoder.up_blocks", i, c->layers_per_block + 1, prev,
+                       cout))
             return -1;
         char name[64];
         snprintf(name, sizeof name, "decoder.up_blocks.%d.upsamplers.0.conv", i);
@@ -578,7 +581,8 @@ static void blend(const tiling *g, const tile *a, tile *b, bool rows) {
         for (int64_t n = 0; n < g->n; n++)
             for (int64_t r = 0; r < (rows ? 1 : b->h); r++) {
                 int64_t ra = rows ? a->h - extent + y : r, rb = rows ? y : r;
-                const float *pa = a->px + ((n * a->h + ra) * a->w + (rows ? 0 : a->w - extent + y)) * g->cout;
+                int64_t xa = rows ? 0 : a->w - extent + y;
+                const float *pa = a->px + ((n * a->h + ra) * a->w + xa) * g->cout;
                 float *pb = b->px + ((n * b->h + rb) * b->w + (rows ? 0 : y)) * g->cout;
                 for (int64_t k = 0; k < (rows ? b->w : 1) * g->cout; k++)
                     pb[k] = pa[k] * wa + pb[k] * wb;
@@ -601,7 +605,8 @@ static int decode_tile(dc_ctx *ctx, const dc_vae *m, const tiling *g, const floa
             memcpy(host + (n * th + y) * tw * g->c, z + ((n * H + i0 + y) * W + j0) * g->c,
                    (size_t)(tw * g->c) * sizeof *host);
     size_t mark = dc_mark(ctx);
-    dc_tensor *px = dc_vae_decode(ctx, m, dc_from_host(ctx, DC_F32, DC_SHAPE(g->n, th, tw, g->c), host));
+    dc_tensor *in = dc_from_host(ctx, DC_F32, DC_SHAPE(g->n, th, tw, g->c), host);
+    dc_tensor *px = dc_vae_decode(ctx, m, in);
     free(host);
     out->h = th * g->scale;
     out->w = tw * g->scale;
@@ -622,8 +627,8 @@ static void place(const tiling *g, const tile *t, float *img, int64_t HO, int64_
     int64_t h = t->h < g->limit ? t->h : g->limit, w = t->w < g->limit ? t->w : g->limit;
     for (int64_t n = 0; n < g->n; n++)
         for (int64_t y = 0; y < h; y++)
-            memcpy(img + ((n * HO + y0 + y) * WO + x0) * g->cout, t->px + ((n * t->h + y) * t->w) * g->cout,
-                   (size_t)(w * g->cout) * sizeof *img);
+            memcpy(img + ((n * HO + y0 + y) * WO + x0) * g->cout,
+                   t->px + ((n * t->h + y) * t->w) * g->cout, (size_t)(w * g->cout) * sizeof *img);
 }
 
 /* The cropped extent of `count` positions cut every `step`: diffusers' concatenation. */

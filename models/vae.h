@@ -72,13 +72,15 @@ int dc_vae_config_load(dc_vae_config *c, const char *path);
 typedef struct dc_vae_level {
     int n_layers;
     dc_unet_resnet *resnets; /* [n_layers] */
-    dc_nn_conv2d sampler;    /* downsamplers.0.conv / upsamplers.0.conv; weight NULL on the last level */
+    dc_nn_conv2d sampler;    /* downsamplers.0.conv / upsamplers.0.conv; weight NULL on the
+                                last level */
 } dc_vae_level;
 
 /* The encoder or the decoder. */
 typedef struct dc_vae_coder {
     dc_nn_conv2d conv_in;
-    dc_vae_level level[DC_VAE_MAX_LEVELS]; /* encoder: full resolution first; decoder: deepest first */
+    dc_vae_level level[DC_VAE_MAX_LEVELS]; /* [levels]: the encoder's full resolution first,
+                                              the decoder's deepest first */
     dc_unet_resnet mid_resnets[2];
     dc_unet_attention mid_attention; /* to_q.weight NULL without mid_block_add_attention */
     dc_nn_group_norm conv_norm_out;

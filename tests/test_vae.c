@@ -264,7 +264,7 @@ static const struct {
      "down_block_types has 1 entries but block_out_channels has 2"},
     {"{\"down_block_types\": [\"AttnDownEncoderBlock2D\"]}",
      "down_block_types[0] \"AttnDownEncoderBlock2D\" is not supported"},
-    {"{\"up_block_types\": [7]}", "up_block_types[0] a number is not supported"},
+    {"{\"up_block_types\": [7]}", "up_block_types[0] must be a string, got a number"},
     {"{\"act_fn\": \"relu\"}", "act_fn \"relu\" is not supported"},
     {"{\"norm_num_groups\": 48}", "block_out_channels[0] = 64 is not a multiple of norm_num_groups 48"},
     {"{\"block_out_channels\": [1000000000]}", "block_out_channels[0] must be an integer in [1, 16384]"},
