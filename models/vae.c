@@ -505,16 +505,21 @@ static int posterior_spread(dc_ctx *ctx, dc_tensor *moments, int64_t lat, dc_vae
     return d->logvar && d->std ? 0 : -1;
 }
 
-int dc_vae_encode(dc_ctx *ctx, const dc_vae *m, dc_tensor *x, dc_vae_latent_dist *out) {
-    memset(out, 0, sizeof *out);
+/* x [N, H, W, in] checked, then the encoder's moments [N, h, w, 2 latent]. */
+static dc_tensor *moments_forward(dc_ctx *ctx, const dc_vae *m, dc_tensor *x) {
     if (ctx->failed || !x) {
         ctx->failed = true; /* a NULL input: whatever made it has said why */
-        return -1;
+        return NULL;
     }
     if (!input_ok(ctx, x, "x", m->cfg.in_channels, (int64_t)1 << (m->cfg.levels - 1)))
-        return -1;
+        return NULL;
+    return encoder_forward(ctx, m, x);
+}
+
+/* DiagonalGaussianDistribution of the moments. */
+static int split_moments(dc_ctx *ctx, const dc_vae *m, dc_tensor *moments, dc_vae_latent_dist *out) {
     int64_t lat = m->cfg.latent_channels;
-    dc_tensor *moments = encoder_forward(ctx, m, x);
+    memset(out, 0, sizeof *out);
     out->mean = dc_slice(ctx, moments, 0, lat);
     if (!out->mean || posterior_spread(ctx, moments, lat, out)) {
         memset(out, 0, sizeof *out);
@@ -522,6 +527,10 @@ int dc_vae_encode(dc_ctx *ctx, const dc_vae *m, dc_tensor *x, dc_vae_latent_dist
         return -1;
     }
     return 0;
+}
+
+int dc_vae_encode(dc_ctx *ctx, const dc_vae *m, dc_tensor *x, dc_vae_latent_dist *out) {
+    return split_moments(ctx, m, moments_forward(ctx, m, x), out);
 }
 
 dc_tensor *dc_vae_sample(dc_ctx *ctx, const dc_vae_latent_dist *d, dc_tensor *noise) {
@@ -555,19 +564,21 @@ dc_tensor *dc_vae_decode(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {
     return stage(ctx, at, out_block, k, 0, h);
 }
 
-/* ==== tiled decode ==== */
+/* ==== tiled encode and decode ==== */
 
-/* A decoded tile on the host: [N, h, w, C]. */
+/* A tile's result on the host: [N, h, w, C]. */
 typedef struct {
     float *px;
     int64_t h, w;
 } tile;
 
-/* How diffusers cuts: tiles of `t` latents every `step`, each decoded
- * alone, blended over `blend` pixels and cropped to `limit`. */
+/* How diffusers cuts: tiles of `t` inputs a side every `step`, each through
+ * `run` alone (k inputs give k * up / down outputs), their outputs blended
+ * over `blend` rows and columns and cropped to `limit`. */
 typedef struct {
-    int64_t t, step, blend, limit, scale; /* scale: pixels per latent */
-    int64_t n, c, cout;                      /* batch, latent and image channels */
+    dc_tensor *(*run)(dc_ctx *ctx, const dc_vae *m, dc_tensor *x);
+    int64_t t, step, blend, limit, up, down;
+    int64_t n, cin, cout; /* batch, input and output channels */
 } tiling;
 
 /* blend_v / blend_h: b's first rows (columns) fade in from a's last ones,
@@ -590,29 +601,30 @@ static void blend(const tiling *g, const tile *a, tile *b, bool rows) {
     }
 }
 
-/* Tile (i0, j0) of z (host, [N, H, W, c]) decoded onto the host; the arena
- * is given back once the tile is copied out (the copy waited for it). */
-static int decode_tile(dc_ctx *ctx, const dc_vae *m, const tiling *g, const float *z, int64_t H,
-                       int64_t W, int64_t i0, int64_t j0, tile *out) {
+/* Tile (i0, j0) of x (host, [N, H, W, cin]) through g->run onto the host;
+ * the arena is given back once the result is copied out (the copy waited
+ * for it). */
+static int run_tile(dc_ctx *ctx, const dc_vae *m, const tiling *g, const float *x, int64_t H,
+                    int64_t W, int64_t i0, int64_t j0, tile *out) {
     int64_t th = H - i0 < g->t ? H - i0 : g->t, tw = W - j0 < g->t ? W - j0 : g->t;
-    float *host = malloc((size_t)(g->n * th * tw * g->c) * sizeof *host);
+    float *host = malloc((size_t)(g->n * th * tw * g->cin) * sizeof *host);
     if (!host) {
         ctx->failed = true;
         return dc_fail("vae: out of memory for a tile");
     }
     for (int64_t n = 0; n < g->n; n++)
         for (int64_t y = 0; y < th; y++)
-            memcpy(host + (n * th + y) * tw * g->c, z + ((n * H + i0 + y) * W + j0) * g->c,
-                   (size_t)(tw * g->c) * sizeof *host);
+            memcpy(host + (n * th + y) * tw * g->cin, x + ((n * H + i0 + y) * W + j0) * g->cin,
+                   (size_t)(tw * g->cin) * sizeof *host);
     size_t mark = dc_mark(ctx);
-    dc_tensor *in = dc_from_host(ctx, DC_F32, DC_SHAPE(g->n, th, tw, g->c), host);
-    dc_tensor *px = dc_vae_decode(ctx, m, in);
+    dc_tensor *in = dc_from_host(ctx, DC_F32, DC_SHAPE(g->n, th, tw, g->cin), host);
+    dc_tensor *px = g->run(ctx, m, in);
     free(host);
-    out->h = th * g->scale;
-    out->w = tw * g->scale;
+    out->h = px ? px->shape[1] : 0;
+    out->w = px ? px->shape[2] : 0;
     out->px = px ? malloc(dc_tensor_bytes(px)) : NULL;
     int rc = !px                       ? -1
-             : !out->px                ? dc_fail("vae: out of memory for a decoded tile")
+             : !out->px                ? dc_fail("vae: out of memory for a tile's result")
              : dc_memcpy(out->px, DC_CPU, px->data, px->device, dc_tensor_bytes(px)) ? -1
                                                                                     : 0;
     dc_arena_rewind(&ctx->act, mark);
@@ -621,7 +633,7 @@ static int decode_tile(dc_ctx *ctx, const dc_vae *m, const tiling *g, const floa
     return rc;
 }
 
-/* The cropped tile into the image (host, [N, HO, WO, C]) at (y0, x0). */
+/* The cropped tile into the result (host, [N, HO, WO, C]) at (y0, x0). */
 static void place(const tiling *g, const tile *t, float *img, int64_t HO, int64_t WO, int64_t y0,
                   int64_t x0) {
     int64_t h = t->h < g->limit ? t->h : g->limit, w = t->w < g->limit ? t->w : g->limit;
@@ -631,11 +643,11 @@ static void place(const tiling *g, const tile *t, float *img, int64_t HO, int64_
                    t->px + ((n * t->h + y) * t->w) * g->cout, (size_t)(w * g->cout) * sizeof *img);
 }
 
-/* The cropped extent of `count` positions cut every `step`: diffusers' concatenation. */
+/* The cropped extent of `count` inputs cut every `step`: diffusers' concatenation. */
 static int64_t tiled_extent(const tiling *g, int64_t count) {
     int64_t total = 0;
     for (int64_t i = 0; i < count; i += g->step) {
-        int64_t px = (count - i < g->t ? count - i : g->t) * g->scale;
+        int64_t px = (count - i < g->t ? count - i : g->t) * g->up / g->down;
         total += px < g->limit ? px : g->limit;
     }
     return total;
@@ -643,7 +655,7 @@ static int64_t tiled_extent(const tiling *g, int64_t count) {
 
 /* Row after row of tiles, each blended with the tile above (its row's, kept
  * from the last pass) and the one to its left, then placed. */
-static int tiled_rows(dc_ctx *ctx, const dc_vae *m, const tiling *g, const float *z, int64_t H,
+static int tiled_rows(dc_ctx *ctx, const dc_vae *m, const tiling *g, const float *x, int64_t H,
                       int64_t W, float *img, int64_t HO, int64_t WO) {
     int64_t cols = (W + g->step - 1) / g->step;
     tile *above = calloc((size_t)cols, sizeof *above), *row = calloc((size_t)cols, sizeof *row);
@@ -652,7 +664,7 @@ static int tiled_rows(dc_ctx *ctx, const dc_vae *m, const tiling *g, const float
     for (int64_t i = 0; !rc && i < H; i += g->step) {
         int64_t x0 = 0;
         for (int64_t j = 0; !rc && j < cols; j++) {
-            if ((rc = decode_tile(ctx, m, g, z, H, W, i, j * g->step, &row[j])))
+            if ((rc = run_tile(ctx, m, g, x, H, W, i, j * g->step, &row[j])))
                 break;
             if (i > 0)
                 blend(g, &above[j], &row[j], true);
@@ -661,19 +673,51 @@ static int tiled_rows(dc_ctx *ctx, const dc_vae *m, const tiling *g, const float
             place(g, &row[j], img, HO, WO, y0, x0);
             x0 += row[j].w < g->limit ? row[j].w : g->limit;
         }
-        y0 += !rc && row[0].h < g->limit ? row[0].h : g->limit;
-        for (int64_t j = 0; j < cols; j++) {
-            free(above ? above[j].px : NULL);
-            if (above)
-                above[j] = row[j];
+        y0 += row && row[0].h < g->limit ? row[0].h : g->limit;
+        for (int64_t j = 0; above && j < cols; j++) {
+            free(above[j].px);
+            above[j] = row[j];
             row[j] = (tile){0};
         }
     }
     for (int64_t j = 0; above && j < cols; j++)
         free(above[j].px);
+    for (int64_t j = 0; row && j < cols; j++)
+        free(row[j].px);
     free(above);
     free(row);
     return rc;
+}
+
+/* x [N, H, W, cin] (checked by the caller) through the tiles of g; the
+ * result is data (no gradient), made without a tape. */
+static dc_tensor *tiled(dc_ctx *ctx, const dc_vae *m, const tiling *g, dc_tensor *x) {
+    int64_t H = x->shape[1], W = x->shape[2];
+    if (g->step < 1)
+        return forward_fail(ctx, "sample_size %d gives tiles of %lld, too few to overlap",
+                            m->cfg.sample_size[0], (long long)g->t);
+    int64_t HO = tiled_extent(g, H), WO = tiled_extent(g, W);
+    size_t xbytes = dc_tensor_bytes(x), ibytes = (size_t)(g->n * HO * WO * g->cout) * sizeof(float);
+    float *xh = malloc(xbytes), *img = malloc(ibytes);
+    bool was = dc_set_grad_enabled(ctx, false);
+    int rc = !xh || !img ? dc_fail("vae: out of memory for a tiled pass")
+             : dc_memcpy(xh, DC_CPU, x->data, x->device, xbytes)
+                 ? -1
+                 : tiled_rows(ctx, m, g, xh, H, W, img, HO, WO);
+    dc_set_grad_enabled(ctx, was);
+    dc_tensor *out = rc ? NULL : dc_from_host(ctx, DC_F32, DC_SHAPE(g->n, HO, WO, g->cout), img);
+    free(xh);
+    free(img);
+    if (!out)
+        ctx->failed = true;
+    return out;
+}
+
+/* diffusers' tile sizes: sample_size pixels, sample_size / 2^(levels - 1) latents. */
+static void tile_sizes(const dc_vae *m, int64_t *pixels, int64_t *latents, int64_t *scale) {
+    *scale = (int64_t)1 << (m->cfg.levels - 1);
+    *pixels = m->cfg.sample_size[0];
+    *latents = *pixels / *scale;
 }
 
 dc_tensor *dc_vae_decode_tiled(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {
@@ -683,32 +727,34 @@ dc_tensor *dc_vae_decode_tiled(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {
     }
     if (!input_ok(ctx, z, "z", m->cfg.latent_channels, 1))
         return NULL;
-    const dc_vae_config *c = &m->cfg;
-    int64_t scale = (int64_t)1 << (c->levels - 1), s = c->sample_size[0], t = s / scale;
-    tiling g = {.t = t, .step = (int64_t)((double)t * 0.75), .blend = (int64_t)((double)s * 0.25),
-                .scale = scale, .n = z->shape[0], .c = c->latent_channels, .cout = c->out_channels};
-    g.limit = s - g.blend;
-    int64_t H = z->shape[1], W = z->shape[2];
-    if (H <= t && W <= t) /* one tile: diffusers decodes it whole */
+    int64_t s, t, scale;
+    tile_sizes(m, &s, &t, &scale);
+    if (z->shape[1] <= t && z->shape[2] <= t) /* one tile: diffusers decodes it whole */
         return dc_vae_decode(ctx, m, z);
-    if (g.step < 1)
-        return forward_fail(ctx, "sample_size %lld gives tiles of %lld latents, too few to overlap",
-                            (long long)s, (long long)t);
-    int64_t HO = tiled_extent(&g, H), WO = tiled_extent(&g, W);
-    size_t zbytes = dc_tensor_bytes(z), ibytes = (size_t)(g.n * HO * WO * g.cout) * sizeof(float);
-    float *zh = malloc(zbytes), *img = malloc(ibytes);
-    bool was = dc_set_grad_enabled(ctx, false);
-    int rc = !zh || !img ? dc_fail("vae: out of memory for a tiled decode")
-             : dc_memcpy(zh, DC_CPU, z->data, z->device, zbytes)
-                 ? -1
-                 : tiled_rows(ctx, m, &g, zh, H, W, img, HO, WO);
-    dc_set_grad_enabled(ctx, was);
-    dc_tensor *out = rc ? NULL : dc_from_host(ctx, DC_F32, DC_SHAPE(g.n, HO, WO, g.cout), img);
-    free(zh);
-    free(img);
-    if (!out)
+    tiling g = {.run = dc_vae_decode, .t = t, .step = (int64_t)((double)t * 0.75),
+                .blend = (int64_t)((double)s * 0.25), .up = scale, .down = 1, .n = z->shape[0],
+                .cin = m->cfg.latent_channels, .cout = m->cfg.out_channels};
+    g.limit = s - g.blend;
+    return tiled(ctx, m, &g, z);
+}
+
+int dc_vae_encode_tiled(dc_ctx *ctx, const dc_vae *m, dc_tensor *x, dc_vae_latent_dist *out) {
+    memset(out, 0, sizeof *out);
+    if (ctx->failed || !x) {
         ctx->failed = true;
-    return out;
+        return -1;
+    }
+    int64_t s, t, scale;
+    tile_sizes(m, &s, &t, &scale);
+    if (!input_ok(ctx, x, "x", m->cfg.in_channels, scale))
+        return -1;
+    if (x->shape[1] <= s && x->shape[2] <= s) /* one tile: diffusers encodes it whole */
+        return dc_vae_encode(ctx, m, x, out);
+    tiling g = {.run = moments_forward, .t = s, .step = (int64_t)((double)s * 0.75),
+                .blend = (int64_t)((double)t * 0.25), .up = 1, .down = scale, .n = x->shape[0],
+                .cin = m->cfg.in_channels, .cout = 2 * (int64_t)m->cfg.latent_channels};
+    g.limit = t - g.blend;
+    return split_moments(ctx, m, tiled(ctx, m, &g, x), out);
 }
 
 dc_tensor *dc_vae_scale_latents(dc_ctx *ctx, const dc_vae *m, dc_tensor *z) {

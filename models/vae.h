@@ -133,9 +133,16 @@ dc_tensor *dc_vae_decode(dc_ctx *ctx, const dc_vae *m, dc_tensor *z);
  * decoded alone; a tile's first int(sample_size / 4) pixel rows and columns
  * are blended linearly with the tiles above and to its left, and each is
  * cropped to sample_size - int(sample_size / 4) pixels. Smaller latents are
- * decoded whole. Holds one tile's activations at a time (the image and a
- * row of tiles on the host). Not differentiable. */
+ * decoded whole. Holds one tile's activations at a time (the image and two
+ * rows of tiles on the host). Not differentiable. */
 dc_tensor *dc_vae_decode_tiled(dc_ctx *ctx, const dc_vae *m, dc_tensor *z);
+/* The same for encoding (diffusers' _tiled_encode): images larger than
+ * sample_size a side in tiles of sample_size pixels every int(0.75
+ * sample_size), their moments blended over int(T / 4) latents and cropped
+ * to T - int(T / 4); the distribution as dc_vae_encode's, its mean data too
+ * (no gradient). Tiles must have sides that are multiples of 2^(levels-1)
+ * (so sample_size and the image's sides should be). */
+int dc_vae_encode_tiled(dc_ctx *ctx, const dc_vae *m, dc_tensor *x, dc_vae_latent_dist *out);
 
 /* What the diffusion model sees: (z - shift_factor) * scaling_factor, and
  * back: latents / scaling_factor + shift_factor, what dc_vae_decode takes. */

@@ -16,7 +16,8 @@ Models:
             two are not); also the gradients of L = sum(decode(z) * r) with
             respect to z and a few decoder parameters, and the tiled decode
             (enable_tiling: 8x8-latent tiles, sample_size 16 / 2) of 12x21
-            latents. 16x16 images, batch 2.
+            latents and the tiled encode (16x16-pixel tiles) of a 24x44
+            image. 16x16 images, batch 2.
   three     3 levels [8, 16, 16], 2 layers per block (3 resnets per up block),
             saved as the fp16 variant (diffusion_pytorch_model.fp16.safetensors,
             F16; the references come from the fp16 values) under the older
@@ -33,7 +34,8 @@ mean and logvar [N, h, w, latent] (DiagonalGaussianDistribution's, logvar
 clamped), sample (mean + std * input.noise), decoded (decode(input.z)),
 forward (decode(encode(x).mode()), AutoencoderKL(x, sample_posterior=False));
 kl only: grad.z and grad.NAME (PyTorch layout), input.z_tiles [1, 12, 21, 4]
-and tiled [1, 24, 42, 3]. All computed in float64 on
+and tiled [1, 24, 42, 3], input.x_tiles [1, 24, 44, 3] and tiled_mean,
+tiled_logvar [1, 12, 22, 4]. All computed in float64 on
 the float32 (or float16) weights and inputs, so they measure only our
 float32 error.
 
@@ -59,7 +61,8 @@ MODELS = {
         config=dict(block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4, latent_channels=4,
                     down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                     sample_size=16),
-        n=2, h=16, w=16, clamp=True, grads=True, tiles=[12, 21]),
+        n=2, h=16, w=16, clamp=True, grads=True, tiles=[12, 21],
+        image_tiles=[24, 44]),
     "three": dict(
         config=dict(block_out_channels=[8, 16, 16], layers_per_block=2, norm_num_groups=4, latent_channels=4,
                     down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
@@ -139,8 +142,13 @@ def reference(model, spec):
         m64.enable_tiling()
         with torch.no_grad():
             ref["tiled"] = nhwc(m64.decode(zt.double()).sample)
-        m64.disable_tiling()
         ref["input.z_tiles"] = nhwc(zt)
+        xt = torch.rand(1, cfg.get("in_channels", 3), *spec["image_tiles"]) * 2 - 1
+        with torch.no_grad():
+            dist = m64.encode(xt.double()).latent_dist
+        m64.disable_tiling()
+        ref["input.x_tiles"] = nhwc(xt)
+        ref["tiled_mean"], ref["tiled_logvar"] = nhwc(dist.mean), nhwc(dist.logvar)
     model.float()
     return ref
 

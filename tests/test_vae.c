@@ -188,8 +188,9 @@ START_TEST(test_legacy_names_fp16) {
 END_TEST
 
 /* enable_tiling's decode of 12x21 latents in 8x8 tiles (kl: sample_size
- * 16, 2 levels): 2 x 4 tiles, the last column 3 latents wide; latents
- * within one tile are decoded whole. The gradient setting is left as it was. */
+ * 16, 2 levels): 2 x 4 tiles, the last column 3 latents wide; and its
+ * encode of a 24x44 image in 16x16 tiles. Inputs within one tile go through
+ * whole. The gradient setting is left as it was. */
 START_TEST(test_tiled_decode) {
     fixture f;
     fixture_open(&f, "kl");
@@ -200,6 +201,17 @@ START_TEST(test_tiled_decode) {
     dc_tensor *z = tu_randn(ctx, DC_SHAPE(2, 8, 5, 4));
     dc_tensor *whole = dc_vae_decode(ctx, f.m, z), *tiled = dc_vae_decode_tiled(ctx, f.m, z);
     ck_assert(whole && tiled && !memcmp(whole->data, tiled->data, dc_tensor_bytes(whole)));
+    /* encoding a 24x44 image in 16x16 tiles (12-pixel steps) */
+    dc_vae_latent_dist d, e;
+    ck_assert_msg(dc_vae_encode_tiled(ctx, f.m, ref_tensor(ctx, &f, "input.x_tiles"), &d) == 0, "%s",
+                  dc_error());
+    check_output(d.mean, &f.ref, "tiled_mean", "kl");
+    check_output(d.logvar, &f.ref, "tiled_logvar", "kl");
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(1, 16, 10, 3));
+    ck_assert(dc_vae_encode(ctx, f.m, x, &d) == 0 && dc_vae_encode_tiled(ctx, f.m, x, &e) == 0);
+    ck_assert(!memcmp(d.mean->data, e.mean->data, dc_tensor_bytes(d.mean)));
+    ck_assert_int_ne(dc_vae_encode_tiled(ctx, f.m, tu_randn(ctx, DC_SHAPE(1, 24, 45, 3)), &d), 0);
+    ck_assert_msg(strstr(dc_error(), "multiples of 2"), "%s", dc_error());
     tu_ctx_free(ctx);
     fixture_close(&f);
 }
