@@ -11,6 +11,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "models/unet.h"
+#include "models/weights.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define VAE_EPS 1e-6f       /* every norm of the Encoder and Decoder */
 #define LOGVAR_MIN -30.0f   /* DiagonalGaussianDistribution's clamp */
@@ -363,15 +365,32 @@ int dc_vae_init(dc_vae **out, const dc_vae_config *cfg) {
     return 0;
 }
 
+static const dc_weights_kind vae_weights = {
+    .stem = "diffusion_pytorch_model",
+    .bin = "diffusion_pytorch_model.bin",
+    .library = "diffusers",
+    .cls = "AutoencoderKL",
+};
+
+static int load_config(dc_vae_config *c, const char *dir) {
+    char *path = dc_path_join(dir, DC_VAE_CONFIG_FILE);
+    struct stat st;
+    int rc = !path ? -1
+             : stat(path, &st) || !S_ISREG(st.st_mode)
+                 ? dc_fail("%s: no %s (not a diffusers model folder)", dir, DC_VAE_CONFIG_FILE)
+                 : dc_vae_config_load(c, path);
+    free(path);
+    return rc;
+}
+
 int dc_vae_load(dc_vae **out, const char *dir, const char *variant, int device) {
     *out = NULL;
-    char *config_path = NULL, *weights = NULL;
+    char *weights = NULL;
     dc_vae_config cfg;
     dc_vae *m = NULL;
-    int rc = dc_unet_find(dir, "vae", variant, &config_path, &weights, NULL) ||
-             dc_vae_config_load(&cfg, config_path) || dc_vae_init(&m, &cfg) ||
+    int rc = load_config(&cfg, dir) || dc_weights_find(dir, &vae_weights, variant, &weights, NULL) ||
+             dc_vae_init(&m, &cfg) ||
              dc_params_alloc_load(&m->params, device, weights, dc_unet_rename);
-    free(config_path);
     free(weights);
     if (rc) {
         dc_vae_free(m);

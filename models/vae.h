@@ -99,12 +99,15 @@ typedef struct dc_vae {
 /* Declare the model of `cfg` in (*out)->params, in the order of
  * AutoencoderKL's state_dict (no values yet: dc_params_alloc* gives them). */
 int dc_vae_init(dc_vae **out, const dc_vae_config *cfg);
-/* Read a VAE onto `device` (DC_CPU or a CUDA ordinal) from `dir`/vae (a
- * pipeline folder) or `dir` itself (a bare AutoencoderKL folder): config.json
- * and diffusion_pytorch_model[.variant].safetensors or a sharded index, f32,
- * f16 or bf16 (read as f32), found as dc_unet_find finds a UNet's; `variant`
- * NULL for the plain weights. The weights are checked against the config
- * before anything is allocated. */
+#define DC_VAE_CONFIG_FILE "config.json"
+
+/* Read a VAE onto `device` (DC_CPU or a CUDA ordinal) from its folder `dir`
+ * (a pipeline's vae/, or what AutoencoderKL.save_pretrained writes):
+ * config.json and diffusion_pytorch_model.safetensors, or with `variant`
+ * ("fp16"; NULL for none) diffusion_pytorch_model.<variant>.safetensors, or
+ * a sharded index; without a variant and without plain weights, the
+ * folder's only variant (dc_weights_find). f32, f16 or bf16, read as f32;
+ * checked against the config before anything is allocated. */
 int dc_vae_load(dc_vae **out, const char *dir, const char *variant, int device);
 void dc_vae_free(dc_vae *m);
 

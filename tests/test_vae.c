@@ -350,14 +350,17 @@ static const char *copy_fixture(size_t keep, const char *key, const char *value)
     cJSON_Delete(root);
     free(cfg);
     free(w);
-    return tu_path("");
+    return tu_path("vae");
 }
 
 START_TEST(test_bad_weights) {
     tu_mkdtemp("vae_weights");
     dc_vae *m = NULL;
-    /* a pipeline folder: dir/vae is found */
     ck_assert_msg(dc_vae_load(&m, copy_fixture(0, NULL, NULL), NULL, DC_CPU) == 0, "%s", dc_error());
+    dc_vae_free(m);
+    /* the vae/ of the tiny SD pipeline */
+    ck_assert_msg(dc_vae_load(&m, FIXTURES "sd_tiny/vae", NULL, DC_CPU) == 0, "%s", dc_error());
+    ck_assert(m->cfg.scaling_factor == 0.18215f && m->cfg.latent_channels == 4);
     dc_vae_free(m);
     const size_t cuts[] = {4, 100, 5000, 150000};
     for (int i = 0; i < 4; i++) {
@@ -374,9 +377,16 @@ START_TEST(test_bad_weights) {
     ck_assert_msg(strstr(dc_error(), "file has"), "%s", dc_error());
     ck_assert_int_ne(dc_vae_load(&m, copy_fixture(0, "use_post_quant_conv", "false"), NULL, DC_CPU), 0);
     ck_assert_msg(strstr(dc_error(), "post_quant_conv"), "%s", dc_error());
-    /* no folder, no config */
+    /* no config, no weights, only PyTorch's */
     ck_assert_int_ne(dc_vae_load(&m, tu_path("nowhere"), NULL, DC_CPU), 0);
-    ck_assert_msg(strstr(dc_error(), "not a folder"), "%s", dc_error());
+    ck_assert_msg(strstr(dc_error(), "no config.json"), "%s", dc_error());
+    char from[512], to[512];
+    snprintf(from, sizeof from, "%s/diffusion_pytorch_model.safetensors", tu_path("vae"));
+    snprintf(to, sizeof to, "%s/diffusion_pytorch_model.bin", tu_path("vae"));
+    ck_assert_int_eq(rename(from, to), 0);
+    ck_assert_int_ne(dc_vae_load(&m, tu_path("vae"), NULL, DC_CPU), 0);
+    ck_assert_msg(strstr(dc_error(), "only PyTorch .bin weights") && strstr(dc_error(), "AutoencoderKL"),
+                  "%s", dc_error());
     tu_rmtemp();
 }
 END_TEST
