@@ -58,10 +58,6 @@ const char *dc_json_type(const cJSON *v);
  * "left at its default"), returns 0 and leaves *out as it is; a value of
  * another type is an error naming `where`, the key and what it holds. */
 int dc_json_get_number(const cJSON *obj, const char *key, const char *where, double *out);
-/* An integer in [min, max] (a number with a fraction, or out of range, is an
- * error naming the key and the range); absent or null as above. */
-int dc_json_get_int(const cJSON *obj, const char *key, const char *where, int min, int max,
-                    int *out);
 int dc_json_get_string(const cJSON *obj, const char *key, const char *where, const char **out);
 int dc_json_get_bool(const cJSON *obj, const char *key, const char *where, bool *out);
 /* A number with no fraction in [min, max]; otherwise as dc_json_get_number. */
