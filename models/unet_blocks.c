@@ -54,6 +54,17 @@ void dc_unet_attention_init(dc_unet_attention *a, dc_params *ps, const char *pre
     a->rescale_output_factor = rescale;
 }
 
+#define MAX_PERIOD 10000.0f /* get_timestep_embedding's default */
+
+dc_tensor *dc_unet_timesteps(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_sin_to_cos, float shift) {
+    return dc_timestep_embedding(ctx, t, dim, flip_sin_to_cos, shift, MAX_PERIOD);
+}
+
+dc_tensor *dc_unet_time_mlp(dc_ctx *ctx, const dc_nn_linear *linear_1,
+                            const dc_nn_linear *linear_2, dc_tensor *x) {
+    return dc_nn_linear_forward(ctx, linear_2, dc_silu(ctx, dc_nn_linear_forward(ctx, linear_1, x)));
+}
+
 dc_tensor *dc_unet_activation(dc_ctx *ctx, dc_unet_act act, dc_tensor *x) {
     return act == DC_UNET_SILU ? dc_silu(ctx, x) : act == DC_UNET_MISH ? dc_mish(ctx, x) : dc_gelu(ctx, x);
 }

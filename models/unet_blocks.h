@@ -1,7 +1,7 @@
 /*
  * The blocks diffusers' convolutional networks share: ResnetBlock2D, the
  * spatial self-attention (Attention over the H*W positions of a feature
- * map), and the resamplers (Downsample2D, Upsample2D, average pooling and the
+ * map), the time embedding, and the resamplers (Downsample2D, Upsample2D, average pooling and the
  * FIR kernel of the Skip blocks). UNet2DModel (unet.c) is built from them, and
  * so are AutoencoderKL and UNet2DConditionModel.
  *
@@ -76,6 +76,13 @@ void dc_unet_attention_init(dc_unet_attention *a, dc_params *ps, const char *pre
                             int64_t head_dim, int groups, float eps, float rescale);
 /* x [N, H, W, C] -> [N, H, W, C], its temporaries given back as the resnet's. */
 dc_tensor *dc_unet_attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x);
+
+/* diffusers' Timesteps: t [N] (f32 or i32) -> sinusoids [N, dim], max period 10000. */
+dc_tensor *dc_unet_timesteps(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_sin_to_cos, float shift);
+/* diffusers' TimestepEmbedding with act_fn silu: linear_1, silu, linear_2 (UNet2DModel's
+ * whatever its act_fn; UNet2DConditionModel's takes act_fn, which diffc holds to silu). */
+dc_tensor *dc_unet_time_mlp(dc_ctx *ctx, const dc_nn_linear *linear_1,
+                            const dc_nn_linear *linear_2, dc_tensor *x);
 
 dc_tensor *dc_unet_activation(dc_ctx *ctx, dc_unet_act act, dc_tensor *x);
 /* The norm, then the activation (fused for silu). */
