@@ -538,12 +538,29 @@ static int text_width(const dc_unet_cond_config *c, const char **mismatch) {
     return w;
 }
 
-/* The reason x, t and text cannot go through m, or NULL. */
-static const char *input_problem(const dc_unet_cond *m, const dc_tensor *x, const dc_tensor *t,
-                                 const dc_tensor *text, char *buf, size_t n) {
-    const dc_unet_cond_config *c = &m->cfg;
+/* The reason text cannot be attended to by m for a batch of n, or NULL. */
+static const char *text_problem(const dc_unet_cond *m, const dc_tensor *text, int64_t n, char *buf,
+                                size_t size) {
     const char *mismatch;
-    int w = text_width(c, &mismatch);
+    int w = text_width(&m->cfg, &mismatch);
+    char s[64], batch[24] = "N";
+    if (n)
+        snprintf(batch, sizeof batch, "%lld", (long long)n);
+    if (mismatch)
+        snprintf(buf, size, "%s", mismatch);
+    else if (text->dtype != DC_F32 || text->ndim != 3 || (n && text->shape[0] != n) ||
+             text->shape[1] < 1 || (w && text->shape[2] != w))
+        snprintf(buf, size, "encoder_hidden_states must be f32 [%s, L, %d], got %s %s", batch, w,
+                 dc_dtype_name(text->dtype), dc_shape_str(s, sizeof s, text->ndim, text->shape));
+    else
+        return NULL;
+    return buf;
+}
+
+/* The reason x and t cannot go through m, or NULL. */
+static const char *input_problem(const dc_unet_cond *m, const dc_tensor *x, const dc_tensor *t,
+                                 char *buf, size_t n) {
+    const dc_unet_cond_config *c = &m->cfg;
     char s[64];
     int64_t mult = (int64_t)1 << (c->levels - 1);
     if (x->dtype != DC_F32 || x->ndim != 4 || x->shape[3] != c->in_channels || x->numel == 0)
@@ -557,16 +574,25 @@ static const char *input_problem(const dc_unet_cond *m, const dc_tensor *x, cons
         snprintf(buf, n, "timesteps must be f32 or i32 [%lld] (or [1]), got %s %s",
                  (long long)x->shape[0], dc_dtype_name(t->dtype),
                  dc_shape_str(s, sizeof s, t->ndim, t->shape));
-    else if (mismatch)
-        snprintf(buf, n, "%s", mismatch);
-    else if (text->dtype != DC_F32 || text->ndim != 3 || text->shape[0] != x->shape[0] ||
-             text->shape[1] < 1 || (w && text->shape[2] != w))
-        snprintf(buf, n, "encoder_hidden_states must be f32 [%lld, L, %d], got %s %s",
-                 (long long)x->shape[0], w, dc_dtype_name(text->dtype),
-                 dc_shape_str(s, sizeof s, text->ndim, text->shape));
     else
         return NULL;
     return buf;
+}
+
+/* What the cross-attentions attend to: the text states, or their keys and
+ * values made once (kv, taken in forward order from `next`). */
+typedef struct {
+    dc_tensor *text;
+    const dc_unet_cond_text *kv;
+    int next;
+} text_src;
+
+static dc_tensor *cross_attention(dc_ctx *ctx, const dc_unet_tf_block *b, dc_tensor *h,
+                                  text_src *src) {
+    if (!src->kv)
+        return dc_tf_attention_forward(ctx, &b->attn2, h, src->text, false);
+    int i = src->next++;
+    return dc_tf_attention_over(ctx, &b->attn2, h, src->kv->k[i], src->kv->v[i], false);
 }
 
 /* a * gelu(g) of ff.net.0.proj's [a, g], then ff.net.2. */
@@ -579,19 +605,19 @@ static dc_tensor *feed_forward(dc_ctx *ctx, const dc_unet_tf_block *b, dc_tensor
     return dc_nn_linear_forward(ctx, &b->ff_out, h);
 }
 
-/* x [N, L, C], text [N, Lt, D] -> [N, L, C]. */
+/* x [N, L, C] -> [N, L, C]. */
 static dc_tensor *tf_block_body(dc_ctx *ctx, const dc_unet_tf_block *b, dc_tensor *x,
-                                dc_tensor *text) {
+                                text_src *text) {
     dc_tensor *h = dc_nn_layer_norm_forward(ctx, &b->norm1, x);
     x = dc_add(ctx, dc_tf_attention_forward(ctx, &b->attn1, h, NULL, false), x);
     h = dc_nn_layer_norm_forward(ctx, &b->norm2, x);
-    x = dc_add(ctx, dc_tf_attention_forward(ctx, &b->attn2, h, text, false), x);
+    x = dc_add(ctx, cross_attention(ctx, b, h, text), x);
     h = dc_nn_layer_norm_forward(ctx, &b->norm3, x);
     return dc_add(ctx, feed_forward(ctx, b, h), x);
 }
 
 static dc_tensor *tf_block_forward(dc_ctx *ctx, const dc_unet_tf_block *b, dc_tensor *x,
-                                   dc_tensor *text) {
+                                   text_src *text) {
     size_t mark = dc_mark(ctx);
     return dc_keep(ctx, mark, tf_block_body(ctx, b, x, text));
 }
@@ -599,7 +625,7 @@ static dc_tensor *tf_block_forward(dc_ctx *ctx, const dc_unet_tf_block *b, dc_te
 /* x [N, H, W, C]: an NHWC map is already the token sequence [N, H*W, C], and
  * proj_in / proj_out are the same product as a 1x1 conv or a linear. */
 static dc_tensor *transformer_body(dc_ctx *ctx, const dc_unet_transformer *t, dc_tensor *x,
-                                   dc_tensor *text) {
+                                   text_src *text) {
     if (!x)
         return NULL;
     int64_t n = x->shape[0], len = x->shape[1] * x->shape[2], ch = x->shape[3];
@@ -616,7 +642,7 @@ static dc_tensor *transformer_body(dc_ctx *ctx, const dc_unet_transformer *t, dc
 }
 
 static dc_tensor *transformer_forward(dc_ctx *ctx, const dc_unet_transformer *t, dc_tensor *x,
-                                      dc_tensor *text) {
+                                      text_src *text) {
     size_t mark = dc_mark(ctx);
     return dc_keep(ctx, mark, transformer_body(ctx, t, x, text));
 }
@@ -639,7 +665,7 @@ static int skip_count(const dc_unet_cond *m) {
 
 /* The down path from conv_in's output h; pushes the skips. */
 static dc_tensor *down_path(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *h, dc_tensor *temb,
-                            dc_tensor *text, dc_tensor **skips, int *top) {
+                            text_src *text, dc_tensor **skips, int *top) {
     skips[(*top)++] = h;
     for (int i = 0; i < m->cfg.levels; i++) {
         const dc_unet_cond_block *b = &m->down[i];
@@ -659,7 +685,7 @@ static dc_tensor *down_path(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *h, dc
 
 /* The up path; pops the skips. */
 static dc_tensor *up_path(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *h, dc_tensor *temb,
-                          dc_tensor *text, dc_tensor **skips, int *top) {
+                          text_src *text, dc_tensor **skips, int *top) {
     for (int i = 0; i < m->cfg.levels; i++) {
         const dc_unet_cond_block *b = &m->up[i];
         for (int j = 0; j < b->n_layers; j++) {
@@ -673,15 +699,9 @@ static dc_tensor *up_path(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *h, dc_t
     return h;
 }
 
-dc_tensor *dc_unet_cond_forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x, dc_tensor *t,
-                                dc_tensor *text) {
-    if (ctx->failed || !x || !t || !text) {
-        ctx->failed = true; /* a NULL input: whatever made it has said why */
-        return NULL;
-    }
-    char why[256];
-    if (input_problem(m, x, t, text, why, sizeof why))
-        return forward_fail(ctx, "%s", why);
+/* The whole network on inputs already checked. */
+static dc_tensor *forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x, dc_tensor *t,
+                          text_src *text) {
     const dc_unet_cond_config *c = &m->cfg;
     dc_tensor **skips = dc_arena_alloc(&ctx->meta, (size_t)skip_count(m) * sizeof *skips);
     if (!skips)
@@ -702,4 +722,98 @@ dc_tensor *dc_unet_cond_forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x
     h = up_path(ctx, m, h, temb, text, skips, &top);
     h = dc_nn_group_norm_silu_forward(ctx, &m->conv_norm_out, h);
     return dc_nn_conv2d_forward(ctx, &m->conv_out, h);
+}
+
+dc_tensor *dc_unet_cond_forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x, dc_tensor *t,
+                                dc_tensor *text) {
+    if (ctx->failed || !x || !t || !text) {
+        ctx->failed = true; /* a NULL input: whatever made it has said why */
+        return NULL;
+    }
+    char why[256];
+    if (input_problem(m, x, t, why, sizeof why) || text_problem(m, text, x->shape[0], why, sizeof why))
+        return forward_fail(ctx, "%s", why);
+    text_src src = {.text = text};
+    return forward(ctx, m, x, t, &src);
+}
+
+/* The model's transformers in forward order (down levels, mid, up levels)
+ * into out (when not NULL); how many. */
+static int list_transformers(const dc_unet_cond *m, const dc_unet_transformer **out) {
+    const dc_unet_cond_block *blocks[2 * DC_UNET_MAX_LEVELS + 1];
+    int nb = 0, n = 0;
+    for (int i = 0; i < m->cfg.levels; i++)
+        blocks[nb++] = &m->down[i];
+    blocks[nb++] = &m->mid;
+    for (int i = 0; i < m->cfg.levels; i++)
+        blocks[nb++] = &m->up[i];
+    for (int b = 0; b < nb; b++)
+        for (int j = 0; j < blocks[b]->n_attentions; j++, n++)
+            if (out)
+                out[n] = &blocks[b]->attentions[j];
+    return n;
+}
+
+/* How many cross-attentions the transformers list[0, n) have. */
+static int cross_count(const dc_unet_transformer **list, int n) {
+    int count = 0;
+    for (int i = 0; i < n; i++)
+        count += list[i]->n_blocks;
+    return count;
+}
+
+int dc_unet_cond_text_init(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *text,
+                           dc_unet_cond_text *kv) {
+    memset(kv, 0, sizeof *kv);
+    if (ctx->failed || !text) {
+        ctx->failed = true;
+        return -1;
+    }
+    char why[256];
+    if (text_problem(m, text, 0, why, sizeof why)) {
+        forward_fail(ctx, "%s", why);
+        return -1;
+    }
+    int nt = list_transformers(m, NULL);
+    const dc_unet_transformer **list = dc_arena_alloc(&ctx->meta, (size_t)(nt + 1) * sizeof *list);
+    if (list)
+        list_transformers(m, list);
+    int n = list ? cross_count(list, nt) : 0;
+    kv->k = list ? dc_arena_alloc(&ctx->meta, (size_t)(n + 1) * sizeof *kv->k) : NULL;
+    kv->v = kv->k ? dc_arena_alloc(&ctx->meta, (size_t)(n + 1) * sizeof *kv->v) : NULL;
+    if (!kv->v) {
+        forward_fail(ctx, "%s", dc_error());
+        return -1;
+    }
+    kv->n = n;
+    kv->batch = text->shape[0];
+    int at = 0;
+    for (int i = 0; i < nt; i++)
+        for (int b = 0; b < list[i]->n_blocks; b++, at++)
+            if (dc_tf_attention_kv(ctx, &list[i]->blocks[b].attn2, text, &kv->k[at], &kv->v[at]))
+                return -1;
+    return 0;
+}
+
+dc_tensor *dc_unet_cond_forward_text(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x,
+                                     dc_tensor *t, const dc_unet_cond_text *kv) {
+    if (ctx->failed || !x || !t || !kv) {
+        ctx->failed = true;
+        return NULL;
+    }
+    char why[256];
+    if (input_problem(m, x, t, why, sizeof why))
+        return forward_fail(ctx, "%s", why);
+    int nt = list_transformers(m, NULL);
+    const dc_unet_transformer **list = dc_arena_alloc(&ctx->meta, (size_t)(nt + 1) * sizeof *list);
+    if (!list)
+        return forward_fail(ctx, "%s", dc_error());
+    list_transformers(m, list);
+    int n = cross_count(list, nt);
+    if (kv->n != n || kv->batch != x->shape[0])
+        return forward_fail(ctx, "the text's keys and values are for %d cross-attentions and a "
+                                 "batch of %lld; the model has %d, the sample a batch of %lld",
+                            kv->n, (long long)kv->batch, n, (long long)x->shape[0]);
+    text_src src = {.kv = kv};
+    return forward(ctx, m, x, t, &src);
 }

@@ -140,4 +140,24 @@ int dc_unet_cond_load(dc_unet_cond *m, dc_params *ps, const char *dir, const cha
 dc_tensor *dc_unet_cond_forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x, dc_tensor *t,
                                 dc_tensor *text);
 
+/* The cross-attentions' keys and values of one text for every transformer
+ * block, in forward order: what dc_unet_cond_forward projects from the text
+ * states at every call, made once for a sampling run, whose text does not
+ * change between steps. The tensors and arrays live in the context that made
+ * them (its arenas; nothing to free), which must outlive their use and not be
+ * reset meanwhile. */
+typedef struct dc_unet_cond_text {
+    int n;              /* cross-attentions */
+    int64_t batch;      /* N */
+    dc_tensor **k, **v; /* [n] each [N, L, C of the block's level] */
+} dc_unet_cond_text;
+
+/* text [N, L, cross_attention_dim] f32 -> every attn2's keys and values. */
+int dc_unet_cond_text_init(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *text,
+                           dc_unet_cond_text *kv);
+/* dc_unet_cond_forward with the keys and values of dc_unet_cond_text_init
+ * (made by the same model) instead of the text states: the same result. */
+dc_tensor *dc_unet_cond_forward_text(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x,
+                                     dc_tensor *t, const dc_unet_cond_text *kv);
+
 #endif

@@ -165,6 +165,43 @@ START_TEST(test_no_grad) {
 }
 END_TEST
 
+/* The text's keys and values made once, in a context of their own, give the
+ * same output as the text states (every model: the cross-attentions are
+ * taken in forward order), step after step; a set made for another model or
+ * batch is refused. */
+START_TEST(test_text_once) {
+    const char *name = models[_i];
+    fixture f;
+    fixture_open(&f, name);
+    dc_ctx *tctx = tu_ctx(), *ctx = tu_ctx();
+    ctx->training = false;
+    dc_set_grad_enabled(tctx, false);
+    dc_set_grad_enabled(ctx, false);
+    dc_unet_cond_text kv;
+    ck_assert_msg(dc_unet_cond_text_init(tctx, &f.m, ref_tensor(tctx, &f, "input.text"), &kv) == 0,
+                  "%s", dc_error());
+    /* attentions x transformer_layers: sd1 1 down, 1 mid, 2 up; sd2 1 + 2 down, 1 mid,
+     * 3 + 2 up; tl2 2 + 1 down, 1 x 2 + 2 x 2 up */
+    ck_assert_int_eq(kv.n, strcmp(name, "sd1") ? 9 : 4);
+    char what[128];
+    for (int step = 0; step < 2; step++) {
+        dc_ctx_reset(ctx);
+        dc_tensor *x = ref_tensor(ctx, &f, "input.x"), *t = ref_tensor(ctx, &f, "input.t");
+        snprintf(what, sizeof what, "%s output from the keys and values, step %d", name, step);
+        check_output(&f, dc_unet_cond_forward_text(ctx, &f.m, x, t, &kv), what);
+    }
+    dc_ctx_reset(ctx);
+    const dc_st_tensor *ref_x = ref_find(&f, "input.x");
+    int64_t shape[4] = {1, ref_x->shape[1], ref_x->shape[2], ref_x->shape[3]}, one = 1;
+    dc_tensor *x = tu_randn(ctx, 4, shape), *t = tu_randn(ctx, 1, &one);
+    ck_assert_ptr_null(dc_unet_cond_forward_text(ctx, &f.m, x, t, &kv));
+    ck_assert_msg(strstr(dc_error(), "a batch of 2; the model has"), "%s", dc_error());
+    tu_ctx_free(ctx);
+    tu_ctx_free(tctx);
+    fixture_close(&f);
+}
+END_TEST
+
 /* ---- configs ---- */
 
 static void parse_ok(dc_unet_cond_config *c, const char *json) {
@@ -415,6 +452,7 @@ int main(void) {
     TCase *tc = tu_tcase(s, "parity", 60);
     tcase_add_loop_test(tc, test_parity, 0, N_MODELS);
     tcase_add_test(tc, test_no_grad);
+    tcase_add_loop_test(tc, test_text_once, 0, N_MODELS);
     tc = tu_tcase(s, "config", 30);
     tcase_add_test(tc, test_config_defaults);
     tcase_add_test(tc, test_wild_configs);
