@@ -447,6 +447,42 @@ START_TEST(test_bad_inputs) {
 }
 END_TEST
 
+/* A pipeline folder's unet/ is found, and a folder with only an fp16 variant
+ * uses it and says which. */
+START_TEST(test_folders) {
+    tu_mkdtemp("unet_cond_pipe");
+    ck_assert_int_eq(dc_mkdirs(tu_path("unet")), 0);
+    static const char *const files[] = {"config.json", "diffusion_pytorch_model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char src[256], dst[256];
+        size_t n;
+        snprintf(src, sizeof src, FIXTURES "unet_cond_sd1/%s", files[i]);
+        snprintf(dst, sizeof dst, "unet/%s", files[i]);
+        char *data = tu_read_file(src, 1 << 24, &n);
+        ck_assert_int_eq(dc_write_file(tu_path(dst), data, n, false), 0);
+        free(data);
+    }
+    dc_params ps;
+    dc_unet_cond m;
+    char *guessed = NULL;
+    dc_params_init(&ps);
+    ck_assert_msg(dc_unet_cond_load(&m, &ps, tu_path(""), NULL, DC_CPU, &guessed) == 0, "%s", dc_error());
+    ck_assert_ptr_null(guessed);
+    ck_assert_int_eq(m.cfg.cross_attention_dim[0], 32);
+    dc_unet_cond_free(&m);
+    dc_params_free(&ps);
+    tu_rmtemp();
+    dc_params_init(&ps);
+    ck_assert_msg(dc_unet_cond_load(&m, &ps, FIXTURES "unet_cond_tl2", NULL, DC_CPU, &guessed) == 0,
+                  "%s", dc_error());
+    ck_assert_ptr_nonnull(guessed);
+    ck_assert_str_eq(guessed, "fp16");
+    free(guessed);
+    dc_unet_cond_free(&m);
+    dc_params_free(&ps);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("unet_cond");
     TCase *tc = tu_tcase(s, "parity", 60);
@@ -459,6 +495,7 @@ int main(void) {
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_config_save);
     tc = tu_tcase(s, "errors", 30);
+    tcase_add_test(tc, test_folders);
     tcase_add_test(tc, test_bad_weights);
     tcase_add_test(tc, test_bad_inputs);
     return tu_run(s);
