@@ -6,7 +6,8 @@
  * (the references are float64, so the tolerances measure our float32
  * error); SD 1.5's and 2.1's configs must declare as many parameters as
  * diffusers makes; bad configs, inputs and weight files are refused with
- * the key, value or file named. */
+ * the key, value or file named; a sample gives the same bits alone as in a
+ * batch. */
 #include "testutil.h"
 
 #include "autograd/error.h"
@@ -160,6 +161,47 @@ START_TEST(test_no_grad) {
     check_output(&f, out, "sd1 output without a tape");
     size_t kept = ctx->act.used - start;
     ck_assert_msg(kept * 4 < taped, "no-grad forward keeps %zu bytes, with a tape %zu", kept, taped);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
+/* Sample i of x (any shape [N, ...]) as a batch of one. */
+static dc_tensor *sample_of(dc_ctx *ctx, const dc_tensor *x, int64_t i) {
+    int64_t shape[DC_MAX_DIMS], per = x->numel / x->shape[0];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[0] = 1;
+    return dc_from_host(ctx, x->dtype, x->ndim, shape, (const float *)x->data + i * per);
+}
+
+/* Every sample gives the same bits alone as in a batch (its own text and
+ * timestep), as the engine promises; one shared timestep [1] is the same as
+ * it repeated. */
+START_TEST(test_batch_invariance) {
+    fixture f;
+    fixture_open(&f, "sd1");
+    dc_ctx *ctx = tu_ctx();
+    dc_set_grad_enabled(ctx, false);
+    ctx->training = false;
+    const int64_t n = 3, hw = 16, per = hw * hw * 4;
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(n, hw, hw, 4)), *text = tu_randn(ctx, DC_SHAPE(n, 9, 32));
+    float steps[3], s = (float)tu_uniform(0, 1000), same[3] = {s, s, s};
+    for (int i = 0; i < 3; i++)
+        steps[i] = (float)tu_uniform(0, 1000);
+    dc_tensor *t = dc_from_host(ctx, DC_F32, DC_SHAPE(n), steps);
+    dc_tensor *all = dc_unet_cond_forward(ctx, &f.m, x, t, text);
+    ck_assert_msg(all != NULL, "%s", dc_error());
+    for (int64_t i = 0; i < n; i++) {
+        dc_tensor *one = dc_unet_cond_forward(ctx, &f.m, sample_of(ctx, x, i), sample_of(ctx, t, i),
+                                              sample_of(ctx, text, i));
+        ck_assert_msg(one != NULL, "%s", dc_error());
+        ck_assert_msg(!memcmp(one->data, (float *)all->data + i * per, (size_t)per * sizeof(float)),
+                      "sample %lld alone differs from it in the batch", (long long)i);
+    }
+    dc_tensor *shared = dc_unet_cond_forward(ctx, &f.m, x, dc_from_host(ctx, DC_F32, DC_SHAPE(1), &s), text);
+    dc_tensor *repeated = dc_unet_cond_forward(ctx, &f.m, x, dc_from_host(ctx, DC_F32, DC_SHAPE(3), same), text);
+    ck_assert_msg(shared && repeated, "%s", dc_error());
+    ck_assert(!memcmp(shared->data, repeated->data, dc_tensor_bytes(shared)));
     tu_ctx_free(ctx);
     fixture_close(&f);
 }
@@ -489,6 +531,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_parity, 0, N_MODELS);
     tcase_add_test(tc, test_no_grad);
     tcase_add_loop_test(tc, test_text_once, 0, N_MODELS);
+    tcase_add_test(tc, test_batch_invariance);
     tc = tu_tcase(s, "config", 30);
     tcase_add_test(tc, test_config_defaults);
     tcase_add_test(tc, test_wild_configs);
