@@ -4,9 +4,12 @@
  * unconditional and the conditional half) of the model a diffusers
  * config.json describes, on random weights, latents and text states. Prints
  * the best of the repetitions as one line:
- *   bench unet_cond config=PATH batch=N size=HxW text=L params=P fwd_ms=F peak_act_mb=A peak_rss_mb=R
- * scripts/bench_unet_cond_torch.py prints the same line for diffusers; run both
- * with the same thread count (OMP_NUM_THREADS, --threads) to compare.
+ *   bench unet_cond config=PATH batch=N size=HxW text=L params=P fwd_ms=F cpu_ms=C
+ *   peak_act_mb=A peak_rss_mb=R
+ * (cpu_ms: the CPU time of all threads, steadier than the wall time on a
+ * shared machine). scripts/bench_unet_cond_torch.py prints the same line for
+ * diffusers; run both with the same thread count (OMP_NUM_THREADS, --threads)
+ * to compare.
  *
  * usage: bench_unet_cond --config PATH [--batch N] [--size S] [--text-len L] [--reps N] [--warmup N]
  */
@@ -24,9 +27,9 @@ typedef struct {
     int batch, size, text_len, reps, warmup;
 } options;
 
-static double now(void) {
+static double clock_s(clockid_t id) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(id, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -41,17 +44,19 @@ static dc_tensor *random_tensor(dc_ctx *ctx, int ndim, const int64_t *shape, flo
     return t;
 }
 
-/* One forward without a tape from a fresh arena; its time into *secs. */
-static int step(dc_ctx *ctx, const dc_unet_cond *m, const options *o, double *secs) {
+/* One forward without a tape from a fresh arena; its wall time into *secs,
+ * the CPU time of all threads into *cpu. */
+static int step(dc_ctx *ctx, const dc_unet_cond *m, const options *o, double *secs, double *cpu) {
     dc_ctx_reset(ctx);
     const dc_unet_cond_config *c = &m->cfg;
     int64_t n = o->batch, s = o->size;
     dc_tensor *x = random_tensor(ctx, DC_SHAPE(n, s, s, c->in_channels), 1.0f);
     dc_tensor *t = random_tensor(ctx, DC_SHAPE(n), 500.0f);
     dc_tensor *text = random_tensor(ctx, DC_SHAPE(n, o->text_len, c->cross_attention_dim[0]), 1.0f);
-    double t0 = now();
+    double t0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     dc_tensor *out = dc_unet_cond_forward(ctx, m, x, t, text);
-    *secs = now() - t0;
+    *secs = clock_s(CLOCK_MONOTONIC) - t0;
+    *cpu = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
     return out ? 0 : -1;
 }
 
@@ -80,12 +85,12 @@ static int parse(int argc, char **argv, options *o) {
 }
 
 static int run(const options *o, const dc_unet_cond *m, const dc_params *ps, dc_ctx *ctx) {
-    double best = 1e30, secs;
+    double best = 1e30, best_cpu = 1e30, secs, cpu;
     for (int r = 0; r < o->warmup + o->reps; r++) {
-        if (step(ctx, m, o, &secs))
+        if (step(ctx, m, o, &secs, &cpu))
             return -1;
-        if (r >= o->warmup && secs < best)
-            best = secs;
+        best = r >= o->warmup && secs < best ? secs : best;
+        best_cpu = r >= o->warmup && cpu < best_cpu ? cpu : best_cpu;
     }
     size_t n = 0;
     for (int i = 0; i < ps->n; i++)
@@ -93,8 +98,8 @@ static int run(const options *o, const dc_unet_cond *m, const dc_params *ps, dc_
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("bench unet_cond config=%s batch=%d size=%dx%d text=%d params=%zu fwd_ms=%.1f "
-           "peak_act_mb=%.0f peak_rss_mb=%.0f\n",
-           o->config, o->batch, o->size, o->size, o->text_len, n, best * 1e3,
+           "cpu_ms=%.1f peak_act_mb=%.0f peak_rss_mb=%.0f\n",
+           o->config, o->batch, o->size, o->size, o->text_len, n, best * 1e3, best_cpu * 1e3,
            (double)ctx->act.peak / (1 << 20), (double)ru.ru_maxrss / 1024);
     return 0;
 }
