@@ -1,6 +1,6 @@
 /*
- * Transformer pieces shared by the text and vision models (BLIP now; CLIP and
- * the cross-attention UNet later): multi-head attention with its projections
+ * Transformer pieces shared by the text and vision models (BLIP, the
+ * cross-attention UNet; CLIP later): multi-head attention with its projections
  * under the names each family gives them, and a key/value cache for
  * incremental decoding.
  *
