@@ -42,15 +42,17 @@ static const dc_cfg_key scalar_keys[] = {
     {"time_embedding_dim", DC_CFG_INT_OR_NULL, offsetof(dc_unet_cond_config, time_embedding_dim), 0},
 };
 
-/* Keys whose only supported value is null (or absent). */
+/* Keys whose only supported value is null (or absent). Those that only the
+ * blocks diffc does not build read (cross_attention_norm,
+ * mid_block_only_cross_attention, resnet_skip_time_act, resnet_out_scale_factor:
+ * the SimpleCrossAttn ones) are ignored, as those blocks are refused. */
 static const char *const null_keys[] = {
     "num_attention_heads", "class_embed_type", "num_class_embeds", "encoder_hid_dim",
     "encoder_hid_dim_type", "time_embedding_act_fn", "timestep_post_act", "time_cond_proj_dim",
-    "cross_attention_norm", "reverse_transformer_layers_per_block",
+    "reverse_transformer_layers_per_block",
 };
 /* Keys whose only supported value is false (or absent, or null). */
-static const char *const false_keys[] = {"dual_cross_attention", "class_embeddings_concat",
-                                         "mid_block_only_cross_attention"};
+static const char *const false_keys[] = {"dual_cross_attention", "class_embeddings_concat"};
 
 static int refuse_value(const cJSON *root, const char *what, const char *key, const char *supported,
                         bool ok) {

@@ -269,7 +269,10 @@ START_TEST(test_config_defaults) {
     parse_ok(&c, "{\"attention_head_dim\": [5, 10, 20, 20], \"use_linear_projection\": true, "
                  "\"upcast_attention\": true, \"transformer_layers_per_block\": [1, 2, 3, 4], "
                  "\"mid_block_type\": null, \"only_cross_attention\": [false, false, false, false], "
-                 "\"addition_embed_type\": null, \"sample_size\": [96, 64], \"unknown_key\": 7}");
+                 "\"addition_embed_type\": null, \"sample_size\": [96, 64], \"unknown_key\": 7, "
+                 /* read by the SimpleCrossAttn blocks alone */
+                 "\"cross_attention_norm\": \"group_norm\", \"mid_block_only_cross_attention\": true, "
+                 "\"resnet_skip_time_act\": true, \"resnet_out_scale_factor\": 2.0}");
     static const int heads[] = {5, 10, 20, 20};
     for (int i = 0; i < 4; i++)
         ck_assert(c.heads[i] == heads[i] && c.transformer_layers[i] == i + 1);
