@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -596,18 +595,6 @@ int dc_unet_init(dc_unet *m, const dc_unet_config *c, dc_params *ps) {
 
 /* ==== forward ==== */
 
-static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) DC_PRINTF(2, 3);
-static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char msg[512];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    dc_fail("unet: %s", msg);
-    ctx->failed = true;
-    return NULL;
-}
-
 static bool conditional(const dc_unet_config *c) {
     return c->class_embed_type != DC_UNET_CLASS_TABLE || c->num_class_embeds;
 }
@@ -747,7 +734,7 @@ static dc_tensor *divide_by_noise_level(dc_ctx *ctx, dc_tensor *out, dc_tensor *
     int64_t n = t->shape[0];
     float *host = dc_arena_alloc(&ctx->meta, (size_t)n * sizeof *host);
     if (!host || dc_memcpy(host, DC_CPU, t->data, t->device, (size_t)n * sizeof *host))
-        return forward_fail(ctx, "%s", dc_error());
+        return dc_unet_fail(ctx, "%s", dc_error());
     for (int64_t i = 0; i < n; i++)
         host[i] = 1.0f / (t->dtype == DC_I32 ? (float)((int32_t *)host)[i] : host[i]);
     return dc_mul(ctx, out, dc_from_host(ctx, DC_F32, DC_SHAPE(n, 1, 1, 1), host));
@@ -769,11 +756,11 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
     }
     char why[256];
     if (input_problem(m, x, t, class_labels, why, sizeof why))
-        return forward_fail(ctx, "%s", why);
+        return dc_unet_fail(ctx, "%s", why);
     const dc_unet_config *c = &m->cfg;
     dc_tensor **skips = dc_arena_alloc(&ctx->meta, (size_t)skip_count(m) * sizeof *skips);
     if (!skips)
-        return forward_fail(ctx, "%s", dc_error());
+        return dc_unet_fail(ctx, "%s", dc_error());
     dc_tensor *temb = dc_unet_activation(ctx, c->act_fn, time_embedding(ctx, m, t, class_labels));
     dc_tensor *h = c->center_input_sample ? dc_affine(ctx, x, 2.0f, -1.0f) : x;
     dc_tensor *image = h; /* the Skip blocks' skip_sample, down the levels */

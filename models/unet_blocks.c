@@ -7,28 +7,39 @@
 
 #include "autograd/device.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 
-/* "prefix.name" into buf (names are short: the longest is ~50 characters). */
-static const char *sub(char *buf, size_t n, const char *prefix, const char *name) {
+const char *dc_unet_name(char *buf, size_t n, const char *prefix, const char *name) {
     snprintf(buf, n, "%s.%s", prefix, name);
     return buf;
+}
+
+dc_tensor *dc_unet_fail(dc_ctx *ctx, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dc_fail("unet: %s", msg);
+    ctx->failed = true;
+    return NULL;
 }
 
 void dc_unet_resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix,
                          const dc_unet_resnet_shape *s) {
     char b[192];
     int64_t cin = s->cin, cout = s->cout;
-    dc_nn_group_norm_init(&r->norm1, ps, sub(b, sizeof b, prefix, "norm1"), s->groups, cin, s->eps);
-    dc_nn_conv2d_init(&r->conv1, ps, sub(b, sizeof b, prefix, "conv1"), cin, cout, 3, 1, 1, true);
+    dc_nn_group_norm_init(&r->norm1, ps, dc_unet_name(b, sizeof b, prefix, "norm1"), s->groups, cin, s->eps);
+    dc_nn_conv2d_init(&r->conv1, ps, dc_unet_name(b, sizeof b, prefix, "conv1"), cin, cout, 3, 1, 1, true);
     if (s->temb)
-        dc_nn_linear_init(&r->time_emb_proj, ps, sub(b, sizeof b, prefix, "time_emb_proj"),
+        dc_nn_linear_init(&r->time_emb_proj, ps, dc_unet_name(b, sizeof b, prefix, "time_emb_proj"),
                           s->temb, s->scale_shift ? 2 * cout : cout, true);
-    dc_nn_group_norm_init(&r->norm2, ps, sub(b, sizeof b, prefix, "norm2"), s->groups_out, cout,
+    dc_nn_group_norm_init(&r->norm2, ps, dc_unet_name(b, sizeof b, prefix, "norm2"), s->groups_out, cout,
                           s->eps);
-    dc_nn_conv2d_init(&r->conv2, ps, sub(b, sizeof b, prefix, "conv2"), cout, cout, 3, 1, 1, true);
+    dc_nn_conv2d_init(&r->conv2, ps, dc_unet_name(b, sizeof b, prefix, "conv2"), cout, cout, 3, 1, 1, true);
     if (cin != cout || s->shortcut)
-        dc_nn_conv2d_init(&r->conv_shortcut, ps, sub(b, sizeof b, prefix, "conv_shortcut"), cin,
+        dc_nn_conv2d_init(&r->conv_shortcut, ps, dc_unet_name(b, sizeof b, prefix, "conv_shortcut"), cin,
                           cout, 1, 1, 0, true);
     r->out_channels = cout;
     r->scale_shift = s->scale_shift;
@@ -45,12 +56,12 @@ void dc_unet_attention_init(dc_unet_attention *a, dc_params *ps, const char *pre
     a->heads = (int)(ch / head_dim);
     int64_t inner = a->heads * head_dim;
     if (groups)
-        dc_nn_group_norm_init(&a->group_norm, ps, sub(b, sizeof b, prefix, "group_norm"), groups,
+        dc_nn_group_norm_init(&a->group_norm, ps, dc_unet_name(b, sizeof b, prefix, "group_norm"), groups,
                               ch, eps);
-    dc_nn_linear_init(&a->to_q, ps, sub(b, sizeof b, prefix, "to_q"), ch, inner, true);
-    dc_nn_linear_init(&a->to_k, ps, sub(b, sizeof b, prefix, "to_k"), ch, inner, true);
-    dc_nn_linear_init(&a->to_v, ps, sub(b, sizeof b, prefix, "to_v"), ch, inner, true);
-    dc_nn_linear_init(&a->to_out, ps, sub(b, sizeof b, prefix, "to_out.0"), inner, ch, true);
+    dc_nn_linear_init(&a->to_q, ps, dc_unet_name(b, sizeof b, prefix, "to_q"), ch, inner, true);
+    dc_nn_linear_init(&a->to_k, ps, dc_unet_name(b, sizeof b, prefix, "to_k"), ch, inner, true);
+    dc_nn_linear_init(&a->to_v, ps, dc_unet_name(b, sizeof b, prefix, "to_v"), ch, inner, true);
+    dc_nn_linear_init(&a->to_out, ps, dc_unet_name(b, sizeof b, prefix, "to_out.0"), inner, ch, true);
     a->rescale_output_factor = rescale;
 }
 

@@ -11,9 +11,11 @@
 #ifndef DC_MODELS_UNET_BLOCKS_H
 #define DC_MODELS_UNET_BLOCKS_H
 
+#include "autograd/error.h"
 #include "autograd/nn.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* act_fn: the resnets' activation. */
@@ -83,6 +85,12 @@ dc_tensor *dc_unet_timesteps(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_sin_t
  * whatever its act_fn; UNet2DConditionModel's takes act_fn, which diffc holds to silu). */
 dc_tensor *dc_unet_time_mlp(dc_ctx *ctx, const dc_nn_linear *linear_1,
                             const dc_nn_linear *linear_2, dc_tensor *x);
+
+/* "prefix.name" into buf (n bytes); returns buf. */
+const char *dc_unet_name(char *buf, size_t n, const char *prefix, const char *name);
+/* A UNet's forward refuses its inputs: "unet: <message>" as the error, the
+ * context failed; NULL. */
+dc_tensor *dc_unet_fail(dc_ctx *ctx, const char *fmt, ...) DC_PRINTF(2, 3);
 
 dc_tensor *dc_unet_activation(dc_ctx *ctx, dc_unet_act act, dc_tensor *x);
 /* The norm, then the activation (fused for silu). */

@@ -13,7 +13,6 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -314,12 +313,6 @@ static void resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix,
     dc_unet_resnet_init(r, ps, prefix, &s);
 }
 
-/* "prefix.name" into buf. */
-static const char *sub(char *buf, size_t n, const char *prefix, const char *name) {
-    snprintf(buf, n, "%s.%s", prefix, name);
-    return buf;
-}
-
 /* BasicTransformerBlock over ch channels in `heads` heads, attending to a
  * text of kv channels. */
 static int tf_block_init(dc_unet_tf_block *b, dc_params *ps, const char *prefix, int64_t ch,
@@ -327,16 +320,16 @@ static int tf_block_init(dc_unet_tf_block *b, dc_params *ps, const char *prefix,
     static const dc_tf_attention_names names = {
         .q = "to_q", .k = "to_k", .v = "to_v", .out = "to_out.0", .no_qkv_bias = true};
     char q[256];
-    dc_nn_layer_norm_init(&b->norm1, ps, sub(q, sizeof q, prefix, "norm1"), ch, LN_EPS);
-    if (dc_tf_attention_init(&b->attn1, ps, sub(q, sizeof q, prefix, "attn1"), &names, ch, ch, heads))
+    dc_nn_layer_norm_init(&b->norm1, ps, dc_unet_name(q, sizeof q, prefix, "norm1"), ch, LN_EPS);
+    if (dc_tf_attention_init(&b->attn1, ps, dc_unet_name(q, sizeof q, prefix, "attn1"), &names, ch, ch, heads))
         return -1;
-    dc_nn_layer_norm_init(&b->norm2, ps, sub(q, sizeof q, prefix, "norm2"), ch, LN_EPS);
-    if (dc_tf_attention_init(&b->attn2, ps, sub(q, sizeof q, prefix, "attn2"), &names, ch, kv, heads))
+    dc_nn_layer_norm_init(&b->norm2, ps, dc_unet_name(q, sizeof q, prefix, "norm2"), ch, LN_EPS);
+    if (dc_tf_attention_init(&b->attn2, ps, dc_unet_name(q, sizeof q, prefix, "attn2"), &names, ch, kv, heads))
         return -1;
-    dc_nn_layer_norm_init(&b->norm3, ps, sub(q, sizeof q, prefix, "norm3"), ch, LN_EPS);
-    dc_nn_linear_init(&b->ff_proj, ps, sub(q, sizeof q, prefix, "ff.net.0.proj"), ch,
+    dc_nn_layer_norm_init(&b->norm3, ps, dc_unet_name(q, sizeof q, prefix, "norm3"), ch, LN_EPS);
+    dc_nn_linear_init(&b->ff_proj, ps, dc_unet_name(q, sizeof q, prefix, "ff.net.0.proj"), ch,
                       2 * FF_MULT * ch, true);
-    dc_nn_linear_init(&b->ff_out, ps, sub(q, sizeof q, prefix, "ff.net.2"), FF_MULT * ch, ch, true);
+    dc_nn_linear_init(&b->ff_out, ps, dc_unet_name(q, sizeof q, prefix, "ff.net.2"), FF_MULT * ch, ch, true);
     return 0;
 }
 
@@ -350,23 +343,23 @@ static int transformer_init(dc_unet_transformer *t, dc_params *ps, const char *p
     t->blocks = calloc((size_t)t->n_blocks, sizeof *t->blocks);
     if (!t->blocks)
         return dc_fail("unet: out of memory");
-    dc_nn_group_norm_init(&t->norm, ps, sub(q, sizeof q, prefix, "norm"), c->norm_num_groups, ch,
+    dc_nn_group_norm_init(&t->norm, ps, dc_unet_name(q, sizeof q, prefix, "norm"), c->norm_num_groups, ch,
                           TF_NORM_EPS);
     if (c->use_linear_projection)
-        dc_nn_linear_init(&t->proj_in, ps, sub(q, sizeof q, prefix, "proj_in"), ch, ch, true);
+        dc_nn_linear_init(&t->proj_in, ps, dc_unet_name(q, sizeof q, prefix, "proj_in"), ch, ch, true);
     else
-        dc_nn_conv2d_init(&t->proj_in_conv, ps, sub(q, sizeof q, prefix, "proj_in"), ch, ch, 1, 1, 0,
+        dc_nn_conv2d_init(&t->proj_in_conv, ps, dc_unet_name(q, sizeof q, prefix, "proj_in"), ch, ch, 1, 1, 0,
                           true);
     for (int k = 0; k < t->n_blocks; k++) {
         snprintf(b, sizeof b, "transformer_blocks.%d", k);
-        if (tf_block_init(&t->blocks[k], ps, sub(q, sizeof q, prefix, b), ch,
+        if (tf_block_init(&t->blocks[k], ps, dc_unet_name(q, sizeof q, prefix, b), ch,
                           c->cross_attention_dim[lvl], c->heads[lvl]))
             return -1;
     }
     if (c->use_linear_projection)
-        dc_nn_linear_init(&t->proj_out, ps, sub(q, sizeof q, prefix, "proj_out"), ch, ch, true);
+        dc_nn_linear_init(&t->proj_out, ps, dc_unet_name(q, sizeof q, prefix, "proj_out"), ch, ch, true);
     else
-        dc_nn_conv2d_init(&t->proj_out_conv, ps, sub(q, sizeof q, prefix, "proj_out"), ch, ch, 1, 1,
+        dc_nn_conv2d_init(&t->proj_out_conv, ps, dc_unet_name(q, sizeof q, prefix, "proj_out"), ch, ch, 1, 1,
                           0, true);
     return 0;
 }
@@ -512,18 +505,6 @@ int dc_unet_cond_load(dc_unet_cond *m, dc_params *ps, const char *dir, const cha
 }
 
 /* ==== forward ==== */
-
-static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) DC_PRINTF(2, 3);
-static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char msg[512];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    dc_fail("unet: %s", msg);
-    ctx->failed = true;
-    return NULL;
-}
 
 /* The text width every cross-attention takes, or 0 when none (then any goes). */
 static int text_width(const dc_unet_cond_config *c, const char **mismatch) {
@@ -707,7 +688,7 @@ static dc_tensor *forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x, dc_t
     const dc_unet_cond_config *c = &m->cfg;
     dc_tensor **skips = dc_arena_alloc(&ctx->meta, (size_t)skip_count(m) * sizeof *skips);
     if (!skips)
-        return forward_fail(ctx, "%s", dc_error());
+        return dc_unet_fail(ctx, "%s", dc_error());
     dc_tensor *emb = dc_unet_time_mlp(
         ctx, &m->time_linear_1, &m->time_linear_2,
         dc_unet_timesteps(ctx, t, c->block_out_channels[0], c->flip_sin_to_cos, c->freq_shift));
@@ -734,7 +715,7 @@ dc_tensor *dc_unet_cond_forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x
     }
     char why[256];
     if (input_problem(m, x, t, why, sizeof why) || text_problem(m, text, x->shape[0], why, sizeof why))
-        return forward_fail(ctx, "%s", why);
+        return dc_unet_fail(ctx, "%s", why);
     text_src src = {.text = text};
     return forward(ctx, m, x, t, &src);
 }
@@ -773,7 +754,7 @@ int dc_unet_cond_text_init(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *text,
     }
     char why[256];
     if (text_problem(m, text, 0, why, sizeof why)) {
-        forward_fail(ctx, "%s", why);
+        dc_unet_fail(ctx, "%s", why);
         return -1;
     }
     int nt = list_transformers(m, NULL);
@@ -784,7 +765,7 @@ int dc_unet_cond_text_init(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *text,
     kv->k = list ? dc_arena_alloc(&ctx->meta, (size_t)(n + 1) * sizeof *kv->k) : NULL;
     kv->v = kv->k ? dc_arena_alloc(&ctx->meta, (size_t)(n + 1) * sizeof *kv->v) : NULL;
     if (!kv->v) {
-        forward_fail(ctx, "%s", dc_error());
+        dc_unet_fail(ctx, "%s", dc_error());
         return -1;
     }
     kv->n = n;
@@ -805,15 +786,15 @@ dc_tensor *dc_unet_cond_forward_text(dc_ctx *ctx, const dc_unet_cond *m, dc_tens
     }
     char why[256];
     if (input_problem(m, x, t, why, sizeof why))
-        return forward_fail(ctx, "%s", why);
+        return dc_unet_fail(ctx, "%s", why);
     int nt = list_transformers(m, NULL);
     const dc_unet_transformer **list = dc_arena_alloc(&ctx->meta, (size_t)(nt + 1) * sizeof *list);
     if (!list)
-        return forward_fail(ctx, "%s", dc_error());
+        return dc_unet_fail(ctx, "%s", dc_error());
     list_transformers(m, list);
     int n = cross_count(list, nt);
     if (kv->n != n || kv->batch != x->shape[0])
-        return forward_fail(ctx, "the text's keys and values are for %d cross-attentions and a "
+        return dc_unet_fail(ctx, "the text's keys and values are for %d cross-attentions and a "
                                  "batch of %lld; the model has %d, the sample a batch of %lld",
                             kv->n, (long long)kv->batch, n, (long long)x->shape[0]);
     text_src src = {.kv = kv};
