@@ -51,6 +51,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
+from fixture_io import perturb_norms
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
 
 MODELS = {
@@ -76,15 +78,6 @@ MODELS = {
                     downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, dropout=0.1),
         n=2, h=12, w=8, text_len=6, t=[500.0, 3.0], variant="fp16", max_shard_size="40KB"),
 }
-
-
-def perturb_norms(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith(".weight"):
-                p.add_(0.3 * torch.randn_like(p))
-            elif "norm" in name and name.endswith(".bias"):
-                p.copy_(0.3 * torch.randn_like(p))
 
 
 GRAD_PATTERNS = ["conv_in.weight", "conv_out.weight", "conv_out.bias", "time_embedding.linear_1.weight",
