@@ -230,20 +230,11 @@ static int check_config(const dc_unet_config *c, const char *what) {
             return -1;
     if (c->add_attention && check_attention(c, what, "mid_block", 0, deepest))
         return -1;
-    if (c->downsample_padding != 0 && c->downsample_padding != 1)
-        return dc_fail("%s: downsample_padding %d is not supported (supported: 0, 1)", what,
-                       c->downsample_padding);
-    if (!(c->norm_eps > 0.0f))
-        return dc_fail("%s: norm_eps %g must be positive", what, (double)c->norm_eps);
-    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
-        return dc_fail("%s: dropout %g must be in [0, 1)", what, (double)c->dropout);
-    if (!(c->mid_block_scale_factor != 0.0f) || !isfinite(c->mid_block_scale_factor))
-        return dc_fail("%s: mid_block_scale_factor %g must be finite and nonzero", what,
-                       (double)c->mid_block_scale_factor);
-    if (c->block_out_channels[0] / 2 - (double)c->freq_shift == 0.0)
-        return dc_fail(
-            "%s: freq_shift %g equals half of block_out_channels[0] (a division by zero)", what,
-            (double)c->freq_shift);
+    dc_unet_common_config common = {c->downsample_padding, c->norm_eps, c->dropout,
+                                     c->mid_block_scale_factor, c->block_out_channels[0],
+                                     c->freq_shift};
+    if (dc_unet_check_common(&common, what))
+        return -1;
     if (c->num_class_embeds < 0)
         return dc_fail("%s: num_class_embeds %d must be positive or null", what,
                        c->num_class_embeds);
@@ -637,18 +628,9 @@ static const char *input_problem(const dc_unet *m, const dc_tensor *x, const dc_
                                  const dc_tensor *y, char *buf, size_t n) {
     const dc_unet_config *c = &m->cfg;
     char s[64];
-    if (x->dtype != DC_F32 || x->ndim != 4 || x->shape[3] != c->in_channels || x->numel == 0)
-        snprintf(buf, n, "x must be f32 [N, H, W, %d], got %s %s", c->in_channels,
-                 dc_dtype_name(x->dtype), dc_shape_str(s, sizeof s, x->ndim, x->shape));
-    else if (x->shape[1] % (1 << (c->levels - 1)) || x->shape[2] % (1 << (c->levels - 1)))
-        snprintf(buf, n, "x is %lldx%lld; with %d levels height and width must be multiples of %d",
-                 (long long)x->shape[1], (long long)x->shape[2], c->levels, 1 << (c->levels - 1));
-    else if ((t->dtype != DC_F32 && t->dtype != DC_I32) || t->ndim != 1 ||
-             (t->shape[0] != x->shape[0] && t->shape[0] != 1))
-        snprintf(buf, n, "timesteps must be f32 or i32 [%lld] (or [1]), got %s %s",
-                 (long long)x->shape[0], dc_dtype_name(t->dtype),
-                 dc_shape_str(s, sizeof s, t->ndim, t->shape));
-    else if (conditional(c) && !y)
+    if (dc_unet_input_problem(x, t, c->in_channels, c->levels, buf, n))
+        return buf;
+    if (conditional(c) && !y)
         snprintf(buf, n, "the model is class-conditional (%s): class labels are required",
                  class_kind(c, s, sizeof s));
     else if (!conditional(c) && y)

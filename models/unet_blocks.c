@@ -7,11 +7,49 @@
 
 #include "autograd/device.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 
 const char *dc_unet_name(char *buf, size_t n, const char *prefix, const char *name) {
     snprintf(buf, n, "%s.%s", prefix, name);
+    return buf;
+}
+
+int dc_unet_check_common(const dc_unet_common_config *c, const char *what) {
+    if (c->downsample_padding != 0 && c->downsample_padding != 1)
+        return dc_fail("%s: downsample_padding %d is not supported (supported: 0, 1)", what,
+                       c->downsample_padding);
+    if (!(c->norm_eps > 0.0f))
+        return dc_fail("%s: norm_eps %g must be positive", what, (double)c->norm_eps);
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
+        return dc_fail("%s: dropout %g must be in [0, 1)", what, (double)c->dropout);
+    if (!(c->mid_block_scale_factor != 0.0f) || !isfinite(c->mid_block_scale_factor))
+        return dc_fail("%s: mid_block_scale_factor %g must be finite and nonzero", what,
+                       (double)c->mid_block_scale_factor);
+    if (c->c0 / 2 - (double)c->freq_shift == 0.0)
+        return dc_fail("%s: freq_shift %g equals half of block_out_channels[0] (a division by zero)",
+                       what, (double)c->freq_shift);
+    return 0;
+}
+
+const char *dc_unet_input_problem(const dc_tensor *x, const dc_tensor *t, int in_channels,
+                                  int levels, char *buf, size_t n) {
+    char s[64];
+    int64_t mult = (int64_t)1 << (levels - 1);
+    if (x->dtype != DC_F32 || x->ndim != 4 || x->shape[3] != in_channels || x->numel == 0)
+        snprintf(buf, n, "x must be f32 [N, H, W, %d], got %s %s", in_channels,
+                 dc_dtype_name(x->dtype), dc_shape_str(s, sizeof s, x->ndim, x->shape));
+    else if (x->shape[1] % mult || x->shape[2] % mult)
+        snprintf(buf, n, "x is %lldx%lld; with %d levels height and width must be multiples of %lld",
+                 (long long)x->shape[1], (long long)x->shape[2], levels, (long long)mult);
+    else if ((t->dtype != DC_F32 && t->dtype != DC_I32) || t->ndim != 1 ||
+             (t->shape[0] != x->shape[0] && t->shape[0] != 1))
+        snprintf(buf, n, "timesteps must be f32 or i32 [%lld] (or [1]), got %s %s",
+                 (long long)x->shape[0], dc_dtype_name(t->dtype),
+                 dc_shape_str(s, sizeof s, t->ndim, t->shape));
+    else
+        return NULL;
     return buf;
 }
 

@@ -88,6 +88,23 @@ dc_tensor *dc_unet_time_mlp(dc_ctx *ctx, const dc_nn_linear *linear_1,
 
 /* "prefix.name" into buf (n bytes); returns buf. */
 const char *dc_unet_name(char *buf, size_t n, const char *prefix, const char *name);
+/* Why a UNet of `levels` levels taking in_channels cannot take x (f32 [N,
+ * H, W, in_channels], H and W multiples of 2^(levels - 1)) and timesteps t
+ * (f32 or i32 [N] or [1]), written into buf; NULL when it can. */
+const char *dc_unet_input_problem(const dc_tensor *x, const dc_tensor *t, int in_channels,
+                                  int levels, char *buf, size_t n);
+/* The numbers both UNets' configs share, checked with the same messages
+ * (`what` names the config): downsample_padding 0 or 1, norm_eps > 0,
+ * dropout in [0, 1), mid_block_scale_factor finite and nonzero, freq_shift
+ * not half of block_out_channels[0] (c0; the sinusoids would divide by zero). */
+typedef struct dc_unet_common_config {
+    int downsample_padding;
+    float norm_eps, dropout, mid_block_scale_factor;
+    int c0;
+    float freq_shift;
+} dc_unet_common_config;
+int dc_unet_check_common(const dc_unet_common_config *c, const char *what);
+
 /* A UNet's forward refuses its inputs: "unet: <message>" as the error, the
  * context failed; NULL. */
 dc_tensor *dc_unet_fail(dc_ctx *ctx, const char *fmt, ...) DC_PRINTF(2, 3);

@@ -220,19 +220,11 @@ static int check_config(const dc_unet_cond_config *c, const char *what) {
     for (int i = 0; i < c->levels; i++)
         if (check_level(c, what, i))
             return -1;
-    if (c->downsample_padding != 0 && c->downsample_padding != 1)
-        return dc_fail("%s: downsample_padding %d is not supported (supported: 0, 1)", what,
-                       c->downsample_padding);
-    if (!(c->norm_eps > 0.0f))
-        return dc_fail("%s: norm_eps %g must be positive", what, (double)c->norm_eps);
-    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
-        return dc_fail("%s: dropout %g must be in [0, 1)", what, (double)c->dropout);
-    if (!(c->mid_block_scale_factor != 0.0f) || !isfinite(c->mid_block_scale_factor))
-        return dc_fail("%s: mid_block_scale_factor %g must be finite and nonzero", what,
-                       (double)c->mid_block_scale_factor);
-    if (c->block_out_channels[0] / 2 - (double)c->freq_shift == 0.0)
-        return dc_fail("%s: freq_shift %g equals half of block_out_channels[0] (a division by zero)",
-                       what, (double)c->freq_shift);
+    dc_unet_common_config common = {c->downsample_padding, c->norm_eps, c->dropout,
+                                     c->mid_block_scale_factor, c->block_out_channels[0],
+                                     c->freq_shift};
+    if (dc_unet_check_common(&common, what))
+        return -1;
     return 0;
 }
 
@@ -540,28 +532,6 @@ static const char *text_problem(const dc_unet_cond *m, const dc_tensor *text, in
     return buf;
 }
 
-/* The reason x and t cannot go through m, or NULL. */
-static const char *input_problem(const dc_unet_cond *m, const dc_tensor *x, const dc_tensor *t,
-                                 char *buf, size_t n) {
-    const dc_unet_cond_config *c = &m->cfg;
-    char s[64];
-    int64_t mult = (int64_t)1 << (c->levels - 1);
-    if (x->dtype != DC_F32 || x->ndim != 4 || x->shape[3] != c->in_channels || x->numel == 0)
-        snprintf(buf, n, "sample must be f32 [N, H, W, %d], got %s %s", c->in_channels,
-                 dc_dtype_name(x->dtype), dc_shape_str(s, sizeof s, x->ndim, x->shape));
-    else if (x->shape[1] % mult || x->shape[2] % mult)
-        snprintf(buf, n, "sample is %lldx%lld; with %d levels height and width must be multiples of %lld",
-                 (long long)x->shape[1], (long long)x->shape[2], c->levels, (long long)mult);
-    else if ((t->dtype != DC_F32 && t->dtype != DC_I32) || t->ndim != 1 ||
-             (t->shape[0] != x->shape[0] && t->shape[0] != 1))
-        snprintf(buf, n, "timesteps must be f32 or i32 [%lld] (or [1]), got %s %s",
-                 (long long)x->shape[0], dc_dtype_name(t->dtype),
-                 dc_shape_str(s, sizeof s, t->ndim, t->shape));
-    else
-        return NULL;
-    return buf;
-}
-
 /* What the cross-attentions attend to: the text states, or their keys and
  * values made once (kv, taken in forward order from `next`). */
 typedef struct {
@@ -714,7 +684,7 @@ dc_tensor *dc_unet_cond_forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x
         return NULL;
     }
     char why[256];
-    if (input_problem(m, x, t, why, sizeof why) || text_problem(m, text, x->shape[0], why, sizeof why))
+    if (dc_unet_input_problem(x, t, m->cfg.in_channels, m->cfg.levels, why, sizeof why) || text_problem(m, text, x->shape[0], why, sizeof why))
         return dc_unet_fail(ctx, "%s", why);
     text_src src = {.text = text};
     return forward(ctx, m, x, t, &src);
@@ -785,7 +755,7 @@ dc_tensor *dc_unet_cond_forward_text(dc_ctx *ctx, const dc_unet_cond *m, dc_tens
         return NULL;
     }
     char why[256];
-    if (input_problem(m, x, t, why, sizeof why))
+    if (dc_unet_input_problem(x, t, m->cfg.in_channels, m->cfg.levels, why, sizeof why))
         return dc_unet_fail(ctx, "%s", why);
     int nt = list_transformers(m, NULL);
     const dc_unet_transformer **list = dc_arena_alloc(&ctx->meta, (size_t)(nt + 1) * sizeof *list);

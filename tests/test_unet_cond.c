@@ -448,8 +448,8 @@ START_TEST(test_bad_inputs) {
         int64_t x[4], t, text[3];
         const char *want;
     } cases[] = {
-        {{2, 8, 8, 3}, 2, {2, 7, 32}, "unet: sample must be f32 [N, H, W, 4], got f32 [2, 8, 8, 3]"},
-        {{2, 5, 8, 4}, 2, {2, 7, 32}, "sample is 5x8; with 2 levels height and width must be multiples of 2"},
+        {{2, 8, 8, 3}, 2, {2, 7, 32}, "unet: x must be f32 [N, H, W, 4], got f32 [2, 8, 8, 3]"},
+        {{2, 5, 8, 4}, 2, {2, 7, 32}, "x is 5x8; with 2 levels height and width must be multiples of 2"},
         {{2, 8, 8, 4}, 3, {2, 7, 32}, "timesteps must be f32 or i32 [2] (or [1]), got f32 [3]"},
         {{2, 8, 8, 4}, 2, {2, 7, 24}, "encoder_hidden_states must be f32 [2, L, 32], got f32 [2, 7, 24]"},
         {{2, 8, 8, 4}, 1, {1, 7, 32}, "encoder_hidden_states must be f32 [2, L, 32], got f32 [1, 7, 32]"},
