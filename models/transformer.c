@@ -23,15 +23,17 @@ int dc_tf_attention_init(dc_tf_attention *a, dc_params *ps, const char *prefix,
     a->dim = dim;
     a->fused = names->qkv != NULL;
     char name[256];
-#define PROJ(field, in, out)                                                                       \
+    bool bias = !names->no_qkv_bias; /* of q, k, v and qkv; out has one always */
+#define PROJ(field, in, out, b)                                                                    \
     (snprintf(name, sizeof name, "%s%s%s", prefix, *prefix ? "." : "", names->field),              \
-     dc_nn_linear_init(&a->field, ps, name, in, out, true))
+     dc_nn_linear_init(&a->field, ps, name, in, out, b))
     if (a->fused) {
         if (kv_dim != dim)
             return dc_fail("%s: a fused qkv projection cannot attend to another width", prefix);
-        return PROJ(qkv, dim, 3 * dim) || PROJ(out, dim, dim) ? -1 : 0;
+        return PROJ(qkv, dim, 3 * dim, bias) || PROJ(out, dim, dim, true) ? -1 : 0;
     }
-    return PROJ(q, dim, dim) || PROJ(k, kv_dim, dim) || PROJ(v, kv_dim, dim) || PROJ(out, dim, dim)
+    return PROJ(q, dim, dim, bias) || PROJ(k, kv_dim, dim, bias) || PROJ(v, kv_dim, dim, bias) ||
+                   PROJ(out, dim, dim, true)
                ? -1
                : 0;
 #undef PROJ

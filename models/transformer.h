@@ -1,8 +1,8 @@
 /*
- * Transformer pieces shared by the text and vision models (BLIP, CLIP; the
- * cross-attention UNet later): multi-head attention with its projections
- * under the names each family gives them, the pre-LN encoder layer, and a
- * key/value cache for incremental decoding.
+ * Transformer pieces shared by the text and vision models (BLIP, CLIP, the
+ * cross-attention UNet): multi-head attention with its projections under the
+ * names each family gives them, the pre-LN encoder layer, and a key/value
+ * cache for incremental decoding.
  *
  * Sequences are [N, L, C]; head h uses channels [h*d, (h+1)*d) of q, k and
  * v, as dc_attention does and as every PyTorch implementation splits them.
@@ -17,9 +17,12 @@
 
 /* The projections' names under the layer's prefix: either qkv (one fused
  * [3C, C] linear, q then k then v: ViT / BLIP vision) or q, k and v; and out.
- * BERT: {.q = "self.query", .k = "self.key", .v = "self.value", .out = "output.dense"}. */
+ * BERT: {.q = "self.query", .k = "self.key", .v = "self.value", .out = "output.dense"}.
+ * no_qkv_bias: q, k and v (or qkv) without bias, as diffusers' Attention in
+ * the UNet's transformer blocks (bias=False; to_out.0 keeps its bias). */
 typedef struct dc_tf_attention_names {
     const char *q, *k, *v, *qkv, *out;
+    bool no_qkv_bias;
 } dc_tf_attention_names;
 
 typedef struct dc_tf_attention {
@@ -33,7 +36,8 @@ typedef struct dc_tf_attention {
 
 /* dim channels in `heads` heads (dim % heads == 0); keys and values projected
  * from kv_dim channels (a cross-attention's context; dim for self-attention;
- * a fused qkv needs kv_dim == dim). All projections have biases. */
+ * a fused qkv needs kv_dim == dim). Every projection has a bias unless
+ * names->no_qkv_bias. */
 int dc_tf_attention_init(dc_tf_attention *a, dc_params *ps, const char *prefix,
                          const dc_tf_attention_names *names, int64_t dim, int64_t kv_dim,
                          int heads);

@@ -7,6 +7,8 @@
  */
 #include "unet.h"
 
+#include "models/config_json.h"
+
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
@@ -15,125 +17,39 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_PERIOD 10000.0f        /* get_timestep_embedding's default */
-#define MAX_CONFIG_BYTES (1 << 20) /* a config.json is a few hundred bytes */
-
 /* ==== config ==== */
 
-static bool absent(const cJSON *v) { return !v || cJSON_IsNull(v); }
-
-/* An integer-valued JSON number into *out; -1 with a message otherwise. */
-static int as_int(const cJSON *v, const char *what, const char *key, int *out) {
-    if (!cJSON_IsNumber(v))
-        return dc_fail("%s: %s must be an integer, got %s", what, key, dc_json_type(v));
-    double d = v->valuedouble;
-    if (d != floor(d) || d < INT_MIN || d > INT_MAX)
-        return dc_fail("%s: %s must be an integer, got %.17g", what, key, d);
-    *out = (int)d;
-    return 0;
-}
-
 /* Scalar keys: absent means the default; null is allowed where diffusers
- * allows it and reads as 0. */
-typedef enum { KEY_INT, KEY_INT_OR_NULL, KEY_FLOAT, KEY_BOOL } key_kind;
-
-static const struct {
-    const char *key;
-    key_kind kind;
-    size_t offset;
-    double def;
-} scalar_keys[] = {
-    {"in_channels", KEY_INT, offsetof(dc_unet_config, in_channels), 3},
-    {"out_channels", KEY_INT, offsetof(dc_unet_config, out_channels), 3},
-    {"center_input_sample", KEY_BOOL, offsetof(dc_unet_config, center_input_sample), 0},
-    {"flip_sin_to_cos", KEY_BOOL, offsetof(dc_unet_config, flip_sin_to_cos), 1},
-    {"freq_shift", KEY_FLOAT, offsetof(dc_unet_config, freq_shift), 0},
-    {"layers_per_block", KEY_INT, offsetof(dc_unet_config, layers_per_block), 2},
-    {"mid_block_scale_factor", KEY_FLOAT, offsetof(dc_unet_config, mid_block_scale_factor), 1},
-    {"downsample_padding", KEY_INT, offsetof(dc_unet_config, downsample_padding), 1},
-    {"dropout", KEY_FLOAT, offsetof(dc_unet_config, dropout), 0},
-    {"attention_head_dim", KEY_INT_OR_NULL, offsetof(dc_unet_config, attention_head_dim), 8},
-    {"norm_num_groups", KEY_INT_OR_NULL, offsetof(dc_unet_config, norm_num_groups), 32},
-    {"attn_norm_num_groups", KEY_INT_OR_NULL, offsetof(dc_unet_config, attn_norm_num_groups), 0},
-    {"norm_eps", KEY_FLOAT, offsetof(dc_unet_config, norm_eps), 1e-5},
-    {"add_attention", KEY_BOOL, offsetof(dc_unet_config, add_attention), 1},
-    {"num_class_embeds", KEY_INT_OR_NULL, offsetof(dc_unet_config, num_class_embeds), 0},
-    {"time_embedding_dim", KEY_INT_OR_NULL, offsetof(dc_unet_config, time_embedding_dim), 0},
+ * allows it and reads as 0 (config_json.h). */
+static const dc_cfg_key scalar_keys[] = {
+    {"in_channels", DC_CFG_INT, offsetof(dc_unet_config, in_channels), 3},
+    {"out_channels", DC_CFG_INT, offsetof(dc_unet_config, out_channels), 3},
+    {"center_input_sample", DC_CFG_BOOL, offsetof(dc_unet_config, center_input_sample), 0},
+    {"flip_sin_to_cos", DC_CFG_BOOL, offsetof(dc_unet_config, flip_sin_to_cos), 1},
+    {"freq_shift", DC_CFG_FLOAT, offsetof(dc_unet_config, freq_shift), 0},
+    {"layers_per_block", DC_CFG_INT, offsetof(dc_unet_config, layers_per_block), 2},
+    {"mid_block_scale_factor", DC_CFG_FLOAT, offsetof(dc_unet_config, mid_block_scale_factor), 1},
+    {"downsample_padding", DC_CFG_INT, offsetof(dc_unet_config, downsample_padding), 1},
+    {"dropout", DC_CFG_FLOAT, offsetof(dc_unet_config, dropout), 0},
+    {"attention_head_dim", DC_CFG_INT_OR_NULL, offsetof(dc_unet_config, attention_head_dim), 8},
+    {"norm_num_groups", DC_CFG_INT_OR_NULL, offsetof(dc_unet_config, norm_num_groups), 32},
+    {"attn_norm_num_groups", DC_CFG_INT_OR_NULL, offsetof(dc_unet_config, attn_norm_num_groups), 0},
+    {"norm_eps", DC_CFG_FLOAT, offsetof(dc_unet_config, norm_eps), 1e-5},
+    {"add_attention", DC_CFG_BOOL, offsetof(dc_unet_config, add_attention), 1},
+    {"num_class_embeds", DC_CFG_INT_OR_NULL, offsetof(dc_unet_config, num_class_embeds), 0},
+    {"time_embedding_dim", DC_CFG_INT_OR_NULL, offsetof(dc_unet_config, time_embedding_dim), 0},
 };
-
-static int read_scalar(dc_unet_config *c, const cJSON *root, const char *what, int k) {
-    const char *key = scalar_keys[k].key;
-    key_kind kind = scalar_keys[k].kind;
-    void *field = (char *)c + scalar_keys[k].offset;
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!v || (cJSON_IsNull(v) && kind == KEY_INT_OR_NULL)) {
-        double def = v ? 0 : scalar_keys[k].def;
-        if (kind == KEY_BOOL)
-            *(bool *)field = def != 0;
-        else if (kind == KEY_FLOAT)
-            *(float *)field = (float)def;
-        else
-            *(int *)field = (int)def;
-        return 0;
-    }
-    switch (kind) {
-    case KEY_BOOL:
-        if (!cJSON_IsBool(v))
-            return dc_fail("%s: %s must be true or false, got %s", what, key, dc_json_type(v));
-        *(bool *)field = cJSON_IsTrue(v);
-        return 0;
-    case KEY_FLOAT:
-        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
-            return dc_fail("%s: %s must be a finite number, got %s", what, key, dc_json_type(v));
-        *(float *)field = (float)v->valuedouble;
-        return 0;
-    case KEY_INT: return as_int(v, what, key, field);
-    case KEY_INT_OR_NULL:
-        if (as_int(v, what, key, field))
-            return -1;
-        if (*(int *)field < 1)
-            return dc_fail("%s: %s %d must be positive or null", what, key, *(int *)field);
-        return 0;
-    }
-    return 0;
-}
-
-/* A string key whose value must be one of `allowed` (NULL in the list: null
- * or absent is allowed too). Returns the index into `allowed`, or -1. */
-static int read_choice(const cJSON *root, const char *what, const char *key, const char *def,
-                       const char *const *allowed, int n_allowed) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-    const char *s = !v ? def : cJSON_IsString(v) ? v->valuestring : NULL;
-    if (v && !cJSON_IsString(v) && !cJSON_IsNull(v))
-        return dc_fail("%s: %s must be a string, got %s", what, key, dc_json_type(v));
-    char supported[160] = "";
-    for (int i = 0; i < n_allowed; i++) {
-        if (allowed[i] ? s && !strcmp(s, allowed[i]) : !s)
-            return i;
-        size_t len = strlen(supported);
-        snprintf(supported + len, sizeof supported - len, "%s%s%s%s", i ? ", " : "",
-                 allowed[i] ? "\"" : "", allowed[i] ? allowed[i] : "null", allowed[i] ? "\"" : "");
-    }
-    if (!s)
-        return dc_fail("%s: %s null is not supported (supported: %s)", what, key, supported);
-    return dc_fail("%s: %s \"%.64s\" is not supported (supported: %s)", what, key, s, supported);
-}
-
-#define CHOICE(root, what, key, def, ...)                                                          \
-    read_choice(root, what, key, def, (const char *const[]){__VA_ARGS__},                          \
-                (int)(sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *)))
 
 /* Keys that would change the network in ways diffc does not build. */
 static int refuse_unsupported(const cJSON *root, const char *what) {
-    if (CHOICE(root, what, "_class_name", "UNet2DModel", "UNet2DModel") < 0 ||
-        CHOICE(root, what, "mid_block_type", "UNetMidBlock2D", "UNetMidBlock2D") < 0)
+    if (DC_CFG_CHOICE(root, what, "_class_name", "UNet2DModel", "UNet2DModel") < 0 ||
+        DC_CFG_CHOICE(root, what, "mid_block_type", "UNetMidBlock2D", "UNetMidBlock2D") < 0)
         return -1;
     const cJSON *legacy = cJSON_GetObjectItemCaseSensitive(root, "attention_legacy_order");
     if (legacy && !cJSON_IsFalse(legacy) && !cJSON_IsNull(legacy))
@@ -142,47 +58,10 @@ static int refuse_unsupported(const cJSON *root, const char *what) {
     return 0;
 }
 
-/* sample_size: null, an integer, or [height, width]. */
-static int read_sample_size(dc_unet_config *c, const cJSON *root, const char *what) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "sample_size");
-    if (absent(v))
-        return 0;
-    if (cJSON_IsNumber(v)) {
-        if (as_int(v, what, "sample_size", &c->sample_size[0]))
-            return -1;
-        c->sample_size[1] = c->sample_size[0];
-        return 0;
-    }
-    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
-        return dc_fail("%s: sample_size must be an integer or [height, width], got %s", what,
-                       cJSON_IsArray(v) ? "an array of another length" : dc_json_type(v));
-    if (as_int(v->child, what, "sample_size[0]", &c->sample_size[0]) ||
-        as_int(v->child->next, what, "sample_size[1]", &c->sample_size[1]))
-        return -1;
-    return 0;
-}
-
 static int read_channels(dc_unet_config *c, const cJSON *root, const char *what) {
     static const int def[] = {224, 448, 672, 896};
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "block_out_channels");
-    if (!v) {
-        c->levels = 4;
-        memcpy(c->block_out_channels, def, sizeof def);
-        return 0;
-    }
-    if (!cJSON_IsArray(v))
-        return dc_fail("%s: block_out_channels must be a list of integers, got %s", what,
-                       dc_json_type(v));
-    int n = cJSON_GetArraySize(v);
-    if (n < 1 || n > DC_UNET_MAX_LEVELS)
-        return dc_fail("%s: block_out_channels has %d entries (diffc builds 1 to %d levels)", what,
-                       n, DC_UNET_MAX_LEVELS);
-    c->levels = n;
-    int i = 0;
-    for (const cJSON *e = v->child; e; e = e->next, i++)
-        if (as_int(e, what, "block_out_channels", &c->block_out_channels[i]))
-            return -1;
-    return 0;
+    return dc_cfg_int_list(root, what, "block_out_channels", def, 4, DC_UNET_MAX_LEVELS,
+                           c->block_out_channels, &c->levels);
 }
 
 /* The block types of either path: attention or not, and the resampler
@@ -301,22 +180,15 @@ static int check_features(const dc_unet_config *c, const char *what) {
     return 0;
 }
 
-/* `key` = value must not pass `max` (unet.h's plausible sizes). */
-static int check_limit(const char *what, const char *key, int value, int max) {
-    if (value > max)
-        return dc_fail("%s: %s %d is implausibly large (diffc builds at most %d)", what, key, value, max);
-    return 0;
-}
-
 static int check_limits(const dc_unet_config *c, const char *what) {
-    int rc = check_limit(what, "in_channels", c->in_channels, DC_UNET_MAX_CHANNELS) ||
-             check_limit(what, "out_channels", c->out_channels, DC_UNET_MAX_CHANNELS) ||
-             check_limit(what, "layers_per_block", c->layers_per_block, DC_UNET_MAX_LAYERS_PER_BLOCK) ||
-             check_limit(what, "num_class_embeds", c->num_class_embeds, DC_UNET_MAX_CLASS_EMBEDS) ||
-             check_limit(what, "sample_size", c->sample_size[0], DC_UNET_MAX_SAMPLE_SIZE) ||
-             check_limit(what, "sample_size", c->sample_size[1], DC_UNET_MAX_SAMPLE_SIZE);
+    int rc = dc_cfg_limit(what, "in_channels", c->in_channels, DC_UNET_MAX_CHANNELS) ||
+             dc_cfg_limit(what, "out_channels", c->out_channels, DC_UNET_MAX_CHANNELS) ||
+             dc_cfg_limit(what, "layers_per_block", c->layers_per_block, DC_UNET_MAX_LAYERS_PER_BLOCK) ||
+             dc_cfg_limit(what, "num_class_embeds", c->num_class_embeds, DC_UNET_MAX_CLASS_EMBEDS) ||
+             dc_cfg_limit(what, "sample_size", c->sample_size[0], DC_UNET_MAX_SAMPLE_SIZE) ||
+             dc_cfg_limit(what, "sample_size", c->sample_size[1], DC_UNET_MAX_SAMPLE_SIZE);
     for (int i = 0; !rc && i < c->levels && i < DC_UNET_MAX_LEVELS; i++)
-        rc = check_limit(what, "block_out_channels", c->block_out_channels[i], DC_UNET_MAX_CHANNELS);
+        rc = dc_cfg_limit(what, "block_out_channels", c->block_out_channels[i], DC_UNET_MAX_CHANNELS);
     return rc ? -1 : 0;
 }
 
@@ -358,20 +230,11 @@ static int check_config(const dc_unet_config *c, const char *what) {
             return -1;
     if (c->add_attention && check_attention(c, what, "mid_block", 0, deepest))
         return -1;
-    if (c->downsample_padding != 0 && c->downsample_padding != 1)
-        return dc_fail("%s: downsample_padding %d is not supported (supported: 0, 1)", what,
-                       c->downsample_padding);
-    if (!(c->norm_eps > 0.0f))
-        return dc_fail("%s: norm_eps %g must be positive", what, (double)c->norm_eps);
-    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
-        return dc_fail("%s: dropout %g must be in [0, 1)", what, (double)c->dropout);
-    if (!(c->mid_block_scale_factor != 0.0f) || !isfinite(c->mid_block_scale_factor))
-        return dc_fail("%s: mid_block_scale_factor %g must be finite and nonzero", what,
-                       (double)c->mid_block_scale_factor);
-    if (c->block_out_channels[0] / 2 - (double)c->freq_shift == 0.0)
-        return dc_fail(
-            "%s: freq_shift %g equals half of block_out_channels[0] (a division by zero)", what,
-            (double)c->freq_shift);
+    dc_unet_common_config common = {c->downsample_padding, c->norm_eps, c->dropout,
+                                     c->mid_block_scale_factor, c->block_out_channels[0],
+                                     c->freq_shift};
+    if (dc_unet_check_common(&common, what))
+        return -1;
     if (c->num_class_embeds < 0)
         return dc_fail("%s: num_class_embeds %d must be positive or null", what,
                        c->num_class_embeds);
@@ -383,23 +246,22 @@ static int parse_object(dc_unet_config *c, const cJSON *root, const char *what) 
         return dc_fail("%s: a UNet config must be a JSON object, got %s", what, dc_json_type(root));
     if (refuse_unsupported(root, what))
         return -1;
-    for (int k = 0; k < (int)(sizeof scalar_keys / sizeof *scalar_keys); k++)
-        if (read_scalar(c, root, what, k))
-            return -1;
-    int shift = CHOICE(root, what, "resnet_time_scale_shift", "default", "default", "scale_shift");
-    int time = CHOICE(root, what, "time_embedding_type", "positional", "positional", "fourier");
-    int act = CHOICE(root, what, "act_fn", "silu", "silu", "swish", "mish", "gelu");
-    int cls = CHOICE(root, what, "class_embed_type", NULL, NULL, "timestep", "identity");
+    if (dc_cfg_read_keys(c, root, what, scalar_keys, (int)(sizeof scalar_keys / sizeof *scalar_keys)))
+        return -1;
+    int shift = DC_CFG_CHOICE(root, what, "resnet_time_scale_shift", "default", "default", "scale_shift");
+    int time = DC_CFG_CHOICE(root, what, "time_embedding_type", "positional", "positional", "fourier");
+    int act = DC_CFG_CHOICE(root, what, "act_fn", "silu", "silu", "swish", "mish", "gelu");
+    int cls = DC_CFG_CHOICE(root, what, "class_embed_type", NULL, NULL, "timestep", "identity");
     /* null means "conv" (get_down_block's default) */
-    int down = CHOICE(root, what, "downsample_type", "conv", "conv", NULL, "resnet");
-    int up = CHOICE(root, what, "upsample_type", "conv", "conv", NULL, "resnet");
+    int down = DC_CFG_CHOICE(root, what, "downsample_type", "conv", "conv", NULL, "resnet");
+    int up = DC_CFG_CHOICE(root, what, "upsample_type", "conv", "conv", NULL, "resnet");
     if (shift < 0 || time < 0 || act < 0 || cls < 0 || down < 0 || up < 0)
         return -1;
     c->scale_shift = shift == 1;
     c->fourier = time == 1;
     c->act_fn = act < 2 ? DC_UNET_SILU : act == 2 ? DC_UNET_MISH : DC_UNET_GELU;
     c->class_embed_type = (dc_unet_class_embed)cls;
-    if (read_sample_size(c, root, what) || read_channels(c, root, what) ||
+    if (dc_cfg_sample_size(root, what, c->sample_size) || read_channels(c, root, what) ||
         read_block_types(c->down_attn, c->down_resample, root, what, "down_block_types", c->levels,
                          down_kinds, down == 2 ? DC_UNET_RESAMPLE_RESNET : DC_UNET_RESAMPLE_CONV) ||
         read_block_types(c->up_attn, c->up_resample, root, what, "up_block_types", c->levels,
@@ -424,22 +286,8 @@ int dc_unet_config_parse(dc_unet_config *c, const char *json, const char *what) 
 
 int dc_unet_config_load(dc_unet_config *c, const char *path) {
     memset(c, 0, sizeof *c);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return dc_fail("%s: cannot open: %s", path, strerror(errno));
-    char *text = malloc(MAX_CONFIG_BYTES + 1);
-    size_t n = text ? fread(text, 1, MAX_CONFIG_BYTES + 1, fp) : 0;
-    int rc = !text        ? dc_fail("%s: out of memory", path)
-             : ferror(fp) ? dc_fail("%s: cannot read: %s", path, strerror(errno))
-             : n > MAX_CONFIG_BYTES
-                 ? dc_fail("%s: larger than %d bytes, not a config", path, MAX_CONFIG_BYTES)
-                 : 0;
-    fclose(fp);
-    if (!rc) {
-        text[n] = '\0';
-        rc = strlen(text) != n ? dc_fail("%s: contains a NUL byte, not a JSON text", path)
-                               : dc_unet_config_parse(c, text, path);
-    }
+    char *text = dc_cfg_read_text(path);
+    int rc = text ? dc_unet_config_parse(c, text, path) : -1;
     free(text);
     return rc;
 }
@@ -447,24 +295,7 @@ int dc_unet_config_load(dc_unet_config *c, const char *path) {
 int dc_unet_config_save(const dc_unet_config *c, const char *path) {
     if (!c->json)
         return dc_fail("%s: the config has no text to save", path);
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return dc_fail("%s: path too long", path);
-    FILE *fp = fopen(tmp, "wb");
-    if (!fp)
-        return dc_fail("%s: cannot create %s: %s", path, tmp, strerror(errno));
-    size_t n = strlen(c->json);
-    bool ok = fwrite(c->json, 1, n, fp) == n && fflush(fp) == 0 && fsync(fileno(fp)) == 0;
-    int err = ok ? 0 : errno;
-    if (fclose(fp) != 0 && ok)
-        ok = false, err = errno;
-    if (ok && rename(tmp, path) != 0)
-        ok = false, err = errno;
-    if (!ok) {
-        unlink(tmp);
-        return dc_fail("%s: cannot write: %s", path, strerror(err ? err : EIO));
-    }
-    return 0;
+    return dc_cfg_save_text(c->json, path);
 }
 
 void dc_unet_config_free(dc_unet_config *c) {
@@ -755,18 +586,6 @@ int dc_unet_init(dc_unet *m, const dc_unet_config *c, dc_params *ps) {
 
 /* ==== forward ==== */
 
-static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) DC_PRINTF(2, 3);
-static dc_tensor *forward_fail(dc_ctx *ctx, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char msg[512];
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    dc_fail("unet: %s", msg);
-    ctx->failed = true;
-    return NULL;
-}
-
 static bool conditional(const dc_unet_config *c) {
     return c->class_embed_type != DC_UNET_CLASS_TABLE || c->num_class_embeds;
 }
@@ -809,18 +628,9 @@ static const char *input_problem(const dc_unet *m, const dc_tensor *x, const dc_
                                  const dc_tensor *y, char *buf, size_t n) {
     const dc_unet_config *c = &m->cfg;
     char s[64];
-    if (x->dtype != DC_F32 || x->ndim != 4 || x->shape[3] != c->in_channels || x->numel == 0)
-        snprintf(buf, n, "x must be f32 [N, H, W, %d], got %s %s", c->in_channels,
-                 dc_dtype_name(x->dtype), dc_shape_str(s, sizeof s, x->ndim, x->shape));
-    else if (x->shape[1] % (1 << (c->levels - 1)) || x->shape[2] % (1 << (c->levels - 1)))
-        snprintf(buf, n, "x is %lldx%lld; with %d levels height and width must be multiples of %d",
-                 (long long)x->shape[1], (long long)x->shape[2], c->levels, 1 << (c->levels - 1));
-    else if ((t->dtype != DC_F32 && t->dtype != DC_I32) || t->ndim != 1 ||
-             (t->shape[0] != x->shape[0] && t->shape[0] != 1))
-        snprintf(buf, n, "timesteps must be f32 or i32 [%lld] (or [1]), got %s %s",
-                 (long long)x->shape[0], dc_dtype_name(t->dtype),
-                 dc_shape_str(s, sizeof s, t->ndim, t->shape));
-    else if (conditional(c) && !y)
+    if (dc_unet_input_problem(x, t, c->in_channels, c->levels, buf, n))
+        return buf;
+    if (conditional(c) && !y)
         snprintf(buf, n, "the model is class-conditional (%s): class labels are required",
                  class_kind(c, s, sizeof s));
     else if (!conditional(c) && y)
@@ -832,11 +642,6 @@ static const char *input_problem(const dc_unet *m, const dc_tensor *x, const dc_
     return buf;
 }
 
-/* diffusers' TimestepEmbedding: linear, silu, linear (silu whatever act_fn is). */
-static dc_tensor *mlp(dc_ctx *ctx, const dc_nn_linear *l1, const dc_nn_linear *l2, dc_tensor *x) {
-    return dc_nn_linear_forward(ctx, l2, dc_silu(ctx, dc_nn_linear_forward(ctx, l1, x)));
-}
-
 /* time_proj: timesteps [N] -> sinusoids [N, C0], or noise levels -> Gaussian
  * Fourier features [N, 2 C0] (sin first: UNet2DModel does not pass
  * flip_sin_to_cos to GaussianFourierProjection). */
@@ -844,21 +649,20 @@ static dc_tensor *time_proj(dc_ctx *ctx, const dc_unet *m, dc_tensor *t) {
     const dc_unet_config *c = &m->cfg;
     if (c->fourier)
         return dc_fourier_embedding(ctx, t, m->time_proj, false);
-    return dc_timestep_embedding(ctx, t, c->block_out_channels[0], c->flip_sin_to_cos,
-                                 c->freq_shift, MAX_PERIOD);
+    return dc_unet_timesteps(ctx, t, c->block_out_channels[0], c->flip_sin_to_cos, c->freq_shift);
 }
 
 /* Timesteps (and class labels) -> emb [N, T]: the time MLP of the
  * projected timesteps, plus the class embedding. */
 static dc_tensor *time_embedding(dc_ctx *ctx, const dc_unet *m, dc_tensor *t, dc_tensor *y) {
     const dc_unet_config *c = &m->cfg;
-    dc_tensor *e = mlp(ctx, &m->time_linear_1, &m->time_linear_2, time_proj(ctx, m, t));
+    dc_tensor *e = dc_unet_time_mlp(ctx, &m->time_linear_1, &m->time_linear_2, time_proj(ctx, m, t));
     if (!y)
         return e;
     dc_tensor *ce = c->class_embed_type == DC_UNET_CLASS_TABLE
                         ? dc_nn_embedding_forward(ctx, &m->class_embedding, y)
                     : c->class_embed_type == DC_UNET_CLASS_TIMESTEP
-                        ? mlp(ctx, &m->class_linear_1, &m->class_linear_2, time_proj(ctx, m, y))
+                        ? dc_unet_time_mlp(ctx, &m->class_linear_1, &m->class_linear_2, time_proj(ctx, m, y))
                         : y;
     /* labels first: with one shared timestep e is [1, T] and broadcasts */
     return dc_add(ctx, ce, e);
@@ -912,7 +716,7 @@ static dc_tensor *divide_by_noise_level(dc_ctx *ctx, dc_tensor *out, dc_tensor *
     int64_t n = t->shape[0];
     float *host = dc_arena_alloc(&ctx->meta, (size_t)n * sizeof *host);
     if (!host || dc_memcpy(host, DC_CPU, t->data, t->device, (size_t)n * sizeof *host))
-        return forward_fail(ctx, "%s", dc_error());
+        return dc_unet_fail(ctx, "%s", dc_error());
     for (int64_t i = 0; i < n; i++)
         host[i] = 1.0f / (t->dtype == DC_I32 ? (float)((int32_t *)host)[i] : host[i]);
     return dc_mul(ctx, out, dc_from_host(ctx, DC_F32, DC_SHAPE(n, 1, 1, 1), host));
@@ -934,11 +738,11 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
     }
     char why[256];
     if (input_problem(m, x, t, class_labels, why, sizeof why))
-        return forward_fail(ctx, "%s", why);
+        return dc_unet_fail(ctx, "%s", why);
     const dc_unet_config *c = &m->cfg;
     dc_tensor **skips = dc_arena_alloc(&ctx->meta, (size_t)skip_count(m) * sizeof *skips);
     if (!skips)
-        return forward_fail(ctx, "%s", dc_error());
+        return dc_unet_fail(ctx, "%s", dc_error());
     dc_tensor *temb = dc_unet_activation(ctx, c->act_fn, time_embedding(ctx, m, t, class_labels));
     dc_tensor *h = c->center_input_sample ? dc_affine(ctx, x, 2.0f, -1.0f) : x;
     dc_tensor *image = h; /* the Skip blocks' skip_sample, down the levels */

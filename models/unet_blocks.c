@@ -7,28 +7,77 @@
 
 #include "autograd/device.h"
 
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 
-/* "prefix.name" into buf (names are short: the longest is ~50 characters). */
-static const char *sub(char *buf, size_t n, const char *prefix, const char *name) {
+const char *dc_unet_name(char *buf, size_t n, const char *prefix, const char *name) {
     snprintf(buf, n, "%s.%s", prefix, name);
     return buf;
+}
+
+int dc_unet_check_common(const dc_unet_common_config *c, const char *what) {
+    if (c->downsample_padding != 0 && c->downsample_padding != 1)
+        return dc_fail("%s: downsample_padding %d is not supported (supported: 0, 1)", what,
+                       c->downsample_padding);
+    if (!(c->norm_eps > 0.0f))
+        return dc_fail("%s: norm_eps %g must be positive", what, (double)c->norm_eps);
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
+        return dc_fail("%s: dropout %g must be in [0, 1)", what, (double)c->dropout);
+    if (!(c->mid_block_scale_factor != 0.0f) || !isfinite(c->mid_block_scale_factor))
+        return dc_fail("%s: mid_block_scale_factor %g must be finite and nonzero", what,
+                       (double)c->mid_block_scale_factor);
+    if (c->c0 / 2 - (double)c->freq_shift == 0.0)
+        return dc_fail("%s: freq_shift %g equals half of block_out_channels[0] (a division by zero)",
+                       what, (double)c->freq_shift);
+    return 0;
+}
+
+const char *dc_unet_input_problem(const dc_tensor *x, const dc_tensor *t, int in_channels,
+                                  int levels, char *buf, size_t n) {
+    char s[64];
+    int64_t mult = (int64_t)1 << (levels - 1);
+    if (x->dtype != DC_F32 || x->ndim != 4 || x->shape[3] != in_channels || x->numel == 0)
+        snprintf(buf, n, "x must be f32 [N, H, W, %d], got %s %s", in_channels,
+                 dc_dtype_name(x->dtype), dc_shape_str(s, sizeof s, x->ndim, x->shape));
+    else if (x->shape[1] % mult || x->shape[2] % mult)
+        snprintf(buf, n, "x is %lldx%lld; with %d levels height and width must be multiples of %lld",
+                 (long long)x->shape[1], (long long)x->shape[2], levels, (long long)mult);
+    else if ((t->dtype != DC_F32 && t->dtype != DC_I32) || t->ndim != 1 ||
+             (t->shape[0] != x->shape[0] && t->shape[0] != 1))
+        snprintf(buf, n, "timesteps must be f32 or i32 [%lld] (or [1]), got %s %s",
+                 (long long)x->shape[0], dc_dtype_name(t->dtype),
+                 dc_shape_str(s, sizeof s, t->ndim, t->shape));
+    else
+        return NULL;
+    return buf;
+}
+
+dc_tensor *dc_unet_fail(dc_ctx *ctx, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dc_fail("unet: %s", msg);
+    ctx->failed = true;
+    return NULL;
 }
 
 void dc_unet_resnet_init(dc_unet_resnet *r, dc_params *ps, const char *prefix,
                          const dc_unet_resnet_shape *s) {
     char b[192];
     int64_t cin = s->cin, cout = s->cout;
-    dc_nn_group_norm_init(&r->norm1, ps, sub(b, sizeof b, prefix, "norm1"), s->groups, cin, s->eps);
-    dc_nn_conv2d_init(&r->conv1, ps, sub(b, sizeof b, prefix, "conv1"), cin, cout, 3, 1, 1, true);
+    dc_nn_group_norm_init(&r->norm1, ps, dc_unet_name(b, sizeof b, prefix, "norm1"), s->groups, cin, s->eps);
+    dc_nn_conv2d_init(&r->conv1, ps, dc_unet_name(b, sizeof b, prefix, "conv1"), cin, cout, 3, 1, 1, true);
     if (s->temb)
-        dc_nn_linear_init(&r->time_emb_proj, ps, sub(b, sizeof b, prefix, "time_emb_proj"),
+        dc_nn_linear_init(&r->time_emb_proj, ps, dc_unet_name(b, sizeof b, prefix, "time_emb_proj"),
                           s->temb, s->scale_shift ? 2 * cout : cout, true);
-    dc_nn_group_norm_init(&r->norm2, ps, sub(b, sizeof b, prefix, "norm2"), s->groups_out, cout,
+    dc_nn_group_norm_init(&r->norm2, ps, dc_unet_name(b, sizeof b, prefix, "norm2"), s->groups_out, cout,
                           s->eps);
-    dc_nn_conv2d_init(&r->conv2, ps, sub(b, sizeof b, prefix, "conv2"), cout, cout, 3, 1, 1, true);
+    dc_nn_conv2d_init(&r->conv2, ps, dc_unet_name(b, sizeof b, prefix, "conv2"), cout, cout, 3, 1, 1, true);
     if (cin != cout || s->shortcut)
-        dc_nn_conv2d_init(&r->conv_shortcut, ps, sub(b, sizeof b, prefix, "conv_shortcut"), cin,
+        dc_nn_conv2d_init(&r->conv_shortcut, ps, dc_unet_name(b, sizeof b, prefix, "conv_shortcut"), cin,
                           cout, 1, 1, 0, true);
     r->out_channels = cout;
     r->scale_shift = s->scale_shift;
@@ -45,13 +94,24 @@ void dc_unet_attention_init(dc_unet_attention *a, dc_params *ps, const char *pre
     a->heads = (int)(ch / head_dim);
     int64_t inner = a->heads * head_dim;
     if (groups)
-        dc_nn_group_norm_init(&a->group_norm, ps, sub(b, sizeof b, prefix, "group_norm"), groups,
+        dc_nn_group_norm_init(&a->group_norm, ps, dc_unet_name(b, sizeof b, prefix, "group_norm"), groups,
                               ch, eps);
-    dc_nn_linear_init(&a->to_q, ps, sub(b, sizeof b, prefix, "to_q"), ch, inner, true);
-    dc_nn_linear_init(&a->to_k, ps, sub(b, sizeof b, prefix, "to_k"), ch, inner, true);
-    dc_nn_linear_init(&a->to_v, ps, sub(b, sizeof b, prefix, "to_v"), ch, inner, true);
-    dc_nn_linear_init(&a->to_out, ps, sub(b, sizeof b, prefix, "to_out.0"), inner, ch, true);
+    dc_nn_linear_init(&a->to_q, ps, dc_unet_name(b, sizeof b, prefix, "to_q"), ch, inner, true);
+    dc_nn_linear_init(&a->to_k, ps, dc_unet_name(b, sizeof b, prefix, "to_k"), ch, inner, true);
+    dc_nn_linear_init(&a->to_v, ps, dc_unet_name(b, sizeof b, prefix, "to_v"), ch, inner, true);
+    dc_nn_linear_init(&a->to_out, ps, dc_unet_name(b, sizeof b, prefix, "to_out.0"), inner, ch, true);
     a->rescale_output_factor = rescale;
+}
+
+#define MAX_PERIOD 10000.0f /* get_timestep_embedding's default */
+
+dc_tensor *dc_unet_timesteps(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_sin_to_cos, float shift) {
+    return dc_timestep_embedding(ctx, t, dim, flip_sin_to_cos, shift, MAX_PERIOD);
+}
+
+dc_tensor *dc_unet_time_mlp(dc_ctx *ctx, const dc_nn_linear *linear_1,
+                            const dc_nn_linear *linear_2, dc_tensor *x) {
+    return dc_nn_linear_forward(ctx, linear_2, dc_silu(ctx, dc_nn_linear_forward(ctx, linear_1, x)));
 }
 
 dc_tensor *dc_unet_activation(dc_ctx *ctx, dc_unet_act act, dc_tensor *x) {

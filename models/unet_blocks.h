@@ -1,7 +1,7 @@
 /*
  * The blocks diffusers' convolutional networks share: ResnetBlock2D, the
  * spatial self-attention (Attention over the H*W positions of a feature
- * map), and the resamplers (Downsample2D, Upsample2D, average pooling and the
+ * map), the time embedding, and the resamplers (Downsample2D, Upsample2D, average pooling and the
  * FIR kernel of the Skip blocks). UNet2DModel (unet.c) is built from them, and
  * so are AutoencoderKL and UNet2DConditionModel.
  *
@@ -11,9 +11,11 @@
 #ifndef DC_MODELS_UNET_BLOCKS_H
 #define DC_MODELS_UNET_BLOCKS_H
 
+#include "autograd/error.h"
 #include "autograd/nn.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* act_fn: the resnets' activation. */
@@ -76,6 +78,36 @@ void dc_unet_attention_init(dc_unet_attention *a, dc_params *ps, const char *pre
                             int64_t head_dim, int groups, float eps, float rescale);
 /* x [N, H, W, C] -> [N, H, W, C], its temporaries given back as the resnet's. */
 dc_tensor *dc_unet_attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x);
+
+/* diffusers' Timesteps: t [N] (f32 or i32) -> sinusoids [N, dim], max period 10000. */
+dc_tensor *dc_unet_timesteps(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_sin_to_cos, float shift);
+/* diffusers' TimestepEmbedding with act_fn silu: linear_1, silu, linear_2 (UNet2DModel's
+ * whatever its act_fn; UNet2DConditionModel's takes act_fn, which diffc holds to silu). */
+dc_tensor *dc_unet_time_mlp(dc_ctx *ctx, const dc_nn_linear *linear_1,
+                            const dc_nn_linear *linear_2, dc_tensor *x);
+
+/* "prefix.name" into buf (n bytes); returns buf. */
+const char *dc_unet_name(char *buf, size_t n, const char *prefix, const char *name);
+/* Why a UNet of `levels` levels taking in_channels cannot take x (f32 [N,
+ * H, W, in_channels], H and W multiples of 2^(levels - 1)) and timesteps t
+ * (f32 or i32 [N] or [1]), written into buf; NULL when it can. */
+const char *dc_unet_input_problem(const dc_tensor *x, const dc_tensor *t, int in_channels,
+                                  int levels, char *buf, size_t n);
+/* The numbers both UNets' configs share, checked with the same messages
+ * (`what` names the config): downsample_padding 0 or 1, norm_eps > 0,
+ * dropout in [0, 1), mid_block_scale_factor finite and nonzero, freq_shift
+ * not half of block_out_channels[0] (c0; the sinusoids would divide by zero). */
+typedef struct dc_unet_common_config {
+    int downsample_padding;
+    float norm_eps, dropout, mid_block_scale_factor;
+    int c0;
+    float freq_shift;
+} dc_unet_common_config;
+int dc_unet_check_common(const dc_unet_common_config *c, const char *what);
+
+/* A UNet's forward refuses its inputs: "unet: <message>" as the error, the
+ * context failed; NULL. */
+dc_tensor *dc_unet_fail(dc_ctx *ctx, const char *fmt, ...) DC_PRINTF(2, 3);
 
 dc_tensor *dc_unet_activation(dc_ctx *ctx, dc_unet_act act, dc_tensor *x);
 /* The norm, then the activation (fused for silu). */

@@ -1,4 +1,5 @@
-"""Writing fixture files for the C tests, shared by the make_*_fixtures.py scripts.
+"""Writing fixture files for the C tests, and perturbing a model's norms, shared by
+the make_*_fixtures.py scripts.
 
 safetensors is written by hand (8-byte little-endian header length, JSON
 header, raw little-endian data) so no safetensors package is needed; wider
@@ -31,3 +32,13 @@ def write_safetensors(path, tensors, meta):
         f.write(text)
         for blob in blobs:
             f.write(blob)
+
+
+def perturb_norms(model):
+    """Norm weights away from 1 and biases away from 0, so that using them matters."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith(".weight"):
+                p.add_(0.3 * torch.randn_like(p))
+            elif "norm" in name and name.endswith(".bias"):
+                p.copy_(0.3 * torch.randn_like(p))

@@ -73,6 +73,8 @@ from diffusers import UNet2DModel
 from diffusers.models.resnet import ResnetBlock2D
 from safetensors.torch import save_file
 
+from fixture_io import perturb_norms
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
 
 MODELS = {
@@ -128,16 +130,6 @@ MODELS = {
 }
 
 LEGACY_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
-
-
-def perturb_norms(model):
-    """Norm weights away from 1 and biases away from 0, so that using them matters."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith(".weight"):
-                p.add_(0.3 * torch.randn_like(p))
-            elif "norm" in name and name.endswith(".bias"):
-                p.copy_(0.3 * torch.randn_like(p))
 
 
 def grad_names(model):

@@ -30,6 +30,9 @@ static const att_case cases[] = {
     {"one pair, causal", 1, 7, 7, 1, 5, true, 0.0f},
     {"long, threaded", 1, 67, 37, 2, 18, false, 0.1f},
     {"long, causal, threaded", 1, 67, 67, 1, 17, true, 0.1f},
+    /* several query chunks of several pairs: a thread keeps a pair's packed keys
+     * and values from one chunk to its next, and must repack them for another pair */
+    {"long, pairs of chunks", 2, 130, 29, 3, 6, false, 0.0f},
     {"causal after cached keys", 2, 3, 8, 2, 4, true, 0.0f},
     {"causal, one new query", 3, 1, 6, 3, 2, true, 0.0f},
 };

@@ -92,29 +92,6 @@ static dc_tensor *ref_tensor(dc_ctx *ctx, const fixture *f, const char *name) {
     return x;
 }
 
-/* The reference gradient of parameter p, in our memory layout (malloc'ed). */
-static float *ref_grad(const dc_st_tensor *t, const dc_param *p) {
-    int64_t n = p->value.numel, file_shape[DC_MAX_DIMS];
-    dc_param_file_shape(p, file_shape);
-    ck_assert_msg(t->dtype == DC_F32 && t->ndim == p->value.ndim, "%s: dtype/rank", t->name);
-    for (int d = 0; d < t->ndim; d++)
-        ck_assert_msg(t->shape[d] == file_shape[d], "%s: dimension %d", t->name, d);
-    const float *src = t->data;
-    float *out = malloc((size_t)n * sizeof *out);
-    if (p->layout == DC_LAYOUT_PLAIN) {
-        memcpy(out, src, (size_t)n * sizeof *out);
-        return out;
-    }
-    const int64_t *s = p->value.shape; /* [O, kh, kw, I] from the file's [O, I, kh, kw] */
-    for (int64_t o = 0; o < s[0]; o++)
-        for (int64_t y = 0; y < s[1]; y++)
-            for (int64_t x = 0; x < s[2]; x++)
-                for (int64_t i = 0; i < s[3]; i++)
-                    out[((o * s[1] + y) * s[2] + x) * s[3] + i] =
-                        src[((o * s[3] + i) * s[1] + y) * s[2] + x];
-    return out;
-}
-
 /* A shift shared by all keys leaves the softmax unchanged, so to_k.bias has no
  * gradient in exact arithmetic (the fixtures leave it out): ours must be
  * rounding noise next to the same attention's to_q.bias gradient. */
@@ -170,7 +147,7 @@ START_TEST(test_parity) {
             continue;
         const dc_param *p = dc_params_find(&f.ps, t->name + 5);
         ck_assert_msg(p != NULL, "%s: the model has no parameter %s", name, t->name + 5);
-        float *g = ref_grad(t, p);
+        float *g = tu_ref_grad(t, p);
         snprintf(what, sizeof what, "%s %s", name, t->name);
         tu_check_close(p->grad.data, g, p->value.numel, BWD_TOL, what);
         free(g);

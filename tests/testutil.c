@@ -431,3 +431,25 @@ void tu_check_close(const float *got, const float *want, int64_t n, double tol, 
                       (long long)i, (double)got[i], (double)want[i], err, scale);
     }
 }
+
+float *tu_ref_grad(const dc_st_tensor *t, const dc_param *p) {
+    int64_t n = p->value.numel, file_shape[DC_MAX_DIMS];
+    dc_param_file_shape(p, file_shape);
+    ck_assert_msg(t->dtype == DC_F32 && t->ndim == p->value.ndim, "%s: dtype/rank", t->name);
+    for (int d = 0; d < t->ndim; d++)
+        ck_assert_msg(t->shape[d] == file_shape[d], "%s: dimension %d", t->name, d);
+    const float *src = t->data;
+    float *out = malloc((size_t)n * sizeof *out);
+    if (p->layout == DC_LAYOUT_PLAIN) {
+        memcpy(out, src, (size_t)n * sizeof *out);
+        return out;
+    }
+    const int64_t *s = p->value.shape; /* [O, kh, kw, I] from the file's [O, I, kh, kw] */
+    for (int64_t o = 0; o < s[0]; o++)
+        for (int64_t y = 0; y < s[1]; y++)
+            for (int64_t x = 0; x < s[2]; x++)
+                for (int64_t i = 0; i < s[3]; i++)
+                    out[((o * s[1] + y) * s[2] + x) * s[3] + i] =
+                        src[((o * s[3] + i) * s[1] + y) * s[2] + x];
+    return out;
+}

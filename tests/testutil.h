@@ -6,7 +6,9 @@
 #ifndef DC_TESTUTIL_H
 #define DC_TESTUTIL_H
 
+#include "autograd/nn.h"
 #include "autograd/ops.h"
+#include "autograd/safetensors.h"
 #include "data/image.h"
 
 #include <check.h>
@@ -121,6 +123,11 @@ double tu_max_abs(const float *x, int64_t n);
  * diffusers or transformers); fails naming the first element that is not, and
  * when the reference is all zeros (it could not tell). */
 void tu_check_close(const float *got, const float *want, int64_t n, double tol, const char *what);
+
+/* A reference gradient t (F32, in the file layout of parameter p: conv
+ * [O, I, kh, kw]) in p's memory layout (malloc'ed); fails the test when its
+ * dtype or shape does not fit p. */
+float *tu_ref_grad(const dc_st_tensor *t, const dc_param *p);
 
 /* A test case added to s with a timeout in seconds. */
 TCase *tu_tcase(Suite *s, const char *name, double timeout);

@@ -5,7 +5,10 @@
  *
  * A work item first packs what its pair multiplies into contiguous blocks,
  * zero-padded to whole vectors of VB floats (the width of the ISA this file
- * is built for); every product is then one of two register-blocked loops
+ * is built for; a forward item finding its pair's keys and values already
+ * packed in its thread's slot, by the chunk before, keeps them: at 4096
+ * queries and keys repacking them for every chunk took half the time);
+ * every product is then one of two register-blocked loops
  * over GCC vector types, RB = 4 rows at a time, eight sums in registers so
  * that two FMA units of four cycles' latency stay busy: rows times a
  * transposed block (scores, dP) and rows times a block (P v, dS k, and,
@@ -136,7 +139,8 @@ typedef struct {
     const cpu_attention_dims *a;
     float *out, *p, *work;
     const float *q, *k, *v;
-    int chunks; /* query chunks per pair */
+    int chunks;      /* query chunks per pair */
+    int64_t *packed; /* [threads] the pair whose k and v a thread's slot holds, or -1 */
 } forward_job;
 
 typedef struct {
@@ -247,8 +251,11 @@ static void forward_item(const forward_job *f, int64_t i, int thread) {
     int first = (int)(i % f->chunks) * QUERY_CHUNK;
     int last = first + QUERY_CHUNK < a->lq ? first + QUERY_CHUNK : a->lq;
     pair_offsets(a, bh, &qo, &kvo);
-    pack_transposed(w.kt, f->k + kvo, c, a->lk, a->d, w.lkp);
-    pack_rows(w.kv, f->v + kvo, c, a->lk, a->lk, a->d, w.dp, 1.0f);
+    if (f->packed[thread] != bh) { /* a thread's next chunk is mostly of the same pair */
+        pack_transposed(w.kt, f->k + kvo, c, a->lk, a->d, w.lkp);
+        pack_rows(w.kv, f->v + kvo, c, a->lk, a->lk, a->d, w.dp, 1.0f);
+        f->packed[thread] = bh;
+    }
     for (int i0 = first; i0 < last; i0 += RB) {
         int rows = last - i0 < RB ? last - i0 : RB;
         pack_rows(w.a, f->q + qo + i0 * c, c, rows, RB, a->d, w.dp, a->scale);
@@ -333,9 +340,12 @@ int64_t CPU_ISA_FN(cpu_attention_scratch)(const cpu_attention_dims *a) {
 void CPU_ISA_FN(cpu_attention_forward)(const cpu_attention_dims *a, float *out, float *p,
                                        const float *q, const float *k, const float *v,
                                        float *work) {
-    forward_job f = {a, out, p, work, q, k, v, (a->lq + QUERY_CHUNK - 1) / QUERY_CHUNK};
-    int64_t items = a->n * a->heads * f.chunks;
     int threads = threads_for(a);
+    int64_t packed[threads];
+    for (int t = 0; t < threads; t++)
+        packed[t] = -1;
+    forward_job f = {a, out, p, work, q, k, v, (a->lq + QUERY_CHUNK - 1) / QUERY_CHUNK, packed};
+    int64_t items = a->n * a->heads * f.chunks;
 #pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
     for (int64_t i = 0; i < items; i++)
         forward_item(&f, i, omp_get_thread_num());
