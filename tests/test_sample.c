@@ -627,7 +627,7 @@ START_TEST(test_help) {
     const char *every[] = {"--model DIR",
                            "--output-dir DIR",
                            "--scheduler NAME",
-                           "(default: ddim)",
+                           "(default: ddim; a text-to-image pipeline's own)",
                            "--num-inference-steps N",
                            "--eta X",
                            "--timestep-spacing NAME",
@@ -640,6 +640,12 @@ START_TEST(test_help) {
                            "--init-image FILE|DIR",
                            "--strength X",
                            "(default: 0.8)",
+                           "--prompt TEXT",
+                           "--prompt-file FILE",
+                           "--negative-prompt TEXT",
+                           "--height N",
+                           "--width N",
+                           "--clip-skip N",
                            "--no-ema",
                            "--device NAME"};
     for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)

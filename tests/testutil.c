@@ -356,6 +356,17 @@ const char *tu_path(const char *name) {
 
 void tu_rmtemp(void) { ck_assert_msg(dc_remove_tree(tempdir) == 0, "%s", dc_error()); }
 
+void tu_write_file(const char *rel, const void *data, size_t n) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tempdir, rel);
+    for (char *slash = strchr(path + strlen(tempdir) + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+        *slash = 0;
+        ck_assert_msg(mkdir(path, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", path, strerror(errno));
+        *slash = '/';
+    }
+    ck_assert_msg(dc_write_file(path, data, n, false) == 0, "%s", dc_error());
+}
+
 /* ---- hostile model configs ---- */
 
 const tu_hostile_config tu_hostile_configs[] = {

@@ -107,6 +107,8 @@ long tu_diffc_base_rss_mb(void);
 void tu_mkdtemp(const char *prefix);
 const char *tu_path(const char *name);
 void tu_rmtemp(void);
+/* Write n bytes to tu_path(rel), making its folders. */
+void tu_write_file(const char *rel, const void *data, size_t n);
 
 /* CUDA devices present, asked in a child process: CUDA must not be
  * initialised in the process that Check forks the tests from. GPU suites
