@@ -480,18 +480,30 @@ static int match_all(const dc_params *ps, const dc_st_set *s, const char *path,
     return 0;
 }
 
-static int copy_in(const dc_param *p, const dc_st_tensor *t, float *dst) {
+/* One tensor into its parameter's place: converted to f32 and, for a conv
+ * weight, permuted into our layout, from the file's bytes when they are
+ * aligned f32 already, else through *scratch (grown as needed, kept for
+ * the next: fresh pages for every weight would be zeroed by the kernel
+ * each time). */
+static int copy_in(const dc_param *p, const dc_st_tensor *t, float *dst, float **scratch, size_t *cap) {
     size_t n = (size_t)p->value.numel;
     if (p->layout == DC_LAYOUT_PLAIN)
         return dc_convert(dst, DC_F32, t->data, (dc_dtype)t->dtype, n);
-    float *tmp = malloc(n * sizeof *tmp);
-    if (!tmp)
-        return dc_fail("%s: out of memory", p->name);
-    int rc = dc_convert(tmp, DC_F32, t->data, (dc_dtype)t->dtype, n);
-    if (!rc)
-        conv_permute(dst, tmp, p->value.shape, false);
-    free(tmp);
-    return rc;
+    const float *src = t->data;
+    if (t->dtype != DC_F32 || (uintptr_t)src % sizeof(float)) {
+        if (n > *cap) {
+            free(*scratch);
+            *cap = 0;
+            if (!(*scratch = malloc(n * sizeof **scratch)))
+                return dc_fail("%s: out of memory", p->name);
+            *cap = n;
+        }
+        if (dc_convert(*scratch, DC_F32, t->data, (dc_dtype)t->dtype, n))
+            return -1;
+        src = *scratch;
+    }
+    conv_permute(dst, src, p->value.shape, false);
+    return 0;
 }
 
 /* A weight file whose header has been checked against the declarations:
@@ -520,10 +532,14 @@ static int open_matched(const dc_params *ps, const char *path, dc_rename_fn rena
 
 /* Every matched tensor into `data` (laid out like ps->data, on its device). */
 static int copy_matched(const dc_params *ps, float *data, const matched_file *m) {
-    float *host = stage_for_write(ps, data);
+    float *host = stage_for_write(ps, data), *scratch = NULL;
+    size_t cap = 0;
     int rc = 0;
-    for (int k = 0; host && !rc && k < ps->n; k++)
-        rc = copy_in(ps->p[k], m->src[k], host + ps->p[k]->offset);
+    for (int k = 0; host && !rc && k < ps->n; k++) {
+        rc = copy_in(ps->p[k], m->src[k], host + ps->p[k]->offset, &scratch, &cap);
+        dc_st_set_release(&m->f, m->src[k]);
+    }
+    free(scratch);
     return commit_staged(ps, data, host, rc);
 }
 

@@ -855,3 +855,16 @@ void dc_st_set_close(dc_st_set *s) {
     free(s->paths);
     memset(s, 0, sizeof *s);
 }
+
+void dc_st_set_release(const dc_st_set *s, const dc_st_tensor *t) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), lo = (uintptr_t)t->data, hi = lo + t->nbytes;
+    for (int i = 0; i < s->n; i++) {
+        uintptr_t map = (uintptr_t)s->files[i].map;
+        if (!map || lo < map || hi > map + s->files[i].map_size)
+            continue;
+        uintptr_t first = (lo + page - 1) / page * page, last = hi / page * page;
+        if (first < last)
+            madvise((void *)first, last - first, MADV_DONTNEED);
+        return;
+    }
+}

@@ -95,5 +95,10 @@ typedef struct dc_st_set {
 } dc_st_set;
 int dc_st_set_open(dc_st_set *s, const char *path);
 void dc_st_set_close(dc_st_set *s);
+/* Done with the data of t, a tensor of s: the whole pages it covers are
+ * given back (the file stays mapped; reading them again reads the file), so
+ * a model loaded tensor by tensor holds its weights once, not once in the
+ * mapping and once in the parameters. */
+void dc_st_set_release(const dc_st_set *s, const dc_st_tensor *t);
 
 #endif
