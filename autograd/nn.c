@@ -4,6 +4,7 @@
  */
 #include "nn.h"
 
+#include "cpu/conv.h"
 #include "device.h"
 #include "error.h"
 #include "rng.h"
@@ -379,10 +380,20 @@ static void conv_permute(float *dst, const float *src, const int64_t *shape, boo
 
 /* ---- save ---- */
 
+/* Packed weights (dc_params_pack) are in no layout a file knows. */
+static int check_unpacked(const dc_params *ps, const char *path) {
+    for (int k = 0; k < ps->n; k++)
+        if (ps->p[k]->value.packed)
+            return dc_fail("%s: the parameters are packed for inference (%s)", path, ps->p[k]->name);
+    return 0;
+}
+
 int dc_params_save(const dc_params *ps, const float *data, const char *path,
                    const char *const *meta_keys, const char *const *meta_values, int n_meta) {
     if (!ps->data)
         return dc_fail("%s: parameters are not allocated", path);
+    if (check_unpacked(ps, path))
+        return -1;
     const float *src = data ? data : ps->data;
     const float *host = stage_for_read(ps, src);
     if (!host)
@@ -487,7 +498,7 @@ static int match_all(const dc_params *ps, const dc_st_set *s, const char *path,
  * each time). */
 static int copy_in(const dc_param *p, const dc_st_tensor *t, float *dst, float **scratch, size_t *cap) {
     size_t n = (size_t)p->value.numel;
-    if (p->layout == DC_LAYOUT_PLAIN)
+    if (p->layout != DC_LAYOUT_CONV)
         return dc_convert(dst, DC_F32, t->data, (dc_dtype)t->dtype, n);
     const float *src = t->data;
     if (t->dtype != DC_F32 || (uintptr_t)src % sizeof(float)) {
@@ -557,6 +568,8 @@ int dc_params_load(dc_params *ps, float *data, const char *path, dc_rename_fn re
     matched_file m;
     if (!ps->data)
         return dc_fail("%s: parameters are not allocated", path);
+    if (check_unpacked(ps, path))
+        return -1;
     if (open_matched(ps, path, rename, &m))
         return -1;
     int rc = copy_matched(ps, data ? data : ps->data, &m);
@@ -577,6 +590,34 @@ int dc_params_alloc_load(dc_params *ps, int device, const char *path, dc_rename_
     return rc;
 }
 
+static bool packable(const dc_param *p, int64_t block) {
+    return (p->layout == DC_LAYOUT_LINEAR || p->layout == DC_LAYOUT_CONV) && !p->value.packed &&
+           p->value.numel > 0 && p->value.shape[0] % block == 0;
+}
+
+int dc_params_pack(dc_params *ps) {
+    const int64_t block = cpu_conv_pack_block();
+    if (!ps->data || ps->device != DC_CPU || !block)
+        return 0;
+    int64_t most = 0;
+    for (int k = 0; k < ps->n; k++)
+        if (packable(ps->p[k], block) && ps->p[k]->value.numel > most)
+            most = ps->p[k]->value.numel;
+    float *tmp = most ? malloc((size_t)most * sizeof *tmp) : NULL;
+    if (most && !tmp)
+        return dc_fail("parameters: out of memory to pack %lld floats", (long long)most);
+    for (int k = 0; k < ps->n; k++) {
+        dc_tensor *v = &ps->p[k]->value;
+        if (!packable(ps->p[k], block))
+            continue;
+        memcpy(tmp, v->data, (size_t)v->numel * sizeof *tmp);
+        cpu_conv_pack(tmp, v->data, v->shape[0], v->numel / v->shape[0]);
+        v->packed = true;
+    }
+    free(tmp);
+    return 0;
+}
+
 /* ---- layers ---- */
 
 /* PyTorch's default for conv and linear: kaiming_uniform(a = sqrt(5)) on the
@@ -586,7 +627,7 @@ static float fan_in_bound(int64_t fan_in) { return (float)(1.0 / sqrt((double)fa
 int dc_nn_linear_init(dc_nn_linear *l, dc_params *ps, const char *prefix, int64_t in, int64_t out,
                       bool bias) {
     float b = in > 0 ? fan_in_bound(in) : 0.0f;
-    l->weight = dc_params_add(ps, prefix, "weight", DC_SHAPE(out, in), DC_LAYOUT_PLAIN,
+    l->weight = dc_params_add(ps, prefix, "weight", DC_SHAPE(out, in), DC_LAYOUT_LINEAR,
                               DC_INIT_UNIFORM, b);
     l->bias = bias ? dc_params_add(ps, prefix, "bias", DC_SHAPE(out), DC_LAYOUT_PLAIN,
                                    DC_INIT_UNIFORM, b)

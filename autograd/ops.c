@@ -90,6 +90,9 @@ static bool check_args(dc_ctx *ctx, dc_op op, bool need_f32, int n, va_list ap) 
         if (t->device != ctx->device)
             return op_fail(ctx, op, "argument %d is on device %d, the context on %d", i + 1,
                            t->device, ctx->device);
+        if (t->packed && !(i == 1 && (op == DC_OP_CONV2D || op == DC_OP_LINEAR) && !ctx->grad_enabled))
+            return op_fail(ctx, op, "argument %d is a weight packed for inference (dc_params_pack): only "
+                           "the forward pass of a conv2d or linear without a tape reads it", i + 1);
     }
     return true;
 }

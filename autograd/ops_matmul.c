@@ -85,6 +85,25 @@ static bool linear_shapes_ok(dc_ctx *ctx, const dc_tensor *x, const dc_tensor *w
     return true;
 }
 
+/* The kernels of few rows per sample (or the GPU's): a packed weight is
+ * unpacked into scratch first (it is small: a time embedding's). */
+static bool linear_rows(dc_ctx *ctx, dc_tensor *out, const dc_tensor *x, const dc_tensor *w,
+                        const dc_tensor *b, int64_t M, int64_t K, int64_t N, int64_t samples) {
+    size_t mark = 0;
+    const float *wf = F32C(w);
+    if (w->packed) {
+        float *plain = op_scratch_take(ctx, (size_t)(N * K) * sizeof(float), &mark);
+        if (!plain)
+            return false;
+        cpu_conv_unpack(wf, plain, N, K);
+        wf = plain;
+    }
+    DC_KERNEL(ctx, linear_forward, F32(out), F32C(x), wf, b ? F32C(b) : NULL, M, K, N, samples);
+    if (w->packed)
+        op_scratch_release(ctx, mark);
+    return true;
+}
+
 dc_tensor *dc_linear(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b) {
     if (!op_ok(ctx, DC_OP_LINEAR, 2, x, w) || (b && !op_ok(ctx, DC_OP_LINEAR, 1, b)))
         return NULL;
@@ -100,10 +119,11 @@ dc_tensor *dc_linear(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b) {
     /* the first dimension counts the samples, which must not affect each other */
     int64_t samples = x->ndim > 1 && x->shape[0] > 0 ? x->shape[0] : 1;
     if (!as_pointwise(ctx, samples, M, K, N)) {
-        DC_KERNEL(ctx, linear_forward, F32(out), F32C(x), F32C(w), b ? F32C(b) : NULL, M, K, N,
-                  samples);
+        if (!linear_rows(ctx, out, x, w, b, M, K, N, samples))
+            return NULL;
     } else {
         cpu_conv_geom g = pointwise(samples, M, K, N);
+        g.packed = w->packed;
         int64_t floats;
         size_t mark;
         float *scratch = pointwise_scratch(ctx, &g, &floats, &mark);

@@ -35,6 +35,8 @@ struct dc_tensor {
     void *data;
     dc_tensor *grad; /* f32, same shape; NULL until backward reaches it */
     bool requires_grad;
+    bool packed;      /* a CPU weight [cout, ...] held as the direct convolution kernels
+                         read it (dc_params_pack): forward passes only */
     int pending_uses; /* backward: nodes yet to add to a preset grad (ops.h, dc_grad_ready_fn) */
 };
 

@@ -349,7 +349,8 @@ static int setup_unet(run *r) {
         return dc_fail("%s: %s is not a text-to-image pipeline (a model_index.json naming a text_encoder "
                        "and a vae)",
                        text_option(o), o->model);
-    if (dc_model_load_on(&r->model, o->model, !o->no_ema, o->variant, r->device))
+    if (dc_model_load_on(&r->model, o->model, !o->no_ema, o->variant, r->device) ||
+        dc_params_pack(&r->model.ps))
         return -1;
     const dc_unet_config *c = &r->model.cfg;
     if (class_labels(o, c, &r->cycle, &r->n_cycle) || image_size(o, c, &r->h, &r->w) ||

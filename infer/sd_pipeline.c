@@ -133,7 +133,9 @@ int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int devi
     int rc = !tok || !text || !vae || check_index(dir) || dc_bpe_load(&p->tokenizer, tok) ||
              dc_clip_text_load(&p->text_encoder, text, variant, device) ||
              dc_unet_cond_load(&p->unet, &p->unet_params, dir, variant, device, &guessed) ||
-             dc_vae_load(&p->vae, vae, variant, device) || load_scheduler(p, dir) || check_fit(p, dir);
+             dc_vae_load(&p->vae, vae, variant, device) || load_scheduler(p, dir) || check_fit(p, dir) ||
+             dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->unet_params) ||
+             dc_params_pack(&p->vae->params);
     if (guessed)
         fprintf(stderr, "diffc: note: %s/unet has no plain weights; using its only variant, %s\n", dir, guessed);
     free(guessed);

@@ -7,6 +7,8 @@
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/nn.h"
+#include "autograd/ops.h"
+#include "autograd/cpu/conv.h"
 #include "autograd/safetensors.h"
 
 #include <math.h>
@@ -589,7 +591,7 @@ START_TEST(test_load_converts_layout_and_dtype) {
     for (int k = 0; k < n; k++) {
         const dc_param *p = ps.p[k];
         const float *got = p->value.data;
-        if (p->layout == DC_LAYOUT_PLAIN) {
+        if (p->layout != DC_LAYOUT_CONV) {
             for (int64_t j = 0; j < p->value.numel; j++)
                 ck_assert_msg(got[j] == want[k][j], "%s[%lld]", p->name, (long long)j);
             continue;
@@ -767,6 +769,78 @@ START_TEST(test_load_rename) {
 }
 END_TEST
 
+/* The forward passes of a packing model: conv 5 -> 64 (3x3), linear 7 -> 128
+ * over `rows` rows a sample (many: the pointwise kernels read the packed
+ * weight; few: it is unpacked first), linear 7 -> 20 (not a whole block of 16 or 64:
+ * left as it is), each output copied into out[0..2]. */
+typedef struct {
+    dc_nn_conv2d conv;
+    dc_nn_linear wide, odd;
+    dc_nn_embedding table;
+} packing;
+
+static void packing_forward(const packing *m, const float *xs, const float *vs, int64_t rows, float *out[3]) {
+    dc_ctx *ctx = tu_ctx();
+    dc_set_grad_enabled(ctx, false);
+    dc_tensor *x = dc_from_host(ctx, DC_F32, DC_SHAPE(2, 6, 5, 5), xs);
+    dc_tensor *v = dc_from_host(ctx, DC_F32, DC_SHAPE(2, rows, 7), vs);
+    dc_tensor *y[3] = {dc_nn_conv2d_forward(ctx, &m->conv, x), dc_nn_linear_forward(ctx, &m->wide, v),
+                       dc_nn_linear_forward(ctx, &m->odd, v)};
+    for (int i = 0; i < 3; i++) {
+        ck_assert_msg(y[i] != NULL, "%s", dc_error());
+        out[i] = malloc((size_t)y[i]->numel * sizeof(float));
+        memcpy(out[i], y[i]->data, (size_t)y[i]->numel * sizeof(float));
+    }
+    tu_ctx_free(ctx);
+}
+
+START_TEST(test_pack_for_inference) {
+    if (!cpu_conv_pack_block())
+        return; /* no direct kernels here (DC_CPU_ISA=baseline): nothing is packed */
+    dc_params ps;
+    packing m;
+    dc_params_init(&ps);
+    dc_nn_conv2d_init(&m.conv, &ps, "conv", 5, 64, 3, 1, 1, true);
+    dc_nn_linear_init(&m.wide, &ps, "wide", 7, 128, true);
+    dc_nn_linear_init(&m.odd, &ps, "odd", 7, 20, false);
+    dc_nn_embedding_init(&m.table, &ps, "table", 32, 16);
+    ck_assert_msg(dc_params_alloc(&ps, tu_next()) == 0, "%s", dc_error());
+    int64_t rows[2] = {3, 40};
+    float *plain[2][3], *packed[2][3], xs[2 * 6 * 5 * 5], vs[2 * 40 * 7];
+    for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++)
+        xs[i] = (float)tu_normal();
+    for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++)
+        vs[i] = (float)tu_normal();
+    for (int r = 0; r < 2; r++)
+        packing_forward(&m, xs, vs, rows[r], plain[r]);
+    ck_assert_msg(dc_params_pack(&ps) == 0, "%s", dc_error());
+    ck_assert(m.conv.weight->packed && m.wide.weight->packed);
+    ck_assert(!m.odd.weight->packed && !m.table.weight->packed && !m.conv.bias->packed);
+    for (int r = 0; r < 2; r++) {
+        packing_forward(&m, xs, vs, rows[r], packed[r]);
+        int64_t n[3] = {2 * 6 * 5 * 64, 2 * rows[r] * 128, 2 * rows[r] * 20};
+        for (int i = 0; i < 3; i++) {
+            ck_assert_msg(memcmp(plain[r][i], packed[r][i], (size_t)n[i] * sizeof(float)) == 0,
+                          "output %d at %lld rows differs once packed", i, (long long)rows[r]);
+            free(plain[r][i]);
+            free(packed[r][i]);
+        }
+    }
+    /* no tape through packed weights, and no file can hold them */
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *x = dc_from_host(ctx, DC_F32, DC_SHAPE(1, 5, 5, 5), xs);
+    ck_assert_ptr_null(dc_nn_conv2d_forward(ctx, &m.conv, x));
+    ck_assert_msg(strstr(dc_error(), "packed for inference"), "%s", dc_error());
+    tu_ctx_free(ctx);
+    char path[128];
+    temp_path(path, sizeof path);
+    ck_assert_int_eq(dc_params_save(&ps, NULL, path, NULL, NULL, 0), -1);
+    ck_assert_msg(strstr(dc_error(), "packed for inference (conv.weight)"), "%s", dc_error());
+    ck_assert_int_eq(access(path, F_OK), -1);
+    dc_params_free(&ps);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("nn");
     TCase *tc = tu_tcase(s, "registry", 60);
@@ -778,6 +852,7 @@ int main(void) {
     tcase_add_test(tc, test_declaration_errors);
     tcase_add_test(tc, test_sizes_overflow);
     tcase_add_test(tc, test_grad_ready_hook);
+    tcase_add_test(tc, test_pack_for_inference);
     TCase *io = tu_tcase(s, "save_load", 60);
     tcase_add_test(io, test_save_writes_pytorch_layout);
     tcase_add_test(io, test_save_load_roundtrip);

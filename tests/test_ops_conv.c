@@ -173,7 +173,7 @@ START_TEST(test_chunked_kernels) {
                 const conv_case *c = pick[k];
                 cpu_conv_geom g = {c->n, c->h, c->w, c->cin, c->cout, c->kh, c->kw, c->stride, c->pad,
                                    out_size(c->h, c->kh, c->stride, c->pad),
-                                   out_size(c->w, c->kw, c->stride, c->pad), algo};
+                                   out_size(c->w, c->kw, c->stride, c->pad), algo, false};
                 int64_t nx = g.n * g.h * g.w * g.cin, nw = g.cout * g.kh * g.kw * g.cin;
                 int64_t ny = g.n * g.ho * g.wo * g.cout, unit = g.wo * g.kh * g.kw * g.cin;
                 int64_t floats = cpu_conv2d_scratch_floats(&g, rows == 1 ? 1 : rows * unit * 4);

@@ -451,7 +451,7 @@ float *tu_ref_grad(const dc_st_tensor *t, const dc_param *p) {
         ck_assert_msg(t->shape[d] == file_shape[d], "%s: dimension %d", t->name, d);
     const float *src = t->data;
     float *out = malloc((size_t)n * sizeof *out);
-    if (p->layout == DC_LAYOUT_PLAIN) {
+    if (p->layout != DC_LAYOUT_CONV) {
         memcpy(out, src, (size_t)n * sizeof *out);
         return out;
     }

@@ -143,18 +143,40 @@ int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
 
 /* ---- the direct way ---- */
 
-/* wp [ceil(cout / B), kh, kw, cin, B] from w [cout, kh, kw, cin]: blocks
- * of output channels, channels last, zero past cout. */
-static void pack_forward(const cpu_direct_kernels *k, const cpu_conv_geom *g, const float *w,
-                         float *wp) {
-    const int64_t B = k->block, K = g->kh * g->kw * g->cin;
-    const int64_t blocks = (g->cout + B - 1) / B;
+/* wp [ceil(cout / B), K, B] from w [cout, K]: blocks of output channels,
+ * zero past cout. */
+static void pack_blocks(int64_t B, const float *w, float *wp, int64_t cout, int64_t K) {
+    const int64_t blocks = (cout + B - 1) / B;
 #pragma omp parallel for if (blocks * K * B >= PAR_MIN_FLOATS)
     for (int64_t r = 0; r < blocks * K; r++) { /* r = (block, k) */
         int64_t co0 = r / K * B, k = r % K;
         for (int64_t j = 0; j < B; j++)
-            wp[r * B + j] = co0 + j < g->cout ? w[(co0 + j) * K + k] : 0.0f;
+            wp[r * B + j] = co0 + j < cout ? w[(co0 + j) * K + k] : 0.0f;
     }
+}
+
+/* wp [ceil(cout / B), kh, kw, cin, B] from w [cout, kh, kw, cin]. */
+static void pack_forward(const cpu_direct_kernels *k, const cpu_conv_geom *g, const float *w,
+                         float *wp) {
+    pack_blocks(k->block, w, wp, g->cout, g->kh * g->kw * g->cin);
+}
+
+int64_t cpu_conv_pack_block(void) {
+    const cpu_conv_geom auto_geom = {.algo = CPU_CONV_AUTO};
+    const cpu_direct_kernels *k = direct_kernels(&auto_geom);
+    return k ? k->block : 0;
+}
+
+void cpu_conv_pack(const float *w, float *wp, int64_t cout, int64_t K) {
+    pack_blocks(cpu_conv_pack_block(), w, wp, cout, K);
+}
+
+void cpu_conv_unpack(const float *wp, float *w, int64_t cout, int64_t K) {
+    const int64_t B = cpu_conv_pack_block();
+#pragma omp parallel for if (cout * K >= PAR_MIN_FLOATS)
+    for (int64_t co = 0; co < cout; co++)
+        for (int64_t k = 0; k < K; k++)
+            w[co * K + k] = wp[(co / B * K + k) * B + co % B];
 }
 
 /* wp [ceil(cin / B), ty, tx, cout, B]: the weights of phase (a, c) of the
@@ -193,10 +215,11 @@ static void pad_images(const float *src, int64_t n, int64_t h, int64_t w, int64_
     }
 }
 
-/* Packed weights at the start of the scratch, the threads' patches after them. */
+/* Packed weights (`packed`, or at the start of the scratch), the threads'
+ * patches after them in the scratch. */
 static void direct_run(const cpu_direct_kernels *k, cpu_direct_conv *d, const cpu_conv_geom *g,
-                       int64_t blocked, float *scratch) {
-    d->weights = scratch;
+                       int64_t blocked, const float *packed, float *scratch) {
+    d->weights = packed ? packed : scratch;
     d->patches = scratch + packed_floats(k, g, blocked);
     d->threads = omp_get_max_threads();
     k->forward(d);
@@ -204,13 +227,14 @@ static void direct_run(const cpu_direct_kernels *k, cpu_direct_conv *d, const cp
 
 static void direct_forward(const cpu_direct_kernels *k, const cpu_conv_geom *g, float *y,
                            const float *x, const float *w, const float *b, float *scratch) {
-    pack_forward(k, g, w, scratch);
+    if (!g->packed)
+        pack_forward(k, g, w, scratch);
     cpu_direct_conv d = {
         .src = x, .bias = b, .out = y, .n = g->n, .h = g->h, .w = g->w, .c = g->cin,
         .co = g->cout, .kh = g->kh, .kw = g->kw, .stride = g->stride, .top = g->pad, .left = g->pad,
         .ho = g->ho, .wo = g->wo, .out_h = g->ho, .out_w = g->wo, .out_step = 1,
     };
-    direct_run(k, &d, g, g->cout, scratch);
+    direct_run(k, &d, g, g->cout, g->packed ? w : NULL, scratch);
 }
 
 /* dx += the transposed convolution of dy, one stride phase (a, c) at a time;
@@ -234,7 +258,7 @@ static void direct_input_grad(const cpu_direct_kernels *k, const cpu_conv_geom *
                 .ho = y1 - y0 + 1, .wo = x1 - x0 + 1,
                 .out_h = g->h, .out_w = g->w, .out_step = s, .accumulate = !write,
             };
-            direct_run(k, &d, g, g->cin, scratch);
+            direct_run(k, &d, g, g->cin, NULL, scratch);
         }
 }
 

@@ -23,7 +23,18 @@ typedef struct cpu_conv_geom {
     int64_t stride, pad;
     int64_t ho, wo;
     cpu_conv_algo algo;
+    bool packed; /* w is in the direct kernels' layout already (cpu_conv_pack) */
 } cpu_conv_geom;
+
+/* Weights packed once for inference: the direct kernels read w [cout, K]
+ * (K = kh kw cin; a linear layer's [out, in] alike) as [cout / B, K, B],
+ * blocks of B output channels innermost, and repack them at every forward
+ * pass; weights that do not change can be kept that way (cout a multiple of
+ * B). cpu_conv_pack_block: B on this CPU, 0 where no direct kernel runs
+ * (nothing to pack for). */
+int64_t cpu_conv_pack_block(void);
+void cpu_conv_pack(const float *w, float *wp, int64_t cout, int64_t K);
+void cpu_conv_unpack(const float *wp, float *w, int64_t cout, int64_t K);
 
 /* The bound the ops put on the chunked part of the scratch. */
 #define CPU_CONV_SCRATCH_BYTES ((int64_t)64 << 20)
@@ -36,7 +47,8 @@ typedef struct cpu_conv_geom {
 int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes);
 
 /* y = conv(x, w) + b (b [cout] may be NULL), using scratch [scratch_floats]
- * as cpu_conv2d_scratch_floats sized it. */
+ * as cpu_conv2d_scratch_floats sized it; w packed when g->packed (only
+ * where cpu_conv_pack_block is not 0). */
 void cpu_conv2d_forward(const cpu_conv_geom *g, float *y, const float *x, const float *w,
                         const float *b, float *scratch, int64_t scratch_floats);
 /* dx [n, h, w, cin], dw [cout, kh, kw, cin], db [cout] += the gradients from
