@@ -22,10 +22,17 @@
 #          images/s of the vision model plus greedy decoding of 20 tokens per
 #          image (no early stop) beside transformers' generate(), same threads,
 #          and both sides' peak memory
+#   sd     text-to-image with a full-size Stable Diffusion 1.5 pipeline of random
+#          weights (scripts/make_sd_pipeline.py, made once into build/bench-sd):
+#          seconds per denoising step at 256x256 and 512x512, batch 1 with
+#          guidance 7.5 (two UNet rows), float32, beside diffusers'
+#          StableDiffusionPipeline and stable-diffusion.cpp (stable-diffusion-cpp-python
+#          in $SDCPP_PYTHON, default the diffusers python; skipped when absent), and
+#          each side's peak memory
 #   cuda-ops  conv2d, linear, group_norm and attention at UNet shapes on the GPU,
 #          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
 #          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
-#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [blip] [cuda-ops] [--threads N] [--reps N] [--runs N]
+#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [blip] [sd] [cuda-ops] [--threads N] [--reps N] [--runs N]
 #                    [--isa native|avx512|avx2|baseline]
 #   (every section when none is named; threads default: nproc). --isa makes
 #   both sides use at most that vector ISA: diffc's kernels (DC_CPU_ISA),
@@ -33,7 +40,7 @@
 #   (ATEN_CPU_CAPABILITY) and oneDNN's (ONEDNN_MAX_CPU_ISA); native: each
 #   picks the best the CPU has. Each program
 #   times a case --reps times and keeps the best (sample: once, the runs are
-#   long; blip: --reps 2); for ops, sample, train and blip, --runs N alternates the two programs N
+#   long; blip: --reps 2); for ops, sample, train, blip and sd, --runs N alternates the programs N
 #   times and keeps each side's best run (a busy machine).
 # PyTorch and diffusers for ops, sample and train come from $DIFFUSERS_PYTHON
 # (default /tmp/dvenv/bin/python): a venv with torch and diffusers from PyPI
@@ -47,16 +54,16 @@ cd "$(dirname "$0")/.."
 threads=$(nproc) reps=5 runs=1 isa=native sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    ops | data | sample | train | dist | blip | cuda-ops) sections+=("$1"); shift ;;
+    ops | data | sample | train | dist | blip | sd | cuda-ops) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --isa) isa=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [blip] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
+    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [blip] [sd] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
             "[--isa native|avx512|avx2|baseline]" >&2; exit 2 ;;
     esac
 done
-[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist blip cuda-ops)
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist blip sd cuda-ops)
 
 case "$isa" in
 native) ;;
@@ -426,6 +433,63 @@ bench_blip() {
             if (t != "")
                 printf "%-14s %10s %10s %10s %9s\n", "transformers", field(t, "vision_ms"), field(t, "decode_ms"),
                        field(t, "images_per_s"), field(t, "peak_mb")
+        }
+    ' <<<"$results"
+}
+
+# ---- sd: text-to-image beside diffusers and stable-diffusion.cpp ----
+
+# One `diffc sample --prompt` run: its summary's seconds per step as a bench line.
+sd_diffc() {
+    local model=$1 size=$2 steps=$3 dir=build/bench-sd timer=()
+    rm -f "$dir/peak_kb"
+    [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f %M -o "$dir/peak_kb")
+    OMP_NUM_THREADS=$threads "${timer[@]}" build/diffc sample --model "$model" --height "$size" --width "$size" \
+        --prompt "a photograph of an astronaut riding a horse" --num-inference-steps "$steps" \
+        --output-dir "$dir/out" |
+        awk -v size="$size" -v steps="$steps" -v peak_kb="$(tail -n 1 "$dir/peak_kb" 2>/dev/null || echo 0)" '
+            match($0, /[0-9.]+ s per step/) {
+                printf "bench sd size=%dx%d steps=%d step_s=%s peak_mb=%.0f\n", size, size, steps,
+                       substr($0, RSTART, RLENGTH - 11), peak_kb / 1024
+            }'
+}
+
+bench_sd() {
+    build_cpu diffc
+    local dir=build/bench-sd sdcpp=${SDCPP_PYTHON:-$python} results
+    local model=$dir/sd15
+    if [[ ! -e $model/.done ]]; then
+        rm -rf "$model"
+        (cd scripts && "$python" make_sd_pipeline.py --out "../$model" >/dev/null) && touch "$model/.done"
+    fi
+    local has_sdcpp=1
+    "$sdcpp" -c 'import stable_diffusion_cpp' 2>/dev/null || has_sdcpp=0
+    # Lines `diffc|diffusers|sd.cpp bench sd size=HxW steps=S step_s=X ... peak_mb=M`.
+    results=$(for ((i = 0; i < runs; i++)); do
+        for size in 256 512; do
+            local steps=$((size == 256 ? 6 : 4))
+            sd_diffc "$model" $size $steps | sed 's/^/diffc /'
+            OMP_NUM_THREADS=$threads "$python" scripts/bench_sd_torch.py --model "$model" --height $size \
+                --width $size --steps $steps --threads "$threads" 2>/dev/null | sed 's/^/diffusers /'
+            [[ $has_sdcpp == 1 ]] && OMP_NUM_THREADS=$threads "$sdcpp" scripts/bench_sd_cpp.py --model "$model" \
+                --height $size --width $size --steps $steps --threads "$threads" 2>/dev/null | sed 's/^/sd.cpp /'
+        done
+    done)
+    echo "== sd: $machine; $("$sdcpp" -c 'import importlib.metadata as m; print("stable-diffusion-cpp-python", m.version("stable_diffusion_cpp_python"))' 2>/dev/null || echo "no stable-diffusion.cpp")"
+    echo "   SD-1.5 architecture, random f32 weights, batch 1 with guidance 7.5, $threads threads; best of $runs runs"
+    awk "$awk_field"'
+        { keep_best(field($0, "size"), "step_s", -1) }
+        END {
+            printf "%-10s %14s %14s %14s %12s %12s %12s\n", "size", "diffc s/step", "diffusers", "sd.cpp",
+                   "vs diffusers", "vs sd.cpp", "peak MB d/df/sc"
+            for (i = 1; i <= n; i++) {
+                d = best["diffc " order[i]]; t = best["diffusers " order[i]]; c = best["sd.cpp " order[i]]
+                printf "%-10s %14s %14s %14s %11.2fx %11s %6s/%s/%s\n", order[i], field(d, "step_s"),
+                       field(t, "step_s"), c == "" ? "-" : field(c, "step_s"),
+                       t == "" ? 0 : field(t, "step_s") / field(d, "step_s"),
+                       c == "" ? "-" : sprintf("%.2fx", field(c, "step_s") / field(d, "step_s")),
+                       field(d, "peak_mb"), t == "" ? "-" : field(t, "peak_mb"), c == "" ? "-" : field(c, "peak_mb")
+            }
         }
     ' <<<"$results"
 }
