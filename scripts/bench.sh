@@ -446,12 +446,12 @@ sd_diffc() {
     [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f %M -o "$dir/peak_kb")
     OMP_NUM_THREADS=$threads "${timer[@]}" build/diffc sample --model "$model" --height "$size" --width "$size" \
         --prompt "a photograph of an astronaut riding a horse" --num-inference-steps "$steps" \
-        --output-dir "$dir/out" |
-        awk -v size="$size" -v steps="$steps" -v peak_kb="$(tail -n 1 "$dir/peak_kb" 2>/dev/null || echo 0)" '
-            match($0, /[0-9.]+ s per step/) {
+        --output-dir "$dir/out" >"$dir/summary"
+    awk -v size="$size" -v steps="$steps" -v peak_kb="$(tail -n 1 "$dir/peak_kb" 2>/dev/null || echo 0)" '
+        match($0, /[0-9.]+ s per step/) {
                 printf "bench sd size=%dx%d steps=%d step_s=%s peak_mb=%.0f\n", size, size, steps,
                        substr($0, RSTART, RLENGTH - 11), peak_kb / 1024
-            }'
+            }' "$dir/summary"
 }
 
 bench_sd() {

@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
 """Reference runs of diffusers' StableDiffusionPipeline for tests/test_sd_pipeline.c.
 
-A tiny random-weight SD-1.x-like pipeline (CLIP text encoder of 2 layers, a
+Two tiny random-weight pipelines (CLIP text encoder of 2 layers, a
 UNet2DConditionModel of two levels, an AutoencoderKL of two levels: 16x16
-images from 8x8 latents) saved with save_pretrained into
-tests/fixtures/sd_tiny/, with the tiny CLIP tokenizer of
-tests/fixtures/clip_tiny. Then, from given initial latents (the pipeline's
-`latents=`, so no random draw is involved), whole text-to-image runs:
-  pndm      the folder's scheduler (SD-1.5's PNDM config), 4 steps, guidance 7.5
-  ddim      DDIMScheduler.from_config, 4 steps, a negative prompt
-  euler     EulerDiscreteScheduler.from_config, 5 steps, guidance 1 (no CFG)
-  dpm       DPMSolverMultistepScheduler.from_config, Karras sigmas, 4 steps, clip_skip 1
-each recording its prompts, settings, the final latents (NHWC) and the images
-the pipeline returns (output_type "np": NHWC in [0, 1]) in
-tests/fixtures/sd_tiny_runs.safetensors, settings in its metadata.
+images from 8x8 latents, the tiny CLIP tokenizer of tests/fixtures/clip_tiny)
+saved with save_pretrained:
+  sd_tiny   SD-1.x-like: quick_gelu, conv proj_in/out, SD-1.5's PNDM scheduler
+  sd_tiny2  SD-2.x-like: gelu, linear proj_in/out, per-level heads,
+            upcast_attention, padding with "!", SD-2.1-v's DDIM scheduler
+            (v_prediction)
+Then, from given initial latents (the pipeline's `latents=`, so no random
+draw is involved), whole text-to-image runs:
+  sd_tiny   pndm   the folder's scheduler, 4 steps, guidance 7.5, two prompts
+            ddim   DDIMScheduler.from_config, 4 steps, a negative prompt
+            euler  EulerDiscreteScheduler.from_config, 5 steps, guidance 1 (no CFG)
+            dpm    DPMSolverMultistepScheduler.from_config, Karras sigmas, 4 steps, clip_skip 1
+  sd_tiny2  ddim   the folder's scheduler (v_prediction), 4 steps, guidance 7.5
+            euler  EulerDiscreteScheduler.from_config (v_prediction), 4 steps
+each recording its prompts, settings, the initial latents and the images
+(NHWC in [0, 1], as the pipeline's output_type "np") in
+tests/fixtures/<pipeline>_runs.safetensors, settings in its metadata.
 
 Made with diffusers 0.42.1, transformers 5.25, torch 2.15.
 Run: /work/venv-torch/bin/python scripts/make_sd_pipeline_fixtures.py
@@ -28,9 +34,8 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
-OUT = os.path.join(ROOT, "sd_tiny")
 
-RUNS = [
+RUNS_SD1 = [
     dict(name="pndm", scheduler=None, steps=4, guidance=7.5, prompts=["a red cube", "two blue balls"],
          negative=None, clip_skip=None),
     dict(name="ddim", scheduler=DDIMScheduler, steps=4, guidance=7.5, prompts=["a green ring on grass"],
@@ -41,26 +46,37 @@ RUNS = [
          prompts=["an old photo of a house"], negative=None, clip_skip=1, karras=True),
 ]
 
+RUNS_SD2 = [
+    dict(name="ddim", scheduler=None, steps=4, guidance=7.5, prompts=["a red cube on a table"],
+         negative="dark", clip_skip=None),
+    dict(name="euler", scheduler=EulerDiscreteScheduler, steps=4, guidance=4.0, prompts=["two birds"],
+         negative=None, clip_skip=None),
+]
 
-def make_pipeline():
+
+def make_pipeline(sd2):
     torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(ROOT, "clip_tiny"))
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(ROOT, "clip_tiny"), **({"pad_token": "!"} if sd2 else {}))
     text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                                        hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id,
-                                        eos_token_id=2, pad_token_id=1))
+                                        hidden_act="gelu" if sd2 else "quick_gelu",
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=2, pad_token_id=1))
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                                 block_out_channels=(16, 32), norm_num_groups=4, cross_attention_dim=32,
                                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=2)
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                attention_head_dim=(2, 4) if sd2 else 2, use_linear_projection=sd2,
+                                upcast_attention=sd2)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
                         block_out_channels=(8, 16), norm_num_groups=4, sample_size=16,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
     with torch.no_grad():  # torch's default init leaves the outputs tiny: make the runs move
         for p in list(unet.parameters()) + list(vae.parameters()) + list(text.parameters()):
             p.add_(torch.randn_like(p) * 0.05)
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                 set_alpha_to_one=False)
+    scheduler = DDIMScheduler(**betas, clip_sample=False, prediction_type="v_prediction") if sd2 else \
+        PNDMScheduler(**betas, skip_prk_steps=True)
     return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
@@ -76,20 +92,17 @@ def prompt_embeds(pipe, texts, clip_skip):
     return pipe.text_encoder.final_layer_norm(out.hidden_states[-(clip_skip + 1)])
 
 
-def main():
-    pipe = make_pipeline()
-    pipe.save_pretrained(OUT, safe_serialization=True)
-    pipe = StableDiffusionPipeline.from_pretrained(OUT, safety_checker=None)
+def record(name, sd2, runs):
+    out = os.path.join(ROOT, name)
+    make_pipeline(sd2).save_pretrained(out, safe_serialization=True)
+    pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     base = pipe.scheduler.config
     tensors, meta = {}, {}
     gen = torch.Generator().manual_seed(1)
-    for run in RUNS:
-        if run["scheduler"]:
-            extra = {"use_karras_sigmas": True} if run.get("karras") else {}
-            pipe.scheduler = run["scheduler"].from_config(base, **extra)
-        else:
-            pipe.scheduler = PNDMScheduler.from_config(base)
+    for run in runs:
+        extra = {"use_karras_sigmas": True} if run.get("karras") else {}
+        pipe.scheduler = (run["scheduler"] or type(pipe.scheduler)).from_config(base, **extra)
         n = len(run["prompts"])
         latents = torch.randn(n, 4, 8, 8, generator=gen)
         negative = [run["negative"] or ""] * n
@@ -98,19 +111,21 @@ def main():
             if run["clip_skip"]:
                 texts = dict(prompt_embeds=prompt_embeds(pipe, run["prompts"], run["clip_skip"]),
                              negative_prompt_embeds=prompt_embeds(pipe, negative, run["clip_skip"]))
-            out = pipe(**texts, num_inference_steps=run["steps"], guidance_scale=run["guidance"],
-                       latents=latents.clone(), height=16, width=16, output_type="latent")
-            final = out.images
+            final = pipe(**texts, num_inference_steps=run["steps"], guidance_scale=run["guidance"],
+                         latents=latents.clone(), height=16, width=16, output_type="latent").images
             images = pipe.vae.decode(final / pipe.vae.config.scaling_factor).sample
             images = (images / 2 + 0.5).clamp(0, 1)
-        name = run["name"]
-        tensors[f"{name}.latents"] = latents.permute(0, 2, 3, 1).contiguous()
-        tensors[f"{name}.final"] = final.permute(0, 2, 3, 1).contiguous()
-        tensors[f"{name}.images"] = images.permute(0, 2, 3, 1).contiguous()
-        meta[name] = json.dumps({k: v for k, v in run.items() if k != "scheduler"} |
-                                {"scheduler": type(pipe.scheduler).__name__})
-    save_file(tensors, os.path.join(ROOT, "sd_tiny_runs.safetensors"), metadata=meta)
-    print("wrote", OUT, "and sd_tiny_runs.safetensors")
+        tensors[f"{run['name']}.latents"] = latents.permute(0, 2, 3, 1).contiguous()
+        tensors[f"{run['name']}.images"] = images.permute(0, 2, 3, 1).contiguous()
+        meta[run["name"]] = json.dumps({k: v for k, v in run.items() if k != "scheduler"} |
+                                       {"scheduler": type(pipe.scheduler).__name__})
+    save_file(tensors, os.path.join(ROOT, f"{name}_runs.safetensors"), metadata=meta)
+    print("wrote", out, f"and {name}_runs.safetensors")
+
+
+def main():
+    record("sd_tiny", False, RUNS_SD1)
+    record("sd_tiny2", True, RUNS_SD2)
 
 
 if __name__ == "__main__":

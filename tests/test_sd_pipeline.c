@@ -1,11 +1,12 @@
 /*
  * Tests of the Stable Diffusion pipeline (infer/sd_pipeline.c) and of
  * text-to-image `diffc sample`: whole runs of the tiny random-weight
- * pipeline of tests/fixtures/sd_tiny against diffusers' (made by
- * scripts/make_sd_pipeline_fixtures.py from given initial latents: PNDM,
- * DDIM with a negative prompt, Euler without guidance, DPM++ 2M Karras with
- * clip_skip 1), the batch-size contract, img2img, the PNG text chunk and
- * metadata.jsonl, and refusals of folders and options.
+ * pipelines of tests/fixtures/sd_tiny (SD-1.x-like) and sd_tiny2 (SD-2.x-like,
+ * v-prediction) against diffusers' (made by scripts/make_sd_pipeline_fixtures.py
+ * from given initial latents: PNDM, DDIM with a negative prompt, Euler without
+ * guidance, DPM++ 2M Karras with clip_skip 1; DDIM and Euler in v), the
+ * batch-size contract, img2img, the PNG text chunk and metadata.jsonl, and
+ * refusals of folders and options.
  */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -26,26 +27,28 @@
 #include <unistd.h>
 
 #define MODEL "tests/fixtures/sd_tiny"
-#define RUNS "tests/fixtures/sd_tiny_runs.safetensors"
+#define MODEL2 "tests/fixtures/sd_tiny2"
 #define SIDE 16
 #define TOL 2e-4 /* of the largest magnitude: four to five denoising steps, then the VAE */
 
 #define SAMPLE(...) tu_run_diffc((const char *const[]){"sample", __VA_ARGS__, NULL})
 
-static dc_sd_pipeline pipe_;
-static bool loaded;
+static dc_sd_pipeline pipes[2];
+static bool loaded[2];
 
-static const dc_sd_pipeline *pipeline(void) {
-    if (!loaded)
-        ck_assert_msg(dc_sd_load(&pipe_, MODEL, NULL, DC_CPU) == 0, "%s", dc_error());
-    loaded = true;
-    return &pipe_;
+/* Pipeline 0 (MODEL) or 1 (MODEL2), loaded once. */
+static const dc_sd_pipeline *pipeline_at(int k) {
+    if (!loaded[k])
+        ck_assert_msg(dc_sd_load(&pipes[k], k ? MODEL2 : MODEL, NULL, DC_CPU) == 0, "%s", dc_error());
+    loaded[k] = true;
+    return &pipes[k];
 }
 
-/* The folder's scheduler config, as `name` (NULL: its own class), with
+static const dc_sd_pipeline *pipeline(void) { return pipeline_at(0); }
+
+/* The pipeline's scheduler config, as `name` (NULL: its own class), with
  * use_karras_sigmas when asked: diffusers' from_config(config, **extra). */
-static void sampler(dc_sampler *s, const char *name, bool karras, int steps) {
-    const dc_sd_pipeline *p = pipeline();
+static void sampler_of(const dc_sd_pipeline *p, dc_sampler *s, const char *name, bool karras, int steps) {
     cJSON *c = cJSON_Parse(p->scheduler_json);
     if (karras)
         cJSON_AddBoolToObject(c, "use_karras_sigmas", true);
@@ -55,17 +58,21 @@ static void sampler(dc_sampler *s, const char *name, bool karras, int steps) {
     free(json);
 }
 
+static void sampler(dc_sampler *s, const char *name, bool karras, int steps) {
+    sampler_of(pipeline(), s, name, karras, steps);
+}
+
 static const dc_st_tensor *find(const dc_st_file *f, const char *run, const char *what) {
     char name[64];
     snprintf(name, sizeof name, "%s.%s", run, what);
     const dc_st_tensor *t = dc_st_find(f, name);
-    ck_assert_msg(t != NULL, "no %s in " RUNS, name);
+    ck_assert_msg(t != NULL, "no %s in the runs' file", name);
     return t;
 }
 
 /* One recorded run: its prompts, settings and initial latents in, the
  * images diffusers made (NHWC in [0, 1]) compared. */
-static void check_run(const dc_st_file *f, const char *name, const char *kind) {
+static void check_run(int model, const dc_st_file *f, const char *name, const char *kind) {
     cJSON *meta = cJSON_Parse(dc_st_meta(f, name));
     ck_assert_ptr_nonnull(meta);
     const cJSON *prompts = cJSON_GetObjectItem(meta, "prompts"), *neg = cJSON_GetObjectItem(meta, "negative");
@@ -75,7 +82,7 @@ static void check_run(const dc_st_file *f, const char *name, const char *kind) {
     for (int i = 0; i < n; i++)
         texts[i] = cJSON_GetArrayItem(prompts, i)->valuestring;
     dc_sampler s;
-    sampler(&s, kind, cJSON_IsTrue(cJSON_GetObjectItem(meta, "karras")), steps);
+    sampler_of(pipeline_at(model), &s, kind, cJSON_IsTrue(cJSON_GetObjectItem(meta, "karras")), steps);
     dc_sd_request q = {.sampler = &s,
                        .n = n,
                        .batch = n,
@@ -91,7 +98,7 @@ static void check_run(const dc_st_file *f, const char *name, const char *kind) {
     for (int64_t k = 0; k < numel; k++)
         out[k] = NAN; /* poisoned: every value must be written */
     dc_ctx *ctx = tu_ctx();
-    ck_assert_msg(dc_sd_generate(ctx, pipeline(), &q, out) == 0, "%s: %s", name, dc_error());
+    ck_assert_msg(dc_sd_generate(ctx, pipeline_at(model), &q, out) == 0, "%s: %s", name, dc_error());
     for (int64_t k = 0; k < numel; k++)
         out[k] = out[k] / 2 + 0.5f; /* the pipeline's postprocess: [-1, 1] to [0, 1] */
     tu_check_close(out, find(f, name, "images")->data, numel, TOL, name);
@@ -103,11 +110,24 @@ static void check_run(const dc_st_file *f, const char *name, const char *kind) {
 
 START_TEST(test_matches_diffusers) {
     dc_st_file f;
-    ck_assert_msg(dc_st_open(&f, RUNS) == 0, "%s", dc_error());
-    check_run(&f, "pndm", NULL);
-    check_run(&f, "ddim", "ddim");
-    check_run(&f, "euler", "euler");
-    check_run(&f, "dpm", "dpm++2m");
+    ck_assert_msg(dc_st_open(&f, MODEL "_runs.safetensors") == 0, "%s", dc_error());
+    check_run(0, &f, "pndm", NULL);
+    check_run(0, &f, "ddim", "ddim");
+    check_run(0, &f, "euler", "euler");
+    check_run(0, &f, "dpm", "dpm++2m");
+    dc_st_close(&f);
+}
+END_TEST
+
+/* SD-2.x's parts: gelu text encoder, "!" padding, linear projections,
+ * per-level heads, v-prediction. */
+START_TEST(test_matches_diffusers_sd2) {
+    dc_st_file f;
+    ck_assert_msg(dc_st_open(&f, MODEL2 "_runs.safetensors") == 0, "%s", dc_error());
+    const dc_bpe *tok = pipeline_at(1)->tokenizer;
+    ck_assert_int_eq(dc_bpe_get_info(tok)->pad, dc_bpe_token_id(tok, "!"));
+    check_run(1, &f, "ddim", NULL);
+    check_run(1, &f, "euler", "euler");
     dc_st_close(&f);
 }
 END_TEST
@@ -301,6 +321,7 @@ int main(void) {
     Suite *s = suite_create("sd_pipeline");
     TCase *tc = tu_tcase(s, "pipeline", 120);
     tcase_add_test(tc, test_matches_diffusers);
+    tcase_add_test(tc, test_matches_diffusers_sd2);
     tcase_add_test(tc, test_batch_and_seed);
     tcase_add_test(tc, test_img2img);
     tc = tu_tcase(s, "command", 120);
@@ -308,7 +329,8 @@ int main(void) {
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_bad_folders);
     int rc = tu_run(s);
-    if (loaded)
-        dc_sd_free(&pipe_);
+    for (int k = 0; k < 2; k++)
+        if (loaded[k])
+            dc_sd_free(&pipes[k]);
     return rc;
 }
