@@ -20,7 +20,6 @@
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,27 +199,6 @@ END_TEST
 
 /* ---- the command ---- */
 
-/* The "parameters" text chunk of a PNG, or NULL. */
-static char *png_parameters(const char *path) {
-    FILE *fp = fopen(path, "rb");
-    ck_assert_ptr_nonnull(fp);
-    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-    png_infop info = png_create_info_struct(png);
-    ck_assert(png && info && !setjmp(png_jmpbuf(png)));
-    png_init_io(png, fp);
-    png_read_info(png, info);
-    png_textp text;
-    int n = 0;
-    png_get_text(png, info, &text, &n);
-    char *found = NULL;
-    for (int i = 0; i < n && !found; i++)
-        if (!strcmp(text[i].key, "parameters"))
-            found = strdup(text[i].text);
-    png_destroy_read_struct(&png, &info, NULL);
-    fclose(fp);
-    return found;
-}
-
 START_TEST(test_command) {
     tu_mkdtemp("sd");
     FILE *fp = fopen(tu_path("prompts.txt"), "w");
@@ -238,7 +216,7 @@ START_TEST(test_command) {
         ck_assert_msg(dc_image_load(&img, tu_path(name)) == 0, "%s", dc_error());
         ck_assert(img.w == SIDE && img.h == SIDE && img.c == 3);
         dc_image_free(&img);
-        char *params = png_parameters(tu_path(name));
+        char *params = tu_png_text(tu_path(name), "parameters", NULL);
         ck_assert_ptr_nonnull(params);
         ck_assert_msg(strncmp(params, i < 2 ? "a red cube\n" : "a blue \"ball\"\n", 11) == 0, "%s", params);
         ck_assert_msg(strstr(params, "Negative prompt: blurry") && strstr(params, "Seed: 5"), "%s", params);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <math.h>
+#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -355,6 +356,29 @@ const char *tu_path(const char *name) {
 }
 
 void tu_rmtemp(void) { ck_assert_msg(dc_remove_tree(tempdir) == 0, "%s", dc_error()); }
+
+char *tu_png_text(const char *path, const char *key, int *compression) {
+    FILE *fp = fopen(path, "rb");
+    ck_assert_msg(fp != NULL, "%s: %s", path, strerror(errno));
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    ck_assert(png && info && !setjmp(png_jmpbuf(png)));
+    png_init_io(png, fp);
+    png_read_info(png, info);
+    png_textp text;
+    int n = 0;
+    char *found = NULL;
+    png_get_text(png, info, &text, &n);
+    for (int i = 0; i < n && !found; i++)
+        if (!strcmp(text[i].key, key)) {
+            found = strdup(text[i].text);
+            if (compression)
+                *compression = text[i].compression;
+        }
+    png_destroy_read_struct(&png, &info, NULL);
+    fclose(fp);
+    return found;
+}
 
 void tu_write_file(const char *rel, const void *data, size_t n) {
     char path[512];

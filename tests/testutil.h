@@ -107,6 +107,12 @@ long tu_diffc_base_rss_mb(void);
 void tu_mkdtemp(const char *prefix);
 const char *tu_path(const char *name);
 void tu_rmtemp(void);
+/* The value of the PNG text chunk `key` of the file at `path` (malloc'ed;
+ * NULL when it has none), read with libpng itself; *compression (may be
+ * NULL) gets libpng's kind of the chunk (PNG_TEXT_COMPRESSION_NONE: tEXt,
+ * PNG_ITXT_COMPRESSION_NONE: iTXt). */
+char *tu_png_text(const char *path, const char *key, int *compression);
+
 /* Write n bytes to tu_path(rel), making its folders. */
 void tu_write_file(const char *rel, const void *data, size_t n);
 
