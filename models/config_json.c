@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_CONFIG_BYTES (1 << 20) /* a config.json is a few hundred bytes */
@@ -186,6 +187,8 @@ char *dc_cfg_read_text(const char *path) {
 }
 
 int dc_cfg_save_text(const char *text, const char *path) {
+    if (!text)
+        return dc_fail("%s: the config has no text to save", path);
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
         return dc_fail("%s: path too long", path);
@@ -204,4 +207,41 @@ int dc_cfg_save_text(const char *text, const char *path) {
         return dc_fail("%s: cannot write: %s", path, strerror(err ? err : EIO));
     }
     return 0;
+}
+
+int dc_cfg_parse_text(void *cfg, size_t size, const char *json, const char *what,
+                      dc_cfg_parse_fn parse, char **keep) {
+    memset(cfg, 0, size);
+    cJSON *root = dc_json_parse(json, strlen(json), what);
+    int rc = root ? parse(cfg, root, what) : -1;
+    cJSON_Delete(root);
+    char *copy = NULL;
+    if (!rc && keep && !(copy = strdup(json)))
+        rc = dc_fail("%s: out of memory", what);
+    if (rc)
+        memset(cfg, 0, size);
+    else if (keep)
+        *keep = copy;
+    return rc;
+}
+
+int dc_cfg_load(void *cfg, size_t size, const char *path, dc_cfg_parse_fn parse, char **keep) {
+    memset(cfg, 0, size);
+    char *text = dc_cfg_read_text(path);
+    int rc = text ? dc_cfg_parse_text(cfg, size, text, path, parse, keep) : -1;
+    free(text);
+    return rc;
+}
+
+int dc_cfg_load_folder(void *cfg, size_t size, const char *dir, const char *file,
+                       const char *library, dc_cfg_parse_fn parse) {
+    memset(cfg, 0, size);
+    char *path = dc_path_join(dir, file);
+    struct stat st;
+    int rc = !path ? -1
+             : stat(path, &st) || !S_ISREG(st.st_mode)
+                 ? dc_fail("%s: no %s (not a %s model folder)", dir, file, library)
+                 : dc_cfg_load(cfg, size, path, parse, NULL);
+    free(path);
+    return rc;
 }
