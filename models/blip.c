@@ -162,18 +162,9 @@ static int parse_root(void *cfg, const cJSON *root, const char *what) {
     dc_blip_config *c = cfg;
     if (!cJSON_IsObject(root))
         return dc_fail("%s: a BLIP config must be a JSON object, got %s", what, dc_json_type(root));
-    const char *type = "blip";
-    if (dc_json_get_string(root, "model_type", what, &type))
+    if (dc_cfg_check_class(root, what, "blip", "BLIP (BlipForConditionalGeneration)",
+                           "BlipForConditionalGeneration"))
         return -1;
-    if (strcmp(type, "blip"))
-        return dc_fail("%s: model_type \"%.64s\" is not BLIP (BlipForConditionalGeneration)", what,
-                       type);
-    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
-    const cJSON *first = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
-    if (cJSON_IsString(first) && strcmp(first->valuestring, "BlipForConditionalGeneration"))
-        return dc_fail("%s: architectures \"%.64s\" is not supported (supported: "
-                       "\"BlipForConditionalGeneration\")",
-                       what, first->valuestring);
     char vw[256], tw[256];
     const cJSON *vision, *text;
     double smoothing = 0;

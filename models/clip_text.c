@@ -35,23 +35,6 @@ static int read_act(dc_clip_text_config *c, const cJSON *root, const char *what)
     return 0;
 }
 
-/* model_type and architectures, where given, name CLIPTextModel. */
-static int check_class(const cJSON *root, const char *what) {
-    const char *type = "clip_text_model";
-    if (dc_json_get_string(root, "model_type", what, &type))
-        return -1;
-    if (strcmp(type, "clip_text_model"))
-        return dc_fail("%s: model_type \"%.64s\" is not a CLIP text model (clip_text_model)", what,
-                       type);
-    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
-    const cJSON *first = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
-    if (cJSON_IsString(first) && strcmp(first->valuestring, "CLIPTextModel"))
-        return dc_fail("%s: architectures \"%.64s\" is not supported (supported: "
-                       "\"CLIPTextModel\")",
-                       what, first->valuestring);
-    return 0;
-}
-
 static int read_sizes(dc_clip_text_config *c, const cJSON *root, const char *what) {
     *c = (dc_clip_text_config){.vocab_size = 49408, .hidden_size = 512, .intermediate_size = 2048,
                                .num_hidden_layers = 12, .num_attention_heads = 8,
@@ -83,7 +66,9 @@ static int parse_root(void *cfg, const cJSON *root, const char *what) {
         return dc_fail("%s: a CLIP text config must be a JSON object, got %s", what,
                        dc_json_type(root));
     double eps = 1e-5;
-    if (check_class(root, what) || read_sizes(c, root, what) || read_act(c, root, what) ||
+    if (dc_cfg_check_class(root, what, "clip_text_model", "a CLIP text model (clip_text_model)",
+                           "CLIPTextModel") ||
+        read_sizes(c, root, what) || read_act(c, root, what) ||
         dc_json_get_number(root, "layer_norm_eps", what, &eps))
         return -1;
     if (!(eps > 0 && eps < 1))

@@ -161,6 +161,21 @@ int dc_cfg_limit(const char *what, const char *key, int value, int max) {
     return 0;
 }
 
+int dc_cfg_check_class(const cJSON *root, const char *what, const char *model_type,
+                       const char *desc, const char *architecture) {
+    const char *type = model_type;
+    if (dc_json_get_string(root, "model_type", what, &type))
+        return -1;
+    if (strcmp(type, model_type))
+        return dc_fail("%s: model_type \"%.64s\" is not %s", what, type, desc);
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *first = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
+    if (cJSON_IsString(first) && strcmp(first->valuestring, architecture))
+        return dc_fail("%s: architectures \"%.64s\" is not supported (supported: \"%s\")", what,
+                       first->valuestring, architecture);
+    return 0;
+}
+
 char *dc_cfg_read_text(const char *path) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {

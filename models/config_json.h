@@ -53,6 +53,12 @@ int dc_cfg_sample_size(const cJSON *root, const char *what, int out[2]);
 /* `key` = value must not pass `max` (a model's plausible sizes). */
 int dc_cfg_limit(const char *what, const char *key, int value, int max);
 
+/* A transformers config's model_type (model_type when absent) and
+ * architectures[0] (where given) must name the model: `desc` says what the
+ * model_type should be in the message, e.g. "BLIP (BlipForConditionalGeneration)". */
+int dc_cfg_check_class(const cJSON *root, const char *what, const char *model_type,
+                       const char *desc, const char *architecture);
+
 /* The text of the config file at `path` (malloc'ed), at most 1 MiB and
  * without NUL bytes; NULL with a message. */
 char *dc_cfg_read_text(const char *path);
