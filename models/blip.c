@@ -9,6 +9,7 @@
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "models/config_json.h"
 #include "models/weights.h"
 
 #include <cjson/cJSON.h>
@@ -17,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 /* ==== config ==== */
 
@@ -158,21 +158,13 @@ static int parse_text(dc_blip_text_config *t, const cJSON *obj, const char *wher
     return 0;
 }
 
-static int parse_root(dc_blip_config *c, const cJSON *root, const char *what) {
+static int parse_root(void *cfg, const cJSON *root, const char *what) {
+    dc_blip_config *c = cfg;
     if (!cJSON_IsObject(root))
         return dc_fail("%s: a BLIP config must be a JSON object, got %s", what, dc_json_type(root));
-    const char *type = "blip";
-    if (dc_json_get_string(root, "model_type", what, &type))
+    if (dc_cfg_check_class(root, what, "blip", "BLIP (BlipForConditionalGeneration)",
+                           "BlipForConditionalGeneration"))
         return -1;
-    if (strcmp(type, "blip"))
-        return dc_fail("%s: model_type \"%.64s\" is not BLIP (BlipForConditionalGeneration)", what,
-                       type);
-    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
-    const cJSON *first = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
-    if (cJSON_IsString(first) && strcmp(first->valuestring, "BlipForConditionalGeneration"))
-        return dc_fail("%s: architectures \"%.64s\" is not supported (supported: "
-                       "\"BlipForConditionalGeneration\")",
-                       what, first->valuestring);
     char vw[256], tw[256];
     const cJSON *vision, *text;
     double smoothing = 0;
@@ -191,11 +183,7 @@ static int parse_root(dc_blip_config *c, const cJSON *root, const char *what) {
 }
 
 int dc_blip_config_parse(dc_blip_config *c, const char *json, const char *what) {
-    memset(c, 0, sizeof *c);
-    cJSON *root = dc_json_parse(json, strlen(json), what);
-    int rc = root ? parse_root(c, root, what) : -1;
-    cJSON_Delete(root);
-    return rc;
+    return dc_cfg_parse_text(c, sizeof *c, json, what, parse_root, NULL);
 }
 
 /* ==== declarations ==== */
@@ -377,11 +365,6 @@ dc_rename_fn dc_blip_renamer(const dc_blip *m) {
     return m->cfg.tie_word_embeddings ? rename_tied : rename_untied;
 }
 
-static bool is_file(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
 static const dc_weights_kind blip_weights = {
     .stem = "model",
     .bin = "pytorch_model.bin",
@@ -389,29 +372,13 @@ static const dc_weights_kind blip_weights = {
     .cls = "BlipForConditionalGeneration",
 };
 
-static int load_config(dc_blip_config *c, const char *dir) {
-    char *path = dc_path_join(dir, DC_BLIP_CONFIG_FILE);
-    if (!path)
-        return -1;
-    int rc;
-    if (!is_file(path)) {
-        rc = dc_fail("%s: no %s (not a transformers model folder)", dir, DC_BLIP_CONFIG_FILE);
-    } else {
-        cJSON *root = dc_json_load(path);
-        memset(c, 0, sizeof *c);
-        rc = root ? parse_root(c, root, path) : -1;
-        cJSON_Delete(root);
-    }
-    free(path);
-    return rc;
-}
-
 int dc_blip_load(dc_blip **out, const char *dir, int device) {
     *out = NULL;
     dc_blip_config cfg;
     char *weights = NULL;
     dc_blip *m = NULL;
-    int rc = load_config(&cfg, dir) ||
+    int rc = dc_cfg_load_folder(&cfg, sizeof cfg, dir, DC_BLIP_CONFIG_FILE, "transformers",
+                                parse_root) ||
              dc_weights_find(dir, &blip_weights, NULL, &weights, NULL) || dc_blip_init(&m, &cfg) ||
              dc_params_alloc_load(&m->params, device, weights, dc_blip_renamer(m));
     free(weights);

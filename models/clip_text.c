@@ -8,6 +8,7 @@
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "models/config_json.h"
 #include "models/transformer.h"
 #include "models/weights.h"
 
@@ -16,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 /* ==== config ==== */
 
@@ -32,23 +32,6 @@ static int read_act(dc_clip_text_config *c, const cJSON *root, const char *what)
         return dc_fail("%s: hidden_act \"%.64s\" is not supported (supported: \"quick_gelu\", "
                        "\"gelu\")",
                        what, act);
-    return 0;
-}
-
-/* model_type and architectures, where given, name CLIPTextModel. */
-static int check_class(const cJSON *root, const char *what) {
-    const char *type = "clip_text_model";
-    if (dc_json_get_string(root, "model_type", what, &type))
-        return -1;
-    if (strcmp(type, "clip_text_model"))
-        return dc_fail("%s: model_type \"%.64s\" is not a CLIP text model (clip_text_model)", what,
-                       type);
-    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
-    const cJSON *first = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
-    if (cJSON_IsString(first) && strcmp(first->valuestring, "CLIPTextModel"))
-        return dc_fail("%s: architectures \"%.64s\" is not supported (supported: "
-                       "\"CLIPTextModel\")",
-                       what, first->valuestring);
     return 0;
 }
 
@@ -77,12 +60,15 @@ static int read_sizes(dc_clip_text_config *c, const cJSON *root, const char *wha
     return 0;
 }
 
-static int parse_root(dc_clip_text_config *c, const cJSON *root, const char *what) {
+static int parse_root(void *cfg, const cJSON *root, const char *what) {
+    dc_clip_text_config *c = cfg;
     if (!cJSON_IsObject(root))
         return dc_fail("%s: a CLIP text config must be a JSON object, got %s", what,
                        dc_json_type(root));
     double eps = 1e-5;
-    if (check_class(root, what) || read_sizes(c, root, what) || read_act(c, root, what) ||
+    if (dc_cfg_check_class(root, what, "clip_text_model", "a CLIP text model (clip_text_model)",
+                           "CLIPTextModel") ||
+        read_sizes(c, root, what) || read_act(c, root, what) ||
         dc_json_get_number(root, "layer_norm_eps", what, &eps))
         return -1;
     if (!(eps > 0 && eps < 1))
@@ -92,11 +78,7 @@ static int parse_root(dc_clip_text_config *c, const cJSON *root, const char *wha
 }
 
 int dc_clip_text_config_parse(dc_clip_text_config *c, const char *json, const char *what) {
-    memset(c, 0, sizeof *c);
-    cJSON *root = dc_json_parse(json, strlen(json), what);
-    int rc = root ? parse_root(c, root, what) : -1;
-    cJSON_Delete(root);
-    return rc;
+    return dc_cfg_parse_text(c, sizeof *c, json, what, parse_root, NULL);
 }
 
 /* ==== declarations ==== */
@@ -195,34 +177,13 @@ dc_rename_fn dc_clip_text_renamer(const dc_clip_text *m) {
     return rename_clip;
 }
 
-static bool is_file(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static int load_config(dc_clip_text_config *c, const char *dir) {
-    char *path = dc_path_join(dir, DC_CLIP_TEXT_CONFIG_FILE);
-    if (!path)
-        return -1;
-    int rc;
-    if (!is_file(path)) {
-        rc = dc_fail("%s: no %s (not a transformers model folder)", dir, DC_CLIP_TEXT_CONFIG_FILE);
-    } else {
-        cJSON *root = dc_json_load(path);
-        memset(c, 0, sizeof *c);
-        rc = root ? parse_root(c, root, path) : -1;
-        cJSON_Delete(root);
-    }
-    free(path);
-    return rc;
-}
-
 int dc_clip_text_load(dc_clip_text **out, const char *dir, const char *variant, int device) {
     *out = NULL;
     dc_clip_text_config cfg;
     char *weights = NULL;
     dc_clip_text *m = NULL;
-    int rc = load_config(&cfg, dir) ||
+    int rc = dc_cfg_load_folder(&cfg, sizeof cfg, dir, DC_CLIP_TEXT_CONFIG_FILE, "transformers",
+                                parse_root) ||
              dc_weights_find(dir, &clip_weights, variant, &weights, NULL) ||
              dc_clip_text_init(&m, &cfg) ||
              dc_params_alloc_load(&m->params, device, weights, rename_clip);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_CONFIG_BYTES (1 << 20) /* a config.json is a few hundred bytes */
@@ -160,6 +161,21 @@ int dc_cfg_limit(const char *what, const char *key, int value, int max) {
     return 0;
 }
 
+int dc_cfg_check_class(const cJSON *root, const char *what, const char *model_type,
+                       const char *desc, const char *architecture) {
+    const char *type = model_type;
+    if (dc_json_get_string(root, "model_type", what, &type))
+        return -1;
+    if (strcmp(type, model_type))
+        return dc_fail("%s: model_type \"%.64s\" is not %s", what, type, desc);
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *first = cJSON_IsArray(arch) ? cJSON_GetArrayItem(arch, 0) : NULL;
+    if (cJSON_IsString(first) && strcmp(first->valuestring, architecture))
+        return dc_fail("%s: architectures \"%.64s\" is not supported (supported: \"%s\")", what,
+                       first->valuestring, architecture);
+    return 0;
+}
+
 char *dc_cfg_read_text(const char *path) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
@@ -186,6 +202,8 @@ char *dc_cfg_read_text(const char *path) {
 }
 
 int dc_cfg_save_text(const char *text, const char *path) {
+    if (!text)
+        return dc_fail("%s: the config has no text to save", path);
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
         return dc_fail("%s: path too long", path);
@@ -204,4 +222,41 @@ int dc_cfg_save_text(const char *text, const char *path) {
         return dc_fail("%s: cannot write: %s", path, strerror(err ? err : EIO));
     }
     return 0;
+}
+
+int dc_cfg_parse_text(void *cfg, size_t size, const char *json, const char *what,
+                      dc_cfg_parse_fn parse, char **keep) {
+    memset(cfg, 0, size);
+    cJSON *root = dc_json_parse(json, strlen(json), what);
+    int rc = root ? parse(cfg, root, what) : -1;
+    cJSON_Delete(root);
+    char *copy = NULL;
+    if (!rc && keep && !(copy = strdup(json)))
+        rc = dc_fail("%s: out of memory", what);
+    if (rc)
+        memset(cfg, 0, size);
+    else if (keep)
+        *keep = copy;
+    return rc;
+}
+
+int dc_cfg_load(void *cfg, size_t size, const char *path, dc_cfg_parse_fn parse, char **keep) {
+    memset(cfg, 0, size);
+    char *text = dc_cfg_read_text(path);
+    int rc = text ? dc_cfg_parse_text(cfg, size, text, path, parse, keep) : -1;
+    free(text);
+    return rc;
+}
+
+int dc_cfg_load_folder(void *cfg, size_t size, const char *dir, const char *file,
+                       const char *library, dc_cfg_parse_fn parse) {
+    memset(cfg, 0, size);
+    char *path = dc_path_join(dir, file);
+    struct stat st;
+    int rc = !path ? -1
+             : stat(path, &st) || !S_ISREG(st.st_mode)
+                 ? dc_fail("%s: no %s (not a %s model folder)", dir, file, library)
+                 : dc_cfg_load(cfg, size, path, parse, NULL);
+    free(path);
+    return rc;
 }

@@ -1,7 +1,8 @@
 /*
- * Reading and writing the config.json of a diffusers model: what every
- * model's parser shares (UNet2DModel in unet.c, UNet2DConditionModel in
- * unet_cond.c). Keys absent take diffusers' defaults, null reads as 0 where
+ * Reading and writing the config.json of a diffusers or transformers model:
+ * what every model's parser shares (UNet2DModel in unet.c,
+ * UNet2DConditionModel in unet_cond.c, the VAE, CLIP's text encoder, BLIP),
+ * from the keys to the file. Keys absent take diffusers' defaults, null reads as 0 where
  * diffusers allows it, and every error is one message that names the file
  * (`what`), the key and the value.
  */
@@ -52,10 +53,33 @@ int dc_cfg_sample_size(const cJSON *root, const char *what, int out[2]);
 /* `key` = value must not pass `max` (a model's plausible sizes). */
 int dc_cfg_limit(const char *what, const char *key, int value, int max);
 
+/* A transformers config's model_type (model_type when absent) and
+ * architectures[0] (where given) must name the model: `desc` says what the
+ * model_type should be in the message, e.g. "BLIP (BlipForConditionalGeneration)". */
+int dc_cfg_check_class(const cJSON *root, const char *what, const char *model_type,
+                       const char *desc, const char *architecture);
+
 /* The text of the config file at `path` (malloc'ed), at most 1 MiB and
  * without NUL bytes; NULL with a message. */
 char *dc_cfg_read_text(const char *path);
-/* Write `text` to "<path>.tmp", sync it, rename it to `path`. */
+/* Write `text` to "<path>.tmp", sync it, rename it to `path`; a NULL text
+ * (a config not parsed from one) is an error. */
 int dc_cfg_save_text(const char *text, const char *path);
+
+/* A model's reader of its config's JSON root into the struct at cfg. */
+typedef int (*dc_cfg_parse_fn)(void *cfg, const cJSON *root, const char *what);
+
+/* The JSON text `json` read by `parse` into the struct at cfg (size bytes,
+ * zeroed first and again on failure); *keep (keep may be NULL: not kept)
+ * gets a malloc'ed copy of the text. `what` names it in messages. */
+int dc_cfg_parse_text(void *cfg, size_t size, const char *json, const char *what,
+                      dc_cfg_parse_fn parse, char **keep);
+/* The same from the file at `path` (as dc_cfg_read_text reads it). */
+int dc_cfg_load(void *cfg, size_t size, const char *path, dc_cfg_parse_fn parse, char **keep);
+/* The same from the file DIR/file of a model folder, which must be there:
+ * "DIR: no FILE (not a LIBRARY model folder)" otherwise (library:
+ * "diffusers", "transformers"). The text is not kept. */
+int dc_cfg_load_folder(void *cfg, size_t size, const char *dir, const char *file,
+                       const char *library, dc_cfg_parse_fn parse);
 
 #endif

@@ -228,7 +228,8 @@ static int check_config(const dc_unet_cond_config *c, const char *what) {
     return 0;
 }
 
-static int parse_object(dc_unet_cond_config *c, const cJSON *root, const char *what) {
+static int parse_object(void *cfg, const cJSON *root, const char *what) {
+    dc_unet_cond_config *c = cfg;
     static const int def_channels[] = {320, 640, 1280, 1280};
     static const char *const def_down[] = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                                            "CrossAttnDownBlock2D", "DownBlock2D"};
@@ -255,30 +256,14 @@ static int parse_object(dc_unet_cond_config *c, const cJSON *root, const char *w
 }
 
 int dc_unet_cond_config_parse(dc_unet_cond_config *c, const char *json, const char *what) {
-    memset(c, 0, sizeof *c);
-    cJSON *root = dc_json_parse(json, strlen(json), what);
-    if (!root)
-        return -1;
-    int rc = parse_object(c, root, what);
-    cJSON_Delete(root);
-    if (!rc && !(c->json = strdup(json)))
-        rc = dc_fail("%s: out of memory", what);
-    if (rc)
-        memset(c, 0, sizeof *c);
-    return rc;
+    return dc_cfg_parse_text(c, sizeof *c, json, what, parse_object, &c->json);
 }
 
 int dc_unet_cond_config_load(dc_unet_cond_config *c, const char *path) {
-    memset(c, 0, sizeof *c);
-    char *text = dc_cfg_read_text(path);
-    int rc = text ? dc_unet_cond_config_parse(c, text, path) : -1;
-    free(text);
-    return rc;
+    return dc_cfg_load(c, sizeof *c, path, parse_object, &c->json);
 }
 
 int dc_unet_cond_config_save(const dc_unet_cond_config *c, const char *path) {
-    if (!c->json)
-        return dc_fail("%s: the config has no text to save", path);
     return dc_cfg_save_text(c->json, path);
 }
 

@@ -10,6 +10,7 @@
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "models/config_json.h"
 #include "models/unet.h"
 #include "models/weights.h"
 
@@ -19,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define VAE_EPS 1e-6f       /* every norm of the Encoder and Decoder */
 #define LOGVAR_MIN -30.0f   /* DiagonalGaussianDistribution's clamp */
@@ -182,7 +182,8 @@ static int check_config(const dc_vae_config *c, const char *what) {
     return 0;
 }
 
-static int parse_object(dc_vae_config *c, const cJSON *root, const char *what) {
+static int parse_object(void *cfg, const cJSON *root, const char *what) {
+    dc_vae_config *c = cfg;
     if (!cJSON_IsObject(root))
         return dc_fail("%s: an AutoencoderKL config must be a JSON object, got %s", what,
                        dc_json_type(root));
@@ -213,23 +214,11 @@ static int parse_object(dc_vae_config *c, const cJSON *root, const char *what) {
 }
 
 int dc_vae_config_parse(dc_vae_config *c, const char *json, const char *what) {
-    memset(c, 0, sizeof *c);
-    cJSON *root = dc_json_parse(json, strlen(json), what);
-    int rc = root ? parse_object(c, root, what) : -1;
-    cJSON_Delete(root);
-    if (rc)
-        memset(c, 0, sizeof *c);
-    return rc;
+    return dc_cfg_parse_text(c, sizeof *c, json, what, parse_object, NULL);
 }
 
 int dc_vae_config_load(dc_vae_config *c, const char *path) {
-    memset(c, 0, sizeof *c);
-    cJSON *root = dc_json_load(path);
-    int rc = root ? parse_object(c, root, path) : -1;
-    cJSON_Delete(root);
-    if (rc)
-        memset(c, 0, sizeof *c);
-    return rc;
+    return dc_cfg_load(c, sizeof *c, path, parse_object, NULL);
 }
 
 /* ==== parameters ==== */
@@ -372,23 +361,14 @@ static const dc_weights_kind vae_weights = {
     .cls = "AutoencoderKL",
 };
 
-static int load_config(dc_vae_config *c, const char *dir) {
-    char *path = dc_path_join(dir, DC_VAE_CONFIG_FILE);
-    struct stat st;
-    int rc = !path ? -1
-             : stat(path, &st) || !S_ISREG(st.st_mode)
-                 ? dc_fail("%s: no %s (not a diffusers model folder)", dir, DC_VAE_CONFIG_FILE)
-                 : dc_vae_config_load(c, path);
-    free(path);
-    return rc;
-}
-
 int dc_vae_load(dc_vae **out, const char *dir, const char *variant, int device) {
     *out = NULL;
     char *weights = NULL;
     dc_vae_config cfg;
     dc_vae *m = NULL;
-    int rc = load_config(&cfg, dir) || dc_weights_find(dir, &vae_weights, variant, &weights, NULL) ||
+    int rc = dc_cfg_load_folder(&cfg, sizeof cfg, dir, DC_VAE_CONFIG_FILE, "diffusers",
+                                parse_object) ||
+             dc_weights_find(dir, &vae_weights, variant, &weights, NULL) ||
              dc_vae_init(&m, &cfg) ||
              dc_params_alloc_load(&m->params, device, weights, dc_unet_rename);
     free(weights);

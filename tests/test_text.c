@@ -249,6 +249,9 @@ START_TEST(test_bad_files) {
     write_text("tokenizer_config.json", "{\"do_lower_case\": tr");
     assert_load_fails("tokenizer_config.json");
     remove(tu_path("tokenizer_config.json"));
+    write_text("special_tokens_map.json", "\"x\"");
+    assert_load_fails("special_tokens_map.json: not a JSON object");
+    remove(tu_path("special_tokens_map.json"));
     write_text("tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {}}}");
     assert_load_fails("is not WordPiece");
     write_text("tokenizer.json", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {\"[UNK]\": 0, \"a\": 2}}}");

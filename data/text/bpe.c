@@ -40,7 +40,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <utf8proc.h>
 
 #define EOW "</w>"
@@ -55,18 +54,11 @@ typedef struct merge {
 
 struct dc_bpe {
     dc_bpe_info info;
-    char **vocab; /* [n_vocab] the BPE model's tokens, id = index */
-    int64_t n_vocab;
-    int32_t *table; /* open-addressing hash of vocab: ids, -1 empty */
-    uint64_t table_mask;
+    dc_vocab v;    /* the BPE model's tokens and the added ones */
     merge *merges; /* open-addressing hash of merges by pair */
     uint64_t merges_mask;
     int32_t byte_id[256], byte_eow_id[256]; /* the first symbols: a byte inside / at the end of a word */
     int16_t char_byte[N_BYTE_CHARS];        /* the byte each character stands for, -1: none */
-    dc_added_token *added;                  /* in the order they were added */
-    int n_added;
-    const char **tokens; /* [info.size] what an id decodes to (NULL: nothing) */
-    bool *special;       /* [info.size] skipped by skip_special_tokens */
 };
 
 /* ---- bytes as characters (GPT-2's bytes_to_unicode) ---- */
@@ -86,15 +78,7 @@ static int32_t byte_char(int b) {
 
 /* ---- vocab and merges lookup ---- */
 
-static int32_t vocab_find(const dc_bpe *t, const char *s, size_t n) {
-    for (uint64_t i = dc_text_hash(DC_TEXT_HASH_SEED, s, n) & t->table_mask;; i = (i + 1) & t->table_mask) {
-        int32_t id = t->table[i];
-        if (id < 0)
-            return -1;
-        if (strlen(t->vocab[id]) == n && memcmp(t->vocab[id], s, n) == 0)
-            return id;
-    }
-}
+static int32_t vocab_find(const dc_bpe *t, const char *s, size_t n) { return dc_vocab_find(&t->v, "", s, n); }
 
 /* The slot of a pair in the merges table: its own, or the empty one where it would go. */
 static merge *merge_slot(const dc_bpe *t, int32_t a, int32_t b) {
@@ -110,12 +94,11 @@ static const merge *merge_find(const dc_bpe *t, int32_t a, int32_t b) {
 }
 
 int32_t dc_bpe_token_id(const dc_bpe *t, const char *token) {
-    const dc_added_token *a = dc_added_find(t->added, t->n_added, token);
-    return a ? a->id : vocab_find(t, token, strlen(token));
+    return dc_vocab_token_id(&t->v, token);
 }
 
 const char *dc_bpe_token(const dc_bpe *t, int32_t id) {
-    return id >= 0 && id < t->info.size ? t->tokens[id] : NULL;
+    return dc_vocab_token(&t->v, id);
 }
 
 const dc_bpe_info *dc_bpe_get_info(const dc_bpe *t) { return &t->info; }
@@ -123,7 +106,8 @@ const dc_bpe_info *dc_bpe_get_info(const dc_bpe *t) { return &t->info; }
 /* ---- normaliser ---- */
 
 /* NFC, then each run of White_Space one ' ', then lower case. */
-static int normalize(const char *s, size_t n, dc_strbuf *out) {
+static int normalize(const void *ctx, const char *s, size_t n, dc_strbuf *out) {
+    (void)ctx; /* CLIP's normaliser has no settings */
     uint8_t *nfc = NULL;
     if (n > 0) {
         utf8proc_ssize_t m = utf8proc_map((const uint8_t *)s, (utf8proc_ssize_t)n, &nfc,
@@ -316,34 +300,8 @@ static int encode_words(const void *ctx, const char *s, size_t n, dc_idbuf *ids)
     return 0;
 }
 
-/* Text between non-normalised added tokens: normalise, then split at the
- * normalised ones. */
-static int encode_raw_piece(const void *ctx, const char *s, size_t n, dc_idbuf *ids) {
-    const dc_bpe *t = ctx;
-    dc_strbuf norm = {0};
-    int rc = normalize(s, n, &norm);
-    if (rc == 0)
-        rc = dc_added_split(t->added, t->n_added, true, norm.p, norm.n, encode_words, t, ids);
-    free(norm.p);
-    return rc;
-}
-
 int dc_bpe_encode(const dc_bpe *t, const char *text, bool add_special, int32_t **ids, int64_t *n) {
-    *ids = NULL;
-    *n = 0;
-    dc_strbuf s = {0};
-    dc_idbuf out = {0};
-    if (dc_utf8_sanitize(text, strlen(text), &s) || (add_special && dc_idbuf_add(&out, t->info.bos)) ||
-        dc_added_split(t->added, t->n_added, false, s.p, s.n, encode_raw_piece, t, &out) ||
-        (add_special && dc_idbuf_add(&out, t->info.eos)) || dc_idbuf_add(&out, 0)) {
-        free(s.p);
-        free(out.p);
-        return -1;
-    }
-    free(s.p);
-    *ids = out.p;
-    *n = out.n - 1;
-    return 0;
+    return dc_vocab_encode(&t->v, text, add_special, t->info.bos, t->info.eos, normalize, encode_words, t, ids, n);
 }
 
 int dc_bpe_encode_padded(const dc_bpe *t, const char *text, int64_t max_length, int32_t *ids, int64_t *n_real) {
@@ -447,7 +405,7 @@ int dc_bpe_decode(const dc_bpe *t, const int32_t *ids, int64_t n, bool skip_spec
     int rc = dc_strbuf_add(&bytes, "", 0);
     for (int64_t i = 0; i < n && rc == 0; i++) {
         const char *tok = dc_bpe_token(t, ids[i]);
-        if (tok && !(skip_special && t->special[ids[i]]))
+        if (tok && !(skip_special && t->v.special[ids[i]]))
             rc = token_bytes(t, tok, &bytes);
     }
     if (rc == 0 && (rc = lossy_utf8(bytes.p, bytes.n, &out)) == 0 && (rc = dc_strbuf_replace_all(&out, EOW, " ")) == 0)
@@ -466,60 +424,9 @@ int dc_bpe_decode(const dc_bpe *t, const int32_t *ids, int64_t n, bool skip_spec
 void dc_bpe_free(dc_bpe *t) {
     if (!t)
         return;
-    for (int64_t i = 0; i < t->n_vocab; i++)
-        free(t->vocab[i]);
-    dc_added_free(t->added, t->n_added);
-    free(t->vocab);
-    free(t->table);
+    dc_vocab_free(&t->v);
     free(t->merges);
-    free(t->tokens);
-    free(t->special);
     free(t);
-}
-
-/* A {token: id} object with ids 0..N-1, each once. */
-static int vocab_from_json(dc_bpe *t, const cJSON *vocab, const char *where) {
-    if (!cJSON_IsObject(vocab))
-        return dc_fail("%s: the vocab is %s, not a {token: id} object", where, dc_json_type(vocab));
-    int64_t count = cJSON_GetArraySize(vocab);
-    if (count == 0)
-        return dc_fail("%s: the vocab is empty", where);
-    t->vocab = calloc((size_t)count + 1, sizeof *t->vocab);
-    if (!t->vocab)
-        return dc_fail("%s: out of memory", where);
-    t->n_vocab = count;
-    for (const cJSON *e = vocab->child; e; e = e->next) {
-        double id = cJSON_IsNumber(e) ? e->valuedouble : -1;
-        if (!(id >= 0 && id < (double)count) || id != (double)(int64_t)id)
-            return dc_fail("%s: the vocab's \"%s\" is not an id in 0..%lld", where, e->string, (long long)count - 1);
-        if (t->vocab[(int64_t)id])
-            return dc_fail("%s: the vocab gives id %lld twice", where, (long long)id);
-        if (!(t->vocab[(int64_t)id] = strdup(e->string)))
-            return dc_fail("%s: out of memory", where);
-    }
-    return 0;
-}
-
-/* Index the vocab; a token that appears twice is an error (an id would be lost). */
-static int vocab_index(dc_bpe *t, const char *where) {
-    uint64_t cap = 16;
-    while (cap < 2 * (uint64_t)t->n_vocab)
-        cap *= 2;
-    if (!(t->table = malloc(cap * sizeof *t->table)))
-        return dc_fail("%s: out of memory", where);
-    memset(t->table, 0xFF, cap * sizeof *t->table);
-    t->table_mask = cap - 1;
-    for (int64_t id = 0; id < t->n_vocab; id++) {
-        const char *v = t->vocab[id];
-        int32_t other = vocab_find(t, v, strlen(v));
-        if (other >= 0)
-            return dc_fail("%s: the vocab has the token \"%s\" twice (ids %d and %lld)", where, v, other, (long long)id);
-        uint64_t i = dc_text_hash(DC_TEXT_HASH_SEED, v, strlen(v)) & t->table_mask;
-        while (t->table[i] >= 0)
-            i = (i + 1) & t->table_mask;
-        t->table[i] = (int32_t)id;
-    }
-    return 0;
 }
 
 static int merges_alloc(dc_bpe *t, int64_t count, const char *where) {
@@ -614,7 +521,8 @@ static int model_from_json(dc_bpe *t, const cJSON *root, const char *where) {
         return -1;
     if (type && strcmp(type, "BPE") != 0)
         return dc_fail("%s: model type \"%s\" is not BPE (CLIP tokenizers are)", where, type);
-    if (vocab_from_json(t, cJSON_GetObjectItemCaseSensitive(model, "vocab"), where) || vocab_index(t, where))
+    if (dc_vocab_from_json(&t->v, cJSON_GetObjectItemCaseSensitive(model, "vocab"), where) ||
+        dc_vocab_index(&t->v, where))
         return -1;
     return merges_from_json(t, cJSON_GetObjectItemCaseSensitive(model, "merges"), where);
 }
@@ -637,8 +545,6 @@ static void byte_ids(dc_bpe *t) {
 static const char *const NAMED_DEFAULT[DC_N_NAMED] = {"<|startoftext|>", "<|endoftext|>", "<|endoftext|>", NULL,
                                                       "<|endoftext|>", NULL, NULL};
 
-static int32_t find_in_vocab(const void *ctx, const char *token) { return vocab_find(ctx, token, strlen(token)); }
-
 static int read_config(dc_bpe *t, const cJSON *cfg, const char *where) {
     double max_len = 0;
     if (dc_json_get_number(cfg, "model_max_length", where, &max_len))
@@ -648,128 +554,63 @@ static int read_config(dc_bpe *t, const cJSON *cfg, const char *where) {
     return 0;
 }
 
-/* Normalised added tokens are matched in normalised text: their own
- * content normalised. */
-static int finish_added(dc_bpe *t) {
-    for (int i = 0; i < t->n_added; i++) {
-        dc_added_token *a = &t->added[i];
-        dc_strbuf p = {0};
-        size_t n = strlen(a->content);
-        if (a->normalized ? normalize(a->content, n, &p) : dc_strbuf_add(&p, a->content, n))
-            return -1;
-        a->pattern = p.p;
-    }
-    return 0;
-}
-
-/* What ids decode to, which are special, and the named ids. */
-static int finish_ids(dc_bpe *t, const dc_added_config *c, const char *where) {
-    int64_t size = t->n_vocab;
-    for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].id >= size)
-            size = (int64_t)t->added[i].id + 1;
-    t->info.size = size;
-    t->tokens = calloc((size_t)size + 1, sizeof *t->tokens);
-    t->special = calloc((size_t)size + 1, sizeof *t->special);
-    if (!t->tokens || !t->special)
-        return dc_fail("%s: out of memory", where);
-    for (int64_t i = 0; i < t->n_vocab; i++)
-        t->tokens[i] = t->vocab[i];
-    for (int i = 0; i < t->n_added; i++)
-        t->tokens[t->added[i].id] = t->added[i].content;
-    for (int64_t id = 0; id < size; id++) { /* tokenizers asks by content */
-        const dc_added_token *a = t->tokens[id] ? dc_added_find(t->added, t->n_added, t->tokens[id]) : NULL;
-        t->special[id] = a && a->special;
-    }
-    int32_t *named[] = {&t->info.bos, &t->info.eos, &t->info.unk, &t->info.pad};
+/* The added tokens, what ids decode to, and the named ids. */
+static int finish_ids(dc_bpe *t, const dc_added_config *c, const char *added_where, const char *where) {
+    int32_t named[DC_N_NAMED];
+    if (dc_vocab_finish(&t->v, c, normalize, t, added_where, where, named))
+        return -1;
+    t->info.size = t->v.size;
     const int which[] = {DC_BOS, DC_EOS, DC_UNK, DC_PAD};
-    for (int i = 0; i < 4; i++) {
-        const char *name = dc_added_named_content(c, which[i]);
-        *named[i] = name ? dc_bpe_token_id(t, name) : -1;
-    }
     const char *what[] = {"bos", "eos", "unk", "pad"};
     for (int i = 0; i < 4; i++)
-        if (*named[i] < 0) /* only an empty string names no token */
+        if (named[which[i]] < 0) /* only an empty string names no token */
             return dc_fail("%s: the %s token is empty", where, what[i]);
-    const char *unk = t->tokens[t->info.unk];
+    t->info.bos = named[DC_BOS];
+    t->info.eos = named[DC_EOS];
+    t->info.unk = named[DC_UNK];
+    t->info.pad = named[DC_PAD];
+    const char *unk = t->v.tokens[t->info.unk];
     if (vocab_find(t, unk, strlen(unk)) < 0)
         return dc_fail("%s: the unknown token is not in the vocab", where);
     return 0;
 }
 
-static cJSON *parse_optional(const char *text, size_t n, const char *what) {
-    return text ? dc_json_parse(text, n, what) : NULL;
-}
-
 /* The BPE model: tokenizer.json's, else vocab.json + merges.txt. */
-static int load_model(dc_bpe *t, const dc_bpe_files *f, const cJSON *tok, char name[][512], const char *where) {
-    if (tok)
-        return model_from_json(t, tok, name[0]);
+static int load_model(dc_bpe *t, const dc_bpe_files *f, const dc_text_configs *j, const char *where) {
+    if (j->tok)
+        return model_from_json(t, j->tok, j->tok_name);
     if (!f->vocab_json || !f->merges_txt)
         return dc_fail("%s: neither tokenizer.json nor vocab.json and merges.txt are there (%s is missing)", where,
                        f->vocab_json ? "merges.txt" : "vocab.json");
-    cJSON *vocab = dc_json_parse(f->vocab_json, f->vocab_json_n, name[1]);
-    int rc = vocab && vocab_from_json(t, vocab, name[1]) == 0 && vocab_index(t, name[1]) == 0 &&
-                     merges_from_txt(t, f->merges_txt, f->merges_txt_n, name[2]) == 0
+    char name[2][512];
+    snprintf(name[0], sizeof name[0], "%s/vocab.json", where);
+    snprintf(name[1], sizeof name[1], "%s/merges.txt", where);
+    cJSON *vocab = dc_json_parse(f->vocab_json, f->vocab_json_n, name[0]);
+    int rc = vocab && dc_vocab_from_json(&t->v, vocab, name[0]) == 0 && dc_vocab_index(&t->v, name[0]) == 0 &&
+                     merges_from_txt(t, f->merges_txt, f->merges_txt_n, name[1]) == 0
                  ? 0
                  : -1;
     cJSON_Delete(vocab);
     return rc;
 }
 
-/* The added-token configs: tokenizer_config.json's added_tokens_decoder,
- * or, for folders saved without one, special_tokens_map.json and
- * tokenizer.json's added_tokens. *map holds what must outlive c. */
-static int read_added(dc_added_config *c, const dc_bpe_files *f, const cJSON *cfg, const cJSON *tok, cJSON **map,
-                      char name[][512]) {
-    memcpy(c->defaults, NAMED_DEFAULT, sizeof c->defaults);
-    dc_added_read_named(c, cfg);
-    c->decoder = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder");
-    if (c->decoder && !cJSON_IsObject(c->decoder))
-        return dc_fail("%s: added_tokens_decoder is %s, not an object", name[3], dc_json_type(c->decoder));
-    if (c->decoder)
-        return 0;
-    if (f->special_tokens_map && !(*map = dc_json_parse(f->special_tokens_map, f->special_tokens_map_n, name[4])))
-        return -1;
-    if (*map && !cJSON_IsObject(*map))
-        return dc_fail("%s: not a JSON object", name[4]);
-    dc_added_read_named(c, *map);
-    c->decoder = cJSON_GetObjectItemCaseSensitive(tok, "added_tokens");
-    c->decoder_is_list = true;
-    if (c->decoder && !cJSON_IsArray(c->decoder))
-        return dc_fail("%s: added_tokens is %s, not a list", name[0], dc_json_type(c->decoder));
-    return 0;
-}
-
 int dc_bpe_load_files(dc_bpe **out, const dc_bpe_files *f, const char *where) {
     *out = NULL;
-    char name[5][512];
-    const char *files[5] = {"tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-                            "special_tokens_map.json"};
-    for (int i = 0; i < 5; i++)
-        snprintf(name[i], sizeof name[i], "%s/%s", where, files[i]);
     dc_bpe *t = calloc(1, sizeof *t);
-    cJSON *tok = parse_optional(f->tokenizer_json, f->tokenizer_json_n, name[0]);
-    cJSON *cfg = parse_optional(f->tokenizer_config, f->tokenizer_config_n, name[3]);
-    cJSON *map = NULL;
+    dc_text_configs j;
+    int parsed = dc_text_configs_parse(&j, where, f->tokenizer_json, f->tokenizer_json_n, f->tokenizer_config,
+                                       f->tokenizer_config_n);
     dc_added_config c = {0};
     int rc = -1;
     if (!t)
         dc_fail("%s: out of memory", where);
-    else if ((f->tokenizer_json && !tok) || (f->tokenizer_config && !cfg))
-        ;
-    else if (cfg && !cJSON_IsObject(cfg))
-        dc_fail("%s: not a JSON object", name[3]);
-    else if (load_model(t, f, tok, name, where) == 0 && (!cfg || read_config(t, cfg, name[3]) == 0) &&
-             read_added(&c, f, cfg, tok, &map, name) == 0 &&
-             dc_added_build(&c, t->n_vocab, find_in_vocab, t, cfg ? name[3] : where, &t->added, &t->n_added) == 0 &&
-             (finish_added(t) == 0 || dc_fail_prefix(where) != 0) && finish_ids(t, &c, where) == 0) {
+    else if (parsed == 0 && load_model(t, f, &j, where) == 0 && (!j.cfg || read_config(t, j.cfg, j.cfg_name) == 0) &&
+             dc_added_read_configs(&c, &j, NAMED_DEFAULT, f->special_tokens_map, f->special_tokens_map_n) == 0 &&
+             finish_ids(t, &c, j.cfg ? j.cfg_name : where, where) == 0) {
         byte_ids(t);
         rc = 0;
     }
-    cJSON_Delete(tok);
-    cJSON_Delete(cfg);
-    cJSON_Delete(map);
+    dc_text_configs_free(&j);
     if (rc)
         dc_bpe_free(t);
     else
@@ -779,22 +620,15 @@ int dc_bpe_load_files(dc_bpe **out, const dc_bpe_files *f, const char *where) {
 
 int dc_bpe_load(dc_bpe **out, const char *dir) {
     *out = NULL;
-    const char *files[5] = {"vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-                            "special_tokens_map.json"};
-    char *text[5] = {0};
-    size_t len[5] = {0};
+    const char *const names[5] = {"vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+                                  "special_tokens_map.json"};
+    char *text[5];
+    size_t n[5];
     int rc = -1;
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        dc_fail("%s: not a folder", dir);
-        goto done;
+    if (dc_text_read_folder(dir, 5, names, text, n) == 0) {
+        dc_bpe_files f = {text[0], text[1], text[2], text[3], text[4], n[0], n[1], n[2], n[3], n[4]};
+        rc = dc_bpe_load_files(out, &f, dir);
     }
-    for (int i = 0; i < 5; i++)
-        if (dc_text_read_optional(dir, files[i], &text[i], &len[i]))
-            goto done;
-    dc_bpe_files f = {text[0], text[1], text[2], text[3], text[4], len[0], len[1], len[2], len[3], len[4]};
-    rc = dc_bpe_load_files(out, &f, dir);
-done:
     for (int i = 0; i < 5; i++)
         free(text[i]);
     return rc;

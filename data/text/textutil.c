@@ -7,6 +7,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -133,7 +134,9 @@ uint64_t dc_text_hash(uint64_t h, const char *s, size_t n) {
     return h;
 }
 
-int dc_text_read_optional(const char *dir, const char *name, char **text, size_t *n) {
+/* The file DIR/name when it exists (NULL and *n 0 when not); -1 when it
+ * exists but cannot be read. */
+static int read_optional(const char *dir, const char *name, char **text, size_t *n) {
     *text = NULL;
     *n = 0;
     char *path = dc_path_join(dir, name);
@@ -145,6 +148,46 @@ int dc_text_read_optional(const char *dir, const char *name, char **text, size_t
         rc = -1;
     free(path);
     return rc;
+}
+
+int dc_text_read_folder(const char *dir, int n, const char *const names[], char *text[], size_t len[]) {
+    for (int i = 0; i < n; i++) {
+        text[i] = NULL;
+        len[i] = 0;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return dc_fail("%s: not a folder", dir);
+    for (int i = 0; i < n; i++)
+        if (read_optional(dir, names[i], &text[i], &len[i]))
+            return -1;
+    return 0;
+}
+
+static cJSON *parse_optional(const char *text, size_t n, const char *what) {
+    return text ? dc_json_parse(text, n, what) : NULL;
+}
+
+int dc_text_configs_parse(dc_text_configs *j, const char *where, const char *tok, size_t tok_n, const char *cfg,
+                          size_t cfg_n) {
+    memset(j, 0, sizeof *j);
+    snprintf(j->tok_name, sizeof j->tok_name, "%s/tokenizer.json", where);
+    snprintf(j->cfg_name, sizeof j->cfg_name, "%s/tokenizer_config.json", where);
+    snprintf(j->map_name, sizeof j->map_name, "%s/special_tokens_map.json", where);
+    j->tok = parse_optional(tok, tok_n, j->tok_name);
+    j->cfg = parse_optional(cfg, cfg_n, j->cfg_name);
+    if ((tok && !j->tok) || (cfg && !j->cfg))
+        return -1;
+    if (j->cfg && !cJSON_IsObject(j->cfg))
+        return dc_fail("%s: not a JSON object", j->cfg_name);
+    return 0;
+}
+
+void dc_text_configs_free(dc_text_configs *j) {
+    cJSON_Delete(j->tok);
+    cJSON_Delete(j->cfg);
+    cJSON_Delete(j->map);
+    memset(j, 0, sizeof *j);
 }
 
 /* ---- added tokens ---- */
@@ -379,4 +422,187 @@ int dc_added_split(const dc_added_token *added, int n_added, bool normalized, co
         done = stop;
     }
     return n > done ? rest(ctx, s + done, n - done, ids) : 0;
+}
+
+int dc_added_read_configs(dc_added_config *c, dc_text_configs *j, const char *const defaults[DC_N_NAMED],
+                          const char *map, size_t map_n) {
+    memcpy(c->defaults, defaults, sizeof c->defaults);
+    dc_added_read_named(c, j->cfg);
+    c->decoder = cJSON_GetObjectItemCaseSensitive(j->cfg, "added_tokens_decoder");
+    if (c->decoder && !cJSON_IsObject(c->decoder))
+        return dc_fail("%s: added_tokens_decoder is %s, not an object", j->cfg_name, dc_json_type(c->decoder));
+    if (c->decoder)
+        return 0;
+    if (map && !(j->map = dc_json_parse(map, map_n, j->map_name)))
+        return -1;
+    if (j->map && !cJSON_IsObject(j->map))
+        return dc_fail("%s: not a JSON object", j->map_name);
+    dc_added_read_named(c, j->map);
+    c->decoder = cJSON_GetObjectItemCaseSensitive(j->tok, "added_tokens");
+    c->decoder_is_list = true;
+    if (c->decoder && !cJSON_IsArray(c->decoder))
+        return dc_fail("%s: added_tokens is %s, not a list", j->tok_name, dc_json_type(c->decoder));
+    return 0;
+}
+
+/* ---- vocab ---- */
+
+int32_t dc_vocab_find(const dc_vocab *v, const char *prefix, const char *s, size_t n) {
+    size_t np = strlen(prefix);
+    uint64_t h = dc_text_hash(dc_text_hash(DC_TEXT_HASH_SEED, prefix, np), s, n);
+    for (uint64_t i = h & v->table_mask;; i = (i + 1) & v->table_mask) {
+        int32_t id = v->table[i];
+        if (id < 0)
+            return -1;
+        const char *t = v->vocab[id];
+        if (strncmp(t, prefix, np) == 0 && strlen(t + np) == n && memcmp(t + np, s, n) == 0)
+            return id;
+    }
+}
+
+int32_t dc_vocab_token_id(const dc_vocab *v, const char *token) {
+    const dc_added_token *a = dc_added_find(v->added, v->n_added, token);
+    return a ? a->id : dc_vocab_find(v, "", token, strlen(token));
+}
+
+const char *dc_vocab_token(const dc_vocab *v, int32_t id) { return id >= 0 && id < v->size ? v->tokens[id] : NULL; }
+
+int dc_vocab_from_json(dc_vocab *v, const cJSON *vocab, const char *where) {
+    if (!cJSON_IsObject(vocab))
+        return dc_fail("%s: the vocab is %s, not a {token: id} object", where, dc_json_type(vocab));
+    int64_t count = cJSON_GetArraySize(vocab);
+    if (count == 0)
+        return dc_fail("%s: the vocab is empty", where);
+    if (!(v->vocab = calloc((size_t)count + 1, sizeof *v->vocab)))
+        return dc_fail("%s: out of memory", where);
+    v->n_vocab = count;
+    for (const cJSON *e = vocab->child; e; e = e->next) {
+        double id = cJSON_IsNumber(e) ? e->valuedouble : -1;
+        if (!(id >= 0 && id < (double)count) || id != (double)(int64_t)id)
+            return dc_fail("%s: the vocab's \"%s\" is not an id in 0..%lld", where, e->string, (long long)count - 1);
+        if (v->vocab[(int64_t)id])
+            return dc_fail("%s: the vocab gives id %lld twice", where, (long long)id);
+        if (!(v->vocab[(int64_t)id] = strdup(e->string)))
+            return dc_fail("%s: out of memory", where);
+    }
+    return 0;
+}
+
+int dc_vocab_index(dc_vocab *v, const char *where) {
+    uint64_t cap = 16;
+    while (cap < 2 * (uint64_t)v->n_vocab)
+        cap *= 2;
+    if (!(v->table = malloc(cap * sizeof *v->table)))
+        return dc_fail("%s: out of memory", where);
+    memset(v->table, 0xFF, cap * sizeof *v->table);
+    v->table_mask = cap - 1;
+    for (int64_t id = 0; id < v->n_vocab; id++) {
+        const char *t = v->vocab[id];
+        int32_t other = dc_vocab_find(v, "", t, strlen(t));
+        if (other >= 0)
+            return dc_fail("%s: the vocab has the token \"%s\" twice (ids %d and %lld)", where, t, other,
+                           (long long)id);
+        uint64_t i = dc_text_hash(DC_TEXT_HASH_SEED, t, strlen(t)) & v->table_mask;
+        while (v->table[i] >= 0)
+            i = (i + 1) & v->table_mask;
+        v->table[i] = (int32_t)id;
+    }
+    return 0;
+}
+
+static int32_t find_in_vocab(const void *ctx, const char *token) {
+    return dc_vocab_find(ctx, "", token, strlen(token));
+}
+
+/* Normalised added tokens are matched in normalised text: their own
+ * content normalised. */
+static int added_patterns(dc_vocab *v, dc_normalize_fn normalize, const void *ctx) {
+    for (int i = 0; i < v->n_added; i++) {
+        dc_added_token *a = &v->added[i];
+        dc_strbuf p = {0};
+        size_t n = strlen(a->content);
+        if (a->normalized ? normalize(ctx, a->content, n, &p) : dc_strbuf_add(&p, a->content, n))
+            return -1;
+        a->pattern = p.p;
+    }
+    return 0;
+}
+
+int dc_vocab_finish(dc_vocab *v, const dc_added_config *c, dc_normalize_fn normalize, const void *ctx,
+                    const char *added_where, const char *where, int32_t named[DC_N_NAMED]) {
+    if (dc_added_build(c, v->n_vocab, find_in_vocab, v, added_where, &v->added, &v->n_added))
+        return -1;
+    if (added_patterns(v, normalize, ctx))
+        return dc_fail_prefix(where);
+    v->size = v->n_vocab;
+    for (int i = 0; i < v->n_added; i++)
+        if (v->added[i].id >= v->size)
+            v->size = (int64_t)v->added[i].id + 1;
+    v->tokens = calloc((size_t)v->size + 1, sizeof *v->tokens);
+    v->special = calloc((size_t)v->size + 1, sizeof *v->special);
+    if (!v->tokens || !v->special)
+        return dc_fail("%s: out of memory", where);
+    for (int64_t i = 0; i < v->n_vocab; i++)
+        v->tokens[i] = v->vocab[i];
+    for (int i = 0; i < v->n_added; i++)
+        v->tokens[v->added[i].id] = v->added[i].content;
+    for (int64_t id = 0; id < v->size; id++) { /* tokenizers asks by content */
+        const dc_added_token *a = v->tokens[id] ? dc_added_find(v->added, v->n_added, v->tokens[id]) : NULL;
+        v->special[id] = a && a->special;
+    }
+    for (int i = 0; i < DC_N_NAMED; i++) {
+        const char *name = dc_added_named_content(c, i);
+        named[i] = name ? dc_vocab_token_id(v, name) : -1;
+    }
+    return 0;
+}
+
+/* What the text between non-normalised added tokens goes through. */
+typedef struct encode_ctx {
+    const dc_vocab *v;
+    dc_normalize_fn normalize;
+    dc_added_rest_fn words;
+    const void *ctx;
+} encode_ctx;
+
+/* Text between non-normalised added tokens: normalise, then split at the
+ * normalised ones. */
+static int encode_raw_piece(const void *ctx, const char *s, size_t n, dc_idbuf *ids) {
+    const encode_ctx *e = ctx;
+    dc_strbuf norm = {0};
+    int rc = e->normalize(e->ctx, s, n, &norm);
+    if (rc == 0)
+        rc = dc_added_split(e->v->added, e->v->n_added, true, norm.p, norm.n, e->words, e->ctx, ids);
+    free(norm.p);
+    return rc;
+}
+
+int dc_vocab_encode(const dc_vocab *v, const char *text, bool add_special, int32_t first, int32_t last,
+                    dc_normalize_fn normalize, dc_added_rest_fn words, const void *ctx, int32_t **ids, int64_t *n) {
+    *ids = NULL;
+    *n = 0;
+    encode_ctx e = {v, normalize, words, ctx};
+    dc_strbuf s = {0};
+    dc_idbuf out = {0};
+    if (dc_utf8_sanitize(text, strlen(text), &s) || (add_special && dc_idbuf_add(&out, first)) ||
+        dc_added_split(v->added, v->n_added, false, s.p, s.n, encode_raw_piece, &e, &out) ||
+        (add_special && dc_idbuf_add(&out, last)) || dc_idbuf_add(&out, 0)) {
+        free(s.p);
+        free(out.p);
+        return -1;
+    }
+    free(s.p);
+    *ids = out.p;
+    *n = out.n - 1;
+    return 0;
+}
+
+void dc_vocab_free(dc_vocab *v) {
+    for (int64_t i = 0; i < v->n_vocab; i++)
+        free(v->vocab[i]);
+    dc_added_free(v->added, v->n_added);
+    free(v->vocab);
+    free(v->table);
+    free(v->tokens);
+    free(v->special);
 }

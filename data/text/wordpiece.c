@@ -35,21 +35,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <utf8proc.h>
 
 #define MAX_WORD_CHARS 100
 
 struct dc_wordpiece {
     dc_wordpiece_info info;
-    char **vocab; /* [n_vocab] the WordPiece model's tokens, id = index */
-    int64_t n_vocab;
-    int32_t *table; /* open-addressing hash of vocab: ids, -1 empty */
-    uint64_t table_mask;
-    dc_added_token *added; /* in the order they were added */
-    int n_added;
-    const char **tokens; /* [info.size] what an id decodes to (NULL: nothing) */
-    bool *special;       /* [info.size] skipped by skip_special_tokens */
+    dc_vocab v; /* the WordPiece model's tokens and the added ones */
     bool lowercase, strip_accents, chinese, cleanup_spaces;
 };
 
@@ -99,7 +91,8 @@ static int clean_text(const dc_wordpiece *t, const char *s, size_t n, dc_strbuf 
 
 /* BertNormalizer on valid UTF-8: clean, CJK spacing, NFD without nonspacing
  * marks, lower case (in that order, as tokenizers does them). */
-static int normalize(const dc_wordpiece *t, const char *s, size_t n, dc_strbuf *out) {
+static int normalize(const void *ctx, const char *s, size_t n, dc_strbuf *out) {
+    const dc_wordpiece *t = ctx;
     dc_strbuf a = {0};
     int32_t *cps = NULL;
     int rc = -1;
@@ -136,52 +129,14 @@ done:
     return rc;
 }
 
-/* ---- vocab lookup ---- */
-
-/* The vocab id of prefix + s[0..n), -1 when absent. */
-static int32_t vocab_find(const dc_wordpiece *t, const char *prefix, const char *s, size_t n) {
-    size_t np = strlen(prefix);
-    uint64_t h = dc_text_hash(dc_text_hash(DC_TEXT_HASH_SEED, prefix, np), s, n);
-    for (uint64_t i = h & t->table_mask;; i = (i + 1) & t->table_mask) {
-        int32_t id = t->table[i];
-        if (id < 0)
-            return -1;
-        const char *v = t->vocab[id];
-        if (strncmp(v, prefix, np) == 0 && strlen(v + np) == n && memcmp(v + np, s, n) == 0)
-            return id;
-    }
-}
-
-/* Index the vocab; a token that appears twice is an error (an id would be lost). */
-static int vocab_index(dc_wordpiece *t, const char *where) {
-    uint64_t cap = 16;
-    while (cap < 2 * (uint64_t)t->n_vocab)
-        cap *= 2;
-    t->table = malloc(cap * sizeof *t->table);
-    if (!t->table)
-        return dc_fail("%s: out of memory", where);
-    memset(t->table, 0xFF, cap * sizeof *t->table);
-    t->table_mask = cap - 1;
-    for (int64_t id = 0; id < t->n_vocab; id++) {
-        const char *v = t->vocab[id];
-        int32_t other = vocab_find(t, "", v, strlen(v));
-        if (other >= 0)
-            return dc_fail("%s: the vocab has the token \"%s\" twice (ids %d and %lld)", where, v, other, (long long)id);
-        uint64_t i = dc_text_hash(DC_TEXT_HASH_SEED, v, strlen(v)) & t->table_mask;
-        while (t->table[i] >= 0)
-            i = (i + 1) & t->table_mask;
-        t->table[i] = (int32_t)id;
-    }
-    return 0;
-}
+/* ---- ids ---- */
 
 int32_t dc_wordpiece_token_id(const dc_wordpiece *t, const char *token) {
-    const dc_added_token *a = dc_added_find(t->added, t->n_added, token);
-    return a ? a->id : vocab_find(t, "", token, strlen(token));
+    return dc_vocab_token_id(&t->v, token);
 }
 
 const char *dc_wordpiece_token(const dc_wordpiece *t, int32_t id) {
-    return id >= 0 && id < t->info.size ? t->tokens[id] : NULL;
+    return dc_vocab_token(&t->v, id);
 }
 
 const dc_wordpiece_info *dc_wordpiece_get_info(const dc_wordpiece *t) { return &t->info; }
@@ -196,7 +151,7 @@ static int encode_word(const dc_wordpiece *t, const char *w, size_t n, int64_t c
     for (size_t start = 0; start < n;) {
         size_t end = n;
         int32_t id = -1;
-        while (start < end && (id = vocab_find(t, start ? "##" : "", w + start, end - start)) < 0)
+        while (start < end && (id = dc_vocab_find(&t->v, start ? "##" : "", w + start, end - start)) < 0)
             end = dc_utf8_prev(w, end);
         if (id < 0) {
             ids->n = mark;
@@ -233,34 +188,8 @@ static int encode_words(const void *ctx, const char *s, size_t n, dc_idbuf *ids)
     return n > word ? encode_word(t, s + word, n - word, chars, ids) : 0;
 }
 
-/* Text between non-normalised added tokens: normalise, then split at the
- * normalised ones. */
-static int encode_raw_piece(const void *ctx, const char *s, size_t n, dc_idbuf *ids) {
-    const dc_wordpiece *t = ctx;
-    dc_strbuf norm = {0};
-    int rc = normalize(t, s, n, &norm);
-    if (rc == 0)
-        rc = dc_added_split(t->added, t->n_added, true, norm.p, norm.n, encode_words, t, ids);
-    free(norm.p);
-    return rc;
-}
-
 int dc_wordpiece_encode(const dc_wordpiece *t, const char *text, bool add_special, int32_t **ids, int64_t *n) {
-    *ids = NULL;
-    *n = 0;
-    dc_strbuf s = {0};
-    dc_idbuf out = {0};
-    if (dc_utf8_sanitize(text, strlen(text), &s) || (add_special && dc_idbuf_add(&out, t->info.cls)) ||
-        dc_added_split(t->added, t->n_added, false, s.p, s.n, encode_raw_piece, t, &out) ||
-        (add_special && dc_idbuf_add(&out, t->info.sep)) || dc_idbuf_add(&out, 0)) {
-        free(s.p);
-        free(out.p);
-        return -1;
-    }
-    free(s.p);
-    *ids = out.p;
-    *n = out.n - 1;
-    return 0;
+    return dc_vocab_encode(&t->v, text, add_special, t->info.cls, t->info.sep, normalize, encode_words, t, ids, n);
 }
 
 /* ---- decode ---- */
@@ -287,7 +216,7 @@ int dc_wordpiece_decode(const dc_wordpiece *t, const int32_t *ids, int64_t n, bo
     int rc = dc_strbuf_add(&out, "", 0);
     for (int64_t i = 0; i < n && rc == 0; i++) {
         const char *tok = dc_wordpiece_token(t, ids[i]);
-        if (!tok || (skip_special && t->special[ids[i]]))
+        if (!tok || (skip_special && t->v.special[ids[i]]))
             continue;
         piece.n = 0;
         if (!first && strncmp(tok, "##", 2) == 0)
@@ -315,32 +244,26 @@ int dc_wordpiece_decode(const dc_wordpiece *t, const int32_t *ids, int64_t n, bo
 void dc_wordpiece_free(dc_wordpiece *t) {
     if (!t)
         return;
-    for (int64_t i = 0; i < t->n_vocab; i++)
-        free(t->vocab[i]);
-    dc_added_free(t->added, t->n_added);
-    free(t->vocab);
-    free(t->table);
-    free(t->tokens);
-    free(t->special);
+    dc_vocab_free(&t->v);
     free(t);
 }
 
 /* vocab.txt: one token a line, id = line number, trailing whitespace trimmed
  * (as the Rust reader does). */
-static int vocab_from_txt(dc_wordpiece *t, const char *text, size_t n, const char *where) {
+static int vocab_from_txt(dc_vocab *v, const char *text, size_t n, const char *where) {
     int64_t lines = 0;
     for (size_t i = 0; i < n; i++)
         lines += text[i] == '\n';
     lines += n > 0 && text[n - 1] != '\n';
-    t->vocab = calloc((size_t)lines + 1, sizeof *t->vocab);
-    if (!t->vocab)
+    v->vocab = calloc((size_t)lines + 1, sizeof *v->vocab);
+    if (!v->vocab)
         return dc_fail("%s: out of memory", where);
-    for (size_t i = 0; i < n; t->n_vocab++) {
+    for (size_t i = 0; i < n; v->n_vocab++) {
         const char *eol = memchr(text + i, '\n', n - i);
         size_t len = eol ? (size_t)(eol - text - i) : n - i;
         if (utf8proc_decompose((const uint8_t *)text + i, (utf8proc_ssize_t)len, NULL, 0, 0) < 0 ||
             memchr(text + i, '\0', len))
-            return dc_fail("%s: line %lld is not UTF-8 text", where, (long long)t->n_vocab + 1);
+            return dc_fail("%s: line %lld is not UTF-8 text", where, (long long)v->n_vocab + 1);
         while (len > 0) {
             int32_t c;
             size_t p = dc_utf8_prev(text + i, len);
@@ -349,7 +272,7 @@ static int vocab_from_txt(dc_wordpiece *t, const char *text, size_t n, const cha
                 break;
             len = p;
         }
-        if (!(t->vocab[t->n_vocab] = strndup(text + i, len)))
+        if (!(v->vocab[v->n_vocab] = strndup(text + i, len)))
             return dc_fail("%s: out of memory", where);
         i += (eol ? (size_t)(eol - text - i) + 1 : n - i);
     }
@@ -357,7 +280,7 @@ static int vocab_from_txt(dc_wordpiece *t, const char *text, size_t n, const cha
 }
 
 /* tokenizer.json's model: a WordPiece vocab {token: id} with ids 0..N-1. */
-static int vocab_from_json(dc_wordpiece *t, const cJSON *root, const char *where) {
+static int vocab_from_json(dc_vocab *v, const cJSON *root, const char *where) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     const char *type = NULL;
     if (!cJSON_IsObject(model))
@@ -366,31 +289,10 @@ static int vocab_from_json(dc_wordpiece *t, const cJSON *root, const char *where
         return -1;
     if (type && strcmp(type, "WordPiece") != 0)
         return dc_fail("%s: model type \"%s\" is not WordPiece (BERT/BLIP tokenizers are)", where, type);
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    if (!cJSON_IsObject(vocab))
-        return dc_fail("%s: model.vocab is %s, not a {token: id} object", where, dc_json_type(vocab));
-    int64_t count = cJSON_GetArraySize(vocab);
-    t->vocab = calloc((size_t)count + 1, sizeof *t->vocab);
-    if (!t->vocab)
-        return dc_fail("%s: out of memory", where);
-    t->n_vocab = count;
-    for (const cJSON *e = vocab->child; e; e = e->next) {
-        double id = cJSON_IsNumber(e) ? e->valuedouble : -1;
-        if (!(id >= 0 && id < (double)count) || id != (double)(int64_t)id)
-            return dc_fail("%s: model.vocab[\"%s\"] is not an id in 0..%lld", where, e->string, (long long)count - 1);
-        if (t->vocab[(int64_t)id])
-            return dc_fail("%s: model.vocab gives id %lld twice", where, (long long)id);
-        if (!(t->vocab[(int64_t)id] = strdup(e->string)))
-            return dc_fail("%s: out of memory", where);
-    }
-    return 0;
+    return dc_vocab_from_json(v, cJSON_GetObjectItemCaseSensitive(model, "vocab"), where);
 }
 
 static const char *const NAMED_DEFAULT[DC_N_NAMED] = {NULL, NULL, "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"};
-
-static int32_t find_in_vocab(const void *ctx, const char *token) {
-    return vocab_find(ctx, "", token, strlen(token));
-}
 
 static int read_flags(dc_wordpiece *t, const cJSON *cfg, const char *where) {
     bool lower = true, chinese = true, cleanup_spaces = false, strip = false;
@@ -411,116 +313,60 @@ static int read_flags(dc_wordpiece *t, const cJSON *cfg, const char *where) {
     return 0;
 }
 
-/* Normalised added tokens are matched in normalised text: their own
- * content normalised. */
-static int finish_added(dc_wordpiece *t, const char *where) {
-    for (int i = 0; i < t->n_added; i++) {
-        dc_added_token *a = &t->added[i];
-        dc_strbuf p = {0};
-        size_t n = strlen(a->content);
-        if (a->normalized ? normalize(t, a->content, n, &p) : dc_strbuf_add(&p, a->content, n))
-            return dc_fail_prefix(where);
-        a->pattern = p.p;
-    }
-    return 0;
-}
-
-/* What ids decode to, which are special, and the named ids. */
-static int finish_ids(dc_wordpiece *t, const dc_added_config *c, const char *where) {
-    int64_t size = t->n_vocab;
-    for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].id >= size)
-            size = (int64_t)t->added[i].id + 1;
-    t->info.size = size;
-    t->tokens = calloc((size_t)size + 1, sizeof *t->tokens);
-    t->special = calloc((size_t)size + 1, sizeof *t->special);
-    if (!t->tokens || !t->special)
-        return dc_fail("%s: out of memory", where);
-    for (int64_t i = 0; i < t->n_vocab; i++)
-        t->tokens[i] = t->vocab[i];
-    for (int i = 0; i < t->n_added; i++)
-        t->tokens[t->added[i].id] = t->added[i].content;
-    for (int64_t id = 0; id < size; id++) { /* tokenizers asks by content */
-        const dc_added_token *a = t->tokens[id] ? dc_added_find(t->added, t->n_added, t->tokens[id]) : NULL;
-        t->special[id] = a && a->special;
-    }
-    int32_t *named[DC_N_NAMED] = {&t->info.bos, &t->info.eos, &t->info.unk, &t->info.sep,
-                                  &t->info.pad, &t->info.cls, &t->info.mask};
-    for (int i = 0; i < DC_N_NAMED; i++) {
-        const char *name = dc_added_named_content(c, i);
-        *named[i] = name ? dc_wordpiece_token_id(t, name) : -1;
-    }
-    const char *unk = t->info.unk >= 0 ? t->tokens[t->info.unk] : NULL;
-    if (!unk || t->info.unk >= t->n_vocab || vocab_find(t, "", unk, strlen(unk)) != t->info.unk)
+/* The added tokens, what ids decode to, and the named ids. */
+static int finish_ids(dc_wordpiece *t, const dc_added_config *c, const char *added_where, const char *where) {
+    int32_t named[DC_N_NAMED];
+    if (dc_vocab_finish(&t->v, c, normalize, t, added_where, where, named))
+        return -1;
+    t->info.size = t->v.size;
+    t->info.bos = named[DC_BOS];
+    t->info.eos = named[DC_EOS];
+    t->info.unk = named[DC_UNK];
+    t->info.sep = named[DC_SEP];
+    t->info.pad = named[DC_PAD];
+    t->info.cls = named[DC_CLS];
+    t->info.mask = named[DC_MASK];
+    const char *unk = t->info.unk >= 0 ? t->v.tokens[t->info.unk] : NULL;
+    if (!unk || t->info.unk >= t->v.n_vocab || dc_vocab_find(&t->v, "", unk, strlen(unk)) != t->info.unk)
         return dc_fail("%s: the unknown token is not in the vocab", where);
     return 0;
 }
 
-static cJSON *parse_optional(const char *text, size_t n, const char *what) {
-    return text ? dc_json_parse(text, n, what) : NULL;
-}
-
 int dc_wordpiece_load_files(dc_wordpiece **out, const dc_wordpiece_files *f, const char *where) {
     *out = NULL;
-    char name[4][512];
-    snprintf(name[0], sizeof name[0], "%s/tokenizer.json", where);
-    snprintf(name[1], sizeof name[1], "%s/vocab.txt", where);
-    snprintf(name[2], sizeof name[2], "%s/tokenizer_config.json", where);
-    snprintf(name[3], sizeof name[3], "%s/special_tokens_map.json", where);
+    char vocab_name[512];
+    snprintf(vocab_name, sizeof vocab_name, "%s/vocab.txt", where);
     dc_wordpiece *t = calloc(1, sizeof *t);
-    cJSON *tok = parse_optional(f->tokenizer_json, f->tokenizer_json_n, name[0]);
-    cJSON *cfg = parse_optional(f->tokenizer_config, f->tokenizer_config_n, name[2]);
-    cJSON *map = NULL;
+    dc_text_configs j;
+    int parsed = dc_text_configs_parse(&j, where, f->tokenizer_json, f->tokenizer_json_n, f->tokenizer_config,
+                                       f->tokenizer_config_n);
+    const char *vocab_where = j.tok ? j.tok_name : vocab_name;
     dc_added_config c = {0};
-    memcpy(c.defaults, NAMED_DEFAULT, sizeof c.defaults);
     int rc = -1;
     if (!t) {
         dc_fail("%s: out of memory", where);
         goto done;
     }
-    if ((f->tokenizer_json && !tok) || (f->tokenizer_config && !cfg))
+    if (parsed)
         goto done;
-    if (cfg && !cJSON_IsObject(cfg)) {
-        dc_fail("%s: not a JSON object", name[2]);
+    if (j.tok ? vocab_from_json(&t->v, j.tok, j.tok_name)
+              : f->vocab_txt ? vocab_from_txt(&t->v, f->vocab_txt, f->vocab_txt_n, vocab_name)
+                             : dc_fail("%s: neither tokenizer.json nor vocab.txt is there", where))
         goto done;
-    }
-    if (tok ? vocab_from_json(t, tok, name[0])
-            : f->vocab_txt ? vocab_from_txt(t, f->vocab_txt, f->vocab_txt_n, name[1])
-                           : dc_fail("%s: neither tokenizer.json nor vocab.txt is there", where))
-        goto done;
-    if (t->n_vocab == 0 || t->n_vocab > INT32_MAX) {
-        dc_fail("%s: the vocab has %lld tokens", tok ? name[0] : name[1], (long long)t->n_vocab);
+    if (t->v.n_vocab == 0 || t->v.n_vocab > INT32_MAX) {
+        dc_fail("%s: the vocab has %lld tokens", vocab_where, (long long)t->v.n_vocab);
         goto done;
     }
-    if (vocab_index(t, tok ? name[0] : name[1]) || (cfg && read_flags(t, cfg, name[2])))
+    if (dc_vocab_index(&t->v, vocab_where) || (j.cfg && read_flags(t, j.cfg, j.cfg_name)))
         goto done;
-    if (!cfg)
+    if (!j.cfg)
         t->lowercase = t->strip_accents = t->chinese = true;
-    dc_added_read_named(&c, cfg);
-    c.decoder = cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder");
-    if (c.decoder && !cJSON_IsObject(c.decoder)) {
-        dc_fail("%s: added_tokens_decoder is %s, not an object", name[2], dc_json_type(c.decoder));
-        goto done;
-    }
-    if (!c.decoder) { /* saved without one: the older files say it */
-        if (f->special_tokens_map && !(map = dc_json_parse(f->special_tokens_map, f->special_tokens_map_n, name[3])))
-            goto done;
-        dc_added_read_named(&c, map);
-        c.decoder = cJSON_GetObjectItemCaseSensitive(tok, "added_tokens");
-        c.decoder_is_list = true;
-        if (c.decoder && !cJSON_IsArray(c.decoder)) {
-            dc_fail("%s: added_tokens is %s, not a list", name[0], dc_json_type(c.decoder));
-            goto done;
-        }
-    }
-    if (dc_added_build(&c, t->n_vocab, find_in_vocab, t, cfg ? name[2] : name[0], &t->added, &t->n_added) ||
-        finish_added(t, where) || finish_ids(t, &c, where))
+    if (dc_added_read_configs(&c, &j, NAMED_DEFAULT, f->special_tokens_map, f->special_tokens_map_n) ||
+        finish_ids(t, &c, j.cfg ? j.cfg_name : j.tok_name, where))
         goto done;
     rc = 0;
 done:
-    cJSON_Delete(tok);
-    cJSON_Delete(cfg);
-    cJSON_Delete(map);
+    dc_text_configs_free(&j);
     if (rc)
         dc_wordpiece_free(t);
     else
@@ -530,25 +376,14 @@ done:
 
 int dc_wordpiece_load(dc_wordpiece **out, const char *dir) {
     *out = NULL;
-    char *text[4] = {0};
-    dc_wordpiece_files f = {0};
+    const char *const names[4] = {"vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
+    char *text[4];
+    size_t n[4];
     int rc = -1;
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        dc_fail("%s: not a folder", dir);
-        goto done;
+    if (dc_text_read_folder(dir, 4, names, text, n) == 0) {
+        dc_wordpiece_files f = {text[0], text[1], text[2], text[3], n[0], n[1], n[2], n[3]};
+        rc = dc_wordpiece_load_files(out, &f, dir);
     }
-    if (dc_text_read_optional(dir, "vocab.txt", &text[0], &f.vocab_txt_n) ||
-        dc_text_read_optional(dir, "tokenizer.json", &text[1], &f.tokenizer_json_n) ||
-        dc_text_read_optional(dir, "tokenizer_config.json", &text[2], &f.tokenizer_config_n) ||
-        dc_text_read_optional(dir, "special_tokens_map.json", &text[3], &f.special_tokens_map_n))
-        goto done;
-    f.vocab_txt = text[0];
-    f.tokenizer_json = text[1];
-    f.tokenizer_config = text[2];
-    f.special_tokens_map = text[3];
-    rc = dc_wordpiece_load_files(out, &f, dir);
-done:
     for (int i = 0; i < 4; i++)
         free(text[i]);
     return rc;
