@@ -471,8 +471,10 @@ bench_sd() {
             sd_diffc "$model" $size $steps | sed 's/^/diffc /'
             OMP_NUM_THREADS=$threads "$python" scripts/bench_sd_torch.py --model "$model" --height $size \
                 --width $size --steps $steps --threads "$threads" 2>/dev/null | sed 's/^/diffusers /'
-            [[ $has_sdcpp == 1 ]] && OMP_NUM_THREADS=$threads "$sdcpp" scripts/bench_sd_cpp.py --model "$model" \
-                --height $size --width $size --steps $steps --threads "$threads" 2>/dev/null | sed 's/^/sd.cpp /'
+            if [[ $has_sdcpp == 1 ]]; then
+                OMP_NUM_THREADS=$threads "$sdcpp" scripts/bench_sd_cpp.py --model "$model" --height $size \
+                    --width $size --steps $steps --threads "$threads" 2>/dev/null | sed 's/^/sd.cpp /'
+            fi
         done
     done)
     echo "== sd: $machine; $("$sdcpp" -c 'import importlib.metadata as m; print("stable-diffusion-cpp-python", m.version("stable_diffusion_cpp_python"))' 2>/dev/null || echo "no stable-diffusion.cpp")"
