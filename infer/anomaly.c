@@ -241,7 +241,7 @@ static int setup(run *r) {
         return dc_fail_prefix("--images");
     if (resolve_classes(r))
         return -1;
-    if (dc_dir_check_writable(r->o.output_dir) || dc_model_ctx_init(&r->model, &r->ctx, ACTIVATION_BYTES))
+    if (dc_dir_check_writable(r->o.output_dir) || dc_model_ctx_init(r->model.device, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
     r->tty = isatty(fileno(stderr));

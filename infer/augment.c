@@ -492,7 +492,7 @@ static int setup(run *r, char **manifest_text) {
     if (dc_device_resolve(o->device, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, o->variant, device) ||
         check_model(r) || dc_model_sampler(&r->model, o->scheduler, o->num_inference_steps, NULL, -1, &r->sampler) ||
         open_dataset(r) || check_classes(r) || dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
-        read_manifest(r, manifest_text) || dc_model_ctx_init(&r->model, &r->ctx, ACTIVATION_BYTES))
+        read_manifest(r, manifest_text) || dc_model_ctx_init(r->model.device, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
     r->tty = isatty(fileno(stderr));

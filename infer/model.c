@@ -5,13 +5,12 @@
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "models/config_json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#define MAX_SCHEDULER_CONFIG (1 << 20)
 
 static bool is_dir(const char *path) {
     struct stat st;
@@ -55,8 +54,7 @@ static int load_schedule(dc_model *m, const char *dir) {
     int rc = 0;
     if (pipeline) {
         m->scheduler_path = dc_path_join(dir, "scheduler/scheduler_config.json");
-        m->scheduler_json =
-            m->scheduler_path ? dc_read_file(m->scheduler_path, MAX_SCHEDULER_CONFIG, NULL) : NULL;
+        m->scheduler_json = m->scheduler_path ? dc_cfg_read_text(m->scheduler_path) : NULL;
         rc =
             m->scheduler_json ? dc_noise_schedule_config_parse(&c, m->scheduler_json, m->scheduler_path) : -1;
     }
@@ -99,9 +97,9 @@ int dc_model_load(dc_model *m, const char *dir, bool use_ema) {
     return dc_model_load_on(m, dir, use_ema, NULL, DC_CPU);
 }
 
-int dc_model_ctx_init(const dc_model *m, dc_ctx *ctx, size_t cpu_bytes) {
+int dc_model_ctx_init(int device, dc_ctx *ctx, size_t cpu_bytes) {
     size_t bytes;
-    return dc_device_arena_bytes(m->device, cpu_bytes, &bytes) || dc_ctx_init(ctx, m->device, bytes);
+    return dc_device_arena_bytes(device, cpu_bytes, &bytes) || dc_ctx_init(ctx, device, bytes);
 }
 
 void dc_model_free(dc_model *m) {

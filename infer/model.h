@@ -49,10 +49,11 @@ int dc_model_load(dc_model *m, const char *dir, bool use_ema);
 int dc_model_load_on(dc_model *m, const char *dir, bool use_ema, const char *variant, int device);
 void dc_model_free(dc_model *m);
 
-/* A context for the model's forward passes, on its device: on the CPU an
- * activation arena of `cpu_bytes` (reserved, used as touched); on a GPU
- * most of the memory free after the weights (autograd/device.h). */
-int dc_model_ctx_init(const dc_model *m, dc_ctx *ctx, size_t cpu_bytes);
+/* A context for forward passes of models loaded on `device` (a dc_model's,
+ * or a text-to-image pipeline's): on the CPU an activation arena of
+ * `cpu_bytes` (reserved, used as touched); on a GPU most of the memory free
+ * after the weights (autograd/device.h). */
+int dc_model_ctx_init(int device, dc_ctx *ctx, size_t cpu_bytes);
 
 /* The sampler a command asks for over the model's schedule: `scheduler` by
  * name (its errors prefixed "--scheduler"), with the kind's defaults, then

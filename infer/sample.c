@@ -29,7 +29,6 @@
 #include "autograd/clock.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
-#include "autograd/device.h"
 #include "data/image.h"
 #include "data/metadata.h"
 #include "infer/cli.h"
@@ -55,7 +54,6 @@
 #define DEFAULT_SCHEDULER "ddim"
 #define SD_STEPS 50       /* StableDiffusionPipeline's num_inference_steps */
 #define SD_GUIDANCE 7.5   /* and guidance_scale */
-#define MAX_PROMPT_FILE ((size_t)64 << 20)
 #define GRID_MAX 100                        /* grid.png shows the first GRID_MAX images */
 #define ACTIVATION_BYTES ((size_t)64 << 30) /* reserved lazily: only what a step touches is used */
 
@@ -420,7 +418,10 @@ static int setup(run *r) {
             load_init_images(&r->init, o->init_image))
             return -1;
     }
-    r->n = r->text ? r->n_prompts * r->per_prompt : o->num_images ? o->num_images : o->init_image ? r->init.n : DEFAULT_IMAGES;
+    r->n = r->text             ? r->n_prompts * r->per_prompt
+           : o->num_images     ? o->num_images
+           : o->init_image     ? r->init.n
+                               : DEFAULT_IMAGES;
     int64_t b = o->batch_size < r->n ? o->batch_size : r->n;
     r->n_batches = (r->n + o->batch_size - 1) / o->batch_size;
     r->labels = malloc((size_t)b * sizeof *r->labels);
@@ -430,9 +431,8 @@ static int setup(run *r) {
     r->grid = calloc((size_t)(r->n < GRID_MAX ? r->n : GRID_MAX), sizeof *r->grid);
     if (!r->labels || !r->batch_prompts || (o->init_image && !r->batch_init) || !r->px || !r->grid)
         return dc_fail("out of memory for batches of %" PRId64 " images of %dx%d", b, r->w, r->h);
-    size_t bytes;
     if (dc_dir_check_writable(o->output_dir) || (r->text && open_metadata(r)) ||
-        dc_device_arena_bytes(r->device, ACTIVATION_BYTES, &bytes) || dc_ctx_init(&r->ctx, r->device, bytes))
+        dc_model_ctx_init(r->device, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
     r->tty = isatty(fileno(stderr));

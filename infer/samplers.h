@@ -269,6 +269,8 @@ int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float
  * batch, and on any device. */
 #define DC_SAMPLER_DRAW_INIT 0
 #define DC_SAMPLER_DRAW_STEP(i) ((uint64_t)(i) + 1)
+/* An img2img image's VAE latent sample (text-to-image pipelines): past every step's draw. */
+#define DC_SAMPLER_DRAW_VAE ((uint64_t)1 << 32)
 
 /* out [n_images, per_image]: draw `draw` of images first_image ..
  * first_image + n_images - 1. */

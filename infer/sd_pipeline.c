@@ -7,16 +7,13 @@
 #include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "models/config_json.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#define MAX_SCHEDULER_CONFIG (1 << 20)
-/* The draw of an img2img image's VAE latent sample: past every step's draw. */
-#define DRAW_VAE_SAMPLE ((uint64_t)1 << 32)
 
 /* ---- the folder ---- */
 
@@ -106,7 +103,7 @@ bool dc_sd_is_pipeline(const char *dir) {
 
 static int load_scheduler(dc_sd_pipeline *p, const char *dir) {
     p->scheduler_path = dc_path_join(dir, "scheduler/scheduler_config.json");
-    p->scheduler_json = p->scheduler_path ? dc_read_file(p->scheduler_path, MAX_SCHEDULER_CONFIG, NULL) : NULL;
+    p->scheduler_json = p->scheduler_path ? dc_cfg_read_text(p->scheduler_path) : NULL;
     return p->scheduler_json ? 0 : -1;
 }
 
@@ -214,7 +211,7 @@ static int init_latents(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_reques
         dc_ctx_reset(ctx);
         dc_vae_latent_dist d;
         dc_tensor *img = dc_from_host(ctx, DC_F32, DC_SHAPE(1, r->h, r->w, 3), r->init + (first + k) * per);
-        dc_sampler_noise(bt->noise, 1, bt->lper, r->seed, r->first_image + (uint64_t)(first + k), DRAW_VAE_SAMPLE);
+        dc_sampler_noise(bt->noise, 1, bt->lper, r->seed, r->first_image + (uint64_t)(first + k), DC_SAMPLER_DRAW_VAE);
         dc_tensor *eps = dc_from_host(ctx, DC_F32, DC_SHAPE(1, bt->lh, bt->lw, bt->lc), bt->noise);
         if (!img || !eps || dc_vae_encode(ctx, p->vae, img, &d))
             return -1;
