@@ -59,6 +59,8 @@ typedef struct dc_train_options {
     char *cache_dir;
     int64_t resolution;
     bool random_flip;
+    char *caption_column;  /* metadata.jsonl's key of the captions (text-to-image) */
+    char *prompt_template; /* "a photo of a {class}": prompts from class folders; NULL: captions */
     bool strict;
     int64_t dataloader_num_workers; /* 0: one per core, at most 8 */
     /* diffusion */
@@ -94,6 +96,7 @@ typedef struct dc_train_options {
     char *resume_from_checkpoint;    /* "latest" or a checkpoint folder */
     int64_t sample_every;            /* 0: no sample grids */
     int64_t eval_batch_size;         /* images in each sample grid */
+    char *validation_prompt;         /* text-to-image grids: prompts split at '|'; NULL: a caption */
     int64_t ddpm_num_inference_steps;
     /* captions (diffc train-caption) */
     char *prompt;           /* the text every caption starts with, not learnt; NULL: none */

@@ -1,0 +1,376 @@
+/*
+ * Stable Diffusion in `diffc train` (model.h): full fine-tuning of the
+ * UNet2DConditionModel of a StableDiffusionPipeline folder, as diffusers'
+ * train_text_to_image.py does, its VAE and text encoder frozen.
+ *
+ * Prompts: each image's caption from the folder's metadata.jsonl (the key
+ * --caption-column), or with --prompt-template the template with {class}
+ * replaced by the image's class folder. Each distinct prompt is encoded
+ * once, at the start, with the empty prompt among them; --cond-drop-prob
+ * replaces an image's prompt by the empty one, drawn for its stream
+ * position (DC_TRAIN_STREAM_LABEL_DROP), for classifier-free guidance.
+ *
+ * Latents: the dataset caches each image resized (shorter side to
+ * --resolution) and centre-cropped, as diffusers' script does with
+ * --center-crop (random crops would need the VAE on every step). At the
+ * start every image is encoded once: the mean and the std of its latent
+ * distribution are kept (both orientations with --random-flip, whose coin
+ * is then drawn here, per stream position, from DC_TRAIN_STREAM_FLIP; the
+ * loader flips nothing). A step draws the sample mean + std * eps with eps
+ * from DC_TRAIN_STREAM_LATENT at the image's position, and scales it:
+ * latents = (z - shift_factor) * scaling_factor, diffusers'
+ * latent_dist.sample() * scaling_factor. The VAE never runs in a step.
+ *
+ * Sample grids: the pipeline's own scheduler, --ddpm-num-inference-steps
+ * steps (50 unless given, the pipelines' default), guidance 7.5, at
+ * --resolution, the prompts of --validation-prompt ('|' between them; unset:
+ * the first image's prompt), through infer/sd_pipeline.h's loop.
+ *
+ * The output folders (checkpoints, the final model) take the pretrained
+ * folder's model_index.json, scheduler, tokenizer, text encoder and VAE
+ * (checkpoint.h: dc_pipeline.frozen_from) beside the trained unet/.
+ */
+#define _GNU_SOURCE /* strdup */
+#include "model.h"
+
+#include "autograd/device.h"
+#include "autograd/error.h"
+#include "autograd/fileio.h"
+#include "autograd/rng.h"
+#include "data/image.h"
+#include "infer/sd_pipeline.h"
+#include "models/unet_cond.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GRID_GUIDANCE 7.5f /* StableDiffusionPipeline's default, as diffusers' validation runs it */
+#define GRID_STEPS 50      /* likewise */
+
+typedef struct sd_model {
+    dc_sd_pipeline sd;         /* the frozen parts; its unet stays empty */
+    dc_unet_cond_config cfg;
+    dc_unet_cond unet;         /* the trained UNet, in m->ps */
+    int64_t tokens, width;     /* of a prompt's embeds */
+    int64_t n_prompts;         /* distinct prompts, the empty one first */
+    char **prompts;            /* [n_prompts] */
+    float *embeds;             /* [n_prompts, tokens, width] */
+    int64_t *prompt_of;        /* [ds->count] each image's index into prompts */
+    int flips;                 /* 2 with --random-flip, else 1 */
+    int64_t lper;              /* floats of one image's latents */
+    float *moments;            /* [count, flips, 2, lper]: mean, then std */
+    float *batch_x0;           /* [train_batch_size, lper] */
+    float *batch_text;         /* [train_batch_size, tokens, width] */
+} sd_model;
+
+/* ---- the model ---- */
+
+static int declare(dc_train_model *m, char **weights) {
+    sd_model *s = m->impl;
+    const dc_train_options *o = m->o;
+    char *config_path = NULL, *guessed = NULL, *text = NULL;
+    int rc = dc_sd_load_frozen(&s->sd, o->pretrained_model, o->variant, m->device) ||
+             dc_unet_find(o->pretrained_model, "unet", o->variant, &config_path, weights, &guessed);
+    if (guessed && m->root)
+        fprintf(stderr, "diffc: note: %s/unet has no plain weights; using its only variant, %s\n",
+                o->pretrained_model, guessed);
+    if (!rc && !(m->unet_json = dc_json_load(config_path)))
+        rc = -1;
+    if (!rc && !(text = dc_json_print(m->unet_json, true)))
+        rc = dc_fail("out of memory");
+    if (!rc)
+        rc = dc_unet_cond_config_parse(&s->cfg, text, config_path) ||
+             dc_sd_check_unet(&s->sd, &s->cfg, o->pretrained_model) || dc_unet_cond_init(&s->unet, &s->cfg, &m->ps);
+    free(text);
+    free(guessed);
+    free(config_path);
+    m->frozen_from = o->pretrained_model;
+    return rc;
+}
+
+static void dataset_options(const dc_train_model *m, dc_dataset_options *d) {
+    d->resolution = (int)m->o->resolution;
+    d->channels = 3;
+    d->caption_column = m->o->caption_column;
+}
+
+/* ---- prompts ---- */
+
+/* The prompt of image i: its caption, or the template for its class. */
+static char *prompt_of(const dc_train_model *m, int64_t i) {
+    const dc_train_options *o = m->o;
+    if (!o->prompt_template)
+        return strdup(m->ds->captions[i]);
+    const char *at = strstr(o->prompt_template, "{class}"), *name = m->ds->class_names[m->ds->labels[i]];
+    size_t n = strlen(o->prompt_template) - 7 + strlen(name) + 1;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%.*s%s%s", (int)(at - o->prompt_template), o->prompt_template, name, at + 7);
+    return p;
+}
+
+/* The data can give every image a prompt. */
+static int check_prompts(const dc_train_model *m) {
+    const dc_train_options *o = m->o;
+    const dc_dataset *ds = m->ds;
+    if (o->prompt_template && !strstr(o->prompt_template, "{class}"))
+        return dc_fail("--prompt-template '%s' has no {class} to replace by the class names", o->prompt_template);
+    if (o->prompt_template && ds->num_classes == 0)
+        return dc_fail("%s: --prompt-template needs class folders (a subfolder per class), the data has no "
+                       "classes", o->train_data_dir);
+    if (o->prompt_template)
+        return 0;
+    if (!ds->captions)
+        return dc_fail("%s: no captions: text-to-image training reads them from metadata.jsonl "
+                       "({\"file_name\": ..., \"%s\": ...} per image), or give --prompt-template",
+                       o->train_data_dir, o->caption_column);
+    int64_t missing = 0, first = -1;
+    for (int64_t i = 0; i < ds->count; i++)
+        if (!ds->captions[i] || !ds->captions[i][0])
+            missing++, first = first < 0 ? i : first;
+    if (missing)
+        return dc_fail("%s: %" PRId64 " of %" PRId64 " images have no \"%s\" in metadata.jsonl (the first is image "
+                       "%" PRId64 "); every image needs a caption (--caption-column names the key)",
+                       o->train_data_dir, missing, ds->count, o->caption_column, first);
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* s->prompts: the distinct prompts, sorted, "" first; s->prompt_of. */
+static int collect_prompts(dc_train_model *m, sd_model *s) {
+    int64_t n = m->ds->count;
+    char **all = calloc((size_t)n + 1, sizeof *all);
+    s->prompt_of = malloc((size_t)n * sizeof *s->prompt_of);
+    int rc = all && s->prompt_of ? 0 : dc_fail("out of memory");
+    for (int64_t i = 0; !rc && i <= n; i++)
+        if (!(all[i] = i ? prompt_of(m, i - 1) : strdup("")))
+            rc = dc_fail("out of memory");
+    if (rc) {
+        for (int64_t i = 0; all && i <= n; i++)
+            free(all[i]);
+        free(all);
+        return -1;
+    }
+    qsort(all, (size_t)n + 1, sizeof *all, cmp_str); /* "" sorts first */
+    int64_t k = 0;
+    for (int64_t i = 0; i <= n; i++) {
+        if (k && !strcmp(all[k - 1], all[i]))
+            free(all[i]);
+        else
+            all[k++] = all[i];
+    }
+    s->prompts = all;
+    s->n_prompts = k;
+    for (int64_t i = 0; !rc && i < n; i++) {
+        char *p = prompt_of(m, i);
+        char **hit = p ? bsearch(&p, all, (size_t)k, sizeof *all, cmp_str) : NULL;
+        rc = hit ? 0 : dc_fail("out of memory");
+        if (hit)
+            s->prompt_of[i] = hit - all;
+        free(p);
+    }
+    return rc;
+}
+
+/* Every distinct prompt's embeds, a few at a time. */
+static int encode_prompts(sd_model *s, dc_ctx *ctx) {
+    enum { CHUNK = 8 };
+    int64_t per = s->tokens * s->width;
+    s->embeds = malloc((size_t)(s->n_prompts * per) * sizeof *s->embeds);
+    if (!s->embeds)
+        return dc_fail("out of memory for the embeds of %" PRId64 " distinct prompts", s->n_prompts);
+    for (int64_t i = 0; i < s->n_prompts; i += CHUNK) {
+        int64_t n = s->n_prompts - i < CHUNK ? s->n_prompts - i : CHUNK;
+        if (dc_sd_encode_text(ctx, &s->sd, (const char *const *)s->prompts + i, n, 0, s->embeds + i * per))
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- latents ---- */
+
+/* Image i of the dataset, flipped or not, into x [h, w, 3] in [-1, 1]. */
+static void image_of(const dc_dataset *ds, int64_t i, bool flip, float *x) {
+    size_t row = (size_t)ds->w * 3;
+    const uint8_t *px = ds->pixels + (size_t)i * ds->h * row;
+    dc_u8_to_float(x, px, (size_t)ds->h * row);
+    for (int y = 0; flip && y < ds->h; y++)
+        for (int a = 0, b = ds->w - 1; a < b; a++, b--)
+            for (int c = 0; c < 3; c++) {
+                float t = x[y * row + a * 3 + c];
+                x[y * row + a * 3 + c] = x[y * row + b * 3 + c];
+                x[y * row + b * 3 + c] = t;
+            }
+}
+
+/* The latent distribution of every image (and of its mirror image). */
+static int encode_images(dc_train_model *m, sd_model *s, dc_ctx *ctx) {
+    const dc_dataset *ds = m->ds;
+    float *x = malloc((size_t)ds->h * ds->w * 3 * sizeof *x);
+    s->moments = malloc((size_t)(ds->count * s->flips * 2 * s->lper) * sizeof *s->moments);
+    int rc = x && s->moments ? 0 : dc_fail("out of memory for the latents of %" PRId64 " images", ds->count);
+    for (int64_t i = 0; !rc && i < ds->count; i++)
+        for (int f = 0; !rc && f < s->flips; f++) {
+            float *out = s->moments + (i * s->flips + f) * 2 * s->lper;
+            dc_vae_latent_dist d;
+            image_of(ds, i, f, x);
+            dc_ctx_reset(ctx);
+            dc_tensor *img = dc_from_host(ctx, DC_F32, DC_SHAPE(1, ds->h, ds->w, 3), x);
+            rc = !img || dc_vae_encode(ctx, s->sd.vae, img, &d) ||
+                 dc_memcpy(out, DC_CPU, d.mean->data, ctx->device, (size_t)s->lper * sizeof(float)) ||
+                 dc_memcpy(out + s->lper, DC_CPU, d.std->data, ctx->device, (size_t)s->lper * sizeof(float));
+        }
+    free(x);
+    return rc;
+}
+
+static int open_data(dc_train_model *m, dc_ctx *ctx) {
+    sd_model *s = m->impl;
+    const dc_dataset *ds = m->ds;
+    int f = dc_sd_latent_scale(&s->sd), side = f << (s->cfg.levels - 1);
+    if (m->o->resolution % side)
+        return dc_fail("--resolution %" PRId64 " is not divisible by %d: the VAE divides it by %d and the "
+                       "UNet's %d levels halve that %d times", m->o->resolution, side, f, s->cfg.levels,
+                       s->cfg.levels - 1);
+    if (check_prompts(m))
+        return -1;
+    m->x0_h = ds->h / f, m->x0_w = ds->w / f, m->x0_c = s->sd.vae->cfg.latent_channels;
+    s->lper = (int64_t)m->x0_h * m->x0_w * m->x0_c;
+    s->flips = m->o->random_flip ? 2 : 1;
+    dc_sd_text_shape(&s->sd, &s->tokens, &s->width);
+    size_t batch = (size_t)m->o->train_batch_size;
+    s->batch_x0 = malloc(batch * (size_t)s->lper * sizeof *s->batch_x0);
+    s->batch_text = malloc(batch * (size_t)(s->tokens * s->width) * sizeof *s->batch_text);
+    if (!s->batch_x0 || !s->batch_text)
+        return dc_fail("out of memory");
+    bool grad = dc_set_grad_enabled(ctx, false);
+    int rc = collect_prompts(m, s) || encode_prompts(s, ctx) || encode_images(m, s, ctx);
+    dc_set_grad_enabled(ctx, grad);
+    dc_ctx_reset(ctx);
+    if (!rc && m->root)
+        fprintf(stderr, "diffc: %" PRId64 " images encoded to %dx%dx%d latents%s, %" PRId64 " distinct prompts\n",
+                ds->count, m->x0_h, m->x0_w, m->x0_c, s->flips == 2 ? " (and their mirror images)" : "",
+                s->n_prompts - 1);
+    return rc;
+}
+
+/* ---- a step ---- */
+
+/* Image j of the batch: its latents drawn from the cached distribution. */
+static dc_tensor *x0(dc_train_model *m, dc_ctx *ctx, const dc_batch *b) {
+    sd_model *s = m->impl;
+    uint64_t seed = (uint64_t)m->o->seed;
+    float scale = s->sd.vae->cfg.scaling_factor, shift = s->sd.vae->cfg.shift_factor;
+    for (int j = 0; j < b->n; j++) {
+        uint64_t p = (uint64_t)(b->position + j);
+        int flip = s->flips == 2 && dc_rand_uniform(seed, DC_TRAIN_STREAM_FLIP, p) < 0.5f;
+        const float *mean = s->moments + (b->ids[j] * s->flips + flip) * 2 * s->lper, *std = mean + s->lper;
+        float *z = s->batch_x0 + j * s->lper;
+        dc_fill_normal(z, s->lper, seed, DC_TRAIN_STREAM_LATENT, p * (uint64_t)s->lper);
+        for (int64_t k = 0; k < s->lper; k++)
+            z[k] = (mean[k] + std[k] * z[k] - shift) * scale;
+    }
+    return dc_from_host(ctx, DC_F32, DC_SHAPE(b->n, m->x0_h, m->x0_w, m->x0_c), s->batch_x0);
+}
+
+/* The batch's prompt embeds, --cond-drop-prob of them the empty prompt's. */
+static dc_tensor *batch_text(dc_train_model *m, dc_ctx *ctx, const dc_batch *b) {
+    sd_model *s = m->impl;
+    int64_t per = s->tokens * s->width;
+    for (int j = 0; j < b->n; j++) {
+        bool drop = dc_rand_uniform((uint64_t)m->o->seed, DC_TRAIN_STREAM_LABEL_DROP, (uint64_t)(b->position + j)) <
+                    m->o->cond_drop_prob;
+        int64_t k = drop ? 0 : s->prompt_of[b->ids[j]];
+        memcpy(s->batch_text + j * per, s->embeds + k * per, (size_t)per * sizeof(float));
+    }
+    return dc_from_host(ctx, DC_F32, DC_SHAPE(b->n, s->tokens, s->width), s->batch_text);
+}
+
+static dc_tensor *forward(dc_train_model *m, dc_ctx *ctx, const dc_batch *b, dc_tensor *xt, dc_tensor *t) {
+    sd_model *s = m->impl;
+    dc_tensor *text = batch_text(m, ctx, b);
+    return text ? dc_unet_cond_forward(ctx, &s->unet, xt, t, text) : NULL;
+}
+
+/* ---- sample grids ---- */
+
+/* --validation-prompt split at '|' (or the first image's prompt) into *out[*n]. */
+static int grid_prompts(const dc_train_model *m, const sd_model *s, char **text, const char ***out, int64_t *n) {
+    const char *given = m->o->validation_prompt;
+    *text = strdup(given ? given : s->prompts[s->prompt_of[0]]);
+    int64_t count = 1;
+    for (const char *c = *text; *text && *c; c++)
+        count += *c == '|';
+    *out = *text ? malloc((size_t)count * sizeof **out) : NULL;
+    if (!*out)
+        return dc_fail("out of memory");
+    *n = 0;
+    for (char *save = NULL, *p = strtok_r(*text, "|", &save); p; p = strtok_r(NULL, "|", &save))
+        (*out)[(*n)++] = p;
+    return *n ? 0 : dc_fail("--validation-prompt '%s' holds no prompt", given);
+}
+
+/* The number of denoising steps: --ddpm-num-inference-steps when given, else the pipelines' default. */
+static int grid_steps(const dc_train_options *o) {
+    int n;
+    const dc_train_option *table = dc_train_option_table(&n), *r = dc_train_option_find("ddpm_num_inference_steps");
+    return o->given >> (r - table) & 1 ? (int)o->ddpm_num_inference_steps : GRID_STEPS;
+}
+
+static int sample(dc_train_model *m, dc_ctx *ctx, const dc_noise_schedule *sched, uint64_t seed,
+                  dc_train_grid *g) {
+    (void)sched; /* the pipeline's own scheduler, as a user of the folder samples */
+    sd_model *s = m->impl;
+    int64_t n = m->o->eval_batch_size, n_texts = 0;
+    char *text = NULL;
+    const char **texts = NULL, **prompts = malloc((size_t)n * sizeof *prompts);
+    *g = (dc_train_grid){.n = n, .h = (int)m->o->resolution, .w = (int)m->o->resolution, .c = 3};
+    g->px = malloc((size_t)(n * g->h * g->w * 3) * sizeof *g->px);
+    int rc = prompts && g->px ? grid_prompts(m, s, &text, &texts, &n_texts) : dc_fail("out of memory");
+    for (int64_t i = 0; !rc && i < n; i++)
+        prompts[i] = texts[i % n_texts];
+    g->cols = rc ? 1 : n_texts < n ? (int)n_texts : (int)ceil(sqrt((double)n));
+    dc_sampler sampler = {0};
+    dc_sd_pipeline view = s->sd; /* the frozen parts with the trained UNet; not freed */
+    view.unet = s->unet;
+    dc_sd_request r = {.sampler = &sampler, .n = n, .batch = n, .h = g->h, .w = g->w, .prompts = prompts,
+                       .guidance_scale = GRID_GUIDANCE, .seed = seed};
+    if (!rc)
+        rc = dc_sd_sampler(&view, NULL, grid_steps(m->o), &sampler) || dc_sd_generate(ctx, &view, &r, g->px);
+    dc_sampler_free(&sampler);
+    free(prompts);
+    free(texts);
+    free(text);
+    return rc;
+}
+
+static void model_free(dc_train_model *m) {
+    sd_model *s = m->impl;
+    if (!s)
+        return;
+    dc_sd_free(&s->sd);
+    dc_unet_cond_free(&s->unet);
+    dc_unet_cond_config_free(&s->cfg);
+    for (int64_t i = 0; i < s->n_prompts; i++)
+        free(s->prompts[i]);
+    free(s->prompts);
+    free(s->embeds);
+    free(s->prompt_of);
+    free(s->moments);
+    free(s->batch_x0);
+    free(s->batch_text);
+    free(s);
+}
+
+static const dc_train_model_ops ops = {declare, dataset_options, open_data, x0, forward, sample, model_free};
+
+int dc_train_model_sd_init(dc_train_model *m) {
+    m->ops = &ops;
+    m->loader_flips = false;
+    m->impl = calloc(1, sizeof(sd_model));
+    return m->impl ? 0 : dc_fail("out of memory");
+}
