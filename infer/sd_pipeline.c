@@ -210,8 +210,10 @@ int dc_sd_encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const char *const *t
     for (int64_t k = 0; !rc && k < n; k++)
         rc = dc_bpe_encode_padded(p->tokenizer, texts[k], tokens, ids + k * tokens, NULL);
     dc_ctx_reset(ctx);
+    bool grad = dc_set_grad_enabled(ctx, false); /* the encoder is frozen (packed) */
     dc_tensor *t = rc ? NULL : dc_from_host(ctx, DC_I32, DC_SHAPE(n, tokens), ids);
     dc_tensor *e = t ? dc_clip_text_forward(ctx, p->text_encoder, t, clip_skip, NULL) : NULL;
+    dc_set_grad_enabled(ctx, grad);
     free(ids);
     if (!e)
         return -1;

@@ -65,7 +65,7 @@ int dc_sd_check_unet(const dc_sd_pipeline *p, const dc_unet_cond_config *u, cons
 void dc_sd_text_shape(const dc_sd_pipeline *p, int64_t *tokens, int64_t *width);
 /* texts[n] -> out [n, tokens, width] (host): the text encoder's last hidden
  * states (clip_skip layers fewer), as the pipeline conditions on them. ctx
- * is reset first. */
+ * is reset first; nothing is recorded on its tape. */
 int dc_sd_encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const char *const *texts, int64_t n, int clip_skip,
                       float *out);
 /* The sampler of the folder's scheduler config, or of `kind_name` (NULL:
