@@ -16,7 +16,10 @@
  * start every image is encoded once: the mean and the std of its latent
  * distribution are kept (both orientations with --random-flip, whose coin
  * is then drawn here, per stream position, from DC_TRAIN_STREAM_FLIP; the
- * loader flips nothing). A step draws the sample mean + std * eps with eps
+ * loader flips nothing), in a file beside the dataset's cache
+ * (<cache>.latents-<fingerprint>.safetensors, the fingerprint of the
+ * dataset cache's name, the VAE's weights and the flips), which later runs
+ * read instead of running the VAE again. A step draws the sample mean + std * eps with eps
  * from DC_TRAIN_STREAM_LATENT at the image's position, and scales it:
  * latents = (z - shift_factor) * scaling_factor, diffusers'
  * latent_dist.sample() * scaling_factor. The VAE never runs in a step.
@@ -37,7 +40,9 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "autograd/rng.h"
+#include "autograd/safetensors.h"
 #include "data/image.h"
+#include "state.h"
 #include "infer/sd_pipeline.h"
 #include "models/unet_cond.h"
 
@@ -46,6 +51,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define GRID_GUIDANCE 7.5f /* StableDiffusionPipeline's default, as diffusers' validation runs it */
 #define GRID_STEPS 50      /* likewise */
@@ -207,12 +213,11 @@ static void image_of(const dc_dataset *ds, int64_t i, bool flip, float *x) {
             }
 }
 
-/* The latent distribution of every image (and of its mirror image). */
-static int encode_images(dc_train_model *m, sd_model *s, dc_ctx *ctx) {
+/* The moments of every image through the VAE. */
+static int run_vae(dc_train_model *m, sd_model *s, dc_ctx *ctx) {
     const dc_dataset *ds = m->ds;
     float *x = malloc((size_t)ds->h * ds->w * 3 * sizeof *x);
-    s->moments = malloc((size_t)(ds->count * s->flips * 2 * s->lper) * sizeof *s->moments);
-    int rc = x && s->moments ? 0 : dc_fail("out of memory for the latents of %" PRId64 " images", ds->count);
+    int rc = x ? 0 : dc_fail("out of memory");
     for (int64_t i = 0; !rc && i < ds->count; i++)
         for (int f = 0; !rc && f < s->flips; f++) {
             float *out = s->moments + (i * s->flips + f) * 2 * s->lper;
@@ -226,6 +231,91 @@ static int encode_images(dc_train_model *m, sd_model *s, dc_ctx *ctx) {
         }
     free(x);
     return rc;
+}
+
+/* ---- the latents' cache ---- */
+
+#define LATENT_CACHE_FORMAT "diffc-sd-latents-1"
+
+
+static uint64_t hash_words(uint64_t h, const void *p, size_t n) {
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t w = 0;
+        memcpy(&w, b + i, n - i < 8 ? n - i : 8);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* Beside the dataset's cache, named by what the moments depend on: the
+ * dataset cache (source, resolution: its name has their fingerprint), the
+ * VAE's weights and the flips. NULL after dc_fail. */
+static char *latent_cache_path(const dc_train_model *m, const sd_model *s) {
+    const dc_params *vae = &s->sd.vae->params;
+    float *copy;
+    const float *w = dc_train_on_host(vae->device, vae->data, vae->total, &copy);
+    if (!w)
+        return NULL;
+    uint64_t h = hash_words(0xcbf29ce484222325ull, LATENT_CACHE_FORMAT, sizeof LATENT_CACHE_FORMAT);
+    h = hash_words(h, w, vae->total * sizeof *w);
+    h = hash_words(h, m->ds->cache_path, strlen(m->ds->cache_path));
+    h = hash_words(h, &s->flips, sizeof s->flips);
+    free(copy);
+    const char *dot = strrchr(m->ds->cache_path, '.');
+    int stem = dot ? (int)(dot - m->ds->cache_path) : (int)strlen(m->ds->cache_path);
+    char *path;
+    if (asprintf(&path, "%.*s.latents-%016" PRIx64 ".safetensors", stem, m->ds->cache_path, h) < 0)
+        return dc_fail("out of memory"), NULL;
+    return path;
+}
+
+/* s->moments from the cache file at `path`: 1 when read, 0 when there is
+ * none or it does not hold what this run needs (it is then rebuilt). */
+static int read_latent_cache(const char *path, sd_model *s, int64_t count) {
+    dc_st_file f;
+    if (access(path, F_OK) != 0 || dc_st_open(&f, path))
+        return 0;
+    const dc_st_tensor *t = dc_st_find(&f, "moments");
+    const char *format = dc_st_meta(&f, "format");
+    size_t n = (size_t)(count * s->flips * 2 * s->lper);
+    bool ok = t && format && !strcmp(format, LATENT_CACHE_FORMAT) && !strcmp(t->dtype_name, "F32") &&
+              t->ndim == 4 && t->shape[0] == count && t->shape[1] == s->flips && t->shape[2] == 2 &&
+              t->shape[3] == s->lper && t->nbytes == n * sizeof(float);
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isfinite(((const float *)t->data)[i]);
+    if (ok)
+        memcpy(s->moments, t->data, t->nbytes);
+    dc_st_close(&f);
+    return ok;
+}
+
+static int write_latent_cache(const char *path, const sd_model *s, int64_t count) {
+    static const char *const keys[] = {"format"}, *const values[] = {LATENT_CACHE_FORMAT};
+    dc_st_tensor t = {.name = "moments", .dtype_name = "F32", .ndim = 4,
+                      .shape = {count, s->flips, 2, s->lper}, .data = s->moments,
+                      .nbytes = (size_t)(count * s->flips * 2 * s->lper) * sizeof(float)};
+    return dc_st_write(path, &t, 1, keys, values, 1);
+}
+
+/* The latent distribution of every image (and of its mirror image): from
+ * the cache when an earlier run left it, else from the VAE (rank 0 then
+ * writes the cache; the other ranks compute the same and keep it). */
+static int encode_images(dc_train_model *m, sd_model *s, dc_ctx *ctx) {
+    const dc_dataset *ds = m->ds;
+    s->moments = malloc((size_t)(ds->count * s->flips * 2 * s->lper) * sizeof *s->moments);
+    char *path = s->moments ? latent_cache_path(m, s) : NULL;
+    int rc = !s->moments ? dc_fail("out of memory for the latents of %" PRId64 " images", ds->count)
+             : !path     ? -1
+             : read_latent_cache(path, s, ds->count) ? 1
+                                                     : 0;
+    if (rc == 0 && !(rc = run_vae(m, s, ctx)) && m->root)
+        rc = write_latent_cache(path, s, ds->count);
+    if (rc >= 0 && m->root)
+        fprintf(stderr, "diffc: latents of %" PRId64 " images%s %s %s\n", ds->count,
+                s->flips == 2 ? " and their mirror images" : "", rc == 1 ? "read from" : "cached in", path);
+    free(path);
+    return rc < 0 ? -1 : 0;
 }
 
 static int open_data(dc_train_model *m, dc_ctx *ctx) {
@@ -252,9 +342,8 @@ static int open_data(dc_train_model *m, dc_ctx *ctx) {
     dc_set_grad_enabled(ctx, grad);
     dc_ctx_reset(ctx);
     if (!rc && m->root)
-        fprintf(stderr, "diffc: %" PRId64 " images encoded to %dx%dx%d latents%s, %" PRId64 " distinct prompts\n",
-                ds->count, m->x0_h, m->x0_w, m->x0_c, s->flips == 2 ? " (and their mirror images)" : "",
-                s->n_prompts - 1);
+        fprintf(stderr, "diffc: %" PRId64 " images as %dx%dx%d latents, %" PRId64 " distinct prompts\n", ds->count,
+                m->x0_h, m->x0_w, m->x0_c, s->n_prompts - 1);
     return rc;
 }
 

@@ -220,10 +220,11 @@ static int setup_optimizer(trainer *tr) {
 static int setup_model(trainer *tr) {
     char *pretrained_weights = NULL;
     tr->ps = &tr->model.ps;
+    if (dc_train_model_init(&tr->model, &tr->o, tr->device, dc_dist_is_root(&tr->dist)))
+        return -1;
     bool zero = tr->o.zero_stage == 1; /* any world: with one rank the shard is everything */
     tr->ps->multiple = zero ? (size_t)tr->dist.world * 16 : 0; /* equal shards */
-    int rc = dc_train_model_init(&tr->model, &tr->o, tr->device, dc_dist_is_root(&tr->dist)) ||
-             tr->model.ops->declare(&tr->model, &pretrained_weights) || check_resume_weights(tr) ||
+    int rc = tr->model.ops->declare(&tr->model, &pretrained_weights) || check_resume_weights(tr) ||
              (pretrained_weights ? dc_params_alloc_load(tr->ps, tr->device, pretrained_weights, dc_unet_rename)
                                  : dc_params_alloc_on(tr->ps, tr->device, (uint64_t)tr->o.seed));
     free(pretrained_weights);
