@@ -18,6 +18,7 @@
 #include "autograd/safetensors.h"
 #include "data/image.h"
 #include "infer/sd_pipeline.h"
+#include "train/model.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -68,8 +69,9 @@ static void check_params(const dc_params *ps, const float *data, const dc_st_fil
     dc_st_close(&got);
 }
 
-/* One step as the trainer takes it (text embeds, the latents' distribution,
- * q_sample, the UNet, the loss, AdamW), for both prediction types. */
+/* One step as the trainer takes it (text embeds, the latents' distribution
+ * and the latents drawn from it, q_sample, the UNet, the loss, AdamW), for
+ * both prediction types. */
 START_TEST(test_step_matches_diffusers) {
     static const char *const captions[] = {"a red cube", "two blue balls on a table"};
     static const char *const types[] = {"epsilon", "v_prediction"};
@@ -95,9 +97,8 @@ START_TEST(test_step_matches_diffusers) {
     check_close(d.mean->data, ref_find(&ref, "mean")->data, n, 1e-5, "latent mean");
     check_close(d.std->data, ref_find(&ref, "std")->data, n, 1e-5, "latent std");
     float *latents = malloc((size_t)n * sizeof *latents);
-    for (int64_t k = 0; k < n; k++)
-        latents[k] = (((float *)d.mean->data)[k] + ((float *)d.std->data)[k] * ((const float *)eps->data)[k]) *
-                     sd.vae->cfg.scaling_factor;
+    dc_train_sd_latents(d.mean->data, d.std->data, eps->data, n, sd.vae->cfg.scaling_factor, sd.vae->cfg.shift_factor,
+                        latents);
 
     for (int k = 0; k < 2; k++) {
         dc_unet_cond unet;

@@ -1,7 +1,10 @@
 /* The model `diffc train` trains (see model.h), chosen by --pretrained-model. */
 #include "model.h"
 
+#include "autograd/error.h"
 #include "infer/sd_pipeline.h"
+
+#include <math.h>
 
 #include <string.h>
 
@@ -21,4 +24,11 @@ void dc_train_model_free(dc_train_model *m) {
     dc_params_free(&m->ps);
     cJSON_Delete(m->unet_json);
     memset(m, 0, sizeof *m);
+}
+
+int dc_train_model_override_dropout(dc_train_model *m) {
+    if (isnan(m->o->dropout) || !cJSON_IsObject(m->unet_json))
+        return 0;
+    cJSON_DeleteItemFromObjectCaseSensitive(m->unet_json, "dropout");
+    return cJSON_AddNumberToObject(m->unet_json, "dropout", m->o->dropout) ? 0 : dc_fail("out of memory");
 }

@@ -92,6 +92,7 @@ struct dc_train_model {
     cJSON *unet_json;     /* unet/config.json as saved */
     const char *frozen_from; /* dc_pipeline.frozen_from: the SD folder, or NULL */
     bool loader_flips;    /* --random-flip is the loader's (images); else the model's */
+    size_t frozen_bytes;  /* what the model holds besides m->ps (frozen networks), for the memory check */
     int x0_h, x0_w, x0_c; /* what the diffusion runs on */
     void *impl;
 };
@@ -100,6 +101,15 @@ struct dc_train_model {
  * StableDiffusionPipeline folder, else a UNet2DModel. */
 int dc_train_model_init(dc_train_model *m, const dc_train_options *o, int device, bool root);
 void dc_train_model_free(dc_train_model *m);
+
+/* --dropout into m->unet_json (the saved config says what was trained). */
+int dc_train_model_override_dropout(dc_train_model *m);
+
+/* Stable Diffusion's latents of a latent distribution: z = mean + std * eps,
+ * (z - shift_factor) * scaling_factor, as diffusers' latent_dist.sample()
+ * times scaling_factor; out[n] (may be eps). */
+void dc_train_sd_latents(const float *mean, const float *std, const float *eps, int64_t n, float scaling_factor,
+                         float shift_factor, float *out);
 
 /* The two kinds (model_unet.c, model_sd.c). */
 int dc_train_model_unet_init(dc_train_model *m);

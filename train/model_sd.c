@@ -83,7 +83,7 @@ static int declare(dc_train_model *m, char **weights) {
     if (guessed && m->root)
         fprintf(stderr, "diffc: note: %s/unet has no plain weights; using its only variant, %s\n",
                 o->pretrained_model, guessed);
-    if (!rc && !(m->unet_json = dc_json_load(config_path)))
+    if (!rc && (!(m->unet_json = dc_json_load(config_path)) || dc_train_model_override_dropout(m)))
         rc = -1;
     if (!rc && !(text = dc_json_print(m->unet_json, true)))
         rc = dc_fail("out of memory");
@@ -94,6 +94,8 @@ static int declare(dc_train_model *m, char **weights) {
     free(guessed);
     free(config_path);
     m->frozen_from = o->pretrained_model;
+    if (!rc) /* values and (unused) gradients */
+        m->frozen_bytes = 2 * (s->sd.text_encoder->params.total + s->sd.vae->params.total) * sizeof(float);
     return rc;
 }
 
@@ -349,6 +351,12 @@ static int open_data(dc_train_model *m, dc_ctx *ctx) {
 
 /* ---- a step ---- */
 
+void dc_train_sd_latents(const float *mean, const float *std, const float *eps, int64_t n, float scaling_factor,
+                         float shift_factor, float *out) {
+    for (int64_t k = 0; k < n; k++)
+        out[k] = (mean[k] + std[k] * eps[k] - shift_factor) * scaling_factor;
+}
+
 /* Image j of the batch: its latents drawn from the cached distribution. */
 static dc_tensor *x0(dc_train_model *m, dc_ctx *ctx, const dc_batch *b) {
     sd_model *s = m->impl;
@@ -360,8 +368,7 @@ static dc_tensor *x0(dc_train_model *m, dc_ctx *ctx, const dc_batch *b) {
         const float *mean = s->moments + (b->ids[j] * s->flips + flip) * 2 * s->lper, *std = mean + s->lper;
         float *z = s->batch_x0 + j * s->lper;
         dc_fill_normal(z, s->lper, seed, DC_TRAIN_STREAM_LATENT, p * (uint64_t)s->lper);
-        for (int64_t k = 0; k < s->lper; k++)
-            z[k] = (mean[k] + std[k] * z[k] - shift) * scale;
+        dc_train_sd_latents(mean, std, z, s->lper, scale, shift, z);
     }
     return dc_from_host(ctx, DC_F32, DC_SHAPE(b->n, m->x0_h, m->x0_w, m->x0_c), s->batch_x0);
 }

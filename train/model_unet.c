@@ -42,14 +42,6 @@ static int checkpoint_config(const dc_train_options *o, char **config_path) {
     return rc;
 }
 
-/* --dropout replaces the config's, so the saved config says what was trained. */
-static int override_dropout(dc_train_model *m) {
-    if (isnan(m->o->dropout) || !cJSON_IsObject(m->unet_json))
-        return 0;
-    cJSON_DeleteItemFromObjectCaseSensitive(m->unet_json, "dropout");
-    return cJSON_AddNumberToObject(m->unet_json, "dropout", m->o->dropout) ? 0 : dc_fail("out of memory");
-}
-
 /* The UNet config: from --pretrained-model's folder, --model, or the checkpoint resumed. */
 static int load_config(dc_train_model *m, unet_model *u, char **weights) {
     const dc_train_options *o = m->o;
@@ -65,7 +57,7 @@ static int load_config(dc_train_model *m, unet_model *u, char **weights) {
     free(guessed);
     if (!rc)
         m->unet_json = config_path ? dc_json_load(config_path) : dc_train_options_model_config(o);
-    char *text = m->unet_json && !override_dropout(m) ? dc_json_print(m->unet_json, true) : NULL;
+    char *text = m->unet_json && !dc_train_model_override_dropout(m) ? dc_json_print(m->unet_json, true) : NULL;
     const char *what = config_path ? config_path : "the model config";
     rc = text ? dc_unet_config_parse(&u->cfg, text, what) || dc_unet_check_ddpm(&u->cfg, what) : -1;
     free(text);

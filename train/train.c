@@ -454,9 +454,9 @@ static int check_memory(trainer *tr) {
                         .act_capacity = tr->ctx.act.cap, .act_on_host = cpu,
                         .loader_image = dc_loader_buffer_bytes(1, tr->ds.h, tr->ds.w, tr->ds.c,
                                                                LOADER_PREFETCH),
-                        /* weights, gradients, EMA and AdamW's moments */
+                        /* weights, gradients, EMA and AdamW's moments; frozen networks */
                         .held = (2 * tr->ps->total + (tr->o.use_ema ? tr->ps->total : 0) + 2 * tr->opt_n) *
-                                sizeof(float),
+                                    sizeof(float) + tr->model.frozen_bytes,
                         .ranks_on_host = tr->dist.local_world};
     return dc_device_mem_available(DC_CPU, &m.host_available) ||
                    measure_one_image(tr, &m.act_image, &m.act_scratch) || dc_step_memory_check(&m)
