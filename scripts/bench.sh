@@ -525,6 +525,7 @@ open(sys.argv[1] + "/metadata.jsonl", "w").write("".join(f"{{\"file_name\": \"{k
             v = substr($0, RSTART, RLENGTH); sub(/.*: */, "", v); if (v > best) best = v }
         END { printf "bench sd-train size=%dx%d batch=1 step_s=%.3f peak_mb=%.0f\n", size, size, 1 / best,
                      peak_kb / 1024 }' "$dir/out/metrics.jsonl"
+    rm -rf "$dir/out" # the final checkpoint: SD-1.5's weights and AdamW's moments, 14 GB
 }
 
 bench_sd-train() {
