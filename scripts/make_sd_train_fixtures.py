@@ -15,21 +15,24 @@ prediction type the loss, the gradients of the UNet parameters in GRAD_NAMES and
 values after the AdamW step (PyTorch layout, prefixed "<type>.grad." / "<type>.after."),
 captions and settings in the metadata.
 
---check OUT: StableDiffusionPipeline.from_pretrained(OUT) (a folder `diffc train` wrote):
-every component loads, the UNet holds the file's weights, and it denoises fixed latents
-(developer-run). diffc's own images from given latents are checked against diffusers on the
-same pipeline code by tests/test_sd_pipeline.c; `diffc sample` takes no --latents, so the
-two are not compared image for image here.
+--check OUT: StableDiffusionPipeline.from_pretrained(OUT) (a folder `diffc train` wrote)
+against `diffc sample --model OUT` from the same initial latents (diffc's Philox draw, redone
+here in numpy and passed as latents=): prints the largest pixel difference, exit status 1
+beyond 2/255 (developer-run; needs build/diffc).
 
 Made with diffusers 0.42.1, transformers 5.25, torch 2.15.
 Run: /work/venv-torch/bin/python scripts/make_sd_train_fixtures.py [--check OUT]
 """
 import os
+import subprocess
 import sys
+import tempfile
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixture_io import write_safetensors  # noqa: E402
@@ -103,23 +106,52 @@ def make():
     print(f"wrote {OUT}")
 
 
+def philox_normal(seed, stream, n):
+    """Elements 0..n-1 of diffc's standard normals of (seed, stream) (autograd/rng.h: Philox4x32-10,
+    counter (block, stream), key seed; Box-Muller of each pair of words, in float32)."""
+    mask = np.uint64(0xFFFFFFFF)
+    blocks = np.arange((n + 3) // 4, dtype=np.uint64)
+    c = [blocks & mask, blocks >> np.uint64(32), np.full_like(blocks, stream & 0xFFFFFFFF),
+         np.full_like(blocks, stream >> 32)]
+    k0, k1 = seed & 0xFFFFFFFF, seed >> 32
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+        p0, p1 = np.uint64(0xD2511F53) * c[0], np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & mask, (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1),
+             p0 & mask]
+    words = np.stack(c, axis=1)  # [blocks, 4]
+    z = np.empty((len(blocks), 4), dtype=np.float32)
+    for pair in range(2):
+        wa, wb = words[:, 2 * pair], words[:, 2 * pair + 1]
+        u1 = ((wa >> np.uint64(8)) + np.uint64(1)).astype(np.float32) * np.float32(2.0 ** -24)
+        u2 = (wb >> np.uint64(8)).astype(np.float32) * np.float32(2.0 ** -24)
+        radius = np.sqrt(np.float32(-2) * np.log(u1))
+        angle = np.float32(6.28318530717958647692) * u2
+        z[:, 2 * pair], z[:, 2 * pair + 1] = radius * np.cos(angle), radius * np.sin(angle)
+    return z.reshape(-1)[:n]
+
+
 def check(out):
-    """diffusers reads the folder `out`: every component loads, the UNet's weights are the file's, and
-    the pipeline denoises fixed latents to a finite image (saved as OUT/diffusers_check.png)."""
-    from safetensors.torch import load_file
+    """diffusers' images of the folder `out` (a folder `diffc train` wrote) against `diffc sample`'s,
+    from the same initial latents: diffc's draw for image 0 of seed 0 (infer/samplers.h), which
+    the pipeline takes as latents=."""
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
-    saved = load_file(os.path.join(out, "unet", "diffusion_pytorch_model.safetensors"))
-    state = pipe.unet.state_dict()
-    worst = max((state[k].float() - v.float()).abs().max().item() for k, v in saved.items())
     size = pipe.vae.config.sample_size
     f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    torch.manual_seed(3)
-    latents = torch.randn(1, pipe.unet.config.in_channels, size // f, size // f)
-    image = pipe(["a red cube"], latents=latents, num_inference_steps=4, guidance_scale=7.5, height=size,
-                 width=size, output_type="pil").images[0]
-    image.save(os.path.join(out, "diffusers_check.png"))
-    print(f"{out}: loaded; UNet weights differ from the file by {worst:g}; image {image.size} saved")
-    return 0 if worst == 0 else 1
+    c, side = pipe.unet.config.in_channels, size // f
+    latents = torch.from_numpy(philox_normal(0, 0, side * side * c).reshape(1, side, side, c)).permute(0, 3, 1, 2)
+    theirs = pipe(["a red cube"], latents=latents, num_inference_steps=4, guidance_scale=7.5, height=size,
+                  width=size, output_type="np").images[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([os.path.join(ROOT, "build", "diffc"), "sample", "--model", out, "--prompt", "a red cube",
+                        "--seed", "0", "--num-images", "1", "--num-inference-steps", "4", "--guidance-scale", "7.5",
+                        "--height", str(size), "--width", str(size), "--device", "cpu", "--output-dir", tmp],
+                       check=True, stdout=subprocess.DEVNULL)
+        ours = np.asarray(Image.open(os.path.join(tmp, "00000.png")), dtype=np.float32) / 255
+    diff = float(np.abs(ours - theirs).max())
+    print(f"{out}: diffusers loads it; largest difference from diffc's image {diff:.4f} (8-bit: 1/255 = 0.0039)")
+    return 0 if diff <= 2 / 255 else 1
 
 
 if __name__ == "__main__":
