@@ -281,7 +281,7 @@ START_TEST(test_killed_and_resumed_is_bit_exact) {
 END_TEST
 
 /* Data that gives no prompt, or a size the model cannot take: one error
- * line, no output folder. */
+ * line, no output folder; text options for a UNet2DModel are refused. */
 START_TEST(test_bad_data) {
     tu_mkdtemp("tsdbad");
     char data[512], out[512], cache[512], meta[600];
@@ -313,6 +313,9 @@ START_TEST(test_bad_data) {
         struct stat st;
         ck_assert_msg(stat(out, &st) != 0, "case %zu: a failed setup leaves no output folder", i);
     }
+    const char *unet[] = {"train", "--model", "configs/fashion-mnist.json", "--train-data-dir", data, "--output-dir",
+                          out, "--prompt-template", "a {class}", "--device", "cpu", NULL};
+    tu_assert_user_error(tu_run_diffc(unet), "--prompt-template is an option of text-to-image training");
     tu_rmtemp();
 }
 END_TEST

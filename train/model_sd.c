@@ -412,9 +412,7 @@ static int grid_prompts(const dc_train_model *m, const sd_model *s, char **text,
 
 /* The number of denoising steps: --ddpm-num-inference-steps when given, else the pipelines' default. */
 static int grid_steps(const dc_train_options *o) {
-    int n;
-    const dc_train_option *table = dc_train_option_table(&n), *r = dc_train_option_find("ddpm_num_inference_steps");
-    return o->given >> (r - table) & 1 ? (int)o->ddpm_num_inference_steps : GRID_STEPS;
+    return dc_train_options_given(o, "ddpm_num_inference_steps") ? (int)o->ddpm_num_inference_steps : GRID_STEPS;
 }
 
 static int sample(dc_train_model *m, dc_ctx *ctx, const dc_noise_schedule *sched, uint64_t seed,

@@ -65,9 +65,19 @@ static int load_config(dc_train_model *m, unet_model *u, char **weights) {
     return rc;
 }
 
+/* The options of text-to-image training are refused, not ignored. */
+static int check_no_text(const dc_train_options *o) {
+    static const char *const text_only[] = {"caption-column", "prompt-template", "validation-prompt"};
+    for (size_t i = 0; i < sizeof text_only / sizeof text_only[0]; i++)
+        if (dc_train_options_given(o, text_only[i]))
+            return dc_fail("--%s is an option of text-to-image training (--pretrained-model a "
+                           "StableDiffusionPipeline folder); this run trains a UNet2DModel", text_only[i]);
+    return 0;
+}
+
 static int declare(dc_train_model *m, char **weights) {
     unet_model *u = m->impl;
-    if (load_config(m, u, weights) || dc_unet_init(&u->unet, &u->cfg, &m->ps))
+    if (check_no_text(m->o) || load_config(m, u, weights) || dc_unet_init(&u->unet, &u->cfg, &m->ps))
         return -1;
     u->null_class = dc_unet_null_class(&u->cfg);
     u->labels = malloc((size_t)m->o->train_batch_size * sizeof *u->labels);

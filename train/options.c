@@ -648,6 +648,11 @@ static int check_caption(const dc_train_options *o) {
     return 0;
 }
 
+bool dc_train_options_given(const dc_train_options *o, const char *key) {
+    const dc_train_option *r = dc_train_option_find(key);
+    return r && (o->given & ROW_BIT(r));
+}
+
 int dc_train_options_check(const dc_train_options *o) {
     if (o->caption)
         return check_caption(o);

@@ -180,6 +180,10 @@ int dc_train_options_pipeline_schedule(dc_train_options *o);
  * training data, no output folder, a zero-SNR schedule for an epsilon model. */
 int dc_train_options_check(const dc_train_options *o);
 
+/* Whether the config file or the command line gave option `key` ("prompt_template" or
+ * "prompt-template"). */
+bool dc_train_options_given(const dc_train_options *o, const char *key);
+
 /* Every config-file key with its value (unset ones as null): the resolved
  * configuration that is printed and saved, and that
  * dc_train_options_apply_json reads back to the same options. NULL when out
