@@ -202,7 +202,7 @@ START_TEST(test_fine_tune_writes_a_pipeline) {
     const char *args[] = {"train", "--pretrained-model", SD, "--train-data-dir", data, "--output-dir", out,
                           "--resolution", "16", "--max-train-steps", "3", "--train-batch-size", "2",
                           "--learning-rate", "1e-3", "--lr-warmup-steps", "1", "--use-ema", "--random-flip",
-                          "--cond-drop-prob", "0.3", "--snr-gamma", "5", "--sample-every", "3",
+                          "--cond-drop-prob", "0.3", "--snr-gamma", "5", "--noise-offset", "0.1", "--sample-every", "3",
                           "--eval-batch-size", "2", "--ddpm-num-inference-steps", "2", "--validation-prompt",
                           "a red square|a blue square", "--checkpointing-steps", "2", "--device", "cpu",
                           "--cache-dir", out, NULL};
@@ -257,14 +257,14 @@ START_TEST(test_killed_and_resumed_is_bit_exact) {
                           "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3", "--lr-warmup-steps",
                           "2", "--use-ema", "--random-flip", "--cond-drop-prob", "0.3", "--prompt-template",
                           "a photo of a {class} thing", "--checkpointing-steps", "1", "--sample-every", "0",
-                          "--device", "cpu", "--cache-dir", a, NULL, NULL, NULL};
+                          "--noise-offset", "0.1", "--device", "cpu", "--cache-dir", a, NULL, NULL, NULL};
     tu_run_result *r = tu_run_diffc(args);
     ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
-    args[6] = args[32] = b;
+    args[6] = args[34] = b;
     tu_spawn_diffc(args);
     ck_assert_msg(tu_read_diffc_until("checkpoint-3"), "no checkpoint-3: %s", tu_wait_diffc()->err);
     tu_kill_diffc(SIGKILL);
-    args[33] = "--resume-from-checkpoint", args[34] = "latest";
+    args[35] = "--resume-from-checkpoint", args[36] = "latest";
     r = tu_run_diffc(args);
     ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
     ck_assert_msg(strstr(r->err, "resuming from") && strstr(r->err, "read from"), "%s", tu_tail(r->err));
@@ -320,6 +320,46 @@ START_TEST(test_bad_data) {
 }
 END_TEST
 
+/* The loss of the first step (metrics.jsonl) of a one-step run, with `extra` options. */
+static double first_loss(const char *data, const char *out, const char *extra, const char *value) {
+    const char *args[] = {"train", "--pretrained-model", SD, "--train-data-dir", data, "--output-dir", out,
+                          "--resolution", "16", "--max-train-steps", "1", "--train-batch-size", "4",
+                          "--sample-every", "0", "--device", "cpu", "--cache-dir", out, extra, value, NULL};
+    tu_run_result *r = tu_run_diffc(args);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    char path[600];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+    char *text = tu_read_file(path, 1 << 20, NULL);
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    ck_assert_msg(j != NULL, "%s: no metrics", path);
+    double loss = cJSON_GetNumberValue(cJSON_GetObjectItem(j, "loss"));
+    cJSON_Delete(j);
+    free(text);
+    return loss;
+}
+
+/* --noise-offset changes what the model is trained on (the same draws
+ * otherwise); --dropout reaches the saved UNet config. */
+START_TEST(test_noise_offset_and_dropout) {
+    tu_mkdtemp("tsdoffset");
+    char data[512], a[512], b[512], cfg[600];
+    snprintf(data, sizeof data, "%s", tu_path("data"));
+    snprintf(a, sizeof a, "%s", tu_path("a"));
+    snprintf(b, sizeof b, "%s", tu_path("b"));
+    make_data(data);
+    double plain = first_loss(data, a, NULL, NULL), offset = first_loss(data, b, "--noise-offset", "0.5");
+    ck_assert_msg(isfinite(plain) && isfinite(offset) && plain != offset, "loss %.9g with the offset, %.9g without",
+                  offset, plain);
+    ck_assert(!dc_remove_tree(b));
+    first_loss(data, b, "--dropout", "0.25");
+    snprintf(cfg, sizeof cfg, "%s/unet/config.json", b);
+    cJSON *j = dc_json_load(cfg);
+    ck_assert_msg(j && cJSON_GetNumberValue(cJSON_GetObjectItem(j, "dropout")) == 0.25, "%s: dropout", cfg);
+    cJSON_Delete(j);
+    tu_rmtemp();
+}
+END_TEST
+
 /* ---- several ranks: `test_train_sd dist`, its own CTest entry ---- */
 
 static const char *const mpirun2[] = {"mpirun", "-np", "2", "--oversubscribe", "--allow-run-as-root",
@@ -337,7 +377,8 @@ START_TEST(test_two_ranks_match_one_big_batch) {
     const char *args[] = {"train", "--pretrained-model", SD, "--train-data-dir", data, "--output-dir", one,
                           "--resolution", "16", "--max-train-steps", "3", "--train-batch-size", "2",
                           "--learning-rate", "1e-3", "--lr-warmup-steps", "1", "--random-flip", "--cond-drop-prob",
-                          "0.3", "--sample-every", "0", "--device", "cpu", "--cache-dir", one, NULL};
+                          "0.3", "--sample-every", "0", "--device", "cpu", "--cache-dir", one, "--noise-offset",
+                          "0.1", NULL};
     tu_run_result *r = tu_run_diffc(args);
     ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
     args[6] = args[25] = two;
@@ -391,5 +432,6 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_fine_tune_writes_a_pipeline);
     tcase_add_test(tc, test_killed_and_resumed_is_bit_exact);
     tcase_add_test(tc, test_bad_data);
+    tcase_add_test(tc, test_noise_offset_and_dropout);
     return tu_run(s);
 }

@@ -38,7 +38,8 @@
 /* Philox streams under the run's seed. The loader uses streams below 2^62
  * (epoch shuffles) and from 2^63 (augmentation). The image at stream
  * position p takes element p of TIMESTEPS, LABEL_DROP and FLIP, elements
- * [p D, (p + 1) D) of NOISE and LATENT (D = the floats of one x0); rank r's
+ * [p D, (p + 1) D) of NOISE and LATENT (D = the floats of one x0), and
+ * [p C, (p + 1) C) of NOISE_OFFSET (C = x0's channels); rank r's
  * share of micro-batch k seeds its dropout masks from block k W + r of
  * DROPOUT (W ranks). */
 #define DC_TRAIN_STREAM_BASE ((uint64_t)1 << 62)
@@ -48,6 +49,7 @@
 #define DC_TRAIN_STREAM_DROPOUT (DC_TRAIN_STREAM_BASE + 3)
 #define DC_TRAIN_STREAM_LATENT (DC_TRAIN_STREAM_BASE + 4) /* the VAE sample's noise */
 #define DC_TRAIN_STREAM_FLIP (DC_TRAIN_STREAM_BASE + 5)   /* --random-flip of cached latents */
+#define DC_TRAIN_STREAM_NOISE_OFFSET (DC_TRAIN_STREAM_BASE + 6) /* elements [p C, (p + 1) C), C channels */
 #define DC_TRAIN_SAMPLE_SEED_OFFSET 1000003 /* the grids' seed: fixed for the run, unlike its noise */
 
 typedef struct dc_train_model dc_train_model;

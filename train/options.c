@@ -98,6 +98,9 @@ static const dc_train_option table[] = {
           "the last beta of the linear and scaled_linear schedules"),
     BOOL("diffusion", rescale_betas_zero_snr, "false",
          "rescale the betas to a zero terminal SNR (Lin et al.; train a v_prediction model)"),
+    FLOAT("diffusion", noise_offset, "0", 0, BIG, 0,
+          "offset noise (as diffusers' --noise_offset): each image's noise moves by this times a normal draw "
+          "per channel, so that the model learns very dark and very bright images (0: off; 0.1 is usual)"),
     FLOAT("diffusion", snr_gamma, "0", 0, BIG, 0,
           "min-SNR-gamma loss weighting (0: off; 5 is the paper's choice)"),
     FLOAT("diffusion", cond_drop_prob, "0", 0, 1, 0,

@@ -70,6 +70,7 @@ typedef struct dc_train_options {
     double ddpm_beta_start, ddpm_beta_end; /* linear and scaled_linear's ends */
     bool rescale_betas_zero_snr;
     double snr_gamma; /* 0: plain MSE */
+    double noise_offset; /* 0: none */
     double cond_drop_prob;
     /* optimisation */
     int64_t train_batch_size;

@@ -12,9 +12,9 @@
  * error, the last checkpoint untouched.
  *
  * Everything random is Philox keyed by the seed (model.h's DC_TRAIN_STREAM_*).
- * The timestep, the noise and the label drop of an image are drawn for its
- * position p in the loader's stream of images, not for the micro-batch that
- * carries it: so --gradient-accumulation-steps A with batch B sees exactly the
+ * The timestep, the noise (and its --noise-offset) and the label drop of an
+ * image are drawn for its position p in the loader's stream of images, not
+ * for the micro-batch that carries it: so --gradient-accumulation-steps A with batch B sees exactly the
  * images, timesteps and noise of one batch of A*B (and N processes with batch
  * B those of one with N*B), and computes the same gradients up to float
  * rounding. Dropout masks are drawn per micro-batch, so that needs --dropout
@@ -105,6 +105,7 @@ typedef struct trainer {
     dc_ctx ctx;
     double *mse;             /* [train_batch_size] per-sample loss of the last micro-batch */
     int32_t *t;              /* [train_batch_size] its timesteps, drawn on the host */
+    float *noise_host;       /* [train_batch_size, x0] the noise, for --noise-offset; NULL: off */
     int64_t step, total;     /* optimizer steps done, and in all */
     char *resumed_from;      /* the checkpoint folder resumed from; NULL: a new run */
     int bad_steps;           /* non-finite steps in a row */
@@ -166,6 +167,9 @@ static int check_memory(trainer *tr); /* below, beside the step it measures */
 static int open_data(trainer *tr) {
     if (open_dataset(tr) || tr->model.ops->open_data(&tr->model, &tr->ctx) || check_memory(tr))
         return -1;
+    size_t x0 = (size_t)tr->model.x0_h * tr->model.x0_w * tr->model.x0_c;
+    if (tr->o.noise_offset > 0 && !(tr->noise_host = malloc((size_t)tr->o.train_batch_size * x0 * sizeof(float))))
+        return dc_fail("out of memory");
     if (tr->o.classes && dc_dataset_select_classes(&tr->ds, tr->o.classes, &tr->subset, &tr->n_subset))
         return dc_fail_prefix(tr->o.train_data_dir);
     int64_t count = tr->subset ? tr->n_subset : tr->ds.count;
@@ -382,6 +386,27 @@ static int share_state(trainer *tr) {
 
 /* ---- one step ---- */
 
+/* --noise-offset, as diffusers' train_text_to_image adds it: the noise of
+ * the image at stream position p moves by offset times the normals [p C,
+ * (p + 1) C) of STREAM_NOISE_OFFSET, one per channel. On the host (the
+ * noise is small; a GPU's makes a round trip). */
+static int offset_noise(trainer *tr, dc_tensor *noise, int n, uint64_t p0) {
+    const dc_train_model *m = &tr->model;
+    int c = m->x0_c;
+    int64_t per = noise->numel / n;
+    float shift[DC_UNET_MAX_CHANNELS];
+    if (c > DC_UNET_MAX_CHANNELS)
+        return dc_fail("--noise-offset: %d channels", c);
+    if (dc_memcpy(tr->noise_host, DC_CPU, noise->data, noise->device, (size_t)noise->numel * sizeof(float)))
+        return -1;
+    for (int i = 0; i < n; i++) {
+        dc_fill_normal(shift, c, (uint64_t)tr->o.seed, DC_TRAIN_STREAM_NOISE_OFFSET, (p0 + (uint64_t)i) * (uint64_t)c);
+        for (int64_t k = 0; k < per; k++)
+            tr->noise_host[i * per + k] += (float)tr->o.noise_offset * shift[k % c];
+    }
+    return dc_memcpy(noise->data, noise->device, tr->noise_host, DC_CPU, (size_t)noise->numel * sizeof(float));
+}
+
 /* Forward and backward of micro-batch b; gradients add up in the flat buffer. */
 static int batch_step(trainer *tr, const dc_batch *b, step_stats *st) {
     dc_ctx *ctx = &tr->ctx;
@@ -398,6 +423,7 @@ static int batch_step(trainer *tr, const dc_batch *b, step_stats *st) {
     dc_tensor *x0 = m->ops->x0(&tr->model, ctx, b);
     dc_tensor *noise = dc_new(ctx, DC_F32, DC_SHAPE(b->n, m->x0_h, m->x0_w, m->x0_c));
     if (!x0 || !noise || dc_sample_noise(noise, seed, DC_TRAIN_STREAM_NOISE, p0 * per_image) ||
+        (tr->noise_host && offset_noise(tr, noise, b->n, p0)) ||
         dc_sample_timesteps(&tr->sched, &t_host, seed, DC_TRAIN_STREAM_TIMESTEPS, p0))
         return -1;
     dc_tensor *t = dc_from_host(ctx, DC_I32, DC_SHAPE(b->n), tr->t);
@@ -706,6 +732,7 @@ static void trainer_free(trainer *tr) {
     cJSON_Delete(tr->sched_json);
     free(tr->mse);
     free(tr->t);
+    free(tr->noise_host);
     free(tr->resumed_from);
     dc_train_options_free(&tr->o);
     dc_dist_free(&tr->dist);
