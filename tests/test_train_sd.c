@@ -320,13 +320,16 @@ START_TEST(test_bad_data) {
 }
 END_TEST
 
-/* The loss of the first step (metrics.jsonl) of a one-step run, with `extra` options. */
-static double first_loss(const char *data, const char *out, const char *extra, const char *value) {
+/* The loss of the first step (metrics.jsonl) of a one-step run, with the
+ * option `extra` and a --resolution when `res` is set; *err its stderr. */
+static double first_loss(const char *data, const char *out, const char *extra, const char *value, const char *res,
+                         const char **err) {
     const char *args[] = {"train", "--pretrained-model", SD, "--train-data-dir", data, "--output-dir", out,
-                          "--resolution", "16", "--max-train-steps", "1", "--train-batch-size", "4",
-                          "--sample-every", "0", "--device", "cpu", "--cache-dir", out, extra, value, NULL};
+                          "--max-train-steps", "1", "--train-batch-size", "4", "--sample-every", "0", "--device",
+                          "cpu", "--cache-dir", out, extra, value, res ? "--resolution" : NULL, res, NULL};
     tu_run_result *r = tu_run_diffc(args);
     ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    *err = r->err;
     char path[600];
     snprintf(path, sizeof path, "%s/metrics.jsonl", out);
     char *text = tu_read_file(path, 1 << 20, NULL);
@@ -339,7 +342,8 @@ static double first_loss(const char *data, const char *out, const char *extra, c
 }
 
 /* --noise-offset changes what the model is trained on (the same draws
- * otherwise); --dropout reaches the saved UNet config. */
+ * otherwise); --dropout reaches the saved UNet config; without --resolution
+ * the pipeline's own size is used. */
 START_TEST(test_noise_offset_and_dropout) {
     tu_mkdtemp("tsdoffset");
     char data[512], a[512], b[512], cfg[600];
@@ -347,11 +351,15 @@ START_TEST(test_noise_offset_and_dropout) {
     snprintf(a, sizeof a, "%s", tu_path("a"));
     snprintf(b, sizeof b, "%s", tu_path("b"));
     make_data(data);
-    double plain = first_loss(data, a, NULL, NULL), offset = first_loss(data, b, "--noise-offset", "0.5");
+    const char *err;
+    double plain = first_loss(data, a, "--seed", "0", "16", &err);
+    double offset = first_loss(data, b, "--noise-offset", "0.5", "16", &err);
     ck_assert_msg(isfinite(plain) && isfinite(offset) && plain != offset, "loss %.9g with the offset, %.9g without",
                   offset, plain);
     ck_assert(!dc_remove_tree(b));
-    first_loss(data, b, "--dropout", "0.25");
+    first_loss(data, b, "--dropout", "0.25", NULL, &err);
+    ck_assert_msg(strstr(err, "--resolution not given: 16, the UNet's sample_size 8 times the VAE's factor 2"),
+                  "%s", tu_tail(err));
     snprintf(cfg, sizeof cfg, "%s/unet/config.json", b);
     cJSON *j = dc_json_load(cfg);
     ck_assert_msg(j && cJSON_GetNumberValue(cJSON_GetObjectItem(j, "dropout")) == 0.25, "%s: dropout", cfg);

@@ -11,7 +11,8 @@
  * position (DC_TRAIN_STREAM_LABEL_DROP), for classifier-free guidance.
  *
  * Latents: the dataset caches each image resized (shorter side to
- * --resolution) and centre-cropped, as diffusers' script does with
+ * --resolution; when not given, the UNet's sample_size in pixels, 512 for
+ * SD-1.5) and centre-cropped, as diffusers' script does with
  * --center-crop (random crops would need the VAE on every step). At the
  * start every image is encoded once: the mean and the std of its latent
  * distribution are kept (both orientations with --random-flip, whose coin
@@ -58,6 +59,7 @@
 
 typedef struct sd_model {
     dc_sd_pipeline sd;         /* the frozen parts; its unet stays empty */
+    int64_t resolution;        /* --resolution, or the UNet's sample_size in pixels when not given */
     dc_unet_cond_config cfg;
     dc_unet_cond unet;         /* the trained UNet, in m->ps */
     int64_t tokens, width;     /* of a prompt's embeds */
@@ -73,6 +75,20 @@ typedef struct sd_model {
 } sd_model;
 
 /* ---- the model ---- */
+
+/* --resolution, or, when not given, what the pipeline was trained at (its
+ * UNet's sample_size in pixels: 512 for SD-1.5), as diffusers' script
+ * defaults to 512 rather than to train_unconditional's 64. */
+static void pick_resolution(const dc_train_model *m, sd_model *s) {
+    int64_t native = (int64_t)s->cfg.sample_size[0] * dc_sd_latent_scale(&s->sd);
+    s->resolution = m->o->resolution;
+    if (dc_train_options_given(m->o, "resolution") || native <= 0)
+        return;
+    s->resolution = native;
+    if (m->root)
+        fprintf(stderr, "diffc: --resolution not given: %" PRId64 ", the UNet's sample_size %d times the VAE's "
+                "factor %d\n", native, s->cfg.sample_size[0], dc_sd_latent_scale(&s->sd));
+}
 
 static int declare(dc_train_model *m, char **weights) {
     sd_model *s = m->impl;
@@ -94,13 +110,15 @@ static int declare(dc_train_model *m, char **weights) {
     free(guessed);
     free(config_path);
     m->frozen_from = o->pretrained_model;
+    if (!rc)
+        pick_resolution(m, s);
     if (!rc) /* values and (unused) gradients */
         m->frozen_bytes = 2 * (s->sd.text_encoder->params.total + s->sd.vae->params.total) * sizeof(float);
     return rc;
 }
 
 static void dataset_options(const dc_train_model *m, dc_dataset_options *d) {
-    d->resolution = (int)m->o->resolution;
+    d->resolution = (int)((const sd_model *)m->impl)->resolution;
     d->channels = 3;
     d->caption_column = m->o->caption_column;
 }
@@ -324,9 +342,9 @@ static int open_data(dc_train_model *m, dc_ctx *ctx) {
     sd_model *s = m->impl;
     const dc_dataset *ds = m->ds;
     int f = dc_sd_latent_scale(&s->sd), side = f << (s->cfg.levels - 1);
-    if (m->o->resolution % side)
+    if (s->resolution % side)
         return dc_fail("--resolution %" PRId64 " is not divisible by %d: the VAE divides it by %d and the "
-                       "UNet's %d levels halve that %d times", m->o->resolution, side, f, s->cfg.levels,
+                       "UNet's %d levels halve that %d times", s->resolution, side, f, s->cfg.levels,
                        s->cfg.levels - 1);
     if (check_prompts(m))
         return -1;
@@ -422,7 +440,7 @@ static int sample(dc_train_model *m, dc_ctx *ctx, const dc_noise_schedule *sched
     int64_t n = m->o->eval_batch_size, n_texts = 0;
     char *text = NULL;
     const char **texts = NULL, **prompts = malloc((size_t)n * sizeof *prompts);
-    *g = (dc_train_grid){.n = n, .h = (int)m->o->resolution, .w = (int)m->o->resolution, .c = 3};
+    *g = (dc_train_grid){.n = n, .h = (int)s->resolution, .w = (int)s->resolution, .c = 3};
     g->px = malloc((size_t)(n * g->h * g->w * 3) * sizeof *g->px);
     int rc = prompts && g->px ? grid_prompts(m, s, &text, &texts, &n_texts) : dc_fail("out of memory");
     for (int64_t i = 0; !rc && i < n; i++)
