@@ -151,7 +151,8 @@ END_TEST
 #define SIDE 20 /* cropped to --resolution 16 */
 
 /* Six images: red or blue squares in class folders red/ and blue/, and
- * metadata.jsonl with "a <colour> square, <k>" (each its own caption). */
+ * metadata.jsonl with "a <colour> square, <k>" (each its own caption) and,
+ * under "alt", the colour alone. */
 static void make_data(const char *dir) {
     static const char *const colours[] = {"red", "blue"};
     static const uint8_t rgb[2][3] = {{220, 30, 30}, {30, 40, 220}};
@@ -174,8 +175,8 @@ static void make_data(const char *dir) {
             snprintf(path, sizeof path, "%s/%s/%d.png", dir, colours[c], k);
             ck_assert_msg(!dc_image_save_png(&img, path), "%s", dc_error());
             dc_image_free(&img);
-            fprintf(meta, "{\"file_name\": \"%s/%d.png\", \"text\": \"a %s square, %d\"}\n", colours[c], k,
-                    colours[c], k);
+            fprintf(meta, "{\"file_name\": \"%s/%d.png\", \"text\": \"a %s square, %d\", \"alt\": \"%s\"}\n",
+                    colours[c], k, colours[c], k, colours[c]);
         }
     }
     fclose(meta);
@@ -343,8 +344,8 @@ static double first_loss(const char *data, const char *out, const char *extra, c
 
 /* --noise-offset changes what the model is trained on (the same draws
  * otherwise); --dropout reaches the saved UNet config; without --resolution
- * the pipeline's own size is used. */
-START_TEST(test_noise_offset_and_dropout) {
+ * the pipeline's own size is used; --caption-column picks the captions. */
+START_TEST(test_options) {
     tu_mkdtemp("tsdoffset");
     char data[512], a[512], b[512], cfg[600];
     snprintf(data, sizeof data, "%s", tu_path("data"));
@@ -364,6 +365,9 @@ START_TEST(test_noise_offset_and_dropout) {
     cJSON *j = dc_json_load(cfg);
     ck_assert_msg(j && cJSON_GetNumberValue(cJSON_GetObjectItem(j, "dropout")) == 0.25, "%s: dropout", cfg);
     cJSON_Delete(j);
+    ck_assert(!dc_remove_tree(b));
+    first_loss(data, b, "--caption-column", "alt", "16", &err);
+    ck_assert_msg(strstr(err, "6 images as 8x8x4 latents, 2 distinct prompts"), "%s", tu_tail(err));
     tu_rmtemp();
 }
 END_TEST
@@ -440,6 +444,6 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_fine_tune_writes_a_pipeline);
     tcase_add_test(tc, test_killed_and_resumed_is_bit_exact);
     tcase_add_test(tc, test_bad_data);
-    tcase_add_test(tc, test_noise_offset_and_dropout);
+    tcase_add_test(tc, test_options);
     return tu_run(s);
 }
