@@ -37,6 +37,8 @@ static int check_options(dc_dataset_options *o, const dc_dataset_options *given)
     *o = given ? *given : (dc_dataset_options){0};
     if (!o->split)
         o->split = "train";
+    if (!o->caption_column)
+        o->caption_column = "text";
     if (strcmp(o->split, "train") && strcmp(o->split, "test"))
         return dc_fail("dataset split '%s': expected \"train\" or \"test\"", o->split);
     if (o->resolution < 0 || o->resolution > MAX_RESOLUTION)
@@ -111,6 +113,8 @@ static uint64_t fingerprint(const dc_source *s, const dc_dataset_options *o) {
     fp_str(&h, s->split ? s->split : "");
     fp_i64(&h, o->resolution);
     fp_i64(&h, o->channels);
+    if (strcmp(o->caption_column, "text")) /* the default leaves earlier caches valid */
+        fp_str(&h, o->caption_column);
     fp_i64(&h, s->n_files);
     for (int i = 0; i < s->n_files; i++) {
         fp_str(&h, s->files[i].path);
@@ -191,6 +195,7 @@ static int open_or_build(dc_dataset *ds, dc_source *s, const char *dir, const ch
         return dc_fail("%s: cannot lock the cache folder: %s", dir, strerror(err));
     }
     int rc = reuse(ds, path, fp, o);
+    s->caption_column = o->caption_column;
     if (rc == 0)
         rc = s->ops->load(s) || dc_cache_build(s, o, path, fp) || dc_dataset_open_cache_info(ds, NULL, path)
                  ? -1

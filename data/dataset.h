@@ -8,7 +8,7 @@
  *    unlabelled when there are no subfolders; with subfolders, images lying
  *    directly in the root are skipped (they have no class); an optional
  *    metadata.jsonl ({"file_name", "text"}, file_name relative to the root)
- *    gives captions;
+ *    gives captions (under another key than "text" with caption_column);
  *  - MNIST/Fashion-MNIST IDX files, plain or .gz: a folder holding
  *    train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] (and the
  *    t10k- pair, used by split "test"), or an images file given directly;
@@ -50,6 +50,7 @@ typedef struct dc_dataset_options {
     const char *cache_dir;  /* NULL: $DIFFC_CACHE_DIR, else $XDG_CACHE_HOME/diffc, else ~/.cache/diffc */
     bool strict;            /* a bad file is an error, not a skip */
     bool quiet;             /* no warning lines on stderr (they are still counted) */
+    const char *caption_column; /* metadata.jsonl's key of the captions; NULL: "text" */
 } dc_dataset_options;
 
 /* One skipped file and why. */

@@ -50,6 +50,7 @@ struct dc_source {
     char **class_names; /* [num_classes] */
     int32_t *labels;    /* [count], -1 unlabelled */
     char **captions;    /* [count] (NULL entries: no caption), or NULL */
+    const char *caption_column; /* metadata.jsonl's key of the captions (set before load) */
     const dc_source_ops *ops;
     void *impl;
 };

@@ -257,11 +257,11 @@ static int64_t find_item(const dc_source *s, const char *name) {
 }
 
 static int meta_line(dc_source *s, const meta_ctx *c, const char *text, size_t len, int *first_line) {
-    const char *end = NULL;
+    const char *end = NULL, *column = s->caption_column ? s->caption_column : "text";
     cJSON *o = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     int rc = 0;
     const cJSON *fn = o ? cJSON_GetObjectItemCaseSensitive(o, "file_name") : NULL,
-                *tx = o ? cJSON_GetObjectItemCaseSensitive(o, "text") : NULL;
+                *tx = o ? cJSON_GetObjectItemCaseSensitive(o, column) : NULL;
     int64_t i = cJSON_IsString(fn) ? find_item(s, fn->valuestring) : -1;
     if (!o)
         rc = meta_fail(c, "not valid JSON (column %td)", end ? end - text + 1 : 1);
@@ -274,7 +274,7 @@ static int meta_line(dc_source *s, const meta_ctx *c, const char *text, size_t l
     else if (first_line[i])
         rc = meta_fail(c, "'%s' is listed a second time (first on line %d)", fn->valuestring, first_line[i]);
     else if (tx && !cJSON_IsString(tx))
-        rc = meta_fail(c, "\"text\" is not a string");
+        rc = meta_fail(c, "\"%s\" is not a string", column);
     else if (tx && !(s->captions[i] = dc_strdup(tx->valuestring)))
         rc = -1;
     if (!rc && i >= 0)

@@ -107,10 +107,26 @@ static int load_scheduler(dc_sd_pipeline *p, const char *dir) {
     return p->scheduler_json ? 0 : -1;
 }
 
-/* The components fit one another: the UNet's latents are the VAE's, its
- * text is the encoder's width. */
-static int check_fit(const dc_sd_pipeline *p, const char *dir) {
-    const dc_unet_cond_config *u = &p->unet.cfg;
+int dc_sd_load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
+    memset(p, 0, sizeof *p);
+    p->device = device;
+    char *tok = dc_path_join(dir, "tokenizer"), *text = dc_path_join(dir, "text_encoder"),
+         *vae = dc_path_join(dir, "vae");
+    int rc = !tok || !text || !vae || check_index(dir) || dc_bpe_load(&p->tokenizer, tok) ||
+             dc_clip_text_load(&p->text_encoder, text, variant, device) ||
+             dc_vae_load(&p->vae, vae, variant, device) || load_scheduler(p, dir) ||
+             dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->vae->params);
+    free(tok);
+    free(text);
+    free(vae);
+    if (rc) {
+        dc_sd_free(p);
+        return -1;
+    }
+    return 0;
+}
+
+int dc_sd_check_unet(const dc_sd_pipeline *p, const dc_unet_cond_config *u, const char *dir) {
     int latent = p->vae->cfg.latent_channels, width = p->text_encoder->cfg.hidden_size;
     if (u->in_channels != latent || u->out_channels != latent)
         return dc_fail("%s: the UNet takes %d channels and predicts %d, the VAE's latents have %d", dir,
@@ -123,22 +139,14 @@ static int check_fit(const dc_sd_pipeline *p, const char *dir) {
 }
 
 int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
-    memset(p, 0, sizeof *p);
-    p->device = device;
-    char *tok = dc_path_join(dir, "tokenizer"), *text = dc_path_join(dir, "text_encoder"),
-         *vae = dc_path_join(dir, "vae"), *guessed = NULL;
-    int rc = !tok || !text || !vae || check_index(dir) || dc_bpe_load(&p->tokenizer, tok) ||
-             dc_clip_text_load(&p->text_encoder, text, variant, device) ||
-             dc_unet_cond_load(&p->unet, &p->unet_params, dir, variant, device, &guessed) ||
-             dc_vae_load(&p->vae, vae, variant, device) || load_scheduler(p, dir) || check_fit(p, dir) ||
-             dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->unet_params) ||
-             dc_params_pack(&p->vae->params);
+    char *guessed = NULL;
+    if (dc_sd_load_frozen(p, dir, variant, device))
+        return -1;
+    int rc = dc_unet_cond_load(&p->unet, &p->unet_params, dir, variant, device, &guessed) ||
+             dc_sd_check_unet(p, &p->unet.cfg, dir) || dc_params_pack(&p->unet_params);
     if (guessed)
         fprintf(stderr, "diffc: note: %s/unet has no plain weights; using its only variant, %s\n", dir, guessed);
     free(guessed);
-    free(tok);
-    free(text);
-    free(vae);
     if (rc) {
         dc_sd_free(p);
         return -1;
@@ -187,19 +195,41 @@ static const char *row_text(const dc_sd_request *r, const batch *bt, int64_t fir
     return r->prompts[first + k % bt->b];
 }
 
-/* The prompt embeds of images [first, first + b) into bt->embeds. */
-static int encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *r, int64_t first, batch *bt) {
-    int32_t *ids = malloc((size_t)(bt->rows * bt->tokens) * sizeof *ids);
-    int rc = ids ? 0 : dc_fail("out of memory for %lld prompts", (long long)bt->rows);
-    for (int64_t k = 0; !rc && k < bt->rows; k++)
-        rc = dc_bpe_encode_padded(p->tokenizer, row_text(r, bt, first, k), bt->tokens, ids + k * bt->tokens, NULL);
+void dc_sd_text_shape(const dc_sd_pipeline *p, int64_t *tokens, int64_t *width) {
+    const dc_bpe_info *info = dc_bpe_get_info(p->tokenizer);
+    *tokens = info->model_max_length ? info->model_max_length : p->text_encoder->cfg.max_position_embeddings;
+    *width = p->text_encoder->cfg.hidden_size;
+}
+
+int dc_sd_encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const char *const *texts, int64_t n, int clip_skip,
+                      float *out) {
+    int64_t tokens, width;
+    dc_sd_text_shape(p, &tokens, &width);
+    int32_t *ids = malloc((size_t)(n * tokens) * sizeof *ids);
+    int rc = ids ? 0 : dc_fail("out of memory for %lld prompts", (long long)n);
+    for (int64_t k = 0; !rc && k < n; k++)
+        rc = dc_bpe_encode_padded(p->tokenizer, texts[k], tokens, ids + k * tokens, NULL);
     dc_ctx_reset(ctx);
-    dc_tensor *t = rc ? NULL : dc_from_host(ctx, DC_I32, DC_SHAPE(bt->rows, bt->tokens), ids);
-    dc_tensor *e = t ? dc_clip_text_forward(ctx, p->text_encoder, t, r->clip_skip, NULL) : NULL;
+    bool grad = dc_set_grad_enabled(ctx, false); /* the encoder is frozen (packed) */
+    dc_tensor *t = rc ? NULL : dc_from_host(ctx, DC_I32, DC_SHAPE(n, tokens), ids);
+    dc_tensor *e = t ? dc_clip_text_forward(ctx, p->text_encoder, t, clip_skip, NULL) : NULL;
+    dc_set_grad_enabled(ctx, grad);
     free(ids);
     if (!e)
         return -1;
-    return dc_memcpy(bt->embeds, DC_CPU, e->data, ctx->device, (size_t)e->numel * sizeof(float));
+    return dc_memcpy(out, DC_CPU, e->data, ctx->device, (size_t)e->numel * sizeof(float));
+}
+
+/* The prompt embeds of images [first, first + b) into bt->embeds. */
+static int encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *r, int64_t first, batch *bt) {
+    const char **texts = malloc((size_t)bt->rows * sizeof *texts);
+    if (!texts)
+        return dc_fail("out of memory for %lld prompts", (long long)bt->rows);
+    for (int64_t k = 0; k < bt->rows; k++)
+        texts[k] = row_text(r, bt, first, k);
+    int rc = dc_sd_encode_text(ctx, p, texts, bt->rows, r->clip_skip, bt->embeds);
+    free(texts);
+    return rc;
 }
 
 /* img2img: the init images' latents (VAE sample * scaling_factor), noised
@@ -308,13 +338,10 @@ int dc_sd_generate(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *r,
     int start = 0;
     if (check_request(p, r) || (r->init && dc_sampler_img2img_start(r->sampler, r->strength, &start)))
         return -1;
-    const dc_bpe_info *info = dc_bpe_get_info(p->tokenizer);
     int f = dc_sd_latent_scale(p);
     batch bt = {.b = r->batch < r->n ? r->batch : r->n, .lh = r->h / f, .lw = r->w / f,
-                .lc = p->vae->cfg.latent_channels, .cfg = r->guidance_scale > 1.0f,
-                .tokens = info->model_max_length ? info->model_max_length
-                                                 : p->text_encoder->cfg.max_position_embeddings,
-                .width = p->text_encoder->cfg.hidden_size};
+                .lc = p->vae->cfg.latent_channels, .cfg = r->guidance_scale > 1.0f};
+    dc_sd_text_shape(p, &bt.tokens, &bt.width);
     bt.rows = bt.cfg ? 2 * bt.b : bt.b;
     bt.lper = (int64_t)bt.lh * bt.lw * bt.lc;
     bt.embeds = malloc((size_t)(bt.rows * bt.tokens * bt.width) * sizeof(float));

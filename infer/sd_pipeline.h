@@ -53,6 +53,21 @@ bool dc_sd_is_pipeline(const char *dir);
  * ones) on `device`. On failure *p is left empty (safe to free). */
 int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int device);
 void dc_sd_free(dc_sd_pipeline *p);
+/* dc_sd_load without the UNet (unet and unet_params left empty): for a
+ * trainer, which declares the UNet in parameters of its own; the text
+ * encoder and the VAE are packed for inference (frozen). */
+int dc_sd_load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, int device);
+/* The UNet of config u fits p's VAE (latent channels) and text encoder
+ * (cross-attention width); `dir` names the folder in errors. */
+int dc_sd_check_unet(const dc_sd_pipeline *p, const dc_unet_cond_config *u, const char *dir);
+/* The prompt embeds' shape: tokens per prompt (padded to the tokenizer's
+ * model_max_length) and width. */
+void dc_sd_text_shape(const dc_sd_pipeline *p, int64_t *tokens, int64_t *width);
+/* texts[n] -> out [n, tokens, width] (host): the text encoder's last hidden
+ * states (clip_skip layers fewer), as the pipeline conditions on them. ctx
+ * is reset first; nothing is recorded on its tape. */
+int dc_sd_encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const char *const *texts, int64_t n, int clip_skip,
+                      float *out);
 /* The sampler of the folder's scheduler config, or of `kind_name` (NULL:
  * the folder's class) with the folder's settings, num_inference_steps steps. */
 int dc_sd_sampler(const dc_sd_pipeline *p, const char *kind_name, int num_inference_steps,

@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,16 +127,70 @@ static int save_scheduler(const char *dir, const cJSON *config, const hook *h) {
     return rc;
 }
 
+/* from/name into to/name: a hard link, or a copy where there can be none
+ * (another file system); a file there before is replaced. */
+static int link_file(const char *from, const char *to, const char *name, const hook *h) {
+    char *src = dc_path_join(from, name), *dst = dc_path_join(to, name);
+    int rc = src && dst ? 0 : -1;
+    if (!rc && (unlink(dst) == 0 || errno == ENOENT) && link(src, dst) == 0) {
+        notify(h, dst);
+    } else if (!rc) {
+        size_t n = 0;
+        char *data = dc_read_file(src, SIZE_MAX, &n);
+        if (!(rc = data ? dc_write_file(dst, data, n, true) : -1))
+            notify(h, dst);
+        free(data);
+    }
+    free(src);
+    free(dst);
+    return rc;
+}
+
+/* The plain files of from/name into to/name (a folder of files, as a
+ * pipeline's components are), synced. */
+static int link_component(const char *from, const char *to, const char *name, const hook *h) {
+    char *src = dc_path_join(from, name), *dst = dc_path_join(to, name);
+    DIR *d = src && dst ? opendir(src) : NULL;
+    int rc = !src || !dst ? -1 : d ? make_dir(dst) : dc_fail("%s: cannot list the folder: %s", src, strerror(errno));
+    for (struct dirent *e; !rc && (e = readdir(d));) {
+        char *path = dc_path_join(src, e->d_name);
+        if (!path)
+            rc = -1;
+        else if (e->d_name[0] != '.' && is_file(path))
+            rc = link_file(src, dst, e->d_name, h);
+        free(path);
+    }
+    if (d)
+        closedir(d);
+    if (!rc)
+        rc = dc_sync_dir(dst);
+    free(src);
+    free(dst);
+    return rc;
+}
+
+/* What a Stable Diffusion folder keeps of the pipeline it was trained from. */
+static int save_frozen(const char *dir, const char *from, const hook *h) {
+    static const char *const parts[] = {"scheduler", "tokenizer", "text_encoder", "vae"};
+    char a[PATH_MAX], b[PATH_MAX];
+    if (realpath(dir, a) && realpath(from, b) && !strcmp(a, b))
+        return 0; /* written over the folder it came from: its files are there */
+    int rc = link_file(from, dir, "model_index.json", h);
+    for (size_t i = 0; !rc && i < sizeof parts / sizeof parts[0]; i++)
+        rc = link_component(from, dir, parts[i], h);
+    return rc;
+}
+
 static int save_pipeline(const char *dir, const dc_pipeline *p, const hook *h) {
-    if (!p->params || !p->unet_config || !p->scheduler_config)
+    if (!p->params || !p->unet_config || (!p->scheduler_config && !p->frozen_from))
         return dc_fail("%s: a pipeline needs parameters, a UNet config and a scheduler config", dir);
     const float *weights = p->weights ? p->weights : p->params->data;
-    int rc = save_model_index(dir, h);
+    int rc = p->frozen_from ? save_frozen(dir, p->frozen_from, h) : save_model_index(dir, h);
     if (!rc)
         rc = save_model(dir, "unet", p->unet_config, NULL, p->params, weights, h);
     if (!rc && p->ema)
         rc = save_model(dir, "unet_ema", p->unet_config, p->ema_state, p->params, p->ema, h);
-    if (!rc)
+    if (!rc && !p->frozen_from)
         rc = save_scheduler(dir, p->scheduler_config, h);
     return rc ? rc : dc_sync_dir(dir);
 }

@@ -2,7 +2,8 @@
  * Checkpoints and pipeline folders (DESIGN.md §5).
  *
  * A pipeline folder is what diffusers' DDPMPipeline.save_pretrained writes
- * and DDPMPipeline.from_pretrained reads:
+ * and DDPMPipeline.from_pretrained reads (or, fine-tuning Stable Diffusion,
+ * what StableDiffusionPipeline reads: see dc_pipeline.frozen_from):
  *
  *   model_index.json
  *   unet/config.json                               the UNet2DModel config
@@ -48,6 +49,10 @@ typedef struct dc_pipeline {
     const float *ema;              /* the EMA weights, same layout; NULL: no unet_ema/ */
     const cJSON *ema_state;        /* EMAModel's fields (decay, optimization_step, ...) that diffusers
                                       keeps in unet_ema/config.json; may be NULL */
+    const char *frozen_from;       /* a Stable Diffusion pipeline folder whose model_index.json,
+                                      scheduler/ and frozen components (tokenizer/, text_encoder/,
+                                      vae/) the folder takes, hard-linked where the file system
+                                      allows, else copied; NULL: a DDPMPipeline (scheduler_config) */
 } dc_pipeline;
 
 /* What a checkpoint adds: train_state.safetensors. */

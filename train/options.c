@@ -61,7 +61,8 @@ static const dc_train_option table[] = {
              "the path of a config.json (train-caption: the BLIP model folder to fine-tune)"},
     STRING("model", pretrained_model, NULL, "DIR", 0,
            "fine-tune: start from the weights of a diffusers UNet folder (or a pipeline folder with unet/), "
-           "keeping its config"),
+           "keeping its config; a StableDiffusionPipeline folder trains its UNet on captioned images, the "
+           "VAE and text encoder frozen"),
     STRING("model", variant, NULL, "NAME", 0,
            "the --pretrained-model weights of this variant (diffusion_pytorch_model.NAME.safetensors, e.g. "
            "fp16; unset: the plain weights, or the folder's only variant)"),
@@ -78,6 +79,11 @@ static const dc_train_option table[] = {
     INT("data", resolution, "64", 1, 65536,
         "image side: the shorter side is resized to it, then the centre square is cropped"),
     BOOL("data", random_flip, "false", "flip training images left-right at random"),
+    STRING("data", caption_column, "text", "NAME", 0,
+           "text-to-image: the key of metadata.jsonl that holds each image's caption"),
+    STRING("data", prompt_template, NULL, "TEXT", 0,
+           "text-to-image without captions: each image's prompt is this text with {class} replaced by its "
+           "class folder's name (\"a photo of a {class}\")"),
     BOOL("data", strict, "false", "a bad image file is an error instead of being skipped"),
     INT("data", dataloader_num_workers, "0", 0, 256,
         "threads that assemble batches (0: one per core, at most 8)"),
@@ -92,11 +98,14 @@ static const dc_train_option table[] = {
           "the last beta of the linear and scaled_linear schedules"),
     BOOL("diffusion", rescale_betas_zero_snr, "false",
          "rescale the betas to a zero terminal SNR (Lin et al.; train a v_prediction model)"),
+    FLOAT("diffusion", noise_offset, "0", 0, BIG, 0,
+          "offset noise (as diffusers' --noise_offset): each image's noise moves by this times a normal draw "
+          "per channel, so that the model learns very dark and very bright images (0: off; 0.1 is usual)"),
     FLOAT("diffusion", snr_gamma, "0", 0, BIG, 0,
           "min-SNR-gamma loss weighting (0: off; 5 is the paper's choice)"),
     FLOAT("diffusion", cond_drop_prob, "0", 0, 1, 0,
-          "class-conditional models: the fraction of labels replaced by the null class while training, so "
-          "that sampling can use classifier-free guidance"),
+          "the fraction of labels replaced by the null class (text-to-image: of captions replaced by the "
+          "empty prompt) while training, so that sampling can use classifier-free guidance"),
 
     INT("optimisation", train_batch_size, "16", 1, 1 << 20,
         "images per batch on each device; a step takes --gradient-accumulation-steps batches"),
@@ -140,6 +149,8 @@ static const dc_train_option table[] = {
            "continue a run from a checkpoint folder, or from the newest complete one in --output-dir"),
     INT("output", sample_every, "1000", 0, BIG, "steps between sample grids (0: none)"),
     INT("output", eval_batch_size, "16", 1, 1024, "images in each sample grid"),
+    STRING("output", validation_prompt, NULL, "TEXT", 0,
+           "text-to-image: the prompts of the sample grids, separated by '|' (unset: the first image's caption)"),
     INT("output", ddpm_num_inference_steps, "1000", 1, 100000, "denoising steps for the sample grids"),
 
     STRING("captions", prompt, NULL, "TEXT", 0,
@@ -162,7 +173,8 @@ _Static_assert(sizeof table / sizeof table[0] <= 64, "given and from_pipeline ho
  * sample grids, are train's; the rest both take. */
 static bool row_applies(const dc_train_option *r, bool caption) {
     static const char *const unet_only[] = {"pretrained_model", "variant", "dropout", "classes", "resolution",
-                                            "zero_stage", "sample_every", "eval_batch_size",
+                                            "zero_stage", "sample_every", "eval_batch_size", "caption_column",
+                                            "prompt_template", "validation_prompt",
                                             "ddpm_num_inference_steps", NULL};
     bool unet = !strcmp(r->group, "diffusion");
     for (int i = 0; !unet && unet_only[i]; i++)
@@ -637,6 +649,11 @@ static int check_caption(const dc_train_options *o) {
     if (!o->output_dir || !(o->given & ROW_BIT(dc_train_option_find("output_dir")))) /* not the UNet's default */
         return dc_fail("no output folder: give --output-dir");
     return 0;
+}
+
+bool dc_train_options_given(const dc_train_options *o, const char *key) {
+    const dc_train_option *r = dc_train_option_find(key);
+    return r && (o->given & ROW_BIT(r));
 }
 
 int dc_train_options_check(const dc_train_options *o) {

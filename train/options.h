@@ -59,6 +59,8 @@ typedef struct dc_train_options {
     char *cache_dir;
     int64_t resolution;
     bool random_flip;
+    char *caption_column;  /* metadata.jsonl's key of the captions (text-to-image) */
+    char *prompt_template; /* "a photo of a {class}": prompts from class folders; NULL: captions */
     bool strict;
     int64_t dataloader_num_workers; /* 0: one per core, at most 8 */
     /* diffusion */
@@ -68,6 +70,7 @@ typedef struct dc_train_options {
     double ddpm_beta_start, ddpm_beta_end; /* linear and scaled_linear's ends */
     bool rescale_betas_zero_snr;
     double snr_gamma; /* 0: plain MSE */
+    double noise_offset; /* 0: none */
     double cond_drop_prob;
     /* optimisation */
     int64_t train_batch_size;
@@ -94,6 +97,7 @@ typedef struct dc_train_options {
     char *resume_from_checkpoint;    /* "latest" or a checkpoint folder */
     int64_t sample_every;            /* 0: no sample grids */
     int64_t eval_batch_size;         /* images in each sample grid */
+    char *validation_prompt;         /* text-to-image grids: prompts split at '|'; NULL: a caption */
     int64_t ddpm_num_inference_steps;
     /* captions (diffc train-caption) */
     char *prompt;           /* the text every caption starts with, not learnt; NULL: none */
@@ -176,6 +180,10 @@ int dc_train_options_pipeline_schedule(dc_train_options *o);
  * --pretrained-model, none of them (without a checkpoint to resume), no
  * training data, no output folder, a zero-SNR schedule for an epsilon model. */
 int dc_train_options_check(const dc_train_options *o);
+
+/* Whether the config file or the command line gave option `key` ("prompt_template" or
+ * "prompt-template"). */
+bool dc_train_options_given(const dc_train_options *o, const char *key);
 
 /* Every config-file key with its value (unset ones as null): the resolved
  * configuration that is printed and saved, and that

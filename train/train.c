@@ -1,5 +1,7 @@
 /*
- * `diffc train`: the training loop of a diffusers UNet2DModel.
+ * `diffc train`: the training loop of a diffusion UNet, whichever model.h
+ * trains: a diffusers UNet2DModel on images, or the UNet2DConditionModel of
+ * a Stable Diffusion pipeline on VAE latents and text.
  *
  * One optimizer step: gradient_accumulation_steps micro-batches, each drawn
  * from the loader (global batch index k), noised at random timesteps
@@ -9,10 +11,10 @@
  * is skipped (and logged); MAX_BAD_STEPS of them in a row stop the run with an
  * error, the last checkpoint untouched.
  *
- * Everything random is Philox keyed by the seed (see the STREAM_ constants).
- * The timestep, the noise and the label drop of an image are drawn for its
- * position p in the loader's stream of images, not for the micro-batch that
- * carries it: so --gradient-accumulation-steps A with batch B sees exactly the
+ * Everything random is Philox keyed by the seed (model.h's DC_TRAIN_STREAM_*).
+ * The timestep, the noise (and its --noise-offset) and the label drop of an
+ * image are drawn for its position p in the loader's stream of images, not
+ * for the micro-batch that carries it: so --gradient-accumulation-steps A with batch B sees exactly the
  * images, timesteps and noise of one batch of A*B (and N processes with batch
  * B those of one with N*B), and computes the same gradients up to float
  * rounding. Dropout masks are drawn per micro-batch, so that needs --dropout
@@ -24,7 +26,7 @@
  * checkpoints every --checkpointing-steps (and on SIGINT/SIGTERM, see
  * signals.h), the final pipeline folder in --output-dir, metrics.jsonl,
  * TensorBoard events and the progress line. Resuming without --model or
- * --pretrained-model takes the UNet config from the checkpoint. The run
+ * --pretrained-model takes the UNet config from the checkpoint (model_unet.c). The run
  * holds --output-dir locked from its first look at it (run_dir.h), and a
  * setup that fails (bad data, a bad model) leaves the folder as it found it.
  *
@@ -49,6 +51,7 @@
 #include "dist.h"
 #include "memory.h"
 #include "metrics.h"
+#include "model.h"
 #include "options.h"
 #include "run_dir.h"
 #include "signals.h"
@@ -67,7 +70,6 @@
 #include "data/dataset.h"
 #include "data/image.h"
 #include "data/loader.h"
-#include "infer/generate.h"
 #include "models/unet.h"
 
 #include <inttypes.h>
@@ -77,19 +79,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-/* Philox streams under the run's seed. The loader uses streams below 2^62
- * (epoch shuffles) and from 2^63 (augmentation). The image at stream
- * position p takes element p of STREAM_TIMESTEPS and of STREAM_LABEL_DROP,
- * and elements [p D, (p + 1) D) of STREAM_NOISE (D = h w c); rank r's share
- * of micro-batch k seeds its dropout masks (ctx->seed) from block k W + r of
- * STREAM_DROPOUT (W ranks). */
-#define STREAM_BASE ((uint64_t)1 << 62)
-#define STREAM_TIMESTEPS (STREAM_BASE + 0)
-#define STREAM_NOISE (STREAM_BASE + 1)
-#define STREAM_LABEL_DROP (STREAM_BASE + 2)
-#define STREAM_DROPOUT (STREAM_BASE + 3)
-#define SAMPLE_SEED_OFFSET 1000003 /* the grids' seed: fixed for the run, unlike its noise */
 
 #define MAX_BAD_STEPS 5            /* non-finite steps in a row that stop the run */
 #define STATE_VERSION "1"          /* of train_state.safetensors */
@@ -102,10 +91,9 @@ typedef struct trainer {
     dc_run_dir out;          /* rank 0's lock on --output-dir */
     int device;              /* parameters, optimizer, EMA and activations: DC_CPU or a GPU */
     dc_math math;            /* a GPU's matrix arithmetic (--mixed-precision) */
-    cJSON *unet_json, *sched_json;
-    dc_unet_config ucfg;
-    dc_unet unet;
-    dc_params ps;
+    cJSON *sched_json;
+    dc_train_model model;    /* the network trained (model.h) */
+    dc_params *ps;           /* its trained parameters: model.ps */
     dc_noise_schedule sched;
     dc_dataset ds;
     int64_t *subset, n_subset; /* --classes: the images trained on (NULL: all) */
@@ -116,9 +104,8 @@ typedef struct trainer {
     dc_lr_schedule lr_schedule;
     dc_ctx ctx;
     double *mse;             /* [train_batch_size] per-sample loss of the last micro-batch */
-    int32_t *labels;         /* [train_batch_size] the micro-batch's labels, some dropped */
     int32_t *t;              /* [train_batch_size] its timesteps, drawn on the host */
-    int null_class;          /* -1: unconditional */
+    float *noise_host;       /* [train_batch_size, x0] the noise, for --noise-offset; NULL: off */
     int64_t step, total;     /* optimizer steps done, and in all */
     char *resumed_from;      /* the checkpoint folder resumed from; NULL: a new run */
     int bad_steps;           /* non-finite steps in a row */
@@ -142,50 +129,6 @@ static int resolve_device(trainer *tr) {
     return dc_dist_resolve_device(&tr->dist, tr->o.device, tr->o.mixed_precision, &tr->device, &tr->math);
 }
 
-/* The config.json of the checkpoint being resumed, for a run without --model. */
-static int checkpoint_config(const trainer *tr, char **config_path) {
-    char *dir = NULL, *weights = NULL;
-    if (dc_checkpoint_resolve(tr->o.output_dir, tr->o.resume_from_checkpoint, &dir))
-        return -1;
-    int rc = dir ? dc_unet_find(dir, "unet", NULL, config_path, &weights, NULL)
-                 : dc_fail("--resume-from-checkpoint %s: %s holds no complete checkpoint, and without "
-                           "--model or --pretrained-model there is no model to start from",
-                           tr->o.resume_from_checkpoint, tr->o.output_dir);
-    free(weights);
-    free(dir);
-    return rc;
-}
-
-/* --dropout replaces the config's, so the saved config says what was trained. */
-static int override_dropout(trainer *tr) {
-    if (isnan(tr->o.dropout) || !cJSON_IsObject(tr->unet_json))
-        return 0;
-    cJSON_DeleteItemFromObjectCaseSensitive(tr->unet_json, "dropout");
-    return cJSON_AddNumberToObject(tr->unet_json, "dropout", tr->o.dropout) ? 0 : dc_fail("out of memory");
-}
-
-/* The UNet config: from --pretrained-model's folder, --model, or the checkpoint resumed. */
-static int load_model_config(trainer *tr, char **weights) {
-    char *config_path = NULL, *guessed = NULL;
-    *weights = NULL;
-    int rc = tr->o.pretrained_model ? dc_unet_find(tr->o.pretrained_model, "unet", tr->o.variant, &config_path,
-                                                   weights, &guessed)
-             : tr->o.model          ? 0
-                                    : checkpoint_config(tr, &config_path);
-    if (guessed && dc_dist_is_root(&tr->dist))
-        fprintf(stderr, "diffc: note: %s has no plain weights; using its only variant, %s\n", tr->o.pretrained_model,
-                guessed);
-    free(guessed);
-    if (!rc)
-        tr->unet_json = config_path ? dc_json_load(config_path) : dc_train_options_model_config(&tr->o);
-    char *text = tr->unet_json && !override_dropout(tr) ? dc_json_print(tr->unet_json, true) : NULL;
-    const char *what = config_path ? config_path : "the model config";
-    rc = text ? dc_unet_config_parse(&tr->ucfg, text, what) || dc_unet_check_ddpm(&tr->ucfg, what) : -1;
-    free(text);
-    free(config_path);
-    return rc;
-}
-
 static int load_schedule(trainer *tr) {
     dc_noise_schedule_config c = dc_noise_schedule_default_config();
     c.num_train_timesteps = tr->o.ddpm_num_steps;
@@ -200,36 +143,18 @@ static int load_schedule(trainer *tr) {
     return tr->sched_json ? 0 : -1;
 }
 
-/* The data must fit the model: channels, classes, a size the UNet can halve. */
-static int check_data_fits(const trainer *tr) {
-    const dc_unet_config *u = &tr->ucfg;
-    int halvings = 1 << (u->levels - 1);
-    if (tr->o.resolution % halvings)
-        return dc_fail("--resolution %" PRId64 " is not divisible by %d, which the model's %d levels "
-                       "of down-sampling need", tr->o.resolution, halvings, u->levels);
-    if (tr->ds.c != u->in_channels)
-        return dc_fail("%s: the images have %d channel%s, the model's in_channels is %d",
-                       tr->o.train_data_dir, tr->ds.c, tr->ds.c == 1 ? "" : "s", u->in_channels);
-    if (tr->null_class >= 0 && tr->ds.num_classes == 0)
-        return dc_fail("%s: the model is class-conditional (num_class_embeds %d) but the data has "
-                       "no labels", tr->o.train_data_dir, u->num_class_embeds);
-    if (tr->null_class >= 0 && tr->ds.num_classes > tr->null_class)
-        return dc_fail("%s: %d classes, but num_class_embeds %d leaves room for %d (the last label "
-                       "is the 'no class' label of classifier-free guidance)",
-                       tr->o.train_data_dir, tr->ds.num_classes, u->num_class_embeds, tr->null_class);
-    return 0;
-}
-
 /* Rank 0 opens the dataset first, building its cache when there is none;
  * the other ranks then read that cache instead of all building it at once. */
 static int open_dataset(trainer *tr) {
-    dc_dataset_options d = {.resolution = (int)tr->o.resolution,
-                            .cache_dir = tr->o.cache_dir,
-                            .strict = tr->o.strict};
+    dc_dataset_options d = {.cache_dir = tr->o.cache_dir, .strict = tr->o.strict};
+    tr->model.ops->dataset_options(&tr->model, &d);
     bool root = dc_dist_is_root(&tr->dist);
     if (root && dc_dataset_open(&tr->ds, tr->o.train_data_dir, &d))
         return -1;
-    return dc_dist_barrier(&tr->dist) || (!root && dc_dataset_open(&tr->ds, tr->o.train_data_dir, &d));
+    if (dc_dist_barrier(&tr->dist) || (!root && dc_dataset_open(&tr->ds, tr->o.train_data_dir, &d)))
+        return -1;
+    tr->model.ds = &tr->ds;
+    return 0;
 }
 
 /* Images in one optimizer step, over all ranks. */
@@ -240,8 +165,11 @@ static int64_t global_batch(const trainer *tr) {
 static int check_memory(trainer *tr); /* below, beside the step it measures */
 
 static int open_data(trainer *tr) {
-    if (open_dataset(tr) || check_data_fits(tr) || check_memory(tr))
+    if (open_dataset(tr) || tr->model.ops->open_data(&tr->model, &tr->ctx) || check_memory(tr))
         return -1;
+    size_t x0 = (size_t)tr->model.x0_h * tr->model.x0_w * tr->model.x0_c;
+    if (tr->o.noise_offset > 0 && !(tr->noise_host = malloc((size_t)tr->o.train_batch_size * x0 * sizeof(float))))
+        return dc_fail("out of memory");
     if (tr->o.classes && dc_dataset_select_classes(&tr->ds, tr->o.classes, &tr->subset, &tr->n_subset))
         return dc_fail_prefix(tr->o.train_data_dir);
     int64_t count = tr->subset ? tr->n_subset : tr->ds.count;
@@ -257,7 +185,7 @@ static int open_data(trainer *tr) {
                            .seed = (uint64_t)tr->o.seed,
                            .threads = dc_train_options_loader_threads(&tr->o),
                            .prefetch = LOADER_PREFETCH,
-                           .flip = tr->o.random_flip};
+                           .flip = tr->o.random_flip && tr->model.loader_flips};
     return dc_loader_open(&tr->loader, &lc, tr->step * tr->o.gradient_accumulation_steps);
 }
 
@@ -268,21 +196,14 @@ static int check_resume_weights(const trainer *tr) {
     if (!tr->o.resume_from_checkpoint)
         return 0;
     int rc = dc_checkpoint_resolve(tr->o.output_dir, tr->o.resume_from_checkpoint, &dir) ||
-             (dir && dc_checkpoint_check(dir, &tr->ps));
+             (dir && dc_checkpoint_check(dir, tr->ps));
     free(dir);
     return rc ? -1 : 0;
 }
 
-static int setup_model(trainer *tr, const char *pretrained_weights) {
-    dc_params_init(&tr->ps);
-    tr->null_class = dc_unet_null_class(&tr->ucfg);
-    bool zero = tr->o.zero_stage == 1; /* any world: with one rank the shard is everything */
-    tr->ps.multiple = zero ? (size_t)tr->dist.world * 16 : 0; /* equal shards */
-    if (dc_unet_init(&tr->unet, &tr->ucfg, &tr->ps) || check_resume_weights(tr) ||
-        (pretrained_weights ? dc_params_alloc_load(&tr->ps, tr->device, pretrained_weights, dc_unet_rename)
-                            : dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed)))
-        return -1;
-    tr->opt_n = zero ? dc_dist_shard(&tr->dist, tr->ps.total) : tr->ps.total;
+static int setup_optimizer(trainer *tr) {
+    bool zero = tr->o.zero_stage == 1;
+    tr->opt_n = zero ? dc_dist_shard(&tr->dist, tr->ps->total) : tr->ps->total;
     tr->opt_lo = zero ? (size_t)tr->dist.rank * tr->opt_n : 0;
     if (dc_adamw_init_on(&tr->opt, tr->device, tr->opt_n, tr->o.adam_beta1, tr->o.adam_beta2,
                          tr->o.adam_epsilon, tr->o.adam_weight_decay) ||
@@ -290,15 +211,30 @@ static int setup_model(trainer *tr, const char *pretrained_weights) {
         return -1;
     if (tr->o.use_ema) {
         dc_ema_config e = dc_train_options_ema(&tr->o);
-        if (dc_ema_init_on(&tr->ema, tr->device, tr->ps.data, tr->ps.total, &e))
+        if (dc_ema_init_on(&tr->ema, tr->device, tr->ps->data, tr->ps->total, &e))
             return -1;
     }
     size_t batch = (size_t)tr->o.train_batch_size;
     tr->mse = malloc(batch * sizeof *tr->mse);
-    tr->labels = malloc(batch * sizeof *tr->labels);
     tr->t = malloc(batch * sizeof *tr->t);
-    return tr->mse && tr->labels && tr->t ? 0 : dc_fail("out of memory");
+    return tr->mse && tr->t ? 0 : dc_fail("out of memory");
 }
+
+/* The model declared, its parameters allocated and loaded (or drawn). */
+static int setup_model(trainer *tr) {
+    char *pretrained_weights = NULL;
+    tr->ps = &tr->model.ps;
+    if (dc_train_model_init(&tr->model, &tr->o, tr->device, dc_dist_is_root(&tr->dist)))
+        return -1;
+    bool zero = tr->o.zero_stage == 1; /* any world: with one rank the shard is everything */
+    tr->ps->multiple = zero ? (size_t)tr->dist.world * 16 : 0; /* equal shards */
+    int rc = tr->model.ops->declare(&tr->model, &pretrained_weights) || check_resume_weights(tr) ||
+             (pretrained_weights ? dc_params_alloc_load(tr->ps, tr->device, pretrained_weights, dc_unet_rename)
+                                 : dc_params_alloc_on(tr->ps, tr->device, (uint64_t)tr->o.seed));
+    free(pretrained_weights);
+    return rc ? -1 : setup_optimizer(tr);
+}
+
 
 /* The activation arena, last: on a GPU it takes most of the memory left. */
 static int setup_activations(trainer *tr) {
@@ -312,10 +248,11 @@ static int setup_activations(trainer *tr) {
 /* ---- checkpoints ---- */
 
 static dc_pipeline pipeline_of(const trainer *tr) {
-    return (dc_pipeline){.unet_config = tr->unet_json,
+    return (dc_pipeline){.unet_config = tr->model.unet_json,
                          .scheduler_config = tr->sched_json,
-                         .params = &tr->ps,
-                         .ema = tr->o.use_ema ? tr->ema.shadow : NULL};
+                         .params = tr->ps,
+                         .ema = tr->o.use_ema ? tr->ema.shadow : NULL,
+                         .frozen_from = tr->model.frozen_from};
 }
 
 static int write_checkpoint(trainer *tr, uint64_t fingerprint, const float *m, const float *v) {
@@ -325,7 +262,7 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint, const float *m, c
     dc_pipeline p = pipeline_of(tr);
     dc_model_writer w = dc_pipeline_writer(&p);
     /* the moments without the shards' rounding: any world resumes them */
-    int rc = dc_train_state_save(tr->o.output_dir, &w, STATE_VERSION, &c, &tr->o, m, v, tr->ps.extent);
+    int rc = dc_train_state_save(tr->o.output_dir, &w, STATE_VERSION, &c, &tr->o, m, v, tr->ps->extent);
     if (!rc)
         rc = dc_checkpoint_prune(tr->o.output_dir, tr->o.checkpoints_total_limit);
     if (!rc && tr->dist.world > 1)
@@ -339,8 +276,8 @@ static int write_checkpoint(trainer *tr, uint64_t fingerprint, const float *m, c
 /* dc_dist_check_identical of buf[ps.total] on the training device. */
 static int check_identical(trainer *tr, const float *buf, const char *what, uint64_t *hash) {
     float *copy;
-    const float *host = dc_train_on_host(tr->device, buf, tr->ps.total, &copy);
-    int rc = host ? dc_dist_check_identical(&tr->dist, host, tr->ps.total * sizeof(float), what, hash) : -1;
+    const float *host = dc_train_on_host(tr->device, buf, tr->ps->total, &copy);
+    int rc = host ? dc_dist_check_identical(&tr->dist, host, tr->ps->total * sizeof(float), what, hash) : -1;
     free(copy);
     return rc;
 }
@@ -355,8 +292,8 @@ static int moment_on_root(trainer *tr, const float *buf, const float **out, floa
         return !root || (*out = dc_train_on_host(tr->device, buf, tr->opt_n, copy)) ? 0 : -1;
     float *mine_copy;
     const float *mine = dc_train_on_host(tr->device, buf, tr->opt_n, &mine_copy);
-    if (mine && root && !(*copy = malloc(tr->ps.total * sizeof(float))))
-        dc_fail("out of memory for the optimizer state (%zu bytes)", tr->ps.total * sizeof(float));
+    if (mine && root && !(*copy = malloc(tr->ps->total * sizeof(float))))
+        dc_fail("out of memory for the optimizer state (%zu bytes)", tr->ps->total * sizeof(float));
     int rc = !mine || (root && !*copy) || dc_dist_gather(&tr->dist, mine, tr->opt_n, *copy);
     free(mine_copy);
     *out = *copy;
@@ -369,7 +306,7 @@ static int save_checkpoint(trainer *tr) {
     uint64_t weights, ema;
     float *m_copy = NULL, *v_copy = NULL;
     const float *m, *v;
-    int rc = check_identical(tr, tr->ps.data, "weights", &weights) ||
+    int rc = check_identical(tr, tr->ps->data, "weights", &weights) ||
              (tr->o.use_ema && check_identical(tr, tr->ema.shadow, "EMA weights", &ema)) ||
              moment_on_root(tr, tr->opt.m, &m, &m_copy) || moment_on_root(tr, tr->opt.v, &v, &v_copy) ||
              (dc_dist_is_root(&tr->dist) && write_checkpoint(tr, weights, m, v));
@@ -381,7 +318,7 @@ static int save_checkpoint(trainer *tr) {
 /* Copy a moment buffer of the optimizer back from the train state: AdamW's
  * part of it (at --zero-stage 1 each rank reads its own shard). */
 static int restore_moment(const trainer *tr, const dc_st_file *f, const char *name, float *dst) {
-    size_t n = tr->ps.extent, lo = tr->opt_lo < n ? tr->opt_lo : n;
+    size_t n = tr->ps->extent, lo = tr->opt_lo < n ? tr->opt_lo : n;
     size_t len = tr->opt_n < n - lo ? tr->opt_n : n - lo; /* the rest: rounding, zero */
     return dc_train_state_moment(f, name, n, lo, len, tr->device, dst);
 }
@@ -396,7 +333,7 @@ static int resume(trainer *tr) {
         return 0;
     dc_st_file state = {0};
     dc_train_counters c;
-    int rc = dc_checkpoint_load(dir, &tr->ps, NULL, tr->o.use_ema ? tr->ema.shadow : NULL, &state);
+    int rc = dc_checkpoint_load(dir, tr->ps, NULL, tr->o.use_ema ? tr->ema.shadow : NULL, &state);
     if (!rc && (!dc_st_meta(&state, "format_version") ||
                 strcmp(dc_st_meta(&state, "format_version"), STATE_VERSION)))
         rc = dc_fail("%s: train_state.safetensors has another format version", dir);
@@ -419,9 +356,9 @@ static int resume(trainer *tr) {
 
 /* Rank 0's buf[ps.total] (on the training device) into every rank's. */
 static int broadcast_buffer(trainer *tr, float *buf) {
-    size_t bytes = tr->ps.total * sizeof(float);
+    size_t bytes = tr->ps->total * sizeof(float);
     float *copy;
-    float *host = (float *)dc_train_on_host(tr->device, buf, tr->ps.total, &copy);
+    float *host = (float *)dc_train_on_host(tr->device, buf, tr->ps->total, &copy);
     int rc = !host || dc_dist_broadcast(&tr->dist, host, bytes) ||
              (copy && dc_memcpy(buf, tr->device, copy, DC_CPU, bytes));
     free(copy);
@@ -436,7 +373,7 @@ static int share_state(trainer *tr) {
     if (tr->dist.world == 1)
         return 0;
     bool moments = !tr->o.zero_stage; /* stage 1: each rank's shard is its own */
-    if (broadcast_buffer(tr, tr->ps.data) || (moments && broadcast_buffer(tr, tr->opt.m)) ||
+    if (broadcast_buffer(tr, tr->ps->data) || (moments && broadcast_buffer(tr, tr->opt.m)) ||
         (moments && broadcast_buffer(tr, tr->opt.v)) || dc_dist_broadcast(&tr->dist, counts, sizeof counts) ||
         (tr->o.use_ema && broadcast_buffer(tr, tr->ema.shadow)))
         return -1;
@@ -449,39 +386,49 @@ static int share_state(trainer *tr) {
 
 /* ---- one step ---- */
 
-/* Labels of the batch, with --cond-drop-prob of them replaced by the null
- * class; p0 is the stream position of the batch's first image. */
-static dc_tensor *batch_labels(trainer *tr, const dc_batch *b, uint64_t p0) {
-    if (tr->null_class < 0)
-        return NULL;
-    for (int i = 0; i < b->n; i++)
-        tr->labels[i] = dc_rand_uniform((uint64_t)tr->o.seed, STREAM_LABEL_DROP, p0 + (uint64_t)i) <
-                                tr->o.cond_drop_prob
-                            ? tr->null_class
-                            : b->labels[i];
-    return dc_from_host(&tr->ctx, DC_I32, DC_SHAPE(b->n), tr->labels);
+/* --noise-offset, as diffusers' train_text_to_image adds it: the noise of
+ * the image at stream position p moves by offset times the normals [p C,
+ * (p + 1) C) of STREAM_NOISE_OFFSET, one per channel. On the host (the
+ * noise is small; a GPU's makes a round trip). */
+static int offset_noise(trainer *tr, dc_tensor *noise, int n, uint64_t p0) {
+    const dc_train_model *m = &tr->model;
+    int c = m->x0_c;
+    int64_t per = noise->numel / n;
+    float shift[DC_UNET_MAX_CHANNELS];
+    if (c > DC_UNET_MAX_CHANNELS)
+        return dc_fail("--noise-offset: %d channels", c);
+    if (dc_memcpy(tr->noise_host, DC_CPU, noise->data, noise->device, (size_t)noise->numel * sizeof(float)))
+        return -1;
+    for (int i = 0; i < n; i++) {
+        dc_fill_normal(shift, c, (uint64_t)tr->o.seed, DC_TRAIN_STREAM_NOISE_OFFSET, (p0 + (uint64_t)i) * (uint64_t)c);
+        for (int64_t k = 0; k < per; k++)
+            tr->noise_host[i * per + k] += (float)tr->o.noise_offset * shift[k % c];
+    }
+    return dc_memcpy(noise->data, noise->device, tr->noise_host, DC_CPU, (size_t)noise->numel * sizeof(float));
 }
 
 /* Forward and backward of micro-batch b; gradients add up in the flat buffer. */
 static int batch_step(trainer *tr, const dc_batch *b, step_stats *st) {
     dc_ctx *ctx = &tr->ctx;
     uint64_t seed = (uint64_t)tr->o.seed, k = (uint64_t)b->index, p0 = (uint64_t)b->position;
-    uint64_t per_image = (uint64_t)b->h * (uint64_t)b->w * (uint64_t)b->c;
+    const dc_train_model *m = &tr->model;
+    uint64_t per_image = (uint64_t)m->x0_h * (uint64_t)m->x0_w * (uint64_t)m->x0_c;
     uint64_t shard = k * (uint64_t)tr->dist.world + (uint64_t)tr->dist.rank; /* k with one rank */
     dc_ctx_reset(ctx);
-    ctx->seed = dc_rand_block(seed, STREAM_DROPOUT, shard).w[0] | shard << 32;
+    ctx->seed = dc_rand_block(seed, DC_TRAIN_STREAM_DROPOUT, shard).w[0] | shard << 32;
     /* the timesteps drawn on the host (the same values as on a GPU), where the
      * diffusion ops check them without a round trip; a copy for the UNet */
     dc_tensor t_host = {.dtype = DC_I32, .device = DC_CPU, .ndim = 1, .shape = {b->n}, .numel = b->n,
                         .data = tr->t};
-    dc_tensor *x0 = dc_from_host(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c), b->images);
-    dc_tensor *noise = dc_new(ctx, DC_F32, DC_SHAPE(b->n, b->h, b->w, b->c));
-    if (!x0 || !noise || dc_sample_noise(noise, seed, STREAM_NOISE, p0 * per_image) ||
-        dc_sample_timesteps(&tr->sched, &t_host, seed, STREAM_TIMESTEPS, p0))
+    dc_tensor *x0 = m->ops->x0(&tr->model, ctx, b);
+    dc_tensor *noise = dc_new(ctx, DC_F32, DC_SHAPE(b->n, m->x0_h, m->x0_w, m->x0_c));
+    if (!x0 || !noise || dc_sample_noise(noise, seed, DC_TRAIN_STREAM_NOISE, p0 * per_image) ||
+        (tr->noise_host && offset_noise(tr, noise, b->n, p0)) ||
+        dc_sample_timesteps(&tr->sched, &t_host, seed, DC_TRAIN_STREAM_TIMESTEPS, p0))
         return -1;
     dc_tensor *t = dc_from_host(ctx, DC_I32, DC_SHAPE(b->n), tr->t);
     dc_tensor *xt = dc_q_sample(ctx, x0, noise, &t_host, &tr->sched);
-    dc_tensor *pred = dc_unet_forward(ctx, &tr->unet, xt, t, batch_labels(tr, b, p0));
+    dc_tensor *pred = xt ? m->ops->forward(&tr->model, ctx, b, xt, t) : NULL;
     dc_tensor *loss = dc_diffusion_loss(ctx, pred, x0, noise, &t_host, &tr->sched,
                                         tr->sched.config.prediction_type, (float)tr->o.snr_gamma, tr->mse);
     float value;
@@ -533,9 +480,9 @@ static int check_memory(trainer *tr) {
                         .act_capacity = tr->ctx.act.cap, .act_on_host = cpu,
                         .loader_image = dc_loader_buffer_bytes(1, tr->ds.h, tr->ds.w, tr->ds.c,
                                                                LOADER_PREFETCH),
-                        /* weights, gradients, EMA and AdamW's moments */
-                        .held = (2 * tr->ps.total + (tr->o.use_ema ? tr->ps.total : 0) + 2 * tr->opt_n) *
-                                sizeof(float),
+                        /* weights, gradients, EMA and AdamW's moments; frozen networks */
+                        .held = (2 * tr->ps->total + (tr->o.use_ema ? tr->ps->total : 0) + 2 * tr->opt_n) *
+                                    sizeof(float) + tr->model.frozen_bytes,
                         .ranks_on_host = tr->dist.local_world};
     return dc_device_mem_available(DC_CPU, &m.host_available) ||
                    measure_one_image(tr, &m.act_image, &m.act_scratch) || dc_step_memory_check(&m)
@@ -562,14 +509,14 @@ static int sum_stats(trainer *tr, step_stats *st) {
 static int grad_ready(void *user, dc_tensor *t) {
     trainer *tr = user;
     size_t offset, len;
-    return dc_params_span(&tr->ps, t, &offset, &len) ? dc_dist_average_ready(&tr->dist, offset, len) : 0;
+    return dc_params_span(tr->ps, t, &offset, &len) ? dc_dist_average_ready(&tr->dist, offset, len) : 0;
 }
 
 /* The L2 norm of the averaged gradient in *norm, the gradient clipped to
  * --max-grad-norm: over AdamW's part of it, the ranks' sums of squares
  * added when that is a shard (--zero-stage 1). */
 static int clip_gradient(trainer *tr, double *norm) {
-    float *g = tr->ps.grad + tr->opt_lo;
+    float *g = tr->ps->grad + tr->opt_lo;
     double sq = dc_grad_sum_squares_on(tr->device, g, tr->opt_n);
     if (dc_device_failed(tr->device) || (tr->o.zero_stage && dc_dist_sum(&tr->dist, &sq, 1)))
         return -1;
@@ -584,12 +531,12 @@ static int clip_gradient(trainer *tr, double *norm) {
 static int optimizer_step(trainer *tr, step_stats *st) {
     int64_t accum = tr->o.gradient_accumulation_steps;
     double t0 = dc_seconds();
-    if (dc_params_zero_grad(&tr->ps))
+    if (dc_params_zero_grad(tr->ps))
         return -1;
     bool zero = tr->o.zero_stage == 1;
     for (int64_t a = 0; a < accum; a++) {
         bool last = a == accum - 1 && !zero; /* its backward pass overlaps the average */
-        if ((last && dc_dist_average_begin(&tr->dist, tr->ps.grad, tr->ps.total, accum)))
+        if ((last && dc_dist_average_begin(&tr->dist, tr->ps->grad, tr->ps->total, accum)))
             return -1;
         tr->ctx.grad_ready = last && dc_dist_communicates(&tr->dist) ? grad_ready : NULL;
         if (micro_step(tr, st))
@@ -597,7 +544,7 @@ static int optimizer_step(trainer *tr, step_stats *st) {
     }
     tr->ctx.grad_ready = NULL;
     st->loss /= (double)accum;
-    if ((zero ? dc_dist_reduce_scatter(&tr->dist, tr->ps.grad, tr->opt_n, accum) : dc_dist_average_end(&tr->dist)) ||
+    if ((zero ? dc_dist_reduce_scatter(&tr->dist, tr->ps->grad, tr->opt_n, accum) : dc_dist_average_end(&tr->dist)) ||
         sum_stats(tr, st) || clip_gradient(tr, &st->grad_norm))
         return -1;
     st->lr = dc_lr_at(tr->lr_schedule, tr->o.learning_rate, tr->step, tr->o.lr_warmup_steps, tr->total);
@@ -610,9 +557,9 @@ static int optimizer_step(trainer *tr, step_stats *st) {
                            "--learning-rate?); the last checkpoint is kept", tr->bad_steps);
     } else {
         tr->bad_steps = 0;
-        if (dc_adamw_step(&tr->opt, tr->ps.data + tr->opt_lo, tr->ps.grad + tr->opt_lo, st->lr) ||
-            (zero && dc_dist_all_gather(&tr->dist, tr->ps.data, tr->opt_n)) ||
-            (tr->o.use_ema && dc_ema_step(&tr->ema, tr->ps.data)))
+        if (dc_adamw_step(&tr->opt, tr->ps->data + tr->opt_lo, tr->ps->grad + tr->opt_lo, st->lr) ||
+            (zero && dc_dist_all_gather(&tr->dist, tr->ps->data, tr->opt_n)) ||
+            (tr->o.use_ema && dc_ema_step(&tr->ema, tr->ps->data)))
             return -1;
     }
     st->images_per_s = (double)global_batch(tr) / (dc_seconds() - t0);
@@ -651,49 +598,38 @@ static int grid_of(const float *px, int64_t n, int h, int w, int c, int cols, dc
     return rc;
 }
 
-/* A fixed-seed grid (DDIM, EMA weights when on) into samples/step-N.png and TensorBoard. */
+/* A fixed-seed grid of the model's (EMA weights when on) into
+ * samples/step-N.png and TensorBoard. */
 static int sample_grid(trainer *tr) {
-    int64_t n = tr->o.eval_batch_size, h = tr->ds.h, w = tr->ds.w, c = tr->ds.c;
-    float *px = malloc((size_t)(n * h * w * c) * sizeof *px), *keep = NULL;
-    int32_t *labels = tr->null_class >= 0 ? malloc((size_t)n * sizeof *labels) : NULL;
-    dc_sampler s = {0};
-    dc_sampler_options so = dc_sampler_default_options(DC_SAMPLER_DDIM);
-    so.num_inference_steps = (int)tr->o.ddpm_num_inference_steps;
-    int rc = px && (tr->null_class < 0 || labels) ? 0 : dc_fail("out of memory for the sample grid");
-    /* class-conditional: one column per class */
-    int cols = labels ? tr->ds.num_classes : (int)ceil(sqrt((double)n));
-    for (int64_t i = 0; labels && i < n; i++)
-        labels[i] = (int32_t)(i % tr->ds.num_classes);
-    size_t bytes = tr->ps.total * sizeof *keep;
-    if (!rc && tr->o.use_ema) { /* sample with the averaged weights; keep the others on the host */
+    dc_train_grid g = {0};
+    float *keep = NULL;
+    size_t bytes = tr->ps->total * sizeof *keep;
+    int rc = 0;
+    if (tr->o.use_ema) { /* sample with the averaged weights; keep the others on the host */
         keep = malloc(bytes);
         rc = !keep ? dc_fail("out of memory for the sample grid")
-                   : dc_memcpy(keep, DC_CPU, tr->ps.data, tr->device, bytes) ||
-                         dc_memcpy(tr->ps.data, tr->device, tr->ema.shadow, tr->device, bytes);
+                   : dc_memcpy(keep, DC_CPU, tr->ps->data, tr->device, bytes) ||
+                         dc_memcpy(tr->ps->data, tr->device, tr->ema.shadow, tr->device, bytes);
     }
-    dc_generate_request r = {.unet = &tr->unet, .sampler = &s, .n = n, .batch = n, .h = (int)h,
-                             .w = (int)w, .labels = labels, .guidance_scale = 1.0f,
-                             .seed = (uint64_t)tr->o.seed + SAMPLE_SEED_OFFSET};
     if (!rc)
-        rc = dc_sampler_init(&s, DC_SAMPLER_DDIM, &tr->sched, &so) || dc_generate(&tr->ctx, &r, px);
-    if (keep && dc_memcpy(tr->ps.data, tr->device, keep, DC_CPU, bytes))
+        rc = tr->model.ops->sample(&tr->model, &tr->ctx, &tr->sched,
+                                   (uint64_t)tr->o.seed + DC_TRAIN_SAMPLE_SEED_OFFSET, &g);
+    if (keep && dc_memcpy(tr->ps->data, tr->device, keep, DC_CPU, bytes))
         rc = -1;
     dc_image grid = {0};
     char name[64], *dir = NULL, *path = NULL;
     snprintf(name, sizeof name, "step-%06" PRId64 ".png", tr->step);
-    if (!rc && !(rc = grid_of(px, n, (int)h, (int)w, (int)c, cols, &grid)) &&
+    if (!rc && !(rc = grid_of(g.px, g.n, g.h, g.w, g.c, g.cols, &grid)) &&
         (dir = dc_path_join(tr->o.output_dir, "samples")) && !(rc = dc_mkdirs(dir)) &&
         (path = dc_path_join(dir, name)))
         rc = dc_image_save_png(&grid, path) || dc_tb_image(tr->tb, "samples", tr->step, &grid);
     if (!rc && path)
         dc_progress_note(&tr->progress, "sample grid: %s", path);
     dc_image_free(&grid);
-    dc_sampler_free(&s);
     free(path);
     free(dir);
     free(keep);
-    free(labels);
-    free(px);
+    free(g.px);
     return rc;
 }
 
@@ -742,7 +678,7 @@ static void note_dist(trainer *tr) {
     if (tr->o.zero_stage)
         dc_progress_note(&tr->progress, "ZeRO-1: gradient reduce-scatter and weight all-gather; AdamW's state "
                          "takes %.3g MiB on each rank instead of %.3g MiB", (double)tr->opt_n / mib,
-                         (double)tr->ps.total / mib);
+                         (double)tr->ps->total / mib);
     else
         dc_progress_note(&tr->progress, "gradient all-reduce: %d bucket%s of up to %.3g MiB, %d started during "
                          "the backward pass", d->buckets, d->buckets == 1 ? "" : "s",
@@ -791,15 +727,12 @@ static void trainer_free(trainer *tr) {
     if (tr->o.use_ema)
         dc_ema_free(&tr->ema);
     dc_adamw_free(&tr->opt);
-    dc_unet_free(&tr->unet);
-    dc_params_free(&tr->ps);
-    dc_unet_config_free(&tr->ucfg);
+    dc_train_model_free(&tr->model);
     dc_noise_schedule_free(&tr->sched);
-    cJSON_Delete(tr->unet_json);
     cJSON_Delete(tr->sched_json);
     free(tr->mse);
-    free(tr->labels);
     free(tr->t);
+    free(tr->noise_host);
     free(tr->resumed_from);
     dc_train_options_free(&tr->o);
     dc_dist_free(&tr->dist);
@@ -826,14 +759,12 @@ static int announce_resume(const trainer *tr) {
 }
 
 static int setup(trainer *tr) {
-    char *pretrained = NULL;
     bool root = dc_dist_is_root(&tr->dist);
-    int rc = (root && dc_run_dir_take(&tr->out, tr->o.output_dir)) || load_model_config(tr, &pretrained) ||
-             load_schedule(tr) || setup_model(tr, pretrained) || resume(tr) || share_state(tr) ||
+    int rc = (root && dc_run_dir_take(&tr->out, tr->o.output_dir)) || load_schedule(tr) || setup_model(tr) ||
+             resume(tr) || share_state(tr) ||
              dc_dist_use_device(&tr->dist, tr->device) || setup_activations(tr) || open_data(tr) ||
              announce_resume(tr) ||
              (root && dc_train_options_save(&tr->o, tr->o.output_dir)) || open_outputs(tr);
-    free(pretrained);
     if (!rc && root && dc_dist_nccl(&tr->dist))
         fprintf(stderr, "diffc: gradients averaged with NCCL over %d rank%s\n", tr->dist.world,
                 tr->dist.world == 1 ? "" : "s");
