@@ -7,8 +7,8 @@
  *    sorted path order; class = first-level subfolder (sorted names),
  *    unlabelled when there are no subfolders; with subfolders, images lying
  *    directly in the root are skipped (they have no class); an optional
- *    metadata.jsonl ({"file_name", "text"}, file_name relative to the root)
- *    gives captions;
+ *    metadata.jsonl ({"file_name", "text"}, file_name relative to the root;
+ *    opts.caption_column names another key than "text") gives captions;
  *  - MNIST/Fashion-MNIST IDX files, plain or .gz: a folder holding
  *    train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] (and the
  *    t10k- pair, used by split "test"), or an images file given directly;
@@ -48,6 +48,7 @@ typedef struct dc_dataset_options {
     int channels;           /* 1 or 3; 0 keeps the source's (RGB when mixed) */
     const char *split;      /* "train" (default) or "test" for IDX and CIFAR */
     const char *cache_dir;  /* NULL: $DIFFC_CACHE_DIR, else $XDG_CACHE_HOME/diffc, else ~/.cache/diffc */
+    const char *caption_column; /* image folder: metadata.jsonl's key of the captions; NULL: "text" */
     bool strict;            /* a bad file is an error, not a skip */
     bool quiet;             /* no warning lines on stderr (they are still counted) */
 } dc_dataset_options;

@@ -40,6 +40,7 @@ struct dc_source {
     const char *kind;  /* "image folder", "IDX", "CIFAR-10" */
     char *root;        /* absolute path of the folder or file opened */
     const char *split; /* "train" or "test" (IDX and CIFAR-10) */
+    const char *caption_column; /* the image folder's metadata.jsonl key of the captions; NULL: "text" */
     /* after scan: every file the source reads, sorted */
     int n_files;
     dc_source_file *files;

@@ -202,6 +202,12 @@ static int encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request
     return dc_memcpy(bt->embeds, DC_CPU, e->data, ctx->device, (size_t)e->numel * sizeof(float));
 }
 
+/* Draw `draw` of images [first, first + b) of the request into out [b, lper]. */
+static void draw_noise(const dc_sd_request *r, int64_t first, const batch *bt, float *out, uint64_t draw) {
+    dc_sampler_noise_streams(out, bt->b, bt->lper, r->seed, r->first_image + (uint64_t)first,
+                             r->streams ? r->streams + first : NULL, draw);
+}
+
 /* img2img: the init images' latents (VAE sample * scaling_factor), noised
  * to step `start`, into bt->x; noise [b, lper] is the images' initial draw. */
 static int init_latents(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *r, int start,
@@ -211,7 +217,8 @@ static int init_latents(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_reques
         dc_ctx_reset(ctx);
         dc_vae_latent_dist d;
         dc_tensor *img = dc_from_host(ctx, DC_F32, DC_SHAPE(1, r->h, r->w, 3), r->init + (first + k) * per);
-        dc_sampler_noise(bt->noise, 1, bt->lper, r->seed, r->first_image + (uint64_t)(first + k), DC_SAMPLER_DRAW_VAE);
+        uint64_t stream = r->streams ? r->streams[first + k] : r->first_image + (uint64_t)(first + k);
+        dc_sampler_noise(bt->noise, 1, bt->lper, r->seed, stream, DC_SAMPLER_DRAW_VAE);
         dc_tensor *eps = dc_from_host(ctx, DC_F32, DC_SHAPE(1, bt->lh, bt->lw, bt->lc), bt->noise);
         if (!img || !eps || dc_vae_encode(ctx, p->vae, img, &d))
             return -1;
@@ -219,7 +226,7 @@ static int init_latents(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_reques
         if (!z || dc_memcpy(bt->x + k * bt->lper, DC_CPU, z->data, ctx->device, (size_t)bt->lper * sizeof(float)))
             return -1;
     }
-    dc_sampler_noise(bt->noise, bt->b, bt->lper, r->seed, r->first_image + (uint64_t)first, DC_SAMPLER_DRAW_INIT);
+    draw_noise(r, first, bt, bt->noise, DC_SAMPLER_DRAW_INIT);
     return dc_sampler_add_noise(r->sampler, start, bt->x, bt->noise, bt->x, bt->b * bt->lper);
 }
 
@@ -273,8 +280,7 @@ static int run_batch(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *
         if (r->latents)
             memcpy(bt->x, r->latents + first * bt->lper, (size_t)(bt->b * bt->lper) * sizeof(float));
         else
-            dc_sampler_noise(bt->x, bt->b, bt->lper, r->seed, r->first_image + (uint64_t)first,
-                             DC_SAMPLER_DRAW_INIT);
+            draw_noise(r, first, bt, bt->x, DC_SAMPLER_DRAW_INIT);
         for (int64_t k = 0; k < bt->b * bt->lper; k++)
             bt->x[k] *= s->init_noise_sigma;
     }
@@ -283,8 +289,7 @@ static int run_batch(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *
             return -1;
         bool needs = dc_sampler_step_needs_noise(s, i);
         if (needs)
-            dc_sampler_noise(bt->noise, bt->b, bt->lper, r->seed, r->first_image + (uint64_t)first,
-                             DC_SAMPLER_DRAW_STEP(i));
+            draw_noise(r, first, bt, bt->noise, DC_SAMPLER_DRAW_STEP(i));
         if (dc_sampler_step(s, i, bt->pred, NULL, bt->x, needs ? bt->noise : NULL, bt->b, bt->lper))
             return -1;
         if (r->on_step)
