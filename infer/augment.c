@@ -1103,8 +1103,8 @@ static int augment(run *r) {
     if (!rc)
         rc = generate_all(r, r->n_jobs - n_done);
     if (!rc && r->n_jobs > n_done)
-        printf("%s %" PRId64 " image(s) to %s (%s, %d steps%s); %.1f s, %.2f images/s\n",
-               r->filtering ? "made" : "wrote", r->n_jobs - n_done, r->o.output_dir,
+        printf("%s %" PRId64 " image(s) %s %s (%s, %d steps%s); %.1f s, %.2f images/s\n",
+               r->filtering ? "made" : "wrote", r->n_jobs - n_done, r->filtering ? "for" : "to", r->o.output_dir,
                dc_sampler_kind_name(r->sampler.kind), r->sampler.n, r->model.ema ? ", EMA weights" : "",
                dc_seconds() - t0, (double)(r->n_jobs - n_done) / (dc_seconds() - t0));
     if (!rc && r->filtering)
