@@ -474,7 +474,12 @@ static const char *job_prompt(const run *r, const job *j) {
     return j->source >= 0 ? r->image_prompts[j->source] : r->class_prompts[j->label];
 }
 
-static const char *job_negative(const run *r) { return r->text ? (r->o.negative_prompt ? r->o.negative_prompt : "") : NULL; }
+/* The negative prompt of every image: "" for none; NULL for a UNet2DModel. */
+static const char *job_negative(const run *r) {
+    if (!r->text)
+        return NULL;
+    return r->o.negative_prompt ? r->o.negative_prompt : "";
+}
 
 /* 0 when entry e was made with this run's settings for job j. */
 static int check_entry(const run *r, const job *j, const entry *e) {
@@ -497,7 +502,8 @@ static int check_entry(const run *r, const job *j, const entry *e) {
                    prompt ? prompt : "", prompt ? "'" : "");
 }
 
-/* done[i]: job i is in the manifest (with its file); count them. */
+/* done[i]: job i is in the manifest (with its file, or rejected by the
+ * filter: kept[i] false); count them. */
 static int mark_done(run *r, int64_t *n_done) {
     *n_done = 0;
     if (r->n_jobs && (!(r->done = calloc((size_t)r->n_jobs, sizeof *r->done)) ||
@@ -695,7 +701,8 @@ static int name_sources(run *r) {
     dc_dataset_items it = {0};
     if (dc_dataset_items_open(&it, r->o.train_data_dir, "train"))
         return -1;
-    int rc = (r->source_names = calloc((size_t)r->ds.count + 1, sizeof *r->source_names)) ? 0 : dc_fail("out of memory");
+    r->source_names = calloc((size_t)r->ds.count + 1, sizeof *r->source_names);
+    int rc = r->source_names ? 0 : dc_fail("out of memory");
     int64_t n = 0;
     int skipped = 0;
     for (int64_t i = 0; !rc && i < it.count; i++) {

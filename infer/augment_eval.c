@@ -158,7 +158,8 @@ static int pick_subset(const eval *e, double f, bool *in_subset) {
             if (r->labels[i] == c)
                 idx[m++] = i;
         for (int64_t i = m - 1; i > 0; i--) { /* Fisher-Yates */
-            int64_t j = (int64_t)(dc_rand_uniform(e->o->train.seed, SHUFFLE_STREAM + (uint64_t)c, (uint64_t)i) * (float)(i + 1));
+            float u = dc_rand_uniform(e->o->train.seed, SHUFFLE_STREAM + (uint64_t)c, (uint64_t)i);
+            int64_t j = (int64_t)(u * (float)(i + 1));
             j = j > i ? i : j;
             int64_t t = idx[i];
             idx[i] = idx[j], idx[j] = t;

@@ -402,7 +402,9 @@ START_TEST(test_help) {
     ck_assert_int_eq(r->status, 0);
     const char *every[] = {"--model DIR",   "--train-data-dir DIR", "--output-dir DIR", "--per-class N",
                            "--variations K", "--strength X",        "--guidance-scale X", "--eval",
-                           "--eval-data-dir DIR", "--real-fraction LIST", "--eval-steps N", "--eval-epochs N"};
+                           "--eval-data-dir DIR", "--real-fraction LIST", "--eval-steps N", "--eval-epochs N",
+                           "--prompt-template TEXT", "--caption-column NAME", "--negative-prompt TEXT",
+                           "--resolution N", "--filter-threshold T", "--filter-classifier FILE"};
     for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)
         ck_assert_msg(strstr(r->out, every[i]), "--help lacks %s", every[i]);
     r = tu_run_diffc((const char *const[]){"--help", NULL});
@@ -506,7 +508,8 @@ static int check_text_output(const char *out, void (*want)(int label, int source
         } else
             ck_assert(cJSON_IsNull(field(m, "source")));
         if (i)
-            ck_assert(strcmp(field(meta[i - 1], "file_name")->valuestring, field(meta[i], "file_name")->valuestring) < 0);
+            ck_assert(strcmp(field(meta[i - 1], "file_name")->valuestring,
+                             field(meta[i], "file_name")->valuestring) < 0);
         char path[8400];
         snprintf(path, sizeof path, "%s/%s", out, file);
         dc_image img;
@@ -630,7 +633,8 @@ START_TEST(test_text_filter) {
     const char *data = make_sd_dataset("data"), *all = keep("all"), *none = keep("none"), *some = keep("some");
 #define FILTER_ARGS "--per-class", "2", "--variations", "2", "--eval-steps", "30", "--eval-batch-size", "4"
     /* tau 0 keeps every image (a probability is never 0); the classifier is saved */
-    tu_run_result *r = SD_AUGMENT("--train-data-dir", data, "--output-dir", all, FILTER_ARGS, "--filter-threshold", "0");
+    tu_run_result *r =
+        SD_AUGMENT("--train-data-dir", data, "--output-dir", all, FILTER_ARGS, "--filter-threshold", "0");
     assert_ok(r);
     int total = 2 * SD_CLASSES + 2 * SD_CLASSES * SD_REAL;
     ck_assert_int_eq(count_pngs(all), total);
