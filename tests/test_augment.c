@@ -5,7 +5,13 @@
  * a rerun rewrites nothing; a run killed midway and resumed (with a partial
  * manifest line) writes the same bytes as an uninterrupted one; other
  * settings in the same folder are refused; the --eval report; bad input is
- * one error line or a skipped file with a warning. */
+ * one error line or a skipped file with a warning. Then the text mode, with
+ * the tiny Stable Diffusion pipeline (tests/fixtures/sd_tiny, 16x16, 2 steps)
+ * on a random folder of two classes with captions: prompts from the class
+ * template and from captions (another column, combined), metadata.jsonl and
+ * the captioned dataset it makes; the classifier filter at 0, 1 and between
+ * two of its scores (checked against the classifier loaded here); a killed
+ * and resumed filtered run; the errors of text options. */
 #include "testutil.h"
 
 #include "autograd/error.h"
