@@ -187,19 +187,24 @@ static const char *row_text(const dc_sd_request *r, const batch *bt, int64_t fir
     return r->prompts[first + k % bt->b];
 }
 
-/* The prompt embeds of images [first, first + b) into bt->embeds. */
+/* The prompt embeds of images [first, first + b) into bt->embeds, one
+ * prompt at a time: the text encoder's matrix products over all rows at once
+ * round differently with the row count (OpenBLAS), and an image must not
+ * depend on its batch (tests/test_sd_pipeline.c test_streams). */
 static int encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *r, int64_t first, batch *bt) {
     int32_t *ids = malloc((size_t)(bt->rows * bt->tokens) * sizeof *ids);
     int rc = ids ? 0 : dc_fail("out of memory for %lld prompts", (long long)bt->rows);
     for (int64_t k = 0; !rc && k < bt->rows; k++)
         rc = dc_bpe_encode_padded(p->tokenizer, row_text(r, bt, first, k), bt->tokens, ids + k * bt->tokens, NULL);
-    dc_ctx_reset(ctx);
-    dc_tensor *t = rc ? NULL : dc_from_host(ctx, DC_I32, DC_SHAPE(bt->rows, bt->tokens), ids);
-    dc_tensor *e = t ? dc_clip_text_forward(ctx, p->text_encoder, t, r->clip_skip, NULL) : NULL;
+    for (int64_t k = 0; !rc && k < bt->rows; k++) {
+        dc_ctx_reset(ctx);
+        dc_tensor *t = dc_from_host(ctx, DC_I32, DC_SHAPE(1, bt->tokens), ids + k * bt->tokens);
+        dc_tensor *e = t ? dc_clip_text_forward(ctx, p->text_encoder, t, r->clip_skip, NULL) : NULL;
+        rc = !e ? -1
+                : dc_memcpy(bt->embeds + k * e->numel, DC_CPU, e->data, ctx->device, (size_t)e->numel * sizeof(float));
+    }
     free(ids);
-    if (!e)
-        return -1;
-    return dc_memcpy(bt->embeds, DC_CPU, e->data, ctx->device, (size_t)e->numel * sizeof(float));
+    return rc;
 }
 
 /* Draw `draw` of images [first, first + b) of the request into out [b, lper]. */
