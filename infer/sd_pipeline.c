@@ -196,12 +196,19 @@ static int encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request
     int rc = ids ? 0 : dc_fail("out of memory for %lld prompts", (long long)bt->rows);
     for (int64_t k = 0; !rc && k < bt->rows; k++)
         rc = dc_bpe_encode_padded(p->tokenizer, row_text(r, bt, first, k), bt->tokens, ids + k * bt->tokens, NULL);
+    int64_t per = bt->tokens * bt->width;
     for (int64_t k = 0; !rc && k < bt->rows; k++) {
+        int64_t same = 0; /* a row of the same text (the negative prompts, repeated prompts) is copied */
+        while (same < k && strcmp(row_text(r, bt, first, same), row_text(r, bt, first, k)))
+            same++;
+        if (same < k) {
+            memcpy(bt->embeds + k * per, bt->embeds + same * per, (size_t)per * sizeof(float));
+            continue;
+        }
         dc_ctx_reset(ctx);
         dc_tensor *t = dc_from_host(ctx, DC_I32, DC_SHAPE(1, bt->tokens), ids + k * bt->tokens);
         dc_tensor *e = t ? dc_clip_text_forward(ctx, p->text_encoder, t, r->clip_skip, NULL) : NULL;
-        rc = !e ? -1
-                : dc_memcpy(bt->embeds + k * e->numel, DC_CPU, e->data, ctx->device, (size_t)e->numel * sizeof(float));
+        rc = !e ? -1 : dc_memcpy(bt->embeds + k * per, DC_CPU, e->data, ctx->device, (size_t)per * sizeof(float));
     }
     free(ids);
     return rc;
