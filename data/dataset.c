@@ -5,7 +5,8 @@
  *
  * The fingerprint hashes the format version, the source kind, its absolute
  * path, every file it reads (path, size, modification time to the
- * nanosecond), the split, the resolution and the channels. So a changed
+ * nanosecond), the split, the resolution, the channels and a caption
+ * column other than "text". So a changed
  * source or option gets a different name, and an old cache is never read
  * for new data (old caches are left where they are; delete the cache folder
  * to reclaim the space). Reusing a cache stats the source files but reads
@@ -113,7 +114,7 @@ static uint64_t fingerprint(const dc_source *s, const dc_dataset_options *o) {
     fp_str(&h, s->split ? s->split : "");
     fp_i64(&h, o->resolution);
     fp_i64(&h, o->channels);
-    if (strcmp(o->caption_column, "text")) /* the default leaves earlier caches valid */
+    if (o->caption_column && strcmp(o->caption_column, "text")) /* the default keeps older caches' names */
         fp_str(&h, o->caption_column);
     fp_i64(&h, s->n_files);
     for (int i = 0; i < s->n_files; i++) {
@@ -195,7 +196,6 @@ static int open_or_build(dc_dataset *ds, dc_source *s, const char *dir, const ch
         return dc_fail("%s: cannot lock the cache folder: %s", dir, strerror(err));
     }
     int rc = reuse(ds, path, fp, o);
-    s->caption_column = o->caption_column;
     if (rc == 0)
         rc = s->ops->load(s) || dc_cache_build(s, o, path, fp) || dc_dataset_open_cache_info(ds, NULL, path)
                  ? -1
@@ -234,6 +234,7 @@ int dc_dataset_open(dc_dataset *ds, const char *source, const dc_dataset_options
     char dir[PATH_MAX], path[PATH_MAX];
     if (dc_source_scan(&s, source, o.split))
         return -1;
+    s.caption_column = o.caption_column;
     uint64_t fp = fingerprint(&s, &o);
     int rc = cache_dir(dir, sizeof dir, &o) || cache_path(path, sizeof path, dir, &s, fp) ||
              open_or_build(ds, &s, dir, path, fp, &o);

@@ -7,6 +7,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -81,4 +82,41 @@ int dc_prompts_read(const char *prompt, const char *path, char ***out, int64_t *
         *out = NULL, *n = 0;
     }
     return rc;
+}
+
+/* The length of the prompt, and it written into out when out is not NULL. */
+static size_t fill_template(const char *tmpl, const char *class_name, const char *caption, char *out) {
+    size_t n = 0;
+    for (const char *p = tmpl; *p;) {
+        const char *value = NULL;
+        bool is_class = !strncmp(p, "{class}", 7), is_caption = !strncmp(p, "{caption}", 9);
+        if (is_class || is_caption) {
+            value = is_class ? class_name : caption;
+            for (size_t k = 0; value[k]; k++, n++)
+                if (out)
+                    out[n] = is_class && value[k] == '_' ? ' ' : value[k];
+            p += is_class ? 7 : 9;
+            continue;
+        }
+        if (out)
+            out[n] = *p;
+        n++, p++;
+    }
+    if (out)
+        out[n] = '\0';
+    return n;
+}
+
+char *dc_prompt_from_template(const char *tmpl, const char *class_name, const char *caption) {
+    if ((strstr(tmpl, "{class}") && !class_name) || (strstr(tmpl, "{caption}") && !caption)) {
+        dc_fail("prompt template '%s': the image has no %s", tmpl, class_name ? "caption" : "class");
+        return NULL;
+    }
+    char *out = malloc(fill_template(tmpl, class_name, caption, NULL) + 1);
+    if (!out) {
+        dc_fail("out of memory");
+        return NULL;
+    }
+    fill_template(tmpl, class_name, caption, out);
+    return out;
 }

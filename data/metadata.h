@@ -22,4 +22,11 @@ int dc_metadata_append(int fd, const char *what, const char *file_name, const ch
  * *out (malloc'ed, each prompt too) holds *n >= 1; none at all is an error. */
 int dc_prompts_read(const char *prompt, const char *path, char ***out, int64_t *n);
 
+/* The prompt a template makes for an image: "{class}" becomes class_name
+ * with underscores as spaces (folder "golden_retriever": "a photo of a
+ * golden retriever"), "{caption}" the image's caption; the rest is kept.
+ * class_name or caption may be NULL when the template lacks its field.
+ * malloc'ed; NULL after dc_fail. */
+char *dc_prompt_from_template(const char *tmpl, const char *class_name, const char *caption);
+
 #endif

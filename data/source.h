@@ -40,6 +40,7 @@ struct dc_source {
     const char *kind;  /* "image folder", "IDX", "CIFAR-10" */
     char *root;        /* absolute path of the folder or file opened */
     const char *split; /* "train" or "test" (IDX and CIFAR-10) */
+    const char *caption_column; /* the image folder's metadata.jsonl key of the captions; NULL: "text" */
     /* after scan: every file the source reads, sorted */
     int n_files;
     dc_source_file *files;
@@ -50,7 +51,6 @@ struct dc_source {
     char **class_names; /* [num_classes] */
     int32_t *labels;    /* [count], -1 unlabelled */
     char **captions;    /* [count] (NULL entries: no caption), or NULL */
-    const char *caption_column; /* metadata.jsonl's key of the captions (set before load) */
     const dc_source_ops *ops;
     void *impl;
 };

@@ -17,7 +17,7 @@
  *   (notes, label lists, metadata.jsonl) is ignored without a word.
  * - metadata.jsonl in the root, one JSON object per line, gives captions:
  *   {"file_name": "cats/01.png", "text": "a cat"} with file_name relative to
- *   the root. A line that is not such an object, names no image of the
+ *   the root (another key than "text" when the dataset's caption_column says). A line that is not such an object, names no image of the
  *   folder, or repeats one, is an error naming the line.
  */
 #include "source.h"
@@ -232,6 +232,7 @@ static int list_items(dc_source *s, folder_impl *m) {
 
 typedef struct {
     const char *path;
+    const char *column; /* the captions' key */
     int line;
 } meta_ctx;
 
@@ -257,11 +258,11 @@ static int64_t find_item(const dc_source *s, const char *name) {
 }
 
 static int meta_line(dc_source *s, const meta_ctx *c, const char *text, size_t len, int *first_line) {
-    const char *end = NULL, *column = s->caption_column ? s->caption_column : "text";
+    const char *end = NULL;
     cJSON *o = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     int rc = 0;
     const cJSON *fn = o ? cJSON_GetObjectItemCaseSensitive(o, "file_name") : NULL,
-                *tx = o ? cJSON_GetObjectItemCaseSensitive(o, column) : NULL;
+                *tx = o ? cJSON_GetObjectItemCaseSensitive(o, c->column) : NULL;
     int64_t i = cJSON_IsString(fn) ? find_item(s, fn->valuestring) : -1;
     if (!o)
         rc = meta_fail(c, "not valid JSON (column %td)", end ? end - text + 1 : 1);
@@ -274,7 +275,7 @@ static int meta_line(dc_source *s, const meta_ctx *c, const char *text, size_t l
     else if (first_line[i])
         rc = meta_fail(c, "'%s' is listed a second time (first on line %d)", fn->valuestring, first_line[i]);
     else if (tx && !cJSON_IsString(tx))
-        rc = meta_fail(c, "\"%s\" is not a string", column);
+        rc = meta_fail(c, "\"%s\" is not a string", c->column);
     else if (tx && !(s->captions[i] = dc_strdup(tx->valuestring)))
         rc = -1;
     if (!rc && i >= 0)
@@ -302,7 +303,7 @@ static int read_metadata(dc_source *s) {
     s->captions = calloc((size_t)s->count + 1, sizeof *s->captions);
     int *first_line = calloc((size_t)s->count + 1, sizeof *first_line);
     int rc = s->captions && first_line ? 0 : dc_fail("out of memory");
-    meta_ctx c = {path, 0};
+    meta_ctx c = {path, s->caption_column ? s->caption_column : "text", 0};
     const char *p = map, *end = size ? p + size : p; /* an empty file maps to NULL */
     if (size >= 3 && !memcmp(p, "\xef\xbb\xbf", 3)) /* a UTF-8 byte order mark */
         p += 3;

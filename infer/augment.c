@@ -8,9 +8,29 @@
  *                              (classifier-free guidance --guidance-scale);
  *   <class>/var_SSSSSS_KK.png  --variations K img2img (SDEdit) variations of every
  *                              real image S, at --strength, with its class.
- * manifest.jsonl lists each written image on one line: file, class, label,
+ * manifest.jsonl lists each made image on one line: file, class, label,
  * source (the real image's index in the dataset, null for gen_), seed,
  * stream, strength (null for gen_), guidance, scheduler and steps.
+ *
+ * The model is a UNet2DModel (its class label conditions gen_ and var_) or a
+ * Stable Diffusion pipeline folder (infer/sd_pipeline.h; dispatched on
+ * model_index.json), whose images are made from prompts: --prompt-template
+ * with {class} (the class folder's name, underscores as spaces) and
+ * {caption} (the real image's caption from the dataset's metadata.jsonl,
+ * --caption-column). gen_ images are then text-to-image from the class's
+ * prompt, var_ images img2img from the real image and its prompt (DA-Fusion).
+ * The manifest adds prompt and negative_prompt, and metadata.jsonl (file_name,
+ * text = the prompt, source = the real image's name) makes the output a
+ * captioned dataset; it is rewritten from the manifest at the end of a run.
+ *
+ * --filter-threshold T scores every new image with a classifier of the real
+ * images (augment_eval.c; trained, or --filter-classifier FILE) and writes it
+ * only if its probability of the intended class is above T. A rejected image
+ * is not written at all: a rejected/ folder inside OUTPUT-DIR would read as
+ * one more class to `diffc train`, and the manifest keeps what it needs (its
+ * line with kept false and its confidence) so a resumed run does not make it
+ * again. The trained classifier is saved as filter_classifier.safetensors and
+ * reused when the run resumes, so its decisions are the same.
  *
  * Every image has its own noise stream, named after what it is (gen_ i of
  * class c: c 2^32 + i; var_ k of image s: 2^52 + s 2^16 + k), so it is the
@@ -20,7 +40,8 @@
  * error (another --output-dir, or the same settings). Images are written to a
  * temporary name and renamed, then their manifest line is appended with one
  * write; a partial last line (a killed run) is dropped when the next run
- * reads the manifest, as are lines whose file has gone.
+ * reads the manifest, as are lines whose file has gone (a rejected image's
+ * line has no file and stays).
  */
 #define _GNU_SOURCE /* strdup */
 #include "commands.h"
@@ -31,10 +52,12 @@
 #include "autograd/fileio.h"
 #include "data/dataset.h"
 #include "data/image.h"
+#include "data/metadata.h"
 #include "infer/augment.h"
 #include "infer/cli.h"
 #include "infer/generate.h"
 #include "infer/model.h"
+#include "infer/sd_pipeline.h"
 
 #include <cJSON.h>
 #include <errno.h>
@@ -54,16 +77,24 @@
 #define VARIATION_STREAMS ((uint64_t)1 << 52) /* below 2^53: JSON numbers hold them exactly */
 #define MAX_VARIATIONS 65536
 #define MAX_FILE 320
+#define FILTER_CLASSIFIER "filter_classifier.safetensors"
+#define DEFAULT_SCHEDULER "ddim"  /* a UNet2DModel's; a pipeline's is its own */
+#define DEFAULT_TEMPLATE "a photo of a {class}"
+#define CAPTION_TEMPLATE "{caption}" /* the default with --caption-column */
+#define SD_STEPS 50     /* StableDiffusionPipeline's num_inference_steps */
+#define SD_GUIDANCE 7.5 /* and guidance_scale */
 
 /* ---- options ---- */
 
 typedef struct augment_options {
     const char *model, *variant, *train_data_dir, *output_dir, *scheduler, *cache_dir, *device;
     const char *eval_data_dir, *real_fraction;
-    int64_t per_class, variations, num_inference_steps, batch_size, seed;
+    const char *prompt_template, *caption_column, *negative_prompt, *filter_threshold, *filter_classifier;
+    int64_t per_class, variations, num_inference_steps, batch_size, seed, resolution;
     int64_t eval_steps, eval_epochs, eval_batch_size;
     double strength, guidance_scale, eval_learning_rate;
     bool no_ema, eval;
+    double threshold; /* --filter-threshold's value; NAN: no filter */
 } augment_options;
 
 #define FIELD(f) offsetof(augment_options, f)
@@ -78,16 +109,32 @@ static const dc_cli_option options[] = {
     {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", NULL, "required", 0, 0, false,
      "where the class folders and manifest.jsonl go"},
     {"per-class", DC_CLI_INT, FIELD(per_class), "N", "0", NULL, 0, 1e7, false,
-     "class-conditional images per class"},
+     "class-conditional images per class (text-to-image: from the class's prompt, no init image)"},
     {"variations", DC_CLI_INT, FIELD(variations), "K", "0", NULL, 0, MAX_VARIATIONS, false,
      "img2img variations of every real image"},
     {"strength", DC_CLI_FLOAT, FIELD(strength), "X", "0.5", NULL, 0, 1, true,
      "variations: how much noise, in (0, 1]"},
-    {"guidance-scale", DC_CLI_FLOAT, FIELD(guidance_scale), "X", "1", NULL, 1, 1e6, false,
-     "classifier-free guidance (1: none)"},
-    {"scheduler", DC_CLI_STRING, FIELD(scheduler), "NAME", "ddim", NULL, 0, 0, false, "ddpm, ddim or dpm++2m"},
+    {"guidance-scale", DC_CLI_FLOAT, FIELD(guidance_scale), "X", NULL, "default: 1; text-to-image 7.5", 1, 1e6,
+     false, "classifier-free guidance (1: none)"},
+    {"scheduler", DC_CLI_STRING, FIELD(scheduler), "NAME", NULL, "default: ddim; text-to-image: the pipeline's", 0,
+     0, false, "ddpm, ddim, dpm++2m (or pndm, euler, ... for a pipeline)"},
     {"num-inference-steps", DC_CLI_INT, FIELD(num_inference_steps), "N", NULL, "default: 50; ddpm 1000", 1,
      1e6, false, "denoising steps"},
+    {"prompt-template", DC_CLI_STRING, FIELD(prompt_template), "TEXT", NULL,
+     "default: \"" DEFAULT_TEMPLATE "\"; \"" CAPTION_TEMPLATE "\" with --caption-column", 0, 0, false,
+     "text-to-image: each image's prompt; {class} is its class folder's name (_ as spaces), {caption} its "
+     "real image's caption"},
+    {"caption-column", DC_CLI_STRING, FIELD(caption_column), "NAME", NULL, "default: text", 0, 0, false,
+     "text-to-image: the key of the captions in the dataset's metadata.jsonl (as diffc caption writes it)"},
+    {"negative-prompt", DC_CLI_STRING, FIELD(negative_prompt), "TEXT", NULL, "default: none", 0, 0, false,
+     "text-to-image: what guidance steers away from"},
+    {"resolution", DC_CLI_INT, FIELD(resolution), "N", NULL, "default: the pipeline's sample size", 1, 65536, false,
+     "text-to-image: the images' side (real images resized and centre-cropped to it)"},
+    {"filter-threshold", DC_CLI_STRING, FIELD(filter_threshold), "T", NULL, "default: no filter", 0, 0, false,
+     "keep an image only if a classifier of the real images gives its class a probability above T, in [0, 1]"},
+    {"filter-classifier", DC_CLI_STRING, FIELD(filter_classifier), "FILE", NULL,
+     "default: train one (the --eval-* options) and save it as OUTPUT-DIR/" FILTER_CLASSIFIER, 0, 0, false,
+     "the filter's classifier, as a run saved it"},
     {"batch-size", DC_CLI_INT, FIELD(batch_size), "N", "16", NULL, 1, 65536, false, "images denoised together"},
     {"seed", DC_CLI_INT, FIELD(seed), "N", "0", NULL, 0, 9007199254740992.0, false, "the noise's seed"},
     {"cache-dir", DC_CLI_STRING, FIELD(cache_dir), "DIR", NULL, "default: $DIFFC_CACHE_DIR or ~/.cache/diffc",
@@ -100,7 +147,8 @@ static const dc_cli_option options[] = {
      "the test images (split test of IDX and CIFAR-10 folders)"},
     {"real-fraction", DC_CLI_STRING, FIELD(real_fraction), "LIST", "0.01,0.1,1", NULL, 0, 0, false,
      "fractions of the real training images to evaluate with (class-balanced)"},
-    {"eval-steps", DC_CLI_INT, FIELD(eval_steps), "N", "500", NULL, 1, 1e8, false, "classifier training steps"},
+    {"eval-steps", DC_CLI_INT, FIELD(eval_steps), "N", "500", NULL, 1, 1e8, false,
+     "classifier training steps (--eval, and the filter's)"},
     {"eval-epochs", DC_CLI_INT, FIELD(eval_epochs), "N", NULL, "default: use --eval-steps", 1, 1e4, false,
      "classifier training passes over its training set instead"},
     {"eval-batch-size", DC_CLI_INT, FIELD(eval_batch_size), "N", "64", NULL, 1, 65536, false,
@@ -122,6 +170,16 @@ static const char help_intro[] =
     "strength, guidance, scheduler, steps). Images are those of the model's size and\n"
     "channels; the real images are brought to them as training does.\n"
     "\n"
+    "With a Stable Diffusion pipeline folder as --model, images come from prompts:\n"
+    "--prompt-template (\"a photo of a {class}\"; {caption}: the real image's caption from\n"
+    "the dataset's metadata.jsonl). gen_ images are text-to-image from the class's prompt,\n"
+    "var_ images img2img from the real image (DA-Fusion); metadata.jsonl pairs every image\n"
+    "with its prompt and source, so OUTPUT-DIR is a captioned dataset for diffc train.\n"
+    "\n"
+    "--filter-threshold T keeps only the images a classifier of the real images (trained\n"
+    "as --eval trains, or --filter-classifier) gives their class a probability above T;\n"
+    "rejected ones are not written (the manifest lists them with kept false).\n"
+    "\n"
     "Resumable: a rerun makes only the images the manifest does not list; each image has\n"
     "its own noise stream, so an interrupted and resumed run writes the same files.\n"
     "\n"
@@ -132,6 +190,15 @@ static const char help_intro[] =
     "options:\n";
 
 static const dc_cli cli = {"augment", usage_line, help_intro, options, N_OPTIONS};
+
+static int parse_threshold(const char *text, double *t) {
+    char *end;
+    errno = 0;
+    *t = strtod(text, &end);
+    if (end == text || *end || errno || !(*t >= 0 && *t <= 1))
+        return dc_fail("--filter-threshold '%s': expected a probability in [0, 1]", text);
+    return 0;
+}
 
 /* DC_CLI_PARSED, DC_CLI_HELP, DC_CLI_USAGE, or -1 after dc_fail for a bad value. */
 static int parse_args(augment_options *ao, int argc, char **argv) {
@@ -145,6 +212,11 @@ static int parse_args(augment_options *ao, int argc, char **argv) {
         return dc_cli_usage_error(&cli, "%s", "--eval needs --eval-data-dir DIR (the test images)");
     if (!ao->per_class && !ao->variations && !ao->eval)
         return dc_cli_usage_error(&cli, "%s", "nothing to do: give --per-class N, --variations K or --eval");
+    if (ao->filter_classifier && !ao->filter_threshold)
+        return dc_cli_usage_error(&cli, "%s", "--filter-classifier needs --filter-threshold T");
+    ao->threshold = NAN;
+    if (ao->filter_threshold && parse_threshold(ao->filter_threshold, &ao->threshold))
+        return -1;
     double f[DC_AUGMENT_MAX_FRACTIONS];
     int n_f;
     return ao->eval ? dc_augment_parse_fractions(ao->real_fraction, f, &n_f) : DC_CLI_PARSED;
@@ -163,16 +235,26 @@ typedef struct job {
 typedef struct entry {
     char *file, *line; /* line: the text, without its newline */
     double seed, stream, strength, guidance, steps; /* strength NAN for gen_ */
+    double threshold;                               /* NAN: made without a filter */
     const char *scheduler;
+    const char *prompt, *negative; /* NULL: none (a UNet2DModel's image) */
+    bool kept;                     /* false: rejected by the filter, no file */
     cJSON *json;
 } entry;
 
 typedef struct run {
     augment_options o;
-    dc_model model;
+    bool text;        /* o.model is a Stable Diffusion pipeline */
+    dc_model model;   /* else this UNet2DModel */
+    dc_sd_pipeline sd;
+    const char *tmpl; /* text: the prompt template */
+    char **class_prompts; /* text: [ds.num_classes] the gen_ images' prompts, or NULL without {class} */
+    char **image_prompts; /* text: [ds.count] the var_ images' */
     dc_sampler sampler;
     dc_dataset ds;
+    char **source_names; /* text: [ds.count] the real images' names, for metadata.jsonl */
     bool ds_open, ctx_ready;
+    int device;
     dc_ctx ctx;
     int side, c, null_class; /* null_class -1: an unconditional model */
     char **class_dirs;       /* [ds.num_classes] folder names */
@@ -181,8 +263,13 @@ typedef struct run {
     entry *entries; /* the manifest's lines, sorted by file */
     int64_t n_entries;
     bool *done;     /* [n_jobs] */
+    bool *kept;     /* [n_jobs] done and not rejected by the filter */
     int manifest_fd;
     bool tty;
+    bool filtering;
+    dc_augment_classifier filter;
+    dc_augment_train_options train; /* the filter's and --eval's classifiers */
+    int64_t *n_kept, *n_rejected; /* [num_classes or 1] this run's images, by class */
 } run;
 
 /* The class's name made into one folder name: '/' and control characters become '_'. */
@@ -270,6 +357,11 @@ static double number_or_nan(const cJSON *obj, const char *key) {
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
+static const char *string_or_null(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
 /* Parse one line; false when it is not a manifest entry. */
 static bool parse_entry(entry *e, char *line, size_t n) {
     *e = (entry){.line = line};
@@ -288,6 +380,10 @@ static bool parse_entry(entry *e, char *line, size_t n) {
     e->strength = number_or_nan(e->json, "strength");
     e->guidance = number_or_nan(e->json, "guidance");
     e->steps = number_or_nan(e->json, "steps");
+    e->threshold = number_or_nan(e->json, "filter_threshold");
+    e->prompt = string_or_null(e->json, "prompt");
+    e->negative = string_or_null(e->json, "negative_prompt");
+    e->kept = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(e->json, "kept"));
     return true;
 }
 
@@ -310,9 +406,9 @@ static int rewrite_manifest(const run *r, const char *path) {
     return rc;
 }
 
-/* Keep a parsed line whose file exists; drop (and count) the rest. */
+/* Keep a parsed line whose file exists, or that says the filter rejected it; drop (and count) the rest. */
 static void keep_entry(run *r, entry *e, int *dropped) {
-    if (file_exists(r, e->file)) {
+    if (!e->kept || file_exists(r, e->file)) {
         r->entries[r->n_entries++] = *e;
         return;
     }
@@ -365,27 +461,53 @@ static int read_manifest(run *r, char **text) {
 
 static bool near(double a, double b) { return fabs(a - b) <= 1e-9 * (fabs(b) > 1 ? fabs(b) : 1); }
 
+/* Both NAN, or near. */
+static bool same_number(double a, double b) { return isnan(b) ? isnan(a) : near(a, b); }
+
+/* Both NULL, or equal. */
+static bool same_text(const char *a, const char *b) { return !a || !b ? a == b : !strcmp(a, b); }
+
+/* Job j's prompt; NULL for a UNet2DModel. */
+static const char *job_prompt(const run *r, const job *j) {
+    if (!r->text)
+        return NULL;
+    return j->source >= 0 ? r->image_prompts[j->source] : r->class_prompts[j->label];
+}
+
+/* The negative prompt of every image: "" for none; NULL for a UNet2DModel. */
+static const char *job_negative(const run *r) {
+    if (!r->text)
+        return NULL;
+    return r->o.negative_prompt ? r->o.negative_prompt : "";
+}
+
 /* 0 when entry e was made with this run's settings for job j. */
 static int check_entry(const run *r, const job *j, const entry *e) {
     double strength = j->source >= 0 ? r->o.strength : NAN;
-    bool same_strength = isnan(strength) ? isnan(e->strength) : near(e->strength, strength);
-    if (near(e->seed, (double)r->o.seed) && near(e->stream, (double)j->stream) && same_strength &&
-        near(e->guidance, r->o.guidance_scale) && near(e->steps, r->sampler.n) &&
-        !strcmp(e->scheduler, dc_sampler_kind_name(r->sampler.kind)))
+    if (near(e->seed, (double)r->o.seed) && near(e->stream, (double)j->stream) &&
+        same_number(e->strength, strength) && near(e->guidance, r->o.guidance_scale) && near(e->steps, r->sampler.n) &&
+        !strcmp(e->scheduler, dc_sampler_kind_name(r->sampler.kind)) && same_text(e->prompt, job_prompt(r, j)) &&
+        same_text(e->negative, job_negative(r)) && same_number(e->threshold, r->o.threshold))
         return 0;
-    char strength_text[48] = "";
+    char strength_text[48] = "", filter_text[48] = "";
     if (!isnan(strength))
         snprintf(strength_text, sizeof strength_text, ", strength %.9g", strength);
+    if (!isnan(r->o.threshold))
+        snprintf(filter_text, sizeof filter_text, ", filter threshold %.9g", r->o.threshold);
+    const char *prompt = job_prompt(r, j);
     return dc_fail("%s/%s: %s was made with other settings (%s); this run: seed %" PRId64
-                   ", guidance %g%s, %s %d steps. Use the same settings or another --output-dir",
+                   ", guidance %g%s, %s %d steps%s%s%s%s. Use the same settings or another --output-dir",
                    r->o.output_dir, MANIFEST, j->file, e->line, r->o.seed, r->o.guidance_scale, strength_text,
-                   dc_sampler_kind_name(r->sampler.kind), r->sampler.n);
+                   dc_sampler_kind_name(r->sampler.kind), r->sampler.n, filter_text, prompt ? ", prompt '" : "",
+                   prompt ? prompt : "", prompt ? "'" : "");
 }
 
-/* done[i]: job i is in the manifest (with its file); count them. */
+/* done[i]: job i is in the manifest (with its file, or rejected by the
+ * filter: kept[i] false); count them. */
 static int mark_done(run *r, int64_t *n_done) {
     *n_done = 0;
-    if (r->n_jobs && !(r->done = calloc((size_t)r->n_jobs, sizeof *r->done)))
+    if (r->n_jobs && (!(r->done = calloc((size_t)r->n_jobs, sizeof *r->done)) ||
+                      !(r->kept = calloc((size_t)r->n_jobs, sizeof *r->kept))))
         return dc_fail("out of memory");
     for (int64_t i = 0; i < r->n_jobs; i++) {
         entry key = {.file = r->jobs[i].file};
@@ -393,12 +515,21 @@ static int mark_done(run *r, int64_t *n_done) {
         if (e && check_entry(r, &r->jobs[i], e))
             return -1;
         r->done[i] = e != NULL;
+        r->kept[i] = e && e->kept;
         *n_done += e != NULL;
     }
     return 0;
 }
 
-static cJSON *entry_json(const run *r, const job *j) {
+static void add_text_or_null(cJSON *o, const char *key, const char *text) {
+    if (text)
+        cJSON_AddStringToObject(o, key, text);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+/* confidence: the filter's, NAN without one. */
+static cJSON *entry_json(const run *r, const job *j, double confidence) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "file", j->file);
     if (j->label >= 0) {
@@ -421,12 +552,21 @@ static cJSON *entry_json(const run *r, const job *j) {
     cJSON_AddNumberToObject(o, "guidance", r->o.guidance_scale);
     cJSON_AddStringToObject(o, "scheduler", dc_sampler_kind_name(r->sampler.kind));
     cJSON_AddNumberToObject(o, "steps", r->sampler.n);
+    if (r->text) {
+        add_text_or_null(o, "prompt", job_prompt(r, j));
+        add_text_or_null(o, "negative_prompt", job_negative(r));
+    }
+    if (r->filtering) {
+        cJSON_AddNumberToObject(o, "filter_threshold", r->o.threshold);
+        cJSON_AddNumberToObject(o, "confidence", confidence);
+        cJSON_AddBoolToObject(o, "kept", confidence > r->o.threshold);
+    }
     return o;
 }
 
 /* One line, one write(): a killed run leaves whole lines or a partial last one. */
-static int append_entry(const run *r, const job *j) {
-    cJSON *o = entry_json(r, j);
+static int append_entry(const run *r, const job *j, double confidence) {
+    cJSON *o = entry_json(r, j, confidence);
     char *text = o ? dc_json_print(o, false) : NULL;
     cJSON_Delete(o);
     if (!text)
@@ -459,9 +599,77 @@ static int check_model(run *r) {
     return 0;
 }
 
+/* The options only a text-to-image pipeline reads: the first given, or NULL. */
+static const char *text_option(const augment_options *o) {
+    return o->prompt_template   ? "--prompt-template"
+           : o->caption_column  ? "--caption-column"
+           : o->negative_prompt ? "--negative-prompt"
+           : o->resolution      ? "--resolution"
+                                : NULL;
+}
+
+/* A UNet2DModel folder: its weights, image size and sampler. */
+static int load_unet(run *r) {
+    const augment_options *o = &r->o;
+    if (text_option(o))
+        return dc_fail("%s: %s is not a text-to-image pipeline (a model_index.json naming a text_encoder and a vae)",
+                       text_option(o), o->model);
+    return dc_model_load_on(&r->model, o->model, !o->no_ema, o->variant, r->device) || check_model(r) ||
+                   dc_model_sampler(&r->model, o->scheduler ? o->scheduler : DEFAULT_SCHEDULER,
+                                    o->num_inference_steps, NULL, -1, &r->sampler)
+               ? -1
+               : 0;
+}
+
+/* The prompt template: given, or the default; it must vary with the image. */
+static int check_template(run *r) {
+    const augment_options *o = &r->o;
+    r->tmpl = o->prompt_template ? o->prompt_template : o->caption_column ? CAPTION_TEMPLATE : DEFAULT_TEMPLATE;
+    bool has_class = strstr(r->tmpl, "{class}"), has_caption = strstr(r->tmpl, "{caption}");
+    if (!has_class && !has_caption)
+        return dc_fail("--prompt-template '%s': it has no {class} (nor {caption}), so every image would get the "
+                       "same prompt",
+                       r->tmpl);
+    if (o->caption_column && !has_caption)
+        return dc_fail("--caption-column %s: the prompt template '%s' has no {caption} to put the captions in",
+                       o->caption_column, r->tmpl);
+    if (o->per_class && !has_class)
+        return dc_fail("--per-class: the prompt template '%s' has no {class}; text-to-image images of a class "
+                       "need it in their prompt",
+                       r->tmpl);
+    if (o->per_class && has_caption)
+        return dc_fail("--per-class: the prompt template '%s' has {caption}, but a text-to-image image has no "
+                       "real image to take a caption from (use --variations, or a template without {caption})",
+                       r->tmpl);
+    return 0;
+}
+
+/* A Stable Diffusion pipeline folder: its weights, image size and sampler. */
+static int load_text(run *r) {
+    const augment_options *o = &r->o;
+    if (o->no_ema)
+        return dc_fail("--no-ema: %s is a text-to-image pipeline, which has no EMA weights to leave out", o->model);
+    if (check_template(r) || dc_sd_load(&r->sd, o->model, o->variant, r->device))
+        return -1;
+    int f = dc_sd_latent_scale(&r->sd);
+    r->side = o->resolution ? (int)o->resolution : r->sd.unet.cfg.sample_size[0] * f;
+    r->c = 3;
+    r->null_class = -1;
+    if (r->side < f || r->side % f)
+        return dc_fail("--resolution %d: the side must be a positive multiple of %d (the VAE's down-sampling)",
+                       r->side, f);
+    return dc_sd_sampler(&r->sd, o->scheduler, o->num_inference_steps ? (int)o->num_inference_steps : SD_STEPS,
+                         &r->sampler);
+}
+
 /* The dataset's classes against the model's. */
 static int check_classes(run *r) {
     int k = r->ds.num_classes;
+    if (r->text && k == 0 && strstr(r->tmpl, "{class}"))
+        return dc_fail("--prompt-template '%s': %s has no classes (no subfolders) for {class}; use {caption}",
+                       r->tmpl, r->o.train_data_dir);
+    if (r->text)
+        return 0;
     if (r->o.per_class && r->null_class < 0)
         return dc_fail("--per-class: %s is unconditional (its config has no num_class_embeds); "
                        "--variations works with it",
@@ -475,24 +683,130 @@ static int check_classes(run *r) {
 }
 
 static int open_dataset(run *r) {
-    dc_dataset_options dopt = {.resolution = r->side, .channels = r->c, .split = "train", .cache_dir = r->o.cache_dir};
+    dc_dataset_options dopt = {.resolution = r->side, .channels = r->c, .split = "train", .cache_dir = r->o.cache_dir,
+                               .caption_column = r->o.caption_column};
     if (dc_dataset_open(&r->ds, r->o.train_data_dir, &dopt))
         return -1;
     r->ds_open = true;
-    printf("%s: %" PRId64 " images, %d classes, at the model's %dx%d %s (resized and converted as training "
+    printf("%s: %" PRId64 " images, %d classes, at the %s %dx%d %s (resized and converted as training "
            "does)\n",
-           r->o.train_data_dir, r->ds.count, r->ds.num_classes, r->side, r->side, r->c == 1 ? "gray" : "RGB");
+           r->o.train_data_dir, r->ds.count, r->ds.num_classes, r->text ? "pipeline's" : "model's", r->side, r->side,
+           r->c == 1 ? "gray" : "RGB");
     return 0;
 }
 
-static int setup(run *r, char **manifest_text) {
+/* r->source_names: the names of the dataset's images (its items less the
+ * files skipped when its cache was built, which are named the same way). */
+static int name_sources(run *r) {
+    dc_dataset_items it = {0};
+    if (dc_dataset_items_open(&it, r->o.train_data_dir, "train"))
+        return -1;
+    r->source_names = calloc((size_t)r->ds.count + 1, sizeof *r->source_names);
+    int rc = r->source_names ? 0 : dc_fail("out of memory");
+    int64_t n = 0;
+    int skipped = 0;
+    for (int64_t i = 0; !rc && i < it.count; i++) {
+        char buf[64];
+        const char *name = dc_dataset_item_name(&it, i, buf, sizeof buf);
+        if (skipped < r->ds.n_skipped && !strcmp(name, r->ds.skipped[skipped].path))
+            skipped++;
+        else if (n < r->ds.count && !(r->source_names[n++] = strdup(name)))
+            rc = dc_fail("out of memory");
+    }
+    if (!rc && n != r->ds.count)
+        rc = dc_fail("%s: the folder changed while it was read (%" PRId64 " images, the cache has %" PRId64 ")",
+                     r->o.train_data_dir, n, r->ds.count);
+    dc_dataset_items_close(&it);
+    return rc;
+}
+
+/* Image s's caption for {caption}: an error when it has none. */
+static const char *caption_of(const run *r, int64_t s) {
+    const char *column = r->o.caption_column ? r->o.caption_column : "text";
+    if (!r->ds.captions) {
+        dc_fail("--prompt-template '%s': %s has no captions for {caption} (no %s with a \"%s\" key; diffc caption "
+                "writes one)",
+                r->tmpl, r->o.train_data_dir, DC_METADATA_FILE, column);
+        return NULL;
+    }
+    if (!*r->ds.captions[s]) {
+        dc_fail("--prompt-template '%s': %s has no caption for %s (\"%s\" in %s)", r->tmpl, r->o.train_data_dir,
+                r->source_names[s], column, DC_METADATA_FILE);
+        return NULL;
+    }
+    return r->ds.captions[s];
+}
+
+/* The prompts: of every class for gen_, of every real image for var_. */
+static int make_prompts(run *r) {
+    int k = r->ds.num_classes;
+    bool has_caption = strstr(r->tmpl, "{caption}");
+    if (!(r->class_prompts = calloc((size_t)k + 1, sizeof *r->class_prompts)) ||
+        !(r->image_prompts = calloc((size_t)r->ds.count + 1, sizeof *r->image_prompts)))
+        return dc_fail("out of memory");
+    for (int c = 0; r->o.per_class && c < k; c++)
+        if (!(r->class_prompts[c] = dc_prompt_from_template(r->tmpl, r->ds.class_names[c], NULL)))
+            return -1;
+    for (int64_t s = 0; r->o.variations && s < r->ds.count; s++) {
+        const char *caption = has_caption ? caption_of(r, s) : NULL;
+        const char *cls = r->ds.labels[s] >= 0 ? r->ds.class_names[r->ds.labels[s]] : NULL;
+        if ((has_caption && !caption) || !(r->image_prompts[s] = dc_prompt_from_template(r->tmpl, cls, caption)))
+            return -1;
+    }
+    return 0;
+}
+
+/* The filter's classifier: --filter-classifier, the one an earlier run
+ * saved in the output folder, or one trained now and saved there. */
+static int setup_filter(run *r) {
     const augment_options *o = &r->o;
-    int device;
+    if (isnan(o->threshold))
+        return 0;
+    if (r->ds.num_classes < 2)
+        return dc_fail("--filter-threshold: %s has %d classes; a classifier needs at least 2", o->train_data_dir,
+                       r->ds.num_classes);
+    char *saved = out_path(r, FILTER_CLASSIFIER);
+    if (!saved)
+        return -1;
+    const char *from = o->filter_classifier ? o->filter_classifier : access(saved, F_OK) == 0 ? saved : NULL;
+    int rc;
+    if (from) {
+        rc = dc_augment_classifier_load(&r->filter, &r->ds, from, &r->train);
+        if (!rc)
+            printf("filter: the classifier of %s, keeping images above %g\n", from, o->threshold);
+    } else {
+        printf("filter: training a classifier on the %" PRId64 " real images (%" PRId64 " %s of batch %" PRId64 ")\n",
+               r->ds.count, o->eval_epochs ? o->eval_epochs : o->eval_steps, o->eval_epochs ? "epochs" : "steps",
+               o->eval_batch_size);
+        fflush(stdout);
+        rc = dc_augment_classifier_train(&r->filter, &r->ds, &r->train) ||
+             dc_augment_classifier_save(&r->filter, &r->ds, saved);
+        if (!rc)
+            printf("filter: saved it as %s, keeping images above %g\n", saved, o->threshold);
+    }
+    r->filtering = !rc;
+    free(saved);
+    int k = r->ds.num_classes;
+    if (!rc && (!(r->n_kept = calloc((size_t)k, sizeof *r->n_kept)) ||
+                !(r->n_rejected = calloc((size_t)k, sizeof *r->n_rejected))))
+        rc = dc_fail("out of memory");
+    return rc;
+}
+
+static int setup(run *r, char **manifest_text) {
+    augment_options *o = &r->o;
     r->manifest_fd = -1;
-    if (dc_device_resolve(o->device, &device) || dc_model_load_on(&r->model, o->model, !o->no_ema, o->variant, device) ||
-        check_model(r) || dc_model_sampler(&r->model, o->scheduler, o->num_inference_steps, NULL, -1, &r->sampler) ||
-        open_dataset(r) || check_classes(r) || dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
-        read_manifest(r, manifest_text) || dc_model_ctx_init(r->model.device, &r->ctx, ACTIVATION_BYTES))
+    r->text = dc_sd_is_pipeline(o->model);
+    o->guidance_scale = o->guidance_scale ? o->guidance_scale : r->text ? SD_GUIDANCE : 1;
+    r->train = (dc_augment_train_options){.steps = o->eval_steps,
+                                          .epochs = o->eval_epochs,
+                                          .batch_size = o->eval_batch_size,
+                                          .learning_rate = o->eval_learning_rate,
+                                          .seed = (uint64_t)o->seed};
+    if (dc_device_resolve(o->device, &r->device) || (r->text ? load_text(r) : load_unet(r)) || open_dataset(r) ||
+        check_classes(r) || (r->text && (name_sources(r) || make_prompts(r))) ||
+        dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
+        read_manifest(r, manifest_text) || setup_filter(r) || dc_model_ctx_init(r->device, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
     r->tty = isatty(fileno(stderr));
@@ -506,32 +820,38 @@ typedef struct batch {
     int64_t n;
     int32_t *labels;
     uint64_t *streams;
-    float *init, *px;
+    const char **prompts;
+    float *init, *px, *scored; /* scored: [per] one image as written, for the filter */
 } batch;
 
-static int save(run *r, const job *j, const float *px) {
+/* Job i's image px: scored by the filter, written when kept, listed in the manifest. */
+static int save(run *r, batch *b, int64_t i, const float *px) {
+    const job *j = &r->jobs[i];
     dc_image img = {0};
     if (dc_image_alloc(&img, r->side, r->side, r->c))
         return -1;
     int64_t per = (int64_t)r->side * r->side * r->c;
     dc_float_to_u8(img.px, px, (size_t)per);
-    char *path = out_path(r, j->file);
-    int rc = path ? dc_image_save_png(&img, path) : -1;
+    double confidence = NAN;
+    if (r->filtering) { /* the image as written, as --eval and a later classifier read it */
+        dc_u8_to_float(b->scored, img.px, (size_t)per);
+        if (dc_augment_classifier_confidence(&r->filter, b->scored, j->label, &confidence)) {
+            dc_image_free(&img);
+            return -1;
+        }
+    }
+    r->kept[i] = !r->filtering || confidence > r->o.threshold;
+    char *path = r->kept[i] ? out_path(r, j->file) : NULL;
+    int rc = !r->kept[i] ? 0 : path ? dc_image_save_png(&img, path) : -1;
     free(path);
     dc_image_free(&img);
-    return rc ? rc : append_entry(r, j);
+    return rc ? rc : append_entry(r, j, confidence);
 }
 
-static int generate_batch(run *r, batch *b) {
-    int64_t per = (int64_t)r->side * r->side * r->c;
-    bool img2img = r->jobs[b->idx[0]].source >= 0;
-    for (int64_t k = 0; k < b->n; k++) {
-        const job *j = &r->jobs[b->idx[k]];
-        b->labels[k] = j->label >= 0 ? j->label : r->null_class;
-        b->streams[k] = j->stream;
-        if (img2img)
-            dc_u8_to_float(b->init + k * per, r->ds.pixels + j->source * per, (size_t)per);
-    }
+/* The batch's images from the UNet2DModel, with their class labels. */
+static int generate_unet(run *r, batch *b, bool img2img) {
+    for (int64_t k = 0; k < b->n; k++)
+        b->labels[k] = r->jobs[b->idx[k]].label >= 0 ? r->jobs[b->idx[k]].label : r->null_class;
     dc_generate_request q = {.unet = &r->model.unet,
                              .sampler = &r->sampler,
                              .n = b->n,
@@ -544,10 +864,41 @@ static int generate_batch(run *r, batch *b) {
                              .streams = b->streams,
                              .init = img2img ? b->init : NULL,
                              .strength = r->o.strength};
-    if (dc_generate(&r->ctx, &q, b->px))
+    return dc_generate(&r->ctx, &q, b->px);
+}
+
+/* The batch's images from the pipeline, with their prompts. */
+static int generate_text(run *r, batch *b, bool img2img) {
+    for (int64_t k = 0; k < b->n; k++)
+        b->prompts[k] = job_prompt(r, &r->jobs[b->idx[k]]);
+    dc_sd_request q = {.sampler = &r->sampler,
+                       .n = b->n,
+                       .batch = b->n,
+                       .h = r->side,
+                       .w = r->side,
+                       .prompts = b->prompts,
+                       .negative = r->o.negative_prompt,
+                       .guidance_scale = (float)r->o.guidance_scale,
+                       .seed = (uint64_t)r->o.seed,
+                       .streams = b->streams,
+                       .init = img2img ? b->init : NULL,
+                       .strength = r->o.strength};
+    return dc_sd_generate(&r->ctx, &r->sd, &q, b->px);
+}
+
+static int generate_batch(run *r, batch *b) {
+    int64_t per = (int64_t)r->side * r->side * r->c;
+    bool img2img = r->jobs[b->idx[0]].source >= 0;
+    for (int64_t k = 0; k < b->n; k++) {
+        const job *j = &r->jobs[b->idx[k]];
+        b->streams[k] = j->stream;
+        if (img2img)
+            dc_u8_to_float(b->init + k * per, r->ds.pixels + j->source * per, (size_t)per);
+    }
+    if (r->text ? generate_text(r, b, img2img) : generate_unet(r, b, img2img))
         return -1;
     for (int64_t k = 0; k < b->n; k++)
-        if (save(r, &r->jobs[b->idx[k]], b->px + k * per))
+        if (save(r, b, b->idx[k], b->px + k * per))
             return -1;
     return fdatasync(r->manifest_fd) ? dc_fail("%s/%s: %s", r->o.output_dir, MANIFEST, strerror(errno)) : 0;
 }
@@ -561,9 +912,11 @@ static int generate_all(run *r, int64_t todo) {
         b->idx = malloc((size_t)cap * sizeof *b->idx);
         b->labels = malloc((size_t)cap * sizeof *b->labels);
         b->streams = malloc((size_t)cap * sizeof *b->streams);
+        b->prompts = malloc((size_t)cap * sizeof *b->prompts);
         b->init = malloc((size_t)(cap * per) * sizeof(float));
         b->px = malloc((size_t)(cap * per) * sizeof(float));
-        if (!b->idx || !b->labels || !b->streams || !b->init || !b->px)
+        b->scored = malloc((size_t)per * sizeof(float));
+        if (!b->idx || !b->labels || !b->streams || !b->prompts || !b->init || !b->px || !b->scored)
             rc = dc_fail("out of memory for batches of %" PRId64 " images", cap);
     }
     double t0 = dc_seconds();
@@ -594,7 +947,7 @@ static int generate_all(run *r, int64_t todo) {
     if (r->tty && made)
         fputc('\n', stderr);
     if (b)
-        free(b->idx), free(b->labels), free(b->streams), free(b->init), free(b->px);
+        free(b->idx), free(b->labels), free(b->streams), free(b->prompts), free(b->init), free(b->px), free(b->scored);
     free(b);
     return rc;
 }
@@ -606,11 +959,12 @@ static int32_t int_or(const cJSON *obj, const char *key, int64_t none) {
     return isnan(v) ? (int32_t)none : (int32_t)v;
 }
 
-/* The synthetic set: this run's images, or with nothing to make, every image the manifest lists. */
+/* The synthetic set: this run's images, or with nothing to make, every image
+ * the manifest lists; those the filter rejected are not there. */
 static int synthetic_set(const run *r, dc_synthetic *syn) {
     bool jobs = r->n_jobs > 0;
     int64_t n = jobs ? r->n_jobs : r->n_entries, cap = n ? n : 1;
-    *syn = (dc_synthetic){.n = n};
+    *syn = (dc_synthetic){0};
     syn->paths = calloc((size_t)cap, sizeof *syn->paths);
     syn->labels = malloc((size_t)cap * sizeof *syn->labels);
     syn->source = malloc((size_t)cap * sizeof *syn->source);
@@ -618,11 +972,14 @@ static int synthetic_set(const run *r, dc_synthetic *syn) {
         return dc_fail("out of memory");
     for (int64_t i = 0; i < n; i++) {
         const entry *e = jobs ? NULL : &r->entries[i];
-        syn->labels[i] = jobs ? r->jobs[i].label : int_or(e->json, "label", -1);
-        syn->source[i] = jobs ? r->jobs[i].source : int_or(e->json, "source", -1);
-        if (!(syn->paths[i] = out_path(r, jobs ? r->jobs[i].file : e->file)))
+        if (jobs ? !r->kept[i] : !e->kept)
+            continue;
+        int64_t k = syn->n++;
+        syn->labels[k] = jobs ? r->jobs[i].label : int_or(e->json, "label", -1);
+        syn->source[k] = jobs ? r->jobs[i].source : int_or(e->json, "source", -1);
+        if (!(syn->paths[k] = out_path(r, jobs ? r->jobs[i].file : e->file)))
             return -1;
-        if (syn->labels[i] < 0 || syn->labels[i] >= r->ds.num_classes)
+        if (syn->labels[k] < 0 || syn->labels[k] >= r->ds.num_classes)
             return dc_fail("%s/%s: %s has no class label of %s", r->o.output_dir, MANIFEST, jobs ? r->jobs[i].file : e->file,
                            r->o.train_data_dir);
     }
@@ -637,17 +994,93 @@ static int evaluate(run *r) {
     dc_augment_eval_options eo = {.test_dir = r->o.eval_data_dir,
                                   .cache_dir = r->o.cache_dir,
                                   .fractions = r->o.real_fraction,
-                                  .steps = r->o.eval_steps,
-                                  .epochs = r->o.eval_epochs,
-                                  .batch_size = r->o.eval_batch_size,
-                                  .learning_rate = r->o.eval_learning_rate,
-                                  .seed = (uint64_t)r->o.seed};
+                                  .train = r->train};
     int rc = synthetic_set(r, &syn) || dc_augment_evaluate(&r->ds, &syn, &eo) ? -1 : 0;
-    for (int64_t i = 0; syn.paths && i < syn.n; i++)
+    for (int64_t i = 0; syn.paths && i < syn.n; i++) /* paths past n are NULL */
         free(syn.paths[i]);
     free(syn.paths);
     free(syn.labels);
     free(syn.source);
+    return rc;
+}
+
+/* ---- the filter's report and metadata.jsonl ---- */
+
+/* Kept and rejected images of this run's jobs, by class. */
+static void report_filter(const run *r) {
+    for (int64_t i = 0; i < r->n_jobs; i++)
+        (r->kept[i] ? r->n_kept : r->n_rejected)[r->jobs[i].label]++;
+    int64_t kept = 0, rejected = 0;
+    for (int c = 0; c < r->ds.num_classes; c++) {
+        printf("filter: %-20s kept %6" PRId64 ", rejected %6" PRId64 "\n", r->ds.class_names[c], r->n_kept[c],
+               r->n_rejected[c]);
+        kept += r->n_kept[c], rejected += r->n_rejected[c];
+    }
+    printf("filter: kept %" PRId64 " of %" PRId64 " images (probability of their class above %g)\n", kept,
+           kept + rejected, r->o.threshold);
+}
+
+typedef struct caption {
+    const char *file, *text;
+    int64_t source; /* -1: none */
+} caption;
+
+static int by_file_name(const void *a, const void *b) {
+    return strcmp(((const caption *)a)->file, ((const caption *)b)->file);
+}
+
+static cJSON *caption_json(const run *r, const caption *c) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "file_name", c->file);
+    cJSON_AddStringToObject(o, "text", c->text);
+    add_text_or_null(o, "source", c->source >= 0 && c->source < r->ds.count ? r->source_names[c->source] : NULL);
+    return o;
+}
+
+/* Every kept image in the folder with its prompt: the manifest's earlier
+ * lines and this run's new images, sorted by file. */
+static int list_captions(const run *r, caption **out, int64_t *n) {
+    *out = malloc((size_t)(r->n_entries + r->n_jobs + 1) * sizeof **out);
+    if (!*out)
+        return dc_fail("out of memory");
+    *n = 0;
+    for (int64_t i = 0; i < r->n_entries; i++) {
+        const entry *e = &r->entries[i];
+        if (e->kept && e->prompt)
+            (*out)[(*n)++] = (caption){e->file, e->prompt, int_or(e->json, "source", -1)};
+    }
+    for (int64_t i = 0; i < r->n_jobs; i++)
+        if (!r->done[i] && r->kept[i])
+            (*out)[(*n)++] = (caption){r->jobs[i].file, job_prompt(r, &r->jobs[i]), r->jobs[i].source};
+    qsort(*out, (size_t)*n, sizeof **out, by_file_name);
+    return 0;
+}
+
+/* OUTPUT-DIR/metadata.jsonl, written whole (and atomically) from the manifest. */
+static int write_metadata(const run *r) {
+    caption *list;
+    int64_t n;
+    if (list_captions(r, &list, &n))
+        return -1;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    int rc = f ? 0 : dc_fail("out of memory");
+    for (int64_t i = 0; !rc && i < n; i++) {
+        cJSON *o = caption_json(r, &list[i]);
+        char *line = o ? dc_json_print(o, false) : NULL;
+        cJSON_Delete(o);
+        rc = line && fprintf(f, "%s\n", line) >= 0 ? 0 : dc_fail("out of memory");
+        free(line);
+    }
+    if (f && fclose(f) && !rc)
+        rc = dc_fail("out of memory");
+    char *path = rc ? NULL : out_path(r, DC_METADATA_FILE);
+    if (!rc)
+        rc = path ? dc_write_file(path, text, len, true) : -1;
+    free(path);
+    free(text);
+    free(list);
     return rc;
 }
 
@@ -663,6 +1096,10 @@ static int augment(run *r) {
         char strength[48] = "";
         if (r->o.variations)
             snprintf(strength, sizeof strength, " at strength %g", r->o.strength);
+        if (r->text)
+            printf("prompts from \"%s\"%s%s%s, guidance %g\n", r->tmpl, r->o.negative_prompt ? ", negative \"" : "",
+                   r->o.negative_prompt ? r->o.negative_prompt : "", r->o.negative_prompt ? "\"" : "",
+                   r->o.guidance_scale);
         printf("%" PRId64 " images to make (%" PRId64 " per class, %" PRId64 " variations of each of %" PRId64
                " real images%s), %" PRId64 " already in %s/%s\n",
                r->n_jobs, r->o.per_class, r->o.variations, r->ds.count, strength, n_done, r->o.output_dir,
@@ -673,9 +1110,14 @@ static int augment(run *r) {
     if (!rc)
         rc = generate_all(r, r->n_jobs - n_done);
     if (!rc && r->n_jobs > n_done)
-        printf("wrote %" PRId64 " image(s) to %s (%s, %d steps%s); %.1f s, %.2f images/s\n", r->n_jobs - n_done,
-               r->o.output_dir, dc_sampler_kind_name(r->sampler.kind), r->sampler.n,
-               r->model.ema ? ", EMA weights" : "", dc_seconds() - t0, (double)(r->n_jobs - n_done) / (dc_seconds() - t0));
+        printf("%s %" PRId64 " image(s) %s %s (%s, %d steps%s); %.1f s, %.2f images/s\n",
+               r->filtering ? "made" : "wrote", r->n_jobs - n_done, r->filtering ? "for" : "to", r->o.output_dir,
+               dc_sampler_kind_name(r->sampler.kind), r->sampler.n, r->model.ema ? ", EMA weights" : "",
+               dc_seconds() - t0, (double)(r->n_jobs - n_done) / (dc_seconds() - t0));
+    if (!rc && r->filtering)
+        report_filter(r);
+    if (!rc && r->text)
+        rc = write_metadata(r);
     if (!rc && r->o.eval)
         rc = evaluate(r);
     for (int64_t i = 0; i < r->n_entries; i++)
@@ -692,13 +1134,27 @@ static void run_free(run *r) {
     for (int i = 0; r->class_dirs && i < r->ds.num_classes; i++)
         free(r->class_dirs[i]);
     free(r->class_dirs);
+    for (int i = 0; r->class_prompts && i < r->ds.num_classes; i++)
+        free(r->class_prompts[i]);
+    for (int64_t i = 0; r->image_prompts && i < r->ds.count; i++)
+        free(r->image_prompts[i]);
+    for (int64_t i = 0; r->source_names && i < r->ds.count; i++)
+        free(r->source_names[i]);
+    free(r->class_prompts);
+    free(r->image_prompts);
+    free(r->source_names);
+    dc_augment_classifier_free(&r->filter);
+    free(r->n_kept);
+    free(r->n_rejected);
     free(r->jobs);
     free(r->entries);
     free(r->done);
+    free(r->kept);
     if (r->ds_open)
         dc_dataset_close(&r->ds);
     dc_sampler_free(&r->sampler);
     dc_model_free(&r->model);
+    dc_sd_free(&r->sd);
 }
 
 int dc_cmd_augment(int argc, char **argv) {

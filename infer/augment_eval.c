@@ -13,16 +13,22 @@
  * Training: --eval-steps AdamW steps (or --eval-epochs passes over the
  * training set) of --eval-batch-size images drawn uniformly with
  * replacement (Philox, so a run is repeatable), cosine-decayed learning rate.
+ * The same training, on every real image, makes the classifier that
+ * --filter-threshold keeps synthetic images by (dc_augment_classifier); it
+ * is saved as a safetensors file whose metadata names its classes.
  */
 #include "augment.h"
 
 #include "autograd/error.h"
+#include "autograd/fileio.h"
 #include "autograd/nn.h"
 #include "autograd/optim.h"
 #include "autograd/rng.h"
+#include "autograd/safetensors.h"
 #include "data/image.h"
 #include "models/classifier.h"
 
+#include <cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -30,7 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define EVAL_BATCH 256                    /* test images scored at once */
+#define EVAL_BATCH 256                    /* test images scored at once (augment.h says it too) */
 #define ACTIVATION_BYTES ((size_t)8 << 30) /* reserved lazily */
 #define SHUFFLE_STREAM 0x5eed0000u        /* Philox streams of the class shuffles: + class */
 #define BATCH_STREAM 0xba7c0000u          /* of the batch draws */
@@ -42,6 +48,10 @@ typedef struct image_set {
     int32_t *labels;    /* [n] */
 } image_set;
 
+/* What training and scoring a classifier need: a CPU context and a batch's
+ * buffers (declared in augment.h, inside dc_augment_classifier). */
+typedef struct dc_augment_trainer trainer;
+
 typedef struct eval {
     const dc_dataset *real;
     const dc_synthetic *syn;
@@ -52,10 +62,7 @@ typedef struct eval {
     dc_dataset test;
     bool test_open;
     image_set test_set;
-    dc_ctx ctx;
-    bool ctx_ready;
-    float *x;            /* [max(batch, EVAL_BATCH), per] */
-    int32_t *y;
+    trainer t;
 } eval;
 
 static void set_free(image_set *s) {
@@ -151,7 +158,8 @@ static int pick_subset(const eval *e, double f, bool *in_subset) {
             if (r->labels[i] == c)
                 idx[m++] = i;
         for (int64_t i = m - 1; i > 0; i--) { /* Fisher-Yates */
-            int64_t j = (int64_t)(dc_rand_uniform(e->o->seed, SHUFFLE_STREAM + (uint64_t)c, (uint64_t)i) * (float)(i + 1));
+            float u = dc_rand_uniform(e->o->train.seed, SHUFFLE_STREAM + (uint64_t)c, (uint64_t)i);
+            int64_t j = (int64_t)(u * (float)(i + 1));
             j = j > i ? i : j;
             int64_t t = idx[i];
             idx[i] = idx[j], idx[j] = t;
@@ -167,83 +175,112 @@ static int pick_subset(const eval *e, double f, bool *in_subset) {
 
 /* ---- the classifier ---- */
 
-static int64_t train_steps(const eval *e, int64_t n) {
-    if (!e->o->epochs)
-        return e->o->steps;
-    return (e->o->epochs * n + e->o->batch_size - 1) / e->o->batch_size;
+static int trainer_init(trainer *t, const dc_dataset *real, const dc_augment_train_options *o) {
+    *t = (trainer){.h = real->h, .w = real->w, .c = real->c, .num_classes = real->num_classes, .o = o,
+                   .per = (int64_t)real->h * real->w * real->c};
+    int64_t b = o->batch_size > EVAL_BATCH ? o->batch_size : EVAL_BATCH;
+    t->x = malloc((size_t)(b * t->per) * sizeof *t->x);
+    t->y = malloc((size_t)b * sizeof *t->y);
+    if (!t->x || !t->y)
+        return dc_fail("out of memory");
+    if (dc_ctx_init(&t->ctx, DC_CPU, ACTIVATION_BYTES))
+        return -1;
+    t->ctx_ready = true;
+    return 0;
 }
 
-static int train_step(eval *e, const dc_classifier *m, dc_params *ps, dc_adamw *opt, const image_set *s,
+static void trainer_free(trainer *t) {
+    if (t->ctx_ready)
+        dc_ctx_free(&t->ctx);
+    free(t->x);
+    free(t->y);
+    *t = (trainer){0};
+}
+
+static int64_t train_steps(const trainer *t, int64_t n) {
+    if (!t->o->epochs)
+        return t->o->steps;
+    return (t->o->epochs * n + t->o->batch_size - 1) / t->o->batch_size;
+}
+
+static int train_step(trainer *t, const dc_classifier *m, dc_params *ps, dc_adamw *opt, const image_set *s,
                       int64_t step, int64_t steps) {
-    int64_t b = e->o->batch_size;
+    int64_t b = t->o->batch_size;
     for (int64_t k = 0; k < b; k++) {
         uint64_t draw = (uint64_t)(step * b + k);
-        int64_t i = (int64_t)(dc_rand_uniform(e->o->seed, BATCH_STREAM, draw) * (float)s->n);
+        int64_t i = (int64_t)(dc_rand_uniform(t->o->seed, BATCH_STREAM, draw) * (float)s->n);
         i = i >= s->n ? s->n - 1 : i;
-        dc_u8_to_float(e->x + k * e->per, s->px[i], (size_t)e->per);
-        e->y[k] = s->labels[i];
+        dc_u8_to_float(t->x + k * t->per, s->px[i], (size_t)t->per);
+        t->y[k] = s->labels[i];
     }
-    dc_ctx_reset(&e->ctx);
-    dc_tensor *x = dc_from_host(&e->ctx, DC_F32, DC_SHAPE(b, e->real->h, e->real->w, e->real->c), e->x);
-    dc_tensor *y = dc_from_host(&e->ctx, DC_I32, DC_SHAPE(b), e->y);
-    dc_tensor *loss = dc_cross_entropy(&e->ctx, dc_classifier_forward(&e->ctx, m, x), y);
+    dc_ctx_reset(&t->ctx);
+    dc_tensor *x = dc_from_host(&t->ctx, DC_F32, DC_SHAPE(b, t->h, t->w, t->c), t->x);
+    dc_tensor *y = dc_from_host(&t->ctx, DC_I32, DC_SHAPE(b), t->y);
+    dc_tensor *loss = dc_cross_entropy(&t->ctx, dc_classifier_forward(&t->ctx, m, x), y);
     if (!loss)
         return -1;
     dc_params_zero_grad(ps);
-    if (dc_backward(&e->ctx, loss))
+    if (dc_backward(&t->ctx, loss))
         return -1;
-    dc_adamw_step(opt, ps->data, ps->grad, dc_lr_at(DC_LR_COSINE, e->o->learning_rate, step, 0, steps));
+    dc_adamw_step(opt, ps->data, ps->grad, dc_lr_at(DC_LR_COSINE, t->o->learning_rate, step, 0, steps));
     return 0;
+}
+
+/* Declare a fresh classifier (the same initial weights every time, from the seed) and train it on s. */
+static int train(trainer *t, dc_classifier *m, dc_params *ps, const image_set *s) {
+    dc_adamw opt = {0};
+    int64_t steps = train_steps(t, s->n);
+    int rc = dc_classifier_init(m, ps, t->h, t->w, t->c, t->num_classes) || dc_params_alloc(ps, t->o->seed) ||
+                     dc_adamw_init(&opt, ps->total, 0.9, 0.999, 1e-8, 0.01)
+                 ? -1
+                 : 0;
+    for (int64_t step = 0; !rc && step < steps; step++)
+        rc = train_step(t, m, ps, &opt, s, step, steps);
+    dc_adamw_free(&opt);
+    return rc;
+}
+
+/* The logits [b, K] of the b images in t->x; NULL on error. Gradients and dropout off. */
+static const float *logits_of(trainer *t, const dc_classifier *m, int64_t b) {
+    bool was = dc_set_grad_enabled(&t->ctx, false);
+    t->ctx.training = false;
+    dc_ctx_reset(&t->ctx);
+    dc_tensor *x = dc_from_host(&t->ctx, DC_F32, DC_SHAPE(b, t->h, t->w, t->c), t->x);
+    dc_tensor *logits = dc_classifier_forward(&t->ctx, m, x);
+    dc_set_grad_enabled(&t->ctx, was);
+    t->ctx.training = true;
+    return logits ? logits->data : NULL;
 }
 
 /* The fraction of the test set the classifier gets right. */
 static int score(eval *e, const dc_classifier *m, double *accuracy) {
-    const image_set *t = &e->test_set;
-    int64_t right = 0;
-    bool was = dc_set_grad_enabled(&e->ctx, false);
-    e->ctx.training = false;
-    for (int64_t first = 0; first < t->n; first += EVAL_BATCH) {
-        int64_t b = t->n - first < EVAL_BATCH ? t->n - first : EVAL_BATCH;
+    const image_set *s = &e->test_set;
+    trainer *t = &e->t;
+    int64_t right = 0, K = t->num_classes;
+    for (int64_t first = 0; first < s->n; first += EVAL_BATCH) {
+        int64_t b = s->n - first < EVAL_BATCH ? s->n - first : EVAL_BATCH;
         for (int64_t k = 0; k < b; k++)
-            dc_u8_to_float(e->x + k * e->per, t->px[first + k], (size_t)e->per);
-        dc_ctx_reset(&e->ctx);
-        dc_tensor *x = dc_from_host(&e->ctx, DC_F32, DC_SHAPE(b, e->real->h, e->real->w, e->real->c), e->x);
-        dc_tensor *logits = dc_classifier_forward(&e->ctx, m, x);
-        if (!logits) {
-            dc_set_grad_enabled(&e->ctx, was);
+            dc_u8_to_float(t->x + k * t->per, s->px[first + k], (size_t)t->per);
+        const float *l = logits_of(t, m, b);
+        if (!l)
             return -1;
-        }
-        int64_t K = logits->shape[1];
-        const float *l = logits->data;
         for (int64_t k = 0; k < b; k++) {
             int64_t best = 0;
             for (int64_t j = 1; j < K; j++)
                 best = l[k * K + j] > l[k * K + best] ? j : best;
-            right += best == t->labels[first + k];
+            right += best == s->labels[first + k];
         }
     }
-    dc_set_grad_enabled(&e->ctx, was);
-    e->ctx.training = true;
-    *accuracy = (double)right / (double)t->n;
+    *accuracy = (double)right / (double)s->n;
     return 0;
 }
 
-/* Train a fresh classifier (the same initial weights every time) on s; its test accuracy. */
+/* Train a fresh classifier on s; its test accuracy. */
 static int train_and_score(eval *e, const image_set *s, double *accuracy) {
     dc_params ps;
     dc_classifier m;
-    dc_adamw opt = {0};
     dc_params_init(&ps);
-    int64_t steps = train_steps(e, s->n);
-    int rc = dc_classifier_init(&m, &ps, e->real->h, e->real->w, e->real->c, e->real->num_classes) ||
-                     dc_params_alloc(&ps, e->o->seed) || dc_adamw_init(&opt, ps.total, 0.9, 0.999, 1e-8, 0.01)
-                 ? -1
-                 : 0;
-    for (int64_t step = 0; !rc && step < steps; step++)
-        rc = train_step(e, &m, &ps, &opt, s, step, steps);
-    if (!rc)
-        rc = score(e, &m, accuracy);
-    dc_adamw_free(&opt);
+    int rc = train(&e->t, &m, &ps, s) || score(e, &m, accuracy) ? -1 : 0;
     dc_params_free(&ps);
     return rc;
 }
@@ -268,11 +305,11 @@ static int build_sets(const eval *e, double f, image_set *real, image_set *mixed
 }
 
 static int run_fractions(eval *e, const double *f, int n_f) {
-    const dc_augment_eval_options *o = e->o;
+    const dc_augment_train_options *o = &e->o->train;
     printf("eval: a %d-class CNN per training set, %" PRId64 " %s of batch %" PRId64 ", AdamW lr %g (cosine); "
            "test: %" PRId64 " images of %s (split test)\n",
            e->real->num_classes, o->epochs ? o->epochs : o->steps, o->epochs ? "epochs" : "steps", o->batch_size,
-           o->learning_rate, e->test.count, o->test_dir);
+           o->learning_rate, e->test.count, e->o->test_dir);
     printf("%14s %10s %10s %12s %15s\n", "real fraction", "real", "synthetic", "real-only", "real+synthetic");
     fflush(stdout);
     int rc = 0;
@@ -296,25 +333,103 @@ int dc_augment_evaluate(const dc_dataset *real, const dc_synthetic *syn, const d
     eval e = {.real = real, .syn = syn, .o = o, .per = (int64_t)real->h * real->w * real->c};
     double f[DC_AUGMENT_MAX_FRACTIONS];
     int n_f = 0;
-    int64_t b = o->batch_size > EVAL_BATCH ? o->batch_size : EVAL_BATCH;
-    int rc = dc_augment_parse_fractions(o->fractions, f, &n_f) || open_test(&e) || load_synthetic(&e) ? -1 : 0;
-    if (!rc) {
-        e.x = malloc((size_t)(b * e.per) * sizeof *e.x);
-        e.y = malloc((size_t)b * sizeof *e.y);
-        rc = e.x && e.y ? 0 : dc_fail("out of memory");
-    }
-    if (!rc && !(rc = dc_ctx_init(&e.ctx, DC_CPU, ACTIVATION_BYTES)))
-        e.ctx_ready = true;
+    int rc = dc_augment_parse_fractions(o->fractions, f, &n_f) || open_test(&e) || load_synthetic(&e) ||
+                     trainer_init(&e.t, real, &o->train)
+                 ? -1
+                 : 0;
     if (!rc)
         rc = run_fractions(&e, f, n_f);
-    if (e.ctx_ready)
-        dc_ctx_free(&e.ctx);
+    trainer_free(&e.t);
     if (e.test_open)
         dc_dataset_close(&e.test);
     set_free(&e.test_set);
     free(e.syn_px);
     free(e.syn_ok);
-    free(e.x);
-    free(e.y);
     return rc;
+}
+
+/* ---- the filter's classifier ---- */
+
+#define CLASSIFIER_FORMAT "diffc-augment-classifier"
+
+int dc_augment_classifier_train(dc_augment_classifier *c, const dc_dataset *real, const dc_augment_train_options *o) {
+    image_set all = {0};
+    dc_params_init(&c->ps);
+    int rc = trainer_init(&c->t, real, o) || set_alloc(&all, real->count) ? -1 : 0;
+    for (int64_t i = 0; !rc && i < real->count; i++)
+        set_add(&all, real->pixels + i * c->t.per, real->labels[i]);
+    if (!rc)
+        rc = train(&c->t, &c->m, &c->ps, &all);
+    set_free(&all);
+    return rc;
+}
+
+/* The dataset's class names as a JSON array, the file's record of what it tells apart. */
+static char *class_list(const dc_dataset *real) {
+    cJSON *a = cJSON_CreateArray();
+    for (int k = 0; a && k < real->num_classes; k++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(real->class_names[k]));
+    char *text = a ? dc_json_print(a, false) : NULL;
+    cJSON_Delete(a);
+    if (!text)
+        dc_fail("out of memory");
+    return text;
+}
+
+int dc_augment_classifier_save(const dc_augment_classifier *c, const dc_dataset *real, const char *path) {
+    char *classes = class_list(real);
+    if (!classes)
+        return -1;
+    const char *keys[] = {"format", "classes"}, *values[] = {CLASSIFIER_FORMAT, classes};
+    int rc = dc_params_save(&c->ps, NULL, path, keys, values, 2);
+    free(classes);
+    return rc;
+}
+
+/* The file's classes are the dataset's, in the same order. */
+static int check_classes(const dc_dataset *real, const char *path) {
+    dc_st_file f;
+    if (dc_st_open(&f, path))
+        return -1;
+    const char *format = dc_st_meta(&f, "format"), *classes = dc_st_meta(&f, "classes");
+    char *want = class_list(real);
+    int rc = !want                                     ? -1
+             : !format || strcmp(format, CLASSIFIER_FORMAT) ? dc_fail("%s: not a classifier that diffc augment saved "
+                                                                      "(its metadata has no format \"%s\")",
+                                                                      path, CLASSIFIER_FORMAT)
+             : !classes || strcmp(classes, want)
+                 ? dc_fail("%s: a classifier of the classes %s, not the dataset's %s", path, classes ? classes : "?",
+                           want)
+                 : 0;
+    free(want);
+    dc_st_close(&f);
+    return rc;
+}
+
+int dc_augment_classifier_load(dc_augment_classifier *c, const dc_dataset *real, const char *path,
+                               const dc_augment_train_options *o) {
+    dc_params_init(&c->ps);
+    if (check_classes(real, path) || trainer_init(&c->t, real, o) ||
+        dc_classifier_init(&c->m, &c->ps, real->h, real->w, real->c, real->num_classes))
+        return -1;
+    return dc_params_alloc_load(&c->ps, DC_CPU, path, NULL);
+}
+
+int dc_augment_classifier_confidence(dc_augment_classifier *c, const float *px, int32_t label, double *p) {
+    memcpy(c->t.x, px, (size_t)c->t.per * sizeof *px);
+    const float *l = logits_of(&c->t, &c->m, 1);
+    if (!l)
+        return -1;
+    double top = l[0], sum = 0;
+    for (int k = 1; k < c->t.num_classes; k++)
+        top = l[k] > top ? l[k] : top;
+    for (int k = 0; k < c->t.num_classes; k++)
+        sum += exp(l[k] - top);
+    *p = exp(l[label] - top) / sum;
+    return 0;
+}
+
+void dc_augment_classifier_free(dc_augment_classifier *c) {
+    trainer_free(&c->t);
+    dc_params_free(&c->ps);
 }

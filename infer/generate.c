@@ -73,16 +73,11 @@ static int predict(dc_ctx *ctx, const dc_generate_request *r, int i, const float
     return 0;
 }
 
-/* Draw `draw` of images [first, first + b) of the request into out [b, per]:
- * consecutive streams from first_image, or each image's own from streams. */
+/* Draw `draw` of images [first, first + b) of the request into out [b, per]. */
 static void draw_noise(const dc_generate_request *r, int64_t first, int64_t b, int64_t per, float *out,
                        uint64_t draw) {
-    if (!r->streams) {
-        dc_sampler_noise(out, b, per, r->seed, r->first_image + (uint64_t)first, draw);
-        return;
-    }
-    for (int64_t k = 0; k < b; k++)
-        dc_sampler_noise(out + k * per, 1, per, r->seed, r->streams[first + k], draw);
+    dc_sampler_noise_streams(out, b, per, r->seed, r->first_image + (uint64_t)first,
+                             r->streams ? r->streams + first : NULL, draw);
 }
 
 /* One denoising run over images [first, first + b) of the request, from

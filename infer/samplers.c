@@ -984,6 +984,16 @@ void dc_sampler_noise(float *out, int64_t n_images, int64_t per_image, uint64_t 
                        draw * (uint64_t)per_image);
 }
 
+void dc_sampler_noise_streams(float *out, int64_t n_images, int64_t per_image, uint64_t seed,
+                              uint64_t first_image, const uint64_t *streams, uint64_t draw) {
+    if (!streams) {
+        dc_sampler_noise(out, n_images, per_image, seed, first_image, draw);
+        return;
+    }
+    for (int64_t k = 0; k < n_images; k++)
+        dc_sampler_noise(out + k * per_image, 1, per_image, seed, streams[k], draw);
+}
+
 /* ---- img2img and guidance ---- */
 
 int dc_sampler_img2img_start(const dc_sampler *s, double strength, int *first) {

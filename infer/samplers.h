@@ -276,6 +276,11 @@ int dc_sampler_step(dc_sampler *s, int i, const float *model_output, const float
  * first_image + n_images - 1. */
 void dc_sampler_noise(float *out, int64_t n_images, int64_t per_image, uint64_t seed,
                       uint64_t first_image, uint64_t draw);
+/* The same with each image's own stream, streams[k] (`diffc augment` names
+ * an image's stream after what it is); consecutive from first_image when
+ * streams is NULL. */
+void dc_sampler_noise_streams(float *out, int64_t n_images, int64_t per_image, uint64_t seed,
+                              uint64_t first_image, const uint64_t *streams, uint64_t draw);
 
 /* ---- img2img ----
  * diffusers' img2img pipelines (StableDiffusionImg2ImgPipeline.get_timesteps)

@@ -201,23 +201,35 @@ void dc_sd_text_shape(const dc_sd_pipeline *p, int64_t *tokens, int64_t *width) 
     *width = p->text_encoder->cfg.hidden_size;
 }
 
+/* One prompt at a time: the text encoder's matrix products over all rows at
+ * once round differently with the row count (OpenBLAS), and an image must not
+ * depend on its batch (tests/test_sd_pipeline.c test_streams). A text seen
+ * before (the negative prompts, repeated prompts) is copied. */
 int dc_sd_encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const char *const *texts, int64_t n, int clip_skip,
                       float *out) {
     int64_t tokens, width;
     dc_sd_text_shape(p, &tokens, &width);
-    int32_t *ids = malloc((size_t)(n * tokens) * sizeof *ids);
-    int rc = ids ? 0 : dc_fail("out of memory for %lld prompts", (long long)n);
-    for (int64_t k = 0; !rc && k < n; k++)
-        rc = dc_bpe_encode_padded(p->tokenizer, texts[k], tokens, ids + k * tokens, NULL);
-    dc_ctx_reset(ctx);
+    int32_t *ids = malloc((size_t)tokens * sizeof *ids);
+    int rc = ids ? 0 : dc_fail("out of memory for %lld tokens", (long long)tokens);
     bool grad = dc_set_grad_enabled(ctx, false); /* the encoder is frozen (packed) */
-    dc_tensor *t = rc ? NULL : dc_from_host(ctx, DC_I32, DC_SHAPE(n, tokens), ids);
-    dc_tensor *e = t ? dc_clip_text_forward(ctx, p->text_encoder, t, clip_skip, NULL) : NULL;
+    for (int64_t k = 0; !rc && k < n; k++) {
+        int64_t same = 0;
+        while (same < k && strcmp(texts[same], texts[k]))
+            same++;
+        if (same < k) {
+            memcpy(out + k * tokens * width, out + same * tokens * width, (size_t)(tokens * width) * sizeof(float));
+            continue;
+        }
+        rc = dc_bpe_encode_padded(p->tokenizer, texts[k], tokens, ids, NULL);
+        dc_ctx_reset(ctx);
+        dc_tensor *t = rc ? NULL : dc_from_host(ctx, DC_I32, DC_SHAPE(1, tokens), ids);
+        dc_tensor *e = t ? dc_clip_text_forward(ctx, p->text_encoder, t, clip_skip, NULL) : NULL;
+        rc = !e ? -1 : dc_memcpy(out + k * tokens * width, DC_CPU, e->data, ctx->device,
+                                  (size_t)(tokens * width) * sizeof(float));
+    }
     dc_set_grad_enabled(ctx, grad);
     free(ids);
-    if (!e)
-        return -1;
-    return dc_memcpy(out, DC_CPU, e->data, ctx->device, (size_t)e->numel * sizeof(float));
+    return rc;
 }
 
 /* The prompt embeds of images [first, first + b) into bt->embeds. */
@@ -232,6 +244,12 @@ static int encode_text(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request
     return rc;
 }
 
+/* Draw `draw` of images [first, first + b) of the request into out [b, lper]. */
+static void draw_noise(const dc_sd_request *r, int64_t first, const batch *bt, float *out, uint64_t draw) {
+    dc_sampler_noise_streams(out, bt->b, bt->lper, r->seed, r->first_image + (uint64_t)first,
+                             r->streams ? r->streams + first : NULL, draw);
+}
+
 /* img2img: the init images' latents (VAE sample * scaling_factor), noised
  * to step `start`, into bt->x; noise [b, lper] is the images' initial draw. */
 static int init_latents(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *r, int start,
@@ -241,7 +259,8 @@ static int init_latents(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_reques
         dc_ctx_reset(ctx);
         dc_vae_latent_dist d;
         dc_tensor *img = dc_from_host(ctx, DC_F32, DC_SHAPE(1, r->h, r->w, 3), r->init + (first + k) * per);
-        dc_sampler_noise(bt->noise, 1, bt->lper, r->seed, r->first_image + (uint64_t)(first + k), DC_SAMPLER_DRAW_VAE);
+        uint64_t stream = r->streams ? r->streams[first + k] : r->first_image + (uint64_t)(first + k);
+        dc_sampler_noise(bt->noise, 1, bt->lper, r->seed, stream, DC_SAMPLER_DRAW_VAE);
         dc_tensor *eps = dc_from_host(ctx, DC_F32, DC_SHAPE(1, bt->lh, bt->lw, bt->lc), bt->noise);
         if (!img || !eps || dc_vae_encode(ctx, p->vae, img, &d))
             return -1;
@@ -249,7 +268,7 @@ static int init_latents(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_reques
         if (!z || dc_memcpy(bt->x + k * bt->lper, DC_CPU, z->data, ctx->device, (size_t)bt->lper * sizeof(float)))
             return -1;
     }
-    dc_sampler_noise(bt->noise, bt->b, bt->lper, r->seed, r->first_image + (uint64_t)first, DC_SAMPLER_DRAW_INIT);
+    draw_noise(r, first, bt, bt->noise, DC_SAMPLER_DRAW_INIT);
     return dc_sampler_add_noise(r->sampler, start, bt->x, bt->noise, bt->x, bt->b * bt->lper);
 }
 
@@ -303,8 +322,7 @@ static int run_batch(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *
         if (r->latents)
             memcpy(bt->x, r->latents + first * bt->lper, (size_t)(bt->b * bt->lper) * sizeof(float));
         else
-            dc_sampler_noise(bt->x, bt->b, bt->lper, r->seed, r->first_image + (uint64_t)first,
-                             DC_SAMPLER_DRAW_INIT);
+            draw_noise(r, first, bt, bt->x, DC_SAMPLER_DRAW_INIT);
         for (int64_t k = 0; k < bt->b * bt->lper; k++)
             bt->x[k] *= s->init_noise_sigma;
     }
@@ -313,8 +331,7 @@ static int run_batch(dc_ctx *ctx, const dc_sd_pipeline *p, const dc_sd_request *
             return -1;
         bool needs = dc_sampler_step_needs_noise(s, i);
         if (needs)
-            dc_sampler_noise(bt->noise, bt->b, bt->lper, r->seed, r->first_image + (uint64_t)first,
-                             DC_SAMPLER_DRAW_STEP(i));
+            draw_noise(r, first, bt, bt->noise, DC_SAMPLER_DRAW_STEP(i));
         if (dc_sampler_step(s, i, bt->pred, NULL, bt->x, needs ? bt->noise : NULL, bt->b, bt->lper))
             return -1;
         if (r->on_step)

@@ -19,8 +19,9 @@
  *   every step: eps = unet(scale_model_input(latents), t, embeds), guided as
  *     uncond + scale (cond - uncond); latents = scheduler.step(eps);
  *   images = vae.decode(latents / scaling_factor + shift_factor).
- * Image k of a request draws from the Philox stream (seed, first_image + k)
- * (the samplers' noise contract), so an image is the same whatever the batch.
+ * Image k of a request draws from the Philox stream (seed, first_image + k),
+ * or (seed, streams[k]) (the samplers' noise contract), so an image is the
+ * same whatever the batch.
  * Tensors are NHWC: latents [N, H/8, W/8, 4], images [N, H, W, 3] in [-1, 1].
  */
 #ifndef DC_INFER_SD_PIPELINE_H
@@ -86,6 +87,7 @@ typedef struct dc_sd_request {
     int clip_skip;               /* text encoder layers skipped (diffusers' clip_skip) */
     uint64_t seed;
     uint64_t first_image; /* the stream of image 0 */
+    const uint64_t *streams; /* [n] each image's own stream instead (first_image unused); NULL: consecutive */
     const float *latents; /* [n, h/f, w/f, c] the initial noise instead of the draws (diffusers'
                              latents=); NULL: drawn */
     const float *init;    /* [n, h, w, 3] img2img: images in [-1, 1]; NULL: text-to-image */

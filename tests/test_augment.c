@@ -5,14 +5,23 @@
  * a rerun rewrites nothing; a run killed midway and resumed (with a partial
  * manifest line) writes the same bytes as an uninterrupted one; other
  * settings in the same folder are refused; the --eval report; bad input is
- * one error line or a skipped file with a warning. */
+ * one error line or a skipped file with a warning. Then the text mode, with
+ * the tiny Stable Diffusion pipeline (tests/fixtures/sd_tiny, 16x16, 2 steps)
+ * on a random folder of two classes with captions: prompts from the class
+ * template and from captions (another column, combined), metadata.jsonl and
+ * the captioned dataset it makes; the classifier filter at 0, 1 and between
+ * two of its scores (checked against the classifier loaded here); a killed
+ * and resumed filtered run; the errors of text options. */
 #include "testutil.h"
 
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "data/dataset.h"
 #include "data/image.h"
+#include "infer/augment.h"
 
 #include <cJSON.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -399,11 +408,385 @@ START_TEST(test_help) {
     ck_assert_int_eq(r->status, 0);
     const char *every[] = {"--model DIR",   "--train-data-dir DIR", "--output-dir DIR", "--per-class N",
                            "--variations K", "--strength X",        "--guidance-scale X", "--eval",
-                           "--eval-data-dir DIR", "--real-fraction LIST", "--eval-steps N", "--eval-epochs N"};
+                           "--eval-data-dir DIR", "--real-fraction LIST", "--eval-steps N", "--eval-epochs N",
+                           "--prompt-template TEXT", "--caption-column NAME", "--negative-prompt TEXT",
+                           "--resolution N", "--filter-threshold T", "--filter-classifier FILE"};
     for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)
         ck_assert_msg(strstr(r->out, every[i]), "--help lacks %s", every[i]);
     r = tu_run_diffc((const char *const[]){"--help", NULL});
     ck_assert_msg(r->status == 0 && strstr(r->out, "augment --model DIR"), "%s", r->out);
+}
+END_TEST
+
+/* ---- text-to-image (a Stable Diffusion pipeline folder) ---- */
+
+#define SD_MODEL "tests/fixtures/sd_tiny" /* 16x16 RGB images */
+#define SD_SIDE 16
+
+static const char *const sd_classes[] = {"golden_retriever", "tabby_cat"};
+#define SD_CLASSES 2
+#define SD_REAL 3 /* real images per class */
+
+/* tu_path(dir): SD_REAL random images per class, and a metadata.jsonl with
+ * two captions of each ("text", and "alt" for --caption-column). */
+static const char *make_sd_dataset(const char *dir) {
+    char sub[256], line[256];
+    ck_assert_int_eq(mkdir(tu_path(dir), 0755), 0);
+    char *meta = calloc(1, 8192);
+    for (int k = 0; k < SD_CLASSES; k++) {
+        snprintf(sub, sizeof sub, "%s/%s", dir, sd_classes[k]);
+        ck_assert_int_eq(mkdir(tu_path(sub), 0755), 0);
+        for (int i = 0; i < SD_REAL; i++) {
+            snprintf(sub, sizeof sub, "%s/%s/%d.png", dir, sd_classes[k], i);
+            write_image(tu_path(sub), SD_SIDE, SD_SIDE, 3);
+            snprintf(line, sizeof line,
+                     "{\"file_name\": \"%s/%d.png\", \"text\": \"caption %d of %s\", \"alt\": \"alt %d %d\"}\n",
+                     sd_classes[k], i, i, sd_classes[k], k, i);
+            strcat(meta, line);
+        }
+    }
+    snprintf(sub, sizeof sub, "%s/metadata.jsonl", dir);
+    spill(tu_path(sub), meta);
+    free(meta);
+    return keep(dir);
+}
+
+#define SD_AUGMENT(...)                                                                                       \
+    tu_run_diffc((const char *const[]){"augment", "--cache-dir", tu_path("cache"), "--model", SD_MODEL,        \
+                                       "--num-inference-steps", "2", __VA_ARGS__, NULL})
+
+/* The lines of a .jsonl file under out. */
+static cJSON **read_jsonl(const char *out, const char *name, int *n) {
+    char path[8400];
+    snprintf(path, sizeof path, "%s/%s", out, name);
+    size_t len;
+    char *text = dc_read_file(path, 1 << 24, &len);
+    ck_assert_msg(text, "%s", dc_error());
+    cJSON **lines = calloc(len + 1, sizeof *lines);
+    *n = 0;
+    for (char *p = text, *nl; *p; p = nl + 1) {
+        ck_assert((nl = strchr(p, '\n')) != NULL);
+        *nl = '\0';
+        ck_assert_msg((lines[*n] = cJSON_Parse(p)) != NULL, "not JSON: %s", p);
+        ++*n;
+    }
+    free(text);
+    return lines;
+}
+
+/* The metadata.jsonl line of `file`, or NULL. */
+static const cJSON *meta_of(cJSON **meta, int n, const char *file) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(field(meta[i], "file_name")->valuestring, file))
+            return meta[i];
+    return NULL;
+}
+
+/* The real image a var_ file was made from: "<class>/<i>.png" of source index s. */
+static void source_name(int s, char *buf, size_t n) {
+    snprintf(buf, n, "%s/%d.png", sd_classes[s / SD_REAL], s % SD_REAL);
+}
+
+/* Every manifest line has a file, its class folder's, of 16x16 RGB, with the
+ * prompt `want(label, source)`; metadata.jsonl lists the same files with the
+ * same prompts and the real image's name; the folder reads back as a
+ * captioned dataset. Returns the number of images. */
+static int check_text_output(const char *out, void (*want)(int label, int source, char *buf, size_t n)) {
+    int n, n_meta;
+    cJSON **lines = read_jsonl(out, "manifest.jsonl", &n), **meta = read_jsonl(out, "metadata.jsonl", &n_meta);
+    ck_assert_int_eq(n_meta, n);
+    for (int i = 0; i < n; i++) {
+        const char *file = field(lines[i], "file")->valuestring, *prompt = field(lines[i], "prompt")->valuestring;
+        int label = field(lines[i], "label")->valueint;
+        const cJSON *source = field(lines[i], "source");
+        int s = cJSON_IsNumber(source) ? source->valueint : -1;
+        char expect[256], src[64];
+        want(label, s, expect, sizeof expect);
+        ck_assert_str_eq(prompt, expect);
+        ck_assert_msg(!strncmp(file, sd_classes[label], strlen(sd_classes[label])), "%s", file);
+        const cJSON *m = meta_of(meta, n_meta, file);
+        ck_assert_msg(m, "%s is not in metadata.jsonl", file);
+        ck_assert_str_eq(field(m, "text")->valuestring, prompt);
+        if (s >= 0) {
+            ck_assert(s / SD_REAL == label);
+            source_name(s, src, sizeof src);
+            ck_assert_str_eq(field(m, "source")->valuestring, src);
+        } else
+            ck_assert(cJSON_IsNull(field(m, "source")));
+        if (i)
+            ck_assert(strcmp(field(meta[i - 1], "file_name")->valuestring,
+                             field(meta[i], "file_name")->valuestring) < 0);
+        char path[8400];
+        snprintf(path, sizeof path, "%s/%s", out, file);
+        dc_image img;
+        ck_assert_msg(dc_image_load(&img, path) == 0, "%s", dc_error());
+        ck_assert(img.w == SD_SIDE && img.h == SD_SIDE && img.c == 3);
+        dc_image_free(&img);
+    }
+    /* what diffc train reads: a captioned class-folder dataset */
+    dc_dataset ds;
+    dc_dataset_options o = {.cache_dir = tu_path("cache")};
+    ck_assert_msg(dc_dataset_open(&ds, out, &o) == 0, "%s", dc_error());
+    ck_assert(ds.count == n && ds.num_classes == SD_CLASSES && ds.captions);
+    for (int64_t i = 0; i < ds.count; i++)
+        ck_assert(*ds.captions[i]);
+    dc_dataset_close(&ds);
+    free_manifest(lines, n);
+    free_manifest(meta, n_meta);
+    return n;
+}
+
+static void class_prompt(int label, int source, char *buf, size_t n) {
+    (void)source;
+    const char *c = sd_classes[label];
+    snprintf(buf, n, "a photo of a %s", !strcmp(c, "golden_retriever") ? "golden retriever" : "tabby cat");
+}
+
+static void alt_prompt(int label, int source, char *buf, size_t n) {
+    ck_assert(source >= 0);
+    snprintf(buf, n, "alt %d %d", label, source % SD_REAL);
+}
+
+static void combined_prompt(int label, int source, char *buf, size_t n) {
+    ck_assert(source >= 0);
+    snprintf(buf, n, "%s: caption %d of %s", !label ? "golden retriever" : "tabby cat", source % SD_REAL,
+             sd_classes[label]);
+}
+
+START_TEST(test_text_outputs) {
+    tu_mkdtemp("augment");
+    const char *data = make_sd_dataset("data"), *out = keep("out");
+    tu_run_result *r = SD_AUGMENT("--train-data-dir", data, "--output-dir", out, "--per-class", "2", "--variations",
+                                  "2", "--strength", "0.7", "--guidance-scale", "3", "--negative-prompt", "blurry");
+    assert_ok(r);
+    int real = SD_CLASSES * SD_REAL, want = 2 * SD_CLASSES + 2 * real;
+    ck_assert_int_eq(check_text_output(out, class_prompt), want);
+    ck_assert_int_eq(count_pngs(out), want);
+    int n;
+    cJSON **lines = read_jsonl(out, "manifest.jsonl", &n);
+    for (int i = 0; i < n; i++) {
+        ck_assert_str_eq(field(lines[i], "negative_prompt")->valuestring, "blurry");
+        ck_assert(field(lines[i], "guidance")->valuedouble == 3);
+        bool var = strstr(field(lines[i], "file")->valuestring, "/var_");
+        ck_assert(var ? field(lines[i], "strength")->valuedouble == 0.7 : cJSON_IsNull(field(lines[i], "strength")));
+    }
+    free_manifest(lines, n);
+    /* another prompt in the same folder: other settings */
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", out, "--per-class", "2",
+                                    "--guidance-scale", "3", "--negative-prompt", "blurry", "--prompt-template",
+                                    "a {class}"),
+                         "was made with other settings");
+
+    /* captions: another column, and combined with the class */
+    const char *caps = keep("caps"), *both = keep("both");
+    assert_ok(SD_AUGMENT("--train-data-dir", data, "--output-dir", caps, "--variations", "1", "--caption-column",
+                         "alt"));
+    ck_assert_int_eq(check_text_output(caps, alt_prompt), real);
+    assert_ok(SD_AUGMENT("--train-data-dir", data, "--output-dir", both, "--variations", "1", "--prompt-template",
+                         "{class}: {caption}"));
+    ck_assert_int_eq(check_text_output(both, combined_prompt), real);
+    tu_rmtemp();
+}
+END_TEST
+
+/* The filter's confidences: file -> confidence and kept, from the manifest. */
+typedef struct scored {
+    char file[96];
+    double confidence;
+    bool kept;
+} scored;
+
+static int read_scores(const char *out, scored *s) {
+    int n;
+    cJSON **lines = read_jsonl(out, "manifest.jsonl", &n);
+    for (int i = 0; i < n; i++) {
+        snprintf(s[i].file, sizeof s[i].file, "%s", field(lines[i], "file")->valuestring);
+        s[i].confidence = field(lines[i], "confidence")->valuedouble;
+        s[i].kept = cJSON_IsTrue(field(lines[i], "kept"));
+    }
+    free_manifest(lines, n);
+    return n;
+}
+
+static int by_confidence(const void *a, const void *b) {
+    double x = ((const scored *)a)->confidence, y = ((const scored *)b)->confidence;
+    return (x > y) - (x < y);
+}
+
+static bool exists(const char *out, const char *file) {
+    char path[8400];
+    snprintf(path, sizeof path, "%s/%s", out, file);
+    return access(path, F_OK) == 0;
+}
+
+/* The classifier's own probability of the class for a written image. */
+static double score_file(dc_augment_classifier *c, const char *out, const char *file, int label) {
+    char path[8400];
+    snprintf(path, sizeof path, "%s/%s", out, file);
+    dc_image img;
+    ck_assert_msg(dc_image_load(&img, path) == 0, "%s", dc_error());
+    float *x = malloc((size_t)img.w * img.h * img.c * sizeof *x);
+    dc_u8_to_float(x, img.px, (size_t)img.w * img.h * img.c);
+    double p = -1;
+    ck_assert_msg(dc_augment_classifier_confidence(c, x, label, &p) == 0, "%s", dc_error());
+    free(x);
+    dc_image_free(&img);
+    return p;
+}
+
+START_TEST(test_text_filter) {
+    tu_mkdtemp("augment");
+    const char *data = make_sd_dataset("data"), *all = keep("all"), *none = keep("none"), *some = keep("some");
+#define FILTER_ARGS "--per-class", "2", "--variations", "2", "--eval-steps", "30", "--eval-batch-size", "4"
+    /* tau 0 keeps every image (a probability is never 0); the classifier is saved */
+    tu_run_result *r =
+        SD_AUGMENT("--train-data-dir", data, "--output-dir", all, FILTER_ARGS, "--filter-threshold", "0");
+    assert_ok(r);
+    int total = 2 * SD_CLASSES + 2 * SD_CLASSES * SD_REAL;
+    ck_assert_int_eq(count_pngs(all), total);
+    ck_assert_msg(strstr(r->out, "filter: golden_retriever") && strstr(r->out, "filter: tabby_cat"), "%s", r->out);
+    char classifier[512];
+    snprintf(classifier, sizeof classifier, "%s/filter_classifier.safetensors", all);
+    ck_assert(access(classifier, F_OK) == 0);
+    /* tau 1 keeps none, and lists them all as rejected */
+    r = SD_AUGMENT("--train-data-dir", data, "--output-dir", none, FILTER_ARGS, "--filter-threshold", "1",
+                   "--filter-classifier", classifier);
+    assert_ok(r);
+    ck_assert_int_eq(count_pngs(none), 0);
+    char line[96];
+    snprintf(line, sizeof line, "kept 0 of %d images", total);
+    ck_assert_msg(strstr(r->out, line), "%s", r->out);
+
+    /* tau between two of the classifier's scores: kept exactly those above it */
+    scored s[64], t[64];
+    int n = read_scores(all, s);
+    ck_assert_int_eq(n, total);
+    qsort(s, (size_t)n, sizeof *s, by_confidence);
+    ck_assert_msg(s[n / 2 - 1].confidence < s[n / 2].confidence, "ties in the classifier's scores");
+    double tau = (s[n / 2 - 1].confidence + s[n / 2].confidence) / 2;
+    char tau_text[32];
+    snprintf(tau_text, sizeof tau_text, "%.17g", tau);
+    r = SD_AUGMENT("--train-data-dir", data, "--output-dir", some, FILTER_ARGS, "--filter-threshold", tau_text,
+                   "--filter-classifier", classifier);
+    assert_ok(r);
+    ck_assert_int_eq(read_scores(some, t), n);
+    ck_assert_int_eq(count_pngs(some), n - n / 2);
+    /* the classifier itself, loaded here, scores the written files above tau and as the manifest says */
+    dc_dataset real;
+    dc_dataset_options o = {.resolution = SD_SIDE, .channels = 3, .cache_dir = tu_path("cache")};
+    ck_assert_msg(dc_dataset_open(&real, data, &o) == 0, "%s", dc_error());
+    dc_augment_train_options to = {.batch_size = 4};
+    dc_augment_classifier c = {0};
+    ck_assert_msg(dc_augment_classifier_load(&c, &real, classifier, &to) == 0, "%s", dc_error());
+    int kept[SD_CLASSES] = {0}, rejected[SD_CLASSES] = {0};
+    for (int i = 0; i < n; i++) {
+        int label = strncmp(t[i].file, "golden", 6) ? 1 : 0;
+        ck_assert_msg(t[i].kept == (t[i].confidence > tau) && exists(some, t[i].file) == t[i].kept, "%s", t[i].file);
+        if (t[i].kept) {
+            double p = score_file(&c, some, t[i].file, label);
+            ck_assert_msg(p > tau && fabs(p - t[i].confidence) < 1e-6, "%s: %g vs %g", t[i].file, p, t[i].confidence);
+        }
+        (t[i].kept ? kept : rejected)[label]++;
+    }
+    for (int k = 0; k < SD_CLASSES; k++) {
+        snprintf(line, sizeof line, "filter: %-20s kept %6d, rejected %6d", sd_classes[k], kept[k], rejected[k]);
+        ck_assert_msg(strstr(r->out, line), "no '%s' in %s", line, r->out);
+    }
+    dc_augment_classifier_free(&c);
+    dc_dataset_close(&real);
+    /* --eval sees the kept images only */
+    r = SD_AUGMENT("--train-data-dir", data, "--output-dir", some, FILTER_ARGS, "--filter-threshold", tau_text,
+                   "--filter-classifier", classifier, "--eval", "--eval-data-dir", data, "--real-fraction", "1");
+    assert_ok(r);
+    int real_n, syn;
+    double f;
+    const char *row = strstr(r->out, "\n             1 ");
+    ck_assert_msg(row && sscanf(row, "%lf %d %d", &f, &real_n, &syn) == 3, "%s", r->out);
+    ck_assert_int_eq(real_n, SD_CLASSES * SD_REAL);
+    ck_assert_int_eq(syn, n - n / 2);
+#undef FILTER_ARGS
+    tu_rmtemp();
+}
+END_TEST
+
+/* Kill a filtered text run midway, resume with another batch size: the same
+ * files, byte for byte, the same manifest decisions and metadata.jsonl. */
+START_TEST(test_text_kill_and_resume) {
+    tu_mkdtemp("augment");
+    const char *data = make_sd_dataset("data"), *whole = keep("whole"), *cut = keep("cut"), *cache = keep("cache");
+#define ARGS(out, batch)                                                                                     \
+    "augment", "--cache-dir", cache, "--model", SD_MODEL, "--num-inference-steps", "20", "--train-data-dir", data, \
+        "--output-dir", out, "--per-class", "3", "--variations", "3", "--filter-threshold", "0.4", "--eval-steps", \
+        "10", "--eval-batch-size", "4", "--batch-size", batch
+    assert_ok(tu_run_diffc((const char *const[]){ARGS(whole, "5"), NULL}));
+    tu_spawn_diffc((const char *const[]){ARGS(cut, "1"), NULL});
+    ck_assert_msg(tu_read_diffc_until("augment: 2/"), "no progress: %s", tu_wait_diffc()->err);
+    int st = tu_kill_diffc(SIGKILL);
+    ck_assert_msg(WIFSIGNALED(st), "finished before the kill: status %d", st);
+    tu_run_result *r = tu_run_diffc((const char *const[]){ARGS(cut, "4"), NULL});
+    assert_ok(r);
+    ck_assert_msg(!strstr(r->out, " 0 already") && strstr(r->out, "made"), "%s", r->out);
+    scored a[64], b[64];
+    int n = read_scores(whole, a);
+    ck_assert_int_eq(n, 3 * SD_CLASSES + 3 * SD_CLASSES * SD_REAL);
+    ck_assert_int_eq(read_scores(cut, b), n);
+    for (int i = 0; i < n; i++) {
+        int j = 0;
+        while (j < n && strcmp(a[i].file, b[j].file))
+            j++;
+        ck_assert_msg(j < n && a[i].kept == b[j].kept, "%s", a[i].file);
+        char x[8400], y[8400];
+        snprintf(x, sizeof x, "%s/%s", whole, a[i].file);
+        snprintf(y, sizeof y, "%s/%s", cut, a[i].file);
+        ck_assert_msg(a[i].kept ? same_bytes(x, y) : !exists(cut, a[i].file), "%s differs after the resume", a[i].file);
+    }
+    char x[8400], y[8400];
+    snprintf(x, sizeof x, "%s/metadata.jsonl", whole);
+    snprintf(y, sizeof y, "%s/metadata.jsonl", cut);
+    ck_assert(same_bytes(x, y));
+    ck_assert_int_eq(count_pngs(cut), count_pngs(whole));
+#undef ARGS
+    tu_rmtemp();
+}
+END_TEST
+
+START_TEST(test_text_bad_input) {
+    tu_mkdtemp("augment");
+    const char *data = make_sd_dataset("data"), *o = keep("o");
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1",
+                                    "--prompt-template", "a photo"),
+                         "--prompt-template 'a photo': it has no {class}");
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1",
+                                    "--caption-column", "missing"),
+                         "has no caption for golden_retriever/0.png (\"missing\" in metadata.jsonl)");
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--per-class", "1",
+                                    "--prompt-template", "{class}: {caption}"),
+                         "--per-class: the prompt template '{class}: {caption}' has {caption}");
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1",
+                                    "--caption-column", "alt", "--prompt-template", "a {class}"),
+                         "has no {caption} to put the captions in");
+    ck_assert_int_eq(remove(tu_path("data/metadata.jsonl")), 0);
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1",
+                                    "--prompt-template", "{caption}"),
+                         "has no captions for {caption}");
+    /* options of the other kind of model */
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1", "--no-ema"),
+                         "--no-ema: " SD_MODEL " is a text-to-image pipeline");
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1", "--resolution",
+                                    "15"),
+                         "--resolution 15: the side must be a positive multiple of 2");
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--variations", "1",
+                                 "--prompt-template", "a {class}"),
+                         "--prompt-template: " MODEL " is not a text-to-image pipeline");
+    /* the filter */
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1",
+                                    "--filter-threshold", "1.5"),
+                         "--filter-threshold '1.5': expected a probability in [0, 1]");
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1",
+                                    "--filter-threshold", "0.5", "--filter-classifier",
+                                    SD_MODEL "/vae/diffusion_pytorch_model.safetensors"),
+                         "not a classifier that diffc augment saved");
+    tu_rmtemp();
 }
 END_TEST
 
@@ -413,6 +796,11 @@ int main(void) {
     tcase_add_test(tc, test_writes_and_skips);
     tcase_add_test(tc, test_kill_and_resume);
     tcase_add_test(tc, test_eval);
+    tc = tu_tcase(s, "text", 120);
+    tcase_add_test(tc, test_text_outputs);
+    tcase_add_test(tc, test_text_filter);
+    tcase_add_test(tc, test_text_kill_and_resume);
+    tcase_add_test(tc, test_text_bad_input);
     tc = tu_tcase(s, "errors", 60);
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_help);

@@ -164,6 +164,38 @@ START_TEST(test_batch_and_seed) {
 }
 END_TEST
 
+/* Each image's own stream (streams[k], as `diffc augment` names them): the
+ * same as the image alone from first_image = streams[k], in a batch large
+ * enough (12 rows of text with guidance) that the text encoder's matrix
+ * products run differently from one image's (on the baseline CPU kernels,
+ * OpenBLAS rounds by row count: the prompts are encoded one at a time). */
+START_TEST(test_streams) {
+    const char *texts[6] = {"a red cube", "a blue ball", "a red cube", "two green cones", "a cat", "a dog"};
+    const uint64_t streams[6] = {5, 100, 7, (uint64_t)1 << 40, 3, 9};
+    int64_t per = SIDE * SIDE * 3;
+    float *all = malloc((size_t)(6 * per) * sizeof *all), *one = malloc((size_t)per * sizeof *one);
+    dc_sampler s;
+    sampler(&s, "euler_a", false, 3);
+    dc_sd_request q = {.sampler = &s, .n = 6, .batch = 6, .h = SIDE, .w = SIDE, .prompts = texts,
+                       .guidance_scale = 3.0f, .seed = 7, .first_image = 1000, .streams = streams};
+    dc_ctx *ctx = tu_ctx();
+    ck_assert_msg(dc_sd_generate(ctx, pipeline(), &q, all) == 0, "%s", dc_error());
+    for (int k = 0; k < 6; k++) {
+        dc_sd_request alone = q;
+        alone.n = alone.batch = 1;
+        alone.prompts = texts + k;
+        alone.streams = NULL;
+        alone.first_image = streams[k];
+        ck_assert_msg(dc_sd_generate(ctx, pipeline(), &alone, one) == 0, "%s", dc_error());
+        ck_assert_msg(memcmp(one, all + k * per, (size_t)per * sizeof *one) == 0, "image %d differs alone", k);
+    }
+    tu_ctx_free(ctx);
+    dc_sampler_free(&s);
+    free(all);
+    free(one);
+}
+END_TEST
+
 static int steps_seen;
 static void count_step(void *arg, int64_t first, int64_t b, int done, int steps) {
     (void)arg, (void)first, (void)b, (void)steps;
@@ -301,6 +333,7 @@ int main(void) {
     tcase_add_test(tc, test_matches_diffusers);
     tcase_add_test(tc, test_matches_diffusers_sd2);
     tcase_add_test(tc, test_batch_and_seed);
+    tcase_add_test(tc, test_streams);
     tcase_add_test(tc, test_img2img);
     tc = tu_tcase(s, "command", 120);
     tcase_add_test(tc, test_command);

@@ -43,6 +43,7 @@
 #include "autograd/rng.h"
 #include "autograd/safetensors.h"
 #include "data/image.h"
+#include "data/metadata.h"
 #include "state.h"
 #include "infer/sd_pipeline.h"
 #include "models/unet_cond.h"
@@ -125,26 +126,28 @@ static void dataset_options(const dc_train_model *m, dc_dataset_options *d) {
 
 /* ---- prompts ---- */
 
-/* The prompt of image i: its caption, or the template for its class. */
+/* The prompt of image i: its caption, or the template filled with its class
+ * (and caption). NULL after dc_fail. */
 static char *prompt_of(const dc_train_model *m, int64_t i) {
-    const dc_train_options *o = m->o;
-    if (!o->prompt_template)
-        return strdup(m->ds->captions[i]);
-    const char *at = strstr(o->prompt_template, "{class}"), *name = m->ds->class_names[m->ds->labels[i]];
-    size_t n = strlen(o->prompt_template) - 7 + strlen(name) + 1;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%.*s%s%s", (int)(at - o->prompt_template), o->prompt_template, name, at + 7);
-    return p;
+    const dc_dataset *ds = m->ds;
+    const char *caption = ds->captions ? ds->captions[i] : NULL;
+    if (!m->o->prompt_template) {
+        char *p = strdup(caption);
+        if (!p)
+            dc_fail("out of memory");
+        return p;
+    }
+    return dc_prompt_from_template(m->o->prompt_template, ds->labels[i] >= 0 ? ds->class_names[ds->labels[i]] : NULL,
+                                   caption);
 }
 
 /* The data can give every image a prompt. */
 static int check_prompts(const dc_train_model *m) {
     const dc_train_options *o = m->o;
     const dc_dataset *ds = m->ds;
-    if (o->prompt_template && !strstr(o->prompt_template, "{class}"))
-        return dc_fail("--prompt-template '%s' has no {class} to replace by the class names", o->prompt_template);
-    if (o->prompt_template && ds->num_classes == 0)
+    if (o->prompt_template && !strstr(o->prompt_template, "{class}") && !strstr(o->prompt_template, "{caption}"))
+        return dc_fail("--prompt-template '%s' has no {class} (nor {caption}) to fill in", o->prompt_template);
+    if (o->prompt_template && strstr(o->prompt_template, "{class}") && ds->num_classes == 0)
         return dc_fail("%s: --prompt-template needs class folders (a subfolder per class), the data has no "
                        "classes", o->train_data_dir);
     if (o->prompt_template)
@@ -174,7 +177,7 @@ static int collect_prompts(dc_train_model *m, sd_model *s) {
     int rc = all && s->prompt_of ? 0 : dc_fail("out of memory");
     for (int64_t i = 0; !rc && i <= n; i++)
         if (!(all[i] = i ? prompt_of(m, i - 1) : strdup("")))
-            rc = dc_fail("out of memory");
+            rc = i ? -1 : dc_fail("out of memory");
     if (rc) {
         for (int64_t i = 0; all && i <= n; i++)
             free(all[i]);
@@ -193,10 +196,9 @@ static int collect_prompts(dc_train_model *m, sd_model *s) {
     s->n_prompts = k;
     for (int64_t i = 0; !rc && i < n; i++) {
         char *p = prompt_of(m, i);
-        char **hit = p ? bsearch(&p, all, (size_t)k, sizeof *all, cmp_str) : NULL;
-        rc = hit ? 0 : dc_fail("out of memory");
-        if (hit)
-            s->prompt_of[i] = hit - all;
+        rc = p ? 0 : -1;
+        if (p)
+            s->prompt_of[i] = (char **)bsearch(&p, all, (size_t)k, sizeof *all, cmp_str) - all;
         free(p);
     }
     return rc;
