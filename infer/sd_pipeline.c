@@ -8,6 +8,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "models/config_json.h"
+#include "models/lora.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -122,7 +123,19 @@ static int check_fit(const dc_sd_pipeline *p, const char *dir) {
     return 0;
 }
 
+/* The LoRA of `lora` (NULL: none) fused into the text encoder and the UNet. */
+static int fuse_lora(dc_sd_pipeline *p, const char *lora, float scale) {
+    return lora ? dc_lora_fuse(lora, scale, &p->unet_params, &p->text_encoder->params,
+                               dc_clip_text_renamer(p->text_encoder))
+                : 0;
+}
+
 int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
+    return dc_sd_load_lora(p, dir, variant, device, NULL, 1.0f);
+}
+
+int dc_sd_load_lora(dc_sd_pipeline *p, const char *dir, const char *variant, int device, const char *lora,
+                    float lora_scale) {
     memset(p, 0, sizeof *p);
     p->device = device;
     char *tok = dc_path_join(dir, "tokenizer"), *text = dc_path_join(dir, "text_encoder"),
@@ -131,7 +144,7 @@ int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int devi
              dc_clip_text_load(&p->text_encoder, text, variant, device) ||
              dc_unet_cond_load(&p->unet, &p->unet_params, dir, variant, device, &guessed) ||
              dc_vae_load(&p->vae, vae, variant, device) || load_scheduler(p, dir) || check_fit(p, dir) ||
-             dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->unet_params) ||
+             fuse_lora(p, lora, lora_scale) || dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->unet_params) ||
              dc_params_pack(&p->vae->params);
     if (guessed)
         fprintf(stderr, "diffc: note: %s/unet has no plain weights; using its only variant, %s\n", dir, guessed);
