@@ -648,12 +648,10 @@ int dc_nn_linear_init(dc_nn_linear *l, dc_params *ps, const char *prefix, int64_
 
 int dc_nn_lora_init(dc_nn_lora *a, dc_params *ps, const char *prefix, int64_t in, int64_t out,
                     int rank, float alpha) {
-    char name[512];
-    snprintf(name, sizeof name, "%s.lora_A", prefix);
-    a->A = dc_params_add(ps, name, "weight", DC_SHAPE(rank, in), DC_LAYOUT_LINEAR, DC_INIT_UNIFORM,
-                         in > 0 ? fan_in_bound(in) : 0.0f);
-    snprintf(name, sizeof name, "%s.lora_B", prefix);
-    a->B = dc_params_add(ps, name, "weight", DC_SHAPE(out, rank), DC_LAYOUT_LINEAR, DC_INIT_ZEROS, 0);
+    a->A = dc_params_add(ps, prefix, "lora_A.weight", DC_SHAPE(rank, in), DC_LAYOUT_LINEAR,
+                         DC_INIT_UNIFORM, in > 0 ? fan_in_bound(in) : 0.0f);
+    a->B = dc_params_add(ps, prefix, "lora_B.weight", DC_SHAPE(out, rank), DC_LAYOUT_LINEAR,
+                         DC_INIT_ZEROS, 0);
     a->scale = rank > 0 ? alpha / (float)rank : 0.0f;
     return ps->failed ? -1 : 0;
 }

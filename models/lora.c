@@ -355,14 +355,14 @@ static int declare_layers(dc_lora *l, dc_unet_cond *m, const dc_params *base) {
         dc_lora_layer *y = &l->layers[i];
         y->target = lin[i];
         y->name = layer_name(base, lin[i]);
-        char prefix[600];
-        if (!y->name)
-            rc = dc_fail("LoRA: a UNet attention layer is not among the given parameters");
-        else if (snprintf(prefix, sizeof prefix, "%s%s", part_prefix[PART_UNET], y->name) >= (int)sizeof prefix)
-            rc = dc_fail("LoRA: %s: name too long", y->name);
-        else
-            rc = dc_nn_lora_init(&y->adapter, &l->params, prefix, lin[i]->weight->shape[1],
-                                 lin[i]->weight->shape[0], l->rank, l->alpha);
+        char *prefix = NULL;
+        if (y->name && asprintf(&prefix, "%s%s", part_prefix[PART_UNET], y->name) < 0)
+            prefix = NULL;
+        rc = !y->name ? dc_fail("LoRA: a UNet attention layer is not among the given parameters")
+             : !prefix ? dc_fail("LoRA: out of memory")
+                       : dc_nn_lora_init(&y->adapter, &l->params, prefix, lin[i]->weight->shape[1],
+                                         lin[i]->weight->shape[0], l->rank, l->alpha);
+        free(prefix);
     }
     free(lin);
     return rc;

@@ -120,8 +120,10 @@ START_TEST(test_attach_init) {
     dc_tensor *same = dc_unet_cond_forward(ctx, &u.m, x, dc_from_host(ctx, DC_F32, DC_SHAPE(1), &t), text);
     ck_assert_msg(same != NULL, "%s", dc_error());
     ck_assert(memcmp(base->data, same->data, dc_tensor_bytes(base)) == 0);
-    ck_assert_int_ne(dc_lora_attach_unet(&l, &u.m, &u.ps, 0, 8, 11), 0);
     dc_lora_free(&l);
+    ck_assert_int_ne(dc_lora_attach_unet(&l, &u.m, &u.ps, 0, 8, 11), 0);
+    ck_assert_msg(strstr(dc_error(), "rank 0"), "%s", dc_error());
+    ck_assert_ptr_null(u.m.down[0].attentions[0].blocks[0].attn1.q.lora); /* detached */
     tu_ctx_free(ctx);
     unet_free(&u);
 }
@@ -347,8 +349,8 @@ typedef struct key {
 
 /* A LoRA file of the given keys, random f32 values. */
 static void write_keys(const char *path, const key *keys, int n, const char *meta) {
-    dc_st_tensor ts[8];
-    float *data[8];
+    dc_st_tensor ts[8] = {0};
+    float *data[8] = {0};
     for (int k = 0; k < n; k++) {
         int64_t numel = 1;
         for (int d = 0; d < keys[k].ndim; d++)
