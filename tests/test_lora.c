@@ -361,7 +361,7 @@ static void write_keys(const char *path, const key *keys, int n, const char *met
         ts[k] = (dc_st_tensor){.name = (char *)keys[k].name, .dtype = DC_F32, .elem_size = 4,
                                .ndim = keys[k].ndim, .data = data[k], .nbytes = (size_t)numel * 4};
         snprintf(ts[k].dtype_name, sizeof ts[k].dtype_name, "F32");
-        memcpy(ts[k].shape, keys[k].shape, sizeof ts[k].shape);
+        memcpy(ts[k].shape, keys[k].shape, sizeof keys[k].shape);
     }
     const char *mk[] = {"lora_adapter_metadata"};
     ck_assert_msg(dc_st_write(path, ts, n, mk, &meta, meta ? 1 : 0) == 0, "%s", dc_error());
