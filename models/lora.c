@@ -108,8 +108,10 @@ static int add_tensor(lora_file *lf, const dc_st_tensor *t) {
                        "(unet.<module>.lora_A.weight)", lf->path, key);
     int part = PART_UNET;
     for (int p = 0; p < PARTS; p++)
-        if (!strncmp(key, part_prefix[p], strlen(part_prefix[p])))
+        if (!strncmp(key, part_prefix[p], strlen(part_prefix[p]))) {
             part = p, key += strlen(part_prefix[p]);
+            break;
+        }
     size_t len = strlen(key);
     for (size_t s = 0; s < sizeof suffixes / sizeof suffixes[0]; s++) {
         size_t sl = strlen(suffixes[s].suffix);

@@ -13,7 +13,11 @@
  *       unchanged until a step is taken); `base` is frozen (dc_params_freeze:
  *       no gradients, its gradient buffer given back).
  *   the optimizer, clipping, all-reduce, EMA: over lora.params alone
- *       (lora.params.data / .grad / .total); dc_params_zero_grad(&lora.params).
+ *       (lora.params.data / .grad / .total); dc_params_zero_grad(&lora.params);
+ *       a grad_ready hook (ops.h) is told only of the adapters' gradients,
+ *       dc_params_span(&lora.params, ...) places them. The base is never
+ *       packed (dc_params_pack) while adapters train. train_text_to_image_lora.py
+ *       uses lora_alpha = rank (scale 1) unless told otherwise.
  *   dc_unet_cond_forward(ctx, &unet, ...), dc_backward: the adapters are in
  *       the forward pass; gradients reach only lora.params.
  *   dc_lora_save(&lora, dir): DIR/pytorch_lora_weights.safetensors, what
@@ -21,12 +25,17 @@
  *   resuming: dc_lora_load(&lora, file) after attaching (the optimizer state
  *       is the trainer's).
  *   dc_lora_free(&lora) detaches the adapters, then the UNet may be freed.
+ * The adapters sit inside the linear layers (dc_nn_linear.lora), so every
+ * path through the UNet (dc_unet_cond_forward_text's precomputed keys,
+ * recomputed checkpointed blocks) includes them.
  *
  * The file is what diffusers 0.42's save_lora_weights writes for a PEFT
  * adapter: "unet.<module>.lora_A.weight" [rank, in] and ".lora_B.weight"
  * [out, rank] in f32, __metadata__ {"format": "pt", "lora_adapter_metadata":
  * JSON of the LoraConfig with "unet."-prefixed keys (r, lora_alpha,
- * target_modules, ...)}, from which diffusers takes lora_alpha.
+ * target_modules, ...)}, from which diffusers takes lora_alpha
+ * (train_text_to_image_lora.py itself renames the keys to ".lora.down" /
+ * ".lora.up" and saves no metadata; diffusers reads both).
  *
  * Reading (dc_lora_load, dc_lora_fuse) also takes the older diffusers names:
  * ".lora.down.weight" / ".lora.up.weight" (train_text_to_image_lora.py's

@@ -398,6 +398,7 @@ START_TEST(test_hostile_files) {
          NULL, "no layer nowhere.to_q"},
         {{{"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", 2, {4, 16}}}, 1, NULL, "kohya-style"},
         {{{"unet." Q_MODULE ".lora_magnitude_vector", 1, {16}}}, 1, NULL, "lora_magnitude_vector: not a LoRA"},
+        {{{"unet.down\n\tblocks.lora_up", 1, {16}}}, 1, NULL, "unet.down??blocks.lora_up: not a LoRA"},
         {{{QA, 2, {4, 16}}, {QB, 2, {16, 4}}}, 2, "{\"unet.use_dora\": true}", "unet.use_dora"},
         {{{QA, 2, {4, 16}}, {QB, 2, {16, 4}}}, 2, "[1,", "not a JSON object"},
         {{{QA, 2, {4, 16}}, {QB, 2, {16, 4}}}, 2, "{\"unet.lora_alpha\": -1}", "not a positive number"},
