@@ -5,13 +5,8 @@
 
 static _Thread_local char message[1024];
 
-/* A message is one line whatever it quotes: a control byte from a file (a
- * tensor name holding "\n", say) is shown as '?'. */
 int dc_vfail(const char *fmt, va_list ap) {
     vsnprintf(message, sizeof message, fmt, ap);
-    for (char *c = message; *c; c++)
-        if ((unsigned char)*c < 0x20 || *c == 0x7f)
-            *c = '?';
     return -1;
 }
 

@@ -236,6 +236,17 @@ static float *to_f32(const dc_st_tensor *t) {
     return x;
 }
 
+/* The failure of a reader function, its message made one line: the key
+ * names it quotes come from the file and may hold control bytes ('?'). */
+static int one_line(void) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", dc_error());
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
+    return dc_fail("%s", msg);
+}
+
 /* ---- fusing into the weights ---- */
 
 /* The linear weight of module m in ps (after rename), its shape checked. */
@@ -291,7 +302,7 @@ int dc_lora_fuse(const char *path, float lora_scale, dc_params *unet, dc_params 
                  dc_rename_fn text_rename) {
     lora_file lf;
     if (file_open(&lf, path))
-        return -1;
+        return one_line();
     dc_param **target = calloc((size_t)lf.n + 1, sizeof *target);
     int rc = target ? 0 : dc_fail("%s: out of memory", lf.path);
     for (int i = 0; i < lf.n && !rc; i++) {
@@ -305,7 +316,7 @@ int dc_lora_fuse(const char *path, float lora_scale, dc_params *unet, dc_params 
     }
     free(target);
     file_close(&lf);
-    return rc ? -1 : 0;
+    return rc ? one_line() : 0;
 }
 
 /* ---- attaching to the UNet for training ---- */
@@ -465,7 +476,7 @@ static int copy_to(dc_tensor *dst, int device, const dc_st_tensor *src) {
 int dc_lora_load(dc_lora *l, const char *path) {
     lora_file lf;
     if (file_open(&lf, path))
-        return -1;
+        return one_line();
     int *at = calloc((size_t)lf.n + 1, sizeof *at), rc = at ? 0 : dc_fail("%s: out of memory", lf.path);
     for (int i = 0; i < lf.n && !rc; i++)
         rc = check_module(&lf, &lf.m[i]) || load_target(l, &lf, &lf.m[i], &at[i]);
@@ -479,5 +490,5 @@ int dc_lora_load(dc_lora *l, const char *path) {
     }
     free(at);
     file_close(&lf);
-    return rc ? -1 : 0;
+    return rc ? one_line() : 0;
 }
