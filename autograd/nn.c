@@ -618,6 +618,16 @@ int dc_params_pack(dc_params *ps) {
     return 0;
 }
 
+void dc_params_freeze(dc_params *ps) {
+    for (int k = 0; k < ps->n; k++) {
+        ps->p[k]->value.requires_grad = false;
+        ps->p[k]->value.grad = NULL;
+        ps->p[k]->grad.data = NULL;
+    }
+    dc_arena_free(&ps->grads);
+    ps->grad = NULL;
+}
+
 /* ---- layers ---- */
 
 /* PyTorch's default for conv and linear: kaiming_uniform(a = sqrt(5)) on the
@@ -632,11 +642,27 @@ int dc_nn_linear_init(dc_nn_linear *l, dc_params *ps, const char *prefix, int64_
     l->bias = bias ? dc_params_add(ps, prefix, "bias", DC_SHAPE(out), DC_LAYOUT_PLAIN,
                                    DC_INIT_UNIFORM, b)
                    : NULL;
+    l->lora = NULL;
     return ps->failed ? -1 : 0;
 }
 
+int dc_nn_lora_init(dc_nn_lora *a, dc_params *ps, const char *prefix, int64_t in, int64_t out,
+                    int rank, float alpha) {
+    a->A = dc_params_add(ps, prefix, "lora_A.weight", DC_SHAPE(rank, in), DC_LAYOUT_LINEAR,
+                         DC_INIT_UNIFORM, in > 0 ? fan_in_bound(in) : 0.0f);
+    a->B = dc_params_add(ps, prefix, "lora_B.weight", DC_SHAPE(out, rank), DC_LAYOUT_LINEAR,
+                         DC_INIT_ZEROS, 0);
+    a->scale = rank > 0 ? alpha / (float)rank : 0.0f;
+    return ps->failed ? -1 : 0;
+}
+
+/* PEFT's order: B applied to scale * (A x), the scale on the narrow [..., rank]. */
 dc_tensor *dc_nn_linear_forward(dc_ctx *ctx, const dc_nn_linear *l, dc_tensor *x) {
-    return dc_linear(ctx, x, l->weight, l->bias);
+    dc_tensor *y = dc_linear(ctx, x, l->weight, l->bias);
+    if (!l->lora)
+        return y;
+    dc_tensor *h = dc_scale(ctx, dc_linear(ctx, x, l->lora->A, NULL), l->lora->scale);
+    return dc_add(ctx, y, dc_linear(ctx, h, l->lora->B, NULL));
 }
 
 int dc_nn_conv2d_init(dc_nn_conv2d *l, dc_params *ps, const char *prefix, int64_t cin,

@@ -148,12 +148,31 @@ int dc_params_alloc_load(dc_params *ps, int device, const char *path, dc_rename_
  * happens on a GPU or where no direct kernel runs. */
 int dc_params_pack(dc_params *ps);
 
+/* Freeze every parameter (a LoRA's base model): none requires a gradient,
+ * so backward passes record and compute nothing for them, and the gradient
+ * buffer is given back (ps->grad NULL). The values stay. */
+void dc_params_freeze(dc_params *ps);
+
 /* ---- layers ---- */
+
+/* A low-rank adapter on a linear layer (LoRA, as PEFT's lora.Linear):
+ * y = W x + b + scale B (A x), scale = lora_alpha / rank. PEFT's default
+ * init: A kaiming-uniform (a = sqrt(5), the bound 1/sqrt(in)), B zero, so a
+ * fresh adapter changes nothing. models/lora.h attaches them to a model. */
+typedef struct dc_nn_lora {
+    dc_tensor *A; /* [rank, in] lora_A.weight */
+    dc_tensor *B; /* [out, rank] lora_B.weight */
+    float scale;  /* lora_alpha / rank */
+} dc_nn_lora;
+/* Declare prefix.lora_A.weight and prefix.lora_B.weight in `ps`. */
+int dc_nn_lora_init(dc_nn_lora *a, dc_params *ps, const char *prefix, int64_t in, int64_t out,
+                    int rank, float alpha);
 
 /* x [..., in] -> [..., out]; PyTorch's nn.Linear init. */
 typedef struct dc_nn_linear {
     dc_tensor *weight; /* [out, in] */
     dc_tensor *bias;   /* [out], NULL without bias */
+    const dc_nn_lora *lora; /* NULL, or an adapter added to the output (set by its owner) */
 } dc_nn_linear;
 int dc_nn_linear_init(dc_nn_linear *l, dc_params *ps, const char *prefix, int64_t in, int64_t out,
                       bool bias);

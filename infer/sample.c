@@ -61,12 +61,13 @@
 
 typedef struct sample_options {
     const char *model, *variant, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device,
-        *mixed_precision, *prompt, *prompt_file, *negative_prompt;
+        *mixed_precision, *prompt, *prompt_file, *negative_prompt, *lora;
     int64_t num_inference_steps;          /* 0: the scheduler's default */
     int64_t num_images;                   /* 0: DEFAULT_IMAGES, or one per init image */
     int64_t batch_size, seed, resolution; /* resolution 0: the model's sample_size */
     int64_t height, width, clip_skip;     /* text-to-image; 0: the model's size */
     double eta, guidance_scale, strength; /* guidance_scale 0: the kind's default */
+    double lora_scale;
     bool no_ema;
 } sample_options;
 
@@ -103,6 +104,10 @@ static const dc_cli_option options[] = {
      "text-to-image: image width in pixels"},
     {"clip-skip", DC_CLI_INT, FIELD(clip_skip), "N", "0", NULL, 0, 1024, false,
      "text-to-image: text encoder layers to skip"},
+    {"lora", DC_CLI_STRING, FIELD(lora), "DIR|FILE", NULL, "default: none", 0, 0, false,
+     "text-to-image: a LoRA (pytorch_lora_weights.safetensors) fused into the weights"},
+    {"lora-scale", DC_CLI_FLOAT, FIELD(lora_scale), "X", "1", NULL, -1e6, 1e6, false,
+     "text-to-image: the LoRA's weight"},
     {"class-label", DC_CLI_STRING, FIELD(class_label), "K|LIST|all", NULL, "default: all", 0, 0, false,
      "class labels, cycled over the images"},
     {"guidance-scale", DC_CLI_FLOAT, FIELD(guidance_scale), "X", NULL, "default: 1; text-to-image 7.5", 1, 1e6,
@@ -337,6 +342,7 @@ static const char *text_option(const sample_options *o) {
            : o->height          ? "--height"
            : o->width           ? "--width"
            : o->clip_skip       ? "--clip-skip"
+           : o->lora            ? "--lora"
                                 : NULL;
 }
 
@@ -383,7 +389,7 @@ static int setup_text(run *r) {
     if (o->class_label || o->timestep_spacing)
         return dc_fail("%s: a text-to-image pipeline takes prompts and its scheduler's own spacing",
                        o->class_label ? "--class-label" : "--timestep-spacing");
-    if (dc_sd_load(&r->sd, o->model, o->variant, r->device) ||
+    if (dc_sd_load_lora(&r->sd, o->model, o->variant, r->device, o->lora, (float)o->lora_scale) ||
         dc_prompts_read(o->prompt, o->prompt_file, &r->prompts, &r->n_prompts) || text_image_size(r) ||
         dc_sd_sampler(&r->sd, o->scheduler, o->num_inference_steps ? (int)o->num_inference_steps : SD_STEPS,
                       &r->sampler))

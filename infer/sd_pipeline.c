@@ -8,6 +8,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "models/config_json.h"
+#include "models/lora.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -107,19 +108,29 @@ static int load_scheduler(dc_sd_pipeline *p, const char *dir) {
     return p->scheduler_json ? 0 : -1;
 }
 
-int dc_sd_load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
+/* The tokenizer, text encoder, VAE and scheduler, their weights unpacked. */
+static int load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
     memset(p, 0, sizeof *p);
     p->device = device;
     char *tok = dc_path_join(dir, "tokenizer"), *text = dc_path_join(dir, "text_encoder"),
          *vae = dc_path_join(dir, "vae");
     int rc = !tok || !text || !vae || check_index(dir) || dc_bpe_load(&p->tokenizer, tok) ||
              dc_clip_text_load(&p->text_encoder, text, variant, device) ||
-             dc_vae_load(&p->vae, vae, variant, device) || load_scheduler(p, dir) ||
-             dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->vae->params);
+             dc_vae_load(&p->vae, vae, variant, device) || load_scheduler(p, dir);
     free(tok);
     free(text);
     free(vae);
     if (rc) {
+        dc_sd_free(p);
+        return -1;
+    }
+    return 0;
+}
+
+int dc_sd_load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
+    if (load_frozen(p, dir, variant, device))
+        return -1;
+    if (dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->vae->params)) {
         dc_sd_free(p);
         return -1;
     }
@@ -138,12 +149,26 @@ int dc_sd_check_unet(const dc_sd_pipeline *p, const dc_unet_cond_config *u, cons
     return 0;
 }
 
+/* The LoRA of `lora` (NULL: none) fused into the text encoder and the UNet. */
+static int fuse_lora(dc_sd_pipeline *p, const char *lora, float scale) {
+    return lora ? dc_lora_fuse(lora, scale, &p->unet_params, &p->text_encoder->params,
+                               dc_clip_text_renamer(p->text_encoder))
+                : 0;
+}
+
 int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
+    return dc_sd_load_lora(p, dir, variant, device, NULL, 1.0f);
+}
+
+int dc_sd_load_lora(dc_sd_pipeline *p, const char *dir, const char *variant, int device, const char *lora,
+                    float lora_scale) {
     char *guessed = NULL;
-    if (dc_sd_load_frozen(p, dir, variant, device))
+    if (load_frozen(p, dir, variant, device))
         return -1;
     int rc = dc_unet_cond_load(&p->unet, &p->unet_params, dir, variant, device, &guessed) ||
-             dc_sd_check_unet(p, &p->unet.cfg, dir) || dc_params_pack(&p->unet_params);
+             dc_sd_check_unet(p, &p->unet.cfg, dir) || fuse_lora(p, lora, lora_scale) ||
+             dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->unet_params) ||
+             dc_params_pack(&p->vae->params);
     if (guessed)
         fprintf(stderr, "diffc: note: %s/unet has no plain weights; using its only variant, %s\n", dir, guessed);
     free(guessed);

@@ -53,6 +53,12 @@ bool dc_sd_is_pipeline(const char *dir);
 /* Open the pipeline in `dir` with the weights of `variant` (NULL: the plain
  * ones) on `device`. On failure *p is left empty (safe to free). */
 int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int device);
+/* dc_sd_load with a LoRA (models/lora.h: a pytorch_lora_weights.safetensors
+ * or its folder; NULL: none) fused into the UNet's and text encoder's
+ * weights at lora_scale before they are packed, as diffusers'
+ * load_lora_weights then fuse_lora(lora_scale) gives them. */
+int dc_sd_load_lora(dc_sd_pipeline *p, const char *dir, const char *variant, int device, const char *lora,
+                    float lora_scale);
 void dc_sd_free(dc_sd_pipeline *p);
 /* dc_sd_load without the UNet (unet and unet_params left empty): for a
  * trainer, which declares the UNet in parameters of its own; the text
