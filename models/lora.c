@@ -357,7 +357,7 @@ static char *layer_name(const dc_params *base, const dc_nn_linear *lin) {
     return NULL;
 }
 
-/* Declare every layer's adapter; nothing attached yet. */
+/* Declare every layer's adapter in l->params; nothing attached yet. */
 static int declare_layers(dc_lora *l, dc_unet_cond *m, const dc_params *base) {
     dc_nn_linear **lin = calloc((size_t)l->n + 1, sizeof *lin);
     if (!lin)
@@ -373,7 +373,7 @@ static int declare_layers(dc_lora *l, dc_unet_cond *m, const dc_params *base) {
             prefix = NULL;
         rc = !y->name ? dc_fail("LoRA: a UNet attention layer is not among the given parameters")
              : !prefix ? dc_fail("LoRA: out of memory")
-                       : dc_nn_lora_init(&y->adapter, &l->params, prefix, lin[i]->weight->shape[1],
+                       : dc_nn_lora_init(&y->adapter, l->params, prefix, lin[i]->weight->shape[1],
                                          lin[i]->weight->shape[0], l->rank, l->alpha);
         free(prefix);
     }
@@ -381,20 +381,19 @@ static int declare_layers(dc_lora *l, dc_unet_cond *m, const dc_params *base) {
     return rc;
 }
 
-int dc_lora_attach_unet(dc_lora *l, dc_unet_cond *m, dc_params *base, int rank, float alpha, uint64_t seed) {
+int dc_lora_declare_unet(dc_lora *l, dc_unet_cond *m, const dc_params *base, dc_params *ps, int rank,
+                         float alpha) {
     memset(l, 0, sizeof *l);
-    dc_params_init(&l->params);
+    l->params = ps;
     if (rank < 1 || rank > 65536 || !(alpha > 0) || !isfinite(alpha))
         return dc_fail("LoRA: rank %d and alpha %g: need a rank of 1 to 65536 and a positive alpha", rank, alpha);
-    if (!base->data)
-        return dc_fail("LoRA: the UNet's parameters are not allocated");
     l->rank = rank;
     l->alpha = alpha;
     l->n = unet_targets(m, NULL);
     if (!l->n)
         return dc_fail("LoRA: the UNet has no attention layers to adapt");
     l->layers = calloc((size_t)l->n, sizeof *l->layers);
-    if (!l->layers || declare_layers(l, m, base) || dc_params_alloc_on(&l->params, base->device, seed)) {
+    if (!l->layers || declare_layers(l, m, base)) {
         if (!l->layers)
             dc_fail("LoRA: out of memory");
         dc_lora_free(l);
@@ -402,6 +401,25 @@ int dc_lora_attach_unet(dc_lora *l, dc_unet_cond *m, dc_params *base, int rank, 
     }
     for (int i = 0; i < l->n; i++)
         l->layers[i].target->lora = &l->layers[i].adapter;
+    return 0;
+}
+
+int dc_lora_attach_unet(dc_lora *l, dc_unet_cond *m, dc_params *base, int rank, float alpha, uint64_t seed) {
+    if (!base->data)
+        return memset(l, 0, sizeof *l), dc_fail("LoRA: the UNet's parameters are not allocated");
+    dc_params *own = malloc(sizeof *own);
+    if (!own)
+        return memset(l, 0, sizeof *l), dc_fail("LoRA: out of memory");
+    dc_params_init(own);
+    if (dc_lora_declare_unet(l, m, base, own, rank, alpha)) {
+        free(own);
+        return -1;
+    }
+    l->owns_params = true;
+    if (dc_params_alloc_on(l->params, base->device, seed)) {
+        dc_lora_free(l);
+        return -1;
+    }
     dc_params_freeze(base);
     return 0;
 }
@@ -413,7 +431,10 @@ void dc_lora_free(dc_lora *l) {
         free(l->layers[i].name);
     }
     free(l->layers);
-    dc_params_free(&l->params);
+    if (l->owns_params) {
+        dc_params_free(l->params);
+        free(l->params);
+    }
     memset(l, 0, sizeof *l);
 }
 
@@ -442,7 +463,7 @@ int dc_lora_save(const dc_lora *l, const char *dir) {
     char *meta = adapter_metadata(l), *path = dc_path_join(dir, DC_LORA_WEIGHTS_FILE);
     const char *keys[] = {"format", "lora_adapter_metadata"}, *values[] = {"pt", meta};
     int rc = !meta || !path ? dc_fail("%s: out of memory", dir)
-                            : dc_mkdirs(dir) || dc_params_save(&l->params, NULL, path, keys, values, 2);
+                            : dc_mkdirs(dir) || dc_params_save(l->params, NULL, path, keys, values, 2);
     free(meta);
     free(path);
     return rc ? -1 : 0;
@@ -484,8 +505,8 @@ int dc_lora_load(dc_lora *l, const char *path) {
         rc = dc_fail("%s: adapts %d layers; the model has adapters on %d", lf.path, lf.n, l->n);
     for (int i = 0; i < lf.n && !rc; i++) {
         dc_lora_layer *y = &l->layers[at[i]];
-        rc = copy_to(y->adapter.A, l->params.device, lf.m[i].t[ROLE_A]) ||
-             copy_to(y->adapter.B, l->params.device, lf.m[i].t[ROLE_B]);
+        rc = copy_to(y->adapter.A, l->params->device, lf.m[i].t[ROLE_A]) ||
+             copy_to(y->adapter.B, l->params->device, lf.m[i].t[ROLE_B]);
         y->adapter.scale = module_scale(&lf, &lf.m[i]);
     }
     free(at);

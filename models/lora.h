@@ -12,10 +12,10 @@
  *       PEFT's init (A kaiming-uniform from Philox(seed), B zero: the model is
  *       unchanged until a step is taken); `base` is frozen (dc_params_freeze:
  *       no gradients, its gradient buffer given back).
- *   the optimizer, clipping, all-reduce, EMA: over lora.params alone
- *       (lora.params.data / .grad / .total); dc_params_zero_grad(&lora.params);
+ *   the optimizer, clipping, all-reduce, EMA: over *lora.params alone
+ *       (lora.params->data / ->grad / ->total); dc_params_zero_grad(lora.params);
  *       a grad_ready hook (ops.h) is told only of the adapters' gradients,
- *       dc_params_span(&lora.params, ...) places them. The base is never
+ *       dc_params_span(lora.params, ...) places them. The base is never
  *       packed (dc_params_pack) while adapters train. train_text_to_image_lora.py
  *       uses lora_alpha = rank (scale 1) unless told otherwise.
  *   dc_unet_cond_forward(ctx, &unet, ...), dc_backward: the adapters are in
@@ -66,7 +66,8 @@ typedef struct dc_lora_layer {
 } dc_lora_layer;
 
 typedef struct dc_lora {
-    dc_params params; /* every A and B, named as in the file ("unet.<module>.lora_A.weight"): what trains */
+    dc_params *params; /* every A and B, named as in the file ("unet.<module>.lora_A.weight"): what trains */
+    bool owns_params;  /* dc_lora_attach_unet's own set, freed with the adapters */
     int rank;
     float alpha;
     int n;
@@ -78,7 +79,16 @@ typedef struct dc_lora {
  * and freeze `base` (the UNet's parameters, allocated). On failure *l is
  * left empty and nothing is attached. */
 int dc_lora_attach_unet(dc_lora *l, dc_unet_cond *m, dc_params *base, int rank, float alpha, uint64_t seed);
-/* Detach the adapters and free them; safe on an empty *l. */
+/* dc_lora_attach_unet's first half, for a trainer that keeps its trained
+ * parameters in one set: declare the adapters in `ps` (not allocated yet;
+ * dc_params_alloc_on(ps, device, seed) gives PEFT's init) and attach them,
+ * naming them after base's parameters (declared). Nothing is frozen: the
+ * caller keeps `base` out of its optimizer. No forward pass before `ps` is
+ * allocated. */
+int dc_lora_declare_unet(dc_lora *l, dc_unet_cond *m, const dc_params *base, dc_params *ps, int rank,
+                         float alpha);
+/* Detach the adapters and free them (their parameters only when
+ * dc_lora_attach_unet made them); safe on an empty *l. */
 void dc_lora_free(dc_lora *l);
 
 /* DIR/pytorch_lora_weights.safetensors (DIR made when missing). */

@@ -15,13 +15,14 @@ prediction type the loss, the gradients of the UNet parameters in GRAD_NAMES and
 values after the AdamW step (PyTorch layout, prefixed "<type>.grad." / "<type>.after."),
 captions and settings in the metadata.
 
---check OUT: StableDiffusionPipeline.from_pretrained(OUT) (a folder `diffc train` wrote)
+--check OUT [LORA]: StableDiffusionPipeline.from_pretrained(OUT) (a folder `diffc train` wrote;
+with LORA, the pipeline OUT with load_lora_weights(LORA), what `diffc train --lora-rank` wrote)
 against `diffc sample --model OUT` from the same initial latents (diffc's Philox draw, redone
 here in numpy and passed as latents=): prints the largest pixel difference, exit status 1
 beyond 2/255 (developer-run; needs build/diffc).
 
 Made with diffusers 0.42.1, transformers 5.25, torch 2.15.
-Run: /work/venv-torch/bin/python scripts/make_sd_train_fixtures.py [--check OUT]
+Run: /work/venv-torch/bin/python scripts/make_sd_train_fixtures.py [--check OUT [LORA]]
 """
 import os
 import subprocess
@@ -132,11 +133,14 @@ def philox_normal(seed, stream, n):
     return z.reshape(-1)[:n]
 
 
-def check(out):
-    """diffusers' images of the folder `out` (a folder `diffc train` wrote) against `diffc sample`'s,
-    from the same initial latents: diffc's draw for image 0 of seed 0 (infer/samplers.h), which
-    the pipeline takes as latents=."""
+def check(out, lora=None):
+    """diffusers' images of the folder `out` (a folder `diffc train` wrote; or, with `lora`, the
+    pipeline `out` with load_lora_weights(lora), a folder `diffc train --lora-rank` wrote) against
+    `diffc sample`'s, from the same initial latents: diffc's draw for image 0 of seed 0
+    (infer/samplers.h), which the pipeline takes as latents=."""
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    if lora:
+        pipe.load_lora_weights(lora)
     size = pipe.vae.config.sample_size
     f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     c, side = pipe.unet.config.in_channels, size // f
@@ -146,15 +150,16 @@ def check(out):
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([os.path.join(ROOT, "build", "diffc"), "sample", "--model", out, "--prompt", "a red cube",
                         "--seed", "0", "--num-images", "1", "--num-inference-steps", "4", "--guidance-scale", "7.5",
-                        "--height", str(size), "--width", str(size), "--device", "cpu", "--output-dir", tmp],
+                        "--height", str(size), "--width", str(size), "--device", "cpu", "--output-dir", tmp]
+                       + (["--lora", lora] if lora else []),
                        check=True, stdout=subprocess.DEVNULL)
         ours = np.asarray(Image.open(os.path.join(tmp, "00000.png")), dtype=np.float32) / 255
     diff = float(np.abs(ours - theirs).max())
-    print(f"{out}: diffusers loads it; largest difference from diffc's image {diff:.4f} (8-bit: 1/255 = 0.0039)")
+    print(f"{lora or out}: diffusers loads it; largest difference from diffc's image {diff:.4f} (8-bit: 1/255 = 0.0039)")
     return 0 if diff <= 2 / 255 else 1
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--check":
-        sys.exit(check(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--check":
+        sys.exit(check(*sys.argv[2:]))
     make()

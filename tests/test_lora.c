@@ -102,7 +102,7 @@ START_TEST(test_attach_init) {
     dc_lora l;
     ck_assert_msg(dc_lora_attach_unet(&l, &u.m, &u.ps, 4, 8, 11) == 0, "%s", dc_error());
     ck_assert_int_eq(l.n, 32); /* 2 transformer blocks x 2 attentions x 4 projections */
-    ck_assert_int_eq(l.params.n, 64);
+    ck_assert_int_eq(l.params->n, 64);
     ck_assert_ptr_null(u.ps.grad);
     for (int i = 0; i < l.n; i++) {
         const dc_tensor *A = l.layers[i].adapter.A, *B = l.layers[i].adapter.B;
@@ -148,10 +148,10 @@ START_TEST(test_step_matches_peft) {
     dc_tensor *loss = dc_mse_loss(ctx, pred, from_ref(ctx, &f, "target"), NULL);
     ck_assert_msg(loss != NULL, "%s", dc_error());
     tu_check_close(loss->data, find(&f, "loss")->data, 1, 1e-5, "loss");
-    ck_assert_msg(dc_params_zero_grad(&l.params) == 0 && dc_backward(ctx, loss) == 0, "%s", dc_error());
+    ck_assert_msg(dc_params_zero_grad(l.params) == 0 && dc_backward(ctx, loss) == 0, "%s", dc_error());
     int checked = 0;
-    for (int i = 0; i < l.params.n; i++) {
-        const dc_param *p = l.params.p[i];
+    for (int i = 0; i < l.params->n; i++) {
+        const dc_param *p = l.params->p[i];
         char name[600];
         snprintf(name, sizeof name, "grad.%s", p->name);
         float *g = tu_ref_grad(find(&f, name), p);

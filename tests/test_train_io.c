@@ -649,7 +649,7 @@ static void fixture_init(ckpt_fixture *f, int64_t wide) {
         (dc_st_tensor){.name = "step", .dtype_name = "I64", .ndim = 0, .data = &f->step_value, .nbytes = 8};
     f->meta_keys[0] = "train_config";
     f->meta_values[0] = "{\"learning_rate\": 0.0001}";
-    f->pipe = (dc_pipeline){f->unet, f->sched, &f->ps, NULL, f->ema, f->ema_state, NULL};
+    f->pipe = (dc_pipeline){f->unet, f->sched, &f->ps, NULL, f->ema, f->ema_state, NULL, NULL};
     f->ts = (dc_train_state){f->state, 2, f->meta_keys, f->meta_values, 1};
 }
 

@@ -9,6 +9,7 @@
 
 #include "autograd/error.h"
 #include "autograd/fileio.h"
+#include "models/lora.h"
 #include "models/unet.h"
 
 #include <dirent.h>
@@ -181,7 +182,18 @@ static int save_frozen(const char *dir, const char *from, const hook *h) {
     return rc;
 }
 
+static int save_lora(const char *dir, const dc_lora *l, const hook *h) {
+    char *path = dc_path_join(dir, DC_LORA_WEIGHTS_FILE);
+    int rc = !path || dc_lora_save(l, dir) ? -1 : 0;
+    if (!rc)
+        notify(h, path);
+    free(path);
+    return rc ? rc : dc_sync_dir(dir);
+}
+
 static int save_pipeline(const char *dir, const dc_pipeline *p, const hook *h) {
+    if (p->lora)
+        return save_lora(dir, p->lora, h);
     if (!p->params || !p->unet_config || (!p->scheduler_config && !p->frozen_from))
         return dc_fail("%s: a pipeline needs parameters, a UNet config and a scheduler config", dir);
     const float *weights = p->weights ? p->weights : p->params->data;
@@ -454,8 +466,17 @@ static char *weights_path(const char *dir, const char *name) {
     return path;
 }
 
+/* The trained weights of a checkpoint: a LoRA run's adapters, else unet/'s. */
+static char *trained_path(const char *dir) {
+    char *lora = dc_path_join(dir, DC_LORA_WEIGHTS_FILE);
+    if (!lora || is_file(lora))
+        return lora;
+    free(lora);
+    return weights_path(dir, "unet");
+}
+
 static int load_model(const char *dir, const char *name, dc_params *ps, float *data) {
-    char *path = weights_path(dir, name);
+    char *path = !strcmp(name, "unet") ? trained_path(dir) : weights_path(dir, name);
     int rc = path ? 0 : -1;
     if (!rc && !strcmp(name, "unet_ema") && !is_file(path))
         rc = dc_fail("%s: the checkpoint has no EMA weights (it was trained without --use-ema)", dir);
@@ -466,7 +487,7 @@ static int load_model(const char *dir, const char *name, dc_params *ps, float *d
 }
 
 int dc_checkpoint_check(const char *dir, const dc_params *ps) {
-    char *path = weights_path(dir, "unet");
+    char *path = trained_path(dir);
     int rc = path ? dc_params_check_file(ps, path, NULL) : -1;
     free(path);
     return rc;

@@ -53,6 +53,9 @@ typedef struct dc_pipeline {
                                       scheduler/ and frozen components (tokenizer/, text_encoder/,
                                       vae/) the folder takes, hard-linked where the file system
                                       allows, else copied; NULL: a DDPMPipeline (scheduler_config) */
+    const struct dc_lora *lora;    /* a LoRA run (params are its adapters): the folder holds only
+                                      pytorch_lora_weights.safetensors, what diffusers' LoRA training
+                                      writes and load_lora_weights reads */
 } dc_pipeline;
 
 /* What a checkpoint adds: train_state.safetensors. */

@@ -14,12 +14,11 @@
  * position), so they too are the same for any batch split, any number of
  * ranks and after a resume.
  *
- * Where LoRA (train only low-rank adapters) and gradient checkpointing plug
- * in: `declare` decides which parameters are trained (m->ps: only those get
+ * `declare` decides which parameters are trained (m->ps: only those get
  * gradients and optimizer state; a frozen base model lives in the model's
- * own storage, as the SD model's VAE and text encoder do), and `forward`
- * decides how the network runs (the activations it keeps for the backward
- * pass). Neither changes the loop.
+ * own storage, as the SD model's VAE and text encoder do, and with
+ * --lora-rank its UNet, m->ps then holding the LoRA adapters), and `forward`
+ * decides how the network runs.
  */
 #ifndef DC_TRAIN_MODEL_H
 #define DC_TRAIN_MODEL_H
@@ -30,6 +29,7 @@
 #include "autograd/nn.h"
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "models/lora.h"
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>
@@ -93,6 +93,7 @@ struct dc_train_model {
     dc_params ps;         /* the trained parameters, in the flat buffers AdamW and the ranks use */
     cJSON *unet_json;     /* unet/config.json as saved */
     const char *frozen_from; /* dc_pipeline.frozen_from: the SD folder, or NULL */
+    const dc_lora *lora;  /* --lora-rank: m->ps holds the adapters, the saved folders their file alone */
     bool loader_flips;    /* --random-flip is the loader's (images); else the model's */
     size_t frozen_bytes;  /* what the model holds besides m->ps (frozen networks), for the memory check */
     int x0_h, x0_w, x0_c; /* what the diffusion runs on */

@@ -46,6 +46,7 @@
 #include "data/metadata.h"
 #include "state.h"
 #include "infer/sd_pipeline.h"
+#include "models/lora.h"
 #include "models/unet_cond.h"
 
 #include <inttypes.h>
@@ -62,7 +63,9 @@ typedef struct sd_model {
     dc_sd_pipeline sd;         /* the frozen parts; its unet stays empty */
     int64_t resolution;        /* --resolution, or the UNet's sample_size in pixels when not given */
     dc_unet_cond_config cfg;
-    dc_unet_cond unet;         /* the trained UNet, in m->ps */
+    dc_unet_cond unet;         /* the trained UNet, in m->ps (with --lora-rank: in base, its adapters in m->ps) */
+    dc_params base;            /* --lora-rank: the UNet's own weights, frozen */
+    dc_lora lora;              /* --lora-rank: the adapters */
     int64_t tokens, width;     /* of a prompt's embeds */
     int64_t n_prompts;         /* distinct prompts, the empty one first */
     char **prompts;            /* [n_prompts] */
@@ -91,6 +94,28 @@ static void pick_resolution(const dc_train_model *m, sd_model *s) {
                 "factor %d\n", native, s->cfg.sample_size[0], dc_sd_latent_scale(&s->sd));
 }
 
+/* --lora-rank: the UNet loaded from *weights and frozen in s->base, the
+ * adapters declared in m->ps (the loop draws them: PEFT's init); *weights
+ * taken, so that the loop loads nothing. */
+static int declare_lora(dc_train_model *m, sd_model *s, char **weights) {
+    const dc_train_options *o = m->o;
+    if (o->use_ema)
+        return dc_fail("--use-ema with --lora-rank: the adapters have no EMA (diffusers' LoRA training has "
+                       "none either)");
+    float alpha = isnan(o->lora_alpha) ? (float)o->lora_rank : (float)o->lora_alpha;
+    int rc = dc_unet_cond_init(&s->unet, &s->cfg, &s->base) ||
+             dc_params_alloc_load(&s->base, m->device, *weights, dc_unet_rename) ||
+             dc_lora_declare_unet(&s->lora, &s->unet, &s->base, &m->ps, (int)o->lora_rank, alpha);
+    free(*weights);
+    *weights = NULL;
+    if (rc)
+        return -1;
+    dc_params_freeze(&s->base);
+    m->lora = &s->lora;
+    m->frozen_bytes += s->base.total * sizeof(float);
+    return 0;
+}
+
 static int declare(dc_train_model *m, char **weights) {
     sd_model *s = m->impl;
     const dc_train_options *o = m->o;
@@ -106,15 +131,17 @@ static int declare(dc_train_model *m, char **weights) {
         rc = dc_fail("out of memory");
     if (!rc)
         rc = dc_unet_cond_config_parse(&s->cfg, text, config_path) ||
-             dc_sd_check_unet(&s->sd, &s->cfg, o->pretrained_model) || dc_unet_cond_init(&s->unet, &s->cfg, &m->ps);
+             dc_sd_check_unet(&s->sd, &s->cfg, o->pretrained_model);
     free(text);
     free(guessed);
     free(config_path);
     m->frozen_from = o->pretrained_model;
-    if (!rc)
-        pick_resolution(m, s);
     if (!rc) /* values and (unused) gradients */
         m->frozen_bytes = 2 * (s->sd.text_encoder->params.total + s->sd.vae->params.total) * sizeof(float);
+    if (!rc)
+        rc = o->lora_rank ? declare_lora(m, s, weights) : dc_unet_cond_init(&s->unet, &s->cfg, &m->ps);
+    if (!rc)
+        pick_resolution(m, s);
     return rc;
 }
 
@@ -467,7 +494,9 @@ static void model_free(dc_train_model *m) {
     if (!s)
         return;
     dc_sd_free(&s->sd);
+    dc_lora_free(&s->lora);
     dc_unet_cond_free(&s->unet);
+    dc_params_free(&s->base);
     dc_unet_cond_config_free(&s->cfg);
     for (int64_t i = 0; i < s->n_prompts; i++)
         free(s->prompts[i]);

@@ -67,7 +67,8 @@ static int load_config(dc_train_model *m, unet_model *u, char **weights) {
 
 /* The options of text-to-image training are refused, not ignored. */
 static int check_no_text(const dc_train_options *o) {
-    static const char *const text_only[] = {"caption-column", "prompt-template", "validation-prompt"};
+    static const char *const text_only[] = {"caption-column", "prompt-template", "validation-prompt", "lora-rank",
+                                            "lora-alpha"};
     for (size_t i = 0; i < sizeof text_only / sizeof text_only[0]; i++)
         if (dc_train_options_given(o, text_only[i]))
             return dc_fail("--%s is an option of text-to-image training (--pretrained-model a "

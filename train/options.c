@@ -68,6 +68,12 @@ static const dc_train_option table[] = {
            "fp16; unset: the plain weights, or the folder's only variant)"),
     FLOAT("model", dropout, NULL, 0, 1, DC_OPT_NULLABLE | DC_OPT_HI_OPEN,
           "dropout probability in the UNet's resnets (unset: the model config's)"),
+    INT("model", lora_rank, "0", 0, 65536,
+        "text-to-image: train LoRA adapters of this rank on the UNet's attention projections (to_q, to_k, "
+        "to_v, to_out.0) instead of the whole UNet, and save them as pytorch_lora_weights.safetensors "
+        "(0: full fine-tuning)"),
+    FLOAT("model", lora_alpha, NULL, 0, BIG, DC_OPT_NULLABLE | DC_OPT_LO_OPEN,
+          "the adapters' alpha: their output is scaled by alpha / rank (unset: the rank, a scale of 1)"),
 
     STRING("data", train_data_dir, NULL, "DIR", 0,
            "the training images: a folder of PNG/JPEG (classes = subfolders), MNIST/Fashion-MNIST IDX files "
@@ -172,7 +178,8 @@ _Static_assert(sizeof table / sizeof table[0] <= 64, "given and from_pipeline ho
  * train: the "captions" group is the captioner's; the UNet's, diffusion and
  * sample grids, are train's; the rest both take. */
 static bool row_applies(const dc_train_option *r, bool caption) {
-    static const char *const unet_only[] = {"pretrained_model", "variant", "dropout", "classes", "resolution",
+    static const char *const unet_only[] = {"pretrained_model", "variant", "dropout", "lora_rank", "lora_alpha",
+                                            "classes", "resolution",
                                             "zero_stage", "sample_every", "eval_batch_size", "caption_column",
                                             "prompt_template", "validation_prompt",
                                             "ddpm_num_inference_steps", NULL};

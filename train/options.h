@@ -53,6 +53,8 @@ typedef struct dc_train_options {
     char *pretrained_model; /* a diffusers UNet folder (or pipeline with unet/) to start from */
     char *variant;          /* its weight variant ("fp16"); NULL: the plain weights */
     double dropout;         /* NaN: the model config's */
+    int64_t lora_rank;      /* > 0: train LoRA adapters only (text-to-image) */
+    double lora_alpha;      /* NaN: the rank */
     /* data */
     char *train_data_dir;
     char *classes; /* "3", "0,2", "Trouser": train on these classes only; NULL: all */

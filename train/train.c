@@ -252,7 +252,8 @@ static dc_pipeline pipeline_of(const trainer *tr) {
                          .scheduler_config = tr->sched_json,
                          .params = tr->ps,
                          .ema = tr->o.use_ema ? tr->ema.shadow : NULL,
-                         .frozen_from = tr->model.frozen_from};
+                         .frozen_from = tr->model.frozen_from,
+                         .lora = tr->model.lora};
 }
 
 static int write_checkpoint(trainer *tr, uint64_t fingerprint, const float *m, const float *v) {
