@@ -135,42 +135,10 @@ END_TEST
 
 /* ---- a captioned folder of shapes ---- */
 
-static const char *const colours[] = {"red", "blue"};
-static const uint8_t rgb[2][3] = {{220, 30, 30}, {30, 40, 220}};
-static const char *const shapes[] = {"window", "ball"}; /* one token each in the tiny vocabulary */
 #define COPIES 2
-#define SIDE 24
 
-/* 24 x 24 images of a red or blue square ("window") or disc ("ball") on gray,
- * a little moved from copy to copy, and metadata.jsonl with "a <colour> <shape>". */
-static void make_shapes(const char *dir) {
-    char mpath[512];
-    snprintf(mpath, sizeof mpath, "%s/metadata.jsonl", dir);
-    ck_assert_int_eq(dc_mkdirs(dir), 0);
-    FILE *meta = fopen(mpath, "w");
-    ck_assert_ptr_nonnull(meta);
-    for (int c = 0; c < 2; c++)
-        for (int s = 0; s < 2; s++)
-            for (int k = 0; k < COPIES; k++) {
-                dc_image img;
-                ck_assert(!dc_image_alloc(&img, SIDE, SIDE, 3));
-                int cx = 11 + k, cy = 12 - k;
-                for (int y = 0; y < SIDE; y++)
-                    for (int x = 0; x < SIDE; x++) {
-                        int dx = x - cx, dy = y - cy;
-                        bool in = s == 0 ? abs(dx) <= 6 && abs(dy) <= 6 : dx * dx + dy * dy <= 49;
-                        for (int ch = 0; ch < 3; ch++)
-                            img.px[(y * SIDE + x) * 3 + ch] = in ? rgb[c][ch] : 128;
-                    }
-                char name[64], path[512];
-                snprintf(name, sizeof name, "%s_%s_%d.png", colours[c], shapes[s], k);
-                snprintf(path, sizeof path, "%s/%s", dir, name);
-                ck_assert_msg(!dc_image_save_png(&img, path), "%s", dc_error());
-                dc_image_free(&img);
-                fprintf(meta, "{\"file_name\": \"%s\", \"text\": \"a %s %s\"}\n", name, colours[c], shapes[s]);
-            }
-    fclose(meta);
-}
+/* The shapes of testutil.h, COPIES of each, captioned. */
+static void make_shapes(const char *dir) { tu_make_shapes(dir, COPIES, true); }
 
 /* The caption `diffc caption` gave file `name` in the metadata.jsonl text. */
 static char *caption_of(const char *text, const char *name) {
@@ -211,8 +179,8 @@ START_TEST(test_learns_shapes) {
         for (int s = 0; s < 2; s++)
             for (int k = 0; k < COPIES; k++) {
                 char name[64], want[64];
-                snprintf(name, sizeof name, "%s_%s_%d.png", colours[c], shapes[s], k);
-                snprintf(want, sizeof want, "a %s %s", colours[c], shapes[s]);
+                snprintf(name, sizeof name, "%s_%s_%d.png", tu_shape_colours[c], tu_shape_kinds[s], k);
+                snprintf(want, sizeof want, "a %s %s", tu_shape_colours[c], tu_shape_kinds[s]);
                 char *got = caption_of(text, name);
                 ck_assert_msg(got && !strcmp(got, want), "%s: \"%s\", want \"%s\"", name, got ? got : "(none)",
                               want);

@@ -2,8 +2,11 @@
  * `diffc train` on a Stable Diffusion pipeline (train/model_sd.c): one step
  * against diffusers, a tiny fine-tune that writes a pipeline folder `diffc
  * sample` reads, a killed run resumed to the same weights, bad data refused
- * with the output folder untouched, and (`test_train_sd dist`) two ranks
- * training as one process with the double batch.
+ * with the output folder untouched, LoRA runs (--lora-rank: the adapters'
+ * file alone, resumed bit for bit), the loop a user runs (caption a folder,
+ * fine-tune LoRA on the captions, generate by prompt: the prompted colour
+ * comes out), and (`test_train_sd dist`) two ranks training as one process
+ * with the double batch.
  *
  * Fixture: scripts/make_sd_train_fixtures.py (diffusers 0.42.1, torch 2.15)
  * on tests/fixtures/sd_tiny: the text embeds and latent distribution of two
@@ -18,6 +21,7 @@
 #include "autograd/safetensors.h"
 #include "data/image.h"
 #include "infer/sd_pipeline.h"
+#include "models/lora.h"
 #include "train/model.h"
 
 #include <cjson/cJSON.h>
@@ -29,6 +33,8 @@
 #include <sys/stat.h>
 
 #define SD "tests/fixtures/sd_tiny"
+#define SHAPES_SD "tests/fixtures/sd_shapes" /* trained to draw shapes: scripts/make_sd_shapes_fixture.py */
+#define CAPTIONER "tests/fixtures/train_caption/model"
 #define REFERENCE "tests/fixtures/sd_train_step.safetensors"
 
 static const dc_st_tensor *ref_find(const dc_st_file *f, const char *name) {
@@ -321,6 +327,169 @@ START_TEST(test_bad_data) {
 }
 END_TEST
 
+/* --lora-rank: the checkpoints and the output hold the adapters' file alone
+ * (what load_lora_weights reads), the adapters moved from their init (B
+ * starts at zero), `diffc sample --lora` reads the result, and a run killed
+ * after checkpoint-2 and resumed ends with the same adapters, bit for bit;
+ * EMA and a UNet2DModel are refused. */
+START_TEST(test_lora_run) {
+    tu_mkdtemp("tsdlora");
+    char data[512], a[512], b[512], gen[512];
+    snprintf(data, sizeof data, "%s", tu_path("data"));
+    make_data(data);
+    snprintf(a, sizeof a, "%s", tu_path("a"));
+    snprintf(b, sizeof b, "%s", tu_path("b"));
+    snprintf(gen, sizeof gen, "%s", tu_path("gen"));
+    const char *args[] = {"train", "--pretrained-model", SD, "--train-data-dir", data, "--output-dir", a,
+                          "--resolution", "16", "--max-train-steps", "5", "--train-batch-size", "2",
+                          "--gradient-accumulation-steps", "2", "--learning-rate", "1e-3", "--lr-warmup-steps",
+                          "2", "--lora-rank", "4", "--lora-alpha", "8", "--random-flip", "--cond-drop-prob", "0.3",
+                          "--checkpointing-steps", "1", "--sample-every", "0", "--device", "cpu", "--cache-dir", a,
+                          NULL, NULL, NULL};
+    tu_run_result *r = tu_run_diffc(args);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    char path[700];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/unet", a);
+    ck_assert_msg(stat(path, &st) != 0, "a LoRA run wrote a UNet");
+    snprintf(path, sizeof path, "%s/checkpoint-5/train_state.safetensors", a);
+    ck_assert_msg(stat(path, &st) == 0, "%s is missing", path);
+    snprintf(path, sizeof path, "%s/" DC_LORA_WEIGHTS_FILE, a);
+    dc_st_file f;
+    ck_assert_msg(!dc_st_open(&f, path), "%s", dc_error());
+    const dc_st_tensor *up = dc_st_find(&f, "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_v.lora_B.weight");
+    ck_assert_msg(up && !strcmp(up->dtype_name, "F32") && tu_max_abs(up->data, (int64_t)(up->nbytes / 4)) > 0,
+                  "lora_B did not move from zero");
+    cJSON *meta = cJSON_Parse(dc_st_meta(&f, "lora_adapter_metadata"));
+    ck_assert_msg(cJSON_GetNumberValue(cJSON_GetObjectItem(meta, "unet.lora_alpha")) == 8 &&
+                      cJSON_GetNumberValue(cJSON_GetObjectItem(meta, "unet.r")) == 4,
+                  "the adapters' metadata: %s", dc_st_meta(&f, "lora_adapter_metadata"));
+    cJSON_Delete(meta);
+    dc_st_close(&f);
+    const char *sample[] = {"sample", "--model", SD, "--lora", a, "--prompt", "a red square", "--num-images", "1",
+                            "--num-inference-steps", "2", "--output-dir", gen, "--device", "cpu", NULL};
+    r = tu_run_diffc(sample);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    args[6] = args[33] = b;
+    tu_spawn_diffc(args);
+    ck_assert_msg(tu_read_diffc_until("checkpoint-2"), "no checkpoint-2: %s", tu_wait_diffc()->err);
+    tu_kill_diffc(SIGKILL);
+    args[34] = "--resume-from-checkpoint", args[35] = "latest";
+    r = tu_run_diffc(args);
+    ck_assert_msg(r->status == 0 && strstr(r->err, "resuming from"), "%s", tu_tail(r->err));
+    static const char *const files[] = {DC_LORA_WEIGHTS_FILE, "checkpoint-5/" DC_LORA_WEIGHTS_FILE};
+    for (int i = 0; i < 2; i++) {
+        char pa[700], pb[700];
+        size_t na, nb;
+        snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
+        char *wa = tu_read_file(pa, 1 << 24, &na), *wb = tu_read_file(pb, 1 << 24, &nb);
+        ck_assert_msg(wa && wb && na == nb && !memcmp(wa, wb, na), "%s differs after the resume", files[i]);
+        free(wa);
+        free(wb);
+    }
+    args[34] = "--use-ema", args[35] = NULL;
+    args[6] = tu_path("c");
+    tu_assert_user_error(tu_run_diffc(args), "--use-ema with --lora-rank");
+    const char *unet[] = {"train", "--model", "configs/fashion-mnist.json", "--train-data-dir", data, "--output-dir",
+                          tu_path("d"), "--lora-rank", "4", "--device", "cpu", NULL};
+    tu_assert_user_error(tu_run_diffc(unet), "--lora-rank is an option of text-to-image training");
+    tu_rmtemp();
+}
+END_TEST
+
+/* How many of the PNGs dir/00000.png .. hold the colour `red` (else blue):
+ * the mean of red minus blue over the pixels far from the gray background. */
+static int count_colour(const char *dir, int n, bool red) {
+    int hits = 0;
+    for (int i = 0; i < n; i++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/%05d.png", dir, i);
+        dc_image img;
+        ck_assert_msg(!dc_image_load(&img, path), "%s", dc_error());
+        double sum = 0;
+        int64_t far = 0;
+        for (int64_t p = 0; p < (int64_t)img.w * img.h; p++) {
+            const uint8_t *px = img.px + p * img.c;
+            int dev = 0;
+            for (int ch = 0; ch < 3; ch++)
+                dev = abs(px[ch] - 128) > dev ? abs(px[ch] - 128) : dev;
+            if (dev > 38)
+                sum += px[0] - px[2], far++;
+        }
+        hits += far && (sum > 0) == red;
+        dc_image_free(&img);
+    }
+    return hits;
+}
+
+/* Images of "a <colour> ball" for both colours from `lora` (NULL: the base
+ * pipeline): how many have the prompted colour, of 2 x n. */
+static int prompted_colours(const char *lora, int n) {
+    int hits = 0;
+    for (int c = 0; c < 2; c++) {
+        char prompt[64], count[16], out[600];
+        snprintf(prompt, sizeof prompt, "a %s ball", tu_shape_colours[c]);
+        snprintf(count, sizeof count, "%d", n);
+        snprintf(out, sizeof out, "%s", tu_path(lora ? "gen_lora" : "gen_base"));
+        const char *args[] = {"sample", "--model", SHAPES_SD, "--prompt", prompt, "--num-images", count,
+                              "--batch-size", count, "--num-inference-steps", "20", "--guidance-scale", "4",
+                              "--seed", "1", "--output-dir", out, "--device", "cpu", lora ? "--lora" : NULL, lora, NULL};
+        tu_run_result *r = tu_run_diffc(args);
+        ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+        hits += count_colour(out, n, c == 0);
+        dc_remove_tree(out);
+    }
+    return hits;
+}
+
+/* The loop of #17 on the CPU: a captioner fine-tuned on a few captioned
+ * shapes (as test_train_caption) captions a new folder of shapes (diffc
+ * caption writes its metadata.jsonl: the colours right, some squares called
+ * balls); 400 LoRA steps (rank 4, lr 5e-3) of the shapes pipeline, which
+ * knows six colour words but not red or blue, on those captions; then "a
+ * red ball" and "a blue ball" come out in their colour: 15 or 16 of 16 for
+ * three sampling seeds (13 after 300 steps at lr 3e-3; diffusers + peft,
+ * make_sd_shapes_fixture.py --check: 16 after 300 steps on true captions);
+ * the base pipeline about 10 or 11 (red and pink alike). */
+START_TEST(test_caption_lora_generate) {
+    tu_mkdtemp("tsdloop");
+    char labelled[512], captioner[512], data[512], lora[512], meta[600];
+    snprintf(labelled, sizeof labelled, "%s", tu_path("labelled"));
+    snprintf(captioner, sizeof captioner, "%s", tu_path("captioner"));
+    snprintf(data, sizeof data, "%s", tu_path("data"));
+    snprintf(lora, sizeof lora, "%s", tu_path("lora"));
+    tu_make_shapes(labelled, 2, true);
+    tu_make_shapes(data, 4, false);
+    const char *train_caption[] = {"train-caption", "--model", CAPTIONER, "--train-data-dir", labelled, "--output-dir",
+                                   captioner, "--max-train-steps", "200", "--train-batch-size", "8",
+                                   "--learning-rate", "3e-3", "--lr-warmup-steps", "10", "--adam-weight-decay", "0",
+                                   "--max-length", "8", "--checkpointing-steps", "0", "--device", "cpu",
+                                   "--cache-dir", captioner, NULL};
+    tu_run_result *r = tu_run_diffc(train_caption);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    const char *caption[] = {"caption", "--model", captioner, "--images", data, "--device", "cpu", NULL};
+    r = tu_run_diffc(caption);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    snprintf(meta, sizeof meta, "%s/metadata.jsonl", data);
+    char *text = tu_read_file(meta, 1 << 20, NULL);
+    ck_assert_msg(text && strstr(text, "\"a red ball\"") && strstr(text, "\"a blue window\""), "captions: %s",
+                  text ? text : "(none)");
+    free(text);
+    const char *train[] = {"train", "--pretrained-model", SHAPES_SD, "--train-data-dir", data, "--output-dir", lora,
+                           "--resolution", "16", "--lora-rank", "4", "--max-train-steps", "400",
+                           "--train-batch-size", "8", "--learning-rate", "5e-3", "--lr-scheduler", "constant",
+                           "--lr-warmup-steps", "0", "--sample-every", "0", "--checkpointing-steps", "0",
+                           "--device", "cpu", "--cache-dir", lora, NULL};
+    r = tu_run_diffc(train);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    int base = prompted_colours(NULL, 8), tuned = prompted_colours(lora, 8);
+    ck_assert_msg(tuned >= 14 && tuned > base, "prompted colour in %d of 16 images after LoRA (base: %d)", tuned,
+                  base);
+    tu_rmtemp();
+}
+END_TEST
+
 /* The loss of the first step (metrics.jsonl) of a one-step run, with the
  * option `extra` and a --resolution when `res` is set; *err its stderr. */
 static double first_loss(const char *data, const char *out, const char *extra, const char *value, const char *res,
@@ -445,5 +614,8 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_killed_and_resumed_is_bit_exact);
     tcase_add_test(tc, test_bad_data);
     tcase_add_test(tc, test_options);
+    tcase_add_test(tc, test_lora_run);
+    tc = tu_tcase(s, "loop", 600);
+    tcase_add_test(tc, test_caption_lora_generate);
     return tu_run(s);
 }

@@ -391,6 +391,47 @@ void tu_write_file(const char *rel, const void *data, size_t n) {
     ck_assert_msg(dc_write_file(path, data, n, false) == 0, "%s", dc_error());
 }
 
+/* ---- coloured shapes ---- */
+
+const char *const tu_shape_colours[2] = {"red", "blue"}, *const tu_shape_kinds[2] = {"window", "ball"};
+
+static void save_shape(const char *dir, int colour, int kind, int k) {
+    static const uint8_t rgb[2][3] = {{220, 30, 30}, {30, 40, 220}};
+    enum { SIDE = 24 };
+    dc_image img;
+    ck_assert(!dc_image_alloc(&img, SIDE, SIDE, 3));
+    int cx = 11 + k % 4, cy = 12 - k % 4;
+    for (int y = 0; y < SIDE; y++)
+        for (int x = 0; x < SIDE; x++) {
+            int dx = x - cx, dy = y - cy;
+            bool in = kind == 0 ? abs(dx) <= 6 && abs(dy) <= 6 : dx * dx + dy * dy <= 49;
+            for (int ch = 0; ch < 3; ch++)
+                img.px[(y * SIDE + x) * 3 + ch] = in ? rgb[colour][ch] : 128;
+        }
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s_%s_%d.png", dir, tu_shape_colours[colour], tu_shape_kinds[kind], k);
+    ck_assert_msg(!dc_image_save_png(&img, path), "%s", dc_error());
+    dc_image_free(&img);
+}
+
+void tu_make_shapes(const char *dir, int copies, bool captions) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/metadata.jsonl", dir);
+    ck_assert(!dc_mkdirs(dir));
+    FILE *meta = captions ? fopen(path, "w") : NULL;
+    ck_assert(!captions || meta);
+    for (int c = 0; c < 2; c++)
+        for (int s = 0; s < 2; s++)
+            for (int k = 0; k < copies; k++) {
+                save_shape(dir, c, s, k);
+                if (meta)
+                    fprintf(meta, "{\"file_name\": \"%s_%s_%d.png\", \"text\": \"a %s %s\"}\n", tu_shape_colours[c],
+                            tu_shape_kinds[s], k, tu_shape_colours[c], tu_shape_kinds[s]);
+            }
+    if (meta)
+        fclose(meta);
+}
+
 /* ---- hostile model configs ---- */
 
 const tu_hostile_config tu_hostile_configs[] = {

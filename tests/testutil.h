@@ -113,6 +113,14 @@ void tu_rmtemp(void);
  * PNG_ITXT_COMPRESSION_NONE: iTXt). */
 char *tu_png_text(const char *path, const char *key, int *compression);
 
+/* A folder of coloured shapes for the text models: `copies` 24x24 images of
+ * each of a red or blue (tu_shape_colours) square ("window") or disc
+ * ("ball", tu_shape_kinds: one token each in the tiny vocabularies) on
+ * gray, a little moved from copy to copy, named <colour>_<shape>_<k>.png;
+ * with `captions`, metadata.jsonl with "a <colour> <shape>" for each. */
+extern const char *const tu_shape_colours[2], *const tu_shape_kinds[2];
+void tu_make_shapes(const char *dir, int copies, bool captions);
+
 /* Write n bytes to tu_path(rel), making its folders. */
 void tu_write_file(const char *rel, const void *data, size_t n);
 
