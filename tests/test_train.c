@@ -551,6 +551,42 @@ START_TEST(test_batch_too_large_for_memory) {
 }
 END_TEST
 
+/* The largest --train-batch-size the memory check suggests for a batch far too large. */
+static long batch_that_fits(const char *out, const char *const *extra) {
+    const char *args[8] = {"--train-batch-size", "1048576", "--resolution", "64", "--device", "cpu"};
+    for (int i = 0; extra && extra[i]; i++)
+        args[6 + i] = extra[i];
+    tu_run_result *r = tu_run_diffc(train_args("--model", tu_path("model.json"), "data", out, "2", args));
+    tu_assert_user_error(r, "--train-batch-size 1048576 at 64x64 needs about ");
+    const char *fit = strstr(r->err, "use --train-batch-size ");
+    ck_assert_msg(fit, "no batch size suggested: %s", r->err);
+    return strtol(fit + strlen("use --train-batch-size "), NULL, 10);
+}
+
+/* --gradient-checkpointing changes the memory, not the run: the same
+ * losses and weights bit for bit (the model has attention and dropout
+ * 0.1), and the memory check, measuring what a checkpointed step holds,
+ * fits more images. */
+START_TEST(test_gradient_checkpointing_changes_only_memory) {
+    make_dataset();
+    const char *on[] = {"--gradient-checkpointing", NULL};
+    tu_run_result *r = train("plain", "3", NULL);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    r = train("ckpt", "3", on);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    assert_same_weights("plain/unet/diffusion_pytorch_model.safetensors", "ckpt/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("plain/checkpoint-3/train_state.safetensors", "ckpt/checkpoint-3/train_state.safetensors");
+    double a[4], b[4];
+    ck_assert_int_eq(read_losses("plain", a, 4), 3);
+    ck_assert_int_eq(read_losses("ckpt", b, 4), 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(a[i] == b[i], "step %d: loss %.17g, checkpointed %.17g", i + 1, a[i], b[i]);
+    long plain = batch_that_fits("big", NULL), ckpt = batch_that_fits("big2", on);
+    ck_assert_msg(ckpt > plain * 3 / 2, "a batch of %ld fits checkpointed, %ld plain", ckpt, plain);
+    tu_rmtemp();
+}
+END_TEST
+
 /* out/checkpoint-N/train_state.safetensors with metadata `key` set to `value`. */
 static void edit_state(const char *ckpt, const char *key, const char *value) {
     char path[128];
@@ -1250,6 +1286,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_hostile_configs);
     tcase_add_test(tc, test_train_state_checked);
     tcase_add_test(tc, test_batch_too_large_for_memory);
+    tcase_add_test(tc, test_gradient_checkpointing_changes_only_memory);
     tcase_add_test(tc, test_zero_stage_1_alone_is_stage_0);
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_signals_stop_with_a_checkpoint);

@@ -282,6 +282,7 @@ static int setup_model(trainer *tr, const char *pretrained_weights) {
         (pretrained_weights ? dc_params_alloc_load(&tr->ps, tr->device, pretrained_weights, dc_unet_rename)
                             : dc_params_alloc_on(&tr->ps, tr->device, (uint64_t)tr->o.seed)))
         return -1;
+    tr->unet.gradient_checkpointing = tr->o.gradient_checkpointing;
     tr->opt_n = zero ? dc_dist_shard(&tr->dist, tr->ps.total) : tr->ps.total;
     tr->opt_lo = zero ? (size_t)tr->dist.rank * tr->opt_n : 0;
     if (dc_adamw_init_on(&tr->opt, tr->device, tr->opt_n, tr->o.adam_beta1, tr->o.adam_beta2,
@@ -503,8 +504,9 @@ static int micro_step(trainer *tr, step_stats *st) {
 }
 
 /* The activation arena of a step of one image (zeros, label 0), run on the
- * fresh context: what the step keeps (*kept: per image, the tensors the
- * backward pass reads) and its peak above that (*scratch). The gradients it
+ * fresh context: what the step holds at once (*kept: per image, the tensors
+ * the backward pass reads, and with gradient checkpointing one block's
+ * recomputation; dc_act_held) and its peak above that (*scratch). The gradients it
  * adds are cleared by the first optimizer step. */
 static int measure_one_image(trainer *tr, size_t *kept, size_t *scratch) {
     int32_t label = 0;
@@ -513,8 +515,8 @@ static int measure_one_image(trainer *tr, size_t *kept, size_t *scratch) {
                   .images = calloc((size_t)tr->ds.h * tr->ds.w * tr->ds.c, sizeof(float))};
     step_stats st = {0};
     int rc = b.images ? batch_step(tr, &b, &st) : dc_fail("out of memory");
-    *kept = tr->ctx.act.used;
-    *scratch = tr->ctx.act.peak - tr->ctx.act.used;
+    *kept = dc_act_held(&tr->ctx);
+    *scratch = tr->ctx.act.peak - *kept;
     dc_ctx_reset(&tr->ctx);
     free(b.images);
     if (rc)
