@@ -29,10 +29,17 @@
 #          StableDiffusionPipeline and stable-diffusion.cpp (stable-diffusion-cpp-python
 #          in $SDCPP_PYTHON, default the diffusers python; skipped when absent), and
 #          each side's peak memory
+#   ckpt   gradient checkpointing (train --gradient-checkpointing): the activation
+#          memory a training step holds per image and its time, without and with,
+#          for configs/fashion-mnist.json at its batch, configs/cifar10-ddpm.json
+#          at batch 8, and the SD-1.5 UNet (configs/sd15-unet, random frozen
+#          weights: no 3.4 GB of gradient buffers, the same activations) at
+#          256x256 and 512x512, batch 1; 512 without checkpoints only where the
+#          host has 16 GB available (it holds about 13 GB)
 #   cuda-ops  conv2d, linear, group_norm and attention at UNet shapes on the GPU,
 #          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
 #          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
-#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [blip] [sd] [cuda-ops] [--threads N] [--reps N] [--runs N]
+#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [blip] [sd] [ckpt] [cuda-ops] [--threads N] [--reps N] [--runs N]
 #                    [--isa native|avx512|avx2|baseline]
 #   (every section when none is named; threads default: nproc). --isa makes
 #   both sides use at most that vector ISA: diffc's kernels (DC_CPU_ISA),
@@ -54,16 +61,16 @@ cd "$(dirname "$0")/.."
 threads=$(nproc) reps=5 runs=1 isa=native sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    ops | data | sample | train | dist | blip | sd | cuda-ops) sections+=("$1"); shift ;;
+    ops | data | sample | train | dist | blip | sd | ckpt | cuda-ops) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --isa) isa=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [blip] [sd] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
+    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [blip] [sd] [ckpt] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
             "[--isa native|avx512|avx2|baseline]" >&2; exit 2 ;;
     esac
 done
-[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist blip sd cuda-ops)
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist blip sd ckpt cuda-ops)
 
 case "$isa" in
 native) ;;
@@ -492,6 +499,39 @@ bench_sd() {
                        c == "" ? "-" : sprintf("%.2fx", field(c, "step_s") / field(d, "step_s")),
                        field(d, "peak_mb"), t == "" ? "-" : field(t, "peak_mb"), c == "" ? "-" : field(c, "peak_mb")
             }
+        }
+    ' <<<"$results"
+}
+
+# ---- ckpt: gradient checkpointing's memory and time ----
+
+bench_ckpt() {
+    build_cpu bench_checkpoint
+    local sd=configs/sd15-unet/config.json avail_kb sd512=(--only checkpointed) results
+    avail_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+    [[ ${avail_kb:-0} -gt 16000000 ]] && sd512=()
+    # Lines `bench checkpoint config=C model=M size=HxW batch=N ... plain_ms=.. ckpt_ms=.. plain_held_mb=..`.
+    results=$(
+        OMP_NUM_THREADS=$threads build/bench_checkpoint --config configs/fashion-mnist.json --batch 64 --reps "$reps"
+        OMP_NUM_THREADS=$threads build/bench_checkpoint --config configs/cifar10-ddpm.json --batch 8 --reps "$reps"
+        OMP_NUM_THREADS=$threads build/bench_checkpoint --config $sd --size 32 --frozen --warmup 0
+        OMP_NUM_THREADS=$threads build/bench_checkpoint --config $sd --size 64 --frozen --warmup 0 "${sd512[@]}"
+    )
+    echo "== ckpt: $machine, diffc kernels $(cpu_kernels), $threads threads; a training step's activations"
+    echo "   held at once per image (what diffc train's memory check counts) and step time, without / with"
+    echo "   --gradient-checkpointing (wall time; the overhead from the CPU time of all threads, steadier on a"
+    echo "   shared machine); SD-1.5: latents of 256x256 and 512x512, frozen random weights, one step each"
+    awk "$awk_field"'
+        BEGIN {
+            printf "%-32s %6s %5s %12s %11s %6s %9s %9s %8s\n", "model", "size", "batch", "plain MB/img",
+                   "ckpt MB/img", "ratio", "plain ms", "ckpt ms", "overhead"
+        }
+        {
+            b = field($0, "batch"); p = field($0, "plain_held_mb") / b; c = field($0, "ckpt_held_mb") / b
+            pm = field($0, "plain_ms") + 0; cm = field($0, "ckpt_ms") + 0
+            printf "%-32s %6s %5s %12s %11.1f %6s %9s %9.0f %8s\n", field($0, "config"), field($0, "size"), b,
+                   (p > 0 ? sprintf("%.1f", p) : "-"), c, (p > 0 ? sprintf("%.2f", c / p) : "-"),
+                   (pm > 0 ? sprintf("%.0f", pm) : "-"), cm, (pm > 0 ? sprintf("%+.0f%%", field($0, "overhead_pct")) : "-")
         }
     ' <<<"$results"
 }
