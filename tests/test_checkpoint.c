@@ -6,6 +6,7 @@
 
 #include "autograd/error.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,6 +219,34 @@ START_TEST(test_no_grad) {
 }
 END_TEST
 
+/* x * sum(x): the output made 64 bytes above the mark, moved down over itself. */
+static dc_tensor *scaled_by_sum(dc_ctx *ctx, const void *args, dc_tensor *const *in) {
+    (void)args;
+    return dc_mul(ctx, in[0], dc_sum(ctx, in[0]));
+}
+
+/* What is kept is the output alone, moved to the mark though it overlaps
+ * where it was; its values and gradient (L = sum(x)^2: 2 sum(x) each) hold. */
+START_TEST(test_output_moved_down) {
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *x = tu_leaf(ctx, DC_SHAPE(50, 20));
+    size_t mark = dc_mark(ctx);
+    dc_tensor *y = dc_checkpoint(ctx, scaled_by_sum, NULL, 0, 1, (dc_tensor *[]){x});
+    ck_assert_msg(y != NULL, "%s", dc_error());
+    ck_assert_uint_eq(dc_mark(ctx) - mark, 4032);
+    ck_assert_ptr_eq(y->data, ctx->act.base + mark);
+    double sum = 0;
+    for (int64_t i = 0; i < x->numel; i++)
+        sum += ((float *)x->data)[i];
+    for (int64_t i = 0; i < x->numel; i++)
+        ck_assert_double_eq_tol(((float *)y->data)[i], ((float *)x->data)[i] * sum, 1e-4 * (1 + fabs(sum)));
+    ck_assert_msg(dc_backward(ctx, dc_sum(ctx, y)) == 0, "%s", dc_error());
+    for (int64_t i = 0; i < x->numel; i++)
+        ck_assert_double_eq_tol(((float *)x->grad->data)[i], 2 * sum, 1e-4 * (1 + fabs(sum)));
+    tu_ctx_free(ctx);
+}
+END_TEST
+
 static dc_tensor *identity(dc_ctx *ctx, const void *args, dc_tensor *const *in) {
     (void)ctx, (void)args;
     return in[0];
@@ -313,6 +342,7 @@ int main(void) {
     tcase_add_test(tc, test_same_gradients);
     tcase_add_test(tc, test_grad_ready);
     tcase_add_test(tc, test_no_grad);
+    tcase_add_test(tc, test_output_moved_down);
     tcase_add_test(tc, test_empty);
     tcase_add_test(tc, test_backward_twice);
     tcase_add_test(tc, test_refused);
