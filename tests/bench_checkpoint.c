@@ -185,14 +185,16 @@ static int parse(int argc, char **argv, options *o) {
         else
             return -1;
     }
-    return o->config && o->size >= 0 && o->batch >= 1 && o->text_len >= 1 && o->reps >= 1 && o->warmup >= 0 ? 0 : -1;
+    bool ok = o->config && o->size >= 0 && o->batch >= 1 && o->text_len >= 1 && o->reps >= 1 && o->warmup >= 0;
+    return ok ? 0 : -1;
 }
 
 int main(int argc, char **argv) {
     options o;
     if (parse(argc, argv, &o)) {
-        fprintf(stderr, "usage: %s --config PATH [--size S] [--batch N] [--text-len L] [--reps N] [--warmup N] [--frozen]\n"
-                        "       [--only plain|checkpointed]\n", argv[0]);
+        fprintf(stderr, "usage: %s --config PATH [--size S] [--batch N] [--text-len L] [--reps N] [--warmup N]\n"
+                        "       [--frozen] [--only plain|checkpointed]\n",
+                argv[0]);
         return 2;
     }
     model m = {0};

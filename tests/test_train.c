@@ -574,7 +574,8 @@ START_TEST(test_gradient_checkpointing_changes_only_memory) {
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
     r = train("ckpt", "3", on);
     ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
-    assert_same_weights("plain/unet/diffusion_pytorch_model.safetensors", "ckpt/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("plain/unet/diffusion_pytorch_model.safetensors",
+                        "ckpt/unet/diffusion_pytorch_model.safetensors");
     assert_same_weights("plain/checkpoint-3/train_state.safetensors", "ckpt/checkpoint-3/train_state.safetensors");
     double a[4], b[4];
     ck_assert_int_eq(read_losses("plain", a, 4), 3);

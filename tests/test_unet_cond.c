@@ -269,7 +269,8 @@ START_TEST(test_gradient_checkpointing) {
     if (_i == 0)
         set_dropout(&f.m, 0.1f);
     const int64_t width = ref_find(&f, "input.text")->shape[2];
-    const int64_t xs[4] = {2, 16, 16, 4}, ts[3] = {2, 7, width}, n[4] = {2 * 16 * 16 * 4, 2 * 7 * width, 2, 2 * 16 * 16 * f.m.cfg.out_channels};
+    const int64_t xs[4] = {2, 16, 16, 4}, ts[3] = {2, 7, width};
+    const int64_t n[4] = {2 * 16 * 16 * 4, 2 * 7 * width, 2, 2 * 16 * 16 * f.m.cfg.out_channels};
     float *host[4];
     for (int k = 0; k < 4; k++) {
         host[k] = malloc((size_t)n[k] * sizeof(float));
