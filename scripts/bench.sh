@@ -510,12 +510,14 @@ bench_ckpt() {
     local sd=configs/sd15-unet/config.json avail_kb sd512=(--only checkpointed) results
     avail_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
     [[ ${avail_kb:-0} -gt 16000000 ]] && sd512=()
-    # Lines `bench checkpoint config=C model=M size=HxW batch=N ... plain_ms=.. ckpt_ms=.. plain_held_mb=..`.
+    # Lines `bench checkpoint config=C model=M size=HxW batch=N ... plain_ms=.. ckpt_ms=.. plain_held_mb=..`,
+    # OpenMP waiting as diffc's own processes do
     results=$(
-        OMP_NUM_THREADS=$threads build/bench_checkpoint --config configs/fashion-mnist.json --batch 64 --reps "$reps"
-        OMP_NUM_THREADS=$threads build/bench_checkpoint --config configs/cifar10-ddpm.json --batch 8 --reps "$reps"
-        OMP_NUM_THREADS=$threads build/bench_checkpoint --config $sd --size 32 --frozen --warmup 0
-        OMP_NUM_THREADS=$threads build/bench_checkpoint --config $sd --size 64 --frozen --warmup 0 "${sd512[@]}"
+        export OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=10000
+        build/bench_checkpoint --config configs/fashion-mnist.json --batch 64 --reps "$reps"
+        build/bench_checkpoint --config configs/cifar10-ddpm.json --batch 8 --reps "$reps"
+        build/bench_checkpoint --config $sd --size 32 --frozen --warmup 0
+        build/bench_checkpoint --config $sd --size 64 --frozen --warmup 0 "${sd512[@]}"
     )
     echo "== ckpt: $machine, diffc kernels $(cpu_kernels), $threads threads; a training step's activations"
     echo "   held at once per image (what diffc train's memory check counts) and step time, without / with"
