@@ -1257,6 +1257,32 @@ START_TEST(test_signal_to_one_rank_stops_all) {
 END_TEST
 
 /* Skipped (77) without MPI in this build or mpirun on the PATH. */
+/* Two ranks with --gradient-checkpointing: the buckets still start during
+ * the backward pass, each when its parameters' checkpoints are walked
+ * (a bucket started early would miss gradients), and the run is the plain
+ * two-rank run bit for bit, dropout 0.1 included. */
+START_TEST(test_two_ranks_with_gradient_checkpointing) {
+    make_dataset();
+    ck_assert_int_eq(setenv("DC_BUCKET_MB", "0.01", 1), 0);
+    const char *plain[] = {"--train-batch-size", "2", NULL};
+    const char *ckpt[] = {"--train-batch-size", "2", "--gradient-checkpointing", NULL};
+    tu_run_result *r = train_2_ranks("plain", "3", plain);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    r = train_2_ranks("ckpt", "3", ckpt);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    int buckets, early;
+    const char *note = strstr(r->err, "gradient all-reduce: ");
+    ck_assert_msg(note && sscanf(note, "gradient all-reduce: %d buckets of up to %*s MiB, %d started", &buckets,
+                                 &early) == 2, "%s", tu_tail(r->err));
+    ck_assert_msg(buckets > 10 && early > buckets / 2, "%d of %d buckets overlapped the backward pass", early,
+                  buckets);
+    assert_same_weights("plain/unet/diffusion_pytorch_model.safetensors",
+                        "ckpt/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("plain/checkpoint-3/train_state.safetensors", "ckpt/checkpoint-3/train_state.safetensors");
+    tu_rmtemp();
+}
+END_TEST
+
 static int dist_main(void) {
 #ifndef DC_HAVE_MPI
     fputs("test_train dist: skipped: built without MPI\n", stderr);
@@ -1269,6 +1295,7 @@ static int dist_main(void) {
     Suite *s = suite_create("train_dist");
     TCase *tc = tu_tcase(s, "dist", 120);
     tcase_add_test(tc, test_two_ranks_match_one_big_batch);
+    tcase_add_test(tc, test_two_ranks_with_gradient_checkpointing);
     tcase_add_test(tc, test_zero_stage_1_matches_stage_0);
     tcase_add_loop_test(tc, test_two_ranks_resume_exactly, 0, 2);
     tcase_add_test(tc, test_killed_rank_stops_the_job);
