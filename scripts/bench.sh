@@ -35,7 +35,8 @@
 #          at batch 8, and the SD-1.5 UNet (configs/sd15-unet, random frozen
 #          weights: no 3.4 GB of gradient buffers, the same activations) at
 #          256x256 and 512x512, batch 1; 512 without checkpoints only where the
-#          host has 16 GB available (it holds about 13 GB)
+#          host has 16 GB available (it holds about 13 GB). On a GPU (not run
+#          here): build-cuda/bench_checkpoint ... --device cuda
 #   cuda-ops  conv2d, linear, group_norm and attention at UNet shapes on the GPU,
 #          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
 #          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
