@@ -60,6 +60,16 @@ int32_t op_i32_at(dc_ctx *ctx, const dc_tensor *t, int64_t i);
 dc_node *op_record(dc_ctx *ctx, dc_op op, dc_backward_fn backward, dc_tensor *out,
                    dc_tensor *in0, dc_tensor *in1, dc_tensor *in2);
 
+/* dc_keep on any device and with a tape too: the caller knows that nothing
+ * made since `mark` but t is on the tape (dc_checkpoint's pass without one). */
+dc_tensor *op_keep(dc_ctx *ctx, size_t mark, dc_tensor *t);
+/* While dc_checkpoint runs its function without a tape: the inputs of an op
+ * that require grad join what the checkpoint reads. */
+void op_checkpoint_note(dc_ctx *ctx, dc_tensor *in0, dc_tensor *in1, dc_tensor *in2);
+/* Walk `tape` (newest first) as dc_backward does, without the grad_ready
+ * hook: a checkpoint's backward through its recomputation. */
+int op_walk(dc_ctx *ctx, dc_node *tape);
+
 /* The gradient buffer of t (f32, zeroed on first use) when t requires grad,
  * NULL otherwise or on failure (check ctx->failed). Backward kernels add into it. */
 float *grad_of(dc_ctx *ctx, dc_tensor *t);

@@ -13,10 +13,10 @@ static const char *op_names[] = {
     "matmul",  "conv2d",    "group_norm", "layer_norm", "group_norm_silu", "silu", "gelu",
     "mish",    "quick_gelu", "softmax", "attention", "upsample2x", "concat",  "slice",     "dropout",
     "embedding", "timestep_embedding", "fourier_embedding", "sum", "mean", "mse_loss", "cross_entropy",
-    "q_sample", "diffusion_loss",
+    "q_sample", "diffusion_loss", "checkpoint",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == DC_OP_COUNT, "one name per op");
-_Static_assert(DC_OP_COUNT == 30, "a new op needs a name, kernels and a gradient test");
+_Static_assert(DC_OP_COUNT == 31, "a new op needs a name, kernels and a gradient test");
 
 const char *dc_op_name(dc_op op) { return (unsigned)op < DC_OP_COUNT ? op_names[op] : "?"; }
 
@@ -46,6 +46,7 @@ void dc_ctx_reset(dc_ctx *ctx) {
     dc_arena_reset(&ctx->meta);
     ctx->tape = NULL;
     ctx->rng_calls = 0;
+    ctx->act_held = 0;
     ctx->failed = false;
 }
 
@@ -183,8 +184,22 @@ dc_tensor *dc_clone(dc_ctx *ctx, const dc_tensor *x) {
 
 size_t dc_mark(const dc_ctx *ctx) { return ctx->act.used; }
 
-dc_tensor *dc_keep(dc_ctx *ctx, size_t mark, dc_tensor *t) {
-    if (!t || ctx->failed || ctx->grad_enabled || ctx->device != DC_CPU || mark > ctx->act.used)
+/* dst < src: copied front to back in pieces no longer than the distance
+ * between them, so that no piece overlaps its source (a GPU has no memmove). */
+static int move_down(dc_ctx *ctx, char *dst, const char *src, size_t bytes) {
+    if (ctx->device == DC_CPU) {
+        memmove(dst, src, bytes);
+        return 0;
+    }
+    size_t step = (size_t)(src - dst);
+    for (size_t at = 0; at < bytes; at += step)
+        if (dc_memcpy(dst + at, ctx->device, src + at, ctx->device, bytes - at < step ? bytes - at : step))
+            return -1;
+    return 0;
+}
+
+dc_tensor *op_keep(dc_ctx *ctx, size_t mark, dc_tensor *t) {
+    if (!t || ctx->failed || mark > ctx->act.used)
         return t;
     char *data = t->data, *from = ctx->act.base + mark, *end = ctx->act.base + ctx->act.used;
     size_t bytes = dc_tensor_bytes(t);
@@ -192,14 +207,28 @@ dc_tensor *dc_keep(dc_ctx *ctx, size_t mark, dc_tensor *t) {
     if (data < from || data >= end) /* made before the mark, or not an activation */
         return t;
     t->data = dc_arena_alloc(&ctx->act, bytes); /* at the mark: it held more a moment ago */
-    memmove(t->data, data, bytes);
+    if (t->data != data && move_down(ctx, t->data, data, bytes)) {
+        ctx->failed = true;
+        return NULL;
+    }
     return t;
+}
+
+dc_tensor *dc_keep(dc_ctx *ctx, size_t mark, dc_tensor *t) {
+    return ctx->grad_enabled || ctx->device != DC_CPU ? t : op_keep(ctx, mark, t);
+}
+
+size_t dc_act_held(const dc_ctx *ctx) {
+    return ctx->act_held > ctx->act.used ? ctx->act_held : ctx->act.used;
 }
 
 dc_node *op_record(dc_ctx *ctx, dc_op op, dc_backward_fn backward, dc_tensor *out,
                    dc_tensor *in0, dc_tensor *in1, dc_tensor *in2) {
-    if (!ctx->grad_enabled || !out)
+    if (!ctx->grad_enabled || !out) {
+        if (ctx->reads && out)
+            op_checkpoint_note(ctx, in0, in1, in2);
         return NULL;
+    }
     if (!((in0 && in0->requires_grad) || (in1 && in1->requires_grad) || (in2 && in2->requires_grad)))
         return NULL;
     dc_node *n = dc_arena_alloc(&ctx->meta, sizeof *n);

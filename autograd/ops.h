@@ -56,6 +56,7 @@ typedef enum dc_op {
     DC_OP_CROSS_ENTROPY,
     DC_OP_Q_SAMPLE,       /* diffusion.h */
     DC_OP_DIFFUSION_LOSS, /* diffusion.h */
+    DC_OP_CHECKPOINT,     /* dc_checkpoint: a function run again in backward */
     DC_OP_COUNT
 } dc_op;
 
@@ -80,6 +81,9 @@ struct dc_node {
     dc_tensor *saved[3];   /* extra tensors kept for backward (statistics, masks) */
     int64_t iarg[4];       /* integer arguments of the op */
     float farg[4];         /* float arguments of the op */
+    dc_tensor **reads;     /* [n_reads] more tensors the backward adds gradients to: what a
+                              checkpointed function reads besides in[] (its parameters) */
+    int n_reads;
 };
 
 struct dc_ctx {
@@ -95,6 +99,10 @@ struct dc_ctx {
     bool poison;           /* fill new outputs with NaN first (tests: catches unwritten elements) */
     dc_grad_ready_fn grad_ready; /* NULL, or told of each final parameter gradient (overlap) */
     void *grad_ready_user;
+    struct dc_reads *reads; /* set while dc_checkpoint runs its function without a tape: told of
+                               the tensors requiring grad that the function's ops read */
+    size_t act_held;       /* this step's most activation bytes held at once before a
+                              checkpoint gave its recomputation back (dc_act_held) */
 };
 
 /* A context on `device` (DC_CPU or a CUDA ordinal, see device.h) with an
@@ -124,10 +132,38 @@ size_t dc_mark(const dc_ctx *ctx);
  * memory is committed at once) it returns t and frees nothing. */
 dc_tensor *dc_keep(dc_ctx *ctx, size_t mark, dc_tensor *t);
 
+/* The most activation bytes this step has held at once outside one
+ * kernel's scratch: what a step keeps per image. Without checkpoints that
+ * is the arena's use once backward is done; with them, the highest point of
+ * a checkpoint's backward, its recomputation and their gradients held. */
+size_t dc_act_held(const dc_ctx *ctx);
+
 /* Backpropagate from a one-element `loss` (its gradient seeded with 1). */
 int dc_backward(dc_ctx *ctx, dc_tensor *loss);
 /* Backpropagate from any tensor `out`, its gradient seeded with `grad_out` (same shape, f32). */
 int dc_backward_from(dc_ctx *ctx, dc_tensor *out, const dc_tensor *grad_out);
+
+/* ---- gradient checkpointing ---- */
+/* The function dc_checkpoint runs: its output from in[0, n) (entries may be
+ * NULL) and what it reaches through args (parameters, settings). It is run
+ * twice and must give the same output both times: only ops, no state of
+ * its own (dropout is fine: it draws again what it drew). */
+typedef dc_tensor *(*dc_checkpoint_fn)(dc_ctx *ctx, const void *args, dc_tensor *const *in);
+#define DC_CHECKPOINT_INPUTS 3
+/* fn(ctx, args, in) without keeping its intermediate activations (PyTorch's
+ * torch.utils.checkpoint): run once without a tape, its temporaries given
+ * back to the arena but for the output; one node recorded. Its backward
+ * runs fn again with the tape on (the same dropout masks), backpropagates
+ * through that, adding into the inputs' and parameters' gradients what a
+ * plain fn would have added, and gives the recomputation back. Memory for
+ * compute: a step keeps only the checkpoints' inputs and outputs, and holds
+ * one function's activations at a time. args (args_bytes, copied) must stay
+ * meaningful until backward; a tensor fn reads that requires grad may come
+ * through args too (it is found as it is read). Without a tape it is fn
+ * with its temporaries given back. n <= DC_CHECKPOINT_INPUTS. With a
+ * grad_ready hook a parameter read inside counts as one use of the node. */
+dc_tensor *dc_checkpoint(dc_ctx *ctx, dc_checkpoint_fn fn, const void *args, size_t args_bytes,
+                         int n, dc_tensor *const *in);
 
 /* ---- shape ---- */
 /* The same data seen with another shape of the same element count. */

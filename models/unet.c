@@ -675,14 +675,14 @@ static dc_tensor *resample(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h, dc
  * adds its own image to it. */
 static dc_tensor *up_block_forward(dc_ctx *ctx, const dc_unet_block *b, dc_tensor *h,
                                    dc_tensor *temb, dc_tensor **skips, int *top,
-                                   dc_tensor **image) {
+                                   dc_tensor **image, bool ckpt) {
     for (int j = 0; j < b->n_layers; j++) {
-        h = dc_unet_resnet_forward(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--*top]), temb);
+        h = dc_unet_resnet_block(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--*top]), temb, ckpt);
         if (b->attentions && !b->attn_after)
-            h = dc_unet_attention_forward(ctx, &b->attentions[j], h);
+            h = dc_unet_attention_block(ctx, &b->attentions[j], h, ckpt);
     }
     if (b->attn_after)
-        h = dc_unet_attention_forward(ctx, &b->attentions[0], h);
+        h = dc_unet_attention_block(ctx, &b->attentions[0], h, ckpt);
     if (b->skip && *image)
         *image = dc_unet_fir_resample(ctx, *image, true);
     if (b->skip && has_sampler(b)) {
@@ -733,13 +733,14 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
     dc_tensor *image = h; /* the Skip blocks' skip_sample, down the levels */
     h = dc_nn_conv2d_forward(ctx, &m->conv_in, h);
     int top = 0;
+    bool ckpt = m->gradient_checkpointing;
     skips[top++] = h;
     for (int i = 0; i < c->levels; i++) {
         const dc_unet_block *b = &m->down[i];
         for (int j = 0; j < b->n_layers; j++) {
-            h = dc_unet_resnet_forward(ctx, &b->resnets[j], h, temb);
+            h = dc_unet_resnet_block(ctx, &b->resnets[j], h, temb, ckpt);
             if (b->attentions)
-                h = dc_unet_attention_forward(ctx, &b->attentions[j], h);
+                h = dc_unet_attention_block(ctx, &b->attentions[j], h, ckpt);
             skips[top++] = h;
         }
         if (has_sampler(b))
@@ -751,13 +752,13 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
         if (has_sampler(b))
             skips[top++] = h;
     }
-    h = dc_unet_resnet_forward(ctx, &m->mid.resnets[0], h, temb);
+    h = dc_unet_resnet_block(ctx, &m->mid.resnets[0], h, temb, ckpt);
     if (m->mid.attentions)
-        h = dc_unet_attention_forward(ctx, &m->mid.attentions[0], h);
-    h = dc_unet_resnet_forward(ctx, &m->mid.resnets[1], h, temb);
+        h = dc_unet_attention_block(ctx, &m->mid.attentions[0], h, ckpt);
+    h = dc_unet_resnet_block(ctx, &m->mid.resnets[1], h, temb, ckpt);
     dc_tensor *out_skip = NULL; /* the up Skip blocks' skip_sample (NULL: diffusers' 0) */
     for (int i = 0; i < c->levels; i++)
-        h = up_block_forward(ctx, &m->up[i], h, temb, skips, &top, &out_skip);
+        h = up_block_forward(ctx, &m->up[i], h, temb, skips, &top, &out_skip, ckpt);
     h = dc_nn_group_norm_silu_forward(ctx, &m->conv_norm_out, h);
     h = dc_nn_conv2d_forward(ctx, &m->conv_out, h);
     if (out_skip)

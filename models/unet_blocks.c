@@ -277,6 +277,28 @@ dc_tensor *dc_unet_attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc
     return dc_keep(ctx, mark, attention_body(ctx, a, x));
 }
 
+static dc_tensor *resnet_fn(dc_ctx *ctx, const void *args, dc_tensor *const *in) {
+    return dc_unet_resnet_forward(ctx, *(const dc_unet_resnet *const *)args, in[0], in[1]);
+}
+
+dc_tensor *dc_unet_resnet_block(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x, dc_tensor *temb,
+                                bool checkpoint) {
+    if (!checkpoint)
+        return dc_unet_resnet_forward(ctx, r, x, temb);
+    return dc_checkpoint(ctx, resnet_fn, &r, sizeof r, 2, (dc_tensor *[]){x, temb});
+}
+
+static dc_tensor *attention_fn(dc_ctx *ctx, const void *args, dc_tensor *const *in) {
+    return dc_unet_attention_forward(ctx, *(const dc_unet_attention *const *)args, in[0]);
+}
+
+dc_tensor *dc_unet_attention_block(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x,
+                                   bool checkpoint) {
+    if (!checkpoint)
+        return dc_unet_attention_forward(ctx, a, x);
+    return dc_checkpoint(ctx, attention_fn, &a, sizeof a, 1, (dc_tensor *[]){x});
+}
+
 /* From concatenations along the last dimension of reshaped views. */
 dc_tensor *dc_unet_pad_bottom_right(dc_ctx *ctx, dc_tensor *x) {
     if (!x)

@@ -79,6 +79,14 @@ void dc_unet_attention_init(dc_unet_attention *a, dc_params *ps, const char *pre
 /* x [N, H, W, C] -> [N, H, W, C], its temporaries given back as the resnet's. */
 dc_tensor *dc_unet_attention_forward(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x);
 
+/* dc_unet_resnet_forward and dc_unet_attention_forward, each one gradient
+ * checkpoint (dc_checkpoint: its activations made again in backward) when
+ * `checkpoint` is set, as a model's enable_gradient_checkpointing() does. */
+dc_tensor *dc_unet_resnet_block(dc_ctx *ctx, const dc_unet_resnet *r, dc_tensor *x, dc_tensor *temb,
+                                bool checkpoint);
+dc_tensor *dc_unet_attention_block(dc_ctx *ctx, const dc_unet_attention *a, dc_tensor *x,
+                                   bool checkpoint);
+
 /* diffusers' Timesteps: t [N] (f32 or i32) -> sinusoids [N, dim], max period 10000. */
 dc_tensor *dc_unet_timesteps(dc_ctx *ctx, dc_tensor *t, int dim, bool flip_sin_to_cos, float shift);
 /* diffusers' TimestepEmbedding with act_fn silu: linear_1, silu, linear_2 (UNet2DModel's

@@ -585,6 +585,21 @@ static dc_tensor *transformer_forward(dc_ctx *ctx, const dc_unet_transformer *t,
     return dc_keep(ctx, mark, transformer_body(ctx, t, x, text));
 }
 
+static dc_tensor *transformer_fn(dc_ctx *ctx, const void *args, dc_tensor *const *in) {
+    text_src text = {.text = in[1]};
+    return transformer_forward(ctx, *(const dc_unet_transformer *const *)args, in[0], &text);
+}
+
+/* A transformer, one checkpoint (dc_checkpoint) under gradient
+ * checkpointing: the text states are an input of it, the keys and values
+ * made once (inference) never are. */
+static dc_tensor *transformer_block(dc_ctx *ctx, const dc_unet_cond *m, const dc_unet_transformer *t,
+                                    dc_tensor *x, text_src *text) {
+    if (!m->gradient_checkpointing || text->kv)
+        return transformer_forward(ctx, t, x, text);
+    return dc_checkpoint(ctx, transformer_fn, &t, sizeof t, 2, (dc_tensor *[]){x, text->text});
+}
+
 /* Downsample2D (conv, stride 2, after padding bottom and right with
  * downsample_padding 0) or Upsample2D (nearest 2x, conv). */
 static dc_tensor *resample(dc_ctx *ctx, const dc_unet_cond_block *b, dc_tensor *h, bool up) {
@@ -608,9 +623,9 @@ static dc_tensor *down_path(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *h, dc
     for (int i = 0; i < m->cfg.levels; i++) {
         const dc_unet_cond_block *b = &m->down[i];
         for (int j = 0; j < b->n_layers; j++) {
-            h = dc_unet_resnet_forward(ctx, &b->resnets[j], h, temb);
+            h = dc_unet_resnet_block(ctx, &b->resnets[j], h, temb, m->gradient_checkpointing);
             if (b->attentions)
-                h = transformer_forward(ctx, &b->attentions[j], h, text);
+                h = transformer_block(ctx, m, &b->attentions[j], h, text);
             skips[(*top)++] = h;
         }
         if (b->sampler.weight) {
@@ -627,9 +642,10 @@ static dc_tensor *up_path(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *h, dc_t
     for (int i = 0; i < m->cfg.levels; i++) {
         const dc_unet_cond_block *b = &m->up[i];
         for (int j = 0; j < b->n_layers; j++) {
-            h = dc_unet_resnet_forward(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--*top]), temb);
+            h = dc_unet_resnet_block(ctx, &b->resnets[j], dc_concat(ctx, h, skips[--*top]), temb,
+                                     m->gradient_checkpointing);
             if (b->attentions)
-                h = transformer_forward(ctx, &b->attentions[j], h, text);
+                h = transformer_block(ctx, m, &b->attentions[j], h, text);
         }
         if (b->sampler.weight)
             h = resample(ctx, b, h, true);
@@ -653,9 +669,9 @@ static dc_tensor *forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x, dc_t
     int top = 0;
     h = down_path(ctx, m, h, temb, text, skips, &top);
     if (c->mid_block) {
-        h = dc_unet_resnet_forward(ctx, &m->mid.resnets[0], h, temb);
-        h = transformer_forward(ctx, &m->mid.attentions[0], h, text);
-        h = dc_unet_resnet_forward(ctx, &m->mid.resnets[1], h, temb);
+        h = dc_unet_resnet_block(ctx, &m->mid.resnets[0], h, temb, m->gradient_checkpointing);
+        h = transformer_block(ctx, m, &m->mid.attentions[0], h, text);
+        h = dc_unet_resnet_block(ctx, &m->mid.resnets[1], h, temb, m->gradient_checkpointing);
     }
     h = up_path(ctx, m, h, temb, text, skips, &top);
     h = dc_nn_group_norm_silu_forward(ctx, &m->conv_norm_out, h);

@@ -118,6 +118,8 @@ typedef struct dc_unet_cond {
     dc_unet_cond_block up[DC_UNET_MAX_LEVELS];   /* [levels], lowest resolution first */
     dc_nn_group_norm conv_norm_out;
     dc_nn_conv2d conv_out; /* block_out_channels[0] -> out_channels */
+    bool gradient_checkpointing; /* each resnet and transformer a checkpoint (dc_checkpoint):
+                                    less memory for a third more compute in training */
 } dc_unet_cond;
 
 /* Declare every parameter in `ps` under its state_dict name, in diffusers'

@@ -29,6 +29,14 @@
 #          StableDiffusionPipeline and stable-diffusion.cpp (stable-diffusion-cpp-python
 #          in $SDCPP_PYTHON, default the diffusers python; skipped when absent), and
 #          each side's peak memory
+#   ckpt   gradient checkpointing (train --gradient-checkpointing): the activation
+#          memory a training step holds per image and its time, without and with,
+#          for configs/fashion-mnist.json at its batch, configs/cifar10-ddpm.json
+#          at batch 8, and the SD-1.5 UNet (configs/sd15-unet, random frozen
+#          weights: no 3.4 GB of gradient buffers, the same activations) at
+#          256x256 and 512x512, batch 1; 512 without checkpoints only where the
+#          host has 16 GB available (it holds about 13 GB). On a GPU (not run
+#          here): build-cuda/bench_checkpoint ... --device cuda
 #   cuda-ops  conv2d, linear, group_norm and attention at UNet shapes on the GPU,
 #          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
 #          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
@@ -38,7 +46,7 @@
 #          sides) at $SD_TRAIN_SIZES (default "256 512"), beside diffusers'
 #          train_text_to_image step (scripts/bench_sd_train_torch.py), and each side's peak
 #          memory (diffc: /usr/bin/time's max RSS of the whole run). Needs ~20 GB at 512.
-#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [blip] [sd] [sd-train] [cuda-ops] [--threads N] [--reps N] [--runs N]
+#   scripts/bench.sh [ops] [data] [sample] [train] [dist] [blip] [sd] [sd-train] [ckpt] [cuda-ops] [--threads N] [--reps N] [--runs N]
 #                    [--isa native|avx512|avx2|baseline]
 #   (every section when none is named; threads default: nproc). --isa makes
 #   both sides use at most that vector ISA: diffc's kernels (DC_CPU_ISA),
@@ -60,16 +68,16 @@ cd "$(dirname "$0")/.."
 threads=$(nproc) reps=5 runs=1 isa=native sections=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-    ops | data | sample | train | dist | blip | sd | sd-train | cuda-ops) sections+=("$1"); shift ;;
+    ops | data | sample | train | dist | blip | sd | sd-train | ckpt | cuda-ops) sections+=("$1"); shift ;;
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --isa) isa=$2; shift 2 ;;
-    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [blip] [sd] [sd-train] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
+    *) echo "usage: $0 [ops] [data] [sample] [train] [dist] [blip] [sd] [sd-train] [ckpt] [cuda-ops] [--threads N] [--reps N] [--runs N]" \
             "[--isa native|avx512|avx2|baseline]" >&2; exit 2 ;;
     esac
 done
-[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist blip sd sd-train cuda-ops)
+[[ ${#sections[@]} -gt 0 ]] || sections=(ops data sample train dist blip sd sd-train ckpt cuda-ops)
 
 case "$isa" in
 native) ;;
@@ -556,6 +564,41 @@ bench_sd-train() {
                        t == "" ? "-" : field(t, "step_s"), t == "" ? 0 : field(t, "step_s") / field(d, "step_s"),
                        field(d, "peak_mb"), t == "" ? "-" : field(t, "peak_mb")
             }
+        }
+    ' <<<"$results"
+}
+
+# ---- ckpt: gradient checkpointing's memory and time ----
+
+bench_ckpt() {
+    build_cpu bench_checkpoint
+    local sd=configs/sd15-unet/config.json avail_kb sd512=(--only checkpointed) results
+    avail_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+    [[ ${avail_kb:-0} -gt 16000000 ]] && sd512=()
+    # Lines `bench checkpoint config=C model=M size=HxW batch=N ... plain_ms=.. ckpt_ms=.. plain_held_mb=..`,
+    # OpenMP waiting as diffc's own processes do
+    results=$(
+        export OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=10000
+        build/bench_checkpoint --config configs/fashion-mnist.json --batch 64 --reps "$reps"
+        build/bench_checkpoint --config configs/cifar10-ddpm.json --batch 8 --reps "$reps"
+        build/bench_checkpoint --config $sd --size 32 --frozen --warmup 0
+        build/bench_checkpoint --config $sd --size 64 --frozen --warmup 0 "${sd512[@]}"
+    )
+    echo "== ckpt: $machine, diffc kernels $(cpu_kernels), $threads threads; a training step's activations"
+    echo "   held at once per image (what diffc train's memory check counts) and step time, without / with"
+    echo "   --gradient-checkpointing (wall time; the overhead from the CPU time of all threads, steadier on a"
+    echo "   shared machine); SD-1.5: latents of 256x256 and 512x512, frozen random weights, one step each"
+    awk "$awk_field"'
+        BEGIN {
+            printf "%-32s %6s %5s %12s %11s %6s %9s %9s %8s\n", "model", "size", "batch", "plain MB/img",
+                   "ckpt MB/img", "ratio", "plain ms", "ckpt ms", "overhead"
+        }
+        {
+            b = field($0, "batch"); p = field($0, "plain_held_mb") / b; c = field($0, "ckpt_held_mb") / b
+            pm = field($0, "plain_ms") + 0; cm = field($0, "ckpt_ms") + 0
+            printf "%-32s %6s %5s %12s %11.1f %6s %9s %9.0f %8s\n", field($0, "config"), field($0, "size"), b,
+                   (p > 0 ? sprintf("%.1f", p) : "-"), c, (p > 0 ? sprintf("%.2f", c / p) : "-"),
+                   (pm > 0 ? sprintf("%.0f", pm) : "-"), cm, (pm > 0 ? sprintf("%+.0f%%", field($0, "overhead_pct")) : "-")
         }
     ' <<<"$results"
 }

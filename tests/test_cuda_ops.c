@@ -601,6 +601,40 @@ START_TEST(test_optimizer) {
 }
 END_TEST
 
+/* ---- gradient checkpointing ---- */
+
+/* x * sum(x): the output lands 64 bytes above the checkpoint's mark, so
+ * giving the temporaries back moves it down in 63 pieces (no memmove on a GPU). */
+static dc_tensor *scaled_by_sum(dc_ctx *ctx, const void *args, dc_tensor *const *in) {
+    (void)args;
+    return dc_mul(ctx, in[0], dc_sum(ctx, in[0]));
+}
+
+/* dc_checkpoint on a GPU: its temporaries given back (the output moved
+ * down to the mark), the output and the gradient of the recomputation the CPU's. */
+START_TEST(test_checkpoint) {
+    dc_ctx *cpu = tu_ctx(), *gpu = gpu_ctx(DC_MATH_F32);
+    dc_tensor *xc = tu_leaf(cpu, DC_SHAPE(50, 20)), *xg = dc_clone(gpu, xc);
+    ck_assert_ptr_nonnull(xg);
+    xg->requires_grad = true;
+    dc_tensor *yc = dc_checkpoint(cpu, scaled_by_sum, NULL, 0, 1, (dc_tensor *[]){xc});
+    size_t mark = dc_mark(gpu);
+    dc_tensor *yg = dc_checkpoint(gpu, scaled_by_sum, NULL, 0, 1, (dc_tensor *[]){xg});
+    ck_assert_msg(yc && yg, "%s", dc_error());
+    ck_assert_uint_eq(dc_mark(gpu) - mark, 4032); /* 50 x 20 floats, 64-byte aligned */
+    float *h = host_copy(yg);
+    assert_near(h, yc->data, yc->numel, TOL_F32, "checkpoint", "output");
+    free(h);
+    ck_assert_msg(dc_backward(cpu, dc_sum(cpu, yc)) == 0 && dc_backward(gpu, dc_sum(gpu, yg)) == 0, "%s",
+                  dc_error());
+    h = host_copy(xg->grad);
+    assert_near(h, xc->grad->data, xc->numel, TOL_F32, "checkpoint", "gradient");
+    free(h);
+    gpu_ctx_free(gpu);
+    tu_ctx_free(cpu);
+}
+END_TEST
+
 /* ---- errors ---- */
 
 START_TEST(test_out_of_memory) {
@@ -681,6 +715,7 @@ int main(void) {
     tcase_add_test(tc, test_unet_shapes);
     tcase_add_test(tc, test_philox);
     tcase_add_test(tc, test_optimizer);
+    tcase_add_test(tc, test_checkpoint);
     tcase_add_test(tc, test_out_of_memory);
     tcase_add_test(tc, test_sticky_error);
     tcase_add_test(tc, test_embedding_error);

@@ -551,6 +551,43 @@ START_TEST(test_batch_too_large_for_memory) {
 }
 END_TEST
 
+/* The largest --train-batch-size the memory check suggests for a batch far too large. */
+static long batch_that_fits(const char *out, const char *const *extra) {
+    const char *args[8] = {"--train-batch-size", "1048576", "--resolution", "64", "--device", "cpu"};
+    for (int i = 0; extra && extra[i]; i++)
+        args[6 + i] = extra[i];
+    tu_run_result *r = tu_run_diffc(train_args("--model", tu_path("model.json"), "data", out, "2", args));
+    tu_assert_user_error(r, "--train-batch-size 1048576 at 64x64 needs about ");
+    const char *fit = strstr(r->err, "use --train-batch-size ");
+    ck_assert_msg(fit, "no batch size suggested: %s", r->err);
+    return strtol(fit + strlen("use --train-batch-size "), NULL, 10);
+}
+
+/* --gradient-checkpointing changes the memory, not the run: the same
+ * losses and weights bit for bit (the model has attention and dropout
+ * 0.1), and the memory check, measuring what a checkpointed step holds,
+ * fits more images. */
+START_TEST(test_gradient_checkpointing_changes_only_memory) {
+    make_dataset();
+    const char *on[] = {"--gradient-checkpointing", NULL};
+    tu_run_result *r = train("plain", "3", NULL);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    r = train("ckpt", "3", on);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    assert_same_weights("plain/unet/diffusion_pytorch_model.safetensors",
+                        "ckpt/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("plain/checkpoint-3/train_state.safetensors", "ckpt/checkpoint-3/train_state.safetensors");
+    double a[4], b[4];
+    ck_assert_int_eq(read_losses("plain", a, 4), 3);
+    ck_assert_int_eq(read_losses("ckpt", b, 4), 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(a[i] == b[i], "step %d: loss %.17g, checkpointed %.17g", i + 1, a[i], b[i]);
+    long plain = batch_that_fits("big", NULL), ckpt = batch_that_fits("big2", on);
+    ck_assert_msg(ckpt > plain * 3 / 2, "a batch of %ld fits checkpointed, %ld plain", ckpt, plain);
+    tu_rmtemp();
+}
+END_TEST
+
 /* out/checkpoint-N/train_state.safetensors with metadata `key` set to `value`. */
 static void edit_state(const char *ckpt, const char *key, const char *value) {
     char path[128];
@@ -1220,6 +1257,32 @@ START_TEST(test_signal_to_one_rank_stops_all) {
 END_TEST
 
 /* Skipped (77) without MPI in this build or mpirun on the PATH. */
+/* Two ranks with --gradient-checkpointing: the buckets still start during
+ * the backward pass, each when its parameters' checkpoints are walked
+ * (a bucket started early would miss gradients), and the run is the plain
+ * two-rank run bit for bit, dropout 0.1 included. */
+START_TEST(test_two_ranks_with_gradient_checkpointing) {
+    make_dataset();
+    ck_assert_int_eq(setenv("DC_BUCKET_MB", "0.01", 1), 0);
+    const char *plain[] = {"--train-batch-size", "2", NULL};
+    const char *ckpt[] = {"--train-batch-size", "2", "--gradient-checkpointing", NULL};
+    tu_run_result *r = train_2_ranks("plain", "3", plain);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    r = train_2_ranks("ckpt", "3", ckpt);
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    int buckets, early;
+    const char *note = strstr(r->err, "gradient all-reduce: ");
+    ck_assert_msg(note && sscanf(note, "gradient all-reduce: %d buckets of up to %*s MiB, %d started", &buckets,
+                                 &early) == 2, "%s", tu_tail(r->err));
+    ck_assert_msg(buckets > 10 && early > buckets / 2, "%d of %d buckets overlapped the backward pass", early,
+                  buckets);
+    assert_same_weights("plain/unet/diffusion_pytorch_model.safetensors",
+                        "ckpt/unet/diffusion_pytorch_model.safetensors");
+    assert_same_weights("plain/checkpoint-3/train_state.safetensors", "ckpt/checkpoint-3/train_state.safetensors");
+    tu_rmtemp();
+}
+END_TEST
+
 static int dist_main(void) {
 #ifndef DC_HAVE_MPI
     fputs("test_train dist: skipped: built without MPI\n", stderr);
@@ -1232,6 +1295,7 @@ static int dist_main(void) {
     Suite *s = suite_create("train_dist");
     TCase *tc = tu_tcase(s, "dist", 120);
     tcase_add_test(tc, test_two_ranks_match_one_big_batch);
+    tcase_add_test(tc, test_two_ranks_with_gradient_checkpointing);
     tcase_add_test(tc, test_zero_stage_1_matches_stage_0);
     tcase_add_loop_test(tc, test_two_ranks_resume_exactly, 0, 2);
     tcase_add_test(tc, test_killed_rank_stops_the_job);
@@ -1250,6 +1314,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_hostile_configs);
     tcase_add_test(tc, test_train_state_checked);
     tcase_add_test(tc, test_batch_too_large_for_memory);
+    tcase_add_test(tc, test_gradient_checkpointing_changes_only_memory);
     tcase_add_test(tc, test_zero_stage_1_alone_is_stage_0);
     tcase_add_test(tc, test_bad_configs);
     tcase_add_test(tc, test_signals_stop_with_a_checkpoint);

@@ -789,6 +789,130 @@ START_TEST(test_dropout) {
 }
 END_TEST
 
+/* ---- gradient checkpointing ---- */
+
+/* One training step's results: the loss, the input's and every parameter's
+ * gradient, and the activation bytes it held (dc_act_held) and peaked at. */
+typedef struct {
+    float loss, *dx, *dp;
+    size_t held, peak, used; /* used: the arena's use once backward is done */
+} step_result;
+
+/* A training step (MSE against a random target) of x, t, y on a fresh
+ * context with dropout seed `seed`, the gradients zeroed first. */
+static step_result train_step(fixture *f, dc_ctx *ctx, const float *x, const float *t,
+                              const int32_t *y, const float *target, int64_t n, int64_t hw,
+                              uint64_t seed) {
+    dc_ctx_reset(ctx);
+    ctx->act.peak = 0;
+    ctx->seed = seed;
+    ck_assert_int_eq(dc_params_zero_grad(&f->ps), 0);
+    int64_t c = f->cfg.in_channels;
+    dc_tensor *xs = dc_from_host(ctx, DC_F32, DC_SHAPE(n, hw, hw, c), x);
+    xs->requires_grad = true;
+    dc_tensor *ys = y ? dc_from_host(ctx, DC_I32, DC_SHAPE(n), y) : NULL;
+    dc_tensor *out = dc_unet_forward(ctx, &f->m, xs, dc_from_host(ctx, DC_F32, DC_SHAPE(n), t), ys);
+    dc_tensor *want = out ? dc_from_host(ctx, DC_F32, out->ndim, out->shape, target) : NULL;
+    dc_tensor *loss = dc_mse_loss(ctx, out, want, NULL);
+    ck_assert_msg(loss && dc_backward(ctx, loss) == 0, "%s", dc_error());
+    step_result r = {.loss = *(float *)loss->data, .held = dc_act_held(ctx), .peak = ctx->act.peak,
+                     .used = ctx->act.used,
+                     .dx = malloc(dc_tensor_bytes(xs)), .dp = malloc(f->ps.total * sizeof(float))};
+    memcpy(r.dx, xs->grad->data, dc_tensor_bytes(xs));
+    memcpy(r.dp, f->ps.grad, f->ps.total * sizeof(float));
+    return r;
+}
+
+/* The name of the parameter at flat offset i, for messages. */
+static const char *param_at(const fixture *f, size_t i) {
+    for (int k = 0; k < f->ps.n; k++) {
+        const dc_param *p = f->ps.p[k];
+        size_t at = (size_t)((float *)p->grad.data - f->ps.grad);
+        if (i >= at && i < at + (size_t)p->value.numel)
+            return p->name;
+    }
+    return "padding";
+}
+
+/* enable_gradient_checkpointing(): the same loss and the same gradient of
+ * the input and of every parameter, bit for bit (the recomputation runs the
+ * same kernels on the same numbers in the same order, and dropout draws
+ * the same masks: attn_class has dropout 0.1), for less memory. The step
+ * holds at once (dc_act_held; measured, batch 2 at 32x32): attn_class 4.3
+ * MB checkpointed against 13.2 MB, scale_shift 4.3 against 14.1,
+ * mish_resnet 6.9 against 16.0, fourier_skip 32.1 against 49.0 (its image
+ * path between the blocks is not checkpointed, as in diffusers). */
+START_TEST(test_gradient_checkpointing) {
+    static const char *const names[] = {"attn_class", "scale_shift", "mish_resnet", "fourier_skip"};
+    fixture f;
+    fixture_open(&f, names[_i]);
+    const int64_t n = 2, hw = 32, c = f.cfg.in_channels, per = hw * hw * c;
+    float *x = malloc(n * per * sizeof *x), *target = malloc(n * hw * hw * f.cfg.out_channels * sizeof *target);
+    float t[2] = {(float)tu_uniform(1, 1000), (float)tu_uniform(1, 1000)};
+    int32_t y[2];
+    for (int64_t i = 0; i < n * per; i++)
+        x[i] = (float)tu_normal();
+    for (int64_t i = 0; i < n * hw * hw * f.cfg.out_channels; i++)
+        target[i] = (float)tu_normal();
+    for (int i = 0; i < 2; i++)
+        y[i] = f.cfg.num_class_embeds ? (int32_t)(tu_next() % (uint64_t)f.cfg.num_class_embeds) : 0;
+    const int32_t *labels = dc_unet_null_class(&f.cfg) >= 0 ? y : NULL;
+    if (f.cfg.class_embed_type == DC_UNET_CLASS_IDENTITY)
+        labels = NULL;
+    uint64_t seed = tu_next();
+    dc_ctx *ctx = tu_ctx();
+    step_result plain = train_step(&f, ctx, x, t, labels, target, n, hw, seed);
+    f.m.gradient_checkpointing = true;
+    step_result ckpt = train_step(&f, ctx, x, t, labels, target, n, hw, seed);
+    ck_assert_msg(ckpt.loss == plain.loss, "%s: loss %.9g checkpointed, %.9g plain", names[_i],
+                  (double)ckpt.loss, (double)plain.loss);
+    for (int64_t i = 0; i < n * per; i++)
+        ck_assert_msg(ckpt.dx[i] == plain.dx[i], "%s: input gradient %lld: %.9g, plain %.9g", names[_i],
+                      (long long)i, (double)ckpt.dx[i], (double)plain.dx[i]);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < f.ps.total; i++) {
+        ck_assert_msg(ckpt.dp[i] == plain.dp[i], "%s: %s gradient: %.9g, plain %.9g", names[_i],
+                      param_at(&f, i), (double)ckpt.dp[i], (double)plain.dp[i]);
+        nonzero += plain.dp[i] != 0;
+    }
+    ck_assert_uint_gt(nonzero, f.ps.extent / 2);
+    /* what a step holds is the arena's end use without checkpoints; with
+     * them the recomputation's high point is above it (train's memory check) */
+    ck_assert_uint_eq(plain.held, plain.used);
+    ck_assert_uint_gt(ckpt.held, ckpt.used);
+    ck_assert_msg(ckpt.held * 10 < plain.held * 7 && ckpt.peak < plain.peak,
+                  "%s: held %zu bytes checkpointed, %zu plain (peaks %zu, %zu)", names[_i], ckpt.held,
+                  plain.held, ckpt.peak, plain.peak);
+    free(plain.dx), free(plain.dp), free(ckpt.dx), free(ckpt.dp), free(x), free(target);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
+/* Without a tape the flag changes nothing: the same bits as sampling always gave. */
+START_TEST(test_gradient_checkpointing_no_grad) {
+    fixture f;
+    fixture_open(&f, "attn_class");
+    dc_ctx *ctx = tu_ctx();
+    ctx->training = false;
+    dc_set_grad_enabled(ctx, false);
+    dc_tensor *x = tu_randn(ctx, DC_SHAPE(2, 16, 16, 3));
+    dc_tensor *t = random_steps(ctx, 2), *y = random_labels(ctx, 2, 5);
+    size_t mark = dc_mark(ctx);
+    dc_tensor *plain = dc_unet_forward(ctx, &f.m, x, t, y);
+    size_t plain_bytes = dc_mark(ctx) - mark;
+    f.m.gradient_checkpointing = true;
+    mark = dc_mark(ctx);
+    dc_tensor *ckpt = dc_unet_forward(ctx, &f.m, x, t, y);
+    ck_assert_msg(plain && ckpt, "%s", dc_error());
+    ck_assert_uint_eq(dc_mark(ctx) - mark, plain_bytes);
+    ck_assert_ptr_null(ctx->tape);
+    assert_same(ckpt->data, plain->data, plain->numel, "checkpointed, without a tape", 0);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
 /* dc_unet_find: a bare UNet folder, a pipeline's component, and what is missing. */
 static void spill(const char *dir, const char *name, const char *text) {
     char path[512];
@@ -931,5 +1055,7 @@ int main(void) {
     tcase_add_test(tc, test_batch_invariance);
     tcase_add_test(tc, test_no_grad_memory);
     tcase_add_test(tc, test_dropout);
+    tcase_add_loop_test(tc, test_gradient_checkpointing, 0, 4);
+    tcase_add_test(tc, test_gradient_checkpointing_no_grad);
     return tu_run(s);
 }

@@ -221,6 +221,92 @@ START_TEST(test_text_once) {
 }
 END_TEST
 
+/* ---- gradient checkpointing ---- */
+
+/* Every resnet's dropout set to p (the fixtures have none). */
+static void set_dropout(dc_unet_cond *m, float p) {
+    for (int i = 0; i <= 2 * m->cfg.levels; i++) {
+        dc_unet_cond_block *b = i < m->cfg.levels ? &m->down[i] : i == m->cfg.levels ? &m->mid
+                                                                  : &m->up[i - m->cfg.levels - 1];
+        for (int j = 0; j < b->n_layers; j++)
+            b->resnets[j].dropout = p;
+    }
+}
+
+typedef struct {
+    float loss, *grads[3]; /* x, text, parameters */
+    size_t held;
+} cond_step;
+
+/* A training step (MSE against target) from fixed inputs, on a fresh context. */
+static cond_step cond_train_step(fixture *f, dc_ctx *ctx, float *const host[4], const int64_t xs[4],
+                                 const int64_t ts[3], uint64_t seed) {
+    dc_ctx_reset(ctx);
+    ctx->seed = seed;
+    ck_assert_int_eq(dc_params_zero_grad(&f->ps), 0);
+    dc_tensor *x = dc_from_host(ctx, DC_F32, 4, xs, host[0]), *text = dc_from_host(ctx, DC_F32, 3, ts, host[1]);
+    x->requires_grad = text->requires_grad = true;
+    dc_tensor *out = dc_unet_cond_forward(ctx, &f->m, x, dc_from_host(ctx, DC_F32, DC_SHAPE(xs[0]), host[2]), text);
+    dc_tensor *loss = dc_mse_loss(ctx, out, out ? dc_from_host(ctx, DC_F32, 4, out->shape, host[3]) : NULL, NULL);
+    ck_assert_msg(loss && dc_backward(ctx, loss) == 0, "%s", dc_error());
+    cond_step r = {.loss = *(float *)loss->data, .held = dc_act_held(ctx)};
+    const void *from[3] = {x->grad->data, text->grad->data, f->ps.grad};
+    size_t bytes[3] = {dc_tensor_bytes(x), dc_tensor_bytes(text), f->ps.total * sizeof(float)};
+    for (int k = 0; k < 3; k++)
+        r.grads[k] = memcpy(malloc(bytes[k]), from[k], bytes[k]);
+    return r;
+}
+
+/* Each resnet and transformer a checkpoint: the same loss and gradients
+ * (input, text states, every parameter) bit for bit, sd1 with dropout 0.1
+ * in every resnet, drawn again alike; less memory held (dc_act_held,
+ * measured at batch 2, 16x16, 7 tokens: sd1 3.18 MB against 9.87, sd2 3.33
+ * against 14.13, tl2 5.69 against 18.40). */
+START_TEST(test_gradient_checkpointing) {
+    const char *name = models[_i];
+    fixture f;
+    fixture_open(&f, name);
+    if (_i == 0)
+        set_dropout(&f.m, 0.1f);
+    const int64_t width = ref_find(&f, "input.text")->shape[2];
+    const int64_t xs[4] = {2, 16, 16, 4}, ts[3] = {2, 7, width};
+    const int64_t n[4] = {2 * 16 * 16 * 4, 2 * 7 * width, 2, 2 * 16 * 16 * f.m.cfg.out_channels};
+    float *host[4];
+    for (int k = 0; k < 4; k++) {
+        host[k] = malloc((size_t)n[k] * sizeof(float));
+        for (int64_t i = 0; i < n[k]; i++)
+            host[k][i] = k == 2 ? (float)tu_uniform(0, 1000) : (float)tu_normal();
+    }
+    uint64_t seed = tu_next();
+    dc_ctx *ctx = tu_ctx();
+    cond_step plain = cond_train_step(&f, ctx, host, xs, ts, seed);
+    f.m.gradient_checkpointing = true;
+    cond_step ckpt = cond_train_step(&f, ctx, host, xs, ts, seed);
+    ck_assert_msg(ckpt.loss == plain.loss, "%s: loss %.9g, plain %.9g", name, (double)ckpt.loss, (double)plain.loss);
+    static const char *const what[3] = {"x", "text", "parameter"};
+    size_t count[3] = {(size_t)n[0], (size_t)n[1], f.ps.total};
+    for (int k = 0; k < 3; k++) {
+        for (size_t i = 0; i < count[k]; i++)
+            ck_assert_msg(ckpt.grads[k][i] == plain.grads[k][i], "%s: %s gradient %zu: %.9g, plain %.9g", name,
+                          what[k], i, (double)ckpt.grads[k][i], (double)plain.grads[k][i]);
+        free(ckpt.grads[k]), free(plain.grads[k]);
+    }
+    ck_assert_msg(ckpt.held * 2 < plain.held, "%s: held %zu bytes checkpointed, %zu plain", name, ckpt.held,
+                  plain.held);
+    if (_i == 0) { /* the dropout acted: without it the loss differs */
+        set_dropout(&f.m, 0.0f);
+        cond_step none = cond_train_step(&f, ctx, host, xs, ts, seed);
+        ck_assert(none.loss != plain.loss);
+        for (int k = 0; k < 3; k++)
+            free(none.grads[k]);
+    }
+    for (int k = 0; k < 4; k++)
+        free(host[k]);
+    tu_ctx_free(ctx);
+    fixture_close(&f);
+}
+END_TEST
+
 /* ---- configs ---- */
 
 static void parse_ok(dc_unet_cond_config *c, const char *json) {
@@ -512,6 +598,7 @@ int main(void) {
     tcase_add_test(tc, test_no_grad);
     tcase_add_loop_test(tc, test_text_once, 0, N_MODELS);
     tcase_add_test(tc, test_batch_invariance);
+    tcase_add_loop_test(tc, test_gradient_checkpointing, 0, N_MODELS);
     tc = tu_tcase(s, "config", 30);
     tcase_add_test(tc, test_config_defaults);
     tcase_add_test(tc, test_wild_configs);

@@ -140,6 +140,7 @@ static int declare(dc_train_model *m, char **weights) {
         m->frozen_bytes = 2 * (s->sd.text_encoder->params.total + s->sd.vae->params.total) * sizeof(float);
     if (!rc)
         rc = o->lora_rank ? declare_lora(m, s, weights) : dc_unet_cond_init(&s->unet, &s->cfg, &m->ps);
+    s->unet.gradient_checkpointing = o->gradient_checkpointing;
     if (!rc)
         pick_resolution(m, s);
     return rc;

@@ -80,6 +80,7 @@ static int declare(dc_train_model *m, char **weights) {
     unet_model *u = m->impl;
     if (check_no_text(m->o) || load_config(m, u, weights) || dc_unet_init(&u->unet, &u->cfg, &m->ps))
         return -1;
+    u->unet.gradient_checkpointing = m->o->gradient_checkpointing;
     u->null_class = dc_unet_null_class(&u->cfg);
     u->labels = malloc((size_t)m->o->train_batch_size * sizeof *u->labels);
     return u->labels ? 0 : dc_fail("out of memory");

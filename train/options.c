@@ -141,6 +141,9 @@ static const dc_train_option table[] = {
     FLOAT("optimisation", ema_power, "0.75", 0, BIG, 0, "EMA warmup power"),
     FLOAT("optimisation", ema_max_decay, "0.9999", 0, 1, 0, "the EMA decay's ceiling"),
     ENUM("optimisation", mixed_precision, "no", precisions, "on a GPU: bf16 matrix products (no: TF32); weights stay f32, the CPU computes in f32"),
+    BOOL("optimisation", gradient_checkpointing, "false",
+         "keep only each UNet block's input and output and recompute the rest in the backward pass: "
+         "far less activation memory for about a third more compute; the same gradients"),
     INT("optimisation", seed, "0", 0, BIG, "seeds the weights, the noise and the data order"),
     {ROW("optimisation", device, DC_OPT_STRING), .def = "auto", .metavar = "auto|cpu|cuda[:N]",
      .check = check_device, .help = "where to train (auto: a GPU when there is one)"},
@@ -179,10 +182,10 @@ _Static_assert(sizeof table / sizeof table[0] <= 64, "given and from_pipeline ho
  * sample grids, are train's; the rest both take. */
 static bool row_applies(const dc_train_option *r, bool caption) {
     static const char *const unet_only[] = {"pretrained_model", "variant", "dropout", "lora_rank", "lora_alpha",
-                                            "classes", "resolution",
-                                            "zero_stage", "sample_every", "eval_batch_size", "caption_column",
-                                            "prompt_template", "validation_prompt",
-                                            "ddpm_num_inference_steps", NULL};
+                                            "classes", "resolution", "zero_stage", "sample_every",
+                                            "eval_batch_size", "caption_column", "prompt_template",
+                                            "validation_prompt", "ddpm_num_inference_steps",
+                                            "gradient_checkpointing", NULL};
     bool unet = !strcmp(r->group, "diffusion");
     for (int i = 0; !unet && unet_only[i]; i++)
         unet = !strcmp(r->key, unet_only[i]);

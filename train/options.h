@@ -88,6 +88,7 @@ typedef struct dc_train_options {
     bool use_ema;
     double ema_inv_gamma, ema_power, ema_max_decay;
     const char *mixed_precision;
+    bool gradient_checkpointing; /* the UNet's blocks recomputed in backward (dc_checkpoint) */
     int64_t seed;
     char *device; /* auto, cpu, cuda, cuda:N */
     /* output */

@@ -451,8 +451,9 @@ static int micro_step(trainer *tr, step_stats *st) {
 }
 
 /* The activation arena of a step of one image (zeros, label 0), run on the
- * fresh context: what the step keeps (*kept: per image, the tensors the
- * backward pass reads) and its peak above that (*scratch). The gradients it
+ * fresh context: what the step holds at once (*kept: per image, the tensors
+ * the backward pass reads, and with gradient checkpointing one block's
+ * recomputation; dc_act_held) and its peak above that (*scratch). The gradients it
  * adds are cleared by the first optimizer step. */
 static int measure_one_image(trainer *tr, size_t *kept, size_t *scratch) {
     int32_t label = 0;
@@ -461,8 +462,8 @@ static int measure_one_image(trainer *tr, size_t *kept, size_t *scratch) {
                   .images = calloc((size_t)tr->ds.h * tr->ds.w * tr->ds.c, sizeof(float))};
     step_stats st = {0};
     int rc = b.images ? batch_step(tr, &b, &st) : dc_fail("out of memory");
-    *kept = tr->ctx.act.used;
-    *scratch = tr->ctx.act.peak - tr->ctx.act.used;
+    *kept = dc_act_held(&tr->ctx);
+    *scratch = tr->ctx.act.peak - *kept;
     dc_ctx_reset(&tr->ctx);
     free(b.images);
     if (rc)
