@@ -40,12 +40,14 @@
 #   cuda-ops  conv2d, linear, group_norm and attention at UNet shapes on the GPU,
 #          forward and backward, TF32 and bf16, beside PyTorch (channels_last,
 #          autocast bf16, SDPA); skipped without nvcc or a GPU. Built in build-cuda.
-#   sd-train  full fine-tuning of the same SD-1.5 architecture ($SD_TRAIN_MODEL, default the
+#   sd-train  fine-tuning the same SD-1.5 architecture ($SD_TRAIN_MODEL, default the
 #          sd section's build/bench-sd/sd15, made when absent): seconds per training step
 #          (batch 1, f32, AdamW, clipping; VAE latents and text embeds precomputed on both
-#          sides) at $SD_TRAIN_SIZES (default "256 512"), beside diffusers'
-#          train_text_to_image step (scripts/bench_sd_train_torch.py), and each side's peak
-#          memory (diffc: /usr/bin/time's max RSS of the whole run). Needs ~20 GB at 512.
+#          sides) for $SD_TRAIN_CASES (SIZE-MODE, MODE full, lora (rank 4) or full-ckpt
+#          (gradient checkpointing); default "256-full 256-lora 512-lora 512-full-ckpt"),
+#          beside diffusers' train_text_to_image(_lora) step
+#          (scripts/bench_sd_train_torch.py), and each side's peak memory (diffc:
+#          /usr/bin/time's max RSS of the whole run). Needs ~17 GB for a full fine-tune.
 #   scripts/bench.sh [ops] [data] [sample] [train] [dist] [blip] [sd] [sd-train] [ckpt] [cuda-ops] [--threads N] [--reps N] [--runs N]
 #                    [--isa native|avx512|avx2|baseline]
 #   (every section when none is named; threads default: nproc). --isa makes
@@ -512,55 +514,62 @@ bench_sd() {
 
 # ---- sd-train: fine-tuning Stable Diffusion beside diffusers ----
 
-# One `diffc train` run of 1 + $reps steps on two random images of `size`: its best
-# step after the first (metrics.jsonl's images_per_s) as a bench line.
+# One `diffc train` run of 1 + $reps steps on two random images of `size` in `mode` (full,
+# lora: --lora-rank 4, full-ckpt: --gradient-checkpointing): its best step after the first
+# (metrics.jsonl's images_per_s) as a bench line.
 sd_train_diffc() {
-    local model=$1 size=$2 dir=build/bench-sd-train timer=()
+    local model=$1 size=$2 mode=$3 dir=build/bench-sd-train timer=() extra=()
     rm -rf "$dir/out" "$dir/peak_kb" && mkdir -p "$dir/data"
     "$python" -c 'import sys, numpy as np; from PIL import Image
 s = int(sys.argv[2])
 for k in range(2): Image.fromarray(np.random.default_rng(k).integers(0, 256, (s, s, 3), dtype=np.uint8)).save(f"{sys.argv[1]}/{k}.png")
 open(sys.argv[1] + "/metadata.jsonl", "w").write("".join(f"{{\"file_name\": \"{k}.png\", \"text\": \"a photograph of an astronaut riding a horse\"}}\n" for k in range(2)))' \
         "$dir/data" "$size"
+    case "$mode" in
+    lora) extra=(--lora-rank 4) ;;
+    full-ckpt) extra=(--gradient-checkpointing) ;;
+    esac
     [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f %M -o "$dir/peak_kb")
     OMP_NUM_THREADS=$threads "${timer[@]}" build/diffc train --pretrained-model "$model" --train-data-dir "$dir/data" \
         --resolution "$size" --train-batch-size 1 --max-train-steps $((reps + 1)) --lr-warmup-steps 0 \
         --learning-rate 1e-5 --adam-beta1 0.9 --adam-weight-decay 1e-2 --sample-every 0 --checkpointing-steps 0 \
-        --logging-steps 1 --device cpu --cache-dir "$dir" --output-dir "$dir/out" >/dev/null 2>"$dir/log" ||
+        --logging-steps 1 --device cpu --cache-dir "$dir" --output-dir "$dir/out" "${extra[@]}" >/dev/null 2>"$dir/log" ||
         { tail -n 3 "$dir/log" >&2; return 1; }
-    awk -v size="$size" -v peak_kb="$(tail -n 1 "$dir/peak_kb" 2>/dev/null || echo 0)" '
+    awk -v size="$size" -v mode="$mode" -v peak_kb="$(tail -n 1 "$dir/peak_kb" 2>/dev/null || echo 0)" '
         NR > 1 && match($0, /"images_per_s": *[0-9.e+-]+/) {
             v = substr($0, RSTART, RLENGTH); sub(/.*: */, "", v); if (v > best) best = v }
-        END { printf "bench sd-train size=%dx%d batch=1 step_s=%.3f peak_mb=%.0f\n", size, size, 1 / best,
-                     peak_kb / 1024 }' "$dir/out/metrics.jsonl"
+        END { printf "bench sd-train case=%d-%s size=%dx%d batch=1 step_s=%.3f peak_mb=%.0f\n", size, mode, size,
+                     size, 1 / best, peak_kb / 1024 }' "$dir/out/metrics.jsonl"
     rm -rf "$dir/out" # the final checkpoint: SD-1.5's weights and AdamW's moments, 14 GB
 }
 
 bench_sd-train() {
     build_cpu diffc
-    local model=${SD_TRAIN_MODEL:-build/bench-sd/sd15} results
+    local model=${SD_TRAIN_MODEL:-build/bench-sd/sd15} results size mode
     if [[ ! -e $model/model_index.json ]]; then
         rm -rf "$model"
         (cd scripts && "$python" make_sd_pipeline.py --out "../$model" >/dev/null) && touch "$model/.done"
     fi
-    # Lines `diffc|diffusers bench sd-train size=HxW batch=1 step_s=X peak_mb=M`.
+    # Lines `diffc|diffusers bench sd-train case=SIZE-MODE size=HxW batch=1 step_s=X peak_mb=M`.
     results=$(for ((i = 0; i < runs; i++)); do
-        for size in ${SD_TRAIN_SIZES:-256 512}; do
-            sd_train_diffc "$model" "$size" | sed 's/^/diffc /'
+        for c in ${SD_TRAIN_CASES:-256-full 256-lora 512-lora 512-full-ckpt}; do
+            size=${c%%-*} mode=${c#*-}
+            sd_train_diffc "$model" "$size" "$mode" | sed 's/^/diffc /'
             OMP_NUM_THREADS=$threads "$python" scripts/bench_sd_train_torch.py --model "$model" --size "$size" \
-                --steps "$reps" --threads "$threads" 2>/dev/null | sed 's/^/diffusers /'
+                --mode "$mode" --steps "$reps" --threads "$threads" 2>/dev/null | sed 's/^/diffusers /'
         done
     done)
     echo "== sd-train: $machine"
-    echo "   full fine-tune of $model's UNet, batch 1, f32, $threads threads; best step of $reps, best of $runs runs"
+    echo "   fine-tuning $model's UNet (full; lora: rank 4 on to_q/k/v/out.0; full-ckpt: with gradient"
+    echo "   checkpointing), batch 1, f32, $threads threads; best step of $reps, best of $runs runs"
     awk "$awk_field"'
-        { keep_best(field($0, "size"), "step_s", -1) }
+        { keep_best(field($0, "case"), "step_s", -1) }
         END {
-            printf "%-10s %14s %14s %12s %16s\n", "size", "diffc s/step", "diffusers", "vs diffusers",
+            printf "%-14s %14s %14s %12s %16s\n", "case", "diffc s/step", "diffusers", "vs diffusers",
                    "peak MB d/df"
             for (i = 1; i <= n; i++) {
                 d = best["diffc " order[i]]; t = best["diffusers " order[i]]
-                printf "%-10s %14s %14s %11.2fx %9s/%s\n", order[i], field(d, "step_s"),
+                printf "%-14s %14s %14s %11.2fx %9s/%s\n", order[i], field(d, "step_s"),
                        t == "" ? "-" : field(t, "step_s"), t == "" ? 0 : field(t, "step_s") / field(d, "step_s"),
                        field(d, "peak_mb"), t == "" ? "-" : field(t, "peak_mb")
             }
