@@ -588,6 +588,42 @@ START_TEST(test_two_ranks_match_one_big_batch) {
 END_TEST
 
 /* Skipped (77) without MPI in this build or mpirun on the PATH. */
+/* The same with --lora-rank: the adapters of 2 ranks are those of 1 process
+ * with the double batch (the base UNet is frozen on every rank). */
+START_TEST(test_two_ranks_lora) {
+    tu_mkdtemp("tsddistlora");
+    char data[512], one[512], two[512], pa[600], pb[600];
+    snprintf(data, sizeof data, "%s", tu_path("data"));
+    make_data(data);
+    snprintf(one, sizeof one, "%s", tu_path("one"));
+    snprintf(two, sizeof two, "%s", tu_path("two"));
+    const char *args[] = {"train", "--pretrained-model", SD, "--train-data-dir", data, "--output-dir", one,
+                          "--resolution", "16", "--max-train-steps", "3", "--train-batch-size", "2",
+                          "--learning-rate", "1e-2", "--lr-warmup-steps", "1", "--random-flip", "--lora-rank", "4",
+                          "--sample-every", "0", "--device", "cpu", "--cache-dir", one, NULL};
+    tu_run_result *r = tu_run_diffc(args);
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    args[6] = args[25] = two;
+    args[12] = "1";
+    tu_spawn_diffc_under(mpirun2, args);
+    r = tu_wait_diffc();
+    ck_assert_msg(r->status == 0, "%s", tu_tail(r->err));
+    snprintf(pa, sizeof pa, "%s/" DC_LORA_WEIGHTS_FILE, one);
+    snprintf(pb, sizeof pb, "%s/" DC_LORA_WEIGHTS_FILE, two);
+    dc_st_file fa, fb;
+    ck_assert_msg(!dc_st_open(&fa, pa) && !dc_st_open(&fb, pb), "%s", dc_error());
+    ck_assert_int_eq(fa.n, fb.n);
+    for (int i = 0; i < fa.n; i++) {
+        const dc_st_tensor *a = &fa.tensors[i], *b = dc_st_find(&fb, a->name);
+        ck_assert_msg(b && b->nbytes == a->nbytes, "%s", a->name);
+        check_close(b->data, a->data, (int64_t)(a->nbytes / sizeof(float)), 1e-3, a->name);
+    }
+    dc_st_close(&fa);
+    dc_st_close(&fb);
+    tu_rmtemp();
+}
+END_TEST
+
 static int dist_main(void) {
 #ifndef DC_HAVE_MPI
     fputs("test_train_sd dist: skipped: built without MPI\n", stderr);
@@ -600,6 +636,7 @@ static int dist_main(void) {
     Suite *s = suite_create("train_sd_dist");
     TCase *tc = tu_tcase(s, "dist", 120);
     tcase_add_test(tc, test_two_ranks_match_one_big_batch);
+    tcase_add_test(tc, test_two_ranks_lora);
     return tu_run(s);
 }
 
