@@ -324,25 +324,22 @@ int dc_lora_fuse(const char *path, float lora_scale, dc_params *unet, dc_params 
 /* The attention projections of every transformer block, in the order of the
  * UNet's levels (down, mid, up); *out may be NULL to count them. */
 static int unet_targets(dc_unet_cond *m, dc_nn_linear **out) {
-    dc_unet_cond_block *blocks[2 * DC_UNET_MAX_LEVELS + 1];
-    int nb = 0, n = 0;
-    for (int i = 0; i < m->cfg.levels; i++)
-        blocks[nb++] = &m->down[i];
-    blocks[nb++] = &m->mid;
-    for (int i = 0; i < m->cfg.levels; i++)
-        blocks[nb++] = &m->up[i];
-    for (int b = 0; b < nb; b++)
-        for (int a = 0; a < blocks[b]->n_attentions; a++)
-            for (int t = 0; t < blocks[b]->attentions[a].n_blocks; t++) {
-                dc_unet_tf_block *tf = &blocks[b]->attentions[a].blocks[t];
-                dc_tf_attention *att[2] = {&tf->attn1, &tf->attn2};
-                for (int k = 0; k < 2; k++) {
-                    dc_nn_linear *proj[4] = {&att[k]->q, &att[k]->k, &att[k]->v, &att[k]->out};
-                    for (int j = 0; j < 4; j++, n++)
-                        if (out)
-                            out[n] = proj[j];
-                }
+    int nt = dc_unet_cond_transformers(m, NULL), n = 0;
+    dc_unet_transformer **list = calloc((size_t)nt + 1, sizeof *list);
+    if (!list)
+        return -1;
+    dc_unet_cond_transformers(m, list);
+    for (int i = 0; i < nt; i++)
+        for (int t = 0; t < list[i]->n_blocks; t++) {
+            dc_tf_attention *att[2] = {&list[i]->blocks[t].attn1, &list[i]->blocks[t].attn2};
+            for (int k = 0; k < 2; k++) {
+                dc_nn_linear *proj[4] = {&att[k]->q, &att[k]->k, &att[k]->v, &att[k]->out};
+                for (int j = 0; j < 4; j++, n++)
+                    if (out)
+                        out[n] = proj[j];
             }
+        }
+    free(list);
     return n;
 }
 
@@ -362,8 +359,7 @@ static int declare_layers(dc_lora *l, dc_unet_cond *m, const dc_params *base) {
     dc_nn_linear **lin = calloc((size_t)l->n + 1, sizeof *lin);
     if (!lin)
         return dc_fail("LoRA: out of memory");
-    unet_targets(m, lin);
-    int rc = 0;
+    int rc = unet_targets(m, lin) < 0 ? dc_fail("LoRA: out of memory") : 0;
     for (int i = 0; i < l->n && !rc; i++) {
         dc_lora_layer *y = &l->layers[i];
         y->target = lin[i];
@@ -390,8 +386,8 @@ int dc_lora_declare_unet(dc_lora *l, dc_unet_cond *m, const dc_params *base, dc_
     l->rank = rank;
     l->alpha = alpha;
     l->n = unet_targets(m, NULL);
-    if (!l->n)
-        return dc_fail("LoRA: the UNet has no attention layers to adapt");
+    if (l->n <= 0)
+        return dc_fail(l->n ? "LoRA: out of memory" : "LoRA: the UNet has no attention layers to adapt");
     l->layers = calloc((size_t)l->n, sizeof *l->layers);
     if (!l->layers || declare_layers(l, m, base)) {
         if (!l->layers)

@@ -691,9 +691,7 @@ dc_tensor *dc_unet_cond_forward(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x
     return forward(ctx, m, x, t, &src);
 }
 
-/* The model's transformers in forward order (down levels, mid, up levels)
- * into out (when not NULL); how many. */
-static int list_transformers(const dc_unet_cond *m, const dc_unet_transformer **out) {
+int dc_unet_cond_transformers(const dc_unet_cond *m, dc_unet_transformer **out) {
     const dc_unet_cond_block *blocks[2 * DC_UNET_MAX_LEVELS + 1];
     int nb = 0, n = 0;
     for (int i = 0; i < m->cfg.levels; i++)
@@ -709,7 +707,7 @@ static int list_transformers(const dc_unet_cond *m, const dc_unet_transformer **
 }
 
 /* How many cross-attentions the transformers list[0, n) have. */
-static int cross_count(const dc_unet_transformer **list, int n) {
+static int cross_count(dc_unet_transformer *const *list, int n) {
     int count = 0;
     for (int i = 0; i < n; i++)
         count += list[i]->n_blocks;
@@ -728,10 +726,10 @@ int dc_unet_cond_text_init(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *text,
         dc_unet_fail(ctx, "%s", why);
         return -1;
     }
-    int nt = list_transformers(m, NULL);
-    const dc_unet_transformer **list = dc_arena_alloc(&ctx->meta, (size_t)(nt + 1) * sizeof *list);
+    int nt = dc_unet_cond_transformers(m, NULL);
+    dc_unet_transformer **list = dc_arena_alloc(&ctx->meta, (size_t)(nt + 1) * sizeof *list);
     if (list)
-        list_transformers(m, list);
+        dc_unet_cond_transformers(m, list);
     int n = list ? cross_count(list, nt) : 0;
     kv->k = list ? dc_arena_alloc(&ctx->meta, (size_t)(n + 1) * sizeof *kv->k) : NULL;
     kv->v = kv->k ? dc_arena_alloc(&ctx->meta, (size_t)(n + 1) * sizeof *kv->v) : NULL;
@@ -758,11 +756,11 @@ dc_tensor *dc_unet_cond_forward_text(dc_ctx *ctx, const dc_unet_cond *m, dc_tens
     char why[256];
     if (dc_unet_input_problem(x, t, m->cfg.in_channels, m->cfg.levels, why, sizeof why))
         return dc_unet_fail(ctx, "%s", why);
-    int nt = list_transformers(m, NULL);
-    const dc_unet_transformer **list = dc_arena_alloc(&ctx->meta, (size_t)(nt + 1) * sizeof *list);
+    int nt = dc_unet_cond_transformers(m, NULL);
+    dc_unet_transformer **list = dc_arena_alloc(&ctx->meta, (size_t)(nt + 1) * sizeof *list);
     if (!list)
         return dc_unet_fail(ctx, "%s", dc_error());
-    list_transformers(m, list);
+    dc_unet_cond_transformers(m, list);
     int n = cross_count(list, nt);
     if (kv->n != n || kv->batch != x->shape[0])
         return dc_unet_fail(ctx, "the text's keys and values are for %d cross-attentions and a "

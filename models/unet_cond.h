@@ -159,6 +159,10 @@ int dc_unet_cond_text_init(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *text,
                            dc_unet_cond_text *kv);
 /* dc_unet_cond_forward with the keys and values of dc_unet_cond_text_init
  * (made by the same model) instead of the text states: the same result. */
+/* The model's transformers (Transformer2DModel) in forward order: down
+ * levels, mid, up levels, into out (when not NULL); how many. */
+int dc_unet_cond_transformers(const dc_unet_cond *m, dc_unet_transformer **out);
+
 dc_tensor *dc_unet_cond_forward_text(dc_ctx *ctx, const dc_unet_cond *m, dc_tensor *x,
                                      dc_tensor *t, const dc_unet_cond_text *kv);
 
