@@ -230,10 +230,16 @@ static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t
 
 static void conv_forward(const cpu_direct_conv *d) {
     const int64_t pix = d->n * d->ho * d->wo, tiles = (pix + TP - 1) / TP;
-    /* strips of up to STRIP tiles, at least 8 per thread so that the threads finish together */
+    /* strips of up to STRIP tiles, at least 8 per thread, and a whole number
+     * of strips per thread whose lengths differ by at most one tile: the
+     * static schedule then gives every thread the same work (at 8x8 pixels
+     * and batch 64, 17 strips of 21 tiles left one of 2 threads idle 10%) */
     int64_t strip = tiles / (8 * d->threads);
     strip = strip < 4 ? 4 : strip > STRIP ? STRIP : strip;
-    const int64_t strips = (tiles + strip - 1) / strip;
+    int64_t strips = (tiles + strip - 1) / strip;
+    strips = (strips + d->threads - 1) / d->threads * d->threads;
+    if (strips > tiles)
+        strips = tiles;
     const int64_t blocks = (d->co + BLOCK - 1) / BLOCK;
     const int64_t row_bytes = d->kw * d->c * BLOCK * (int64_t)sizeof(float);
     /* Weights that stay in cache: a tile runs every block and kernel row. Else
@@ -247,7 +253,7 @@ static void conv_forward(const cpu_direct_conv *d) {
     if (pix * d->co * d->kh * d->kw * d->c >= 1 << 20)
     for (int64_t t = 0; t < groups * strips; t++) {
         int64_t b0 = t / strips * per, b1 = b0 + per < blocks ? b0 + per : blocks;
-        int64_t t0 = t % strips * strip, t1 = t0 + strip < tiles ? t0 + strip : tiles;
+        int64_t t0 = t % strips * tiles / strips, t1 = (t % strips + 1) * tiles / strips;
         float *mine = d->patches + omp_get_thread_num() * patch;
         for (int64_t ky0 = 0; ky0 < d->kh; ky0 += rows)
             forward_strip(d, t0, t1, b0, b1, ky0, ky0 + rows < d->kh ? ky0 + rows : d->kh, mine);
