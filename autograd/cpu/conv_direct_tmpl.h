@@ -400,6 +400,35 @@ static int64_t full_tap(const cpu_conv_geom *g) {
     return ky * g->kw + kx;
 }
 
+/* The work of filter task t (any tap): its rows times its vectors of input channels. */
+static int64_t filter_task_units(const cpu_conv_geom *g, int64_t fr, int64_t cblocks, int64_t t) {
+    int64_t rb = t / cblocks, cb = t % cblocks;
+    int64_t rows = g->cout - rb * fr, cin = g->cin - cb * BLOCK;
+    return (rows < fr ? rows : fr) * (((cin < BLOCK ? cin : BLOCK) + LANES - 1) / LANES);
+}
+
+/* The first of the tasks t = (tap * rblocks + rb) * cblocks + cb (row block
+ * rb, channel block cb) that thread `me` of nth takes: the split is by work,
+ * not by count, as the last row and channel blocks are narrower (16 output
+ * channels in row blocks of 6: 6 + 6 + 4, and 27 tasks by count gave one of
+ * 2 threads 6% more than the other). A task goes to the thread its middle
+ * falls in. */
+static int64_t filter_task_start(const cpu_conv_geom *g, int64_t fr, int64_t rblocks,
+                                 int64_t cblocks, int64_t me, int64_t nth) {
+    const int64_t per_tap = rblocks * cblocks, tasks = g->kh * g->kw * per_tap;
+    int64_t tap_units = 0, done = 0, t = 0;
+    for (int64_t i = 0; i < per_tap; i++)
+        tap_units += filter_task_units(g, fr, cblocks, i);
+    const int64_t want = g->kh * g->kw * tap_units * me / nth;
+    for (; t < tasks; t++) {
+        int64_t u = filter_task_units(g, fr, cblocks, t % per_tap);
+        if (2 * done + u >= 2 * want)
+            break;
+        done += u;
+    }
+    return t;
+}
+
 static void conv_filter(const cpu_conv_geom *g, const float *dy, const float *x, float *dw,
                             float *db, int64_t bias_tap) {
     const int64_t rows = g->n * g->ho, taps = g->kh * g->kw;
@@ -412,7 +441,8 @@ static void conv_filter(const cpu_conv_geom *g, const float *dy, const float *x,
 #pragma omp parallel if (rows * g->wo * g->cout * taps * g->cin >= 1 << 20)
     { /* each thread owns a fixed range of tiles of dw, so no two threads add to the same one */
         int64_t nth = omp_get_num_threads(), me = omp_get_thread_num();
-        int64_t t0 = tasks * me / nth, t1 = tasks * (me + 1) / nth;
+        int64_t t0 = filter_task_start(g, fr, rblocks, cblocks, me, nth);
+        int64_t t1 = me + 1 < nth ? filter_task_start(g, fr, rblocks, cblocks, me + 1, nth) : tasks;
         for (int64_t u0 = 0; u0 < rows; u0 += group) {
             for (int64_t t = t0; t < t1; t++) {
                 int64_t tap = t / (rblocks * cblocks), rb = t / cblocks % rblocks, cb = t % cblocks;
