@@ -421,10 +421,12 @@ static int64_t filter_task_units(const cpu_conv_geom *g, int64_t fr, int64_t cbl
 static int64_t filter_task_start(const cpu_conv_geom *g, int64_t fr, int64_t rblocks,
                                  int64_t cblocks, int64_t me, int64_t nth) {
     const int64_t per_tap = rblocks * cblocks, tasks = g->kh * g->kw * per_tap;
-    int64_t tap_units = 0, done = 0, t = 0;
+    int64_t tap_units = 0;
     for (int64_t i = 0; i < per_tap; i++)
         tap_units += filter_task_units(g, fr, cblocks, i);
     const int64_t want = g->kh * g->kw * tap_units * me / nth;
+    /* whole taps end before `want`: only the tap it falls in is walked */
+    int64_t t = want / tap_units * per_tap, done = want / tap_units * tap_units;
     for (; t < tasks; t++) {
         int64_t u = filter_task_units(g, fr, cblocks, t % per_tap);
         if (2 * done + u >= 2 * want)
