@@ -36,6 +36,7 @@ static const conv_case cases[] = {
     {2, 6, 5, 16, 21, 3, 3, 1, 1, true}, /* one vector in: filter tiles of > 16 rows (AVX-512) */
     {1, 5, 6, 8, 11, 3, 3, 1, 1, true},  /* the same for AVX2's 8 lanes */
     {2, 4, 5, 20, 17, 1, 1, 1, 0, true}, /* 1x1, wide input */
+    {1, 17, 16, 16, 32, 3, 3, 1, 1, true}, /* threaded, tiles split into strips of unequal length */
 };
 
 static int64_t out_size(int64_t in, int64_t k, int stride, int pad) {
