@@ -108,7 +108,8 @@ static int load_scheduler(dc_sd_pipeline *p, const char *dir) {
     return p->scheduler_json ? 0 : -1;
 }
 
-/* The tokenizer, text encoder, VAE and scheduler, their weights unpacked. */
+/* The tokenizer, text encoder, VAE and scheduler, their weights unpacked and
+ * frozen. */
 static int load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
     memset(p, 0, sizeof *p);
     p->device = device;
@@ -117,6 +118,10 @@ static int load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, 
     int rc = !tok || !text || !vae || check_index(dir) || dc_bpe_load(&p->tokenizer, tok) ||
              dc_clip_text_load(&p->text_encoder, text, variant, device) ||
              dc_vae_load(&p->vae, vae, variant, device) || load_scheduler(p, dir);
+    if (!rc) { /* never trained: no gradient buffers */
+        dc_params_freeze(&p->text_encoder->params);
+        dc_params_freeze(&p->vae->params);
+    }
     free(tok);
     free(text);
     free(vae);

@@ -136,8 +136,8 @@ static int declare(dc_train_model *m, char **weights) {
     free(guessed);
     free(config_path);
     m->frozen_from = o->pretrained_model;
-    if (!rc) /* values and (unused) gradients */
-        m->frozen_bytes = 2 * (s->sd.text_encoder->params.total + s->sd.vae->params.total) * sizeof(float);
+    if (!rc) /* values only: dc_sd_load_frozen froze them */
+        m->frozen_bytes = (s->sd.text_encoder->params.total + s->sd.vae->params.total) * sizeof(float);
     if (!rc)
         rc = o->lora_rank ? declare_lora(m, s, weights) : dc_unet_cond_init(&s->unet, &s->cfg, &m->ps);
     s->unet.gradient_checkpointing = o->gradient_checkpointing;
