@@ -595,7 +595,8 @@ static bool packable(const dc_param *p, int64_t block) {
            p->value.numel > 0 && p->value.shape[0] % block == 0;
 }
 
-int dc_params_pack(dc_params *ps) {
+/* dc_params_pack, or dc_params_pack_half with `half`. */
+static int pack_params(dc_params *ps, bool half) {
     const int64_t block = cpu_conv_pack_block();
     if (!ps->data || ps->device != DC_CPU || !block)
         return 0;
@@ -610,13 +611,25 @@ int dc_params_pack(dc_params *ps) {
         dc_tensor *v = &ps->p[k]->value;
         if (!packable(ps->p[k], block))
             continue;
+        const int64_t rows = v->shape[0], K = v->numel / rows;
+        const size_t halves = (size_t)v->numel * sizeof(uint16_t);
         memcpy(tmp, v->data, (size_t)v->numel * sizeof *tmp);
-        cpu_conv_pack(tmp, v->data, v->shape[0], v->numel / v->shape[0]);
+        if (half && cpu_conv_half_fits(tmp, v->numel)) {
+            cpu_conv_pack_half(tmp, v->data, rows, K);
+            v->dtype = DC_F16;
+            dc_arena_discard(&ps->values, (char *)v->data + halves, halves);
+        } else {
+            cpu_conv_pack(tmp, v->data, rows, K);
+        }
         v->packed = true;
     }
     free(tmp);
     return 0;
 }
+
+int dc_params_pack(dc_params *ps) { return pack_params(ps, false); }
+
+int dc_params_pack_half(dc_params *ps) { return pack_params(ps, true); }
 
 void dc_params_freeze(dc_params *ps) {
     for (int k = 0; k < ps->n; k++) {

@@ -21,10 +21,12 @@
  * dy^T @ col. */
 #include "conv.h"
 
+#include "../tensor.h" /* dc_f32_to_f16, dc_f16_to_f32 */
 #include "conv_direct.h"
 #include "gemm.h"
 #include "isa.h"
 
+#include <math.h>
 #include <omp.h>
 #include <stdbool.h>
 #include <string.h>
@@ -144,21 +146,27 @@ int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
 /* ---- the direct way ---- */
 
 /* wp [ceil(cout / B), K, B] from w [cout, K]: blocks of output channels,
- * zero past cout. */
-static void pack_blocks(int64_t B, const float *w, float *wp, int64_t cout, int64_t K) {
+ * zero past cout; f16 bits into wh instead when wh is not NULL. */
+static void pack_blocks(int64_t B, const float *w, float *wp, uint16_t *wh, int64_t cout,
+                        int64_t K) {
     const int64_t blocks = (cout + B - 1) / B;
 #pragma omp parallel for if (blocks * K * B >= PAR_MIN_FLOATS)
     for (int64_t r = 0; r < blocks * K; r++) { /* r = (block, k) */
         int64_t co0 = r / K * B, k = r % K;
-        for (int64_t j = 0; j < B; j++)
-            wp[r * B + j] = co0 + j < cout ? w[(co0 + j) * K + k] : 0.0f;
+        for (int64_t j = 0; j < B; j++) {
+            float v = co0 + j < cout ? w[(co0 + j) * K + k] : 0.0f;
+            if (wh)
+                wh[r * B + j] = dc_f32_to_f16(v);
+            else
+                wp[r * B + j] = v;
+        }
     }
 }
 
 /* wp [ceil(cout / B), kh, kw, cin, B] from w [cout, kh, kw, cin]. */
 static void pack_forward(const cpu_direct_kernels *k, const cpu_conv_geom *g, const float *w,
                          float *wp) {
-    pack_blocks(k->block, w, wp, g->cout, g->kh * g->kw * g->cin);
+    pack_blocks(k->block, w, wp, NULL, g->cout, g->kh * g->kw * g->cin);
 }
 
 int64_t cpu_conv_pack_block(void) {
@@ -168,15 +176,38 @@ int64_t cpu_conv_pack_block(void) {
 }
 
 void cpu_conv_pack(const float *w, float *wp, int64_t cout, int64_t K) {
-    pack_blocks(cpu_conv_pack_block(), w, wp, cout, K);
+    pack_blocks(cpu_conv_pack_block(), w, wp, NULL, cout, K);
 }
 
-void cpu_conv_unpack(const float *wp, float *w, int64_t cout, int64_t K) {
+bool cpu_conv_half_fits(const float *w, int64_t n) {
+    bool fits = true;
+#pragma omp parallel for reduction(&& : fits) if (n >= PAR_MIN_FLOATS)
+    for (int64_t i = 0; i < n; i++)
+        fits = fits && fabsf(w[i]) < 65520.0f; /* false for NaN too */
+    return fits;
+}
+
+void cpu_conv_pack_half(const float *w, uint16_t *wp, int64_t cout, int64_t K) {
+    pack_blocks(cpu_conv_pack_block(), w, NULL, wp, cout, K);
+}
+
+/* w [cout, K] from the packed wp (f32) or wh (f16 bits). */
+static void unpack_blocks(const float *wp, const uint16_t *wh, float *w, int64_t cout, int64_t K) {
     const int64_t B = cpu_conv_pack_block();
 #pragma omp parallel for if (cout * K >= PAR_MIN_FLOATS)
     for (int64_t co = 0; co < cout; co++)
-        for (int64_t k = 0; k < K; k++)
-            w[co * K + k] = wp[(co / B * K + k) * B + co % B];
+        for (int64_t k = 0; k < K; k++) {
+            int64_t at = (co / B * K + k) * B + co % B;
+            w[co * K + k] = wh ? dc_f16_to_f32(wh[at]) : wp[at];
+        }
+}
+
+void cpu_conv_unpack(const float *wp, float *w, int64_t cout, int64_t K) {
+    unpack_blocks(wp, NULL, w, cout, K);
+}
+
+void cpu_conv_unpack_half(const uint16_t *wp, float *w, int64_t cout, int64_t K) {
+    unpack_blocks(NULL, wp, w, cout, K);
 }
 
 /* wp [ceil(cin / B), ty, tx, cout, B]: the weights of phase (a, c) of the
@@ -234,6 +265,8 @@ static void direct_forward(const cpu_direct_kernels *k, const cpu_conv_geom *g, 
         .co = g->cout, .kh = g->kh, .kw = g->kw, .stride = g->stride, .top = g->pad, .left = g->pad,
         .ho = g->ho, .wo = g->wo, .out_h = g->ho, .out_w = g->wo, .out_step = 1,
     };
+    if (g->packed && g->half)
+        d.half = (const uint16_t *)(const void *)w;
     direct_run(k, &d, g, g->cout, g->packed ? w : NULL, scratch);
 }
 
