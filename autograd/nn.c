@@ -590,9 +590,12 @@ int dc_params_alloc_load(dc_params *ps, int device, const char *path, dc_rename_
     return rc;
 }
 
-static bool packable(const dc_param *p, int64_t block) {
-    return (p->layout == DC_LAYOUT_LINEAR || p->layout == DC_LAYOUT_CONV) && !p->value.packed &&
-           p->value.numel > 0 && p->value.shape[0] % block == 0;
+/* A conv or linear weight of whole blocks not packed yet, or (with half)
+ * packed as f32. */
+static bool packable(const dc_param *p, int64_t block, bool half) {
+    const dc_tensor *v = &p->value;
+    return (p->layout == DC_LAYOUT_LINEAR || p->layout == DC_LAYOUT_CONV) &&
+           (!v->packed || (half && v->dtype == DC_F32)) && v->numel > 0 && v->shape[0] % block == 0;
 }
 
 /* dc_params_pack, or dc_params_pack_half with `half`. */
@@ -602,19 +605,25 @@ static int pack_params(dc_params *ps, bool half) {
         return 0;
     int64_t most = 0;
     for (int k = 0; k < ps->n; k++)
-        if (packable(ps->p[k], block) && ps->p[k]->value.numel > most)
+        if (packable(ps->p[k], block, half) && ps->p[k]->value.numel > most)
             most = ps->p[k]->value.numel;
     float *tmp = most ? malloc((size_t)most * sizeof *tmp) : NULL;
     if (most && !tmp)
         return dc_fail("parameters: out of memory to pack %lld floats", (long long)most);
     for (int k = 0; k < ps->n; k++) {
         dc_tensor *v = &ps->p[k]->value;
-        if (!packable(ps->p[k], block))
+        if (!packable(ps->p[k], block, half))
             continue;
         const int64_t rows = v->shape[0], K = v->numel / rows;
         const size_t halves = (size_t)v->numel * sizeof(uint16_t);
-        memcpy(tmp, v->data, (size_t)v->numel * sizeof *tmp);
-        if (half && cpu_conv_half_fits(tmp, v->numel)) {
+        const bool to_half = half && cpu_conv_half_fits(v->data, v->numel); /* either layout */
+        if (v->packed && !to_half)
+            continue; /* stays packed as f32 */
+        if (v->packed)
+            cpu_conv_unpack(v->data, tmp, rows, K);
+        else
+            memcpy(tmp, v->data, (size_t)v->numel * sizeof *tmp);
+        if (to_half) {
             cpu_conv_pack_half(tmp, v->data, rows, K);
             v->dtype = DC_F16;
             dc_arena_discard(&ps->values, (char *)v->data + halves, halves);

@@ -152,7 +152,8 @@ int dc_params_pack(dc_params *ps);
  * stay f32), value.dtype DC_F16, and the upper half of each one's f32 bytes
  * given back (dc_arena_discard): half the resident memory of the weights
  * and half the bytes a forward pass reads. A weight with a value that f16
- * does not hold (|w| >= 65520, NaN) stays f32. */
+ * does not hold (|w| >= 65520, NaN) stays f32. Weights packed as f32
+ * already (dc_params_pack: after a LoRA was fused) are repacked. */
 int dc_params_pack_half(dc_params *ps);
 
 /* Freeze every parameter (a LoRA's base model): none requires a gradient,

@@ -179,6 +179,11 @@ int dc_sd_load_lora(dc_sd_pipeline *p, const char *dir, const char *variant, int
     return 0;
 }
 
+int dc_sd_pack_half(dc_sd_pipeline *p) {
+    return dc_params_pack_half(&p->text_encoder->params) || dc_params_pack_half(&p->unet_params) ||
+           dc_params_pack_half(&p->vae->params);
+}
+
 void dc_sd_free(dc_sd_pipeline *p) {
     dc_bpe_free(p->tokenizer);
     dc_clip_text_free(p->text_encoder);

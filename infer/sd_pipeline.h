@@ -59,6 +59,10 @@ int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int devi
  * load_lora_weights then fuse_lora(lora_scale) gives them. */
 int dc_sd_load_lora(dc_sd_pipeline *p, const char *dir, const char *variant, int device, const char *lora,
                     float lora_scale);
+/* After dc_sd_load: the text encoder's, UNet's and VAE's conv and linear
+ * weights repacked as f16 for CPU inference (dc_params_pack_half: half
+ * their memory; the sums stay f32). Nothing happens on a GPU. */
+int dc_sd_pack_half(dc_sd_pipeline *p);
 void dc_sd_free(dc_sd_pipeline *p);
 /* dc_sd_load without the UNet (unet and unet_params left empty): for a
  * trainer, which declares the UNet in parameters of its own; the text

@@ -866,6 +866,9 @@ START_TEST(test_pack_for_inference) {
 }
 END_TEST
 
+/* dc_params_pack, then dc_params_pack_half over it. */
+static int pack_twice(dc_params *ps) { return dc_params_pack(ps) || dc_params_pack_half(ps); }
+
 /* f16 packing: the outputs are those of the f32 weights rounded to f16 (the
  * kernels widen each loaded vector, the sums the same), at few rows
  * (unpacked first) and many; a weight beyond f16's range stays f32; still no
@@ -877,16 +880,20 @@ START_TEST(test_pack_half) {
     }
     dc_params ps, big;
     packing m, mb;
-    packing_init(&m, &ps);
-    dc_tensor *half[2] = {m.conv.weight, m.wide.weight};
-    for (int k = 0; k < 2; k++) {
-        float *w = half[k]->data;
-        for (int64_t i = 0; i < half[k]->numel; i++)
-            w[i] = dc_f16_to_f32(dc_f32_to_f16(w[i]));
+    for (int twice = 1; twice >= 0; twice--) { /* from packed f32 weights, then from plain ones */
+        if (!twice)
+            dc_params_free(&ps);
+        packing_init(&m, &ps);
+        dc_tensor *half[2] = {m.conv.weight, m.wide.weight};
+        for (int k = 0; k < 2; k++) {
+            float *w = half[k]->data;
+            for (int64_t i = 0; i < half[k]->numel; i++)
+                w[i] = dc_f16_to_f32(dc_f32_to_f16(w[i]));
+        }
+        check_packed_outputs(&m, &ps, twice ? pack_twice : dc_params_pack_half);
+        ck_assert(m.conv.weight->dtype == DC_F16 && m.wide.weight->dtype == DC_F16);
+        ck_assert(m.odd.weight->dtype == DC_F32 && m.conv.bias->dtype == DC_F32);
     }
-    check_packed_outputs(&m, &ps, dc_params_pack_half);
-    ck_assert(m.conv.weight->dtype == DC_F16 && m.wide.weight->dtype == DC_F16);
-    ck_assert(m.odd.weight->dtype == DC_F32 && m.conv.bias->dtype == DC_F32);
     /* the f16 bits are the weights', packed in blocks of output channels */
     const int64_t B = cpu_conv_pack_block();
     float *plain = malloc((size_t)m.wide.weight->numel * sizeof *plain);
@@ -904,7 +911,7 @@ START_TEST(test_pack_half) {
     dc_params_free(&ps);
     packing_init(&mb, &big);
     ((float *)mb.wide.weight->data)[5] = 70000.0f; /* rounds to f16's infinity */
-    ck_assert_msg(dc_params_pack_half(&big) == 0, "%s", dc_error());
+    ck_assert_msg(pack_twice(&big) == 0, "%s", dc_error());
     ck_assert(mb.wide.weight->packed && mb.wide.weight->dtype == DC_F32);
     ck_assert(mb.conv.weight->packed && mb.conv.weight->dtype == DC_F16);
     dc_params_free(&big);
