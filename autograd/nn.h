@@ -69,6 +69,9 @@ typedef struct dc_params {
     size_t total;      /* floats in each buffer, padding included */
     size_t extent;     /* floats up to the end of the last parameter (aligned): total before rounding */
     size_t multiple;   /* set before alloc, or 0: total is rounded up to a multiple of it (shards) */
+    bool pack_half_on_load; /* set before dc_params_alloc_load: each weight dc_params_pack_half
+                               packs is packed as soon as it is read, so the f32 values are never
+                               all resident (the peak memory of loading) */
     int device;        /* where both buffers live: DC_CPU or a CUDA ordinal (set by alloc) */
     bool failed;       /* a declaration failed: later ones and alloc fail too */
     dc_arena values;   /* "parameters" */

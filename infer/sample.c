@@ -395,8 +395,8 @@ static int setup_text(run *r) {
     const char *dtype = o->weights_dtype ? o->weights_dtype : "f16";
     if (strcmp(dtype, "f16") && strcmp(dtype, "f32"))
         return dc_fail("--weights-dtype %.32s: f32 or f16", dtype);
-    if (dc_sd_load_lora(&r->sd, o->model, o->variant, r->device, o->lora, (float)o->lora_scale) ||
-        (!strcmp(dtype, "f16") && dc_sd_pack_half(&r->sd)) ||
+    if (dc_sd_load_lora(&r->sd, o->model, o->variant, r->device, o->lora, (float)o->lora_scale,
+                        !strcmp(dtype, "f16")) ||
         dc_prompts_read(o->prompt, o->prompt_file, &r->prompts, &r->n_prompts) || text_image_size(r) ||
         dc_sd_sampler(&r->sd, o->scheduler, o->num_inference_steps ? (int)o->num_inference_steps : SD_STEPS,
                       &r->sampler))

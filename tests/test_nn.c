@@ -795,12 +795,16 @@ static void packing_forward(const packing *m, const float *xs, const float *vs, 
 }
 
 /* The packing model with fresh weights. */
-static void packing_init(packing *m, dc_params *ps) {
+static void packing_declare(packing *m, dc_params *ps) {
     dc_params_init(ps);
     dc_nn_conv2d_init(&m->conv, ps, "conv", 5, 64, 3, 1, 1, true);
     dc_nn_linear_init(&m->wide, ps, "wide", 7, 128, true);
     dc_nn_linear_init(&m->odd, ps, "odd", 7, 20, false);
     dc_nn_embedding_init(&m->table, ps, "table", 32, 16);
+}
+
+static void packing_init(packing *m, dc_params *ps) {
+    packing_declare(m, ps);
     ck_assert_msg(dc_params_alloc(ps, tu_next()) == 0, "%s", dc_error());
 }
 
@@ -918,6 +922,36 @@ START_TEST(test_pack_half) {
 }
 END_TEST
 
+/* Weights packed as f16 as they are loaded (pack_half_on_load) are those
+ * dc_params_pack_half makes after the load: the same dtypes and bits. */
+START_TEST(test_pack_half_on_load) {
+    dc_params ps, sets[2];
+    packing m, ms[2];
+    packing_init(&m, &ps);
+    ((float *)m.wide.weight->data)[3] = 70000.0f; /* stays f32 either way */
+    char path[128];
+    temp_path(path, sizeof path);
+    ck_assert_msg(dc_params_save(&ps, NULL, path, NULL, NULL, 0) == 0, "%s", dc_error());
+    for (int k = 0; k < 2; k++) { /* 0: packed after loading, 1: as it loads */
+        packing_declare(&ms[k], &sets[k]);
+        sets[k].pack_half_on_load = k == 1;
+        ck_assert_msg(dc_params_alloc_load(&sets[k], DC_CPU, path, NULL) == 0, "%s", dc_error());
+    }
+    ck_assert_msg(dc_params_pack_half(&sets[0]) == 0, "%s", dc_error());
+    ck_assert(!cpu_conv_pack_block() || ms[1].conv.weight->dtype == DC_F16);
+    for (int i = 0; i < sets[0].n; i++) {
+        const dc_tensor *a = &sets[0].p[i]->value, *b = &sets[1].p[i]->value;
+        ck_assert_msg(a->dtype == b->dtype && a->packed == b->packed, "%s", sets[0].p[i]->name);
+        ck_assert_msg(memcmp(a->data, b->data, (size_t)a->numel * dc_dtype_size(a->dtype)) == 0, "%s",
+                      sets[0].p[i]->name);
+    }
+    for (int k = 0; k < 2; k++)
+        dc_params_free(&sets[k]);
+    unlink(path);
+    dc_params_free(&ps);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("nn");
     TCase *tc = tu_tcase(s, "registry", 60);
@@ -931,6 +965,7 @@ int main(void) {
     tcase_add_test(tc, test_grad_ready_hook);
     tcase_add_test(tc, test_pack_for_inference);
     tcase_add_test(tc, test_pack_half);
+    tcase_add_test(tc, test_pack_half_on_load);
     TCase *io = tu_tcase(s, "save_load", 60);
     tcase_add_test(io, test_save_writes_pytorch_layout);
     tcase_add_test(io, test_save_load_roundtrip);

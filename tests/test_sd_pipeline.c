@@ -30,7 +30,7 @@
 #define MODEL2 "tests/fixtures/sd_tiny2"
 #define SIDE 16
 #define TOL 2e-4 /* of the largest magnitude: four to five denoising steps, then the VAE */
-/* The same with the weights packed as f16 (dc_sd_pack_half; pipeline 2):
+/* The same with the weights packed as f16 (dc_sd_load_lora's half, packed as read; pipeline 2):
  * measured up to 2.8e-3 under AVX2 (blocks of 16 channels: most weights
  * packed), 9.3e-4 under AVX-512 (of 64: fewer), images in [0, 1]: under one
  * 8-bit level. */
@@ -45,8 +45,7 @@ static bool loaded[3];
  * loaded once. */
 static const dc_sd_pipeline *pipeline_at(int k) {
     if (!loaded[k])
-        ck_assert_msg(dc_sd_load(&pipes[k], k == 1 ? MODEL2 : MODEL, NULL, DC_CPU) == 0 &&
-                          (k != 2 || dc_sd_pack_half(&pipes[k]) == 0),
+        ck_assert_msg(dc_sd_load_lora(&pipes[k], k == 1 ? MODEL2 : MODEL, NULL, DC_CPU, NULL, 1, k == 2) == 0,
                       "%s", dc_error());
     loaded[k] = true;
     return &pipes[k];
@@ -305,6 +304,12 @@ START_TEST(test_errors) {
     tu_assert_user_error(SAMPLE("--model", "tests/fixtures/unet_legacy", "--prompt", "x", "--output-dir",
                                 tu_path("o")),
                          "not a text-to-image pipeline");
+    tu_assert_user_error(SAMPLE("--model", MODEL, "--prompt", "x", "--weights-dtype", "bf16", "--output-dir",
+                                tu_path("o")),
+                         "--weights-dtype bf16: f32 or f16");
+    tu_assert_user_error(SAMPLE("--model", "tests/fixtures/unet_legacy", "--weights-dtype", "f16", "--output-dir",
+                                tu_path("o")),
+                         "--weights-dtype: tests/fixtures/unet_legacy is not a text-to-image pipeline");
     tu_rmtemp();
 }
 END_TEST
