@@ -21,7 +21,7 @@
  * dy^T @ col. */
 #include "conv.h"
 
-#include "../tensor.h" /* dc_f32_to_f16, dc_f16_to_f32 */
+#include "../tensor.h" /* dc_f32_to_f16, dc_f16_to_f32 where there is no F16C */
 #include "conv_direct.h"
 #include "gemm.h"
 #include "isa.h"
@@ -145,6 +145,34 @@ int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
 
 /* ---- the direct way ---- */
 
+/* Most output channels per block of packed weights (AVX-512's). */
+#define MAX_BLOCK 64
+
+/* dst[i] = src[i] as f16 bits (nearest even; finite: cpu_conv_half_fits),
+ * and back, for n a multiple of 8: by F16C, which every CPU with a direct
+ * kernel has (isa.c), eight at a time. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+__attribute__((target("avx,f16c"))) static void to_half(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i += 8)
+        _mm_storeu_si128((__m128i *)(void *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+}
+__attribute__((target("avx,f16c"))) static void from_half(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(src + i))));
+}
+#else
+static void to_half(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = dc_f32_to_f16(src[i]);
+}
+static void from_half(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = dc_f16_to_f32(src[i]);
+}
+#endif
+
 /* wp [ceil(cout / B), K, B] from w [cout, K]: blocks of output channels,
  * zero past cout; f16 bits into wh instead when wh is not NULL. */
 static void pack_blocks(int64_t B, const float *w, float *wp, uint16_t *wh, int64_t cout,
@@ -153,13 +181,11 @@ static void pack_blocks(int64_t B, const float *w, float *wp, uint16_t *wh, int6
 #pragma omp parallel for if (blocks * K * B >= PAR_MIN_FLOATS)
     for (int64_t r = 0; r < blocks * K; r++) { /* r = (block, k) */
         int64_t co0 = r / K * B, k = r % K;
-        for (int64_t j = 0; j < B; j++) {
-            float v = co0 + j < cout ? w[(co0 + j) * K + k] : 0.0f;
-            if (wh)
-                wh[r * B + j] = dc_f32_to_f16(v);
-            else
-                wp[r * B + j] = v;
-        }
+        float col[MAX_BLOCK], *dst = wh ? col : wp + r * B;
+        for (int64_t j = 0; j < B; j++)
+            dst[j] = co0 + j < cout ? w[(co0 + j) * K + k] : 0.0f;
+        if (wh)
+            to_half(col, wh + r * B, B);
     }
 }
 
@@ -193,13 +219,17 @@ void cpu_conv_pack_half(const float *w, uint16_t *wp, int64_t cout, int64_t K) {
 
 /* w [cout, K] from the packed wp (f32) or wh (f16 bits). */
 static void unpack_blocks(const float *wp, const uint16_t *wh, float *w, int64_t cout, int64_t K) {
-    const int64_t B = cpu_conv_pack_block();
+    const int64_t B = cpu_conv_pack_block(), blocks = (cout + B - 1) / B;
 #pragma omp parallel for if (cout * K >= PAR_MIN_FLOATS)
-    for (int64_t co = 0; co < cout; co++)
-        for (int64_t k = 0; k < K; k++) {
-            int64_t at = (co / B * K + k) * B + co % B;
-            w[co * K + k] = wh ? dc_f16_to_f32(wh[at]) : wp[at];
-        }
+    for (int64_t r = 0; r < blocks * K; r++) { /* r = (block, k), as pack_blocks */
+        int64_t co0 = r / K * B, k = r % K;
+        float col[MAX_BLOCK];
+        const float *src = wp ? wp + r * B : col;
+        if (wh)
+            from_half(wh + r * B, col, B);
+        for (int64_t j = 0; j < B && co0 + j < cout; j++)
+            w[(co0 + j) * K + k] = src[j];
+    }
 }
 
 void cpu_conv_unpack(const float *wp, float *w, int64_t cout, int64_t K) {
