@@ -214,14 +214,19 @@ START_TEST(test_chunked_kernels) {
 END_TEST
 
 /* Weights packed as f16 (every case: 1x1 and 3x3, strides, channel tails
- * of both ISAs' blocks) against the double reference on the same weights
+ * of both ISAs' blocks; few pixels: widened per vector load, many: once
+ * into the scratch) against the double reference on the same weights
  * rounded to f16, as tight as the f32 kernels. */
 START_TEST(test_half_weights) {
     const int64_t B = cpu_conv_pack_block();
     if (!B)
         return; /* the baseline ISA packs nothing (dc_params_pack_half keeps f32: test_nn) */
-    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        const conv_case *c = &cases[k];
+    /* and cases of enough pixels (>= 1024) that the weights are widened once first */
+    const conv_case wide[] = {{1, 34, 32, 20, 70, 3, 3, 1, 1, true}, {2, 46, 45, 17, 33, 3, 3, 2, 1, false},
+                              {1, 32, 40, 24, 80, 1, 1, 1, 0, true}};
+    const size_t n_cases = sizeof cases / sizeof cases[0], n_wide = sizeof wide / sizeof wide[0];
+    for (size_t k = 0; k < n_cases + n_wide; k++) {
+        const conv_case *c = k < n_cases ? &cases[k] : &wide[k - n_cases];
         cpu_conv_geom g = {c->n, c->h, c->w, c->cin, c->cout, c->kh, c->kw, c->stride, c->pad,
                            out_size(c->h, c->kh, c->stride, c->pad),
                            out_size(c->w, c->kw, c->stride, c->pad), CPU_CONV_AUTO, true, true};
