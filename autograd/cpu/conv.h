@@ -37,7 +37,8 @@ int64_t cpu_conv_pack_block(void);
 void cpu_conv_pack(const float *w, float *wp, int64_t cout, int64_t K);
 void cpu_conv_unpack(const float *wp, float *w, int64_t cout, int64_t K);
 /* The same with the packed weights as f16 bits (round to nearest even): the
- * forward pass widens each vector as it loads it. cpu_conv_half_fits: every
+ * forward pass widens each vector as it loads it (or, over many output
+ * pixels, all of them once into its scratch). cpu_conv_half_fits: every
  * w[i] is finite and rounds to a finite f16 (|w| < 65520), so packing keeps
  * them all. */
 bool cpu_conv_half_fits(const float *w, int64_t n);
