@@ -541,15 +541,72 @@ static int open_matched(const dc_params *ps, const char *path, dc_rename_fn rena
     return rc;
 }
 
-/* Every matched tensor into `data` (laid out like ps->data, on its device). */
-static int copy_matched(const dc_params *ps, float *data, const matched_file *m) {
-    float *host = stage_for_write(ps, data), *scratch = NULL;
+/* A conv or linear weight of whole blocks not packed yet, or (with half)
+ * packed as f32. */
+static bool packable(const dc_param *p, int64_t block, bool half) {
+    const dc_tensor *v = &p->value;
+    return (p->layout == DC_LAYOUT_LINEAR || p->layout == DC_LAYOUT_CONV) &&
+           (!v->packed || (half && v->dtype == DC_F32)) && v->numel > 0 && v->shape[0] % block == 0;
+}
+
+/* Scratch for packing ps's weights one at a time (the largest packable
+ * one's floats; NULL when there is none, *ok false when out of memory).
+ * *block: cpu_conv_pack_block, 0 where nothing is packed (no direct
+ * kernel, a GPU, no values). */
+static float *pack_scratch(const dc_params *ps, bool half, int64_t *block, bool *ok) {
+    *block = ps->data && ps->device == DC_CPU ? cpu_conv_pack_block() : 0;
+    *ok = true;
+    int64_t most = 0;
+    for (int k = 0; *block && k < ps->n; k++)
+        if (packable(ps->p[k], *block, half) && ps->p[k]->value.numel > most)
+            most = ps->p[k]->value.numel;
+    float *tmp = most ? malloc((size_t)most * sizeof *tmp) : NULL;
+    if (most && !tmp)
+        *ok = !dc_fail("parameters: out of memory to pack %lld floats", (long long)most);
+    return tmp;
+}
+
+/* Packs weight p (packable) through tmp [its numel]: as f16 with `half`
+ * where its values allow, the f32 bytes it no longer uses given back. */
+static void pack_one(dc_params *ps, dc_param *p, bool half, float *tmp) {
+    dc_tensor *v = &p->value;
+    const int64_t rows = v->shape[0], K = v->numel / rows;
+    const size_t halves = (size_t)v->numel * sizeof(uint16_t);
+    const bool to_half = half && cpu_conv_half_fits(v->data, v->numel); /* either layout */
+    if (v->packed && !to_half)
+        return; /* stays packed as f32 */
+    if (v->packed)
+        cpu_conv_unpack(v->data, tmp, rows, K);
+    else
+        memcpy(tmp, v->data, (size_t)v->numel * sizeof *tmp);
+    if (to_half) {
+        cpu_conv_pack_half(tmp, v->data, rows, K);
+        v->dtype = DC_F16;
+        dc_arena_discard(&ps->values, (char *)v->data + halves, halves);
+    } else {
+        cpu_conv_pack(tmp, v->data, rows, K);
+    }
+    v->packed = true;
+}
+
+/* Every matched tensor into `data` (laid out like ps->data, on its device);
+ * into ps->data with ps->pack_half_on_load, each weight packed as f16 once
+ * read (dc_params_pack_half), before the next is. */
+static int copy_matched(dc_params *ps, float *data, const matched_file *m) {
+    float *host = stage_for_write(ps, data), *scratch = NULL, *tmp = NULL;
+    int64_t block = 0;
+    bool ok = true;
+    if (ps->pack_half_on_load && data == ps->data)
+        tmp = pack_scratch(ps, true, &block, &ok);
     size_t cap = 0;
-    int rc = 0;
+    int rc = ok ? 0 : -1;
     for (int k = 0; host && !rc && k < ps->n; k++) {
         rc = copy_in(ps->p[k], m->src[k], host + ps->p[k]->offset, &scratch, &cap);
         dc_st_set_release(&m->f, m->src[k]);
+        if (!rc && block && packable(ps->p[k], block, true))
+            pack_one(ps, ps->p[k], true, tmp);
     }
+    free(tmp);
     free(scratch);
     return commit_staged(ps, data, host, rc);
 }
@@ -590,33 +647,21 @@ int dc_params_alloc_load(dc_params *ps, int device, const char *path, dc_rename_
     return rc;
 }
 
-static bool packable(const dc_param *p, int64_t block) {
-    return (p->layout == DC_LAYOUT_LINEAR || p->layout == DC_LAYOUT_CONV) && !p->value.packed &&
-           p->value.numel > 0 && p->value.shape[0] % block == 0;
+/* dc_params_pack, or dc_params_pack_half with `half`. */
+static int pack_params(dc_params *ps, bool half) {
+    int64_t block;
+    bool ok;
+    float *tmp = pack_scratch(ps, half, &block, &ok);
+    for (int k = 0; ok && block && k < ps->n; k++)
+        if (packable(ps->p[k], block, half))
+            pack_one(ps, ps->p[k], half, tmp);
+    free(tmp);
+    return ok ? 0 : -1;
 }
 
-int dc_params_pack(dc_params *ps) {
-    const int64_t block = cpu_conv_pack_block();
-    if (!ps->data || ps->device != DC_CPU || !block)
-        return 0;
-    int64_t most = 0;
-    for (int k = 0; k < ps->n; k++)
-        if (packable(ps->p[k], block) && ps->p[k]->value.numel > most)
-            most = ps->p[k]->value.numel;
-    float *tmp = most ? malloc((size_t)most * sizeof *tmp) : NULL;
-    if (most && !tmp)
-        return dc_fail("parameters: out of memory to pack %lld floats", (long long)most);
-    for (int k = 0; k < ps->n; k++) {
-        dc_tensor *v = &ps->p[k]->value;
-        if (!packable(ps->p[k], block))
-            continue;
-        memcpy(tmp, v->data, (size_t)v->numel * sizeof *tmp);
-        cpu_conv_pack(tmp, v->data, v->shape[0], v->numel / v->shape[0]);
-        v->packed = true;
-    }
-    free(tmp);
-    return 0;
-}
+int dc_params_pack(dc_params *ps) { return pack_params(ps, false); }
+
+int dc_params_pack_half(dc_params *ps) { return pack_params(ps, true); }
 
 void dc_params_freeze(dc_params *ps) {
     for (int k = 0; k < ps->n; k++) {

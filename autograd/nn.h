@@ -69,6 +69,9 @@ typedef struct dc_params {
     size_t total;      /* floats in each buffer, padding included */
     size_t extent;     /* floats up to the end of the last parameter (aligned): total before rounding */
     size_t multiple;   /* set before alloc, or 0: total is rounded up to a multiple of it (shards) */
+    bool pack_half_on_load; /* set before dc_params_alloc_load: each weight dc_params_pack_half
+                               packs is packed as soon as it is read, so the f32 values are never
+                               all resident (the peak memory of loading) */
     int device;        /* where both buffers live: DC_CPU or a CUDA ordinal (set by alloc) */
     bool failed;       /* a declaration failed: later ones and alloc fail too */
     dc_arena values;   /* "parameters" */
@@ -147,6 +150,14 @@ int dc_params_alloc_load(dc_params *ps, int device, const char *path, dc_rename_
  * weights, and the parameters can no longer be saved or loaded. Nothing
  * happens on a GPU or where no direct kernel runs. */
 int dc_params_pack(dc_params *ps);
+/* The same with the packed weights as f16 (cpu_conv_pack_half: round to
+ * nearest even; the kernels widen them to f32 as they load them, the sums
+ * stay f32), value.dtype DC_F16, and the upper half of each one's f32 bytes
+ * given back (dc_arena_discard): half the resident memory of the weights
+ * and half the bytes a forward pass reads. A weight with a value that f16
+ * does not hold (|w| >= 65520, NaN) stays f32. Weights packed as f32
+ * already (dc_params_pack: after a LoRA was fused) are repacked. */
+int dc_params_pack_half(dc_params *ps);
 
 /* Freeze every parameter (a LoRA's base model): none requires a gradient,
  * so backward passes record and compute nothing for them, and the gradient

@@ -86,14 +86,15 @@ static bool check_args(dc_ctx *ctx, dc_op op, bool need_f32, int n, va_list ap) 
             ctx->failed = true; /* the op that produced NULL has already said why */
             return false;
         }
-        if (need_f32 && t->dtype != DC_F32)
+        if (t->packed && !(i == 1 && (op == DC_OP_CONV2D || op == DC_OP_LINEAR) && !ctx->grad_enabled))
+            return op_fail(ctx, op, "argument %d is a weight packed for inference (dc_params_pack): only "
+                           "the forward pass of a conv2d or linear without a tape reads it", i + 1);
+        /* a packed weight may be f16 (dc_params_pack_half): the kernels widen it */
+        if (need_f32 && t->dtype != DC_F32 && !(t->packed && t->dtype == DC_F16))
             return op_fail(ctx, op, "argument %d is %s, expected f32", i + 1, dc_dtype_name(t->dtype));
         if (t->device != ctx->device)
             return op_fail(ctx, op, "argument %d is on device %d, the context on %d", i + 1,
                            t->device, ctx->device);
-        if (t->packed && !(i == 1 && (op == DC_OP_CONV2D || op == DC_OP_LINEAR) && !ctx->grad_enabled))
-            return op_fail(ctx, op, "argument %d is a weight packed for inference (dc_params_pack): only "
-                           "the forward pass of a conv2d or linear without a tape reads it", i + 1);
     }
     return true;
 }

@@ -73,6 +73,7 @@ dc_tensor *dc_conv2d(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b, int 
         return NULL;
     cpu_conv_geom g = conv_geom(x, w, stride, pad);
     g.packed = w->packed;
+    g.half = w->packed && w->dtype == DC_F16;
     dc_tensor *out = op_out(ctx, DC_F32, DC_SHAPE(g.n, g.ho, g.wo, g.cout));
     if (!out)
         return NULL;

@@ -95,7 +95,10 @@ static bool linear_rows(dc_ctx *ctx, dc_tensor *out, const dc_tensor *x, const d
         float *plain = op_scratch_take(ctx, (size_t)(N * K) * sizeof(float), &mark);
         if (!plain)
             return false;
-        cpu_conv_unpack(wf, plain, N, K);
+        if (w->dtype == DC_F16)
+            cpu_conv_unpack_half(w->data, plain, N, K);
+        else
+            cpu_conv_unpack(wf, plain, N, K);
         wf = plain;
     }
     DC_KERNEL(ctx, linear_forward, F32(out), F32C(x), wf, b ? F32C(b) : NULL, M, K, N, samples);
@@ -124,6 +127,7 @@ dc_tensor *dc_linear(dc_ctx *ctx, dc_tensor *x, dc_tensor *w, dc_tensor *b) {
     } else {
         cpu_conv_geom g = pointwise(samples, M, K, N);
         g.packed = w->packed;
+        g.half = w->packed && w->dtype == DC_F16;
         int64_t floats;
         size_t mark;
         float *scratch = pointwise_scratch(ctx, &g, &floats, &mark);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h> /* sysconf */
 
 #define ALIGN 64
 
@@ -133,6 +134,13 @@ void dc_arena_rewind(dc_arena *a, size_t mark) {
         count_free(a->device, a->used - mark);
         a->used = mark;
     }
+}
+
+void dc_arena_discard(dc_arena *a, void *p, size_t bytes) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), at = (uintptr_t)p;
+    const uintptr_t first = (at + page - 1) / page * page, last = (at + bytes) / page * page;
+    if (a->device == DC_CPU && last > first)
+        madvise((void *)first, last - first, MADV_DONTNEED);
 }
 
 int64_t dc_shape_numel(int ndim, const int64_t *shape) {

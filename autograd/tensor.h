@@ -57,6 +57,11 @@ void *dc_arena_alloc(dc_arena *a, size_t bytes);
 void dc_arena_reset(dc_arena *a);
 /* Give back what was allocated since `mark` (an earlier a->used): scratch. */
 void dc_arena_rewind(dc_arena *a, size_t mark);
+/* On the CPU, the whole pages within [p, p + bytes) of a's block go back to
+ * the system (they read as zeros if touched again): memory a tensor no
+ * longer uses (weights packed as f16 into half their f32 bytes). The arena's
+ * counts do not change. Nothing happens on a GPU. */
+void dc_arena_discard(dc_arena *a, void *p, size_t bytes);
 /* The bytes in use in all arenas of `device` (DC_CPU or a GPU ordinal)
  * together: now, and their high-water mark since the process started. That
  * mark is what a run needed of the device, where a GPU's activation arena

@@ -61,7 +61,7 @@
 
 typedef struct sample_options {
     const char *model, *variant, *output_dir, *scheduler, *timestep_spacing, *class_label, *init_image, *device,
-        *mixed_precision, *prompt, *prompt_file, *negative_prompt, *lora;
+        *mixed_precision, *prompt, *prompt_file, *negative_prompt, *lora, *weights_dtype;
     int64_t num_inference_steps;          /* 0: the scheduler's default */
     int64_t num_images;                   /* 0: DEFAULT_IMAGES, or one per init image */
     int64_t batch_size, seed, resolution; /* resolution 0: the model's sample_size */
@@ -108,6 +108,8 @@ static const dc_cli_option options[] = {
      "text-to-image: a LoRA (pytorch_lora_weights.safetensors) fused into the weights"},
     {"lora-scale", DC_CLI_FLOAT, FIELD(lora_scale), "X", "1", NULL, -1e6, 1e6, false,
      "text-to-image: the LoRA's weight"},
+    {"weights-dtype", DC_CLI_STRING, FIELD(weights_dtype), "f32|f16", NULL, "default: f16", 0, 0, false,
+     "text-to-image on the CPU: the conv and linear weights' precision (sums stay f32)"},
     {"class-label", DC_CLI_STRING, FIELD(class_label), "K|LIST|all", NULL, "default: all", 0, 0, false,
      "class labels, cycled over the images"},
     {"guidance-scale", DC_CLI_FLOAT, FIELD(guidance_scale), "X", NULL, "default: 1; text-to-image 7.5", 1, 1e6,
@@ -343,6 +345,7 @@ static const char *text_option(const sample_options *o) {
            : o->width           ? "--width"
            : o->clip_skip       ? "--clip-skip"
            : o->lora            ? "--lora"
+           : o->weights_dtype   ? "--weights-dtype"
                                 : NULL;
 }
 
@@ -389,7 +392,11 @@ static int setup_text(run *r) {
     if (o->class_label || o->timestep_spacing)
         return dc_fail("%s: a text-to-image pipeline takes prompts and its scheduler's own spacing",
                        o->class_label ? "--class-label" : "--timestep-spacing");
-    if (dc_sd_load_lora(&r->sd, o->model, o->variant, r->device, o->lora, (float)o->lora_scale) ||
+    const char *dtype = o->weights_dtype ? o->weights_dtype : "f16";
+    if (strcmp(dtype, "f16") && strcmp(dtype, "f32"))
+        return dc_fail("--weights-dtype %.32s: f32 or f16", dtype);
+    if (dc_sd_load_lora(&r->sd, o->model, o->variant, r->device, o->lora, (float)o->lora_scale,
+                        !strcmp(dtype, "f16")) ||
         dc_prompts_read(o->prompt, o->prompt_file, &r->prompts, &r->n_prompts) || text_image_size(r) ||
         dc_sd_sampler(&r->sd, o->scheduler, o->num_inference_steps ? (int)o->num_inference_steps : SD_STEPS,
                       &r->sampler))

@@ -132,10 +132,17 @@ static int load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, 
     return 0;
 }
 
+/* The text encoder's, UNet's and VAE's weights (those loaded) packed for
+ * inference: as f16 with `half`. */
+static int pack_weights(dc_sd_pipeline *p, bool half) {
+    int (*pack)(dc_params *) = half ? dc_params_pack_half : dc_params_pack;
+    return pack(&p->text_encoder->params) || pack(&p->unet_params) || pack(&p->vae->params);
+}
+
 int dc_sd_load_frozen(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
     if (load_frozen(p, dir, variant, device))
         return -1;
-    if (dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->vae->params)) {
+    if (pack_weights(p, false)) {
         dc_sd_free(p);
         return -1;
     }
@@ -162,18 +169,23 @@ static int fuse_lora(dc_sd_pipeline *p, const char *lora, float scale) {
 }
 
 int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int device) {
-    return dc_sd_load_lora(p, dir, variant, device, NULL, 1.0f);
+    return dc_sd_load_lora(p, dir, variant, device, NULL, 1.0f, false);
 }
 
 int dc_sd_load_lora(dc_sd_pipeline *p, const char *dir, const char *variant, int device, const char *lora,
-                    float lora_scale) {
+                    float lora_scale, bool half) {
     char *guessed = NULL;
     if (load_frozen(p, dir, variant, device))
         return -1;
-    int rc = dc_unet_cond_load(&p->unet, &p->unet_params, dir, variant, device, &guessed) ||
+    /* f16 without a LoRA (fused into the f32 weights first): the text encoder and VAE
+     * packed before the UNet loads, the UNet as it is read, so its 3.4 GB of f32 (SD-1.5)
+     * are never resident at once */
+    const bool early = half && !lora;
+    p->unet_params.pack_half_on_load = early;
+    int rc = (early && pack_weights(p, true)) ||
+             dc_unet_cond_load(&p->unet, &p->unet_params, dir, variant, device, &guessed) ||
              dc_sd_check_unet(p, &p->unet.cfg, dir) || fuse_lora(p, lora, lora_scale) ||
-             dc_params_pack(&p->text_encoder->params) || dc_params_pack(&p->unet_params) ||
-             dc_params_pack(&p->vae->params);
+             pack_weights(p, half);
     if (guessed)
         fprintf(stderr, "diffc: note: %s/unet has no plain weights; using its only variant, %s\n", dir, guessed);
     free(guessed);

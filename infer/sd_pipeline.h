@@ -56,9 +56,13 @@ int dc_sd_load(dc_sd_pipeline *p, const char *dir, const char *variant, int devi
 /* dc_sd_load with a LoRA (models/lora.h: a pytorch_lora_weights.safetensors
  * or its folder; NULL: none) fused into the UNet's and text encoder's
  * weights at lora_scale before they are packed, as diffusers'
- * load_lora_weights then fuse_lora(lora_scale) gives them. */
+ * load_lora_weights then fuse_lora(lora_scale) gives them; with `half`, the
+ * conv and linear weights packed as f16 for CPU inference
+ * (dc_params_pack_half: half their memory, the sums stay f32; without a
+ * LoRA each is packed as it is read, which keeps the peak of loading there
+ * too). */
 int dc_sd_load_lora(dc_sd_pipeline *p, const char *dir, const char *variant, int device, const char *lora,
-                    float lora_scale);
+                    float lora_scale, bool half);
 void dc_sd_free(dc_sd_pipeline *p);
 /* dc_sd_load without the UNet (unet and unet_params left empty): for a
  * trainer, which declares the UNet in parameters of its own; the text

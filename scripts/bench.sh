@@ -28,7 +28,8 @@
 #          guidance 7.5 (two UNet rows), float32, beside diffusers'
 #          StableDiffusionPipeline and stable-diffusion.cpp (stable-diffusion-cpp-python
 #          in $SDCPP_PYTHON, default the diffusers python; skipped when absent), and
-#          each side's peak memory
+#          each side's peak memory. diffc's conv and linear weights are f16
+#          ($SD_WEIGHTS_DTYPE: f16 or f32, diffc sample --weights-dtype)
 #   ckpt   gradient checkpointing (train --gradient-checkpointing): the activation
 #          memory a training step holds per image and its time, without and with,
 #          for configs/fashion-mnist.json at its batch, configs/cifar10-ddpm.json
@@ -462,7 +463,7 @@ sd_diffc() {
     [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f %M -o "$dir/peak_kb")
     OMP_NUM_THREADS=$threads "${timer[@]}" build/diffc sample --model "$model" --height "$size" --width "$size" \
         --prompt "a photograph of an astronaut riding a horse" --num-inference-steps "$steps" \
-        --output-dir "$dir/out" >"$dir/summary"
+        --weights-dtype "${SD_WEIGHTS_DTYPE:-f16}" --output-dir "$dir/out" >"$dir/summary"
     awk -v size="$size" -v steps="$steps" -v peak_kb="$(tail -n 1 "$dir/peak_kb" 2>/dev/null || echo 0)" '
         match($0, /[0-9.]+ s per step/) {
                 printf "bench sd size=%dx%d steps=%d step_s=%s peak_mb=%.0f\n", size, size, steps,

@@ -180,7 +180,7 @@ START_TEST(test_pipeline_matches_diffusers) {
     const char *texts[2] = {cJSON_GetArrayItem(prompts, 0)->valuestring, cJSON_GetArrayItem(prompts, 1)->valuestring};
     dc_sd_pipeline p;
     float scale = (float)cJSON_GetObjectItem(meta, "lora_scale")->valuedouble;
-    ck_assert_msg(dc_sd_load_lora(&p, MODEL, NULL, DC_CPU, LORA, scale) == 0, "%s", dc_error());
+    ck_assert_msg(dc_sd_load_lora(&p, MODEL, NULL, DC_CPU, LORA, scale, false) == 0, "%s", dc_error());
     dc_sampler s;
     ck_assert_msg(dc_sd_sampler(&p, NULL, cJSON_GetObjectItem(meta, "steps")->valueint, &s) == 0, "%s", dc_error());
     dc_sd_request q = {.sampler = &s, .n = 2, .batch = 2, .h = SIDE, .w = SIDE, .prompts = texts,
@@ -195,7 +195,7 @@ START_TEST(test_pipeline_matches_diffusers) {
     tu_check_close(out, find(&f, "images")->data, numel, TOL, "images with the LoRA");
     /* the LoRA matters: without it (or at another scale) the images differ beyond the tolerance */
     dc_sd_free(&p);
-    ck_assert_msg(dc_sd_load_lora(&p, MODEL, NULL, DC_CPU, LORA, 0.2f) == 0, "%s", dc_error());
+    ck_assert_msg(dc_sd_load_lora(&p, MODEL, NULL, DC_CPU, LORA, 0.2f, false) == 0, "%s", dc_error());
     ck_assert_msg(dc_sd_generate(ctx, &p, &q, out) == 0, "%s", dc_error());
     double diff = 0;
     for (int64_t k = 0; k < numel; k++)

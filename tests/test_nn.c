@@ -794,17 +794,23 @@ static void packing_forward(const packing *m, const float *xs, const float *vs, 
     tu_ctx_free(ctx);
 }
 
-START_TEST(test_pack_for_inference) {
-    if (!cpu_conv_pack_block())
-        return; /* no direct kernels here (DC_CPU_ISA=baseline): nothing is packed */
-    dc_params ps;
-    packing m;
-    dc_params_init(&ps);
-    dc_nn_conv2d_init(&m.conv, &ps, "conv", 5, 64, 3, 1, 1, true);
-    dc_nn_linear_init(&m.wide, &ps, "wide", 7, 128, true);
-    dc_nn_linear_init(&m.odd, &ps, "odd", 7, 20, false);
-    dc_nn_embedding_init(&m.table, &ps, "table", 32, 16);
-    ck_assert_msg(dc_params_alloc(&ps, tu_next()) == 0, "%s", dc_error());
+/* The packing model with fresh weights. */
+static void packing_declare(packing *m, dc_params *ps) {
+    dc_params_init(ps);
+    dc_nn_conv2d_init(&m->conv, ps, "conv", 5, 64, 3, 1, 1, true);
+    dc_nn_linear_init(&m->wide, ps, "wide", 7, 128, true);
+    dc_nn_linear_init(&m->odd, ps, "odd", 7, 20, false);
+    dc_nn_embedding_init(&m->table, ps, "table", 32, 16);
+}
+
+static void packing_init(packing *m, dc_params *ps) {
+    packing_declare(m, ps);
+    ck_assert_msg(dc_params_alloc(ps, tu_next()) == 0, "%s", dc_error());
+}
+
+/* m's outputs before and after `pack` are the same bits: at few rows and at
+ * many, for the three layers. */
+static void check_packed_outputs(packing *m, dc_params *ps, int (*pack)(dc_params *)) {
     int64_t rows[2] = {3, 40};
     float *plain[2][3], *packed[2][3], xs[2 * 6 * 5 * 5], vs[2 * 40 * 7];
     for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++)
@@ -812,12 +818,12 @@ START_TEST(test_pack_for_inference) {
     for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++)
         vs[i] = (float)tu_normal();
     for (int r = 0; r < 2; r++)
-        packing_forward(&m, xs, vs, rows[r], plain[r]);
-    ck_assert_msg(dc_params_pack(&ps) == 0, "%s", dc_error());
-    ck_assert(m.conv.weight->packed && m.wide.weight->packed);
-    ck_assert(!m.odd.weight->packed && !m.table.weight->packed && !m.conv.bias->packed);
+        packing_forward(m, xs, vs, rows[r], plain[r]);
+    ck_assert_msg(pack(ps) == 0, "%s", dc_error());
+    ck_assert(m->conv.weight->packed && m->wide.weight->packed);
+    ck_assert(!m->odd.weight->packed && !m->table.weight->packed && !m->conv.bias->packed);
     for (int r = 0; r < 2; r++) {
-        packing_forward(&m, xs, vs, rows[r], packed[r]);
+        packing_forward(m, xs, vs, rows[r], packed[r]);
         int64_t n[3] = {2 * 6 * 5 * 64, 2 * rows[r] * 128, 2 * rows[r] * 20};
         for (int i = 0; i < 3; i++) {
             ck_assert_msg(memcmp(plain[r][i], packed[r][i], (size_t)n[i] * sizeof(float)) == 0,
@@ -826,6 +832,29 @@ START_TEST(test_pack_for_inference) {
             free(packed[r][i]);
         }
     }
+}
+
+/* dc_params_pack_half leaves f32 where no direct kernel runs. */
+static void check_half_unpacked(void) {
+    dc_params ps;
+    packing m;
+    packing_init(&m, &ps);
+    ck_assert_msg(dc_params_pack_half(&ps) == 0, "%s", dc_error());
+    ck_assert(!m.conv.weight->packed && m.conv.weight->dtype == DC_F32);
+    ck_assert(!m.wide.weight->packed && m.wide.weight->dtype == DC_F32);
+    dc_params_free(&ps);
+}
+
+START_TEST(test_pack_for_inference) {
+    if (!cpu_conv_pack_block())
+        return; /* no direct kernels here (DC_CPU_ISA=baseline): nothing is packed */
+    dc_params ps;
+    packing m;
+    packing_init(&m, &ps);
+    check_packed_outputs(&m, &ps, dc_params_pack);
+    float xs[5 * 5 * 5];
+    for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++)
+        xs[i] = (float)tu_normal();
     /* no tape through packed weights, and no file can hold them */
     dc_ctx *ctx = tu_ctx();
     dc_tensor *x = dc_from_host(ctx, DC_F32, DC_SHAPE(1, 5, 5, 5), xs);
@@ -837,6 +866,88 @@ START_TEST(test_pack_for_inference) {
     ck_assert_int_eq(dc_params_save(&ps, NULL, path, NULL, NULL, 0), -1);
     ck_assert_msg(strstr(dc_error(), "packed for inference (conv.weight)"), "%s", dc_error());
     ck_assert_int_eq(access(path, F_OK), -1);
+    dc_params_free(&ps);
+}
+END_TEST
+
+/* dc_params_pack, then dc_params_pack_half over it. */
+static int pack_twice(dc_params *ps) { return dc_params_pack(ps) || dc_params_pack_half(ps); }
+
+/* f16 packing: the outputs are those of the f32 weights rounded to f16 (the
+ * kernels widen each loaded vector, the sums the same), at few rows
+ * (unpacked first) and many; a weight beyond f16's range stays f32; still no
+ * tape through them. Where no direct kernel runs nothing is packed. */
+START_TEST(test_pack_half) {
+    if (!cpu_conv_pack_block()) {
+        check_half_unpacked();
+        return;
+    }
+    dc_params ps, big;
+    packing m, mb;
+    for (int twice = 1; twice >= 0; twice--) { /* from packed f32 weights, then from plain ones */
+        if (!twice)
+            dc_params_free(&ps);
+        packing_init(&m, &ps);
+        dc_tensor *half[2] = {m.conv.weight, m.wide.weight};
+        for (int k = 0; k < 2; k++) {
+            float *w = half[k]->data;
+            for (int64_t i = 0; i < half[k]->numel; i++)
+                w[i] = dc_f16_to_f32(dc_f32_to_f16(w[i]));
+        }
+        check_packed_outputs(&m, &ps, twice ? pack_twice : dc_params_pack_half);
+        ck_assert(m.conv.weight->dtype == DC_F16 && m.wide.weight->dtype == DC_F16);
+        ck_assert(m.odd.weight->dtype == DC_F32 && m.conv.bias->dtype == DC_F32);
+    }
+    /* the f16 bits are the weights', packed in blocks of output channels */
+    const int64_t B = cpu_conv_pack_block();
+    float *plain = malloc((size_t)m.wide.weight->numel * sizeof *plain);
+    cpu_conv_unpack_half(m.wide.weight->data, plain, 128, 7);
+    ck_assert_float_eq(plain[(B + 1) * 7 + 2], dc_f16_to_f32(((uint16_t *)m.wide.weight->data)[(7 + 2) * B + 1]));
+    free(plain);
+    float xs[5 * 5 * 5];
+    for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++)
+        xs[i] = (float)tu_normal();
+    dc_ctx *ctx = tu_ctx();
+    dc_tensor *x = dc_from_host(ctx, DC_F32, DC_SHAPE(1, 5, 5, 5), xs);
+    ck_assert_ptr_null(dc_nn_conv2d_forward(ctx, &m.conv, x));
+    ck_assert_msg(strstr(dc_error(), "packed for inference"), "%s", dc_error());
+    tu_ctx_free(ctx);
+    dc_params_free(&ps);
+    packing_init(&mb, &big);
+    ((float *)mb.wide.weight->data)[5] = 70000.0f; /* rounds to f16's infinity */
+    ck_assert_msg(pack_twice(&big) == 0, "%s", dc_error());
+    ck_assert(mb.wide.weight->packed && mb.wide.weight->dtype == DC_F32);
+    ck_assert(mb.conv.weight->packed && mb.conv.weight->dtype == DC_F16);
+    dc_params_free(&big);
+}
+END_TEST
+
+/* Weights packed as f16 as they are loaded (pack_half_on_load) are those
+ * dc_params_pack_half makes after the load: the same dtypes and bits. */
+START_TEST(test_pack_half_on_load) {
+    dc_params ps, sets[2];
+    packing m, ms[2];
+    packing_init(&m, &ps);
+    ((float *)m.wide.weight->data)[3] = 70000.0f; /* stays f32 either way */
+    char path[128];
+    temp_path(path, sizeof path);
+    ck_assert_msg(dc_params_save(&ps, NULL, path, NULL, NULL, 0) == 0, "%s", dc_error());
+    for (int k = 0; k < 2; k++) { /* 0: packed after loading, 1: as it loads */
+        packing_declare(&ms[k], &sets[k]);
+        sets[k].pack_half_on_load = k == 1;
+        ck_assert_msg(dc_params_alloc_load(&sets[k], DC_CPU, path, NULL) == 0, "%s", dc_error());
+    }
+    ck_assert_msg(dc_params_pack_half(&sets[0]) == 0, "%s", dc_error());
+    ck_assert(!cpu_conv_pack_block() || ms[1].conv.weight->dtype == DC_F16);
+    for (int i = 0; i < sets[0].n; i++) {
+        const dc_tensor *a = &sets[0].p[i]->value, *b = &sets[1].p[i]->value;
+        ck_assert_msg(a->dtype == b->dtype && a->packed == b->packed, "%s", sets[0].p[i]->name);
+        ck_assert_msg(memcmp(a->data, b->data, (size_t)a->numel * dc_dtype_size(a->dtype)) == 0, "%s",
+                      sets[0].p[i]->name);
+    }
+    for (int k = 0; k < 2; k++)
+        dc_params_free(&sets[k]);
+    unlink(path);
     dc_params_free(&ps);
 }
 END_TEST
@@ -853,6 +964,8 @@ int main(void) {
     tcase_add_test(tc, test_sizes_overflow);
     tcase_add_test(tc, test_grad_ready_hook);
     tcase_add_test(tc, test_pack_for_inference);
+    tcase_add_test(tc, test_pack_half);
+    tcase_add_test(tc, test_pack_half_on_load);
     TCase *io = tu_tcase(s, "save_load", 60);
     tcase_add_test(io, test_save_writes_pytorch_layout);
     tcase_add_test(io, test_save_load_roundtrip);

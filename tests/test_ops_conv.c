@@ -174,7 +174,7 @@ START_TEST(test_chunked_kernels) {
                 const conv_case *c = pick[k];
                 cpu_conv_geom g = {c->n, c->h, c->w, c->cin, c->cout, c->kh, c->kw, c->stride, c->pad,
                                    out_size(c->h, c->kh, c->stride, c->pad),
-                                   out_size(c->w, c->kw, c->stride, c->pad), algo, false};
+                                   out_size(c->w, c->kw, c->stride, c->pad), algo, false, false};
                 int64_t nx = g.n * g.h * g.w * g.cin, nw = g.cout * g.kh * g.kw * g.cin;
                 int64_t ny = g.n * g.ho * g.wo * g.cout, unit = g.wo * g.kh * g.kw * g.cin;
                 int64_t floats = cpu_conv2d_scratch_floats(&g, rows == 1 ? 1 : rows * unit * 4);
@@ -211,6 +211,52 @@ START_TEST(test_chunked_kernels) {
                 free(scratch);
                 tu_ctx_free(ctx);
             }
+}
+END_TEST
+
+/* Weights packed as f16 (every case: 1x1 and 3x3, strides, channel tails
+ * of both ISAs' blocks; few pixels: widened per vector load, many: once
+ * into the scratch) against the double reference on the same weights
+ * rounded to f16, as tight as the f32 kernels. */
+START_TEST(test_half_weights) {
+    const int64_t B = cpu_conv_pack_block();
+    if (!B)
+        return; /* the baseline ISA packs nothing (dc_params_pack_half keeps f32: test_nn) */
+    /* and cases of enough pixels (>= 1024) that the weights are widened once first */
+    const conv_case wide[] = {{1, 34, 32, 20, 70, 3, 3, 1, 1, true}, {2, 46, 45, 17, 33, 3, 3, 2, 1, false},
+                              {1, 32, 40, 24, 80, 1, 1, 1, 0, true}};
+    const size_t n_cases = sizeof cases / sizeof cases[0], n_wide = sizeof wide / sizeof wide[0];
+    for (size_t k = 0; k < n_cases + n_wide; k++) {
+        const conv_case *c = k < n_cases ? &cases[k] : &wide[k - n_cases];
+        cpu_conv_geom g = {c->n, c->h, c->w, c->cin, c->cout, c->kh, c->kw, c->stride, c->pad,
+                           out_size(c->h, c->kh, c->stride, c->pad),
+                           out_size(c->w, c->kw, c->stride, c->pad), CPU_CONV_AUTO, true, true};
+        int64_t nx = g.n * g.h * g.w * g.cin, K = g.kh * g.kw * g.cin, nw = g.cout * K;
+        int64_t ny = g.n * g.ho * g.wo * g.cout, floats = cpu_conv2d_scratch_floats(&g, 1 << 20);
+        dc_ctx *ctx = tu_ctx();
+        dc_tensor *x = tu_randn(ctx, DC_SHAPE(nx)), *w = tu_randn(ctx, DC_SHAPE(nw));
+        dc_tensor *b = tu_randn(ctx, DC_SHAPE(g.cout));
+        uint16_t *wh = malloc((size_t)((g.cout + B - 1) / B * B * K) * sizeof *wh);
+        float *rounded = malloc((size_t)nw * sizeof *rounded);
+        float *scratch = malloc((size_t)(floats + 1) * sizeof *scratch);
+        float *y = malloc((size_t)ny * sizeof *y);
+        const float *wf = w->data;
+        for (int64_t i = 0; i < nw; i++)
+            rounded[i] = dc_f16_to_f32(dc_f32_to_f16(wf[i]));
+        cpu_conv_pack_half(wf, wh, g.cout, K);
+        cpu_conv2d_forward(&g, y, x->data, (const float *)(const void *)wh, c->bias ? b->data : NULL,
+                           scratch, floats);
+        double *want = ref_forward(c, x->data, rounded, c->bias ? b->data : NULL);
+        char what[64];
+        snprintf(what, sizeof what, "f16 weights, case %zu", k);
+        tu_assert_close(y, want, ny, 1e-4, 1e-4, what);
+        free(want);
+        free(y);
+        free(scratch);
+        free(rounded);
+        free(wh);
+        tu_ctx_free(ctx);
+    }
 }
 END_TEST
 
@@ -283,6 +329,7 @@ int main(void) {
     tcase_add_test(tc, test_gradcheck);
     tcase_add_test(tc, test_partial_grad);
     tcase_add_test(tc, test_chunked_kernels);
+    tcase_add_test(tc, test_half_weights);
     tcase_add_test(tc, test_backward_accumulates);
     tcase_add_test(tc, test_errors);
     return tu_run(s);

@@ -24,6 +24,7 @@ typedef struct cpu_conv_geom {
     int64_t ho, wo;
     cpu_conv_algo algo;
     bool packed; /* w is in the direct kernels' layout already (cpu_conv_pack) */
+    bool half;   /* ... and f16 bits (cpu_conv_pack_half): w points at uint16_t */
 } cpu_conv_geom;
 
 /* Weights packed once for inference: the direct kernels read w [cout, K]
@@ -35,6 +36,14 @@ typedef struct cpu_conv_geom {
 int64_t cpu_conv_pack_block(void);
 void cpu_conv_pack(const float *w, float *wp, int64_t cout, int64_t K);
 void cpu_conv_unpack(const float *wp, float *w, int64_t cout, int64_t K);
+/* The same with the packed weights as f16 bits (round to nearest even): the
+ * forward pass widens each vector as it loads it (or, over many output
+ * pixels, all of them once into its scratch). cpu_conv_half_fits: every
+ * w[i] is finite and rounds to a finite f16 (|w| < 65520), so packing keeps
+ * them all. */
+bool cpu_conv_half_fits(const float *w, int64_t n);
+void cpu_conv_pack_half(const float *w, uint16_t *wp, int64_t cout, int64_t K);
+void cpu_conv_unpack_half(const uint16_t *wp, float *w, int64_t cout, int64_t K);
 
 /* The bound the ops put on the chunked part of the scratch. */
 #define CPU_CONV_SCRATCH_BYTES ((int64_t)64 << 20)

@@ -24,6 +24,9 @@ INLINE vec v_load(const float *p) { return _mm512_loadu_ps(p); }
 INLINE vec v_load_mask(vmask m, const float *p) { return _mm512_maskz_loadu_ps(m, p); }
 INLINE void v_store(float *p, vec v) { _mm512_storeu_ps(p, v); }
 INLINE void v_store_mask(float *p, vmask m, vec v) { _mm512_mask_storeu_ps(p, m, v); }
+INLINE vec v_load_half(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
+}
 INLINE vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 INLINE vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
 INLINE vmask v_lanes(int64_t n) {

@@ -19,10 +19,12 @@
  * Output pixel (img, oy, ox) has its co channels at out + ((img * out_h +
  * oy * out_step) * out_w + ox * out_step) * co: out_h = ho, out_w = wo,
  * out_step = 1 for a plain convolution, a strided lattice for one phase of a
- * transposed one. */
+ * transposed one. Weights packed once for inference may be f16 (`half`):
+ * each vector of them is widened to f32 as it is loaded, the sums stay f32. */
 typedef struct cpu_direct_conv {
     const float *src;
     const float *weights;
+    const uint16_t *half; /* the same weights as f16 bits instead (NULL: f32 `weights`) */
     const float *bias; /* [co] or NULL */
     float *out;
     float *patches;    /* [threads, patch_floats()]: inputs of pixels at the border */

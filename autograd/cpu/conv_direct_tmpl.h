@@ -10,7 +10,8 @@
  * registers must fit), KERNELS (the name of the exported
  * cpu_direct_kernels), and these, always inlined: vec, vmask,
  * v_zero(), v_set1(x), v_load(p), v_load_mask(m, p) (zero outside m),
- * v_store(p, v), v_store_mask(p, m, v), v_fma(a, b, c) = a * b + c,
+ * v_store(p, v), v_store_mask(p, m, v), v_load_half(p) (LANES f16 widened),
+ * v_fma(a, b, c) = a * b + c,
  * v_add(a, b), v_lanes(n) (lanes [0, n), n clamped to [0, LANES]).
  *
  * Forward: a tile is FP consecutive output pixels times VJ vectors of
@@ -18,7 +19,8 @@
  * registers; a block of fewer vectors takes more pixels (forward_block). For every kernel row the input under a pixel is kw * c
  * contiguous floats, and the packed weights are contiguous in the same
  * order, so the inner loop broadcasts one input float per pixel and
- * multiplies it into VJ weight vectors. A pixel whose window crosses the
+ * multiplies it into VJ weight vectors (f16 weights widened as they are
+ * loaded: a second copy of the tile functions, `half` constant). A pixel whose window crosses the
  * image border reads a patch instead: a copy of its window with zeros
  * outside, in memory of the thread. Every output value is one chain of
  * multiply-adds in (ky, kx, c) order, whatever tile, thread or batch it is
@@ -152,7 +154,7 @@ static void tile_windows(const cpu_direct_conv *d, pixel *at, int np, int64_t ky
 /* Adds kernel rows [ky0, ky1) into the tile of np <= fp pixels whose
  * windows tile_windows gave, channels j0 .. j0 + LANES nj. The first rows
  * start the output (with the bias) unless d->accumulate; later rows add to it. */
-INLINE void forward_tile(const int nj, const int fp, const cpu_direct_conv *d,
+INLINE void forward_tile(const int nj, const bool half, const int fp, const cpu_direct_conv *d,
                          const float *const *src, const int64_t *rs, float *const *dst, int np,
                          int64_t j0, int64_t ky0, int64_t ky1) {
     const int64_t row = d->kw * d->c;
@@ -162,9 +164,11 @@ INLINE void forward_tile(const int nj, const int fp, const cpu_direct_conv *d,
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
             acc[p][j] = v_zero();
-    const float *wb = d->weights + j0 * d->kh * row; /* this block: [kh, kw, c, 64] */
     for (int64_t ky = ky0; ky < ky1; ky++) {
-        const float *wk = wb + ky * row * BLOCK, *in[TP];
+        /* this block [kh, kw, c, BLOCK], kernel row ky */
+        const int64_t at = (j0 * d->kh + ky * BLOCK) * row;
+        const float *wk = half ? NULL : d->weights + at, *in[TP];
+        const uint16_t *hk = half ? d->half + at : NULL;
 #pragma GCC unroll 24
         for (int p = 0; p < fp; p++)
             in[p] = src[p] + ky * rs[p];
@@ -173,7 +177,8 @@ INLINE void forward_tile(const int nj, const int fp, const cpu_direct_conv *d,
             vec wv[VJ];
 #pragma GCC unroll 4
             for (int j = 0; j < nj; j++)
-                wv[j] = v_load(wk + q * BLOCK + j * LANES);
+                wv[j] = half ? v_load_half(hk + q * BLOCK + j * LANES)
+                             : v_load(wk + q * BLOCK + j * LANES);
 #pragma GCC unroll 24
             for (int p = 0; p < fp; p++) {
                 vec a = v_set1(in[p][q]);
@@ -205,12 +210,12 @@ INLINE void forward_tile(const int nj, const int fp, const cpu_direct_conv *d,
 /* The np <= TP pixels of a tile, channels j0 .. j0 + LANES nj, as tiles of
  * TP / nj pixels, but at most 2 FP: each pixel of a tile holds a pointer in a
  * general register while its kernel row is read (24 pixels spilled them). */
-INLINE void forward_block(const int nj, const cpu_direct_conv *d, const float *const src[TP],
-                          const int64_t rs[TP], float *const dst[TP], int np, int64_t j0,
-                          int64_t ky0, int64_t ky1) {
+INLINE void forward_block(const int nj, const bool half, const cpu_direct_conv *d,
+                          const float *const src[TP], const int64_t rs[TP], float *const dst[TP],
+                          int np, int64_t j0, int64_t ky0, int64_t ky1) {
     const int fp = TP / nj < 2 * FP ? TP / nj : 2 * FP;
     for (int p0 = 0; p0 < np; p0 += fp)
-        forward_tile(nj, fp, d, src + p0, rs + p0, dst + p0, np - p0 < fp ? np - p0 : fp, j0, ky0,
+        forward_tile(nj, half, fp, d, src + p0, rs + p0, dst + p0, np - p0 < fp ? np - p0 : fp, j0, ky0,
                      ky1);
 }
 
@@ -228,7 +233,11 @@ static TARGET void forward_strip(const cpu_direct_conv *d, int64_t t0, int64_t t
         tile_windows(d, &at, np, ky0, ky1, patch, src, rs, dst);
         for (int64_t b = b0; b < b1; b++) {
             int64_t j0 = b * BLOCK, left = (d->co - j0 + LANES - 1) / LANES;
-            SWITCH_NJ(left < VJ ? left : VJ, forward_block, d, src, rs, dst, np, j0, ky0, ky1);
+            int nj = left < VJ ? (int)left : VJ;
+            if (d->half)
+                SWITCH_NJ(nj, forward_block, true, d, src, rs, dst, np, j0, ky0, ky1)
+            else
+                SWITCH_NJ(nj, forward_block, false, d, src, rs, dst, np, j0, ky0, ky1)
         }
     }
 }
@@ -246,7 +255,7 @@ static void conv_forward(const cpu_direct_conv *d) {
     if (strips > tiles)
         strips = tiles;
     const int64_t blocks = (d->co + BLOCK - 1) / BLOCK;
-    const int64_t row_bytes = d->kw * d->c * BLOCK * (int64_t)sizeof(float);
+    const int64_t row_bytes = d->kw * d->c * BLOCK * (d->half ? 2 : (int64_t)sizeof(float));
     /* Weights that stay in cache: a tile runs every block and kernel row. Else
      * a work item takes one block, as many kernel rows at a time as stay in
      * cache, over its strip. */

@@ -12,7 +12,8 @@ static const char *const names[] = {"baseline", "avx2", "avx512"};
 static cpu_isa detected(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init(); /* libgcc also checks that the OS saves the wide registers */
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
+        !__builtin_cpu_supports("f16c")) /* the direct kernels' f16 weights */
         return CPU_ISA_BASELINE;
     return __builtin_cpu_supports("avx512f") ? CPU_ISA_AVX512 : CPU_ISA_AVX2;
 #else

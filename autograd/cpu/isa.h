@@ -12,7 +12,7 @@
 
 typedef enum {
     CPU_ISA_BASELINE, /* plain C under `#pragma omp simd`, convolutions by im2col + OpenBLAS */
-    CPU_ISA_AVX2,     /* AVX2 + FMA: 8-float vectors */
+    CPU_ISA_AVX2,     /* AVX2 + FMA + F16C: 8-float vectors */
     CPU_ISA_AVX512,   /* AVX-512F (+ FMA): 16-float vectors */
 } cpu_isa;
 
