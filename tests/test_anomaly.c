@@ -366,6 +366,12 @@ static const char model_json[] =
     " \"down_block_types\": [\"DownBlock2D\", \"DownBlock2D\"],"
     " \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"], \"norm_num_groups\": 4}";
 
+static const char synthetic_json[] =
+    "{\"_class_name\": \"UNet2DModel\", \"sample_size\": 16, \"in_channels\": 3, \"out_channels\": 3,"
+    " \"layers_per_block\": 1, \"block_out_channels\": [16, 32],"
+    " \"down_block_types\": [\"DownBlock2D\", \"DownBlock2D\"],"
+    " \"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\"], \"norm_num_groups\": 4}";
+
 /* A model trained for a few steps on mv/train's good images only. */
 static const char *train_model(void) {
     tu_run_result *r = tu_run_diffc((const char *const[]){
@@ -683,6 +689,42 @@ START_TEST(test_eps_is_training_loss) {
 }
 END_TEST
 
+/* ---- the synthetic benchmark ---- */
+
+#define SYNTHETIC "tests/fixtures/synthetic_mvtec" /* scripts/make_synthetic_mvtec.py, 16x16 */
+
+/* A tiny model trained on the synthetic textures finds the pasted defects:
+ * pixel AUROC and PRO well above chance (measured with 200 steps, seed 0:
+ * pixel AUROC 0.93, PRO 0.83 with --score eps; 0.79 and 0.68 with recon). */
+START_TEST(test_synthetic_benchmark) {
+    tu_mkdtemp("anomaly");
+    char seed[32];
+    snprintf(seed, sizeof seed, "%d", (int)(tu_next() % 1000));
+    tu_run_result *r = tu_run_diffc((const char *const[]){
+        "train", "--model", synthetic_json, "--train-data-dir", SYNTHETIC "/train", "--classes", "good",
+        "--cache-dir", tu_path("cache"), "--resolution", "16", "--output-dir", tu_path("model"),
+        "--train-batch-size", "8", "--max-train-steps", "200", "--learning-rate", "3e-3", "--lr-warmup-steps",
+        "10", "--checkpointing-steps", "0", "--sample-every", "0", "--seed", seed, "--device", "cpu", NULL});
+    ck_assert_msg(r->status == 0, "train: exit %d: %s", r->status, tu_tail(r->err));
+    char *model = strdup(tu_path("model"));
+    r = ANOMALY("--model", model, "--labels", SYNTHETIC, "--output-dir", tu_path("out"), "--score", "eps",
+                "--max-heatmaps", "0", "--device", "cpu");
+    ck_assert_msg(r->status == 0, "exit %d: %s", r->status, tu_tail(r->err));
+    double image_auroc, pixel_auroc, pro;
+    const char *at = strstr(r->out, "image AUROC: ");
+    ck_assert_msg(at && sscanf(at, "image AUROC: %lf over 20 images (8 good, 12 defective)", &image_auroc) == 1,
+                  "%s", r->out);
+    ck_assert_msg((at = strstr(r->out, "pixel AUROC: ")) && sscanf(at, "pixel AUROC: %lf", &pixel_auroc) == 1 &&
+                      (at = strstr(r->out, "PRO (FPR <= 0.3): ")) && sscanf(at, "PRO (FPR <= 0.3): %lf", &pro) == 1,
+                  "%s", r->out);
+    ck_assert_msg(pixel_auroc > 0.8 && pro > 0.6 && image_auroc > 0.75,
+                  "training seed %s: image AUROC %.3f, pixel AUROC %.3f, PRO %.3f", seed, image_auroc, pixel_auroc,
+                  pro);
+    free(model);
+    tu_rmtemp();
+}
+END_TEST
+
 /* ---- bad input ---- */
 
 START_TEST(test_bad_input) {
@@ -802,6 +844,7 @@ int main(void) {
     tcase_add_test(cli, test_mvtec_end_to_end);
     tcase_add_test(cli, test_one_class);
     tcase_add_test(cli, test_eps_is_training_loss);
+    tcase_add_test(cli, test_synthetic_benchmark);
     tcase_add_test(cli, test_bad_input);
     tcase_add_test(cli, test_help);
     return tu_run(s);
