@@ -86,11 +86,11 @@ static const dc_cli_option options[] = {
      "IDX and CIFAR-10 folders: train or test"},
     {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", "anomaly", NULL, 0, 0, false,
      "where scores.csv, heatmaps/ and evaluation.json go"},
-    {"score", DC_CLI_STRING, FIELD(score), "KIND[,KIND...]", "recon", NULL, 0, 0, false,
+    {"score", DC_CLI_STRING, FIELD(score), "KIND[,KIND...]", "eps", NULL, 0, 0, false,
      "recon (reconstruction error), feat (feature distance to the reconstruction), eps (noise-prediction error)"},
     {"strength", DC_CLI_STRING, FIELD(strength), "X[,X...]", "0.8", NULL, 0, 0, false,
      "recon and feat: noise level(s) in (0, 1], the fraction of the DDIM steps run"},
-    {"timesteps", DC_CLI_STRING, FIELD(timesteps), "X[,X...]", "0.1,0.2,0.3,0.4,0.5", NULL, 0, 0, false,
+    {"timesteps", DC_CLI_STRING, FIELD(timesteps), "X[,X...]", "0.5,0.7,0.9", NULL, 0, 0, false,
      "eps: timesteps as fractions in [0, 1) of the training timesteps"},
     {"feature-timestep", DC_CLI_FLOAT, FIELD(feature_timestep), "X", "0.05", NULL, 0, 0.999, false,
      "feat: the timestep (a fraction) at which the UNet's features are taken"},
@@ -100,8 +100,8 @@ static const dc_cli_option options[] = {
      "IDX and CIFAR-10 references: train or test"},
     {"reference-images", DC_CLI_INT, FIELD(reference_images), "N", "200", NULL, 2, 1e9, false,
      "reference images scored, evenly spaced"},
-    {"ensemble", DC_CLI_INT, FIELD(ensemble), "N", "4", NULL, 1, 1024, false,
-     "noise draws per image and strength, maps averaged"},
+    {"ensemble", DC_CLI_INT, FIELD(ensemble), "N", "8", NULL, 1, 1024, false,
+     "noise draws per image and term, maps averaged"},
     {"num-inference-steps", DC_CLI_INT, FIELD(num_inference_steps), "N", "10", NULL, 1, 1e6, false,
      "DDIM steps of the whole schedule (strength X runs int(N X))"},
     {"reduce", DC_CLI_STRING, FIELD(reduce), "NAME", "mean", NULL, 0, 0, false,
@@ -929,10 +929,13 @@ static int finish(const run *r) {
         snprintf(reduce, sizeof reduce, "%s", r->o.reduce);
     else
         snprintf(reduce, sizeof reduce, "top-%" PRId64 " mean", r->o.top_k);
-    printf("%" PRId64 " image%s scored (%s, strength %s, ensemble %" PRId64 ", %s, sigma %g; %" PRId64
-           " skipped): %s/scores.csv",
-           r->n, r->n == 1 ? "" : "s", r->model.ema ? "EMA weights" : "weights", r->o.strength, r->o.ensemble,
-           reduce, r->o.sigma, r->skipped, r->o.output_dir);
+    printf("%" PRId64 " image%s scored (%s, terms", r->n, r->n == 1 ? "" : "s",
+           r->model.ema ? "EMA weights" : "weights");
+    for (int ti = 0; ti < r->n_terms; ti++)
+        printf(" %s@%g", term_names[r->terms[ti].kind], r->terms[ti].level);
+    printf("%s, ensemble %" PRId64 ", %s, sigma %g; %" PRId64 " skipped): %s/scores.csv",
+           r->o.reference ? ", z-scores on the reference" : "", r->o.ensemble, reduce, r->o.sigma, r->skipped,
+           r->o.output_dir);
     if (r->o.max_heatmaps && r->n)
         printf(", heatmaps/");
     printf("%s\n", r->label ? ", evaluation.json" : "");
