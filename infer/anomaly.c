@@ -1,21 +1,36 @@
 /*
- * `diffc anomaly`: anomaly detection by reconstruction.
+ * `diffc anomaly`: anomaly detection with a model trained on normal images.
  *
- * A model trained on normal images only pulls any image towards what it
- * knows: each image is noised to --strength (a fraction of the training
- * timesteps) and denoised with DDIM (dc_generate's img2img, SDEdit), and
- * where the reconstruction departs from the input is where the image is
- * unlike the training data. The anomaly map is the per-pixel squared error
- * (mean over channels), averaged over --ensemble noise draws and over every
- * strength of a list, then Gaussian-smoothed (--sigma); the image score is
- * its maximum, the mean of its --top-k largest pixels, or its mean (--reduce).
+ * A model trained on normal images only explains them better than anything
+ * else. Each image gets an anomaly map per term of the score (--score):
+ *   recon  the image noised to --strength (a fraction of the DDIM steps) and
+ *          denoised with DDIM (dc_generate's img2img, SDEdit); the per-pixel
+ *          squared error to the input (mean over channels);
+ *   feat   the same reconstruction, compared in the denoiser's own feature
+ *          space: the UNet's down-block outputs at --feature-timestep for
+ *          the input and for its reconstruction, 1 - cosine similarity per
+ *          location, spread over the pixels it covers, averaged over blocks
+ *          (DDAD's feature distance, with no outside network);
+ *   eps    the noise-prediction error at each of --timesteps: the image
+ *          noised in one step (q_sample) with the same draw, and the squared
+ *          error of the model's output against its training target, so the
+ *          image's mean is the trainer's loss for that draw (an ELBO-like
+ *          score; one forward pass per timestep, no denoising loop).
+ * Every map is averaged over --ensemble noise draws and Gaussian-smoothed
+ * (--sigma); a term's image score is its map's mean, maximum or top-k mean
+ * (--reduce). The image score is the terms' mean, or, with --reference
+ * (normal images: the training set, of --normal-class only when it has
+ * labels), the sum of the terms' z-scores against the reference images'
+ * scores, so terms of different scales weigh alike; the map is the same
+ * weighted sum of the term maps.
  *
  * --images is any dataset diffc reads (an image folder, IDX or CIFAR-10
  * files: split --split, the test split by default) or one image file; images
  * of another size or channel count are brought to the model's, with a note;
  * unreadable ones are skipped with a warning. Image i of the run draws noise
  * stream (seed, i * ensemble + e), so its score does not depend on the batch
- * size or on which other images are scored.
+ * size or on which other images are scored; reference image j draws streams
+ * from REFERENCE_STREAM + j * ensemble on.
  *
  * Evaluation, when the labels are known: with --labels DIR, an MVTec AD tree
  * (an image is normal when it lies in a folder "good", else its folder names
@@ -26,7 +41,8 @@
  * Class-conditional models reconstruct with label K then, else with their
  * "no class" label.
  *
- * Output in --output-dir: scores.csv (index, name, label, score),
+ * Output in --output-dir: scores.csv (index, name, label, anomalous, score,
+ * then each term's score),
  * heatmaps/<name>_raw.png (the map, one scale for all images) and
  * heatmaps/<name>_overlay.png (the map in colour over the image) for the
  * first --max-heatmaps images, and evaluation.json with the measures printed.
@@ -130,11 +146,15 @@ static const char usage_line[] = "usage: diffc anomaly --model DIR --images DIR|
 
 static const char help_intro[] =
     "\n"
-    "Score images for anomalies with a model trained on normal images: each image is noised\n"
-    "to --strength and denoised with DDIM; the anomaly map is the squared error between the\n"
-    "image and its reconstruction (averaged over --ensemble draws and the strengths given),\n"
-    "smoothed with a Gaussian of --sigma pixels; the image score is its mean, max or the\n"
-    "mean of its top-k pixels. The defaults are what worked best on Fashion-MNIST.\n"
+    "Score images for anomalies with a model trained on normal images. Terms (--score):\n"
+    "eps, the model's noise-prediction error (its training loss) at each of --timesteps;\n"
+    "recon, the squared error between the image and its DDIM reconstruction from --strength;\n"
+    "feat, the distance between the UNet's features of the image and of that reconstruction.\n"
+    "Maps are averaged over --ensemble noise draws and smoothed (--sigma); a term's score is\n"
+    "its map's mean, max or top-k mean. The terms are averaged, or with --reference (normal\n"
+    "images, e.g. the training set) their z-scores against the reference's are summed. The\n"
+    "defaults are what worked best on Fashion-MNIST's one-class protocol; to localise small\n"
+    "defects (MVTec AD) use low timesteps (e.g. --timesteps 0.1,0.2,0.3).\n"
     "Writes OUTPUT-DIR/scores.csv, heatmaps/*_raw.png and *_overlay.png, evaluation.json.\n"
     "\n"
     "Evaluation: --labels DIR (an MVTec AD category: test/good, test/<defect>,\n"
