@@ -1,21 +1,36 @@
 /*
- * `diffc anomaly`: anomaly detection by reconstruction.
+ * `diffc anomaly`: anomaly detection with a model trained on normal images.
  *
- * A model trained on normal images only pulls any image towards what it
- * knows: each image is noised to --strength (a fraction of the training
- * timesteps) and denoised with DDIM (dc_generate's img2img, SDEdit), and
- * where the reconstruction departs from the input is where the image is
- * unlike the training data. The anomaly map is the per-pixel squared error
- * (mean over channels), averaged over --ensemble noise draws and over every
- * strength of a list, then Gaussian-smoothed (--sigma); the image score is
- * its maximum, the mean of its --top-k largest pixels, or its mean (--reduce).
+ * A model trained on normal images only explains them better than anything
+ * else. Each image gets an anomaly map per term of the score (--score):
+ *   recon  the image noised to --strength (a fraction of the DDIM steps) and
+ *          denoised with DDIM (dc_generate's img2img, SDEdit); the per-pixel
+ *          squared error to the input (mean over channels);
+ *   feat   the same reconstruction, compared in the denoiser's own feature
+ *          space: the UNet's down-block outputs at --feature-timestep for
+ *          the input and for its reconstruction, 1 - cosine similarity per
+ *          location, spread over the pixels it covers, averaged over blocks
+ *          (DDAD's feature distance, with no outside network);
+ *   eps    the noise-prediction error at each of --timesteps: the image
+ *          noised in one step (q_sample) with the same draw, and the squared
+ *          error of the model's output against its training target, so the
+ *          image's mean is the trainer's loss for that draw (an ELBO-like
+ *          score; one forward pass per timestep, no denoising loop).
+ * Every map is averaged over --ensemble noise draws and Gaussian-smoothed
+ * (--sigma); a term's image score is its map's mean, maximum or top-k mean
+ * (--reduce). The image score is the terms' mean, or, with --reference
+ * (normal images: the training set, of --normal-class only when it has
+ * labels), the sum of the terms' z-scores against the reference images'
+ * scores, so terms of different scales weigh alike; the map is the same
+ * weighted sum of the term maps.
  *
  * --images is any dataset diffc reads (an image folder, IDX or CIFAR-10
  * files: split --split, the test split by default) or one image file; images
  * of another size or channel count are brought to the model's, with a note;
  * unreadable ones are skipped with a warning. Image i of the run draws noise
  * stream (seed, i * ensemble + e), so its score does not depend on the batch
- * size or on which other images are scored.
+ * size or on which other images are scored; reference image j draws streams
+ * from REFERENCE_STREAM + j * ensemble on.
  *
  * Evaluation, when the labels are known: with --labels DIR, an MVTec AD tree
  * (an image is normal when it lies in a folder "good", else its folder names
@@ -26,7 +41,8 @@
  * Class-conditional models reconstruct with label K then, else with their
  * "no class" label.
  *
- * Output in --output-dir: scores.csv (index, name, label, score),
+ * Output in --output-dir: scores.csv (index, name, label, anomalous, score,
+ * then each term's score),
  * heatmaps/<name>_raw.png (the map, one scale for all images) and
  * heatmaps/<name>_overlay.png (the map in colour over the image) for the
  * first --max-heatmaps images, and evaluation.json with the measures printed.
@@ -35,6 +51,7 @@
 #include "commands.h"
 
 #include "autograd/clock.h"
+#include "autograd/device.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/dataset.h"
@@ -55,7 +72,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_STRENGTHS 16
+#define MAX_STRENGTHS 16 /* values of a list option */
+#define MAX_TERMS (3 * MAX_STRENGTHS)
+#define REFERENCE_STREAM ((uint64_t)1 << 40) /* the reference's noise streams start here, apart from the images' */
 #define MAX_NOTES 5   /* per-image notes printed before they are only counted */
 #define PRO_MAX_FPR 0.3 /* MVTec AD's integration limit */
 #define ACTIVATION_BYTES ((size_t)64 << 30) /* reserved lazily: only what a step touches is used */
@@ -63,10 +82,10 @@
 /* ---- options ---- */
 
 typedef struct anomaly_options {
-    const char *model, *variant, *images, *output_dir, *strength, *reduce, *labels, *normal_class, *split, *device,
-        *mixed_precision;
-    int64_t ensemble, num_inference_steps, top_k, batch_size, seed, max_images, max_heatmaps;
-    double sigma;
+    const char *model, *variant, *images, *output_dir, *score, *strength, *timesteps, *reduce, *labels, *normal_class,
+        *split, *reference, *reference_split, *device, *mixed_precision;
+    int64_t ensemble, num_inference_steps, top_k, batch_size, seed, max_images, max_heatmaps, reference_images;
+    double sigma, feature_timestep;
     bool no_ema;
 } anomaly_options;
 
@@ -83,10 +102,22 @@ static const dc_cli_option options[] = {
      "IDX and CIFAR-10 folders: train or test"},
     {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", "anomaly", NULL, 0, 0, false,
      "where scores.csv, heatmaps/ and evaluation.json go"},
+    {"score", DC_CLI_STRING, FIELD(score), "KIND[,KIND...]", "eps", NULL, 0, 0, false,
+     "recon (reconstruction error), feat (feature distance to the reconstruction), eps (noise-prediction error)"},
     {"strength", DC_CLI_STRING, FIELD(strength), "X[,X...]", "0.8", NULL, 0, 0, false,
-     "noise level(s) in (0, 1], the fraction of the DDIM steps run; a list averages"},
-    {"ensemble", DC_CLI_INT, FIELD(ensemble), "N", "4", NULL, 1, 1024, false,
-     "noise draws per image and strength, maps averaged"},
+     "recon and feat: noise level(s) in (0, 1], the fraction of the DDIM steps run"},
+    {"timesteps", DC_CLI_STRING, FIELD(timesteps), "X[,X...]", "0.5,0.7,0.9", NULL, 0, 0, false,
+     "eps: timesteps as fractions in [0, 1) of the training timesteps"},
+    {"feature-timestep", DC_CLI_FLOAT, FIELD(feature_timestep), "X", "0.05", NULL, 0, 0.999, false,
+     "feat: the timestep (a fraction) at which the UNet's features are taken"},
+    {"reference", DC_CLI_STRING, FIELD(reference), "DIR", NULL, "default: none", 0, 0, false,
+     "normal images (their --normal-class only) whose scores normalise each term (z-scores, summed)"},
+    {"reference-split", DC_CLI_STRING, FIELD(reference_split), "NAME", "train", NULL, 0, 0, false,
+     "IDX and CIFAR-10 references: train or test"},
+    {"reference-images", DC_CLI_INT, FIELD(reference_images), "N", "200", NULL, 2, 1e9, false,
+     "reference images scored, evenly spaced"},
+    {"ensemble", DC_CLI_INT, FIELD(ensemble), "N", "8", NULL, 1, 1024, false,
+     "noise draws per image and term, maps averaged"},
     {"num-inference-steps", DC_CLI_INT, FIELD(num_inference_steps), "N", "10", NULL, 1, 1e6, false,
      "DDIM steps of the whole schedule (strength X runs int(N X))"},
     {"reduce", DC_CLI_STRING, FIELD(reduce), "NAME", "mean", NULL, 0, 0, false,
@@ -115,11 +146,15 @@ static const char usage_line[] = "usage: diffc anomaly --model DIR --images DIR|
 
 static const char help_intro[] =
     "\n"
-    "Score images for anomalies with a model trained on normal images: each image is noised\n"
-    "to --strength and denoised with DDIM; the anomaly map is the squared error between the\n"
-    "image and its reconstruction (averaged over --ensemble draws and the strengths given),\n"
-    "smoothed with a Gaussian of --sigma pixels; the image score is its mean, max or the\n"
-    "mean of its top-k pixels. The defaults are what worked best on Fashion-MNIST.\n"
+    "Score images for anomalies with a model trained on normal images. Terms (--score):\n"
+    "eps, the model's noise-prediction error (its training loss) at each of --timesteps;\n"
+    "recon, the squared error between the image and its DDIM reconstruction from --strength;\n"
+    "feat, the distance between the UNet's features of the image and of that reconstruction.\n"
+    "Maps are averaged over --ensemble noise draws and smoothed (--sigma); a term's score is\n"
+    "its map's mean, max or top-k mean. The terms are averaged, or with --reference (normal\n"
+    "images, e.g. the training set) their z-scores against the reference's are summed. The\n"
+    "defaults are what worked best on Fashion-MNIST's one-class protocol; to localise small\n"
+    "defects (MVTec AD) use low timesteps (e.g. --timesteps 0.1,0.2,0.3).\n"
     "Writes OUTPUT-DIR/scores.csv, heatmaps/*_raw.png and *_overlay.png, evaluation.json.\n"
     "\n"
     "Evaluation: --labels DIR (an MVTec AD category: test/good, test/<defect>,\n"
@@ -135,14 +170,35 @@ static const dc_cli cli = {"anomaly", usage_line, help_intro, options, N_OPTIONS
 
 /* ---- the run ---- */
 
+/* One term of the score: a kind at one level. An image's score is the sum
+ * over terms of weight * (term score - mean); its map the sum of weight *
+ * term map. */
+typedef enum { TERM_RECON, TERM_FEAT, TERM_EPS } term_kind;
+static const char *const term_names[] = {"recon", "feat", "eps"};
+
+typedef struct term {
+    term_kind kind;
+    double level;        /* recon, feat: the strength; eps: the timestep as a fraction */
+    double mean, weight; /* 0 and 1 / terms; with --reference, the reference's mean and 1 / std */
+} term;
+
+/* Images scored together: the test images or the reference. */
+typedef struct image_set {
+    int64_t n;
+    const float *px;  /* [n, per] */
+    uint64_t stream;  /* image j's draws are streams stream + j * ensemble + e */
+    float *maps;      /* [n, hw] added to; NULL: not kept */
+    double *terms;    /* [n, n_terms] each term's score */
+} image_set;
+
 typedef struct run {
     anomaly_options o;
     dc_model model;
     dc_sampler sampler;
     dc_ctx ctx;
     bool ctx_ready, tty;
-    double strengths[MAX_STRENGTHS];
-    int n_strengths;
+    term terms[MAX_TERMS];
+    int n_terms;
     int h, w, c;
     int64_t per, hw;
     int32_t cond_label; /* the label reconstructed with; -1: unconditional model */
@@ -157,27 +213,72 @@ typedef struct run {
     uint8_t *masks;    /* [n, hw] ground truth; NULL unless every anomalous image has one */
     float *maps;       /* [n, hw] */
     double *scores;
-    float *recon;      /* [batch * ensemble, per] scratch */
-    float *init;       /* [batch * ensemble, per] scratch */
-    int32_t *labels;   /* [batch * ensemble] scratch; NULL unconditional */
+    double *term_scores; /* [n, n_terms] */
+    /* scratch for a batch of b images, b * ensemble rows */
+    float *recon, *init, *noise, *pred; /* [b * ensemble, per] */
+    float *tmap;       /* [b, hw] one term's maps */
+    float *ref_px;     /* [ref_n, per] the --reference images */
+    int64_t ref_n;
+    double recon_level; /* the strength recon holds; 0: none */
+    int32_t *labels;   /* [b * ensemble]; NULL unconditional */
     int64_t notes, skipped;
 } run;
 
-static int parse_strengths(run *r) {
-    const char *p = r->o.strength;
-    for (;;) {
+/* A list of numbers in (lo, hi] (or [lo, hi) when lo_closed) into out[*n]. */
+static int parse_list(const char *opt, const char *text, double lo, double hi, bool lo_closed, double *out,
+                      int *n) {
+    const char *p = text;
+    for (*n = 0;;) {
         char *end;
         errno = 0;
-        double s = strtod(p, &end);
-        if (end == p || (*end && *end != ',') || errno || !(s > 0 && s <= 1))
-            return dc_fail("--strength '%s': expected numbers in (0, 1], comma-separated", r->o.strength);
-        if (r->n_strengths == MAX_STRENGTHS)
-            return dc_fail("--strength '%s': at most %d strengths", r->o.strength, MAX_STRENGTHS);
-        r->strengths[r->n_strengths++] = s;
+        double x = strtod(p, &end);
+        bool in = lo_closed ? x >= lo && x < hi : x > lo && x <= hi;
+        if (end == p || (*end && *end != ',') || errno || !in)
+            return dc_fail("--%s '%s': expected numbers in %c%g, %g%c, comma-separated", opt, text,
+                           lo_closed ? '[' : '(', lo, hi, lo_closed ? ')' : ']');
+        if (*n == MAX_STRENGTHS)
+            return dc_fail("--%s '%s': at most %d values", opt, text, MAX_STRENGTHS);
+        out[(*n)++] = x;
         if (!*end)
             return 0;
         p = end + 1;
     }
+}
+
+/* --score's kinds; each bit of *kinds one term_kind. */
+static int parse_kinds(const char *text, unsigned *kinds) {
+    *kinds = 0;
+    for (const char *p = text;;) {
+        size_t len = strcspn(p, ",");
+        int k = 0;
+        while (k < 3 && (strlen(term_names[k]) != len || strncmp(p, term_names[k], len)))
+            k++;
+        if (k == 3)
+            return dc_fail("--score '%s': '%.*s' is not recon, feat or eps", text, (int)len, p);
+        *kinds |= 1u << k;
+        if (!p[len])
+            return 0;
+        p += len + 1;
+    }
+}
+
+/* The terms: per strength recon then feat (so both share one reconstruction), then eps. */
+static int make_terms(run *r) {
+    double strengths[MAX_STRENGTHS], steps[MAX_STRENGTHS];
+    int ns = 0, nt = 0;
+    unsigned kinds;
+    if (parse_kinds(r->o.score, &kinds) || parse_list("strength", r->o.strength, 0, 1, false, strengths, &ns) ||
+        parse_list("timesteps", r->o.timesteps, 0, 1, true, steps, &nt))
+        return -1;
+    for (int i = 0; i < ns; i++)
+        for (int k = TERM_RECON; k <= TERM_FEAT; k++)
+            if (kinds >> k & 1)
+                r->terms[r->n_terms++] = (term){.kind = k, .level = strengths[i]};
+    for (int i = 0; (kinds >> TERM_EPS & 1) && i < nt; i++)
+        r->terms[r->n_terms++] = (term){.kind = TERM_EPS, .level = steps[i]};
+    for (int i = 0; i < r->n_terms; i++)
+        r->terms[i].weight = 1.0 / r->n_terms;
+    return 0;
 }
 
 static int check_options(run *r) {
@@ -186,7 +287,7 @@ static int check_options(run *r) {
         return dc_fail("--reduce: '%s' is not max, topk-mean or mean", o->reduce);
     if (o->labels && o->normal_class)
         return dc_fail("--labels and --normal-class: give one (an MVTec tree, or a labelled dataset)");
-    if (parse_strengths(r))
+    if (make_terms(r))
         return -1;
     r->images_path = o->images ? strdup(o->images) : dc_path_join(o->labels, "test");
     return r->images_path ? 0 : dc_fail("out of memory");
@@ -196,9 +297,9 @@ static int check_options(run *r) {
 static int make_sampler(run *r) {
     if (dc_model_sampler(&r->model, "ddim", r->o.num_inference_steps, NULL, -1, &r->sampler))
         return -1;
-    for (int i = 0; i < r->n_strengths; i++) {
+    for (int i = 0; i < r->n_terms; i++) {
         int start;
-        if (dc_sampler_img2img_start(&r->sampler, r->strengths[i], &start))
+        if (r->terms[i].kind != TERM_EPS && dc_sampler_img2img_start(&r->sampler, r->terms[i].level, &start))
             return dc_fail_prefix("--strength");
     }
     return 0;
@@ -239,11 +340,11 @@ static int setup(run *r) {
         return -1;
     if (dc_dataset_items_open(&r->items, r->images_path, r->o.split))
         return dc_fail_prefix("--images");
-    if (resolve_classes(r))
-        return -1;
-    if (dc_dir_check_writable(r->o.output_dir) || dc_model_ctx_init(r->model.device, &r->ctx, ACTIVATION_BYTES))
+    if (resolve_classes(r) || dc_model_ctx_init(r->model.device, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
+    dc_set_grad_enabled(&r->ctx, false);
+    r->ctx.training = false;
     r->tty = isatty(fileno(stderr));
     return 0;
 }
@@ -318,12 +419,12 @@ static int label_image(run *r, int64_t j, const char *name) {
     return rc < 0 ? -1 : 0;
 }
 
-/* Decode item i into image slot j, at the model's size; 1 when skipped. */
-static int load_image(run *r, int64_t i, int64_t j) {
+/* Decode item i of `items` into dst [per] at the model's size; 1 when skipped. */
+static int decode(run *r, const dc_dataset_items *items, int64_t i, float *dst) {
     char buf[64], note[128];
-    const char *name = dc_dataset_item_name(&r->items, i, buf, sizeof buf);
+    const char *name = dc_dataset_item_name(items, i, buf, sizeof buf);
     dc_image img = {0}, fit = {0};
-    int rc = dc_dataset_item_image(&r->items, i, &img);
+    int rc = dc_dataset_item_image(items, i, &img);
     if (rc == 1) {
         fprintf(stderr, "diffc: warning: skipped: %s: %s\n", name, dc_error());
         r->skipped++;
@@ -332,33 +433,45 @@ static int load_image(run *r, int64_t i, int64_t j) {
         rc = dc_fail_prefix(name);
     if (!rc && note[0] && r->notes++ < MAX_NOTES)
         fprintf(stderr, "diffc: note: %s: %s for the model\n", name, note);
-    if (!rc) {
-        dc_u8_to_float(r->px + j * r->per, fit.px, (size_t)r->per);
-        r->item[j] = i;
-        if (r->label && label_image(r, j, name))
-            rc = -1;
-    }
+    if (!rc)
+        dc_u8_to_float(dst, fit.px, (size_t)r->per);
     dc_image_free(&img);
     dc_image_free(&fit);
     return rc;
 }
 
+/* Decode item i into image slot j, at the model's size; 1 when skipped. */
+static int load_image(run *r, int64_t i, int64_t j) {
+    int rc = decode(r, &r->items, i, r->px + j * r->per);
+    if (rc)
+        return rc;
+    char buf[64];
+    r->item[j] = i;
+    return r->label && label_image(r, j, dc_dataset_item_name(&r->items, i, buf, sizeof buf)) ? -1 : 0;
+}
+
 static int alloc_images(run *r, int64_t n) {
     bool eval = r->o.labels || r->normal_class >= 0;
-    int64_t e = r->o.ensemble, b = r->o.batch_size < n ? r->o.batch_size : n;
+    int64_t e = r->o.ensemble, b = r->o.batch_size, rows = b * e;
+    size_t scratch = (size_t)(rows * r->per) * sizeof(float);
     r->item = malloc((size_t)n * sizeof *r->item);
     r->px = malloc((size_t)(n * r->per) * sizeof *r->px);
     r->label = eval ? malloc((size_t)n) : NULL;
     r->masks = r->o.labels ? malloc((size_t)(n * r->hw)) : NULL;
     r->maps = calloc((size_t)(n * r->hw), sizeof *r->maps);
     r->scores = malloc((size_t)n * sizeof *r->scores);
-    r->recon = malloc((size_t)(b * e * r->per) * sizeof *r->recon);
-    r->init = malloc((size_t)(b * e * r->per) * sizeof *r->init);
-    r->labels = r->cond_label >= 0 ? malloc((size_t)(b * e) * sizeof *r->labels) : NULL;
+    r->term_scores = malloc((size_t)(n * r->n_terms) * sizeof *r->term_scores);
+    r->recon = malloc(scratch);
+    r->init = malloc(scratch);
+    r->noise = malloc(scratch);
+    r->pred = malloc(scratch);
+    r->tmap = malloc((size_t)(b * r->hw) * sizeof *r->tmap);
+    r->labels = r->cond_label >= 0 ? malloc((size_t)rows * sizeof *r->labels) : NULL;
     if (!r->item || !r->px || (eval && !r->label) || (r->o.labels && !r->masks) || !r->maps || !r->scores ||
-        !r->recon || !r->init || (r->cond_label >= 0 && !r->labels))
+        !r->term_scores || !r->recon || !r->init || !r->noise || !r->pred || !r->tmap ||
+        (r->cond_label >= 0 && !r->labels))
         return dc_fail("out of memory for %" PRId64 " images of %dx%d", n, r->w, r->h);
-    for (int64_t k = 0; r->labels && k < b * e; k++)
+    for (int64_t k = 0; r->labels && k < rows; k++)
         r->labels[k] = r->cond_label;
     return 0;
 }
@@ -384,29 +497,123 @@ static int load_images(run *r) {
 
 /* ---- scoring ---- */
 
-/* Add the squared error of b images' reconstructions (ensemble each) to their maps. */
-static void add_errors(run *r, int64_t first, int64_t b, double weight) {
+/* Add the squared error of y [b * ensemble, per] against x to the b images'
+ * term maps; x holds a row per image, or per row of y when x_per_row. */
+static void add_errors(run *r, const float *x0, bool x_per_row, int64_t b, const float *y) {
     int64_t e = r->o.ensemble;
     for (int64_t k = 0; k < b * e; k++) {
-        const float *x = r->px + (first + k / e) * r->per, *y = r->recon + k * r->per;
-        float *map = r->maps + (first + k / e) * r->hw;
+        const float *x = x0 + (x_per_row ? k : k / e) * r->per, *yk = y + k * r->per;
+        float *map = r->tmap + (k / e) * r->hw;
         for (int64_t p = 0; p < r->hw; p++) {
             double err = 0;
             for (int ch = 0; ch < r->c; ch++) {
-                double d = (double)x[p * r->c + ch] - y[p * r->c + ch];
+                double d = (double)x[p * r->c + ch] - yk[p * r->c + ch];
                 err += d * d;
             }
-            map[p] += (float)(weight * err / r->c);
+            map[p] += (float)(err / (r->c * e));
         }
     }
 }
 
-/* Reconstruct images [first, first + b) at every strength and add to their maps. */
-static int score_batch(run *r, int64_t first, int64_t b) {
+/* The model's output for x [n, per] at timestep t, into out [n, per]; with
+ * features, each down block's output too (features[i] on the context's device). */
+static int forward(run *r, const float *x, int64_t n, float t, float *out, dc_tensor **features) {
+    dc_ctx *ctx = &r->ctx;
+    dc_ctx_reset(ctx);
+    dc_tensor *xt = dc_new(ctx, DC_F32, DC_SHAPE(n, r->h, r->w, r->c));
+    dc_tensor *tt = dc_from_host(ctx, DC_F32, DC_SHAPE(1), &t);
+    dc_tensor *y = r->labels ? dc_from_host(ctx, DC_I32, DC_SHAPE(n), r->labels) : NULL;
+    if (!xt || !tt || (r->labels && !y) ||
+        dc_memcpy(xt->data, ctx->device, x, DC_CPU, (size_t)(n * r->per) * sizeof *x))
+        return -1;
+    dc_tensor *pred = dc_unet_forward_features(ctx, &r->model.unet, xt, tt, y, features);
+    if (!pred)
+        return -1;
+    if (pred->numel != n * r->per)
+        return dc_fail("the model predicts %lld values per image, expected %lld", (long long)(pred->numel / n),
+                       (long long)r->per);
+    return out ? dc_memcpy(out, DC_CPU, pred->data, ctx->device, (size_t)pred->numel * sizeof *out) : 0;
+}
+
+/* The training timestep of a fraction of the schedule. */
+static int timestep_of(const run *r, double fraction) {
+    int64_t T = r->model.sched.T, t = (int64_t)(fraction * (double)T);
+    return (int)(t < T ? t : T - 1);
+}
+
+/* Every down block's features of n images at the feature timestep, copied
+ * to the host: f[i] [n, H_i, W_i, C_i] (malloc'ed), their shapes in dims[i]. */
+static int host_features(run *r, const float *x, int64_t n, float **f, int (*dims)[3]) {
+    dc_tensor *dev[DC_UNET_MAX_LEVELS];
+    if (forward(r, x, n, (float)timestep_of(r, r->o.feature_timestep), NULL, dev))
+        return -1;
+    for (int i = 0; i < r->model.cfg.levels; i++) {
+        for (int d = 0; d < 3; d++)
+            dims[i][d] = (int)dev[i]->shape[d + 1];
+        f[i] = malloc((size_t)dev[i]->numel * sizeof *f[i]);
+        if (!f[i])
+            return dc_fail("out of memory for the features");
+        if (dc_memcpy(f[i], DC_CPU, dev[i]->data, r->ctx.device, (size_t)dev[i]->numel * sizeof *f[i]))
+            return -1;
+    }
+    return 0;
+}
+
+/* Add the feature distance of the images and their reconstructions: per
+ * block, 1 - cosine per location, spread over the pixels it covers;
+ * averaged over the blocks. */
+static int add_feature_distance(run *r, const float *px, int64_t b) {
     int64_t e = r->o.ensemble;
-    for (int64_t k = 0; k < b * e; k++)
-        memcpy(r->init + k * r->per, r->px + (first + k / e) * r->per, (size_t)r->per * sizeof *r->init);
-    for (int s = 0; s < r->n_strengths; s++) {
+    int levels = r->model.cfg.levels, dims[DC_UNET_MAX_LEVELS][3];
+    float *fx[DC_UNET_MAX_LEVELS] = {0}, *fy[DC_UNET_MAX_LEVELS] = {0};
+    int rc = host_features(r, px, b, fx, dims) || host_features(r, r->recon, b * e, fy, dims) ? -1 : 0;
+    double weight = 1.0 / ((double)e * levels);
+    for (int i = 0; !rc && i < levels; i++) {
+        int hl = dims[i][0], wl = dims[i][1], c = dims[i][2];
+        int64_t size = (int64_t)hl * wl * c;
+        for (int64_t k = 0; k < b * e; k++)
+            dc_feature_distance_add(r->tmap + (k / e) * r->hw, r->h, r->w, fx[i] + (k / e) * size, fy[i] + k * size,
+                                    hl, wl, c, weight);
+    }
+    for (int i = 0; i < levels; i++) {
+        free(fx[i]);
+        free(fy[i]);
+    }
+    return rc;
+}
+
+/* Add the noise-prediction error at timestep fraction `level` to the term
+ * maps: x_t from each image's initial draw (the one its reconstruction noises
+ * with), the squared error of the model's output against its training target. */
+static int add_eps_errors(run *r, const image_set *s, int64_t first, int64_t b, double level) {
+    int64_t e = r->o.ensemble, rows = b * e;
+    int t = timestep_of(r, level);
+    double acp = r->model.sched.alphas_cumprod[t], a = sqrt(acp), sd = sqrt(1 - acp);
+    dc_sampler_noise(r->noise, rows, r->per, (uint64_t)r->o.seed, s->stream + (uint64_t)(first * e),
+                     DC_SAMPLER_DRAW_INIT);
+    for (int64_t q = 0; q < rows * r->per; q++)
+        r->recon[q] = (float)(a * r->init[q] + sd * r->noise[q]);
+    r->recon_level = 0; /* recon now holds x_t */
+    if (forward(r, r->recon, rows, (float)t, r->pred, NULL))
+        return -1;
+    dc_prediction_type type = r->model.sched.config.prediction_type;
+    for (int64_t q = 0; q < rows * r->per; q++) { /* the target, in place of the noise */
+        double target = type == DC_PRED_EPSILON ? r->noise[q]
+                        : type == DC_PRED_SAMPLE ? r->init[q]
+                                                 : a * r->noise[q] - sd * r->init[q];
+        r->noise[q] = (float)target;
+    }
+    add_errors(r, r->noise, true, b, r->pred);
+    return 0;
+}
+
+/* The term's maps of images [first, first + b) of s, into r->tmap [b, hw]. */
+static int term_maps(run *r, const image_set *s, int64_t first, int64_t b, const term *tm) {
+    int64_t e = r->o.ensemble;
+    memset(r->tmap, 0, (size_t)(b * r->hw) * sizeof *r->tmap);
+    if (tm->kind == TERM_EPS)
+        return add_eps_errors(r, s, first, b, tm->level);
+    if (r->recon_level != tm->level) {
         dc_generate_request q = {.unet = &r->model.unet,
                                  .sampler = &r->sampler,
                                  .n = b * e,
@@ -416,14 +623,19 @@ static int score_batch(run *r, int64_t first, int64_t b) {
                                  .labels = r->labels,
                                  .guidance_scale = 1.0f,
                                  .seed = (uint64_t)r->o.seed,
-                                 .first_image = (uint64_t)(first * e),
+                                 .first_image = s->stream + (uint64_t)(first * e),
                                  .init = r->init,
-                                 .strength = r->strengths[s]};
+                                 .strength = tm->level};
         if (dc_generate(&r->ctx, &q, r->recon))
             return -1;
-        add_errors(r, first, b, 1.0 / (double)(e * r->n_strengths));
+        r->recon_level = tm->level;
     }
-    return 0;
+    const float *px = s->px + first * r->per;
+    if (tm->kind == TERM_RECON) {
+        add_errors(r, px, false, b, r->recon);
+        return 0;
+    }
+    return add_feature_distance(r, px, b);
 }
 
 /* The pixels the image score averages. */
@@ -431,27 +643,118 @@ static int64_t top_k(const run *r) {
     return !strcmp(r->o.reduce, "max") ? 1 : !strcmp(r->o.reduce, "mean") ? r->hw : r->o.top_k;
 }
 
-static int score_all(run *r) {
-    double t0 = dc_seconds();
-    int64_t bs = r->o.batch_size, k = top_k(r);
-    for (int64_t first = 0; first < r->n; first += bs) {
-        int64_t b = r->n - first < bs ? r->n - first : bs;
-        if (score_batch(r, first, b))
+/* Every term of images [first, first + b) of s: smoothed, reduced, added to the maps. */
+static int score_batch(run *r, image_set *s, int64_t first, int64_t b) {
+    int64_t e = r->o.ensemble, k = top_k(r);
+    for (int64_t q = 0; q < b * e; q++)
+        memcpy(r->init + q * r->per, s->px + (first + q / e) * r->per, (size_t)r->per * sizeof *r->init);
+    r->recon_level = 0;
+    for (int ti = 0; ti < r->n_terms; ti++) {
+        if (term_maps(r, s, first, b, &r->terms[ti]))
             return -1;
-        for (int64_t j = first; j < first + b; j++) {
-            if (dc_gaussian_blur(r->maps + j * r->hw, r->h, r->w, r->o.sigma))
+        for (int64_t j = 0; j < b; j++) {
+            float *map = r->tmap + j * r->hw;
+            if (dc_gaussian_blur(map, r->h, r->w, r->o.sigma))
                 return -1;
-            r->scores[j] = dc_topk_mean(r->maps + j * r->hw, r->hw, k);
-            if (isnan(r->scores[j]))
+            double v = dc_topk_mean(map, r->hw, k);
+            if (isnan(v))
                 return dc_fail("out of memory for the top-%" PRId64 " pixels", k);
+            s->terms[(first + j) * r->n_terms + ti] = v;
+            for (int64_t p = 0; s->maps && p < r->hw; p++)
+                s->maps[(first + j) * r->hw + p] += (float)(r->terms[ti].weight * map[p]);
         }
-        double s = dc_seconds() - t0;
-        fprintf(stderr, r->tty ? "\rscored %" PRId64 "/%" PRId64 " images, %.1f images/s   "
-                               : "scored %" PRId64 "/%" PRId64 " images, %.1f images/s\n",
-                first + b, r->n, (double)(first + b) / s);
+    }
+    return 0;
+}
+
+static int score_set(run *r, image_set *s, const char *what) {
+    double t0 = dc_seconds();
+    int64_t bs = r->o.batch_size;
+    for (int64_t first = 0; first < s->n; first += bs) {
+        int64_t b = s->n - first < bs ? s->n - first : bs;
+        if (score_batch(r, s, first, b))
+            return -1;
+        double sec = dc_seconds() - t0;
+        fprintf(stderr, r->tty ? "\rscored %" PRId64 "/%" PRId64 " %s, %.1f images/s   "
+                               : "scored %" PRId64 "/%" PRId64 " %s, %.1f images/s\n",
+                first + b, s->n, what, (double)(first + b) / sec);
     }
     if (r->tty)
         fputc('\n', stderr);
+    return 0;
+}
+
+/* The reference's items: of the normal class when it has labels and there is one. */
+static int64_t reference_items(const run *r, const dc_dataset_items *it, int64_t *out) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < it->count; i++)
+        if (r->normal_class < 0 || !it->num_classes || it->labels[i] == r->normal_class)
+            out[m++] = i;
+    return m;
+}
+
+/* Each term's mean and spread over the reference images: weight 1 / std. */
+static int set_weights(run *r, const image_set *s) {
+    for (int ti = 0; ti < r->n_terms; ti++) {
+        term *tm = &r->terms[ti];
+        double sum = 0, sq = 0;
+        for (int64_t j = 0; j < s->n; j++)
+            sum += s->terms[j * r->n_terms + ti];
+        tm->mean = sum / (double)s->n;
+        for (int64_t j = 0; j < s->n; j++)
+            sq += pow(s->terms[j * r->n_terms + ti] - tm->mean, 2);
+        double sd = sqrt(sq / (double)(s->n - 1));
+        if (!(sd > 0))
+            return dc_fail("--reference: the %s term at %g scores every reference image alike", term_names[tm->kind],
+                           tm->level);
+        tm->weight = 1 / sd;
+        fprintf(stderr, "reference: %s at %g: mean %.6g, std %.6g\n", term_names[tm->kind], tm->level, tm->mean, sd);
+    }
+    return 0;
+}
+
+/* --reference: up to --reference-images normal images, evenly spaced, decoded. */
+static int load_reference(run *r) {
+    dc_dataset_items it = {0};
+    if (dc_dataset_items_open(&it, r->o.reference, r->o.reference_split))
+        return dc_fail_prefix("--reference");
+    int64_t *idx = malloc((size_t)it.count * sizeof *idx), m = idx ? reference_items(r, &it, idx) : 0;
+    int64_t n = m < r->o.reference_images ? m : r->o.reference_images;
+    r->ref_px = malloc((size_t)(n * r->per + 1) * sizeof *r->ref_px);
+    int rc = !idx || !r->ref_px ? dc_fail("out of memory for the reference") : 0;
+    for (int64_t j = 0; !rc && j < n; j++) {
+        int d = decode(r, &it, idx[(int64_t)((double)j * (double)m / (double)n)], r->ref_px + r->ref_n * r->per);
+        rc = d < 0 ? -1 : 0;
+        r->ref_n += d == 0;
+    }
+    if (!rc && r->ref_n < 2)
+        rc = dc_fail("--reference %s: %" PRId64 " readable images%s; at least 2 are needed", r->o.reference, r->ref_n,
+                     r->normal_class >= 0 && it.num_classes ? " of the normal class" : "");
+    free(idx);
+    dc_dataset_items_close(&it);
+    return rc;
+}
+
+/* Score the reference images for the terms' weights. */
+static int normalise(run *r) {
+    double *terms = malloc((size_t)(r->ref_n * r->n_terms) * sizeof *terms);
+    image_set s = {.n = r->ref_n, .px = r->ref_px, .stream = REFERENCE_STREAM, .terms = terms};
+    int rc = !terms ? dc_fail("out of memory for the reference") : score_set(r, &s, "reference images") ||
+                                                                       set_weights(r, &s) ? -1 : 0;
+    free(terms);
+    return rc;
+}
+
+/* The test images' scores: each term's weighted departure from its mean. */
+static int score_all(run *r) {
+    image_set s = {.n = r->n, .px = r->px, .maps = r->maps, .terms = r->term_scores};
+    if (score_set(r, &s, "images"))
+        return -1;
+    for (int64_t j = 0; j < r->n; j++) {
+        r->scores[j] = 0;
+        for (int ti = 0; ti < r->n_terms; ti++)
+            r->scores[j] += r->terms[ti].weight * (r->term_scores[j * r->n_terms + ti] - r->terms[ti].mean);
+    }
     return 0;
 }
 
@@ -499,7 +802,10 @@ static int write_csv(const run *r) {
         free(path);
         return dc_fail("out of memory for scores.csv");
     }
-    fprintf(f, "index,name,label,anomalous,score\n");
+    fprintf(f, "index,name,label,anomalous,score");
+    for (int ti = 0; ti < r->n_terms; ti++)
+        fprintf(f, ",%s@%g", term_names[r->terms[ti].kind], r->terms[ti].level);
+    fputc('\n', f);
     for (int64_t j = 0; j < r->n; j++) {
         char buf[64], lab[256];
         fprintf(f, "%" PRId64 ",", r->item[j]);
@@ -510,7 +816,10 @@ static int write_csv(const run *r) {
             fprintf(f, ",%d", r->label[j]);
         else
             fputc(',', f);
-        fprintf(f, ",%.9g\n", r->scores[j]);
+        fprintf(f, ",%.9g", r->scores[j]);
+        for (int ti = 0; ti < r->n_terms; ti++)
+            fprintf(f, ",%.9g", r->term_scores[j * r->n_terms + ti]);
+        fputc('\n', f);
     }
     fclose(f);
     int rc = dc_write_file(path, text, size, true);
@@ -640,10 +949,13 @@ static int finish(const run *r) {
         snprintf(reduce, sizeof reduce, "%s", r->o.reduce);
     else
         snprintf(reduce, sizeof reduce, "top-%" PRId64 " mean", r->o.top_k);
-    printf("%" PRId64 " image%s scored (%s, strength %s, ensemble %" PRId64 ", %s, sigma %g; %" PRId64
-           " skipped): %s/scores.csv",
-           r->n, r->n == 1 ? "" : "s", r->model.ema ? "EMA weights" : "weights", r->o.strength, r->o.ensemble,
-           reduce, r->o.sigma, r->skipped, r->o.output_dir);
+    printf("%" PRId64 " image%s scored (%s, terms", r->n, r->n == 1 ? "" : "s",
+           r->model.ema ? "EMA weights" : "weights");
+    for (int ti = 0; ti < r->n_terms; ti++)
+        printf(" %s@%g", term_names[r->terms[ti].kind], r->terms[ti].level);
+    printf("%s, ensemble %" PRId64 ", %s, sigma %g; %" PRId64 " skipped): %s/scores.csv",
+           r->o.reference ? ", z-scores on the reference" : "", r->o.ensemble, reduce, r->o.sigma, r->skipped,
+           r->o.output_dir);
     if (r->o.max_heatmaps && r->n)
         printf(", heatmaps/");
     printf("%s\n", r->label ? ", evaluation.json" : "");
@@ -659,8 +971,13 @@ static void run_free(run *r) {
     free(r->masks);
     free(r->maps);
     free(r->scores);
+    free(r->term_scores);
+    free(r->ref_px);
     free(r->recon);
     free(r->init);
+    free(r->noise);
+    free(r->pred);
+    free(r->tmap);
     free(r->labels);
     free(r->images_path);
     dc_dataset_items_close(&r->items);
@@ -682,7 +999,11 @@ int dc_cmd_anomaly(int argc, char **argv) {
     if (rc == DC_CLI_USAGE)
         return 2;
     if (!rc)
-        rc = setup(&r) || load_images(&r) || score_all(&r) || finish(&r) ? -1 : 0;
+        rc = setup(&r) || (r.o.reference && load_reference(&r)) || load_images(&r) ||
+                     dc_dir_check_writable(r.o.output_dir) || (r.o.reference && normalise(&r)) || score_all(&r) ||
+                     finish(&r)
+                 ? -1
+                 : 0;
     if (rc) {
         fprintf(stderr, "diffc: error: %s\n", dc_error());
         rc = 1;

@@ -9,6 +9,26 @@
 
 /* ---- maps ---- */
 
+/* 1 - cosine similarity of two vectors; 0 when either is zero. */
+static double cosine_distance(const float *a, const float *b, int c) {
+    double ab = 0, aa = 0, bb = 0;
+    for (int k = 0; k < c; k++) {
+        ab += (double)a[k] * b[k];
+        aa += (double)a[k] * a[k];
+        bb += (double)b[k] * b[k];
+    }
+    return aa > 0 && bb > 0 ? 1 - ab / sqrt(aa * bb) : 0;
+}
+
+void dc_feature_distance_add(float *map, int h, int w, const float *fx, const float *fy, int hl, int wl, int c,
+                             double weight) {
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            int64_t at = ((int64_t)(y * hl / h) * wl + x * wl / w) * c;
+            map[(int64_t)y * w + x] += (float)(weight * cosine_distance(fx + at, fy + at, c));
+        }
+}
+
 /* scipy's "reflect": index -1 is 0, -2 is 1, n is n - 1 (repeated for kernels wider than the map). */
 static int reflect(int i, int n) {
     for (;;) {

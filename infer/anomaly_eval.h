@@ -1,7 +1,7 @@
 /*
  * The parts of anomaly detection that know nothing of files or models, so
- * they can be tested on their own: smoothing an anomaly map, reducing it to
- * an image score, and the evaluation measures of MVTec AD (Bergmann et al.,
+ * they can be tested on their own: smoothing an anomaly map, the feature
+ * distance map, reducing a map to an image score, and the evaluation measures of MVTec AD (Bergmann et al.,
  * "The MVTec Anomaly Detection Dataset", IJCV 2021): AUROC of image scores
  * or of pixels, and PRO, the per-region overlap.
  *
@@ -22,6 +22,13 @@ int dc_gaussian_blur(float *map, int h, int w, double sigma);
 /* The image score of an anomaly map of n pixels: the mean of its k largest
  * values (k = 1: the maximum; k is capped at n). NaN when out of memory. */
 double dc_topk_mean(const float *map, int64_t n, int64_t k);
+
+/* Add weight * (1 - cosine similarity) of two feature maps fx and fy
+ * [hl, wl, c] (one image's) to an h x w map: pixel (y, x) takes location
+ * (y hl / h, x wl / w), the location that covers it. A location where
+ * either vector is zero adds nothing. */
+void dc_feature_distance_add(float *map, int h, int w, const float *fx, const float *fy, int hl, int wl, int c,
+                             double weight);
 
 /* The area under the ROC curve: the probability that a random anomalous
  * item scores higher than a random normal one, ties counting one half

@@ -717,6 +717,11 @@ static int skip_count(const dc_unet *m) {
 
 dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tensor *t,
                            dc_tensor *class_labels) {
+    return dc_unet_forward_features(ctx, m, x, t, class_labels, NULL);
+}
+
+dc_tensor *dc_unet_forward_features(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tensor *t,
+                                    dc_tensor *class_labels, dc_tensor **features) {
     if (ctx->failed || !x || !t) {
         ctx->failed = true; /* a NULL input: whatever made it has said why */
         return NULL;
@@ -743,6 +748,8 @@ dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tenso
                 h = dc_unet_attention_block(ctx, &b->attentions[j], h, ckpt);
             skips[top++] = h;
         }
+        if (features)
+            features[i] = h;
         if (has_sampler(b))
             h = resample(ctx, b, h, temb, false);
         if (has_sampler(b) && b->skip) {

@@ -174,6 +174,11 @@ void dc_unet_free(dc_unet *m);
  * with the context failed and the reason in dc_error(). */
 dc_tensor *dc_unet_forward(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tensor *t,
                            dc_tensor *class_labels);
+/* The same, and features[i] (i < cfg.levels) = down block i's output before
+ * its downsampler, [N, H_i, W_i, block_out_channels[i]]: what `diffc anomaly`
+ * compares in the denoiser's own feature space. features may be NULL. */
+dc_tensor *dc_unet_forward_features(dc_ctx *ctx, const dc_unet *m, dc_tensor *x, dc_tensor *t,
+                                    dc_tensor *class_labels, dc_tensor **features);
 
 /* The files of a diffusers model folder. */
 #define DC_UNET_CONFIG_FILE "config.json"
