@@ -2,18 +2,29 @@
 #include "isa.h"
 
 #include <cblas.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char *const names[] = {"baseline", "avx2", "avx512"};
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* F16C (CPUID leaf 1, ECX bit 29), which clang's __builtin_cpu_supports does not name. */
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+}
+#endif
+
 /* The best ISA this CPU and OS run. */
 static cpu_isa detected(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init(); /* libgcc also checks that the OS saves the wide registers */
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") ||
-        !__builtin_cpu_supports("f16c")) /* the direct kernels' f16 weights */
+        !has_f16c()) /* the direct kernels' f16 weights */
         return CPU_ISA_BASELINE;
     return __builtin_cpu_supports("avx512f") ? CPU_ISA_AVX512 : CPU_ISA_AVX2;
 #else
