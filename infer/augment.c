@@ -94,7 +94,7 @@ typedef struct augment_options {
     const char *synthetic_prob;
     int64_t eval_steps, eval_epochs, eval_batch_size, eval_seeds;
     double strength, guidance_scale, eval_learning_rate;
-    bool no_ema, eval, eval_augment;
+    bool no_ema, eval, eval_augment, vary_eval_subsets;
     double threshold; /* --filter-threshold's value; NAN: no filter */
     double prob;      /* --synthetic-prob's; NAN: not given */
 } augment_options;
@@ -161,6 +161,8 @@ static const dc_cli_option options[] = {
      "train every classifier with N seeds (--seed, +1, ...: subset, weights, batches); mean ± std"},
     {"eval-augment", DC_CLI_FLAG, FIELD(eval_augment), NULL, NULL, NULL, 0, 0, false,
      "standard augmentation (random flip left-right, shift up to 2 px): a real+std column, and real+synthetic with it"},
+    {"vary-eval-subsets", DC_CLI_FLAG, FIELD(vary_eval_subsets), NULL, NULL, NULL, 0, 0, false,
+     "--variations only of the real images --eval trains on (the largest --real-fraction, every seed)"},
     {"synthetic-prob", DC_CLI_STRING, FIELD(synthetic_prob), "P", NULL, "default: draw from the union", 0, 0, false,
      "real+synthetic: each batch image is a synthetic one with probability P"},
 };
@@ -224,6 +226,8 @@ static int parse_args(augment_options *ao, int argc, char **argv) {
         return dc_cli_usage_error(&cli, "%s", "--eval needs --eval-data-dir DIR (the test images)");
     if (!ao->per_class && !ao->variations && !ao->eval)
         return dc_cli_usage_error(&cli, "%s", "nothing to do: give --per-class N, --variations K or --eval");
+    if (ao->vary_eval_subsets && !ao->eval)
+        return dc_cli_usage_error(&cli, "%s", "--vary-eval-subsets needs --eval");
     if (ao->filter_classifier && !ao->filter_threshold)
         return dc_cli_usage_error(&cli, "%s", "--filter-classifier needs --filter-threshold T");
     if (parse_probability("filter-threshold", ao->filter_threshold, &ao->threshold) ||
@@ -329,10 +333,41 @@ static void set_file(run *r, job *j, const char *name) {
 }
 
 /* gen_ images round-robin over the classes (an interrupted run is balanced), then var_. */
+/* vary [ds.count]: the real images to make variations of: all, or with
+ * --vary-eval-subsets those of the largest fraction's subset of every seed. */
+static int pick_sources(const run *r, bool *vary) {
+    const augment_options *o = &r->o;
+    double f[DC_AUGMENT_MAX_FRACTIONS], largest = 0;
+    int n_f = 0;
+    if (!o->vary_eval_subsets) {
+        for (int64_t i = 0; i < r->ds.count; i++)
+            vary[i] = true;
+        return 0;
+    }
+    bool *in = malloc((size_t)(r->ds.count ? r->ds.count : 1) * sizeof *in);
+    int rc = in ? dc_augment_parse_fractions(o->real_fraction, f, &n_f) : dc_fail("out of memory");
+    for (int k = 0; k < n_f; k++)
+        largest = f[k] > largest ? f[k] : largest;
+    for (int64_t s = 0; !rc && s < o->eval_seeds; s++) {
+        rc = dc_augment_subset(&r->ds, largest, (uint64_t)(o->seed + s), in);
+        for (int64_t i = 0; !rc && i < r->ds.count; i++)
+            vary[i] = vary[i] || in[i];
+    }
+    free(in);
+    return rc;
+}
+
 static int plan_jobs(run *r) {
     int64_t classes = r->ds.num_classes, n = r->o.per_class * classes + r->o.variations * r->ds.count;
-    if (n > 0 && !(r->jobs = calloc((size_t)n, sizeof *r->jobs)))
+    bool *vary = calloc((size_t)(r->ds.count ? r->ds.count : 1), sizeof *vary);
+    if (!vary || (n > 0 && !(r->jobs = calloc((size_t)n, sizeof *r->jobs)))) {
+        free(vary);
         return dc_fail("out of memory for %" PRId64 " images", n);
+    }
+    if (pick_sources(r, vary)) {
+        free(vary);
+        return -1;
+    }
     for (int64_t i = 0; i < r->o.per_class; i++)
         for (int32_t c = 0; c < classes; c++) {
             job *j = &r->jobs[r->n_jobs++];
@@ -342,7 +377,7 @@ static int plan_jobs(run *r) {
             set_file(r, j, name);
         }
     for (int64_t s = 0; s < r->ds.count; s++)
-        for (int64_t k = 0; k < r->o.variations; k++) {
+        for (int64_t k = 0; vary[s] && k < r->o.variations; k++) {
             job *j = &r->jobs[r->n_jobs++];
             *j = (job){.label = r->ds.labels[s], .source = s,
                        .stream = VARIATION_STREAMS + ((uint64_t)s << 16) + (uint64_t)k};
@@ -350,6 +385,7 @@ static int plan_jobs(run *r) {
             snprintf(name, sizeof name, "var_%06" PRId64 "_%02" PRId64, s, k);
             set_file(r, j, name);
         }
+    free(vary);
     return 0;
 }
 
@@ -1131,7 +1167,9 @@ static int augment(run *r) {
                    r->o.guidance_scale);
         printf("%" PRId64 " images to make (%" PRId64 " per class, %" PRId64 " variations of each of %" PRId64
                " real images%s), %" PRId64 " already in %s/%s\n",
-               r->n_jobs, r->o.per_class, r->o.variations, r->ds.count, strength, n_done, r->o.output_dir,
+               r->n_jobs, r->o.per_class, r->o.variations,
+               r->o.variations ? (r->n_jobs - r->o.per_class * r->ds.num_classes) / r->o.variations : r->ds.count,
+               strength, n_done, r->o.output_dir,
                MANIFEST);
         fflush(stdout);
     }

@@ -50,6 +50,11 @@ typedef struct dc_augment_scores {
 /* --real-fraction's "0.01,0.1,1" -> f[*n], each in (0, 1]. */
 int dc_augment_parse_fractions(const char *text, double f[DC_AUGMENT_MAX_FRACTIONS], int *n);
 
+/* in_subset [real->count]: image i is among the round(f n_c) (at least 1)
+ * of its class c that --eval trains on with this seed (a Philox shuffle of
+ * the class; the subset of a smaller f is part of a larger f's). */
+int dc_augment_subset(const dc_dataset *real, double f, uint64_t seed, bool *in_subset);
+
 struct dc_augment_classifier;
 
 /* For each real fraction and seed, train the classifier of models/classifier.h

@@ -178,9 +178,7 @@ static int load_synthetic(eval *e) {
     return 0;
 }
 
-/* in_subset[i]: real image i is among the round(f n_c) picked of its class. */
-static int pick_subset(const eval *e, double f, uint64_t seed, bool *in_subset) {
-    const dc_dataset *r = e->real;
+int dc_augment_subset(const dc_dataset *r, double f, uint64_t seed, bool *in_subset) {
     int64_t *idx = malloc((size_t)(r->count ? r->count : 1) * sizeof *idx);
     if (!idx)
         return dc_fail("out of memory");
@@ -383,7 +381,7 @@ static int train_and_score(eval *e, const train_set *s, bool augment, double *ac
 static int build_sets(const eval *e, double f, image_set *real, image_set *syn, image_set *mixed) {
     const dc_dataset *r = e->real;
     bool *in = calloc((size_t)(r->count ? r->count : 1), sizeof *in);
-    int rc = in ? pick_subset(e, f, e->cur.seed, in) : dc_fail("out of memory");
+    int rc = in ? dc_augment_subset(r, f, e->cur.seed, in) : dc_fail("out of memory");
     if (!rc)
         rc = set_alloc(real, r->count) || set_alloc(syn, e->syn->n) || set_alloc(mixed, r->count + e->syn->n) ? -1
                                                                                                               : 0;

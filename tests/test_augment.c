@@ -322,6 +322,21 @@ START_TEST(test_eval) {
         ck_assert_msg(fabs(sum - 100) < 0.5, "%s", r->out);
     }
 
+    /* --vary-eval-subsets: variations only of the 2 images per class of the largest fraction's subset,
+     * all of them in the subset --eval then trains on */
+    r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("subsets"), "--variations", "1",
+                "--guidance-scale", "2", "--vary-eval-subsets", "--eval", "--eval-data-dir", test, "--real-fraction", "0.5,0.25",
+                "--eval-steps", "2", "--eval-batch-size", "4");
+    assert_ok(r);
+    int gen, var, counts[N_CLASSES] = {PER_CLASS_REAL, PER_CLASS_REAL, PER_CLASS_REAL, PER_CLASS_REAL};
+    check_manifest(tu_path("subsets"), counts, &gen, &var, 0.5);
+    ck_assert_msg(gen == 0 && var == 2 * N_CLASSES, "%d variations", var);
+    row = strstr(r->out, "\n           0.5 ");
+    ck_assert_msg(row && sscanf(row, "%lf %d %d", &f, &real, &syn) == 3 && real == 8 && syn == 8, "%s", r->out);
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("subsets"),
+                                 "--eval", "--eval-data-dir", test, "--synthetic-prob", "1.5"),
+                         "--synthetic-prob '1.5'");
+
     /* --eval alone: the manifest's images, nothing made */
     r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("out"), "--eval",
                 "--eval-data-dir", test, "--real-fraction", "1", "--eval-steps", "2", "--eval-batch-size", "4");
@@ -591,13 +606,15 @@ START_TEST(test_bad_input) {
                          "manifest.jsonl: line 1 is not a manifest entry");
 
     /* usage errors: exit 2 */
-    const char *const usage[][8] = {
+    const char *const usage[][10] = {
         {"--model", MODEL, "--output-dir", o, NULL},
         {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, NULL},
         {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--eval", NULL},
-        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--bogus", NULL}};
+        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--bogus", NULL},
+        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--variations", "1", "--vary-eval-subsets",
+         NULL}};
     for (size_t k = 0; k < sizeof usage / sizeof usage[0]; k++) {
-        const char *args[10] = {"augment"};
+        const char *args[12] = {"augment"};
         memcpy(args + 1, usage[k], sizeof usage[k]);
         tu_run_result *r = tu_run_diffc(args);
         ck_assert_msg(r->status == 2 && !strncmp(r->err, "diffc: error: ", 14), "case %zu: exit %d: %s", k,
