@@ -194,8 +194,11 @@ static const char help_intro[] =
     "its own noise stream, so an interrupted and resumed run writes the same files.\n"
     "\n"
     "--eval then trains a small classifier on a class-balanced --real-fraction of the real\n"
-    "images, alone and with the synthetic ones, and prints both test accuracies (on the\n"
-    "split test of --eval-data-dir).\n"
+    "images, alone, with standard augmentation (--eval-augment), with the synthetic ones,\n"
+    "and on the synthetic ones alone (CAS), and prints their test accuracies (on the split\n"
+    "test of --eval-data-dir; mean ± std over --eval-seeds). First it judges the synthetic\n"
+    "images with a classifier of all the real ones: the Fréchet distance of its features\n"
+    "to the test images', by class, and the classes it gives them.\n"
     "\n"
     "options:\n";
 
