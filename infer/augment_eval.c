@@ -648,7 +648,7 @@ static int quality_row(const eval *e, const judged *syn, const judged *ref, int3
     if (distance(syn->feat, syn->set.labels, syn->set.n, e->test_feat, t->labels, t->n, k, &fd_syn) ||
         distance(ref->feat, ref->set.labels, ref->set.n, e->test_feat, t->labels, t->n, k, &fd_ref))
         return -1;
-    printf("%-20.20s %9" PRId64 " %10.1f%% %12.3f %12.3f\n", k < 0 ? "all" : e->real->class_names[k], n,
+    printf("%-20.20s %9" PRId64 " %10.1f%% %12.4g %12.4g\n", k < 0 ? "all" : e->real->class_names[k], n,
            n ? 100.0 * (double)right / (double)n : NAN, fd_syn, fd_ref);
     return 0;
 }
