@@ -684,10 +684,13 @@ static int quality(eval *e, dc_augment_classifier *judge) {
                  ? -1
                  : 0;
     e->test_feat = test.feat;
+    int64_t right = 0;
+    for (int64_t i = 0; !rc && i < test.set.n; i++)
+        right += test.pred[i] == test.set.labels[i];
     if (!rc) {
-        printf("quality: judged by a CNN of all %" PRId64 " real training images; FD: Fréchet distance of its "
-               "%d features to the test images'\n",
-               e->real->count, FEATURES);
+        printf("quality: judged by a CNN of all %" PRId64 " real training images (%.2f%% right on the test images); "
+               "FD: Fréchet distance of its %d features to the test images'\n",
+               e->real->count, 100.0 * (double)right / (double)(test.set.n ? test.set.n : 1), FEATURES);
         printf("%-20s %9s %11s %12s %12s\n", "class", "synthetic", "judge agrees", "FD synthetic",
                "FD real");
     }
