@@ -40,7 +40,7 @@ kinds=("$@")
 [ ${#kinds[@]} -gt 0 ] || kinds=(gen var)
 
 scripts/setup.sh --data >/dev/null
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+[ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j2 --target diffc >/dev/null
 mkdir -p "$out"
 
