@@ -91,10 +91,12 @@ typedef struct augment_options {
     const char *eval_data_dir, *real_fraction;
     const char *prompt_template, *caption_column, *negative_prompt, *filter_threshold, *filter_classifier;
     int64_t per_class, variations, num_inference_steps, batch_size, seed, resolution;
-    int64_t eval_steps, eval_epochs, eval_batch_size;
+    const char *synthetic_prob;
+    int64_t eval_steps, eval_epochs, eval_batch_size, eval_seeds;
     double strength, guidance_scale, eval_learning_rate;
-    bool no_ema, eval;
+    bool no_ema, eval, eval_augment, vary_eval_subsets;
     double threshold; /* --filter-threshold's value; NAN: no filter */
+    double prob;      /* --synthetic-prob's; NAN: not given */
 } augment_options;
 
 #define FIELD(f) offsetof(augment_options, f)
@@ -155,6 +157,14 @@ static const dc_cli_option options[] = {
      "classifier batch size"},
     {"eval-learning-rate", DC_CLI_FLOAT, FIELD(eval_learning_rate), "X", "0.002", NULL, 0, 1, true,
      "classifier AdamW learning rate (cosine decay)"},
+    {"eval-seeds", DC_CLI_INT, FIELD(eval_seeds), "N", "1", NULL, 1, 1000, false,
+     "train every classifier with N seeds (--seed, +1, ...: subset, weights, batches); mean ± std"},
+    {"eval-augment", DC_CLI_FLAG, FIELD(eval_augment), NULL, NULL, NULL, 0, 0, false,
+     "standard augmentation (random flip left-right, shift up to 2 px): a real+std column, and real+synthetic with it"},
+    {"vary-eval-subsets", DC_CLI_FLAG, FIELD(vary_eval_subsets), NULL, NULL, NULL, 0, 0, false,
+     "--variations only of the real images --eval trains on (the largest --real-fraction, every seed)"},
+    {"synthetic-prob", DC_CLI_STRING, FIELD(synthetic_prob), "P", NULL, "default: draw from the union", 0, 0, false,
+     "real+synthetic: each batch image is a synthetic one with probability P"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
@@ -184,19 +194,26 @@ static const char help_intro[] =
     "its own noise stream, so an interrupted and resumed run writes the same files.\n"
     "\n"
     "--eval then trains a small classifier on a class-balanced --real-fraction of the real\n"
-    "images, alone and with the synthetic ones, and prints both test accuracies (on the\n"
-    "split test of --eval-data-dir).\n"
+    "images, alone, with standard augmentation (--eval-augment), with the synthetic ones,\n"
+    "and on the synthetic ones alone (CAS), and prints their test accuracies (on the split\n"
+    "test of --eval-data-dir; mean ± std over --eval-seeds). First it judges the synthetic\n"
+    "images with a classifier of all the real ones: the Fréchet distance of its features\n"
+    "to the test images', by class, and the classes it gives them.\n"
     "\n"
     "options:\n";
 
 static const dc_cli cli = {"augment", usage_line, help_intro, options, N_OPTIONS};
 
-static int parse_threshold(const char *text, double *t) {
+/* A probability, or NAN for an option not given. */
+static int parse_probability(const char *option, const char *text, double *t) {
+    *t = NAN;
+    if (!text)
+        return 0;
     char *end;
     errno = 0;
     *t = strtod(text, &end);
     if (end == text || *end || errno || !(*t >= 0 && *t <= 1))
-        return dc_fail("--filter-threshold '%s': expected a probability in [0, 1]", text);
+        return dc_fail("--%s '%s': expected a probability in [0, 1]", option, text);
     return 0;
 }
 
@@ -212,10 +229,12 @@ static int parse_args(augment_options *ao, int argc, char **argv) {
         return dc_cli_usage_error(&cli, "%s", "--eval needs --eval-data-dir DIR (the test images)");
     if (!ao->per_class && !ao->variations && !ao->eval)
         return dc_cli_usage_error(&cli, "%s", "nothing to do: give --per-class N, --variations K or --eval");
+    if (ao->vary_eval_subsets && !ao->eval)
+        return dc_cli_usage_error(&cli, "%s", "--vary-eval-subsets needs --eval");
     if (ao->filter_classifier && !ao->filter_threshold)
         return dc_cli_usage_error(&cli, "%s", "--filter-classifier needs --filter-threshold T");
-    ao->threshold = NAN;
-    if (ao->filter_threshold && parse_threshold(ao->filter_threshold, &ao->threshold))
+    if (parse_probability("filter-threshold", ao->filter_threshold, &ao->threshold) ||
+        parse_probability("synthetic-prob", ao->synthetic_prob, &ao->prob))
         return -1;
     double f[DC_AUGMENT_MAX_FRACTIONS];
     int n_f;
@@ -266,8 +285,8 @@ typedef struct run {
     bool *kept;     /* [n_jobs] done and not rejected by the filter */
     int manifest_fd;
     bool tty;
-    bool filtering;
-    dc_augment_classifier filter;
+    bool filtering, classifier_ready;
+    dc_augment_classifier filter; /* the filter's and --eval's judge */
     dc_augment_train_options train; /* the filter's and --eval's classifiers */
     int64_t *n_kept, *n_rejected; /* [num_classes or 1] this run's images, by class */
 } run;
@@ -317,10 +336,41 @@ static void set_file(run *r, job *j, const char *name) {
 }
 
 /* gen_ images round-robin over the classes (an interrupted run is balanced), then var_. */
+/* vary [ds.count]: the real images to make variations of: all, or with
+ * --vary-eval-subsets those of the largest fraction's subset of every seed. */
+static int pick_sources(const run *r, bool *vary) {
+    const augment_options *o = &r->o;
+    double f[DC_AUGMENT_MAX_FRACTIONS], largest = 0;
+    int n_f = 0;
+    if (!o->vary_eval_subsets) {
+        for (int64_t i = 0; i < r->ds.count; i++)
+            vary[i] = true;
+        return 0;
+    }
+    bool *in = malloc((size_t)(r->ds.count ? r->ds.count : 1) * sizeof *in);
+    int rc = in ? dc_augment_parse_fractions(o->real_fraction, f, &n_f) : dc_fail("out of memory");
+    for (int k = 0; k < n_f; k++)
+        largest = f[k] > largest ? f[k] : largest;
+    for (int64_t s = 0; !rc && s < o->eval_seeds; s++) {
+        rc = dc_augment_subset(&r->ds, largest, (uint64_t)(o->seed + s), in);
+        for (int64_t i = 0; !rc && i < r->ds.count; i++)
+            vary[i] = vary[i] || in[i];
+    }
+    free(in);
+    return rc;
+}
+
 static int plan_jobs(run *r) {
     int64_t classes = r->ds.num_classes, n = r->o.per_class * classes + r->o.variations * r->ds.count;
-    if (n > 0 && !(r->jobs = calloc((size_t)n, sizeof *r->jobs)))
+    bool *vary = calloc((size_t)(r->ds.count ? r->ds.count : 1), sizeof *vary);
+    if (!vary || (n > 0 && !(r->jobs = calloc((size_t)n, sizeof *r->jobs)))) {
+        free(vary);
         return dc_fail("out of memory for %" PRId64 " images", n);
+    }
+    if (pick_sources(r, vary)) {
+        free(vary);
+        return -1;
+    }
     for (int64_t i = 0; i < r->o.per_class; i++)
         for (int32_t c = 0; c < classes; c++) {
             job *j = &r->jobs[r->n_jobs++];
@@ -330,7 +380,7 @@ static int plan_jobs(run *r) {
             set_file(r, j, name);
         }
     for (int64_t s = 0; s < r->ds.count; s++)
-        for (int64_t k = 0; k < r->o.variations; k++) {
+        for (int64_t k = 0; vary[s] && k < r->o.variations; k++) {
             job *j = &r->jobs[r->n_jobs++];
             *j = (job){.label = r->ds.labels[s], .source = s,
                        .stream = VARIATION_STREAMS + ((uint64_t)s << 16) + (uint64_t)k};
@@ -338,6 +388,7 @@ static int plan_jobs(run *r) {
             snprintf(name, sizeof name, "var_%06" PRId64 "_%02" PRId64, s, k);
             set_file(r, j, name);
         }
+    free(vary);
     return 0;
 }
 
@@ -756,14 +807,15 @@ static int make_prompts(run *r) {
     return 0;
 }
 
-/* The filter's classifier: --filter-classifier, the one an earlier run
- * saved in the output folder, or one trained now and saved there. */
-static int setup_filter(run *r) {
+/* The classifier of the real images that the filter keeps images by and
+ * --eval judges them with: --filter-classifier, the one an earlier run saved
+ * in the output folder, or one trained now and saved there. */
+static int real_classifier(run *r, const char *purpose) {
     const augment_options *o = &r->o;
-    if (isnan(o->threshold))
+    if (r->classifier_ready)
         return 0;
     if (r->ds.num_classes < 2)
-        return dc_fail("--filter-threshold: %s has %d classes; a classifier needs at least 2", o->train_data_dir,
+        return dc_fail("%s: %s has %d classes; a classifier needs at least 2", purpose, o->train_data_dir,
                        r->ds.num_classes);
     char *saved = out_path(r, FILTER_CLASSIFIER);
     if (!saved)
@@ -773,19 +825,29 @@ static int setup_filter(run *r) {
     if (from) {
         rc = dc_augment_classifier_load(&r->filter, &r->ds, from, &r->train);
         if (!rc)
-            printf("filter: the classifier of %s, keeping images above %g\n", from, o->threshold);
+            printf("%s: the classifier of %s\n", purpose, from);
     } else {
-        printf("filter: training a classifier on the %" PRId64 " real images (%" PRId64 " %s of batch %" PRId64 ")\n",
-               r->ds.count, o->eval_epochs ? o->eval_epochs : o->eval_steps, o->eval_epochs ? "epochs" : "steps",
-               o->eval_batch_size);
+        printf("%s: training a classifier on the %" PRId64 " real images (%" PRId64 " %s of batch %" PRId64 ")\n",
+               purpose, r->ds.count, o->eval_epochs ? o->eval_epochs : o->eval_steps,
+               o->eval_epochs ? "epochs" : "steps", o->eval_batch_size);
         fflush(stdout);
         rc = dc_augment_classifier_train(&r->filter, &r->ds, &r->train) ||
              dc_augment_classifier_save(&r->filter, &r->ds, saved);
         if (!rc)
-            printf("filter: saved it as %s, keeping images above %g\n", saved, o->threshold);
+            printf("%s: saved it as %s\n", purpose, saved);
     }
-    r->filtering = !rc;
+    r->classifier_ready = !rc;
     free(saved);
+    return rc;
+}
+
+static int setup_filter(run *r) {
+    if (isnan(r->o.threshold))
+        return 0;
+    int rc = real_classifier(r, "filter");
+    if (!rc)
+        printf("filter: keeping images above %g\n", r->o.threshold);
+    r->filtering = !rc;
     int k = r->ds.num_classes;
     if (!rc && (!(r->n_kept = calloc((size_t)k, sizeof *r->n_kept)) ||
                 !(r->n_rejected = calloc((size_t)k, sizeof *r->n_rejected))))
@@ -802,7 +864,8 @@ static int setup(run *r, char **manifest_text) {
                                           .epochs = o->eval_epochs,
                                           .batch_size = o->eval_batch_size,
                                           .learning_rate = o->eval_learning_rate,
-                                          .seed = (uint64_t)o->seed};
+                                          .seed = (uint64_t)o->seed,
+                                          .augment = o->eval_augment};
     if (dc_device_resolve(o->device, &r->device) || (r->text ? load_text(r) : load_unet(r)) || open_dataset(r) ||
         check_classes(r) || (r->text && (name_sources(r) || make_prompts(r))) ||
         dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
@@ -994,8 +1057,13 @@ static int evaluate(run *r) {
     dc_augment_eval_options eo = {.test_dir = r->o.eval_data_dir,
                                   .cache_dir = r->o.cache_dir,
                                   .fractions = r->o.real_fraction,
+                                  .seeds = (int)r->o.eval_seeds,
+                                  .synthetic_prob = r->o.prob,
                                   .train = r->train};
-    int rc = synthetic_set(r, &syn) || dc_augment_evaluate(&r->ds, &syn, &eo) ? -1 : 0;
+    int rc = synthetic_set(r, &syn) || real_classifier(r, "judge") ||
+                     dc_augment_evaluate(&r->ds, &syn, &eo, &r->filter, NULL)
+                 ? -1
+                 : 0;
     for (int64_t i = 0; syn.paths && i < syn.n; i++) /* paths past n are NULL */
         free(syn.paths[i]);
     free(syn.paths);
@@ -1102,7 +1170,9 @@ static int augment(run *r) {
                    r->o.guidance_scale);
         printf("%" PRId64 " images to make (%" PRId64 " per class, %" PRId64 " variations of each of %" PRId64
                " real images%s), %" PRId64 " already in %s/%s\n",
-               r->n_jobs, r->o.per_class, r->o.variations, r->ds.count, strength, n_done, r->o.output_dir,
+               r->n_jobs, r->o.per_class, r->o.variations,
+               r->o.variations ? (r->n_jobs - r->o.per_class * r->ds.num_classes) / r->o.variations : r->ds.count,
+               strength, n_done, r->o.output_dir,
                MANIFEST);
         fflush(stdout);
     }

@@ -28,12 +28,20 @@ int dc_classifier_init(dc_classifier *m, dc_params *ps, int h, int w, int c, int
     return ps->failed ? -1 : 0;
 }
 
-dc_tensor *dc_classifier_forward(dc_ctx *ctx, const dc_classifier *m, dc_tensor *x) {
+dc_tensor *dc_classifier_features(dc_ctx *ctx, const dc_classifier *m, dc_tensor *x) {
     dc_tensor *h = x;
     for (int i = 0; i < DC_CLASSIFIER_CONVS; i++)
         h = dc_nn_group_norm_silu_forward(ctx, &m->norm[i], dc_nn_conv2d_forward(ctx, &m->conv[i], h));
-    if (!h)
+    return h;
+}
+
+dc_tensor *dc_classifier_head(dc_ctx *ctx, const dc_classifier *m, dc_tensor *map) {
+    if (!map)
         return NULL;
-    h = dc_reshape(ctx, h, DC_SHAPE(h->shape[0], h->numel / h->shape[0]));
+    dc_tensor *h = dc_reshape(ctx, map, DC_SHAPE(map->shape[0], map->numel / map->shape[0]));
     return dc_nn_linear_forward(ctx, &m->head, h);
+}
+
+dc_tensor *dc_classifier_forward(dc_ctx *ctx, const dc_classifier *m, dc_tensor *x) {
+    return dc_classifier_head(ctx, m, dc_classifier_features(ctx, m, x));
 }

@@ -8,7 +8,9 @@
  *
  *   x [N, H, W, C] -> conv 16 -> conv 32 /2 -> conv 64 /2 -> [N, H/4 * W/4 * 64] -> [N, K]
  *
- * (sides rounded up at each halving). About 65,000 weights at 32x32 gray:
+ * (sides rounded up at each halving). The last convolution's map, averaged
+ * over positions (64 values per image), is the feature space augment --eval
+ * measures distances between image sets in. About 65,000 weights at 32x32 gray:
  * 500 steps of batch 64 take a minute or two on two CPU cores and reach 88%
  * on Fashion-MNIST. Parameter names are PyTorch-style ("conv1.weight", ...).
  */
@@ -29,7 +31,11 @@ typedef struct dc_classifier {
 
 /* Declare the parameters in ps (then dc_params_alloc gives them their initial values). */
 int dc_classifier_init(dc_classifier *m, dc_params *ps, int h, int w, int c, int num_classes);
-/* x [N, h, w, c] in [-1, 1] -> logits [N, K]; NULL on error (ctx's sticky error). */
+/* x [N, h, w, c] in [-1, 1] -> the last convolution's map [N, ceil(h/4), ceil(w/4), 64]; NULL on error. */
+dc_tensor *dc_classifier_features(dc_ctx *ctx, const dc_classifier *m, dc_tensor *x);
+/* The features' map [N, ...] -> logits [N, K]; NULL on error. */
+dc_tensor *dc_classifier_head(dc_ctx *ctx, const dc_classifier *m, dc_tensor *map);
+/* x [N, h, w, c] in [-1, 1] -> logits [N, K] (the head of the features); NULL on error (ctx's sticky error). */
 dc_tensor *dc_classifier_forward(dc_ctx *ctx, const dc_classifier *m, dc_tensor *x);
 
 #endif

@@ -21,6 +21,7 @@
 #include "infer/augment.h"
 
 #include <cJSON.h>
+#include <inttypes.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -57,19 +58,23 @@ static const char *keep(const char *name) {
     return p;
 }
 
-/* tu_path(dir): PER_CLASS_REAL random images in each of the first n_classes class folders. */
-static const char *make_dataset(const char *dir, int n_classes) {
+/* tu_path(dir): per_class random images in each of the first n_classes class folders. */
+static const char *make_folder(const char *dir, int n_classes, int per_class) {
     char sub[256];
     ck_assert_int_eq(mkdir(tu_path(dir), 0755), 0);
     for (int k = 0; k < n_classes; k++) {
         snprintf(sub, sizeof sub, "%s/%s", dir, classes[k]);
         ck_assert_int_eq(mkdir(tu_path(sub), 0755), 0);
-        for (int i = 0; i < PER_CLASS_REAL; i++) {
+        for (int i = 0; i < per_class; i++) {
             snprintf(sub, sizeof sub, "%s/%s/%d.png", dir, classes[k], i);
             write_image(tu_path(sub), SIDE, SIDE, 3);
         }
     }
     return keep(dir);
+}
+
+static const char *make_dataset(const char *dir, int n_classes) {
+    return make_folder(dir, n_classes, PER_CLASS_REAL);
 }
 
 /* `diffc augment --model MODEL --cache-dir ... ARGS...` */
@@ -280,19 +285,57 @@ START_TEST(test_eval) {
                                "--per-class", "2", "--variations", "1", "--eval", "--eval-data-dir", test,
                                "--real-fraction", "0.5,1", "--eval-steps", "3", "--eval-batch-size", "4");
     assert_ok(r);
-    ck_assert_msg(strstr(r->out, "real-only") && strstr(r->out, "real+synthetic") &&
+    ck_assert_msg(strstr(r->out, "real-only") && strstr(r->out, "real+synthetic") && strstr(r->out, "CAS") &&
                       strstr(r->out, "3 steps of batch 4") && strstr(r->out, "test: 12 images"),
                   "%s", r->out);
     /* fraction 0.5: round(1.5) = 2 of each class's 3, with their 2 variations
      * and the 8 class-conditional images; 1: all 12 real and 12 + 8 synthetic */
-    double f, a, b;
+    double f, a, sa, b, sb, c, sc;
     int real, syn;
     const char *row = strstr(r->out, "\n           0.5 ");
-    ck_assert_msg(row && sscanf(row, "%lf %d %d %lf%% %lf%%", &f, &real, &syn, &a, &b) == 5, "%s", r->out);
-    ck_assert(real == 8 && syn == 16 && a >= 0 && a <= 100 && b >= 0 && b <= 100);
+    ck_assert_msg(row && sscanf(row, "%lf %d %d %lf ± %lf %lf ± %lf %lf ± %lf", &f, &real, &syn, &a, &sa, &b, &sb, &c,
+                                &sc) == 9,
+                  "%s", r->out);
+    ck_assert(real == 8 && syn == 16 && a >= 0 && a <= 100 && b >= 0 && b <= 100 && c >= 0 && c <= 100);
+    ck_assert(sa == 0 && sb == 0 && sc == 0);
     row = strstr(r->out, "\n             1 ");
-    ck_assert_msg(row && sscanf(row, "%lf %d %d %lf%% %lf%%", &f, &real, &syn, &a, &b) == 5, "%s", r->out);
+    ck_assert_msg(row && sscanf(row, "%lf %d %d %lf ± %lf %lf ± %lf", &f, &real, &syn, &a, &sa, &b, &sb) == 7,
+                  "%s", r->out);
     ck_assert(real == 12 && syn == 20);
+    /* the judge: trained on the 12 real images and saved; its table covers all 20 synthetic images */
+    ck_assert_msg(strstr(r->out, "judge: training a classifier on the 12 real images"), "%s", r->out);
+    row = strstr(r->out, "\nall ");
+    int n;
+    double agree, fd_syn, fd_real;
+    ck_assert_msg(row && sscanf(row, " all %d %lf%% %lf %lf", &n, &agree, &fd_syn, &fd_real) == 4, "%s", r->out);
+    ck_assert_msg(n == 20 && agree >= 0 && agree <= 100 && fd_syn >= 0 && fd_real >= 0, "%s", r->out);
+    /* each confusion row sums to 100% */
+    for (int k = 0; k < N_CLASSES; k++) {
+        char head[64];
+        double p[N_CLASSES], sum = 0;
+        snprintf(head, sizeof head, "\n%-20s", classes[k]);
+        const char *line = strstr(strstr(r->out, "quality: the judge's class"), head);
+        ck_assert_msg(line && sscanf(line + strlen(head), "%lf %lf %lf %lf", &p[0], &p[1], &p[2], &p[3]) == 4, "%s",
+                      r->out);
+        for (int j = 0; j < N_CLASSES; j++)
+            sum += p[j];
+        ck_assert_msg(fabs(sum - 100) < 0.5, "%s", r->out);
+    }
+
+    /* --vary-eval-subsets: variations only of the 2 images per class of the largest fraction's subset,
+     * all of them in the subset --eval then trains on */
+    r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("subsets"), "--variations", "1",
+                "--guidance-scale", "2", "--vary-eval-subsets", "--eval", "--eval-data-dir", test, "--real-fraction", "0.5,0.25",
+                "--eval-steps", "2", "--eval-batch-size", "4");
+    assert_ok(r);
+    int gen, var, counts[N_CLASSES] = {PER_CLASS_REAL, PER_CLASS_REAL, PER_CLASS_REAL, PER_CLASS_REAL};
+    check_manifest(tu_path("subsets"), counts, &gen, &var, 0.5);
+    ck_assert_msg(gen == 0 && var == 2 * N_CLASSES, "%d variations", var);
+    row = strstr(r->out, "\n           0.5 ");
+    ck_assert_msg(row && sscanf(row, "%lf %d %d", &f, &real, &syn) == 3 && real == 8 && syn == 8, "%s", r->out);
+    tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("subsets"),
+                                 "--eval", "--eval-data-dir", test, "--synthetic-prob", "1.5"),
+                         "--synthetic-prob '1.5'");
 
     /* --eval alone: the manifest's images, nothing made */
     r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("out"), "--eval",
@@ -308,6 +351,182 @@ START_TEST(test_eval) {
     tu_assert_user_error(AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("out"),
                                  "--per-class", "1", "--eval", "--eval-data-dir", test, "--real-fraction", "0,1"),
                          "--real-fraction '0,1'");
+    tu_rmtemp();
+}
+END_TEST
+
+
+/* ---- the measurements of --eval ---- */
+
+/* The Fréchet distance against closed forms: a fit with itself is 0; two
+ * Gaussians with commuting covariances (Q diag(a) Q^T, Q diag(b) Q^T for a
+ * random rotation Q) are |mu1 - mu2|^2 + sum (sqrt a - sqrt b)^2 apart; and
+ * in 2-D, where tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)) for M = S1^1/2 S2
+ * S1^1/2 (tr M = tr S1 S2, det M = det S1 det S2), any two. */
+START_TEST(test_frechet) {
+    enum { N = 300, D = 6 };
+    double *x = malloc(N * D * sizeof *x), mu[D], S[D * D], fd;
+    for (int i = 0; i < N * D; i++)
+        x[i] = tu_normal() * (1 + i % D) + i % D;
+    dc_augment_gaussian_fit(N, D, x, mu, S);
+    ck_assert_msg(dc_augment_frechet(D, mu, S, mu, S, &fd) == 0, "%s", dc_error());
+    ck_assert_msg(fabs(fd) < 1e-8, "%g", fd);
+    free(x);
+
+    double q[D * D], a[D], b[D], mu1[D], mu2[D], S1[D * D], S2[D * D], want = 0;
+    for (int i = 0; i < D * D; i++) /* Gram-Schmidt on random rows */
+        q[i] = tu_normal();
+    for (int i = 0; i < D; i++) {
+        for (int j = 0; j < i; j++) {
+            double dot = 0;
+            for (int k = 0; k < D; k++)
+                dot += q[i * D + k] * q[j * D + k];
+            for (int k = 0; k < D; k++)
+                q[i * D + k] -= dot * q[j * D + k];
+        }
+        double norm = 0;
+        for (int k = 0; k < D; k++)
+            norm += q[i * D + k] * q[i * D + k];
+        for (int k = 0; k < D; k++)
+            q[i * D + k] /= sqrt(norm);
+        a[i] = tu_uniform(0.1, 3), b[i] = tu_uniform(0.1, 3);
+        mu1[i] = tu_normal(), mu2[i] = tu_normal();
+        want += (mu1[i] - mu2[i]) * (mu1[i] - mu2[i]) + (sqrt(a[i]) - sqrt(b[i])) * (sqrt(a[i]) - sqrt(b[i]));
+    }
+    for (int i = 0; i < D; i++)
+        for (int j = 0; j < D; j++) {
+            S1[i * D + j] = S2[i * D + j] = 0;
+            for (int k = 0; k < D; k++)
+                S1[i * D + j] += q[k * D + i] * a[k] * q[k * D + j], S2[i * D + j] += q[k * D + i] * b[k] * q[k * D + j];
+        }
+    ck_assert_msg(dc_augment_frechet(D, mu1, S1, mu2, S2, &fd) == 0, "%s", dc_error());
+    ck_assert_msg(fabs(fd - want) < 1e-8 * (1 + want), "%g vs %g", fd, want);
+
+    double s1[4], s2[4], m1[2] = {tu_normal(), tu_normal()}, m2[2] = {tu_normal(), tu_normal()};
+    for (int k = 0; k < 2; k++) { /* S = L L^T, L random lower triangular */
+        double *s = k ? s2 : s1, l0 = tu_uniform(0.5, 2), l1 = tu_normal(), l2 = tu_uniform(0.5, 2);
+        s[0] = l0 * l0, s[1] = s[2] = l0 * l1, s[3] = l1 * l1 + l2 * l2;
+    }
+    double tr12 = s1[0] * s2[0] + 2 * s1[1] * s2[1] + s1[3] * s2[3];
+    double det = (s1[0] * s1[3] - s1[1] * s1[1]) * (s2[0] * s2[3] - s2[1] * s2[1]);
+    want = (m1[0] - m2[0]) * (m1[0] - m2[0]) + (m1[1] - m2[1]) * (m1[1] - m2[1]) + s1[0] + s1[3] + s2[0] + s2[3] -
+           2 * sqrt(tr12 + 2 * sqrt(det));
+    ck_assert_msg(dc_augment_frechet(2, m1, s1, m2, s2, &fd) == 0, "%s", dc_error());
+    ck_assert_msg(fabs(fd - want) < 1e-9 * (1 + want), "%g vs %g", fd, want);
+    ck_assert_int_eq(dc_augment_frechet(0, m1, s1, m2, s2, &fd), -1);
+}
+END_TEST
+
+/* Every output of the standard augmentation is one of the 2 x 25 flips and
+ * shifts of its input, computed here; over many images each of them turns up. */
+START_TEST(test_flip_shift) {
+    enum { H = 5, W = 7, C = 2, SHIFTS = 2 * DC_AUGMENT_SHIFT + 1 };
+    float src[H * W * C], dst[H * W * C];
+    for (int i = 0; i < H * W * C; i++)
+        src[i] = (float)tu_normal();
+    int seen[2][SHIFTS][SHIFTS] = {{{0}}};
+    uint64_t seed = tu_next();
+    for (uint64_t k = 0; k < 2000; k++) {
+        dc_augment_flip_shift(H, W, C, dst, src, seed, k);
+        int matches = 0;
+        for (int f = 0; f < 2; f++)
+            for (int dy = -DC_AUGMENT_SHIFT; dy <= DC_AUGMENT_SHIFT; dy++)
+                for (int dx = -DC_AUGMENT_SHIFT; dx <= DC_AUGMENT_SHIFT; dx++) {
+                    bool same = true;
+                    for (int y = 0; same && y < H; y++)
+                        for (int x = 0; same && x < W; x++) {
+                            int sy = y + dy < 0 ? 0 : y + dy > H - 1 ? H - 1 : y + dy;
+                            int sx = x + dx < 0 ? 0 : x + dx > W - 1 ? W - 1 : x + dx;
+                            sx = f ? W - 1 - sx : sx;
+                            for (int c = 0; c < C; c++)
+                                same = same && dst[(y * W + x) * C + c] == src[(sy * W + sx) * C + c];
+                        }
+                    if (same)
+                        matches++, seen[f][dy + DC_AUGMENT_SHIFT][dx + DC_AUGMENT_SHIFT]++;
+                }
+        ck_assert_int_eq(matches, 1);
+    }
+    for (int f = 0; f < 2; f++)
+        for (int i = 0; i < SHIFTS * SHIFTS; i++)
+            ck_assert_msg(seen[f][i / SHIFTS][i % SHIFTS] > 0, "flip %d shift %d never drawn", f, i);
+}
+END_TEST
+
+/* The synthetic set: PNG copies of the real images, in the dataset's order. */
+static dc_synthetic copies_of(const dc_dataset *ds) {
+    dc_synthetic syn = {.n = ds->count};
+    syn.paths = calloc((size_t)ds->count, sizeof *syn.paths);
+    syn.labels = malloc((size_t)ds->count * sizeof *syn.labels);
+    syn.source = malloc((size_t)ds->count * sizeof *syn.source);
+    for (int64_t i = 0; i < ds->count; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "copy_%" PRId64 ".png", i);
+        syn.paths[i] = strdup(tu_path(name));
+        dc_image img = {.w = ds->w, .h = ds->h, .c = ds->c, 
+                       .px = (uint8_t *)ds->pixels + i * ds->w * ds->h * ds->c}; /* only read */
+        ck_assert_msg(dc_image_save_png(&img, syn.paths[i]) == 0, "%s", dc_error());
+        syn.labels[i] = ds->labels[i], syn.source[i] = -1;
+    }
+    return syn;
+}
+
+static void synthetic_free(dc_synthetic *syn) {
+    for (int64_t i = 0; i < syn->n; i++)
+        free(syn->paths[i]);
+    free(syn->paths), free(syn->labels), free(syn->source);
+}
+
+static bool same(double a, double b) {
+    return a == b || (isnan(a) && isnan(b));
+}
+
+static bool same_scores(const dc_augment_scores *a, const dc_augment_scores *b) {
+    return same(a->real, b->real) && same(a->real_std, b->real_std) && same(a->mixed, b->mixed) && same(a->cas, b->cas);
+}
+
+/* With the synthetic images copies of the real ones in the same order, the
+ * classifier of the synthetic images alone is the real-only one: CAS equals
+ * its accuracy; --synthetic-prob 1 trains on them alone too, 0 on the real
+ * ones alone. The same seed gives the same numbers, other seeds other ones;
+ * standard augmentation leaves the real-only column as it was. */
+START_TEST(test_eval_scores) {
+    tu_mkdtemp("augment_scores");
+    const char *data = make_folder("data", N_CLASSES, 6), *test = make_folder("test", N_CLASSES, 10);
+    dc_dataset ds;
+    ck_assert_msg(dc_dataset_open(&ds, data, &(dc_dataset_options){.cache_dir = tu_path("cache")}) == 0, "%s",
+                  dc_error());
+    dc_synthetic syn = copies_of(&ds);
+    dc_augment_eval_options o = {.test_dir = test,
+                                 .cache_dir = tu_path("cache"),
+                                 .fractions = "1",
+                                 .seeds = 1,
+                                 .synthetic_prob = NAN,
+                                 .train = {.steps = 6, .batch_size = 4, .learning_rate = 0.01, .seed = tu_next() % 1000}};
+    dc_augment_scores a, b, p1, p0, seeds[3], aug;
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &a) == 0, "%s", dc_error());
+    ck_assert_msg(a.cas == a.real && isnan(a.real_std) && a.real >= 0 && a.real <= 1, "%g %g", a.cas, a.real);
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &b) == 0, "%s", dc_error());
+    ck_assert(same_scores(&a, &b));
+
+    o.synthetic_prob = 1;
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &p1) == 0, "%s", dc_error());
+    o.synthetic_prob = 0;
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &p0) == 0, "%s", dc_error());
+    ck_assert(p1.mixed == p1.cas && p0.mixed == p0.real);
+
+    o.synthetic_prob = NAN, o.seeds = 3;
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, seeds) == 0, "%s", dc_error());
+    ck_assert(same_scores(&seeds[0], &a));
+    ck_assert(!same_scores(&seeds[1], &a) || !same_scores(&seeds[2], &a));
+    ck_assert(seeds[1].cas == seeds[1].real && seeds[2].cas == seeds[2].real);
+
+    o.seeds = 1, o.train.augment = true;
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &aug) == 0, "%s", dc_error());
+    ck_assert(aug.real == a.real && !isnan(aug.real_std) && aug.cas == a.cas);
+    o.seeds = 0;
+    ck_assert_int_eq(dc_augment_evaluate(&ds, &syn, &o, NULL, &aug), -1);
+    synthetic_free(&syn);
+    dc_dataset_close(&ds);
     tu_rmtemp();
 }
 END_TEST
@@ -387,13 +606,15 @@ START_TEST(test_bad_input) {
                          "manifest.jsonl: line 1 is not a manifest entry");
 
     /* usage errors: exit 2 */
-    const char *const usage[][8] = {
+    const char *const usage[][10] = {
         {"--model", MODEL, "--output-dir", o, NULL},
         {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, NULL},
         {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--eval", NULL},
-        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--bogus", NULL}};
+        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--bogus", NULL},
+        {"--model", MODEL, "--train-data-dir", data, "--output-dir", o, "--variations", "1", "--vary-eval-subsets",
+         NULL}};
     for (size_t k = 0; k < sizeof usage / sizeof usage[0]; k++) {
-        const char *args[10] = {"augment"};
+        const char *args[12] = {"augment"};
         memcpy(args + 1, usage[k], sizeof usage[k]);
         tu_run_result *r = tu_run_diffc(args);
         ck_assert_msg(r->status == 2 && !strncmp(r->err, "diffc: error: ", 14), "case %zu: exit %d: %s", k,
@@ -796,6 +1017,9 @@ int main(void) {
     tcase_add_test(tc, test_writes_and_skips);
     tcase_add_test(tc, test_kill_and_resume);
     tcase_add_test(tc, test_eval);
+    tcase_add_test(tc, test_eval_scores);
+    tcase_add_test(tc, test_frechet);
+    tcase_add_test(tc, test_flip_shift);
     tc = tu_tcase(s, "text", 120);
     tcase_add_test(tc, test_text_outputs);
     tcase_add_test(tc, test_text_filter);

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The augmentation protocol of issue #18 on Fashion-MNIST: does synthetic data
+# from a class-conditional diffc model help a small classifier beyond standard
+# augmentation, at 1% and 10% of the labels?
+#
+#   scripts/augment_protocol.sh [SYNTHETIC ...]     (default: gen var)
+#
+# Trains the generator unless MODEL names one (configs/fashion-mnist.json with
+# GEN_STEPS steps), then for each SYNTHETIC kind makes a set of synthetic
+# images and runs `diffc augment --eval --eval-augment --eval-seeds SEEDS
+# --real-fraction 0.01,0.1`: per fraction the columns real-only, real + standard
+# augmentation (the baseline: random flip left-right and shift by up to 2
+# pixels), real + synthetic (with the same standard augmentation), and CAS
+# (trained on the synthetic images alone), each mean ± std over the seeds,
+# after the quality table (Fréchet distance of the judge's features, the
+# judge's classes of the synthetic images). Kinds:
+#   gen   PER_CLASS class-conditional images per class at guidance GUIDANCE
+#   var   VARIATIONS img2img variations at STRENGTH of every real image the
+#         classifiers train on (--vary-eval-subsets)
+# The table of each kind is in OUT/KIND.txt. Target (#18): real + synthetic at
+# least 3 points above real + standard augmentation at 1%, 1 point at 10%,
+# beyond the seeds' spread.
+#
+# Environment: MODEL (a trained model folder; default: train OUT/generator),
+# GEN_STEPS (1000), PER_CLASS (100), GUIDANCE (1), VARIATIONS (1), STRENGTH
+# (0.5), STEPS (DDIM steps, 20), SEEDS (3), EVAL_STEPS (classifier steps, 500),
+# SYNTHETIC_PROB (unset: train on the union), OUT (out/augment-protocol),
+# AUGMENT_OPTS (more `diffc augment` options, e.g. "--filter-threshold 0.9").
+# Sets already made in OUT are reused (augment resumes), so the classifier side
+# can be rerun alone. Cost on 2 shared cores, one thread: generation ~1-3
+# images/s; each classifier ~1 minute, 4 per fraction and seed.
+set -euo pipefail
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+cd "$(dirname "$0")/.."
+
+data=/usr/share/datasets/fashion-mnist
+out=${OUT:-out/augment-protocol}
+fractions=0.01,0.1
+kinds=("$@")
+[ ${#kinds[@]} -gt 0 ] || kinds=(gen var)
+
+scripts/setup.sh --data >/dev/null
+[ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j2 --target diffc >/dev/null
+mkdir -p "$out"
+
+model=${MODEL:-$out/generator}
+if [ ! -f "$model/model_index.json" ] && [ ! -f "$model/config.json" ]; then
+    echo "== training the generator (${GEN_STEPS:-1000} steps) =="
+    build/diffc train --config configs/fashion-mnist.json --max-train-steps "${GEN_STEPS:-1000}" \
+        --output-dir "$model" --cache-dir "$out/cache" >"$out/train.log" 2>&1 ||
+        { echo "training failed: $(tail -1 "$out/train.log")"; exit 1; }
+fi
+
+common=(--model "$model" --train-data-dir "$data" --cache-dir "$out/cache" --num-inference-steps "${STEPS:-20}"
+    --eval --eval-data-dir "$data" --real-fraction "$fractions" --eval-augment --eval-seeds "${SEEDS:-3}"
+    --eval-steps "${EVAL_STEPS:-500}")
+[ -z "${SYNTHETIC_PROB:-}" ] || common+=(--synthetic-prob "$SYNTHETIC_PROB")
+for kind in "${kinds[@]}"; do
+    case $kind in
+    gen) what=(--per-class "${PER_CLASS:-100}" --guidance-scale "${GUIDANCE:-1}") ;;
+    var) what=(--variations "${VARIATIONS:-1}" --strength "${STRENGTH:-0.5}" --vary-eval-subsets) ;;
+    *) echo "unknown kind '$kind' (gen, var)"; exit 2 ;;
+    esac
+    # The judge is the same for every kind: train it once.
+    mkdir -p "$out/$kind"
+    [ ! -f "$out/judge.safetensors" ] || cp -n "$out/judge.safetensors" "$out/$kind/filter_classifier.safetensors"
+    echo "== $kind: ${what[*]} =="
+    start=$(date +%s)
+    # shellcheck disable=SC2086 # AUGMENT_OPTS is a list of options
+    build/diffc augment "${common[@]}" "${what[@]}" --output-dir "$out/$kind" ${AUGMENT_OPTS:-} \
+        >"$out/$kind.txt" 2>"$out/$kind.log" ||
+        { echo "$kind failed: $(tail -1 "$out/$kind.log")"; exit 1; }
+    cp -n "$out/$kind/filter_classifier.safetensors" "$out/judge.safetensors"
+    cat "$out/$kind.txt"
+    echo "($kind: $(($(date +%s) - start)) s)"
+done
