@@ -847,8 +847,9 @@ int main(void) {
     tcase_add_test(cli, test_mvtec_end_to_end);
     tcase_add_test(cli, test_one_class);
     tcase_add_test(cli, test_eps_is_training_loss);
-    tcase_add_test(cli, test_synthetic_benchmark);
     tcase_add_test(cli, test_bad_input);
     tcase_add_test(cli, test_help);
+    TCase *bench = tu_tcase(s, "synthetic", 600); /* 200 training steps: minutes under ASan */
+    tcase_add_test(bench, test_synthetic_benchmark);
     return tu_run(s);
 }
