@@ -39,6 +39,14 @@ const char *__asan_default_options(void);
 const char *__asan_default_options(void) { return "intercept_tls_get_addr=0"; }
 #endif
 
+bool tu_sanitized(void) {
+#if defined(__SANITIZE_ADDRESS__) || defined(TU_ASAN)
+    return true;
+#else
+    return false;
+#endif
+}
+
 static uint64_t state;
 static int seeded;
 

@@ -121,6 +121,11 @@ char *tu_png_text(const char *path, const char *key, int *compression);
 extern const char *const tu_shape_colours[2], *const tu_shape_kinds[2];
 void tu_make_shapes(const char *dir, int copies, bool captions);
 
+/* Whether this binary runs under AddressSanitizer (a Debug build many times
+ * slower): tests that train for minutes to check numbers skip there, the
+ * normal stage runs them and shorter tests cover the same code. */
+bool tu_sanitized(void);
+
 /* Write n bytes to tu_path(rel), making its folders. */
 void tu_write_file(const char *rel, const void *data, size_t n);
 
