@@ -1013,14 +1013,14 @@ END_TEST
 
 int main(void) {
     Suite *s = suite_create("augment");
-    TCase *tc = tu_tcase(s, "outputs", 120);
+    TCase *tc = tu_tcase(s, "outputs", 600);
     tcase_add_test(tc, test_writes_and_skips);
     tcase_add_test(tc, test_kill_and_resume);
     tcase_add_test(tc, test_eval);
     tcase_add_test(tc, test_eval_scores);
     tcase_add_test(tc, test_frechet);
     tcase_add_test(tc, test_flip_shift);
-    tc = tu_tcase(s, "text", 120);
+    tc = tu_tcase(s, "text", 600);
     tcase_add_test(tc, test_text_outputs);
     tcase_add_test(tc, test_text_filter);
     tcase_add_test(tc, test_text_kill_and_resume);
