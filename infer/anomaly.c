@@ -58,7 +58,7 @@
 #include "data/image.h"
 #include "infer/anomaly_eval.h"
 #include "infer/cli.h"
-#include "infer/generate.h"
+#include "pipeline/generate.h"
 #include "infer/model.h"
 
 #include <errno.h>

@@ -13,7 +13,7 @@
  * stream, strength (null for gen_), guidance, scheduler and steps.
  *
  * The model is a UNet2DModel (its class label conditions gen_ and var_) or a
- * Stable Diffusion pipeline folder (infer/sd_pipeline.h; dispatched on
+ * Stable Diffusion pipeline folder (pipeline/sd_pipeline.h; dispatched on
  * model_index.json), whose images are made from prompts: --prompt-template
  * with {class} (the class folder's name, underscores as spaces) and
  * {caption} (the real image's caption from the dataset's metadata.jsonl,
@@ -55,9 +55,9 @@
 #include "data/metadata.h"
 #include "infer/augment.h"
 #include "infer/cli.h"
-#include "infer/generate.h"
+#include "pipeline/generate.h"
 #include "infer/model.h"
-#include "infer/sd_pipeline.h"
+#include "pipeline/sd_pipeline.h"
 
 #include <cJSON.h>
 #include <errno.h>

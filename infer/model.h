@@ -21,7 +21,7 @@
 #define DC_INFER_MODEL_H
 
 #include "autograd/diffusion.h"
-#include "infer/samplers.h"
+#include "pipeline/samplers.h"
 #include "models/unet.h"
 
 #include <stdbool.h>

@@ -15,7 +15,7 @@
  * (a file, or a folder whose images are used in turn) the images start from
  * those images noised part-way (SDEdit, diffusers' img2img).
  *
- * A Stable Diffusion pipeline folder (infer/sd_pipeline.h) makes images from
+ * A Stable Diffusion pipeline folder (pipeline/sd_pipeline.h) makes images from
  * text instead: --prompt or --prompt-file (one prompt a line), each made
  * --num-images times, with the folder's scheduler unless --scheduler names
  * another, guided at 7.5 unless told; img2img as StableDiffusionImg2ImgPipeline.
@@ -32,9 +32,9 @@
 #include "data/image.h"
 #include "data/metadata.h"
 #include "infer/cli.h"
-#include "infer/generate.h"
+#include "pipeline/generate.h"
 #include "infer/model.h"
-#include "infer/sd_pipeline.h"
+#include "pipeline/sd_pipeline.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -137,7 +137,7 @@ def check(out, lora=None):
     """diffusers' images of the folder `out` (a folder `diffc train` wrote; or, with `lora`, the
     pipeline `out` with load_lora_weights(lora), a folder `diffc train --lora-rank` wrote) against
     `diffc sample`'s, from the same initial latents: diffc's draw for image 0 of seed 0
-    (infer/samplers.h), which the pipeline takes as latents=."""
+    (pipeline/samplers.h), which the pipeline takes as latents=."""
     pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
     if lora:
         pipe.load_lora_weights(lora)

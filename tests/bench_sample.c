@@ -13,7 +13,7 @@
  */
 #include "autograd/error.h"
 #include "autograd/fileio.h"
-#include "infer/generate.h"
+#include "pipeline/generate.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -18,7 +18,7 @@
 #include "data/image.h"
 #include "infer/anomaly_eval.h"
 #include "infer/model.h"
-#include "infer/samplers.h"
+#include "pipeline/samplers.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -12,7 +12,7 @@
 
 #include "autograd/error.h"
 #include "autograd/safetensors.h"
-#include "infer/sd_pipeline.h"
+#include "pipeline/sd_pipeline.h"
 #include "models/lora.h"
 
 #include <check.h>

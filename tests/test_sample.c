@@ -13,7 +13,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
-#include "infer/generate.h"
+#include "pipeline/generate.h"
 #include "models/unet.h"
 
 #include <math.h>

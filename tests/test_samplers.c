@@ -13,7 +13,7 @@
 #include "autograd/fileio.h"
 #include "autograd/rng.h"
 #include "autograd/safetensors.h"
-#include "infer/samplers.h"
+#include "pipeline/samplers.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /*
- * Tests of the Stable Diffusion pipeline (infer/sd_pipeline.c) and of
+ * Tests of the Stable Diffusion pipeline (pipeline/sd_pipeline.c) and of
  * text-to-image `diffc sample`: whole runs of the tiny random-weight
  * pipelines of tests/fixtures/sd_tiny (SD-1.x-like) and sd_tiny2 (SD-2.x-like,
  * v-prediction) against diffusers' (made by scripts/make_sd_pipeline_fixtures.py
@@ -16,7 +16,7 @@
 #include "autograd/fileio.h"
 #include "autograd/safetensors.h"
 #include "data/image.h"
-#include "infer/sd_pipeline.h"
+#include "pipeline/sd_pipeline.h"
 
 #include <check.h>
 #include <cjson/cJSON.h>

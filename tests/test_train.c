@@ -1284,14 +1284,8 @@ START_TEST(test_two_ranks_with_gradient_checkpointing) {
 END_TEST
 
 static int dist_main(void) {
-#ifndef DC_HAVE_MPI
-    fputs("test_train dist: skipped: built without MPI\n", stderr);
-    return 77;
-#endif
-    if (system("mpirun --version >/dev/null 2>&1") != 0) {
-        fputs("test_train dist: skipped: no mpirun on the PATH\n", stderr);
+    if (!tu_have_mpirun("test_train dist"))
         return 77;
-    }
     Suite *s = suite_create("train_dist");
     TCase *tc = tu_tcase(s, "dist", 120);
     tcase_add_test(tc, test_two_ranks_match_one_big_batch);

@@ -434,14 +434,8 @@ END_TEST
 
 /* Skipped (77) without MPI in this build or mpirun on the PATH. */
 static int dist_main(void) {
-#ifndef DC_HAVE_MPI
-    fputs("test_train_caption dist: skipped: built without MPI\n", stderr);
-    return 77;
-#endif
-    if (system("mpirun --version >/dev/null 2>&1") != 0) {
-        fputs("test_train_caption dist: skipped: no mpirun on the PATH\n", stderr);
+    if (!tu_have_mpirun("test_train_caption dist"))
         return 77;
-    }
     Suite *s = suite_create("train_caption_dist");
     TCase *tc = tu_tcase(s, "dist", 120);
     tcase_add_test(tc, test_two_ranks_match_one_big_batch);

@@ -20,7 +20,7 @@
 #include "autograd/optim.h"
 #include "autograd/safetensors.h"
 #include "data/image.h"
-#include "infer/sd_pipeline.h"
+#include "pipeline/sd_pipeline.h"
 #include "models/lora.h"
 #include "train/model.h"
 
@@ -627,14 +627,8 @@ START_TEST(test_two_ranks_lora) {
 END_TEST
 
 static int dist_main(void) {
-#ifndef DC_HAVE_MPI
-    fputs("test_train_sd dist: skipped: built without MPI\n", stderr);
-    return 77;
-#endif
-    if (system("mpirun --version >/dev/null 2>&1") != 0) {
-        fputs("test_train_sd dist: skipped: no mpirun on the PATH\n", stderr);
+    if (!tu_have_mpirun("test_train_sd dist"))
         return 77;
-    }
     Suite *s = suite_create("train_sd_dist");
     TCase *tc = tu_tcase(s, "dist", 120);
     tcase_add_test(tc, test_two_ranks_match_one_big_batch);

@@ -47,6 +47,19 @@ bool tu_sanitized(void) {
 #endif
 }
 
+bool tu_have_mpirun(const char *what) {
+#ifndef DC_HAVE_MPI
+    fprintf(stderr, "%s: skipped: built without MPI\n", what);
+    return false;
+#else
+    if (system("mpirun --version >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "%s: skipped: no mpirun on the PATH\n", what);
+        return false;
+    }
+    return true;
+#endif
+}
+
 static uint64_t state;
 static int seeded;
 

@@ -126,6 +126,11 @@ void tu_make_shapes(const char *dir, int copies, bool captions);
  * normal stage runs them and shorter tests cover the same code. */
 bool tu_sanitized(void);
 
+/* Whether the multi-rank suites can run: diffc built with MPI and mpirun on
+ * the PATH; otherwise says why on stderr, naming `what`, and the caller exits
+ * 77 (skipped). */
+bool tu_have_mpirun(const char *what);
+
 /* Write n bytes to tu_path(rel), making its folders. */
 void tu_write_file(const char *rel, const void *data, size_t n);
 

@@ -2,7 +2,7 @@
 #include "model.h"
 
 #include "autograd/error.h"
-#include "infer/sd_pipeline.h"
+#include "pipeline/sd_pipeline.h"
 
 #include <math.h>
 

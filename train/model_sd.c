@@ -28,7 +28,7 @@
  * Sample grids: the pipeline's own scheduler, --ddpm-num-inference-steps
  * steps (50 unless given, the pipelines' default), guidance 7.5, at
  * --resolution, the prompts of --validation-prompt ('|' between them; unset:
- * the first image's prompt), through infer/sd_pipeline.h's loop.
+ * the first image's prompt), through pipeline/sd_pipeline.h's loop.
  *
  * The output folders (checkpoints, the final model) take the pretrained
  * folder's model_index.json, scheduler, tokenizer, text encoder and VAE
@@ -45,7 +45,7 @@
 #include "data/image.h"
 #include "data/metadata.h"
 #include "state.h"
-#include "infer/sd_pipeline.h"
+#include "pipeline/sd_pipeline.h"
 #include "models/lora.h"
 #include "models/unet_cond.h"
 

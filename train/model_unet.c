@@ -4,7 +4,7 @@
  * --cond-drop-prob of the labels replaced by the null class for
  * classifier-free guidance. Its config comes from --pretrained-model's
  * unet/, --model, or the checkpoint resumed; sample grids are DDIM runs of
- * infer/generate.h, one column per class when class-conditional.
+ * pipeline/generate.h, one column per class when class-conditional.
  */
 #include "model.h"
 
@@ -13,7 +13,7 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "autograd/rng.h"
-#include "infer/generate.h"
+#include "pipeline/generate.h"
 #include "models/unet.h"
 
 #include <inttypes.h>

@@ -13,10 +13,10 @@
  * pixel: the first half is the prediction (guided), the second the variance
  * (of the conditional pass), which the sampler reads when it needs it.
  */
-#ifndef DC_INFER_GENERATE_H
-#define DC_INFER_GENERATE_H
+#ifndef DC_PIPELINE_GENERATE_H
+#define DC_PIPELINE_GENERATE_H
 
-#include "infer/samplers.h"
+#include "pipeline/samplers.h"
 #include "models/unet.h"
 
 typedef struct dc_generate_request {

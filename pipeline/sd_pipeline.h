@@ -24,11 +24,11 @@
  * same whatever the batch.
  * Tensors are NHWC: latents [N, H/8, W/8, 4], images [N, H, W, 3] in [-1, 1].
  */
-#ifndef DC_INFER_SD_PIPELINE_H
-#define DC_INFER_SD_PIPELINE_H
+#ifndef DC_PIPELINE_SD_PIPELINE_H
+#define DC_PIPELINE_SD_PIPELINE_H
 
 #include "data/text/bpe.h"
-#include "infer/samplers.h"
+#include "pipeline/samplers.h"
 #include "models/clip_text.h"
 #include "models/unet_cond.h"
 #include "models/vae.h"

@@ -4,8 +4,8 @@
  * build their own lists from them and step). Not a public interface: the
  * public one is samplers.h.
  */
-#ifndef DC_INFER_SAMPLERS_INTERNAL_H
-#define DC_INFER_SAMPLERS_INTERNAL_H
+#ifndef DC_PIPELINE_SAMPLERS_INTERNAL_H
+#define DC_PIPELINE_SAMPLERS_INTERNAL_H
 
 #include "samplers.h"
 

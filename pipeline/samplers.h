@@ -57,8 +57,8 @@
  * two halves separately: DDPM with a learned variance_type uses the second,
  * every other sampler only the first, as diffusers' DPM-Solver does.
  */
-#ifndef DC_INFER_SAMPLERS_H
-#define DC_INFER_SAMPLERS_H
+#ifndef DC_PIPELINE_SAMPLERS_H
+#define DC_PIPELINE_SAMPLERS_H
 
 #include "autograd/diffusion.h"
 
