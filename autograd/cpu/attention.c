@@ -35,6 +35,17 @@
 #define VB 4
 #endif
 #define RB 4           /* query rows per block (the products spell out 4) */
+/* The forward pass's rows per block and most vectors of channels per P v
+ * product: with AVX-512's 32 registers, 8 rows x 3 vectors of sums (a head
+ * of 40 channels is 3 vectors) and the 3 vectors of v, reading k and v from
+ * L2 half as often as 4 rows did; 4 x 2 in the 16 registers of AVX2 and SSE. */
+#if VB == 16
+#define FRB 8
+#define FNV 3
+#else
+#define FRB 4
+#define FNV 2
+#endif
 #define QUERY_CHUNK 64 /* queries per forward work item */
 
 /* Built once per ISA: the entry points carry the pass's suffix (isa.h). */
@@ -51,8 +62,8 @@ typedef struct {
     float *kt;            /* [d, lkp]: k (forward) or v (backward) transposed */
     float *kv;            /* [lk, dp]: v (forward) or k (backward) */
     float *g, *q;         /* [lqr, dp]: the pair's dout and q (backward) */
-    float *s;             /* [RB, lkp] scores (forward); [lqr, lkp] dS (backward) */
-    float *a, *o;         /* [RB, dp]: query rows (forward), output rows */
+    float *s;             /* [FRB, lkp] scores (forward); [lqr, lkp] dS (backward) */
+    float *a, *o;         /* [FRB, dp]: query rows (forward), output rows */
 } slot;
 
 static int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -61,9 +72,9 @@ static int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 static slot slot_at(const cpu_attention_dims *a, float *work, int thread, bool backward,
                     int64_t *floats) {
     slot s = {.lkp = round_to(a->lk, 2 * VB), .dp = round_to(a->d, VB), .lqr = round_to(a->lq, RB)};
-    int64_t rows = backward ? s.lqr : RB;
+    int64_t rows = backward ? s.lqr : FRB;
     int64_t n = a->d * s.lkp + a->lk * s.dp + (backward ? 2 * s.lqr * s.dp : 0) + rows * s.lkp +
-                2 * RB * s.dp;
+                2 * FRB * s.dp;
     if (floats)
         *floats = n;
     if (!work)
@@ -76,7 +87,7 @@ static slot slot_at(const cpu_attention_dims *a, float *work, int thread, bool b
         s.q = w, w += s.lqr * s.dp;
     }
     s.s = w, w += rows * s.lkp;
-    s.a = w, w += RB * s.dp;
+    s.a = w, w += FRB * s.dp;
     s.o = w;
     return s;
 }
@@ -209,11 +220,77 @@ static void rows_times_packed(float *o, const float *const p[RB], int64_t es, in
     store(o + 3 * dp + t, e3 + o3);
 }
 
-/* Scores to probabilities, p = softmax(s) over one row; p may be s. The row
- * max is subtracted so exp never overflows; masked keys (j >= keep) get
- * exactly 0, and a causal row always keeps key i + Lk - Lq (its own position
- * when the queries are the last Lq of the keys' sequence), so no row is empty. */
-static void softmax_row(float *p, const float *s, int keep, int lk) {
+/* s [FRB, lkp] = a [FRB, dp] times bt [d, lkp], the forward pass's
+ * rows_times_packed_t: each sum over t in the same order. */
+static void block_scores(float *s, const float *a, int64_t dp, const float *bt, int d,
+                         int64_t lkp) {
+    for (int64_t j = 0; j < lkp; j += 2 * VB) {
+        vf e[FRB], o[FRB];
+#pragma GCC unroll 8
+        for (int u = 0; u < FRB; u++)
+            e[u] = o[u] = (vf){0};
+        for (int t = 0; t < d; t++) {
+            vf b = load(bt + t * lkp + j), c = load(bt + t * lkp + j + VB);
+#pragma GCC unroll 8
+            for (int u = 0; u < FRB; u++) {
+                float x = a[u * dp + t];
+                e[u] += x * b, o[u] += x * c;
+            }
+        }
+#pragma GCC unroll 8
+        for (int u = 0; u < FRB; u++)
+            store(s + u * lkp + j, e[u]), store(s + u * lkp + j + VB, o[u]);
+    }
+}
+
+/* o [FRB, dp] (channels t0 to t0 + NV vectors) = p [FRB rows, n] times b [n, dp]. */
+static inline __attribute__((always_inline)) void block_pv_cols(float *o, const float *const p[FRB],
+                                                                int n, const float *b, int64_t dp,
+                                                                int64_t t0, const int nv) {
+    vf acc[FRB][FNV];
+#pragma GCC unroll 8
+    for (int u = 0; u < FRB; u++)
+#pragma GCC unroll 4
+        for (int v = 0; v < FNV; v++)
+            acc[u][v] = (vf){0};
+    for (int j = 0; j < n; j++) {
+        vf bv[FNV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            bv[v] = load(b + (int64_t)j * dp + t0 + v * VB);
+#pragma GCC unroll 8
+        for (int u = 0; u < FRB; u++) {
+            float x = p[u][j];
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                acc[u][v] += x * bv[v];
+        }
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < FRB; u++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            store(o + u * dp + t0 + v * VB, acc[u][v]);
+}
+
+/* o [FRB, dp] = p [FRB rows, n] times b [n, dp], FNV vectors of channels at
+ * a time (each p broadcast feeds that many FMAs), every sum over j in order. */
+static void block_pv(float *o, const float *const p[FRB], int n, const float *b, int64_t dp) {
+    int64_t t = 0;
+    for (; t + FNV * VB <= dp; t += FNV * VB)
+        block_pv_cols(o, p, n, b, dp, t, FNV);
+    for (; t < dp; t += VB)
+        block_pv_cols(o, p, n, b, dp, t, 1);
+}
+
+/* A row of scores to the exponentials of softmax, p = exp(s - max(s)), p
+ * may be s; returns 1 / their sum, the scale that makes them probabilities
+ * (without a tape it scales the row's output instead, d products instead of
+ * Lk). The row max is subtracted so exp never overflows; masked keys
+ * (j >= keep) get exactly 0, and a causal row always keeps key i + Lk - Lq
+ * (its own position when the queries are the last Lq of the keys' sequence),
+ * so no row is empty. */
+static float exp_row(float *p, const float *s, int keep, int lk) {
     float max = s[0], sum = 0.0f;
 #pragma omp simd reduction(max : max)
     for (int j = 1; j < keep; j++)
@@ -223,12 +300,17 @@ static void softmax_row(float *p, const float *s, int keep, int lk) {
         p[j] = expf(s[j] - max);
         sum += p[j];
     }
-    float inv = 1.0f / sum;
+    for (int j = keep; j < lk; j++)
+        p[j] = 0.0f;
+    return 1.0f / sum;
+}
+
+/* The probabilities themselves, for the tape: exp_row's terms scaled. */
+static void softmax_row(float *p, const float *s, int keep, int lk) {
+    float inv = exp_row(p, s, keep, lk);
 #pragma omp simd
     for (int j = 0; j < keep; j++)
         p[j] *= inv;
-    for (int j = keep; j < lk; j++)
-        p[j] = 0.0f;
 }
 
 /* dS = P (dP - rowsum(dP P)) in place over one row; the scale waits for
@@ -256,21 +338,30 @@ static void forward_item(const forward_job *f, int64_t i, int thread) {
         pack_rows(w.kv, f->v + kvo, c, a->lk, a->lk, a->d, w.dp, 1.0f);
         f->packed[thread] = bh;
     }
-    for (int i0 = first; i0 < last; i0 += RB) {
-        int rows = last - i0 < RB ? last - i0 : RB;
-        pack_rows(w.a, f->q + qo + i0 * c, c, rows, RB, a->d, w.dp, a->scale);
-        rows_times_packed_t(w.s, w.a, w.dp, w.kt, a->d, w.lkp);
+    for (int i0 = first; i0 < last; i0 += FRB) {
+        int rows = last - i0 < FRB ? last - i0 : FRB;
+        pack_rows(w.a, f->q + qo + i0 * c, c, rows, FRB, a->d, w.dp, a->scale);
+        block_scores(w.s, w.a, w.dp, w.kt, a->d, w.lkp);
         /* P's rows: kept, or in place in the row block without a tape */
-        float *p = f->p ? f->p + (bh * a->lq + i0) * a->lk : w.s;
+        float *p = f->p ? f->p + (bh * a->lq + i0) * a->lk : w.s, inv[FRB];
         int64_t ldp = f->p ? a->lk : w.lkp;
-        for (int u = 0; u < rows; u++)
-            softmax_row(p + u * ldp, w.s + u * w.lkp, a->causal ? i0 + u + 1 + a->lk - a->lq : a->lk,
-                        a->lk);
-        const float *pr[RB];
-        block_rows(pr, p, ldp, rows);
-        rows_times_packed(w.o, pr, 1, a->lk, w.kv, w.dp);
-        for (int u = 0; u < rows; u++)
-            memcpy(f->out + qo + (i0 + u) * c, w.o + u * w.dp, (size_t)a->d * sizeof(float));
+        for (int u = 0; u < rows; u++) {
+            int keep = a->causal ? i0 + u + 1 + a->lk - a->lq : a->lk;
+            if (f->p)
+                softmax_row(p + u * ldp, w.s + u * w.lkp, keep, a->lk), inv[u] = 1.0f;
+            else
+                inv[u] = exp_row(p + u * ldp, w.s + u * w.lkp, keep, a->lk);
+        }
+        const float *pr[FRB];
+        for (int u = 0; u < FRB; u++)
+            pr[u] = p + (u < rows ? u : rows - 1) * ldp;
+        block_pv(w.o, pr, a->lk, w.kv, w.dp);
+        for (int u = 0; u < rows; u++) {
+            float *dst = f->out + qo + (i0 + u) * c;
+            const float *src = w.o + u * w.dp;
+            for (int t = 0; t < a->d; t++)
+                dst[t] = src[t] * inv[u];
+        }
     }
 }
 
