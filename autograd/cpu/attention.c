@@ -59,7 +59,7 @@ static inline void store(float *p, vf v) { *(vf *)p = v; }
 /* A thread's scratch: packed operands [rows, width] and row blocks. */
 typedef struct {
     int64_t lkp, dp, lqr; /* lk, d rounded up for the vectors, lq to whole blocks */
-    float *kt;            /* [d, lkp]: k (forward) or v (backward) transposed */
+    float *kt;            /* [d, lkp]: v transposed (backward); k in tiles (forward, pack_tiles) */
     float *kv;            /* [lk, dp]: v (forward) or k (backward) */
     float *g, *q;         /* [lqr, dp]: the pair's dout and q (backward) */
     float *s;             /* [FRB, lkp] scores (forward); [lqr, lkp] dS (backward) */
@@ -113,6 +113,19 @@ static void pack_transposed(float *dst, const float *src, int64_t ld, int rows, 
             row[j] = src[(int64_t)j * ld + t];
         for (int64_t j = rows; j < lkp; j++)
             row[j] = 0.0f;
+    }
+}
+
+/* dst [lkp / 2VB, d, 2VB] = src [rows, d] (leading dimension ld) in tiles of
+ * 2VB keys transposed, zero-padded: each block of scores reads one
+ * contiguous tile (rows of the whole transpose, 4 lkp bytes apart, fell in
+ * the same few L1 sets and missed at every step of t). */
+static void pack_tiles(float *dst, const float *src, int64_t ld, int rows, int d, int64_t lkp) {
+    for (int64_t j0 = 0; j0 < lkp; j0 += 2 * VB) {
+        float *tile = dst + j0 * d;
+        for (int t = 0; t < d; t++)
+            for (int u = 0; u < 2 * VB; u++)
+                tile[t * 2 * VB + u] = j0 + u < rows ? src[(j0 + u) * ld + t] : 0.0f;
     }
 }
 
@@ -220,17 +233,18 @@ static void rows_times_packed(float *o, const float *const p[RB], int64_t es, in
     store(o + 3 * dp + t, e3 + o3);
 }
 
-/* s [FRB, lkp] = a [FRB, dp] times bt [d, lkp], the forward pass's
- * rows_times_packed_t: each sum over t in the same order. */
-static void block_scores(float *s, const float *a, int64_t dp, const float *bt, int d,
+/* s [FRB, lkp] = a [FRB, dp] times the keys of tiles (pack_tiles, d
+ * channels): each sum over t in order, as rows_times_packed_t forms it. */
+static void block_scores(float *s, const float *a, int64_t dp, const float *tiles, int d,
                          int64_t lkp) {
     for (int64_t j = 0; j < lkp; j += 2 * VB) {
+        const float *tile = tiles + j * d;
         vf e[FRB], o[FRB];
 #pragma GCC unroll 8
         for (int u = 0; u < FRB; u++)
             e[u] = o[u] = (vf){0};
         for (int t = 0; t < d; t++) {
-            vf b = load(bt + t * lkp + j), c = load(bt + t * lkp + j + VB);
+            vf b = load(tile + t * 2 * VB), c = load(tile + t * 2 * VB + VB);
 #pragma GCC unroll 8
             for (int u = 0; u < FRB; u++) {
                 float x = a[u * dp + t];
@@ -285,8 +299,9 @@ static void block_pv(float *o, const float *const p[FRB], int n, const float *b,
 
 /* A row of scores to the exponentials of softmax, p = exp(s - max(s)), p
  * may be s; returns 1 / their sum, the scale that makes them probabilities
- * (without a tape it scales the row's output instead, d products instead of
- * Lk). The row max is subtracted so exp never overflows; masked keys
+ * (it scales the row's output instead, d products instead of Lk, and the
+ * kept P afterwards, so that a forward with a tape gives the same bits as
+ * one without: gradient checkpointing recomputes one as the other). The row max is subtracted so exp never overflows; masked keys
  * (j >= keep) get exactly 0, and a causal row always keeps key i + Lk - Lq
  * (its own position when the queries are the last Lq of the keys' sequence),
  * so no row is empty. */
@@ -305,13 +320,6 @@ static float exp_row(float *p, const float *s, int keep, int lk) {
     return 1.0f / sum;
 }
 
-/* The probabilities themselves, for the tape: exp_row's terms scaled. */
-static void softmax_row(float *p, const float *s, int keep, int lk) {
-    float inv = exp_row(p, s, keep, lk);
-#pragma omp simd
-    for (int j = 0; j < keep; j++)
-        p[j] *= inv;
-}
 
 /* dS = P (dP - rowsum(dP P)) in place over one row; the scale waits for
  * the products that use dS. */
@@ -334,7 +342,7 @@ static void forward_item(const forward_job *f, int64_t i, int thread) {
     int last = first + QUERY_CHUNK < a->lq ? first + QUERY_CHUNK : a->lq;
     pair_offsets(a, bh, &qo, &kvo);
     if (f->packed[thread] != bh) { /* a thread's next chunk is mostly of the same pair */
-        pack_transposed(w.kt, f->k + kvo, c, a->lk, a->d, w.lkp);
+        pack_tiles(w.kt, f->k + kvo, c, a->lk, a->d, w.lkp);
         pack_rows(w.kv, f->v + kvo, c, a->lk, a->lk, a->d, w.dp, 1.0f);
         f->packed[thread] = bh;
     }
@@ -345,13 +353,9 @@ static void forward_item(const forward_job *f, int64_t i, int thread) {
         /* P's rows: kept, or in place in the row block without a tape */
         float *p = f->p ? f->p + (bh * a->lq + i0) * a->lk : w.s, inv[FRB];
         int64_t ldp = f->p ? a->lk : w.lkp;
-        for (int u = 0; u < rows; u++) {
-            int keep = a->causal ? i0 + u + 1 + a->lk - a->lq : a->lk;
-            if (f->p)
-                softmax_row(p + u * ldp, w.s + u * w.lkp, keep, a->lk), inv[u] = 1.0f;
-            else
-                inv[u] = exp_row(p + u * ldp, w.s + u * w.lkp, keep, a->lk);
-        }
+        for (int u = 0; u < rows; u++)
+            inv[u] = exp_row(p + u * ldp, w.s + u * w.lkp,
+                             a->causal ? i0 + u + 1 + a->lk - a->lq : a->lk, a->lk);
         const float *pr[FRB];
         for (int u = 0; u < FRB; u++)
             pr[u] = p + (u < rows ? u : rows - 1) * ldp;
@@ -361,6 +365,9 @@ static void forward_item(const forward_job *f, int64_t i, int thread) {
             const float *src = w.o + u * w.dp;
             for (int t = 0; t < a->d; t++)
                 dst[t] = src[t] * inv[u];
+            if (f->p)
+                for (int j = 0; j < a->lk; j++)
+                    p[u * ldp + j] *= inv[u];
         }
     }
 }
