@@ -11,8 +11,10 @@
  * every product is then one of two register-blocked loops
  * over GCC vector types, RB = 4 rows at a time, eight sums in registers so
  * that two FMA units of four cycles' latency stay busy: rows times a
- * transposed block (scores, dP) and rows times a block (P v, dS k, and,
- * with columns of P and dS as the rows, P^T dout and dS^T q). The rows of a
+ * transposed block (dP) and rows times a block (dS k, and, with columns of
+ * P and dS as the rows, P^T dout and dS^T q). The forward's scores and P v
+ * have loops of their own, FRB rows at a time (8 with AVX-512's 32
+ * registers), the keys in tiles of 2 VB. The rows of a
  * pair are computed by the same code in the same order whatever the batch,
  * the thread count or the work split: a sample's result does not depend on
  * its batch.
