@@ -35,6 +35,11 @@ static const att_case cases[] = {
     {"long, pairs of chunks", 2, 130, 29, 3, 6, false, 0.0f},
     {"causal after cached keys", 2, 3, 8, 2, 4, true, 0.0f},
     {"causal, one new query", 3, 1, 6, 3, 2, true, 0.0f},
+    /* heads of several vectors (a UNet's 40 channels): the forward's P v in
+     * blocks of 2 or 3 vectors and a last one; rows short of a whole block;
+     * over 32 queries, for the gradient check's looser bound on longer sums */
+    {"wide heads", 2, 37, 45, 2, 40, false, 0.1f},
+    {"wider heads, causal", 1, 35, 35, 1, 70, true, 0.05f},
 };
 
 /* The kernels go parallel for cases of CPU_PAR_MIN multiply-adds and more

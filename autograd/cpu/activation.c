@@ -5,6 +5,8 @@
 
 #include "vmath.h"
 
+#include <string.h>
+
 /* For a very negative x, expf(-x) is inf and the sigmoid a clean 0. */
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -22,20 +24,55 @@ void CPU_ISA_FN(cpu_silu_backward)(const float *dy, const float *x, float *dx, i
     }
 }
 
-void CPU_ISA_FN(cpu_gelu_forward)(float *y, const float *x, int64_t n) {
-#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
-    for (int64_t i = 0; i < n; i++)
-        y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+/* The exact GELU in whole blocks of GELU_LANES elements, the last one padded
+ * in scratch: every element goes through libmvec's vector erff, where a
+ * plain vector loop would leave its last elements to the scalar erff, which
+ * rounds differently, and a sample's bits would change with its batch. */
+#define GELU_LANES 16
+
+static inline float gelu_cdf(float x) { return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)); }
+
+static void gelu_block(float *y, const float *x) {
+#pragma omp simd
+    for (int l = 0; l < GELU_LANES; l++)
+        y[l] = x[l] * gelu_cdf(x[l]);
 }
 
 /* d/dx of x * Phi(x) is Phi(x) + x * phi(x), phi the standard normal density. */
-void CPU_ISA_FN(cpu_gelu_backward)(const float *dy, const float *x, float *dx, int64_t n) {
+static void gelu_grad_block(float *dx, const float *dy, const float *x) {
     const float inv_sqrt_2pi = 0.3989422804014327f;
-#pragma omp parallel for simd if (n >= CPU_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        float cdf = 0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2));
-        float pdf = inv_sqrt_2pi * expf(-0.5f * x[i] * x[i]);
-        dx[i] += dy[i] * (cdf + x[i] * pdf);
+#pragma omp simd
+    for (int l = 0; l < GELU_LANES; l++) {
+        float pdf = inv_sqrt_2pi * expf(-0.5f * x[l] * x[l]);
+        dx[l] += dy[l] * (gelu_cdf(x[l]) + x[l] * pdf);
+    }
+}
+
+void CPU_ISA_FN(cpu_gelu_forward)(float *y, const float *x, int64_t n) {
+    int64_t whole = n / GELU_LANES * GELU_LANES, rest = n - whole;
+#pragma omp parallel for if (n >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < whole; i += GELU_LANES)
+        gelu_block(y + i, x + i);
+    if (rest) {
+        float xb[GELU_LANES] = {0}, yb[GELU_LANES];
+        memcpy(xb, x + whole, (size_t)rest * sizeof(float));
+        gelu_block(yb, xb);
+        memcpy(y + whole, yb, (size_t)rest * sizeof(float));
+    }
+}
+
+void CPU_ISA_FN(cpu_gelu_backward)(const float *dy, const float *x, float *dx, int64_t n) {
+    int64_t whole = n / GELU_LANES * GELU_LANES, rest = n - whole;
+#pragma omp parallel for if (n >= CPU_PAR_MIN)
+    for (int64_t i = 0; i < whole; i += GELU_LANES)
+        gelu_grad_block(dx + i, dy + i, x + i);
+    if (rest) {
+        float dyb[GELU_LANES] = {0}, xb[GELU_LANES] = {0}, dxb[GELU_LANES] = {0};
+        memcpy(dyb, dy + whole, (size_t)rest * sizeof(float));
+        memcpy(xb, x + whole, (size_t)rest * sizeof(float));
+        gelu_grad_block(dxb, dyb, xb);
+        for (int64_t l = 0; l < rest; l++)
+            dx[whole + l] += dxb[l];
     }
 }
 

@@ -11,8 +11,10 @@
  * every product is then one of two register-blocked loops
  * over GCC vector types, RB = 4 rows at a time, eight sums in registers so
  * that two FMA units of four cycles' latency stay busy: rows times a
- * transposed block (scores, dP) and rows times a block (P v, dS k, and,
- * with columns of P and dS as the rows, P^T dout and dS^T q). The rows of a
+ * transposed block (dP) and rows times a block (dS k, and, with columns of
+ * P and dS as the rows, P^T dout and dS^T q). The forward's scores and P v
+ * have loops of their own, FRB rows at a time (8 with AVX-512's 32
+ * registers), the keys in tiles of 2 VB. The rows of a
  * pair are computed by the same code in the same order whatever the batch,
  * the thread count or the work split: a sample's result does not depend on
  * its batch.
@@ -35,6 +37,17 @@
 #define VB 4
 #endif
 #define RB 4           /* query rows per block (the products spell out 4) */
+/* The forward pass's rows per block and most vectors of channels per P v
+ * product: with AVX-512's 32 registers, 8 rows x 3 vectors of sums (a head
+ * of 40 channels is 3 vectors) and the 3 vectors of v, reading k and v from
+ * L2 half as often as 4 rows did; 4 x 2 in the 16 registers of AVX2 and SSE. */
+#if VB == 16
+#define FRB 8
+#define FNV 3
+#else
+#define FRB 4
+#define FNV 2
+#endif
 #define QUERY_CHUNK 64 /* queries per forward work item */
 
 /* Built once per ISA: the entry points carry the pass's suffix (isa.h). */
@@ -48,11 +61,11 @@ static inline void store(float *p, vf v) { *(vf *)p = v; }
 /* A thread's scratch: packed operands [rows, width] and row blocks. */
 typedef struct {
     int64_t lkp, dp, lqr; /* lk, d rounded up for the vectors, lq to whole blocks */
-    float *kt;            /* [d, lkp]: k (forward) or v (backward) transposed */
+    float *kt;            /* [d, lkp]: v transposed (backward); k in tiles (forward, pack_tiles) */
     float *kv;            /* [lk, dp]: v (forward) or k (backward) */
     float *g, *q;         /* [lqr, dp]: the pair's dout and q (backward) */
-    float *s;             /* [RB, lkp] scores (forward); [lqr, lkp] dS (backward) */
-    float *a, *o;         /* [RB, dp]: query rows (forward), output rows */
+    float *s;             /* [FRB, lkp] scores (forward); [lqr, lkp] dS (backward) */
+    float *a, *o;         /* [FRB, dp]: query rows (forward), output rows */
 } slot;
 
 static int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -61,9 +74,9 @@ static int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 static slot slot_at(const cpu_attention_dims *a, float *work, int thread, bool backward,
                     int64_t *floats) {
     slot s = {.lkp = round_to(a->lk, 2 * VB), .dp = round_to(a->d, VB), .lqr = round_to(a->lq, RB)};
-    int64_t rows = backward ? s.lqr : RB;
+    int64_t rows = backward ? s.lqr : FRB;
     int64_t n = a->d * s.lkp + a->lk * s.dp + (backward ? 2 * s.lqr * s.dp : 0) + rows * s.lkp +
-                2 * RB * s.dp;
+                2 * FRB * s.dp;
     if (floats)
         *floats = n;
     if (!work)
@@ -76,7 +89,7 @@ static slot slot_at(const cpu_attention_dims *a, float *work, int thread, bool b
         s.q = w, w += s.lqr * s.dp;
     }
     s.s = w, w += rows * s.lkp;
-    s.a = w, w += RB * s.dp;
+    s.a = w, w += FRB * s.dp;
     s.o = w;
     return s;
 }
@@ -102,6 +115,19 @@ static void pack_transposed(float *dst, const float *src, int64_t ld, int rows, 
             row[j] = src[(int64_t)j * ld + t];
         for (int64_t j = rows; j < lkp; j++)
             row[j] = 0.0f;
+    }
+}
+
+/* dst [lkp / 2VB, d, 2VB] = src [rows, d] (leading dimension ld) in tiles of
+ * 2VB keys transposed, zero-padded: each block of scores reads one
+ * contiguous tile (rows of the whole transpose, 4 lkp bytes apart, fell in
+ * the same few L1 sets and missed at every step of t). */
+static void pack_tiles(float *dst, const float *src, int64_t ld, int rows, int d, int64_t lkp) {
+    for (int64_t j0 = 0; j0 < lkp; j0 += 2 * VB) {
+        float *tile = dst + j0 * d;
+        for (int t = 0; t < d; t++)
+            for (int u = 0; u < 2 * VB; u++)
+                tile[t * 2 * VB + u] = j0 + u < rows ? src[(j0 + u) * ld + t] : 0.0f;
     }
 }
 
@@ -209,11 +235,79 @@ static void rows_times_packed(float *o, const float *const p[RB], int64_t es, in
     store(o + 3 * dp + t, e3 + o3);
 }
 
-/* Scores to probabilities, p = softmax(s) over one row; p may be s. The row
- * max is subtracted so exp never overflows; masked keys (j >= keep) get
- * exactly 0, and a causal row always keeps key i + Lk - Lq (its own position
- * when the queries are the last Lq of the keys' sequence), so no row is empty. */
-static void softmax_row(float *p, const float *s, int keep, int lk) {
+/* s [FRB, lkp] = a [FRB, dp] times the keys of tiles (pack_tiles, d
+ * channels): each sum over t in order, as rows_times_packed_t forms it. */
+static void block_scores(float *s, const float *a, int64_t dp, const float *tiles, int d,
+                         int64_t lkp) {
+    for (int64_t j = 0; j < lkp; j += 2 * VB) {
+        const float *tile = tiles + j * d;
+        vf e[FRB], o[FRB];
+#pragma GCC unroll 8
+        for (int u = 0; u < FRB; u++)
+            e[u] = o[u] = (vf){0};
+        for (int t = 0; t < d; t++) {
+            vf b = load(tile + t * 2 * VB), c = load(tile + t * 2 * VB + VB);
+#pragma GCC unroll 8
+            for (int u = 0; u < FRB; u++) {
+                float x = a[u * dp + t];
+                e[u] += x * b, o[u] += x * c;
+            }
+        }
+#pragma GCC unroll 8
+        for (int u = 0; u < FRB; u++)
+            store(s + u * lkp + j, e[u]), store(s + u * lkp + j + VB, o[u]);
+    }
+}
+
+/* o [FRB, dp] (channels t0 to t0 + NV vectors) = p [FRB rows, n] times b [n, dp]. */
+static inline __attribute__((always_inline)) void block_pv_cols(float *o, const float *const p[FRB],
+                                                                int n, const float *b, int64_t dp,
+                                                                int64_t t0, const int nv) {
+    vf acc[FRB][FNV];
+#pragma GCC unroll 8
+    for (int u = 0; u < FRB; u++)
+#pragma GCC unroll 4
+        for (int v = 0; v < FNV; v++)
+            acc[u][v] = (vf){0};
+    for (int j = 0; j < n; j++) {
+        vf bv[FNV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            bv[v] = load(b + (int64_t)j * dp + t0 + v * VB);
+#pragma GCC unroll 8
+        for (int u = 0; u < FRB; u++) {
+            float x = p[u][j];
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++)
+                acc[u][v] += x * bv[v];
+        }
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < FRB; u++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++)
+            store(o + u * dp + t0 + v * VB, acc[u][v]);
+}
+
+/* o [FRB, dp] = p [FRB rows, n] times b [n, dp], FNV vectors of channels at
+ * a time (each p broadcast feeds that many FMAs), every sum over j in order. */
+static void block_pv(float *o, const float *const p[FRB], int n, const float *b, int64_t dp) {
+    int64_t t = 0;
+    for (; t + FNV * VB <= dp; t += FNV * VB)
+        block_pv_cols(o, p, n, b, dp, t, FNV);
+    for (; t < dp; t += VB)
+        block_pv_cols(o, p, n, b, dp, t, 1);
+}
+
+/* A row of scores to the exponentials of softmax, p = exp(s - max(s)), p
+ * may be s; returns 1 / their sum, the scale that makes them probabilities
+ * (it scales the row's output instead, d products instead of Lk, and the
+ * kept P afterwards, so that a forward with a tape gives the same bits as
+ * one without: gradient checkpointing recomputes one as the other). The row max is subtracted so exp never overflows; masked keys
+ * (j >= keep) get exactly 0, and a causal row always keeps key i + Lk - Lq
+ * (its own position when the queries are the last Lq of the keys' sequence),
+ * so no row is empty. */
+static float exp_row(float *p, const float *s, int keep, int lk) {
     float max = s[0], sum = 0.0f;
 #pragma omp simd reduction(max : max)
     for (int j = 1; j < keep; j++)
@@ -223,13 +317,11 @@ static void softmax_row(float *p, const float *s, int keep, int lk) {
         p[j] = expf(s[j] - max);
         sum += p[j];
     }
-    float inv = 1.0f / sum;
-#pragma omp simd
-    for (int j = 0; j < keep; j++)
-        p[j] *= inv;
     for (int j = keep; j < lk; j++)
         p[j] = 0.0f;
+    return 1.0f / sum;
 }
+
 
 /* dS = P (dP - rowsum(dP P)) in place over one row; the scale waits for
  * the products that use dS. */
@@ -252,25 +344,33 @@ static void forward_item(const forward_job *f, int64_t i, int thread) {
     int last = first + QUERY_CHUNK < a->lq ? first + QUERY_CHUNK : a->lq;
     pair_offsets(a, bh, &qo, &kvo);
     if (f->packed[thread] != bh) { /* a thread's next chunk is mostly of the same pair */
-        pack_transposed(w.kt, f->k + kvo, c, a->lk, a->d, w.lkp);
+        pack_tiles(w.kt, f->k + kvo, c, a->lk, a->d, w.lkp);
         pack_rows(w.kv, f->v + kvo, c, a->lk, a->lk, a->d, w.dp, 1.0f);
         f->packed[thread] = bh;
     }
-    for (int i0 = first; i0 < last; i0 += RB) {
-        int rows = last - i0 < RB ? last - i0 : RB;
-        pack_rows(w.a, f->q + qo + i0 * c, c, rows, RB, a->d, w.dp, a->scale);
-        rows_times_packed_t(w.s, w.a, w.dp, w.kt, a->d, w.lkp);
+    for (int i0 = first; i0 < last; i0 += FRB) {
+        int rows = last - i0 < FRB ? last - i0 : FRB;
+        pack_rows(w.a, f->q + qo + i0 * c, c, rows, FRB, a->d, w.dp, a->scale);
+        block_scores(w.s, w.a, w.dp, w.kt, a->d, w.lkp);
         /* P's rows: kept, or in place in the row block without a tape */
-        float *p = f->p ? f->p + (bh * a->lq + i0) * a->lk : w.s;
+        float *p = f->p ? f->p + (bh * a->lq + i0) * a->lk : w.s, inv[FRB];
         int64_t ldp = f->p ? a->lk : w.lkp;
         for (int u = 0; u < rows; u++)
-            softmax_row(p + u * ldp, w.s + u * w.lkp, a->causal ? i0 + u + 1 + a->lk - a->lq : a->lk,
-                        a->lk);
-        const float *pr[RB];
-        block_rows(pr, p, ldp, rows);
-        rows_times_packed(w.o, pr, 1, a->lk, w.kv, w.dp);
-        for (int u = 0; u < rows; u++)
-            memcpy(f->out + qo + (i0 + u) * c, w.o + u * w.dp, (size_t)a->d * sizeof(float));
+            inv[u] = exp_row(p + u * ldp, w.s + u * w.lkp,
+                             a->causal ? i0 + u + 1 + a->lk - a->lq : a->lk, a->lk);
+        const float *pr[FRB];
+        for (int u = 0; u < FRB; u++)
+            pr[u] = p + (u < rows ? u : rows - 1) * ldp;
+        block_pv(w.o, pr, a->lk, w.kv, w.dp);
+        for (int u = 0; u < rows; u++) {
+            float *dst = f->out + qo + (i0 + u) * c;
+            const float *src = w.o + u * w.dp;
+            for (int t = 0; t < a->d; t++)
+                dst[t] = src[t] * inv[u];
+            if (f->p)
+                for (int j = 0; j < a->lk; j++)
+                    p[u * ldp + j] *= inv[u];
+        }
     }
 }
 
