@@ -15,8 +15,18 @@
  *          noised in one step (q_sample) with the same draw, and the squared
  *          error of the model's output against its training target, so the
  *          image's mean is the trainer's loss for that draw (an ELBO-like
- *          score; one forward pass per timestep, no denoising loop).
- * Every map is averaged over --ensemble noise draws and Gaussian-smoothed
+ *          score; one forward pass per timestep, no denoising loop);
+ *   complexity  the image's zlib-compressed size in bits per value
+ *          (dc_complexity_bits), subtracted with --complexity-weight: Serra
+ *          et al. (ICLR 2020) show that likelihood-like scores rank simple
+ *          images as normal; on Fashion-MNIST the anomalies of the clothing
+ *          classes are mostly simpler images;
+ *   geo    the loss of a classifier that predicts which of 40 flips,
+ *          rotations and shifts was applied (infer/anomaly_geo.h, GeoTrans),
+ *          trained for --geo-steps on the --reference's normal images but
+ *          those the reference scores.
+ * complexity and geo score whole images: they add nothing to the maps.
+ * Every other map is averaged over --ensemble noise draws and Gaussian-smoothed
  * (--sigma); a term's image score is its map's mean, maximum or top-k mean
  * (--reduce). The image score is the terms' mean, or, with --reference
  * (normal images: the training set, of --normal-class only when it has
@@ -113,7 +123,7 @@ static const dc_cli_option options[] = {
      "eps: timesteps as fractions in [0, 1) of the training timesteps"},
     {"feature-timestep", DC_CLI_FLOAT, FIELD(feature_timestep), "X", "0.05", NULL, 0, 0.999, false,
      "feat: the timestep (a fraction) at which the UNet's features are taken"},
-    {"complexity-weight", DC_CLI_FLOAT, FIELD(complexity_weight), "X", "1", NULL, 0, 1000, false,
+    {"complexity-weight", DC_CLI_FLOAT, FIELD(complexity_weight), "X", "0.5", NULL, 0, 1000, false,
      "complexity: the weight its (z-)score is subtracted with"},
     {"geo-steps", DC_CLI_INT, FIELD(geo_steps), "N", "2000", NULL, 1, 1e9, false,
      "geo: training steps (64 transformed images each) of the transform classifier"},
@@ -156,7 +166,10 @@ static const char help_intro[] =
     "Score images for anomalies with a model trained on normal images. Terms (--score):\n"
     "eps, the model's noise-prediction error (its training loss) at each of --timesteps;\n"
     "recon, the squared error between the image and its DDIM reconstruction from --strength;\n"
-    "feat, the distance between the UNet's features of the image and of that reconstruction.\n"
+    "feat, the distance between the UNet's features of the image and of that reconstruction;\n"
+    "complexity, the image's compressed size, subtracted (simple images are not more normal);\n"
+    "geo, the loss of a classifier trained on the --reference images to tell 40 flips,\n"
+    "rotations and shifts of them apart (whole-image terms, not in the maps).\n"
     "Maps are averaged over --ensemble noise draws and smoothed (--sigma); a term's score is\n"
     "its map's mean, max or top-k mean. The terms are averaged, or with --reference (normal\n"
     "images, e.g. the training set) their z-scores against the reference's are summed. The\n"
