@@ -15,8 +15,18 @@
  *          noised in one step (q_sample) with the same draw, and the squared
  *          error of the model's output against its training target, so the
  *          image's mean is the trainer's loss for that draw (an ELBO-like
- *          score; one forward pass per timestep, no denoising loop).
- * Every map is averaged over --ensemble noise draws and Gaussian-smoothed
+ *          score; one forward pass per timestep, no denoising loop);
+ *   complexity  the image's zlib-compressed size in bits per value
+ *          (dc_complexity_bits), subtracted with --complexity-weight: Serra
+ *          et al. (ICLR 2020) show that likelihood-like scores rank simple
+ *          images as normal; on Fashion-MNIST the anomalies of the clothing
+ *          classes are mostly simpler images;
+ *   geo    the loss of a classifier that predicts which of 40 flips,
+ *          rotations and shifts was applied (infer/anomaly_geo.h, GeoTrans),
+ *          trained for --geo-steps on the --reference's normal images but
+ *          those the reference scores.
+ * complexity and geo score whole images: they add nothing to the maps.
+ * Every other map is averaged over --ensemble noise draws and Gaussian-smoothed
  * (--sigma); a term's image score is its map's mean, maximum or top-k mean
  * (--reduce). The image score is the terms' mean, or, with --reference
  * (normal images: the training set, of --normal-class only when it has
@@ -57,6 +67,7 @@
 #include "data/dataset.h"
 #include "data/image.h"
 #include "infer/anomaly_eval.h"
+#include "infer/anomaly_geo.h"
 #include "infer/cli.h"
 #include "pipeline/generate.h"
 #include "infer/model.h"
@@ -73,7 +84,7 @@
 #include <unistd.h>
 
 #define MAX_STRENGTHS 16 /* values of a list option */
-#define MAX_TERMS (3 * MAX_STRENGTHS)
+#define MAX_TERMS (3 * MAX_STRENGTHS + 2)
 #define REFERENCE_STREAM ((uint64_t)1 << 40) /* the reference's noise streams start here, apart from the images' */
 #define MAX_NOTES 5   /* per-image notes printed before they are only counted */
 #define PRO_MAX_FPR 0.3 /* MVTec AD's integration limit */
@@ -84,8 +95,9 @@
 typedef struct anomaly_options {
     const char *model, *variant, *images, *output_dir, *score, *strength, *timesteps, *reduce, *labels, *normal_class,
         *split, *reference, *reference_split, *device, *mixed_precision;
-    int64_t ensemble, num_inference_steps, top_k, batch_size, seed, max_images, max_heatmaps, reference_images;
-    double sigma, feature_timestep;
+    int64_t ensemble, num_inference_steps, top_k, batch_size, seed, max_images, max_heatmaps, reference_images,
+        geo_steps;
+    double sigma, feature_timestep, complexity_weight;
     bool no_ema;
 } anomaly_options;
 
@@ -103,13 +115,18 @@ static const dc_cli_option options[] = {
     {"output-dir", DC_CLI_STRING, FIELD(output_dir), "DIR", "anomaly", NULL, 0, 0, false,
      "where scores.csv, heatmaps/ and evaluation.json go"},
     {"score", DC_CLI_STRING, FIELD(score), "KIND[,KIND...]", "eps", NULL, 0, 0, false,
-     "recon (reconstruction error), feat (feature distance to the reconstruction), eps (noise-prediction error)"},
+     "recon (reconstruction error), feat (feature distance to the reconstruction), eps (noise-prediction error), "
+     "complexity (compressed size, subtracted), geo (transform-prediction loss; needs --reference)"},
     {"strength", DC_CLI_STRING, FIELD(strength), "X[,X...]", "0.8", NULL, 0, 0, false,
      "recon and feat: noise level(s) in (0, 1], the fraction of the DDIM steps run"},
     {"timesteps", DC_CLI_STRING, FIELD(timesteps), "X[,X...]", "0.5,0.7,0.9", NULL, 0, 0, false,
      "eps: timesteps as fractions in [0, 1) of the training timesteps"},
     {"feature-timestep", DC_CLI_FLOAT, FIELD(feature_timestep), "X", "0.05", NULL, 0, 0.999, false,
      "feat: the timestep (a fraction) at which the UNet's features are taken"},
+    {"complexity-weight", DC_CLI_FLOAT, FIELD(complexity_weight), "X", "0.5", NULL, 0, 1000, false,
+     "complexity: the weight its (z-)score is subtracted with"},
+    {"geo-steps", DC_CLI_INT, FIELD(geo_steps), "N", "2000", NULL, 1, 1e9, false,
+     "geo: training steps (64 transformed images each) of the transform classifier"},
     {"reference", DC_CLI_STRING, FIELD(reference), "DIR", NULL, "default: none", 0, 0, false,
      "normal images (their --normal-class only) whose scores normalise each term (z-scores, summed)"},
     {"reference-split", DC_CLI_STRING, FIELD(reference_split), "NAME", "train", NULL, 0, 0, false,
@@ -149,7 +166,10 @@ static const char help_intro[] =
     "Score images for anomalies with a model trained on normal images. Terms (--score):\n"
     "eps, the model's noise-prediction error (its training loss) at each of --timesteps;\n"
     "recon, the squared error between the image and its DDIM reconstruction from --strength;\n"
-    "feat, the distance between the UNet's features of the image and of that reconstruction.\n"
+    "feat, the distance between the UNet's features of the image and of that reconstruction;\n"
+    "complexity, the image's compressed size, subtracted (simple images are not more normal);\n"
+    "geo, the loss of a classifier trained on the --reference images to tell 40 flips,\n"
+    "rotations and shifts of them apart (whole-image terms, not in the maps).\n"
     "Maps are averaged over --ensemble noise draws and smoothed (--sigma); a term's score is\n"
     "its map's mean, max or top-k mean. The terms are averaged, or with --reference (normal\n"
     "images, e.g. the training set) their z-scores against the reference's are summed. The\n"
@@ -173,13 +193,15 @@ static const dc_cli cli = {"anomaly", usage_line, help_intro, options, N_OPTIONS
 /* One term of the score: a kind at one level. An image's score is the sum
  * over terms of weight * (term score - mean); its map the sum of weight *
  * term map. */
-typedef enum { TERM_RECON, TERM_FEAT, TERM_EPS } term_kind;
-static const char *const term_names[] = {"recon", "feat", "eps"};
+typedef enum { TERM_RECON, TERM_FEAT, TERM_EPS, TERM_COMPLEXITY, TERM_GEO, N_KINDS } term_kind;
+static const char *const term_names[] = {"recon", "feat", "eps", "complexity", "geo"};
+_Static_assert(sizeof term_names / sizeof *term_names == N_KINDS, "a name per kind");
 
 typedef struct term {
     term_kind kind;
-    double level;        /* recon, feat: the strength; eps: the timestep as a fraction */
-    double mean, weight; /* 0 and 1 / terms; with --reference, the reference's mean and 1 / std */
+    double level;        /* recon, feat: the strength; eps: the timestep as a fraction; else 0 */
+    double sign;         /* 1; complexity: -(--complexity-weight), as it is subtracted */
+    double mean, weight; /* 0 and sign / terms; with --reference, the reference's mean and sign / std */
 } term;
 
 /* Images scored together: the test images or the reference. */
@@ -217,8 +239,12 @@ typedef struct run {
     /* scratch for a batch of b images, b * ensemble rows */
     float *recon, *init, *noise, *pred; /* [b * ensemble, per] */
     float *tmap;       /* [b, hw] one term's maps */
+    double *values;    /* [b] one term's image scores */
     float *ref_px;     /* [ref_n, per] the --reference images */
     int64_t ref_n;
+    float *geo_px;     /* [geo_n, per] the reference's other normal images, geo learns from */
+    int64_t geo_n;
+    dc_geo geo;        /* geo's classifier, trained on them */
     double recon_level; /* the strength recon holds; 0: none */
     int32_t *labels;   /* [b * ensemble]; NULL unconditional */
     int64_t notes, skipped;
@@ -251,10 +277,10 @@ static int parse_kinds(const char *text, unsigned *kinds) {
     for (const char *p = text;;) {
         size_t len = strcspn(p, ",");
         int k = 0;
-        while (k < 3 && (strlen(term_names[k]) != len || strncmp(p, term_names[k], len)))
+        while (k < N_KINDS && (strlen(term_names[k]) != len || strncmp(p, term_names[k], len)))
             k++;
-        if (k == 3)
-            return dc_fail("--score '%s': '%.*s' is not recon, feat or eps", text, (int)len, p);
+        if (k == N_KINDS)
+            return dc_fail("--score '%s': '%.*s' is not recon, feat, eps, complexity or geo", text, (int)len, p);
         *kinds |= 1u << k;
         if (!p[len])
             return 0;
@@ -262,7 +288,8 @@ static int parse_kinds(const char *text, unsigned *kinds) {
     }
 }
 
-/* The terms: per strength recon then feat (so both share one reconstruction), then eps. */
+/* The terms: per strength recon then feat (so both share one reconstruction),
+ * then eps per timestep, then complexity and geo, once each. */
 static int make_terms(run *r) {
     double strengths[MAX_STRENGTHS], steps[MAX_STRENGTHS];
     int ns = 0, nt = 0;
@@ -276,9 +303,29 @@ static int make_terms(run *r) {
                 r->terms[r->n_terms++] = (term){.kind = k, .level = strengths[i]};
     for (int i = 0; (kinds >> TERM_EPS & 1) && i < nt; i++)
         r->terms[r->n_terms++] = (term){.kind = TERM_EPS, .level = steps[i]};
-    for (int i = 0; i < r->n_terms; i++)
-        r->terms[i].weight = 1.0 / r->n_terms;
+    for (int k = TERM_COMPLEXITY; k <= TERM_GEO; k++)
+        if (kinds >> k & 1)
+            r->terms[r->n_terms++] = (term){.kind = k};
+    for (int i = 0; i < r->n_terms; i++) {
+        r->terms[i].sign = r->terms[i].kind == TERM_COMPLEXITY ? -r->o.complexity_weight : 1;
+        r->terms[i].weight = r->terms[i].sign / r->n_terms;
+    }
     return 0;
+}
+
+/* "eps@0.5"; "geo" for the kinds without a level. */
+static const char *term_label(const term *tm, char *buf, size_t n) {
+    if (tm->kind >= TERM_COMPLEXITY)
+        return term_names[tm->kind];
+    snprintf(buf, n, "%s@%g", term_names[tm->kind], tm->level);
+    return buf;
+}
+
+static bool has_term(const run *r, term_kind kind) {
+    for (int i = 0; i < r->n_terms; i++)
+        if (r->terms[i].kind == kind)
+            return true;
+    return false;
 }
 
 static int check_options(run *r) {
@@ -289,6 +336,8 @@ static int check_options(run *r) {
         return dc_fail("--labels and --normal-class: give one (an MVTec tree, or a labelled dataset)");
     if (make_terms(r))
         return -1;
+    if (has_term(r, TERM_GEO) && !o->reference)
+        return dc_fail("--score geo needs --reference DIR: the normal images its classifier learns from");
     r->images_path = o->images ? strdup(o->images) : dc_path_join(o->labels, "test");
     return r->images_path ? 0 : dc_fail("out of memory");
 }
@@ -299,7 +348,7 @@ static int make_sampler(run *r) {
         return -1;
     for (int i = 0; i < r->n_terms; i++) {
         int start;
-        if (r->terms[i].kind != TERM_EPS && dc_sampler_img2img_start(&r->sampler, r->terms[i].level, &start))
+        if (r->terms[i].kind <= TERM_FEAT && dc_sampler_img2img_start(&r->sampler, r->terms[i].level, &start))
             return dc_fail_prefix("--strength");
     }
     return 0;
@@ -466,9 +515,10 @@ static int alloc_images(run *r, int64_t n) {
     r->noise = malloc(scratch);
     r->pred = malloc(scratch);
     r->tmap = malloc((size_t)(b * r->hw) * sizeof *r->tmap);
+    r->values = malloc((size_t)b * sizeof *r->values);
     r->labels = r->cond_label >= 0 ? malloc((size_t)rows * sizeof *r->labels) : NULL;
     if (!r->item || !r->px || (eval && !r->label) || (r->o.labels && !r->masks) || !r->maps || !r->scores ||
-        !r->term_scores || !r->recon || !r->init || !r->noise || !r->pred || !r->tmap ||
+        !r->term_scores || !r->recon || !r->init || !r->noise || !r->pred || !r->tmap || !r->values ||
         (r->cond_label >= 0 && !r->labels))
         return dc_fail("out of memory for %" PRId64 " images of %dx%d", n, r->w, r->h);
     for (int64_t k = 0; r->labels && k < rows; k++)
@@ -643,6 +693,19 @@ static int64_t top_k(const run *r) {
     return !strcmp(r->o.reduce, "max") ? 1 : !strcmp(r->o.reduce, "mean") ? r->hw : r->o.top_k;
 }
 
+/* A term without a map (complexity, geo): the scores of images [first, first + b) of s. */
+static int image_term(run *r, image_set *s, int64_t first, int64_t b, int ti) {
+    const float *px = s->px + first * r->per;
+    if (r->terms[ti].kind == TERM_GEO && dc_geo_score(&r->geo, px, b, r->values))
+        return -1;
+    for (int64_t j = 0; r->terms[ti].kind == TERM_COMPLEXITY && j < b; j++)
+        if (isnan(r->values[j] = dc_complexity_bits(px + j * r->per, r->per)))
+            return dc_fail("out of memory for the compression");
+    for (int64_t j = 0; j < b; j++)
+        s->terms[(first + j) * r->n_terms + ti] = r->values[j];
+    return 0;
+}
+
 /* Every term of images [first, first + b) of s: smoothed, reduced, added to the maps. */
 static int score_batch(run *r, image_set *s, int64_t first, int64_t b) {
     int64_t e = r->o.ensemble, k = top_k(r);
@@ -650,6 +713,11 @@ static int score_batch(run *r, image_set *s, int64_t first, int64_t b) {
         memcpy(r->init + q * r->per, s->px + (first + q / e) * r->per, (size_t)r->per * sizeof *r->init);
     r->recon_level = 0;
     for (int ti = 0; ti < r->n_terms; ti++) {
+        if (r->terms[ti].kind >= TERM_COMPLEXITY) {
+            if (image_term(r, s, first, b, ti))
+                return -1;
+            continue;
+        }
         if (term_maps(r, s, first, b, &r->terms[ti]))
             return -1;
         for (int64_t j = 0; j < b; j++) {
@@ -704,16 +772,38 @@ static int set_weights(run *r, const image_set *s) {
         for (int64_t j = 0; j < s->n; j++)
             sq += pow(s->terms[j * r->n_terms + ti] - tm->mean, 2);
         double sd = sqrt(sq / (double)(s->n - 1));
+        char buf[64];
         if (!(sd > 0))
-            return dc_fail("--reference: the %s term at %g scores every reference image alike", term_names[tm->kind],
-                           tm->level);
-        tm->weight = 1 / sd;
-        fprintf(stderr, "reference: %s at %g: mean %.6g, std %.6g\n", term_names[tm->kind], tm->level, tm->mean, sd);
+            return dc_fail("--reference: the %s term scores every reference image alike",
+                           term_label(tm, buf, sizeof buf));
+        tm->weight = tm->sign / sd;
+        fprintf(stderr, "reference: %s: mean %.6g, std %.6g\n", term_label(tm, buf, sizeof buf), tm->mean, sd);
     }
     return 0;
 }
 
-/* --reference: up to --reference-images normal images, evenly spaced, decoded. */
+/* geo: the m normal items idx of the reference set but those the
+ * reference scores (in_ref), decoded; the classifier trained on them. */
+static int train_geo(run *r, const dc_dataset_items *it, const int64_t *idx, int64_t m, const bool *in_ref) {
+    r->geo_px = malloc((size_t)(m * r->per + 1) * sizeof *r->geo_px);
+    if (!r->geo_px)
+        return dc_fail("out of memory for geo's training images");
+    for (int64_t i = 0; i < m; i++) {
+        int d = in_ref[i] ? 1 : decode(r, it, idx[i], r->geo_px + r->geo_n * r->per);
+        if (d < 0)
+            return -1;
+        r->geo_n += d == 0;
+    }
+    double t0 = dc_seconds();
+    if (dc_geo_train(&r->geo, r->geo_px, r->geo_n, r->h, r->w, r->c, r->o.geo_steps, (uint64_t)r->o.seed))
+        return -1;
+    fprintf(stderr, "geo: trained the transform classifier on %" PRId64 " normal images, %" PRId64 " steps, %.0f s\n",
+            r->geo_n, r->o.geo_steps, dc_seconds() - t0);
+    return 0;
+}
+
+/* --reference: up to --reference-images normal images, evenly spaced,
+ * decoded; with geo, its classifier trained on the others. */
 static int load_reference(run *r) {
     dc_dataset_items it = {0};
     if (dc_dataset_items_open(&it, r->o.reference, r->o.reference_split))
@@ -721,15 +811,21 @@ static int load_reference(run *r) {
     int64_t *idx = malloc((size_t)it.count * sizeof *idx), m = idx ? reference_items(r, &it, idx) : 0;
     int64_t n = m < r->o.reference_images ? m : r->o.reference_images;
     r->ref_px = malloc((size_t)(n * r->per + 1) * sizeof *r->ref_px);
-    int rc = !idx || !r->ref_px ? dc_fail("out of memory for the reference") : 0;
+    bool *in_ref = calloc((size_t)m + 1, 1);
+    int rc = !idx || !r->ref_px || !in_ref ? dc_fail("out of memory for the reference") : 0;
     for (int64_t j = 0; !rc && j < n; j++) {
-        int d = decode(r, &it, idx[(int64_t)((double)j * (double)m / (double)n)], r->ref_px + r->ref_n * r->per);
+        int64_t i = (int64_t)((double)j * (double)m / (double)n);
+        int d = decode(r, &it, idx[i], r->ref_px + r->ref_n * r->per);
         rc = d < 0 ? -1 : 0;
         r->ref_n += d == 0;
+        in_ref[i] = true;
     }
     if (!rc && r->ref_n < 2)
         rc = dc_fail("--reference %s: %" PRId64 " readable images%s; at least 2 are needed", r->o.reference, r->ref_n,
                      r->normal_class >= 0 && it.num_classes ? " of the normal class" : "");
+    if (!rc && has_term(r, TERM_GEO))
+        rc = train_geo(r, &it, idx, m, in_ref);
+    free(in_ref);
     free(idx);
     dc_dataset_items_close(&it);
     return rc;
@@ -803,8 +899,10 @@ static int write_csv(const run *r) {
         return dc_fail("out of memory for scores.csv");
     }
     fprintf(f, "index,name,label,anomalous,score");
-    for (int ti = 0; ti < r->n_terms; ti++)
-        fprintf(f, ",%s@%g", term_names[r->terms[ti].kind], r->terms[ti].level);
+    for (int ti = 0; ti < r->n_terms; ti++) {
+        char buf[64];
+        fprintf(f, ",%s", term_label(&r->terms[ti], buf, sizeof buf));
+    }
     fputc('\n', f);
     for (int64_t j = 0; j < r->n; j++) {
         char buf[64], lab[256];
@@ -951,8 +1049,10 @@ static int finish(const run *r) {
         snprintf(reduce, sizeof reduce, "top-%" PRId64 " mean", r->o.top_k);
     printf("%" PRId64 " image%s scored (%s, terms", r->n, r->n == 1 ? "" : "s",
            r->model.ema ? "EMA weights" : "weights");
-    for (int ti = 0; ti < r->n_terms; ti++)
-        printf(" %s@%g", term_names[r->terms[ti].kind], r->terms[ti].level);
+    for (int ti = 0; ti < r->n_terms; ti++) {
+        char buf[64];
+        printf(" %s", term_label(&r->terms[ti], buf, sizeof buf));
+    }
     printf("%s, ensemble %" PRId64 ", %s, sigma %g; %" PRId64 " skipped): %s/scores.csv",
            r->o.reference ? ", z-scores on the reference" : "", r->o.ensemble, reduce, r->o.sigma, r->skipped,
            r->o.output_dir);
@@ -973,6 +1073,9 @@ static void run_free(run *r) {
     free(r->scores);
     free(r->term_scores);
     free(r->ref_px);
+    free(r->geo_px);
+    free(r->values);
+    dc_geo_free(&r->geo);
     free(r->recon);
     free(r->init);
     free(r->noise);

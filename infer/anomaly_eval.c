@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 /* ---- maps ---- */
 
@@ -253,4 +254,19 @@ double dc_pro_auc(const float *maps, const uint8_t *masks, int64_t n_images, int
     free(stack);
     free(size);
     return result;
+}
+
+double dc_complexity_bits(const float *px, int64_t n) {
+    uLong bound = compressBound((uLong)n);
+    uint8_t *q = malloc((size_t)n + bound);
+    if (!q)
+        return NAN;
+    for (int64_t i = 0; i < n; i++) {
+        double v = (px[i] + 1) * 127.5;
+        q[i] = (uint8_t)lrint(v < 0 ? 0 : v > 255 ? 255 : v);
+    }
+    uLongf len = bound;
+    int rc = compress2(q + n, &len, q, (uLong)n, 9);
+    free(q);
+    return rc == Z_OK ? 8.0 * (double)len / (double)n : NAN;
 }

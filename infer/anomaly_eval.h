@@ -1,7 +1,7 @@
 /*
  * The parts of anomaly detection that know nothing of files or models, so
  * they can be tested on their own: smoothing an anomaly map, the feature
- * distance map, reducing a map to an image score, and the evaluation measures of MVTec AD (Bergmann et al.,
+ * distance map, reducing a map to an image score, an image's complexity, and the evaluation measures of MVTec AD (Bergmann et al.,
  * "The MVTec Anomaly Detection Dataset", IJCV 2021): AUROC of image scores
  * or of pixels, and PRO, the per-region overlap.
  *
@@ -46,5 +46,13 @@ double dc_auroc(const float *scores, const uint8_t *labels, int64_t n);
  * [n_images, h, w]. NaN when there are no regions or no normal pixels; -1
  * with dc_fail when out of memory. */
 double dc_pro_auc(const float *maps, const uint8_t *masks, int64_t n_images, int h, int w, double max_fpr);
+
+/* The complexity of an image (Serra et al., "Input complexity and
+ * out-of-distribution detection with likelihood-based generative models",
+ * ICLR 2020): the zlib-compressed length (level 9) of its n values in
+ * [-1, 1] quantised to 8 bits, in bits per value. Likelihood-like scores
+ * rank simple images as more normal; subtracting this corrects for it.
+ * NaN when out of memory. */
+double dc_complexity_bits(const float *px, int64_t n);
 
 #endif

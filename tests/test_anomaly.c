@@ -17,6 +17,7 @@
 #include "autograd/ops.h"
 #include "data/image.h"
 #include "infer/anomaly_eval.h"
+#include "infer/anomaly_geo.h"
 #include "infer/model.h"
 #include "pipeline/samplers.h"
 
@@ -250,6 +251,101 @@ START_TEST(test_topk_mean) {
             want += sorted[i];
         ck_assert_msg(fabs(dc_topk_mean(v, 50, k) - want / kk) < 1e-9, "k %d", k);
     }
+}
+END_TEST
+
+/* ---- complexity ---- */
+
+START_TEST(test_complexity) {
+    enum { N = 16 * 16 };
+    float flat[N], stripes[N], noise[N];
+    float level = (float)tu_uniform(-1, 1);
+    for (int i = 0; i < N; i++) {
+        flat[i] = level;
+        stripes[i] = i / 16 % 4 < 2 ? -1.0f : 1.0f;
+        noise[i] = (float)tu_uniform(-1, 1);
+    }
+    double cf = dc_complexity_bits(flat, N), cs = dc_complexity_bits(stripes, N), cn = dc_complexity_bits(noise, N);
+    /* a constant image compresses to a few bytes, noise not at all (8 bits a value, plus zlib's framing) */
+    ck_assert_msg(cf > 0 && cf < 0.6 && cf <= cs && cs < 2 && cn > 7.5, "flat %g stripes %g noise %g", cf, cs, cn);
+    /* values out of [-1, 1] are clamped: the same bytes as at the bounds */
+    for (int i = 0; i < N; i++)
+        noise[i] = stripes[i] * 3;
+    ck_assert_double_eq(dc_complexity_bits(noise, N), cs);
+}
+END_TEST
+
+/* ---- the transform-prediction score ---- */
+
+START_TEST(test_geo_transform) {
+    enum { H = 8, C = 2, PER = H * H * C };
+    float src[PER], dst[DC_GEO_TRANSFORMS][PER];
+    for (int i = 0; i < PER; i++)
+        src[i] = (float)i; /* every value distinct: a transform is a permutation */
+    for (int t = 0; t < DC_GEO_TRANSFORMS; t++) {
+        for (int i = 0; i < PER; i++)
+            dst[t][i] = NAN;
+        dc_geo_transform(H, C, dst[t], src, t);
+        bool seen[PER] = {false};
+        for (int i = 0; i < PER; i++) {
+            int v = (int)dst[t][i];
+            ck_assert_msg(dst[t][i] == v && v >= 0 && v < PER && !seen[v], "transform %d: not a permutation", t);
+            ck_assert_msg(v % C == i % C, "transform %d moves values between channels", t);
+            seen[v] = true;
+        }
+        for (int u = 0; u < t; u++)
+            ck_assert_msg(memcmp(dst[t], dst[u], sizeof dst[t]), "transforms %d and %d are the same", u, t);
+    }
+    ck_assert_msg(!memcmp(dst[0], src, sizeof src), "transform 0 is the identity");
+    /* transform 5 (the first rotation, no shift) four times is the identity again */
+    float a[PER], b[PER];
+    memcpy(a, src, sizeof a);
+    for (int k = 0; k < 4; k++) {
+        dc_geo_transform(H, C, b, a, 5);
+        memcpy(a, b, sizeof a);
+        ck_assert_msg(k == 3 ? !memcmp(a, src, sizeof a) : memcmp(a, src, sizeof a) != 0, "rotation power %d", k + 1);
+    }
+}
+END_TEST
+
+/* An 8x8 gray image: an L of value 1 on -1 (normal), or a centred cross,
+ * the same under every flip and rotation (anomalous), each with a little noise. */
+static void geo_image(float *px, bool normal) {
+    for (int y = 0; y < 8; y++)
+        for (int x = 0; x < 8; x++) {
+            bool on = normal ? (x == 2 && y >= 1 && y <= 6) || (y == 6 && x >= 2 && x <= 5)
+                             : (x == 3 || x == 4 || y == 3 || y == 4) && x >= 1 && x <= 6 && y >= 1 && y <= 6;
+            px[y * 8 + x] = (on ? 1.0f : -1.0f) + (float)tu_uniform(-0.2, 0.2);
+        }
+}
+
+START_TEST(test_geo_separates) {
+    enum { N = 32, PER = 64 };
+    float train[N * PER], test[2 * 8 * PER];
+    uint8_t label[16];
+    for (int i = 0; i < N; i++)
+        geo_image(train + i * PER, true);
+    for (int i = 0; i < 16; i++)
+        geo_image(test + i * PER, (label[i] = i % 2) == 0);
+    dc_geo g;
+    ck_assert_msg(dc_geo_train(&g, train, N, 8, 8, 1, 150, tu_seed()) == 0, "%s", dc_error());
+    double scores[16] = {0};
+    ck_assert_msg(dc_geo_score(&g, test, 16, scores) == 0, "%s", dc_error());
+    dc_geo_free(&g);
+    float f[16];
+    double normal = 0, odd = 0;
+    for (int i = 0; i < 16; i++) {
+        f[i] = (float)scores[i];
+        ck_assert_msg(isfinite(scores[i]) && scores[i] >= 0, "image %d: %g", i, scores[i]);
+        *(label[i] ? &odd : &normal) += scores[i] / 8;
+    }
+    /* the L's transforms are learned (chance is log 40 = 3.7); the cross's rotations and flips are not */
+    ck_assert_msg(normal < 1.5 && odd > normal + 1, "normal %g anomalous %g", normal, odd);
+    ck_assert_double_eq(dc_auroc(f, label, 16), 1.0);
+    /* rectangular images: one clear error */
+    ck_assert_int_eq(dc_geo_train(&g, train, 4, 4, 16, 1, 1, 0), -1);
+    ck_assert_msg(strstr(dc_error(), "square"), "%s", dc_error());
+    dc_geo_free(&g);
 }
 END_TEST
 
@@ -519,7 +615,7 @@ START_TEST(test_mvtec_end_to_end) {
         char kind[8], want[64];
         double level, mean, sd;
         sscanf(terms[t], "%7[^@]@%lf", kind, &level);
-        snprintf(want, sizeof want, "reference: %s at %g: ", kind, level);
+        snprintf(want, sizeof want, "reference: %s@%g: ", kind, level);
         const char *line = strstr(r->err, want);
         ck_assert_msg(line && sscanf(line + strlen(want), "mean %lf, std %lf", &mean, &sd) == 2, "%s: %s", want,
                       tu_tail(r->err));
@@ -561,7 +657,7 @@ START_TEST(test_mvtec_end_to_end) {
 }
 END_TEST
 
-/* Two class folders a/ and b/ of RGB 8x8 images (a: dark, b: bright). */
+/* Two class folders a/ and b/ of RGB 8x8 images (a: dark, b: bright), a first row of white of its own length each. */
 static void make_classes(void) {
     ck_assert_int_eq(mkdir(tu_path("cls"), 0755), 0);
     ck_assert_int_eq(mkdir(tu_path("cls/a"), 0755), 0);
@@ -572,6 +668,7 @@ static void make_classes(void) {
         make_image(&img, NULL, SIDE, 3, 0, 0);
         for (int p = 0; i % 2 && p < SIDE * SIDE * 3; p++)
             img.px[p] = (uint8_t)(255 - img.px[p]);
+        memset(img.px, 255, (size_t)(6 * i)); /* images of a class compress to different sizes */
         snprintf(name, sizeof name, "cls/%c/%d.png", i % 2 ? 'b' : 'a', i);
         save(&img, name);
         dc_image_free(&img);
@@ -596,8 +693,26 @@ START_TEST(test_one_class) {
         snprintf(path, sizeof path, "%s/heatmaps", tu_path(m ? "o1" : "o0"));
         ck_assert_msg(access(path, F_OK) != 0, "--max-heatmaps 0 writes none");
     }
+    /* the image-level terms: complexity and geo (its classifier learns from the normal reference images
+       the reference does not score: here 1 of class b's 3) */
+    tu_run_result *r = ANOMALY("--model", BARE_MODEL, "--images", tu_path("cls"), "--normal-class", "b",
+                               "--reference", tu_path("cls"), "--reference-images", "2", "--score",
+                               "eps,complexity,geo", "--timesteps", "0.5", "--ensemble", "2", "--geo-steps", "5",
+                               "--output-dir", tu_path("o4"), "--max-heatmaps", "0");
+    ck_assert_msg(r->status == 0 && strstr(r->out, "terms eps@0.5 complexity geo, z-scores") &&
+                      strstr(r->out, "over 6 images (3 normal, 3 anomalous)"),
+                  "%s%s", r->out, tu_tail(r->err));
+    ck_assert_msg(strstr(r->err, "geo: trained the transform classifier on 1 normal images, 5 steps"), "%s",
+                  tu_tail(r->err));
+    double col[16];
+    char names[16][64];
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(csv_column(tu_path("o4"), k ? "geo" : "complexity", col, names), 6);
+        for (int j = 0; j < 6; j++)
+            ck_assert_msg(isfinite(col[j]) && col[j] > 0, "%s of %s: %g", k ? "geo" : "complexity", names[j], col[j]);
+    }
     /* --max-images: an evenly spaced subset */
-    tu_run_result *r = ANOMALY("--model", BARE_MODEL, "--images", tu_path("cls"), "--output-dir", tu_path("o2"),
+    r = ANOMALY("--model", BARE_MODEL, "--images", tu_path("cls"), "--output-dir", tu_path("o2"),
                                "--num-inference-steps", "4", "--max-images", "3");
     ck_assert_msg(r->status == 0 && strstr(r->out, "3 images scored"), "%s%s", r->out, tu_tail(r->err));
     ck_assert_msg(!strstr(r->out, "AUROC"), "no labels, no evaluation: %s", r->out);
@@ -761,7 +876,13 @@ START_TEST(test_bad_input) {
                                  "0.01"),
                          "--strength");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--score", "recon,bogus"),
-                         "--score 'recon,bogus': 'bogus' is not recon, feat or eps");
+                         "--score 'recon,bogus': 'bogus' is not recon, feat, eps, complexity or geo");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--score", "eps,geo"),
+                         "--score geo needs --reference DIR");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--complexity-weight", "-1"),
+                         "--complexity-weight");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--geo-steps", "0"),
+                         "--geo-steps");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--score", "eps,"),
                          "--score 'eps,': '' is not");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--score", "eps",
@@ -829,7 +950,7 @@ START_TEST(test_help) {
                            "--num-inference-steps N", "--batch-size N", "--seed N", "--device NAME",
                            "--mixed-precision no|bf16", "--score KIND[,KIND...]",
                            "--timesteps X[,X...]", "--feature-timestep X", "--reference DIR", "--reference-split NAME",
-                           "--reference-images N"};
+                           "--reference-images N", "--complexity-weight X", "--geo-steps N"};
     for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)
         ck_assert_msg(strstr(r->out, every[i]), "--help lacks %s", every[i]);
 }
@@ -845,6 +966,9 @@ int main(void) {
     tcase_add_test(eval, test_gaussian_blur);
     tcase_add_test(eval, test_topk_mean);
     tcase_add_test(eval, test_feature_distance);
+    tcase_add_test(eval, test_complexity);
+    tcase_add_test(eval, test_geo_transform);
+    tcase_add_test(eval, test_geo_separates);
     TCase *cli = tu_tcase(s, "cli", 120);
     tcase_add_test(cli, test_mvtec_end_to_end);
     tcase_add_test(cli, test_one_class);
