@@ -149,7 +149,7 @@ static const dc_cli_option options[] = {
      "the test images (split test of IDX and CIFAR-10 folders)"},
     {"real-fraction", DC_CLI_STRING, FIELD(real_fraction), "LIST", "0.01,0.1,1", NULL, 0, 0, false,
      "fractions of the real training images to evaluate with (class-balanced)"},
-    {"eval-steps", DC_CLI_INT, FIELD(eval_steps), "N", "500", NULL, 1, 1e8, false,
+    {"eval-steps", DC_CLI_INT, FIELD(eval_steps), "N", "2000", NULL, 1, 1e8, false,
      "classifier training steps (--eval, and the filter's)"},
     {"eval-epochs", DC_CLI_INT, FIELD(eval_epochs), "N", NULL, "default: use --eval-steps", 1, 1e4, false,
      "classifier training passes over its training set instead"},

@@ -22,13 +22,21 @@
 # beyond the seeds' spread.
 #
 # Environment: MODEL (a trained model folder; default: train OUT/generator),
-# GEN_STEPS (1000), PER_CLASS (100), GUIDANCE (1), VARIATIONS (1), STRENGTH
-# (0.5), STEPS (DDIM steps, 20), SEEDS (3), EVAL_STEPS (classifier steps, 500),
-# SYNTHETIC_PROB (unset: train on the union), OUT (out/augment-protocol),
-# AUGMENT_OPTS (more `diffc augment` options, e.g. "--filter-threshold 0.9").
+# GEN_STEPS (3000), PER_CLASS (50), GUIDANCE (1.5), VARIATIONS (1), STRENGTH
+# (0.5), STEPS (DDIM steps, 20), SEEDS (3), EVAL_STEPS (classifier steps, 2000),
+# SYNTHETIC_PROB (unset: train on the union), FILTER (unset: no filter; a
+# threshold T keeps the images the judge gives their class above T), OUT
+# (out/augment-protocol), AUGMENT_OPTS (more `diffc augment` options).
+# The defaults are the best measured recipe (README, "Second round"): a
+# generator of 2,000+ steps, 500 images at guidance 1.5, classifiers of 2,000
+# steps (at 500 the classifier is under-trained and standard augmentation cost
+# 1.5 points at 10%). Measured with them (checkpoint-2000, seeds 0-2):
+#   1%:  real + std 80.94 ± 1.27, real + std + synthetic 81.82 ± 0.79 (CAS 74.86)
+#   10%: real + std 87.87 ± 0.38, real + std + synthetic 87.58 ± 0.37
+# (+0.9 and -0.3 points: #18's targets, +3 and +1, are not reached.)
 # Sets already made in OUT are reused (augment resumes), so the classifier side
-# can be rerun alone. Cost on 2 shared cores, one thread: generation ~1-3
-# images/s; each classifier ~1 minute, 4 per fraction and seed.
+# can be rerun alone. Cost on 2 shared cores, one thread: generation ~3-10
+# images/s; each 2,000-step classifier ~40 s of a core, 4 per fraction and seed.
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 cd "$(dirname "$0")/.."
@@ -46,19 +54,20 @@ mkdir -p "$out"
 
 model=${MODEL:-$out/generator}
 if [ ! -f "$model/model_index.json" ] && [ ! -f "$model/config.json" ]; then
-    echo "== training the generator (${GEN_STEPS:-1000} steps) =="
-    build/diffc train --config configs/fashion-mnist.json --max-train-steps "${GEN_STEPS:-1000}" \
+    echo "== training the generator (${GEN_STEPS:-3000} steps) =="
+    build/diffc train --config configs/fashion-mnist.json --max-train-steps "${GEN_STEPS:-3000}" \
         --output-dir "$model" --cache-dir "$out/cache" >"$out/train.log" 2>&1 ||
         { echo "training failed: $(tail -1 "$out/train.log")"; exit 1; }
 fi
 
 common=(--model "$model" --train-data-dir "$data" --cache-dir "$out/cache" --num-inference-steps "${STEPS:-20}"
     --eval --eval-data-dir "$data" --real-fraction "$fractions" --eval-augment --eval-seeds "${SEEDS:-3}"
-    --eval-steps "${EVAL_STEPS:-500}")
+    --eval-steps "${EVAL_STEPS:-2000}")
 [ -z "${SYNTHETIC_PROB:-}" ] || common+=(--synthetic-prob "$SYNTHETIC_PROB")
+[ -z "${FILTER:-}" ] || common+=(--filter-threshold "$FILTER")
 for kind in "${kinds[@]}"; do
     case $kind in
-    gen) what=(--per-class "${PER_CLASS:-100}" --guidance-scale "${GUIDANCE:-1}") ;;
+    gen) what=(--per-class "${PER_CLASS:-50}" --guidance-scale "${GUIDANCE:-1.5}") ;;
     var) what=(--variations "${VARIATIONS:-1}" --strength "${STRENGTH:-0.5}" --vary-eval-subsets) ;;
     *) echo "unknown kind '$kind' (gen, var)"; exit 2 ;;
     esac
