@@ -1,0 +1,94 @@
+/* The tile transforms of the Winograd F(2x2, 3x3) convolution
+ * (conv_winograd.c), generic over the vector width: conv_avx512.c and
+ * conv_avx2.c include this once each, before conv_direct_tmpl.h, with the
+ * same definitions (vec, v_load_mask, v_sub, ...), and the two functions
+ * below go into their cpu_direct_kernels. Vectors run over channels, the
+ * last one masked; every value is the same short sum of a tile's inputs
+ * whichever chunk, thread or batch the tile is in. */
+
+/* v [16, vs, c] (row e = 4 i + j of the 4x4 transform, row `at` of each) =
+ * B^T d B of each of the nt tiles from tile t0 on (tiles in (image, ty,
+ * tx) order, th x tw per image): d the 4x4 pixels of x [., h, w, c] from
+ * (2 ty - 1, 2 tx - 1), zero outside the image. B^T = [1 0 -1 0; 0 1 1 0;
+ * 0 -1 1 0; 0 1 0 -1]. */
+static TARGET void winograd_input(const float *x, int64_t h, int64_t w, int64_t c, int64_t th,
+                                  int64_t tw, int64_t t0, int64_t nt, float *v, int64_t vs) {
+    for (int64_t t = 0; t < nt; t++) {
+        const int64_t img = (t0 + t) / (th * tw), ty = (t0 + t) / tw % th, tx = (t0 + t) % tw;
+        const float *px[4][4];
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                int64_t iy = 2 * ty - 1 + i, ix = 2 * tx - 1 + j;
+                px[i][j] = iy >= 0 && iy < h && ix >= 0 && ix < w ? x + ((img * h + iy) * w + ix) * c
+                                                                   : NULL;
+            }
+        float *out = v + t * c;
+        for (int64_t c0 = 0; c0 < c; c0 += LANES) {
+            const vmask m = v_lanes(c - c0);
+            vec d[4][4], r[4][4];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++)
+                    d[i][j] = px[i][j] ? v_load_mask(m, px[i][j] + c0) : v_zero();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) { /* B^T d, column j */
+                r[0][j] = v_sub(d[0][j], d[2][j]);
+                r[1][j] = v_add(d[1][j], d[2][j]);
+                r[2][j] = v_sub(d[2][j], d[1][j]);
+                r[3][j] = v_sub(d[1][j], d[3][j]);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) { /* (B^T d) B, row i */
+                float *o = out + (int64_t)(4 * i) * vs * c + c0;
+                v_store_mask(o, m, v_sub(r[i][0], r[i][2]));
+                v_store_mask(o + vs * c, m, v_add(r[i][1], r[i][2]));
+                v_store_mask(o + 2 * vs * c, m, v_sub(r[i][2], r[i][1]));
+                v_store_mask(o + 3 * vs * c, m, v_sub(r[i][1], r[i][3]));
+            }
+        }
+    }
+}
+
+/* The 2x2 output pixels of each of the nt tiles from t0 (as winograd_input)
+ * = A^T m A (+ bias), from m [16, ms, c] (row `at` of each); channels c0 ..
+ * c0 + c of y [., h, w, yc], the pixels inside the image only; y += with
+ * `accumulate`. A^T = [1 1 1 0; 0 1 -1 -1]. */
+static TARGET void winograd_output(const float *mt, int64_t ms, int64_t c, const float *bias,
+                                   float *y, int64_t h, int64_t w, int64_t yc, int64_t c0,
+                                   int64_t th, int64_t tw, int64_t t0, int64_t nt,
+                                   bool accumulate) {
+    for (int64_t t = 0; t < nt; t++) {
+        const int64_t img = (t0 + t) / (th * tw), ty = (t0 + t) / tw % th, tx = (t0 + t) % tw;
+        const bool row1 = 2 * ty + 1 < h, col1 = 2 * tx + 1 < w;
+        float *y00 = y + ((img * h + 2 * ty) * w + 2 * tx) * yc + c0;
+        float *py[2][2] = {{y00, col1 ? y00 + yc : NULL},
+                           {row1 ? y00 + w * yc : NULL, row1 && col1 ? y00 + (w + 1) * yc : NULL}};
+        const float *in = mt + t * c;
+        for (int64_t k = 0; k < c; k += LANES) {
+            const vmask m = v_lanes(c - k);
+            vec s[2][4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) { /* A^T m, column j */
+                const float *col = in + (int64_t)j * ms * c + k;
+                vec m0 = v_load_mask(m, col), m1 = v_load_mask(m, col + 4 * ms * c);
+                vec m2 = v_load_mask(m, col + 8 * ms * c), m3 = v_load_mask(m, col + 12 * ms * c);
+                s[0][j] = v_add(v_add(m0, m1), m2);
+                s[1][j] = v_sub(v_sub(m1, m2), m3);
+            }
+            const vec b = bias ? v_load_mask(m, bias + k) : v_zero();
+#pragma GCC unroll 2
+            for (int i = 0; i < 2; i++) {
+                vec o[2] = {v_add(v_add(v_add(s[i][0], s[i][1]), s[i][2]), b),
+                            v_add(v_sub(v_sub(s[i][1], s[i][2]), s[i][3]), b)};
+#pragma GCC unroll 2
+                for (int j = 0; j < 2; j++) {
+                    if (!py[i][j])
+                        continue;
+                    vec r = accumulate ? v_add(o[j], v_load_mask(m, py[i][j] + k)) : o[j];
+                    v_store_mask(py[i][j] + k, m, r);
+                }
+            }
+        }
+    }
+}
