@@ -38,7 +38,6 @@ INLINE vmask v_lanes(int64_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-#include "conv_winograd_tmpl.h"
 #include "conv_direct_tmpl.h"
 
 #endif

@@ -34,7 +34,6 @@ INLINE vmask v_lanes(int64_t n) {
     return n >= LANES ? (vmask)0xffff : n <= 0 ? (vmask)0 : (vmask)((1u << n) - 1);
 }
 
-#include "conv_winograd_tmpl.h"
 #include "conv_direct_tmpl.h"
 
 #endif

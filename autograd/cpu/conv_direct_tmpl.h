@@ -567,6 +567,8 @@ static void conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const float *x
     }
 }
 
+#include "conv_winograd_tmpl.h"
+
 const cpu_direct_kernels KERNELS = {
     .block = BLOCK,
     .lanes = LANES,
@@ -577,4 +579,5 @@ const cpu_direct_kernels KERNELS = {
     .filter_narrow = conv_filter_narrow,
     .winograd_input = winograd_input,
     .winograd_output = winograd_output,
+    .winograd_products = winograd_products,
 };

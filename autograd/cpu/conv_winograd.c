@@ -1,6 +1,6 @@
 /* Winograd F(2x2, 3x3) convolutions (see conv_winograd.h): the plan (groups
  * of output channels, chunks of tiles), the weight transform, and the loop
- * that runs the per-ISA tile transforms and the direct kernel over them. */
+ * that runs the per-ISA kernels (conv_winograd_tmpl.h) over them. */
 #include "conv_winograd.h"
 
 #include <omp.h>
@@ -40,14 +40,14 @@ static plan make_plan(const cpu_direct_kernels *k, const cpu_winograd *c) {
     return p;
 }
 
-/* Floats of one thread's buffers: transformed inputs, products, a patch. */
-static int64_t thread_floats(const cpu_direct_kernels *k, const cpu_winograd *c, const plan *p) {
-    return 16 * p->chunk * (c->cin + p->group) + k->patch_floats(1, 1, c->cin);
+/* Floats of one thread's buffers: transformed inputs and products. */
+static int64_t thread_floats(const cpu_winograd *c, const plan *p) {
+    return 16 * p->chunk * (c->cin + p->group);
 }
 
 int64_t cpu_winograd_scratch_floats(const cpu_direct_kernels *k, const cpu_winograd *c) {
     plan p = make_plan(k, c);
-    return 16 * c->cin * p.group + p.threads * thread_floats(k, c, &p);
+    return 16 * c->cin * p.group + p.threads * thread_floats(c, &p);
 }
 
 /* tap[t][j] (t = 3 ky + kx) = the weight from input channel i to output
@@ -84,8 +84,8 @@ static void read_taps(const cpu_winograd *c, int64_t B, int64_t o0, int64_t i, f
 }
 
 /* u [16, per_e] = G g G^T for output channels o0 .. o0 + group, each e's
- * first group cin floats packed as the direct kernel reads a 1x1
- * convolution's weights, [group / B, cin, B]. G = [1 0
+ * first group cin floats packed by blocks of output channels, [group / B,
+ * cin, B]. G = [1 0
  * 0; .5 .5 .5; .5 -.5 .5; 0 0 1]. */
 static void transform_weights(const cpu_direct_kernels *k, const cpu_winograd *c, int64_t o0,
                               int64_t group, int64_t per_e, float *u) {
@@ -120,17 +120,11 @@ static void run_chunk(const cpu_direct_kernels *k, const cpu_winograd *c, const 
                       int64_t ch, int64_t o0, int64_t gc, const float *u, float *mine) {
     const int64_t t0 = ch * p->chunk, nt = min64(p->chunk, p->tiles - t0);
     const int64_t per_e = p->group * c->cin;
-    float *v = mine, *m = v + 16 * p->chunk * c->cin, *patch = m + 16 * p->chunk * gc;
+    float *v = mine, *m = v + 16 * p->chunk * c->cin;
     k->winograd_input(c->x, c->h, c->w, c->cin, p->th, p->tw, t0, nt, v, p->chunk);
-    for (int e = 0; e < 16; e++) {
-        cpu_direct_conv d = {
-            .src = v + e * p->chunk * c->cin, .weights = u + e * per_e, .out = m + e * p->chunk * gc,
-            .patches = patch, .threads = 1, .n = 1, .h = 1, .w = nt, .c = c->cin,
-            .co = gc, .kh = 1, .kw = 1, .stride = 1, .ho = 1, .wo = nt,
-            .out_h = 1, .out_w = nt, .out_step = 1,
-        };
-        k->forward(&d);
-    }
+    for (int e = 0; e < 16; e++)
+        k->winograd_products(v + e * p->chunk * c->cin, nt, c->cin, u + e * per_e, gc,
+                             m + e * p->chunk * gc);
     k->winograd_output(m, p->chunk, gc, c->bias ? c->bias + o0 : NULL, c->y, c->h, c->w, c->cout,
                        o0, p->th, p->tw, t0, nt, c->accumulate);
 }
@@ -139,7 +133,7 @@ void cpu_winograd_run(const cpu_direct_kernels *k, const cpu_winograd *c, float 
     const plan p = make_plan(k, c);
     const int64_t chunks = (p.tiles + p.chunk - 1) / p.chunk, all = round_up(c->cout, k->block);
     float *u = scratch, *buffers = u + 16 * c->cin * p.group;
-    const int64_t per_thread = thread_floats(k, c, &p);
+    const int64_t per_thread = thread_floats(c, &p);
     for (int64_t o0 = 0; o0 < all; o0 += p.group) {
         const int64_t group = min64(p.group, all - o0), gc = min64(group, c->cout - o0);
         transform_weights(k, c, o0, group, p.group * c->cin, u);

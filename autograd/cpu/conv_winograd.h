@@ -3,9 +3,9 @@
  * direct kernels. Each 2x2 block of output pixels (a tile) reads the 4x4
  * input pixels around it: V = B^T d B (16 values per channel), the 16
  * products M_e = V_e U_e with U = G g G^T the transformed weights ([cin,
- * cout] each: the direct kernel as a 1x1 convolution over the tiles, so
- * each sum runs over the input channels in order, whatever batch the tile
- * is in), then y = A^T M A + bias. Tiles go in chunks, one per thread at a
+ * cout] each, register-blocked like the direct kernels, each sum over the
+ * input channels in order whatever batch the tile is in), then y = A^T M
+ * A + bias. Tiles go in chunks, one per thread at a
  * time, through the thread's own buffers; the transformed weights, a group
  * of output channels at a time, fill the rest of the scratch. Results
  * differ from the direct convolution's by rounding (relative 1e-6 .. 1e-5
