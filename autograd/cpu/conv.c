@@ -7,7 +7,9 @@
  * the kernel, turned half a circle); the filter gradient (with the bias
  * gradient alongside) reading x and dy in place. Inputs with fewer channels
  * than a vector take the filter gradient from a padded copy with vectors
- * over output channels, and the input gradient the GEMM way.
+ * over output channels, and the input gradient the GEMM way. 3x3 stride-1
+ * padding-1 forward passes and input gradients with enough channels go the
+ * Winograd way instead (conv_winograd.h), the filter gradient stays direct.
  *
  * GEMM way (the baseline ISA, and tests): the column buffer has one row per
  * output pixel and one column per (ky, kx, cin), the order of the weight's
