@@ -136,13 +136,17 @@ static int forward_team(const cpu_conv_geom *g, int64_t rows, int64_t floats) {
  * it). bench_conv_algo, one thread of a Sapphire Rapids Xeon, AVX2, batch
  * 64: 16 to 16 channels at 32x32 0.66 times the direct kernels' speed, 32
  * to 16 1.43 times, 32 at 16x16 1.2, 64 at 8x8 1.58, 64 at 4x4 1.47; Stable
- * Diffusion's batch 2: 320 channels at 64x64 1.96, 1280 at 16x16 1.17, but
- * 1280 at 8x8 0.62 (the weights, transformed at every call, outweigh 32
- * tiles): wide weights need 16x16 pixels. */
+ * Diffusion's batch 2: 320 channels at 64x64 1.96, 640 at 32x32 1.4, 1280
+ * at 16x16 1.17, but 1280 at 8x8 0.62 (the weights, transformed at every
+ * call, outweigh 32 tiles); and a whole 512x512 step (2 threads, f16
+ * weights) took 11.6 s with 1280 channels at 16x16 the Winograd way against
+ * 8.2 direct (one run each; most likely those layers, whose 2560-channel
+ * inputs transform 16 x 2560 x 1280 weights per call): wide weights need
+ * 32x32 pixels. */
 #define WINOGRAD_MIN_CHANNELS 16
 #define WINOGRAD_MIN_SUM 48
 #define WINOGRAD_WIDE (256 * 256)
-#define WINOGRAD_WIDE_PIXELS 256
+#define WINOGRAD_WIDE_PIXELS 1024
 
 /* The Winograd way for a convolution of g's shape from cin to cout
  * channels (the forward pass's; the input gradient's swapped). */
