@@ -9,6 +9,7 @@
 #include "autograd/cpu/conv.h"
 #include "autograd/error.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,6 +261,106 @@ START_TEST(test_half_weights) {
 }
 END_TEST
 
+/* Winograd F(2x2, 3x3) (CPU_CONV_WINOGRAD, or the GEMM way where the ISA
+ * has no direct kernels) against the double reference: forward and input
+ * gradient (dx fresh, poisoned, then added to), odd sizes, channel tails,
+ * one pixel, several chunks of tiles (7x9 in batch 3), several groups of
+ * output channels (1024 in, 600 out). Its rounding differs from a direct
+ * sum's (the transforms add and subtract inputs first): within 1e-5 of
+ * sqrt(9 cin), the outputs' standard deviation here (dx: sqrt(9 cout)). Also a sample's
+ * result alone and in batch 3 bit-identical, and the packed f32 and f16
+ * weights of inference. */
+static const conv_case winograd_cases[] = {
+    {1, 1, 1, 3, 5, 3, 3, 1, 1, true},     {3, 7, 9, 20, 17, 3, 3, 1, 1, true},
+    {1, 9, 7, 70, 67, 3, 3, 1, 1, false},  {2, 8, 8, 16, 32, 3, 3, 1, 1, true},
+    {3, 5, 6, 9, 130, 3, 3, 1, 1, true},   {1, 2, 3, 1024, 600, 3, 3, 1, 1, true},
+};
+
+static cpu_conv_geom winograd_geom(const conv_case *c, int64_t n, bool packed, bool half) {
+    return (cpu_conv_geom){n, c->h, c->w, c->cin, c->cout, 3, 3, 1, 1, c->h, c->w,
+                           CPU_CONV_WINOGRAD, packed, half};
+}
+
+/* y = the forward pass over n images (weights w, as g says), and dx = then
+ * += the input gradient from dy, through fresh scratch. */
+static void winograd_run(const cpu_conv_geom *g, const float *x, const void *w, const float *b,
+                         const float *dy, float *y, float *dx) {
+    int64_t floats = cpu_conv2d_scratch_floats(g, CPU_CONV_SCRATCH_BYTES);
+    float *scratch = malloc((size_t)(floats + 1) * sizeof *scratch);
+    cpu_conv2d_forward(g, y, x, w, b, scratch, floats);
+    for (int pass = 1; dx && pass <= 2; pass++)
+        cpu_conv2d_backward(g, dy, x, w, dx, pass == 1, NULL, NULL, scratch, floats);
+    free(scratch);
+}
+
+START_TEST(test_winograd) {
+    for (size_t k = 0; k < sizeof winograd_cases / sizeof winograd_cases[0]; k++) {
+        const conv_case *c = &winograd_cases[k];
+        const cpu_conv_geom g = winograd_geom(c, c->n, false, false);
+        const int64_t px = c->h * c->w, nx = c->n * px * c->cin, nw = c->cout * 9 * c->cin;
+        const int64_t ny = c->n * px * c->cout;
+        const double tol = 1e-5 * sqrt(9.0 * (double)c->cin), dx_tol = 1e-5 * sqrt(9.0 * (double)c->cout);
+        dc_ctx *ctx = tu_ctx();
+        dc_tensor *x = tu_randn(ctx, DC_SHAPE(nx)), *w = tu_randn(ctx, DC_SHAPE(nw));
+        dc_tensor *b = tu_randn(ctx, DC_SHAPE(c->cout)), *dy = tu_randn(ctx, DC_SHAPE(ny));
+        const float *bias = c->bias ? b->data : NULL;
+        float *y = malloc((size_t)ny * sizeof *y), *dx = malloc((size_t)nx * sizeof *dx);
+        for (int64_t i = 0; i < nx; i++)
+            dx[i] = NAN;
+        winograd_run(&g, x->data, w->data, bias, dy->data, y, dx);
+        double *want = ref_forward(c, x->data, w->data, bias);
+        char what[80];
+        snprintf(what, sizeof what, "winograd forward, case %zu", k);
+        tu_assert_close(y, want, ny, tol, 0, what);
+        double *ref = malloc((size_t)(nx + nw + c->cout) * sizeof *ref);
+        ref_backward(c, x->data, w->data, dy->data, ref, ref + nx, ref + nx + nw);
+        for (int64_t i = 0; i < nx; i++)
+            ref[i] *= 2;
+        snprintf(what, sizeof what, "winograd dx twice, case %zu", k);
+        tu_assert_close(dx, ref, nx, 2 * dx_tol, 0, what);
+        if (c->n == 3) { /* image 1 alone: bit for bit */
+            const cpu_conv_geom one = winograd_geom(c, 1, false, false);
+            float *y1 = malloc((size_t)(px * c->cout) * sizeof *y1);
+            float *dx1 = malloc((size_t)(px * c->cin) * sizeof *dx1);
+            winograd_run(&one, (const float *)x->data + px * c->cin, w->data, bias,
+                         (const float *)dy->data + px * c->cout, y1, dx1);
+            ck_assert(!memcmp(y1, y + px * c->cout, (size_t)(px * c->cout) * sizeof *y1));
+            ck_assert(!memcmp(dx1, dx + px * c->cin, (size_t)(px * c->cin) * sizeof *dx1));
+            free(y1);
+            free(dx1);
+        }
+        const int64_t B = cpu_conv_pack_block();
+        for (int half = 0; B && half <= 1; half++) { /* inference's packed weights */
+            const cpu_conv_geom gp = winograd_geom(c, c->n, true, half);
+            const int64_t padded = (c->cout + B - 1) / B * B * 9 * c->cin;
+            void *wp = malloc((size_t)padded * (half ? sizeof(uint16_t) : sizeof(float)));
+            float *rounded = malloc((size_t)nw * sizeof *rounded);
+            const float *wf = w->data;
+            for (int64_t i = 0; i < nw; i++)
+                rounded[i] = half ? dc_f16_to_f32(dc_f32_to_f16(wf[i])) : wf[i];
+            if (half)
+                cpu_conv_pack_half(wf, wp, c->cout, 9 * c->cin);
+            else
+                cpu_conv_pack(wf, wp, c->cout, 9 * c->cin);
+            for (int64_t i = 0; i < ny; i++)
+                y[i] = NAN;
+            winograd_run(&gp, x->data, wp, bias, NULL, y, NULL);
+            double *wr = ref_forward(c, x->data, rounded, bias);
+            snprintf(what, sizeof what, "winograd, %s weights, case %zu", half ? "f16" : "packed", k);
+            tu_assert_close(y, wr, ny, tol, 0, what);
+            free(wr);
+            free(rounded);
+            free(wp);
+        }
+        free(ref);
+        free(want);
+        free(y);
+        free(dx);
+        tu_ctx_free(ctx);
+    }
+}
+END_TEST
+
 /* Backward through the op adds to gradients already there. */
 START_TEST(test_backward_accumulates) {
     const conv_case *c = &cases[1];
@@ -330,6 +431,7 @@ int main(void) {
     tcase_add_test(tc, test_partial_grad);
     tcase_add_test(tc, test_chunked_kernels);
     tcase_add_test(tc, test_half_weights);
+    tcase_add_test(tc, test_winograd);
     tcase_add_test(tc, test_backward_accumulates);
     tcase_add_test(tc, test_errors);
     return tu_run(s);

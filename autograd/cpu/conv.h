@@ -1,6 +1,7 @@
 /* CPU kernels for 2-D convolution over NHWC images with [Cout, kh, kw, Cin]
  * weights. Two ways: direct AVX-512 or AVX2 kernels where the CPU has them
- * (isa.h), and otherwise GEMMs (a 1x1 stride-1 unpadded convolution is a
+ * (isa.h; 3x3 stride-1 convolutions with enough channels the Winograd way,
+ * conv_winograd.h, on the same kernels), and otherwise GEMMs (a 1x1 stride-1 unpadded convolution is a
  * GEMM over the pixels, anything else im2col + GEMM a chunk of output rows
  * at a time so the column buffer stays bounded). Either way a sample's
  * forward result does not depend on its batch. Backward kernels add into the
@@ -12,8 +13,11 @@
 #include <stdint.h>
 
 typedef enum {
-    CPU_CONV_AUTO,   /* direct where the CPU has AVX2 or AVX-512, GEMM otherwise */
-    CPU_CONV_GEMM,   /* always the GEMM way (tests compare the two) */
+    CPU_CONV_AUTO,     /* direct or Winograd (where faster) with AVX2 or AVX-512, GEMM otherwise */
+    CPU_CONV_GEMM,     /* always the GEMM way (tests compare the ways) */
+    CPU_CONV_DIRECT,   /* the direct kernels, never Winograd (GEMM where there are none) */
+    CPU_CONV_WINOGRAD, /* Winograd for every 3x3 stride-1 padding-1 forward pass and input
+                        * gradient (conv_winograd.h), else as AUTO */
 } cpu_conv_algo;
 
 /* x [n, h, w, cin] * w [cout, kh, kw, cin] -> y [n, ho, wo, cout]. */

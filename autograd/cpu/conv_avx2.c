@@ -32,6 +32,7 @@ INLINE vec v_load_half(const uint16_t *p) {
 }
 INLINE vec v_fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 INLINE vec v_add(vec a, vec b) { return _mm256_add_ps(a, b); }
+INLINE vec v_sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
 INLINE vmask v_lanes(int64_t n) {
     int k = n >= LANES ? LANES : n <= 0 ? 0 : (int)n;
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

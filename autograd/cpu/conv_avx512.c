@@ -29,6 +29,7 @@ INLINE vec v_load_half(const uint16_t *p) {
 }
 INLINE vec v_fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 INLINE vec v_add(vec a, vec b) { return _mm512_add_ps(a, b); }
+INLINE vec v_sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
 INLINE vmask v_lanes(int64_t n) {
     return n >= LANES ? (vmask)0xffff : n <= 0 ? (vmask)0 : (vmask)((1u << n) - 1);
 }

@@ -57,6 +57,14 @@ typedef struct cpu_direct_kernels {
      * 2 pad, w + 2 pad, cin] and their dy [n, ho, wo, cout]; db may be NULL. */
     void (*filter_narrow)(const cpu_conv_geom *g, int64_t n, const float *xp, const float *dy,
                           float *dw, float *db);
+    /* The kernels of the Winograd convolution (conv_winograd_tmpl.h). */
+    void (*winograd_input)(const float *x, int64_t h, int64_t w, int64_t c, int64_t th, int64_t tw,
+                           int64_t t0, int64_t nt, float *v, int64_t vs);
+    void (*winograd_output)(const float *m, int64_t ms, int64_t c, const float *bias, float *y,
+                            int64_t h, int64_t w, int64_t yc, int64_t c0, int64_t th, int64_t tw,
+                            int64_t t0, int64_t nt, bool accumulate);
+    void (*winograd_products)(const float *v, int64_t nt, int64_t c, const float *u, int64_t co,
+                              float *m);
 } cpu_direct_kernels;
 
 #if defined(__x86_64__)

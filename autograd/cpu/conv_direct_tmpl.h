@@ -12,7 +12,7 @@
  * v_zero(), v_set1(x), v_load(p), v_load_mask(m, p) (zero outside m),
  * v_store(p, v), v_store_mask(p, m, v), v_load_half(p) (LANES f16 widened),
  * v_fma(a, b, c) = a * b + c,
- * v_add(a, b), v_lanes(n) (lanes [0, n), n clamped to [0, LANES]).
+ * v_add(a, b), v_sub(a, b), v_lanes(n) (lanes [0, n), n clamped to [0, LANES]).
  *
  * Forward: a tile is FP consecutive output pixels times VJ vectors of
  * output channels (one block of packed weights): FP * VJ accumulators in
@@ -567,6 +567,8 @@ static void conv_filter_narrow(const cpu_conv_geom *g, int64_t n, const float *x
     }
 }
 
+#include "conv_winograd_tmpl.h"
+
 const cpu_direct_kernels KERNELS = {
     .block = BLOCK,
     .lanes = LANES,
@@ -575,4 +577,7 @@ const cpu_direct_kernels KERNELS = {
     .full_tap = full_tap,
     .filter = conv_filter,
     .filter_narrow = conv_filter_narrow,
+    .winograd_input = winograd_input,
+    .winograd_output = winograd_output,
+    .winograd_products = winograd_products,
 };
