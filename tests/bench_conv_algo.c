@@ -97,7 +97,9 @@ int main(int argc, char **argv) {
         int64_t K = 9 * c->cin;
         float *x = random_floats(nx), *w = random_floats(c->cout * K), *b = random_floats(c->cout);
         float *y = random_floats(ny);
-        uint16_t *wh = malloc((size_t)(c->cout * K) * sizeof *wh);
+        /* packed weights fill whole blocks of output channels (zero past cout) */
+        int64_t B = cpu_conv_pack_block(), packed = (c->cout + B - 1) / B * B * K;
+        uint16_t *wh = malloc((size_t)packed * sizeof *wh);
         if (!x || !w || !b || !y || !wh)
             return 1;
         cpu_conv_pack_half(w, wh, c->cout, K);
