@@ -139,6 +139,10 @@ static void check_case(const att_case *c, int threads) {
     check_forward(ctx, c, in, want);
     free(want);
     dc_ctx_reset(ctx); /* drop the tape of the forward check */
+    if (c->d > 32 && tu_sanitized()) { /* minutes under ASan; the normal build checks them */
+        tu_ctx_free(ctx);
+        return;
+    }
     make_inputs(ctx, c, in);
     tu_gradcheck(ctx, run_attention, (void *)c, in, 3, GC_EPS, c->lq > 32 ? GC_ATOL_LONG : GC_ATOL,
                  GC_RTOL, probes(threads));
@@ -274,7 +278,7 @@ END_TEST
 
 int main(void) {
     Suite *s = suite_create("ops_attention");
-    TCase *tc = tu_tcase(s, "ops", 120);
+    TCase *tc = tu_tcase(s, "ops", 300);
     tcase_add_test(tc, test_cases);
     tcase_add_test(tc, test_one_tensor);
     tcase_add_test(tc, test_grad_subsets);
