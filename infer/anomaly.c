@@ -197,6 +197,9 @@ typedef enum { TERM_RECON, TERM_FEAT, TERM_EPS, TERM_COMPLEXITY, TERM_GEO, N_KIN
 static const char *const term_names[] = {"recon", "feat", "eps", "complexity", "geo"};
 _Static_assert(sizeof term_names / sizeof *term_names == N_KINDS, "a name per kind");
 
+/* complexity and geo score whole images: no level, no map. */
+static bool whole_image(term_kind kind) { return kind == TERM_COMPLEXITY || kind == TERM_GEO; }
+
 typedef struct term {
     term_kind kind;
     double level;        /* recon, feat: the strength; eps: the timestep as a fraction; else 0 */
@@ -315,7 +318,7 @@ static int make_terms(run *r) {
 
 /* "eps@0.5"; "geo" for the kinds without a level. */
 static const char *term_label(const term *tm, char *buf, size_t n) {
-    if (tm->kind >= TERM_COMPLEXITY)
+    if (whole_image(tm->kind))
         return term_names[tm->kind];
     snprintf(buf, n, "%s@%g", term_names[tm->kind], tm->level);
     return buf;
@@ -713,7 +716,7 @@ static int score_batch(run *r, image_set *s, int64_t first, int64_t b) {
         memcpy(r->init + q * r->per, s->px + (first + q / e) * r->per, (size_t)r->per * sizeof *r->init);
     r->recon_level = 0;
     for (int ti = 0; ti < r->n_terms; ti++) {
-        if (r->terms[ti].kind >= TERM_COMPLEXITY) {
+        if (whole_image(r->terms[ti].kind)) {
             if (image_term(r, s, first, b, ti))
                 return -1;
             continue;
