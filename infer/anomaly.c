@@ -69,8 +69,8 @@
 #include "infer/anomaly_eval.h"
 #include "infer/anomaly_geo.h"
 #include "infer/cli.h"
-#include "pipeline/generate.h"
 #include "infer/model.h"
+#include "pipeline/generate.h"
 
 #include <errno.h>
 #include <inttypes.h>

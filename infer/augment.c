@@ -55,8 +55,8 @@
 #include "data/metadata.h"
 #include "infer/augment.h"
 #include "infer/cli.h"
-#include "pipeline/generate.h"
 #include "infer/model.h"
+#include "pipeline/generate.h"
 #include "pipeline/sd_pipeline.h"
 
 #include <cJSON.h>

@@ -21,8 +21,8 @@
 #define DC_INFER_MODEL_H
 
 #include "autograd/diffusion.h"
-#include "pipeline/samplers.h"
 #include "models/unet.h"
+#include "pipeline/samplers.h"
 
 #include <stdbool.h>
 

@@ -32,8 +32,8 @@
 #include "data/image.h"
 #include "data/metadata.h"
 #include "infer/cli.h"
-#include "pipeline/generate.h"
 #include "infer/model.h"
+#include "pipeline/generate.h"
 #include "pipeline/sd_pipeline.h"
 
 #include <dirent.h>

@@ -16,8 +16,8 @@
 #ifndef DC_PIPELINE_GENERATE_H
 #define DC_PIPELINE_GENERATE_H
 
-#include "pipeline/samplers.h"
 #include "models/unet.h"
+#include "pipeline/samplers.h"
 
 typedef struct dc_generate_request {
     const dc_unet *unet;

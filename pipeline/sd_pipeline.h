@@ -28,10 +28,10 @@
 #define DC_PIPELINE_SD_PIPELINE_H
 
 #include "data/text/bpe.h"
-#include "pipeline/samplers.h"
 #include "models/clip_text.h"
 #include "models/unet_cond.h"
 #include "models/vae.h"
+#include "pipeline/samplers.h"
 
 #include <stdbool.h>
 #include <stdint.h>

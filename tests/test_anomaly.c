@@ -11,9 +11,9 @@
 #define _GNU_SOURCE /* strdup */
 #include "testutil.h"
 
+#include "autograd/diffusion.h"
 #include "autograd/error.h"
 #include "autograd/fileio.h"
-#include "autograd/diffusion.h"
 #include "autograd/ops.h"
 #include "data/image.h"
 #include "infer/anomaly_eval.h"

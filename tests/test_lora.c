@@ -12,8 +12,8 @@
 
 #include "autograd/error.h"
 #include "autograd/safetensors.h"
-#include "pipeline/sd_pipeline.h"
 #include "models/lora.h"
+#include "pipeline/sd_pipeline.h"
 
 #include <check.h>
 #include <cjson/cJSON.h>

@@ -13,8 +13,8 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "data/image.h"
-#include "pipeline/generate.h"
 #include "models/unet.h"
+#include "pipeline/generate.h"
 
 #include <math.h>
 #include <stdio.h>

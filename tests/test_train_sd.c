@@ -20,8 +20,8 @@
 #include "autograd/optim.h"
 #include "autograd/safetensors.h"
 #include "data/image.h"
-#include "pipeline/sd_pipeline.h"
 #include "models/lora.h"
+#include "pipeline/sd_pipeline.h"
 #include "train/model.h"
 
 #include <cjson/cJSON.h>

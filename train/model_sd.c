@@ -44,10 +44,10 @@
 #include "autograd/safetensors.h"
 #include "data/image.h"
 #include "data/metadata.h"
-#include "state.h"
-#include "pipeline/sd_pipeline.h"
 #include "models/lora.h"
 #include "models/unet_cond.h"
+#include "pipeline/sd_pipeline.h"
+#include "state.h"
 
 #include <inttypes.h>
 #include <math.h>

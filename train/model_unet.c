@@ -13,8 +13,8 @@
 #include "autograd/error.h"
 #include "autograd/fileio.h"
 #include "autograd/rng.h"
-#include "pipeline/generate.h"
 #include "models/unet.h"
+#include "pipeline/generate.h"
 
 #include <inttypes.h>
 #include <math.h>
