@@ -26,6 +26,7 @@
 #include "parallel.h"
 #include "vmath.h"
 
+#include <immintrin.h>
 #include <omp.h>
 #include <string.h>
 
@@ -55,7 +56,39 @@
 
 typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(float))));
 
+typedef int vi __attribute__((vector_size(VB * sizeof(float))));
+
 static inline vf load(const float *p) { return *(const vf *)p; }
+
+/* The largest lane and the sum of the lanes, halving the vector each step (one
+ * lane at a time made a dependency chain of VB operations for each row). */
+static inline float lanes_max(vf v) {
+#if VB == 16
+    return _mm512_reduce_max_ps((__m512)v);
+#else
+#if VB == 8
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+#else
+    __m128 m = (__m128)v;
+#endif
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+#endif
+}
+
+static inline float lanes_sum(vf v) {
+#if VB == 16
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+#if VB == 8
+    __m128 m = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+#else
+    __m128 m = (__m128)v;
+#endif
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_add_ss(m, _mm_shuffle_ps(m, m, 1)));
+#endif
+}
 static inline void store(float *p, vf v) { *(vf *)p = v; }
 
 /* A thread's scratch: packed operands [rows, width] and row blocks. */
@@ -125,9 +158,13 @@ static void pack_transposed(float *dst, const float *src, int64_t ld, int rows, 
 static void pack_tiles(float *dst, const float *src, int64_t ld, int rows, int d, int64_t lkp) {
     for (int64_t j0 = 0; j0 < lkp; j0 += 2 * VB) {
         float *tile = dst + j0 * d;
-        for (int t = 0; t < d; t++)
-            for (int u = 0; u < 2 * VB; u++)
-                tile[t * 2 * VB + u] = j0 + u < rows ? src[(j0 + u) * ld + t] : 0.0f;
+        int have = rows - j0 < 2 * VB ? (int)(rows - j0) : 2 * VB;
+        for (int u = 0; u < have; u++) /* each key's channels read in a row */
+            for (int t = 0; t < d; t++)
+                tile[t * 2 * VB + u] = src[(j0 + u) * ld + t];
+        for (int t = 0; have < 2 * VB && t < d; t++)
+            for (int u = have; u < 2 * VB; u++)
+                tile[t * 2 * VB + u] = 0.0f;
     }
 }
 
@@ -138,9 +175,11 @@ static void pack_rows(float *dst, const float *src, int64_t ld, int have, int64_
     for (int64_t j = 0; j < rows; j++) {
         float *row = dst + j * dp;
         int t = 0;
-        if (j < have)
-            for (; t < d; t++)
+        if (j < have) {
+#pragma omp simd
+            for (t = 0; t < d; t++)
                 row[t] = alpha * src[j * ld + t];
+        }
         for (; t < dp; t++)
             row[t] = 0.0f;
     }
@@ -308,20 +347,37 @@ static void block_pv(float *o, const float *const p[FRB], int n, const float *b,
  * (its own position when the queries are the last Lq of the keys' sequence),
  * so no row is empty. */
 static float exp_row(float *p, const float *s, int keep, int lk) {
-    float max = s[0], sum = 0.0f;
-#pragma omp simd reduction(max : max)
-    for (int j = 1; j < keep; j++)
-        max = s[j] > max ? s[j] : max;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < keep; j++) {
-        p[j] = expf(s[j] - max);
-        sum += p[j];
+    /* Max and sum in explicit vectors, and the exponentials in a loop of
+     * their own: a `simd reduction` around the libmvec call kept its
+     * accumulators on the stack (every call clobbers the vector registers),
+     * and the max's lanes were combined one scalar load at a time, half the
+     * time of a forward item at d = 16. */
+    int j = 0;
+    float max = s[0];
+    if (keep >= VB) {
+        vf m = load(s);
+        for (j = VB; j + VB <= keep; j += VB) {
+            vf x = load(s + j);
+            vi gt = x > m;
+            m = (vf)((gt & (vi)x) | (~gt & (vi)m));
+        }
+        max = lanes_max(m);
     }
-    for (int j = keep; j < lk; j++)
+    for (; j < keep; j++)
+        max = s[j] > max ? s[j] : max;
+#pragma omp simd
+    for (j = 0; j < keep; j++)
+        p[j] = expf(s[j] - max);
+    vf acc = {0};
+    for (j = 0; j + VB <= keep; j += VB)
+        acc += load(p + j);
+    float sum = lanes_sum(acc);
+    for (; j < keep; j++)
+        sum += p[j];
+    for (j = keep; j < lk; j++)
         p[j] = 0.0f;
     return 1.0f / sum;
 }
-
 
 /* dS = P (dP - rowsum(dP P)) in place over one row; the scale waits for
  * the products that use dS. */
