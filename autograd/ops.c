@@ -3,6 +3,7 @@
  * allocation, recording on the tape. The ops themselves live in ops_*.c,
  * grouped by kind; the tape walk is in backward.c.
  */
+#include "cpu/misc.h"
 #include "op_util.h"
 
 #include <stdio.h>
@@ -189,7 +190,7 @@ size_t dc_mark(const dc_ctx *ctx) { return ctx->act.used; }
  * between them, so that no piece overlaps its source (a GPU has no memmove). */
 static int move_down(dc_ctx *ctx, char *dst, const char *src, size_t bytes) {
     if (ctx->device == DC_CPU) {
-        memmove(dst, src, bytes);
+        cpu_move_down(dst, src, bytes);
         return 0;
     }
     size_t step = (size_t)(src - dst);

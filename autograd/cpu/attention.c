@@ -56,9 +56,17 @@
 
 typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(float))));
 
-typedef int vi __attribute__((vector_size(VB * sizeof(float))));
-
 static inline vf load(const float *p) { return *(const vf *)p; }
+
+static inline vf vmax(vf a, vf b) {
+#if VB == 16
+    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#elif VB == 8
+    return (vf)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+    return (vf)_mm_max_ps((__m128)a, (__m128)b);
+#endif
+}
 
 /* The largest lane and the sum of the lanes, halving the vector each step (one
  * lane at a time made a dependency chain of VB operations for each row). */
@@ -354,14 +362,11 @@ static float exp_row(float *p, const float *s, int keep, int lk) {
      * time of a forward item at d = 16. */
     int j = 0;
     float max = s[0];
-    if (keep >= VB) {
-        vf m = load(s);
-        for (j = VB; j + VB <= keep; j += VB) {
-            vf x = load(s + j);
-            vi gt = x > m;
-            m = (vf)((gt & (vi)x) | (~gt & (vi)m));
-        }
-        max = lanes_max(m);
+    if (keep >= VB) { /* two chains of maxima, a max's latency apart */
+        vf m0 = load(s), m1 = m0;
+        for (j = VB; j + 2 * VB <= keep; j += 2 * VB)
+            m0 = vmax(m0, load(s + j)), m1 = vmax(m1, load(s + j + VB));
+        max = lanes_max(vmax(m0, m1));
     }
     for (; j < keep; j++)
         max = s[j] > max ? s[j] : max;

@@ -5,6 +5,7 @@
 #include "parallel.h"
 
 #include <math.h>
+#include <string.h>
 
 /* y = v * keep / (1 - p), or y += that when `accumulate`: the shared body of
  * dropout's forward and backward, one Philox block per four elements. */
@@ -195,5 +196,19 @@ void cpu_cross_entropy_backward(const float *g, const float *logits, const int32
             double p = exp((double)row[j] - m - lse) - (1 - e) * (j == labels[i]) - off;
             dlogits[i * k + j] += (float)(scale * p);
         }
+    }
+}
+
+void cpu_move_down(char *dst, const char *src, size_t bytes) {
+    const size_t piece = (size_t)1 << 16;
+    if ((size_t)(src - dst) < bytes || bytes < 4 * piece) {
+        memmove(dst, src, bytes);
+        return;
+    }
+    int64_t pieces = (int64_t)((bytes + piece - 1) / piece);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < pieces; i++) {
+        size_t at = (size_t)i * piece;
+        memcpy(dst + at, src + at, bytes - at < piece ? bytes - at : piece);
     }
 }

@@ -1,11 +1,17 @@
 /* CPU kernels: dropout, embedding lookup, sinusoidal timestep embedding, MSE and
- * cross-entropy losses.
+ * cross-entropy losses, moving a tensor down its arena.
  * Backward kernels add into the gradient buffers they are given (NULL = not needed). */
 #ifndef DC_CPU_MISC_H
 #define DC_CPU_MISC_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+
+/* bytes from src to dst < src (the regions may overlap); on all threads when
+ * they do not overlap (a kept block output, several MB, moved by one thread
+ * while the others waited took 3% of a sampling step). */
+void cpu_move_down(char *dst, const char *src, size_t bytes);
 
 /* out = x * keep / (1 - p) over n elements, element i kept unless
  * dc_rand_uniform(seed, stream, i) < p. The backward recomputes that mask:
