@@ -66,6 +66,29 @@ static void block_sums(const float *x, int64_t s0, int64_t s1, int64_t C, const 
     }
 }
 
+/* sg[c] += the float sums over rows s0 to s1 of g[s][c], and sgx[c] of
+ * g[s][c] * (x[s][c] - mu[c]), in chunks as block_sums. */
+static void block_grad_sums(const float *g, const float *x, const float *mu, int64_t s0,
+                            int64_t s1, int64_t C, double *sg, double *sgx) {
+    int64_t c0 = 0;
+    for (; c0 + CHUNK <= C; c0 += CHUNK) {
+        chunk pg = {0}, pgx = {0}, mc = *(const chunk *)(mu + c0);
+        for (int64_t s = s0; s < s1; s++) {
+            chunk gs = *(const chunk *)(g + s * C + c0);
+            pg += gs;
+            pgx += gs * (*(const chunk *)(x + s * C + c0) - mc);
+        }
+        for (int l = 0; l < CHUNK; l++)
+            sg[c0 + l] += pg[l], sgx[c0 + l] += pgx[l];
+    }
+    for (int64_t c = c0; c < C; c++) {
+        float pg = 0, pgx = 0;
+        for (int64_t s = s0; s < s1; s++)
+            pg += g[s * C + c], pgx += g[s * C + c] * (x[s * C + c] - mu[c]);
+        sg[c] += pg, sgx[c] += pgx;
+    }
+}
+
 /* sum[c] = the sum of the channel-c elements of S rows of C. */
 static void channel_sums(const float *x, int64_t S, int64_t C, double *sum) {
     for (int64_t c = 0; c < C; c++)
@@ -243,23 +266,10 @@ static void sample_backward(const float *g, const float *x, const float *w, cons
                             int64_t G) {
     int64_t Cg = C / G;
     double *sg = sums, *sgx = sums + C, t1[G], t2[G], m = (double)(S * Cg);
-    float pg[C], pgx[C];
     for (int64_t c = 0; c < C; c++)
         sg[c] = sgx[c] = 0;
-    for (int64_t s0 = 0; s0 < S; s0 += ROW_BLOCK) {
-        for (int64_t c = 0; c < C; c++)
-            pg[c] = pgx[c] = 0;
-        for (int64_t s = s0; s < S && s < s0 + ROW_BLOCK; s++) {
-            const float *xs = x + s * C, *gs = g + s * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) {
-                pg[c] += gs[c];
-                pgx[c] += gs[c] * (xs[c] - f.mu[c]);
-            }
-        }
-        for (int64_t c = 0; c < C; c++)
-            sg[c] += pg[c], sgx[c] += pgx[c];
-    }
+    for (int64_t s0 = 0; s0 < S; s0 += ROW_BLOCK)
+        block_grad_sums(g, x, f.mu, s0, s0 + ROW_BLOCK < S ? s0 + ROW_BLOCK : S, C, sg, sgx);
     double gw[C], gwx[C];
     for (int64_t c = 0; c < C; c++) { /* sums of gw and gw * xhat, per channel */
         double rstd = stats[2 * (c / Cg) + 1], wc = w ? w[c] : 1.0;
