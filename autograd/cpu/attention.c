@@ -49,6 +49,9 @@
 #define FNV 2
 #endif
 #define QUERY_CHUNK 64 /* queries per forward work item */
+/* Pairs of at most this many queries (a decoder's new tokens, one per
+ * beam) read their keys and values in place (few_item). */
+#define FEW_QUERIES 4
 
 /* Built once per ISA: the entry points carry the pass's suffix (isa.h). */
 #include "isa.h"
@@ -57,6 +60,8 @@ typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(
 
 static inline vf load(const float *p) { return *(const vf *)p; }
 static inline void store(float *p, vf v) { *(vf *)p = v; }
+
+#include "lanes_sum.h"
 
 /* A thread's scratch: packed operands [rows, width] and row blocks. */
 typedef struct {
@@ -75,15 +80,18 @@ static slot slot_at(const cpu_attention_dims *a, float *work, int thread, bool b
                     int64_t *floats) {
     slot s = {.lkp = round_to(a->lk, 2 * VB), .dp = round_to(a->d, VB), .lqr = round_to(a->lq, RB)};
     int64_t rows = backward ? s.lqr : FRB;
-    int64_t n = a->d * s.lkp + a->lk * s.dp + (backward ? 2 * s.lqr * s.dp : 0) + rows * s.lkp +
-                2 * FRB * s.dp;
+    bool packs = backward || a->lq > FEW_QUERIES;
+    int64_t n = (packs ? a->d * s.lkp + a->lk * s.dp : 0) + (backward ? 2 * s.lqr * s.dp : 0) +
+                rows * s.lkp + 2 * FRB * s.dp;
     if (floats)
         *floats = n;
     if (!work)
         return s;
     float *w = work + thread * n;
-    s.kt = w, w += a->d * s.lkp;
-    s.kv = w, w += a->lk * s.dp;
+    if (packs) {
+        s.kt = w, w += a->d * s.lkp;
+        s.kv = w, w += a->lk * s.dp;
+    }
     if (backward) {
         s.g = w, w += s.lqr * s.dp;
         s.q = w, w += s.lqr * s.dp;
@@ -335,9 +343,136 @@ static void softmax_backward_row(float *g, const float *p, int lk) {
         g[j] = p[j] * (g[j] - dot);
 }
 
+/* s[j] = q . k_j (k_j = k + j ld, d channels) for the 4 keys k_0..k_3:
+ * each sum a vector of lanes over the whole vectors of channels in order,
+ * their lanes added as a tree, then the channels left one by one. */
+static void dots4(float s[4], const float *q, const float *const k[4], int d) {
+    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    int t = 0;
+    for (; t + VB <= d; t += VB) {
+        vf x = load(q + t);
+        a0 += x * load(k[0] + t), a1 += x * load(k[1] + t);
+        a2 += x * load(k[2] + t), a3 += x * load(k[3] + t);
+    }
+    s[0] = lanes_sum(a0), s[1] = lanes_sum(a1), s[2] = lanes_sum(a2), s[3] = lanes_sum(a3);
+    for (; t < d; t++)
+        for (int u = 0; u < 4; u++)
+            s[u] += q[t] * k[u][t];
+}
+
+/* s [lk] = the scores of one (scaled) query row q against keys k [lk, d]
+ * (rows ld apart), 4 keys at a time: a key's score is the same bits in any
+ * block (a short last block repeats its last key). */
+static void few_scores(float *s, const float *q, const float *k, int64_t ld, int lk, int d) {
+    for (int j = 0; j < lk; j += 4) {
+        const float *kr[4];
+        float r[4];
+        for (int u = 0; u < 4; u++)
+            kr[u] = k + (j + u < lk ? j + u : lk - 1) * ld;
+        dots4(r, q, kr, d);
+        for (int u = 0; u < 4 && j + u < lk; u++)
+            s[j + u] = r[u];
+    }
+}
+
+/* o [nr, dp] = p [nr rows, lk] (rows ldp apart) times v [lk, d] (rows ld
+ * apart), NV vectors of channels from t0 at a time, every sum over j in
+ * order; nr and nv constants after inlining. */
+static inline __attribute__((always_inline)) void few_pv_cols(float *o, int64_t dp, const float *p,
+                                                             int64_t ldp, const float *v,
+                                                             int64_t ld, int lk, int t0,
+                                                             const int nr, const int nv) {
+    vf acc[FEW_QUERIES][FNV];
+#pragma GCC unroll 4
+    for (int u = 0; u < nr; u++)
+#pragma GCC unroll 4
+        for (int c = 0; c < nv; c++)
+            acc[u][c] = (vf){0};
+    for (int j = 0; j < lk; j++) {
+        vf bv[FNV];
+#pragma GCC unroll 4
+        for (int c = 0; c < nv; c++)
+            bv[c] = load(v + j * ld + t0 + c * VB);
+#pragma GCC unroll 4
+        for (int u = 0; u < nr; u++) {
+            float x = p[u * ldp + j];
+#pragma GCC unroll 4
+            for (int c = 0; c < nv; c++)
+                acc[u][c] += x * bv[c];
+        }
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < nr; u++)
+#pragma GCC unroll 4
+        for (int c = 0; c < nv; c++)
+            store(o + u * dp + t0 + c * VB, acc[u][c]);
+}
+
+static inline __attribute__((always_inline)) void few_pv_rows(float *o, int64_t dp, const float *p,
+                                                             int64_t ldp, const float *v,
+                                                             int64_t ld, int lk, int d,
+                                                             const int nr) {
+    int t = 0;
+    for (; t + FNV * VB <= d; t += FNV * VB)
+        few_pv_cols(o, dp, p, ldp, v, ld, lk, t, nr, FNV);
+    for (; t + VB <= d; t += VB)
+        few_pv_cols(o, dp, p, ldp, v, ld, lk, t, nr, 1);
+    for (; t < d; t++) /* the channels short of a vector */
+        for (int u = 0; u < nr; u++) {
+            float sum = 0.0f;
+            for (int j = 0; j < lk; j++)
+                sum += p[u * ldp + j] * v[j * ld + t];
+            o[u * dp + t] = sum;
+        }
+}
+
+/* o [nr, dp] = p times v (few_pv_rows) for nr <= FEW_QUERIES rows, the row
+ * count a constant of each call: rows do not affect each other's sums. */
+static void few_pv(float *o, int64_t dp, const float *p, int64_t ldp, const float *v, int64_t ld,
+                   int lk, int d, int nr) {
+    switch (nr) {
+    case 1: few_pv_rows(o, dp, p, ldp, v, ld, lk, d, 1); break;
+    case 2: few_pv_rows(o, dp, p, ldp, v, ld, lk, d, 2); break;
+    case 3: few_pv_rows(o, dp, p, ldp, v, ld, lk, d, 3); break;
+    default: few_pv_rows(o, dp, p, ldp, v, ld, lk, d, 4); break;
+    }
+}
+
+/* Pair bh of at most FEW_QUERIES queries: the scores and P v read the keys
+ * and values where they lie, each key's channels contiguous, without the
+ * packing that pays for itself only over many query rows (a decoder's one
+ * new token against 577 image tokens repacked them at every step). */
+static void few_item(const forward_job *f, int64_t bh, int thread) {
+    const cpu_attention_dims *a = f->a;
+    slot w = slot_at(a, f->work, thread, false, NULL);
+    int64_t c = (int64_t)a->heads * a->d, qo, kvo;
+    pair_offsets(a, bh, &qo, &kvo);
+    pack_rows(w.a, f->q + qo, c, a->lq, a->lq, a->d, w.dp, a->scale);
+    float *p = f->p ? f->p + bh * a->lq * a->lk : w.s, inv[FEW_QUERIES];
+    int64_t ldp = f->p ? a->lk : w.lkp;
+    for (int u = 0; u < a->lq; u++) {
+        few_scores(w.s + u * w.lkp, w.a + u * w.dp, f->k + kvo, c, a->lk, a->d);
+        inv[u] = exp_row(p + u * ldp, w.s + u * w.lkp, a->causal ? u + 1 + a->lk - a->lq : a->lk,
+                         a->lk);
+    }
+    few_pv(w.o, w.dp, p, ldp, f->v + kvo, c, a->lk, a->d, a->lq);
+    for (int u = 0; u < a->lq; u++) {
+        float *dst = f->out + qo + u * c;
+        for (int t = 0; t < a->d; t++)
+            dst[t] = w.o[u * w.dp + t] * inv[u];
+        if (f->p)
+            for (int j = 0; j < a->lk; j++)
+                p[u * ldp + j] *= inv[u];
+    }
+}
+
 /* Work item i: query chunk i % chunks of pair i / chunks. */
 static void forward_item(const forward_job *f, int64_t i, int thread) {
     const cpu_attention_dims *a = f->a;
+    if (a->lq <= FEW_QUERIES) {
+        few_item(f, i, thread);
+        return;
+    }
     slot w = slot_at(a, f->work, thread, false, NULL);
     int64_t c = (int64_t)a->heads * a->d, bh = i / f->chunks, qo, kvo;
     int first = (int)(i % f->chunks) * QUERY_CHUNK;
