@@ -50,6 +50,8 @@ static const att_case cases[] = {
     {"few queries: three, head of 3", 3, 3, 5, 2, 3, false, 0.2f},
     {"few queries: four, causal", 1, 4, 6, 2, 17, true, 0.0f},
     {"few queries: cross over many keys, threaded", 2, 3, 203, 2, 48, false, 0.0f},
+    /* one sample on two threads: its heads in two groups, of 1 and 2 heads */
+    {"few queries: heads in groups, threaded", 1, 2, 150, 3, 40, false, 0.0f},
 };
 
 /* The kernels go parallel for cases of CPU_PAR_MIN multiply-adds and more
@@ -219,9 +221,10 @@ END_TEST
 
 /* Sample 1 of a batch of 3 and the same sample alone: the same output and
  * gradients, to the bit (the work split must not depend on the batch); with
- * many queries and with few (read in place). */
-static void check_batch_invariant(int64_t lq) {
-    enum { L = 70, C = 32, HEADS = 1 };
+ * many queries and with few (read in place; alone, the sample's heads are
+ * split in two groups for the two threads, in the batch they are not). */
+static void check_batch_invariant(int64_t lq, int64_t C, int HEADS) {
+    enum { L = 70 };
     const int64_t len[4] = {lq, L, L, lq}; /* q, k, v, dout */
     omp_set_num_threads(2);
     dc_ctx *ctx = tu_ctx();
@@ -248,8 +251,8 @@ static void check_batch_invariant(int64_t lq) {
 }
 
 START_TEST(test_batch_invariant) {
-    check_batch_invariant(70);
-    check_batch_invariant(3);
+    check_batch_invariant(70, 32, 1);
+    check_batch_invariant(4, 128, 4);
 }
 END_TEST
 

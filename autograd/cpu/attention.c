@@ -23,8 +23,9 @@
  * one pair keeps every thread busy; backward items are whole pairs, each on
  * one thread, with the pair's dS [Lq, Lk] in its scratch. */
 #include "attention.h"
+#include "attention_few.h"
 #include "parallel.h"
-#include "vmath.h"
+#include "softmax_row.h"
 
 #include <omp.h>
 #include <string.h>
@@ -49,9 +50,6 @@
 #define FNV 2
 #endif
 #define QUERY_CHUNK 64 /* queries per forward work item */
-/* Pairs of at most this many queries (a decoder's new tokens, one per
- * beam) read their keys and values in place (few_item). */
-#define FEW_QUERIES 4
 
 /* Built once per ISA: the entry points carry the pass's suffix (isa.h). */
 #include "isa.h"
@@ -60,8 +58,6 @@ typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(
 
 static inline vf load(const float *p) { return *(const vf *)p; }
 static inline void store(float *p, vf v) { *(vf *)p = v; }
-
-#include "lanes_sum.h"
 
 /* A thread's scratch: packed operands [rows, width] and row blocks. */
 typedef struct {
@@ -80,18 +76,15 @@ static slot slot_at(const cpu_attention_dims *a, float *work, int thread, bool b
                     int64_t *floats) {
     slot s = {.lkp = round_to(a->lk, 2 * VB), .dp = round_to(a->d, VB), .lqr = round_to(a->lq, RB)};
     int64_t rows = backward ? s.lqr : FRB;
-    bool packs = backward || a->lq > FEW_QUERIES;
-    int64_t n = (packs ? a->d * s.lkp + a->lk * s.dp : 0) + (backward ? 2 * s.lqr * s.dp : 0) +
-                rows * s.lkp + 2 * FRB * s.dp;
+    int64_t n = a->d * s.lkp + a->lk * s.dp + (backward ? 2 * s.lqr * s.dp : 0) + rows * s.lkp +
+                2 * FRB * s.dp;
     if (floats)
         *floats = n;
     if (!work)
         return s;
     float *w = work + thread * n;
-    if (packs) {
-        s.kt = w, w += a->d * s.lkp;
-        s.kv = w, w += a->lk * s.dp;
-    }
+    s.kt = w, w += a->d * s.lkp;
+    s.kv = w, w += a->lk * s.dp;
     if (backward) {
         s.g = w, w += s.lqr * s.dp;
         s.q = w, w += s.lqr * s.dp;
@@ -307,30 +300,6 @@ static void block_pv(float *o, const float *const p[FRB], int n, const float *b,
         block_pv_cols(o, p, n, b, dp, t, 1);
 }
 
-/* A row of scores to the exponentials of softmax, p = exp(s - max(s)), p
- * may be s; returns 1 / their sum, the scale that makes them probabilities
- * (it scales the row's output instead, d products instead of Lk, and the
- * kept P afterwards, so that a forward with a tape gives the same bits as
- * one without: gradient checkpointing recomputes one as the other). The row max is subtracted so exp never overflows; masked keys
- * (j >= keep) get exactly 0, and a causal row always keeps key i + Lk - Lq
- * (its own position when the queries are the last Lq of the keys' sequence),
- * so no row is empty. */
-static float exp_row(float *p, const float *s, int keep, int lk) {
-    float max = s[0], sum = 0.0f;
-#pragma omp simd reduction(max : max)
-    for (int j = 1; j < keep; j++)
-        max = s[j] > max ? s[j] : max;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < keep; j++) {
-        p[j] = expf(s[j] - max);
-        sum += p[j];
-    }
-    for (int j = keep; j < lk; j++)
-        p[j] = 0.0f;
-    return 1.0f / sum;
-}
-
-
 /* dS = P (dP - rowsum(dP P)) in place over one row; the scale waits for
  * the products that use dS. */
 static void softmax_backward_row(float *g, const float *p, int lk) {
@@ -343,136 +312,9 @@ static void softmax_backward_row(float *g, const float *p, int lk) {
         g[j] = p[j] * (g[j] - dot);
 }
 
-/* s[j] = q . k_j (k_j = k + j ld, d channels) for the 4 keys k_0..k_3:
- * each sum a vector of lanes over the whole vectors of channels in order,
- * their lanes added as a tree, then the channels left one by one. */
-static void dots4(float s[4], const float *q, const float *const k[4], int d) {
-    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    int t = 0;
-    for (; t + VB <= d; t += VB) {
-        vf x = load(q + t);
-        a0 += x * load(k[0] + t), a1 += x * load(k[1] + t);
-        a2 += x * load(k[2] + t), a3 += x * load(k[3] + t);
-    }
-    s[0] = lanes_sum(a0), s[1] = lanes_sum(a1), s[2] = lanes_sum(a2), s[3] = lanes_sum(a3);
-    for (; t < d; t++)
-        for (int u = 0; u < 4; u++)
-            s[u] += q[t] * k[u][t];
-}
-
-/* s [lk] = the scores of one (scaled) query row q against keys k [lk, d]
- * (rows ld apart), 4 keys at a time: a key's score is the same bits in any
- * block (a short last block repeats its last key). */
-static void few_scores(float *s, const float *q, const float *k, int64_t ld, int lk, int d) {
-    for (int j = 0; j < lk; j += 4) {
-        const float *kr[4];
-        float r[4];
-        for (int u = 0; u < 4; u++)
-            kr[u] = k + (j + u < lk ? j + u : lk - 1) * ld;
-        dots4(r, q, kr, d);
-        for (int u = 0; u < 4 && j + u < lk; u++)
-            s[j + u] = r[u];
-    }
-}
-
-/* o [nr, dp] = p [nr rows, lk] (rows ldp apart) times v [lk, d] (rows ld
- * apart), NV vectors of channels from t0 at a time, every sum over j in
- * order; nr and nv constants after inlining. */
-static inline __attribute__((always_inline)) void few_pv_cols(float *o, int64_t dp, const float *p,
-                                                             int64_t ldp, const float *v,
-                                                             int64_t ld, int lk, int t0,
-                                                             const int nr, const int nv) {
-    vf acc[FEW_QUERIES][FNV];
-#pragma GCC unroll 4
-    for (int u = 0; u < nr; u++)
-#pragma GCC unroll 4
-        for (int c = 0; c < nv; c++)
-            acc[u][c] = (vf){0};
-    for (int j = 0; j < lk; j++) {
-        vf bv[FNV];
-#pragma GCC unroll 4
-        for (int c = 0; c < nv; c++)
-            bv[c] = load(v + j * ld + t0 + c * VB);
-#pragma GCC unroll 4
-        for (int u = 0; u < nr; u++) {
-            float x = p[u * ldp + j];
-#pragma GCC unroll 4
-            for (int c = 0; c < nv; c++)
-                acc[u][c] += x * bv[c];
-        }
-    }
-#pragma GCC unroll 4
-    for (int u = 0; u < nr; u++)
-#pragma GCC unroll 4
-        for (int c = 0; c < nv; c++)
-            store(o + u * dp + t0 + c * VB, acc[u][c]);
-}
-
-static inline __attribute__((always_inline)) void few_pv_rows(float *o, int64_t dp, const float *p,
-                                                             int64_t ldp, const float *v,
-                                                             int64_t ld, int lk, int d,
-                                                             const int nr) {
-    int t = 0;
-    for (; t + FNV * VB <= d; t += FNV * VB)
-        few_pv_cols(o, dp, p, ldp, v, ld, lk, t, nr, FNV);
-    for (; t + VB <= d; t += VB)
-        few_pv_cols(o, dp, p, ldp, v, ld, lk, t, nr, 1);
-    for (; t < d; t++) /* the channels short of a vector */
-        for (int u = 0; u < nr; u++) {
-            float sum = 0.0f;
-            for (int j = 0; j < lk; j++)
-                sum += p[u * ldp + j] * v[j * ld + t];
-            o[u * dp + t] = sum;
-        }
-}
-
-/* o [nr, dp] = p times v (few_pv_rows) for nr <= FEW_QUERIES rows, the row
- * count a constant of each call: rows do not affect each other's sums. */
-static void few_pv(float *o, int64_t dp, const float *p, int64_t ldp, const float *v, int64_t ld,
-                   int lk, int d, int nr) {
-    switch (nr) {
-    case 1: few_pv_rows(o, dp, p, ldp, v, ld, lk, d, 1); break;
-    case 2: few_pv_rows(o, dp, p, ldp, v, ld, lk, d, 2); break;
-    case 3: few_pv_rows(o, dp, p, ldp, v, ld, lk, d, 3); break;
-    default: few_pv_rows(o, dp, p, ldp, v, ld, lk, d, 4); break;
-    }
-}
-
-/* Pair bh of at most FEW_QUERIES queries: the scores and P v read the keys
- * and values where they lie, each key's channels contiguous, without the
- * packing that pays for itself only over many query rows (a decoder's one
- * new token against 577 image tokens repacked them at every step). */
-static void few_item(const forward_job *f, int64_t bh, int thread) {
-    const cpu_attention_dims *a = f->a;
-    slot w = slot_at(a, f->work, thread, false, NULL);
-    int64_t c = (int64_t)a->heads * a->d, qo, kvo;
-    pair_offsets(a, bh, &qo, &kvo);
-    pack_rows(w.a, f->q + qo, c, a->lq, a->lq, a->d, w.dp, a->scale);
-    float *p = f->p ? f->p + bh * a->lq * a->lk : w.s, inv[FEW_QUERIES];
-    int64_t ldp = f->p ? a->lk : w.lkp;
-    for (int u = 0; u < a->lq; u++) {
-        few_scores(w.s + u * w.lkp, w.a + u * w.dp, f->k + kvo, c, a->lk, a->d);
-        inv[u] = exp_row(p + u * ldp, w.s + u * w.lkp, a->causal ? u + 1 + a->lk - a->lq : a->lk,
-                         a->lk);
-    }
-    few_pv(w.o, w.dp, p, ldp, f->v + kvo, c, a->lk, a->d, a->lq);
-    for (int u = 0; u < a->lq; u++) {
-        float *dst = f->out + qo + u * c;
-        for (int t = 0; t < a->d; t++)
-            dst[t] = w.o[u * w.dp + t] * inv[u];
-        if (f->p)
-            for (int j = 0; j < a->lk; j++)
-                p[u * ldp + j] *= inv[u];
-    }
-}
-
 /* Work item i: query chunk i % chunks of pair i / chunks. */
 static void forward_item(const forward_job *f, int64_t i, int thread) {
     const cpu_attention_dims *a = f->a;
-    if (a->lq <= FEW_QUERIES) {
-        few_item(f, i, thread);
-        return;
-    }
     slot w = slot_at(a, f->work, thread, false, NULL);
     int64_t c = (int64_t)a->heads * a->d, bh = i / f->chunks, qo, kvo;
     int first = (int)(i % f->chunks) * QUERY_CHUNK;
@@ -561,6 +403,8 @@ static void backward_item(const backward_job *b, int64_t bh, int thread) {
 
 int64_t CPU_ISA_FN(cpu_attention_forward_scratch)(const cpu_attention_dims *a, bool keep_p) {
     (void)keep_p; /* P's rows live in the row block when it is not kept */
+    if (a->lq <= CPU_ATTENTION_FEW_QUERIES)
+        return CPU_ISA_FN(cpu_attention_few_scratch)(a, threads_for(a));
     int64_t n;
     slot_at(a, NULL, 0, false, &n);
     return threads_for(a) * n;
@@ -576,6 +420,10 @@ void CPU_ISA_FN(cpu_attention_forward)(const cpu_attention_dims *a, float *out, 
                                        const float *q, const float *k, const float *v,
                                        float *work) {
     int threads = threads_for(a);
+    if (a->lq <= CPU_ATTENTION_FEW_QUERIES) {
+        CPU_ISA_FN(cpu_attention_few_forward)(a, threads, out, p, q, k, v, work);
+        return;
+    }
     int64_t packed[threads];
     for (int t = 0; t < threads; t++)
         packed[t] = -1;
