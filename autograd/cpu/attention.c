@@ -21,7 +21,11 @@
  *
  * Threading: forward items are (pair, chunk of QUERY_CHUNK queries), so even
  * one pair keeps every thread busy; backward items are whole pairs, each on
- * one thread, with the pair's dS [Lq, Lk] in its scratch. */
+ * one thread, with the pair's dS [Lq, Lk] in its scratch.
+ *
+ * The forward of pairs of at most CPU_ATTENTION_FEW_QUERIES queries (a
+ * decoder's new tokens), for which packing costs more than it saves, is
+ * attention_few.c's. */
 #include "attention.h"
 #include "attention_few.h"
 #include "parallel.h"

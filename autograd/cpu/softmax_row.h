@@ -10,10 +10,11 @@
  * may be s; returns 1 / their sum, the scale that makes them probabilities
  * (it scales the row's output instead, d products instead of Lk, and the
  * kept P afterwards, so that a forward with a tape gives the same bits as
- * one without: gradient checkpointing recomputes one as the other). The row max is subtracted so exp never overflows; masked keys
- * (j >= keep) get exactly 0, and a causal row always keeps key i + Lk - Lq
- * (its own position when the queries are the last Lq of the keys' sequence),
- * so no row is empty. */
+ * one without: gradient checkpointing recomputes one as the other). The
+ * row max is subtracted so exp never overflows; masked keys (j >= keep) get
+ * exactly 0, and a causal row always keeps key i + Lk - Lq (its own position
+ * when the queries are the last Lq of the keys' sequence), so no row is
+ * empty. */
 static inline float exp_row(float *p, const float *s, int keep, int lk) {
     float max = s[0], sum = 0.0f;
 #pragma omp simd reduction(max : max)
