@@ -40,6 +40,18 @@ static const att_case cases[] = {
      * over 32 queries, for the gradient check's looser bound on longer sums */
     {"wide heads", 2, 37, 45, 2, 40, false, 0.1f},
     {"wider heads, causal", 1, 35, 35, 1, 70, true, 0.05f},
+    /* at most 4 queries (FEW_QUERIES): keys and values read in place, 4 keys
+     * at a time and a short last block, channels in vectors and a remainder
+     * (40: 2 vectors of 16 and 8 left; of 8, 5 whole), P v for 1 to 4 rows;
+     * a decoder's cross-attention over many image tokens (threaded), and its
+     * causal self-attention after cached keys */
+    {"few queries: one, wide head", 2, 1, 7, 2, 40, false, 0.0f},
+    {"few queries: two, causal after cached keys", 2, 2, 9, 3, 37, true, 0.0f},
+    {"few queries: three, head of 3", 3, 3, 5, 2, 3, false, 0.2f},
+    {"few queries: four, causal", 1, 4, 6, 2, 17, true, 0.0f},
+    {"few queries: cross over many keys, threaded", 2, 3, 203, 2, 48, false, 0.0f},
+    /* one sample on two threads: its heads in two groups, of 1 and 2 heads */
+    {"few queries: heads in groups, threaded", 1, 2, 150, 3, 40, false, 0.0f},
 };
 
 /* The kernels go parallel for cases of CPU_PAR_MIN multiply-adds and more
@@ -208,30 +220,39 @@ START_TEST(test_grad_subsets) {
 END_TEST
 
 /* Sample 1 of a batch of 3 and the same sample alone: the same output and
- * gradients, to the bit (the work split must not depend on the batch). */
-START_TEST(test_batch_invariant) {
-    enum { L = 70, C = 32, HEADS = 1 };
-    const int64_t per = (int64_t)L * C;
+ * gradients, to the bit (the work split must not depend on the batch); with
+ * many queries and with few (read in place; alone, the sample's heads are
+ * split in two groups for the two threads, in the batch they are not). */
+static void check_batch_invariant(int64_t lq, int64_t C, int HEADS) {
+    enum { L = 70 };
+    const int64_t len[4] = {lq, L, L, lq}; /* q, k, v, dout */
     omp_set_num_threads(2);
     dc_ctx *ctx = tu_ctx();
-    dc_tensor *big[4], *one[4]; /* q, k, v, dout */
+    dc_tensor *big[4], *one[4];
     for (int i = 0; i < 4; i++) {
-        big[i] = i < 3 ? tu_leaf(ctx, DC_SHAPE(3, L, C)) : tu_randn(ctx, DC_SHAPE(3, L, C));
-        one[i] = dc_new(ctx, DC_F32, DC_SHAPE(1, L, C));
+        big[i] = i < 3 ? tu_leaf(ctx, DC_SHAPE(3, len[i], C))
+                       : tu_randn(ctx, DC_SHAPE(3, len[i], C));
+        one[i] = dc_new(ctx, DC_F32, DC_SHAPE(1, len[i], C));
         ck_assert_ptr_nonnull(one[i]);
-        memcpy(one[i]->data, (float *)big[i]->data + per, (size_t)per * sizeof(float));
+        memcpy(one[i]->data, (float *)big[i]->data + len[i] * C,
+               (size_t)(len[i] * C) * sizeof(float));
         one[i]->requires_grad = i < 3;
     }
     dc_tensor *oo = dc_attention(ctx, one[0], one[1], one[2], HEADS, false, 0.0f);
     ck_assert_msg(oo && dc_backward_from(ctx, oo, one[3]) == 0, "%s", dc_error());
     dc_tensor *ob = dc_attention(ctx, big[0], big[1], big[2], HEADS, false, 0.0f);
     ck_assert_msg(ob && dc_backward_from(ctx, ob, big[3]) == 0, "%s", dc_error());
-    ck_assert(memcmp((float *)ob->data + per, oo->data, (size_t)per * sizeof(float)) == 0);
+    ck_assert(memcmp((float *)ob->data + lq * C, oo->data, (size_t)(lq * C) * sizeof(float)) == 0);
     for (int i = 0; i < 3; i++)
-        ck_assert_msg(memcmp((float *)big[i]->grad->data + per, one[i]->grad->data,
-                             (size_t)per * sizeof(float)) == 0,
-                      "gradient of input %d", i);
+        ck_assert_msg(memcmp((float *)big[i]->grad->data + len[i] * C, one[i]->grad->data,
+                             (size_t)(len[i] * C) * sizeof(float)) == 0,
+                      "%lld queries: gradient of input %d", (long long)lq, i);
     tu_ctx_free(ctx);
+}
+
+START_TEST(test_batch_invariant) {
+    check_batch_invariant(70, 32, 1);
+    check_batch_invariant(4, 128, 4);
 }
 END_TEST
 

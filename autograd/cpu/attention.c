@@ -21,12 +21,15 @@
  *
  * Threading: forward items are (pair, chunk of QUERY_CHUNK queries), so even
  * one pair keeps every thread busy; backward items are whole pairs, each on
- * one thread, with the pair's dS [Lq, Lk] in its scratch. */
+ * one thread, with the pair's dS [Lq, Lk] in its scratch.
+ *
+ * The forward of pairs of at most CPU_ATTENTION_FEW_QUERIES queries (a
+ * decoder's new tokens), for which packing costs more than it saves, is
+ * attention_few.c's. */
 #include "attention.h"
+#include "attention_few.h"
 #include "parallel.h"
-#include "vmath.h"
 
-#include <immintrin.h>
 #include <omp.h>
 #include <string.h>
 
@@ -58,45 +61,7 @@ typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(
 
 static inline vf load(const float *p) { return *(const vf *)p; }
 
-static inline vf vmax(vf a, vf b) {
-#if VB == 16
-    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
-#elif VB == 8
-    return (vf)_mm256_max_ps((__m256)a, (__m256)b);
-#else
-    return (vf)_mm_max_ps((__m128)a, (__m128)b);
-#endif
-}
-
-/* The largest lane and the sum of the lanes, halving the vector each step (one
- * lane at a time made a dependency chain of VB operations for each row). */
-static inline float lanes_max(vf v) {
-#if VB == 16
-    return _mm512_reduce_max_ps((__m512)v);
-#else
-#if VB == 8
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
-#else
-    __m128 m = (__m128)v;
-#endif
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-#endif
-}
-
-static inline float lanes_sum(vf v) {
-#if VB == 16
-    return _mm512_reduce_add_ps((__m512)v);
-#else
-#if VB == 8
-    __m128 m = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
-#else
-    __m128 m = (__m128)v;
-#endif
-    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-    return _mm_cvtss_f32(_mm_add_ss(m, _mm_shuffle_ps(m, m, 1)));
-#endif
-}
+#include "softmax_row.h" /* after vf and load */
 static inline void store(float *p, vf v) { *(vf *)p = v; }
 
 /* A thread's scratch: packed operands [rows, width] and row blocks. */
@@ -346,44 +311,6 @@ static void block_pv(float *o, const float *const p[FRB], int n, const float *b,
         block_pv_cols(o, p, n, b, dp, t, 1);
 }
 
-/* A row of scores to the exponentials of softmax, p = exp(s - max(s)), p
- * may be s; returns 1 / their sum, the scale that makes them probabilities
- * (it scales the row's output instead, d products instead of Lk, and the
- * kept P afterwards, so that a forward with a tape gives the same bits as
- * one without: gradient checkpointing recomputes one as the other). The row max is subtracted so exp never overflows; masked keys
- * (j >= keep) get exactly 0, and a causal row always keeps key i + Lk - Lq
- * (its own position when the queries are the last Lq of the keys' sequence),
- * so no row is empty. */
-static float exp_row(float *p, const float *s, int keep, int lk) {
-    /* Max and sum in explicit vectors, and the exponentials in a loop of
-     * their own: a `simd reduction` around the libmvec call kept its
-     * accumulators on the stack (every call clobbers the vector registers),
-     * and the max's lanes were combined one scalar load at a time, half the
-     * time of a forward item at d = 16. */
-    int j = 0;
-    float max = s[0];
-    if (keep >= VB) { /* two chains of maxima, a max's latency apart */
-        vf m0 = load(s), m1 = m0;
-        for (j = VB; j + 2 * VB <= keep; j += 2 * VB)
-            m0 = vmax(m0, load(s + j)), m1 = vmax(m1, load(s + j + VB));
-        max = lanes_max(vmax(m0, m1));
-    }
-    for (; j < keep; j++)
-        max = s[j] > max ? s[j] : max;
-#pragma omp simd
-    for (j = 0; j < keep; j++)
-        p[j] = expf(s[j] - max);
-    vf acc = {0};
-    for (j = 0; j + VB <= keep; j += VB)
-        acc += load(p + j);
-    float sum = lanes_sum(acc);
-    for (; j < keep; j++)
-        sum += p[j];
-    for (j = keep; j < lk; j++)
-        p[j] = 0.0f;
-    return 1.0f / sum;
-}
-
 /* dS = P (dP - rowsum(dP P)) in place over one row; the scale waits for
  * the products that use dS. */
 static void softmax_backward_row(float *g, const float *p, int lk) {
@@ -487,6 +414,8 @@ static void backward_item(const backward_job *b, int64_t bh, int thread) {
 
 int64_t CPU_ISA_FN(cpu_attention_forward_scratch)(const cpu_attention_dims *a, bool keep_p) {
     (void)keep_p; /* P's rows live in the row block when it is not kept */
+    if (a->lq <= CPU_ATTENTION_FEW_QUERIES)
+        return CPU_ISA_FN(cpu_attention_few_scratch)(a, threads_for(a));
     int64_t n;
     slot_at(a, NULL, 0, false, &n);
     return threads_for(a) * n;
@@ -502,6 +431,10 @@ void CPU_ISA_FN(cpu_attention_forward)(const cpu_attention_dims *a, float *out, 
                                        const float *q, const float *k, const float *v,
                                        float *work) {
     int threads = threads_for(a);
+    if (a->lq <= CPU_ATTENTION_FEW_QUERIES) {
+        CPU_ISA_FN(cpu_attention_few_forward)(a, threads, out, p, q, k, v, work);
+        return;
+    }
     int64_t packed[threads];
     for (int t = 0; t < threads; t++)
         packed[t] = -1;

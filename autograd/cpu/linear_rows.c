@@ -33,24 +33,7 @@ typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(
 
 static inline vf load(const float *p) { return *(const vf *)p; }
 
-/* The lanes' sum as a tree of halves: log2(VB) vector adds, not VB - 1
- * dependent scalar ones (they were most of a long row's time). */
-static inline float lanes_sum(vf v) {
-#if VB == 16
-    typedef float vh __attribute__((vector_size(8 * sizeof(float))));
-    vh h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-#elif VB == 8
-    vf h = v;
-#endif
-#if VB >= 8
-    typedef float vq __attribute__((vector_size(4 * sizeof(float))));
-    vq q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-#else
-    vf q = v;
-#endif
-    return (q[0] + q[2]) + (q[1] + q[3]);
-}
+#include "lanes_sum.h"
 
 /* out[j] = x . w[j] (rows of w K apart) for j < WB. */
 static void dots(const float *x, const float *w, int64_t K, float out[WB]) {
