@@ -361,19 +361,6 @@ static int load_model(run *r) {
 
 /* ---- captioning ---- */
 
-typedef struct decoder_lm {
-    dc_blip_decoder *d;
-} decoder_lm;
-
-static int lm_step(void *self, const int32_t *ids, int64_t n, float *logits) {
-    return dc_blip_decoder_step(((decoder_lm *)self)->d, ids, n, logits);
-}
-
-static int lm_reorder(void *self, const int64_t *src) {
-    return dc_blip_decoder_reorder(((decoder_lm *)self)->d, src);
-}
-
-
 /* Decode and preprocess job j into px; 1 when the image is skipped. */
 static int load_pixels(run *r, const job *j, float *px) {
     dc_image img = {0};
@@ -397,22 +384,23 @@ static int caption_pixels(run *r, const float *px, int64_t b, char **caps) {
     if (!embeds || dc_ctx_status(&r->ctx))
         return -1;
     const dc_text_gen_options *g = &r->gen;
-    decoder_lm self = {NULL};
+    dc_blip_decoder *d = NULL;
     int32_t *prefix = malloc((size_t)(b * r->prefix_len) * sizeof *prefix);
     dc_text_gen_output out = {0};
     int rc = prefix ? 0 : dc_fail("out of memory");
     for (int64_t i = 0; !rc && i < b; i++)
         memcpy(prefix + i * r->prefix_len, r->prefix, (size_t)r->prefix_len * sizeof *prefix);
     if (!rc)
-        rc = dc_blip_decoder_init(&self.d, r->model, embeds, dc_text_gen_rows_per_entry(g),
+        rc = dc_blip_decoder_init(&d, r->model, embeds, dc_text_gen_rows_per_entry(g),
                                   dc_text_gen_max_length(g, r->prefix_len));
-    dc_lm lm = {&self, r->model->cfg.text.vocab_size, lm_step, lm_reorder};
-    if (!rc)
+    if (!rc) {
+        dc_lm lm = dc_blip_decoder_lm(d);
         rc = dc_text_generate(&lm, g, b, prefix, r->prefix_len, &out);
+    }
     for (int64_t i = 0; !rc && i < b; i++)
         rc = dc_wordpiece_decode(r->tok, out.ids + i * out.len, out.lengths[i], true, &caps[i]);
     dc_text_gen_output_free(&out);
-    dc_blip_decoder_free(self.d);
+    dc_blip_decoder_free(d);
     free(prefix);
     return rc;
 }

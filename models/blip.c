@@ -538,6 +538,16 @@ struct dc_blip_decoder {
     int64_t images, rows, rows_per_image, max_len, len;
 };
 
+static int lm_step(void *d, const int32_t *ids, int64_t n, float *logits) {
+    return dc_blip_decoder_step(d, ids, n, logits);
+}
+
+static int lm_reorder(void *d, const int64_t *src) { return dc_blip_decoder_reorder(d, src); }
+
+dc_lm dc_blip_decoder_lm(dc_blip_decoder *d) {
+    return (dc_lm){d, d->m->cfg.text.vocab_size, lm_step, lm_reorder};
+}
+
 void dc_blip_decoder_free(dc_blip_decoder *d) {
     if (!d)
         return;

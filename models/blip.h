@@ -34,6 +34,7 @@
 #define DC_MODELS_BLIP_H
 
 #include "autograd/nn.h"
+#include "models/text_generate.h"
 #include "models/transformer.h"
 
 #include <stdbool.h>
@@ -120,6 +121,8 @@ int dc_blip_decoder_step(dc_blip_decoder *d, const int32_t *ids, int64_t n, floa
 int dc_blip_decoder_reorder(dc_blip_decoder *d, const int64_t *src);
 /* Tokens fed so far per row. */
 int64_t dc_blip_decoder_length(const dc_blip_decoder *d);
+/* The decoder as the language model of dc_text_generate (step and reorder). */
+dc_lm dc_blip_decoder_lm(dc_blip_decoder *d);
 void dc_blip_decoder_free(dc_blip_decoder *d);
 
 #endif

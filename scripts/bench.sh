@@ -19,9 +19,9 @@
 #          world 1 and the share the overlap with the backward pass hides; on
 #          the CPU two MPI ranks, one bucket against overlapped buckets
 #   blip   captioning with BLIP base (configs/blip-base/config.json, random weights):
-#          images/s of the vision model plus greedy decoding of 20 tokens per
-#          image (no early stop) beside transformers' generate(), same threads,
-#          and both sides' peak memory
+#          images/s of the vision model plus greedy and 3-beam decoding of 20
+#          tokens per image (no early stop) beside transformers' generate(), same
+#          threads, and both sides' peak memory
 #   sd     text-to-image with a full-size Stable Diffusion 1.5 pipeline of random
 #          weights (scripts/make_sd_pipeline.py, made once into build/bench-sd):
 #          seconds per denoising step at 256x256 and 512x512, batch 1 with
@@ -430,26 +430,33 @@ bench_dist() {
 
 bench_blip() {
     build_cpu bench_blip
-    local tpython=${TRANSFORMERS_PYTHON:-$python} batch=2 length=20 results
-    # Lines `diffc|transformers bench blip config=C batch=N max_length=L ... images_per_s=I peak_mb=M`.
+    local tpython=${TRANSFORMERS_PYTHON:-$python} batch=2 length=20 results beams
+    # Lines `diffc|transformers bench blip config=C batch=N max_length=L num_beams=K ... images_per_s=I peak_mb=M`.
     results=$(for ((i = 0; i < runs; i++)); do
-        OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_blip --config configs/blip-base/config.json \
-            --batch $batch --max-length $length --reps 2 | sed 's/^/diffc /'
-        OMP_NUM_THREADS=$threads "$tpython" scripts/bench_blip_torch.py --config configs/blip-base/config.json \
-            --batch $batch --max-length $length --reps 2 --threads "$threads" 2>/dev/null | sed 's/^/transformers /'
+        for beams in 1 3; do
+            OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads build/bench_blip --config configs/blip-base/config.json \
+                --batch $batch --max-length $length --num-beams $beams --reps 2 | sed 's/^/diffc /'
+            OMP_NUM_THREADS=$threads "$tpython" scripts/bench_blip_torch.py --config configs/blip-base/config.json \
+                --batch $batch --max-length $length --num-beams $beams --reps 2 --threads "$threads" 2>/dev/null |
+                sed 's/^/transformers /'
+        done
     done)
     echo "== blip: $machine; $("$tpython" -c 'import transformers; print("transformers", transformers.__version__)' 2>/dev/null)"
-    echo "   BLIP base, random weights, $threads threads, batch $batch, greedy to $length tokens; best of $runs runs"
+    echo "   BLIP base, random weights, $threads threads, batch $batch, $length tokens (greedy, 3 beams); best of $runs runs"
     awk "$awk_field"'
-        { keep_best(field($0, "config"), "total_ms", -1) }
+        { keep_best(field($0, "num_beams"), "total_ms", -1) }
         END {
-            printf "%-14s %10s %10s %10s %9s %8s\n", "", "vision ms", "decode ms", "images/s", "peak MB", "speed"
-            d = best["diffc " order[1]]; t = best["transformers " order[1]]
-            printf "%-14s %10s %10s %10s %9s %7.2fx\n", "diffc", field(d, "vision_ms"), field(d, "decode_ms"),
-                   field(d, "images_per_s"), field(d, "peak_mb"), t == "" ? 0 : field(t, "total_ms") / field(d, "total_ms")
-            if (t != "")
-                printf "%-14s %10s %10s %10s %9s\n", "transformers", field(t, "vision_ms"), field(t, "decode_ms"),
-                       field(t, "images_per_s"), field(t, "peak_mb")
+            printf "%-20s %10s %10s %10s %9s %8s\n", "", "vision ms", "decode ms", "images/s", "peak MB", "speed"
+            for (i = 1; i <= n; i++) {
+                d = best["diffc " order[i]]; t = best["transformers " order[i]]
+                what = order[i] == 1 ? "greedy" : order[i] " beams"
+                printf "%-20s %10s %10s %10s %9s %7.2fx\n", "diffc, " what, field(d, "vision_ms"),
+                       field(d, "decode_ms"), field(d, "images_per_s"), field(d, "peak_mb"),
+                       t == "" ? 0 : field(t, "total_ms") / field(d, "total_ms")
+                if (t != "")
+                    printf "%-20s %10s %10s %10s %9s\n", "transformers, " what, field(t, "vision_ms"),
+                           field(t, "decode_ms"), field(t, "images_per_s"), field(t, "peak_mb")
+            }
         }
     ' <<<"$results"
 }

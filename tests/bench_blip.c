@@ -1,16 +1,18 @@
 /*
  * CPU benchmark of BLIP captioning (BlipForConditionalGeneration) on random
  * weights: the vision model over a batch of images, then greedy decoding of
- * max_length - 1 tokens per image through the incremental decoder (no early
- * stop: every image decodes the full length, as generate(min_length =
+ * max_length - 1 tokens per image through the incremental decoder, or beam
+ * search (--num-beams, through dc_text_generate as `diffc caption` runs it;
+ * no early stop: every image decodes the full length, as generate(min_length =
  * max_length) does on the transformers side). Prints the best repetition:
- *   bench blip config=PATH batch=N max_length=L params=P vision_ms=V decode_ms=D total_ms=T
- *   images_per_s=I peak_mb=M
+ *   bench blip config=PATH batch=N max_length=L num_beams=K params=P vision_ms=V decode_ms=D
+ *   total_ms=T images_per_s=I peak_mb=M
  * peak_mb is the process's peak resident set (getrusage), as the transformers
  * side reports it. scripts/bench_blip_torch.py prints the same line; run both
  * with the same thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, --threads).
  *
- * usage: bench_blip --config PATH [--batch N] [--max-length L] [--reps N] [--warmup N]
+ * usage: bench_blip --config PATH [--batch N] [--max-length L] [--num-beams K] [--reps N]
+ *        [--warmup N]
  */
 #include "autograd/error.h"
 #include "autograd/fileio.h"
@@ -24,7 +26,7 @@
 
 typedef struct {
     const char *config;
-    int batch, max_length, reps, warmup;
+    int batch, max_length, num_beams, reps, warmup;
 } options;
 
 static double now(void) {
@@ -71,6 +73,32 @@ static int decode(const dc_blip *m, const dc_tensor *img, int max_length) {
     return rc;
 }
 
+/* Beam search with k beams to max_length tokens, eos held back until then. */
+static int decode_beams(const dc_blip *m, const dc_tensor *img, int max_length, int k) {
+    int64_t images = img->shape[0];
+    dc_text_gen_options g = dc_text_gen_default_options();
+    g.max_length = g.min_length = max_length;
+    g.num_beams = k;
+    g.eos_token_id = m->cfg.text.sep_token_id;
+    g.pad_token_id = m->cfg.text.pad_token_id;
+    int32_t *prefix = malloc((size_t)images * sizeof *prefix);
+    dc_blip_decoder *d = NULL;
+    dc_text_gen_output out = {0};
+    int rc = prefix ? 0 : dc_fail("out of memory");
+    for (int64_t i = 0; !rc && i < images; i++)
+        prefix[i] = m->cfg.text.bos_token_id;
+    if (!rc)
+        rc = dc_blip_decoder_init(&d, m, img, k, max_length);
+    if (!rc) {
+        dc_lm lm = dc_blip_decoder_lm(d);
+        rc = dc_text_generate(&lm, &g, images, prefix, 1, &out);
+    }
+    dc_text_gen_output_free(&out);
+    dc_blip_decoder_free(d);
+    free(prefix);
+    return rc;
+}
+
 static int step(dc_ctx *ctx, const dc_blip *m, const options *o, double *vision_s,
                 double *decode_s) {
     dc_ctx_reset(ctx);
@@ -82,17 +110,20 @@ static int step(dc_ctx *ctx, const dc_blip *m, const options *o, double *vision_
     double t0 = now();
     dc_tensor *img = dc_blip_vision_forward(ctx, m, px);
     double t1 = now();
-    int rc = img ? decode(m, img, o->max_length) : -1;
+    int rc = !img ? -1
+             : o->num_beams > 1 ? decode_beams(m, img, o->max_length, o->num_beams)
+                                : decode(m, img, o->max_length);
     *vision_s = t1 - t0;
     *decode_s = now() - t1;
     return rc;
 }
 
 static int parse(int argc, char **argv, options *o) {
-    *o = (options){NULL, 2, 20, 3, 1};
+    *o = (options){NULL, 2, 20, 1, 3, 1};
     for (int i = 1; i + 1 < argc; i += 2) {
         int *field = !strcmp(argv[i], "--batch")        ? &o->batch
                      : !strcmp(argv[i], "--max-length") ? &o->max_length
+                     : !strcmp(argv[i], "--num-beams")  ? &o->num_beams
                      : !strcmp(argv[i], "--reps")       ? &o->reps
                      : !strcmp(argv[i], "--warmup")     ? &o->warmup
                                                         : NULL;
@@ -103,7 +134,7 @@ static int parse(int argc, char **argv, options *o) {
         else
             return -1;
     }
-    return argc % 2 == 1 && o->config && o->batch >= 1 && o->max_length >= 2 && o->reps >= 1 &&
+    return argc % 2 == 1 && o->config && o->batch >= 1 && o->max_length >= 2 && o->num_beams >= 1 && o->reps >= 1 &&
                    o->warmup >= 0
                ? 0
                : -1;
@@ -125,9 +156,9 @@ static int run(const options *o, const dc_blip *m, dc_ctx *ctx) {
     size_t n = 0;
     for (int i = 0; i < m->params.n; i++)
         n += (size_t)m->params.p[i]->value.numel;
-    printf("bench blip config=%s batch=%d max_length=%d params=%zu vision_ms=%.1f decode_ms=%.1f "
-           "total_ms=%.1f images_per_s=%.3f peak_mb=%.0f\n",
-           o->config, o->batch, o->max_length, n, best_v * 1e3, best_d * 1e3, best_t * 1e3,
+    printf("bench blip config=%s batch=%d max_length=%d num_beams=%d params=%zu vision_ms=%.1f "
+           "decode_ms=%.1f total_ms=%.1f images_per_s=%.3f peak_mb=%.0f\n",
+           o->config, o->batch, o->max_length, o->num_beams, n, best_v * 1e3, best_d * 1e3, best_t * 1e3,
            o->batch / best_t, (double)ru.ru_maxrss / 1024);
     return 0;
 }
@@ -136,7 +167,8 @@ int main(int argc, char **argv) {
     options o;
     if (parse(argc, argv, &o)) {
         fprintf(stderr,
-                "usage: %s --config PATH [--batch N] [--max-length L] [--reps N] [--warmup N]\n",
+                "usage: %s --config PATH [--batch N] [--max-length L] [--num-beams K] [--reps N] "
+                "[--warmup N]\n",
                 argv[0]);
         return 2;
     }
