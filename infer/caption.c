@@ -142,6 +142,8 @@ typedef struct run {
     int64_t prefix_len;
     dc_text_gen_options gen;
     dc_ctx ctx;
+    dc_blip_decoder *decoder; /* the last batch's, restarted for a batch as large */
+    int64_t decoder_images;
     bool ctx_ready, tty;
 } run;
 
@@ -384,23 +386,27 @@ static int caption_pixels(run *r, const float *px, int64_t b, char **caps) {
     if (!embeds || dc_ctx_status(&r->ctx))
         return -1;
     const dc_text_gen_options *g = &r->gen;
-    dc_blip_decoder *d = NULL;
+
     int32_t *prefix = malloc((size_t)(b * r->prefix_len) * sizeof *prefix);
     dc_text_gen_output out = {0};
     int rc = prefix ? 0 : dc_fail("out of memory");
     for (int64_t i = 0; !rc && i < b; i++)
         memcpy(prefix + i * r->prefix_len, r->prefix, (size_t)r->prefix_len * sizeof *prefix);
-    if (!rc)
-        rc = dc_blip_decoder_init(&d, r->model, embeds, dc_text_gen_rows_per_entry(g),
+    if (!rc && r->decoder && r->decoder_images == b) /* a batch as large as the last one */
+        rc = dc_blip_decoder_restart(r->decoder, embeds);
+    else if (!rc) {
+        dc_blip_decoder_free(r->decoder);
+        r->decoder_images = b;
+        rc = dc_blip_decoder_init(&r->decoder, r->model, embeds, dc_text_gen_rows_per_entry(g),
                                   dc_text_gen_max_length(g, r->prefix_len));
+    }
     if (!rc) {
-        dc_lm lm = dc_blip_decoder_lm(d);
+        dc_lm lm = dc_blip_decoder_lm(r->decoder);
         rc = dc_text_generate(&lm, g, b, prefix, r->prefix_len, &out);
     }
     for (int64_t i = 0; !rc && i < b; i++)
         rc = dc_wordpiece_decode(r->tok, out.ids + i * out.len, out.lengths[i], true, &caps[i]);
     dc_text_gen_output_free(&out);
-    dc_blip_decoder_free(d);
     free(prefix);
     return rc;
 }
@@ -498,6 +504,7 @@ static void run_free(run *r) {
         dc_dataset_items_close(&r->sources[k]);
     if (r->ctx_ready)
         dc_ctx_free(&r->ctx);
+    dc_blip_decoder_free(r->decoder);
     dc_blip_free(r->model);
     dc_wordpiece_free(r->tok);
     free(r->prefix);

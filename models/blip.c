@@ -644,6 +644,19 @@ int dc_blip_decoder_init(dc_blip_decoder **out, const dc_blip *m, const dc_tenso
     return 0;
 }
 
+int dc_blip_decoder_restart(dc_blip_decoder *d, const dc_tensor *image_embeds) {
+    const dc_tensor *first = d->cross_k[0];
+    if (decoder_check(d->m, image_embeds, d->rows_per_image, d->max_len))
+        return -1;
+    if (image_embeds->shape[0] != d->images || !first || image_embeds->shape[1] != first->shape[1])
+        return dc_fail("BLIP decoder: restarted with images of another shape");
+    d->len = 0;
+    for (int i = 0; i < d->m->cfg.text.num_hidden_layers; i++)
+        d->self[i].len = 0;
+    dc_ctx_reset(&d->kept);
+    return cross_kv(d, image_embeds);
+}
+
 int dc_blip_decoder_step(dc_blip_decoder *d, const int32_t *ids, int64_t n, float *logits) {
     const dc_blip *m = d->m;
     const dc_blip_text_config *t = &m->cfg.text;

@@ -51,12 +51,19 @@ static int32_t argmax(const float *x, int64_t n) {
     return (int32_t)best;
 }
 
+/* *d for the images img: restarted when there is one (each repetition's
+ * images are the same shape), as `diffc caption` does batch after batch. */
+static int decoder_for(dc_blip_decoder **d, const dc_blip *m, const dc_tensor *img, int rows_per_image,
+                       int max_length) {
+    return *d ? dc_blip_decoder_restart(*d, img) : dc_blip_decoder_init(d, m, img, rows_per_image, max_length);
+}
+
 /* Greedy: bos, then max_length - 1 top tokens per row. */
-static int decode(const dc_blip *m, const dc_tensor *img, int max_length) {
+static int decode(dc_blip_decoder **dp, const dc_blip *m, const dc_tensor *img, int max_length) {
     int64_t rows = img->shape[0], v = m->cfg.text.vocab_size;
-    dc_blip_decoder *d;
-    if (dc_blip_decoder_init(&d, m, img, 1, max_length))
+    if (decoder_for(dp, m, img, 1, max_length))
         return -1;
+    dc_blip_decoder *d = *dp;
     float *logits = malloc((size_t)(rows * v) * sizeof *logits);
     int32_t *next = malloc((size_t)rows * sizeof *next);
     int rc = logits && next ? 0 : dc_fail("out of memory");
@@ -69,12 +76,12 @@ static int decode(const dc_blip *m, const dc_tensor *img, int max_length) {
     }
     free(logits);
     free(next);
-    dc_blip_decoder_free(d);
     return rc;
 }
 
 /* Beam search with k beams to max_length tokens, eos held back until then. */
-static int decode_beams(const dc_blip *m, const dc_tensor *img, int max_length, int k) {
+static int decode_beams(dc_blip_decoder **dp, const dc_blip *m, const dc_tensor *img, int max_length,
+                        int k) {
     int64_t images = img->shape[0];
     dc_text_gen_options g = dc_text_gen_default_options();
     g.max_length = g.min_length = max_length;
@@ -82,25 +89,23 @@ static int decode_beams(const dc_blip *m, const dc_tensor *img, int max_length, 
     g.eos_token_id = m->cfg.text.sep_token_id;
     g.pad_token_id = m->cfg.text.pad_token_id;
     int32_t *prefix = malloc((size_t)images * sizeof *prefix);
-    dc_blip_decoder *d = NULL;
     dc_text_gen_output out = {0};
     int rc = prefix ? 0 : dc_fail("out of memory");
     for (int64_t i = 0; !rc && i < images; i++)
         prefix[i] = m->cfg.text.bos_token_id;
     if (!rc)
-        rc = dc_blip_decoder_init(&d, m, img, k, max_length);
+        rc = decoder_for(dp, m, img, k, max_length);
     if (!rc) {
-        dc_lm lm = dc_blip_decoder_lm(d);
+        dc_lm lm = dc_blip_decoder_lm(*dp);
         rc = dc_text_generate(&lm, &g, images, prefix, 1, &out);
     }
     dc_text_gen_output_free(&out);
-    dc_blip_decoder_free(d);
     free(prefix);
     return rc;
 }
 
-static int step(dc_ctx *ctx, const dc_blip *m, const options *o, double *vision_s,
-                double *decode_s) {
+static int step(dc_ctx *ctx, const dc_blip *m, const options *o, dc_blip_decoder **d,
+                double *vision_s, double *decode_s) {
     dc_ctx_reset(ctx);
     int64_t s = m->cfg.vision.image_size;
     dc_tensor *px = dc_new(ctx, DC_F32, DC_SHAPE(o->batch, s, s, 3));
@@ -111,8 +116,8 @@ static int step(dc_ctx *ctx, const dc_blip *m, const options *o, double *vision_
     dc_tensor *img = dc_blip_vision_forward(ctx, m, px);
     double t1 = now();
     int rc = !img ? -1
-             : o->num_beams > 1 ? decode_beams(m, img, o->max_length, o->num_beams)
-                                : decode(m, img, o->max_length);
+             : o->num_beams > 1 ? decode_beams(d, m, img, o->max_length, o->num_beams)
+                                : decode(d, m, img, o->max_length);
     *vision_s = t1 - t0;
     *decode_s = now() - t1;
     return rc;
@@ -142,15 +147,19 @@ static int parse(int argc, char **argv, options *o) {
 
 static int run(const options *o, const dc_blip *m, dc_ctx *ctx) {
     double best_v = 1e30, best_d = 1e30, best_t = 1e30, v, d;
+    dc_blip_decoder *dec = NULL;
     for (int r = 0; r < o->warmup + o->reps; r++) {
-        if (step(ctx, m, o, &v, &d))
+        if (step(ctx, m, o, &dec, &v, &d)) {
+            dc_blip_decoder_free(dec);
             return -1;
+        }
         if (r < o->warmup)
             continue;
         best_v = v < best_v ? v : best_v;
         best_d = d < best_d ? d : best_d;
         best_t = v + d < best_t ? v + d : best_t;
     }
+    dc_blip_decoder_free(dec);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     size_t n = 0;
