@@ -276,6 +276,49 @@ START_TEST(test_batch_invariance) {
 }
 END_TEST
 
+/* A decoder restarted for new images (after a full run on others, beams
+ * reordered) gives the bits a fresh decoder gives them; images of another
+ * shape are refused. */
+START_TEST(test_restart) {
+    dc_blip *m = load("tiny");
+    dc_ctx *ctx = tu_ctx();
+    dc_set_grad_enabled(ctx, false);
+    enum { IMAGES = 2, PER = 2, ROWS = IMAGES * PER, T = 3 };
+    int64_t v = m->cfg.text.vocab_size;
+    dc_tensor *old = random_image_embeds(ctx, m, IMAGES), *img = random_image_embeds(ctx, m, IMAGES);
+    int32_t ids[ROWS * T];
+    random_ids(m, ids, ROWS * T);
+    const int64_t src[ROWS] = {1, 1, 3, 2};
+    float *got = malloc((size_t)(ROWS * v) * sizeof *got),
+          *want = malloc((size_t)(ROWS * v) * sizeof *want);
+    dc_blip_decoder *a, *b;
+    ck_assert_msg(dc_blip_decoder_init(&a, m, old, PER, T) == 0, "%s", dc_error());
+    ck_assert_msg(dc_blip_decoder_step(a, ids, T - 1, got) == 0, "%s", dc_error());
+    ck_assert_msg(dc_blip_decoder_reorder(a, src) == 0, "%s", dc_error());
+    ck_assert_msg(dc_blip_decoder_step(a, ids, 1, got) == 0, "%s", dc_error());
+    ck_assert_msg(dc_blip_decoder_restart(a, img) == 0, "%s", dc_error());
+    ck_assert_int_eq(dc_blip_decoder_length(a), 0);
+    ck_assert_msg(dc_blip_decoder_init(&b, m, img, PER, T) == 0, "%s", dc_error());
+    for (int step = 0; step < 2; step++) { /* a prompt of T - 1 tokens, then one more */
+        int64_t n = step ? 1 : T - 1;
+        for (int64_t i = 0; i < ROWS * v; i++)
+            got[i] = NAN;
+        ck_assert_msg(dc_blip_decoder_step(a, ids, n, got) == 0, "%s", dc_error());
+        ck_assert_msg(dc_blip_decoder_step(b, ids, n, want) == 0, "%s", dc_error());
+        ck_assert_msg(!memcmp(got, want, (size_t)(ROWS * v) * sizeof *got), "step %d", step);
+    }
+    dc_tensor *three = random_image_embeds(ctx, m, IMAGES + 1);
+    ck_assert_int_ne(dc_blip_decoder_restart(a, three), 0);
+    ck_assert_msg(strstr(dc_error(), "another shape"), "%s", dc_error());
+    free(got);
+    free(want);
+    dc_blip_decoder_free(a);
+    dc_blip_decoder_free(b);
+    tu_ctx_free(ctx);
+    dc_blip_free(m);
+}
+END_TEST
+
 /* pixels -> vision -> logits of fixed ids -> the captioning loss (next-token
  * cross-entropy): the whole model on the tape. A loss of a few units, not the
  * logits themselves, keeps float32's rounding in the finite differences near
@@ -472,6 +515,7 @@ int main(void) {
     tcase_add_test(tc, test_steps);
     tcase_add_test(tc, test_reorder);
     tcase_add_test(tc, test_batch_invariance);
+    tcase_add_test(tc, test_restart);
     tcase_add_test(tc, test_gradients);
     tcase_add_test(tc, test_hostile_configs);
     tcase_add_test(tc, test_bad_folders);
