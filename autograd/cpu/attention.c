@@ -29,17 +29,12 @@
 #include "attention.h"
 #include "attention_few.h"
 #include "parallel.h"
+#include "softmax_row.h"
+#include "vec.h"
 
 #include <omp.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
-#define VB 16 /* floats per SIMD register */
-#elif defined(__AVX2__)
-#define VB 8
-#else
-#define VB 4
-#endif
 #define RB 4           /* query rows per block (the products spell out 4) */
 /* The forward pass's rows per block and most vectors of channels per P v
  * product: with AVX-512's 32 registers, 8 rows x 3 vectors of sums (a head
@@ -57,12 +52,8 @@
 /* Built once per ISA: the entry points carry the pass's suffix (isa.h). */
 #include "isa.h"
 
-typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(float))));
 
-static inline vf load(const float *p) { return *(const vf *)p; }
 
-#include "softmax_row.h" /* after vf and load */
-static inline void store(float *p, vf v) { *(vf *)p = v; }
 
 /* A thread's scratch: packed operands [rows, width] and row blocks. */
 typedef struct {

@@ -15,26 +15,17 @@
  * the batch or the thread count: a sample's result does not depend on them.
  * Built once per ISA (isa.h). */
 #include "attention_few.h"
+#include "softmax_row.h"
+#include "vec.h"
 
 #include <omp.h>
 #include <string.h>
 
-#if defined(__AVX512F__)
-#define VB 16
-#elif defined(__AVX2__)
-#define VB 8
-#else
-#define VB 4
-#endif
 /* Keys ahead whose rows are prefetched. */
 #define AHEAD 8
 
-typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(float))));
 
-static inline vf load(const float *p) { return *(const vf *)p; }
-static inline void store(float *p, vf v) { *(vf *)p = v; }
 
-#include "softmax_row.h" /* after vf and load; with lanes_sum.h */
 
 static int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 

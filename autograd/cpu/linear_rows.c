@@ -12,28 +12,19 @@
 #include "gemm.h"
 #include "isa.h"
 #include "parallel.h"
+#include "vec.h"
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#if defined(__AVX512F__)
-#define VB 16
-#elif defined(__AVX2__)
-#define VB 8
-#else
-#define VB 4
-#endif
 /* Weight rows per dot block (x's vectors loaded once for them); rows of w
  * and of x per task (both stay in cache while the task runs). */
 #define WB 4
 #define TASK_ROWS 16
 #define X_ROWS 64
 
-typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(float))));
 
-static inline vf load(const float *p) { return *(const vf *)p; }
 
-#include "lanes_sum.h"
 
 /* out[j] = x . w[j] (rows of w K apart) for j < WB. */
 static void dots(const float *x, const float *w, int64_t K, float out[WB]) {

@@ -10,6 +10,7 @@
 #include "norm.h"
 #include "isa.h"
 #include "parallel.h"
+#include "vec.h"
 #include "vmath.h"
 
 #include <omp.h>
@@ -22,38 +23,30 @@ static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
  * the double totals keep long sums exact. */
 #define ROW_BLOCK 16
 
-/* Channels CHUNK at a time in a vector variable of the ISA's width, which
- * stays in registers over a block's rows (a float array indexed by channel
- * went through memory, a store-to-load chain at every row: a fifth of a
- * sampling step's group norm at 16 channels; a vector wider than the ISA's
- * was no better). Each channel's sum keeps its order whatever the width:
- * rows in order in float within a block, the blocks in order in double. */
-#if defined(__AVX512F__)
-#define CHUNK 16
-#elif defined(__AVX2__)
-#define CHUNK 8
-#else
-#define CHUNK 4
-#endif
-typedef float chunk __attribute__((vector_size(CHUNK * sizeof(float)), aligned(sizeof(float))));
+/* Channels VB at a time in a vector variable, which stays in registers over
+ * a block's rows (a float array indexed by channel went through memory, a
+ * store-to-load chain at every row: a fifth of a sampling step's group norm
+ * at 16 channels; a vector wider than the ISA's was no better). Each
+ * channel's sum keeps its order whatever the width: rows in order in float
+ * within a block, the blocks in order in double. */
 
 /* sum[c] += the float sums over rows s0 to s1 of x[s][c] (of (x[s][c] - m[c])^2 with m). */
 static void block_sums(const float *x, int64_t s0, int64_t s1, int64_t C, const float *m,
                        double *sum) {
     int64_t c0 = 0;
-    for (; c0 + CHUNK <= C; c0 += CHUNK) {
-        chunk part = {0};
+    for (; c0 + VB <= C; c0 += VB) {
+        vf part = {0};
         if (m) {
-            chunk mc = *(const chunk *)(m + c0);
+            vf mc = load(m + c0);
             for (int64_t s = s0; s < s1; s++) {
-                chunk d = *(const chunk *)(x + s * C + c0) - mc;
+                vf d = load(x + s * C + c0) - mc;
                 part += d * d;
             }
         } else {
             for (int64_t s = s0; s < s1; s++)
-                part += *(const chunk *)(x + s * C + c0);
+                part += load(x + s * C + c0);
         }
-        for (int l = 0; l < CHUNK; l++)
+        for (int l = 0; l < VB; l++)
             sum[c0 + l] += part[l];
     }
     for (int64_t c = c0; c < C; c++) {
@@ -71,14 +64,14 @@ static void block_sums(const float *x, int64_t s0, int64_t s1, int64_t C, const 
 static void block_grad_sums(const float *g, const float *x, const float *mu, int64_t s0,
                             int64_t s1, int64_t C, double *sg, double *sgx) {
     int64_t c0 = 0;
-    for (; c0 + CHUNK <= C; c0 += CHUNK) {
-        chunk pg = {0}, pgx = {0}, mc = *(const chunk *)(mu + c0);
+    for (; c0 + VB <= C; c0 += VB) {
+        vf pg = {0}, pgx = {0}, mc = load(mu + c0);
         for (int64_t s = s0; s < s1; s++) {
-            chunk gs = *(const chunk *)(g + s * C + c0);
+            vf gs = load(g + s * C + c0);
             pg += gs;
-            pgx += gs * (*(const chunk *)(x + s * C + c0) - mc);
+            pgx += gs * (load(x + s * C + c0) - mc);
         }
-        for (int l = 0; l < CHUNK; l++)
+        for (int l = 0; l < VB; l++)
             sg[c0 + l] += pg[l], sgx[c0 + l] += pgx[l];
     }
     for (int64_t c = c0; c < C; c++) {

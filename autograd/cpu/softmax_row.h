@@ -1,41 +1,11 @@
 /* One row of softmax for the attention kernels (attention.c,
  * attention_few.c): the exponentials and the scale that makes them
- * probabilities, in one place so that both paths mask and round alike.
- * Built once per ISA: include it after defining VB (4, 8 or 16 floats), the
- * vector type vf of VB floats and load(). */
+ * probabilities, in one place so that both paths mask and round alike. */
 #ifndef DC_CPU_SOFTMAX_ROW_H
 #define DC_CPU_SOFTMAX_ROW_H
 
-#include "lanes_sum.h"
+#include "vec.h"
 #include "vmath.h"
-
-#include <immintrin.h>
-
-static inline vf vmax(vf a, vf b) {
-#if VB == 16
-    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
-#elif VB == 8
-    return (vf)_mm256_max_ps((__m256)a, (__m256)b);
-#else
-    return (vf)_mm_max_ps((__m128)a, (__m128)b);
-#endif
-}
-
-/* The largest lane, halving the vector each step (one lane at a time made a
- * dependency chain of VB operations for each row). */
-static inline float lanes_max(vf v) {
-#if VB == 16
-    return _mm512_reduce_max_ps((__m512)v);
-#else
-#if VB == 8
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
-#else
-    __m128 m = (__m128)v;
-#endif
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
-#endif
-}
 
 /* A row of scores to the exponentials of softmax, p = exp(s - max(s)), p
  * may be s; returns 1 / their sum, the scale that makes them probabilities
