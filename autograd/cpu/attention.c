@@ -52,9 +52,6 @@
 /* Built once per ISA: the entry points carry the pass's suffix (isa.h). */
 #include "isa.h"
 
-
-
-
 /* A thread's scratch: packed operands [rows, width] and row blocks. */
 typedef struct {
     int64_t lkp, dp, lqr; /* lk, d rounded up for the vectors, lq to whole blocks */

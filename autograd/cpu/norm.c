@@ -23,14 +23,13 @@ static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
  * the double totals keep long sums exact. */
 #define ROW_BLOCK 16
 
-/* Channels VB at a time in a vector variable, which stays in registers over
- * a block's rows (a float array indexed by channel went through memory, a
- * store-to-load chain at every row: a fifth of a sampling step's group norm
- * at 16 channels; a vector wider than the ISA's was no better). Each
- * channel's sum keeps its order whatever the width: rows in order in float
- * within a block, the blocks in order in double. */
-
-/* sum[c] += the float sums over rows s0 to s1 of x[s][c] (of (x[s][c] - m[c])^2 with m). */
+/* sum[c] += the float sums over rows s0 to s1 of x[s][c] (of (x[s][c] -
+ * m[c])^2 with m). Channels VB at a time in a vector variable, which stays
+ * in registers over the block's rows (a float array indexed by channel went
+ * through memory, a store-to-load chain at every row: a fifth of a sampling
+ * step's group norm at 16 channels; a vector wider than the ISA's was no
+ * better). Each channel's sum keeps its order whatever the width: rows in
+ * order in float within a block, the blocks in order in double. */
 static void block_sums(const float *x, int64_t s0, int64_t s1, int64_t C, const float *m,
                        double *sum) {
     int64_t c0 = 0;
