@@ -386,7 +386,6 @@ static int caption_pixels(run *r, const float *px, int64_t b, char **caps) {
     if (!embeds || dc_ctx_status(&r->ctx))
         return -1;
     const dc_text_gen_options *g = &r->gen;
-
     int32_t *prefix = malloc((size_t)(b * r->prefix_len) * sizeof *prefix);
     dc_text_gen_output out = {0};
     int rc = prefix ? 0 : dc_fail("out of memory");

@@ -53,9 +53,10 @@ static int32_t argmax(const float *x, int64_t n) {
 
 /* *d for the images img: restarted when there is one (each repetition's
  * images are the same shape), as `diffc caption` does batch after batch. */
-static int decoder_for(dc_blip_decoder **d, const dc_blip *m, const dc_tensor *img, int rows_per_image,
-                       int max_length) {
-    return *d ? dc_blip_decoder_restart(*d, img) : dc_blip_decoder_init(d, m, img, rows_per_image, max_length);
+static int decoder_for(dc_blip_decoder **d, const dc_blip *m, const dc_tensor *img,
+                       int rows_per_image, int max_length) {
+    return *d ? dc_blip_decoder_restart(*d, img)
+              : dc_blip_decoder_init(d, m, img, rows_per_image, max_length);
 }
 
 /* Greedy: bos, then max_length - 1 top tokens per row. */
@@ -80,8 +81,8 @@ static int decode(dc_blip_decoder **dp, const dc_blip *m, const dc_tensor *img, 
 }
 
 /* Beam search with k beams to max_length tokens, eos held back until then. */
-static int decode_beams(dc_blip_decoder **dp, const dc_blip *m, const dc_tensor *img, int max_length,
-                        int k) {
+static int decode_beams(dc_blip_decoder **dp, const dc_blip *m, const dc_tensor *img,
+                        int max_length, int k) {
     int64_t images = img->shape[0];
     dc_text_gen_options g = dc_text_gen_default_options();
     g.max_length = g.min_length = max_length;
@@ -139,8 +140,8 @@ static int parse(int argc, char **argv, options *o) {
         else
             return -1;
     }
-    return argc % 2 == 1 && o->config && o->batch >= 1 && o->max_length >= 2 && o->num_beams >= 1 && o->reps >= 1 &&
-                   o->warmup >= 0
+    return argc % 2 == 1 && o->config && o->batch >= 1 && o->max_length >= 2 &&
+                   o->num_beams >= 1 && o->reps >= 1 && o->warmup >= 0
                ? 0
                : -1;
 }

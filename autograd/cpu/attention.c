@@ -62,8 +62,6 @@ typedef struct {
     float *a, *o;         /* [FRB, dp]: query rows (forward), output rows */
 } slot;
 
-static int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 /* Thread `thread`'s slot; *floats (when not NULL) gets the floats a slot takes. */
 static slot slot_at(const cpu_attention_dims *a, float *work, int thread, bool backward,
                     int64_t *floats) {

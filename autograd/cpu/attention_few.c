@@ -24,11 +24,6 @@
 /* Keys ahead whose rows are prefetched. */
 #define AHEAD 8
 
-
-
-
-static int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 /* A thread's scratch: per row r = (head in group) * lq + query, the scaled
  * query [dp], the scores [lkp], the output's sums [dp] and the scale of
  * softmax. */

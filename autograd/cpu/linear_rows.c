@@ -24,8 +24,6 @@
 #define X_ROWS 64
 
 
-
-
 /* out[j] = x . w[j] (rows of w K apart) for j < WB. */
 static void dots(const float *x, const float *w, int64_t K, float out[WB]) {
     vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};

@@ -13,11 +13,15 @@
 #endif
 
 #include <immintrin.h>
+#include <stdint.h>
 
 typedef float vf __attribute__((vector_size(VB * sizeof(float)), aligned(sizeof(float))));
 
 static inline vf load(const float *p) { return *(const vf *)p; }
 static inline void store(float *p, vf v) { *(vf *)p = v; }
+
+/* x rounded up to a multiple of m (a length to whole vectors or blocks). */
+static inline int64_t round_to(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 static inline vf vmax(vf a, vf b) {
 #if VB == 16
