@@ -63,9 +63,12 @@ static const int thread_counts[] = {1, 2};
  * on a loaded machine. */
 static int probes(int threads) { return threads == 1 ? 0 : 16; }
 
-/* The gradient check's step and tolerances: attention is smooth, so central
- * differences at this step are accurate well inside a 1% error. */
-#define GC_EPS 1e-2
+/* The gradient check's step and tolerances. The loss's f32 rounding, divided
+ * by twice the step, must stay well under GC_ATOL: at a step of 1e-2 a case
+ * of some 400 outputs (heads of 37 channels) went past it one run in twenty.
+ * Attention is smooth, so the larger step's curvature error is small, and the
+ * Richardson retry in tu_gradcheck cancels what is left of it. */
+#define GC_EPS 3e-2
 #define GC_ATOL 1e-4
 /* The long cases sum over dozens of keys and queries in f32: the finite
  * differences of their loss carry ~1e-4 of rounding (the BLAS kernels showed
