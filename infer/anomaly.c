@@ -24,15 +24,19 @@
  *   geo    the loss of a classifier that predicts which of 40 flips,
  *          rotations and shifts was applied (infer/anomaly_geo.h, GeoTrans),
  *          trained for --geo-steps on the --reference's normal images but
- *          those the reference scores.
- * complexity and geo score whole images: they add nothing to the maps.
+ *          those the reference scores;
+ *   knn    the mean Euclidean distance, in pixels at the model's size, to the
+ *          --knn-k nearest of those same normal images (the one-class
+ *          nearest-neighbour score), added with --knn-weight.
+ * complexity, geo and knn score whole images: they add nothing to the maps.
  * Every other map is averaged over --ensemble noise draws and Gaussian-smoothed
  * (--sigma); a term's image score is its map's mean, maximum or top-k mean
  * (--reduce). The image score is the terms' mean, or, with --reference
  * (normal images: the training set, of --normal-class only when it has
  * labels), the sum of the terms' z-scores against the reference images'
- * scores, so terms of different scales weigh alike; the map is the same
- * weighted sum of the term maps.
+ * scores, so terms of different scales weigh alike, the levels of a kind
+ * (eps's timesteps, recon's strengths) sharing one weight; the map is the
+ * same weighted sum of the term maps.
  *
  * --images is any dataset diffc reads (an image folder, IDX or CIFAR-10
  * files: split --split, the test split by default) or one image file; images
@@ -96,8 +100,8 @@ typedef struct anomaly_options {
     const char *model, *variant, *images, *output_dir, *score, *strength, *timesteps, *reduce, *labels, *normal_class,
         *split, *reference, *reference_split, *device, *mixed_precision;
     int64_t ensemble, num_inference_steps, top_k, batch_size, seed, max_images, max_heatmaps, reference_images,
-        geo_steps;
-    double sigma, feature_timestep, complexity_weight;
+        geo_steps, knn_k;
+    double sigma, feature_timestep, complexity_weight, knn_weight;
     bool no_ema;
 } anomaly_options;
 
@@ -116,7 +120,8 @@ static const dc_cli_option options[] = {
      "where scores.csv, heatmaps/ and evaluation.json go"},
     {"score", DC_CLI_STRING, FIELD(score), "KIND[,KIND...]", "eps", NULL, 0, 0, false,
      "recon (reconstruction error), feat (feature distance to the reconstruction), eps (noise-prediction error), "
-     "complexity (compressed size, subtracted), geo (transform-prediction loss; needs --reference)"},
+     "complexity (compressed size, subtracted), geo (transform-prediction loss; needs --reference), "
+     "knn (distance to the nearest normal images; needs --reference)"},
     {"strength", DC_CLI_STRING, FIELD(strength), "X[,X...]", "0.8", NULL, 0, 0, false,
      "recon and feat: noise level(s) in (0, 1], the fraction of the DDIM steps run"},
     {"timesteps", DC_CLI_STRING, FIELD(timesteps), "X[,X...]", "0.5,0.7,0.9", NULL, 0, 0, false,
@@ -127,6 +132,10 @@ static const dc_cli_option options[] = {
      "complexity: the weight its (z-)score is subtracted with"},
     {"geo-steps", DC_CLI_INT, FIELD(geo_steps), "N", "2000", NULL, 1, 1e9, false,
      "geo: training steps (64 transformed images each) of the transform classifier"},
+    {"knn-k", DC_CLI_INT, FIELD(knn_k), "K", "1", NULL, 1, DC_KNN_MAX_K, false,
+     "knn: the nearest normal images whose distances are averaged"},
+    {"knn-weight", DC_CLI_FLOAT, FIELD(knn_weight), "X", "2", NULL, 0, 1000, false,
+     "knn: the weight its (z-)score is added with"},
     {"reference", DC_CLI_STRING, FIELD(reference), "DIR", NULL, "default: none", 0, 0, false,
      "normal images (their --normal-class only) whose scores normalise each term (z-scores, summed)"},
     {"reference-split", DC_CLI_STRING, FIELD(reference_split), "NAME", "train", NULL, 0, 0, false,
@@ -169,7 +178,8 @@ static const char help_intro[] =
     "feat, the distance between the UNet's features of the image and of that reconstruction;\n"
     "complexity, the image's compressed size, subtracted (simple images are not more normal);\n"
     "geo, the loss of a classifier trained on the --reference images to tell 40 flips,\n"
-    "rotations and shifts of them apart (whole-image terms, not in the maps).\n"
+    "rotations and shifts of them apart; knn, the distance to the nearest of those images\n"
+    "(whole-image terms, not in the maps).\n"
     "Maps are averaged over --ensemble noise draws and smoothed (--sigma); a term's score is\n"
     "its map's mean, max or top-k mean. The terms are averaged, or with --reference (normal\n"
     "images, e.g. the training set) their z-scores against the reference's are summed. The\n"
@@ -193,18 +203,18 @@ static const dc_cli cli = {"anomaly", usage_line, help_intro, options, N_OPTIONS
 /* One term of the score: a kind at one level. An image's score is the sum
  * over terms of weight * (term score - mean); its map the sum of weight *
  * term map. */
-typedef enum { TERM_RECON, TERM_FEAT, TERM_EPS, TERM_COMPLEXITY, TERM_GEO, N_KINDS } term_kind;
-static const char *const term_names[] = {"recon", "feat", "eps", "complexity", "geo"};
+typedef enum { TERM_RECON, TERM_FEAT, TERM_EPS, TERM_COMPLEXITY, TERM_GEO, TERM_KNN, N_KINDS } term_kind;
+static const char *const term_names[] = {"recon", "feat", "eps", "complexity", "geo", "knn"};
 _Static_assert(sizeof term_names / sizeof *term_names == N_KINDS, "a name per kind");
 
-/* complexity and geo score whole images: no level, no map. */
-static bool whole_image(term_kind kind) { return kind == TERM_COMPLEXITY || kind == TERM_GEO; }
+/* complexity, geo and knn score whole images: no level, no map. */
+static bool whole_image(term_kind kind) { return kind >= TERM_COMPLEXITY; }
 
 typedef struct term {
     term_kind kind;
     double level;        /* recon, feat: the strength; eps: the timestep as a fraction; else 0 */
-    double sign;         /* 1; complexity: -(--complexity-weight), as it is subtracted */
-    double mean, weight; /* 0 and sign / terms; with --reference, the reference's mean and sign / std */
+    double sign;         /* 1; complexity: -(--complexity-weight), as it is subtracted; knn: --knn-weight */
+    double mean, weight; /* 0 and sign / terms; with --reference, the reference's mean and sign / (std levels) */
 } term;
 
 /* Images scored together: the test images or the reference. */
@@ -245,8 +255,8 @@ typedef struct run {
     double *values;    /* [b] one term's image scores */
     float *ref_px;     /* [ref_n, per] the --reference images */
     int64_t ref_n;
-    float *geo_px;     /* [geo_n, per] the reference's other normal images, geo learns from */
-    int64_t geo_n;
+    float *bank_px;    /* [bank_n, per] the reference's other normal images: geo learns from them, knn measures to them */
+    int64_t bank_n;
     dc_geo geo;        /* geo's classifier, trained on them */
     double recon_level; /* the strength recon holds; 0: none */
     int32_t *labels;   /* [b * ensemble]; NULL unconditional */
@@ -283,7 +293,7 @@ static int parse_kinds(const char *text, unsigned *kinds) {
         while (k < N_KINDS && (strlen(term_names[k]) != len || strncmp(p, term_names[k], len)))
             k++;
         if (k == N_KINDS)
-            return dc_fail("--score '%s': '%.*s' is not recon, feat, eps, complexity or geo", text, (int)len, p);
+            return dc_fail("--score '%s': '%.*s' is not recon, feat, eps, complexity, geo or knn", text, (int)len, p);
         *kinds |= 1u << k;
         if (!p[len])
             return 0;
@@ -292,7 +302,7 @@ static int parse_kinds(const char *text, unsigned *kinds) {
 }
 
 /* The terms: per strength recon then feat (so both share one reconstruction),
- * then eps per timestep, then complexity and geo, once each. */
+ * then eps per timestep, then complexity, geo and knn, once each. */
 static int make_terms(run *r) {
     double strengths[MAX_STRENGTHS], steps[MAX_STRENGTHS];
     int ns = 0, nt = 0;
@@ -306,11 +316,12 @@ static int make_terms(run *r) {
                 r->terms[r->n_terms++] = (term){.kind = k, .level = strengths[i]};
     for (int i = 0; (kinds >> TERM_EPS & 1) && i < nt; i++)
         r->terms[r->n_terms++] = (term){.kind = TERM_EPS, .level = steps[i]};
-    for (int k = TERM_COMPLEXITY; k <= TERM_GEO; k++)
+    for (int k = TERM_COMPLEXITY; k < N_KINDS; k++)
         if (kinds >> k & 1)
             r->terms[r->n_terms++] = (term){.kind = k};
     for (int i = 0; i < r->n_terms; i++) {
-        r->terms[i].sign = r->terms[i].kind == TERM_COMPLEXITY ? -r->o.complexity_weight : 1;
+        term_kind k = r->terms[i].kind;
+        r->terms[i].sign = k == TERM_COMPLEXITY ? -r->o.complexity_weight : k == TERM_KNN ? r->o.knn_weight : 1;
         r->terms[i].weight = r->terms[i].sign / r->n_terms;
     }
     return 0;
@@ -341,6 +352,8 @@ static int check_options(run *r) {
         return -1;
     if (has_term(r, TERM_GEO) && !o->reference)
         return dc_fail("--score geo needs --reference DIR: the normal images its classifier learns from");
+    if (has_term(r, TERM_KNN) && !o->reference)
+        return dc_fail("--score knn needs --reference DIR: the normal images it measures distances to");
     r->images_path = o->images ? strdup(o->images) : dc_path_join(o->labels, "test");
     return r->images_path ? 0 : dc_fail("out of memory");
 }
@@ -696,11 +709,16 @@ static int64_t top_k(const run *r) {
     return !strcmp(r->o.reduce, "max") ? 1 : !strcmp(r->o.reduce, "mean") ? r->hw : r->o.top_k;
 }
 
-/* A term without a map (complexity, geo): the scores of images [first, first + b) of s. */
+/* A term without a map (complexity, geo, knn): the scores of images [first, first + b) of s. */
 static int image_term(run *r, image_set *s, int64_t first, int64_t b, int ti) {
     const float *px = s->px + first * r->per;
     if (r->terms[ti].kind == TERM_GEO && dc_geo_score(&r->geo, px, b, r->values))
         return -1;
+    if (r->terms[ti].kind == TERM_KNN) {
+#pragma omp parallel for schedule(dynamic)
+        for (int64_t j = 0; j < b; j++)
+            r->values[j] = dc_knn_distance(r->bank_px, r->bank_n, px + j * r->per, r->per, (int)r->o.knn_k);
+    }
     for (int64_t j = 0; r->terms[ti].kind == TERM_COMPLEXITY && j < b; j++)
         if (isnan(r->values[j] = dc_complexity_bits(px + j * r->per, r->per)))
             return dc_fail("out of memory for the compression");
@@ -764,7 +782,17 @@ static int64_t reference_items(const run *r, const dc_dataset_items *it, int64_t
     return m;
 }
 
-/* Each term's mean and spread over the reference images: weight 1 / std. */
+/* The terms of tm's kind (its levels). */
+static int kind_count(const run *r, const term *tm) {
+    int n = 0;
+    for (int i = 0; i < r->n_terms; i++)
+        n += r->terms[i].kind == tm->kind;
+    return n;
+}
+
+/* Each term's mean and spread over the reference images: weight 1 / std,
+ * shared by the levels of a kind (so eps at three timesteps weighs as much
+ * as one whole-image term, not three). */
 static int set_weights(run *r, const image_set *s) {
     for (int ti = 0; ti < r->n_terms; ti++) {
         term *tm = &r->terms[ti];
@@ -779,34 +807,43 @@ static int set_weights(run *r, const image_set *s) {
         if (!(sd > 0))
             return dc_fail("--reference: the %s term scores every reference image alike",
                            term_label(tm, buf, sizeof buf));
-        tm->weight = tm->sign / sd;
+        tm->weight = tm->sign / (sd * kind_count(r, tm));
         fprintf(stderr, "reference: %s: mean %.6g, std %.6g\n", term_label(tm, buf, sizeof buf), tm->mean, sd);
     }
     return 0;
 }
 
-/* geo: the m normal items idx of the reference set but those the
- * reference scores (in_ref), decoded; the classifier trained on them. */
-static int train_geo(run *r, const dc_dataset_items *it, const int64_t *idx, int64_t m, const bool *in_ref) {
-    r->geo_px = malloc((size_t)(m * r->per + 1) * sizeof *r->geo_px);
-    if (!r->geo_px)
-        return dc_fail("out of memory for geo's training images");
+/* geo and knn: the m normal items idx of the reference set but those the
+ * reference scores (in_ref), decoded into the bank. */
+static int load_bank(run *r, const dc_dataset_items *it, const int64_t *idx, int64_t m, const bool *in_ref) {
+    r->bank_px = malloc((size_t)(m * r->per + 1) * sizeof *r->bank_px);
+    if (!r->bank_px)
+        return dc_fail("out of memory for the reference's normal images");
     for (int64_t i = 0; i < m; i++) {
-        int d = in_ref[i] ? 1 : decode(r, it, idx[i], r->geo_px + r->geo_n * r->per);
+        int d = in_ref[i] ? 1 : decode(r, it, idx[i], r->bank_px + r->bank_n * r->per);
         if (d < 0)
             return -1;
-        r->geo_n += d == 0;
+        r->bank_n += d == 0;
     }
+    if (r->bank_n < 1)
+        return dc_fail("--score geo, knn: the --reference has no normal image beside the %" PRId64 " it scores",
+                       r->ref_n);
+    return 0;
+}
+
+/* geo: the classifier trained on the bank. */
+static int train_geo(run *r) {
     double t0 = dc_seconds();
-    if (dc_geo_train(&r->geo, r->geo_px, r->geo_n, r->h, r->w, r->c, r->o.geo_steps, (uint64_t)r->o.seed))
+    if (dc_geo_train(&r->geo, r->bank_px, r->bank_n, r->h, r->w, r->c, r->o.geo_steps, (uint64_t)r->o.seed))
         return -1;
     fprintf(stderr, "geo: trained the transform classifier on %" PRId64 " normal images, %" PRId64 " steps, %.0f s\n",
-            r->geo_n, r->o.geo_steps, dc_seconds() - t0);
+            r->bank_n, r->o.geo_steps, dc_seconds() - t0);
     return 0;
 }
 
 /* --reference: up to --reference-images normal images, evenly spaced,
- * decoded; with geo, its classifier trained on the others. */
+ * decoded; with geo or knn, the others too (the bank), and geo's classifier
+ * trained on them. */
 static int load_reference(run *r) {
     dc_dataset_items it = {0};
     if (dc_dataset_items_open(&it, r->o.reference, r->o.reference_split))
@@ -826,8 +863,8 @@ static int load_reference(run *r) {
     if (!rc && r->ref_n < 2)
         rc = dc_fail("--reference %s: %" PRId64 " readable images%s; at least 2 are needed", r->o.reference, r->ref_n,
                      r->normal_class >= 0 && it.num_classes ? " of the normal class" : "");
-    if (!rc && has_term(r, TERM_GEO))
-        rc = train_geo(r, &it, idx, m, in_ref);
+    if (!rc && (has_term(r, TERM_GEO) || has_term(r, TERM_KNN)))
+        rc = load_bank(r, &it, idx, m, in_ref) || (has_term(r, TERM_GEO) && train_geo(r)) ? -1 : 0;
     free(in_ref);
     free(idx);
     dc_dataset_items_close(&it);
@@ -1076,7 +1113,7 @@ static void run_free(run *r) {
     free(r->scores);
     free(r->term_scores);
     free(r->ref_px);
-    free(r->geo_px);
+    free(r->bank_px);
     free(r->values);
     dc_geo_free(&r->geo);
     free(r->recon);

@@ -270,3 +270,28 @@ double dc_complexity_bits(const float *px, int64_t n) {
     free(q);
     return rc == Z_OK ? 8.0 * (double)len / (double)n : NAN;
 }
+
+double dc_knn_distance(const float *bank, int64_t n, const float *x, int64_t per, int k) {
+    if (n < 1 || k < 1 || k > DC_KNN_MAX_K)
+        return NAN;
+    k = n < k ? (int)n : k;
+    double best[DC_KNN_MAX_K]; /* the k smallest squared distances so far, ascending */
+    int have = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *b = bank + i * per;
+        float sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t p = 0; p < per; p++)
+            sum += (x[p] - b[p]) * (x[p] - b[p]);
+        if (have == k && sum >= best[k - 1])
+            continue;
+        int at = have < k ? have++ : k - 1; /* insert, dropping the largest when full */
+        for (; at > 0 && best[at - 1] > sum; at--)
+            best[at] = best[at - 1];
+        best[at] = sum;
+    }
+    double mean = 0;
+    for (int j = 0; j < k; j++)
+        mean += sqrt(best[j]);
+    return mean / k;
+}

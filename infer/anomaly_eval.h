@@ -1,7 +1,8 @@
 /*
  * The parts of anomaly detection that know nothing of files or models, so
  * they can be tested on their own: smoothing an anomaly map, the feature
- * distance map, reducing a map to an image score, an image's complexity, and the evaluation measures of MVTec AD (Bergmann et al.,
+ * distance map, reducing a map to an image score, an image's complexity, its
+ * distance to the nearest normal images, and the evaluation measures of MVTec AD (Bergmann et al.,
  * "The MVTec Anomaly Detection Dataset", IJCV 2021): AUROC of image scores
  * or of pixels, and PRO, the per-region overlap.
  *
@@ -54,5 +55,15 @@ double dc_pro_auc(const float *maps, const uint8_t *masks, int64_t n_images, int
  * rank simple images as more normal; subtracting this corrects for it.
  * NaN when out of memory. */
 double dc_complexity_bits(const float *px, int64_t n);
+
+/* The most neighbours dc_knn_distance averages over. */
+#define DC_KNN_MAX_K 256
+
+/* The mean Euclidean distance from the image x [per] to its k nearest images
+ * of the bank [n, per] (k in 1 .. DC_KNN_MAX_K, capped at n): the one-class
+ * nearest-neighbour score in pixel space. The squared distances are summed
+ * in a fixed order, so the result does not depend on the thread count.
+ * NaN when n or k is below 1. */
+double dc_knn_distance(const float *bank, int64_t n, const float *x, int64_t per, int k);
 
 #endif

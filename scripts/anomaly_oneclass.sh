@@ -10,7 +10,7 @@
 #
 #   scripts/anomaly_oneclass.sh [K ...]            (default: 0 .. 9)
 #
-# Environment: SCORE (default eps,complexity,geo; eps, the command's default,
+# Environment: SCORE (default eps,complexity,geo,knn; eps, the command's default,
 # with REFERENCE=0); STEPS (training steps per class, default 1000); MAX_IMAGES
 # (test images scored, evenly spaced through the test set, which is shuffled,
 # so about a tenth of them normal; 0 for all 10,000; default 3000); OUT
@@ -38,7 +38,7 @@ max_images=${MAX_IMAGES:-3000}
 reference=()
 [ "${REFERENCE:-1}" = 0 ] || reference=(--reference "$data")
 default_score=eps
-[ ${#reference[@]} = 0 ] || default_score=eps,complexity,geo # geo learns from the reference's images
+[ ${#reference[@]} = 0 ] || default_score=eps,complexity,geo,knn # geo and knn use the reference's images
 score=${SCORE:-$default_score}
 jobs=${JOBS:-2}
 classes=("$@")

@@ -275,6 +275,45 @@ START_TEST(test_complexity) {
 }
 END_TEST
 
+/* ---- the nearest-neighbour distance ---- */
+
+/* Against a double-precision brute force: every k from 1 past the bank's
+ * size (capped), a bank member at distance 0, and the refusals. */
+START_TEST(test_knn_distance) {
+    enum { N = 37, PER = 50 };
+    float bank[N * PER], x[PER];
+    for (int i = 0; i < N * PER; i++)
+        bank[i] = (float)tu_uniform(-1, 1);
+    for (int p = 0; p < PER; p++)
+        x[p] = (float)tu_uniform(-1, 1);
+    double d[N];
+    for (int i = 0; i < N; i++) {
+        double s = 0;
+        for (int p = 0; p < PER; p++)
+            s += pow((double)x[p] - bank[i * PER + p], 2);
+        d[i] = sqrt(s);
+    }
+    for (int i = 1; i < N; i++) /* sorted ascending */
+        for (int j = i; j > 0 && d[j - 1] > d[j]; j--) {
+            double t = d[j];
+            d[j] = d[j - 1], d[j - 1] = t;
+        }
+    const int ks[] = {1, 2, 5, N, N + 20};
+    for (size_t t = 0; t < sizeof ks / sizeof *ks; t++) {
+        int k = ks[t] < N ? ks[t] : N;
+        double want = 0;
+        for (int j = 0; j < k; j++)
+            want += d[j] / k;
+        double got = dc_knn_distance(bank, N, x, PER, ks[t]);
+        ck_assert_msg(fabs(got - want) <= 1e-5 * want, "k %d: got %.9g, want %.9g", ks[t], got, want);
+    }
+    ck_assert_double_eq(dc_knn_distance(bank, N, bank + 11 * PER, PER, 1), 0);
+    ck_assert(isnan(dc_knn_distance(bank, 0, x, PER, 1)));
+    ck_assert(isnan(dc_knn_distance(bank, N, x, PER, 0)));
+    ck_assert(isnan(dc_knn_distance(bank, N, x, PER, DC_KNN_MAX_K + 1)));
+}
+END_TEST
+
 /* ---- the transform-prediction score ---- */
 
 START_TEST(test_geo_transform) {
@@ -596,7 +635,8 @@ START_TEST(test_mvtec_end_to_end) {
         ck_assert_msg(!strcmp(rows.name[i], again.name[i]) && rows.score[i] == again.score[i],
                       "%s: %g then %g", rows.name[i], rows.score[i], again.score[i]);
 
-    /* every kind of term, normalised by the good training images: z-scores summed, whatever the batch size */
+    /* every kind of term, normalised by the good training images: z-scores summed, the two levels of a kind
+       halved (a kind weighs as one term), whatever the batch size */
     char *train_dir = strdup(tu_path("mv/train"));
     const char *terms[] = {"recon@0.3", "feat@0.3", "recon@0.6", "feat@0.6", "eps@0.1", "eps@0.5"};
     double cols[2][6][16], score[16];
@@ -623,11 +663,11 @@ START_TEST(test_mvtec_end_to_end) {
             ck_assert_msg(cols[0][t][j] == cols[1][t][j], "%s %s: %g then %g", names[j], terms[t], cols[0][t][j],
                           cols[1][t][j]);
             ck_assert_msg(cols[0][t][j] >= 0, "%s %s: %g", names[j], terms[t], cols[0][t][j]);
-            score[j] -= (cols[0][t][j] - mean) / sd;
+            score[j] -= (cols[0][t][j] - mean) / sd / 2;
         }
     }
     for (int j = 0; j < 7; j++)
-        ck_assert_msg(fabs(score[j]) < 1e-3, "%s: the score is not the terms' z-scores summed (%g off)", names[j],
+        ck_assert_msg(fabs(score[j]) < 1e-3, "%s: the score is not the terms' z-scores, halved, summed (%g off)", names[j],
                       score[j]);
     free(train_dir);
 
@@ -693,24 +733,30 @@ START_TEST(test_one_class) {
         snprintf(path, sizeof path, "%s/heatmaps", tu_path(m ? "o1" : "o0"));
         ck_assert_msg(access(path, F_OK) != 0, "--max-heatmaps 0 writes none");
     }
-    /* the image-level terms: complexity and geo (its classifier learns from the normal reference images
-       the reference does not score: here 1 of class b's 3) */
+    /* the image-level terms: complexity, geo and knn (geo's classifier learns from the normal reference
+       images the reference does not score, knn measures to them: here 1 of class b's 3) */
     tu_run_result *r = ANOMALY("--model", BARE_MODEL, "--images", tu_path("cls"), "--normal-class", "b",
                                "--reference", tu_path("cls"), "--reference-images", "2", "--score",
-                               "eps,complexity,geo", "--timesteps", "0.5", "--ensemble", "2", "--geo-steps", "5",
+                               "eps,complexity,geo,knn", "--timesteps", "0.5", "--ensemble", "2", "--geo-steps", "5",
                                "--output-dir", tu_path("o4"), "--max-heatmaps", "0");
-    ck_assert_msg(r->status == 0 && strstr(r->out, "terms eps@0.5 complexity geo, z-scores") &&
+    ck_assert_msg(r->status == 0 && strstr(r->out, "terms eps@0.5 complexity geo knn, z-scores") &&
                       strstr(r->out, "over 6 images (3 normal, 3 anomalous)"),
                   "%s%s", r->out, tu_tail(r->err));
     ck_assert_msg(strstr(r->err, "geo: trained the transform classifier on 1 normal images, 5 steps"), "%s",
                   tu_tail(r->err));
     double col[16];
     char names[16][64];
-    for (int k = 0; k < 2; k++) {
-        ck_assert_int_eq(csv_column(tu_path("o4"), k ? "geo" : "complexity", col, names), 6);
+    const char *whole[] = {"complexity", "geo", "knn"};
+    for (int k = 0; k < 3; k++) {
+        ck_assert_int_eq(csv_column(tu_path("o4"), whole[k], col, names), 6);
         for (int j = 0; j < 6; j++)
-            ck_assert_msg(isfinite(col[j]) && col[j] > 0, "%s of %s: %g", k ? "geo" : "complexity", names[j], col[j]);
+            ck_assert_msg(isfinite(col[j]) && col[j] >= 0, "%s of %s: %g", whole[k], names[j], col[j]);
     }
+    /* knn: the one bank image is at distance 0 from itself, every other image is not */
+    int zeros = 0;
+    for (int j = 0; j < 6; j++)
+        zeros += col[j] == 0;
+    ck_assert_int_eq(zeros, 1);
     /* --max-images: an evenly spaced subset */
     r = ANOMALY("--model", BARE_MODEL, "--images", tu_path("cls"), "--output-dir", tu_path("o2"),
                                "--num-inference-steps", "4", "--max-images", "3");
@@ -876,9 +922,14 @@ START_TEST(test_bad_input) {
                                  "0.01"),
                          "--strength");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--score", "recon,bogus"),
-                         "--score 'recon,bogus': 'bogus' is not recon, feat, eps, complexity or geo");
+                         "--score 'recon,bogus': 'bogus' is not recon, feat, eps, complexity, geo or knn");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--score", "eps,geo"),
                          "--score geo needs --reference DIR");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--score", "knn"),
+                         "--score knn needs --reference DIR");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--knn-k", "0"), "--knn-k");
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--knn-weight", "-2"),
+                         "--knn-weight");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--complexity-weight", "-1"),
                          "--complexity-weight");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--geo-steps", "0"),
@@ -901,6 +952,10 @@ START_TEST(test_bad_input) {
     ck_assert_int_eq(link(tu_path("cls/a/0.png"), tu_path("one/0.png")), 0);
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--reference", tu_path("one")),
                          "1 readable images; at least 2 are needed");
+    ck_assert_int_eq(link(tu_path("cls/a/2.png"), tu_path("one/2.png")), 0);
+    tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--reference", tu_path("one"),
+                                 "--score", "eps,knn"),
+                         "no normal image beside the 2 it scores");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--reduce", "median"),
                          "--reduce: 'median' is not max, topk-mean or mean");
     tu_assert_user_error(ANOMALY("--model", m, "--images", img, "--output-dir", out, "--normal-class", "c"),
@@ -950,7 +1005,8 @@ START_TEST(test_help) {
                            "--num-inference-steps N", "--batch-size N", "--seed N", "--device NAME",
                            "--mixed-precision no|bf16", "--score KIND[,KIND...]",
                            "--timesteps X[,X...]", "--feature-timestep X", "--reference DIR", "--reference-split NAME",
-                           "--reference-images N", "--complexity-weight X", "--geo-steps N"};
+                           "--reference-images N", "--complexity-weight X", "--geo-steps N", "--knn-k K",
+                           "--knn-weight X"};
     for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)
         ck_assert_msg(strstr(r->out, every[i]), "--help lacks %s", every[i]);
 }
@@ -967,6 +1023,7 @@ int main(void) {
     tcase_add_test(eval, test_topk_mean);
     tcase_add_test(eval, test_feature_distance);
     tcase_add_test(eval, test_complexity);
+    tcase_add_test(eval, test_knn_distance);
     tcase_add_test(eval, test_geo_transform);
     TCase *geo = tu_tcase(s, "geo", 300); /* 150 training steps: a second, minutes under ASan */
     tcase_add_test(geo, test_geo_separates);
