@@ -219,7 +219,7 @@ static int parse_enum_key(const cJSON *root, const char *key, const char *where,
 /* DDPM's variance_type, with dc_variance_type_parse's reason for fixed_large_log. */
 static int parse_variance_type(const cJSON *root, const char *where, int *out) {
     const char *v = NULL;
-    dc_variance_type t;
+    dc_variance_type t = DC_VARIANCE_FIXED_SMALL; /* set when the parse succeeds; GCC cannot tell */
     if (dc_json_get_string(root, "variance_type", where, &v))
         return -1;
     if (v && dc_variance_type_parse(v, &t))
