@@ -209,7 +209,8 @@ typedef enum { TERM_RECON, TERM_FEAT, TERM_EPS, TERM_COMPLEXITY, TERM_GEO, TERM_
 static const char *const term_names[] = {"recon", "feat", "eps", "complexity", "geo", "knn"};
 _Static_assert(sizeof term_names / sizeof *term_names == N_KINDS, "a name per kind");
 
-/* complexity, geo and knn score whole images: no level, no map. */
+/* complexity, geo and knn score whole images: no level, no map (they come
+ * last in term_kind; make_terms adds them in that order too). */
 static bool whole_image(term_kind kind) { return kind >= TERM_COMPLEXITY; }
 
 typedef struct term {
@@ -257,7 +258,8 @@ typedef struct run {
     double *values;    /* [b] one term's image scores */
     float *ref_px;     /* [ref_n, per] the --reference images */
     int64_t ref_n;
-    float *bank_px;    /* [bank_n, per] the reference's other normal images: geo learns from them, knn measures to them */
+    /* [bank_n, per] the reference's other normal images: geo learns from them, knn measures to them */
+    float *bank_px;
     int64_t bank_n;
     dc_geo geo;        /* geo's classifier, trained on them */
     double recon_level; /* the strength recon holds; 0: none */

@@ -2,9 +2,9 @@
  * The parts of anomaly detection that know nothing of files or models, so
  * they can be tested on their own: smoothing an anomaly map, the feature
  * distance map, reducing a map to an image score, an image's complexity, its
- * distance to the nearest normal images, and the evaluation measures of MVTec AD (Bergmann et al.,
- * "The MVTec Anomaly Detection Dataset", IJCV 2021): AUROC of image scores
- * or of pixels, and PRO, the per-region overlap.
+ * distance to the nearest normal images, and the evaluation measures of
+ * MVTec AD (Bergmann et al., "The MVTec Anomaly Detection Dataset", IJCV
+ * 2021): AUROC of image scores or of pixels, and PRO, the per-region overlap.
  *
  * Labels and masks are 0 (normal) or 1 (anomalous); anomalous is the
  * positive class, and a higher score means more anomalous.
@@ -63,7 +63,7 @@ double dc_complexity_bits(const float *px, int64_t n);
  * of the bank [n, per] (k in 1 .. DC_KNN_MAX_K, capped at n): the one-class
  * nearest-neighbour score in pixel space. The squared distances are summed
  * in a fixed order, so the result does not depend on the thread count.
- * NaN when n or k is below 1. */
+ * NaN when n is below 1 or k is outside 1 .. DC_KNN_MAX_K. */
 double dc_knn_distance(const float *bank, int64_t n, const float *x, int64_t per, int k);
 
 #endif

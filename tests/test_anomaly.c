@@ -667,8 +667,8 @@ START_TEST(test_mvtec_end_to_end) {
         }
     }
     for (int j = 0; j < 7; j++)
-        ck_assert_msg(fabs(score[j]) < 1e-3, "%s: the score is not the terms' z-scores, halved, summed (%g off)", names[j],
-                      score[j]);
+        ck_assert_msg(fabs(score[j]) < 1e-3, "%s: the score is not the terms' z-scores, halved, summed (%g off)",
+                      names[j], score[j]);
     free(train_dir);
 
     /* a different seed draws other noise: other scores */
