@@ -10,6 +10,7 @@
 #include "autograd/error.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -301,6 +302,51 @@ static void winograd_run(const cpu_conv_geom *g, const float *x, const void *w, 
     free(scratch);
 }
 
+/* dw and db += the filter and bias gradients from dy, with `threads` threads. */
+static void winograd_filter_run(const cpu_conv_geom *g, const float *x, const float *dy, float *dw, float *db,
+                                int threads) {
+    int64_t floats = cpu_conv2d_scratch_floats(g, CPU_CONV_SCRATCH_BYTES);
+    float *scratch = malloc((size_t)(floats + 1) * sizeof *scratch);
+    int was = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    cpu_conv2d_backward(g, dy, x, NULL, NULL, false, dw, db, scratch, floats);
+    omp_set_num_threads(was);
+    free(scratch);
+}
+
+/* The filter and bias gradients, twice onto random values, against the
+ * double reference (sums over n h w pixels: within 1e-5 of sqrt(n h w) each
+ * time); the same bits with 1 and 3 threads. */
+static void check_winograd_filter(const conv_case *c, size_t k, const float *x, const float *dy, const double *ref_dw,
+                                  const double *ref_db) {
+    const cpu_conv_geom g = winograd_geom(c, c->n, false, false);
+    const int64_t nw = c->cout * 9 * c->cin;
+    const double tol = 2e-5 * sqrt((double)(c->n * c->h * c->w));
+    dc_ctx *ctx = tu_ctx();
+    const float *start = tu_randn(ctx, DC_SHAPE(nw + c->cout))->data;
+    float *dw = malloc((size_t)(nw + c->cout) * sizeof *dw), *db = dw + nw;
+    float *again = malloc((size_t)(nw + c->cout) * sizeof *again);
+    double *want = malloc((size_t)(nw + c->cout) * sizeof *want);
+    for (int64_t i = 0; i < nw + c->cout; i++)
+        want[i] = start[i] + 2 * (i < nw ? ref_dw[i] : ref_db[i - nw]);
+    memcpy(dw, start, (size_t)(nw + c->cout) * sizeof *dw);
+    for (int pass = 0; pass < 2; pass++)
+        winograd_filter_run(&g, x, dy, dw, db, 1);
+    char what[80];
+    snprintf(what, sizeof what, "winograd dw twice, case %zu", k);
+    tu_assert_close(dw, want, nw, tol, 0, what);
+    snprintf(what, sizeof what, "winograd db twice, case %zu", k);
+    tu_assert_close(db, want + nw, c->cout, tol, 0, what);
+    memcpy(again, start, (size_t)(nw + c->cout) * sizeof *again);
+    for (int pass = 0; pass < 2; pass++)
+        winograd_filter_run(&g, x, dy, again, again + nw, 3);
+    ck_assert_msg(!memcmp(dw, again, (size_t)(nw + c->cout) * sizeof *dw), "case %zu: dw differs with 3 threads", k);
+    free(dw);
+    free(again);
+    free(want);
+    tu_ctx_free(ctx);
+}
+
 START_TEST(test_winograd) {
     for (size_t k = 0; k < sizeof winograd_cases / sizeof winograd_cases[0]; k++) {
         const conv_case *c = &winograd_cases[k];
@@ -326,6 +372,7 @@ START_TEST(test_winograd) {
             ref[i] *= 2;
         snprintf(what, sizeof what, "winograd dx twice, case %zu", k);
         tu_assert_close(dx, ref, nx, 2 * dx_tol, 0, what);
+        check_winograd_filter(c, k, x->data, dy->data, ref + nx, ref + nx + nw);
         if (c->n == 3) { /* image 1 alone: bit for bit */
             const cpu_conv_geom one = winograd_geom(c, 1, false, false);
             float *y1 = malloc((size_t)(px * c->cout) * sizeof *y1);

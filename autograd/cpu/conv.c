@@ -9,7 +9,7 @@
  * than a vector take the filter gradient from a padded copy with vectors
  * over output channels, and the input gradient the GEMM way. 3x3 stride-1
  * padding-1 forward passes and input gradients with enough channels go the
- * Winograd way instead (conv_winograd.h), the filter gradient stays direct.
+ * Winograd way instead (conv_winograd.h), and then the filter gradient too.
  *
  * GEMM way (the baseline ISA, and tests): the column buffer has one row per
  * output pixel and one column per (ky, kx, cin), the order of the weight's
@@ -176,6 +176,17 @@ static cpu_winograd winograd_input_grad(const cpu_conv_geom *g, const float *dy,
     return (cpu_winograd){dy, w, WINOGRAD_FLIPPED, NULL, dx, g->n, g->h, g->w, g->cout, g->cin, !write};
 }
 
+/* The filter gradient the Winograd way: when the forward pass goes that way
+ * (the two sides' transforms cost about what the forward's do). */
+static bool winograd_filter(const cpu_direct_kernels *k, const cpu_conv_geom *g) {
+    return use_winograd(k, g, g->cin, g->cout) && !is_narrow(k, g);
+}
+
+static cpu_winograd_grad winograd_filter_grad(const cpu_conv_geom *g, const float *dy, const float *x,
+                                              float *dw) {
+    return (cpu_winograd_grad){x, dy, dw, g->n, g->h, g->w, g->cin, g->cout};
+}
+
 int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
     const cpu_direct_kernels *k = direct_kernels(g);
     const int64_t cap = max_bytes / (int64_t)sizeof(float), rows = g->n * g->ho;
@@ -193,6 +204,11 @@ int64_t cpu_conv2d_scratch_floats(const cpu_conv_geom *g, int64_t max_bytes) {
     if (use_winograd(k, g, g->cout, g->cin) && !is_narrow(k, g)) {
         cpu_winograd c = winograd_input_grad(g, NULL, NULL, NULL, false);
         bwd = cpu_winograd_scratch_floats(k, &c);
+    }
+    if (winograd_filter(k, g)) {
+        cpu_winograd_grad c = winograd_filter_grad(g, NULL, NULL, NULL);
+        int64_t f = cpu_winograd_grad_scratch_floats(&c);
+        bwd = f > bwd ? f : bwd;
     }
     if (is_narrow(k, g)) { /* padded input for the filter gradient, then columns for the input gradient */
         int64_t pf = padded_image_floats(g);
@@ -563,12 +579,16 @@ void cpu_conv2d_backward(const cpu_conv_geom *g, const float *dy, const float *x
             gemm_backward(g, dy, x, w, dx, dw, scratch, scratch_floats);
         return;
     }
-    /* the filter gradient also sums dy for db where it sees every pixel */
+    /* the direct filter gradient also sums dy for db where it sees every pixel */
     const int64_t full = k->full_tap(g);
-    const bool fused = dw && (is_narrow(k, g) || full >= 0);
+    const bool winograd_dw = dw && winograd_filter(k, g);
+    const bool fused = dw && !winograd_dw && (is_narrow(k, g) || full >= 0);
     if (db && !fused)
         cpu_bias_backward(dy, db, pix, g->cout);
-    if (dw && is_narrow(k, g))
+    if (winograd_dw) {
+        cpu_winograd_grad c = winograd_filter_grad(g, dy, x, dw);
+        cpu_winograd_grad_run(k, &c, scratch);
+    } else if (dw && is_narrow(k, g))
         direct_filter_narrow(k, g, dy, x, dw, db, scratch, scratch_floats);
     else if (dw)
         k->filter(g, dy, x, dw, db, full);

@@ -65,6 +65,17 @@ typedef struct cpu_direct_kernels {
                             int64_t t0, int64_t nt, bool accumulate);
     void (*winograd_products)(const float *v, int64_t nt, int64_t c, const float *u, int64_t co,
                               float *m);
+    /* The filter gradient's: the output gradients' transform (as
+     * winograd_input's, of 2x2 tiles), and m [., ci] rows co0 .. co0 + nr,
+     * columns j0 .. j0 + nj vectors += the sums over nt tiles of g [nt, co]
+     * x [nt, ci] (nj at most vectors_per_tile, nr at most rows_per_vectors
+     * / nj). */
+    void (*winograd_grad_input)(const float *dy, int64_t h, int64_t w, int64_t c, int64_t th,
+                                int64_t tw, int64_t t0, int64_t nt, float *v, int64_t vs);
+    void (*winograd_grad_products)(const float *g, int64_t co, const float *x, int64_t ci,
+                                   int64_t nt, int nr, int nj, float *m, int64_t co0, int64_t j0);
+    int vectors_per_tile; /* VJ: most vectors of input channels of a grad product tile */
+    int rows_per_vectors; /* FR VJ: rows of a grad tile of nj vectors, over nj */
 } cpu_direct_kernels;
 
 #if defined(__x86_64__)

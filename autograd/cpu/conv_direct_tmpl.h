@@ -580,4 +580,8 @@ const cpu_direct_kernels KERNELS = {
     .winograd_input = winograd_input,
     .winograd_output = winograd_output,
     .winograd_products = winograd_products,
+    .winograd_grad_input = winograd_grad_input,
+    .winograd_grad_products = winograd_grad_products,
+    .vectors_per_tile = VJ,
+    .rows_per_vectors = FR * VJ,
 };

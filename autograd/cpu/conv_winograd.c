@@ -1,10 +1,12 @@
 /* Winograd F(2x2, 3x3) convolutions (see conv_winograd.h): the plan (groups
  * of output channels, chunks of tiles), the weight transform, and the loop
- * that runs the per-ISA kernels (conv_winograd_tmpl.h) over them. */
+ * that runs the per-ISA kernels (conv_winograd_tmpl.h) over them; and the
+ * filter gradient's chunks of tiles, products and output transform. */
 #include "conv_winograd.h"
 
 #include <omp.h>
 #include <stddef.h>
+#include <string.h>
 
 /* Bytes of transformed weights at once (16 cin x group floats): a group of
  * output channels at a time above this (Stable Diffusion's 1280 channels:
@@ -141,4 +143,79 @@ void cpu_winograd_run(const cpu_direct_kernels *k, const cpu_winograd *c, float 
         for (int64_t ch = 0; ch < chunks; ch++)
             run_chunk(k, c, &p, ch, o0, gc, u, buffers + omp_get_thread_num() * per_thread);
     }
+}
+
+/* ---- the filter gradient ---- */
+
+/* Bytes of one chunk's transforms (16 x tiles x (cin + cout) floats), at
+ * least GRAD_MIN_TILES tiles: from the channels only, so that the sums'
+ * order does not depend on the thread count. */
+#define GRAD_CHUNK_BYTES ((int64_t)2 << 20)
+#define GRAD_MIN_TILES 32
+#define GRAD_PIECE 8 /* tiles a thread transforms at a time */
+
+static int64_t grad_chunk(const cpu_winograd_grad *c, int64_t tiles) {
+    int64_t fit = GRAD_CHUNK_BYTES / (16 * (int64_t)sizeof(float) * (c->cin + c->cout));
+    return min64(max64(fit, GRAD_MIN_TILES), tiles);
+}
+
+int64_t cpu_winograd_grad_scratch_floats(const cpu_winograd_grad *c) {
+    int64_t tiles = c->n * ((c->h + 1) / 2) * ((c->w + 1) / 2);
+    return 16 * c->cout * c->cin + 16 * grad_chunk(c, tiles) * (c->cin + c->cout);
+}
+
+/* dw += G^T m G for every pair of channels, m [16, cout, cin]. G^T = [1 .5
+ * .5 0; 0 .5 -.5 0; 0 .5 .5 1]. */
+static void grad_output(const cpu_winograd_grad *c, const float *m) {
+    const int64_t cin = c->cin, plane = c->cout * cin;
+#pragma omp parallel for if (plane >= 16384)
+    for (int64_t o = 0; o < c->cout; o++) {
+        float *dw = c->dw + o * 9 * cin;
+        for (int64_t i = 0; i < cin; i++) {
+            const float *mi = m + o * cin + i;
+            float s[3][4];
+            for (int b = 0; b < 4; b++) { /* G^T m, column b */
+                float m0 = mi[b * plane], m1 = mi[(4 + b) * plane], m2 = mi[(8 + b) * plane],
+                      m3 = mi[(12 + b) * plane];
+                s[0][b] = m0 + 0.5f * (m1 + m2);
+                s[1][b] = 0.5f * (m1 - m2);
+                s[2][b] = 0.5f * (m1 + m2) + m3;
+            }
+            for (int a = 0; a < 3; a++) { /* (G^T m) G, row a */
+                dw[(3 * a + 0) * cin + i] += s[a][0] + 0.5f * (s[a][1] + s[a][2]);
+                dw[(3 * a + 1) * cin + i] += 0.5f * (s[a][1] - s[a][2]);
+                dw[(3 * a + 2) * cin + i] += 0.5f * (s[a][1] + s[a][2]) + s[a][3];
+            }
+        }
+    }
+}
+
+void cpu_winograd_grad_run(const cpu_direct_kernels *k, const cpu_winograd_grad *c, float *scratch) {
+    const int64_t th = (c->h + 1) / 2, tw = (c->w + 1) / 2, tiles = c->n * th * tw;
+    const int64_t chunk = grad_chunk(c, tiles), L = k->lanes, VJ = k->vectors_per_tile;
+    const int64_t cblocks = (c->cin + VJ * L - 1) / (VJ * L);
+    const int64_t widest = min64(VJ, (c->cin + L - 1) / L); /* vectors of the widest column block */
+    const int64_t rows = k->rows_per_vectors / widest, rblocks = (c->cout + rows - 1) / rows;
+    const int64_t fr = (c->cout + rblocks - 1) / rblocks, tasks = 16 * rblocks * cblocks;
+    float *m = scratch, *xv = m + 16 * c->cout * c->cin, *gv = xv + 16 * chunk * c->cin;
+    memset(m, 0, (size_t)(16 * c->cout * c->cin) * sizeof *m);
+#pragma omp parallel if (tiles * c->cin * c->cout >= (1 << 18))
+    for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
+        const int64_t nt = min64(chunk, tiles - t0);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < nt; t += GRAD_PIECE) {
+            const int64_t np = min64(GRAD_PIECE, nt - t);
+            k->winograd_input(c->x, c->h, c->w, c->cin, th, tw, t0 + t, np, xv + t * c->cin, chunk);
+            k->winograd_grad_input(c->dy, c->h, c->w, c->cout, th, tw, t0 + t, np, gv + t * c->cout, chunk);
+        }
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < tasks; task++) {
+            const int64_t e = task / (rblocks * cblocks), rb = task / cblocks % rblocks, cb = task % cblocks;
+            const int64_t co0 = rb * fr, j0 = cb * VJ * L;
+            const int nr = (int)min64(fr, c->cout - co0), nj = (int)min64(VJ, (c->cin - j0 + L - 1) / L);
+            k->winograd_grad_products(gv + e * chunk * c->cout, c->cout, xv + e * chunk * c->cin, c->cin, nt, nr,
+                                      nj, m + e * c->cout * c->cin, co0, j0);
+        }
+    }
+    grad_output(c, m);
 }

@@ -43,6 +43,21 @@ typedef struct cpu_winograd {
 int64_t cpu_winograd_scratch_floats(const cpu_direct_kernels *k, const cpu_winograd *c);
 void cpu_winograd_run(const cpu_direct_kernels *k, const cpu_winograd *c, float *scratch);
 
+/* dw [cout, 3, 3, cin] += the filter gradient of the convolution of x [n,
+ * h, w, cin] whose output gradient is dy [n, h, w, cout]: per tile G^T (A
+ * g A^T . B^T d B) G (g its 2x2 output gradients, d its 4x4 inputs), the
+ * products summed over all tiles first, in tile order: the sums do not
+ * depend on the thread count (chunks of tiles a fixed size, each product a
+ * task of its own). */
+typedef struct cpu_winograd_grad {
+    const float *x, *dy;
+    float *dw;
+    int64_t n, h, w, cin, cout;
+} cpu_winograd_grad;
+
+int64_t cpu_winograd_grad_scratch_floats(const cpu_winograd_grad *c);
+void cpu_winograd_grad_run(const cpu_direct_kernels *k, const cpu_winograd_grad *c, float *scratch);
+
 /* dst[i] = src[i] widened from f16 bits, n a multiple of 8 (conv.c). */
 void cpu_conv_widen_half(const uint16_t *src, float *dst, int64_t n);
 

@@ -1,7 +1,7 @@
 /* The kernels of the Winograd F(2x2, 3x3) convolution (conv_winograd.c),
  * generic over the vector width: conv_direct_tmpl.h includes this before
  * it defines its cpu_direct_kernels, with the same definitions (vec,
- * v_load_mask, v_sub, ..., BLOCK, FP, VJ, SWITCH_NJ), and the three
+ * v_load_mask, v_sub, ..., BLOCK, FP, VJ, SWITCH_NJ, FT24 ...), and the
  * functions below go into it. Vectors run over channels, the last one
  * masked. The transforms make every value the same short sum of a tile's
  * inputs, and the products every value one chain of multiply-adds over the
@@ -168,3 +168,102 @@ static TARGET void winograd_products(const float *v, int64_t nt, int64_t c, cons
         SWITCH_NJ(nj, product_rows, v, nt, c, u + b * c * BLOCK, m, co, j0)
     }
 }
+
+/* ---- the filter gradient ---- */
+
+/* v [16, vs, c] (row e = 4 i + j, row `at` of each) = A g A^T of each of the
+ * nt tiles from t0 (as winograd_input): g the tile's 2x2 output gradients
+ * of dy [., h, w, c] from (2 ty, 2 tx), zero outside the image. A = [1 0;
+ * 1 1; 1 -1; 0 -1], the transpose of winograd_output's A^T: the filter
+ * gradient of a tile is G^T (A g A^T . B^T d B) G, the forward's products
+ * taken backwards. */
+static TARGET void winograd_grad_input(const float *dy, int64_t h, int64_t w, int64_t c, int64_t th,
+                                       int64_t tw, int64_t t0, int64_t nt, float *v, int64_t vs) {
+    for (int64_t t = 0; t < nt; t++) {
+        const int64_t img = (t0 + t) / (th * tw), ty = (t0 + t) / tw % th, tx = (t0 + t) % tw;
+        const bool row1 = 2 * ty + 1 < h, col1 = 2 * tx + 1 < w;
+        const float *g00 = dy + ((img * h + 2 * ty) * w + 2 * tx) * c;
+        const float *pg[2][2] = {{g00, col1 ? g00 + c : NULL},
+                                 {row1 ? g00 + w * c : NULL, row1 && col1 ? g00 + (w + 1) * c : NULL}};
+        float *out = v + t * c;
+        for (int64_t c0 = 0; c0 < c; c0 += LANES) {
+            const vmask m = v_lanes(c - c0);
+            const bool full = c - c0 >= LANES;
+            vec g[2][2], r[4][2];
+#pragma GCC unroll 2
+            for (int i = 0; i < 2; i++)
+#pragma GCC unroll 2
+                for (int j = 0; j < 2; j++)
+                    g[i][j] = pg[i][j] ? w_load(full, m, pg[i][j] + c0) : v_zero();
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) { /* A g, column j */
+                r[0][j] = g[0][j];
+                r[1][j] = v_add(g[0][j], g[1][j]);
+                r[2][j] = v_sub(g[0][j], g[1][j]);
+                r[3][j] = v_sub(v_zero(), g[1][j]);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) { /* (A g) A^T, row i */
+                float *o = out + (int64_t)(4 * i) * vs * c + c0;
+                w_store(full, o, m, r[i][0]);
+                w_store(full, o + vs * c, m, v_add(r[i][0], r[i][1]));
+                w_store(full, o + 2 * vs * c, m, v_sub(r[i][0], r[i][1]));
+                w_store(full, o + 3 * vs * c, m, v_sub(v_zero(), r[i][1]));
+            }
+        }
+    }
+}
+
+/* m [nr, ci] (rows co0 .. co0 + nr, columns j0 .. j0 + LANES nj, the last
+ * vector masked to ci) += the sum over the nt tiles of g[t][co] x[t][ci],
+ * g [nt, co] and x [nt, ci] one transform row e each: every sum one chain
+ * of multiply-adds over the tiles in order. */
+INLINE void grad_tile(const int nj, const int nr, const float *g, int64_t co, const float *x,
+                      int64_t ci, int64_t nt, float *m, int64_t co0, int64_t j0) {
+    const vmask last = v_lanes(ci - j0 - (nj - 1) * LANES);
+    const bool full = ci - j0 >= nj * LANES;
+    vec acc[FR * VJ][VJ];
+#pragma GCC unroll 24
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            acc[r][j] = w_load(full || j < nj - 1, last, m + (co0 + r) * ci + j0 + j * LANES);
+    const float *gt = g + co0, *xt = x + j0;
+#pragma GCC unroll 2
+    for (int64_t t = 0; t < nt; t++, gt += co, xt += ci) {
+        vec xv[VJ];
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            xv[j] = w_load(full || j < nj - 1, last, xt + j * LANES);
+#pragma GCC unroll 24
+        for (int r = 0; r < nr; r++) {
+            vec a = v_set1(gt[r]);
+#pragma GCC unroll 4
+            for (int j = 0; j < nj; j++)
+                acc[r][j] = v_fma(a, xv[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 24
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            w_store(full || j < nj - 1, m + (co0 + r) * ci + j0 + j * LANES, last, acc[r][j]);
+}
+
+/* grad_tile with nj and nr (1 .. filter_rows(nj)) made constants. */
+#undef FT
+#define FT(nj, nr)                                                                                 \
+    case (nj) * 64 + (nr): grad_tile(nj, nr, g, co, x, ci, nt, m, co0, j0); break;
+
+static TARGET void winograd_grad_products(const float *g, int64_t co, const float *x, int64_t ci,
+                                          int64_t nt, int nr, int nj, float *m, int64_t co0,
+                                          int64_t j0) {
+    switch (nj * 64 + nr) {
+#if VJ == 4 && FR == 6
+        FT24(1) FT12(2) FT8(3) FT6(4)
+#elif VJ == 2 && FR == 6
+        FT12(1) FT6(2)
+#endif
+    }
+}
+#undef FT
