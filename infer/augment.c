@@ -2,15 +2,27 @@
  * `diffc augment`: synthetic training data from a trained model and its
  * dataset, and (--eval) whether it helps a classifier.
  *
- * Two kinds of image, written into OUTPUT-DIR/<class>/ (one folder per class
+ * Three kinds of image, written into OUTPUT-DIR/<class>/ (one folder per class
  * of the dataset, named after it; the root for an unlabelled dataset):
  *   <class>/gen_NNNNN.png      --per-class N class-conditional images per class
  *                              (classifier-free guidance --guidance-scale);
+ *   <class>/unl_NNNNN.png      --unlabelled N images made without a class (an
+ *                              unconditional model, or the null class), each in
+ *                              the folder of the class a classifier of the real
+ *                              images finds most probable (a pseudo-label);
  *   <class>/var_SSSSSS_KK.png  --variations K img2img (SDEdit) variations of every
  *                              real image S, at --strength, with its class.
  * manifest.jsonl lists each made image on one line: file, class, label,
- * source (the real image's index in the dataset, null for gen_), seed,
- * stream, strength (null for gen_), guidance, scheduler and steps.
+ * source (the real image's index in the dataset, null for gen_ and unl_),
+ * seed, stream, strength (null for gen_ and unl_), guidance, scheduler and
+ * steps; an unl_ line adds pseudo (true) and confidence (the classifier's
+ * probability of its class).
+ *
+ * unl_ images are how a generator trained on unlabelled images helps a
+ * classifier of few labels: the generator needs no labels, and the classes
+ * come only from the labelled images, through their classifier. --eval
+ * labels them again with the classifier of each subset it trains on, so a
+ * subset's real+synthetic run uses no label the subset lacks.
  *
  * The model is a UNet2DModel (its class label conditions gen_ and var_) or a
  * Stable Diffusion pipeline folder (pipeline/sd_pipeline.h; dispatched on
@@ -25,7 +37,9 @@
  *
  * --filter-threshold T scores every new image with a classifier of the real
  * images (augment_eval.c; trained, or --filter-classifier FILE) and writes it
- * only if its probability of the intended class is above T. A rejected image
+ * only if its probability of the intended class is above T (an unl_ image:
+ * of its pseudo-label; with --eval unl_ images are all written, and each
+ * subset's classifier keeps those above T). A rejected image
  * is not written at all: a rejected/ folder inside OUTPUT-DIR would read as
  * one more class to `diffc train`, and the manifest keeps what it needs (its
  * line with kept false and its confidence) so a resumed run does not make it
@@ -33,7 +47,8 @@
  * reused when the run resumes, so its decisions are the same.
  *
  * Every image has its own noise stream, named after what it is (gen_ i of
- * class c: c 2^32 + i; var_ k of image s: 2^52 + s 2^16 + k), so it is the
+ * class c: c 2^32 + i; unl_ i: 2^51 + i; var_ k of image s: 2^52 + s 2^16 +
+ * k), so it is the
  * same whatever else the run makes, whatever the batch and whether the run
  * was interrupted. That makes resuming exact: an image listed in the manifest
  * whose file exists is not made again; one made with other settings is an
@@ -75,6 +90,7 @@
 #define MANIFEST "manifest.jsonl"
 #define MAX_MANIFEST_BYTES ((size_t)1 << 31)
 #define VARIATION_STREAMS ((uint64_t)1 << 52) /* below 2^53: JSON numbers hold them exactly */
+#define UNLABELLED_STREAMS ((uint64_t)1 << 51) /* above every gen_ stream (classes < 2^19) */
 #define MAX_VARIATIONS 65536
 #define MAX_FILE 320
 #define FILTER_CLASSIFIER "filter_classifier.safetensors"
@@ -90,7 +106,7 @@ typedef struct augment_options {
     const char *model, *variant, *train_data_dir, *output_dir, *scheduler, *cache_dir, *device;
     const char *eval_data_dir, *real_fraction;
     const char *prompt_template, *caption_column, *negative_prompt, *filter_threshold, *filter_classifier;
-    int64_t per_class, variations, num_inference_steps, batch_size, seed, resolution;
+    int64_t per_class, unlabelled, variations, num_inference_steps, batch_size, seed, resolution;
     const char *synthetic_prob;
     int64_t eval_steps, eval_epochs, eval_batch_size, eval_seeds;
     double strength, guidance_scale, eval_learning_rate;
@@ -112,6 +128,9 @@ static const dc_cli_option options[] = {
      "where the class folders and manifest.jsonl go"},
     {"per-class", DC_CLI_INT, FIELD(per_class), "N", "0", NULL, 0, 1e7, false,
      "class-conditional images per class (text-to-image: from the class's prompt, no init image)"},
+    {"unlabelled", DC_CLI_INT, FIELD(unlabelled), "N", "0", NULL, 0, 1e7, false,
+     "images made without a class, each given the class a classifier of the real images finds most probable "
+     "(a pseudo-label; --eval labels them again with each subset's classifier)"},
     {"variations", DC_CLI_INT, FIELD(variations), "K", "0", NULL, 0, MAX_VARIATIONS, false,
      "img2img variations of every real image"},
     {"strength", DC_CLI_FLOAT, FIELD(strength), "X", "0.5", NULL, 0, 1, true,
@@ -169,16 +188,19 @@ static const dc_cli_option options[] = {
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
 static const char usage_line[] =
-    "usage: diffc augment --model DIR --train-data-dir DIR --output-dir DIR [--per-class N] [--variations K]";
+    "usage: diffc augment --model DIR --train-data-dir DIR --output-dir DIR [--per-class N] [--unlabelled N]\n"
+    "                     [--variations K]";
 
 static const char help_intro[] =
     "\n"
     "Make synthetic training data with a trained model: OUTPUT-DIR/<class>/gen_NNNNN.png\n"
-    "(--per-class N class-conditional images of every class) and var_SSSSSS_KK.png\n"
-    "(--variations K img2img variations of every real image S at --strength), and\n"
-    "manifest.jsonl with one line per image (file, class, label, source, seed, stream,\n"
-    "strength, guidance, scheduler, steps). Images are those of the model's size and\n"
-    "channels; the real images are brought to them as training does.\n"
+    "(--per-class N class-conditional images of every class), unl_NNNNN.png (--unlabelled\n"
+    "N images made without a class, each in the folder of the class a classifier of the\n"
+    "real images finds most probable: a pseudo-label) and var_SSSSSS_KK.png (--variations\n"
+    "K img2img variations of every real image S at --strength), and manifest.jsonl with\n"
+    "one line per image (file, class, label, source, seed, stream, strength, guidance,\n"
+    "scheduler, steps; unl_: pseudo and confidence). Images are those of the model's size\n"
+    "and channels; the real images are brought to them as training does.\n"
     "\n"
     "With a Stable Diffusion pipeline folder as --model, images come from prompts:\n"
     "--prompt-template (\"a photo of a {class}\"; {caption}: the real image's caption from\n"
@@ -196,9 +218,11 @@ static const char help_intro[] =
     "--eval then trains a small classifier on a class-balanced --real-fraction of the real\n"
     "images, alone, with standard augmentation (--eval-augment), with the synthetic ones,\n"
     "and on the synthetic ones alone (CAS), and prints their test accuracies (on the split\n"
-    "test of --eval-data-dir; mean ± std over --eval-seeds). First it judges the synthetic\n"
-    "images with a classifier of all the real ones: the Fréchet distance of its features\n"
-    "to the test images', by class, and the classes it gives them.\n"
+    "test of --eval-data-dir; mean ± std over --eval-seeds). unl_ images are labelled again\n"
+    "by each subset's own classifier (real+std), and kept above --filter-threshold, so they\n"
+    "bring no label the subset lacks. First it judges the synthetic images with a\n"
+    "classifier of all the real ones: the Fréchet distance of its features to the test\n"
+    "images', by class, and the classes it gives them.\n"
     "\n"
     "options:\n";
 
@@ -227,8 +251,9 @@ static int parse_args(augment_options *ao, int argc, char **argv) {
         return dc_cli_usage_error(&cli, "%s", "augment needs --model DIR, --train-data-dir DIR and --output-dir DIR");
     if (ao->eval && !ao->eval_data_dir)
         return dc_cli_usage_error(&cli, "%s", "--eval needs --eval-data-dir DIR (the test images)");
-    if (!ao->per_class && !ao->variations && !ao->eval)
-        return dc_cli_usage_error(&cli, "%s", "nothing to do: give --per-class N, --variations K or --eval");
+    if (!ao->per_class && !ao->unlabelled && !ao->variations && !ao->eval)
+        return dc_cli_usage_error(&cli, "%s",
+                                  "nothing to do: give --per-class N, --unlabelled N, --variations K or --eval");
     if (ao->vary_eval_subsets && !ao->eval)
         return dc_cli_usage_error(&cli, "%s", "--vary-eval-subsets needs --eval");
     if (ao->filter_classifier && !ao->filter_threshold)
@@ -244,10 +269,11 @@ static int parse_args(augment_options *ao, int argc, char **argv) {
 /* ---- the images to make ---- */
 
 typedef struct job {
-    char file[MAX_FILE]; /* relative to the output folder */
-    int32_t label;       /* of the real dataset; -1 unlabelled */
-    int64_t source;      /* variations: the real image; -1 for gen_ */
+    char file[MAX_FILE]; /* relative to the output folder; a pseudo-labelled one's once it has its class */
+    int32_t label;       /* of the real dataset; -1 unlabelled (or not yet pseudo-labelled) */
+    int64_t source;      /* variations: the real image; -1 for gen_ and unl_ */
     uint64_t stream;
+    bool pseudo;         /* unl_: made without a class, labelled by the classifier of the real images */
 } job;
 
 /* One manifest line as read back. */
@@ -328,14 +354,14 @@ static int make_class_dirs(run *r) {
 }
 
 /* j->file: "<class folder>/<name>.png", or "<name>.png" when unlabelled. */
-static void set_file(run *r, job *j, const char *name) {
+static void set_file(const run *r, job *j, const char *name) {
     if (j->label >= 0)
         snprintf(j->file, sizeof j->file, "%s/%s.png", r->class_dirs[j->label], name);
     else
         snprintf(j->file, sizeof j->file, "%s.png", name);
 }
 
-/* gen_ images round-robin over the classes (an interrupted run is balanced), then var_. */
+/* gen_ images round-robin over the classes (an interrupted run is balanced), then unl_, then var_. */
 /* vary [ds.count]: the real images to make variations of: all, or with
  * --vary-eval-subsets those of the largest fraction's subset of every seed. */
 static int pick_sources(const run *r, bool *vary) {
@@ -360,8 +386,14 @@ static int pick_sources(const run *r, bool *vary) {
     return rc;
 }
 
+/* An unl_ job's name, from its stream. */
+static void unlabelled_name(const job *j, char name[32]) {
+    snprintf(name, 32, "unl_%05" PRIu64, j->stream - UNLABELLED_STREAMS);
+}
+
 static int plan_jobs(run *r) {
-    int64_t classes = r->ds.num_classes, n = r->o.per_class * classes + r->o.variations * r->ds.count;
+    int64_t classes = r->ds.num_classes,
+            n = r->o.per_class * classes + r->o.unlabelled + r->o.variations * r->ds.count;
     bool *vary = calloc((size_t)(r->ds.count ? r->ds.count : 1), sizeof *vary);
     if (!vary || (n > 0 && !(r->jobs = calloc((size_t)n, sizeof *r->jobs)))) {
         free(vary);
@@ -379,6 +411,9 @@ static int plan_jobs(run *r) {
             snprintf(name, sizeof name, "gen_%05" PRId64, i);
             set_file(r, j, name);
         }
+    for (int64_t i = 0; i < r->o.unlabelled; i++) /* their files once they have a class */
+        r->jobs[r->n_jobs++] = (job){.label = -1, .source = -1, .stream = UNLABELLED_STREAMS + (uint64_t)i,
+                                     .pseudo = true};
     for (int64_t s = 0; s < r->ds.count; s++)
         for (int64_t k = 0; vary[s] && k < r->o.variations; k++) {
             job *j = &r->jobs[r->n_jobs++];
@@ -553,6 +588,28 @@ static int check_entry(const run *r, const job *j, const entry *e) {
                    prompt ? prompt : "", prompt ? "'" : "");
 }
 
+/* Job j's manifest entry, or NULL. An unl_ job's is in one of the class
+ * folders; found, the job takes that class and file. */
+static const entry *find_entry(const run *r, job *j) {
+    entry key = {.file = j->file};
+    if (!j->pseudo)
+        return bsearch(&key, r->entries, (size_t)r->n_entries, sizeof key, by_file);
+    char name[32];
+    unlabelled_name(j, name);
+    for (int32_t c = 0; c < r->ds.num_classes; c++) {
+        job as = {.label = c};
+        set_file(r, &as, name);
+        key.file = as.file;
+        const entry *e = bsearch(&key, r->entries, (size_t)r->n_entries, sizeof key, by_file);
+        if (e) {
+            j->label = c;
+            memcpy(j->file, as.file, sizeof j->file);
+            return e;
+        }
+    }
+    return NULL;
+}
+
 /* done[i]: job i is in the manifest (with its file, or rejected by the
  * filter: kept[i] false); count them. */
 static int mark_done(run *r, int64_t *n_done) {
@@ -561,8 +618,7 @@ static int mark_done(run *r, int64_t *n_done) {
                       !(r->kept = calloc((size_t)r->n_jobs, sizeof *r->kept))))
         return dc_fail("out of memory");
     for (int64_t i = 0; i < r->n_jobs; i++) {
-        entry key = {.file = r->jobs[i].file};
-        const entry *e = bsearch(&key, r->entries, (size_t)r->n_entries, sizeof key, by_file);
+        const entry *e = find_entry(r, &r->jobs[i]);
         if (e && check_entry(r, &r->jobs[i], e))
             return -1;
         r->done[i] = e != NULL;
@@ -579,8 +635,8 @@ static void add_text_or_null(cJSON *o, const char *key, const char *text) {
         cJSON_AddNullToObject(o, key);
 }
 
-/* confidence: the filter's, NAN without one. */
-static cJSON *entry_json(const run *r, const job *j, double confidence) {
+/* confidence: the filter's or the pseudo-label's, NAN without either; kept: the file was written. */
+static cJSON *entry_json(const run *r, const job *j, double confidence, bool kept) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "file", j->file);
     if (j->label >= 0) {
@@ -607,17 +663,20 @@ static cJSON *entry_json(const run *r, const job *j, double confidence) {
         add_text_or_null(o, "prompt", job_prompt(r, j));
         add_text_or_null(o, "negative_prompt", job_negative(r));
     }
-    if (r->filtering) {
+    if (j->pseudo)
+        cJSON_AddTrueToObject(o, "pseudo");
+    if (r->filtering)
         cJSON_AddNumberToObject(o, "filter_threshold", r->o.threshold);
+    if (r->filtering || j->pseudo)
         cJSON_AddNumberToObject(o, "confidence", confidence);
-        cJSON_AddBoolToObject(o, "kept", confidence > r->o.threshold);
-    }
+    if (r->filtering)
+        cJSON_AddBoolToObject(o, "kept", kept);
     return o;
 }
 
 /* One line, one write(): a killed run leaves whole lines or a partial last one. */
-static int append_entry(const run *r, const job *j, double confidence) {
-    cJSON *o = entry_json(r, j, confidence);
+static int append_entry(const run *r, const job *j, double confidence, bool kept) {
+    cJSON *o = entry_json(r, j, confidence, kept);
     char *text = o ? dc_json_print(o, false) : NULL;
     cJSON_Delete(o);
     if (!text)
@@ -719,8 +778,15 @@ static int check_classes(run *r) {
     if (r->text && k == 0 && strstr(r->tmpl, "{class}"))
         return dc_fail("--prompt-template '%s': %s has no classes (no subfolders) for {class}; use {caption}",
                        r->tmpl, r->o.train_data_dir);
+    if (r->text && r->o.unlabelled)
+        return dc_fail("--unlabelled: %s is a text-to-image pipeline, whose images come from prompts (use "
+                       "--per-class)",
+                       r->o.model);
     if (r->text)
         return 0;
+    if (r->o.unlabelled && k < 2)
+        return dc_fail("--unlabelled: %s has %d classes; pseudo-labels need a classifier of at least 2",
+                       r->o.train_data_dir, k);
     if (r->o.per_class && r->null_class < 0)
         return dc_fail("--per-class: %s is unconditional (its config has no num_class_embeds); "
                        "--variations works with it",
@@ -869,7 +935,9 @@ static int setup(run *r, char **manifest_text) {
     if (dc_device_resolve(o->device, &r->device) || (r->text ? load_text(r) : load_unet(r)) || open_dataset(r) ||
         check_classes(r) || (r->text && (name_sources(r) || make_prompts(r))) ||
         dc_dir_check_writable(o->output_dir) || make_class_dirs(r) || plan_jobs(r) ||
-        read_manifest(r, manifest_text) || setup_filter(r) || dc_model_ctx_init(r->device, &r->ctx, ACTIVATION_BYTES))
+        read_manifest(r, manifest_text) || setup_filter(r) ||
+        (r->o.unlabelled && real_classifier(r, "pseudo-labels")) ||
+        dc_model_ctx_init(r->device, &r->ctx, ACTIVATION_BYTES))
         return -1;
     r->ctx_ready = true;
     r->tty = isatty(fileno(stderr));
@@ -887,28 +955,42 @@ typedef struct batch {
     float *init, *px, *scored; /* scored: [per] one image as written, for the filter */
 } batch;
 
-/* Job i's image px: scored by the filter, written when kept, listed in the manifest. */
+/* An unl_ job's class: the most probable of the real images' classifier for
+ * px (its image as written), and that probability; then its file. */
+static int pseudo_label(run *r, job *j, const float *px, double *confidence) {
+    if (dc_augment_classifier_predict(&r->filter, px, &j->label, confidence))
+        return -1;
+    char name[32];
+    unlabelled_name(j, name);
+    set_file(r, j, name);
+    return 0;
+}
+
+/* Job i's image px: pseudo-labelled, scored by the filter, written when
+ * kept, listed in the manifest. With --eval an unl_ image is always kept:
+ * each subset's classifier labels and filters it again. */
 static int save(run *r, batch *b, int64_t i, const float *px) {
-    const job *j = &r->jobs[i];
+    job *j = &r->jobs[i];
     dc_image img = {0};
     if (dc_image_alloc(&img, r->side, r->side, r->c))
         return -1;
     int64_t per = (int64_t)r->side * r->side * r->c;
     dc_float_to_u8(img.px, px, (size_t)per);
     double confidence = NAN;
-    if (r->filtering) { /* the image as written, as --eval and a later classifier read it */
+    if (r->filtering || j->pseudo) { /* the image as written, as --eval and a later classifier read it */
         dc_u8_to_float(b->scored, img.px, (size_t)per);
-        if (dc_augment_classifier_confidence(&r->filter, b->scored, j->label, &confidence)) {
+        if (j->pseudo ? pseudo_label(r, j, b->scored, &confidence)
+                      : dc_augment_classifier_confidence(&r->filter, b->scored, j->label, &confidence)) {
             dc_image_free(&img);
             return -1;
         }
     }
-    r->kept[i] = !r->filtering || confidence > r->o.threshold;
+    r->kept[i] = !r->filtering || (j->pseudo && r->o.eval) || confidence > r->o.threshold;
     char *path = r->kept[i] ? out_path(r, j->file) : NULL;
     int rc = !r->kept[i] ? 0 : path ? dc_image_save_png(&img, path) : -1;
     free(path);
     dc_image_free(&img);
-    return rc ? rc : append_entry(r, j, confidence);
+    return rc ? rc : append_entry(r, j, confidence, r->kept[i]);
 }
 
 /* The batch's images from the UNet2DModel, with their class labels. */
@@ -1031,7 +1113,8 @@ static int synthetic_set(const run *r, dc_synthetic *syn) {
     syn->paths = calloc((size_t)cap, sizeof *syn->paths);
     syn->labels = malloc((size_t)cap * sizeof *syn->labels);
     syn->source = malloc((size_t)cap * sizeof *syn->source);
-    if (!syn->paths || !syn->labels || !syn->source)
+    syn->pseudo = malloc((size_t)cap * sizeof *syn->pseudo);
+    if (!syn->paths || !syn->labels || !syn->source || !syn->pseudo)
         return dc_fail("out of memory");
     for (int64_t i = 0; i < n; i++) {
         const entry *e = jobs ? NULL : &r->entries[i];
@@ -1040,6 +1123,7 @@ static int synthetic_set(const run *r, dc_synthetic *syn) {
         int64_t k = syn->n++;
         syn->labels[k] = jobs ? r->jobs[i].label : int_or(e->json, "label", -1);
         syn->source[k] = jobs ? r->jobs[i].source : int_or(e->json, "source", -1);
+        syn->pseudo[k] = jobs ? r->jobs[i].pseudo : cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e->json, "pseudo"));
         if (!(syn->paths[k] = out_path(r, jobs ? r->jobs[i].file : e->file)))
             return -1;
         if (syn->labels[k] < 0 || syn->labels[k] >= r->ds.num_classes)
@@ -1059,6 +1143,7 @@ static int evaluate(run *r) {
                                   .fractions = r->o.real_fraction,
                                   .seeds = (int)r->o.eval_seeds,
                                   .synthetic_prob = r->o.prob,
+                                  .pseudo_threshold = r->o.threshold,
                                   .train = r->train};
     int rc = synthetic_set(r, &syn) || real_classifier(r, "judge") ||
                      dc_augment_evaluate(&r->ds, &syn, &eo, &r->filter, NULL)
@@ -1069,6 +1154,7 @@ static int evaluate(run *r) {
     free(syn.paths);
     free(syn.labels);
     free(syn.source);
+    free(syn.pseudo);
     return rc;
 }
 
@@ -1168,10 +1254,11 @@ static int augment(run *r) {
             printf("prompts from \"%s\"%s%s%s, guidance %g\n", r->tmpl, r->o.negative_prompt ? ", negative \"" : "",
                    r->o.negative_prompt ? r->o.negative_prompt : "", r->o.negative_prompt ? "\"" : "",
                    r->o.guidance_scale);
-        printf("%" PRId64 " images to make (%" PRId64 " per class, %" PRId64 " variations of each of %" PRId64
-               " real images%s), %" PRId64 " already in %s/%s\n",
-               r->n_jobs, r->o.per_class, r->o.variations,
-               r->o.variations ? (r->n_jobs - r->o.per_class * r->ds.num_classes) / r->o.variations : r->ds.count,
+        printf("%" PRId64 " images to make (%" PRId64 " per class, %" PRId64 " unlabelled, %" PRId64
+               " variations of each of %" PRId64 " real images%s), %" PRId64 " already in %s/%s\n",
+               r->n_jobs, r->o.per_class, r->o.unlabelled, r->o.variations,
+               r->o.variations ? (r->n_jobs - r->o.per_class * r->ds.num_classes - r->o.unlabelled) / r->o.variations
+                               : r->ds.count,
                strength, n_done, r->o.output_dir,
                MANIFEST);
         fflush(stdout);

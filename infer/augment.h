@@ -17,6 +17,7 @@ typedef struct dc_synthetic {
     char **paths;    /* [n] PNG files */
     int32_t *labels; /* [n] class labels of the real dataset */
     int64_t *source; /* [n] the real image a variation was made from; -1 for a class-conditional one */
+    bool *pseudo;    /* [n] made without a class: labels[i] is a classifier's guess (--unlabelled) */
 } dc_synthetic;
 
 /* How the classifier of models/classifier.h is trained (--eval-steps ...). */
@@ -34,6 +35,7 @@ typedef struct dc_augment_eval_options {
     const char *fractions;     /* "0.01,0.1,1": fractions of the real training images */
     int seeds;                 /* repeat every training with seeds train.seed, +1, ... */
     double synthetic_prob;     /* a batch image is synthetic with this probability; NAN: drawn from the union */
+    double pseudo_threshold;   /* a pseudo-labelled image is kept above this probability; NAN: all kept */
     dc_augment_train_options train;
 } dc_augment_eval_options;
 
@@ -64,7 +66,11 @@ struct dc_augment_classifier;
  * (mean ± std over the seeds) on stdout. With a judge (a classifier of all
  * the real images; NULL: none), first print how it sees the synthetic images:
  * the Fréchet distance of their features to the test images' by class, and
- * the classes it gives them. scores: NULL, or [fractions x seeds], filled. */
+ * the classes it gives them. The pseudo-labelled synthetic images are labelled
+ * again by each fraction and seed's own classifier of the real subset (with
+ * standard augmentation when train.augment), and kept when its probability of
+ * that class is above pseudo_threshold: their labels then come only from the
+ * labels the subset has. scores: NULL, or [fractions x seeds], filled. */
 int dc_augment_evaluate(const dc_dataset *real, const dc_synthetic *syn, const dc_augment_eval_options *o,
                         struct dc_augment_classifier *judge, dc_augment_scores *scores);
 
@@ -107,6 +113,8 @@ int dc_augment_classifier_load(dc_augment_classifier *c, const dc_dataset *real,
 int dc_augment_classifier_save(const dc_augment_classifier *c, const dc_dataset *real, const char *path);
 /* px [h, w, c] in [-1, 1] (the real images' size): the softmax probability of class `label`. */
 int dc_augment_classifier_confidence(dc_augment_classifier *c, const float *px, int32_t label, double *p);
+/* The same image's most probable class (the first of equals) and its probability. */
+int dc_augment_classifier_predict(dc_augment_classifier *c, const float *px, int32_t *label, double *p);
 /* Safe on a zeroed one. */
 void dc_augment_classifier_free(dc_augment_classifier *c);
 

@@ -13,6 +13,10 @@
  * augmentation (the baseline synthetic data has to beat), and the mixed run
  * uses it too; a fourth trains on the synthetic images alone (the
  * classification accuracy score, CAS: how much of the classes they carry).
+ * Pseudo-labelled synthetic images (--unlabelled) take the classes the
+ * subset's own classifier gives them: the real+std one (real-only without
+ * standard augmentation), trained before the synthetic sets are made, and
+ * are kept when its probability of that class is above the threshold.
  * --synthetic-prob P draws each batch image from the synthetic ones with
  * probability P instead of from the union. --eval-seeds N repeats all of it
  * (the subset, the initial weights, the batches) with N seeds: mean ± std.
@@ -90,6 +94,8 @@ typedef struct eval {
     int64_t per;         /* bytes of one image */
     uint8_t *syn_px;     /* [syn->n, per] the synthetic images, decoded */
     bool *syn_ok;        /* [syn->n] decoded and of the right size */
+    int32_t *syn_label;  /* [syn->n] their labels for this fraction and seed (pseudo-labels: its classifier's) */
+    bool *syn_kept;      /* [syn->n] decoded, and a pseudo-labelled one above the threshold */
     dc_dataset test;
     bool test_open;
     image_set test_set;
@@ -160,7 +166,9 @@ static int load_synthetic(eval *e) {
     int64_t n = e->syn->n;
     e->syn_px = malloc((size_t)((n ? n : 1) * e->per));
     e->syn_ok = calloc((size_t)(n ? n : 1), sizeof *e->syn_ok);
-    if (!e->syn_px || !e->syn_ok)
+    e->syn_label = malloc((size_t)(n ? n : 1) * sizeof *e->syn_label);
+    e->syn_kept = malloc((size_t)(n ? n : 1) * sizeof *e->syn_kept);
+    if (!e->syn_px || !e->syn_ok || !e->syn_label || !e->syn_kept)
         return dc_fail("out of memory for %" PRId64 " synthetic images", n);
     for (int64_t i = 0; i < n; i++) {
         dc_image img = {0};
@@ -316,9 +324,19 @@ static int64_t argmax(const float *l, int64_t K) {
     return best;
 }
 
+/* The softmax probability of class k of the logits l [K]. */
+static double probability(const float *l, int64_t K, int64_t k) {
+    double top = l[argmax(l, K)], sum = 0;
+    for (int64_t j = 0; j < K; j++)
+        sum += exp(l[j] - top);
+    return exp(l[k] - top) / sum;
+}
+
 /* Every image of s through the classifier: its predicted class into pred[n],
- * and with feat, its FEATURES features (the map averaged over positions) into feat[n, FEATURES]. */
-static int classify(trainer *t, const dc_classifier *m, const image_set *s, int32_t *pred, double *feat) {
+ * with conf its probability into conf[n], and with feat, its FEATURES
+ * features (the map averaged over positions) into feat[n, FEATURES]. */
+static int classify(trainer *t, const dc_classifier *m, const image_set *s, int32_t *pred, double *conf,
+                    double *feat) {
     int64_t K = t->num_classes;
     for (int64_t first = 0; first < s->n; first += EVAL_BATCH) {
         int64_t b = s->n - first < EVAL_BATCH ? s->n - first : EVAL_BATCH;
@@ -328,8 +346,11 @@ static int classify(trainer *t, const dc_classifier *m, const image_set *s, int3
         const float *l = logits_of(t, m, b, &map);
         if (!l)
             return -1;
-        for (int64_t k = 0; k < b; k++)
+        for (int64_t k = 0; k < b; k++) {
             pred[first + k] = (int32_t)argmax(l + k * K, K);
+            if (conf)
+                conf[first + k] = probability(l + k * K, K, pred[first + k]);
+        }
         if (!feat)
             continue;
         int64_t per_image = ((t->h + 3) / 4) * ((t->w + 3) / 4);
@@ -352,7 +373,7 @@ static int score(eval *e, const dc_classifier *m, double *accuracy) {
     int32_t *pred = malloc((size_t)(s->n ? s->n : 1) * sizeof *pred);
     if (!pred)
         return dc_fail("out of memory");
-    int rc = classify(&e->t, m, s, pred, NULL);
+    int rc = classify(&e->t, m, s, pred, NULL, NULL);
     int64_t right = 0;
     for (int64_t i = 0; !rc && i < s->n; i++)
         right += pred[i] == s->labels[i];
@@ -361,8 +382,37 @@ static int score(eval *e, const dc_classifier *m, double *accuracy) {
     return rc;
 }
 
-/* Train a fresh classifier on s (standard augmentation or not); its test accuracy. */
-static int train_and_score(eval *e, const train_set *s, bool augment, double *accuracy) {
+/* The pseudo-labelled synthetic images: syn_label and syn_kept from
+ * classifier m's most probable class and its probability. */
+static int pseudo_label(eval *e, const dc_classifier *m) {
+    const dc_synthetic *syn = e->syn;
+    image_set s = {0};
+    int64_t *at = malloc((size_t)(syn->n ? syn->n : 1) * sizeof *at);
+    int32_t *pred = malloc((size_t)(syn->n ? syn->n : 1) * sizeof *pred);
+    double *conf = malloc((size_t)(syn->n ? syn->n : 1) * sizeof *conf);
+    int rc = at && pred && conf ? set_alloc(&s, syn->n) : dc_fail("out of memory");
+    for (int64_t i = 0; !rc && i < syn->n; i++)
+        if (e->syn_ok[i] && syn->pseudo[i]) {
+            at[s.n] = i;
+            set_add(&s, e->syn_px + i * e->per, -1);
+        }
+    if (!rc)
+        rc = classify(&e->t, m, &s, pred, conf, NULL);
+    double t = e->o->pseudo_threshold;
+    for (int64_t k = 0; !rc && k < s.n; k++) {
+        e->syn_label[at[k]] = pred[k];
+        e->syn_kept[at[k]] = isnan(t) || conf[k] > t;
+    }
+    set_free(&s);
+    free(at);
+    free(pred);
+    free(conf);
+    return rc;
+}
+
+/* Train a fresh classifier on s (standard augmentation or not); its test
+ * accuracy. With label, it then gives the pseudo-labelled images their labels. */
+static int train_and_score(eval *e, const train_set *s, bool augment, bool label, double *accuracy) {
     if (!s->a->n) {
         *accuracy = NAN;
         return 0;
@@ -371,53 +421,70 @@ static int train_and_score(eval *e, const train_set *s, bool augment, double *ac
     dc_classifier m;
     dc_params_init(&ps);
     e->cur.augment = augment;
-    int rc = train(&e->t, &m, &ps, s) || score(e, &m, accuracy) ? -1 : 0;
+    int rc = train(&e->t, &m, &ps, s) || score(e, &m, accuracy) || (label && pseudo_label(e, &m)) ? -1 : 0;
     dc_params_free(&ps);
     return rc;
 }
 
-/* The training sets of fraction f: real (the subset), syn (the synthetic
- * images that go with it) and mixed (their union). */
-static int build_sets(const eval *e, double f, image_set *real, image_set *syn, image_set *mixed) {
+/* The real subset of fraction f (in [count]: its images) into real. */
+static int real_set(const eval *e, double f, bool *in, image_set *real) {
     const dc_dataset *r = e->real;
-    bool *in = calloc((size_t)(r->count ? r->count : 1), sizeof *in);
-    int rc = in ? dc_augment_subset(r, f, e->cur.seed, in) : dc_fail("out of memory");
-    if (!rc)
-        rc = set_alloc(real, r->count) || set_alloc(syn, e->syn->n) || set_alloc(mixed, r->count + e->syn->n) ? -1
-                                                                                                              : 0;
-    for (int64_t i = 0; !rc && i < r->count; i++)
-        if (in[i]) {
+    if (dc_augment_subset(r, f, e->cur.seed, in) || set_alloc(real, r->count))
+        return -1;
+    for (int64_t i = 0; i < r->count; i++)
+        if (in[i])
             set_add(real, r->pixels + i * e->per, r->labels[i]);
-            set_add(mixed, r->pixels + i * e->per, r->labels[i]);
-        }
-    for (int64_t i = 0; !rc && i < e->syn->n; i++)
-        if (e->syn_ok[i] && (e->syn->source[i] < 0 || in[e->syn->source[i]])) {
-            set_add(syn, e->syn_px + i * e->per, e->syn->labels[i]);
-            set_add(mixed, e->syn_px + i * e->per, e->syn->labels[i]);
-        }
-    free(in);
-    return rc;
+    return 0;
 }
 
-/* Fraction f with the seed in e->cur: the four classifiers' accuracies (and the set sizes). */
+/* The synthetic images that go with the subset (in) into syn, and with its
+ * images (real) into mixed. */
+static int synthetic_sets(const eval *e, const bool *in, const image_set *real, image_set *syn, image_set *mixed) {
+    if (set_alloc(syn, e->syn->n) || set_alloc(mixed, real->n + e->syn->n))
+        return -1;
+    for (int64_t i = 0; i < real->n; i++)
+        set_add(mixed, real->px[i], real->labels[i]);
+    for (int64_t i = 0; i < e->syn->n; i++)
+        if (e->syn_kept[i] && (e->syn->source[i] < 0 || in[e->syn->source[i]])) {
+            set_add(syn, e->syn_px + i * e->per, e->syn_label[i]);
+            set_add(mixed, e->syn_px + i * e->per, e->syn_label[i]);
+        }
+    return 0;
+}
+
+/* Fraction f with the seed in e->cur: the four classifiers' accuracies (and
+ * the set sizes). The classifier of the real subset that the baseline column
+ * trains (with standard augmentation when there is that column) labels the
+ * pseudo-labelled images before the synthetic sets are made. */
 static int run_one(eval *e, double f, dc_augment_scores *sc, int64_t *n_real, int64_t *n_syn) {
     image_set real = {0}, syn = {0}, mixed = {0};
     bool aug = e->o->train.augment;
-    int rc = build_sets(e, f, &real, &syn, &mixed);
-    train_set real_only = {&real, NULL, 0}, syn_only = {&syn, NULL, 0};
+    bool *in = calloc((size_t)(e->real->count ? e->real->count : 1), sizeof *in);
+    for (int64_t i = 0; i < e->syn->n; i++) {
+        e->syn_label[i] = e->syn->labels[i];
+        e->syn_kept[i] = e->syn_ok[i] && !e->syn->pseudo[i];
+    }
+    *sc = (dc_augment_scores){NAN, NAN, NAN, NAN};
+    int rc = in ? real_set(e, f, in, &real) : dc_fail("out of memory");
+    train_set real_only = {&real, NULL, 0};
+    if (!rc)
+        rc = train_and_score(e, &real_only, false, !aug, &sc->real) ||
+                     (aug && train_and_score(e, &real_only, true, true, &sc->real_std)) ||
+                     synthetic_sets(e, in, &real, &syn, &mixed)
+                 ? -1
+                 : 0;
     train_set with = isnan(e->o->synthetic_prob) ? (train_set){&mixed, NULL, 0}
                                                  : (train_set){&real, &syn, e->o->synthetic_prob};
-    *sc = (dc_augment_scores){NAN, NAN, NAN, NAN};
+    train_set syn_only = {&syn, NULL, 0};
     if (!rc)
-        rc = train_and_score(e, &real_only, false, &sc->real) ||
-                     (aug && train_and_score(e, &real_only, true, &sc->real_std)) ||
-                     train_and_score(e, &with, aug, &sc->mixed) || train_and_score(e, &syn_only, false, &sc->cas)
+        rc = train_and_score(e, &with, aug, false, &sc->mixed) || train_and_score(e, &syn_only, false, false, &sc->cas)
                  ? -1
                  : 0;
     *n_real = real.n, *n_syn = syn.n;
     set_free(&real);
     set_free(&syn);
     set_free(&mixed);
+    free(in);
     return rc;
 }
 
@@ -458,6 +525,16 @@ static void print_header(const eval *e) {
                DC_AUGMENT_SHIFT);
     if (!isnan(e->o->synthetic_prob))
         printf("eval: real+synthetic draws a synthetic image with probability %g\n", e->o->synthetic_prob);
+    int64_t pseudo = 0;
+    for (int64_t i = 0; i < e->syn->n; i++)
+        pseudo += e->syn_ok[i] && e->syn->pseudo[i];
+    if (pseudo && isnan(e->o->pseudo_threshold))
+        printf("eval: %" PRId64 " unlabelled images take the classes the %s classifier of each subset gives them\n",
+               pseudo, o->augment ? "real+std" : "real-only");
+    else if (pseudo)
+        printf("eval: %" PRId64 " unlabelled images take the classes the %s classifier of each subset gives them, "
+               "kept above probability %g\n",
+               pseudo, o->augment ? "real+std" : "real-only", e->o->pseudo_threshold);
     printf("eval: test accuracy %%, mean ± std over the seeds; CAS: trained on the synthetic images alone\n");
     printf("%14s %8s %9s %15s", "real fraction", "real", "synthetic", "real-only");
     if (o->augment)
@@ -628,7 +705,7 @@ static int judge_set(dc_augment_classifier *judge, judged *j) {
     j->feat = malloc((size_t)n * FEATURES * sizeof *j->feat);
     if (!j->pred || !j->feat)
         return dc_fail("out of memory");
-    return classify(&judge->t, &judge->m, &j->set, j->pred, j->feat);
+    return classify(&judge->t, &judge->m, &j->set, j->pred, NULL, j->feat);
 }
 
 static void judged_free(judged *j) {
@@ -728,6 +805,8 @@ int dc_augment_evaluate(const dc_dataset *real, const dc_synthetic *syn, const d
     set_free(&e.test_set);
     free(e.syn_px);
     free(e.syn_ok);
+    free(e.syn_label);
+    free(e.syn_kept);
     return rc;
 }
 
@@ -803,12 +882,17 @@ int dc_augment_classifier_confidence(dc_augment_classifier *c, const float *px, 
     const float *l = logits_of(&c->t, &c->m, 1, NULL);
     if (!l)
         return -1;
-    double top = l[0], sum = 0;
-    for (int k = 1; k < c->t.num_classes; k++)
-        top = l[k] > top ? l[k] : top;
-    for (int k = 0; k < c->t.num_classes; k++)
-        sum += exp(l[k] - top);
-    *p = exp(l[label] - top) / sum;
+    *p = probability(l, c->t.num_classes, label);
+    return 0;
+}
+
+int dc_augment_classifier_predict(dc_augment_classifier *c, const float *px, int32_t *label, double *p) {
+    memcpy(c->t.x, px, (size_t)c->t.per * sizeof *px);
+    const float *l = logits_of(&c->t, &c->m, 1, NULL);
+    if (!l)
+        return -1;
+    *label = (int32_t)argmax(l, c->t.num_classes);
+    *p = probability(l, c->t.num_classes, *label);
     return 0;
 }
 

@@ -278,6 +278,79 @@ START_TEST(test_kill_and_resume) {
 }
 END_TEST
 
+/* The probability classifier c gives class `label` of the file out/file (defined with the filters' tests). */
+static double score_file(dc_augment_classifier *c, const char *out, const char *file, int label);
+
+/* --unlabelled: images of the unconditional model, each in the folder of the
+ * class the saved classifier of the real images finds most probable, with
+ * that probability in the manifest (checked against the classifier loaded
+ * here); a rerun finds them in their folders; a filter above 1 rejects them
+ * all, except with --eval, where each subset's classifier labels and filters
+ * them again (none then reach the real+synthetic column). */
+START_TEST(test_unlabelled) {
+    tu_mkdtemp("augment");
+    const char *data = make_dataset("data", N_CLASSES), *out = keep("out"), *none = keep("none"),
+               *eval = keep("eval");
+#define UNLABELLED_ARGS(o) \
+    "--model", UNCONDITIONAL_MODEL, "--train-data-dir", data, "--output-dir", o, "--unlabelled", "6", "--eval-steps", \
+        "20", "--eval-batch-size", "4"
+    tu_run_result *r = AUGMENT(UNLABELLED_ARGS(out));
+    assert_ok(r);
+    ck_assert_msg(strstr(r->out, "6 unlabelled") && strstr(r->out, "pseudo-labels: training a classifier"), "%s",
+                  r->out);
+    char classifier[512];
+    snprintf(classifier, sizeof classifier, "%s/filter_classifier.safetensors", out);
+    dc_dataset real;
+    ck_assert_msg(dc_dataset_open(&real, data, &(dc_dataset_options){.cache_dir = tu_path("cache")}) == 0, "%s",
+                  dc_error());
+    dc_augment_train_options to = {.batch_size = 4};
+    dc_augment_classifier c = {0};
+    ck_assert_msg(dc_augment_classifier_load(&c, &real, classifier, &to) == 0, "%s", dc_error());
+    int n;
+    cJSON **lines = read_manifest(out, &n);
+    ck_assert_int_eq(n, 6);
+    for (int i = 0; i < n; i++) {
+        const char *file = field(lines[i], "file")->valuestring;
+        int label = field(lines[i], "label")->valueint;
+        char want[64];
+        snprintf(want, sizeof want, "%s/unl_%05d.png", classes[label], i);
+        ck_assert_str_eq(file, want);
+        ck_assert(cJSON_IsTrue(field(lines[i], "pseudo")) && cJSON_IsNull(field(lines[i], "source")));
+        double p = score_file(&c, out, file, label), conf = field(lines[i], "confidence")->valuedouble;
+        ck_assert_msg(fabs(p - conf) < 1e-6, "%s: %g vs %g", file, p, conf);
+        for (int k = 0; k < N_CLASSES; k++)
+            ck_assert_msg(k == label || score_file(&c, out, file, k) <= p, "%s: class %d is more probable", file, k);
+    }
+    free_manifest(lines, n);
+    dc_augment_classifier_free(&c);
+    dc_dataset_close(&real);
+    r = AUGMENT(UNLABELLED_ARGS(out));
+    assert_ok(r);
+    ck_assert_msg(strstr(r->out, "6 already") && !strstr(r->out, "wrote"), "%s", r->out);
+
+    r = AUGMENT(UNLABELLED_ARGS(none), "--filter-threshold", "1", "--filter-classifier", classifier);
+    assert_ok(r);
+    ck_assert_msg(strstr(r->out, "kept 0 of 6 images"), "%s", r->out);
+    ck_assert_int_eq(count_pngs(none), 0);
+    r = AUGMENT(UNLABELLED_ARGS(eval), "--filter-threshold", "1", "--filter-classifier", classifier, "--eval",
+                "--eval-data-dir", data, "--real-fraction", "1");
+    assert_ok(r);
+    ck_assert_int_eq(count_pngs(eval), 6);
+    int real_n, syn;
+    double f;
+    const char *row = strstr(r->out, "\n             1 ");
+    ck_assert_msg(row && sscanf(row, "%lf %d %d", &f, &real_n, &syn) == 3, "%s", r->out);
+    ck_assert(real_n == N_CLASSES * PER_CLASS_REAL && syn == 0);
+    /* a class-conditional model makes them with its null class */
+    r = AUGMENT("--model", MODEL, "--train-data-dir", data, "--output-dir", tu_path("conditional"), "--unlabelled",
+                "2", "--filter-classifier", classifier, "--filter-threshold", "0");
+    assert_ok(r);
+    ck_assert_int_eq(count_pngs(tu_path("conditional")), 2);
+#undef UNLABELLED_ARGS
+    tu_rmtemp();
+}
+END_TEST
+
 START_TEST(test_eval) {
     tu_mkdtemp("augment");
     const char *data = make_dataset("data", N_CLASSES), *test = make_dataset("test", N_CLASSES);
@@ -458,6 +531,7 @@ static dc_synthetic copies_of(const dc_dataset *ds) {
     syn.paths = calloc((size_t)ds->count, sizeof *syn.paths);
     syn.labels = malloc((size_t)ds->count * sizeof *syn.labels);
     syn.source = malloc((size_t)ds->count * sizeof *syn.source);
+    syn.pseudo = calloc((size_t)ds->count, sizeof *syn.pseudo);
     for (int64_t i = 0; i < ds->count; i++) {
         char name[64];
         snprintf(name, sizeof name, "copy_%" PRId64 ".png", i);
@@ -473,7 +547,7 @@ static dc_synthetic copies_of(const dc_dataset *ds) {
 static void synthetic_free(dc_synthetic *syn) {
     for (int64_t i = 0; i < syn->n; i++)
         free(syn->paths[i]);
-    free(syn->paths), free(syn->labels), free(syn->source);
+    free(syn->paths), free(syn->labels), free(syn->source), free(syn->pseudo);
 }
 
 static bool same(double a, double b) {
@@ -501,6 +575,7 @@ START_TEST(test_eval_scores) {
                                  .fractions = "1",
                                  .seeds = 1,
                                  .synthetic_prob = NAN,
+                                 .pseudo_threshold = NAN,
                                  .train = {.steps = 6, .batch_size = 4, .learning_rate = 0.01, .seed = tu_next() % 1000}};
     dc_augment_scores a, b, p1, p0, seeds[3], aug;
     ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &a) == 0, "%s", dc_error());
@@ -523,6 +598,26 @@ START_TEST(test_eval_scores) {
     o.seeds = 1, o.train.augment = true;
     ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &aug) == 0, "%s", dc_error());
     ck_assert(aug.real == a.real && !isnan(aug.real_std) && aug.cas == a.cas);
+
+    /* Other labels change the scores of labelled copies, not of pseudo-labelled
+     * ones (the real+std classifier labels them again); a threshold of 1 keeps
+     * none of them: real+synthetic is real+std, and CAS has nothing to train on. */
+    dc_augment_scores shifted, p_true, p_shifted, p_none;
+    for (int64_t i = 0; i < syn.n; i++)
+        syn.labels[i] = (ds.labels[i] + 1) % N_CLASSES;
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &shifted) == 0, "%s", dc_error());
+    ck_assert(shifted.cas != aug.cas);
+    for (int64_t i = 0; i < syn.n; i++)
+        syn.pseudo[i] = true;
+    o.pseudo_threshold = NAN;
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &p_shifted) == 0, "%s", dc_error());
+    for (int64_t i = 0; i < syn.n; i++)
+        syn.labels[i] = ds.labels[i];
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &p_true) == 0, "%s", dc_error());
+    ck_assert(same_scores(&p_true, &p_shifted) && p_true.real_std == aug.real_std);
+    o.pseudo_threshold = 1;
+    ck_assert_msg(dc_augment_evaluate(&ds, &syn, &o, NULL, &p_none) == 0, "%s", dc_error());
+    ck_assert(p_none.mixed == p_none.real_std && isnan(p_none.cas));
     o.seeds = 0;
     ck_assert_int_eq(dc_augment_evaluate(&ds, &syn, &o, NULL, &aug), -1);
     synthetic_free(&syn);
@@ -598,6 +693,10 @@ START_TEST(test_bad_input) {
     tu_assert_user_error(AUGMENT("--model", UNCONDITIONAL_MODEL, "--train-data-dir", data, "--output-dir", o,
                                  "--per-class", "1"),
                          "unconditional");
+    const char *one = make_dataset("one", 1);
+    tu_assert_user_error(AUGMENT("--model", UNCONDITIONAL_MODEL, "--train-data-dir", one, "--output-dir", o,
+                                 "--unlabelled", "1"),
+                         "pseudo-labels need a classifier of at least 2");
     /* a manifest with a bad line before the last */
     ck_assert_int_eq(mkdir(o, 0755), 0);
     spill(tu_path("o/manifest.jsonl"), "not json\n{\"file\": \"x.png\", \"scheduler\": \"ddim\"}\n");
@@ -628,7 +727,7 @@ START_TEST(test_help) {
     tu_run_result *r = tu_run_diffc((const char *const[]){"augment", "--help", NULL});
     ck_assert_int_eq(r->status, 0);
     const char *every[] = {"--model DIR",   "--train-data-dir DIR", "--output-dir DIR", "--per-class N",
-                           "--variations K", "--strength X",        "--guidance-scale X", "--eval",
+                           "--unlabelled N", "--variations K", "--strength X",        "--guidance-scale X", "--eval",
                            "--eval-data-dir DIR", "--real-fraction LIST", "--eval-steps N", "--eval-epochs N",
                            "--prompt-template TEXT", "--caption-column NAME", "--negative-prompt TEXT",
                            "--resolution N", "--filter-threshold T", "--filter-classifier FILE"};
@@ -983,6 +1082,8 @@ START_TEST(test_text_bad_input) {
     tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--per-class", "1",
                                     "--prompt-template", "{class}: {caption}"),
                          "--per-class: the prompt template '{class}: {caption}' has {caption}");
+    tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--unlabelled", "1"),
+                         "--unlabelled: ");
     tu_assert_user_error(SD_AUGMENT("--train-data-dir", data, "--output-dir", o, "--variations", "1",
                                     "--caption-column", "alt", "--prompt-template", "a {class}"),
                          "has no {caption} to put the captions in");
@@ -1016,6 +1117,7 @@ int main(void) {
     TCase *tc = tu_tcase(s, "outputs", 600);
     tcase_add_test(tc, test_writes_and_skips);
     tcase_add_test(tc, test_kill_and_resume);
+    tcase_add_test(tc, test_unlabelled);
     tcase_add_test(tc, test_eval);
     tcase_add_test(tc, test_eval_scores);
     tcase_add_test(tc, test_frechet);
