@@ -1172,6 +1172,8 @@ static void report_filter(const run *r) {
     }
     printf("filter: kept %" PRId64 " of %" PRId64 " images (probability of their class above %g)\n", kept,
            kept + rejected, r->o.threshold);
+    if (r->o.unlabelled && r->o.eval)
+        printf("filter: with --eval every unl_ image is kept here; each subset's own classifier filters them\n");
 }
 
 typedef struct caption {

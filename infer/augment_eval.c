@@ -528,13 +528,12 @@ static void print_header(const eval *e) {
     int64_t pseudo = 0;
     for (int64_t i = 0; i < e->syn->n; i++)
         pseudo += e->syn_ok[i] && e->syn->pseudo[i];
-    if (pseudo && isnan(e->o->pseudo_threshold))
-        printf("eval: %" PRId64 " unlabelled images take the classes the %s classifier of each subset gives them\n",
-               pseudo, o->augment ? "real+std" : "real-only");
-    else if (pseudo)
-        printf("eval: %" PRId64 " unlabelled images take the classes the %s classifier of each subset gives them, "
-               "kept above probability %g\n",
-               pseudo, o->augment ? "real+std" : "real-only", e->o->pseudo_threshold);
+    char kept[48] = "";
+    if (!isnan(e->o->pseudo_threshold))
+        snprintf(kept, sizeof kept, ", kept above probability %g", e->o->pseudo_threshold);
+    if (pseudo)
+        printf("eval: %" PRId64 " unlabelled images take the classes the %s classifier of each subset gives them%s\n",
+               pseudo, o->augment ? "real+std" : "real-only", kept);
     printf("eval: test accuracy %%, mean ± std over the seeds; CAS: trained on the synthetic images alone\n");
     printf("%14s %8s %9s %15s", "real fraction", "real", "synthetic", "real-only");
     if (o->augment)
