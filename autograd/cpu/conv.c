@@ -176,10 +176,16 @@ static cpu_winograd winograd_input_grad(const cpu_conv_geom *g, const float *dy,
     return (cpu_winograd){dy, w, WINOGRAD_FLIPPED, NULL, dx, g->n, g->h, g->w, g->cout, g->cin, !write};
 }
 
+/* Most bytes of the Winograd filter gradient's sums, [16, cout, cin] floats
+ * in the scratch: Stable Diffusion's widest layers (1920 to 640 channels
+ * would take 79 MB) keep the direct one. */
+#define WINOGRAD_FILTER_BYTES ((int64_t)32 << 20)
+
 /* The filter gradient the Winograd way: when the forward pass goes that way
- * (the two sides' transforms cost about what the forward's do). */
+ * (the two sides' transforms cost about what the forward's do) and its sums fit. */
 static bool winograd_filter(const cpu_direct_kernels *k, const cpu_conv_geom *g) {
-    return use_winograd(k, g, g->cin, g->cout) && !is_narrow(k, g);
+    return use_winograd(k, g, g->cin, g->cout) && !is_narrow(k, g) &&
+           16 * g->cin * g->cout * (int64_t)sizeof(float) <= WINOGRAD_FILTER_BYTES;
 }
 
 static cpu_winograd_grad winograd_filter_grad(const cpu_conv_geom *g, const float *dy, const float *x,
