@@ -307,6 +307,18 @@ static TARGET void add_lanes(float *db, vec v, int n) {
  * vectors'). At most 2 LANES, the bias sums' two vectors. */
 static int filter_rows(int64_t nj) { return (int)(FR * VJ / nj); }
 
+/* acc[r][j] += s[r] v[j] for the nr scalars s and nj vectors v: one pixel's
+ * (or tile's) step of the filter gradients' outer products. */
+INLINE void outer_fma(const int nr, const int nj, const float *s, const vec *v, vec acc[][VJ]) {
+#pragma GCC unroll 24
+    for (int r = 0; r < nr; r++) {
+        vec a = v_set1(s[r]);
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++)
+            acc[r][j] = v_fma(a, v[j], acc[r][j]);
+    }
+}
+
 /* The sums of filter_tile over its output rows: with `tail`, the last
  * vector of x masked to cin and the bias sums taken when job->db asks;
  * without, neither (the common case, kept free of the masked load and the
@@ -331,13 +343,7 @@ INLINE void filter_sums(const int nj, const int nr, const bool tail, const cpu_c
             for (int j = 0; j < nj; j++)
                 xv[j] = tail && j == nj - 1 ? v_load_mask(last, xs + j * LANES)
                                             : v_load(xs + j * LANES);
-#pragma GCC unroll 24
-            for (int r = 0; r < nr; r++) {
-                vec a = v_set1(d[r]);
-#pragma GCC unroll 4
-                for (int j = 0; j < nj; j++)
-                    acc[r][j] = v_fma(a, xv[j], acc[r][j]);
-            }
+            outer_fma(nr, nj, d, xv, acc);
             if (tail && job->db) {
                 bias[0] = v_add(bias[0], v_load_mask(v_lanes(nr), d));
                 if (nr > LANES)
@@ -500,13 +506,7 @@ INLINE void narrow_tile(const int nj, const cpu_conv_geom *g, const int nr, cons
             for (int j = 0; j < nj; j++)
                 dv[j] = j < nj - 1 ? v_load(d + j * LANES)
                                    : v_load_mask(last, d + j * LANES);
-#pragma GCC unroll 16
-            for (int r = 0; r < nr; r++) {
-                vec a = v_set1(xs[r]);
-#pragma GCC unroll 4
-                for (int j = 0; j < nj; j++)
-                    acc[r][j] = v_fma(a, dv[j], acc[r][j]);
-            }
+            outer_fma(nr, nj, xs, dv, acc);
             if (job->db)
 #pragma GCC unroll 4
                 for (int j = 0; j < nj; j++)

@@ -235,13 +235,7 @@ INLINE void grad_tile(const int nj, const int nr, const float *g, int64_t co, co
 #pragma GCC unroll 4
         for (int j = 0; j < nj; j++)
             xv[j] = w_load(full || j < nj - 1, last, xt + j * LANES);
-#pragma GCC unroll 24
-        for (int r = 0; r < nr; r++) {
-            vec a = v_set1(gt[r]);
-#pragma GCC unroll 4
-            for (int j = 0; j < nj; j++)
-                acc[r][j] = v_fma(a, xv[j], acc[r][j]);
-        }
+        outer_fma(nr, nj, gt, xv, acc);
     }
 #pragma GCC unroll 24
     for (int r = 0; r < nr; r++)
