@@ -63,6 +63,16 @@ static TARGET void winograd_input(const float *x, int64_t h, int64_t w, int64_t 
     }
 }
 
+/* at[i][j]: the offset in an image batch [., h, w, c] of pixel (i, j) of
+ * tile t's 2x2 output pixels (tiles as winograd_input), -1 outside the image. */
+INLINE void tile_pixels(int64_t t, int64_t h, int64_t w, int64_t c, int64_t th, int64_t tw, int64_t at[2][2]) {
+    const int64_t img = t / (th * tw), ty = t / tw % th, tx = t % tw;
+    const bool row1 = 2 * ty + 1 < h, col1 = 2 * tx + 1 < w;
+    const int64_t o = ((img * h + 2 * ty) * w + 2 * tx) * c;
+    at[0][0] = o, at[0][1] = col1 ? o + c : -1;
+    at[1][0] = row1 ? o + w * c : -1, at[1][1] = row1 && col1 ? o + (w + 1) * c : -1;
+}
+
 /* The 2x2 output pixels of each of the nt tiles from t0 (as winograd_input)
  * = A^T m A (+ bias), from m [16, ms, c] (row `at` of each); channels c0 ..
  * c0 + c of y [., h, w, yc], the pixels inside the image only; y += with
@@ -72,11 +82,10 @@ static TARGET void winograd_output(const float *mt, int64_t ms, int64_t c, const
                                    int64_t th, int64_t tw, int64_t t0, int64_t nt,
                                    bool accumulate) {
     for (int64_t t = 0; t < nt; t++) {
-        const int64_t img = (t0 + t) / (th * tw), ty = (t0 + t) / tw % th, tx = (t0 + t) % tw;
-        const bool row1 = 2 * ty + 1 < h, col1 = 2 * tx + 1 < w;
-        float *y00 = y + ((img * h + 2 * ty) * w + 2 * tx) * yc + c0;
-        float *py[2][2] = {{y00, col1 ? y00 + yc : NULL},
-                           {row1 ? y00 + w * yc : NULL, row1 && col1 ? y00 + (w + 1) * yc : NULL}};
+        int64_t at[2][2];
+        tile_pixels(t0 + t, h, w, yc, th, tw, at);
+        float *py[2][2] = {{y + at[0][0] + c0, at[0][1] < 0 ? NULL : y + at[0][1] + c0},
+                           {at[1][0] < 0 ? NULL : y + at[1][0] + c0, at[1][1] < 0 ? NULL : y + at[1][1] + c0}};
         const float *in = mt + t * c;
         for (int64_t k = 0; k < c; k += LANES) {
             const vmask m = v_lanes(c - k);
@@ -180,11 +189,8 @@ static TARGET void winograd_products(const float *v, int64_t nt, int64_t c, cons
 static TARGET void winograd_grad_input(const float *dy, int64_t h, int64_t w, int64_t c, int64_t th,
                                        int64_t tw, int64_t t0, int64_t nt, float *v, int64_t vs) {
     for (int64_t t = 0; t < nt; t++) {
-        const int64_t img = (t0 + t) / (th * tw), ty = (t0 + t) / tw % th, tx = (t0 + t) % tw;
-        const bool row1 = 2 * ty + 1 < h, col1 = 2 * tx + 1 < w;
-        const float *g00 = dy + ((img * h + 2 * ty) * w + 2 * tx) * c;
-        const float *pg[2][2] = {{g00, col1 ? g00 + c : NULL},
-                                 {row1 ? g00 + w * c : NULL, row1 && col1 ? g00 + (w + 1) * c : NULL}};
+        int64_t at[2][2];
+        tile_pixels(t0 + t, h, w, c, th, tw, at);
         float *out = v + t * c;
         for (int64_t c0 = 0; c0 < c; c0 += LANES) {
             const vmask m = v_lanes(c - c0);
@@ -194,7 +200,7 @@ static TARGET void winograd_grad_input(const float *dy, int64_t h, int64_t w, in
             for (int i = 0; i < 2; i++)
 #pragma GCC unroll 2
                 for (int j = 0; j < 2; j++)
-                    g[i][j] = pg[i][j] ? w_load(full, m, pg[i][j] + c0) : v_zero();
+                    g[i][j] = at[i][j] >= 0 ? w_load(full, m, dy + at[i][j] + c0) : v_zero();
 #pragma GCC unroll 2
             for (int j = 0; j < 2; j++) { /* A g, column j */
                 r[0][j] = g[0][j];
