@@ -2,7 +2,7 @@
  * CPU benchmark of the two ways of a 3x3 stride-1 convolution with the
  * direct kernels: direct and Winograd F(2x2, 3x3) (autograd/cpu/conv.h), the
  * forward pass (weights as training has them, and packed as f16 as
- * inference has them) and the input gradient, on the shapes of
+ * inference has them), the input gradient and the filter gradient (with the bias's), on the shapes of
  * configs/fashion-mnist.json and Stable Diffusion's UNet. One line per case
  * and pass:
  *   conv NAME PASS direct_ms=D winograd_ms=W speedup=S
@@ -10,7 +10,7 @@
  * (DC_CPU_ISA, OMP_NUM_THREADS); CPU_CONV_AUTO picks Winograd where these
  * figures say it is faster.
  *
- * usage: bench_conv_algo [--reps N] [--case SUBSTRING]
+ * usage: bench_conv_algo [--reps N] [--case SUBSTRING] [--pass fwd|fwd_f16|dx|dw]
  */
 #include "autograd/cpu/conv.h"
 
@@ -50,12 +50,12 @@ static float *random_floats(int64_t n) {
     return p;
 }
 
-enum { FORWARD, FORWARD_F16, INPUT_GRAD };
-static const char *pass_names[] = {"fwd", "fwd_f16", "dx"};
+enum { FORWARD, FORWARD_F16, INPUT_GRAD, FILTER_GRAD };
+static const char *pass_names[] = {"fwd", "fwd_f16", "dx", "dw"};
 
 /* Best time of one pass the given way, in seconds. */
 static double time_pass(const conv_case *c, int pass, cpu_conv_algo algo, int reps, const float *x,
-                        const float *w, const uint16_t *wh, const float *b, float *y) {
+                        const float *w, const uint16_t *wh, float *dw, float *b, float *y) {
     cpu_conv_geom g = {c->n, c->h, c->w, c->cin, c->cout, 3, 3, 1, 1, c->h, c->w, algo,
                        pass == FORWARD_F16, pass == FORWARD_F16};
     int64_t floats = cpu_conv2d_scratch_floats(&g, CPU_CONV_SCRATCH_BYTES);
@@ -65,6 +65,8 @@ static double time_pass(const conv_case *c, int pass, cpu_conv_algo algo, int re
         double t0 = now();
         if (pass == INPUT_GRAD)
             cpu_conv2d_backward(&g, y, NULL, w, (float *)x, true, NULL, NULL, scratch, floats);
+        else if (pass == FILTER_GRAD)
+            cpu_conv2d_backward(&g, y, x, w, NULL, false, dw, b, scratch, floats);
         else
             cpu_conv2d_forward(&g, y, x, pass == FORWARD_F16 ? (const float *)(const void *)wh : w,
                                b, scratch, floats);
@@ -78,12 +80,14 @@ static double time_pass(const conv_case *c, int pass, cpu_conv_algo algo, int re
 
 int main(int argc, char **argv) {
     int reps = 3;
-    const char *only = NULL;
+    const char *only = NULL, *only_pass = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--reps"))
             reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--case"))
             only = argv[i + 1];
+        else if (!strcmp(argv[i], "--pass"))
+            only_pass = argv[i + 1];
     }
     if (!cpu_conv_pack_block()) {
         fprintf(stderr, "bench_conv_algo: no direct kernels on this CPU (or DC_CPU_ISA=baseline)\n");
@@ -96,23 +100,24 @@ int main(int argc, char **argv) {
         int64_t nx = c->n * c->h * c->w * c->cin, ny = c->n * c->h * c->w * c->cout;
         int64_t K = 9 * c->cin;
         float *x = random_floats(nx), *w = random_floats(c->cout * K), *b = random_floats(c->cout);
-        float *y = random_floats(ny);
+        float *y = random_floats(ny), *dw = random_floats(c->cout * 9 * c->cin);
         /* packed weights fill whole blocks of output channels (zero past cout) */
         int64_t B = cpu_conv_pack_block(), packed = (c->cout + B - 1) / B * B * K;
         uint16_t *wh = malloc((size_t)packed * sizeof *wh);
-        if (!x || !w || !b || !y || !wh)
+        if (!x || !w || !b || !y || !wh || !dw)
             return 1;
         cpu_conv_pack_half(w, wh, c->cout, K);
-        for (int pass = FORWARD; pass <= INPUT_GRAD; pass++) {
-            if (pass == FORWARD_F16 && c->cout % cpu_conv_pack_block())
+        for (int pass = FORWARD; pass <= FILTER_GRAD; pass++) {
+            if ((pass == FORWARD_F16 && c->cout % cpu_conv_pack_block()) ||
+                (only_pass && strcmp(only_pass, pass_names[pass])))
                 continue;
-            double d = time_pass(c, pass, CPU_CONV_DIRECT, reps, x, w, wh, b, y);
-            double v = time_pass(c, pass, CPU_CONV_WINOGRAD, reps, x, w, wh, b, y);
+            double d = time_pass(c, pass, CPU_CONV_DIRECT, reps, x, w, wh, dw, b, y);
+            double v = time_pass(c, pass, CPU_CONV_WINOGRAD, reps, x, w, wh, dw, b, y);
             printf("conv %s %s direct_ms=%.3f winograd_ms=%.3f speedup=%.2f\n", c->name,
                    pass_names[pass], d * 1e3, v * 1e3, d / v);
             fflush(stdout);
         }
-        free(x), free(w), free(b), free(y), free(wh);
+        free(x), free(w), free(b), free(y), free(wh), free(dw);
     }
     return 0;
 }

@@ -316,7 +316,7 @@ static void winograd_filter_run(const cpu_conv_geom *g, const float *x, const fl
 
 /* The filter and bias gradients, twice onto random values, against the
  * double reference (sums over n h w pixels: within 1e-5 of sqrt(n h w) each
- * time); the same bits with 1 and 3 threads. */
+ * time); the same bits with 1 and 3 threads the Winograd way. */
 static void check_winograd_filter(const conv_case *c, size_t k, const float *x, const float *dy, const double *ref_dw,
                                   const double *ref_db) {
     const cpu_conv_geom g = winograd_geom(c, c->n, false, false);
@@ -340,7 +340,10 @@ static void check_winograd_filter(const conv_case *c, size_t k, const float *x, 
     memcpy(again, start, (size_t)(nw + c->cout) * sizeof *again);
     for (int pass = 0; pass < 2; pass++)
         winograd_filter_run(&g, x, dy, again, again + nw, 3);
-    ck_assert_msg(!memcmp(dw, again, (size_t)(nw + c->cout) * sizeof *dw), "case %zu: dw differs with 3 threads", k);
+    /* Without direct kernels (the baseline ISA) this is the GEMM way: one
+     * OpenBLAS call, whose bits depend on its rows and threads (on Zen cores). */
+    if (cpu_conv_pack_block())
+        ck_assert_msg(!memcmp(dw, again, (size_t)(nw + c->cout) * sizeof *dw), "case %zu: dw differs with 3 threads", k);
     free(dw);
     free(again);
     free(want);
@@ -373,14 +376,15 @@ START_TEST(test_winograd) {
         snprintf(what, sizeof what, "winograd dx twice, case %zu", k);
         tu_assert_close(dx, ref, nx, 2 * dx_tol, 0, what);
         check_winograd_filter(c, k, x->data, dy->data, ref + nx, ref + nx + nw);
-        if (c->n == 3) { /* image 1 alone: bit for bit */
+        if (c->n == 3) { /* image 1 alone: bit for bit (dx only the Winograd way, see below) */
             const cpu_conv_geom one = winograd_geom(c, 1, false, false);
             float *y1 = malloc((size_t)(px * c->cout) * sizeof *y1);
             float *dx1 = malloc((size_t)(px * c->cin) * sizeof *dx1);
             winograd_run(&one, (const float *)x->data + px * c->cin, w->data, bias,
                          (const float *)dy->data + px * c->cout, y1, dx1);
             ck_assert(!memcmp(y1, y + px * c->cout, (size_t)(px * c->cout) * sizeof *y1));
-            ck_assert(!memcmp(dx1, dx + px * c->cin, (size_t)(px * c->cin) * sizeof *dx1));
+            if (cpu_conv_pack_block())
+                ck_assert(!memcmp(dx1, dx + px * c->cin, (size_t)(px * c->cin) * sizeof *dx1));
             free(y1);
             free(dx1);
         }

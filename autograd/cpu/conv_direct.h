@@ -59,8 +59,8 @@ typedef struct cpu_direct_kernels {
                           float *dw, float *db);
     /* The kernels of the Winograd convolution (conv_winograd_tmpl.h). */
     void (*winograd_input)(const float *x, int64_t h, int64_t w, int64_t c, int64_t th, int64_t tw,
-                           int64_t t0, int64_t nt, float *v, int64_t vs);
-    void (*winograd_output)(const float *m, int64_t ms, int64_t c, const float *bias, float *y,
+                           int64_t t0, int64_t nt, float *v, int64_t es);
+    void (*winograd_output)(const float *m, int64_t es, int64_t c, const float *bias, float *y,
                             int64_t h, int64_t w, int64_t yc, int64_t c0, int64_t th, int64_t tw,
                             int64_t t0, int64_t nt, bool accumulate);
     void (*winograd_products)(const float *v, int64_t nt, int64_t c, const float *u, int64_t co,
@@ -71,7 +71,7 @@ typedef struct cpu_direct_kernels {
      * x [nt, ci] (nj at most vectors_per_tile, nr at most rows_per_vectors
      * / nj). */
     void (*winograd_grad_input)(const float *dy, int64_t h, int64_t w, int64_t c, int64_t th,
-                                int64_t tw, int64_t t0, int64_t nt, float *v, int64_t vs);
+                                int64_t tw, int64_t t0, int64_t nt, float *v, int64_t es);
     void (*winograd_grad_products)(const float *g, int64_t co, const float *x, int64_t ci,
                                    int64_t nt, int nr, int nj, float *m, int64_t co0, int64_t j0);
     int vectors_per_tile; /* VJ: most vectors of input channels of a grad product tile */

@@ -18,13 +18,13 @@ INLINE void w_store(bool full, float *p, vmask m, vec v) {
         v_store_mask(p, m, v);
 }
 
-/* v [16, vs, c] (row e = 4 i + j of the 4x4 transform, row `at` of each) =
- * B^T d B of each of the nt tiles from tile t0 on (tiles in (image, ty,
+/* v [16, es] (row e = 4 i + j of the 4x4 transform, es floats apart; tile
+ * t at t c in each) = B^T d B of each of the nt tiles from tile t0 on (tiles in (image, ty,
  * tx) order, th x tw per image): d the 4x4 pixels of x [., h, w, c] from
  * (2 ty - 1, 2 tx - 1), zero outside the image. B^T = [1 0 -1 0; 0 1 1 0;
  * 0 -1 1 0; 0 1 0 -1]. */
 static TARGET void winograd_input(const float *x, int64_t h, int64_t w, int64_t c, int64_t th,
-                                  int64_t tw, int64_t t0, int64_t nt, float *v, int64_t vs) {
+                                  int64_t tw, int64_t t0, int64_t nt, float *v, int64_t es) {
     for (int64_t t = 0; t < nt; t++) {
         const int64_t img = (t0 + t) / (th * tw), ty = (t0 + t) / tw % th, tx = (t0 + t) % tw;
         const float *px[4][4];
@@ -53,11 +53,11 @@ static TARGET void winograd_input(const float *x, int64_t h, int64_t w, int64_t 
             }
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) { /* (B^T d) B, row i */
-                float *o = out + (int64_t)(4 * i) * vs * c + c0;
+                float *o = out + 4 * i * es + c0;
                 w_store(full, o, m, v_sub(r[i][0], r[i][2]));
-                w_store(full, o + vs * c, m, v_add(r[i][1], r[i][2]));
-                w_store(full, o + 2 * vs * c, m, v_sub(r[i][2], r[i][1]));
-                w_store(full, o + 3 * vs * c, m, v_sub(r[i][1], r[i][3]));
+                w_store(full, o + es, m, v_add(r[i][1], r[i][2]));
+                w_store(full, o + 2 * es, m, v_sub(r[i][2], r[i][1]));
+                w_store(full, o + 3 * es, m, v_sub(r[i][1], r[i][3]));
             }
         }
     }
@@ -74,10 +74,10 @@ INLINE void tile_pixels(int64_t t, int64_t h, int64_t w, int64_t c, int64_t th, 
 }
 
 /* The 2x2 output pixels of each of the nt tiles from t0 (as winograd_input)
- * = A^T m A (+ bias), from m [16, ms, c] (row `at` of each); channels c0 ..
+ * = A^T m A (+ bias), from m [16, es] (tile t at t c in each row); channels c0 ..
  * c0 + c of y [., h, w, yc], the pixels inside the image only; y += with
  * `accumulate`. A^T = [1 1 1 0; 0 1 -1 -1]. */
-static TARGET void winograd_output(const float *mt, int64_t ms, int64_t c, const float *bias,
+static TARGET void winograd_output(const float *mt, int64_t es, int64_t c, const float *bias,
                                    float *y, int64_t h, int64_t w, int64_t yc, int64_t c0,
                                    int64_t th, int64_t tw, int64_t t0, int64_t nt,
                                    bool accumulate) {
@@ -93,9 +93,9 @@ static TARGET void winograd_output(const float *mt, int64_t ms, int64_t c, const
             vec s[2][4];
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) { /* A^T m, column j */
-                const float *col = in + (int64_t)j * ms * c + k;
-                vec m0 = w_load(full, m, col), m1 = w_load(full, m, col + 4 * ms * c);
-                vec m2 = w_load(full, m, col + 8 * ms * c), m3 = w_load(full, m, col + 12 * ms * c);
+                const float *col = in + j * es + k;
+                vec m0 = w_load(full, m, col), m1 = w_load(full, m, col + 4 * es);
+                vec m2 = w_load(full, m, col + 8 * es), m3 = w_load(full, m, col + 12 * es);
                 s[0][j] = v_add(v_add(m0, m1), m2);
                 s[1][j] = v_sub(v_sub(m1, m2), m3);
             }
@@ -180,14 +180,14 @@ static TARGET void winograd_products(const float *v, int64_t nt, int64_t c, cons
 
 /* ---- the filter gradient ---- */
 
-/* v [16, vs, c] (row e = 4 i + j, row `at` of each) = A g A^T of each of the
+/* v [16, es] (row e = 4 i + j, as winograd_input's) = A g A^T of each of the
  * nt tiles from t0 (as winograd_input): g the tile's 2x2 output gradients
  * of dy [., h, w, c] from (2 ty, 2 tx), zero outside the image. A = [1 0;
  * 1 1; 1 -1; 0 -1], the transpose of winograd_output's A^T: the filter
  * gradient of a tile is G^T (A g A^T . B^T d B) G, the forward's products
  * taken backwards. */
 static TARGET void winograd_grad_input(const float *dy, int64_t h, int64_t w, int64_t c, int64_t th,
-                                       int64_t tw, int64_t t0, int64_t nt, float *v, int64_t vs) {
+                                       int64_t tw, int64_t t0, int64_t nt, float *v, int64_t es) {
     for (int64_t t = 0; t < nt; t++) {
         int64_t at[2][2];
         tile_pixels(t0 + t, h, w, c, th, tw, at);
@@ -210,11 +210,11 @@ static TARGET void winograd_grad_input(const float *dy, int64_t h, int64_t w, in
             }
 #pragma GCC unroll 4
             for (int i = 0; i < 4; i++) { /* (A g) A^T, row i */
-                float *o = out + (int64_t)(4 * i) * vs * c + c0;
+                float *o = out + 4 * i * es + c0;
                 w_store(full, o, m, r[i][0]);
-                w_store(full, o + vs * c, m, v_add(r[i][0], r[i][1]));
-                w_store(full, o + 2 * vs * c, m, v_sub(r[i][0], r[i][1]));
-                w_store(full, o + 3 * vs * c, m, v_sub(v_zero(), r[i][1]));
+                w_store(full, o + es, m, v_add(r[i][0], r[i][1]));
+                w_store(full, o + 2 * es, m, v_sub(r[i][0], r[i][1]));
+                w_store(full, o + 3 * es, m, v_sub(v_zero(), r[i][1]));
             }
         }
     }
