@@ -376,7 +376,7 @@ START_TEST(test_winograd) {
         snprintf(what, sizeof what, "winograd dx twice, case %zu", k);
         tu_assert_close(dx, ref, nx, 2 * dx_tol, 0, what);
         check_winograd_filter(c, k, x->data, dy->data, ref + nx, ref + nx + nw);
-        if (c->n == 3) { /* image 1 alone: bit for bit (dx only the Winograd way, see below) */
+        if (c->n == 3) { /* image 1 alone: bit for bit (dx only the Winograd way, as in check_winograd_filter) */
             const cpu_conv_geom one = winograd_geom(c, 1, false, false);
             float *y1 = malloc((size_t)(px * c->cout) * sizeof *y1);
             float *dx1 = malloc((size_t)(px * c->cin) * sizeof *dx1);

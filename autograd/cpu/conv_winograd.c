@@ -34,6 +34,7 @@ typedef struct {
     int64_t group;          /* output channels per group: a multiple of the block */
     int64_t th, tw, tiles;  /* tiles per column and row of an image, in all */
     int64_t chunk;          /* tiles per chunk */
+    int64_t vs, ms;         /* row strides of a thread's transformed inputs and products */
     int threads;
 } plan;
 
@@ -46,17 +47,16 @@ static plan make_plan(const cpu_direct_kernels *k, const cpu_winograd *c) {
     p.tiles = c->n * p.th * p.tw;
     int64_t fit = CHUNK_BYTES / (16 * (int64_t)sizeof(float) * (c->cin + p.group));
     p.chunk = min64(max64(fit, MIN_TILES), (p.tiles + p.threads - 1) / p.threads);
+    p.vs = row_stride(p.chunk * c->cin), p.ms = row_stride(p.chunk * p.group);
     return p;
 }
 
 /* Floats of one thread's buffers: transformed inputs and products. */
-static int64_t thread_floats(const cpu_winograd *c, const plan *p) {
-    return 16 * (row_stride(p->chunk * c->cin) + row_stride(p->chunk * p->group));
-}
+static int64_t thread_floats(const plan *p) { return 16 * (p->vs + p->ms); }
 
 int64_t cpu_winograd_scratch_floats(const cpu_direct_kernels *k, const cpu_winograd *c) {
     plan p = make_plan(k, c);
-    return 16 * c->cin * p.group + p.threads * thread_floats(c, &p);
+    return 16 * c->cin * p.group + p.threads * thread_floats(&p);
 }
 
 /* tap[t][j] (t = 3 ky + kx) = the weight from input channel i to output
@@ -129,12 +129,11 @@ static void run_chunk(const cpu_direct_kernels *k, const cpu_winograd *c, const 
                       int64_t ch, int64_t o0, int64_t gc, const float *u, float *mine) {
     const int64_t t0 = ch * p->chunk, nt = min64(p->chunk, p->tiles - t0);
     const int64_t per_e = p->group * c->cin;
-    const int64_t vs = row_stride(p->chunk * c->cin), ms = row_stride(p->chunk * p->group);
-    float *v = mine, *m = v + 16 * vs;
-    k->winograd_input(c->x, c->h, c->w, c->cin, p->th, p->tw, t0, nt, v, vs);
+    float *v = mine, *m = v + 16 * p->vs;
+    k->winograd_input(c->x, c->h, c->w, c->cin, p->th, p->tw, t0, nt, v, p->vs);
     for (int e = 0; e < 16; e++)
-        k->winograd_products(v + e * vs, nt, c->cin, u + e * per_e, gc, m + e * ms);
-    k->winograd_output(m, ms, gc, c->bias ? c->bias + o0 : NULL, c->y, c->h, c->w, c->cout,
+        k->winograd_products(v + e * p->vs, nt, c->cin, u + e * per_e, gc, m + e * p->ms);
+    k->winograd_output(m, p->ms, gc, c->bias ? c->bias + o0 : NULL, c->y, c->h, c->w, c->cout,
                        o0, p->th, p->tw, t0, nt, c->accumulate);
 }
 
@@ -142,7 +141,7 @@ void cpu_winograd_run(const cpu_direct_kernels *k, const cpu_winograd *c, float 
     const plan p = make_plan(k, c);
     const int64_t chunks = (p.tiles + p.chunk - 1) / p.chunk, all = round_up(c->cout, k->block);
     float *u = scratch, *buffers = u + 16 * c->cin * p.group;
-    const int64_t per_thread = thread_floats(c, &p);
+    const int64_t per_thread = thread_floats(&p);
     for (int64_t o0 = 0; o0 < all; o0 += p.group) {
         const int64_t group = min64(p.group, all - o0), gc = min64(group, c->cout - o0);
         transform_weights(k, c, o0, group, p.group * c->cin, u);
